@@ -1,0 +1,430 @@
+// engram: the command-line client of engramd.
+//
+//   engram [--addr=HOST:PORT] COMMAND [ARGS] [FLAGS]
+//   engram COMMAND --help
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/matrix_io.h"
+#include "google/protobuf/util/json_util.h"
+
+ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address HOST:PORT.");
+ABSL_FLAG(double, timeout_s, 300, "Deadline of each RPC, in seconds.");
+ABSL_FLAG(bool, json, false, "Print JSON instead of text.");
+ABSL_FLAG(uint32_t, dim, 0, "store create: the dimension of the store.");
+ABSL_FLAG(std::string, similarity, "dot",
+          "store create: dot, l2, manhattan or cosine.");
+ABSL_FLAG(std::string, separation, "softmax",
+          "store create: softmax, sparsemax or entmax15.");
+ABSL_FLAG(std::optional<float>, beta, std::nullopt,
+          "Inverse temperature beta > 0 (store create: default 1; retrieve: "
+          "override).");
+ABSL_FLAG(std::optional<uint32_t>, steps, std::nullopt,
+          "Update steps (store create: default 1; retrieve: override).");
+ABSL_FLAG(std::optional<float>, eps, std::nullopt,
+          "Stop once an update moves the state by at most eps.");
+ABSL_FLAG(std::optional<uint32_t>, top_k, std::nullopt,
+          "Best matches reported per query (store create: default 5).");
+ABSL_FLAG(std::string, path, "auto", "retrieve: auto, exact or low_rank.");
+ABSL_FLAG(std::optional<double>, tolerance, std::nullopt,
+          "retrieve: error tolerance of the low-rank path.");
+ABSL_FLAG(uint64_t, offset, 0, "add/retrieve: first row of FILE to use.");
+ABSL_FLAG(uint64_t, limit, 0, "add/retrieve: rows of FILE to use (0: all).");
+ABSL_FLAG(uint64_t, batch, 1024,
+          "add: patterns per streamed message; retrieve: queries per RPC.");
+ABSL_FLAG(std::string, labels, "",
+          "add: a file with one label per row of FILE (idx1, npy or csv).");
+ABSL_FLAG(std::string, out, "",
+          "retrieve: write the retrieved vectors to this .npy file.");
+
+namespace engram::client {
+namespace {
+
+struct Command {
+  const char* name;
+  const char* usage;
+  const char* help;
+};
+
+const Command kCommands[] = {
+    {"store create", "engram store create NAME --dim=D [--similarity=dot] "
+                     "[--separation=softmax] [--beta=1] [--steps=1] [--eps=0] "
+                     "[--top_k=5]",
+     "Creates a store of D-dimensional patterns with its retrieval settings."},
+    {"store list", "engram store list [--json]", "Lists the stores."},
+    {"store get", "engram store get NAME [--json]",
+     "Shows a store's settings and statistics."},
+    {"store delete", "engram store delete NAME",
+     "Deletes a store and all its patterns."},
+    {"add", "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
+            "[--batch=1024]",
+     "Adds the rows of FILE as patterns. FILE is a 2-D .npy (float32 or "
+     "float64), a .csv, or an idx-ubyte file (pixels scaled to [0,1]), "
+     "gzipped or not."},
+    {"retrieve", "engram retrieve NAME FILE [--out=OUT.npy] [--top_k=K] "
+                 "[--json] [--beta=B] [--steps=S] [--eps=E] "
+                 "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
+                 "[--limit=N] [--batch=1024]",
+     "Recalls stored patterns from the rows of FILE used as queries."},
+    {"health", "engram health [SERVICE]",
+     "Checks the server's health (liveness), or a service's (readiness: "
+     "engram.v1.Engram)."},
+};
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::cerr << "engram: " << message << "\n";
+  std::exit(1);
+}
+
+void FailOn(const absl::Status& status, const std::string& context = "") {
+  if (status.ok()) return;
+  Fail(absl::StrCat(context.empty() ? "" : context + ": ",
+                    absl::StatusCodeToString(status.code()), ": ",
+                    status.message()));
+}
+
+std::string Usage() {
+  std::string text =
+      "engram: the command-line client of engramd.\n\nUsage: engram "
+      "[--addr=HOST:PORT] COMMAND ...\n\nCommands:\n";
+  for (const Command& c : kCommands) {
+    absl::StrAppend(&text, "  ", c.usage, "\n      ", c.help, "\n");
+  }
+  absl::StrAppend(&text, "\n'engram COMMAND --help' shows one command.\n");
+  return text;
+}
+
+const Command* FindCommand(const std::vector<std::string>& words) {
+  for (const Command& c : kCommands) {
+    const std::string name = c.name;
+    const std::string first = words.empty() ? "" : words[0];
+    const std::string two = words.size() > 1 ? first + " " + words[1] : first;
+    if (name == first || name == two) return &c;
+  }
+  return nullptr;
+}
+
+std::unique_ptr<Client> Connect() {
+  ClientOptions options;
+  options.address = absl::GetFlag(FLAGS_addr);
+  options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  FailOn(client.status());
+  return std::move(*client);
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(message, &out, options).ok()) {
+    Fail("cannot print the response as JSON");
+  }
+  return out;
+}
+
+template <typename Enum>
+Enum ParseEnum(const std::string& flag, const std::string& value,
+               const std::map<std::string, Enum>& names) {
+  auto found = names.find(absl::AsciiStrToLower(value));
+  if (found == names.end()) {
+    std::vector<std::string> choices;
+    for (const auto& [name, unused] : names) choices.push_back(name);
+    Fail(absl::StrCat("--", flag, "=", value, " is not one of ",
+                      absl::StrJoin(choices, ", ")));
+  }
+  return found->second;
+}
+
+std::string Lower(const std::string& name) { return absl::AsciiStrToLower(name); }
+
+void PrintStoreText(const v1::Store& s) {
+  const v1::RetrievalSettings& r = s.retrieval();
+  absl::PrintF("name:          %s\n", s.name());
+  absl::PrintF("dimension:     %u\n", s.dimension());
+  absl::PrintF("patterns:      %u\n", s.pattern_count());
+  absl::PrintF("similarity:    %s\n", Lower(v1::Similarity_Name(r.similarity())));
+  absl::PrintF("separation:    %s\n", Lower(v1::Separation_Name(r.separation())));
+  absl::PrintF("beta:          %g\n", r.beta());
+  absl::PrintF("steps:         %u\n", r.steps());
+  absl::PrintF("eps:           %g\n", r.eps());
+  absl::PrintF("top_k:         %u\n", r.top_k());
+  absl::PrintF("feature map:   %s\n", Lower(v1::FeatureMapKind_Name(s.feature_map().kind())));
+  absl::PrintF("fit:           %s\n", Lower(v1::FitStatus::State_Name(s.fit().state())));
+  absl::PrintF("norms:         max %.4g, mean %.4g, max |entry| %.4g\n",
+               s.norms().max_norm(), s.norms().mean_norm(),
+               s.norms().max_abs_entry());
+  absl::PrintF("low-rank:      tolerance %g, max degree %u\n",
+               s.low_rank().tolerance(), s.low_rank().max_degree());
+  absl::PrintF("state:         %s\n", Lower(v1::Store::State_Name(s.state())));
+  absl::PrintF("version:       %u\n", s.version());
+}
+
+void StoreCreate(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("store create takes one NAME; see --help");
+  if (absl::GetFlag(FLAGS_dim) == 0) Fail("store create needs --dim=D (> 0)");
+  v1::Store store;
+  store.set_name(args[0]);
+  store.set_dimension(absl::GetFlag(FLAGS_dim));
+  v1::RetrievalSettings* r = store.mutable_retrieval();
+  r->set_similarity(ParseEnum<v1::Similarity>(
+      "similarity", absl::GetFlag(FLAGS_similarity),
+      {{"dot", v1::DOT}, {"l2", v1::L2}, {"manhattan", v1::MANHATTAN},
+       {"cosine", v1::COSINE}, {"kernel_dot", v1::KERNEL_DOT},
+       {"kernel_l2", v1::KERNEL_L2}}));
+  r->set_separation(ParseEnum<v1::Separation>(
+      "separation", absl::GetFlag(FLAGS_separation),
+      {{"softmax", v1::SOFTMAX}, {"sparsemax", v1::SPARSEMAX},
+       {"entmax15", v1::ENTMAX15}}));
+  if (auto beta = absl::GetFlag(FLAGS_beta)) {
+    if (!(*beta > 0)) Fail(absl::StrCat("--beta must be > 0, got ", *beta));
+    r->set_beta(*beta);
+  }
+  if (auto steps = absl::GetFlag(FLAGS_steps)) r->set_steps(*steps);
+  if (auto eps = absl::GetFlag(FLAGS_eps)) r->set_eps(*eps);
+  if (auto top_k = absl::GetFlag(FLAGS_top_k)) r->set_top_k(*top_k);
+  absl::StatusOr<v1::Store> created = Connect()->CreateStore(store);
+  FailOn(created.status(), "store create");
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(*created);
+  } else {
+    absl::PrintF("created store %s (dimension %u)\n", created->name(),
+                 created->dimension());
+  }
+}
+
+void StoreList(const std::vector<std::string>& args) {
+  if (!args.empty()) Fail("store list takes no arguments");
+  absl::StatusOr<std::vector<v1::Store>> stores = Connect()->ListStores();
+  FailOn(stores.status(), "store list");
+  if (absl::GetFlag(FLAGS_json)) {
+    v1::ListStoresResponse all;
+    for (const v1::Store& s : *stores) *all.add_stores() = s;
+    std::cout << Json(all);
+    return;
+  }
+  size_t width = 4;
+  for (const v1::Store& s : *stores) width = std::max(width, s.name().size());
+  absl::PrintF("%-*s %9s %10s %-10s %-10s %8s %6s\n", width, "NAME", "DIMENSION",
+               "PATTERNS", "SIMILARITY", "SEPARATION", "BETA", "STEPS");
+  for (const v1::Store& s : *stores) {
+    absl::PrintF("%-*s %9u %10u %-10s %-10s %8g %6u\n", width, s.name(),
+                 s.dimension(), s.pattern_count(),
+                 Lower(v1::Similarity_Name(s.retrieval().similarity())),
+                 Lower(v1::Separation_Name(s.retrieval().separation())),
+                 s.retrieval().beta(), s.retrieval().steps());
+  }
+}
+
+void StoreGet(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("store get takes one NAME");
+  absl::StatusOr<v1::Store> store = Connect()->GetStore(args[0]);
+  FailOn(store.status(), "store get");
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(*store);
+  } else {
+    PrintStoreText(*store);
+  }
+}
+
+void StoreDelete(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("store delete takes one NAME");
+  FailOn(Connect()->DeleteStore(args[0]), "store delete");
+  absl::PrintF("deleted store %s\n", args[0]);
+}
+
+Matrix Load(const std::string& path) {
+  absl::StatusOr<Matrix> m = ReadMatrix(path, absl::GetFlag(FLAGS_offset),
+                                        absl::GetFlag(FLAGS_limit));
+  FailOn(m.status());
+  if (m->rows == 0) Fail(absl::StrCat(path, ": no rows to use"));
+  return std::move(*m);
+}
+
+std::string LabelText(float v) {
+  return v == std::floor(v) ? absl::StrCat(static_cast<int64_t>(v))
+                            : absl::StrCat(v);
+}
+
+void Add(const std::vector<std::string>& args) {
+  if (args.size() != 2) Fail("add takes NAME FILE");
+  const Matrix m = Load(args[1]);
+  std::vector<std::string> labels;
+  if (!absl::GetFlag(FLAGS_labels).empty()) {
+    const Matrix l = Load(absl::GetFlag(FLAGS_labels));
+    if (l.rows != m.rows || l.cols != 1) {
+      Fail(absl::StrCat(absl::GetFlag(FLAGS_labels), " has ", l.rows, "x",
+                        l.cols, " values; expected ", m.rows,
+                        "x1, one label per row of ", args[1]));
+    }
+    for (float v : l.data) labels.push_back(LabelText(v));
+  }
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<v1::Store> store = client->GetStore(args[0]);
+  FailOn(store.status(), "add");
+  if (store->dimension() != m.cols) {
+    Fail(absl::StrCat(args[1], " has rows of ", m.cols, " values; store '",
+                      args[0], "' has dimension ", store->dimension()));
+  }
+  const bool tty = isatty(STDERR_FILENO);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<v1::ImportPatternsResponse> done = client->Import(
+      args[0], m.data, m.cols, labels, absl::GetFlag(FLAGS_batch),
+      [&](size_t sent) {
+        if (tty) absl::FPrintF(stderr, "\rsent %zu / %zu patterns", sent, m.rows);
+      });
+  if (tty) absl::FPrintF(stderr, "\n");
+  FailOn(done.status(), "add");
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(*done);
+  } else {
+    absl::PrintF("added %u patterns (ids %u..%u) to %s in %.2fs; it holds %u\n",
+                 done->patterns_added(), done->first_id(), done->last_id(),
+                 args[0], seconds, done->pattern_count());
+  }
+}
+
+void Retrieve(const std::vector<std::string>& args) {
+  if (args.size() != 2) Fail("retrieve takes NAME FILE");
+  const Matrix q = Load(args[1]);
+  v1::RetrieveRequest request;
+  if (auto steps = absl::GetFlag(FLAGS_steps)) request.set_steps(*steps);
+  if (auto beta = absl::GetFlag(FLAGS_beta)) request.set_beta(*beta);
+  if (auto top_k = absl::GetFlag(FLAGS_top_k)) request.set_top_k(*top_k);
+  if (auto eps = absl::GetFlag(FLAGS_eps)) request.set_eps(*eps);
+  if (auto tolerance = absl::GetFlag(FLAGS_tolerance)) {
+    request.set_tolerance(*tolerance);
+  }
+  request.set_path(ParseEnum<v1::RetrievalPath>(
+      "path", absl::GetFlag(FLAGS_path),
+      {{"auto", v1::AUTO}, {"exact", v1::EXACT}, {"low_rank", v1::LOW_RANK}}));
+  const std::string out_path = absl::GetFlag(FLAGS_out);
+  request.set_omit_vectors(out_path.empty());
+
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<v1::Store> store = client->GetStore(args[0]);
+  FailOn(store.status(), "retrieve");
+  if (store->dimension() != q.cols) {
+    Fail(absl::StrCat(args[1], " has rows of ", q.cols, " values; store '",
+                      args[0], "' has dimension ", store->dimension()));
+  }
+  const size_t batch = std::max<uint64_t>(1, absl::GetFlag(FLAGS_batch));
+  v1::RetrieveResponse all;
+  Matrix retrieved{q.rows, q.cols, {}};
+  for (size_t first = 0; first < q.rows; first += batch) {
+    const size_t count = std::min(batch, q.rows - first);
+    absl::StatusOr<v1::RetrieveResponse> r = client->Retrieve(
+        args[0],
+        absl::MakeConstSpan(q.data).subspan(first * q.cols, count * q.cols),
+        q.cols, request);
+    FailOn(r.status(), absl::StrCat("retrieve (rows ", first, "..",
+                                    first + count - 1, ")"));
+    for (v1::QueryResult& result : *r->mutable_results()) {
+      retrieved.data.insert(retrieved.data.end(), result.values().begin(),
+                            result.values().end());
+      result.clear_values();
+    }
+    all.MergeFrom(*r);
+  }
+  if (!out_path.empty()) FailOn(WriteNpy(out_path, retrieved), "--out");
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(all);
+    return;
+  }
+  const v1::PathReport& path = all.path();
+  absl::PrintF("path %s (%s)\n", Lower(v1::RetrievalPath_Name(path.path())),
+               path.reason());
+  for (int i = 0; i < all.results_size(); ++i) {
+    const v1::QueryResult& r = all.results(i);
+    std::vector<std::string> matches;
+    for (const v1::Match& m : r.matches()) {
+      matches.push_back(absl::StrFormat("%u%s:%.3f", m.id(),
+                                        m.label().empty() ? "" : "[" + m.label() + "]",
+                                        m.weight()));
+    }
+    absl::PrintF("query %d: energy %.4g, steps %u%s; top %s\n",
+                 absl::GetFlag(FLAGS_offset) + i, r.energy(), r.steps(),
+                 r.converged() ? " (converged)" : "",
+                 absl::StrJoin(matches, " "));
+  }
+  if (!out_path.empty()) {
+    absl::PrintF("wrote %zu x %zu retrieved vectors to %s\n", retrieved.rows,
+                 retrieved.cols, out_path);
+  }
+}
+
+void Health(const std::vector<std::string>& args) {
+  if (args.size() > 1) Fail("health takes at most one SERVICE");
+  absl::StatusOr<std::string> status =
+      Connect()->Health(args.empty() ? "" : args[0]);
+  FailOn(status.status(), "health");
+  absl::PrintF("%s\n", *status);
+  if (*status != "SERVING") std::exit(1);
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(Usage());
+  // 'engram COMMAND --help' shows that command; plain --help shows them all.
+  std::vector<std::string> words;
+  bool help = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "help") {
+      help = true;
+    } else if (arg.rfind("-", 0) != 0) {
+      words.push_back(arg);
+    }
+  }
+  if (help) {
+    const Command* command = FindCommand(words);
+    if (command == nullptr) {
+      std::cout << Usage();
+    } else {
+      std::cout << command->usage << "\n\n" << command->help << "\n";
+    }
+    return 0;
+  }
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> args(positional.begin() + 1, positional.end());
+  const Command* command = FindCommand(args);
+  if (command == nullptr) {
+    std::cerr << Usage();
+    return 2;
+  }
+  const std::string name = command->name;
+  args.erase(args.begin(), args.begin() + (name.find(' ') == std::string::npos ? 1 : 2));
+  if (name == "store create") StoreCreate(args);
+  if (name == "store list") StoreList(args);
+  if (name == "store get") StoreGet(args);
+  if (name == "store delete") StoreDelete(args);
+  if (name == "add") Add(args);
+  if (name == "retrieve") Retrieve(args);
+  if (name == "health") Health(args);
+  return 0;
+}
+
+}  // namespace
+}  // namespace engram::client
+
+int main(int argc, char** argv) { return engram::client::Main(argc, argv); }

@@ -1,0 +1,195 @@
+#include "client/client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace engram::client {
+
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+void FillPatterns(absl::Span<const float> values, size_t dim,
+                  absl::Span<const std::string> labels, size_t first,
+                  size_t count,
+                  google::protobuf::RepeatedPtrField<v1::Pattern>* out) {
+  for (size_t r = first; r < first + count; ++r) {
+    v1::Pattern* p = out->Add();
+    p->mutable_values()->Assign(values.begin() + r * dim,
+                                values.begin() + (r + 1) * dim);
+    if (!labels.empty()) p->set_label(labels[r]);
+  }
+}
+
+}  // namespace
+
+Client::Client(const ClientOptions& options,
+               std::shared_ptr<grpc::Channel> channel)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::Engram::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const ClientOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_mb << 20);
+  args.SetMaxSendMessageSize(options.max_message_mb << 20);
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+      options.address, grpc::InsecureChannelCredentials(), args);
+  if (!channel) {
+    return absl::InvalidArgumentError("cannot create a channel to " +
+                                      options.address);
+  }
+  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+}
+
+void Client::SetDeadline(grpc::ClientContext& context) const {
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.timeout));
+}
+
+absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::CreateStoreRequest request;
+  *request.mutable_store() = store;
+  v1::Store response;
+  if (absl::Status s = FromGrpc(stub_->CreateStore(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::Store> Client::GetStore(const std::string& name) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetStoreRequest request;
+  request.set_name(name);
+  v1::Store response;
+  if (absl::Status s = FromGrpc(stub_->GetStore(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Store>> Client::ListStores() {
+  std::vector<v1::Store> stores;
+  v1::ListStoresRequest request;
+  request.set_page_size(1000);
+  do {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::ListStoresResponse response;
+    if (absl::Status s =
+            FromGrpc(stub_->ListStores(&context, request, &response));
+        !s.ok()) {
+      return s;
+    }
+    stores.insert(stores.end(), response.stores().begin(),
+                  response.stores().end());
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  return stores;
+}
+
+absl::Status Client::DeleteStore(const std::string& name) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::DeleteStoreRequest request;
+  request.set_name(name);
+  v1::DeleteStoreResponse response;
+  return FromGrpc(stub_->DeleteStore(&context, request, &response));
+}
+
+absl::StatusOr<v1::AddPatternsResponse> Client::AddPatterns(
+    const std::string& store, absl::Span<const float> values, size_t dim,
+    absl::Span<const std::string> labels) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::AddPatternsRequest request;
+  request.set_store(store);
+  FillPatterns(values, dim, labels, 0, dim ? values.size() / dim : 0,
+               request.mutable_patterns());
+  v1::AddPatternsResponse response;
+  if (absl::Status s = FromGrpc(stub_->AddPatterns(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
+    const std::string& store, absl::Span<const float> values, size_t dim,
+    absl::Span<const std::string> labels, size_t batch_rows,
+    const std::function<void(size_t)>& progress) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::ImportPatternsResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::ImportPatternsRequest>> writer =
+      stub_->ImportPatterns(&context, &response);
+  const size_t rows = dim ? values.size() / dim : 0;
+  batch_rows = std::max<size_t>(batch_rows, 1);
+  for (size_t first = 0; first < rows; first += batch_rows) {
+    v1::ImportPatternsRequest message;
+    if (first == 0) message.set_store(store);
+    const size_t count = std::min(batch_rows, rows - first);
+    FillPatterns(values, dim, labels, first, count, message.mutable_patterns());
+    if (!writer->Write(message)) break;  // The server ended the call.
+    if (progress) progress(first + count);
+  }
+  if (rows == 0) {
+    v1::ImportPatternsRequest message;
+    message.set_store(store);
+    writer->Write(message);
+  }
+  writer->WritesDone();
+  if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
+    const std::string& store, absl::Span<const float> queries, size_t dim,
+    v1::RetrieveRequest request) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  request.set_store(store);
+  request.clear_queries();
+  const size_t rows = dim ? queries.size() / dim : 0;
+  for (size_t r = 0; r < rows; ++r) {
+    request.add_queries()->mutable_values()->Assign(
+        queries.begin() + r * dim, queries.begin() + (r + 1) * dim);
+  }
+  v1::RetrieveResponse response;
+  if (absl::Status s = FromGrpc(stub_->Retrieve(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<std::string> Client::Health(const std::string& service) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  if (absl::Status s = FromGrpc(health_->Check(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+      response.status());
+}
+
+}  // namespace engram::client

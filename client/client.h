@@ -1,0 +1,88 @@
+// A typed C++ client for engram.v1.Engram.
+//
+//   absl::StatusOr<std::unique_ptr<Client>> client =
+//       Client::Connect({.address = "127.0.0.1:50051"});
+//   v1::Store store;
+//   store.set_name("faces");
+//   store.set_dimension(784);
+//   (*client)->CreateStore(store);
+//   (*client)->Import("faces", images.data(), rows, 784, {});
+//   absl::StatusOr<v1::RetrieveResponse> r =
+//       (*client)->Retrieve("faces", queries, n, {});
+//
+// Every call has a deadline (ClientOptions::timeout). gRPC errors come back
+// as absl::Status with the same code and message.
+//
+// Thread-safe: a Client may be shared by threads.
+#ifndef ENGRAM_CLIENT_CLIENT_H_
+#define ENGRAM_CLIENT_CLIENT_H_
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace engram::client {
+
+struct ClientOptions {
+  std::string address = "127.0.0.1:50051";
+  absl::Duration timeout = absl::Seconds(60);
+  int max_message_mb = 256;
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const ClientOptions& options);
+
+  absl::StatusOr<v1::Store> CreateStore(const v1::Store& store);
+  absl::StatusOr<v1::Store> GetStore(const std::string& name);
+  // Every store, following the pages.
+  absl::StatusOr<std::vector<v1::Store>> ListStores();
+  absl::Status DeleteStore(const std::string& name);
+
+  // Adds `rows` patterns (row-major, size rows * dim) in one atomic batch;
+  // `labels` is empty or holds one label per row.
+  absl::StatusOr<v1::AddPatternsResponse> AddPatterns(
+      const std::string& store, absl::Span<const float> values, size_t dim,
+      absl::Span<const std::string> labels = {});
+
+  // Streams `rows` patterns in messages of `batch_rows`; `progress` (if set)
+  // is called with the rows sent so far.
+  absl::StatusOr<v1::ImportPatternsResponse> Import(
+      const std::string& store, absl::Span<const float> values, size_t dim,
+      absl::Span<const std::string> labels, size_t batch_rows,
+      const std::function<void(size_t)>& progress = nullptr);
+
+  // Retrieves for queries (row-major, size n * dim). `request` carries the
+  // overrides; its store and queries are filled in here.
+  absl::StatusOr<v1::RetrieveResponse> Retrieve(const std::string& store,
+                                                absl::Span<const float> queries,
+                                                size_t dim,
+                                                v1::RetrieveRequest request);
+
+  // The health of `service` ("" for the server): "SERVING", "NOT_SERVING"...
+  absl::StatusOr<std::string> Health(const std::string& service = "");
+
+  v1::Engram::Stub& stub() { return *stub_; }
+
+ private:
+  Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+  void SetDeadline(grpc::ClientContext& context) const;
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Engram::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+}  // namespace engram::client
+
+#endif  // ENGRAM_CLIENT_CLIENT_H_

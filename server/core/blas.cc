@@ -1,0 +1,37 @@
+#include "server/core/blas.h"
+
+#include <cblas.h>
+
+namespace engram::core::blas {
+
+void GemmNT(size_t m, size_t n, size_t k, float alpha, const float* a,
+            size_t lda, const float* b, size_t ldb, float beta, float* c,
+            size_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
+void GemmNN(size_t m, size_t n, size_t k, float alpha, const float* a,
+            size_t lda, const float* b, size_t ldb, float beta, float* c,
+            size_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
+void Axpy(size_t n, float alpha, const float* x, float* y) {
+  cblas_saxpy(static_cast<int>(n), alpha, x, 1, y, 1);
+}
+
+void SetThreads(int threads) { openblas_set_num_threads(threads < 1 ? 1 : threads); }
+
+int Threads() { return openblas_get_num_threads(); }
+
+std::string CoreName() { return openblas_get_corename(); }
+
+}  // namespace engram::core::blas

@@ -1,0 +1,35 @@
+// The one place engram calls BLAS. Every matrix is row-major; shapes are given
+// as (rows x cols) and leading dimensions in elements.
+//
+// Thread-safe: OpenBLAS serialises what it must; callers may run concurrently.
+#ifndef ENGRAM_SERVER_CORE_BLAS_H_
+#define ENGRAM_SERVER_CORE_BLAS_H_
+
+#include <cstddef>
+#include <string>
+
+namespace engram::core::blas {
+
+// C (m x n) = alpha * A (m x k) * B^T + beta * C, with B of size n x k.
+void GemmNT(size_t m, size_t n, size_t k, float alpha, const float* a,
+            size_t lda, const float* b, size_t ldb, float beta, float* c,
+            size_t ldc);
+
+// C (m x n) = alpha * A (m x k) * B + beta * C, with B of size k x n.
+void GemmNN(size_t m, size_t n, size_t k, float alpha, const float* a,
+            size_t lda, const float* b, size_t ldb, float beta, float* c,
+            size_t ldc);
+
+// y (n) += alpha * x (n).
+void Axpy(size_t n, float alpha, const float* x, float* y);
+
+// Sets the number of threads OpenBLAS uses for one call (>= 1).
+void SetThreads(int threads);
+int Threads();
+
+// The kernel family OpenBLAS chose for this CPU (e.g. "Haswell", "SkylakeX").
+std::string CoreName();
+
+}  // namespace engram::core::blas
+
+#endif  // ENGRAM_SERVER_CORE_BLAS_H_

@@ -1,0 +1,345 @@
+#include "server/core/retrieval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/core/blas.h"
+
+namespace engram::core {
+
+absl::string_view SimilarityName(Similarity similarity) {
+  switch (similarity) {
+    case Similarity::kDot:
+      return "dot";
+    case Similarity::kL2:
+      return "l2";
+    case Similarity::kManhattan:
+      return "manhattan";
+    case Similarity::kCosine:
+      return "cosine";
+  }
+  return "unknown";
+}
+
+size_t MemorySet::size() const {
+  size_t total = 0;
+  for (const MemoryBlock& block : blocks) total += block.count;
+  return total;
+}
+
+const float* MemorySet::row(size_t index) const {
+  for (const MemoryBlock& block : blocks) {
+    if (index < block.count) return block.rows + index * dim;
+    index -= block.count;
+  }
+  return nullptr;
+}
+
+double SelfSimilarity(Similarity similarity, double sq_norm) {
+  switch (similarity) {
+    case Similarity::kDot:
+      return sq_norm;
+    case Similarity::kCosine:
+      return sq_norm > 0 ? 1.0 : 0.0;
+    case Similarity::kL2:
+    case Similarity::kManhattan:
+      return 0.0;
+  }
+  return 0.0;
+}
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+using Scored = std::pair<float, size_t>;  // (score, memory index)
+
+// Min-heap order on score, so the heap's front is the weakest of the top k.
+bool Stronger(const Scored& a, const Scored& b) { return a.first > b.first; }
+
+float RowMax(const float* row, size_t n) {
+  float max = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max)
+  for (size_t j = 0; j < n; ++j) max = std::max(max, row[j]);
+  return max;
+}
+
+// row[j] <- exp(row[j] - shift); returns the sum.
+float ExpInPlace(float* row, size_t n, float shift) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t j = 0; j < n; ++j) {
+    row[j] = std::exp(row[j] - shift);
+    sum += row[j];
+  }
+  return sum;
+}
+
+float SumExp(const float* row, size_t n, float shift) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t j = 0; j < n; ++j) sum += std::exp(row[j] - shift);
+  return sum;
+}
+
+float L1Distance(const float* a, const float* b, size_t d) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t k = 0; k < d; ++k) sum += std::fabs(a[k] - b[k]);
+  return sum;
+}
+
+// scores (L x n, row stride n) = beta * s(queries_i, rows_j).
+void ComputeScores(Similarity similarity, float beta, const float* queries,
+                   const float* query_sq_norms, size_t num_queries,
+                   const float* rows, const float* row_sq_norms, size_t n,
+                   size_t d, float* scores) {
+  switch (similarity) {
+    case Similarity::kDot:
+      blas::GemmNT(num_queries, n, d, beta, queries, d, rows, d, 0.0f, scores,
+                   n);
+      return;
+    case Similarity::kCosine:
+      blas::GemmNT(num_queries, n, d, 1.0f, queries, d, rows, d, 0.0f, scores,
+                   n);
+      for (size_t i = 0; i < num_queries; ++i) {
+        const float qn = std::sqrt(query_sq_norms[i]);
+        float* row = scores + i * n;
+        for (size_t j = 0; j < n; ++j) {
+          const float denominator = qn * std::sqrt(row_sq_norms[j]);
+          row[j] = denominator > 0 ? beta * row[j] / denominator : 0.0f;
+        }
+      }
+      return;
+    case Similarity::kL2:
+      blas::GemmNT(num_queries, n, d, -2.0f, queries, d, rows, d, 0.0f,
+                   scores, n);
+      for (size_t i = 0; i < num_queries; ++i) {
+        float* row = scores + i * n;
+        const float qn = query_sq_norms[i];
+        for (size_t j = 0; j < n; ++j) {
+          row[j] = -beta * std::sqrt(std::max(0.0f, qn + row_sq_norms[j] + row[j]));
+        }
+      }
+      return;
+    case Similarity::kManhattan:
+      for (size_t i = 0; i < num_queries; ++i) {
+        for (size_t j = 0; j < n; ++j) {
+          scores[i * n + j] =
+              -beta * L1Distance(queries + i * d, rows + j * d, d);
+        }
+      }
+      return;
+  }
+}
+
+// What one pass over all memories leaves per query row.
+struct RowState {
+  double max = kNegInf;  // Running max of the scores.
+  double sum = 0;        // Sum of exp(score - max).
+  std::vector<Scored> top;         // Heap of the best top_k scores.
+  std::vector<Scored> candidates;  // Sparse separations: possible support.
+  size_t candidates_at_prune = 0;
+};
+
+// One update step for `num_queries` states: outputs (size num_queries * d)
+// and the per-row states from which thresholds and weights follow.
+absl::Status Pass(const MemorySet& memories, const float* states,
+                  size_t num_queries, const RetrievalParams& params,
+                  const RetrievalOptions& options, float* outputs,
+                  std::vector<RowState>& rows_state) {
+  const size_t d = memories.dim;
+  const bool softmax = params.separation == Separation::kSoftmax;
+  const double margin = SupportMargin(params.separation);
+  const size_t tile =
+      std::max<size_t>(1, options.max_score_floats / std::max<size_t>(num_queries, 1));
+
+  std::vector<float> query_sq_norms(num_queries);
+  for (size_t i = 0; i < num_queries; ++i) {
+    const float* q = states + i * d;
+    double s = 0;
+    for (size_t k = 0; k < d; ++k) s += double{q[k]} * q[k];
+    query_sq_norms[i] = static_cast<float>(s);
+  }
+  rows_state.assign(num_queries, RowState{});
+  std::fill(outputs, outputs + num_queries * d, 0.0f);
+  std::vector<float> scores;
+
+  size_t block_start = 0;
+  for (const MemoryBlock& block : memories.blocks) {
+    for (size_t r0 = 0; r0 < block.count; r0 += tile) {
+      if (options.check) {
+        if (absl::Status status = options.check(); !status.ok()) return status;
+      }
+      const size_t n = std::min(tile, block.count - r0);
+      const float* rows = block.rows + r0 * d;
+      scores.resize(num_queries * n);
+      ComputeScores(params.similarity, params.beta, states,
+                    query_sq_norms.data(), num_queries, rows,
+                    block.sq_norms + r0, n, d, scores.data());
+      const size_t first_index = block_start + r0;
+      for (size_t i = 0; i < num_queries; ++i) {
+        RowState& state = rows_state[i];
+        float* row = scores.data() + i * n;
+        const double tile_max = RowMax(row, n);
+
+        if (params.top_k > 0) {
+          for (size_t j = 0; j < n; ++j) {
+            if (state.top.size() < params.top_k) {
+              state.top.emplace_back(row[j], first_index + j);
+              std::push_heap(state.top.begin(), state.top.end(), Stronger);
+            } else if (row[j] > state.top.front().first) {
+              std::pop_heap(state.top.begin(), state.top.end(), Stronger);
+              state.top.back() = {row[j], first_index + j};
+              std::push_heap(state.top.begin(), state.top.end(), Stronger);
+            }
+          }
+        }
+
+        const double new_max = std::max(state.max, tile_max);
+        if (!softmax) {
+          const double floor = new_max - margin;
+          for (size_t j = 0; j < n; ++j) {
+            if (row[j] > floor) state.candidates.emplace_back(row[j], first_index + j);
+          }
+          if (state.candidates.size() > 2 * state.candidates_at_prune + 1024) {
+            state.candidates.erase(
+                std::remove_if(state.candidates.begin(), state.candidates.end(),
+                               [floor](const Scored& c) { return c.first <= floor; }),
+                state.candidates.end());
+            state.candidates_at_prune = state.candidates.size();
+          }
+        }
+
+        const double rescale =
+            state.max == kNegInf ? 0.0 : std::exp(state.max - new_max);
+        state.sum *= rescale;
+        state.max = new_max;
+        if (softmax) {
+          if (rescale != 1.0) {
+            float* out = outputs + i * d;
+            const float factor = static_cast<float>(rescale);
+            for (size_t k = 0; k < d; ++k) out[k] *= factor;
+          }
+          state.sum += ExpInPlace(row, n, static_cast<float>(new_max));
+        } else {
+          state.sum += SumExp(row, n, static_cast<float>(new_max));
+        }
+      }
+      if (softmax) {
+        // outputs += exp(scores - max) * rows, rescaled per row above.
+        blas::GemmNN(num_queries, d, n, 1.0f, scores.data(), n, rows, d, 1.0f,
+                     outputs, d);
+      }
+    }
+    block_start += block.count;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
+                                              const float* queries,
+                                              size_t num_queries,
+                                              const RetrievalParams& params,
+                                              const RetrievalOptions& options) {
+  const size_t d = memories.dim;
+  const size_t m = memories.size();
+  if (m == 0) return absl::FailedPreconditionError("no memories to retrieve from");
+  if (d == 0) return absl::InvalidArgumentError("dimension must be positive");
+  if (!(params.beta > 0) || !std::isfinite(params.beta)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beta must be finite and > 0, got ", params.beta));
+  }
+  if (params.steps < 1) return absl::InvalidArgumentError("steps must be >= 1");
+  const bool softmax = params.separation == Separation::kSoftmax;
+
+  RetrievalOutput out;
+  out.states.assign(queries, queries + num_queries * d);
+  out.matches.resize(num_queries);
+  out.energies.assign(num_queries, 0.0);
+  out.steps.assign(num_queries, 0);
+  out.converged.assign(num_queries, 0);
+
+  std::vector<size_t> active(num_queries);
+  for (size_t i = 0; i < num_queries; ++i) active[i] = i;
+  std::vector<float> states, outputs;
+  std::vector<RowState> rows_state;
+  std::vector<double> candidate_scores;
+
+  for (uint32_t step = 1; step <= params.steps && !active.empty(); ++step) {
+    const size_t count = active.size();
+    states.resize(count * d);
+    outputs.resize(count * d);
+    for (size_t a = 0; a < count; ++a) {
+      std::copy_n(out.states.data() + active[a] * d, d, states.data() + a * d);
+    }
+    if (absl::Status status = Pass(memories, states.data(), count, params,
+                                   options, outputs.data(), rows_state);
+        !status.ok()) {
+      return status;
+    }
+
+    std::vector<size_t> still_active;
+    for (size_t a = 0; a < count; ++a) {
+      RowState& state = rows_state[a];
+      const double lse = state.max + std::log(state.sum);
+      float* y = outputs.data() + a * d;
+      const float* x = states.data() + a * d;
+      double threshold = lse, total = 1.0;
+      if (softmax) {
+        const float inverse = static_cast<float>(1.0 / state.sum);
+        for (size_t k = 0; k < d; ++k) y[k] *= inverse;
+      } else {
+        const double floor = state.max - SupportMargin(params.separation);
+        state.candidates.erase(
+            std::remove_if(state.candidates.begin(), state.candidates.end(),
+                           [floor](const Scored& c) { return c.first <= floor; }),
+            state.candidates.end());
+        candidate_scores.clear();
+        for (const Scored& c : state.candidates) candidate_scores.push_back(c.first);
+        threshold = SeparationThreshold(params.separation, candidate_scores);
+        total = 0;
+        for (const Scored& c : state.candidates) {
+          total += SeparationWeight(params.separation, c.first, threshold);
+        }
+        for (const Scored& c : state.candidates) {
+          const double w = SeparationWeight(params.separation, c.first, threshold);
+          if (w > 0) blas::Axpy(d, static_cast<float>(w / total), memories.row(c.second), y);
+        }
+      }
+
+      const size_t i = active[a];
+      double sq_norm = 0, sq_change = 0;
+      for (size_t k = 0; k < d; ++k) {
+        sq_norm += double{x[k]} * x[k];
+        const double change = double{y[k]} - x[k];
+        sq_change += change * change;
+      }
+      std::copy_n(y, d, out.states.data() + i * d);
+      out.steps[i] = step;
+      out.energies[i] =
+          -lse / params.beta + 0.5 * SelfSimilarity(params.similarity, sq_norm);
+      std::sort_heap(state.top.begin(), state.top.end(), Stronger);
+      std::vector<Match>& matches = out.matches[i];
+      matches.clear();
+      for (const Scored& s : state.top) {
+        const double w = SeparationWeight(params.separation, s.first, threshold);
+        matches.push_back({s.second, static_cast<float>(w / total), s.first});
+      }
+      if (params.eps > 0 && std::sqrt(sq_change) <= params.eps) {
+        out.converged[i] = 1;
+      } else {
+        still_active.push_back(i);
+      }
+    }
+    active.swap(still_active);
+  }
+  return out;
+}
+
+}  // namespace engram::core

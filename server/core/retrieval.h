@@ -1,0 +1,95 @@
+// Exact Stage II retrieval: x <- Xi * Sep(beta * s(Xi, x)), for a batch of
+// queries over memories held in contiguous blocks.
+//
+//   MemorySet memories{.dim = d, .blocks = {{rows, sq_norms, count}, ...}};
+//   RetrievalParams params{.similarity = Similarity::kDot, .beta = 1.0f};
+//   absl::StatusOr<RetrievalOutput> out =
+//       RetrieveExact(memories, queries, num_queries, params);
+//
+// Scores are computed a tile of memories at a time (sgemm where a GEMM form
+// exists), with an online log-sum-exp, so the score buffer stays bounded by
+// RetrievalOptions::max_score_floats whatever the number of memories.
+//
+// Thread-safe: pure functions of their arguments.
+#ifndef ENGRAM_SERVER_CORE_RETRIEVAL_H_
+#define ENGRAM_SERVER_CORE_RETRIEVAL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/core/separation.h"
+
+namespace engram::core {
+
+enum class Similarity { kDot, kL2, kManhattan, kCosine };
+
+absl::string_view SimilarityName(Similarity similarity);
+
+// `count` memories, row-major, size count * dim, with their squared L2 norms
+// (size count). Borrowed: the caller keeps them alive during a call.
+struct MemoryBlock {
+  const float* rows = nullptr;
+  const float* sq_norms = nullptr;
+  size_t count = 0;
+};
+
+// All memories of one retrieval, in order; memory i of the set is row
+// i - (rows of the blocks before it) of its block.
+struct MemorySet {
+  size_t dim = 0;
+  std::vector<MemoryBlock> blocks;
+
+  size_t size() const;
+  // The row of memory `index` (< size()), size dim.
+  const float* row(size_t index) const;
+};
+
+struct RetrievalParams {
+  Similarity similarity = Similarity::kDot;
+  Separation separation = Separation::kSoftmax;
+  float beta = 1.0f;    // Inverse temperature, > 0.
+  uint32_t steps = 1;   // Maximum update steps, >= 1.
+  float eps = 0.0f;     // Stop once ||x_{t+1} - x_t||_2 <= eps (if > 0).
+  uint32_t top_k = 5;   // Best matches reported per query.
+};
+
+struct RetrievalOptions {
+  // Upper bound on the score buffer, in floats (default 16 MiB).
+  size_t max_score_floats = size_t{4} << 20;
+  // Called between tiles; a non-OK status aborts the retrieval with it
+  // (deadlines, cancellation).
+  std::function<absl::Status()> check;
+};
+
+struct Match {
+  size_t index = 0;    // Memory index in the MemorySet.
+  float weight = 0;    // Weight in the final update.
+  float score = 0;     // beta * s(xi, x) in the final update.
+};
+
+// Results for L queries of dimension d.
+struct RetrievalOutput {
+  std::vector<float> states;                // Retrieved vectors, L * d.
+  std::vector<std::vector<Match>> matches;  // L lists, best first.
+  std::vector<double> energies;             // L, of the last state scored.
+  std::vector<uint32_t> steps;              // L, update steps taken.
+  std::vector<uint8_t> converged;           // L, 1 if eps was reached.
+};
+
+// The similarity of x with itself, s(x, x), given ||x||^2 (for the energy).
+double SelfSimilarity(Similarity similarity, double sq_norm);
+
+// Runs exact retrieval of `num_queries` queries (row-major, size
+// num_queries * memories.dim). Requires at least one memory.
+absl::StatusOr<RetrievalOutput> RetrieveExact(
+    const MemorySet& memories, const float* queries, size_t num_queries,
+    const RetrievalParams& params, const RetrievalOptions& options = {});
+
+}  // namespace engram::core
+
+#endif  // ENGRAM_SERVER_CORE_RETRIEVAL_H_

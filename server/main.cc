@@ -1,0 +1,190 @@
+// engramd: the engram server.
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <thread>
+
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "server/base/log.h"
+#include "server/core/blas.h"
+#include "server/metrics/prometheus_metrics.h"
+#include "server/rpc/service.h"
+#include "server/store/registry.h"
+#include "server/store/storage.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC address (host:port). Loopback by default: expose it only "
+          "behind TLS and tokens.");
+ABSL_FLAG(std::string, data_dir, "./engram-data",
+          "Directory that holds the server's data; created if missing.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics address (host:port); empty disables it.");
+ABSL_FLAG(bool, metrics_per_store, true,
+          "Label per-store metrics with the store name (off: one series).");
+ABSL_FLAG(int, blas_threads, 0,
+          "OpenBLAS threads per call; 0 = the number of cores.");
+ABSL_FLAG(int, rpc_threads, 0,
+          "Maximum gRPC handler threads; 0 = 4 per core.");
+ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
+ABSL_FLAG(uint32_t, max_dimension, 65536, "Largest store dimension.");
+ABSL_FLAG(uint64_t, max_batch, 100000,
+          "Most patterns in one add, import message or delete.");
+ABSL_FLAG(uint64_t, max_queries, 4096, "Most queries in one Retrieve.");
+ABSL_FLAG(uint64_t, max_stores, 1000, "Most stores on the server.");
+ABSL_FLAG(uint64_t, max_patterns_per_store, 50000000,
+          "Most patterns in one store.");
+ABSL_FLAG(double, shutdown_grace_s, 10,
+          "Seconds in-flight RPCs get to finish after SIGTERM.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+
+namespace engram {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+int LogLevelFromName(const std::string& name) {
+  if (name == "debug") return static_cast<int>(LogLevel::kDebug);
+  if (name == "warning") return static_cast<int>(LogLevel::kWarning);
+  if (name == "error") return static_cast<int>(LogLevel::kError);
+  return static_cast<int>(LogLevel::kInfo);
+}
+
+// Blocks SIGTERM and SIGINT in every thread so that WaitForSignal alone
+// receives them. Must run before any thread starts.
+sigset_t BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int Run() {
+  const sigset_t signals = BlockShutdownSignals();
+  MinLogLevel() = LogLevelFromName(absl::GetFlag(FLAGS_log_level));
+
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const int blas_threads = absl::GetFlag(FLAGS_blas_threads) > 0
+                               ? absl::GetFlag(FLAGS_blas_threads)
+                               : static_cast<int>(cores);
+  core::blas::SetThreads(blas_threads);
+
+  store::Limits limits;
+  limits.max_dimension = absl::GetFlag(FLAGS_max_dimension);
+  limits.max_batch = absl::GetFlag(FLAGS_max_batch);
+  limits.max_queries = absl::GetFlag(FLAGS_max_queries);
+  limits.max_stores = absl::GetFlag(FLAGS_max_stores);
+  limits.max_patterns_per_store = absl::GetFlag(FLAGS_max_patterns_per_store);
+
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  std::error_code error;
+  std::filesystem::create_directories(data_dir, error);
+  if (error) {
+    Log(LogLevel::kError, "cannot create --data_dir=%s: %s", data_dir,
+        error.message());
+    return 1;
+  }
+
+  metrics::PrometheusOptions metrics_options;
+  metrics_options.listen = absl::GetFlag(FLAGS_metrics_listen);
+  metrics_options.per_store_labels = absl::GetFlag(FLAGS_metrics_per_store);
+  metrics_options.version = kVersion;
+  absl::StatusOr<std::unique_ptr<metrics::Metrics>> metrics =
+      metrics::StartPrometheusMetrics(metrics_options);
+  if (!metrics.ok()) {
+    Log(LogLevel::kError, "%s", metrics.status().ToString());
+    return 1;
+  }
+
+  store::EphemeralStorage storage;
+  store::StoreRegistry registry(limits, &storage);
+  if (absl::Status status = registry.Load(); !status.ok()) {
+    Log(LogLevel::kError, "loading stores: %s", status.ToString());
+    return 1;
+  }
+  rpc::EngramService service(&registry, metrics->get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  int bound_port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(),
+                           &bound_port);
+  const int max_message = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
+  grpc::ResourceQuota quota("engramd");
+  const int rpc_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
+                              ? absl::GetFlag(FLAGS_rpc_threads)
+                              : static_cast<int>(4 * cores);
+  quota.SetMaxThreads(rpc_threads);
+  builder.SetResourceQuota(quota);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    Log(LogLevel::kError, "cannot listen on --listen=%s", listen);
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // Liveness ("") is SERVING once the process runs; readiness (the service
+  // name) once every store is loaded, which Load() finished above.
+  health->SetServingStatus("", true);
+  health->SetServingStatus(v1::Engram::service_full_name(), true);
+
+  Log(LogLevel::kInfo,
+      "engramd %s listening on %s (port %d); metrics on %s; data_dir=%s; "
+      "storage=memory (not kept across restarts); blas core=%s threads=%d; "
+      "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
+      "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu",
+      kVersion, listen, bound_port,
+      metrics_options.listen.empty() ? "(off)" : metrics_options.listen,
+      data_dir, core::blas::CoreName(), blas_threads, rpc_threads,
+      absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
+      limits.max_batch, limits.max_queries, limits.max_stores,
+      limits.max_patterns_per_store);
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
+      absl::GetFlag(FLAGS_shutdown_grace_s));
+  health->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(
+                       absl::GetFlag(FLAGS_shutdown_grace_s) * 1000)));
+  server->Wait();
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace engram
+
+int main(int argc, char** argv) {
+  absl::InitializeSymbolizer(argv[0]);
+  absl::FailureSignalHandlerOptions options;
+  absl::InstallFailureSignalHandler(options);
+  absl::SetProgramUsageMessage(
+      "engram server: stores memory patterns and recalls them with "
+      "modern-Hopfield retrieval.\nUsage: engramd [--listen=HOST:PORT] "
+      "[--data_dir=DIR] [--metrics_listen=HOST:PORT] ...");
+  absl::ParseCommandLine(argc, argv);
+  return engram::Run();
+}

@@ -1,0 +1,40 @@
+// What engram counts, as a small interface the other modules call; the
+// prometheus-cpp implementation lives in prometheus_metrics.h.
+//
+// Thread-safe: implementations must accept concurrent calls.
+#ifndef ENGRAM_SERVER_METRICS_METRICS_H_
+#define ENGRAM_SERVER_METRICS_METRICS_H_
+
+#include <cstddef>
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace engram::metrics {
+
+class Metrics {
+ public:
+  virtual ~Metrics() = default;
+
+  // One finished RPC: its method, gRPC status code name and duration.
+  virtual void RecordRequest(absl::string_view method, absl::string_view code,
+                             double seconds) = 0;
+  // One Retrieve: how many queries, and which path ran ("exact", "low_rank").
+  virtual void RecordRetrieval(absl::string_view path, size_t queries) = 0;
+  // The current pattern count of a store (a removed store: RemoveStore).
+  virtual void SetPatternCount(absl::string_view store, double count) = 0;
+  virtual void RemoveStore(absl::string_view store) = 0;
+};
+
+// Counts nothing.
+class NullMetrics : public Metrics {
+ public:
+  void RecordRequest(absl::string_view, absl::string_view, double) override {}
+  void RecordRetrieval(absl::string_view, size_t) override {}
+  void SetPatternCount(absl::string_view, double) override {}
+  void RemoveStore(absl::string_view) override {}
+};
+
+}  // namespace engram::metrics
+
+#endif  // ENGRAM_SERVER_METRICS_METRICS_H_

@@ -1,0 +1,111 @@
+#include "server/metrics/prometheus_metrics.h"
+
+#include <exception>
+#include <map>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace engram::metrics {
+
+namespace {
+
+class PrometheusMetrics : public Metrics {
+ public:
+  explicit PrometheusMetrics(const PrometheusOptions& options)
+      : options_(options),
+        registry_(std::make_shared<prometheus::Registry>()),
+        requests_(prometheus::BuildCounter()
+                      .Name("engram_requests_total")
+                      .Help("RPCs handled, by method and gRPC status code.")
+                      .Register(*registry_)),
+        latency_(prometheus::BuildHistogram()
+                     .Name("engram_request_duration_seconds")
+                     .Help("RPC latency in seconds, by method.")
+                     .Register(*registry_)),
+        queries_(prometheus::BuildCounter()
+                     .Name("engram_queries_total")
+                     .Help("Queries retrieved, by the path that ran.")
+                     .Register(*registry_)),
+        patterns_(prometheus::BuildGauge()
+                      .Name("engram_patterns")
+                      .Help("Patterns stored, by store.")
+                      .Register(*registry_)) {
+    prometheus::BuildGauge()
+        .Name("engram_build_info")
+        .Help("Always 1; the labels describe the build.")
+        .Register(*registry_)
+        .Add({{"version", options.version}})
+        .Set(1);
+  }
+
+  absl::Status Start() {
+    if (options_.listen.empty()) return absl::OkStatus();
+    try {
+      exposer_ = std::make_unique<prometheus::Exposer>(options_.listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot serve metrics on ", options_.listen, ": ", e.what()));
+    }
+    exposer_->RegisterCollectable(registry_);
+    return absl::OkStatus();
+  }
+
+  void RecordRequest(absl::string_view method, absl::string_view code,
+                     double seconds) override {
+    requests_.Add({{"method", std::string(method)}, {"code", std::string(code)}})
+        .Increment();
+    LatencyFor(method).Observe(seconds);
+  }
+
+  void RecordRetrieval(absl::string_view path, size_t queries) override {
+    queries_.Add({{"path", std::string(path)}}).Increment(queries);
+  }
+
+  void SetPatternCount(absl::string_view store, double count) override {
+    patterns_.Add({{"store", StoreLabel(store)}}).Set(count);
+  }
+
+  void RemoveStore(absl::string_view store) override {
+    if (!options_.per_store_labels) return;
+    patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
+  }
+
+ private:
+  std::string StoreLabel(absl::string_view store) const {
+    return options_.per_store_labels ? std::string(store) : "all";
+  }
+
+  prometheus::Histogram& LatencyFor(absl::string_view method) {
+    static const prometheus::Histogram::BucketBoundaries kBuckets = {
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+        0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5, 5, 10};
+    return latency_.Add({{"method", std::string(method)}}, kBuckets);
+  }
+
+  const PrometheusOptions options_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& latency_;
+  prometheus::Family<prometheus::Counter>& queries_;
+  prometheus::Family<prometheus::Gauge>& patterns_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Metrics>> StartPrometheusMetrics(
+    const PrometheusOptions& options) {
+  auto metrics = std::make_unique<PrometheusMetrics>(options);
+  if (absl::Status status = metrics->Start(); !status.ok()) return status;
+  return metrics;
+}
+
+}  // namespace engram::metrics

@@ -1,0 +1,27 @@
+// Metrics exported in the Prometheus text format at http://LISTEN/metrics.
+//
+// Thread-safe: prometheus-cpp families are; the label maps are guarded.
+#ifndef ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_
+#define ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/metrics/metrics.h"
+
+namespace engram::metrics {
+
+struct PrometheusOptions {
+  std::string listen = "127.0.0.1:9464";  // Empty: no HTTP endpoint.
+  bool per_store_labels = true;  // Off: no store label, bounded cardinality.
+  std::string version;
+};
+
+// Starts the exporter; fails if `listen` cannot be bound.
+absl::StatusOr<std::unique_ptr<Metrics>> StartPrometheusMetrics(
+    const PrometheusOptions& options);
+
+}  // namespace engram::metrics
+
+#endif  // ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_

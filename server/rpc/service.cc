@@ -1,0 +1,393 @@
+#include "server/rpc/service.h"
+
+#include <chrono>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/base/log.h"
+#include "server/rpc/convert.h"
+#include "server/store/retrieve.h"
+
+namespace engram::rpc {
+
+namespace {
+
+const char* CodeName(absl::StatusCode code) {
+  static constexpr const char* kNames[] = {
+      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",    "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",     "UNAVAILABLE",       "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  const int index = static_cast<int>(code);
+  return index >= 0 && index <= 16 ? kNames[index] : "UNKNOWN";
+}
+
+// Stops retrieval between tiles when the client gives up or the deadline
+// passes.
+std::function<absl::Status()> DeadlineCheck(grpc::ServerContext* context) {
+  return [context]() -> absl::Status {
+    if (context->deadline() <= std::chrono::system_clock::now()) {
+      return absl::DeadlineExceededError(
+          "the deadline passed during retrieval");
+    }
+    if (context->IsCancelled()) {
+      return absl::CancelledError("the client cancelled the call");
+    }
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace
+
+class EngramService::Call {
+ public:
+  Call(EngramService* service, const char* method, std::string store)
+      : service_(service),
+        method_(method),
+        store_(std::move(store)),
+        start_(absl::Now()) {}
+
+  grpc::Status Done(const absl::Status& status) {
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
+    const char* code = CodeName(status.code());
+    service_->metrics_->RecordRequest(method_, code, seconds);
+    Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo,
+        "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_,
+        code, seconds * 1e3, status.ok() ? "" : " message=",
+        std::string(status.message()));
+    return ToGrpc(status);
+  }
+
+ private:
+  EngramService* const service_;
+  const char* const method_;
+  const std::string store_;
+  const absl::Time start_;
+};
+
+EngramService::EngramService(store::StoreRegistry* registry,
+                             metrics::Metrics* metrics)
+    : registry_(registry), metrics_(metrics) {}
+
+void EngramService::CountPatterns(const store::Store& store) {
+  metrics_->SetPatternCount(store.name(), store.view()->size());
+}
+
+grpc::Status EngramService::CreateStore(grpc::ServerContext*,
+                                        const v1::CreateStoreRequest* request,
+                                        v1::Store* response) {
+  Call call(this, "CreateStore", request->store().name());
+  absl::StatusOr<store::StoreSettings> settings =
+      SettingsFromProto(request->store());
+  if (!settings.ok()) return call.Done(settings.status());
+  absl::StatusOr<std::shared_ptr<store::Store>> created =
+      registry_->Create(*settings);
+  if (!created.ok()) return call.Done(created.status());
+  ToProto(*(*created)->view(), *response);
+  CountPatterns(**created);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::GetStore(grpc::ServerContext*,
+                                     const v1::GetStoreRequest* request,
+                                     v1::Store* response) {
+  Call call(this, "GetStore", request->name());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->name());
+  if (!found.ok()) return call.Done(found.status());
+  ToProto(*(*found)->view(), *response);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::ListStores(grpc::ServerContext*,
+                                       const v1::ListStoresRequest* request,
+                                       v1::ListStoresResponse* response) {
+  Call call(this, "ListStores", "");
+  std::string after;
+  if (!request->page_token().empty()) {
+    absl::StatusOr<std::string> parsed = ParseStoreToken(request->page_token());
+    if (!parsed.ok()) return call.Done(parsed.status());
+    after = *parsed;
+  }
+  bool more = false;
+  std::vector<std::shared_ptr<store::Store>> page =
+      registry_->List(after, PageSize(request->page_size()), more);
+  for (const auto& s : page) ToProto(*s->view(), *response->add_stores());
+  if (more) response->set_next_page_token(StoreToken(page.back()->name()));
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::UpdateStore(grpc::ServerContext*,
+                                        const v1::UpdateStoreRequest* request,
+                                        v1::Store* response) {
+  Call call(this, "UpdateStore", request->store().name());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store().name());
+  if (!found.ok()) return call.Done(found.status());
+  absl::Status status =
+      (*found)->UpdateSettings([request](store::StoreSettings& settings) {
+        return ApplyUpdateMask(request->store(), request->update_mask(),
+                               settings);
+      });
+  if (!status.ok()) return call.Done(status);
+  ToProto(*(*found)->view(), *response);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::DeleteStore(grpc::ServerContext*,
+                                        const v1::DeleteStoreRequest* request,
+                                        v1::DeleteStoreResponse*) {
+  Call call(this, "DeleteStore", request->name());
+  absl::Status status = registry_->Delete(request->name());
+  if (status.ok()) metrics_->RemoveStore(request->name());
+  return call.Done(status);
+}
+
+grpc::Status EngramService::AddPatterns(grpc::ServerContext*,
+                                        const v1::AddPatternsRequest* request,
+                                        v1::AddPatternsResponse* response) {
+  Call call(this, "AddPatterns", request->store());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  std::vector<store::Pattern> patterns;
+  patterns.reserve(request->patterns_size());
+  for (const v1::Pattern& p : request->patterns()) patterns.push_back(FromProto(p));
+  absl::StatusOr<std::vector<uint64_t>> ids = (*found)->Add(patterns);
+  if (!ids.ok()) return call.Done(ids.status());
+  response->mutable_ids()->Assign(ids->begin(), ids->end());
+  response->set_pattern_count((*found)->view()->size());
+  CountPatterns(**found);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::ImportPatterns(
+    grpc::ServerContext*, grpc::ServerReader<v1::ImportPatternsRequest>* reader,
+    v1::ImportPatternsResponse* response) {
+  Call call(this, "ImportPatterns", "");
+  v1::ImportPatternsRequest message;
+  std::shared_ptr<store::Store> target;
+  uint64_t messages = 0, first_id = 0, last_id = 0, added = 0;
+  std::vector<store::Pattern> patterns;
+  while (reader->Read(&message)) {
+    const uint64_t index = messages++;
+    if (!target) {
+      absl::StatusOr<std::shared_ptr<store::Store>> found =
+          registry_->Get(message.store());
+      if (!found.ok()) {
+        return call.Done(absl::Status(
+            found.status().code(),
+            message.store().empty()
+                ? "store is required in the first message"
+                : std::string(found.status().message())));
+      }
+      target = *found;
+    } else if (!message.store().empty() && message.store() != target->name()) {
+      return call.Done(absl::InvalidArgumentError(absl::StrCat(
+          "message ", index, ": store '", message.store(),
+          "' differs from the first message's '", target->name(), "'; ",
+          added, " patterns of earlier messages were committed")));
+    }
+    if (message.patterns_size() == 0) continue;
+    patterns.clear();
+    for (const v1::Pattern& p : message.patterns()) patterns.push_back(FromProto(p));
+    absl::StatusOr<std::vector<uint64_t>> ids = target->Add(patterns);
+    if (!ids.ok()) {
+      CountPatterns(*target);
+      return call.Done(absl::Status(
+          ids.status().code(),
+          absl::StrCat("message ", index, ": ", ids.status().message(), "; ",
+                       added, " patterns of earlier messages were committed")));
+    }
+    for (uint64_t id : *ids) {
+      first_id = first_id == 0 ? id : std::min(first_id, id);
+      last_id = std::max(last_id, id);
+    }
+    added += ids->size();
+  }
+  if (!target) {
+    return call.Done(absl::InvalidArgumentError(
+        "the stream held no message; the first must name the store"));
+  }
+  response->set_patterns_added(added);
+  response->set_batches(messages);
+  response->set_pattern_count(target->view()->size());
+  response->set_first_id(first_id);
+  response->set_last_id(last_id);
+  CountPatterns(*target);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::GetPattern(grpc::ServerContext*,
+                                       const v1::GetPatternRequest* request,
+                                       v1::Pattern* response) {
+  Call call(this, "GetPattern", request->store());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  absl::StatusOr<store::Pattern> pattern = (*found)->Get(request->id());
+  if (!pattern.ok()) return call.Done(pattern.status());
+  ToProto(*pattern, *response);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::ListPatterns(grpc::ServerContext*,
+                                         const v1::ListPatternsRequest* request,
+                                         v1::ListPatternsResponse* response) {
+  Call call(this, "ListPatterns", request->store());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  uint64_t after = 0;
+  if (!request->page_token().empty()) {
+    absl::StatusOr<uint64_t> parsed = ParsePatternToken(request->page_token());
+    if (!parsed.ok()) return call.Done(parsed.status());
+    after = *parsed;
+  }
+  store::Store::Page page = (*found)->List(
+      after, PageSize(request->page_size()), !request->omit_values());
+  for (const store::Pattern& p : page.patterns) {
+    ToProto(p, *response->add_patterns());
+  }
+  if (page.more) {
+    response->set_next_page_token(PatternToken(page.patterns.back().id));
+  }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::DeletePatterns(
+    grpc::ServerContext*, const v1::DeletePatternsRequest* request,
+    v1::DeletePatternsResponse* response) {
+  Call call(this, "DeletePatterns", request->store());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  absl::Status status = (*found)->Delete(
+      absl::MakeConstSpan(request->ids().data(), request->ids_size()));
+  if (!status.ok()) return call.Done(status);
+  response->set_pattern_count((*found)->view()->size());
+  CountPatterns(**found);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
+                                     const v1::RetrieveRequest* request,
+                                     v1::RetrieveResponse* response) {
+  Call call(this, "Retrieve", request->store());
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  const size_t d = view->settings().dimension;
+
+  std::vector<float> queries;
+  queries.reserve(request->queries_size() * d);
+  for (int i = 0; i < request->queries_size(); ++i) {
+    const auto& values = request->queries(i).values();
+    if (static_cast<size_t>(values.size()) != d) {
+      return call.Done(absl::InvalidArgumentError(absl::StrCat(
+          "queries[", i, "].values has ", values.size(), " values; store '",
+          request->store(), "' has dimension ", d)));
+    }
+    queries.insert(queries.end(), values.begin(), values.end());
+  }
+  store::RetrieveRequest query;
+  query.queries = queries;
+  query.num_queries = request->queries_size();
+  if (request->has_steps()) query.steps = request->steps();
+  if (request->has_beta()) query.beta = request->beta();
+  if (request->has_top_k()) query.top_k = request->top_k();
+  if (request->has_eps()) query.eps = request->eps();
+  if (request->has_tolerance()) query.tolerance = request->tolerance();
+  absl::StatusOr<store::PathChoice> path = PathFromProto(request->path());
+  if (!path.ok()) return call.Done(path.status());
+  query.path = *path;
+
+  core::RetrievalOptions options;
+  options.check = DeadlineCheck(context);
+  absl::StatusOr<store::RetrieveResult> result =
+      store::Retrieve(*view, query, registry_->limits(), options);
+  if (!result.ok()) return call.Done(result.status());
+
+  for (size_t i = 0; i < query.num_queries; ++i) {
+    v1::QueryResult* out = response->add_results();
+    if (!request->omit_vectors()) {
+      out->mutable_values()->Assign(result->states.begin() + i * d,
+                                    result->states.begin() + (i + 1) * d);
+    }
+    for (const store::MatchedPattern& m : result->matches[i]) {
+      v1::Match* match = out->add_matches();
+      match->set_id(m.id);
+      match->set_weight(m.weight);
+      match->set_score(m.score);
+      match->set_label(m.label);
+    }
+    out->set_energy(result->energies[i]);
+    out->set_steps(result->steps[i]);
+    out->set_converged(result->converged[i] != 0);
+  }
+  v1::PathReport* report = response->mutable_path();
+  report->set_path(PathToProto(result->path.path));
+  report->set_degree(result->path.degree);
+  report->set_rank(result->path.rank);
+  report->set_error_bound(result->path.error_bound);
+  report->set_reason(result->path.reason);
+  response->set_store_version(result->store_version);
+  metrics_->RecordRetrieval(
+      result->path.path == store::PathChoice::kLowRank ? "low_rank" : "exact",
+      query.num_queries);
+  return call.Done(absl::OkStatus());
+}
+
+absl::Status EngramService::FitStatusOf(const std::string& name,
+                                        v1::FitStatus& out) {
+  absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
+  if (!found.ok()) return found.status();
+  out.set_store(name);
+  out.set_state(v1::FitStatus::NOT_CONFIGURED);
+  return absl::OkStatus();
+}
+
+grpc::Status EngramService::GetFitStatus(grpc::ServerContext*,
+                                         const v1::GetFitStatusRequest* request,
+                                         v1::FitStatus* response) {
+  Call call(this, "GetFitStatus", request->store());
+  return call.Done(FitStatusOf(request->store(), *response));
+}
+
+grpc::Status EngramService::WatchFit(grpc::ServerContext*,
+                                     const v1::WatchFitRequest* request,
+                                     grpc::ServerWriter<v1::FitStatus>* writer) {
+  Call call(this, "WatchFit", request->store());
+  v1::FitStatus status;
+  if (absl::Status s = FitStatusOf(request->store(), status); !s.ok()) {
+    return call.Done(s);
+  }
+  writer->Write(status);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::StartFit(grpc::ServerContext*,
+                                     const v1::StartFitRequest* request,
+                                     v1::FitStatus* response) {
+  Call call(this, "StartFit", request->store());
+  if (absl::Status s = FitStatusOf(request->store(), *response); !s.ok()) {
+    return call.Done(s);
+  }
+  return call.Done(absl::FailedPreconditionError(absl::StrCat(
+      "store '", request->store(),
+      "' has no U-Hop feature map (store.feature_map.kind is NONE)")));
+}
+
+grpc::Status EngramService::CancelFit(grpc::ServerContext*,
+                                      const v1::CancelFitRequest* request,
+                                      v1::FitStatus* response) {
+  Call call(this, "CancelFit", request->store());
+  return call.Done(FitStatusOf(request->store(), *response));
+}
+
+}  // namespace engram::rpc

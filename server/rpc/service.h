@@ -1,0 +1,80 @@
+// The engram.v1.Engram gRPC service: validates requests, converts them and
+// delegates to the store layer; nothing else.
+//
+// Thread-safe: gRPC calls every method concurrently; all state lives in the
+// registry.
+#ifndef ENGRAM_SERVER_RPC_SERVICE_H_
+#define ENGRAM_SERVER_RPC_SERVICE_H_
+
+#include "engram/v1/engram.grpc.pb.h"
+#include "server/metrics/metrics.h"
+#include "server/store/registry.h"
+
+namespace engram::rpc {
+
+class EngramService final : public v1::Engram::Service {
+ public:
+  // Both borrowed; they must outlive the service.
+  EngramService(store::StoreRegistry* registry, metrics::Metrics* metrics);
+
+  grpc::Status CreateStore(grpc::ServerContext* context,
+                           const v1::CreateStoreRequest* request,
+                           v1::Store* response) override;
+  grpc::Status GetStore(grpc::ServerContext* context,
+                        const v1::GetStoreRequest* request,
+                        v1::Store* response) override;
+  grpc::Status ListStores(grpc::ServerContext* context,
+                          const v1::ListStoresRequest* request,
+                          v1::ListStoresResponse* response) override;
+  grpc::Status UpdateStore(grpc::ServerContext* context,
+                           const v1::UpdateStoreRequest* request,
+                           v1::Store* response) override;
+  grpc::Status DeleteStore(grpc::ServerContext* context,
+                           const v1::DeleteStoreRequest* request,
+                           v1::DeleteStoreResponse* response) override;
+  grpc::Status AddPatterns(grpc::ServerContext* context,
+                           const v1::AddPatternsRequest* request,
+                           v1::AddPatternsResponse* response) override;
+  grpc::Status ImportPatterns(
+      grpc::ServerContext* context,
+      grpc::ServerReader<v1::ImportPatternsRequest>* reader,
+      v1::ImportPatternsResponse* response) override;
+  grpc::Status GetPattern(grpc::ServerContext* context,
+                          const v1::GetPatternRequest* request,
+                          v1::Pattern* response) override;
+  grpc::Status ListPatterns(grpc::ServerContext* context,
+                            const v1::ListPatternsRequest* request,
+                            v1::ListPatternsResponse* response) override;
+  grpc::Status DeletePatterns(grpc::ServerContext* context,
+                              const v1::DeletePatternsRequest* request,
+                              v1::DeletePatternsResponse* response) override;
+  grpc::Status Retrieve(grpc::ServerContext* context,
+                        const v1::RetrieveRequest* request,
+                        v1::RetrieveResponse* response) override;
+  grpc::Status GetFitStatus(grpc::ServerContext* context,
+                            const v1::GetFitStatusRequest* request,
+                            v1::FitStatus* response) override;
+  grpc::Status WatchFit(grpc::ServerContext* context,
+                        const v1::WatchFitRequest* request,
+                        grpc::ServerWriter<v1::FitStatus>* writer) override;
+  grpc::Status StartFit(grpc::ServerContext* context,
+                        const v1::StartFitRequest* request,
+                        v1::FitStatus* response) override;
+  grpc::Status CancelFit(grpc::ServerContext* context,
+                         const v1::CancelFitRequest* request,
+                         v1::FitStatus* response) override;
+
+ private:
+  // Times, counts and logs one call; Done() converts its status.
+  class Call;
+
+  absl::Status FitStatusOf(const std::string& store, v1::FitStatus& out);
+  void CountPatterns(const store::Store& store);
+
+  store::StoreRegistry* const registry_;
+  metrics::Metrics* const metrics_;
+};
+
+}  // namespace engram::rpc
+
+#endif  // ENGRAM_SERVER_RPC_SERVICE_H_

@@ -1,0 +1,68 @@
+// All stores of one server, by name.
+//
+//   StoreRegistry registry(limits, &storage);
+//   registry.Load();
+//   absl::StatusOr<std::shared_ptr<Store>> store = registry.Get("faces");
+//
+// Thread-safe: all methods may be called concurrently.
+#ifndef ENGRAM_SERVER_STORE_REGISTRY_H_
+#define ENGRAM_SERVER_STORE_REGISTRY_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "server/store/settings.h"
+#include "server/store/storage.h"
+#include "server/store/store.h"
+
+namespace engram::store {
+
+class StoreRegistry {
+ public:
+  // `storage` is borrowed and must outlive the registry.
+  StoreRegistry(const Limits& limits, StorageBackend* storage);
+  StoreRegistry(const StoreRegistry&) = delete;
+  StoreRegistry& operator=(const StoreRegistry&) = delete;
+
+  const Limits& limits() const { return limits_; }
+
+  // Loads every stored store. A store whose data is damaged is kept out of
+  // service and reported by Damaged(); the others serve.
+  absl::Status Load();
+
+  absl::StatusOr<std::shared_ptr<Store>> Create(const StoreSettings& settings);
+  absl::StatusOr<std::shared_ptr<Store>> Get(absl::string_view name) const;
+  // Up to `page_size` stores named after `after`, in name order; `more` says
+  // whether further stores follow.
+  std::vector<std::shared_ptr<Store>> List(absl::string_view after,
+                                           size_t page_size, bool& more) const;
+  absl::Status Delete(absl::string_view name);
+
+  struct DamagedStore {
+    std::string name;
+    absl::Status status;
+  };
+  std::vector<DamagedStore> Damaged() const;
+
+ private:
+  // Constant after construction.
+  const Limits limits_;
+  StorageBackend* const storage_;
+
+  mutable absl::Mutex mu_;
+  absl::btree_map<std::string, std::shared_ptr<Store>> stores_
+      ABSL_GUARDED_BY(mu_);
+  std::vector<DamagedStore> damaged_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace engram::store
+
+#endif  // ENGRAM_SERVER_STORE_REGISTRY_H_

@@ -1,0 +1,68 @@
+// Stage II retrieval against a store snapshot: merges per-request overrides
+// with the store's settings, validates the queries, runs the chosen path and
+// maps memory indices back to pattern ids.
+//
+// Thread-safe: pure functions of their arguments.
+#ifndef ENGRAM_SERVER_STORE_RETRIEVE_H_
+#define ENGRAM_SERVER_STORE_RETRIEVE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "server/core/retrieval.h"
+#include "server/store/settings.h"
+#include "server/store/store.h"
+
+namespace engram::store {
+
+enum class PathChoice { kAuto, kExact, kLowRank };
+
+struct RetrieveRequest {
+  // Row-major queries, size num_queries * dimension.
+  absl::Span<const float> queries;
+  size_t num_queries = 0;
+  std::optional<uint32_t> steps;
+  std::optional<float> beta;
+  std::optional<uint32_t> top_k;
+  std::optional<float> eps;
+  std::optional<double> tolerance;
+  PathChoice path = PathChoice::kAuto;
+};
+
+struct PathReport {
+  PathChoice path = PathChoice::kExact;  // kExact or kLowRank.
+  uint32_t degree = 0;
+  uint64_t rank = 0;
+  double error_bound = 0;
+  std::string reason;
+};
+
+struct MatchedPattern {
+  uint64_t id = 0;
+  float weight = 0;
+  float score = 0;
+  std::string label;
+};
+
+struct RetrieveResult {
+  std::vector<float> states;  // num_queries * dimension.
+  std::vector<std::vector<MatchedPattern>> matches;
+  std::vector<double> energies;
+  std::vector<uint32_t> steps;
+  std::vector<uint8_t> converged;
+  PathReport path;
+  uint64_t store_version = 0;
+};
+
+absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
+                                        const RetrieveRequest& request,
+                                        const Limits& limits,
+                                        const core::RetrievalOptions& options);
+
+}  // namespace engram::store
+
+#endif  // ENGRAM_SERVER_STORE_RETRIEVE_H_

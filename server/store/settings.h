@@ -1,0 +1,73 @@
+// A store's settings and the server's limits, with their validation.
+//
+// Plain values; thread-compatible.
+#ifndef ENGRAM_SERVER_STORE_SETTINGS_H_
+#define ENGRAM_SERVER_STORE_SETTINGS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "server/core/retrieval.h"
+
+namespace engram::store {
+
+enum class FeatureMapKind { kNone, kUhop };
+enum class FitLoss { kMean, kMax };
+enum class FitOptimizer { kSgd, kAdam };
+
+struct FeatureMapSettings {
+  FeatureMapKind kind = FeatureMapKind::kNone;
+  uint32_t feature_dim = 0;  // 0: the store's dimension.
+  FitLoss loss = FitLoss::kMax;
+  FitOptimizer optimizer = FitOptimizer::kSgd;
+  uint32_t epochs = 100;
+  double learning_rate = 0;  // 0: the reference's rate for the loss.
+  uint32_t batch_size = 1024;
+  uint64_t seed = 0;
+  uint32_t min_new_patterns = 1;
+  uint32_t debounce_ms = 2000;
+};
+
+struct LowRankSettings {
+  double tolerance = 1e-3;
+  uint32_t max_degree = 4;
+};
+
+struct StoreSettings {
+  std::string name;
+  uint32_t dimension = 0;
+  core::RetrievalParams retrieval;
+  FeatureMapSettings feature_map;
+  LowRankSettings low_rank;
+  absl::Time create_time = absl::UnixEpoch();
+};
+
+// Server-wide limits; every one is a flag of engramd.
+struct Limits {
+  uint32_t max_dimension = 65536;
+  size_t max_batch = 100000;      // Patterns per add or delete.
+  size_t max_queries = 4096;      // Queries per Retrieve.
+  size_t max_top_k = 1000;
+  uint32_t max_steps = 1000;
+  size_t max_stores = 1000;
+  size_t max_patterns_per_store = 50'000'000;
+  size_t max_label_bytes = 256;
+  size_t max_metadata_entries = 16;
+  size_t max_metadata_bytes = 256;  // Per key and per value.
+};
+
+// OK if `name` is 1-63 characters of [a-z0-9_.-] starting with [a-z0-9].
+absl::Status ValidateStoreName(absl::string_view name);
+
+// OK if every setting is in range; messages name the field as in the proto
+// ("store.retrieval.beta") and the limit.
+absl::Status ValidateSettings(const StoreSettings& settings,
+                              const Limits& limits);
+
+}  // namespace engram::store
+
+#endif  // ENGRAM_SERVER_STORE_SETTINGS_H_

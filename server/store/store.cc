@@ -1,0 +1,395 @@
+#include "server/store/store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace engram::store {
+
+size_t ChunkCapacity(size_t dim) {
+  const size_t rows = (size_t{1} << 20) / std::max<size_t>(dim, 1);
+  size_t capacity = 64;
+  while (capacity * 2 <= rows && capacity < 65536) capacity *= 2;
+  return capacity;
+}
+
+Chunk::Chunk(size_t dim, size_t capacity)
+    : dim_(dim),
+      capacity_(capacity),
+      values_(new float[dim * capacity]),
+      sq_norms_(new float[capacity]),
+      max_abs_(new float[capacity]),
+      info_(new RowInfo[capacity]) {}
+
+std::unique_ptr<Chunk> Chunk::Clone(size_t rows) const {
+  auto copy = std::make_unique<Chunk>(dim_, capacity_);
+  std::copy_n(values_.get(), rows * dim_, copy->values_.get());
+  std::copy_n(sq_norms_.get(), rows, copy->sq_norms_.get());
+  std::copy_n(max_abs_.get(), rows, copy->max_abs_.get());
+  std::copy_n(info_.get(), rows, copy->info_.get());
+  return copy;
+}
+
+void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id) {
+  float* out = values_.get() + r * dim_;
+  double sq_norm = 0;
+  float max_abs = 0;
+  for (size_t k = 0; k < dim_; ++k) {
+    out[k] = pattern.values[k];
+    sq_norm += double{out[k]} * out[k];
+    max_abs = std::max(max_abs, std::fabs(out[k]));
+  }
+  sq_norms_[r] = static_cast<float>(sq_norm);
+  max_abs_[r] = max_abs;
+  info_[r] = RowInfo{id, pattern.label, pattern.metadata};
+}
+
+void Chunk::CopyRow(size_t to, const Chunk& from, size_t r) {
+  std::copy_n(from.row(r), dim_, values_.get() + to * dim_);
+  sq_norms_[to] = from.sq_norms_[r];
+  max_abs_[to] = from.max_abs_[r];
+  info_[to] = from.info_[r];
+}
+
+core::MemorySet StoreView::memories() const {
+  core::MemorySet set;
+  set.dim = settings_.dimension;
+  size_t left = count_;
+  for (const auto& chunk : chunks_) {
+    const size_t rows = std::min(left, chunk_capacity_);
+    if (rows == 0) break;
+    set.blocks.push_back({chunk->values(), chunk->sq_norms(), rows});
+    left -= rows;
+  }
+  return set;
+}
+
+const float* StoreView::row(size_t index) const {
+  return chunks_[index / chunk_capacity_]->row(index % chunk_capacity_);
+}
+
+const Chunk::RowInfo& StoreView::info(size_t index) const {
+  return chunks_[index / chunk_capacity_]->info(index % chunk_capacity_);
+}
+
+Pattern StoreView::pattern(size_t index, bool with_values) const {
+  const Chunk::RowInfo& row_info = info(index);
+  Pattern pattern{row_info.id, {}, row_info.label, row_info.metadata};
+  if (with_values) {
+    const float* values = row(index);
+    pattern.values.assign(values, values + settings_.dimension);
+  }
+  return pattern;
+}
+
+Store::Store(StoreSettings settings, const Limits& limits,
+             StorageBackend* storage)
+    : name_(settings.name),
+      dim_(settings.dimension),
+      chunk_capacity_(ChunkCapacity(settings.dimension)),
+      limits_(limits),
+      storage_(storage) {
+  absl::MutexLock write_lock(&write_mu_);
+  absl::MutexLock lock(&mu_);
+  Publish(settings);
+}
+
+std::shared_ptr<const StoreView> Store::view() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return view_;
+}
+
+absl::Status Store::CheckWritable() const {
+  if (dropped_) {
+    return absl::NotFoundError(absl::StrCat("store '", name_, "' was deleted"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
+                                std::vector<uint64_t>& ids) const {
+  if (patterns.empty()) {
+    return absl::InvalidArgumentError("patterns must not be empty");
+  }
+  if (patterns.size() > limits_.max_batch) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("patterns holds ", patterns.size(),
+                     " patterns; the limit max_batch is ", limits_.max_batch));
+  }
+  if (count_ + patterns.size() > limits_.max_patterns_per_store) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store '", name_, "' holds ", count_, " patterns; adding ",
+        patterns.size(), " would pass the limit max_patterns_per_store of ",
+        limits_.max_patterns_per_store));
+  }
+  absl::flat_hash_map<uint64_t, size_t> explicit_ids;
+  uint64_t max_explicit = 0;
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    const Pattern& p = patterns[i];
+    if (p.values.size() != dim_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patterns[", i, "].values has ", p.values.size(), " values; store '",
+          name_, "' has dimension ", dim_));
+    }
+    for (size_t k = 0; k < dim_; ++k) {
+      if (!std::isfinite(p.values[k])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("patterns[", i, "].values[", k, "] is ", p.values[k],
+                         "; values must be finite"));
+      }
+    }
+    if (p.label.size() > limits_.max_label_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].label has ", p.label.size(),
+                       " bytes; the limit is ", limits_.max_label_bytes));
+    }
+    if (p.metadata.size() > limits_.max_metadata_entries) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patterns[", i, "].metadata has ", p.metadata.size(),
+          " entries; the limit is ", limits_.max_metadata_entries));
+    }
+    for (const auto& [key, value] : p.metadata) {
+      if (key.size() > limits_.max_metadata_bytes ||
+          value.size() > limits_.max_metadata_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "patterns[", i, "].metadata['", key.substr(0, 32),
+            "'] is longer than the limit of ", limits_.max_metadata_bytes,
+            " bytes per key and value"));
+      }
+    }
+    if (p.id != 0) {
+      auto [it, inserted] = explicit_ids.emplace(p.id, i);
+      if (!inserted) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("patterns[", i, "].id ", p.id,
+                         " repeats patterns[", it->second, "].id"));
+      }
+      max_explicit = std::max(max_explicit, p.id);
+    }
+  }
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (size_t i = 0; i < patterns.size(); ++i) {
+      if (patterns[i].id != 0 && index_.contains(patterns[i].id)) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("patterns[", i, "].id ", patterns[i].id,
+                         " already exists in store '", name_, "'"));
+      }
+    }
+  }
+  uint64_t next = std::max(next_id_, max_explicit + 1);
+  ids.clear();
+  for (const Pattern& p : patterns) ids.push_back(p.id != 0 ? p.id : next++);
+  return absl::OkStatus();
+}
+
+Chunk* Store::WritableChunk(size_t c, size_t row) {
+  if (c == chunks_.size()) {
+    chunks_.push_back(std::make_shared<Chunk>(dim_, chunk_capacity_));
+    sealed_.push_back(0);
+  } else if (row < sealed_[c]) {
+    const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
+    chunks_[c] = chunks_[c]->Clone(rows);
+    sealed_[c] = 0;
+  }
+  return chunks_[c].get();
+}
+
+std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
+                                      const std::vector<uint64_t>& ids) {
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    const size_t g = count_;
+    Chunk* chunk = WritableChunk(g / chunk_capacity_, g % chunk_capacity_);
+    const size_t r = g % chunk_capacity_;
+    chunk->Set(r, patterns[i], ids[i]);
+    ++count_;
+    const double norm = std::sqrt(double{chunk->sq_norms()[r]});
+    sum_norm_ += norm;
+    max_norm_ = std::max(max_norm_, norm);
+    max_abs_ = std::max(max_abs_, double{chunk->max_abs(r)});
+    next_id_ = std::max(next_id_, ids[i] + 1);
+  }
+  absl::MutexLock lock(&mu_);
+  size_t g = count_ - patterns.size();
+  for (uint64_t id : ids) index_[id] = g++;
+  Publish(view_->settings());
+  return ids;
+}
+
+absl::StatusOr<std::vector<uint64_t>> Store::Add(
+    absl::Span<const Pattern> patterns) {
+  absl::MutexLock write_lock(&write_mu_);
+  if (absl::Status status = CheckWritable(); !status.ok()) return status;
+  std::vector<uint64_t> ids;
+  if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
+    return status;
+  }
+  std::vector<Pattern> with_ids;
+  const bool all_explicit =
+      std::all_of(patterns.begin(), patterns.end(),
+                  [](const Pattern& p) { return p.id != 0; });
+  if (!all_explicit) {
+    with_ids.assign(patterns.begin(), patterns.end());
+    for (size_t i = 0; i < ids.size(); ++i) with_ids[i].id = ids[i];
+  }
+  if (absl::Status status = storage_->WritePatterns(
+          name_, all_explicit ? patterns : absl::MakeConstSpan(with_ids), {});
+      !status.ok()) {
+    return status;
+  }
+  return ApplyAdd(patterns, ids);
+}
+
+absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
+  absl::MutexLock write_lock(&write_mu_);
+  std::vector<uint64_t> ids;
+  if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
+    return status;
+  }
+  ApplyAdd(patterns, ids);
+  return absl::OkStatus();
+}
+
+absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
+  absl::MutexLock write_lock(&write_mu_);
+  if (absl::Status status = CheckWritable(); !status.ok()) return status;
+  if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
+  if (ids.size() > limits_.max_batch) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("ids holds ", ids.size(), " ids; the limit max_batch is ",
+                     limits_.max_batch));
+  }
+  absl::flat_hash_map<uint64_t, size_t> location;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto found = index_.find(ids[i]);
+      if (found == index_.end()) {
+        return absl::NotFoundError(absl::StrCat(
+            "ids[", i, "] ", ids[i], " is not in store '", name_, "'"));
+      }
+      if (!location.emplace(ids[i], found->second).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ids[", i, "] ", ids[i], " appears twice"));
+      }
+    }
+  }
+  if (absl::Status status = storage_->WritePatterns(name_, {}, ids);
+      !status.ok()) {
+    return status;
+  }
+  // Swap-remove: the last row moves into each freed slot.
+  absl::flat_hash_map<uint64_t, size_t> moved;
+  for (uint64_t id : ids) {
+    auto at = moved.find(id);
+    const size_t g = at != moved.end() ? at->second : location[id];
+    moved.erase(id);
+    const size_t last = count_ - 1;
+    if (g != last) {
+      Chunk* target = WritableChunk(g / chunk_capacity_, g % chunk_capacity_);
+      const Chunk& source = *chunks_[last / chunk_capacity_];
+      target->CopyRow(g % chunk_capacity_, source, last % chunk_capacity_);
+      moved[target->info(g % chunk_capacity_).id] = g;
+    }
+    --count_;
+    while (chunks_.size() * chunk_capacity_ >= count_ + chunk_capacity_ &&
+           !chunks_.empty()) {
+      chunks_.pop_back();
+      sealed_.pop_back();
+    }
+  }
+  RecomputeNorms();
+  absl::MutexLock lock(&mu_);
+  for (uint64_t id : ids) index_.erase(id);
+  for (const auto& [id, g] : moved) index_[id] = g;
+  Publish(view_->settings());
+  return absl::OkStatus();
+}
+
+void Store::RecomputeNorms() {
+  sum_norm_ = max_norm_ = max_abs_ = 0;
+  for (size_t g = 0; g < count_; ++g) {
+    const Chunk& chunk = *chunks_[g / chunk_capacity_];
+    const size_t r = g % chunk_capacity_;
+    const double norm = std::sqrt(double{chunk.sq_norms()[r]});
+    sum_norm_ += norm;
+    max_norm_ = std::max(max_norm_, norm);
+    max_abs_ = std::max(max_abs_, double{chunk.max_abs(r)});
+  }
+}
+
+void Store::Publish(const StoreSettings& settings) {
+  auto view = std::make_shared<StoreView>();
+  view->settings_ = settings;
+  view->chunks_.assign(chunks_.begin(), chunks_.end());
+  view->chunk_capacity_ = chunk_capacity_;
+  view->count_ = count_;
+  view->version_ = view_ ? view_->version_ + 1 : 1;
+  view->norms_ = {max_norm_, count_ ? sum_norm_ / count_ : 0.0, max_abs_};
+  view_ = std::move(view);
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
+    sealed_[c] = std::max(sealed_[c], rows);
+  }
+}
+
+absl::StatusOr<Pattern> Store::Get(uint64_t id) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto found = index_.find(id);
+  if (found == index_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("pattern ", id, " is not in store '", name_, "'"));
+  }
+  return view_->pattern(found->second);
+}
+
+Store::Page Store::List(uint64_t after_id, size_t page_size,
+                        bool with_values) const {
+  absl::ReaderMutexLock lock(&mu_);
+  Page page;
+  for (auto it = index_.upper_bound(after_id); it != index_.end(); ++it) {
+    if (page.patterns.size() == page_size) {
+      page.more = true;
+      break;
+    }
+    page.patterns.push_back(view_->pattern(it->second, with_values));
+  }
+  return page;
+}
+
+absl::Status Store::UpdateSettings(
+    const std::function<absl::Status(StoreSettings&)>& mutate) {
+  absl::MutexLock write_lock(&write_mu_);
+  if (absl::Status status = CheckWritable(); !status.ok()) return status;
+  StoreSettings settings = view()->settings();
+  if (absl::Status status = mutate(settings); !status.ok()) return status;
+  if (settings.name != name_ || settings.dimension != dim_) {
+    return absl::InvalidArgumentError(
+        "store.name and store.dimension cannot be changed");
+  }
+  if (absl::Status status = ValidateSettings(settings, limits_); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = storage_->PutStore(settings); !status.ok()) {
+    return status;
+  }
+  absl::MutexLock lock(&mu_);
+  Publish(settings);
+  return absl::OkStatus();
+}
+
+absl::Status Store::Drop() {
+  absl::MutexLock write_lock(&write_mu_);
+  if (absl::Status status = CheckWritable(); !status.ok()) return status;
+  if (absl::Status status = storage_->DeleteStore(name_); !status.ok()) {
+    return status;
+  }
+  dropped_ = true;
+  return absl::OkStatus();
+}
+
+}  // namespace engram::store

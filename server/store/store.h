@@ -1,0 +1,189 @@
+// A named set of patterns of one dimension, with its retrieval settings.
+//
+//   std::shared_ptr<const StoreView> view = store.view();
+//   core::RetrieveExact(view->memories(), queries, n, view->settings().retrieval);
+//
+// Patterns live in fixed-capacity chunks. A StoreView is an immutable snapshot
+// (settings, chunk pointers, count); writers never change a row a published
+// view can see: they append past it or copy the chunk first. Readers only copy
+// a shared_ptr, so retrieval never waits on a writer longer than that.
+//
+// Thread-safe: all methods may be called concurrently; writes are serialised.
+#ifndef ENGRAM_SERVER_STORE_STORE_H_
+#define ENGRAM_SERVER_STORE_STORE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "server/core/retrieval.h"
+#include "server/store/pattern.h"
+#include "server/store/settings.h"
+#include "server/store/storage.h"
+
+namespace engram::store {
+
+// Rows of one store: values (capacity * dim), per-row squared norm and
+// largest |entry|, and id, label and metadata. Rows a view can see are never
+// written again.
+class Chunk {
+ public:
+  struct RowInfo {
+    uint64_t id = 0;
+    std::string label;
+    Metadata metadata;
+  };
+
+  Chunk(size_t dim, size_t capacity);
+  Chunk(const Chunk&) = delete;
+  Chunk& operator=(const Chunk&) = delete;
+
+  // A new chunk holding a copy of this one's first `rows` rows.
+  std::unique_ptr<Chunk> Clone(size_t rows) const;
+
+  size_t capacity() const { return capacity_; }
+  const float* values() const { return values_.get(); }
+  const float* row(size_t r) const { return values_.get() + r * dim_; }
+  const float* sq_norms() const { return sq_norms_.get(); }
+  float max_abs(size_t r) const { return max_abs_[r]; }
+  const RowInfo& info(size_t r) const { return info_[r]; }
+
+  // Row r <- pattern, stored under `id`.
+  void Set(size_t r, const Pattern& pattern, uint64_t id);
+  void CopyRow(size_t to, const Chunk& from, size_t r);
+
+ private:
+  const size_t dim_;
+  const size_t capacity_;
+  std::unique_ptr<float[]> values_;
+  std::unique_ptr<float[]> sq_norms_;
+  std::unique_ptr<float[]> max_abs_;
+  std::unique_ptr<RowInfo[]> info_;
+};
+
+struct NormStats {
+  double max_norm = 0;
+  double mean_norm = 0;
+  double max_abs_entry = 0;
+};
+
+// An immutable snapshot of a store. Thread-safe: immutable.
+class StoreView {
+ public:
+  const StoreSettings& settings() const { return settings_; }
+  size_t size() const { return count_; }
+  uint64_t version() const { return version_; }
+  const NormStats& norms() const { return norms_; }
+
+  // The patterns as blocks for core retrieval, valid while this view lives.
+  core::MemorySet memories() const;
+  const float* row(size_t index) const;
+  const Chunk::RowInfo& info(size_t index) const;
+  Pattern pattern(size_t index, bool with_values = true) const;
+
+ private:
+  friend class Store;
+  StoreSettings settings_;
+  std::vector<std::shared_ptr<const Chunk>> chunks_;
+  size_t chunk_capacity_ = 0;
+  size_t count_ = 0;
+  uint64_t version_ = 0;
+  NormStats norms_;
+};
+
+class Store {
+ public:
+  // `storage` is borrowed and must outlive the store.
+  Store(StoreSettings settings, const Limits& limits, StorageBackend* storage);
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  const std::string& name() const { return name_; }
+
+  // The current snapshot.
+  std::shared_ptr<const StoreView> view() const;
+
+  // Adds all patterns or none; returns their ids in order. Ids of 0 are
+  // assigned above every id in use or in the batch.
+  absl::StatusOr<std::vector<uint64_t>> Add(absl::Span<const Pattern> patterns);
+  // Deletes all ids or none.
+  absl::Status Delete(absl::Span<const uint64_t> ids);
+  absl::StatusOr<Pattern> Get(uint64_t id) const;
+
+  struct Page {
+    std::vector<Pattern> patterns;
+    bool more = false;  // Patterns with larger ids exist.
+  };
+  // Up to `page_size` patterns with id > after_id, in id order.
+  Page List(uint64_t after_id, size_t page_size, bool with_values) const;
+
+  // Applies `mutate` to a copy of the settings, validates the result (name
+  // and dimension cannot change), stores it and publishes it.
+  absl::Status UpdateSettings(
+      const std::function<absl::Status(StoreSettings&)>& mutate);
+
+  // Deletes the store's data from storage; every later write fails with
+  // NOT_FOUND. Waits for a write in progress.
+  absl::Status Drop();
+
+  // Loads patterns read back from storage without writing them again.
+  absl::Status Restore(absl::Span<const Pattern> patterns);
+
+ private:
+  absl::Status ValidateAdd(absl::Span<const Pattern> patterns,
+                           std::vector<uint64_t>& ids) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Writes rows into the chunks and publishes a new view.
+  std::vector<uint64_t> ApplyAdd(absl::Span<const Pattern> patterns,
+                                 const std::vector<uint64_t>& ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // The chunk to write row `row` of chunk `c` into, copied first if a
+  // published view can see that row.
+  Chunk* WritableChunk(size_t c, size_t row)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  void Publish(const StoreSettings& settings)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_, mu_);
+  // Norm statistics from scratch (after deletes).
+  void RecomputeNorms() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
+  // Constant after construction.
+  const std::string name_;
+  const size_t dim_;
+  const size_t chunk_capacity_;
+  const Limits limits_;
+  StorageBackend* const storage_;
+
+  // Serialises writers; held across the storage write.
+  mutable absl::Mutex write_mu_;
+  std::vector<std::shared_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(write_mu_);
+  // Rows of each chunk that some published view may see.
+  std::vector<size_t> sealed_ ABSL_GUARDED_BY(write_mu_);
+  size_t count_ ABSL_GUARDED_BY(write_mu_) = 0;
+  uint64_t next_id_ ABSL_GUARDED_BY(write_mu_) = 1;
+  bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
+  double sum_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
+  double max_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
+  double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
+
+  // Guards what readers see; held only to swap the view and update the index.
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
+  std::shared_ptr<const StoreView> view_ ABSL_GUARDED_BY(mu_);
+  absl::btree_map<uint64_t, size_t> index_ ABSL_GUARDED_BY(mu_);
+};
+
+// Rows per chunk for a dimension: about 4 MiB of floats, a power of two.
+size_t ChunkCapacity(size_t dim);
+
+}  // namespace engram::store
+
+#endif  // ENGRAM_SERVER_STORE_STORE_H_
