@@ -63,7 +63,8 @@ absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
   v1::CreateStoreRequest request;
   *request.mutable_store() = store;
   v1::Store response;
-  if (absl::Status s = FromGrpc(stub_->CreateStore(&context, request, &response));
+  if (absl::Status s =
+          FromGrpc(stub_->CreateStore(&context, request, &response));
       !s.ok()) {
     return s;
   }
@@ -122,7 +123,24 @@ absl::StatusOr<v1::AddPatternsResponse> Client::AddPatterns(
   FillPatterns(values, dim, labels, 0, dim ? values.size() / dim : 0,
                request.mutable_patterns());
   v1::AddPatternsResponse response;
-  if (absl::Status s = FromGrpc(stub_->AddPatterns(&context, request, &response));
+  if (absl::Status s =
+          FromGrpc(stub_->AddPatterns(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::Pattern> Client::GetPattern(const std::string& store,
+                                               uint64_t id) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetPatternRequest request;
+  request.set_store(store);
+  request.set_id(id);
+  v1::Pattern response;
+  if (absl::Status s =
+          FromGrpc(stub_->GetPattern(&context, request, &response));
       !s.ok()) {
     return s;
   }

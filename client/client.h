@@ -54,6 +54,8 @@ class Client {
       const std::string& store, absl::Span<const float> values, size_t dim,
       absl::Span<const std::string> labels = {});
 
+  absl::StatusOr<v1::Pattern> GetPattern(const std::string& store, uint64_t id);
+
   // Streams `rows` patterns in messages of `batch_rows`; `progress` (if set)
   // is called with the rows sent so far.
   absl::StatusOr<v1::ImportPatternsResponse> Import(

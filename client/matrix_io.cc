@@ -27,7 +27,8 @@ absl::StatusOr<std::string> ReadBytes(const std::string& path) {
   std::string bytes;
   char buffer[1 << 16];
   int n;
-  while ((n = gzread(file, buffer, sizeof(buffer))) > 0) bytes.append(buffer, n);
+  while ((n = gzread(file, buffer, sizeof(buffer))) > 0)
+    bytes.append(buffer, n);
   int error = Z_OK;
   const char* message = gzerror(file, &error);
   gzclose(file);
@@ -42,8 +43,8 @@ struct Range {
   size_t end;
 };
 
-absl::StatusOr<Range> Slice(const std::string& path, size_t rows,
-                            size_t offset, size_t limit) {
+absl::StatusOr<Range> Slice(const std::string& path, size_t rows, size_t offset,
+                            size_t limit) {
   if (offset > rows) {
     return absl::OutOfRangeError(absl::StrCat(
         path, " has ", rows, " rows; --offset=", offset, " is past the end"));
@@ -119,9 +120,11 @@ absl::StatusOr<Matrix> ParseNpy(const std::string& path,
   } else if (absl::StrContains(header, "'<f8'")) {
     item = 8;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": only little-endian float32 or float64 .npy files are "
-              "supported; header is ", header));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path,
+                     ": only little-endian float32 or float64 .npy files are "
+                     "supported; header is ",
+                     header));
   }
   if (absl::StrContains(header, "'fortran_order': True")) {
     return absl::InvalidArgumentError(
@@ -133,8 +136,9 @@ absl::StatusOr<Matrix> ParseNpy(const std::string& path,
     return absl::DataLossError(absl::StrCat(path, ": no shape in .npy header"));
   }
   std::vector<size_t> shape;
-  for (absl::string_view part : absl::StrSplit(
-           header.substr(open + 10, close - open - 10), ',', absl::SkipWhitespace())) {
+  for (absl::string_view part :
+       absl::StrSplit(header.substr(open + 10, close - open - 10), ',',
+                      absl::SkipWhitespace())) {
     size_t v;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v)) {
       return absl::DataLossError(absl::StrCat(path, ": bad shape in ", header));
@@ -229,14 +233,16 @@ absl::StatusOr<Matrix> ReadMatrix(const std::string& path, size_t offset,
 }
 
 absl::Status WriteNpy(const std::string& path, const Matrix& matrix) {
-  std::string header = absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (",
-                                    matrix.rows, ", ", matrix.cols, "), }");
+  std::string header =
+      absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (",
+                   matrix.rows, ", ", matrix.cols, "), }");
   // Magic (6) + version (2) + length (2) + header + '\n', padded to 64.
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header.push_back('\n');
   std::ofstream out(path, std::ios::binary);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  if (!out)
+    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
   const char preamble[8] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
   out.write(preamble, 8);
   const uint16_t length = static_cast<uint16_t>(header.size());
@@ -246,7 +252,8 @@ absl::Status WriteNpy(const std::string& path, const Matrix& matrix) {
   out.write(header.data(), header.size());
   out.write(reinterpret_cast<const char*>(matrix.data.data()),
             matrix.data.size() * sizeof(float));
-  if (!out) return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
+  if (!out)
+    return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
   return absl::OkStatus();
 }
 

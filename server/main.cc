@@ -15,16 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/resource_quota.h"
-#include "grpcpp/security/server_credentials.h"
-#include "grpcpp/server.h"
-#include "grpcpp/server_builder.h"
 #include "server/base/log.h"
 #include "server/core/blas.h"
 #include "server/metrics/prometheus_metrics.h"
-#include "server/rpc/service.h"
+#include "server/rpc/server.h"
 #include "server/store/registry.h"
 #include "server/store/storage.h"
 
@@ -39,8 +33,7 @@ ABSL_FLAG(bool, metrics_per_store, true,
           "Label per-store metrics with the store name (off: one series).");
 ABSL_FLAG(int, blas_threads, 0,
           "OpenBLAS threads per call; 0 = the number of cores.");
-ABSL_FLAG(int, rpc_threads, 0,
-          "Maximum gRPC handler threads; 0 = 4 per core.");
+ABSL_FLAG(int, rpc_threads, 0, "Maximum gRPC handler threads; 0 = 4 per core.");
 ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
 ABSL_FLAG(uint32_t, max_dimension, 65536, "Largest store dimension.");
 ABSL_FLAG(uint64_t, max_batch, 100000,
@@ -119,57 +112,37 @@ int Run() {
     Log(LogLevel::kError, "loading stores: %s", status.ToString());
     return 1;
   }
-  rpc::EngramService service(&registry, metrics->get());
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  int bound_port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(),
-                           &bound_port);
-  const int max_message = absl::GetFlag(FLAGS_max_message_mb) << 20;
-  builder.SetMaxReceiveMessageSize(max_message);
-  builder.SetMaxSendMessageSize(max_message);
-  grpc::ResourceQuota quota("engramd");
-  const int rpc_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
-                              ? absl::GetFlag(FLAGS_rpc_threads)
-                              : static_cast<int>(4 * cores);
-  quota.SetMaxThreads(rpc_threads);
-  builder.SetResourceQuota(quota);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || bound_port == 0) {
-    Log(LogLevel::kError, "cannot listen on --listen=%s", listen);
+  rpc::ServerOptions server_options;
+  server_options.listen = absl::GetFlag(FLAGS_listen);
+  server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  server_options.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
+                                   ? absl::GetFlag(FLAGS_rpc_threads)
+                                   : static_cast<int>(4 * cores);
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+      rpc::Server::Start(server_options, &registry, metrics->get());
+  if (!server.ok()) {
+    Log(LogLevel::kError, "%s (--listen)", server.status().ToString());
     return 1;
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  // Liveness ("") is SERVING once the process runs; readiness (the service
-  // name) once every store is loaded, which Load() finished above.
-  health->SetServingStatus("", true);
-  health->SetServingStatus(v1::Engram::service_full_name(), true);
+  (*server)->SetReady(true);
 
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d); metrics on %s; data_dir=%s; "
       "storage=memory (not kept across restarts); blas core=%s threads=%d; "
       "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
       "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu",
-      kVersion, listen, bound_port,
+      kVersion, server_options.listen, (*server)->port(),
       metrics_options.listen.empty() ? "(off)" : metrics_options.listen,
-      data_dir, core::blas::CoreName(), blas_threads, rpc_threads,
-      absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
-      limits.max_batch, limits.max_queries, limits.max_stores,
-      limits.max_patterns_per_store);
+      data_dir, core::blas::CoreName(), blas_threads,
+      server_options.max_threads, absl::GetFlag(FLAGS_max_message_mb),
+      limits.max_dimension, limits.max_batch, limits.max_queries,
+      limits.max_stores, limits.max_patterns_per_store);
 
   int signal = 0;
   sigwait(&signals, &signal);
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::GetFlag(FLAGS_shutdown_grace_s));
-  health->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(
-                       absl::GetFlag(FLAGS_shutdown_grace_s) * 1000)));
-  server->Wait();
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
   Log(LogLevel::kInfo, "stopped");
   return 0;
 }

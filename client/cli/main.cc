@@ -65,24 +65,27 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"store create", "engram store create NAME --dim=D [--similarity=dot] "
-                     "[--separation=softmax] [--beta=1] [--steps=1] [--eps=0] "
-                     "[--top_k=5]",
+    {"store create",
+     "engram store create NAME --dim=D [--similarity=dot] "
+     "[--separation=softmax] [--beta=1] [--steps=1] [--eps=0] "
+     "[--top_k=5]",
      "Creates a store of D-dimensional patterns with its retrieval settings."},
     {"store list", "engram store list [--json]", "Lists the stores."},
     {"store get", "engram store get NAME [--json]",
      "Shows a store's settings and statistics."},
     {"store delete", "engram store delete NAME",
      "Deletes a store and all its patterns."},
-    {"add", "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
-            "[--batch=1024]",
+    {"add",
+     "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
+     "[--batch=1024]",
      "Adds the rows of FILE as patterns. FILE is a 2-D .npy (float32 or "
      "float64), a .csv, or an idx-ubyte file (pixels scaled to [0,1]), "
      "gzipped or not."},
-    {"retrieve", "engram retrieve NAME FILE [--out=OUT.npy] [--top_k=K] "
-                 "[--json] [--beta=B] [--steps=S] [--eps=E] "
-                 "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
-                 "[--limit=N] [--batch=1024]",
+    {"retrieve",
+     "engram retrieve NAME FILE [--out=OUT.npy] [--top_k=K] "
+     "[--json] [--beta=B] [--steps=S] [--eps=E] "
+     "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
+     "[--limit=N] [--batch=1024]",
      "Recalls stored patterns from the rows of FILE used as queries."},
     {"health", "engram health [SERVICE]",
      "Checks the server's health (liveness), or a service's (readiness: "
@@ -137,7 +140,8 @@ std::string Json(const google::protobuf::Message& message) {
   options.add_whitespace = true;
   options.always_print_primitive_fields = true;
   options.preserve_proto_field_names = true;
-  if (!google::protobuf::util::MessageToJsonString(message, &out, options).ok()) {
+  if (!google::protobuf::util::MessageToJsonString(message, &out, options)
+           .ok()) {
     Fail("cannot print the response as JSON");
   }
   return out;
@@ -156,21 +160,27 @@ Enum ParseEnum(const std::string& flag, const std::string& value,
   return found->second;
 }
 
-std::string Lower(const std::string& name) { return absl::AsciiStrToLower(name); }
+std::string Lower(const std::string& name) {
+  return absl::AsciiStrToLower(name);
+}
 
 void PrintStoreText(const v1::Store& s) {
   const v1::RetrievalSettings& r = s.retrieval();
   absl::PrintF("name:          %s\n", s.name());
   absl::PrintF("dimension:     %u\n", s.dimension());
   absl::PrintF("patterns:      %u\n", s.pattern_count());
-  absl::PrintF("similarity:    %s\n", Lower(v1::Similarity_Name(r.similarity())));
-  absl::PrintF("separation:    %s\n", Lower(v1::Separation_Name(r.separation())));
+  absl::PrintF("similarity:    %s\n",
+               Lower(v1::Similarity_Name(r.similarity())));
+  absl::PrintF("separation:    %s\n",
+               Lower(v1::Separation_Name(r.separation())));
   absl::PrintF("beta:          %g\n", r.beta());
   absl::PrintF("steps:         %u\n", r.steps());
   absl::PrintF("eps:           %g\n", r.eps());
   absl::PrintF("top_k:         %u\n", r.top_k());
-  absl::PrintF("feature map:   %s\n", Lower(v1::FeatureMapKind_Name(s.feature_map().kind())));
-  absl::PrintF("fit:           %s\n", Lower(v1::FitStatus::State_Name(s.fit().state())));
+  absl::PrintF("feature map:   %s\n",
+               Lower(v1::FeatureMapKind_Name(s.feature_map().kind())));
+  absl::PrintF("fit:           %s\n",
+               Lower(v1::FitStatus::State_Name(s.fit().state())));
   absl::PrintF("norms:         max %.4g, mean %.4g, max |entry| %.4g\n",
                s.norms().max_norm(), s.norms().mean_norm(),
                s.norms().max_abs_entry());
@@ -187,15 +197,19 @@ void StoreCreate(const std::vector<std::string>& args) {
   store.set_name(args[0]);
   store.set_dimension(absl::GetFlag(FLAGS_dim));
   v1::RetrievalSettings* r = store.mutable_retrieval();
-  r->set_similarity(ParseEnum<v1::Similarity>(
-      "similarity", absl::GetFlag(FLAGS_similarity),
-      {{"dot", v1::DOT}, {"l2", v1::L2}, {"manhattan", v1::MANHATTAN},
-       {"cosine", v1::COSINE}, {"kernel_dot", v1::KERNEL_DOT},
-       {"kernel_l2", v1::KERNEL_L2}}));
-  r->set_separation(ParseEnum<v1::Separation>(
-      "separation", absl::GetFlag(FLAGS_separation),
-      {{"softmax", v1::SOFTMAX}, {"sparsemax", v1::SPARSEMAX},
-       {"entmax15", v1::ENTMAX15}}));
+  r->set_similarity(ParseEnum<v1::Similarity>("similarity",
+                                              absl::GetFlag(FLAGS_similarity),
+                                              {{"dot", v1::DOT},
+                                               {"l2", v1::L2},
+                                               {"manhattan", v1::MANHATTAN},
+                                               {"cosine", v1::COSINE},
+                                               {"kernel_dot", v1::KERNEL_DOT},
+                                               {"kernel_l2", v1::KERNEL_L2}}));
+  r->set_separation(ParseEnum<v1::Separation>("separation",
+                                              absl::GetFlag(FLAGS_separation),
+                                              {{"softmax", v1::SOFTMAX},
+                                               {"sparsemax", v1::SPARSEMAX},
+                                               {"entmax15", v1::ENTMAX15}}));
   if (auto beta = absl::GetFlag(FLAGS_beta)) {
     if (!(*beta > 0)) Fail(absl::StrCat("--beta must be > 0, got ", *beta));
     r->set_beta(*beta);
@@ -225,8 +239,9 @@ void StoreList(const std::vector<std::string>& args) {
   }
   size_t width = 4;
   for (const v1::Store& s : *stores) width = std::max(width, s.name().size());
-  absl::PrintF("%-*s %9s %10s %-10s %-10s %8s %6s\n", width, "NAME", "DIMENSION",
-               "PATTERNS", "SIMILARITY", "SEPARATION", "BETA", "STEPS");
+  absl::PrintF("%-*s %9s %10s %-10s %-10s %8s %6s\n", width, "NAME",
+               "DIMENSION", "PATTERNS", "SIMILARITY", "SEPARATION", "BETA",
+               "STEPS");
   for (const v1::Store& s : *stores) {
     absl::PrintF("%-*s %9u %10u %-10s %-10s %8g %6u\n", width, s.name(),
                  s.dimension(), s.pattern_count(),
@@ -254,8 +269,8 @@ void StoreDelete(const std::vector<std::string>& args) {
 }
 
 Matrix Load(const std::string& path) {
-  absl::StatusOr<Matrix> m = ReadMatrix(path, absl::GetFlag(FLAGS_offset),
-                                        absl::GetFlag(FLAGS_limit));
+  absl::StatusOr<Matrix> m =
+      ReadMatrix(path, absl::GetFlag(FLAGS_offset), absl::GetFlag(FLAGS_limit));
   FailOn(m.status());
   if (m->rows == 0) Fail(absl::StrCat(path, ": no rows to use"));
   return std::move(*m);
@@ -291,7 +306,8 @@ void Add(const std::vector<std::string>& args) {
   absl::StatusOr<v1::ImportPatternsResponse> done = client->Import(
       args[0], m.data, m.cols, labels, absl::GetFlag(FLAGS_batch),
       [&](size_t sent) {
-        if (tty) absl::FPrintF(stderr, "\rsent %zu / %zu patterns", sent, m.rows);
+        if (tty)
+          absl::FPrintF(stderr, "\rsent %zu / %zu patterns", sent, m.rows);
       });
   if (tty) absl::FPrintF(stderr, "\n");
   FailOn(done.status(), "add");
@@ -359,9 +375,9 @@ void Retrieve(const std::vector<std::string>& args) {
     const v1::QueryResult& r = all.results(i);
     std::vector<std::string> matches;
     for (const v1::Match& m : r.matches()) {
-      matches.push_back(absl::StrFormat("%u%s:%.3f", m.id(),
-                                        m.label().empty() ? "" : "[" + m.label() + "]",
-                                        m.weight()));
+      matches.push_back(absl::StrFormat(
+          "%u%s:%.3f", m.id(), m.label().empty() ? "" : "[" + m.label() + "]",
+          m.weight()));
     }
     absl::PrintF("query %d: energy %.4g, steps %u%s; top %s\n",
                  absl::GetFlag(FLAGS_offset) + i, r.energy(), r.steps(),
@@ -413,7 +429,8 @@ int Main(int argc, char** argv) {
     return 2;
   }
   const std::string name = command->name;
-  args.erase(args.begin(), args.begin() + (name.find(' ') == std::string::npos ? 1 : 2));
+  args.erase(args.begin(),
+             args.begin() + (name.find(' ') == std::string::npos ? 1 : 2));
   if (name == "store create") StoreCreate(args);
   if (name == "store list") StoreList(args);
   if (name == "store get") StoreGet(args);

@@ -30,10 +30,11 @@ void Log(LogLevel level, const absl::FormatSpec<Args...>& format,
     return;
   }
   static constexpr const char* kNames[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-  std::string line = absl::StrCat(
-      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
-      " ", kNames[static_cast<int>(level)], " ", absl::StrFormat(format, args...),
-      "\n");
+  std::string line =
+      absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                                    absl::UTCTimeZone()),
+                   " ", kNames[static_cast<int>(level)], " ",
+                   absl::StrFormat(format, args...), "\n");
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 

@@ -28,7 +28,9 @@ void Axpy(size_t n, float alpha, const float* x, float* y) {
   cblas_saxpy(static_cast<int>(n), alpha, x, 1, y, 1);
 }
 
-void SetThreads(int threads) { openblas_set_num_threads(threads < 1 ? 1 : threads); }
+void SetThreads(int threads) {
+  openblas_set_num_threads(threads < 1 ? 1 : threads);
+}
 
 int Threads() { return openblas_get_num_threads(); }
 

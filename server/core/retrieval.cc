@@ -92,6 +92,17 @@ float L1Distance(const float* a, const float* b, size_t d) {
   return sum;
 }
 
+float SquaredDistance(const float* a, const float* b, size_t d) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t k = 0; k < d; ++k) sum += (a[k] - b[k]) * (a[k] - b[k]);
+  return sum;
+}
+
+// Below this fraction of ||q||^2 + ||x||^2, a GEMM-form squared distance has
+// lost most of its digits.
+constexpr float kCancellation = 1e-3f;
+
 // scores (L x n, row stride n) = beta * s(queries_i, rows_j).
 void ComputeScores(Similarity similarity, float beta, const float* queries,
                    const float* query_sq_norms, size_t num_queries,
@@ -115,13 +126,19 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
       }
       return;
     case Similarity::kL2:
-      blas::GemmNT(num_queries, n, d, -2.0f, queries, d, rows, d, 0.0f,
-                   scores, n);
+      blas::GemmNT(num_queries, n, d, -2.0f, queries, d, rows, d, 0.0f, scores,
+                   n);
       for (size_t i = 0; i < num_queries; ++i) {
         float* row = scores + i * n;
         const float qn = query_sq_norms[i];
         for (size_t j = 0; j < n; ++j) {
-          row[j] = -beta * std::sqrt(std::max(0.0f, qn + row_sq_norms[j] + row[j]));
+          float sq_distance = qn + row_sq_norms[j] + row[j];
+          // ||q||^2 + ||x||^2 - 2 q.x cancels when q is close to x, exactly
+          // where retrieval converges: recompute those few directly.
+          if (sq_distance < kCancellation * (qn + row_sq_norms[j])) {
+            sq_distance = SquaredDistance(queries + i * d, rows + j * d, d);
+          }
+          row[j] = -beta * std::sqrt(std::max(0.0f, sq_distance));
         }
       }
       return;
@@ -138,8 +155,8 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
 
 // What one pass over all memories leaves per query row.
 struct RowState {
-  double max = kNegInf;  // Running max of the scores.
-  double sum = 0;        // Sum of exp(score - max).
+  double max = kNegInf;            // Running max of the scores.
+  double sum = 0;                  // Sum of exp(score - max).
   std::vector<Scored> top;         // Heap of the best top_k scores.
   std::vector<Scored> candidates;  // Sparse separations: possible support.
   size_t candidates_at_prune = 0;
@@ -154,8 +171,8 @@ absl::Status Pass(const MemorySet& memories, const float* states,
   const size_t d = memories.dim;
   const bool softmax = params.separation == Separation::kSoftmax;
   const double margin = SupportMargin(params.separation);
-  const size_t tile =
-      std::max<size_t>(1, options.max_score_floats / std::max<size_t>(num_queries, 1));
+  const size_t tile = std::max<size_t>(
+      1, options.max_score_floats / std::max<size_t>(num_queries, 1));
 
   std::vector<float> query_sq_norms(num_queries);
   for (size_t i = 0; i < num_queries; ++i) {
@@ -203,12 +220,14 @@ absl::Status Pass(const MemorySet& memories, const float* states,
         if (!softmax) {
           const double floor = new_max - margin;
           for (size_t j = 0; j < n; ++j) {
-            if (row[j] > floor) state.candidates.emplace_back(row[j], first_index + j);
+            if (row[j] > floor)
+              state.candidates.emplace_back(row[j], first_index + j);
           }
           if (state.candidates.size() > 2 * state.candidates_at_prune + 1024) {
             state.candidates.erase(
-                std::remove_if(state.candidates.begin(), state.candidates.end(),
-                               [floor](const Scored& c) { return c.first <= floor; }),
+                std::remove_if(
+                    state.candidates.begin(), state.candidates.end(),
+                    [floor](const Scored& c) { return c.first <= floor; }),
                 state.candidates.end());
             state.candidates_at_prune = state.candidates.size();
           }
@@ -249,7 +268,8 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
                                               const RetrievalOptions& options) {
   const size_t d = memories.dim;
   const size_t m = memories.size();
-  if (m == 0) return absl::FailedPreconditionError("no memories to retrieve from");
+  if (m == 0)
+    return absl::FailedPreconditionError("no memories to retrieve from");
   if (d == 0) return absl::InvalidArgumentError("dimension must be positive");
   if (!(params.beta > 0) || !std::isfinite(params.beta)) {
     return absl::InvalidArgumentError(
@@ -297,19 +317,24 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
       } else {
         const double floor = state.max - SupportMargin(params.separation);
         state.candidates.erase(
-            std::remove_if(state.candidates.begin(), state.candidates.end(),
-                           [floor](const Scored& c) { return c.first <= floor; }),
+            std::remove_if(
+                state.candidates.begin(), state.candidates.end(),
+                [floor](const Scored& c) { return c.first <= floor; }),
             state.candidates.end());
         candidate_scores.clear();
-        for (const Scored& c : state.candidates) candidate_scores.push_back(c.first);
+        for (const Scored& c : state.candidates)
+          candidate_scores.push_back(c.first);
         threshold = SeparationThreshold(params.separation, candidate_scores);
         total = 0;
         for (const Scored& c : state.candidates) {
           total += SeparationWeight(params.separation, c.first, threshold);
         }
         for (const Scored& c : state.candidates) {
-          const double w = SeparationWeight(params.separation, c.first, threshold);
-          if (w > 0) blas::Axpy(d, static_cast<float>(w / total), memories.row(c.second), y);
+          const double w =
+              SeparationWeight(params.separation, c.first, threshold);
+          if (w > 0)
+            blas::Axpy(d, static_cast<float>(w / total), memories.row(c.second),
+                       y);
         }
       }
 
@@ -328,7 +353,8 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
       std::vector<Match>& matches = out.matches[i];
       matches.clear();
       for (const Scored& s : state.top) {
-        const double w = SeparationWeight(params.separation, s.first, threshold);
+        const double w =
+            SeparationWeight(params.separation, s.first, threshold);
         matches.push_back({s.second, static_cast<float>(w / total), s.first});
       }
       if (params.eps > 0 && std::sqrt(sq_change) <= params.eps) {

@@ -52,10 +52,10 @@ struct MemorySet {
 struct RetrievalParams {
   Similarity similarity = Similarity::kDot;
   Separation separation = Separation::kSoftmax;
-  float beta = 1.0f;    // Inverse temperature, > 0.
-  uint32_t steps = 1;   // Maximum update steps, >= 1.
-  float eps = 0.0f;     // Stop once ||x_{t+1} - x_t||_2 <= eps (if > 0).
-  uint32_t top_k = 5;   // Best matches reported per query.
+  float beta = 1.0f;   // Inverse temperature, > 0.
+  uint32_t steps = 1;  // Maximum update steps, >= 1.
+  float eps = 0.0f;    // Stop once ||x_{t+1} - x_t||_2 <= eps (if > 0).
+  uint32_t top_k = 5;  // Best matches reported per query.
 };
 
 struct RetrievalOptions {
@@ -67,9 +67,9 @@ struct RetrievalOptions {
 };
 
 struct Match {
-  size_t index = 0;    // Memory index in the MemorySet.
-  float weight = 0;    // Weight in the final update.
-  float score = 0;     // beta * s(xi, x) in the final update.
+  size_t index = 0;  // Memory index in the MemorySet.
+  float weight = 0;  // Weight in the final update.
+  float score = 0;   // beta * s(xi, x) in the final update.
 };
 
 // Results for L queries of dimension d.

@@ -113,7 +113,8 @@ double SeparationWeight(Separation separation, double z, double threshold) {
   return 0;
 }
 
-std::vector<double> Separate(Separation separation, absl::Span<const double> z) {
+std::vector<double> Separate(Separation separation,
+                             absl::Span<const double> z) {
   const double tau = SeparationThreshold(separation, z);
   std::vector<double> weights(z.size());
   double total = 0;

@@ -1,6 +1,6 @@
 // Separation functions: turn a row of scores z = beta * s(xi, x) into weights
-// that sum to one. Softmax is dense; sparsemax and alpha = 1.5 entmax are sparse
-// and computed with their exact sort-based thresholds.
+// that sum to one. Softmax is dense; sparsemax and alpha = 1.5 entmax are
+// sparse and computed with their exact sort-based thresholds.
 //
 // Thread-safe: pure functions.
 #ifndef ENGRAM_SERVER_CORE_SEPARATION_H_

@@ -60,7 +60,8 @@ class PrometheusMetrics : public Metrics {
 
   void RecordRequest(absl::string_view method, absl::string_view code,
                      double seconds) override {
-    requests_.Add({{"method", std::string(method)}, {"code", std::string(code)}})
+    requests_
+        .Add({{"method", std::string(method)}, {"code", std::string(code)}})
         .Increment();
     LatencyFor(method).Observe(seconds);
   }
@@ -85,8 +86,8 @@ class PrometheusMetrics : public Metrics {
 
   prometheus::Histogram& LatencyFor(absl::string_view method) {
     static const prometheus::Histogram::BucketBoundaries kBuckets = {
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-        0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5, 5, 10};
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
     return latency_.Add({{"method", std::string(method)}}, kBuckets);
   }
 

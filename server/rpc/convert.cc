@@ -4,10 +4,10 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "absl/time/time.h"
 
 namespace engram::rpc {
@@ -87,8 +87,8 @@ absl::Status FeatureMapFromProto(const v1::FeatureMapSettings& in,
           "store.feature_map.kind UHOP: Stage I fitting is not available in "
           "this server version");
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "store.feature_map.kind has unknown value ", in.kind()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("store.feature_map.kind has unknown value ", in.kind()));
   }
   switch (in.loss()) {
     case v1::FIT_LOSS_UNSPECIFIED:
@@ -99,8 +99,8 @@ absl::Status FeatureMapFromProto(const v1::FeatureMapSettings& in,
       out.loss = store::FitLoss::kMean;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "store.feature_map.loss has unknown value ", in.loss()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("store.feature_map.loss has unknown value ", in.loss()));
   }
   switch (in.optimizer()) {
     case v1::FIT_OPTIMIZER_UNSPECIFIED:
@@ -204,7 +204,8 @@ absl::StatusOr<store::StoreSettings> SettingsFromProto(const v1::Store& in) {
   out.retrieval.steps = r.steps() ? r.steps() : 1;
   out.retrieval.eps = r.eps();
   out.retrieval.top_k = r.top_k() ? r.top_k() : 5;
-  if (absl::Status status = FeatureMapFromProto(in.feature_map(), out.feature_map);
+  if (absl::Status status =
+          FeatureMapFromProto(in.feature_map(), out.feature_map);
       !status.ok()) {
     return status;
   }
@@ -239,10 +240,10 @@ absl::Status ApplyUpdateMask(const v1::Store& source,
     if (!matched) {
       std::vector<std::string> names;
       for (const UpdatablePath& u : kUpdatable) names.push_back(u.path);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "update_mask.paths[", i, "] '", path,
-          "' is not an updatable field; updatable: ",
-          absl::StrJoin(names, ", ")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("update_mask.paths[", i, "] '", path,
+                       "' is not an updatable field; updatable: ",
+                       absl::StrJoin(names, ", ")));
     }
   }
   return absl::OkStatus();
@@ -289,7 +290,8 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   fit->set_state(v1::FitStatus::NOT_CONFIGURED);
   const int64_t nanos = absl::ToUnixNanos(s.create_time);
   out.mutable_create_time()->set_seconds(nanos / 1000000000);
-  out.mutable_create_time()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  out.mutable_create_time()->set_nanos(
+      static_cast<int32_t>(nanos % 1000000000));
   out.set_version(view.version());
   out.set_state(v1::Store::READY);
 }
@@ -346,7 +348,8 @@ std::string StoreToken(const std::string& name) {
 
 absl::StatusOr<std::string> ParseStoreToken(const std::string& token) {
   std::string raw;
-  if (!absl::WebSafeBase64Unescape(token, &raw) || !absl::StartsWith(raw, "s:")) {
+  if (!absl::WebSafeBase64Unescape(token, &raw) ||
+      !absl::StartsWith(raw, "s:")) {
     return absl::InvalidArgumentError(
         "page_token is not a token from a ListStores response");
   }
@@ -360,7 +363,8 @@ std::string PatternToken(uint64_t id) {
 absl::StatusOr<uint64_t> ParsePatternToken(const std::string& token) {
   std::string raw;
   uint64_t id = 0;
-  if (!absl::WebSafeBase64Unescape(token, &raw) || !absl::StartsWith(raw, "p:") ||
+  if (!absl::WebSafeBase64Unescape(token, &raw) ||
+      !absl::StartsWith(raw, "p:") ||
       !absl::SimpleAtoi(absl::string_view(raw).substr(2), &id)) {
     return absl::InvalidArgumentError(
         "page_token is not a token from a ListPatterns response");

@@ -16,12 +16,23 @@ namespace engram::rpc {
 namespace {
 
 const char* CodeName(absl::StatusCode code) {
-  static constexpr const char* kNames[] = {
-      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",     "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
   const int index = static_cast<int>(code);
   return index >= 0 && index <= 16 ? kNames[index] : "UNKNOWN";
 }
@@ -56,9 +67,9 @@ class EngramService::Call {
     const char* code = CodeName(status.code());
     service_->metrics_->RecordRequest(method_, code, seconds);
     Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo,
-        "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_,
-        code, seconds * 1e3, status.ok() ? "" : " message=",
-        std::string(status.message()));
+        "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_, code,
+        seconds * 1e3,
+        status.ok() ? "" : " message=", std::string(status.message()));
     return ToGrpc(status);
   }
 
@@ -156,7 +167,8 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext*,
   if (!found.ok()) return call.Done(found.status());
   std::vector<store::Pattern> patterns;
   patterns.reserve(request->patterns_size());
-  for (const v1::Pattern& p : request->patterns()) patterns.push_back(FromProto(p));
+  for (const v1::Pattern& p : request->patterns())
+    patterns.push_back(FromProto(p));
   absl::StatusOr<std::vector<uint64_t>> ids = (*found)->Add(patterns);
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
@@ -181,20 +193,20 @@ grpc::Status EngramService::ImportPatterns(
       if (!found.ok()) {
         return call.Done(absl::Status(
             found.status().code(),
-            message.store().empty()
-                ? "store is required in the first message"
-                : std::string(found.status().message())));
+            message.store().empty() ? "store is required in the first message"
+                                    : std::string(found.status().message())));
       }
       target = *found;
     } else if (!message.store().empty() && message.store() != target->name()) {
       return call.Done(absl::InvalidArgumentError(absl::StrCat(
           "message ", index, ": store '", message.store(),
-          "' differs from the first message's '", target->name(), "'; ",
-          added, " patterns of earlier messages were committed")));
+          "' differs from the first message's '", target->name(), "'; ", added,
+          " patterns of earlier messages were committed")));
     }
     if (message.patterns_size() == 0) continue;
     patterns.clear();
-    for (const v1::Pattern& p : message.patterns()) patterns.push_back(FromProto(p));
+    for (const v1::Pattern& p : message.patterns())
+      patterns.push_back(FromProto(p));
     absl::StatusOr<std::vector<uint64_t>> ids = target->Add(patterns);
     if (!ids.ok()) {
       CountPatterns(*target);
@@ -359,9 +371,9 @@ grpc::Status EngramService::GetFitStatus(grpc::ServerContext*,
   return call.Done(FitStatusOf(request->store(), *response));
 }
 
-grpc::Status EngramService::WatchFit(grpc::ServerContext*,
-                                     const v1::WatchFitRequest* request,
-                                     grpc::ServerWriter<v1::FitStatus>* writer) {
+grpc::Status EngramService::WatchFit(
+    grpc::ServerContext*, const v1::WatchFitRequest* request,
+    grpc::ServerWriter<v1::FitStatus>* writer) {
   Call call(this, "WatchFit", request->store());
   v1::FitStatus status;
   if (absl::Status s = FitStatusOf(request->store(), status); !s.ok()) {

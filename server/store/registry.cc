@@ -11,8 +11,10 @@ StoreRegistry::StoreRegistry(const Limits& limits, StorageBackend* storage)
 
 absl::Status StoreRegistry::Load() {
   std::vector<StorageBackend::LoadedStore> loaded;
-  if (absl::Status status = storage_->LoadAll(
-          [&](StorageBackend::LoadedStore s) { loaded.push_back(std::move(s)); });
+  if (absl::Status status =
+          storage_->LoadAll([&](StorageBackend::LoadedStore s) {
+            loaded.push_back(std::move(s));
+          });
       !status.ok()) {
     return status;
   }
@@ -44,8 +46,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
   }
   if (stores_.size() >= limits_.max_stores) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the server holds ", stores_.size(),
-        " stores, the limit max_stores"));
+        "the server holds ", stores_.size(), " stores, the limit max_stores"));
   }
   if (absl::Status status = storage_->PutStore(settings); !status.ok()) {
     return status;

@@ -18,9 +18,9 @@ absl::Status ValidateRequest(const StoreView& view,
     return absl::InvalidArgumentError("queries must not be empty");
   }
   if (request.num_queries > limits.max_queries) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("queries holds ", request.num_queries,
-                     " queries; the limit max_queries is ", limits.max_queries));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queries holds ", request.num_queries,
+        " queries; the limit max_queries is ", limits.max_queries));
   }
   if (request.queries.size() != request.num_queries * d) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -34,7 +34,8 @@ absl::Status ValidateRequest(const StoreView& view,
                        request.queries[i], "; values must be finite"));
     }
   }
-  if (request.steps && (*request.steps < 1 || *request.steps > limits.max_steps)) {
+  if (request.steps &&
+      (*request.steps < 1 || *request.steps > limits.max_steps)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "steps must be in [1, ", limits.max_steps, "], got ", *request.steps));
   }
@@ -83,9 +84,9 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
   if (request.top_k) params.top_k = *request.top_k;
   if (request.eps) params.eps = *request.eps;
 
-  absl::StatusOr<core::RetrievalOutput> out = core::RetrieveExact(
-      view.memories(), request.queries.data(), request.num_queries, params,
-      options);
+  absl::StatusOr<core::RetrievalOutput> out =
+      core::RetrieveExact(view.memories(), request.queries.data(),
+                          request.num_queries, params, options);
   if (!out.ok()) return out.status();
 
   RetrieveResult result;

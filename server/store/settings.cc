@@ -51,14 +51,14 @@ absl::Status ValidateSettings(const StoreSettings& settings,
   }
   if (r.top_k > limits.max_top_k) {
     return absl::InvalidArgumentError(
-        absl::StrCat("store.retrieval.top_k must be at most ",
-                     limits.max_top_k, ", got ", r.top_k));
+        absl::StrCat("store.retrieval.top_k must be at most ", limits.max_top_k,
+                     ", got ", r.top_k));
   }
   const LowRankSettings& low_rank = settings.low_rank;
   if (!(low_rank.tolerance > 0) || !std::isfinite(low_rank.tolerance)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "store.low_rank.tolerance must be finite and > 0, got ",
-        low_rank.tolerance));
+    return absl::InvalidArgumentError(
+        absl::StrCat("store.low_rank.tolerance must be finite and > 0, got ",
+                     low_rank.tolerance));
   }
   if (low_rank.max_degree % 2 != 0 || low_rank.max_degree < 2 ||
       low_rank.max_degree > 8) {
@@ -77,13 +77,14 @@ absl::Status ValidateSettings(const StoreSettings& settings,
         "store.feature_map.epochs must be in [1, 100000], got ", map.epochs));
   }
   if (!(map.learning_rate >= 0) || !std::isfinite(map.learning_rate)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("store.feature_map.learning_rate must be finite and >= 0, got ",
-                     map.learning_rate));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "store.feature_map.learning_rate must be finite and >= 0, got ",
+        map.learning_rate));
   }
   if (map.batch_size < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "store.feature_map.batch_size must be at least 2, got ", map.batch_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("store.feature_map.batch_size must be at least 2, got ",
+                     map.batch_size));
   }
   return absl::OkStatus();
 }

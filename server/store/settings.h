@@ -49,8 +49,8 @@ struct StoreSettings {
 // Server-wide limits; every one is a flag of engramd.
 struct Limits {
   uint32_t max_dimension = 65536;
-  size_t max_batch = 100000;      // Patterns per add or delete.
-  size_t max_queries = 4096;      // Queries per Retrieve.
+  size_t max_batch = 100000;  // Patterns per add or delete.
+  size_t max_queries = 4096;  // Queries per Retrieve.
   size_t max_top_k = 1000;
   uint32_t max_steps = 1000;
   size_t max_stores = 1000;

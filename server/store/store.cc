@@ -131,9 +131,9 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
   for (size_t i = 0; i < patterns.size(); ++i) {
     const Pattern& p = patterns[i];
     if (p.values.size() != dim_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "patterns[", i, "].values has ", p.values.size(), " values; store '",
-          name_, "' has dimension ", dim_));
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].values has ", p.values.size(),
+                       " values; store '", name_, "' has dimension ", dim_));
     }
     for (size_t k = 0; k < dim_; ++k) {
       if (!std::isfinite(p.values[k])) {
@@ -165,8 +165,8 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
       auto [it, inserted] = explicit_ids.emplace(p.id, i);
       if (!inserted) {
         return absl::InvalidArgumentError(
-            absl::StrCat("patterns[", i, "].id ", p.id,
-                         " repeats patterns[", it->second, "].id"));
+            absl::StrCat("patterns[", i, "].id ", p.id, " repeats patterns[",
+                         it->second, "].id"));
       }
       max_explicit = std::max(max_explicit, p.id);
     }

@@ -1,7 +1,8 @@
 // A named set of patterns of one dimension, with its retrieval settings.
 //
 //   std::shared_ptr<const StoreView> view = store.view();
-//   core::RetrieveExact(view->memories(), queries, n, view->settings().retrieval);
+//   core::RetrieveExact(view->memories(), queries, n,
+//   view->settings().retrieval);
 //
 // Patterns live in fixed-capacity chunks. A StoreView is an immutable snapshot
 // (settings, chunk pointers, count); writers never change a row a published

@@ -1,0 +1,292 @@
+#include "server/core/retrieval.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace engram::core {
+namespace {
+
+// Memories split into blocks of uneven sizes, as a store's chunks are.
+struct Fixture {
+  size_t dim;
+  std::vector<std::vector<float>> rows;  // One vector per block.
+  std::vector<std::vector<float>> norms;
+  MemorySet set;
+
+  Fixture(size_t d, std::vector<size_t> block_sizes, uint32_t seed,
+          float scale = 1.0f)
+      : dim(d) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, scale);
+    for (size_t n : block_sizes) {
+      rows.emplace_back(n * d);
+      norms.emplace_back(n);
+      for (float& v : rows.back()) v = normal(rng);
+      for (size_t i = 0; i < n; ++i) {
+        double s = 0;
+        for (size_t k = 0; k < d; ++k)
+          s += double{rows.back()[i * d + k]} * rows.back()[i * d + k];
+        norms.back()[i] = static_cast<float>(s);
+      }
+    }
+    set.dim = d;
+    for (size_t b = 0; b < rows.size(); ++b) {
+      set.blocks.push_back({rows[b].data(), norms[b].data(), block_sizes[b]});
+    }
+  }
+};
+
+double ReferenceSimilarity(Similarity s, const float* a, const float* b,
+                           size_t d) {
+  double dot = 0, na = 0, nb = 0, l2 = 0, l1 = 0;
+  for (size_t k = 0; k < d; ++k) {
+    dot += double{a[k]} * b[k];
+    na += double{a[k]} * a[k];
+    nb += double{b[k]} * b[k];
+    l2 += (double{a[k]} - b[k]) * (double{a[k]} - b[k]);
+    l1 += std::fabs(double{a[k]} - b[k]);
+  }
+  switch (s) {
+    case Similarity::kDot:
+      return dot;
+    case Similarity::kL2:
+      return -std::sqrt(l2);
+    case Similarity::kManhattan:
+      return -l1;
+    case Similarity::kCosine:
+      return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
+  }
+  return 0;
+}
+
+struct ReferenceResult {
+  std::vector<double> state;
+  std::vector<double> weights;
+  double energy;
+};
+
+// One plain double-precision update: x <- Xi Sep(beta s(Xi, x)).
+ReferenceResult ReferenceStep(const MemorySet& set,
+                              const std::vector<double>& x,
+                              const RetrievalParams& p) {
+  const size_t m = set.size(), d = set.dim;
+  std::vector<float> xf(x.begin(), x.end());
+  std::vector<double> z(m);
+  for (size_t i = 0; i < m; ++i) {
+    z[i] = p.beta * ReferenceSimilarity(p.similarity, set.row(i), xf.data(), d);
+  }
+  double max = z[0], sum = 0, sq = 0;
+  for (double v : z) max = std::max(max, v);
+  for (double v : z) sum += std::exp(v - max);
+  for (double v : x) sq += v * v;
+  ReferenceResult r;
+  r.weights = Separate(p.separation, z);
+  r.state.assign(d, 0.0);
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t k = 0; k < d; ++k) r.state[k] += r.weights[i] * set.row(i)[k];
+  }
+  r.energy =
+      -(max + std::log(sum)) / p.beta + 0.5 * SelfSimilarity(p.similarity, sq);
+  return r;
+}
+
+class ParityTest
+    : public ::testing::TestWithParam<std::tuple<Similarity, Separation>> {};
+
+TEST_P(ParityTest, MatchesDoublePrecisionReference) {
+  const auto [similarity, separation] = GetParam();
+  const size_t d = 24;
+  Fixture memories(d, {37, 5, 64, 1}, 7, 0.6f);
+  const size_t num_queries = 9;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> noise(0.0f, 0.3f);
+  std::vector<float> queries(num_queries * d);
+  for (size_t i = 0; i < num_queries; ++i) {
+    const float* base = memories.set.row((i * 13) % memories.set.size());
+    for (size_t k = 0; k < d; ++k) queries[i * d + k] = base[k] + noise(rng);
+  }
+  for (float beta : {0.3f, 2.0f}) {
+    RetrievalParams params;
+    params.similarity = similarity;
+    params.separation = separation;
+    params.beta = beta;
+    params.steps = 3;
+    params.top_k = 4;
+    RetrievalOptions options;
+    options.max_score_floats = 40;  // Forces many tiles, some inside blocks.
+    absl::StatusOr<RetrievalOutput> out = RetrieveExact(
+        memories.set, queries.data(), num_queries, params, options);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (size_t i = 0; i < num_queries; ++i) {
+      std::vector<double> x(queries.begin() + i * d,
+                            queries.begin() + (i + 1) * d);
+      ReferenceResult r;
+      for (uint32_t t = 0; t < params.steps; ++t) {
+        const std::vector<double> before = x;
+        r = ReferenceStep(memories.set, x, params);
+        if (t + 1 < params.steps) x = r.state;
+        if (t + 1 == params.steps) {
+          // Energy is of the state the last update started from.
+          EXPECT_NEAR(out->energies[i], r.energy,
+                      1e-3 * (1 + std::fabs(r.energy)));
+        }
+      }
+      for (size_t k = 0; k < d; ++k) {
+        EXPECT_NEAR(out->states[i * d + k], r.state[k], 2e-4)
+            << SimilarityName(similarity) << "/" << SeparationName(separation)
+            << " beta " << beta << " query " << i << " coordinate " << k;
+      }
+      EXPECT_EQ(out->steps[i], params.steps);
+      ASSERT_EQ(out->matches[i].size(), 4u);
+      double previous = INFINITY;
+      for (const Match& m : out->matches[i]) {
+        EXPECT_LE(m.score, previous);
+        previous = m.score;
+        EXPECT_NEAR(m.weight, r.weights[m.index], 1e-4);
+      }
+      // The best match is the reference's highest weight.
+      size_t best = 0;
+      for (size_t j = 1; j < r.weights.size(); ++j) {
+        if (r.weights[j] > r.weights[best]) best = j;
+      }
+      EXPECT_NEAR(r.weights[out->matches[i][0].index], r.weights[best], 1e-6);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllCombinations, ParityTest,
+    ::testing::Combine(::testing::Values(Similarity::kDot, Similarity::kL2,
+                                         Similarity::kManhattan,
+                                         Similarity::kCosine),
+                       ::testing::Values(Separation::kSoftmax,
+                                         Separation::kSparsemax,
+                                         Separation::kEntmax15)),
+    [](const auto& info) {
+      return std::string(SimilarityName(std::get<0>(info.param))) + "_" +
+             std::string(SeparationName(std::get<1>(info.param)));
+    });
+
+TEST(RetrievalTest, RecallsAStoredPatternFromANoisyQuery) {
+  const size_t d = 64;
+  Fixture memories(d, {200}, 3);
+  std::vector<float> query(memories.set.row(17), memories.set.row(17) + d);
+  for (size_t k = 0; k < d; k += 2) query[k] = 0;  // Drop half the entries.
+  RetrievalParams params;
+  params.beta = 4.0f;
+  params.top_k = 1;
+  absl::StatusOr<RetrievalOutput> out =
+      RetrieveExact(memories.set, query.data(), 1, params);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->matches[0][0].index, 17u);
+  for (size_t k = 0; k < d; ++k) {
+    EXPECT_NEAR(out->states[k], memories.set.row(17)[k], 1e-3);
+  }
+}
+
+TEST(RetrievalTest, StopsAtEpsAndReportsConvergence) {
+  const size_t d = 16;
+  Fixture memories(d, {50}, 5);
+  std::vector<float> query(memories.set.row(3), memories.set.row(3) + d);
+  RetrievalParams params;
+  params.beta = 8.0f;
+  params.steps = 50;
+  params.eps = 1e-4f;
+  absl::StatusOr<RetrievalOutput> out =
+      RetrieveExact(memories.set, query.data(), 1, params);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(out->converged[0]);
+  EXPECT_LT(out->steps[0], 50u);
+  EXPECT_GE(out->steps[0], 1u);
+}
+
+TEST(RetrievalTest, ScoreBufferStaysWithinBudgetWhateverM) {
+  // 3 queries with a 6-float budget: tiles of 2 memories; results unchanged.
+  const size_t d = 8;
+  Fixture memories(d, {1000}, 9);
+  std::vector<float> queries(memories.set.row(0), memories.set.row(0) + 3 * d);
+  RetrievalParams params;
+  RetrievalOptions small;
+  small.max_score_floats = 6;
+  absl::StatusOr<RetrievalOutput> tiled =
+      RetrieveExact(memories.set, queries.data(), 3, params, small);
+  absl::StatusOr<RetrievalOutput> whole =
+      RetrieveExact(memories.set, queries.data(), 3, params);
+  ASSERT_TRUE(tiled.ok() && whole.ok());
+  for (size_t k = 0; k < 3 * d; ++k) {
+    EXPECT_NEAR(tiled->states[k], whole->states[k],
+                1e-5 * (1 + std::fabs(whole->states[k])));
+  }
+}
+
+TEST(RetrievalTest, CheckAbortsBetweenTiles) {
+  Fixture memories(4, {100}, 1);
+  std::vector<float> query(4, 0.5f);
+  RetrievalOptions options;
+  options.max_score_floats = 10;
+  int calls = 0;
+  options.check = [&calls]() {
+    return ++calls > 3 ? absl::DeadlineExceededError("late") : absl::OkStatus();
+  };
+  absl::StatusOr<RetrievalOutput> out =
+      RetrieveExact(memories.set, query.data(), 1, RetrievalParams{}, options);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(calls, 4);
+}
+
+TEST(RetrievalTest, RejectsEmptyMemoriesAndBadParameters) {
+  MemorySet empty;
+  empty.dim = 4;
+  std::vector<float> query(4, 1.0f);
+  EXPECT_EQ(RetrieveExact(empty, query.data(), 1, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  Fixture memories(4, {3}, 1);
+  RetrievalParams bad;
+  bad.beta = -1;
+  EXPECT_EQ(RetrieveExact(memories.set, query.data(), 1, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad.beta = 1;
+  bad.steps = 0;
+  EXPECT_EQ(RetrieveExact(memories.set, query.data(), 1, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RetrievalTest, CosineOfAZeroVectorIsZeroNotNan) {
+  Fixture memories(4, {3}, 1);
+  std::vector<float> query(4, 0.0f);
+  RetrievalParams params;
+  params.similarity = Similarity::kCosine;
+  absl::StatusOr<RetrievalOutput> out =
+      RetrieveExact(memories.set, query.data(), 1, params);
+  ASSERT_TRUE(out.ok());
+  for (float v : out->states) EXPECT_TRUE(std::isfinite(v));
+  EXPECT_NEAR(out->matches[0][0].weight, 1.0 / 3, 1e-6);
+}
+
+}  // namespace
+}  // namespace engram::core
+
+namespace engram::core {
+namespace {
+
+// Regression: the GEMM form of the L2 distance cancelled to ~1e-3 when the
+// query equalled a stored pattern, so converged states got wrong scores.
+TEST(RetrievalTest, L2ScoreOfAQueryEqualToAPatternIsZero) {
+  Fixture memories(128, {20}, 4, 3.0f);
+  std::vector<float> query(memories.set.row(5), memories.set.row(5) + 128);
+  RetrievalParams params;
+  params.similarity = Similarity::kL2;
+  params.beta = 100.0f;
+  params.top_k = 1;
+  absl::StatusOr<RetrievalOutput> out =
+      RetrieveExact(memories.set, query.data(), 1, params);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->matches[0][0].index, 5u);
+  EXPECT_NEAR(out->matches[0][0].score, 0.0f, 1e-6);
+}
+
+}  // namespace
+}  // namespace engram::core

@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""End-to-end: a real engramd on a free loopback port, driven by the engram CLI.
+
+Usage: cli_test.py BIN_DIR
+Checks every CLI command, the file formats (npy float32/float64, csv, idx,
+gzip), --out, --json, errors on stderr with a non-zero exit, and SIGTERM.
+"""
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import numpy as np
+
+BIN = sys.argv.pop(1) if len(sys.argv) > 1 else "build/bin"
+
+
+def write_npy(path, array):
+    np.save(path, array)
+
+
+class CliTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.log = open(os.path.join(cls.tmp.name, "engramd.log"), "w+")
+        cls.server = subprocess.Popen(
+            [os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
+             "--metrics_listen=", "--data_dir=" + os.path.join(cls.tmp.name, "data")],
+            stderr=cls.log, stdout=cls.log)
+        deadline = time.time() + 20
+        port = None
+        while time.time() < deadline and port is None:
+            cls.log.seek(0)
+            match = re.search(r"\(port (\d+)\)", cls.log.read())
+            port = match and match.group(1)
+            time.sleep(0.05)
+        assert port, "engramd did not start"
+        cls.addr = "127.0.0.1:" + port
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.server.poll() is None:
+            cls.server.kill()
+        cls.log.close()
+        cls.tmp.cleanup()
+
+    def engram(self, *args, ok=True):
+        result = subprocess.run(
+            [os.path.join(BIN, "engram"), "--addr=" + self.addr, *args],
+            capture_output=True, text=True, timeout=60)
+        if ok:
+            self.assertEqual(result.returncode, 0, result.stderr)
+        return result
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def test_01_help_for_every_command(self):
+        for command in (["store", "create"], ["store", "list"], ["store", "get"],
+                        ["store", "delete"], ["add"], ["retrieve"], ["health"]):
+            out = self.engram(*command, "--help").stdout
+            self.assertIn("engram " + " ".join(command), out)
+        self.assertIn("Commands:", self.engram("--help").stdout)
+
+    def test_02_health(self):
+        self.assertEqual(self.engram("health").stdout.strip(), "SERVING")
+        self.assertEqual(self.engram("health", "engram.v1.Engram").stdout.strip(), "SERVING")
+
+    def test_03_store_lifecycle_and_formats(self):
+        rng = np.random.default_rng(0)
+        memories = rng.normal(size=(40, 8)).astype(np.float32)
+        self.engram("store", "create", "vec", "--dim=8", "--beta=4", "--similarity=l2",
+                    "--separation=sparsemax", "--top_k=3")
+        listed = self.engram("store", "list").stdout
+        self.assertRegex(listed, r"vec\s+8\s+0\s+l2\s+sparsemax\s+4\s+1")
+
+        write_npy(self.path("a.npy"), memories[:10])
+        write_npy(self.path("b.npy"), memories[10:20].astype(np.float64))
+        np.savetxt(self.path("c.csv"), memories[20:30], delimiter=",",
+                   header=",".join(f"x{i}" for i in range(8)), comments="")
+        with gzip.open(self.path("d.npy.gz"), "wb") as f:
+            np.save(f, memories[30:40])
+        for name in ("a.npy", "b.npy", "c.csv", "d.npy.gz"):
+            self.assertIn("added 10 patterns", self.engram("add", "vec", self.path(name)).stdout)
+        info = json.loads(self.engram("store", "get", "vec", "--json").stdout)
+        self.assertEqual(int(info["pattern_count"]), 40)
+        self.assertEqual(info["retrieval"]["separation"], "SPARSEMAX")
+        self.assertIn("patterns:      40", self.engram("store", "get", "vec").stdout)
+
+        queries = memories[[3, 17, 25]] + 0.05 * rng.normal(size=(3, 8)).astype(np.float32)
+        write_npy(self.path("q.npy"), queries.astype(np.float32))
+        out = json.loads(self.engram("retrieve", "vec", self.path("q.npy"), "--json",
+                                     "--out=" + self.path("r.npy"), "--steps=3").stdout)
+        self.assertEqual(len(out["results"]), 3)
+        self.assertEqual([int(r["matches"][0]["id"]) for r in out["results"]], [4, 18, 26])
+        self.assertEqual(out["path"]["path"], "EXACT")
+        for r in out["results"]:
+            self.assertEqual(len(r["matches"]), 3)
+            self.assertEqual(r["steps"], 3)
+            self.assertIn("energy", r)
+        recalled = np.load(self.path("r.npy"))
+        self.assertEqual(recalled.dtype, np.float32)
+        np.testing.assert_allclose(recalled, memories[[3, 17, 25]], atol=1e-4)
+
+        text = self.engram("retrieve", "vec", self.path("q.npy"), "--offset=1", "--limit=1").stdout
+        self.assertIn("query 1:", text)
+        self.assertIn("top 18:", text)
+
+        self.engram("store", "delete", "vec")
+        self.assertNotIn("vec", self.engram("store", "list").stdout)
+
+    def test_04_idx_gzip_with_labels(self):
+        images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
+        header = bytes([0, 0, 8, 3]) + b"".join(int(v).to_bytes(4, "big") for v in (5, 4, 4))
+        with gzip.open(self.path("img.idx3.gz"), "wb") as f:
+            f.write(header + images.tobytes())
+        labels = bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + bytes([3, 1, 4, 1, 5])
+        with open(self.path("lab.idx1"), "wb") as f:
+            f.write(labels)
+        with open(self.path("lab4.idx1"), "wb") as f:
+            f.write(bytes([0, 0, 8, 1]) + (4).to_bytes(4, "big") + bytes([1, 2, 3, 4]))
+        self.engram("store", "create", "img", "--dim=16")
+        mismatch = self.engram("add", "img", self.path("img.idx3.gz"),
+                               "--labels=" + self.path("lab4.idx1"), ok=False)
+        self.assertNotEqual(mismatch.returncode, 0)
+        self.assertIn("one label per row", mismatch.stderr)
+        # --offset/--limit slice the labels in step with the rows.
+        out = self.engram("add", "img", self.path("img.idx3.gz"), "--offset=1", "--limit=2",
+                          "--labels=" + self.path("lab.idx1")).stdout
+        self.assertIn("added 2 patterns", out)
+        self.assertEqual(self.engram("store", "get", "img", "--json").stdout.count('"pattern_count": "2"'), 1)
+        self.engram("store", "delete", "img")
+        self.engram("store", "create", "img", "--dim=16")
+        out = self.engram("add", "img", self.path("img.idx3.gz"), "--labels=" + self.path("lab.idx1")).stdout
+        self.assertIn("added 5 patterns", out)
+        out = json.loads(self.engram("retrieve", "img", self.path("img.idx3.gz"), "--limit=1",
+                                     "--json", "--beta=50", "--top_k=1").stdout)
+        match = out["results"][0]["matches"][0]
+        self.assertEqual(match["label"], "5")  # The largest pixels win the dot product.
+
+    def test_05_errors_go_to_stderr_with_nonzero_exit(self):
+        self.engram("store", "create", "e", "--dim=3")
+        cases = [
+            (["store", "create", "e", "--dim=3"], "ALREADY_EXISTS"),
+            (["store", "create", "f"], "--dim"),
+            (["store", "create", "f", "--dim=3", "--similarity=euclid"], "is not one of"),
+            (["store", "get", "missing"], "NOT_FOUND"),
+            (["add", "e", self.path("nope.npy")], "cannot open"),
+            (["retrieve", "e", self.path("q3.csv")], "FAILED_PRECONDITION"),
+            (["bogus"], "Usage"),
+        ]
+        np.savetxt(self.path("q3.csv"), np.ones((2, 3)), delimiter=",")
+        np.savetxt(self.path("q4.csv"), np.ones((2, 4)), delimiter=",")
+        cases.append((["add", "e", self.path("q4.csv")], "has rows of 4 values; store 'e' has dimension 3"))
+        for args, needle in cases:
+            result = self.engram(*args, ok=False)
+            self.assertNotEqual(result.returncode, 0, args)
+            self.assertIn(needle, result.stderr, args)
+            self.assertEqual(result.stdout, "", args)
+
+    def test_99_sigterm_stops_the_server_cleanly(self):
+        self.server.send_signal(signal.SIGTERM)
+        self.assertEqual(self.server.wait(timeout=20), 0)
+        self.log.seek(0)
+        self.assertIn("stopped", self.log.read())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,556 @@
+// The engram service over real gRPC on a free loopback port, through the C++
+// client: every method, every bad-input case, and that bad input changes
+// nothing.
+#include "server/rpc/service.h"
+
+#include <chrono>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "client/client.h"
+#include "gtest/gtest.h"
+#include "server/metrics/metrics.h"
+#include "server/rpc/server.h"
+#include "server/store/registry.h"
+
+namespace engram::rpc {
+namespace {
+
+using ::absl::StatusCode;
+
+void SetValues(v1::Pattern* pattern, std::vector<float> values) {
+  pattern->mutable_values()->Assign(values.begin(), values.end());
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    limits_.max_batch = 100;
+    limits_.max_queries = 64;
+    limits_.max_stores = 5;
+    limits_.max_dimension = 4096;
+    registry_ = std::make_unique<store::StoreRegistry>(limits_, &storage_);
+    ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.max_message_bytes = 4 << 20;
+    absl::StatusOr<std::unique_ptr<Server>> server =
+        Server::Start(options, registry_.get(), &metrics_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    server_->SetReady(true);
+    client::ClientOptions client_options;
+    client_options.address = server_->address();
+    client_options.timeout = absl::Seconds(20);
+    client_ = std::move(*client::Client::Connect(client_options));
+  }
+
+  void TearDown() override { server_->Shutdown(absl::Seconds(1)); }
+
+  v1::Store NewStore(const std::string& name, uint32_t dim) {
+    v1::Store store;
+    store.set_name(name);
+    store.set_dimension(dim);
+    return store;
+  }
+
+  void Create(const std::string& name, uint32_t dim) {
+    ASSERT_TRUE(client_->CreateStore(NewStore(name, dim)).ok());
+  }
+
+  std::vector<float> Random(size_t n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    std::vector<float> v(n);
+    for (float& x : v) x = normal(rng);
+    return v;
+  }
+
+  // Calls `rpc` and checks its code and that the message mentions `needle`.
+  static void ExpectError(const absl::Status& status, StatusCode code,
+                          const std::string& needle) {
+    EXPECT_EQ(status.code(), code) << status;
+    EXPECT_NE(status.message().find(needle), std::string::npos)
+        << "message '" << status.message() << "' lacks '" << needle << "'";
+  }
+
+  uint64_t Count(const std::string& name) {
+    return client_->GetStore(name)->pattern_count();
+  }
+
+  store::Limits limits_;
+  store::EphemeralStorage storage_;
+  metrics::NullMetrics metrics_;
+  std::unique_ptr<store::StoreRegistry> registry_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<client::Client> client_;
+};
+
+TEST_F(ServiceTest, HealthSeparatesLivenessAndReadiness) {
+  EXPECT_EQ(*client_->Health(""), "SERVING");
+  EXPECT_EQ(*client_->Health("engram.v1.Engram"), "SERVING");
+  server_->SetReady(false);
+  EXPECT_EQ(*client_->Health("engram.v1.Engram"), "NOT_SERVING");
+  EXPECT_EQ(*client_->Health(""), "SERVING");
+}
+
+TEST_F(ServiceTest, CreateAppliesDefaultsAndGetReportsStatistics) {
+  absl::StatusOr<v1::Store> created = client_->CreateStore(NewStore("s", 3));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->retrieval().similarity(), v1::DOT);
+  EXPECT_EQ(created->retrieval().separation(), v1::SOFTMAX);
+  EXPECT_EQ(created->retrieval().beta(), 1.0f);
+  EXPECT_EQ(created->retrieval().steps(), 1u);
+  EXPECT_EQ(created->retrieval().top_k(), 5u);
+  EXPECT_EQ(created->low_rank().max_degree(), 4u);
+  EXPECT_EQ(created->fit().state(), v1::FitStatus::NOT_CONFIGURED);
+  EXPECT_EQ(created->state(), v1::Store::READY);
+  ASSERT_TRUE(client_->AddPatterns("s", {3, 4, 0, 0, 0, 1}, 3).ok());
+  absl::StatusOr<v1::Store> got = client_->GetStore("s");
+  EXPECT_EQ(got->pattern_count(), 2u);
+  EXPECT_DOUBLE_EQ(got->norms().max_norm(), 5.0);
+  EXPECT_DOUBLE_EQ(got->norms().mean_norm(), 3.0);
+  EXPECT_DOUBLE_EQ(got->norms().max_abs_entry(), 4.0);
+  EXPECT_GT(got->create_time().seconds(), 0);
+}
+
+TEST_F(ServiceTest, CreateRejectsBadSettings) {
+  auto create = [&](v1::Store s) { return client_->CreateStore(s).status(); };
+  v1::Store s = NewStore("", 3);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "store name");
+  s = NewStore("Has Space", 3);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "lowercase");
+  s = NewStore("x", 0);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "store.dimension");
+  s = NewStore("x", 5000);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "4096");
+  s = NewStore("x", 3);
+  s.mutable_retrieval()->set_beta(-2);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "store.retrieval.beta");
+  s = NewStore("x", 3);
+  s.mutable_retrieval()->set_beta(NAN);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "store.retrieval.beta");
+  s = NewStore("x", 3);
+  s.mutable_retrieval()->set_steps(100000);
+  ExpectError(create(s), StatusCode::kInvalidArgument, "store.retrieval.steps");
+  s = NewStore("x", 3);
+  s.mutable_retrieval()->set_similarity(static_cast<v1::Similarity>(42));
+  ExpectError(create(s), StatusCode::kInvalidArgument, "unknown value 42");
+  s = NewStore("x", 3);
+  s.mutable_retrieval()->set_separation(static_cast<v1::Separation>(9));
+  ExpectError(create(s), StatusCode::kInvalidArgument,
+              "store.retrieval.separation");
+  s = NewStore("x", 3);
+  s.mutable_low_rank()->set_max_degree(3);
+  ExpectError(create(s), StatusCode::kInvalidArgument,
+              "store.low_rank.max_degree");
+  s = NewStore("x", 3);
+  s.mutable_low_rank()->set_tolerance(-1);
+  ExpectError(create(s), StatusCode::kInvalidArgument,
+              "store.low_rank.tolerance");
+  s = NewStore("x", 3);
+  s.mutable_feature_map()->set_kind(static_cast<v1::FeatureMapKind>(7));
+  ExpectError(create(s), StatusCode::kInvalidArgument,
+              "store.feature_map.kind");
+  EXPECT_TRUE(client_->ListStores()->empty()) << "nothing was created";
+
+  Create("x", 3);
+  ExpectError(create(NewStore("x", 3)), StatusCode::kAlreadyExists, "'x'");
+  for (const char* name : {"a", "b", "c", "d"}) Create(name, 1);
+  ExpectError(create(NewStore("f", 3)), StatusCode::kResourceExhausted,
+              "max_stores");
+}
+
+TEST_F(ServiceTest, UnknownStoresAreNotFoundEverywhere) {
+  const std::vector<float> one = {1};
+  ExpectError(client_->GetStore("nope").status(), StatusCode::kNotFound,
+              "'nope'");
+  ExpectError(client_->DeleteStore("nope"), StatusCode::kNotFound, "'nope'");
+  ExpectError(client_->AddPatterns("nope", one, 1).status(),
+              StatusCode::kNotFound, "'nope'");
+  ExpectError(client_->Retrieve("nope", one, 1, {}).status(),
+              StatusCode::kNotFound, "'nope'");
+  ExpectError(client_->Import("nope", one, 1, {}, 10).status(),
+              StatusCode::kNotFound, "'nope'");
+  grpc::ClientContext context;
+  v1::GetFitStatusRequest request;
+  request.set_store("nope");
+  v1::FitStatus status;
+  EXPECT_EQ(
+      client_->stub().GetFitStatus(&context, request, &status).error_code(),
+      grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServiceTest, ListStoresPaginates) {
+  for (const char* name : {"e", "b", "d", "a", "c"}) Create(name, 2);
+  std::vector<std::string> names;
+  v1::ListStoresRequest request;
+  request.set_page_size(2);
+  int pages = 0;
+  do {
+    grpc::ClientContext context;
+    v1::ListStoresResponse response;
+    ASSERT_TRUE(client_->stub().ListStores(&context, request, &response).ok());
+    for (const v1::Store& s : response.stores()) names.push_back(s.name());
+    request.set_page_token(response.next_page_token());
+    ++pages;
+  } while (!request.page_token().empty());
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+  EXPECT_EQ(pages, 3);
+  grpc::ClientContext context;
+  request.set_page_token("garbage!");
+  v1::ListStoresResponse response;
+  grpc::Status bad = client_->stub().ListStores(&context, request, &response);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.error_message().find("page_token"), std::string::npos);
+}
+
+TEST_F(ServiceTest, UpdateStoreFollowsTheMask) {
+  Create("s", 2);
+  auto update = [&](v1::Store store, std::vector<std::string> paths) {
+    grpc::ClientContext context;
+    v1::UpdateStoreRequest request;
+    *request.mutable_store() = store;
+    for (const std::string& p : paths)
+      request.mutable_update_mask()->add_paths(p);
+    v1::Store response;
+    grpc::Status status =
+        client_->stub().UpdateStore(&context, request, &response);
+    return std::make_pair(status, response);
+  };
+  v1::Store change = NewStore("s", 2);
+  change.mutable_retrieval()->set_beta(4);
+  change.mutable_retrieval()->set_steps(7);
+  auto [status, updated] = update(change, {"retrieval.beta"});
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(updated.retrieval().beta(), 4.0f);
+  EXPECT_EQ(updated.retrieval().steps(), 1u) << "steps was not in the mask";
+
+  EXPECT_EQ(update(change, {}).first.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::Status unknown = update(change, {"dimension"}).first;
+  EXPECT_EQ(unknown.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(unknown.error_message().find("update_mask.paths[0] 'dimension'"),
+            std::string::npos);
+  change.mutable_retrieval()->set_beta(0);
+  grpc::Status bad_beta = update(change, {"retrieval.beta"}).first;
+  EXPECT_EQ(bad_beta.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(client_->GetStore("s")->retrieval().beta(), 4.0f);
+  EXPECT_EQ(update(NewStore("zz", 2), {"retrieval.beta"}).first.error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  change = NewStore("s", 2);
+  change.mutable_retrieval()->set_beta(2);
+  change.mutable_retrieval()->set_steps(3);
+  change.mutable_retrieval()->set_top_k(1);
+  change.mutable_retrieval()->set_separation(v1::SPARSEMAX);
+  auto [whole_status, whole] = update(change, {"retrieval"});
+  ASSERT_TRUE(whole_status.ok()) << whole_status.error_message();
+  EXPECT_EQ(whole.retrieval().steps(), 3u);
+  EXPECT_EQ(whole.retrieval().separation(), v1::SPARSEMAX);
+}
+
+TEST_F(ServiceTest, AddRejectsBadBatchesAndChangesNothing) {
+  Create("s", 3);
+  ASSERT_TRUE(client_->AddPatterns("s", {1, 2, 3}, 3).ok());
+  auto add = [&](std::vector<v1::Pattern> patterns) {
+    grpc::ClientContext context;
+    v1::AddPatternsRequest request;
+    request.set_store("s");
+    for (auto& p : patterns) *request.add_patterns() = p;
+    v1::AddPatternsResponse response;
+    grpc::Status s = client_->stub().AddPatterns(&context, request, &response);
+    return absl::Status(static_cast<StatusCode>(s.error_code()),
+                        s.error_message());
+  };
+  auto pattern = [](uint64_t id, std::vector<float> values) {
+    v1::Pattern p;
+    p.set_id(id);
+    p.mutable_values()->Assign(values.begin(), values.end());
+    return p;
+  };
+  ExpectError(add({}), StatusCode::kInvalidArgument, "must not be empty");
+  ExpectError(add({pattern(0, {1, 2, 3}), pattern(0, {1, 2})}),
+              StatusCode::kInvalidArgument,
+              "patterns[1].values has 2 values; store 's' has dimension 3");
+  ExpectError(add({pattern(0, {1, NAN, 3})}), StatusCode::kInvalidArgument,
+              "patterns[0].values[1] is nan");
+  ExpectError(add({pattern(0, {1, 2, -INFINITY})}),
+              StatusCode::kInvalidArgument, "values must be finite");
+  ExpectError(add({pattern(9, {1, 2, 3}), pattern(9, {1, 2, 3})}),
+              StatusCode::kInvalidArgument, "patterns[1].id 9 repeats");
+  ExpectError(add({pattern(5, {1, 2, 3}), pattern(1, {1, 2, 3})}),
+              StatusCode::kAlreadyExists, "patterns[1].id 1 already exists");
+  v1::Pattern labelled = pattern(0, {1, 2, 3});
+  labelled.set_label(std::string(1000, 'x'));
+  ExpectError(add({labelled}), StatusCode::kInvalidArgument, "label");
+  ExpectError(add(std::vector<v1::Pattern>(101, pattern(0, {1, 2, 3}))),
+              StatusCode::kResourceExhausted, "max_batch is 100");
+  EXPECT_EQ(Count("s"), 1u);
+  EXPECT_EQ(client_->GetPattern("s", 5).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, OversizedMessageIsResourceExhausted) {
+  Create("s", 4096);
+  // 300 x 4096 floats = 4.9 MB > the 4 MiB limit of this server.
+  absl::Status status =
+      client_->AddPatterns("s", std::vector<float>(300 * 4096, 1.0f), 4096)
+          .status();
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted) << status;
+  EXPECT_EQ(Count("s"), 0u);
+}
+
+TEST_F(ServiceTest, PatternsRoundTripWithLabelsAndMetadata) {
+  Create("s", 2);
+  grpc::ClientContext context;
+  v1::AddPatternsRequest request;
+  request.set_store("s");
+  v1::Pattern* p = request.add_patterns();
+  p->set_id(42);
+  p->add_values(0.5f);
+  p->add_values(-1.5f);
+  p->set_label("cat");
+  (*p->mutable_metadata())["source"] = "camera-1";
+  v1::AddPatternsResponse response;
+  ASSERT_TRUE(client_->stub().AddPatterns(&context, request, &response).ok());
+  EXPECT_EQ(response.ids(0), 42u);
+  absl::StatusOr<v1::Pattern> got = client_->GetPattern("s", 42);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->values(1), -1.5f);
+  EXPECT_EQ(got->label(), "cat");
+  EXPECT_EQ(got->metadata().at("source"), "camera-1");
+}
+
+TEST_F(ServiceTest, ListAndDeletePatterns) {
+  Create("s", 1);
+  std::vector<float> values(250);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i);
+  ASSERT_TRUE(client_->Import("s", values, 1, {}, 60).ok());
+  std::vector<uint64_t> ids;
+  v1::ListPatternsRequest request;
+  request.set_store("s");
+  request.set_page_size(100);
+  request.set_omit_values(true);
+  do {
+    grpc::ClientContext context;
+    v1::ListPatternsResponse response;
+    ASSERT_TRUE(
+        client_->stub().ListPatterns(&context, request, &response).ok());
+    for (const v1::Pattern& p : response.patterns()) {
+      ids.push_back(p.id());
+      EXPECT_EQ(p.values_size(), 0);
+    }
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  ASSERT_EQ(ids.size(), 250u);
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+
+  auto remove = [&](std::vector<uint64_t> doomed) {
+    grpc::ClientContext context;
+    v1::DeletePatternsRequest request;
+    request.set_store("s");
+    for (uint64_t id : doomed) request.add_ids(id);
+    v1::DeletePatternsResponse response;
+    grpc::Status s =
+        client_->stub().DeletePatterns(&context, request, &response);
+    return absl::Status(static_cast<StatusCode>(s.error_code()),
+                        s.error_message());
+  };
+  ExpectError(remove({1, 9999}), StatusCode::kNotFound, "ids[1] 9999");
+  ExpectError(remove({3, 3}), StatusCode::kInvalidArgument,
+              "ids[1] 3 appears twice");
+  ExpectError(remove({}), StatusCode::kInvalidArgument,
+              "ids must not be empty");
+  EXPECT_EQ(Count("s"), 250u);
+  ASSERT_TRUE(remove({1, 2, 250}).ok());
+  EXPECT_EQ(Count("s"), 247u);
+  EXPECT_EQ(client_->GetPattern("s", 2).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(client_->GetPattern("s", 100)->values(0), 99.0f);
+}
+
+TEST_F(ServiceTest, ImportReportsWhatWasCommittedBeforeAnError) {
+  Create("s", 2);
+  absl::StatusOr<v1::ImportPatternsResponse> ok =
+      client_->Import("s", std::vector<float>(2 * 150, 1.0f), 2, {}, 40);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->patterns_added(), 150u);
+  EXPECT_EQ(ok->batches(), 4u);
+  EXPECT_EQ(ok->first_id(), 1u);
+  EXPECT_EQ(ok->last_id(), 150u);
+
+  grpc::ClientContext context;
+  v1::ImportPatternsResponse response;
+  auto writer = client_->stub().ImportPatterns(&context, &response);
+  v1::ImportPatternsRequest first;
+  first.set_store("s");
+  SetValues(first.add_patterns(), {1.0f, 2.0f});
+  ASSERT_TRUE(writer->Write(first));
+  v1::ImportPatternsRequest broken;
+  SetValues(broken.add_patterns(), {1.0f});
+  writer->Write(broken);
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(
+      status.error_message().find("message 1: patterns[0].values has 1 values"),
+      std::string::npos)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find(
+                "1 patterns of earlier messages were committed"),
+            std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(Count("s"), 151u);
+
+  grpc::ClientContext anonymous;
+  auto nameless = client_->stub().ImportPatterns(&anonymous, &response);
+  v1::ImportPatternsRequest no_store;
+  SetValues(no_store.add_patterns(), {1.0f, 2.0f});
+  nameless->Write(no_store);
+  nameless->WritesDone();
+  grpc::Status missing = nameless->Finish();
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(missing.error_message().find("store is required"),
+            std::string::npos);
+}
+
+TEST_F(ServiceTest, RetrieveRecallsAndReportsEverything) {
+  Create("s", 32);
+  const std::vector<float> memories = Random(50 * 32, 1);
+  std::vector<std::string> labels;
+  for (int i = 0; i < 50; ++i) labels.push_back("m" + std::to_string(i));
+  ASSERT_TRUE(client_->AddPatterns("s", memories, 32, labels).ok());
+  std::vector<float> queries(memories.begin() + 7 * 32,
+                             memories.begin() + 9 * 32);
+  for (size_t k = 0; k < queries.size(); k += 3) queries[k] = 0;
+  v1::RetrieveRequest overrides;
+  overrides.set_beta(3);
+  overrides.set_top_k(2);
+  overrides.set_steps(5);
+  overrides.set_eps(1e-4f);
+  overrides.set_path(v1::EXACT);
+  absl::StatusOr<v1::RetrieveResponse> r =
+      client_->Retrieve("s", queries, 32, overrides);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->results_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const v1::QueryResult& q = r->results(i);
+    ASSERT_EQ(q.matches_size(), 2);
+    EXPECT_EQ(q.matches(0).id(), 8u + i);  // Ids start at 1.
+    EXPECT_EQ(q.matches(0).label(), "m" + std::to_string(7 + i));
+    EXPECT_GT(q.matches(0).weight(), 0.99f);
+    EXPECT_EQ(q.values_size(), 32);
+    EXPECT_NEAR(q.values(5), memories[(7 + i) * 32 + 5], 1e-3);
+    EXPECT_TRUE(q.converged());
+    EXPECT_LE(q.steps(), 5u);
+    EXPECT_LT(q.energy(), 0);
+  }
+  EXPECT_EQ(r->path().path(), v1::EXACT);
+  EXPECT_GT(r->store_version(), 0u);
+
+  overrides.set_omit_vectors(true);
+  EXPECT_EQ(
+      client_->Retrieve("s", queries, 32, overrides)->results(0).values_size(),
+      0);
+}
+
+TEST_F(ServiceTest, RetrieveRejectsBadRequests) {
+  Create("empty", 2);
+  Create("s", 2);
+  ASSERT_TRUE(client_->AddPatterns("s", {1, 0, 0, 1}, 2).ok());
+  const std::vector<float> query = {1, 0};
+  auto retrieve = [&](const std::string& store, std::vector<float> q,
+                      v1::RetrieveRequest r) {
+    return client_->Retrieve(store, q, 2, r).status();
+  };
+  ExpectError(retrieve("empty", query, {}), StatusCode::kFailedPrecondition,
+              "has no patterns");
+  ExpectError(retrieve("s", {}, {}), StatusCode::kInvalidArgument,
+              "queries must not be empty");
+  ExpectError(retrieve("s", std::vector<float>(2 * 65, 1.0f), {}),
+              StatusCode::kResourceExhausted, "max_queries is 64");
+  ExpectError(retrieve("s", {1, NAN}, {}), StatusCode::kInvalidArgument,
+              "queries[0].values[1] is nan");
+  ExpectError(client_->Retrieve("s", {1, 2, 3}, 3, {}).status(),
+              StatusCode::kInvalidArgument, "queries[0].values has 3 values");
+  v1::RetrieveRequest r;
+  r.set_beta(0);
+  ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument, "beta");
+  r = {};
+  r.set_steps(0);
+  ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument, "steps");
+  r = {};
+  r.set_eps(-1);
+  ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument, "eps");
+  r = {};
+  r.set_tolerance(0);
+  ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument,
+              "tolerance");
+  r = {};
+  r.set_path(static_cast<v1::RetrievalPath>(17));
+  ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument,
+              "path has unknown value 17");
+  r = {};
+  r.set_top_k(5000);
+  ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument, "top_k");
+}
+
+TEST_F(ServiceTest, RetrieveHonoursTheDeadline) {
+  Create("big", 256);
+  const std::vector<float> memories = Random(100 * 256, 2);
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(client_->AddPatterns("big", memories, 256).ok());
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(20));
+  v1::RetrieveRequest request;
+  request.set_store("big");
+  request.set_steps(1000);  // Far more work than 20 ms allow.
+  for (int i = 0; i < 64; ++i) {
+    request.add_queries()->mutable_values()->Assign(
+        memories.begin() + i * 256, memories.begin() + (i + 1) * 256);
+  }
+  v1::RetrieveResponse response;
+  grpc::Status status = client_->stub().Retrieve(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST_F(ServiceTest, FitMethodsDescribeAStoreWithoutFeatureMap) {
+  Create("s", 2);
+  grpc::ClientContext context;
+  v1::GetFitStatusRequest request;
+  request.set_store("s");
+  v1::FitStatus status;
+  ASSERT_TRUE(client_->stub().GetFitStatus(&context, request, &status).ok());
+  EXPECT_EQ(status.state(), v1::FitStatus::NOT_CONFIGURED);
+
+  grpc::ClientContext start_context;
+  v1::StartFitRequest start;
+  start.set_store("s");
+  grpc::Status started =
+      client_->stub().StartFit(&start_context, start, &status);
+  EXPECT_EQ(started.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(started.error_message().find("store.feature_map.kind"),
+            std::string::npos);
+
+  grpc::ClientContext watch_context;
+  v1::WatchFitRequest watch;
+  watch.set_store("s");
+  auto reader = client_->stub().WatchFit(&watch_context, watch);
+  int messages = 0;
+  while (reader->Read(&status)) ++messages;
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(messages, 1);
+}
+
+TEST_F(ServiceTest, DeleteStoreRemovesIt) {
+  Create("s", 2);
+  ASSERT_TRUE(client_->AddPatterns("s", {1, 2}, 2).ok());
+  ASSERT_TRUE(client_->DeleteStore("s").ok());
+  EXPECT_EQ(client_->GetStore("s").status().code(), StatusCode::kNotFound);
+  Create("s", 3);
+  EXPECT_EQ(Count("s"), 0u);
+}
+
+}  // namespace
+}  // namespace engram::rpc

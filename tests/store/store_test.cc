@@ -1,0 +1,349 @@
+#include "server/store/store.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "server/store/registry.h"
+#include "server/store/retrieve.h"
+#include "tests/store/test_storage.h"
+
+namespace engram::store {
+namespace {
+
+StoreSettings Settings(const std::string& name, uint32_t dim) {
+  StoreSettings s;
+  s.name = name;
+  s.dimension = dim;
+  return s;
+}
+
+Pattern MakePattern(uint64_t id, uint32_t dim, float value) {
+  return Pattern{id, std::vector<float>(dim, value), absl::StrCat("l", id), {}};
+}
+
+TEST(StoreTest, AssignsIdsAboveEveryIdInUseOrInTheBatch) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 2), Limits{}, &storage);
+  absl::StatusOr<std::vector<uint64_t>> ids = store.Add(
+      {MakePattern(0, 2, 1), MakePattern(7, 2, 2), MakePattern(0, 2, 3)});
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, (std::vector<uint64_t>{8, 7, 9}));
+  ids = store.Add({MakePattern(0, 2, 4)});
+  EXPECT_EQ(*ids, (std::vector<uint64_t>{10}));
+  EXPECT_EQ(store.Get(7)->values, (std::vector<float>{2, 2}));
+  EXPECT_EQ(store.Get(7)->label, "l7");
+}
+
+TEST(StoreTest, BadBatchesChangeNothing) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 3), Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(1, 3, 1)}).ok());
+  const uint64_t version = store.view()->version();
+
+  Pattern nan = MakePattern(0, 3, 1);
+  nan.values[1] = std::nanf("");
+  Pattern inf = MakePattern(0, 3, 1);
+  inf.values[2] = INFINITY;
+  Pattern label = MakePattern(0, 3, 1);
+  label.label = std::string(300, 'x');
+  Pattern metadata = MakePattern(0, 3, 1);
+  for (int i = 0; i < 17; ++i)
+    metadata.metadata.emplace_back(absl::StrCat(i), "v");
+
+  struct Case {
+    std::vector<Pattern> batch;
+    absl::StatusCode code;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{}, absl::StatusCode::kInvalidArgument, "must not be empty"},
+      {{MakePattern(0, 3, 1), MakePattern(0, 2, 1)},
+       absl::StatusCode::kInvalidArgument,
+       "patterns[1].values has 2 values"},
+      {{MakePattern(0, 3, 1), nan},
+       absl::StatusCode::kInvalidArgument,
+       "patterns[1].values[1] is nan"},
+      {{inf},
+       absl::StatusCode::kInvalidArgument,
+       "patterns[0].values[2] is inf"},
+      {{MakePattern(5, 3, 1), MakePattern(5, 3, 1)},
+       absl::StatusCode::kInvalidArgument,
+       "patterns[1].id 5 repeats"},
+      {{MakePattern(2, 3, 1), MakePattern(1, 3, 1)},
+       absl::StatusCode::kAlreadyExists,
+       "patterns[1].id 1 already exists"},
+      {{label}, absl::StatusCode::kInvalidArgument, "label has 300 bytes"},
+      {{metadata}, absl::StatusCode::kInvalidArgument, "metadata has 17"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<std::vector<uint64_t>> result = store.Add(c.batch);
+    EXPECT_EQ(result.status().code(), c.code) << result.status();
+    EXPECT_NE(result.status().message().find(c.message), std::string::npos)
+        << result.status();
+  }
+  EXPECT_EQ(store.view()->size(), 1u);
+  EXPECT_EQ(store.view()->version(), version);
+  EXPECT_FALSE(store.Get(2).ok());
+}
+
+TEST(StoreTest, LimitsAreResourceExhausted) {
+  EphemeralStorage storage;
+  Limits limits;
+  limits.max_batch = 2;
+  limits.max_patterns_per_store = 3;
+  Store store(Settings("s", 1), limits, &storage);
+  EXPECT_EQ(
+      store.Add(std::vector<Pattern>(3, MakePattern(0, 1, 1))).status().code(),
+      absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(store.Add(std::vector<Pattern>(2, MakePattern(0, 1, 1))).ok());
+  absl::StatusOr<std::vector<uint64_t>> over =
+      store.Add(std::vector<Pattern>(2, MakePattern(0, 1, 1)));
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("max_patterns_per_store"),
+            std::string::npos);
+}
+
+TEST(StoreTest, StorageFailureChangesNothing) {
+  FaultyStorage storage;
+  Store store(Settings("s", 2), Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(1, 2, 1)}).ok());
+  storage.fail = true;
+  EXPECT_EQ(store.Add({MakePattern(2, 2, 1)}).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store.Delete({1}).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store.view()->size(), 1u);
+  EXPECT_TRUE(store.Get(1).ok());
+  EXPECT_FALSE(store.Get(2).ok());
+  storage.fail = false;
+  EXPECT_TRUE(store.Add({MakePattern(2, 2, 1)}).ok());
+}
+
+TEST(StoreTest, DeleteSwapsTheLastRowInAndKeepsOldViewsIntact) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 4), Limits{}, &storage);
+  // Several chunks: capacity for dim 4 is large, so use many patterns.
+  const size_t capacity = ChunkCapacity(4);
+  std::vector<Pattern> batch;
+  for (size_t i = 1; i <= capacity + 10; ++i) {
+    batch.push_back(MakePattern(i, 4, static_cast<float>(i)));
+  }
+  ASSERT_TRUE(store.Add(batch).ok());
+  std::shared_ptr<const StoreView> before = store.view();
+
+  ASSERT_TRUE(store.Delete({3, capacity + 10, 1}).ok());
+  std::shared_ptr<const StoreView> after = store.view();
+  EXPECT_EQ(after->size(), capacity + 7);
+  // The old view still sees every original row unchanged.
+  for (size_t g = 0; g < before->size(); ++g) {
+    EXPECT_EQ(before->info(g).id, g + 1);
+    EXPECT_EQ(before->row(g)[0], static_cast<float>(g + 1));
+  }
+  // Every survivor is found at its (possibly moved) row with its values.
+  for (size_t id = 1; id <= capacity + 10; ++id) {
+    absl::StatusOr<Pattern> p = store.Get(id);
+    if (id == 1 || id == 3 || id == capacity + 10) {
+      EXPECT_EQ(p.status().code(), absl::StatusCode::kNotFound);
+    } else {
+      ASSERT_TRUE(p.ok()) << id;
+      EXPECT_EQ(p->values[0], static_cast<float>(id));
+    }
+  }
+  // And the new view's rows agree with their ids.
+  for (size_t g = 0; g < after->size(); ++g) {
+    EXPECT_EQ(after->row(g)[0], static_cast<float>(after->info(g).id));
+  }
+  EXPECT_NEAR(after->norms().max_norm, 2.0 * (capacity + 9), 1e-6 * capacity);
+}
+
+TEST(StoreTest, AppendAfterDeleteDoesNotOverwriteRowsOldViewsSee) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 2), Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(1, 2, 1), MakePattern(2, 2, 2)}).ok());
+  std::shared_ptr<const StoreView> old = store.view();
+  ASSERT_TRUE(store.Delete({2}).ok());
+  ASSERT_TRUE(store.Add({MakePattern(3, 2, 3)}).ok());
+  EXPECT_EQ(old->row(1)[0], 2.0f);
+  EXPECT_EQ(old->info(1).id, 2u);
+  EXPECT_EQ(store.view()->row(1)[0], 3.0f);
+}
+
+TEST(StoreTest, DeleteValidatesEveryIdFirst) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 1), Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(1, 1, 1), MakePattern(2, 1, 2)}).ok());
+  EXPECT_EQ(store.Delete({1, 9}).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store.Delete({1, 1}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.Delete({}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.view()->size(), 2u);
+}
+
+TEST(StoreTest, ListPagesInIdOrder) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 1), Limits{}, &storage);
+  ASSERT_TRUE(store
+                  .Add({MakePattern(5, 1, 5), MakePattern(2, 1, 2),
+                        MakePattern(9, 1, 9)})
+                  .ok());
+  Store::Page page = store.List(0, 2, false);
+  ASSERT_EQ(page.patterns.size(), 2u);
+  EXPECT_EQ(page.patterns[0].id, 2u);
+  EXPECT_EQ(page.patterns[1].id, 5u);
+  EXPECT_TRUE(page.patterns[0].values.empty());
+  EXPECT_TRUE(page.more);
+  page = store.List(5, 2, true);
+  ASSERT_EQ(page.patterns.size(), 1u);
+  EXPECT_EQ(page.patterns[0].values[0], 9.0f);
+  EXPECT_FALSE(page.more);
+}
+
+TEST(StoreTest, UpdateSettingsValidatesAndKeepsIdentity) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 2), Limits{}, &storage);
+  EXPECT_TRUE(store
+                  .UpdateSettings([](StoreSettings& s) {
+                    s.retrieval.beta = 3;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(store.view()->settings().retrieval.beta, 3.0f);
+  absl::Status bad = store.UpdateSettings([](StoreSettings& s) {
+    s.retrieval.beta = -1;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("store.retrieval.beta"), std::string::npos);
+  EXPECT_EQ(store
+                .UpdateSettings([](StoreSettings& s) {
+                  s.dimension = 3;
+                  return absl::OkStatus();
+                })
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.view()->settings().retrieval.beta, 3.0f);
+}
+
+TEST(StoreTest, ConcurrentWritersAndReadersSeeConsistentViews) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 8), Limits{}, &storage);
+  std::atomic<bool> done{false};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      while (!done) {
+        std::shared_ptr<const StoreView> view = store.view();
+        for (size_t g = 0; g < view->size(); ++g) {
+          // Every row holds its own id in every coordinate.
+          ASSERT_EQ(view->row(g)[7], static_cast<float>(view->info(g).id));
+        }
+        if (view->size() > 0) {
+          std::vector<float> query(8, 1.0f);
+          RetrieveRequest request;
+          request.queries = query;
+          request.num_queries = 1;
+          ASSERT_TRUE(Retrieve(*view, request, Limits{}, {}).ok());
+        }
+      }
+    });
+  }
+  std::thread writer([&] {
+    uint64_t next = 1;
+    for (int round = 0; round < 200; ++round) {
+      std::vector<Pattern> batch;
+      for (int i = 0; i < 20; ++i, ++next) {
+        batch.push_back(MakePattern(next, 8, static_cast<float>(next)));
+      }
+      ASSERT_TRUE(store.Add(batch).ok());
+      ASSERT_TRUE(store.Delete({next - 3, next - 11}).ok());
+    }
+  });
+  writer.join();
+  done = true;
+  for (std::thread& t : readers) t.join();
+  EXPECT_EQ(store.view()->size(), 200u * 18);
+}
+
+TEST(RegistryTest, CreateGetListDelete) {
+  EphemeralStorage storage;
+  StoreRegistry registry(Limits{}, &storage);
+  for (const char* name : {"b", "a", "c"}) {
+    ASSERT_TRUE(registry.Create(Settings(name, 2)).ok());
+  }
+  EXPECT_EQ(registry.Create(Settings("a", 2)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(registry.Create(Settings("Bad Name", 2)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry.Create(Settings("z", 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bool more = false;
+  std::vector<std::shared_ptr<Store>> page = registry.List("", 2, more);
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[0]->name(), "a");
+  EXPECT_TRUE(more);
+  page = registry.List("b", 2, more);
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_EQ(page[0]->name(), "c");
+  EXPECT_FALSE(more);
+
+  absl::StatusOr<std::shared_ptr<Store>> a = registry.Get("a");
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(registry.Delete("a").ok());
+  EXPECT_EQ(registry.Get("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry.Delete("a").code(), absl::StatusCode::kNotFound);
+  // A writer holding the deleted store cannot write to it any more.
+  EXPECT_EQ((*a)->Add({MakePattern(1, 2, 1)}).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(RegistryTest, MaxStoresIsResourceExhausted) {
+  EphemeralStorage storage;
+  Limits limits;
+  limits.max_stores = 1;
+  StoreRegistry registry(limits, &storage);
+  ASSERT_TRUE(registry.Create(Settings("a", 2)).ok());
+  absl::StatusOr<std::shared_ptr<Store>> second =
+      registry.Create(Settings("b", 2));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(second.status().message().find("max_stores"), std::string::npos);
+}
+
+TEST(RetrieveTest, ValidatesQueriesAndOverrides) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 2), Limits{}, &storage);
+  std::vector<float> queries = {1, 2};
+  RetrieveRequest request;
+  request.queries = queries;
+  request.num_queries = 1;
+  EXPECT_EQ(Retrieve(*store.view(), request, Limits{}, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store.Add({MakePattern(1, 2, 1)}).ok());
+  EXPECT_TRUE(Retrieve(*store.view(), request, Limits{}, {}).ok());
+
+  RetrieveRequest bad = request;
+  bad.beta = 0.0f;
+  EXPECT_EQ(Retrieve(*store.view(), bad, Limits{}, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = request;
+  bad.steps = 0;
+  EXPECT_EQ(Retrieve(*store.view(), bad, Limits{}, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = request;
+  bad.top_k = 100000;
+  EXPECT_EQ(Retrieve(*store.view(), bad, Limits{}, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<float> nan = {1, std::nanf("")};
+  bad = request;
+  bad.queries = nan;
+  absl::Status status = Retrieve(*store.view(), bad, Limits{}, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("queries[0].values[1]"), std::string::npos);
+  Limits small;
+  small.max_queries = 0;
+  EXPECT_EQ(Retrieve(*store.view(), request, small, {}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace engram::store

@@ -1,0 +1,38 @@
+// Storage backends for tests.
+#ifndef ENGRAM_TESTS_STORE_TEST_STORAGE_H_
+#define ENGRAM_TESTS_STORE_TEST_STORAGE_H_
+
+#include <atomic>
+
+#include "server/store/storage.h"
+
+namespace engram::store {
+
+// Accepts everything until `fail` is set, then fails every write with
+// UNAVAILABLE (as a full or broken disk would). Thread-safe.
+class FaultyStorage : public EphemeralStorage {
+ public:
+  std::atomic<bool> fail{false};
+
+  absl::Status PutStore(const StoreSettings& s) override {
+    return fail ? Failure() : EphemeralStorage::PutStore(s);
+  }
+  absl::Status DeleteStore(absl::string_view name) override {
+    return fail ? Failure() : EphemeralStorage::DeleteStore(name);
+  }
+  absl::Status WritePatterns(absl::string_view store,
+                             absl::Span<const Pattern> added,
+                             absl::Span<const uint64_t> deleted) override {
+    return fail ? Failure()
+                : EphemeralStorage::WritePatterns(store, added, deleted);
+  }
+
+ private:
+  static absl::Status Failure() {
+    return absl::UnavailableError("injected storage failure");
+  }
+};
+
+}  // namespace engram::store
+
+#endif  // ENGRAM_TESTS_STORE_TEST_STORAGE_H_
