@@ -18,7 +18,7 @@ absl::Status StoreRegistry::Load() {
       !status.ok()) {
     return status;
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (StorageBackend::LoadedStore& s : loaded) {
     absl::Status status = s.status;
     if (status.ok()) {
@@ -39,7 +39,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
   if (absl::Status status = ValidateSettings(settings, limits_); !status.ok()) {
     return status;
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stores_.contains(settings.name)) {
     return absl::AlreadyExistsError(
         absl::StrCat("store '", settings.name, "' already exists"));
@@ -58,7 +58,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
 
 absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Get(
     absl::string_view name) const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   auto found = stores_.find(name);
   if (found == stores_.end()) {
     return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
@@ -69,7 +69,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Get(
 std::vector<std::shared_ptr<Store>> StoreRegistry::List(absl::string_view after,
                                                         size_t page_size,
                                                         bool& more) const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   std::vector<std::shared_ptr<Store>> page;
   more = false;
   for (auto it = stores_.upper_bound(after); it != stores_.end(); ++it) {
@@ -83,7 +83,7 @@ std::vector<std::shared_ptr<Store>> StoreRegistry::List(absl::string_view after,
 }
 
 absl::Status StoreRegistry::Delete(absl::string_view name) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto found = stores_.find(name);
   if (found == stores_.end()) {
     return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
@@ -94,7 +94,7 @@ absl::Status StoreRegistry::Delete(absl::string_view name) {
 }
 
 std::vector<StoreRegistry::DamagedStore> StoreRegistry::Damaged() const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   return damaged_;
 }
 

@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "server/base/mutex.h"
 #include "server/store/settings.h"
 #include "server/store/storage.h"
 #include "server/store/store.h"
@@ -57,7 +57,7 @@ class StoreRegistry {
   const Limits limits_;
   StorageBackend* const storage_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::btree_map<std::string, std::shared_ptr<Store>> stores_
       ABSL_GUARDED_BY(mu_);
   std::vector<DamagedStore> damaged_ ABSL_GUARDED_BY(mu_);

@@ -93,13 +93,13 @@ Store::Store(StoreSettings settings, const Limits& limits,
       chunk_capacity_(ChunkCapacity(settings.dimension)),
       limits_(limits),
       storage_(storage) {
-  absl::MutexLock write_lock(&write_mu_);
-  absl::MutexLock lock(&mu_);
+  MutexLock write_lock(&write_mu_);
+  MutexLock lock(&mu_);
   Publish(settings);
 }
 
 std::shared_ptr<const StoreView> Store::view() const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   return view_;
 }
 
@@ -172,7 +172,7 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
     }
   }
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ReaderMutexLock lock(&mu_);
     for (size_t i = 0; i < patterns.size(); ++i) {
       if (patterns[i].id != 0 && index_.contains(patterns[i].id)) {
         return absl::AlreadyExistsError(
@@ -213,7 +213,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     max_abs_ = std::max(max_abs_, double{chunk->max_abs(r)});
     next_id_ = std::max(next_id_, ids[i] + 1);
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   size_t g = count_ - patterns.size();
   for (uint64_t id : ids) index_[id] = g++;
   Publish(view_->settings());
@@ -222,7 +222,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
 
 absl::StatusOr<std::vector<uint64_t>> Store::Add(
     absl::Span<const Pattern> patterns) {
-  absl::MutexLock write_lock(&write_mu_);
+  MutexLock write_lock(&write_mu_);
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   std::vector<uint64_t> ids;
   if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
@@ -245,7 +245,7 @@ absl::StatusOr<std::vector<uint64_t>> Store::Add(
 }
 
 absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
-  absl::MutexLock write_lock(&write_mu_);
+  MutexLock write_lock(&write_mu_);
   std::vector<uint64_t> ids;
   if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
     return status;
@@ -255,7 +255,7 @@ absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
 }
 
 absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
-  absl::MutexLock write_lock(&write_mu_);
+  MutexLock write_lock(&write_mu_);
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
   if (ids.size() > limits_.max_batch) {
@@ -265,7 +265,7 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
   }
   absl::flat_hash_map<uint64_t, size_t> location;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ReaderMutexLock lock(&mu_);
     for (size_t i = 0; i < ids.size(); ++i) {
       auto found = index_.find(ids[i]);
       if (found == index_.end()) {
@@ -303,7 +303,7 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
     }
   }
   RecomputeNorms();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (uint64_t id : ids) index_.erase(id);
   for (const auto& [id, g] : moved) index_[id] = g;
   Publish(view_->settings());
@@ -338,7 +338,7 @@ void Store::Publish(const StoreSettings& settings) {
 }
 
 absl::StatusOr<Pattern> Store::Get(uint64_t id) const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   auto found = index_.find(id);
   if (found == index_.end()) {
     return absl::NotFoundError(
@@ -349,7 +349,7 @@ absl::StatusOr<Pattern> Store::Get(uint64_t id) const {
 
 Store::Page Store::List(uint64_t after_id, size_t page_size,
                         bool with_values) const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   Page page;
   for (auto it = index_.upper_bound(after_id); it != index_.end(); ++it) {
     if (page.patterns.size() == page_size) {
@@ -363,7 +363,7 @@ Store::Page Store::List(uint64_t after_id, size_t page_size,
 
 absl::Status Store::UpdateSettings(
     const std::function<absl::Status(StoreSettings&)>& mutate) {
-  absl::MutexLock write_lock(&write_mu_);
+  MutexLock write_lock(&write_mu_);
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   StoreSettings settings = view()->settings();
   if (absl::Status status = mutate(settings); !status.ok()) return status;
@@ -377,13 +377,13 @@ absl::Status Store::UpdateSettings(
   if (absl::Status status = storage_->PutStore(settings); !status.ok()) {
     return status;
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Publish(settings);
   return absl::OkStatus();
 }
 
 absl::Status Store::Drop() {
-  absl::MutexLock write_lock(&write_mu_);
+  MutexLock write_lock(&write_mu_);
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   if (absl::Status status = storage_->DeleteStore(name_); !status.ok()) {
     return status;

@@ -24,7 +24,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "server/base/mutex.h"
 #include "absl/types/span.h"
 #include "server/core/retrieval.h"
 #include "server/store/pattern.h"
@@ -165,7 +165,7 @@ class Store {
   StorageBackend* const storage_;
 
   // Serialises writers; held across the storage write.
-  mutable absl::Mutex write_mu_;
+  mutable Mutex write_mu_;
   std::vector<std::shared_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(write_mu_);
   // Rows of each chunk that some published view may see.
   std::vector<size_t> sealed_ ABSL_GUARDED_BY(write_mu_);
@@ -177,7 +177,7 @@ class Store {
   double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
 
   // Guards what readers see; held only to swap the view and update the index.
-  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
+  mutable Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
   std::shared_ptr<const StoreView> view_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<uint64_t, size_t> index_ ABSL_GUARDED_BY(mu_);
 };
