@@ -91,14 +91,16 @@ int Run() {
       return 1;
     }
     if (rep >= 0) {
-      ms.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(end - start).count());
     }
   }
   std::sort(ms.begin(), ms.end());
   const double best = ms.front(), median = ms[ms.size() / 2];
   const double gflop = 2.0 * 2.0 * l * m * d / 1e9;
   if (absl::GetFlag(FLAGS_header)) {
-    std::printf("m,l,separation,similarity,best_ms,median_ms,us_per_query,gflops\n");
+    std::printf(
+        "m,l,separation,similarity,best_ms,median_ms,us_per_query,gflops\n");
   }
   std::printf("%zu,%zu,%s,%s,%.3f,%.3f,%.2f,%.1f\n", m, l, sep.c_str(),
               sim.c_str(), best, median, best * 1e3 / l, gflop / (best / 1e3));

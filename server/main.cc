@@ -20,13 +20,17 @@
 #include "server/metrics/prometheus_metrics.h"
 #include "server/rpc/server.h"
 #include "server/store/registry.h"
-#include "server/store/storage.h"
+#include "server/store/rocksdb_storage.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC address (host:port). Loopback by default: expose it only "
           "behind TLS and tokens.");
 ABSL_FLAG(std::string, data_dir, "./engram-data",
           "Directory that holds the server's data; created if missing.");
+ABSL_FLAG(bool, sync, true,
+          "fsync the write-ahead log before acknowledging a write. false: "
+          "an acknowledged write survives kill -9 but may be lost if the "
+          "machine loses power.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics address (host:port); empty disables it.");
 ABSL_FLAG(bool, metrics_per_store, true,
@@ -106,43 +110,80 @@ int Run() {
     return 1;
   }
 
-  store::EphemeralStorage storage;
-  store::StoreRegistry registry(limits, &storage);
-  if (absl::Status status = registry.Load(); !status.ok()) {
-    Log(LogLevel::kError, "loading stores: %s", status.ToString());
+  store::RocksDbOptions storage_options;
+  storage_options.path = (std::filesystem::path(data_dir) / "db").string();
+  storage_options.sync = absl::GetFlag(FLAGS_sync);
+  absl::StatusOr<std::unique_ptr<store::RocksDbStorage>> storage =
+      store::RocksDbStorage::Open(storage_options);
+  if (!storage.ok()) {
+    Log(LogLevel::kError, "%s (--data_dir)", storage.status().ToString());
     return 1;
   }
+  store::StoreRegistry registry(limits, storage->get());
+
   rpc::ServerOptions server_options;
   server_options.listen = absl::GetFlag(FLAGS_listen);
   server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   server_options.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                                    ? absl::GetFlag(FLAGS_rpc_threads)
                                    : static_cast<int>(4 * cores);
+  // Live (health "") from here on; ready once the stores are loaded.
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(server_options, &registry, metrics->get());
   if (!server.ok()) {
     Log(LogLevel::kError, "%s (--listen)", server.status().ToString());
     return 1;
   }
+  Log(LogLevel::kInfo,
+      "engramd %s live on %s (port %d); loading stores from %s", kVersion,
+      server_options.listen, (*server)->port(), storage_options.path);
+  const absl::Time load_start = absl::Now();
+  if (absl::Status status = registry.Load(); !status.ok()) {
+    Log(LogLevel::kError, "loading stores: %s", status.ToString());
+    return 1;
+  }
+  for (const store::StoreRegistry::DamagedStore& d : registry.Damaged()) {
+    Log(LogLevel::kError, "store '%s' is damaged and out of service: %s",
+        d.name, d.status.ToString());
+  }
+  (*metrics)->SetDamagedStores(registry.Damaged().size());
+  bool more = false;
+  size_t stores = 0, patterns = 0;
+  if (auto all = registry.List("", limits.max_stores, more); all.ok()) {
+    for (const auto& s : *all) {
+      (*metrics)->SetPatternCount(s->name(), s->view()->size());
+      patterns += s->view()->size();
+      ++stores;
+    }
+  }
   (*server)->SetReady(true);
+  Log(LogLevel::kInfo,
+      "loaded %zu stores, %zu patterns, %zu damaged in %.3fs; ready", stores,
+      patterns, registry.Damaged().size(),
+      absl::ToDoubleSeconds(absl::Now() - load_start));
 
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d); metrics on %s; data_dir=%s; "
-      "storage=memory (not kept across restarts); blas core=%s threads=%d; "
+      "sync=%s; blas core=%s threads=%d; "
       "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
       "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu",
       kVersion, server_options.listen, (*server)->port(),
       metrics_options.listen.empty() ? "(off)" : metrics_options.listen,
-      data_dir, core::blas::CoreName(), blas_threads,
-      server_options.max_threads, absl::GetFlag(FLAGS_max_message_mb),
-      limits.max_dimension, limits.max_batch, limits.max_queries,
-      limits.max_stores, limits.max_patterns_per_store);
+      data_dir, storage_options.sync ? "true" : "false", core::blas::CoreName(),
+      blas_threads, server_options.max_threads,
+      absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
+      limits.max_batch, limits.max_queries, limits.max_stores,
+      limits.max_patterns_per_store);
 
   int signal = 0;
   sigwait(&signals, &signal);
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::GetFlag(FLAGS_shutdown_grace_s));
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
+  if (absl::Status status = (*storage)->Close(); !status.ok()) {
+    Log(LogLevel::kError, "closing storage: %s", status.ToString());
+    return 1;
+  }
   Log(LogLevel::kInfo, "stopped");
   return 0;
 }

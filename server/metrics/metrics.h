@@ -24,6 +24,8 @@ class Metrics {
   // The current pattern count of a store (a removed store: RemoveStore).
   virtual void SetPatternCount(absl::string_view store, double count) = 0;
   virtual void RemoveStore(absl::string_view store) = 0;
+  // Stores whose data could not be loaded.
+  virtual void SetDamagedStores(size_t count) = 0;
 };
 
 // Counts nothing.
@@ -33,6 +35,7 @@ class NullMetrics : public Metrics {
   void RecordRetrieval(absl::string_view, size_t) override {}
   void SetPatternCount(absl::string_view, double) override {}
   void RemoveStore(absl::string_view) override {}
+  void SetDamagedStores(size_t) override {}
 };
 
 }  // namespace engram::metrics

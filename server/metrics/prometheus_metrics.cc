@@ -37,7 +37,12 @@ class PrometheusMetrics : public Metrics {
         patterns_(prometheus::BuildGauge()
                       .Name("engram_patterns")
                       .Help("Patterns stored, by store.")
-                      .Register(*registry_)) {
+                      .Register(*registry_)),
+        damaged_(prometheus::BuildGauge()
+                     .Name("engram_damaged_stores")
+                     .Help("Stores whose data could not be loaded at start.")
+                     .Register(*registry_)
+                     .Add({})) {
     prometheus::BuildGauge()
         .Name("engram_build_info")
         .Help("Always 1; the labels describe the build.")
@@ -74,6 +79,10 @@ class PrometheusMetrics : public Metrics {
     patterns_.Add({{"store", StoreLabel(store)}}).Set(count);
   }
 
+  void SetDamagedStores(size_t count) override {
+    damaged_.Set(static_cast<double>(count));
+  }
+
   void RemoveStore(absl::string_view store) override {
     if (!options_.per_store_labels) return;
     patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
@@ -97,6 +106,7 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Histogram>& latency_;
   prometheus::Family<prometheus::Counter>& queries_;
   prometheus::Family<prometheus::Gauge>& patterns_;
+  prometheus::Gauge& damaged_;
   std::unique_ptr<prometheus::Exposer> exposer_;
 };
 

@@ -109,7 +109,17 @@ grpc::Status EngramService::GetStore(grpc::ServerContext*,
   Call call(this, "GetStore", request->name());
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->name());
-  if (!found.ok()) return call.Done(found.status());
+  if (!found.ok()) {
+    for (const store::StoreRegistry::DamagedStore& d : registry_->Damaged()) {
+      if (d.name == request->name()) {
+        response->set_name(d.name);
+        response->set_state(v1::Store::DAMAGED);
+        response->set_state_detail(std::string(d.status.message()));
+        return call.Done(absl::OkStatus());
+      }
+    }
+    return call.Done(found.status());
+  }
   ToProto(*(*found)->view(), *response);
   return call.Done(absl::OkStatus());
 }
@@ -125,10 +135,11 @@ grpc::Status EngramService::ListStores(grpc::ServerContext*,
     after = *parsed;
   }
   bool more = false;
-  std::vector<std::shared_ptr<store::Store>> page =
+  absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> page =
       registry_->List(after, PageSize(request->page_size()), more);
-  for (const auto& s : page) ToProto(*s->view(), *response->add_stores());
-  if (more) response->set_next_page_token(StoreToken(page.back()->name()));
+  if (!page.ok()) return call.Done(page.status());
+  for (const auto& s : *page) ToProto(*s->view(), *response->add_stores());
+  if (more) response->set_next_page_token(StoreToken(page->back()->name()));
   return call.Done(absl::OkStatus());
 }
 

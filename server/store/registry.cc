@@ -1,5 +1,6 @@
 #include "server/store/registry.h"
 
+#include <functional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,27 +10,71 @@ namespace engram::store {
 StoreRegistry::StoreRegistry(const Limits& limits, StorageBackend* storage)
     : limits_(limits), storage_(storage) {}
 
+namespace {
+
+// Builds stores from what storage reads back.
+class Loader : public StorageBackend::LoadVisitor {
+ public:
+  Loader(const Limits& limits, StorageBackend* storage)
+      : limits_(limits), storage_(storage) {}
+
+  void OnStore(const StoreSettings& settings, uint64_t next_id) override {
+    if (absl::Status status = ValidateSettings(settings, limits_);
+        !status.ok()) {
+      OnDamaged(settings.name, status);
+      return;
+    }
+    auto store = std::make_shared<Store>(settings, limits_, storage_);
+    store->RestoreNextId(next_id);
+    stores[settings.name] = std::move(store);
+  }
+
+  absl::Status OnPatterns(absl::string_view name,
+                          std::vector<Pattern> batch) override {
+    auto found = stores.find(name);
+    if (found == stores.end()) {
+      return absl::DataLossError(
+          absl::StrCat("patterns of store '", name, "' without settings"));
+    }
+    if (absl::Status status = found->second->Restore(batch); !status.ok()) {
+      OnDamaged(name, status);
+      return status;
+    }
+    return absl::OkStatus();
+  }
+
+  void OnDamaged(absl::string_view name, absl::Status status) override {
+    stores.erase(name);
+    damaged.push_back({std::string(name), std::move(status)});
+  }
+
+  absl::btree_map<std::string, std::shared_ptr<Store>, std::less<>> stores;
+  std::vector<StoreRegistry::DamagedStore> damaged;
+
+ private:
+  const Limits& limits_;
+  StorageBackend* const storage_;
+};
+
+}  // namespace
+
 absl::Status StoreRegistry::Load() {
-  std::vector<StorageBackend::LoadedStore> loaded;
-  if (absl::Status status =
-          storage_->LoadAll([&](StorageBackend::LoadedStore s) {
-            loaded.push_back(std::move(s));
-          });
-      !status.ok()) {
+  Loader loader(limits_, storage_);
+  if (absl::Status status = storage_->Load(loader); !status.ok()) {
     return status;
   }
   MutexLock lock(&mu_);
-  for (StorageBackend::LoadedStore& s : loaded) {
-    absl::Status status = s.status;
-    if (status.ok()) {
-      auto store = std::make_shared<Store>(s.settings, limits_, storage_);
-      if (!s.patterns.empty()) status = store->Restore(s.patterns);
-      if (status.ok()) {
-        stores_[s.settings.name] = std::move(store);
-        continue;
-      }
-    }
-    damaged_.push_back({s.settings.name, status});
+  for (auto& [name, store] : loader.stores) stores_[name] = std::move(store);
+  damaged_ = std::move(loader.damaged);
+  loading_ = false;
+  return absl::OkStatus();
+}
+
+absl::Status StoreRegistry::CheckLoaded() const {
+  if (loading_) {
+    return absl::UnavailableError(
+        "engramd is still loading its stores; retry when the readiness check "
+        "(grpc.health.v1, service engram.v1.Engram) is SERVING");
   }
   return absl::OkStatus();
 }
@@ -40,6 +85,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
     return status;
   }
   MutexLock lock(&mu_);
+  if (absl::Status status = CheckLoaded(); !status.ok()) return status;
   if (stores_.contains(settings.name)) {
     return absl::AlreadyExistsError(
         absl::StrCat("store '", settings.name, "' already exists"));
@@ -59,17 +105,25 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
 absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Get(
     absl::string_view name) const {
   ReaderMutexLock lock(&mu_);
+  if (absl::Status status = CheckLoaded(); !status.ok()) return status;
   auto found = stores_.find(name);
   if (found == stores_.end()) {
+    for (const DamagedStore& damaged : damaged_) {
+      if (damaged.name == name) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "store '", name,
+            "' is damaged and out of service: ", damaged.status.message()));
+      }
+    }
     return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
   }
   return found->second;
 }
 
-std::vector<std::shared_ptr<Store>> StoreRegistry::List(absl::string_view after,
-                                                        size_t page_size,
-                                                        bool& more) const {
+absl::StatusOr<std::vector<std::shared_ptr<Store>>> StoreRegistry::List(
+    absl::string_view after, size_t page_size, bool& more) const {
   ReaderMutexLock lock(&mu_);
+  if (absl::Status status = CheckLoaded(); !status.ok()) return status;
   std::vector<std::shared_ptr<Store>> page;
   more = false;
   for (auto it = stores_.upper_bound(after); it != stores_.end(); ++it) {
@@ -84,6 +138,7 @@ std::vector<std::shared_ptr<Store>> StoreRegistry::List(absl::string_view after,
 
 absl::Status StoreRegistry::Delete(absl::string_view name) {
   MutexLock lock(&mu_);
+  if (absl::Status status = CheckLoaded(); !status.ok()) return status;
   auto found = stores_.find(name);
   if (found == stores_.end()) {
     return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));

@@ -35,15 +35,16 @@ class StoreRegistry {
   const Limits& limits() const { return limits_; }
 
   // Loads every stored store. A store whose data is damaged is kept out of
-  // service and reported by Damaged(); the others serve.
+  // service and reported by Damaged(); the others serve. Until Load() has
+  // run, every other method answers UNAVAILABLE.
   absl::Status Load();
 
   absl::StatusOr<std::shared_ptr<Store>> Create(const StoreSettings& settings);
   absl::StatusOr<std::shared_ptr<Store>> Get(absl::string_view name) const;
   // Up to `page_size` stores named after `after`, in name order; `more` says
   // whether further stores follow.
-  std::vector<std::shared_ptr<Store>> List(absl::string_view after,
-                                           size_t page_size, bool& more) const;
+  absl::StatusOr<std::vector<std::shared_ptr<Store>>> List(
+      absl::string_view after, size_t page_size, bool& more) const;
   absl::Status Delete(absl::string_view name);
 
   struct DamagedStore {
@@ -61,6 +62,9 @@ class StoreRegistry {
   absl::btree_map<std::string, std::shared_ptr<Store>> stores_
       ABSL_GUARDED_BY(mu_);
   std::vector<DamagedStore> damaged_ ABSL_GUARDED_BY(mu_);
+  bool loading_ ABSL_GUARDED_BY(mu_) = true;
+
+  absl::Status CheckLoaded() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace engram::store

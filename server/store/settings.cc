@@ -3,7 +3,10 @@
 #include <cmath>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 
 namespace engram::store {
 
@@ -87,6 +90,147 @@ absl::Status ValidateSettings(const StoreSettings& settings,
                      map.batch_size));
   }
   return absl::OkStatus();
+}
+
+}  // namespace engram::store
+
+namespace engram::store {
+
+namespace {
+
+template <typename Enum>
+struct EnumNames {
+  Enum value;
+  const char* name;
+};
+
+constexpr EnumNames<core::Similarity> kSimilarities[] = {
+    {core::Similarity::kDot, "dot"},
+    {core::Similarity::kL2, "l2"},
+    {core::Similarity::kManhattan, "manhattan"},
+    {core::Similarity::kCosine, "cosine"}};
+constexpr EnumNames<core::Separation> kSeparations[] = {
+    {core::Separation::kSoftmax, "softmax"},
+    {core::Separation::kSparsemax, "sparsemax"},
+    {core::Separation::kEntmax15, "entmax15"}};
+constexpr EnumNames<FeatureMapKind> kMapKinds[] = {
+    {FeatureMapKind::kNone, "none"}, {FeatureMapKind::kUhop, "uhop"}};
+constexpr EnumNames<FitLoss> kLosses[] = {{FitLoss::kMean, "mean"},
+                                          {FitLoss::kMax, "max"}};
+constexpr EnumNames<FitOptimizer> kOptimizers[] = {
+    {FitOptimizer::kSgd, "sgd"}, {FitOptimizer::kAdam, "adam"}};
+
+template <typename Enum, size_t N>
+const char* NameOf(const EnumNames<Enum> (&names)[N], Enum value) {
+  for (const auto& n : names) {
+    if (n.value == value) return n.name;
+  }
+  return "?";
+}
+
+template <typename Enum, size_t N>
+bool ParseEnum(const EnumNames<Enum> (&names)[N], absl::string_view text,
+               Enum& out) {
+  for (const auto& n : names) {
+    if (text == n.name) {
+      out = n.value;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string EncodeSettings(const StoreSettings& s) {
+  const core::RetrievalParams& r = s.retrieval;
+  const FeatureMapSettings& f = s.feature_map;
+  return absl::StrCat(
+      "format=1\nname=", s.name, "\ndimension=", s.dimension,
+      "\nsimilarity=", NameOf(kSimilarities, r.similarity),
+      "\nseparation=", NameOf(kSeparations, r.separation),
+      "\nbeta=", absl::StrFormat("%.9g", r.beta), "\nsteps=", r.steps,
+      "\neps=", absl::StrFormat("%.9g", r.eps), "\ntop_k=", r.top_k,
+      "\nfeature_map.kind=", NameOf(kMapKinds, f.kind),
+      "\nfeature_map.feature_dim=", f.feature_dim,
+      "\nfeature_map.loss=", NameOf(kLosses, f.loss),
+      "\nfeature_map.optimizer=", NameOf(kOptimizers, f.optimizer),
+      "\nfeature_map.epochs=", f.epochs,
+      "\nfeature_map.learning_rate=", absl::StrFormat("%.17g", f.learning_rate),
+      "\nfeature_map.batch_size=", f.batch_size, "\nfeature_map.seed=", f.seed,
+      "\nfeature_map.min_new_patterns=", f.min_new_patterns,
+      "\nfeature_map.debounce_ms=", f.debounce_ms,
+      "\nlow_rank.tolerance=", absl::StrFormat("%.17g", s.low_rank.tolerance),
+      "\nlow_rank.max_degree=", s.low_rank.max_degree,
+      "\ncreate_time_unix_ns=", absl::ToUnixNanos(s.create_time), "\n");
+}
+
+absl::StatusOr<StoreSettings> DecodeSettings(absl::string_view text) {
+  StoreSettings s;
+  core::RetrievalParams& r = s.retrieval;
+  FeatureMapSettings& f = s.feature_map;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    const size_t eq = line.find('=');
+    if (eq == absl::string_view::npos) {
+      return absl::DataLossError(
+          absl::StrCat("settings line '", line, "' has no '='"));
+    }
+    const absl::string_view key = line.substr(0, eq),
+                            value = line.substr(eq + 1);
+    int64_t nanos = 0;
+    bool ok = true;
+    if (key == "format") {
+      ok = value == "1";
+    } else if (key == "name") {
+      s.name = std::string(value);
+    } else if (key == "dimension") {
+      ok = absl::SimpleAtoi(value, &s.dimension);
+    } else if (key == "similarity") {
+      ok = ParseEnum(kSimilarities, value, r.similarity);
+    } else if (key == "separation") {
+      ok = ParseEnum(kSeparations, value, r.separation);
+    } else if (key == "beta") {
+      ok = absl::SimpleAtof(value, &r.beta);
+    } else if (key == "steps") {
+      ok = absl::SimpleAtoi(value, &r.steps);
+    } else if (key == "eps") {
+      ok = absl::SimpleAtof(value, &r.eps);
+    } else if (key == "top_k") {
+      ok = absl::SimpleAtoi(value, &r.top_k);
+    } else if (key == "feature_map.kind") {
+      ok = ParseEnum(kMapKinds, value, f.kind);
+    } else if (key == "feature_map.feature_dim") {
+      ok = absl::SimpleAtoi(value, &f.feature_dim);
+    } else if (key == "feature_map.loss") {
+      ok = ParseEnum(kLosses, value, f.loss);
+    } else if (key == "feature_map.optimizer") {
+      ok = ParseEnum(kOptimizers, value, f.optimizer);
+    } else if (key == "feature_map.epochs") {
+      ok = absl::SimpleAtoi(value, &f.epochs);
+    } else if (key == "feature_map.learning_rate") {
+      ok = absl::SimpleAtod(value, &f.learning_rate);
+    } else if (key == "feature_map.batch_size") {
+      ok = absl::SimpleAtoi(value, &f.batch_size);
+    } else if (key == "feature_map.seed") {
+      ok = absl::SimpleAtoi(value, &f.seed);
+    } else if (key == "feature_map.min_new_patterns") {
+      ok = absl::SimpleAtoi(value, &f.min_new_patterns);
+    } else if (key == "feature_map.debounce_ms") {
+      ok = absl::SimpleAtoi(value, &f.debounce_ms);
+    } else if (key == "low_rank.tolerance") {
+      ok = absl::SimpleAtod(value, &s.low_rank.tolerance);
+    } else if (key == "low_rank.max_degree") {
+      ok = absl::SimpleAtoi(value, &s.low_rank.max_degree);
+    } else if (key == "create_time_unix_ns") {
+      ok = absl::SimpleAtoi(value, &nanos);
+      s.create_time = absl::FromUnixNanos(nanos);
+    }
+    if (!ok) {
+      return absl::DataLossError(
+          absl::StrCat("settings line '", line, "' has a bad value"));
+    }
+  }
+  return s;
 }
 
 }  // namespace engram::store

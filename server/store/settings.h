@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/core/retrieval.h"
@@ -67,6 +68,11 @@ absl::Status ValidateStoreName(absl::string_view name);
 // ("store.retrieval.beta") and the limit.
 absl::Status ValidateSettings(const StoreSettings& settings,
                               const Limits& limits);
+
+// A readable, versioned text form ("key=value" lines) for storage. Decoding
+// ignores unknown keys and keeps defaults for missing ones.
+std::string EncodeSettings(const StoreSettings& settings);
+absl::StatusOr<StoreSettings> DecodeSettings(absl::string_view text);
 
 }  // namespace engram::store
 

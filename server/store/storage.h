@@ -7,7 +7,6 @@
 #ifndef ENGRAM_SERVER_STORE_STORAGE_H_
 #define ENGRAM_SERVER_STORE_STORAGE_H_
 
-#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -26,20 +25,26 @@ class StorageBackend {
   virtual absl::Status PutStore(const StoreSettings& settings) = 0;
   // Removes a store and all its patterns.
   virtual absl::Status DeleteStore(absl::string_view name) = 0;
-  // Adds and removes patterns of one store in one atomic write.
+  // Adds and removes patterns of one store in one atomic write, and records
+  // `next_id`, the store's next unassigned id, so ids are never reused.
   virtual absl::Status WritePatterns(absl::string_view store,
                                      absl::Span<const Pattern> added,
-                                     absl::Span<const uint64_t> deleted) = 0;
+                                     absl::Span<const uint64_t> deleted,
+                                     uint64_t next_id) = 0;
 
-  // One stored store, as loaded at start.
-  struct LoadedStore {
-    StoreSettings settings;
-    std::vector<Pattern> patterns;
-    absl::Status status;  // Non-OK: the store's data is damaged.
+  // Receives what Load() reads, store by store: OnStore, then that store's
+  // patterns in batches; OnDamaged if its data cannot be read.
+  class LoadVisitor {
+   public:
+    virtual ~LoadVisitor() = default;
+    virtual void OnStore(const StoreSettings& settings, uint64_t next_id) = 0;
+    // A non-OK status marks the store damaged; Load skips its other patterns.
+    virtual absl::Status OnPatterns(absl::string_view store,
+                                    std::vector<Pattern> batch) = 0;
+    virtual void OnDamaged(absl::string_view store, absl::Status status) = 0;
   };
-  // Calls `visit` once per stored store.
-  virtual absl::Status LoadAll(
-      const std::function<void(LoadedStore)>& visit) = 0;
+  // Reads every stored store. Fails only if storage as a whole is unreadable.
+  virtual absl::Status Load(LoadVisitor& visitor) = 0;
 };
 
 // Keeps nothing: every store is lost when the process ends.
@@ -53,12 +58,10 @@ class EphemeralStorage : public StorageBackend {
     return absl::OkStatus();
   }
   absl::Status WritePatterns(absl::string_view, absl::Span<const Pattern>,
-                             absl::Span<const uint64_t>) override {
+                             absl::Span<const uint64_t>, uint64_t) override {
     return absl::OkStatus();
   }
-  absl::Status LoadAll(const std::function<void(LoadedStore)>&) override {
-    return absl::OkStatus();
-  }
+  absl::Status Load(LoadVisitor&) override { return absl::OkStatus(); }
 };
 
 }  // namespace engram::store

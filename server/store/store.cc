@@ -236,8 +236,11 @@ absl::StatusOr<std::vector<uint64_t>> Store::Add(
     with_ids.assign(patterns.begin(), patterns.end());
     for (size_t i = 0; i < ids.size(); ++i) with_ids[i].id = ids[i];
   }
+  uint64_t next_id = next_id_;
+  for (uint64_t id : ids) next_id = std::max(next_id, id + 1);
   if (absl::Status status = storage_->WritePatterns(
-          name_, all_explicit ? patterns : absl::MakeConstSpan(with_ids), {});
+          name_, all_explicit ? patterns : absl::MakeConstSpan(with_ids), {},
+          next_id);
       !status.ok()) {
     return status;
   }
@@ -252,6 +255,11 @@ absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
   }
   ApplyAdd(patterns, ids);
   return absl::OkStatus();
+}
+
+void Store::RestoreNextId(uint64_t next_id) {
+  MutexLock write_lock(&write_mu_);
+  next_id_ = std::max(next_id_, next_id);
 }
 
 absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
@@ -278,7 +286,7 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
       }
     }
   }
-  if (absl::Status status = storage_->WritePatterns(name_, {}, ids);
+  if (absl::Status status = storage_->WritePatterns(name_, {}, ids, next_id_);
       !status.ok()) {
     return status;
   }

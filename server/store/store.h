@@ -136,8 +136,10 @@ class Store {
   // NOT_FOUND. Waits for a write in progress.
   absl::Status Drop();
 
-  // Loads patterns read back from storage without writing them again.
+  // Loads patterns read back from storage without writing them again, and
+  // the id sequence (ids below `next_id` are never assigned again).
   absl::Status Restore(absl::Span<const Pattern> patterns);
+  void RestoreNextId(uint64_t next_id);
 
  private:
   absl::Status ValidateAdd(absl::Span<const Pattern> patterns,

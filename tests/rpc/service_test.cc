@@ -32,6 +32,7 @@ class ServiceTest : public ::testing::Test {
     limits_.max_stores = 5;
     limits_.max_dimension = 4096;
     registry_ = std::make_unique<store::StoreRegistry>(limits_, &storage_);
+    ASSERT_TRUE(registry_->Load().ok());
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.max_message_bytes = 4 << 20;

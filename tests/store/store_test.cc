@@ -268,6 +268,7 @@ TEST(StoreTest, ConcurrentWritersAndReadersSeeConsistentViews) {
 TEST(RegistryTest, CreateGetListDelete) {
   EphemeralStorage storage;
   StoreRegistry registry(Limits{}, &storage);
+  ASSERT_TRUE(registry.Load().ok());
   for (const char* name : {"b", "a", "c"}) {
     ASSERT_TRUE(registry.Create(Settings(name, 2)).ok());
   }
@@ -278,11 +279,11 @@ TEST(RegistryTest, CreateGetListDelete) {
   EXPECT_EQ(registry.Create(Settings("z", 0)).status().code(),
             absl::StatusCode::kInvalidArgument);
   bool more = false;
-  std::vector<std::shared_ptr<Store>> page = registry.List("", 2, more);
+  std::vector<std::shared_ptr<Store>> page = *registry.List("", 2, more);
   ASSERT_EQ(page.size(), 2u);
   EXPECT_EQ(page[0]->name(), "a");
   EXPECT_TRUE(more);
-  page = registry.List("b", 2, more);
+  page = *registry.List("b", 2, more);
   ASSERT_EQ(page.size(), 1u);
   EXPECT_EQ(page[0]->name(), "c");
   EXPECT_FALSE(more);
@@ -297,11 +298,25 @@ TEST(RegistryTest, CreateGetListDelete) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(RegistryTest, AnswersUnavailableUntilLoaded) {
+  EphemeralStorage storage;
+  StoreRegistry registry(Limits{}, &storage);
+  EXPECT_EQ(registry.Create(Settings("a", 2)).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(registry.Get("a").status().code(), absl::StatusCode::kUnavailable);
+  bool more;
+  EXPECT_EQ(registry.List("", 1, more).status().code(),
+            absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(registry.Load().ok());
+  EXPECT_TRUE(registry.Create(Settings("a", 2)).ok());
+}
+
 TEST(RegistryTest, MaxStoresIsResourceExhausted) {
   EphemeralStorage storage;
   Limits limits;
   limits.max_stores = 1;
   StoreRegistry registry(limits, &storage);
+  ASSERT_TRUE(registry.Load().ok());
   ASSERT_TRUE(registry.Create(Settings("a", 2)).ok());
   absl::StatusOr<std::shared_ptr<Store>> second =
       registry.Create(Settings("b", 2));

@@ -22,9 +22,11 @@ class FaultyStorage : public EphemeralStorage {
   }
   absl::Status WritePatterns(absl::string_view store,
                              absl::Span<const Pattern> added,
-                             absl::Span<const uint64_t> deleted) override {
+                             absl::Span<const uint64_t> deleted,
+                             uint64_t next_id) override {
     return fail ? Failure()
-                : EphemeralStorage::WritePatterns(store, added, deleted);
+                : EphemeralStorage::WritePatterns(store, added, deleted,
+                                                  next_id);
   }
 
  private:

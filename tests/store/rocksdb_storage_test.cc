@@ -1,0 +1,206 @@
+#include "server/store/rocksdb_storage.h"
+
+#include <sys/resource.h>
+
+#include <csignal>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "rocksdb/db.h"
+#include "server/store/registry.h"
+
+namespace engram::store {
+namespace {
+
+class RocksDbStorageTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           absl::StrCat("engram_rocksdb_", ::testing::UnitTest::GetInstance()
+                                               ->current_test_info()
+                                               ->name());
+    std::filesystem::remove_all(dir_);
+    Reopen();
+  }
+  void TearDown() override {
+    registry_.reset();
+    storage_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // Closes everything and loads it back, as a restart does.
+  void Reopen() {
+    registry_.reset();
+    storage_.reset();
+    absl::StatusOr<std::unique_ptr<RocksDbStorage>> storage =
+        RocksDbStorage::Open({dir_.string(), true});
+    ASSERT_TRUE(storage.ok()) << storage.status();
+    storage_ = std::move(*storage);
+    registry_ = std::make_unique<StoreRegistry>(Limits{}, storage_.get());
+    ASSERT_TRUE(registry_->Load().ok());
+  }
+
+  std::shared_ptr<Store> Create(const std::string& name, uint32_t dim) {
+    StoreSettings s;
+    s.name = name;
+    s.dimension = dim;
+    s.retrieval.beta = 2.5f;
+    s.retrieval.separation = core::Separation::kEntmax15;
+    s.low_rank.tolerance = 1e-4;
+    s.create_time = absl::FromUnixSeconds(1700000000);
+    return *registry_->Create(s);
+  }
+
+  static Pattern P(uint64_t id, std::vector<float> values,
+                   std::string label = "") {
+    return Pattern{id, std::move(values), std::move(label), {}};
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<RocksDbStorage> storage_;
+  std::unique_ptr<StoreRegistry> registry_;
+};
+
+TEST_F(RocksDbStorageTest, EverythingSurvivesARestart) {
+  std::shared_ptr<Store> a = Create("a", 2);
+  Pattern tagged = P(7, {1.5f, -2}, "seven");
+  tagged.metadata = {{"k", "v"}, {"source", "cam"}};
+  ASSERT_TRUE(a->Add({tagged, P(0, {3, 4}), P(0, {5, 6})}).ok());
+  ASSERT_TRUE(a->Delete({8}).ok());
+  ASSERT_TRUE(a->UpdateSettings([](StoreSettings& s) {
+                   s.retrieval.steps = 4;
+                   return absl::OkStatus();
+                 }).ok());
+  Reopen();
+  std::shared_ptr<Store> back = *registry_->Get("a");
+  const StoreSettings& s = back->view()->settings();
+  EXPECT_EQ(s.dimension, 2u);
+  EXPECT_EQ(s.retrieval.beta, 2.5f);
+  EXPECT_EQ(s.retrieval.steps, 4u);
+  EXPECT_EQ(s.retrieval.separation, core::Separation::kEntmax15);
+  EXPECT_EQ(s.low_rank.tolerance, 1e-4);
+  EXPECT_EQ(s.create_time, absl::FromUnixSeconds(1700000000));
+  EXPECT_EQ(back->view()->size(), 2u);
+  absl::StatusOr<Pattern> seven = back->Get(7);
+  ASSERT_TRUE(seven.ok());
+  EXPECT_EQ(seven->values, (std::vector<float>{1.5f, -2}));
+  EXPECT_EQ(seven->label, "seven");
+  EXPECT_EQ(seven->metadata, tagged.metadata);
+  EXPECT_EQ(back->Get(8).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(back->Get(9)->values, (std::vector<float>{5, 6}));
+  // Ids are never reused, even the deleted highest one.
+  ASSERT_TRUE(back->Delete({9}).ok());
+  Reopen();
+  EXPECT_EQ(*(*registry_->Get("a"))->Add({P(0, {0, 0})}),
+            (std::vector<uint64_t>{10}));
+}
+
+TEST_F(RocksDbStorageTest, DeletedStoresStayDeletedAndNamesDoNotBleed) {
+  std::shared_ptr<Store> a = Create("a", 1);
+  std::shared_ptr<Store> ab = Create("a.b", 1);
+  std::shared_ptr<Store> a0 = Create("a0", 1);
+  ASSERT_TRUE(a->Add({P(1, {1}), P(2, {2})}).ok());
+  ASSERT_TRUE(ab->Add({P(1, {10})}).ok());
+  ASSERT_TRUE(a0->Add({P(1, {20})}).ok());
+  ASSERT_TRUE(registry_->Delete("a").ok());
+  Reopen();
+  EXPECT_EQ(registry_->Get("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*registry_->Get("a.b"))->Get(1)->values[0], 10.0f);
+  EXPECT_EQ((*registry_->Get("a0"))->Get(1)->values[0], 20.0f);
+  std::shared_ptr<Store> again = Create("a", 1);
+  EXPECT_EQ(again->view()->size(), 0u);
+  Reopen();
+  EXPECT_EQ((*registry_->Get("a"))->view()->size(), 0u);
+}
+
+TEST_F(RocksDbStorageTest, ADamagedStoreIsReportedAndTheOthersServe) {
+  ASSERT_TRUE(Create("good", 2)->Add({P(1, {1, 2})}).ok());
+  ASSERT_TRUE(Create("bad", 2)->Add({P(1, {1, 2}), P(2, {3, 4})}).ok());
+  registry_.reset();
+  storage_.reset();
+  {
+    // Truncate one record of "bad" behind engram's back.
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir_.string(), &db).ok());
+    std::string key = std::string("Pbad") + '\0' + std::string(7, '\0') + '\2';
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), key, "\x01\x02").ok());
+    delete db;
+  }
+  Reopen();
+  EXPECT_TRUE(registry_->Get("good").ok());
+  absl::Status bad = registry_->Get("bad").status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(bad.message().find("damaged"), std::string::npos) << bad;
+  ASSERT_EQ(registry_->Damaged().size(), 1u);
+  EXPECT_EQ(registry_->Damaged()[0].name, "bad");
+  EXPECT_EQ(registry_->Damaged()[0].status.code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(RocksDbStorageTest, AFullDiskFailsTheWriteAndChangesNothing) {
+  std::shared_ptr<Store> s = Create("s", 256);
+  ASSERT_TRUE(s->Add({P(1, std::vector<float>(256, 1.0f))}).ok());
+  // Files may not grow past 64 KiB from here: writes fail as on a full disk.
+  std::signal(SIGXFSZ, SIG_IGN);
+  rlimit old;
+  getrlimit(RLIMIT_FSIZE, &old);
+  rlimit small = old;
+  small.rlim_cur = 64 << 10;
+  setrlimit(RLIMIT_FSIZE, &small);
+  std::vector<Pattern> big;
+  for (int i = 0; i < 200; ++i) big.push_back(P(0, std::vector<float>(256, 2.0f)));
+  absl::StatusOr<std::vector<uint64_t>> added = s->Add(big);
+  setrlimit(RLIMIT_FSIZE, &old);
+  EXPECT_FALSE(added.ok());
+  EXPECT_TRUE(added.status().code() == absl::StatusCode::kUnavailable ||
+              added.status().code() == absl::StatusCode::kResourceExhausted)
+      << added.status();
+  EXPECT_NE(added.status().message().find("storage"), std::string::npos);
+  // Nothing was applied, and reads keep working.
+  EXPECT_EQ(s->view()->size(), 1u);
+  EXPECT_TRUE(s->Get(1).ok());
+  Reopen();
+  EXPECT_EQ((*registry_->Get("s"))->view()->size(), 1u);
+}
+
+TEST_F(RocksDbStorageTest, SecondOpenOfTheSameDirectoryFails) {
+  absl::StatusOr<std::unique_ptr<RocksDbStorage>> second =
+      RocksDbStorage::Open({dir_.string(), true});
+  EXPECT_FALSE(second.ok());
+}
+
+TEST(PatternRecordTest, RoundTripsAndRejectsTruncation) {
+  Pattern p{5, {1, 2, 3}, "label", {{"a", "b"}}};
+  const std::string bytes = EncodePattern(p);
+  absl::StatusOr<Pattern> back = DecodePattern(5, bytes);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->values, p.values);
+  EXPECT_EQ(back->metadata, p.metadata);
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_EQ(DecodePattern(5, bytes.substr(0, n)).status().code(),
+              absl::StatusCode::kDataLoss);
+  }
+}
+
+TEST(SettingsRecordTest, RoundTripsAndSkipsUnknownKeys) {
+  StoreSettings s;
+  s.name = "x";
+  s.dimension = 9;
+  s.retrieval.beta = 0.1f;
+  s.retrieval.similarity = core::Similarity::kCosine;
+  s.feature_map.learning_rate = 0.3;
+  absl::StatusOr<StoreSettings> back =
+      DecodeSettings(EncodeSettings(s) + "a_future_field=1\n");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->retrieval.beta, 0.1f);
+  EXPECT_EQ(back->retrieval.similarity, core::Similarity::kCosine);
+  EXPECT_EQ(back->feature_map.learning_rate, 0.3);
+  EXPECT_EQ(DecodeSettings("dimension=abc\n").status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace engram::store
