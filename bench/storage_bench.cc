@@ -5,7 +5,8 @@
 //  2. reload time of N patterns x D dims, next to reading the same float bytes
 //     from a plain file (both from the page cache).
 //
-//   storage_bench [--dir=/tmp/engram-storage-bench] [--reload_n=1000000] [--dim=128]
+//   storage_bench [--dir=/tmp/engram-storage-bench] [--reload_n=1000000]
+//   [--dim=128]
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -60,7 +61,8 @@ Db Open(const std::string& path, bool sync) {
 void AddThroughput(const std::string& root, uint32_t dim) {
   std::mt19937 rng(1);
   std::printf("add throughput, dim %u, one writer\n", dim);
-  std::printf("%8s %14s %14s %8s\n", "batch", "fsync pat/s", "no-fsync pat/s", "ratio");
+  std::printf("%8s %14s %14s %8s\n", "batch", "fsync pat/s", "no-fsync pat/s",
+              "ratio");
   for (size_t batch : {size_t{1}, size_t{100}, size_t{10000}}) {
     double rate[2];
     for (int sync = 1; sync >= 0; --sync) {
@@ -71,7 +73,8 @@ void AddThroughput(const std::string& root, uint32_t dim) {
       settings.name = "bench";
       settings.dimension = dim;
       std::shared_ptr<Store> store = *db.registry->Create(settings);
-      const size_t total = batch == 1 ? (sync ? 2000 : 20000) : batch * (batch == 100 ? 200 : 10);
+      const size_t total = batch == 1 ? (sync ? 2000 : 20000)
+                                      : batch * (batch == 100 ? 200 : 10);
       const std::vector<Pattern> patterns = RandomPatterns(batch, dim, rng);
       const auto start = Clock::now();
       for (size_t done = 0; done < total; done += batch) {
@@ -79,7 +82,8 @@ void AddThroughput(const std::string& root, uint32_t dim) {
       }
       rate[sync] = total / Seconds(start);
     }
-    std::printf("%8zu %14.0f %14.0f %8.2f\n", batch, rate[1], rate[0], rate[0] / rate[1]);
+    std::printf("%8zu %14.0f %14.0f %8.2f\n", batch, rate[1], rate[0],
+                rate[0] / rate[1]);
   }
 }
 
@@ -94,7 +98,10 @@ void Reload(const std::string& root, size_t n, uint32_t dim) {
     settings.dimension = dim;
     std::shared_ptr<Store> store = *db.registry->Create(settings);
     for (size_t done = 0; done < n; done += 10000) {
-      if (!store->Add(RandomPatterns(std::min<size_t>(10000, n - done), dim, rng)).ok()) {
+      if (!store
+               ->Add(
+                   RandomPatterns(std::min<size_t>(10000, n - done), dim, rng))
+               .ok()) {
         std::abort();
       }
     }
@@ -103,7 +110,8 @@ void Reload(const std::string& root, size_t n, uint32_t dim) {
   {
     std::vector<float> row(dim, 1.0f);
     std::ofstream out(plain, std::ios::binary);
-    for (size_t i = 0; i < n; ++i) out.write(reinterpret_cast<const char*>(row.data()), dim * 4);
+    for (size_t i = 0; i < n; ++i)
+      out.write(reinterpret_cast<const char*>(row.data()), dim * 4);
   }
   double reload = 1e9, read = 1e9;
   for (int rep = 0; rep < 3; ++rep) {
@@ -119,9 +127,10 @@ void Reload(const std::string& root, size_t n, uint32_t dim) {
     in.read(reinterpret_cast<char*>(all.data()), all.size() * 4);
     read = std::min(read, Seconds(start));
   }
-  std::printf("reload of %zu patterns x %u dims (%.0f MB of floats): %.2f s; "
-              "plain-file read of the same bytes %.3f s; ratio %.1fx\n",
-              n, dim, n * dim * 4 / 1e6, reload, read, reload / read);
+  std::printf(
+      "reload of %zu patterns x %u dims (%.0f MB of floats): %.2f s; "
+      "plain-file read of the same bytes %.3f s; ratio %.1fx\n",
+      n, dim, n * dim * 4 / 1e6, reload, read, reload / read);
 }
 
 }  // namespace
@@ -132,7 +141,8 @@ int main(int argc, char** argv) {
   const std::string root = absl::GetFlag(FLAGS_dir);
   std::filesystem::create_directories(root);
   engram::store::AddThroughput(root, absl::GetFlag(FLAGS_dim));
-  engram::store::Reload(root, absl::GetFlag(FLAGS_reload_n), absl::GetFlag(FLAGS_dim));
+  engram::store::Reload(root, absl::GetFlag(FLAGS_reload_n),
+                        absl::GetFlag(FLAGS_dim));
   std::filesystem::remove_all(root);
   return 0;
 }

@@ -50,7 +50,8 @@ std::string Fixed64(uint64_t v) {
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
-  const std::string message = absl::StrCat("storage ", what, ": ", s.ToString());
+  const std::string message =
+      absl::StrCat("storage ", what, ": ", s.ToString());
   if (s.IsNoSpace()) return absl::ResourceExhaustedError(message);
   if (s.IsCorruption()) return absl::DataLossError(message);
   if (s.IsIOError() || s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) {
@@ -106,7 +107,8 @@ std::string EncodePattern(const Pattern& p) {
   std::string out(1, '\x01');
   out.reserve(1 + 4 + p.values.size() * 4 + p.label.size() + 8);
   PutU32(out, static_cast<uint32_t>(p.values.size()));
-  out.append(reinterpret_cast<const char*>(p.values.data()), p.values.size() * 4);
+  out.append(reinterpret_cast<const char*>(p.values.data()),
+             p.values.size() * 4);
   PutString(out, p.label);
   PutU32(out, static_cast<uint32_t>(p.metadata.size()));
   for (const auto& [key, value] : p.metadata) {
@@ -121,7 +123,8 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
   p.id = id;
   uint32_t dim = 0, entries = 0;
   if (bytes.empty() || bytes[0] != '\x01') {
-    return absl::DataLossError(absl::StrCat("pattern ", id, ": unknown record format"));
+    return absl::DataLossError(
+        absl::StrCat("pattern ", id, ": unknown record format"));
   }
   Reader reader(bytes.substr(1));
   bool ok = reader.U32(dim) && reader.Floats(p.values, dim) &&
@@ -132,7 +135,8 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
     p.metadata.emplace_back(std::move(key), std::move(value));
   }
   if (!ok || !reader.done()) {
-    return absl::DataLossError(absl::StrCat("pattern ", id, ": truncated or malformed record"));
+    return absl::DataLossError(
+        absl::StrCat("pattern ", id, ": truncated or malformed record"));
   }
   return p;
 }
@@ -198,7 +202,8 @@ absl::Status RocksDbStorage::WritePatterns(absl::string_view store,
                                            absl::Span<const uint64_t> deleted,
                                            uint64_t next_id) {
   rocksdb::WriteBatch batch;
-  for (const Pattern& p : added) batch.Put(PatternKey(store, p.id), EncodePattern(p));
+  for (const Pattern& p : added)
+    batch.Put(PatternKey(store, p.id), EncodePattern(p));
   for (uint64_t id : deleted) batch.Delete(PatternKey(store, id));
   batch.Put(NextIdKey(store), Fixed64(next_id));
   return Commit(batch);
@@ -214,8 +219,8 @@ absl::Status RocksDbStorage::Load(LoadVisitor& visitor) {
   for (it->Seek(std::string(1, kSettings));
        it->Valid() && it->key()[0] == kSettings; it->Next()) {
     const std::string name = it->key().ToString().substr(1);
-    absl::StatusOr<StoreSettings> settings =
-        DecodeSettings(absl::string_view(it->value().data(), it->value().size()));
+    absl::StatusOr<StoreSettings> settings = DecodeSettings(
+        absl::string_view(it->value().data(), it->value().size()));
     if (!settings.ok()) {
       visitor.OnDamaged(name, settings.status());
       continue;
@@ -238,8 +243,8 @@ absl::Status RocksDbStorage::Load(LoadVisitor& visitor) {
     }
     batch.clear();
   };
-  for (it->Seek(std::string(1, kPattern)); it->Valid() && it->key()[0] == kPattern;
-       it->Next()) {
+  for (it->Seek(std::string(1, kPattern));
+       it->Valid() && it->key()[0] == kPattern; it->Next()) {
     const rocksdb::Slice key = it->key();
     const size_t zero = std::string_view(key.data(), key.size()).find('\0', 1);
     if (zero == std::string::npos || key.size() != zero + 9) {
@@ -257,8 +262,8 @@ absl::Status RocksDbStorage::Load(LoadVisitor& visitor) {
     for (size_t k = zero + 1; k < key.size(); ++k) {
       id = (id << 8) | static_cast<unsigned char>(key[k]);
     }
-    absl::StatusOr<Pattern> p =
-        DecodePattern(id, absl::string_view(it->value().data(), it->value().size()));
+    absl::StatusOr<Pattern> p = DecodePattern(
+        id, absl::string_view(it->value().data(), it->value().size()));
     if (!p.ok()) {
       batch.clear();
       visitor.OnDamaged(current, p.status());

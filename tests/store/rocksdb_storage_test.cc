@@ -20,9 +20,9 @@ class RocksDbStorageTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = std::filesystem::path(::testing::TempDir()) /
-           absl::StrCat("engram_rocksdb_", ::testing::UnitTest::GetInstance()
-                                               ->current_test_info()
-                                               ->name());
+           absl::StrCat(
+               "engram_rocksdb_",
+               ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(dir_);
     Reopen();
   }
@@ -72,9 +72,9 @@ TEST_F(RocksDbStorageTest, EverythingSurvivesARestart) {
   ASSERT_TRUE(a->Add({tagged, P(0, {3, 4}), P(0, {5, 6})}).ok());
   ASSERT_TRUE(a->Delete({8}).ok());
   ASSERT_TRUE(a->UpdateSettings([](StoreSettings& s) {
-                   s.retrieval.steps = 4;
-                   return absl::OkStatus();
-                 }).ok());
+                 s.retrieval.steps = 4;
+                 return absl::OkStatus();
+               }).ok());
   Reopen();
   std::shared_ptr<Store> back = *registry_->Get("a");
   const StoreSettings& s = back->view()->settings();
@@ -151,7 +151,8 @@ TEST_F(RocksDbStorageTest, AFullDiskFailsTheWriteAndChangesNothing) {
   small.rlim_cur = 64 << 10;
   setrlimit(RLIMIT_FSIZE, &small);
   std::vector<Pattern> big;
-  for (int i = 0; i < 200; ++i) big.push_back(P(0, std::vector<float>(256, 2.0f)));
+  for (int i = 0; i < 200; ++i)
+    big.push_back(P(0, std::vector<float>(256, 2.0f)));
   absl::StatusOr<std::vector<uint64_t>> added = s->Add(big);
   setrlimit(RLIMIT_FSIZE, &old);
   EXPECT_FALSE(added.ok());
