@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "server/base/log.h"
 #include "server/core/blas.h"
+#include "server/jobs/fit_scheduler.h"
 #include "server/metrics/prometheus_metrics.h"
 #include "server/rpc/server.h"
 #include "server/store/registry.h"
@@ -37,6 +38,8 @@ ABSL_FLAG(bool, metrics_per_store, true,
           "Label per-store metrics with the store name (off: one series).");
 ABSL_FLAG(int, blas_threads, 0,
           "OpenBLAS threads per call; 0 = the number of cores.");
+ABSL_FLAG(int, fit_workers, 1,
+          "Threads running Stage I fits (niced, one fit per store at a time).");
 ABSL_FLAG(int, rpc_threads, 0, "Maximum gRPC handler threads; 0 = 4 per core.");
 ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
 ABSL_FLAG(uint32_t, max_dimension, 65536, "Largest store dimension.");
@@ -54,6 +57,27 @@ namespace engram {
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
+
+// Reports the fit scheduler's activity as metrics.
+class FitMetrics : public jobs::FitObserver {
+ public:
+  explicit FitMetrics(metrics::Metrics* metrics) : metrics_(metrics) {}
+  void FitCounts(size_t running, size_t pending) override {
+    metrics_->SetFits(running, pending);
+  }
+  void FitFinished(const std::string& store,
+                   const jobs::FitStatus& status) override {
+    using State = jobs::FitStatus::State;
+    const char* result = status.state == State::kSucceeded   ? "succeeded"
+                         : status.state == State::kCancelled ? "cancelled"
+                                                             : "failed";
+    metrics_->RecordFit(store, result, status.duration_seconds,
+                        status.loss_after);
+  }
+
+ private:
+  metrics::Metrics* const metrics_;
+};
 
 int LogLevelFromName(const std::string& name) {
   if (name == "debug") return static_cast<int>(LogLevel::kDebug);
@@ -120,6 +144,11 @@ int Run() {
     return 1;
   }
   store::StoreRegistry registry(limits, storage->get());
+  FitMetrics fit_metrics(metrics->get());
+  jobs::FitSchedulerOptions fit_options;
+  fit_options.workers = absl::GetFlag(FLAGS_fit_workers);
+  fit_options.observer = &fit_metrics;
+  auto fits = std::make_unique<jobs::FitScheduler>(&registry, fit_options);
 
   rpc::ServerOptions server_options;
   server_options.listen = absl::GetFlag(FLAGS_listen);
@@ -129,7 +158,7 @@ int Run() {
                                    : static_cast<int>(4 * cores);
   // Live (health "") from here on; ready once the stores are loaded.
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start(server_options, &registry, metrics->get());
+      rpc::Server::Start(server_options, &registry, fits.get(), metrics->get());
   if (!server.ok()) {
     Log(LogLevel::kError, "%s (--listen)", server.status().ToString());
     return 1;
@@ -180,6 +209,7 @@ int Run() {
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::GetFlag(FLAGS_shutdown_grace_s));
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
+  fits.reset();  // Cancels running fits before storage closes.
   if (absl::Status status = (*storage)->Close(); !status.ok()) {
     Log(LogLevel::kError, "closing storage: %s", status.ToString());
     return 1;

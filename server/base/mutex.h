@@ -14,8 +14,11 @@
 #define ENGRAM_SERVER_BASE_MUTEX_H_
 
 #include "absl/base/thread_annotations.h"
+#include "absl/time/time.h"
 
 #if defined(__SANITIZE_THREAD__)
+#include <chrono>
+#include <condition_variable>
 #include <shared_mutex>
 #define ENGRAM_STD_MUTEX 1
 #else
@@ -24,6 +27,8 @@
 
 namespace engram {
 
+class CondVar;
+
 class ABSL_LOCKABLE Mutex {
  public:
   Mutex() = default;
@@ -31,6 +36,8 @@ class ABSL_LOCKABLE Mutex {
   Mutex& operator=(const Mutex&) = delete;
 
 #ifdef ENGRAM_STD_MUTEX
+  void lock() { mu_.lock(); }  // For std::condition_variable_any.
+  void unlock() { mu_.unlock(); }
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.lock_shared(); }
@@ -45,7 +52,43 @@ class ABSL_LOCKABLE Mutex {
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.ReaderUnlock(); }
 
  private:
+  friend class CondVar;
   absl::Mutex mu_;
+#endif
+};
+
+// A condition variable for engram::Mutex; same TSan rule as the mutex.
+class CondVar {
+ public:
+  // Waits, with `mu` held exclusively, until signalled (or spuriously).
+  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+#ifdef ENGRAM_STD_MUTEX
+    cv_.wait(*mu);
+#else
+    cv_.Wait(&mu->mu_);
+#endif
+  }
+  // As Wait, for at most `timeout`; true if it timed out.
+  bool WaitWithTimeout(Mutex* mu, absl::Duration timeout)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+#ifdef ENGRAM_STD_MUTEX
+    return cv_.wait_for(*mu, absl::ToChronoNanoseconds(timeout)) ==
+           std::cv_status::timeout;
+#else
+    return cv_.WaitWithTimeout(&mu->mu_, timeout);
+#endif
+  }
+  void Signal() { cv_.Signal(); }
+  void SignalAll() { cv_.SignalAll(); }
+
+ private:
+#ifdef ENGRAM_STD_MUTEX
+  struct Std : std::condition_variable_any {
+    void Signal() { notify_one(); }
+    void SignalAll() { notify_all(); }
+  } cv_;
+#else
+  absl::CondVar cv_;
 #endif
 };
 

@@ -24,6 +24,24 @@ void GemmNN(size_t m, size_t n, size_t k, float alpha, const float* a,
               static_cast<int>(ldc));
 }
 
+void GemmTN(size_t m, size_t n, size_t k, float alpha, const float* a,
+            size_t lda, const float* b, size_t ldb, float beta, float* c,
+            size_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
+void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,
+               float beta, float* c, size_t ldc) {
+  if (n == 0) return;
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), beta, c,
+              static_cast<int>(ldc));
+}
+
 void Axpy(size_t n, float alpha, const float* x, float* y) {
   cblas_saxpy(static_cast<int>(n), alpha, x, 1, y, 1);
 }

@@ -20,6 +20,16 @@ void GemmNN(size_t m, size_t n, size_t k, float alpha, const float* a,
             size_t lda, const float* b, size_t ldb, float beta, float* c,
             size_t ldc);
 
+// C (m x n) = alpha * A^T * B + beta * C, with A of size k x m, B k x n.
+void GemmTN(size_t m, size_t n, size_t k, float alpha, const float* a,
+            size_t lda, const float* b, size_t ldb, float beta, float* c,
+            size_t ldc);
+
+// C (n x n) = alpha * A A^T + beta * C for A of size n x k; only the upper
+// triangle of C (j >= i) is written.
+void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,
+               float beta, float* c, size_t ldc);
+
 // y (n) += alpha * x (n).
 void Axpy(size_t n, float alpha, const float* x, float* y);
 

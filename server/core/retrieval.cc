@@ -20,9 +20,34 @@ absl::string_view SimilarityName(Similarity similarity) {
       return "manhattan";
     case Similarity::kCosine:
       return "cosine";
+    case Similarity::kKernelDot:
+      return "kernel_dot";
+    case Similarity::kKernelL2:
+      return "kernel_l2";
   }
   return "unknown";
 }
+
+bool IsKernel(Similarity similarity) {
+  return similarity == Similarity::kKernelDot ||
+         similarity == Similarity::kKernelL2;
+}
+
+namespace {
+
+// The similarity computed on (possibly kernel) features.
+Similarity OnFeatures(Similarity similarity) {
+  switch (similarity) {
+    case Similarity::kKernelDot:
+      return Similarity::kDot;
+    case Similarity::kKernelL2:
+      return Similarity::kL2;
+    default:
+      return similarity;
+  }
+}
+
+}  // namespace
 
 size_t MemorySet::size() const {
   size_t total = 0;
@@ -39,12 +64,14 @@ const float* MemorySet::row(size_t index) const {
 }
 
 double SelfSimilarity(Similarity similarity, double sq_norm) {
-  switch (similarity) {
+  switch (OnFeatures(similarity)) {
     case Similarity::kDot:
+    case Similarity::kKernelDot:
       return sq_norm;
     case Similarity::kCosine:
       return sq_norm > 0 ? 1.0 : 0.0;
     case Similarity::kL2:
+    case Similarity::kKernelL2:
     case Similarity::kManhattan:
       return 0.0;
   }
@@ -103,7 +130,8 @@ float SquaredDistance(const float* a, const float* b, size_t d) {
 // lost most of its digits.
 constexpr float kCancellation = 1e-3f;
 
-// scores (L x n, row stride n) = beta * s(queries_i, rows_j).
+// scores (L x n, row stride n) = beta * s(queries_i, rows_j), for the
+// similarity on features (never a kernel form: those are mapped first).
 void ComputeScores(Similarity similarity, float beta, const float* queries,
                    const float* query_sq_norms, size_t num_queries,
                    const float* rows, const float* row_sq_norms, size_t n,
@@ -150,6 +178,9 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
         }
       }
       return;
+    case Similarity::kKernelDot:
+    case Similarity::kKernelL2:
+      return;  // Mapped to kDot / kL2 on features by the caller.
   }
 }
 
@@ -160,6 +191,7 @@ struct RowState {
   std::vector<Scored> top;         // Heap of the best top_k scores.
   std::vector<Scored> candidates;  // Sparse separations: possible support.
   size_t candidates_at_prune = 0;
+  double query_sq_norm = 0;  // ||state||^2, or ||Phi(state)||^2 for kernels.
 };
 
 // One update step for `num_queries` states: outputs (size num_queries * d)
@@ -174,14 +206,27 @@ absl::Status Pass(const MemorySet& memories, const float* states,
   const size_t tile = std::max<size_t>(
       1, options.max_score_floats / std::max<size_t>(num_queries, 1));
 
-  std::vector<float> query_sq_norms(num_queries);
-  for (size_t i = 0; i < num_queries; ++i) {
-    const float* q = states + i * d;
-    double s = 0;
-    for (size_t k = 0; k < d; ++k) s += double{q[k]} * q[k];
-    query_sq_norms[i] = static_cast<float>(s);
+  // Scores compare features: Phi(state) against the blocks' keys for kernel
+  // similarities, the states and rows themselves otherwise.
+  const bool kernel = IsKernel(params.similarity);
+  const Similarity on_features = OnFeatures(params.similarity);
+  const size_t key_dim = kernel ? memories.map->out_dim() : d;
+  std::vector<float> features;
+  const float* queries = states;
+  if (kernel) {
+    features.resize(num_queries * key_dim);
+    memories.map->Apply(states, num_queries, features.data());
+    queries = features.data();
   }
   rows_state.assign(num_queries, RowState{});
+  std::vector<float> query_sq_norms(num_queries);
+  for (size_t i = 0; i < num_queries; ++i) {
+    const float* q = queries + i * key_dim;
+    double s = 0;
+    for (size_t k = 0; k < key_dim; ++k) s += double{q[k]} * q[k];
+    query_sq_norms[i] = static_cast<float>(s);
+    rows_state[i].query_sq_norm = s;
+  }
   std::fill(outputs, outputs + num_queries * d, 0.0f);
   std::vector<float> scores;
 
@@ -194,9 +239,15 @@ absl::Status Pass(const MemorySet& memories, const float* states,
       const size_t n = std::min(tile, block.count - r0);
       const float* rows = block.rows + r0 * d;
       scores.resize(num_queries * n);
-      ComputeScores(params.similarity, params.beta, states,
-                    query_sq_norms.data(), num_queries, rows,
-                    block.sq_norms + r0, n, d, scores.data());
+      if (kernel) {
+        ComputeScores(on_features, params.beta, queries, query_sq_norms.data(),
+                      num_queries, block.keys + r0 * key_dim,
+                      block.key_sq_norms + r0, n, key_dim, scores.data());
+      } else {
+        ComputeScores(on_features, params.beta, queries, query_sq_norms.data(),
+                      num_queries, rows, block.sq_norms + r0, n, d,
+                      scores.data());
+      }
       const size_t first_index = block_start + r0;
       for (size_t i = 0; i < num_queries; ++i) {
         RowState& state = rows_state[i];
@@ -276,6 +327,11 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
         absl::StrCat("beta must be finite and > 0, got ", params.beta));
   }
   if (params.steps < 1) return absl::InvalidArgumentError("steps must be >= 1");
+  if (IsKernel(params.similarity) &&
+      (memories.map == nullptr || memories.map->in_dim() != d)) {
+    return absl::FailedPreconditionError(
+        "a kernel similarity needs the feature map its keys were built with");
+  }
   const bool softmax = params.separation == Separation::kSoftmax;
 
   RetrievalOutput out;
@@ -339,16 +395,16 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
       }
 
       const size_t i = active[a];
-      double sq_norm = 0, sq_change = 0;
+      double sq_change = 0;
       for (size_t k = 0; k < d; ++k) {
-        sq_norm += double{x[k]} * x[k];
         const double change = double{y[k]} - x[k];
         sq_change += change * change;
       }
       std::copy_n(y, d, out.states.data() + i * d);
       out.steps[i] = step;
       out.energies[i] =
-          -lse / params.beta + 0.5 * SelfSimilarity(params.similarity, sq_norm);
+          -lse / params.beta +
+          0.5 * SelfSimilarity(params.similarity, state.query_sq_norm);
       std::sort_heap(state.top.begin(), state.top.end(), Stronger);
       std::vector<Match>& matches = out.matches[i];
       matches.clear();

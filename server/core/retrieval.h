@@ -22,20 +22,30 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "server/core/feature_map.h"
 #include "server/core/separation.h"
 
 namespace engram::core {
 
-enum class Similarity { kDot, kL2, kManhattan, kCosine };
+// The kernel forms score Phi(xi) against Phi(x) with the store's feature map
+// (MemorySet::map): kKernelDot = <Phi xi, Phi x>, kKernelL2 = -||Phi xi - Phi
+// x||.
+enum class Similarity { kDot, kL2, kManhattan, kCosine, kKernelDot, kKernelL2 };
+
+bool IsKernel(Similarity similarity);
 
 absl::string_view SimilarityName(Similarity similarity);
 
 // `count` memories, row-major, size count * dim, with their squared L2 norms
-// (size count). Borrowed: the caller keeps them alive during a call.
+// (size count); for kernel similarities also their features Phi(row) (size
+// count * map->out_dim()) and the features' squared norms. Borrowed: the
+// caller keeps them alive during a call.
 struct MemoryBlock {
   const float* rows = nullptr;
   const float* sq_norms = nullptr;
   size_t count = 0;
+  const float* keys = nullptr;
+  const float* key_sq_norms = nullptr;
 };
 
 // All memories of one retrieval, in order; memory i of the set is row
@@ -43,6 +53,9 @@ struct MemoryBlock {
 struct MemorySet {
   size_t dim = 0;
   std::vector<MemoryBlock> blocks;
+  // The feature map the blocks' keys were computed with (kernel
+  // similarities only).
+  const FeatureMap* map = nullptr;
 
   size_t size() const;
   // The row of memory `index` (< size()), size dim.

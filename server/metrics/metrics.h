@@ -26,6 +26,11 @@ class Metrics {
   virtual void RemoveStore(absl::string_view store) = 0;
   // Stores whose data could not be loaded.
   virtual void SetDamagedStores(size_t count) = 0;
+  // Stage I: fits running and waiting; one finished fit ("succeeded",
+  // "failed", "cancelled") with its duration and final loss.
+  virtual void SetFits(size_t running, size_t pending) = 0;
+  virtual void RecordFit(absl::string_view store, absl::string_view result,
+                         double seconds, double loss_after) = 0;
 };
 
 // Counts nothing.
@@ -36,6 +41,9 @@ class NullMetrics : public Metrics {
   void SetPatternCount(absl::string_view, double) override {}
   void RemoveStore(absl::string_view) override {}
   void SetDamagedStores(size_t) override {}
+  void SetFits(size_t, size_t) override {}
+  void RecordFit(absl::string_view, absl::string_view, double,
+                 double) override {}
 };
 
 }  // namespace engram::metrics

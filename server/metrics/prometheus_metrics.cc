@@ -42,7 +42,28 @@ class PrometheusMetrics : public Metrics {
                      .Name("engram_damaged_stores")
                      .Help("Stores whose data could not be loaded at start.")
                      .Register(*registry_)
-                     .Add({})) {
+                     .Add({})),
+        fits_(prometheus::BuildGauge()
+                  .Name("engram_fits")
+                  .Help("Stage I fits, by state (running, pending).")
+                  .Register(*registry_)),
+        fits_total_(prometheus::BuildCounter()
+                        .Name("engram_fits_total")
+                        .Help("Stage I fits finished, by result.")
+                        .Register(*registry_)),
+        fit_duration_(
+            prometheus::BuildHistogram()
+                .Name("engram_fit_duration_seconds")
+                .Help("Duration of finished Stage I fits.")
+                .Register(*registry_)
+                .Add({},
+                     prometheus::Histogram::BucketBoundaries{
+                         0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800})),
+        fit_loss_(prometheus::BuildGauge()
+                      .Name("engram_fit_last_loss")
+                      .Help("Separation loss at the end of the last successful "
+                            "fit, by store.")
+                      .Register(*registry_)) {
     prometheus::BuildGauge()
         .Name("engram_build_info")
         .Help("Always 1; the labels describe the build.")
@@ -79,6 +100,20 @@ class PrometheusMetrics : public Metrics {
     patterns_.Add({{"store", StoreLabel(store)}}).Set(count);
   }
 
+  void SetFits(size_t running, size_t pending) override {
+    fits_.Add({{"state", "running"}}).Set(static_cast<double>(running));
+    fits_.Add({{"state", "pending"}}).Set(static_cast<double>(pending));
+  }
+
+  void RecordFit(absl::string_view store, absl::string_view result,
+                 double seconds, double loss_after) override {
+    fits_total_.Add({{"result", std::string(result)}}).Increment();
+    fit_duration_.Observe(seconds);
+    if (result == "succeeded") {
+      fit_loss_.Add({{"store", StoreLabel(store)}}).Set(loss_after);
+    }
+  }
+
   void SetDamagedStores(size_t count) override {
     damaged_.Set(static_cast<double>(count));
   }
@@ -86,6 +121,7 @@ class PrometheusMetrics : public Metrics {
   void RemoveStore(absl::string_view store) override {
     if (!options_.per_store_labels) return;
     patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
+    fit_loss_.Remove(&fit_loss_.Add({{"store", std::string(store)}}));
   }
 
  private:
@@ -107,6 +143,10 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Counter>& queries_;
   prometheus::Family<prometheus::Gauge>& patterns_;
   prometheus::Gauge& damaged_;
+  prometheus::Family<prometheus::Gauge>& fits_;
+  prometheus::Family<prometheus::Counter>& fits_total_;
+  prometheus::Histogram& fit_duration_;
+  prometheus::Family<prometheus::Gauge>& fit_loss_;
   std::unique_ptr<prometheus::Exposer> exposer_;
 };
 

@@ -26,10 +26,9 @@ absl::StatusOr<core::Similarity> SimilarityFromProto(int value) {
     case v1::COSINE:
       return core::Similarity::kCosine;
     case v1::KERNEL_DOT:
+      return core::Similarity::kKernelDot;
     case v1::KERNEL_L2:
-      return absl::UnimplementedError(
-          "store.retrieval.similarity KERNEL_DOT and KERNEL_L2 need the U-Hop "
-          "feature map, which this server version does not provide");
+      return core::Similarity::kKernelL2;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("store.retrieval.similarity has unknown value ", value));
@@ -45,6 +44,10 @@ v1::Similarity SimilarityToProto(core::Similarity similarity) {
       return v1::MANHATTAN;
     case core::Similarity::kCosine:
       return v1::COSINE;
+    case core::Similarity::kKernelDot:
+      return v1::KERNEL_DOT;
+    case core::Similarity::kKernelL2:
+      return v1::KERNEL_L2;
   }
   return v1::SIMILARITY_UNSPECIFIED;
 }
@@ -83,9 +86,8 @@ absl::Status FeatureMapFromProto(const v1::FeatureMapSettings& in,
       out.kind = store::FeatureMapKind::kNone;
       break;
     case v1::UHOP:
-      return absl::UnimplementedError(
-          "store.feature_map.kind UHOP: Stage I fitting is not available in "
-          "this server version");
+      out.kind = store::FeatureMapKind::kUhop;
+      break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("store.feature_map.kind has unknown value ", in.kind()));
@@ -282,12 +284,8 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   norms->set_max_norm(view.norms().max_norm);
   norms->set_mean_norm(view.norms().mean_norm);
   norms->set_max_abs_entry(view.norms().max_abs_entry);
-  // Without a feature map, Phi is the identity.
-  norms->set_max_feature_norm(view.norms().max_norm);
-  norms->set_mean_feature_norm(view.norms().mean_norm);
-  v1::FitStatus* fit = out.mutable_fit();
-  fit->set_store(s.name);
-  fit->set_state(v1::FitStatus::NOT_CONFIGURED);
+  norms->set_max_feature_norm(view.norms().max_feature_norm);
+  norms->set_mean_feature_norm(view.norms().mean_feature_norm);
   const int64_t nanos = absl::ToUnixNanos(s.create_time);
   out.mutable_create_time()->set_seconds(nanos / 1000000000);
   out.mutable_create_time()->set_nanos(
@@ -313,6 +311,43 @@ store::Pattern FromProto(const v1::Pattern& pattern) {
   out.metadata.assign(pattern.metadata().begin(), pattern.metadata().end());
   std::sort(out.metadata.begin(), out.metadata.end());
   return out;
+}
+
+void ToProto(const std::string& store, const jobs::FitStatus& in,
+             v1::FitStatus& out) {
+  using State = jobs::FitStatus::State;
+  out.set_store(store);
+  switch (in.state) {
+    case State::kNotConfigured:
+      out.set_state(v1::FitStatus::NOT_CONFIGURED);
+      break;
+    case State::kIdle:
+      out.set_state(v1::FitStatus::IDLE);
+      break;
+    case State::kPending:
+      out.set_state(v1::FitStatus::PENDING);
+      break;
+    case State::kRunning:
+      out.set_state(v1::FitStatus::RUNNING);
+      break;
+    case State::kSucceeded:
+      out.set_state(v1::FitStatus::SUCCEEDED);
+      break;
+    case State::kCancelled:
+      out.set_state(v1::FitStatus::CANCELLED);
+      break;
+    case State::kFailed:
+      out.set_state(v1::FitStatus::FAILED);
+      break;
+  }
+  out.set_epoch(in.epoch);
+  out.set_total_epochs(in.total_epochs);
+  out.set_loss_before(in.loss_before);
+  out.set_loss_after(in.loss_after);
+  out.set_duration_seconds(in.duration_seconds);
+  out.set_map_version(in.map_version);
+  out.set_patterns_fitted(in.patterns_fitted);
+  out.set_error(in.error);
 }
 
 absl::StatusOr<store::PathChoice> PathFromProto(v1::RetrievalPath path) {

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "engram/v1/engram.pb.h"
 #include "grpcpp/support/status.h"
+#include "server/jobs/fit_scheduler.h"
 #include "server/store/retrieve.h"
 #include "server/store/settings.h"
 #include "server/store/store.h"
@@ -32,8 +33,9 @@ absl::Status ApplyUpdateMask(const v1::Store& source,
 
 void ToProto(const store::StoreView& view, v1::Store& out);
 void ToProto(const store::Pattern& pattern, v1::Pattern& out);
-// `field` names the message for errors, e.g. "patterns[3]".
 store::Pattern FromProto(const v1::Pattern& pattern);
+void ToProto(const std::string& store, const jobs::FitStatus& status,
+             v1::FitStatus& out);
 
 absl::StatusOr<store::PathChoice> PathFromProto(v1::RetrievalPath path);
 v1::RetrievalPath PathToProto(store::PathChoice path);

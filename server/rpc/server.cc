@@ -19,12 +19,12 @@ Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, store::StoreRegistry* registry,
-    metrics::Metrics* metrics) {
+    jobs::FitScheduler* fits, metrics::Metrics* metrics) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  std::unique_ptr<Server> server(
-      new Server(std::make_unique<EngramService>(registry, metrics), host));
+  std::unique_ptr<Server> server(new Server(
+      std::make_unique<EngramService>(registry, fits, metrics), host));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
                            &server->port_);

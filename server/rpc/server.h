@@ -32,10 +32,11 @@ struct ServerOptions {
 
 class Server {
  public:
-  // `registry` and `metrics` are borrowed and must outlive the server.
+  // `registry`, `fits` and `metrics` are borrowed and must outlive the
+  // server.
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options, store::StoreRegistry* registry,
-      metrics::Metrics* metrics);
+      jobs::FitScheduler* fits, metrics::Metrics* metrics);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

@@ -81,11 +81,17 @@ class EngramService::Call {
 };
 
 EngramService::EngramService(store::StoreRegistry* registry,
+                             jobs::FitScheduler* fits,
                              metrics::Metrics* metrics)
-    : registry_(registry), metrics_(metrics) {}
+    : registry_(registry), fits_(fits), metrics_(metrics) {}
 
 void EngramService::CountPatterns(const store::Store& store) {
   metrics_->SetPatternCount(store.name(), store.view()->size());
+}
+
+void EngramService::Added(const store::Store& store, size_t count) {
+  CountPatterns(store);
+  fits_->PatternsAdded(store.name(), count);
 }
 
 grpc::Status EngramService::CreateStore(grpc::ServerContext*,
@@ -99,6 +105,8 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext*,
       registry_->Create(*settings);
   if (!created.ok()) return call.Done(created.status());
   ToProto(*(*created)->view(), *response);
+  absl::StatusOr<jobs::FitStatus> fit = fits_->Status(settings->name);
+  if (fit.ok()) ToProto(settings->name, *fit, *response->mutable_fit());
   CountPatterns(**created);
   return call.Done(absl::OkStatus());
 }
@@ -121,6 +129,8 @@ grpc::Status EngramService::GetStore(grpc::ServerContext*,
     return call.Done(found.status());
   }
   ToProto(*(*found)->view(), *response);
+  absl::StatusOr<jobs::FitStatus> fit = fits_->Status(request->name());
+  if (fit.ok()) ToProto(request->name(), *fit, *response->mutable_fit());
   return call.Done(absl::OkStatus());
 }
 
@@ -138,7 +148,12 @@ grpc::Status EngramService::ListStores(grpc::ServerContext*,
   absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> page =
       registry_->List(after, PageSize(request->page_size()), more);
   if (!page.ok()) return call.Done(page.status());
-  for (const auto& s : *page) ToProto(*s->view(), *response->add_stores());
+  for (const auto& s : *page) {
+    v1::Store* out = response->add_stores();
+    ToProto(*s->view(), *out);
+    absl::StatusOr<jobs::FitStatus> fit = fits_->Status(s->name());
+    if (fit.ok()) ToProto(s->name(), *fit, *out->mutable_fit());
+  }
   if (more) response->set_next_page_token(StoreToken(page->back()->name()));
   return call.Done(absl::OkStatus());
 }
@@ -165,7 +180,10 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext*,
                                         v1::DeleteStoreResponse*) {
   Call call(this, "DeleteStore", request->name());
   absl::Status status = registry_->Delete(request->name());
-  if (status.ok()) metrics_->RemoveStore(request->name());
+  if (status.ok()) {
+    fits_->StoreDeleted(request->name());
+    metrics_->RemoveStore(request->name());
+  }
   return call.Done(status);
 }
 
@@ -184,7 +202,7 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext*,
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
   response->set_pattern_count((*found)->view()->size());
-  CountPatterns(**found);
+  Added(**found, ids->size());
   return call.Done(absl::OkStatus());
 }
 
@@ -220,7 +238,7 @@ grpc::Status EngramService::ImportPatterns(
       patterns.push_back(FromProto(p));
     absl::StatusOr<std::vector<uint64_t>> ids = target->Add(patterns);
     if (!ids.ok()) {
-      CountPatterns(*target);
+      Added(*target, 0);
       return call.Done(absl::Status(
           ids.status().code(),
           absl::StrCat("message ", index, ": ", ids.status().message(), "; ",
@@ -231,6 +249,7 @@ grpc::Status EngramService::ImportPatterns(
       last_id = std::max(last_id, id);
     }
     added += ids->size();
+    Added(*target, ids->size());
   }
   if (!target) {
     return call.Done(absl::InvalidArgumentError(
@@ -241,7 +260,6 @@ grpc::Status EngramService::ImportPatterns(
   response->set_pattern_count(target->view()->size());
   response->set_first_id(first_id);
   response->set_last_id(last_id);
-  CountPatterns(*target);
   return call.Done(absl::OkStatus());
 }
 
@@ -366,51 +384,60 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
   return call.Done(absl::OkStatus());
 }
 
-absl::Status EngramService::FitStatusOf(const std::string& name,
-                                        v1::FitStatus& out) {
-  absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
-  if (!found.ok()) return found.status();
-  out.set_store(name);
-  out.set_state(v1::FitStatus::NOT_CONFIGURED);
-  return absl::OkStatus();
-}
-
 grpc::Status EngramService::GetFitStatus(grpc::ServerContext*,
                                          const v1::GetFitStatusRequest* request,
                                          v1::FitStatus* response) {
   Call call(this, "GetFitStatus", request->store());
-  return call.Done(FitStatusOf(request->store(), *response));
+  absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
+  if (!status.ok()) return call.Done(status.status());
+  ToProto(request->store(), *status, *response);
+  return call.Done(absl::OkStatus());
 }
 
 grpc::Status EngramService::WatchFit(
-    grpc::ServerContext*, const v1::WatchFitRequest* request,
+    grpc::ServerContext* context, const v1::WatchFitRequest* request,
     grpc::ServerWriter<v1::FitStatus>* writer) {
   Call call(this, "WatchFit", request->store());
-  v1::FitStatus status;
-  if (absl::Status s = FitStatusOf(request->store(), status); !s.ok()) {
-    return call.Done(s);
+  absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
+  using State = jobs::FitStatus::State;
+  while (status.ok()) {
+    v1::FitStatus out;
+    ToProto(request->store(), *status, out);
+    if (!writer->Write(out)) break;
+    if (status->state != State::kPending && status->state != State::kRunning) {
+      break;
+    }
+    // Wake at least once a second to notice a client that went away.
+    uint64_t seen = status->generation;
+    do {
+      if (context->IsCancelled()) {
+        return call.Done(
+            absl::CancelledError("the client cancelled the watch"));
+      }
+      status = fits_->WaitForChange(request->store(), seen, absl::Seconds(1));
+    } while (status.ok() && status->generation == seen);
   }
-  writer->Write(status);
-  return call.Done(absl::OkStatus());
+  return call.Done(status.status());
 }
 
 grpc::Status EngramService::StartFit(grpc::ServerContext*,
                                      const v1::StartFitRequest* request,
                                      v1::FitStatus* response) {
   Call call(this, "StartFit", request->store());
-  if (absl::Status s = FitStatusOf(request->store(), *response); !s.ok()) {
-    return call.Done(s);
-  }
-  return call.Done(absl::FailedPreconditionError(absl::StrCat(
-      "store '", request->store(),
-      "' has no U-Hop feature map (store.feature_map.kind is NONE)")));
+  absl::StatusOr<jobs::FitStatus> status = fits_->Start(request->store());
+  if (!status.ok()) return call.Done(status.status());
+  ToProto(request->store(), *status, *response);
+  return call.Done(absl::OkStatus());
 }
 
 grpc::Status EngramService::CancelFit(grpc::ServerContext*,
                                       const v1::CancelFitRequest* request,
                                       v1::FitStatus* response) {
   Call call(this, "CancelFit", request->store());
-  return call.Done(FitStatusOf(request->store(), *response));
+  absl::StatusOr<jobs::FitStatus> status = fits_->Cancel(request->store());
+  if (!status.ok()) return call.Done(status.status());
+  ToProto(request->store(), *status, *response);
+  return call.Done(absl::OkStatus());
 }
 
 }  // namespace engram::rpc

@@ -7,6 +7,7 @@
 #define ENGRAM_SERVER_RPC_SERVICE_H_
 
 #include "engram/v1/engram.grpc.pb.h"
+#include "server/jobs/fit_scheduler.h"
 #include "server/metrics/metrics.h"
 #include "server/store/registry.h"
 
@@ -14,8 +15,9 @@ namespace engram::rpc {
 
 class EngramService final : public v1::Engram::Service {
  public:
-  // Both borrowed; they must outlive the service.
-  EngramService(store::StoreRegistry* registry, metrics::Metrics* metrics);
+  // All borrowed; they must outlive the service.
+  EngramService(store::StoreRegistry* registry, jobs::FitScheduler* fits,
+                metrics::Metrics* metrics);
 
   grpc::Status CreateStore(grpc::ServerContext* context,
                            const v1::CreateStoreRequest* request,
@@ -68,10 +70,12 @@ class EngramService final : public v1::Engram::Service {
   // Times, counts and logs one call; Done() converts its status.
   class Call;
 
-  absl::Status FitStatusOf(const std::string& store, v1::FitStatus& out);
   void CountPatterns(const store::Store& store);
+  // After a successful add: counts and schedules a fit.
+  void Added(const store::Store& store, size_t count);
 
   store::StoreRegistry* const registry_;
+  jobs::FitScheduler* const fits_;
   metrics::Metrics* const metrics_;
 };
 

@@ -29,6 +29,24 @@ class Loader : public StorageBackend::LoadVisitor {
     stores[settings.name] = std::move(store);
   }
 
+  void OnMap(absl::string_view name,
+             std::shared_ptr<const core::FeatureMap> map,
+             const FitRecord& record) override {
+    auto found = stores.find(name);
+    if (found == stores.end()) return;
+    const StoreSettings& settings = found->second->view()->settings();
+    const size_t expected = settings.feature_map.feature_dim
+                                ? settings.feature_map.feature_dim
+                                : settings.dimension;
+    if (settings.feature_map.kind != FeatureMapKind::kUhop ||
+        map->in_dim() != settings.dimension || map->out_dim() != expected) {
+      OnDamaged(name, absl::DataLossError("stored feature map does not fit "
+                                          "the store's settings"));
+      return;
+    }
+    found->second->RestoreMap(std::move(map), record);
+  }
+
   absl::Status OnPatterns(absl::string_view name,
                           std::vector<Pattern> batch) override {
     auto found = stores.find(name);

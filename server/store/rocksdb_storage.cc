@@ -14,12 +14,14 @@ namespace engram::store {
 
 namespace {
 
-// Keys: "S" name -> settings; "N" name -> next id (8 bytes); "P" name "\0"
+// Keys: "S" name -> settings; "N" name -> next id (8 bytes); "M" name ->
+// fitted feature map; "P" name "\0"
 // id (8 bytes, big-endian, so a store's patterns sort by id) -> pattern.
 // Store names never hold '\0', so "P" name "\0" prefixes exactly one store.
 constexpr char kSettings = 'S';
 constexpr char kNextId = 'N';
 constexpr char kPattern = 'P';
+constexpr char kMap = 'M';
 constexpr size_t kLoadBatch = 4096;
 
 std::string SettingsKey(absl::string_view name) {
@@ -27,6 +29,9 @@ std::string SettingsKey(absl::string_view name) {
 }
 std::string NextIdKey(absl::string_view name) {
   return absl::StrCat(absl::string_view(&kNextId, 1), name);
+}
+std::string MapKey(absl::string_view name) {
+  return absl::StrCat(absl::string_view(&kMap, 1), name);
 }
 std::string PatternPrefix(absl::string_view name) {
   std::string key(1, kPattern);
@@ -69,6 +74,11 @@ void PutString(std::string& out, absl::string_view s) {
   out.append(s.data(), s.size());
 }
 
+template <typename T>
+void PutRaw(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
 // Reads little-endian fields off the front of a record.
 class Reader {
  public:
@@ -91,6 +101,13 @@ class Reader {
     v.resize(n);
     std::memcpy(v.data(), bytes_.data(), size_t{n} * 4);
     bytes_.remove_prefix(size_t{n} * 4);
+    return true;
+  }
+  template <typename T>
+  bool Raw(T& v) {
+    if (bytes_.size() < sizeof(T)) return false;
+    std::memcpy(&v, bytes_.data(), sizeof(T));
+    bytes_.remove_prefix(sizeof(T));
     return true;
   }
   bool done() const { return bytes_.empty(); }
@@ -140,6 +157,46 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
   }
   return p;
 }
+
+namespace {
+
+// Format 1: u8 format, u64 version, f64 loss before, f64 loss after, u32
+// epochs, f64 seconds, u64 patterns, u32 in_dim, u32 out_dim, weights f32.
+std::string EncodeMap(const FitRecord& r, const core::FeatureMap& map) {
+  std::string out(1, '\x01');
+  PutRaw(out, r.version);
+  PutRaw(out, r.loss_before);
+  PutRaw(out, r.loss_after);
+  PutRaw(out, r.epochs);
+  PutRaw(out, r.duration_seconds);
+  PutRaw(out, r.patterns_fitted);
+  PutRaw(out, static_cast<uint32_t>(map.in_dim()));
+  PutRaw(out, static_cast<uint32_t>(map.out_dim()));
+  out.append(reinterpret_cast<const char*>(map.weights().data()),
+             map.weights().size() * 4);
+  return out;
+}
+
+absl::Status DecodeMap(absl::string_view bytes, FitRecord& r,
+                       std::shared_ptr<const core::FeatureMap>& map) {
+  if (bytes.empty() || bytes[0] != '\x01') {
+    return absl::DataLossError("feature map: unknown record format");
+  }
+  Reader reader(bytes.substr(1));
+  uint32_t in = 0, out = 0;
+  std::vector<float> weights;
+  if (!reader.Raw(r.version) || !reader.Raw(r.loss_before) ||
+      !reader.Raw(r.loss_after) || !reader.Raw(r.epochs) ||
+      !reader.Raw(r.duration_seconds) || !reader.Raw(r.patterns_fitted) ||
+      !reader.Raw(in) || !reader.Raw(out) ||
+      !reader.Floats(weights, in * out) || !reader.done()) {
+    return absl::DataLossError("feature map: truncated or malformed record");
+  }
+  map = std::make_shared<core::FeatureMap>(in, out, std::move(weights));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 RocksDbStorage::RocksDbStorage(const RocksDbOptions& options, rocksdb::DB* db)
     : options_(options), db_(db) {}
@@ -191,9 +248,18 @@ absl::Status RocksDbStorage::DeleteStore(absl::string_view name) {
   rocksdb::WriteBatch batch;
   batch.Delete(SettingsKey(name));
   batch.Delete(NextIdKey(name));
+  batch.Delete(MapKey(name));
   std::string end = PatternPrefix(name);
   end.back() = '\1';
   batch.DeleteRange(PatternPrefix(name), end);
+  return Commit(batch);
+}
+
+absl::Status RocksDbStorage::PutMap(absl::string_view store,
+                                    const FitRecord& record,
+                                    const core::FeatureMap& map) {
+  rocksdb::WriteBatch batch;
+  batch.Put(MapKey(store), EncodeMap(record, map));
   return Commit(batch);
 }
 
@@ -230,6 +296,18 @@ absl::Status RocksDbStorage::Load(LoadVisitor& visitor) {
     rocksdb::Status s = db_->Get(read, NextIdKey(name), &value);
     if (s.ok() && value.size() == 8) std::memcpy(&next_id, value.data(), 8);
     visitor.OnStore(*settings, next_id);
+    s = db_->Get(read, MapKey(name), &value);
+    if (s.ok()) {
+      FitRecord record;
+      std::shared_ptr<const core::FeatureMap> map;
+      if (absl::Status decoded = DecodeMap(value, record, map); !decoded.ok()) {
+        visitor.OnDamaged(name, decoded);
+        continue;
+      }
+      visitor.OnMap(name, std::move(map), record);
+    } else if (!s.IsNotFound()) {
+      return FromRocks(s, "load");
+    }
     loaded.insert(name);
   }
   if (!it->status().ok()) return FromRocks(it->status(), "load");

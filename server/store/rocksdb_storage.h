@@ -43,6 +43,8 @@ class RocksDbStorage : public StorageBackend {
 
   absl::Status PutStore(const StoreSettings& settings) override;
   absl::Status DeleteStore(absl::string_view name) override;
+  absl::Status PutMap(absl::string_view store, const FitRecord& record,
+                      const core::FeatureMap& map) override;
   absl::Status WritePatterns(absl::string_view store,
                              absl::Span<const Pattern> added,
                              absl::Span<const uint64_t> deleted,

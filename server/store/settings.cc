@@ -70,6 +70,11 @@ absl::Status ValidateSettings(const StoreSettings& settings,
         low_rank.max_degree));
   }
   const FeatureMapSettings& map = settings.feature_map;
+  if (core::IsKernel(r.similarity) && map.kind != FeatureMapKind::kUhop) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "store.retrieval.similarity ", core::SimilarityName(r.similarity),
+        " needs store.feature_map.kind UHOP"));
+  }
   if (map.feature_dim > limits.max_dimension) {
     return absl::InvalidArgumentError(
         absl::StrCat("store.feature_map.feature_dim must be at most ",
@@ -108,7 +113,9 @@ constexpr EnumNames<core::Similarity> kSimilarities[] = {
     {core::Similarity::kDot, "dot"},
     {core::Similarity::kL2, "l2"},
     {core::Similarity::kManhattan, "manhattan"},
-    {core::Similarity::kCosine, "cosine"}};
+    {core::Similarity::kCosine, "cosine"},
+    {core::Similarity::kKernelDot, "kernel_dot"},
+    {core::Similarity::kKernelL2, "kernel_l2"}};
 constexpr EnumNames<core::Separation> kSeparations[] = {
     {core::Separation::kSoftmax, "softmax"},
     {core::Separation::kSparsemax, "sparsemax"},

@@ -7,15 +7,28 @@
 #ifndef ENGRAM_SERVER_STORE_STORAGE_H_
 #define ENGRAM_SERVER_STORE_STORAGE_H_
 
+#include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "server/core/feature_map.h"
 #include "server/store/pattern.h"
 #include "server/store/settings.h"
 
 namespace engram::store {
+
+// What a published feature map came from.
+struct FitRecord {
+  uint64_t version = 0;  // 0: the initial map, never fitted.
+  double loss_before = 0;
+  double loss_after = 0;
+  uint32_t epochs = 0;
+  double duration_seconds = 0;
+  uint64_t patterns_fitted = 0;
+};
 
 class StorageBackend {
  public:
@@ -25,6 +38,9 @@ class StorageBackend {
   virtual absl::Status PutStore(const StoreSettings& settings) = 0;
   // Removes a store and all its patterns.
   virtual absl::Status DeleteStore(absl::string_view name) = 0;
+  // Stores a store's fitted feature map, replacing the previous one.
+  virtual absl::Status PutMap(absl::string_view store, const FitRecord& record,
+                              const core::FeatureMap& map) = 0;
   // Adds and removes patterns of one store in one atomic write, and records
   // `next_id`, the store's next unassigned id, so ids are never reused.
   virtual absl::Status WritePatterns(absl::string_view store,
@@ -38,6 +54,10 @@ class StorageBackend {
    public:
     virtual ~LoadVisitor() = default;
     virtual void OnStore(const StoreSettings& settings, uint64_t next_id) = 0;
+    // The store's fitted map, if it has one: after OnStore, before patterns.
+    virtual void OnMap(absl::string_view store,
+                       std::shared_ptr<const core::FeatureMap> map,
+                       const FitRecord& record) = 0;
     // A non-OK status marks the store damaged; Load skips its other patterns.
     virtual absl::Status OnPatterns(absl::string_view store,
                                     std::vector<Pattern> batch) = 0;
@@ -55,6 +75,10 @@ class EphemeralStorage : public StorageBackend {
     return absl::OkStatus();
   }
   absl::Status DeleteStore(absl::string_view) override {
+    return absl::OkStatus();
+  }
+  absl::Status PutMap(absl::string_view, const FitRecord&,
+                      const core::FeatureMap&) override {
     return absl::OkStatus();
   }
   absl::Status WritePatterns(absl::string_view, absl::Span<const Pattern>,

@@ -17,24 +17,54 @@ size_t ChunkCapacity(size_t dim) {
   return capacity;
 }
 
-Chunk::Chunk(size_t dim, size_t capacity)
+std::shared_ptr<const core::FeatureMap> InitialMap(
+    const StoreSettings& settings) {
+  if (settings.feature_map.kind != FeatureMapKind::kUhop) return nullptr;
+  const size_t d = settings.dimension;
+  const size_t p =
+      settings.feature_map.feature_dim ? settings.feature_map.feature_dim : d;
+  if (p == d) {
+    return std::make_shared<core::FeatureMap>(core::FeatureMap::Identity(d));
+  }
+  return std::make_shared<core::FeatureMap>(
+      core::FeatureMap::RandomNormal(d, p, settings.feature_map.seed));
+}
+
+Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim)
     : dim_(dim),
       capacity_(capacity),
+      key_dim_(key_dim),
+      keys_(key_dim ? new float[key_dim * capacity] : nullptr),
+      key_sq_norms_(key_dim ? new float[capacity] : nullptr),
       values_(new float[dim * capacity]),
       sq_norms_(new float[capacity]),
       max_abs_(new float[capacity]),
       info_(new RowInfo[capacity]) {}
 
 std::unique_ptr<Chunk> Chunk::Clone(size_t rows) const {
-  auto copy = std::make_unique<Chunk>(dim_, capacity_);
+  auto copy = std::make_unique<Chunk>(dim_, capacity_, key_dim_);
   std::copy_n(values_.get(), rows * dim_, copy->values_.get());
+  if (key_dim_) {
+    std::copy_n(keys_.get(), rows * key_dim_, copy->keys_.get());
+    std::copy_n(key_sq_norms_.get(), rows, copy->key_sq_norms_.get());
+  }
   std::copy_n(sq_norms_.get(), rows, copy->sq_norms_.get());
   std::copy_n(max_abs_.get(), rows, copy->max_abs_.get());
   std::copy_n(info_.get(), rows, copy->info_.get());
   return copy;
 }
 
-void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id) {
+void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
+                const float* key) {
+  if (key_dim_) {
+    float* out = keys_.get() + r * key_dim_;
+    double sq = 0;
+    for (size_t k = 0; k < key_dim_; ++k) {
+      out[k] = key[k];
+      sq += double{key[k]} * key[k];
+    }
+    key_sq_norms_[r] = static_cast<float>(sq);
+  }
   float* out = values_.get() + r * dim_;
   double sq_norm = 0;
   float max_abs = 0;
@@ -48,8 +78,23 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id) {
   info_[r] = RowInfo{id, pattern.label, pattern.metadata};
 }
 
+void Chunk::SetKeys(const core::FeatureMap& map, size_t rows) {
+  map.Apply(values_.get(), rows, keys_.get());
+  for (size_t r = 0; r < rows; ++r) {
+    const float* key = keys_.get() + r * key_dim_;
+    double sq = 0;
+    for (size_t k = 0; k < key_dim_; ++k) sq += double{key[k]} * key[k];
+    key_sq_norms_[r] = static_cast<float>(sq);
+  }
+}
+
 void Chunk::CopyRow(size_t to, const Chunk& from, size_t r) {
   std::copy_n(from.row(r), dim_, values_.get() + to * dim_);
+  if (key_dim_) {
+    std::copy_n(from.keys_.get() + r * key_dim_, key_dim_,
+                keys_.get() + to * key_dim_);
+    key_sq_norms_[to] = from.key_sq_norms_[r];
+  }
   sq_norms_[to] = from.sq_norms_[r];
   max_abs_[to] = from.max_abs_[r];
   info_[to] = from.info_[r];
@@ -62,9 +107,11 @@ core::MemorySet StoreView::memories() const {
   for (const auto& chunk : chunks_) {
     const size_t rows = std::min(left, chunk_capacity_);
     if (rows == 0) break;
-    set.blocks.push_back({chunk->values(), chunk->sq_norms(), rows});
+    set.blocks.push_back({chunk->values(), chunk->sq_norms(), rows,
+                          chunk->keys(), chunk->key_sq_norms()});
     left -= rows;
   }
+  set.map = map_.get();
   return set;
 }
 
@@ -90,10 +137,16 @@ Store::Store(StoreSettings settings, const Limits& limits,
              StorageBackend* storage)
     : name_(settings.name),
       dim_(settings.dimension),
-      chunk_capacity_(ChunkCapacity(settings.dimension)),
+      key_dim_(settings.feature_map.kind == FeatureMapKind::kUhop
+                   ? (settings.feature_map.feature_dim
+                          ? settings.feature_map.feature_dim
+                          : settings.dimension)
+                   : 0),
+      chunk_capacity_(ChunkCapacity(settings.dimension + key_dim_)),
       limits_(limits),
       storage_(storage) {
   MutexLock write_lock(&write_mu_);
+  map_ = InitialMap(settings);
   MutexLock lock(&mu_);
   Publish(settings);
 }
@@ -189,7 +242,7 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
 
 Chunk* Store::WritableChunk(size_t c, size_t row) {
   if (c == chunks_.size()) {
-    chunks_.push_back(std::make_shared<Chunk>(dim_, chunk_capacity_));
+    chunks_.push_back(std::make_shared<Chunk>(dim_, chunk_capacity_, key_dim_));
     sealed_.push_back(0);
   } else if (row < sealed_[c]) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
@@ -201,16 +254,32 @@ Chunk* Store::WritableChunk(size_t c, size_t row) {
 
 std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
                                       const std::vector<uint64_t>& ids) {
+  // Features of the whole batch in one product.
+  std::vector<float> keys;
+  if (key_dim_) {
+    std::vector<float> values(patterns.size() * dim_);
+    for (size_t i = 0; i < patterns.size(); ++i) {
+      std::copy_n(patterns[i].values.data(), dim_, values.data() + i * dim_);
+    }
+    keys.resize(patterns.size() * key_dim_);
+    map_->Apply(values.data(), patterns.size(), keys.data());
+  }
   for (size_t i = 0; i < patterns.size(); ++i) {
     const size_t g = count_;
     Chunk* chunk = WritableChunk(g / chunk_capacity_, g % chunk_capacity_);
     const size_t r = g % chunk_capacity_;
-    chunk->Set(r, patterns[i], ids[i]);
+    chunk->Set(r, patterns[i], ids[i],
+               key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
     const double norm = std::sqrt(double{chunk->sq_norms()[r]});
     sum_norm_ += norm;
     max_norm_ = std::max(max_norm_, norm);
     max_abs_ = std::max(max_abs_, double{chunk->max_abs(r)});
+    if (key_dim_) {
+      const double feature_norm = std::sqrt(double{chunk->key_sq_norms()[r]});
+      sum_feature_norm_ += feature_norm;
+      max_feature_norm_ = std::max(max_feature_norm_, feature_norm);
+    }
     next_id_ = std::max(next_id_, ids[i] + 1);
   }
   MutexLock lock(&mu_);
@@ -320,6 +389,7 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
 
 void Store::RecomputeNorms() {
   sum_norm_ = max_norm_ = max_abs_ = 0;
+  sum_feature_norm_ = max_feature_norm_ = 0;
   for (size_t g = 0; g < count_; ++g) {
     const Chunk& chunk = *chunks_[g / chunk_capacity_];
     const size_t r = g % chunk_capacity_;
@@ -327,7 +397,54 @@ void Store::RecomputeNorms() {
     sum_norm_ += norm;
     max_norm_ = std::max(max_norm_, norm);
     max_abs_ = std::max(max_abs_, double{chunk.max_abs(r)});
+    if (key_dim_) {
+      const double feature_norm = std::sqrt(double{chunk.key_sq_norms()[r]});
+      sum_feature_norm_ += feature_norm;
+      max_feature_norm_ = std::max(max_feature_norm_, feature_norm);
+    }
   }
+}
+
+void Store::RebuildKeys() {
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
+    std::shared_ptr<Chunk> fresh = chunks_[c]->Clone(rows);
+    fresh->SetKeys(*map_, rows);
+    chunks_[c] = std::move(fresh);
+    sealed_[c] = 0;
+  }
+  RecomputeNorms();
+}
+
+absl::Status Store::PublishMap(std::shared_ptr<const core::FeatureMap> map,
+                               const FitRecord& record) {
+  MutexLock write_lock(&write_mu_);
+  if (absl::Status status = CheckWritable(); !status.ok()) return status;
+  if (!key_dim_ || map->in_dim() != dim_ || map->out_dim() != key_dim_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("store '", name_, "' cannot use a ", map->out_dim(), "x",
+                     map->in_dim(), " feature map"));
+  }
+  if (absl::Status status = storage_->PutMap(name_, record, *map);
+      !status.ok()) {
+    return status;
+  }
+  map_ = std::move(map);
+  fit_ = record;
+  RebuildKeys();
+  MutexLock lock(&mu_);
+  Publish(view_->settings());
+  return absl::OkStatus();
+}
+
+void Store::RestoreMap(std::shared_ptr<const core::FeatureMap> map,
+                       const FitRecord& record) {
+  MutexLock write_lock(&write_mu_);
+  map_ = std::move(map);
+  fit_ = record;
+  RebuildKeys();
+  MutexLock lock(&mu_);
+  Publish(view_->settings());
 }
 
 void Store::Publish(const StoreSettings& settings) {
@@ -337,7 +454,12 @@ void Store::Publish(const StoreSettings& settings) {
   view->chunk_capacity_ = chunk_capacity_;
   view->count_ = count_;
   view->version_ = view_ ? view_->version_ + 1 : 1;
-  view->norms_ = {max_norm_, count_ ? sum_norm_ / count_ : 0.0, max_abs_};
+  const double mean_norm = count_ ? sum_norm_ / count_ : 0.0;
+  view->norms_ = {
+      max_norm_, mean_norm, max_abs_, key_dim_ ? max_feature_norm_ : max_norm_,
+      key_dim_ ? (count_ ? sum_feature_norm_ / count_ : 0.0) : mean_norm};
+  view->map_ = map_;
+  view->fit_ = fit_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "server/base/mutex.h"
+#include "server/core/feature_map.h"
 #include "server/core/retrieval.h"
 #include "server/store/pattern.h"
 #include "server/store/settings.h"
@@ -44,7 +45,8 @@ class Chunk {
     Metadata metadata;
   };
 
-  Chunk(size_t dim, size_t capacity);
+  // `key_dim` > 0 keeps features Phi(row) of that size beside each row.
+  Chunk(size_t dim, size_t capacity, size_t key_dim = 0);
   Chunk(const Chunk&) = delete;
   Chunk& operator=(const Chunk&) = delete;
 
@@ -57,14 +59,22 @@ class Chunk {
   const float* sq_norms() const { return sq_norms_.get(); }
   float max_abs(size_t r) const { return max_abs_[r]; }
   const RowInfo& info(size_t r) const { return info_[r]; }
+  size_t key_dim() const { return key_dim_; }
+  const float* keys() const { return keys_.get(); }
+  const float* key_sq_norms() const { return key_sq_norms_.get(); }
 
-  // Row r <- pattern, stored under `id`.
-  void Set(size_t r, const Pattern& pattern, uint64_t id);
+  // Row r <- pattern, stored under `id`; `key` (key_dim values) if keyed.
+  void Set(size_t r, const Pattern& pattern, uint64_t id, const float* key);
   void CopyRow(size_t to, const Chunk& from, size_t r);
+  // Recomputes the keys of the first `rows` rows with `map`.
+  void SetKeys(const core::FeatureMap& map, size_t rows);
 
  private:
   const size_t dim_;
   const size_t capacity_;
+  const size_t key_dim_;
+  std::unique_ptr<float[]> keys_;
+  std::unique_ptr<float[]> key_sq_norms_;
   std::unique_ptr<float[]> values_;
   std::unique_ptr<float[]> sq_norms_;
   std::unique_ptr<float[]> max_abs_;
@@ -75,6 +85,8 @@ struct NormStats {
   double max_norm = 0;
   double mean_norm = 0;
   double max_abs_entry = 0;
+  double max_feature_norm = 0;  // Of Phi(xi); equal to max_norm without a map.
+  double mean_feature_norm = 0;
 };
 
 // An immutable snapshot of a store. Thread-safe: immutable.
@@ -84,6 +96,9 @@ class StoreView {
   size_t size() const { return count_; }
   uint64_t version() const { return version_; }
   const NormStats& norms() const { return norms_; }
+  // The feature map retrieval uses (null without U-Hop) and its record.
+  const std::shared_ptr<const core::FeatureMap>& map() const { return map_; }
+  const FitRecord& fit() const { return fit_; }
 
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
@@ -99,6 +114,8 @@ class StoreView {
   size_t count_ = 0;
   uint64_t version_ = 0;
   NormStats norms_;
+  std::shared_ptr<const core::FeatureMap> map_;
+  FitRecord fit_;
 };
 
 class Store {
@@ -132,6 +149,15 @@ class Store {
   absl::Status UpdateSettings(
       const std::function<absl::Status(StoreSettings&)>& mutate);
 
+  // Stores a fitted map durably, recomputes every pattern's features with it
+  // and publishes it with a new view, all at once: until then retrieval uses
+  // the previous map. Patterns added meanwhile get the new features too.
+  absl::Status PublishMap(std::shared_ptr<const core::FeatureMap> map,
+                          const FitRecord& record);
+  // Restores a map read back from storage (before its patterns).
+  void RestoreMap(std::shared_ptr<const core::FeatureMap> map,
+                  const FitRecord& record);
+
   // Deletes the store's data from storage; every later write fails with
   // NOT_FOUND. Waits for a write in progress.
   absl::Status Drop();
@@ -157,11 +183,14 @@ class Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_, mu_);
   // Norm statistics from scratch (after deletes).
   void RecomputeNorms() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Fresh chunks with every key recomputed by map_.
+  void RebuildKeys() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   // Constant after construction.
   const std::string name_;
   const size_t dim_;
+  const size_t key_dim_;  // d_Phi with U-Hop, else 0 (no keys kept).
   const size_t chunk_capacity_;
   const Limits limits_;
   StorageBackend* const storage_;
@@ -173,6 +202,10 @@ class Store {
   std::vector<size_t> sealed_ ABSL_GUARDED_BY(write_mu_);
   size_t count_ ABSL_GUARDED_BY(write_mu_) = 0;
   uint64_t next_id_ ABSL_GUARDED_BY(write_mu_) = 1;
+  std::shared_ptr<const core::FeatureMap> map_ ABSL_GUARDED_BY(write_mu_);
+  FitRecord fit_ ABSL_GUARDED_BY(write_mu_);
+  double sum_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
+  double max_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
   double sum_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
@@ -186,6 +219,11 @@ class Store {
 
 // Rows per chunk for a dimension: about 4 MiB of floats, a power of two.
 size_t ChunkCapacity(size_t dim);
+
+// The map a U-Hop store retrieves with before its first fit: the identity
+// when d_Phi = d, else the seeded initial W of its fits.
+std::shared_ptr<const core::FeatureMap> InitialMap(
+    const StoreSettings& settings);
 
 }  // namespace engram::store
 

@@ -1,6 +1,7 @@
 #include "server/core/retrieval.h"
 
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -14,7 +15,36 @@ struct Fixture {
   size_t dim;
   std::vector<std::vector<float>> rows;  // One vector per block.
   std::vector<std::vector<float>> norms;
+  std::vector<std::vector<float>> keys;  // Phi(rows), when a map is set.
+  std::vector<std::vector<float>> key_norms;
+  std::unique_ptr<FeatureMap> map;
   MemorySet set;
+
+  // Gives the memories keys under a random map to `out_dim` features.
+  void UseMap(size_t out_dim, uint64_t seed) {
+    map = std::make_unique<FeatureMap>(
+        FeatureMap::RandomNormal(dim, out_dim, seed));
+    keys.clear();
+    key_norms.clear();
+    for (size_t b = 0; b < rows.size(); ++b) {
+      const size_t n = rows[b].size() / dim;
+      keys.emplace_back(n * out_dim);
+      key_norms.emplace_back(n);
+      map->Apply(rows[b].data(), n, keys.back().data());
+      for (size_t i = 0; i < n; ++i) {
+        double s = 0;
+        for (size_t k = 0; k < out_dim; ++k)
+          s += double{keys.back()[i * out_dim + k]} *
+               keys.back()[i * out_dim + k];
+        key_norms.back()[i] = static_cast<float>(s);
+      }
+    }
+    for (size_t b = 0; b < rows.size(); ++b) {
+      set.blocks[b].keys = keys[b].data();
+      set.blocks[b].key_sq_norms = key_norms[b].data();
+    }
+    set.map = map.get();
+  }
 
   Fixture(size_t d, std::vector<size_t> block_sizes, uint32_t seed,
           float scale = 1.0f)
@@ -39,8 +69,27 @@ struct Fixture {
   }
 };
 
+std::vector<double> ApplyMap(const FeatureMap& map, const float* x) {
+  std::vector<double> out(map.out_dim(), 0.0);
+  for (size_t r = 0; r < map.out_dim(); ++r) {
+    for (size_t k = 0; k < map.in_dim(); ++k) {
+      out[r] += double{map.weights()[r * map.in_dim() + k]} * x[k];
+    }
+  }
+  return out;
+}
+
 double ReferenceSimilarity(Similarity s, const float* a, const float* b,
-                           size_t d) {
+                           size_t d, const FeatureMap* map = nullptr) {
+  if (IsKernel(s)) {
+    const std::vector<double> fa = ApplyMap(*map, a), fb = ApplyMap(*map, b);
+    double dot = 0, l2 = 0;
+    for (size_t k = 0; k < fa.size(); ++k) {
+      dot += fa[k] * fb[k];
+      l2 += (fa[k] - fb[k]) * (fa[k] - fb[k]);
+    }
+    return s == Similarity::kKernelDot ? dot : -std::sqrt(l2);
+  }
   double dot = 0, na = 0, nb = 0, l2 = 0, l1 = 0;
   for (size_t k = 0; k < d; ++k) {
     dot += double{a[k]} * b[k];
@@ -58,8 +107,9 @@ double ReferenceSimilarity(Similarity s, const float* a, const float* b,
       return -l1;
     case Similarity::kCosine:
       return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
+    default:
+      return 0;
   }
-  return 0;
 }
 
 struct ReferenceResult {
@@ -76,12 +126,17 @@ ReferenceResult ReferenceStep(const MemorySet& set,
   std::vector<float> xf(x.begin(), x.end());
   std::vector<double> z(m);
   for (size_t i = 0; i < m; ++i) {
-    z[i] = p.beta * ReferenceSimilarity(p.similarity, set.row(i), xf.data(), d);
+    z[i] = p.beta *
+           ReferenceSimilarity(p.similarity, set.row(i), xf.data(), d, set.map);
   }
   double max = z[0], sum = 0, sq = 0;
   for (double v : z) max = std::max(max, v);
   for (double v : z) sum += std::exp(v - max);
-  for (double v : x) sq += v * v;
+  if (IsKernel(p.similarity)) {
+    for (double v : ApplyMap(*set.map, xf.data())) sq += v * v;
+  } else {
+    for (double v : x) sq += v * v;
+  }
   ReferenceResult r;
   r.weights = Separate(p.separation, z);
   r.state.assign(d, 0.0);
@@ -100,6 +155,8 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
   const auto [similarity, separation] = GetParam();
   const size_t d = 24;
   Fixture memories(d, {37, 5, 64, 1}, 7, 0.6f);
+  // Scaled so kernel scores are of the order of the raw ones.
+  if (IsKernel(similarity)) memories.UseMap(10, 3);
   const size_t num_queries = 9;
   std::mt19937 rng(11);
   std::normal_distribution<float> noise(0.0f, 0.3f);
@@ -109,6 +166,8 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
     for (size_t k = 0; k < d; ++k) queries[i * d + k] = base[k] + noise(rng);
   }
   for (float beta : {0.3f, 2.0f}) {
+    if (IsKernel(similarity))
+      beta /= 4;  // Features of a N(0,1) map are larger.
     RetrievalParams params;
     params.similarity = similarity;
     params.separation = separation;
@@ -159,12 +218,12 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     AllCombinations, ParityTest,
-    ::testing::Combine(::testing::Values(Similarity::kDot, Similarity::kL2,
-                                         Similarity::kManhattan,
-                                         Similarity::kCosine),
-                       ::testing::Values(Separation::kSoftmax,
-                                         Separation::kSparsemax,
-                                         Separation::kEntmax15)),
+    ::testing::Combine(
+        ::testing::Values(Similarity::kDot, Similarity::kL2,
+                          Similarity::kManhattan, Similarity::kCosine,
+                          Similarity::kKernelDot, Similarity::kKernelL2),
+        ::testing::Values(Separation::kSoftmax, Separation::kSparsemax,
+                          Separation::kEntmax15)),
     [](const auto& info) {
       return std::string(SimilarityName(std::get<0>(info.param))) + "_" +
              std::string(SeparationName(std::get<1>(info.param)));
@@ -286,6 +345,22 @@ TEST(RetrievalTest, L2ScoreOfAQueryEqualToAPatternIsZero) {
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->matches[0][0].index, 5u);
   EXPECT_NEAR(out->matches[0][0].score, 0.0f, 1e-6);
+}
+
+}  // namespace
+}  // namespace engram::core
+
+namespace engram::core {
+namespace {
+
+TEST(RetrievalTest, KernelSimilarityNeedsItsMap) {
+  Fixture memories(4, {3}, 1);
+  std::vector<float> query(4, 1.0f);
+  RetrievalParams params;
+  params.similarity = Similarity::kKernelDot;
+  EXPECT_EQ(
+      RetrieveExact(memories.set, query.data(), 1, params).status().code(),
+      absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

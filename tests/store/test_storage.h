@@ -20,6 +20,10 @@ class FaultyStorage : public EphemeralStorage {
   absl::Status DeleteStore(absl::string_view name) override {
     return fail ? Failure() : EphemeralStorage::DeleteStore(name);
   }
+  absl::Status PutMap(absl::string_view store, const FitRecord& record,
+                      const core::FeatureMap& map) override {
+    return fail ? Failure() : EphemeralStorage::PutMap(store, record, map);
+  }
   absl::Status WritePatterns(absl::string_view store,
                              absl::Span<const Pattern> added,
                              absl::Span<const uint64_t> deleted,

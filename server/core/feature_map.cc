@@ -1,0 +1,42 @@
+#include "server/core/feature_map.h"
+
+#include <algorithm>
+#include <random>
+#include <utility>
+
+#include "server/core/blas.h"
+
+namespace engram::core {
+
+FeatureMap::FeatureMap(size_t in_dim, size_t out_dim,
+                       std::vector<float> weights)
+    : in_dim_(in_dim),
+      out_dim_(out_dim),
+      identity_(false),
+      weights_(std::move(weights)) {}
+
+FeatureMap FeatureMap::Identity(size_t dim) {
+  FeatureMap map(dim, dim, {});
+  map.identity_ = true;
+  return map;
+}
+
+FeatureMap FeatureMap::RandomNormal(size_t in_dim, size_t out_dim,
+                                    uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> weights(in_dim * out_dim);
+  for (float& w : weights) w = normal(rng);
+  return FeatureMap(in_dim, out_dim, std::move(weights));
+}
+
+void FeatureMap::Apply(const float* x, size_t n, float* out) const {
+  if (identity_) {
+    std::copy_n(x, n * in_dim_, out);
+    return;
+  }
+  blas::GemmNT(n, out_dim_, in_dim_, 1.0f, x, in_dim_, weights_.data(), in_dim_,
+               0.0f, out, out_dim_);
+}
+
+}  // namespace engram::core
