@@ -196,6 +196,60 @@ absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
   return response;
 }
 
+namespace {
+
+template <typename Request, typename Call>
+absl::StatusOr<v1::FitStatus> FitCall(const std::string& store, Call call) {
+  Request request;
+  request.set_store(store);
+  v1::FitStatus response;
+  if (absl::Status s = FromGrpc(call(request, &response)); !s.ok()) return s;
+  return response;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::FitStatus> Client::GetFitStatus(const std::string& store) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  return FitCall<v1::GetFitStatusRequest>(store, [&](auto& r, auto* out) {
+    return stub_->GetFitStatus(&context, r, out);
+  });
+}
+
+absl::StatusOr<v1::FitStatus> Client::StartFit(const std::string& store) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  return FitCall<v1::StartFitRequest>(store, [&](auto& r, auto* out) {
+    return stub_->StartFit(&context, r, out);
+  });
+}
+
+absl::StatusOr<v1::FitStatus> Client::CancelFit(const std::string& store) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  return FitCall<v1::CancelFitRequest>(store, [&](auto& r, auto* out) {
+    return stub_->CancelFit(&context, r, out);
+  });
+}
+
+absl::StatusOr<v1::FitStatus> Client::WatchFit(
+    const std::string& store,
+    const std::function<void(const v1::FitStatus&)>& on_status) {
+  grpc::ClientContext context;
+  v1::WatchFitRequest request;
+  request.set_store(store);
+  std::unique_ptr<grpc::ClientReader<v1::FitStatus>> reader =
+      stub_->WatchFit(&context, request);
+  v1::FitStatus status, last;
+  while (reader->Read(&status)) {
+    on_status(status);
+    last = status;
+  }
+  if (absl::Status s = FromGrpc(reader->Finish()); !s.ok()) return s;
+  return last;
+}
+
 absl::StatusOr<std::string> Client::Health(const std::string& service) {
   grpc::ClientContext context;
   SetDeadline(context);

@@ -70,6 +70,16 @@ class Client {
                                                 size_t dim,
                                                 v1::RetrieveRequest request);
 
+  // Stage I.
+  absl::StatusOr<v1::FitStatus> GetFitStatus(const std::string& store);
+  absl::StatusOr<v1::FitStatus> StartFit(const std::string& store);
+  absl::StatusOr<v1::FitStatus> CancelFit(const std::string& store);
+  // Streams the fit's status to `on_status` until the fit ends; returns the
+  // last status. No deadline: a fit can take long.
+  absl::StatusOr<v1::FitStatus> WatchFit(
+      const std::string& store,
+      const std::function<void(const v1::FitStatus&)>& on_status);
+
   // The health of `service` ("" for the server): "SERVING", "NOT_SERVING"...
   absl::StatusOr<std::string> Health(const std::string& service = "");
 

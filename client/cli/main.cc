@@ -52,6 +52,25 @@ ABSL_FLAG(uint64_t, batch, 1024,
           "add: patterns per streamed message; retrieve: queries per RPC.");
 ABSL_FLAG(std::string, labels, "",
           "add: a file with one label per row of FILE (idx1, npy or csv).");
+ABSL_FLAG(std::string, feature_map, "none",
+          "store create: none, or uhop for a U-Hop Stage I feature map.");
+ABSL_FLAG(uint32_t, feature_dim, 0,
+          "store create: d_Phi of the feature map (0: the store's dimension).");
+ABSL_FLAG(std::string, fit_loss, "max",
+          "store create: U-Hop loss, max or mean.");
+ABSL_FLAG(std::string, fit_optimizer, "sgd", "store create: sgd or adam.");
+ABSL_FLAG(uint32_t, fit_epochs, 100, "store create: epochs per fit.");
+ABSL_FLAG(double, fit_learning_rate, 0,
+          "store create: fit learning rate (0: the reference's).");
+ABSL_FLAG(uint32_t, fit_batch_size, 1024,
+          "store create: patterns per fit minibatch.");
+ABSL_FLAG(uint32_t, fit_debounce_ms, 2000,
+          "store create: quiet time after adds before an automatic fit.");
+ABSL_FLAG(uint32_t, fit_min_new_patterns, 1,
+          "store create: new patterns that make an automatic fit due.");
+ABSL_FLAG(uint64_t, fit_seed, 0, "store create: seed of the fit.");
+ABSL_FLAG(bool, wait, false, "fit: wait for the fit to end, showing progress.");
+ABSL_FLAG(bool, cancel, false, "fit: cancel the store's fit instead.");
 ABSL_FLAG(std::string, out, "",
           "retrieve: write the retrieved vectors to this .npy file.");
 
@@ -87,6 +106,9 @@ const Command kCommands[] = {
      "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
      "[--limit=N] [--batch=1024]",
      "Recalls stored patterns from the rows of FILE used as queries."},
+    {"fit", "engram fit NAME [--wait] [--cancel] [--json]",
+     "Starts a Stage I fit of a U-Hop store now (or shows the running one); "
+     "--wait follows its progress to the end; --cancel cancels it."},
     {"health", "engram health [SERVICE]",
      "Checks the server's health (liveness), or a service's (readiness: "
      "engram.v1.Engram)."},
@@ -179,8 +201,21 @@ void PrintStoreText(const v1::Store& s) {
   absl::PrintF("top_k:         %u\n", r.top_k());
   absl::PrintF("feature map:   %s\n",
                Lower(v1::FeatureMapKind_Name(s.feature_map().kind())));
-  absl::PrintF("fit:           %s\n",
+  absl::PrintF("fit:           %s",
                Lower(v1::FitStatus::State_Name(s.fit().state())));
+  if (s.fit().map_version() > 0 || s.fit().state() == v1::FitStatus::RUNNING) {
+    absl::PrintF(
+        " (map v%u from %u patterns; epoch %u/%u; loss %.4f -> %.4f; %.2fs)",
+        s.fit().map_version(), s.fit().patterns_fitted(), s.fit().epoch(),
+        s.fit().total_epochs(), s.fit().loss_before(), s.fit().loss_after(),
+        s.fit().duration_seconds());
+  }
+  absl::PrintF("\n");
+  if (s.feature_map().kind() == v1::UHOP) {
+    absl::PrintF("feature norms: max %.4g, mean %.4g (d_Phi %u)\n",
+                 s.norms().max_feature_norm(), s.norms().mean_feature_norm(),
+                 s.feature_map().feature_dim());
+  }
   absl::PrintF("norms:         max %.4g, mean %.4g, max |entry| %.4g\n",
                s.norms().max_norm(), s.norms().mean_norm(),
                s.norms().max_abs_entry());
@@ -217,6 +252,22 @@ void StoreCreate(const std::vector<std::string>& args) {
   if (auto steps = absl::GetFlag(FLAGS_steps)) r->set_steps(*steps);
   if (auto eps = absl::GetFlag(FLAGS_eps)) r->set_eps(*eps);
   if (auto top_k = absl::GetFlag(FLAGS_top_k)) r->set_top_k(*top_k);
+  v1::FeatureMapSettings* f = store.mutable_feature_map();
+  f->set_kind(ParseEnum<v1::FeatureMapKind>(
+      "feature_map", absl::GetFlag(FLAGS_feature_map),
+      {{"none", v1::NONE}, {"uhop", v1::UHOP}}));
+  f->set_feature_dim(absl::GetFlag(FLAGS_feature_dim));
+  f->set_loss(ParseEnum<v1::FitLoss>("fit_loss", absl::GetFlag(FLAGS_fit_loss),
+                                     {{"max", v1::MAX}, {"mean", v1::MEAN}}));
+  f->set_optimizer(ParseEnum<v1::FitOptimizer>(
+      "fit_optimizer", absl::GetFlag(FLAGS_fit_optimizer),
+      {{"sgd", v1::SGD}, {"adam", v1::ADAM}}));
+  f->set_epochs(absl::GetFlag(FLAGS_fit_epochs));
+  f->set_learning_rate(absl::GetFlag(FLAGS_fit_learning_rate));
+  f->set_batch_size(absl::GetFlag(FLAGS_fit_batch_size));
+  f->set_debounce_ms(absl::GetFlag(FLAGS_fit_debounce_ms));
+  f->set_min_new_patterns(absl::GetFlag(FLAGS_fit_min_new_patterns));
+  f->set_seed(absl::GetFlag(FLAGS_fit_seed));
   absl::StatusOr<v1::Store> created = Connect()->CreateStore(store);
   FailOn(created.status(), "store create");
   if (absl::GetFlag(FLAGS_json)) {
@@ -390,6 +441,57 @@ void Retrieve(const std::vector<std::string>& args) {
   }
 }
 
+std::string FitLine(const v1::FitStatus& s) {
+  const std::string state = Lower(v1::FitStatus::State_Name(s.state()));
+  const int width = 30;
+  const int filled =
+      s.total_epochs() ? static_cast<int>(width * s.epoch() / s.total_epochs())
+                       : 0;
+  std::string bar(filled, '#');
+  bar.append(width - filled, '.');
+  return absl::StrFormat("%-10s [%s] epoch %u/%u  loss %.4f -> %.4f  %.1fs",
+                         state, bar, s.epoch(), s.total_epochs(),
+                         s.loss_before(), s.loss_after(), s.duration_seconds());
+}
+
+void Fit(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("fit takes one NAME");
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<v1::FitStatus> status = absl::GetFlag(FLAGS_cancel)
+                                             ? client->CancelFit(args[0])
+                                             : client->GetFitStatus(args[0]);
+  FailOn(status.status(), "fit");
+  if (!absl::GetFlag(FLAGS_cancel) &&
+      status->state() != v1::FitStatus::RUNNING &&
+      status->state() != v1::FitStatus::PENDING) {
+    status = client->StartFit(args[0]);
+    FailOn(status.status(), "fit");
+  }
+  if (absl::GetFlag(FLAGS_wait)) {
+    const bool tty = isatty(STDERR_FILENO);
+    status = client->WatchFit(args[0], [&](const v1::FitStatus& s) {
+      if (tty) absl::FPrintF(stderr, "\r%s", FitLine(s));
+    });
+    if (tty) absl::FPrintF(stderr, "\n");
+    FailOn(status.status(), "fit");
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(*status);
+  } else {
+    absl::PrintF("%s: %s", args[0], FitLine(*status));
+    if (status->map_version() > 0) {
+      absl::PrintF("  map v%u (%u patterns)", status->map_version(),
+                   status->patterns_fitted());
+    }
+    if (!status->error().empty()) absl::PrintF("  error: %s", status->error());
+    absl::PrintF("\n");
+  }
+  if (absl::GetFlag(FLAGS_wait) &&
+      status->state() != v1::FitStatus::SUCCEEDED) {
+    std::exit(1);
+  }
+}
+
 void Health(const std::vector<std::string>& args) {
   if (args.size() > 1) Fail("health takes at most one SERVICE");
   absl::StatusOr<std::string> status =
@@ -437,6 +539,7 @@ int Main(int argc, char** argv) {
   if (name == "store delete") StoreDelete(args);
   if (name == "add") Add(args);
   if (name == "retrieve") Retrieve(args);
+  if (name == "fit") Fit(args);
   if (name == "health") Health(args);
   return 0;
 }

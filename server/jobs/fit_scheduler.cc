@@ -49,6 +49,7 @@ FitScheduler::~FitScheduler() {
       if (entry.cancel) *entry.cancel = true;
     }
     work_.SignalAll();
+    stop_.SignalAll();
     changed_.SignalAll();
   }
   for (std::thread& t : threads_) t.join();
@@ -86,6 +87,7 @@ void FitScheduler::Changed(Entry& entry) {
 void FitScheduler::Enqueue(const std::string& name, Entry& entry) {
   entry.queued = true;
   entry.status.state = FitStatus::State::kPending;
+  entry.status.epoch = 0;
   entry.status.error.clear();
   queue_.push_back(name);
   Changed(entry);
@@ -228,7 +230,7 @@ void FitScheduler::SchedulerLoop() {
         Enqueue(name, entry);
       }
     }
-    work_.WaitWithTimeout(&mu_, options_.tick);
+    stop_.WaitWithTimeout(&mu_, options_.tick);
   }
 }
 

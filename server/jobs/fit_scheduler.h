@@ -122,7 +122,8 @@ class FitScheduler {
   const FitSchedulerOptions options_;
 
   Mutex mu_;
-  CondVar work_;     // Queue non-empty, or stopping.
+  CondVar work_;     // Queue non-empty, or stopping (workers wait on it).
+  CondVar stop_;     // Stopping (the scheduler loop's timed wait).
   CondVar changed_;  // Some status changed (WaitForChange).
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);

@@ -64,7 +64,7 @@ class CliTest(unittest.TestCase):
 
     def test_01_help_for_every_command(self):
         for command in (["store", "create"], ["store", "list"], ["store", "get"],
-                        ["store", "delete"], ["add"], ["retrieve"], ["health"]):
+                        ["store", "delete"], ["add"], ["retrieve"], ["fit"], ["health"]):
             out = self.engram(*command, "--help").stdout
             self.assertIn("engram " + " ".join(command), out)
         self.assertIn("Commands:", self.engram("--help").stdout)
@@ -164,6 +164,26 @@ class CliTest(unittest.TestCase):
             self.assertNotEqual(result.returncode, 0, args)
             self.assertIn(needle, result.stderr, args)
             self.assertEqual(result.stdout, "", args)
+
+    def test_06_uhop_fit(self):
+        rng = np.random.default_rng(3)
+        write_npy(self.path("u.npy"), rng.normal(size=(30, 12)).astype(np.float32))
+        self.engram("store", "create", "u", "--dim=12", "--feature_map=uhop",
+                    "--similarity=kernel_l2", "--feature_dim=6", "--fit_epochs=25",
+                    "--fit_loss=mean", "--fit_debounce_ms=600000")
+        self.engram("add", "u", self.path("u.npy"))
+        self.assertIn("fit:           idle", self.engram("store", "get", "u").stdout)
+        out = self.engram("fit", "u", "--wait").stdout
+        self.assertIn("succeeded", out)
+        self.assertIn("epoch 25/25", out)
+        self.assertIn("map v1 (30 patterns)", out)
+        info = self.engram("store", "get", "u").stdout
+        self.assertIn("fit:           succeeded (map v1 from 30 patterns; epoch 25/25", info)
+        self.assertIn("d_Phi 6", info)
+        status = json.loads(self.engram("fit", "u", "--cancel", "--json").stdout)
+        self.assertEqual(status["store"], "u")
+        plain = self.engram("fit", "e", ok=False)
+        self.assertIn("FAILED_PRECONDITION", plain.stderr)
 
     def test_99_sigterm_stops_the_server_cleanly(self):
         self.server.send_signal(signal.SIGTERM)

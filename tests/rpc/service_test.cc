@@ -547,6 +547,59 @@ TEST_F(ServiceTest, FitMethodsDescribeAStoreWithoutFeatureMap) {
   EXPECT_EQ(messages, 1);
 }
 
+TEST_F(ServiceTest, UhopStoreFitsInTheBackgroundAndStreamsProgress) {
+  v1::Store store = NewStore("u", 16);
+  store.mutable_retrieval()->set_similarity(v1::KERNEL_L2);
+  store.mutable_feature_map()->set_kind(v1::UHOP);
+  store.mutable_feature_map()->set_feature_dim(8);
+  store.mutable_feature_map()->set_epochs(30);
+  store.mutable_feature_map()->set_debounce_ms(60000);  // Only explicit fits.
+  absl::StatusOr<v1::Store> created = client_->CreateStore(store);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->fit().state(), v1::FitStatus::IDLE);
+  EXPECT_EQ(created->feature_map().feature_dim(), 8u);
+  const std::vector<float> memories = Random(40 * 16, 3);
+  ASSERT_TRUE(client_->AddPatterns("u", memories, 16).ok());
+
+  absl::StatusOr<v1::FitStatus> started = client_->StartFit("u");
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::vector<v1::FitStatus> seen;
+  absl::StatusOr<v1::FitStatus> last = client_->WatchFit(
+      "u", [&](const v1::FitStatus& s) { seen.push_back(s); });
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::FitStatus::SUCCEEDED);
+  EXPECT_EQ(last->map_version(), 1u);
+  EXPECT_EQ(last->epoch(), 30u);
+  EXPECT_EQ(last->patterns_fitted(), 40u);
+  EXPECT_LT(last->loss_after(), last->loss_before());
+  ASSERT_GE(seen.size(), 1u);
+  for (size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_GE(seen[i].epoch(), seen[i - 1].epoch()) << "progress only moves on";
+  }
+
+  absl::StatusOr<v1::Store> got = client_->GetStore("u");
+  EXPECT_EQ(got->fit().state(), v1::FitStatus::SUCCEEDED);
+  EXPECT_EQ(got->fit().map_version(), 1u);
+  EXPECT_GT(got->norms().max_feature_norm(), 0);
+  // Kernel retrieval recalls a stored pattern from itself.
+  v1::RetrieveRequest request;
+  request.set_beta(20);
+  request.set_top_k(1);
+  absl::StatusOr<v1::RetrieveResponse> r = client_->Retrieve(
+      "u", absl::MakeConstSpan(memories).subspan(5 * 16, 16), 16, request);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->results(0).matches(0).id(), 6u);
+
+  // Cancel of an idle store is harmless; kernel similarity without U-Hop is
+  // not.
+  EXPECT_TRUE(client_->CancelFit("u").ok());
+  v1::Store plain = NewStore("k", 4);
+  plain.mutable_retrieval()->set_similarity(v1::KERNEL_DOT);
+  ExpectError(client_->CreateStore(plain).status(),
+              StatusCode::kInvalidArgument,
+              "needs store.feature_map.kind UHOP");
+}
+
 TEST_F(ServiceTest, DeleteStoreRemovesIt) {
   Create("s", 2);
   ASSERT_TRUE(client_->AddPatterns("s", {1, 2}, 2).ok());

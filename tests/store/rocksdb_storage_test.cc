@@ -167,6 +167,32 @@ TEST_F(RocksDbStorageTest, AFullDiskFailsTheWriteAndChangesNothing) {
   EXPECT_EQ((*registry_->Get("s"))->view()->size(), 1u);
 }
 
+TEST_F(RocksDbStorageTest, AFittedMapSurvivesARestart) {
+  StoreSettings settings;
+  settings.name = "u";
+  settings.dimension = 3;
+  settings.feature_map.kind = FeatureMapKind::kUhop;
+  settings.feature_map.feature_dim = 2;
+  settings.retrieval.similarity = core::Similarity::kKernelDot;
+  std::shared_ptr<Store> u = *registry_->Create(settings);
+  ASSERT_TRUE(u->Add({P(1, {1, 2, 3}), P(2, {0, 1, 0})}).ok());
+  auto map = std::make_shared<core::FeatureMap>(
+      3, 2, std::vector<float>{1, 0, 0, 0, 0, 2});
+  FitRecord record{1, -0.5, -0.9, 100, 1.25, 2};
+  ASSERT_TRUE(u->PublishMap(map, record).ok());
+  ASSERT_TRUE(u->Add({P(3, {4, 5, 6})}).ok());
+  Reopen();
+  std::shared_ptr<const StoreView> view = (*registry_->Get("u"))->view();
+  EXPECT_EQ(view->fit().version, 1u);
+  EXPECT_EQ(view->fit().loss_after, -0.9);
+  EXPECT_EQ(view->fit().patterns_fitted, 2u);
+  EXPECT_EQ(view->map()->weights(), map->weights());
+  // Keys are rebuilt with the stored map: Phi(4, 5, 6) = (4, 12).
+  const core::MemorySet set = view->memories();
+  EXPECT_EQ(set.blocks[0].keys[2 * 2 + 0], 4.0f);
+  EXPECT_EQ(set.blocks[0].keys[2 * 2 + 1], 12.0f);
+}
+
 TEST_F(RocksDbStorageTest, SecondOpenOfTheSameDirectoryFails) {
   absl::StatusOr<std::unique_ptr<RocksDbStorage>> second =
       RocksDbStorage::Open({dir_.string(), true});
