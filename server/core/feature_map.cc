@@ -4,7 +4,7 @@
 #include <random>
 #include <utility>
 
-#include "server/core/blas.h"
+#include "server/core/internal/vector_loops.h"
 
 namespace engram::core {
 
@@ -35,8 +35,7 @@ void FeatureMap::Apply(const float* x, size_t n, float* out) const {
     std::copy_n(x, n * in_dim_, out);
     return;
   }
-  blas::GemmNT(n, out_dim_, in_dim_, 1.0f, x, in_dim_, weights_.data(), in_dim_,
-               0.0f, out, out_dim_);
+  internal::ProductsNT(n, out_dim_, in_dim_, 1.0f, x, weights_.data(), out);
 }
 
 }  // namespace engram::core

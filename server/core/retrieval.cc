@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
+#include "server/core/internal/vector_loops.h"
 
 namespace engram::core {
 
@@ -138,12 +139,10 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
                    size_t d, float* scores) {
   switch (similarity) {
     case Similarity::kDot:
-      blas::GemmNT(num_queries, n, d, beta, queries, d, rows, d, 0.0f, scores,
-                   n);
+      internal::ProductsNT(num_queries, n, d, beta, queries, rows, scores);
       return;
     case Similarity::kCosine:
-      blas::GemmNT(num_queries, n, d, 1.0f, queries, d, rows, d, 0.0f, scores,
-                   n);
+      internal::ProductsNT(num_queries, n, d, 1.0f, queries, rows, scores);
       for (size_t i = 0; i < num_queries; ++i) {
         const float qn = std::sqrt(query_sq_norms[i]);
         float* row = scores + i * n;
@@ -154,8 +153,7 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
       }
       return;
     case Similarity::kL2:
-      blas::GemmNT(num_queries, n, d, -2.0f, queries, d, rows, d, 0.0f, scores,
-                   n);
+      internal::ProductsNT(num_queries, n, d, -2.0f, queries, rows, scores);
       for (size_t i = 0; i < num_queries; ++i) {
         float* row = scores + i * n;
         const float qn = query_sq_norms[i];
@@ -301,8 +299,7 @@ absl::Status Pass(const MemorySet& memories, const float* states,
       }
       if (softmax) {
         // outputs += exp(scores - max) * rows, rescaled per row above.
-        blas::GemmNN(num_queries, d, n, 1.0f, scores.data(), n, rows, d, 1.0f,
-                     outputs, d);
+        internal::AccumulateNN(num_queries, d, n, scores.data(), rows, outputs);
       }
     }
     block_start += block.count;

@@ -30,29 +30,54 @@ std::shared_ptr<const core::FeatureMap> InitialMap(
       core::FeatureMap::RandomNormal(d, p, settings.feature_map.seed));
 }
 
+Chunk::Rows::Rows(size_t dim, size_t capacity)
+    : values(new float[dim * capacity]),
+      sq_norms(new float[capacity]),
+      max_abs(new float[capacity]),
+      info(new RowInfo[capacity]) {}
+
 Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim)
     : dim_(dim),
       capacity_(capacity),
       key_dim_(key_dim),
+      rows_(std::make_shared<Rows>(dim, capacity)),
       keys_(key_dim ? new float[key_dim * capacity] : nullptr),
-      key_sq_norms_(key_dim ? new float[capacity] : nullptr),
-      values_(new float[dim * capacity]),
-      sq_norms_(new float[capacity]),
-      max_abs_(new float[capacity]),
-      info_(new RowInfo[capacity]) {}
+      key_sq_norms_(key_dim ? new float[capacity] : nullptr) {}
 
 std::unique_ptr<Chunk> Chunk::Clone(size_t rows) const {
   auto copy = std::make_unique<Chunk>(dim_, capacity_, key_dim_);
-  std::copy_n(values_.get(), rows * dim_, copy->values_.get());
+  std::copy_n(rows_->values.get(), rows * dim_, copy->rows_->values.get());
+  std::copy_n(rows_->sq_norms.get(), rows, copy->rows_->sq_norms.get());
+  std::copy_n(rows_->max_abs.get(), rows, copy->rows_->max_abs.get());
+  std::copy_n(rows_->info.get(), rows, copy->rows_->info.get());
   if (key_dim_) {
     std::copy_n(keys_.get(), rows * key_dim_, copy->keys_.get());
     std::copy_n(key_sq_norms_.get(), rows, copy->key_sq_norms_.get());
   }
-  std::copy_n(sq_norms_.get(), rows, copy->sq_norms_.get());
-  std::copy_n(max_abs_.get(), rows, copy->max_abs_.get());
-  std::copy_n(info_.get(), rows, copy->info_.get());
   return copy;
 }
+
+std::unique_ptr<Chunk> Chunk::WithKeys(const core::FeatureMap& map,
+                                       size_t rows) const {
+  std::unique_ptr<Chunk> keyed(new Chunk(dim_, capacity_, key_dim_, rows_));
+  map.Apply(rows_->values.get(), rows, keyed->keys_.get());
+  for (size_t r = 0; r < rows; ++r) {
+    const float* key = keyed->keys_.get() + r * key_dim_;
+    double sq = 0;
+    for (size_t k = 0; k < key_dim_; ++k) sq += double{key[k]} * key[k];
+    keyed->key_sq_norms_[r] = static_cast<float>(sq);
+  }
+  return keyed;
+}
+
+Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim,
+             std::shared_ptr<Rows> rows)
+    : dim_(dim),
+      capacity_(capacity),
+      key_dim_(key_dim),
+      rows_(std::move(rows)),
+      keys_(new float[key_dim * capacity]),
+      key_sq_norms_(new float[capacity]) {}
 
 void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
                 const float* key) {
@@ -65,7 +90,7 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
     }
     key_sq_norms_[r] = static_cast<float>(sq);
   }
-  float* out = values_.get() + r * dim_;
+  float* out = rows_->values.get() + r * dim_;
   double sq_norm = 0;
   float max_abs = 0;
   for (size_t k = 0; k < dim_; ++k) {
@@ -73,31 +98,21 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
     sq_norm += double{out[k]} * out[k];
     max_abs = std::max(max_abs, std::fabs(out[k]));
   }
-  sq_norms_[r] = static_cast<float>(sq_norm);
-  max_abs_[r] = max_abs;
-  info_[r] = RowInfo{id, pattern.label, pattern.metadata};
-}
-
-void Chunk::SetKeys(const core::FeatureMap& map, size_t rows) {
-  map.Apply(values_.get(), rows, keys_.get());
-  for (size_t r = 0; r < rows; ++r) {
-    const float* key = keys_.get() + r * key_dim_;
-    double sq = 0;
-    for (size_t k = 0; k < key_dim_; ++k) sq += double{key[k]} * key[k];
-    key_sq_norms_[r] = static_cast<float>(sq);
-  }
+  rows_->sq_norms[r] = static_cast<float>(sq_norm);
+  rows_->max_abs[r] = max_abs;
+  rows_->info[r] = RowInfo{id, pattern.label, pattern.metadata};
 }
 
 void Chunk::CopyRow(size_t to, const Chunk& from, size_t r) {
-  std::copy_n(from.row(r), dim_, values_.get() + to * dim_);
+  std::copy_n(from.row(r), dim_, rows_->values.get() + to * dim_);
+  rows_->sq_norms[to] = from.rows_->sq_norms[r];
+  rows_->max_abs[to] = from.rows_->max_abs[r];
+  rows_->info[to] = from.rows_->info[r];
   if (key_dim_) {
     std::copy_n(from.keys_.get() + r * key_dim_, key_dim_,
                 keys_.get() + to * key_dim_);
     key_sq_norms_[to] = from.key_sq_norms_[r];
   }
-  sq_norms_[to] = from.sq_norms_[r];
-  max_abs_[to] = from.max_abs_[r];
-  info_[to] = from.info_[r];
 }
 
 core::MemorySet StoreView::memories() const {
@@ -406,12 +421,12 @@ void Store::RecomputeNorms() {
 }
 
 void Store::RebuildKeys() {
+  // The new chunks share their value rows with the old ones, which published
+  // views still read: sealed_ stays as it is, so rows they can see are never
+  // written in place.
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
-    std::shared_ptr<Chunk> fresh = chunks_[c]->Clone(rows);
-    fresh->SetKeys(*map_, rows);
-    chunks_[c] = std::move(fresh);
-    sealed_[c] = 0;
+    chunks_[c] = chunks_[c]->WithKeys(*map_, rows);
   }
   RecomputeNorms();
 }

@@ -35,8 +35,11 @@
 namespace engram::store {
 
 // Rows of one store: values (capacity * dim), per-row squared norm and
-// largest |entry|, and id, label and metadata. Rows a view can see are never
-// written again.
+// largest |entry|, and id, label and metadata; with U-Hop also each row's
+// features Phi(row) (capacity * key_dim) for the map of the chunk's view.
+// Rows a view can see are never written again. The value rows are shared
+// with the chunk a new map's keys are rebuilt into (WithKeys), so publishing
+// a map costs the keys' memory, not a copy of the store.
 class Chunk {
  public:
   struct RowInfo {
@@ -50,15 +53,19 @@ class Chunk {
   Chunk(const Chunk&) = delete;
   Chunk& operator=(const Chunk&) = delete;
 
-  // A new chunk holding a copy of this one's first `rows` rows.
+  // A new chunk holding a copy of this one's first `rows` rows and keys.
   std::unique_ptr<Chunk> Clone(size_t rows) const;
+  // A new chunk sharing this one's value rows, with the first `rows` keys
+  // computed by `map`.
+  std::unique_ptr<Chunk> WithKeys(const core::FeatureMap& map,
+                                  size_t rows) const;
 
   size_t capacity() const { return capacity_; }
-  const float* values() const { return values_.get(); }
-  const float* row(size_t r) const { return values_.get() + r * dim_; }
-  const float* sq_norms() const { return sq_norms_.get(); }
-  float max_abs(size_t r) const { return max_abs_[r]; }
-  const RowInfo& info(size_t r) const { return info_[r]; }
+  const float* values() const { return rows_->values.get(); }
+  const float* row(size_t r) const { return rows_->values.get() + r * dim_; }
+  const float* sq_norms() const { return rows_->sq_norms.get(); }
+  float max_abs(size_t r) const { return rows_->max_abs[r]; }
+  const RowInfo& info(size_t r) const { return rows_->info[r]; }
   size_t key_dim() const { return key_dim_; }
   const float* keys() const { return keys_.get(); }
   const float* key_sq_norms() const { return key_sq_norms_.get(); }
@@ -66,19 +73,26 @@ class Chunk {
   // Row r <- pattern, stored under `id`; `key` (key_dim values) if keyed.
   void Set(size_t r, const Pattern& pattern, uint64_t id, const float* key);
   void CopyRow(size_t to, const Chunk& from, size_t r);
-  // Recomputes the keys of the first `rows` rows with `map`.
-  void SetKeys(const core::FeatureMap& map, size_t rows);
 
  private:
+  struct Rows;
+  Chunk(size_t dim, size_t capacity, size_t key_dim,
+        std::shared_ptr<Rows> rows);
+
+  struct Rows {
+    Rows(size_t dim, size_t capacity);
+    std::unique_ptr<float[]> values;
+    std::unique_ptr<float[]> sq_norms;
+    std::unique_ptr<float[]> max_abs;
+    std::unique_ptr<RowInfo[]> info;
+  };
+
   const size_t dim_;
   const size_t capacity_;
   const size_t key_dim_;
+  std::shared_ptr<Rows> rows_;
   std::unique_ptr<float[]> keys_;
   std::unique_ptr<float[]> key_sq_norms_;
-  std::unique_ptr<float[]> values_;
-  std::unique_ptr<float[]> sq_norms_;
-  std::unique_ptr<float[]> max_abs_;
-  std::unique_ptr<RowInfo[]> info_;
 };
 
 struct NormStats {

@@ -157,61 +157,63 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
   Fixture memories(d, {37, 5, 64, 1}, 7, 0.6f);
   // Scaled so kernel scores are of the order of the raw ones.
   if (IsKernel(similarity)) memories.UseMap(10, 3);
-  const size_t num_queries = 9;
-  std::mt19937 rng(11);
-  std::normal_distribution<float> noise(0.0f, 0.3f);
-  std::vector<float> queries(num_queries * d);
-  for (size_t i = 0; i < num_queries; ++i) {
-    const float* base = memories.set.row((i * 13) % memories.set.size());
-    for (size_t k = 0; k < d; ++k) queries[i * d + k] = base[k] + noise(rng);
-  }
-  for (float beta : {0.3f, 2.0f}) {
-    if (IsKernel(similarity))
-      beta /= 4;  // Features of a N(0,1) map are larger.
-    RetrievalParams params;
-    params.similarity = similarity;
-    params.separation = separation;
-    params.beta = beta;
-    params.steps = 3;
-    params.top_k = 4;
-    RetrievalOptions options;
-    options.max_score_floats = 40;  // Forces many tiles, some inside blocks.
-    absl::StatusOr<RetrievalOutput> out = RetrieveExact(
-        memories.set, queries.data(), num_queries, params, options);
-    ASSERT_TRUE(out.ok()) << out.status();
+  // 2 queries take the loop path, 9 the sgemm path.
+  for (const size_t num_queries : {size_t{2}, size_t{9}}) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> noise(0.0f, 0.3f);
+    std::vector<float> queries(num_queries * d);
     for (size_t i = 0; i < num_queries; ++i) {
-      std::vector<double> x(queries.begin() + i * d,
-                            queries.begin() + (i + 1) * d);
-      ReferenceResult r;
-      for (uint32_t t = 0; t < params.steps; ++t) {
-        const std::vector<double> before = x;
-        r = ReferenceStep(memories.set, x, params);
-        if (t + 1 < params.steps) x = r.state;
-        if (t + 1 == params.steps) {
-          // Energy is of the state the last update started from.
-          EXPECT_NEAR(out->energies[i], r.energy,
-                      1e-3 * (1 + std::fabs(r.energy)));
+      const float* base = memories.set.row((i * 13) % memories.set.size());
+      for (size_t k = 0; k < d; ++k) queries[i * d + k] = base[k] + noise(rng);
+    }
+    for (float beta : {0.3f, 2.0f}) {
+      if (IsKernel(similarity))
+        beta /= 4;  // Features of a N(0,1) map are larger.
+      RetrievalParams params;
+      params.similarity = similarity;
+      params.separation = separation;
+      params.beta = beta;
+      params.steps = 3;
+      params.top_k = 4;
+      RetrievalOptions options;
+      options.max_score_floats = 40;  // Forces many tiles, some inside blocks.
+      absl::StatusOr<RetrievalOutput> out = RetrieveExact(
+          memories.set, queries.data(), num_queries, params, options);
+      ASSERT_TRUE(out.ok()) << out.status();
+      for (size_t i = 0; i < num_queries; ++i) {
+        std::vector<double> x(queries.begin() + i * d,
+                              queries.begin() + (i + 1) * d);
+        ReferenceResult r;
+        for (uint32_t t = 0; t < params.steps; ++t) {
+          const std::vector<double> before = x;
+          r = ReferenceStep(memories.set, x, params);
+          if (t + 1 < params.steps) x = r.state;
+          if (t + 1 == params.steps) {
+            // Energy is of the state the last update started from.
+            EXPECT_NEAR(out->energies[i], r.energy,
+                        1e-3 * (1 + std::fabs(r.energy)));
+          }
         }
+        for (size_t k = 0; k < d; ++k) {
+          EXPECT_NEAR(out->states[i * d + k], r.state[k], 2e-4)
+              << SimilarityName(similarity) << "/" << SeparationName(separation)
+              << " beta " << beta << " query " << i << " coordinate " << k;
+        }
+        EXPECT_EQ(out->steps[i], params.steps);
+        ASSERT_EQ(out->matches[i].size(), 4u);
+        double previous = INFINITY;
+        for (const Match& m : out->matches[i]) {
+          EXPECT_LE(m.score, previous);
+          previous = m.score;
+          EXPECT_NEAR(m.weight, r.weights[m.index], 1e-4);
+        }
+        // The best match is the reference's highest weight.
+        size_t best = 0;
+        for (size_t j = 1; j < r.weights.size(); ++j) {
+          if (r.weights[j] > r.weights[best]) best = j;
+        }
+        EXPECT_NEAR(r.weights[out->matches[i][0].index], r.weights[best], 1e-6);
       }
-      for (size_t k = 0; k < d; ++k) {
-        EXPECT_NEAR(out->states[i * d + k], r.state[k], 2e-4)
-            << SimilarityName(similarity) << "/" << SeparationName(separation)
-            << " beta " << beta << " query " << i << " coordinate " << k;
-      }
-      EXPECT_EQ(out->steps[i], params.steps);
-      ASSERT_EQ(out->matches[i].size(), 4u);
-      double previous = INFINITY;
-      for (const Match& m : out->matches[i]) {
-        EXPECT_LE(m.score, previous);
-        previous = m.score;
-        EXPECT_NEAR(m.weight, r.weights[m.index], 1e-4);
-      }
-      // The best match is the reference's highest weight.
-      size_t best = 0;
-      for (size_t j = 1; j < r.weights.size(); ++j) {
-        if (r.weights[j] > r.weights[best]) best = j;
-      }
-      EXPECT_NEAR(r.weights[out->matches[i][0].index], r.weights[best], 1e-6);
     }
   }
 }

@@ -170,6 +170,30 @@ TEST(StoreTest, AppendAfterDeleteDoesNotOverwriteRowsOldViewsSee) {
   EXPECT_EQ(store.view()->row(1)[0], 3.0f);
 }
 
+TEST(StoreTest, PublishingAMapSharesRowsWithoutExposingOldViewsToWrites) {
+  EphemeralStorage storage;
+  StoreSettings settings = Settings("u", 2);
+  settings.feature_map.kind = FeatureMapKind::kUhop;
+  Store store(settings, Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(1, 2, 1), MakePattern(2, 2, 2)}).ok());
+  std::shared_ptr<const StoreView> old = store.view();
+  ASSERT_TRUE(store.Delete({2}).ok());
+  auto doubling =
+      std::make_shared<core::FeatureMap>(2, 2, std::vector<float>{2, 0, 0, 2});
+  ASSERT_TRUE(store.PublishMap(doubling, FitRecord{1, 0, 0, 1, 0, 1}).ok());
+  ASSERT_TRUE(store.Add({MakePattern(3, 2, 3)}).ok());
+  // The first view still sees pattern 2 in row 1, with identity keys.
+  EXPECT_EQ(old->info(1).id, 2u);
+  EXPECT_EQ(old->row(1)[0], 2.0f);
+  EXPECT_EQ(old->memories().blocks[0].keys[2], 2.0f);
+  // The new view sees pattern 3 there, with doubled keys.
+  std::shared_ptr<const StoreView> now = store.view();
+  EXPECT_EQ(now->info(1).id, 3u);
+  EXPECT_EQ(now->memories().blocks[0].keys[2], 6.0f);
+  EXPECT_EQ(now->memories().blocks[0].keys[0], 2.0f);
+  EXPECT_EQ(now->fit().version, 1u);
+}
+
 TEST(StoreTest, DeleteValidatesEveryIdFirst) {
   EphemeralStorage storage;
   Store store(Settings("s", 1), Limits{}, &storage);

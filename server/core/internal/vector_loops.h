@@ -1,0 +1,34 @@
+// Vectorised loops for products too small for sgemm (one to a few rows).
+// They run in the calling thread, so small requests never queue behind large
+// products in OpenBLAS's shared thread pool. Internal to server/core.
+//
+// Thread-safe: pure functions.
+#ifndef ENGRAM_SERVER_CORE_INTERNAL_VECTOR_LOOPS_H_
+#define ENGRAM_SERVER_CORE_INTERNAL_VECTOR_LOOPS_H_
+
+#include <cstddef>
+
+namespace engram::core::internal {
+
+// Below this many rows on the short side, products use these loops.
+inline constexpr size_t kGemmMinRows = 4;
+
+// <a, b> for vectors of size d.
+float Dot(const float* a, const float* b, size_t d);
+
+// y (d) += alpha * x (d).
+void AddScaled(float alpha, const float* x, float* y, size_t d);
+
+// c (m x n) = alpha * a (m x k) b^T (b: n x k): sgemm from kGemmMinRows rows
+// of a, loops below.
+void ProductsNT(size_t m, size_t n, size_t k, float alpha, const float* a,
+                const float* b, float* c);
+
+// c (m x n) += a (m x k) b (k x n), skipping zero entries of a below
+// kGemmMinRows rows.
+void AccumulateNN(size_t m, size_t n, size_t k, const float* a, const float* b,
+                  float* c);
+
+}  // namespace engram::core::internal
+
+#endif  // ENGRAM_SERVER_CORE_INTERNAL_VECTOR_LOOPS_H_
