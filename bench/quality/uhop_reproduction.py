@@ -36,7 +36,7 @@ ap.add_argument("--corruptions", default="dropout,gaussian")
 ap.add_argument("--reference", default=os.path.join(os.path.dirname(__file__),
                                                     "../../../shared/anchors/uhop_reference.py"))
 ap.add_argument("--seed", type=int, default=42)
-ap.add_argument("--out", default="")
+ap.add_argument("--out", default="", help="also write the tables (markdown) here")
 args = ap.parse_args()
 sys.path.insert(0, args.python_dir)
 import grpc  # noqa: E402

@@ -150,7 +150,10 @@ absl::StatusOr<FitResult> FitFeatureMap(
       std::copy_n(patterns.row(order[i]), d, x.data() + i * d);
     }
   };
-  if (batch == m) gather();
+  gather();
+  // Loss before and after are measured on this same first batch (all
+  // patterns, or a seeded sample), so they compare.
+  const std::vector<float> evaluation = x;
 
   std::vector<float> gradient, first_moment, second_moment;
   if (adam) {
@@ -159,7 +162,7 @@ absl::StatusOr<FitResult> FitFeatureMap(
   }
   FitResult result{FeatureMap::Identity(d), 0, 0, 0};
   for (uint32_t epoch = 0; epoch < options.epochs; ++epoch) {
-    if (batch < m) gather();
+    if (batch < m && epoch > 0) gather();
     const double value =
         SeparationLossAndGradient(x.data(), batch, d, weights, p, options.loss,
                                   options.temperature, &gradient);
@@ -169,7 +172,6 @@ absl::StatusOr<FitResult> FitFeatureMap(
                                               "); lower the learning rate"));
     }
     if (epoch == 0) result.loss_before = value;
-    result.loss_after = value;
     if (adam) {
       constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;
       const double c1 = 1 - std::pow(kBeta1, epoch + 1);
@@ -194,6 +196,9 @@ absl::StatusOr<FitResult> FitFeatureMap(
       }
     }
   }
+  result.loss_after =
+      SeparationLossAndGradient(evaluation.data(), batch, d, weights, p,
+                                options.loss, options.temperature, nullptr);
   result.map = FeatureMap(d, p, std::move(weights));
   return result;
 }

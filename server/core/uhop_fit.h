@@ -55,8 +55,10 @@ struct FitProgress {
 
 struct FitResult {
   FeatureMap map;
-  double loss_before = 0;  // Loss at the first epoch.
-  double loss_after = 0;   // Loss at the last epoch (before its update).
+  // The loss at the initial and at the fitted W, both on the first epoch's
+  // batch (every pattern up to batch_size, else a seeded sample).
+  double loss_before = 0;
+  double loss_after = 0;
   uint32_t epochs = 0;
 };
 

@@ -297,7 +297,7 @@ void FitScheduler::RunFit(const std::string& name) {
           FitStatus& s = it->second.status;
           s.epoch = progress.epoch;
           if (progress.epoch == 1) s.loss_before = progress.loss;
-          s.loss_after = progress.loss;
+          s.loss_after = progress.loss;  // The running epoch's batch.
           s.duration_seconds = absl::ToDoubleSeconds(absl::Now() - start);
           Changed(it->second);
         }
