@@ -37,7 +37,15 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
 ABSL_FLAG(bool, metrics_per_store, true,
           "Label per-store metrics with the store name (off: one series).");
 ABSL_FLAG(int, blas_threads, 0,
-          "OpenBLAS threads per call; 0 = the number of cores.");
+          "OpenBLAS threads per call; 0 = the number of cores. gRPC handler "
+          "threads share them: a batch is one call that uses every core, small "
+          "queries run in their own thread, fits are niced.");
+ABSL_FLAG(std::string, blas_coretype, "auto",
+          "OpenBLAS kernel family. auto: OpenBLAS's choice, or an inherited "
+          "OPENBLAS_CORETYPE, except that an AVX-512 CPU always gets AVX-512 "
+          "kernels (an inherited Haswell is replaced by SkylakeX: ~40% faster "
+          "sgemm measured); default: OpenBLAS's own choice, ignoring the "
+          "environment; or a family name such as SkylakeX or Haswell.");
 ABSL_FLAG(int, fit_workers, 1,
           "Threads running Stage I fits (niced, one fit per store at a time).");
 ABSL_FLAG(int, rpc_threads, 0, "Maximum gRPC handler threads; 0 = 4 per core.");
@@ -100,6 +108,12 @@ sigset_t BlockShutdownSignals() {
 int Run() {
   const sigset_t signals = BlockShutdownSignals();
   MinLogLevel() = LogLevelFromName(absl::GetFlag(FLAGS_log_level));
+  if (const char* replaced = std::getenv("ENGRAM_BLAS_REPLACED")) {
+    Log(LogLevel::kInfo,
+        "OPENBLAS_CORETYPE=%s from the environment replaced by %s: this CPU "
+        "has AVX-512 (--blas_coretype=%s keeps it)",
+        replaced, std::getenv("OPENBLAS_CORETYPE"), replaced);
+  }
 
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const int blas_threads = absl::GetFlag(FLAGS_blas_threads) > 0
@@ -193,12 +207,14 @@ int Run() {
 
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d); metrics on %s; data_dir=%s; "
-      "sync=%s; blas core=%s threads=%d; "
+      "sync=%s; blas core=%s (OPENBLAS_CORETYPE=%s) threads=%d; "
       "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
       "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu",
       kVersion, server_options.listen, (*server)->port(),
       metrics_options.listen.empty() ? "(off)" : metrics_options.listen,
       data_dir, storage_options.sync ? "true" : "false", core::blas::CoreName(),
+      std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE")
+                                       : "unset",
       blas_threads, server_options.max_threads,
       absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
       limits.max_batch, limits.max_queries, limits.max_stores,
@@ -221,7 +237,47 @@ int Run() {
 }  // namespace
 }  // namespace engram
 
+// OpenBLAS reads OPENBLAS_CORETYPE once, when the library loads: to choose
+// the kernel family, engramd sets it and executes itself again, before any
+// thread or file exists. Returns when no (further) re-execution is needed.
+void ChooseBlasCoreType(int argc, char** argv) {
+  std::string choice = "auto";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--blas_coretype=", 0) == 0) choice = arg.substr(16);
+  }
+  const char* inherited = std::getenv("OPENBLAS_CORETYPE");
+  const std::string current = inherited ? inherited : "";
+  std::string wanted = current;
+  if (choice == "default") {
+    wanted = "";
+  } else if (choice != "auto") {
+    wanted = choice;
+  } else {
+    // On AVX-512 CPUs keep an AVX-512 family; a Haswell (AVX2) setting
+    // inherited from the environment measured ~40% slower here.
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f");
+    const bool avx512_family = current == "SkylakeX" ||
+                               current == "Cooperlake" ||
+                               current == "SapphireRapids";
+    if (avx512 && !current.empty() && !avx512_family) {
+      wanted = "SkylakeX";
+      setenv("ENGRAM_BLAS_REPLACED", current.c_str(), 1);
+    }
+  }
+  if (wanted == current) return;
+  if (wanted.empty()) {
+    unsetenv("OPENBLAS_CORETYPE");
+  } else {
+    setenv("OPENBLAS_CORETYPE", wanted.c_str(), 1);
+  }
+  execv("/proc/self/exe", argv);
+  // If re-execution fails, run on with the library as loaded.
+}
+
 int main(int argc, char** argv) {
+  ChooseBlasCoreType(argc, argv);
   absl::InitializeSymbolizer(argv[0]);
   absl::FailureSignalHandlerOptions options;
   absl::InstallFailureSignalHandler(options);
