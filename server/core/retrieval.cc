@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -95,24 +96,6 @@ float RowMax(const float* row, size_t n) {
   return max;
 }
 
-// row[j] <- exp(row[j] - shift); returns the sum.
-float ExpInPlace(float* row, size_t n, float shift) {
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (size_t j = 0; j < n; ++j) {
-    row[j] = std::exp(row[j] - shift);
-    sum += row[j];
-  }
-  return sum;
-}
-
-float SumExp(const float* row, size_t n, float shift) {
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (size_t j = 0; j < n; ++j) sum += std::exp(row[j] - shift);
-  return sum;
-}
-
 float L1Distance(const float* a, const float* b, size_t d) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -192,6 +175,44 @@ struct RowState {
   double query_sq_norm = 0;  // ||state||^2, or ||Phi(state)||^2 for kernels.
 };
 
+void PushTop(RowState& state, size_t k, float score, size_t index) {
+  if (state.top.size() < k) {
+    state.top.emplace_back(score, index);
+    std::push_heap(state.top.begin(), state.top.end(), Stronger);
+  } else if (k > 0 && score > state.top.front().first) {
+    std::pop_heap(state.top.begin(), state.top.end(), Stronger);
+    state.top.back() = {score, index};
+    std::push_heap(state.top.begin(), state.top.end(), Stronger);
+  }
+}
+
+// One query under softmax: each row is scored and folded into the output at
+// once, while it is in L1, so the memories stream from RAM exactly once.
+// (Scoring blocks of 8 rows before folding them in measured slower.)
+void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
+                      float query_sq_norm, const float* keys,
+                      const float* key_sq_norms, size_t key_dim,
+                      const float* values, size_t n, size_t d,
+                      size_t first_index, size_t top_k, RowState& state,
+                      float* output) {
+  float max = static_cast<float>(state.max);
+  for (size_t j = 0; j < n; ++j) {
+    float z;
+    ComputeScores(on_features, beta, query, &query_sq_norm, 1, keys + j * key_dim,
+                  key_sq_norms + j, 1, key_dim, &z);
+    PushTop(state, top_k, z, first_index + j);
+    if (z > max) {
+      const float rescale = state.max == kNegInf ? 0.0f : std::exp(max - z);
+      for (size_t k = 0; k < d; ++k) output[k] *= rescale;
+      state.sum *= rescale;
+      state.max = max = z;
+    }
+    const float w = std::exp(z - max);
+    state.sum += w;
+    internal::AddScaled(w, values + j * d, output, d);
+  }
+}
+
 // One update step for `num_queries` states: outputs (size num_queries * d)
 // and the per-row states from which thresholds and weights follow.
 absl::Status Pass(const MemorySet& memories, const float* states,
@@ -236,6 +257,14 @@ absl::Status Pass(const MemorySet& memories, const float* states,
       }
       const size_t n = std::min(tile, block.count - r0);
       const float* rows = block.rows + r0 * d;
+      if (num_queries == 1 && softmax) {
+        FusedSoftmaxTile(on_features, params.beta, queries, query_sq_norms[0],
+                         kernel ? block.keys + r0 * key_dim : rows,
+                         kernel ? block.key_sq_norms + r0 : block.sq_norms + r0,
+                         key_dim, rows, n, d, block_start + r0, params.top_k,
+                         rows_state[0], outputs);
+        continue;
+      }
       scores.resize(num_queries * n);
       if (kernel) {
         ComputeScores(on_features, params.beta, queries, query_sq_norms.data(),
@@ -252,17 +281,8 @@ absl::Status Pass(const MemorySet& memories, const float* states,
         float* row = scores.data() + i * n;
         const double tile_max = RowMax(row, n);
 
-        if (params.top_k > 0) {
-          for (size_t j = 0; j < n; ++j) {
-            if (state.top.size() < params.top_k) {
-              state.top.emplace_back(row[j], first_index + j);
-              std::push_heap(state.top.begin(), state.top.end(), Stronger);
-            } else if (row[j] > state.top.front().first) {
-              std::pop_heap(state.top.begin(), state.top.end(), Stronger);
-              state.top.back() = {row[j], first_index + j};
-              std::push_heap(state.top.begin(), state.top.end(), Stronger);
-            }
-          }
+        for (size_t j = 0; j < n; ++j) {
+          PushTop(state, params.top_k, row[j], first_index + j);
         }
 
         const double new_max = std::max(state.max, tile_max);
@@ -292,9 +312,9 @@ absl::Status Pass(const MemorySet& memories, const float* states,
             const float factor = static_cast<float>(rescale);
             for (size_t k = 0; k < d; ++k) out[k] *= factor;
           }
-          state.sum += ExpInPlace(row, n, static_cast<float>(new_max));
+          state.sum += internal::ExpInPlace(row, n, static_cast<float>(new_max));
         } else {
-          state.sum += SumExp(row, n, static_cast<float>(new_max));
+          state.sum += internal::SumExp(row, n, static_cast<float>(new_max));
         }
       }
       if (softmax) {
@@ -314,6 +334,41 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
                                               size_t num_queries,
                                               const RetrievalParams& params,
                                               const RetrievalOptions& options) {
+  constexpr size_t kMinSlice = 16;
+  const size_t slices = std::min<size_t>(std::max(options.threads, 1),
+                                         num_queries / kMinSlice);
+  if (slices > 1) {
+    // Each slice is an independent retrieval of some of the queries.
+    RetrievalOptions one = options;
+    one.threads = 1;
+    const size_t d = memories.dim;
+    std::vector<absl::StatusOr<RetrievalOutput>> parts(slices);
+    std::vector<std::thread> workers;
+    const size_t per = (num_queries + slices - 1) / slices;
+    for (size_t s = 0; s < slices; ++s) {
+      const size_t first = s * per, count = std::min(per, num_queries - first);
+      auto run = [&, s, first, count] {
+        parts[s] = RetrieveExact(memories, queries + first * d, count, params, one);
+      };
+      if (s + 1 < slices) {
+        workers.emplace_back(run);
+      } else {
+        run();
+      }
+    }
+    for (std::thread& t : workers) t.join();
+    RetrievalOutput out;
+    for (absl::StatusOr<RetrievalOutput>& part : parts) {
+      if (!part.ok()) return part.status();
+      out.states.insert(out.states.end(), part->states.begin(), part->states.end());
+      for (auto& m : part->matches) out.matches.push_back(std::move(m));
+      out.energies.insert(out.energies.end(), part->energies.begin(), part->energies.end());
+      out.steps.insert(out.steps.end(), part->steps.begin(), part->steps.end());
+      out.converged.insert(out.converged.end(), part->converged.begin(),
+                           part->converged.end());
+    }
+    return out;
+  }
   const size_t d = memories.dim;
   const size_t m = memories.size();
   if (m == 0)

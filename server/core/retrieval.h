@@ -75,8 +75,12 @@ struct RetrievalOptions {
   // Upper bound on the score buffer, in floats (default 16 MiB).
   size_t max_score_floats = size_t{4} << 20;
   // Called between tiles; a non-OK status aborts the retrieval with it
-  // (deadlines, cancellation).
+  // (deadlines, cancellation). Must be safe to call from several threads.
   std::function<absl::Status()> check;
+  // Threads a batch is split over, by queries (each slice runs every phase:
+  // products, exp, top-k, output). Meant for single-threaded BLAS, so no
+  // thread ever waits on another. Slices keep at least 16 queries.
+  int threads = 1;
 };
 
 struct Match {

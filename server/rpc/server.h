@@ -28,6 +28,7 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
   int max_message_bytes = 256 << 20;
   int max_threads = 8;
+  int retrieval_threads = 1;  // Threads one Retrieve batch is split over.
 };
 
 class Server {

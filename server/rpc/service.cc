@@ -82,8 +82,11 @@ class EngramService::Call {
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::FitScheduler* fits,
-                             metrics::Metrics* metrics)
-    : registry_(registry), fits_(fits), metrics_(metrics) {}
+                             metrics::Metrics* metrics, int retrieval_threads)
+    : registry_(registry),
+      fits_(fits),
+      retrieval_threads_(retrieval_threads),
+      metrics_(metrics) {}
 
 void EngramService::CountPatterns(const store::Store& store) {
   metrics_->SetPatternCount(store.name(), store.view()->size());
@@ -350,6 +353,7 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
 
   core::RetrievalOptions options;
   options.check = DeadlineCheck(context);
+  options.threads = retrieval_threads_;
   absl::StatusOr<store::RetrieveResult> result =
       store::Retrieve(*view, query, registry_->limits(), options);
   if (!result.ok()) return call.Done(result.status());

@@ -17,7 +17,7 @@ class EngramService final : public v1::Engram::Service {
  public:
   // All borrowed; they must outlive the service.
   EngramService(store::StoreRegistry* registry, jobs::FitScheduler* fits,
-                metrics::Metrics* metrics);
+                metrics::Metrics* metrics, int retrieval_threads);
 
   grpc::Status CreateStore(grpc::ServerContext* context,
                            const v1::CreateStoreRequest* request,
@@ -76,6 +76,7 @@ class EngramService final : public v1::Engram::Service {
 
   store::StoreRegistry* const registry_;
   jobs::FitScheduler* const fits_;
+  const int retrieval_threads_;
   metrics::Metrics* const metrics_;
 };
 

@@ -1,5 +1,9 @@
 #include "server/core/internal/vector_loops.h"
 
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
 #include "server/core/blas.h"
 
 // One build runs on every x86-64 CPU and uses AVX2 or AVX-512 where present.
@@ -49,6 +53,49 @@ void AccumulateNN(size_t m, size_t n, size_t k, const float* a, const float* b,
       if (w != 0.0f) AddScaled(w, b + j * n, c + i * n, n);
     }
   }
+}
+
+namespace {
+
+// exp(x) for x <= 0: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in two
+// parts so n ln 2 is exact), e^r by its degree-7 Taylor polynomial (error
+// below 1e-8 relative), times 2^n built in the exponent bits. Written so the
+// compiler vectorises the loops that call it.
+inline float ExpNonPositive(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = std::floor(x * 1.44269504089f + 0.5f);
+  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-6f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+}  // namespace
+
+ENGRAM_CLONES float ExpInPlace(float* row, size_t n, float shift) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t j = 0; j < n; ++j) {
+    row[j] = ExpNonPositive(row[j] - shift);
+    sum += row[j];
+  }
+  return sum;
+}
+
+ENGRAM_CLONES float SumExp(const float* row, size_t n, float shift) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t j = 0; j < n; ++j) sum += ExpNonPositive(row[j] - shift);
+  return sum;
 }
 
 }  // namespace engram::core::internal

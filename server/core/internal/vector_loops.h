@@ -29,6 +29,14 @@ void ProductsNT(size_t m, size_t n, size_t k, float alpha, const float* a,
 void AccumulateNN(size_t m, size_t n, size_t k, const float* a, const float* b,
                   float* c);
 
+// row[j] <- exp(row[j] - shift) for j < n; returns their sum. For arguments
+// <= 0 (shift is at least the row's max) the relative error is below 1e-7;
+// results below 1e-38 flush to 0.
+float ExpInPlace(float* row, size_t n, float shift);
+
+// sum_j exp(row[j] - shift), without writing.
+float SumExp(const float* row, size_t n, float shift);
+
 }  // namespace engram::core::internal
 
 #endif  // ENGRAM_SERVER_CORE_INTERNAL_VECTOR_LOOPS_H_

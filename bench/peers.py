@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""Exact retrieval next to its peers, in one run, on Fashion-MNIST (d = 784).
+
+  bench/peers.py BIN_DIR [--sizes 10000,60000] [--batches 1,16,64,256] [--reps 15]
+                 [--out docs/performance] [--large 1000000]
+
+For each M (stored patterns: the first M training images) and L (queries: the
+last L images scaled by 0.5), best of `reps` after a warm-up:
+  engram        in process (bench/retrieve_fashion), as engramd runs it:
+                one BLAS thread, the batch split over 2 threads
+  engram gRPC   a real engramd, one C++ client (bench/retrieve_grpc), vectors
+                returned
+  PyTorch       softmax(beta Q Xi^T) Xi, 2 threads
+  FAISS         IndexFlatIP top-10 search (nearest neighbours only), 2 threads
+  sgemm pair    the two products alone (OpenBLAS, 2 threads): the compute floor
+  stream Xi     reading Xi once (L = 1 rows): the bandwidth floor
+Both OpenBLAS users get the kernel family engramd picks (SkylakeX on AVX-512).
+Writes OUT.md (tables) and OUT.png (plot) when --out is given.
+"""
+import argparse
+import gzip
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+ap = argparse.ArgumentParser()
+ap.add_argument("bin_dir")
+ap.add_argument("--sizes", default="10000,60000")
+ap.add_argument("--batches", default="1,16,64,256")
+ap.add_argument("--reps", type=int, default=15)
+ap.add_argument("--out", default="")
+ap.add_argument("--large", type=int, default=0, help="also M rows of random data at L = 256")
+a = ap.parse_args()
+
+with open("/proc/cpuinfo") as f:
+    avx512 = " avx512f" in f.read()
+env = dict(os.environ)
+if avx512:
+    env["OPENBLAS_CORETYPE"] = "SkylakeX"
+os.environ.update(env)  # For numpy's OpenBLAS too, before it loads.
+import torch  # noqa: E402
+import faiss  # noqa: E402
+
+torch.set_num_threads(2)
+faiss.omp_set_num_threads(2)
+with gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") as fh:
+    X = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
+
+
+def best(f, reps):
+    f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times) * 1e3
+
+
+def run(binary, *flags):
+    out = subprocess.run([os.path.join(a.bin_dir, binary), *flags], capture_output=True,
+                         text=True, check=True, env=env).stdout.strip().split(",")
+    return float(out[5] if binary == "retrieve_fashion" else out[3])
+
+
+def start_server(tmp):
+    log = open(os.path.join(tmp, "log"), "w+")
+    proc = subprocess.Popen([os.path.join(a.bin_dir, "engramd"), "--listen=127.0.0.1:0",
+                             "--metrics_listen=", "--data_dir=" + tmp, "--sync=false"],
+                            stdout=log, stderr=log, env=env)
+    for _ in range(200):
+        log.seek(0)
+        text = log.read()
+        m = re.search(r"\(port (\d+)\)", text)
+        if m and "ready" in text:
+            return proc, "127.0.0.1:" + m.group(1)
+        time.sleep(0.05)
+    raise RuntimeError("engramd did not start")
+
+
+rows = []
+lines = []
+emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
+with tempfile.TemporaryDirectory() as tmp:
+    proc, addr = start_server(tmp)
+    try:
+        emit("| M | L | engram ms | engram gRPC ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")
+        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m in [int(s) for s in a.sizes.split(",")]:
+            xi = np.ascontiguousarray(X[:m])
+            t_xi = torch.from_numpy(xi)
+            index = faiss.IndexFlatIP(784)
+            index.add(xi)
+            for l in [int(s) for s in a.batches.split(",")]:
+                q = np.ascontiguousarray(X[-l:] * 0.5)
+                t_q = torch.from_numpy(q)
+                common = [f"--m={m}", f"--l={l}", f"--reps={a.reps}"]
+                engram = run("retrieve_fashion", *common, "--threads=1", "--slices=2")
+                grpc_ms = run("retrieve_grpc", f"--addr={addr}", *common)
+                torch_ms = best(lambda: torch.softmax(t_q @ t_xi.T, dim=-1) @ t_xi, a.reps)
+                faiss_ms = best(lambda: index.search(q, 10), a.reps)
+                gemm = run("retrieve_fashion", *common, "--mode=gemm", "--threads=2")
+                stream = run("retrieve_fashion", *common, "--mode=stream") if l == 1 else float("nan")
+                rows.append((m, l, engram, grpc_ms, torch_ms, faiss_ms, gemm, stream))
+                emit(f"| {m} | {l} | {engram:.2f} | {grpc_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
+                     f"{gemm:.2f} | {'' if l != 1 else f'{stream:.2f}'} | {torch_ms / engram:.2f}x | "
+                     f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} |")
+        emit()
+        emit("Sparse separations (no peer), engram in process and through gRPC, M = 10000:")
+        emit()
+        emit("| separation | L | engram ms | engram gRPC ms |")
+        emit("|---|---:|---:|---:|")
+        for sep in ("sparsemax", "entmax15"):
+            for l in (1, 256):
+                common = ["--m=10000", f"--l={l}", f"--reps={a.reps}"]
+                ms = run("retrieve_fashion", *common, "--threads=1", "--slices=2", f"--separation={sep}")
+                emit(f"| {sep} | {l} | {ms:.2f} | |")
+        if a.large:
+            ms = run("retrieve_fashion", f"--synthetic={a.large}", f"--m={a.large}", "--l=256",
+                     "--reps=2", "--threads=1", "--slices=2")
+            emit()
+            emit(f"M = {a.large:,} random patterns, L = 256, softmax·dot: {ms / 1e3:.2f} s "
+                 f"({4 * 256 * a.large * 784 / ms / 1e6:.0f} GFLOP/s); the score buffer is at most "
+                 "16 MiB per thread (RetrievalOptions::max_score_floats), 32 MiB per request here.")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+if a.out:
+    with open(a.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = ["engram", "engram gRPC", "PyTorch", "FAISS top-10", "sgemm pair"]
+    fig, axes = plt.subplots(1, len({r[0] for r in rows}), figsize=(12, 4.5), sharey=True)
+    for ax, m in zip(np.atleast_1d(axes), sorted({r[0] for r in rows})):
+        sub = [r for r in rows if r[0] == m]
+        x = np.arange(len(sub))
+        for k, name in enumerate(names):
+            ax.bar(x + (k - 2) * 0.16, [r[2 + k] * 1e3 / r[1] for r in sub], 0.16, label=name)
+        ax.set_xticks(x, [f"L={r[1]}" for r in sub])
+        ax.set_yscale("log")
+        ax.set_title(f"M = {m:,}, d = 784")
+        ax.set_ylabel("µs per query (log)")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle("Exact retrieval on Fashion-MNIST, 2 cores (lower is better)")
+    fig.tight_layout()
+    fig.savefig(a.out + ".png", dpi=110)

@@ -1,0 +1,64 @@
+// Exact retrieval through a running engramd, one client: the same shapes as
+// retrieve_fashion (the first M Fashion-MNIST images stored, the last L
+// scaled by 0.5 as queries), timed from request to decoded response.
+//
+//   retrieve_grpc --addr=127.0.0.1:50051 [--m=10000] [--l=256] [--reps=20]
+//
+// Prints: grpc,m,l,best_ms,median_ms,us_per_query
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "client/matrix_io.h"
+
+ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address.");
+ABSL_FLAG(size_t, m, 10000, "Stored patterns.");
+ABSL_FLAG(size_t, l, 256, "Queries per request.");
+ABSL_FLAG(int, reps, 20, "Timed requests (after one warm-up).");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  using namespace engram;
+  const size_t m = absl::GetFlag(FLAGS_m), l = absl::GetFlag(FLAGS_l);
+  absl::StatusOr<client::Matrix> images = client::ReadMatrix(
+      "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
+  if (!images.ok()) return 1;
+  const size_t d = images->cols;
+  client::ClientOptions options;
+  options.address = absl::GetFlag(FLAGS_addr);
+  std::unique_ptr<client::Client> c = std::move(*client::Client::Connect(options));
+  const std::string name = absl::StrCat("bench-", m);
+  if (!c->GetStore(name).ok()) {
+    v1::Store store;
+    store.set_name(name);
+    store.set_dimension(d);
+    if (!c->CreateStore(store).ok()) return 1;
+    const absl::Span<const float> rows(images->data.data(), m * d);
+    if (!c->Import(name, rows, d, {}, 2000).ok()) return 1;
+  }
+  std::vector<float> queries(images->data.end() - l * d, images->data.end());
+  for (float& v : queries) v *= 0.5f;
+  v1::RetrieveRequest request;
+  request.set_path(v1::EXACT);
+  std::vector<double> ms;
+  for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<v1::RetrieveResponse> r = c->Retrieve(name, queries, d, request);
+    const auto end = std::chrono::steady_clock::now();
+    if (!r.ok() || r->results_size() != static_cast<int>(l)) {
+      std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    if (rep >= 0) ms.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  std::printf("grpc,%zu,%zu,%.3f,%.3f,%.2f\n", m, l, ms.front(), ms[ms.size() / 2],
+              ms.front() * 1e3 / l);
+  return 0;
+}
