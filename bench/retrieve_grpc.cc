@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
   const size_t d = images->cols;
   client::ClientOptions options;
   options.address = absl::GetFlag(FLAGS_addr);
-  std::unique_ptr<client::Client> c = std::move(*client::Client::Connect(options));
+  std::unique_ptr<client::Client> c =
+      std::move(*client::Client::Connect(options));
   const std::string name = absl::StrCat("bench-", m);
   if (!c->GetStore(name).ok()) {
     v1::Store store;
@@ -49,16 +50,19 @@ int main(int argc, char** argv) {
   std::vector<double> ms;
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<v1::RetrieveResponse> r = c->Retrieve(name, queries, d, request);
+    absl::StatusOr<v1::RetrieveResponse> r =
+        c->Retrieve(name, queries, d, request);
     const auto end = std::chrono::steady_clock::now();
     if (!r.ok() || r->results_size() != static_cast<int>(l)) {
       std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
       return 1;
     }
-    if (rep >= 0) ms.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+    if (rep >= 0)
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(end - start).count());
   }
   std::sort(ms.begin(), ms.end());
-  std::printf("grpc,%zu,%zu,%.3f,%.3f,%.2f\n", m, l, ms.front(), ms[ms.size() / 2],
-              ms.front() * 1e3 / l);
+  std::printf("grpc,%zu,%zu,%.3f,%.3f,%.2f\n", m, l, ms.front(),
+              ms[ms.size() / 2], ms.front() * 1e3 / l);
   return 0;
 }

@@ -41,8 +41,8 @@ ABSL_FLAG(int, blas_threads, 1,
           "batches itself (--retrieval_threads), which measured faster than "
           "OpenBLAS's pool, whose idle threads spin between calls.");
 ABSL_FLAG(int, retrieval_threads, 0,
-          "Threads one Retrieve batch is split over (16+ queries per thread); "
-          "0 = the number of cores. Small queries use one thread.");
+          "Threads one Retrieve batch is split over, by queries; 0 = the "
+          "number of cores. Requests under ~4 MFLOP use one thread.");
 ABSL_FLAG(std::string, blas_coretype, "auto",
           "OpenBLAS kernel family. auto: OpenBLAS's choice, or an inherited "
           "OPENBLAS_CORETYPE, except that an AVX-512 CPU always gets AVX-512 "

@@ -96,13 +96,6 @@ float RowMax(const float* row, size_t n) {
   return max;
 }
 
-float L1Distance(const float* a, const float* b, size_t d) {
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (size_t k = 0; k < d; ++k) sum += std::fabs(a[k] - b[k]);
-  return sum;
-}
-
 float SquaredDistance(const float* a, const float* b, size_t d) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -155,7 +148,7 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
       for (size_t i = 0; i < num_queries; ++i) {
         for (size_t j = 0; j < n; ++j) {
           scores[i * n + j] =
-              -beta * L1Distance(queries + i * d, rows + j * d, d);
+              -beta * internal::L1Distance(queries + i * d, rows + j * d, d);
         }
       }
       return;
@@ -198,8 +191,8 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
   float max = static_cast<float>(state.max);
   for (size_t j = 0; j < n; ++j) {
     float z;
-    ComputeScores(on_features, beta, query, &query_sq_norm, 1, keys + j * key_dim,
-                  key_sq_norms + j, 1, key_dim, &z);
+    ComputeScores(on_features, beta, query, &query_sq_norm, 1,
+                  keys + j * key_dim, key_sq_norms + j, 1, key_dim, &z);
     PushTop(state, top_k, z, first_index + j);
     if (z > max) {
       const float rescale = state.max == kNegInf ? 0.0f : std::exp(max - z);
@@ -312,7 +305,8 @@ absl::Status Pass(const MemorySet& memories, const float* states,
             const float factor = static_cast<float>(rescale);
             for (size_t k = 0; k < d; ++k) out[k] *= factor;
           }
-          state.sum += internal::ExpInPlace(row, n, static_cast<float>(new_max));
+          state.sum +=
+              internal::ExpInPlace(row, n, static_cast<float>(new_max));
         } else {
           state.sum += internal::SumExp(row, n, static_cast<float>(new_max));
         }
@@ -334,9 +328,14 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
                                               size_t num_queries,
                                               const RetrievalParams& params,
                                               const RetrievalOptions& options) {
-  constexpr size_t kMinSlice = 16;
-  const size_t slices = std::min<size_t>(std::max(options.threads, 1),
-                                         num_queries / kMinSlice);
+  // Threads pay off once a request has a few MFLOP of work; a slice of one
+  // query takes the fused single-pass path.
+  constexpr double kMinWorkForThreads = 4e6;
+  const double work = 4.0 * num_queries * memories.size() * memories.dim;
+  const size_t slices =
+      work < kMinWorkForThreads
+          ? 1
+          : std::min<size_t>(std::max(options.threads, 1), num_queries);
   if (slices > 1) {
     // Each slice is an independent retrieval of some of the queries.
     RetrievalOptions one = options;
@@ -348,7 +347,8 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
     for (size_t s = 0; s < slices; ++s) {
       const size_t first = s * per, count = std::min(per, num_queries - first);
       auto run = [&, s, first, count] {
-        parts[s] = RetrieveExact(memories, queries + first * d, count, params, one);
+        parts[s] =
+            RetrieveExact(memories, queries + first * d, count, params, one);
       };
       if (s + 1 < slices) {
         workers.emplace_back(run);
@@ -360,9 +360,11 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
     RetrievalOutput out;
     for (absl::StatusOr<RetrievalOutput>& part : parts) {
       if (!part.ok()) return part.status();
-      out.states.insert(out.states.end(), part->states.begin(), part->states.end());
+      out.states.insert(out.states.end(), part->states.begin(),
+                        part->states.end());
       for (auto& m : part->matches) out.matches.push_back(std::move(m));
-      out.energies.insert(out.energies.end(), part->energies.begin(), part->energies.end());
+      out.energies.insert(out.energies.end(), part->energies.begin(),
+                          part->energies.end());
       out.steps.insert(out.steps.end(), part->steps.begin(), part->steps.end());
       out.converged.insert(out.converged.end(), part->converged.begin(),
                            part->converged.end());

@@ -79,7 +79,7 @@ struct RetrievalOptions {
   std::function<absl::Status()> check;
   // Threads a batch is split over, by queries (each slice runs every phase:
   // products, exp, top-k, output). Meant for single-threaded BLAS, so no
-  // thread ever waits on another. Slices keep at least 16 queries.
+  // thread ever waits on another. Small requests stay on one thread.
   int threads = 1;
 };
 

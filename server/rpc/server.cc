@@ -23,10 +23,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  std::unique_ptr<Server> server(new Server(
-      std::make_unique<EngramService>(registry, fits, metrics,
-                                      options.retrieval_threads),
-      host));
+  std::unique_ptr<Server> server(
+      new Server(std::make_unique<EngramService>(registry, fits, metrics,
+                                                 options.retrieval_threads),
+                 host));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
                            &server->port_);

@@ -381,17 +381,20 @@ TEST(RetrievalTest, SlicedBatchesEqualOneThread) {
     params.steps = 2;
     RetrievalOptions sliced;
     sliced.threads = 3;
-    absl::StatusOr<RetrievalOutput> a = RetrieveExact(memories.set, queries.data(), n, params);
+    absl::StatusOr<RetrievalOutput> a =
+        RetrieveExact(memories.set, queries.data(), n, params);
     absl::StatusOr<RetrievalOutput> b =
         RetrieveExact(memories.set, queries.data(), n, params, sliced);
     ASSERT_TRUE(a.ok() && b.ok());
     ASSERT_EQ(a->states.size(), b->states.size());
     for (size_t k = 0; k < a->states.size(); ++k) {
-      EXPECT_NEAR(a->states[k], b->states[k], 1e-5 * (1 + std::fabs(a->states[k])));
+      EXPECT_NEAR(a->states[k], b->states[k],
+                  1e-5 * (1 + std::fabs(a->states[k])));
     }
     for (size_t i = 0; i < n; ++i) {
       EXPECT_EQ(a->matches[i][0].index, b->matches[i][0].index);
-      EXPECT_NEAR(a->energies[i], b->energies[i], 1e-5 * (1 + std::fabs(a->energies[i])));
+      EXPECT_NEAR(a->energies[i], b->energies[i],
+                  1e-5 * (1 + std::fabs(a->energies[i])));
     }
   }
 }

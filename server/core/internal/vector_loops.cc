@@ -24,6 +24,13 @@ ENGRAM_CLONES float Dot(const float* a, const float* b, size_t d) {
   return sum;
 }
 
+ENGRAM_CLONES float L1Distance(const float* a, const float* b, size_t d) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t k = 0; k < d; ++k) sum += std::fabs(a[k] - b[k]);
+  return sum;
+}
+
 ENGRAM_CLONES void AddScaled(float alpha, const float* x, float* y, size_t d) {
 #pragma omp simd
   for (size_t k = 0; k < d; ++k) y[k] += alpha * x[k];

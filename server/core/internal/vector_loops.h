@@ -16,6 +16,9 @@ inline constexpr size_t kGemmMinRows = 4;
 // <a, b> for vectors of size d.
 float Dot(const float* a, const float* b, size_t d);
 
+// sum_k |a_k - b_k| for vectors of size d.
+float L1Distance(const float* a, const float* b, size_t d);
+
 // y (d) += alpha * x (d).
 void AddScaled(float alpha, const float* x, float* y, size_t d);
 
