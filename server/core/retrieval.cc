@@ -274,8 +274,16 @@ absl::Status Pass(const MemorySet& memories, const float* states,
         float* row = scores.data() + i * n;
         const double tile_max = RowMax(row, n);
 
+        // Most scores lose to the weakest of the top k: one compare each.
+        const size_t k = params.top_k;
+        float weakest = state.top.size() < k
+                            ? -std::numeric_limits<float>::infinity()
+                            : state.top.front().first;
         for (size_t j = 0; j < n; ++j) {
-          PushTop(state, params.top_k, row[j], first_index + j);
+          if (row[j] > weakest || state.top.size() < k) {
+            PushTop(state, k, row[j], first_index + j);
+            if (state.top.size() == k) weakest = state.top.front().first;
+          }
         }
 
         const double new_max = std::max(state.max, tile_max);
