@@ -110,15 +110,15 @@ with tempfile.TemporaryDirectory() as tmp:
                      f"{gemm:.2f} | {'' if l != 1 else f'{stream:.2f}'} | {torch_ms / engram:.2f}x | "
                      f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} |")
         emit()
-        emit("Sparse separations (no peer), engram in process and through gRPC, M = 10000:")
+        emit("Sparse separations (no peer), engram in process, M = 10000:")
         emit()
-        emit("| separation | L | engram ms | engram gRPC ms |")
-        emit("|---|---:|---:|---:|")
+        emit("| separation | L | engram ms |")
+        emit("|---|---:|---:|")
         for sep in ("sparsemax", "entmax15"):
             for l in (1, 256):
                 common = ["--m=10000", f"--l={l}", f"--reps={a.reps}"]
                 ms = run("retrieve_fashion", *common, "--threads=1", "--slices=2", f"--separation={sep}")
-                emit(f"| {sep} | {l} | {ms:.2f} | |")
+                emit(f"| {sep} | {l} | {ms:.2f} |")
         if a.large:
             ms = run("retrieve_fashion", f"--synthetic={a.large}", f"--m={a.large}", "--l=256",
                      "--reps=2", "--threads=1", "--slices=2")
