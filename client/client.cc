@@ -43,8 +43,20 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_mb << 20);
   args.SetMaxSendMessageSize(options.max_message_mb << 20);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      options.address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (!options.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca;
+    ssl.pem_cert_chain = options.tls_cert;
+    ssl.pem_private_key = options.tls_key;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.address, credentials, args);
   if (!channel) {
     return absl::InvalidArgumentError("cannot create a channel to " +
                                       options.address);
@@ -55,6 +67,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
 void Client::SetDeadline(grpc::ClientContext& context) const {
   context.set_deadline(std::chrono::system_clock::now() +
                        absl::ToChronoMilliseconds(options_.timeout));
+  if (!options_.token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + options_.token);
+  }
 }
 
 absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
@@ -237,6 +252,9 @@ absl::StatusOr<v1::FitStatus> Client::WatchFit(
     const std::string& store,
     const std::function<void(const v1::FitStatus&)>& on_status) {
   grpc::ClientContext context;
+  if (!options_.token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + options_.token);
+  }
   v1::WatchFitRequest request;
   request.set_store(store);
   std::unique_ptr<grpc::ClientReader<v1::FitStatus>> reader =

@@ -35,6 +35,15 @@ struct ClientOptions {
   std::string address = "127.0.0.1:50051";
   absl::Duration timeout = absl::Seconds(60);
   int max_message_mb = 256;
+  // TLS: the CA that signed the server's certificate (PEM text); empty
+  // means plaintext. With mutual TLS also the client's certificate and key.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  // Expected server name when it differs from the address's host.
+  std::string tls_server_name;
+  // Sent as "authorization: Bearer TOKEN" on every call, if set.
+  std::string token;
 };
 
 class Client {
@@ -87,6 +96,7 @@ class Client {
 
  private:
   Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+  // Sets the deadline and the token of a call.
   void SetDeadline(grpc::ClientContext& context) const;
 
   const ClientOptions options_;

@@ -28,6 +28,17 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "behind TLS and tokens.");
 ABSL_FLAG(std::string, data_dir, "./engram-data",
           "Directory that holds the server's data; created if missing.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the server; with --tls_key, gRPC is served "
+          "over TLS only.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed "
+          "(mutual TLS).");
+ABSL_FLAG(std::string, token_file, "",
+          "Bearer tokens, one per line: 'read TOKEN' or 'write TOKEN'. Every "
+          "engram RPC then needs 'authorization: Bearer TOKEN'; read tokens "
+          "cannot change data. Health checks need none.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -68,6 +79,47 @@ namespace engram {
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
+
+// Times every storage write for the metrics; reads (the load) pass through.
+class TimedStorage : public store::StorageBackend {
+ public:
+  TimedStorage(store::StorageBackend* storage, metrics::Metrics* metrics)
+      : storage_(storage), metrics_(metrics) {}
+  absl::Status PutStore(const store::StoreSettings& settings) override {
+    return Timed([&] { return storage_->PutStore(settings); });
+  }
+  absl::Status DeleteStore(absl::string_view name) override {
+    return Timed([&] { return storage_->DeleteStore(name); });
+  }
+  absl::Status PutMap(absl::string_view store, const store::FitRecord& record,
+                      const core::FeatureMap& map) override {
+    return Timed([&] { return storage_->PutMap(store, record, map); });
+  }
+  absl::Status WritePatterns(absl::string_view store,
+                             absl::Span<const store::Pattern> added,
+                             absl::Span<const uint64_t> deleted,
+                             uint64_t next_id) override {
+    return Timed([&] {
+      return storage_->WritePatterns(store, added, deleted, next_id);
+    });
+  }
+  absl::Status Load(LoadVisitor& visitor) override {
+    return storage_->Load(visitor);
+  }
+
+ private:
+  template <typename F>
+  absl::Status Timed(F&& write) {
+    const absl::Time start = absl::Now();
+    absl::Status status = write();
+    metrics_->RecordStorageWrite(absl::ToDoubleSeconds(absl::Now() - start),
+                                 status.ok());
+    return status;
+  }
+
+  store::StorageBackend* const storage_;
+  metrics::Metrics* const metrics_;
+};
 
 // Reports the fit scheduler's activity as metrics.
 class FitMetrics : public jobs::FitObserver {
@@ -161,7 +213,8 @@ int Run() {
     Log(LogLevel::kError, "%s (--data_dir)", storage.status().ToString());
     return 1;
   }
-  store::StoreRegistry registry(limits, storage->get());
+  TimedStorage timed_storage(storage->get(), metrics->get());
+  store::StoreRegistry registry(limits, &timed_storage);
   FitMetrics fit_metrics(metrics->get());
   jobs::FitSchedulerOptions fit_options;
   fit_options.workers = absl::GetFlag(FLAGS_fit_workers);
@@ -172,6 +225,10 @@ int Run() {
   server_options.listen = absl::GetFlag(FLAGS_listen);
   server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   server_options.retrieval_threads = retrieval_threads;
+  server_options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  server_options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  server_options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  server_options.token_file = absl::GetFlag(FLAGS_token_file);
   server_options.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                                    ? absl::GetFlag(FLAGS_rpc_threads)
                                    : static_cast<int>(4 * cores);
@@ -199,7 +256,11 @@ int Run() {
   size_t stores = 0, patterns = 0;
   if (auto all = registry.List("", limits.max_stores, more); all.ok()) {
     for (const auto& s : *all) {
-      (*metrics)->SetPatternCount(s->name(), s->view()->size());
+      std::shared_ptr<const store::StoreView> view = s->view();
+      (*metrics)->SetPatternCount(s->name(), view->size());
+      (*metrics)->SetNorms(s->name(), view->norms().max_norm,
+                           view->norms().mean_norm,
+                           view->norms().max_feature_norm);
       patterns += s->view()->size();
       ++stores;
     }
@@ -211,12 +272,17 @@ int Run() {
       absl::ToDoubleSeconds(absl::Now() - load_start));
 
   Log(LogLevel::kInfo,
-      "engramd %s listening on %s (port %d); metrics on %s; data_dir=%s; "
+      "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
+      "data_dir=%s; "
       "sync=%s; blas core=%s (OPENBLAS_CORETYPE=%s) threads=%d; retrieval "
       "threads=%d; "
       "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
       "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu",
       kVersion, server_options.listen, (*server)->port(),
+      server_options.tls_cert.empty()        ? "plaintext"
+      : server_options.tls_client_ca.empty() ? "TLS"
+                                             : "mutual TLS",
+      server_options.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_options.listen.empty() ? "(off)" : metrics_options.listen,
       data_dir, storage_options.sync ? "true" : "false", core::blas::CoreName(),
       std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE")

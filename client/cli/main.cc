@@ -7,9 +7,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -28,6 +31,14 @@
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address HOST:PORT.");
 ABSL_FLAG(double, timeout_s, 300, "Deadline of each RPC, in seconds.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA of the server's certificate: connect over TLS.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Server name to verify when it differs from --addr's host.");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token (else $ENGRAM_TOKEN, if set).");
 ABSL_FLAG(bool, json, false, "Print JSON instead of text.");
 ABSL_FLAG(uint32_t, dim, 0, "store create: the dimension of the store.");
 ABSL_FLAG(std::string, similarity, "dot",
@@ -151,6 +162,27 @@ std::unique_ptr<Client> Connect() {
   ClientOptions options;
   options.address = absl::GetFlag(FLAGS_addr);
   options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  auto read = [](const std::string& path, const char* flag) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) Fail(absl::StrCat("--", flag, ": cannot read '", path, "'"));
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
+    options.tls_ca = read(absl::GetFlag(FLAGS_tls_ca), "tls_ca");
+  }
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    options.tls_cert = read(absl::GetFlag(FLAGS_tls_cert), "tls_cert");
+    options.tls_key = read(absl::GetFlag(FLAGS_tls_key), "tls_key");
+  }
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    options.token = std::string(absl::StripAsciiWhitespace(
+        read(absl::GetFlag(FLAGS_token_file), "token_file")));
+  } else if (const char* token = std::getenv("ENGRAM_TOKEN")) {
+    options.token = token;
+  }
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
   FailOn(client.status());
   return std::move(*client);

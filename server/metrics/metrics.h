@@ -23,6 +23,11 @@ class Metrics {
   virtual void RecordRetrieval(absl::string_view path, size_t queries) = 0;
   // The current pattern count of a store (a removed store: RemoveStore).
   virtual void SetPatternCount(absl::string_view store, double count) = 0;
+  // A store's norm statistics (the live inputs of the low-rank planner).
+  virtual void SetNorms(absl::string_view store, double max_norm,
+                        double mean_norm, double max_feature_norm) = 0;
+  // One storage write (an RPC's atomic batch) and how long it took.
+  virtual void RecordStorageWrite(double seconds, bool ok) = 0;
   virtual void RemoveStore(absl::string_view store) = 0;
   // Stores whose data could not be loaded.
   virtual void SetDamagedStores(size_t count) = 0;
@@ -39,6 +44,8 @@ class NullMetrics : public Metrics {
   void RecordRequest(absl::string_view, absl::string_view, double) override {}
   void RecordRetrieval(absl::string_view, size_t) override {}
   void SetPatternCount(absl::string_view, double) override {}
+  void SetNorms(absl::string_view, double, double, double) override {}
+  void RecordStorageWrite(double, bool) override {}
   void RemoveStore(absl::string_view) override {}
   void SetDamagedStores(size_t) override {}
   void SetFits(size_t, size_t) override {}

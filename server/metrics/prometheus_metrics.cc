@@ -43,6 +43,24 @@ class PrometheusMetrics : public Metrics {
                      .Help("Stores whose data could not be loaded at start.")
                      .Register(*registry_)
                      .Add({})),
+        norms_(prometheus::BuildGauge()
+                   .Name("engram_pattern_norm")
+                   .Help("Norm statistics of the stored patterns, by store and "
+                         "statistic (max, mean, max_feature).")
+                   .Register(*registry_)),
+        storage_writes_(
+            prometheus::BuildHistogram()
+                .Name("engram_storage_write_duration_seconds")
+                .Help("Duration of one atomic storage write, by result.")
+                .Register(*registry_)),
+        queries_per_request_(
+            prometheus::BuildHistogram()
+                .Name("engram_queries_per_request")
+                .Help("Queries in one Retrieve request.")
+                .Register(*registry_)
+                .Add({},
+                     prometheus::Histogram::BucketBoundaries{
+                         1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096})),
         fits_(prometheus::BuildGauge()
                   .Name("engram_fits")
                   .Help("Stage I fits, by state (running, pending).")
@@ -70,6 +88,7 @@ class PrometheusMetrics : public Metrics {
         .Register(*registry_)
         .Add({{"version", options.version}})
         .Set(1);
+    SetFits(0, 0);
   }
 
   absl::Status Start() {
@@ -94,6 +113,24 @@ class PrometheusMetrics : public Metrics {
 
   void RecordRetrieval(absl::string_view path, size_t queries) override {
     queries_.Add({{"path", std::string(path)}}).Increment(queries);
+    queries_per_request_.Observe(static_cast<double>(queries));
+  }
+
+  void SetNorms(absl::string_view store, double max_norm, double mean_norm,
+                double max_feature_norm) override {
+    const std::string label = StoreLabel(store);
+    norms_.Add({{"store", label}, {"stat", "max"}}).Set(max_norm);
+    norms_.Add({{"store", label}, {"stat", "mean"}}).Set(mean_norm);
+    norms_.Add({{"store", label}, {"stat", "max_feature"}})
+        .Set(max_feature_norm);
+  }
+
+  void RecordStorageWrite(double seconds, bool ok) override {
+    static const prometheus::Histogram::BucketBoundaries kBuckets = {
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+        0.01,    0.025,  0.05,    0.1,    0.25,  1};
+    storage_writes_.Add({{"result", ok ? "ok" : "error"}}, kBuckets)
+        .Observe(seconds);
   }
 
   void SetPatternCount(absl::string_view store, double count) override {
@@ -122,6 +159,10 @@ class PrometheusMetrics : public Metrics {
     if (!options_.per_store_labels) return;
     patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
     fit_loss_.Remove(&fit_loss_.Add({{"store", std::string(store)}}));
+    for (const char* stat : {"max", "mean", "max_feature"}) {
+      norms_.Remove(
+          &norms_.Add({{"store", std::string(store)}, {"stat", stat}}));
+    }
   }
 
  private:
@@ -143,6 +184,9 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Counter>& queries_;
   prometheus::Family<prometheus::Gauge>& patterns_;
   prometheus::Gauge& damaged_;
+  prometheus::Family<prometheus::Gauge>& norms_;
+  prometheus::Family<prometheus::Histogram>& storage_writes_;
+  prometheus::Histogram& queries_per_request_;
   prometheus::Family<prometheus::Gauge>& fits_;
   prometheus::Family<prometheus::Counter>& fits_total_;
   prometheus::Histogram& fit_duration_;

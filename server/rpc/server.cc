@@ -1,6 +1,8 @@
 #include "server/rpc/server.h"
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,19 +19,63 @@ Server::Server(std::unique_ptr<EngramService> service, std::string host)
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (path.empty() || !in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": cannot read '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, store::StoreRegistry* registry,
     jobs::FitScheduler* fits, metrics::Metrics* metrics) {
+  TokenAuthorizer auth;
+  if (!options.token_file.empty()) {
+    absl::StatusOr<TokenAuthorizer> loaded =
+        TokenAuthorizer::Load(options.token_file);
+    if (!loaded.ok()) return loaded.status();
+    auth = std::move(*loaded);
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  std::unique_ptr<Server> server(
-      new Server(std::make_unique<EngramService>(registry, fits, metrics,
-                                                 options.retrieval_threads),
-                 host));
+  std::unique_ptr<Server> server(new Server(
+      std::make_unique<EngramService>(
+          registry, fits, metrics, options.retrieval_threads, std::move(auth)),
+      host));
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile(options.tls_cert, "--tls_cert");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(options.tls_key, "--tls_key");
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!options.tls_client_ca.empty()) {
+      absl::StatusOr<std::string> ca =
+          ReadFile(options.tls_client_ca, "--tls_client_ca");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request =
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    credentials = grpc::SslServerCredentials(ssl);
+  } else if (!options.tls_client_ca.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca needs --tls_cert and --tls_key");
+  }
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   grpc::ResourceQuota quota("engramd");

@@ -29,6 +29,13 @@ struct ServerOptions {
   int max_message_bytes = 256 << 20;
   int max_threads = 8;
   int retrieval_threads = 1;  // Threads one Retrieve batch is split over.
+  // TLS: PEM files; with a client CA, clients must present a certificate it
+  // signed (mutual TLS). Empty: plaintext.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Bearer tokens (see auth.h); empty: no token needed.
+  std::string token_file;
 };
 
 class Server {

@@ -82,14 +82,19 @@ class EngramService::Call {
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::FitScheduler* fits,
-                             metrics::Metrics* metrics, int retrieval_threads)
+                             metrics::Metrics* metrics, int retrieval_threads,
+                             TokenAuthorizer auth)
     : registry_(registry),
       fits_(fits),
       retrieval_threads_(retrieval_threads),
+      auth_(std::move(auth)),
       metrics_(metrics) {}
 
 void EngramService::CountPatterns(const store::Store& store) {
-  metrics_->SetPatternCount(store.name(), store.view()->size());
+  std::shared_ptr<const store::StoreView> view = store.view();
+  metrics_->SetPatternCount(store.name(), view->size());
+  metrics_->SetNorms(store.name(), view->norms().max_norm,
+                     view->norms().mean_norm, view->norms().max_feature_norm);
 }
 
 void EngramService::Added(const store::Store& store, size_t count) {
@@ -97,10 +102,14 @@ void EngramService::Added(const store::Store& store, size_t count) {
   fits_->PatternsAdded(store.name(), count);
 }
 
-grpc::Status EngramService::CreateStore(grpc::ServerContext*,
+grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
                                         const v1::CreateStoreRequest* request,
                                         v1::Store* response) {
   Call call(this, "CreateStore", request->store().name());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<store::StoreSettings> settings =
       SettingsFromProto(request->store());
   if (!settings.ok()) return call.Done(settings.status());
@@ -114,10 +123,14 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext*,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::GetStore(grpc::ServerContext*,
+grpc::Status EngramService::GetStore(grpc::ServerContext* context,
                                      const v1::GetStoreRequest* request,
                                      v1::Store* response) {
   Call call(this, "GetStore", request->name());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->name());
   if (!found.ok()) {
@@ -137,10 +150,14 @@ grpc::Status EngramService::GetStore(grpc::ServerContext*,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::ListStores(grpc::ServerContext*,
+grpc::Status EngramService::ListStores(grpc::ServerContext* context,
                                        const v1::ListStoresRequest* request,
                                        v1::ListStoresResponse* response) {
   Call call(this, "ListStores", "");
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   std::string after;
   if (!request->page_token().empty()) {
     absl::StatusOr<std::string> parsed = ParseStoreToken(request->page_token());
@@ -161,10 +178,14 @@ grpc::Status EngramService::ListStores(grpc::ServerContext*,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::UpdateStore(grpc::ServerContext*,
+grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
                                         const v1::UpdateStoreRequest* request,
                                         v1::Store* response) {
   Call call(this, "UpdateStore", request->store().name());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store().name());
   if (!found.ok()) return call.Done(found.status());
@@ -178,10 +199,14 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext*,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::DeleteStore(grpc::ServerContext*,
+grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
                                         const v1::DeleteStoreRequest* request,
                                         v1::DeleteStoreResponse*) {
   Call call(this, "DeleteStore", request->name());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::Status status = registry_->Delete(request->name());
   if (status.ok()) {
     fits_->StoreDeleted(request->name());
@@ -190,10 +215,14 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext*,
   return call.Done(status);
 }
 
-grpc::Status EngramService::AddPatterns(grpc::ServerContext*,
+grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
                                         const v1::AddPatternsRequest* request,
                                         v1::AddPatternsResponse* response) {
   Call call(this, "AddPatterns", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -210,9 +239,14 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext*,
 }
 
 grpc::Status EngramService::ImportPatterns(
-    grpc::ServerContext*, grpc::ServerReader<v1::ImportPatternsRequest>* reader,
+    grpc::ServerContext* context,
+    grpc::ServerReader<v1::ImportPatternsRequest>* reader,
     v1::ImportPatternsResponse* response) {
   Call call(this, "ImportPatterns", "");
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   v1::ImportPatternsRequest message;
   std::shared_ptr<store::Store> target;
   uint64_t messages = 0, first_id = 0, last_id = 0, added = 0;
@@ -266,10 +300,14 @@ grpc::Status EngramService::ImportPatterns(
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::GetPattern(grpc::ServerContext*,
+grpc::Status EngramService::GetPattern(grpc::ServerContext* context,
                                        const v1::GetPatternRequest* request,
                                        v1::Pattern* response) {
   Call call(this, "GetPattern", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -279,10 +317,14 @@ grpc::Status EngramService::GetPattern(grpc::ServerContext*,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::ListPatterns(grpc::ServerContext*,
+grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
                                          const v1::ListPatternsRequest* request,
                                          v1::ListPatternsResponse* response) {
   Call call(this, "ListPatterns", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -304,9 +346,13 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext*,
 }
 
 grpc::Status EngramService::DeletePatterns(
-    grpc::ServerContext*, const v1::DeletePatternsRequest* request,
+    grpc::ServerContext* context, const v1::DeletePatternsRequest* request,
     v1::DeletePatternsResponse* response) {
   Call call(this, "DeletePatterns", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -322,6 +368,10 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
                                      const v1::RetrieveRequest* request,
                                      v1::RetrieveResponse* response) {
   Call call(this, "Retrieve", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -388,10 +438,14 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::GetFitStatus(grpc::ServerContext*,
+grpc::Status EngramService::GetFitStatus(grpc::ServerContext* context,
                                          const v1::GetFitStatusRequest* request,
                                          v1::FitStatus* response) {
   Call call(this, "GetFitStatus", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
@@ -402,6 +456,10 @@ grpc::Status EngramService::WatchFit(
     grpc::ServerContext* context, const v1::WatchFitRequest* request,
     grpc::ServerWriter<v1::FitStatus>* writer) {
   Call call(this, "WatchFit", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
   using State = jobs::FitStatus::State;
   while (status.ok()) {
@@ -424,20 +482,28 @@ grpc::Status EngramService::WatchFit(
   return call.Done(status.status());
 }
 
-grpc::Status EngramService::StartFit(grpc::ServerContext*,
+grpc::Status EngramService::StartFit(grpc::ServerContext* context,
                                      const v1::StartFitRequest* request,
                                      v1::FitStatus* response) {
   Call call(this, "StartFit", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<jobs::FitStatus> status = fits_->Start(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::CancelFit(grpc::ServerContext*,
+grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
                                       const v1::CancelFitRequest* request,
                                       v1::FitStatus* response) {
   Call call(this, "CancelFit", request->store());
+  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
+      !denied.ok()) {
+    return call.Done(denied);
+  }
   absl::StatusOr<jobs::FitStatus> status = fits_->Cancel(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);

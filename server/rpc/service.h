@@ -9,6 +9,7 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/jobs/fit_scheduler.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/auth.h"
 #include "server/store/registry.h"
 
 namespace engram::rpc {
@@ -17,7 +18,8 @@ class EngramService final : public v1::Engram::Service {
  public:
   // All borrowed; they must outlive the service.
   EngramService(store::StoreRegistry* registry, jobs::FitScheduler* fits,
-                metrics::Metrics* metrics, int retrieval_threads);
+                metrics::Metrics* metrics, int retrieval_threads,
+                TokenAuthorizer auth = TokenAuthorizer());
 
   grpc::Status CreateStore(grpc::ServerContext* context,
                            const v1::CreateStoreRequest* request,
@@ -77,6 +79,7 @@ class EngramService final : public v1::Engram::Service {
   store::StoreRegistry* const registry_;
   jobs::FitScheduler* const fits_;
   const int retrieval_threads_;
+  const TokenAuthorizer auth_;
   metrics::Metrics* const metrics_;
 };
 

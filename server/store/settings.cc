@@ -33,10 +33,13 @@ absl::Status ValidateSettings(const StoreSettings& settings,
   if (absl::Status status = ValidateStoreName(settings.name); !status.ok()) {
     return status;
   }
-  if (settings.dimension < 1 || settings.dimension > limits.max_dimension) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("store.dimension must be in [1, ", limits.max_dimension,
-                     "], got ", settings.dimension));
+  if (settings.dimension < 1) {
+    return absl::InvalidArgumentError("store.dimension must be at least 1");
+  }
+  if (settings.dimension > limits.max_dimension) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store.dimension ", settings.dimension,
+        " exceeds the limit max_dimension ", limits.max_dimension));
   }
   const core::RetrievalParams& r = settings.retrieval;
   if (!(r.beta > 0) || !std::isfinite(r.beta)) {

@@ -128,7 +128,7 @@ TEST_F(ServiceTest, CreateRejectsBadSettings) {
   s = NewStore("x", 0);
   ExpectError(create(s), StatusCode::kInvalidArgument, "store.dimension");
   s = NewStore("x", 5000);
-  ExpectError(create(s), StatusCode::kInvalidArgument, "4096");
+  ExpectError(create(s), StatusCode::kResourceExhausted, "max_dimension 4096");
   s = NewStore("x", 3);
   s.mutable_retrieval()->set_beta(-2);
   ExpectError(create(s), StatusCode::kInvalidArgument, "store.retrieval.beta");

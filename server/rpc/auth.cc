@@ -1,0 +1,80 @@
+#include "server/rpc/auth.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace engram::rpc {
+
+namespace {
+
+// Compares in time independent of where the strings differ.
+bool SameSecret(absl::string_view a, absl::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<TokenAuthorizer> TokenAuthorizer::Load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read token file ", path));
+  }
+  TokenAuthorizer auth;
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    std::vector<absl::string_view> parts =
+        absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (parts.size() != 2 || (parts[0] != "read" && parts[0] != "write") ||
+        parts[1].size() < 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " line ", number,
+                       ": expected 'read TOKEN' or 'write TOKEN', tokens of "
+                       "16+ characters"));
+    }
+    auth.tokens_.push_back({std::string(parts[1]), parts[0] == "write"});
+  }
+  if (auth.tokens_.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " holds no token"));
+  }
+  return auth;
+}
+
+absl::Status TokenAuthorizer::Check(const grpc::ServerContext& context,
+                                    bool writes) const {
+  if (!enabled()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  auto found = metadata.find("authorization");
+  if (found == metadata.end()) {
+    return absl::UnauthenticatedError(
+        "this server requires a token: send 'authorization: Bearer TOKEN'");
+  }
+  absl::string_view value(found->second.data(), found->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ")) {
+    return absl::UnauthenticatedError(
+        "the authorization header must read 'Bearer TOKEN'");
+  }
+  for (const Token& token : tokens_) {
+    if (SameSecret(value, token.secret)) {
+      if (writes && !token.write) {
+        return absl::PermissionDeniedError(
+            "this token is read-only; the method changes data");
+      }
+      return absl::OkStatus();
+    }
+  }
+  return absl::UnauthenticatedError("unknown token");
+}
+
+}  // namespace engram::rpc

@@ -1,0 +1,120 @@
+#!/usr/bin/python3
+"""Metrics end to end: engramd's /metrics passes `promtool check metrics`, and a
+real Prometheus (Debian's package) scraping engramd on loopback reads the
+series back through its HTTP API.
+
+Usage: metrics_test.py BIN_DIR
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+BIN = sys.argv.pop(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+class MetricsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.metrics_port = free_port()
+        cls.log = open(os.path.join(cls.tmp.name, "engramd.log"), "w+")
+        cls.server = subprocess.Popen(
+            [os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
+             f"--metrics_listen=127.0.0.1:{cls.metrics_port}", "--data_dir=" + cls.tmp.name],
+            stdout=cls.log, stderr=cls.log)
+        for _ in range(200):
+            cls.log.seek(0)
+            text = cls.log.read()
+            m = re.search(r"\(port (\d+)\)", text)
+            if m and "ready" in text:
+                cls.addr = "127.0.0.1:" + m.group(1)
+                break
+            time.sleep(0.05)
+        engram = lambda *a: subprocess.run([os.path.join(BIN, "engram"), "--addr=" + cls.addr, *a],  # noqa: E731
+                                           capture_output=True, text=True, timeout=30)
+        rows = os.path.join(cls.tmp.name, "rows.csv")
+        with open(rows, "w") as f:
+            f.write("1,0,0\n0,1,0\n0,0,1\n")
+        engram("store", "create", "m", "--dim=3")
+        engram("add", "m", rows)
+        engram("retrieve", "m", rows)
+        engram("store", "get", "missing")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.terminate()
+        cls.server.wait()
+        cls.log.close()
+        cls.tmp.cleanup()
+
+    def test_exposition_passes_promtool(self):
+        text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        for name in ("engram_requests_total", "engram_request_duration_seconds_bucket",
+                     "engram_queries_total", "engram_queries_per_request_bucket", "engram_patterns",
+                     "engram_pattern_norm", "engram_storage_write_duration_seconds_bucket",
+                     "engram_fits", "engram_damaged_stores", "engram_build_info"):
+            self.assertIn(name, text)
+        self.assertRegex(text, r'engram_requests_total\{code="NOT_FOUND",method="GetStore"\} 1')
+        self.assertRegex(text, r'engram_patterns\{store="m"\} 3')
+        check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                               capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
+    def test_prometheus_scrapes_engramd(self):
+        prometheus = shutil.which("prometheus")
+        self.assertIsNotNone(prometheus, "Debian package prometheus")
+        web_port = free_port()
+        config = os.path.join(self.tmp.name, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n"
+                    "  - job_name: engram\n    static_configs:\n"
+                    f"      - targets: ['127.0.0.1:{self.metrics_port}']\n")
+        log = open(os.path.join(self.tmp.name, "prometheus.log"), "w")
+        proc = subprocess.Popen([prometheus, "--config.file=" + config,
+                                 "--storage.tsdb.path=" + os.path.join(self.tmp.name, "tsdb"),
+                                 f"--web.listen-address=127.0.0.1:{web_port}"],
+                                stdout=log, stderr=log)
+        try:
+            query = urllib.parse.quote('engram_patterns{store="m"}')
+            deadline = time.time() + 60
+            value = None
+            while time.time() < deadline and value is None:
+                try:
+                    body = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/query?query={query}"))
+                    result = body["data"]["result"]
+                    if result:
+                        value = float(result[0]["value"][1])
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            self.assertEqual(value, 3.0)
+            up = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/query?query=up"))
+            self.assertEqual(up["data"]["result"][0]["value"][1], "1")
+        finally:
+            proc.terminate()
+            proc.wait()
+            log.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

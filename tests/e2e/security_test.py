@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""TLS, mutual TLS and bearer tokens, end to end: real engramd processes and
+the engram CLI; certificates made with openssl in the test.
+
+Usage: security_test.py BIN_DIR
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BIN = sys.argv.pop(1)
+
+
+def sh(*args, **kw):
+    subprocess.run(args, check=True, capture_output=True, **kw)
+
+
+def make_certs(d):
+    """A CA, a server certificate for 127.0.0.1/localhost, a client one."""
+    p = lambda name: os.path.join(d, name)  # noqa: E731
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", "/CN=engram test CA", "-keyout", p("ca.key"), "-out", p("ca.pem"))
+    with open(p("san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", "client"):
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
+           "-keyout", p(f"{who}.key"), "-out", p(f"{who}.csr"))
+        extra = ["-extfile", p("san.ext")] if who == "server" else []
+        sh("openssl", "x509", "-req", "-in", p(f"{who}.csr"), "-CA", p("ca.pem"),
+           "-CAkey", p("ca.key"), "-CAcreateserial", "-days", "2", "-out", p(f"{who}.pem"), *extra)
+    return p
+
+
+class Server:
+    def __init__(self, tmp, *flags):
+        self.log_path = os.path.join(tmp, f"engramd-{time.monotonic_ns()}.log")
+        self.log = open(self.log_path, "w+")
+        data = tempfile.mkdtemp(dir=tmp)
+        self.proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
+                                      "--metrics_listen=", "--data_dir=" + data, *flags],
+                                     stdout=self.log, stderr=self.log)
+        for _ in range(200):
+            self.log.seek(0)
+            text = self.log.read()
+            m = re.search(r"\(port (\d+)\)", text)
+            if m and "ready" in text:
+                self.addr = "127.0.0.1:" + m.group(1)
+                self.startup = text
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(text)
+            time.sleep(0.05)
+        raise RuntimeError("engramd did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        self.log.close()
+
+
+class SecurityTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.p = staticmethod(make_certs(cls.tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def engram(self, server, *args, env=None):
+        return subprocess.run([os.path.join(BIN, "engram"), "--addr=" + server.addr,
+                               "--timeout_s=10", *args],
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, **(env or {})})
+
+    def test_tls(self):
+        s = Server(self.tmp.name, "--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key"))
+        try:
+            self.assertIn("TLS", s.startup)
+            ok = self.engram(s, "--tls_ca=" + self.p("ca.pem"), "health")
+            self.assertEqual(ok.stdout.strip(), "SERVING", ok.stderr)
+            self.assertEqual(self.engram(s, "--tls_ca=" + self.p("ca.pem"), "store", "list").returncode, 0)
+            plain = self.engram(s, "store", "list")
+            self.assertNotEqual(plain.returncode, 0)
+            self.assertIn("UNAVAILABLE", plain.stderr)
+            # The server name is checked: the certificate does not name "example.org".
+            wrong = self.engram(s, "--tls_ca=" + self.p("ca.pem"), "--tls_server_name=example.org", "health")
+            self.assertNotEqual(wrong.returncode, 0)
+        finally:
+            s.stop()
+
+    def test_mutual_tls(self):
+        s = Server(self.tmp.name, "--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key"),
+                   "--tls_client_ca=" + self.p("ca.pem"))
+        try:
+            self.assertIn("mutual TLS", s.startup)
+            anonymous = self.engram(s, "--tls_ca=" + self.p("ca.pem"), "store", "list")
+            self.assertNotEqual(anonymous.returncode, 0)
+            known = self.engram(s, "--tls_ca=" + self.p("ca.pem"), "--tls_cert=" + self.p("client.pem"),
+                                "--tls_key=" + self.p("client.key"), "store", "list")
+            self.assertEqual(known.returncode, 0, known.stderr)
+        finally:
+            s.stop()
+
+    def test_token_matrix(self):
+        tokens = os.path.join(self.tmp.name, "tokens")
+        with open(tokens, "w") as f:
+            f.write("# engram tokens\nread  reader-0123456789abcdef\nwrite writer-0123456789abcdef\n")
+        s = Server(self.tmp.name, "--token_file=" + tokens)
+        read = {"ENGRAM_TOKEN": "reader-0123456789abcdef"}
+        write = {"ENGRAM_TOKEN": "writer-0123456789abcdef"}
+        wrong = {"ENGRAM_TOKEN": "nobody-0123456789abcdef"}
+        try:
+            self.assertIn("bearer tokens", s.startup)
+            self.assertEqual(self.engram(s, "health").stdout.strip(), "SERVING", "health needs no token")
+            none = self.engram(s, "store", "list")
+            self.assertIn("UNAUTHENTICATED", none.stderr)
+            self.assertIn("UNAUTHENTICATED", self.engram(s, "store", "list", env=wrong).stderr)
+            created = self.engram(s, "store", "create", "t", "--dim=2", env=write)
+            self.assertEqual(created.returncode, 0, created.stderr)
+            denied = self.engram(s, "store", "create", "u", "--dim=2", env=read)
+            self.assertIn("PERMISSION_DENIED", denied.stderr)
+            self.assertEqual(self.engram(s, "store", "list", env=read).returncode, 0)
+            rows = os.path.join(self.tmp.name, "rows.csv")
+            with open(rows, "w") as f:
+                f.write("1,0\n0,1\n")
+            self.assertIn("PERMISSION_DENIED", self.engram(s, "add", "t", rows, env=read).stderr)
+            self.assertEqual(self.engram(s, "add", "t", rows, env=write).returncode, 0)
+            retrieved = self.engram(s, "retrieve", "t", rows, env=read)
+            self.assertEqual(retrieved.returncode, 0, retrieved.stderr)
+            self.assertIn("PERMISSION_DENIED", self.engram(s, "store", "delete", "t", env=read).stderr)
+            self.assertIn("PERMISSION_DENIED", self.engram(s, "fit", "t", env=read).stderr)
+            token_file = os.path.join(self.tmp.name, "my-token")
+            with open(token_file, "w") as f:
+                f.write("writer-0123456789abcdef\n")
+            self.assertEqual(self.engram(s, "--token_file=" + token_file, "store", "delete", "t").returncode, 0)
+        finally:
+            s.stop()
+
+    def test_bad_token_file_is_refused_at_start(self):
+        bad = os.path.join(self.tmp.name, "bad-tokens")
+        with open(bad, "w") as f:
+            f.write("admin short\n")
+        with self.assertRaises(RuntimeError) as e:
+            Server(self.tmp.name, "--token_file=" + bad)
+        self.assertIn("line 1", str(e.exception))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
