@@ -1,0 +1,98 @@
+#!/usr/bin/python3
+"""Server reflection: a client that has no engram code learns the API from a
+running engramd and calls it, as grpcurl or Postman would.
+
+Usage: reflection_test.py BIN_DIR PYTHON_DIR
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BIN, PYDIR = sys.argv.pop(1), sys.argv.pop(1)
+sys.path.insert(0, PYDIR)
+import grpc  # noqa: E402
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
+from grpc_reflection_client.v1alpha import reflection_pb2 as rpb  # noqa: E402
+from grpc_reflection_client.v1alpha import reflection_pb2_grpc as rgrpc  # noqa: E402
+
+
+class ReflectionTest(unittest.TestCase):
+    def test_generic_client_discovers_and_calls_engram(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            log = open(os.path.join(tmp, "log"), "w+")
+            proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
+                                     "--metrics_listen=", "--data_dir=" + tmp],
+                                    stdout=log, stderr=log)
+            try:
+                addr = None
+                for _ in range(200):
+                    log.seek(0)
+                    text = log.read()
+                    m = re.search(r"\(port (\d+)\)", text)
+                    if m and "ready" in text:
+                        addr = "127.0.0.1:" + m.group(1)
+                        break
+                    time.sleep(0.05)
+                channel = grpc.insecure_channel(addr)
+                reflection = rgrpc.ServerReflectionStub(channel)
+
+                def ask(**request):
+                    return next(iter(reflection.ServerReflectionInfo(
+                        iter([rpb.ServerReflectionRequest(**request)]), timeout=10)))
+
+                services = [s.name for s in ask(list_services="").list_services_response.service]
+                self.assertIn("engram.v1.Engram", services)
+                self.assertIn("grpc.health.v1.Health", services)
+
+                # Build the API from the descriptors the server sends: the
+                # engram file and what it imports.
+                pool = descriptor_pool.DescriptorPool()
+                files = {}
+                todo = [ask(file_containing_symbol="engram.v1.Engram")]
+                while todo:
+                    for raw in todo.pop().file_descriptor_response.file_descriptor_proto:
+                        proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                        files[proto.name] = proto
+                        for dep in proto.dependency:
+                            if dep not in files:
+                                todo.append(ask(file_by_filename=dep))
+                added = set()
+
+                def add(name):
+                    if name in added:
+                        return
+                    for dep in files[name].dependency:
+                        add(dep)
+                    pool.Add(files[name])
+                    added.add(name)
+
+                for name in list(files):
+                    add(name)
+                service = pool.FindServiceByName("engram.v1.Engram")
+                self.assertIn("Retrieve", [m.name for m in service.methods])
+                method = service.methods_by_name["CreateStore"]
+                factory = message_factory.MessageFactory(pool)
+                request_class = factory.GetPrototype(method.input_type)
+                response_class = factory.GetPrototype(method.output_type)
+                request = request_class()
+                request.store.name = "reflected"
+                request.store.dimension = 4
+                call = channel.unary_unary("/engram.v1.Engram/CreateStore",
+                                           request_serializer=lambda m: m.SerializeToString(),
+                                           response_deserializer=response_class.FromString)
+                store = call(request, timeout=10)
+                self.assertEqual(store.name, "reflected")
+                self.assertEqual(store.retrieval.beta, 1.0)
+                channel.close()
+            finally:
+                proc.terminate()
+                proc.wait()
+                log.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
