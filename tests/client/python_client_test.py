@@ -1,0 +1,98 @@
+#!/usr/bin/python3
+"""The Python client against a real engramd, and its example script.
+
+Usage: python_client_test.py BIN_DIR PYTHON_DIR CLIENT_DIR
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BIN, PYDIR, CLIENT = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
+sys.path[:0] = [PYDIR, CLIENT]
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from engram_client import Client  # noqa: E402
+
+
+class PythonClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.log = open(os.path.join(cls.tmp.name, "log"), "w+")
+        cls.proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
+                                     "--metrics_listen=", "--data_dir=" + cls.tmp.name],
+                                    stdout=cls.log, stderr=cls.log)
+        for _ in range(200):
+            cls.log.seek(0)
+            text = cls.log.read()
+            m = re.search(r"\(port (\d+)\)", text)
+            if m and "ready" in text:
+                cls.addr = "127.0.0.1:" + m.group(1)
+                return
+            time.sleep(0.05)
+        raise RuntimeError("engramd did not start")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.terminate()
+        cls.proc.wait()
+        cls.log.close()
+        cls.tmp.cleanup()
+
+    def test_round_trip_with_numpy(self):
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(50, 16)).astype(np.float32)
+        with Client(self.addr) as c:
+            self.assertEqual(c.health(), "SERVING")
+            c.create_store("py", dim=16, similarity="l2", beta=20, top_k=3)
+            ids = c.add("py", x, labels=[f"r{i}" for i in range(50)], batch=20)
+            self.assertEqual(ids.tolist(), list(range(1, 51)))
+            np.testing.assert_array_equal(c.get("py", 7), x[6])
+            r = c.retrieve("py", x[[4, 9]] + 0.01, steps=2)
+            self.assertEqual(r.ids[:, 0].tolist(), [5, 10])
+            self.assertEqual(r.labels[0][0], "r4")
+            self.assertEqual(r.vectors.shape, (2, 16))
+            np.testing.assert_allclose(r.vectors, x[[4, 9]], atol=1e-3)
+            self.assertEqual(r.ids.shape, (2, 3))
+            self.assertTrue(np.all(r.steps == 2))
+            self.assertEqual(r.path, "exact")
+            single = c.retrieve("py", x[0], vectors=False)
+            self.assertEqual(single.vectors.shape, (0, 0))
+            c.delete("py", [1, 2])
+            self.assertEqual(c.get_store("py").pattern_count, 48)
+            with self.assertRaises(grpc.RpcError) as e:
+                c.retrieve("py", np.ones((1, 3)))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("dimension 16", e.exception.details())
+            with self.assertRaises(grpc.RpcError) as e:
+                c.get_store("nope")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            c.delete_store("py")
+            self.assertNotIn("py", [s.name for s in c.list_stores()])
+
+    def test_uhop_fit_from_python(self):
+        rng = np.random.default_rng(2)
+        with Client(self.addr) as c:
+            c.create_store("pyu", dim=8, similarity="kernel_l2", uhop=True, fit_epochs=20)
+            c.add("pyu", rng.normal(size=(30, 8)))
+            status = c.fit("pyu")
+            self.assertEqual(status.map_version, 1)
+            self.assertEqual(status.epoch, 20)
+
+    def test_example_script_saves_a_png(self):
+        png = os.path.join(self.tmp.name, "recall.png")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([PYDIR, CLIENT])}
+        out = subprocess.run(["/usr/bin/python3", os.path.join(CLIENT, "examples", "fashion_recall.py"),
+                              "--addr", self.addr, "--n", "2000", "--show", "6", "--png", png],
+                             capture_output=True, text=True, env=env, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("recalled 6/6 exactly", out.stdout)
+        self.assertGreater(os.path.getsize(png), 10000)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
