@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
+#include <thread>
 #include <utility>
 
 #include "grpcpp/create_channel.h"
@@ -72,6 +74,24 @@ void Client::SetDeadline(grpc::ClientContext& context) const {
   }
 }
 
+grpc::Status Client::Retrying(
+    const std::function<grpc::Status(grpc::ClientContext*)>& call) const {
+  thread_local std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<double> jitter(0.8, 1.2);
+  grpc::Status status;
+  for (int attempt = 0; attempt <= options_.retries; ++attempt) {
+    if (attempt > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(
+          50.0 * (1 << (attempt - 1)) * jitter(rng)));
+    }
+    grpc::ClientContext context;
+    SetDeadline(context);
+    status = call(&context);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+  }
+  return status;
+}
+
 absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
   grpc::ClientContext context;
   SetDeadline(context);
@@ -87,12 +107,12 @@ absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
 }
 
 absl::StatusOr<v1::Store> Client::GetStore(const std::string& name) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::GetStoreRequest request;
   request.set_name(name);
   v1::Store response;
-  if (absl::Status s = FromGrpc(stub_->GetStore(&context, request, &response));
+  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
+        return stub_->GetStore(context, request, &response);
+      }));
       !s.ok()) {
     return s;
   }
@@ -104,11 +124,10 @@ absl::StatusOr<std::vector<v1::Store>> Client::ListStores() {
   v1::ListStoresRequest request;
   request.set_page_size(1000);
   do {
-    grpc::ClientContext context;
-    SetDeadline(context);
     v1::ListStoresResponse response;
-    if (absl::Status s =
-            FromGrpc(stub_->ListStores(&context, request, &response));
+    if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
+          return stub_->ListStores(context, request, &response);
+        }));
         !s.ok()) {
       return s;
     }
@@ -148,14 +167,13 @@ absl::StatusOr<v1::AddPatternsResponse> Client::AddPatterns(
 
 absl::StatusOr<v1::Pattern> Client::GetPattern(const std::string& store,
                                                uint64_t id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::GetPatternRequest request;
   request.set_store(store);
   request.set_id(id);
   v1::Pattern response;
-  if (absl::Status s =
-          FromGrpc(stub_->GetPattern(&context, request, &response));
+  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
+        return stub_->GetPattern(context, request, &response);
+      }));
       !s.ok()) {
     return s;
   }
@@ -194,8 +212,6 @@ absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
 absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
     const std::string& store, absl::Span<const float> queries, size_t dim,
     v1::RetrieveRequest request) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   request.set_store(store);
   request.clear_queries();
   const size_t rows = dim ? queries.size() / dim : 0;
@@ -204,7 +220,9 @@ absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
         queries.begin() + r * dim, queries.begin() + (r + 1) * dim);
   }
   v1::RetrieveResponse response;
-  if (absl::Status s = FromGrpc(stub_->Retrieve(&context, request, &response));
+  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
+        return stub_->Retrieve(context, request, &response);
+      }));
       !s.ok()) {
     return s;
   }
@@ -269,12 +287,12 @@ absl::StatusOr<v1::FitStatus> Client::WatchFit(
 }
 
 absl::StatusOr<std::string> Client::Health(const std::string& service) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
-  if (absl::Status s = FromGrpc(health_->Check(&context, request, &response));
+  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
+        return health_->Check(context, request, &response);
+      }));
       !s.ok()) {
     return s;
   }

@@ -44,6 +44,10 @@ struct ClientOptions {
   std::string tls_server_name;
   // Sent as "authorization: Bearer TOKEN" on every call, if set.
   std::string token;
+  // Calls that are safe to repeat (reads and Retrieve) are retried this many
+  // times on UNAVAILABLE, after 50 ms, 100 ms, 200 ms, ... (with jitter).
+  // Writes are not: a write whose answer was lost may have been applied.
+  int retries = 3;
 };
 
 class Client {
@@ -98,6 +102,9 @@ class Client {
   Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
   // Sets the deadline and the token of a call.
   void SetDeadline(grpc::ClientContext& context) const;
+  // Runs `call` with a fresh context, retrying on UNAVAILABLE.
+  grpc::Status Retrying(
+      const std::function<grpc::Status(grpc::ClientContext*)>& call) const;
 
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

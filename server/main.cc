@@ -62,7 +62,10 @@ ABSL_FLAG(std::string, blas_coretype, "auto",
           "environment; or a family name such as SkylakeX or Haswell.");
 ABSL_FLAG(int, fit_workers, 1,
           "Threads running Stage I fits (niced, one fit per store at a time).");
-ABSL_FLAG(int, rpc_threads, 0, "Maximum gRPC handler threads; 0 = 4 per core.");
+ABSL_FLAG(int, rpc_threads, 0,
+          "Maximum gRPC threads (pollers and handlers); 0 = 32 per core. "
+          "Calls beyond it get RESOURCE_EXHAUSTED. Handlers mostly wait on "
+          "retrieval threads, so this bounds memory, not CPU.");
 ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
 ABSL_FLAG(uint32_t, max_dimension, 65536, "Largest store dimension.");
 ABSL_FLAG(uint64_t, max_batch, 100000,
@@ -231,7 +234,7 @@ int Run() {
   server_options.token_file = absl::GetFlag(FLAGS_token_file);
   server_options.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                                    ? absl::GetFlag(FLAGS_rpc_threads)
-                                   : static_cast<int>(4 * cores);
+                                   : static_cast<int>(32 * cores);
   // Live (health "") from here on; ready once the stores are loaded.
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(server_options, &registry, fits.get(), metrics->get());

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/cli/bench.h"
 #include "client/client.h"
 #include "client/matrix_io.h"
 #include "google/protobuf/util/json_util.h"
@@ -82,6 +84,21 @@ ABSL_FLAG(uint32_t, fit_min_new_patterns, 1,
 ABSL_FLAG(uint64_t, fit_seed, 0, "store create: seed of the fit.");
 ABSL_FLAG(bool, wait, false, "fit: wait for the fit to end, showing progress.");
 ABSL_FLAG(bool, cancel, false, "fit: cancel the store's fit instead.");
+ABSL_FLAG(int, concurrency, 1, "bench: concurrent callers.");
+ABSL_FLAG(double, duration_s, 10,
+          "bench: measured seconds (after the warm-up).");
+ABSL_FLAG(uint64_t, requests, 0,
+          "bench: stop after this many requests instead.");
+ABSL_FLAG(uint64_t, queries_per_request, 1, "bench: queries in each Retrieve.");
+ABSL_FLAG(
+    double, rate, 0,
+    "bench: requests per second over all callers (0: as fast as possible).");
+ABSL_FLAG(double, warmup_s, 1, "bench: seconds of calls not counted.");
+ABSL_FLAG(
+    std::string, queries, "",
+    "bench: a file of query rows; default: 256 stored patterns plus noise.");
+ABSL_FLAG(bool, omit_vectors, false,
+          "bench: do not ask for the retrieved vectors.");
 ABSL_FLAG(std::string, out, "",
           "retrieve: write the retrieved vectors to this .npy file.");
 
@@ -120,6 +137,13 @@ const Command kCommands[] = {
     {"fit", "engram fit NAME [--wait] [--cancel] [--json]",
      "Starts a Stage I fit of a U-Hop store now (or shows the running one); "
      "--wait follows its progress to the end; --cancel cancels it."},
+    {"bench",
+     "engram bench NAME [--concurrency=1] [--duration_s=10 | "
+     "--requests=N] [--queries_per_request=1] [--rate=R] "
+     "[--warmup_s=1] [--queries=FILE] [--omit_vectors] [--json]",
+     "Load-tests Retrieve on a store: prints requests/s, queries/s and "
+     "latency p50/p90/p99/max."},
+    {"version", "engram version", "Prints the client's version and API."},
     {"health", "engram health [SERVICE]",
      "Checks the server's health (liveness), or a service's (readiness: "
      "engram.v1.Engram)."},
@@ -524,6 +548,82 @@ void Fit(const std::vector<std::string>& args) {
   }
 }
 
+constexpr char kVersion[] = "0.1.0";
+
+void Version(const std::vector<std::string>& args) {
+  if (!args.empty()) Fail("version takes no arguments");
+  absl::PrintF("engram %s (API engram.v1)\n", kVersion);
+}
+
+void Bench(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("bench takes one NAME");
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<v1::Store> store = client->GetStore(args[0]);
+  FailOn(store.status(), "bench");
+  BenchOptions o;
+  o.store = args[0];
+  o.dim = store->dimension();
+  if (!absl::GetFlag(FLAGS_queries).empty()) {
+    const Matrix q = Load(absl::GetFlag(FLAGS_queries));
+    if (q.cols != o.dim) {
+      Fail(absl::StrCat(absl::GetFlag(FLAGS_queries), " has rows of ", q.cols,
+                        " values; store '", args[0], "' has dimension ",
+                        o.dim));
+    }
+    o.queries = q.data;
+  } else {
+    grpc::ClientContext context;
+    v1::ListPatternsRequest request;
+    request.set_store(args[0]);
+    request.set_page_size(256);
+    v1::ListPatternsResponse page;
+    FailOn(absl::Status(static_cast<absl::StatusCode>(
+                            client->stub()
+                                .ListPatterns(&context, request, &page)
+                                .error_code()),
+                        "cannot list patterns"),
+           "bench");
+    if (page.patterns_size() == 0)
+      Fail(absl::StrCat("store '", args[0], "' is empty"));
+    std::mt19937 rng(1);
+    std::normal_distribution<float> noise(0.0f, 0.05f);
+    for (const v1::Pattern& p : page.patterns()) {
+      for (float v : p.values()) o.queries.push_back(v + noise(rng));
+    }
+  }
+  o.concurrency = absl::GetFlag(FLAGS_concurrency);
+  o.duration_s = absl::GetFlag(FLAGS_duration_s);
+  o.requests = absl::GetFlag(FLAGS_requests);
+  o.batch = std::max<uint64_t>(1, absl::GetFlag(FLAGS_queries_per_request));
+  o.rate = absl::GetFlag(FLAGS_rate);
+  o.warmup_s = o.requests > 0 ? 0 : absl::GetFlag(FLAGS_warmup_s);
+  o.vectors = !absl::GetFlag(FLAGS_omit_vectors);
+  o.progress = isatty(STDERR_FILENO) && !absl::GetFlag(FLAGS_json);
+  const BenchResult r = RunBench(*client, o);
+  if (absl::GetFlag(FLAGS_json)) {
+    absl::PrintF(
+        "{\"store\": \"%s\", \"concurrency\": %d, \"queries_per_request\": %u, "
+        "\"requests\": %u, \"errors\": %u, \"seconds\": %.3f, "
+        "\"requests_per_s\": %.2f, \"queries_per_s\": %.2f, \"p50_ms\": %.3f, "
+        "\"p90_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f}\n",
+        o.store, o.concurrency, o.batch, r.requests, r.errors, r.seconds,
+        r.requests_per_s, r.queries_per_s, r.p50_ms, r.p90_ms, r.p99_ms,
+        r.max_ms);
+  } else {
+    absl::PrintF(
+        "%u requests (%u errors) in %.2fs at concurrency %d, %u queries each\n"
+        "  %.1f requests/s, %.1f queries/s\n"
+        "  latency ms: p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n",
+        r.requests, r.errors, r.seconds, o.concurrency, o.batch,
+        r.requests_per_s, r.queries_per_s, r.p50_ms, r.p90_ms, r.p99_ms,
+        r.max_ms);
+  }
+  if (r.errors > 0) {
+    absl::FPrintF(stderr, "engram: bench: first error: %s\n", r.first_error);
+    std::exit(1);
+  }
+}
+
 void Health(const std::vector<std::string>& args) {
   if (args.size() > 1) Fail("health takes at most one SERVICE");
   absl::StatusOr<std::string> status =
@@ -573,6 +673,8 @@ int Main(int argc, char** argv) {
   if (name == "retrieve") Retrieve(args);
   if (name == "fit") Fit(args);
   if (name == "health") Health(args);
+  if (name == "bench") Bench(args);
+  if (name == "version") Version(args);
   return 0;
 }
 

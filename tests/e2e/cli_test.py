@@ -185,6 +185,24 @@ class CliTest(unittest.TestCase):
         plain = self.engram("fit", "e", ok=False)
         self.assertIn("FAILED_PRECONDITION", plain.stderr)
 
+    def test_07_bench_and_version(self):
+        self.assertIn("engram 0.1.0", self.engram("version").stdout)
+        rng = np.random.default_rng(4)
+        write_npy(self.path("b.npy"), rng.normal(size=(40, 8)).astype(np.float32))
+        self.engram("store", "create", "bench", "--dim=8")
+        self.engram("add", "bench", self.path("b.npy"))
+        out = json.loads(self.engram("bench", "bench", "--requests=30", "--concurrency=3",
+                                     "--queries_per_request=4", "--json").stdout)
+        self.assertEqual(out["requests"], 30)
+        self.assertEqual(out["errors"], 0)
+        self.assertEqual(out["queries_per_request"], 4)
+        self.assertGreater(out["queries_per_s"], 0)
+        self.assertLessEqual(out["p50_ms"], out["p99_ms"])
+        text = self.engram("bench", "bench", "--duration_s=0.5", "--warmup_s=0.2", "--rate=40").stdout
+        self.assertRegex(text, r"requests \(0 errors\)")
+        rate = float(re.search(r"([\d.]+) requests/s", text).group(1))
+        self.assertLess(rate, 60, "--rate limits the load")
+
     def test_99_sigterm_stops_the_server_cleanly(self):
         self.server.send_signal(signal.SIGTERM)
         self.assertEqual(self.server.wait(timeout=20), 0)

@@ -7,6 +7,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/client.h"
@@ -598,6 +599,40 @@ TEST_F(ServiceTest, UhopStoreFitsInTheBackgroundAndStreamsProgress) {
   ExpectError(client_->CreateStore(plain).status(),
               StatusCode::kInvalidArgument,
               "needs store.feature_map.kind UHOP");
+}
+
+TEST_F(ServiceTest, ClientRetriesReadsWhileTheServerIsUnavailable) {
+  // A port nobody listens on yet: a second server comes up there 150 ms
+  // after the client starts asking.
+  const int port = server_->port();
+  const std::string address = server_->address();
+  server_->Shutdown(absl::ZeroDuration());
+  client::ClientOptions options;
+  options.address = address;
+  options.timeout = absl::Seconds(5);
+  options.retries = 0;
+  std::unique_ptr<client::Client> impatient =
+      std::move(*client::Client::Connect(options));
+  EXPECT_EQ(impatient->GetStore("s").status().code(), StatusCode::kUnavailable);
+
+  options.retries =
+      6;  // 50 ms doubling: 3.15 s, past gRPC's ~1 s reconnect backoff.
+  std::unique_ptr<client::Client> patient =
+      std::move(*client::Client::Connect(options));
+  std::unique_ptr<Server> late;
+  std::thread starter([&] {
+    absl::SleepFor(absl::Milliseconds(150));
+    ServerOptions server_options;
+    server_options.listen = "127.0.0.1:" + std::to_string(port);
+    late = std::move(*Server::Start(server_options, registry_.get(),
+                                    fits_.get(), &metrics_));
+    late->SetReady(true);
+  });
+  absl::StatusOr<std::vector<v1::Store>> stores = patient->ListStores();
+  starter.join();
+  EXPECT_TRUE(stores.ok()) << stores.status();
+  late->Shutdown(absl::ZeroDuration());
+  server_ = std::move(late);
 }
 
 TEST_F(ServiceTest, DeleteStoreRemovesIt) {
