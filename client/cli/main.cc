@@ -372,7 +372,11 @@ void StoreGet(const std::vector<std::string>& args) {
 void StoreDelete(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("store delete takes one NAME");
   FailOn(Connect()->DeleteStore(args[0]), "store delete");
-  absl::PrintF("deleted store %s\n", args[0]);
+  if (absl::GetFlag(FLAGS_json)) {
+    absl::PrintF("{\"deleted\": \"%s\"}\n", args[0]);
+  } else {
+    absl::PrintF("deleted store %s\n", args[0]);
+  }
 }
 
 Matrix Load(const std::string& path) {
@@ -552,7 +556,11 @@ constexpr char kVersion[] = "0.1.0";
 
 void Version(const std::vector<std::string>& args) {
   if (!args.empty()) Fail("version takes no arguments");
-  absl::PrintF("engram %s (API engram.v1)\n", kVersion);
+  if (absl::GetFlag(FLAGS_json)) {
+    absl::PrintF("{\"version\": \"%s\", \"api\": \"engram.v1\"}\n", kVersion);
+  } else {
+    absl::PrintF("engram %s (API engram.v1)\n", kVersion);
+  }
 }
 
 void Bench(const std::vector<std::string>& args) {
@@ -629,7 +637,12 @@ void Health(const std::vector<std::string>& args) {
   absl::StatusOr<std::string> status =
       Connect()->Health(args.empty() ? "" : args[0]);
   FailOn(status.status(), "health");
-  absl::PrintF("%s\n", *status);
+  if (absl::GetFlag(FLAGS_json)) {
+    absl::PrintF("{\"service\": \"%s\", \"status\": \"%s\"}\n",
+                 args.empty() ? "" : args[0], *status);
+  } else {
+    absl::PrintF("%s\n", *status);
+  }
   if (*status != "SERVING") std::exit(1);
 }
 

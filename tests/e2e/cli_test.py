@@ -187,6 +187,8 @@ class CliTest(unittest.TestCase):
 
     def test_07_bench_and_version(self):
         self.assertIn("engram 0.1.0", self.engram("version").stdout)
+        self.assertEqual(json.loads(self.engram("version", "--json").stdout)["api"], "engram.v1")
+        self.assertEqual(json.loads(self.engram("health", "--json").stdout)["status"], "SERVING")
         rng = np.random.default_rng(4)
         write_npy(self.path("b.npy"), rng.normal(size=(40, 8)).astype(np.float32))
         self.engram("store", "create", "bench", "--dim=8")
