@@ -387,6 +387,15 @@ Matrix Load(const std::string& path) {
   return std::move(*m);
 }
 
+// "[#########.........]  4500/10000 patterns  45%"
+std::string ProgressBar(size_t done, size_t total, const char* what) {
+  constexpr int kWidth = 30;
+  const int filled = total ? static_cast<int>(kWidth * done / total) : kWidth;
+  return absl::StrFormat("[%s%s] %zu/%zu %s %3d%%", std::string(filled, '#'),
+                         std::string(kWidth - filled, '.'), done, total, what,
+                         total ? static_cast<int>(100 * done / total) : 100);
+}
+
 std::string LabelText(float v) {
   return v == std::floor(v) ? absl::StrCat(static_cast<int64_t>(v))
                             : absl::StrCat(v);
@@ -418,7 +427,7 @@ void Add(const std::vector<std::string>& args) {
       args[0], m.data, m.cols, labels, absl::GetFlag(FLAGS_batch),
       [&](size_t sent) {
         if (tty)
-          absl::FPrintF(stderr, "\rsent %zu / %zu patterns", sent, m.rows);
+          absl::FPrintF(stderr, "\r%s", ProgressBar(sent, m.rows, "patterns"));
       });
   if (tty) absl::FPrintF(stderr, "\n");
   FailOn(done.status(), "add");
