@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Validates the deployment files: yamllint on every YAML file; the compose
+# file with `docker compose config` when Docker is installed, and always by
+# parsing it and checking what it references; the
+# Kubernetes kustomization's resources and every manifest's kind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+yamllint -s -c deploy/.yamllint deploy
+echo "== yamllint: $(find deploy -name '*.yaml' -o -name '*.yml' | wc -l) files clean"
+compose=deploy/compose/compose.yaml
+# (Debian's podman-compose 1.0.3 has no `config`; the parser below stands in.)
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f "$compose" config -q && echo "== docker compose config: ok"
+fi
+python3 - <<'PY'
+import json, os, yaml
+base = "deploy/compose"
+c = yaml.safe_load(open(f"{base}/compose.yaml"))
+assert set(c["services"]) == {"engramd", "prometheus", "grafana"}, c["services"].keys()
+for name, s in c["services"].items():
+    assert "image" in s or "build" in s, name
+    for v in s.get("volumes", []):
+        src = v.split(":")[0]
+        if src.startswith("."):
+            assert os.path.exists(os.path.join(base, src)), f"{name}: {src} missing"
+        else:
+            assert src in c.get("volumes", {}), f"{name}: volume {src} undeclared"
+    for dep in s.get("depends_on", []):
+        assert dep in c["services"], f"{name} depends on unknown {dep}"
+assert os.path.exists(os.path.join(base, c["services"]["engramd"]["build"]["context"], "Dockerfile"))
+prom = yaml.safe_load(open(f"{base}/prometheus.yml"))
+assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["engramd:9464"]
+dash = json.load(open(f"{base}/grafana/dashboards/engram.json"))
+assert len(dash["panels"]) >= 6 and all(p["targets"] for p in dash["panels"])
+print(f"== compose: 3 services, {len(dash['panels'])} dashboard panels, references resolve")
+k = "deploy/kubernetes"
+kust = yaml.safe_load(open(f"{k}/kustomization.yaml"))
+kinds = []
+for r in kust["resources"]:
+    for doc in yaml.safe_load_all(open(os.path.join(k, r))):
+        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], r
+        kinds.append(doc["kind"])
+need = {"StatefulSet", "Service", "ConfigMap", "Secret", "ServiceMonitor", "Namespace"}
+assert need <= set(kinds), need - set(kinds)
+ss = next(d for r in kust["resources"] for d in yaml.safe_load_all(open(os.path.join(k, r)))
+          if d["kind"] == "StatefulSet")
+c0 = ss["spec"]["template"]["spec"]["containers"][0]
+assert c0["readinessProbe"]["grpc"]["service"] == "engram.v1.Engram"
+assert c0["livenessProbe"]["grpc"]["service"] == ""
+assert ss["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+print(f"== kubernetes: {len(kinds)} objects ({', '.join(sorted(set(kinds)))}), gRPC probes, a volume claim")
+PY
