@@ -30,6 +30,12 @@ core::FitOptions OptionsFor(const store::StoreSettings& settings) {
   return options;
 }
 
+FitStatus NotConfigured() {
+  FitStatus s;
+  s.state = FitStatus::State::kNotConfigured;
+  return s;
+}
+
 }  // namespace
 
 FitScheduler::FitScheduler(store::StoreRegistry* registry,
@@ -132,9 +138,7 @@ absl::StatusOr<FitStatus> FitScheduler::Status(const std::string& store) {
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return entry.status();
   if (*entry == nullptr) {
-    FitStatus s;
-    s.state = FitStatus::State::kNotConfigured;
-    return s;
+    return NotConfigured();
   }
   return (*entry)->status;
 }
@@ -165,9 +169,7 @@ absl::StatusOr<FitStatus> FitScheduler::Cancel(const std::string& store) {
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return entry.status();
   if (*entry == nullptr) {
-    FitStatus s;
-    s.state = FitStatus::State::kNotConfigured;
-    return s;
+    return NotConfigured();
   }
   Entry& e = **entry;
   if (e.running && e.cancel) *e.cancel = true;
@@ -200,9 +202,7 @@ absl::StatusOr<FitStatus> FitScheduler::WaitForChange(const std::string& store,
     absl::StatusOr<Entry*> entry = EntryFor(store);
     if (!entry.ok()) return entry.status();
     if (*entry == nullptr) {
-      FitStatus s;
-      s.state = FitStatus::State::kNotConfigured;
-      return s;
+      return NotConfigured();
     }
     if ((*entry)->status.generation > after || stopping_) {
       return (*entry)->status;

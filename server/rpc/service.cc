@@ -62,6 +62,13 @@ class EngramService::Call {
         store_(std::move(store)),
         start_(absl::Now()) {}
 
+  // Checks the caller's token; false means the call must end with Denied().
+  bool Authorize(const grpc::ServerContext& context, bool writes) {
+    denied_ = service_->auth_.Check(context, writes);
+    return denied_.ok();
+  }
+  grpc::Status Denied() { return Done(denied_); }
+
   grpc::Status Done(const absl::Status& status) {
     const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
     const char* code = CodeName(status.code());
@@ -78,6 +85,7 @@ class EngramService::Call {
   const char* const method_;
   const std::string store_;
   const absl::Time start_;
+  absl::Status denied_;
 };
 
 EngramService::EngramService(store::StoreRegistry* registry,
@@ -106,10 +114,7 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
                                         const v1::CreateStoreRequest* request,
                                         v1::Store* response) {
   Call call(this, "CreateStore", request->store().name());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::StatusOr<store::StoreSettings> settings =
       SettingsFromProto(request->store());
   if (!settings.ok()) return call.Done(settings.status());
@@ -127,10 +132,7 @@ grpc::Status EngramService::GetStore(grpc::ServerContext* context,
                                      const v1::GetStoreRequest* request,
                                      v1::Store* response) {
   Call call(this, "GetStore", request->name());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->name());
   if (!found.ok()) {
@@ -154,10 +156,7 @@ grpc::Status EngramService::ListStores(grpc::ServerContext* context,
                                        const v1::ListStoresRequest* request,
                                        v1::ListStoresResponse* response) {
   Call call(this, "ListStores", "");
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   std::string after;
   if (!request->page_token().empty()) {
     absl::StatusOr<std::string> parsed = ParseStoreToken(request->page_token());
@@ -182,10 +181,7 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
                                         const v1::UpdateStoreRequest* request,
                                         v1::Store* response) {
   Call call(this, "UpdateStore", request->store().name());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store().name());
   if (!found.ok()) return call.Done(found.status());
@@ -203,10 +199,7 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
                                         const v1::DeleteStoreRequest* request,
                                         v1::DeleteStoreResponse*) {
   Call call(this, "DeleteStore", request->name());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::Status status = registry_->Delete(request->name());
   if (status.ok()) {
     fits_->StoreDeleted(request->name());
@@ -219,10 +212,7 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
                                         const v1::AddPatternsRequest* request,
                                         v1::AddPatternsResponse* response) {
   Call call(this, "AddPatterns", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -243,10 +233,7 @@ grpc::Status EngramService::ImportPatterns(
     grpc::ServerReader<v1::ImportPatternsRequest>* reader,
     v1::ImportPatternsResponse* response) {
   Call call(this, "ImportPatterns", "");
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   v1::ImportPatternsRequest message;
   std::shared_ptr<store::Store> target;
   uint64_t messages = 0, first_id = 0, last_id = 0, added = 0;
@@ -304,10 +291,7 @@ grpc::Status EngramService::GetPattern(grpc::ServerContext* context,
                                        const v1::GetPatternRequest* request,
                                        v1::Pattern* response) {
   Call call(this, "GetPattern", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -321,10 +305,7 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
                                          const v1::ListPatternsRequest* request,
                                          v1::ListPatternsResponse* response) {
   Call call(this, "ListPatterns", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -349,10 +330,7 @@ grpc::Status EngramService::DeletePatterns(
     grpc::ServerContext* context, const v1::DeletePatternsRequest* request,
     v1::DeletePatternsResponse* response) {
   Call call(this, "DeletePatterns", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -368,10 +346,7 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
                                      const v1::RetrieveRequest* request,
                                      v1::RetrieveResponse* response) {
   Call call(this, "Retrieve", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -442,10 +417,7 @@ grpc::Status EngramService::GetFitStatus(grpc::ServerContext* context,
                                          const v1::GetFitStatusRequest* request,
                                          v1::FitStatus* response) {
   Call call(this, "GetFitStatus", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
@@ -456,10 +428,7 @@ grpc::Status EngramService::WatchFit(
     grpc::ServerContext* context, const v1::WatchFitRequest* request,
     grpc::ServerWriter<v1::FitStatus>* writer) {
   Call call(this, "WatchFit", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/false);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
   absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
   using State = jobs::FitStatus::State;
   while (status.ok()) {
@@ -486,10 +455,7 @@ grpc::Status EngramService::StartFit(grpc::ServerContext* context,
                                      const v1::StartFitRequest* request,
                                      v1::FitStatus* response) {
   Call call(this, "StartFit", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::StatusOr<jobs::FitStatus> status = fits_->Start(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
@@ -500,10 +466,7 @@ grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
                                       const v1::CancelFitRequest* request,
                                       v1::FitStatus* response) {
   Call call(this, "CancelFit", request->store());
-  if (absl::Status denied = auth_.Check(*context, /*writes=*/true);
-      !denied.ok()) {
-    return call.Done(denied);
-  }
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
   absl::StatusOr<jobs::FitStatus> status = fits_->Cancel(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);

@@ -4,43 +4,30 @@
 Usage: python_client_test.py BIN_DIR PYTHON_DIR CLIENT_DIR
 """
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 BIN, PYDIR, CLIENT = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
-sys.path[:0] = [PYDIR, CLIENT]
+sys.path[:0] = [PYDIR, CLIENT,
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e")]
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
+from harness import Engramd  # noqa: E402
 
 
 class PythonClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
-        cls.log = open(os.path.join(cls.tmp.name, "log"), "w+")
-        cls.proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
-                                     "--metrics_listen=", "--data_dir=" + cls.tmp.name],
-                                    stdout=cls.log, stderr=cls.log)
-        for _ in range(200):
-            cls.log.seek(0)
-            text = cls.log.read()
-            m = re.search(r"\(port (\d+)\)", text)
-            if m and "ready" in text:
-                cls.addr = "127.0.0.1:" + m.group(1)
-                return
-            time.sleep(0.05)
-        raise RuntimeError("engramd did not start")
+        cls.server = Engramd(BIN, cls.tmp.name)
+        cls.addr = cls.server.addr
 
     @classmethod
     def tearDownClass(cls):
-        cls.proc.terminate()
-        cls.proc.wait()
-        cls.log.close()
+        cls.server.stop()
         cls.tmp.cleanup()
 
     def test_round_trip_with_numpy(self):

@@ -7,7 +7,6 @@ Usage: metrics_test.py BIN_DIR
 """
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +16,9 @@ import time
 import unittest
 import urllib.parse
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Engramd  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
@@ -37,19 +39,8 @@ class MetricsTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.metrics_port = free_port()
-        cls.log = open(os.path.join(cls.tmp.name, "engramd.log"), "w+")
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
-             f"--metrics_listen=127.0.0.1:{cls.metrics_port}", "--data_dir=" + cls.tmp.name],
-            stdout=cls.log, stderr=cls.log)
-        for _ in range(200):
-            cls.log.seek(0)
-            text = cls.log.read()
-            m = re.search(r"\(port (\d+)\)", text)
-            if m and "ready" in text:
-                cls.addr = "127.0.0.1:" + m.group(1)
-                break
-            time.sleep(0.05)
+        cls.server = Engramd(BIN, cls.tmp.name, metrics_listen=f"127.0.0.1:{cls.metrics_port}")
+        cls.addr = cls.server.addr
         engram = lambda *a: subprocess.run([os.path.join(BIN, "engram"), "--addr=" + cls.addr, *a],  # noqa: E731
                                            capture_output=True, text=True, timeout=30)
         rows = os.path.join(cls.tmp.name, "rows.csv")
@@ -62,9 +53,7 @@ class MetricsTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait()
-        cls.log.close()
+        cls.server.stop()
         cls.tmp.cleanup()
 
     def test_exposition_passes_promtool(self):

@@ -5,12 +5,12 @@ running engramd and calls it, as grpcurl or Postman would.
 Usage: reflection_test.py BIN_DIR PYTHON_DIR
 """
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import time
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Engramd  # noqa: E402
 
 BIN, PYDIR = sys.argv.pop(1), sys.argv.pop(1)
 sys.path.insert(0, PYDIR)
@@ -23,20 +23,9 @@ from grpc_reflection_client.v1alpha import reflection_pb2_grpc as rgrpc  # noqa:
 class ReflectionTest(unittest.TestCase):
     def test_generic_client_discovers_and_calls_engram(self):
         with tempfile.TemporaryDirectory() as tmp:
-            log = open(os.path.join(tmp, "log"), "w+")
-            proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
-                                     "--metrics_listen=", "--data_dir=" + tmp],
-                                    stdout=log, stderr=log)
+            server = Engramd(BIN, tmp)
             try:
-                addr = None
-                for _ in range(200):
-                    log.seek(0)
-                    text = log.read()
-                    m = re.search(r"\(port (\d+)\)", text)
-                    if m and "ready" in text:
-                        addr = "127.0.0.1:" + m.group(1)
-                        break
-                    time.sleep(0.05)
+                addr = server.addr
                 channel = grpc.insecure_channel(addr)
                 reflection = rgrpc.ServerReflectionStub(channel)
 
@@ -89,9 +78,7 @@ class ReflectionTest(unittest.TestCase):
                 self.assertEqual(store.retrieval.beta, 1.0)
                 channel.close()
             finally:
-                proc.terminate()
-                proc.wait()
-                log.close()
+                server.stop()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ the engram CLI; certificates made with openssl in the test.
 Usage: security_test.py BIN_DIR
 """
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Engramd  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
@@ -35,31 +36,8 @@ def make_certs(d):
     return p
 
 
-class Server:
-    def __init__(self, tmp, *flags):
-        self.log_path = os.path.join(tmp, f"engramd-{time.monotonic_ns()}.log")
-        self.log = open(self.log_path, "w+")
-        data = tempfile.mkdtemp(dir=tmp)
-        self.proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
-                                      "--metrics_listen=", "--data_dir=" + data, *flags],
-                                     stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            self.log.seek(0)
-            text = self.log.read()
-            m = re.search(r"\(port (\d+)\)", text)
-            if m and "ready" in text:
-                self.addr = "127.0.0.1:" + m.group(1)
-                self.startup = text
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(text)
-            time.sleep(0.05)
-        raise RuntimeError("engramd did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
-        self.log.close()
+def Server(tmp, *flags):
+    return Engramd(BIN, tmp, *flags)
 
 
 class SecurityTest(unittest.TestCase):

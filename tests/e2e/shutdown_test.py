@@ -5,14 +5,15 @@ new calls, closes storage, exits 0; the data is there after a restart.
 Usage: shutdown_test.py BIN_DIR PYTHON_DIR
 """
 import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Engramd  # noqa: E402
 
 BIN, PYDIR = sys.argv.pop(1), sys.argv.pop(1)
 sys.path.insert(0, PYDIR)
@@ -22,29 +23,17 @@ from engram.v1 import engram_pb2 as pb  # noqa: E402
 from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
 
 
-def start(data_dir, log_path):
-    log = open(log_path, "a+")
-    offset = log.tell()
-    proc = subprocess.Popen([os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
-                             "--metrics_listen=", "--data_dir=" + data_dir,
-                             "--shutdown_grace_s=20"], stdout=log, stderr=log)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        log.seek(offset)
-        text = log.read()
-        m = re.search(r"\(port (\d+)\).*\n.*ready", text)
-        if m:
-            return proc, "127.0.0.1:" + m.group(1), log
-        time.sleep(0.02)
-    raise RuntimeError("engramd did not start")
+def start(tmp, data_dir):
+    return Engramd(BIN, tmp, "--shutdown_grace_s=20", data_dir=data_dir)
 
 
 class ShutdownTest(unittest.TestCase):
     def test_sigterm_finishes_in_flight_calls(self):
         with tempfile.TemporaryDirectory() as tmp:
-            log_path = os.path.join(tmp, "log")
-            proc, addr, log = start(tmp, log_path)
-            channel = grpc.insecure_channel(addr)
+            data = os.path.join(tmp, "data")
+            server = start(tmp, data)
+            proc = server.proc
+            channel = grpc.insecure_channel(server.addr)
             stub = pb_grpc.EngramStub(channel)
             stub.CreateStore(pb.CreateStoreRequest(store=pb.Store(name="s", dimension=256)))
             x = np.random.default_rng(0).normal(size=(20000, 256)).astype(np.float32)
@@ -58,7 +47,7 @@ class ShutdownTest(unittest.TestCase):
                 try:
                     r = stub.Retrieve(pb.RetrieveRequest(
                         store="s", queries=[pb.Query(values=row) for row in x[:128] * 0.01],
-                        steps=40, omit_vectors=True), timeout=60)
+                        steps=200, omit_vectors=True), timeout=60)
                     result["ok"] = len(r.results)
                 except grpc.RpcError as e:
                     result["error"] = e.code()
@@ -76,18 +65,15 @@ class ShutdownTest(unittest.TestCase):
             self.assertEqual(result.get("ok"), 128, result)
             self.assertGreater(result["seconds"], 0.5, "the call was in flight at SIGTERM")
             self.assertEqual(proc.wait(timeout=30), 0)
-            log.seek(0)
-            self.assertIn("stopped", log.read())
+            self.assertIn("stopped", server.log())
+            self.assertEqual(server.stop(), 0)
             channel.close()
-            log.close()
 
-            proc, addr, log = start(tmp, log_path)
-            with grpc.insecure_channel(addr) as channel:
+            server = start(tmp, data)
+            with grpc.insecure_channel(server.addr) as channel:
                 stub = pb_grpc.EngramStub(channel)
                 self.assertEqual(stub.GetStore(pb.GetStoreRequest(name="s")).pattern_count, 20000)
-            proc.send_signal(signal.SIGTERM)
-            self.assertEqual(proc.wait(timeout=30), 0)
-            log.close()
+            self.assertEqual(server.stop(), 0)
 
 
 if __name__ == "__main__":

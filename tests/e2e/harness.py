@@ -1,0 +1,56 @@
+"""Starts and stops real engramd processes for the end-to-end tests."""
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+
+class Engramd:
+    """An engramd on a free loopback port, ready when the constructor returns.
+
+    `flags` are extra engramd flags; `data_dir` defaults to a fresh directory
+    under `tmp`. The log is kept in `log_path`; `startup` holds what the server
+    printed up to readiness.
+    """
+
+    def __init__(self, bin_dir, tmp, *flags, data_dir=None, metrics_listen=""):
+        self.data_dir = data_dir or tempfile.mkdtemp(dir=tmp)
+        self.log_path = os.path.join(tmp, f"engramd-{time.monotonic_ns()}.log")
+        self._log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(
+            [os.path.join(bin_dir, "engramd"), "--listen=127.0.0.1:0",
+             "--metrics_listen=" + metrics_listen, "--data_dir=" + self.data_dir, *flags],
+            stdout=self._log, stderr=self._log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            self._log.seek(0)
+            text = self._log.read()
+            m = re.search(r"\(port (\d+)[,)]", text)
+            if m and "; ready" in text:
+                self.addr = "127.0.0.1:" + m.group(1)
+                self.startup = text
+                return
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise RuntimeError("engramd exited: " + text)
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("engramd did not become ready")
+
+    def log(self):
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self, timeout=30):
+        """SIGTERM, then the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
