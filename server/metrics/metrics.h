@@ -19,8 +19,10 @@ class Metrics {
   // One finished RPC: its method, gRPC status code name and duration.
   virtual void RecordRequest(absl::string_view method, absl::string_view code,
                              double seconds) = 0;
-  // One Retrieve: how many queries, and which path ran ("exact", "low_rank").
-  virtual void RecordRetrieval(absl::string_view path, size_t queries) = 0;
+  // One Retrieve: how many queries, which path ran ("exact", "low_rank"),
+  // and the error bound it reported (0 for exact).
+  virtual void RecordRetrieval(absl::string_view path, size_t queries,
+                               double error_bound) = 0;
   // The current pattern count of a store (a removed store: RemoveStore).
   virtual void SetPatternCount(absl::string_view store, double count) = 0;
   // A store's norm statistics (the live inputs of the low-rank planner).
@@ -42,7 +44,7 @@ class Metrics {
 class NullMetrics : public Metrics {
  public:
   void RecordRequest(absl::string_view, absl::string_view, double) override {}
-  void RecordRetrieval(absl::string_view, size_t) override {}
+  void RecordRetrieval(absl::string_view, size_t, double) override {}
   void SetPatternCount(absl::string_view, double) override {}
   void SetNorms(absl::string_view, double, double, double) override {}
   void RecordStorageWrite(double, bool) override {}

@@ -61,6 +61,12 @@ class PrometheusMetrics : public Metrics {
                 .Add({},
                      prometheus::Histogram::BucketBoundaries{
                          1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096})),
+        bounds_(
+            prometheus::BuildHistogram()
+                .Name("engram_retrieval_error_bound")
+                .Help("Error bound each Retrieve reported for its path (0 for "
+                      "exact), by path.")
+                .Register(*registry_)),
         fits_(prometheus::BuildGauge()
                   .Name("engram_fits")
                   .Help("Stage I fits, by state (running, pending).")
@@ -111,9 +117,13 @@ class PrometheusMetrics : public Metrics {
     LatencyFor(method).Observe(seconds);
   }
 
-  void RecordRetrieval(absl::string_view path, size_t queries) override {
+  void RecordRetrieval(absl::string_view path, size_t queries,
+                       double error_bound) override {
     queries_.Add({{"path", std::string(path)}}).Increment(queries);
     queries_per_request_.Observe(static_cast<double>(queries));
+    static const prometheus::Histogram::BucketBoundaries kBuckets = {
+        0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1};
+    bounds_.Add({{"path", std::string(path)}}, kBuckets).Observe(error_bound);
   }
 
   void SetNorms(absl::string_view store, double max_norm, double mean_norm,
@@ -187,6 +197,7 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Gauge>& norms_;
   prometheus::Family<prometheus::Histogram>& storage_writes_;
   prometheus::Histogram& queries_per_request_;
+  prometheus::Family<prometheus::Histogram>& bounds_;
   prometheus::Family<prometheus::Gauge>& fits_;
   prometheus::Family<prometheus::Counter>& fits_total_;
   prometheus::Histogram& fit_duration_;

@@ -409,7 +409,7 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
   response->set_store_version(result->store_version);
   metrics_->RecordRetrieval(
       result->path.path == store::PathChoice::kLowRank ? "low_rank" : "exact",
-      query.num_queries);
+      query.num_queries, result->path.error_bound);
   return call.Done(absl::OkStatus());
 }
 

@@ -61,7 +61,8 @@ class MetricsTest(unittest.TestCase):
         for name in ("engram_requests_total", "engram_request_duration_seconds_bucket",
                      "engram_queries_total", "engram_queries_per_request_bucket", "engram_patterns",
                      "engram_pattern_norm", "engram_storage_write_duration_seconds_bucket",
-                     "engram_fits", "engram_damaged_stores", "engram_build_info"):
+                     "engram_fits", "engram_damaged_stores", "engram_build_info",
+                     "engram_retrieval_error_bound_bucket"):
             self.assertIn(name, text)
         self.assertRegex(text, r'engram_requests_total\{code="NOT_FOUND",method="GetStore"\} 1')
         self.assertRegex(text, r'engram_patterns\{store="m"\} 3')
