@@ -274,12 +274,14 @@ absl::Status Pass(const MemorySet& memories, const float* states,
         float* row = scores.data() + i * n;
         const double tile_max = RowMax(row, n);
 
-        // Most scores lose to the weakest of the top k: one compare each.
+        // Most scores lose to the weakest of the top k: one compare each,
+        // and none at all when the tile's best loses.
         const size_t k = params.top_k;
         float weakest = state.top.size() < k
                             ? -std::numeric_limits<float>::infinity()
                             : state.top.front().first;
-        for (size_t j = 0; j < n; ++j) {
+        for (size_t j = 0;
+             j < n && (tile_max > weakest || state.top.size() < k); ++j) {
           if (row[j] > weakest || state.top.size() < k) {
             PushTop(state, k, row[j], first_index + j);
             if (state.top.size() == k) weakest = state.top.front().first;
@@ -289,7 +291,7 @@ absl::Status Pass(const MemorySet& memories, const float* states,
         const double new_max = std::max(state.max, tile_max);
         if (!softmax) {
           const double floor = new_max - margin;
-          for (size_t j = 0; j < n; ++j) {
+          for (size_t j = 0; j < n && tile_max > floor; ++j) {
             if (row[j] > floor)
               state.candidates.emplace_back(row[j], first_index + j);
           }
