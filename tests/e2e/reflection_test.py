@@ -41,14 +41,14 @@ class ReflectionTest(unittest.TestCase):
                 # engram file and what it imports.
                 pool = descriptor_pool.DescriptorPool()
                 files = {}
-                todo = [ask(file_containing_symbol="engram.v1.Engram")]
-                while todo:
-                    for raw in todo.pop().file_descriptor_response.file_descriptor_proto:
+                pending = [ask(file_containing_symbol="engram.v1.Engram")]
+                while pending:
+                    for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
                         proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
                         files[proto.name] = proto
                         for dep in proto.dependency:
                             if dep not in files:
-                                todo.append(ask(file_by_filename=dep))
+                                pending.append(ask(file_by_filename=dep))
                 added = set()
 
                 def add(name):
