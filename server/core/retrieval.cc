@@ -84,6 +84,9 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// Threads pay off once a request has a few MFLOP of work.
+constexpr double kMinWorkForThreads = 4e6;
+
 using Scored = std::pair<float, size_t>;  // (score, memory index)
 
 // Min-heap order on score, so the heap's front is the weakest of the top k.
@@ -179,30 +182,48 @@ void PushTop(RowState& state, size_t k, float score, size_t index) {
   }
 }
 
-// One query under softmax: each row is scored and folded into the output at
-// once, while it is in L1, so the memories stream from RAM exactly once.
-// (Scoring blocks of 8 rows before folding them in measured slower.)
+// One query under softmax: rows are scored and folded into the output while
+// they are in L1, so the memories stream from RAM exactly once. Four rows
+// share each update of the output (one read and write of it per four rows).
 void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
                       float query_sq_norm, const float* keys,
                       const float* key_sq_norms, size_t key_dim,
                       const float* values, size_t n, size_t d,
                       size_t first_index, size_t top_k, RowState& state,
                       float* output) {
+  constexpr size_t kGroup = 4;
   float max = static_cast<float>(state.max);
-  for (size_t j = 0; j < n; ++j) {
-    float z;
-    ComputeScores(on_features, beta, query, &query_sq_norm, 1,
-                  keys + j * key_dim, key_sq_norms + j, 1, key_dim, &z);
-    PushTop(state, top_k, z, first_index + j);
-    if (z > max) {
-      const float rescale = state.max == kNegInf ? 0.0f : std::exp(max - z);
+  for (size_t j0 = 0; j0 < n; j0 += kGroup) {
+    const size_t g = std::min(kGroup, n - j0);
+    float z[kGroup];
+    float group_max = -std::numeric_limits<float>::infinity();
+    for (size_t j = 0; j < g; ++j) {
+      ComputeScores(on_features, beta, query, &query_sq_norm, 1,
+                    keys + (j0 + j) * key_dim, key_sq_norms + j0 + j, 1,
+                    key_dim, &z[j]);
+      PushTop(state, top_k, z[j], first_index + j0 + j);
+      group_max = std::max(group_max, z[j]);
+    }
+    if (group_max > max) {
+      const float rescale =
+          state.max == kNegInf ? 0.0f : std::exp(max - group_max);
       for (size_t k = 0; k < d; ++k) output[k] *= rescale;
       state.sum *= rescale;
-      state.max = max = z;
+      state.max = max = group_max;
     }
-    const float w = std::exp(z - max);
-    state.sum += w;
-    internal::AddScaled(w, values + j * d, output, d);
+    float w[kGroup] = {0, 0, 0, 0};
+    for (size_t j = 0; j < g; ++j) {
+      w[j] = std::exp(z[j] - max);
+      state.sum += w[j];
+    }
+    if (g == kGroup) {
+      const float* v = values + j0 * d;
+      internal::AddScaled4(w, v, v + d, v + 2 * d, v + 3 * d, output, d);
+    } else {
+      for (size_t j = 0; j < g; ++j) {
+        internal::AddScaled(w[j], values + (j0 + j) * d, output, d);
+      }
+    }
   }
 }
 
@@ -240,6 +261,59 @@ absl::Status Pass(const MemorySet& memories, const float* states,
     rows_state[i].query_sq_norm = s;
   }
   std::fill(outputs, outputs + num_queries * d, 0.0f);
+
+  // One query over many memories: split the memories over threads, each
+  // running the fused pass on its blocks, then merge the partial softmaxes.
+  const size_t parts =
+      std::min<size_t>(std::max(options.threads, 1), memories.blocks.size());
+  if (num_queries == 1 && softmax && parts > 1 &&
+      4.0 * memories.size() * d >= kMinWorkForThreads) {
+    std::vector<size_t> starts(memories.blocks.size() + 1, 0);
+    for (size_t b = 0; b < memories.blocks.size(); ++b) {
+      starts[b + 1] = starts[b] + memories.blocks[b].count;
+    }
+    std::vector<RowState> partial(parts, rows_state[0]);
+    std::vector<std::vector<float>> partial_out(parts,
+                                                std::vector<float>(d, 0.0f));
+    std::vector<absl::Status> status(parts);
+    auto run = [&](size_t p) {
+      const size_t first = p * memories.blocks.size() / parts;
+      const size_t last = (p + 1) * memories.blocks.size() / parts;
+      for (size_t b = first; b < last; ++b) {
+        if (options.check) {
+          status[p] = options.check();
+          if (!status[p].ok()) return;
+        }
+        const MemoryBlock& block = memories.blocks[b];
+        FusedSoftmaxTile(on_features, params.beta, queries, query_sq_norms[0],
+                         kernel ? block.keys : block.rows,
+                         kernel ? block.key_sq_norms : block.sq_norms, key_dim,
+                         block.rows, block.count, d, starts[b], params.top_k,
+                         partial[p], partial_out[p].data());
+      }
+    };
+    std::vector<std::thread> workers;
+    for (size_t p = 1; p < parts; ++p) workers.emplace_back(run, p);
+    run(0);
+    for (std::thread& t : workers) t.join();
+    RowState& merged = rows_state[0];
+    for (size_t p = 0; p < parts; ++p) {
+      if (!status[p].ok()) return status[p];
+      merged.max = std::max(merged.max, partial[p].max);
+    }
+    for (size_t p = 0; p < parts; ++p) {
+      if (partial[p].max == kNegInf) continue;
+      const double scale = std::exp(partial[p].max - merged.max);
+      merged.sum += partial[p].sum * scale;
+      internal::AddScaled(static_cast<float>(scale), partial_out[p].data(),
+                          outputs, d);
+      for (const Scored& s : partial[p].top) {
+        PushTop(merged, params.top_k, s.first, s.second);
+      }
+    }
+    return absl::OkStatus();
+  }
+
   std::vector<float> scores;
 
   size_t block_start = 0;
@@ -338,9 +412,8 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
                                               size_t num_queries,
                                               const RetrievalParams& params,
                                               const RetrievalOptions& options) {
-  // Threads pay off once a request has a few MFLOP of work; a slice of one
-  // query takes the fused single-pass path.
-  constexpr double kMinWorkForThreads = 4e6;
+  // A slice of one query takes the fused single-pass path (and splits the
+  // memories over the threads instead).
   const double work = 4.0 * num_queries * memories.size() * memories.dim;
   const size_t slices =
       work < kMinWorkForThreads

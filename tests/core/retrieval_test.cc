@@ -401,3 +401,40 @@ TEST(RetrievalTest, SlicedBatchesEqualOneThread) {
 
 }  // namespace
 }  // namespace engram::core
+
+namespace engram::core {
+namespace {
+
+TEST(RetrievalTest, OneQuerySplitOverThreadsEqualsOneThread) {
+  // Enough work to split (> 4 MFLOP) over blocks of uneven sizes.
+  Fixture memories(64, {5000, 3000, 17, 9000}, 21, 0.3f);
+  std::vector<float> query(memories.set.row(4321), memories.set.row(4321) + 64);
+  for (Similarity sim : {Similarity::kDot, Similarity::kL2}) {
+    RetrievalParams params;
+    params.similarity = sim;
+    params.beta = sim == Similarity::kDot ? 0.5f : 3.0f;
+    params.steps = 3;
+    params.top_k = 6;
+    RetrievalOptions split;
+    split.threads = 3;
+    absl::StatusOr<RetrievalOutput> a =
+        RetrieveExact(memories.set, query.data(), 1, params);
+    absl::StatusOr<RetrievalOutput> b =
+        RetrieveExact(memories.set, query.data(), 1, params, split);
+    ASSERT_TRUE(a.ok() && b.ok());
+    for (size_t k = 0; k < 64; ++k) {
+      EXPECT_NEAR(a->states[k], b->states[k],
+                  1e-5 * (1 + std::fabs(a->states[k])));
+    }
+    ASSERT_EQ(a->matches[0].size(), b->matches[0].size());
+    for (size_t i = 0; i < a->matches[0].size(); ++i) {
+      EXPECT_EQ(a->matches[0][i].index, b->matches[0][i].index);
+      EXPECT_NEAR(a->matches[0][i].weight, b->matches[0][i].weight, 1e-5);
+    }
+    EXPECT_NEAR(a->energies[0], b->energies[0],
+                1e-5 * (1 + std::fabs(a->energies[0])));
+  }
+}
+
+}  // namespace
+}  // namespace engram::core

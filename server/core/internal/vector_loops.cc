@@ -24,6 +24,16 @@ ENGRAM_CLONES float Dot(const float* a, const float* b, size_t d) {
   return sum;
 }
 
+ENGRAM_CLONES void AddScaled4(const float* w, const float* x0, const float* x1,
+                              const float* x2, const float* x3, float* y,
+                              size_t d) {
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+#pragma omp simd
+  for (size_t k = 0; k < d; ++k) {
+    y[k] += w0 * x0[k] + w1 * x1[k] + w2 * x2[k] + w3 * x3[k];
+  }
+}
+
 ENGRAM_CLONES float L1Distance(const float* a, const float* b, size_t d) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)

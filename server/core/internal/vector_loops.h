@@ -16,6 +16,11 @@ inline constexpr size_t kGemmMinRows = 4;
 // <a, b> for vectors of size d.
 float Dot(const float* a, const float* b, size_t d);
 
+// y (d) += w[0] x0 + w[1] x1 + w[2] x2 + w[3] x3: four rows folded into y
+// with one read and one write of y.
+void AddScaled4(const float* w, const float* x0, const float* x1,
+                const float* x2, const float* x3, float* y, size_t d);
+
 // sum_k |a_k - b_k| for vectors of size d.
 float L1Distance(const float* a, const float* b, size_t d);
 
