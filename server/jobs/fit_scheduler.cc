@@ -280,9 +280,7 @@ void FitScheduler::RunFit(const std::string& name) {
   }
   const store::StoreSettings& settings = view->settings();
   const absl::Time start = absl::Now();
-  const size_t p = settings.feature_map.feature_dim
-                       ? settings.feature_map.feature_dim
-                       : settings.dimension;
+  const size_t p = store::FeatureDim(settings);
   // Every fit starts from the same seeded W (the reference's randn init), so
   // the same patterns give the same map.
   const core::FeatureMap initial = core::FeatureMap::RandomNormal(

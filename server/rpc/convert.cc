@@ -265,8 +265,7 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   v1::FeatureMapSettings* f = out.mutable_feature_map();
   f->set_kind(s.feature_map.kind == store::FeatureMapKind::kUhop ? v1::UHOP
                                                                  : v1::NONE);
-  f->set_feature_dim(s.feature_map.feature_dim ? s.feature_map.feature_dim
-                                               : s.dimension);
+  f->set_feature_dim(store::FeatureDim(s));
   f->set_loss(s.feature_map.loss == store::FitLoss::kMean ? v1::MEAN : v1::MAX);
   f->set_optimizer(s.feature_map.optimizer == store::FitOptimizer::kAdam
                        ? v1::ADAM

@@ -35,9 +35,7 @@ class Loader : public StorageBackend::LoadVisitor {
     auto found = stores.find(name);
     if (found == stores.end()) return;
     const StoreSettings& settings = found->second->view()->settings();
-    const size_t expected = settings.feature_map.feature_dim
-                                ? settings.feature_map.feature_dim
-                                : settings.dimension;
+    const size_t expected = FeatureDim(settings);
     if (settings.feature_map.kind != FeatureMapKind::kUhop ||
         map->in_dim() != settings.dimension || map->out_dim() != expected) {
       OnDamaged(name, absl::DataLossError("stored feature map does not fit "

@@ -10,6 +10,11 @@
 
 namespace engram::store {
 
+uint32_t FeatureDim(const StoreSettings& settings) {
+  return settings.feature_map.feature_dim ? settings.feature_map.feature_dim
+                                          : settings.dimension;
+}
+
 absl::Status ValidateStoreName(absl::string_view name) {
   if (name.empty() || name.size() > 63) {
     return absl::InvalidArgumentError(absl::StrCat(

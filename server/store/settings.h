@@ -61,6 +61,10 @@ struct Limits {
   size_t max_metadata_bytes = 256;  // Per key and per value.
 };
 
+// d_Phi: the feature dimension of a U-Hop store (feature_dim, or the store's
+// dimension when that is 0).
+uint32_t FeatureDim(const StoreSettings& settings);
+
 // OK if `name` is 1-63 characters of [a-z0-9_.-] starting with [a-z0-9].
 absl::Status ValidateStoreName(absl::string_view name);
 

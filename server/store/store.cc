@@ -21,8 +21,7 @@ std::shared_ptr<const core::FeatureMap> InitialMap(
     const StoreSettings& settings) {
   if (settings.feature_map.kind != FeatureMapKind::kUhop) return nullptr;
   const size_t d = settings.dimension;
-  const size_t p =
-      settings.feature_map.feature_dim ? settings.feature_map.feature_dim : d;
+  const size_t p = FeatureDim(settings);
   if (p == d) {
     return std::make_shared<core::FeatureMap>(core::FeatureMap::Identity(d));
   }
@@ -153,9 +152,7 @@ Store::Store(StoreSettings settings, const Limits& limits,
     : name_(settings.name),
       dim_(settings.dimension),
       key_dim_(settings.feature_map.kind == FeatureMapKind::kUhop
-                   ? (settings.feature_map.feature_dim
-                          ? settings.feature_map.feature_dim
-                          : settings.dimension)
+                   ? FeatureDim(settings)
                    : 0),
       chunk_capacity_(ChunkCapacity(settings.dimension + key_dim_)),
       limits_(limits),
