@@ -105,6 +105,12 @@ void EngramService::CountPatterns(const store::Store& store) {
                      view->norms().mean_norm, view->norms().max_feature_norm);
 }
 
+void EngramService::StoreToProto(const store::Store& store, v1::Store& out) {
+  ToProto(*store.view(), out);
+  absl::StatusOr<jobs::FitStatus> fit = fits_->Status(store.name());
+  if (fit.ok()) ToProto(store.name(), *fit, *out.mutable_fit());
+}
+
 void EngramService::Added(const store::Store& store, size_t count) {
   CountPatterns(store);
   fits_->PatternsAdded(store.name(), count);
@@ -121,9 +127,7 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
   absl::StatusOr<std::shared_ptr<store::Store>> created =
       registry_->Create(*settings);
   if (!created.ok()) return call.Done(created.status());
-  ToProto(*(*created)->view(), *response);
-  absl::StatusOr<jobs::FitStatus> fit = fits_->Status(settings->name);
-  if (fit.ok()) ToProto(settings->name, *fit, *response->mutable_fit());
+  StoreToProto(**created, *response);
   CountPatterns(**created);
   return call.Done(absl::OkStatus());
 }
@@ -146,9 +150,7 @@ grpc::Status EngramService::GetStore(grpc::ServerContext* context,
     }
     return call.Done(found.status());
   }
-  ToProto(*(*found)->view(), *response);
-  absl::StatusOr<jobs::FitStatus> fit = fits_->Status(request->name());
-  if (fit.ok()) ToProto(request->name(), *fit, *response->mutable_fit());
+  StoreToProto(**found, *response);
   return call.Done(absl::OkStatus());
 }
 
@@ -168,10 +170,7 @@ grpc::Status EngramService::ListStores(grpc::ServerContext* context,
       registry_->List(after, PageSize(request->page_size()), more);
   if (!page.ok()) return call.Done(page.status());
   for (const auto& s : *page) {
-    v1::Store* out = response->add_stores();
-    ToProto(*s->view(), *out);
-    absl::StatusOr<jobs::FitStatus> fit = fits_->Status(s->name());
-    if (fit.ok()) ToProto(s->name(), *fit, *out->mutable_fit());
+    StoreToProto(*s, *response->add_stores());
   }
   if (more) response->set_next_page_token(StoreToken(page->back()->name()));
   return call.Done(absl::OkStatus());
@@ -191,7 +190,7 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
                                settings);
       });
   if (!status.ok()) return call.Done(status);
-  ToProto(*(*found)->view(), *response);
+  StoreToProto(**found, *response);
   return call.Done(absl::OkStatus());
 }
 

@@ -73,6 +73,8 @@ class EngramService final : public v1::Engram::Service {
   class Call;
 
   void CountPatterns(const store::Store& store);
+  // The store's settings and statistics with its fit status.
+  void StoreToProto(const store::Store& store, v1::Store& out);
   // After a successful add: counts and schedules a fit.
   void Added(const store::Store& store, size_t count);
 

@@ -230,6 +230,7 @@ TEST_F(ServiceTest, UpdateStoreFollowsTheMask) {
   auto [status, updated] = update(change, {"retrieval.beta"});
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(updated.retrieval().beta(), 4.0f);
+  EXPECT_EQ(updated.fit().state(), v1::FitStatus::NOT_CONFIGURED);
   EXPECT_EQ(updated.retrieval().steps(), 1u) << "steps was not in the mask";
 
   EXPECT_EQ(update(change, {}).first.error_code(),
