@@ -60,12 +60,7 @@ std::unique_ptr<Chunk> Chunk::WithKeys(const core::FeatureMap& map,
                                        size_t rows) const {
   std::unique_ptr<Chunk> keyed(new Chunk(dim_, capacity_, key_dim_, rows_));
   map.Apply(rows_->values.get(), rows, keyed->keys_.get());
-  for (size_t r = 0; r < rows; ++r) {
-    const float* key = keyed->keys_.get() + r * key_dim_;
-    double sq = 0;
-    for (size_t k = 0; k < key_dim_; ++k) sq += double{key[k]} * key[k];
-    keyed->key_sq_norms_[r] = static_cast<float>(sq);
-  }
+  for (size_t r = 0; r < rows; ++r) keyed->SetKeyNorm(r);
   return keyed;
 }
 
@@ -81,13 +76,8 @@ Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim,
 void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
                 const float* key) {
   if (key_dim_) {
-    float* out = keys_.get() + r * key_dim_;
-    double sq = 0;
-    for (size_t k = 0; k < key_dim_; ++k) {
-      out[k] = key[k];
-      sq += double{key[k]} * key[k];
-    }
-    key_sq_norms_[r] = static_cast<float>(sq);
+    std::copy_n(key, key_dim_, keys_.get() + r * key_dim_);
+    SetKeyNorm(r);
   }
   float* out = rows_->values.get() + r * dim_;
   double sq_norm = 0;
@@ -100,6 +90,13 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
   rows_->sq_norms[r] = static_cast<float>(sq_norm);
   rows_->max_abs[r] = max_abs;
   rows_->info[r] = RowInfo{id, pattern.label, pattern.metadata};
+}
+
+void Chunk::SetKeyNorm(size_t r) {
+  const float* key = keys_.get() + r * key_dim_;
+  double sq = 0;
+  for (size_t k = 0; k < key_dim_; ++k) sq += double{key[k]} * key[k];
+  key_sq_norms_[r] = static_cast<float>(sq);
 }
 
 void Chunk::CopyRow(size_t to, const Chunk& from, size_t r) {
@@ -283,15 +280,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     chunk->Set(r, patterns[i], ids[i],
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
-    const double norm = std::sqrt(double{chunk->sq_norms()[r]});
-    sum_norm_ += norm;
-    max_norm_ = std::max(max_norm_, norm);
-    max_abs_ = std::max(max_abs_, double{chunk->max_abs(r)});
-    if (key_dim_) {
-      const double feature_norm = std::sqrt(double{chunk->key_sq_norms()[r]});
-      sum_feature_norm_ += feature_norm;
-      max_feature_norm_ = std::max(max_feature_norm_, feature_norm);
-    }
+    CountNorms(*chunk, r);
     next_id_ = std::max(next_id_, ids[i] + 1);
   }
   MutexLock lock(&mu_);
@@ -403,17 +392,19 @@ void Store::RecomputeNorms() {
   sum_norm_ = max_norm_ = max_abs_ = 0;
   sum_feature_norm_ = max_feature_norm_ = 0;
   for (size_t g = 0; g < count_; ++g) {
-    const Chunk& chunk = *chunks_[g / chunk_capacity_];
-    const size_t r = g % chunk_capacity_;
-    const double norm = std::sqrt(double{chunk.sq_norms()[r]});
-    sum_norm_ += norm;
-    max_norm_ = std::max(max_norm_, norm);
-    max_abs_ = std::max(max_abs_, double{chunk.max_abs(r)});
-    if (key_dim_) {
-      const double feature_norm = std::sqrt(double{chunk.key_sq_norms()[r]});
-      sum_feature_norm_ += feature_norm;
-      max_feature_norm_ = std::max(max_feature_norm_, feature_norm);
-    }
+    CountNorms(*chunks_[g / chunk_capacity_], g % chunk_capacity_);
+  }
+}
+
+void Store::CountNorms(const Chunk& chunk, size_t r) {
+  const double norm = std::sqrt(double{chunk.sq_norms()[r]});
+  sum_norm_ += norm;
+  max_norm_ = std::max(max_norm_, norm);
+  max_abs_ = std::max(max_abs_, double{chunk.max_abs(r)});
+  if (key_dim_) {
+    const double feature_norm = std::sqrt(double{chunk.key_sq_norms()[r]});
+    sum_feature_norm_ += feature_norm;
+    max_feature_norm_ = std::max(max_feature_norm_, feature_norm);
   }
 }
 

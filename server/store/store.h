@@ -78,6 +78,8 @@ class Chunk {
   struct Rows;
   Chunk(size_t dim, size_t capacity, size_t key_dim,
         std::shared_ptr<Rows> rows);
+  // key_sq_norms_[r] <- ||key r||^2.
+  void SetKeyNorm(size_t r);
 
   struct Rows {
     Rows(size_t dim, size_t capacity);
@@ -197,6 +199,9 @@ class Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_, mu_);
   // Norm statistics from scratch (after deletes).
   void RecomputeNorms() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Adds row r of `chunk` to the norm statistics.
+  void CountNorms(const Chunk& chunk, size_t r)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Fresh chunks with every key recomputed by map_.
   void RebuildKeys() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
