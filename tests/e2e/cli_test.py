@@ -9,12 +9,13 @@ import gzip
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Engramd  # noqa: E402
 
 import numpy as np
 
@@ -29,26 +30,13 @@ class CliTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
-        cls.log = open(os.path.join(cls.tmp.name, "engramd.log"), "w+")
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
-             "--metrics_listen=", "--data_dir=" + os.path.join(cls.tmp.name, "data")],
-            stderr=cls.log, stdout=cls.log)
-        deadline = time.time() + 20
-        port = None
-        while time.time() < deadline and port is None:
-            cls.log.seek(0)
-            match = re.search(r"\(port (\d+)\)", cls.log.read())
-            port = match and match.group(1)
-            time.sleep(0.05)
-        assert port, "engramd did not start"
-        cls.addr = "127.0.0.1:" + port
+        cls.server = Engramd(BIN, cls.tmp.name)
+        cls.addr = cls.server.addr
 
     @classmethod
     def tearDownClass(cls):
-        if cls.server.poll() is None:
+        if cls.server.proc.poll() is None:
             cls.server.kill()
-        cls.log.close()
         cls.tmp.cleanup()
 
     def engram(self, *args, ok=True):
@@ -206,10 +194,9 @@ class CliTest(unittest.TestCase):
         self.assertLess(rate, 60, "--rate limits the load")
 
     def test_99_sigterm_stops_the_server_cleanly(self):
-        self.server.send_signal(signal.SIGTERM)
-        self.assertEqual(self.server.wait(timeout=20), 0)
-        self.log.seek(0)
-        self.assertIn("stopped", self.log.read())
+        self.assertEqual(self.server.stop(timeout=20), 0)
+        with open(self.server.log_path) as f:
+            self.assertIn("stopped", f.read())
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ It prints the cycles and the writes it checked.
 import argparse
 import os
 import random
-import re
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,12 +30,12 @@ ap.add_argument("--cycles", type=int, default=50)
 ap.add_argument("--seed", type=int, default=1)
 ap.add_argument("--writers", type=int, default=3)
 args = ap.parse_args()
-sys.path.insert(0, args.python_dir)
+sys.path[:0] = [args.python_dir, os.path.dirname(os.path.abspath(__file__))]
 
 import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
 from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from harness import Engramd  # noqa: E402
 
 DIM = 8
 
@@ -51,51 +48,6 @@ def vector(store_index, pattern_id):
 
 def f32(values):
     return list(struct.unpack(f"{len(values)}f", struct.pack(f"{len(values)}f", *values)))
-
-
-class Server:
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.proc = None
-        self.log = None
-
-    def start(self):
-        self.log = open(os.path.join(self.data_dir, "engramd.log"), "a+")
-        start_offset = self.log.tell()
-        self.proc = subprocess.Popen(
-            [os.path.join(args.bin_dir, "engramd"), "--listen=127.0.0.1:0",
-             "--metrics_listen=", "--data_dir=" + self.data_dir],
-            stdout=self.log, stderr=self.log)
-        # Port 0 lets the kernel pick; engramd logs it, then turns ready.
-        deadline = time.time() + 30
-        self.addr = None
-        while time.time() < deadline:
-            if self.addr is None:
-                self.log.seek(start_offset)
-                m = re.search(r"live on \S+ \(port (\d+)\)", self.log.read())
-                if m:
-                    self.addr = f"127.0.0.1:{m.group(1)}"
-            if self.addr and self._ready():
-                return
-            if self.proc.poll() is not None:
-                self.log.seek(start_offset)
-                raise RuntimeError("engramd exited: " + self.log.read())
-            time.sleep(0.02)
-        raise RuntimeError("engramd did not become ready")
-
-    def _ready(self):
-        try:
-            with grpc.insecure_channel(self.addr) as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                r = health.Check(health_pb2.HealthCheckRequest(service="engram.v1.Engram"), timeout=1)
-                return r.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError:
-            return False
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
 
 
 class Writer:
@@ -215,8 +167,7 @@ def main():
     stats = dict(checked=0, pending_applied=0, pending_dropped=0, lost=0, partial=0, retrievals=0)
     started = time.time()
     with tempfile.TemporaryDirectory() as data_dir:
-        server = Server(data_dir)
-        server.start()
+        server = Engramd(args.bin_dir, data_dir, data_dir=data_dir)
         writers = [Writer(i, args.seed * 100 + i) for i in range(args.writers)]
         with grpc.insecure_channel(server.addr) as channel:
             stub = pb_grpc.EngramStub(channel)
@@ -239,7 +190,7 @@ def main():
             for t in threads:
                 t.join()
             channel.close()
-            server.start()
+            server = Engramd(args.bin_dir, data_dir, data_dir=data_dir)
             with grpc.insecure_channel(server.addr) as channel:
                 stub = pb_grpc.EngramStub(channel)
                 for w in writers:
