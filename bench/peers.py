@@ -20,8 +20,8 @@ Writes OUT.md (tables) and OUT.png (plot) when --out is given.
 import argparse
 import gzip
 import os
-import re
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -43,6 +43,9 @@ if avx512:
     env["OPENBLAS_CORETYPE"] = "SkylakeX"
 os.environ.update(env)  # For numpy's OpenBLAS too, before it loads.
 import torch  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/e2e"))
+from harness import Engramd  # noqa: E402
 import faiss  # noqa: E402
 
 torch.set_num_threads(2)
@@ -67,26 +70,12 @@ def run(binary, *flags):
     return float(out[5] if binary == "retrieve_fashion" else out[3])
 
 
-def start_server(tmp):
-    log = open(os.path.join(tmp, "log"), "w+")
-    proc = subprocess.Popen([os.path.join(a.bin_dir, "engramd"), "--listen=127.0.0.1:0",
-                             "--metrics_listen=", "--data_dir=" + tmp, "--sync=false"],
-                            stdout=log, stderr=log, env=env)
-    for _ in range(200):
-        log.seek(0)
-        text = log.read()
-        m = re.search(r"\(port (\d+)\)", text)
-        if m and "ready" in text:
-            return proc, "127.0.0.1:" + m.group(1)
-        time.sleep(0.05)
-    raise RuntimeError("engramd did not start")
-
-
 rows = []
 lines = []
 emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
 with tempfile.TemporaryDirectory() as tmp:
-    proc, addr = start_server(tmp)
+    server = Engramd(a.bin_dir, tmp, "--sync=false")
+    addr = server.addr
     try:
         emit("| M | L | engram ms | engram gRPC ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")
         emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -127,8 +116,7 @@ with tempfile.TemporaryDirectory() as tmp:
                  f"({4 * 256 * a.large * 784 / ms / 1e6:.0f} GFLOP/s); the score buffer is at most "
                  "16 MiB per thread (RetrievalOptions::max_score_floats), 32 MiB per request here.")
     finally:
-        proc.terminate()
-        proc.wait()
+        server.stop()
 
 if a.out:
     with open(a.out + ".md", "w") as f:

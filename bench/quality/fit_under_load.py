@@ -14,7 +14,6 @@ import argparse
 import gzip
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +32,8 @@ sys.path.insert(0, a.python_dir)
 import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
 from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests/e2e"))
+from harness import Engramd  # noqa: E402
 
 
 def images():
@@ -60,18 +61,9 @@ def percentile(values, p):
 def main():
     x = images()
     with tempfile.TemporaryDirectory() as tmp:
-        log = open(os.path.join(tmp, "log"), "w+")
-        proc = subprocess.Popen([os.path.join(a.bin_dir, "engramd"), "--listen=127.0.0.1:0",
-                                 "--metrics_listen=", "--data_dir=" + tmp, "--sync=false"],
-                                stdout=log, stderr=log)
-        addr = None
-        while addr is None:
-            time.sleep(0.05)
-            log.seek(0)
-            m = re.search(r"\(port (\d+)\)", log.read())
-            addr = m and "127.0.0.1:" + m.group(1)
-        time.sleep(0.3)
-        stub = pb_grpc.EngramStub(grpc.insecure_channel(addr))
+        server = Engramd(a.bin_dir, tmp, "--sync=false")
+        proc = server.proc
+        stub = pb_grpc.EngramStub(grpc.insecure_channel(server.addr))
         stub.CreateStore(pb.CreateStoreRequest(store=pb.Store(
             name="big", dimension=784, retrieval=pb.RetrievalSettings(similarity=pb.KERNEL_DOT, beta=0.01),
             feature_map=pb.FeatureMapSettings(kind=pb.UHOP, epochs=a.epochs, batch_size=1024,
@@ -122,8 +114,7 @@ def main():
         print(f"single-query Retrieve latency over {a.m} patterns, ms:")
         print(f"  without a fit: p50 {percentile(quiet, 50):.1f}  p99 {percentile(quiet, 99):.1f}  ({len(quiet)} calls)")
         print(f"  during the fit: p50 {percentile(during, 50):.1f}  p99 {percentile(during, 99):.1f}  ({len(during)} calls)")
-        proc.terminate()
-        proc.wait()
+        server.stop()
 
 
 if __name__ == "__main__":

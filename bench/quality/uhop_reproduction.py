@@ -19,7 +19,6 @@ MHN (dot), L2, Man(hattan) and UMHN (U-Hop kernel dot).
 import argparse
 import gzip
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ sys.path.insert(0, args.python_dir)
 import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
 from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests/e2e"))
+from harness import Engramd  # noqa: E402
 
 LEVEL = {"dropout": 0.5, "gaussian": 0.5}
 SIMILARITIES = [("dot", pb.DOT, "MHN"), ("l2", pb.L2, "L2"), ("manhattan", pb.MANHATTAN, "Man"),
@@ -70,20 +71,6 @@ def corrupt(x, kind, level, seed):
 
 def error(x, y):
     return float(np.mean(np.sum((np.clip(x, 0, 1) - np.clip(y, 0, 1)) ** 2, axis=1)))
-
-
-def start_server(tmp):
-    log = open(os.path.join(tmp, "engramd.log"), "w+")
-    proc = subprocess.Popen([os.path.join(args.bin_dir, "engramd"), "--listen=127.0.0.1:0",
-                             "--metrics_listen=", "--data_dir=" + tmp, "--sync=false"],
-                            stdout=log, stderr=log)
-    for _ in range(400):
-        log.seek(0)
-        m = re.search(r"\(port (\d+)\)[^\n]*\n(.*\n)*.*ready", log.read())
-        if m:
-            return proc, "127.0.0.1:" + m.group(1)
-        time.sleep(0.05)
-    raise RuntimeError("engramd did not start")
 
 
 def add(stub, name, rows):
@@ -157,7 +144,8 @@ def main():
     lines = []
     emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
-        proc, addr = start_server(tmp)
+        server = Engramd(args.bin_dir, tmp, "--sync=false")
+        addr = server.addr
         try:
             channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 256 << 20),
                                                            ("grpc.max_send_message_length", 256 << 20)])
@@ -197,8 +185,7 @@ def main():
                      f"reference {ref_s:.1f}s")
                 emit()
         finally:
-            proc.terminate()
-            proc.wait()
+            server.stop()
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")
