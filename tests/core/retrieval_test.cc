@@ -371,6 +371,25 @@ TEST(RetrievalTest, KernelSimilarityNeedsItsMap) {
 namespace engram::core {
 namespace {
 
+// Two runs of the same retrieval agree up to float rounding: states,
+// energies, and every match with its weight.
+void ExpectSameOutput(const RetrievalOutput& a, const RetrievalOutput& b) {
+  ASSERT_EQ(a.states.size(), b.states.size());
+  for (size_t k = 0; k < a.states.size(); ++k) {
+    EXPECT_NEAR(a.states[k], b.states[k], 1e-5 * (1 + std::fabs(a.states[k])));
+  }
+  ASSERT_EQ(a.matches.size(), b.matches.size());
+  for (size_t i = 0; i < a.matches.size(); ++i) {
+    EXPECT_NEAR(a.energies[i], b.energies[i],
+                1e-5 * (1 + std::fabs(a.energies[i])));
+    ASSERT_EQ(a.matches[i].size(), b.matches[i].size());
+    for (size_t j = 0; j < a.matches[i].size(); ++j) {
+      EXPECT_EQ(a.matches[i][j].index, b.matches[i][j].index);
+      EXPECT_NEAR(a.matches[i][j].weight, b.matches[i][j].weight, 1e-5);
+    }
+  }
+}
+
 TEST(RetrievalTest, SlicedBatchesEqualOneThread) {
   Fixture memories(24, {300, 77}, 12);
   const size_t n = 50;
@@ -386,16 +405,7 @@ TEST(RetrievalTest, SlicedBatchesEqualOneThread) {
     absl::StatusOr<RetrievalOutput> b =
         RetrieveExact(memories.set, queries.data(), n, params, sliced);
     ASSERT_TRUE(a.ok() && b.ok());
-    ASSERT_EQ(a->states.size(), b->states.size());
-    for (size_t k = 0; k < a->states.size(); ++k) {
-      EXPECT_NEAR(a->states[k], b->states[k],
-                  1e-5 * (1 + std::fabs(a->states[k])));
-    }
-    for (size_t i = 0; i < n; ++i) {
-      EXPECT_EQ(a->matches[i][0].index, b->matches[i][0].index);
-      EXPECT_NEAR(a->energies[i], b->energies[i],
-                  1e-5 * (1 + std::fabs(a->energies[i])));
-    }
+    ExpectSameOutput(*a, *b);
   }
 }
 
@@ -422,17 +432,7 @@ TEST(RetrievalTest, OneQuerySplitOverThreadsEqualsOneThread) {
     absl::StatusOr<RetrievalOutput> b =
         RetrieveExact(memories.set, query.data(), 1, params, split);
     ASSERT_TRUE(a.ok() && b.ok());
-    for (size_t k = 0; k < 64; ++k) {
-      EXPECT_NEAR(a->states[k], b->states[k],
-                  1e-5 * (1 + std::fabs(a->states[k])));
-    }
-    ASSERT_EQ(a->matches[0].size(), b->matches[0].size());
-    for (size_t i = 0; i < a->matches[0].size(); ++i) {
-      EXPECT_EQ(a->matches[0][i].index, b->matches[0][i].index);
-      EXPECT_NEAR(a->matches[0][i].weight, b->matches[0][i].weight, 1e-5);
-    }
-    EXPECT_NEAR(a->energies[0], b->energies[0],
-                1e-5 * (1 + std::fabs(a->energies[0])));
+    ExpectSameOutput(*a, *b);
   }
 }
 
