@@ -34,6 +34,26 @@ void GemmTN(size_t m, size_t n, size_t k, float alpha, const float* a,
               static_cast<int>(ldc));
 }
 
+void GemmNN(size_t m, size_t n, size_t k, double alpha, const double* a,
+            size_t lda, const double* b, size_t ldb, double beta, double* c,
+            size_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
+void GemmTN(size_t m, size_t n, size_t k, double alpha, const double* a,
+            size_t lda, const double* b, size_t ldb, double beta, double* c,
+            size_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
 void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,
                float beta, float* c, size_t ldc) {
   if (n == 0) return;

@@ -25,6 +25,14 @@ void GemmTN(size_t m, size_t n, size_t k, float alpha, const float* a,
             size_t lda, const float* b, size_t ldb, float beta, float* c,
             size_t ldc);
 
+// The same two products in double precision (the low-rank sums).
+void GemmNN(size_t m, size_t n, size_t k, double alpha, const double* a,
+            size_t lda, const double* b, size_t ldb, double beta, double* c,
+            size_t ldc);
+void GemmTN(size_t m, size_t n, size_t k, double alpha, const double* a,
+            size_t lda, const double* b, size_t ldb, double beta, double* c,
+            size_t ldc);
+
 // C (n x n) = alpha * A A^T + beta * C for A of size n x k; only the upper
 // triangle of C (j >= i) is written.
 void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,

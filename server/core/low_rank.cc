@@ -1,0 +1,428 @@
+#include "server/core/low_rank.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <queue>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/core/blas.h"
+
+namespace engram::core {
+
+namespace {
+
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
+double Dot(const double* a, const double* b, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Whether c I - s is positive definite, by a Cholesky factorisation.
+bool ShiftedPositiveDefinite(const double* s, size_t n, double c) {
+  std::vector<double> l(n * n);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j <= i; ++j) {
+      double sum = (i == j ? c : 0.0) - s[i * n + j];
+      for (size_t k = 0; k < j; ++k) sum -= l[i * n + k] * l[j * n + k];
+      if (i == j) {
+        if (!(sum > 0)) return false;
+        l[i * n + i] = std::sqrt(sum);
+      } else {
+        l[i * n + j] = sum / l[j * n + j];
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+uint64_t TaylorRank(size_t n, uint32_t degree) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  unsigned __int128 term = 1;  // C(n + k - 1, k)
+  unsigned __int128 total = 1;
+  for (uint32_t k = 1; k <= degree; ++k) {
+    term = term * (n + k - 1) / k;
+    total += term;
+    if (total > kMax) return kMax;
+  }
+  return static_cast<uint64_t>(total);
+}
+
+uint32_t SumsDegree(size_t feature_dim, size_t dim, uint32_t max_degree,
+                    size_t max_values) {
+  for (uint32_t g = max_degree & ~1u; g >= 2; g -= 2) {
+    const uint64_t rank = TaylorRank(feature_dim, g);
+    if (rank <= max_values / (dim + 1)) return g;
+  }
+  return 0;
+}
+
+double TaylorExp(double s, uint32_t degree) {
+  double term = 1;
+  double sum = 1;
+  for (uint32_t k = 1; k <= degree; ++k) {
+    term *= s / k;
+    sum += term;
+  }
+  return sum;
+}
+
+TaylorBasis::TaylorBasis(size_t dim, uint32_t degree)
+    : dim_(dim), degree_(degree) {
+  const uint64_t rank = TaylorRank(dim, degree);
+  parent_.reserve(rank);
+  var_.reserve(rank);
+  ratio_.reserve(rank);
+  // Monomials of degree k are non-decreasing variable sequences: each
+  // extends a degree k - 1 monomial by a variable >= its last one. `run`
+  // counts the trailing repeats, so c_i! grows by the factor run.
+  std::vector<uint32_t> last{0};
+  std::vector<uint32_t> run{0};
+  parent_.push_back(0);
+  var_.push_back(0);
+  ratio_.push_back(1.0);
+  level_end_.push_back(1);
+  size_t begin = 0;
+  for (uint32_t k = 1; k <= degree; ++k) {
+    const size_t end = parent_.size();
+    for (size_t p = begin; p < end; ++p) {
+      for (uint32_t i = k == 1 ? 0 : last[p]; i < dim; ++i) {
+        const uint32_t repeats = k > 1 && i == last[p] ? run[p] + 1 : 1;
+        parent_.push_back(static_cast<uint32_t>(p));
+        var_.push_back(i);
+        ratio_.push_back(1.0 / std::sqrt(static_cast<double>(repeats)));
+        last.push_back(i);
+        run.push_back(repeats);
+      }
+    }
+    begin = end;
+    level_end_.push_back(parent_.size());
+  }
+}
+
+void TaylorBasis::Features(const double* v, double scale, uint32_t degree,
+                           double* out) const {
+  out[0] = 1.0;
+  const size_t rank = level_end_[degree];
+  for (size_t m = 1; m < rank; ++m) {
+    out[m] = out[parent_[m]] * v[var_[m]] * ratio_[m] * scale;
+  }
+}
+
+LowRankSums::LowRankSums(std::shared_ptr<const TaylorBasis> basis, size_t dim,
+                         bool keys_are_rows)
+    : basis_(std::move(basis)),
+      dim_(dim),
+      keys_are_rows_(keys_are_rows),
+      a_(basis_->rank(basis_->degree()) * dim, 0.0),
+      z_(basis_->rank(basis_->degree()), 0.0) {}
+
+void LowRankSums::Add(const float* keys, const float* rows, size_t n,
+                      double sign) {
+  constexpr size_t kBlock = 256;
+  const size_t n_phi = basis_->dim();
+  const uint32_t degree = basis_->degree();
+  const size_t rank = basis_->rank(degree);
+  std::vector<double> psi(std::min(n, kBlock) * rank);
+  std::vector<double> x(std::min(n, kBlock) * dim_);
+  std::vector<double> key(n_phi);
+  for (size_t begin = 0; begin < n; begin += kBlock) {
+    const size_t count = std::min(kBlock, n - begin);
+    for (size_t i = 0; i < count; ++i) {
+      const float* k = keys + (begin + i) * n_phi;
+      std::copy(k, k + n_phi, key.begin());
+      basis_->Features(key.data(), 1.0, degree, psi.data() + i * rank);
+      const float* row = rows + (begin + i) * dim_;
+      std::copy(row, row + dim_, x.data() + i * dim_);
+      sq_norm_sum_ +=
+          sign * Dot(x.data() + i * dim_, x.data() + i * dim_, dim_);
+      for (size_t m = 0; m < rank; ++m) z_[m] += sign * psi[i * rank + m];
+    }
+    blas::GemmTN(rank, dim_, count, sign, psi.data(), rank, x.data(), dim_, 1.0,
+                 a_.data(), dim_);
+  }
+}
+
+void LowRankSums::Finish() {
+  const size_t n = basis_->dim();
+  mean_.assign(n, 0.0);
+  moment_.assign(n * n, 0.0);
+  feature_eig_ = value_eig_ = 0;
+  const double count = z_[0];
+  if (!(count >= 0.5)) return;
+  for (size_t i = 0; i < n; ++i) mean_[i] = z_[1 + i] / count;
+  // Degree-2 monomials follow in the order (i, j), j >= i; the square ones
+  // carry 1/sqrt(2!).
+  size_t m = 1 + n;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = i; j < n; ++j, ++m) {
+      const double value = z_[m] / count * (i == j ? std::sqrt(2.0) : 1.0);
+      moment_[i * n + j] = moment_[j * n + i] = value;
+    }
+  }
+  feature_eig_ = MaxEigenvalueBound(moment_.data(), n);
+  value_eig_ =
+      keys_are_rows_ ? feature_eig_ : std::max(0.0, sq_norm_sum_ / count);
+}
+
+double MaxEigenvalueBound(const double* s, size_t n) {
+  double trace = 0;
+  for (size_t i = 0; i < n; ++i) trace += std::max(0.0, s[i * n + i]);
+  if (!(trace > 0)) return 0;
+  std::vector<double> v(n);
+  std::vector<double> w(n);
+  for (size_t i = 0; i < n; ++i) v[i] = 1.0 + 0.01 * i / n;
+  double estimate = trace / n;  // lambda_max >= the mean eigenvalue.
+  for (int iteration = 0; iteration < 100; ++iteration) {
+    const double norm = std::sqrt(Dot(v.data(), v.data(), n));
+    if (!(norm > 0)) break;
+    for (size_t i = 0; i < n; ++i) v[i] /= norm;
+    for (size_t i = 0; i < n; ++i) w[i] = Dot(s + i * n, v.data(), n);
+    estimate = std::max(estimate, Dot(v.data(), w.data(), n));
+    std::swap(v, w);
+  }
+  // The factorisation's rounding is ~n * 1e-16 relative: far below the
+  // smallest margin tried.
+  for (double margin = 1e-6; margin < 1.0; margin *= 4) {
+    const double c = estimate * (1 + margin);
+    if (c >= trace) break;
+    if (ShiftedPositiveDefinite(s, n, c)) return c;
+  }
+  return trace;
+}
+
+double SpectralNormBound(const FeatureMap& map) {
+  if (map.identity()) return 1.0;
+  const size_t out = map.out_dim();
+  const size_t in = map.in_dim();
+  const std::vector<float>& w = map.weights();
+  // ||W||_2^2 = lambda_max of the smaller Gram matrix.
+  const bool rows = out <= in;
+  const size_t n = rows ? out : in;
+  std::vector<double> gram(n * n, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = i; j < n; ++j) {
+      double sum = 0;
+      if (rows) {
+        for (size_t k = 0; k < in; ++k) {
+          sum += double{w[i * in + k]} * w[j * in + k];
+        }
+      } else {
+        for (size_t k = 0; k < out; ++k) {
+          sum += double{w[k * in + i]} * w[k * in + j];
+        }
+      }
+      gram[i * n + j] = gram[j * n + i] = sum;
+    }
+  }
+  return std::sqrt(MaxEigenvalueBound(gram.data(), n));
+}
+
+double LowRankErrorBound(const LowRankBoundInputs& in, const double* q,
+                         double beta, uint32_t degree, uint32_t steps) {
+  const LowRankSums& sums = *in.sums;
+  const size_t n = sums.basis().dim();
+  if (!(sums.count() >= 0.5)) return kInfinity;
+  const double x_max = in.max_norm;
+  const double f_max = in.max_feature_norm;
+  double factorial = 1;
+  for (uint32_t k = 2; k <= degree + 1; ++k) factorial *= k;
+  // One step from a state with |beta s_mu| <= r, max_mu M p_mu <= rho and
+  // (1/M) sum_mu (beta s_mu)^2 = sigma2 (docs/low-rank.md):
+  //   e = e^r r^g sqrt(min(r^2, rho sigma2)) / (g+1)!,
+  //   ||y_hat - y|| <= e / (1 - e) * sqrt(min(X^2, rho lambda_xi)).
+  auto step = [&](double r, double rho, double sigma2) {
+    if (!(r < 300)) return kInfinity;
+    const double e = std::exp(r) * std::pow(r, degree) *
+                     std::sqrt(std::min(r * r, rho * sigma2)) / factorial;
+    if (!(e < 1)) return kInfinity;
+    return e / (1 - e) *
+           std::sqrt(
+               std::min(x_max * x_max, rho * sums.value_moment_max_eig()));
+  };
+  const double q_norm = std::sqrt(Dot(q, q, n));
+  const double r1 = beta * f_max * q_norm;
+  const double mean_score = beta * Dot(q, sums.feature_mean().data(), n);
+  const double rho1 = std::exp(std::min(2 * r1, r1 - mean_score));
+  double quadratic = 0;
+  for (size_t i = 0; i < n; ++i) {
+    quadratic += q[i] * Dot(sums.feature_moment().data() + i * n, q, n);
+  }
+  double bound = step(r1, rho1, beta * beta * std::max(0.0, quadratic));
+  if (steps > 1 && std::isfinite(bound)) {
+    // Later states are convex combinations of the memories (the weights stay
+    // positive), so ||k(x_t)|| <= f_max; errors carried over grow by at most
+    // the update's Lipschitz constant beta ||Cov_p(xi, k)|| ||Phi||.
+    const std::vector<double>& mean = sums.feature_mean();
+    const double mean_norm = std::sqrt(Dot(mean.data(), mean.data(), n));
+    const double r = beta * f_max * f_max;
+    const double rho = std::exp(std::min(2 * r, r + beta * f_max * mean_norm));
+    const double later = step(
+        r, rho, beta * beta * f_max * f_max * sums.feature_moment_max_eig());
+    const double lipschitz =
+        beta *
+        std::sqrt(std::min(x_max * x_max, rho * sums.value_moment_max_eig())) *
+        std::sqrt(
+            std::min(f_max * f_max, rho * sums.feature_moment_max_eig())) *
+        in.map_norm;
+    for (uint32_t t = 2; t <= steps && std::isfinite(bound); ++t) {
+      bound = later + lipschitz * bound;
+    }
+  }
+  return std::isfinite(bound) ? bound : kInfinity;
+}
+
+absl::StatusOr<RetrievalOutput> RetrieveLowRank(
+    const LowRankSums& sums, const MemorySet& memories, const float* queries,
+    size_t num_queries, const RetrievalParams& params, uint32_t degree,
+    const RetrievalOptions& options) {
+  const bool kernel = params.similarity == Similarity::kKernelDot;
+  if ((params.similarity != Similarity::kDot && !kernel) ||
+      params.separation != Separation::kSoftmax) {
+    return absl::InvalidArgumentError(
+        "the low-rank path needs softmax with dot or kernel_dot");
+  }
+  const TaylorBasis& basis = sums.basis();
+  if (degree % 2 != 0 || degree < 2 || degree > basis.degree()) {
+    return absl::InvalidArgumentError(absl::StrCat("low-rank degree ", degree,
+                                                   " must be even, in [2, ",
+                                                   basis.degree(), "]"));
+  }
+  if (kernel && memories.map == nullptr) {
+    return absl::InvalidArgumentError("kernel_dot needs the feature map");
+  }
+  if (memories.size() == 0 || !(sums.count() >= 0.5)) {
+    return absl::FailedPreconditionError("no memories to retrieve from");
+  }
+  const size_t d = sums.dim();
+  const size_t n = basis.dim();
+  const size_t rank = basis.rank(degree);
+  const double beta = params.beta;
+  const size_t count = num_queries;
+
+  RetrievalOutput out;
+  out.states.assign(queries, queries + count * d);
+  out.matches.resize(count);
+  out.energies.assign(count, 0.0);
+  out.steps.assign(count, 0);
+  out.converged.assign(count, 0);
+
+  std::vector<size_t> active(count);
+  for (size_t i = 0; i < count; ++i) active[i] = i;
+  std::vector<float> x;
+  std::vector<float> features;
+  std::vector<double> q(count * n);  // Features of each query's last input.
+  std::vector<double> norm(count);   // Its normaliser <z, psi(q)>.
+  std::vector<double> psi;
+  std::vector<double> numerator;
+  for (uint32_t step = 0; step < params.steps && !active.empty(); ++step) {
+    if (options.check) {
+      if (absl::Status status = options.check(); !status.ok()) return status;
+    }
+    const size_t batch = active.size();
+    x.resize(batch * d);
+    for (size_t b = 0; b < batch; ++b) {
+      std::copy_n(out.states.data() + active[b] * d, d, x.data() + b * d);
+    }
+    const float* keys = x.data();
+    if (kernel) {
+      features.resize(batch * n);
+      memories.map->Apply(x.data(), batch, features.data());
+      keys = features.data();
+    }
+    psi.resize(batch * rank);
+    for (size_t b = 0; b < batch; ++b) {
+      double* qi = q.data() + active[b] * n;
+      std::copy_n(keys + b * n, n, qi);
+      basis.Features(qi, beta, degree, psi.data() + b * rank);
+    }
+    numerator.resize(batch * d);
+    blas::GemmNN(batch, d, rank, 1.0, psi.data(), rank, sums.a().data(), d, 0.0,
+                 numerator.data(), d);
+    std::vector<size_t> still_active;
+    for (size_t b = 0; b < batch; ++b) {
+      const size_t i = active[b];
+      const double z = Dot(psi.data() + b * rank, sums.z().data(), rank);
+      if (!(z > 0) || !std::isfinite(z)) {
+        return absl::InternalError(absl::StrCat(
+            "low-rank normaliser of query ", i, " is ", z, "; expected > 0"));
+      }
+      norm[i] = z;
+      const double* qi = q.data() + i * n;
+      out.energies[i] = -std::log(z) / beta + 0.5 * Dot(qi, qi, n);
+      double sq_change = 0;
+      float* state = out.states.data() + i * d;
+      for (size_t j = 0; j < d; ++j) {
+        const float y = static_cast<float>(numerator[b * d + j] / z);
+        sq_change += double{y - state[j]} * (y - state[j]);
+        state[j] = y;
+      }
+      ++out.steps[i];
+      if (params.eps > 0 && std::sqrt(sq_change) <= params.eps) {
+        out.converged[i] = 1;
+      } else {
+        still_active.push_back(i);
+      }
+    }
+    active = std::move(still_active);
+  }
+  if (params.top_k == 0) return out;
+
+  // One scan of the features for the best matches at each final update.
+  const size_t k = std::min<size_t>(params.top_k, memories.size());
+  std::vector<float> qf(count * n);
+  for (size_t i = 0; i < count * n; ++i) qf[i] = static_cast<float>(q[i]);
+  using Scored = std::pair<float, size_t>;  // (score, index), min-heap.
+  // Best first; the heap's front is the weakest kept.
+  auto stronger = [](const Scored& a, const Scored& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  std::vector<std::vector<Scored>> top(count);
+  const size_t tile = std::max<size_t>(
+      1, std::min<size_t>(
+             4096, options.max_score_floats / std::max<size_t>(1, count)));
+  std::vector<float> scores(count * tile);
+  size_t base = 0;
+  for (const MemoryBlock& block : memories.blocks) {
+    const float* block_keys = kernel ? block.keys : block.rows;
+    for (size_t begin = 0; begin < block.count; begin += tile) {
+      if (options.check) {
+        if (absl::Status status = options.check(); !status.ok()) return status;
+      }
+      const size_t rows = std::min(tile, block.count - begin);
+      blas::GemmNT(count, rows, n, static_cast<float>(beta), qf.data(), n,
+                   block_keys + begin * n, n, 0.0f, scores.data(), rows);
+      for (size_t i = 0; i < count; ++i) {
+        std::vector<Scored>& heap = top[i];
+        for (size_t r = 0; r < rows; ++r) {
+          const Scored candidate{scores[i * rows + r], base + begin + r};
+          if (heap.size() < k) {
+            heap.push_back(candidate);
+            std::push_heap(heap.begin(), heap.end(), stronger);
+          } else if (stronger(candidate, heap.front())) {
+            std::pop_heap(heap.begin(), heap.end(), stronger);
+            heap.back() = candidate;
+            std::push_heap(heap.begin(), heap.end(), stronger);
+          }
+        }
+      }
+    }
+    base += block.count;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    std::sort_heap(top[i].begin(), top[i].end(), stronger);
+    for (const Scored& s : top[i]) {
+      out.matches[i].push_back(
+          {s.second, static_cast<float>(TaylorExp(s.first, degree) / norm[i]),
+           s.first});
+    }
+  }
+  return out;
+}
+
+}  // namespace engram::core

@@ -1,0 +1,159 @@
+// The low-rank path of softmax retrieval with a dot-product similarity (raw
+// or kernel) and its error bound (docs/low-rank.md).
+//
+// exp(beta <a, b>) is replaced by its Taylor polynomial of even degree g,
+//   T_g(beta <a, b>) = sum_{k <= g} beta^k <a, b>^k / k! = <psi(a),
+//   psi_beta(b)>,
+// with psi the symmetric monomials of degree <= g (rank r = sum_k
+// C(n + k - 1, k) in n variables). The memory side carries no beta, so one
+// set of sums serves every beta:
+//
+//   auto basis = std::make_shared<const TaylorBasis>(d_phi, 4);
+//   LowRankSums sums(basis, d, /*keys_are_rows=*/false);
+//   sums.Add(keys, rows, n, +1.0);  // A += psi(k) xi^T, z += psi(k)
+//   sums.Finish();
+//   RetrieveLowRank(sums, memories, queries, L, params, /*degree=*/2);
+//
+// A query costs O(r (d_phi + d)) whatever the number of memories.
+//
+// Thread-safe: TaylorBasis is immutable; a LowRankSums is built by one thread
+// and then shared read-only; the functions are pure.
+#ifndef ENGRAM_SERVER_CORE_LOW_RANK_H_
+#define ENGRAM_SERVER_CORE_LOW_RANK_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/core/feature_map.h"
+#include "server/core/retrieval.h"
+
+namespace engram::core {
+
+// Number of monomials of degree <= `degree` in `n` variables, saturating at
+// UINT64_MAX.
+uint64_t TaylorRank(size_t n, uint32_t degree);
+
+// The largest even degree g <= max_degree, g >= 2, whose sums (r x (dim + 1)
+// doubles) fit in `max_values`; 0 if there is none.
+uint32_t SumsDegree(size_t feature_dim, size_t dim, uint32_t max_degree,
+                    size_t max_values);
+
+// T_g(s) = sum_{k <= g} s^k / k!.
+double TaylorExp(double s, uint32_t degree);
+
+// The monomials of degree <= degree() in dim() variables, in graded order, so
+// the monomials of degree <= g are a prefix of length rank(g).
+class TaylorBasis {
+ public:
+  TaylorBasis(size_t dim, uint32_t degree);
+
+  size_t dim() const { return dim_; }
+  uint32_t degree() const { return degree_; }
+  // Monomials of degree <= `degree` (<= degree()).
+  size_t rank(uint32_t degree) const { return level_end_[degree]; }
+
+  // out[m] = scale^|m| * prod_i v_i^c_i / sqrt(prod_i c_i!) for the first
+  // rank(degree) monomials m = (c_1 .. c_n); then
+  // <Features(a, 1), Features(b, beta)> = T_g(beta <a, b>).
+  void Features(const double* v, double scale, uint32_t degree,
+                double* out) const;
+
+ private:
+  size_t dim_;
+  uint32_t degree_;
+  std::vector<size_t> level_end_;
+  // Monomial m = parent[m] * v[var[m]] * ratio[m]; monomial 0 is 1.
+  std::vector<uint32_t> parent_;
+  std::vector<uint32_t> var_;
+  std::vector<double> ratio_;
+};
+
+// The additive sums of the low-rank path over memories xi_mu with features
+// k_mu (Phi xi_mu for kernel_dot, xi_mu itself for dot):
+//   A = sum_mu psi(k_mu) xi_mu^T (rank x dim), z = sum_mu psi(k_mu),
+// and the moments of the features the error bound needs.
+class LowRankSums {
+ public:
+  // `keys_are_rows`: the features are the memories themselves (dot).
+  LowRankSums(std::shared_ptr<const TaylorBasis> basis, size_t dim,
+              bool keys_are_rows);
+
+  // Adds (sign = +1) or removes (sign = -1) n memories: keys n x
+  // basis().dim() and rows n x dim(), row-major.
+  void Add(const float* keys, const float* rows, size_t n, double sign);
+  // Recomputes the moments from the sums; call after the last Add.
+  void Finish();
+
+  const TaylorBasis& basis() const { return *basis_; }
+  const std::shared_ptr<const TaylorBasis>& shared_basis() const {
+    return basis_;
+  }
+  size_t dim() const { return dim_; }
+  bool keys_are_rows() const { return keys_are_rows_; }
+  // Row-major rank x dim, and rank.
+  const std::vector<double>& a() const { return a_; }
+  const std::vector<double>& z() const { return z_; }
+  // The number of memories summed (z's constant monomial).
+  double count() const { return z_[0]; }
+
+  // After Finish(): the mean feature m = (1/M) sum k_mu, the feature second
+  // moment S = (1/M) sum k_mu k_mu^T (row-major), and upper bounds on the
+  // largest eigenvalue of S and of (1/M) sum xi_mu xi_mu^T.
+  const std::vector<double>& feature_mean() const { return mean_; }
+  const std::vector<double>& feature_moment() const { return moment_; }
+  double feature_moment_max_eig() const { return feature_eig_; }
+  double value_moment_max_eig() const { return value_eig_; }
+
+ private:
+  std::shared_ptr<const TaylorBasis> basis_;
+  size_t dim_;
+  bool keys_are_rows_;
+  std::vector<double> a_;
+  std::vector<double> z_;
+  double sq_norm_sum_ = 0;  // sum_mu ||xi_mu||^2.
+  std::vector<double> mean_;
+  std::vector<double> moment_;
+  double feature_eig_ = 0;
+  double value_eig_ = 0;
+};
+
+// An upper bound on the largest eigenvalue of a symmetric positive
+// semi-definite n x n matrix (row-major): a power-iteration estimate raised
+// until a Cholesky factorisation proves c I - s positive definite, at most
+// the trace.
+double MaxEigenvalueBound(const double* s, size_t n);
+
+// An upper bound on the spectral norm ||W||_2 of a feature map (1 for the
+// identity).
+double SpectralNormBound(const FeatureMap& map);
+
+// What the error bound knows of a store.
+struct LowRankBoundInputs {
+  const LowRankSums* sums = nullptr;
+  double max_norm = 0;          // max_mu ||xi_mu||.
+  double max_feature_norm = 0;  // max_mu ||k_mu||.
+  double map_norm = 1;          // Upper bound on ||Phi||_2.
+};
+
+// A proved bound on ||y_hat - y||_2 between the low-rank path at `degree`
+// and exact softmax retrieval after `steps` steps, for a query whose
+// features are q (size sums->basis().dim()). Infinity where none holds.
+double LowRankErrorBound(const LowRankBoundInputs& in, const double* q,
+                         double beta, uint32_t degree, uint32_t steps);
+
+// Runs the low-rank path at `degree` (even, <= sums.basis().degree()) for
+// softmax with params.similarity kDot or kKernelDot over the memories the
+// sums were built from. Matches (params.top_k) come from one scan of the
+// memories' features at the final state, weighted by T_g / the low-rank
+// normaliser; energies use log <z, psi(q)> for log sum exp.
+absl::StatusOr<RetrievalOutput> RetrieveLowRank(
+    const LowRankSums& sums, const MemorySet& memories, const float* queries,
+    size_t num_queries, const RetrievalParams& params, uint32_t degree,
+    const RetrievalOptions& options = {});
+
+}  // namespace engram::core
+
+#endif  // ENGRAM_SERVER_CORE_LOW_RANK_H_
