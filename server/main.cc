@@ -74,6 +74,10 @@ ABSL_FLAG(uint64_t, max_queries, 4096, "Most queries in one Retrieve.");
 ABSL_FLAG(uint64_t, max_stores, 1000, "Most stores on the server.");
 ABSL_FLAG(uint64_t, max_patterns_per_store, 50000000,
           "Most patterns in one store.");
+ABSL_FLAG(uint64_t, max_low_rank_values, uint64_t{1} << 21,
+          "Most doubles one store's low-rank sums may hold (rank x (dimension "
+          "+ 1)); the store keeps the largest even Taylor degree that fits, "
+          "none if degree 2 does not (docs/low-rank.md).");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "Seconds in-flight RPCs get to finish after SIGTERM.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
@@ -186,6 +190,7 @@ int Run() {
   limits.max_queries = absl::GetFlag(FLAGS_max_queries);
   limits.max_stores = absl::GetFlag(FLAGS_max_stores);
   limits.max_patterns_per_store = absl::GetFlag(FLAGS_max_patterns_per_store);
+  limits.max_low_rank_values = absl::GetFlag(FLAGS_max_low_rank_values);
 
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   std::error_code error;
@@ -280,7 +285,8 @@ int Run() {
       "sync=%s; blas core=%s (OPENBLAS_CORETYPE=%s) threads=%d; retrieval "
       "threads=%d; "
       "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
-      "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu",
+      "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu low-rank "
+      "values<=%zu",
       kVersion, server_options.listen, (*server)->port(),
       server_options.tls_cert.empty()        ? "plaintext"
       : server_options.tls_client_ca.empty() ? "TLS"
@@ -293,7 +299,7 @@ int Run() {
       blas_threads, retrieval_threads, server_options.max_threads,
       absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
       limits.max_batch, limits.max_queries, limits.max_stores,
-      limits.max_patterns_per_store);
+      limits.max_patterns_per_store, limits.max_low_rank_values);
 
   int signal = 0;
   sigwait(&signals, &signal);

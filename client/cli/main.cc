@@ -275,8 +275,14 @@ void PrintStoreText(const v1::Store& s) {
   absl::PrintF("norms:         max %.4g, mean %.4g, max |entry| %.4g\n",
                s.norms().max_norm(), s.norms().mean_norm(),
                s.norms().max_abs_entry());
-  absl::PrintF("low-rank:      tolerance %g, max degree %u\n",
+  absl::PrintF("low-rank:      tolerance %g, max degree %u; ",
                s.low_rank().tolerance(), s.low_rank().max_degree());
+  if (s.low_rank_state().degree() > 0) {
+    absl::PrintF("sums kept to degree %u (rank %u)\n",
+                 s.low_rank_state().degree(), s.low_rank_state().rank());
+  } else {
+    absl::PrintF("no sums: %s\n", s.low_rank_state().detail());
+  }
   absl::PrintF("state:         %s\n", Lower(v1::Store::State_Name(s.state())));
   absl::PrintF("version:       %u\n", s.version());
 }

@@ -351,11 +351,12 @@ absl::Status Pass(const MemorySet& memories, const float* states,
         // Most scores lose to the weakest of the top k: one compare each,
         // and none at all when the tile's best loses.
         const size_t k = params.top_k;
-        float weakest = state.top.size() < k
+        float weakest = k == 0 || state.top.size() < k
                             ? -std::numeric_limits<float>::infinity()
                             : state.top.front().first;
         for (size_t j = 0;
-             j < n && (tile_max > weakest || state.top.size() < k); ++j) {
+             k > 0 && j < n && (tile_max > weakest || state.top.size() < k);
+             ++j) {
           if (row[j] > weakest || state.top.size() < k) {
             PushTop(state, k, row[j], first_index + j);
             if (state.top.size() == k) weakest = state.top.front().first;

@@ -285,6 +285,10 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   norms->set_max_abs_entry(view.norms().max_abs_entry);
   norms->set_max_feature_norm(view.norms().max_feature_norm);
   norms->set_mean_feature_norm(view.norms().mean_feature_norm);
+  v1::LowRankState* low_rank = out.mutable_low_rank_state();
+  low_rank->set_degree(view.low_rank_state().degree);
+  low_rank->set_rank(view.low_rank_state().rank);
+  low_rank->set_detail(view.low_rank_state().detail);
   const int64_t nanos = absl::ToUnixNanos(s.create_time);
   out.mutable_create_time()->set_seconds(nanos / 1000000000);
   out.mutable_create_time()->set_nanos(

@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/core/low_rank.h"
 
 namespace engram::store {
 
@@ -56,11 +58,6 @@ absl::Status ValidateRequest(const StoreView& view,
     return absl::InvalidArgumentError(absl::StrCat(
         "tolerance must be finite and > 0, got ", *request.tolerance));
   }
-  if (request.path == PathChoice::kLowRank) {
-    return absl::UnimplementedError(
-        "path LOW_RANK is not available in this server version; use AUTO or "
-        "EXACT");
-  }
   if (view.size() == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("store '", name, "' has no patterns to retrieve from"));
@@ -68,7 +65,122 @@ absl::Status ValidateRequest(const StoreView& view,
   return absl::OkStatus();
 }
 
+// The features the low-rank path scores queries by: Phi x for kernel_dot,
+// x for dot.
+std::vector<double> QueryFeatures(const StoreView& view, const float* queries,
+                                  size_t num_queries) {
+  const size_t d = view.settings().dimension;
+  if (view.settings().retrieval.similarity != core::Similarity::kKernelDot) {
+    return std::vector<double>(queries, queries + num_queries * d);
+  }
+  const core::FeatureMap& map = *view.map();
+  std::vector<float> features(num_queries * map.out_dim());
+  map.Apply(queries, num_queries, features.data());
+  return std::vector<double>(features.begin(), features.end());
+}
+
+std::string Figure(double value) { return absl::StrFormat("%.3g", value); }
+
 }  // namespace
+
+absl::StatusOr<PathReport> PlanPath(const StoreView& view,
+                                    const core::RetrievalParams& params,
+                                    PathChoice choice, double tolerance,
+                                    absl::Span<const double> query_features,
+                                    size_t num_queries) {
+  PathReport report;
+  const std::string& name = view.settings().name;
+  if (choice == PathChoice::kExact) {
+    report.reason = "EXACT requested";
+    return report;
+  }
+  const core::LowRankSums* sums = view.low_rank().get();
+  if (sums == nullptr) {
+    const std::string& detail = view.low_rank_state().detail;
+    if (choice == PathChoice::kLowRank) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("path LOW_RANK: store '", name,
+                       "' keeps no low-rank sums: ", detail));
+    }
+    report.reason = absl::StrCat("exact: ", detail);
+    return report;
+  }
+  const size_t n = sums->basis().dim();
+  const size_t d = view.settings().dimension;
+  const NormStats& norms = view.norms();
+  const core::LowRankBoundInputs inputs{
+      sums, norms.max_norm, norms.max_feature_norm, view.map_norm()};
+  double max_query_norm = 0;
+  for (size_t i = 0; i < num_queries; ++i) {
+    double sq = 0;
+    for (size_t j = 0; j < n; ++j) {
+      sq += query_features[i * n + j] * query_features[i * n + j];
+    }
+    max_query_norm = std::max(max_query_norm, std::sqrt(sq));
+  }
+  // The smallest even degree whose bound meets the tolerance on every query.
+  const uint32_t kept = sums->basis().degree();
+  uint32_t degree = 0;
+  double bound = 0;
+  for (uint32_t g = 2; g <= kept && degree == 0; g += 2) {
+    bound = 0;
+    for (size_t i = 0; i < num_queries && bound <= tolerance; ++i) {
+      bound = std::max(
+          bound, core::LowRankErrorBound(inputs, query_features.data() + i * n,
+                                         params.beta, g, params.steps));
+    }
+    if (bound <= tolerance) degree = g;
+  }
+  const std::string radius = absl::StrCat(
+      "R = beta * max ||Phi xi|| * max ||Phi x|| = ", Figure(params.beta),
+      " * ", Figure(norms.max_feature_norm), " * ", Figure(max_query_norm),
+      " = ", Figure(params.beta * norms.max_feature_norm * max_query_norm));
+  if (degree == 0) {
+    bound = 0;  // Over the whole batch, for the message.
+    for (size_t i = 0; i < num_queries; ++i) {
+      bound = std::max(
+          bound, core::LowRankErrorBound(inputs, query_features.data() + i * n,
+                                         params.beta, kept, params.steps));
+    }
+    const std::string why = absl::StrCat(
+        "the error bound at the largest kept degree g = ", kept, " is ",
+        Figure(bound), " over tolerance ", Figure(tolerance), " (", radius,
+        ", steps ", params.steps, ")");
+    if (choice == PathChoice::kLowRank) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "path LOW_RANK cannot meet the tolerance on store '", name, "': ",
+          why, "; lower beta or the norms, raise the tolerance, or use AUTO"));
+    }
+    report.reason = absl::StrCat("exact: ", why);
+    return report;
+  }
+  // Work per query: exact scores and sums every memory each step; low-rank
+  // works on the sums, plus one scan of the features for the top-k.
+  const uint64_t rank = sums->basis().rank(degree);
+  const double patterns = static_cast<double>(view.size());
+  const double exact_cost = params.steps * patterns * (n + d);
+  const double low_rank_cost =
+      params.steps * static_cast<double>(rank) * (n + d) +
+      (params.top_k > 0 ? patterns * n : 0.0);
+  const std::string costs =
+      absl::StrCat("cost per query ", Figure(low_rank_cost), " vs exact ",
+                   Figure(exact_cost), " (r = ", rank, ", M = ", view.size(),
+                   params.top_k > 0 ? ", top-k scan" : "", ")");
+  if (choice == PathChoice::kAuto && low_rank_cost >= exact_cost) {
+    report.reason = absl::StrCat("exact: low-rank at g = ", degree,
+                                 " meets the tolerance but ", costs);
+    return report;
+  }
+  report.path = PathChoice::kLowRank;
+  report.degree = degree;
+  report.rank = rank;
+  report.error_bound = bound;
+  report.reason = absl::StrCat(
+      choice == PathChoice::kLowRank ? "LOW_RANK requested: " : "low-rank: ",
+      "bound ", Figure(bound), " <= tolerance ", Figure(tolerance),
+      " at g = ", degree, "; ", costs);
+  return report;
+}
 
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
@@ -84,9 +196,24 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
   if (request.top_k) params.top_k = *request.top_k;
   if (request.eps) params.eps = *request.eps;
 
+  const double tolerance = request.tolerance
+                               ? *request.tolerance
+                               : view.settings().low_rank.tolerance;
+  std::vector<double> features;
+  if (request.path != PathChoice::kExact && view.low_rank() != nullptr) {
+    features = QueryFeatures(view, request.queries.data(), request.num_queries);
+  }
+  absl::StatusOr<PathReport> plan = PlanPath(
+      view, params, request.path, tolerance, features, request.num_queries);
+  if (!plan.ok()) return plan.status();
+
   absl::StatusOr<core::RetrievalOutput> out =
-      core::RetrieveExact(view.memories(), request.queries.data(),
-                          request.num_queries, params, options);
+      plan->path == PathChoice::kLowRank
+          ? core::RetrieveLowRank(*view.low_rank(), view.memories(),
+                                  request.queries.data(), request.num_queries,
+                                  params, plan->degree, options)
+          : core::RetrieveExact(view.memories(), request.queries.data(),
+                                request.num_queries, params, options);
   if (!out.ok()) return out.status();
 
   RetrieveResult result;
@@ -101,10 +228,7 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
       result.matches[i].push_back({info.id, m.weight, m.score, info.label});
     }
   }
-  result.path.path = PathChoice::kExact;
-  result.path.reason = request.path == PathChoice::kExact
-                           ? "EXACT requested"
-                           : "exact: this server version has no low-rank path";
+  result.path = *std::move(plan);
   result.store_version = view.version();
   return result;
 }

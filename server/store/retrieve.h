@@ -58,6 +58,17 @@ struct RetrieveResult {
   uint64_t store_version = 0;
 };
 
+// The planner (docs/low-rank.md): EXACT runs exact; LOW_RANK and AUTO take
+// the smallest even degree whose proved error bound, over this batch's query
+// features (num_queries x d_Phi, row-major), meets `tolerance`; AUTO takes it
+// only if it also costs less than exact. LOW_RANK that cannot run is
+// FAILED_PRECONDITION, naming the bound.
+absl::StatusOr<PathReport> PlanPath(const StoreView& view,
+                                    const core::RetrievalParams& params,
+                                    PathChoice choice, double tolerance,
+                                    absl::Span<const double> query_features,
+                                    size_t num_queries);
+
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,

@@ -156,6 +156,7 @@ Store::Store(StoreSettings settings, const Limits& limits,
       storage_(storage) {
   MutexLock write_lock(&write_mu_);
   map_ = InitialMap(settings);
+  RebuildSums(settings);
   MutexLock lock(&mu_);
   Publish(settings);
 }
@@ -265,11 +266,14 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
                                       const std::vector<uint64_t>& ids) {
   // Features of the whole batch in one product.
   std::vector<float> keys;
-  if (key_dim_) {
-    std::vector<float> values(patterns.size() * dim_);
+  std::vector<float> values;
+  if (key_dim_ || sums_) {
+    values.resize(patterns.size() * dim_);
     for (size_t i = 0; i < patterns.size(); ++i) {
       std::copy_n(patterns[i].values.data(), dim_, values.data() + i * dim_);
     }
+  }
+  if (key_dim_) {
     keys.resize(patterns.size() * key_dim_);
     map_->Apply(values.data(), patterns.size(), keys.data());
   }
@@ -283,6 +287,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     CountNorms(*chunk, r);
     next_id_ = std::max(next_id_, ids[i] + 1);
   }
+  UpdateSums(keys.data(), values.data(), patterns.size(), 1.0);
   MutexLock lock(&mu_);
   size_t g = count_ - patterns.size();
   for (uint64_t id : ids) index_[id] = g++;
@@ -360,6 +365,21 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
       !status.ok()) {
     return status;
   }
+  // What leaves the low-rank sums, read before rows move.
+  std::vector<float> gone_values;
+  std::vector<float> gone_keys;
+  if (sums_) {
+    for (uint64_t id : ids) {
+      const size_t g = location[id];
+      const Chunk& chunk = *chunks_[g / chunk_capacity_];
+      const size_t r = g % chunk_capacity_;
+      gone_values.insert(gone_values.end(), chunk.row(r), chunk.row(r) + dim_);
+      if (key_dim_) {
+        const float* key = chunk.keys() + r * key_dim_;
+        gone_keys.insert(gone_keys.end(), key, key + key_dim_);
+      }
+    }
+  }
   // Swap-remove: the last row moves into each freed slot.
   absl::flat_hash_map<uint64_t, size_t> moved;
   for (uint64_t id : ids) {
@@ -381,6 +401,11 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
     }
   }
   RecomputeNorms();
+  if (count_ == 0) {
+    RebuildSums(view()->settings());  // Exactly zero again.
+  } else {
+    UpdateSums(gone_keys.data(), gone_values.data(), ids.size(), -1.0);
+  }
   MutexLock lock(&mu_);
   for (uint64_t id : ids) index_.erase(id);
   for (const auto& [id, g] : moved) index_[id] = g;
@@ -417,6 +442,68 @@ void Store::RebuildKeys() {
     chunks_[c] = chunks_[c]->WithKeys(*map_, rows);
   }
   RecomputeNorms();
+  RebuildSums(view()->settings());
+}
+
+LowRankState Store::PlanSums(const StoreSettings& settings) const {
+  LowRankState state;
+  const core::RetrievalParams& retrieval = settings.retrieval;
+  const bool kernel = retrieval.similarity == core::Similarity::kKernelDot;
+  if (retrieval.similarity != core::Similarity::kDot && !kernel) {
+    state.detail =
+        absl::StrCat("similarity ", core::SimilarityName(retrieval.similarity),
+                     " has no low-rank form (dot and kernel_dot have)");
+    return state;
+  }
+  if (retrieval.separation != core::Separation::kSoftmax) {
+    state.detail =
+        absl::StrCat("separation ", core::SeparationName(retrieval.separation),
+                     " has no low-rank form (softmax has)");
+    return state;
+  }
+  const size_t n = kernel ? key_dim_ : dim_;
+  state.degree = core::SumsDegree(n, dim_, settings.low_rank.max_degree,
+                                  limits_.max_low_rank_values);
+  if (state.degree == 0) {
+    state.detail = absl::StrCat("the sums at degree 2 would hold ",
+                                core::TaylorRank(n, 2), " x ", dim_ + 1,
+                                " values; the limit max_low_rank_values is ",
+                                limits_.max_low_rank_values);
+    return state;
+  }
+  state.rank = core::TaylorRank(n, state.degree);
+  return state;
+}
+
+void Store::RebuildSums(const StoreSettings& settings) {
+  sums_state_ = PlanSums(settings);
+  sums_.reset();
+  map_norm_ = 1;
+  if (sums_state_.degree == 0) return;
+  const bool kernel =
+      settings.retrieval.similarity == core::Similarity::kKernelDot;
+  const size_t n = kernel ? key_dim_ : dim_;
+  auto sums = std::make_shared<core::LowRankSums>(
+      std::make_shared<const core::TaylorBasis>(n, sums_state_.degree), dim_,
+      !kernel);
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
+    const Chunk& chunk = *chunks_[c];
+    sums->Add(kernel ? chunk.keys() : chunk.values(), chunk.values(), rows,
+              1.0);
+  }
+  sums->Finish();
+  sums_ = std::move(sums);
+  if (kernel) map_norm_ = core::SpectralNormBound(*map_);
+}
+
+void Store::UpdateSums(const float* keys, const float* values, size_t n,
+                       double sign) {
+  if (!sums_ || n == 0) return;
+  auto sums = std::make_shared<core::LowRankSums>(*sums_);
+  sums->Add(sums->keys_are_rows() ? values : keys, values, n, sign);
+  sums->Finish();
+  sums_ = std::move(sums);
 }
 
 absl::Status Store::PublishMap(std::shared_ptr<const core::FeatureMap> map,
@@ -463,6 +550,9 @@ void Store::Publish(const StoreSettings& settings) {
       key_dim_ ? (count_ ? sum_feature_norm_ / count_ : 0.0) : mean_norm};
   view->map_ = map_;
   view->fit_ = fit_;
+  view->low_rank_ = sums_;
+  view->low_rank_state_ = sums_state_;
+  view->map_norm_ = map_norm_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
@@ -509,6 +599,13 @@ absl::Status Store::UpdateSettings(
   }
   if (absl::Status status = storage_->PutStore(settings); !status.ok()) {
     return status;
+  }
+  if (PlanSums(settings).degree != sums_state_.degree ||
+      settings.retrieval.similarity !=
+          view()->settings().retrieval.similarity) {
+    RebuildSums(settings);
+  } else {
+    sums_state_ = PlanSums(settings);
   }
   MutexLock lock(&mu_);
   Publish(settings);

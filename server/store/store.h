@@ -27,6 +27,7 @@
 #include "absl/types/span.h"
 #include "server/base/mutex.h"
 #include "server/core/feature_map.h"
+#include "server/core/low_rank.h"
 #include "server/core/retrieval.h"
 #include "server/store/pattern.h"
 #include "server/store/settings.h"
@@ -105,6 +106,13 @@ struct NormStats {
   double mean_feature_norm = 0;
 };
 
+// The low-rank sums a store keeps (docs/low-rank.md).
+struct LowRankState {
+  uint32_t degree = 0;  // Largest Taylor degree kept; 0: none.
+  uint64_t rank = 0;    // Rank of the sums at that degree.
+  std::string detail;   // Why there are none, when there are none.
+};
+
 // An immutable snapshot of a store. Thread-safe: immutable.
 class StoreView {
  public:
@@ -115,6 +123,13 @@ class StoreView {
   // The feature map retrieval uses (null without U-Hop) and its record.
   const std::shared_ptr<const core::FeatureMap>& map() const { return map_; }
   const FitRecord& fit() const { return fit_; }
+  // The low-rank sums over exactly this view's patterns (null if the store
+  // keeps none), what they are, and an upper bound on ||Phi||_2.
+  const std::shared_ptr<const core::LowRankSums>& low_rank() const {
+    return low_rank_;
+  }
+  const LowRankState& low_rank_state() const { return low_rank_state_; }
+  double map_norm() const { return map_norm_; }
 
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
@@ -132,6 +147,9 @@ class StoreView {
   NormStats norms_;
   std::shared_ptr<const core::FeatureMap> map_;
   FitRecord fit_;
+  std::shared_ptr<const core::LowRankSums> low_rank_;
+  LowRankState low_rank_state_;
+  double map_norm_ = 1;
 };
 
 class Store {
@@ -204,6 +222,16 @@ class Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Fresh chunks with every key recomputed by map_.
   void RebuildKeys() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // The low-rank sums `settings` call for, rebuilt from every pattern (or
+  // dropped), with map_norm_.
+  void RebuildSums(const StoreSettings& settings)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // The sums `settings` call for: their degree and rank, or why none.
+  LowRankState PlanSums(const StoreSettings& settings) const;
+  // Adds (sign +1) or removes (sign -1) n patterns from a copy of the sums:
+  // values n x dim, keys n x d_Phi (the values themselves for dot).
+  void UpdateSums(const float* keys, const float* values, size_t n, double sign)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   // Constant after construction.
@@ -229,6 +257,9 @@ class Store {
   double sum_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
+  std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
+  LowRankState sums_state_ ABSL_GUARDED_BY(write_mu_);
+  double map_norm_ ABSL_GUARDED_BY(write_mu_) = 1;
 
   // Guards what readers see; held only to swap the view and update the index.
   mutable Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);

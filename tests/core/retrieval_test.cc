@@ -438,3 +438,32 @@ TEST(RetrievalTest, OneQuerySplitOverThreadsEqualsOneThread) {
 
 }  // namespace
 }  // namespace engram::core
+
+namespace engram::core {
+namespace {
+
+// top_k = 0 asks for no matches (it used to read the top of an empty heap).
+TEST(RetrieveExactTest, TopKZeroReturnsNoMatches) {
+  std::vector<float> rows(64 * 3);
+  std::vector<float> sq_norms(64);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = std::sin(i * 0.7f);
+  for (size_t r = 0; r < 64; ++r) {
+    sq_norms[r] = rows[r * 3] * rows[r * 3] +
+                  rows[r * 3 + 1] * rows[r * 3 + 1] +
+                  rows[r * 3 + 2] * rows[r * 3 + 2];
+  }
+  MemorySet memories;
+  memories.dim = 3;
+  memories.blocks.push_back({rows.data(), sq_norms.data(), 64});
+  for (size_t queries : {1, 5}) {
+    RetrievalParams params;
+    params.top_k = 0;
+    absl::StatusOr<RetrievalOutput> out =
+        RetrieveExact(memories, rows.data(), queries, params);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (const std::vector<Match>& m : out->matches) EXPECT_TRUE(m.empty());
+  }
+}
+
+}  // namespace
+}  // namespace engram::core

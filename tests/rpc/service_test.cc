@@ -459,6 +459,44 @@ TEST_F(ServiceTest, RetrieveRecallsAndReportsEverything) {
       0);
 }
 
+TEST_F(ServiceTest, RetrieveReportsTheLowRankPathAndRefusesWhatItCannotMeet) {
+  Create("s", 8);
+  std::vector<float> memories = Random(100 * 8, 3);
+  for (float& v : memories) v *= 0.05f;
+  ASSERT_TRUE(client_->AddPatterns("s", memories, 8).ok());
+  absl::StatusOr<v1::Store> store = client_->GetStore("s");
+  ASSERT_TRUE(store.ok());
+  EXPECT_EQ(store->low_rank_state().degree(), 4u);
+  EXPECT_EQ(store->low_rank_state().rank(), 495u);  // C(12, 4)
+  std::vector<float> query(memories.begin(), memories.begin() + 8);
+  v1::RetrieveRequest r;
+  r.set_path(v1::LOW_RANK);
+  r.set_top_k(3);
+  absl::StatusOr<v1::RetrieveResponse> low =
+      client_->Retrieve("s", query, 8, r);
+  ASSERT_TRUE(low.ok()) << low.status();
+  EXPECT_EQ(low->path().path(), v1::LOW_RANK);
+  EXPECT_EQ(low->path().degree(), 2u);
+  EXPECT_EQ(low->path().rank(), 45u);
+  EXPECT_GT(low->path().error_bound(), 0);
+  EXPECT_LE(low->path().error_bound(), 1e-3);
+  EXPECT_EQ(low->results(0).matches_size(), 3);
+  r.set_path(v1::EXACT);
+  absl::StatusOr<v1::RetrieveResponse> exact =
+      client_->Retrieve("s", query, 8, r);
+  ASSERT_TRUE(exact.ok());
+  for (int j = 0; j < 8; ++j) {
+    EXPECT_NEAR(low->results(0).values(j), exact->results(0).values(j),
+                low->path().error_bound());
+  }
+  r.set_path(v1::LOW_RANK);
+  r.set_beta(5000);
+  ExpectError(client_->Retrieve("s", query, 8, r).status(),
+              StatusCode::kFailedPrecondition,
+              "path LOW_RANK cannot meet the tolerance on store 's': the error "
+              "bound at the largest kept degree g = 4 is");
+}
+
 TEST_F(ServiceTest, RetrieveRejectsBadRequests) {
   Create("empty", 2);
   Create("s", 2);
