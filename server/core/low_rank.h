@@ -140,7 +140,8 @@ struct LowRankBoundInputs {
 
 // A proved bound on ||y_hat - y||_2 between the low-rank path at `degree`
 // and exact softmax retrieval after `steps` steps, for a query whose
-// features are q (size sums->basis().dim()). Infinity where none holds.
+// features are q (size sums->basis().dim()), plus 2^-20 max ||xi|| for the
+// float rounding of either path. Infinity where none holds.
 double LowRankErrorBound(const LowRankBoundInputs& in, const double* q,
                          double beta, uint32_t degree, uint32_t steps);
 

@@ -27,7 +27,10 @@ std::vector<Pattern> RandomPatterns(size_t count, uint32_t dim, double norm,
     p.id = first_id + i;
     p.values.resize(dim);
     double sq = 0;
-    for (float& v : p.values) sq += double{v = normal(rng)} * v;
+    for (float& v : p.values) {
+      v = normal(rng);
+      sq += double{v} * v;
+    }
     for (float& v : p.values) v = static_cast<float>(v * norm / std::sqrt(sq));
   }
   return patterns;
