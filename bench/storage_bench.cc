@@ -17,12 +17,15 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "server/core/low_rank.h"
 #include "server/store/registry.h"
 #include "server/store/rocksdb_storage.h"
 
 ABSL_FLAG(std::string, dir, "/tmp/engram-storage-bench", "Scratch directory.");
 ABSL_FLAG(size_t, reload_n, 1000000, "Patterns for the reload figure.");
 ABSL_FLAG(uint32_t, dim, 128, "Dimension.");
+ABSL_FLAG(uint32_t, low_rank_dim, 16,
+          "Dimension of the store whose low-rank sums' upkeep is measured.");
 
 namespace engram::store {
 namespace {
@@ -48,19 +51,30 @@ struct Db {
   std::unique_ptr<StoreRegistry> registry;
 };
 
-Db Open(const std::string& path, bool sync) {
+Db Open(const std::string& path, bool sync, size_t low_rank_values) {
   Db db;
   db.storage = std::move(*RocksDbStorage::Open({path, sync}));
   Limits limits;
   limits.max_batch = 1000000;
+  limits.max_low_rank_values = low_rank_values;
   db.registry = std::make_unique<StoreRegistry>(limits, db.storage.get());
   if (!db.registry->Load().ok()) std::abort();
   return db;
 }
 
-void AddThroughput(const std::string& root, uint32_t dim) {
+// What a dot store of `dim` keeps under the limit.
+std::string Sums(uint32_t dim, size_t low_rank_values) {
+  const uint32_t degree = core::SumsDegree(dim, dim, 4, low_rank_values);
+  if (degree == 0) return "none";
+  return "to g = " + std::to_string(degree) +
+         " (r = " + std::to_string(core::TaylorRank(dim, degree)) + ")";
+}
+
+void AddThroughput(const std::string& root, uint32_t dim,
+                   size_t low_rank_values) {
   std::mt19937 rng(1);
-  std::printf("add throughput, dim %u, one writer\n", dim);
+  std::printf("add throughput, dim %u, one writer, low-rank sums %s\n", dim,
+              Sums(dim, low_rank_values).c_str());
   std::printf("%8s %14s %14s %8s\n", "batch", "fsync pat/s", "no-fsync pat/s",
               "ratio");
   for (size_t batch : {size_t{1}, size_t{100}, size_t{10000}}) {
@@ -68,7 +82,7 @@ void AddThroughput(const std::string& root, uint32_t dim) {
     for (int sync = 1; sync >= 0; --sync) {
       const std::string path = root + "/add";
       std::filesystem::remove_all(path);
-      Db db = Open(path, sync);
+      Db db = Open(path, sync, low_rank_values);
       StoreSettings settings;
       settings.name = "bench";
       settings.dimension = dim;
@@ -87,12 +101,13 @@ void AddThroughput(const std::string& root, uint32_t dim) {
   }
 }
 
-void Reload(const std::string& root, size_t n, uint32_t dim) {
+void Reload(const std::string& root, size_t n, uint32_t dim,
+            size_t low_rank_values) {
   const std::string path = root + "/reload";
   std::filesystem::remove_all(path);
   std::mt19937 rng(2);
   {
-    Db db = Open(path, false);
+    Db db = Open(path, false, low_rank_values);
     StoreSettings settings;
     settings.name = "bench";
     settings.dimension = dim;
@@ -117,7 +132,7 @@ void Reload(const std::string& root, size_t n, uint32_t dim) {
   for (int rep = 0; rep < 3; ++rep) {
     auto start = Clock::now();
     {
-      Db db = Open(path, true);
+      Db db = Open(path, true, low_rank_values);
       if ((*db.registry->Get("bench"))->view()->size() != n) std::abort();
       reload = std::min(reload, Seconds(start));
     }
@@ -128,9 +143,10 @@ void Reload(const std::string& root, size_t n, uint32_t dim) {
     read = std::min(read, Seconds(start));
   }
   std::printf(
-      "reload of %zu patterns x %u dims (%.0f MB of floats): %.2f s; "
-      "plain-file read of the same bytes %.3f s; ratio %.1fx\n",
-      n, dim, n * dim * 4 / 1e6, reload, read, reload / read);
+      "reload of %zu patterns x %u dims (%.0f MB of floats), low-rank sums "
+      "%s: %.2f s; plain-file read of the same bytes %.3f s; ratio %.1fx\n",
+      n, dim, n * dim * 4 / 1e6, Sums(dim, low_rank_values).c_str(), reload,
+      read, reload / read);
 }
 
 }  // namespace
@@ -140,9 +156,16 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const std::string root = absl::GetFlag(FLAGS_dir);
   std::filesystem::create_directories(root);
-  engram::store::AddThroughput(root, absl::GetFlag(FLAGS_dim));
+  const size_t limit = engram::store::Limits{}.max_low_rank_values;
+  engram::store::AddThroughput(root, absl::GetFlag(FLAGS_dim), limit);
   engram::store::Reload(root, absl::GetFlag(FLAGS_reload_n),
-                        absl::GetFlag(FLAGS_dim));
+                        absl::GetFlag(FLAGS_dim), limit);
+  // The upkeep of the low-rank sums: a dot store small enough to keep them.
+  const uint32_t small = absl::GetFlag(FLAGS_low_rank_dim);
+  for (size_t values : {limit, size_t{0}}) {
+    engram::store::AddThroughput(root, small, values);
+    engram::store::Reload(root, absl::GetFlag(FLAGS_reload_n), small, values);
+  }
   std::filesystem::remove_all(root);
   return 0;
 }

@@ -74,7 +74,7 @@ ABSL_FLAG(uint64_t, max_queries, 4096, "Most queries in one Retrieve.");
 ABSL_FLAG(uint64_t, max_stores, 1000, "Most stores on the server.");
 ABSL_FLAG(uint64_t, max_patterns_per_store, 50000000,
           "Most patterns in one store.");
-ABSL_FLAG(uint64_t, max_low_rank_values, uint64_t{1} << 21,
+ABSL_FLAG(uint64_t, max_low_rank_values, uint64_t{1} << 18,
           "Most doubles one store's low-rank sums may hold (rank x (dimension "
           "+ 1)); the store keeps the largest even Taylor degree that fits, "
           "none if degree 2 does not (docs/low-rank.md).");

@@ -76,42 +76,47 @@ double TaylorExp(double s, uint32_t degree) {
 TaylorBasis::TaylorBasis(size_t dim, uint32_t degree)
     : dim_(dim), degree_(degree) {
   const uint64_t rank = TaylorRank(dim, degree);
-  parent_.reserve(rank);
-  var_.reserve(rank);
   ratio_.reserve(rank);
   // Monomials of degree k are non-decreasing variable sequences: each
   // extends a degree k - 1 monomial by a variable >= its last one. `run`
   // counts the trailing repeats, so c_i! grows by the factor run.
   std::vector<uint32_t> last{0};
   std::vector<uint32_t> run{0};
-  parent_.push_back(0);
-  var_.push_back(0);
   ratio_.push_back(1.0);
   level_end_.push_back(1);
   size_t begin = 0;
   for (uint32_t k = 1; k <= degree; ++k) {
-    const size_t end = parent_.size();
+    const size_t end = ratio_.size();
     for (size_t p = begin; p < end; ++p) {
-      for (uint32_t i = k == 1 ? 0 : last[p]; i < dim; ++i) {
+      const uint32_t first = k == 1 ? 0 : last[p];
+      first_child_.push_back(static_cast<uint32_t>(ratio_.size()));
+      first_var_.push_back(first);
+      for (uint32_t i = first; i < dim; ++i) {
         const uint32_t repeats = k > 1 && i == last[p] ? run[p] + 1 : 1;
-        parent_.push_back(static_cast<uint32_t>(p));
-        var_.push_back(i);
         ratio_.push_back(1.0 / std::sqrt(static_cast<double>(repeats)));
         last.push_back(i);
         run.push_back(repeats);
       }
     }
     begin = end;
-    level_end_.push_back(parent_.size());
+    level_end_.push_back(ratio_.size());
   }
 }
 
 void TaylorBasis::Features(const double* v, double scale, uint32_t degree,
                            double* out) const {
   out[0] = 1.0;
-  const size_t rank = level_end_[degree];
-  for (size_t m = 1; m < rank; ++m) {
-    out[m] = out[parent_[m]] * v[var_[m]] * ratio_[m] * scale;
+  // Parents in order: each writes its contiguous children.
+  const size_t parents = level_end_[degree - (degree > 0 ? 1 : 0)];
+  for (size_t p = 0; p < parents && degree > 0; ++p) {
+    const double base = out[p] * scale;
+    const size_t child = first_child_[p];
+    const size_t first = first_var_[p];
+    const double* ratio = ratio_.data() + child;
+    double* to = out + child;
+    for (size_t j = 0; j + first < dim_; ++j) {
+      to[j] = base * v[first + j] * ratio[j];
+    }
   }
 }
 

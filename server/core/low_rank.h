@@ -65,9 +65,11 @@ class TaylorBasis {
   size_t dim_;
   uint32_t degree_;
   std::vector<size_t> level_end_;
-  // Monomial m = parent[m] * v[var[m]] * ratio[m]; monomial 0 is 1.
-  std::vector<uint32_t> parent_;
-  std::vector<uint32_t> var_;
+  // The children of monomial p are the contiguous monomials
+  // first_child_[p] + j = p * v[first_var_[p] + j] * ratio[...], j < dim -
+  // first_var_[p] (only for monomials of degree < degree()).
+  std::vector<uint32_t> first_child_;
+  std::vector<uint32_t> first_var_;
   std::vector<double> ratio_;
 };
 

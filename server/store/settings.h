@@ -60,7 +60,7 @@ struct Limits {
   size_t max_metadata_entries = 16;
   size_t max_metadata_bytes = 256;  // Per key and per value.
   // Doubles one store's low-rank sums may hold (rank x (dimension + 1)).
-  size_t max_low_rank_values = size_t{1} << 21;
+  size_t max_low_rank_values = size_t{1} << 18;
 };
 
 // d_Phi: the feature dimension of a U-Hop store (feature_dim, or the store's
