@@ -61,6 +61,23 @@ class PythonClientTest(unittest.TestCase):
             c.delete_store("py")
             self.assertNotIn("py", [s.name for s in c.list_stores()])
 
+    def test_low_rank_path_reports_its_bound(self):
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=(2000, 8))
+        x *= 0.2 / np.linalg.norm(x, axis=1, keepdims=True)
+        with Client(self.addr) as c:
+            c.create_store("pylr", dim=8, top_k=0)
+            c.add("pylr", x)
+            low = c.retrieve("pylr", x[:3], path="low_rank", tolerance=1e-4)
+            self.assertEqual(low.path, "low_rank")
+            self.assertEqual((low.degree, low.rank), (2, 45))
+            self.assertGreater(low.error_bound, 0)
+            self.assertLessEqual(low.error_bound, 1e-4)
+            exact = c.retrieve("pylr", x[:3], path="exact")
+            self.assertEqual(exact.reason, "EXACT requested")
+            errors = np.linalg.norm(low.vectors - exact.vectors, axis=1)
+            self.assertTrue(np.all(errors <= low.error_bound), errors)
+
     def test_uhop_fit_from_python(self):
         rng = np.random.default_rng(2)
         with Client(self.addr) as c:

@@ -45,6 +45,10 @@ class Recall:
     energy: np.ndarray    # (L,) float64
     steps: np.ndarray     # (L,) uint32
     path: str             # "exact" or "low_rank"
+    degree: int = 0       # Taylor degree g of the low-rank path
+    rank: int = 0         # its rank r
+    error_bound: float = 0.0  # proved bound on ||y_lowrank - y_exact||_2
+    reason: str = ""      # why the planner chose the path
 
 
 class Client:
@@ -156,7 +160,8 @@ class Client:
             labels=[[m.label for m in res.matches] for res in r.results],
             energy=np.array([res.energy for res in r.results]),
             steps=np.array([res.steps for res in r.results], dtype=np.uint32),
-            path=pb.RetrievalPath.Name(r.path.path).lower())
+            path=pb.RetrievalPath.Name(r.path.path).lower(), degree=r.path.degree,
+            rank=r.path.rank, error_bound=r.path.error_bound, reason=r.path.reason)
 
     # Stage I.
     def fit(self, store: str, *, wait: bool = True, poll: float = 0.2):
