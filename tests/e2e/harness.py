@@ -35,8 +35,11 @@ class Engramd:
                 self._log.close()
                 raise RuntimeError("engramd exited: " + text)
             time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("engramd did not become ready")
+        self._log.seek(0)
+        text = self._log.read()
+        self.proc.kill()
+        self.proc.wait()
+        raise RuntimeError("engramd did not become ready in 30 s; its log:\n" + text)
 
     def log(self):
         self._log.seek(0)
