@@ -24,7 +24,7 @@ from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
 
 
 def start(tmp, data_dir):
-    return Engramd(BIN, tmp, "--shutdown_grace_s=20", data_dir=data_dir)
+    return Engramd(BIN, tmp, "--shutdown_grace_s=60", data_dir=data_dir)
 
 
 class ShutdownTest(unittest.TestCase):
@@ -47,7 +47,7 @@ class ShutdownTest(unittest.TestCase):
                 try:
                     r = stub.Retrieve(pb.RetrieveRequest(
                         store="s", queries=[pb.Query(values=row) for row in x[:128] * 0.01],
-                        steps=200, omit_vectors=True), timeout=60)
+                        steps=200, omit_vectors=True), timeout=90)
                     result["ok"] = len(r.results)
                 except grpc.RpcError as e:
                     result["error"] = e.code()
