@@ -1,6 +1,7 @@
 #include "server/store/retrieve.h"
 
 #include <cmath>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -118,17 +119,22 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
     }
     max_query_norm = std::max(max_query_norm, std::sqrt(sq));
   }
+  // The bound at degree g over the batch; stops once it passes `limit`.
+  auto batch_bound = [&](uint32_t g, double limit) {
+    double bound = 0;
+    for (size_t i = 0; i < num_queries && bound <= limit; ++i) {
+      bound = std::max(
+          bound, core::LowRankErrorBound(inputs, query_features.data() + i * n,
+                                         params.beta, g, params.steps));
+    }
+    return bound;
+  };
   // The smallest even degree whose bound meets the tolerance on every query.
   const uint32_t kept = sums->basis().degree();
   uint32_t degree = 0;
   double bound = 0;
   for (uint32_t g = 2; g <= kept && degree == 0; g += 2) {
-    bound = 0;
-    for (size_t i = 0; i < num_queries && bound <= tolerance; ++i) {
-      bound = std::max(
-          bound, core::LowRankErrorBound(inputs, query_features.data() + i * n,
-                                         params.beta, g, params.steps));
-    }
+    bound = batch_bound(g, tolerance);
     if (bound <= tolerance) degree = g;
   }
   const std::string radius = absl::StrCat(
@@ -136,12 +142,8 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
       " * ", Figure(norms.max_feature_norm), " * ", Figure(max_query_norm),
       " = ", Figure(params.beta * norms.max_feature_norm * max_query_norm));
   if (degree == 0) {
-    bound = 0;  // Over the whole batch, for the message.
-    for (size_t i = 0; i < num_queries; ++i) {
-      bound = std::max(
-          bound, core::LowRankErrorBound(inputs, query_features.data() + i * n,
-                                         params.beta, kept, params.steps));
-    }
+    // Over the whole batch, for the message.
+    bound = batch_bound(kept, std::numeric_limits<double>::infinity());
     const std::string why = absl::StrCat(
         "the error bound at the largest kept degree g = ", kept, " is ",
         Figure(bound), " over tolerance ", Figure(tolerance), " (", radius,
