@@ -600,12 +600,13 @@ absl::Status Store::UpdateSettings(
   if (absl::Status status = storage_->PutStore(settings); !status.ok()) {
     return status;
   }
-  if (PlanSums(settings).degree != sums_state_.degree ||
+  LowRankState planned = PlanSums(settings);
+  if (planned.degree != sums_state_.degree ||
       settings.retrieval.similarity !=
           view()->settings().retrieval.similarity) {
     RebuildSums(settings);
   } else {
-    sums_state_ = PlanSums(settings);
+    sums_state_ = std::move(planned);  // Same sums; the detail may differ.
   }
   MutexLock lock(&mu_);
   Publish(settings);
