@@ -313,12 +313,7 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
   const double beta = params.beta;
   const size_t count = num_queries;
 
-  RetrievalOutput out;
-  out.states.assign(queries, queries + count * d);
-  out.matches.resize(count);
-  out.energies.assign(count, 0.0);
-  out.steps.assign(count, 0);
-  out.converged.assign(count, 0);
+  RetrievalOutput out = StartOutput(queries, count, d);
 
   std::vector<size_t> active(count);
   for (size_t i = 0; i < count; ++i) active[i] = i;
@@ -362,7 +357,8 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
       }
       norm[i] = z;
       const double* qi = q.data() + i * n;
-      out.energies[i] = -std::log(z) / beta + 0.5 * Dot(qi, qi, n);
+      out.energies[i] = -std::log(z) / beta +
+                        0.5 * SelfSimilarity(params.similarity, Dot(qi, qi, n));
       double sq_change = 0;
       float* state = out.states.data() + i * d;
       for (size_t j = 0; j < d; ++j) {

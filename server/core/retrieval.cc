@@ -65,6 +65,17 @@ const float* MemorySet::row(size_t index) const {
   return nullptr;
 }
 
+RetrievalOutput StartOutput(const float* queries, size_t num_queries,
+                            size_t dim) {
+  RetrievalOutput out;
+  out.states.assign(queries, queries + num_queries * dim);
+  out.matches.resize(num_queries);
+  out.energies.assign(num_queries, 0.0);
+  out.steps.assign(num_queries, 0);
+  out.converged.assign(num_queries, 0);
+  return out;
+}
+
 double SelfSimilarity(Similarity similarity, double sq_norm) {
   switch (OnFeatures(similarity)) {
     case Similarity::kDot:
@@ -472,12 +483,7 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
   }
   const bool softmax = params.separation == Separation::kSoftmax;
 
-  RetrievalOutput out;
-  out.states.assign(queries, queries + num_queries * d);
-  out.matches.resize(num_queries);
-  out.energies.assign(num_queries, 0.0);
-  out.steps.assign(num_queries, 0);
-  out.converged.assign(num_queries, 0);
+  RetrievalOutput out = StartOutput(queries, num_queries, d);
 
   std::vector<size_t> active(num_queries);
   for (size_t i = 0; i < num_queries; ++i) active[i] = i;

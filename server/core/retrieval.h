@@ -98,6 +98,11 @@ struct RetrievalOutput {
   std::vector<uint8_t> converged;           // L, 1 if eps was reached.
 };
 
+// The output of a retrieval before its first step: the queries as states,
+// no matches, zero steps.
+RetrievalOutput StartOutput(const float* queries, size_t num_queries,
+                            size_t dim);
+
 // The similarity of x with itself, s(x, x), given ||x||^2 (for the energy).
 double SelfSimilarity(Similarity similarity, double sq_norm);
 
