@@ -74,6 +74,10 @@ ABSL_FLAG(uint64_t, max_queries, 4096, "Most queries in one Retrieve.");
 ABSL_FLAG(uint64_t, max_stores, 1000, "Most stores on the server.");
 ABSL_FLAG(uint64_t, max_patterns_per_store, 50000000,
           "Most patterns in one store.");
+ABSL_FLAG(double, max_calibration_work, 2e11,
+          "Multiply-adds one calibration may spend (about 2 s of a core per "
+          "1e11); past it, calibration samples fewer patterns, then a subset "
+          "of the memories.");
 ABSL_FLAG(uint64_t, max_low_rank_values, uint64_t{1} << 18,
           "Most doubles one store's low-rank sums may hold (rank x (dimension "
           "+ 1)); the store keeps the largest even Taylor degree that fits, "
@@ -144,6 +148,23 @@ class FitMetrics : public jobs::FitObserver {
     metrics_->RecordFit(store, result, status.duration_seconds,
                         status.loss_after);
   }
+  void CalibrationFinished(const std::string&,
+                           const jobs::CalibrationStatus& status) override {
+    using State = jobs::CalibrationStatus::State;
+    const store::CalibrationReport& r = status.report;
+    const char* result = status.state == State::kCancelled   ? "cancelled"
+                         : status.state != State::kSucceeded ? "failed"
+                         : r.applied                         ? "applied"
+                         : r.improved                        ? "reported"
+                                                             : "kept";
+    metrics_->RecordCalibration(result, r.duration_seconds);
+  }
+  void CalibrationReported(const std::string& store,
+                           const store::CalibrationReport& r) override {
+    metrics_->SetCapacity(store,
+                          {r.recall_at_1, r.error, r.well_separated_fraction,
+                           r.theory_beta_median, r.beta});
+  }
 
  private:
   metrics::Metrics* const metrics_;
@@ -191,6 +212,7 @@ int Run() {
   limits.max_stores = absl::GetFlag(FLAGS_max_stores);
   limits.max_patterns_per_store = absl::GetFlag(FLAGS_max_patterns_per_store);
   limits.max_low_rank_values = absl::GetFlag(FLAGS_max_low_rank_values);
+  limits.max_calibration_work = absl::GetFlag(FLAGS_max_calibration_work);
 
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   std::error_code error;
@@ -227,6 +249,8 @@ int Run() {
   jobs::FitSchedulerOptions fit_options;
   fit_options.workers = absl::GetFlag(FLAGS_fit_workers);
   fit_options.observer = &fit_metrics;
+  fit_options.calibration_threads = retrieval_threads;
+  fit_options.max_calibration_work = limits.max_calibration_work;
   auto fits = std::make_unique<jobs::FitScheduler>(&registry, fit_options);
 
   rpc::ServerOptions server_options;

@@ -23,6 +23,16 @@ absl::string_view CorruptionName(Corruption corruption) {
   return "unknown";
 }
 
+bool CorruptionLevelValid(Corruption corruption, float level) {
+  return corruption == Corruption::kGaussian
+             ? (level > 0 && std::isfinite(level))
+             : (level > 0 && level < 1);
+}
+
+absl::string_view CorruptionLevelRange(Corruption corruption) {
+  return corruption == Corruption::kGaussian ? "finite and > 0" : "in (0, 1)";
+}
+
 void Corrupt(Corruption corruption, float level, uint64_t seed, float* rows,
              size_t n, size_t dim) {
   std::mt19937_64 rng(seed);
@@ -328,16 +338,11 @@ absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
         "calibration needs at least 2 stored patterns, the store holds ", m));
   }
   const float level = options.level;
-  const bool level_ok = options.corruption == Corruption::kGaussian
-                            ? (level > 0 && std::isfinite(level))
-                            : (level > 0 && level < 1);
-  if (!level_ok) {
+  if (!CorruptionLevelValid(options.corruption, level)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "calibration level for ", CorruptionName(options.corruption),
-        " must be ",
-        options.corruption == Corruption::kGaussian ? "finite and > 0"
-                                                    : "in (0, 1)",
-        ", got ", level));
+        " must be ", CorruptionLevelRange(options.corruption), ", got ",
+        level));
   }
   if (options.sample_size < 1) {
     return absl::InvalidArgumentError(

@@ -40,6 +40,10 @@ enum class Corruption {
 
 absl::string_view CorruptionName(Corruption corruption);
 
+// Whether `level` is valid for `corruption`, and the valid range in words.
+bool CorruptionLevelValid(Corruption corruption, float level);
+absl::string_view CorruptionLevelRange(Corruption corruption);
+
 // Corrupts n rows of `dim` floats in place, deterministically for `seed`.
 void Corrupt(Corruption corruption, float level, uint64_t seed, float* rows,
              size_t n, size_t dim);

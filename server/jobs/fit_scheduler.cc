@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/base/log.h"
+#include "server/core/calibration.h"
 #include "server/core/uhop_fit.h"
 
 namespace engram::jobs {
@@ -53,6 +54,7 @@ FitScheduler::~FitScheduler() {
     stopping_ = true;
     for (auto& [name, entry] : entries_) {
       if (entry.cancel) *entry.cancel = true;
+      if (entry.calibration_cancel) *entry.calibration_cancel = true;
     }
     work_.SignalAll();
     stop_.SignalAll();
@@ -66,11 +68,14 @@ absl::StatusOr<FitScheduler::Entry*> FitScheduler::EntryFor(
   absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
   if (!found.ok()) return found.status();
   std::shared_ptr<const store::StoreView> view = (*found)->view();
-  if (view->settings().feature_map.kind != store::FeatureMapKind::kUhop) {
-    return nullptr;
-  }
   auto [it, inserted] = entries_.try_emplace(name);
   if (inserted) {
+    it->second.uhop =
+        view->settings().feature_map.kind == store::FeatureMapKind::kUhop;
+    it->second.calibration.report = view->settings().calibration_report;
+    if (it->second.calibration.report.time != absl::InfinitePast()) {
+      it->second.calibration.state = CalibrationStatus::State::kSucceeded;
+    }
     const store::FitRecord& r = view->fit();
     FitStatus& s = it->second.status;
     s.state =
@@ -95,9 +100,20 @@ void FitScheduler::Enqueue(const std::string& name, Entry& entry) {
   entry.status.state = FitStatus::State::kPending;
   entry.status.epoch = 0;
   entry.status.error.clear();
-  queue_.push_back(name);
+  queue_.emplace_back(name, Job::kFit);
   Changed(entry);
   ReportCounts();
+  work_.Signal();
+}
+
+void FitScheduler::EnqueueCalibration(const std::string& name, Entry& entry) {
+  if (entry.calibration_queued) return;
+  entry.calibration_queued = true;
+  entry.calibration.state = CalibrationStatus::State::kPending;
+  entry.calibration.error.clear();
+  entry.calibration.generation = ++generation_;
+  queue_.emplace_back(name, Job::kCalibrate);
+  changed_.SignalAll();
   work_.Signal();
 }
 
@@ -114,7 +130,7 @@ void FitScheduler::ReportCounts() {
 void FitScheduler::PatternsAdded(const std::string& store, size_t count) {
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
-  if (!entry.ok() || *entry == nullptr) return;
+  if (!entry.ok()) return;
   (*entry)->new_patterns += count;
   (*entry)->last_add = absl::Now();
 }
@@ -126,9 +142,20 @@ void FitScheduler::ResumeAll() {
   if (!stores.ok()) return;
   for (const auto& s : *stores) {
     std::shared_ptr<const store::StoreView> view = s->view();
-    if (view->settings().feature_map.kind == store::FeatureMapKind::kUhop &&
+    const store::StoreSettings& settings = view->settings();
+    if (settings.feature_map.kind == store::FeatureMapKind::kUhop &&
         view->size() != view->fit().patterns_fitted && view->size() >= 2) {
       PatternsAdded(s->name(), view->size());
+    } else if (settings.feature_map.kind != store::FeatureMapKind::kUhop &&
+               settings.calibration.automatic &&
+               view->size() != settings.calibration_report.patterns &&
+               view->size() >= 2) {
+      PatternsAdded(s->name(), view->size());
+    }
+    if (options_.observer &&
+        settings.calibration_report.time != absl::InfinitePast()) {
+      options_.observer->CalibrationReported(s->name(),
+                                             settings.calibration_report);
     }
   }
 }
@@ -137,9 +164,7 @@ absl::StatusOr<FitStatus> FitScheduler::Status(const std::string& store) {
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return entry.status();
-  if (*entry == nullptr) {
-    return NotConfigured();
-  }
+  if (!(*entry)->uhop) return NotConfigured();
   return (*entry)->status;
 }
 
@@ -150,7 +175,7 @@ absl::StatusOr<FitStatus> FitScheduler::Start(const std::string& store) {
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return entry.status();
-  if (*entry == nullptr) {
+  if (!(*entry)->uhop) {
     return absl::FailedPreconditionError(absl::StrCat(
         "store '", store,
         "' has no U-Hop feature map (store.feature_map.kind is NONE)"));
@@ -168,9 +193,7 @@ absl::StatusOr<FitStatus> FitScheduler::Cancel(const std::string& store) {
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return entry.status();
-  if (*entry == nullptr) {
-    return NotConfigured();
-  }
+  if (!(*entry)->uhop) return NotConfigured();
   Entry& e = **entry;
   if (e.running && e.cancel) *e.cancel = true;
   if (e.queued && !e.running) {
@@ -187,8 +210,10 @@ void FitScheduler::StoreDeleted(const std::string& store) {
   MutexLock lock(&mu_);
   auto found = entries_.find(store);
   if (found == entries_.end()) return;
-  if (found->second.cancel) *found->second.cancel = true;
-  if (!found->second.running) entries_.erase(found);
+  Entry& e = found->second;
+  if (e.cancel) *e.cancel = true;
+  if (e.calibration_cancel) *e.calibration_cancel = true;
+  if (!e.running && !e.calibration_running) entries_.erase(found);
   changed_.SignalAll();
   ReportCounts();
 }
@@ -201,9 +226,7 @@ absl::StatusOr<FitStatus> FitScheduler::WaitForChange(const std::string& store,
   while (true) {
     absl::StatusOr<Entry*> entry = EntryFor(store);
     if (!entry.ok()) return entry.status();
-    if (*entry == nullptr) {
-      return NotConfigured();
-    }
+    if (!(*entry)->uhop) return NotConfigured();
     if ((*entry)->status.generation > after || stopping_) {
       return (*entry)->status;
     }
@@ -227,7 +250,14 @@ void FitScheduler::SchedulerLoop() {
       if (entry.new_patterns >= std::max<uint32_t>(1, f.min_new_patterns) &&
           now - entry.last_add >= absl::Milliseconds(f.debounce_ms) &&
           view->size() >= 2) {
-        Enqueue(name, entry);
+        if (entry.uhop) {
+          Enqueue(name, entry);  // Calibrates after the fit if automatic.
+        } else if (view->settings().calibration.automatic) {
+          entry.new_patterns = 0;
+          EnqueueCalibration(name, entry);
+        } else {
+          entry.new_patterns = 0;
+        }
       }
     }
     stop_.WaitWithTimeout(&mu_, options_.tick);
@@ -238,15 +268,19 @@ void FitScheduler::WorkerLoop() {
   // Fits yield the cores to query threads.
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
   while (true) {
-    std::string name;
+    std::pair<std::string, Job> job;
     {
       MutexLock lock(&mu_);
       while (!stopping_ && queue_.empty()) work_.Wait(&mu_);
       if (stopping_) return;
-      name = std::move(queue_.front());
+      job = std::move(queue_.front());
       queue_.pop_front();
     }
-    RunFit(name);
+    if (job.second == Job::kFit) {
+      RunFit(job.first);
+    } else {
+      RunCalibration(job.first);
+    }
   }
 }
 
@@ -349,6 +383,180 @@ void FitScheduler::RunFit(const std::string& name) {
   Changed(e);
   ReportCounts();
   if (options_.observer) options_.observer->FitFinished(name, s);
+  if (status.ok() && view->settings().calibration.automatic) {
+    EnqueueCalibration(name, e);
+  }
+}
+
+absl::StatusOr<CalibrationStatus> FitScheduler::StartCalibration(
+    const std::string& store, std::optional<bool> apply) {
+  absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(store);
+  if (!found.ok()) return found.status();
+  const size_t patterns = (*found)->view()->size();
+  if (patterns < 2) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("store '", store, "' holds ", patterns,
+                     " patterns; calibration needs at least 2"));
+  }
+  MutexLock lock(&mu_);
+  absl::StatusOr<Entry*> entry = EntryFor(store);
+  if (!entry.ok()) return entry.status();
+  Entry& e = **entry;
+  if (!e.calibration_queued) e.calibration_apply = apply;
+  EnqueueCalibration(store, e);
+  return e.calibration;
+}
+
+absl::StatusOr<CalibrationStatus> FitScheduler::Calibration(
+    const std::string& store) {
+  MutexLock lock(&mu_);
+  absl::StatusOr<Entry*> entry = EntryFor(store);
+  if (!entry.ok()) return entry.status();
+  return (*entry)->calibration;
+}
+
+namespace {
+
+core::CalibrationOptions CalibrationOptionsFor(
+    const store::CalibrationSettings& c, const FitSchedulerOptions& options) {
+  core::CalibrationOptions o;
+  o.corruption = c.corruption;
+  o.level = c.level;
+  o.search_similarity = c.search_similarity;
+  o.search_separation = c.search_separation;
+  o.sample_size = c.sample_size;
+  o.seed = c.seed;
+  o.max_work = options.max_calibration_work;
+  o.retrieval.threads = std::max(1, options.calibration_threads);
+  return o;
+}
+
+bool SameRetrieval(const core::RetrievalParams& a,
+                   const core::RetrievalParams& b) {
+  return a.similarity == b.similarity && a.separation == b.separation &&
+         a.beta == b.beta && a.steps == b.steps && a.eps == b.eps;
+}
+
+}  // namespace
+
+void FitScheduler::RunCalibration(const std::string& name) {
+  absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  std::optional<bool> apply_override;
+  {
+    MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end() || !it->second.calibration_queued) return;
+    Entry& e = it->second;
+    e.calibration_queued = false;
+    if (!found.ok()) {
+      if (!e.running) entries_.erase(it);
+      return;
+    }
+    e.calibration_running = true;
+    e.calibration_cancel = cancel;
+    apply_override = e.calibration_apply;
+    e.calibration_apply.reset();
+    e.calibration.state = CalibrationStatus::State::kRunning;
+    e.calibration.generation = ++generation_;
+    changed_.SignalAll();
+  }
+  const std::shared_ptr<const store::StoreView> view = (*found)->view();
+  const store::StoreSettings& settings = view->settings();
+  const bool apply = apply_override.value_or(settings.calibration.apply);
+  core::CalibrationOptions options =
+      CalibrationOptionsFor(settings.calibration, options_);
+  options.retrieval.check = [cancel]() -> absl::Status {
+    if (*cancel) return absl::CancelledError("calibration cancelled");
+    return absl::OkStatus();
+  };
+  const absl::Time start = absl::Now();
+  absl::StatusOr<core::CalibrationResult> result =
+      core::Calibrate(view->memories(), settings.retrieval, options);
+  absl::Status status = result.status();
+  store::CalibrationReport report;
+  if (status.ok()) {
+    const core::CalibrationResult& r = *result;
+    report.time = absl::Now();
+    report.store_version = view->version();
+    report.patterns = view->size();
+    report.corruption = options.corruption;
+    report.level = options.level;
+    report.similarity = r.best.params.similarity;
+    report.separation = r.best.params.separation;
+    report.beta = r.best.params.beta;
+    report.error = r.best.error;
+    report.recall_at_1 = r.best.recall_at_1;
+    report.previous_error = r.current.error;
+    report.previous_recall_at_1 = r.current.recall_at_1;
+    report.improved = r.improved;
+    report.well_separated_fraction = r.well_separated_fraction;
+    report.theory_beta_median = r.theory_beta_median;
+    report.theory_beta_p90 = r.theory_beta_p90;
+    report.sample_size = static_cast<uint32_t>(r.sample_size);
+    report.memories_used = r.memories_used;
+    report.candidates = static_cast<uint32_t>(r.evaluated.size());
+    report.duration_seconds = absl::ToDoubleSeconds(report.time - start);
+    if (!r.improved) {
+      report.detail = "no setting beat the current one";
+    } else if (!apply) {
+      report.detail = "reported only (store.calibration.apply is false)";
+    }
+    // The report and the setting it applies, in one durable write, unless
+    // someone changed the retrieval settings since the snapshot.
+    status = (*found)->UpdateSettings([&](store::StoreSettings& s) {
+      if (r.improved && apply) {
+        if (SameRetrieval(s.retrieval, settings.retrieval)) {
+          s.retrieval.similarity = r.best.params.similarity;
+          s.retrieval.separation = r.best.params.separation;
+          s.retrieval.beta = r.best.params.beta;
+          report.applied = true;
+        } else {
+          report.detail =
+              "not applied: the retrieval settings changed during "
+              "calibration";
+        }
+      }
+      s.calibration_report = report;
+      return absl::OkStatus();
+    });
+  }
+  MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return;
+  Entry& e = it->second;
+  e.calibration_running = false;
+  e.calibration_cancel.reset();
+  CalibrationStatus& c = e.calibration;
+  if (status.ok()) {
+    c.state = CalibrationStatus::State::kSucceeded;
+    c.report = report;
+    Log(LogLevel::kInfo,
+        "calibration of store '%s': %s %s beta %.4g (error %.4g -> %.4g, "
+        "recall@1 %.3f -> %.3f, %u candidates, %.2fs)%s",
+        name, core::SimilarityName(report.similarity),
+        core::SeparationName(report.separation), report.beta,
+        report.previous_error, report.error, report.previous_recall_at_1,
+        report.recall_at_1, report.candidates, report.duration_seconds,
+        report.applied ? ", applied" : "");
+  } else if (status.code() == absl::StatusCode::kCancelled) {
+    c.state = CalibrationStatus::State::kCancelled;
+  } else {
+    c.state = CalibrationStatus::State::kFailed;
+    c.error = std::string(status.message());
+    Log(LogLevel::kWarning, "calibration of store '%s' failed: %s", name,
+        status.ToString());
+  }
+  if (*cancel && !registry_->Get(name).ok()) {
+    if (!e.running) entries_.erase(it);  // Deleted during the calibration.
+    changed_.SignalAll();
+    return;
+  }
+  c.generation = ++generation_;
+  changed_.SignalAll();
+  if (!options_.observer) return;
+  options_.observer->CalibrationFinished(name, c);
+  if (status.ok()) options_.observer->CalibrationReported(name, report);
 }
 
 }  // namespace engram::jobs

@@ -1,9 +1,10 @@
-// Runs U-Hop Stage I fits in the background.
+// Runs U-Hop Stage I fits and self-retrieval calibrations in the background.
 //
 //   FitScheduler fits(&registry, {});
 //   fits.PatternsAdded("faces", 100);   // debounced: fits once adds go quiet
 //   fits.Start("faces");                // or now
 //   absl::StatusOr<FitStatus> s = fits.Status("faces");
+//   fits.StartCalibration("faces", std::nullopt);
 //
 // Adding patterns schedules a fit for that store once at least
 // `min_new_patterns` were added and none for `debounce_ms` (store settings).
@@ -14,6 +15,13 @@
 // atomically (Store::PublishMap); cancel and store deletion stop a fit at the
 // next epoch.
 //
+// Calibration (core/calibration.h) runs on request, and with
+// store.calibration.automatic after every successful fit of a U-Hop store or,
+// for other stores, once adds go quiet (on the same debounce). It runs on a
+// snapshot; its report, and the setting it found when it applies one, are
+// stored with the settings in one write (Store::UpdateSettings), and only if
+// the retrieval settings did not change meanwhile.
+//
 // Thread-safe: all methods may be called concurrently.
 #ifndef ENGRAM_SERVER_JOBS_FIT_SCHEDULER_H_
 #define ENGRAM_SERVER_JOBS_FIT_SCHEDULER_H_
@@ -22,8 +30,10 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -57,6 +67,23 @@ struct FitStatus {
   uint64_t generation = 0;  // Increases on every change.
 };
 
+struct CalibrationStatus {
+  enum class State {
+    kIdle,
+    kPending,
+    kRunning,
+    kSucceeded,
+    kCancelled,
+    kFailed
+  };
+  State state = State::kIdle;
+  // The last finished calibration's report (also after a restart); its time
+  // is InfinitePast when the store was never calibrated.
+  store::CalibrationReport report;
+  std::string error;        // Why the last calibration failed, if it did.
+  uint64_t generation = 0;  // Increases on every change.
+};
+
 // Counts what the scheduler does (implemented over metrics::Metrics).
 class FitObserver {
  public:
@@ -64,12 +91,22 @@ class FitObserver {
   virtual void FitCounts(size_t running, size_t pending) = 0;
   virtual void FitFinished(const std::string& store,
                            const FitStatus& status) = 0;
+  // A finished calibration (succeeded, cancelled or failed).
+  virtual void CalibrationFinished(const std::string& store,
+                                   const CalibrationStatus& status) = 0;
+  // A store's current calibration report: after each successful
+  // calibration, and the stored one of each store at ResumeAll.
+  virtual void CalibrationReported(const std::string& store,
+                                   const store::CalibrationReport& report) = 0;
 };
 
 struct FitSchedulerOptions {
   int workers = 1;
   absl::Duration tick = absl::Milliseconds(20);  // Debounce resolution.
   FitObserver* observer = nullptr;               // Borrowed; may be null.
+  // Retrieval threads and work budget of one calibration.
+  int calibration_threads = 1;
+  double max_calibration_work = 2e11;
 };
 
 class FitScheduler {
@@ -92,26 +129,43 @@ class FitScheduler {
   // Cancels a pending or running fit; returns the status after.
   absl::StatusOr<FitStatus> Cancel(const std::string& store);
   void StoreDeleted(const std::string& store);
+
+  // Queues a calibration now; `apply` overrides store.calibration.apply.
+  // FAILED_PRECONDITION with fewer than 2 patterns.
+  absl::StatusOr<CalibrationStatus> StartCalibration(const std::string& store,
+                                                     std::optional<bool> apply);
+  absl::StatusOr<CalibrationStatus> Calibration(const std::string& store);
   // The status once its generation passes `after`, or after `timeout`.
   absl::StatusOr<FitStatus> WaitForChange(const std::string& store,
                                           uint64_t after,
                                           absl::Duration timeout);
 
  private:
+  enum class Job { kFit, kCalibrate };
+
   struct Entry {
+    bool uhop = false;  // The store has a U-Hop map, so it is fitted.
     FitStatus status;
     size_t new_patterns = 0;
     absl::Time last_add = absl::InfinitePast();
     bool queued = false;
     bool running = false;
     std::shared_ptr<std::atomic<bool>> cancel;
+    CalibrationStatus calibration;
+    bool calibration_queued = false;
+    bool calibration_running = false;
+    std::optional<bool> calibration_apply;  // The request's override.
+    std::shared_ptr<std::atomic<bool>> calibration_cancel;
   };
 
   void SchedulerLoop();
   void WorkerLoop();
   void RunFit(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
-  // The entry of a U-Hop store, created from its published record if new.
+  void RunCalibration(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  // The entry of a store, created from its published records if new.
   absl::StatusOr<Entry*> EntryFor(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EnqueueCalibration(const std::string& name, Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Changed(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Enqueue(const std::string& name, Entry& entry)
@@ -126,7 +180,7 @@ class FitScheduler {
   CondVar stop_;     // Stopping (the scheduler loop's timed wait).
   CondVar changed_;  // Some status changed (WaitForChange).
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::string, Job>> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 

@@ -38,6 +38,20 @@ class Metrics {
   virtual void SetFits(size_t running, size_t pending) = 0;
   virtual void RecordFit(absl::string_view store, absl::string_view result,
                          double seconds, double loss_after) = 0;
+  // One finished calibration ("applied", "kept" when nothing beat the
+  // current setting, "reported" when found but not applied, "failed",
+  // "cancelled") with its duration.
+  virtual void RecordCalibration(absl::string_view result, double seconds) = 0;
+  // A store's capacity at its calibrated setting (the last report).
+  struct Capacity {
+    double recall_at_1 = 0;
+    double error = 0;
+    double well_separated_fraction = 0;
+    double theory_beta_median = 0;
+    double beta = 0;  // The best beta found.
+  };
+  virtual void SetCapacity(absl::string_view store,
+                           const Capacity& capacity) = 0;
 };
 
 // Counts nothing.
@@ -53,6 +67,8 @@ class NullMetrics : public Metrics {
   void SetFits(size_t, size_t) override {}
   void RecordFit(absl::string_view, absl::string_view, double,
                  double) override {}
+  void RecordCalibration(absl::string_view, double) override {}
+  void SetCapacity(absl::string_view, const Capacity&) override {}
 };
 
 }  // namespace engram::metrics

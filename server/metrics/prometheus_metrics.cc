@@ -87,7 +87,38 @@ class PrometheusMetrics : public Metrics {
                       .Name("engram_fit_last_loss")
                       .Help("Separation loss at the end of the last successful "
                             "fit, by store.")
-                      .Register(*registry_)) {
+                      .Register(*registry_)),
+        calibrations_(prometheus::BuildCounter()
+                          .Name("engram_calibrations_total")
+                          .Help("Calibrations finished, by result (applied, "
+                                "kept, reported, failed, cancelled).")
+                          .Register(*registry_)),
+        calibration_duration_(
+            prometheus::BuildHistogram()
+                .Name("engram_calibration_duration_seconds")
+                .Help("Duration of finished calibrations.")
+                .Register(*registry_)
+                .Add({},
+                     prometheus::Histogram::BucketBoundaries{
+                         0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800})),
+        capacity_{&CapacityGauge("engram_capacity_recall_at_1",
+                                 "Recall@1 of corrupted stored patterns at "
+                                 "the calibrated setting, by store."),
+                  &CapacityGauge("engram_capacity_error",
+                                 "Mean squared error of retrieving corrupted "
+                                 "stored patterns at the calibrated setting, "
+                                 "by store."),
+                  &CapacityGauge("engram_capacity_well_separated_fraction",
+                                 "Fraction of sampled patterns that win at "
+                                 "least half the weight when queried with "
+                                 "themselves, by store."),
+                  &CapacityGauge("engram_capacity_theory_beta",
+                                 "Beta the separation condition of Ramsauer "
+                                 "et al. needs for half the sampled patterns, "
+                                 "by store."),
+                  &CapacityGauge("engram_calibrated_beta",
+                                 "The best beta the last calibration found, "
+                                 "by store.")} {
     prometheus::BuildGauge()
         .Name("engram_build_info")
         .Help("Always 1; the labels describe the build.")
@@ -161,6 +192,20 @@ class PrometheusMetrics : public Metrics {
     }
   }
 
+  void RecordCalibration(absl::string_view result, double seconds) override {
+    calibrations_.Add({{"result", std::string(result)}}).Increment();
+    calibration_duration_.Observe(seconds);
+  }
+
+  void SetCapacity(absl::string_view store, const Capacity& capacity) override {
+    const double values[kCapacityFigures] = {
+        capacity.recall_at_1, capacity.error, capacity.well_separated_fraction,
+        capacity.theory_beta_median, capacity.beta};
+    for (size_t i = 0; i < kCapacityFigures; ++i) {
+      capacity_[i]->Add({{"store", StoreLabel(store)}}).Set(values[i]);
+    }
+  }
+
   void SetDamagedStores(size_t count) override {
     damaged_.Set(static_cast<double>(count));
   }
@@ -169,6 +214,9 @@ class PrometheusMetrics : public Metrics {
     if (!options_.per_store_labels) return;
     patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
     fit_loss_.Remove(&fit_loss_.Add({{"store", std::string(store)}}));
+    for (prometheus::Family<prometheus::Gauge>* family : capacity_) {
+      family->Remove(&family->Add({{"store", std::string(store)}}));
+    }
     for (const char* stat : {"max", "mean", "max_feature"}) {
       norms_.Remove(
           &norms_.Add({{"store", std::string(store)}, {"stat", stat}}));
@@ -178,6 +226,11 @@ class PrometheusMetrics : public Metrics {
  private:
   std::string StoreLabel(absl::string_view store) const {
     return options_.per_store_labels ? std::string(store) : "all";
+  }
+
+  prometheus::Family<prometheus::Gauge>& CapacityGauge(const char* name,
+                                                       const char* help) {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_);
   }
 
   prometheus::Histogram& LatencyFor(absl::string_view method) {
@@ -202,6 +255,10 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Counter>& fits_total_;
   prometheus::Histogram& fit_duration_;
   prometheus::Family<prometheus::Gauge>& fit_loss_;
+  prometheus::Family<prometheus::Counter>& calibrations_;
+  prometheus::Histogram& calibration_duration_;
+  static constexpr size_t kCapacityFigures = 5;
+  prometheus::Family<prometheus::Gauge>* capacity_[kCapacityFigures];
   std::unique_ptr<prometheus::Exposer> exposer_;
 };
 

@@ -126,6 +126,91 @@ absl::Status FeatureMapFromProto(const v1::FeatureMapSettings& in,
   return absl::OkStatus();
 }
 
+absl::Status CalibrationFromProto(const v1::CalibrationSettings& in,
+                                  store::CalibrationSettings& out) {
+  switch (in.corruption()) {
+    case v1::CORRUPTION_UNSPECIFIED:
+    case v1::DROPOUT:
+      out.corruption = core::Corruption::kDropout;
+      break;
+    case v1::GAUSSIAN:
+      out.corruption = core::Corruption::kGaussian;
+      break;
+    case v1::MASK:
+      out.corruption = core::Corruption::kMask;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "store.calibration.corruption has unknown value ", in.corruption()));
+  }
+  out.automatic = in.automatic();
+  out.apply = in.apply();
+  out.level = in.level() != 0 ? in.level() : 0.5f;
+  out.search_similarity = in.search_similarity();
+  out.search_separation = in.search_separation();
+  out.sample_size = in.sample_size() ? in.sample_size() : 256;
+  out.seed = in.seed();
+  return absl::OkStatus();
+}
+
+v1::Corruption CorruptionToProto(core::Corruption corruption) {
+  switch (corruption) {
+    case core::Corruption::kDropout:
+      return v1::DROPOUT;
+    case core::Corruption::kGaussian:
+      return v1::GAUSSIAN;
+    case core::Corruption::kMask:
+      return v1::MASK;
+  }
+  return v1::CORRUPTION_UNSPECIFIED;
+}
+
+void ToProto(absl::Time time, google::protobuf::Timestamp& out) {
+  const int64_t nanos = absl::ToUnixNanos(time);
+  out.set_seconds(nanos / 1000000000);
+  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+void ToProto(const store::CalibrationReport& r, v1::CalibrationReport& out) {
+  ToProto(r.time, *out.mutable_time());
+  out.set_store_version(r.store_version);
+  out.set_pattern_count(r.patterns);
+  out.set_corruption(CorruptionToProto(r.corruption));
+  out.set_level(r.level);
+  out.set_similarity(SimilarityToProto(r.similarity));
+  out.set_separation(SeparationToProto(r.separation));
+  out.set_beta(r.beta);
+  out.set_error(r.error);
+  out.set_recall_at_1(r.recall_at_1);
+  out.set_previous_error(r.previous_error);
+  out.set_previous_recall_at_1(r.previous_recall_at_1);
+  out.set_improved(r.improved);
+  out.set_applied(r.applied);
+  out.set_well_separated_fraction(r.well_separated_fraction);
+  out.set_theory_beta_median(r.theory_beta_median);
+  out.set_theory_beta_p90(r.theory_beta_p90);
+  out.set_sample_size(r.sample_size);
+  out.set_memories_used(r.memories_used);
+  out.set_candidates(r.candidates);
+  out.set_duration_seconds(r.duration_seconds);
+  out.set_detail(r.detail);
+}
+
+// An update path of one calibration field: the whole message converted
+// (with its defaults), then that field copied.
+template <typename T>
+absl::Status CopyCalibrationField(const v1::Store& s,
+                                  T store::CalibrationSettings::*field,
+                                  store::StoreSettings& out) {
+  store::CalibrationSettings c;
+  if (absl::Status status = CalibrationFromProto(s.calibration(), c);
+      !status.ok()) {
+    return status;
+  }
+  out.calibration.*field = c.*field;
+  return absl::OkStatus();
+}
+
 // Paths UpdateStore accepts, and how each copies its value.
 struct UpdatablePath {
   const char* path;
@@ -179,6 +264,43 @@ const UpdatablePath kUpdatable[] = {
        out.low_rank.max_degree = s.low_rank().max_degree();
        return absl::OkStatus();
      }},
+    {"calibration.automatic",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(s, &store::CalibrationSettings::automatic,
+                                   out);
+     }},
+    {"calibration.apply",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(s, &store::CalibrationSettings::apply, out);
+     }},
+    {"calibration.corruption",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(s, &store::CalibrationSettings::corruption,
+                                   out);
+     }},
+    {"calibration.level",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(s, &store::CalibrationSettings::level, out);
+     }},
+    {"calibration.search_similarity",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(
+           s, &store::CalibrationSettings::search_similarity, out);
+     }},
+    {"calibration.search_separation",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(
+           s, &store::CalibrationSettings::search_separation, out);
+     }},
+    {"calibration.sample_size",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(s, &store::CalibrationSettings::sample_size,
+                                   out);
+     }},
+    {"calibration.seed",
+     [](const v1::Store& s, store::StoreSettings& out) {
+       return CopyCalibrationField(s, &store::CalibrationSettings::seed, out);
+     }},
 };
 
 }  // namespace
@@ -215,6 +337,11 @@ absl::StatusOr<store::StoreSettings> SettingsFromProto(const v1::Store& in) {
       in.low_rank().tolerance() != 0 ? in.low_rank().tolerance() : 1e-3;
   out.low_rank.max_degree =
       in.low_rank().max_degree() ? in.low_rank().max_degree() : 4;
+  if (absl::Status status =
+          CalibrationFromProto(in.calibration(), out.calibration);
+      !status.ok()) {
+    return status;
+  }
   out.create_time = absl::Now();
   return out;
 }
@@ -289,10 +416,19 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   low_rank->set_degree(view.low_rank_state().degree);
   low_rank->set_rank(view.low_rank_state().rank);
   low_rank->set_detail(view.low_rank_state().detail);
-  const int64_t nanos = absl::ToUnixNanos(s.create_time);
-  out.mutable_create_time()->set_seconds(nanos / 1000000000);
-  out.mutable_create_time()->set_nanos(
-      static_cast<int32_t>(nanos % 1000000000));
+  v1::CalibrationSettings* c = out.mutable_calibration();
+  c->set_automatic(s.calibration.automatic);
+  c->set_apply(s.calibration.apply);
+  c->set_corruption(CorruptionToProto(s.calibration.corruption));
+  c->set_level(s.calibration.level);
+  c->set_search_similarity(s.calibration.search_similarity);
+  c->set_search_separation(s.calibration.search_separation);
+  c->set_sample_size(s.calibration.sample_size);
+  c->set_seed(s.calibration.seed);
+  if (s.calibration_report.time != absl::InfinitePast()) {
+    ToProto(s.calibration_report, *out.mutable_calibration_report());
+  }
+  ToProto(s.create_time, *out.mutable_create_time());
   out.set_version(view.version());
   out.set_state(v1::Store::READY);
 }
@@ -350,6 +486,36 @@ void ToProto(const std::string& store, const jobs::FitStatus& in,
   out.set_duration_seconds(in.duration_seconds);
   out.set_map_version(in.map_version);
   out.set_patterns_fitted(in.patterns_fitted);
+  out.set_error(in.error);
+}
+
+void ToProto(const std::string& store, const jobs::CalibrationStatus& in,
+             v1::CalibrationStatus& out) {
+  using State = jobs::CalibrationStatus::State;
+  out.set_store(store);
+  switch (in.state) {
+    case State::kIdle:
+      out.set_state(v1::CalibrationStatus::IDLE);
+      break;
+    case State::kPending:
+      out.set_state(v1::CalibrationStatus::PENDING);
+      break;
+    case State::kRunning:
+      out.set_state(v1::CalibrationStatus::RUNNING);
+      break;
+    case State::kSucceeded:
+      out.set_state(v1::CalibrationStatus::SUCCEEDED);
+      break;
+    case State::kCancelled:
+      out.set_state(v1::CalibrationStatus::CANCELLED);
+      break;
+    case State::kFailed:
+      out.set_state(v1::CalibrationStatus::FAILED);
+      break;
+  }
+  if (in.report.time != absl::InfinitePast()) {
+    ToProto(in.report, *out.mutable_report());
+  }
   out.set_error(in.error);
 }
 

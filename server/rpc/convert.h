@@ -37,6 +37,9 @@ store::Pattern FromProto(const v1::Pattern& pattern);
 void ToProto(const std::string& store, const jobs::FitStatus& status,
              v1::FitStatus& out);
 
+void ToProto(const std::string& store, const jobs::CalibrationStatus& status,
+             v1::CalibrationStatus& out);
+
 absl::StatusOr<store::PathChoice> PathFromProto(v1::RetrievalPath path);
 v1::RetrievalPath PathToProto(store::PathChoice path);
 

@@ -472,4 +472,32 @@ grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
   return call.Done(absl::OkStatus());
 }
 
+grpc::Status EngramService::StartCalibration(
+    grpc::ServerContext* context, const v1::StartCalibrationRequest* request,
+    v1::CalibrationStatus* response) {
+  Call call(this, "StartCalibration", request->store());
+  // It may change the store's retrieval settings.
+  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  std::optional<bool> apply;
+  if (request->has_apply()) apply = request->apply();
+  absl::StatusOr<jobs::CalibrationStatus> status =
+      fits_->StartCalibration(request->store(), apply);
+  if (!status.ok()) return call.Done(status.status());
+  ToProto(request->store(), *status, *response);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status EngramService::GetCalibrationStatus(
+    grpc::ServerContext* context,
+    const v1::GetCalibrationStatusRequest* request,
+    v1::CalibrationStatus* response) {
+  Call call(this, "GetCalibrationStatus", request->store());
+  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  absl::StatusOr<jobs::CalibrationStatus> status =
+      fits_->Calibration(request->store());
+  if (!status.ok()) return call.Done(status.status());
+  ToProto(request->store(), *status, *response);
+  return call.Done(absl::OkStatus());
+}
+
 }  // namespace engram::rpc

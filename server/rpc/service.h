@@ -67,6 +67,13 @@ class EngramService final : public v1::Engram::Service {
   grpc::Status CancelFit(grpc::ServerContext* context,
                          const v1::CancelFitRequest* request,
                          v1::FitStatus* response) override;
+  grpc::Status StartCalibration(grpc::ServerContext* context,
+                                const v1::StartCalibrationRequest* request,
+                                v1::CalibrationStatus* response) override;
+  grpc::Status GetCalibrationStatus(
+      grpc::ServerContext* context,
+      const v1::GetCalibrationStatusRequest* request,
+      v1::CalibrationStatus* response) override;
 
  private:
   // Times, counts and logs one call; Done() converts its status.

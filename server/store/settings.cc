@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -77,6 +78,20 @@ absl::Status ValidateSettings(const StoreSettings& settings,
         "store.low_rank.max_degree must be an even number in [2, 8], got ",
         low_rank.max_degree));
   }
+  const CalibrationSettings& calibration = settings.calibration;
+  if (!core::CorruptionLevelValid(calibration.corruption, calibration.level)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("store.calibration.level for ",
+                     core::CorruptionName(calibration.corruption), " must be ",
+                     core::CorruptionLevelRange(calibration.corruption),
+                     ", got ", calibration.level));
+  }
+  if (calibration.sample_size < 1 ||
+      calibration.sample_size > kMaxCalibrationSample) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "store.calibration.sample_size must be in [1, ", kMaxCalibrationSample,
+        "], got ", calibration.sample_size));
+  }
   const FeatureMapSettings& map = settings.feature_map;
   if (core::IsKernel(r.similarity) && map.kind != FeatureMapKind::kUhop) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -128,6 +143,10 @@ constexpr EnumNames<core::Separation> kSeparations[] = {
     {core::Separation::kSoftmax, "softmax"},
     {core::Separation::kSparsemax, "sparsemax"},
     {core::Separation::kEntmax15, "entmax15"}};
+constexpr EnumNames<core::Corruption> kCorruptions[] = {
+    {core::Corruption::kDropout, "dropout"},
+    {core::Corruption::kGaussian, "gaussian"},
+    {core::Corruption::kMask, "mask"}};
 constexpr EnumNames<FeatureMapKind> kMapKinds[] = {
     {FeatureMapKind::kNone, "none"}, {FeatureMapKind::kUhop, "uhop"}};
 constexpr EnumNames<FitLoss> kLosses[] = {{FitLoss::kMean, "mean"},
@@ -155,6 +174,122 @@ bool ParseEnum(const EnumNames<Enum> (&names)[N], absl::string_view text,
   return false;
 }
 
+// The calibration settings, and the last report if there is one.
+std::string EncodeCalibration(const CalibrationSettings& c,
+                              const CalibrationReport& r) {
+  std::string out = absl::StrCat(
+      "calibration.automatic=", c.automatic ? 1 : 0,
+      "\ncalibration.apply=", c.apply ? 1 : 0,
+      "\ncalibration.corruption=", NameOf(kCorruptions, c.corruption),
+      "\ncalibration.level=", absl::StrFormat("%.9g", c.level),
+      "\ncalibration.search_similarity=", c.search_similarity ? 1 : 0,
+      "\ncalibration.search_separation=", c.search_separation ? 1 : 0,
+      "\ncalibration.sample_size=", c.sample_size,
+      "\ncalibration.seed=", c.seed, "\n");
+  if (r.time == absl::InfinitePast()) return out;
+  absl::StrAppend(
+      &out, "report.time_unix_ns=", absl::ToUnixNanos(r.time),
+      "\nreport.store_version=", r.store_version,
+      "\nreport.patterns=", r.patterns,
+      "\nreport.corruption=", NameOf(kCorruptions, r.corruption),
+      "\nreport.level=", absl::StrFormat("%.9g", r.level),
+      "\nreport.similarity=", NameOf(kSimilarities, r.similarity),
+      "\nreport.separation=", NameOf(kSeparations, r.separation),
+      "\nreport.beta=", absl::StrFormat("%.9g", r.beta),
+      "\nreport.error=", absl::StrFormat("%.17g", r.error),
+      "\nreport.recall_at_1=", absl::StrFormat("%.17g", r.recall_at_1),
+      "\nreport.previous_error=", absl::StrFormat("%.17g", r.previous_error),
+      "\nreport.previous_recall_at_1=",
+      absl::StrFormat("%.17g", r.previous_recall_at_1),
+      "\nreport.improved=", r.improved ? 1 : 0,
+      "\nreport.applied=", r.applied ? 1 : 0);
+  absl::StrAppend(
+      &out, "\nreport.well_separated_fraction=",
+      absl::StrFormat("%.17g", r.well_separated_fraction),
+      "\nreport.theory_beta_median=",
+      absl::StrFormat("%.17g", r.theory_beta_median),
+      "\nreport.theory_beta_p90=", absl::StrFormat("%.17g", r.theory_beta_p90),
+      "\nreport.sample_size=", r.sample_size,
+      "\nreport.memories_used=", r.memories_used,
+      "\nreport.candidates=", r.candidates, "\nreport.duration_seconds=",
+      absl::StrFormat("%.17g", r.duration_seconds),
+      "\nreport.detail=", absl::CEscape(r.detail), "\n");
+  return out;
+}
+
+// Parses one calibration line into `c` or `r`; false if `key` is not one.
+bool DecodeCalibration(absl::string_view key, absl::string_view value,
+                       CalibrationSettings& c, CalibrationReport& r, bool& ok) {
+  int64_t nanos = 0;
+  std::string detail;
+  if (key == "calibration.automatic") {
+    ok = absl::SimpleAtob(value, &c.automatic);
+  } else if (key == "calibration.apply") {
+    ok = absl::SimpleAtob(value, &c.apply);
+  } else if (key == "calibration.corruption") {
+    ok = ParseEnum(kCorruptions, value, c.corruption);
+  } else if (key == "calibration.level") {
+    ok = absl::SimpleAtof(value, &c.level);
+  } else if (key == "calibration.search_similarity") {
+    ok = absl::SimpleAtob(value, &c.search_similarity);
+  } else if (key == "calibration.search_separation") {
+    ok = absl::SimpleAtob(value, &c.search_separation);
+  } else if (key == "calibration.sample_size") {
+    ok = absl::SimpleAtoi(value, &c.sample_size);
+  } else if (key == "calibration.seed") {
+    ok = absl::SimpleAtoi(value, &c.seed);
+  } else if (key == "report.time_unix_ns") {
+    ok = absl::SimpleAtoi(value, &nanos);
+    r.time = absl::FromUnixNanos(nanos);
+  } else if (key == "report.store_version") {
+    ok = absl::SimpleAtoi(value, &r.store_version);
+  } else if (key == "report.patterns") {
+    ok = absl::SimpleAtoi(value, &r.patterns);
+  } else if (key == "report.corruption") {
+    ok = ParseEnum(kCorruptions, value, r.corruption);
+  } else if (key == "report.level") {
+    ok = absl::SimpleAtof(value, &r.level);
+  } else if (key == "report.similarity") {
+    ok = ParseEnum(kSimilarities, value, r.similarity);
+  } else if (key == "report.separation") {
+    ok = ParseEnum(kSeparations, value, r.separation);
+  } else if (key == "report.beta") {
+    ok = absl::SimpleAtof(value, &r.beta);
+  } else if (key == "report.error") {
+    ok = absl::SimpleAtod(value, &r.error);
+  } else if (key == "report.recall_at_1") {
+    ok = absl::SimpleAtod(value, &r.recall_at_1);
+  } else if (key == "report.previous_error") {
+    ok = absl::SimpleAtod(value, &r.previous_error);
+  } else if (key == "report.previous_recall_at_1") {
+    ok = absl::SimpleAtod(value, &r.previous_recall_at_1);
+  } else if (key == "report.improved") {
+    ok = absl::SimpleAtob(value, &r.improved);
+  } else if (key == "report.applied") {
+    ok = absl::SimpleAtob(value, &r.applied);
+  } else if (key == "report.well_separated_fraction") {
+    ok = absl::SimpleAtod(value, &r.well_separated_fraction);
+  } else if (key == "report.theory_beta_median") {
+    ok = absl::SimpleAtod(value, &r.theory_beta_median);
+  } else if (key == "report.theory_beta_p90") {
+    ok = absl::SimpleAtod(value, &r.theory_beta_p90);
+  } else if (key == "report.sample_size") {
+    ok = absl::SimpleAtoi(value, &r.sample_size);
+  } else if (key == "report.memories_used") {
+    ok = absl::SimpleAtoi(value, &r.memories_used);
+  } else if (key == "report.candidates") {
+    ok = absl::SimpleAtoi(value, &r.candidates);
+  } else if (key == "report.duration_seconds") {
+    ok = absl::SimpleAtod(value, &r.duration_seconds);
+  } else if (key == "report.detail") {
+    ok = absl::CUnescape(value, &detail);
+    r.detail = detail;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::string EncodeSettings(const StoreSettings& s) {
@@ -177,7 +312,8 @@ std::string EncodeSettings(const StoreSettings& s) {
       "\nfeature_map.debounce_ms=", f.debounce_ms,
       "\nlow_rank.tolerance=", absl::StrFormat("%.17g", s.low_rank.tolerance),
       "\nlow_rank.max_degree=", s.low_rank.max_degree,
-      "\ncreate_time_unix_ns=", absl::ToUnixNanos(s.create_time), "\n");
+      "\ncreate_time_unix_ns=", absl::ToUnixNanos(s.create_time), "\n",
+      EncodeCalibration(s.calibration, s.calibration_report));
 }
 
 absl::StatusOr<StoreSettings> DecodeSettings(absl::string_view text) {
@@ -239,6 +375,8 @@ absl::StatusOr<StoreSettings> DecodeSettings(absl::string_view text) {
     } else if (key == "create_time_unix_ns") {
       ok = absl::SimpleAtoi(value, &nanos);
       s.create_time = absl::FromUnixNanos(nanos);
+    } else {
+      DecodeCalibration(key, value, s.calibration, s.calibration_report, ok);
     }
     if (!ok) {
       return absl::DataLossError(

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/core/calibration.h"
 #include "server/core/retrieval.h"
 
 namespace engram::store {
@@ -38,14 +39,63 @@ struct LowRankSettings {
   uint32_t max_degree = 4;
 };
 
+// Self-retrieval calibration (server/core/calibration.h).
+struct CalibrationSettings {
+  // Calibrate in the background after every fit (U-Hop stores) or once adds
+  // go quiet (other stores, on the feature map's debounce).
+  bool automatic = false;
+  // Apply the setting found; otherwise only report it.
+  bool apply = false;
+  core::Corruption corruption = core::Corruption::kDropout;
+  float level = 0.5f;
+  bool search_similarity = false;
+  bool search_separation = false;
+  uint32_t sample_size = 256;
+  uint64_t seed = 0;
+};
+
+// The outcome of the last calibration. Kept with the settings, so it is
+// durable with the setting it applied.
+struct CalibrationReport {
+  absl::Time time = absl::InfinitePast();  // InfinitePast: none yet.
+  uint64_t store_version = 0;              // Of the snapshot calibrated.
+  uint64_t patterns = 0;
+  core::Corruption corruption = core::Corruption::kDropout;
+  float level = 0;
+  // The best setting found (the previous one when none beat it).
+  core::Similarity similarity = core::Similarity::kDot;
+  core::Separation separation = core::Separation::kSoftmax;
+  float beta = 1;
+  double error = 0;
+  double recall_at_1 = 0;
+  // At the setting the store had.
+  double previous_error = 0;
+  double previous_recall_at_1 = 0;
+  bool improved = false;  // The best beat the previous setting.
+  bool applied = false;   // ...and the store now uses it.
+  double well_separated_fraction = 0;
+  double theory_beta_median = 0;
+  double theory_beta_p90 = 0;
+  uint32_t sample_size = 0;
+  uint64_t memories_used = 0;
+  uint32_t candidates = 0;
+  double duration_seconds = 0;
+  std::string detail;  // Why a better setting was not applied, if so.
+};
+
 struct StoreSettings {
   std::string name;
   uint32_t dimension = 0;
   core::RetrievalParams retrieval;
   FeatureMapSettings feature_map;
   LowRankSettings low_rank;
+  CalibrationSettings calibration;
+  CalibrationReport calibration_report;  // Output only.
   absl::Time create_time = absl::UnixEpoch();
 };
+
+// The most patterns one calibration corrupts (store.calibration.sample_size).
+inline constexpr uint32_t kMaxCalibrationSample = 65536;
 
 // Server-wide limits; every one is a flag of engramd.
 struct Limits {
@@ -61,6 +111,8 @@ struct Limits {
   size_t max_metadata_bytes = 256;  // Per key and per value.
   // Doubles one store's low-rank sums may hold (rank x (dimension + 1)).
   size_t max_low_rank_values = size_t{1} << 18;
+  // Multiply-adds one calibration may spend (core::CalibrationOptions).
+  double max_calibration_work = 2e11;
 };
 
 // d_Phi: the feature dimension of a U-Hop store (feature_dim, or the store's
