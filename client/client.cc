@@ -258,6 +258,37 @@ absl::StatusOr<v1::FitStatus> Client::StartFit(const std::string& store) {
   });
 }
 
+absl::StatusOr<v1::CalibrationStatus> Client::StartCalibration(
+    const std::string& store, std::optional<bool> apply) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::StartCalibrationRequest request;
+  request.set_store(store);
+  if (apply) request.set_apply(*apply);
+  v1::CalibrationStatus response;
+  if (absl::Status s =
+          FromGrpc(stub_->StartCalibration(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::CalibrationStatus> Client::GetCalibrationStatus(
+    const std::string& store) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetCalibrationStatusRequest request;
+  request.set_store(store);
+  v1::CalibrationStatus response;
+  if (absl::Status s =
+          FromGrpc(stub_->GetCalibrationStatus(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
 absl::StatusOr<v1::FitStatus> Client::CancelFit(const std::string& store) {
   grpc::ClientContext context;
   SetDeadline(context);

@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,13 @@ class Client {
   absl::StatusOr<v1::FitStatus> WatchFit(
       const std::string& store,
       const std::function<void(const v1::FitStatus&)>& on_status);
+
+  // Calibration: queues one now (`apply` overrides the store's setting) /
+  // its state and last report.
+  absl::StatusOr<v1::CalibrationStatus> StartCalibration(
+      const std::string& store, std::optional<bool> apply = std::nullopt);
+  absl::StatusOr<v1::CalibrationStatus> GetCalibrationStatus(
+      const std::string& store);
 
   // The health of `service` ("" for the server): "SERVING", "NOT_SERVING"...
   absl::StatusOr<std::string> Health(const std::string& service = "");

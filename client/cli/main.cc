@@ -20,6 +20,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -47,9 +48,27 @@ ABSL_FLAG(std::string, similarity, "dot",
           "store create: dot, l2, manhattan or cosine.");
 ABSL_FLAG(std::string, separation, "softmax",
           "store create: softmax, sparsemax or entmax15.");
-ABSL_FLAG(std::optional<float>, beta, std::nullopt,
-          "Inverse temperature beta > 0 (store create: default 1; retrieve: "
-          "override).");
+ABSL_FLAG(std::optional<std::string>, beta, std::nullopt,
+          "Inverse temperature beta > 0 (store create: default 1, or 'auto' "
+          "to calibrate it in the background and apply what it finds; "
+          "retrieve: override).");
+ABSL_FLAG(std::string, corruption, "dropout",
+          "store create: how calibration corrupts patterns: dropout, "
+          "gaussian or mask.");
+ABSL_FLAG(float, level, 0.5f,
+          "store create: calibration's dropout probability, mask fraction "
+          "or Gaussian sigma.");
+ABSL_FLAG(bool, search_similarity, false,
+          "store create: calibration may change the similarity too.");
+ABSL_FLAG(bool, search_separation, false,
+          "store create: calibration may change the separation too.");
+ABSL_FLAG(uint32_t, sample_size, 256,
+          "store create: patterns calibration corrupts and retrieves.");
+ABSL_FLAG(uint64_t, calibration_seed, 0, "store create: calibration's seed.");
+ABSL_FLAG(std::optional<bool>, apply, std::nullopt,
+          "calibrate: apply the setting found (true) or only report it "
+          "(false); default: the store's setting (store create: its "
+          "setting for calibrations on request).");
 ABSL_FLAG(std::optional<uint32_t>, steps, std::nullopt,
           "Update steps (store create: default 1; retrieve: override).");
 ABSL_FLAG(std::optional<float>, eps, std::nullopt,
@@ -114,9 +133,12 @@ struct Command {
 const Command kCommands[] = {
     {"store create",
      "engram store create NAME --dim=D [--similarity=dot] "
-     "[--separation=softmax] [--beta=1] [--steps=1] [--eps=0] "
-     "[--top_k=5]",
-     "Creates a store of D-dimensional patterns with its retrieval settings."},
+     "[--separation=softmax] [--beta=1|auto] [--steps=1] [--eps=0] "
+     "[--top_k=5] [--corruption=dropout] [--level=0.5] "
+     "[--search_similarity] [--search_separation] [--sample_size=256]",
+     "Creates a store of D-dimensional patterns with its retrieval settings. "
+     "--beta=auto calibrates in the background once patterns arrive (and "
+     "after each fit) and applies the best setting found."},
     {"store list", "engram store list [--json]", "Lists the stores."},
     {"store get", "engram store get NAME [--json]",
      "Shows a store's settings and statistics."},
@@ -134,6 +156,11 @@ const Command kCommands[] = {
      "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
      "[--limit=N] [--batch=1024]",
      "Recalls stored patterns from the rows of FILE used as queries."},
+    {"calibrate", "engram calibrate NAME [--wait] [--apply[=false]] [--json]",
+     "Queues a self-retrieval calibration of the store now: corrupts a "
+     "sample of its patterns, searches beta (and, if the store allows, the "
+     "similarity and separation) and applies or reports the best; --wait "
+     "waits for it and prints the report."},
     {"fit", "engram fit NAME [--wait] [--cancel] [--json]",
      "Starts a Stage I fit of a U-Hop store now (or shows the running one); "
      "--wait follows its progress to the end; --cancel cancels it."},
@@ -242,6 +269,35 @@ std::string Lower(const std::string& name) {
   return absl::AsciiStrToLower(name);
 }
 
+// The capacity report, one figure per line.
+std::string ReportText(const v1::CalibrationReport& r) {
+  std::string text = absl::StrFormat(
+      "calibrated:    %s %s beta %.4g (%s; was error %.4g, recall@1 %.3f)\n",
+      Lower(v1::Similarity_Name(r.similarity())),
+      Lower(v1::Separation_Name(r.separation())), r.beta(),
+      r.applied()    ? "applied"
+      : r.improved() ? "found, not applied"
+                     : "kept the current setting",
+      r.previous_error(), r.previous_recall_at_1());
+  absl::StrAppendFormat(
+      &text,
+      "capacity:      recall@1 %.3f, error %.4g, well separated %.1f%%, "
+      "theory's beta %.4g (p90 %.4g)\n",
+      r.recall_at_1(), r.error(), 100 * r.well_separated_fraction(),
+      r.theory_beta_median(), r.theory_beta_p90());
+  absl::StrAppendFormat(
+      &text,
+      "               on %u of %u patterns (%s %g), %u memories, %u "
+      "settings in %.2fs\n",
+      r.sample_size(), r.pattern_count(),
+      Lower(v1::Corruption_Name(r.corruption())), r.level(), r.memories_used(),
+      r.candidates(), r.duration_seconds());
+  if (!r.detail().empty()) {
+    absl::StrAppendFormat(&text, "               %s\n", r.detail());
+  }
+  return text;
+}
+
 void PrintStoreText(const v1::Store& s) {
   const v1::RetrievalSettings& r = s.retrieval();
   absl::PrintF("name:          %s\n", s.name());
@@ -283,8 +339,32 @@ void PrintStoreText(const v1::Store& s) {
   } else {
     absl::PrintF("no sums: %s\n", s.low_rank_state().detail());
   }
+  const v1::CalibrationSettings& c = s.calibration();
+  absl::PrintF(
+      "calibration:   %s, %s; %s %g; search beta%s%s; sample %u, "
+      "seed %u\n",
+      c.automatic() ? "automatic" : "on request",
+      c.apply() ? "applies" : "reports only",
+      Lower(v1::Corruption_Name(c.corruption())), c.level(),
+      c.search_similarity() ? ", similarity" : "",
+      c.search_separation() ? ", separation" : "", c.sample_size(), c.seed());
+  if (s.has_calibration_report()) {
+    absl::PrintF("%s", ReportText(s.calibration_report()));
+  }
   absl::PrintF("state:         %s\n", Lower(v1::Store::State_Name(s.state())));
   absl::PrintF("version:       %u\n", s.version());
+}
+
+// --beta as a number (absent: not given); 'auto' is store create's alone.
+std::optional<float> BetaFlag() {
+  const std::optional<std::string> text = absl::GetFlag(FLAGS_beta);
+  if (!text) return std::nullopt;
+  float beta = 0;
+  if (!absl::SimpleAtof(*text, &beta) || !(beta > 0) || !std::isfinite(beta)) {
+    Fail(absl::StrCat("--beta must be a number > 0",
+                      " (or 'auto' for store create), got '", *text, "'"));
+  }
+  return beta;
 }
 
 void StoreCreate(const std::vector<std::string>& args) {
@@ -307,10 +387,26 @@ void StoreCreate(const std::vector<std::string>& args) {
                                               {{"softmax", v1::SOFTMAX},
                                                {"sparsemax", v1::SPARSEMAX},
                                                {"entmax15", v1::ENTMAX15}}));
-  if (auto beta = absl::GetFlag(FLAGS_beta)) {
-    if (!(*beta > 0)) Fail(absl::StrCat("--beta must be > 0, got ", *beta));
+  v1::CalibrationSettings* c = store.mutable_calibration();
+  if (absl::GetFlag(FLAGS_beta) == "auto") {
+    c->set_automatic(true);
+    c->set_apply(true);
+  } else if (std::optional<float> beta = BetaFlag()) {
     r->set_beta(*beta);
   }
+  if (std::optional<bool> apply = absl::GetFlag(FLAGS_apply)) {
+    c->set_apply(*apply);
+  }
+  c->set_corruption(ParseEnum<v1::Corruption>("corruption",
+                                              absl::GetFlag(FLAGS_corruption),
+                                              {{"dropout", v1::DROPOUT},
+                                               {"gaussian", v1::GAUSSIAN},
+                                               {"mask", v1::MASK}}));
+  c->set_level(absl::GetFlag(FLAGS_level));
+  c->set_search_similarity(absl::GetFlag(FLAGS_search_similarity));
+  c->set_search_separation(absl::GetFlag(FLAGS_search_separation));
+  c->set_sample_size(absl::GetFlag(FLAGS_sample_size));
+  c->set_seed(absl::GetFlag(FLAGS_calibration_seed));
   if (auto steps = absl::GetFlag(FLAGS_steps)) r->set_steps(*steps);
   if (auto eps = absl::GetFlag(FLAGS_eps)) r->set_eps(*eps);
   if (auto top_k = absl::GetFlag(FLAGS_top_k)) r->set_top_k(*top_k);
@@ -452,7 +548,7 @@ void Retrieve(const std::vector<std::string>& args) {
   const Matrix q = Load(args[1]);
   v1::RetrieveRequest request;
   if (auto steps = absl::GetFlag(FLAGS_steps)) request.set_steps(*steps);
-  if (auto beta = absl::GetFlag(FLAGS_beta)) request.set_beta(*beta);
+  if (std::optional<float> beta = BetaFlag()) request.set_beta(*beta);
   if (auto top_k = absl::GetFlag(FLAGS_top_k)) request.set_top_k(*top_k);
   if (auto eps = absl::GetFlag(FLAGS_eps)) request.set_eps(*eps);
   if (auto tolerance = absl::GetFlag(FLAGS_tolerance)) {
@@ -563,6 +659,47 @@ void Fit(const std::vector<std::string>& args) {
   }
   if (absl::GetFlag(FLAGS_wait) &&
       status->state() != v1::FitStatus::SUCCEEDED) {
+    std::exit(1);
+  }
+}
+
+void Calibrate(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("calibrate takes one NAME");
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<v1::CalibrationStatus> status =
+      client->StartCalibration(args[0], absl::GetFlag(FLAGS_apply));
+  FailOn(status.status(), "calibrate");
+  const auto busy = [](const v1::CalibrationStatus& s) {
+    return s.state() == v1::CalibrationStatus::PENDING ||
+           s.state() == v1::CalibrationStatus::RUNNING;
+  };
+  if (absl::GetFlag(FLAGS_wait)) {
+    const bool tty = isatty(STDERR_FILENO);
+    const absl::Time start = absl::Now();
+    while (busy(*status)) {
+      if (tty) {
+        absl::FPrintF(stderr, "\r%s %.1fs",
+                      Lower(v1::CalibrationStatus::State_Name(status->state())),
+                      absl::ToDoubleSeconds(absl::Now() - start));
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+      status = client->GetCalibrationStatus(args[0]);
+      FailOn(status.status(), "calibrate");
+    }
+    if (tty) absl::FPrintF(stderr, "\n");
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(*status);
+  } else {
+    absl::PrintF("%s: calibration %s\n", args[0],
+                 Lower(v1::CalibrationStatus::State_Name(status->state())));
+    if (!status->error().empty()) absl::PrintF("error: %s\n", status->error());
+    if (!busy(*status) && status->has_report()) {
+      absl::PrintF("%s", ReportText(status->report()));
+    }
+  }
+  if (absl::GetFlag(FLAGS_wait) &&
+      status->state() != v1::CalibrationStatus::SUCCEEDED) {
     std::exit(1);
   }
 }
@@ -700,6 +837,7 @@ int Main(int argc, char** argv) {
   if (name == "add") Add(args);
   if (name == "retrieve") Retrieve(args);
   if (name == "fit") Fit(args);
+  if (name == "calibrate") Calibrate(args);
   if (name == "health") Health(args);
   if (name == "bench") Bench(args);
   if (name == "version") Version(args);

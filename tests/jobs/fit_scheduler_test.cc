@@ -258,3 +258,116 @@ TEST_F(FitSchedulerTest, EveryQueuedFitRunsWhileTheSchedulerTicks) {
 
 }  // namespace
 }  // namespace engram::jobs
+
+namespace engram::jobs {
+namespace {
+
+class CalibrationJobTest : public FitSchedulerTest {
+ protected:
+  // A store of `n` noisy copies of 10 prototypes, l2 with a poor beta.
+  std::shared_ptr<store::Store> CreatePlain(const std::string& name,
+                                            bool automatic, bool apply) {
+    store::StoreSettings s;
+    s.name = name;
+    s.dimension = 16;
+    s.retrieval.similarity = core::Similarity::kL2;
+    s.retrieval.beta = 0.001f;
+    s.feature_map.debounce_ms = 50;
+    s.calibration.automatic = automatic;
+    s.calibration.apply = apply;
+    s.calibration.corruption = core::Corruption::kGaussian;
+    s.calibration.level = 0.2f;
+    s.calibration.sample_size = 64;
+    s.calibration.seed = 5;
+    return *registry_->Create(s);
+  }
+
+  // Waits (at most 30 s) until a calibration queued after `after` finished.
+  CalibrationStatus WaitCalibrated(const std::string& name, uint64_t after) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    CalibrationStatus status = *fits_->Calibration(name);
+    using S = CalibrationStatus::State;
+    while (absl::Now() < deadline &&
+           (status.generation <= after || status.state == S::kPending ||
+            status.state == S::kRunning || status.state == S::kIdle)) {
+      absl::SleepFor(absl::Milliseconds(10));
+      status = *fits_->Calibration(name);
+    }
+    return status;
+  }
+};
+
+using CalState = CalibrationStatus::State;
+
+TEST_F(CalibrationJobTest, OnRequestReportsThenAppliesThenKeeps) {
+  std::shared_ptr<store::Store> s = CreatePlain("c", false, false);
+  EXPECT_EQ(fits_->StartCalibration("c", std::nullopt).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // Empty.
+  ASSERT_TRUE(s->Add(Patterns(200, 16, 1)).ok());
+  EXPECT_EQ(fits_->Calibration("c")->state, CalState::kIdle);
+
+  // Reported only (store.calibration.apply is false).
+  CalibrationStatus started = *fits_->StartCalibration("c", std::nullopt);
+  CalibrationStatus done = WaitCalibrated("c", started.generation - 1);
+  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
+  EXPECT_TRUE(done.report.improved);
+  EXPECT_FALSE(done.report.applied);
+  EXPECT_LT(done.report.error, done.report.previous_error);
+  EXPECT_GT(done.report.beta, 0.001f);
+  EXPECT_EQ(done.report.patterns, 200u);
+  EXPECT_EQ(done.report.sample_size, 64u);
+  std::shared_ptr<const store::StoreView> view = s->view();
+  EXPECT_EQ(view->settings().retrieval.beta, 0.001f);
+  EXPECT_EQ(view->settings().calibration_report.error, done.report.error);
+
+  // The request's override applies it, with the same figures (same seed).
+  started = *fits_->StartCalibration("c", true);
+  done = WaitCalibrated("c", started.generation - 1);
+  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
+  EXPECT_TRUE(done.report.applied);
+  view = s->view();
+  EXPECT_EQ(view->settings().retrieval.beta, done.report.beta);
+  EXPECT_EQ(view->settings().retrieval.similarity, core::Similarity::kL2);
+  EXPECT_TRUE(view->settings().calibration_report.applied);
+
+  // From the applied setting nothing is better: kept.
+  const float beta = view->settings().retrieval.beta;
+  started = *fits_->StartCalibration("c", true);
+  done = WaitCalibrated("c", started.generation - 1);
+  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
+  EXPECT_FALSE(done.report.applied);
+  EXPECT_EQ(done.report.previous_error, done.report.error);
+  EXPECT_EQ(s->view()->settings().retrieval.beta, beta);
+}
+
+TEST_F(CalibrationJobTest, PlainStoresCalibrateAutomaticallyOnceAddsGoQuiet) {
+  std::shared_ptr<store::Store> s = CreatePlain("auto", true, true);
+  ASSERT_TRUE(s->Add(Patterns(150, 16, 2)).ok());
+  fits_->PatternsAdded("auto", 150);
+  const CalibrationStatus done = WaitCalibrated("auto", 0);
+  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
+  EXPECT_TRUE(done.report.applied);
+  EXPECT_EQ(s->view()->settings().retrieval.beta, done.report.beta);
+  // The fit side stays not configured.
+  EXPECT_EQ(fits_->Status("auto")->state, State::kNotConfigured);
+}
+
+TEST_F(CalibrationJobTest, UhopStoresCalibrateAfterEachFit) {
+  std::shared_ptr<store::Store> s = Create("u", 8, 5, 50);
+  ASSERT_TRUE(s->UpdateSettings([](store::StoreSettings& settings) {
+                 settings.calibration.automatic = true;
+                 settings.calibration.apply = true;
+                 settings.calibration.search_similarity = true;
+                 return absl::OkStatus();
+               }).ok());
+  Add(*s, 60, 3);
+  const CalibrationStatus done = WaitCalibrated("u", 0);
+  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
+  EXPECT_EQ(fits_->Status("u")->state, State::kSucceeded);
+  EXPECT_EQ(done.report.patterns, 60u);
+  EXPECT_GE(done.report.recall_at_1, done.report.previous_recall_at_1);
+  EXPECT_LE(done.report.error, done.report.previous_error);
+}
+
+}  // namespace
+}  // namespace engram::jobs

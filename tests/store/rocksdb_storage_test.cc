@@ -2,7 +2,9 @@
 
 #include <sys/resource.h>
 
+#include <cmath>
 #include <csignal>
+#include <limits>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -227,6 +229,57 @@ TEST(SettingsRecordTest, RoundTripsAndSkipsUnknownKeys) {
   EXPECT_EQ(back->feature_map.learning_rate, 0.3);
   EXPECT_EQ(DecodeSettings("dimension=abc\n").status().code(),
             absl::StatusCode::kDataLoss);
+  EXPECT_EQ(back->calibration_report.time, absl::InfinitePast());
+}
+
+TEST(SettingsRecordTest, KeepsCalibrationSettingsAndReport) {
+  StoreSettings s;
+  s.name = "x";
+  s.dimension = 9;
+  s.calibration.automatic = true;
+  s.calibration.apply = true;
+  s.calibration.corruption = core::Corruption::kMask;
+  s.calibration.level = 0.25f;
+  s.calibration.search_similarity = true;
+  s.calibration.sample_size = 77;
+  s.calibration.seed = 12;
+  CalibrationReport& r = s.calibration_report;
+  r.time = absl::FromUnixSeconds(1700000000);
+  r.store_version = 4;
+  r.patterns = 1000;
+  r.similarity = core::Similarity::kManhattan;
+  r.separation = core::Separation::kEntmax15;
+  r.beta = 2.828427f;
+  r.error = 0.1234567890123;
+  r.recall_at_1 = 0.98;
+  r.previous_error = 3.5;
+  r.improved = r.applied = true;
+  r.well_separated_fraction = 0.75;
+  r.theory_beta_median = 12.5;
+  r.theory_beta_p90 = std::numeric_limits<double>::infinity();
+  r.candidates = 97;
+  r.detail = "line one\nand = two";
+  absl::StatusOr<StoreSettings> back = DecodeSettings(EncodeSettings(s));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->calibration.automatic && back->calibration.apply);
+  EXPECT_EQ(back->calibration.corruption, core::Corruption::kMask);
+  EXPECT_EQ(back->calibration.level, 0.25f);
+  EXPECT_TRUE(back->calibration.search_similarity);
+  EXPECT_FALSE(back->calibration.search_separation);
+  EXPECT_EQ(back->calibration.sample_size, 77u);
+  EXPECT_EQ(back->calibration.seed, 12u);
+  const CalibrationReport& b = back->calibration_report;
+  EXPECT_EQ(b.time, r.time);
+  EXPECT_EQ(b.patterns, 1000u);
+  EXPECT_EQ(b.similarity, core::Similarity::kManhattan);
+  EXPECT_EQ(b.separation, core::Separation::kEntmax15);
+  EXPECT_EQ(b.beta, r.beta);
+  EXPECT_EQ(b.error, r.error);
+  EXPECT_TRUE(b.applied);
+  EXPECT_EQ(b.theory_beta_median, 12.5);
+  EXPECT_TRUE(std::isinf(b.theory_beta_p90));
+  EXPECT_EQ(b.candidates, 97u);
+  EXPECT_EQ(b.detail, r.detail);
 }
 
 }  // namespace
