@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "server/base/log.h"
 #include "server/core/blas.h"
+#include "server/core/calibration.h"
 #include "server/jobs/fit_scheduler.h"
 #include "server/metrics/prometheus_metrics.h"
 #include "server/rpc/server.h"
@@ -74,9 +75,9 @@ ABSL_FLAG(uint64_t, max_queries, 4096, "Most queries in one Retrieve.");
 ABSL_FLAG(uint64_t, max_stores, 1000, "Most stores on the server.");
 ABSL_FLAG(uint64_t, max_patterns_per_store, 50000000,
           "Most patterns in one store.");
-ABSL_FLAG(double, max_calibration_work, 2e11,
-          "Multiply-adds one calibration may spend (about 2 s of a core per "
-          "1e11); past it, calibration samples fewer patterns, then a subset "
+ABSL_FLAG(double, max_calibration_work, engram::core::kDefaultCalibrationWork,
+          "Multiply-adds one calibration may spend (1e12: about 8 s on 2 "
+          "cores); past it, calibration samples fewer patterns, then a subset "
           "of the memories.");
 ABSL_FLAG(uint64_t, max_low_rank_values, uint64_t{1} << 18,
           "Most doubles one store's low-rank sums may hold (rank x (dimension "

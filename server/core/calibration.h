@@ -48,6 +48,10 @@ absl::string_view CorruptionLevelRange(Corruption corruption);
 void Corrupt(Corruption corruption, float level, uint64_t seed, float* rows,
              size_t n, size_t dim);
 
+// The default work budget of one calibration, in multiply-adds as
+// CalibrationOptions::max_work counts them (about 8 s on 2 cores).
+inline constexpr double kDefaultCalibrationWork = 1e12;
+
 struct CalibrationOptions {
   Corruption corruption = Corruption::kDropout;
   float level = 0.5f;
@@ -60,7 +64,7 @@ struct CalibrationOptions {
   uint64_t seed = 0;
   // Upper bound on the multiply-adds of all candidate retrievals together
   // (estimated as queries * memories * steps * (2 d + d_Phi for kernels)).
-  double max_work = 2e11;
+  double max_work = kDefaultCalibrationWork;
   // Threads and cancellation for the retrievals.
   RetrievalOptions retrieval;
 };

@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/base/mutex.h"
+#include "server/core/calibration.h"
 #include "server/store/registry.h"
 
 namespace engram::jobs {
@@ -106,7 +107,7 @@ struct FitSchedulerOptions {
   FitObserver* observer = nullptr;               // Borrowed; may be null.
   // Retrieval threads and work budget of one calibration.
   int calibration_threads = 1;
-  double max_calibration_work = 2e11;
+  double max_calibration_work = core::kDefaultCalibrationWork;
 };
 
 class FitScheduler {

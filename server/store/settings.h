@@ -112,7 +112,7 @@ struct Limits {
   // Doubles one store's low-rank sums may hold (rank x (dimension + 1)).
   size_t max_low_rank_values = size_t{1} << 18;
   // Multiply-adds one calibration may spend (core::CalibrationOptions).
-  double max_calibration_work = 2e11;
+  double max_calibration_work = core::kDefaultCalibrationWork;
 };
 
 // d_Phi: the feature dimension of a U-Hop store (feature_dim, or the store's

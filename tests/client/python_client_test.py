@@ -87,6 +87,28 @@ class PythonClientTest(unittest.TestCase):
             self.assertEqual(status.map_version, 1)
             self.assertEqual(status.epoch, 20)
 
+    def test_calibration_applies_a_better_beta(self):
+        rng = np.random.default_rng(3)
+        x = rng.uniform(size=(120, 16)).astype(np.float32)
+        with Client(self.addr) as c:
+            c.create_store("pycal", dim=16, similarity="l2", beta=0.001,
+                           calibration={"corruption": "gaussian", "level": 0.1, "seed": 4})
+            c.add("pycal", x)
+            status = c.calibrate("pycal", apply=True)
+            r = status.report
+            self.assertTrue(r.applied, status)
+            self.assertLess(r.error, r.previous_error)
+            self.assertGreaterEqual(r.recall_at_1, r.previous_recall_at_1)
+            store = c.get_store("pycal")
+            self.assertAlmostEqual(store.retrieval.beta, r.beta, places=6)
+            self.assertEqual(store.calibration_report.beta, r.beta)
+            # beta="auto" turns on automatic calibration that applies its result.
+            c.create_store("pyauto", dim=16, similarity="l2", beta="auto",
+                           calibration={"corruption": "mask", "level": 0.3})
+            auto = c.get_store("pyauto").calibration
+            self.assertTrue(auto.automatic and auto.apply)
+            self.assertEqual(auto.corruption, 3)  # MASK
+
     def test_example_script_saves_a_png(self):
         png = os.path.join(self.tmp.name, "recall.png")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([PYDIR, CLIENT])}

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,8 @@ class CliTest(unittest.TestCase):
 
     def test_01_help_for_every_command(self):
         for command in (["store", "create"], ["store", "list"], ["store", "get"],
-                        ["store", "delete"], ["add"], ["retrieve"], ["fit"], ["health"]):
+                        ["store", "delete"], ["add"], ["retrieve"], ["fit"], ["calibrate"],
+                        ["health"]):
             out = self.engram(*command, "--help").stdout
             self.assertIn("engram " + " ".join(command), out)
         self.assertIn("Commands:", self.engram("--help").stdout)
@@ -192,6 +194,44 @@ class CliTest(unittest.TestCase):
         self.assertRegex(text, r"requests \(0 errors\)")
         rate = float(re.search(r"([\d.]+) requests/s", text).group(1))
         self.assertLess(rate, 60, "--rate limits the load")
+
+    def test_08_calibration(self):
+        rng = np.random.default_rng(5)
+        write_npy(self.path("c.npy"), rng.uniform(size=(120, 16)).astype(np.float32))
+        # --beta=auto: calibrated in the background once adds go quiet.
+        self.engram("store", "create", "cal", "--dim=16", "--similarity=dot", "--beta=auto",
+                    "--search_similarity", "--corruption=gaussian", "--level=0.2",
+                    "--fit_debounce_ms=100")
+        self.engram("add", "cal", self.path("c.npy"))
+        deadline = time.time() + 30
+        info = ""
+        while "calibrated:" not in info and time.time() < deadline:
+            time.sleep(0.2)
+            info = self.engram("store", "get", "cal").stdout
+        self.assertIn("calibration:   automatic, applies; gaussian 0.2; search beta, similarity", info)
+        self.assertRegex(info, r"calibrated:    \w+ softmax beta [\d.e+]+ \(applied; was error")
+        self.assertRegex(info, r"capacity:      recall@1 [\d.]+, error [\d.e+-]+, well separated")
+        store = json.loads(self.engram("store", "get", "cal", "--json").stdout)
+        report = store["calibration_report"]
+        self.assertTrue(report["applied"])
+        self.assertNotEqual(store["retrieval"].get("similarity"), "DOT")
+        self.assertEqual(store["retrieval"]["beta"], report["beta"])
+        # On request, waiting: nothing beats the applied setting (same seed).
+        out = self.engram("calibrate", "cal", "--wait").stdout
+        self.assertIn("cal: calibration succeeded", out)
+        self.assertIn("kept the current setting", out)
+        status = json.loads(self.engram("calibrate", "cal", "--wait", "--apply=false",
+                                        "--json").stdout)
+        self.assertEqual(status["state"], "SUCCEEDED")
+        self.assertEqual(status["report"]["pattern_count"], "120")
+        # Errors name the field.
+        bad = self.engram("store", "create", "bad", "--dim=4", "--level=2", ok=False)
+        self.assertIn("store.calibration.level", bad.stderr)
+        self.assertIn("INVALID_ARGUMENT", bad.stderr)
+        self.assertIn("NOT_FOUND", self.engram("calibrate", "nope", ok=False).stderr)
+        self.assertIn("--beta must be a number",
+                      self.engram("retrieve", "cal", self.path("c.npy"), "--beta=auto",
+                                  ok=False).stderr)
 
     def test_99_sigterm_stops_the_server_cleanly(self):
         self.assertEqual(self.server.stop(timeout=20), 0)

@@ -4,6 +4,7 @@
 #include "server/rpc/service.h"
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <random>
 #include <string>
@@ -585,6 +586,77 @@ TEST_F(ServiceTest, FitMethodsDescribeAStoreWithoutFeatureMap) {
   while (reader->Read(&status)) ++messages;
   EXPECT_TRUE(reader->Finish().ok());
   EXPECT_EQ(messages, 1);
+}
+
+TEST_F(ServiceTest, CalibrationOverRpc) {
+  // Defaults, and bad settings named by field.
+  absl::StatusOr<v1::Store> created = client_->CreateStore(NewStore("c", 8));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->calibration().corruption(), v1::DROPOUT);
+  EXPECT_EQ(created->calibration().level(), 0.5f);
+  EXPECT_EQ(created->calibration().sample_size(), 256u);
+  EXPECT_FALSE(created->calibration().automatic());
+  EXPECT_FALSE(created->has_calibration_report());
+  v1::Store bad = NewStore("bad", 8);
+  bad.mutable_calibration()->set_level(1.5f);
+  ExpectError(client_->CreateStore(bad).status(), StatusCode::kInvalidArgument,
+              "store.calibration.level for dropout must be in (0, 1)");
+  bad.mutable_calibration()->set_level(0.5f);
+  bad.mutable_calibration()->set_corruption(static_cast<v1::Corruption>(9));
+  ExpectError(client_->CreateStore(bad).status(), StatusCode::kInvalidArgument,
+              "store.calibration.corruption");
+  bad.mutable_calibration()->set_corruption(v1::MASK);
+  bad.mutable_calibration()->set_sample_size(100000);
+  ExpectError(client_->CreateStore(bad).status(), StatusCode::kInvalidArgument,
+              "store.calibration.sample_size must be in [1, 65536]");
+
+  ExpectError(client_->StartCalibration("c").status(),
+              StatusCode::kFailedPrecondition, "at least 2");
+  ExpectError(client_->StartCalibration("nope").status(), StatusCode::kNotFound,
+              "nope");
+  // A poor beta; gaussian corruption through an update mask.
+  {
+    grpc::ClientContext context;
+    v1::UpdateStoreRequest request;
+    *request.mutable_store() = NewStore("c", 8);
+    request.mutable_store()->mutable_retrieval()->set_similarity(v1::L2);
+    request.mutable_store()->mutable_retrieval()->set_beta(0.001f);
+    request.mutable_store()->mutable_calibration()->set_corruption(
+        v1::GAUSSIAN);
+    request.mutable_store()->mutable_calibration()->set_level(0.1f);
+    for (const char* p : {"retrieval.similarity", "retrieval.beta",
+                          "calibration.corruption", "calibration.level"}) {
+      request.mutable_update_mask()->add_paths(p);
+    }
+    v1::Store response;
+    ASSERT_TRUE(client_->stub().UpdateStore(&context, request, &response).ok());
+    EXPECT_EQ(response.calibration().corruption(), v1::GAUSSIAN);
+  }
+  std::vector<float> memories;
+  for (float v : Random(60 * 8, 4)) memories.push_back(std::fabs(v));
+  ASSERT_TRUE(client_->AddPatterns("c", memories, 8).ok());
+  absl::StatusOr<v1::CalibrationStatus> status =
+      client_->StartCalibration("c", true);
+  ASSERT_TRUE(status.ok()) << status.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while ((status->state() == v1::CalibrationStatus::PENDING ||
+          status->state() == v1::CalibrationStatus::RUNNING) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    status = client_->GetCalibrationStatus("c");
+    ASSERT_TRUE(status.ok());
+  }
+  ASSERT_EQ(status->state(), v1::CalibrationStatus::SUCCEEDED)
+      << status->error();
+  const v1::CalibrationReport& r = status->report();
+  EXPECT_TRUE(r.applied());
+  EXPECT_EQ(r.corruption(), v1::GAUSSIAN);
+  EXPECT_EQ(r.pattern_count(), 60u);
+  EXPECT_LT(r.error(), r.previous_error());
+  absl::StatusOr<v1::Store> got = client_->GetStore("c");
+  EXPECT_EQ(got->retrieval().beta(), r.beta());
+  EXPECT_EQ(got->calibration_report().error(), r.error());
+  EXPECT_GT(got->calibration_report().time().seconds(), 0);
 }
 
 TEST_F(ServiceTest, UhopStoreFitsInTheBackgroundAndStreamsProgress) {

@@ -4,8 +4,8 @@
 
 #include <cmath>
 #include <csignal>
-#include <limits>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>

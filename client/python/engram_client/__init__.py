@@ -84,10 +84,22 @@ class Client:
     def create_store(self, name: str, dim: int, *, similarity: str = "dot",
                      separation: str = "softmax", beta: float = 1.0, steps: int = 1,
                      eps: float = 0.0, top_k: int = 5, uhop: bool = False,
-                     feature_dim: int = 0, fit_epochs: int = 100, fit_loss: str = "max"):
+                     feature_dim: int = 0, fit_epochs: int = 100, fit_loss: str = "max",
+                     calibration: Optional[dict] = None):
+        """beta="auto" calibrates in the background and applies what it finds;
+        `calibration` sets CalibrationSettings fields (e.g. corruption="gaussian",
+        level=0.3, search_similarity=True)."""
+        auto = beta == "auto"
         store = pb.Store(name=name, dimension=dim, retrieval=pb.RetrievalSettings(
             similarity=_SIMILARITIES[similarity], separation=_SEPARATIONS[separation],
-            beta=beta, steps=steps, eps=eps, top_k=top_k))
+            beta=0.0 if auto else beta, steps=steps, eps=eps, top_k=top_k))
+        settings = dict(calibration or {})
+        if auto:
+            settings.setdefault("automatic", True)
+            settings.setdefault("apply", True)
+        if isinstance(settings.get("corruption"), str):
+            settings["corruption"] = pb.Corruption.Value(settings["corruption"].upper())
+        store.calibration.CopyFrom(pb.CalibrationSettings(**settings))
         if uhop:
             store.feature_map.CopyFrom(pb.FeatureMapSettings(
                 kind=pb.UHOP, feature_dim=feature_dim, epochs=fit_epochs,
@@ -171,6 +183,25 @@ class Client:
             time.sleep(poll)
             status = self._call(self._stub.GetFitStatus, pb.GetFitStatusRequest(store=store))
         return status
+
+    # Calibration.
+    def calibrate(self, store: str, *, apply: Optional[bool] = None, wait: bool = True,
+                  poll: float = 0.1):
+        """Queues a calibration; with wait, returns the final CalibrationStatus
+        (its `report` holds the setting found and the capacity figures)."""
+        request = pb.StartCalibrationRequest(store=store)
+        if apply is not None:
+            request.apply = apply
+        status = self._call(self._stub.StartCalibration, request)
+        busy = (pb.CalibrationStatus.PENDING, pb.CalibrationStatus.RUNNING)
+        while wait and status.state in busy:
+            time.sleep(poll)
+            status = self.calibration(store)
+        return status
+
+    def calibration(self, store: str):
+        return self._call(self._stub.GetCalibrationStatus,
+                          pb.GetCalibrationStatusRequest(store=store))
 
     def health(self, service: str = "") -> str:
         r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._timeout)
