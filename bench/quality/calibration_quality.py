@@ -16,7 +16,6 @@ the same invocation); recall@1 is whether the top match is the queried
 memory. Then `StartCalibration` (applied), and the benchmark's queries are
 retrieved with the store's own settings.
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -25,23 +24,13 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import LEVEL, REFERENCE, corrupt, error, load, retrieve, run_reference, set_rule, uhop_store  # noqa: E402
+from protocol import (LEVEL, corrupt, error, load, parse_args, retrieve,  # noqa: E402
+                      run_reference, set_rule, uhop_store)
 
-ap = argparse.ArgumentParser()
-ap.add_argument("bin_dir")
-ap.add_argument("python_dir")
-ap.add_argument("--sizes", default="100,500,1000,2000")
-ap.add_argument("--corruptions", default="dropout,gaussian")
-ap.add_argument("--reference", default=REFERENCE)
-ap.add_argument("--seed", type=int, default=42)
-ap.add_argument("--calibration_seed", type=int, default=1)
-ap.add_argument("--out", default="", help="also write the tables (markdown) here")
-args = ap.parse_args()
-sys.path.insert(0, args.python_dir)
+args = parse_args(__doc__, lambda ap: ap.add_argument("--calibration_seed", type=int, default=1))
 import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
 from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests/e2e"))
 from harness import Engramd  # noqa: E402
 
 FIXED = [("MHN", pb.DOT), ("L2", pb.L2), ("Man", pb.MANHATTAN), ("UMHN", pb.KERNEL_DOT)]

@@ -11,8 +11,10 @@ sum((clamp(x,0,1) - clamp(x_hat,0,1))^2). U-Hop: W (d x d) fitted on the
 first half of the memories, loss `max`, SGD lr 10, 100 epochs, then the
 second half added with the fitted map.
 """
+import argparse
 import gzip
 import os
+import sys
 import subprocess
 import time
 
@@ -22,6 +24,24 @@ import torch
 LEVEL = {"dropout": 0.5, "gaussian": 0.5}
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                          "../../../shared/anchors/uhop_reference.py")
+
+
+def parse_args(doc, extra=lambda ap: None):
+    """The protocol scripts' common arguments; puts the generated gRPC modules
+    and the e2e harness on sys.path."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("bin_dir")
+    ap.add_argument("python_dir")
+    ap.add_argument("--sizes", default="100,500,1000,2000")
+    ap.add_argument("--corruptions", default="dropout,gaussian")
+    ap.add_argument("--reference", default=REFERENCE)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--out", default="", help="also write the tables (markdown) here")
+    extra(ap)
+    args = ap.parse_args()
+    sys.path[:0] = [args.python_dir, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "../../tests/e2e")]
+    return args
 
 
 def load(m, seed):

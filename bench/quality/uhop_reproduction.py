@@ -16,29 +16,19 @@ second half added with the fitted map (engram: an explicit StartFit, automatic
 fits held off). engram runs every similarity x separation; the reference runs
 MHN (dot), L2, Man(hattan) and UMHN (U-Hop kernel dot).
 """
-import argparse
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import LEVEL, REFERENCE, add, corrupt, error, load, retrieve, run_reference, set_rule, uhop_store  # noqa: E402
+from protocol import (LEVEL, add, corrupt, error, load, parse_args, retrieve,  # noqa: E402
+                      run_reference, set_rule, uhop_store)
 
-ap = argparse.ArgumentParser()
-ap.add_argument("bin_dir")
-ap.add_argument("python_dir")
-ap.add_argument("--sizes", default="100,500,1000,2000")
-ap.add_argument("--corruptions", default="dropout,gaussian")
-ap.add_argument("--reference", default=REFERENCE)
-ap.add_argument("--seed", type=int, default=42)
-ap.add_argument("--out", default="", help="also write the tables (markdown) here")
-args = ap.parse_args()
-sys.path.insert(0, args.python_dir)
+args = parse_args(__doc__)
 import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
 from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests/e2e"))
 from harness import Engramd  # noqa: E402
 
 SIMILARITIES = [("dot", pb.DOT, "MHN"), ("l2", pb.L2, "L2"), ("manhattan", pb.MANHATTAN, "Man"),

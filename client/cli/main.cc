@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -65,10 +66,10 @@ ABSL_FLAG(bool, search_separation, false,
 ABSL_FLAG(uint32_t, sample_size, 256,
           "store create: patterns calibration corrupts and retrieves.");
 ABSL_FLAG(uint64_t, calibration_seed, 0, "store create: calibration's seed.");
-ABSL_FLAG(std::optional<bool>, apply, std::nullopt,
-          "calibrate: apply the setting found (true) or only report it "
-          "(false); default: the store's setting (store create: its "
-          "setting for calibrations on request).");
+ABSL_FLAG(bool, apply, false,
+          "calibrate: --apply applies the setting found, --apply=false (or "
+          "--noapply) only reports it; not given: the store's setting. store "
+          "create: the store's setting for calibrations on request.");
 ABSL_FLAG(std::optional<uint32_t>, steps, std::nullopt,
           "Update steps (store create: default 1; retrieve: override).");
 ABSL_FLAG(std::optional<float>, eps, std::nullopt,
@@ -355,6 +356,15 @@ void PrintStoreText(const v1::Store& s) {
   absl::PrintF("version:       %u\n", s.version());
 }
 
+// Whether --apply (or --noapply) was on the command line; set by Main.
+bool apply_given = false;
+
+// --apply if given on the command line.
+std::optional<bool> ApplyFlag() {
+  if (!apply_given) return std::nullopt;
+  return absl::GetFlag(FLAGS_apply);
+}
+
 // --beta as a number (absent: not given); 'auto' is store create's alone.
 std::optional<float> BetaFlag() {
   const std::optional<std::string> text = absl::GetFlag(FLAGS_beta);
@@ -394,7 +404,7 @@ void StoreCreate(const std::vector<std::string>& args) {
   } else if (std::optional<float> beta = BetaFlag()) {
     r->set_beta(*beta);
   }
-  if (std::optional<bool> apply = absl::GetFlag(FLAGS_apply)) {
+  if (std::optional<bool> apply = ApplyFlag()) {
     c->set_apply(*apply);
   }
   c->set_corruption(ParseEnum<v1::Corruption>("corruption",
@@ -667,7 +677,7 @@ void Calibrate(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("calibrate takes one NAME");
   std::unique_ptr<Client> client = Connect();
   absl::StatusOr<v1::CalibrationStatus> status =
-      client->StartCalibration(args[0], absl::GetFlag(FLAGS_apply));
+      client->StartCalibration(args[0], ApplyFlag());
   FailOn(status.status(), "calibrate");
   const auto busy = [](const v1::CalibrationStatus& s) {
     return s.state() == v1::CalibrationStatus::PENDING ||
@@ -809,6 +819,12 @@ int Main(int argc, char** argv) {
       help = true;
     } else if (arg.rfind("-", 0) != 0) {
       words.push_back(arg);
+    }
+    for (const char* name : {"--apply", "-apply", "--noapply", "-noapply"}) {
+      const size_t n = std::strlen(name);
+      if (arg.compare(0, n, name) == 0 && (arg.size() == n || arg[n] == '=')) {
+        apply_given = true;
+      }
     }
   }
   if (help) {

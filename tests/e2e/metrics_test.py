@@ -50,6 +50,8 @@ class MetricsTest(unittest.TestCase):
         engram("add", "m", rows)
         engram("retrieve", "m", rows)
         engram("store", "get", "missing")
+        calibrated = engram("calibrate", "m", "--wait", "--apply")
+        assert calibrated.returncode == 0, calibrated.stderr
 
     @classmethod
     def tearDownClass(cls):
@@ -62,10 +64,14 @@ class MetricsTest(unittest.TestCase):
                      "engram_queries_total", "engram_queries_per_request_bucket", "engram_patterns",
                      "engram_pattern_norm", "engram_storage_write_duration_seconds_bucket",
                      "engram_fits", "engram_damaged_stores", "engram_build_info",
-                     "engram_retrieval_error_bound_bucket"):
+                     "engram_retrieval_error_bound_bucket", "engram_calibration_duration_seconds_bucket",
+                     "engram_capacity_error", "engram_capacity_theory_beta", "engram_calibrated_beta"):
             self.assertIn(name, text)
         self.assertRegex(text, r'engram_requests_total\{code="NOT_FOUND",method="GetStore"\} 1')
         self.assertRegex(text, r'engram_patterns\{store="m"\} 3')
+        self.assertRegex(text, r'engram_calibrations_total\{result="(applied|kept)"\} 1')
+        self.assertRegex(text, r'engram_capacity_recall_at_1\{store="m"\} [\d.e+-]+')
+        self.assertRegex(text, r'engram_capacity_well_separated_fraction\{store="m"\} [\d.e+-]+')
         check = subprocess.run(["promtool", "check", "metrics"], input=text,
                                capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
