@@ -112,33 +112,27 @@ std::vector<size_t> SampleIndices(size_t range, size_t count,
   return out;
 }
 
-// Where memory `index` of a set lives.
-std::pair<const MemoryBlock*, size_t> Locate(const MemorySet& memories,
-                                             size_t index) {
-  for (const MemoryBlock& block : memories.blocks) {
-    if (index < block.count) return {&block, index};
-    index -= block.count;
-  }
-  return {nullptr, 0};
-}
-
 // A contiguous copy of some memories of a set (rows, norms and keys).
 struct SubsetBuffers {
   std::vector<float> rows, sq_norms, keys, key_sq_norms;
 };
 
+bool HasKeys(const MemorySet& memories) {
+  return memories.map != nullptr && !memories.blocks.empty() &&
+         memories.blocks.front().keys != nullptr;
+}
+
 MemorySet CopySubset(const MemorySet& memories,
                      const std::vector<size_t>& indices, SubsetBuffers& buf) {
   const size_t d = memories.dim;
-  const bool keyed = memories.map != nullptr && !memories.blocks.empty() &&
-                     memories.blocks.front().keys != nullptr;
+  const bool keyed = HasKeys(memories);
   const size_t kd = keyed ? memories.map->out_dim() : 0;
   buf.rows.resize(indices.size() * d);
   buf.sq_norms.resize(indices.size());
   buf.keys.resize(indices.size() * kd);
   buf.key_sq_norms.resize(keyed ? indices.size() : 0);
   for (size_t i = 0; i < indices.size(); ++i) {
-    const auto [block, r] = Locate(memories, indices[i]);
+    const auto [block, r] = memories.Locate(indices[i]);
     std::copy_n(block->rows + r * d, d, buf.rows.data() + i * d);
     buf.sq_norms[i] = block->sq_norms[r];
     if (keyed) {
@@ -153,11 +147,6 @@ MemorySet CopySubset(const MemorySet& memories,
                         keyed ? buf.keys.data() : nullptr,
                         keyed ? buf.key_sq_norms.data() : nullptr});
   return set;
-}
-
-bool HasKeys(const MemorySet& memories) {
-  return memories.map != nullptr && !memories.blocks.empty() &&
-         memories.blocks.front().keys != nullptr;
 }
 
 // Largest squared norm of the memories in the space `similarity` scores in.

@@ -57,12 +57,17 @@ size_t MemorySet::size() const {
   return total;
 }
 
-const float* MemorySet::row(size_t index) const {
+std::pair<const MemoryBlock*, size_t> MemorySet::Locate(size_t index) const {
   for (const MemoryBlock& block : blocks) {
-    if (index < block.count) return block.rows + index * dim;
+    if (index < block.count) return {&block, index};
     index -= block.count;
   }
-  return nullptr;
+  return {nullptr, 0};
+}
+
+const float* MemorySet::row(size_t index) const {
+  const auto [block, r] = Locate(index);
+  return block ? block->rows + r * dim : nullptr;
 }
 
 RetrievalOutput StartOutput(const float* queries, size_t num_queries,

@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -58,6 +59,8 @@ struct MemorySet {
   const FeatureMap* map = nullptr;
 
   size_t size() const;
+  // The block holding memory `index` (< size()) and its row in that block.
+  std::pair<const MemoryBlock*, size_t> Locate(size_t index) const;
   // The row of memory `index` (< size()), size dim.
   const float* row(size_t index) const;
 };
