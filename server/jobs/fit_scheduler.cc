@@ -90,8 +90,8 @@ absl::StatusOr<FitScheduler::Entry*> FitScheduler::EntryFor(
   return &it->second;
 }
 
-void FitScheduler::Changed(Entry& entry) {
-  entry.status.generation = ++generation_;
+void FitScheduler::Changed(uint64_t& generation) {
+  generation = ++generation_;
   changed_.SignalAll();
 }
 
@@ -101,7 +101,7 @@ void FitScheduler::Enqueue(const std::string& name, Entry& entry) {
   entry.status.epoch = 0;
   entry.status.error.clear();
   queue_.emplace_back(name, Job::kFit);
-  Changed(entry);
+  Changed(entry.status.generation);
   ReportCounts();
   work_.Signal();
 }
@@ -111,9 +111,8 @@ void FitScheduler::EnqueueCalibration(const std::string& name, Entry& entry) {
   entry.calibration_queued = true;
   entry.calibration.state = CalibrationStatus::State::kPending;
   entry.calibration.error.clear();
-  entry.calibration.generation = ++generation_;
+  Changed(entry.calibration.generation);
   queue_.emplace_back(name, Job::kCalibrate);
-  changed_.SignalAll();
   work_.Signal();
 }
 
@@ -199,7 +198,7 @@ absl::StatusOr<FitStatus> FitScheduler::Cancel(const std::string& store) {
   if (e.queued && !e.running) {
     e.queued = false;
     e.status.state = FitStatus::State::kCancelled;
-    Changed(e);
+    Changed(e.status.generation);
     ReportCounts();
   }
   e.new_patterns = 0;  // A cancel also drops the debounced automatic fit.
@@ -252,11 +251,11 @@ void FitScheduler::SchedulerLoop() {
           view->size() >= 2) {
         if (entry.uhop) {
           Enqueue(name, entry);  // Calibrates after the fit if automatic.
-        } else if (view->settings().calibration.automatic) {
-          entry.new_patterns = 0;
-          EnqueueCalibration(name, entry);
         } else {
           entry.new_patterns = 0;
+          if (view->settings().calibration.automatic) {
+            EnqueueCalibration(name, entry);
+          }
         }
       }
     }
@@ -309,7 +308,7 @@ void FitScheduler::RunFit(const std::string& name) {
     e.status.loss_before = e.status.loss_after = 0;
     e.status.duration_seconds = 0;
     e.status.error.clear();
-    Changed(e);
+    Changed(e.status.generation);
     ReportCounts();
   }
   const store::StoreSettings& settings = view->settings();
@@ -331,7 +330,7 @@ void FitScheduler::RunFit(const std::string& name) {
           if (progress.epoch == 1) s.loss_before = progress.loss;
           s.loss_after = progress.loss;  // The running epoch's batch.
           s.duration_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-          Changed(it->second);
+          Changed(it->second.status.generation);
         }
         return absl::OkStatus();
       });
@@ -380,7 +379,7 @@ void FitScheduler::RunFit(const std::string& name) {
     ReportCounts();
     return;
   }
-  Changed(e);
+  Changed(e.status.generation);
   ReportCounts();
   if (options_.observer) options_.observer->FitFinished(name, s);
   if (status.ok() && view->settings().calibration.automatic) {
@@ -458,8 +457,7 @@ void FitScheduler::RunCalibration(const std::string& name) {
     apply_override = e.calibration_apply;
     e.calibration_apply.reset();
     e.calibration.state = CalibrationStatus::State::kRunning;
-    e.calibration.generation = ++generation_;
-    changed_.SignalAll();
+    Changed(e.calibration.generation);
   }
   const std::shared_ptr<const store::StoreView> view = (*found)->view();
   const store::StoreSettings& settings = view->settings();
@@ -552,8 +550,7 @@ void FitScheduler::RunCalibration(const std::string& name) {
     changed_.SignalAll();
     return;
   }
-  c.generation = ++generation_;
-  changed_.SignalAll();
+  Changed(c.generation);
   if (!options_.observer) return;
   options_.observer->CalibrationFinished(name, c);
   if (status.ok()) options_.observer->CalibrationReported(name, report);

@@ -168,7 +168,8 @@ class FitScheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EnqueueCalibration(const std::string& name, Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Changed(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stamps a status's generation and wakes WaitForChange.
+  void Changed(uint64_t& generation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Enqueue(const std::string& name, Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReportCounts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
