@@ -231,11 +231,18 @@ absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
 
 namespace {
 
-template <typename Request, typename Call>
-absl::StatusOr<v1::FitStatus> FitCall(const std::string& store, Call call) {
+// A request that names `store`.
+template <typename Request>
+Request ForStore(const std::string& store) {
   Request request;
   request.set_store(store);
-  v1::FitStatus response;
+  return request;
+}
+
+// Runs one unary call: its response, or its status.
+template <typename Response, typename Request, typename Call>
+absl::StatusOr<Response> Unary(const Request& request, Call call) {
+  Response response;
   if (absl::Status s = FromGrpc(call(request, &response)); !s.ok()) return s;
   return response;
 }
@@ -245,56 +252,48 @@ absl::StatusOr<v1::FitStatus> FitCall(const std::string& store, Call call) {
 absl::StatusOr<v1::FitStatus> Client::GetFitStatus(const std::string& store) {
   grpc::ClientContext context;
   SetDeadline(context);
-  return FitCall<v1::GetFitStatusRequest>(store, [&](auto& r, auto* out) {
-    return stub_->GetFitStatus(&context, r, out);
-  });
+  return Unary<v1::FitStatus>(ForStore<v1::GetFitStatusRequest>(store),
+                              [&](auto& r, auto* out) {
+                                return stub_->GetFitStatus(&context, r, out);
+                              });
 }
 
 absl::StatusOr<v1::FitStatus> Client::StartFit(const std::string& store) {
   grpc::ClientContext context;
   SetDeadline(context);
-  return FitCall<v1::StartFitRequest>(store, [&](auto& r, auto* out) {
-    return stub_->StartFit(&context, r, out);
-  });
+  return Unary<v1::FitStatus>(
+      ForStore<v1::StartFitRequest>(store),
+      [&](auto& r, auto* out) { return stub_->StartFit(&context, r, out); });
 }
 
 absl::StatusOr<v1::CalibrationStatus> Client::StartCalibration(
     const std::string& store, std::optional<bool> apply) {
   grpc::ClientContext context;
   SetDeadline(context);
-  v1::StartCalibrationRequest request;
-  request.set_store(store);
+  auto request = ForStore<v1::StartCalibrationRequest>(store);
   if (apply) request.set_apply(*apply);
-  v1::CalibrationStatus response;
-  if (absl::Status s =
-          FromGrpc(stub_->StartCalibration(&context, request, &response));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Unary<v1::CalibrationStatus>(request, [&](auto& r, auto* out) {
+    return stub_->StartCalibration(&context, r, out);
+  });
 }
 
 absl::StatusOr<v1::CalibrationStatus> Client::GetCalibrationStatus(
     const std::string& store) {
   grpc::ClientContext context;
   SetDeadline(context);
-  v1::GetCalibrationStatusRequest request;
-  request.set_store(store);
-  v1::CalibrationStatus response;
-  if (absl::Status s =
-          FromGrpc(stub_->GetCalibrationStatus(&context, request, &response));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Unary<v1::CalibrationStatus>(
+      ForStore<v1::GetCalibrationStatusRequest>(store),
+      [&](auto& r, auto* out) {
+        return stub_->GetCalibrationStatus(&context, r, out);
+      });
 }
 
 absl::StatusOr<v1::FitStatus> Client::CancelFit(const std::string& store) {
   grpc::ClientContext context;
   SetDeadline(context);
-  return FitCall<v1::CancelFitRequest>(store, [&](auto& r, auto* out) {
-    return stub_->CancelFit(&context, r, out);
-  });
+  return Unary<v1::FitStatus>(
+      ForStore<v1::CancelFitRequest>(store),
+      [&](auto& r, auto* out) { return stub_->CancelFit(&context, r, out); });
 }
 
 absl::StatusOr<v1::FitStatus> Client::WatchFit(
