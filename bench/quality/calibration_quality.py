@@ -18,20 +18,16 @@ retrieved with the store's own settings.
 """
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from protocol import (LEVEL, corrupt, error, load, parse_args, retrieve,  # noqa: E402
-                      run_reference, set_rule, uhop_store)
+                      run_reference, set_rule, uhop_store, Tables, engramd_stub)
 
 args = parse_args(__doc__, lambda ap: ap.add_argument("--calibration_seed", type=int, default=1))
-import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
-from harness import Engramd  # noqa: E402
 
 FIXED = [("MHN", pb.DOT), ("L2", pb.L2), ("Man", pb.MANHATTAN), ("UMHN", pb.KERNEL_DOT)]
 ACTS = [("softmax", pb.SOFTMAX), ("sparsemax", pb.SPARSEMAX), ("entmax", pb.ENTMAX15)]
@@ -76,57 +72,46 @@ def run(stub, m, corruption, reference):
 
 def main():
     sizes = [int(s) for s in args.sizes.split(",")]
-    lines = []
-    emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
     all_beat = True
-    with tempfile.TemporaryDirectory() as tmp:
-        server = Engramd(args.bin_dir, tmp, "--sync=false")
-        try:
-            channel = grpc.insecure_channel(server.addr, options=[
-                ("grpc.max_receive_message_length", 256 << 20),
-                ("grpc.max_send_message_length", 256 << 20)])
-            stub = pb_grpc.EngramStub(channel)
-            for corruption in args.corruptions.split(","):
-                reference, _ = run_reference(sizes, corruption, args.seed, args.reference)
-                emit(f"### {corruption} (level {LEVEL[corruption]}), one step")
-                emit()
-                emit("| M | calibrated setting | calibrated error | calibrated recall@1 | "
-                     "best fixed error (reference's run) | best fixed recall@1 | "
-                     "beats every fixed | calibration |")
-                emit("|---:|---|---:|---:|---|---|---|---|")
-                details = []
-                for m in sizes:
-                    fixed, report, rule, err, recall, wall_s = run(stub, m, corruption, reference)
-                    best_err = min(fixed, key=lambda f: f[3])
-                    best_rec = max(fixed, key=lambda f: f[2])
-                    beats = all(err <= f[3] + 5e-4 and err <= f[1] + 5e-4 and recall >= f[2]
-                                for f in fixed)
-                    all_beat &= beats
-                    setting = (f"{lower(pb.Similarity, rule.similarity)} "
-                               f"{lower(pb.Separation, rule.separation)} β = {rule.beta:.4g}")
-                    emit(f"| {m} | {setting} | {err:.3f} | {recall:.3f} | "
-                         f"{best_err[3]:.3f} ({best_err[0]}) | {best_rec[2]:.3f} ({best_rec[0]}) | "
-                         f"{'yes' if beats else 'NO'} | {report.candidates} settings, "
-                         f"{wall_s:.1f} s |")
-                    details.append(
-                        f"- M = {m}: capacity report recall@1 {report.recall_at_1:.3f}, error "
-                        f"{report.error:.3f} (squared L2, on {report.sample_size} patterns corrupted with "
-                        f"calibration's own seed), was {report.previous_recall_at_1:.3f} / "
-                        f"{report.previous_error:.3f} at kernel_dot softmax β = 1; well separated "
-                        f"{100 * report.well_separated_fraction:.1f}%; the theory's β "
-                        f"{report.theory_beta_median:.4g} (p90 {report.theory_beta_p90:.4g}). "
-                        "Fixed (error engram / reference, recall@1): " +
-                        "; ".join(f"{f[0]} {f[1]:.3f} / {f[3]:.3f}, {f[2]:.3f}" for f in fixed))
-                emit()
-                for d in details:
-                    emit(d)
-                emit()
-        finally:
-            server.stop()
+    emit = Tables()
+    with engramd_stub(args.bin_dir) as stub:
+        for corruption in args.corruptions.split(","):
+            reference, _ = run_reference(sizes, corruption, args.seed, args.reference)
+            emit(f"### {corruption} (level {LEVEL[corruption]}), one step")
+            emit()
+            emit("| M | calibrated setting | calibrated error | calibrated recall@1 | "
+                 "best fixed error (reference's run) | best fixed recall@1 | "
+                 "beats every fixed | calibration |")
+            emit("|---:|---|---:|---:|---|---|---|---|")
+            details = []
+            for m in sizes:
+                fixed, report, rule, err, recall, wall_s = run(stub, m, corruption, reference)
+                best_err = min(fixed, key=lambda f: f[3])
+                best_rec = max(fixed, key=lambda f: f[2])
+                beats = all(err <= f[3] + 5e-4 and err <= f[1] + 5e-4 and recall >= f[2]
+                            for f in fixed)
+                all_beat &= beats
+                setting = (f"{lower(pb.Similarity, rule.similarity)} "
+                           f"{lower(pb.Separation, rule.separation)} β = {rule.beta:.4g}")
+                emit(f"| {m} | {setting} | {err:.3f} | {recall:.3f} | "
+                     f"{best_err[3]:.3f} ({best_err[0]}) | {best_rec[2]:.3f} ({best_rec[0]}) | "
+                     f"{'yes' if beats else 'NO'} | {report.candidates} settings, "
+                     f"{wall_s:.1f} s |")
+                details.append(
+                    f"- M = {m}: capacity report recall@1 {report.recall_at_1:.3f}, error "
+                    f"{report.error:.3f} (squared L2, on {report.sample_size} patterns corrupted with "
+                    f"calibration's own seed), was {report.previous_recall_at_1:.3f} / "
+                    f"{report.previous_error:.3f} at kernel_dot softmax β = 1; well separated "
+                    f"{100 * report.well_separated_fraction:.1f}%; the theory's β "
+                    f"{report.theory_beta_median:.4g} (p90 {report.theory_beta_p90:.4g}). "
+                    "Fixed (error engram / reference, recall@1): " +
+                    "; ".join(f"{f[0]} {f[1]:.3f} / {f[3]:.3f}, {f[2]:.3f}" for f in fixed))
+            emit()
+            for d in details:
+                emit(d)
+            emit()
     emit(f"calibrated store beats every fixed configuration at every M: {'yes' if all_beat else 'NO'}")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

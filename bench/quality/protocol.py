@@ -12,10 +12,12 @@ first half of the memories, loss `max`, SGD lr 10, 100 epochs, then the
 second half added with the fitted map.
 """
 import argparse
+import contextlib
 import gzip
 import os
 import sys
 import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -42,6 +44,39 @@ def parse_args(doc, extra=lambda ap: None):
     sys.path[:0] = [args.python_dir, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "../../tests/e2e")]
     return args
+
+
+@contextlib.contextmanager
+def engramd_stub(bin_dir):
+    """A fresh engramd (--sync=false) in a temporary directory, and a stub to it."""
+    import grpc
+    from engram.v1 import engram_pb2_grpc as pb_grpc
+    from harness import Engramd
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Engramd(bin_dir, tmp, "--sync=false")
+        try:
+            channel = grpc.insecure_channel(server.addr, options=[
+                ("grpc.max_receive_message_length", 256 << 20),
+                ("grpc.max_send_message_length", 256 << 20)])
+            yield pb_grpc.EngramStub(channel)
+        finally:
+            server.stop()
+
+
+class Tables:
+    """Prints lines as they come and keeps them for --out."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, line=""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def save(self, path):
+        if path:
+            with open(path, "w") as f:
+                f.write("\n".join(self.lines) + "\n")
 
 
 def load(m, seed):

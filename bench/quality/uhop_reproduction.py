@@ -18,18 +18,14 @@ MHN (dot), L2, Man(hattan) and UMHN (U-Hop kernel dot).
 """
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from protocol import (LEVEL, add, corrupt, error, load, parse_args, retrieve,  # noqa: E402
-                      run_reference, set_rule, uhop_store)
+                      run_reference, set_rule, uhop_store, Tables, engramd_stub)
 
 args = parse_args(__doc__)
-import grpc  # noqa: E402
 from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
-from harness import Engramd  # noqa: E402
 
 SIMILARITIES = [("dot", pb.DOT, "MHN"), ("l2", pb.L2, "L2"), ("manhattan", pb.MANHATTAN, "Man"),
                 ("cosine", pb.COSINE, None), ("kernel_dot", pb.KERNEL_DOT, "UMHN"),
@@ -56,54 +52,43 @@ def run_engram(stub, m, corruption):
 
 def main():
     sizes = [int(s) for s in args.sizes.split(",")]
-    lines = []
-    emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
-    with tempfile.TemporaryDirectory() as tmp:
-        server = Engramd(args.bin_dir, tmp, "--sync=false")
-        addr = server.addr
-        try:
-            channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 256 << 20),
-                                                           ("grpc.max_send_message_length", 256 << 20)])
-            stub = pb_grpc.EngramStub(channel)
-            for corruption in args.corruptions.split(","):
-                t = time.perf_counter()
-                reference, ref_fits = run_reference(sizes, corruption, args.seed, args.reference)
-                ref_s = time.perf_counter() - t
-                emit(f"### {corruption} (level {LEVEL[corruption]}), beta = 1, one step")
-                emit()
-                emit("| M | similarity | separation | engram error | reference error | engram / reference |")
-                emit("|---:|---|---|---:|---:|---:|")
-                best = {}
-                fit_times = {}
-                t = time.perf_counter()
-                for m in sizes:
-                    results, fit_s, status = run_engram(stub, m, corruption)
-                    fit_times[m] = (fit_s, status.loss_before, status.loss_after)
-                    for sim_name, _, ref_mode in SIMILARITIES:
-                        for sep_name, _, ref_act in SEPARATIONS:
-                            e = results[(sim_name, sep_name)]
-                            r = reference.get((m, ref_mode, ref_act)) if ref_mode else None
-                            ratio = f"{e / r:.3f}" if r else "—"
-                            emit(f"| {m} | {sim_name} | {sep_name} | {e:.3f} | "
-                                 f"{'' if r is None else f'{r:.3f}'} | {ratio} |")
-                            if m not in best or e < best[m][0]:
-                                best[m] = (e, sim_name, sep_name)
-                engram_s = time.perf_counter() - t
-                emit()
-                for m in sizes:
-                    e, sim_name, sep_name = best[m]
-                    fs, l0, l1 = fit_times[m]
-                    emit(f"- M = {m}: best engram configuration {sim_name} + {sep_name}, error {e:.3f}; "
-                         f"U-Hop fit on {m // 2} patterns {fs:.2f}s over gRPC (loss {l0:.4f} -> {l1:.4f}), "
-                         f"reference fit {ref_fits.get(m, float('nan')):.2f}s")
-                emit(f"- wall time: engram (all sizes, all rules, through gRPC) {engram_s:.1f}s; "
-                     f"reference {ref_s:.1f}s")
-                emit()
-        finally:
-            server.stop()
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    emit = Tables()
+    with engramd_stub(args.bin_dir) as stub:
+        for corruption in args.corruptions.split(","):
+            t = time.perf_counter()
+            reference, ref_fits = run_reference(sizes, corruption, args.seed, args.reference)
+            ref_s = time.perf_counter() - t
+            emit(f"### {corruption} (level {LEVEL[corruption]}), beta = 1, one step")
+            emit()
+            emit("| M | similarity | separation | engram error | reference error | engram / reference |")
+            emit("|---:|---|---|---:|---:|---:|")
+            best = {}
+            fit_times = {}
+            t = time.perf_counter()
+            for m in sizes:
+                results, fit_s, status = run_engram(stub, m, corruption)
+                fit_times[m] = (fit_s, status.loss_before, status.loss_after)
+                for sim_name, _, ref_mode in SIMILARITIES:
+                    for sep_name, _, ref_act in SEPARATIONS:
+                        e = results[(sim_name, sep_name)]
+                        r = reference.get((m, ref_mode, ref_act)) if ref_mode else None
+                        ratio = f"{e / r:.3f}" if r else "—"
+                        emit(f"| {m} | {sim_name} | {sep_name} | {e:.3f} | "
+                             f"{'' if r is None else f'{r:.3f}'} | {ratio} |")
+                        if m not in best or e < best[m][0]:
+                            best[m] = (e, sim_name, sep_name)
+            engram_s = time.perf_counter() - t
+            emit()
+            for m in sizes:
+                e, sim_name, sep_name = best[m]
+                fs, l0, l1 = fit_times[m]
+                emit(f"- M = {m}: best engram configuration {sim_name} + {sep_name}, error {e:.3f}; "
+                     f"U-Hop fit on {m // 2} patterns {fs:.2f}s over gRPC (loss {l0:.4f} -> {l1:.4f}), "
+                     f"reference fit {ref_fits.get(m, float('nan')):.2f}s")
+            emit(f"- wall time: engram (all sizes, all rules, through gRPC) {engram_s:.1f}s; "
+                 f"reference {ref_s:.1f}s")
+            emit()
+    emit.save(args.out)
 
 
 if __name__ == "__main__":
