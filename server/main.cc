@@ -228,12 +228,19 @@ int Run() {
   metrics_options.listen = absl::GetFlag(FLAGS_metrics_listen);
   metrics_options.per_store_labels = absl::GetFlag(FLAGS_metrics_per_store);
   metrics_options.version = kVersion;
-  absl::StatusOr<std::unique_ptr<metrics::Metrics>> metrics =
+  absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(metrics_options);
-  if (!metrics.ok()) {
-    Log(LogLevel::kError, "%s", metrics.status().ToString());
+  if (!exported.ok()) {
+    Log(LogLevel::kError, "%s", exported.status().ToString());
     return 1;
   }
+  metrics::Metrics* const metrics = exported->metrics.get();
+  const std::string metrics_address =
+      metrics_options.listen.empty()
+          ? "(off)"
+          : absl::StrCat(metrics_options.listen.substr(
+                             0, metrics_options.listen.rfind(':')),
+                         ":", exported->port);
 
   store::RocksDbOptions storage_options;
   storage_options.path = (std::filesystem::path(data_dir) / "db").string();
@@ -244,9 +251,9 @@ int Run() {
     Log(LogLevel::kError, "%s (--data_dir)", storage.status().ToString());
     return 1;
   }
-  TimedStorage timed_storage(storage->get(), metrics->get());
+  TimedStorage timed_storage(storage->get(), metrics);
   store::StoreRegistry registry(limits, &timed_storage);
-  FitMetrics fit_metrics(metrics->get());
+  FitMetrics fit_metrics(metrics);
   jobs::FitSchedulerOptions fit_options;
   fit_options.workers = absl::GetFlag(FLAGS_fit_workers);
   fit_options.observer = &fit_metrics;
@@ -267,7 +274,7 @@ int Run() {
                                    : static_cast<int>(32 * cores);
   // Live (health "") from here on; ready once the stores are loaded.
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start(server_options, &registry, fits.get(), metrics->get());
+      rpc::Server::Start(server_options, &registry, fits.get(), metrics);
   if (!server.ok()) {
     Log(LogLevel::kError, "%s (--listen)", server.status().ToString());
     return 1;
@@ -284,16 +291,16 @@ int Run() {
     Log(LogLevel::kError, "store '%s' is damaged and out of service: %s",
         d.name, d.status.ToString());
   }
-  (*metrics)->SetDamagedStores(registry.Damaged().size());
+  metrics->SetDamagedStores(registry.Damaged().size());
   bool more = false;
   size_t stores = 0, patterns = 0;
   if (auto all = registry.List("", limits.max_stores, more); all.ok()) {
     for (const auto& s : *all) {
       std::shared_ptr<const store::StoreView> view = s->view();
-      (*metrics)->SetPatternCount(s->name(), view->size());
-      (*metrics)->SetNorms(s->name(), view->norms().max_norm,
-                           view->norms().mean_norm,
-                           view->norms().max_feature_norm);
+      metrics->SetPatternCount(s->name(), view->size());
+      metrics->SetNorms(s->name(), view->norms().max_norm,
+                        view->norms().mean_norm,
+                        view->norms().max_feature_norm);
       patterns += s->view()->size();
       ++stores;
     }
@@ -317,8 +324,8 @@ int Run() {
       : server_options.tls_client_ca.empty() ? "TLS"
                                              : "mutual TLS",
       server_options.token_file.empty() ? "no tokens" : "bearer tokens",
-      metrics_options.listen.empty() ? "(off)" : metrics_options.listen,
-      data_dir, storage_options.sync ? "true" : "false", core::blas::CoreName(),
+      metrics_address, data_dir, storage_options.sync ? "true" : "false",
+      core::blas::CoreName(),
       std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE")
                                        : "unset",
       blas_threads, retrieval_threads, server_options.max_threads,

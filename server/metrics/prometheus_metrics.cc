@@ -1,6 +1,5 @@
 #include "server/metrics/prometheus_metrics.h"
 
-#include <exception>
 #include <map>
 #include <utility>
 
@@ -8,10 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "server/metrics/internal/http_endpoint.h"
 
 namespace engram::metrics {
 
@@ -128,16 +128,16 @@ class PrometheusMetrics : public Metrics {
     SetFits(0, 0);
   }
 
-  absl::Status Start() {
-    if (options_.listen.empty()) return absl::OkStatus();
-    try {
-      exposer_ = std::make_unique<prometheus::Exposer>(options_.listen);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot serve metrics on ", options_.listen, ": ", e.what()));
-    }
-    exposer_->RegisterCollectable(registry_);
-    return absl::OkStatus();
+  // Serves the registry in the text format; the port it bound, or 0.
+  absl::StatusOr<int> Start() {
+    if (options_.listen.empty()) return 0;
+    absl::StatusOr<std::unique_ptr<internal::HttpEndpoint>> endpoint =
+        internal::HttpEndpoint::Start(options_.listen, [registry = registry_] {
+          return prometheus::TextSerializer().Serialize(registry->Collect());
+        });
+    if (!endpoint.ok()) return endpoint.status();
+    endpoint_ = std::move(*endpoint);
+    return endpoint_->port();
   }
 
   void RecordRequest(absl::string_view method, absl::string_view code,
@@ -259,16 +259,17 @@ class PrometheusMetrics : public Metrics {
   prometheus::Histogram& calibration_duration_;
   static constexpr size_t kCapacityFigures = 5;
   prometheus::Family<prometheus::Gauge>* capacity_[kCapacityFigures];
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<internal::HttpEndpoint> endpoint_;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Metrics>> StartPrometheusMetrics(
+absl::StatusOr<PrometheusExport> StartPrometheusMetrics(
     const PrometheusOptions& options) {
   auto metrics = std::make_unique<PrometheusMetrics>(options);
-  if (absl::Status status = metrics->Start(); !status.ok()) return status;
-  return metrics;
+  absl::StatusOr<int> port = metrics->Start();
+  if (!port.ok()) return port.status();
+  return PrometheusExport{std::move(metrics), *port};
 }
 
 }  // namespace engram::metrics

@@ -1,4 +1,6 @@
-// Metrics exported in the Prometheus text format at http://LISTEN/metrics.
+// Metrics exported in the Prometheus text format at http://LISTEN/metrics:
+// prometheus-cpp keeps the registry and writes the text format; the HTTP
+// endpoint is libmicrohttpd's (internal/http_endpoint.h).
 //
 // Thread-safe: prometheus-cpp families are; the label maps are guarded.
 #ifndef ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_
@@ -18,8 +20,14 @@ struct PrometheusOptions {
   std::string version;
 };
 
-// Starts the exporter; fails if `listen` cannot be bound.
-absl::StatusOr<std::unique_ptr<Metrics>> StartPrometheusMetrics(
+struct PrometheusExport {
+  std::unique_ptr<Metrics> metrics;
+  int port = 0;  // The port /metrics is served on (0: not served).
+};
+
+// Starts the exporter; fails if `listen` cannot be bound. Port 0 in `listen`
+// picks a free port.
+absl::StatusOr<PrometheusExport> StartPrometheusMetrics(
     const PrometheusOptions& options);
 
 }  // namespace engram::metrics

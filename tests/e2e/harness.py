@@ -30,6 +30,8 @@ class Engramd:
             if m and "; ready" in text:
                 self.addr = "127.0.0.1:" + m.group(1)
                 self.startup = text
+                metrics = re.search(r"metrics on [^;]*:(\d+);", text)
+                self.metrics_port = int(metrics.group(1)) if metrics else None
                 return
             if self.proc.poll() is not None:
                 self._log.close()
