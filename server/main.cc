@@ -1,5 +1,9 @@
 // engramd: the engram server.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -44,6 +48,10 @@ ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
           "machine loses power.");
+ABSL_FLAG(bool, accept_data_loss, false,
+          "Start even though the write-ahead log is damaged: recover every "
+          "readable record and mark the stores that lost acknowledged writes "
+          "DAMAGED (with what was lost). Without it such a start is refused.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics address (host:port); empty disables it.");
 ABSL_FLAG(bool, metrics_per_store, true,
@@ -178,19 +186,34 @@ int LogLevelFromName(const std::string& name) {
   return static_cast<int>(LogLevel::kInfo);
 }
 
-// Blocks SIGTERM and SIGINT in every thread so that WaitForSignal alone
-// receives them. Must run before any thread starts.
-sigset_t BlockShutdownSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
+// SIGTERM and SIGINT, whichever thread they reach (libraries start threads
+// before main), are written to a pipe that Run() waits on.
+int shutdown_pipe[2] = {-1, -1};
+
+void OnShutdownSignal(int signal) {
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  [[maybe_unused]] ssize_t written = write(shutdown_pipe[1], &byte, 1);
+}
+
+bool CatchShutdownSignals() {
+  if (pipe2(shutdown_pipe, O_CLOEXEC) != 0) return false;
+  struct sigaction action = {};
+  action.sa_handler = OnShutdownSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  return sigaction(SIGTERM, &action, nullptr) == 0 &&
+         sigaction(SIGINT, &action, nullptr) == 0;
+}
+
+// Blocks until SIGTERM or SIGINT; returns the signal.
+int WaitForShutdownSignal() {
+  unsigned char byte = 0;
+  while (read(shutdown_pipe[0], &byte, 1) != 1) {
+  }
+  return byte;
 }
 
 int Run() {
-  const sigset_t signals = BlockShutdownSignals();
   MinLogLevel() = LogLevelFromName(absl::GetFlag(FLAGS_log_level));
   if (const char* replaced = std::getenv("ENGRAM_BLAS_REPLACED")) {
     Log(LogLevel::kInfo,
@@ -245,11 +268,17 @@ int Run() {
   store::RocksDbOptions storage_options;
   storage_options.path = (std::filesystem::path(data_dir) / "db").string();
   storage_options.sync = absl::GetFlag(FLAGS_sync);
+  storage_options.accept_data_loss = absl::GetFlag(FLAGS_accept_data_loss);
   absl::StatusOr<std::unique_ptr<store::RocksDbStorage>> storage =
       store::RocksDbStorage::Open(storage_options);
   if (!storage.ok()) {
-    Log(LogLevel::kError, "%s (--data_dir)", storage.status().ToString());
+    Log(LogLevel::kError, "%s (--data_dir=%s)", storage.status().ToString(),
+        data_dir);
     return 1;
+  }
+  if (!(*storage)->open_report().empty()) {
+    Log((*storage)->read_only() ? LogLevel::kWarning : LogLevel::kInfo,
+        "storage: %s", (*storage)->open_report());
   }
   TimedStorage timed_storage(storage->get(), metrics);
   store::StoreRegistry registry(limits, &timed_storage);
@@ -333,8 +362,7 @@ int Run() {
       limits.max_batch, limits.max_queries, limits.max_stores,
       limits.max_patterns_per_store, limits.max_low_rank_values);
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = WaitForShutdownSignal();
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::GetFlag(FLAGS_shutdown_grace_s));
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
@@ -394,6 +422,11 @@ int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
   absl::FailureSignalHandlerOptions options;
   absl::InstallFailureSignalHandler(options);
+  if (!engram::CatchShutdownSignals()) {  // After absl's, which takes SIGTERM
+                                          // too.
+    std::perror("engramd: installing the SIGTERM handler");
+    return 1;
+  }
   absl::SetProgramUsageMessage(
       "engram server: stores memory patterns and recalls them with "
       "modern-Hopfield retrieval.\nUsage: engramd [--listen=HOST:PORT] "

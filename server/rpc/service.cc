@@ -203,6 +203,7 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
   if (status.ok()) {
     fits_->StoreDeleted(request->name());
     metrics_->RemoveStore(request->name());
+    metrics_->SetDamagedStores(registry_->Damaged().size());
   }
   return call.Done(status);
 }

@@ -1,5 +1,6 @@
 #include "server/store/registry.h"
 
+#include <algorithm>
 #include <functional>
 #include <utility>
 
@@ -106,6 +107,11 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
     return absl::AlreadyExistsError(
         absl::StrCat("store '", settings.name, "' already exists"));
   }
+  if (FindDamaged(settings.name) != damaged_.end()) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "store '", settings.name,
+        "' exists but is DAMAGED; delete it first to reuse the name"));
+  }
   if (stores_.size() >= limits_.max_stores) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server holds ", stores_.size(), " stores, the limit max_stores"));
@@ -124,12 +130,10 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Get(
   if (absl::Status status = CheckLoaded(); !status.ok()) return status;
   auto found = stores_.find(name);
   if (found == stores_.end()) {
-    for (const DamagedStore& damaged : damaged_) {
-      if (damaged.name == name) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "store '", name,
-            "' is damaged and out of service: ", damaged.status.message()));
-      }
+    if (auto damaged = FindDamaged(name); damaged != damaged_.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "store '", name, "' is DAMAGED and out of service (",
+          damaged->status.message(), "); delete it to reuse the name"));
     }
     return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
   }
@@ -157,11 +161,27 @@ absl::Status StoreRegistry::Delete(absl::string_view name) {
   if (absl::Status status = CheckLoaded(); !status.ok()) return status;
   auto found = stores_.find(name);
   if (found == stores_.end()) {
-    return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
+    auto damaged = FindDamaged(name);
+    if (damaged == damaged_.end()) {
+      return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
+    }
+    // A damaged store has no Store object: its data goes directly.
+    if (absl::Status status = storage_->DeleteStore(name); !status.ok()) {
+      return status;
+    }
+    damaged_.erase(damaged);
+    return absl::OkStatus();
   }
   if (absl::Status status = found->second->Drop(); !status.ok()) return status;
   stores_.erase(found);
   return absl::OkStatus();
+}
+
+std::vector<StoreRegistry::DamagedStore>::const_iterator
+StoreRegistry::FindDamaged(absl::string_view name) const {
+  return std::find_if(
+      damaged_.begin(), damaged_.end(),
+      [name](const DamagedStore& damaged) { return damaged.name == name; });
 }
 
 std::vector<StoreRegistry::DamagedStore> StoreRegistry::Damaged() const {

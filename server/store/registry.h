@@ -45,6 +45,7 @@ class StoreRegistry {
   // whether further stores follow.
   absl::StatusOr<std::vector<std::shared_ptr<Store>>> List(
       absl::string_view after, size_t page_size, bool& more) const;
+  // Deletes a store, damaged or not.
   absl::Status Delete(absl::string_view name);
 
   struct DamagedStore {
@@ -65,6 +66,8 @@ class StoreRegistry {
   bool loading_ ABSL_GUARDED_BY(mu_) = true;
 
   absl::Status CheckLoaded() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  std::vector<DamagedStore>::const_iterator FindDamaged(
+      absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace engram::store

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -9,6 +10,17 @@
 #include "absl/strings/str_cat.h"
 
 namespace engram::store {
+
+namespace {
+
+// The next automatic id once `id` is used, from `next`. Ids run from 1 to
+// 2^64 - 1; 0 means none is left (2^64 - 1 was used), and stays so.
+uint64_t NextAfter(uint64_t next, uint64_t id) {
+  if (next == 0 || id < next) return next;
+  return id == std::numeric_limits<uint64_t>::max() ? 0 : id + 1;
+}
+
+}  // namespace
 
 size_t ChunkCapacity(size_t dim) {
   const size_t rows = (size_t{1} << 20) / std::max<size_t>(dim, 1);
@@ -190,7 +202,8 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
         limits_.max_patterns_per_store));
   }
   absl::flat_hash_map<uint64_t, size_t> explicit_ids;
-  uint64_t max_explicit = 0;
+  uint64_t next = next_id_;
+  size_t automatic = 0;
   for (size_t i = 0; i < patterns.size(); ++i) {
     const Pattern& p = patterns[i];
     if (p.values.size() != dim_) {
@@ -231,7 +244,7 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
             absl::StrCat("patterns[", i, "].id ", p.id, " repeats patterns[",
                          it->second, "].id"));
       }
-      max_explicit = std::max(max_explicit, p.id);
+      next = NextAfter(next, p.id);
     }
   }
   {
@@ -244,7 +257,20 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
       }
     }
   }
-  uint64_t next = std::max(next_id_, max_explicit + 1);
+  for (const Pattern& p : patterns) automatic += p.id == 0;
+  // Automatic ids come after every explicit id of the batch and never wrap:
+  // an id, once used, is never handed out again.
+  if (automatic > 0 &&
+      (next == 0 ||
+       automatic - 1 > std::numeric_limits<uint64_t>::max() - next)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store '", name_, "' has ",
+        next == 0 ? uint64_t{0}
+                  : std::numeric_limits<uint64_t>::max() - next + 1,
+        " automatic ids left (they run to 18446744073709551615) and the "
+        "request needs ",
+        automatic, "; give explicit ids (any id not in use) instead"));
+  }
   ids.clear();
   for (const Pattern& p : patterns) ids.push_back(p.id != 0 ? p.id : next++);
   return absl::OkStatus();
@@ -285,7 +311,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
     CountNorms(*chunk, r);
-    next_id_ = std::max(next_id_, ids[i] + 1);
+    next_id_ = NextAfter(next_id_, ids[i]);
   }
   UpdateSums(keys.data(), values.data(), patterns.size(), 1.0);
   MutexLock lock(&mu_);
@@ -312,7 +338,7 @@ absl::StatusOr<std::vector<uint64_t>> Store::Add(
     for (size_t i = 0; i < ids.size(); ++i) with_ids[i].id = ids[i];
   }
   uint64_t next_id = next_id_;
-  for (uint64_t id : ids) next_id = std::max(next_id, id + 1);
+  for (uint64_t id : ids) next_id = NextAfter(next_id, id);
   if (absl::Status status = storage_->WritePatterns(
           name_, all_explicit ? patterns : absl::MakeConstSpan(with_ids), {},
           next_id);
@@ -334,7 +360,7 @@ absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
 
 void Store::RestoreNextId(uint64_t next_id) {
   MutexLock write_lock(&write_mu_);
-  next_id_ = std::max(next_id_, next_id);
+  next_id_ = next_id == 0 ? 0 : NextAfter(next_id_, next_id - 1);
 }
 
 absl::Status Store::Delete(absl::Span<const uint64_t> ids) {

@@ -197,7 +197,8 @@ class Store {
   absl::Status Drop();
 
   // Loads patterns read back from storage without writing them again, and
-  // the id sequence (ids below `next_id` are never assigned again).
+  // the id sequence (ids below `next_id` are never assigned again; 0: no
+  // automatic id is left).
   absl::Status Restore(absl::Span<const Pattern> patterns);
   void RestoreNextId(uint64_t next_id);
 
@@ -248,6 +249,7 @@ class Store {
   // Rows of each chunk that some published view may see.
   std::vector<size_t> sealed_ ABSL_GUARDED_BY(write_mu_);
   size_t count_ ABSL_GUARDED_BY(write_mu_) = 0;
+  // The next automatic id; 0 once 2^64 - 1 was used.
   uint64_t next_id_ ABSL_GUARDED_BY(write_mu_) = 1;
   std::shared_ptr<const core::FeatureMap> map_ ABSL_GUARDED_BY(write_mu_);
   FitRecord fit_ ABSL_GUARDED_BY(write_mu_);

@@ -44,6 +44,9 @@ class Engramd:
         raise RuntimeError("engramd did not become ready in 30 s; its log:\n" + text)
 
     def log(self):
+        if self._log.closed:
+            with open(self.log_path) as f:
+                return f.read()
         self._log.seek(0)
         return self._log.read()
 

@@ -126,17 +126,32 @@ TEST_F(RocksDbStorageTest, ADamagedStoreIsReportedAndTheOthersServe) {
   storage_.reset();
   {
     // Truncate one record of "bad" behind engram's back.
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::Options(),
+                                                dir_.string(), &names)
+                    .ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const std::string& name : names)
+      families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* db = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir_.string(), &db).ok());
-    std::string key = std::string("Pbad") + '\0' + std::string(7, '\0') + '\2';
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), key, "\x01\x02").ok());
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir_.string(), families,
+                                  &handles, &db)
+                    .ok());
+    for (rocksdb::ColumnFamilyHandle* h : handles) {
+      if (h->GetName() == "store/bad") {
+        std::string key = std::string("p") + std::string(7, '\0') + '\2';
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h, key, "\x01\x02").ok());
+      }
+      ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+    }
     delete db;
   }
   Reopen();
   EXPECT_TRUE(registry_->Get("good").ok());
   absl::Status bad = registry_->Get("bad").status();
   EXPECT_EQ(bad.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(bad.message().find("damaged"), std::string::npos) << bad;
+  EXPECT_NE(bad.message().find("DAMAGED"), std::string::npos) << bad;
   ASSERT_EQ(registry_->Damaged().size(), 1u);
   EXPECT_EQ(registry_->Damaged()[0].name, "bad");
   EXPECT_EQ(registry_->Damaged()[0].status.code(), absl::StatusCode::kDataLoss);

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""A data directory written by engram 0.1.0 loads and answers as it did.
+
+tests/fixtures/datadir-v1 was written by the 0.1.0 release (one key space for
+all stores, recent writes only in the write-ahead log); datadir-v1.json holds
+what that server answered. engramd must migrate it at start, then answer every
+store, pattern and retrieval the same, before and after a restart.
+
+Usage: migration_test.py BIN_DIR PYTHON_DIR FIXTURES_DIR
+"""
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+
+BIN, PY, FIXTURES = sys.argv[1:4]
+del sys.argv[1:4]
+sys.path[:0] = [PY, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"),
+                os.path.dirname(os.path.abspath(__file__))]
+from google.protobuf import json_format  # noqa: E402
+from engram.v1 import engram_pb2 as pb  # noqa: E402
+from engram_client import Client  # noqa: E402
+from harness import Engramd  # noqa: E402
+
+# What a store answers that is kept by the process, not stored: its change
+# counter and the state of the fit job that process ran.
+VOLATILE = {("fit", "durationSeconds"), ("fit", "epoch"), ("fit", "totalEpochs"), ("fit", "state"),
+            ("version",)}
+
+
+def strip(store):
+    store = json.loads(json.dumps(store))
+    for path in VOLATILE:
+        node = store
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return store
+
+
+class MigrationTest(unittest.TestCase):
+    maxDiff = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.data = os.path.join(cls.tmp.name, "data")
+        shutil.copytree(os.path.join(FIXTURES, "datadir-v1"), cls.data)
+        with open(os.path.join(FIXTURES, "datadir-v1.json")) as f:
+            cls.expected = json.load(f)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check(self, addr):
+        with Client(addr) as c:
+            stores = {s.name: json_format.MessageToDict(s) for s in c.list_stores()}
+            self.assertEqual(sorted(stores), sorted(self.expected["stores"]))
+            for name, want in self.expected["stores"].items():
+                self.assertEqual(strip(stores[name]), strip(want), name)
+                r = c._call(c._stub.ListPatterns, pb.ListPatternsRequest(store=name, page_size=1000))
+                self.assertEqual([json_format.MessageToDict(p) for p in r.patterns],
+                                 self.expected["patterns"][name], name)
+            for name, want in self.expected["retrieve"].items():
+                response = c._call(c._stub.Retrieve, pb.RetrieveRequest(
+                    store=name, queries=[pb.Query(values=q) for q in want["queries"]]))
+                got = json_format.MessageToDict(response)
+                got.pop("storeVersion", None)
+                want = dict(want["response"])
+                want.pop("storeVersion", None)
+                self.assertEqual(got, want, name)
+
+    def test_loads_migrates_and_answers_the_same(self):
+        server = Engramd(BIN, self.tmp.name, data_dir=self.data)
+        try:
+            self.assertIn("migrated 5 stores (101 patterns) from the engram 0.1 layout",
+                          server.startup)
+            self.check(server.addr)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        # Migrated once: the second start reads the new layout as it is.
+        server = Engramd(BIN, self.tmp.name, data_dir=self.data)
+        try:
+            self.assertNotIn("migrated", server.startup)
+            self.check(server.addr)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
