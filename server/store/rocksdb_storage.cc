@@ -145,6 +145,11 @@ rocksdb::Options RocksDbStorage::DbOptions(const RocksDbOptions& options,
   o.IncreaseParallelism(2);
   o.compression = rocksdb::kNoCompression;  // Floats do not compress.
   o.write_buffer_size = 64 << 20;
+  // No compaction by age: it would read a damaged store's files long after
+  // the damage was found, and a compaction that fails on damage stops every
+  // write (RocksDB's unrecoverable error).
+  o.ttl = 0;
+  o.periodic_compaction_seconds = 0;
   o.db_write_buffer_size = 256 << 20;  // All stores' memtables together.
   o.max_total_wal_size = 512 << 20;
   // Paranoid checks stop writes after a failed log write (RocksDB 7.8 would
@@ -382,9 +387,16 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
     // Table files RocksDB cannot open stop the open: find them, and the
     // stores they belong to.
     std::map<std::string, std::string> damaged = storage->FindDamagedTables();
-    if (!damaged.empty() && options.accept_data_loss) {
+    if (damaged.count("")) {
+      // The default family's files: they hold only the format marker.
+      opened = storage->RewriteMarker(damaged[""]);
+      if (!opened.ok()) return opened;
+      damaged.erase("");
+      if (damaged.empty()) opened = storage->OpenDb(OpenMode::kWritable);
+    }
+    if (!opened.ok() && !damaged.empty() && options.accept_data_loss) {
       opened = storage->SetAsideStores(damaged);
-    } else if (!damaged.empty()) {
+    } else if (!opened.ok() && !damaged.empty()) {
       // Serve every other store, read-only, without touching the damaged
       // files; the operator decides what to do with them.
       if (!storage->OpenDb(OpenMode::kInspect).ok()) return opened;
@@ -406,7 +418,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
         return status;
       }
       return storage;
-    } else {
+    } else if (!opened.ok()) {
       return absl::DataLossError(absl::StrCat(
           opened.message(),
           ". The database's own records (MANIFEST, CURRENT) are damaged: "
@@ -528,15 +540,50 @@ std::map<std::string, std::string> RocksDbStorage::FindDamagedTables() {
     rocksdb::SstFileReader reader(options);
     rocksdb::Status s = reader.Open(file.db_path + file.name);
     if (s.ok()) continue;
-    if (!absl::StartsWith(file.column_family_name, kFamilyPrefix)) {
-      return {};  // Not one store's: nothing to isolate it to.
-    }
     std::string& tables =
-        damaged[file.column_family_name.substr(sizeof(kFamilyPrefix) - 1)];
+        damaged[absl::StartsWith(file.column_family_name, kFamilyPrefix)
+                    ? file.column_family_name.substr(sizeof(kFamilyPrefix) - 1)
+                    : ""];
     absl::StrAppend(&tables, tables.empty() ? "" : ", ", file.name.substr(1),
                     " (", s.ToString(), ")");
   }
   return damaged;
+}
+
+absl::Status RocksDbStorage::RewriteMarker(const std::string& tables) {
+  // Layout 2 keeps nothing in the default family but the format marker, so
+  // its unreadable files can go and the marker be written again. In the
+  // engram 0.1 layout they hold every store: nothing can be set aside.
+  auto refuse = [&](absl::string_view why) {
+    CloseDb();
+    return absl::DataLossError(
+        absl::StrCat("table files in ", options_.path, " are damaged: ", tables,
+                     "; ", why, ": restore the data directory from a backup"));
+  };
+  if (absl::Status status = OpenDb(OpenMode::kRepair); !status.ok()) {
+    return refuse(status.message());
+  }
+  if (families_.empty()) {
+    return refuse("they hold the stores of the engram 0.1 layout");
+  }
+  std::vector<rocksdb::LiveFileMetaData> files;
+  db_->GetLiveFilesMetaData(&files);
+  for (const rocksdb::LiveFileMetaData& file : files) {
+    if (file.column_family_name != rocksdb::kDefaultColumnFamilyName) continue;
+    rocksdb::Status deleted = db_->DeleteFile(file.name);
+    if (!deleted.ok()) return refuse(deleted.ToString());
+  }
+  rocksdb::WriteBatch batch;
+  batch.Put(default_family_, kFormatKey, kFormat);
+  absl::Status status = WriteSynced(batch, "rewriting the format marker");
+  if (status.ok()) status = FlushAll();
+  CloseDb();
+  if (!status.ok()) return status;
+  Log(LogLevel::kWarning,
+      "storage: the format marker's table files were damaged (%s) and were "
+      "replaced; they held nothing else",
+      tables);
+  return absl::OkStatus();
 }
 
 absl::Status RocksDbStorage::SetAsideStores(
@@ -690,6 +737,17 @@ absl::Status RocksDbStorage::PrepareLayout() {
           ", written by a newer engram; this engramd reads format ", kFormat));
     }
     return absl::OkStatus();
+  }
+  if (s.IsCorruption() && !families_.empty()) {
+    // The marker's own table file is damaged; it holds nothing else.
+    CloseDb();
+    if (absl::Status status = RewriteMarker(s.ToString()); !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = OpenDb(OpenMode::kWritable); !status.ok()) {
+      return status;
+    }
+    return PrepareLayout();
   }
   if (!s.IsNotFound()) return FromRocks(s, "reading the format marker");
   std::unique_ptr<rocksdb::Iterator> it(
@@ -1025,7 +1083,10 @@ absl::Status RocksDbStorage::LoadStores(LoadVisitor& visitor,
     if (name[0] == '\x01') continue;  // Not a store's family.
     // Every read error below names the store and comes from its own family:
     // the damage stays with it.
-    auto damaged = [&, name = name](absl::Status status) {
+    auto damaged = [&, name = name, handle = handle](absl::Status status) {
+      // Nothing may compact a damaged store's files (see DbOptions).
+      db->SetOptions(handle, {{"disable_auto_compactions", "true"}})
+          .PermitUncheckedError();
       visitor.OnDamaged(name, std::move(status));
     };
     if (auto table = damaged_tables.find(name); table != damaged_tables.end()) {

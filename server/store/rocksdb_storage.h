@@ -127,8 +127,12 @@ class RocksDbStorage : public StorageBackend {
   absl::Status RecordLogLoss(const std::vector<internal::WalFile>& logs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Table files RocksDB cannot open, by the store they belong to (store ->
-  // "file (error), ..."); empty if there are none or one is not a store's.
+  // "file (error), ..."; "" for the default family).
   std::map<std::string, std::string> FindDamagedTables()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Replaces the default family's damaged files (they hold only the format
+  // marker) by a new marker; leaves the database closed.
+  absl::Status RewriteMarker(const std::string& tables)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // With accept_data_loss: replaces those stores' data by a damage record
   // each, then opens for writing.

@@ -65,33 +65,70 @@ class FamilyCollector : public rocksdb::WriteBatch::Handler {
     return Note(cf);
   }
   void LogData(const rocksdb::Slice&) override {}
-  size_t found() const { return found_; }
 
  private:
   rocksdb::Status Note(uint32_t cf) {
     families_.insert(cf);
-    ++found_;
     return rocksdb::Status::OK();
   }
   std::set<uint32_t>& families_;
-  size_t found_ = 0;
 };
+
+// The column family of a batch's first operation, from its first bytes
+// alone (a first fragment may end inside that operation's value): the tag,
+// then, for tags of a named family, its id as a varint32. Engram writes one
+// store per batch, so this is the store the batch belongs to.
+bool FirstFamily(absl::string_view payload, uint32_t& family) {
+  constexpr size_t kBatchHeader = 12;  // Sequence and count.
+  if (payload.size() <= kBatchHeader) return false;
+  const uint8_t tag = static_cast<uint8_t>(payload[kBatchHeader]);
+  switch (tag) {
+    case 0x0:
+    case 0x1:
+    case 0x2:
+    case 0x7:
+    case 0xF:  // Default family.
+    case 0x11:
+    case 0x14:
+    case 0x16:
+      family = 0;
+      return true;
+    case 0x4:
+    case 0x5:
+    case 0x6:
+    case 0x8:
+    case 0xE:
+    case 0x10:
+    case 0x17:
+      break;
+    default:
+      return false;
+  }
+  family = 0;
+  for (size_t i = kBatchHeader + 1, shift = 0;
+       i < payload.size() && shift <= 28; ++i, shift += 7) {
+    const uint8_t byte = static_cast<uint8_t>(payload[i]);
+    family |= uint32_t{byte & 0x7fu} << shift;
+    if (!(byte & 0x80)) return true;
+  }
+  return false;
+}
 
 // Records in `damage` what the write batch starting with `payload` (a whole
 // batch, or only its first fragment) held, as far as it can be read.
 void Attribute(absl::string_view payload, WalDamage& damage) {
-  constexpr size_t kBatchHeader = 12;  // Sequence and count.
-  if (payload.size() < kBatchHeader) {
+  uint32_t first = 0;
+  if (!FirstFamily(payload, first)) {
     damage.attributed = false;
     return;
   }
   damage.sequences.push_back(Fixed64(payload.data()));
+  damage.column_families.insert(first);
+  // The rest of the batch, as far as it parses (a fragment or a damaged
+  // batch ends in a parse error; what was read before it counts).
   rocksdb::WriteBatch batch{std::string(payload)};
   FamilyCollector collector(damage.column_families);
-  // A fragment or a damaged batch ends in a parse error; what was read
-  // before it counts.
   batch.Iterate(&collector).PermitUncheckedError();
-  if (collector.found() == 0) damage.attributed = false;
 }
 
 // Walks one log, following RocksDB's reader.

@@ -2,9 +2,12 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <string>
@@ -13,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+#include "server/store/internal/wal_scan.h"
 #include "server/store/registry.h"
 
 namespace engram::store {
@@ -214,6 +219,181 @@ TEST_F(RocksDbStorageTest, SecondOpenOfTheSameDirectoryFails) {
   absl::StatusOr<std::unique_ptr<RocksDbStorage>> second =
       RocksDbStorage::Open({dir_.string(), true});
   EXPECT_FALSE(second.ok());
+}
+
+// The files of the database directory named `suffix`, by name.
+std::vector<std::filesystem::path> FilesEndingIn(
+    const std::filesystem::path& dir, const std::string& suffix) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+void FlipBytes(const std::filesystem::path& file, size_t offset, size_t n) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  std::string bytes(n, '\0');
+  f.seekg(offset);
+  f.read(bytes.data(), n);
+  for (char& c : bytes) c = static_cast<char>(~c);
+  f.seekp(offset);
+  f.write(bytes.data(), n);
+}
+
+TEST_F(RocksDbStorageTest, DamagedStoresCanBeDeletedAndTheirNamesReused) {
+  ASSERT_TRUE(Create("keep", 2)->Add({P(1, {1, 2})}).ok());
+  ASSERT_TRUE(Create("lost", 2)->Add({P(1, {3, 4})}).ok());
+  // A copy taken while the database is open is what a crash leaves: the
+  // recent writes only in the write-ahead log.
+  const std::filesystem::path crashed = dir_.string() + "_crashed";
+  std::filesystem::remove_all(crashed);
+  std::filesystem::copy(dir_, crashed);
+  registry_.reset();
+  storage_.reset();
+  std::filesystem::remove_all(dir_);
+  std::filesystem::rename(crashed, dir_);
+  std::filesystem::remove(dir_ / "LOCK");
+  const std::vector<std::filesystem::path> logs = FilesEndingIn(dir_, ".log");
+  ASSERT_FALSE(logs.empty());
+  // The last batch ("lost"'s add) is near the end of the log.
+  FlipBytes(logs.back(), std::filesystem::file_size(logs.back()) - 20, 8);
+
+  absl::StatusOr<std::unique_ptr<RocksDbStorage>> refused =
+      RocksDbStorage::Open({dir_.string(), true});
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(refused.status().message().find(logs.back().filename().string()),
+            std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("'lost'"), std::string::npos)
+      << refused.status();
+  EXPECT_EQ(refused.status().message().find("'keep'"), std::string::npos)
+      << refused.status();
+
+  RocksDbOptions accept{dir_.string(), true};
+  accept.accept_data_loss = true;
+  absl::StatusOr<std::unique_ptr<RocksDbStorage>> storage =
+      RocksDbStorage::Open(accept);
+  ASSERT_TRUE(storage.ok()) << storage.status();
+  EXPECT_NE((*storage)->open_report().find("1 store(s) marked DAMAGED"),
+            std::string::npos)
+      << (*storage)->open_report();
+  storage_ = std::move(*storage);
+  registry_ = std::make_unique<StoreRegistry>(Limits{}, storage_.get());
+  ASSERT_TRUE(registry_->Load().ok());
+  EXPECT_EQ((*registry_->Get("keep"))->Get(1)->values,
+            (std::vector<float>{1, 2}));
+  ASSERT_EQ(registry_->Damaged().size(), 1u);
+  EXPECT_EQ(registry_->Damaged()[0].name, "lost");
+  StoreSettings lost;
+  lost.name = "lost";
+  lost.dimension = 2;
+  EXPECT_EQ(registry_->Create(lost).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  // The mark is durable: a start without the flag keeps it.
+  Reopen();
+  ASSERT_EQ(registry_->Damaged().size(), 1u);
+  ASSERT_TRUE(registry_->Delete("lost").ok());
+  EXPECT_TRUE(registry_->Damaged().empty());
+  ASSERT_TRUE(Create("lost", 3)->Add({P(0, {1, 1, 1})}).ok());
+  Reopen();
+  EXPECT_EQ((*registry_->Get("lost"))->view()->size(), 1u);
+}
+
+TEST_F(RocksDbStorageTest, ACleanCloseLeavesNothingOnlyInTheLog) {
+  ASSERT_TRUE(Create("a", 2)->Add({P(1, {1, 2}), P(2, {3, 4})}).ok());
+  registry_.reset();
+  ASSERT_TRUE(storage_->Close().ok());
+  storage_.reset();
+  for (const auto& log : FilesEndingIn(dir_, ".log")) {
+    if (std::filesystem::file_size(log) > 0) {
+      FlipBytes(log, std::filesystem::file_size(log) / 2, 16);
+    }
+  }
+  Reopen();
+  EXPECT_EQ((*registry_->Get("a"))->view()->size(), 2u);
+}
+
+TEST_F(RocksDbStorageTest, ExhaustedIdsStayExhaustedAfterARestart) {
+  std::shared_ptr<Store> s = Create("s", 1);
+  ASSERT_TRUE(s->Add({P(std::numeric_limits<uint64_t>::max(), {1})}).ok());
+  Reopen();
+  s = *registry_->Get("s");
+  EXPECT_EQ(s->Add({P(0, {2})}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(s->Add({P(3, {3})}).ok());
+}
+
+TEST(WalScanTest, FindsDamageAndTheFamiliesItHolds) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "engram_wal_scan";
+  std::filesystem::remove_all(dir);
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, {}}, {"one", {}}, {"two", {}}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(
+      rocksdb::DB::Open(options, dir.string(), families, &handles, &db).ok());
+  // Batches big enough to span blocks, alternating families.
+  for (int i = 0; i < 20; ++i) {
+    rocksdb::WriteBatch batch;
+    batch.Put(handles[1 + i % 2], absl::StrCat("k", i),
+              std::string(5000 + 997 * i, 'v'));
+    ASSERT_TRUE(db->Write(rocksdb::WriteOptions(), &batch).ok());
+  }
+  const uint32_t one = handles[1]->GetID(), two = handles[2]->GetID();
+  const std::vector<std::filesystem::path> logs = FilesEndingIn(dir, ".log");
+  ASSERT_EQ(logs.size(), 1u);
+  std::ifstream in(logs[0], std::ios::binary);
+  const std::string log((std::istreambuf_iterator<char>(in)),
+                        std::istreambuf_iterator<char>());
+  for (auto* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+  delete db;
+
+  internal::WalScan clean = internal::ScanWal(log);
+  EXPECT_TRUE(clean.damage.empty());
+  EXPECT_FALSE(clean.torn_tail);
+  EXPECT_EQ(clean.batches, 20u);
+
+  // A crash in the middle of the last write: not damage.
+  internal::WalScan torn = internal::ScanWal(log.substr(0, log.size() - 100));
+  EXPECT_TRUE(torn.damage.empty());
+  EXPECT_TRUE(torn.torn_tail);
+  EXPECT_EQ(torn.batches, 19u);
+
+  // Flipped bytes in a value: one stretch, attributed to the batches whose
+  // records it drops, all from family one or two.
+  std::string damaged = log;
+  for (size_t k = 0; k < 16; ++k) damaged[log.size() / 2 + k] ^= 0xff;
+  internal::WalScan scan = internal::ScanWal(damaged);
+  ASSERT_EQ(scan.damage.size(), 1u) << scan.damage[1].reason;
+  const internal::WalDamage& d = scan.damage[0];
+  EXPECT_EQ(d.reason, "checksum mismatch");
+  EXPECT_LE(d.offset, log.size() / 2);
+  EXPECT_TRUE(d.attributed);
+  EXPECT_FALSE(d.sequences.empty());
+  EXPECT_FALSE(d.column_families.empty());
+  for (uint32_t cf : d.column_families) EXPECT_TRUE(cf == one || cf == two);
+  EXPECT_LT(scan.batches, 20u);
+  // A damaged header: the stretch to the end of its block is unreadable.
+  damaged = log;
+  for (size_t k = 0; k < 7; ++k) damaged[k] ^= 0xff;
+  scan = internal::ScanWal(damaged);
+  ASSERT_FALSE(scan.damage.empty());
+  EXPECT_EQ(scan.damage[0].offset, 0u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Crc32cTest, MatchesTheStandardCheckValue) {
+  EXPECT_EQ(internal::Crc32c(0, "123456789"), 0xe3069283u);
 }
 
 TEST(PatternRecordTest, RoundTripsAndRejectsTruncation) {

@@ -1,6 +1,7 @@
 #include "server/store/store.h"
 
 #include <atomic>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -35,6 +36,49 @@ TEST(StoreTest, AssignsIdsAboveEveryIdInUseOrInTheBatch) {
   EXPECT_EQ(*ids, (std::vector<uint64_t>{10}));
   EXPECT_EQ(store.Get(7)->values, (std::vector<float>{2, 2}));
   EXPECT_EQ(store.Get(7)->label, "l7");
+}
+
+// Regression: after an explicit id 2^64 - 2, automatic ids gave 2^64 - 1
+// twice and then 0, overwriting acknowledged patterns.
+TEST(StoreTest, IdsNeverWrapAndExhaustionIsResourceExhausted) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  EphemeralStorage storage;
+  Store store(Settings("s", 1), Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(kMax - 1, 1, 1)}).ok());
+  absl::StatusOr<std::vector<uint64_t>> ids = store.Add({MakePattern(0, 1, 2)});
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, (std::vector<uint64_t>{kMax}));
+  // No automatic id is left: refused, nothing written, and so it stays.
+  for (int i = 0; i < 2; ++i) {
+    ids = store.Add({MakePattern(0, 1, 3)});
+    EXPECT_EQ(ids.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_NE(ids.status().message().find("explicit ids"), std::string::npos)
+        << ids.status();
+  }
+  EXPECT_EQ(store.view()->size(), 2u);
+  EXPECT_EQ(store.Get(kMax)->values[0], 2.0f);
+  // Explicit ids still work, and do not bring automatic ones back.
+  ids = store.Add({MakePattern(5, 1, 4)});
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  EXPECT_FALSE(store.Add({MakePattern(0, 1, 5)}).ok());
+  // A batch that needs more automatic ids than are left is refused whole.
+  Store near(Settings("near", 1), Limits{}, &storage);
+  ASSERT_TRUE(near.Add({MakePattern(kMax - 2, 1, 1)}).ok());
+  EXPECT_EQ(near.Add({MakePattern(0, 1, 1), MakePattern(0, 1, 1),
+                      MakePattern(0, 1, 1)})
+                .status()
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(near.view()->size(), 1u);
+  // The explicit maximum itself leaves no automatic id either.
+  Store top(Settings("top", 1), Limits{}, &storage);
+  ASSERT_TRUE(top.Add({MakePattern(kMax, 1, 1)}).ok());
+  EXPECT_FALSE(top.Add({MakePattern(0, 1, 1)}).ok());
+  // And "none left" survives a restart: RestoreNextId(0).
+  Store restored(Settings("r", 1), Limits{}, &storage);
+  restored.RestoreNextId(0);
+  EXPECT_EQ(restored.Add({MakePattern(0, 1, 1)}).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 TEST(StoreTest, BadBatchesChangeNothing) {
