@@ -11,7 +11,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config libgrpc++-dev protobuf-compiler-grpc \
       libprotobuf-dev protobuf-compiler libabsl-dev libopenblas-dev \
-      prometheus-cpp-dev libmicrohttpd-dev zlib1g-dev librocksdb-dev \
+      prometheus-cpp-dev libmicrohttpd-dev libssl-dev zlib1g-dev librocksdb-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -26,7 +26,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libabsl20220623 libgrpc++1.51 libgrpc29 libprotobuf32 libopenblas0-pthread \
-      libprometheus-cpp-core1.0 libmicrohttpd12 librocksdb7.8 zlib1g \
+      libprometheus-cpp-core1.0 libmicrohttpd12 libssl3 librocksdb7.8 zlib1g \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home engram \
  && mkdir /data && chown engram:engram /data

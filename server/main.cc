@@ -305,7 +305,7 @@ int Run() {
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(server_options, &registry, fits.get(), metrics);
   if (!server.ok()) {
-    Log(LogLevel::kError, "%s (--listen)", server.status().ToString());
+    Log(LogLevel::kError, "%s", server.status().ToString());
     return 1;
   }
   Log(LogLevel::kInfo,

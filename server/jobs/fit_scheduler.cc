@@ -63,6 +63,13 @@ FitScheduler::~FitScheduler() {
   for (std::thread& t : threads_) t.join();
 }
 
+FitScheduler::Entry* FitScheduler::Find(const std::string& name,
+                                        uint64_t serial) {
+  auto it = entries_.find(name);
+  return it != entries_.end() && it->second.serial == serial ? &it->second
+                                                             : nullptr;
+}
+
 absl::StatusOr<FitScheduler::Entry*> FitScheduler::EntryFor(
     const std::string& name) {
   absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
@@ -70,6 +77,7 @@ absl::StatusOr<FitScheduler::Entry*> FitScheduler::EntryFor(
   std::shared_ptr<const store::StoreView> view = (*found)->view();
   auto [it, inserted] = entries_.try_emplace(name);
   if (inserted) {
+    it->second.serial = ++next_serial_;
     it->second.uhop =
         view->settings().feature_map.kind == store::FeatureMapKind::kUhop;
     it->second.calibration.report = view->settings().calibration_report;
@@ -212,7 +220,9 @@ void FitScheduler::StoreDeleted(const std::string& store) {
   Entry& e = found->second;
   if (e.cancel) *e.cancel = true;
   if (e.calibration_cancel) *e.calibration_cancel = true;
-  if (!e.running && !e.calibration_running) entries_.erase(found);
+  // Running jobs hold their cancel flags and find no entry of their serial
+  // when they end: a store created again under the name starts IDLE.
+  entries_.erase(found);
   changed_.SignalAll();
   ReportCounts();
 }
@@ -288,6 +298,7 @@ void FitScheduler::RunFit(const std::string& name) {
   std::shared_ptr<std::atomic<bool>> cancel =
       std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<const store::StoreView> view;
+  uint64_t serial = 0;
   {
     MutexLock lock(&mu_);
     auto it = entries_.find(name);
@@ -298,6 +309,7 @@ void FitScheduler::RunFit(const std::string& name) {
       entries_.erase(it);
       return;
     }
+    serial = e.serial;
     view = (*found)->view();
     e.running = true;
     e.cancel = cancel;
@@ -323,14 +335,13 @@ void FitScheduler::RunFit(const std::string& name) {
       [&](const core::FitProgress& progress) -> absl::Status {
         MutexLock lock(&mu_);
         if (*cancel || stopping_) return absl::CancelledError("fit cancelled");
-        auto it = entries_.find(name);
-        if (it != entries_.end()) {
-          FitStatus& s = it->second.status;
+        if (Entry* e = Find(name, serial)) {
+          FitStatus& s = e->status;
           s.epoch = progress.epoch;
           if (progress.epoch == 1) s.loss_before = progress.loss;
           s.loss_after = progress.loss;  // The running epoch's batch.
           s.duration_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-          Changed(it->second.status.generation);
+          Changed(s.generation);
         }
         return absl::OkStatus();
       });
@@ -347,9 +358,12 @@ void FitScheduler::RunFit(const std::string& name) {
         std::make_shared<core::FeatureMap>(std::move(fit->map)), record);
   }
   MutexLock lock(&mu_);
-  auto it = entries_.find(name);
-  if (it == entries_.end()) return;
-  Entry& e = it->second;
+  Entry* found_entry = Find(name, serial);
+  if (found_entry == nullptr) {  // The store was deleted during the fit.
+    ReportCounts();
+    return;
+  }
+  Entry& e = *found_entry;
   e.running = false;
   e.cancel.reset();
   FitStatus& s = e.status;
@@ -372,12 +386,6 @@ void FitScheduler::RunFit(const std::string& name) {
     s.error = std::string(status.message());
     Log(LogLevel::kWarning, "fit of store '%s' failed: %s", name,
         status.ToString());
-  }
-  if (*cancel && !registry_->Get(name).ok()) {
-    entries_.erase(it);  // The store was deleted during the fit.
-    changed_.SignalAll();
-    ReportCounts();
-    return;
   }
   Changed(e.status.generation);
   ReportCounts();
@@ -442,6 +450,7 @@ void FitScheduler::RunCalibration(const std::string& name) {
   absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   std::optional<bool> apply_override;
+  uint64_t serial = 0;
   {
     MutexLock lock(&mu_);
     auto it = entries_.find(name);
@@ -452,6 +461,7 @@ void FitScheduler::RunCalibration(const std::string& name) {
       if (!e.running) entries_.erase(it);
       return;
     }
+    serial = e.serial;
     e.calibration_running = true;
     e.calibration_cancel = cancel;
     apply_override = e.calibration_apply;
@@ -520,9 +530,9 @@ void FitScheduler::RunCalibration(const std::string& name) {
     });
   }
   MutexLock lock(&mu_);
-  auto it = entries_.find(name);
-  if (it == entries_.end()) return;
-  Entry& e = it->second;
+  Entry* found_entry = Find(name, serial);
+  if (found_entry == nullptr) return;  // Deleted during the calibration.
+  Entry& e = *found_entry;
   e.calibration_running = false;
   e.calibration_cancel.reset();
   CalibrationStatus& c = e.calibration;
@@ -544,11 +554,6 @@ void FitScheduler::RunCalibration(const std::string& name) {
     c.error = std::string(status.message());
     Log(LogLevel::kWarning, "calibration of store '%s' failed: %s", name,
         status.ToString());
-  }
-  if (*cancel && !registry_->Get(name).ok()) {
-    if (!e.running) entries_.erase(it);  // Deleted during the calibration.
-    changed_.SignalAll();
-    return;
   }
   Changed(c.generation);
   if (!options_.observer) return;

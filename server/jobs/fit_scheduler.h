@@ -145,6 +145,9 @@ class FitScheduler {
   enum class Job { kFit, kCalibrate };
 
   struct Entry {
+    // Which incarnation of the store this is: a store deleted and created
+    // again gets a new entry, and jobs of the old one drop their results.
+    uint64_t serial = 0;
     bool uhop = false;  // The store has a U-Hop map, so it is fitted.
     FitStatus status;
     size_t new_patterns = 0;
@@ -163,6 +166,9 @@ class FitScheduler {
   void WorkerLoop();
   void RunFit(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
   void RunCalibration(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  // The entry of incarnation `serial` of a store, or null if it was deleted.
+  Entry* Find(const std::string& name, uint64_t serial)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The entry of a store, created from its published records if new.
   absl::StatusOr<Entry*> EntryFor(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -184,6 +190,7 @@ class FitScheduler {
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<std::string, Job>> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> threads_;  // Set in the constructor only.

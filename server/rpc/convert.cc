@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "server/base/clip.h"
 
 namespace engram::rpc {
 
@@ -370,7 +371,7 @@ absl::Status ApplyUpdateMask(const v1::Store& source,
       std::vector<std::string> names;
       for (const UpdatablePath& u : kUpdatable) names.push_back(u.path);
       return absl::InvalidArgumentError(
-          absl::StrCat("update_mask.paths[", i, "] '", path,
+          absl::StrCat("update_mask.paths[", i, "] '", Clip(path),
                        "' is not an updatable field; updatable: ",
                        absl::StrJoin(names, ", ")));
     }
@@ -544,36 +545,6 @@ v1::RetrievalPath PathToProto(store::PathChoice path) {
       return v1::LOW_RANK;
   }
   return v1::RETRIEVAL_PATH_UNSPECIFIED;
-}
-
-std::string StoreToken(const std::string& name) {
-  return absl::WebSafeBase64Escape(absl::StrCat("s:", name));
-}
-
-absl::StatusOr<std::string> ParseStoreToken(const std::string& token) {
-  std::string raw;
-  if (!absl::WebSafeBase64Unescape(token, &raw) ||
-      !absl::StartsWith(raw, "s:")) {
-    return absl::InvalidArgumentError(
-        "page_token is not a token from a ListStores response");
-  }
-  return raw.substr(2);
-}
-
-std::string PatternToken(uint64_t id) {
-  return absl::WebSafeBase64Escape(absl::StrCat("p:", id));
-}
-
-absl::StatusOr<uint64_t> ParsePatternToken(const std::string& token) {
-  std::string raw;
-  uint64_t id = 0;
-  if (!absl::WebSafeBase64Unescape(token, &raw) ||
-      !absl::StartsWith(raw, "p:") ||
-      !absl::SimpleAtoi(absl::string_view(raw).substr(2), &id)) {
-    return absl::InvalidArgumentError(
-        "page_token is not a token from a ListPatterns response");
-  }
-  return id;
 }
 
 size_t PageSize(uint32_t requested) {

@@ -43,12 +43,6 @@ void ToProto(const std::string& store, const jobs::CalibrationStatus& status,
 absl::StatusOr<store::PathChoice> PathFromProto(v1::RetrievalPath path);
 v1::RetrievalPath PathToProto(store::PathChoice path);
 
-// Opaque page tokens: a store name or a pattern id, tagged and encoded.
-std::string StoreToken(const std::string& name);
-absl::StatusOr<std::string> ParseStoreToken(const std::string& token);
-std::string PatternToken(uint64_t id);
-absl::StatusOr<uint64_t> ParsePatternToken(const std::string& token);
-
 // 0 -> 100, above 1000 -> 1000 (AIP-158 coercion).
 size_t PageSize(uint32_t requested);
 

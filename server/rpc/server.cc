@@ -1,7 +1,10 @@
 #include "server/rpc/server.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <utility>
 
@@ -11,6 +14,10 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "openssl/bio.h"
+#include "openssl/err.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 
 namespace engram::rpc {
 
@@ -33,6 +40,39 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
   return text.str();
 }
 
+// gRPC only says it cannot start when a key does not fit its certificate;
+// OpenSSL can say which flag is wrong.
+absl::Status CheckKeyPair(const std::string& cert_pem,
+                          const std::string& key_pem,
+                          const ServerOptions& options) {
+  BIO* cert_bio =
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+  X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+  BIO_free(cert_bio);
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls_cert=", options.tls_cert, ": not a PEM certificate"));
+  }
+  BIO* key_bio =
+      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+  BIO_free(key_bio);
+  absl::Status status;
+  if (key == nullptr) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("--tls_key=", options.tls_key,
+                     ": not a PEM private key (or one with a passphrase)"));
+  } else if (X509_check_private_key(cert, key) != 1) {
+    status = absl::InvalidArgumentError(absl::StrCat(
+        "--tls_key=", options.tls_key,
+        " does not match the certificate of --tls_cert=", options.tls_cert));
+  }
+  EVP_PKEY_free(key);
+  X509_free(cert);
+  ERR_clear_error();
+  return status;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
@@ -42,16 +82,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (!options.token_file.empty()) {
     absl::StatusOr<TokenAuthorizer> loaded =
         TokenAuthorizer::Load(options.token_file);
-    if (!loaded.ok()) return loaded.status();
+    if (!loaded.ok()) {
+      return absl::Status(loaded.status().code(),
+                          absl::StrCat("--token_file=", options.token_file,
+                                       ": ", loaded.status().message()));
+    }
     auth = std::move(*loaded);
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  std::unique_ptr<Server> server(new Server(
-      std::make_unique<EngramService>(
-          registry, fits, metrics, options.retrieval_threads, std::move(auth)),
-      host));
+  ServiceOptions service;
+  service.retrieval_threads = options.retrieval_threads;
+  service.max_message_bytes = options.max_message_bytes;
+  service.auth = std::move(auth);
+  std::unique_ptr<Server> server(
+      new Server(std::make_unique<EngramService>(registry, fits, metrics,
+                                                 std::move(service)),
+                 host));
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty() || !options.tls_key.empty()) {
@@ -59,6 +107,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     if (!cert.ok()) return cert.status();
     absl::StatusOr<std::string> key = ReadFile(options.tls_key, "--tls_key");
     if (!key.ok()) return key.status();
+    if (absl::Status status = CheckKeyPair(*cert, *key, options);
+        !status.ok()) {
+      return status;
+    }
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     if (!options.tls_client_ca.empty()) {
@@ -75,8 +127,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         "--tls_client_ca needs --tls_cert and --tls_key");
   }
   grpc::ServerBuilder builder;
+  // gRPC binds with SO_REUSEPORT by default: a second engramd on the same
+  // port would start and take half the calls. One server per port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, credentials, &server->port_);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  // The service enforces --max_message_mb on every request and message, so
+  // that the refusal says what was committed and how to split; gRPC's own
+  // limit (with a bare message) only stops what is twice as large.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(2 * int64_t{options.max_message_bytes},
+                                         std::numeric_limits<int>::max())));
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   grpc::ResourceQuota quota("engramd");
   quota.SetMaxThreads(options.max_threads);
@@ -84,8 +144,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen));
+    return absl::UnavailableError(absl::StrCat(
+        "--listen=", options.listen,
+        ": cannot listen there (the port is in use, or the host is not an "
+        "address of this machine)"));
   }
   // Live as soon as it runs; ready when the caller says so.
   server->server_->GetHealthCheckService()->SetServingStatus("", true);

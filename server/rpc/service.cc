@@ -5,8 +5,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/base/clip.h"
 #include "server/base/log.h"
 #include "server/rpc/convert.h"
 #include "server/store/retrieve.h"
@@ -52,22 +54,76 @@ std::function<absl::Status()> DeadlineCheck(grpc::ServerContext* context) {
   };
 }
 
+// The method table: which RPCs change data. One place, checked against the
+// service descriptor by a test.
+struct Method {
+  absl::string_view name;
+  bool writes;
+};
+constexpr Method kMethods[] = {
+    {"CreateStore", true},
+    {"GetStore", false},
+    {"ListStores", false},
+    {"UpdateStore", true},
+    {"DeleteStore", true},
+    {"AddPatterns", true},
+    {"ImportPatterns", true},
+    {"GetPattern", false},
+    {"ListPatterns", false},
+    {"DeletePatterns", true},
+    {"Retrieve", false},
+    {"GetFitStatus", false},
+    {"WatchFit", false},
+    {"StartFit", true},
+    {"CancelFit", true},
+    {"StartCalibration", true},
+    {"GetCalibrationStatus", false},
+};
+
+// The size limit's refusal: how big, the limit, and what to do.
+absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
+                      absl::string_view advice) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat(what, " is ", bytes, " bytes, over the limit of ", limit,
+                   " bytes (--max_message_mb=", limit >> 20, "); ", advice));
+}
+
 }  // namespace
+
+std::optional<bool> MethodWrites(absl::string_view method) {
+  for (const Method& m : kMethods) {
+    if (m.name == method) return m.writes;
+  }
+  return std::nullopt;
+}
 
 class EngramService::Call {
  public:
-  Call(EngramService* service, const char* method, std::string store)
+  static constexpr size_t kMaxMessage = 4096;
+
+  Call(EngramService* service, const char* method, absl::string_view store)
       : service_(service),
         method_(method),
-        store_(std::move(store)),
+        store_(Clip(store)),
         start_(absl::Now()) {}
 
-  // Checks the caller's token; false means the call must end with Denied().
-  bool Authorize(const grpc::ServerContext& context, bool writes) {
-    denied_ = service_->auth_.Check(context, writes);
-    return denied_.ok();
+  // Checks the caller's token against the method's kind (an unknown method
+  // counts as a write) and the request's size (null for a stream, whose
+  // messages are checked as they come); false means the call must end with
+  // Refused().
+  bool Admit(const grpc::ServerContext& context,
+             const google::protobuf::Message* request) {
+    refused_ = service_->options_.auth.Check(
+        context, MethodWrites(method_).value_or(true));
+    if (refused_.ok() && request != nullptr &&
+        request->ByteSizeLong() > service_->options_.max_message_bytes) {
+      refused_ = TooLarge("the request", request->ByteSizeLong(),
+                          service_->options_.max_message_bytes,
+                          "split it into smaller requests");
+    }
+    return refused_.ok();
   }
-  grpc::Status Denied() { return Done(denied_); }
+  grpc::Status Refused() { return Done(refused_); }
 
   grpc::Status Done(const absl::Status& status) {
     const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
@@ -77,6 +133,12 @@ class EngramService::Call {
         "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_, code,
         seconds * 1e3,
         status.ok() ? "" : " message=", std::string(status.message()));
+    // A status travels in a header of bounded size: every echoed value is
+    // clipped where it is written, and the whole message here.
+    if (status.message().size() > kMaxMessage) {
+      return ToGrpc(
+          absl::Status(status.code(), Clip(status.message(), kMaxMessage)));
+    }
     return ToGrpc(status);
   }
 
@@ -85,17 +147,15 @@ class EngramService::Call {
   const char* const method_;
   const std::string store_;
   const absl::Time start_;
-  absl::Status denied_;
+  absl::Status refused_;
 };
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::FitScheduler* fits,
-                             metrics::Metrics* metrics, int retrieval_threads,
-                             TokenAuthorizer auth)
+                             metrics::Metrics* metrics, ServiceOptions options)
     : registry_(registry),
       fits_(fits),
-      retrieval_threads_(retrieval_threads),
-      auth_(std::move(auth)),
+      options_(std::move(options)),
       metrics_(metrics) {}
 
 void EngramService::CountPatterns(const store::Store& store) {
@@ -120,7 +180,7 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
                                         const v1::CreateStoreRequest* request,
                                         v1::Store* response) {
   Call call(this, "CreateStore", request->store().name());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<store::StoreSettings> settings =
       SettingsFromProto(request->store());
   if (!settings.ok()) return call.Done(settings.status());
@@ -136,7 +196,7 @@ grpc::Status EngramService::GetStore(grpc::ServerContext* context,
                                      const v1::GetStoreRequest* request,
                                      v1::Store* response) {
   Call call(this, "GetStore", request->name());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->name());
   if (!found.ok()) {
@@ -158,10 +218,11 @@ grpc::Status EngramService::ListStores(grpc::ServerContext* context,
                                        const v1::ListStoresRequest* request,
                                        v1::ListStoresResponse* response) {
   Call call(this, "ListStores", "");
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   std::string after;
   if (!request->page_token().empty()) {
-    absl::StatusOr<std::string> parsed = ParseStoreToken(request->page_token());
+    absl::StatusOr<std::string> parsed =
+        tokens_.Open(PageTokens::Stores(), request->page_token());
     if (!parsed.ok()) return call.Done(parsed.status());
     after = *parsed;
   }
@@ -172,7 +233,10 @@ grpc::Status EngramService::ListStores(grpc::ServerContext* context,
   for (const auto& s : *page) {
     StoreToProto(*s, *response->add_stores());
   }
-  if (more) response->set_next_page_token(StoreToken(page->back()->name()));
+  if (more) {
+    response->set_next_page_token(
+        tokens_.Issue(PageTokens::Stores(), page->back()->name()));
+  }
   return call.Done(absl::OkStatus());
 }
 
@@ -180,7 +244,7 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
                                         const v1::UpdateStoreRequest* request,
                                         v1::Store* response) {
   Call call(this, "UpdateStore", request->store().name());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store().name());
   if (!found.ok()) return call.Done(found.status());
@@ -198,7 +262,7 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
                                         const v1::DeleteStoreRequest* request,
                                         v1::DeleteStoreResponse*) {
   Call call(this, "DeleteStore", request->name());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::Status status = registry_->Delete(request->name());
   if (status.ok()) {
     fits_->StoreDeleted(request->name());
@@ -212,7 +276,7 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
                                         const v1::AddPatternsRequest* request,
                                         v1::AddPatternsResponse* response) {
   Call call(this, "AddPatterns", request->store());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -233,26 +297,32 @@ grpc::Status EngramService::ImportPatterns(
     grpc::ServerReader<v1::ImportPatternsRequest>* reader,
     v1::ImportPatternsResponse* response) {
   Call call(this, "ImportPatterns", "");
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, nullptr)) return call.Refused();
   v1::ImportPatternsRequest message;
   std::shared_ptr<store::Store> target;
   uint64_t messages = 0, first_id = 0, last_id = 0, added = 0;
   std::vector<store::Pattern> patterns;
   while (reader->Read(&message)) {
     const uint64_t index = messages++;
+    if (message.ByteSizeLong() > options_.max_message_bytes) {
+      return call.Done(TooLarge(
+          absl::StrCat("message ", index), message.ByteSizeLong(),
+          options_.max_message_bytes,
+          absl::StrCat("send fewer patterns per message; ", added,
+                       " patterns of earlier messages were committed")));
+    }
     if (!target) {
+      if (message.store().empty()) {
+        return call.Done(absl::InvalidArgumentError(
+            "store is required in the first message of ImportPatterns"));
+      }
       absl::StatusOr<std::shared_ptr<store::Store>> found =
           registry_->Get(message.store());
-      if (!found.ok()) {
-        return call.Done(absl::Status(
-            found.status().code(),
-            message.store().empty() ? "store is required in the first message"
-                                    : std::string(found.status().message())));
-      }
+      if (!found.ok()) return call.Done(found.status());
       target = *found;
     } else if (!message.store().empty() && message.store() != target->name()) {
       return call.Done(absl::InvalidArgumentError(absl::StrCat(
-          "message ", index, ": store '", message.store(),
+          "message ", index, ": store '", Clip(message.store()),
           "' differs from the first message's '", target->name(), "'; ", added,
           " patterns of earlier messages were committed")));
     }
@@ -291,7 +361,7 @@ grpc::Status EngramService::GetPattern(grpc::ServerContext* context,
                                        const v1::GetPatternRequest* request,
                                        v1::Pattern* response) {
   Call call(this, "GetPattern", request->store());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -305,23 +375,39 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
                                          const v1::ListPatternsRequest* request,
                                          v1::ListPatternsResponse* response) {
   Call call(this, "ListPatterns", request->store());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
   uint64_t after = 0;
   if (!request->page_token().empty()) {
-    absl::StatusOr<uint64_t> parsed = ParsePatternToken(request->page_token());
+    absl::StatusOr<std::string> parsed = tokens_.Open(
+        PageTokens::Patterns(request->store()), request->page_token());
     if (!parsed.ok()) return call.Done(parsed.status());
-    after = *parsed;
+    if (!absl::SimpleAtoi(*parsed, &after)) {
+      return call.Done(absl::InternalError("page_token holds no pattern id"));
+    }
   }
-  store::Store::Page page = (*found)->List(
-      after, PageSize(request->page_size()), !request->omit_values());
+  // A page holds no more patterns than fit in one message, whatever was
+  // asked for (a client pages on with the token).
+  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  const store::Limits& limits = registry_->limits();
+  const size_t per_pattern =
+      (request->omit_values() ? 0 : 4 * view->settings().dimension + 6) + 24 +
+      view->max_label_bytes() +
+      limits.max_metadata_entries * (2 * limits.max_metadata_bytes + 8);
+  const size_t fits =
+      std::max<size_t>(1, (options_.max_message_bytes - 64) / per_pattern);
+  store::Store::Page page =
+      (*found)->List(after, std::min(PageSize(request->page_size()), fits),
+                     !request->omit_values());
   for (const store::Pattern& p : page.patterns) {
     ToProto(p, *response->add_patterns());
   }
   if (page.more) {
-    response->set_next_page_token(PatternToken(page.patterns.back().id));
+    response->set_next_page_token(
+        tokens_.Issue(PageTokens::Patterns(request->store()),
+                      absl::StrCat(page.patterns.back().id)));
   }
   return call.Done(absl::OkStatus());
 }
@@ -330,7 +416,7 @@ grpc::Status EngramService::DeletePatterns(
     grpc::ServerContext* context, const v1::DeletePatternsRequest* request,
     v1::DeletePatternsResponse* response) {
   Call call(this, "DeletePatterns", request->store());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -346,7 +432,7 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
                                      const v1::RetrieveRequest* request,
                                      v1::RetrieveResponse* response) {
   Call call(this, "Retrieve", request->store());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
@@ -376,9 +462,29 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
   if (!path.ok()) return call.Done(path.status());
   query.path = *path;
 
+  // Refuse up front an answer that could not be sent: its exact size but
+  // for the labels, bounded by the longest label the store ever held.
+  const size_t top_k = request->has_top_k() ? request->top_k()
+                                            : view->settings().retrieval.top_k;
+  const size_t per_query =
+      (request->omit_vectors() ? 0 : 4 * d + 6) + 40 +
+      std::min({top_k, view->size(), registry_->limits().max_top_k}) *
+          (32 + view->max_label_bytes());
+  const size_t answer = 64 + query.num_queries * per_query;
+  if (answer > options_.max_message_bytes) {
+    return call.Done(TooLarge(
+        absl::StrCat("the answer to ", query.num_queries, " queries"), answer,
+        options_.max_message_bytes,
+        absl::StrCat(
+            "send at most ",
+            std::max<size_t>(1, (options_.max_message_bytes - 64) / per_query),
+            " queries per request, or fewer top_k, or set "
+            "omit_vectors")));
+  }
+
   core::RetrievalOptions options;
   options.check = DeadlineCheck(context);
-  options.threads = retrieval_threads_;
+  options.threads = options_.retrieval_threads;
   absl::StatusOr<store::RetrieveResult> result =
       store::Retrieve(*view, query, registry_->limits(), options);
   if (!result.ok()) return call.Done(result.status());
@@ -417,7 +523,7 @@ grpc::Status EngramService::GetFitStatus(grpc::ServerContext* context,
                                          const v1::GetFitStatusRequest* request,
                                          v1::FitStatus* response) {
   Call call(this, "GetFitStatus", request->store());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
@@ -428,7 +534,7 @@ grpc::Status EngramService::WatchFit(
     grpc::ServerContext* context, const v1::WatchFitRequest* request,
     grpc::ServerWriter<v1::FitStatus>* writer) {
   Call call(this, "WatchFit", request->store());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
   using State = jobs::FitStatus::State;
   while (status.ok()) {
@@ -455,7 +561,7 @@ grpc::Status EngramService::StartFit(grpc::ServerContext* context,
                                      const v1::StartFitRequest* request,
                                      v1::FitStatus* response) {
   Call call(this, "StartFit", request->store());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<jobs::FitStatus> status = fits_->Start(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
@@ -466,7 +572,7 @@ grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
                                       const v1::CancelFitRequest* request,
                                       v1::FitStatus* response) {
   Call call(this, "CancelFit", request->store());
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<jobs::FitStatus> status = fits_->Cancel(request->store());
   if (!status.ok()) return call.Done(status.status());
   ToProto(request->store(), *status, *response);
@@ -478,7 +584,7 @@ grpc::Status EngramService::StartCalibration(
     v1::CalibrationStatus* response) {
   Call call(this, "StartCalibration", request->store());
   // It may change the store's retrieval settings.
-  if (!call.Authorize(*context, /*writes=*/true)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   std::optional<bool> apply;
   if (request->has_apply()) apply = request->apply();
   absl::StatusOr<jobs::CalibrationStatus> status =
@@ -493,7 +599,7 @@ grpc::Status EngramService::GetCalibrationStatus(
     const v1::GetCalibrationStatusRequest* request,
     v1::CalibrationStatus* response) {
   Call call(this, "GetCalibrationStatus", request->store());
-  if (!call.Authorize(*context, /*writes=*/false)) return call.Denied();
+  if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<jobs::CalibrationStatus> status =
       fits_->Calibration(request->store());
   if (!status.ok()) return call.Done(status.status());

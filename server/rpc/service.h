@@ -6,20 +6,34 @@
 #ifndef ENGRAM_SERVER_RPC_SERVICE_H_
 #define ENGRAM_SERVER_RPC_SERVICE_H_
 
+#include <optional>
+
+#include "absl/strings/string_view.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/jobs/fit_scheduler.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
+#include "server/rpc/page_token.h"
 #include "server/store/registry.h"
 
 namespace engram::rpc {
+
+struct ServiceOptions {
+  int retrieval_threads = 1;
+  // The largest request or response message (--max_message_mb).
+  size_t max_message_bytes = 256 << 20;
+  TokenAuthorizer auth;
+};
+
+// Whether an RPC of engram.v1.Engram changes data (needs a write token);
+// nullopt for a name that is not one of its methods.
+std::optional<bool> MethodWrites(absl::string_view method);
 
 class EngramService final : public v1::Engram::Service {
  public:
   // All borrowed; they must outlive the service.
   EngramService(store::StoreRegistry* registry, jobs::FitScheduler* fits,
-                metrics::Metrics* metrics, int retrieval_threads,
-                TokenAuthorizer auth = TokenAuthorizer());
+                metrics::Metrics* metrics, ServiceOptions options);
 
   grpc::Status CreateStore(grpc::ServerContext* context,
                            const v1::CreateStoreRequest* request,
@@ -76,7 +90,8 @@ class EngramService final : public v1::Engram::Service {
       v1::CalibrationStatus* response) override;
 
  private:
-  // Times, counts and logs one call; Done() converts its status.
+  // Admits (token, request size), times, counts and logs one call; Done()
+  // converts its status.
   class Call;
 
   void CountPatterns(const store::Store& store);
@@ -87,8 +102,8 @@ class EngramService final : public v1::Engram::Service {
 
   store::StoreRegistry* const registry_;
   jobs::FitScheduler* const fits_;
-  const int retrieval_threads_;
-  const TokenAuthorizer auth_;
+  const ServiceOptions options_;
+  const PageTokens tokens_;
   metrics::Metrics* const metrics_;
 };
 

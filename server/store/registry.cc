@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/base/clip.h"
 
 namespace engram::store {
 
@@ -132,10 +133,11 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Get(
   if (found == stores_.end()) {
     if (auto damaged = FindDamaged(name); damaged != damaged_.end()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "store '", name, "' is DAMAGED and out of service (",
+          "store '", Clip(name), "' is DAMAGED and out of service (",
           damaged->status.message(), "); delete it to reuse the name"));
     }
-    return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
+    return absl::NotFoundError(
+        absl::StrCat("store '", Clip(name), "' not found"));
   }
   return found->second;
 }
@@ -163,7 +165,8 @@ absl::Status StoreRegistry::Delete(absl::string_view name) {
   if (found == stores_.end()) {
     auto damaged = FindDamaged(name);
     if (damaged == damaged_.end()) {
-      return absl::NotFoundError(absl::StrCat("store '", name, "' not found"));
+      return absl::NotFoundError(
+        absl::StrCat("store '", Clip(name), "' not found"));
     }
     // A damaged store has no Store object: its data goes directly.
     if (absl::Status status = storage_->DeleteStore(name); !status.ok()) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "server/base/clip.h"
 
 namespace engram::store {
 
@@ -26,7 +27,7 @@ absl::Status ValidateStoreName(absl::string_view name) {
     const bool alnum = absl::ascii_islower(c) || absl::ascii_isdigit(c);
     if (!alnum && (i == 0 || (c != '_' && c != '-' && c != '.'))) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "store name '", name,
+          "store name '", Clip(name),
           "' must be lowercase letters, digits, '_', '-' or '.', starting "
           "with a letter or digit"));
     }

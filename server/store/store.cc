@@ -311,6 +311,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
     CountNorms(*chunk, r);
+    max_label_bytes_ = std::max(max_label_bytes_, patterns[i].label.size());
     next_id_ = NextAfter(next_id_, ids[i]);
   }
   UpdateSums(keys.data(), values.data(), patterns.size(), 1.0);
@@ -579,6 +580,7 @@ void Store::Publish(const StoreSettings& settings) {
   view->low_rank_ = sums_;
   view->low_rank_state_ = sums_state_;
   view->map_norm_ = map_norm_;
+  view->max_label_bytes_ = max_label_bytes_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);

@@ -130,6 +130,9 @@ class StoreView {
   }
   const LowRankState& low_rank_state() const { return low_rank_state_; }
   double map_norm() const { return map_norm_; }
+  // The longest label ever added (deletes do not lower it): bounds the size
+  // of an answer before it is computed.
+  size_t max_label_bytes() const { return max_label_bytes_; }
 
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
@@ -150,6 +153,7 @@ class StoreView {
   std::shared_ptr<const core::LowRankSums> low_rank_;
   LowRankState low_rank_state_;
   double map_norm_ = 1;
+  size_t max_label_bytes_ = 0;
 };
 
 class Store {
@@ -259,6 +263,7 @@ class Store {
   double sum_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
+  size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
   LowRankState sums_state_ ABSL_GUARDED_BY(write_mu_);
   double map_norm_ ABSL_GUARDED_BY(write_mu_) = 1;

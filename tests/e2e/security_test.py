@@ -127,6 +127,36 @@ class SecurityTest(unittest.TestCase):
         with self.assertRaises(RuntimeError) as e:
             Server(self.tmp.name, "--token_file=" + bad)
         self.assertIn("line 1", str(e.exception))
+        # Regression: start errors all ended in "(--listen)".
+        self.assertIn("--token_file=" + bad, str(e.exception))
+        self.assertNotIn("(--listen)", str(e.exception))
+
+    def test_start_errors_name_their_flag(self):
+        cases = [
+            (["--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("client.key")],
+             "--tls_key=" + self.p("client.key") + " does not match"),
+            (["--tls_cert=" + self.p("server.key"), "--tls_key=" + self.p("server.key")],
+             "--tls_cert=" + self.p("server.key") + ": not a PEM certificate"),
+            (["--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.pem")],
+             "--tls_key=" + self.p("server.pem") + ": not a PEM private key"),
+            (["--token_file=" + self.p("missing")], "--token_file=" + self.p("missing")),
+        ]
+        for flags, expected in cases:
+            with self.subTest(flags=flags):
+                with self.assertRaises(RuntimeError) as e:
+                    Server(self.tmp.name, *flags)
+                self.assertIn(expected, str(e.exception))
+                self.assertNotIn("(--listen)", str(e.exception))
+        # A port in use names --listen.
+        first = Server(self.tmp.name)
+        try:
+            r = subprocess.run([os.path.join(BIN, "engramd"), "--listen=" + first.addr,
+                                "--metrics_listen=", "--data_dir=" + os.path.join(self.tmp.name, "d2")],
+                               capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--listen=" + first.addr, r.stderr)
+        finally:
+            first.stop()
 
 
 if __name__ == "__main__":

@@ -194,6 +194,34 @@ TEST_F(FitSchedulerTest, DeletingTheStoreStopsItsFit) {
       State::kSucceeded);
 }
 
+// Regression: a store deleted during its fit and created again inherited the
+// old fit's CANCELLED state.
+TEST_F(FitSchedulerTest, AStoreCreatedAgainAfterDeletionStartsIdle) {
+  std::shared_ptr<store::Store> s = Create("s", 32, 100000, 60000);
+  Add(*s, 300, 1);
+  ASSERT_TRUE(fits_->Start("s").ok());
+  WaitFor("s", [](const FitStatus& f) {
+    return f.state == State::kRunning && f.epoch >= 1;
+  });
+  ASSERT_TRUE(registry_->Delete("s").ok());
+  fits_->StoreDeleted("s");
+  std::shared_ptr<store::Store> again = Create("s", 8, 3, 60000);
+  EXPECT_EQ(fits_->Status("s")->state, State::kIdle);
+  // Long enough for the old fit to notice its cancellation and end.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(fits_->Status("s")->state, State::kIdle);
+  EXPECT_EQ(fits_->Status("s")->map_version, 0u);
+  // And it fits as a new store does.
+  Add(*again, 5, 2);
+  ASSERT_TRUE(fits_->Start("s").ok());
+  EXPECT_EQ(
+      WaitFor("s",
+              [](const FitStatus& f) { return f.state == State::kSucceeded; })
+          .state,
+      State::kSucceeded);
+  EXPECT_EQ(again->view()->fit().version, 1u);
+}
+
 TEST_F(FitSchedulerTest, FitsUnderConcurrentAddsAndQueriesStayConsistent) {
   std::shared_ptr<store::Store> s = Create("s", 16, 15, 1);
   Add(*s, 50, 1);

@@ -188,6 +188,18 @@ TEST_F(ServiceTest, UnknownStoresAreNotFoundEverywhere) {
       grpc::StatusCode::NOT_FOUND);
 }
 
+TEST(MethodTableTest, NamesEveryMethodOfTheService) {
+  const google::protobuf::ServiceDescriptor* service =
+      v1::Store::descriptor()->file()->FindServiceByName("Engram");
+  for (int i = 0; i < service->method_count(); ++i) {
+    EXPECT_TRUE(MethodWrites(service->method(i)->name()).has_value())
+        << service->method(i)->name() << " is not in the method table";
+  }
+  EXPECT_FALSE(MethodWrites("NoSuchMethod").has_value());
+  EXPECT_EQ(MethodWrites("Retrieve"), false);
+  EXPECT_EQ(MethodWrites("DeletePatterns"), true);
+}
+
 TEST_F(ServiceTest, ListStoresPaginates) {
   for (const char* name : {"e", "b", "d", "a", "c"}) Create(name, 2);
   std::vector<std::string> names;
@@ -210,6 +222,76 @@ TEST_F(ServiceTest, ListStoresPaginates) {
   grpc::Status bad = client_->stub().ListStores(&context, request, &response);
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(bad.error_message().find("page_token"), std::string::npos);
+}
+
+// Regression: tokens were plain base64 of "p:<id>" / "s:<name>": one store's
+// token worked on another, and forged ones were accepted.
+TEST_F(ServiceTest, PageTokensWorkOnlyForTheirOwnListing) {
+  for (const char* name : {"a", "b"}) {
+    Create(name, 1);
+    ASSERT_TRUE(
+        client_->Import(name, std::vector<float>(10, 1.0f), 1, {}, 10).ok());
+  }
+  auto list = [&](const std::string& store, const std::string& token) {
+    grpc::ClientContext context;
+    v1::ListPatternsRequest request;
+    request.set_store(store);
+    request.set_page_size(3);
+    request.set_page_token(token);
+    v1::ListPatternsResponse response;
+    grpc::Status status =
+        client_->stub().ListPatterns(&context, request, &response);
+    return std::make_pair(status, response);
+  };
+  auto [first, page] = list("a", "");
+  ASSERT_TRUE(first.ok());
+  const std::string token = page.next_page_token();
+  ASSERT_FALSE(token.empty());
+  EXPECT_TRUE(list("a", token).first.ok());
+  // Another store's listing refuses it.
+  grpc::Status other = list("b", token).first;
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(other.error_message().find("page_token"), std::string::npos);
+  // So do ListStores, an old-style forged token and any altered byte.
+  grpc::ClientContext context;
+  v1::ListStoresRequest stores;
+  stores.set_page_token(token);
+  v1::ListStoresResponse stores_response;
+  EXPECT_EQ(client_->stub()
+                .ListStores(&context, stores, &stores_response)
+                .error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(list("a", "cDo1").first.error_code(),  // base64("p:5")
+            grpc::StatusCode::INVALID_ARGUMENT);
+  for (size_t i = 0; i < token.size(); ++i) {
+    std::string altered = token;
+    altered[i] = altered[i] == 'A' ? 'B' : 'A';
+    EXPECT_EQ(list("a", altered).first.error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << i;
+  }
+}
+
+// Regression: a 100,000-character store name came back whole in the status,
+// over the client's metadata limit.
+TEST_F(ServiceTest, EchoedInputIsClipped) {
+  const std::string huge(100000, 'x');
+  grpc::ClientContext context;
+  v1::GetStoreRequest request;
+  request.set_name(huge);
+  v1::Store response;
+  grpc::Status status = client_->stub().GetStore(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(status.error_message().size(), 300u);
+  EXPECT_NE(status.error_message().find("(100000 bytes)"), std::string::npos)
+      << status.error_message();
+  grpc::ClientContext create_context;
+  v1::CreateStoreRequest create;
+  create.mutable_store()->set_name(huge);
+  create.mutable_store()->set_dimension(2);
+  status = client_->stub().CreateStore(&create_context, create, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(status.error_message().size(), 300u);
 }
 
 TEST_F(ServiceTest, UpdateStoreFollowsTheMask) {
@@ -415,9 +497,33 @@ TEST_F(ServiceTest, ImportReportsWhatWasCommittedBeforeAnError) {
   nameless->Write(no_store);
   nameless->WritesDone();
   grpc::Status missing = nameless->Finish();
-  EXPECT_EQ(missing.error_code(), grpc::StatusCode::NOT_FOUND);
+  // Regression: this was NOT_FOUND.
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(missing.error_message().find("store is required"),
             std::string::npos);
+
+  // Regression: a message over the size limit mid-stream got gRPC's bare
+  // "Received message larger than max", without what was committed.
+  grpc::ClientContext sized;
+  auto big_import = client_->stub().ImportPatterns(&sized, &response);
+  ASSERT_TRUE(big_import->Write(first));
+  v1::ImportPatternsRequest big;
+  for (int i = 0; i < 2800; ++i) {  // ~4.5 MB; the limit is 4 MiB.
+    SetValues(big.add_patterns(), std::vector<float>(400, 1.0f));
+  }
+  big_import->Write(big);
+  big_import->WritesDone();
+  grpc::Status too_big = big_import->Finish();
+  EXPECT_EQ(too_big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(too_big.error_message().find("message 1 is"), std::string::npos)
+      << too_big.error_message();
+  EXPECT_NE(too_big.error_message().find("--max_message_mb=4"),
+            std::string::npos)
+      << too_big.error_message();
+  EXPECT_NE(too_big.error_message().find(
+                "1 patterns of earlier messages were committed"),
+            std::string::npos)
+      << too_big.error_message();
 }
 
 TEST_F(ServiceTest, RetrieveRecallsAndReportsEverything) {
@@ -537,6 +643,37 @@ TEST_F(ServiceTest, RetrieveRejectsBadRequests) {
   r = {};
   r.set_top_k(5000);
   ExpectError(retrieve("s", query, r), StatusCode::kInvalidArgument, "top_k");
+}
+
+// Regression: an answer over --max_message_mb failed only after all the work,
+// with gRPC's "Sent message larger than max".
+TEST_F(ServiceTest, AnAnswerTooLargeToSendIsRefusedUpFront) {
+  Create("s", 4);
+  const std::string label(200, 'l');
+  for (int batch = 0; batch < 10; ++batch) {
+    ASSERT_TRUE(client_
+                    ->AddPatterns("s", Random(100 * 4, batch), 4,
+                                  std::vector<std::string>(100, label))
+                    .ok());
+  }
+  v1::RetrieveRequest r;
+  r.set_top_k(1000);  // 64 x 1000 matches of 200-byte labels: ~15 MB.
+  absl::StatusOr<v1::RetrieveResponse> refused =
+      client_->Retrieve("s", Random(64 * 4, 99), 4, r);
+  ExpectError(refused.status(), StatusCode::kResourceExhausted,
+              "--max_message_mb=4");
+  ExpectError(refused.status(), StatusCode::kResourceExhausted,
+              "queries per request");
+  // Split as it says, each part is answered.
+  const std::string& message = std::string(refused.status().message());
+  const size_t at = message.find("send at most ") + 13;
+  const int most = std::stoi(message.substr(at));
+  ASSERT_GT(most, 0);
+  ASSERT_LT(most, 64);
+  absl::StatusOr<v1::RetrieveResponse> part =
+      client_->Retrieve("s", Random(most * 4, 98), 4, r);
+  ASSERT_TRUE(part.ok()) << part.status();
+  EXPECT_EQ(part->results(0).matches_size(), 1000);
 }
 
 TEST_F(ServiceTest, RetrieveHonoursTheDeadline) {
