@@ -41,13 +41,20 @@ class ShutdownTest(unittest.TestCase):
                 stub.AddPatterns(pb.AddPatternsRequest(store="s", patterns=[
                     pb.Pattern(values=row) for row in x[start_row:start_row + 5000]]))
             result = {}
+            queries = [pb.Query(values=row) for row in x[:128] * 0.01]
+            # The in-flight call is sized by time, not work: steps for about
+            # 3 s on this machine (one step measured first), whatever its speed.
+            t = time.time()
+            stub.Retrieve(pb.RetrieveRequest(store="s", queries=queries, steps=2,
+                                             omit_vectors=True), timeout=60)
+            step = max((time.time() - t) / 2, 1e-4)
+            steps = int(min(1000, max(4, 3.0 / step)))
 
             def long_retrieve():
                 t = time.time()
                 try:
                     r = stub.Retrieve(pb.RetrieveRequest(
-                        store="s", queries=[pb.Query(values=row) for row in x[:128] * 0.01],
-                        steps=200, omit_vectors=True), timeout=90)
+                        store="s", queries=queries, steps=steps, omit_vectors=True), timeout=90)
                     result["ok"] = len(r.results)
                 except grpc.RpcError as e:
                     result["error"] = e.code()
@@ -63,7 +70,8 @@ class ShutdownTest(unittest.TestCase):
             self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
             worker.join()
             self.assertEqual(result.get("ok"), 128, result)
-            self.assertGreater(result["seconds"], 0.5, "the call was in flight at SIGTERM")
+            self.assertGreater(result["seconds"], min(0.5, steps * step / 2),
+                               "the call was in flight at SIGTERM")
             self.assertEqual(proc.wait(timeout=30), 0)
             self.assertIn("stopped", server.log())
             self.assertEqual(server.stop(), 0)
