@@ -4,9 +4,12 @@
 //
 //   retrieve_fashion [--m=10000] [--l=256] [--reps=20] [--separation=softmax]
 //                    [--similarity=dot] [--beta=1] [--threads=2]
+//                    [--blas_coretype=auto] [--flush_denormals]
 //
 // Prints one CSV row: mode,m,l,separation,similarity,best_ms,median_ms,
-// us_per_query, GFLOP/s of the two matrix products, GB/s of reading Xi once.
+// us_per_query, GFLOP/s of the two matrix products, GB/s of reading Xi once;
+// with --describe, first a line "# machine: CPU, cores, SIMD; BLAS kernels".
+// It chooses its BLAS kernels and floating-point mode as engramd does.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "client/matrix_io.h"
 #include "server/core/blas.h"
+#include "server/core/cpu.h"
 #include "server/store/retrieve.h"
 #include "server/store/store.h"
 
@@ -36,6 +40,11 @@ ABSL_FLAG(std::string, mode, "retrieve",
           "once (the memory-bandwidth floor).");
 ABSL_FLAG(size_t, synthetic, 0,
           "Use this many random rows instead of Fashion-MNIST (d = 784).");
+ABSL_FLAG(std::string, blas_coretype, "auto",
+          "OpenBLAS kernel family, as engramd's flag.");
+ABSL_FLAG(bool, flush_denormals, true,
+          "Flush denormal floats to zero, as engramd does.");
+ABSL_FLAG(bool, describe, false, "Print the machine line first.");
 ABSL_FLAG(std::string, images,
           "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
           "idx-ubyte images.");
@@ -183,5 +192,10 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  engram::core::UseBlasFamily(absl::GetFlag(FLAGS_blas_coretype), argv);
+  if (absl::GetFlag(FLAGS_flush_denormals)) engram::core::FlushDenormals();
+  if (absl::GetFlag(FLAGS_describe)) {
+    std::printf("# machine: %s\n", engram::core::DescribeMachine().c_str());
+  }
   return Run();
 }

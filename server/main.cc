@@ -22,6 +22,7 @@
 #include "server/base/log.h"
 #include "server/core/blas.h"
 #include "server/core/calibration.h"
+#include "server/core/cpu.h"
 #include "server/jobs/fit_scheduler.h"
 #include "server/metrics/prometheus_metrics.h"
 #include "server/rpc/server.h"
@@ -64,11 +65,11 @@ ABSL_FLAG(int, retrieval_threads, 0,
           "Threads one Retrieve batch is split over, by queries; 0 = the "
           "number of cores. Requests under ~4 MFLOP use one thread.");
 ABSL_FLAG(std::string, blas_coretype, "auto",
-          "OpenBLAS kernel family. auto: OpenBLAS's choice, or an inherited "
-          "OPENBLAS_CORETYPE, except that an AVX-512 CPU always gets AVX-512 "
-          "kernels (an inherited Haswell is replaced by SkylakeX: ~40% faster "
-          "sgemm measured); default: OpenBLAS's own choice, ignoring the "
-          "environment; or a family name such as SkylakeX or Haswell.");
+          "OpenBLAS kernel family. auto: the best family for the CPU's "
+          "instruction sets (AVX-512 with BF16: Cooperlake, AVX-512: "
+          "SkylakeX, AVX2: Haswell or Zen, ...), whatever OpenBLAS guesses "
+          "from the CPU model and whatever OPENBLAS_CORETYPE says; default: "
+          "OpenBLAS's own choice; or a family name such as SkylakeX.");
 ABSL_FLAG(int, fit_workers, 1,
           "Threads running Stage I fits (niced, one fit per store at a time).");
 ABSL_FLAG(int, rpc_threads, 0,
@@ -215,12 +216,6 @@ int WaitForShutdownSignal() {
 
 int Run() {
   MinLogLevel() = LogLevelFromName(absl::GetFlag(FLAGS_log_level));
-  if (const char* replaced = std::getenv("ENGRAM_BLAS_REPLACED")) {
-    Log(LogLevel::kInfo,
-        "OPENBLAS_CORETYPE=%s from the environment replaced by %s: this CPU "
-        "has AVX-512 (--blas_coretype=%s keeps it)",
-        replaced, std::getenv("OPENBLAS_CORETYPE"), replaced);
-  }
 
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const int blas_threads = std::max(1, absl::GetFlag(FLAGS_blas_threads));
@@ -343,7 +338,7 @@ int Run() {
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
       "data_dir=%s; "
-      "sync=%s; blas core=%s (OPENBLAS_CORETYPE=%s) threads=%d; retrieval "
+      "sync=%s; cpu %s; blas threads=%d; retrieval "
       "threads=%d; "
       "rpc threads<=%d; max message %d MiB; limits: dimension<=%u "
       "batch<=%zu queries<=%zu stores<=%zu patterns/store<=%zu low-rank "
@@ -354,10 +349,7 @@ int Run() {
                                              : "mutual TLS",
       server_options.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_address, data_dir, storage_options.sync ? "true" : "false",
-      core::blas::CoreName(),
-      std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE")
-                                       : "unset",
-      blas_threads, retrieval_threads, server_options.max_threads,
+      core::DescribeMachine(), blas_threads, retrieval_threads, server_options.max_threads,
       absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
       limits.max_batch, limits.max_queries, limits.max_stores,
       limits.max_patterns_per_store, limits.max_low_rank_values);
@@ -378,47 +370,20 @@ int Run() {
 }  // namespace
 }  // namespace engram
 
-// OpenBLAS reads OPENBLAS_CORETYPE once, when the library loads: to choose
-// the kernel family, engramd sets it and executes itself again, before any
-// thread or file exists. Returns when no (further) re-execution is needed.
-void ChooseBlasCoreType(int argc, char** argv) {
-  std::string choice = "auto";
+// The kernel family is chosen before anything else: OpenBLAS reads its
+// variable once, so core::UseBlasFamily may execute engramd again.
+std::string RequestedBlasFamily(int argc, char** argv) {
+  std::string requested = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg.rfind("--blas_coretype=", 0) == 0) choice = arg.substr(16);
+    if (arg.rfind("--blas_coretype=", 0) == 0) requested = arg.substr(16);
   }
-  const char* inherited = std::getenv("OPENBLAS_CORETYPE");
-  const std::string current = inherited ? inherited : "";
-  std::string wanted = current;
-  if (choice == "default") {
-    wanted = "";
-  } else if (choice != "auto") {
-    wanted = choice;
-  } else {
-    // On AVX-512 CPUs keep an AVX-512 family; a Haswell (AVX2) setting
-    // inherited from the environment measured ~40% slower here.
-    __builtin_cpu_init();
-    const bool avx512 = __builtin_cpu_supports("avx512f");
-    const bool avx512_family = current == "SkylakeX" ||
-                               current == "Cooperlake" ||
-                               current == "SapphireRapids";
-    if (avx512 && !current.empty() && !avx512_family) {
-      wanted = "SkylakeX";
-      setenv("ENGRAM_BLAS_REPLACED", current.c_str(), 1);
-    }
-  }
-  if (wanted == current) return;
-  if (wanted.empty()) {
-    unsetenv("OPENBLAS_CORETYPE");
-  } else {
-    setenv("OPENBLAS_CORETYPE", wanted.c_str(), 1);
-  }
-  execv("/proc/self/exe", argv);
-  // If re-execution fails, run on with the library as loaded.
+  return requested;
 }
 
 int main(int argc, char** argv) {
-  ChooseBlasCoreType(argc, argv);
+  engram::core::UseBlasFamily(RequestedBlasFamily(argc, argv), argv);
+  engram::core::FlushDenormals();  // Inherited by every thread engramd starts.
   absl::InitializeSymbolizer(argv[0]);
   absl::FailureSignalHandlerOptions options;
   absl::InstallFailureSignalHandler(options);

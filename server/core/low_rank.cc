@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <queue>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
+#include "server/core/internal/step_loop.h"
+#include "server/core/internal/top_k.h"
 
 namespace engram::core {
 
@@ -313,80 +314,63 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
   const double beta = params.beta;
   const size_t count = num_queries;
 
-  RetrievalOutput out = StartOutput(queries, count, d);
-
-  std::vector<size_t> active(count);
-  for (size_t i = 0; i < count; ++i) active[i] = i;
-  std::vector<float> x;
   std::vector<float> features;
   std::vector<double> q(count * n);  // Features of each query's last input.
   std::vector<double> norm(count);   // Its normaliser <z, psi(q)>.
   std::vector<double> psi;
   std::vector<double> numerator;
-  for (uint32_t step = 0; step < params.steps && !active.empty(); ++step) {
-    if (options.check) {
-      if (absl::Status status = options.check(); !status.ok()) return status;
-    }
-    const size_t batch = active.size();
-    x.resize(batch * d);
-    for (size_t b = 0; b < batch; ++b) {
-      std::copy_n(out.states.data() + active[b] * d, d, x.data() + b * d);
-    }
-    const float* keys = x.data();
-    if (kernel) {
-      features.resize(batch * n);
-      memories.map->Apply(x.data(), batch, features.data());
-      keys = features.data();
-    }
-    psi.resize(batch * rank);
-    for (size_t b = 0; b < batch; ++b) {
-      double* qi = q.data() + active[b] * n;
-      std::copy_n(keys + b * n, n, qi);
-      basis.Features(qi, beta, degree, psi.data() + b * rank);
-    }
-    numerator.resize(batch * d);
-    blas::GemmNN(batch, d, rank, 1.0, psi.data(), rank, sums.a().data(), d, 0.0,
-                 numerator.data(), d);
-    std::vector<size_t> still_active;
-    for (size_t b = 0; b < batch; ++b) {
-      const size_t i = active[b];
-      const double z = Dot(psi.data() + b * rank, sums.z().data(), rank);
-      if (!(z > 0) || !std::isfinite(z)) {
-        return absl::InternalError(absl::StrCat(
-            "low-rank normaliser of query ", i, " is ", z, "; expected > 0"));
-      }
-      norm[i] = z;
-      const double* qi = q.data() + i * n;
-      out.energies[i] = -std::log(z) / beta +
+  absl::StatusOr<RetrievalOutput> stepped = internal::RunSteps(
+      queries, count, d, params.steps, params.eps,
+      [&](absl::Span<const size_t> ids, const float* x, float* next,
+          double* energies, std::vector<Match>*) -> absl::Status {
+        if (options.check) {
+          if (absl::Status status = options.check(); !status.ok()) {
+            return status;
+          }
+        }
+        const size_t batch = ids.size();
+        const float* keys = x;
+        if (kernel) {
+          features.resize(batch * n);
+          memories.map->Apply(x, batch, features.data());
+          keys = features.data();
+        }
+        psi.resize(batch * rank);
+        for (size_t b = 0; b < batch; ++b) {
+          double* qi = q.data() + ids[b] * n;
+          std::copy_n(keys + b * n, n, qi);
+          basis.Features(qi, beta, degree, psi.data() + b * rank);
+        }
+        numerator.resize(batch * d);
+        blas::GemmNN(batch, d, rank, 1.0, psi.data(), rank, sums.a().data(), d,
+                     0.0, numerator.data(), d);
+        for (size_t b = 0; b < batch; ++b) {
+          const size_t i = ids[b];
+          const double z = Dot(psi.data() + b * rank, sums.z().data(), rank);
+          if (!(z > 0) || !std::isfinite(z)) {
+            return absl::InternalError(
+                absl::StrCat("low-rank normaliser of query ", i, " is ", z,
+                             "; expected > 0"));
+          }
+          norm[i] = z;
+          const double* qi = q.data() + i * n;
+          energies[b] = -std::log(z) / beta +
                         0.5 * SelfSimilarity(params.similarity, Dot(qi, qi, n));
-      double sq_change = 0;
-      float* state = out.states.data() + i * d;
-      for (size_t j = 0; j < d; ++j) {
-        const float y = static_cast<float>(numerator[b * d + j] / z);
-        sq_change += double{y - state[j]} * (y - state[j]);
-        state[j] = y;
-      }
-      ++out.steps[i];
-      if (params.eps > 0 && std::sqrt(sq_change) <= params.eps) {
-        out.converged[i] = 1;
-      } else {
-        still_active.push_back(i);
-      }
-    }
-    active = std::move(still_active);
-  }
+          for (size_t j = 0; j < d; ++j) {
+            next[b * d + j] = static_cast<float>(numerator[b * d + j] / z);
+          }
+        }
+        return absl::OkStatus();
+      });
+  if (!stepped.ok()) return stepped.status();
+  RetrievalOutput out = std::move(*stepped);
   if (params.top_k == 0) return out;
 
   // One scan of the features for the best matches at each final update.
   const size_t k = std::min<size_t>(params.top_k, memories.size());
   std::vector<float> qf(count * n);
   for (size_t i = 0; i < count * n; ++i) qf[i] = static_cast<float>(q[i]);
-  using Scored = std::pair<float, size_t>;  // (score, index), min-heap.
-  // Best first; the heap's front is the weakest kept.
-  auto stronger = [](const Scored& a, const Scored& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
-  std::vector<std::vector<Scored>> top(count);
+  std::vector<internal::TopK> top(count, internal::TopK(k));
   const size_t tile = std::max<size_t>(
       1, std::min<size_t>(
              4096, options.max_score_floats / std::max<size_t>(1, count)));
@@ -402,16 +386,10 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
       blas::GemmNT(count, rows, n, static_cast<float>(beta), qf.data(), n,
                    block_keys + begin * n, n, 0.0f, scores.data(), rows);
       for (size_t i = 0; i < count; ++i) {
-        std::vector<Scored>& heap = top[i];
         for (size_t r = 0; r < rows; ++r) {
-          const Scored candidate{scores[i * rows + r], base + begin + r};
-          if (heap.size() < k) {
-            heap.push_back(candidate);
-            std::push_heap(heap.begin(), heap.end(), stronger);
-          } else if (stronger(candidate, heap.front())) {
-            std::pop_heap(heap.begin(), heap.end(), stronger);
-            heap.back() = candidate;
-            std::push_heap(heap.begin(), heap.end(), stronger);
+          const float score = scores[i * rows + r];
+          if (score >= top[i].threshold()) {
+            top[i].Push(score, base + begin + r);
           }
         }
       }
@@ -419,11 +397,10 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
     base += block.count;
   }
   for (size_t i = 0; i < count; ++i) {
-    std::sort_heap(top[i].begin(), top[i].end(), stronger);
-    for (const Scored& s : top[i]) {
+    for (const internal::TopK::Entry& s : top[i].Sorted()) {
       out.matches[i].push_back(
-          {s.second, static_cast<float>(TaylorExp(s.first, degree) / norm[i]),
-           s.first});
+          {s.index, static_cast<float>(TaylorExp(s.score, degree) / norm[i]),
+           s.score});
     }
   }
   return out;

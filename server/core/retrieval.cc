@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
+#include "server/core/internal/step_loop.h"
+#include "server/core/internal/top_k.h"
 #include "server/core/internal/vector_loops.h"
 
 namespace engram::core {
@@ -103,17 +105,7 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // Threads pay off once a request has a few MFLOP of work.
 constexpr double kMinWorkForThreads = 4e6;
 
-using Scored = std::pair<float, size_t>;  // (score, memory index)
-
-// Min-heap order on score, so the heap's front is the weakest of the top k.
-bool Stronger(const Scored& a, const Scored& b) { return a.first > b.first; }
-
-float RowMax(const float* row, size_t n) {
-  float max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : max)
-  for (size_t j = 0; j < n; ++j) max = std::max(max, row[j]);
-  return max;
-}
+using internal::TopK;
 
 float SquaredDistance(const float* a, const float* b, size_t d) {
   float sum = 0;
@@ -126,8 +118,9 @@ float SquaredDistance(const float* a, const float* b, size_t d) {
 // lost most of its digits.
 constexpr float kCancellation = 1e-3f;
 
-// scores (L x n, row stride n) = beta * s(queries_i, rows_j), for the
-// similarity on features (never a kernel form: those are mapped first).
+// The similarity kernels. scores (L x n, row stride n) = beta * s(queries_i,
+// rows_j), for the similarity on features (never a kernel form: those are
+// mapped first).
 void ComputeScores(Similarity similarity, float beta, const float* queries,
                    const float* query_sq_norms, size_t num_queries,
                    const float* rows, const float* row_sq_norms, size_t n,
@@ -177,25 +170,115 @@ void ComputeScores(Similarity similarity, float beta, const float* queries,
   }
 }
 
-// What one pass over all memories leaves per query row.
+// What a pass over some of the memories leaves per query: the running
+// maximum of the scores and the sum of exp(score - max) (softmax's
+// log-sum-exp, folded online), the best top_k, and for the sparse
+// separations every score that may still be in the support.
 struct RowState {
-  double max = kNegInf;            // Running max of the scores.
-  double sum = 0;                  // Sum of exp(score - max).
-  std::vector<Scored> top;         // Heap of the best top_k scores.
-  std::vector<Scored> candidates;  // Sparse separations: possible support.
+  explicit RowState(size_t top_k = 0) : top(top_k) {}
+  double max = kNegInf;
+  double sum = 0;
+  TopK top;
+  std::vector<TopK::Entry> candidates;
   size_t candidates_at_prune = 0;
-  double query_sq_norm = 0;  // ||state||^2, or ||Phi(state)||^2 for kernels.
 };
 
-void PushTop(RowState& state, size_t k, float score, size_t index) {
-  if (state.top.size() < k) {
-    state.top.emplace_back(score, index);
-    std::push_heap(state.top.begin(), state.top.end(), Stronger);
-  } else if (k > 0 && score > state.top.front().first) {
-    std::pop_heap(state.top.begin(), state.top.end(), Stronger);
-    state.top.back() = {score, index};
-    std::push_heap(state.top.begin(), state.top.end(), Stronger);
+// The queries of one step as the similarity compares them: Phi(state) for
+// the kernel similarities, the states themselves otherwise (values, size
+// count * dim), with their squared norms.
+struct StepQueries {
+  const float* values = nullptr;
+  size_t count = 0;
+  size_t dim = 0;
+  std::vector<float> sq_norms;
+  std::vector<double> exact_sq_norms;  // For the energy.
+};
+
+// One part's buffers: its score tile, and (for parts other than the first)
+// its own rows and outputs until they are merged.
+struct PartBuffers {
+  std::vector<float> scores;
+  std::vector<float> outputs;
+  std::vector<RowState> rows;
+};
+
+// Buffers a retrieval reuses from call to call in the thread that runs it
+// (a gRPC handler's, a calibration's): fresh pages on every call measured
+// 5% of a batched retrieval. Trimmed after a call that grew them past 64 MiB.
+struct Workspace {
+  std::vector<PartBuffers> parts;
+  std::vector<float> features;
+  std::vector<float> outputs;
+  std::vector<RowState> rows;
+
+  void Trim() {
+    constexpr size_t kKeep = size_t{16} << 20;  // Floats.
+    size_t held = features.capacity() + outputs.capacity();
+    for (const PartBuffers& part : parts) {
+      held += part.scores.capacity() + part.outputs.capacity();
+    }
+    if (held > kKeep) *this = Workspace();
   }
+};
+
+Workspace& ThreadWorkspace() {
+  thread_local Workspace workspace;
+  return workspace;
+}
+
+// Folds a tile of scores (count x n; softmax: overwritten by the weights)
+// of memories first_index.. into the rows' states and, under softmax, the
+// outputs (count x d) += weights * values (n x d).
+void FoldScores(const RetrievalParams& params, float* scores, size_t count,
+                size_t n, const float* values, size_t d, size_t first_index,
+                RowState* rows, float* outputs) {
+  const bool softmax = params.separation == Separation::kSoftmax;
+  const double margin = SupportMargin(params.separation);
+  for (size_t i = 0; i < count; ++i) {
+    RowState& state = rows[i];
+    float* row = scores + i * n;
+    const float tile_max = internal::Max(row, n);
+    // Most scores lose to the weakest of the top k: no scan at all when the
+    // tile's best loses.
+    if (tile_max >= state.top.threshold()) {
+      for (size_t j = 0; j < n; ++j) {
+        if (row[j] >= state.top.threshold()) {
+          state.top.Push(row[j], first_index + j);
+        }
+      }
+    }
+    const double new_max = std::max(state.max, double{tile_max});
+    if (!softmax) {
+      const double floor = new_max - margin;
+      for (size_t j = 0; j < n && tile_max > floor; ++j) {
+        if (row[j] > floor)
+          state.candidates.push_back({row[j], first_index + j});
+      }
+      if (state.candidates.size() > 2 * state.candidates_at_prune + 1024) {
+        state.candidates.erase(
+            std::remove_if(
+                state.candidates.begin(), state.candidates.end(),
+                [floor](const TopK::Entry& c) { return c.score <= floor; }),
+            state.candidates.end());
+        state.candidates_at_prune = state.candidates.size();
+      }
+    }
+    const double rescale =
+        state.max == kNegInf ? 0.0 : std::exp(state.max - new_max);
+    state.sum *= rescale;
+    state.max = new_max;
+    if (softmax) {
+      if (rescale != 1.0) {
+        float* out = outputs + i * d;
+        const float factor = static_cast<float>(rescale);
+        for (size_t k = 0; k < d; ++k) out[k] *= factor;
+      }
+      state.sum += internal::ExpInPlace(row, n, static_cast<float>(new_max));
+    } else {
+      state.sum += internal::SumExp(row, n, static_cast<float>(new_max));
+    }
+  }
+  if (softmax) internal::AccumulateNN(count, d, n, scores, values, outputs);
 }
 
 // One query under softmax: rows are scored and folded into the output while
@@ -205,8 +288,7 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
                       float query_sq_norm, const float* keys,
                       const float* key_sq_norms, size_t key_dim,
                       const float* values, size_t n, size_t d,
-                      size_t first_index, size_t top_k, RowState& state,
-                      float* output) {
+                      size_t first_index, RowState& state, float* output) {
   constexpr size_t kGroup = 4;
   float max = static_cast<float>(state.max);
   for (size_t j0 = 0; j0 < n; j0 += kGroup) {
@@ -217,7 +299,9 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
       ComputeScores(on_features, beta, query, &query_sq_norm, 1,
                     keys + (j0 + j) * key_dim, key_sq_norms + j0 + j, 1,
                     key_dim, &z[j]);
-      PushTop(state, top_k, z[j], first_index + j0 + j);
+      if (z[j] >= state.top.threshold()) {
+        state.top.Push(z[j], first_index + j0 + j);
+      }
       group_max = std::max(group_max, z[j]);
     }
     if (group_max > max) {
@@ -243,181 +327,245 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
   }
 }
 
-// One update step for `num_queries` states: outputs (size num_queries * d)
-// and the per-row states from which thresholds and weights follow.
-absl::Status Pass(const MemorySet& memories, const float* states,
-                  size_t num_queries, const RetrievalParams& params,
-                  const RetrievalOptions& options, float* outputs,
-                  std::vector<RowState>& rows_state) {
+// Scores the queries against the memory blocks [first, last) (tile by tile,
+// the score buffer bounded by options.max_score_floats) and folds them into
+// `rows` and `outputs` (count x d).
+absl::Status PassOverBlocks(const MemorySet& memories,
+                            const std::vector<size_t>& block_starts,
+                            size_t first, size_t last, const StepQueries& q,
+                            const RetrievalParams& params,
+                            const RetrievalOptions& options,
+                            std::vector<float>& scores, RowState* rows,
+                            float* outputs) {
   const size_t d = memories.dim;
-  const bool softmax = params.separation == Separation::kSoftmax;
-  const double margin = SupportMargin(params.separation);
-  const size_t tile = std::max<size_t>(
-      1, options.max_score_floats / std::max<size_t>(num_queries, 1));
-
-  // Scores compare features: Phi(state) against the blocks' keys for kernel
-  // similarities, the states and rows themselves otherwise.
   const bool kernel = IsKernel(params.similarity);
   const Similarity on_features = OnFeatures(params.similarity);
-  const size_t key_dim = kernel ? memories.map->out_dim() : d;
-  std::vector<float> features;
-  const float* queries = states;
-  if (kernel) {
-    features.resize(num_queries * key_dim);
-    memories.map->Apply(states, num_queries, features.data());
-    queries = features.data();
-  }
-  rows_state.assign(num_queries, RowState{});
-  std::vector<float> query_sq_norms(num_queries);
-  for (size_t i = 0; i < num_queries; ++i) {
-    const float* q = queries + i * key_dim;
-    double s = 0;
-    for (size_t k = 0; k < key_dim; ++k) s += double{q[k]} * q[k];
-    query_sq_norms[i] = static_cast<float>(s);
-    rows_state[i].query_sq_norm = s;
-  }
-  std::fill(outputs, outputs + num_queries * d, 0.0f);
-
-  // One query over many memories: split the memories over threads, each
-  // running the fused pass on its blocks, then merge the partial softmaxes.
-  const size_t parts =
-      std::min<size_t>(std::max(options.threads, 1), memories.blocks.size());
-  if (num_queries == 1 && softmax && parts > 1 &&
-      4.0 * memories.size() * d >= kMinWorkForThreads) {
-    std::vector<size_t> starts(memories.blocks.size() + 1, 0);
-    for (size_t b = 0; b < memories.blocks.size(); ++b) {
-      starts[b + 1] = starts[b] + memories.blocks[b].count;
-    }
-    std::vector<RowState> partial(parts, rows_state[0]);
-    std::vector<std::vector<float>> partial_out(parts,
-                                                std::vector<float>(d, 0.0f));
-    std::vector<absl::Status> status(parts);
-    auto run = [&](size_t p) {
-      const size_t first = p * memories.blocks.size() / parts;
-      const size_t last = (p + 1) * memories.blocks.size() / parts;
-      for (size_t b = first; b < last; ++b) {
-        if (options.check) {
-          status[p] = options.check();
-          if (!status[p].ok()) return;
-        }
-        const MemoryBlock& block = memories.blocks[b];
-        FusedSoftmaxTile(on_features, params.beta, queries, query_sq_norms[0],
-                         kernel ? block.keys : block.rows,
-                         kernel ? block.key_sq_norms : block.sq_norms, key_dim,
-                         block.rows, block.count, d, starts[b], params.top_k,
-                         partial[p], partial_out[p].data());
-      }
-    };
-    std::vector<std::thread> workers;
-    for (size_t p = 1; p < parts; ++p) workers.emplace_back(run, p);
-    run(0);
-    for (std::thread& t : workers) t.join();
-    RowState& merged = rows_state[0];
-    for (size_t p = 0; p < parts; ++p) {
-      if (!status[p].ok()) return status[p];
-      merged.max = std::max(merged.max, partial[p].max);
-    }
-    for (size_t p = 0; p < parts; ++p) {
-      if (partial[p].max == kNegInf) continue;
-      const double scale = std::exp(partial[p].max - merged.max);
-      merged.sum += partial[p].sum * scale;
-      internal::AddScaled(static_cast<float>(scale), partial_out[p].data(),
-                          outputs, d);
-      for (const Scored& s : partial[p].top) {
-        PushTop(merged, params.top_k, s.first, s.second);
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  std::vector<float> scores;
-
-  size_t block_start = 0;
-  for (const MemoryBlock& block : memories.blocks) {
+  const bool fused = q.count == 1 && params.separation == Separation::kSoftmax;
+  const size_t tile = std::max<size_t>(
+      1, options.max_score_floats / std::max<size_t>(q.count, 1));
+  for (size_t b = first; b < last; ++b) {
+    const MemoryBlock& block = memories.blocks[b];
+    const float* keys = kernel ? block.keys : block.rows;
+    const float* key_sq_norms = kernel ? block.key_sq_norms : block.sq_norms;
     for (size_t r0 = 0; r0 < block.count; r0 += tile) {
       if (options.check) {
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t n = std::min(tile, block.count - r0);
-      const float* rows = block.rows + r0 * d;
-      if (num_queries == 1 && softmax) {
-        FusedSoftmaxTile(on_features, params.beta, queries, query_sq_norms[0],
-                         kernel ? block.keys + r0 * key_dim : rows,
-                         kernel ? block.key_sq_norms + r0 : block.sq_norms + r0,
-                         key_dim, rows, n, d, block_start + r0, params.top_k,
-                         rows_state[0], outputs);
+      const float* values = block.rows + r0 * d;
+      if (fused) {
+        FusedSoftmaxTile(on_features, params.beta, q.values, q.sq_norms[0],
+                         keys + r0 * q.dim, key_sq_norms + r0, q.dim, values, n,
+                         d, block_starts[b] + r0, rows[0], outputs);
         continue;
       }
-      scores.resize(num_queries * n);
-      if (kernel) {
-        ComputeScores(on_features, params.beta, queries, query_sq_norms.data(),
-                      num_queries, block.keys + r0 * key_dim,
-                      block.key_sq_norms + r0, n, key_dim, scores.data());
-      } else {
-        ComputeScores(on_features, params.beta, queries, query_sq_norms.data(),
-                      num_queries, rows, block.sq_norms + r0, n, d,
-                      scores.data());
-      }
-      const size_t first_index = block_start + r0;
-      for (size_t i = 0; i < num_queries; ++i) {
-        RowState& state = rows_state[i];
-        float* row = scores.data() + i * n;
-        const double tile_max = RowMax(row, n);
+      scores.resize(q.count * n);
+      ComputeScores(on_features, params.beta, q.values, q.sq_norms.data(),
+                    q.count, keys + r0 * q.dim, key_sq_norms + r0, n, q.dim,
+                    scores.data());
+      FoldScores(params, scores.data(), q.count, n, values, d,
+                 block_starts[b] + r0, rows, outputs);
+    }
+  }
+  return absl::OkStatus();
+}
 
-        // Most scores lose to the weakest of the top k: one compare each,
-        // and none at all when the tile's best loses.
-        const size_t k = params.top_k;
-        float weakest = k == 0 || state.top.size() < k
-                            ? -std::numeric_limits<float>::infinity()
-                            : state.top.front().first;
-        for (size_t j = 0;
-             k > 0 && j < n && (tile_max > weakest || state.top.size() < k);
-             ++j) {
-          if (row[j] > weakest || state.top.size() < k) {
-            PushTop(state, k, row[j], first_index + j);
-            if (state.top.size() == k) weakest = state.top.front().first;
-          }
-        }
+// Folds a part's rows and outputs (count x d) into the first part's: the
+// partial softmaxes by log-sum-exp, the top k and the candidates by union.
+void MergePart(const PartBuffers& part, size_t count, size_t d, RowState* rows,
+               float* outputs) {
+  for (size_t i = 0; i < count; ++i) {
+    const RowState& from = part.rows[i];
+    RowState& into = rows[i];
+    into.top.Merge(from.top);
+    into.candidates.insert(into.candidates.end(), from.candidates.begin(),
+                           from.candidates.end());
+    if (from.max == kNegInf) continue;
+    const double max = std::max(into.max, from.max);
+    const double scale_into =
+        into.max == kNegInf ? 0.0 : std::exp(into.max - max);
+    const double scale_from = std::exp(from.max - max);
+    into.sum = into.sum * scale_into + from.sum * scale_from;
+    into.max = max;
+    float* out = outputs + i * d;
+    const float* add = part.outputs.data() + i * d;
+    const float a = static_cast<float>(scale_into);
+    const float b = static_cast<float>(scale_from);
+    for (size_t k = 0; k < d; ++k) out[k] = a * out[k] + b * add[k];
+  }
+}
 
-        const double new_max = std::max(state.max, tile_max);
-        if (!softmax) {
-          const double floor = new_max - margin;
-          for (size_t j = 0; j < n && tile_max > floor; ++j) {
-            if (row[j] > floor)
-              state.candidates.emplace_back(row[j], first_index + j);
-          }
-          if (state.candidates.size() > 2 * state.candidates_at_prune + 1024) {
-            state.candidates.erase(
-                std::remove_if(
-                    state.candidates.begin(), state.candidates.end(),
-                    [floor](const Scored& c) { return c.first <= floor; }),
-                state.candidates.end());
-            state.candidates_at_prune = state.candidates.size();
-          }
-        }
+// One update step for the states (count x d): the rows' states and the
+// unnormalised outputs (softmax; zero otherwise), over all memories. Large
+// steps split the memory blocks over options.threads threads, each scoring
+// every query against its blocks; their partial results merge exactly.
+absl::Status Pass(const MemorySet& memories, const float* states, size_t count,
+                  const RetrievalParams& params,
+                  const RetrievalOptions& options, Workspace& ws,
+                  StepQueries& q) {
+  const size_t d = memories.dim;
+  const bool kernel = IsKernel(params.similarity);
+  q.count = count;
+  q.dim = kernel ? memories.map->out_dim() : d;
+  q.values = states;
+  if (kernel) {
+    ws.features.resize(count * q.dim);
+    memories.map->Apply(states, count, ws.features.data());
+    q.values = ws.features.data();
+  }
+  q.sq_norms.resize(count);
+  q.exact_sq_norms.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    const float* v = q.values + i * q.dim;
+    double s = 0;
+    for (size_t k = 0; k < q.dim; ++k) s += double{v[k]} * v[k];
+    q.sq_norms[i] = static_cast<float>(s);
+    q.exact_sq_norms[i] = s;
+  }
+  ws.rows.assign(count, RowState(params.top_k));
+  ws.outputs.assign(count * d, 0.0f);
 
-        const double rescale =
-            state.max == kNegInf ? 0.0 : std::exp(state.max - new_max);
-        state.sum *= rescale;
-        state.max = new_max;
-        if (softmax) {
-          if (rescale != 1.0) {
-            float* out = outputs + i * d;
-            const float factor = static_cast<float>(rescale);
-            for (size_t k = 0; k < d; ++k) out[k] *= factor;
-          }
-          state.sum +=
-              internal::ExpInPlace(row, n, static_cast<float>(new_max));
-        } else {
-          state.sum += internal::SumExp(row, n, static_cast<float>(new_max));
-        }
-      }
-      if (softmax) {
-        // outputs += exp(scores - max) * rows, rescaled per row above.
-        internal::AccumulateNN(num_queries, d, n, scores.data(), rows, outputs);
+  const size_t blocks = memories.blocks.size();
+  std::vector<size_t> starts(blocks + 1, 0);
+  for (size_t b = 0; b < blocks; ++b) {
+    starts[b + 1] = starts[b] + memories.blocks[b].count;
+  }
+  const double work = 4.0 * count * memories.size() * q.dim;
+  const size_t parts =
+      work < kMinWorkForThreads
+          ? 1
+          : std::min<size_t>(std::max(options.threads, 1), blocks);
+  if (ws.parts.size() < parts) ws.parts.resize(parts);
+  for (size_t p = 1; p < parts; ++p) {
+    ws.parts[p].rows.assign(count, RowState(params.top_k));
+    ws.parts[p].outputs.assign(count * d, 0.0f);
+  }
+  std::vector<absl::Status> status(parts);
+  auto run = [&](size_t p) {
+    RowState* rows = p == 0 ? ws.rows.data() : ws.parts[p].rows.data();
+    float* outputs = p == 0 ? ws.outputs.data() : ws.parts[p].outputs.data();
+    status[p] = PassOverBlocks(memories, starts, p * blocks / parts,
+                               (p + 1) * blocks / parts, q, params, options,
+                               ws.parts[p].scores, rows, outputs);
+  };
+  std::vector<std::thread> workers;
+  for (size_t p = 1; p < parts; ++p) workers.emplace_back(run, p);
+  run(0);
+  for (std::thread& t : workers) t.join();
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  for (size_t p = 1; p < parts; ++p) {
+    MergePart(ws.parts[p], count, d, ws.rows.data(), ws.outputs.data());
+  }
+  return absl::OkStatus();
+}
+
+// The end of a step for one query: its next state (softmax: the output
+// normalised; sparse separations: the weighted sum of the support), its
+// energy and its matches.
+void FinishRow(const MemorySet& memories, const RetrievalParams& params,
+               RowState& state, double query_sq_norm, const float* output,
+               float* next, double& energy, std::vector<Match>& matches) {
+  const size_t d = memories.dim;
+  const double lse = state.max + std::log(state.sum);
+  double threshold = lse, total = 1.0;
+  if (params.separation == Separation::kSoftmax) {
+    const float inverse = static_cast<float>(1.0 / state.sum);
+    for (size_t k = 0; k < d; ++k) next[k] = output[k] * inverse;
+  } else {
+    const double floor = state.max - SupportMargin(params.separation);
+    std::vector<double> support;
+    std::vector<size_t> support_index;
+    for (const TopK::Entry& c : state.candidates) {
+      if (c.score > floor) {
+        support.push_back(c.score);
+        support_index.push_back(c.index);
       }
     }
-    block_start += block.count;
+    threshold = SeparationThreshold(params.separation, support);
+    total = 0;
+    for (double z : support) {
+      total += SeparationWeight(params.separation, z, threshold);
+    }
+    std::fill(next, next + d, 0.0f);
+    for (size_t c = 0; c < support.size(); ++c) {
+      const double w =
+          SeparationWeight(params.separation, support[c], threshold);
+      if (w > 0) {
+        blas::Axpy(d, static_cast<float>(w / total),
+                   memories.row(support_index[c]), next);
+      }
+    }
+  }
+  energy = -lse / params.beta +
+           0.5 * SelfSimilarity(params.similarity, query_sq_norm);
+  for (const TopK::Entry& s : state.top.Sorted()) {
+    const double w = SeparationWeight(params.separation, s.score, threshold);
+    matches.push_back({s.index, static_cast<float>(w / total), s.score});
+  }
+}
+
+// Splits the queries over threads, each an independent retrieval: for
+// requests with fewer memory blocks than threads (the blocks split
+// otherwise).
+absl::StatusOr<RetrievalOutput> RetrieveSliced(const MemorySet& memories,
+                                               const float* queries,
+                                               size_t num_queries,
+                                               const RetrievalParams& params,
+                                               const RetrievalOptions& options,
+                                               size_t slices) {
+  RetrievalOptions one = options;
+  one.threads = 1;
+  const size_t d = memories.dim;
+  std::vector<absl::StatusOr<RetrievalOutput>> parts(slices);
+  std::vector<std::thread> workers;
+  const size_t per = (num_queries + slices - 1) / slices;
+  for (size_t s = 0; s < slices; ++s) {
+    const size_t first = s * per, count = std::min(per, num_queries - first);
+    auto run = [&, s, first, count] {
+      parts[s] =
+          RetrieveExact(memories, queries + first * d, count, params, one);
+    };
+    if (s + 1 < slices) {
+      workers.emplace_back(run);
+    } else {
+      run();
+    }
+  }
+  for (std::thread& t : workers) t.join();
+  RetrievalOutput out;
+  for (absl::StatusOr<RetrievalOutput>& part : parts) {
+    if (!part.ok()) return part.status();
+    out.states.insert(out.states.end(), part->states.begin(),
+                      part->states.end());
+    for (auto& m : part->matches) out.matches.push_back(std::move(m));
+    out.energies.insert(out.energies.end(), part->energies.begin(),
+                        part->energies.end());
+    out.steps.insert(out.steps.end(), part->steps.begin(), part->steps.end());
+    out.converged.insert(out.converged.end(), part->converged.begin(),
+                         part->converged.end());
+  }
+  return out;
+}
+
+absl::Status Validate(const MemorySet& memories,
+                      const RetrievalParams& params) {
+  if (memories.size() == 0) {
+    return absl::FailedPreconditionError("no memories to retrieve from");
+  }
+  if (memories.dim == 0) {
+    return absl::InvalidArgumentError("dimension must be positive");
+  }
+  if (!(params.beta > 0) || !std::isfinite(params.beta)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beta must be finite and > 0, got ", params.beta));
+  }
+  if (params.steps < 1) return absl::InvalidArgumentError("steps must be >= 1");
+  if (IsKernel(params.similarity) &&
+      (memories.map == nullptr || memories.map->in_dim() != memories.dim)) {
+    return absl::FailedPreconditionError(
+        "a kernel similarity needs the feature map its keys were built with");
   }
   return absl::OkStatus();
 }
@@ -429,147 +577,35 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
                                               size_t num_queries,
                                               const RetrievalParams& params,
                                               const RetrievalOptions& options) {
-  // A slice of one query takes the fused single-pass path (and splits the
-  // memories over the threads instead).
+  if (absl::Status status = Validate(memories, params); !status.ok()) {
+    return status;
+  }
+  const size_t threads = std::max(options.threads, 1);
   const double work = 4.0 * num_queries * memories.size() * memories.dim;
-  const size_t slices =
-      work < kMinWorkForThreads
-          ? 1
-          : std::min<size_t>(std::max(options.threads, 1), num_queries);
-  if (slices > 1) {
-    // Each slice is an independent retrieval of some of the queries.
-    RetrievalOptions one = options;
-    one.threads = 1;
-    const size_t d = memories.dim;
-    std::vector<absl::StatusOr<RetrievalOutput>> parts(slices);
-    std::vector<std::thread> workers;
-    const size_t per = (num_queries + slices - 1) / slices;
-    for (size_t s = 0; s < slices; ++s) {
-      const size_t first = s * per, count = std::min(per, num_queries - first);
-      auto run = [&, s, first, count] {
-        parts[s] =
-            RetrieveExact(memories, queries + first * d, count, params, one);
-      };
-      if (s + 1 < slices) {
-        workers.emplace_back(run);
-      } else {
-        run();
-      }
-    }
-    for (std::thread& t : workers) t.join();
-    RetrievalOutput out;
-    for (absl::StatusOr<RetrievalOutput>& part : parts) {
-      if (!part.ok()) return part.status();
-      out.states.insert(out.states.end(), part->states.begin(),
-                        part->states.end());
-      for (auto& m : part->matches) out.matches.push_back(std::move(m));
-      out.energies.insert(out.energies.end(), part->energies.begin(),
-                          part->energies.end());
-      out.steps.insert(out.steps.end(), part->steps.begin(), part->steps.end());
-      out.converged.insert(out.converged.end(), part->converged.begin(),
-                           part->converged.end());
-    }
-    return out;
+  if (threads > 1 && work >= kMinWorkForThreads &&
+      memories.blocks.size() < threads && num_queries > 1) {
+    return RetrieveSliced(memories, queries, num_queries, params, options,
+                          std::min<size_t>(threads, num_queries));
   }
-  const size_t d = memories.dim;
-  const size_t m = memories.size();
-  if (m == 0)
-    return absl::FailedPreconditionError("no memories to retrieve from");
-  if (d == 0) return absl::InvalidArgumentError("dimension must be positive");
-  if (!(params.beta > 0) || !std::isfinite(params.beta)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("beta must be finite and > 0, got ", params.beta));
-  }
-  if (params.steps < 1) return absl::InvalidArgumentError("steps must be >= 1");
-  if (IsKernel(params.similarity) &&
-      (memories.map == nullptr || memories.map->in_dim() != d)) {
-    return absl::FailedPreconditionError(
-        "a kernel similarity needs the feature map its keys were built with");
-  }
-  const bool softmax = params.separation == Separation::kSoftmax;
-
-  RetrievalOutput out = StartOutput(queries, num_queries, d);
-
-  std::vector<size_t> active(num_queries);
-  for (size_t i = 0; i < num_queries; ++i) active[i] = i;
-  std::vector<float> states, outputs;
-  std::vector<RowState> rows_state;
-  std::vector<double> candidate_scores;
-
-  for (uint32_t step = 1; step <= params.steps && !active.empty(); ++step) {
-    const size_t count = active.size();
-    states.resize(count * d);
-    outputs.resize(count * d);
-    for (size_t a = 0; a < count; ++a) {
-      std::copy_n(out.states.data() + active[a] * d, d, states.data() + a * d);
-    }
-    if (absl::Status status = Pass(memories, states.data(), count, params,
-                                   options, outputs.data(), rows_state);
-        !status.ok()) {
-      return status;
-    }
-
-    std::vector<size_t> still_active;
-    for (size_t a = 0; a < count; ++a) {
-      RowState& state = rows_state[a];
-      const double lse = state.max + std::log(state.sum);
-      float* y = outputs.data() + a * d;
-      const float* x = states.data() + a * d;
-      double threshold = lse, total = 1.0;
-      if (softmax) {
-        const float inverse = static_cast<float>(1.0 / state.sum);
-        for (size_t k = 0; k < d; ++k) y[k] *= inverse;
-      } else {
-        const double floor = state.max - SupportMargin(params.separation);
-        state.candidates.erase(
-            std::remove_if(
-                state.candidates.begin(), state.candidates.end(),
-                [floor](const Scored& c) { return c.first <= floor; }),
-            state.candidates.end());
-        candidate_scores.clear();
-        for (const Scored& c : state.candidates)
-          candidate_scores.push_back(c.first);
-        threshold = SeparationThreshold(params.separation, candidate_scores);
-        total = 0;
-        for (const Scored& c : state.candidates) {
-          total += SeparationWeight(params.separation, c.first, threshold);
+  Workspace& ws = ThreadWorkspace();
+  StepQueries q;
+  absl::StatusOr<RetrievalOutput> out = internal::RunSteps(
+      queries, num_queries, memories.dim, params.steps, params.eps,
+      [&](absl::Span<const size_t> ids, const float* states, float* next,
+          double* energies, std::vector<Match>* matches) -> absl::Status {
+        if (absl::Status status =
+                Pass(memories, states, ids.size(), params, options, ws, q);
+            !status.ok()) {
+          return status;
         }
-        for (const Scored& c : state.candidates) {
-          const double w =
-              SeparationWeight(params.separation, c.first, threshold);
-          if (w > 0)
-            blas::Axpy(d, static_cast<float>(w / total), memories.row(c.second),
-                       y);
+        for (size_t a = 0; a < ids.size(); ++a) {
+          FinishRow(memories, params, ws.rows[a], q.exact_sq_norms[a],
+                    ws.outputs.data() + a * memories.dim,
+                    next + a * memories.dim, energies[a], matches[a]);
         }
-      }
-
-      const size_t i = active[a];
-      double sq_change = 0;
-      for (size_t k = 0; k < d; ++k) {
-        const double change = double{y[k]} - x[k];
-        sq_change += change * change;
-      }
-      std::copy_n(y, d, out.states.data() + i * d);
-      out.steps[i] = step;
-      out.energies[i] =
-          -lse / params.beta +
-          0.5 * SelfSimilarity(params.similarity, state.query_sq_norm);
-      std::sort_heap(state.top.begin(), state.top.end(), Stronger);
-      std::vector<Match>& matches = out.matches[i];
-      matches.clear();
-      for (const Scored& s : state.top) {
-        const double w =
-            SeparationWeight(params.separation, s.first, threshold);
-        matches.push_back({s.second, static_cast<float>(w / total), s.first});
-      }
-      if (params.eps > 0 && std::sqrt(sq_change) <= params.eps) {
-        out.converged[i] = 1;
-      } else {
-        still_active.push_back(i);
-      }
-    }
-    active.swap(still_active);
-  }
+        return absl::OkStatus();
+      });
+  ws.Trim();
   return out;
 }
 

@@ -1,6 +1,8 @@
-// Vectorised loops for products too small for sgemm (one to a few rows).
-// They run in the calling thread, so small requests never queue behind large
-// products in OpenBLAS's shared thread pool. Internal to server/core.
+// Vectorised loops: products too small for sgemm (one to a few rows), and
+// the passes over scores around the products (maximum, exp and sums, in
+// AVX-512 or AVX2 where the CPU has them). They run in the calling thread,
+// so small requests never queue behind large products in OpenBLAS's shared
+// thread pool. Internal to server/core.
 //
 // Thread-safe: pure functions.
 #ifndef ENGRAM_SERVER_CORE_INTERNAL_VECTOR_LOOPS_H_
@@ -44,6 +46,9 @@ float ExpInPlace(float* row, size_t n, float shift);
 
 // sum_j exp(row[j] - shift), without writing.
 float SumExp(const float* row, size_t n, float shift);
+
+// max_j row[j] (-inf for n = 0).
+float Max(const float* row, size_t n);
 
 }  // namespace engram::core::internal
 

@@ -1,0 +1,58 @@
+#include "server/core/internal/step_loop.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+namespace engram::core::internal {
+
+absl::StatusOr<RetrievalOutput> RunSteps(const float* queries,
+                                         size_t num_queries, size_t d,
+                                         uint32_t steps, float eps,
+                                         StepFunction step) {
+  RetrievalOutput out = StartOutput(queries, num_queries, d);
+  std::vector<size_t> active(num_queries);
+  for (size_t i = 0; i < num_queries; ++i) active[i] = i;
+  std::vector<float> states, next;
+  std::vector<double> energies;
+  std::vector<std::vector<Match>> matches;
+  for (uint32_t s = 1; s <= steps && !active.empty(); ++s) {
+    const size_t count = active.size();
+    states.resize(count * d);
+    next.resize(count * d);
+    energies.assign(count, 0.0);
+    matches.assign(count, {});
+    for (size_t a = 0; a < count; ++a) {
+      std::copy_n(out.states.data() + active[a] * d, d, states.data() + a * d);
+    }
+    if (absl::Status status = step(active, states.data(), next.data(),
+                                   energies.data(), matches.data());
+        !status.ok()) {
+      return status;
+    }
+    std::vector<size_t> still_active;
+    for (size_t a = 0; a < count; ++a) {
+      const size_t i = active[a];
+      const float* x = states.data() + a * d;
+      const float* y = next.data() + a * d;
+      double sq_change = 0;
+      for (size_t k = 0; k < d; ++k) {
+        const double change = double{y[k]} - x[k];
+        sq_change += change * change;
+      }
+      std::copy_n(y, d, out.states.data() + i * d);
+      out.steps[i] = s;
+      out.energies[i] = energies[a];
+      out.matches[i] = std::move(matches[a]);
+      if (eps > 0 && std::sqrt(sq_change) <= eps) {
+        out.converged[i] = 1;
+      } else {
+        still_active.push_back(i);
+      }
+    }
+    active.swap(still_active);
+  }
+  return out;
+}
+
+}  // namespace engram::core::internal
