@@ -14,8 +14,10 @@ last L images scaled by 0.5), best of `reps` after a warm-up:
   FAISS         IndexFlatIP top-10 search (nearest neighbours only), 2 threads
   sgemm pair    the two products alone (OpenBLAS, 2 threads): the compute floor
   stream Xi     reading Xi once (L = 1 rows): the bandwidth floor
-Both OpenBLAS users get the kernel family engramd picks (SkylakeX on AVX-512).
-Writes OUT.md (tables) and OUT.png (plot) when --out is given.
+Every OpenBLAS user (engram, numpy, PyTorch, FAISS) runs the kernel family
+engram chooses for this CPU, and PyTorch flushes denormals as engram does.
+Writes OUT.md (tables) and OUT.png (plot) when --out is given; the first line
+names the machine.
 """
 import argparse
 import gzip
@@ -36,12 +38,12 @@ ap.add_argument("--out", default="")
 ap.add_argument("--large", type=int, default=0, help="also M rows of random data at L = 256")
 a = ap.parse_args()
 
-with open("/proc/cpuinfo") as f:
-    avx512 = " avx512f" in f.read()
-env = dict(os.environ)
-if avx512:
-    env["OPENBLAS_CORETYPE"] = "SkylakeX"
-os.environ.update(env)  # For numpy's OpenBLAS too, before it loads.
+described = subprocess.run([os.path.join(a.bin_dir, "retrieve_fashion"), "--mode=describe"],
+                           capture_output=True, text=True, check=True).stdout
+MACHINE = described.splitlines()[0].removeprefix("# machine: ")
+FAMILY = described.splitlines()[1].removeprefix("# blas_family: ")
+env = dict(os.environ, OPENBLAS_CORETYPE=FAMILY)
+os.environ.update(env)  # For numpy's, PyTorch's and FAISS's OpenBLAS, before they load.
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/e2e"))
@@ -49,6 +51,7 @@ from harness import Engramd  # noqa: E402
 import faiss  # noqa: E402
 
 torch.set_num_threads(2)
+torch.set_flush_denormal(True)
 faiss.omp_set_num_threads(2)
 with gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") as fh:
     X = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
@@ -77,6 +80,9 @@ with tempfile.TemporaryDirectory() as tmp:
     server = Engramd(a.bin_dir, tmp, "--sync=false")
     addr = server.addr
     try:
+        emit(f"Machine: {MACHINE}; peers: PyTorch {torch.__version__}, FAISS {faiss.__version__}, "
+             f"OpenBLAS {FAMILY} for all.")
+        emit()
         emit("| M | L | engram ms | engram gRPC ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")
         emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for m in [int(s) for s in a.sizes.split(",")]:

@@ -37,7 +37,8 @@ ABSL_FLAG(bool, header, false, "Print the CSV header first.");
 ABSL_FLAG(std::string, mode, "retrieve",
           "retrieve: engram's exact retrieval; gemm: the bare pair of sgemm "
           "calls of the same shapes (Q Xi^T, then times Xi); stream: read Xi "
-          "once (the memory-bandwidth floor).");
+          "once (the memory-bandwidth floor); describe: print the machine and "
+          "the BLAS kernel family engram chooses, then exit.");
 ABSL_FLAG(size_t, synthetic, 0,
           "Use this many random rows instead of Fashion-MNIST (d = 784).");
 ABSL_FLAG(std::string, blas_coretype, "auto",
@@ -194,8 +195,12 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   engram::core::UseBlasFamily(absl::GetFlag(FLAGS_blas_coretype), argv);
   if (absl::GetFlag(FLAGS_flush_denormals)) engram::core::FlushDenormals();
-  if (absl::GetFlag(FLAGS_describe)) {
+  if (absl::GetFlag(FLAGS_describe) || absl::GetFlag(FLAGS_mode) == "describe") {
     std::printf("# machine: %s\n", engram::core::DescribeMachine().c_str());
+  }
+  if (absl::GetFlag(FLAGS_mode) == "describe") {
+    std::printf("# blas_family: %s\n", engram::core::blas::CoreName().c_str());
+    return 0;
   }
   return Run();
 }

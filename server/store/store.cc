@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <limits>
 #include <utility>
 
@@ -41,8 +43,17 @@ std::shared_ptr<const core::FeatureMap> InitialMap(
       core::FeatureMap::RandomNormal(d, p, settings.feature_map.seed));
 }
 
+void Chunk::AlignedFree::operator()(float* p) const { std::free(p); }
+
+Chunk::AlignedFloats Chunk::NewAligned(size_t n) {
+  const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  return AlignedFloats(static_cast<float*>(p));
+}
+
 Chunk::Rows::Rows(size_t dim, size_t capacity)
-    : values(new float[dim * capacity]),
+    : values(NewAligned(dim * capacity)),
       sq_norms(new float[capacity]),
       max_abs(new float[capacity]),
       info(new RowInfo[capacity]) {}
@@ -52,7 +63,7 @@ Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim)
       capacity_(capacity),
       key_dim_(key_dim),
       rows_(std::make_shared<Rows>(dim, capacity)),
-      keys_(key_dim ? new float[key_dim * capacity] : nullptr),
+      keys_(key_dim ? NewAligned(key_dim * capacity) : nullptr),
       key_sq_norms_(key_dim ? new float[capacity] : nullptr) {}
 
 std::unique_ptr<Chunk> Chunk::Clone(size_t rows) const {
@@ -82,7 +93,7 @@ Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim,
       capacity_(capacity),
       key_dim_(key_dim),
       rows_(std::move(rows)),
-      keys_(new float[key_dim * capacity]),
+      keys_(NewAligned(key_dim * capacity)),
       key_sq_norms_(new float[capacity]) {}
 
 void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,

@@ -82,9 +82,17 @@ class Chunk {
   // key_sq_norms_[r] <- ||key r||^2.
   void SetKeyNorm(size_t r);
 
+  // Rows and keys start on a cache line (64 bytes): sgemm packs them with
+  // aligned loads, and a row of d = 784 floats spans 49 lines, not 50.
+  struct AlignedFree {
+    void operator()(float* p) const;
+  };
+  using AlignedFloats = std::unique_ptr<float[], AlignedFree>;
+  static AlignedFloats NewAligned(size_t n);
+
   struct Rows {
     Rows(size_t dim, size_t capacity);
-    std::unique_ptr<float[]> values;
+    AlignedFloats values;
     std::unique_ptr<float[]> sq_norms;
     std::unique_ptr<float[]> max_abs;
     std::unique_ptr<RowInfo[]> info;
@@ -94,7 +102,7 @@ class Chunk {
   const size_t capacity_;
   const size_t key_dim_;
   std::shared_ptr<Rows> rows_;
-  std::unique_ptr<float[]> keys_;
+  AlignedFloats keys_;
   std::unique_ptr<float[]> key_sq_norms_;
 };
 

@@ -18,6 +18,11 @@ inline constexpr size_t kGemmMinRows = 4;
 // <a, b> for vectors of size d.
 float Dot(const float* a, const float* b, size_t d);
 
+// out[r] = <q, x_r> for four vectors x0..x3 of size d: one pass over q, and
+// enough independent sums to keep the FMA units busy.
+void Dot4(const float* q, const float* x0, const float* x1, const float* x2,
+          const float* x3, size_t d, float* out);
+
 // y (d) += w[0] x0 + w[1] x1 + w[2] x2 + w[3] x3: four rows folded into y
 // with one read and one write of y.
 void AddScaled4(const float* w, const float* x0, const float* x1,
