@@ -15,6 +15,7 @@
 #include "absl/flags/parse.h"
 #include "client/matrix_io.h"
 #include "server/core/blas.h"
+#include "server/core/cpu.h"
 #include "server/core/uhop_fit.h"
 
 ABSL_FLAG(size_t, m, 1000, "Patterns.");
@@ -22,10 +23,19 @@ ABSL_FLAG(uint32_t, epochs, 100, "Epochs.");
 ABSL_FLAG(std::string, loss, "max", "max or mean.");
 ABSL_FLAG(size_t, batch, 1024, "Minibatch size.");
 ABSL_FLAG(int, threads, 2, "OpenBLAS threads.");
+ABSL_FLAG(std::string, blas_coretype, "auto",
+          "OpenBLAS kernel family, as engramd's flag.");
+ABSL_FLAG(bool, describe, false, "Print the machine line first.");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace engram;
+  // The kernels and floating-point mode engramd's fit workers run with.
+  core::UseBlasFamily(absl::GetFlag(FLAGS_blas_coretype), argv);
+  core::FlushDenormals();
+  if (absl::GetFlag(FLAGS_describe)) {
+    std::printf("# machine: %s\n", core::DescribeMachine().c_str());
+  }
   absl::StatusOr<client::Matrix> images = client::ReadMatrix(
       "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
   if (!images.ok()) return 1;

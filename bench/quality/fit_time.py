@@ -5,7 +5,9 @@ PyTorch re-implementation of the reference's fit_W, in the same run.
   bench/quality/fit_time.py BIN_DIR [--m 1000] [--reference PATH] [--reps 3]
 
 Both: M Fashion-MNIST images, d = 784, W 784 x 784 from randn, 100 epochs of
-plain SGD on the full pair set, 2 threads. Prints best-of-reps seconds.
+plain SGD on the full pair set, 2 threads, with the OpenBLAS kernel family
+engram chooses for this CPU (PyTorch's own kernels do not depend on it).
+Prints the machine, then best-of-reps seconds.
 """
 import argparse
 import importlib.util
@@ -13,7 +15,11 @@ import os
 import subprocess
 import time
 
-import torch
+described = subprocess.run(
+    [os.path.join(os.sys.argv[1], "retrieve_fashion"), "--mode=describe"],
+    capture_output=True, text=True, check=True).stdout.splitlines()
+os.environ["OPENBLAS_CORETYPE"] = described[1].removeprefix("# blas_family: ")
+import torch  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
@@ -27,6 +33,7 @@ reference = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reference)
 torch.set_num_threads(2)
 x = reference.load("fashion", a.m, 42)
+print(described[0].replace("# machine", "machine"))
 print(f"fit M={a.m} d=784 d_Phi=784 100 epochs SGD, 2 threads, best of {a.reps}")
 print(f"{'loss':6}{'engram s':>10}{'PyTorch s':>11}{'ratio':>8}")
 for loss in ("max", "mean"):

@@ -489,6 +489,7 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
       store::Retrieve(*view, query, registry_->limits(), options);
   if (!result.ok()) return call.Done(result.status());
 
+  response->mutable_results()->Reserve(static_cast<int>(query.num_queries));
   for (size_t i = 0; i < query.num_queries; ++i) {
     v1::QueryResult* out = response->add_results();
     if (!request->omit_vectors()) {
