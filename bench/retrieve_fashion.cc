@@ -195,7 +195,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   engram::core::UseBlasFamily(absl::GetFlag(FLAGS_blas_coretype), argv);
   if (absl::GetFlag(FLAGS_flush_denormals)) engram::core::FlushDenormals();
-  if (absl::GetFlag(FLAGS_describe) || absl::GetFlag(FLAGS_mode) == "describe") {
+  if (absl::GetFlag(FLAGS_describe) ||
+      absl::GetFlag(FLAGS_mode) == "describe") {
     std::printf("# machine: %s\n", engram::core::DescribeMachine().c_str());
   }
   if (absl::GetFlag(FLAGS_mode) == "describe") {

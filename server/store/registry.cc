@@ -166,7 +166,7 @@ absl::Status StoreRegistry::Delete(absl::string_view name) {
     auto damaged = FindDamaged(name);
     if (damaged == damaged_.end()) {
       return absl::NotFoundError(
-        absl::StrCat("store '", Clip(name), "' not found"));
+          absl::StrCat("store '", Clip(name), "' not found"));
     }
     // A damaged store has no Store object: its data goes directly.
     if (absl::Status status = storage_->DeleteStore(name); !status.ok()) {

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <new>
 #include <limits>
+#include <new>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
