@@ -349,10 +349,11 @@ int Run() {
                                              : "mutual TLS",
       server_options.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_address, data_dir, storage_options.sync ? "true" : "false",
-      core::DescribeMachine(), blas_threads, retrieval_threads, server_options.max_threads,
-      absl::GetFlag(FLAGS_max_message_mb), limits.max_dimension,
-      limits.max_batch, limits.max_queries, limits.max_stores,
-      limits.max_patterns_per_store, limits.max_low_rank_values);
+      core::DescribeMachine(), blas_threads, retrieval_threads,
+      server_options.max_threads, absl::GetFlag(FLAGS_max_message_mb),
+      limits.max_dimension, limits.max_batch, limits.max_queries,
+      limits.max_stores, limits.max_patterns_per_store,
+      limits.max_low_rank_values);
 
   const int signal = WaitForShutdownSignal();
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,

@@ -635,20 +635,24 @@ absl::Status RocksDbStorage::ReplaceWithDamageRecord(
   }
   db_->DestroyColumnFamilyHandle(found->second).PermitUncheckedError();
   families_.erase(found);
-  rocksdb::ColumnFamilyHandle* handle = nullptr;
-  if (absl::Status status = FromRocks(
-          db_->CreateColumnFamily(rocksdb::ColumnFamilyOptions(
-                                      DbOptions(options_, OpenMode::kRepair)),
-                                  FamilyName(store), &handle),
-          "setting aside");
-      !status.ok()) {
-    return status;
-  }
-  families_[store] = handle;
+  absl::StatusOr<rocksdb::ColumnFamilyHandle*> handle =
+      CreateFamily(store, "setting aside");
+  if (!handle.ok()) return handle.status();
   rocksdb::WriteBatch batch;
-  if (readable) batch.Put(handle, kSettingsKey, settings);
-  batch.Put(handle, kDamageKey, report);
+  if (readable) batch.Put(*handle, kSettingsKey, settings);
+  batch.Put(*handle, kDamageKey, report);
   return WriteSynced(batch, "setting aside");
+}
+
+absl::StatusOr<rocksdb::ColumnFamilyHandle*> RocksDbStorage::CreateFamily(
+    const std::string& store, absl::string_view what) {
+  rocksdb::ColumnFamilyHandle* handle = nullptr;
+  rocksdb::Status s = db_->CreateColumnFamily(
+      rocksdb::ColumnFamilyOptions(DbOptions(options_, OpenMode::kWritable)),
+      FamilyName(store), &handle);
+  if (!s.ok()) return FromRocks(s, what);
+  families_[store] = handle;
+  return handle;
 }
 
 absl::Status RocksDbStorage::WriteSynced(rocksdb::WriteBatch& batch,
@@ -794,16 +798,10 @@ absl::Status RocksDbStorage::MigrateFromLayout1() {
   size_t patterns = 0, damaged = 0;
   rocksdb::WriteOptions unsynced;
   for (const auto& [name, settings] : stores) {
-    rocksdb::ColumnFamilyHandle* handle = nullptr;
-    if (absl::Status status = FromRocks(
-            db_->CreateColumnFamily(rocksdb::ColumnFamilyOptions(DbOptions(
-                                        options_, OpenMode::kWritable)),
-                                    FamilyName(name), &handle),
-            "migration");
-        !status.ok()) {
-      return status;
-    }
-    families_[name] = handle;
+    absl::StatusOr<rocksdb::ColumnFamilyHandle*> created =
+        CreateFamily(name, "migration");
+    if (!created.ok()) return created.status();
+    rocksdb::ColumnFamilyHandle* handle = *created;
     rocksdb::WriteBatch batch;
     batch.Put(handle, kSettingsKey, settings);
     std::string value;
@@ -975,27 +973,26 @@ absl::Status RocksDbStorage::PutStore(const StoreSettings& settings) {
   MutexLock lock(&mu_);
   if (!db_) return absl::UnavailableError("storage is closed");
   if (read_only_) return absl::ResourceExhaustedError(read_only_reason_);
-  rocksdb::ColumnFamilyHandle* handle = nullptr;
-  rocksdb::Status s = db_->CreateColumnFamily(
-      rocksdb::ColumnFamilyOptions(DbOptions(options_, OpenMode::kWritable)),
-      FamilyName(settings.name), &handle);
-  if (!s.ok()) {
+  absl::StatusOr<rocksdb::ColumnFamilyHandle*> created =
+      CreateFamily(settings.name, "creating a store");
+  if (!created.ok()) {
     stopped_ = true;
-    return FromRocks(s, "creating a store");
+    return created.status();
   }
+  rocksdb::ColumnFamilyHandle* handle = *created;
   rocksdb::WriteBatch batch;
   batch.Put(handle, kSettingsKey, record);
   batch.Put(handle, kNextIdKey, Fixed64(1));
   rocksdb::WriteOptions write;
   write.sync = options_.sync;
-  s = db_->Write(write, &batch);
+  rocksdb::Status s = db_->Write(write, &batch);
   if (!s.ok()) {
     stopped_ = true;
+    families_.erase(settings.name);
     db_->DropColumnFamily(handle).PermitUncheckedError();
     db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
     return FromRocks(s, "creating a store");
   }
-  families_[settings.name] = handle;
   return absl::OkStatus();
 }
 

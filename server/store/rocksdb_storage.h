@@ -145,6 +145,10 @@ class RocksDbStorage : public StorageBackend {
   absl::Status ReplaceWithDamageRecord(const std::string& store,
                                        const std::string& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A new family for `store`, recorded in families_.
+  absl::StatusOr<rocksdb::ColumnFamilyHandle*> CreateFamily(
+      const std::string& store, absl::string_view what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteSynced(rocksdb::WriteBatch& batch, absl::string_view what)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status FlushAll() ABSL_SHARED_LOCKS_REQUIRED(mu_);
