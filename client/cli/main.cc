@@ -714,14 +714,13 @@ void Calibrate(const std::vector<std::string>& args) {
   }
 }
 
-constexpr char kVersion[] = "0.1.0";
-
 void Version(const std::vector<std::string>& args) {
   if (!args.empty()) Fail("version takes no arguments");
   if (absl::GetFlag(FLAGS_json)) {
-    absl::PrintF("{\"version\": \"%s\", \"api\": \"engram.v1\"}\n", kVersion);
+    absl::PrintF("{\"version\": \"%s\", \"api\": \"engram.v1\"}\n",
+                 ENGRAM_VERSION);
   } else {
-    absl::PrintF("engram %s (API engram.v1)\n", kVersion);
+    absl::PrintF("engram %s (API engram.v1)\n", ENGRAM_VERSION);
   }
 }
 

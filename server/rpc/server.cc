@@ -77,7 +77,7 @@ absl::Status CheckKeyPair(const std::string& cert_pem,
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, store::StoreRegistry* registry,
-    jobs::FitScheduler* fits, metrics::Metrics* metrics) {
+    jobs::JobRunner* jobs, metrics::Metrics* metrics) {
   TokenAuthorizer auth;
   if (!options.token_file.empty()) {
     absl::StatusOr<TokenAuthorizer> loaded =
@@ -97,7 +97,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   service.max_message_bytes = options.max_message_bytes;
   service.auth = std::move(auth);
   std::unique_ptr<Server> server(
-      new Server(std::make_unique<EngramService>(registry, fits, metrics,
+      new Server(std::make_unique<EngramService>(registry, jobs, metrics,
                                                  std::move(service)),
                  host));
   std::shared_ptr<grpc::ServerCredentials> credentials =

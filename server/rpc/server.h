@@ -40,11 +40,11 @@ struct ServerOptions {
 
 class Server {
  public:
-  // `registry`, `fits` and `metrics` are borrowed and must outlive the
+  // `registry`, `jobs` and `metrics` are borrowed and must outlive the
   // server.
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options, store::StoreRegistry* registry,
-      jobs::FitScheduler* fits, metrics::Metrics* metrics);
+      jobs::JobRunner* jobs, metrics::Metrics* metrics);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

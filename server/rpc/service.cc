@@ -78,6 +78,8 @@ constexpr Method kMethods[] = {
     {"CancelFit", true},
     {"StartCalibration", true},
     {"GetCalibrationStatus", false},
+    {"WatchCalibration", false},
+    {"CancelCalibration", true},
 };
 
 // The size limit's refusal: how big, the limit, and what to do.
@@ -151,10 +153,10 @@ class EngramService::Call {
 };
 
 EngramService::EngramService(store::StoreRegistry* registry,
-                             jobs::FitScheduler* fits,
-                             metrics::Metrics* metrics, ServiceOptions options)
+                             jobs::JobRunner* jobs, metrics::Metrics* metrics,
+                             ServiceOptions options)
     : registry_(registry),
-      fits_(fits),
+      jobs_(jobs),
       options_(std::move(options)),
       metrics_(metrics) {}
 
@@ -167,13 +169,13 @@ void EngramService::CountPatterns(const store::Store& store) {
 
 void EngramService::StoreToProto(const store::Store& store, v1::Store& out) {
   ToProto(*store.view(), out);
-  absl::StatusOr<jobs::FitStatus> fit = fits_->Status(store.name());
-  if (fit.ok()) ToProto(store.name(), *fit, *out.mutable_fit());
+  absl::StatusOr<v1::FitStatus> fit = jobs_->FitStatus(store.name());
+  if (fit.ok()) *out.mutable_fit() = *std::move(fit);
 }
 
 void EngramService::Added(const store::Store& store, size_t count) {
   CountPatterns(store);
-  fits_->PatternsAdded(store.name(), count);
+  jobs_->PatternsAdded(store.name(), count);
 }
 
 grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
@@ -182,8 +184,11 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
   Call call(this, "CreateStore", request->store().name());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<store::StoreSettings> settings =
-      SettingsFromProto(request->store());
+      store::SettingsFromProto(request->store(), /*fill_defaults=*/true);
   if (!settings.ok()) return call.Done(settings.status());
+  // Output-only fields a client sent are not the store's.
+  settings->create_time = absl::Now();
+  settings->calibration_report.Clear();
   absl::StatusOr<std::shared_ptr<store::Store>> created =
       registry_->Create(*settings);
   if (!created.ok()) return call.Done(created.status());
@@ -250,8 +255,8 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
   if (!found.ok()) return call.Done(found.status());
   absl::Status status =
       (*found)->UpdateSettings([request](store::StoreSettings& settings) {
-        return ApplyUpdateMask(request->store(), request->update_mask(),
-                               settings);
+        return store::ApplyUpdateMask(request->store(), request->update_mask(),
+                                      settings);
       });
   if (!status.ok()) return call.Done(status);
   StoreToProto(**found, *response);
@@ -265,7 +270,7 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
   if (!call.Admit(*context, request)) return call.Refused();
   absl::Status status = registry_->Delete(request->name());
   if (status.ok()) {
-    fits_->StoreDeleted(request->name());
+    jobs_->StoreDeleted(request->name());
     metrics_->RemoveStore(request->name());
     metrics_->SetDamagedStores(registry_->Damaged().size());
   }
@@ -520,15 +525,73 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
   return call.Done(absl::OkStatus());
 }
 
+namespace {
+
+// The status of one kind of job of a store (jobs::JobRunner keeps both).
+template <typename Status>
+absl::StatusOr<Status> JobStatus(jobs::JobRunner& jobs,
+                                 const std::string& store);
+template <>
+absl::StatusOr<v1::FitStatus> JobStatus(jobs::JobRunner& jobs,
+                                        const std::string& store) {
+  return jobs.FitStatus(store);
+}
+template <>
+absl::StatusOr<v1::CalibrationStatus> JobStatus(jobs::JobRunner& jobs,
+                                                const std::string& store) {
+  return jobs.CalibrationStatus(store);
+}
+
+template <typename Status>
+constexpr jobs::JobKind KindOf() {
+  return std::is_same_v<Status, v1::FitStatus> ? jobs::JobKind::kFit
+                                               : jobs::JobKind::kCalibration;
+}
+
+}  // namespace
+
+template <typename Status>
+absl::Status EngramService::Watch(grpc::ServerContext* context,
+                                  const std::string& store,
+                                  grpc::ServerWriter<Status>* writer) {
+  constexpr jobs::JobKind kind = KindOf<Status>();
+  absl::StatusOr<uint64_t> seen = jobs_->Generation(kind, store);
+  while (seen.ok()) {
+    absl::StatusOr<Status> status = JobStatus<Status>(*jobs_, store);
+    if (!status.ok()) return status.status();
+    if (!writer->Write(*status)) return absl::OkStatus();
+    if (status->state() != Status::PENDING &&
+        status->state() != Status::RUNNING) {
+      return absl::OkStatus();
+    }
+    // Wake at least once a second to notice a client that went away.
+    const uint64_t before = *seen;
+    do {
+      if (context->IsCancelled()) {
+        return absl::CancelledError("the client cancelled the watch");
+      }
+      seen = jobs_->WaitForChange(kind, store, before, absl::Seconds(1));
+    } while (seen.ok() && *seen == before);
+  }
+  return seen.status();
+}
+
+template <typename Status>
+absl::Status EngramService::Reply(const std::string& store, absl::Status done,
+                                  Status* response) {
+  if (!done.ok()) return done;
+  absl::StatusOr<Status> status = JobStatus<Status>(*jobs_, store);
+  if (!status.ok()) return status.status();
+  *response = *std::move(status);
+  return absl::OkStatus();
+}
+
 grpc::Status EngramService::GetFitStatus(grpc::ServerContext* context,
                                          const v1::GetFitStatusRequest* request,
                                          v1::FitStatus* response) {
   Call call(this, "GetFitStatus", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
-  if (!status.ok()) return call.Done(status.status());
-  ToProto(request->store(), *status, *response);
-  return call.Done(absl::OkStatus());
+  return call.Done(Reply(request->store(), absl::OkStatus(), response));
 }
 
 grpc::Status EngramService::WatchFit(
@@ -536,26 +599,7 @@ grpc::Status EngramService::WatchFit(
     grpc::ServerWriter<v1::FitStatus>* writer) {
   Call call(this, "WatchFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<jobs::FitStatus> status = fits_->Status(request->store());
-  using State = jobs::FitStatus::State;
-  while (status.ok()) {
-    v1::FitStatus out;
-    ToProto(request->store(), *status, out);
-    if (!writer->Write(out)) break;
-    if (status->state != State::kPending && status->state != State::kRunning) {
-      break;
-    }
-    // Wake at least once a second to notice a client that went away.
-    uint64_t seen = status->generation;
-    do {
-      if (context->IsCancelled()) {
-        return call.Done(
-            absl::CancelledError("the client cancelled the watch"));
-      }
-      status = fits_->WaitForChange(request->store(), seen, absl::Seconds(1));
-    } while (status.ok() && status->generation == seen);
-  }
-  return call.Done(status.status());
+  return call.Done(Watch(context, request->store(), writer));
 }
 
 grpc::Status EngramService::StartFit(grpc::ServerContext* context,
@@ -563,10 +607,9 @@ grpc::Status EngramService::StartFit(grpc::ServerContext* context,
                                      v1::FitStatus* response) {
   Call call(this, "StartFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<jobs::FitStatus> status = fits_->Start(request->store());
-  if (!status.ok()) return call.Done(status.status());
-  ToProto(request->store(), *status, *response);
-  return call.Done(absl::OkStatus());
+  return call.Done(Reply(request->store(),
+                         jobs_->Start(jobs::JobKind::kFit, request->store()),
+                         response));
 }
 
 grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
@@ -574,25 +617,22 @@ grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
                                       v1::FitStatus* response) {
   Call call(this, "CancelFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<jobs::FitStatus> status = fits_->Cancel(request->store());
-  if (!status.ok()) return call.Done(status.status());
-  ToProto(request->store(), *status, *response);
-  return call.Done(absl::OkStatus());
+  return call.Done(Reply(request->store(),
+                         jobs_->Cancel(jobs::JobKind::kFit, request->store()),
+                         response));
 }
 
 grpc::Status EngramService::StartCalibration(
     grpc::ServerContext* context, const v1::StartCalibrationRequest* request,
     v1::CalibrationStatus* response) {
   Call call(this, "StartCalibration", request->store());
-  // It may change the store's retrieval settings.
   if (!call.Admit(*context, request)) return call.Refused();
   std::optional<bool> apply;
   if (request->has_apply()) apply = request->apply();
-  absl::StatusOr<jobs::CalibrationStatus> status =
-      fits_->StartCalibration(request->store(), apply);
-  if (!status.ok()) return call.Done(status.status());
-  ToProto(request->store(), *status, *response);
-  return call.Done(absl::OkStatus());
+  return call.Done(
+      Reply(request->store(),
+            jobs_->Start(jobs::JobKind::kCalibration, request->store(), apply),
+            response));
 }
 
 grpc::Status EngramService::GetCalibrationStatus(
@@ -601,11 +641,25 @@ grpc::Status EngramService::GetCalibrationStatus(
     v1::CalibrationStatus* response) {
   Call call(this, "GetCalibrationStatus", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<jobs::CalibrationStatus> status =
-      fits_->Calibration(request->store());
-  if (!status.ok()) return call.Done(status.status());
-  ToProto(request->store(), *status, *response);
-  return call.Done(absl::OkStatus());
+  return call.Done(Reply(request->store(), absl::OkStatus(), response));
+}
+
+grpc::Status EngramService::WatchCalibration(
+    grpc::ServerContext* context, const v1::WatchCalibrationRequest* request,
+    grpc::ServerWriter<v1::CalibrationStatus>* writer) {
+  Call call(this, "WatchCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(Watch(context, request->store(), writer));
+}
+
+grpc::Status EngramService::CancelCalibration(
+    grpc::ServerContext* context, const v1::CancelCalibrationRequest* request,
+    v1::CalibrationStatus* response) {
+  Call call(this, "CancelCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(Reply(
+      request->store(),
+      jobs_->Cancel(jobs::JobKind::kCalibration, request->store()), response));
 }
 
 }  // namespace engram::rpc

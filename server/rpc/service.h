@@ -10,7 +10,7 @@
 
 #include "absl/strings/string_view.h"
 #include "engram/v1/engram.grpc.pb.h"
-#include "server/jobs/fit_scheduler.h"
+#include "server/jobs/job_runner.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/page_token.h"
@@ -32,7 +32,7 @@ std::optional<bool> MethodWrites(absl::string_view method);
 class EngramService final : public v1::Engram::Service {
  public:
   // All borrowed; they must outlive the service.
-  EngramService(store::StoreRegistry* registry, jobs::FitScheduler* fits,
+  EngramService(store::StoreRegistry* registry, jobs::JobRunner* jobs,
                 metrics::Metrics* metrics, ServiceOptions options);
 
   grpc::Status CreateStore(grpc::ServerContext* context,
@@ -88,6 +88,12 @@ class EngramService final : public v1::Engram::Service {
       grpc::ServerContext* context,
       const v1::GetCalibrationStatusRequest* request,
       v1::CalibrationStatus* response) override;
+  grpc::Status WatchCalibration(
+      grpc::ServerContext* context, const v1::WatchCalibrationRequest* request,
+      grpc::ServerWriter<v1::CalibrationStatus>* writer) override;
+  grpc::Status CancelCalibration(grpc::ServerContext* context,
+                                 const v1::CancelCalibrationRequest* request,
+                                 v1::CalibrationStatus* response) override;
 
  private:
   // Admits (token, request size), times, counts and logs one call; Done()
@@ -99,9 +105,18 @@ class EngramService final : public v1::Engram::Service {
   void StoreToProto(const store::Store& store, v1::Store& out);
   // After a successful add: counts and schedules a fit.
   void Added(const store::Store& store, size_t count);
+  // A job status stream: the status now and after every change, until the
+  // job ends or the client goes away.
+  template <typename Status>
+  absl::Status Watch(grpc::ServerContext* context, const std::string& store,
+                     grpc::ServerWriter<Status>* writer);
+  // `done`, or the job status after it into `response`.
+  template <typename Status>
+  absl::Status Reply(const std::string& store, absl::Status done,
+                     Status* response);
 
   store::StoreRegistry* const registry_;
-  jobs::FitScheduler* const fits_;
+  jobs::JobRunner* const jobs_;
   const ServiceOptions options_;
   const PageTokens tokens_;
   metrics::Metrics* const metrics_;

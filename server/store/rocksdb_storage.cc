@@ -803,7 +803,15 @@ absl::Status RocksDbStorage::MigrateFromLayout1() {
     if (!created.ok()) return created.status();
     rocksdb::ColumnFamilyHandle* handle = *created;
     rocksdb::WriteBatch batch;
-    batch.Put(handle, kSettingsKey, settings);
+    absl::StatusOr<StoreSettings> decoded = DecodeLegacySettings(settings);
+    if (decoded.ok()) {
+      batch.Put(handle, kSettingsKey, EncodeSettingsRecord(*decoded));
+    } else {
+      batch.Put(handle, kDamageKey,
+                absl::StrCat("its engram 0.1 settings record was unreadable "
+                             "during migration: ",
+                             decoded.status().message()));
+    }
     std::string value;
     if (db_->Get(read, default_family_, absl::StrCat("N", name), &value).ok() &&
         value.size() == 8) {
@@ -960,7 +968,7 @@ absl::Status RocksDbStorage::PutStore(const StoreSettings& settings) {
     ReaderMutexLock lock(&mu_);
     exists = families_.contains(settings.name);
   }
-  const std::string record = EncodeSettings(settings);
+  const std::string record = EncodeSettingsRecord(settings);
   if (exists) {
     return Commit(settings.name, [&](rocksdb::WriteBatch& batch,
                                      rocksdb::ColumnFamilyHandle* family) {
@@ -1110,7 +1118,7 @@ absl::Status RocksDbStorage::LoadStores(LoadVisitor& visitor,
       damaged(FromRocks(s, "load"));
       continue;
     }
-    absl::StatusOr<StoreSettings> settings = DecodeSettings(value);
+    absl::StatusOr<StoreSettings> settings = DecodeSettingsRecord(value);
     if (!settings.ok()) {
       damaged(settings.status());
       continue;

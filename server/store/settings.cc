@@ -1,13 +1,20 @@
 #include "server/store/settings.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "engram/storage/v1/records.pb.h"
+#include "google/protobuf/util/field_mask_util.h"
 #include "server/base/clip.h"
 
 namespace engram::store {
@@ -121,270 +128,426 @@ absl::Status ValidateSettings(const StoreSettings& settings,
   return absl::OkStatus();
 }
 
-}  // namespace engram::store
-
-namespace engram::store {
-
 namespace {
 
-template <typename Enum>
-struct EnumNames {
-  Enum value;
-  const char* name;
+// Each enum of the settings next to the API's: one table per pair, read
+// both ways. UNSPECIFIED (0) is the default.
+template <typename Ours, typename Theirs>
+struct EnumPair {
+  Ours ours;
+  Theirs theirs;
 };
 
-constexpr EnumNames<core::Similarity> kSimilarities[] = {
-    {core::Similarity::kDot, "dot"},
-    {core::Similarity::kL2, "l2"},
-    {core::Similarity::kManhattan, "manhattan"},
-    {core::Similarity::kCosine, "cosine"},
-    {core::Similarity::kKernelDot, "kernel_dot"},
-    {core::Similarity::kKernelL2, "kernel_l2"}};
-constexpr EnumNames<core::Separation> kSeparations[] = {
-    {core::Separation::kSoftmax, "softmax"},
-    {core::Separation::kSparsemax, "sparsemax"},
-    {core::Separation::kEntmax15, "entmax15"}};
-constexpr EnumNames<core::Corruption> kCorruptions[] = {
-    {core::Corruption::kDropout, "dropout"},
-    {core::Corruption::kGaussian, "gaussian"},
-    {core::Corruption::kMask, "mask"}};
-constexpr EnumNames<FeatureMapKind> kMapKinds[] = {
-    {FeatureMapKind::kNone, "none"}, {FeatureMapKind::kUhop, "uhop"}};
-constexpr EnumNames<FitLoss> kLosses[] = {{FitLoss::kMean, "mean"},
-                                          {FitLoss::kMax, "max"}};
-constexpr EnumNames<FitOptimizer> kOptimizers[] = {
-    {FitOptimizer::kSgd, "sgd"}, {FitOptimizer::kAdam, "adam"}};
+constexpr EnumPair<core::Similarity, v1::Similarity> kSimilarities[] = {
+    {core::Similarity::kDot, v1::DOT},
+    {core::Similarity::kL2, v1::L2},
+    {core::Similarity::kManhattan, v1::MANHATTAN},
+    {core::Similarity::kCosine, v1::COSINE},
+    {core::Similarity::kKernelDot, v1::KERNEL_DOT},
+    {core::Similarity::kKernelL2, v1::KERNEL_L2}};
+constexpr EnumPair<core::Separation, v1::Separation> kSeparations[] = {
+    {core::Separation::kSoftmax, v1::SOFTMAX},
+    {core::Separation::kSparsemax, v1::SPARSEMAX},
+    {core::Separation::kEntmax15, v1::ENTMAX15}};
+constexpr EnumPair<core::Corruption, v1::Corruption> kCorruptions[] = {
+    {core::Corruption::kDropout, v1::DROPOUT},
+    {core::Corruption::kGaussian, v1::GAUSSIAN},
+    {core::Corruption::kMask, v1::MASK}};
+constexpr EnumPair<FeatureMapKind, v1::FeatureMapKind> kMapKinds[] = {
+    {FeatureMapKind::kNone, v1::NONE}, {FeatureMapKind::kUhop, v1::UHOP}};
+constexpr EnumPair<FitLoss, v1::FitLoss> kLosses[] = {
+    {FitLoss::kMean, v1::MEAN}, {FitLoss::kMax, v1::MAX}};
+constexpr EnumPair<FitOptimizer, v1::FitOptimizer> kOptimizers[] = {
+    {FitOptimizer::kSgd, v1::SGD}, {FitOptimizer::kAdam, v1::ADAM}};
 
-template <typename Enum, size_t N>
-const char* NameOf(const EnumNames<Enum> (&names)[N], Enum value) {
-  for (const auto& n : names) {
-    if (n.value == value) return n.name;
+template <typename Ours, typename Theirs, size_t N>
+Theirs ToProtoEnum(const EnumPair<Ours, Theirs> (&pairs)[N], Ours value) {
+  for (const auto& p : pairs) {
+    if (p.ours == value) return p.theirs;
   }
-  return "?";
+  return Theirs{};
 }
 
-template <typename Enum, size_t N>
-bool ParseEnum(const EnumNames<Enum> (&names)[N], absl::string_view text,
-               Enum& out) {
-  for (const auto& n : names) {
-    if (text == n.name) {
-      out = n.value;
-      return true;
+// The value of `field` (an API enum value), or `fallback` for UNSPECIFIED.
+template <typename Ours, typename Theirs, size_t N>
+absl::Status FromProtoEnum(const EnumPair<Ours, Theirs> (&pairs)[N], int value,
+                           Ours fallback, absl::string_view field, Ours& out) {
+  if (value == 0) {
+    out = fallback;
+    return absl::OkStatus();
+  }
+  for (const auto& p : pairs) {
+    if (p.theirs == value) {
+      out = p.ours;
+      return absl::OkStatus();
     }
   }
-  return false;
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " has unknown value ", value));
 }
 
-// The calibration settings, and the last report if there is one.
-std::string EncodeCalibration(const CalibrationSettings& c,
-                              const CalibrationReport& r) {
-  std::string out = absl::StrCat(
-      "calibration.automatic=", c.automatic ? 1 : 0,
-      "\ncalibration.apply=", c.apply ? 1 : 0,
-      "\ncalibration.corruption=", NameOf(kCorruptions, c.corruption),
-      "\ncalibration.level=", absl::StrFormat("%.9g", c.level),
-      "\ncalibration.search_similarity=", c.search_similarity ? 1 : 0,
-      "\ncalibration.search_separation=", c.search_separation ? 1 : 0,
-      "\ncalibration.sample_size=", c.sample_size,
-      "\ncalibration.seed=", c.seed, "\n");
-  if (r.time == absl::InfinitePast()) return out;
-  absl::StrAppend(
-      &out, "report.time_unix_ns=", absl::ToUnixNanos(r.time),
-      "\nreport.store_version=", r.store_version,
-      "\nreport.patterns=", r.patterns,
-      "\nreport.corruption=", NameOf(kCorruptions, r.corruption),
-      "\nreport.level=", absl::StrFormat("%.9g", r.level),
-      "\nreport.similarity=", NameOf(kSimilarities, r.similarity),
-      "\nreport.separation=", NameOf(kSeparations, r.separation),
-      "\nreport.beta=", absl::StrFormat("%.9g", r.beta),
-      "\nreport.error=", absl::StrFormat("%.17g", r.error),
-      "\nreport.recall_at_1=", absl::StrFormat("%.17g", r.recall_at_1),
-      "\nreport.previous_error=", absl::StrFormat("%.17g", r.previous_error),
-      "\nreport.previous_recall_at_1=",
-      absl::StrFormat("%.17g", r.previous_recall_at_1),
-      "\nreport.improved=", r.improved ? 1 : 0,
-      "\nreport.applied=", r.applied ? 1 : 0);
-  absl::StrAppend(
-      &out, "\nreport.well_separated_fraction=",
-      absl::StrFormat("%.17g", r.well_separated_fraction),
-      "\nreport.theory_beta_median=",
-      absl::StrFormat("%.17g", r.theory_beta_median),
-      "\nreport.theory_beta_p90=", absl::StrFormat("%.17g", r.theory_beta_p90),
-      "\nreport.sample_size=", r.sample_size,
-      "\nreport.memories_used=", r.memories_used,
-      "\nreport.candidates=", r.candidates, "\nreport.duration_seconds=",
-      absl::StrFormat("%.17g", r.duration_seconds),
-      "\nreport.detail=", absl::CEscape(r.detail), "\n");
-  return out;
+// `value`, or `fallback` where it is zero and defaults fill.
+template <typename T>
+T Or(T value, T fallback, bool fill_defaults) {
+  return fill_defaults && value == T{} ? fallback : value;
 }
 
-// Parses one calibration line into `c` or `r`; false if `key` is not one.
-bool DecodeCalibration(absl::string_view key, absl::string_view value,
-                       CalibrationSettings& c, CalibrationReport& r, bool& ok) {
-  int64_t nanos = 0;
-  std::string detail;
-  if (key == "calibration.automatic") {
-    ok = absl::SimpleAtob(value, &c.automatic);
-  } else if (key == "calibration.apply") {
-    ok = absl::SimpleAtob(value, &c.apply);
-  } else if (key == "calibration.corruption") {
-    ok = ParseEnum(kCorruptions, value, c.corruption);
-  } else if (key == "calibration.level") {
-    ok = absl::SimpleAtof(value, &c.level);
-  } else if (key == "calibration.search_similarity") {
-    ok = absl::SimpleAtob(value, &c.search_similarity);
-  } else if (key == "calibration.search_separation") {
-    ok = absl::SimpleAtob(value, &c.search_separation);
-  } else if (key == "calibration.sample_size") {
-    ok = absl::SimpleAtoi(value, &c.sample_size);
-  } else if (key == "calibration.seed") {
-    ok = absl::SimpleAtoi(value, &c.seed);
-  } else if (key == "report.time_unix_ns") {
-    ok = absl::SimpleAtoi(value, &nanos);
-    r.time = absl::FromUnixNanos(nanos);
-  } else if (key == "report.store_version") {
-    ok = absl::SimpleAtoi(value, &r.store_version);
-  } else if (key == "report.patterns") {
-    ok = absl::SimpleAtoi(value, &r.patterns);
-  } else if (key == "report.corruption") {
-    ok = ParseEnum(kCorruptions, value, r.corruption);
-  } else if (key == "report.level") {
-    ok = absl::SimpleAtof(value, &r.level);
-  } else if (key == "report.similarity") {
-    ok = ParseEnum(kSimilarities, value, r.similarity);
-  } else if (key == "report.separation") {
-    ok = ParseEnum(kSeparations, value, r.separation);
-  } else if (key == "report.beta") {
-    ok = absl::SimpleAtof(value, &r.beta);
-  } else if (key == "report.error") {
-    ok = absl::SimpleAtod(value, &r.error);
-  } else if (key == "report.recall_at_1") {
-    ok = absl::SimpleAtod(value, &r.recall_at_1);
-  } else if (key == "report.previous_error") {
-    ok = absl::SimpleAtod(value, &r.previous_error);
-  } else if (key == "report.previous_recall_at_1") {
-    ok = absl::SimpleAtod(value, &r.previous_recall_at_1);
-  } else if (key == "report.improved") {
-    ok = absl::SimpleAtob(value, &r.improved);
-  } else if (key == "report.applied") {
-    ok = absl::SimpleAtob(value, &r.applied);
-  } else if (key == "report.well_separated_fraction") {
-    ok = absl::SimpleAtod(value, &r.well_separated_fraction);
-  } else if (key == "report.theory_beta_median") {
-    ok = absl::SimpleAtod(value, &r.theory_beta_median);
-  } else if (key == "report.theory_beta_p90") {
-    ok = absl::SimpleAtod(value, &r.theory_beta_p90);
-  } else if (key == "report.sample_size") {
-    ok = absl::SimpleAtoi(value, &r.sample_size);
-  } else if (key == "report.memories_used") {
-    ok = absl::SimpleAtoi(value, &r.memories_used);
-  } else if (key == "report.candidates") {
-    ok = absl::SimpleAtoi(value, &r.candidates);
-  } else if (key == "report.duration_seconds") {
-    ok = absl::SimpleAtod(value, &r.duration_seconds);
-  } else if (key == "report.detail") {
-    ok = absl::CUnescape(value, &detail);
-    r.detail = detail;
-  } else {
-    return false;
+void TimeToProto(absl::Time time, google::protobuf::Timestamp& out) {
+  const int64_t nanos = absl::ToUnixNanos(time);
+  out.set_seconds(nanos / 1000000000);
+  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+absl::Time TimeFromProto(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
+// Sets the field at dotted `path` of `message` from its text, by the
+// field's type (enum values by name, any case; strings C-unescaped). NOT_FOUND
+// if no such field exists; INVALID_ARGUMENT if the text is not its type.
+absl::Status SetField(google::protobuf::Message& message,
+                      absl::string_view path, absl::string_view text) {
+  const absl::Status bad = absl::InvalidArgumentError("bad value");
+  using google::protobuf::FieldDescriptor;
+  google::protobuf::Message* target = &message;
+  std::vector<absl::string_view> parts = absl::StrSplit(path, '.');
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    const FieldDescriptor* field =
+        target->GetDescriptor()->FindFieldByName(std::string(parts[i]));
+    if (field == nullptr || field->type() != FieldDescriptor::TYPE_MESSAGE) {
+      return absl::NotFoundError("no such field");
+    }
+    target = target->GetReflection()->MutableMessage(target, field);
   }
-  return true;
+  const FieldDescriptor* field =
+      target->GetDescriptor()->FindFieldByName(std::string(parts.back()));
+  if (field == nullptr || field->is_repeated()) {
+    return absl::NotFoundError("no such field");
+  }
+  const google::protobuf::Reflection* r = target->GetReflection();
+  switch (field->cpp_type()) {
+    case FieldDescriptor::CPPTYPE_INT32: {
+      int32_t v;
+      if (!absl::SimpleAtoi(text, &v)) return bad;
+      r->SetInt32(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_INT64: {
+      int64_t v;
+      if (!absl::SimpleAtoi(text, &v)) return bad;
+      r->SetInt64(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_UINT32: {
+      uint32_t v;
+      if (!absl::SimpleAtoi(text, &v)) return bad;
+      r->SetUInt32(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_UINT64: {
+      uint64_t v;
+      if (!absl::SimpleAtoi(text, &v)) return bad;
+      r->SetUInt64(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_FLOAT: {
+      float v;
+      if (!absl::SimpleAtof(text, &v)) return bad;
+      r->SetFloat(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_DOUBLE: {
+      double v;
+      if (!absl::SimpleAtod(text, &v)) return bad;
+      r->SetDouble(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_BOOL: {
+      bool v;
+      if (!absl::SimpleAtob(text, &v)) return bad;
+      r->SetBool(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_ENUM: {
+      const google::protobuf::EnumValueDescriptor* v =
+          field->enum_type()->FindValueByName(absl::AsciiStrToUpper(text));
+      if (v == nullptr) return bad;
+      r->SetEnum(target, field, v);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_STRING: {
+      std::string v;
+      if (!absl::CUnescape(text, &v)) return bad;
+      r->SetString(target, field, std::move(v));
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      return bad;
+  }
+  return bad;
 }
+
+// The format of a SettingsRecord this engramd writes and reads.
+constexpr uint32_t kSettingsRecordFormat = 2;
 
 }  // namespace
 
-std::string EncodeSettings(const StoreSettings& s) {
-  const core::RetrievalParams& r = s.retrieval;
-  const FeatureMapSettings& f = s.feature_map;
-  return absl::StrCat(
-      "format=1\nname=", s.name, "\ndimension=", s.dimension,
-      "\nsimilarity=", NameOf(kSimilarities, r.similarity),
-      "\nseparation=", NameOf(kSeparations, r.separation),
-      "\nbeta=", absl::StrFormat("%.9g", r.beta), "\nsteps=", r.steps,
-      "\neps=", absl::StrFormat("%.9g", r.eps), "\ntop_k=", r.top_k,
-      "\nfeature_map.kind=", NameOf(kMapKinds, f.kind),
-      "\nfeature_map.feature_dim=", f.feature_dim,
-      "\nfeature_map.loss=", NameOf(kLosses, f.loss),
-      "\nfeature_map.optimizer=", NameOf(kOptimizers, f.optimizer),
-      "\nfeature_map.epochs=", f.epochs,
-      "\nfeature_map.learning_rate=", absl::StrFormat("%.17g", f.learning_rate),
-      "\nfeature_map.batch_size=", f.batch_size, "\nfeature_map.seed=", f.seed,
-      "\nfeature_map.min_new_patterns=", f.min_new_patterns,
-      "\nfeature_map.debounce_ms=", f.debounce_ms,
-      "\nlow_rank.tolerance=", absl::StrFormat("%.17g", s.low_rank.tolerance),
-      "\nlow_rank.max_degree=", s.low_rank.max_degree,
-      "\ncreate_time_unix_ns=", absl::ToUnixNanos(s.create_time), "\n",
-      EncodeCalibration(s.calibration, s.calibration_report));
+absl::StatusOr<StoreSettings> SettingsFromProto(const v1::Store& in,
+                                                bool fill_defaults) {
+  const StoreSettings d;  // The defaults.
+  StoreSettings out;
+  out.name = in.name();
+  out.dimension = in.dimension();
+  const v1::RetrievalSettings& r = in.retrieval();
+  core::RetrievalParams& retrieval = out.retrieval;
+  if (absl::Status s =
+          FromProtoEnum(kSimilarities, r.similarity(), d.retrieval.similarity,
+                        "store.retrieval.similarity", retrieval.similarity);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          FromProtoEnum(kSeparations, r.separation(), d.retrieval.separation,
+                        "store.retrieval.separation", retrieval.separation);
+      !s.ok()) {
+    return s;
+  }
+  retrieval.beta = Or(r.beta(), d.retrieval.beta, fill_defaults);
+  retrieval.steps = Or(r.steps(), d.retrieval.steps, fill_defaults);
+  retrieval.eps = r.eps();
+  retrieval.top_k = Or(r.top_k(), d.retrieval.top_k, fill_defaults);
+
+  const v1::FeatureMapSettings& f = in.feature_map();
+  FeatureMapSettings& map = out.feature_map;
+  for (absl::Status s :
+       {FromProtoEnum(kMapKinds, f.kind(), d.feature_map.kind,
+                      "store.feature_map.kind", map.kind),
+        FromProtoEnum(kLosses, f.loss(), d.feature_map.loss,
+                      "store.feature_map.loss", map.loss),
+        FromProtoEnum(kOptimizers, f.optimizer(), d.feature_map.optimizer,
+                      "store.feature_map.optimizer", map.optimizer)}) {
+    if (!s.ok()) return s;
+  }
+  map.feature_dim = f.feature_dim();
+  map.epochs = Or(f.epochs(), d.feature_map.epochs, fill_defaults);
+  map.learning_rate = f.learning_rate();
+  map.batch_size = Or(f.batch_size(), d.feature_map.batch_size, fill_defaults);
+  map.seed = f.seed();
+  map.min_new_patterns =
+      Or(f.min_new_patterns(), d.feature_map.min_new_patterns, fill_defaults);
+  map.debounce_ms =
+      Or(f.debounce_ms(), d.feature_map.debounce_ms, fill_defaults);
+
+  out.low_rank.tolerance =
+      Or(in.low_rank().tolerance(), d.low_rank.tolerance, fill_defaults);
+  out.low_rank.max_degree =
+      Or(in.low_rank().max_degree(), d.low_rank.max_degree, fill_defaults);
+
+  const v1::CalibrationSettings& c = in.calibration();
+  CalibrationSettings& calibration = out.calibration;
+  if (absl::Status s =
+          FromProtoEnum(kCorruptions, c.corruption(), d.calibration.corruption,
+                        "store.calibration.corruption", calibration.corruption);
+      !s.ok()) {
+    return s;
+  }
+  calibration.automatic = c.automatic();
+  calibration.apply = c.apply();
+  calibration.level = Or(c.level(), d.calibration.level, fill_defaults);
+  calibration.search_similarity = c.search_similarity();
+  calibration.search_separation = c.search_separation();
+  calibration.sample_size =
+      Or(c.sample_size(), d.calibration.sample_size, fill_defaults);
+  calibration.seed = c.seed();
+
+  if (in.has_calibration_report()) {
+    out.calibration_report = in.calibration_report();
+  }
+  if (in.has_create_time()) out.create_time = TimeFromProto(in.create_time());
+  return out;
 }
 
-absl::StatusOr<StoreSettings> DecodeSettings(absl::string_view text) {
-  StoreSettings s;
-  core::RetrievalParams& r = s.retrieval;
-  FeatureMapSettings& f = s.feature_map;
+void SettingsToProto(const StoreSettings& s, v1::Store& out) {
+  out.set_name(s.name);
+  out.set_dimension(s.dimension);
+  v1::RetrievalSettings* r = out.mutable_retrieval();
+  r->set_similarity(ToProtoEnum(kSimilarities, s.retrieval.similarity));
+  r->set_separation(ToProtoEnum(kSeparations, s.retrieval.separation));
+  r->set_beta(s.retrieval.beta);
+  r->set_steps(s.retrieval.steps);
+  r->set_eps(s.retrieval.eps);
+  r->set_top_k(s.retrieval.top_k);
+  v1::FeatureMapSettings* f = out.mutable_feature_map();
+  f->set_kind(ToProtoEnum(kMapKinds, s.feature_map.kind));
+  f->set_feature_dim(s.feature_map.feature_dim);
+  f->set_loss(ToProtoEnum(kLosses, s.feature_map.loss));
+  f->set_optimizer(ToProtoEnum(kOptimizers, s.feature_map.optimizer));
+  f->set_epochs(s.feature_map.epochs);
+  f->set_learning_rate(s.feature_map.learning_rate);
+  f->set_batch_size(s.feature_map.batch_size);
+  f->set_seed(s.feature_map.seed);
+  f->set_min_new_patterns(s.feature_map.min_new_patterns);
+  f->set_debounce_ms(s.feature_map.debounce_ms);
+  out.mutable_low_rank()->set_tolerance(s.low_rank.tolerance);
+  out.mutable_low_rank()->set_max_degree(s.low_rank.max_degree);
+  v1::CalibrationSettings* c = out.mutable_calibration();
+  c->set_automatic(s.calibration.automatic);
+  c->set_apply(s.calibration.apply);
+  c->set_corruption(ToProtoEnum(kCorruptions, s.calibration.corruption));
+  c->set_level(s.calibration.level);
+  c->set_search_similarity(s.calibration.search_similarity);
+  c->set_search_separation(s.calibration.search_separation);
+  c->set_sample_size(s.calibration.sample_size);
+  c->set_seed(s.calibration.seed);
+  if (s.calibration_report.has_time()) {
+    *out.mutable_calibration_report() = s.calibration_report;
+  } else {
+    out.clear_calibration_report();
+  }
+  TimeToProto(s.create_time, *out.mutable_create_time());
+}
+
+v1::Similarity SimilarityToProto(core::Similarity similarity) {
+  return ToProtoEnum(kSimilarities, similarity);
+}
+v1::Separation SeparationToProto(core::Separation separation) {
+  return ToProtoEnum(kSeparations, separation);
+}
+v1::Corruption CorruptionToProto(core::Corruption corruption) {
+  return ToProtoEnum(kCorruptions, corruption);
+}
+
+absl::Span<const char* const> UpdatablePaths() {
+  static constexpr const char* kPaths[] = {"retrieval.similarity",
+                                           "retrieval.separation",
+                                           "retrieval.beta",
+                                           "retrieval.steps",
+                                           "retrieval.eps",
+                                           "retrieval.top_k",
+                                           "low_rank.tolerance",
+                                           "low_rank.max_degree",
+                                           "calibration.automatic",
+                                           "calibration.apply",
+                                           "calibration.corruption",
+                                           "calibration.level",
+                                           "calibration.search_similarity",
+                                           "calibration.search_separation",
+                                           "calibration.sample_size",
+                                           "calibration.seed",
+                                           "retrieval",
+                                           "low_rank",
+                                           "calibration"};
+  return kPaths;
+}
+
+absl::Status ApplyUpdateMask(const v1::Store& source,
+                             const google::protobuf::FieldMask& mask,
+                             StoreSettings& settings) {
+  if (mask.paths_size() == 0) {
+    return absl::InvalidArgumentError(
+        "update_mask must name at least one field");
+  }
+  const absl::Span<const char* const> paths = UpdatablePaths();
+  for (int i = 0; i < mask.paths_size(); ++i) {
+    if (std::find(paths.begin(), paths.end(), mask.paths(i)) == paths.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("update_mask.paths[", i, "] '", Clip(mask.paths(i)),
+                       "' is not an updatable field; updatable: ",
+                       absl::StrJoin(paths, ", ")));
+    }
+  }
+  // The current settings, every field explicit, with the named ones
+  // replaced; then read back without defaults, so a zero given is a zero
+  // (and validation refuses it where zero is not allowed).
+  v1::Store current;
+  SettingsToProto(settings, current);
+  google::protobuf::util::FieldMaskUtil::MergeOptions options;
+  options.set_replace_message_fields(true);
+  options.set_replace_repeated_fields(true);
+  google::protobuf::util::FieldMaskUtil::MergeMessageTo(source, mask, options,
+                                                        &current);
+  absl::StatusOr<StoreSettings> updated =
+      SettingsFromProto(current, /*fill_defaults=*/false);
+  if (!updated.ok()) return updated.status();
+  settings = *std::move(updated);
+  return absl::OkStatus();
+}
+
+std::string EncodeSettingsRecord(const StoreSettings& settings) {
+  storage::v1::SettingsRecord record;
+  record.set_format(kSettingsRecordFormat);
+  SettingsToProto(settings, *record.mutable_store());
+  return record.SerializeAsString();
+}
+
+absl::StatusOr<StoreSettings> DecodeSettingsRecord(absl::string_view bytes) {
+  storage::v1::SettingsRecord record;
+  if (!record.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("settings record: not a SettingsRecord");
+  }
+  if (record.format() != kSettingsRecordFormat) {
+    return absl::DataLossError(
+        absl::StrCat("settings record: format ", record.format(),
+                     ", this engramd reads ", kSettingsRecordFormat));
+  }
+  return SettingsFromProto(record.store(), /*fill_defaults=*/false);
+}
+
+absl::StatusOr<StoreSettings> DecodeLegacySettings(absl::string_view text) {
+  // engram 0.1 wrote "key=value" lines named after the API's fields, with
+  // enum names in lower case; a few keys were spelled otherwise.
+  static const auto* renamed =
+      new absl::flat_hash_map<std::string, std::string>{
+          {"similarity", "retrieval.similarity"},
+          {"separation", "retrieval.separation"},
+          {"beta", "retrieval.beta"},
+          {"steps", "retrieval.steps"},
+          {"eps", "retrieval.eps"},
+          {"top_k", "retrieval.top_k"},
+          {"report.patterns", "calibration_report.pattern_count"}};
+  v1::Store store;
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     const size_t eq = line.find('=');
     if (eq == absl::string_view::npos) {
       return absl::DataLossError(
-          absl::StrCat("settings line '", line, "' has no '='"));
+          absl::StrCat("settings line '", Clip(line), "' has no '='"));
     }
-    const absl::string_view key = line.substr(0, eq),
-                            value = line.substr(eq + 1);
-    int64_t nanos = 0;
-    bool ok = true;
+    std::string key(line.substr(0, eq));
+    const absl::string_view value = line.substr(eq + 1);
     if (key == "format") {
-      ok = value == "1";
-    } else if (key == "name") {
-      s.name = std::string(value);
-    } else if (key == "dimension") {
-      ok = absl::SimpleAtoi(value, &s.dimension);
-    } else if (key == "similarity") {
-      ok = ParseEnum(kSimilarities, value, r.similarity);
-    } else if (key == "separation") {
-      ok = ParseEnum(kSeparations, value, r.separation);
-    } else if (key == "beta") {
-      ok = absl::SimpleAtof(value, &r.beta);
-    } else if (key == "steps") {
-      ok = absl::SimpleAtoi(value, &r.steps);
-    } else if (key == "eps") {
-      ok = absl::SimpleAtof(value, &r.eps);
-    } else if (key == "top_k") {
-      ok = absl::SimpleAtoi(value, &r.top_k);
-    } else if (key == "feature_map.kind") {
-      ok = ParseEnum(kMapKinds, value, f.kind);
-    } else if (key == "feature_map.feature_dim") {
-      ok = absl::SimpleAtoi(value, &f.feature_dim);
-    } else if (key == "feature_map.loss") {
-      ok = ParseEnum(kLosses, value, f.loss);
-    } else if (key == "feature_map.optimizer") {
-      ok = ParseEnum(kOptimizers, value, f.optimizer);
-    } else if (key == "feature_map.epochs") {
-      ok = absl::SimpleAtoi(value, &f.epochs);
-    } else if (key == "feature_map.learning_rate") {
-      ok = absl::SimpleAtod(value, &f.learning_rate);
-    } else if (key == "feature_map.batch_size") {
-      ok = absl::SimpleAtoi(value, &f.batch_size);
-    } else if (key == "feature_map.seed") {
-      ok = absl::SimpleAtoi(value, &f.seed);
-    } else if (key == "feature_map.min_new_patterns") {
-      ok = absl::SimpleAtoi(value, &f.min_new_patterns);
-    } else if (key == "feature_map.debounce_ms") {
-      ok = absl::SimpleAtoi(value, &f.debounce_ms);
-    } else if (key == "low_rank.tolerance") {
-      ok = absl::SimpleAtod(value, &s.low_rank.tolerance);
-    } else if (key == "low_rank.max_degree") {
-      ok = absl::SimpleAtoi(value, &s.low_rank.max_degree);
-    } else if (key == "create_time_unix_ns") {
-      ok = absl::SimpleAtoi(value, &nanos);
-      s.create_time = absl::FromUnixNanos(nanos);
-    } else {
-      DecodeCalibration(key, value, s.calibration, s.calibration_report, ok);
+      if (value != "1") {
+        return absl::DataLossError(
+            absl::StrCat("settings record format ", Clip(value)));
+      }
+      continue;
     }
-    if (!ok) {
+    if (auto found = renamed->find(key); found != renamed->end()) {
+      key = found->second;
+    } else if (absl::StartsWith(key, "report.")) {
+      key = absl::StrCat("calibration_report.", key.substr(7));
+    }
+    int64_t nanos = 0;
+    if (key == "create_time_unix_ns" ||
+        key == "calibration_report.time_unix_ns") {
+      if (!absl::SimpleAtoi(value, &nanos)) {
+        return absl::DataLossError(
+            absl::StrCat("settings line '", Clip(line), "' has a bad value"));
+      }
+      TimeToProto(absl::FromUnixNanos(nanos),
+                  key == "create_time_unix_ns"
+                      ? *store.mutable_create_time()
+                      : *store.mutable_calibration_report()->mutable_time());
+      continue;
+    }
+    // Keys this engramd does not know are skipped, as 0.1 skipped them.
+    if (absl::Status set = SetField(store, key, value);
+        !set.ok() && !absl::IsNotFound(set)) {
       return absl::DataLossError(
-          absl::StrCat("settings line '", line, "' has a bad value"));
+          absl::StrCat("settings line '", Clip(line), "' has a bad value"));
     }
   }
-  return s;
+  // 0.1 wrote every setting, zeros included: a zero is the store's value.
+  return SettingsFromProto(store, /*fill_defaults=*/false);
 }
 
 }  // namespace engram::store

@@ -1,5 +1,12 @@
 // A store's settings and the server's limits, with their validation.
 //
+// The API's messages (engram/v1/engram.proto) are the schema: a setting's
+// name, type and documentation live there; StoreSettings holds the same
+// settings typed for the code that uses them, and its member initialisers
+// are the one place defaults are defined. SettingsFromProto and
+// SettingsToProto are the only conversion between the two; storage records
+// are the proto, serialized (docs/format.md).
+//
 // Plain values; thread-compatible.
 #ifndef ENGRAM_SERVER_STORE_SETTINGS_H_
 #define ENGRAM_SERVER_STORE_SETTINGS_H_
@@ -12,6 +19,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "engram/v1/engram.pb.h"
+#include "google/protobuf/field_mask.pb.h"
 #include "server/core/calibration.h"
 #include "server/core/retrieval.h"
 
@@ -54,34 +64,10 @@ struct CalibrationSettings {
   uint64_t seed = 0;
 };
 
-// The outcome of the last calibration. Kept with the settings, so it is
-// durable with the setting it applied.
-struct CalibrationReport {
-  absl::Time time = absl::InfinitePast();  // InfinitePast: none yet.
-  uint64_t store_version = 0;              // Of the snapshot calibrated.
-  uint64_t patterns = 0;
-  core::Corruption corruption = core::Corruption::kDropout;
-  float level = 0;
-  // The best setting found (the previous one when none beat it).
-  core::Similarity similarity = core::Similarity::kDot;
-  core::Separation separation = core::Separation::kSoftmax;
-  float beta = 1;
-  double error = 0;
-  double recall_at_1 = 0;
-  // At the setting the store had.
-  double previous_error = 0;
-  double previous_recall_at_1 = 0;
-  bool improved = false;  // The best beat the previous setting.
-  bool applied = false;   // ...and the store now uses it.
-  double well_separated_fraction = 0;
-  double theory_beta_median = 0;
-  double theory_beta_p90 = 0;
-  uint32_t sample_size = 0;
-  uint64_t memories_used = 0;
-  uint32_t candidates = 0;
-  double duration_seconds = 0;
-  std::string detail;  // Why a better setting was not applied, if so.
-};
+// The outcome of the last calibration, as the API defines it (no time set:
+// none yet). Kept with the settings, so it is durable with the setting it
+// applied.
+using CalibrationReport = v1::CalibrationReport;
 
 struct StoreSettings {
   std::string name;
@@ -127,10 +113,38 @@ absl::Status ValidateStoreName(absl::string_view name);
 absl::Status ValidateSettings(const StoreSettings& settings,
                               const Limits& limits);
 
-// A readable, versioned text form ("key=value" lines) for storage. Decoding
-// ignores unknown keys and keeps defaults for missing ones.
-std::string EncodeSettings(const StoreSettings& settings);
-absl::StatusOr<StoreSettings> DecodeSettings(absl::string_view text);
+// The settings a Store message describes. Unset (zero) fields take the
+// defaults of StoreSettings when `fill_defaults` (a create); otherwise zero
+// is taken as given (an update, whose message is complete). Unknown enum
+// values are INVALID_ARGUMENT naming the field. Output-only fields are
+// ignored but for create_time and calibration_report, which a stored record
+// holds.
+absl::StatusOr<StoreSettings> SettingsFromProto(const v1::Store& in,
+                                                bool fill_defaults);
+// Every setting, create_time and the calibration report (if there is one).
+void SettingsToProto(const StoreSettings& settings, v1::Store& out);
+
+// The API's names of the core's enums (for reports).
+v1::Similarity SimilarityToProto(core::Similarity similarity);
+v1::Separation SeparationToProto(core::Separation separation);
+v1::Corruption CorruptionToProto(core::Corruption corruption);
+
+// The fields UpdateStore may change, by FieldMask path ("retrieval" names
+// the whole message).
+absl::Span<const char* const> UpdatablePaths();
+// `settings` with the fields `mask` names taken from `source`; refuses paths
+// that are not updatable, naming them and the ones that are.
+absl::Status ApplyUpdateMask(const v1::Store& source,
+                             const google::protobuf::FieldMask& mask,
+                             StoreSettings& settings);
+
+// The storage record of the settings (docs/format.md): a serialized
+// engram.storage.v1.SettingsRecord.
+std::string EncodeSettingsRecord(const StoreSettings& settings);
+absl::StatusOr<StoreSettings> DecodeSettingsRecord(absl::string_view bytes);
+// engram 0.1's text record ("key=value" lines), read once by the migration
+// to the current layout.
+absl::StatusOr<StoreSettings> DecodeLegacySettings(absl::string_view text);
 
 }  // namespace engram::store
 

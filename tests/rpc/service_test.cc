@@ -38,8 +38,8 @@ class ServiceTest : public ::testing::Test {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.max_message_bytes = 4 << 20;
-    fits_ = std::make_unique<jobs::FitScheduler>(registry_.get(),
-                                                 jobs::FitSchedulerOptions{});
+    fits_ = std::make_unique<jobs::JobRunner>(registry_.get(),
+                                              jobs::JobRunnerOptions{});
     absl::StatusOr<std::unique_ptr<Server>> server =
         Server::Start(options, registry_.get(), fits_.get(), &metrics_);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -88,7 +88,7 @@ class ServiceTest : public ::testing::Test {
   store::EphemeralStorage storage_;
   metrics::NullMetrics metrics_;
   std::unique_ptr<store::StoreRegistry> registry_;
-  std::unique_ptr<jobs::FitScheduler> fits_;
+  std::unique_ptr<jobs::JobRunner> fits_;
   std::unique_ptr<Server> server_;
   std::unique_ptr<client::Client> client_;
 };

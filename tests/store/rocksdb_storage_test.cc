@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engram/storage/v1/records.pb.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
 #include "rocksdb/write_batch.h"
@@ -409,28 +411,14 @@ TEST(PatternRecordTest, RoundTripsAndRejectsTruncation) {
   }
 }
 
-TEST(SettingsRecordTest, RoundTripsAndSkipsUnknownKeys) {
+TEST(SettingsRecordTest, RoundTripsEverySetting) {
   StoreSettings s;
   s.name = "x";
   s.dimension = 9;
   s.retrieval.beta = 0.1f;
   s.retrieval.similarity = core::Similarity::kCosine;
   s.feature_map.learning_rate = 0.3;
-  absl::StatusOr<StoreSettings> back =
-      DecodeSettings(EncodeSettings(s) + "a_future_field=1\n");
-  ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->retrieval.beta, 0.1f);
-  EXPECT_EQ(back->retrieval.similarity, core::Similarity::kCosine);
-  EXPECT_EQ(back->feature_map.learning_rate, 0.3);
-  EXPECT_EQ(DecodeSettings("dimension=abc\n").status().code(),
-            absl::StatusCode::kDataLoss);
-  EXPECT_EQ(back->calibration_report.time, absl::InfinitePast());
-}
-
-TEST(SettingsRecordTest, KeepsCalibrationSettingsAndReport) {
-  StoreSettings s;
-  s.name = "x";
-  s.dimension = 9;
+  s.feature_map.debounce_ms = 0;  // A zero that is not the default stays.
   s.calibration.automatic = true;
   s.calibration.apply = true;
   s.calibration.corruption = core::Corruption::kMask;
@@ -438,24 +426,26 @@ TEST(SettingsRecordTest, KeepsCalibrationSettingsAndReport) {
   s.calibration.search_similarity = true;
   s.calibration.sample_size = 77;
   s.calibration.seed = 12;
+  s.create_time = absl::FromUnixSeconds(1700000000) + absl::Nanoseconds(5);
   CalibrationReport& r = s.calibration_report;
-  r.time = absl::FromUnixSeconds(1700000000);
-  r.store_version = 4;
-  r.patterns = 1000;
-  r.similarity = core::Similarity::kManhattan;
-  r.separation = core::Separation::kEntmax15;
-  r.beta = 2.828427f;
-  r.error = 0.1234567890123;
-  r.recall_at_1 = 0.98;
-  r.previous_error = 3.5;
-  r.improved = r.applied = true;
-  r.well_separated_fraction = 0.75;
-  r.theory_beta_median = 12.5;
-  r.theory_beta_p90 = std::numeric_limits<double>::infinity();
-  r.candidates = 97;
-  r.detail = "line one\nand = two";
-  absl::StatusOr<StoreSettings> back = DecodeSettings(EncodeSettings(s));
+  r.mutable_time()->set_seconds(1700000001);
+  r.set_pattern_count(1000);
+  r.set_similarity(v1::MANHATTAN);
+  r.set_separation(v1::ENTMAX15);
+  r.set_beta(2.828427f);
+  r.set_error(0.1234567890123);
+  r.set_theory_beta_p90(std::numeric_limits<double>::infinity());
+  r.set_detail("line one\nand = two");
+  absl::StatusOr<StoreSettings> back =
+      DecodeSettingsRecord(EncodeSettingsRecord(s));
   ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->name, "x");
+  EXPECT_EQ(back->dimension, 9u);
+  EXPECT_EQ(back->retrieval.beta, 0.1f);
+  EXPECT_EQ(back->retrieval.similarity, core::Similarity::kCosine);
+  EXPECT_EQ(back->feature_map.learning_rate, 0.3);
+  EXPECT_EQ(back->feature_map.debounce_ms, 0u);
+  EXPECT_EQ(back->feature_map.epochs, s.feature_map.epochs);
   EXPECT_TRUE(back->calibration.automatic && back->calibration.apply);
   EXPECT_EQ(back->calibration.corruption, core::Corruption::kMask);
   EXPECT_EQ(back->calibration.level, 0.25f);
@@ -463,18 +453,88 @@ TEST(SettingsRecordTest, KeepsCalibrationSettingsAndReport) {
   EXPECT_FALSE(back->calibration.search_separation);
   EXPECT_EQ(back->calibration.sample_size, 77u);
   EXPECT_EQ(back->calibration.seed, 12u);
+  EXPECT_EQ(back->create_time, s.create_time);
   const CalibrationReport& b = back->calibration_report;
-  EXPECT_EQ(b.time, r.time);
-  EXPECT_EQ(b.patterns, 1000u);
-  EXPECT_EQ(b.similarity, core::Similarity::kManhattan);
-  EXPECT_EQ(b.separation, core::Separation::kEntmax15);
-  EXPECT_EQ(b.beta, r.beta);
-  EXPECT_EQ(b.error, r.error);
-  EXPECT_TRUE(b.applied);
-  EXPECT_EQ(b.theory_beta_median, 12.5);
-  EXPECT_TRUE(std::isinf(b.theory_beta_p90));
-  EXPECT_EQ(b.candidates, 97u);
-  EXPECT_EQ(b.detail, r.detail);
+  EXPECT_EQ(b.SerializeAsString(), r.SerializeAsString());
+}
+
+TEST(SettingsRecordTest, RefusesDamageAndUnknownFormats) {
+  StoreSettings s;
+  s.name = "x";
+  s.dimension = 9;
+  const std::string bytes = EncodeSettingsRecord(s);
+  EXPECT_EQ(DecodeSettingsRecord("\xff\xff\xff").status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(
+      DecodeSettingsRecord(bytes.substr(0, bytes.size() - 1)).status().code(),
+      absl::StatusCode::kDataLoss);
+  storage::v1::SettingsRecord future;
+  ASSERT_TRUE(future.ParseFromString(bytes));
+  future.set_format(3);
+  absl::StatusOr<StoreSettings> refused =
+      DecodeSettingsRecord(future.SerializeAsString());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(refused.status().message(), testing::HasSubstr("format 3"));
+}
+
+// A record as engram 0.1 wrote it (abridged where 0.1 wrote defaults).
+constexpr char kLegacyRecord[] =
+    "format=1\nname=old\ndimension=4\nsimilarity=manhattan\n"
+    "separation=entmax15\nbeta=2.5\nsteps=3\neps=0.0001\ntop_k=7\n"
+    "feature_map.kind=uhop\nfeature_map.feature_dim=8\nfeature_map.loss=mean\n"
+    "feature_map.optimizer=adam\nfeature_map.epochs=50\n"
+    "feature_map.learning_rate=0.25\nfeature_map.batch_size=64\n"
+    "feature_map.seed=9\nfeature_map.min_new_patterns=1\n"
+    "feature_map.debounce_ms=0\nlow_rank.tolerance=0.01\n"
+    "low_rank.max_degree=3\ncreate_time_unix_ns=1700000000000000005\n"
+    "calibration.automatic=1\ncalibration.apply=0\n"
+    "calibration.corruption=gaussian\ncalibration.level=0.5\n"
+    "calibration.search_similarity=0\ncalibration.search_separation=1\n"
+    "calibration.sample_size=256\ncalibration.seed=4\n"
+    "report.time_unix_ns=1700000001000000000\nreport.store_version=6\n"
+    "report.patterns=100\nreport.similarity=l2\nreport.beta=4\n"
+    "report.error=0.125\nreport.improved=1\nreport.applied=0\n"
+    "report.detail=line one\\nand = two\na_future_key=1\n";
+
+TEST(SettingsRecordTest, ReadsEngram01Records) {
+  absl::StatusOr<StoreSettings> s = DecodeLegacySettings(kLegacyRecord);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->name, "old");
+  EXPECT_EQ(s->dimension, 4u);
+  EXPECT_EQ(s->retrieval.similarity, core::Similarity::kManhattan);
+  EXPECT_EQ(s->retrieval.separation, core::Separation::kEntmax15);
+  EXPECT_EQ(s->retrieval.beta, 2.5f);
+  EXPECT_EQ(s->retrieval.steps, 3u);
+  EXPECT_EQ(s->retrieval.top_k, 7u);
+  EXPECT_EQ(s->feature_map.kind, FeatureMapKind::kUhop);
+  EXPECT_EQ(s->feature_map.loss, FitLoss::kMean);
+  EXPECT_EQ(s->feature_map.optimizer, FitOptimizer::kAdam);
+  EXPECT_EQ(s->feature_map.learning_rate, 0.25);
+  EXPECT_EQ(s->feature_map.debounce_ms, 0u);
+  EXPECT_EQ(s->low_rank.max_degree, 3u);
+  EXPECT_EQ(s->create_time, absl::FromUnixNanos(1700000000000000005));
+  EXPECT_TRUE(s->calibration.automatic);
+  EXPECT_FALSE(s->calibration.apply);
+  EXPECT_EQ(s->calibration.corruption, core::Corruption::kGaussian);
+  EXPECT_TRUE(s->calibration.search_separation);
+  const CalibrationReport& r = s->calibration_report;
+  EXPECT_EQ(r.time().seconds(), 1700000001);
+  EXPECT_EQ(r.store_version(), 6u);
+  EXPECT_EQ(r.pattern_count(), 100u);
+  EXPECT_EQ(r.similarity(), v1::L2);
+  EXPECT_EQ(r.error(), 0.125);
+  EXPECT_TRUE(r.improved());
+  EXPECT_FALSE(r.applied());
+  EXPECT_EQ(r.detail(), "line one\nand = two");
+
+  EXPECT_EQ(DecodeLegacySettings("dimension=abc\n").status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeLegacySettings("no equals sign\n").status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeLegacySettings("format=7\n").status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeLegacySettings("similarity=sideways\n").status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "server/jobs/fit_scheduler.h"
+#include "server/jobs/job_runner.h"
 
 #include <atomic>
 #include <cmath>
@@ -14,17 +14,19 @@
 namespace engram::jobs {
 namespace {
 
-using State = FitStatus::State;
+using FitState = v1::FitStatus;
+using FitStatus = v1::FitStatus;
+using CalibrationStatus = v1::CalibrationStatus;
 
-class FitSchedulerTest : public ::testing::Test {
+class JobRunnerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     registry_ =
         std::make_unique<store::StoreRegistry>(store::Limits{}, &storage_);
     ASSERT_TRUE(registry_->Load().ok());
-    FitSchedulerOptions options;
+    JobRunnerOptions options;
     options.tick = absl::Milliseconds(5);
-    fits_ = std::make_unique<FitScheduler>(registry_.get(), options);
+    fits_ = std::make_unique<JobRunner>(registry_.get(), options);
   }
 
   std::shared_ptr<store::Store> Create(const std::string& name, uint32_t dim,
@@ -59,16 +61,17 @@ class FitSchedulerTest : public ::testing::Test {
     fits_->PatternsAdded(s.name(), n);
   }
 
-  // Waits until `done` holds for the store's status (at most 30 s).
+  // Waits until `done` holds for the store's fit status (at most 30 s).
   FitStatus WaitFor(const std::string& name,
                     const std::function<bool(const FitStatus&)>& done) {
-    FitStatus status = *fits_->Status(name);
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (!done(status) && absl::Now() < deadline) {
-      status = *fits_->WaitForChange(name, status.generation,
-                                     absl::Milliseconds(200));
+    while (true) {
+      const uint64_t seen = *fits_->Generation(JobKind::kFit, name);
+      FitStatus status = *fits_->FitStatus(name);
+      if (done(status) || absl::Now() > deadline) return status;
+      fits_->WaitForChange(JobKind::kFit, name, seen, absl::Milliseconds(200))
+          .IgnoreError();
     }
-    return status;
   }
 
   // Every row's key is Phi(row) under the view's own map.
@@ -91,45 +94,44 @@ class FitSchedulerTest : public ::testing::Test {
 
   store::EphemeralStorage storage_;
   std::unique_ptr<store::StoreRegistry> registry_;
-  std::unique_ptr<FitScheduler> fits_;
+  std::unique_ptr<JobRunner> fits_;
 };
 
-TEST_F(FitSchedulerTest, StoresWithoutUhopAreNotConfigured) {
+TEST_F(JobRunnerTest, StoresWithoutUhopAreNotConfigured) {
   store::StoreSettings s;
   s.name = "plain";
   s.dimension = 4;
   ASSERT_TRUE(registry_->Create(s).ok());
-  EXPECT_EQ(fits_->Status("plain")->state, State::kNotConfigured);
-  EXPECT_EQ(fits_->Start("plain").status().code(),
+  EXPECT_EQ(fits_->FitStatus("plain")->state(), FitState::NOT_CONFIGURED);
+  EXPECT_EQ(fits_->Start(JobKind::kFit, "plain").code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(fits_->Status("missing").status().code(),
+  EXPECT_EQ(fits_->FitStatus("missing").status().code(),
             absl::StatusCode::kNotFound);
 }
 
-TEST_F(FitSchedulerTest, StartNeedsTwoPatterns) {
+TEST_F(JobRunnerTest, StartNeedsTwoPatterns) {
   std::shared_ptr<store::Store> s = Create("s", 4, 5, 60000);
   Add(*s, 1, 1);
-  EXPECT_EQ(fits_->Start("s").status().code(),
+  EXPECT_EQ(fits_->Start(JobKind::kFit, "s").code(),
             absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_F(FitSchedulerTest,
-       DebouncedAddsTriggerAFitWhosePublishedMapRetrievalUses) {
+TEST_F(JobRunnerTest, DebouncedAddsTriggerAFitWhosePublishedMapRetrievalUses) {
   std::shared_ptr<store::Store> s = Create("s", 8, 20, 50, 6);
   const std::shared_ptr<const core::FeatureMap> initial = s->view()->map();
   ASSERT_TRUE(initial->identity());
   Add(*s, 4, 1);
   absl::SleepFor(absl::Milliseconds(200));
-  EXPECT_EQ(fits_->Status("s")->state, State::kIdle)
+  EXPECT_EQ(fits_->FitStatus("s")->state(), FitState::IDLE)
       << "fewer than 6 new patterns";
   Add(*s, 4, 2);
   const FitStatus done = WaitFor(
-      "s", [](const FitStatus& f) { return f.state == State::kSucceeded; });
-  ASSERT_EQ(done.state, State::kSucceeded);
-  EXPECT_EQ(done.map_version, 1u);
-  EXPECT_EQ(done.patterns_fitted, 8u);
-  EXPECT_EQ(done.epoch, 20u);
-  EXPECT_LT(done.loss_after, done.loss_before);
+      "s", [](const FitStatus& f) { return f.state() == FitState::SUCCEEDED; });
+  ASSERT_EQ(done.state(), FitState::SUCCEEDED);
+  EXPECT_EQ(done.map_version(), 1u);
+  EXPECT_EQ(done.patterns_fitted(), 8u);
+  EXPECT_EQ(done.epoch(), 20u);
+  EXPECT_LT(done.loss_after(), done.loss_before());
 
   std::shared_ptr<const store::StoreView> view = s->view();
   EXPECT_EQ(view->fit().version, 1u);
@@ -159,70 +161,73 @@ TEST_F(FitSchedulerTest,
   EXPECT_TRUE(found);
 }
 
-TEST_F(FitSchedulerTest, CancelStopsARunningFitAndKeepsThePreviousMap) {
+TEST_F(JobRunnerTest, CancelStopsARunningFitAndKeepsThePreviousMap) {
   std::shared_ptr<store::Store> s = Create("s", 32, 100000, 60000);
   Add(*s, 300, 1);
-  ASSERT_TRUE(fits_->Start("s").ok());
+  ASSERT_TRUE(fits_->Start(JobKind::kFit, "s").ok());
   FitStatus running = WaitFor("s", [](const FitStatus& f) {
-    return f.state == State::kRunning && f.epoch >= 2;
+    return f.state() == FitState::RUNNING && f.epoch() >= 2;
   });
-  ASSERT_EQ(running.state, State::kRunning);
-  ASSERT_TRUE(fits_->Cancel("s").ok());
+  ASSERT_EQ(running.state(), FitState::RUNNING);
+  ASSERT_TRUE(fits_->Cancel(JobKind::kFit, "s").ok());
   const FitStatus cancelled = WaitFor(
-      "s", [](const FitStatus& f) { return f.state == State::kCancelled; });
-  EXPECT_EQ(cancelled.state, State::kCancelled);
-  EXPECT_LT(cancelled.epoch, 100000u);
+      "s", [](const FitStatus& f) { return f.state() == FitState::CANCELLED; });
+  EXPECT_EQ(cancelled.state(), FitState::CANCELLED);
+  EXPECT_LT(cancelled.epoch(), 100000u);
   EXPECT_EQ(s->view()->fit().version, 0u);
   EXPECT_TRUE(s->view()->map()->identity());
 }
 
-TEST_F(FitSchedulerTest, DeletingTheStoreStopsItsFit) {
+TEST_F(JobRunnerTest, DeletingTheStoreStopsItsFit) {
   std::shared_ptr<store::Store> s = Create("s", 32, 100000, 60000);
   Add(*s, 300, 1);
-  ASSERT_TRUE(fits_->Start("s").ok());
-  WaitFor("s", [](const FitStatus& f) { return f.state == State::kRunning; });
+  ASSERT_TRUE(fits_->Start(JobKind::kFit, "s").ok());
+  WaitFor("s",
+          [](const FitStatus& f) { return f.state() == FitState::RUNNING; });
   ASSERT_TRUE(registry_->Delete("s").ok());
   fits_->StoreDeleted("s");
   // The worker is free again: a fit of another store completes.
   std::shared_ptr<store::Store> t = Create("t", 4, 3, 60000);
   Add(*t, 5, 2);
-  ASSERT_TRUE(fits_->Start("t").ok());
-  EXPECT_EQ(
-      WaitFor("t",
-              [](const FitStatus& f) { return f.state == State::kSucceeded; })
-          .state,
-      State::kSucceeded);
+  ASSERT_TRUE(fits_->Start(JobKind::kFit, "t").ok());
+  EXPECT_EQ(WaitFor("t",
+                    [](const FitStatus& f) {
+                      return f.state() == FitState::SUCCEEDED;
+                    })
+                .state(),
+            FitState::SUCCEEDED);
 }
 
 // Regression: a store deleted during its fit and created again inherited the
 // old fit's CANCELLED state.
-TEST_F(FitSchedulerTest, AStoreCreatedAgainAfterDeletionStartsIdle) {
+TEST_F(JobRunnerTest, AStoreCreatedAgainAfterDeletionStartsIdle) {
   std::shared_ptr<store::Store> s = Create("s", 32, 100000, 60000);
   Add(*s, 300, 1);
-  ASSERT_TRUE(fits_->Start("s").ok());
+  ASSERT_TRUE(fits_->Start(JobKind::kFit, "s").ok());
   WaitFor("s", [](const FitStatus& f) {
-    return f.state == State::kRunning && f.epoch >= 1;
+    return f.state() == FitState::RUNNING && f.epoch() >= 1;
   });
   ASSERT_TRUE(registry_->Delete("s").ok());
   fits_->StoreDeleted("s");
   std::shared_ptr<store::Store> again = Create("s", 8, 3, 60000);
-  EXPECT_EQ(fits_->Status("s")->state, State::kIdle);
+  EXPECT_EQ(fits_->FitStatus("s")->state(), FitState::IDLE);
   // Long enough for the old fit to notice its cancellation and end.
   absl::SleepFor(absl::Milliseconds(300));
-  EXPECT_EQ(fits_->Status("s")->state, State::kIdle);
-  EXPECT_EQ(fits_->Status("s")->map_version, 0u);
+  EXPECT_EQ(fits_->FitStatus("s")->state(), FitState::IDLE);
+  EXPECT_EQ(fits_->FitStatus("s")->map_version(), 0u);
   // And it fits as a new store does.
   Add(*again, 5, 2);
-  ASSERT_TRUE(fits_->Start("s").ok());
-  EXPECT_EQ(
-      WaitFor("s",
-              [](const FitStatus& f) { return f.state == State::kSucceeded; })
-          .state,
-      State::kSucceeded);
+  ASSERT_TRUE(fits_->Start(JobKind::kFit, "s").ok());
+  EXPECT_EQ(WaitFor("s",
+                    [](const FitStatus& f) {
+                      return f.state() == FitState::SUCCEEDED;
+                    })
+                .state(),
+            FitState::SUCCEEDED);
   EXPECT_EQ(again->view()->fit().version, 1u);
 }
 
-TEST_F(FitSchedulerTest, FitsUnderConcurrentAddsAndQueriesStayConsistent) {
+TEST_F(JobRunnerTest, FitsUnderConcurrentAddsAndQueriesStayConsistent) {
   std::shared_ptr<store::Store> s = Create("s", 16, 15, 1);
   Add(*s, 50, 1);
   std::atomic<bool> done{false};
@@ -244,15 +249,15 @@ TEST_F(FitSchedulerTest, FitsUnderConcurrentAddsAndQueriesStayConsistent) {
     }
   });
   writer.join();
-  ASSERT_TRUE(fits_->Start("s").ok() ||
-              fits_->Status("s")->state == State::kRunning);
+  ASSERT_TRUE(fits_->Start(JobKind::kFit, "s").ok() ||
+              fits_->FitStatus("s")->state() == FitState::RUNNING);
   const FitStatus last = WaitFor("s", [&](const FitStatus& f) {
-    return f.state == State::kSucceeded && f.patterns_fitted == 650;
+    return f.state() == FitState::SUCCEEDED && f.patterns_fitted() == 650;
   });
   done = true;
   reader.join();
-  EXPECT_EQ(last.patterns_fitted, 650u);
-  EXPECT_GE(last.map_version, 3u) << "fits ran while patterns were added";
+  EXPECT_EQ(last.patterns_fitted(), 650u);
+  EXPECT_GE(last.map_version(), 3u) << "fits ran while patterns were added";
   EXPECT_EQ(s->view()->size(), 650u);
   ExpectKeysMatchMap(*s->view());
 }
@@ -266,20 +271,21 @@ namespace {
 // Regression: the scheduler loop and the workers shared one condition
 // variable, so the wake-up for a queued fit could go to the scheduler and the
 // fit stayed queued until some later signal.
-TEST_F(FitSchedulerTest, EveryQueuedFitRunsWhileTheSchedulerTicks) {
+TEST_F(JobRunnerTest, EveryQueuedFitRunsWhileTheSchedulerTicks) {
   for (int i = 0; i < 20; ++i) {
     std::shared_ptr<store::Store> s =
         Create("s" + std::to_string(i), 4, 2, 60000);
     Add(*s, 3, i);
-    ASSERT_TRUE(fits_->Start(s->name()).ok());
+    ASSERT_TRUE(fits_->Start(JobKind::kFit, s->name()).ok());
   }
   for (int i = 0; i < 20; ++i) {
     const std::string name = "s" + std::to_string(i);
-    EXPECT_EQ(
-        WaitFor(name,
-                [](const FitStatus& f) { return f.state == State::kSucceeded; })
-            .state,
-        State::kSucceeded)
+    EXPECT_EQ(WaitFor(name,
+                      [](const FitStatus& f) {
+                        return f.state() == FitState::SUCCEEDED;
+                      })
+                  .state(),
+              FitState::SUCCEEDED)
         << name;
   }
 }
@@ -290,7 +296,7 @@ TEST_F(FitSchedulerTest, EveryQueuedFitRunsWhileTheSchedulerTicks) {
 namespace engram::jobs {
 namespace {
 
-class CalibrationJobTest : public FitSchedulerTest {
+class CalibrationJobTest : public JobRunnerTest {
  protected:
   // A store of `n` noisy copies of 10 prototypes, l2 with a poor beta.
   std::shared_ptr<store::Store> CreatePlain(const std::string& name,
@@ -310,61 +316,68 @@ class CalibrationJobTest : public FitSchedulerTest {
     return *registry_->Create(s);
   }
 
-  // Waits (at most 30 s) until a calibration queued after `after` finished.
+  // Starts a calibration and waits (at most 30 s) until it has finished.
+  CalibrationStatus Calibrate(const std::string& name,
+                              std::optional<bool> apply) {
+    const uint64_t before = *fits_->Generation(JobKind::kCalibration, name);
+    EXPECT_TRUE(fits_->Start(JobKind::kCalibration, name, apply).ok());
+    return WaitCalibrated(name, before);
+  }
+
+  // Waits (at most 30 s) until a calibration that changed the status after
+  // generation `after` has finished.
   CalibrationStatus WaitCalibrated(const std::string& name, uint64_t after) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    CalibrationStatus status = *fits_->Calibration(name);
-    using S = CalibrationStatus::State;
-    while (absl::Now() < deadline &&
-           (status.generation <= after || status.state == S::kPending ||
-            status.state == S::kRunning || status.state == S::kIdle)) {
-      absl::SleepFor(absl::Milliseconds(10));
-      status = *fits_->Calibration(name);
+    while (true) {
+      const uint64_t seen = *fits_->Generation(JobKind::kCalibration, name);
+      CalibrationStatus status = *fits_->CalibrationStatus(name);
+      const bool busy = status.state() == CalibrationStatus::PENDING ||
+                        status.state() == CalibrationStatus::RUNNING ||
+                        status.state() == CalibrationStatus::IDLE;
+      if ((seen > after && !busy) || absl::Now() > deadline) return status;
+      fits_
+          ->WaitForChange(JobKind::kCalibration, name, seen,
+                          absl::Milliseconds(200))
+          .IgnoreError();
     }
-    return status;
   }
 };
 
-using CalState = CalibrationStatus::State;
-
 TEST_F(CalibrationJobTest, OnRequestReportsThenAppliesThenKeeps) {
   std::shared_ptr<store::Store> s = CreatePlain("c", false, false);
-  EXPECT_EQ(fits_->StartCalibration("c", std::nullopt).status().code(),
+  EXPECT_EQ(fits_->Start(JobKind::kCalibration, "c").code(),
             absl::StatusCode::kFailedPrecondition);  // Empty.
   ASSERT_TRUE(s->Add(Patterns(200, 16, 1)).ok());
-  EXPECT_EQ(fits_->Calibration("c")->state, CalState::kIdle);
+  EXPECT_EQ(fits_->CalibrationStatus("c")->state(), CalibrationStatus::IDLE);
 
   // Reported only (store.calibration.apply is false).
-  CalibrationStatus started = *fits_->StartCalibration("c", std::nullopt);
-  CalibrationStatus done = WaitCalibrated("c", started.generation - 1);
-  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
-  EXPECT_TRUE(done.report.improved);
-  EXPECT_FALSE(done.report.applied);
-  EXPECT_LT(done.report.error, done.report.previous_error);
-  EXPECT_GT(done.report.beta, 0.001f);
-  EXPECT_EQ(done.report.patterns, 200u);
-  EXPECT_EQ(done.report.sample_size, 64u);
+  CalibrationStatus done = Calibrate("c", std::nullopt);
+  ASSERT_EQ(done.state(), CalibrationStatus::SUCCEEDED) << done.error();
+  EXPECT_TRUE(done.report().improved());
+  EXPECT_FALSE(done.report().applied());
+  EXPECT_LT(done.report().error(), done.report().previous_error());
+  EXPECT_GT(done.report().beta(), 0.001f);
+  EXPECT_EQ(done.report().pattern_count(), 200u);
+  EXPECT_EQ(done.report().sample_size(), 64u);
   std::shared_ptr<const store::StoreView> view = s->view();
   EXPECT_EQ(view->settings().retrieval.beta, 0.001f);
-  EXPECT_EQ(view->settings().calibration_report.error, done.report.error);
+  EXPECT_EQ(view->settings().calibration_report.error(), done.report().error());
 
   // The request's override applies it, with the same figures (same seed).
-  started = *fits_->StartCalibration("c", true);
-  done = WaitCalibrated("c", started.generation - 1);
-  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
-  EXPECT_TRUE(done.report.applied);
+  done = Calibrate("c", true);
+  ASSERT_EQ(done.state(), CalibrationStatus::SUCCEEDED) << done.error();
+  EXPECT_TRUE(done.report().applied());
   view = s->view();
-  EXPECT_EQ(view->settings().retrieval.beta, done.report.beta);
+  EXPECT_EQ(view->settings().retrieval.beta, done.report().beta());
   EXPECT_EQ(view->settings().retrieval.similarity, core::Similarity::kL2);
-  EXPECT_TRUE(view->settings().calibration_report.applied);
+  EXPECT_TRUE(view->settings().calibration_report.applied());
 
   // From the applied setting nothing is better: kept.
   const float beta = view->settings().retrieval.beta;
-  started = *fits_->StartCalibration("c", true);
-  done = WaitCalibrated("c", started.generation - 1);
-  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
-  EXPECT_FALSE(done.report.applied);
-  EXPECT_EQ(done.report.previous_error, done.report.error);
+  done = Calibrate("c", true);
+  ASSERT_EQ(done.state(), CalibrationStatus::SUCCEEDED) << done.error();
+  EXPECT_FALSE(done.report().applied());
+  EXPECT_EQ(done.report().previous_error(), done.report().error());
   EXPECT_EQ(s->view()->settings().retrieval.beta, beta);
 }
 
@@ -373,11 +386,11 @@ TEST_F(CalibrationJobTest, PlainStoresCalibrateAutomaticallyOnceAddsGoQuiet) {
   ASSERT_TRUE(s->Add(Patterns(150, 16, 2)).ok());
   fits_->PatternsAdded("auto", 150);
   const CalibrationStatus done = WaitCalibrated("auto", 0);
-  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
-  EXPECT_TRUE(done.report.applied);
-  EXPECT_EQ(s->view()->settings().retrieval.beta, done.report.beta);
+  ASSERT_EQ(done.state(), CalibrationStatus::SUCCEEDED) << done.error();
+  EXPECT_TRUE(done.report().applied());
+  EXPECT_EQ(s->view()->settings().retrieval.beta, done.report().beta());
   // The fit side stays not configured.
-  EXPECT_EQ(fits_->Status("auto")->state, State::kNotConfigured);
+  EXPECT_EQ(fits_->FitStatus("auto")->state(), FitState::NOT_CONFIGURED);
 }
 
 TEST_F(CalibrationJobTest, UhopStoresCalibrateAfterEachFit) {
@@ -390,11 +403,11 @@ TEST_F(CalibrationJobTest, UhopStoresCalibrateAfterEachFit) {
                }).ok());
   Add(*s, 60, 3);
   const CalibrationStatus done = WaitCalibrated("u", 0);
-  ASSERT_EQ(done.state, CalState::kSucceeded) << done.error;
-  EXPECT_EQ(fits_->Status("u")->state, State::kSucceeded);
-  EXPECT_EQ(done.report.patterns, 60u);
-  EXPECT_GE(done.report.recall_at_1, done.report.previous_recall_at_1);
-  EXPECT_LE(done.report.error, done.report.previous_error);
+  ASSERT_EQ(done.state(), CalibrationStatus::SUCCEEDED) << done.error();
+  EXPECT_EQ(fits_->FitStatus("u")->state(), FitState::SUCCEEDED);
+  EXPECT_EQ(done.report().pattern_count(), 60u);
+  EXPECT_GE(done.report().recall_at_1(), done.report().previous_recall_at_1());
+  EXPECT_LE(done.report().error(), done.report().previous_error());
 }
 
 }  // namespace

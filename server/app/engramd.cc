@@ -1,0 +1,162 @@
+#include "server/app/engramd.h"
+
+#include <filesystem>
+#include <memory>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/app/job_metrics.h"
+#include "server/app/shutdown_signal.h"
+#include "server/app/timed_storage.h"
+#include "server/base/log.h"
+#include "server/core/blas.h"
+#include "server/core/cpu.h"
+#include "server/jobs/job_runner.h"
+#include "server/store/registry.h"
+
+namespace engram::app {
+
+namespace {
+
+// The metrics address as bound (port 0 picks one).
+std::string BoundAddress(const std::string& listen, int port) {
+  if (listen.empty()) return "(off)";
+  return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+}
+
+// Loads every store; logs the damaged ones and counts what was loaded.
+absl::Status LoadStores(store::StoreRegistry& registry,
+                        metrics::Metrics& metrics) {
+  const absl::Time start = absl::Now();
+  if (absl::Status status = registry.Load(); !status.ok()) return status;
+  for (const store::StoreRegistry::DamagedStore& d : registry.Damaged()) {
+    Log(LogLevel::kError, "store '%s' is damaged and out of service: %s",
+        d.name, d.status.ToString());
+  }
+  metrics.SetDamagedStores(registry.Damaged().size());
+  bool more = false;
+  size_t stores = 0, patterns = 0;
+  if (auto all = registry.List("", registry.limits().max_stores, more);
+      all.ok()) {
+    for (const auto& s : *all) {
+      std::shared_ptr<const store::StoreView> view = s->view();
+      metrics.SetPatternCount(s->name(), view->size());
+      metrics.SetNorms(s->name(), view->norms().max_norm,
+                       view->norms().mean_norm, view->norms().max_feature_norm);
+      patterns += view->size();
+      ++stores;
+    }
+  }
+  Log(LogLevel::kInfo,
+      "loaded %zu stores, %zu patterns, %zu damaged in %.3fs; ready", stores,
+      patterns, registry.Damaged().size(),
+      absl::ToDoubleSeconds(absl::Now() - start));
+  return absl::OkStatus();
+}
+
+void LogConfiguration(const EngramdOptions& o, int port,
+                      const std::string& metrics_address) {
+  const store::Limits& l = o.limits;
+  Log(LogLevel::kInfo,
+      "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
+      "data_dir=%s; sync=%s; cpu %s; blas threads=%d; retrieval threads=%d; "
+      "job workers=%d; rpc threads<=%d; max message %zu MiB; limits: "
+      "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
+      "stores<=%zu patterns/store<=%zu label<=%zu bytes metadata<=%zu "
+      "entries of <=%zu bytes low-rank values<=%zu calibration work<=%g",
+      ENGRAM_VERSION, o.server.listen, port,
+      o.server.tls_cert.empty()        ? "plaintext"
+      : o.server.tls_client_ca.empty() ? "TLS"
+                                       : "mutual TLS",
+      o.server.token_file.empty() ? "no tokens" : "bearer tokens",
+      metrics_address, o.data_dir, o.storage.sync ? "true" : "false",
+      core::DescribeMachine(), o.blas_threads, o.retrieval_threads,
+      o.job_workers, o.server.max_threads, o.server.max_message_bytes >> 20,
+      l.max_dimension, l.max_batch, l.max_queries, l.max_top_k, l.max_steps,
+      l.max_stores, l.max_patterns_per_store, l.max_label_bytes,
+      l.max_metadata_entries, l.max_metadata_bytes, l.max_low_rank_values,
+      l.max_calibration_work);
+}
+
+}  // namespace
+
+int RunEngramd(EngramdOptions o) {
+  core::blas::SetThreads(o.blas_threads);
+  std::error_code error;
+  std::filesystem::create_directories(o.data_dir, error);
+  if (error) {
+    Log(LogLevel::kError, "cannot create --data_dir=%s: %s", o.data_dir,
+        error.message());
+    return 1;
+  }
+
+  o.metrics.version = ENGRAM_VERSION;
+  absl::StatusOr<metrics::PrometheusExport> exported =
+      metrics::StartPrometheusMetrics(o.metrics);
+  if (!exported.ok()) {
+    Log(LogLevel::kError, "%s", exported.status().ToString());
+    return 1;
+  }
+  metrics::Metrics& metrics = *exported->metrics;
+
+  if (o.storage.path.empty()) {
+    o.storage.path = (std::filesystem::path(o.data_dir) / "db").string();
+  }
+  absl::StatusOr<std::unique_ptr<store::RocksDbStorage>> storage =
+      store::RocksDbStorage::Open(o.storage);
+  if (!storage.ok()) {
+    Log(LogLevel::kError, "%s (--data_dir=%s)", storage.status().ToString(),
+        o.data_dir);
+    return 1;
+  }
+  if (!(*storage)->open_report().empty()) {
+    Log((*storage)->read_only() ? LogLevel::kWarning : LogLevel::kInfo,
+        "storage: %s", (*storage)->open_report());
+  }
+  TimedStorage timed_storage(storage->get(), &metrics);
+  store::StoreRegistry registry(o.limits, &timed_storage);
+
+  JobMetrics job_metrics(&metrics);
+  jobs::JobRunnerOptions job_options;
+  job_options.workers = o.job_workers;
+  job_options.observer = &job_metrics;
+  job_options.calibration_threads = o.retrieval_threads;
+  job_options.max_calibration_work = o.limits.max_calibration_work;
+  auto jobs = std::make_unique<jobs::JobRunner>(&registry, job_options);
+
+  // Live (health "") from here on; ready once the stores are loaded.
+  o.server.retrieval_threads = o.retrieval_threads;
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+      rpc::Server::Start(o.server, &registry, jobs.get(), &metrics);
+  if (!server.ok()) {
+    Log(LogLevel::kError, "%s", server.status().ToString());
+    return 1;
+  }
+  Log(LogLevel::kInfo,
+      "engramd %s live on %s (port %d); loading stores from %s", ENGRAM_VERSION,
+      o.server.listen, (*server)->port(), o.storage.path);
+  if (absl::Status status = LoadStores(registry, metrics); !status.ok()) {
+    Log(LogLevel::kError, "loading stores: %s", status.ToString());
+    return 1;
+  }
+  jobs->ResumeAll();
+  (*server)->SetReady(true);
+  LogConfiguration(o, (*server)->port(),
+                   BoundAddress(o.metrics.listen, exported->port));
+
+  const int signal = WaitForShutdownSignal();
+  Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
+      absl::ToDoubleSeconds(o.shutdown_grace));
+  (*server)->Shutdown(o.shutdown_grace);
+  jobs.reset();  // Cancels running jobs before storage closes.
+  if (absl::Status status = (*storage)->Close(); !status.ok()) {
+    Log(LogLevel::kError, "closing storage: %s", status.ToString());
+    return 1;
+  }
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace engram::app

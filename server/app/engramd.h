@@ -1,0 +1,39 @@
+// engramd's wiring: from its configuration to a serving process, step by
+// step (metrics, storage, registry, jobs, the gRPC server, the load), and
+// back down on SIGTERM.
+//
+//   EngramdOptions options = ...;  // from flags (server/main.cc)
+//   return RunEngramd(options);
+//
+// Thread-compatible: one call per process.
+#ifndef ENGRAM_SERVER_APP_ENGRAMD_H_
+#define ENGRAM_SERVER_APP_ENGRAMD_H_
+
+#include <string>
+
+#include "absl/time/time.h"
+#include "server/metrics/prometheus_metrics.h"
+#include "server/rpc/server.h"
+#include "server/store/rocksdb_storage.h"
+#include "server/store/settings.h"
+
+namespace engram::app {
+
+struct EngramdOptions {
+  std::string data_dir = "./engram-data";
+  store::RocksDbOptions storage;  // path: data_dir/db unless set.
+  store::Limits limits;
+  metrics::PrometheusOptions metrics;
+  rpc::ServerOptions server;
+  int blas_threads = 1;
+  int retrieval_threads = 1;
+  int job_workers = 1;
+  absl::Duration shutdown_grace = absl::Seconds(10);
+};
+
+// Serves until SIGTERM or SIGINT; the process's exit code.
+int RunEngramd(EngramdOptions options);
+
+}  // namespace engram::app
+
+#endif  // ENGRAM_SERVER_APP_ENGRAMD_H_
