@@ -31,6 +31,14 @@ void FillPatterns(absl::Span<const float> values, size_t dim,
   }
 }
 
+// A request that names `store`.
+template <typename Request>
+Request ForStore(const std::string& store) {
+  Request request;
+  request.set_store(store);
+  return request;
+}
+
 }  // namespace
 
 Client::Client(const ClientOptions& options,
@@ -68,57 +76,72 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   return std::unique_ptr<Client>(new Client(options, std::move(channel)));
 }
 
-void Client::SetDeadline(grpc::ClientContext& context) const {
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.timeout));
+void Client::Prepare(grpc::ClientContext& context, bool deadline) const {
+  if (deadline) {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.timeout));
+  }
   if (!options_.token.empty()) {
     context.AddMetadata("authorization", "Bearer " + options_.token);
   }
 }
 
-grpc::Status Client::Retrying(
-    const std::function<grpc::Status(grpc::ClientContext*)>& call) const {
+template <typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> Client::Unary(
+    Stub& stub,
+    grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                 Response*),
+    const Request& request, bool repeatable) const {
   thread_local std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<double> jitter(0.8, 1.2);
+  const int attempts = repeatable ? 1 + std::max(0, options_.retries) : 1;
   grpc::Status status;
-  for (int attempt = 0; attempt <= options_.retries; ++attempt) {
+  Response response;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
     if (attempt > 0) {
       std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(
-          50.0 * (1 << (attempt - 1)) * jitter(rng)));
+          50.0 * (1 << std::min(attempt - 1, 10)) * jitter(rng)));
     }
     grpc::ClientContext context;
-    SetDeadline(context);
-    status = call(&context);
+    Prepare(context);
+    status = (stub.*method)(&context, request, &response);
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
   }
-  return status;
+  if (!status.ok()) return FromGrpc(status);
+  return response;
 }
 
-absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
+template <typename Request, typename Status>
+absl::StatusOr<Status> Client::Watch(
+    std::unique_ptr<grpc::ClientReader<Status>> (v1::Engram::Stub::*method)(
+        grpc::ClientContext*, const Request&),
+    const Request& request,
+    const std::function<void(const Status&)>& on_status) const {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context, /*deadline=*/false);
+  std::unique_ptr<grpc::ClientReader<Status>> reader =
+      ((*stub_).*method)(&context, request);
+  Status status, last;
+  while (reader->Read(&status)) {
+    if (on_status) on_status(status);
+    last = status;
+  }
+  if (absl::Status s = FromGrpc(reader->Finish()); !s.ok()) return s;
+  return last;
+}
+
+// --- Stores ---
+
+absl::StatusOr<v1::Store> Client::CreateStore(const v1::Store& store) {
   v1::CreateStoreRequest request;
   *request.mutable_store() = store;
-  v1::Store response;
-  if (absl::Status s =
-          FromGrpc(stub_->CreateStore(&context, request, &response));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Unary(*stub_, &v1::Engram::Stub::CreateStore, request, false);
 }
 
 absl::StatusOr<v1::Store> Client::GetStore(const std::string& name) {
   v1::GetStoreRequest request;
   request.set_name(name);
-  v1::Store response;
-  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
-        return stub_->GetStore(context, request, &response);
-      }));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Unary(*stub_, &v1::Engram::Stub::GetStore, request, true);
 }
 
 absl::StatusOr<std::vector<v1::Store>> Client::ListStores() {
@@ -126,60 +149,41 @@ absl::StatusOr<std::vector<v1::Store>> Client::ListStores() {
   v1::ListStoresRequest request;
   request.set_page_size(1000);
   do {
-    v1::ListStoresResponse response;
-    if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
-          return stub_->ListStores(context, request, &response);
-        }));
-        !s.ok()) {
-      return s;
-    }
-    stores.insert(stores.end(), response.stores().begin(),
-                  response.stores().end());
-    request.set_page_token(response.next_page_token());
+    absl::StatusOr<v1::ListStoresResponse> page =
+        Unary(*stub_, &v1::Engram::Stub::ListStores, request, true);
+    if (!page.ok()) return page.status();
+    stores.insert(stores.end(), page->stores().begin(), page->stores().end());
+    request.set_page_token(page->next_page_token());
   } while (!request.page_token().empty());
   return stores;
 }
 
+absl::StatusOr<v1::Store> Client::UpdateStore(
+    const v1::Store& store, const std::vector<std::string>& paths) {
+  v1::UpdateStoreRequest request;
+  *request.mutable_store() = store;
+  for (const std::string& path : paths) {
+    request.mutable_update_mask()->add_paths(path);
+  }
+  return Unary(*stub_, &v1::Engram::Stub::UpdateStore, request, false);
+}
+
 absl::Status Client::DeleteStore(const std::string& name) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::DeleteStoreRequest request;
   request.set_name(name);
-  v1::DeleteStoreResponse response;
-  return FromGrpc(stub_->DeleteStore(&context, request, &response));
+  return Unary(*stub_, &v1::Engram::Stub::DeleteStore, request, false).status();
 }
+
+// --- Patterns ---
 
 absl::StatusOr<v1::AddPatternsResponse> Client::AddPatterns(
     const std::string& store, absl::Span<const float> values, size_t dim,
     absl::Span<const std::string> labels) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::AddPatternsRequest request;
   request.set_store(store);
   FillPatterns(values, dim, labels, 0, dim ? values.size() / dim : 0,
                request.mutable_patterns());
-  v1::AddPatternsResponse response;
-  if (absl::Status s =
-          FromGrpc(stub_->AddPatterns(&context, request, &response));
-      !s.ok()) {
-    return s;
-  }
-  return response;
-}
-
-absl::StatusOr<v1::Pattern> Client::GetPattern(const std::string& store,
-                                               uint64_t id) {
-  v1::GetPatternRequest request;
-  request.set_store(store);
-  request.set_id(id);
-  v1::Pattern response;
-  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
-        return stub_->GetPattern(context, request, &response);
-      }));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Unary(*stub_, &v1::Engram::Stub::AddPatterns, request, false);
 }
 
 absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
@@ -187,7 +191,7 @@ absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
     absl::Span<const std::string> labels, size_t batch_rows,
     const std::function<void(size_t)>& progress) {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::ImportPatternsResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::ImportPatternsRequest>> writer =
       stub_->ImportPatterns(&context, &response);
@@ -211,6 +215,35 @@ absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
   return response;
 }
 
+absl::StatusOr<v1::Pattern> Client::GetPattern(const std::string& store,
+                                               uint64_t id) {
+  v1::GetPatternRequest request;
+  request.set_store(store);
+  request.set_id(id);
+  return Unary(*stub_, &v1::Engram::Stub::GetPattern, request, true);
+}
+
+absl::StatusOr<v1::ListPatternsResponse> Client::ListPatterns(
+    const std::string& store, const std::string& page_token, uint32_t page_size,
+    bool omit_values) {
+  v1::ListPatternsRequest request;
+  request.set_store(store);
+  request.set_page_token(page_token);
+  request.set_page_size(page_size);
+  request.set_omit_values(omit_values);
+  return Unary(*stub_, &v1::Engram::Stub::ListPatterns, request, true);
+}
+
+absl::StatusOr<v1::DeletePatternsResponse> Client::DeletePatterns(
+    const std::string& store, absl::Span<const uint64_t> ids) {
+  v1::DeletePatternsRequest request;
+  request.set_store(store);
+  request.mutable_ids()->Assign(ids.begin(), ids.end());
+  return Unary(*stub_, &v1::Engram::Stub::DeletePatterns, request, false);
+}
+
+// --- Retrieval ---
+
 absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
     const std::string& store, absl::Span<const float> queries, size_t dim,
     v1::RetrieveRequest request) {
@@ -221,115 +254,69 @@ absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
     request.add_queries()->mutable_values()->Assign(
         queries.begin() + r * dim, queries.begin() + (r + 1) * dim);
   }
-  v1::RetrieveResponse response;
-  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
-        return stub_->Retrieve(context, request, &response);
-      }));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Unary(*stub_, &v1::Engram::Stub::Retrieve, request, true);
 }
 
-namespace {
-
-// A request that names `store`.
-template <typename Request>
-Request ForStore(const std::string& store) {
-  Request request;
-  request.set_store(store);
-  return request;
-}
-
-// Runs one unary call: its response, or its status.
-template <typename Response, typename Request, typename Call>
-absl::StatusOr<Response> Unary(const Request& request, Call call) {
-  Response response;
-  if (absl::Status s = FromGrpc(call(request, &response)); !s.ok()) return s;
-  return response;
-}
-
-}  // namespace
+// --- Stage I ---
 
 absl::StatusOr<v1::FitStatus> Client::GetFitStatus(const std::string& store) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return Unary<v1::FitStatus>(ForStore<v1::GetFitStatusRequest>(store),
-                              [&](auto& r, auto* out) {
-                                return stub_->GetFitStatus(&context, r, out);
-                              });
+  return Unary(*stub_, &v1::Engram::Stub::GetFitStatus,
+               ForStore<v1::GetFitStatusRequest>(store), true);
 }
 
 absl::StatusOr<v1::FitStatus> Client::StartFit(const std::string& store) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return Unary<v1::FitStatus>(
-      ForStore<v1::StartFitRequest>(store),
-      [&](auto& r, auto* out) { return stub_->StartFit(&context, r, out); });
-}
-
-absl::StatusOr<v1::CalibrationStatus> Client::StartCalibration(
-    const std::string& store, std::optional<bool> apply) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  auto request = ForStore<v1::StartCalibrationRequest>(store);
-  if (apply) request.set_apply(*apply);
-  return Unary<v1::CalibrationStatus>(request, [&](auto& r, auto* out) {
-    return stub_->StartCalibration(&context, r, out);
-  });
-}
-
-absl::StatusOr<v1::CalibrationStatus> Client::GetCalibrationStatus(
-    const std::string& store) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return Unary<v1::CalibrationStatus>(
-      ForStore<v1::GetCalibrationStatusRequest>(store),
-      [&](auto& r, auto* out) {
-        return stub_->GetCalibrationStatus(&context, r, out);
-      });
+  return Unary(*stub_, &v1::Engram::Stub::StartFit,
+               ForStore<v1::StartFitRequest>(store), false);
 }
 
 absl::StatusOr<v1::FitStatus> Client::CancelFit(const std::string& store) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return Unary<v1::FitStatus>(
-      ForStore<v1::CancelFitRequest>(store),
-      [&](auto& r, auto* out) { return stub_->CancelFit(&context, r, out); });
+  return Unary(*stub_, &v1::Engram::Stub::CancelFit,
+               ForStore<v1::CancelFitRequest>(store), true);
 }
 
 absl::StatusOr<v1::FitStatus> Client::WatchFit(
     const std::string& store,
     const std::function<void(const v1::FitStatus&)>& on_status) {
-  grpc::ClientContext context;
-  if (!options_.token.empty()) {
-    context.AddMetadata("authorization", "Bearer " + options_.token);
-  }
-  v1::WatchFitRequest request;
-  request.set_store(store);
-  std::unique_ptr<grpc::ClientReader<v1::FitStatus>> reader =
-      stub_->WatchFit(&context, request);
-  v1::FitStatus status, last;
-  while (reader->Read(&status)) {
-    on_status(status);
-    last = status;
-  }
-  if (absl::Status s = FromGrpc(reader->Finish()); !s.ok()) return s;
-  return last;
+  return Watch(&v1::Engram::Stub::WatchFit,
+               ForStore<v1::WatchFitRequest>(store), on_status);
+}
+
+// --- Calibration ---
+
+absl::StatusOr<v1::CalibrationStatus> Client::StartCalibration(
+    const std::string& store, std::optional<bool> apply) {
+  auto request = ForStore<v1::StartCalibrationRequest>(store);
+  if (apply) request.set_apply(*apply);
+  return Unary(*stub_, &v1::Engram::Stub::StartCalibration, request, false);
+}
+
+absl::StatusOr<v1::CalibrationStatus> Client::GetCalibrationStatus(
+    const std::string& store) {
+  return Unary(*stub_, &v1::Engram::Stub::GetCalibrationStatus,
+               ForStore<v1::GetCalibrationStatusRequest>(store), true);
+}
+
+absl::StatusOr<v1::CalibrationStatus> Client::CancelCalibration(
+    const std::string& store) {
+  return Unary(*stub_, &v1::Engram::Stub::CancelCalibration,
+               ForStore<v1::CancelCalibrationRequest>(store), true);
+}
+
+absl::StatusOr<v1::CalibrationStatus> Client::WatchCalibration(
+    const std::string& store,
+    const std::function<void(const v1::CalibrationStatus&)>& on_status) {
+  return Watch(&v1::Engram::Stub::WatchCalibration,
+               ForStore<v1::WatchCalibrationRequest>(store), on_status);
 }
 
 absl::StatusOr<std::string> Client::Health(const std::string& service) {
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
-  grpc::health::v1::HealthCheckResponse response;
-  if (absl::Status s = FromGrpc(Retrying([&](grpc::ClientContext* context) {
-        return health_->Check(context, request, &response);
-      }));
-      !s.ok()) {
-    return s;
-  }
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse> response =
+      Unary(*health_, &grpc::health::v1::Health::Stub::Check, request, true);
+  if (!response.ok()) return response.status();
   return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
-      response.status());
+      response->status());
 }
 
 }  // namespace engram::client

@@ -1,4 +1,4 @@
-// A typed C++ client for engram.v1.Engram.
+// A typed C++ client for engram.v1.Engram: one call per RPC.
 //
 //   absl::StatusOr<std::unique_ptr<Client>> client =
 //       Client::Connect({.address = "127.0.0.1:50051"});
@@ -6,18 +6,22 @@
 //   store.set_name("faces");
 //   store.set_dimension(784);
 //   (*client)->CreateStore(store);
-//   (*client)->Import("faces", images.data(), rows, 784, {});
+//   (*client)->Import("faces", images.data(), 784, {}, 1024);
 //   absl::StatusOr<v1::RetrieveResponse> r =
-//       (*client)->Retrieve("faces", queries, n, {});
+//       (*client)->Retrieve("faces", queries, 784, {});
 //
-// Every call has a deadline (ClientOptions::timeout). gRPC errors come back
-// as absl::Status with the same code and message.
+// Every unary call has a deadline (ClientOptions::timeout) and carries the
+// token. gRPC errors come back as absl::Status with the same code and
+// message. Calls that are safe to repeat (reads, Retrieve and the cancels)
+// are retried on UNAVAILABLE; writes are not, since a write whose answer was
+// lost may have been applied.
 //
 // Thread-safe: a Client may be shared by threads.
 #ifndef ENGRAM_CLIENT_CLIENT_H_
 #define ENGRAM_CLIENT_CLIENT_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -45,9 +49,8 @@ struct ClientOptions {
   std::string tls_server_name;
   // Sent as "authorization: Bearer TOKEN" on every call, if set.
   std::string token;
-  // Calls that are safe to repeat (reads and Retrieve) are retried this many
-  // times on UNAVAILABLE, after 50 ms, 100 ms, 200 ms, ... (with jitter).
-  // Writes are not: a write whose answer was lost may have been applied.
+  // Repeatable calls are retried this many times on UNAVAILABLE, after
+  // 50 ms, 100 ms, 200 ms, ... (with jitter).
   int retries = 3;
 };
 
@@ -56,35 +59,47 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const ClientOptions& options);
 
+  // --- Stores ---
   absl::StatusOr<v1::Store> CreateStore(const v1::Store& store);
   absl::StatusOr<v1::Store> GetStore(const std::string& name);
   // Every store, following the pages.
   absl::StatusOr<std::vector<v1::Store>> ListStores();
+  // Sets the fields `paths` name (e.g. "retrieval.beta") to their values in
+  // `store`, which names the store.
+  absl::StatusOr<v1::Store> UpdateStore(const v1::Store& store,
+                                        const std::vector<std::string>& paths);
   absl::Status DeleteStore(const std::string& name);
 
-  // Adds `rows` patterns (row-major, size rows * dim) in one atomic batch;
+  // --- Patterns ---
+  // Adds `values.size() / dim` patterns (row-major) in one atomic batch;
   // `labels` is empty or holds one label per row.
   absl::StatusOr<v1::AddPatternsResponse> AddPatterns(
       const std::string& store, absl::Span<const float> values, size_t dim,
       absl::Span<const std::string> labels = {});
-
-  absl::StatusOr<v1::Pattern> GetPattern(const std::string& store, uint64_t id);
-
-  // Streams `rows` patterns in messages of `batch_rows`; `progress` (if set)
-  // is called with the rows sent so far.
+  // Streams the rows in messages of `batch_rows`; `progress` (if set) is
+  // called with the rows sent so far.
   absl::StatusOr<v1::ImportPatternsResponse> Import(
       const std::string& store, absl::Span<const float> values, size_t dim,
       absl::Span<const std::string> labels, size_t batch_rows,
       const std::function<void(size_t)>& progress = nullptr);
+  absl::StatusOr<v1::Pattern> GetPattern(const std::string& store, uint64_t id);
+  // One page of patterns in id order, from `page_token` ("" for the first);
+  // the response's next_page_token is "" after the last page.
+  absl::StatusOr<v1::ListPatternsResponse> ListPatterns(
+      const std::string& store, const std::string& page_token = "",
+      uint32_t page_size = 0, bool omit_values = false);
+  absl::StatusOr<v1::DeletePatternsResponse> DeletePatterns(
+      const std::string& store, absl::Span<const uint64_t> ids);
 
-  // Retrieves for queries (row-major, size n * dim). `request` carries the
-  // overrides; its store and queries are filled in here.
+  // --- Retrieval ---
+  // Retrieves for queries (row-major, `queries.size() / dim` rows).
+  // `request` carries the overrides; its store and queries are filled here.
   absl::StatusOr<v1::RetrieveResponse> Retrieve(const std::string& store,
                                                 absl::Span<const float> queries,
                                                 size_t dim,
                                                 v1::RetrieveRequest request);
 
-  // Stage I.
+  // --- Stage I ---
   absl::StatusOr<v1::FitStatus> GetFitStatus(const std::string& store);
   absl::StatusOr<v1::FitStatus> StartFit(const std::string& store);
   absl::StatusOr<v1::FitStatus> CancelFit(const std::string& store);
@@ -94,25 +109,43 @@ class Client {
       const std::string& store,
       const std::function<void(const v1::FitStatus&)>& on_status);
 
-  // Calibration: queues one now (`apply` overrides the store's setting) /
-  // its state and last report.
+  // --- Calibration ---
+  // Queues one now (`apply` overrides the store's setting).
   absl::StatusOr<v1::CalibrationStatus> StartCalibration(
       const std::string& store, std::optional<bool> apply = std::nullopt);
+  // Its state and last report.
   absl::StatusOr<v1::CalibrationStatus> GetCalibrationStatus(
       const std::string& store);
+  absl::StatusOr<v1::CalibrationStatus> CancelCalibration(
+      const std::string& store);
+  // As WatchFit.
+  absl::StatusOr<v1::CalibrationStatus> WatchCalibration(
+      const std::string& store,
+      const std::function<void(const v1::CalibrationStatus&)>& on_status);
 
   // The health of `service` ("" for the server): "SERVING", "NOT_SERVING"...
   absl::StatusOr<std::string> Health(const std::string& service = "");
 
-  v1::Engram::Stub& stub() { return *stub_; }
-
  private:
   Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
-  // Sets the deadline and the token of a call.
-  void SetDeadline(grpc::ClientContext& context) const;
-  // Runs `call` with a fresh context, retrying on UNAVAILABLE.
-  grpc::Status Retrying(
-      const std::function<grpc::Status(grpc::ClientContext*)>& call) const;
+
+  // The deadline (unless `deadline` is false) and the token of a call.
+  void Prepare(grpc::ClientContext& context, bool deadline = true) const;
+  // One unary call with a fresh context per attempt; repeated on UNAVAILABLE
+  // when `repeatable`.
+  template <typename Stub, typename Request, typename Response>
+  absl::StatusOr<Response> Unary(
+      Stub& stub,
+      grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                   Response*),
+      const Request& request, bool repeatable) const;
+  // A server stream of statuses, each handed to `on_status`; the last.
+  template <typename Request, typename Status>
+  absl::StatusOr<Status> Watch(
+      std::unique_ptr<grpc::ClientReader<Status>> (v1::Engram::Stub::*method)(
+          grpc::ClientContext*, const Request&),
+      const Request& request,
+      const std::function<void(const Status&)>& on_status) const;
 
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

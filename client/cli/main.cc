@@ -9,18 +9,22 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -29,9 +33,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cli/bench.h"
+#include "client/cli/fields.h"
+#include "client/cli/text.h"
 #include "client/client.h"
 #include "client/matrix_io.h"
-#include "google/protobuf/util/json_util.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address HOST:PORT.");
 ABSL_FLAG(double, timeout_s, 300, "Deadline of each RPC, in seconds.");
@@ -45,65 +50,85 @@ ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token (else $ENGRAM_TOKEN, if set).");
 ABSL_FLAG(bool, json, false, "Print JSON instead of text.");
 ABSL_FLAG(uint32_t, dim, 0, "store create: the dimension of the store.");
-ABSL_FLAG(std::string, similarity, "dot",
-          "store create: dot, l2, manhattan or cosine.");
-ABSL_FLAG(std::string, separation, "softmax",
-          "store create: softmax, sparsemax or entmax15.");
+// Store settings: each names one field of engram.v1.Store (kSettingFlags).
+// store create and store update send only the ones given, so every default
+// is the server's.
+ABSL_FLAG(std::string, similarity, "",
+          "store create/update: dot, l2, manhattan, cosine, kernel_dot or "
+          "kernel_l2.");
+ABSL_FLAG(std::string, separation, "",
+          "store create/update: softmax, sparsemax or entmax15.");
 ABSL_FLAG(std::optional<std::string>, beta, std::nullopt,
-          "Inverse temperature beta > 0 (store create: default 1, or 'auto' "
-          "to calibrate it in the background and apply what it finds; "
-          "retrieve: override).");
-ABSL_FLAG(std::string, corruption, "dropout",
-          "store create: how calibration corrupts patterns: dropout, "
-          "gaussian or mask.");
-ABSL_FLAG(float, level, 0.5f,
-          "store create: calibration's dropout probability, mask fraction "
-          "or Gaussian sigma.");
-ABSL_FLAG(bool, search_similarity, false,
-          "store create: calibration may change the similarity too.");
-ABSL_FLAG(bool, search_separation, false,
-          "store create: calibration may change the separation too.");
-ABSL_FLAG(uint32_t, sample_size, 256,
-          "store create: patterns calibration corrupts and retrieves.");
-ABSL_FLAG(uint64_t, calibration_seed, 0, "store create: calibration's seed.");
+          "Inverse temperature beta > 0 (store create/update; 'auto' on "
+          "create calibrates it in the background and applies what it "
+          "finds; retrieve: an override).");
+ABSL_FLAG(std::optional<uint32_t>, steps, std::nullopt,
+          "Update steps (store create/update; retrieve: an override).");
+ABSL_FLAG(std::optional<float>, eps, std::nullopt,
+          "Stop once an update moves the state by at most eps (store "
+          "create/update; retrieve: an override).");
+ABSL_FLAG(std::optional<uint32_t>, top_k, std::nullopt,
+          "Best matches reported per query (store create/update; retrieve: "
+          "an override).");
+ABSL_FLAG(std::optional<double>, tolerance, std::nullopt,
+          "Error tolerance of the low-rank path (store create/update; "
+          "retrieve: an override).");
+ABSL_FLAG(uint32_t, max_degree, 0,
+          "store create/update: highest Taylor degree of the low-rank sums.");
+ABSL_FLAG(bool, auto_calibrate, false,
+          "store create/update: calibrate in the background after adds "
+          "(and after each fit).");
 ABSL_FLAG(bool, apply, false,
           "calibrate: --apply applies the setting found, --apply=false (or "
           "--noapply) only reports it; not given: the store's setting. store "
-          "create: the store's setting for calibrations on request.");
-ABSL_FLAG(std::optional<uint32_t>, steps, std::nullopt,
-          "Update steps (store create: default 1; retrieve: override).");
-ABSL_FLAG(std::optional<float>, eps, std::nullopt,
-          "Stop once an update moves the state by at most eps.");
-ABSL_FLAG(std::optional<uint32_t>, top_k, std::nullopt,
-          "Best matches reported per query (store create: default 5).");
+          "create/update: the store's setting.");
+ABSL_FLAG(std::string, corruption, "",
+          "store create/update: how calibration corrupts patterns: dropout, "
+          "gaussian or mask.");
+ABSL_FLAG(float, level, 0,
+          "store create/update: calibration's dropout probability, mask "
+          "fraction or Gaussian sigma.");
+ABSL_FLAG(bool, search_similarity, false,
+          "store create/update: calibration may change the similarity too.");
+ABSL_FLAG(bool, search_separation, false,
+          "store create/update: calibration may change the separation too.");
+ABSL_FLAG(uint32_t, sample_size, 0,
+          "store create/update: patterns calibration corrupts and retrieves.");
+ABSL_FLAG(uint64_t, calibration_seed, 0,
+          "store create/update: calibration's seed.");
+ABSL_FLAG(std::string, feature_map, "",
+          "store create: none, or uhop for a U-Hop Stage I feature map.");
+ABSL_FLAG(uint32_t, feature_dim, 0,
+          "store create: d_Phi of the feature map (0: the store's dimension).");
+ABSL_FLAG(std::string, fit_loss, "", "store create: U-Hop loss, max or mean.");
+ABSL_FLAG(std::string, fit_optimizer, "", "store create: sgd or adam.");
+ABSL_FLAG(uint32_t, fit_epochs, 0, "store create: epochs per fit.");
+ABSL_FLAG(double, fit_learning_rate, 0,
+          "store create: fit learning rate (0: the reference's).");
+ABSL_FLAG(uint32_t, fit_batch_size, 0,
+          "store create: patterns per fit minibatch.");
+ABSL_FLAG(uint32_t, fit_debounce_ms, 0,
+          "store create: quiet time after adds before an automatic fit.");
+ABSL_FLAG(uint32_t, fit_min_new_patterns, 0,
+          "store create: new patterns that make an automatic fit due.");
+ABSL_FLAG(uint64_t, fit_seed, 0, "store create: seed of the fit.");
 ABSL_FLAG(std::string, path, "auto", "retrieve: auto, exact or low_rank.");
-ABSL_FLAG(std::optional<double>, tolerance, std::nullopt,
-          "retrieve: error tolerance of the low-rank path.");
 ABSL_FLAG(uint64_t, offset, 0, "add/retrieve: first row of FILE to use.");
 ABSL_FLAG(uint64_t, limit, 0, "add/retrieve: rows of FILE to use (0: all).");
 ABSL_FLAG(uint64_t, batch, 1024,
           "add: patterns per streamed message; retrieve: queries per RPC.");
 ABSL_FLAG(std::string, labels, "",
           "add: a file with one label per row of FILE (idx1, npy or csv).");
-ABSL_FLAG(std::string, feature_map, "none",
-          "store create: none, or uhop for a U-Hop Stage I feature map.");
-ABSL_FLAG(uint32_t, feature_dim, 0,
-          "store create: d_Phi of the feature map (0: the store's dimension).");
-ABSL_FLAG(std::string, fit_loss, "max",
-          "store create: U-Hop loss, max or mean.");
-ABSL_FLAG(std::string, fit_optimizer, "sgd", "store create: sgd or adam.");
-ABSL_FLAG(uint32_t, fit_epochs, 100, "store create: epochs per fit.");
-ABSL_FLAG(double, fit_learning_rate, 0,
-          "store create: fit learning rate (0: the reference's).");
-ABSL_FLAG(uint32_t, fit_batch_size, 1024,
-          "store create: patterns per fit minibatch.");
-ABSL_FLAG(uint32_t, fit_debounce_ms, 2000,
-          "store create: quiet time after adds before an automatic fit.");
-ABSL_FLAG(uint32_t, fit_min_new_patterns, 1,
-          "store create: new patterns that make an automatic fit due.");
-ABSL_FLAG(uint64_t, fit_seed, 0, "store create: seed of the fit.");
-ABSL_FLAG(bool, wait, false, "fit: wait for the fit to end, showing progress.");
-ABSL_FLAG(bool, cancel, false, "fit: cancel the store's fit instead.");
+ABSL_FLAG(uint32_t, page_size, 100, "patterns list: patterns per page.");
+ABSL_FLAG(std::string, page_token, "",
+          "patterns list: the page to show (from the previous page).");
+ABSL_FLAG(bool, all, false, "patterns list: every page.");
+ABSL_FLAG(bool, values, false, "patterns list: print the vectors too.");
+ABSL_FLAG(bool, wait, false,
+          "fit/calibrate: wait for the job to end, showing progress.");
+ABSL_FLAG(bool, cancel, false, "fit/calibrate: cancel the store's job.");
+ABSL_FLAG(bool, status, false,
+          "fit/calibrate: show the job's state (and last result) only.");
 ABSL_FLAG(int, concurrency, 1, "bench: concurrent callers.");
 ABSL_FLAG(double, duration_s, 10,
           "bench: measured seconds (after the warm-up).");
@@ -125,58 +150,6 @@ ABSL_FLAG(std::string, out, "",
 namespace engram::client {
 namespace {
 
-struct Command {
-  const char* name;
-  const char* usage;
-  const char* help;
-};
-
-const Command kCommands[] = {
-    {"store create",
-     "engram store create NAME --dim=D [--similarity=dot] "
-     "[--separation=softmax] [--beta=1|auto] [--steps=1] [--eps=0] "
-     "[--top_k=5] [--corruption=dropout] [--level=0.5] "
-     "[--search_similarity] [--search_separation] [--sample_size=256]",
-     "Creates a store of D-dimensional patterns with its retrieval settings. "
-     "--beta=auto calibrates in the background once patterns arrive (and "
-     "after each fit) and applies the best setting found."},
-    {"store list", "engram store list [--json]", "Lists the stores."},
-    {"store get", "engram store get NAME [--json]",
-     "Shows a store's settings and statistics."},
-    {"store delete", "engram store delete NAME",
-     "Deletes a store and all its patterns."},
-    {"add",
-     "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
-     "[--batch=1024]",
-     "Adds the rows of FILE as patterns. FILE is a 2-D .npy (float32 or "
-     "float64), a .csv, or an idx-ubyte file (pixels scaled to [0,1]), "
-     "gzipped or not."},
-    {"retrieve",
-     "engram retrieve NAME FILE [--out=OUT.npy] [--top_k=K] "
-     "[--json] [--beta=B] [--steps=S] [--eps=E] "
-     "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
-     "[--limit=N] [--batch=1024]",
-     "Recalls stored patterns from the rows of FILE used as queries."},
-    {"calibrate", "engram calibrate NAME [--wait] [--apply[=false]] [--json]",
-     "Queues a self-retrieval calibration of the store now: corrupts a "
-     "sample of its patterns, searches beta (and, if the store allows, the "
-     "similarity and separation) and applies or reports the best; --wait "
-     "waits for it and prints the report."},
-    {"fit", "engram fit NAME [--wait] [--cancel] [--json]",
-     "Starts a Stage I fit of a U-Hop store now (or shows the running one); "
-     "--wait follows its progress to the end; --cancel cancels it."},
-    {"bench",
-     "engram bench NAME [--concurrency=1] [--duration_s=10 | "
-     "--requests=N] [--queries_per_request=1] [--rate=R] "
-     "[--warmup_s=1] [--queries=FILE] [--omit_vectors] [--json]",
-     "Load-tests Retrieve on a store: prints requests/s, queries/s and "
-     "latency p50/p90/p99/max."},
-    {"version", "engram version", "Prints the client's version and API."},
-    {"health", "engram health [SERVICE]",
-     "Checks the server's health (liveness), or a service's (readiness: "
-     "engram.v1.Engram)."},
-};
-
 [[noreturn]] void Fail(const std::string& message) {
   std::cerr << "engram: " << message << "\n";
   std::exit(1);
@@ -189,49 +162,122 @@ void FailOn(const absl::Status& status, const std::string& context = "") {
                     status.message()));
 }
 
-std::string Usage() {
-  std::string text =
-      "engram: the command-line client of engramd.\n\nUsage: engram "
-      "[--addr=HOST:PORT] COMMAND ...\n\nCommands:\n";
-  for (const Command& c : kCommands) {
-    absl::StrAppend(&text, "  ", c.usage, "\n      ", c.help, "\n");
-  }
-  absl::StrAppend(&text, "\n'engram COMMAND --help' shows one command.\n");
-  return text;
+// --- Which flags the command line gave -------------------------------------
+
+// Flag names given on the command line ("--beta=2", "--noapply" gives
+// "apply"); set by Main. Settings are sent only when given, so every
+// default is the server's.
+std::set<std::string>& GivenFlags() {
+  static auto* given = new std::set<std::string>;
+  return *given;
 }
 
-const Command* FindCommand(const std::vector<std::string>& words) {
-  for (const Command& c : kCommands) {
-    const std::string name = c.name;
-    const std::string first = words.empty() ? "" : words[0];
-    const std::string two = words.size() > 1 ? first + " " + words[1] : first;
-    if (name == first || name == two) return &c;
+bool Given(absl::string_view flag) {
+  return GivenFlags().count(std::string(flag)) > 0;
+}
+
+void NoteGivenFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) {
+      continue;
+    }
+    const std::string name(arg.substr(0, arg.find('=')));
+    GivenFlags().insert(name);
+    if (absl::StartsWith(name, "no")) GivenFlags().insert(name.substr(2));
   }
-  return nullptr;
+}
+
+// The text of a flag's current value.
+std::string FlagText(absl::string_view flag) {
+  absl::CommandLineFlag* f = absl::FindCommandLineFlag(flag);
+  if (f == nullptr) Fail(absl::StrCat("no flag --", flag));
+  return f->CurrentValue();
+}
+
+// Store settings flags: each sets one field of engram.v1.Store.
+struct SettingFlag {
+  const char* flag;
+  const char* path;
+};
+constexpr SettingFlag kSettingFlags[] = {
+    {"similarity", "retrieval.similarity"},
+    {"separation", "retrieval.separation"},
+    {"beta", "retrieval.beta"},
+    {"steps", "retrieval.steps"},
+    {"eps", "retrieval.eps"},
+    {"top_k", "retrieval.top_k"},
+    {"tolerance", "low_rank.tolerance"},
+    {"max_degree", "low_rank.max_degree"},
+    {"auto_calibrate", "calibration.automatic"},
+    {"apply", "calibration.apply"},
+    {"corruption", "calibration.corruption"},
+    {"level", "calibration.level"},
+    {"search_similarity", "calibration.search_similarity"},
+    {"search_separation", "calibration.search_separation"},
+    {"sample_size", "calibration.sample_size"},
+    {"calibration_seed", "calibration.seed"},
+    {"feature_map", "feature_map.kind"},
+    {"feature_dim", "feature_map.feature_dim"},
+    {"fit_loss", "feature_map.loss"},
+    {"fit_optimizer", "feature_map.optimizer"},
+    {"fit_epochs", "feature_map.epochs"},
+    {"fit_learning_rate", "feature_map.learning_rate"},
+    {"fit_batch_size", "feature_map.batch_size"},
+    {"fit_debounce_ms", "feature_map.debounce_ms"},
+    {"fit_min_new_patterns", "feature_map.min_new_patterns"},
+    {"fit_seed", "feature_map.seed"},
+};
+
+// Sets the fields of `store` whose flags were given; returns their paths.
+// --beta=auto (create only) turns on automatic calibration that applies.
+std::vector<std::string> SettingsFromFlags(v1::Store& store, bool create) {
+  std::vector<std::string> paths;
+  for (const SettingFlag& s : kSettingFlags) {
+    if (!Given(s.flag)) continue;
+    const std::string text = FlagText(s.flag);
+    if (absl::string_view(s.flag) == "beta" && text == "auto") {
+      if (!create) {
+        Fail("--beta=auto is for store create; use --auto_calibrate --apply");
+      }
+      if (!Given("auto_calibrate"))
+        store.mutable_calibration()->set_automatic(true);
+      if (!Given("apply")) store.mutable_calibration()->set_apply(true);
+      continue;
+    }
+    FailOn(SetFieldFromText(store, s.path, text, s.flag));
+    paths.push_back(s.path);
+  }
+  return paths;
+}
+
+// --- Connecting --------------------------------------------------------------
+
+std::string ReadFileOrFail(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail(absl::StrCat("--", flag, ": cannot read '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 std::unique_ptr<Client> Connect() {
   ClientOptions options;
   options.address = absl::GetFlag(FLAGS_addr);
   options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
-  auto read = [](const std::string& path, const char* flag) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) Fail(absl::StrCat("--", flag, ": cannot read '", path, "'"));
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-  };
   if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
-    options.tls_ca = read(absl::GetFlag(FLAGS_tls_ca), "tls_ca");
+    options.tls_ca = ReadFileOrFail(absl::GetFlag(FLAGS_tls_ca), "tls_ca");
   }
   if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
-    options.tls_cert = read(absl::GetFlag(FLAGS_tls_cert), "tls_cert");
-    options.tls_key = read(absl::GetFlag(FLAGS_tls_key), "tls_key");
+    options.tls_cert =
+        ReadFileOrFail(absl::GetFlag(FLAGS_tls_cert), "tls_cert");
+    options.tls_key = ReadFileOrFail(absl::GetFlag(FLAGS_tls_key), "tls_key");
   }
   options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   if (!absl::GetFlag(FLAGS_token_file).empty()) {
     options.token = std::string(absl::StripAsciiWhitespace(
-        read(absl::GetFlag(FLAGS_token_file), "token_file")));
+        ReadFileOrFail(absl::GetFlag(FLAGS_token_file), "token_file")));
   } else if (const char* token = std::getenv("ENGRAM_TOKEN")) {
     options.token = token;
   }
@@ -240,132 +286,25 @@ std::unique_ptr<Client> Connect() {
   return std::move(*client);
 }
 
-std::string Json(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.always_print_primitive_fields = true;
-  options.preserve_proto_field_names = true;
-  if (!google::protobuf::util::MessageToJsonString(message, &out, options)
-           .ok()) {
-    Fail("cannot print the response as JSON");
-  }
-  return out;
-}
-
-template <typename Enum>
-Enum ParseEnum(const std::string& flag, const std::string& value,
-               const std::map<std::string, Enum>& names) {
-  auto found = names.find(absl::AsciiStrToLower(value));
-  if (found == names.end()) {
-    std::vector<std::string> choices;
-    for (const auto& [name, unused] : names) choices.push_back(name);
-    Fail(absl::StrCat("--", flag, "=", value, " is not one of ",
-                      absl::StrJoin(choices, ", ")));
-  }
-  return found->second;
-}
-
-std::string Lower(const std::string& name) {
-  return absl::AsciiStrToLower(name);
-}
-
-// The capacity report, one figure per line.
-std::string ReportText(const v1::CalibrationReport& r) {
-  std::string text = absl::StrFormat(
-      "calibrated:    %s %s beta %.4g (%s; was error %.4g, recall@1 %.3f)\n",
-      Lower(v1::Similarity_Name(r.similarity())),
-      Lower(v1::Separation_Name(r.separation())), r.beta(),
-      r.applied()    ? "applied"
-      : r.improved() ? "found, not applied"
-                     : "kept the current setting",
-      r.previous_error(), r.previous_recall_at_1());
-  absl::StrAppendFormat(
-      &text,
-      "capacity:      recall@1 %.3f, error %.4g, well separated %.1f%%, "
-      "theory's beta %.4g (p90 %.4g)\n",
-      r.recall_at_1(), r.error(), 100 * r.well_separated_fraction(),
-      r.theory_beta_median(), r.theory_beta_p90());
-  absl::StrAppendFormat(
-      &text,
-      "               on %u of %u patterns (%s %g), %u memories, %u "
-      "settings in %.2fs\n",
-      r.sample_size(), r.pattern_count(),
-      Lower(v1::Corruption_Name(r.corruption())), r.level(), r.memories_used(),
-      r.candidates(), r.duration_seconds());
-  if (!r.detail().empty()) {
-    absl::StrAppendFormat(&text, "               %s\n", r.detail());
-  }
-  return text;
-}
-
-void PrintStoreText(const v1::Store& s) {
-  const v1::RetrievalSettings& r = s.retrieval();
-  absl::PrintF("name:          %s\n", s.name());
-  absl::PrintF("dimension:     %u\n", s.dimension());
-  absl::PrintF("patterns:      %u\n", s.pattern_count());
-  absl::PrintF("similarity:    %s\n",
-               Lower(v1::Similarity_Name(r.similarity())));
-  absl::PrintF("separation:    %s\n",
-               Lower(v1::Separation_Name(r.separation())));
-  absl::PrintF("beta:          %g\n", r.beta());
-  absl::PrintF("steps:         %u\n", r.steps());
-  absl::PrintF("eps:           %g\n", r.eps());
-  absl::PrintF("top_k:         %u\n", r.top_k());
-  absl::PrintF("feature map:   %s\n",
-               Lower(v1::FeatureMapKind_Name(s.feature_map().kind())));
-  absl::PrintF("fit:           %s",
-               Lower(v1::FitStatus::State_Name(s.fit().state())));
-  if (s.fit().map_version() > 0 || s.fit().state() == v1::FitStatus::RUNNING) {
-    absl::PrintF(
-        " (map v%u from %u patterns; epoch %u/%u; loss %.4f -> %.4f; %.2fs)",
-        s.fit().map_version(), s.fit().patterns_fitted(), s.fit().epoch(),
-        s.fit().total_epochs(), s.fit().loss_before(), s.fit().loss_after(),
-        s.fit().duration_seconds());
-  }
-  absl::PrintF("\n");
-  if (s.feature_map().kind() == v1::UHOP) {
-    absl::PrintF("feature norms: max %.4g, mean %.4g (d_Phi %u)\n",
-                 s.norms().max_feature_norm(), s.norms().mean_feature_norm(),
-                 s.feature_map().feature_dim());
-  }
-  absl::PrintF("norms:         max %.4g, mean %.4g, max |entry| %.4g\n",
-               s.norms().max_norm(), s.norms().mean_norm(),
-               s.norms().max_abs_entry());
-  absl::PrintF("low-rank:      tolerance %g, max degree %u; ",
-               s.low_rank().tolerance(), s.low_rank().max_degree());
-  if (s.low_rank_state().degree() > 0) {
-    absl::PrintF("sums kept to degree %u (rank %u)\n",
-                 s.low_rank_state().degree(), s.low_rank_state().rank());
+// Prints the message as JSON with --json, else `text`.
+void Print(const google::protobuf::Message& message, const std::string& text) {
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << Json(message);
   } else {
-    absl::PrintF("no sums: %s\n", s.low_rank_state().detail());
+    std::cout << text;
   }
-  const v1::CalibrationSettings& c = s.calibration();
-  absl::PrintF(
-      "calibration:   %s, %s; %s %g; search beta%s%s; sample %u, "
-      "seed %u\n",
-      c.automatic() ? "automatic" : "on request",
-      c.apply() ? "applies" : "reports only",
-      Lower(v1::Corruption_Name(c.corruption())), c.level(),
-      c.search_similarity() ? ", similarity" : "",
-      c.search_separation() ? ", separation" : "", c.sample_size(), c.seed());
-  if (s.has_calibration_report()) {
-    absl::PrintF("%s", ReportText(s.calibration_report()));
-  }
-  absl::PrintF("state:         %s\n", Lower(v1::Store::State_Name(s.state())));
-  absl::PrintF("version:       %u\n", s.version());
 }
 
-// Whether --apply (or --noapply) was on the command line; set by Main.
-bool apply_given = false;
-
-// --apply if given on the command line.
-std::optional<bool> ApplyFlag() {
-  if (!apply_given) return std::nullopt;
-  return absl::GetFlag(FLAGS_apply);
+template <typename T>
+T Parse(const std::string& text, const char* what) {
+  T value{};
+  if (!absl::SimpleAtoi(text, &value)) {
+    Fail(absl::StrCat(what, " must be a whole number, got '", text, "'"));
+  }
+  return value;
 }
 
-// --beta as a number (absent: not given); 'auto' is store create's alone.
+// --beta as a number, if given ('auto' is store create's alone).
 std::optional<float> BetaFlag() {
   const std::optional<std::string> text = absl::GetFlag(FLAGS_beta);
   if (!text) return std::nullopt;
@@ -377,108 +316,63 @@ std::optional<float> BetaFlag() {
   return beta;
 }
 
+// --- Stores ------------------------------------------------------------------
+
 void StoreCreate(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("store create takes one NAME; see --help");
   if (absl::GetFlag(FLAGS_dim) == 0) Fail("store create needs --dim=D (> 0)");
   v1::Store store;
   store.set_name(args[0]);
   store.set_dimension(absl::GetFlag(FLAGS_dim));
-  v1::RetrievalSettings* r = store.mutable_retrieval();
-  r->set_similarity(ParseEnum<v1::Similarity>("similarity",
-                                              absl::GetFlag(FLAGS_similarity),
-                                              {{"dot", v1::DOT},
-                                               {"l2", v1::L2},
-                                               {"manhattan", v1::MANHATTAN},
-                                               {"cosine", v1::COSINE},
-                                               {"kernel_dot", v1::KERNEL_DOT},
-                                               {"kernel_l2", v1::KERNEL_L2}}));
-  r->set_separation(ParseEnum<v1::Separation>("separation",
-                                              absl::GetFlag(FLAGS_separation),
-                                              {{"softmax", v1::SOFTMAX},
-                                               {"sparsemax", v1::SPARSEMAX},
-                                               {"entmax15", v1::ENTMAX15}}));
-  v1::CalibrationSettings* c = store.mutable_calibration();
-  if (absl::GetFlag(FLAGS_beta) == "auto") {
-    c->set_automatic(true);
-    c->set_apply(true);
-  } else if (std::optional<float> beta = BetaFlag()) {
-    r->set_beta(*beta);
-  }
-  if (std::optional<bool> apply = ApplyFlag()) {
-    c->set_apply(*apply);
-  }
-  c->set_corruption(ParseEnum<v1::Corruption>("corruption",
-                                              absl::GetFlag(FLAGS_corruption),
-                                              {{"dropout", v1::DROPOUT},
-                                               {"gaussian", v1::GAUSSIAN},
-                                               {"mask", v1::MASK}}));
-  c->set_level(absl::GetFlag(FLAGS_level));
-  c->set_search_similarity(absl::GetFlag(FLAGS_search_similarity));
-  c->set_search_separation(absl::GetFlag(FLAGS_search_separation));
-  c->set_sample_size(absl::GetFlag(FLAGS_sample_size));
-  c->set_seed(absl::GetFlag(FLAGS_calibration_seed));
-  if (auto steps = absl::GetFlag(FLAGS_steps)) r->set_steps(*steps);
-  if (auto eps = absl::GetFlag(FLAGS_eps)) r->set_eps(*eps);
-  if (auto top_k = absl::GetFlag(FLAGS_top_k)) r->set_top_k(*top_k);
-  v1::FeatureMapSettings* f = store.mutable_feature_map();
-  f->set_kind(ParseEnum<v1::FeatureMapKind>(
-      "feature_map", absl::GetFlag(FLAGS_feature_map),
-      {{"none", v1::NONE}, {"uhop", v1::UHOP}}));
-  f->set_feature_dim(absl::GetFlag(FLAGS_feature_dim));
-  f->set_loss(ParseEnum<v1::FitLoss>("fit_loss", absl::GetFlag(FLAGS_fit_loss),
-                                     {{"max", v1::MAX}, {"mean", v1::MEAN}}));
-  f->set_optimizer(ParseEnum<v1::FitOptimizer>(
-      "fit_optimizer", absl::GetFlag(FLAGS_fit_optimizer),
-      {{"sgd", v1::SGD}, {"adam", v1::ADAM}}));
-  f->set_epochs(absl::GetFlag(FLAGS_fit_epochs));
-  f->set_learning_rate(absl::GetFlag(FLAGS_fit_learning_rate));
-  f->set_batch_size(absl::GetFlag(FLAGS_fit_batch_size));
-  f->set_debounce_ms(absl::GetFlag(FLAGS_fit_debounce_ms));
-  f->set_min_new_patterns(absl::GetFlag(FLAGS_fit_min_new_patterns));
-  f->set_seed(absl::GetFlag(FLAGS_fit_seed));
+  SettingsFromFlags(store, /*create=*/true);
   absl::StatusOr<v1::Store> created = Connect()->CreateStore(store);
   FailOn(created.status(), "store create");
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << Json(*created);
-  } else {
-    absl::PrintF("created store %s (dimension %u)\n", created->name(),
-                 created->dimension());
+  Print(*created, absl::StrFormat("created store %s (dimension %u)\n",
+                                  created->name(), created->dimension()));
+}
+
+void StoreUpdate(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("store update takes one NAME; see --help");
+  v1::Store store;
+  store.set_name(args[0]);
+  const std::vector<std::string> paths =
+      SettingsFromFlags(store, /*create=*/false);
+  if (paths.empty()) {
+    Fail("store update needs a setting to change, e.g. --beta=2 --top_k=3");
   }
+  absl::StatusOr<v1::Store> updated = Connect()->UpdateStore(store, paths);
+  FailOn(updated.status(), "store update");
+  Print(*updated, StoreText(*updated));
 }
 
 void StoreList(const std::vector<std::string>& args) {
   if (!args.empty()) Fail("store list takes no arguments");
   absl::StatusOr<std::vector<v1::Store>> stores = Connect()->ListStores();
   FailOn(stores.status(), "store list");
-  if (absl::GetFlag(FLAGS_json)) {
-    v1::ListStoresResponse all;
-    for (const v1::Store& s : *stores) *all.add_stores() = s;
-    std::cout << Json(all);
-    return;
-  }
+  v1::ListStoresResponse all;
   size_t width = 4;
-  for (const v1::Store& s : *stores) width = std::max(width, s.name().size());
-  absl::PrintF("%-*s %9s %10s %-10s %-10s %8s %6s\n", width, "NAME",
-               "DIMENSION", "PATTERNS", "SIMILARITY", "SEPARATION", "BETA",
-               "STEPS");
   for (const v1::Store& s : *stores) {
-    absl::PrintF("%-*s %9u %10u %-10s %-10s %8g %6u\n", width, s.name(),
-                 s.dimension(), s.pattern_count(),
-                 Lower(v1::Similarity_Name(s.retrieval().similarity())),
-                 Lower(v1::Separation_Name(s.retrieval().separation())),
-                 s.retrieval().beta(), s.retrieval().steps());
+    *all.add_stores() = s;
+    width = std::max(width, s.name().size());
   }
+  std::string text = absl::StrFormat(
+      "%-*s %9s %10s %-10s %-10s %8s %6s\n", width, "NAME", "DIMENSION",
+      "PATTERNS", "SIMILARITY", "SEPARATION", "BETA", "STEPS");
+  for (const v1::Store& s : *stores) {
+    absl::StrAppendFormat(&text, "%-*s %9u %10u %-10s %-10s %8g %6u\n", width,
+                          s.name(), s.dimension(), s.pattern_count(),
+                          EnumText(s.retrieval().similarity()),
+                          EnumText(s.retrieval().separation()),
+                          s.retrieval().beta(), s.retrieval().steps());
+  }
+  Print(all, text);
 }
 
 void StoreGet(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("store get takes one NAME");
   absl::StatusOr<v1::Store> store = Connect()->GetStore(args[0]);
   FailOn(store.status(), "store get");
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << Json(*store);
-  } else {
-    PrintStoreText(*store);
-  }
+  Print(*store, StoreText(*store));
 }
 
 void StoreDelete(const std::vector<std::string>& args) {
@@ -491,6 +385,8 @@ void StoreDelete(const std::vector<std::string>& args) {
   }
 }
 
+// --- Patterns ----------------------------------------------------------------
+
 Matrix Load(const std::string& path) {
   absl::StatusOr<Matrix> m =
       ReadMatrix(path, absl::GetFlag(FLAGS_offset), absl::GetFlag(FLAGS_limit));
@@ -499,13 +395,15 @@ Matrix Load(const std::string& path) {
   return std::move(*m);
 }
 
-// "[#########.........]  4500/10000 patterns  45%"
-std::string ProgressBar(size_t done, size_t total, const char* what) {
-  constexpr int kWidth = 30;
-  const int filled = total ? static_cast<int>(kWidth * done / total) : kWidth;
-  return absl::StrFormat("[%s%s] %zu/%zu %s %3d%%", std::string(filled, '#'),
-                         std::string(kWidth - filled, '.'), done, total, what,
-                         total ? static_cast<int>(100 * done / total) : 100);
+// A store's dimension, refusing a file whose rows differ.
+void CheckDimension(Client& client, const std::string& store,
+                    const std::string& file, size_t cols) {
+  absl::StatusOr<v1::Store> s = client.GetStore(store);
+  FailOn(s.status(), store);
+  if (s->dimension() != cols) {
+    Fail(absl::StrCat(file, " has rows of ", cols, " values; store '", store,
+                      "' has dimension ", s->dimension()));
+  }
 }
 
 std::string LabelText(float v) {
@@ -527,30 +425,89 @@ void Add(const std::vector<std::string>& args) {
     for (float v : l.data) labels.push_back(LabelText(v));
   }
   std::unique_ptr<Client> client = Connect();
-  absl::StatusOr<v1::Store> store = client->GetStore(args[0]);
-  FailOn(store.status(), "add");
-  if (store->dimension() != m.cols) {
-    Fail(absl::StrCat(args[1], " has rows of ", m.cols, " values; store '",
-                      args[0], "' has dimension ", store->dimension()));
-  }
+  CheckDimension(*client, args[0], args[1], m.cols);
   const bool tty = isatty(STDERR_FILENO);
   const absl::Time start = absl::Now();
   absl::StatusOr<v1::ImportPatternsResponse> done = client->Import(
       args[0], m.data, m.cols, labels, absl::GetFlag(FLAGS_batch),
       [&](size_t sent) {
-        if (tty)
+        if (tty) {
           absl::FPrintF(stderr, "\r%s", ProgressBar(sent, m.rows, "patterns"));
+        }
       });
   if (tty) absl::FPrintF(stderr, "\n");
   FailOn(done.status(), "add");
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << Json(*done);
-  } else {
-    absl::PrintF("added %u patterns (ids %u..%u) to %s in %.2fs; it holds %u\n",
-                 done->patterns_added(), done->first_id(), done->last_id(),
-                 args[0], seconds, done->pattern_count());
+  Print(*done,
+        absl::StrFormat(
+            "added %u patterns (ids %u..%u) to %s in %.2fs; it holds %u\n",
+            done->patterns_added(), done->first_id(), done->last_id(), args[0],
+            absl::ToDoubleSeconds(absl::Now() - start), done->pattern_count()));
+}
+
+void PatternsList(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("patterns list takes one NAME");
+  std::unique_ptr<Client> client = Connect();
+  const bool values = absl::GetFlag(FLAGS_values);
+  std::string token = absl::GetFlag(FLAGS_page_token);
+  v1::ListPatternsResponse all;
+  do {
+    absl::StatusOr<v1::ListPatternsResponse> page = client->ListPatterns(
+        args[0], token, absl::GetFlag(FLAGS_page_size), !values);
+    FailOn(page.status(), "patterns list");
+    all.mutable_patterns()->MergeFrom(page->patterns());
+    token = page->next_page_token();
+  } while (absl::GetFlag(FLAGS_all) && !token.empty());
+  all.set_next_page_token(token);
+  std::string text;
+  for (const v1::Pattern& p : all.patterns()) {
+    absl::StrAppend(&text, PatternText(p, values), "\n");
   }
+  if (!token.empty()) {
+    absl::StrAppend(&text, "next page: --page_token=", token, "\n");
+  }
+  Print(all, text);
+}
+
+void PatternsGet(const std::vector<std::string>& args) {
+  if (args.size() != 2) Fail("patterns get takes NAME ID");
+  absl::StatusOr<v1::Pattern> p =
+      Connect()->GetPattern(args[0], Parse<uint64_t>(args[1], "ID"));
+  FailOn(p.status(), "patterns get");
+  Print(*p, PatternText(*p, /*values=*/true) + "\n");
+}
+
+void PatternsDelete(const std::vector<std::string>& args) {
+  if (args.size() < 2) Fail("patterns delete takes NAME ID [ID...]");
+  std::vector<uint64_t> ids;
+  for (size_t i = 1; i < args.size(); ++i) {
+    ids.push_back(Parse<uint64_t>(args[i], "ID"));
+  }
+  absl::StatusOr<v1::DeletePatternsResponse> done =
+      Connect()->DeletePatterns(args[0], ids);
+  FailOn(done.status(), "patterns delete");
+  Print(*done, absl::StrFormat("deleted %u patterns from %s; it holds %u\n",
+                               ids.size(), args[0], done->pattern_count()));
+}
+
+// --- Retrieval ---------------------------------------------------------------
+
+std::string RetrieveText(const v1::RetrieveResponse& all) {
+  std::string text = absl::StrFormat(
+      "path %s (%s)\n", EnumText(all.path().path()), all.path().reason());
+  for (int i = 0; i < all.results_size(); ++i) {
+    const v1::QueryResult& r = all.results(i);
+    std::vector<std::string> matches;
+    for (const v1::Match& m : r.matches()) {
+      matches.push_back(absl::StrFormat(
+          "%u%s:%.3f", m.id(), m.label().empty() ? "" : "[" + m.label() + "]",
+          m.weight()));
+    }
+    absl::StrAppendFormat(&text, "query %d: energy %.4g, steps %u%s; top %s\n",
+                          absl::GetFlag(FLAGS_offset) + i, r.energy(),
+                          r.steps(), r.converged() ? " (converged)" : "",
+                          absl::StrJoin(matches, " "));
+  }
+  return text;
 }
 
 void Retrieve(const std::vector<std::string>& args) {
@@ -564,19 +521,15 @@ void Retrieve(const std::vector<std::string>& args) {
   if (auto tolerance = absl::GetFlag(FLAGS_tolerance)) {
     request.set_tolerance(*tolerance);
   }
-  request.set_path(ParseEnum<v1::RetrievalPath>(
-      "path", absl::GetFlag(FLAGS_path),
-      {{"auto", v1::AUTO}, {"exact", v1::EXACT}, {"low_rank", v1::LOW_RANK}}));
+  absl::StatusOr<int> path = EnumFromText(*v1::RetrievalPath_descriptor(),
+                                          absl::GetFlag(FLAGS_path), "path");
+  FailOn(path.status());
+  request.set_path(static_cast<v1::RetrievalPath>(*path));
   const std::string out_path = absl::GetFlag(FLAGS_out);
   request.set_omit_vectors(out_path.empty());
 
   std::unique_ptr<Client> client = Connect();
-  absl::StatusOr<v1::Store> store = client->GetStore(args[0]);
-  FailOn(store.status(), "retrieve");
-  if (store->dimension() != q.cols) {
-    Fail(absl::StrCat(args[1], " has rows of ", q.cols, " values; store '",
-                      args[0], "' has dimension ", store->dimension()));
-  }
+  CheckDimension(*client, args[0], args[1], q.cols);
   const size_t batch = std::max<uint64_t>(1, absl::GetFlag(FLAGS_batch));
   v1::RetrieveResponse all;
   Matrix retrieved{q.rows, q.cols, {}};
@@ -596,133 +549,87 @@ void Retrieve(const std::vector<std::string>& args) {
     all.MergeFrom(*r);
   }
   if (!out_path.empty()) FailOn(WriteNpy(out_path, retrieved), "--out");
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << Json(all);
-    return;
-  }
-  const v1::PathReport& path = all.path();
-  absl::PrintF("path %s (%s)\n", Lower(v1::RetrievalPath_Name(path.path())),
-               path.reason());
-  for (int i = 0; i < all.results_size(); ++i) {
-    const v1::QueryResult& r = all.results(i);
-    std::vector<std::string> matches;
-    for (const v1::Match& m : r.matches()) {
-      matches.push_back(absl::StrFormat(
-          "%u%s:%.3f", m.id(), m.label().empty() ? "" : "[" + m.label() + "]",
-          m.weight()));
-    }
-    absl::PrintF("query %d: energy %.4g, steps %u%s; top %s\n",
-                 absl::GetFlag(FLAGS_offset) + i, r.energy(), r.steps(),
-                 r.converged() ? " (converged)" : "",
-                 absl::StrJoin(matches, " "));
-  }
+  std::string text = RetrieveText(all);
   if (!out_path.empty()) {
-    absl::PrintF("wrote %zu x %zu retrieved vectors to %s\n", retrieved.rows,
-                 retrieved.cols, out_path);
+    absl::StrAppendFormat(&text, "wrote %zu x %zu retrieved vectors to %s\n",
+                          retrieved.rows, retrieved.cols, out_path);
   }
+  Print(all, text);
 }
 
-std::string FitLine(const v1::FitStatus& s) {
-  const std::string state = Lower(v1::FitStatus::State_Name(s.state()));
-  const int width = 30;
-  const int filled =
-      s.total_epochs() ? static_cast<int>(width * s.epoch() / s.total_epochs())
-                       : 0;
-  std::string bar(filled, '#');
-  bar.append(width - filled, '.');
-  return absl::StrFormat("%-10s [%s] epoch %u/%u  loss %.4f -> %.4f  %.1fs",
-                         state, bar, s.epoch(), s.total_epochs(),
-                         s.loss_before(), s.loss_after(), s.duration_seconds());
+// --- Jobs: fit and calibration -----------------------------------------------
+
+// The calls of one kind of job and its text.
+template <typename Status>
+struct JobCalls {
+  const char* what;
+  std::function<absl::StatusOr<Status>()> get, start, cancel;
+  std::function<absl::StatusOr<Status>(std::function<void(const Status&)>)>
+      watch;
+  std::function<std::string(const Status&)> line, details;
+};
+
+// Starts the store's job (--cancel: cancels it; --status: only reads its
+// state); with --wait follows it to its end and fails unless it succeeded.
+template <typename Status>
+void RunJob(const std::string& store, const JobCalls<Status>& job) {
+  const bool cancel = absl::GetFlag(FLAGS_cancel);
+  const bool read = absl::GetFlag(FLAGS_status);
+  absl::StatusOr<Status> status = read     ? job.get()
+                                  : cancel ? job.cancel()
+                                           : job.start();
+  FailOn(status.status(), job.what);
+  const bool wait = absl::GetFlag(FLAGS_wait) && !cancel;
+  if (wait) {
+    const bool tty = isatty(STDERR_FILENO);
+    status = job.watch([&](const Status& s) {
+      if (tty) absl::FPrintF(stderr, "\r%s", job.line(s));
+    });
+    if (tty) absl::FPrintF(stderr, "\n");
+    FailOn(status.status(), job.what);
+  }
+  Print(*status, absl::StrCat(store, ": ", job.line(*status), "\n",
+                              job.details(*status)));
+  if (wait && status->state() != Status::SUCCEEDED) std::exit(1);
 }
 
 void Fit(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("fit takes one NAME");
   std::unique_ptr<Client> client = Connect();
-  absl::StatusOr<v1::FitStatus> status = absl::GetFlag(FLAGS_cancel)
-                                             ? client->CancelFit(args[0])
-                                             : client->GetFitStatus(args[0]);
-  FailOn(status.status(), "fit");
-  if (!absl::GetFlag(FLAGS_cancel) &&
-      status->state() != v1::FitStatus::RUNNING &&
-      status->state() != v1::FitStatus::PENDING) {
-    status = client->StartFit(args[0]);
-    FailOn(status.status(), "fit");
-  }
-  if (absl::GetFlag(FLAGS_wait)) {
-    const bool tty = isatty(STDERR_FILENO);
-    status = client->WatchFit(args[0], [&](const v1::FitStatus& s) {
-      if (tty) absl::FPrintF(stderr, "\r%s", FitLine(s));
-    });
-    if (tty) absl::FPrintF(stderr, "\n");
-    FailOn(status.status(), "fit");
-  }
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << Json(*status);
-  } else {
-    absl::PrintF("%s: %s", args[0], FitLine(*status));
-    if (status->map_version() > 0) {
-      absl::PrintF("  map v%u (%u patterns)", status->map_version(),
-                   status->patterns_fitted());
-    }
-    if (!status->error().empty()) absl::PrintF("  error: %s", status->error());
-    absl::PrintF("\n");
-  }
-  if (absl::GetFlag(FLAGS_wait) &&
-      status->state() != v1::FitStatus::SUCCEEDED) {
-    std::exit(1);
-  }
+  const std::string& store = args[0];
+  RunJob<v1::FitStatus>(
+      store,
+      {"fit", [&] { return client->GetFitStatus(store); },
+       [&] { return client->StartFit(store); },
+       [&] { return client->CancelFit(store); },
+       [&](auto on_status) { return client->WatchFit(store, on_status); },
+       FitLine, [](const v1::FitStatus&) { return std::string(); }});
 }
 
 void Calibrate(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("calibrate takes one NAME");
   std::unique_ptr<Client> client = Connect();
-  absl::StatusOr<v1::CalibrationStatus> status =
-      client->StartCalibration(args[0], ApplyFlag());
-  FailOn(status.status(), "calibrate");
-  const auto busy = [](const v1::CalibrationStatus& s) {
-    return s.state() == v1::CalibrationStatus::PENDING ||
-           s.state() == v1::CalibrationStatus::RUNNING;
-  };
-  if (absl::GetFlag(FLAGS_wait)) {
-    const bool tty = isatty(STDERR_FILENO);
-    const absl::Time start = absl::Now();
-    while (busy(*status)) {
-      if (tty) {
-        absl::FPrintF(stderr, "\r%s %.1fs",
-                      Lower(v1::CalibrationStatus::State_Name(status->state())),
-                      absl::ToDoubleSeconds(absl::Now() - start));
-      }
-      absl::SleepFor(absl::Milliseconds(100));
-      status = client->GetCalibrationStatus(args[0]);
-      FailOn(status.status(), "calibrate");
-    }
-    if (tty) absl::FPrintF(stderr, "\n");
-  }
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << Json(*status);
-  } else {
-    absl::PrintF("%s: calibration %s\n", args[0],
-                 Lower(v1::CalibrationStatus::State_Name(status->state())));
-    if (!status->error().empty()) absl::PrintF("error: %s\n", status->error());
-    if (!busy(*status) && status->has_report()) {
-      absl::PrintF("%s", ReportText(status->report()));
-    }
-  }
-  if (absl::GetFlag(FLAGS_wait) &&
-      status->state() != v1::CalibrationStatus::SUCCEEDED) {
-    std::exit(1);
-  }
+  const std::string& store = args[0];
+  std::optional<bool> apply;
+  if (Given("apply")) apply = absl::GetFlag(FLAGS_apply);
+  RunJob<v1::CalibrationStatus>(
+      store, {"calibrate", [&] { return client->GetCalibrationStatus(store); },
+              [&] { return client->StartCalibration(store, apply); },
+              [&] { return client->CancelCalibration(store); },
+              [&](auto on_status) {
+                return client->WatchCalibration(store, on_status);
+              },
+              CalibrationLine,
+              [](const v1::CalibrationStatus& s) {
+                const bool busy = s.state() == v1::CalibrationStatus::PENDING ||
+                                  s.state() == v1::CalibrationStatus::RUNNING;
+                return !busy && s.has_report() ? ReportText(s.report())
+                                               : std::string();
+              }});
 }
 
-void Version(const std::vector<std::string>& args) {
-  if (!args.empty()) Fail("version takes no arguments");
-  if (absl::GetFlag(FLAGS_json)) {
-    absl::PrintF("{\"version\": \"%s\", \"api\": \"engram.v1\"}\n",
-                 ENGRAM_VERSION);
-  } else {
-    absl::PrintF("engram %s (API engram.v1)\n", ENGRAM_VERSION);
-  }
-}
+// --- Load, health, version
+// ----------------------------------------------------
 
 void Bench(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("bench takes one NAME");
@@ -734,29 +641,18 @@ void Bench(const std::vector<std::string>& args) {
   o.dim = store->dimension();
   if (!absl::GetFlag(FLAGS_queries).empty()) {
     const Matrix q = Load(absl::GetFlag(FLAGS_queries));
-    if (q.cols != o.dim) {
-      Fail(absl::StrCat(absl::GetFlag(FLAGS_queries), " has rows of ", q.cols,
-                        " values; store '", args[0], "' has dimension ",
-                        o.dim));
-    }
+    CheckDimension(*client, args[0], absl::GetFlag(FLAGS_queries), q.cols);
     o.queries = q.data;
   } else {
-    grpc::ClientContext context;
-    v1::ListPatternsRequest request;
-    request.set_store(args[0]);
-    request.set_page_size(256);
-    v1::ListPatternsResponse page;
-    FailOn(absl::Status(static_cast<absl::StatusCode>(
-                            client->stub()
-                                .ListPatterns(&context, request, &page)
-                                .error_code()),
-                        "cannot list patterns"),
-           "bench");
-    if (page.patterns_size() == 0)
+    absl::StatusOr<v1::ListPatternsResponse> page =
+        client->ListPatterns(args[0], "", 256);
+    FailOn(page.status(), "bench");
+    if (page->patterns_size() == 0) {
       Fail(absl::StrCat("store '", args[0], "' is empty"));
+    }
     std::mt19937 rng(1);
     std::normal_distribution<float> noise(0.0f, 0.05f);
-    for (const v1::Pattern& p : page.patterns()) {
+    for (const v1::Pattern& p : page->patterns()) {
       for (float v : p.values()) o.queries.push_back(v + noise(rng));
     }
   }
@@ -807,6 +703,136 @@ void Health(const std::vector<std::string>& args) {
   if (*status != "SERVING") std::exit(1);
 }
 
+void Version(const std::vector<std::string>& args) {
+  if (!args.empty()) Fail("version takes no arguments");
+  if (absl::GetFlag(FLAGS_json)) {
+    absl::PrintF("{\"version\": \"%s\", \"api\": \"engram.v1\"}\n",
+                 ENGRAM_VERSION);
+  } else {
+    absl::PrintF("engram %s (API engram.v1)\n", ENGRAM_VERSION);
+  }
+}
+
+// --- Commands
+// ------------------------------------------------------------------
+
+struct Command {
+  const char* name;
+  const char* usage;
+  const char* help;
+  void (*run)(const std::vector<std::string>& args);
+};
+
+constexpr char kSettingsUsage[] =
+    "[--similarity=S] [--separation=S] [--beta=B] [--steps=N] [--eps=E] "
+    "[--top_k=K] [--tolerance=T] [--max_degree=G] [--auto_calibrate] "
+    "[--apply] [--corruption=C] [--level=L] [--search_similarity] "
+    "[--search_separation] [--sample_size=N] [--calibration_seed=N]";
+
+const Command kCommands[] = {
+    {"store create",
+     "engram store create NAME --dim=D [SETTINGS] [--beta=auto] "
+     "[--feature_map=uhop] [--feature_dim=N] [--fit_loss=max|mean] "
+     "[--fit_optimizer=sgd|adam] [--fit_epochs=N] [--fit_learning_rate=R] "
+     "[--fit_batch_size=N] [--fit_debounce_ms=N] [--fit_min_new_patterns=N] "
+     "[--fit_seed=N]",
+     "Creates a store of D-dimensional patterns. Settings not given take the "
+     "server's defaults ('engram store get' shows them). --beta=auto "
+     "calibrates in the background once patterns arrive (and after each "
+     "fit) and applies the best setting found.",
+     StoreCreate},
+    {"store list", "engram store list [--json]", "Lists the stores.",
+     StoreList},
+    {"store get", "engram store get NAME [--json]",
+     "Shows a store's settings and statistics.", StoreGet},
+    {"store update", "engram store update NAME SETTINGS [--json]",
+     "Changes the settings given (and only those) of a store; the others "
+     "keep their values.",
+     StoreUpdate},
+    {"store delete", "engram store delete NAME",
+     "Deletes a store and all its patterns.", StoreDelete},
+    {"add",
+     "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
+     "[--batch=1024]",
+     "Adds the rows of FILE as patterns. FILE is a 2-D .npy (float32 or "
+     "float64), a .csv, or an idx-ubyte file (pixels scaled to [0,1]), "
+     "gzipped or not.",
+     Add},
+    {"patterns list",
+     "engram patterns list NAME [--page_size=100] [--page_token=T] [--all] "
+     "[--values] [--json]",
+     "Lists a store's patterns in id order: id, label and metadata (and the "
+     "vectors with --values), a page at a time or --all.",
+     PatternsList},
+    {"patterns get", "engram patterns get NAME ID [--json]",
+     "Shows one pattern with its vector.", PatternsGet},
+    {"patterns delete", "engram patterns delete NAME ID [ID...]",
+     "Deletes patterns by id, all or none.", PatternsDelete},
+    {"retrieve",
+     "engram retrieve NAME FILE [--out=OUT.npy] [--top_k=K] "
+     "[--json] [--beta=B] [--steps=S] [--eps=E] "
+     "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
+     "[--limit=N] [--batch=1024]",
+     "Recalls stored patterns from the rows of FILE used as queries.",
+     Retrieve},
+    {"calibrate",
+     "engram calibrate NAME [--wait] [--cancel | --status] [--apply[=false]] "
+     "[--json]",
+     "Queues a self-retrieval calibration of the store now: corrupts a "
+     "sample of its patterns, searches beta (and, if the store allows, the "
+     "similarity and separation) and applies or reports the best; --wait "
+     "follows it to the end and prints the report; --cancel cancels it; "
+     "--status shows its state and last report.",
+     Calibrate},
+    {"fit", "engram fit NAME [--wait] [--cancel | --status] [--json]",
+     "Starts a Stage I fit of a U-Hop store now (or shows the running one); "
+     "--wait follows its progress to the end; --cancel cancels it; --status "
+     "shows its state.",
+     Fit},
+    {"bench",
+     "engram bench NAME [--concurrency=1] [--duration_s=10 | "
+     "--requests=N] [--queries_per_request=1] [--rate=R] "
+     "[--warmup_s=1] [--queries=FILE] [--omit_vectors] [--json]",
+     "Load-tests Retrieve on a store: prints requests/s, queries/s and "
+     "latency p50/p90/p99/max.",
+     Bench},
+    {"health", "engram health [SERVICE]",
+     "Checks the server's health (liveness), or a service's (readiness: "
+     "engram.v1.Engram).",
+     Health},
+    {"version", "engram version", "Prints the client's version and API.",
+     Version},
+};
+
+std::string Usage() {
+  std::string text =
+      "engram: the command-line client of engramd.\n\nUsage: engram "
+      "[--addr=HOST:PORT] COMMAND ...\n\nCommands:\n";
+  for (const Command& c : kCommands) {
+    absl::StrAppend(&text, "  ", c.usage, "\n      ", c.help, "\n");
+  }
+  absl::StrAppend(&text, "\nSETTINGS: ", kSettingsUsage,
+                  "\n\n'engram COMMAND --help' shows one command.\n");
+  return text;
+}
+
+std::string CommandHelp(const Command& c) {
+  std::string text = absl::StrCat(c.usage, "\n\n", c.help, "\n");
+  if (absl::StrContains(c.usage, "SETTINGS")) {
+    absl::StrAppend(&text, "\nSETTINGS: ", kSettingsUsage, "\n");
+  }
+  return text;
+}
+
+const Command* FindCommand(const std::vector<std::string>& words) {
+  const std::string first = words.empty() ? "" : words[0];
+  const std::string two = words.size() > 1 ? first + " " + words[1] : first;
+  for (const Command& c : kCommands) {
+    if (c.name == first || c.name == two) return &c;
+  }
+  return nullptr;
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(Usage());
   // 'engram COMMAND --help' shows that command; plain --help shows them all.
@@ -819,22 +845,13 @@ int Main(int argc, char** argv) {
     } else if (arg.rfind("-", 0) != 0) {
       words.push_back(arg);
     }
-    for (const char* name : {"--apply", "-apply", "--noapply", "-noapply"}) {
-      const size_t n = std::strlen(name);
-      if (arg.compare(0, n, name) == 0 && (arg.size() == n || arg[n] == '=')) {
-        apply_given = true;
-      }
-    }
   }
   if (help) {
     const Command* command = FindCommand(words);
-    if (command == nullptr) {
-      std::cout << Usage();
-    } else {
-      std::cout << command->usage << "\n\n" << command->help << "\n";
-    }
+    std::cout << (command == nullptr ? Usage() : CommandHelp(*command));
     return 0;
   }
+  NoteGivenFlags(argc, argv);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> args(positional.begin() + 1, positional.end());
   const Command* command = FindCommand(args);
@@ -845,17 +862,7 @@ int Main(int argc, char** argv) {
   const std::string name = command->name;
   args.erase(args.begin(),
              args.begin() + (name.find(' ') == std::string::npos ? 1 : 2));
-  if (name == "store create") StoreCreate(args);
-  if (name == "store list") StoreList(args);
-  if (name == "store get") StoreGet(args);
-  if (name == "store delete") StoreDelete(args);
-  if (name == "add") Add(args);
-  if (name == "retrieve") Retrieve(args);
-  if (name == "fit") Fit(args);
-  if (name == "calibrate") Calibrate(args);
-  if (name == "health") Health(args);
-  if (name == "bench") Bench(args);
-  if (name == "version") Version(args);
+  command->run(args);
   return 0;
 }
 

@@ -1,21 +1,27 @@
-#!/usr/bin/python3
-"""The Python client against a real engramd, and its example script.
+#!/usr/bin/env python3
+"""The Python client package against a real engramd: every RPC, numpy in and
+out, retries, TLS and mutual TLS, tokens, the example script, and a fresh
+`pip install` of the package as the README gives it.
 
-Usage: python_client_test.py BIN_DIR PYTHON_DIR CLIENT_DIR
+Usage (with the Python of build/venv, where engram_client is installed):
+    python_client_test.py BIN_DIR
 """
 import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
-BIN, PYDIR, CLIENT = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
-sys.path[:0] = [PYDIR, CLIENT,
-                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e")]
+BIN = sys.argv.pop(1)
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.normpath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client  # noqa: E402
-from harness import Engramd  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
+from harness import Engramd, make_certs  # noqa: E402
 
 
 class PythonClientTest(unittest.TestCase):
@@ -36,9 +42,13 @@ class PythonClientTest(unittest.TestCase):
         with Client(self.addr) as c:
             self.assertEqual(c.health(), "SERVING")
             c.create_store("py", dim=16, similarity="l2", beta=20, top_k=3)
-            ids = c.add("py", x, labels=[f"r{i}" for i in range(50)], batch=20)
+            ids = c.add("py", x, labels=[f"r{i}" for i in range(50)], batch=20,
+                        metadata=[{"row": str(i)} for i in range(50)])
+            self.assertEqual(ids.dtype, np.uint64)
             self.assertEqual(ids.tolist(), list(range(1, 51)))
             np.testing.assert_array_equal(c.get("py", 7), x[6])
+            p = c.get_pattern("py", 7)
+            self.assertEqual((p.id, p.label, p.metadata), (7, "r6", {"row": "6"}))
             r = c.retrieve("py", x[[4, 9]] + 0.01, steps=2)
             self.assertEqual(r.ids[:, 0].tolist(), [5, 10])
             self.assertEqual(r.labels[0][0], "r4")
@@ -49,7 +59,7 @@ class PythonClientTest(unittest.TestCase):
             self.assertEqual(r.path, "exact")
             single = c.retrieve("py", x[0], vectors=False)
             self.assertEqual(single.vectors.shape, (0, 0))
-            c.delete("py", [1, 2])
+            self.assertEqual(c.delete("py", [1, 2]), 48)
             self.assertEqual(c.get_store("py").pattern_count, 48)
             with self.assertRaises(grpc.RpcError) as e:
                 c.retrieve("py", np.ones((1, 3)))
@@ -60,6 +70,38 @@ class PythonClientTest(unittest.TestCase):
             self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
             c.delete_store("py")
             self.assertNotIn("py", [s.name for s in c.list_stores()])
+
+    def test_import_list_and_update(self):
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(2500, 8)).astype(np.float32)
+        with Client(self.addr) as c:
+            created = c.create_store("imp", dim=8, separation="sparsemax", top_k=2)
+            self.assertEqual(created.retrieval.separation, pb.SPARSEMAX)
+            self.assertEqual(created.retrieval.beta, 1)  # Not given: the server's.
+            done = c.import_patterns("imp", x, labels=[str(i % 7) for i in range(2500)],
+                                     batch=1000)
+            self.assertEqual((done.patterns_added, done.first_id, done.last_id), (2500, 1, 2500))
+            listed = list(c.list_patterns("imp", page_size=1000))
+            self.assertEqual([p.id for p in listed], list(range(1, 2501)))
+            np.testing.assert_array_equal(np.stack([p.values for p in listed]), x)
+            bare = next(c.list_patterns("imp", values=False))
+            self.assertEqual((bare.id, bare.values.size, bare.label), (1, 0, "0"))
+            updated = c.update_store("imp", beta=4, top_k=5,
+                                     calibration={"sample_size": 100, "corruption": "mask"})
+            self.assertEqual((updated.retrieval.beta, updated.retrieval.top_k), (4, 5))
+            self.assertEqual(updated.retrieval.separation, pb.SPARSEMAX)  # Kept.
+            self.assertEqual(updated.calibration.sample_size, 100)
+            self.assertEqual(updated.calibration.corruption, pb.MASK)
+            with self.assertRaises(grpc.RpcError) as e:
+                c.update_store("imp", fit_epochs=3)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("not an updatable field", e.exception.details())
+            with self.assertRaises(ValueError) as v:
+                c.update_store("imp", separation="sideways")
+            self.assertIn("softmax, sparsemax, entmax15", str(v.exception))
+            with self.assertRaises(TypeError):
+                c.update_store("imp", betta=3)
+            self.assertEqual(c.get_store("imp").retrieval.beta, 4)
 
     def test_low_rank_path_reports_its_bound(self):
         rng = np.random.default_rng(3)
@@ -78,14 +120,31 @@ class PythonClientTest(unittest.TestCase):
             errors = np.linalg.norm(low.vectors - exact.vectors, axis=1)
             self.assertTrue(np.all(errors <= low.error_bound), errors)
 
-    def test_uhop_fit_from_python(self):
+    def test_uhop_fit_watch_and_cancel(self):
         rng = np.random.default_rng(2)
         with Client(self.addr) as c:
-            c.create_store("pyu", dim=8, similarity="kernel_l2", uhop=True, fit_epochs=20)
+            c.create_store("pyu", dim=8, similarity="kernel_l2", feature_map="uhop",
+                           fit_epochs=20, fit_debounce_ms=600000)
             c.add("pyu", rng.normal(size=(30, 8)))
+            self.assertEqual(c.fit_status("pyu").state, pb.FitStatus.IDLE)
             status = c.fit("pyu")
-            self.assertEqual(status.map_version, 1)
-            self.assertEqual(status.epoch, 20)
+            self.assertEqual(status.state, pb.FitStatus.SUCCEEDED)
+            self.assertEqual((status.map_version, status.epoch), (1, 20))
+            # A long fit, watched and cancelled from another thread.
+            c.create_store("pyu2", dim=64, similarity="kernel_l2", feature_map="uhop",
+                           fit_epochs=100000, fit_debounce_ms=600000)
+            c.add("pyu2", rng.normal(size=(400, 64)))
+            c.start_fit("pyu2")
+            seen = []
+            watcher = threading.Thread(
+                target=lambda: seen.extend(s.state for s in c.watch_fit("pyu2")))
+            watcher.start()
+            time.sleep(0.3)
+            c.cancel_fit("pyu2")
+            watcher.join(30)
+            self.assertFalse(watcher.is_alive())
+            self.assertEqual(seen[-1], pb.FitStatus.CANCELLED, seen)
+            self.assertEqual(c.fit_status("pyu2").state, pb.FitStatus.CANCELLED)
 
     def test_calibration_applies_a_better_beta(self):
         rng = np.random.default_rng(3)
@@ -102,22 +161,102 @@ class PythonClientTest(unittest.TestCase):
             store = c.get_store("pycal")
             self.assertAlmostEqual(store.retrieval.beta, r.beta, places=6)
             self.assertEqual(store.calibration_report.beta, r.beta)
+            self.assertEqual(c.calibration("pycal").state, pb.CalibrationStatus.SUCCEEDED)
+            states = [s.state for s in c.watch_calibration("pycal")]
+            self.assertEqual(states[-1], pb.CalibrationStatus.SUCCEEDED)
+            queued = c.start_calibration("pycal")
+            after = c.cancel_calibration("pycal")
+            self.assertIn(queued.state, (pb.CalibrationStatus.PENDING,
+                                         pb.CalibrationStatus.RUNNING))
+            self.assertIn(after.state, (pb.CalibrationStatus.CANCELLED,
+                                        pb.CalibrationStatus.RUNNING,
+                                        pb.CalibrationStatus.SUCCEEDED))
             # beta="auto" turns on automatic calibration that applies its result.
             c.create_store("pyauto", dim=16, similarity="l2", beta="auto",
                            calibration={"corruption": "mask", "level": 0.3})
             auto = c.get_store("pyauto").calibration
             self.assertTrue(auto.automatic and auto.apply)
-            self.assertEqual(auto.corruption, 3)  # MASK
+            self.assertEqual(auto.corruption, pb.MASK)
+
+    def test_reads_are_retried_until_the_server_is_back(self):
+        with Engramd(BIN, self.tmp.name) as first:
+            addr = first.addr
+            first.stop()
+        c = Client(addr, retries=6, timeout=5)  # 50 ms doubling: ~3 s.
+        later = []
+        starter = threading.Timer(0.3, lambda: later.append(
+            Engramd(BIN, self.tmp.name, "--listen=" + addr)))
+        starter.start()
+        try:
+            self.assertEqual(c.list_stores(), [])
+        finally:
+            starter.join()
+            c.close()
+            for s in later:
+                s.stop()
+        with self.assertRaises(grpc.RpcError) as e:
+            Client(addr, retries=0, timeout=2).create_store("x", dim=2)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+    def test_tls_mutual_tls_and_tokens(self):
+        d = tempfile.mkdtemp(dir=self.tmp.name)
+        p = make_certs(d)
+        tokens = os.path.join(d, "tokens")
+        with open(tokens, "w") as f:
+            f.write("write writer-0123456789abcdef\n")
+        with Engramd(BIN, d, "--tls_cert=" + p("server.pem"), "--tls_key=" + p("server.key"),
+                     "--tls_client_ca=" + p("ca.pem"), "--token_file=" + tokens) as s:
+            with Client(s.addr, tls_ca=p("ca.pem"), tls_cert=p("client.pem"),
+                        tls_key=p("client.key"), token="writer-0123456789abcdef") as c:
+                c.create_store("tls", dim=2)
+                self.assertEqual([x.name for x in c.list_stores()], ["tls"])
+            with open(p("ca.pem"), "rb") as f:
+                ca = f.read()
+            with Client(s.addr, tls_ca=ca, tls_cert=p("client.pem"), tls_key=p("client.key"),
+                        retries=0) as anonymous:
+                with self.assertRaises(grpc.RpcError) as e:
+                    anonymous.list_stores()
+                self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            with Client(s.addr, tls_ca=ca, token="writer-0123456789abcdef", retries=0) as no_cert:
+                with self.assertRaises(grpc.RpcError) as e:
+                    no_cert.list_stores()
+                self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        with self.assertRaises(ValueError):
+            Client("127.0.0.1:1", tls_cert=p("client.pem"), tls_key=p("client.key"))
 
     def test_example_script_saves_a_png(self):
         png = os.path.join(self.tmp.name, "recall.png")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([PYDIR, CLIENT])}
-        out = subprocess.run(["/usr/bin/python3", os.path.join(CLIENT, "examples", "fashion_recall.py"),
+        out = subprocess.run([sys.executable,
+                              os.path.join(SOURCE, "client", "python", "examples", "fashion_recall.py"),
                               "--addr", self.addr, "--n", "2000", "--show", "6", "--png", png],
-                             capture_output=True, text=True, env=env, timeout=120)
+                             capture_output=True, text=True, timeout=120)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("recalled 6/6 exactly", out.stdout)
         self.assertGreater(os.path.getsize(png), 10000)
+
+    def test_pip_installs_the_package_into_a_fresh_environment(self):
+        venv = os.path.join(self.tmp.name, "fresh-venv")
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv],
+                       check=True, capture_output=True, timeout=120)
+        source = os.path.join(self.tmp.name, "client-python")  # The README's command,
+        subprocess.run(["cp", "-r", os.path.join(SOURCE, "client", "python"), source],
+                       check=True)  # on a copy so the tree stays clean.
+        install = subprocess.run(
+            [os.path.join(venv, "bin", "pip"), "install", "--no-build-isolation", "--no-index",
+             "--disable-pip-version-check", source],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "ENGRAM_SOURCE_DIR": SOURCE})
+        self.assertEqual(install.returncode, 0, install.stdout + install.stderr)
+        out = subprocess.run(
+            [os.path.join(venv, "bin", "python"), "-c",
+             "import engram_client, sys; c = engram_client.Client(sys.argv[1]); "
+             "print(engram_client.__version__, engram_client.__file__, c.health())", self.addr],
+            capture_output=True, text=True, timeout=60, cwd=self.tmp.name)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        version, path, health = out.stdout.split()
+        self.assertRegex(version, r"^\d+\.\d+\.\d+$")
+        self.assertTrue(path.startswith(venv), path)
+        self.assertEqual(health, "SERVING")
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ class CliTest(unittest.TestCase):
 
     def test_01_help_for_every_command(self):
         for command in (["store", "create"], ["store", "list"], ["store", "get"],
-                        ["store", "delete"], ["add"], ["retrieve"], ["fit"], ["calibrate"],
-                        ["health"]):
+                        ["store", "update"], ["store", "delete"], ["add"],
+                        ["patterns", "list"], ["patterns", "get"], ["patterns", "delete"],
+                        ["retrieve"], ["fit"], ["calibrate"], ["bench"], ["health"],
+                        ["version"]):
             out = self.engram(*command, "--help").stdout
             self.assertIn("engram " + " ".join(command), out)
         self.assertIn("Commands:", self.engram("--help").stdout)
@@ -232,6 +234,79 @@ class CliTest(unittest.TestCase):
         self.assertIn("--beta must be a number",
                       self.engram("retrieve", "cal", self.path("c.npy"), "--beta=auto",
                                   ok=False).stderr)
+
+    def test_09_store_update_changes_only_the_flags_given(self):
+        self.engram("store", "create", "upd", "--dim=4", "--similarity=l2", "--top_k=2",
+                    "--sample_size=64")
+        before = json.loads(self.engram("store", "get", "upd", "--json").stdout)
+        # Unset flags took the server's defaults.
+        self.assertEqual(before["retrieval"]["beta"], 1)
+        self.assertEqual(before["retrieval"]["separation"], "SOFTMAX")
+        out = json.loads(self.engram("store", "update", "upd", "--beta=2.5", "--top_k=7",
+                                     "--separation=entmax15", "--noapply", "--json").stdout)
+        self.assertEqual(out["retrieval"]["beta"], 2.5)
+        self.assertEqual(out["retrieval"]["top_k"], 7)
+        self.assertEqual(out["retrieval"]["separation"], "ENTMAX15")
+        self.assertEqual(out["retrieval"]["similarity"], "L2")  # Not given: kept.
+        self.assertEqual(out["calibration"]["sample_size"], 64)
+        self.assertIn("top_k:         7", self.engram("store", "get", "upd").stdout)
+        cases = [
+            (["store", "update", "upd"], "needs a setting to change"),
+            (["store", "update", "upd", "--fit_epochs=3"], "feature_map.epochs' is not an updatable"),
+            (["store", "update", "upd", "--separation=sideways"], "is not one of softmax, sparsemax, entmax15"),
+            (["store", "update", "upd", "--beta=-1"], "store.retrieval.beta"),
+            (["store", "update", "upd", "--beta=auto"], "--auto_calibrate"),
+            (["store", "update", "nope", "--beta=2"], "NOT_FOUND"),
+        ]
+        for args, needle in cases:
+            result = self.engram(*args, ok=False)
+            self.assertNotEqual(result.returncode, 0, args)
+            self.assertIn(needle, result.stderr, args)
+        after = json.loads(self.engram("store", "get", "upd", "--json").stdout)
+        self.assertEqual(after["retrieval"]["beta"], 2.5, "refused updates changed nothing")
+
+    def test_10_patterns_list_get_delete(self):
+        self.engram("store", "create", "pat", "--dim=3")
+        np.savetxt(self.path("p.csv"), np.arange(15, dtype=np.float32).reshape(5, 3), delimiter=",")
+        np.savetxt(self.path("pl.csv"), np.array([[7], [8], [9], [7], [8]]), delimiter=",")
+        self.engram("add", "pat", self.path("p.csv"), "--labels=" + self.path("pl.csv"))
+        page = self.engram("patterns", "list", "pat", "--page_size=2").stdout.splitlines()
+        self.assertEqual(page[:2], ["1 [7]", "2 [8]"])
+        self.assertTrue(page[2].startswith("next page: --page_token="), page)
+        token = page[2].split("=", 1)[1]
+        page2 = self.engram("patterns", "list", "pat", "--page_size=2", "--page_token=" + token).stdout
+        self.assertTrue(page2.startswith("3 [9]\n4 [7]\n"), page2)
+        everything = json.loads(self.engram("patterns", "list", "pat", "--page_size=2", "--all",
+                                            "--values", "--json").stdout)
+        self.assertEqual([int(p["id"]) for p in everything["patterns"]], [1, 2, 3, 4, 5])
+        self.assertEqual(everything["patterns"][4]["values"], [12, 13, 14])
+        self.assertEqual(self.engram("patterns", "get", "pat", "2").stdout, "2 [8] 3 4 5\n")
+        out = self.engram("patterns", "delete", "pat", "1", "3").stdout
+        self.assertIn("deleted 2 patterns from pat; it holds 3", out)
+        listed = self.engram("patterns", "list", "pat", "--all").stdout.split()
+        self.assertNotIn("1", listed)
+        missing = self.engram("patterns", "delete", "pat", "2", "99", ok=False)
+        self.assertIn("NOT_FOUND", missing.stderr)
+        self.assertIn("2 [8]", self.engram("patterns", "get", "pat", "2").stdout,
+                      "a refused delete deletes none")
+        self.assertIn("ID must be a whole number",
+                      self.engram("patterns", "get", "pat", "x", ok=False).stderr)
+
+    def test_11_calibration_cancel_and_watch(self):
+        rng = np.random.default_rng(6)
+        write_npy(self.path("w.npy"), rng.uniform(size=(200, 16)).astype(np.float32))
+        self.engram("store", "create", "watch", "--dim=16", "--sample_size=200",
+                    "--search_similarity", "--search_separation")
+        self.engram("add", "watch", self.path("w.npy"))
+        # Queued and cancelled at once, or cancelled while running, or already
+        # done: every outcome is a clean state, and --wait then succeeds.
+        cancelled = json.loads(self.engram("calibrate", "watch", "--json").stdout)
+        self.assertIn(cancelled["state"], ("PENDING", "RUNNING", "SUCCEEDED"))
+        after = json.loads(self.engram("calibrate", "watch", "--cancel", "--json").stdout)
+        self.assertIn(after["state"], ("CANCELLED", "RUNNING", "SUCCEEDED"))
+        out = self.engram("calibrate", "watch", "--wait").stdout
+        self.assertIn("watch: calibration succeeded", out)
+        self.assertIn("capacity:", out)
 
     def test_99_sigterm_stops_the_server_cleanly(self):
         self.assertEqual(self.server.stop(timeout=20), 0)

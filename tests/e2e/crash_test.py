@@ -2,7 +2,7 @@
 """Crash test: a real engramd under concurrent writers and readers, killed with
 SIGKILL at random moments and restarted, many times.
 
-Usage: crash_test.py BIN_DIR PYTHON_DIR [--cycles N] [--seed S]
+Usage: crash_test.py BIN_DIR [--cycles N] [--seed S]
 
 Each writer owns one store and keeps a model of it: the patterns of every
 acknowledged add, minus every acknowledged delete. A batch in flight when the
@@ -25,16 +25,14 @@ import time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
-ap.add_argument("python_dir")
 ap.add_argument("--cycles", type=int, default=50)
 ap.add_argument("--seed", type=int, default=1)
 ap.add_argument("--writers", type=int, default=3)
 args = ap.parse_args()
-sys.path[:0] = [args.python_dir, os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
-from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
+from engram_client import pb, pb_grpc  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 DIM = 8

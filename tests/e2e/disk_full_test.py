@@ -11,7 +11,7 @@ false:
     serves every acknowledged pattern read-only, refuses writes with
     RESOURCE_EXHAUSTED, and takes writes again once space is freed.
 
-Usage: disk_full_test.py BIN_DIR PYTHON_DIR
+Usage: disk_full_test.py BIN_DIR
 """
 import os
 import subprocess
@@ -20,10 +20,8 @@ import tempfile
 import time
 import unittest
 
-BIN, PY = sys.argv[1:3]
-del sys.argv[1:3]
-sys.path[:0] = [PY, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"),
-                os.path.dirname(os.path.abspath(__file__))]
+BIN = sys.argv.pop(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402

@@ -16,7 +16,7 @@ with --accept_data_loss. Every start must end in one of:
 A READY store missing an acknowledged pattern, a store that vanished, or a
 crash is a failure. The outcomes are printed as a table.
 
-Usage: fault_injection_test.py BIN_DIR PYTHON_DIR [--positions=N]
+Usage: fault_injection_test.py BIN_DIR [--positions=N]
 """
 import argparse
 import collections
@@ -32,17 +32,13 @@ import unittest
 
 parser = argparse.ArgumentParser()
 parser.add_argument("bin")
-parser.add_argument("python")
 parser.add_argument("--positions", type=int, default=6)
 ARGS, rest = parser.parse_known_args()
 sys.argv[1:] = rest
-sys.path[:0] = [ARGS.python,
-                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"),
-                os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram_client import Client  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 KINDS = {
@@ -58,15 +54,7 @@ KIND_WORDS = {"WAL": ["write-ahead log"], "table": ["table file"],
 
 
 def all_patterns(c, store):
-    out, token = {}, ""
-    while True:
-        r = c._call(c._stub.ListPatterns, pb.ListPatternsRequest(store=store, page_size=1000,
-                                                                 page_token=token))
-        for p in r.patterns:
-            out[p.id] = (np.array(p.values, dtype=np.float32), p.label)
-        token = r.next_page_token
-        if not token:
-            return out
+    return {p.id: (p.values, p.label) for p in c.list_patterns(store)}
 
 
 class FaultInjectionTest(unittest.TestCase):
@@ -88,7 +76,7 @@ class FaultInjectionTest(unittest.TestCase):
             for name, dim in (("alpha", 32), ("beta", 64), ("gamma", 16)):
                 c.create_store(name, dim)
                 add(c, name, 400, dim)
-            c.create_store("uhop", 24, similarity="kernel_l2", uhop=True, feature_dim=8,
+            c.create_store("uhop", 24, similarity="kernel_l2", feature_map="uhop", feature_dim=8,
                            fit_epochs=10)
             add(c, "uhop", 300, 24)
             assert c.fit("uhop").state == pb.FitStatus.SUCCEEDED

@@ -43,6 +43,12 @@ class Engramd:
         self.proc.wait()
         raise RuntimeError("engramd did not become ready in 30 s; its log:\n" + text)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
     def log(self):
         if self._log.closed:
             with open(self.log_path) as f:
@@ -62,3 +68,24 @@ class Engramd:
         self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+def make_certs(d):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client one,
+    made with openssl in directory `d`; returns name -> path in `d`."""
+    p = lambda name: os.path.join(d, name)  # noqa: E731
+
+    def sh(*args):
+        subprocess.run(args, check=True, capture_output=True)
+
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", "/CN=engram test CA", "-keyout", p("ca.key"), "-out", p("ca.pem"))
+    with open(p("san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", "client"):
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
+           "-keyout", p(f"{who}.key"), "-out", p(f"{who}.csr"))
+        extra = ["-extfile", p("san.ext")] if who == "server" else []
+        sh("openssl", "x509", "-req", "-in", p(f"{who}.csr"), "-CA", p("ca.pem"),
+           "-CAkey", p("ca.key"), "-CAcreateserial", "-days", "2", "-out", p(f"{who}.pem"), *extra)
+    return p

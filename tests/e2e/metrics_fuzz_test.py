@@ -142,8 +142,6 @@ class MetricsFuzzTest(unittest.TestCase):
         with urlopen("http://127.0.0.1:%d/metrics" % self.port, timeout=5) as r:
             text = r.read().decode()
         self.assertIn("engram_build_info", text)
-        sys.path[:0] = [os.path.join(ARGS.bin, "..", "python"),
-                        os.path.join(os.path.dirname(__file__), "..", "..", "client", "python")]
         from engram_client import Client
         with Client(self.server.addr, timeout=10) as c:
             self.assertEqual(c.health("engram.v1.Engram"), "SERVING")

@@ -6,7 +6,7 @@ all stores, recent writes only in the write-ahead log); datadir-v1.json holds
 what that server answered. engramd must migrate it at start, then answer every
 store, pattern and retrieval the same, before and after a restart.
 
-Usage: migration_test.py BIN_DIR PYTHON_DIR FIXTURES_DIR
+Usage: migration_test.py BIN_DIR FIXTURES_DIR
 """
 import json
 import os
@@ -15,13 +15,12 @@ import sys
 import tempfile
 import unittest
 
-BIN, PY, FIXTURES = sys.argv[1:4]
-del sys.argv[1:4]
-sys.path[:0] = [PY, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"),
-                os.path.dirname(os.path.abspath(__file__))]
+BIN, FIXTURES = sys.argv[1:3]
+del sys.argv[1:3]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from google.protobuf import json_format  # noqa: E402
-from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram_client import Client  # noqa: E402
+import grpc  # noqa: E402
+from engram_client import Client, pb, pb_grpc  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 # What a store answers that is kept by the process, not stored: its change
@@ -74,17 +73,19 @@ class MigrationTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     def check(self, addr):
-        with Client(addr) as c:
+        # The raw messages, compared field by field with what 0.1 answered.
+        with Client(addr) as c, grpc.insecure_channel(addr) as channel:
+            stub = pb_grpc.EngramStub(channel)
             stores = {s.name: json_format.MessageToDict(s) for s in c.list_stores()}
             self.assertEqual(sorted(stores), sorted(self.expected["stores"]))
             for name, want in self.expected["stores"].items():
                 assert_close(self, strip(stores[name]), strip(want), name)
-                r = c._call(c._stub.ListPatterns, pb.ListPatternsRequest(store=name, page_size=1000))
+                r = stub.ListPatterns(pb.ListPatternsRequest(store=name, page_size=1000))
                 # Stored values come back bit for bit.
                 self.assertEqual([json_format.MessageToDict(p) for p in r.patterns],
                                  self.expected["patterns"][name], name)
             for name, want in self.expected["retrieve"].items():
-                response = c._call(c._stub.Retrieve, pb.RetrieveRequest(
+                response = stub.Retrieve(pb.RetrieveRequest(
                     store=name, queries=[pb.Query(values=q) for q in want["queries"]]))
                 got = json_format.MessageToDict(response)
                 got.pop("storeVersion", None)

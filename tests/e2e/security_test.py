@@ -11,29 +11,9 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Engramd  # noqa: E402
+from harness import Engramd, make_certs  # noqa: E402
 
 BIN = sys.argv.pop(1)
-
-
-def sh(*args, **kw):
-    subprocess.run(args, check=True, capture_output=True, **kw)
-
-
-def make_certs(d):
-    """A CA, a server certificate for 127.0.0.1/localhost, a client one."""
-    p = lambda name: os.path.join(d, name)  # noqa: E731
-    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-       "-subj", "/CN=engram test CA", "-keyout", p("ca.key"), "-out", p("ca.pem"))
-    with open(p("san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for who in ("server", "client"):
-        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
-           "-keyout", p(f"{who}.key"), "-out", p(f"{who}.csr"))
-        extra = ["-extfile", p("san.ext")] if who == "server" else []
-        sh("openssl", "x509", "-req", "-in", p(f"{who}.csr"), "-CA", p("ca.pem"),
-           "-CAkey", p("ca.key"), "-CAcreateserial", "-days", "2", "-out", p(f"{who}.pem"), *extra)
-    return p
 
 
 def Server(tmp, *flags):

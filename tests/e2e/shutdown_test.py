@@ -2,7 +2,7 @@
 """Graceful shutdown: SIGTERM during a long Retrieve lets it finish, refuses
 new calls, closes storage, exits 0; the data is there after a restart.
 
-Usage: shutdown_test.py BIN_DIR PYTHON_DIR
+Usage: shutdown_test.py BIN_DIR
 """
 import os
 import signal
@@ -15,12 +15,10 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Engramd  # noqa: E402
 
-BIN, PYDIR = sys.argv.pop(1), sys.argv.pop(1)
-sys.path.insert(0, PYDIR)
+BIN = sys.argv.pop(1)
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
+from engram_client import pb, pb_grpc  # noqa: E402
 
 
 def start(tmp, data_dir):

@@ -1,8 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Store Fashion-MNIST in engram, corrupt some images, and see what it recalls.
 
-  PYTHONPATH=build/python:client/python client/python/examples/fashion_recall.py \
+  build/venv/bin/python client/python/examples/fashion_recall.py \
       [--addr 127.0.0.1:50051] [--n 10000] [--show 8] [--png recall.png]
+
+(any Python where `pip install ./client/python` put engram_client will do).
 
 Saves a PNG grid: the corrupted query, engram's recall, the original.
 """

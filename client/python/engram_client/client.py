@@ -1,0 +1,437 @@
+"""engram_client.Client: one method per RPC of engram.v1.Engram."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+
+from engram_client._proto.engram.v1 import engram_pb2 as pb
+from engram_client._proto.engram.v1 import engram_pb2_grpc as pb_grpc
+from engram_client._proto.health.v1 import health_pb2, health_pb2_grpc
+
+# Keyword settings of create_store / update_store -> field path in pb.Store.
+# calibration={...} takes the fields of pb.CalibrationSettings by name.
+SETTINGS: Dict[str, str] = {
+    "similarity": "retrieval.similarity",
+    "separation": "retrieval.separation",
+    "beta": "retrieval.beta",
+    "steps": "retrieval.steps",
+    "eps": "retrieval.eps",
+    "top_k": "retrieval.top_k",
+    "tolerance": "low_rank.tolerance",
+    "max_degree": "low_rank.max_degree",
+    "feature_map": "feature_map.kind",
+    "feature_dim": "feature_map.feature_dim",
+    "fit_loss": "feature_map.loss",
+    "fit_optimizer": "feature_map.optimizer",
+    "fit_epochs": "feature_map.epochs",
+    "fit_learning_rate": "feature_map.learning_rate",
+    "fit_batch_size": "feature_map.batch_size",
+    "fit_debounce_ms": "feature_map.debounce_ms",
+    "fit_min_new_patterns": "feature_map.min_new_patterns",
+    "fit_seed": "feature_map.seed",
+}
+
+# Every RPC of engram.v1.Engram -> the Client method that calls it (checked
+# against the service descriptor by the parity test).
+RPCS: Dict[str, str] = {
+    "CreateStore": "create_store",
+    "GetStore": "get_store",
+    "ListStores": "list_stores",
+    "UpdateStore": "update_store",
+    "DeleteStore": "delete_store",
+    "AddPatterns": "add",
+    "ImportPatterns": "import_patterns",
+    "GetPattern": "get_pattern",
+    "ListPatterns": "list_patterns",
+    "DeletePatterns": "delete",
+    "Retrieve": "retrieve",
+    "GetFitStatus": "fit_status",
+    "WatchFit": "watch_fit",
+    "StartFit": "start_fit",
+    "CancelFit": "cancel_fit",
+    "StartCalibration": "start_calibration",
+    "GetCalibrationStatus": "calibration",
+    "WatchCalibration": "watch_calibration",
+    "CancelCalibration": "cancel_calibration",
+}
+
+
+@dataclasses.dataclass
+class Recall:
+    """What one Retrieve returned, query by query."""
+    vectors: np.ndarray   # (L, d) float32; (0, 0) if not asked for
+    ids: np.ndarray       # (L, k) uint64, best first
+    weights: np.ndarray   # (L, k) float32
+    labels: List[List[str]]  # L lists of k labels
+    energy: np.ndarray    # (L,) float64
+    steps: np.ndarray     # (L,) uint32
+    path: str             # "exact" or "low_rank"
+    degree: int = 0       # Taylor degree of the low-rank path
+    rank: int = 0         # its rank
+    error_bound: float = 0.0  # proved bound on ||y_low_rank - y_exact||_2
+    reason: str = ""      # why the planner chose the path
+
+
+@dataclasses.dataclass
+class Pattern:
+    """One stored pattern."""
+    id: int
+    values: np.ndarray    # (d,) float32; empty when listed without values
+    label: str
+    metadata: Dict[str, str]
+
+    @staticmethod
+    def from_proto(p: pb.Pattern) -> "Pattern":
+        return Pattern(id=p.id, values=np.array(p.values, dtype=np.float32), label=p.label,
+                       metadata=dict(p.metadata))
+
+
+def _enum_name(value: int, enum: _descriptor.EnumDescriptor) -> str:
+    return enum.values_by_number[value].name.lower()
+
+
+def _set_path(message: _message.Message, path: str, value: Any, name: str) -> None:
+    """Sets the field at dotted `path`; enums by name in any case (or number)."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        message = getattr(message, part)
+    field = message.DESCRIPTOR.fields_by_name[leaf]
+    if field.enum_type is not None and isinstance(value, str):
+        found = field.enum_type.values_by_name.get(value.upper())
+        if found is None or found.number == 0:
+            choices = [v.name.lower() for v in field.enum_type.values if v.number != 0]
+            raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        value = found.number
+    setattr(message, leaf, value)
+
+
+def _settings_to_store(store: pb.Store, settings: Mapping[str, Any],
+                       calibration: Optional[Mapping[str, Any]]) -> List[str]:
+    """Sets the given settings on `store`; returns their field paths."""
+    paths = []
+    for name, value in settings.items():
+        if name not in SETTINGS:
+            raise TypeError(f"unknown setting {name!r}; settings: {', '.join(SETTINGS)}, "
+                            "calibration={...}")
+        _set_path(store, SETTINGS[name], value, name)
+        paths.append(SETTINGS[name])
+    for name, value in (calibration or {}).items():
+        if name not in pb.CalibrationSettings.DESCRIPTOR.fields_by_name:
+            raise TypeError(f"unknown calibration setting {name!r}; settings: "
+                            f"{', '.join(pb.CalibrationSettings.DESCRIPTOR.fields_by_name)}")
+        _set_path(store, "calibration." + name, value, name)
+        paths.append("calibration." + name)
+    return paths
+
+
+def _read_pem(value: Union[bytes, str, None]) -> Optional[bytes]:
+    """PEM text as bytes; a str is a file holding it."""
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as f:
+        return f.read()
+
+
+class Client:
+    """One channel to engramd; safe to share between threads.
+
+    Errors are grpc.RpcError with the server's status code and message.
+    Calls that are safe to repeat (reads, Retrieve, the cancels) are retried
+    `retries` times on UNAVAILABLE after 50 ms, 100 ms, ... (with jitter);
+    writes are not, since a write whose answer was lost may have been applied.
+    """
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, token: Optional[str] = None,
+                 tls_ca: Union[bytes, str, None] = None, tls_cert: Union[bytes, str, None] = None,
+                 tls_key: Union[bytes, str, None] = None, tls_server_name: Optional[str] = None,
+                 timeout: float = 60.0, retries: int = 3, max_message_mb: int = 256):
+        """tls_ca/tls_cert/tls_key: PEM bytes, or the path of a PEM file. With
+        tls_ca the channel is TLS; with tls_cert and tls_key also mutual TLS."""
+        options = [("grpc.max_receive_message_length", max_message_mb << 20),
+                   ("grpc.max_send_message_length", max_message_mb << 20)]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem(tls_ca), private_key=_read_pem(tls_key),
+                certificate_chain=_read_pem(tls_cert))
+            self._channel = grpc.secure_channel(address, credentials, options)
+        elif tls_cert is not None or tls_key is not None:
+            raise ValueError("tls_cert and tls_key need tls_ca (the server's CA)")
+        else:
+            self._channel = grpc.insecure_channel(address, options)
+        self._stub = pb_grpc.EngramStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._timeout = timeout
+        self._retries = retries
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: Callable, request: _message.Message, *, repeatable: bool):
+        attempts = 1 + max(0, self._retries) if repeatable else 1
+        for attempt in range(attempts):
+            if attempt:
+                # Waits out the delay, or less once the channel is back (a
+                # channel in reconnect backoff would fail the call at once).
+                delay = 0.05 * 2 ** min(attempt - 1, 10) * random.uniform(0.8, 1.2)
+                try:
+                    grpc.channel_ready_future(self._channel).result(timeout=delay)
+                except grpc.FutureTimeoutError:
+                    pass
+            try:
+                return method(request, timeout=self._timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _stream(self, method: Callable, request: _message.Message) -> Iterator:
+        # No deadline: a job can take long.
+        return iter(method(request, metadata=self._metadata))
+
+    # --- Stores ---
+
+    def create_store(self, name: str, dim: int, *,
+                     calibration: Optional[Mapping[str, Any]] = None,
+                     **settings: Any) -> pb.Store:
+        """Creates a store of `dim`-dimensional patterns.
+
+        Settings are keywords of SETTINGS (e.g. similarity="l2",
+        separation="entmax15", beta=10, top_k=3, feature_map="uhop",
+        fit_epochs=50); enums by name in any case. Settings not given take the
+        server's defaults. calibration={...} sets pb.CalibrationSettings
+        fields (e.g. corruption="gaussian", level=0.3). beta="auto" turns on
+        automatic calibration that applies what it finds."""
+        store = pb.Store(name=name, dimension=dim)
+        settings = dict(settings)
+        calibration = dict(calibration or {})
+        if settings.get("beta") == "auto":
+            del settings["beta"]
+            calibration.setdefault("automatic", True)
+            calibration.setdefault("apply", True)
+        _settings_to_store(store, settings, calibration)
+        return self._call(self._stub.CreateStore, pb.CreateStoreRequest(store=store),
+                          repeatable=False)
+
+    def get_store(self, name: str) -> pb.Store:
+        return self._call(self._stub.GetStore, pb.GetStoreRequest(name=name), repeatable=True)
+
+    def list_stores(self) -> List[pb.Store]:
+        stores: List[pb.Store] = []
+        token = ""
+        while True:
+            r = self._call(self._stub.ListStores,
+                           pb.ListStoresRequest(page_size=1000, page_token=token),
+                           repeatable=True)
+            stores.extend(r.stores)
+            token = r.next_page_token
+            if not token:
+                return stores
+
+    def update_store(self, name: str, *, calibration: Optional[Mapping[str, Any]] = None,
+                     **settings: Any) -> pb.Store:
+        """Changes the settings given (as create_store takes them), only those."""
+        store = pb.Store(name=name)
+        paths = _settings_to_store(store, settings, calibration)
+        if not paths:
+            raise ValueError("update_store needs a setting to change, e.g. beta=2")
+        request = pb.UpdateStoreRequest(store=store)
+        request.update_mask.paths.extend(paths)
+        return self._call(self._stub.UpdateStore, request, repeatable=False)
+
+    def delete_store(self, name: str) -> None:
+        self._call(self._stub.DeleteStore, pb.DeleteStoreRequest(name=name), repeatable=False)
+
+    # --- Patterns ---
+
+    @staticmethod
+    def _patterns(x: np.ndarray, first: int, count: int, labels: Optional[Sequence[str]],
+                  ids: Optional[Sequence[int]],
+                  metadata: Optional[Sequence[Mapping[str, str]]]) -> List[pb.Pattern]:
+        return [pb.Pattern(values=x[i], id=int(ids[i]) if ids is not None else 0,
+                           label=str(labels[i]) if labels is not None else "",
+                           metadata=dict(metadata[i]) if metadata is not None else {})
+                for i in range(first, first + count)]
+
+    @staticmethod
+    def _matrix(vectors: Any) -> np.ndarray:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"vectors must be 2-D, got shape {x.shape}")
+        return x
+
+    def add(self, store: str, vectors: Any, *, labels: Optional[Sequence[str]] = None,
+            ids: Optional[Sequence[int]] = None,
+            metadata: Optional[Sequence[Mapping[str, str]]] = None,
+            batch: int = 2048) -> np.ndarray:
+        """Adds the rows of `vectors` (n x d); returns their ids (uint64).
+        Each batch of `batch` rows is one atomic AddPatterns."""
+        x = self._matrix(vectors)
+        out: List[int] = []
+        for first in range(0, len(x), batch):
+            count = min(batch, len(x) - first)
+            r = self._call(self._stub.AddPatterns, pb.AddPatternsRequest(
+                store=store, patterns=self._patterns(x, first, count, labels, ids, metadata)),
+                repeatable=False)
+            out.extend(r.ids)
+        return np.array(out, dtype=np.uint64)
+
+    def import_patterns(self, store: str, vectors: Any, *,
+                        labels: Optional[Sequence[str]] = None,
+                        metadata: Optional[Sequence[Mapping[str, str]]] = None,
+                        batch: int = 1024) -> pb.ImportPatternsResponse:
+        """Streams the rows of `vectors` in messages of `batch` rows (for
+        imports larger than one message); returns what was committed."""
+        x = self._matrix(vectors)
+
+        def messages() -> Iterator[pb.ImportPatternsRequest]:
+            for first in range(0, max(len(x), 1), batch):
+                count = min(batch, len(x) - first)
+                yield pb.ImportPatternsRequest(
+                    store=store if first == 0 else "",
+                    patterns=self._patterns(x, first, count, labels, None, metadata))
+
+        return self._stub.ImportPatterns(messages(), timeout=self._timeout,
+                                         metadata=self._metadata)
+
+    def get_pattern(self, store: str, pattern_id: int) -> Pattern:
+        return Pattern.from_proto(self._call(
+            self._stub.GetPattern, pb.GetPatternRequest(store=store, id=pattern_id),
+            repeatable=True))
+
+    def get(self, store: str, pattern_id: int) -> np.ndarray:
+        """The values of one pattern."""
+        return self.get_pattern(store, pattern_id).values
+
+    def list_patterns(self, store: str, *, values: bool = True,
+                      page_size: int = 1000) -> Iterator[Pattern]:
+        """Every pattern in id order, a page at a time."""
+        token = ""
+        while True:
+            r = self._call(self._stub.ListPatterns, pb.ListPatternsRequest(
+                store=store, page_size=page_size, page_token=token, omit_values=not values),
+                repeatable=True)
+            for p in r.patterns:
+                yield Pattern.from_proto(p)
+            token = r.next_page_token
+            if not token:
+                return
+
+    def delete(self, store: str, ids: Iterable[int]) -> int:
+        """Deletes patterns by id, all or none; returns the patterns left."""
+        return self._call(self._stub.DeletePatterns, pb.DeletePatternsRequest(
+            store=store, ids=[int(i) for i in ids]), repeatable=False).pattern_count
+
+    # --- Stage II ---
+
+    def retrieve(self, store: str, queries: Any, *, beta: Optional[float] = None,
+                 steps: Optional[int] = None, top_k: Optional[int] = None,
+                 eps: Optional[float] = None, path: str = "auto",
+                 tolerance: Optional[float] = None, vectors: bool = True) -> Recall:
+        """Recalls stored patterns from `queries` (L x d, or one d-vector)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        request = pb.RetrieveRequest(store=store, queries=[pb.Query(values=row) for row in q],
+                                     omit_vectors=not vectors)
+        _set_path(request, "path", path, "path")
+        for field, value in (("beta", beta), ("steps", steps), ("top_k", top_k), ("eps", eps),
+                             ("tolerance", tolerance)):
+            if value is not None:
+                setattr(request, field, value)
+        r = self._call(self._stub.Retrieve, request, repeatable=True)
+        k = max((len(res.matches) for res in r.results), default=0)
+        ids = np.zeros((len(r.results), k), dtype=np.uint64)
+        weights = np.zeros((len(r.results), k), dtype=np.float32)
+        for i, res in enumerate(r.results):
+            ids[i, :len(res.matches)] = [m.id for m in res.matches]
+            weights[i, :len(res.matches)] = [m.weight for m in res.matches]
+        return Recall(
+            vectors=np.array([list(res.values) for res in r.results], dtype=np.float32)
+            if vectors else np.zeros((0, 0), np.float32),
+            ids=ids, weights=weights,
+            labels=[[m.label for m in res.matches] for res in r.results],
+            energy=np.array([res.energy for res in r.results]),
+            steps=np.array([res.steps for res in r.results], dtype=np.uint32),
+            path=_enum_name(r.path.path, pb.RetrievalPath.DESCRIPTOR), degree=r.path.degree,
+            rank=r.path.rank, error_bound=r.path.error_bound, reason=r.path.reason)
+
+    # --- Stage I ---
+
+    def fit_status(self, store: str) -> pb.FitStatus:
+        return self._call(self._stub.GetFitStatus, pb.GetFitStatusRequest(store=store),
+                          repeatable=True)
+
+    def start_fit(self, store: str) -> pb.FitStatus:
+        return self._call(self._stub.StartFit, pb.StartFitRequest(store=store),
+                          repeatable=False)
+
+    def cancel_fit(self, store: str) -> pb.FitStatus:
+        return self._call(self._stub.CancelFit, pb.CancelFitRequest(store=store),
+                          repeatable=True)
+
+    def watch_fit(self, store: str) -> Iterator[pb.FitStatus]:
+        """The fit's status at every change, until it ends."""
+        return self._stream(self._stub.WatchFit, pb.WatchFitRequest(store=store))
+
+    def fit(self, store: str, *, wait: bool = True) -> pb.FitStatus:
+        """Starts a fit; with wait, follows it and returns the final status."""
+        status = self.start_fit(store)
+        if wait:
+            for status in self.watch_fit(store):
+                pass
+        return status
+
+    # --- Calibration ---
+
+    def start_calibration(self, store: str, *, apply: Optional[bool] = None
+                          ) -> pb.CalibrationStatus:
+        request = pb.StartCalibrationRequest(store=store)
+        if apply is not None:
+            request.apply = apply
+        return self._call(self._stub.StartCalibration, request, repeatable=False)
+
+    def calibration(self, store: str) -> pb.CalibrationStatus:
+        """The calibration's state and the last report."""
+        return self._call(self._stub.GetCalibrationStatus,
+                          pb.GetCalibrationStatusRequest(store=store), repeatable=True)
+
+    def cancel_calibration(self, store: str) -> pb.CalibrationStatus:
+        return self._call(self._stub.CancelCalibration,
+                          pb.CancelCalibrationRequest(store=store), repeatable=True)
+
+    def watch_calibration(self, store: str) -> Iterator[pb.CalibrationStatus]:
+        """The calibration's status at every change, until it ends."""
+        return self._stream(self._stub.WatchCalibration,
+                            pb.WatchCalibrationRequest(store=store))
+
+    def calibrate(self, store: str, *, apply: Optional[bool] = None,
+                  wait: bool = True) -> pb.CalibrationStatus:
+        """Queues a calibration; with wait, returns the final status (its
+        `report` holds the setting found and the capacity figures)."""
+        status = self.start_calibration(store, apply=apply)
+        if wait:
+            for status in self.watch_calibration(store):
+                pass
+        return status
+
+    def health(self, service: str = "") -> str:
+        """"SERVING", "NOT_SERVING", ... of the server ("") or a service."""
+        r = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service),
+                       repeatable=True)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)

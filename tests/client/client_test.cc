@@ -1,0 +1,153 @@
+// The C++ client against a real server: every RPC of the service has a
+// client call, checked by walking the service descriptor and by the server's
+// own record of which method each call reached.
+#include "client/client.h"
+
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "google/protobuf/descriptor.h"
+#include "gtest/gtest.h"
+#include "server/jobs/job_runner.h"
+#include "server/metrics/metrics.h"
+#include "server/rpc/server.h"
+#include "server/store/registry.h"
+
+namespace engram::client {
+namespace {
+
+// Remembers the methods the server answered, with their codes.
+class MethodLog : public metrics::NullMetrics {
+ public:
+  void RecordRequest(absl::string_view method, absl::string_view code,
+                     double) override {
+    absl::MutexLock lock(&mu_);
+    calls_.push_back(absl::StrCat(method, " ", code));
+  }
+  std::vector<std::string> Take() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(calls_, {});
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+// One client call per RPC, in an order in which each succeeds.
+struct Call {
+  const char* rpc;
+  std::function<absl::Status(Client&)> run;
+};
+
+std::vector<Call> EveryCall() {
+  const std::vector<float> rows = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0};
+  v1::Store plain;
+  plain.set_name("p");
+  plain.set_dimension(4);
+  v1::Store uhop = plain;
+  uhop.set_name("u");
+  uhop.mutable_retrieval()->set_similarity(v1::KERNEL_L2);
+  uhop.mutable_feature_map()->set_kind(v1::UHOP);
+  uhop.mutable_feature_map()->set_epochs(5);
+  uhop.mutable_feature_map()->set_debounce_ms(600000);
+  v1::Store beta = plain;
+  beta.mutable_retrieval()->set_beta(3);
+  return {
+      {"CreateStore", [=](Client& c) { return c.CreateStore(plain).status(); }},
+      {"GetStore", [](Client& c) { return c.GetStore("p").status(); }},
+      {"ListStores", [](Client& c) { return c.ListStores().status(); }},
+      {"UpdateStore",
+       [=](Client& c) {
+         return c.UpdateStore(beta, {"retrieval.beta"}).status();
+       }},
+      {"AddPatterns",
+       [=](Client& c) { return c.AddPatterns("p", rows, 4).status(); }},
+      {"ImportPatterns",
+       [=](Client& c) { return c.Import("p", rows, 4, {}, 2).status(); }},
+      {"GetPattern", [](Client& c) { return c.GetPattern("p", 1).status(); }},
+      {"ListPatterns", [](Client& c) { return c.ListPatterns("p").status(); }},
+      {"DeletePatterns",
+       [](Client& c) {
+         const uint64_t ids[] = {6};
+         return c.DeletePatterns("p", ids).status();
+       }},
+      {"Retrieve",
+       [=](Client& c) {
+         return c.Retrieve("p", absl::MakeConstSpan(rows).first(4), 4, {})
+             .status();
+       }},
+      {"StartCalibration",
+       [](Client& c) { return c.StartCalibration("p").status(); }},
+      {"WatchCalibration",
+       [](Client& c) { return c.WatchCalibration("p", nullptr).status(); }},
+      {"GetCalibrationStatus",
+       [](Client& c) { return c.GetCalibrationStatus("p").status(); }},
+      {"CancelCalibration",
+       [](Client& c) { return c.CancelCalibration("p").status(); }},
+      {"StartFit",
+       [=](Client& c) {
+         if (absl::Status s = c.CreateStore(uhop).status(); !s.ok()) return s;
+         if (absl::Status s = c.AddPatterns("u", rows, 4).status(); !s.ok()) {
+           return s;
+         }
+         return c.StartFit("u").status();
+       }},
+      {"WatchFit", [](Client& c) { return c.WatchFit("u", nullptr).status(); }},
+      {"GetFitStatus", [](Client& c) { return c.GetFitStatus("u").status(); }},
+      {"CancelFit", [](Client& c) { return c.CancelFit("u").status(); }},
+      {"DeleteStore", [](Client& c) { return c.DeleteStore("p"); }},
+  };
+}
+
+TEST(ClientTest, EveryRpcHasAClientCallThatReachesIt) {
+  store::Limits limits;
+  store::EphemeralStorage storage;
+  store::StoreRegistry registry(limits, &storage);
+  ASSERT_TRUE(registry.Load().ok());
+  jobs::JobRunner jobs(&registry, {});
+  MethodLog log;
+  rpc::ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+      rpc::Server::Start(options, &registry, &jobs, &log);
+  ASSERT_TRUE(server.ok()) << server.status();
+  (*server)->SetReady(true);
+  ClientOptions client_options;
+  client_options.address = (*server)->address();
+  std::unique_ptr<Client> client = std::move(*Client::Connect(client_options));
+
+  const std::vector<Call> calls = EveryCall();
+  std::set<std::string> covered;
+  for (const Call& call : calls) {
+    log.Take();
+    const absl::Status status = call.run(*client);
+    EXPECT_TRUE(status.ok()) << call.rpc << ": " << status;
+    const std::vector<std::string> reached = log.Take();
+    ASSERT_FALSE(reached.empty()) << call.rpc;
+    EXPECT_EQ(reached.back(), absl::StrCat(call.rpc, " OK"));
+    covered.insert(call.rpc);
+  }
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::Engram::service_full_name());
+  ASSERT_NE(service, nullptr);
+  std::cout << "RPC                    C++ client call\n";
+  for (int i = 0; i < service->method_count(); ++i) {
+    const std::string& rpc = service->method(i)->name();
+    EXPECT_TRUE(covered.count(rpc)) << rpc << " has no C++ client call";
+    std::cout << absl::StrFormat("%-22s %s\n", rpc,
+                                 covered.count(rpc) ? "yes" : "MISSING");
+  }
+  EXPECT_EQ(covered.size(), static_cast<size_t>(service->method_count()));
+  (*server)->Shutdown(absl::Seconds(1));
+}
+
+}  // namespace
+}  // namespace engram::client
