@@ -1,10 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Calibration on the U-Hop reference protocol (bench/quality/protocol.py):
 a calibrated engram store against every fixed beta = 1 configuration of the
 reference table (MHN = dot, L2, Man(hattan), UMHN = U-Hop kernel_dot, each
 with softmax, sparsemax and entmax), at every M, in error and recall@1.
 
-  bench/quality/calibration_quality.py BIN_DIR PYTHON_DIR [--sizes 100,500,1000,2000]
+  bench/quality/calibration_quality.py BIN_DIR --reference PATH [--sizes 100,500,1000,2000]
         [--corruptions dropout,gaussian] [--out docs/calibration.md]
 
 Per M and corruption: one U-Hop store (fitted on the first half, then all M
@@ -27,7 +27,7 @@ from protocol import (LEVEL, corrupt, error, load, parse_args, retrieve,  # noqa
                       run_reference, set_rule, uhop_store, Tables, engramd_stub)
 
 args = parse_args(__doc__, lambda ap: ap.add_argument("--calibration_seed", type=int, default=1))
-from engram.v1 import engram_pb2 as pb  # noqa: E402
+from engram_client import pb  # noqa: E402
 
 FIXED = [("MHN", pb.DOT), ("L2", pb.L2), ("Man", pb.MANHATTAN), ("UMHN", pb.KERNEL_DOT)]
 ACTS = [("softmax", pb.SOFTMAX), ("sparsemax", pb.SPARSEMAX), ("entmax", pb.ENTMAX15)]

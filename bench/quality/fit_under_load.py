@@ -1,8 +1,8 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """A Stage I fit of a large U-Hop store while queries run: memory stays
 bounded and query latency is measured with and without the fit.
 
-  bench/quality/fit_under_load.py BIN_DIR PYTHON_DIR [--m 100000] [--queries 200]
+  build/venv/bin/python bench/quality/fit_under_load.py BIN_DIR [--m 100000] [--queries 200]
 
 The store holds M Fashion-MNIST-shaped patterns (the 70,000 images, then noisy
 copies), d = d_Phi = 784, kernel_dot; fits use minibatches of 1024. One client
@@ -23,15 +23,12 @@ import numpy as np
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
-ap.add_argument("python_dir")
 ap.add_argument("--m", type=int, default=100000)
 ap.add_argument("--queries", type=int, default=200)
 ap.add_argument("--epochs", type=int, default=100)
 a = ap.parse_args()
-sys.path.insert(0, a.python_dir)
 import grpc  # noqa: E402
-from engram.v1 import engram_pb2 as pb  # noqa: E402
-from engram.v1 import engram_pb2_grpc as pb_grpc  # noqa: E402
+from engram_client import pb, pb_grpc  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests/e2e"))
 from harness import Engramd  # noqa: E402
 

@@ -2,7 +2,8 @@
 uhop_reproduction.py and calibration_quality.py): data, the reference's
 corruptions, its error metric, and engram store helpers over gRPC.
 
-Protocol (as the reference, ../shared/anchors/uhop_reference.py): M random
+Protocol (as the reference, a PyTorch re-implementation of the public U-Hop
+code, not part of engram, given with --reference): M random
 training images (numpy default_rng(seed) choice); every memory queried once
 with a corrupted copy made with the reference's own torch calls (dropout
 p = 0.5: zero half the pixels, double the rest; Gaussian noise sigma = 0.5);
@@ -24,25 +25,24 @@ import numpy as np
 import torch
 
 LEVEL = {"dropout": 0.5, "gaussian": 0.5}
-REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                         "../../../shared/anchors/uhop_reference.py")
 
 
 def parse_args(doc, extra=lambda ap: None):
-    """The protocol scripts' common arguments; puts the generated gRPC modules
-    and the e2e harness on sys.path."""
+    """The protocol scripts' common arguments; puts the e2e harness on
+    sys.path (run with a Python where engram_client is installed, such as
+    build/venv/bin/python)."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("bin_dir")
-    ap.add_argument("python_dir")
     ap.add_argument("--sizes", default="100,500,1000,2000")
     ap.add_argument("--corruptions", default="dropout,gaussian")
-    ap.add_argument("--reference", default=REFERENCE)
+    ap.add_argument("--reference", required=True,
+                    help="the reference implementation's script (uhop_reference.py)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default="", help="also write the tables (markdown) here")
     extra(ap)
     args = ap.parse_args()
-    sys.path[:0] = [args.python_dir, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "../../tests/e2e")]
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "../../tests/e2e"))
     return args
 
 
@@ -50,7 +50,7 @@ def parse_args(doc, extra=lambda ap: None):
 def engramd_stub(bin_dir):
     """A fresh engramd (--sync=false) in a temporary directory, and a stub to it."""
     import grpc
-    from engram.v1 import engram_pb2_grpc as pb_grpc
+    from engram_client import pb_grpc
     from harness import Engramd
     with tempfile.TemporaryDirectory() as tmp:
         server = Engramd(bin_dir, tmp, "--sync=false")
@@ -152,7 +152,7 @@ def uhop_store(pb, stub, name, x, seed, calibration=None):
     return np.array(ids), fit_s, status
 
 
-def run_reference(m_list, corruption, seed, reference=REFERENCE):
+def run_reference(m_list, corruption, seed, reference):
     """The reference at beta = 1: {(M, mode, act): error}, {M: fit seconds}."""
     out = subprocess.run(
         ["/usr/bin/python3", reference, "--sizes", ",".join(map(str, m_list)),

@@ -1,10 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """The U-Hop memory-retrieval protocol on Fashion-MNIST, through a real engramd
 over gRPC, next to the PyTorch re-implementation of the public reference
-(../shared/anchors/uhop_reference.py) run in the same invocation.
+(given with --reference; not part of engram) run in the same invocation.
 
-  bench/quality/uhop_reproduction.py BIN_DIR PYTHON_DIR [--sizes 100,500,1000,2000]
-        [--corruptions dropout,gaussian] [--reference PATH] [--out results.md]
+  bench/quality/uhop_reproduction.py BIN_DIR --reference PATH [--sizes 100,500,1000,2000]
+        [--corruptions dropout,gaussian] [--out results.md]
 
 Protocol (as the reference): M random training images (numpy default_rng(42)
 choice); every memory queried once with a corrupted copy, made with the
@@ -25,7 +25,7 @@ from protocol import (LEVEL, add, corrupt, error, load, parse_args, retrieve,  #
                       run_reference, set_rule, uhop_store, Tables, engramd_stub)
 
 args = parse_args(__doc__)
-from engram.v1 import engram_pb2 as pb  # noqa: E402
+from engram_client import pb  # noqa: E402
 
 SIMILARITIES = [("dot", pb.DOT, "MHN"), ("l2", pb.L2, "L2"), ("manhattan", pb.MANHATTAN, "Man"),
                 ("cosine", pb.COSINE, None), ("kernel_dot", pb.KERNEL_DOT, "UMHN"),
