@@ -70,8 +70,6 @@ void SetThreads(int threads) {
   openblas_set_num_threads(threads < 1 ? 1 : threads);
 }
 
-int Threads() { return openblas_get_num_threads(); }
-
 std::string CoreName() { return openblas_get_corename(); }
 
 }  // namespace engram::core::blas

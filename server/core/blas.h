@@ -43,7 +43,6 @@ void Axpy(size_t n, float alpha, const float* x, float* y);
 
 // Sets the number of threads OpenBLAS uses for one call (>= 1).
 void SetThreads(int threads);
-int Threads();
 
 // The kernel family OpenBLAS chose for this CPU (e.g. "Haswell", "SkylakeX").
 std::string CoreName();

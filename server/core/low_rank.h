@@ -90,9 +90,6 @@ class LowRankSums {
   void Finish();
 
   const TaylorBasis& basis() const { return *basis_; }
-  const std::shared_ptr<const TaylorBasis>& shared_basis() const {
-    return basis_;
-  }
   size_t dim() const { return dim_; }
   bool keys_are_rows() const { return keys_are_rows_; }
   // Row-major rank x dim, and rank.

@@ -113,17 +113,4 @@ double SeparationWeight(Separation separation, double z, double threshold) {
   return 0;
 }
 
-std::vector<double> Separate(Separation separation,
-                             absl::Span<const double> z) {
-  const double tau = SeparationThreshold(separation, z);
-  std::vector<double> weights(z.size());
-  double total = 0;
-  for (size_t i = 0; i < z.size(); ++i) {
-    weights[i] = SeparationWeight(separation, z[i], tau);
-    total += weights[i];
-  }
-  for (double& w : weights) w /= total;
-  return weights;
-}
-
 }  // namespace engram::core

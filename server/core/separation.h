@@ -37,9 +37,6 @@ double SeparationThreshold(Separation separation, absl::Span<const double> z);
 // threshold is the log-sum-exp and the weight exp(z - tau).
 double SeparationWeight(Separation separation, double z, double threshold);
 
-// Dense reference application: weights (size z.size()) for one row.
-std::vector<double> Separate(Separation separation, absl::Span<const double> z);
-
 }  // namespace engram::core
 
 #endif  // ENGRAM_SERVER_CORE_SEPARATION_H_

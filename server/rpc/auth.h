@@ -25,7 +25,6 @@ class TokenAuthorizer {
   static absl::StatusOr<TokenAuthorizer> Load(const std::string& path);
 
   bool enabled() const { return !tokens_.empty(); }
-  size_t size() const { return tokens_.size(); }
 
   // OK, UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (a read
   // token for a writing method).

@@ -21,6 +21,7 @@
 #include "rocksdb/sst_file_reader.h"
 #include "rocksdb/write_batch.h"
 #include "server/base/log.h"
+#include "server/store/internal/little_endian.h"
 #include "server/store/internal/wal_scan.h"
 
 namespace engram::store {
@@ -58,16 +59,9 @@ uint64_t BigEndian64(const char* p) {
 }
 
 std::string Fixed64(uint64_t v) {
-  std::string out(8, '\0');
-  for (int k = 0; k < 8; ++k) out[k] = static_cast<char>((v >> (8 * k)) & 0xff);
+  std::string out;
+  internal::PutFixed64(out, v);
   return out;
-}
-
-uint64_t DecodeFixed64(absl::string_view bytes) {
-  uint64_t v = 0;
-  for (int k = 7; k >= 0; --k)
-    v = (v << 8) | static_cast<unsigned char>(bytes[k]);
-  return v;
 }
 
 absl::string_view View(const rocksdb::Slice& s) {
@@ -233,23 +227,18 @@ Loss DescribeLoss(const std::vector<internal::WalFile>& logs,
 }  // namespace
 
 // Format 1: u8 format, u32 dim, dim x f32, label, u32 entries, entries x
-// (key, value); strings as u32 length + bytes; numbers in host order (x86-64
-// and arm64: little-endian).
+// (key, value); strings as u32 length + bytes; numbers little-endian.
 std::string EncodePattern(const Pattern& p) {
   std::string out(1, '\x01');
-  auto put_u32 = [&out](uint32_t v) {
-    out.append(reinterpret_cast<const char*>(&v), 4);
-  };
   auto put_string = [&](absl::string_view s) {
-    put_u32(static_cast<uint32_t>(s.size()));
+    internal::PutFixed32(out, static_cast<uint32_t>(s.size()));
     out.append(s.data(), s.size());
   };
   out.reserve(1 + 4 + p.values.size() * 4 + p.label.size() + 8);
-  put_u32(static_cast<uint32_t>(p.values.size()));
-  out.append(reinterpret_cast<const char*>(p.values.data()),
-             p.values.size() * 4);
+  internal::PutFixed32(out, static_cast<uint32_t>(p.values.size()));
+  internal::PutFloats(out, p.values);
   put_string(p.label);
-  put_u32(static_cast<uint32_t>(p.metadata.size()));
+  internal::PutFixed32(out, static_cast<uint32_t>(p.metadata.size()));
   for (const auto& [key, value] : p.metadata) {
     put_string(key);
     put_string(value);
@@ -263,16 +252,27 @@ namespace {
 class Reader {
  public:
   explicit Reader(absl::string_view bytes) : bytes_(bytes) {}
-  template <typename T>
-  bool Raw(T& v) {
-    if (bytes_.size() < sizeof(T)) return false;
-    std::memcpy(&v, bytes_.data(), sizeof(T));
-    bytes_.remove_prefix(sizeof(T));
+  bool U32(uint32_t& v) {
+    if (bytes_.size() < 4) return false;
+    v = internal::LoadFixed32(bytes_.data());
+    bytes_.remove_prefix(4);
+    return true;
+  }
+  bool U64(uint64_t& v) {
+    if (bytes_.size() < 8) return false;
+    v = internal::LoadFixed64(bytes_.data());
+    bytes_.remove_prefix(8);
+    return true;
+  }
+  bool Double(double& v) {
+    if (bytes_.size() < 8) return false;
+    v = internal::LoadDouble(bytes_.data());
+    bytes_.remove_prefix(8);
     return true;
   }
   bool String(std::string& s) {
     uint32_t n;
-    if (!Raw(n) || bytes_.size() < n) return false;
+    if (!U32(n) || bytes_.size() < n) return false;
     s.assign(bytes_.data(), n);
     bytes_.remove_prefix(n);
     return true;
@@ -280,7 +280,7 @@ class Reader {
   bool Floats(std::vector<float>& v, uint64_t n) {
     if (bytes_.size() / 4 < n) return false;
     v.resize(n);
-    std::memcpy(v.data(), bytes_.data(), n * 4);
+    internal::LoadFloats(bytes_.data(), n, v.data());
     bytes_.remove_prefix(n * 4);
     return true;
   }
@@ -301,8 +301,8 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
         absl::StrCat("pattern ", id, ": unknown record format"));
   }
   Reader reader(bytes.substr(1));
-  bool ok = reader.Raw(dim) && reader.Floats(p.values, dim) &&
-            reader.String(p.label) && reader.Raw(entries);
+  bool ok = reader.U32(dim) && reader.Floats(p.values, dim) &&
+            reader.String(p.label) && reader.U32(entries);
   for (uint32_t i = 0; ok && i < entries; ++i) {
     std::string key, value;
     ok = reader.String(key) && reader.String(value);
@@ -318,22 +318,19 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
 namespace {
 
 // Format 1: u8 format, u64 version, f64 loss before, f64 loss after, u32
-// epochs, f64 seconds, u64 patterns, u32 in_dim, u32 out_dim, weights f32.
+// epochs, f64 seconds, u64 patterns, u32 in_dim, u32 out_dim, weights f32;
+// numbers little-endian.
 std::string EncodeMap(const FitRecord& r, const core::FeatureMap& map) {
   std::string out(1, '\x01');
-  auto put = [&out](const auto& v) {
-    out.append(reinterpret_cast<const char*>(&v), sizeof(v));
-  };
-  put(r.version);
-  put(r.loss_before);
-  put(r.loss_after);
-  put(r.epochs);
-  put(r.duration_seconds);
-  put(r.patterns_fitted);
-  put(static_cast<uint32_t>(map.in_dim()));
-  put(static_cast<uint32_t>(map.out_dim()));
-  out.append(reinterpret_cast<const char*>(map.weights().data()),
-             map.weights().size() * 4);
+  internal::PutFixed64(out, r.version);
+  internal::PutDouble(out, r.loss_before);
+  internal::PutDouble(out, r.loss_after);
+  internal::PutFixed32(out, r.epochs);
+  internal::PutDouble(out, r.duration_seconds);
+  internal::PutFixed64(out, r.patterns_fitted);
+  internal::PutFixed32(out, static_cast<uint32_t>(map.in_dim()));
+  internal::PutFixed32(out, static_cast<uint32_t>(map.out_dim()));
+  internal::PutFloats(out, map.weights());
   return out;
 }
 
@@ -345,10 +342,10 @@ absl::Status DecodeMap(absl::string_view bytes, FitRecord& r,
   Reader reader(bytes.substr(1));
   uint32_t in = 0, out = 0;
   std::vector<float> weights;
-  if (!reader.Raw(r.version) || !reader.Raw(r.loss_before) ||
-      !reader.Raw(r.loss_after) || !reader.Raw(r.epochs) ||
-      !reader.Raw(r.duration_seconds) || !reader.Raw(r.patterns_fitted) ||
-      !reader.Raw(in) || !reader.Raw(out) ||
+  if (!reader.U64(r.version) || !reader.Double(r.loss_before) ||
+      !reader.Double(r.loss_after) || !reader.U32(r.epochs) ||
+      !reader.Double(r.duration_seconds) || !reader.U64(r.patterns_fitted) ||
+      !reader.U32(in) || !reader.U32(out) ||
       !reader.Floats(weights, uint64_t{in} * out) || !reader.done()) {
     return absl::DataLossError("feature map: truncated or malformed record");
   }
@@ -1131,7 +1128,7 @@ absl::Status RocksDbStorage::LoadStores(LoadVisitor& visitor,
     uint64_t next_id = 1;
     s = db->Get(read, handle, kNextIdKey, &value);
     if (s.ok() && value.size() == 8) {
-      next_id = DecodeFixed64(value);
+      next_id = internal::LoadFixed64(value.data());
     } else if (!s.ok() && !s.IsNotFound()) {
       damaged(FromRocks(s, "load"));
       continue;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/write_batch.h"
+#include "server/store/internal/little_endian.h"
 
 namespace engram::store::internal {
 
@@ -30,15 +31,6 @@ std::array<uint32_t, 256> MakeCrcTable() {
     table[i] = c;
   }
   return table;
-}
-
-uint32_t Fixed32(const char* p) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return u[0] | (u[1] << 8) | (u[2] << 16) | (uint32_t{u[3]} << 24);
-}
-
-uint64_t Fixed64(const char* p) {
-  return Fixed32(p) | (uint64_t{Fixed32(p + 4)} << 32);
 }
 
 // Collects the column families a write batch touches.
@@ -122,7 +114,7 @@ void Attribute(absl::string_view payload, WalDamage& damage) {
     damage.attributed = false;
     return;
   }
-  damage.sequences.push_back(Fixed64(payload.data()));
+  damage.sequences.push_back(LoadFixed64(payload.data()));
   damage.column_families.insert(first);
   // The rest of the batch, as far as it parses (a fragment or a damaged
   // batch ends in a parse error; what was read before it counts).
@@ -156,7 +148,7 @@ class Scanner {
   void ScanBlock(size_t pos, size_t end) {
     while (pos + kHeader <= end) {
       const char* h = log_.data() + pos;
-      const uint32_t stored = Fixed32(h);
+      const uint32_t stored = LoadFixed32(h);
       const size_t length = static_cast<unsigned char>(h[4]) |
                             (static_cast<unsigned char>(h[5]) << 8);
       const uint8_t type = static_cast<uint8_t>(h[6]);
@@ -270,7 +262,7 @@ class Scanner {
       if (t == kZero && n == 0) return;
       if (next + kHeader + n > end) break;
       const absl::string_view payload(r + kHeader, n);
-      const uint32_t rot = Fixed32(r) - kMaskDelta;
+      const uint32_t rot = LoadFixed32(r) - kMaskDelta;
       if (((rot >> 17) | (rot << 15)) !=
           Crc32c(Crc32c(0, absl::string_view(r + 6, 1)), payload)) {
         break;

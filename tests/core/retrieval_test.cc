@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/core/reference.h"
 
 namespace engram::core {
 namespace {

@@ -48,8 +48,9 @@ StoreSettings DotSettings(uint32_t dim) {
 void ExpectSumsMatchARebuild(const StoreView& view) {
   ASSERT_NE(view.low_rank(), nullptr);
   const core::LowRankSums& sums = *view.low_rank();
-  core::LowRankSums rebuilt(sums.shared_basis(), sums.dim(),
-                            sums.keys_are_rows());
+  core::LowRankSums rebuilt(
+      std::make_shared<const core::TaylorBasis>(sums.basis()), sums.dim(),
+      sums.keys_are_rows());
   for (const core::MemoryBlock& block : view.memories().blocks) {
     rebuilt.Add(sums.keys_are_rows() ? block.rows : block.keys, block.rows,
                 block.count, 1.0);
