@@ -551,7 +551,7 @@ absl::Status RocksDbStorage::RewriteMarker(const std::string& tables) {
   // Layout 2 keeps nothing in the default family but the format marker, so
   // its unreadable files can go and the marker be written again. In the
   // engram 0.1 layout they hold every store: nothing can be set aside.
-  auto refuse = [&](absl::string_view why) {
+  auto refuse = [&](absl::string_view why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     CloseDb();
     return absl::DataLossError(
         absl::StrCat("table files in ", options_.path, " are damaged: ", tables,
