@@ -316,22 +316,20 @@ class Search {
   std::vector<CalibrationScore> evaluated_;
 };
 
-}  // namespace
-
-absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
-                                            const RetrievalParams& current,
-                                            const CalibrationOptions& options) {
-  const size_t m = memories.size(), d = memories.dim;
-  if (m < 2) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "calibration needs at least 2 stored patterns, the store holds ", m));
+absl::Status CheckCalibration(const MemorySet& memories,
+                              const RetrievalParams& current,
+                              const CalibrationOptions& options) {
+  if (memories.size() < 2) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("calibration needs at least 2 stored patterns, the "
+                     "store holds ",
+                     memories.size()));
   }
-  const float level = options.level;
-  if (!CorruptionLevelValid(options.corruption, level)) {
+  if (!CorruptionLevelValid(options.corruption, options.level)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "calibration level for ", CorruptionName(options.corruption),
         " must be ", CorruptionLevelRange(options.corruption), ", got ",
-        level));
+        options.level));
   }
   if (options.sample_size < 1) {
     return absl::InvalidArgumentError(
@@ -341,36 +339,54 @@ absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
     return absl::FailedPreconditionError(
         "a kernel similarity needs the memories' features");
   }
+  return absl::OkStatus();
+}
 
-  std::vector<Similarity> similarities{current.similarity};
+// The similarity and separation pairs the search visits.
+struct Candidates {
+  std::vector<Similarity> similarities;
+  std::vector<Separation> separations;
+};
+
+Candidates CandidatesFor(const MemorySet& memories,
+                         const RetrievalParams& current,
+                         const CalibrationOptions& options) {
+  Candidates c{{current.similarity}, {current.separation}};
   if (options.search_similarity) {
-    similarities = {Similarity::kDot, Similarity::kL2, Similarity::kManhattan,
-                    Similarity::kCosine};
+    c.similarities = {Similarity::kDot, Similarity::kL2, Similarity::kManhattan,
+                      Similarity::kCosine};
     if (HasKeys(memories)) {
-      similarities.push_back(Similarity::kKernelDot);
-      similarities.push_back(Similarity::kKernelL2);
+      c.similarities.push_back(Similarity::kKernelDot);
+      c.similarities.push_back(Similarity::kKernelL2);
     }
   }
-  std::vector<Separation> separations{current.separation};
   if (options.search_separation) {
-    separations = {Separation::kSoftmax, Separation::kSparsemax,
-                   Separation::kEntmax15};
+    c.separations = {Separation::kSoftmax, Separation::kSparsemax,
+                     Separation::kEntmax15};
   }
+  return c;
+}
 
-  // Sizes within the work budget: first fewer corrupted patterns (down to
-  // kMinSample), then fewer memories.
+// The sample's size n and the memories used, within the work budget: first
+// fewer corrupted patterns (down to kMinSample), then fewer memories.
+std::pair<size_t, size_t> SizesWithinBudget(const MemorySet& memories,
+                                            const RetrievalParams& current,
+                                            const CalibrationOptions& options,
+                                            const Candidates& candidates) {
+  const size_t m = memories.size();
   const double kd = HasKeys(memories) ? memories.map->out_dim() : 0.0;
-  const double per_pair_row =
-      static_cast<double>(current.steps) * (2.0 * static_cast<double>(d) + kd);
+  const double per_pair_row = static_cast<double>(current.steps) *
+                              (2.0 * static_cast<double>(memories.dim) + kd);
   // The current setting, every pair's search, and the separation check.
-  const double candidates = static_cast<double>(
-      2 + similarities.size() * separations.size() * kCandidatesPerPair);
-  size_t n = std::min(options.sample_size, m);
-  size_t used = m;
+  const double evaluations = static_cast<double>(
+      2 + candidates.similarities.size() * candidates.separations.size() *
+              kCandidatesPerPair);
   const auto cost = [&](size_t queries, size_t mems) {
-    return candidates * static_cast<double>(queries) *
+    return evaluations * static_cast<double>(queries) *
            static_cast<double>(mems) * per_pair_row;
   };
+  size_t n = std::min(options.sample_size, m);
+  size_t used = m;
   if (cost(n, used) > options.max_work) {
     const size_t fewer = static_cast<size_t>(options.max_work / cost(1, used));
     n = std::max(std::min(n, kMinSample), std::min(n, fewer));
@@ -379,32 +395,99 @@ absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
     const size_t fewer = static_cast<size_t>(options.max_work / cost(n, 1));
     used = std::max(std::min(m, 2 * n), std::min(m, fewer));
   }
+  return {n, used};
+}
 
-  std::mt19937_64 rng(options.seed);
-  const std::vector<size_t> sample = SampleIndices(m, n, {}, rng);
+// What one calibration retrieves from: the memories (all, or a subset that
+// starts with the sampled patterns), the clean sampled patterns, their
+// corrupted copies, and each one's index in the memories.
+struct Sample {
   SubsetBuffers buffers;
   MemorySet subset;
-  const MemorySet* set = &memories;
-  std::vector<size_t> target_index = sample;
+  const MemorySet* memories = nullptr;
+  std::vector<float> targets, queries;
+  std::vector<size_t> target_index;
+};
+
+void DrawSample(const MemorySet& memories, size_t n, size_t used,
+                const CalibrationOptions& options, Sample& out) {
+  const size_t m = memories.size(), d = memories.dim;
+  std::mt19937_64 rng(options.seed);
+  const std::vector<size_t> sample = SampleIndices(m, n, {}, rng);
+  out.memories = &memories;
+  out.target_index = sample;
   if (used < m) {
-    // The subset: the sampled patterns first, then others.
     absl::flat_hash_set<size_t> taken(sample.begin(), sample.end());
     std::vector<size_t> indices = sample;
     const std::vector<size_t> others = SampleIndices(m, used - n, taken, rng);
     indices.insert(indices.end(), others.begin(), others.end());
-    subset = CopySubset(memories, indices, buffers);
-    set = &subset;
-    for (size_t i = 0; i < n; ++i) target_index[i] = i;
+    out.subset = CopySubset(memories, indices, out.buffers);
+    out.memories = &out.subset;
+    for (size_t i = 0; i < n; ++i) out.target_index[i] = i;
   }
-  std::vector<float> targets(n * d);
+  out.targets.resize(n * d);
   for (size_t i = 0; i < n; ++i) {
-    std::copy_n(memories.row(sample[i]), d, targets.data() + i * d);
+    std::copy_n(memories.row(sample[i]), d, out.targets.data() + i * d);
   }
-  std::vector<float> queries = targets;
-  Corrupt(options.corruption, level, options.seed ^ 0x9e3779b97f4a7c15ULL,
-          queries.data(), n, d);
+  out.queries = out.targets;
+  Corrupt(options.corruption, options.level,
+          options.seed ^ 0x9e3779b97f4a7c15ULL, out.queries.data(), n, d);
+}
 
-  Search search(*set, std::move(queries), targets, target_index, options);
+// Separation at the chosen setting: each sampled pattern queried with
+// itself, one step, its top two scores; fills the result's capacity figures.
+absl::Status MeasureSeparation(const Sample& sample,
+                               const CalibrationOptions& options,
+                               Search& search, CalibrationResult& result) {
+  const size_t n = sample.target_index.size();
+  RetrievalParams self = result.best.params;
+  self.steps = 1;
+  self.top_k = 2;
+  absl::StatusOr<RetrievalOutput> out = RetrieveExact(
+      *sample.memories, sample.targets.data(), n, self, options.retrieval);
+  if (!out.ok()) return out.status();
+  result.work = search.work() + search.WorkPerCandidate(self);
+  const double count = static_cast<double>(sample.memories->size());
+  const double margin =
+      self.separation == Separation::kSoftmax
+          ? std::log(std::max(1.0, count - 1.0))
+          : SupportMargin(self.separation);  // In units of beta * s.
+  const double m2 = MaxSquaredNorm(*sample.memories, self.similarity);
+  std::vector<double> betas;
+  size_t separated = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<Match>& top = out->matches[i];
+    double gap = -1;  // Another pattern scores at least as high.
+    if (!top.empty() && top.front().index == sample.target_index[i]) {
+      gap = top.size() > 1 ? (top[0].score - top[1].score) / self.beta
+                           : std::numeric_limits<double>::infinity();
+    }
+    if (gap * self.beta >= margin) ++separated;
+    betas.push_back(TheoryBeta(gap, count, m2));
+  }
+  result.well_separated_fraction =
+      static_cast<double>(separated) / static_cast<double>(n);
+  result.theory_beta_median = Quantile(betas, 0.5);
+  result.theory_beta_p90 = Quantile(betas, 0.9);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
+                                            const RetrievalParams& current,
+                                            const CalibrationOptions& options) {
+  if (absl::Status s = CheckCalibration(memories, current, options); !s.ok()) {
+    return s;
+  }
+  const Candidates candidates = CandidatesFor(memories, current, options);
+  const auto [n, used] =
+      SizesWithinBudget(memories, current, options, candidates);
+  Sample sample;
+  DrawSample(memories, n, used, options, sample);
+
+  Search search(*sample.memories, sample.queries, sample.targets,
+                sample.target_index, options);
   CalibrationResult result;
   result.sample_size = n;
   result.memories_used = used;
@@ -413,8 +496,8 @@ absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
   result.current = *start;
   result.current.params.top_k = current.top_k;
   CalibrationScore best = result.current;
-  for (Similarity similarity : similarities) {
-    for (Separation separation : separations) {
+  for (Similarity similarity : candidates.similarities) {
+    for (Separation separation : candidates.separations) {
       RetrievalParams params = current;
       params.similarity = similarity;
       params.separation = separation;
@@ -429,38 +512,10 @@ absl::StatusOr<CalibrationResult> Calibrate(const MemorySet& memories,
                     best.recall_at_1 >= result.current.recall_at_1;
   result.best = result.improved ? best : result.current;
   result.evaluated = std::move(search.evaluated());
-
-  // Separation at the chosen setting: each sampled pattern queried with
-  // itself, one step, its top two scores.
-  RetrievalParams self = result.best.params;
-  self.steps = 1;
-  self.top_k = 2;
-  absl::StatusOr<RetrievalOutput> out =
-      RetrieveExact(*set, targets.data(), n, self, options.retrieval);
-  if (!out.ok()) return out.status();
-  result.work = search.work() + search.WorkPerCandidate(self);
-  const double count = static_cast<double>(set->size());
-  const double margin =
-      self.separation == Separation::kSoftmax
-          ? std::log(std::max(1.0, count - 1.0))
-          : SupportMargin(self.separation);  // In units of beta * s.
-  const double m2 = MaxSquaredNorm(*set, self.similarity);
-  std::vector<double> betas;
-  size_t separated = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const std::vector<Match>& top = out->matches[i];
-    double gap = -1;  // Another pattern scores at least as high.
-    if (!top.empty() && top.front().index == target_index[i]) {
-      gap = top.size() > 1 ? (top[0].score - top[1].score) / self.beta
-                           : std::numeric_limits<double>::infinity();
-    }
-    if (gap * self.beta >= margin) ++separated;
-    betas.push_back(TheoryBeta(gap, count, m2));
+  if (absl::Status s = MeasureSeparation(sample, options, search, result);
+      !s.ok()) {
+    return s;
   }
-  result.well_separated_fraction =
-      static_cast<double>(separated) / static_cast<double>(n);
-  result.theory_beta_median = Quantile(betas, 0.5);
-  result.theory_beta_p90 = Quantile(betas, 0.9);
   return result;
 }
 

@@ -286,10 +286,10 @@ double LowRankErrorBound(const LowRankBoundInputs& in, const double* q,
   return std::isfinite(bound) ? bound + kRounding * x_max : kInfinity;
 }
 
-absl::StatusOr<RetrievalOutput> RetrieveLowRank(
-    const LowRankSums& sums, const MemorySet& memories, const float* queries,
-    size_t num_queries, const RetrievalParams& params, uint32_t degree,
-    const RetrievalOptions& options) {
+namespace {
+
+absl::Status CheckLowRank(const LowRankSums& sums, const MemorySet& memories,
+                          const RetrievalParams& params, uint32_t degree) {
   const bool kernel = params.similarity == Similarity::kKernelDot;
   if ((params.similarity != Similarity::kDot && !kernel) ||
       params.separation != Separation::kSoftmax) {
@@ -308,73 +308,99 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
   if (memories.size() == 0 || !(sums.count() >= 0.5)) {
     return absl::FailedPreconditionError("no memories to retrieve from");
   }
-  const size_t d = sums.dim();
-  const size_t n = basis.dim();
-  const size_t rank = basis.rank(degree);
-  const double beta = params.beta;
-  const size_t count = num_queries;
+  return absl::OkStatus();
+}
 
-  std::vector<float> features;
-  std::vector<double> q(count * n);  // Features of each query's last input.
-  std::vector<double> norm(count);   // Its normaliser <z, psi(q)>.
-  std::vector<double> psi;
-  std::vector<double> numerator;
-  absl::StatusOr<RetrievalOutput> stepped = internal::RunSteps(
-      queries, count, d, params.steps, params.eps,
-      [&](absl::Span<const size_t> ids, const float* x, float* next,
-          double* energies, std::vector<Match>*) -> absl::Status {
-        if (options.check) {
-          if (absl::Status status = options.check(); !status.ok()) {
-            return status;
-          }
-        }
-        const size_t batch = ids.size();
-        const float* keys = x;
-        if (kernel) {
-          features.resize(batch * n);
-          memories.map->Apply(x, batch, features.data());
-          keys = features.data();
-        }
-        psi.resize(batch * rank);
-        for (size_t b = 0; b < batch; ++b) {
-          double* qi = q.data() + ids[b] * n;
-          std::copy_n(keys + b * n, n, qi);
-          basis.Features(qi, beta, degree, psi.data() + b * rank);
-        }
-        numerator.resize(batch * d);
-        blas::GemmNN(batch, d, rank, 1.0, psi.data(), rank, sums.a().data(), d,
-                     0.0, numerator.data(), d);
-        for (size_t b = 0; b < batch; ++b) {
-          const size_t i = ids[b];
-          const double z = Dot(psi.data() + b * rank, sums.z().data(), rank);
-          if (!(z > 0) || !std::isfinite(z)) {
-            return absl::InternalError(
-                absl::StrCat("low-rank normaliser of query ", i, " is ", z,
-                             "; expected > 0"));
-          }
-          norm[i] = z;
-          const double* qi = q.data() + i * n;
-          energies[b] = -std::log(z) / beta +
-                        0.5 * SelfSimilarity(params.similarity, Dot(qi, qi, n));
-          for (size_t j = 0; j < d; ++j) {
-            next[b * d + j] = static_cast<float>(numerator[b * d + j] / z);
-          }
-        }
-        return absl::OkStatus();
-      });
-  if (!stepped.ok()) return stepped.status();
-  RetrievalOutput out = std::move(*stepped);
-  if (params.top_k == 0) return out;
+// One update of a batch of states through the sums:
+// next = A^T psi(q) / <z, psi(q)>, with q the state (or its features).
+// Keeps each query's last q and normaliser for its matches.
+class LowRankStep {
+ public:
+  LowRankStep(const LowRankSums& sums, const MemorySet& memories,
+              const RetrievalParams& params, uint32_t degree, size_t count,
+              const RetrievalOptions& options)
+      : sums_(sums),
+        memories_(memories),
+        params_(params),
+        degree_(degree),
+        options_(options),
+        n_(sums.basis().dim()),
+        rank_(sums.basis().rank(degree)),
+        q_(count * n_),
+        norm_(count) {}
 
-  // One scan of the features for the best matches at each final update.
+  absl::Status operator()(absl::Span<const size_t> ids, const float* x,
+                          float* next, double* energies, std::vector<Match>*) {
+    if (options_.check) {
+      if (absl::Status status = options_.check(); !status.ok()) return status;
+    }
+    const size_t batch = ids.size(), d = sums_.dim();
+    const double beta = params_.beta;
+    const float* keys = x;
+    if (params_.similarity == Similarity::kKernelDot) {
+      features_.resize(batch * n_);
+      memories_.map->Apply(x, batch, features_.data());
+      keys = features_.data();
+    }
+    psi_.resize(batch * rank_);
+    for (size_t b = 0; b < batch; ++b) {
+      double* qi = q_.data() + ids[b] * n_;
+      std::copy_n(keys + b * n_, n_, qi);
+      sums_.basis().Features(qi, beta, degree_, psi_.data() + b * rank_);
+    }
+    numerator_.resize(batch * d);
+    blas::GemmNN(batch, d, rank_, 1.0, psi_.data(), rank_, sums_.a().data(), d,
+                 0.0, numerator_.data(), d);
+    for (size_t b = 0; b < batch; ++b) {
+      const size_t i = ids[b];
+      const double z = Dot(psi_.data() + b * rank_, sums_.z().data(), rank_);
+      if (!(z > 0) || !std::isfinite(z)) {
+        return absl::InternalError(absl::StrCat(
+            "low-rank normaliser of query ", i, " is ", z, "; expected > 0"));
+      }
+      norm_[i] = z;
+      const double* qi = q_.data() + i * n_;
+      energies[b] = -std::log(z) / beta +
+                    0.5 * SelfSimilarity(params_.similarity, Dot(qi, qi, n_));
+      for (size_t j = 0; j < d; ++j) {
+        next[b * d + j] = static_cast<float>(numerator_[b * d + j] / z);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Each query's last input (features) and its normaliser <z, psi(q)>.
+  const std::vector<double>& inputs() const { return q_; }
+  const std::vector<double>& normalisers() const { return norm_; }
+
+ private:
+  const LowRankSums& sums_;
+  const MemorySet& memories_;
+  const RetrievalParams& params_;
+  const uint32_t degree_;
+  const RetrievalOptions& options_;
+  const size_t n_, rank_;
+  std::vector<double> q_, norm_;
+  std::vector<float> features_;
+  std::vector<double> psi_, numerator_;
+};
+
+// Each query's top_k matches at its last update, by one scan of the keys;
+// weights are the Taylor exp over the normaliser the update used.
+absl::Status AddMatches(const MemorySet& memories,
+                        const RetrievalParams& params, uint32_t degree,
+                        const LowRankStep& step,
+                        const RetrievalOptions& options, RetrievalOutput& out) {
+  const size_t count = out.matches.size();
+  const size_t n = step.inputs().size() / std::max<size_t>(1, count);
   const size_t k = std::min<size_t>(params.top_k, memories.size());
-  std::vector<float> qf(count * n);
-  for (size_t i = 0; i < count * n; ++i) qf[i] = static_cast<float>(q[i]);
+  std::vector<float> q(step.inputs().begin(), step.inputs().end());
   std::vector<internal::TopK> top(count, internal::TopK(k));
   const size_t tile = std::max<size_t>(
       1, std::min<size_t>(
              4096, options.max_score_floats / std::max<size_t>(1, count)));
   std::vector<float> scores(count * tile);
+  const bool kernel = params.similarity == Similarity::kKernelDot;
   size_t base = 0;
   for (const MemoryBlock& block : memories.blocks) {
     const float* block_keys = kernel ? block.keys : block.rows;
@@ -383,7 +409,7 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t rows = std::min(tile, block.count - begin);
-      blas::GemmNT(count, rows, n, static_cast<float>(beta), qf.data(), n,
+      blas::GemmNT(count, rows, n, static_cast<float>(params.beta), q.data(), n,
                    block_keys + begin * n, n, 0.0f, scores.data(), rows);
       for (size_t i = 0; i < count; ++i) {
         for (size_t r = 0; r < rows; ++r) {
@@ -398,10 +424,36 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
   }
   for (size_t i = 0; i < count; ++i) {
     for (const internal::TopK::Entry& s : top[i].Sorted()) {
-      out.matches[i].push_back(
-          {s.index, static_cast<float>(TaylorExp(s.score, degree) / norm[i]),
-           s.score});
+      out.matches[i].push_back({s.index,
+                                static_cast<float>(TaylorExp(s.score, degree) /
+                                                   step.normalisers()[i]),
+                                s.score});
     }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RetrievalOutput> RetrieveLowRank(
+    const LowRankSums& sums, const MemorySet& memories, const float* queries,
+    size_t num_queries, const RetrievalParams& params, uint32_t degree,
+    const RetrievalOptions& options) {
+  if (absl::Status s = CheckLowRank(sums, memories, params, degree); !s.ok()) {
+    return s;
+  }
+  LowRankStep step(sums, memories, params, degree, num_queries, options);
+  absl::StatusOr<RetrievalOutput> out = internal::RunSteps(
+      queries, num_queries, sums.dim(), params.steps, params.eps,
+      [&](absl::Span<const size_t> ids, const float* x, float* next,
+          double* energies, std::vector<Match>* matches) {
+        return step(ids, x, next, energies, matches);
+      });
+  if (!out.ok() || params.top_k == 0) return out;
+  if (absl::Status s =
+          AddMatches(memories, params, degree, step, options, *out);
+      !s.ok()) {
+    return s;
   }
   return out;
 }
