@@ -9,7 +9,7 @@
 //     g = 2 and g = 4 (CSV for the plot);
 //  4. the phase diagram: the path AUTO takes over (M, beta) at d_Phi = 8,
 //     degrees up to 8 (CSV for the plot);
-//  5. the example of SPEC.md (200,000 patterns, d = 16, norm 0.55).
+//  5. a worked example (200,000 patterns, d = 16, norm 0.55).
 //
 //   low_rank_bench [--quick] [--csv=docs/low-rank]
 #include <algorithm>
@@ -335,7 +335,7 @@ void Phase(const std::string& csv) {
 }
 
 void SpecExample() {
-  // SPEC.md: 200,000 random 16-d patterns and queries of norm 0.55, beta 1.
+  // 200,000 random 16-d patterns and queries of norm 0.55, beta 1.
   auto bench = std::make_unique<Bench>();
   bench->dim = 16;
   StoreSettings settings;
@@ -373,8 +373,8 @@ void SpecExample() {
   double factorial = 6;
   const double delta = std::exp(2 * r) * r * r * r / factorial;
   std::printf(
-      "\n### 5. SPEC.md's example (M = 200,000, d = 16, norms 0.55, beta = 1)"
-      "\n\nSPEC's bound at g = 2: %.2e; engram's bound: g = 2 %.2e (measured "
+      "\n### 5. A worked example (M = 200,000, d = 16, norms 0.55, beta = 1)"
+      "\n\nThe paper's form of the bound at g = 2: %.2e; engram's bound: g = 2 %.2e (measured "
       "%.2e), g = 4 %.2e (measured %.2e); AUTO at 1e-3 takes g = %u (r = "
       "%lu).\n",
       2 * delta / (1 - delta) * 0.55, bound2, error2, bound4, error4,
