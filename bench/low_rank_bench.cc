@@ -374,7 +374,8 @@ void SpecExample() {
   const double delta = std::exp(2 * r) * r * r * r / factorial;
   std::printf(
       "\n### 5. A worked example (M = 200,000, d = 16, norms 0.55, beta = 1)"
-      "\n\nThe paper's form of the bound at g = 2: %.2e; engram's bound: g = 2 %.2e (measured "
+      "\n\nThe paper's form of the bound at g = 2: %.2e; engram's bound: g = 2 "
+      "%.2e (measured "
       "%.2e), g = 4 %.2e (measured %.2e); AUTO at 1e-3 takes g = %u (r = "
       "%lu).\n",
       2 * delta / (1 - delta) * 0.55, bound2, error2, bound4, error4,
