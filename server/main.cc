@@ -15,6 +15,12 @@
 #include "server/base/log.h"
 #include "server/core/calibration.h"
 #include "server/core/cpu.h"
+#include "server/store/settings.h"
+
+// The limits' defaults are Limits's (server/store/settings.h).
+namespace {
+const engram::store::Limits kLimits;
+}  // namespace
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC address (host:port). Loopback by default: expose it only "
@@ -65,26 +71,31 @@ ABSL_FLAG(int, rpc_threads, 0,
           "Calls beyond it get RESOURCE_EXHAUSTED. Handlers mostly wait on "
           "retrieval threads, so this bounds memory, not CPU.");
 ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
-ABSL_FLAG(uint32_t, max_dimension, 65536, "Largest store dimension.");
-ABSL_FLAG(uint64_t, max_batch, 100000,
+ABSL_FLAG(uint32_t, max_dimension, kLimits.max_dimension,
+          "Largest store dimension.");
+ABSL_FLAG(uint64_t, max_batch, kLimits.max_batch,
           "Most patterns in one add, import message or delete.");
-ABSL_FLAG(uint64_t, max_queries, 4096, "Most queries in one Retrieve.");
-ABSL_FLAG(uint64_t, max_stores, 1000, "Most stores on the server.");
-ABSL_FLAG(uint64_t, max_patterns_per_store, 50000000,
+ABSL_FLAG(uint64_t, max_queries, kLimits.max_queries,
+          "Most queries in one Retrieve.");
+ABSL_FLAG(uint64_t, max_stores, kLimits.max_stores,
+          "Most stores on the server.");
+ABSL_FLAG(uint64_t, max_patterns_per_store, kLimits.max_patterns_per_store,
           "Most patterns in one store.");
-ABSL_FLAG(uint64_t, max_top_k, 1000, "Largest top_k of a store or request.");
-ABSL_FLAG(uint32_t, max_steps, 1000,
+ABSL_FLAG(uint64_t, max_top_k, kLimits.max_top_k,
+          "Largest top_k of a store or request.");
+ABSL_FLAG(uint32_t, max_steps, kLimits.max_steps,
           "Most update steps of a store or request.");
-ABSL_FLAG(uint64_t, max_label_bytes, 256, "Longest pattern label, in bytes.");
-ABSL_FLAG(uint64_t, max_metadata_entries, 16,
+ABSL_FLAG(uint64_t, max_label_bytes, kLimits.max_label_bytes,
+          "Longest pattern label, in bytes.");
+ABSL_FLAG(uint64_t, max_metadata_entries, kLimits.max_metadata_entries,
           "Most metadata entries of one pattern.");
-ABSL_FLAG(uint64_t, max_metadata_bytes, 256,
+ABSL_FLAG(uint64_t, max_metadata_bytes, kLimits.max_metadata_bytes,
           "Longest metadata key or value, in bytes.");
-ABSL_FLAG(double, max_calibration_work, engram::core::kDefaultCalibrationWork,
+ABSL_FLAG(double, max_calibration_work, kLimits.max_calibration_work,
           "Multiply-adds one calibration may spend (1e12: about 8 s on 2 "
           "cores); past it, calibration samples fewer patterns, then a subset "
           "of the memories.");
-ABSL_FLAG(uint64_t, max_low_rank_values, uint64_t{1} << 18,
+ABSL_FLAG(uint64_t, max_low_rank_values, kLimits.max_low_rank_values,
           "Most doubles one store's low-rank sums may hold (rank x (dimension "
           "+ 1)); the store keeps the largest even Taylor degree that fits, "
           "none if degree 2 does not (docs/low-rank.md).");
