@@ -49,9 +49,8 @@ absl::Status LoadStores(store::StoreRegistry& registry,
       ++stores;
     }
   }
-  Log(LogLevel::kInfo,
-      "loaded %zu stores, %zu patterns, %zu damaged in %.3fs; ready", stores,
-      patterns, registry.Damaged().size(),
+  Log(LogLevel::kInfo, "loaded %zu stores, %zu patterns, %zu damaged in %.3fs",
+      stores, patterns, registry.Damaged().size(),
       absl::ToDoubleSeconds(absl::Now() - start));
   return absl::OkStatus();
 }
@@ -142,9 +141,11 @@ int RunEngramd(EngramdOptions o) {
     return 1;
   }
   jobs->ResumeAll();
-  (*server)->SetReady(true);
+  // The configuration first: whoever waits for "ready" in the log has it.
   LogConfiguration(o, (*server)->port(),
                    BoundAddress(o.metrics.listen, exported->port));
+  (*server)->SetReady(true);
+  Log(LogLevel::kInfo, "stores loaded, jobs resumed; ready");
 
   const int signal = WaitForShutdownSignal();
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,

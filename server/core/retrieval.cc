@@ -11,6 +11,7 @@
 #include "server/core/internal/step_loop.h"
 #include "server/core/internal/top_k.h"
 #include "server/core/internal/vector_loops.h"
+#include "server/core/partial.h"
 
 namespace engram::core {
 
@@ -635,6 +636,59 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
         }
         return absl::OkStatus();
       });
+  ws.Trim();
+  return out;
+}
+
+absl::StatusOr<std::vector<PartialRow>> PartialStep(
+    const MemorySet& memories, absl::Span<const uint64_t> ids,
+    const float* states, size_t count, const RetrievalParams& params,
+    const RetrievalOptions& options) {
+  if (absl::Status status = Validate(memories, params); !status.ok()) {
+    return status;
+  }
+  if (ids.size() != memories.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ids.size(), " ids for ", memories.size(), " memories"));
+  }
+  Workspace& ws = ThreadWorkspace();
+  StepQueries q;
+  if (absl::Status status =
+          Pass(memories, states, count, params, options, ws, q);
+      !status.ok()) {
+    return status;
+  }
+  const size_t d = memories.dim;
+  const bool softmax = params.separation == Separation::kSoftmax;
+  std::vector<PartialRow> out(count);
+  for (size_t i = 0; i < count; ++i) {
+    RowState& row = ws.rows[i];
+    PartialRow& p = out[i];
+    p.max = row.max;
+    p.sum = row.sum;
+    p.query_sq_norm = q.exact_sq_norms[i];
+    if (softmax) {
+      p.weighted.assign(ws.outputs.begin() + i * d,
+                        ws.outputs.begin() + (i + 1) * d);
+    }
+    for (const TopK::Entry& e : row.top.Sorted()) {
+      p.top.push_back({e.score, ids[e.index]});
+    }
+    if (softmax) continue;
+    const double floor = row.max - SupportMargin(params.separation);
+    std::vector<TopK::Entry> kept;
+    for (const TopK::Entry& c : row.candidates) {
+      if (c.score > floor) kept.push_back(c);
+    }
+    std::sort(kept.begin(), kept.end(), TopK::Better);
+    for (size_t c = 0; c < kept.size(); ++c) {
+      p.candidates.push_back({kept[c].score, ids[kept[c].index]});
+      if (c < kCandidateValues) {
+        const float* v = memories.row(kept[c].index);
+        p.values.insert(p.values.end(), v, v + d);
+      }
+    }
+  }
   ws.Trim();
   return out;
 }

@@ -24,6 +24,7 @@
 #include "google/protobuf/field_mask.pb.h"
 #include "server/core/calibration.h"
 #include "server/core/retrieval.h"
+#include "server/store/placement.h"
 
 namespace engram::store {
 
@@ -83,7 +84,8 @@ struct StoreSettings {
 // The most patterns one calibration corrupts (store.calibration.sample_size).
 inline constexpr uint32_t kMaxCalibrationSample = 65536;
 
-// Server-wide limits; every one is a flag of engramd.
+// Server-wide limits, every one a flag of engramd; and where this server's
+// patterns belong when it is a shard (--shard_group, --shard_groups).
 struct Limits {
   uint32_t max_dimension = 65536;
   size_t max_batch = 100000;  // Patterns per add or delete.
@@ -99,6 +101,7 @@ struct Limits {
   size_t max_low_rank_values = size_t{1} << 18;
   // Multiply-adds one calibration may spend (core::CalibrationOptions).
   double max_calibration_work = core::kDefaultCalibrationWork;
+  Placement placement;
 };
 
 // d_Phi: the feature dimension of a U-Hop store (feature_dim, or the store's

@@ -178,6 +178,7 @@ Store::Store(StoreSettings settings, const Limits& limits,
       limits_(limits),
       storage_(storage) {
   MutexLock write_lock(&write_mu_);
+  next_id_ = FirstAutoId(limits.placement);
   map_ = InitialMap(settings);
   RebuildSums(settings);
   MutexLock lock(&mu_);
@@ -215,8 +216,15 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
   absl::flat_hash_map<uint64_t, size_t> explicit_ids;
   uint64_t next = next_id_;
   size_t automatic = 0;
+  const Placement& placement = limits_.placement;
   for (size_t i = 0; i < patterns.size(); ++i) {
     const Pattern& p = patterns[i];
+    if (p.id != 0 && GroupOf(p.id, placement.groups) != placement.group) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patterns[", i, "].id ", p.id, " belongs to shard group ",
+          GroupOf(p.id, placement.groups), " of ", placement.groups,
+          "; this shard is group ", placement.group));
+    }
     if (p.values.size() != dim_) {
       return absl::InvalidArgumentError(
           absl::StrCat("patterns[", i, "].values has ", p.values.size(),
@@ -281,6 +289,14 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
         " automatic ids left (they run to 18446744073709551615) and the "
         "request needs ",
         automatic, "; give explicit ids (any id not in use) instead"));
+  }
+  // A shard's automatic ids stay in its own range (placement.h).
+  if (automatic > 0 && placement.sharded() && next != 0 &&
+      ((next + automatic - 1) >> kGroupShift) != (next >> kGroupShift)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store '", name_, "' has used the automatic ids of shard group ",
+        placement.group, "'s range ", next >> kGroupShift,
+        "; give explicit ids of this group instead"));
   }
   ids.clear();
   for (const Pattern& p : patterns) ids.push_back(p.id != 0 ? p.id : next++);

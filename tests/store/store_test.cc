@@ -38,6 +38,35 @@ TEST(StoreTest, AssignsIdsAboveEveryIdInUseOrInTheBatch) {
   EXPECT_EQ(store.Get(7)->label, "l7");
 }
 
+TEST(StoreTest, AShardAssignsIdsOfItsGroupAndRefusesOthers) {
+  EphemeralStorage storage;
+  Limits limits;
+  limits.placement = {2, 3};  // Group 2 of 3.
+  Store store(Settings("s", 1), limits, &storage);
+  absl::StatusOr<std::vector<uint64_t>> ids =
+      store.Add({MakePattern(0, 1, 1), MakePattern(0, 1, 2)});
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  const uint64_t first = (uint64_t{3} << kGroupShift) | 1;
+  EXPECT_EQ(*ids, (std::vector<uint64_t>{first, first + 1}));
+  for (uint64_t id : *ids) EXPECT_EQ(GroupOf(id, 3), 2u);
+  // Client-chosen ids below 2^48 are placed by hash: one of this group is
+  // taken, one of another group refused, naming both groups.
+  uint64_t mine = 1, theirs = 1;
+  while (GroupOf(mine, 3) != 2) ++mine;
+  while (GroupOf(theirs, 3) == 2) ++theirs;
+  EXPECT_TRUE(store.Add({MakePattern(mine, 1, 3)}).ok());
+  absl::Status refused = store.Add({MakePattern(theirs, 1, 4)}).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("belongs to shard group"),
+            absl::string_view::npos)
+      << refused;
+  EXPECT_EQ(store.view()->size(), 3u);
+  // Every group gets a share of many client-chosen ids.
+  size_t counts[3] = {};
+  for (uint64_t id = 1; id <= 3000; ++id) ++counts[GroupOf(id, 3)];
+  for (size_t c : counts) EXPECT_GT(c, 900u);
+}
+
 // Regression: after an explicit id 2^64 - 2, automatic ids gave 2^64 - 1
 // twice and then 0, overwriting acknowledged patterns.
 TEST(StoreTest, IdsNeverWrapAndExhaustionIsResourceExhausted) {

@@ -61,11 +61,13 @@ class TopK {
     return sorted;
   }
 
- private:
-  // The heap keeps the worst of the best at its front.
+  // The one order of matches: higher score first, then the lower index.
   static bool Better(const Entry& a, const Entry& b) {
     return a.score > b.score || (a.score == b.score && a.index < b.index);
   }
+
+ private:
+  // The heap keeps the worst of the best at its front.
 
   size_t k_;
   std::vector<Entry> heap_;
