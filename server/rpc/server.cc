@@ -21,8 +21,7 @@
 
 namespace engram::rpc {
 
-Server::Server(std::unique_ptr<EngramService> service, std::string host)
-    : service_(std::move(service)), host_(std::move(host)) {}
+Server::Server(std::string host) : host_(std::move(host)) {}
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
@@ -78,6 +77,19 @@ absl::Status CheckKeyPair(const std::string& cert_pem,
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, store::StoreRegistry* registry,
     jobs::JobRunner* jobs, metrics::Metrics* metrics) {
+  ServiceOptions service;
+  service.retrieval_threads = options.retrieval_threads;
+  return Start(options, metrics, [&](const CallPolicy* policy) {
+    std::vector<std::unique_ptr<grpc::Service>> services;
+    services.push_back(
+        std::make_unique<EngramService>(registry, jobs, policy, service));
+    return services;
+  });
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options, metrics::Metrics* metrics,
+    const Services& services) {
   TokenAuthorizer auth;
   if (!options.token_file.empty()) {
     absl::StatusOr<TokenAuthorizer> loaded =
@@ -92,14 +104,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  ServiceOptions service;
-  service.retrieval_threads = options.retrieval_threads;
-  service.max_message_bytes = options.max_message_bytes;
-  service.auth = std::move(auth);
-  std::unique_ptr<Server> server(
-      new Server(std::make_unique<EngramService>(registry, jobs, metrics,
-                                                 std::move(service)),
-                 host));
+  std::unique_ptr<Server> server(new Server(host));
+  server->policy_ = std::make_unique<CallPolicy>();
+  server->policy_->auth = std::move(auth);
+  server->policy_->max_message_bytes = options.max_message_bytes;
+  server->policy_->metrics = metrics;
+  server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty() || !options.tls_key.empty()) {
@@ -145,7 +155,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::ResourceQuota quota("engramd");
   quota.SetMaxThreads(options.max_threads);
   builder.SetResourceQuota(quota);
-  builder.RegisterService(server->service_.get());
+  for (const std::unique_ptr<grpc::Service>& service : server->services_) {
+    builder.RegisterService(service.get());
+  }
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(

@@ -12,13 +12,16 @@
 #ifndef ENGRAM_SERVER_RPC_SERVER_H_
 #define ENGRAM_SERVER_RPC_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/call.h"
 #include "server/rpc/service.h"
 #include "server/store/registry.h"
 
@@ -40,8 +43,17 @@ struct ServerOptions {
 
 class Server {
  public:
-  // `registry`, `jobs` and `metrics` are borrowed and must outlive the
-  // server.
+  // Makes the services to serve, given the policy every call goes through
+  // (tokens, message limit, metrics); the policy lives as long as the server.
+  using Services = std::function<std::vector<std::unique_ptr<grpc::Service>>(
+      const CallPolicy* policy)>;
+
+  // `metrics` is borrowed and must outlive the server.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServerOptions& options, metrics::Metrics* metrics,
+      const Services& services);
+  // The engram service over `registry` and `jobs` (borrowed, like
+  // `metrics`).
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options, store::StoreRegistry* registry,
       jobs::JobRunner* jobs, metrics::Metrics* metrics);
@@ -60,9 +72,10 @@ class Server {
   void Shutdown(absl::Duration grace);
 
  private:
-  Server(std::unique_ptr<EngramService> service, std::string host);
+  explicit Server(std::string host);
 
-  std::unique_ptr<EngramService> service_;
+  std::unique_ptr<CallPolicy> policy_;
+  std::vector<std::unique_ptr<grpc::Service>> services_;
   const std::string host_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -10,34 +10,13 @@
 #include "absl/time/clock.h"
 #include "server/base/clip.h"
 #include "server/base/log.h"
+#include "server/rpc/call.h"
 #include "server/rpc/convert.h"
 #include "server/store/retrieve.h"
 
 namespace engram::rpc {
 
 namespace {
-
-const char* CodeName(absl::StatusCode code) {
-  static constexpr const char* kNames[] = {"OK",
-                                           "CANCELLED",
-                                           "UNKNOWN",
-                                           "INVALID_ARGUMENT",
-                                           "DEADLINE_EXCEEDED",
-                                           "NOT_FOUND",
-                                           "ALREADY_EXISTS",
-                                           "PERMISSION_DENIED",
-                                           "RESOURCE_EXHAUSTED",
-                                           "FAILED_PRECONDITION",
-                                           "ABORTED",
-                                           "OUT_OF_RANGE",
-                                           "UNIMPLEMENTED",
-                                           "INTERNAL",
-                                           "UNAVAILABLE",
-                                           "DATA_LOSS",
-                                           "UNAUTHENTICATED"};
-  const int index = static_cast<int>(code);
-  return index >= 0 && index <= 16 ? kNames[index] : "UNKNOWN";
-}
 
 // Stops retrieval between tiles when the client gives up or the deadline
 // passes.
@@ -54,111 +33,16 @@ std::function<absl::Status()> DeadlineCheck(grpc::ServerContext* context) {
   };
 }
 
-// The method table: which RPCs change data. One place, checked against the
-// service descriptor by a test.
-struct Method {
-  absl::string_view name;
-  bool writes;
-};
-constexpr Method kMethods[] = {
-    {"CreateStore", true},
-    {"GetStore", false},
-    {"ListStores", false},
-    {"UpdateStore", true},
-    {"DeleteStore", true},
-    {"AddPatterns", true},
-    {"ImportPatterns", true},
-    {"GetPattern", false},
-    {"ListPatterns", false},
-    {"DeletePatterns", true},
-    {"Retrieve", false},
-    {"GetFitStatus", false},
-    {"WatchFit", false},
-    {"StartFit", true},
-    {"CancelFit", true},
-    {"StartCalibration", true},
-    {"GetCalibrationStatus", false},
-    {"WatchCalibration", false},
-    {"CancelCalibration", true},
-};
-
-// The size limit's refusal: how big, the limit, and what to do.
-absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
-                      absl::string_view advice) {
-  return absl::ResourceExhaustedError(
-      absl::StrCat(what, " is ", bytes, " bytes, over the limit of ", limit,
-                   " bytes (--max_message_mb=", limit >> 20, "); ", advice));
-}
-
 }  // namespace
 
-std::optional<bool> MethodWrites(absl::string_view method) {
-  for (const Method& m : kMethods) {
-    if (m.name == method) return m.writes;
-  }
-  return std::nullopt;
-}
-
-class EngramService::Call {
- public:
-  static constexpr size_t kMaxMessage = 4096;
-
-  Call(EngramService* service, const char* method, absl::string_view store)
-      : service_(service),
-        method_(method),
-        store_(Clip(store)),
-        start_(absl::Now()) {}
-
-  // Checks the caller's token against the method's kind (an unknown method
-  // counts as a write) and the request's size (null for a stream, whose
-  // messages are checked as they come); false means the call must end with
-  // Refused().
-  bool Admit(const grpc::ServerContext& context,
-             const google::protobuf::Message* request) {
-    refused_ = service_->options_.auth.Check(
-        context, MethodWrites(method_).value_or(true));
-    if (refused_.ok() && request != nullptr &&
-        request->ByteSizeLong() > service_->options_.max_message_bytes) {
-      refused_ = TooLarge("the request", request->ByteSizeLong(),
-                          service_->options_.max_message_bytes,
-                          "split it into smaller requests");
-    }
-    return refused_.ok();
-  }
-  grpc::Status Refused() { return Done(refused_); }
-
-  grpc::Status Done(const absl::Status& status) {
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
-    const char* code = CodeName(status.code());
-    service_->metrics_->RecordRequest(method_, code, seconds);
-    Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo,
-        "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_, code,
-        seconds * 1e3,
-        status.ok() ? "" : " message=", std::string(status.message()));
-    // A status travels in a header of bounded size: every echoed value is
-    // clipped where it is written, and the whole message here.
-    if (status.message().size() > kMaxMessage) {
-      return ToGrpc(
-          absl::Status(status.code(), Clip(status.message(), kMaxMessage)));
-    }
-    return ToGrpc(status);
-  }
-
- private:
-  EngramService* const service_;
-  const char* const method_;
-  const std::string store_;
-  const absl::Time start_;
-  absl::Status refused_;
-};
-
 EngramService::EngramService(store::StoreRegistry* registry,
-                             jobs::JobRunner* jobs, metrics::Metrics* metrics,
+                             jobs::JobRunner* jobs, const CallPolicy* policy,
                              ServiceOptions options)
     : registry_(registry),
       jobs_(jobs),
+      policy_(policy),
       options_(std::move(options)),
-      metrics_(metrics) {}
+      metrics_(policy->metrics) {}
 
 void EngramService::CountPatterns(const store::Store& store) {
   std::shared_ptr<const store::StoreView> view = store.view();
@@ -181,7 +65,7 @@ void EngramService::Added(const store::Store& store, size_t count) {
 grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
                                         const v1::CreateStoreRequest* request,
                                         v1::Store* response) {
-  Call call(this, "CreateStore", request->store().name());
+  Call call(policy_, "CreateStore", request->store().name());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<store::StoreSettings> settings =
       store::SettingsFromProto(request->store(), /*fill_defaults=*/true);
@@ -200,7 +84,7 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
 grpc::Status EngramService::GetStore(grpc::ServerContext* context,
                                      const v1::GetStoreRequest* request,
                                      v1::Store* response) {
-  Call call(this, "GetStore", request->name());
+  Call call(policy_, "GetStore", request->name());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->name());
@@ -222,7 +106,7 @@ grpc::Status EngramService::GetStore(grpc::ServerContext* context,
 grpc::Status EngramService::ListStores(grpc::ServerContext* context,
                                        const v1::ListStoresRequest* request,
                                        v1::ListStoresResponse* response) {
-  Call call(this, "ListStores", "");
+  Call call(policy_, "ListStores", "");
   if (!call.Admit(*context, request)) return call.Refused();
   std::string after;
   if (!request->page_token().empty()) {
@@ -248,7 +132,7 @@ grpc::Status EngramService::ListStores(grpc::ServerContext* context,
 grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
                                         const v1::UpdateStoreRequest* request,
                                         v1::Store* response) {
-  Call call(this, "UpdateStore", request->store().name());
+  Call call(policy_, "UpdateStore", request->store().name());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store().name());
@@ -266,7 +150,7 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
 grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
                                         const v1::DeleteStoreRequest* request,
                                         v1::DeleteStoreResponse*) {
-  Call call(this, "DeleteStore", request->name());
+  Call call(policy_, "DeleteStore", request->name());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::Status status = registry_->Delete(request->name());
   if (status.ok()) {
@@ -280,7 +164,7 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
 grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
                                         const v1::AddPatternsRequest* request,
                                         v1::AddPatternsResponse* response) {
-  Call call(this, "AddPatterns", request->store());
+  Call call(policy_, "AddPatterns", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
@@ -301,7 +185,7 @@ grpc::Status EngramService::ImportPatterns(
     grpc::ServerContext* context,
     grpc::ServerReader<v1::ImportPatternsRequest>* reader,
     v1::ImportPatternsResponse* response) {
-  Call call(this, "ImportPatterns", "");
+  Call call(policy_, "ImportPatterns", "");
   if (!call.Admit(*context, nullptr)) return call.Refused();
   v1::ImportPatternsRequest message;
   std::shared_ptr<store::Store> target;
@@ -309,10 +193,10 @@ grpc::Status EngramService::ImportPatterns(
   std::vector<store::Pattern> patterns;
   while (reader->Read(&message)) {
     const uint64_t index = messages++;
-    if (message.ByteSizeLong() > options_.max_message_bytes) {
+    if (message.ByteSizeLong() > policy_->max_message_bytes) {
       return call.Done(TooLarge(
           absl::StrCat("message ", index), message.ByteSizeLong(),
-          options_.max_message_bytes,
+          policy_->max_message_bytes,
           absl::StrCat("send fewer patterns per message; ", added,
                        " patterns of earlier messages were committed")));
     }
@@ -365,7 +249,7 @@ grpc::Status EngramService::ImportPatterns(
 grpc::Status EngramService::GetPattern(grpc::ServerContext* context,
                                        const v1::GetPatternRequest* request,
                                        v1::Pattern* response) {
-  Call call(this, "GetPattern", request->store());
+  Call call(policy_, "GetPattern", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
@@ -379,7 +263,7 @@ grpc::Status EngramService::GetPattern(grpc::ServerContext* context,
 grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
                                          const v1::ListPatternsRequest* request,
                                          v1::ListPatternsResponse* response) {
-  Call call(this, "ListPatterns", request->store());
+  Call call(policy_, "ListPatterns", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
@@ -402,7 +286,7 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
       view->max_label_bytes() +
       limits.max_metadata_entries * (2 * limits.max_metadata_bytes + 8);
   const size_t fits =
-      std::max<size_t>(1, (options_.max_message_bytes - 64) / per_pattern);
+      std::max<size_t>(1, (policy_->max_message_bytes - 64) / per_pattern);
   store::Store::Page page =
       (*found)->List(after, std::min(PageSize(request->page_size()), fits),
                      !request->omit_values());
@@ -420,7 +304,7 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
 grpc::Status EngramService::DeletePatterns(
     grpc::ServerContext* context, const v1::DeletePatternsRequest* request,
     v1::DeletePatternsResponse* response) {
-  Call call(this, "DeletePatterns", request->store());
+  Call call(policy_, "DeletePatterns", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
@@ -436,7 +320,7 @@ grpc::Status EngramService::DeletePatterns(
 grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
                                      const v1::RetrieveRequest* request,
                                      v1::RetrieveResponse* response) {
-  Call call(this, "Retrieve", request->store());
+  Call call(policy_, "Retrieve", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
@@ -476,13 +360,13 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
       std::min({top_k, view->size(), registry_->limits().max_top_k}) *
           (32 + view->max_label_bytes());
   const size_t answer = 64 + query.num_queries * per_query;
-  if (answer > options_.max_message_bytes) {
+  if (answer > policy_->max_message_bytes) {
     return call.Done(TooLarge(
         absl::StrCat("the answer to ", query.num_queries, " queries"), answer,
-        options_.max_message_bytes,
+        policy_->max_message_bytes,
         absl::StrCat(
             "send at most ",
-            std::max<size_t>(1, (options_.max_message_bytes - 64) / per_query),
+            std::max<size_t>(1, (policy_->max_message_bytes - 64) / per_query),
             " queries per request, or fewer top_k, or set "
             "omit_vectors")));
   }
@@ -589,7 +473,7 @@ absl::Status EngramService::Reply(const std::string& store, absl::Status done,
 grpc::Status EngramService::GetFitStatus(grpc::ServerContext* context,
                                          const v1::GetFitStatusRequest* request,
                                          v1::FitStatus* response) {
-  Call call(this, "GetFitStatus", request->store());
+  Call call(policy_, "GetFitStatus", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Reply(request->store(), absl::OkStatus(), response));
 }
@@ -597,7 +481,7 @@ grpc::Status EngramService::GetFitStatus(grpc::ServerContext* context,
 grpc::Status EngramService::WatchFit(
     grpc::ServerContext* context, const v1::WatchFitRequest* request,
     grpc::ServerWriter<v1::FitStatus>* writer) {
-  Call call(this, "WatchFit", request->store());
+  Call call(policy_, "WatchFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Watch(context, request->store(), writer));
 }
@@ -605,7 +489,7 @@ grpc::Status EngramService::WatchFit(
 grpc::Status EngramService::StartFit(grpc::ServerContext* context,
                                      const v1::StartFitRequest* request,
                                      v1::FitStatus* response) {
-  Call call(this, "StartFit", request->store());
+  Call call(policy_, "StartFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Reply(request->store(),
                          jobs_->Start(jobs::JobKind::kFit, request->store()),
@@ -615,7 +499,7 @@ grpc::Status EngramService::StartFit(grpc::ServerContext* context,
 grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
                                       const v1::CancelFitRequest* request,
                                       v1::FitStatus* response) {
-  Call call(this, "CancelFit", request->store());
+  Call call(policy_, "CancelFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Reply(request->store(),
                          jobs_->Cancel(jobs::JobKind::kFit, request->store()),
@@ -625,7 +509,7 @@ grpc::Status EngramService::CancelFit(grpc::ServerContext* context,
 grpc::Status EngramService::StartCalibration(
     grpc::ServerContext* context, const v1::StartCalibrationRequest* request,
     v1::CalibrationStatus* response) {
-  Call call(this, "StartCalibration", request->store());
+  Call call(policy_, "StartCalibration", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   std::optional<bool> apply;
   if (request->has_apply()) apply = request->apply();
@@ -639,7 +523,7 @@ grpc::Status EngramService::GetCalibrationStatus(
     grpc::ServerContext* context,
     const v1::GetCalibrationStatusRequest* request,
     v1::CalibrationStatus* response) {
-  Call call(this, "GetCalibrationStatus", request->store());
+  Call call(policy_, "GetCalibrationStatus", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Reply(request->store(), absl::OkStatus(), response));
 }
@@ -647,7 +531,7 @@ grpc::Status EngramService::GetCalibrationStatus(
 grpc::Status EngramService::WatchCalibration(
     grpc::ServerContext* context, const v1::WatchCalibrationRequest* request,
     grpc::ServerWriter<v1::CalibrationStatus>* writer) {
-  Call call(this, "WatchCalibration", request->store());
+  Call call(policy_, "WatchCalibration", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Watch(context, request->store(), writer));
 }
@@ -655,7 +539,7 @@ grpc::Status EngramService::WatchCalibration(
 grpc::Status EngramService::CancelCalibration(
     grpc::ServerContext* context, const v1::CancelCalibrationRequest* request,
     v1::CalibrationStatus* response) {
-  Call call(this, "CancelCalibration", request->store());
+  Call call(policy_, "CancelCalibration", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(Reply(
       request->store(),

@@ -13,6 +13,7 @@
 #include "server/jobs/job_runner.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
+#include "server/rpc/call.h"
 #include "server/rpc/page_token.h"
 #include "server/store/registry.h"
 
@@ -20,20 +21,14 @@ namespace engram::rpc {
 
 struct ServiceOptions {
   int retrieval_threads = 1;
-  // The largest request or response message (--max_message_mb).
-  size_t max_message_bytes = 256 << 20;
-  TokenAuthorizer auth;
 };
-
-// Whether an RPC of engram.v1.Engram changes data (needs a write token);
-// nullopt for a name that is not one of its methods.
-std::optional<bool> MethodWrites(absl::string_view method);
 
 class EngramService final : public v1::Engram::Service {
  public:
-  // All borrowed; they must outlive the service.
+  // All borrowed; they must outlive the service. The policy's metrics
+  // must be set.
   EngramService(store::StoreRegistry* registry, jobs::JobRunner* jobs,
-                metrics::Metrics* metrics, ServiceOptions options);
+                const CallPolicy* policy, ServiceOptions options);
 
   grpc::Status CreateStore(grpc::ServerContext* context,
                            const v1::CreateStoreRequest* request,
@@ -96,10 +91,6 @@ class EngramService final : public v1::Engram::Service {
                                  v1::CalibrationStatus* response) override;
 
  private:
-  // Admits (token, request size), times, counts and logs one call; Done()
-  // converts its status.
-  class Call;
-
   void CountPatterns(const store::Store& store);
   // The store's settings and statistics with its fit status.
   void StoreToProto(const store::Store& store, v1::Store& out);
@@ -117,6 +108,7 @@ class EngramService final : public v1::Engram::Service {
 
   store::StoreRegistry* const registry_;
   jobs::JobRunner* const jobs_;
+  const CallPolicy* const policy_;
   const ServiceOptions options_;
   const PageTokens tokens_;
   metrics::Metrics* const metrics_;

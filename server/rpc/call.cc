@@ -1,0 +1,120 @@
+#include "server/rpc/call.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/base/clip.h"
+#include "server/base/log.h"
+#include "server/rpc/convert.h"
+
+namespace engram::rpc {
+
+namespace {
+
+const char* CodeName(absl::StatusCode code) {
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
+  const int index = static_cast<int>(code);
+  return index >= 0 && index <= 16 ? kNames[index] : "UNKNOWN";
+}
+
+// The method table: which RPCs change data. One place, checked against the
+// service descriptor by a test.
+struct Method {
+  absl::string_view name;
+  bool writes;
+};
+constexpr Method kMethods[] = {
+    {"CreateStore", true},
+    {"GetStore", false},
+    {"ListStores", false},
+    {"UpdateStore", true},
+    {"DeleteStore", true},
+    {"AddPatterns", true},
+    {"ImportPatterns", true},
+    {"GetPattern", false},
+    {"ListPatterns", false},
+    {"DeletePatterns", true},
+    {"Retrieve", false},
+    {"GetFitStatus", false},
+    {"WatchFit", false},
+    {"StartFit", true},
+    {"CancelFit", true},
+    {"StartCalibration", true},
+    {"GetCalibrationStatus", false},
+    {"WatchCalibration", false},
+    {"CancelCalibration", true},
+    // engram.cluster.v1.Shard: what routers ask of shards.
+    {"Describe", false},
+    {"PartialStep", false},
+    {"GetValues", false},
+};
+
+}  // namespace
+
+// The size limit's refusal: how big, the limit, and what to do.
+absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
+                      absl::string_view advice) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat(what, " is ", bytes, " bytes, over the limit of ", limit,
+                   " bytes (--max_message_mb=", limit >> 20, "); ", advice));
+}
+
+
+std::optional<bool> MethodWrites(absl::string_view method) {
+  for (const Method& m : kMethods) {
+    if (m.name == method) return m.writes;
+  }
+  return std::nullopt;
+}
+
+Call::Call(const CallPolicy* policy, const char* method,
+           absl::string_view store)
+    : policy_(policy), method_(method), store_(Clip(store)), start_(absl::Now()) {}
+
+bool Call::Admit(const grpc::ServerContext& context,
+                 const google::protobuf::Message* request) {
+  refused_ = policy_->auth.Check(context, MethodWrites(method_).value_or(true));
+  if (refused_.ok() && request != nullptr &&
+      request->ByteSizeLong() > policy_->max_message_bytes) {
+    refused_ = TooLarge("the request", request->ByteSizeLong(),
+                        policy_->max_message_bytes,
+                        "split it into smaller requests");
+  }
+  return refused_.ok();
+}
+
+grpc::Status Call::Done(const absl::Status& status) {
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
+  const char* code = CodeName(status.code());
+  if (policy_->metrics != nullptr) {
+    policy_->metrics->RecordRequest(method_, code, seconds);
+  }
+  Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo,
+      "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_, code,
+      seconds * 1e3, status.ok() ? "" : " message=",
+      std::string(status.message()));
+  // A status travels in a header of bounded size: every echoed value is
+  // clipped where it is written, and the whole message here.
+  if (status.message().size() > kMaxMessage) {
+    return ToGrpc(
+        absl::Status(status.code(), Clip(status.message(), kMaxMessage)));
+  }
+  return ToGrpc(status);
+}
+
+}  // namespace engram::rpc

@@ -1,0 +1,78 @@
+// The policy every RPC of engramd's services goes through, in one place:
+// the method table (which methods change data), the bearer token for that
+// kind, the request size limit, and on return the metrics, the log line and
+// a bounded status message.
+//
+//   grpc::Status Service::GetStore(grpc::ServerContext* context,
+//                                  const v1::GetStoreRequest* request,
+//                                  v1::Store* response) {
+//     Call call(&policy_, "GetStore", request->name());
+//     if (!call.Admit(*context, request)) return call.Refused();
+//     ...
+//     return call.Done(status);
+//   }
+//
+// Thread-safe: a CallPolicy is read-only once built; a Call belongs to one
+// handler.
+#ifndef ENGRAM_SERVER_RPC_CALL_H_
+#define ENGRAM_SERVER_RPC_CALL_H_
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "google/protobuf/message.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/status.h"
+#include "server/metrics/metrics.h"
+#include "server/rpc/auth.h"
+
+namespace engram::rpc {
+
+struct CallPolicy {
+  TokenAuthorizer auth;
+  // The largest request or response message (--max_message_mb).
+  size_t max_message_bytes = 256 << 20;
+  metrics::Metrics* metrics = nullptr;  // Borrowed; must outlive the calls.
+};
+
+// Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
+// data (needs a write token); nullopt for a name that is not a method.
+std::optional<bool> MethodWrites(absl::string_view method);
+
+// The refusal of an oversize message: how big, the limit, what to do.
+absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
+                      absl::string_view advice);
+
+class Call {
+ public:
+  // Longest status message sent back; longer ones are clipped.
+  static constexpr size_t kMaxMessage = 4096;
+
+  Call(const CallPolicy* policy, const char* method, absl::string_view store);
+
+  // Checks the caller's token against the method's kind (an unknown method
+  // counts as a write) and the request's size (null for a stream, whose
+  // messages are checked as they come); false means the call must end with
+  // Refused().
+  bool Admit(const grpc::ServerContext& context,
+             const google::protobuf::Message* request);
+  grpc::Status Refused() { return Done(refused_); }
+
+  // Records and logs the call's end; returns the status to send.
+  grpc::Status Done(const absl::Status& status);
+
+ private:
+  const CallPolicy* const policy_;
+  const char* const method_;
+  const std::string store_;
+  const absl::Time start_;
+  absl::Status refused_;
+};
+
+}  // namespace engram::rpc
+
+#endif  // ENGRAM_SERVER_RPC_CALL_H_
