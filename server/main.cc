@@ -1,6 +1,9 @@
 // engramd: the engram server. Flags become an EngramdOptions; the wiring is
 // server/app/engramd.cc.
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -9,6 +12,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/app/engramd.h"
 #include "server/app/shutdown_signal.h"
@@ -99,6 +104,29 @@ ABSL_FLAG(uint64_t, max_low_rank_values, kLimits.max_low_rank_values,
           "Most doubles one store's low-rank sums may hold (rank x (dimension "
           "+ 1)); the store keeps the largest even Taylor degree that fits, "
           "none if degree 2 does not (docs/low-rank.md).");
+ABSL_FLAG(std::string, role, "standalone",
+          "standalone (serves its own stores), shard (holds one group's part "
+          "of a cluster's stores) or router (holds none; serves the API over "
+          "--shards). docs/scale-out.md.");
+ABSL_FLAG(std::string, cluster, "engram",
+          "shard, router: the cluster's name; a router refuses shards of "
+          "another.");
+ABSL_FLAG(uint32_t, shard_group, 0, "shard: its group, 0 .. shard_groups-1.");
+ABSL_FLAG(uint32_t, shard_groups, 1, "shard: the number of groups.");
+ABSL_FLAG(std::string, shards, "",
+          "router: the shards, groups separated by ';', replicas by ',' "
+          "(host:port,host:port;host:port,host:port).");
+ABSL_FLAG(std::string, topology_file, "",
+          "router: a file with one group per line (replicas separated by "
+          "',' or spaces; '#' comments), instead of --shards.");
+ABSL_FLAG(std::string, shard_tls_ca, "",
+          "router: PEM CA of the shards' certificates (TLS to the shards).");
+ABSL_FLAG(std::string, shard_tls_cert, "",
+          "router: PEM certificate for mutual TLS with the shards.");
+ABSL_FLAG(std::string, shard_tls_key, "",
+          "router: PEM key of --shard_tls_cert.");
+ABSL_FLAG(std::string, shard_token_file, "",
+          "router: a file holding the bearer token to send the shards.");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "Seconds in-flight RPCs get to finish after SIGTERM.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
@@ -112,6 +140,81 @@ int LogLevelFromName(const std::string& name) {
   if (name == "warning") return static_cast<int>(LogLevel::kWarning);
   if (name == "error") return static_cast<int>(LogLevel::kError);
   return static_cast<int>(LogLevel::kInfo);
+}
+
+// The text of a file a flag names; the process exits naming the flag if it
+// cannot be read.
+std::string ReadFlagFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "engramd: --%s=%s: cannot read the file\n", flag,
+                 path.c_str());
+    std::exit(1);
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+[[noreturn]] void FailOnFlag(const std::string& message) {
+  std::fprintf(stderr, "engramd: %s\n", message.c_str());
+  std::exit(1);
+}
+
+// --role and what it needs.
+void ClusterFromFlags(engram::app::EngramdOptions& o) {
+  using engram::app::Role;
+  const std::string role = absl::GetFlag(FLAGS_role);
+  if (role == "standalone") {
+    o.role = Role::kStandalone;
+  } else if (role == "shard") {
+    o.role = Role::kShard;
+  } else if (role == "router") {
+    o.role = Role::kRouter;
+  } else {
+    FailOnFlag("--role=" + role + " is not one of standalone, shard, router");
+  }
+  o.cluster.cluster = absl::GetFlag(FLAGS_cluster);
+  o.cluster.pool.cluster = o.cluster.cluster;
+  if (o.role == Role::kShard) {
+    const uint32_t group = absl::GetFlag(FLAGS_shard_group);
+    const uint32_t groups = absl::GetFlag(FLAGS_shard_groups);
+    if (groups < 1 || groups > engram::store::kMaxGroups || group >= groups) {
+      FailOnFlag(absl::StrCat(
+          "--shard_group=", group, " --shard_groups=", groups,
+          ": need 0 <= group < groups <= ", engram::store::kMaxGroups));
+    }
+    o.limits.placement = {group, groups};
+  }
+  if (o.role != Role::kRouter) return;
+  const std::string file = absl::GetFlag(FLAGS_topology_file);
+  const std::string shards = absl::GetFlag(FLAGS_shards);
+  if (file.empty() == shards.empty()) {
+    FailOnFlag("--role=router needs --shards or --topology_file (one)");
+  }
+  absl::StatusOr<engram::cluster::Topology> topology =
+      file.empty()
+          ? engram::cluster::ParseTopology(shards, "--shards")
+          : engram::cluster::ParseTopology(ReadFlagFile(file, "topology_file"),
+                                           "--topology_file=" + file);
+  if (!topology.ok()) FailOnFlag(std::string(topology.status().message()));
+  o.cluster.topology = *std::move(topology);
+  engram::cluster::ShardPoolOptions& pool = o.cluster.pool;
+  if (!absl::GetFlag(FLAGS_shard_tls_ca).empty()) {
+    pool.tls_ca =
+        ReadFlagFile(absl::GetFlag(FLAGS_shard_tls_ca), "shard_tls_ca");
+  }
+  if (!absl::GetFlag(FLAGS_shard_tls_cert).empty()) {
+    pool.tls_cert =
+        ReadFlagFile(absl::GetFlag(FLAGS_shard_tls_cert), "shard_tls_cert");
+    pool.tls_key =
+        ReadFlagFile(absl::GetFlag(FLAGS_shard_tls_key), "shard_tls_key");
+  }
+  if (!absl::GetFlag(FLAGS_shard_token_file).empty()) {
+    pool.token = std::string(absl::StripAsciiWhitespace(ReadFlagFile(
+        absl::GetFlag(FLAGS_shard_token_file), "shard_token_file")));
+  }
+  pool.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
 }
 
 engram::app::EngramdOptions OptionsFromFlags() {
@@ -156,6 +259,7 @@ engram::app::EngramdOptions OptionsFromFlags() {
                             : cores;
   o.job_workers = std::max(1, absl::GetFlag(FLAGS_fit_workers));
   o.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
+  ClusterFromFlags(o);
   return o;
 }
 

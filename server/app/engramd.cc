@@ -3,7 +3,9 @@
 #include <filesystem>
 #include <memory>
 #include <system_error>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -11,6 +13,8 @@
 #include "server/app/shutdown_signal.h"
 #include "server/app/timed_storage.h"
 #include "server/base/log.h"
+#include "server/cluster/router.h"
+#include "server/cluster/shard_service.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
 #include "server/jobs/job_runner.h"
@@ -79,10 +83,96 @@ void LogConfiguration(const EngramdOptions& o, int port,
       l.max_calibration_work);
 }
 
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kShard:
+      return "shard";
+    case Role::kRouter:
+      return "router";
+    default:
+      return "standalone";
+  }
+}
+
+// A router: no storage, the API over its shards. Ready while every shard
+// group has a ready replica.
+int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
+              int metrics_port) {
+  absl::StatusOr<std::unique_ptr<cluster::ShardPool>> pool =
+      cluster::ShardPool::Create(o.cluster.topology, o.cluster.pool);
+  if (!pool.ok()) {
+    Log(LogLevel::kError, "%s", pool.status().ToString());
+    return 1;
+  }
+  cluster::RouterOptions router;
+  router.limits = o.limits;
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
+      o.server, &metrics, [&](const rpc::CallPolicy* policy) {
+        std::vector<std::unique_ptr<grpc::Service>> services;
+        services.push_back(
+            std::make_unique<cluster::Router>(pool->get(), policy, router));
+        return services;
+      });
+  if (!server.ok()) {
+    Log(LogLevel::kError, "%s", server.status().ToString());
+    return 1;
+  }
+  Log(LogLevel::kInfo,
+      "engramd %s router listening on %s (port %d, %s); metrics on %s; "
+      "cluster '%s': %zu shard groups of %zu replicas",
+      ENGRAM_VERSION, o.server.listen, (*server)->port(),
+      o.server.tls_cert.empty() ? "plaintext" : "TLS",
+      BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
+      o.cluster.topology.groups.size(), o.cluster.topology.replicas());
+  absl::Mutex mu;
+  bool stopping = false;
+  std::thread readiness([&] {
+    std::string last = "-";
+    absl::MutexLock lock(&mu);
+    while (!stopping) {
+      mu.Unlock();
+      const absl::Status ready = (*pool)->Ready();
+      (*server)->SetReady(ready.ok());
+      const std::string now = ready.ok() ? "" : std::string(ready.message());
+      if (now != last) {
+        if (ready.ok()) {
+          Log(LogLevel::kInfo, "every shard group has a ready replica; ready");
+        } else {
+          Log(LogLevel::kWarning, "not ready: %s", now);
+        }
+        last = now;
+      }
+      mu.Lock();
+      mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(250));
+    }
+  });
+  const int signal = WaitForShutdownSignal();
+  Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
+      absl::ToDoubleSeconds(o.shutdown_grace));
+  {
+    absl::MutexLock lock(&mu);
+    stopping = true;
+  }
+  readiness.join();
+  (*server)->Shutdown(o.shutdown_grace);
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
 }  // namespace
 
 int RunEngramd(EngramdOptions o) {
   core::blas::SetThreads(o.blas_threads);
+  if (o.role == Role::kRouter) {
+    o.metrics.version = ENGRAM_VERSION;
+    absl::StatusOr<metrics::PrometheusExport> exported =
+        metrics::StartPrometheusMetrics(o.metrics);
+    if (!exported.ok()) {
+      Log(LogLevel::kError, "%s", exported.status().ToString());
+      return 1;
+    }
+    return RunRouter(o, *exported->metrics, exported->port);
+  }
   std::error_code error;
   std::filesystem::create_directories(o.data_dir, error);
   if (error) {
@@ -127,15 +217,35 @@ int RunEngramd(EngramdOptions o) {
 
   // Live (health "") from here on; ready once the stores are loaded.
   o.server.retrieval_threads = o.retrieval_threads;
-  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start(o.server, &registry, jobs.get(), &metrics);
+  rpc::ServiceOptions service;
+  service.retrieval_threads = o.retrieval_threads;
+  cluster::ShardOptions shard;
+  shard.cluster = o.cluster.cluster;
+  shard.placement = o.limits.placement;
+  shard.retrieval_threads = o.retrieval_threads;
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
+      o.server, &metrics, [&](const rpc::CallPolicy* policy) {
+        std::vector<std::unique_ptr<grpc::Service>> services;
+        services.push_back(std::make_unique<rpc::EngramService>(
+            &registry, jobs.get(), policy, service));
+        if (o.role == Role::kShard) {
+          services.push_back(std::make_unique<cluster::ShardService>(
+              &registry, policy, shard));
+        }
+        return services;
+      });
   if (!server.ok()) {
     Log(LogLevel::kError, "%s", server.status().ToString());
     return 1;
   }
   Log(LogLevel::kInfo,
-      "engramd %s live on %s (port %d); loading stores from %s", ENGRAM_VERSION,
-      o.server.listen, (*server)->port(), o.storage.path);
+      "engramd %s (%s) live on %s (port %d); loading stores from %s",
+      ENGRAM_VERSION, RoleName(o.role), o.server.listen, (*server)->port(),
+      o.storage.path);
+  if (o.role == Role::kShard) {
+    Log(LogLevel::kInfo, "shard group %u of %u of cluster '%s'",
+        o.limits.placement.group, o.limits.placement.groups, o.cluster.cluster);
+  }
   if (absl::Status status = LoadStores(registry, metrics); !status.ok()) {
     Log(LogLevel::kError, "loading stores: %s", status.ToString());
     return 1;

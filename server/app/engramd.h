@@ -12,6 +12,8 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "server/cluster/shard_pool.h"
+#include "server/cluster/topology.h"
 #include "server/metrics/prometheus_metrics.h"
 #include "server/rpc/server.h"
 #include "server/store/rocksdb_storage.h"
@@ -19,7 +21,22 @@
 
 namespace engram::app {
 
+// What one engramd process is (docs/scale-out.md): a server of its own
+// stores (the default), a shard of a cluster's stores, or a router that
+// holds none and spreads them over shards.
+enum class Role { kStandalone, kShard, kRouter };
+
+struct ClusterOptions {
+  std::string cluster = "engram";  // --cluster: shards and routers agree.
+  // A router's shards (--shards or --topology_file, parsed), and how it
+  // reaches them.
+  cluster::Topology topology;
+  cluster::ShardPoolOptions pool;
+};
+
 struct EngramdOptions {
+  Role role = Role::kStandalone;
+  ClusterOptions cluster;  // limits.placement is a shard's group.
   std::string data_dir = "./engram-data";
   store::RocksDbOptions storage;  // path: data_dir/db unless set.
   store::Limits limits;

@@ -7,8 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
-#include "server/core/internal/step_loop.h"
 #include "server/core/internal/top_k.h"
+#include "server/core/step_loop.h"
 
 namespace engram::core {
 
@@ -443,12 +443,12 @@ absl::StatusOr<RetrievalOutput> RetrieveLowRank(
     return s;
   }
   LowRankStep step(sums, memories, params, degree, num_queries, options);
-  absl::StatusOr<RetrievalOutput> out = internal::RunSteps(
-      queries, num_queries, sums.dim(), params.steps, params.eps,
-      [&](absl::Span<const size_t> ids, const float* x, float* next,
-          double* energies, std::vector<Match>* matches) {
-        return step(ids, x, next, energies, matches);
-      });
+  absl::StatusOr<RetrievalOutput> out =
+      RunSteps(queries, num_queries, sums.dim(), params.steps, params.eps,
+               [&](absl::Span<const size_t> ids, const float* x, float* next,
+                   double* energies, std::vector<Match>* matches) {
+                 return step(ids, x, next, energies, matches);
+               });
   if (!out.ok() || params.top_k == 0) return out;
   if (absl::Status s =
           AddMatches(memories, params, degree, step, options, *out);

@@ -55,7 +55,8 @@ struct PartialRow {
 inline constexpr size_t kCandidateValues = 16;
 
 // The partial rows of `count` states (row-major, count * memories.dim) over
-// all of `memories`; ids[i] names memory i. Requires at least one memory.
+// all of `memories`; ids[i] names memory i (empty: memories are named by
+// their index). Requires at least one memory.
 absl::StatusOr<std::vector<PartialRow>> PartialStep(
     const MemorySet& memories, absl::Span<const uint64_t> ids,
     const float* states, size_t count, const RetrievalParams& params,

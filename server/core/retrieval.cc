@@ -8,10 +8,10 @@
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
 #include "server/core/internal/parallel.h"
-#include "server/core/internal/step_loop.h"
 #include "server/core/internal/top_k.h"
 #include "server/core/internal/vector_loops.h"
 #include "server/core/partial.h"
+#include "server/core/step_loop.h"
 
 namespace engram::core {
 
@@ -620,7 +620,7 @@ absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
   }
   Workspace& ws = ThreadWorkspace();
   StepQueries q;
-  absl::StatusOr<RetrievalOutput> out = internal::RunSteps(
+  absl::StatusOr<RetrievalOutput> out = RunSteps(
       queries, num_queries, memories.dim, params.steps, params.eps,
       [&](absl::Span<const size_t> ids, const float* states, float* next,
           double* energies, std::vector<Match>* matches) -> absl::Status {
@@ -647,7 +647,7 @@ absl::StatusOr<std::vector<PartialRow>> PartialStep(
   if (absl::Status status = Validate(memories, params); !status.ok()) {
     return status;
   }
-  if (ids.size() != memories.size()) {
+  if (!ids.empty() && ids.size() != memories.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat(ids.size(), " ids for ", memories.size(), " memories"));
   }
@@ -672,7 +672,7 @@ absl::StatusOr<std::vector<PartialRow>> PartialStep(
                         ws.outputs.begin() + (i + 1) * d);
     }
     for (const TopK::Entry& e : row.top.Sorted()) {
-      p.top.push_back({e.score, ids[e.index]});
+      p.top.push_back({e.score, ids.empty() ? e.index : ids[e.index]});
     }
     if (softmax) continue;
     const double floor = row.max - SupportMargin(params.separation);
@@ -682,7 +682,8 @@ absl::StatusOr<std::vector<PartialRow>> PartialStep(
     }
     std::sort(kept.begin(), kept.end(), TopK::Better);
     for (size_t c = 0; c < kept.size(); ++c) {
-      p.candidates.push_back({kept[c].score, ids[kept[c].index]});
+      p.candidates.push_back(
+          {kept[c].score, ids.empty() ? kept[c].index : ids[kept[c].index]});
       if (c < kCandidateValues) {
         const float* v = memories.row(kept[c].index);
         p.values.insert(p.values.end(), v, v + d);

@@ -1,10 +1,10 @@
-#include "server/core/internal/step_loop.h"
+#include "server/core/step_loop.h"
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
-namespace engram::core::internal {
+namespace engram::core {
 
 absl::StatusOr<RetrievalOutput> RunSteps(const float* queries,
                                          size_t num_queries, size_t d,
@@ -62,4 +62,4 @@ absl::StatusOr<RetrievalOutput> RunSteps(const float* queries,
   return out;
 }
 
-}  // namespace engram::core::internal
+}  // namespace engram::core

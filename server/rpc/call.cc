@@ -1,5 +1,7 @@
 #include "server/rpc/call.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/base/clip.h"
@@ -74,7 +76,6 @@ absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
                    " bytes (--max_message_mb=", limit >> 20, "); ", advice));
 }
 
-
 std::optional<bool> MethodWrites(absl::string_view method) {
   for (const Method& m : kMethods) {
     if (m.name == method) return m.writes;
@@ -84,16 +85,19 @@ std::optional<bool> MethodWrites(absl::string_view method) {
 
 Call::Call(const CallPolicy* policy, const char* method,
            absl::string_view store)
-    : policy_(policy), method_(method), store_(Clip(store)), start_(absl::Now()) {}
+    : policy_(policy),
+      method_(method),
+      store_(Clip(store)),
+      start_(absl::Now()) {}
 
 bool Call::Admit(const grpc::ServerContext& context,
                  const google::protobuf::Message* request) {
   refused_ = policy_->auth.Check(context, MethodWrites(method_).value_or(true));
   if (refused_.ok() && request != nullptr &&
       request->ByteSizeLong() > policy_->max_message_bytes) {
-    refused_ = TooLarge("the request", request->ByteSizeLong(),
-                        policy_->max_message_bytes,
-                        "split it into smaller requests");
+    refused_ =
+        TooLarge("the request", request->ByteSizeLong(),
+                 policy_->max_message_bytes, "split it into smaller requests");
   }
   return refused_.ok();
 }
@@ -106,8 +110,8 @@ grpc::Status Call::Done(const absl::Status& status) {
   }
   Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo,
       "rpc %s store=%s status=%s duration_ms=%.3f%s%s", method_, store_, code,
-      seconds * 1e3, status.ok() ? "" : " message=",
-      std::string(status.message()));
+      seconds * 1e3,
+      status.ok() ? "" : " message=", std::string(status.message()));
   // A status travels in a header of bounded size: every echoed value is
   // clipped where it is written, and the whole message here.
   if (status.message().size() > kMaxMessage) {
@@ -115,6 +119,22 @@ grpc::Status Call::Done(const absl::Status& status) {
         absl::Status(status.code(), Clip(status.message(), kMaxMessage)));
   }
   return ToGrpc(status);
+}
+
+// Stops retrieval between tiles when the client gives up or the deadline
+// passes.
+std::function<absl::Status()> DeadlineCheck(
+    const grpc::ServerContext* context) {
+  return [context]() -> absl::Status {
+    if (context->deadline() <= std::chrono::system_clock::now()) {
+      return absl::DeadlineExceededError(
+          "the deadline passed during retrieval");
+    }
+    if (context->IsCancelled()) {
+      return absl::CancelledError("the client cancelled the call");
+    }
+    return absl::OkStatus();
+  };
 }
 
 }  // namespace engram::rpc

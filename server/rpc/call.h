@@ -18,6 +18,7 @@
 #define ENGRAM_SERVER_RPC_CALL_H_
 
 #include <cstddef>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -46,6 +47,9 @@ std::optional<bool> MethodWrites(absl::string_view method);
 // The refusal of an oversize message: how big, the limit, what to do.
 absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
                       absl::string_view advice);
+
+// Stops work between steps when the client gives up or the deadline passes.
+std::function<absl::Status()> DeadlineCheck(const grpc::ServerContext* context);
 
 class Call {
  public:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -88,6 +89,64 @@ v1::RetrievalPath PathToProto(store::PathChoice path) {
 size_t PageSize(uint32_t requested) {
   if (requested == 0) return 100;
   return std::min<size_t>(requested, 1000);
+}
+
+absl::StatusOr<store::RetrieveRequest> FromProto(
+    const v1::RetrieveRequest& request, size_t dim,
+    std::vector<float>& queries) {
+  queries.clear();
+  queries.reserve(request.queries_size() * dim);
+  for (int i = 0; i < request.queries_size(); ++i) {
+    const auto& values = request.queries(i).values();
+    if (static_cast<size_t>(values.size()) != dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "queries[", i, "].values has ", values.size(), " values; store '",
+          Clip(request.store()), "' has dimension ", dim));
+    }
+    queries.insert(queries.end(), values.begin(), values.end());
+  }
+  store::RetrieveRequest query;
+  query.queries = queries;
+  query.num_queries = request.queries_size();
+  if (request.has_steps()) query.steps = request.steps();
+  if (request.has_beta()) query.beta = request.beta();
+  if (request.has_top_k()) query.top_k = request.top_k();
+  if (request.has_eps()) query.eps = request.eps();
+  if (request.has_tolerance()) query.tolerance = request.tolerance();
+  absl::StatusOr<store::PathChoice> path = PathFromProto(request.path());
+  if (!path.ok()) return path.status();
+  query.path = *path;
+  return query;
+}
+
+void ToProto(const store::RetrieveResult& result, size_t dim, bool omit_vectors,
+             v1::RetrieveResponse& out) {
+  const size_t count = result.energies.size();
+  out.mutable_results()->Reserve(static_cast<int>(count));
+  for (size_t i = 0; i < count; ++i) {
+    v1::QueryResult* r = out.add_results();
+    if (!omit_vectors) {
+      r->mutable_values()->Assign(result.states.begin() + i * dim,
+                                  result.states.begin() + (i + 1) * dim);
+    }
+    for (const store::MatchedPattern& m : result.matches[i]) {
+      v1::Match* match = r->add_matches();
+      match->set_id(m.id);
+      match->set_weight(m.weight);
+      match->set_score(m.score);
+      match->set_label(m.label);
+    }
+    r->set_energy(result.energies[i]);
+    r->set_steps(result.steps[i]);
+    r->set_converged(result.converged[i] != 0);
+  }
+  v1::PathReport* report = out.mutable_path();
+  report->set_path(PathToProto(result.path.path));
+  report->set_degree(result.path.degree);
+  report->set_rank(result.path.rank);
+  report->set_error_bound(result.path.error_bound);
+  report->set_reason(result.path.reason);
+  out.set_store_version(result.store_version);
 }
 
 }  // namespace engram::rpc

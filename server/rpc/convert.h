@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,6 +26,15 @@ grpc::Status ToGrpc(const absl::Status& status);
 void ToProto(const store::StoreView& view, v1::Store& out);
 void ToProto(const store::Pattern& pattern, v1::Pattern& out);
 store::Pattern FromProto(const v1::Pattern& pattern);
+// A Retrieve request for a store of dimension `dim`; its queries are copied
+// into `queries` (which the result points into). INVALID_ARGUMENT names a
+// query of the wrong dimension or an unknown path.
+absl::StatusOr<store::RetrieveRequest> FromProto(
+    const v1::RetrieveRequest& request, size_t dim,
+    std::vector<float>& queries);
+// A Retrieve answer (vectors left out with `omit_vectors`).
+void ToProto(const store::RetrieveResult& result, size_t dim, bool omit_vectors,
+             v1::RetrieveResponse& out);
 absl::StatusOr<store::PathChoice> PathFromProto(v1::RetrievalPath path);
 v1::RetrievalPath PathToProto(store::PathChoice path);
 

@@ -16,24 +16,7 @@
 
 namespace engram::rpc {
 
-namespace {
-
-// Stops retrieval between tiles when the client gives up or the deadline
-// passes.
-std::function<absl::Status()> DeadlineCheck(grpc::ServerContext* context) {
-  return [context]() -> absl::Status {
-    if (context->deadline() <= std::chrono::system_clock::now()) {
-      return absl::DeadlineExceededError(
-          "the deadline passed during retrieval");
-    }
-    if (context->IsCancelled()) {
-      return absl::CancelledError("the client cancelled the call");
-    }
-    return absl::OkStatus();
-  };
-}
-
-}  // namespace
+namespace {}  // namespace
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::JobRunner* jobs, const CallPolicy* policy,
@@ -329,27 +312,10 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
   const size_t d = view->settings().dimension;
 
   std::vector<float> queries;
-  queries.reserve(request->queries_size() * d);
-  for (int i = 0; i < request->queries_size(); ++i) {
-    const auto& values = request->queries(i).values();
-    if (static_cast<size_t>(values.size()) != d) {
-      return call.Done(absl::InvalidArgumentError(absl::StrCat(
-          "queries[", i, "].values has ", values.size(), " values; store '",
-          request->store(), "' has dimension ", d)));
-    }
-    queries.insert(queries.end(), values.begin(), values.end());
-  }
-  store::RetrieveRequest query;
-  query.queries = queries;
-  query.num_queries = request->queries_size();
-  if (request->has_steps()) query.steps = request->steps();
-  if (request->has_beta()) query.beta = request->beta();
-  if (request->has_top_k()) query.top_k = request->top_k();
-  if (request->has_eps()) query.eps = request->eps();
-  if (request->has_tolerance()) query.tolerance = request->tolerance();
-  absl::StatusOr<store::PathChoice> path = PathFromProto(request->path());
-  if (!path.ok()) return call.Done(path.status());
-  query.path = *path;
+  absl::StatusOr<store::RetrieveRequest> converted =
+      FromProto(*request, d, queries);
+  if (!converted.ok()) return call.Done(converted.status());
+  const store::RetrieveRequest& query = *converted;
 
   // Refuse up front an answer that could not be sent: its exact size but
   // for the labels, bounded by the longest label the store ever held.
@@ -378,31 +344,7 @@ grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
       store::Retrieve(*view, query, registry_->limits(), options);
   if (!result.ok()) return call.Done(result.status());
 
-  response->mutable_results()->Reserve(static_cast<int>(query.num_queries));
-  for (size_t i = 0; i < query.num_queries; ++i) {
-    v1::QueryResult* out = response->add_results();
-    if (!request->omit_vectors()) {
-      out->mutable_values()->Assign(result->states.begin() + i * d,
-                                    result->states.begin() + (i + 1) * d);
-    }
-    for (const store::MatchedPattern& m : result->matches[i]) {
-      v1::Match* match = out->add_matches();
-      match->set_id(m.id);
-      match->set_weight(m.weight);
-      match->set_score(m.score);
-      match->set_label(m.label);
-    }
-    out->set_energy(result->energies[i]);
-    out->set_steps(result->steps[i]);
-    out->set_converged(result->converged[i] != 0);
-  }
-  v1::PathReport* report = response->mutable_path();
-  report->set_path(PathToProto(result->path.path));
-  report->set_degree(result->path.degree);
-  report->set_rank(result->path.rank);
-  report->set_error_bound(result->path.error_bound);
-  report->set_reason(result->path.reason);
-  response->set_store_version(result->store_version);
+  ToProto(*result, d, request->omit_vectors(), *response);
   metrics_->RecordRetrieval(
       result->path.path == store::PathChoice::kLowRank ? "low_rank" : "exact",
       query.num_queries, result->path.error_bound);

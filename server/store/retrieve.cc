@@ -12,11 +12,12 @@ namespace engram::store {
 
 namespace {
 
-absl::Status ValidateRequest(const StoreView& view,
+absl::Status ValidateRequest(const StoreSettings& settings,
+                             size_t pattern_count,
                              const RetrieveRequest& request,
                              const Limits& limits) {
-  const size_t d = view.settings().dimension;
-  const std::string& name = view.settings().name;
+  const size_t d = settings.dimension;
+  const std::string& name = settings.name;
   if (request.num_queries == 0) {
     return absl::InvalidArgumentError("queries must not be empty");
   }
@@ -59,7 +60,7 @@ absl::Status ValidateRequest(const StoreView& view,
     return absl::InvalidArgumentError(absl::StrCat(
         "tolerance must be finite and > 0, got ", *request.tolerance));
   }
-  if (view.size() == 0) {
+  if (pattern_count == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("store '", name, "' has no patterns to retrieve from"));
   }
@@ -184,19 +185,30 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
   return report;
 }
 
-absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
-                                        const RetrieveRequest& request,
-                                        const Limits& limits,
-                                        const core::RetrievalOptions& options) {
-  if (absl::Status status = ValidateRequest(view, request, limits);
+absl::StatusOr<core::RetrievalParams> ResolveParams(
+    const StoreSettings& settings, size_t pattern_count,
+    const RetrieveRequest& request, const Limits& limits) {
+  if (absl::Status status =
+          ValidateRequest(settings, pattern_count, request, limits);
       !status.ok()) {
     return status;
   }
-  core::RetrievalParams params = view.settings().retrieval;
+  core::RetrievalParams params = settings.retrieval;
   if (request.steps) params.steps = *request.steps;
   if (request.beta) params.beta = *request.beta;
   if (request.top_k) params.top_k = *request.top_k;
   if (request.eps) params.eps = *request.eps;
+  return params;
+}
+
+absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
+                                        const RetrieveRequest& request,
+                                        const Limits& limits,
+                                        const core::RetrievalOptions& options) {
+  absl::StatusOr<core::RetrievalParams> resolved =
+      ResolveParams(view.settings(), view.size(), request, limits);
+  if (!resolved.ok()) return resolved.status();
+  const core::RetrievalParams& params = *resolved;
 
   const double tolerance = request.tolerance
                                ? *request.tolerance

@@ -69,6 +69,12 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
                                     absl::Span<const double> query_features,
                                     size_t num_queries);
 
+// The request checked against the store and the limits (messages name the
+// field and the limit), and the store's settings with its overrides.
+absl::StatusOr<core::RetrievalParams> ResolveParams(
+    const StoreSettings& settings, size_t pattern_count,
+    const RetrieveRequest& request, const Limits& limits);
+
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,

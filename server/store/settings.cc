@@ -417,6 +417,25 @@ v1::Corruption CorruptionToProto(core::Corruption corruption) {
   return ToProtoEnum(kCorruptions, corruption);
 }
 
+absl::StatusOr<core::Similarity> SimilarityFromProto(int value,
+                                                     absl::string_view field) {
+  core::Similarity out = core::Similarity::kDot;
+  if (absl::Status s = FromProtoEnum(kSimilarities, value, out, field, out);
+      !s.ok()) {
+    return s;
+  }
+  return out;
+}
+absl::StatusOr<core::Separation> SeparationFromProto(int value,
+                                                     absl::string_view field) {
+  core::Separation out = core::Separation::kSoftmax;
+  if (absl::Status s = FromProtoEnum(kSeparations, value, out, field, out);
+      !s.ok()) {
+    return s;
+  }
+  return out;
+}
+
 absl::Span<const char* const> UpdatablePaths() {
   static constexpr const char* kPaths[] = {"retrieval.similarity",
                                            "retrieval.separation",

@@ -131,6 +131,12 @@ void SettingsToProto(const StoreSettings& settings, v1::Store& out);
 v1::Similarity SimilarityToProto(core::Similarity similarity);
 v1::Separation SeparationToProto(core::Separation separation);
 v1::Corruption CorruptionToProto(core::Corruption corruption);
+// And back; UNSPECIFIED is the default (DOT, SOFTMAX); an unknown value is
+// INVALID_ARGUMENT naming `field`.
+absl::StatusOr<core::Similarity> SimilarityFromProto(int value,
+                                                     absl::string_view field);
+absl::StatusOr<core::Separation> SeparationFromProto(int value,
+                                                     absl::string_view field);
 
 // The fields UpdateStore may change, by FieldMask path ("retrieval" names
 // the whole message).

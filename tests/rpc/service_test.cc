@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "client/client.h"
+#include "engram/cluster/v1/shard.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
@@ -193,12 +194,16 @@ TEST_F(ServiceTest, UnknownStoresAreNotFoundEverywhere) {
             grpc::StatusCode::NOT_FOUND);
 }
 
-TEST(MethodTableTest, NamesEveryMethodOfTheService) {
-  const google::protobuf::ServiceDescriptor* service =
-      v1::Store::descriptor()->file()->FindServiceByName("Engram");
-  for (int i = 0; i < service->method_count(); ++i) {
-    EXPECT_TRUE(MethodWrites(service->method(i)->name()).has_value())
-        << service->method(i)->name() << " is not in the method table";
+TEST(MethodTableTest, NamesEveryMethodOfTheServices) {
+  for (const google::protobuf::ServiceDescriptor* service :
+       {v1::Store::descriptor()->file()->FindServiceByName("Engram"),
+        cluster::v1::ShardDescription::descriptor()->file()->FindServiceByName(
+            "Shard")}) {
+    ASSERT_NE(service, nullptr);
+    for (int i = 0; i < service->method_count(); ++i) {
+      EXPECT_TRUE(MethodWrites(service->method(i)->name()).has_value())
+          << service->method(i)->name() << " is not in the method table";
+    }
   }
   EXPECT_FALSE(MethodWrites("NoSuchMethod").has_value());
   EXPECT_EQ(MethodWrites("Retrieve"), false);

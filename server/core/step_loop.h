@@ -7,9 +7,10 @@
 //       [&](absl::Span<const size_t> ids, const float* states, float* next,
 //           double* energies, std::vector<Match>* matches) { ... });
 //
-// Internal to server/core. Thread-compatible.
-#ifndef ENGRAM_SERVER_CORE_INTERNAL_STEP_LOOP_H_
-#define ENGRAM_SERVER_CORE_INTERNAL_STEP_LOOP_H_
+// Used by the exact and low-rank paths and by a router merging the steps of
+// its shards. Thread-compatible.
+#ifndef ENGRAM_SERVER_CORE_STEP_LOOP_H_
+#define ENGRAM_SERVER_CORE_STEP_LOOP_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +21,7 @@
 #include "absl/types/span.h"
 #include "server/core/retrieval.h"
 
-namespace engram::core::internal {
+namespace engram::core {
 
 // One update of the still active queries `ids`: their states (ids.size() x
 // d, row-major) in; their next states (same shape), the energies of the
@@ -37,6 +38,6 @@ absl::StatusOr<RetrievalOutput> RunSteps(const float* queries,
                                          uint32_t steps, float eps,
                                          StepFunction step);
 
-}  // namespace engram::core::internal
+}  // namespace engram::core
 
-#endif  // ENGRAM_SERVER_CORE_INTERNAL_STEP_LOOP_H_
+#endif  // ENGRAM_SERVER_CORE_STEP_LOOP_H_

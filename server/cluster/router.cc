@@ -1,0 +1,879 @@
+#include "server/cluster/router.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "server/base/clip.h"
+#include "server/core/partial.h"
+#include "server/core/step_loop.h"
+#include "server/rpc/convert.h"
+#include "server/store/placement.h"
+#include "server/store/retrieve.h"
+
+namespace engram::cluster {
+
+namespace {
+
+namespace api = engram::v1;
+
+absl::Time DeadlineOf(const grpc::ServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+// A shard's answer as a status that says which shard gave it.
+absl::Status FromShard(const grpc::Status& status, const Replica& replica) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(status.error_message(), " [shard group ",
+                                   replica.group, ", ", replica.address, "]"));
+}
+
+// One unary call to a replica.
+template <typename Stub, typename Request, typename Response>
+absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
+                   grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                                const Request&, Response*),
+                   const Request& request, Response* response,
+                   absl::Time deadline) {
+  grpc::ClientContext context;
+  pool.Prepare(context, deadline);
+  return FromShard((stub.*method)(&context, request, response), replica);
+}
+
+// Runs fn(0) .. fn(n - 1) at once (a thread each but the first).
+std::vector<absl::Status> InParallel(
+    size_t n, const std::function<absl::Status(size_t)>& fn) {
+  std::vector<absl::Status> status(n);
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < n; ++i) {
+    threads.emplace_back([&, i] { status[i] = fn(i); });
+  }
+  if (n > 0) status[0] = fn(0);
+  for (std::thread& t : threads) t.join();
+  return status;
+}
+
+absl::Status FirstError(const std::vector<absl::Status>& status) {
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// The parts of one store, one per group, as one store.
+api::Store Merge(std::vector<api::Store> parts) {
+  api::Store out = parts[0];
+  uint64_t count = 0, version = 0;
+  double mean = 0, mean_features = 0;
+  api::NormStats norms;
+  for (size_t g = 0; g < parts.size(); ++g) {
+    const api::Store& p = parts[g];
+    count += p.pattern_count();
+    version += p.version();
+    const double n = static_cast<double>(p.pattern_count());
+    mean += n * p.norms().mean_norm();
+    mean_features += n * p.norms().mean_feature_norm();
+    norms.set_max_norm(std::max(norms.max_norm(), p.norms().max_norm()));
+    norms.set_max_abs_entry(
+        std::max(norms.max_abs_entry(), p.norms().max_abs_entry()));
+    norms.set_max_feature_norm(
+        std::max(norms.max_feature_norm(), p.norms().max_feature_norm()));
+    if (p.state() == api::Store::DAMAGED &&
+        out.state() != api::Store::DAMAGED) {
+      out.set_state(api::Store::DAMAGED);
+      out.set_state_detail(
+          absl::StrCat("shard group ", g, ": ", p.state_detail()));
+    }
+  }
+  if (count > 0) {
+    norms.set_mean_norm(mean / static_cast<double>(count));
+    norms.set_mean_feature_norm(mean_features / static_cast<double>(count));
+  }
+  out.set_pattern_count(count);
+  out.set_version(version);
+  *out.mutable_norms() = norms;
+  return out;
+}
+
+constexpr char kNotThroughRouter[] =
+    " is not served through a router yet: fits and calibrations of a "
+    "sharded store need one feature map and one setting for every shard "
+    "(docs/scale-out.md)";
+
+}  // namespace
+
+Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
+               RouterOptions options)
+    : pool_(pool), policy_(policy), options_(std::move(options)) {}
+
+// --- Stores
+// -------------------------------------------------------------------
+
+absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
+                                               absl::Time deadline) {
+  std::vector<api::Store> parts(pool_->groups());
+  api::GetStoreRequest request;
+  request.set_name(name);
+  absl::Status status = FirstError(InParallel(parts.size(), [&](size_t g) {
+    absl::StatusOr<const Replica*> r = pool_->Pick(static_cast<uint32_t>(g));
+    if (!r.ok()) return r.status();
+    return Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::GetStore,
+                 request, &parts[g], deadline);
+  }));
+  if (!status.ok()) return status;
+  return Merge(std::move(parts));
+}
+
+grpc::Status Router::CreateStore(Ctx* context,
+                                 const api::CreateStoreRequest* request,
+                                 api::Store* response) {
+  rpc::Call call(policy_, "CreateStore", request->store().name());
+  if (!call.Admit(*context, request)) return call.Refused();
+  // Checked here, so that a bad request reaches no shard.
+  if (absl::Status s = store::ValidateStoreName(request->store().name());
+      !s.ok()) {
+    return call.Done(s);
+  }
+  absl::StatusOr<store::StoreSettings> settings =
+      store::SettingsFromProto(request->store(), /*fill_defaults=*/true);
+  if (!settings.ok()) return call.Done(settings.status());
+  if (absl::Status s = store::ValidateSettings(*settings, options_.limits);
+      !s.ok()) {
+    return call.Done(s);
+  }
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<const Replica*> replicas;
+  for (uint32_t g = 0; g < pool_->groups(); ++g) {
+    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
+    if (!ready.ok()) return call.Done(ready.status());
+    replicas.insert(replicas.end(), ready->begin(), ready->end());
+  }
+  std::vector<api::Store> created(replicas.size());
+  std::vector<absl::Status> status = InParallel(replicas.size(), [&](size_t i) {
+    return Unary(*pool_, *replicas[i], *replicas[i]->engram,
+                 &api::Engram::Stub::CreateStore, *request, &created[i],
+                 deadline);
+  });
+  if (absl::Status failed = FirstError(status); !failed.ok()) {
+    // All or nothing: the shards that created it delete it again.
+    api::DeleteStoreRequest undo;
+    undo.set_name(request->store().name());
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      if (!status[i].ok()) continue;
+      api::DeleteStoreResponse ignored;
+      Unary(*pool_, *replicas[i], *replicas[i]->engram,
+            &api::Engram::Stub::DeleteStore, undo, &ignored, deadline)
+          .IgnoreError();
+    }
+    return call.Done(failed);
+  }
+  *response = created[0];
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::GetStore(Ctx* context, const api::GetStoreRequest* request,
+                              api::Store* response) {
+  rpc::Call call(policy_, "GetStore", request->name());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<api::Store> merged =
+      MergedStore(request->name(), DeadlineOf(context));
+  if (!merged.ok()) return call.Done(merged.status());
+  *response = *std::move(merged);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::ListStores(Ctx* context,
+                                const api::ListStoresRequest* request,
+                                api::ListStoresResponse* response) {
+  rpc::Call call(policy_, "ListStores", "");
+  if (!call.Admit(*context, request)) return call.Refused();
+  std::string after;
+  if (!request->page_token().empty()) {
+    absl::StatusOr<std::string> cursor =
+        tokens_.Open(rpc::PageTokens::Stores(), request->page_token());
+    if (!cursor.ok()) return call.Done(cursor.status());
+    after = *cursor;
+  }
+  const absl::Time deadline = DeadlineOf(context);
+  // Every group holds every store: group 0 names them.
+  absl::StatusOr<const Replica*> r = pool_->Pick(0);
+  if (!r.ok()) return call.Done(r.status());
+  std::vector<std::string> names;
+  api::ListStoresRequest page;
+  page.set_page_size(1000);
+  do {
+    api::ListStoresResponse listed;
+    if (absl::Status s =
+            Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::ListStores,
+                  page, &listed, deadline);
+        !s.ok()) {
+      return call.Done(s);
+    }
+    for (const api::Store& s : listed.stores()) {
+      if (s.name() > after) names.push_back(s.name());
+    }
+    page.set_page_token(listed.next_page_token());
+  } while (!page.page_token().empty());
+  std::sort(names.begin(), names.end());
+  const size_t size = request->page_size() == 0
+                          ? 100
+                          : std::min<size_t>(request->page_size(), 1000);
+  for (size_t i = 0; i < names.size() && i < size; ++i) {
+    absl::StatusOr<api::Store> merged = MergedStore(names[i], deadline);
+    if (!merged.ok()) return call.Done(merged.status());
+    *response->add_stores() = *std::move(merged);
+  }
+  if (names.size() > size) {
+    response->set_next_page_token(
+        tokens_.Issue(rpc::PageTokens::Stores(), names[size - 1]));
+  }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::UpdateStore(Ctx* context,
+                                 const api::UpdateStoreRequest* request,
+                                 api::Store* response) {
+  rpc::Call call(policy_, "UpdateStore", request->store().name());
+  if (!call.Admit(*context, request)) return call.Refused();
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<const Replica*> replicas;
+  for (uint32_t g = 0; g < pool_->groups(); ++g) {
+    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
+    if (!ready.ok()) return call.Done(ready.status());
+    replicas.insert(replicas.end(), ready->begin(), ready->end());
+  }
+  // The first replica checks the update; the rest follow only if it took it.
+  api::Store first;
+  if (absl::Status s =
+          Unary(*pool_, *replicas[0], *replicas[0]->engram,
+                &api::Engram::Stub::UpdateStore, *request, &first, deadline);
+      !s.ok()) {
+    return call.Done(s);
+  }
+  std::vector<absl::Status> status =
+      InParallel(replicas.size() - 1, [&](size_t i) {
+        api::Store ignored;
+        return Unary(*pool_, *replicas[i + 1], *replicas[i + 1]->engram,
+                     &api::Engram::Stub::UpdateStore, *request, &ignored,
+                     deadline);
+      });
+  if (absl::Status failed = FirstError(status); !failed.ok()) {
+    return call.Done(absl::Status(
+        failed.code(),
+        absl::StrCat("the update reached some shards but not all: ",
+                     failed.message(), "; send it again")));
+  }
+  absl::StatusOr<api::Store> merged =
+      MergedStore(request->store().name(), deadline);
+  if (!merged.ok()) return call.Done(merged.status());
+  *response = *std::move(merged);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::DeleteStore(Ctx* context,
+                                 const api::DeleteStoreRequest* request,
+                                 api::DeleteStoreResponse* response) {
+  rpc::Call call(policy_, "DeleteStore", request->name());
+  if (!call.Admit(*context, request)) return call.Refused();
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<const Replica*> replicas;
+  for (uint32_t g = 0; g < pool_->groups(); ++g) {
+    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
+    if (!ready.ok()) return call.Done(ready.status());
+    replicas.insert(replicas.end(), ready->begin(), ready->end());
+  }
+  std::vector<absl::Status> status = InParallel(replicas.size(), [&](size_t i) {
+    api::DeleteStoreResponse ignored;
+    return Unary(*pool_, *replicas[i], *replicas[i]->engram,
+                 &api::Engram::Stub::DeleteStore, *request, &ignored, deadline);
+  });
+  size_t missing = 0;
+  for (const absl::Status& s : status) missing += absl::IsNotFound(s);
+  if (missing == status.size()) return call.Done(status[0]);  // NOT_FOUND.
+  for (const absl::Status& s : status) {
+    if (!s.ok() && !absl::IsNotFound(s)) return call.Done(s);
+  }
+  return call.Done(absl::OkStatus());
+}
+
+// --- Patterns
+// -----------------------------------------------------------------
+
+absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
+    const std::string& store,
+    const google::protobuf::RepeatedPtrField<api::Pattern>& patterns,
+    absl::Time deadline, std::vector<uint64_t>* group_counts) {
+  const uint32_t groups = pool_->groups();
+  // Each group's share: explicit ids where they place; automatic ones in
+  // contiguous slices, the first slice to the next group in turn.
+  std::vector<std::vector<int>> members(groups);
+  size_t automatic = 0;
+  for (const api::Pattern& p : patterns) automatic += p.id() == 0;
+  const uint64_t start = next_group_.fetch_add(1, std::memory_order_relaxed);
+  size_t k = 0;
+  for (int i = 0; i < patterns.size(); ++i) {
+    const uint64_t id = patterns[i].id();
+    const uint32_t g = id != 0
+                           ? store::GroupOf(id, groups)
+                           : static_cast<uint32_t>(
+                                 (start + k++ * groups / automatic) % groups);
+    members[g].push_back(i);
+  }
+  std::vector<uint64_t> ids(patterns.size());
+  group_counts->assign(groups, std::numeric_limits<uint64_t>::max());
+  std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
+    if (members[g].empty()) return absl::OkStatus();
+    absl::StatusOr<std::vector<const Replica*>> ready =
+        pool_->ReadyReplicas(static_cast<uint32_t>(g));
+    if (!ready.ok()) return ready.status();
+    api::AddPatternsRequest add;
+    add.set_store(store);
+    for (int i : members[g]) *add.add_patterns() = patterns[i];
+    // The first replica assigns the ids; the others take them as given.
+    api::AddPatternsResponse added;
+    const Replica& first = *(*ready)[0];
+    if (absl::Status s =
+            Unary(*pool_, first, *first.engram, &api::Engram::Stub::AddPatterns,
+                  add, &added, deadline);
+        !s.ok()) {
+      return s;
+    }
+    for (size_t j = 0; j < members[g].size(); ++j) {
+      ids[members[g][j]] = added.ids(static_cast<int>(j));
+      add.mutable_patterns(static_cast<int>(j))
+          ->set_id(added.ids(static_cast<int>(j)));
+    }
+    (*group_counts)[g] = added.pattern_count();
+    for (size_t r = 1; r < ready->size(); ++r) {
+      api::AddPatternsResponse ignored;
+      if (absl::Status s =
+              Unary(*pool_, *(*ready)[r], *(*ready)[r]->engram,
+                    &api::Engram::Stub::AddPatterns, add, &ignored, deadline);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  });
+  std::vector<std::string> done;
+  absl::Status failed;
+  for (uint32_t g = 0; g < groups; ++g) {
+    if (members[g].empty()) continue;
+    if (status[g].ok()) {
+      done.push_back(absl::StrCat(g, " (", members[g].size(), " patterns)"));
+    } else if (failed.ok()) {
+      failed = status[g];
+    }
+  }
+  if (!failed.ok()) {
+    return absl::Status(
+        failed.code(),
+        absl::StrCat(failed.message(),
+                     "; each shard group adds its share "
+                     "atomically: added to groups ",
+                     done.empty() ? "none" : absl::StrJoin(done, ", ")));
+  }
+  return ids;
+}
+
+absl::StatusOr<uint64_t> Router::TotalCount(const std::string& store,
+                                            const std::vector<uint64_t>& counts,
+                                            absl::Time deadline) {
+  std::vector<uint64_t> all = counts;
+  api::GetStoreRequest request;
+  request.set_name(store);
+  absl::Status status = FirstError(InParallel(all.size(), [&](size_t g) {
+    if (all[g] != std::numeric_limits<uint64_t>::max()) {
+      return absl::OkStatus();
+    }
+    absl::StatusOr<const Replica*> r = pool_->Pick(static_cast<uint32_t>(g));
+    if (!r.ok()) return r.status();
+    api::Store part;
+    absl::Status s =
+        Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::GetStore, request,
+              &part, deadline);
+    all[g] = part.pattern_count();
+    return s;
+  }));
+  if (!status.ok()) return status;
+  uint64_t total = 0;
+  for (uint64_t n : all) total += n;
+  return total;
+}
+
+grpc::Status Router::AddPatterns(Ctx* context,
+                                 const api::AddPatternsRequest* request,
+                                 api::AddPatternsResponse* response) {
+  rpc::Call call(policy_, "AddPatterns", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  if (request->patterns_size() == 0) {
+    return call.Done(absl::InvalidArgumentError("patterns must not be empty"));
+  }
+  if (static_cast<size_t>(request->patterns_size()) >
+      options_.limits.max_batch) {
+    return call.Done(absl::ResourceExhaustedError(absl::StrCat(
+        "patterns holds ", request->patterns_size(),
+        " patterns; the limit max_batch is ", options_.limits.max_batch)));
+  }
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<uint64_t> counts;
+  absl::StatusOr<std::vector<uint64_t>> ids =
+      AddBatch(request->store(), request->patterns(), deadline, &counts);
+  if (!ids.ok()) return call.Done(ids.status());
+  response->mutable_ids()->Assign(ids->begin(), ids->end());
+  absl::StatusOr<uint64_t> total =
+      TotalCount(request->store(), counts, deadline);
+  if (!total.ok()) return call.Done(total.status());
+  response->set_pattern_count(*total);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::ImportPatterns(
+    Ctx* context, grpc::ServerReader<api::ImportPatternsRequest>* reader,
+    api::ImportPatternsResponse* response) {
+  rpc::Call call(policy_, "ImportPatterns", "");
+  if (!call.Admit(*context, nullptr)) return call.Refused();
+  const absl::Time deadline = DeadlineOf(context);
+  api::ImportPatternsRequest message;
+  std::string store;
+  std::vector<uint64_t> counts;
+  while (reader->Read(&message)) {
+    if (store.empty()) {
+      if (message.store().empty()) {
+        return call.Done(absl::InvalidArgumentError(
+            "the first ImportPatterns message must name the store"));
+      }
+      store = message.store();
+    }
+    if (message.ByteSizeLong() > policy_->max_message_bytes) {
+      return call.Done(rpc::TooLarge(
+          absl::StrCat("message ", response->batches() + 1),
+          message.ByteSizeLong(), policy_->max_message_bytes,
+          absl::StrCat(response->patterns_added(),
+                       " patterns of earlier messages were added; send the "
+                       "rest in smaller messages")));
+    }
+    if (message.patterns_size() == 0) continue;
+    absl::StatusOr<std::vector<uint64_t>> ids =
+        AddBatch(store, message.patterns(), deadline, &counts);
+    if (!ids.ok()) {
+      return call.Done(absl::Status(
+          ids.status().code(),
+          absl::StrCat(ids.status().message(), "; ", response->patterns_added(),
+                       " patterns of earlier messages were added")));
+    }
+    if (response->patterns_added() == 0) response->set_first_id(ids->front());
+    response->set_last_id(ids->back());
+    response->set_patterns_added(response->patterns_added() + ids->size());
+    response->set_batches(response->batches() + 1);
+  }
+  if (store.empty()) {
+    return call.Done(absl::InvalidArgumentError(
+        "the first ImportPatterns message must name the store"));
+  }
+  absl::StatusOr<uint64_t> total =
+      TotalCount(store,
+                 std::vector<uint64_t>(pool_->groups(),
+                                       std::numeric_limits<uint64_t>::max()),
+                 deadline);
+  if (!total.ok()) return call.Done(total.status());
+  response->set_pattern_count(*total);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::GetPattern(Ctx* context,
+                                const api::GetPatternRequest* request,
+                                api::Pattern* response) {
+  rpc::Call call(policy_, "GetPattern", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<const Replica*> r =
+      pool_->Pick(store::GroupOf(request->id(), pool_->groups()));
+  if (!r.ok()) return call.Done(r.status());
+  return call.Done(Unary(*pool_, **r, *(*r)->engram,
+                         &api::Engram::Stub::GetPattern, *request, response,
+                         DeadlineOf(context)));
+}
+
+grpc::Status Router::ListPatterns(Ctx* context,
+                                  const api::ListPatternsRequest* request,
+                                  api::ListPatternsResponse* response) {
+  rpc::Call call(policy_, "ListPatterns", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  // The cursor: the group listed, the replica listing it (its page tokens
+  // are its own) and that replica's token.
+  uint32_t group = 0, replica = 0;
+  std::string inner;
+  const std::string listing = rpc::PageTokens::Patterns(request->store());
+  if (!request->page_token().empty()) {
+    absl::StatusOr<std::string> cursor =
+        tokens_.Open(listing, request->page_token());
+    if (!cursor.ok()) return call.Done(cursor.status());
+    std::vector<std::string> parts =
+        absl::StrSplit(*cursor, absl::MaxSplits(':', 2));
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &group) ||
+        !absl::SimpleAtoi(parts[1], &replica) || group >= pool_->groups()) {
+      return call.Done(absl::InvalidArgumentError("page_token is not valid"));
+    }
+    inner = parts[2];
+  }
+  const absl::Time deadline = DeadlineOf(context);
+  for (; group < pool_->groups(); ++group, inner.clear()) {
+    const Replica* r = nullptr;
+    if (inner.empty()) {
+      absl::StatusOr<const Replica*> picked = pool_->Pick(group);
+      if (!picked.ok()) return call.Done(picked.status());
+      r = *picked;
+    } else {
+      absl::StatusOr<std::vector<const Replica*>> ready =
+          pool_->ReadyReplicas(group);
+      if (!ready.ok()) return call.Done(ready.status());
+      for (const Replica* candidate : *ready) {
+        if (candidate->index == replica) r = candidate;
+      }
+      if (r == nullptr) {
+        return call.Done(absl::UnavailableError(
+            absl::StrCat("the replica that served this listing (shard group ",
+                         group, ") is not ready: start the listing again")));
+      }
+    }
+    api::ListPatternsRequest page = *request;
+    page.set_page_token(inner);
+    if (absl::Status s =
+            Unary(*pool_, *r, *r->engram, &api::Engram::Stub::ListPatterns,
+                  page, response, deadline);
+        !s.ok()) {
+      return call.Done(s);
+    }
+    if (!response->next_page_token().empty()) {
+      response->set_next_page_token(
+          tokens_.Issue(listing, absl::StrCat(group, ":", r->index, ":",
+                                              response->next_page_token())));
+      return call.Done(absl::OkStatus());
+    }
+    if (response->patterns_size() > 0) {
+      if (group + 1 < pool_->groups()) {
+        response->set_next_page_token(
+            tokens_.Issue(listing, absl::StrCat(group + 1, ":0:")));
+      }
+      return call.Done(absl::OkStatus());
+    }
+  }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::DeletePatterns(Ctx* context,
+                                    const api::DeletePatternsRequest* request,
+                                    api::DeletePatternsResponse* response) {
+  rpc::Call call(policy_, "DeletePatterns", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  if (request->ids_size() == 0) {
+    return call.Done(absl::InvalidArgumentError("ids must not be empty"));
+  }
+  const uint32_t groups = pool_->groups();
+  std::vector<api::DeletePatternsRequest> shares(groups);
+  for (uint64_t id : request->ids()) {
+    shares[store::GroupOf(id, groups)].add_ids(id);
+  }
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<uint64_t> counts(groups, std::numeric_limits<uint64_t>::max());
+  std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
+    if (shares[g].ids_size() == 0) return absl::OkStatus();
+    shares[g].set_store(request->store());
+    absl::StatusOr<std::vector<const Replica*>> ready =
+        pool_->ReadyReplicas(static_cast<uint32_t>(g));
+    if (!ready.ok()) return ready.status();
+    for (const Replica* r : *ready) {
+      api::DeletePatternsResponse deleted;
+      if (absl::Status s =
+              Unary(*pool_, *r, *r->engram, &api::Engram::Stub::DeletePatterns,
+                    shares[g], &deleted, deadline);
+          !s.ok()) {
+        return s;
+      }
+      counts[g] = deleted.pattern_count();
+    }
+    return absl::OkStatus();
+  });
+  if (absl::Status failed = FirstError(status); !failed.ok()) {
+    std::vector<uint32_t> done;
+    for (uint32_t g = 0; g < groups; ++g) {
+      if (shares[g].ids_size() > 0 && status[g].ok()) done.push_back(g);
+    }
+    return call.Done(absl::Status(
+        failed.code(),
+        absl::StrCat(failed.message(),
+                     "; each shard group deletes its share "
+                     "atomically: deleted in groups ",
+                     done.empty() ? "none" : absl::StrJoin(done, ", "))));
+  }
+  absl::StatusOr<uint64_t> total =
+      TotalCount(request->store(), counts, deadline);
+  if (!total.ok()) return call.Done(total.status());
+  response->set_pattern_count(*total);
+  return call.Done(absl::OkStatus());
+}
+
+// --- Retrieval
+// ----------------------------------------------------------------
+
+grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
+                              api::RetrieveResponse* response) {
+  rpc::Call call(policy_, "Retrieve", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  const absl::Time deadline = DeadlineOf(context);
+  absl::StatusOr<api::Store> merged = MergedStore(request->store(), deadline);
+  if (!merged.ok()) return call.Done(merged.status());
+  if (merged->state() == api::Store::DAMAGED) {
+    return call.Done(absl::FailedPreconditionError(
+        absl::StrCat("store '", request->store(), "' is DAMAGED (",
+                     merged->state_detail(), ")")));
+  }
+  absl::StatusOr<store::StoreSettings> settings =
+      store::SettingsFromProto(*merged, /*fill_defaults=*/false);
+  if (!settings.ok()) return call.Done(settings.status());
+  const size_t d = settings->dimension;
+  std::vector<float> queries;
+  absl::StatusOr<store::RetrieveRequest> query =
+      rpc::FromProto(*request, d, queries);
+  if (!query.ok()) return call.Done(query.status());
+  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
+      *settings, merged->pattern_count(), *query, options_.limits);
+  if (!params.ok()) return call.Done(params.status());
+  if (query->path == store::PathChoice::kLowRank) {
+    return call.Done(absl::FailedPreconditionError(
+        "path LOW_RANK is not served through a router yet; use AUTO or "
+        "EXACT"));
+  }
+  v1::PartialStepRequest step;
+  step.set_store(request->store());
+  step.set_similarity(store::SimilarityToProto(params->similarity));
+  step.set_separation(store::SeparationToProto(params->separation));
+  step.set_beta(params->beta);
+  step.set_top_k(params->top_k);
+  const uint32_t groups = pool_->groups();
+  absl::flat_hash_map<uint64_t, std::string> labels;
+  absl::StatusOr<core::RetrievalOutput> out = core::RunSteps(
+      query->queries.data(), query->num_queries, d, params->steps, params->eps,
+      [&](absl::Span<const size_t> ids, const float* states, float* next,
+          double* energies, std::vector<core::Match>* matches) -> absl::Status {
+        step.set_count(static_cast<uint32_t>(ids.size()));
+        step.mutable_states()->Assign(states, states + ids.size() * d);
+        // One replica of every group at once.
+        std::vector<v1::PartialStepResponse> parts(groups);
+        std::vector<grpc::ClientContext> contexts(groups);
+        std::vector<absl::Status> status(groups);
+        std::vector<const Replica*> replicas(groups);
+        absl::Mutex mu;
+        size_t left = 0;
+        for (uint32_t g = 0; g < groups; ++g) {
+          absl::StatusOr<const Replica*> r = pool_->Pick(g);
+          if (!r.ok()) return r.status();
+          replicas[g] = *r;
+        }
+        for (uint32_t g = 0; g < groups; ++g) {
+          pool_->Prepare(contexts[g], deadline);
+          {
+            absl::MutexLock lock(&mu);
+            ++left;
+          }
+          replicas[g]->shard->async()->PartialStep(
+              &contexts[g], &step, &parts[g], [&, g](grpc::Status s) {
+                absl::MutexLock lock(&mu);
+                status[g] = FromShard(s, *replicas[g]);
+                --left;
+              });
+        }
+        {
+          absl::MutexLock lock(&mu);
+          mu.Await(absl::Condition(
+              +[](size_t* n) { return *n == 0; }, &left));
+        }
+        for (const absl::Status& s : status) {
+          if (!s.ok()) return s;
+        }
+        if (core::IsKernel(params->similarity)) {
+          for (uint32_t g = 1; g < groups; ++g) {
+            if (parts[g].map_version() != parts[0].map_version()) {
+              return absl::AbortedError(absl::StrCat(
+                  "shard groups 0 and ", g, " hold feature maps v",
+                  parts[0].map_version(), " and v", parts[g].map_version(),
+                  "; retry once they agree"));
+            }
+          }
+        }
+        const core::ValuesLookup lookup =
+            [&](uint64_t id) -> absl::StatusOr<std::vector<float>> {
+          absl::StatusOr<const Replica*> r =
+              pool_->Pick(store::GroupOf(id, groups));
+          if (!r.ok()) return r.status();
+          v1::GetValuesRequest get;
+          get.set_store(request->store());
+          get.add_ids(id);
+          v1::GetValuesResponse got;
+          if (absl::Status s =
+                  Unary(*pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetValues,
+                        get, &got, deadline);
+              !s.ok()) {
+            return s;
+          }
+          return std::vector<float>(got.values().begin(), got.values().end());
+        };
+        std::vector<core::PartialRow> rows(groups);
+        std::vector<const core::PartialRow*> pointers(groups);
+        for (size_t a = 0; a < ids.size(); ++a) {
+          for (uint32_t g = 0; g < groups; ++g) {
+            if (parts[g].rows_size() != static_cast<int>(ids.size())) {
+              return absl::InternalError(absl::StrCat(
+                  "shard group ", g, " answered ", parts[g].rows_size(),
+                  " rows for ", ids.size(), " states"));
+            }
+            const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
+            core::PartialRow& row = rows[g];
+            row.max = in.max();
+            row.sum = in.sum();
+            row.weighted.assign(in.weighted().begin(), in.weighted().end());
+            row.top.clear();
+            for (const v1::Scored& s : in.top()) {
+              row.top.push_back({s.score(), s.id()});
+              labels[s.id()] = s.label();
+            }
+            row.candidates.clear();
+            for (const v1::Scored& s : in.candidates()) {
+              row.candidates.push_back({s.score(), s.id()});
+            }
+            row.values.assign(in.values().begin(), in.values().end());
+            row.query_sq_norm = in.query_sq_norm();
+            pointers[g] = &row;
+          }
+          absl::StatusOr<core::MergedRow> merged_row =
+              core::MergeRows(*params, pointers, d, lookup);
+          if (!merged_row.ok()) return merged_row.status();
+          std::copy(merged_row->next.begin(), merged_row->next.end(),
+                    next + a * d);
+          energies[a] = merged_row->energy;
+          matches[a].clear();
+          for (const core::MergedRow::Match& m : merged_row->matches) {
+            matches[a].push_back(
+                {static_cast<size_t>(m.id), m.weight, m.score});
+          }
+        }
+        return absl::OkStatus();
+      });
+  if (!out.ok()) return call.Done(out.status());
+  store::RetrieveResult result;
+  result.states = std::move(out->states);
+  result.energies = std::move(out->energies);
+  result.steps = std::move(out->steps);
+  result.converged = std::move(out->converged);
+  result.matches.resize(query->num_queries);
+  for (size_t i = 0; i < query->num_queries; ++i) {
+    for (const core::Match& m : out->matches[i]) {
+      result.matches[i].push_back(
+          {m.index, m.weight, m.score, labels[m.index]});
+    }
+  }
+  result.path.path = store::PathChoice::kExact;
+  result.path.reason = absl::StrCat(
+      query->path == store::PathChoice::kExact
+          ? "EXACT requested"
+          : "exact: the low-rank path is not served through a router yet",
+      "; merged from ", groups, " shard groups");
+  result.store_version = merged->version();
+  rpc::ToProto(result, d, request->omit_vectors(), *response);
+  policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
+  return call.Done(absl::OkStatus());
+}
+
+// --- Jobs
+// -----------------------------------------------------------------------
+
+grpc::Status Router::GetFitStatus(Ctx* context,
+                                  const api::GetFitStatusRequest* request,
+                                  api::FitStatus* response) {
+  rpc::Call call(policy_, "GetFitStatus", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<const Replica*> r = pool_->Pick(0);
+  if (!r.ok()) return call.Done(r.status());
+  return call.Done(Unary(*pool_, **r, *(*r)->engram,
+                         &api::Engram::Stub::GetFitStatus, *request, response,
+                         DeadlineOf(context)));
+}
+
+grpc::Status Router::GetCalibrationStatus(
+    Ctx* context, const api::GetCalibrationStatusRequest* request,
+    api::CalibrationStatus* response) {
+  rpc::Call call(policy_, "GetCalibrationStatus", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<const Replica*> r = pool_->Pick(0);
+  if (!r.ok()) return call.Done(r.status());
+  return call.Done(Unary(*pool_, **r, *(*r)->engram,
+                         &api::Engram::Stub::GetCalibrationStatus, *request,
+                         response, DeadlineOf(context)));
+}
+
+grpc::Status Router::WatchFit(Ctx* context, const api::WatchFitRequest* request,
+                              grpc::ServerWriter<api::FitStatus>* writer) {
+  rpc::Call call(policy_, "WatchFit", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(absl::FailedPreconditionError(
+      absl::StrCat("WatchFit", kNotThroughRouter)));
+}
+
+grpc::Status Router::StartFit(Ctx* context, const api::StartFitRequest* request,
+                              api::FitStatus* response) {
+  rpc::Call call(policy_, "StartFit", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(absl::FailedPreconditionError(
+      absl::StrCat("StartFit", kNotThroughRouter)));
+}
+
+grpc::Status Router::CancelFit(Ctx* context,
+                               const api::CancelFitRequest* request,
+                               api::FitStatus* response) {
+  rpc::Call call(policy_, "CancelFit", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(absl::FailedPreconditionError(
+      absl::StrCat("CancelFit", kNotThroughRouter)));
+}
+
+grpc::Status Router::StartCalibration(
+    Ctx* context, const api::StartCalibrationRequest* request,
+    api::CalibrationStatus* response) {
+  rpc::Call call(policy_, "StartCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(absl::FailedPreconditionError(
+      absl::StrCat("StartCalibration", kNotThroughRouter)));
+}
+
+grpc::Status Router::WatchCalibration(
+    Ctx* context, const api::WatchCalibrationRequest* request,
+    grpc::ServerWriter<api::CalibrationStatus>* writer) {
+  rpc::Call call(policy_, "WatchCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(absl::FailedPreconditionError(
+      absl::StrCat("WatchCalibration", kNotThroughRouter)));
+}
+
+grpc::Status Router::CancelCalibration(
+    Ctx* context, const api::CancelCalibrationRequest* request,
+    api::CalibrationStatus* response) {
+  rpc::Call call(policy_, "CancelCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(absl::FailedPreconditionError(
+      absl::StrCat("CancelCalibration", kNotThroughRouter)));
+}
+
+}  // namespace engram::cluster

@@ -1,0 +1,122 @@
+// engram.v1.Engram served by a router: the unchanged API over a store spread
+// across shard groups (docs/scale-out.md). The router holds no patterns:
+// settings go to every group, patterns to the group their id places them in
+// (server/store/placement.h), and a retrieval runs step by step, each step
+// fanned out to one replica of every group and merged exactly
+// (server/core/partial.h).
+//
+// Thread-safe: gRPC calls every method concurrently; the router's state is
+// the shard pool's.
+#ifndef ENGRAM_SERVER_CLUSTER_ROUTER_H_
+#define ENGRAM_SERVER_CLUSTER_ROUTER_H_
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "server/cluster/shard_pool.h"
+#include "server/rpc/call.h"
+#include "server/rpc/page_token.h"
+#include "server/store/settings.h"
+
+namespace engram::cluster {
+
+struct RouterOptions {
+  store::Limits limits;  // Checked before anything reaches a shard.
+};
+
+class Router final : public engram::v1::Engram::Service {
+ public:
+  // Borrowed; they must outlive the router.
+  Router(ShardPool* pool, const rpc::CallPolicy* policy, RouterOptions options);
+
+  using Ctx = grpc::ServerContext;
+  grpc::Status CreateStore(Ctx* context,
+                           const engram::v1::CreateStoreRequest* request,
+                           engram::v1::Store* response) override;
+  grpc::Status GetStore(Ctx* context,
+                        const engram::v1::GetStoreRequest* request,
+                        engram::v1::Store* response) override;
+  grpc::Status ListStores(Ctx* context,
+                          const engram::v1::ListStoresRequest* request,
+                          engram::v1::ListStoresResponse* response) override;
+  grpc::Status UpdateStore(Ctx* context,
+                           const engram::v1::UpdateStoreRequest* request,
+                           engram::v1::Store* response) override;
+  grpc::Status DeleteStore(Ctx* context,
+                           const engram::v1::DeleteStoreRequest* request,
+                           engram::v1::DeleteStoreResponse* response) override;
+  grpc::Status AddPatterns(Ctx* context,
+                           const engram::v1::AddPatternsRequest* request,
+                           engram::v1::AddPatternsResponse* response) override;
+  grpc::Status ImportPatterns(
+      Ctx* context,
+      grpc::ServerReader<engram::v1::ImportPatternsRequest>* reader,
+      engram::v1::ImportPatternsResponse* response) override;
+  grpc::Status GetPattern(Ctx* context,
+                          const engram::v1::GetPatternRequest* request,
+                          engram::v1::Pattern* response) override;
+  grpc::Status ListPatterns(
+      Ctx* context, const engram::v1::ListPatternsRequest* request,
+      engram::v1::ListPatternsResponse* response) override;
+  grpc::Status DeletePatterns(
+      Ctx* context, const engram::v1::DeletePatternsRequest* request,
+      engram::v1::DeletePatternsResponse* response) override;
+  grpc::Status Retrieve(Ctx* context,
+                        const engram::v1::RetrieveRequest* request,
+                        engram::v1::RetrieveResponse* response) override;
+  grpc::Status GetFitStatus(Ctx* context,
+                            const engram::v1::GetFitStatusRequest* request,
+                            engram::v1::FitStatus* response) override;
+  grpc::Status WatchFit(
+      Ctx* context, const engram::v1::WatchFitRequest* request,
+      grpc::ServerWriter<engram::v1::FitStatus>* writer) override;
+  grpc::Status StartFit(Ctx* context,
+                        const engram::v1::StartFitRequest* request,
+                        engram::v1::FitStatus* response) override;
+  grpc::Status CancelFit(Ctx* context,
+                         const engram::v1::CancelFitRequest* request,
+                         engram::v1::FitStatus* response) override;
+  grpc::Status StartCalibration(
+      Ctx* context, const engram::v1::StartCalibrationRequest* request,
+      engram::v1::CalibrationStatus* response) override;
+  grpc::Status GetCalibrationStatus(
+      Ctx* context, const engram::v1::GetCalibrationStatusRequest* request,
+      engram::v1::CalibrationStatus* response) override;
+  grpc::Status WatchCalibration(
+      Ctx* context, const engram::v1::WatchCalibrationRequest* request,
+      grpc::ServerWriter<engram::v1::CalibrationStatus>* writer) override;
+  grpc::Status CancelCalibration(
+      Ctx* context, const engram::v1::CancelCalibrationRequest* request,
+      engram::v1::CalibrationStatus* response) override;
+
+ private:
+  // The store as one store: every group's part merged (counts summed,
+  // norms combined, damage from any group).
+  absl::StatusOr<engram::v1::Store> MergedStore(const std::string& name,
+                                                absl::Time deadline);
+  // Adds one batch: each group's share in one atomic add on every ready
+  // replica; ids in the request's order.
+  absl::StatusOr<std::vector<uint64_t>> AddBatch(
+      const std::string& store,
+      const google::protobuf::RepeatedPtrField<engram::v1::Pattern>& patterns,
+      absl::Time deadline, std::vector<uint64_t>* group_counts);
+  // Patterns of the store in the groups not in `counted`, summed with
+  // `counts` of those that are.
+  absl::StatusOr<uint64_t> TotalCount(const std::string& store,
+                                      const std::vector<uint64_t>& counts,
+                                      absl::Time deadline);
+
+  ShardPool* const pool_;
+  const rpc::CallPolicy* const policy_;
+  const RouterOptions options_;
+  const rpc::PageTokens tokens_;
+  std::atomic<uint64_t> next_group_{0};  // Where automatic ids go next.
+};
+
+}  // namespace engram::cluster
+
+#endif  // ENGRAM_SERVER_CLUSTER_ROUTER_H_

@@ -1,0 +1,50 @@
+// engram.cluster.v1.Shard: what a shard serves a router besides
+// engram.v1.Engram — its identity and stores (Describe), one retrieval step
+// over its part of a store (PartialStep, server/core/partial.h), and pattern
+// values by id (GetValues).
+//
+// Thread-safe: gRPC calls every method concurrently; all state lives in the
+// registry.
+#ifndef ENGRAM_SERVER_CLUSTER_SHARD_SERVICE_H_
+#define ENGRAM_SERVER_CLUSTER_SHARD_SERVICE_H_
+
+#include <string>
+
+#include "engram/cluster/v1/shard.grpc.pb.h"
+#include "server/rpc/call.h"
+#include "server/store/placement.h"
+#include "server/store/registry.h"
+
+namespace engram::cluster {
+
+struct ShardOptions {
+  std::string cluster;         // --cluster
+  store::Placement placement;  // --shard_group, --shard_groups
+  int retrieval_threads = 1;
+};
+
+class ShardService final : public v1::Shard::Service {
+ public:
+  // Borrowed; they must outlive the service.
+  ShardService(store::StoreRegistry* registry, const rpc::CallPolicy* policy,
+               ShardOptions options);
+
+  grpc::Status Describe(grpc::ServerContext* context,
+                        const v1::DescribeRequest* request,
+                        v1::ShardDescription* response) override;
+  grpc::Status PartialStep(grpc::ServerContext* context,
+                           const v1::PartialStepRequest* request,
+                           v1::PartialStepResponse* response) override;
+  grpc::Status GetValues(grpc::ServerContext* context,
+                         const v1::GetValuesRequest* request,
+                         v1::GetValuesResponse* response) override;
+
+ private:
+  store::StoreRegistry* const registry_;
+  const rpc::CallPolicy* const policy_;
+  const ShardOptions options_;
+};
+
+}  // namespace engram::cluster
+
+#endif  // ENGRAM_SERVER_CLUSTER_SHARD_SERVICE_H_

@@ -1,0 +1,62 @@
+#include "server/cluster/topology.h"
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "server/base/clip.h"
+#include "server/store/placement.h"
+
+namespace engram::cluster {
+
+absl::StatusOr<Topology> ParseTopology(absl::string_view text,
+                                       absl::string_view source) {
+  Topology t;
+  absl::flat_hash_map<std::string, size_t> seen;  // Address -> group.
+  for (absl::string_view line : absl::StrSplit(text, absl::ByAnyChar(";\n"))) {
+    line = line.substr(0, line.find('#'));
+    std::vector<std::string> group;
+    for (absl::string_view a :
+         absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
+      const std::string address(a);
+      const size_t colon = address.rfind(':');
+      uint32_t port = 0;
+      if (colon == std::string::npos || colon == 0 ||
+          !absl::SimpleAtoi(address.substr(colon + 1), &port) || port == 0 ||
+          port > 65535) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": '", Clip(address),
+            "' is not an address host:port (group ", t.groups.size(), ")"));
+      }
+      if (auto [it, inserted] = seen.emplace(address, t.groups.size());
+          !inserted) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": shard ", address, " is named twice (group ",
+                         it->second, " and group ", t.groups.size(), ")"));
+      }
+      group.push_back(address);
+    }
+    if (group.empty()) continue;
+    if (!t.groups.empty() && group.size() != t.groups[0].size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": group ", t.groups.size(), " (", group[0], ", ...) has ",
+          group.size(), " replicas; group 0 has ", t.groups[0].size(),
+          ": every group needs the same number"));
+    }
+    t.groups.push_back(std::move(group));
+  }
+  if (t.groups.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source,
+                     ": no shards (groups separated by ';' or lines, "
+                     "replicas by ',')"));
+  }
+  if (t.groups.size() > store::kMaxGroups) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": ", t.groups.size(), " groups; at most ", store::kMaxGroups));
+  }
+  return t;
+}
+
+}  // namespace engram::cluster

@@ -1,0 +1,33 @@
+// A cluster's shape: N shard groups of R replicas each, named by address.
+//
+//   --shards='shard-0a:50051,shard-0b:50051;shard-1a:50051,shard-1b:50051'
+//
+// groups are separated by ';' (or lines, in a --topology_file, where '#'
+// starts a comment), replicas by ',' or spaces. Group g holds the patterns
+// whose ids place in g (server/store/placement.h), on every replica.
+#ifndef ENGRAM_SERVER_CLUSTER_TOPOLOGY_H_
+#define ENGRAM_SERVER_CLUSTER_TOPOLOGY_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace engram::cluster {
+
+struct Topology {
+  std::vector<std::vector<std::string>> groups;  // Addresses "host:port".
+
+  size_t replicas() const { return groups.empty() ? 0 : groups[0].size(); }
+};
+
+// Parses and checks a topology: at least one group, at most 65535, every
+// group of the same size, no address twice, every address host:port.
+// Errors name `source` (the flag, or the file) and the address or group.
+absl::StatusOr<Topology> ParseTopology(absl::string_view text,
+                                       absl::string_view source);
+
+}  // namespace engram::cluster
+
+#endif  // ENGRAM_SERVER_CLUSTER_TOPOLOGY_H_

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""One store over many engramd: a router over shards answers as one engramd.
+
+Real processes on loopback: a single engramd (the reference), a router over
+3 shard groups of 1 replica, and a router over 2 groups of 2 replicas. The
+same patterns (with explicit ids) go into each; every similarity x
+separation, 1 and 3 steps, top-k and energy must agree within 1e-5. Then
+failures: a replica down (reads go on), a group down (UNAVAILABLE naming it),
+and topologies that are wrong (refused at start, naming the flag and the
+address).
+
+Usage (with the Python of build/venv): cluster_test.py BIN_DIR
+"""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BIN = sys.argv.pop(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from engram_client import Client  # noqa: E402
+from harness import Engramd  # noqa: E402
+
+SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
+SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Shards of `groups` x `replicas` and a router over them."""
+
+    def __init__(self, tmp, groups, replicas, cluster="test"):
+        self.tmp = tmp
+        self.shards = []  # [group][replica] -> Engramd
+        for g in range(groups):
+            row = []
+            for _ in range(replicas):
+                row.append(Engramd(BIN, tmp, "--role=shard", "--cluster=" + cluster,
+                                   "--shard_group=%d" % g, "--shard_groups=%d" % groups,
+                                   "--listen=127.0.0.1:%d" % free_port()))
+            self.shards.append(row)
+        topology = ";".join(",".join(s.addr for s in row) for row in self.shards)
+        self.router = Engramd(BIN, tmp, "--role=router", "--cluster=" + cluster,
+                              "--shards=" + topology)
+
+    def stop(self):
+        self.router.stop()
+        for row in self.shards:
+            for s in row:
+                if s.proc.poll() is None:
+                    s.stop()
+
+
+class ClusterTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.single = Engramd(BIN, cls.tmp.name)
+        cls.three = Cluster(cls.tmp.name, 3, 1)
+        cls.two_by_two = Cluster(cls.tmp.name, 2, 2)
+        rng = np.random.default_rng(5)
+        cls.patterns = rng.normal(size=(300, 12)).astype(np.float32)
+        cls.ids = np.arange(1, 301, dtype=np.uint64) * 7919  # explicit ids
+        cls.queries = (cls.patterns[[3, 50, 111, 299]] +
+                       0.4 * rng.normal(size=(4, 12))).astype(np.float32)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.three.stop()
+        cls.two_by_two.stop()
+        cls.single.stop()
+        cls.tmp.cleanup()
+
+    def each_server(self):
+        return [("single", self.single.addr), ("3x1", self.three.router.addr),
+                ("2x2", self.two_by_two.router.addr)]
+
+    def test_1_every_rule_answers_as_one_engramd(self):
+        for _, addr in self.each_server():
+            with Client(addr) as c:
+                c.create_store("same", dim=12, top_k=5)
+                c.add("same", self.patterns, ids=self.ids.tolist(),
+                      labels=["p%d" % i for i in range(300)], batch=128)
+                self.assertEqual(c.get_store("same").pattern_count, 300)
+        clients = {name: Client(addr) for name, addr in self.each_server()}
+        try:
+            for similarity in SIMILARITIES:
+                for separation in SEPARATIONS:
+                    for c in clients.values():
+                        c.update_store("same", similarity=similarity, separation=separation)
+                    for beta in (0.5, 4.0):
+                        for steps in (1, 3):
+                            want = clients["single"].retrieve("same", self.queries, beta=beta,
+                                                              steps=steps, top_k=5)
+                            for name in ("3x1", "2x2"):
+                                got = clients[name].retrieve("same", self.queries, beta=beta,
+                                                             steps=steps, top_k=5)
+                                where = "%s %s beta %g steps %d via %s" % (
+                                    similarity, separation, beta, steps, name)
+                                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5,
+                                                           err_msg=where)
+                                np.testing.assert_allclose(got.energy, want.energy, rtol=1e-5,
+                                                           atol=1e-5, err_msg=where)
+                                np.testing.assert_array_equal(got.steps, want.steps, err_msg=where)
+                                np.testing.assert_array_equal(got.ids, want.ids, err_msg=where)
+                                np.testing.assert_allclose(got.weights, want.weights, atol=1e-5,
+                                                           err_msg=where)
+                                self.assertEqual(got.labels, want.labels, where)
+        finally:
+            for c in clients.values():
+                c.close()
+
+    def test_2_patterns_spread_and_every_call_reaches_them(self):
+        with Client(self.three.router.addr) as c:
+            c.create_store("spread", dim=3)
+            ids = c.add("spread", np.eye(3, dtype=np.float32).repeat(20, axis=0))
+            self.assertEqual(len(set(ids.tolist())), 60)
+            per_group = [Client(row[0].addr).get_store("spread").pattern_count
+                         for row in self.three.shards]
+            self.assertEqual(sum(per_group), 60)
+            self.assertTrue(all(n > 0 for n in per_group), per_group)
+            listed = [p.id for p in c.list_patterns("spread", page_size=7)]
+            self.assertEqual(sorted(listed), sorted(ids.tolist()))
+            np.testing.assert_array_equal(c.get("spread", int(ids[25])), np.eye(3)[1])
+            self.assertEqual(c.delete("spread", ids[:10].tolist()), 50)
+            with self.assertRaises(grpc.RpcError) as e:
+                c.get("spread", int(ids[0]))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            imported = c.import_patterns("spread", np.ones((9, 3), np.float32), batch=4)
+            self.assertEqual((imported.patterns_added, imported.pattern_count), (9, 59))
+            names = [s.name for s in c.list_stores()]
+            self.assertIn("spread", names)
+            c.delete_store("spread")
+            with self.assertRaises(grpc.RpcError) as e:
+                c.get_store("spread")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            for row in self.three.shards:
+                self.assertNotIn("spread", [s.name for s in Client(row[0].addr).list_stores()])
+
+    def test_3_a_bad_create_reaches_no_shard(self):
+        with Client(self.three.router.addr) as c:
+            with self.assertRaises(grpc.RpcError) as e:
+                c.create_store("bad", dim=4, beta=-1)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("store.retrieval.beta", e.exception.details())
+        for row in self.three.shards:
+            self.assertNotIn("bad", [s.name for s in Client(row[0].addr).list_stores()])
+
+    def test_4_replicas_keep_reads_going_and_a_lost_group_is_named(self):
+        cluster = Cluster(self.tmp.name, 2, 2, cluster="failover")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                c.create_store("r", dim=4)
+                c.add("r", np.eye(4, dtype=np.float32))
+                for row in cluster.shards:  # every replica holds its group
+                    counts = [Client(s.addr).get_store("r").pattern_count for s in row]
+                    self.assertEqual(counts[0], counts[1])
+                cluster.shards[0][0].kill()
+                cluster.shards[1][1].kill()
+                deadline = time.time() + 10
+                while True:  # the router notices within a probe interval
+                    try:
+                        for _ in range(6):
+                            self.assertEqual(c.retrieve("r", np.eye(4)[0]).ids[0, 0] > 0, True)
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+                cluster.shards[0][1].kill()
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        c.retrieve("r", np.eye(4)[0])
+                    except grpc.RpcError as e:
+                        if e.code() == grpc.StatusCode.UNAVAILABLE and "shard group 0" in e.details():
+                            break
+                    if time.time() > deadline:
+                        self.fail("no UNAVAILABLE naming shard group 0")
+                    time.sleep(0.2)
+                deadline = time.time() + 5  # readiness follows within a moment
+                while (c.health("engram.v1.Engram") != "NOT_SERVING" and
+                       time.time() < deadline):
+                    time.sleep(0.1)
+                self.assertEqual(c.health("engram.v1.Engram"), "NOT_SERVING")
+        finally:
+            cluster.stop()
+
+    def test_5_wrong_topologies_are_refused_at_start(self):
+        shard = self.three.shards[0][0].addr
+        cases = [
+            (["--shards=%s;%s" % (shard, shard)], "named twice"),
+            (["--shards=%s,%s;%s" % (shard, self.three.shards[1][0].addr,
+                                     self.three.shards[2][0].addr)], "replicas"),
+            (["--shards=%s" % shard, "--cluster=test"], "is shard group 0 of 3"),
+            (["--shards=%s;%s;%s" % tuple(row[0].addr for row in self.three.shards),
+              "--cluster=other"], "answers for cluster 'test'"),
+            (["--shards=nonsense"], "not an address"),
+            ([], "needs --shards"),
+        ]
+        for flags, needle in cases:
+            out = subprocess.run([os.path.join(BIN, "engramd"), "--role=router",
+                                  "--listen=127.0.0.1:0", "--metrics_listen=", *flags],
+                                 capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(out.returncode, 0, flags)
+            self.assertIn(needle, out.stderr, flags)
+
+    def test_6_an_unreachable_shard_keeps_the_router_not_ready(self):
+        dead = "127.0.0.1:%d" % free_port()
+        router = subprocess.Popen([os.path.join(BIN, "engramd"), "--role=router",
+                                   "--listen=127.0.0.1:0", "--metrics_listen=",
+                                   "--shards=" + dead], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.time() + 10
+            seen = ""
+            while "not ready" not in seen and time.time() < deadline:
+                seen += router.stdout.readline()
+            self.assertIn("not ready: shard group 0 has no ready replica (%s unreachable" % dead,
+                          seen)
+        finally:
+            router.terminate()
+            router.wait(timeout=30)
+            router.stdout.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
