@@ -213,6 +213,7 @@ int RunEngramd(EngramdOptions o) {
   job_options.observer = &job_metrics;
   job_options.calibration_threads = o.retrieval_threads;
   job_options.max_calibration_work = o.limits.max_calibration_work;
+  job_options.automatic = o.role != Role::kShard;
   auto jobs = std::make_unique<jobs::JobRunner>(&registry, job_options);
 
   // Live (health "") from here on; ready once the stores are loaded.

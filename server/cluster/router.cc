@@ -270,11 +270,23 @@ grpc::Status Router::UpdateStore(Ctx* context,
                      &api::Engram::Stub::UpdateStore, *request, &ignored,
                      deadline);
       });
-  if (absl::Status failed = FirstError(status); !failed.ok()) {
-    return call.Done(absl::Status(
-        failed.code(),
-        absl::StrCat("the update reached some shards but not all: ",
-                     failed.message(), "; send it again")));
+  // A replica that missed it goes stale if a peer of its group took it (the
+  // repair copies the settings); a group where none did is an error.
+  std::vector<bool> took(pool_->groups(), false);
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    if (i == 0 || status[i - 1].ok()) took[replicas[i]->group] = true;
+  }
+  for (size_t i = 1; i < replicas.size(); ++i) {
+    if (status[i - 1].ok()) continue;
+    if (!took[replicas[i]->group]) {
+      return call.Done(absl::Status(
+          status[i - 1].code(),
+          absl::StrCat("the update reached some shard groups but not "
+                       "group ",
+                       replicas[i]->group, ": ", status[i - 1].message(),
+                       "; send it again")));
+    }
+    pool_->MarkStale(*replicas[i], status[i - 1].message());
   }
   absl::StatusOr<api::Store> merged =
       MergedStore(request->store().name(), deadline);
@@ -342,28 +354,34 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
     api::AddPatternsRequest add;
     add.set_store(store);
     for (int i : members[g]) *add.add_patterns() = patterns[i];
-    // The first replica assigns the ids; the others take them as given.
+    // The first replica that answers assigns the ids (one that is gone
+    // goes stale: it is repaired when it is back); the others take them.
     api::AddPatternsResponse added;
-    const Replica& first = *(*ready)[0];
-    if (absl::Status s =
-            Unary(*pool_, first, *first.engram, &api::Engram::Stub::AddPatterns,
-                  add, &added, deadline);
-        !s.ok()) {
-      return s;
+    absl::Status s = absl::UnavailableError("no replica");
+    while (!ready->empty()) {
+      const Replica& first = *ready->front();
+      s = Unary(*pool_, first, *first.engram, &api::Engram::Stub::AddPatterns,
+                add, &added, deadline);
+      if (!absl::IsUnavailable(s) || ready->size() == 1) break;
+      pool_->MarkStale(first, s.message());
+      ready->erase(ready->begin());
     }
+    if (!s.ok()) return s;
     for (size_t j = 0; j < members[g].size(); ++j) {
       ids[members[g][j]] = added.ids(static_cast<int>(j));
       add.mutable_patterns(static_cast<int>(j))
           ->set_id(added.ids(static_cast<int>(j)));
     }
     (*group_counts)[g] = added.pattern_count();
+    // The other replicas follow; one that fails is stale until repaired
+    // from the first (which has the batch), so the add stands.
     for (size_t r = 1; r < ready->size(); ++r) {
       api::AddPatternsResponse ignored;
       if (absl::Status s =
               Unary(*pool_, *(*ready)[r], *(*ready)[r]->engram,
                     &api::Engram::Stub::AddPatterns, add, &ignored, deadline);
           !s.ok()) {
-        return s;
+        pool_->MarkStale(*(*ready)[r], s.message());
       }
     }
     return absl::OkStatus();
@@ -595,15 +613,24 @@ grpc::Status Router::DeletePatterns(Ctx* context,
     absl::StatusOr<std::vector<const Replica*>> ready =
         pool_->ReadyReplicas(static_cast<uint32_t>(g));
     if (!ready.ok()) return ready.status();
-    for (const Replica* r : *ready) {
+    // The first replica that answers decides; the others follow or go
+    // stale.
+    bool decided = false;
+    for (size_t i = 0; i < ready->size(); ++i) {
+      const Replica* r = (*ready)[i];
       api::DeletePatternsResponse deleted;
       if (absl::Status s =
               Unary(*pool_, *r, *r->engram, &api::Engram::Stub::DeletePatterns,
                     shares[g], &deleted, deadline);
           !s.ok()) {
-        return s;
+        if (!decided && (!absl::IsUnavailable(s) || i + 1 == ready->size())) {
+          return s;
+        }
+        pool_->MarkStale(*r, s.message());
+        continue;
       }
-      counts[g] = deleted.pattern_count();
+      if (!decided) counts[g] = deleted.pattern_count();
+      decided = true;
     }
     return absl::OkStatus();
   });

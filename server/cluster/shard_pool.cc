@@ -1,12 +1,15 @@
 #include "server/cluster/shard_pool.h"
 
 #include <chrono>
+#include <map>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "server/base/log.h"
 
 namespace engram::cluster {
 
@@ -112,14 +115,14 @@ absl::Status ShardPool::Probe() {
     for (const auto& replica : group) {
       Probed& p = *probes[k++];
       ReplicaStatus& s = status_[replica->group][replica->index];
-      s.ready = false;
+      const bool first = !s.probed, was_reachable = s.reachable;
+      s.probed = true;
+      s.reachable = false;
       s.description = p.response;
+      const v1::ShardDescription& d = p.response;
       if (!p.status.ok()) {
         s.detail = absl::StrCat("unreachable: ", p.status.error_message());
-        continue;
-      }
-      const v1::ShardDescription& d = p.response;
-      if (d.cluster() != options_.cluster) {
+      } else if (d.cluster() != options_.cluster) {
         s.detail = absl::StrCat("answers for cluster '", d.cluster(),
                                 "', not '", options_.cluster, "'");
       } else if (d.group() != replica->group || d.groups() != groups_.size()) {
@@ -127,18 +130,123 @@ absl::Status ShardPool::Probe() {
                                 d.groups(), "; the topology makes it group ",
                                 replica->group, " of ", groups_.size());
       } else {
-        s.ready = true;
-        s.detail = absl::StrCat(d.stores_size(), " stores");
-        continue;
+        s.reachable = true;
+        // Back after being unreachable: it may have missed writes.
+        if (!first && !was_reachable && groups_[replica->group].size() > 1) {
+          s.stale = true;
+        }
+        s.detail = s.stale ? "stale: being repaired from a ready replica"
+                           : absl::StrCat(d.stores_size(), " stores");
       }
-      if (wrong.ok()) {
+      SetReady(s);
+      if (p.status.ok() && !s.reachable && wrong.ok()) {
         wrong = absl::FailedPreconditionError(
             absl::StrCat("shard ", replica->address, " ", s.detail,
                          " (--shards / --topology_file, --cluster)"));
       }
     }
   }
+  CheckAgreement();
+  first_probe_done_ = true;
   return wrong;
+}
+
+void ShardPool::SetReady(ReplicaStatus& s) {
+  s.ready = s.reachable && !s.stale && !s.diverged;
+}
+
+namespace {
+
+// What a replica holds, store by store: its content and settings digests.
+std::map<std::string, std::pair<uint64_t, uint64_t>> Holdings(
+    const v1::ShardDescription& d) {
+  std::map<std::string, std::pair<uint64_t, uint64_t>> out;
+  for (const v1::StoreState& s : d.stores()) {
+    out[s.name()] = {s.digest(), s.settings_digest()};
+  }
+  return out;
+}
+
+// The first store on which two holdings differ, for messages; "" if none.
+std::string FirstDifference(
+    const std::map<std::string, std::pair<uint64_t, uint64_t>>& a,
+    const std::map<std::string, std::pair<uint64_t, uint64_t>>& b) {
+  for (const auto& [name, digests] : a) {
+    auto found = b.find(name);
+    if (found == b.end()) return absl::StrCat("store '", name, "' missing");
+    if (found->second != digests) {
+      return absl::StrCat("store '", name, "' differs");
+    }
+  }
+  for (const auto& [name, digests] : b) {
+    if (!a.count(name)) return absl::StrCat("store '", name, "' extra");
+  }
+  return "";
+}
+
+}  // namespace
+
+void ShardPool::CheckAgreement() {
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    std::vector<ReplicaStatus>& replicas = status_[g];
+    // The source: the first replica that serves.
+    ReplicaStatus* source = nullptr;
+    for (ReplicaStatus& s : replicas) {
+      if (s.reachable && !s.stale && source == nullptr) source = &s;
+    }
+    if (source == nullptr) continue;
+    const auto held = Holdings(source->description);
+    for (ReplicaStatus& s : replicas) {
+      if (&s == source || !s.reachable || s.stale) continue;
+      const std::string difference =
+          FirstDifference(held, Holdings(s.description));
+      if (difference.empty()) {
+        s.mismatches = 0;
+        if (s.diverged) {
+          for (ReplicaStatus& each : replicas) each.diverged = false;
+          s.detail = absl::StrCat(s.description.stores_size(), " stores");
+        }
+      } else if (!first_probe_done_) {
+        // At start nobody knows which replica is behind, unless one holds
+        // nothing (new, or wiped): that one is repaired; otherwise the
+        // group waits for an operator rather than guess.
+        if (s.description.stores_size() == 0) {
+          s.stale = true;
+          s.detail = "empty: being repaired from a ready replica";
+        } else if (source->description.stores_size() == 0) {
+          source->stale = true;
+          source->detail = "empty: being repaired from a ready replica";
+        } else {
+          const std::string why = absl::StrCat(
+              "replicas ", source->address, " and ", s.address, " disagree (",
+              difference,
+              "): one missed writes while no router saw it; stop the one "
+              "that is behind, empty its --data_dir and start it again to "
+              "have it repaired");
+          for (ReplicaStatus& each : replicas) {
+            each.diverged = true;
+            each.detail = why;
+          }
+        }
+      } else if (++s.mismatches >= 3) {
+        // Writes in flight make replicas differ for a moment; differing
+        // three probes running, the one that is not the source is behind.
+        s.stale = true;
+        s.mismatches = 0;
+        s.detail = absl::StrCat("stale (", difference, " from ",
+                                source->address, "): being repaired");
+      }
+    }
+    for (ReplicaStatus& s : replicas) SetReady(s);
+  }
+}
+
+void ShardPool::MarkStale(const Replica& replica, absl::string_view why) {
+  absl::MutexLock lock(&mu_);
+  ReplicaStatus& s = status_[replica.group][replica.index];
+  s.stale = true;
+  s.detail = absl::StrCat("stale (", why, "): being repaired");
+  SetReady(s);
 }
 
 void ShardPool::ProbeLoop() {
@@ -149,8 +257,211 @@ void ShardPool::ProbeLoop() {
     if (stopping_) return;
     stop_mu_.Unlock();
     Probe().IgnoreError();  // Readiness says what is wrong.
+    RepairStale();
     stop_mu_.Lock();
   }
+}
+
+void ShardPool::RepairStale() {
+  for (const auto& group : groups_) {
+    for (const auto& target : group) {
+      const Replica* source = nullptr;
+      {
+        absl::ReaderMutexLock lock(&mu_);
+        const ReplicaStatus& t = status_[target->group][target->index];
+        if (!t.stale || !t.reachable) continue;
+        for (const auto& candidate : group) {
+          if (status_[candidate->group][candidate->index].ready) {
+            source = candidate.get();
+            break;
+          }
+        }
+      }
+      if (source == nullptr) continue;  // Nobody to repair from yet.
+      const absl::Status repaired = Repair(*source, *target);
+      absl::MutexLock lock(&mu_);
+      ReplicaStatus& t = status_[target->group][target->index];
+      if (repaired.ok()) {
+        t.stale = false;
+        t.mismatches = 0;
+        t.detail = absl::StrCat("repaired from ", source->address);
+        ++repairs_;
+      } else {
+        t.detail = absl::StrCat("stale; repair from ", source->address,
+                                " failed: ", repaired.message());
+      }
+      SetReady(t);
+      Log(repaired.ok() ? LogLevel::kInfo : LogLevel::kWarning,
+          "replica %s of shard group %u: %s", target->address, target->group,
+          t.detail);
+    }
+  }
+}
+
+namespace {
+
+template <typename Request, typename Response>
+absl::Status Call(const ShardPool& pool, const Replica& replica,
+                  grpc::Status (engram::v1::Engram::Stub::*method)(
+                      grpc::ClientContext*, const Request&, Response*),
+                  const Request& request, Response* response) {
+  grpc::ClientContext context;
+  pool.Prepare(context, absl::Now() + absl::Seconds(60));
+  const grpc::Status s =
+      ((*replica.engram).*method)(&context, request, response);
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat(replica.address, ": ", s.error_message()));
+}
+
+// Every pattern id of a store on a replica.
+absl::StatusOr<std::set<uint64_t>> Ids(const ShardPool& pool,
+                                       const Replica& replica,
+                                       const std::string& store) {
+  std::set<uint64_t> ids;
+  engram::v1::ListPatternsRequest request;
+  request.set_store(store);
+  request.set_page_size(1000);
+  request.set_omit_values(true);
+  do {
+    engram::v1::ListPatternsResponse page;
+    if (absl::Status s =
+            Call(pool, replica, &engram::v1::Engram::Stub::ListPatterns,
+                 request, &page);
+        !s.ok()) {
+      return s;
+    }
+    for (const engram::v1::Pattern& p : page.patterns()) ids.insert(p.id());
+    request.set_page_token(page.next_page_token());
+  } while (!request.page_token().empty());
+  return ids;
+}
+
+}  // namespace
+
+absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
+  namespace api = engram::v1;
+  // A few rounds: writes that land on the source meanwhile are copied by
+  // the next; the repair ends when both describe the same holdings.
+  for (int round = 0; round < 5; ++round) {
+    api::ListStoresRequest list;
+    list.set_page_size(1000);
+    api::ListStoresResponse from, to;
+    if (absl::Status s =
+            Call(*this, source, &api::Engram::Stub::ListStores, list, &from);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            Call(*this, target, &api::Engram::Stub::ListStores, list, &to);
+        !s.ok()) {
+      return s;
+    }
+    std::map<std::string, api::Store> theirs;
+    for (const api::Store& st : to.stores()) theirs[st.name()] = st;
+    for (const api::Store& mine : from.stores()) {
+      api::Store settings = mine;
+      settings.clear_pattern_count();
+      if (auto found = theirs.find(mine.name()); found == theirs.end()) {
+        api::CreateStoreRequest create;
+        *create.mutable_store() = settings;
+        api::Store created;
+        if (absl::Status s =
+                Call(*this, target, &api::Engram::Stub::CreateStore, create,
+                     &created);
+            !s.ok()) {
+          return s;
+        }
+      } else {
+        theirs.erase(found);
+        api::UpdateStoreRequest update;
+        *update.mutable_store() = settings;
+        for (const char* path : {"retrieval", "low_rank", "calibration"}) {
+          update.mutable_update_mask()->add_paths(path);
+        }
+        api::Store updated;
+        if (absl::Status s =
+                Call(*this, target, &api::Engram::Stub::UpdateStore, update,
+                     &updated);
+            !s.ok()) {
+          return s;
+        }
+      }
+      absl::StatusOr<std::set<uint64_t>> have = Ids(*this, target, mine.name());
+      if (!have.ok()) return have.status();
+      // The source's patterns the target lacks, a page at a time.
+      api::ListPatternsRequest page_request;
+      page_request.set_store(mine.name());
+      page_request.set_page_size(1000);
+      std::set<uint64_t> seen;
+      do {
+        api::ListPatternsResponse page;
+        if (absl::Status s =
+                Call(*this, source, &api::Engram::Stub::ListPatterns,
+                     page_request, &page);
+            !s.ok()) {
+          return s;
+        }
+        api::AddPatternsRequest add;
+        add.set_store(mine.name());
+        for (const api::Pattern& p : page.patterns()) {
+          seen.insert(p.id());
+          if (!have->count(p.id())) *add.add_patterns() = p;
+        }
+        if (add.patterns_size() > 0) {
+          api::AddPatternsResponse added;
+          if (absl::Status s = Call(
+                  *this, target, &api::Engram::Stub::AddPatterns, add, &added);
+              !s.ok()) {
+            return s;
+          }
+        }
+        page_request.set_page_token(page.next_page_token());
+      } while (!page_request.page_token().empty());
+      // And what the target holds that the source does not.
+      std::vector<uint64_t> extra;
+      for (uint64_t id : *have) {
+        if (!seen.count(id)) extra.push_back(id);
+      }
+      for (size_t first = 0; first < extra.size(); first += 1000) {
+        api::DeletePatternsRequest remove;
+        remove.set_store(mine.name());
+        for (size_t i = first; i < std::min(extra.size(), first + 1000); ++i) {
+          remove.add_ids(extra[i]);
+        }
+        api::DeletePatternsResponse removed;
+        if (absl::Status s =
+                Call(*this, target, &api::Engram::Stub::DeletePatterns, remove,
+                     &removed);
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+    for (const auto& [name, unused] : theirs) {  // Stores gone from the source.
+      api::DeleteStoreRequest drop;
+      drop.set_name(name);
+      api::DeleteStoreResponse dropped;
+      if (absl::Status s = Call(*this, target, &api::Engram::Stub::DeleteStore,
+                                drop, &dropped);
+          !s.ok()) {
+        return s;
+      }
+    }
+    // Done when both describe the same holdings.
+    v1::DescribeRequest describe;
+    v1::ShardDescription a, b;
+    grpc::ClientContext ca, cb;
+    Prepare(ca, absl::Now() + options_.probe_timeout);
+    Prepare(cb, absl::Now() + options_.probe_timeout);
+    if (source.shard->Describe(&ca, describe, &a).ok() &&
+        target.shard->Describe(&cb, describe, &b).ok() &&
+        FirstDifference(Holdings(a), Holdings(b)).empty()) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::AbortedError(
+      "the source kept changing faster than the repair copied it");
 }
 
 absl::Status ShardPool::Unavailable(uint32_t group) const {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engram/cluster/v1/shard.grpc.pb.h"
@@ -48,13 +49,21 @@ struct Replica {
   std::unique_ptr<v1::Shard::Stub> shard;
 };
 
-// One replica's state, as the probe last saw it.
+// One replica's state, as the probe last saw it. A replica is ready when it
+// answers, belongs to this cluster and group, and holds what the group's
+// other ready replicas hold: one that came back after being unreachable, or
+// missed a write, is stale until repaired from a ready peer.
 struct ReplicaStatus {
   uint32_t group = 0;
   std::string address;
   bool ready = false;
+  bool reachable = false;  // Answers, for this cluster and group.
+  bool stale = false;      // Needs repair before it serves.
+  bool diverged = false;   // Disagrees with its peers at start: see detail.
+  bool probed = false;
   std::string detail;  // Why not ready, or what it holds.
   v1::ShardDescription description;
+  int mismatches = 0;  // Probes in a row that found it differing.
 };
 
 class ShardPool {
@@ -85,9 +94,22 @@ class ShardPool {
   // The token and the deadline of a call to a shard.
   void Prepare(grpc::ClientContext& context, absl::Time deadline) const;
 
+  // A write reached the group's first replica but not `replica`: it serves
+  // no more until repaired.
+  void MarkStale(const Replica& replica, absl::string_view why);
+  // Replicas repaired since the pool started (for the log and tests).
+  size_t repairs() const { return repairs_.load(); }
+
  private:
   explicit ShardPool(const ShardPoolOptions& options);
   void ProbeLoop();
+  // Compares each group's replicas and marks the ones that differ.
+  void CheckAgreement() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies what `source` holds to `target` (stores, settings, patterns);
+  // OK once their digests agree.
+  absl::Status Repair(const Replica& source, const Replica& target);
+  void RepairStale();
+  void SetReady(ReplicaStatus& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Unavailable(uint32_t group) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
@@ -97,6 +119,8 @@ class ShardPool {
   mutable absl::Mutex mu_;
   std::vector<std::vector<ReplicaStatus>> status_ ABSL_GUARDED_BY(mu_);
   std::vector<std::atomic<uint32_t>> next_;  // Round-robin per group.
+  std::atomic<size_t> repairs_{0};
+  bool first_probe_done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex stop_mu_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
   std::thread prober_;

@@ -10,6 +10,23 @@
 
 namespace engram::cluster {
 
+namespace {
+
+// A hash of the settings replicas must share (not the calibration report
+// or the creation time, which each replica keeps for itself).
+uint64_t SettingsDigest(const store::StoreSettings& settings) {
+  engram::v1::Store p;
+  store::SettingsToProto(settings, p);
+  p.clear_create_time();
+  p.clear_calibration_report();
+  const std::string bytes = p.SerializeAsString();
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ULL;
+  return h;
+}
+
+}  // namespace
+
 ShardService::ShardService(store::StoreRegistry* registry,
                            const rpc::CallPolicy* policy, ShardOptions options)
     : registry_(registry), policy_(policy), options_(std::move(options)) {}
@@ -35,6 +52,8 @@ grpc::Status ShardService::Describe(grpc::ServerContext* context,
     state->set_pattern_count(view->size());
     state->set_map_version(view->fit().version);
     state->set_state(engram::v1::Store::READY);
+    state->set_digest(view->digest());
+    state->set_settings_digest(SettingsDigest(view->settings()));
   }
   for (const store::StoreRegistry::DamagedStore& d : registry_->Damaged()) {
     v1::StoreState* state = response->add_stores();

@@ -180,6 +180,7 @@ void JobRunner::Enqueue(JobKind kind, const std::string& name, Entry& entry) {
 }
 
 void JobRunner::PatternsAdded(const std::string& store, size_t count) {
+  if (!options_.automatic) return;
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return;

@@ -70,6 +70,9 @@ struct JobRunnerOptions {
   int workers = 1;
   absl::Duration tick = absl::Milliseconds(20);  // Debounce resolution.
   JobObserver* observer = nullptr;               // Borrowed; may be null.
+  // Start fits and calibrations on their own after adds (off on a shard:
+  // its router runs them for the whole store).
+  bool automatic = true;
   // Retrieval threads and work budget of one calibration.
   int calibration_threads = 1;
   double max_calibration_work = core::kDefaultCalibrationWork;

@@ -24,6 +24,28 @@ uint64_t NextAfter(uint64_t next, uint64_t id) {
 
 }  // namespace
 
+// One pattern's share of a store's content digest: FNV-1a over its id,
+// values, label and metadata. The digest of a store is the sum over its
+// patterns, so adds and deletes update it and equal contents give equal
+// digests whatever their order.
+uint64_t PatternDigest(uint64_t id, const float* values, size_t dim,
+                       absl::string_view label, const Metadata& metadata) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto bytes = [&h](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
+  };
+  bytes(&id, sizeof(id));
+  bytes(values, dim * sizeof(float));
+  bytes(label.data(), label.size());
+  for (const auto& [key, value] : metadata) {
+    bytes(key.data(), key.size());
+    bytes("=", 1);
+    bytes(value.data(), value.size());
+  }
+  return h;
+}
+
 size_t ChunkCapacity(size_t dim) {
   const size_t rows = (size_t{1} << 20) / std::max<size_t>(dim, 1);
   size_t capacity = 64;
@@ -338,6 +360,8 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
     CountNorms(*chunk, r);
+    digest_ += PatternDigest(ids[i], patterns[i].values.data(), dim_,
+                             patterns[i].label, patterns[i].metadata);
     max_label_bytes_ = std::max(max_label_bytes_, patterns[i].label.size());
     next_id_ = NextAfter(next_id_, ids[i]);
   }
@@ -418,6 +442,13 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
   if (absl::Status status = storage_->WritePatterns(name_, {}, ids, next_id_);
       !status.ok()) {
     return status;
+  }
+  for (uint64_t id : ids) {
+    const size_t g = location[id];
+    const Chunk& chunk = *chunks_[g / chunk_capacity_];
+    const size_t r = g % chunk_capacity_;
+    digest_ -= PatternDigest(id, chunk.row(r), dim_, chunk.info(r).label,
+                             chunk.info(r).metadata);
   }
   // What leaves the low-rank sums, read before rows move.
   std::vector<float> gone_values;
@@ -608,6 +639,7 @@ void Store::Publish(const StoreSettings& settings) {
   view->low_rank_state_ = sums_state_;
   view->map_norm_ = map_norm_;
   view->max_label_bytes_ = max_label_bytes_;
+  view->digest_ = digest_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);

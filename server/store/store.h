@@ -141,6 +141,10 @@ class StoreView {
   // The longest label ever added (deletes do not lower it): bounds the size
   // of an answer before it is computed.
   size_t max_label_bytes() const { return max_label_bytes_; }
+  // The sum of a hash of every pattern (id, values, label, metadata): equal
+  // for equal contents, whatever the order they came in (replicas compare
+  // it).
+  uint64_t digest() const { return digest_; }
 
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
@@ -162,6 +166,7 @@ class StoreView {
   LowRankState low_rank_state_;
   double map_norm_ = 1;
   size_t max_label_bytes_ = 0;
+  uint64_t digest_ = 0;
 };
 
 class Store {
@@ -262,6 +267,7 @@ class Store {
   std::vector<size_t> sealed_ ABSL_GUARDED_BY(write_mu_);
   size_t count_ ABSL_GUARDED_BY(write_mu_) = 0;
   // The next automatic id; 0 once 2^64 - 1 was used.
+  uint64_t digest_ ABSL_GUARDED_BY(write_mu_) = 0;
   uint64_t next_id_ ABSL_GUARDED_BY(write_mu_) = 1;
   std::shared_ptr<const core::FeatureMap> map_ ABSL_GUARDED_BY(write_mu_);
   FitRecord fit_ ABSL_GUARDED_BY(write_mu_);

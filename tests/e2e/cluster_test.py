@@ -30,6 +30,11 @@ SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
 SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
 
 
+def store_group(pattern_id, groups=2):
+    """The shard group of an id the cluster assigned (top bits: group + 1)."""
+    return ((pattern_id >> 48) - 1) % groups
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,6 +198,57 @@ class ClusterTest(unittest.TestCase):
                        time.time() < deadline):
                     time.sleep(0.1)
                 self.assertEqual(c.health("engram.v1.Engram"), "NOT_SERVING")
+        finally:
+            cluster.stop()
+
+    def test_4b_a_replica_that_was_down_catches_up_and_serves(self):
+        cluster = Cluster(self.tmp.name, 2, 2, cluster="catchup")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                c.create_store("cu", dim=4)
+                first = c.add("cu", np.eye(4, dtype=np.float32))
+                down = cluster.shards[0][0]
+                addr, data = down.addr, down.data_dir
+                down.kill()
+                # Writes while it is down reach the other replica only.
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        later = c.add("cu", np.ones((40, 4), np.float32))
+                        c.delete("cu", first[:2].tolist())
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+                c.update_store("cu", beta=3)
+                cluster.shards[0][0] = Engramd(
+                    BIN, self.tmp.name, "--role=shard", "--cluster=catchup",
+                    "--shard_group=0", "--shard_groups=2", "--listen=" + addr,
+                    data_dir=data)
+                # Back, stale, repaired from its peer, then ready.
+                want = sorted(int(i) for i in list(first[2:]) + list(later)
+                              if store_group(int(i)) == 0)
+                deadline = time.time() + 20
+                while True:
+                    got = sorted(p.id for p in Client(addr).list_patterns("cu", values=False))
+                    if got == want and Client(addr).get_store("cu").retrieval.beta == 3:
+                        break
+                    if time.time() > deadline:
+                        self.fail("replica not repaired: %d of %d patterns" % (len(got), len(want)))
+                    time.sleep(0.2)
+                time.sleep(1.5)  # a probe or two: ready again
+                cluster.shards[0][1].kill()
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        ids = sorted(p.id for p in c.list_patterns("cu", values=False))
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+                self.assertEqual(len(ids), 42)
         finally:
             cluster.stop()
 
