@@ -46,7 +46,8 @@ Client::Client(const ClientOptions& options,
     : options_(options),
       channel_(std::move(channel)),
       stub_(v1::Engram::NewStub(channel_)),
-      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+      health_(grpc::health::v1::Health::NewStub(channel_)),
+      router_(cluster::v1::Router::NewStub(channel_)) {}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
@@ -317,6 +318,11 @@ absl::StatusOr<std::string> Client::Health(const std::string& service) {
   if (!response.ok()) return response.status();
   return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
       response->status());
+}
+
+absl::StatusOr<cluster::v1::ClusterState> Client::ClusterStatus() {
+  return Unary(*router_, &cluster::v1::Router::Stub::ClusterStatus,
+               cluster::v1::ClusterStatusRequest(), true);
 }
 
 }  // namespace engram::client

@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "engram/cluster/v1/shard.grpc.pb.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -126,6 +127,11 @@ class Client {
   // The health of `service` ("" for the server): "SERVING", "NOT_SERVING"...
   absl::StatusOr<std::string> Health(const std::string& service = "");
 
+  // A router's shards: groups, replicas, readiness and what each holds
+  // (engram.cluster.v1.Router; UNIMPLEMENTED from a server that is not a
+  // router).
+  absl::StatusOr<cluster::v1::ClusterState> ClusterStatus();
+
  private:
   Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
 
@@ -151,6 +157,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Engram::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::unique_ptr<cluster::v1::Router::Stub> router_;
 };
 
 }  // namespace engram::client

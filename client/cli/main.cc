@@ -703,6 +703,29 @@ void Health(const std::vector<std::string>& args) {
   if (*status != "SERVING") std::exit(1);
 }
 
+void ClusterStatus(const std::vector<std::string>& args) {
+  if (!args.empty()) Fail("cluster status takes no arguments");
+  absl::StatusOr<cluster::v1::ClusterState> status = Connect()->ClusterStatus();
+  FailOn(status.status(), "cluster status");
+  std::string text =
+      absl::StrFormat("cluster %s: %u shard groups of %u replicas\n",
+                      status->cluster(), status->groups(), status->replicas());
+  for (const cluster::v1::ReplicaState& r : status->shards()) {
+    absl::StrAppendFormat(&text, "group %u  %-28s %-9s %s\n", r.group(),
+                          r.address(), r.ready() ? "ready" : "NOT READY",
+                          r.detail());
+    for (const cluster::v1::StoreState& s : r.stores()) {
+      absl::StrAppendFormat(&text, "    store %-20s %10u patterns  map v%u%s\n",
+                            s.name(), s.pattern_count(), s.map_version(),
+                            s.state() == v1::Store::DAMAGED ? "  DAMAGED" : "");
+    }
+  }
+  Print(*status, text);
+  for (const cluster::v1::ReplicaState& r : status->shards()) {
+    if (!r.ready()) std::exit(1);
+  }
+}
+
 void Version(const std::vector<std::string>& args) {
   if (!args.empty()) Fail("version takes no arguments");
   if (absl::GetFlag(FLAGS_json)) {
@@ -796,6 +819,11 @@ const Command kCommands[] = {
      "Load-tests Retrieve on a store: prints requests/s, queries/s and "
      "latency p50/p90/p99/max.",
      Bench},
+    {"cluster status", "engram cluster status [--json]",
+     "A router's shards: each group's replicas, whether they serve (and why "
+     "not), and per store the patterns and the feature map each holds. Exits "
+     "non-zero if a replica is not ready.",
+     ClusterStatus},
     {"health", "engram health [SERVICE]",
      "Checks the server's health (liveness), or a service's (readiness: "
      "engram.v1.Engram).",

@@ -98,8 +98,10 @@ const char* RoleName(Role role) {
 // group has a ready replica.
 int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
               int metrics_port) {
+  cluster::ShardPoolOptions pool_options = o.cluster.pool;
+  pool_options.metrics = &metrics;
   absl::StatusOr<std::unique_ptr<cluster::ShardPool>> pool =
-      cluster::ShardPool::Create(o.cluster.topology, o.cluster.pool);
+      cluster::ShardPool::Create(o.cluster.topology, pool_options);
   if (!pool.ok()) {
     Log(LogLevel::kError, "%s", pool.status().ToString());
     return 1;
@@ -111,6 +113,8 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
         std::vector<std::unique_ptr<grpc::Service>> services;
         services.push_back(
             std::make_unique<cluster::Router>(pool->get(), policy, router));
+        services.push_back(std::make_unique<cluster::RouterAdmin>(
+            pool->get(), policy, o.cluster.cluster));
         return services;
       });
   if (!server.ok()) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "server/base/clip.h"
 #include "server/core/partial.h"
@@ -50,7 +51,14 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
                    absl::Time deadline) {
   grpc::ClientContext context;
   pool.Prepare(context, deadline);
-  return FromShard((stub.*method)(&context, request, response), replica);
+  const absl::Time start = absl::Now();
+  const grpc::Status status = (stub.*method)(&context, request, response);
+  absl::string_view method_name = Request::descriptor()->name();
+  absl::ConsumeSuffix(&method_name, "Request");
+  pool.Record(replica, method_name, status, absl::Now() - start,
+              request.ByteSizeLong(),
+              status.ok() ? response->ByteSizeLong() : 0);
+  return FromShard(status, replica);
 }
 
 // Runs fn(0) .. fn(n - 1) at once (a thread each but the first).
@@ -716,8 +724,12 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
             absl::MutexLock lock(&mu);
             ++left;
           }
+          const absl::Time sent = absl::Now();
           replicas[g]->shard->async()->PartialStep(
-              &contexts[g], &step, &parts[g], [&, g](grpc::Status s) {
+              &contexts[g], &step, &parts[g], [&, g, sent](grpc::Status s) {
+                pool_->Record(*replicas[g], "PartialStep", s,
+                              absl::Now() - sent, step.ByteSizeLong(),
+                              s.ok() ? parts[g].ByteSizeLong() : 0);
                 absl::MutexLock lock(&mu);
                 status[g] = FromShard(s, *replicas[g]);
                 --left;
@@ -901,6 +913,30 @@ grpc::Status Router::CancelCalibration(
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(absl::FailedPreconditionError(
       absl::StrCat("CancelCalibration", kNotThroughRouter)));
+}
+
+// --- Cluster status
+// -----------------------------------------------------------
+
+grpc::Status RouterAdmin::ClusterStatus(grpc::ServerContext* context,
+                                        const v1::ClusterStatusRequest* request,
+                                        v1::ClusterState* response) {
+  rpc::Call call(policy_, "ClusterStatus", "");
+  if (!call.Admit(*context, request)) return call.Refused();
+  response->set_cluster(cluster_);
+  response->set_groups(pool_->groups());
+  const std::vector<ReplicaStatus> all = pool_->Status();
+  response->set_replicas(static_cast<uint32_t>(
+      all.size() / std::max<uint32_t>(1, pool_->groups())));
+  for (const ReplicaStatus& s : all) {
+    v1::ReplicaState* r = response->add_shards();
+    r->set_group(s.group);
+    r->set_address(s.address);
+    r->set_ready(s.ready);
+    r->set_detail(s.detail);
+    *r->mutable_stores() = s.description.stores();
+  }
+  return call.Done(absl::OkStatus());
 }
 
 }  // namespace engram::cluster

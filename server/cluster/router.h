@@ -28,6 +28,23 @@ struct RouterOptions {
   store::Limits limits;  // Checked before anything reaches a shard.
 };
 
+// engram.cluster.v1.Router: the shards as the router's probe sees them.
+class RouterAdmin final : public v1::Router::Service {
+ public:
+  RouterAdmin(ShardPool* pool, const rpc::CallPolicy* policy,
+              std::string cluster)
+      : pool_(pool), policy_(policy), cluster_(std::move(cluster)) {}
+
+  grpc::Status ClusterStatus(grpc::ServerContext* context,
+                             const v1::ClusterStatusRequest* request,
+                             v1::ClusterState* response) override;
+
+ private:
+  ShardPool* const pool_;
+  const rpc::CallPolicy* const policy_;
+  const std::string cluster_;
+};
+
 class Router final : public engram::v1::Engram::Service {
  public:
   // Borrowed; they must outlive the router.

@@ -148,7 +148,45 @@ absl::Status ShardPool::Probe() {
   }
   CheckAgreement();
   first_probe_done_ = true;
+  if (options_.metrics != nullptr) {
+    size_t ready = 0, total = 0;
+    for (const auto& group : status_) {
+      for (const ReplicaStatus& s : group) {
+        ready += s.ready;
+        ++total;
+      }
+    }
+    options_.metrics->SetShardReplicas(ready, total - ready);
+  }
   return wrong;
+}
+
+void ShardPool::Record(const Replica& replica, absl::string_view method,
+                       const grpc::Status& status, absl::Duration took,
+                       size_t bytes_sent, size_t bytes_received) const {
+  if (options_.metrics == nullptr) return;
+  static constexpr const char* kCodes[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
+  const int code = static_cast<int>(status.error_code());
+  options_.metrics->RecordShardCall(
+      replica.address, method,
+      code >= 0 && code <= 16 ? kCodes[code] : "UNKNOWN",
+      absl::ToDoubleSeconds(took), bytes_sent, bytes_received);
 }
 
 void ShardPool::SetReady(ReplicaStatus& s) {

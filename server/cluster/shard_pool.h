@@ -25,6 +25,7 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "server/cluster/topology.h"
+#include "server/metrics/metrics.h"
 
 namespace engram::cluster {
 
@@ -39,6 +40,7 @@ struct ShardPoolOptions {
   absl::Duration probe_interval = absl::Milliseconds(500);
   absl::Duration probe_timeout = absl::Seconds(2);
   int max_message_bytes = 256 << 20;
+  metrics::Metrics* metrics = nullptr;  // Borrowed; may be null.
 };
 
 struct Replica {
@@ -93,6 +95,11 @@ class ShardPool {
 
   // The token and the deadline of a call to a shard.
   void Prepare(grpc::ClientContext& context, absl::Time deadline) const;
+
+  // Counts one call to a replica (metrics: calls, latency, bytes).
+  void Record(const Replica& replica, absl::string_view method,
+              const grpc::Status& status, absl::Duration took,
+              size_t bytes_sent, size_t bytes_received) const;
 
   // A write reached the group's first replica but not `replica`: it serves
   // no more until repaired.

@@ -52,6 +52,14 @@ class Metrics {
   };
   virtual void SetCapacity(absl::string_view store,
                            const Capacity& capacity) = 0;
+  // A router's call to a shard (its address): method, gRPC status code
+  // name, duration, and the bytes of the request and the answer.
+  virtual void RecordShardCall(absl::string_view shard,
+                               absl::string_view method, absl::string_view code,
+                               double seconds, size_t bytes_sent,
+                               size_t bytes_received) = 0;
+  // Replicas of a router's shards that serve (ready) and that do not.
+  virtual void SetShardReplicas(size_t ready, size_t not_ready) = 0;
 };
 
 // Counts nothing.
@@ -69,6 +77,9 @@ class NullMetrics : public Metrics {
                  double) override {}
   void RecordCalibration(absl::string_view, double) override {}
   void SetCapacity(absl::string_view, const Capacity&) override {}
+  void RecordShardCall(absl::string_view, absl::string_view, absl::string_view,
+                       double, size_t, size_t) override {}
+  void SetShardReplicas(size_t, size_t) override {}
 };
 
 }  // namespace engram::metrics

@@ -101,6 +101,26 @@ class PrometheusMetrics : public Metrics {
                 .Add({},
                      prometheus::Histogram::BucketBoundaries{
                          0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800})),
+        shard_calls_(prometheus::BuildCounter()
+                         .Name("engram_shard_requests_total")
+                         .Help("A router's calls to its shards, by shard, "
+                               "method and gRPC status code.")
+                         .Register(*registry_)),
+        shard_latency_(prometheus::BuildHistogram()
+                           .Name("engram_shard_request_duration_seconds")
+                           .Help("A router's calls to its shards: latency in "
+                                 "seconds, by shard and method.")
+                           .Register(*registry_)),
+        shard_bytes_(prometheus::BuildCounter()
+                         .Name("engram_shard_bytes_total")
+                         .Help("Bytes of a router's calls to its shards, by "
+                               "shard and direction (sent, received).")
+                         .Register(*registry_)),
+        shard_replicas_(prometheus::BuildGauge()
+                            .Name("engram_shard_replicas")
+                            .Help("A router's shard replicas, by state "
+                                  "(ready, not_ready).")
+                            .Register(*registry_)),
         capacity_{&CapacityGauge("engram_capacity_recall_at_1",
                                  "Recall@1 of corrupted stored patterns at "
                                  "the calibrated setting, by store."),
@@ -233,6 +253,29 @@ class PrometheusMetrics : public Metrics {
     return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_);
   }
 
+  void RecordShardCall(absl::string_view shard, absl::string_view method,
+                       absl::string_view code, double seconds,
+                       size_t bytes_sent, size_t bytes_received) override {
+    const std::string s(shard), m(method);
+    shard_calls_.Add({{"shard", s}, {"method", m}, {"code", std::string(code)}})
+        .Increment();
+    static const prometheus::Histogram::BucketBoundaries kBuckets = {
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+    shard_latency_.Add({{"shard", s}, {"method", m}}, kBuckets)
+        .Observe(seconds);
+    shard_bytes_.Add({{"shard", s}, {"direction", "sent"}})
+        .Increment(static_cast<double>(bytes_sent));
+    shard_bytes_.Add({{"shard", s}, {"direction", "received"}})
+        .Increment(static_cast<double>(bytes_received));
+  }
+
+  void SetShardReplicas(size_t ready, size_t not_ready) override {
+    shard_replicas_.Add({{"state", "ready"}}).Set(static_cast<double>(ready));
+    shard_replicas_.Add({{"state", "not_ready"}})
+        .Set(static_cast<double>(not_ready));
+  }
+
   prometheus::Histogram& LatencyFor(absl::string_view method) {
     static const prometheus::Histogram::BucketBoundaries kBuckets = {
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -258,6 +301,10 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Counter>& calibrations_;
   prometheus::Histogram& calibration_duration_;
   static constexpr size_t kCapacityFigures = 5;
+  prometheus::Family<prometheus::Counter>& shard_calls_;
+  prometheus::Family<prometheus::Histogram>& shard_latency_;
+  prometheus::Family<prometheus::Counter>& shard_bytes_;
+  prometheus::Family<prometheus::Gauge>& shard_replicas_;
   prometheus::Family<prometheus::Gauge>* capacity_[kCapacityFigures];
   std::unique_ptr<internal::HttpEndpoint> endpoint_;
 };

@@ -64,6 +64,8 @@ constexpr Method kMethods[] = {
     {"Describe", false},
     {"PartialStep", false},
     {"GetValues", false},
+    // engram.cluster.v1.Router.
+    {"ClusterStatus", false},
 };
 
 }  // namespace

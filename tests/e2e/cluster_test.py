@@ -252,6 +252,35 @@ class ClusterTest(unittest.TestCase):
         finally:
             cluster.stop()
 
+    def test_4c_status_and_metrics_of_a_second_router(self):
+        topology = ";".join(row[0].addr for row in self.three.shards)
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=test",
+                         "--shards=" + topology, metrics_listen="127.0.0.1:0")
+        try:
+            out = subprocess.run([os.path.join(BIN, "engram"), "--addr=" + router.addr,
+                                  "cluster", "status"], capture_output=True, text=True,
+                                 timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertIn("cluster test: 3 shard groups of 1 replicas", out.stdout)
+            for row in self.three.shards:
+                self.assertRegex(out.stdout, r"group \d  %s\s+ready" % row[0].addr)
+            with Client(router.addr) as c:  # a store made through the other router
+                c.create_store("two", dim=2)
+                c.add("two", np.eye(2, dtype=np.float32))
+                c.retrieve("two", np.eye(2))
+                c.delete_store("two")
+            import urllib.request
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % router.metrics_port,
+                                        timeout=10) as r:
+                text = r.read().decode()
+            for row in self.three.shards:
+                self.assertIn('engram_shard_requests_total{code="OK",method="PartialStep",'
+                              'shard="%s"}' % row[0].addr, text)
+            self.assertIn('engram_shard_replicas{state="ready"} 3', text)
+            self.assertIn('engram_shard_bytes_total{direction="received"', text)
+        finally:
+            router.stop()
+
     def test_5_wrong_topologies_are_refused_at_start(self):
         shard = self.three.shards[0][0].addr
         cases = [

@@ -198,7 +198,9 @@ TEST(MethodTableTest, NamesEveryMethodOfTheServices) {
   for (const google::protobuf::ServiceDescriptor* service :
        {v1::Store::descriptor()->file()->FindServiceByName("Engram"),
         cluster::v1::ShardDescription::descriptor()->file()->FindServiceByName(
-            "Shard")}) {
+            "Shard"),
+        cluster::v1::ShardDescription::descriptor()->file()->FindServiceByName(
+            "Router")}) {
     ASSERT_NE(service, nullptr);
     for (int i = 0; i < service->method_count(); ++i) {
       EXPECT_TRUE(MethodWrites(service->method(i)->name()).has_value())
