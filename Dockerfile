@@ -44,4 +44,5 @@ ENV FLAGS_listen=0.0.0.0:50051 \
 # Probes the port FLAGS_listen names, wherever it was moved.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD engram --addr="127.0.0.1:${FLAGS_listen##*:}" --timeout_s=2 health engram.v1.Engram
-ENTRYPOINT ["engramd", "--tryfromenv=listen,metrics_listen,data_dir,sync,log_level,token_file,tls_cert,tls_key,tls_client_ca,blas_coretype,retrieval_threads,fit_workers,max_message_mb,max_dimension,max_batch,max_queries,max_stores,max_patterns_per_store,shutdown_grace_s,metrics_per_store"]
+# Every flag can be set as FLAGS_<name> (docker -e, a Kubernetes ConfigMap).
+ENTRYPOINT ["engramd", "--tryfromenv=listen,metrics_listen,data_dir,sync,accept_data_loss,log_level,token_file,tls_cert,tls_key,tls_client_ca,blas_coretype,blas_threads,retrieval_threads,fit_workers,rpc_threads,max_message_mb,max_dimension,max_batch,max_queries,max_stores,max_patterns_per_store,max_top_k,max_steps,max_label_bytes,max_metadata_entries,max_metadata_bytes,max_low_rank_values,max_calibration_work,shutdown_grace_s,metrics_per_store,role,cluster,shard_group,shard_groups,shards,topology_file,shard_tls_ca,shard_tls_cert,shard_tls_key,shard_token_file"]

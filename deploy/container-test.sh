@@ -84,4 +84,41 @@ grep -q 'engram_requests_total{code="OK",method="Retrieve"} 1' <<<"$metrics"
 echo "== /metrics reports the store and the calls"
 
 $engine stop -t 20 "$name" >/dev/null
+
+# A router and two shards from the same image.
+shard_ports=("$(free_port)" "$(free_port)")
+router_port=$(free_port)
+cluster_names=("$name-shard-0" "$name-shard-1" "$name-router")
+cleanup_cluster() { for n in "${cluster_names[@]}"; do $engine rm -f "$n" >/dev/null 2>&1 || true; done; }
+trap 'cleanup; cleanup_cluster; rm -rf "$tmp"' EXIT
+for g in 0 1; do
+  # Host networking on both engines: the flags keep every port on loopback.
+  $engine run -d --name "${cluster_names[$g]}" --network=host \
+    -e FLAGS_listen=127.0.0.1:${shard_ports[$g]} -e FLAGS_metrics_listen= \
+    -e FLAGS_role=shard -e FLAGS_cluster=ct -e FLAGS_shard_group=$g -e FLAGS_shard_groups=2 \
+    "$image" >/dev/null
+done
+$engine run -d --name "${cluster_names[2]}" --network=host \
+  -e FLAGS_listen=127.0.0.1:$router_port -e FLAGS_metrics_listen= -e FLAGS_role=router \
+  -e FLAGS_cluster=ct -e "FLAGS_shards=127.0.0.1:${shard_ports[0]};127.0.0.1:${shard_ports[1]}" \
+  "$image" >/dev/null
+routed() { "$cli" --addr=127.0.0.1:$router_port --timeout_s=10 "$@"; }
+for _ in $(seq 1 100); do
+  if [[ $(routed health engram.v1.Engram 2>/dev/null) == SERVING ]]; then break; fi
+  sleep 0.2
+done
+[[ $(routed health engram.v1.Engram) == SERVING ]] ||
+  { for n in "${cluster_names[@]}"; do $engine logs "$n"; done; exit 1; }
+routed store create spread --dim=4 --similarity=l2 --beta=20 --top_k=1
+routed add spread "$tmp/rows.csv"
+out=$(routed retrieve spread "$tmp/rows.csv" --json)
+python3 - "$out" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+ids = [int(q["matches"][0]["id"]) for q in r["results"]]
+assert len(set(ids)) == 3 and all(i >= 1 << 48 for i in ids), ids
+print("== retrieval through a router over two shard containers: ids", ids)
+PY
+routed cluster status
+for n in "${cluster_names[@]}"; do $engine stop -t 20 "$n" >/dev/null; done
 echo "== container test passed in $(($(date +%s) - start))s"

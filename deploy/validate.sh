@@ -49,4 +49,46 @@ assert c0["readinessProbe"]["grpc"]["service"] == "engram.v1.Engram"
 assert c0["livenessProbe"]["grpc"]["service"] == ""
 assert ss["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
 print(f"== kubernetes: {len(kinds)} objects ({', '.join(sorted(set(kinds)))}), gRPC probes, a volume claim")
+
+# The sharded deployment: every group in the routers' topology is a
+# StatefulSet of that many replicas, with its group flag, a headless
+# Service of its name, a PodDisruptionBudget, and anti-affinity.
+k = "deploy/kubernetes/sharded"
+kust = yaml.safe_load(open(f"{k}/kustomization.yaml"))
+docs = [d for r in kust["resources"] for d in yaml.safe_load_all(open(os.path.join(k, r)))]
+for d in docs:
+    assert d["apiVersion"] and d["kind"] and d["metadata"]["name"], d
+by = lambda kind: {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+config = by("ConfigMap")["engram-router-config"]["data"]
+groups = [g.split(",") for g in config["FLAGS_shards"].strip().split(";")]
+sets, services, budgets = by("StatefulSet"), by("Service"), by("PodDisruptionBudget")
+for g, replicas in enumerate(groups):
+    name = f"engram-shard-{g}"
+    ss = sets[name]
+    assert ss["spec"]["replicas"] == len(replicas), name
+    assert ss["spec"]["serviceName"] == name and services[name]["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e["value"] for e in ss["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FLAGS_role"] == "shard" and env["FLAGS_shard_group"] == str(g), env
+    assert env["FLAGS_shard_groups"] == str(len(groups)) and env["FLAGS_cluster"] == config["FLAGS_cluster"]
+    assert replicas == [f"{name}-{r}.{name}:50051" for r in range(len(replicas))], replicas
+    assert name in budgets and ss["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+router = by("Deployment")["engram-router"]
+c0 = router["spec"]["template"]["spec"]["containers"][0]
+assert c0["readinessProbe"]["grpc"]["service"] == "engram.v1.Engram"
+assert c0["envFrom"][0]["configMapRef"]["name"] == "engram-router-config"
+assert "engram-router" in budgets and "engram" in services
+print(f"== kubernetes sharded: {len(groups)} groups x {len(groups[0])} replicas, a router Deployment, "
+      f"{len(budgets)} disruption budgets")
+
+c = yaml.safe_load(open("deploy/compose/sharded.yaml"))
+shards = [n for n in c["services"] if n.startswith("shard-")]
+router = c["services"]["router"]["environment"]
+assert router["FLAGS_shards"] == ";".join(f"{n}:50051" for n in sorted(shards)), router
+for n in shards:
+    env = c["services"][n]["environment"]
+    assert env["FLAGS_shard_group"] == n.split("-")[1] and env["FLAGS_shard_groups"] == str(len(shards))
+prom = yaml.safe_load(open("deploy/compose/prometheus-sharded.yml"))
+targets = [t for job in prom["scrape_configs"] for t in job["static_configs"][0]["targets"]]
+assert sorted(targets) == sorted(["router:9464"] + [f"{n}:9464" for n in shards]), targets
+print(f"== compose sharded: a router over {len(shards)} shards, all scraped")
 PY

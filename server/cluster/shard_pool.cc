@@ -205,6 +205,18 @@ std::map<std::string, std::pair<uint64_t, uint64_t>> Holdings(
   return out;
 }
 
+// A hash of holdings: equal holdings, equal signatures.
+uint64_t Signature(
+    const std::map<std::string, std::pair<uint64_t, uint64_t>>& held) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const auto& [name, digests] : held) {
+    for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ULL;
+    h = (h ^ digests.first) * 0x100000001b3ULL;
+    h = (h ^ digests.second) * 0x100000001b3ULL;
+  }
+  return h;
+}
+
 // The first store on which two holdings differ, for messages; "" if none.
 std::string FirstDifference(
     const std::map<std::string, std::pair<uint64_t, uint64_t>>& a,
@@ -266,13 +278,20 @@ void ShardPool::CheckAgreement() {
             each.detail = why;
           }
         }
-      } else if (++s.mismatches >= 3) {
-        // Writes in flight make replicas differ for a moment; differing
-        // three probes running, the one that is not the source is behind.
-        s.stale = true;
-        s.mismatches = 0;
-        s.detail = absl::StrCat("stale (", difference, " from ",
-                                source->address, "): being repaired");
+      } else {
+        // Writes in flight make replicas differ for a moment, and change
+        // the holdings; differing the same way three probes running, with
+        // no write between, the one that is not the source is behind.
+        const uint64_t signature =
+            Signature(held) * 31 + Signature(Holdings(s.description));
+        s.mismatches = signature == s.mismatch_signature ? s.mismatches + 1 : 1;
+        s.mismatch_signature = signature;
+        if (s.mismatches >= 3) {
+          s.stale = true;
+          s.mismatches = 0;
+          s.detail = absl::StrCat("stale (", difference, " from ",
+                                  source->address, "): being repaired");
+        }
       }
     }
     for (ReplicaStatus& s : replicas) SetReady(s);

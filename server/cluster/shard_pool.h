@@ -65,7 +65,8 @@ struct ReplicaStatus {
   bool probed = false;
   std::string detail;  // Why not ready, or what it holds.
   v1::ShardDescription description;
-  int mismatches = 0;  // Probes in a row that found it differing.
+  int mismatches = 0;  // Probes in a row that found it differing...
+  uint64_t mismatch_signature = 0;  // ...with the same holdings each time.
 };
 
 class ShardPool {
