@@ -190,7 +190,7 @@ void ShardPool::Record(const Replica& replica, absl::string_view method,
 }
 
 void ShardPool::SetReady(ReplicaStatus& s) {
-  s.ready = s.reachable && !s.stale && !s.diverged;
+  s.ready = s.reachable && !s.stale;
 }
 
 namespace {
@@ -252,32 +252,17 @@ void ShardPool::CheckAgreement() {
           FirstDifference(held, Holdings(s.description));
       if (difference.empty()) {
         s.mismatches = 0;
-        if (s.diverged) {
-          for (ReplicaStatus& each : replicas) each.diverged = false;
-          s.detail = absl::StrCat(s.description.stores_size(), " stores");
-        }
       } else if (!first_probe_done_) {
-        // At start nobody knows which replica is behind, unless one holds
-        // nothing (new, or wiped): that one is repaired; otherwise the
-        // group waits for an operator rather than guess.
-        if (s.description.stores_size() == 0) {
-          s.stale = true;
-          s.detail = "empty: being repaired from a ready replica";
-        } else if (source->description.stores_size() == 0) {
-          source->stale = true;
-          source->detail = "empty: being repaired from a ready replica";
-        } else {
-          const std::string why = absl::StrCat(
-              "replicas ", source->address, " and ", s.address, " disagree (",
-              difference,
-              "): one missed writes while no router saw it; stop the one "
-              "that is behind, empty its --data_dir and start it again to "
-              "have it repaired");
-          for (ReplicaStatus& each : replicas) {
-            each.diverged = true;
-            each.detail = why;
-          }
-        }
+        // At start nobody can tell which replica is behind. The likely
+        // cause is a router that stopped during a write its first replica
+        // took and the others did not (never acknowledged): the first
+        // replica, which every router writes first, is the source. An
+        // empty replica (new, or wiped) is always the one repaired.
+        ReplicaStatus& behind =
+            source->description.stores_size() == 0 ? *source : s;
+        behind.stale = true;
+        behind.detail = absl::StrCat("stale (", difference,
+                                     " at router start): being repaired");
       } else {
         // Writes in flight make replicas differ for a moment, and change
         // the holdings; differing the same way three probes running, with

@@ -61,7 +61,6 @@ struct ReplicaStatus {
   bool ready = false;
   bool reachable = false;  // Answers, for this cluster and group.
   bool stale = false;      // Needs repair before it serves.
-  bool diverged = false;   // Disagrees with its peers at start: see detail.
   bool probed = false;
   std::string detail;  // Why not ready, or what it holds.
   v1::ShardDescription description;
