@@ -167,24 +167,6 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
 
 int RunEngramd(EngramdOptions o) {
   core::blas::SetThreads(o.blas_threads);
-  if (o.role == Role::kRouter) {
-    o.metrics.version = ENGRAM_VERSION;
-    absl::StatusOr<metrics::PrometheusExport> exported =
-        metrics::StartPrometheusMetrics(o.metrics);
-    if (!exported.ok()) {
-      Log(LogLevel::kError, "%s", exported.status().ToString());
-      return 1;
-    }
-    return RunRouter(o, *exported->metrics, exported->port);
-  }
-  std::error_code error;
-  std::filesystem::create_directories(o.data_dir, error);
-  if (error) {
-    Log(LogLevel::kError, "cannot create --data_dir=%s: %s", o.data_dir,
-        error.message());
-    return 1;
-  }
-
   o.metrics.version = ENGRAM_VERSION;
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);
@@ -193,6 +175,15 @@ int RunEngramd(EngramdOptions o) {
     return 1;
   }
   metrics::Metrics& metrics = *exported->metrics;
+  if (o.role == Role::kRouter) return RunRouter(o, metrics, exported->port);
+
+  std::error_code error;
+  std::filesystem::create_directories(o.data_dir, error);
+  if (error) {
+    Log(LogLevel::kError, "cannot create --data_dir=%s: %s", o.data_dir,
+        error.message());
+    return 1;
+  }
 
   if (o.storage.path.empty()) {
     o.storage.path = (std::filesystem::path(o.data_dir) / "db").string();

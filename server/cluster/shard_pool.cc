@@ -10,6 +10,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "server/base/log.h"
+#include "server/rpc/call.h"
 
 namespace engram::cluster {
 
@@ -165,27 +166,9 @@ void ShardPool::Record(const Replica& replica, absl::string_view method,
                        const grpc::Status& status, absl::Duration took,
                        size_t bytes_sent, size_t bytes_received) const {
   if (options_.metrics == nullptr) return;
-  static constexpr const char* kCodes[] = {"OK",
-                                           "CANCELLED",
-                                           "UNKNOWN",
-                                           "INVALID_ARGUMENT",
-                                           "DEADLINE_EXCEEDED",
-                                           "NOT_FOUND",
-                                           "ALREADY_EXISTS",
-                                           "PERMISSION_DENIED",
-                                           "RESOURCE_EXHAUSTED",
-                                           "FAILED_PRECONDITION",
-                                           "ABORTED",
-                                           "OUT_OF_RANGE",
-                                           "UNIMPLEMENTED",
-                                           "INTERNAL",
-                                           "UNAVAILABLE",
-                                           "DATA_LOSS",
-                                           "UNAUTHENTICATED"};
-  const int code = static_cast<int>(status.error_code());
   options_.metrics->RecordShardCall(
       replica.address, method,
-      code >= 0 && code <= 16 ? kCodes[code] : "UNKNOWN",
+      rpc::CodeName(static_cast<absl::StatusCode>(status.error_code())),
       absl::ToDoubleSeconds(took), bytes_sent, bytes_received);
 }
 

@@ -44,6 +44,9 @@ struct CallPolicy {
 // data (needs a write token); nullopt for a name that is not a method.
 std::optional<bool> MethodWrites(absl::string_view method);
 
+// The name of a status code, as gRPC spells it ("NOT_FOUND").
+const char* CodeName(absl::StatusCode code);
+
 // The refusal of an oversize message: how big, the limit, what to do.
 absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
                       absl::string_view advice);
