@@ -5,10 +5,11 @@
 
 One engramd on both cores against a router and 2 shards, each shard pinned
 to one core (taskset), the router unpinned; the same Fashion-MNIST patterns
-(explicit ids) in both; softmax . dot, d = 784, beta 1/784. Prints the median
-latency of Retrieve at L = 1 and L = 256 through each, the router's overhead
-as a ratio in the same run, and the bytes on the wire per query per shard
-(from the router's metrics).
+in both, exact softmax . dot at the store's defaults, d = 784. The requests
+come from bench/retrieve_grpc (one C++ client, vectors returned). Prints the
+median latency of Retrieve at L = 1 and L = 256 through each, the router's
+overhead as a ratio in the same run, the bytes on the wire per query per
+shard (from the router's metrics), and how far the two answers are apart.
 """
 import argparse
 import gzip
@@ -34,13 +35,11 @@ a = ap.parse_args()
 machine = subprocess.run([os.path.join(a.bin_dir, "retrieve_fashion"), "--mode=describe"],
                          capture_output=True, text=True, check=True).stdout.splitlines()[0]
 print(machine)
-with gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") as f:
-    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)[:a.m]
-x = (images / 255.0).astype(np.float32)
-rng = np.random.default_rng(0)
-queries = x[rng.choice(a.m, 256, replace=False)] * (rng.random((256, 784)) >= 0.5) * 2
-queries = queries.astype(np.float32)
-ids = np.arange(1, a.m + 1, dtype=np.uint64)
+def grpc_median(addr, l, reps):
+    out = subprocess.run([os.path.join(a.bin_dir, "retrieve_grpc"), "--addr=" + addr,
+                          "--m=%d" % a.m, "--l=%d" % l, "--reps=%d" % reps],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip().split(",")[4])
 
 
 def metric(port, name):
@@ -49,21 +48,11 @@ def metric(port, name):
     return sum(float(v) for v in re.findall(r"^%s\{[^}]*\} (\S+)$" % name, text, re.M))
 
 
-def timed(client, q, reps):
-    client.retrieve("b", q, beta=1 / 784, top_k=10, vectors=True)  # warm
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        client.retrieve("b", q, beta=1 / 784, top_k=10, vectors=True)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
-
-
 with tempfile.TemporaryDirectory() as tmp:
     engramd = os.path.join(a.bin_dir, "engramd")
-    # taskset wraps the binary: the harness starts BIN_DIR/engramd, so a
-    # small wrapper directory per core holds an engramd that pins itself.
+
     def wrapper(cpu):
+        """A directory whose engramd runs the real one on one core."""
         d = os.path.join(tmp, "cpu%d" % cpu)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "engramd"), "w") as f:
@@ -78,31 +67,27 @@ with tempfile.TemporaryDirectory() as tmp:
                      "--shards=" + ";".join(s.addr for s in shards),
                      metrics_listen="127.0.0.1:0")
     try:
-        with Client(single.addr, timeout=600) as one, Client(router.addr, timeout=600) as many:
-            for c in (one, many):
-                c.create_store("b", dim=784, top_k=10)
-                for first in range(0, a.m, 5000):
-                    c.add("b", x[first:first + 5000], ids=ids[first:first + 5000].tolist(),
-                          batch=5000)
-            print("M = %d, d = 784, softmax . dot; one engramd on 2 cores vs a router and "
-                  "2 shards on one core each" % a.m)
-            print("| L | one engramd (ms) | router + 2 shards (ms) | router / one |")
-            print("|---:|---:|---:|---:|")
-            for l in (1, 256):
-                q = queries[:l]
-                sent0 = metric(router.metrics_port, "engram_shard_bytes_total")
-                reps = a.reps * (10 if l == 1 else 1)
-                t_one = timed(one, q, reps)
-                t_many = timed(many, q, reps)
-                moved = metric(router.metrics_port, "engram_shard_bytes_total") - sent0
-                print("| %d | %.2f | %.2f | %.2f |" % (l, t_one, t_many, t_many / t_one))
-                calls = reps + 1
-                print("  bytes on the wire per query per shard (both ways): %.0f" %
-                      (moved / (calls * l * 2)))
-            a_one = one.retrieve("b", queries[:8], beta=1 / 784, top_k=10)
-            a_many = many.retrieve("b", queries[:8], beta=1 / 784, top_k=10)
-            print("max |difference| of the retrieved vectors: %.2e" %
-                  float(np.max(np.abs(a_one.vectors - a_many.vectors))))
+        for addr in (single.addr, router.addr):  # stores the patterns
+            grpc_median(addr, 1, 1)
+        print("M = %d, d = 784, exact softmax . dot; one engramd on 2 cores vs a router "
+              "and 2 shards on one core each (bench/retrieve_grpc, median ms)" % a.m)
+        print("| L | one engramd | router + 2 shards | router / one | bytes per query per shard |")
+        print("|---:|---:|---:|---:|---:|")
+        for l in (1, 256):
+            reps = a.reps * (5 if l == 1 else 1)
+            t_one = grpc_median(single.addr, l, reps)
+            moved0 = metric(router.metrics_port, "engram_shard_bytes_total")
+            t_many = grpc_median(router.addr, l, reps)
+            moved = metric(router.metrics_port, "engram_shard_bytes_total") - moved0
+            print("| %d | %.2f | %.2f | %.2f | %.0f |" % (
+                l, t_one, t_many, t_many / t_one, moved / ((reps + 1) * l * 2)))
+        with Client(single.addr) as one, Client(router.addr) as many:
+            name = "bench-%d" % a.m
+            with gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") as f:
+                images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+            q = (images[-8:] / 255.0 * 0.5).astype(np.float32)
+            diff = np.max(np.abs(one.retrieve(name, q).vectors - many.retrieve(name, q).vectors))
+            print("max |difference| of the retrieved vectors (8 queries): %.2e" % diff)
     finally:
         router.stop()
         for s in shards:
