@@ -10,6 +10,12 @@ come from bench/retrieve_grpc (one C++ client, vectors returned). Prints the
 median latency of Retrieve at L = 1 and L = 256 through each, the router's
 overhead as a ratio in the same run, the bytes on the wire per query per
 shard (from the router's metrics), and how far the two answers are apart.
+
+Then the low-rank path: a softmax . dot store of --lr_m patterns, d = 16
+(norms <= 0.5, so degree 2 meets tolerance 1e-3), LOW_RANK through one
+engramd and through the router (which answers from the shards' summed
+sums), with top_k 0 (sums only) and 5 (plus one top-only scan on the
+shards); the router's exact path beside it; Python client, median ms.
 """
 import argparse
 import gzip
@@ -30,6 +36,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
 ap.add_argument("--m", type=int, default=60000)
 ap.add_argument("--reps", type=int, default=7)
+ap.add_argument("--lr_m", type=int, default=200000)
 a = ap.parse_args()
 
 machine = subprocess.run([os.path.join(a.bin_dir, "retrieve_fashion"), "--mode=describe"],
@@ -46,6 +53,43 @@ def metric(port, name):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
         text = r.read().decode()
     return sum(float(v) for v in re.findall(r"^%s\{[^}]*\} (\S+)$" % name, text, re.M))
+
+
+def timed(client, q, reps, **kw):
+    client.retrieve("lr", q, **kw)  # warm (the router fetches the sums once)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        client.retrieve("lr", q, **kw)
+        times.append(1e3 * (time.perf_counter() - t))
+    return float(np.median(times))
+
+
+def low_rank(one, many):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(a.lr_m, 16)).astype(np.float32)
+    x *= 0.5 / np.linalg.norm(x, axis=1, keepdims=True).max()
+    for c in (one, many):
+        c.create_store("lr", dim=16, similarity="dot", separation="softmax", beta=1)
+        c.add("lr", x, ids=list(range(1, a.lr_m + 1)), batch=20000)
+    print()
+    print("low-rank path: M = %d, d = 16, softmax . dot, tolerance 1e-3 (Python client, "
+          "median ms)" % a.lr_m)
+    print("| L | top_k | one engramd LOW_RANK | router LOW_RANK | router / one | router EXACT |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for l in (1, 256):
+        q = (x[:l] + 0.05 * rng.normal(size=(l, 16))).astype(np.float32)
+        for k in (0, 5):
+            reps = a.reps * (5 if l == 1 else 1)
+            t_one = timed(one, q, reps, path="low_rank", top_k=k, tolerance=1e-3)
+            t_many = timed(many, q, reps, path="low_rank", top_k=k, tolerance=1e-3)
+            t_exact = timed(many, q, max(3, reps // 5), path="exact", top_k=k)
+            want = one.retrieve("lr", q, path="low_rank", top_k=k, tolerance=1e-3)
+            got = many.retrieve("lr", q, path="low_rank", top_k=k, tolerance=1e-3)
+            assert np.max(np.abs(want.vectors - got.vectors)) < 1e-5, "answers differ"
+            assert (want.ids == got.ids).all(), "matches differ"
+            print("| %d | %d | %.2f | %.2f | %.2f | %.2f |" % (
+                l, k, t_one, t_many, t_many / t_one, t_exact))
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +132,7 @@ with tempfile.TemporaryDirectory() as tmp:
             q = (images[-8:] / 255.0 * 0.5).astype(np.float32)
             diff = np.max(np.abs(one.retrieve(name, q).vectors - many.retrieve(name, q).vectors))
             print("max |difference| of the retrieved vectors (8 queries): %.2e" % diff)
+            low_rank(one, many)
     finally:
         router.stop()
         for s in shards:

@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "server/base/clip.h"
+#include "server/cluster/shard_calls.h"
 #include "server/core/partial.h"
 #include "server/core/step_loop.h"
 #include "server/rpc/convert.h"
@@ -32,53 +33,6 @@ absl::Time DeadlineOf(const grpc::ServerContext* context) {
     return absl::InfiniteFuture();
   }
   return absl::FromChrono(deadline);
-}
-
-// A shard's answer as a status that says which shard gave it.
-absl::Status FromShard(const grpc::Status& status, const Replica& replica) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(status.error_message(), " [shard group ",
-                                   replica.group, ", ", replica.address, "]"));
-}
-
-// One unary call to a replica.
-template <typename Stub, typename Request, typename Response>
-absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
-                   grpc::Status (Stub::*method)(grpc::ClientContext*,
-                                                const Request&, Response*),
-                   const Request& request, Response* response,
-                   absl::Time deadline) {
-  grpc::ClientContext context;
-  pool.Prepare(context, deadline);
-  const absl::Time start = absl::Now();
-  const grpc::Status status = (stub.*method)(&context, request, response);
-  absl::string_view method_name = Request::descriptor()->name();
-  absl::ConsumeSuffix(&method_name, "Request");
-  pool.Record(replica, method_name, status, absl::Now() - start,
-              request.ByteSizeLong(),
-              status.ok() ? response->ByteSizeLong() : 0);
-  return FromShard(status, replica);
-}
-
-// Runs fn(0) .. fn(n - 1) at once (a thread each but the first).
-std::vector<absl::Status> InParallel(
-    size_t n, const std::function<absl::Status(size_t)>& fn) {
-  std::vector<absl::Status> status(n);
-  std::vector<std::thread> threads;
-  for (size_t i = 1; i < n; ++i) {
-    threads.emplace_back([&, i] { status[i] = fn(i); });
-  }
-  if (n > 0) status[0] = fn(0);
-  for (std::thread& t : threads) t.join();
-  return status;
-}
-
-absl::Status FirstError(const std::vector<absl::Status>& status) {
-  for (const absl::Status& s : status) {
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
 }
 
 // The parts of one store, one per group, as one store.
@@ -125,7 +79,10 @@ constexpr char kNotThroughRouter[] =
 
 Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
                RouterOptions options)
-    : pool_(pool), policy_(policy), options_(std::move(options)) {}
+    : pool_(pool),
+      policy_(policy),
+      options_(std::move(options)),
+      low_rank_(pool) {}
 
 // --- Stores
 // -------------------------------------------------------------------
@@ -326,6 +283,7 @@ grpc::Status Router::DeleteStore(Ctx* context,
   for (const absl::Status& s : status) {
     if (!s.ok() && !absl::IsNotFound(s)) return call.Done(s);
   }
+  low_rank_.Forget(request->name());
   return call.Done(absl::OkStatus());
 }
 
@@ -687,10 +645,32 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
       *settings, merged->pattern_count(), *query, options_.limits);
   if (!params.ok()) return call.Done(params.status());
-  if (query->path == store::PathChoice::kLowRank) {
-    return call.Done(absl::FailedPreconditionError(
-        "path LOW_RANK is not served through a router yet; use AUTO or "
-        "EXACT"));
+  const uint32_t groups = pool_->groups();
+  // The low-rank path runs on the router from the shards' merged sums; a
+  // part that changes between the sums and the matches' scan is ABORTED
+  // and the query planned again, once.
+  absl::StatusOr<store::PathReport> plan;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    std::shared_ptr<const MergedLowRank> sums;
+    plan = PlanThroughRouter(request->store(), *settings, *merged, *query,
+                             *params, deadline, &sums);
+    if (!plan.ok()) return call.Done(plan.status());
+    if (plan->path != store::PathChoice::kLowRank) break;
+    core::RetrievalOptions options;
+    options.check = rpc::DeadlineCheck(context);
+    absl::StatusOr<store::RetrieveResult> result =
+        RetrieveFromSums(request->store(), *sums, plan->degree, *query, *params,
+                         options, deadline);
+    if (absl::IsAborted(result.status()) && attempt == 0) continue;
+    if (!result.ok()) return call.Done(result.status());
+    result->path = *plan;
+    result->path.reason = absl::StrCat(plan->reason, "; sums merged from ",
+                                       groups, " shard groups");
+    result->store_version = merged->version();
+    rpc::ToProto(*result, d, request->omit_vectors(), *response);
+    policy_->metrics->RecordRetrieval("low_rank", query->num_queries,
+                                      plan->error_bound);
+    return call.Done(absl::OkStatus());
   }
   v1::PartialStepRequest step;
   step.set_store(request->store());
@@ -698,7 +678,6 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   step.set_separation(store::SeparationToProto(params->separation));
   step.set_beta(params->beta);
   step.set_top_k(params->top_k);
-  const uint32_t groups = pool_->groups();
   absl::flat_hash_map<uint64_t, std::string> labels;
   absl::StatusOr<core::RetrievalOutput> out = core::RunSteps(
       query->queries.data(), query->num_queries, d, params->steps, params->eps,
@@ -707,42 +686,16 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
         step.set_count(static_cast<uint32_t>(ids.size()));
         step.mutable_states()->Assign(states, states + ids.size() * d);
         // One replica of every group at once.
-        std::vector<v1::PartialStepResponse> parts(groups);
-        std::vector<grpc::ClientContext> contexts(groups);
-        std::vector<absl::Status> status(groups);
         std::vector<const Replica*> replicas(groups);
-        absl::Mutex mu;
-        size_t left = 0;
         for (uint32_t g = 0; g < groups; ++g) {
           absl::StatusOr<const Replica*> r = pool_->Pick(g);
           if (!r.ok()) return r.status();
           replicas[g] = *r;
         }
-        for (uint32_t g = 0; g < groups; ++g) {
-          pool_->Prepare(contexts[g], deadline);
-          {
-            absl::MutexLock lock(&mu);
-            ++left;
-          }
-          const absl::Time sent = absl::Now();
-          replicas[g]->shard->async()->PartialStep(
-              &contexts[g], &step, &parts[g], [&, g, sent](grpc::Status s) {
-                pool_->Record(*replicas[g], "PartialStep", s,
-                              absl::Now() - sent, step.ByteSizeLong(),
-                              s.ok() ? parts[g].ByteSizeLong() : 0);
-                absl::MutexLock lock(&mu);
-                status[g] = FromShard(s, *replicas[g]);
-                --left;
-              });
-        }
-        {
-          absl::MutexLock lock(&mu);
-          mu.Await(absl::Condition(
-              +[](size_t* n) { return *n == 0; }, &left));
-        }
-        for (const absl::Status& s : status) {
-          if (!s.ok()) return s;
-        }
+        absl::StatusOr<std::vector<v1::PartialStepResponse>> stepped =
+            StepOnEach(*pool_, replicas, step, deadline);
+        if (!stepped.ok()) return stepped.status();
+        const std::vector<v1::PartialStepResponse>& parts = *stepped;
         if (core::IsKernel(params->similarity)) {
           for (uint32_t g = 1; g < groups; ++g) {
             if (parts[g].map_version() != parts[0].map_version()) {
@@ -774,11 +727,6 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
         std::vector<const core::PartialRow*> pointers(groups);
         for (size_t a = 0; a < ids.size(); ++a) {
           for (uint32_t g = 0; g < groups; ++g) {
-            if (parts[g].rows_size() != static_cast<int>(ids.size())) {
-              return absl::InternalError(absl::StrCat(
-                  "shard group ", g, " answered ", parts[g].rows_size(),
-                  " rows for ", ids.size(), " states"));
-            }
             const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
             core::PartialRow& row = rows[g];
             row.max = in.max();
@@ -824,16 +772,114 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
           {m.index, m.weight, m.score, labels[m.index]});
     }
   }
-  result.path.path = store::PathChoice::kExact;
-  result.path.reason = absl::StrCat(
-      query->path == store::PathChoice::kExact
-          ? "EXACT requested"
-          : "exact: the low-rank path is not served through a router yet",
-      "; merged from ", groups, " shard groups");
+  result.path = *plan;
+  result.path.reason =
+      absl::StrCat(plan->reason, "; merged from ", groups, " shard groups");
   result.store_version = merged->version();
   rpc::ToProto(result, d, request->omit_vectors(), *response);
   policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
   return call.Done(absl::OkStatus());
+}
+
+absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
+    const std::string& name, const store::StoreSettings& settings,
+    const api::Store& merged, const store::RetrieveRequest& query,
+    const core::RetrievalParams& params, absl::Time deadline,
+    std::shared_ptr<const MergedLowRank>* sums) {
+  store::LowRankForm none;
+  none.store = name;
+  none.patterns = merged.pattern_count();
+  const store::LowRankForm* form = &none;
+  if (query.path == store::PathChoice::kExact) {
+    // PlanPath answers EXACT without a form.
+  } else if (params.separation != core::Separation::kSoftmax) {
+    none.detail =
+        absl::StrCat("separation ", core::SeparationName(params.separation),
+                     " has no low-rank form (softmax has)");
+  } else if (params.similarity == core::Similarity::kKernelDot) {
+    none.detail =
+        "kernel_dot: a router holds no feature map to score queries by "
+        "(through a router the low-rank path serves dot stores)";
+  } else if (params.similarity != core::Similarity::kDot) {
+    none.detail =
+        absl::StrCat("similarity ", core::SimilarityName(params.similarity),
+                     " has no low-rank form (dot and kernel_dot have)");
+  } else {
+    absl::StatusOr<std::shared_ptr<const MergedLowRank>> got =
+        low_rank_.Get(name, deadline);
+    if (!got.ok()) return got.status();
+    *sums = *std::move(got);
+    form = &(*sums)->form;
+  }
+  std::vector<double> features;
+  if (form->sums != nullptr) {
+    features.assign(query.queries.begin(), query.queries.end());
+  }
+  const double tolerance =
+      query.tolerance ? *query.tolerance : settings.low_rank.tolerance;
+  return store::PlanPath(*form, params, query.path, tolerance, features,
+                         query.num_queries);
+}
+
+absl::StatusOr<store::RetrieveResult> Router::RetrieveFromSums(
+    const std::string& name, const MergedLowRank& sums, uint32_t degree,
+    const store::RetrieveRequest& query, const core::RetrievalParams& params,
+    const core::RetrievalOptions& options, absl::Time deadline) {
+  core::LowRankLast last;
+  absl::StatusOr<core::RetrievalOutput> out =
+      core::LowRankUpdates(*sums.sums, nullptr, query.queries.data(),
+                           query.num_queries, params, degree, options, &last);
+  if (!out.ok()) return out.status();
+  store::RetrieveResult result;
+  result.states = std::move(out->states);
+  result.energies = std::move(out->energies);
+  result.steps = std::move(out->steps);
+  result.converged = std::move(out->converged);
+  result.matches.resize(query.num_queries);
+  if (params.top_k == 0) return result;
+  // The matches: every group's best by <x, xi> at each query's last input,
+  // from the replicas the sums came from, at the same versions.
+  v1::PartialStepRequest scan;
+  scan.set_store(name);
+  scan.set_count(static_cast<uint32_t>(query.num_queries));
+  scan.mutable_states()->Assign(last.inputs.begin(), last.inputs.end());
+  scan.set_similarity(store::SimilarityToProto(params.similarity));
+  scan.set_separation(store::SeparationToProto(params.separation));
+  scan.set_beta(params.beta);
+  scan.set_top_k(params.top_k);
+  scan.set_top_only(true);
+  absl::StatusOr<std::vector<v1::PartialStepResponse>> parts =
+      StepOnEach(*pool_, sums.replicas, scan, deadline);
+  if (!parts.ok()) return parts.status();
+  for (size_t g = 0; g < parts->size(); ++g) {
+    if ((*parts)[g].store_version() != sums.versions[g]) {
+      return absl::AbortedError(absl::StrCat("store '", name,
+                                             "' changed in shard group ", g,
+                                             " during the query; retry"));
+    }
+  }
+  for (size_t i = 0; i < query.num_queries; ++i) {
+    std::vector<const v1::Scored*> best;
+    for (const v1::PartialStepResponse& part : *parts) {
+      for (const v1::Scored& s : part.rows(static_cast<int>(i)).top()) {
+        best.push_back(&s);
+      }
+    }
+    // Best first, ties to the smaller id (as one engramd's top-k).
+    std::sort(best.begin(), best.end(),
+              [](const v1::Scored* a, const v1::Scored* b) {
+                return a->score() != b->score() ? a->score() > b->score()
+                                                : a->id() < b->id();
+              });
+    best.resize(std::min<size_t>(best.size(), params.top_k));
+    for (const v1::Scored* s : best) {
+      result.matches[i].push_back(
+          {s->id(),
+           core::LowRankWeight(s->score(), degree, last.normalisers[i]),
+           s->score(), s->label()});
+    }
+  }
+  return result;
 }
 
 // --- Jobs

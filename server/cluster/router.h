@@ -17,9 +17,11 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engram/v1/engram.grpc.pb.h"
+#include "server/cluster/low_rank_cache.h"
 #include "server/cluster/shard_pool.h"
 #include "server/rpc/call.h"
 #include "server/rpc/page_token.h"
+#include "server/store/retrieve.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
@@ -127,11 +129,27 @@ class Router final : public engram::v1::Engram::Service {
                                       const std::vector<uint64_t>& counts,
                                       absl::Time deadline);
 
+  // The path of a retrieval: the planner over the shards' merged low-rank
+  // sums (fetched into `sums`) for dot and softmax; exact otherwise.
+  absl::StatusOr<store::PathReport> PlanThroughRouter(
+      const std::string& name, const store::StoreSettings& settings,
+      const engram::v1::Store& merged, const store::RetrieveRequest& query,
+      const core::RetrievalParams& params, absl::Time deadline,
+      std::shared_ptr<const MergedLowRank>* sums);
+  // The low-rank path on the router at the sums' degree; the matches from
+  // one top-only scan on the replicas the sums came from (ABORTED if one
+  // changed in between).
+  absl::StatusOr<store::RetrieveResult> RetrieveFromSums(
+      const std::string& name, const MergedLowRank& sums, uint32_t degree,
+      const store::RetrieveRequest& query, const core::RetrievalParams& params,
+      const core::RetrievalOptions& options, absl::Time deadline);
+
   ShardPool* const pool_;
   const rpc::CallPolicy* const policy_;
   const RouterOptions options_;
   const rpc::PageTokens tokens_;
   std::atomic<uint64_t> next_group_{0};  // Where automatic ids go next.
+  LowRankCache low_rank_;
 };
 
 }  // namespace engram::cluster

@@ -5,12 +5,19 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "server/core/low_rank.h"
 #include "server/core/partial.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
 
 namespace {
+
+uint64_t Fnv1a(absl::string_view bytes, uint64_t h) {
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ULL;
+  return h;
+}
 
 // A hash of the settings replicas must share (not the calibration report
 // or the creation time, which each replica keeps for itself).
@@ -19,10 +26,55 @@ uint64_t SettingsDigest(const store::StoreSettings& settings) {
   store::SettingsToProto(settings, p);
   p.clear_create_time();
   p.clear_calibration_report();
-  const std::string bytes = p.SerializeAsString();
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ULL;
-  return h;
+  return Fnv1a(p.SerializeAsString(), 0xcbf29ce484222325ULL);
+}
+
+// What names a part of the low-rank sums: the same version, content,
+// settings and map give the same sums.
+uint64_t SumsFingerprint(const store::StoreView& view) {
+  std::string key =
+      absl::StrCat(view.version(), ":", view.digest(), ":",
+                   SettingsDigest(view.settings()), ":", view.fit().version);
+  return Fnv1a(key, 0x84222325cbf29ce4ULL) | 1;  // Never 0 ("none held").
+}
+
+// PartialStep with top_only: each state's best top_k by the memories' keys.
+absl::Status TopOnly(const store::StoreView& view,
+                     const v1::PartialStepRequest& request,
+                     const core::RetrievalParams& params,
+                     const core::RetrievalOptions& options,
+                     v1::PartialStepResponse& response) {
+  const bool kernel = params.similarity == core::Similarity::kKernelDot;
+  if (params.similarity != core::Similarity::kDot && !kernel) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_only scores by dot or kernel_dot, not ",
+                     core::SimilarityName(params.similarity)));
+  }
+  const size_t count = request.count();
+  std::vector<float> keys(request.states().begin(), request.states().end());
+  if (kernel) {
+    if (view.map() == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "store '", view.settings().name, "' has no feature map fitted"));
+    }
+    keys.resize(count * view.map()->out_dim());
+    view.map()->Apply(request.states().data(), count, keys.data());
+  }
+  absl::StatusOr<std::vector<std::vector<core::Match>>> top =
+      core::TopByKeys(view.memories(), keys.data(), count, params.beta,
+                      params.top_k, kernel, options);
+  if (!top.ok()) return top.status();
+  for (const std::vector<core::Match>& matches : *top) {
+    v1::PartialRow* row = response.add_rows();
+    for (const core::Match& m : matches) {
+      v1::Scored* scored = row->add_top();
+      const store::Chunk::RowInfo& info = view.info(m.index);
+      scored->set_score(m.score);
+      scored->set_id(info.id);
+      scored->set_label(info.label);
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -101,6 +153,9 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   core::RetrievalOptions options;
   options.threads = options_.retrieval_threads;
   options.check = rpc::DeadlineCheck(context);
+  if (request->top_only()) {
+    return call.Done(TopOnly(*view, *request, params, options, *response));
+  }
   absl::StatusOr<std::vector<core::PartialRow>> rows = core::PartialStep(
       view->memories(), {}, request->states().data(), count, params, options);
   if (!rows.ok()) return call.Done(rows.status());
@@ -141,6 +196,41 @@ grpc::Status ShardService::GetValues(grpc::ServerContext* context,
     if (!p.ok()) return call.Done(p.status());
     response->mutable_values()->Add(p->values.begin(), p->values.end());
   }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status ShardService::GetLowRankSums(grpc::ServerContext* context,
+                                          const v1::LowRankSumsRequest* request,
+                                          v1::LowRankSums* response) {
+  rpc::Call call(policy_, "GetLowRankSums", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  response->set_fingerprint(SumsFingerprint(*view));
+  response->set_store_version(view->version());
+  response->set_map_version(view->fit().version);
+  if (request->known_fingerprint() == response->fingerprint()) {
+    response->set_unchanged(true);
+    return call.Done(absl::OkStatus());
+  }
+  const core::LowRankSums* sums = view->low_rank().get();
+  response->set_dimension(static_cast<uint32_t>(view->settings().dimension));
+  response->set_pattern_count(view->size());
+  if (sums == nullptr) {
+    response->set_detail(view->low_rank_state().detail);
+    return call.Done(absl::OkStatus());
+  }
+  response->set_degree(sums->basis().degree());
+  response->set_feature_dim(static_cast<uint32_t>(sums->basis().dim()));
+  response->set_keys_are_rows(sums->keys_are_rows());
+  response->mutable_a()->Assign(sums->a().begin(), sums->a().end());
+  response->mutable_z()->Assign(sums->z().begin(), sums->z().end());
+  response->set_sq_norm_sum(sums->sq_norm_sum());
+  response->set_max_norm(view->norms().max_norm);
+  response->set_max_feature_norm(view->norms().max_feature_norm);
+  response->set_map_norm(view->map_norm());
   return call.Done(absl::OkStatus());
 }
 

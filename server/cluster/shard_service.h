@@ -1,7 +1,8 @@
 // engram.cluster.v1.Shard: what a shard serves a router besides
 // engram.v1.Engram — its identity and stores (Describe), one retrieval step
-// over its part of a store (PartialStep, server/core/partial.h), and pattern
-// values by id (GetValues).
+// over its part of a store (PartialStep, server/core/partial.h), pattern
+// values by id (GetValues) and its part of the low-rank sums
+// (GetLowRankSums, server/core/low_rank.h).
 //
 // Thread-safe: gRPC calls every method concurrently; all state lives in the
 // registry.
@@ -38,6 +39,9 @@ class ShardService final : public v1::Shard::Service {
   grpc::Status GetValues(grpc::ServerContext* context,
                          const v1::GetValuesRequest* request,
                          v1::GetValuesResponse* response) override;
+  grpc::Status GetLowRankSums(grpc::ServerContext* context,
+                              const v1::LowRankSumsRequest* request,
+                              v1::LowRankSums* response) override;
 
  private:
   store::StoreRegistry* const registry_;

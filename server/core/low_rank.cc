@@ -155,6 +155,22 @@ void LowRankSums::Add(const float* keys, const float* rows, size_t n,
   }
 }
 
+absl::Status LowRankSums::AddPart(absl::Span<const double> a,
+                                  absl::Span<const double> z,
+                                  double sq_norm_sum) {
+  const size_t rank = z_.size();
+  if (z.size() < rank || a.size() != z.size() * dim_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a part's sums hold ", z.size(), " monomials and ",
+                     a.size(), " values; merging needs at least ", rank,
+                     " monomials of dimension ", dim_));
+  }
+  for (size_t m = 0; m < rank; ++m) z_[m] += z[m];
+  for (size_t i = 0; i < rank * dim_; ++i) a_[i] += a[i];
+  sq_norm_sum_ += sq_norm_sum;
+  return absl::OkStatus();
+}
+
 void LowRankSums::Finish() {
   const size_t n = basis_->dim();
   mean_.assign(n, 0.0);
@@ -288,7 +304,7 @@ double LowRankErrorBound(const LowRankBoundInputs& in, const double* q,
 
 namespace {
 
-absl::Status CheckLowRank(const LowRankSums& sums, const MemorySet& memories,
+absl::Status CheckLowRank(const LowRankSums& sums, const FeatureMap* map,
                           const RetrievalParams& params, uint32_t degree) {
   const bool kernel = params.similarity == Similarity::kKernelDot;
   if ((params.similarity != Similarity::kDot && !kernel) ||
@@ -302,10 +318,10 @@ absl::Status CheckLowRank(const LowRankSums& sums, const MemorySet& memories,
                                                    " must be even, in [2, ",
                                                    basis.degree(), "]"));
   }
-  if (kernel && memories.map == nullptr) {
+  if (kernel && map == nullptr) {
     return absl::InvalidArgumentError("kernel_dot needs the feature map");
   }
-  if (memories.size() == 0 || !(sums.count() >= 0.5)) {
+  if (!(sums.count() >= 0.5)) {
     return absl::FailedPreconditionError("no memories to retrieve from");
   }
   return absl::OkStatus();
@@ -316,11 +332,11 @@ absl::Status CheckLowRank(const LowRankSums& sums, const MemorySet& memories,
 // Keeps each query's last q and normaliser for its matches.
 class LowRankStep {
  public:
-  LowRankStep(const LowRankSums& sums, const MemorySet& memories,
+  LowRankStep(const LowRankSums& sums, const FeatureMap* map,
               const RetrievalParams& params, uint32_t degree, size_t count,
               const RetrievalOptions& options)
       : sums_(sums),
-        memories_(memories),
+        map_(map),
         params_(params),
         degree_(degree),
         options_(options),
@@ -339,7 +355,7 @@ class LowRankStep {
     const float* keys = x;
     if (params_.similarity == Similarity::kKernelDot) {
       features_.resize(batch * n_);
-      memories_.map->Apply(x, batch, features_.data());
+      map_->Apply(x, batch, features_.data());
       keys = features_.data();
     }
     psi_.resize(batch * rank_);
@@ -370,12 +386,11 @@ class LowRankStep {
   }
 
   // Each query's last input (features) and its normaliser <z, psi(q)>.
-  const std::vector<double>& inputs() const { return q_; }
-  const std::vector<double>& normalisers() const { return norm_; }
+  LowRankLast TakeLast() { return {std::move(q_), std::move(norm_)}; }
 
  private:
   const LowRankSums& sums_;
-  const MemorySet& memories_;
+  const FeatureMap* const map_;
   const RetrievalParams& params_;
   const uint32_t degree_;
   const RetrievalOptions& options_;
@@ -385,22 +400,21 @@ class LowRankStep {
   std::vector<double> psi_, numerator_;
 };
 
-// Each query's top_k matches at its last update, by one scan of the keys;
-// weights are the Taylor exp over the normaliser the update used.
-absl::Status AddMatches(const MemorySet& memories,
-                        const RetrievalParams& params, uint32_t degree,
-                        const LowRankStep& step,
-                        const RetrievalOptions& options, RetrievalOutput& out) {
-  const size_t count = out.matches.size();
-  const size_t n = step.inputs().size() / std::max<size_t>(1, count);
-  const size_t k = std::min<size_t>(params.top_k, memories.size());
-  std::vector<float> q(step.inputs().begin(), step.inputs().end());
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<Match>>> TopByKeys(
+    const MemorySet& memories, const float* q, size_t count, float beta,
+    size_t top_k, bool kernel, const RetrievalOptions& options) {
+  if (kernel && memories.map == nullptr) {
+    return absl::InvalidArgumentError("kernel_dot needs the feature map");
+  }
+  const size_t n = kernel ? memories.map->out_dim() : memories.dim;
+  const size_t k = std::min(top_k, memories.size());
   std::vector<internal::TopK> top(count, internal::TopK(k));
   const size_t tile = std::max<size_t>(
       1, std::min<size_t>(
              4096, options.max_score_floats / std::max<size_t>(1, count)));
   std::vector<float> scores(count * tile);
-  const bool kernel = params.similarity == Similarity::kKernelDot;
   size_t base = 0;
   for (const MemoryBlock& block : memories.blocks) {
     const float* block_keys = kernel ? block.keys : block.rows;
@@ -409,8 +423,8 @@ absl::Status AddMatches(const MemorySet& memories,
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t rows = std::min(tile, block.count - begin);
-      blas::GemmNT(count, rows, n, static_cast<float>(params.beta), q.data(), n,
-                   block_keys + begin * n, n, 0.0f, scores.data(), rows);
+      blas::GemmNT(count, rows, n, beta, q, n, block_keys + begin * n, n, 0.0f,
+                   scores.data(), rows);
       for (size_t i = 0; i < count; ++i) {
         for (size_t r = 0; r < rows; ++r) {
           const float score = scores[i * rows + r];
@@ -422,38 +436,54 @@ absl::Status AddMatches(const MemorySet& memories,
     }
     base += block.count;
   }
+  std::vector<std::vector<Match>> out(count);
   for (size_t i = 0; i < count; ++i) {
     for (const internal::TopK::Entry& s : top[i].Sorted()) {
-      out.matches[i].push_back({s.index,
-                                static_cast<float>(TaylorExp(s.score, degree) /
-                                                   step.normalisers()[i]),
-                                s.score});
+      out[i].push_back({s.index, 0.0f, s.score});
     }
   }
-  return absl::OkStatus();
+  return out;
 }
 
-}  // namespace
-
-absl::StatusOr<RetrievalOutput> RetrieveLowRank(
-    const LowRankSums& sums, const MemorySet& memories, const float* queries,
+absl::StatusOr<RetrievalOutput> LowRankUpdates(
+    const LowRankSums& sums, const FeatureMap* map, const float* queries,
     size_t num_queries, const RetrievalParams& params, uint32_t degree,
-    const RetrievalOptions& options) {
-  if (absl::Status s = CheckLowRank(sums, memories, params, degree); !s.ok()) {
+    const RetrievalOptions& options, LowRankLast* last) {
+  if (absl::Status s = CheckLowRank(sums, map, params, degree); !s.ok()) {
     return s;
   }
-  LowRankStep step(sums, memories, params, degree, num_queries, options);
+  LowRankStep step(sums, map, params, degree, num_queries, options);
   absl::StatusOr<RetrievalOutput> out =
       RunSteps(queries, num_queries, sums.dim(), params.steps, params.eps,
                [&](absl::Span<const size_t> ids, const float* x, float* next,
                    double* energies, std::vector<Match>* matches) {
                  return step(ids, x, next, energies, matches);
                });
+  if (out.ok() && last != nullptr) *last = step.TakeLast();
+  return out;
+}
+
+absl::StatusOr<RetrievalOutput> RetrieveLowRank(
+    const LowRankSums& sums, const MemorySet& memories, const float* queries,
+    size_t num_queries, const RetrievalParams& params, uint32_t degree,
+    const RetrievalOptions& options) {
+  if (memories.size() == 0) {
+    return absl::FailedPreconditionError("no memories to retrieve from");
+  }
+  LowRankLast last;
+  absl::StatusOr<RetrievalOutput> out = LowRankUpdates(
+      sums, memories.map, queries, num_queries, params, degree, options, &last);
   if (!out.ok() || params.top_k == 0) return out;
-  if (absl::Status s =
-          AddMatches(memories, params, degree, step, options, *out);
-      !s.ok()) {
-    return s;
+  const std::vector<float> q(last.inputs.begin(), last.inputs.end());
+  absl::StatusOr<std::vector<std::vector<Match>>> top = TopByKeys(
+      memories, q.data(), num_queries, static_cast<float>(params.beta),
+      params.top_k, params.similarity == Similarity::kKernelDot, options);
+  if (!top.ok()) return top.status();
+  for (size_t i = 0; i < num_queries; ++i) {
+    for (Match& m : (*top)[i]) {
+      m.weight = LowRankWeight(m.score, degree, last.normalisers[i]);
+    }
+    out->matches[i] = std::move((*top)[i]);
   }
   return out;
 }

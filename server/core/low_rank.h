@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "server/core/feature_map.h"
 #include "server/core/retrieval.h"
 
@@ -86,6 +87,13 @@ class LowRankSums {
   // Adds (sign = +1) or removes (sign = -1) n memories: keys n x
   // basis().dim() and rows n x dim(), row-major.
   void Add(const float* keys, const float* rows, size_t n, double sign);
+  // Adds another part's sums (a router merging its shards): `a` holds
+  // z.size() rows of dim() and z at least rank(basis().degree()) entries,
+  // of which the first rank(basis().degree()) are added (a higher degree's
+  // sums start with a lower one's, graded order). Adding is the whole merge:
+  // the sums of a union are the sums of its parts.
+  absl::Status AddPart(absl::Span<const double> a, absl::Span<const double> z,
+                       double sq_norm_sum);
   // Recomputes the moments from the sums; call after the last Add.
   void Finish();
 
@@ -97,6 +105,8 @@ class LowRankSums {
   const std::vector<double>& z() const { return z_; }
   // The number of memories summed (z's constant monomial).
   double count() const { return z_[0]; }
+  // sum_mu ||xi_mu||^2.
+  double sq_norm_sum() const { return sq_norm_sum_; }
 
   // After Finish(): the mean feature m = (1/M) sum k_mu, the feature second
   // moment S = (1/M) sum k_mu k_mu^T (row-major), and upper bounds on the
@@ -144,11 +154,40 @@ struct LowRankBoundInputs {
 double LowRankErrorBound(const LowRankBoundInputs& in, const double* q,
                          double beta, uint32_t degree, uint32_t steps);
 
-// Runs the low-rank path at `degree` (even, <= sums.basis().degree()) for
-// softmax with params.similarity kDot or kKernelDot over the memories the
-// sums were built from. Matches (params.top_k) come from one scan of the
-// memories' features at the final state, weighted by T_g / the low-rank
-// normaliser; energies use log <z, psi(q)> for log sum exp.
+// What the low-rank updates leave for the matches: each query's last input
+// (its features, num_queries x basis dim, row-major) and the normaliser
+// <z, psi(q)> of its last update.
+struct LowRankLast {
+  std::vector<double> inputs;
+  std::vector<double> normalisers;
+};
+
+// The updates of the low-rank path at `degree` (even, <=
+// sums.basis().degree()) for softmax with params.similarity kDot or
+// kKernelDot (then `map`, the map the sums' keys came from, is required):
+// states, energies (log <z, psi(q)> for log-sum-exp) and steps, no matches.
+// Needs only the sums, so a router answers from its shards' merged sums.
+absl::StatusOr<RetrievalOutput> LowRankUpdates(
+    const LowRankSums& sums, const FeatureMap* map, const float* queries,
+    size_t num_queries, const RetrievalParams& params, uint32_t degree,
+    const RetrievalOptions& options, LowRankLast* last);
+
+// The `top_k` memories of each of `count` inputs q (count x key dim,
+// row-major) by beta * <q, k_mu> over the memories' keys (Phi xi for
+// `kernel`, xi itself otherwise), best first (ties: the smaller index);
+// weight left 0. The low-rank path's matches come from this scan.
+absl::StatusOr<std::vector<std::vector<Match>>> TopByKeys(
+    const MemorySet& memories, const float* q, size_t count, float beta,
+    size_t top_k, bool kernel, const RetrievalOptions& options = {});
+
+// A match's low-rank weight: T_g(score) over the update's normaliser.
+inline float LowRankWeight(double score, uint32_t degree, double normaliser) {
+  return static_cast<float>(TaylorExp(score, degree) / normaliser);
+}
+
+// The whole low-rank path over the memories the sums were built from:
+// LowRankUpdates, then matches (params.top_k) by TopByKeys at each query's
+// last input, weighted by LowRankWeight.
 absl::StatusOr<RetrievalOutput> RetrieveLowRank(
     const LowRankSums& sums, const MemorySet& memories, const float* queries,
     size_t num_queries, const RetrievalParams& params, uint32_t degree,

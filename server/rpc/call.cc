@@ -42,6 +42,7 @@ constexpr Method kMethods[] = {
     {"Describe", false},
     {"PartialStep", false},
     {"GetValues", false},
+    {"GetLowRankSums", false},
     // engram.cluster.v1.Router.
     {"ClusterStatus", false},
 };

@@ -85,20 +85,32 @@ std::string Figure(double value) { return absl::StrFormat("%.3g", value); }
 
 }  // namespace
 
-absl::StatusOr<PathReport> PlanPath(const StoreView& view,
+LowRankForm LowRankFormOf(const StoreView& view) {
+  LowRankForm form;
+  form.store = view.settings().name;
+  form.sums = view.low_rank().get();
+  form.detail = view.low_rank_state().detail;
+  form.max_norm = view.norms().max_norm;
+  form.max_feature_norm = view.norms().max_feature_norm;
+  form.map_norm = view.map_norm();
+  form.patterns = view.size();
+  return form;
+}
+
+absl::StatusOr<PathReport> PlanPath(const LowRankForm& form,
                                     const core::RetrievalParams& params,
                                     PathChoice choice, double tolerance,
                                     absl::Span<const double> query_features,
                                     size_t num_queries) {
   PathReport report;
-  const std::string& name = view.settings().name;
+  const std::string& name = form.store;
   if (choice == PathChoice::kExact) {
     report.reason = "EXACT requested";
     return report;
   }
-  const core::LowRankSums* sums = view.low_rank().get();
+  const core::LowRankSums* sums = form.sums;
   if (sums == nullptr) {
-    const std::string& detail = view.low_rank_state().detail;
+    const std::string& detail = form.detail;
     if (choice == PathChoice::kLowRank) {
       return absl::FailedPreconditionError(
           absl::StrCat("path LOW_RANK: store '", name,
@@ -108,10 +120,9 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
     return report;
   }
   const size_t n = sums->basis().dim();
-  const size_t d = view.settings().dimension;
-  const NormStats& norms = view.norms();
-  const core::LowRankBoundInputs inputs{
-      sums, norms.max_norm, norms.max_feature_norm, view.map_norm()};
+  const size_t d = sums->dim();
+  const core::LowRankBoundInputs inputs{sums, form.max_norm,
+                                        form.max_feature_norm, form.map_norm};
   double max_query_norm = 0;
   for (size_t i = 0; i < num_queries; ++i) {
     double sq = 0;
@@ -140,8 +151,8 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
   }
   const std::string radius = absl::StrCat(
       "R = beta * max ||Phi xi|| * max ||Phi x|| = ", Figure(params.beta),
-      " * ", Figure(norms.max_feature_norm), " * ", Figure(max_query_norm),
-      " = ", Figure(params.beta * norms.max_feature_norm * max_query_norm));
+      " * ", Figure(form.max_feature_norm), " * ", Figure(max_query_norm),
+      " = ", Figure(params.beta * form.max_feature_norm * max_query_norm));
   if (degree == 0) {
     // Over the whole batch, for the message.
     bound = batch_bound(kept, std::numeric_limits<double>::infinity());
@@ -160,14 +171,14 @@ absl::StatusOr<PathReport> PlanPath(const StoreView& view,
   // Work per query: exact scores and sums every memory each step; low-rank
   // works on the sums, plus one scan of the features for the top-k.
   const uint64_t rank = sums->basis().rank(degree);
-  const double patterns = static_cast<double>(view.size());
+  const double patterns = static_cast<double>(form.patterns);
   const double exact_cost = params.steps * patterns * (n + d);
   const double low_rank_cost =
       params.steps * static_cast<double>(rank) * (n + d) +
       (params.top_k > 0 ? patterns * n : 0.0);
   const std::string costs =
       absl::StrCat("cost per query ", Figure(low_rank_cost), " vs exact ",
-                   Figure(exact_cost), " (r = ", rank, ", M = ", view.size(),
+                   Figure(exact_cost), " (r = ", rank, ", M = ", form.patterns,
                    params.top_k > 0 ? ", top-k scan" : "", ")");
   if (choice == PathChoice::kAuto && low_rank_cost >= exact_cost) {
     report.reason = absl::StrCat("exact: low-rank at g = ", degree,
@@ -217,8 +228,9 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
   if (request.path != PathChoice::kExact && view.low_rank() != nullptr) {
     features = QueryFeatures(view, request.queries.data(), request.num_queries);
   }
-  absl::StatusOr<PathReport> plan = PlanPath(
-      view, params, request.path, tolerance, features, request.num_queries);
+  absl::StatusOr<PathReport> plan =
+      PlanPath(LowRankFormOf(view), params, request.path, tolerance, features,
+               request.num_queries);
   if (!plan.ok()) return plan.status();
 
   absl::StatusOr<core::RetrievalOutput> out =

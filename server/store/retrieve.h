@@ -58,12 +58,27 @@ struct RetrieveResult {
   uint64_t store_version = 0;
 };
 
+// What the planner knows of a store's low-rank form: a store's own, or a
+// router's merge of its shards' (server/cluster/low_rank_cache.h).
+struct LowRankForm {
+  std::string store;                        // For messages.
+  const core::LowRankSums* sums = nullptr;  // Null: none kept.
+  std::string detail;                       // Why none, when none.
+  double max_norm = 0;                      // max ||xi||.
+  double max_feature_norm = 0;              // max ||Phi xi|| (or ||xi||).
+  double map_norm = 1;                      // Bound on ||Phi||_2.
+  uint64_t patterns = 0;
+};
+
+// The form of a store's snapshot (borrows the view's sums).
+LowRankForm LowRankFormOf(const StoreView& view);
+
 // The planner (docs/low-rank.md): EXACT runs exact; LOW_RANK and AUTO take
 // the smallest even degree whose proved error bound, over this batch's query
 // features (num_queries x d_Phi, row-major), meets `tolerance`; AUTO takes it
 // only if it also costs less than exact. LOW_RANK that cannot run is
 // FAILED_PRECONDITION, naming the bound.
-absl::StatusOr<PathReport> PlanPath(const StoreView& view,
+absl::StatusOr<PathReport> PlanPath(const LowRankForm& form,
                                     const core::RetrievalParams& params,
                                     PathChoice choice, double tolerance,
                                     absl::Span<const double> query_features,

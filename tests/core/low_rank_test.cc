@@ -217,6 +217,48 @@ TEST(LowRankSumsTest, IncrementalAddsAndRemovalsEqualARebuild) {
               1e-9);
 }
 
+// A router's merge: the parts' sums (kept at different degrees) added at
+// the smaller degree equal the sums of the whole at that degree, moments
+// and eigenvalue bounds included.
+TEST(LowRankSumsTest, PartsAddUpToTheWholeAtTheSmallerDegree) {
+  std::mt19937_64 rng(12);
+  const size_t n = 4, d = 6;
+  const std::vector<float> keys = RandomVectors(500, n, 1.0, rng);
+  const std::vector<float> rows = RandomVectors(500, d, 1.5, rng);
+  const LowRankSums first =
+      Build({keys.begin(), keys.begin() + 200 * n},
+            {rows.begin(), rows.begin() + 200 * d}, n, d, 4, false);
+  const LowRankSums second =
+      Build({keys.begin() + 200 * n, keys.end()},
+            {rows.begin() + 200 * d, rows.end()}, n, d, 2, false);
+  LowRankSums merged(std::make_shared<const TaylorBasis>(n, 2), d, false);
+  for (const LowRankSums* part : {&first, &second}) {
+    ASSERT_TRUE(merged.AddPart(part->a(), part->z(), part->sq_norm_sum()).ok());
+  }
+  merged.Finish();
+  const LowRankSums whole = Build(keys, rows, n, d, 2, false);
+  ASSERT_EQ(merged.a().size(), whole.a().size());
+  for (size_t i = 0; i < whole.a().size(); ++i) {
+    EXPECT_NEAR(merged.a()[i], whole.a()[i],
+                1e-9 * (1 + std::abs(whole.a()[i])));
+  }
+  for (size_t i = 0; i < whole.z().size(); ++i) {
+    EXPECT_NEAR(merged.z()[i], whole.z()[i],
+                1e-9 * (1 + std::abs(whole.z()[i])));
+  }
+  EXPECT_NEAR(merged.sq_norm_sum(), whole.sq_norm_sum(),
+              1e-9 * whole.sq_norm_sum());
+  EXPECT_NEAR(merged.feature_moment_max_eig(), whole.feature_moment_max_eig(),
+              1e-9);
+  EXPECT_NEAR(merged.value_moment_max_eig(), whole.value_moment_max_eig(),
+              1e-9);
+  // A part of the wrong shape is refused, and changes nothing.
+  LowRankSums four(std::make_shared<const TaylorBasis>(n, 4), d, false);
+  const std::vector<double> before = four.z();
+  EXPECT_FALSE(four.AddPart(second.a(), second.z(), 1.0).ok());
+  EXPECT_EQ(four.z(), before);
+}
+
 TEST(LowRankSumsTest, MomentsAreTheMeanAndSecondMomentOfTheFeatures) {
   std::mt19937_64 rng(5);
   const size_t n = 4;

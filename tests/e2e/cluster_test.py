@@ -125,6 +125,66 @@ class ClusterTest(unittest.TestCase):
             for c in clients.values():
                 c.close()
 
+    def test_1b_low_rank_runs_on_the_router_as_on_one_engramd(self):
+        rng = np.random.default_rng(11)
+        patterns = rng.normal(size=(400, 6)).astype(np.float32)
+        patterns *= 0.3 / np.linalg.norm(patterns, axis=1, keepdims=True).max()
+        ids = np.arange(1, 401, dtype=np.uint64) * 104729
+        queries = (patterns[[0, 7, 222]] + 0.05 * rng.normal(size=(3, 6))).astype(np.float32)
+        clients = {name: Client(addr) for name, addr in self.each_server()}
+
+        def compare(stage, n):
+            for path in ("low_rank", "auto"):
+                for steps in (1, 3):
+                    want = clients["single"].retrieve("lr", queries, steps=steps, path=path,
+                                                      top_k=4, tolerance=1e-3)
+                    self.assertEqual(want.path, "low_rank", want.reason)
+                    for name in ("3x1", "2x2"):
+                        got = clients[name].retrieve("lr", queries, steps=steps, path=path,
+                                                     top_k=4, tolerance=1e-3)
+                        where = "%s: %s steps %d via %s" % (stage, path, steps, name)
+                        self.assertEqual(got.path, "low_rank", where + ": " + got.reason)
+                        self.assertIn("sums merged from", got.reason)
+                        self.assertEqual((got.degree, got.rank), (want.degree, want.rank), where)
+                        self.assertAlmostEqual(got.error_bound, want.error_bound, delta=1e-9)
+                        np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-6,
+                                                   err_msg=where)
+                        np.testing.assert_allclose(got.energy, want.energy, atol=1e-6,
+                                                   err_msg=where)
+                        np.testing.assert_array_equal(got.ids, want.ids, err_msg=where)
+                        np.testing.assert_allclose(got.weights, want.weights, atol=1e-6,
+                                                   err_msg=where)
+                        self.assertEqual(got.labels, want.labels, where)
+                        self.assertEqual(clients[name].get_store("lr").pattern_count, n)
+
+        try:
+            for c in clients.values():
+                c.create_store("lr", dim=6, similarity="dot", separation="softmax", beta=1)
+                c.add("lr", patterns[:300], ids=ids[:300].tolist(),
+                      labels=["q%d" % i for i in range(300)])
+            compare("first 300", 300)
+            # The router's sums follow every change: adds, deletes.
+            for c in clients.values():
+                c.add("lr", patterns[300:], ids=ids[300:].tolist(),
+                      labels=["q%d" % i for i in range(300, 400)])
+            compare("all 400", 400)
+            for c in clients.values():
+                c.delete("lr", ids[::3].tolist())
+            compare("after deletes", 400 - len(ids[::3]))
+            # A separation without a low-rank form: refused alike, AUTO exact.
+            for name, c in clients.items():
+                c.update_store("lr", separation="sparsemax")
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.retrieve("lr", queries, path="low_rank")
+                self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION, name)
+                self.assertIn("sparsemax", e.exception.details())
+                self.assertEqual(c.retrieve("lr", queries).path, "exact", name)
+            for c in clients.values():
+                c.delete_store("lr")
+        finally:
+            for c in clients.values():
+                c.close()
+
     def test_2_patterns_spread_and_every_call_reaches_them(self):
         with Client(self.three.router.addr) as c:
             c.create_store("spread", dim=3)

@@ -1,0 +1,135 @@
+#include "server/cluster/low_rank_cache.h"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
+#include "server/cluster/shard_calls.h"
+
+namespace engram::cluster {
+
+absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
+    const std::string& store,
+    const std::vector<std::shared_ptr<const v1::LowRankSums>>& parts) {
+  auto out = std::make_shared<MergedLowRank>();
+  store::LowRankForm& form = out->form;
+  form.store = store;
+  uint32_t degree = std::numeric_limits<uint32_t>::max();
+  for (size_t g = 0; g < parts.size(); ++g) {
+    const v1::LowRankSums& p = *parts[g];
+    const v1::LowRankSums& first = *parts[0];
+    out->versions.push_back(p.store_version());
+    form.patterns += p.pattern_count();
+    if (!form.detail.empty()) continue;
+    if (p.degree() == 0) {
+      form.detail = absl::StrCat("shard group ", g, ": ", p.detail());
+      continue;
+    }
+    if (p.feature_dim() != first.feature_dim() ||
+        p.dimension() != first.dimension() ||
+        p.keys_are_rows() != first.keys_are_rows()) {
+      return absl::InternalError(absl::StrCat(
+          "the low-rank sums of store '", store, "' in shard groups 0 and ", g,
+          " have different shapes (", first.feature_dim(), " x ",
+          first.dimension(), " and ", p.feature_dim(), " x ", p.dimension(),
+          ")"));
+    }
+    if (!p.keys_are_rows() && p.map_version() != first.map_version()) {
+      form.detail =
+          absl::StrCat("shard groups 0 and ", g, " hold feature maps v",
+                       first.map_version(), " and v", p.map_version());
+      continue;
+    }
+    degree = std::min(degree, p.degree());
+    form.max_norm = std::max(form.max_norm, p.max_norm());
+    form.max_feature_norm =
+        std::max(form.max_feature_norm, p.max_feature_norm());
+    form.map_norm = std::max(form.map_norm, p.map_norm());
+  }
+  if (!form.detail.empty() || parts.empty()) return out;
+  const v1::LowRankSums& first = *parts[0];
+  auto sums = std::make_shared<core::LowRankSums>(
+      std::make_shared<const core::TaylorBasis>(first.feature_dim(), degree),
+      first.dimension(), first.keys_are_rows());
+  for (size_t g = 0; g < parts.size(); ++g) {
+    const v1::LowRankSums& p = *parts[g];
+    if (absl::Status s =
+            sums->AddPart(absl::MakeConstSpan(p.a()),
+                          absl::MakeConstSpan(p.z()), p.sq_norm_sum());
+        !s.ok()) {
+      return absl::InternalError(absl::StrCat("shard group ", g, " of store '",
+                                              store, "': ", s.message()));
+    }
+  }
+  sums->Finish();
+  out->sums = std::move(sums);
+  form.sums = out->sums.get();
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
+    const std::string& store, absl::Time deadline) {
+  const uint32_t groups = pool_->groups();
+  std::vector<const Replica*> replicas(groups);
+  for (uint32_t g = 0; g < groups; ++g) {
+    absl::StatusOr<const Replica*> r = pool_->Pick(g);
+    if (!r.ok()) return r.status();
+    replicas[g] = *r;
+  }
+  // What is held from these replicas.
+  std::vector<std::shared_ptr<const v1::LowRankSums>> held(groups);
+  std::shared_ptr<const MergedLowRank> merged;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(store);
+    if (it != entries_.end() && it->second.parts.size() == groups) {
+      merged = it->second.merged;
+      for (uint32_t g = 0; g < groups; ++g) {
+        if (it->second.parts[g].replica == replicas[g]) {
+          held[g] = it->second.parts[g].sums;
+        }
+      }
+    }
+  }
+  std::vector<std::shared_ptr<const v1::LowRankSums>> parts(groups);
+  absl::Status status = FirstError(InParallel(groups, [&](size_t g) {
+    v1::LowRankSumsRequest request;
+    request.set_store(store);
+    if (held[g]) request.set_known_fingerprint(held[g]->fingerprint());
+    auto got = std::make_shared<v1::LowRankSums>();
+    if (absl::Status s = Unary(*pool_, *replicas[g], *replicas[g]->shard,
+                               &v1::Shard::Stub::GetLowRankSums, request,
+                               got.get(), deadline);
+        !s.ok()) {
+      return s;
+    }
+    parts[g] = got->unchanged() && held[g] ? held[g] : std::move(got);
+    if (parts[g]->unchanged()) {
+      return absl::InternalError(absl::StrCat(
+          "shard group ", g, " answered 'unchanged' for a part not held"));
+    }
+    return absl::OkStatus();
+  }));
+  if (!status.ok()) return status;
+  if (merged != nullptr && parts == held) return merged;
+  absl::StatusOr<std::shared_ptr<MergedLowRank>> fresh =
+      MergeParts(store, parts);
+  if (!fresh.ok()) return fresh.status();
+  (*fresh)->replicas = replicas;
+  absl::MutexLock lock(&mu_);
+  Entry& entry = entries_[store];
+  entry.parts.assign(groups, Part{});
+  for (uint32_t g = 0; g < groups; ++g)
+    entry.parts[g] = {replicas[g], parts[g]};
+  entry.merged = *fresh;
+  return entry.merged;
+}
+
+void LowRankCache::Forget(const std::string& store) {
+  absl::MutexLock lock(&mu_);
+  entries_.erase(store);
+}
+
+}  // namespace engram::cluster

@@ -1,0 +1,74 @@
+#include "server/cluster/shard_calls.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace engram::cluster {
+
+absl::Status FromShard(const grpc::Status& status, const Replica& replica) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(status.error_message(), " [shard group ",
+                                   replica.group, ", ", replica.address, "]"));
+}
+
+std::vector<absl::Status> InParallel(
+    size_t n, const std::function<absl::Status(size_t)>& fn) {
+  std::vector<absl::Status> status(n);
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < n; ++i) {
+    threads.emplace_back([&, i] { status[i] = fn(i); });
+  }
+  if (n > 0) status[0] = fn(0);
+  for (std::thread& t : threads) t.join();
+  return status;
+}
+
+absl::Status FirstError(const std::vector<absl::Status>& status) {
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::PartialStepResponse>> StepOnEach(
+    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    const v1::PartialStepRequest& step, absl::Time deadline) {
+  const size_t n = replicas.size();
+  std::vector<v1::PartialStepResponse> parts(n);
+  std::vector<grpc::ClientContext> contexts(n);
+  std::vector<absl::Status> status(n);
+  absl::Mutex mu;
+  size_t left = n;
+  for (size_t g = 0; g < n; ++g) {
+    pool.Prepare(contexts[g], deadline);
+    const absl::Time sent = absl::Now();
+    replicas[g]->shard->async()->PartialStep(
+        &contexts[g], &step, &parts[g], [&, g, sent](grpc::Status s) {
+          pool.Record(*replicas[g], "PartialStep", s, absl::Now() - sent,
+                      step.ByteSizeLong(),
+                      s.ok() ? parts[g].ByteSizeLong() : 0);
+          absl::MutexLock lock(&mu);
+          status[g] = FromShard(s, *replicas[g]);
+          --left;
+        });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](size_t* n) { return *n == 0; }, &left));
+  }
+  if (absl::Status failed = FirstError(status); !failed.ok()) return failed;
+  for (size_t g = 0; g < n; ++g) {
+    if (static_cast<uint32_t>(parts[g].rows_size()) != step.count()) {
+      return absl::InternalError(absl::StrCat(
+          "shard group ", replicas[g]->group, " answered ",
+          parts[g].rows_size(), " rows for ", step.count(), " states"));
+    }
+  }
+  return parts;
+}
+
+}  // namespace engram::cluster
