@@ -219,6 +219,7 @@ int RunEngramd(EngramdOptions o) {
   shard.cluster = o.cluster.cluster;
   shard.placement = o.limits.placement;
   shard.retrieval_threads = o.retrieval_threads;
+  shard.jobs = jobs.get();
   absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
       o.server, &metrics, [&](const rpc::CallPolicy* policy) {
         std::vector<std::unique_ptr<grpc::Service>> services;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -71,9 +72,8 @@ api::Store Merge(std::vector<api::Store> parts) {
 }
 
 constexpr char kNotThroughRouter[] =
-    " is not served through a router yet: fits and calibrations of a "
-    "sharded store need one feature map and one setting for every shard "
-    "(docs/scale-out.md)";
+    " is not served through a router yet: a calibration of a sharded store "
+    "needs one setting found for every shard (docs/scale-out.md)";
 
 }  // namespace
 
@@ -82,7 +82,8 @@ Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
     : pool_(pool),
       policy_(policy),
       options_(std::move(options)),
-      low_rank_(pool) {}
+      low_rank_(pool),
+      fits_(pool) {}
 
 // --- Stores
 // -------------------------------------------------------------------
@@ -679,86 +680,106 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   step.set_beta(params->beta);
   step.set_top_k(params->top_k);
   absl::flat_hash_map<uint64_t, std::string> labels;
-  absl::StatusOr<core::RetrievalOutput> out = core::RunSteps(
-      query->queries.data(), query->num_queries, d, params->steps, params->eps,
-      [&](absl::Span<const size_t> ids, const float* states, float* next,
-          double* energies, std::vector<core::Match>* matches) -> absl::Status {
-        step.set_count(static_cast<uint32_t>(ids.size()));
-        step.mutable_states()->Assign(states, states + ids.size() * d);
-        // One replica of every group at once.
-        std::vector<const Replica*> replicas(groups);
-        for (uint32_t g = 0; g < groups; ++g) {
-          absl::StatusOr<const Replica*> r = pool_->Pick(g);
-          if (!r.ok()) return r.status();
-          replicas[g] = *r;
-        }
-        absl::StatusOr<std::vector<v1::PartialStepResponse>> stepped =
-            StepOnEach(*pool_, replicas, step, deadline);
-        if (!stepped.ok()) return stepped.status();
-        const std::vector<v1::PartialStepResponse>& parts = *stepped;
-        if (core::IsKernel(params->similarity)) {
-          for (uint32_t g = 1; g < groups; ++g) {
-            if (parts[g].map_version() != parts[0].map_version()) {
-              return absl::AbortedError(absl::StrCat(
-                  "shard groups 0 and ", g, " hold feature maps v",
-                  parts[0].map_version(), " and v", parts[g].map_version(),
-                  "; retry once they agree"));
-            }
-          }
-        }
-        const core::ValuesLookup lookup =
-            [&](uint64_t id) -> absl::StatusOr<std::vector<float>> {
-          absl::StatusOr<const Replica*> r =
-              pool_->Pick(store::GroupOf(id, groups));
-          if (!r.ok()) return r.status();
-          v1::GetValuesRequest get;
-          get.set_store(request->store());
-          get.add_ids(id);
-          v1::GetValuesResponse got;
-          if (absl::Status s =
-                  Unary(*pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetValues,
-                        get, &got, deadline);
-              !s.ok()) {
-            return s;
-          }
-          return std::vector<float>(got.values().begin(), got.values().end());
-        };
-        std::vector<core::PartialRow> rows(groups);
-        std::vector<const core::PartialRow*> pointers(groups);
-        for (size_t a = 0; a < ids.size(); ++a) {
+  std::optional<uint64_t> map_version;  // Of the query's first step.
+  auto run_exact_steps = [&]() {
+    return core::RunSteps(
+        query->queries.data(), query->num_queries, d, params->steps,
+        params->eps,
+        [&](absl::Span<const size_t> ids, const float* states, float* next,
+            double* energies,
+            std::vector<core::Match>* matches) -> absl::Status {
+          step.set_count(static_cast<uint32_t>(ids.size()));
+          step.mutable_states()->Assign(states, states + ids.size() * d);
+          // One replica of every group at once.
+          std::vector<const Replica*> replicas(groups);
           for (uint32_t g = 0; g < groups; ++g) {
-            const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
-            core::PartialRow& row = rows[g];
-            row.max = in.max();
-            row.sum = in.sum();
-            row.weighted.assign(in.weighted().begin(), in.weighted().end());
-            row.top.clear();
-            for (const v1::Scored& s : in.top()) {
-              row.top.push_back({s.score(), s.id()});
-              labels[s.id()] = s.label();
-            }
-            row.candidates.clear();
-            for (const v1::Scored& s : in.candidates()) {
-              row.candidates.push_back({s.score(), s.id()});
-            }
-            row.values.assign(in.values().begin(), in.values().end());
-            row.query_sq_norm = in.query_sq_norm();
-            pointers[g] = &row;
+            absl::StatusOr<const Replica*> r = pool_->Pick(g);
+            if (!r.ok()) return r.status();
+            replicas[g] = *r;
           }
-          absl::StatusOr<core::MergedRow> merged_row =
-              core::MergeRows(*params, pointers, d, lookup);
-          if (!merged_row.ok()) return merged_row.status();
-          std::copy(merged_row->next.begin(), merged_row->next.end(),
-                    next + a * d);
-          energies[a] = merged_row->energy;
-          matches[a].clear();
-          for (const core::MergedRow::Match& m : merged_row->matches) {
-            matches[a].push_back(
-                {static_cast<size_t>(m.id), m.weight, m.score});
+          absl::StatusOr<std::vector<v1::PartialStepResponse>> stepped =
+              StepOnEach(*pool_, replicas, step, deadline);
+          if (!stepped.ok()) return stepped.status();
+          const std::vector<v1::PartialStepResponse>& parts = *stepped;
+          if (core::IsKernel(params->similarity)) {
+            if (!map_version) map_version = parts[0].map_version();
+            for (uint32_t g = 0; g < groups; ++g) {
+              if (parts[g].map_version() != *map_version) {
+                return absl::AbortedError(absl::StrCat(
+                    "store '", request->store(), "': shard group ", g,
+                    " used feature map v", parts[g].map_version(),
+                    " where the query began on v", *map_version,
+                    " (a new map is being published); retry"));
+              }
+            }
           }
-        }
-        return absl::OkStatus();
-      });
+          const core::ValuesLookup lookup =
+              [&](uint64_t id) -> absl::StatusOr<std::vector<float>> {
+            absl::StatusOr<const Replica*> r =
+                pool_->Pick(store::GroupOf(id, groups));
+            if (!r.ok()) return r.status();
+            v1::GetValuesRequest get;
+            get.set_store(request->store());
+            get.add_ids(id);
+            v1::GetValuesResponse got;
+            if (absl::Status s =
+                    Unary(*pool_, **r, *(*r)->shard,
+                          &v1::Shard::Stub::GetValues, get, &got, deadline);
+                !s.ok()) {
+              return s;
+            }
+            return std::vector<float>(got.values().begin(), got.values().end());
+          };
+          std::vector<core::PartialRow> rows(groups);
+          std::vector<const core::PartialRow*> pointers(groups);
+          for (size_t a = 0; a < ids.size(); ++a) {
+            for (uint32_t g = 0; g < groups; ++g) {
+              const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
+              core::PartialRow& row = rows[g];
+              row.max = in.max();
+              row.sum = in.sum();
+              row.weighted.assign(in.weighted().begin(), in.weighted().end());
+              row.top.clear();
+              for (const v1::Scored& s : in.top()) {
+                row.top.push_back({s.score(), s.id()});
+                labels[s.id()] = s.label();
+              }
+              row.candidates.clear();
+              for (const v1::Scored& s : in.candidates()) {
+                row.candidates.push_back({s.score(), s.id()});
+              }
+              row.values.assign(in.values().begin(), in.values().end());
+              row.query_sq_norm = in.query_sq_norm();
+              pointers[g] = &row;
+            }
+            absl::StatusOr<core::MergedRow> merged_row =
+                core::MergeRows(*params, pointers, d, lookup);
+            if (!merged_row.ok()) return merged_row.status();
+            std::copy(merged_row->next.begin(), merged_row->next.end(),
+                      next + a * d);
+            energies[a] = merged_row->energy;
+            matches[a].clear();
+            for (const core::MergedRow::Match& m : merged_row->matches) {
+              matches[a].push_back(
+                  {static_cast<size_t>(m.id), m.weight, m.score});
+            }
+          }
+          return absl::OkStatus();
+        });
+  };
+  // Kernel similarities: every step of a query on one map version; a query
+  // that meets a publication under way (shards on different versions) runs
+  // again once they agree, until the deadline.
+  absl::StatusOr<core::RetrievalOutput> out;
+  for (int attempt = 0;; ++attempt) {
+    map_version.reset();
+    out = run_exact_steps();
+    if (!core::IsKernel(params->similarity) || !absl::IsAborted(out.status()) ||
+        attempt >= 100 || absl::Now() + absl::Milliseconds(20) >= deadline) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   if (!out.ok()) return call.Done(out.status());
   store::RetrieveResult result;
   result.states = std::move(out->states);
@@ -890,11 +911,80 @@ grpc::Status Router::GetFitStatus(Ctx* context,
                                   api::FitStatus* response) {
   rpc::Call call(policy_, "GetFitStatus", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(
+      FitStatusOf(request->store(), DeadlineOf(context), response));
+}
+
+absl::Status Router::FitStatusOf(const std::string& store, absl::Time deadline,
+                                 api::FitStatus* response) {
+  if (std::optional<api::FitStatus> mine = fits_.Status(store)) {
+    *response = *std::move(mine);
+    return absl::OkStatus();
+  }
+  // No fit ran here since this router started: the shards know the last
+  // published map (group 0 speaks for all; every group has the same).
   absl::StatusOr<const Replica*> r = pool_->Pick(0);
-  if (!r.ok()) return call.Done(r.status());
-  return call.Done(Unary(*pool_, **r, *(*r)->engram,
-                         &api::Engram::Stub::GetFitStatus, *request, response,
-                         DeadlineOf(context)));
+  if (!r.ok()) return r.status();
+  api::GetFitStatusRequest get;
+  get.set_store(store);
+  return Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::GetFitStatus,
+               get, response, deadline);
+}
+
+grpc::Status Router::WatchFit(Ctx* context, const api::WatchFitRequest* request,
+                              grpc::ServerWriter<api::FitStatus>* writer) {
+  rpc::Call call(policy_, "WatchFit", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  const std::string& store = request->store();
+  while (true) {
+    uint64_t seen = 0;
+    std::optional<api::FitStatus> status = fits_.Status(store, &seen);
+    if (!status) {
+      api::FitStatus published;
+      if (absl::Status s = FitStatusOf(store, DeadlineOf(context), &published);
+          !s.ok()) {
+        return call.Done(s);
+      }
+      writer->Write(published);
+      return call.Done(absl::OkStatus());
+    }
+    if (!writer->Write(*status)) return call.Done(absl::OkStatus());
+    if (status->state() != api::FitStatus::PENDING &&
+        status->state() != api::FitStatus::RUNNING) {
+      return call.Done(absl::OkStatus());
+    }
+    // Wake at least once a second to notice a client that went away.
+    while (fits_.WaitForChange(store, seen, absl::Seconds(1)) == seen) {
+      if (context->IsCancelled()) {
+        return call.Done(
+            absl::CancelledError("the client cancelled the watch"));
+      }
+    }
+  }
+}
+
+grpc::Status Router::StartFit(Ctx* context, const api::StartFitRequest* request,
+                              api::FitStatus* response) {
+  rpc::Call call(policy_, "StartFit", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<api::Store> merged =
+      MergedStore(request->store(), DeadlineOf(context));
+  if (!merged.ok()) return call.Done(merged.status());
+  absl::StatusOr<api::FitStatus> started = fits_.Start(*merged);
+  if (!started.ok()) return call.Done(started.status());
+  *response = *std::move(started);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::CancelFit(Ctx* context,
+                               const api::CancelFitRequest* request,
+                               api::FitStatus* response) {
+  rpc::Call call(policy_, "CancelFit", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<api::FitStatus> cancelled = fits_.Cancel(request->store());
+  if (!cancelled.ok()) return call.Done(cancelled.status());
+  *response = *std::move(cancelled);
+  return call.Done(absl::OkStatus());
 }
 
 grpc::Status Router::GetCalibrationStatus(
@@ -907,31 +997,6 @@ grpc::Status Router::GetCalibrationStatus(
   return call.Done(Unary(*pool_, **r, *(*r)->engram,
                          &api::Engram::Stub::GetCalibrationStatus, *request,
                          response, DeadlineOf(context)));
-}
-
-grpc::Status Router::WatchFit(Ctx* context, const api::WatchFitRequest* request,
-                              grpc::ServerWriter<api::FitStatus>* writer) {
-  rpc::Call call(policy_, "WatchFit", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(absl::FailedPreconditionError(
-      absl::StrCat("WatchFit", kNotThroughRouter)));
-}
-
-grpc::Status Router::StartFit(Ctx* context, const api::StartFitRequest* request,
-                              api::FitStatus* response) {
-  rpc::Call call(policy_, "StartFit", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(absl::FailedPreconditionError(
-      absl::StrCat("StartFit", kNotThroughRouter)));
-}
-
-grpc::Status Router::CancelFit(Ctx* context,
-                               const api::CancelFitRequest* request,
-                               api::FitStatus* response) {
-  rpc::Call call(policy_, "CancelFit", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(absl::FailedPreconditionError(
-      absl::StrCat("CancelFit", kNotThroughRouter)));
 }
 
 grpc::Status Router::StartCalibration(

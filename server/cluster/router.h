@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engram/v1/engram.grpc.pb.h"
+#include "server/cluster/cluster_fit.h"
 #include "server/cluster/low_rank_cache.h"
 #include "server/cluster/shard_pool.h"
 #include "server/rpc/call.h"
@@ -144,12 +145,17 @@ class Router final : public engram::v1::Engram::Service {
       const store::RetrieveRequest& query, const core::RetrievalParams& params,
       const core::RetrievalOptions& options, absl::Time deadline);
 
+  // This router's fit of `store`, else the shards' last published one.
+  absl::Status FitStatusOf(const std::string& store, absl::Time deadline,
+                           engram::v1::FitStatus* response);
+
   ShardPool* const pool_;
   const rpc::CallPolicy* const policy_;
   const RouterOptions options_;
   const rpc::PageTokens tokens_;
   std::atomic<uint64_t> next_group_{0};  // Where automatic ids go next.
   LowRankCache low_rank_;
+  ClusterFits fits_;
 };
 
 }  // namespace engram::cluster

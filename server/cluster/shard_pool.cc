@@ -10,6 +10,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "server/base/log.h"
+#include "server/cluster/shard_calls.h"
 #include "server/rpc/call.h"
 
 namespace engram::cluster {
@@ -183,7 +184,8 @@ std::map<std::string, std::pair<uint64_t, uint64_t>> Holdings(
     const v1::ShardDescription& d) {
   std::map<std::string, std::pair<uint64_t, uint64_t>> out;
   for (const v1::StoreState& s : d.stores()) {
-    out[s.name()] = {s.digest(), s.settings_digest()};
+    // Content, and settings with the map (replicas converge on the newest).
+    out[s.name()] = {s.digest(), s.settings_digest() * 31 + s.map_version()};
   }
   return out;
 }
@@ -339,6 +341,29 @@ absl::Status Call(const ShardPool& pool, const Replica& replica,
                       absl::StrCat(replica.address, ": ", s.error_message()));
 }
 
+// Fits only go forward: whichever of the two replicas holds the newer map
+// of `store` gives it to the other.
+absl::Status SyncMaps(const ShardPool& pool, const Replica& a, const Replica& b,
+                      const std::string& store) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  v1::GetFeatureMapRequest get;
+  get.set_store(store);
+  v1::FeatureMapRecord maps[2];
+  const Replica* replicas[2] = {&a, &b};
+  for (int i = 0; i < 2; ++i) {
+    absl::Status s =
+        Unary(pool, *replicas[i], *replicas[i]->shard,
+              &v1::Shard::Stub::GetFeatureMap, get, &maps[i], deadline);
+    if (!s.ok() && !absl::IsNotFound(s)) return s;
+  }
+  if (maps[0].version() == maps[1].version()) return absl::OkStatus();
+  const int newer = maps[0].version() > maps[1].version() ? 0 : 1;
+  const Replica& behind = *replicas[1 - newer];
+  v1::PutFeatureMapResponse put;
+  return Unary(pool, behind, *behind.shard, &v1::Shard::Stub::PutFeatureMap,
+               maps[newer], &put, deadline);
+}
+
 // Every pattern id of a store on a replica.
 absl::StatusOr<std::set<uint64_t>> Ids(const ShardPool& pool,
                                        const Replica& replica,
@@ -461,6 +486,10 @@ absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
             !s.ok()) {
           return s;
         }
+      }
+      if (absl::Status s = SyncMaps(*this, source, target, mine.name());
+          !s.ok()) {
+        return s;
       }
     }
     for (const auto& [name, unused] : theirs) {  // Stores gone from the source.

@@ -1,6 +1,8 @@
 #include "server/cluster/shard_service.h"
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -8,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "server/core/low_rank.h"
 #include "server/core/partial.h"
+#include "server/core/sample.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
@@ -231,6 +234,118 @@ grpc::Status ShardService::GetLowRankSums(grpc::ServerContext* context,
   response->set_max_norm(view->norms().max_norm);
   response->set_max_feature_norm(view->norms().max_feature_norm);
   response->set_map_norm(view->map_norm());
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status ShardService::GetSample(grpc::ServerContext* context,
+                                     const v1::SampleRequest* request,
+                                     v1::Sample* response) {
+  rpc::Call call(policy_, "GetSample", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  const size_t d = view->settings().dimension;
+  // Bounded by the answer a call may carry.
+  const size_t most = policy_->max_message_bytes / (4 * d + 8);
+  if (request->count() > most) {
+    return call.Done(rpc::TooLarge(
+        absl::StrCat("a sample of ", request->count(), " patterns"),
+        request->count() * 4 * d, policy_->max_message_bytes,
+        absl::StrCat("ask for at most ", most)));
+  }
+  const size_t count = std::min<size_t>(request->count(), view->size());
+  std::mt19937_64 rng(request->seed());
+  const std::vector<size_t> chosen =
+      core::SampleIndices(view->size(), count, {}, rng);
+  response->set_dimension(static_cast<uint32_t>(d));
+  response->set_count(count);
+  response->set_store_version(view->version());
+  response->mutable_values()->Reserve(static_cast<int>(count * d));
+  for (size_t i : chosen) {
+    const float* row = view->memories().row(i);
+    response->mutable_values()->Add(row, row + d);
+  }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status ShardService::PutFeatureMap(grpc::ServerContext* context,
+                                         const v1::FeatureMapRecord* request,
+                                         v1::PutFeatureMapResponse* response) {
+  rpc::Call call(policy_, "PutFeatureMap", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  store::Store& store = **found;
+  const size_t out = request->out_dim(), in = request->in_dim();
+  if (out == 0 || in == 0 ||
+      static_cast<size_t>(request->weights_size()) != out * in) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("weights has ", request->weights_size(), " values for a ",
+                     out, "x", in, " map")));
+  }
+  for (float w : request->weights()) {
+    if (!std::isfinite(w)) {
+      return call.Done(absl::InvalidArgumentError("weights must be finite"));
+    }
+  }
+  std::shared_ptr<const store::StoreView> view = store.view();
+  if (request->version() == view->fit().version && view->map() != nullptr &&
+      view->map()->weights().size() == out * in &&
+      std::equal(view->map()->weights().begin(), view->map()->weights().end(),
+                 request->weights().begin())) {
+    response->set_map_version(view->fit().version);  // Sent again: done.
+    return call.Done(absl::OkStatus());
+  }
+  store::FitRecord record;
+  record.version = request->version();
+  record.loss_before = request->loss_before();
+  record.loss_after = request->loss_after();
+  record.epochs = request->epochs();
+  record.duration_seconds = request->duration_seconds();
+  record.patterns_fitted = request->patterns_fitted();
+  if (absl::Status s =
+          store.PublishMap(std::make_shared<core::FeatureMap>(
+                               in, out,
+                               std::vector<float>(request->weights().begin(),
+                                                  request->weights().end())),
+                           record);
+      !s.ok()) {
+    return call.Done(s);
+  }
+  if (options_.jobs != nullptr) options_.jobs->MapPublished(request->store());
+  response->set_map_version(record.version);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status ShardService::GetFeatureMap(
+    grpc::ServerContext* context, const v1::GetFeatureMapRequest* request,
+    v1::FeatureMapRecord* response) {
+  rpc::Call call(policy_, "GetFeatureMap", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  const store::FitRecord& r = view->fit();
+  if (r.version == 0 || view->map() == nullptr) {
+    return call.Done(absl::NotFoundError(absl::StrCat(
+        "store '", request->store(), "' has no fitted feature map")));
+  }
+  const core::FeatureMap& map = *view->map();
+  response->set_store(request->store());
+  response->set_version(r.version);
+  response->set_out_dim(static_cast<uint32_t>(map.out_dim()));
+  response->set_in_dim(static_cast<uint32_t>(map.in_dim()));
+  response->mutable_weights()->Assign(map.weights().begin(),
+                                      map.weights().end());
+  response->set_loss_before(r.loss_before);
+  response->set_loss_after(r.loss_after);
+  response->set_epochs(r.epochs);
+  response->set_duration_seconds(r.duration_seconds);
+  response->set_patterns_fitted(r.patterns_fitted);
   return call.Done(absl::OkStatus());
 }
 

@@ -1,8 +1,10 @@
 // engram.cluster.v1.Shard: what a shard serves a router besides
 // engram.v1.Engram — its identity and stores (Describe), one retrieval step
 // over its part of a store (PartialStep, server/core/partial.h), pattern
-// values by id (GetValues) and its part of the low-rank sums
-// (GetLowRankSums, server/core/low_rank.h).
+// values by id (GetValues), its part of the low-rank sums (GetLowRankSums,
+// server/core/low_rank.h), and what a router's fit of the whole store needs:
+// a seeded sample (GetSample) and the map it publishes (PutFeatureMap,
+// GetFeatureMap).
 //
 // Thread-safe: gRPC calls every method concurrently; all state lives in the
 // registry.
@@ -12,6 +14,7 @@
 #include <string>
 
 #include "engram/cluster/v1/shard.grpc.pb.h"
+#include "server/jobs/job_runner.h"
 #include "server/rpc/call.h"
 #include "server/store/placement.h"
 #include "server/store/registry.h"
@@ -22,6 +25,8 @@ struct ShardOptions {
   std::string cluster;         // --cluster
   store::Placement placement;  // --shard_group, --shard_groups
   int retrieval_threads = 1;
+  // Told of maps a router publishes (the fit status); may be null.
+  jobs::JobRunner* jobs = nullptr;
 };
 
 class ShardService final : public v1::Shard::Service {
@@ -42,6 +47,15 @@ class ShardService final : public v1::Shard::Service {
   grpc::Status GetLowRankSums(grpc::ServerContext* context,
                               const v1::LowRankSumsRequest* request,
                               v1::LowRankSums* response) override;
+  grpc::Status GetSample(grpc::ServerContext* context,
+                         const v1::SampleRequest* request,
+                         v1::Sample* response) override;
+  grpc::Status PutFeatureMap(grpc::ServerContext* context,
+                             const v1::FeatureMapRecord* request,
+                             v1::PutFeatureMapResponse* response) override;
+  grpc::Status GetFeatureMap(grpc::ServerContext* context,
+                             const v1::GetFeatureMapRequest* request,
+                             v1::FeatureMapRecord* response) override;
 
  private:
   store::StoreRegistry* const registry_;

@@ -10,20 +10,6 @@ namespace engram::jobs {
 
 namespace {
 
-core::FitOptions FitOptionsFor(const store::FeatureMapSettings& f) {
-  core::FitOptions options;
-  options.loss = f.loss == store::FitLoss::kMean ? core::SeparationLoss::kMean
-                                                 : core::SeparationLoss::kMax;
-  options.optimizer = f.optimizer == store::FitOptimizer::kAdam
-                          ? core::FitOptimizer::kAdam
-                          : core::FitOptimizer::kSgd;
-  options.epochs = f.epochs;
-  options.learning_rate = f.learning_rate;
-  options.batch_size = f.batch_size;
-  options.seed = f.seed;
-  return options;
-}
-
 core::CalibrationOptions CalibrationOptionsFor(
     const store::CalibrationSettings& c, const CalibrationBudget& budget) {
   core::CalibrationOptions o;
@@ -81,6 +67,20 @@ v1::CalibrationReport ReportOf(const core::CalibrationResult& r,
 }
 
 }  // namespace
+
+core::FitOptions FitOptionsFor(const store::FeatureMapSettings& f) {
+  core::FitOptions options;
+  options.loss = f.loss == store::FitLoss::kMean ? core::SeparationLoss::kMean
+                                                 : core::SeparationLoss::kMax;
+  options.optimizer = f.optimizer == store::FitOptimizer::kAdam
+                          ? core::FitOptimizer::kAdam
+                          : core::FitOptimizer::kSgd;
+  options.epochs = f.epochs;
+  options.learning_rate = f.learning_rate;
+  options.batch_size = f.batch_size;
+  options.seed = f.seed;
+  return options;
+}
 
 absl::StatusOr<store::FitRecord> RunFit(
     store::Store& store, const store::StoreView& view,

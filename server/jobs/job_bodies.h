@@ -13,9 +13,13 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "engram/v1/engram.pb.h"
+#include "server/core/uhop_fit.h"
 #include "server/store/store.h"
 
 namespace engram::jobs {
+
+// The core's fit options from a store's feature-map settings.
+core::FitOptions FitOptionsFor(const store::FeatureMapSettings& settings);
 
 // Fits the store's U-Hop map on `view` (from the same seeded initial map
 // every time, so the same patterns give the same map) and publishes it.

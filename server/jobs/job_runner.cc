@@ -64,6 +64,24 @@ JobRunner::~JobRunner() {
 
 // --- Entries and statuses ---------------------------------------------------
 
+namespace {
+
+// A fit status that says what the store has published.
+void SetPublished(const store::FitRecord& r, bool uhop, v1::FitStatus& fit) {
+  fit.set_state(!uhop           ? FitState::NOT_CONFIGURED
+                : r.version > 0 ? FitState::SUCCEEDED
+                                : FitState::IDLE);
+  fit.set_epoch(r.epochs);
+  fit.set_total_epochs(r.epochs);
+  fit.set_loss_before(r.loss_before);
+  fit.set_loss_after(r.loss_after);
+  fit.set_duration_seconds(r.duration_seconds);
+  fit.set_map_version(r.version);
+  fit.set_patterns_fitted(r.patterns_fitted);
+}
+
+}  // namespace
+
 JobRunner::Entry* JobRunner::Find(const std::string& name, uint64_t serial) {
   auto it = entries_.find(name);
   return it != entries_.end() && it->second.serial == serial ? &it->second
@@ -80,18 +98,8 @@ absl::StatusOr<JobRunner::Entry*> JobRunner::EntryFor(const std::string& name) {
   e.serial = ++next_serial_;
   std::shared_ptr<const store::StoreView> view = (*found)->view();
   e.uhop = view->settings().feature_map.kind == store::FeatureMapKind::kUhop;
-  const store::FitRecord& r = view->fit();
   e.fit.set_store(name);
-  e.fit.set_state(!e.uhop         ? FitState::NOT_CONFIGURED
-                  : r.version > 0 ? FitState::SUCCEEDED
-                                  : FitState::IDLE);
-  e.fit.set_epoch(r.epochs);
-  e.fit.set_total_epochs(r.epochs);
-  e.fit.set_loss_before(r.loss_before);
-  e.fit.set_loss_after(r.loss_after);
-  e.fit.set_duration_seconds(r.duration_seconds);
-  e.fit.set_map_version(r.version);
-  e.fit.set_patterns_fitted(r.patterns_fitted);
+  SetPublished(view->fit(), e.uhop, e.fit);
   e.calibration.set_store(name);
   const v1::CalibrationReport& report = view->settings().calibration_report;
   if (report.has_time()) {
@@ -101,6 +109,16 @@ absl::StatusOr<JobRunner::Entry*> JobRunner::EntryFor(const std::string& name) {
     e.calibration.set_state(CalibrationState::IDLE);
   }
   return &e;
+}
+
+void JobRunner::MapPublished(const std::string& store) {
+  MutexLock lock(&mu_);
+  absl::StatusOr<Entry*> entry = EntryFor(store);
+  if (!entry.ok()) return;
+  absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(store);
+  if (!found.ok()) return;
+  SetPublished((*found)->view()->fit(), (*entry)->uhop, (*entry)->fit);
+  Changed((*entry)->fit_slot);
 }
 
 void JobRunner::Changed(Slot& slot) {

@@ -43,6 +43,9 @@ constexpr Method kMethods[] = {
     {"PartialStep", false},
     {"GetValues", false},
     {"GetLowRankSums", false},
+    {"GetSample", false},
+    {"PutFeatureMap", true},
+    {"GetFeatureMap", false},
     // engram.cluster.v1.Router.
     {"ClusterStatus", false},
 };

@@ -600,6 +600,11 @@ absl::Status Store::PublishMap(std::shared_ptr<const core::FeatureMap> map,
         absl::StrCat("store '", name_, "' cannot use a ", map->out_dim(), "x",
                      map->in_dim(), " feature map"));
   }
+  if (record.version <= fit_.version) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("store '", name_, "' already has feature map v",
+                     fit_.version, "; map v", record.version, " is not newer"));
+  }
   if (absl::Status status = storage_->PutMap(name_, record, *map);
       !status.ok()) {
     return status;

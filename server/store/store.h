@@ -203,6 +203,7 @@ class Store {
   // Stores a fitted map durably, recomputes every pattern's features with it
   // and publishes it with a new view, all at once: until then retrieval uses
   // the previous map. Patterns added meanwhile get the new features too.
+  // FAILED_PRECONDITION unless record.version is newer than the store's.
   absl::Status PublishMap(std::shared_ptr<const core::FeatureMap> map,
                           const FitRecord& record);
   // Restores a map read back from storage (before its patterns).

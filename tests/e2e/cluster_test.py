@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -28,6 +29,11 @@ from harness import Engramd  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
 SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
+
+
+def pb_state(fit):
+    """A FitStatus's state by name."""
+    return fit.DESCRIPTOR.fields_by_name["state"].enum_type.values_by_number[fit.state].name
 
 
 def store_group(pattern_id, groups=2):
@@ -185,6 +191,76 @@ class ClusterTest(unittest.TestCase):
             for c in clients.values():
                 c.close()
 
+    def test_1c_a_uhop_fit_through_the_router_is_one_map_for_every_shard(self):
+        rng = np.random.default_rng(17)
+        patterns = rng.normal(size=(240, 10)).astype(np.float32)
+        ids = (np.arange(1, 241, dtype=np.uint64) * 15485863).tolist()
+        queries = (patterns[[1, 100, 200]] + 0.3 * rng.normal(size=(3, 10))).astype(np.float32)
+        clients = {name: Client(addr) for name, addr in self.each_server()}
+        try:
+            for c in clients.values():
+                # Automatic fits wait for a quiet minute: these fits are started by hand.
+                c.create_store("uh", dim=10, feature_map="uhop", fit_epochs=30,
+                               fit_debounce_ms=60000, similarity="kernel_l2", top_k=3)
+                c.add("uh", patterns, ids=ids)
+            fits = {name: c.fit("uh") for name, c in clients.items()}
+            for name, fit in fits.items():
+                self.assertEqual(pb_state(fit), "SUCCEEDED", "%s: %s" % (name, fit.error))
+                self.assertEqual(fit.patterns_fitted, 240, name)
+                self.assertEqual(fit.epoch, 30, name)
+            # Every pattern fits in one batch: the router fits on all of them, as
+            # one engramd does (in another order, so equal up to rounding).
+            self.assertAlmostEqual(fits["3x1"].loss_after, fits["single"].loss_after, delta=1e-4)
+            self.assertAlmostEqual(fits["2x2"].loss_after, fits["single"].loss_after, delta=1e-4)
+            for name in ("3x1", "2x2"):
+                cluster = self.three if name == "3x1" else self.two_by_two
+                versions = {Client(s.addr).fit_status("uh").map_version
+                            for row in cluster.shards for s in row}
+                self.assertEqual(versions, {fits[name].map_version}, name)
+                self.assertEqual(clients[name].fit_status("uh").state, fits[name].state)
+                want = clients["single"].retrieve("uh", queries, beta=2)
+                got = clients[name].retrieve("uh", queries, beta=2)
+                np.testing.assert_array_equal(got.ids, want.ids, err_msg=name)
+                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-3, err_msg=name)
+            # Further fits publish the next versions everywhere, while queries
+            # run: none fails or mixes versions (the router retries a query
+            # that meets a publication half done). Cancel is refused once
+            # nothing runs.
+            errors, stop = [], threading.Event()
+
+            def query():
+                with Client(self.two_by_two.router.addr) as c:
+                    while not stop.is_set():
+                        try:
+                            c.retrieve("uh", queries, steps=3)
+                        except grpc.RpcError as e:
+                            errors.append(e)
+            reader = threading.Thread(target=query)
+            reader.start()
+            try:
+                for k in range(1, 6):
+                    again = clients["2x2"].fit("uh")
+                    self.assertEqual(again.map_version, fits["2x2"].map_version + k)
+            finally:
+                stop.set()
+                reader.join()
+            self.assertEqual(errors, [])
+            with self.assertRaises(grpc.RpcError) as e:
+                clients["2x2"].cancel_fit("uh")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+            # A store without a U-Hop map is refused as one engramd refuses it.
+            clients["3x1"].create_store("plain", dim=3)
+            clients["3x1"].add("plain", np.eye(3, dtype=np.float32))
+            with self.assertRaises(grpc.RpcError) as e:
+                clients["3x1"].start_fit("plain")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+            clients["3x1"].delete_store("plain")
+            for c in clients.values():
+                c.delete_store("uh")
+        finally:
+            for c in clients.values():
+                c.close()
+
     def test_2_patterns_spread_and_every_call_reaches_them(self):
         with Client(self.three.router.addr) as c:
             c.create_store("spread", dim=3)
@@ -265,7 +341,7 @@ class ClusterTest(unittest.TestCase):
         cluster = Cluster(self.tmp.name, 2, 2, cluster="catchup")
         try:
             with Client(cluster.router.addr, retries=0) as c:
-                c.create_store("cu", dim=4)
+                c.create_store("cu", dim=4, feature_map="uhop", fit_epochs=5)
                 first = c.add("cu", np.eye(4, dtype=np.float32))
                 down = cluster.shards[0][0]
                 addr, data = down.addr, down.data_dir
@@ -274,7 +350,8 @@ class ClusterTest(unittest.TestCase):
                 deadline = time.time() + 10
                 while True:
                     try:
-                        later = c.add("cu", np.ones((40, 4), np.float32))
+                        later = c.add("cu", np.random.default_rng(2).normal(
+                            size=(40, 4)).astype(np.float32))
                         c.delete("cu", first[:2].tolist())
                         break
                     except grpc.RpcError:
@@ -282,17 +359,24 @@ class ClusterTest(unittest.TestCase):
                             raise
                         time.sleep(0.2)
                 c.update_store("cu", beta=3)
+                # A fit while it is down: the map reaches the other three.
+                fitted = c.fit("cu")
+                self.assertEqual((pb_state(fitted), fitted.map_version), ("SUCCEEDED", 1),
+                                 fitted.error)
                 cluster.shards[0][0] = Engramd(
                     BIN, self.tmp.name, "--role=shard", "--cluster=catchup",
                     "--shard_group=0", "--shard_groups=2", "--listen=" + addr,
                     data_dir=data)
-                # Back, stale, repaired from its peer, then ready.
+                # Back, stale, repaired from its peer (patterns, settings and
+                # the map), then ready.
                 want = sorted(int(i) for i in list(first[2:]) + list(later)
                               if store_group(int(i)) == 0)
                 deadline = time.time() + 20
                 while True:
                     got = sorted(p.id for p in Client(addr).list_patterns("cu", values=False))
-                    if got == want and Client(addr).get_store("cu").retrieval.beta == 3:
+                    back = Client(addr)
+                    if (got == want and back.get_store("cu").retrieval.beta == 3 and
+                            back.fit_status("cu").map_version == 1):
                         break
                     if time.time() > deadline:
                         self.fail("replica not repaired: %d of %d patterns" % (len(got), len(want)))
@@ -309,6 +393,11 @@ class ClusterTest(unittest.TestCase):
                             raise
                         time.sleep(0.2)
                 self.assertEqual(len(ids), 42)
+                # Group 0 is now the repaired replica alone: kernel queries
+                # find one map version in every group.
+                c.update_store("cu", similarity="kernel_l2")
+                self.assertEqual(c.retrieve("cu", np.eye(4, dtype=np.float32)[2:]).ids.shape,
+                                 (2, 5))
         finally:
             cluster.stop()
 

@@ -265,6 +265,15 @@ TEST(StoreTest, PublishingAMapSharesRowsWithoutExposingOldViewsToWrites) {
   EXPECT_EQ(now->memories().blocks[0].keys[2], 6.0f);
   EXPECT_EQ(now->memories().blocks[0].keys[0], 2.0f);
   EXPECT_EQ(now->fit().version, 1u);
+  // Maps only go forward: the same or an older version is refused and
+  // changes nothing (a router's publication sent twice, or late).
+  auto tripling =
+      std::make_shared<core::FeatureMap>(2, 2, std::vector<float>{3, 0, 0, 3});
+  EXPECT_EQ(store.PublishMap(tripling, FitRecord{1, 0, 0, 1, 0, 1}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store.view()->memories().blocks[0].keys[0], 2.0f);
+  EXPECT_TRUE(store.PublishMap(tripling, FitRecord{2, 0, 0, 1, 0, 1}).ok());
+  EXPECT_EQ(store.view()->memories().blocks[0].keys[0], 3.0f);
 }
 
 TEST(StoreTest, DeleteValidatesEveryIdFirst) {
