@@ -188,16 +188,31 @@ absl::Status ClusterFits::Fit(const api::Store& merged, Job* job) {
                  request, &samples[g], deadline);
   }));
   if (!status.ok()) return status;
-  std::vector<float> rows;
+  // In id order: the fit depends on the sample, not on how the store is
+  // spread (with ids in the order they were added, the order one engramd
+  // fits in).
+  std::vector<std::pair<uint64_t, const float*>> order;
   for (const v1::Sample& s : samples) {
-    if (s.count() > 0 && s.dimension() != d) {
-      return absl::InternalError(
-          absl::StrCat("a shard sampled patterns of dimension ", s.dimension(),
-                       " for store '", name, "' of dimension ", d));
+    if (s.count() > 0 &&
+        (s.dimension() != d ||
+         static_cast<size_t>(s.values_size()) != s.count() * d ||
+         static_cast<size_t>(s.ids_size()) != s.count())) {
+      return absl::InternalError(absl::StrCat(
+          "a shard sampled ", s.ids_size(), " ids and ", s.values_size(),
+          " values of dimension ", s.dimension(), " as ", s.count(),
+          " patterns of store '", name, "' of dimension ", d));
     }
-    rows.insert(rows.end(), s.values().begin(), s.values().end());
+    for (size_t i = 0; i < s.count(); ++i) {
+      order.push_back({s.ids(static_cast<int>(i)), s.values().data() + i * d});
+    }
   }
-  const size_t n = rows.size() / d;
+  std::sort(order.begin(), order.end());
+  std::vector<float> rows;
+  rows.reserve(order.size() * d);
+  for (const auto& [id, values] : order) {
+    rows.insert(rows.end(), values, values + d);
+  }
+  const size_t n = order.size();
   std::vector<float> sq_norms(n);
   for (size_t i = 0; i < n; ++i) {
     double sq = 0;

@@ -257,8 +257,11 @@ grpc::Status ShardService::GetSample(grpc::ServerContext* context,
   }
   const size_t count = std::min<size_t>(request->count(), view->size());
   std::mt19937_64 rng(request->seed());
-  const std::vector<size_t> chosen =
+  std::vector<size_t> chosen =
       core::SampleIndices(view->size(), count, {}, rng);
+  std::sort(chosen.begin(), chosen.end(), [&](size_t a, size_t b) {
+    return view->info(a).id < view->info(b).id;
+  });
   response->set_dimension(static_cast<uint32_t>(d));
   response->set_count(count);
   response->set_store_version(view->version());
@@ -266,6 +269,7 @@ grpc::Status ShardService::GetSample(grpc::ServerContext* context,
   for (size_t i : chosen) {
     const float* row = view->memories().row(i);
     response->mutable_values()->Add(row, row + d);
+    response->add_ids(view->info(i).id);
   }
   return call.Done(absl::OkStatus());
 }

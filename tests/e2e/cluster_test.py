@@ -208,20 +208,35 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(pb_state(fit), "SUCCEEDED", "%s: %s" % (name, fit.error))
                 self.assertEqual(fit.patterns_fitted, 240, name)
                 self.assertEqual(fit.epoch, 30, name)
-            # Every pattern fits in one batch: the router fits on all of them, as
-            # one engramd does (in another order, so equal up to rounding).
-            self.assertAlmostEqual(fits["3x1"].loss_after, fits["single"].loss_after, delta=1e-4)
-            self.assertAlmostEqual(fits["2x2"].loss_after, fits["single"].loss_after, delta=1e-4)
+            # Every pattern fits in one batch: the router fits on all of them in
+            # id order, the order one engramd holds them in: the same map.
+            self.assertAlmostEqual(fits["3x1"].loss_after, fits["single"].loss_after, delta=1e-6)
+            self.assertAlmostEqual(fits["2x2"].loss_after, fits["single"].loss_after, delta=1e-6)
             for name in ("3x1", "2x2"):
                 cluster = self.three if name == "3x1" else self.two_by_two
                 versions = {Client(s.addr).fit_status("uh").map_version
                             for row in cluster.shards for s in row}
                 self.assertEqual(versions, {fits[name].map_version}, name)
                 self.assertEqual(clients[name].fit_status("uh").state, fits[name].state)
-                want = clients["single"].retrieve("uh", queries, beta=2)
-                got = clients[name].retrieve("uh", queries, beta=2)
-                np.testing.assert_array_equal(got.ids, want.ids, err_msg=name)
-                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-3, err_msg=name)
+            # Every kernel rule, 1 and 3 steps, within 1e-5 of one engramd.
+            for similarity in ("kernel_dot", "kernel_l2"):
+                for separation in SEPARATIONS:
+                    for c in clients.values():
+                        c.update_store("uh", similarity=similarity, separation=separation)
+                    for steps in (1, 3):
+                        want = clients["single"].retrieve("uh", queries, beta=2, steps=steps)
+                        for name in ("3x1", "2x2"):
+                            got = clients[name].retrieve("uh", queries, beta=2, steps=steps)
+                            where = "%s %s steps %d via %s" % (similarity, separation, steps, name)
+                            np.testing.assert_array_equal(got.ids, want.ids, err_msg=where)
+                            np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5,
+                                                       err_msg=where)
+                            np.testing.assert_allclose(got.energy, want.energy, rtol=1e-5,
+                                                       atol=1e-5, err_msg=where)
+                            np.testing.assert_allclose(got.weights, want.weights, atol=1e-5,
+                                                       err_msg=where)
+            for c in clients.values():
+                c.update_store("uh", similarity="kernel_l2", separation="softmax")
             # Further fits publish the next versions everywhere, while queries
             # run: none fails or mixes versions (the router retries a query
             # that meets a publication half done). Cancel is refused once
