@@ -71,10 +71,6 @@ api::Store Merge(std::vector<api::Store> parts) {
   return out;
 }
 
-constexpr char kNotThroughRouter[] =
-    " is not served through a router yet: a calibration of a sharded store "
-    "needs one setting found for every shard (docs/scale-out.md)";
-
 }  // namespace
 
 Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
@@ -83,7 +79,8 @@ Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
       policy_(policy),
       options_(std::move(options)),
       low_rank_(pool),
-      fits_(pool) {}
+      jobs_(pool, {options_.limits.max_calibration_work,
+                   options_.calibration_threads}) {}
 
 // --- Stores
 // -------------------------------------------------------------------
@@ -906,61 +903,123 @@ absl::StatusOr<store::RetrieveResult> Router::RetrieveFromSums(
 // --- Jobs
 // -----------------------------------------------------------------------
 
+namespace {
+
+template <typename Status>
+JobTable<Status>& TableOf(ClusterJobs& jobs);
+template <>
+JobTable<api::FitStatus>& TableOf(ClusterJobs& jobs) {
+  return jobs.fits();
+}
+template <>
+JobTable<api::CalibrationStatus>& TableOf(ClusterJobs& jobs) {
+  return jobs.calibrations();
+}
+
+// A shard's status of a store's job (group 0 speaks for all: every group
+// stores the same map and report).
+template <typename Status>
+absl::Status ShardJobStatus(ShardPool& pool, const std::string& store,
+                            absl::Time deadline, Status* response);
+template <>
+absl::Status ShardJobStatus(ShardPool& pool, const std::string& store,
+                            absl::Time deadline, api::FitStatus* response) {
+  absl::StatusOr<const Replica*> r = pool.Pick(0);
+  if (!r.ok()) return r.status();
+  api::GetFitStatusRequest get;
+  get.set_store(store);
+  return Unary(pool, **r, *(*r)->engram, &api::Engram::Stub::GetFitStatus, get,
+               response, deadline);
+}
+template <>
+absl::Status ShardJobStatus(ShardPool& pool, const std::string& store,
+                            absl::Time deadline,
+                            api::CalibrationStatus* response) {
+  absl::StatusOr<const Replica*> r = pool.Pick(0);
+  if (!r.ok()) return r.status();
+  api::GetCalibrationStatusRequest get;
+  get.set_store(store);
+  return Unary(pool, **r, *(*r)->engram,
+               &api::Engram::Stub::GetCalibrationStatus, get, response,
+               deadline);
+}
+
+}  // namespace
+
+template <typename Status>
+absl::Status Router::JobStatusOf(const std::string& store, absl::Time deadline,
+                                 Status* response) {
+  if (std::optional<Status> mine = TableOf<Status>(jobs_).Get(store)) {
+    *response = *std::move(mine);
+    return absl::OkStatus();
+  }
+  // None ran here since this router started: what the shards published.
+  return ShardJobStatus(*pool_, store, deadline, response);
+}
+
+template <typename Status>
+absl::Status Router::WatchJob(grpc::ServerContext* context,
+                              const std::string& store,
+                              grpc::ServerWriter<Status>* writer) {
+  JobTable<Status>& table = TableOf<Status>(jobs_);
+  while (true) {
+    uint64_t seen = 0;
+    std::optional<Status> status = table.Get(store, &seen);
+    if (!status) {
+      Status published;
+      if (absl::Status s =
+              ShardJobStatus(*pool_, store, DeadlineOf(context), &published);
+          !s.ok()) {
+        return s;
+      }
+      writer->Write(published);
+      return absl::OkStatus();
+    }
+    if (!writer->Write(*status)) return absl::OkStatus();
+    if (status->state() != Status::PENDING &&
+        status->state() != Status::RUNNING) {
+      return absl::OkStatus();
+    }
+    // Wake at least once a second to notice a client that went away.
+    while (table.WaitForChange(store, seen, absl::Seconds(1)) == seen) {
+      if (context->IsCancelled()) {
+        return absl::CancelledError("the client cancelled the watch");
+      }
+    }
+  }
+}
+
 grpc::Status Router::GetFitStatus(Ctx* context,
                                   const api::GetFitStatusRequest* request,
                                   api::FitStatus* response) {
   rpc::Call call(policy_, "GetFitStatus", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   return call.Done(
-      FitStatusOf(request->store(), DeadlineOf(context), response));
+      JobStatusOf(request->store(), DeadlineOf(context), response));
 }
 
-absl::Status Router::FitStatusOf(const std::string& store, absl::Time deadline,
-                                 api::FitStatus* response) {
-  if (std::optional<api::FitStatus> mine = fits_.Status(store)) {
-    *response = *std::move(mine);
-    return absl::OkStatus();
-  }
-  // No fit ran here since this router started: the shards know the last
-  // published map (group 0 speaks for all; every group has the same).
-  absl::StatusOr<const Replica*> r = pool_->Pick(0);
-  if (!r.ok()) return r.status();
-  api::GetFitStatusRequest get;
-  get.set_store(store);
-  return Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::GetFitStatus,
-               get, response, deadline);
+grpc::Status Router::GetCalibrationStatus(
+    Ctx* context, const api::GetCalibrationStatusRequest* request,
+    api::CalibrationStatus* response) {
+  rpc::Call call(policy_, "GetCalibrationStatus", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(
+      JobStatusOf(request->store(), DeadlineOf(context), response));
 }
 
 grpc::Status Router::WatchFit(Ctx* context, const api::WatchFitRequest* request,
                               grpc::ServerWriter<api::FitStatus>* writer) {
   rpc::Call call(policy_, "WatchFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  const std::string& store = request->store();
-  while (true) {
-    uint64_t seen = 0;
-    std::optional<api::FitStatus> status = fits_.Status(store, &seen);
-    if (!status) {
-      api::FitStatus published;
-      if (absl::Status s = FitStatusOf(store, DeadlineOf(context), &published);
-          !s.ok()) {
-        return call.Done(s);
-      }
-      writer->Write(published);
-      return call.Done(absl::OkStatus());
-    }
-    if (!writer->Write(*status)) return call.Done(absl::OkStatus());
-    if (status->state() != api::FitStatus::PENDING &&
-        status->state() != api::FitStatus::RUNNING) {
-      return call.Done(absl::OkStatus());
-    }
-    // Wake at least once a second to notice a client that went away.
-    while (fits_.WaitForChange(store, seen, absl::Seconds(1)) == seen) {
-      if (context->IsCancelled()) {
-        return call.Done(
-            absl::CancelledError("the client cancelled the watch"));
-      }
-    }
-  }
+  return call.Done(WatchJob(context, request->store(), writer));
+}
+
+grpc::Status Router::WatchCalibration(
+    Ctx* context, const api::WatchCalibrationRequest* request,
+    grpc::ServerWriter<api::CalibrationStatus>* writer) {
+  rpc::Call call(policy_, "WatchCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  return call.Done(WatchJob(context, request->store(), writer));
 }
 
 grpc::Status Router::StartFit(Ctx* context, const api::StartFitRequest* request,
@@ -970,7 +1029,24 @@ grpc::Status Router::StartFit(Ctx* context, const api::StartFitRequest* request,
   absl::StatusOr<api::Store> merged =
       MergedStore(request->store(), DeadlineOf(context));
   if (!merged.ok()) return call.Done(merged.status());
-  absl::StatusOr<api::FitStatus> started = fits_.Start(*merged);
+  absl::StatusOr<api::FitStatus> started = jobs_.StartFit(*merged);
+  if (!started.ok()) return call.Done(started.status());
+  *response = *std::move(started);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status Router::StartCalibration(
+    Ctx* context, const api::StartCalibrationRequest* request,
+    api::CalibrationStatus* response) {
+  rpc::Call call(policy_, "StartCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<api::Store> merged =
+      MergedStore(request->store(), DeadlineOf(context));
+  if (!merged.ok()) return call.Done(merged.status());
+  std::optional<bool> apply;
+  if (request->has_apply()) apply = request->apply();
+  absl::StatusOr<api::CalibrationStatus> started =
+      jobs_.StartCalibration(*merged, apply);
   if (!started.ok()) return call.Done(started.status());
   *response = *std::move(started);
   return call.Done(absl::OkStatus());
@@ -981,40 +1057,11 @@ grpc::Status Router::CancelFit(Ctx* context,
                                api::FitStatus* response) {
   rpc::Call call(policy_, "CancelFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<api::FitStatus> cancelled = fits_.Cancel(request->store());
+  absl::StatusOr<api::FitStatus> cancelled =
+      jobs_.fits().Cancel(request->store(), "fit");
   if (!cancelled.ok()) return call.Done(cancelled.status());
   *response = *std::move(cancelled);
   return call.Done(absl::OkStatus());
-}
-
-grpc::Status Router::GetCalibrationStatus(
-    Ctx* context, const api::GetCalibrationStatusRequest* request,
-    api::CalibrationStatus* response) {
-  rpc::Call call(policy_, "GetCalibrationStatus", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<const Replica*> r = pool_->Pick(0);
-  if (!r.ok()) return call.Done(r.status());
-  return call.Done(Unary(*pool_, **r, *(*r)->engram,
-                         &api::Engram::Stub::GetCalibrationStatus, *request,
-                         response, DeadlineOf(context)));
-}
-
-grpc::Status Router::StartCalibration(
-    Ctx* context, const api::StartCalibrationRequest* request,
-    api::CalibrationStatus* response) {
-  rpc::Call call(policy_, "StartCalibration", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(absl::FailedPreconditionError(
-      absl::StrCat("StartCalibration", kNotThroughRouter)));
-}
-
-grpc::Status Router::WatchCalibration(
-    Ctx* context, const api::WatchCalibrationRequest* request,
-    grpc::ServerWriter<api::CalibrationStatus>* writer) {
-  rpc::Call call(policy_, "WatchCalibration", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(absl::FailedPreconditionError(
-      absl::StrCat("WatchCalibration", kNotThroughRouter)));
 }
 
 grpc::Status Router::CancelCalibration(
@@ -1022,8 +1069,11 @@ grpc::Status Router::CancelCalibration(
     api::CalibrationStatus* response) {
   rpc::Call call(policy_, "CancelCalibration", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(absl::FailedPreconditionError(
-      absl::StrCat("CancelCalibration", kNotThroughRouter)));
+  absl::StatusOr<api::CalibrationStatus> cancelled =
+      jobs_.calibrations().Cancel(request->store(), "calibration");
+  if (!cancelled.ok()) return call.Done(cancelled.status());
+  *response = *std::move(cancelled);
+  return call.Done(absl::OkStatus());
 }
 
 // --- Cluster status

@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engram/v1/engram.grpc.pb.h"
-#include "server/cluster/cluster_fit.h"
+#include "server/cluster/cluster_jobs.h"
 #include "server/cluster/low_rank_cache.h"
 #include "server/cluster/shard_pool.h"
 #include "server/rpc/call.h"
@@ -28,7 +28,8 @@
 namespace engram::cluster {
 
 struct RouterOptions {
-  store::Limits limits;  // Checked before anything reaches a shard.
+  store::Limits limits;         // Checked before anything reaches a shard.
+  int calibration_threads = 1;  // Retrieval threads of a calibration.
 };
 
 // engram.cluster.v1.Router: the shards as the router's probe sees them.
@@ -145,9 +146,15 @@ class Router final : public engram::v1::Engram::Service {
       const store::RetrieveRequest& query, const core::RetrievalParams& params,
       const core::RetrievalOptions& options, absl::Time deadline);
 
-  // This router's fit of `store`, else the shards' last published one.
-  absl::Status FitStatusOf(const std::string& store, absl::Time deadline,
-                           engram::v1::FitStatus* response);
+  // This router's last job of `store` (Status: FitStatus or
+  // CalibrationStatus), else what the shards last published.
+  template <typename Status>
+  absl::Status JobStatusOf(const std::string& store, absl::Time deadline,
+                           Status* response);
+  // Streams a job's status at every change until it ends.
+  template <typename Status>
+  absl::Status WatchJob(grpc::ServerContext* context, const std::string& store,
+                        grpc::ServerWriter<Status>* writer);
 
   ShardPool* const pool_;
   const rpc::CallPolicy* const policy_;
@@ -155,7 +162,7 @@ class Router final : public engram::v1::Engram::Service {
   const rpc::PageTokens tokens_;
   std::atomic<uint64_t> next_group_{0};  // Where automatic ids go next.
   LowRankCache low_rank_;
-  ClusterFits fits_;
+  ClusterJobs jobs_;
 };
 
 }  // namespace engram::cluster

@@ -11,6 +11,7 @@
 #include "server/core/low_rank.h"
 #include "server/core/partial.h"
 #include "server/core/sample.h"
+#include "server/jobs/job_bodies.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
@@ -319,7 +320,8 @@ grpc::Status ShardService::PutFeatureMap(grpc::ServerContext* context,
       !s.ok()) {
     return call.Done(s);
   }
-  if (options_.jobs != nullptr) options_.jobs->MapPublished(request->store());
+  if (options_.jobs != nullptr)
+    options_.jobs->Published(jobs::JobKind::kFit, request->store());
   response->set_map_version(record.version);
   return call.Done(absl::OkStatus());
 }
@@ -350,6 +352,37 @@ grpc::Status ShardService::GetFeatureMap(
   response->set_epochs(r.epochs);
   response->set_duration_seconds(r.duration_seconds);
   response->set_patterns_fitted(r.patterns_fitted);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status ShardService::PutCalibration(
+    grpc::ServerContext* context, const v1::CalibrationRecord* request,
+    engram::v1::CalibrationReport* response) {
+  rpc::Call call(policy_, "PutCalibration", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  const engram::v1::RetrievalSettings& r = request->calibrated();
+  core::RetrievalParams calibrated;
+  absl::StatusOr<core::Similarity> similarity =
+      store::SimilarityFromProto(r.similarity(), "calibrated.similarity");
+  if (!similarity.ok()) return call.Done(similarity.status());
+  absl::StatusOr<core::Separation> separation =
+      store::SeparationFromProto(r.separation(), "calibrated.separation");
+  if (!separation.ok()) return call.Done(separation.status());
+  calibrated.similarity = *similarity;
+  calibrated.separation = *separation;
+  calibrated.beta = r.beta();
+  calibrated.steps = r.steps();
+  calibrated.eps = r.eps();
+  absl::StatusOr<engram::v1::CalibrationReport> stored = jobs::StoreReport(
+      **found, request->report(), request->apply(), calibrated);
+  if (!stored.ok()) return call.Done(stored.status());
+  if (options_.jobs != nullptr) {
+    options_.jobs->Published(jobs::JobKind::kCalibration, request->store());
+  }
+  *response = *std::move(stored);
   return call.Done(absl::OkStatus());
 }
 

@@ -3,8 +3,8 @@
 // over its part of a store (PartialStep, server/core/partial.h), pattern
 // values by id (GetValues), its part of the low-rank sums (GetLowRankSums,
 // server/core/low_rank.h), and what a router's fit of the whole store needs:
-// a seeded sample (GetSample) and the map it publishes (PutFeatureMap,
-// GetFeatureMap).
+// a seeded sample (GetSample), the map it publishes (PutFeatureMap,
+// GetFeatureMap) and the calibration it applies (PutCalibration).
 //
 // Thread-safe: gRPC calls every method concurrently; all state lives in the
 // registry.
@@ -56,6 +56,9 @@ class ShardService final : public v1::Shard::Service {
   grpc::Status GetFeatureMap(grpc::ServerContext* context,
                              const v1::GetFeatureMapRequest* request,
                              v1::FeatureMapRecord* response) override;
+  grpc::Status PutCalibration(grpc::ServerContext* context,
+                              const v1::CalibrationRecord* request,
+                              engram::v1::CalibrationReport* response) override;
 
  private:
   store::StoreRegistry* const registry_;

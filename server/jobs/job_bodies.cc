@@ -40,12 +40,13 @@ void SetTime(absl::Time time, google::protobuf::Timestamp& out) {
 // core's result becomes a report).
 v1::CalibrationReport ReportOf(const core::CalibrationResult& r,
                                const core::CalibrationOptions& options,
-                               const store::StoreView& view, absl::Time start) {
+                               uint64_t store_version, uint64_t pattern_count,
+                               absl::Time start) {
   const absl::Time now = absl::Now();
   v1::CalibrationReport report;
   SetTime(now, *report.mutable_time());
-  report.set_store_version(view.version());
-  report.set_pattern_count(view.size());
+  report.set_store_version(store_version);
+  report.set_pattern_count(pattern_count);
   report.set_corruption(store::CorruptionToProto(options.corruption));
   report.set_level(options.level);
   report.set_similarity(store::SimilarityToProto(r.best.params.similarity));
@@ -109,10 +110,10 @@ absl::StatusOr<store::FitRecord> RunFit(
   return record;
 }
 
-absl::StatusOr<v1::CalibrationReport> RunCalibration(
-    store::Store& store, const store::StoreView& view, bool apply,
+absl::StatusOr<v1::CalibrationReport> CalibrateOn(
+    const core::MemorySet& memories, const store::StoreSettings& settings,
+    uint64_t store_version, uint64_t pattern_count, bool apply,
     const CalibrationBudget& budget, const std::atomic<bool>& cancel) {
-  const store::StoreSettings& settings = view.settings();
   core::CalibrationOptions options =
       CalibrationOptionsFor(settings.calibration, budget);
   options.retrieval.check = [&cancel]() -> absl::Status {
@@ -121,23 +122,36 @@ absl::StatusOr<v1::CalibrationReport> RunCalibration(
   };
   const absl::Time start = absl::Now();
   absl::StatusOr<core::CalibrationResult> result =
-      core::Calibrate(view.memories(), settings.retrieval, options);
+      core::Calibrate(memories, settings.retrieval, options);
   if (!result.ok()) return result.status();
   const core::CalibrationResult& r = *result;
-  v1::CalibrationReport report = ReportOf(r, options, view, start);
+  v1::CalibrationReport report =
+      ReportOf(r, options, store_version, pattern_count, start);
   if (!r.improved) {
     report.set_detail("no setting beat the current one");
   } else if (!apply) {
     report.set_detail("reported only (store.calibration.apply is false)");
   }
+  return report;
+}
+
+absl::StatusOr<v1::CalibrationReport> StoreReport(
+    store::Store& store, v1::CalibrationReport report, bool apply,
+    const core::RetrievalParams& calibrated) {
   // The report and the setting it applies, in one durable write, unless
-  // someone changed the retrieval settings since the snapshot.
+  // someone changed the retrieval settings since the calibration began.
   absl::Status stored = store.UpdateSettings([&](store::StoreSettings& s) {
-    if (r.improved && apply) {
-      if (SameRetrieval(s.retrieval, settings.retrieval)) {
-        s.retrieval.similarity = r.best.params.similarity;
-        s.retrieval.separation = r.best.params.separation;
-        s.retrieval.beta = r.best.params.beta;
+    if (report.improved() && apply) {
+      if (SameRetrieval(s.retrieval, calibrated)) {
+        absl::StatusOr<core::Similarity> similarity =
+            store::SimilarityFromProto(report.similarity(), "similarity");
+        absl::StatusOr<core::Separation> separation =
+            store::SeparationFromProto(report.separation(), "separation");
+        if (!similarity.ok()) return similarity.status();
+        if (!separation.ok()) return separation.status();
+        s.retrieval.similarity = *similarity;
+        s.retrieval.separation = *separation;
+        s.retrieval.beta = report.beta();
         report.set_applied(true);
       } else {
         report.set_detail(
@@ -149,6 +163,17 @@ absl::StatusOr<v1::CalibrationReport> RunCalibration(
   });
   if (!stored.ok()) return stored;
   return report;
+}
+
+absl::StatusOr<v1::CalibrationReport> RunCalibration(
+    store::Store& store, const store::StoreView& view, bool apply,
+    const CalibrationBudget& budget, const std::atomic<bool>& cancel) {
+  absl::StatusOr<v1::CalibrationReport> report =
+      CalibrateOn(view.memories(), view.settings(), view.version(), view.size(),
+                  apply, budget, cancel);
+  if (!report.ok()) return report.status();
+  return StoreReport(store, *std::move(report), apply,
+                     view.settings().retrieval);
 }
 
 }  // namespace engram::jobs

@@ -37,9 +37,27 @@ struct CalibrationBudget {
 // Calibrates the store on `view` and stores the report with the settings
 // (and, if `apply` and it beat the current setting, the setting too, unless
 // the retrieval settings changed meanwhile). Stops when `cancel` is set.
+// CalibrateOn then StoreReport.
 absl::StatusOr<v1::CalibrationReport> RunCalibration(
     store::Store& store, const store::StoreView& view, bool apply,
     const CalibrationBudget& budget, const std::atomic<bool>& cancel);
+
+// A calibration on `memories` (a store's, or a router's sample of a sharded
+// store, with features if the store has a map), whose settings are
+// `settings`; `store_version` and `pattern_count` go into the report.
+// Stores nothing.
+absl::StatusOr<v1::CalibrationReport> CalibrateOn(
+    const core::MemorySet& memories, const store::StoreSettings& settings,
+    uint64_t store_version, uint64_t pattern_count, bool apply,
+    const CalibrationBudget& budget, const std::atomic<bool>& cancel);
+
+// Stores `report` with the store's settings, in one durable write with the
+// setting it found when it improved and `apply`, unless the store's
+// retrieval settings are no longer `calibrated` (those it started from; the
+// report then says "not applied"). Returns the report as stored.
+absl::StatusOr<v1::CalibrationReport> StoreReport(
+    store::Store& store, v1::CalibrationReport report, bool apply,
+    const core::RetrievalParams& calibrated);
 
 }  // namespace engram::jobs
 

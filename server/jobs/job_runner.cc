@@ -111,14 +111,24 @@ absl::StatusOr<JobRunner::Entry*> JobRunner::EntryFor(const std::string& name) {
   return &e;
 }
 
-void JobRunner::MapPublished(const std::string& store) {
+void JobRunner::Published(JobKind kind, const std::string& store) {
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return;
   absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(store);
   if (!found.ok()) return;
-  SetPublished((*found)->view()->fit(), (*entry)->uhop, (*entry)->fit);
-  Changed((*entry)->fit_slot);
+  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  Entry& e = **entry;
+  if (kind == JobKind::kFit) {
+    SetPublished(view->fit(), e.uhop, e.fit);
+  } else {
+    *e.calibration.mutable_report() = view->settings().calibration_report;
+    e.calibration.set_state(CalibrationState::SUCCEEDED);
+    if (options_.observer) {
+      options_.observer->CalibrationReported(store, e.calibration.report());
+    }
+  }
+  Changed(e.slot(kind));
 }
 
 void JobRunner::Changed(Slot& slot) {

@@ -92,9 +92,10 @@ class JobRunner {
   // (or their last calibration) did not see, and reports stored reports.
   void ResumeAll();
   void StoreDeleted(const std::string& store);
-  // A map was published from outside the runner (a router's fit of a
-  // sharded store): the fit status becomes the store's published record.
-  void MapPublished(const std::string& store);
+  // A fit's map or a calibration's report was stored from outside the
+  // runner (a router's job over a sharded store): that kind's status
+  // becomes what the store has published.
+  void Published(JobKind kind, const std::string& store);
 
   // The fit's status (NOT_CONFIGURED without a U-Hop map) or the
   // calibration's, with the generation it carries.

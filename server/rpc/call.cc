@@ -46,6 +46,7 @@ constexpr Method kMethods[] = {
     {"GetSample", false},
     {"PutFeatureMap", true},
     {"GetFeatureMap", false},
+    {"PutCalibration", true},
     // engram.cluster.v1.Router.
     {"ClusterStatus", false},
 };

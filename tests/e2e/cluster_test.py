@@ -237,6 +237,17 @@ class ClusterTest(unittest.TestCase):
                                                        err_msg=where)
             for c in clients.values():
                 c.update_store("uh", similarity="kernel_l2", separation="softmax")
+            # A calibration searching the kernel forms under the fitted map: the
+            # router's sample and map are one engramd's, so is its report.
+            for c in clients.values():
+                c.update_store("uh", calibration={"search_similarity": True, "sample_size": 48})
+            reports = {name: c.calibrate("uh", apply=False).report for name, c in clients.items()}
+            for name in ("3x1", "2x2"):
+                self.assertEqual(reports[name].similarity, reports["single"].similarity, name)
+                self.assertAlmostEqual(reports[name].beta, reports["single"].beta, places=5)
+                self.assertAlmostEqual(reports[name].error, reports["single"].error, delta=1e-5)
+                self.assertEqual(reports[name].candidates, reports["single"].candidates, name)
+                self.assertFalse(reports[name].applied)
             # Further fits publish the next versions everywhere, while queries
             # run: none fails or mixes versions (the router retries a query
             # that meets a publication half done). Cancel is refused once
@@ -272,6 +283,48 @@ class ClusterTest(unittest.TestCase):
             clients["3x1"].delete_store("plain")
             for c in clients.values():
                 c.delete_store("uh")
+        finally:
+            for c in clients.values():
+                c.close()
+
+    def test_1d_a_calibration_through_the_router_applies_one_setting_everywhere(self):
+        rng = np.random.default_rng(23)
+        patterns = rng.normal(size=(300, 8)).astype(np.float32)
+        ids = (np.arange(1, 301, dtype=np.uint64) * 32452843).tolist()
+        clients = {name: Client(addr) for name, addr in self.each_server()}
+        try:
+            for c in clients.values():
+                c.create_store("cal", dim=8, similarity="l2", beta=1,
+                               calibration={"sample_size": 64, "seed": 4})
+                c.add("cal", patterns, ids=ids)
+            done = {name: c.calibrate("cal", apply=True) for name, c in clients.items()}
+            want = done["single"].report
+            self.assertTrue(want.improved and want.applied, want)
+            for name in ("3x1", "2x2"):
+                got = done[name]
+                self.assertEqual(got.state, done["single"].state, got.error)
+                # Every pattern gathered in id order, the same seed: the same
+                # search as one engramd, the same choice.
+                r = got.report
+                self.assertEqual((r.similarity, r.separation, r.applied),
+                                 (want.similarity, want.separation, True), name)
+                self.assertAlmostEqual(r.beta, want.beta, places=5)
+                self.assertAlmostEqual(r.error, want.error, delta=1e-6)
+                self.assertEqual((r.pattern_count, r.sample_size), (300, want.sample_size))
+                cluster = self.three if name == "3x1" else self.two_by_two
+                for row in cluster.shards:
+                    for s in row:
+                        stored = Client(s.addr).get_store("cal")
+                        self.assertEqual(stored.retrieval.similarity, want.similarity)
+                        self.assertAlmostEqual(stored.retrieval.beta, want.beta, places=5)
+                        self.assertTrue(stored.calibration_report.applied)
+                        self.assertEqual(Client(s.addr).calibration("cal").report.beta, r.beta)
+                self.assertEqual(clients[name].calibration("cal").report.beta, r.beta)
+                with self.assertRaises(grpc.RpcError) as e:
+                    clients[name].cancel_calibration("cal")
+                self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+            for c in clients.values():
+                c.delete_store("cal")
         finally:
             for c in clients.values():
                 c.close()
