@@ -64,6 +64,23 @@ absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
     }
   }
   sums->Finish();
+  if (!first.keys_are_rows()) {
+    const v1::FeatureMapRecord& m = first.map();
+    if (m.in_dim() != first.dimension() || m.out_dim() != first.feature_dim() ||
+        (m.weights_size() != 0 && static_cast<size_t>(m.weights_size()) !=
+                                      size_t{m.in_dim()} * m.out_dim())) {
+      return absl::InternalError(absl::StrCat(
+          "shard group 0 sent a ", m.out_dim(), "x", m.in_dim(), " map with ",
+          m.weights_size(), " weights for store '", store, "'"));
+    }
+    out->map =
+        m.weights_size() == 0
+            ? std::make_shared<core::FeatureMap>(
+                  core::FeatureMap::Identity(m.in_dim()))
+            : std::make_shared<core::FeatureMap>(
+                  m.in_dim(), m.out_dim(),
+                  std::vector<float>(m.weights().begin(), m.weights().end()));
+  }
   out->sums = std::move(sums);
   form.sums = out->sums.get();
   return out;

@@ -34,6 +34,8 @@ namespace engram::cluster {
 struct MergedLowRank {
   std::shared_ptr<const core::LowRankSums> sums;  // Null: none (form.detail).
   store::LowRankForm form;                        // Borrows sums.
+  // kernel_dot: the map the shards' keys were taken with (one version).
+  std::shared_ptr<const core::FeatureMap> map;
   // The replica of every group the parts came from, and the store version
   // each had: the matches' scan must read the same.
   std::vector<const Replica*> replicas;

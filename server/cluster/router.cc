@@ -814,11 +814,8 @@ absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
     none.detail =
         absl::StrCat("separation ", core::SeparationName(params.separation),
                      " has no low-rank form (softmax has)");
-  } else if (params.similarity == core::Similarity::kKernelDot) {
-    none.detail =
-        "kernel_dot: a router holds no feature map to score queries by "
-        "(through a router the low-rank path serves dot stores)";
-  } else if (params.similarity != core::Similarity::kDot) {
+  } else if (params.similarity != core::Similarity::kDot &&
+             params.similarity != core::Similarity::kKernelDot) {
     none.detail =
         absl::StrCat("similarity ", core::SimilarityName(params.similarity),
                      " has no low-rank form (dot and kernel_dot have)");
@@ -830,7 +827,12 @@ absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
     form = &(*sums)->form;
   }
   std::vector<double> features;
-  if (form->sums != nullptr) {
+  if (form->sums != nullptr && (*sums)->map != nullptr) {
+    const core::FeatureMap& map = *(*sums)->map;
+    std::vector<float> keys(query.num_queries * map.out_dim());
+    map.Apply(query.queries.data(), query.num_queries, keys.data());
+    features.assign(keys.begin(), keys.end());
+  } else if (form->sums != nullptr) {
     features.assign(query.queries.begin(), query.queries.end());
   }
   const double tolerance =
@@ -845,7 +847,7 @@ absl::StatusOr<store::RetrieveResult> Router::RetrieveFromSums(
     const core::RetrievalOptions& options, absl::Time deadline) {
   core::LowRankLast last;
   absl::StatusOr<core::RetrievalOutput> out =
-      core::LowRankUpdates(*sums.sums, nullptr, query.queries.data(),
+      core::LowRankUpdates(*sums.sums, sums.map.get(), query.queries.data(),
                            query.num_queries, params, degree, options, &last);
   if (!out.ok()) return out.status();
   store::RetrieveResult result;
@@ -855,8 +857,9 @@ absl::StatusOr<store::RetrieveResult> Router::RetrieveFromSums(
   result.converged = std::move(out->converged);
   result.matches.resize(query.num_queries);
   if (params.top_k == 0) return result;
-  // The matches: every group's best by <x, xi> at each query's last input,
-  // from the replicas the sums came from, at the same versions.
+  // The matches: every group's best by beta <k, key> at each query's last
+  // input's key (x, or Phi x), from the replicas the sums came from, at the
+  // same versions.
   v1::PartialStepRequest scan;
   scan.set_store(name);
   scan.set_count(static_cast<uint32_t>(query.num_queries));

@@ -42,6 +42,20 @@ uint64_t SumsFingerprint(const store::StoreView& view) {
   return Fnv1a(key, 0x84222325cbf29ce4ULL) | 1;  // Never 0 ("none held").
 }
 
+void FeatureMapToProto(const std::string& store, const core::FeatureMap& map,
+                       const store::FitRecord& r, v1::FeatureMapRecord& out) {
+  out.set_store(store);
+  out.set_version(r.version);
+  out.set_out_dim(static_cast<uint32_t>(map.out_dim()));
+  out.set_in_dim(static_cast<uint32_t>(map.in_dim()));
+  out.mutable_weights()->Assign(map.weights().begin(), map.weights().end());
+  out.set_loss_before(r.loss_before);
+  out.set_loss_after(r.loss_after);
+  out.set_epochs(r.epochs);
+  out.set_duration_seconds(r.duration_seconds);
+  out.set_patterns_fitted(r.patterns_fitted);
+}
+
 // PartialStep with top_only: each state's best top_k by the memories' keys.
 absl::Status TopOnly(const store::StoreView& view,
                      const v1::PartialStepRequest& request,
@@ -55,18 +69,13 @@ absl::Status TopOnly(const store::StoreView& view,
                      core::SimilarityName(params.similarity)));
   }
   const size_t count = request.count();
-  std::vector<float> keys(request.states().begin(), request.states().end());
-  if (kernel) {
-    if (view.map() == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "store '", view.settings().name, "' has no feature map fitted"));
-    }
-    keys.resize(count * view.map()->out_dim());
-    view.map()->Apply(request.states().data(), count, keys.data());
+  if (kernel && view.map() == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store '", view.settings().name, "' has no feature map fitted"));
   }
   absl::StatusOr<std::vector<std::vector<core::Match>>> top =
-      core::TopByKeys(view.memories(), keys.data(), count, params.beta,
-                      params.top_k, kernel, options);
+      core::TopByKeys(view.memories(), request.states().data(), count,
+                      params.beta, params.top_k, kernel, options);
   if (!top.ok()) return top.status();
   for (const std::vector<core::Match>& matches : *top) {
     v1::PartialRow* row = response.add_rows();
@@ -128,7 +137,13 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
   std::shared_ptr<const store::StoreView> view = (*found)->view();
-  const size_t d = view->settings().dimension;
+  // States are vectors of the store's dimension, or under top_only with
+  // kernel_dot, features.
+  const size_t d = request->top_only() &&
+                           request->similarity() == engram::v1::KERNEL_DOT &&
+                           view->map() != nullptr
+                       ? view->map()->out_dim()
+                       : view->settings().dimension;
   const size_t count = request->count();
   if (count == 0 || static_cast<size_t>(request->states_size()) != count * d) {
     return call.Done(absl::InvalidArgumentError(
@@ -235,6 +250,10 @@ grpc::Status ShardService::GetLowRankSums(grpc::ServerContext* context,
   response->set_max_norm(view->norms().max_norm);
   response->set_max_feature_norm(view->norms().max_feature_norm);
   response->set_map_norm(view->map_norm());
+  if (!sums->keys_are_rows() && view->map() != nullptr) {
+    FeatureMapToProto(request->store(), *view->map(), view->fit(),
+                      *response->mutable_map());
+  }
   return call.Done(absl::OkStatus());
 }
 
@@ -340,18 +359,7 @@ grpc::Status ShardService::GetFeatureMap(
     return call.Done(absl::NotFoundError(absl::StrCat(
         "store '", request->store(), "' has no fitted feature map")));
   }
-  const core::FeatureMap& map = *view->map();
-  response->set_store(request->store());
-  response->set_version(r.version);
-  response->set_out_dim(static_cast<uint32_t>(map.out_dim()));
-  response->set_in_dim(static_cast<uint32_t>(map.in_dim()));
-  response->mutable_weights()->Assign(map.weights().begin(),
-                                      map.weights().end());
-  response->set_loss_before(r.loss_before);
-  response->set_loss_after(r.loss_after);
-  response->set_epochs(r.epochs);
-  response->set_duration_seconds(r.duration_seconds);
-  response->set_patterns_fitted(r.patterns_fitted);
+  FeatureMapToProto(request->store(), *view->map(), r, *response);
   return call.Done(absl::OkStatus());
 }
 

@@ -235,6 +235,26 @@ class ClusterTest(unittest.TestCase):
                                                        atol=1e-5, err_msg=where)
                             np.testing.assert_allclose(got.weights, want.weights, atol=1e-5,
                                                        err_msg=where)
+            # The low-rank path of kernel_dot: the router takes Phi x with the
+            # map the shards' sums came with.
+            for c in clients.values():
+                c.update_store("uh", similarity="kernel_dot", separation="softmax")
+            small = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+            for steps in (1, 3):
+                want = clients["single"].retrieve("uh", small, beta=1e-3, steps=steps,
+                                                  path="low_rank", tolerance=0.1)
+                self.assertEqual(want.path, "low_rank", want.reason)
+                for name in ("3x1", "2x2"):
+                    got = clients[name].retrieve("uh", small, beta=1e-3, steps=steps,
+                                                 path="low_rank", tolerance=0.1)
+                    where = "kernel_dot low-rank steps %d via %s" % (steps, name)
+                    self.assertEqual((got.path, got.degree), (want.path, want.degree), got.reason)
+                    self.assertIn("sums merged from", got.reason)
+                    np.testing.assert_array_equal(got.ids, want.ids, err_msg=where)
+                    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5,
+                                               err_msg=where)
+                    np.testing.assert_allclose(got.weights, want.weights, atol=1e-5,
+                                               err_msg=where)
             for c in clients.values():
                 c.update_store("uh", similarity="kernel_l2", separation="softmax")
             # A calibration searching the kernel forms under the fitted map: the
