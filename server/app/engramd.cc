@@ -221,6 +221,9 @@ int RunEngramd(EngramdOptions o) {
   shard.placement = o.limits.placement;
   shard.retrieval_threads = o.retrieval_threads;
   shard.jobs = jobs.get();
+  if (o.role == Role::kShard) {
+    o.server.after_write = cluster::StampRecorder(&registry);
+  }
   absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
       o.server, &metrics, [&](const rpc::CallPolicy* policy) {
         std::vector<std::unique_ptr<grpc::Service>> services;

@@ -27,6 +27,10 @@ absl::Status TimedStorage::PutMap(absl::string_view store,
   return Timed([&] { return storage_->PutMap(store, record, map); });
 }
 
+absl::Status TimedStorage::PutStamp(absl::string_view store, uint64_t stamp) {
+  return Timed([&] { return storage_->PutStamp(store, stamp); });
+}
+
 absl::Status TimedStorage::WritePatterns(absl::string_view store,
                                          absl::Span<const store::Pattern> added,
                                          absl::Span<const uint64_t> deleted,

@@ -24,6 +24,7 @@ class TimedStorage : public store::StorageBackend {
                              absl::Span<const store::Pattern> added,
                              absl::Span<const uint64_t> deleted,
                              uint64_t next_id) override;
+  absl::Status PutStamp(absl::string_view store, uint64_t stamp) override;
   absl::Status Load(LoadVisitor& visitor) override;
 
  private:

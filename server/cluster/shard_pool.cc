@@ -78,6 +78,12 @@ void ShardPool::Prepare(grpc::ClientContext& context,
   if (!options_.token.empty()) {
     context.AddMetadata("authorization", "Bearer " + options_.token);
   }
+  uint64_t last = last_stamp_.load();
+  uint64_t stamp;
+  do {
+    stamp = std::max<uint64_t>(last + 1, absl::ToUnixNanos(absl::Now()));
+  } while (!last_stamp_.compare_exchange_weak(last, stamp));
+  context.AddMetadata(kStampHeader, absl::StrCat(stamp));
 }
 
 absl::Status ShardPool::Probe() {
@@ -190,6 +196,15 @@ std::map<std::string, std::pair<uint64_t, uint64_t>> Holdings(
   return out;
 }
 
+// The latest write stamp of any store a replica holds.
+uint64_t LatestStamp(const v1::ShardDescription& d) {
+  uint64_t latest = 0;
+  for (const v1::StoreState& s : d.stores()) {
+    latest = std::max(latest, s.stamp());
+  }
+  return latest;
+}
+
 // A hash of holdings: equal holdings, equal signatures.
 uint64_t Signature(
     const std::map<std::string, std::pair<uint64_t, uint64_t>>& held) {
@@ -224,10 +239,17 @@ std::string FirstDifference(
 void ShardPool::CheckAgreement() {
   for (size_t g = 0; g < groups_.size(); ++g) {
     std::vector<ReplicaStatus>& replicas = status_[g];
-    // The source: the first replica that serves.
+    // The source: the first replica that serves; at the router's start,
+    // the one that took the latest write (the largest stamp), the first of
+    // those on a tie.
     ReplicaStatus* source = nullptr;
     for (ReplicaStatus& s : replicas) {
-      if (s.reachable && !s.stale && source == nullptr) source = &s;
+      if (!s.reachable || s.stale) continue;
+      if (source == nullptr ||
+          (!first_probe_done_ &&
+           LatestStamp(s.description) > LatestStamp(source->description))) {
+        source = &s;
+      }
     }
     if (source == nullptr) continue;
     const auto held = Holdings(source->description);
@@ -238,11 +260,10 @@ void ShardPool::CheckAgreement() {
       if (difference.empty()) {
         s.mismatches = 0;
       } else if (!first_probe_done_) {
-        // At start nobody can tell which replica is behind. The likely
-        // cause is a router that stopped during a write its first replica
-        // took and the others did not (never acknowledged): the first
-        // replica, which every router writes first, is the source. An
-        // empty replica (new, or wiped) is always the one repaired.
+        // At start the replica with the latest write is the source: the
+        // others missed writes (down while their peers took them) or took
+        // one fewer (a router stopped during a write, never acknowledged).
+        // An empty replica (new, or wiped) is always the one repaired.
         ReplicaStatus& behind =
             source->description.stores_size() == 0 ? *source : s;
         behind.stale = true;

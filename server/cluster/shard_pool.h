@@ -93,7 +93,9 @@ class ShardPool {
   absl::Status Ready() const;
   std::vector<ReplicaStatus> Status() const;
 
-  // The token and the deadline of a call to a shard.
+  // The token, the deadline and a write stamp of a call to a shard. Stamps
+  // are the router's clock in nanoseconds, kept increasing; a shard keeps
+  // the largest one of the writes it applied (x-engram-stamp).
   void Prepare(grpc::ClientContext& context, absl::Time deadline) const;
 
   // Counts one call to a replica (metrics: calls, latency, bytes).
@@ -127,6 +129,7 @@ class ShardPool {
   std::vector<std::vector<ReplicaStatus>> status_ ABSL_GUARDED_BY(mu_);
   std::vector<std::atomic<uint32_t>> next_;  // Round-robin per group.
   std::atomic<size_t> repairs_{0};
+  mutable std::atomic<uint64_t> last_stamp_{0};
   bool first_probe_done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex stop_mu_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;

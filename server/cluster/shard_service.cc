@@ -6,8 +6,11 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/base/log.h"
+#include "server/cluster/topology.h"
 #include "server/core/low_rank.h"
 #include "server/core/partial.h"
 #include "server/core/sample.h"
@@ -92,6 +95,29 @@ absl::Status TopOnly(const store::StoreView& view,
 
 }  // namespace
 
+std::function<void(absl::string_view store, const grpc::ServerContext& context)>
+StampRecorder(store::StoreRegistry* registry) {
+  return
+      [registry](absl::string_view store, const grpc::ServerContext& context) {
+        const auto& metadata = context.client_metadata();
+        auto found = metadata.find(kStampHeader);
+        uint64_t stamp = 0;
+        if (found == metadata.end() ||
+            !absl::SimpleAtoi(
+                absl::string_view(found->second.data(), found->second.size()),
+                &stamp)) {
+          return;  // Not from a router.
+        }
+        absl::StatusOr<std::shared_ptr<store::Store>> target =
+            registry->Get(std::string(store));
+        if (!target.ok()) return;  // Deleted.
+        if (absl::Status s = (*target)->RaiseStamp(stamp); !s.ok()) {
+          Log(LogLevel::kWarning, "store '%s': write stamp not kept: %s", store,
+              s.ToString());
+        }
+      };
+}
+
 ShardService::ShardService(store::StoreRegistry* registry,
                            const rpc::CallPolicy* policy, ShardOptions options)
     : registry_(registry), policy_(policy), options_(std::move(options)) {}
@@ -119,6 +145,7 @@ grpc::Status ShardService::Describe(grpc::ServerContext* context,
     state->set_state(engram::v1::Store::READY);
     state->set_digest(view->digest());
     state->set_settings_digest(SettingsDigest(view->settings()));
+    state->set_stamp(s->stamp());
   }
   for (const store::StoreRegistry::DamagedStore& d : registry_->Damaged()) {
     v1::StoreState* state = response->add_stores();

@@ -29,6 +29,11 @@ struct ShardOptions {
   jobs::JobRunner* jobs = nullptr;
 };
 
+// What a shard does after each write that succeeded (rpc::CallPolicy::
+// after_write): keeps the router's write stamp of the call for the store.
+std::function<void(absl::string_view store, const grpc::ServerContext& context)>
+StampRecorder(store::StoreRegistry* registry);
+
 class ShardService final : public v1::Shard::Service {
  public:
   // Borrowed; they must outlive the service.

@@ -16,6 +16,11 @@
 
 namespace engram::cluster {
 
+// The metadata key of the write stamp a router sends with every call to a
+// shard (shard_pool.h), which a shard keeps for the stores it writes
+// (shard_service.h).
+inline constexpr char kStampHeader[] = "x-engram-stamp";
+
 struct Topology {
   std::vector<std::vector<std::string>> groups;  // Addresses "host:port".
 

@@ -99,6 +99,7 @@ Call::Call(const CallPolicy* policy, const char* method,
 
 bool Call::Admit(const grpc::ServerContext& context,
                  const google::protobuf::Message* request) {
+  context_ = &context;
   refused_ = policy_->auth.Check(context, MethodWrites(method_).value_or(true));
   if (refused_.ok() && request != nullptr &&
       request->ByteSizeLong() > policy_->max_message_bytes) {
@@ -112,6 +113,10 @@ bool Call::Admit(const grpc::ServerContext& context,
 grpc::Status Call::Done(const absl::Status& status) {
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
   const char* code = CodeName(status.code());
+  if (status.ok() && policy_->after_write && context_ != nullptr &&
+      !store_.empty() && MethodWrites(method_).value_or(false)) {
+    policy_->after_write(store_, *context_);
+  }
   if (policy_->metrics != nullptr) {
     policy_->metrics->RecordRequest(method_, code, seconds);
   }

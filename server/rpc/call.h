@@ -38,6 +38,11 @@ struct CallPolicy {
   // The largest request or response message (--max_message_mb).
   size_t max_message_bytes = 256 << 20;
   metrics::Metrics* metrics = nullptr;  // Borrowed; must outlive the calls.
+  // Called after each write that succeeded, with its store (a shard records
+  // the write stamp its router sent); may be empty.
+  std::function<void(absl::string_view store,
+                     const grpc::ServerContext& context)>
+      after_write;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -78,6 +83,7 @@ class Call {
   const std::string store_;
   const absl::Time start_;
   absl::Status refused_;
+  const grpc::ServerContext* context_ = nullptr;  // Set by Admit.
 };
 
 }  // namespace engram::rpc

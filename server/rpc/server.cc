@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->policy_->auth = std::move(auth);
   server->policy_->max_message_bytes = options.max_message_bytes;
   server->policy_->metrics = metrics;
+  server->policy_->after_write = options.after_write;
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();

@@ -39,6 +39,10 @@ struct ServerOptions {
   std::string tls_client_ca;
   // Bearer tokens (see auth.h); empty: no token needed.
   std::string token_file;
+  // CallPolicy::after_write.
+  std::function<void(absl::string_view store,
+                     const grpc::ServerContext& context)>
+      after_write;
 };
 
 class Server {

@@ -20,7 +20,8 @@ class Loader : public StorageBackend::LoadVisitor {
   Loader(const Limits& limits, StorageBackend* storage)
       : limits_(limits), storage_(storage) {}
 
-  void OnStore(const StoreSettings& settings, uint64_t next_id) override {
+  void OnStore(const StoreSettings& settings, uint64_t next_id,
+               uint64_t stamp) override {
     if (absl::Status status = ValidateSettings(settings, limits_);
         !status.ok()) {
       OnDamaged(settings.name, status);
@@ -28,6 +29,7 @@ class Loader : public StorageBackend::LoadVisitor {
     }
     auto store = std::make_shared<Store>(settings, limits_, storage_);
     store->RestoreNextId(next_id);
+    store->RestoreStamp(stamp);
     stores[settings.name] = std::move(store);
   }
 

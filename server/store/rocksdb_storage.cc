@@ -32,6 +32,7 @@ namespace {
 // format marker; each store has a column family "store/NAME" with:
 //   "settings" -> settings record     "next_id" -> 8 bytes, little-endian
 //   "map"      -> fitted feature map  "damage"  -> why the store is DAMAGED
+//   "stamp"    -> 8 bytes, little-endian: the last router write stamp
 //   "p" id     -> pattern (id: 8 bytes big-endian, so patterns sort by id)
 constexpr char kFormatKey[] = "engram.format";
 constexpr char kFormat[] = "2";
@@ -40,6 +41,7 @@ constexpr char kSettingsKey[] = "settings";
 constexpr char kNextIdKey[] = "next_id";
 constexpr char kMapKey[] = "map";
 constexpr char kDamageKey[] = "damage";
+constexpr char kStampKey[] = "stamp";
 constexpr char kPatternPrefix = 'p';
 constexpr size_t kLoadBatch = 4096;
 constexpr size_t kMigrationBatchBytes = 8 << 20;
@@ -1042,6 +1044,13 @@ absl::Status RocksDbStorage::WritePatterns(absl::string_view store,
   });
 }
 
+absl::Status RocksDbStorage::PutStamp(absl::string_view store, uint64_t stamp) {
+  return Commit(store, [&](rocksdb::WriteBatch& batch,
+                           rocksdb::ColumnFamilyHandle* family) {
+    batch.Put(family, kStampKey, Fixed64(stamp));
+  });
+}
+
 absl::Status RocksDbStorage::Load(LoadVisitor& visitor) {
   std::vector<std::string> orphans;
   if (absl::Status status = LoadStores(visitor, orphans); !status.ok()) {
@@ -1133,7 +1142,15 @@ absl::Status RocksDbStorage::LoadStores(LoadVisitor& visitor,
       damaged(FromRocks(s, "load"));
       continue;
     }
-    visitor.OnStore(*settings, next_id);
+    uint64_t stamp = 0;
+    s = db->Get(read, handle, kStampKey, &value);
+    if (s.ok() && value.size() == 8) {
+      stamp = internal::LoadFixed64(value.data());
+    } else if (!s.ok() && !s.IsNotFound()) {
+      damaged(FromRocks(s, "load"));
+      continue;
+    }
+    visitor.OnStore(*settings, next_id, stamp);
     s = db->Get(read, handle, kMapKey, &value);
     if (s.ok()) {
       FitRecord record;

@@ -92,6 +92,7 @@ class RocksDbStorage : public StorageBackend {
                              absl::Span<const Pattern> added,
                              absl::Span<const uint64_t> deleted,
                              uint64_t next_id) override;
+  absl::Status PutStamp(absl::string_view store, uint64_t stamp) override;
   absl::Status Load(LoadVisitor& visitor) override;
 
   // What Open had to do beyond opening, for the log: a migration, a

@@ -48,12 +48,17 @@ class StorageBackend {
                                      absl::Span<const uint64_t> deleted,
                                      uint64_t next_id) = 0;
 
+  // Records a store's write stamp (the largest a router sent with a write
+  // it applied; see server/cluster/shard_pool.h), after the write itself.
+  virtual absl::Status PutStamp(absl::string_view store, uint64_t stamp) = 0;
+
   // Receives what Load() reads, store by store: OnStore, then that store's
   // patterns in batches; OnDamaged if its data cannot be read.
   class LoadVisitor {
    public:
     virtual ~LoadVisitor() = default;
-    virtual void OnStore(const StoreSettings& settings, uint64_t next_id) = 0;
+    virtual void OnStore(const StoreSettings& settings, uint64_t next_id,
+                         uint64_t stamp) = 0;
     // The store's fitted map, if it has one: after OnStore, before patterns.
     virtual void OnMap(absl::string_view store,
                        std::shared_ptr<const core::FeatureMap> map,
@@ -83,6 +88,9 @@ class EphemeralStorage : public StorageBackend {
   }
   absl::Status WritePatterns(absl::string_view, absl::Span<const Pattern>,
                              absl::Span<const uint64_t>, uint64_t) override {
+    return absl::OkStatus();
+  }
+  absl::Status PutStamp(absl::string_view, uint64_t) override {
     return absl::OkStatus();
   }
   absl::Status Load(LoadVisitor&) override { return absl::OkStatus(); }

@@ -415,6 +415,24 @@ void Store::RestoreNextId(uint64_t next_id) {
   next_id_ = next_id == 0 ? 0 : NextAfter(next_id_, next_id - 1);
 }
 
+uint64_t Store::stamp() const { return stamp_.load(); }
+
+absl::Status Store::RaiseStamp(uint64_t stamp) {
+  MutexLock write_lock(&write_mu_);
+  if (stamp <= stamp_.load()) return absl::OkStatus();
+  if (absl::Status status = CheckWritable(); !status.ok()) return status;
+  if (absl::Status status = storage_->PutStamp(name_, stamp); !status.ok()) {
+    return status;
+  }
+  stamp_ = stamp;
+  return absl::OkStatus();
+}
+
+void Store::RestoreStamp(uint64_t stamp) {
+  MutexLock write_lock(&write_mu_);
+  stamp_ = stamp;
+}
+
 absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
   MutexLock write_lock(&write_mu_);
   if (absl::Status status = CheckWritable(); !status.ok()) return status;

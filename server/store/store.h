@@ -13,6 +13,7 @@
 #ifndef ENGRAM_SERVER_STORE_STORE_H_
 #define ENGRAM_SERVER_STORE_STORE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -220,6 +221,13 @@ class Store {
   absl::Status Restore(absl::Span<const Pattern> patterns);
   void RestoreNextId(uint64_t next_id);
 
+  // The write stamp: the largest stamp a router sent with a write this store
+  // applied (0: none). RaiseStamp records a larger one durably; a smaller
+  // one changes nothing. RestoreStamp sets it from storage.
+  uint64_t stamp() const;
+  absl::Status RaiseStamp(uint64_t stamp);
+  void RestoreStamp(uint64_t stamp);
+
  private:
   absl::Status ValidateAdd(absl::Span<const Pattern> patterns,
                            std::vector<uint64_t>& ids) const
@@ -270,6 +278,7 @@ class Store {
   // The next automatic id; 0 once 2^64 - 1 was used.
   uint64_t digest_ ABSL_GUARDED_BY(write_mu_) = 0;
   uint64_t next_id_ ABSL_GUARDED_BY(write_mu_) = 1;
+  std::atomic<uint64_t> stamp_{0};  // Written under write_mu_.
   std::shared_ptr<const core::FeatureMap> map_ ABSL_GUARDED_BY(write_mu_);
   FitRecord fit_ ABSL_GUARDED_BY(write_mu_);
   double sum_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;

@@ -489,6 +489,49 @@ class ClusterTest(unittest.TestCase):
         finally:
             cluster.stop()
 
+    def test_4d_a_router_that_starts_among_disagreeing_replicas_keeps_the_latest(self):
+        # The first replica misses writes its peer acknowledged, and comes
+        # back while no router runs: the next router must repair it from the
+        # peer (which took the latest write stamp), not the other way round.
+        cluster = Cluster(self.tmp.name, 1, 2, cluster="stamps")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                c.create_store("st", dim=3)
+                first = c.add("st", np.eye(3, dtype=np.float32)).tolist()
+                down = cluster.shards[0][0]
+                addr, data = down.addr, down.data_dir
+                down.kill()
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        later = c.add("st", np.ones((5, 3), np.float32)).tolist()
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+            cluster.router.stop()
+            cluster.shards[0][0] = Engramd(
+                BIN, self.tmp.name, "--role=shard", "--cluster=stamps",
+                "--shard_group=0", "--shard_groups=1", "--listen=" + addr, data_dir=data)
+            self.assertEqual(len(list(Client(addr).list_patterns("st", values=False))), 3)
+            cluster.router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=stamps",
+                                     "--shards=" + ",".join(s.addr for s in cluster.shards[0]))
+            want = sorted(first + later)
+            deadline = time.time() + 20
+            while True:
+                held = [sorted(p.id for p in Client(s.addr).list_patterns("st", values=False))
+                        for s in cluster.shards[0]]
+                if held == [want, want]:
+                    break
+                if time.time() > deadline:
+                    self.fail("replicas hold %s, want %s" % (held, want))
+                time.sleep(0.2)
+            with Client(cluster.router.addr) as c:
+                self.assertEqual(sorted(p.id for p in c.list_patterns("st", values=False)), want)
+        finally:
+            cluster.stop()
+
     def test_4c_status_and_metrics_of_a_second_router(self):
         topology = ";".join(row[0].addr for row in self.three.shards)
         router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=test",

@@ -321,6 +321,20 @@ TEST_F(RocksDbStorageTest, ACleanCloseLeavesNothingOnlyInTheLog) {
   EXPECT_EQ((*registry_->Get("a"))->view()->size(), 2u);
 }
 
+// A shard's write stamp only rises, and survives a restart (a router's start
+// rule reads it).
+TEST_F(RocksDbStorageTest, TheWriteStampOnlyRisesAndSurvivesARestart) {
+  std::shared_ptr<Store> a = Create("a", 2);
+  EXPECT_EQ(a->stamp(), 0u);
+  ASSERT_TRUE(a->RaiseStamp(1000).ok());
+  ASSERT_TRUE(a->RaiseStamp(900).ok());  // Older: changes nothing.
+  EXPECT_EQ(a->stamp(), 1000u);
+  Create("b", 2);
+  Reopen();
+  EXPECT_EQ((*registry_->Get("a"))->stamp(), 1000u);
+  EXPECT_EQ((*registry_->Get("b"))->stamp(), 0u);
+}
+
 TEST_F(RocksDbStorageTest, ExhaustedIdsStayExhaustedAfterARestart) {
   std::shared_ptr<Store> s = Create("s", 1);
   ASSERT_TRUE(s->Add({P(std::numeric_limits<uint64_t>::max(), {1})}).ok());
