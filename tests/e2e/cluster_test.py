@@ -11,6 +11,7 @@ address).
 
 Usage (with the Python of build/venv): cluster_test.py BIN_DIR
 """
+import contextlib
 import os
 import socket
 import subprocess
@@ -92,6 +93,16 @@ class ClusterTest(unittest.TestCase):
         cls.single.stop()
         cls.tmp.cleanup()
 
+    @contextlib.contextmanager
+    def clients(self):
+        """A client of each server, by name."""
+        clients = {name: Client(addr) for name, addr in self.each_server()}
+        try:
+            yield clients
+        finally:
+            for c in clients.values():
+                c.close()
+
     def each_server(self):
         return [("single", self.single.addr), ("3x1", self.three.router.addr),
                 ("2x2", self.two_by_two.router.addr)]
@@ -103,8 +114,7 @@ class ClusterTest(unittest.TestCase):
                 c.add("same", self.patterns, ids=self.ids.tolist(),
                       labels=["p%d" % i for i in range(300)], batch=128)
                 self.assertEqual(c.get_store("same").pattern_count, 300)
-        clients = {name: Client(addr) for name, addr in self.each_server()}
-        try:
+        with self.clients() as clients:
             for similarity in SIMILARITIES:
                 for separation in SEPARATIONS:
                     for c in clients.values():
@@ -127,9 +137,6 @@ class ClusterTest(unittest.TestCase):
                                 np.testing.assert_allclose(got.weights, want.weights, atol=1e-5,
                                                            err_msg=where)
                                 self.assertEqual(got.labels, want.labels, where)
-        finally:
-            for c in clients.values():
-                c.close()
 
     def test_1b_low_rank_runs_on_the_router_as_on_one_engramd(self):
         rng = np.random.default_rng(11)
@@ -137,7 +144,6 @@ class ClusterTest(unittest.TestCase):
         patterns *= 0.3 / np.linalg.norm(patterns, axis=1, keepdims=True).max()
         ids = np.arange(1, 401, dtype=np.uint64) * 104729
         queries = (patterns[[0, 7, 222]] + 0.05 * rng.normal(size=(3, 6))).astype(np.float32)
-        clients = {name: Client(addr) for name, addr in self.each_server()}
 
         def compare(stage, n):
             for path in ("low_rank", "auto"):
@@ -163,7 +169,7 @@ class ClusterTest(unittest.TestCase):
                         self.assertEqual(got.labels, want.labels, where)
                         self.assertEqual(clients[name].get_store("lr").pattern_count, n)
 
-        try:
+        with self.clients() as clients:
             for c in clients.values():
                 c.create_store("lr", dim=6, similarity="dot", separation="softmax", beta=1)
                 c.add("lr", patterns[:300], ids=ids[:300].tolist(),
@@ -187,17 +193,13 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(c.retrieve("lr", queries).path, "exact", name)
             for c in clients.values():
                 c.delete_store("lr")
-        finally:
-            for c in clients.values():
-                c.close()
 
     def test_1c_a_uhop_fit_through_the_router_is_one_map_for_every_shard(self):
         rng = np.random.default_rng(17)
         patterns = rng.normal(size=(240, 10)).astype(np.float32)
         ids = (np.arange(1, 241, dtype=np.uint64) * 15485863).tolist()
         queries = (patterns[[1, 100, 200]] + 0.3 * rng.normal(size=(3, 10))).astype(np.float32)
-        clients = {name: Client(addr) for name, addr in self.each_server()}
-        try:
+        with self.clients() as clients:
             for c in clients.values():
                 # Automatic fits wait for a quiet minute: these fits are started by hand.
                 c.create_store("uh", dim=10, feature_map="uhop", fit_epochs=30,
@@ -303,16 +305,12 @@ class ClusterTest(unittest.TestCase):
             clients["3x1"].delete_store("plain")
             for c in clients.values():
                 c.delete_store("uh")
-        finally:
-            for c in clients.values():
-                c.close()
 
     def test_1d_a_calibration_through_the_router_applies_one_setting_everywhere(self):
         rng = np.random.default_rng(23)
         patterns = rng.normal(size=(300, 8)).astype(np.float32)
         ids = (np.arange(1, 301, dtype=np.uint64) * 32452843).tolist()
-        clients = {name: Client(addr) for name, addr in self.each_server()}
-        try:
+        with self.clients() as clients:
             for c in clients.values():
                 c.create_store("cal", dim=8, similarity="l2", beta=1,
                                calibration={"sample_size": 64, "seed": 4})
@@ -345,9 +343,6 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
             for c in clients.values():
                 c.delete_store("cal")
-        finally:
-            for c in clients.values():
-                c.close()
 
     def test_2_patterns_spread_and_every_call_reaches_them(self):
         with Client(self.three.router.addr) as c:
