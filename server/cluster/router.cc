@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <thread>
@@ -70,6 +71,129 @@ api::Store Merge(std::vector<api::Store> parts) {
   *out.mutable_norms() = norms;
   return out;
 }
+
+// The steps of one exact retrieval through the shards: each step goes to
+// one replica of every group at once and is merged exactly per query
+// (core::MergeRows). Matches are named by pattern id (Match::index).
+class ShardedSteps {
+ public:
+  ShardedSteps(ShardPool& pool, const std::string& store,
+               const core::RetrievalParams& params, size_t dim,
+               absl::Time deadline)
+      : pool_(pool),
+        store_(store),
+        params_(params),
+        dim_(dim),
+        deadline_(deadline) {
+    step_.set_store(store);
+    step_.set_similarity(store::SimilarityToProto(params.similarity));
+    step_.set_separation(store::SeparationToProto(params.separation));
+    step_.set_beta(params.beta);
+    step_.set_top_k(params.top_k);
+  }
+
+  // Before a query runs again from its first step.
+  void Restart() { map_version_.reset(); }
+  // The label of a pattern some step matched.
+  const std::string& label(uint64_t id) { return labels_[id]; }
+
+  absl::Status operator()(absl::Span<const size_t> ids, const float* states,
+                          float* next, double* energies,
+                          std::vector<core::Match>* matches) {
+    step_.set_count(static_cast<uint32_t>(ids.size()));
+    step_.mutable_states()->Assign(states, states + ids.size() * dim_);
+    std::vector<const Replica*> replicas(pool_.groups());
+    for (uint32_t g = 0; g < pool_.groups(); ++g) {
+      absl::StatusOr<const Replica*> r = pool_.Pick(g);
+      if (!r.ok()) return r.status();
+      replicas[g] = *r;
+    }
+    absl::StatusOr<std::vector<v1::PartialStepResponse>> parts =
+        StepOnEach(pool_, replicas, step_, deadline_);
+    if (!parts.ok()) return parts.status();
+    if (absl::Status s = CheckMaps(*parts); !s.ok()) return s;
+    for (size_t a = 0; a < ids.size(); ++a) {
+      absl::StatusOr<core::MergedRow> row = Merge(*parts, a);
+      if (!row.ok()) return row.status();
+      std::copy(row->next.begin(), row->next.end(), next + a * dim_);
+      energies[a] = row->energy;
+      matches[a].clear();
+      for (const core::MergedRow::Match& m : row->matches) {
+        matches[a].push_back({static_cast<size_t>(m.id), m.weight, m.score});
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // Kernel similarities: every shard, every step on the first step's map.
+  absl::Status CheckMaps(const std::vector<v1::PartialStepResponse>& parts) {
+    if (!core::IsKernel(params_.similarity)) return absl::OkStatus();
+    if (!map_version_) map_version_ = parts[0].map_version();
+    for (size_t g = 0; g < parts.size(); ++g) {
+      if (parts[g].map_version() != *map_version_) {
+        return absl::AbortedError(absl::StrCat(
+            "store '", store_, "': shard group ", g, " used feature map v",
+            parts[g].map_version(), " where the query began on v",
+            *map_version_, " (a new map is being published); retry"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Query `a`'s rows from every group, merged.
+  absl::StatusOr<core::MergedRow> Merge(
+      const std::vector<v1::PartialStepResponse>& parts, size_t a) {
+    std::vector<core::PartialRow> rows(parts.size());
+    std::vector<const core::PartialRow*> pointers(parts.size());
+    for (size_t g = 0; g < parts.size(); ++g) {
+      const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
+      core::PartialRow& row = rows[g];
+      row.max = in.max();
+      row.sum = in.sum();
+      row.weighted.assign(in.weighted().begin(), in.weighted().end());
+      for (const v1::Scored& s : in.top()) {
+        row.top.push_back({s.score(), s.id()});
+        labels_[s.id()] = s.label();
+      }
+      for (const v1::Scored& s : in.candidates()) {
+        row.candidates.push_back({s.score(), s.id()});
+      }
+      row.values.assign(in.values().begin(), in.values().end());
+      row.query_sq_norm = in.query_sq_norm();
+      pointers[g] = &row;
+    }
+    return core::MergeRows(params_, pointers, dim_,
+                           [this](uint64_t id) { return Values(id); });
+  }
+
+  // A support member's values no shard sent with its step.
+  absl::StatusOr<std::vector<float>> Values(uint64_t id) {
+    absl::StatusOr<const Replica*> r =
+        pool_.Pick(store::GroupOf(id, pool_.groups()));
+    if (!r.ok()) return r.status();
+    v1::GetValuesRequest get;
+    get.set_store(store_);
+    get.add_ids(id);
+    v1::GetValuesResponse got;
+    if (absl::Status s =
+            Unary(pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetValues, get,
+                  &got, deadline_);
+        !s.ok()) {
+      return s;
+    }
+    return std::vector<float>(got.values().begin(), got.values().end());
+  }
+
+  ShardPool& pool_;
+  const std::string store_;
+  const core::RetrievalParams params_;
+  const size_t dim_;
+  const absl::Time deadline_;
+  v1::PartialStepRequest step_;
+  std::optional<uint64_t> map_version_;  // Of the query's first step.
+  absl::flat_hash_map<uint64_t, std::string> labels_;
+};
 
 }  // namespace
 
@@ -670,133 +794,51 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
                                       plan->error_bound);
     return call.Done(absl::OkStatus());
   }
-  v1::PartialStepRequest step;
-  step.set_store(request->store());
-  step.set_similarity(store::SimilarityToProto(params->similarity));
-  step.set_separation(store::SeparationToProto(params->separation));
-  step.set_beta(params->beta);
-  step.set_top_k(params->top_k);
-  absl::flat_hash_map<uint64_t, std::string> labels;
-  std::optional<uint64_t> map_version;  // Of the query's first step.
-  auto run_exact_steps = [&]() {
-    return core::RunSteps(
-        query->queries.data(), query->num_queries, d, params->steps,
-        params->eps,
-        [&](absl::Span<const size_t> ids, const float* states, float* next,
-            double* energies,
-            std::vector<core::Match>* matches) -> absl::Status {
-          step.set_count(static_cast<uint32_t>(ids.size()));
-          step.mutable_states()->Assign(states, states + ids.size() * d);
-          // One replica of every group at once.
-          std::vector<const Replica*> replicas(groups);
-          for (uint32_t g = 0; g < groups; ++g) {
-            absl::StatusOr<const Replica*> r = pool_->Pick(g);
-            if (!r.ok()) return r.status();
-            replicas[g] = *r;
-          }
-          absl::StatusOr<std::vector<v1::PartialStepResponse>> stepped =
-              StepOnEach(*pool_, replicas, step, deadline);
-          if (!stepped.ok()) return stepped.status();
-          const std::vector<v1::PartialStepResponse>& parts = *stepped;
-          if (core::IsKernel(params->similarity)) {
-            if (!map_version) map_version = parts[0].map_version();
-            for (uint32_t g = 0; g < groups; ++g) {
-              if (parts[g].map_version() != *map_version) {
-                return absl::AbortedError(absl::StrCat(
-                    "store '", request->store(), "': shard group ", g,
-                    " used feature map v", parts[g].map_version(),
-                    " where the query began on v", *map_version,
-                    " (a new map is being published); retry"));
-              }
-            }
-          }
-          const core::ValuesLookup lookup =
-              [&](uint64_t id) -> absl::StatusOr<std::vector<float>> {
-            absl::StatusOr<const Replica*> r =
-                pool_->Pick(store::GroupOf(id, groups));
-            if (!r.ok()) return r.status();
-            v1::GetValuesRequest get;
-            get.set_store(request->store());
-            get.add_ids(id);
-            v1::GetValuesResponse got;
-            if (absl::Status s =
-                    Unary(*pool_, **r, *(*r)->shard,
-                          &v1::Shard::Stub::GetValues, get, &got, deadline);
-                !s.ok()) {
-              return s;
-            }
-            return std::vector<float>(got.values().begin(), got.values().end());
-          };
-          std::vector<core::PartialRow> rows(groups);
-          std::vector<const core::PartialRow*> pointers(groups);
-          for (size_t a = 0; a < ids.size(); ++a) {
-            for (uint32_t g = 0; g < groups; ++g) {
-              const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
-              core::PartialRow& row = rows[g];
-              row.max = in.max();
-              row.sum = in.sum();
-              row.weighted.assign(in.weighted().begin(), in.weighted().end());
-              row.top.clear();
-              for (const v1::Scored& s : in.top()) {
-                row.top.push_back({s.score(), s.id()});
-                labels[s.id()] = s.label();
-              }
-              row.candidates.clear();
-              for (const v1::Scored& s : in.candidates()) {
-                row.candidates.push_back({s.score(), s.id()});
-              }
-              row.values.assign(in.values().begin(), in.values().end());
-              row.query_sq_norm = in.query_sq_norm();
-              pointers[g] = &row;
-            }
-            absl::StatusOr<core::MergedRow> merged_row =
-                core::MergeRows(*params, pointers, d, lookup);
-            if (!merged_row.ok()) return merged_row.status();
-            std::copy(merged_row->next.begin(), merged_row->next.end(),
-                      next + a * d);
-            energies[a] = merged_row->energy;
-            matches[a].clear();
-            for (const core::MergedRow::Match& m : merged_row->matches) {
-              matches[a].push_back(
-                  {static_cast<size_t>(m.id), m.weight, m.score});
-            }
-          }
-          return absl::OkStatus();
-        });
-  };
+  absl::StatusOr<store::RetrieveResult> result =
+      RetrieveExact(request->store(), *query, *params, deadline);
+  if (!result.ok()) return call.Done(result.status());
+  result->path = *plan;
+  result->path.reason =
+      absl::StrCat(plan->reason, "; merged from ", groups, " shard groups");
+  result->store_version = merged->version();
+  rpc::ToProto(*result, d, request->omit_vectors(), *response);
+  policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
+  return call.Done(absl::OkStatus());
+}
+
+absl::StatusOr<store::RetrieveResult> Router::RetrieveExact(
+    const std::string& name, const store::RetrieveRequest& query,
+    const core::RetrievalParams& params, absl::Time deadline) {
+  const size_t d = query.queries.size() / query.num_queries;
+  ShardedSteps steps(*pool_, name, params, d, deadline);
   // Kernel similarities: every step of a query on one map version; a query
   // that meets a publication under way (shards on different versions) runs
   // again once they agree, until the deadline.
   absl::StatusOr<core::RetrievalOutput> out;
   for (int attempt = 0;; ++attempt) {
-    map_version.reset();
-    out = run_exact_steps();
-    if (!core::IsKernel(params->similarity) || !absl::IsAborted(out.status()) ||
+    steps.Restart();
+    out = core::RunSteps(query.queries.data(), query.num_queries, d,
+                         params.steps, params.eps, std::ref(steps));
+    if (!core::IsKernel(params.similarity) || !absl::IsAborted(out.status()) ||
         attempt >= 100 || absl::Now() + absl::Milliseconds(20) >= deadline) {
       break;
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
-  if (!out.ok()) return call.Done(out.status());
+  if (!out.ok()) return out.status();
   store::RetrieveResult result;
   result.states = std::move(out->states);
   result.energies = std::move(out->energies);
   result.steps = std::move(out->steps);
   result.converged = std::move(out->converged);
-  result.matches.resize(query->num_queries);
-  for (size_t i = 0; i < query->num_queries; ++i) {
+  result.matches.resize(query.num_queries);
+  for (size_t i = 0; i < query.num_queries; ++i) {
     for (const core::Match& m : out->matches[i]) {
       result.matches[i].push_back(
-          {m.index, m.weight, m.score, labels[m.index]});
+          {m.index, m.weight, m.score, steps.label(m.index)});
     }
   }
-  result.path = *plan;
-  result.path.reason =
-      absl::StrCat(plan->reason, "; merged from ", groups, " shard groups");
-  result.store_version = merged->version();
-  rpc::ToProto(result, d, request->omit_vectors(), *response);
-  policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
-  return call.Done(absl::OkStatus());
+  return result;
 }
 
 absl::StatusOr<store::PathReport> Router::PlanThroughRouter(

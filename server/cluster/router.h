@@ -138,6 +138,10 @@ class Router final : public engram::v1::Engram::Service {
       const engram::v1::Store& merged, const store::RetrieveRequest& query,
       const core::RetrievalParams& params, absl::Time deadline,
       std::shared_ptr<const MergedLowRank>* sums);
+  // The exact path: step by step through one replica of every group.
+  absl::StatusOr<store::RetrieveResult> RetrieveExact(
+      const std::string& name, const store::RetrieveRequest& query,
+      const core::RetrievalParams& params, absl::Time deadline);
   // The low-rank path on the router at the sums' degree; the matches from
   // one top-only scan on the replicas the sums came from (ABORTED if one
   // changed in between).

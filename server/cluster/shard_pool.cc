@@ -408,6 +408,88 @@ absl::StatusOr<std::set<uint64_t>> Ids(const ShardPool& pool,
   return ids;
 }
 
+// Makes the target's copy of the store `mine` (as the source lists it;
+// `held`: the target has one) equal to the source's: settings, patterns
+// (copying what it lacks, deleting what the source no longer holds), map.
+absl::Status CopyStore(const ShardPool& pool, const Replica& source,
+                       const Replica& target, const engram::v1::Store& mine,
+                       bool held) {
+  namespace api = engram::v1;
+  api::Store settings = mine;
+  settings.clear_pattern_count();
+  if (!held) {
+    api::CreateStoreRequest create;
+    *create.mutable_store() = settings;
+    api::Store created;
+    if (absl::Status s = Call(pool, target, &api::Engram::Stub::CreateStore,
+                              create, &created);
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    api::UpdateStoreRequest update;
+    *update.mutable_store() = settings;
+    for (const char* path : {"retrieval", "low_rank", "calibration"}) {
+      update.mutable_update_mask()->add_paths(path);
+    }
+    api::Store updated;
+    if (absl::Status s = Call(pool, target, &api::Engram::Stub::UpdateStore,
+                              update, &updated);
+        !s.ok()) {
+      return s;
+    }
+  }
+  absl::StatusOr<std::set<uint64_t>> have = Ids(pool, target, mine.name());
+  if (!have.ok()) return have.status();
+  // The source's patterns the target lacks, a page at a time.
+  api::ListPatternsRequest page_request;
+  page_request.set_store(mine.name());
+  page_request.set_page_size(1000);
+  std::set<uint64_t> seen;
+  do {
+    api::ListPatternsResponse page;
+    if (absl::Status s = Call(pool, source, &api::Engram::Stub::ListPatterns,
+                              page_request, &page);
+        !s.ok()) {
+      return s;
+    }
+    api::AddPatternsRequest add;
+    add.set_store(mine.name());
+    for (const api::Pattern& p : page.patterns()) {
+      seen.insert(p.id());
+      if (!have->count(p.id())) *add.add_patterns() = p;
+    }
+    if (add.patterns_size() > 0) {
+      api::AddPatternsResponse added;
+      if (absl::Status s =
+              Call(pool, target, &api::Engram::Stub::AddPatterns, add, &added);
+          !s.ok()) {
+        return s;
+      }
+    }
+    page_request.set_page_token(page.next_page_token());
+  } while (!page_request.page_token().empty());
+  // And what the target holds that the source does not.
+  std::vector<uint64_t> extra;
+  for (uint64_t id : *have) {
+    if (!seen.count(id)) extra.push_back(id);
+  }
+  for (size_t first = 0; first < extra.size(); first += 1000) {
+    api::DeletePatternsRequest remove;
+    remove.set_store(mine.name());
+    for (size_t i = first; i < std::min(extra.size(), first + 1000); ++i) {
+      remove.add_ids(extra[i]);
+    }
+    api::DeletePatternsResponse removed;
+    if (absl::Status s = Call(pool, target, &api::Engram::Stub::DeletePatterns,
+                              remove, &removed);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return SyncMaps(pool, source, target, mine.name());
+}
+
 }  // namespace
 
 absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
@@ -431,84 +513,8 @@ absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
     std::map<std::string, api::Store> theirs;
     for (const api::Store& st : to.stores()) theirs[st.name()] = st;
     for (const api::Store& mine : from.stores()) {
-      api::Store settings = mine;
-      settings.clear_pattern_count();
-      if (auto found = theirs.find(mine.name()); found == theirs.end()) {
-        api::CreateStoreRequest create;
-        *create.mutable_store() = settings;
-        api::Store created;
-        if (absl::Status s =
-                Call(*this, target, &api::Engram::Stub::CreateStore, create,
-                     &created);
-            !s.ok()) {
-          return s;
-        }
-      } else {
-        theirs.erase(found);
-        api::UpdateStoreRequest update;
-        *update.mutable_store() = settings;
-        for (const char* path : {"retrieval", "low_rank", "calibration"}) {
-          update.mutable_update_mask()->add_paths(path);
-        }
-        api::Store updated;
-        if (absl::Status s =
-                Call(*this, target, &api::Engram::Stub::UpdateStore, update,
-                     &updated);
-            !s.ok()) {
-          return s;
-        }
-      }
-      absl::StatusOr<std::set<uint64_t>> have = Ids(*this, target, mine.name());
-      if (!have.ok()) return have.status();
-      // The source's patterns the target lacks, a page at a time.
-      api::ListPatternsRequest page_request;
-      page_request.set_store(mine.name());
-      page_request.set_page_size(1000);
-      std::set<uint64_t> seen;
-      do {
-        api::ListPatternsResponse page;
-        if (absl::Status s =
-                Call(*this, source, &api::Engram::Stub::ListPatterns,
-                     page_request, &page);
-            !s.ok()) {
-          return s;
-        }
-        api::AddPatternsRequest add;
-        add.set_store(mine.name());
-        for (const api::Pattern& p : page.patterns()) {
-          seen.insert(p.id());
-          if (!have->count(p.id())) *add.add_patterns() = p;
-        }
-        if (add.patterns_size() > 0) {
-          api::AddPatternsResponse added;
-          if (absl::Status s = Call(
-                  *this, target, &api::Engram::Stub::AddPatterns, add, &added);
-              !s.ok()) {
-            return s;
-          }
-        }
-        page_request.set_page_token(page.next_page_token());
-      } while (!page_request.page_token().empty());
-      // And what the target holds that the source does not.
-      std::vector<uint64_t> extra;
-      for (uint64_t id : *have) {
-        if (!seen.count(id)) extra.push_back(id);
-      }
-      for (size_t first = 0; first < extra.size(); first += 1000) {
-        api::DeletePatternsRequest remove;
-        remove.set_store(mine.name());
-        for (size_t i = first; i < std::min(extra.size(), first + 1000); ++i) {
-          remove.add_ids(extra[i]);
-        }
-        api::DeletePatternsResponse removed;
-        if (absl::Status s =
-                Call(*this, target, &api::Engram::Stub::DeletePatterns, remove,
-                     &removed);
-            !s.ok()) {
-          return s;
-        }
-      }
-      if (absl::Status s = SyncMaps(*this, source, target, mine.name());
+      const bool held = theirs.erase(mine.name()) > 0;
+      if (absl::Status s = CopyStore(*this, source, target, mine, held);
           !s.ok()) {
         return s;
       }

@@ -90,6 +90,19 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   return absl::InternalError(message);
 }
 
+// An 8-byte little-endian value of a store's family; `absent` if it has
+// none (or one of another size).
+absl::StatusOr<uint64_t> ReadFixed64(rocksdb::DB& db,
+                                     const rocksdb::ReadOptions& read,
+                                     rocksdb::ColumnFamilyHandle* family,
+                                     const char* key, uint64_t absent) {
+  std::string value;
+  const rocksdb::Status s = db.Get(read, family, key, &value);
+  if (s.ok() && value.size() == 8) return internal::LoadFixed64(value.data());
+  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "load");
+  return absent;
+}
+
 // RocksDB's own log lines go to engramd's log (warnings and errors only), not
 // to a LOG file in the database directory: a log file that cannot be written
 // (a full disk) must not be able to take the process down.
@@ -1134,23 +1147,15 @@ absl::Status RocksDbStorage::LoadStores(LoadVisitor& visitor,
           "its settings record names store '", settings->name, "'")));
       continue;
     }
-    uint64_t next_id = 1;
-    s = db->Get(read, handle, kNextIdKey, &value);
-    if (s.ok() && value.size() == 8) {
-      next_id = internal::LoadFixed64(value.data());
-    } else if (!s.ok() && !s.IsNotFound()) {
-      damaged(FromRocks(s, "load"));
+    absl::StatusOr<uint64_t> next_id =
+        ReadFixed64(*db, read, handle, kNextIdKey, 1);
+    absl::StatusOr<uint64_t> stamp =
+        ReadFixed64(*db, read, handle, kStampKey, 0);
+    if (!next_id.ok() || !stamp.ok()) {
+      damaged(!next_id.ok() ? next_id.status() : stamp.status());
       continue;
     }
-    uint64_t stamp = 0;
-    s = db->Get(read, handle, kStampKey, &value);
-    if (s.ok() && value.size() == 8) {
-      stamp = internal::LoadFixed64(value.data());
-    } else if (!s.ok() && !s.IsNotFound()) {
-      damaged(FromRocks(s, "load"));
-      continue;
-    }
-    visitor.OnStore(*settings, next_id, stamp);
+    visitor.OnStore(*settings, *next_id, *stamp);
     s = db->Get(read, handle, kMapKey, &value);
     if (s.ok()) {
       FitRecord record;
