@@ -29,6 +29,14 @@ namespace {
 
 namespace api = engram::v1;
 
+// Ends a call with `result`'s value as the response, or its error.
+template <typename T>
+grpc::Status Answer(rpc::Call& call, absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return call.Done(result.status());
+  *response = *std::move(result);
+  return call.Done(absl::OkStatus());
+}
+
 absl::Time DeadlineOf(const grpc::ServerContext* context) {
   const auto deadline = context->deadline();
   if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
@@ -277,9 +285,7 @@ grpc::Status Router::GetStore(Ctx* context, const api::GetStoreRequest* request,
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<api::Store> merged =
       MergedStore(request->name(), DeadlineOf(context));
-  if (!merged.ok()) return call.Done(merged.status());
-  *response = *std::move(merged);
-  return call.Done(absl::OkStatus());
+  return Answer(call, std::move(merged), response);
 }
 
 grpc::Status Router::ListStores(Ctx* context,
@@ -377,9 +383,7 @@ grpc::Status Router::UpdateStore(Ctx* context,
   }
   absl::StatusOr<api::Store> merged =
       MergedStore(request->store().name(), deadline);
-  if (!merged.ok()) return call.Done(merged.status());
-  *response = *std::move(merged);
-  return call.Done(absl::OkStatus());
+  return Answer(call, std::move(merged), response);
 }
 
 grpc::Status Router::DeleteStore(Ctx* context,
@@ -1075,9 +1079,7 @@ grpc::Status Router::StartFit(Ctx* context, const api::StartFitRequest* request,
       MergedStore(request->store(), DeadlineOf(context));
   if (!merged.ok()) return call.Done(merged.status());
   absl::StatusOr<api::FitStatus> started = jobs_.StartFit(*merged);
-  if (!started.ok()) return call.Done(started.status());
-  *response = *std::move(started);
-  return call.Done(absl::OkStatus());
+  return Answer(call, std::move(started), response);
 }
 
 grpc::Status Router::StartCalibration(
@@ -1092,9 +1094,7 @@ grpc::Status Router::StartCalibration(
   if (request->has_apply()) apply = request->apply();
   absl::StatusOr<api::CalibrationStatus> started =
       jobs_.StartCalibration(*merged, apply);
-  if (!started.ok()) return call.Done(started.status());
-  *response = *std::move(started);
-  return call.Done(absl::OkStatus());
+  return Answer(call, std::move(started), response);
 }
 
 grpc::Status Router::CancelFit(Ctx* context,
@@ -1104,9 +1104,7 @@ grpc::Status Router::CancelFit(Ctx* context,
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<api::FitStatus> cancelled =
       jobs_.fits().Cancel(request->store(), "fit");
-  if (!cancelled.ok()) return call.Done(cancelled.status());
-  *response = *std::move(cancelled);
-  return call.Done(absl::OkStatus());
+  return Answer(call, std::move(cancelled), response);
 }
 
 grpc::Status Router::CancelCalibration(
@@ -1116,9 +1114,7 @@ grpc::Status Router::CancelCalibration(
   if (!call.Admit(*context, request)) return call.Refused();
   absl::StatusOr<api::CalibrationStatus> cancelled =
       jobs_.calibrations().Cancel(request->store(), "calibration");
-  if (!cancelled.ok()) return call.Done(cancelled.status());
-  *response = *std::move(cancelled);
-  return call.Done(absl::OkStatus());
+  return Answer(call, std::move(cancelled), response);
 }
 
 // --- Cluster status
