@@ -1,6 +1,8 @@
 #include "server/cluster/cluster_jobs.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -81,6 +83,43 @@ void Build(std::vector<float> rows, size_t dim, const core::FeatureMap* map,
     block.key_sq_norms = m.key_sq_norms.data();
   }
   m.set.blocks = {block};
+}
+
+// Sends `request` to every ready replica of every group (a group's replicas
+// at once). A replica that fails is stale: its repair brings what it
+// missed. Returns why, for each group none of whose replicas took it; the
+// first answer goes to `first` if given.
+template <typename Request, typename Response>
+std::vector<std::string> ToEveryReplica(
+    ShardPool& pool,
+    grpc::Status (v1::Shard::Stub::*method)(grpc::ClientContext*,
+                                            const Request&, Response*),
+    const Request& request, absl::Time deadline,
+    std::optional<Response>* first = nullptr) {
+  std::vector<std::string> missed;
+  for (uint32_t g = 0; g < pool.groups(); ++g) {
+    absl::StatusOr<std::vector<const Replica*>> ready = pool.ReadyReplicas(g);
+    if (!ready.ok()) {
+      missed.push_back(std::string(ready.status().message()));
+      continue;
+    }
+    std::vector<Response> answers(ready->size());
+    std::vector<absl::Status> sent = InParallel(ready->size(), [&](size_t i) {
+      return Unary(pool, *(*ready)[i], *(*ready)[i]->shard, method, request,
+                   &answers[i], deadline);
+    });
+    bool took = false;
+    for (size_t i = 0; i < sent.size(); ++i) {
+      if (!sent[i].ok()) {
+        pool.MarkStale(*(*ready)[i], sent[i].message());
+        continue;
+      }
+      if (first != nullptr && !*first) *first = answers[i];
+      took = true;
+    }
+    if (!took) missed.push_back(std::string(sent[0].message()));
+  }
+  return missed;
 }
 
 }  // namespace
@@ -241,30 +280,9 @@ absl::Status ClusterJobs::Fit(const api::Store& merged,
   record.set_duration_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   record.set_patterns_fitted(total);
   if (job->cancel) return absl::CancelledError("fit cancelled");
-  // To every ready replica; one that fails is stale and gets the map when
-  // it is repaired. A group none of whose replicas took it fails the fit.
-  std::vector<std::string> missed;
-  for (uint32_t g = 0; g < pool_->groups(); ++g) {
-    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
-    if (!ready.ok()) {
-      missed.push_back(std::string(ready.status().message()));
-      continue;
-    }
-    std::vector<absl::Status> put = InParallel(ready->size(), [&](size_t i) {
-      v1::PutFeatureMapResponse ignored;
-      return Unary(*pool_, *(*ready)[i], *(*ready)[i]->shard,
-                   &v1::Shard::Stub::PutFeatureMap, record, &ignored, deadline);
-    });
-    size_t took = 0;
-    for (size_t i = 0; i < put.size(); ++i) {
-      if (put[i].ok()) {
-        ++took;
-      } else {
-        pool_->MarkStale(*(*ready)[i], put[i].message());
-      }
-    }
-    if (took == 0) missed.push_back(std::string(put[0].message()));
-  }
+  // A group none of whose replicas took it fails the fit.
+  const std::vector<std::string> missed =
+      ToEveryReplica(*pool_, &v1::Shard::Stub::PutFeatureMap, record, deadline);
   if (!missed.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "feature map v", record.version(), " of store '", name,
@@ -322,38 +340,16 @@ absl::Status ClusterJobs::Calibrate(
       job->cancel);
   if (!report.ok()) return report.status();
   // Stored on every ready replica, each applying the setting only if its
-  // retrieval settings are still those calibrated.
+  // retrieval settings are still those calibrated; the router reports the
+  // first replica's answer.
   v1::CalibrationRecord record;
   record.set_store(name);
   *record.mutable_report() = *report;
   record.set_apply(apply);
   *record.mutable_calibrated() = merged.retrieval();
-  std::vector<std::string> missed;
   std::optional<api::CalibrationReport> stored;
-  for (uint32_t g = 0; g < pool_->groups(); ++g) {
-    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
-    if (!ready.ok()) {
-      missed.push_back(std::string(ready.status().message()));
-      continue;
-    }
-    std::vector<api::CalibrationReport> answers(ready->size());
-    std::vector<absl::Status> put = InParallel(ready->size(), [&](size_t i) {
-      return Unary(*pool_, *(*ready)[i], *(*ready)[i]->shard,
-                   &v1::Shard::Stub::PutCalibration, record, &answers[i],
-                   deadline);
-    });
-    for (size_t i = 0; i < put.size(); ++i) {
-      if (!put[i].ok()) {
-        pool_->MarkStale(*(*ready)[i], put[i].message());
-      } else if (!stored) {
-        stored = answers[i];
-      }
-    }
-    if (std::none_of(put.begin(), put.end(),
-                     [](const absl::Status& s) { return s.ok(); })) {
-      missed.push_back(std::string(put[0].message()));
-    }
-  }
+  const std::vector<std::string> missed = ToEveryReplica(
+      *pool_, &v1::Shard::Stub::PutCalibration, record, deadline, &stored);
   if (!missed.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "the calibration of store '", name,
