@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/cluster/map_record.h"
 #include "server/cluster/shard_calls.h"
 #include "server/core/feature_map.h"
 #include "server/core/uhop_fit.h"
@@ -324,9 +325,10 @@ absl::Status ClusterJobs::Calibrate(
         !s.ok()) {
       return s;
     }
-    map = std::make_shared<core::FeatureMap>(
-        record.in_dim(), record.out_dim(),
-        std::vector<float>(record.weights().begin(), record.weights().end()));
+    absl::StatusOr<std::shared_ptr<const core::FeatureMap>> got =
+        FeatureMapFromProto(record);
+    if (!got.ok()) return got.status();
+    map = *std::move(got);
   }
   uint64_t total = 0;
   absl::StatusOr<std::vector<float>> rows =

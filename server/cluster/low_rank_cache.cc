@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "server/cluster/map_record.h"
 #include "server/cluster/shard_calls.h"
 
 namespace engram::cluster {
@@ -66,20 +67,16 @@ absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
   sums->Finish();
   if (!first.keys_are_rows()) {
     const v1::FeatureMapRecord& m = first.map();
-    if (m.in_dim() != first.dimension() || m.out_dim() != first.feature_dim() ||
-        (m.weights_size() != 0 && static_cast<size_t>(m.weights_size()) !=
-                                      size_t{m.in_dim()} * m.out_dim())) {
+    absl::StatusOr<std::shared_ptr<const core::FeatureMap>> map =
+        FeatureMapFromProto(m);
+    if (!map.ok() || m.in_dim() != first.dimension() ||
+        m.out_dim() != first.feature_dim()) {
       return absl::InternalError(absl::StrCat(
-          "shard group 0 sent a ", m.out_dim(), "x", m.in_dim(), " map with ",
-          m.weights_size(), " weights for store '", store, "'"));
+          "shard group 0 sent a ", m.out_dim(), "x", m.in_dim(), " map for ",
+          first.feature_dim(), "x", first.dimension(), " sums of store '",
+          store, "'", map.ok() ? "" : ": ", map.status().message()));
     }
-    out->map =
-        m.weights_size() == 0
-            ? std::make_shared<core::FeatureMap>(
-                  core::FeatureMap::Identity(m.in_dim()))
-            : std::make_shared<core::FeatureMap>(
-                  m.in_dim(), m.out_dim(),
-                  std::vector<float>(m.weights().begin(), m.weights().end()));
+    out->map = *std::move(map);
   }
   out->sums = std::move(sums);
   form.sums = out->sums.get();

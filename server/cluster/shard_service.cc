@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "server/base/log.h"
+#include "server/cluster/map_record.h"
 #include "server/cluster/topology.h"
 #include "server/core/low_rank.h"
 #include "server/core/partial.h"
@@ -43,20 +44,6 @@ uint64_t SumsFingerprint(const store::StoreView& view) {
       absl::StrCat(view.version(), ":", view.digest(), ":",
                    SettingsDigest(view.settings()), ":", view.fit().version);
   return Fnv1a(key, 0x84222325cbf29ce4ULL) | 1;  // Never 0 ("none held").
-}
-
-void FeatureMapToProto(const std::string& store, const core::FeatureMap& map,
-                       const store::FitRecord& r, v1::FeatureMapRecord& out) {
-  out.set_store(store);
-  out.set_version(r.version);
-  out.set_out_dim(static_cast<uint32_t>(map.out_dim()));
-  out.set_in_dim(static_cast<uint32_t>(map.in_dim()));
-  out.mutable_weights()->Assign(map.weights().begin(), map.weights().end());
-  out.set_loss_before(r.loss_before);
-  out.set_loss_after(r.loss_after);
-  out.set_epochs(r.epochs);
-  out.set_duration_seconds(r.duration_seconds);
-  out.set_patterns_fitted(r.patterns_fitted);
 }
 
 // PartialStep with top_only: each state's best top_k by the memories' keys.
@@ -330,45 +317,23 @@ grpc::Status ShardService::PutFeatureMap(grpc::ServerContext* context,
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
   store::Store& store = **found;
-  const size_t out = request->out_dim(), in = request->in_dim();
-  if (out == 0 || in == 0 ||
-      static_cast<size_t>(request->weights_size()) != out * in) {
-    return call.Done(absl::InvalidArgumentError(
-        absl::StrCat("weights has ", request->weights_size(), " values for a ",
-                     out, "x", in, " map")));
-  }
-  for (float w : request->weights()) {
-    if (!std::isfinite(w)) {
-      return call.Done(absl::InvalidArgumentError("weights must be finite"));
-    }
-  }
+  absl::StatusOr<std::shared_ptr<const core::FeatureMap>> map =
+      FeatureMapFromProto(*request);
+  if (!map.ok()) return call.Done(map.status());
   std::shared_ptr<const store::StoreView> view = store.view();
   if (request->version() == view->fit().version && view->map() != nullptr &&
-      view->map()->weights().size() == out * in &&
-      std::equal(view->map()->weights().begin(), view->map()->weights().end(),
-                 request->weights().begin())) {
+      view->map()->weights() == (*map)->weights()) {
     response->set_map_version(view->fit().version);  // Sent again: done.
     return call.Done(absl::OkStatus());
   }
-  store::FitRecord record;
-  record.version = request->version();
-  record.loss_before = request->loss_before();
-  record.loss_after = request->loss_after();
-  record.epochs = request->epochs();
-  record.duration_seconds = request->duration_seconds();
-  record.patterns_fitted = request->patterns_fitted();
-  if (absl::Status s =
-          store.PublishMap(std::make_shared<core::FeatureMap>(
-                               in, out,
-                               std::vector<float>(request->weights().begin(),
-                                                  request->weights().end())),
-                           record);
+  if (absl::Status s = store.PublishMap(*map, FitRecordFromProto(*request));
       !s.ok()) {
     return call.Done(s);
   }
-  if (options_.jobs != nullptr)
+  if (options_.jobs != nullptr) {
     options_.jobs->Published(jobs::JobKind::kFit, request->store());
-  response->set_map_version(record.version);
+  }
+  response->set_map_version(request->version());
   return call.Done(absl::OkStatus());
 }
 
