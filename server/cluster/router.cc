@@ -830,19 +830,10 @@ absl::StatusOr<store::RetrieveResult> Router::RetrieveExact(
     absl::SleepFor(absl::Milliseconds(20));
   }
   if (!out.ok()) return out.status();
-  store::RetrieveResult result;
-  result.states = std::move(out->states);
-  result.energies = std::move(out->energies);
-  result.steps = std::move(out->steps);
-  result.converged = std::move(out->converged);
-  result.matches.resize(query.num_queries);
-  for (size_t i = 0; i < query.num_queries; ++i) {
-    for (const core::Match& m : out->matches[i]) {
-      result.matches[i].push_back(
-          {m.index, m.weight, m.score, steps.label(m.index)});
-    }
-  }
-  return result;
+  return store::ResultOf(*std::move(out), [&steps](const core::Match& m) {
+    return store::MatchedPattern{m.index, m.weight, m.score,
+                                 steps.label(m.index)};
+  });
 }
 
 absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
@@ -896,12 +887,11 @@ absl::StatusOr<store::RetrieveResult> Router::RetrieveFromSums(
       core::LowRankUpdates(*sums.sums, sums.map.get(), query.queries.data(),
                            query.num_queries, params, degree, options, &last);
   if (!out.ok()) return out.status();
-  store::RetrieveResult result;
-  result.states = std::move(out->states);
-  result.energies = std::move(out->energies);
-  result.steps = std::move(out->steps);
-  result.converged = std::move(out->converged);
-  result.matches.resize(query.num_queries);
+  // No matches yet (the updates make none).
+  store::RetrieveResult result =
+      store::ResultOf(*std::move(out), [](const core::Match& m) {
+        return store::MatchedPattern{m.index, m.weight, m.score, ""};
+      });
   if (params.top_k == 0) return result;
   // The matches: every group's best by beta <k, key> at each query's last
   // input's key (x, or Phi x), from the replicas the sums came from, at the

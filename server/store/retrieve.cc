@@ -212,6 +212,23 @@ absl::StatusOr<core::RetrievalParams> ResolveParams(
   return params;
 }
 
+RetrieveResult ResultOf(
+    core::RetrievalOutput out,
+    const std::function<MatchedPattern(const core::Match&)>& name) {
+  RetrieveResult result;
+  result.states = std::move(out.states);
+  result.energies = std::move(out.energies);
+  result.steps = std::move(out.steps);
+  result.converged = std::move(out.converged);
+  result.matches.resize(out.matches.size());
+  for (size_t i = 0; i < out.matches.size(); ++i) {
+    for (const core::Match& m : out.matches[i]) {
+      result.matches[i].push_back(name(m));
+    }
+  }
+  return result;
+}
+
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,
@@ -242,18 +259,11 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                 request.num_queries, params, options);
   if (!out.ok()) return out.status();
 
-  RetrieveResult result;
-  result.states = std::move(out->states);
-  result.energies = std::move(out->energies);
-  result.steps = std::move(out->steps);
-  result.converged = std::move(out->converged);
-  result.matches.resize(request.num_queries);
-  for (size_t i = 0; i < request.num_queries; ++i) {
-    for (const core::Match& m : out->matches[i]) {
-      const Chunk::RowInfo& info = view.info(m.index);
-      result.matches[i].push_back({info.id, m.weight, m.score, info.label});
-    }
-  }
+  RetrieveResult result =
+      ResultOf(*std::move(out), [&view](const core::Match& m) {
+        const Chunk::RowInfo& info = view.info(m.index);
+        return MatchedPattern{info.id, m.weight, m.score, info.label};
+      });
   result.path = *std::move(plan);
   result.store_version = view.version();
   return result;

@@ -7,6 +7,7 @@
 #define ENGRAM_SERVER_STORE_RETRIEVE_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -89,6 +90,13 @@ absl::StatusOr<PathReport> PlanPath(const LowRankForm& form,
 absl::StatusOr<core::RetrievalParams> ResolveParams(
     const StoreSettings& settings, size_t pattern_count,
     const RetrieveRequest& request, const Limits& limits);
+
+// The core's output as a result, each match named by `name` (a store's
+// view maps memory indices to ids and labels; a router's matches carry ids
+// already). Path and version are left to the caller.
+RetrieveResult ResultOf(
+    core::RetrievalOutput out,
+    const std::function<MatchedPattern(const core::Match&)>& name);
 
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
