@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
 from engram_client import pb, pb_grpc  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, stored_patterns  # noqa: E402
 
 DIM = 6
 GROUPS = 2
@@ -106,20 +106,8 @@ class Writer:
             self.acked += 1
 
 
-def listing(stub, name):
-    found, token = {}, ""
-    while True:
-        r = stub.ListPatterns(pb.ListPatternsRequest(store=name, page_size=1000,
-                                                     page_token=token), timeout=30)
-        for p in r.patterns:
-            found[p.id] = list(p.values)
-        token = r.next_page_token
-        if not token:
-            return found
-
-
 def verify(stub, w, stats):
-    found = listing(stub, w.name)
+    found = stored_patterns(stub, w.name)
     if w.pending is not None:
         kind, content = w.pending
         ids = list(content) if kind == "add" else content
@@ -244,7 +232,7 @@ def main():
                 for r in range(2):
                     with grpc.insecure_channel(shards[g][r].addr) as c:
                         s = pb_grpc.EngramStub(c)
-                        held.append({w.name: sorted(listing(s, w.name)) for w in writers})
+                        held.append({w.name: sorted(stored_patterns(s, w.name)) for w in writers})
                 if held[0] != held[1]:
                     raise AssertionError(f"replicas of group {g} differ after cycle {cycle}")
             print(f"cycle {cycle}: {sum(len(w.model) for w in writers)} patterns verified, "

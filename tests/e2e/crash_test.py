@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
 from engram_client import pb, pb_grpc  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, stored_patterns  # noqa: E402
 
 DIM = 8
 
@@ -95,20 +95,8 @@ class Writer:
                 del self.model[i]
 
 
-def list_store(stub, name):
-    found = {}
-    token = ""
-    while True:
-        r = stub.ListPatterns(pb.ListPatternsRequest(store=name, page_size=1000, page_token=token), timeout=30)
-        for p in r.patterns:
-            found[p.id] = list(p.values)
-        token = r.next_page_token
-        if not token:
-            return found
-
-
 def verify(stub, writer, stats):
-    found = list_store(stub, writer.name)
+    found = stored_patterns(stub, writer.name)
     if writer.pending is not None:
         kind, content = writer.pending
         ids = list(content) if kind == "add" else content

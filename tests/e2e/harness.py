@@ -89,3 +89,18 @@ def make_certs(d):
         sh("openssl", "x509", "-req", "-in", p(f"{who}.csr"), "-CA", p("ca.pem"),
            "-CAkey", p("ca.key"), "-CAcreateserial", "-days", "2", "-out", p(f"{who}.pem"), *extra)
     return p
+
+
+def stored_patterns(stub, name):
+    """Every pattern of a store as {id: values}, read through ListPatterns
+    pages with a raw engram.v1.Engram stub (the crash tests' ground truth)."""
+    from engram_client import pb
+    found, token = {}, ""
+    while True:
+        r = stub.ListPatterns(pb.ListPatternsRequest(store=name, page_size=1000,
+                                                     page_token=token), timeout=30)
+        for p in r.patterns:
+            found[p.id] = list(p.values)
+        token = r.next_page_token
+        if not token:
+            return found
