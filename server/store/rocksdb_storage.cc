@@ -955,7 +955,8 @@ void RocksDbStorage::RetryWritable() {
 absl::Status RocksDbStorage::Commit(
     absl::string_view store,
     absl::FunctionRef<void(rocksdb::WriteBatch&, rocksdb::ColumnFamilyHandle*)>
-        fill) {
+        fill,
+    bool sync) {
   RetryWritable();
   ReaderMutexLock lock(&mu_);
   if (!db_) return absl::UnavailableError("storage is closed");
@@ -968,7 +969,7 @@ absl::Status RocksDbStorage::Commit(
   rocksdb::WriteBatch batch;
   fill(batch, found->second);
   rocksdb::WriteOptions write;
-  write.sync = options_.sync;
+  write.sync = options_.sync && sync;
   rocksdb::Status s = db_->Write(write, &batch);
   if (!s.ok()) stopped_ = true;
   return FromRocks(s, "write");
@@ -1058,10 +1059,12 @@ absl::Status RocksDbStorage::WritePatterns(absl::string_view store,
 }
 
 absl::Status RocksDbStorage::PutStamp(absl::string_view store, uint64_t stamp) {
-  return Commit(store, [&](rocksdb::WriteBatch& batch,
-                           rocksdb::ColumnFamilyHandle* family) {
-    batch.Put(family, kStampKey, Fixed64(stamp));
-  });
+  return Commit(
+      store,
+      [&](rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* family) {
+        batch.Put(family, kStampKey, Fixed64(stamp));
+      },
+      /*sync=*/false);
 }
 
 absl::Status RocksDbStorage::Load(LoadVisitor& visitor) {

@@ -158,11 +158,13 @@ class RocksDbStorage : public StorageBackend {
   absl::Status PrepareLayout() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MigrateFromLayout1() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `batch` to the store's column family, atomically, synced if
-  // options_.sync.
+  // options_.sync and `sync` (false for a record that may be lost with the
+  // writes after it, the log keeping writes in order: the write stamp).
   absl::Status Commit(absl::string_view store,
                       absl::FunctionRef<void(rocksdb::WriteBatch&,
                                              rocksdb::ColumnFamilyHandle*)>
-                          fill);
+                          fill,
+                      bool sync = true);
   // Load's reading part; `orphans` gets the families of creates that never
   // completed.
   absl::Status LoadStores(LoadVisitor& visitor,

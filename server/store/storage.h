@@ -50,6 +50,8 @@ class StorageBackend {
 
   // Records a store's write stamp (the largest a router sent with a write
   // it applied; see server/cluster/shard_pool.h), after the write itself.
+  // Need not reach the disk at once: written after its write, a lost stamp
+  // is an older one, which never claims a write the store does not hold.
   virtual absl::Status PutStamp(absl::string_view store, uint64_t stamp) = 0;
 
   // Receives what Load() reads, store by store: OnStore, then that store's
