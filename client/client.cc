@@ -282,6 +282,58 @@ absl::StatusOr<v1::FitStatus> Client::WatchFit(
                ForStore<v1::WatchFitRequest>(store), on_status);
 }
 
+// --- Backups ---
+
+absl::Status Client::CreateBackup(
+    const std::string& store,
+    const std::function<absl::Status(const v1::BackupChunk&)>& on_chunk) {
+  grpc::ClientContext context;
+  Prepare(context, /*deadline=*/false);
+  v1::CreateBackupRequest request;
+  request.set_store(store);
+  std::unique_ptr<grpc::ClientReader<v1::BackupChunk>> reader =
+      stub_->CreateBackup(&context, request);
+  v1::BackupChunk chunk;
+  absl::Status failed;
+  while (reader->Read(&chunk)) {
+    failed = on_chunk(chunk);
+    if (!failed.ok()) {
+      context.TryCancel();
+      break;
+    }
+  }
+  absl::Status finished = FromGrpc(reader->Finish());
+  return failed.ok() ? finished : failed;
+}
+
+absl::StatusOr<v1::Store> Client::RestoreStore(
+    const v1::RestoreStoreRequest& request,
+    absl::Span<const std::pair<std::string, std::string>> files,
+    size_t piece_bytes) {
+  grpc::ClientContext context;
+  Prepare(context, /*deadline=*/false);
+  v1::Store response;
+  std::unique_ptr<grpc::ClientWriter<v1::RestoreStoreRequest>> writer =
+      stub_->RestoreStore(&context, &response);
+  v1::RestoreStoreRequest message = request;
+  message.clear_chunk();
+  bool open = writer->Write(message);
+  piece_bytes = std::max<size_t>(piece_bytes, 1);
+  for (const auto& [path, data] : files) {
+    for (size_t at = 0; open && (at < data.size() || at == 0);
+         at += piece_bytes) {
+      message.Clear();
+      message.mutable_chunk()->set_file(path);
+      message.mutable_chunk()->set_data(data.substr(at, piece_bytes));
+      open = writer->Write(message);  // False: the server ended the call.
+      if (data.empty()) break;
+    }
+  }
+  writer->WritesDone();
+  if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) return s;
+  return response;
+}
+
 // --- Calibration ---
 
 absl::StatusOr<v1::CalibrationStatus> Client::StartCalibration(

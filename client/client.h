@@ -26,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -123,6 +124,21 @@ class Client {
   absl::StatusOr<v1::CalibrationStatus> WatchCalibration(
       const std::string& store,
       const std::function<void(const v1::CalibrationStatus&)>& on_status);
+
+  // --- Backups ---
+  // Streams a backup of `store` ("" for every store) to `on_chunk`, piece
+  // by piece, the manifest last; an error from `on_chunk` cancels the call
+  // and is returned. No deadline: a backup can take long.
+  absl::Status CreateBackup(
+      const std::string& store,
+      const std::function<absl::Status(const v1::BackupChunk&)>& on_chunk);
+  // Sends a backup's files (path, contents) to restore one store of it;
+  // `request` says which, under which name and whether to replace. Files
+  // go in pieces of `piece_bytes`. No deadline.
+  absl::StatusOr<v1::Store> RestoreStore(
+      const v1::RestoreStoreRequest& request,
+      absl::Span<const std::pair<std::string, std::string>> files,
+      size_t piece_bytes = 1 << 20);
 
   // The health of `service` ("" for the server): "SERVING", "NOT_SERVING"...
   absl::StatusOr<std::string> Health(const std::string& service = "");

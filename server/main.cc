@@ -47,6 +47,12 @@ ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
           "machine loses power.");
+ABSL_FLAG(std::string, restore_from, "",
+          "Restore every store of this backup directory (engram backup "
+          "create) into an empty --data_dir, then serve.");
+ABSL_FLAG(uint64_t, max_restore_mb, 8192,
+          "Largest backup one RestoreStore call may send, in MiB (it is held "
+          "in memory while it is checked and written).");
 ABSL_FLAG(bool, accept_data_loss, false,
           "Start even though the write-ahead log is damaged: recover every "
           "readable record and mark the stores that lost acknowledged writes "
@@ -224,6 +230,8 @@ engram::app::EngramdOptions OptionsFromFlags() {
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.storage.sync = absl::GetFlag(FLAGS_sync);
   o.storage.accept_data_loss = absl::GetFlag(FLAGS_accept_data_loss);
+  o.restore_from = absl::GetFlag(FLAGS_restore_from);
+  o.max_restore_bytes = absl::GetFlag(FLAGS_max_restore_mb) << 20;
 
   engram::store::Limits& l = o.limits;
   l.max_dimension = absl::GetFlag(FLAGS_max_dimension);

@@ -32,6 +32,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/cli/backup.h"
 #include "client/cli/bench.h"
 #include "client/cli/fields.h"
 #include "client/cli/text.h"
@@ -144,6 +145,14 @@ ABSL_FLAG(
     "bench: a file of query rows; default: 256 stored patterns plus noise.");
 ABSL_FLAG(bool, omit_vectors, false,
           "bench: do not ask for the retrieved vectors.");
+ABSL_FLAG(std::string, store, "",
+          "backup create: the store to back up (default: every store); "
+          "backup restore: the store of the backup to restore.");
+ABSL_FLAG(std::string, as, "",
+          "backup restore: the name to restore the store under (default: "
+          "its own).");
+ABSL_FLAG(bool, replace, false,
+          "backup restore: replace a store of that name.");
 ABSL_FLAG(std::string, out, "",
           "retrieve: write the retrieved vectors to this .npy file.");
 
@@ -689,6 +698,59 @@ void Bench(const std::vector<std::string>& args) {
   }
 }
 
+std::string HumanBytes(uint64_t bytes) {
+  if (bytes < (1 << 20)) return absl::StrFormat("%.1f KiB", bytes / 1024.0);
+  if (bytes < (uint64_t{1} << 30)) {
+    return absl::StrFormat("%.1f MiB", bytes / 1048576.0);
+  }
+  return absl::StrFormat("%.2f GiB", bytes / 1073741824.0);
+}
+
+// What a backup holds, one line per store.
+std::string DescribeBackup(const std::string& dir,
+                           const store::BackupManifest& manifest) {
+  uint64_t bytes = 0;
+  std::string stores;
+  for (const store::BackupStore& s : manifest.stores()) {
+    uint64_t store_bytes = 0;
+    for (const auto& file : s.files()) store_bytes += file.bytes();
+    bytes += store_bytes;
+    absl::StrAppendFormat(&stores, "  %-24s %10u patterns  map v%u  %s\n",
+                          s.name(), s.patterns(), s.map_version(),
+                          HumanBytes(store_bytes));
+  }
+  return absl::StrFormat(
+      "%s: engram backup of %d store(s), %s, taken %s by engram %s\n%s", dir,
+      manifest.stores_size(), HumanBytes(bytes), manifest.create_time(),
+      manifest.engram_version(), stores);
+}
+
+void BackupCreate(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("backup create takes one DIR");
+  absl::StatusOr<store::BackupManifest> manifest =
+      CreateBackupDir(*Connect(), absl::GetFlag(FLAGS_store), args[0]);
+  FailOn(manifest.status(), "backup create");
+  Print(*manifest, DescribeBackup(args[0], *manifest) + "verified\n");
+}
+
+void BackupVerify(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("backup verify takes one DIR");
+  absl::StatusOr<store::BackupManifest> manifest = VerifyBackupDir(args[0]);
+  FailOn(manifest.status(), "backup verify");
+  Print(*manifest, DescribeBackup(args[0], *manifest) +
+                       "every file matches the manifest; every store reads\n");
+}
+
+void BackupRestore(const std::vector<std::string>& args) {
+  if (args.size() != 1) Fail("backup restore takes one DIR");
+  absl::StatusOr<v1::Store> store =
+      RestoreFromDir(*Connect(), args[0], absl::GetFlag(FLAGS_store),
+                     absl::GetFlag(FLAGS_as), absl::GetFlag(FLAGS_replace));
+  FailOn(store.status(), "backup restore");
+  Print(*store, absl::StrFormat("restored store '%s': %u patterns\n",
+                                store->name(), store->pattern_count()));
+}
+
 void Health(const std::vector<std::string>& args) {
   if (args.size() > 1) Fail("health takes at most one SERVICE");
   absl::StatusOr<std::string> status =
@@ -824,6 +886,20 @@ const Command kCommands[] = {
      "not), and per store the patterns and the feature map each holds. Exits "
      "non-zero if a replica is not ready.",
      ClusterStatus},
+    {"backup create", "engram backup create DIR [--store=NAME] [--json]",
+     "Writes an online, consistent backup of every store (or one) into DIR, "
+     "a new directory, and verifies it. Writes and fits go on meanwhile.",
+     BackupCreate},
+    {"backup verify", "engram backup verify DIR [--json]",
+     "Checks every file of the backup in DIR against its manifest and reads "
+     "every store; no server needed.",
+     BackupVerify},
+    {"backup restore",
+     "engram backup restore DIR [--store=NAME] [--as=NEW] [--replace]",
+     "Restores one store of the backup in DIR into the server, under its own "
+     "name or --as; all of it or nothing. A store of that name is only "
+     "replaced with --replace. A whole server: engramd --restore_from=DIR.",
+     BackupRestore},
     {"health", "engram health [SERVICE]",
      "Checks the server's health (liveness), or a service's (readiness: "
      "engram.v1.Engram).",

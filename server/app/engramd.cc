@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/app/job_metrics.h"
+#include "server/app/restore_backup.h"
 #include "server/app/shutdown_signal.h"
 #include "server/app/timed_storage.h"
 #include "server/base/log.h"
@@ -189,6 +190,14 @@ int RunEngramd(EngramdOptions o) {
   if (o.storage.path.empty()) {
     o.storage.path = (std::filesystem::path(o.data_dir) / "db").string();
   }
+  if (!o.restore_from.empty()) {
+    if (absl::Status status =
+            RestoreServer(o.restore_from, o.storage, o.limits);
+        !status.ok()) {
+      Log(LogLevel::kError, "%s", status.ToString());
+      return 1;
+    }
+  }
   absl::StatusOr<std::unique_ptr<store::RocksDbStorage>> storage =
       store::RocksDbStorage::Open(o.storage);
   if (!storage.ok()) {
@@ -216,6 +225,7 @@ int RunEngramd(EngramdOptions o) {
   o.server.retrieval_threads = o.retrieval_threads;
   rpc::ServiceOptions service;
   service.retrieval_threads = o.retrieval_threads;
+  service.max_restore_bytes = o.max_restore_bytes;
   cluster::ShardOptions shard;
   shard.cluster = o.cluster.cluster;
   shard.placement = o.limits.placement;

@@ -39,6 +39,10 @@ struct EngramdOptions {
   ClusterOptions cluster;  // limits.placement is a shard's group.
   std::string data_dir = "./engram-data";
   store::RocksDbOptions storage;  // path: data_dir/db unless set.
+  // A backup directory to restore the whole server from, into an empty
+  // data_dir, before serving (server/app/restore_backup.h); empty: none.
+  std::string restore_from;
+  size_t max_restore_bytes = size_t{8} << 30;  // Of one RestoreStore call.
   store::Limits limits;
   metrics::PrometheusOptions metrics;
   rpc::ServerOptions server;

@@ -31,6 +31,10 @@ absl::Status TimedStorage::PutStamp(absl::string_view store, uint64_t stamp) {
   return Timed([&] { return storage_->PutStamp(store, stamp); });
 }
 
+absl::Status TimedStorage::PutWholeStore(const store::StoreImage& image) {
+  return Timed([&] { return storage_->PutWholeStore(image); });
+}
+
 absl::Status TimedStorage::WritePatterns(absl::string_view store,
                                          absl::Span<const store::Pattern> added,
                                          absl::Span<const uint64_t> deleted,

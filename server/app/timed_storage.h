@@ -25,6 +25,7 @@ class TimedStorage : public store::StorageBackend {
                              absl::Span<const uint64_t> deleted,
                              uint64_t next_id) override;
   absl::Status PutStamp(absl::string_view store, uint64_t stamp) override;
+  absl::Status PutWholeStore(const store::StoreImage& image) override;
   absl::Status Load(LoadVisitor& visitor) override;
 
  private:

@@ -38,6 +38,9 @@ constexpr Method kMethods[] = {
     {"GetCalibrationStatus", false},
     {"WatchCalibration", false},
     {"CancelCalibration", true},
+    // A backup reads every pattern, as ListPatterns does; a restore writes.
+    {"CreateBackup", false},
+    {"RestoreStore", true},
     // engram.cluster.v1.Shard: what routers ask of shards.
     {"Describe", false},
     {"PartialStep", false},

@@ -6,6 +6,7 @@
 #ifndef ENGRAM_SERVER_RPC_SERVICE_H_
 #define ENGRAM_SERVER_RPC_SERVICE_H_
 
+#include <cstddef>
 #include <optional>
 
 #include "absl/strings/string_view.h"
@@ -21,6 +22,8 @@ namespace engram::rpc {
 
 struct ServiceOptions {
   int retrieval_threads = 1;
+  // The most bytes one RestoreStore may send (it is held in memory).
+  size_t max_restore_bytes = size_t{8} << 30;
 };
 
 class EngramService final : public v1::Engram::Service {
@@ -89,6 +92,12 @@ class EngramService final : public v1::Engram::Service {
   grpc::Status CancelCalibration(grpc::ServerContext* context,
                                  const v1::CancelCalibrationRequest* request,
                                  v1::CalibrationStatus* response) override;
+  grpc::Status CreateBackup(
+      grpc::ServerContext* context, const v1::CreateBackupRequest* request,
+      grpc::ServerWriter<v1::BackupChunk>* writer) override;
+  grpc::Status RestoreStore(grpc::ServerContext* context,
+                            grpc::ServerReader<v1::RestoreStoreRequest>* reader,
+                            v1::Store* response) override;
 
  private:
   void CountPatterns(const store::Store& store);

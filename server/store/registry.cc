@@ -14,6 +14,18 @@ StoreRegistry::StoreRegistry(const Limits& limits, StorageBackend* storage)
 
 namespace {
 
+// OK if a stored map can serve the store `settings` describes.
+absl::Status CheckMapFits(const StoreSettings& settings,
+                          const core::FeatureMap& map) {
+  if (settings.feature_map.kind != FeatureMapKind::kUhop ||
+      map.in_dim() != settings.dimension ||
+      map.out_dim() != FeatureDim(settings)) {
+    return absl::DataLossError(
+        "stored feature map does not fit the store's settings");
+  }
+  return absl::OkStatus();
+}
+
 // Builds stores from what storage reads back.
 class Loader : public StorageBackend::LoadVisitor {
  public:
@@ -38,12 +50,10 @@ class Loader : public StorageBackend::LoadVisitor {
              const FitRecord& record) override {
     auto found = stores.find(name);
     if (found == stores.end()) return;
-    const StoreSettings& settings = found->second->view()->settings();
-    const size_t expected = FeatureDim(settings);
-    if (settings.feature_map.kind != FeatureMapKind::kUhop ||
-        map->in_dim() != settings.dimension || map->out_dim() != expected) {
-      OnDamaged(name, absl::DataLossError("stored feature map does not fit "
-                                          "the store's settings"));
+    if (absl::Status status =
+            CheckMapFits(found->second->view()->settings(), *map);
+        !status.ok()) {
+      OnDamaged(name, status);
       return;
     }
     found->second->RestoreMap(std::move(map), record);
@@ -99,6 +109,14 @@ absl::Status StoreRegistry::CheckLoaded() const {
   return absl::OkStatus();
 }
 
+absl::Status StoreRegistry::CheckNotRestoring(absl::string_view name) const {
+  if (restoring_.contains(name)) {
+    return absl::AbortedError(absl::StrCat("a restore of store '", Clip(name),
+                                           "' is in progress; retry"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
     const StoreSettings& settings) {
   if (absl::Status status = ValidateSettings(settings, limits_); !status.ok()) {
@@ -106,6 +124,9 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
   }
   MutexLock lock(&mu_);
   if (absl::Status status = CheckLoaded(); !status.ok()) return status;
+  if (absl::Status status = CheckNotRestoring(settings.name); !status.ok()) {
+    return status;
+  }
   if (stores_.contains(settings.name)) {
     return absl::AlreadyExistsError(
         absl::StrCat("store '", settings.name, "' already exists"));
@@ -160,9 +181,94 @@ absl::StatusOr<std::vector<std::shared_ptr<Store>>> StoreRegistry::List(
   return page;
 }
 
+absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
+    const StoreImage& image, bool replace) {
+  const StoreSettings& settings = image.settings;
+  if (absl::Status status = ValidateSettings(settings, limits_); !status.ok()) {
+    return status;
+  }
+  // The new store is built in memory first: anything it cannot hold is
+  // refused before a byte is written.
+  auto store = std::make_shared<Store>(settings, limits_, storage_);
+  store->RestoreNextId(image.next_id);
+  store->RestoreStamp(image.stamp);
+  if (image.map) {
+    if (absl::Status status = CheckMapFits(settings, *image.map);
+        !status.ok()) {
+      return status;
+    }
+    store->RestoreMap(image.map, image.fit);
+  }
+  constexpr size_t kBatch = 4096;
+  for (size_t i = 0; i < image.patterns.size(); i += kBatch) {
+    const size_t n = std::min(kBatch, image.patterns.size() - i);
+    absl::Status status =
+        store->Restore(absl::MakeConstSpan(image.patterns).subspan(i, n));
+    if (!status.ok()) {
+      return absl::Status(status.code(),
+                          absl::StrCat("restoring store '", settings.name,
+                                       "': ", status.message()));
+    }
+  }
+  if (store->view()->digest() != image.digest) {
+    return absl::DataLossError(absl::StrCat(
+        "restoring store '", settings.name,
+        "': the restored patterns' digest differs from the backup's"));
+  }
+  std::shared_ptr<Store> replaced;
+  {
+    MutexLock lock(&mu_);
+    if (absl::Status status = CheckLoaded(); !status.ok()) return status;
+    if (absl::Status status = CheckNotRestoring(settings.name); !status.ok()) {
+      return status;
+    }
+    if (FindDamaged(settings.name) != damaged_.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "store '", settings.name,
+          "' is DAMAGED; delete it first, then restore under its name"));
+    }
+    auto found = stores_.find(settings.name);
+    if (found != stores_.end()) {
+      if (!replace) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "store '", settings.name,
+            "' already exists; restore under another name, or replace it"));
+      }
+      replaced = found->second;
+    } else if (stores_.size() >= limits_.max_stores) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the server holds ", stores_.size(),
+                       " stores, the limit max_stores"));
+    }
+    restoring_.insert(settings.name);
+  }
+  // Writes to the store being replaced stop here (a write in progress
+  // finishes first), so none can land in storage after the restore's.
+  if (replaced) {
+    replaced->Retire(absl::AbortedError(absl::StrCat(
+        "store '", settings.name, "' is being replaced by a restore; retry")));
+  }
+  absl::Status written = storage_->PutWholeStore(image);
+  MutexLock lock(&mu_);
+  restoring_.erase(settings.name);
+  if (!written.ok()) {
+    if (replaced) replaced->Reinstate();
+    return written;
+  }
+  if (replaced) {
+    replaced->Retire(absl::AbortedError(absl::StrCat(
+        "store '", settings.name, "' was replaced by a restore; retry")));
+  }
+  stores_[settings.name] = store;
+  return store;
+}
+
 absl::Status StoreRegistry::Delete(absl::string_view name) {
   MutexLock lock(&mu_);
   if (absl::Status status = CheckLoaded(); !status.ok()) return status;
+  if (absl::Status status = CheckNotRestoring(name); !status.ok()) {
+    return status;
+  }
   auto found = stores_.find(name);
   if (found == stores_.end()) {
     auto damaged = FindDamaged(name);

@@ -15,6 +15,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -45,6 +46,13 @@ class StoreRegistry {
   // whether further stores follow.
   absl::StatusOr<std::vector<std::shared_ptr<Store>>> List(
       absl::string_view after, size_t page_size, bool& more) const;
+  // Builds a store from `image` and writes it in one atomic write, under
+  // image.settings.name: ALREADY_EXISTS if that store exists, unless
+  // `replace`; FAILED_PRECONDITION if it is DAMAGED (delete it first).
+  // While the restore writes, the store it replaces serves reads and
+  // refuses writes (ABORTED); if the restore fails it takes writes again.
+  absl::StatusOr<std::shared_ptr<Store>> Restore(const StoreImage& image,
+                                                 bool replace);
   // Deletes a store, damaged or not.
   absl::Status Delete(absl::string_view name);
 
@@ -64,8 +72,14 @@ class StoreRegistry {
       ABSL_GUARDED_BY(mu_);
   std::vector<DamagedStore> damaged_ ABSL_GUARDED_BY(mu_);
   bool loading_ ABSL_GUARDED_BY(mu_) = true;
+  // Names a restore is writing: creates, deletes and other restores of
+  // them are refused until it ends.
+  absl::flat_hash_set<std::string> restoring_ ABSL_GUARDED_BY(mu_);
 
   absl::Status CheckLoaded() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // ABORTED if a restore is writing `name`.
+  absl::Status CheckNotRestoring(absl::string_view name) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::vector<DamagedStore>::const_iterator FindDamaged(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 };

@@ -93,6 +93,7 @@ class RocksDbStorage : public StorageBackend {
                              absl::Span<const uint64_t> deleted,
                              uint64_t next_id) override;
   absl::Status PutStamp(absl::string_view store, uint64_t stamp) override;
+  absl::Status PutWholeStore(const StoreImage& image) override;
   absl::Status Load(LoadVisitor& visitor) override;
 
   // What Open had to do beyond opening, for the log: a migration, a
@@ -192,10 +193,6 @@ class RocksDbStorage : public StorageBackend {
   std::atomic<bool> stopped_{false};
   std::atomic<int64_t> last_retry_ns_{0};
 };
-
-// The record format of one pattern (exposed for tests of damaged data).
-std::string EncodePattern(const Pattern& pattern);
-absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes);
 
 }  // namespace engram::store
 

@@ -30,6 +30,17 @@ struct FitRecord {
   uint64_t patterns_fitted = 0;
 };
 
+// A whole store as a restore writes it, at once.
+struct StoreImage {
+  StoreSettings settings;
+  uint64_t next_id = 1;  // 0: no automatic id is left.
+  uint64_t stamp = 0;
+  uint64_t digest = 0;  // The content digest the patterns must have.
+  std::shared_ptr<const core::FeatureMap> map;  // A fitted map, or null.
+  FitRecord fit;
+  std::vector<Pattern> patterns;  // In the row order of the original.
+};
+
 class StorageBackend {
  public:
   virtual ~StorageBackend() = default;
@@ -53,6 +64,11 @@ class StorageBackend {
   // Need not reach the disk at once: written after its write, a lost stamp
   // is an older one, which never claims a write the store does not hold.
   virtual absl::Status PutStamp(absl::string_view store, uint64_t stamp) = 0;
+
+  // Writes a whole store in one atomic write: a store of that name, with
+  // everything it held, is replaced; else one is created. Never called for
+  // a damaged store.
+  virtual absl::Status PutWholeStore(const StoreImage& image) = 0;
 
   // Receives what Load() reads, store by store: OnStore, then that store's
   // patterns in batches; OnDamaged if its data cannot be read.
@@ -93,6 +109,9 @@ class EphemeralStorage : public StorageBackend {
     return absl::OkStatus();
   }
   absl::Status PutStamp(absl::string_view, uint64_t) override {
+    return absl::OkStatus();
+  }
+  absl::Status PutWholeStore(const StoreImage&) override {
     return absl::OkStatus();
   }
   absl::Status Load(LoadVisitor&) override { return absl::OkStatus(); }

@@ -216,7 +216,17 @@ absl::Status Store::CheckWritable() const {
   if (dropped_) {
     return absl::NotFoundError(absl::StrCat("store '", name_, "' was deleted"));
   }
-  return absl::OkStatus();
+  return retired_;
+}
+
+void Store::Retire(absl::Status why) {
+  MutexLock write_lock(&write_mu_);
+  retired_ = std::move(why);
+}
+
+void Store::Reinstate() {
+  MutexLock write_lock(&write_mu_);
+  retired_ = absl::OkStatus();
 }
 
 absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
@@ -413,6 +423,8 @@ absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
 void Store::RestoreNextId(uint64_t next_id) {
   MutexLock write_lock(&write_mu_);
   next_id_ = next_id == 0 ? 0 : NextAfter(next_id_, next_id - 1);
+  MutexLock lock(&mu_);
+  Publish(view_->settings());
 }
 
 uint64_t Store::stamp() const { return stamp_.load(); }
@@ -663,6 +675,7 @@ void Store::Publish(const StoreSettings& settings) {
   view->map_norm_ = map_norm_;
   view->max_label_bytes_ = max_label_bytes_;
   view->digest_ = digest_;
+  view->next_id_ = next_id_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);

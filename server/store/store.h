@@ -25,6 +25,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "server/base/mutex.h"
 #include "server/core/feature_map.h"
@@ -146,6 +147,8 @@ class StoreView {
   // for equal contents, whatever the order they came in (replicas compare
   // it).
   uint64_t digest() const { return digest_; }
+  // The store's next automatic id at this view (0: none left).
+  uint64_t next_id() const { return next_id_; }
 
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
@@ -168,6 +171,7 @@ class StoreView {
   double map_norm_ = 1;
   size_t max_label_bytes_ = 0;
   uint64_t digest_ = 0;
+  uint64_t next_id_ = 1;
 };
 
 class Store {
@@ -214,6 +218,12 @@ class Store {
   // Deletes the store's data from storage; every later write fails with
   // NOT_FOUND. Waits for a write in progress.
   absl::Status Drop();
+
+  // Refuses every later write with `why` (waiting for a write in progress)
+  // while a restore replaces the store; storage is left alone. Reinstate()
+  // takes writes again (the restore failed).
+  void Retire(absl::Status why);
+  void Reinstate();
 
   // Loads patterns read back from storage without writing them again, and
   // the id sequence (ids below `next_id` are never assigned again; 0: no
@@ -284,6 +294,7 @@ class Store {
   double sum_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
+  absl::Status retired_ ABSL_GUARDED_BY(write_mu_);
   double sum_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
@@ -297,6 +308,10 @@ class Store {
   std::shared_ptr<const StoreView> view_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<uint64_t, size_t> index_ ABSL_GUARDED_BY(mu_);
 };
+
+// One pattern's share of a store's content digest (StoreView::digest()).
+uint64_t PatternDigest(uint64_t id, const float* values, size_t dim,
+                       absl::string_view label, const Metadata& metadata);
 
 // Rows per chunk for a dimension: about 4 MiB of floats, a power of two.
 size_t ChunkCapacity(size_t dim);

@@ -59,6 +59,9 @@ std::vector<Call> EveryCall() {
   uhop.mutable_feature_map()->set_debounce_ms(600000);
   v1::Store beta = plain;
   beta.mutable_retrieval()->set_beta(3);
+  // The files CreateBackup streams, which RestoreStore sends back.
+  auto backup =
+      std::make_shared<std::vector<std::pair<std::string, std::string>>>();
   return {
       {"CreateStore", [=](Client& c) { return c.CreateStore(plain).status(); }},
       {"GetStore", [](Client& c) { return c.GetStore("p").status(); }},
@@ -102,6 +105,22 @@ std::vector<Call> EveryCall() {
       {"WatchFit", [](Client& c) { return c.WatchFit("u", nullptr).status(); }},
       {"GetFitStatus", [](Client& c) { return c.GetFitStatus("u").status(); }},
       {"CancelFit", [](Client& c) { return c.CancelFit("u").status(); }},
+      {"CreateBackup",
+       [=](Client& c) {
+         return c.CreateBackup("p", [=](const v1::BackupChunk& chunk) {
+           if (backup->empty() || backup->back().first != chunk.file()) {
+             backup->emplace_back(chunk.file(), "");
+           }
+           backup->back().second += chunk.data();
+           return absl::OkStatus();
+         });
+       }},
+      {"RestoreStore",
+       [=](Client& c) {
+         v1::RestoreStoreRequest request;
+         request.set_name("p-copy");
+         return c.RestoreStore(request, *backup, 100).status();
+       }},
       {"DeleteStore", [](Client& c) { return c.DeleteStore("p"); }},
   };
 }

@@ -9,6 +9,7 @@ Usage (with the Python of build/venv): parity_test.py BIN_DIR
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from engram_client import RPCS, Client, pb  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 ROWS = np.eye(4, dtype=np.float32)[:3]
+TMP = tempfile.mkdtemp()  # Backups of the calls below; removed at the end.
 
 # RPC -> a Python call that succeeds, in an order in which each does.
 PYTHON = [
@@ -46,6 +48,8 @@ PYTHON = [
     ("WatchFit", lambda c: list(c.watch_fit("u"))),
     ("GetFitStatus", lambda c: c.fit_status("u")),
     ("CancelFit", lambda c: c.cancel_fit("u")),
+    ("CreateBackup", lambda c: c.create_backup(os.path.join(TMP, "py-backup"), store="p")),
+    ("RestoreStore", lambda c: c.restore_store(os.path.join(TMP, "py-backup"), name="p2")),
     ("DeleteStore", lambda c: (c.delete_store("p"), c.delete_store("u"))),
 ]
 
@@ -69,6 +73,8 @@ CLI = [
     ("WatchFit", ["fit", "cu", "--status", "--wait"]),
     ("GetFitStatus", ["fit", "cu", "--status"]),
     ("CancelFit", ["fit", "cu", "--cancel"]),
+    ("CreateBackup", ["backup", "create", "{tmp}/cli-backup", "--store=c"]),
+    ("RestoreStore", ["backup", "restore", "{tmp}/cli-backup", "--as=c2"]),
     ("DeleteStore", ["store", "delete", "c"]),
 ]
 NOT_IN_CLI = {"AddPatterns": "'add' streams ImportPatterns; AddPatterns is the "
@@ -87,6 +93,7 @@ class ParityTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.server.stop()
         cls.tmp.cleanup()
+        shutil.rmtree(TMP, ignore_errors=True)
         print("\nRPC                    Python client              CLI")
         for rpc in cls.rpcs:
             python, cli = cls.table.get(rpc, ("MISSING", "MISSING"))
@@ -131,7 +138,7 @@ class ParityTest(unittest.TestCase):
                 self.assertIn(rpc, NOT_IN_CLI)
                 self.table[rpc] = (python, "(none: " + NOT_IN_CLI[rpc] + ")")
                 continue
-            argv = [a.replace("{rows}", rows) for a in argv]
+            argv = [a.replace("{rows}", rows).replace("{tmp}", TMP) for a in argv]
             before = self.counts()
             out = subprocess.run([engram, "--addr=" + self.server.addr, *argv],
                                  capture_output=True, text=True, timeout=60)

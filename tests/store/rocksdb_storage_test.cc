@@ -20,6 +20,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/write_batch.h"
 #include "server/store/internal/wal_scan.h"
+#include "server/store/records.h"
 #include "server/store/registry.h"
 
 namespace engram::store {
@@ -73,6 +74,34 @@ class RocksDbStorageTest : public ::testing::Test {
   std::unique_ptr<RocksDbStorage> storage_;
   std::unique_ptr<StoreRegistry> registry_;
 };
+
+TEST_F(RocksDbStorageTest, ARestoredStoreReplacesAllOfTheOldOneDurably) {
+  std::shared_ptr<Store> a = Create("a", 2);
+  ASSERT_TRUE(a->Add({P(1, {1, 1}), P(2, {2, 2}), P(3, {3, 3})}).ok());
+  ASSERT_TRUE(a->RaiseStamp(9).ok());
+  StoreImage image;
+  image.settings = a->view()->settings();
+  image.settings.retrieval.beta = 4;
+  image.next_id = 50;
+  image.patterns = {P(2, {5, 5}, "five"), P(40, {4, 4})};
+  for (const Pattern& p : image.patterns) {
+    image.digest += PatternDigest(p.id, p.values.data(), 2, p.label, {});
+  }
+  ASSERT_TRUE(registry_->Restore(image, /*replace=*/true).ok());
+  image.settings.name = "b";  // And one under a new name.
+  ASSERT_TRUE(registry_->Restore(image, /*replace=*/false).ok());
+  Reopen();
+  for (const char* name : {"a", "b"}) {
+    std::shared_ptr<Store> back = *registry_->Get(name);
+    EXPECT_EQ(back->view()->size(), 2u) << name;
+    EXPECT_EQ(back->view()->digest(), image.digest) << name;
+    EXPECT_EQ(back->view()->settings().retrieval.beta, 4.0f);
+    EXPECT_EQ(back->Get(2)->label, "five");
+    EXPECT_EQ(back->Get(1).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(back->stamp(), 0u);  // The old store's stamp went too.
+    EXPECT_EQ(*back->Add({P(0, {0, 0})}), (std::vector<uint64_t>{50}));
+  }
+}
 
 TEST_F(RocksDbStorageTest, EverythingSurvivesARestart) {
   std::shared_ptr<Store> a = Create("a", 2);

@@ -32,6 +32,9 @@ class FaultyStorage : public EphemeralStorage {
                 : EphemeralStorage::WritePatterns(store, added, deleted,
                                                   next_id);
   }
+  absl::Status PutWholeStore(const StoreImage& image) override {
+    return fail ? Failure() : EphemeralStorage::PutWholeStore(image);
+  }
 
  private:
   static absl::Status Failure() {

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import random
+import re
+import shutil
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -60,7 +65,41 @@ RPCS: Dict[str, str] = {
     "GetCalibrationStatus": "calibration",
     "WatchCalibration": "watch_calibration",
     "CancelCalibration": "cancel_calibration",
+    "CreateBackup": "create_backup",
+    "RestoreStore": "restore_store",
 }
+
+# The files a backup directory may hold (docs/backup.md).
+_BACKUP_FILE = re.compile(
+    r"^(manifest\.json|manifest\.sha256|"
+    r"stores/[a-z0-9][a-z0-9_.-]{0,62}/(settings\.pb|map\.bin|patterns\.bin))$")
+
+
+def verify_backup(directory: str) -> Dict[str, Any]:
+    """Checks a backup directory's manifest against manifest.sha256 and
+    every file against its size and SHA-256 in the manifest; returns the
+    manifest (parsed JSON). Raises ValueError naming what is wrong. (`engram
+    backup verify` also decodes every record.)"""
+    def read(name: str) -> bytes:
+        with open(os.path.join(directory, name), "rb") as f:
+            return f.read()
+    try:
+        text = read("manifest.json")
+    except FileNotFoundError:
+        raise ValueError(f"{directory}: not an engram backup: no manifest.json")
+    if read("manifest.sha256").decode().strip() != hashlib.sha256(text).hexdigest():
+        raise ValueError(f"{directory}: manifest.json does not match manifest.sha256")
+    manifest = json.loads(text)
+    if manifest.get("kind") != "engram-backup" or manifest.get("format") != 1:
+        raise ValueError(f"{directory}: not an engram backup of format 1")
+    for store in manifest.get("stores", []):
+        for f in store.get("files", []):
+            if not _BACKUP_FILE.match(f["path"]):
+                raise ValueError(f"{directory}: manifest lists {f['path']!r}")
+            data = read(f["path"])
+            if len(data) != int(f["bytes"]) or hashlib.sha256(data).hexdigest() != f["sha256"]:
+                raise ValueError(f"{directory}: {f['path']} does not match the manifest")
+    return manifest
 
 
 @dataclasses.dataclass
@@ -429,6 +468,62 @@ class Client:
             for status in self.watch_calibration(store):
                 pass
         return status
+
+    # --- Backups ---
+
+    def create_backup(self, directory: str, *, store: str = "") -> Dict[str, Any]:
+        """Writes an online backup of every store (or `store`) into
+        `directory`, which must not exist or be empty: into DIR.partial
+        first, then renamed; then verified. Returns the manifest."""
+        if os.path.isdir(directory) and os.listdir(directory):
+            raise FileExistsError(f"{directory} exists and is not empty")
+        partial = directory.rstrip("/") + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        out, name = None, None
+        try:
+            for chunk in self._stub.CreateBackup(pb.CreateBackupRequest(store=store),
+                                                 metadata=self._metadata):
+                if chunk.file != name:
+                    if out:
+                        out.close()
+                    if not _BACKUP_FILE.match(chunk.file):
+                        raise ValueError(f"the server sent file {chunk.file!r}")
+                    path = os.path.join(partial, chunk.file)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    out, name = open(path, "xb"), chunk.file
+                out.write(chunk.data)
+        finally:
+            if out:
+                out.close()
+        if os.path.isdir(directory):
+            os.rmdir(directory)
+        os.rename(partial, directory)
+        return verify_backup(directory)
+
+    def restore_store(self, directory: str, *, store: str = "", name: str = "",
+                      replace: bool = False, piece: int = 1 << 20) -> pb.Store:
+        """Restores `store` of the backup in `directory` ("": its only
+        store) under `name` ("": its own), all or nothing; a store of that
+        name is replaced only with `replace`."""
+        manifest = verify_backup(directory)
+        stores = {s["name"]: s for s in manifest.get("stores", [])}
+        if not store and len(stores) == 1:
+            store = next(iter(stores))
+        if store not in stores:
+            raise ValueError(f"the backup holds no store {store!r} (it holds {sorted(stores)})")
+        paths = ["manifest.json", "manifest.sha256"] + [f["path"] for f in stores[store]["files"]]
+
+        def messages() -> Iterator[pb.RestoreStoreRequest]:
+            yield pb.RestoreStoreRequest(source=store, name=name, replace=replace)
+            for path in paths:
+                with open(os.path.join(directory, path), "rb") as f:
+                    data = f.read()
+                for at in range(0, max(len(data), 1), piece):
+                    yield pb.RestoreStoreRequest(chunk=pb.BackupChunk(
+                        file=path, data=data[at:at + piece]))
+
+        return self._stub.RestoreStore(messages(), metadata=self._metadata)
 
     def health(self, service: str = "") -> str:
         """"SERVING", "NOT_SERVING", ... of the server ("") or a service."""

@@ -1,0 +1,135 @@
+#include "server/store/records.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/store/internal/little_endian.h"
+
+namespace engram::store {
+
+// Format 1: u8 format, u32 dim, dim x f32, label, u32 entries, entries x
+// (key, value); strings as u32 length + bytes; numbers little-endian.
+std::string EncodePattern(const Pattern& p) {
+  std::string out(1, '\x01');
+  auto put_string = [&](absl::string_view s) {
+    internal::PutFixed32(out, static_cast<uint32_t>(s.size()));
+    out.append(s.data(), s.size());
+  };
+  out.reserve(1 + 4 + p.values.size() * 4 + p.label.size() + 8);
+  internal::PutFixed32(out, static_cast<uint32_t>(p.values.size()));
+  internal::PutFloats(out, p.values);
+  put_string(p.label);
+  internal::PutFixed32(out, static_cast<uint32_t>(p.metadata.size()));
+  for (const auto& [key, value] : p.metadata) {
+    put_string(key);
+    put_string(value);
+  }
+  return out;
+}
+
+namespace {
+
+// Reads fields off the front of a record.
+class Reader {
+ public:
+  explicit Reader(absl::string_view bytes) : bytes_(bytes) {}
+  bool U32(uint32_t& v) {
+    if (bytes_.size() < 4) return false;
+    v = internal::LoadFixed32(bytes_.data());
+    bytes_.remove_prefix(4);
+    return true;
+  }
+  bool U64(uint64_t& v) {
+    if (bytes_.size() < 8) return false;
+    v = internal::LoadFixed64(bytes_.data());
+    bytes_.remove_prefix(8);
+    return true;
+  }
+  bool Double(double& v) {
+    if (bytes_.size() < 8) return false;
+    v = internal::LoadDouble(bytes_.data());
+    bytes_.remove_prefix(8);
+    return true;
+  }
+  bool String(std::string& s) {
+    uint32_t n;
+    if (!U32(n) || bytes_.size() < n) return false;
+    s.assign(bytes_.data(), n);
+    bytes_.remove_prefix(n);
+    return true;
+  }
+  bool Floats(std::vector<float>& v, uint64_t n) {
+    if (bytes_.size() / 4 < n) return false;
+    v.resize(n);
+    internal::LoadFloats(bytes_.data(), n, v.data());
+    bytes_.remove_prefix(n * 4);
+    return true;
+  }
+  bool done() const { return bytes_.empty(); }
+
+ private:
+  absl::string_view bytes_;
+};
+
+}  // namespace
+
+absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
+  Pattern p;
+  p.id = id;
+  uint32_t dim = 0, entries = 0;
+  if (bytes.empty() || bytes[0] != '\x01') {
+    return absl::DataLossError(
+        absl::StrCat("pattern ", id, ": unknown record format"));
+  }
+  Reader reader(bytes.substr(1));
+  bool ok = reader.U32(dim) && reader.Floats(p.values, dim) &&
+            reader.String(p.label) && reader.U32(entries);
+  for (uint32_t i = 0; ok && i < entries; ++i) {
+    std::string key, value;
+    ok = reader.String(key) && reader.String(value);
+    p.metadata.emplace_back(std::move(key), std::move(value));
+  }
+  if (!ok || !reader.done()) {
+    return absl::DataLossError(
+        absl::StrCat("pattern ", id, ": truncated or malformed record"));
+  }
+  return p;
+}
+
+// Format 1: u8 format, u64 version, f64 loss before, f64 loss after, u32
+// epochs, f64 seconds, u64 patterns, u32 in_dim, u32 out_dim, weights f32;
+// numbers little-endian.
+std::string EncodeMap(const FitRecord& r, const core::FeatureMap& map) {
+  std::string out(1, '\x01');
+  internal::PutFixed64(out, r.version);
+  internal::PutDouble(out, r.loss_before);
+  internal::PutDouble(out, r.loss_after);
+  internal::PutFixed32(out, r.epochs);
+  internal::PutDouble(out, r.duration_seconds);
+  internal::PutFixed64(out, r.patterns_fitted);
+  internal::PutFixed32(out, static_cast<uint32_t>(map.in_dim()));
+  internal::PutFixed32(out, static_cast<uint32_t>(map.out_dim()));
+  internal::PutFloats(out, map.weights());
+  return out;
+}
+
+absl::Status DecodeMap(absl::string_view bytes, FitRecord& r,
+                       std::shared_ptr<const core::FeatureMap>& map) {
+  if (bytes.empty() || bytes[0] != '\x01') {
+    return absl::DataLossError("feature map: unknown record format");
+  }
+  Reader reader(bytes.substr(1));
+  uint32_t in = 0, out = 0;
+  std::vector<float> weights;
+  if (!reader.U64(r.version) || !reader.Double(r.loss_before) ||
+      !reader.Double(r.loss_after) || !reader.U32(r.epochs) ||
+      !reader.Double(r.duration_seconds) || !reader.U64(r.patterns_fitted) ||
+      !reader.U32(in) || !reader.U32(out) ||
+      !reader.Floats(weights, uint64_t{in} * out) || !reader.done()) {
+    return absl::DataLossError("feature map: truncated or malformed record");
+  }
+  map = std::make_shared<core::FeatureMap>(in, out, std::move(weights));
+  return absl::OkStatus();
+}
+
+}  // namespace engram::store
