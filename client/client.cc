@@ -20,11 +20,13 @@ absl::Status FromGrpc(const grpc::Status& status) {
 }
 
 void FillPatterns(absl::Span<const float> values, size_t dim,
-                  absl::Span<const std::string> labels, size_t first,
+                  absl::Span<const std::string> labels,
+                  absl::Span<const v1::Pattern> details, size_t first,
                   size_t count,
                   google::protobuf::RepeatedPtrField<v1::Pattern>* out) {
   for (size_t r = first; r < first + count; ++r) {
     v1::Pattern* p = out->Add();
+    if (!details.empty()) *p = details[r];
     p->mutable_values()->Assign(values.begin() + r * dim,
                                 values.begin() + (r + 1) * dim);
     if (!labels.empty()) p->set_label(labels[r]);
@@ -182,7 +184,7 @@ absl::StatusOr<v1::AddPatternsResponse> Client::AddPatterns(
     absl::Span<const std::string> labels) {
   v1::AddPatternsRequest request;
   request.set_store(store);
-  FillPatterns(values, dim, labels, 0, dim ? values.size() / dim : 0,
+  FillPatterns(values, dim, labels, {}, 0, dim ? values.size() / dim : 0,
                request.mutable_patterns());
   return Unary(*stub_, &v1::Engram::Stub::AddPatterns, request, false);
 }
@@ -190,7 +192,8 @@ absl::StatusOr<v1::AddPatternsResponse> Client::AddPatterns(
 absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
     const std::string& store, absl::Span<const float> values, size_t dim,
     absl::Span<const std::string> labels, size_t batch_rows,
-    const std::function<void(size_t)>& progress) {
+    const std::function<void(size_t)>& progress,
+    absl::Span<const v1::Pattern> details) {
   grpc::ClientContext context;
   Prepare(context);
   v1::ImportPatternsResponse response;
@@ -202,7 +205,8 @@ absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
     v1::ImportPatternsRequest message;
     if (first == 0) message.set_store(store);
     const size_t count = std::min(batch_rows, rows - first);
-    FillPatterns(values, dim, labels, first, count, message.mutable_patterns());
+    FillPatterns(values, dim, labels, details, first, count,
+                 message.mutable_patterns());
     if (!writer->Write(message)) break;  // The server ended the call.
     if (progress) progress(first + count);
   }

@@ -79,11 +79,13 @@ class Client {
       const std::string& store, absl::Span<const float> values, size_t dim,
       absl::Span<const std::string> labels = {});
   // Streams the rows in messages of `batch_rows`; `progress` (if set) is
-  // called with the rows sent so far.
+  // called with the rows sent so far. `details` is empty or holds each
+  // row's id, label and metadata (its values are ignored).
   absl::StatusOr<v1::ImportPatternsResponse> Import(
       const std::string& store, absl::Span<const float> values, size_t dim,
       absl::Span<const std::string> labels, size_t batch_rows,
-      const std::function<void(size_t)>& progress = nullptr);
+      const std::function<void(size_t)>& progress = nullptr,
+      absl::Span<const v1::Pattern> details = {});
   absl::StatusOr<v1::Pattern> GetPattern(const std::string& store, uint64_t id);
   // One page of patterns in id order, from `page_token` ("" for the first);
   // the response's next_page_token is "" after the last page.

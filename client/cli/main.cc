@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "client/cli/backup.h"
 #include "client/cli/bench.h"
+#include "client/cli/export.h"
 #include "client/cli/fields.h"
 #include "client/cli/text.h"
 #include "client/client.h"
@@ -120,6 +121,9 @@ ABSL_FLAG(uint64_t, batch, 1024,
           "add: patterns per streamed message; retrieve: queries per RPC.");
 ABSL_FLAG(std::string, labels, "",
           "add: a file with one label per row of FILE (idx1, npy or csv).");
+ABSL_FLAG(std::string, patterns, "",
+          "add: a patterns.jsonl (from engram export) with each row's id, "
+          "label and metadata.");
 ABSL_FLAG(uint32_t, page_size, 100, "patterns list: patterns per page.");
 ABSL_FLAG(std::string, page_token, "",
           "patterns list: the page to show (from the previous page).");
@@ -433,6 +437,13 @@ void Add(const std::vector<std::string>& args) {
     }
     for (float v : l.data) labels.push_back(LabelText(v));
   }
+  std::vector<v1::Pattern> details;
+  if (!absl::GetFlag(FLAGS_patterns).empty()) {
+    absl::StatusOr<std::vector<v1::Pattern>> read = ReadPatternDetails(
+        absl::GetFlag(FLAGS_patterns), absl::GetFlag(FLAGS_offset), m.rows);
+    FailOn(read.status(), "add");
+    details = *std::move(read);
+  }
   std::unique_ptr<Client> client = Connect();
   CheckDimension(*client, args[0], args[1], m.cols);
   const bool tty = isatty(STDERR_FILENO);
@@ -443,7 +454,8 @@ void Add(const std::vector<std::string>& args) {
         if (tty) {
           absl::FPrintF(stderr, "\r%s", ProgressBar(sent, m.rows, "patterns"));
         }
-      });
+      },
+      details);
   if (tty) absl::FPrintF(stderr, "\n");
   FailOn(done.status(), "add");
   Print(*done,
@@ -725,6 +737,14 @@ std::string DescribeBackup(const std::string& dir,
       manifest.engram_version(), stores);
 }
 
+void Export(const std::vector<std::string>& args) {
+  if (args.size() != 2) Fail("export takes NAME DIR");
+  absl::StatusOr<size_t> exported = ExportStore(*Connect(), args[0], args[1]);
+  FailOn(exported.status(), "export");
+  absl::PrintF("exported %u patterns of %s to %s/%s and %s/%s\n", *exported,
+               args[0], args[1], kValuesFile, args[1], kPatternsFile);
+}
+
 void BackupCreate(const std::vector<std::string>& args) {
   if (args.size() != 1) Fail("backup create takes one DIR");
   absl::StatusOr<store::BackupManifest> manifest =
@@ -838,10 +858,11 @@ const Command kCommands[] = {
      "Deletes a store and all its patterns.", StoreDelete},
     {"add",
      "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
-     "[--batch=1024]",
+     "[--patterns=FILE.jsonl] [--batch=1024]",
      "Adds the rows of FILE as patterns. FILE is a 2-D .npy (float32 or "
      "float64), a .csv, or an idx-ubyte file (pixels scaled to [0,1]), "
-     "gzipped or not.",
+     "gzipped or not. --patterns gives each row's id, label and metadata "
+     "(the patterns.jsonl of engram export).",
      Add},
     {"patterns list",
      "engram patterns list NAME [--page_size=100] [--page_token=T] [--all] "
@@ -886,6 +907,11 @@ const Command kCommands[] = {
      "not), and per store the patterns and the feature map each holds. Exits "
      "non-zero if a replica is not ready.",
      ClusterStatus},
+    {"export", "engram export NAME DIR",
+     "Writes a store's patterns in id order to DIR/values.npy (float32) and "
+     "DIR/patterns.jsonl (id, label, metadata per row), which 'engram add "
+     "NAME DIR/values.npy --patterns=DIR/patterns.jsonl' reads back.",
+     Export},
     {"backup create", "engram backup create DIR [--store=NAME] [--json]",
      "Writes an online, consistent backup of every store (or one) into DIR, "
      "a new directory, and verifies it. Writes and fits go on meanwhile.",

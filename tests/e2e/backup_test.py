@@ -185,6 +185,23 @@ class BackupTest(unittest.TestCase):
         self.assertEqual(self.stub.GetStore(pb.GetStoreRequest(name="orig"),
                                             timeout=30).pattern_count, 497)
 
+    def test_export_reads_back_with_engram_add(self):
+        self.create("src")
+        values = np.arange(5 * DIM, dtype=np.float32).reshape(5, DIM) / 7
+        self.stub.AddPatterns(pb.AddPatternsRequest(store="src", patterns=[
+            pb.Pattern(id=10 + i, values=v.tolist(), label=f"c{i}",
+                       metadata={"tenant": f"t{i % 2}"} if i % 2 else {})
+            for i, v in enumerate(values)]), timeout=30)
+        out = self.path("export")
+        cli(self.server.addr, "export", "src", out)
+        np.testing.assert_array_equal(np.load(os.path.join(out, "values.npy")), values)
+        self.create("dst")
+        cli(self.server.addr, "add", "dst", os.path.join(out, "values.npy"),
+            "--patterns=" + os.path.join(out, "patterns.jsonl"))
+        a, b = (list(self.stub.ListPatterns(pb.ListPatternsRequest(store=n), timeout=30)
+                     .patterns) for n in ("src", "dst"))
+        self.assertEqual(a, b)
+
     def test_damaged_edited_and_foreign_backups_are_refused_by_name(self):
         self.create("s")
         self.stub.AddPatterns(pb.AddPatternsRequest(store="s", patterns=[
