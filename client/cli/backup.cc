@@ -159,12 +159,9 @@ absl::StatusOr<v1::Store> RestoreFromDir(Client& client, const std::string& dir,
   absl::StatusOr<const store::BackupStore*> entry =
       store::FindStore(*manifest, source);
   if (!entry.ok()) return entry.status();
-  // Checked here first: a damaged backup is refused before it is sent.
-  if (absl::StatusOr<store::StoreImage> image =
-          store::ReadStore(files, **entry);
-      !image.ok()) {
-    return image.status();
-  }
+  // Every file is checked against the manifest here first, so a damaged
+  // backup is refused before it is sent (the server checks it all again,
+  // records included).
   std::vector<std::pair<std::string, std::string>> sent;
   for (const std::string& path : {std::string(store::kManifestFile),
                                   std::string(store::kManifestSumFile)}) {
@@ -174,7 +171,14 @@ absl::StatusOr<v1::Store> RestoreFromDir(Client& client, const std::string& dir,
   }
   for (const auto& file : (*entry)->files()) {
     absl::StatusOr<std::string> data = files.Read(file.path());
-    if (!data.ok()) return data.status();
+    if (!data.ok()) {
+      return absl::DataLossError(
+          absl::StrCat("the backup is incomplete: ", data.status().message()));
+    }
+    if (absl::Status status = store::CheckFile(**entry, file.path(), *data);
+        !status.ok()) {
+      return status;
+    }
     sent.emplace_back(file.path(), *std::move(data));
   }
   v1::RestoreStoreRequest request;

@@ -251,7 +251,29 @@ absl::StatusOr<std::string> MemorySource::Read(const std::string& file) {
   if (found == files_.end()) {
     return absl::NotFoundError(absl::StrCat(file, ": not sent"));
   }
-  return found->second;
+  std::string data = std::move(found->second);
+  files_.erase(found);
+  return data;
+}
+
+absl::Status CheckFile(const BackupStore& entry, const std::string& path,
+                       absl::string_view data) {
+  for (const storage::v1::BackupFile& listed : entry.files()) {
+    if (listed.path() != path) continue;
+    if (data.size() != listed.bytes()) {
+      return absl::DataLossError(
+          absl::StrCat(path, " is ", data.size(), " bytes; the manifest says ",
+                       listed.bytes(), " (truncated or replaced)"));
+    }
+    if (Sha256Hex(data) != listed.sha256()) {
+      return absl::DataLossError(absl::StrCat(
+          path,
+          " does not match its SHA-256 in the manifest: damaged or edited"));
+    }
+    return absl::OkStatus();
+  }
+  return absl::DataLossError(
+      absl::StrCat(kManifestFile, " lists no file ", path));
 }
 
 absl::StatusOr<BackupManifest> ReadManifest(BackupSource& source) {
@@ -348,16 +370,8 @@ absl::StatusOr<std::string> ReadChecked(BackupSource& source,
       return absl::DataLossError(
           absl::StrCat("the backup is incomplete: ", data.status().message()));
     }
-    if (data->size() != listed.bytes()) {
-      return absl::DataLossError(
-          absl::StrCat(path, " is ", data->size(), " bytes; the manifest says ",
-                       listed.bytes(), " (truncated or replaced)"));
-    }
-    if (Sha256Hex(*data) != listed.sha256()) {
-      return absl::DataLossError(absl::StrCat(
-          path,
-          " does not match its SHA-256 in the manifest: damaged or "
-          "edited"));
+    if (absl::Status status = CheckFile(entry, path, *data); !status.ok()) {
+      return status;
     }
     return data;
   }

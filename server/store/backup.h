@@ -78,7 +78,8 @@ class DirectorySource : public BackupSource {
 };
 
 // A backup's files received in pieces (a streamed restore), at most
-// `max_bytes` in all; only the manifest and store files are accepted.
+// `max_bytes` in all; only the manifest and store files are accepted. Each
+// file can be read once: Read hands it over rather than copy it.
 class MemorySource : public BackupSource {
  public:
   explicit MemorySource(size_t max_bytes) : max_bytes_(max_bytes) {}
@@ -101,6 +102,7 @@ absl::StatusOr<const BackupStore*> FindStore(const BackupManifest& manifest,
 
 // One store of a backup, every file checked against its size and SHA-256
 // and decoded, its pattern count and digest checked against the manifest.
+// Reads each of the store's files once.
 absl::StatusOr<StoreImage> ReadStore(BackupSource& source,
                                      const BackupStore& entry);
 
@@ -108,6 +110,11 @@ absl::StatusOr<StoreImage> ReadStore(BackupSource& source,
 // stores/NAME/FILE of a valid store name and a store file's name); a writer
 // checks the names it is sent before it creates a file.
 absl::Status CheckBackupPath(absl::string_view path);
+
+// OK if `data`, read from `path`, is the file the manifest lists for
+// `entry`: its size and SHA-256 (DATA_LOSS naming the file otherwise).
+absl::Status CheckFile(const BackupStore& entry, const std::string& path,
+                       absl::string_view data);
 
 // Lowercase hex SHA-256 of `data`.
 std::string Sha256Hex(absl::string_view data);

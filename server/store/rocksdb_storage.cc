@@ -947,7 +947,12 @@ absl::Status RocksDbStorage::PutWholeStore(const StoreImage& image) {
   const std::string& name = image.settings.name;
   rocksdb::ColumnFamilyHandle* handle;
   const bool created = !families_.contains(name);
-  rocksdb::WriteBatch batch;
+  size_t bytes = 4096;
+  if (image.map) bytes += image.map->weights().size() * 4;
+  for (const Pattern& p : image.patterns) {
+    bytes += 32 + p.values.size() * 4 + p.label.size() + 64 * p.metadata.size();
+  }
+  rocksdb::WriteBatch batch(bytes);
   if (created) {
     // Its settings come in the same write as everything else: a crash
     // before it leaves a family without settings, which Load drops.
