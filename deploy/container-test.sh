@@ -78,9 +78,19 @@ fi
 [[ $($engine exec "$name" id -u) == 10001 ]] || { echo "container runs as root" >&2; exit 1; }
 echo "== runs as uid 10001, not root"
 
+# The image's own CLI backs up into its volume, as the CronJob does.
+inner=127.0.0.1:50051
+[[ $engine == podman ]] && inner=127.0.0.1:$grpc_port
+$engine exec "$name" engram --addr=$inner backup create /data/backup-test >/dev/null
+$engine exec "$name" engram backup verify /data/backup-test | grep -q "every file matches"
+$engine exec "$name" engram --addr=$inner backup restore /data/backup-test --as=boxed-copy >/dev/null
+[[ $(engram store get boxed-copy --json | python3 -c "import json,sys; print(json.load(sys.stdin)['pattern_count'])") == 3 ]]
+echo "== backup create, verify and restore inside the container"
+
 metrics=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$metrics_port/metrics', timeout=5).read().decode())")
 grep -q 'engram_patterns{store="boxed"} 3' <<<"$metrics"
 grep -q 'engram_requests_total{code="OK",method="Retrieve"} 1' <<<"$metrics"
+grep -q 'engram_requests_total{code="OK",method="CreateBackup"} 1' <<<"$metrics"
 echo "== /metrics reports the store and the calls"
 
 $engine stop -t 20 "$name" >/dev/null

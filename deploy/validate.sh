@@ -16,7 +16,8 @@ python3 - <<'PY'
 import json, os, yaml
 base = "deploy/compose"
 c = yaml.safe_load(open(f"{base}/compose.yaml"))
-assert set(c["services"]) == {"engramd", "prometheus", "grafana"}, c["services"].keys()
+assert set(c["services"]) == {"engramd", "prometheus", "grafana", "backup"}, c["services"].keys()
+assert "backup create" in c["services"]["backup"]["command"][0]
 for name, s in c["services"].items():
     assert "image" in s or "build" in s, name
     for v in s.get("volumes", []):
@@ -32,7 +33,7 @@ prom = yaml.safe_load(open(f"{base}/prometheus.yml"))
 assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["engramd:9464"]
 dash = json.load(open(f"{base}/grafana/dashboards/engram.json"))
 assert len(dash["panels"]) >= 6 and all(p["targets"] for p in dash["panels"])
-print(f"== compose: 3 services, {len(dash['panels'])} dashboard panels, references resolve")
+print(f"== compose: 4 services (a backup job), {len(dash['panels'])} dashboard panels, references resolve")
 k = "deploy/kubernetes"
 kust = yaml.safe_load(open(f"{k}/kustomization.yaml"))
 kinds = []
@@ -40,7 +41,8 @@ for r in kust["resources"]:
     for doc in yaml.safe_load_all(open(os.path.join(k, r))):
         assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], r
         kinds.append(doc["kind"])
-need = {"StatefulSet", "Service", "ConfigMap", "Secret", "ServiceMonitor", "Namespace"}
+need = {"StatefulSet", "Service", "ConfigMap", "Secret", "ServiceMonitor", "Namespace",
+        "CronJob", "PersistentVolumeClaim"}
 assert need <= set(kinds), need - set(kinds)
 ss = next(d for r in kust["resources"] for d in yaml.safe_load_all(open(os.path.join(k, r)))
           if d["kind"] == "StatefulSet")
@@ -48,6 +50,14 @@ c0 = ss["spec"]["template"]["spec"]["containers"][0]
 assert c0["readinessProbe"]["grpc"]["service"] == "engram.v1.Engram"
 assert c0["livenessProbe"]["grpc"]["service"] == ""
 assert ss["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+cron = next(d for r in kust["resources"] for d in yaml.safe_load_all(open(os.path.join(k, r)))
+            if d["kind"] == "CronJob")
+job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+assert "engram --addr=engram:50051 backup create" in job["containers"][0]["args"][0]
+assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == "engram-backups"
+secret = next(d for r in kust["resources"] for d in yaml.safe_load_all(open(os.path.join(k, r)))
+              if d["kind"] == "Secret")
+assert secret["stringData"]["read-token"].split()[0] in secret["stringData"]["tokens"]
 print(f"== kubernetes: {len(kinds)} objects ({', '.join(sorted(set(kinds)))}), gRPC probes, a volume claim")
 
 # The sharded deployment: every group in the routers' topology is a

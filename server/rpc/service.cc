@@ -538,6 +538,13 @@ grpc::Status EngramService::CreateBackup(
       if (!stores.empty()) after = stores.back()->name();
     }
   }
+  if (request->store().empty()) {
+    for (const store::StoreRegistry::DamagedStore& damaged :
+         registry_->Damaged()) {
+      Log(LogLevel::kWarning, "backup: store '%s' is DAMAGED and left out",
+          damaged.name);
+    }
+  }
   ChunkWriter sink(context, writer);
   const size_t piece =
       std::min<size_t>(1 << 20, policy_->max_message_bytes / 2);
