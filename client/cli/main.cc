@@ -157,6 +157,15 @@ ABSL_FLAG(std::string, as, "",
           "its own).");
 ABSL_FLAG(bool, replace, false,
           "backup restore: replace a store of that name.");
+ABSL_FLAG(std::vector<std::string>, where_label, {},
+          "retrieve: recall among patterns with one of these labels only "
+          "(comma-separated).");
+ABSL_FLAG(std::vector<std::string>, where, {},
+          "retrieve: recall among patterns whose metadata has these KEY=VALUE "
+          "entries only (comma-separated; all of them, or any with "
+          "--where_any).");
+ABSL_FLAG(bool, where_any, false,
+          "retrieve: --where entries combine with OR instead of AND.");
 ABSL_FLAG(std::string, out, "",
           "retrieve: write the retrieved vectors to this .npy file.");
 
@@ -546,6 +555,21 @@ void Retrieve(const std::vector<std::string>& args) {
                                           absl::GetFlag(FLAGS_path), "path");
   FailOn(path.status());
   request.set_path(static_cast<v1::RetrievalPath>(*path));
+  for (const std::string& label : absl::GetFlag(FLAGS_where_label)) {
+    request.mutable_filter()->add_labels(label);
+  }
+  for (const std::string& entry : absl::GetFlag(FLAGS_where)) {
+    const size_t eq = entry.find('=');
+    if (eq == std::string::npos) {
+      Fail(absl::StrCat("--where takes KEY=VALUE entries, got '", entry, "'"));
+    }
+    v1::MetadataCondition* c = request.mutable_filter()->add_metadata();
+    c->set_key(entry.substr(0, eq));
+    c->set_value(entry.substr(eq + 1));
+  }
+  if (absl::GetFlag(FLAGS_where_any)) {
+    request.mutable_filter()->set_combine(v1::Filter::ANY);
+  }
   const std::string out_path = absl::GetFlag(FLAGS_out);
   request.set_omit_vectors(out_path.empty());
 
@@ -878,8 +902,11 @@ const Command kCommands[] = {
      "engram retrieve NAME FILE [--out=OUT.npy] [--top_k=K] "
      "[--json] [--beta=B] [--steps=S] [--eps=E] "
      "[--path=auto|exact|low_rank] [--tolerance=T] [--offset=N] "
-     "[--limit=N] [--batch=1024]",
-     "Recalls stored patterns from the rows of FILE used as queries.",
+     "[--limit=N] [--batch=1024] [--where_label=L,...] [--where=K=V,...] "
+     "[--where_any]",
+     "Recalls stored patterns from the rows of FILE used as queries; "
+     "--where_label and --where restrict the recall to the matching "
+     "patterns, exactly as if the store held only them.",
      Retrieve},
     {"calibrate",
      "engram calibrate NAME [--wait] [--cancel | --status] [--apply[=false]] "

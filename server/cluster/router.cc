@@ -768,6 +768,11 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   absl::StatusOr<store::RetrieveRequest> query =
       rpc::FromProto(*request, d, queries);
   if (!query.ok()) return call.Done(query.status());
+  if (!query->filter.empty()) {
+    return call.Done(absl::UnimplementedError(
+        "a router does not run filtered retrievals yet (docs/scale-out.md); "
+        "retrieve without a filter"));
+  }
   absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
       *settings, merged->pattern_count(), *query, options_.limits);
   if (!params.ok()) return call.Done(params.status());

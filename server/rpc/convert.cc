@@ -116,6 +116,18 @@ absl::StatusOr<store::RetrieveRequest> FromProto(
   absl::StatusOr<store::PathChoice> path = PathFromProto(request.path());
   if (!path.ok()) return path.status();
   query.path = *path;
+  if (request.has_filter()) {
+    const v1::Filter& filter = request.filter();
+    if (!v1::Filter::Combine_IsValid(filter.combine())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("filter.combine has unknown value ", filter.combine()));
+    }
+    query.filter.labels.assign(filter.labels().begin(), filter.labels().end());
+    for (const v1::MetadataCondition& c : filter.metadata()) {
+      query.filter.conditions.emplace_back(c.key(), c.value());
+    }
+    query.filter.any = filter.combine() == v1::Filter::ANY;
+  }
   return query;
 }
 

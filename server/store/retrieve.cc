@@ -1,7 +1,9 @@
 #include "server/store/retrieve.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -229,10 +231,185 @@ RetrieveResult ResultOf(
   return result;
 }
 
+namespace {
+
+// The matching rows of a view, copied into one block (with their norms and,
+// for kernel similarities, their features).
+// Buffers for gathered rows, kept between retrievals: fresh pages cost more
+// than the copy (a fault per 4 KiB). At most two are kept, the largest.
+class ScratchPool {
+ public:
+  static std::vector<float> Take(size_t floats) {
+    std::vector<float> buffer;
+    {
+      std::lock_guard<std::mutex> lock(mu());
+      auto& free = buffers();
+      auto fit = std::find_if(free.begin(), free.end(), [&](const auto& b) {
+        return b.size() >= floats;
+      });
+      if (fit == free.end() && !free.empty()) fit = free.begin();
+      if (fit != free.end()) {
+        buffer = std::move(*fit);
+        free.erase(fit);
+      }
+    }
+    if (buffer.size() < floats) buffer.resize(floats);
+    return buffer;
+  }
+  static void Give(std::vector<float> buffer) {
+    std::lock_guard<std::mutex> lock(mu());
+    auto& free = buffers();
+    free.push_back(std::move(buffer));
+    std::sort(free.begin(), free.end(),
+              [](const auto& a, const auto& b) { return a.size() > b.size(); });
+    if (free.size() > 2) free.resize(2);
+  }
+
+ private:
+  static std::mutex& mu() {
+    static std::mutex* m = new std::mutex;
+    return *m;
+  }
+  static std::vector<std::vector<float>>& buffers() {
+    static auto* b = new std::vector<std::vector<float>>;
+    return *b;
+  }
+};
+
+// The matching rows of a view as memory blocks, in row order: runs of at
+// least kRun consecutive rows of one chunk in place, the others copied (with
+// their norms and, for kernel similarities, their features) into a scratch
+// buffer.
+class Gathered {
+ public:
+  static constexpr size_t kRun = 32;
+
+  Gathered(const StoreView& view, absl::Span<const uint32_t> rows) {
+    const core::MemorySet all = view.memories();
+    const size_t d = all.dim;
+    const size_t key_dim = all.blocks.empty() || all.blocks[0].keys == nullptr
+                               ? 0
+                               : all.map->out_dim();
+    // Every block but the last is a full chunk: a row's block is a division.
+    const size_t per_block =
+        all.blocks.size() > 1 ? all.blocks[0].count : view.size() + 1;
+    // Runs: [begin, end) of `rows`, consecutive and in one chunk.
+    std::vector<std::pair<size_t, size_t>> runs;
+    size_t copied = 0;
+    for (size_t i = 0; i < rows.size();) {
+      size_t j = i + 1;
+      while (j < rows.size() && rows[j] == rows[j - 1] + 1 &&
+             rows[j] / per_block == rows[i] / per_block) {
+        ++j;
+      }
+      runs.emplace_back(i, j);
+      if (j - i < kRun) copied += j - i;
+      i = j;
+    }
+    const size_t stride = d + 1 + key_dim + (key_dim ? 1 : 0);
+    scratch_ = ScratchPool::Take(copied * stride);
+    float* values = scratch_.data();
+    float* norms = values + copied * d;
+    float* keys = norms + copied;
+    float* key_norms = keys + copied * key_dim;
+    set_.dim = d;
+    set_.map = all.map;
+    size_t at = 0;  // Rows copied so far.
+    bool last_copied = false;
+    for (const auto& [begin, end] : runs) {
+      const core::MemoryBlock& block = all.blocks[rows[begin] / per_block];
+      const size_t r0 = rows[begin] % per_block;
+      const size_t n = end - begin;
+      if (n >= kRun) {
+        set_.blocks.push_back({block.rows + r0 * d, block.sq_norms + r0, n,
+                               key_dim ? block.keys + r0 * key_dim : nullptr,
+                               key_dim ? block.key_sq_norms + r0 : nullptr});
+        last_copied = false;
+        continue;
+      }
+      for (size_t k = 0; k < n; ++k) {
+        const size_t r = r0 + k;
+        std::copy_n(block.rows + r * d, d, values + (at + k) * d);
+        norms[at + k] = block.sq_norms[r];
+        if (key_dim) {
+          std::copy_n(block.keys + r * key_dim, key_dim,
+                      keys + (at + k) * key_dim);
+          key_norms[at + k] = block.key_sq_norms[r];
+        }
+      }
+      // Copied runs one after another are one block of the buffer.
+      if (last_copied) {
+        set_.blocks.back().count += n;
+      } else {
+        set_.blocks.push_back({values + at * d, norms + at, n,
+                               key_dim ? keys + at * key_dim : nullptr,
+                               key_dim ? key_norms + at : nullptr});
+      }
+      at += n;
+      last_copied = true;
+    }
+  }
+  ~Gathered() { ScratchPool::Give(std::move(scratch_)); }
+  Gathered(const Gathered&) = delete;
+  Gathered& operator=(const Gathered&) = delete;
+
+  const core::MemorySet& set() const { return set_; }
+
+ private:
+  std::vector<float> scratch_;
+  core::MemorySet set_;
+};
+
+absl::StatusOr<RetrieveResult> RetrieveFiltered(
+    const StoreView& view, const RetrieveRequest& request, const Limits& limits,
+    const core::RetrievalOptions& options) {
+  const std::string& name = view.settings().name;
+  if (absl::Status status = ValidateFilter(request.filter, limits);
+      !status.ok()) {
+    return status;
+  }
+  if (request.path == PathChoice::kLowRank) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "path LOW_RANK cannot serve a filtered retrieval of store '", name,
+        "': the store's low-rank sums are over every pattern; use AUTO or "
+        "EXACT"));
+  }
+  const std::vector<uint32_t> rows = view.Matching(request.filter);
+  if (rows.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the filter matches no pattern of store '", name, "' (of ",
+                     view.size(), ")"));
+  }
+  absl::StatusOr<core::RetrievalParams> params =
+      ResolveParams(view.settings(), rows.size(), request, limits);
+  if (!params.ok()) return params.status();
+  const Gathered gathered(view, rows);
+  absl::StatusOr<core::RetrievalOutput> out =
+      core::RetrieveExact(gathered.set(), request.queries.data(),
+                          request.num_queries, *params, options);
+  if (!out.ok()) return out.status();
+  RetrieveResult result =
+      ResultOf(*std::move(out), [&view, &rows](const core::Match& m) {
+        const Chunk::RowInfo& info = view.info(rows[m.index]);
+        return MatchedPattern{info.id, m.weight, m.score, info.label};
+      });
+  result.path.path = PathChoice::kExact;
+  result.path.reason =
+      absl::StrCat("exact: filtered to ", rows.size(), " of ", view.size(),
+                   " patterns (the low-rank sums are over all of them)");
+  result.store_version = view.version();
+  return result;
+}
+
+}  // namespace
+
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,
                                         const core::RetrievalOptions& options) {
+  if (!request.filter.empty()) {
+    return RetrieveFiltered(view, request, limits, options);
+  }
   absl::StatusOr<core::RetrievalParams> resolved =
       ResolveParams(view.settings(), view.size(), request, limits);
   if (!resolved.ok()) return resolved.status();

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "server/core/retrieval.h"
+#include "server/store/filter_index.h"
 #include "server/store/settings.h"
 #include "server/store/store.h"
 
@@ -32,6 +33,8 @@ struct RetrieveRequest {
   std::optional<float> eps;
   std::optional<double> tolerance;
   PathChoice path = PathChoice::kAuto;
+  // Recall among the matching patterns only (empty: all of them).
+  Filter filter;
 };
 
 struct PathReport {
@@ -98,6 +101,9 @@ RetrieveResult ResultOf(
     core::RetrievalOutput out,
     const std::function<MatchedPattern(const core::Match&)>& name);
 
+// With a filter, the exact update runs over a copy of the matching rows
+// (in row order) exactly as over a store that held only them; LOW_RANK is
+// FAILED_PRECONDITION, as is a filter that matches nothing.
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,

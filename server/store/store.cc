@@ -171,6 +171,10 @@ core::MemorySet StoreView::memories() const {
   return set;
 }
 
+std::vector<uint32_t> StoreView::Matching(const Filter& filter) const {
+  return filter_index_->Match(filter, count_);
+}
+
 const float* StoreView::row(size_t index) const {
   return chunks_[index / chunk_capacity_]->row(index % chunk_capacity_);
 }
@@ -217,6 +221,17 @@ absl::Status Store::CheckWritable() const {
     return absl::NotFoundError(absl::StrCat("store '", name_, "' was deleted"));
   }
   return retired_;
+}
+
+void Store::RebuildFilterIndex() {
+  // Rows moved: views from here on read a new index; older views keep theirs.
+  filter_index_ = std::make_shared<FilterIndex>();
+  auto info = [this](size_t g) -> const Chunk::RowInfo& {
+    return chunks_[g / chunk_capacity_]->info(g % chunk_capacity_);
+  };
+  filter_index_->Append(
+      0, count_, [&](size_t g) -> const std::string& { return info(g).label; },
+      [&](size_t g) -> const Metadata& { return info(g).metadata; });
 }
 
 void Store::Retire(absl::Status why) {
@@ -376,6 +391,10 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     next_id_ = NextAfter(next_id_, ids[i]);
   }
   UpdateSums(keys.data(), values.data(), patterns.size(), 1.0);
+  filter_index_->Append(
+      count_ - patterns.size(), patterns.size(),
+      [&](size_t i) -> const std::string& { return patterns[i].label; },
+      [&](size_t i) -> const Metadata& { return patterns[i].metadata; });
   MutexLock lock(&mu_);
   size_t g = count_ - patterns.size();
   for (uint64_t id : ids) index_[id] = g++;
@@ -516,6 +535,7 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
     }
   }
   RecomputeNorms();
+  RebuildFilterIndex();
   if (count_ == 0) {
     RebuildSums(view()->settings());  // Exactly zero again.
   } else {
@@ -676,6 +696,7 @@ void Store::Publish(const StoreSettings& settings) {
   view->max_label_bytes_ = max_label_bytes_;
   view->digest_ = digest_;
   view->next_id_ = next_id_;
+  view->filter_index_ = filter_index_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);

@@ -31,6 +31,7 @@
 #include "server/core/feature_map.h"
 #include "server/core/low_rank.h"
 #include "server/core/retrieval.h"
+#include "server/store/filter_index.h"
 #include "server/store/pattern.h"
 #include "server/store/settings.h"
 #include "server/store/storage.h"
@@ -150,6 +151,9 @@ class StoreView {
   // The store's next automatic id at this view (0: none left).
   uint64_t next_id() const { return next_id_; }
 
+  // The rows of this view that match `filter` (not empty), ascending.
+  std::vector<uint32_t> Matching(const Filter& filter) const;
+
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
   const float* row(size_t index) const;
@@ -172,6 +176,7 @@ class StoreView {
   size_t max_label_bytes_ = 0;
   uint64_t digest_ = 0;
   uint64_t next_id_ = 1;
+  std::shared_ptr<const FilterIndex> filter_index_;
 };
 
 class Store {
@@ -270,6 +275,8 @@ class Store {
   void UpdateSums(const float* keys, const float* values, size_t n, double sign)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // A new filter index of every row (after rows moved).
+  void RebuildFilterIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   // Constant after construction.
   const std::string name_;
@@ -300,6 +307,9 @@ class Store {
   double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
   size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
+  // Appended to by adds; replaced after deletes (see filter_index.h).
+  std::shared_ptr<FilterIndex> filter_index_ ABSL_GUARDED_BY(write_mu_) =
+      std::make_shared<FilterIndex>();
   LowRankState sums_state_ ABSL_GUARDED_BY(write_mu_);
   double map_norm_ ABSL_GUARDED_BY(write_mu_) = 1;
 

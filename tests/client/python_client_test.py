@@ -120,6 +120,32 @@ class PythonClientTest(unittest.TestCase):
             errors = np.linalg.norm(low.vectors - exact.vectors, axis=1)
             self.assertTrue(np.all(errors <= low.error_bound), errors)
 
+    def test_filtered_recall_runs_among_the_matches_only(self):
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(600, 8)).astype(np.float32)
+        labels = [f"c{i % 3}" for i in range(600)]
+        metadata = [{"tenant": f"t{i % 2}"} for i in range(600)]
+        with Client(self.addr) as c:
+            c.create_store("pyf", dim=8, beta=8, top_k=5)
+            ids = c.add("pyf", x, labels=labels, metadata=metadata)
+            keep = [i for i in range(600) if labels[i] == "c1" and metadata[i]["tenant"] == "t0"]
+            c.create_store("pyf-only", dim=8, beta=8, top_k=5)
+            only_ids = c.add("pyf-only", x[keep])
+            q = x[:4] + 0.1
+            r = c.retrieve("pyf", q, where_label=["c1"], where={"tenant": "t0"})
+            ref = c.retrieve("pyf-only", q)
+            np.testing.assert_array_equal(r.vectors, ref.vectors)
+            np.testing.assert_array_equal(r.energy, ref.energy)
+            to_original = {int(o): int(ids[k]) for o, k in zip(only_ids, keep)}
+            self.assertEqual([[to_original[int(i)] for i in row] for row in ref.ids],
+                             r.ids.astype(int).tolist())
+            self.assertIn("filtered to 100 of 600", r.reason)
+            anyof = c.retrieve("pyf", q, where={"tenant": "t1", "nope": "x"}, where_any=True)
+            self.assertTrue(all(int(i) % 2 == 0 for i in anyof.ids.ravel()))  # t1: odd rows
+            with self.assertRaises(grpc.RpcError) as e:
+                c.retrieve("pyf", q, where_label=["none"])
+            self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+
     def test_uhop_fit_watch_and_cancel(self):
         rng = np.random.default_rng(2)
         with Client(self.addr) as c:

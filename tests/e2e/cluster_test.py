@@ -377,6 +377,16 @@ class ClusterTest(unittest.TestCase):
                 c.create_store("bad", dim=4, beta=-1)
             self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             self.assertIn("store.retrieval.beta", e.exception.details())
+            # What a router does not do yet is refused, never answered wrong.
+            c.create_store("unfiltered", dim=4)
+            c.add("unfiltered", np.eye(4, dtype=np.float32), labels=["a", "b", "a", "b"])
+            with self.assertRaises(grpc.RpcError) as e:
+                c.retrieve("unfiltered", np.ones(4), where_label=["a"])
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+            with self.assertRaises(grpc.RpcError) as e:
+                c.create_backup(os.path.join(self.tmp.name, "router-backup"))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+            c.delete_store("unfiltered")
         for row in self.three.shards:
             self.assertNotIn("bad", [s.name for s in Client(row[0].addr).list_stores()])
 

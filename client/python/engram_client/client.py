@@ -381,14 +381,26 @@ class Client:
     def retrieve(self, store: str, queries: Any, *, beta: Optional[float] = None,
                  steps: Optional[int] = None, top_k: Optional[int] = None,
                  eps: Optional[float] = None, path: str = "auto",
-                 tolerance: Optional[float] = None, vectors: bool = True) -> Recall:
-        """Recalls stored patterns from `queries` (L x d, or one d-vector)."""
+                 tolerance: Optional[float] = None, vectors: bool = True,
+                 where_label: Optional[Sequence[str]] = None,
+                 where: Optional[Mapping[str, str]] = None, where_any: bool = False) -> Recall:
+        """Recalls stored patterns from `queries` (L x d, or one d-vector).
+
+        `where_label` (labels) and `where` (metadata key -> value, all of them
+        or, with `where_any`, any) restrict the recall to the matching
+        patterns, exactly as if the store held only them."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
         request = pb.RetrieveRequest(store=store, queries=[pb.Query(values=row) for row in q],
                                      omit_vectors=not vectors)
         _set_path(request, "path", path, "path")
+        if where_label or where:
+            request.filter.labels.extend(where_label or [])
+            for key, value in (where or {}).items():
+                request.filter.metadata.add(key=key, value=value)
+            if where_any:
+                request.filter.combine = pb.Filter.ANY
         for field, value in (("beta", beta), ("steps", steps), ("top_k", top_k), ("eps", eps),
                              ("tolerance", tolerance)):
             if value is not None:

@@ -1,0 +1,208 @@
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "server/store/filter_index.h"
+#include "server/store/retrieve.h"
+#include "server/store/store.h"
+
+namespace engram::store {
+namespace {
+
+constexpr uint32_t kDim = 16;
+
+StoreSettings Settings(const std::string& name, core::Similarity similarity,
+                       bool uhop = false) {
+  StoreSettings s;
+  s.name = name;
+  s.dimension = kDim;
+  s.retrieval.similarity = similarity;
+  s.retrieval.beta = 4;
+  s.retrieval.steps = 3;
+  s.retrieval.top_k = 7;
+  if (uhop) s.feature_map.kind = FeatureMapKind::kUhop;
+  return s;
+}
+
+// 3000 patterns with labels c0..c9, a tenant t0..t2 on most and a colour on
+// some; then 200 deleted (rows move) and 100 more added.
+std::vector<Pattern> Fill(Store& store) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  auto make = [&](uint64_t i) {
+    Pattern p;
+    p.values.resize(kDim);
+    for (float& v : p.values) v = normal(rng);
+    p.label = absl::StrCat("c", i % 10);
+    if (i % 7 != 0) p.metadata.emplace_back("color", i % 2 ? "red" : "blue");
+    if (i % 5 != 0) p.metadata.emplace_back("tenant", absl::StrCat("t", i % 3));
+    return p;
+  };
+  std::vector<Pattern> batch;
+  for (uint64_t i = 0; i < 3000; ++i) batch.push_back(make(i));
+  EXPECT_TRUE(store.Add(batch).ok());
+  std::vector<uint64_t> gone;
+  for (uint64_t id = 1; id <= 3000; id += 15) gone.push_back(id);
+  EXPECT_TRUE(store.Delete(gone).ok());
+  batch.clear();
+  for (uint64_t i = 3000; i < 3100; ++i) batch.push_back(make(i));
+  EXPECT_TRUE(store.Add(batch).ok());
+  return batch;
+}
+
+bool Matches(const Filter& f, const Chunk::RowInfo& info) {
+  bool label = f.labels.empty();
+  for (const std::string& l : f.labels) label = label || l == info.label;
+  if (f.conditions.empty()) return label;
+  bool all = true, any = false;
+  for (const auto& condition : f.conditions) {
+    bool holds = false;
+    for (const auto& entry : info.metadata) holds = holds || entry == condition;
+    all = all && holds;
+    any = any || holds;
+  }
+  return label && (f.any ? any : all);
+}
+
+std::vector<Filter> Filters() {
+  Filter labels{{"c1", "c3"}, {}, false};
+  Filter tenant{{}, {{"tenant", "t1"}}, false};
+  Filter both{{"c2", "c5", "c9"}, {{"color", "red"}, {"tenant", "t0"}}, false};
+  Filter any{{}, {{"color", "blue"}, {"tenant", "t2"}}, true};
+  Filter rare{{"c3"}, {{"tenant", "t2"}, {"color", "red"}}, false};
+  // Every label: the rows stay in place (runs of a chunk are not copied).
+  Filter every{
+      {"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"}, {}, false};
+  return {labels, tenant, both, any, rare, every};
+}
+
+RetrieveRequest Request(const std::vector<float>& queries, const Filter& f) {
+  RetrieveRequest r;
+  r.queries = queries;
+  r.num_queries = queries.size() / kDim;
+  r.filter = f;
+  return r;
+}
+
+// The filtered retrieval equals a retrieval over a store that holds only the
+// matching patterns (added in the same row order), bit for bit.
+void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings) {
+  EphemeralStorage storage;
+  Store store(settings, Limits{}, &storage);
+  Fill(store);
+  if (settings.feature_map.kind == FeatureMapKind::kUhop) {
+    std::vector<float> w(kDim * kDim, 0);
+    for (uint32_t i = 0; i < kDim; ++i) w[i * kDim + i] = 0.5f + 0.1f * i;
+    ASSERT_TRUE(
+        store
+            .PublishMap(std::make_shared<core::FeatureMap>(kDim, kDim, w),
+                        FitRecord{1, 0, 0, 1, 0, 1})
+            .ok());
+  }
+  std::shared_ptr<const StoreView> view = store.view();
+  std::vector<float> queries(4 * kDim);
+  for (size_t q = 0; q < 4; ++q) {
+    const float* row = view->row(q * 101);
+    for (size_t k = 0; k < kDim; ++k) queries[q * kDim + k] = row[k] * 0.8f;
+  }
+  for (const Filter& filter : Filters()) {
+    std::vector<uint32_t> expected;
+    for (size_t i = 0; i < view->size(); ++i) {
+      if (Matches(filter, view->info(i))) expected.push_back(i);
+    }
+    ASSERT_EQ(view->Matching(filter), expected);
+    ASSERT_FALSE(expected.empty());
+
+    StoreSettings only_settings = settings;
+    only_settings.name = "only";
+    Store only(only_settings, Limits{}, &storage);
+    std::vector<Pattern> patterns;
+    for (uint32_t i : expected) patterns.push_back(view->pattern(i));
+    ASSERT_TRUE(only.Add(patterns).ok());
+    if (view->map()) {
+      ASSERT_TRUE(only.PublishMap(view->map(), view->fit()).ok());
+    }
+    absl::StatusOr<RetrieveResult> filtered =
+        Retrieve(*view, Request(queries, filter), Limits{}, {});
+    absl::StatusOr<RetrieveResult> reference =
+        Retrieve(*only.view(), Request(queries, Filter{}), Limits{}, {});
+    ASSERT_TRUE(filtered.ok()) << filtered.status();
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    EXPECT_EQ(filtered->states, reference->states);
+    EXPECT_EQ(filtered->energies, reference->energies);
+    EXPECT_EQ(filtered->steps, reference->steps);
+    ASSERT_EQ(filtered->matches.size(), reference->matches.size());
+    for (size_t q = 0; q < filtered->matches.size(); ++q) {
+      ASSERT_EQ(filtered->matches[q].size(), reference->matches[q].size());
+      for (size_t k = 0; k < filtered->matches[q].size(); ++k) {
+        EXPECT_EQ(filtered->matches[q][k].id, reference->matches[q][k].id);
+        EXPECT_EQ(filtered->matches[q][k].weight,
+                  reference->matches[q][k].weight);
+      }
+    }
+    EXPECT_NE(filtered->path.reason.find("filtered to"), std::string::npos);
+  }
+}
+
+TEST(FilterTest, DotSoftmaxEqualsAStoreOfOnlyTheMatches) {
+  ExpectEqualToAStoreOfOnlyThem(Settings("dot", core::Similarity::kDot));
+}
+
+TEST(FilterTest, L2EqualsAStoreOfOnlyTheMatches) {
+  ExpectEqualToAStoreOfOnlyThem(Settings("l2", core::Similarity::kL2));
+}
+
+TEST(FilterTest, KernelFeaturesAreGatheredToo) {
+  ExpectEqualToAStoreOfOnlyThem(
+      Settings("k", core::Similarity::kKernelL2, /*uhop=*/true));
+}
+
+TEST(FilterTest, AViewSeesItsOwnRowsWhateverCameAfter) {
+  EphemeralStorage storage;
+  Store store(Settings("s", core::Similarity::kDot), Limits{}, &storage);
+  Fill(store);
+  const Filter red{{}, {{"color", "red"}}, false};
+  std::shared_ptr<const StoreView> before = store.view();
+  const std::vector<uint32_t> rows = before->Matching(red);
+  // Adds append to the index the old view shares; deletes move rows and
+  // start a new one. The old view's answer does not change.
+  Pattern p{0, std::vector<float>(kDim, 1), "c1", {{"color", "red"}}};
+  ASSERT_TRUE(store.Add({p, p}).ok());
+  EXPECT_EQ(before->Matching(red), rows);
+  EXPECT_EQ(store.view()->Matching(red).size(), rows.size() + 2);
+  ASSERT_TRUE(store.Delete({before->info(rows[0]).id}).ok());
+  EXPECT_EQ(before->Matching(red), rows);
+  EXPECT_EQ(store.view()->Matching(red).size(), rows.size() + 1);
+  for (uint32_t r : store.view()->Matching(red)) {
+    EXPECT_TRUE(Matches(red, store.view()->info(r)));
+  }
+}
+
+TEST(FilterTest, RefusesWhatItCannotServe) {
+  EphemeralStorage storage;
+  Store store(Settings("s", core::Similarity::kDot), Limits{}, &storage);
+  Fill(store);
+  const std::vector<float> query(kDim, 0.5f);
+  auto code = [&](const Filter& f, PathChoice path = PathChoice::kAuto) {
+    RetrieveRequest r = Request(query, f);
+    r.path = path;
+    return Retrieve(*store.view(), r, Limits{}, {}).status();
+  };
+  absl::Status none = code(Filter{{"no-such-label"}, {}, false});
+  EXPECT_EQ(none.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(none.message().find("matches no pattern"), std::string::npos);
+  EXPECT_EQ(code(Filter{{"c1"}, {}, false}, PathChoice::kLowRank).code(),
+            absl::StatusCode::kFailedPrecondition);
+  Filter many;
+  many.labels.assign(1001, "x");
+  EXPECT_EQ(code(many).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Filter{{}, {{"", "v"}}, false}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(code(Filter{{"c1"}, {}, false}).ok());
+}
+
+}  // namespace
+}  // namespace engram::store
