@@ -53,6 +53,9 @@ ABSL_FLAG(std::string, restore_from, "",
 ABSL_FLAG(uint64_t, max_restore_mb, 8192,
           "Largest backup one RestoreStore call may send, in MiB (it is held "
           "in memory while it is checked and written).");
+ABSL_FLAG(double, expiry_sweep_ms, 1000,
+          "How often expired patterns are reclaimed from memory and storage "
+          "(they are left out of every answer from their expiry on).");
 ABSL_FLAG(bool, accept_data_loss, false,
           "Start even though the write-ahead log is damaged: recover every "
           "readable record and mark the stores that lost acknowledged writes "
@@ -231,6 +234,8 @@ engram::app::EngramdOptions OptionsFromFlags() {
   o.storage.sync = absl::GetFlag(FLAGS_sync);
   o.storage.accept_data_loss = absl::GetFlag(FLAGS_accept_data_loss);
   o.restore_from = absl::GetFlag(FLAGS_restore_from);
+  o.expiry_sweep =
+      absl::Milliseconds(std::max(1.0, absl::GetFlag(FLAGS_expiry_sweep_ms)));
   o.max_restore_bytes = absl::GetFlag(FLAGS_max_restore_mb) << 20;
 
   engram::store::Limits& l = o.limits;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 
 namespace engram::client {
 
@@ -112,10 +113,29 @@ absl::Status SetFieldFromText(google::protobuf::Message& message,
       r->SetEnumValue(target, field, *v);
       return absl::OkStatus();
     }
+    case FieldDescriptor::CPPTYPE_MESSAGE: {
+      if (field->message_type()->full_name() != "google.protobuf.Duration") {
+        break;
+      }
+      absl::Duration d;
+      if (!absl::ParseDuration(text, &d) || d < absl::ZeroDuration()) {
+        return Bad(flag, text, "a duration such as 90s, 30m, 24h or 0");
+      }
+      google::protobuf::Message* duration = r->MutableMessage(target, field);
+      const google::protobuf::Reflection* dr = duration->GetReflection();
+      const google::protobuf::Descriptor* dd = duration->GetDescriptor();
+      const int64_t nanos = absl::ToInt64Nanoseconds(d);
+      dr->SetInt64(duration, dd->FindFieldByName("seconds"),
+                   nanos / 1000000000);
+      dr->SetInt32(duration, dd->FindFieldByName("nanos"),
+                   static_cast<int32_t>(nanos % 1000000000));
+      return absl::OkStatus();
+    }
     default:
-      return absl::InternalError(
-          absl::StrCat("--", flag, ": field ", path, " has no text form"));
+      break;
   }
+  return absl::InternalError(
+      absl::StrCat("--", flag, ": field ", path, " has no text form"));
 }
 
 }  // namespace engram::client

@@ -55,6 +55,9 @@ ABSL_FLAG(uint32_t, dim, 0, "store create: the dimension of the store.");
 // Store settings: each names one field of engram.v1.Store (kSettingFlags).
 // store create and store update send only the ones given, so every default
 // is the server's.
+ABSL_FLAG(std::string, default_ttl, "",
+          "store create/update: lifetime of patterns added without one, e.g. "
+          "24h (0: they never expire).");
 ABSL_FLAG(std::string, similarity, "",
           "store create/update: dot, l2, manhattan, cosine, kernel_dot or "
           "kernel_l2.");
@@ -121,6 +124,8 @@ ABSL_FLAG(uint64_t, batch, 1024,
           "add: patterns per streamed message; retrieve: queries per RPC.");
 ABSL_FLAG(std::string, labels, "",
           "add: a file with one label per row of FILE (idx1, npy or csv).");
+ABSL_FLAG(std::string, ttl, "",
+          "add: the patterns expire this long after the add, e.g. 30m.");
 ABSL_FLAG(std::string, patterns, "",
           "add: a patterns.jsonl (from engram export) with each row's id, "
           "label and metadata.");
@@ -225,6 +230,7 @@ struct SettingFlag {
 };
 constexpr SettingFlag kSettingFlags[] = {
     {"similarity", "retrieval.similarity"},
+    {"default_ttl", "expiry.default_ttl"},
     {"separation", "retrieval.separation"},
     {"beta", "retrieval.beta"},
     {"steps", "retrieval.steps"},
@@ -452,6 +458,19 @@ void Add(const std::vector<std::string>& args) {
         absl::GetFlag(FLAGS_patterns), absl::GetFlag(FLAGS_offset), m.rows);
     FailOn(read.status(), "add");
     details = *std::move(read);
+  }
+  if (!absl::GetFlag(FLAGS_ttl).empty()) {
+    absl::Duration ttl;
+    if (!absl::ParseDuration(absl::GetFlag(FLAGS_ttl), &ttl)) {
+      Fail(absl::StrCat("--ttl=", absl::GetFlag(FLAGS_ttl),
+                        ": not a duration such as 90s, 30m or 24h"));
+    }
+    details.resize(m.rows);
+    const int64_t nanos = absl::ToInt64Nanoseconds(ttl);
+    for (v1::Pattern& p : details) {
+      p.mutable_ttl()->set_seconds(nanos / 1000000000);
+      p.mutable_ttl()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+    }
   }
   std::unique_ptr<Client> client = Connect();
   CheckDimension(*client, args[0], args[1], m.cols);
@@ -856,7 +875,8 @@ constexpr char kSettingsUsage[] =
     "[--similarity=S] [--separation=S] [--beta=B] [--steps=N] [--eps=E] "
     "[--top_k=K] [--tolerance=T] [--max_degree=G] [--auto_calibrate] "
     "[--apply] [--corruption=C] [--level=L] [--search_similarity] "
-    "[--search_separation] [--sample_size=N] [--calibration_seed=N]";
+    "[--search_separation] [--sample_size=N] [--calibration_seed=N] "
+    "[--default_ttl=DURATION]";
 
 const Command kCommands[] = {
     {"store create",
@@ -882,7 +902,7 @@ const Command kCommands[] = {
      "Deletes a store and all its patterns.", StoreDelete},
     {"add",
      "engram add NAME FILE [--offset=N] [--limit=N] [--labels=FILE] "
-     "[--patterns=FILE.jsonl] [--batch=1024]",
+     "[--patterns=FILE.jsonl] [--ttl=DURATION] [--batch=1024]",
      "Adds the rows of FILE as patterns. FILE is a 2-D .npy (float32 or "
      "float64), a .csv, or an idx-ubyte file (pixels scaled to [0,1]), "
      "gzipped or not. --patterns gives each row's id, label and metadata "

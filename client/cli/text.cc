@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "client/cli/fields.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -86,6 +87,15 @@ std::string StoreText(const v1::Store& s) {
   if (s.has_calibration_report()) {
     absl::StrAppend(&text, ReportText(s.calibration_report()));
   }
+  const google::protobuf::Duration& ttl = s.expiry().default_ttl();
+  absl::StrAppendFormat(
+      &text, "expiry:        %s; %u expired and reclaimed since start\n",
+      ttl.seconds() == 0 && ttl.nanos() == 0
+          ? std::string("patterns never expire unless given a ttl")
+          : absl::StrCat("default ttl ",
+                         absl::FormatDuration(absl::Seconds(ttl.seconds()) +
+                                              absl::Nanoseconds(ttl.nanos()))),
+      s.expired_count());
   absl::StrAppendFormat(&text, "state:         %s\nversion:       %u\n",
                         EnumText(s.state()), s.version());
   return text;

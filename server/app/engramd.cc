@@ -18,6 +18,7 @@
 #include "server/cluster/shard_service.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
+#include "server/jobs/expiry_sweeper.h"
 #include "server/jobs/job_runner.h"
 #include "server/store/registry.h"
 
@@ -262,6 +263,14 @@ int RunEngramd(EngramdOptions o) {
     return 1;
   }
   jobs->ResumeAll();
+  auto sweeper = std::make_unique<jobs::ExpirySweeper>(
+      &registry, o.expiry_sweep,
+      [&](const std::string& name, size_t count, double seconds) {
+        metrics.RecordExpired(name, count, seconds);
+        if (auto s = registry.Get(name); s.ok()) {
+          metrics.SetPatternCount(name, (*s)->view()->size());
+        }
+      });
   // The configuration first: whoever waits for "ready" in the log has it.
   LogConfiguration(o, (*server)->port(),
                    BoundAddress(o.metrics.listen, exported->port));
@@ -272,6 +281,7 @@ int RunEngramd(EngramdOptions o) {
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::ToDoubleSeconds(o.shutdown_grace));
   (*server)->Shutdown(o.shutdown_grace);
+  sweeper.reset();
   jobs.reset();  // Cancels running jobs before storage closes.
   if (absl::Status status = (*storage)->Close(); !status.ok()) {
     Log(LogLevel::kError, "closing storage: %s", status.ToString());

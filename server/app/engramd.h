@@ -43,6 +43,8 @@ struct EngramdOptions {
   // data_dir, before serving (server/app/restore_backup.h); empty: none.
   std::string restore_from;
   size_t max_restore_bytes = size_t{8} << 30;  // Of one RestoreStore call.
+  // How often expired patterns are reclaimed (docs/expiry.md).
+  absl::Duration expiry_sweep = absl::Seconds(1);
   store::Limits limits;
   metrics::PrometheusOptions metrics;
   rpc::ServerOptions server;

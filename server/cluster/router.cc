@@ -438,6 +438,7 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
   }
   std::vector<uint64_t> ids(patterns.size());
   group_counts->assign(groups, std::numeric_limits<uint64_t>::max());
+  const absl::Time now = absl::Now();
   std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
     if (members[g].empty()) return absl::OkStatus();
     absl::StatusOr<std::vector<const Replica*>> ready =
@@ -446,6 +447,7 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
     api::AddPatternsRequest add;
     add.set_store(store);
     for (int i : members[g]) *add.add_patterns() = patterns[i];
+    rpc::FixTtls(*add.mutable_patterns(), now);
     // The first replica that answers assigns the ids (one that is gone
     // goes stale: it is repaired when it is back); the others take them.
     api::AddPatternsResponse added;

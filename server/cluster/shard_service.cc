@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "server/base/log.h"
 #include "server/cluster/map_record.h"
 #include "server/cluster/topology.h"
@@ -21,6 +22,15 @@
 namespace engram::cluster {
 
 namespace {
+
+// The store's view with its expired patterns reclaimed first: a router's
+// steps run over a shard's rows as they are, so they must not hold one
+// (docs/expiry.md). If the reclaim fails (a full disk), the sweeper retries.
+std::shared_ptr<const store::StoreView> LiveView(store::Store& s) {
+  const int64_t now = absl::GetCurrentTimeNanos();
+  if (s.view()->HasExpired(now)) s.ExpireDue(now).IgnoreError();
+  return s.view();
+}
 
 uint64_t Fnv1a(absl::string_view bytes, uint64_t h) {
   for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ULL;
@@ -150,7 +160,7 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  std::shared_ptr<const store::StoreView> view = LiveView(**found);
   // States are vectors of the store's dimension, or under top_only with
   // kernel_dot, features.
   const size_t d = request->top_only() &&
@@ -240,7 +250,7 @@ grpc::Status ShardService::GetLowRankSums(grpc::ServerContext* context,
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  std::shared_ptr<const store::StoreView> view = LiveView(**found);
   response->set_fingerprint(SumsFingerprint(*view));
   response->set_store_version(view->version());
   response->set_map_version(view->fit().version);
@@ -279,7 +289,7 @@ grpc::Status ShardService::GetSample(grpc::ServerContext* context,
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  std::shared_ptr<const store::StoreView> view = LiveView(**found);
   const size_t d = view->settings().dimension;
   // Bounded by the answer a call may carry.
   const size_t most = policy_->max_message_bytes / (4 * d + 8);
@@ -345,7 +355,7 @@ grpc::Status ShardService::GetFeatureMap(
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  std::shared_ptr<const store::StoreView> view = LiveView(**found);
   const store::FitRecord& r = view->fit();
   if (r.version == 0 || view->map() == nullptr) {
     return call.Done(absl::NotFoundError(absl::StrCat(

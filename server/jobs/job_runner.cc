@@ -353,6 +353,13 @@ void JobRunner::WorkerLoop() {
   }
 }
 
+void JobRunner::ReclaimExpired(const std::string& name) {
+  absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
+  if (!found.ok()) return;
+  const int64_t now = absl::GetCurrentTimeNanos();
+  if ((*found)->view()->HasExpired(now)) (*found)->ExpireDue(now).IgnoreError();
+}
+
 std::shared_ptr<const store::StoreView> JobRunner::Claim(
     const Queued& job, std::shared_ptr<std::atomic<bool>>& cancel) {
   Entry* e = Find(job.store, job.serial);
@@ -387,6 +394,7 @@ void JobRunner::RunFit(const Queued& job) {
   std::shared_ptr<std::atomic<bool>> cancel;
   std::shared_ptr<const store::StoreView> view;
   std::shared_ptr<store::Store> store;
+  ReclaimExpired(job.store);
   {
     MutexLock lock(&mu_);
     view = Claim(job, cancel);
@@ -446,6 +454,7 @@ void JobRunner::RunCalibration(const Queued& job) {
   std::shared_ptr<const store::StoreView> view;
   std::shared_ptr<store::Store> store;
   bool apply = false;
+  ReclaimExpired(job.store);
   {
     MutexLock lock(&mu_);
     view = Claim(job, cancel);

@@ -153,6 +153,9 @@ class JobRunner {
   void RunCalibration(const Queued& job) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks a queued job RUNNING and hands out its snapshot and cancel flag;
   // null if it was cancelled or its store deleted meanwhile.
+  // Reclaims the store's expired patterns before a job reads it, so a fit
+  // or calibration never sees one (a failure leaves them to the sweeper).
+  void ReclaimExpired(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<const store::StoreView> Claim(
       const Queued& job, std::shared_ptr<std::atomic<bool>>& cancel)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -42,6 +42,10 @@ class Metrics {
   // current setting, "reported" when found but not applied, "failed",
   // "cancelled") with its duration.
   virtual void RecordCalibration(absl::string_view result, double seconds) = 0;
+  // One sweep of expired patterns: how many a store's reclaimed, and how
+  // long it took.
+  virtual void RecordExpired(absl::string_view store, size_t patterns,
+                             double seconds) = 0;
   // A store's capacity at its calibrated setting (the last report).
   struct Capacity {
     double recall_at_1 = 0;
@@ -76,6 +80,7 @@ class NullMetrics : public Metrics {
   void RecordFit(absl::string_view, absl::string_view, double,
                  double) override {}
   void RecordCalibration(absl::string_view, double) override {}
+  void RecordExpired(absl::string_view, size_t, double) override {}
   void SetCapacity(absl::string_view, const Capacity&) override {}
   void RecordShardCall(absl::string_view, absl::string_view, absl::string_view,
                        double, size_t, size_t) override {}

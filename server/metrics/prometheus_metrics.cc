@@ -71,6 +71,15 @@ class PrometheusMetrics : public Metrics {
                   .Name("engram_fits")
                   .Help("Stage I fits, by state (running, pending).")
                   .Register(*registry_)),
+        expired_(prometheus::BuildCounter()
+                     .Name("engram_patterns_expired_total")
+                     .Help("Patterns that expired and were reclaimed, by "
+                           "store.")
+                     .Register(*registry_)),
+        expiry_sweep_(prometheus::BuildCounter()
+                          .Name("engram_expiry_sweep_seconds_total")
+                          .Help("Time spent reclaiming expired patterns.")
+                          .Register(*registry_)),
         fits_total_(prometheus::BuildCounter()
                         .Name("engram_fits_total")
                         .Help("Stage I fits finished, by result.")
@@ -198,6 +207,13 @@ class PrometheusMetrics : public Metrics {
     patterns_.Add({{"store", StoreLabel(store)}}).Set(count);
   }
 
+  void RecordExpired(absl::string_view store, size_t patterns,
+                     double seconds) override {
+    expired_.Add({{"store", StoreLabel(store)}})
+        .Increment(static_cast<double>(patterns));
+    expiry_sweep_.Add({}).Increment(seconds);
+  }
+
   void SetFits(size_t running, size_t pending) override {
     fits_.Add({{"state", "running"}}).Set(static_cast<double>(running));
     fits_.Add({{"state", "pending"}}).Set(static_cast<double>(pending));
@@ -234,6 +250,7 @@ class PrometheusMetrics : public Metrics {
     if (!options_.per_store_labels) return;
     patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
     fit_loss_.Remove(&fit_loss_.Add({{"store", std::string(store)}}));
+    expired_.Remove(&expired_.Add({{"store", std::string(store)}}));
     for (prometheus::Family<prometheus::Gauge>* family : capacity_) {
       family->Remove(&family->Add({{"store", std::string(store)}}));
     }
@@ -295,6 +312,8 @@ class PrometheusMetrics : public Metrics {
   prometheus::Histogram& queries_per_request_;
   prometheus::Family<prometheus::Histogram>& bounds_;
   prometheus::Family<prometheus::Gauge>& fits_;
+  prometheus::Family<prometheus::Counter>& expired_;
+  prometheus::Family<prometheus::Counter>& expiry_sweep_;
   prometheus::Family<prometheus::Counter>& fits_total_;
   prometheus::Histogram& fit_duration_;
   prometheus::Family<prometheus::Gauge>& fit_loss_;

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/base/clip.h"
 
@@ -25,7 +26,9 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   store::SettingsToProto(s, out);
   // The output-only fields: what the store holds and is.
   out.mutable_feature_map()->set_feature_dim(store::FeatureDim(s));
-  out.set_pattern_count(view.size());
+  // Expired patterns not yet reclaimed are not counted.
+  out.set_pattern_count(view.LiveCount(absl::GetCurrentTimeNanos()));
+  out.set_expired_count(view.expired_count());
   v1::NormStats* norms = out.mutable_norms();
   norms->set_max_norm(view.norms().max_norm);
   norms->set_mean_norm(view.norms().mean_norm);
@@ -47,16 +50,68 @@ void ToProto(const store::Pattern& pattern, v1::Pattern& out) {
   for (const auto& [key, value] : pattern.metadata) {
     (*out.mutable_metadata())[key] = value;
   }
+  if (pattern.expire_ns != 0) {
+    store::TimeToProto(absl::FromUnixNanos(pattern.expire_ns),
+                       *out.mutable_expire_time());
+  }
 }
 
-store::Pattern FromProto(const v1::Pattern& pattern) {
+absl::StatusOr<store::Pattern> FromProto(const v1::Pattern& pattern,
+                                         absl::Time now, size_t index) {
   store::Pattern out;
   out.id = pattern.id();
   out.values.assign(pattern.values().begin(), pattern.values().end());
   out.label = pattern.label();
   out.metadata.assign(pattern.metadata().begin(), pattern.metadata().end());
   std::sort(out.metadata.begin(), out.metadata.end());
+  if (pattern.has_ttl() && pattern.has_expire_time()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "patterns[", index, "]: give expire_time or ttl, not both"));
+  }
+  if (pattern.has_ttl()) {
+    const absl::Duration ttl = store::DurationFromProto(pattern.ttl());
+    if (absl::Status status =
+            store::ValidateTtl(ttl, absl::StrCat("patterns[", index, "].ttl"));
+        !status.ok()) {
+      return status;
+    }
+    out.expire_ns = absl::ToUnixNanos(now + ttl);
+  } else if (pattern.has_expire_time()) {
+    const google::protobuf::Timestamp& t = pattern.expire_time();
+    if (t.seconds() <= 0 || t.nanos() < 0 || t.nanos() > 999999999 ||
+        store::TimeFromProto(t) > now + store::kMaxTtl) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patterns[", index,
+          "].expire_time must be a valid time at most 100 years ahead"));
+    }
+    out.expire_ns = absl::ToUnixNanos(store::TimeFromProto(t));
+  }
   return out;
+}
+
+absl::Status FromProto(
+    const google::protobuf::RepeatedPtrField<v1::Pattern>& patterns,
+    std::vector<store::Pattern>& out) {
+  const absl::Time now = absl::Now();
+  out.clear();
+  out.reserve(patterns.size());
+  for (int i = 0; i < patterns.size(); ++i) {
+    absl::StatusOr<store::Pattern> p = FromProto(patterns[i], now, i);
+    if (!p.ok()) return p.status();
+    out.push_back(*std::move(p));
+  }
+  return absl::OkStatus();
+}
+
+void FixTtls(google::protobuf::RepeatedPtrField<v1::Pattern>& patterns,
+             absl::Time now) {
+  for (v1::Pattern& p : patterns) {
+    if (!p.has_ttl() || p.has_expire_time()) continue;
+    const absl::Duration ttl = store::DurationFromProto(p.ttl());
+    if (!store::ValidateTtl(ttl, "ttl").ok()) continue;  // The shard says so.
+    store::TimeToProto(now + ttl, *p.mutable_expire_time());
+    p.clear_ttl();
+  }
 }
 
 absl::StatusOr<store::PathChoice> PathFromProto(v1::RetrievalPath path) {

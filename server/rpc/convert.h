@@ -25,7 +25,17 @@ grpc::Status ToGrpc(const absl::Status& status);
 
 void ToProto(const store::StoreView& view, v1::Store& out);
 void ToProto(const store::Pattern& pattern, v1::Pattern& out);
-store::Pattern FromProto(const v1::Pattern& pattern);
+// A pattern of an add (patterns[index]); its ttl, if any, counted from `now`.
+absl::StatusOr<store::Pattern> FromProto(const v1::Pattern& pattern,
+                                         absl::Time now, size_t index);
+// Every pattern of an add, with one `now`.
+absl::Status FromProto(
+    const google::protobuf::RepeatedPtrField<v1::Pattern>& patterns,
+    std::vector<store::Pattern>& out);
+// A router's add: each valid ttl becomes the expire_time it means now, so
+// every replica stores the same expiry.
+void FixTtls(google::protobuf::RepeatedPtrField<v1::Pattern>& patterns,
+             absl::Time now);
 // A Retrieve request for a store of dimension `dim`; its queries are copied
 // into `queries` (which the result points into). INVALID_ARGUMENT names a
 // query of the wrong dimension or an unknown path.

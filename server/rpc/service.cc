@@ -181,9 +181,10 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
   std::vector<store::Pattern> patterns;
-  patterns.reserve(request->patterns_size());
-  for (const v1::Pattern& p : request->patterns())
-    patterns.push_back(FromProto(p));
+  if (absl::Status status = FromProto(request->patterns(), patterns);
+      !status.ok()) {
+    return call.Done(status);
+  }
   absl::StatusOr<std::vector<uint64_t>> ids = (*found)->Add(patterns);
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
@@ -227,10 +228,10 @@ grpc::Status EngramService::ImportPatterns(
           " patterns of earlier messages were committed")));
     }
     if (message.patterns_size() == 0) continue;
-    patterns.clear();
-    for (const v1::Pattern& p : message.patterns())
-      patterns.push_back(FromProto(p));
-    absl::StatusOr<std::vector<uint64_t>> ids = target->Add(patterns);
+    absl::Status converted = FromProto(message.patterns(), patterns);
+    absl::StatusOr<std::vector<uint64_t>> ids =
+        converted.ok() ? target->Add(patterns)
+                       : absl::StatusOr<std::vector<uint64_t>>(converted);
     if (!ids.ok()) {
       Added(*target, 0);
       return call.Done(absl::Status(

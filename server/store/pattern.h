@@ -17,6 +17,8 @@ struct Pattern {
   std::vector<float> values;
   std::string label;
   Metadata metadata;
+  // When it expires, in Unix nanoseconds; 0: never.
+  int64_t expire_ns = 0;
 };
 
 }  // namespace engram::store

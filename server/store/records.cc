@@ -9,8 +9,10 @@ namespace engram::store {
 
 // Format 1: u8 format, u32 dim, dim x f32, label, u32 entries, entries x
 // (key, value); strings as u32 length + bytes; numbers little-endian.
+// Format 2 (a pattern that expires): format 1's fields, then its expiry as
+// i64 Unix nanoseconds.
 std::string EncodePattern(const Pattern& p) {
-  std::string out(1, '\x01');
+  std::string out(1, p.expire_ns != 0 ? '\x02' : '\x01');
   auto put_string = [&](absl::string_view s) {
     internal::PutFixed32(out, static_cast<uint32_t>(s.size()));
     out.append(s.data(), s.size());
@@ -23,6 +25,9 @@ std::string EncodePattern(const Pattern& p) {
   for (const auto& [key, value] : p.metadata) {
     put_string(key);
     put_string(value);
+  }
+  if (p.expire_ns != 0) {
+    internal::PutFixed64(out, static_cast<uint64_t>(p.expire_ns));
   }
   return out;
 }
@@ -77,10 +82,11 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
   Pattern p;
   p.id = id;
   uint32_t dim = 0, entries = 0;
-  if (bytes.empty() || bytes[0] != '\x01') {
+  if (bytes.empty() || (bytes[0] != '\x01' && bytes[0] != '\x02')) {
     return absl::DataLossError(
         absl::StrCat("pattern ", id, ": unknown record format"));
   }
+  const bool expires = bytes[0] == '\x02';
   Reader reader(bytes.substr(1));
   bool ok = reader.U32(dim) && reader.Floats(p.values, dim) &&
             reader.String(p.label) && reader.U32(entries);
@@ -88,6 +94,11 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
     std::string key, value;
     ok = reader.String(key) && reader.String(value);
     p.metadata.emplace_back(std::move(key), std::move(value));
+  }
+  if (ok && expires) {
+    uint64_t at = 0;
+    ok = reader.U64(at) && at != 0;
+    p.expire_ns = static_cast<int64_t>(at);
   }
   if (!ok || !reader.done()) {
     return absl::DataLossError(

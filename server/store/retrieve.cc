@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "server/core/low_rank.h"
 
 namespace engram::store {
@@ -360,25 +361,46 @@ class Gathered {
   core::MemorySet set_;
 };
 
-absl::StatusOr<RetrieveResult> RetrieveFiltered(
+// A retrieval over some rows only: those of the filter, or the patterns
+// that have not expired while some that did wait to be reclaimed.
+absl::StatusOr<RetrieveResult> RetrieveAmong(
     const StoreView& view, const RetrieveRequest& request, const Limits& limits,
-    const core::RetrievalOptions& options) {
+    const core::RetrievalOptions& options, int64_t now_ns) {
   const std::string& name = view.settings().name;
-  if (absl::Status status = ValidateFilter(request.filter, limits);
-      !status.ok()) {
-    return status;
+  const bool filtered = !request.filter.empty();
+  if (filtered) {
+    if (absl::Status status = ValidateFilter(request.filter, limits);
+        !status.ok()) {
+      return status;
+    }
   }
   if (request.path == PathChoice::kLowRank) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "path LOW_RANK cannot serve a filtered retrieval of store '", name,
-        "': the store's low-rank sums are over every pattern; use AUTO or "
-        "EXACT"));
+    if (filtered) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "path LOW_RANK cannot serve a filtered retrieval of store '", name,
+          "': the store's low-rank sums are over every pattern; use AUTO or "
+          "EXACT"));
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "path LOW_RANK: store '", name,
+        "' holds patterns that just expired and are being reclaimed; its "
+        "low-rank sums include them until then: retry, or use AUTO"));
   }
-  const std::vector<uint32_t> rows = view.Matching(request.filter);
+  const bool expired = view.HasExpired(now_ns);
+  std::vector<uint32_t> rows;
+  if (!filtered) {
+    rows = view.LiveRows(now_ns);
+  } else if (expired) {
+    rows = view.Live(view.Matching(request.filter), now_ns);
+  } else {
+    rows = view.Matching(request.filter);
+  }
   if (rows.empty()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the filter matches no pattern of store '", name, "' (of ",
-                     view.size(), ")"));
+        filtered ? absl::StrCat("the filter matches no pattern of store '",
+                                name, "' (of ", view.LiveCount(now_ns), ")")
+                 : absl::StrCat("store '", name,
+                                "' is empty: every pattern expired"));
   }
   absl::StatusOr<core::RetrievalParams> params =
       ResolveParams(view.settings(), rows.size(), request, limits);
@@ -395,8 +417,14 @@ absl::StatusOr<RetrieveResult> RetrieveFiltered(
       });
   result.path.path = PathChoice::kExact;
   result.path.reason =
-      absl::StrCat("exact: filtered to ", rows.size(), " of ", view.size(),
-                   " patterns (the low-rank sums are over all of them)");
+      filtered
+          ? absl::StrCat("exact: filtered to ", rows.size(), " of ",
+                         view.LiveCount(now_ns),
+                         " patterns (the low-rank sums are over all of them)")
+          : absl::StrCat("exact: over the ", rows.size(),
+                         " patterns that have not expired (",
+                         view.size() - rows.size(),
+                         " expired and are being reclaimed)");
   result.store_version = view.version();
   return result;
 }
@@ -407,8 +435,9 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,
                                         const core::RetrievalOptions& options) {
-  if (!request.filter.empty()) {
-    return RetrieveFiltered(view, request, limits, options);
+  const int64_t now_ns = absl::GetCurrentTimeNanos();
+  if (!request.filter.empty() || view.HasExpired(now_ns)) {
+    return RetrieveAmong(view, request, limits, options, now_ns);
   }
   absl::StatusOr<core::RetrievalParams> resolved =
       ResolveParams(view.settings(), view.size(), request, limits);

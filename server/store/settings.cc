@@ -42,8 +42,44 @@ absl::Status ValidateStoreName(absl::string_view name) {
   return absl::OkStatus();
 }
 
+void TimeToProto(absl::Time time, google::protobuf::Timestamp& out) {
+  const int64_t nanos = absl::ToUnixNanos(time);
+  out.set_seconds(nanos / 1000000000);
+  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+absl::Time TimeFromProto(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
+void DurationToProto(absl::Duration d, google::protobuf::Duration& out) {
+  const int64_t nanos = absl::ToInt64Nanoseconds(d);
+  out.set_seconds(nanos / 1000000000);
+  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+absl::Duration DurationFromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+absl::Status ValidateTtl(absl::Duration ttl, absl::string_view field) {
+  if (ttl <= absl::ZeroDuration() || ttl > kMaxTtl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must be > 0 and at most 100 years, got ",
+                     absl::FormatDuration(ttl)));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateSettings(const StoreSettings& settings,
                               const Limits& limits) {
+  if (settings.expiry.default_ttl != absl::ZeroDuration()) {
+    if (absl::Status status = ValidateTtl(settings.expiry.default_ttl,
+                                          "store.expiry.default_ttl");
+        !status.ok()) {
+      return status;
+    }
+  }
   if (absl::Status status = ValidateStoreName(settings.name); !status.ok()) {
     return status;
   }
@@ -190,16 +226,6 @@ absl::Status FromProtoEnum(const EnumPair<Ours, Theirs> (&pairs)[N], int value,
 template <typename T>
 T Or(T value, T fallback, bool fill_defaults) {
   return fill_defaults && value == T{} ? fallback : value;
-}
-
-void TimeToProto(absl::Time time, google::protobuf::Timestamp& out) {
-  const int64_t nanos = absl::ToUnixNanos(time);
-  out.set_seconds(nanos / 1000000000);
-  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
-}
-
-absl::Time TimeFromProto(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
 }
 
 // Sets the field at dotted `path` of `message` from its text, by the
@@ -364,6 +390,7 @@ absl::StatusOr<StoreSettings> SettingsFromProto(const v1::Store& in,
     out.calibration_report = in.calibration_report();
   }
   if (in.has_create_time()) out.create_time = TimeFromProto(in.create_time());
+  out.expiry.default_ttl = DurationFromProto(in.expiry().default_ttl());
   return out;
 }
 
@@ -405,6 +432,12 @@ void SettingsToProto(const StoreSettings& s, v1::Store& out) {
     out.clear_calibration_report();
   }
   TimeToProto(s.create_time, *out.mutable_create_time());
+  if (s.expiry.default_ttl != absl::ZeroDuration()) {
+    DurationToProto(s.expiry.default_ttl,
+                    *out.mutable_expiry()->mutable_default_ttl());
+  } else {
+    out.clear_expiry();
+  }
 }
 
 v1::Similarity SimilarityToProto(core::Similarity similarity) {
@@ -453,9 +486,11 @@ absl::Span<const char* const> UpdatablePaths() {
                                            "calibration.search_separation",
                                            "calibration.sample_size",
                                            "calibration.seed",
+                                           "expiry.default_ttl",
                                            "retrieval",
                                            "low_rank",
-                                           "calibration"};
+                                           "calibration",
+                                           "expiry"};
   return kPaths;
 }
 

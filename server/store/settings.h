@@ -70,6 +70,11 @@ struct CalibrationSettings {
 // applied.
 using CalibrationReport = v1::CalibrationReport;
 
+struct ExpirySettings {
+  // Lifetime of a pattern added without an expiry; zero: no default.
+  absl::Duration default_ttl = absl::ZeroDuration();
+};
+
 struct StoreSettings {
   std::string name;
   uint32_t dimension = 0;
@@ -78,6 +83,7 @@ struct StoreSettings {
   LowRankSettings low_rank;
   CalibrationSettings calibration;
   CalibrationReport calibration_report;  // Output only.
+  ExpirySettings expiry;
   absl::Time create_time = absl::UnixEpoch();
 };
 
@@ -107,6 +113,18 @@ struct Limits {
 // d_Phi: the feature dimension of a U-Hop store (feature_dim, or the store's
 // dimension when that is 0).
 uint32_t FeatureDim(const StoreSettings& settings);
+
+// The longest lifetime a pattern may be given.
+inline constexpr absl::Duration kMaxTtl = absl::Hours(24 * 36525);
+
+// OK if `ttl` is > 0 and at most kMaxTtl; the message names `field`.
+absl::Status ValidateTtl(absl::Duration ttl, absl::string_view field);
+
+// Times and durations of the API's messages.
+void TimeToProto(absl::Time time, google::protobuf::Timestamp& out);
+absl::Time TimeFromProto(const google::protobuf::Timestamp& t);
+void DurationToProto(absl::Duration d, google::protobuf::Duration& out);
+absl::Duration DurationFromProto(const google::protobuf::Duration& d);
 
 // OK if `name` is 1-63 characters of [a-z0-9_.-] starting with [a-z0-9].
 absl::Status ValidateStoreName(absl::string_view name);

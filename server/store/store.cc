@@ -10,6 +10,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace engram::store {
 
@@ -134,7 +136,8 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
   }
   rows_->sq_norms[r] = static_cast<float>(sq_norm);
   rows_->max_abs[r] = max_abs;
-  rows_->info[r] = RowInfo{id, pattern.label, pattern.metadata};
+  rows_->info[r] =
+      RowInfo{id, pattern.label, pattern.metadata, pattern.expire_ns};
 }
 
 void Chunk::SetKeyNorm(size_t r) {
@@ -175,6 +178,38 @@ std::vector<uint32_t> StoreView::Matching(const Filter& filter) const {
   return filter_index_->Match(filter, count_);
 }
 
+bool StoreView::Expired(size_t index, int64_t now_ns) const {
+  if (now_ns < min_expire_ns_) return false;
+  const int64_t at = info(index).expire_ns;
+  return at != 0 && at <= now_ns;
+}
+
+std::vector<uint32_t> StoreView::Live(absl::Span<const uint32_t> rows,
+                                      int64_t now_ns) const {
+  std::vector<uint32_t> live;
+  live.reserve(rows.size());
+  for (uint32_t r : rows) {
+    if (!Expired(r, now_ns)) live.push_back(r);
+  }
+  return live;
+}
+
+std::vector<uint32_t> StoreView::LiveRows(int64_t now_ns) const {
+  std::vector<uint32_t> live;
+  live.reserve(count_);
+  for (size_t r = 0; r < count_; ++r) {
+    if (!Expired(r, now_ns)) live.push_back(static_cast<uint32_t>(r));
+  }
+  return live;
+}
+
+size_t StoreView::LiveCount(int64_t now_ns) const {
+  if (!HasExpired(now_ns)) return count_;
+  size_t live = 0;
+  for (size_t r = 0; r < count_; ++r) live += !Expired(r, now_ns);
+  return live;
+}
+
 const float* StoreView::row(size_t index) const {
   return chunks_[index / chunk_capacity_]->row(index % chunk_capacity_);
 }
@@ -185,7 +220,8 @@ const Chunk::RowInfo& StoreView::info(size_t index) const {
 
 Pattern StoreView::pattern(size_t index, bool with_values) const {
   const Chunk::RowInfo& row_info = info(index);
-  Pattern pattern{row_info.id, {}, row_info.label, row_info.metadata};
+  Pattern pattern{
+      row_info.id, {}, row_info.label, row_info.metadata, row_info.expire_ns};
   if (with_values) {
     const float* values = row(index);
     pattern.values.assign(values, values + settings_.dimension);
@@ -389,6 +425,9 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
                              patterns[i].label, patterns[i].metadata);
     max_label_bytes_ = std::max(max_label_bytes_, patterns[i].label.size());
     next_id_ = NextAfter(next_id_, ids[i]);
+    if (patterns[i].expire_ns != 0) {
+      expiries_.insert({patterns[i].expire_ns, ids[i]});
+    }
   }
   UpdateSums(keys.data(), values.data(), patterns.size(), 1.0);
   filter_index_->Append(
@@ -410,23 +449,40 @@ absl::StatusOr<std::vector<uint64_t>> Store::Add(
   if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
     return status;
   }
-  std::vector<Pattern> with_ids;
-  const bool all_explicit =
-      std::all_of(patterns.begin(), patterns.end(),
-                  [](const Pattern& p) { return p.id != 0; });
-  if (!all_explicit) {
-    with_ids.assign(patterns.begin(), patterns.end());
-    for (size_t i = 0; i < ids.size(); ++i) with_ids[i].id = ids[i];
+  // Expiry: a given one must be ahead; none takes the store's default TTL.
+  const int64_t now = absl::GetCurrentTimeNanos();
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    if (patterns[i].expire_ns != 0 && patterns[i].expire_ns <= now) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patterns[", i, "].expire_time ",
+          absl::FormatTime(absl::FromUnixNanos(patterns[i].expire_ns)),
+          " is not in the future"));
+    }
   }
+  const absl::Duration ttl = view()->settings().expiry.default_ttl;
+  const int64_t default_expiry =
+      ttl > absl::ZeroDuration() ? now + absl::ToInt64Nanoseconds(ttl) : 0;
+  const bool complete =
+      std::all_of(patterns.begin(), patterns.end(), [&](const Pattern& p) {
+        return p.id != 0 && (p.expire_ns != 0 || default_expiry == 0);
+      });
+  std::vector<Pattern> filled;
+  if (!complete) {
+    filled.assign(patterns.begin(), patterns.end());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      filled[i].id = ids[i];
+      if (filled[i].expire_ns == 0) filled[i].expire_ns = default_expiry;
+    }
+  }
+  const absl::Span<const Pattern> added =
+      complete ? patterns : absl::MakeConstSpan(filled);
   uint64_t next_id = next_id_;
   for (uint64_t id : ids) next_id = NextAfter(next_id, id);
-  if (absl::Status status = storage_->WritePatterns(
-          name_, all_explicit ? patterns : absl::MakeConstSpan(with_ids), {},
-          next_id);
+  if (absl::Status status = storage_->WritePatterns(name_, added, {}, next_id);
       !status.ok()) {
     return status;
   }
-  return ApplyAdd(patterns, ids);
+  return ApplyAdd(added, ids);
 }
 
 absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
@@ -466,6 +522,32 @@ void Store::RestoreStamp(uint64_t stamp) {
 
 absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
   MutexLock write_lock(&write_mu_);
+  return DeleteLocked(ids);
+}
+
+absl::StatusOr<size_t> Store::ExpireDue(int64_t now_ns) {
+  MutexLock write_lock(&write_mu_);
+  size_t expired = 0;
+  while (!expiries_.empty() && expiries_.begin()->first <= now_ns) {
+    std::vector<uint64_t> ids;
+    for (auto it = expiries_.begin();
+         it != expiries_.end() && it->first <= now_ns &&
+         ids.size() < limits_.max_batch;
+         ++it) {
+      ids.push_back(it->second);
+    }
+    if (absl::Status status = DeleteLocked(ids); !status.ok()) return status;
+    expired += ids.size();
+    expired_count_ += ids.size();
+  }
+  if (expired > 0) {
+    MutexLock lock(&mu_);
+    Publish(view_->settings());  // The count of expired patterns.
+  }
+  return expired;
+}
+
+absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
   if (ids.size() > limits_.max_batch) {
@@ -498,6 +580,9 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
     const size_t r = g % chunk_capacity_;
     digest_ -= PatternDigest(id, chunk.row(r), dim_, chunk.info(r).label,
                              chunk.info(r).metadata);
+    if (chunk.info(r).expire_ns != 0) {
+      expiries_.erase({chunk.info(r).expire_ns, id});
+    }
   }
   // What leaves the low-rank sums, read before rows move.
   std::vector<float> gone_values;
@@ -697,6 +782,9 @@ void Store::Publish(const StoreSettings& settings) {
   view->digest_ = digest_;
   view->next_id_ = next_id_;
   view->filter_index_ = filter_index_;
+  view->min_expire_ns_ = expiries_.empty() ? std::numeric_limits<int64_t>::max()
+                                           : expiries_.begin()->first;
+  view->expired_count_ = expired_count_;
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
@@ -711,6 +799,12 @@ absl::StatusOr<Pattern> Store::Get(uint64_t id) const {
     return absl::NotFoundError(
         absl::StrCat("pattern ", id, " is not in store '", name_, "'"));
   }
+  const int64_t expire_ns = view_->info(found->second).expire_ns;
+  if (expire_ns != 0 && expire_ns <= absl::GetCurrentTimeNanos()) {
+    return absl::NotFoundError(
+        absl::StrCat("pattern ", id, " of store '", name_, "' expired at ",
+                     absl::FormatTime(absl::FromUnixNanos(expire_ns))));
+  }
   return view_->pattern(found->second);
 }
 
@@ -718,7 +812,9 @@ Store::Page Store::List(uint64_t after_id, size_t page_size,
                         bool with_values) const {
   ReaderMutexLock lock(&mu_);
   Page page;
+  const int64_t now = absl::GetCurrentTimeNanos();
   for (auto it = index_.upper_bound(after_id); it != index_.end(); ++it) {
+    if (view_->Expired(it->second, now)) continue;
     if (page.patterns.size() == page_size) {
       page.more = true;
       break;

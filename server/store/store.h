@@ -17,12 +17,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -50,6 +53,7 @@ class Chunk {
     uint64_t id = 0;
     std::string label;
     Metadata metadata;
+    int64_t expire_ns = 0;  // Unix nanoseconds; 0: never.
   };
 
   // `key_dim` > 0 keeps features Phi(row) of that size beside each row.
@@ -154,6 +158,21 @@ class StoreView {
   // The rows of this view that match `filter` (not empty), ascending.
   std::vector<uint32_t> Matching(const Filter& filter) const;
 
+  // Expiry (docs/expiry.md): whether some row expired at `now_ns` (Unix
+  // nanoseconds) and is not reclaimed yet; whether row `index` did; the
+  // rows of `rows` (or of the view) that did not; how many did not.
+  // Without expired rows these cost nothing but LiveRows, one pass.
+  bool HasExpired(int64_t now_ns) const { return min_expire_ns_ <= now_ns; }
+  bool Expired(size_t index, int64_t now_ns) const;
+  std::vector<uint32_t> Live(absl::Span<const uint32_t> rows,
+                             int64_t now_ns) const;
+  std::vector<uint32_t> LiveRows(int64_t now_ns) const;
+  size_t LiveCount(int64_t now_ns) const;
+  // The earliest expiry of a row (INT64_MAX: none expires).
+  int64_t min_expire_ns() const { return min_expire_ns_; }
+  // Patterns that expired and were reclaimed since the process started.
+  uint64_t expired_count() const { return expired_count_; }
+
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
   const float* row(size_t index) const;
@@ -177,6 +196,8 @@ class StoreView {
   uint64_t digest_ = 0;
   uint64_t next_id_ = 1;
   std::shared_ptr<const FilterIndex> filter_index_;
+  int64_t min_expire_ns_ = std::numeric_limits<int64_t>::max();
+  uint64_t expired_count_ = 0;
 };
 
 class Store {
@@ -196,6 +217,9 @@ class Store {
   absl::StatusOr<std::vector<uint64_t>> Add(absl::Span<const Pattern> patterns);
   // Deletes all ids or none.
   absl::Status Delete(absl::Span<const uint64_t> ids);
+  // Deletes every pattern whose expiry is at or before `now_ns` (Unix
+  // nanoseconds), in batches of max_batch, each atomic; how many.
+  absl::StatusOr<size_t> ExpireDue(int64_t now_ns);
   absl::StatusOr<Pattern> Get(uint64_t id) const;
 
   struct Page {
@@ -275,6 +299,8 @@ class Store {
   void UpdateSums(const float* keys, const float* values, size_t n, double sign)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  absl::Status DeleteLocked(absl::Span<const uint64_t> ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // A new filter index of every row (after rows moved).
   void RebuildFilterIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
@@ -307,6 +333,10 @@ class Store {
   double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
   size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
+  // (expiry, id) of every pattern that expires.
+  absl::btree_set<std::pair<int64_t, uint64_t>> expiries_
+      ABSL_GUARDED_BY(write_mu_);
+  uint64_t expired_count_ ABSL_GUARDED_BY(write_mu_) = 0;
   // Appended to by adds; replaced after deletes (see filter_index.h).
   std::shared_ptr<FilterIndex> filter_index_ ABSL_GUARDED_BY(write_mu_) =
       std::make_shared<FilterIndex>();

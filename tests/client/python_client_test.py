@@ -146,6 +146,34 @@ class PythonClientTest(unittest.TestCase):
                 c.retrieve("pyf", q, where_label=["none"])
             self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
 
+    def test_expired_patterns_leave_every_answer_then_storage(self):
+        x = np.eye(8, dtype=np.float32)
+        with Client(self.addr) as c:
+            c.create_store("pyttl", dim=8, beta=20, top_k=8, default_ttl=3600)
+            keep = c.add("pyttl", x[:4])
+            short = c.add("pyttl", x[4:], ttl=0.4)
+            self.assertAlmostEqual(c.get_pattern("pyttl", int(keep[0])).expire_time,
+                                   time.time() + 3600, delta=60)
+            self.assertEqual(c.get_store("pyttl").pattern_count, 8)
+            self.assertIn(int(short[0]), c.retrieve("pyttl", x[4]).ids[0].astype(int).tolist())
+            time.sleep(0.5)  # Expired; the sweep (every second) may not have run.
+            self.assertEqual(c.get_store("pyttl").pattern_count, 4)
+            r = c.retrieve("pyttl", x[4])
+            self.assertEqual(sorted(r.ids[0][:4].astype(int).tolist()),
+                             sorted(keep.astype(int).tolist()))
+            with self.assertRaises(grpc.RpcError) as e:
+                c.get_pattern("pyttl", int(short[0]))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            self.assertEqual(len(list(c.list_patterns("pyttl"))), 4)
+            deadline = time.time() + 10
+            while c.get_store("pyttl").expired_count < 4 and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(c.get_store("pyttl").expired_count, 4)
+            with self.assertRaises(grpc.RpcError) as e:
+                c.add("pyttl", x[:1], ttl=-1)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("patterns[0].ttl", e.exception.details())
+
     def test_uhop_fit_watch_and_cancel(self):
         rng = np.random.default_rng(2)
         with Client(self.addr) as c:

@@ -103,6 +103,22 @@ TEST_F(RocksDbStorageTest, ARestoredStoreReplacesAllOfTheOldOneDurably) {
   }
 }
 
+TEST_F(RocksDbStorageTest, ExpiriesSurviveARestart) {
+  std::shared_ptr<Store> a = Create("a", 2);
+  Pattern expiring = P(1, {1, 2});
+  expiring.expire_ns = absl::ToUnixNanos(absl::Now() + absl::Hours(2));
+  ASSERT_TRUE(a->Add({expiring, P(2, {3, 4})}).ok());
+  Reopen();
+  std::shared_ptr<Store> back = *registry_->Get("a");
+  EXPECT_EQ(back->Get(1)->expire_ns, expiring.expire_ns);
+  EXPECT_EQ(back->Get(2)->expire_ns, 0);
+  EXPECT_EQ(back->view()->min_expire_ns(), expiring.expire_ns);
+  // The sweep after the restart finds it.
+  EXPECT_EQ(*back->ExpireDue(expiring.expire_ns), 1u);
+  Reopen();
+  EXPECT_EQ((*registry_->Get("a"))->view()->size(), 1u);
+}
+
 TEST_F(RocksDbStorageTest, EverythingSurvivesARestart) {
   std::shared_ptr<Store> a = Create("a", 2);
   Pattern tagged = P(7, {1.5f, -2}, "seven");

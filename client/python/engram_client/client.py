@@ -40,6 +40,7 @@ SETTINGS: Dict[str, str] = {
     "fit_batch_size": "feature_map.batch_size",
     "fit_debounce_ms": "feature_map.debounce_ms",
     "fit_min_new_patterns": "feature_map.min_new_patterns",
+    "default_ttl": "expiry.default_ttl",  # seconds
     "fit_seed": "feature_map.seed",
 }
 
@@ -125,11 +126,14 @@ class Pattern:
     values: np.ndarray    # (d,) float32; empty when listed without values
     label: str
     metadata: Dict[str, str]
+    expire_time: Optional[float] = None  # Unix seconds; None: never
 
     @staticmethod
     def from_proto(p: pb.Pattern) -> "Pattern":
         return Pattern(id=p.id, values=np.array(p.values, dtype=np.float32), label=p.label,
-                       metadata=dict(p.metadata))
+                       metadata=dict(p.metadata),
+                       expire_time=p.expire_time.ToNanoseconds() / 1e9
+                       if p.HasField("expire_time") else None)
 
 
 def _enum_name(value: int, enum: _descriptor.EnumDescriptor) -> str:
@@ -142,6 +146,10 @@ def _set_path(message: _message.Message, path: str, value: Any, name: str) -> No
     for part in parents:
         message = getattr(message, part)
     field = message.DESCRIPTOR.fields_by_name[leaf]
+    if field.message_type is not None and field.message_type.full_name == \
+            "google.protobuf.Duration":
+        getattr(message, leaf).FromNanoseconds(int(round(float(value) * 1e9)))
+        return
     if field.enum_type is not None and isinstance(value, str):
         found = field.enum_type.values_by_name.get(value.upper())
         if found is None or found.number == 0:
@@ -301,11 +309,16 @@ class Client:
     @staticmethod
     def _patterns(x: np.ndarray, first: int, count: int, labels: Optional[Sequence[str]],
                   ids: Optional[Sequence[int]],
-                  metadata: Optional[Sequence[Mapping[str, str]]]) -> List[pb.Pattern]:
-        return [pb.Pattern(values=x[i], id=int(ids[i]) if ids is not None else 0,
-                           label=str(labels[i]) if labels is not None else "",
-                           metadata=dict(metadata[i]) if metadata is not None else {})
-                for i in range(first, first + count)]
+                  metadata: Optional[Sequence[Mapping[str, str]]],
+                  ttl: Optional[float] = None) -> List[pb.Pattern]:
+        out = [pb.Pattern(values=x[i], id=int(ids[i]) if ids is not None else 0,
+                          label=str(labels[i]) if labels is not None else "",
+                          metadata=dict(metadata[i]) if metadata is not None else {})
+               for i in range(first, first + count)]
+        if ttl is not None:
+            for p in out:
+                p.ttl.FromNanoseconds(int(round(ttl * 1e9)))
+        return out
 
     @staticmethod
     def _matrix(vectors: Any) -> np.ndarray:
@@ -317,15 +330,18 @@ class Client:
     def add(self, store: str, vectors: Any, *, labels: Optional[Sequence[str]] = None,
             ids: Optional[Sequence[int]] = None,
             metadata: Optional[Sequence[Mapping[str, str]]] = None,
-            batch: int = 2048) -> np.ndarray:
+            batch: int = 2048, ttl: Optional[float] = None) -> np.ndarray:
         """Adds the rows of `vectors` (n x d); returns their ids (uint64).
-        Each batch of `batch` rows is one atomic AddPatterns."""
+        Each batch of `batch` rows is one atomic AddPatterns. `ttl` (seconds)
+        makes them expire that long after the add (else the store's
+        default_ttl, if any)."""
         x = self._matrix(vectors)
         out: List[int] = []
         for first in range(0, len(x), batch):
             count = min(batch, len(x) - first)
             r = self._call(self._stub.AddPatterns, pb.AddPatternsRequest(
-                store=store, patterns=self._patterns(x, first, count, labels, ids, metadata)),
+                store=store, patterns=self._patterns(x, first, count, labels, ids, metadata,
+                                                     ttl)),
                 repeatable=False)
             out.extend(r.ids)
         return np.array(out, dtype=np.uint64)

@@ -1,0 +1,68 @@
+#include "server/jobs/expiry_sweeper.h"
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "server/base/log.h"
+
+namespace engram::jobs {
+
+ExpirySweeper::ExpirySweeper(store::StoreRegistry* registry,
+                             absl::Duration interval, Observer observer)
+    : registry_(registry),
+      interval_(interval),
+      observer_(std::move(observer)),
+      thread_([this] { Loop(); }) {}
+
+ExpirySweeper::~ExpirySweeper() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+size_t ExpirySweeper::SweepOnce() {
+  size_t total = 0;
+  std::string after;
+  bool more = true;
+  while (more) {
+    absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> page =
+        registry_->List(after, 100, more);
+    if (!page.ok()) return total;  // Still loading.
+    for (const std::shared_ptr<store::Store>& s : *page) {
+      after = s->name();
+      const int64_t now = absl::GetCurrentTimeNanos();
+      if (!s->view()->HasExpired(now)) continue;
+      const absl::Time start = absl::Now();
+      absl::StatusOr<size_t> reclaimed = s->ExpireDue(now);
+      if (!reclaimed.ok()) {
+        // A full disk or a store being replaced: the patterns stay out of
+        // every answer, and the next pass tries again.
+        Log(LogLevel::kWarning, "expiry: store '%s': %s", s->name(),
+            reclaimed.status().ToString());
+        continue;
+      }
+      const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+      if (observer_) observer_(s->name(), *reclaimed, seconds);
+      Log(LogLevel::kDebug,
+          "expiry: store '%s': %d patterns reclaimed in %.3fs", s->name(),
+          *reclaimed, seconds);
+      total += *reclaimed;
+    }
+  }
+  return total;
+}
+
+void ExpirySweeper::Loop() {
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), interval_)) {
+    mu_.Unlock();
+    SweepOnce();
+    mu_.Lock();
+  }
+}
+
+}  // namespace engram::jobs
