@@ -262,8 +262,9 @@ absl::Status Store::CheckWritable() const {
 void Store::RebuildFilterIndex() {
   // Rows moved: views from here on read a new index; older views keep theirs.
   filter_index_ = std::make_shared<FilterIndex>();
-  auto info = [this](size_t g) -> const Chunk::RowInfo& {
-    return chunks_[g / chunk_capacity_]->info(g % chunk_capacity_);
+  const std::vector<std::shared_ptr<Chunk>>& chunks = chunks_;
+  auto info = [this, &chunks](size_t g) -> const Chunk::RowInfo& {
+    return chunks[g / chunk_capacity_]->info(g % chunk_capacity_);
   };
   filter_index_->Append(
       0, count_, [&](size_t g) -> const std::string& { return info(g).label; },
