@@ -262,7 +262,8 @@ absl::Status Store::CheckWritable() const {
 void Store::RebuildFilterIndex() {
   // Rows moved: views from here on read a new index; older views keep theirs.
   filter_index_ = std::make_shared<FilterIndex>();
-  const std::vector<std::shared_ptr<Chunk>>& chunks = chunks_;
+  std::vector<const Chunk*> chunks;
+  for (const std::shared_ptr<Chunk>& c : chunks_) chunks.push_back(c.get());
   auto info = [this, &chunks](size_t g) -> const Chunk::RowInfo& {
     return chunks[g / chunk_capacity_]->info(g % chunk_capacity_);
   };
