@@ -67,7 +67,24 @@ ShardPool::~ShardPool() {
     absl::MutexLock lock(&stop_mu_);
     stopping_ = true;
   }
+  {
+    absl::MutexLock lock(&calls_mu_);
+    calls_stopped_ = true;
+    for (grpc::ClientContext* context : calls_) context->TryCancel();
+  }
   if (prober_.joinable()) prober_.join();
+}
+
+bool ShardPool::Track(grpc::ClientContext* context) const {
+  absl::MutexLock lock(&calls_mu_);
+  if (calls_stopped_) return false;
+  calls_.insert(context);
+  return true;
+}
+
+void ShardPool::Untrack(grpc::ClientContext* context) const {
+  absl::MutexLock lock(&calls_mu_);
+  calls_.erase(context);
 }
 
 void ShardPool::Prepare(grpc::ClientContext& context,
@@ -355,8 +372,12 @@ absl::Status Call(const ShardPool& pool, const Replica& replica,
                   const Request& request, Response* response) {
   grpc::ClientContext context;
   pool.Prepare(context, absl::Now() + absl::Seconds(60));
+  if (!pool.Track(&context)) {
+    return absl::CancelledError("the router is stopping");
+  }
   const grpc::Status s =
       ((*replica.engram).*method)(&context, request, response);
+  pool.Untrack(&context);
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
                       absl::StrCat(replica.address, ": ", s.error_message()));

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -109,6 +111,11 @@ class ShardPool {
   // Replicas repaired since the pool started (for the log and tests).
   size_t repairs() const { return repairs_.load(); }
 
+  // A repair's call: `context` is cancelled if the pool stops meanwhile
+  // (Untrack before it goes); false if the pool is stopping already.
+  bool Track(grpc::ClientContext* context) const;
+  void Untrack(grpc::ClientContext* context) const;
+
  private:
   explicit ShardPool(const ShardPoolOptions& options);
   void ProbeLoop();
@@ -133,6 +140,12 @@ class ShardPool {
   bool first_probe_done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex stop_mu_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
+  // Repair calls in flight, cancelled when the pool stops: a repair of a
+  // large store must not hold up a router's shutdown.
+  mutable absl::Mutex calls_mu_;
+  mutable absl::flat_hash_set<grpc::ClientContext*> calls_
+      ABSL_GUARDED_BY(calls_mu_);
+  mutable bool calls_stopped_ ABSL_GUARDED_BY(calls_mu_) = false;
   std::thread prober_;
 };
 

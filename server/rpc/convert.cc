@@ -26,15 +26,17 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   store::SettingsToProto(s, out);
   // The output-only fields: what the store holds and is.
   out.mutable_feature_map()->set_feature_dim(store::FeatureDim(s));
-  // Expired patterns not yet reclaimed are not counted.
-  out.set_pattern_count(view.LiveCount(absl::GetCurrentTimeNanos()));
+  // Expired patterns not yet reclaimed count nowhere.
+  const int64_t now = absl::GetCurrentTimeNanos();
+  out.set_pattern_count(view.LiveCount(now));
   out.set_expired_count(view.expired_count());
+  const store::NormStats stats = view.LiveNorms(now);
   v1::NormStats* norms = out.mutable_norms();
-  norms->set_max_norm(view.norms().max_norm);
-  norms->set_mean_norm(view.norms().mean_norm);
-  norms->set_max_abs_entry(view.norms().max_abs_entry);
-  norms->set_max_feature_norm(view.norms().max_feature_norm);
-  norms->set_mean_feature_norm(view.norms().mean_feature_norm);
+  norms->set_max_norm(stats.max_norm);
+  norms->set_mean_norm(stats.mean_norm);
+  norms->set_max_abs_entry(stats.max_abs_entry);
+  norms->set_max_feature_norm(stats.max_feature_norm);
+  norms->set_mean_feature_norm(stats.mean_feature_norm);
   v1::LowRankState* low_rank = out.mutable_low_rank_state();
   low_rank->set_degree(view.low_rank_state().degree);
   low_rank->set_rank(view.low_rank_state().rank);

@@ -203,6 +203,37 @@ std::vector<uint32_t> StoreView::LiveRows(int64_t now_ns) const {
   return live;
 }
 
+NormStats StoreView::LiveNorms(int64_t now_ns) const {
+  if (!HasExpired(now_ns)) return norms_;
+  NormStats live;
+  double sum = 0, sum_feature = 0;
+  size_t n = 0;
+  const bool keyed = !chunks_.empty() && chunks_[0]->key_dim() > 0;
+  for (size_t g = 0; g < count_; ++g) {
+    if (Expired(g, now_ns)) continue;
+    const Chunk& chunk = *chunks_[g / chunk_capacity_];
+    const size_t r = g % chunk_capacity_;
+    const double norm = std::sqrt(double{chunk.sq_norms()[r]});
+    sum += norm;
+    live.max_norm = std::max(live.max_norm, norm);
+    live.max_abs_entry = std::max(live.max_abs_entry, double{chunk.max_abs(r)});
+    if (keyed) {
+      const double f = std::sqrt(double{chunk.key_sq_norms()[r]});
+      sum_feature += f;
+      live.max_feature_norm = std::max(live.max_feature_norm, f);
+    }
+    ++n;
+  }
+  live.mean_norm = n ? sum / n : 0;
+  if (!keyed) {
+    live.max_feature_norm = live.max_norm;
+    live.mean_feature_norm = live.mean_norm;
+  } else {
+    live.mean_feature_norm = n ? sum_feature / n : 0;
+  }
+  return live;
+}
+
 size_t StoreView::LiveCount(int64_t now_ns) const {
   if (!HasExpired(now_ns)) return count_;
   size_t live = 0;

@@ -168,6 +168,8 @@ class StoreView {
                              int64_t now_ns) const;
   std::vector<uint32_t> LiveRows(int64_t now_ns) const;
   size_t LiveCount(int64_t now_ns) const;
+  // norms() over the rows that have not expired at `now_ns`.
+  NormStats LiveNorms(int64_t now_ns) const;
   // The earliest expiry of a row (INT64_MAX: none expires).
   int64_t min_expire_ns() const { return min_expire_ns_; }
   // Patterns that expired and were reclaimed since the process started.

@@ -124,6 +124,10 @@ TEST(ExpiryTest, ExactAtReadTimeBeforeAnySweep) {
   const int64_t now = absl::GetCurrentTimeNanos();
   EXPECT_TRUE(view->HasExpired(now));
   EXPECT_EQ(view->LiveCount(now), 45u);
+  EXPECT_DOUBLE_EQ(view->LiveNorms(now).mean_norm,
+                   reference.view()->norms().mean_norm);
+  EXPECT_DOUBLE_EQ(view->LiveNorms(now).max_norm,
+                   reference.view()->norms().max_norm);
   absl::Status gone = store.Get(2).status();
   EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(gone.message().find("expired"), std::string::npos);
