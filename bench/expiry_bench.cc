@@ -19,10 +19,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/time/clock.h"
-#include "server/core/blas.h"
-#include "server/core/cpu.h"
+#include "bench/bench_main.h"
 #include "server/store/registry.h"
 #include "server/store/retrieve.h"
 #include "server/store/rocksdb_storage.h"
@@ -40,18 +38,6 @@ using Clock = std::chrono::steady_clock;
 double Ms(Clock::time_point since) {
   return std::chrono::duration<double, std::milli>(Clock::now() - since)
       .count();
-}
-
-double MedianMs(const std::function<void()>& run) {
-  std::vector<double> ms;
-  run();
-  for (int i = 0; i < 7; ++i) {
-    const auto start = Clock::now();
-    run();
-    ms.push_back(Ms(start));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 // Fills `store`; every pattern in the expiring share expires at `at`.
@@ -91,7 +77,7 @@ int Run() {
   core::RetrievalOptions options;
   options.threads = 2;
   auto recall = [&](const Store& s) {
-    return MedianMs([&] {
+    return bench::MedianMs(7, [&] {
       if (!Retrieve(*s.view(), request, limits, options).ok()) std::abort();
     });
   };
@@ -150,11 +136,6 @@ int Run() {
 }  // namespace engram::store
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  engram::core::UseBlasFamily("auto", argv);
-  engram::core::FlushDenormals();
-  std::printf("# machine: %s\n# blas_family: %s\n",
-              engram::core::DescribeMachine().c_str(),
-              engram::core::blas::CoreName().c_str());
+  engram::bench::Start(argc, argv);
   return engram::store::Run();
 }

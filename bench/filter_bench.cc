@@ -17,10 +17,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
-#include "server/core/blas.h"
-#include "server/core/cpu.h"
+#include "bench/bench_main.h"
 #include "server/store/retrieve.h"
 #include "server/store/store.h"
 
@@ -35,19 +33,6 @@ namespace engram::store {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double MedianMs(int reps, const std::function<void()>& run) {
-  std::vector<double> ms;
-  run();  // Warm.
-  for (int i = 0; i < reps; ++i) {
-    const auto start = Clock::now();
-    run();
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start)
-                     .count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
 
 int Run() {
   const size_t m = absl::GetFlag(FLAGS_patterns);
@@ -124,7 +109,7 @@ int Run() {
       request.num_queries = l;
       request.path = PathChoice::kExact;
       request.filter = f;
-      return MedianMs(reps, [&] {
+      return bench::MedianMs(reps, [&] {
         if (!Retrieve(*s.view(), request, limits, options).ok()) std::abort();
       });
     };
@@ -146,11 +131,6 @@ int Run() {
 }  // namespace engram::store
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  engram::core::UseBlasFamily("auto", argv);
-  engram::core::FlushDenormals();
-  std::printf("# machine: %s\n# blas_family: %s\n",
-              engram::core::DescribeMachine().c_str(),
-              engram::core::blas::CoreName().c_str());
+  engram::bench::Start(argc, argv);
   return engram::store::Run();
 }
