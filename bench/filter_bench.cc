@@ -7,7 +7,6 @@
 //
 //   filter_bench [--patterns=1000000] [--dim=128] [--queries=1,64] [--reps=9]
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -31,8 +30,6 @@ ABSL_FLAG(int, threads, 2, "Retrieval threads.");
 
 namespace engram::store {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 int Run() {
   const size_t m = absl::GetFlag(FLAGS_patterns);
