@@ -853,40 +853,17 @@ absl::Status RocksDbStorage::PutStore(const StoreSettings& settings) {
     ReaderMutexLock lock(&mu_);
     exists = families_.contains(settings.name);
   }
-  const std::string record = EncodeSettingsRecord(settings);
   if (exists) {
+    const std::string record = EncodeSettingsRecord(settings);
     return Commit(settings.name, [&](rocksdb::WriteBatch& batch,
                                      rocksdb::ColumnFamilyHandle* family) {
       batch.Put(family, kSettingsKey, record);
     });
   }
-  // A new store: its column family, then its first records. A crash in
-  // between leaves a family without settings, which Load drops.
-  RetryWritable();
-  MutexLock lock(&mu_);
-  if (!db_) return absl::UnavailableError("storage is closed");
-  if (read_only_) return absl::ResourceExhaustedError(read_only_reason_);
-  absl::StatusOr<rocksdb::ColumnFamilyHandle*> created =
-      CreateFamily(settings.name, "creating a store");
-  if (!created.ok()) {
-    stopped_ = true;
-    return created.status();
-  }
-  rocksdb::ColumnFamilyHandle* handle = *created;
-  rocksdb::WriteBatch batch;
-  batch.Put(handle, kSettingsKey, record);
-  batch.Put(handle, kNextIdKey, Fixed64(1));
-  rocksdb::WriteOptions write;
-  write.sync = options_.sync;
-  rocksdb::Status s = db_->Write(write, &batch);
-  if (!s.ok()) {
-    stopped_ = true;
-    families_.erase(settings.name);
-    db_->DropColumnFamily(handle).PermitUncheckedError();
-    db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
-    return FromRocks(s, "creating a store");
-  }
-  return absl::OkStatus();
+  // A new store: its column family, then its first records in one write.
+  StoreImage image;
+  image.settings = settings;
+  return WriteWholeStore(image, "creating a store");
 }
 
 absl::Status RocksDbStorage::DeleteStore(absl::string_view name) {
@@ -940,6 +917,11 @@ absl::Status RocksDbStorage::PutStamp(absl::string_view store, uint64_t stamp) {
 }
 
 absl::Status RocksDbStorage::PutWholeStore(const StoreImage& image) {
+  return WriteWholeStore(image, "restoring a store");
+}
+
+absl::Status RocksDbStorage::WriteWholeStore(const StoreImage& image,
+                                             absl::string_view what) {
   RetryWritable();
   MutexLock lock(&mu_);
   if (!db_) return absl::UnavailableError("storage is closed");
@@ -957,7 +939,7 @@ absl::Status RocksDbStorage::PutWholeStore(const StoreImage& image) {
     // Its settings come in the same write as everything else: a crash
     // before it leaves a family without settings, which Load drops.
     absl::StatusOr<rocksdb::ColumnFamilyHandle*> family =
-        CreateFamily(name, "restoring a store");
+        CreateFamily(name, what);
     if (!family.ok()) {
       stopped_ = true;
       return family.status();
@@ -986,7 +968,7 @@ absl::Status RocksDbStorage::PutWholeStore(const StoreImage& image) {
       db_->DropColumnFamily(handle).PermitUncheckedError();
       db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
     }
-    return FromRocks(s, "restoring a store");
+    return FromRocks(s, what);
   }
   return absl::OkStatus();
 }

@@ -151,6 +151,10 @@ class RocksDbStorage : public StorageBackend {
   absl::StatusOr<rocksdb::ColumnFamilyHandle*> CreateFamily(
       const std::string& store, absl::string_view what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A whole store in one write (`what` names it in errors): a new family
+  // with every record, or an existing one's keys replaced. A crash before
+  // the write leaves a family without settings, which Load drops.
+  absl::Status WriteWholeStore(const StoreImage& image, absl::string_view what);
   absl::Status WriteSynced(rocksdb::WriteBatch& batch, absl::string_view what)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status FlushAll() ABSL_SHARED_LOCKS_REQUIRED(mu_);
