@@ -170,15 +170,9 @@ absl::StatusOr<v1::Store> RestoreFromDir(Client& client, const std::string& dir,
     sent.emplace_back(path, *std::move(data));
   }
   for (const auto& file : (*entry)->files()) {
-    absl::StatusOr<std::string> data = files.Read(file.path());
-    if (!data.ok()) {
-      return absl::DataLossError(
-          absl::StrCat("the backup is incomplete: ", data.status().message()));
-    }
-    if (absl::Status status = store::CheckFile(**entry, file.path(), *data);
-        !status.ok()) {
-      return status;
-    }
+    absl::StatusOr<std::string> data =
+        store::ReadListedFile(files, **entry, file.path());
+    if (!data.ok()) return data.status();
     sent.emplace_back(file.path(), *std::move(data));
   }
   v1::RestoreStoreRequest request;

@@ -256,24 +256,33 @@ absl::StatusOr<std::string> MemorySource::Read(const std::string& file) {
   return data;
 }
 
-absl::Status CheckFile(const BackupStore& entry, const std::string& path,
-                       absl::string_view data) {
-  for (const storage::v1::BackupFile& listed : entry.files()) {
-    if (listed.path() != path) continue;
-    if (data.size() != listed.bytes()) {
-      return absl::DataLossError(
-          absl::StrCat(path, " is ", data.size(), " bytes; the manifest says ",
-                       listed.bytes(), " (truncated or replaced)"));
-    }
-    if (Sha256Hex(data) != listed.sha256()) {
-      return absl::DataLossError(absl::StrCat(
-          path,
-          " does not match its SHA-256 in the manifest: damaged or edited"));
-    }
-    return absl::OkStatus();
+absl::StatusOr<std::string> ReadListedFile(BackupSource& source,
+                                           const BackupStore& entry,
+                                           const std::string& path) {
+  const storage::v1::BackupFile* listed = nullptr;
+  for (const storage::v1::BackupFile& file : entry.files()) {
+    if (file.path() == path) listed = &file;
   }
-  return absl::DataLossError(
-      absl::StrCat(kManifestFile, " lists no file ", path));
+  if (listed == nullptr) {
+    return absl::DataLossError(
+        absl::StrCat(kManifestFile, " lists no file ", path));
+  }
+  absl::StatusOr<std::string> data = source.Read(path);
+  if (!data.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("the backup is incomplete: ", data.status().message()));
+  }
+  if (data->size() != listed->bytes()) {
+    return absl::DataLossError(
+        absl::StrCat(path, " is ", data->size(), " bytes; the manifest says ",
+                     listed->bytes(), " (truncated or replaced)"));
+  }
+  if (Sha256Hex(*data) != listed->sha256()) {
+    return absl::DataLossError(absl::StrCat(
+        path,
+        " does not match its SHA-256 in the manifest: damaged or edited"));
+  }
+  return data;
 }
 
 absl::StatusOr<BackupManifest> ReadManifest(BackupSource& source) {
@@ -363,20 +372,14 @@ absl::StatusOr<std::string> ReadChecked(BackupSource& source,
                                         const BackupStore& entry,
                                         absl::string_view file) {
   const std::string path = StoreFile(entry.name(), file);
-  for (const storage::v1::BackupFile& listed : entry.files()) {
-    if (listed.path() != path) continue;
-    absl::StatusOr<std::string> data = source.Read(path);
-    if (!data.ok()) {
-      return absl::DataLossError(
-          absl::StrCat("the backup is incomplete: ", data.status().message()));
-    }
-    if (absl::Status status = CheckFile(entry, path, *data); !status.ok()) {
-      return status;
-    }
-    return data;
+  const bool listed =
+      std::any_of(entry.files().begin(), entry.files().end(),
+                  [&](const auto& f) { return f.path() == path; });
+  if (!listed) {
+    return absl::NotFoundError(
+        absl::StrCat(kManifestFile, " lists no file ", path));
   }
-  return absl::NotFoundError(
-      absl::StrCat(kManifestFile, " lists no file ", path));
+  return ReadListedFile(source, entry, path);
 }
 
 absl::Status DecodePatterns(absl::string_view bytes, const std::string& path,

@@ -111,10 +111,12 @@ absl::StatusOr<StoreImage> ReadStore(BackupSource& source,
 // checks the names it is sent before it creates a file.
 absl::Status CheckBackupPath(absl::string_view path);
 
-// OK if `data`, read from `path`, is the file the manifest lists for
-// `entry`: its size and SHA-256 (DATA_LOSS naming the file otherwise).
-absl::Status CheckFile(const BackupStore& entry, const std::string& path,
-                       absl::string_view data);
+// The file at `path` the manifest lists for `entry`, read and checked
+// against its size and SHA-256; DATA_LOSS naming the file if it is not
+// listed, missing, or differs.
+absl::StatusOr<std::string> ReadListedFile(BackupSource& source,
+                                           const BackupStore& entry,
+                                           const std::string& path);
 
 // Lowercase hex SHA-256 of `data`.
 std::string Sha256Hex(absl::string_view data);
