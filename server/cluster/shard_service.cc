@@ -9,7 +9,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/time/clock.h"
 #include "server/base/log.h"
 #include "server/cluster/map_record.h"
 #include "server/cluster/topology.h"
@@ -27,8 +26,7 @@ namespace {
 // steps run over a shard's rows as they are, so they must not hold one
 // (docs/expiry.md). If the reclaim fails (a full disk), the sweeper retries.
 std::shared_ptr<const store::StoreView> LiveView(store::Store& s) {
-  const int64_t now = absl::GetCurrentTimeNanos();
-  if (s.view()->HasExpired(now)) s.ExpireDue(now).IgnoreError();
+  s.ReclaimExpired().IgnoreError();
   return s.view();
 }
 

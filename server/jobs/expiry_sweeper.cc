@@ -25,33 +25,27 @@ ExpirySweeper::~ExpirySweeper() {
 }
 
 size_t ExpirySweeper::SweepOnce() {
+  bool more = false;
+  absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> stores =
+      registry_->List("", registry_->limits().max_stores, more);
+  if (!stores.ok()) return 0;  // Still loading.
   size_t total = 0;
-  std::string after;
-  bool more = true;
-  while (more) {
-    absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> page =
-        registry_->List(after, 100, more);
-    if (!page.ok()) return total;  // Still loading.
-    for (const std::shared_ptr<store::Store>& s : *page) {
-      after = s->name();
-      const int64_t now = absl::GetCurrentTimeNanos();
-      if (!s->view()->HasExpired(now)) continue;
-      const absl::Time start = absl::Now();
-      absl::StatusOr<size_t> reclaimed = s->ExpireDue(now);
-      if (!reclaimed.ok()) {
-        // A full disk or a store being replaced: the patterns stay out of
-        // every answer, and the next pass tries again.
-        Log(LogLevel::kWarning, "expiry: store '%s': %s", s->name(),
-            reclaimed.status().ToString());
-        continue;
-      }
-      const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-      if (observer_) observer_(s->name(), *reclaimed, seconds);
-      Log(LogLevel::kDebug,
-          "expiry: store '%s': %d patterns reclaimed in %.3fs", s->name(),
-          *reclaimed, seconds);
-      total += *reclaimed;
+  for (const std::shared_ptr<store::Store>& s : *stores) {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<size_t> reclaimed = s->ReclaimExpired();
+    if (reclaimed.ok() && *reclaimed == 0) continue;
+    if (!reclaimed.ok()) {
+      // A full disk or a store being replaced: the patterns stay out of
+      // every answer, and the next pass tries again.
+      Log(LogLevel::kWarning, "expiry: store '%s': %s", s->name(),
+          reclaimed.status().ToString());
+      continue;
     }
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    if (observer_) observer_(s->name(), *reclaimed, seconds);
+    Log(LogLevel::kDebug, "expiry: store '%s': %d patterns reclaimed in %.3fs",
+        s->name(), *reclaimed, seconds);
+    total += *reclaimed;
   }
   return total;
 }

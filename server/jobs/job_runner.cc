@@ -355,9 +355,7 @@ void JobRunner::WorkerLoop() {
 
 void JobRunner::ReclaimExpired(const std::string& name) {
   absl::StatusOr<std::shared_ptr<store::Store>> found = registry_->Get(name);
-  if (!found.ok()) return;
-  const int64_t now = absl::GetCurrentTimeNanos();
-  if ((*found)->view()->HasExpired(now)) (*found)->ExpireDue(now).IgnoreError();
+  if (found.ok()) (*found)->ReclaimExpired().IgnoreError();
 }
 
 std::shared_ptr<const store::StoreView> JobRunner::Claim(

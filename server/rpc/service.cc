@@ -529,17 +529,11 @@ grpc::Status EngramService::CreateBackup(
     if (!found.ok()) return call.Done(found.status());
     stores.push_back(*std::move(found));
   } else {
-    bool more = true;
-    std::string after;
-    while (more) {
-      absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> page =
-          registry_->List(after, 1000, more);
-      if (!page.ok()) return call.Done(page.status());
-      for (auto& store : *page) stores.push_back(std::move(store));
-      if (!stores.empty()) after = stores.back()->name();
-    }
-  }
-  if (request->store().empty()) {
+    bool more = false;
+    absl::StatusOr<std::vector<std::shared_ptr<store::Store>>> all =
+        registry_->List("", registry_->limits().max_stores, more);
+    if (!all.ok()) return call.Done(all.status());
+    stores = *std::move(all);
     for (const store::StoreRegistry::DamagedStore& damaged :
          registry_->Damaged()) {
       Log(LogLevel::kWarning, "backup: store '%s' is DAMAGED and left out",

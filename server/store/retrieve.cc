@@ -234,8 +234,6 @@ RetrieveResult ResultOf(
 
 namespace {
 
-// The matching rows of a view, copied into one block (with their norms and,
-// for kernel similarities, their features).
 // Buffers for gathered rows, kept between retrievals: fresh pages cost more
 // than the copy (a fault per 4 KiB). At most two are kept, the largest.
 class ScratchPool {

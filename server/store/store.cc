@@ -205,33 +205,14 @@ std::vector<uint32_t> StoreView::LiveRows(int64_t now_ns) const {
 
 NormStats StoreView::LiveNorms(int64_t now_ns) const {
   if (!HasExpired(now_ns)) return norms_;
-  NormStats live;
-  double sum = 0, sum_feature = 0;
-  size_t n = 0;
-  const bool keyed = !chunks_.empty() && chunks_[0]->key_dim() > 0;
+  NormTally live;
+  size_t rows = 0;
   for (size_t g = 0; g < count_; ++g) {
     if (Expired(g, now_ns)) continue;
-    const Chunk& chunk = *chunks_[g / chunk_capacity_];
-    const size_t r = g % chunk_capacity_;
-    const double norm = std::sqrt(double{chunk.sq_norms()[r]});
-    sum += norm;
-    live.max_norm = std::max(live.max_norm, norm);
-    live.max_abs_entry = std::max(live.max_abs_entry, double{chunk.max_abs(r)});
-    if (keyed) {
-      const double f = std::sqrt(double{chunk.key_sq_norms()[r]});
-      sum_feature += f;
-      live.max_feature_norm = std::max(live.max_feature_norm, f);
-    }
-    ++n;
+    live.Add(*chunks_[g / chunk_capacity_], g % chunk_capacity_);
+    ++rows;
   }
-  live.mean_norm = n ? sum / n : 0;
-  if (!keyed) {
-    live.max_feature_norm = live.max_norm;
-    live.mean_feature_norm = live.mean_norm;
-  } else {
-    live.mean_feature_norm = n ? sum_feature / n : 0;
-  }
-  return live;
+  return live.Stats(rows);
 }
 
 size_t StoreView::LiveCount(int64_t now_ns) const {
@@ -453,7 +434,7 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     chunk->Set(r, patterns[i], ids[i],
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
-    CountNorms(*chunk, r);
+    norms_.Add(*chunk, r);
     digest_ += PatternDigest(ids[i], patterns[i].values.data(), dim_,
                              patterns[i].label, patterns[i].metadata);
     max_label_bytes_ = std::max(max_label_bytes_, patterns[i].label.size());
@@ -580,6 +561,12 @@ absl::StatusOr<size_t> Store::ExpireDue(int64_t now_ns) {
   return expired;
 }
 
+absl::StatusOr<size_t> Store::ReclaimExpired() {
+  const int64_t now = absl::GetCurrentTimeNanos();
+  if (!view()->HasExpired(now)) return 0;
+  return ExpireDue(now);
+}
+
 absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
@@ -667,23 +654,30 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
 }
 
 void Store::RecomputeNorms() {
-  sum_norm_ = max_norm_ = max_abs_ = 0;
-  sum_feature_norm_ = max_feature_norm_ = 0;
+  norms_ = NormTally();
   for (size_t g = 0; g < count_; ++g) {
-    CountNorms(*chunks_[g / chunk_capacity_], g % chunk_capacity_);
+    norms_.Add(*chunks_[g / chunk_capacity_], g % chunk_capacity_);
   }
 }
 
-void Store::CountNorms(const Chunk& chunk, size_t r) {
+void NormTally::Add(const Chunk& chunk, size_t r) {
   const double norm = std::sqrt(double{chunk.sq_norms()[r]});
   sum_norm_ += norm;
   max_norm_ = std::max(max_norm_, norm);
   max_abs_ = std::max(max_abs_, double{chunk.max_abs(r)});
-  if (key_dim_) {
+  if (chunk.key_dim() > 0) {
+    keyed_ = true;
     const double feature_norm = std::sqrt(double{chunk.key_sq_norms()[r]});
     sum_feature_norm_ += feature_norm;
     max_feature_norm_ = std::max(max_feature_norm_, feature_norm);
   }
+}
+
+NormStats NormTally::Stats(size_t rows) const {
+  const double mean_norm = rows ? sum_norm_ / rows : 0.0;
+  return {max_norm_, mean_norm, max_abs_,
+          keyed_ ? max_feature_norm_ : max_norm_,
+          keyed_ ? (rows ? sum_feature_norm_ / rows : 0.0) : mean_norm};
 }
 
 void Store::RebuildKeys() {
@@ -802,10 +796,7 @@ void Store::Publish(const StoreSettings& settings) {
   view->chunk_capacity_ = chunk_capacity_;
   view->count_ = count_;
   view->version_ = view_ ? view_->version_ + 1 : 1;
-  const double mean_norm = count_ ? sum_norm_ / count_ : 0.0;
-  view->norms_ = {
-      max_norm_, mean_norm, max_abs_, key_dim_ ? max_feature_norm_ : max_norm_,
-      key_dim_ ? (count_ ? sum_feature_norm_ / count_ : 0.0) : mean_norm};
+  view->norms_ = norms_.Stats(count_);
   view->map_ = map_;
   view->fit_ = fit_;
   view->low_rank_ = sums_;
@@ -832,11 +823,11 @@ absl::StatusOr<Pattern> Store::Get(uint64_t id) const {
     return absl::NotFoundError(
         absl::StrCat("pattern ", id, " is not in store '", name_, "'"));
   }
-  const int64_t expire_ns = view_->info(found->second).expire_ns;
-  if (expire_ns != 0 && expire_ns <= absl::GetCurrentTimeNanos()) {
-    return absl::NotFoundError(
-        absl::StrCat("pattern ", id, " of store '", name_, "' expired at ",
-                     absl::FormatTime(absl::FromUnixNanos(expire_ns))));
+  if (view_->Expired(found->second, absl::GetCurrentTimeNanos())) {
+    return absl::NotFoundError(absl::StrCat(
+        "pattern ", id, " of store '", name_, "' expired at ",
+        absl::FormatTime(
+            absl::FromUnixNanos(view_->info(found->second).expire_ns))));
   }
   return view_->pattern(found->second);
 }

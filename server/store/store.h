@@ -121,6 +121,20 @@ struct NormStats {
   double mean_feature_norm = 0;
 };
 
+// Norm statistics of a set of rows, counted one row at a time.
+class NormTally {
+ public:
+  // Counts row r of `chunk` (and its features, if the chunk keeps them).
+  void Add(const Chunk& chunk, size_t r);
+  // The statistics of the `rows` rows counted.
+  NormStats Stats(size_t rows) const;
+
+ private:
+  double sum_norm_ = 0, max_norm_ = 0, max_abs_ = 0;
+  double sum_feature_norm_ = 0, max_feature_norm_ = 0;
+  bool keyed_ = false;  // The rows have features.
+};
+
 // The low-rank sums a store keeps (docs/low-rank.md).
 struct LowRankState {
   uint32_t degree = 0;  // Largest Taylor degree kept; 0: none.
@@ -222,6 +236,9 @@ class Store {
   // Deletes every pattern whose expiry is at or before `now_ns` (Unix
   // nanoseconds), in batches of max_batch, each atomic; how many.
   absl::StatusOr<size_t> ExpireDue(int64_t now_ns);
+  // ExpireDue(now) if the current snapshot holds an expired pattern (else
+  // 0 at the cost of one comparison).
+  absl::StatusOr<size_t> ReclaimExpired();
   absl::StatusOr<Pattern> Get(uint64_t id) const;
 
   struct Page {
@@ -285,9 +302,6 @@ class Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_, mu_);
   // Norm statistics from scratch (after deletes).
   void RecomputeNorms() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
-  // Adds row r of `chunk` to the norm statistics.
-  void CountNorms(const Chunk& chunk, size_t r)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Fresh chunks with every key recomputed by map_.
   void RebuildKeys() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // The low-rank sums `settings` call for, rebuilt from every pattern (or
@@ -326,13 +340,9 @@ class Store {
   std::atomic<uint64_t> stamp_{0};  // Written under write_mu_.
   std::shared_ptr<const core::FeatureMap> map_ ABSL_GUARDED_BY(write_mu_);
   FitRecord fit_ ABSL_GUARDED_BY(write_mu_);
-  double sum_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
-  double max_feature_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
   absl::Status retired_ ABSL_GUARDED_BY(write_mu_);
-  double sum_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
-  double max_norm_ ABSL_GUARDED_BY(write_mu_) = 0;
-  double max_abs_ ABSL_GUARDED_BY(write_mu_) = 0;
+  NormTally norms_ ABSL_GUARDED_BY(write_mu_);
   size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
   // (expiry, id) of every pattern that expires.
