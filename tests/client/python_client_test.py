@@ -151,12 +151,13 @@ class PythonClientTest(unittest.TestCase):
         with Client(self.addr) as c:
             c.create_store("pyttl", dim=8, beta=20, top_k=8, default_ttl=3600)
             keep = c.add("pyttl", x[:4])
-            short = c.add("pyttl", x[4:], ttl=0.4)
+            short = c.add("pyttl", x[4:], ttl=2.0)  # Room for the reads below.
+            expires = time.time() + 2.0
             self.assertAlmostEqual(c.get_pattern("pyttl", int(keep[0])).expire_time,
                                    time.time() + 3600, delta=60)
             self.assertEqual(c.get_store("pyttl").pattern_count, 8)
             self.assertIn(int(short[0]), c.retrieve("pyttl", x[4]).ids[0].astype(int).tolist())
-            time.sleep(0.5)  # Expired; the sweep (every second) may not have run.
+            time.sleep(max(0.0, expires - time.time()) + 0.1)  # Expired; swept or not.
             self.assertEqual(c.get_store("pyttl").pattern_count, 4)
             r = c.retrieve("pyttl", x[4])
             self.assertEqual(sorted(r.ids[0][:4].astype(int).tolist()),
