@@ -258,7 +258,11 @@ absl::Status JobRunner::Start(JobKind kind, const std::string& store,
   }
   Slot& slot = (*entry)->slot(kind);
   if (kind == JobKind::kCalibration) slot.apply = apply;
-  if (!slot.running) Enqueue(kind, store, **entry);
+  if (!slot.running) {
+    Enqueue(kind, store, **entry);
+  } else if (slot.cancel && *slot.cancel) {
+    slot.restart = true;  // The cancelled one ends first (Restart).
+  }
   return absl::OkStatus();
 }
 
@@ -445,6 +449,14 @@ void JobRunner::RunFit(const Queued& job) {
   if (record.ok() && view->settings().calibration.automatic) {
     Enqueue(JobKind::kCalibration, job.store, *e);
   }
+  Restart(JobKind::kFit, job.store, *e);
+}
+
+void JobRunner::Restart(JobKind kind, const std::string& store, Entry& entry) {
+  Slot& slot = entry.slot(kind);
+  if (!slot.restart) return;
+  slot.restart = false;
+  Enqueue(kind, store, entry);
 }
 
 void JobRunner::RunCalibration(const Queued& job) {
@@ -489,9 +501,11 @@ void JobRunner::RunCalibration(const Queued& job) {
         report.status().ToString());
   }
   Changed(e->calibration_slot);
-  if (!options_.observer) return;
-  options_.observer->CalibrationFinished(c);
-  if (report.ok()) options_.observer->CalibrationReported(job.store, *report);
+  if (options_.observer) {
+    options_.observer->CalibrationFinished(c);
+    if (report.ok()) options_.observer->CalibrationReported(job.store, *report);
+  }
+  Restart(JobKind::kCalibration, job.store, *e);
 }
 
 }  // namespace engram::jobs

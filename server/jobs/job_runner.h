@@ -124,6 +124,9 @@ class JobRunner {
     std::shared_ptr<std::atomic<bool>> cancel;
     std::optional<bool> apply;  // A calibration request's override.
     uint64_t generation = 0;
+    // Started again while the running job was being cancelled: queued
+    // once that job has ended.
+    bool restart = false;
   };
   // One incarnation of a store: deleted and created again, it is a new
   // entry (its serial tells them apart), and jobs of the old one drop their
@@ -153,6 +156,10 @@ class JobRunner {
   void RunCalibration(const Queued& job) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks a queued job RUNNING and hands out its snapshot and cancel flag;
   // null if it was cancelled or its store deleted meanwhile.
+  // After a job of `kind` ended: queues the one a Start asked for while it
+  // was being cancelled.
+  void Restart(JobKind kind, const std::string& store, Entry& entry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reclaims the store's expired patterns before a job reads it, so a fit
   // or calibration never sees one (a failure leaves them to the sweeper).
   void ReclaimExpired(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
