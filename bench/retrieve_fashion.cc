@@ -155,11 +155,12 @@ int Run() {
       float sums[64] = {};
       for (const engram::core::MemoryBlock& b : set.blocks) {
         const size_t n = b.count * d;
+        const auto* rows = static_cast<const float*>(b.rows);
         size_t i = 0;
         for (; i + 64 <= n; i += 64) {
-          for (size_t k = 0; k < 64; ++k) sums[k] += b.rows[i + k];
+          for (size_t k = 0; k < 64; ++k) sums[k] += rows[i + k];
         }
-        for (; i < n; ++i) sums[0] += b.rows[i];
+        for (; i < n; ++i) sums[0] += rows[i];
       }
       float total = 0;
       for (float v : sums) total += v;

@@ -55,6 +55,9 @@ ABSL_FLAG(uint32_t, dim, 0, "store create: the dimension of the store.");
 // Store settings: each names one field of engram.v1.Store (kSettingFlags).
 // store create and store update send only the ones given, so every default
 // is the server's.
+ABSL_FLAG(std::string, precision, "",
+          "store create: float32 (default), bfloat16 or float16: how values "
+          "are kept (fixed at create).");
 ABSL_FLAG(std::string, default_ttl, "",
           "store create/update: lifetime of patterns added without one, e.g. "
           "24h (0: they never expire).");
@@ -229,6 +232,7 @@ struct SettingFlag {
   const char* path;
 };
 constexpr SettingFlag kSettingFlags[] = {
+    {"precision", "precision"},
     {"similarity", "retrieval.similarity"},
     {"default_ttl", "expiry.default_ttl"},
     {"separation", "retrieval.separation"},
@@ -880,7 +884,8 @@ constexpr char kSettingsUsage[] =
 
 const Command kCommands[] = {
     {"store create",
-     "engram store create NAME --dim=D [SETTINGS] [--beta=auto] "
+     "engram store create NAME --dim=D [--precision=float32|bfloat16|float16] "
+     "[SETTINGS] [--beta=auto] "
      "[--feature_map=uhop] [--feature_dim=N] [--fit_loss=max|mean] "
      "[--fit_optimizer=sgd|adam] [--fit_epochs=N] [--fit_learning_rate=R] "
      "[--fit_batch_size=N] [--fit_debounce_ms=N] [--fit_min_new_patterns=N] "

@@ -96,6 +96,11 @@ std::string StoreText(const v1::Store& s) {
                          absl::FormatDuration(absl::Seconds(ttl.seconds()) +
                                               absl::Nanoseconds(ttl.nanos()))),
       s.expired_count());
+  absl::StrAppendFormat(&text, "precision:     %s; %.1f MiB in memory\n",
+                        s.precision() == v1::PRECISION_UNSPECIFIED
+                            ? "float32"
+                            : EnumText(s.precision()),
+                        static_cast<double>(s.memory_bytes()) / (1 << 20));
   absl::StrAppendFormat(&text, "state:         %s\nversion:       %u\n",
                         EnumText(s.state()), s.version());
   return text;

@@ -309,8 +309,8 @@ grpc::Status ShardService::GetSample(grpc::ServerContext* context,
   response->set_store_version(view->version());
   response->mutable_values()->Reserve(static_cast<int>(count * d));
   for (size_t i : chosen) {
-    const float* row = view->memories().row(i);
-    response->mutable_values()->Add(row, row + d);
+    const std::vector<float> row = view->Row(i);
+    response->mutable_values()->Add(row.begin(), row.end());
     response->add_ids(view->info(i).id);
   }
   return call.Done(absl::OkStatus());

@@ -104,10 +104,10 @@ MemorySet CopySubset(const MemorySet& memories,
   buf.key_sq_norms.resize(keyed ? indices.size() : 0);
   for (size_t i = 0; i < indices.size(); ++i) {
     const auto [block, r] = memories.Locate(indices[i]);
-    std::copy_n(block->rows + r * d, d, buf.rows.data() + i * d);
+    block->CopyRow(r, d, buf.rows.data() + i * d);
     buf.sq_norms[i] = block->sq_norms[r];
     if (keyed) {
-      std::copy_n(block->keys + r * kd, kd, buf.keys.data() + i * kd);
+      block->CopyKey(r, kd, buf.keys.data() + i * kd);
       buf.key_sq_norms[i] = block->key_sq_norms[r];
     }
   }
@@ -398,7 +398,7 @@ void DrawSample(const MemorySet& memories, size_t n, size_t used,
   }
   out.targets.resize(n * d);
   for (size_t i = 0; i < n; ++i) {
-    std::copy_n(memories.row(sample[i]), d, out.targets.data() + i * d);
+    memories.CopyRow(sample[i], out.targets.data() + i * d);
   }
   out.queries = out.targets;
   Corrupt(options.corruption, options.level,

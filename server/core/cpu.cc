@@ -37,6 +37,7 @@ CpuFeatures DetectCpu() {
   cpu.sse4_2 = c & bit_SSE4_2;
   cpu.fma = c & bit_FMA;
   cpu.avx = c & bit_AVX;
+  cpu.f16c = c & bit_F16C;
   const bool osxsave = c & bit_OSXSAVE;
   if (osxsave) {
     unsigned lo = 0, hi = 0;

@@ -24,7 +24,7 @@ struct CpuFeatures {
   std::string model;   // The brand string, e.g. "Intel(R) Xeon(R) ..."
   int cores = 1;       // Online logical CPUs.
   bool sse3 = false, ssse3 = false, sse4_2 = false;
-  bool avx = false, fma = false, avx2 = false;
+  bool avx = false, fma = false, avx2 = false, f16c = false;
   bool avx512f = false, avx512dq = false, avx512cd = false, avx512bw = false,
        avx512vl = false;
   bool avx512_vnni = false, avx512_bf16 = false, avx512_fp16 = false;

@@ -415,16 +415,24 @@ absl::StatusOr<std::vector<std::vector<Match>>> TopByKeys(
       1, std::min<size_t>(
              4096, options.max_score_floats / std::max<size_t>(1, count)));
   std::vector<float> scores(count * tile);
+  std::vector<float> wide;  // A tile of bfloat16 / float16 keys as float32.
   size_t base = 0;
   for (const MemoryBlock& block : memories.blocks) {
-    const float* block_keys = kernel ? block.keys : block.rows;
+    const void* block_keys = kernel ? block.keys : block.rows;
     for (size_t begin = 0; begin < block.count; begin += tile) {
       if (options.check) {
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t rows = std::min(tile, block.count - begin);
-      blas::GemmNT(count, rows, n, beta, q, n, block_keys + begin * n, n, 0.0f,
-                   scores.data(), rows);
+      const void* at = Advance(block.precision, block_keys, begin * n);
+      const float* keys = static_cast<const float*>(at);
+      if (block.precision != Precision::kFloat32) {
+        wide.resize(rows * n);
+        Widen(block.precision, at, rows * n, wide.data());
+        keys = wide.data();
+      }
+      blas::GemmNT(count, rows, n, beta, q, n, keys, n, 0.0f, scores.data(),
+                   rows);
       for (size_t i = 0; i < count; ++i) {
         for (size_t r = 0; r < rows; ++r) {
           const float score = scores[i * rows + r];

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "server/core/feature_map.h"
+#include "server/core/precision.h"
 #include "server/core/separation.h"
 
 namespace engram::core {
@@ -37,16 +38,24 @@ bool IsKernel(Similarity similarity);
 
 absl::string_view SimilarityName(Similarity similarity);
 
-// `count` memories, row-major, size count * dim, with their squared L2 norms
-// (size count); for kernel similarities also their features Phi(row) (size
-// count * map->out_dim()) and the features' squared norms. Borrowed: the
-// caller keeps them alive during a call.
+// `count` memories, row-major, size count * dim values of `precision`, with
+// their squared L2 norms (size count); for kernel similarities also their
+// features Phi(row) (size count * map->out_dim(), same precision) and the
+// features' squared norms. Borrowed: the caller keeps them alive during a
+// call. Rows kept in bfloat16 or float16 are widened exactly as they are
+// read; every score and sum is float32.
 struct MemoryBlock {
-  const float* rows = nullptr;
+  const void* rows = nullptr;
   const float* sq_norms = nullptr;
   size_t count = 0;
-  const float* keys = nullptr;
+  const void* keys = nullptr;
   const float* key_sq_norms = nullptr;
+  Precision precision = Precision::kFloat32;
+
+  // Row r's values (size dim) and features (size key_dim), widened to
+  // float32 into `out`.
+  void CopyRow(size_t r, size_t dim, float* out) const;
+  void CopyKey(size_t r, size_t key_dim, float* out) const;
 };
 
 // All memories of one retrieval, in order; memory i of the set is row
@@ -61,8 +70,9 @@ struct MemorySet {
   size_t size() const;
   // The block holding memory `index` (< size()) and its row in that block.
   std::pair<const MemoryBlock*, size_t> Locate(size_t index) const;
-  // The row of memory `index` (< size()), size dim.
-  const float* row(size_t index) const;
+  // The row of memory `index` (< size()) as float32, size dim.
+  void CopyRow(size_t index, float* out) const;
+  std::vector<float> Row(size_t index) const;
 };
 
 struct RetrievalParams {

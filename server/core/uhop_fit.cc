@@ -147,7 +147,7 @@ absl::StatusOr<FitResult> FitFeatureMap(
       }
     }
     for (size_t i = 0; i < batch; ++i) {
-      std::copy_n(patterns.row(order[i]), d, x.data() + i * d);
+      patterns.CopyRow(order[i], x.data() + i * d);
     }
   };
   gather();

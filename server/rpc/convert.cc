@@ -30,6 +30,7 @@ void ToProto(const store::StoreView& view, v1::Store& out) {
   const int64_t now = absl::GetCurrentTimeNanos();
   out.set_pattern_count(view.LiveCount(now));
   out.set_expired_count(view.expired_count());
+  out.set_memory_bytes(view.memory_bytes());
   const store::NormStats stats = view.LiveNorms(now);
   v1::NormStats* norms = out.mutable_norms();
   norms->set_max_norm(stats.max_norm);

@@ -1,32 +1,73 @@
 #include "server/store/records.h"
 
+#include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/precision.h"
 #include "server/store/internal/little_endian.h"
 
 namespace engram::store {
+
+namespace {
+
+// The 16-bit precision that holds every value exactly, if one does
+// (bit for bit: -0.0 stays -0.0), else float32.
+core::Precision ExactPrecision(absl::Span<const float> values) {
+  for (core::Precision p :
+       {core::Precision::kBFloat16, core::Precision::kFloat16}) {
+    bool exact = true;
+    for (float v : values) {
+      const float kept = core::Round(p, v);
+      if (std::memcmp(&kept, &v, sizeof v) != 0) {
+        exact = false;
+        break;
+      }
+    }
+    if (exact) return p;
+  }
+  return core::Precision::kFloat32;
+}
+
+}  // namespace
 
 // Format 1: u8 format, u32 dim, dim x f32, label, u32 entries, entries x
 // (key, value); strings as u32 length + bytes; numbers little-endian.
 // Format 2 (a pattern that expires): format 1's fields, then its expiry as
 // i64 Unix nanoseconds.
+// Format 3 (values that bfloat16 or float16 hold exactly: every pattern of
+// a store kept at that precision): u8 format, u8 precision (1 bfloat16, 2
+// float16), u32 dim, dim x u16, label, entries as format 1, i64 expiry (0:
+// never). Decoding widens the values back to the same floats.
 std::string EncodePattern(const Pattern& p) {
-  std::string out(1, p.expire_ns != 0 ? '\x02' : '\x01');
+  const core::Precision precision = ExactPrecision(p.values);
+  const bool half = precision != core::Precision::kFloat32;
+  std::string out(1, half ? '\x03' : p.expire_ns != 0 ? '\x02' : '\x01');
   auto put_string = [&](absl::string_view s) {
     internal::PutFixed32(out, static_cast<uint32_t>(s.size()));
     out.append(s.data(), s.size());
   };
-  out.reserve(1 + 4 + p.values.size() * 4 + p.label.size() + 8);
+  out.reserve(2 + 4 + p.values.size() * 4 + p.label.size() + 8);
+  if (half) out.push_back(static_cast<char>(precision));
   internal::PutFixed32(out, static_cast<uint32_t>(p.values.size()));
-  internal::PutFloats(out, p.values);
+  if (half) {
+    std::vector<uint16_t> narrow(p.values.size());
+    core::Narrow(precision, p.values.data(), p.values.size(), narrow.data());
+    for (uint16_t v : narrow) {
+      out.push_back(static_cast<char>(v & 0xff));
+      out.push_back(static_cast<char>(v >> 8));
+    }
+  } else {
+    internal::PutFloats(out, p.values);
+  }
   put_string(p.label);
   internal::PutFixed32(out, static_cast<uint32_t>(p.metadata.size()));
   for (const auto& [key, value] : p.metadata) {
     put_string(key);
     put_string(value);
   }
-  if (p.expire_ns != 0) {
+  if (half || p.expire_ns != 0) {
     internal::PutFixed64(out, static_cast<uint64_t>(p.expire_ns));
   }
   return out;
@@ -63,6 +104,26 @@ class Reader {
     bytes_.remove_prefix(n);
     return true;
   }
+  bool U8(uint8_t& v) {
+    if (bytes_.empty()) return false;
+    v = static_cast<uint8_t>(bytes_[0]);
+    bytes_.remove_prefix(1);
+    return true;
+  }
+  // n 16-bit values of `precision`, widened.
+  bool Halves(std::vector<float>& v, uint64_t n, core::Precision precision) {
+    if (bytes_.size() / 2 < n) return false;
+    std::vector<uint16_t> narrow(n);
+    for (uint64_t i = 0; i < n; ++i) {
+      narrow[i] =
+          static_cast<uint16_t>(static_cast<uint8_t>(bytes_[2 * i]) |
+                                (static_cast<uint8_t>(bytes_[2 * i + 1]) << 8));
+    }
+    v.resize(n);
+    core::Widen(precision, narrow.data(), n, v.data());
+    bytes_.remove_prefix(n * 2);
+    return true;
+  }
   bool Floats(std::vector<float>& v, uint64_t n) {
     if (bytes_.size() / 4 < n) return false;
     v.resize(n);
@@ -82,13 +143,25 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
   Pattern p;
   p.id = id;
   uint32_t dim = 0, entries = 0;
-  if (bytes.empty() || (bytes[0] != '\x01' && bytes[0] != '\x02')) {
+  if (bytes.empty() || bytes[0] < '\x01' || bytes[0] > '\x03') {
     return absl::DataLossError(
         absl::StrCat("pattern ", id, ": unknown record format"));
   }
-  const bool expires = bytes[0] == '\x02';
+  const bool half = bytes[0] == '\x03';
+  const bool expires = bytes[0] != '\x01';
   Reader reader(bytes.substr(1));
-  bool ok = reader.U32(dim) && reader.Floats(p.values, dim) &&
+  uint8_t precision = 0;
+  if (half &&
+      (!reader.U8(precision) ||
+       (precision != static_cast<uint8_t>(core::Precision::kBFloat16) &&
+        precision != static_cast<uint8_t>(core::Precision::kFloat16)))) {
+    return absl::DataLossError(
+        absl::StrCat("pattern ", id, ": unknown value precision"));
+  }
+  bool ok = reader.U32(dim) &&
+            (half ? reader.Halves(p.values, dim,
+                                  static_cast<core::Precision>(precision))
+                  : reader.Floats(p.values, dim)) &&
             reader.String(p.label) && reader.U32(entries);
   for (uint32_t i = 0; ok && i < entries; ++i) {
     std::string key, value;
@@ -97,7 +170,7 @@ absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes) {
   }
   if (ok && expires) {
     uint64_t at = 0;
-    ok = reader.U64(at) && at != 0;
+    ok = reader.U64(at) && (at != 0 || half);
     p.expire_ns = static_cast<int64_t>(at);
   }
   if (!ok || !reader.done()) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <utility>
@@ -305,12 +306,22 @@ class Gathered {
       if (j - i < kRun) copied += j - i;
       i = j;
     }
-    const size_t stride = d + 1 + key_dim + (key_dim ? 1 : 0);
-    scratch_ = ScratchPool::Take(copied * stride);
-    float* values = scratch_.data();
-    float* norms = values + copied * d;
-    float* keys = norms + copied;
-    float* key_norms = keys + copied * key_dim;
+    // The copies keep the store's precision, so a filtered retrieval runs
+    // the same kernels over the same bytes as a store of only the matches.
+    const core::Precision precision = all.blocks.empty()
+                                          ? core::Precision::kFloat32
+                                          : all.blocks[0].precision;
+    const size_t eb = core::ElementBytes(precision);
+    const size_t value_floats = (copied * d * eb + 3) / 4;
+    const size_t key_floats = (copied * key_dim * eb + 3) / 4;
+    scratch_ = ScratchPool::Take(copied * (1 + (key_dim ? 1 : 0)) +
+                                 value_floats + key_floats);
+    float* norms = scratch_.data();
+    float* key_norms = norms + copied;
+    auto* values =
+        reinterpret_cast<unsigned char*>(key_norms + (key_dim ? copied : 0));
+    auto* keys = reinterpret_cast<unsigned char*>(
+        reinterpret_cast<float*>(values) + value_floats);
     set_.dim = d;
     set_.map = all.map;
     size_t at = 0;  // Rows copied so far.
@@ -320,19 +331,24 @@ class Gathered {
       const size_t r0 = rows[begin] % per_block;
       const size_t n = end - begin;
       if (n >= kRun) {
-        set_.blocks.push_back({block.rows + r0 * d, block.sq_norms + r0, n,
-                               key_dim ? block.keys + r0 * key_dim : nullptr,
-                               key_dim ? block.key_sq_norms + r0 : nullptr});
+        set_.blocks.push_back(
+            {core::Advance(precision, block.rows, r0 * d), block.sq_norms + r0,
+             n,
+             key_dim ? core::Advance(precision, block.keys, r0 * key_dim)
+                     : nullptr,
+             key_dim ? block.key_sq_norms + r0 : nullptr, precision});
         last_copied = false;
         continue;
       }
       for (size_t k = 0; k < n; ++k) {
         const size_t r = r0 + k;
-        std::copy_n(block.rows + r * d, d, values + (at + k) * d);
+        std::memcpy(values + (at + k) * d * eb,
+                    core::Advance(precision, block.rows, r * d), d * eb);
         norms[at + k] = block.sq_norms[r];
         if (key_dim) {
-          std::copy_n(block.keys + r * key_dim, key_dim,
-                      keys + (at + k) * key_dim);
+          std::memcpy(keys + (at + k) * key_dim * eb,
+                      core::Advance(precision, block.keys, r * key_dim),
+                      key_dim * eb);
           key_norms[at + k] = block.key_sq_norms[r];
         }
       }
@@ -340,9 +356,9 @@ class Gathered {
       if (last_copied) {
         set_.blocks.back().count += n;
       } else {
-        set_.blocks.push_back({values + at * d, norms + at, n,
-                               key_dim ? keys + at * key_dim : nullptr,
-                               key_dim ? key_norms + at : nullptr});
+        set_.blocks.push_back({values + at * d * eb, norms + at, n,
+                               key_dim ? keys + at * key_dim * eb : nullptr,
+                               key_dim ? key_norms + at : nullptr, precision});
       }
       at += n;
       last_copied = true;

@@ -189,6 +189,10 @@ constexpr EnumPair<core::Corruption, v1::Corruption> kCorruptions[] = {
     {core::Corruption::kDropout, v1::DROPOUT},
     {core::Corruption::kGaussian, v1::GAUSSIAN},
     {core::Corruption::kMask, v1::MASK}};
+constexpr EnumPair<core::Precision, v1::Precision> kPrecisions[] = {
+    {core::Precision::kFloat32, v1::FLOAT32},
+    {core::Precision::kBFloat16, v1::BFLOAT16},
+    {core::Precision::kFloat16, v1::FLOAT16}};
 constexpr EnumPair<FeatureMapKind, v1::FeatureMapKind> kMapKinds[] = {
     {FeatureMapKind::kNone, v1::NONE}, {FeatureMapKind::kUhop, v1::UHOP}};
 constexpr EnumPair<FitLoss, v1::FitLoss> kLosses[] = {
@@ -324,6 +328,11 @@ absl::StatusOr<StoreSettings> SettingsFromProto(const v1::Store& in,
   StoreSettings out;
   out.name = in.name();
   out.dimension = in.dimension();
+  if (absl::Status s = FromProtoEnum(kPrecisions, in.precision(), d.precision,
+                                     "store.precision", out.precision);
+      !s.ok()) {
+    return s;
+  }
   const v1::RetrievalSettings& r = in.retrieval();
   core::RetrievalParams& retrieval = out.retrieval;
   if (absl::Status s =
@@ -397,6 +406,7 @@ absl::StatusOr<StoreSettings> SettingsFromProto(const v1::Store& in,
 void SettingsToProto(const StoreSettings& s, v1::Store& out) {
   out.set_name(s.name);
   out.set_dimension(s.dimension);
+  out.set_precision(ToProtoEnum(kPrecisions, s.precision));
   v1::RetrievalSettings* r = out.mutable_retrieval();
   r->set_similarity(ToProtoEnum(kSimilarities, s.retrieval.similarity));
   r->set_separation(ToProtoEnum(kSeparations, s.retrieval.separation));

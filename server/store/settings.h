@@ -23,6 +23,7 @@
 #include "engram/v1/engram.pb.h"
 #include "google/protobuf/field_mask.pb.h"
 #include "server/core/calibration.h"
+#include "server/core/precision.h"
 #include "server/core/retrieval.h"
 #include "server/store/placement.h"
 
@@ -78,6 +79,8 @@ struct ExpirySettings {
 struct StoreSettings {
   std::string name;
   uint32_t dimension = 0;
+  // How values are kept, in memory and on disk; fixed at create.
+  core::Precision precision = core::Precision::kFloat32;
   core::RetrievalParams retrieval;
   FeatureMapSettings feature_map;
   LowRankSettings low_rank;

@@ -67,37 +67,48 @@ std::shared_ptr<const core::FeatureMap> InitialMap(
       core::FeatureMap::RandomNormal(d, p, settings.feature_map.seed));
 }
 
-void Chunk::AlignedFree::operator()(float* p) const { std::free(p); }
+void Chunk::AlignedFree::operator()(unsigned char* p) const { std::free(p); }
 
-Chunk::AlignedFloats Chunk::NewAligned(size_t n) {
-  const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, bytes);
+Chunk::AlignedBytes Chunk::NewAligned(size_t bytes) {
+  const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, rounded);
   if (p == nullptr) throw std::bad_alloc();
-  return AlignedFloats(static_cast<float*>(p));
+  return AlignedBytes(static_cast<unsigned char*>(p));
 }
 
-Chunk::Rows::Rows(size_t dim, size_t capacity)
-    : values(NewAligned(dim * capacity)),
+Chunk::Rows::Rows(size_t dim, size_t capacity, core::Precision precision)
+    : values(NewAligned(dim * capacity * core::ElementBytes(precision))),
       sq_norms(new float[capacity]),
       max_abs(new float[capacity]),
       info(new RowInfo[capacity]) {}
 
-Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim)
+Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim,
+             core::Precision precision)
+    : Chunk(dim, capacity, key_dim, precision,
+            std::make_shared<Rows>(dim, capacity, precision)) {}
+
+Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim,
+             core::Precision precision, std::shared_ptr<Rows> rows)
     : dim_(dim),
       capacity_(capacity),
       key_dim_(key_dim),
-      rows_(std::make_shared<Rows>(dim, capacity)),
-      keys_(key_dim ? NewAligned(key_dim * capacity) : nullptr),
+      precision_(precision),
+      element_bytes_(core::ElementBytes(precision)),
+      rows_(std::move(rows)),
+      keys_(key_dim ? NewAligned(key_dim * capacity * element_bytes_)
+                    : nullptr),
       key_sq_norms_(key_dim ? new float[capacity] : nullptr) {}
 
 std::unique_ptr<Chunk> Chunk::Clone(size_t rows) const {
-  auto copy = std::make_unique<Chunk>(dim_, capacity_, key_dim_);
-  std::copy_n(rows_->values.get(), rows * dim_, copy->rows_->values.get());
+  auto copy = std::make_unique<Chunk>(dim_, capacity_, key_dim_, precision_);
+  std::copy_n(rows_->values.get(), rows * dim_ * element_bytes_,
+              copy->rows_->values.get());
   std::copy_n(rows_->sq_norms.get(), rows, copy->rows_->sq_norms.get());
   std::copy_n(rows_->max_abs.get(), rows, copy->rows_->max_abs.get());
   std::copy_n(rows_->info.get(), rows, copy->rows_->info.get());
   if (key_dim_) {
-    std::copy_n(keys_.get(), rows * key_dim_, copy->keys_.get());
+    std::copy_n(keys_.get(), rows * key_dim_ * element_bytes_,
+                copy->keys_.get());
     std::copy_n(key_sq_norms_.get(), rows, copy->key_sq_norms_.get());
   }
   return copy;
@@ -105,34 +116,66 @@ std::unique_ptr<Chunk> Chunk::Clone(size_t rows) const {
 
 std::unique_ptr<Chunk> Chunk::WithKeys(const core::FeatureMap& map,
                                        size_t rows) const {
-  std::unique_ptr<Chunk> keyed(new Chunk(dim_, capacity_, key_dim_, rows_));
-  map.Apply(rows_->values.get(), rows, keyed->keys_.get());
+  std::unique_ptr<Chunk> keyed(
+      new Chunk(dim_, capacity_, key_dim_, precision_, rows_));
+  std::vector<float> values, keys(rows * key_dim_);
+  map.Apply(ValuesAsFloats(rows, values), rows, keys.data());
+  core::Narrow(precision_, keys.data(), rows * key_dim_, keyed->keys_.get());
   for (size_t r = 0; r < rows; ++r) keyed->SetKeyNorm(r);
   return keyed;
 }
 
-Chunk::Chunk(size_t dim, size_t capacity, size_t key_dim,
-             std::shared_ptr<Rows> rows)
-    : dim_(dim),
-      capacity_(capacity),
-      key_dim_(key_dim),
-      rows_(std::move(rows)),
-      keys_(NewAligned(key_dim * capacity)),
-      key_sq_norms_(new float[capacity]) {}
+void Chunk::CopyValues(size_t r, float* out) const {
+  core::Widen(precision_, rows_->values.get() + r * dim_ * element_bytes_, dim_,
+              out);
+}
+
+void Chunk::CopyKey(size_t r, float* out) const {
+  core::Widen(precision_, keys_.get() + r * key_dim_ * element_bytes_, key_dim_,
+              out);
+}
+
+const float* Chunk::ValuesAsFloats(size_t rows,
+                                   std::vector<float>& buffer) const {
+  if (precision_ == core::Precision::kFloat32) {
+    return reinterpret_cast<const float*>(rows_->values.get());
+  }
+  buffer.resize(rows * dim_);
+  core::Widen(precision_, rows_->values.get(), rows * dim_, buffer.data());
+  return buffer.data();
+}
+
+const float* Chunk::KeysAsFloats(size_t rows,
+                                 std::vector<float>& buffer) const {
+  if (precision_ == core::Precision::kFloat32) {
+    return reinterpret_cast<const float*>(keys_.get());
+  }
+  buffer.resize(rows * key_dim_);
+  core::Widen(precision_, keys_.get(), rows * key_dim_, buffer.data());
+  return buffer.data();
+}
+
+size_t Chunk::bytes() const {
+  return capacity_ * ((dim_ + key_dim_) * element_bytes_ +
+                      (key_dim_ ? 3 : 2) * sizeof(float) + sizeof(RowInfo));
+}
 
 void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
                 const float* key) {
   if (key_dim_) {
-    std::copy_n(key, key_dim_, keys_.get() + r * key_dim_);
+    core::Narrow(precision_, key, key_dim_,
+                 keys_.get() + r * key_dim_ * element_bytes_);
     SetKeyNorm(r);
   }
-  float* out = rows_->values.get() + r * dim_;
+  // The values are representable: narrowing keeps them exactly.
+  core::Narrow(precision_, pattern.values.data(), dim_,
+               rows_->values.get() + r * dim_ * element_bytes_);
   double sq_norm = 0;
   float max_abs = 0;
   for (size_t k = 0; k < dim_; ++k) {
-    out[k] = pattern.values[k];
-    sq_norm += double{out[k]} * out[k];
-    max_abs = std::max(max_abs, std::fabs(out[k]));
+    const float v = pattern.values[k];
+    sq_norm += double{v} * v;
+    max_abs = std::max(max_abs, std::fabs(v));
   }
   rows_->sq_norms[r] = static_cast<float>(sq_norm);
   rows_->max_abs[r] = max_abs;
@@ -141,20 +184,24 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
 }
 
 void Chunk::SetKeyNorm(size_t r) {
-  const float* key = keys_.get() + r * key_dim_;
+  std::vector<float> key(key_dim_);
+  CopyKey(r, key.data());
   double sq = 0;
-  for (size_t k = 0; k < key_dim_; ++k) sq += double{key[k]} * key[k];
+  for (float v : key) sq += double{v} * v;
   key_sq_norms_[r] = static_cast<float>(sq);
 }
 
 void Chunk::CopyRow(size_t to, const Chunk& from, size_t r) {
-  std::copy_n(from.row(r), dim_, rows_->values.get() + to * dim_);
+  std::copy_n(from.rows_->values.get() + r * dim_ * element_bytes_,
+              dim_ * element_bytes_,
+              rows_->values.get() + to * dim_ * element_bytes_);
   rows_->sq_norms[to] = from.rows_->sq_norms[r];
   rows_->max_abs[to] = from.rows_->max_abs[r];
   rows_->info[to] = from.rows_->info[r];
   if (key_dim_) {
-    std::copy_n(from.keys_.get() + r * key_dim_, key_dim_,
-                keys_.get() + to * key_dim_);
+    std::copy_n(from.keys_.get() + r * key_dim_ * element_bytes_,
+                key_dim_ * element_bytes_,
+                keys_.get() + to * key_dim_ * element_bytes_);
     key_sq_norms_[to] = from.key_sq_norms_[r];
   }
 }
@@ -167,11 +214,18 @@ core::MemorySet StoreView::memories() const {
     const size_t rows = std::min(left, chunk_capacity_);
     if (rows == 0) break;
     set.blocks.push_back({chunk->values(), chunk->sq_norms(), rows,
-                          chunk->keys(), chunk->key_sq_norms()});
+                          chunk->keys(), chunk->key_sq_norms(),
+                          chunk->precision()});
     left -= rows;
   }
   set.map = map_.get();
   return set;
+}
+
+size_t StoreView::memory_bytes() const {
+  size_t bytes = 0;
+  for (const auto& chunk : chunks_) bytes += chunk->bytes();
+  return bytes;
 }
 
 std::vector<uint32_t> StoreView::Matching(const Filter& filter) const {
@@ -222,8 +276,11 @@ size_t StoreView::LiveCount(int64_t now_ns) const {
   return live;
 }
 
-const float* StoreView::row(size_t index) const {
-  return chunks_[index / chunk_capacity_]->row(index % chunk_capacity_);
+std::vector<float> StoreView::Row(size_t index) const {
+  std::vector<float> row(settings_.dimension);
+  chunks_[index / chunk_capacity_]->CopyValues(index % chunk_capacity_,
+                                               row.data());
+  return row;
 }
 
 const Chunk::RowInfo& StoreView::info(size_t index) const {
@@ -234,10 +291,7 @@ Pattern StoreView::pattern(size_t index, bool with_values) const {
   const Chunk::RowInfo& row_info = info(index);
   Pattern pattern{
       row_info.id, {}, row_info.label, row_info.metadata, row_info.expire_ns};
-  if (with_values) {
-    const float* values = row(index);
-    pattern.values.assign(values, values + settings_.dimension);
-  }
+  if (with_values) pattern.values = Row(index);
   return pattern;
 }
 
@@ -245,6 +299,7 @@ Store::Store(StoreSettings settings, const Limits& limits,
              StorageBackend* storage)
     : name_(settings.name),
       dim_(settings.dimension),
+      precision_(settings.precision),
       key_dim_(settings.feature_map.kind == FeatureMapKind::kUhop
                    ? FeatureDim(settings)
                    : 0),
@@ -400,9 +455,31 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<Pattern>> Store::Rounded(
+    absl::Span<const Pattern> patterns) const {
+  std::vector<Pattern> rounded(patterns.begin(), patterns.end());
+  if (precision_ == core::Precision::kFloat32) return rounded;
+  for (size_t i = 0; i < rounded.size(); ++i) {
+    std::vector<float>& values = rounded[i].values;
+    for (size_t k = 0; k < values.size(); ++k) {
+      const float kept = core::Round(precision_, values[k]);
+      if (!std::isfinite(kept)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "patterns[", i, "].values[", k, "] is ", values[k], "; store '",
+            name_, "' keeps ", core::PrecisionName(precision_),
+            ", whose largest magnitude is ",
+            precision_ == core::Precision::kFloat16 ? "65504" : "3.39e38"));
+      }
+      values[k] = kept;
+    }
+  }
+  return rounded;
+}
+
 Chunk* Store::WritableChunk(size_t c, size_t row) {
   if (c == chunks_.size()) {
-    chunks_.push_back(std::make_shared<Chunk>(dim_, chunk_capacity_, key_dim_));
+    chunks_.push_back(
+        std::make_shared<Chunk>(dim_, chunk_capacity_, key_dim_, precision_));
     sealed_.push_back(0);
   } else if (row < sealed_[c]) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
@@ -426,6 +503,10 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
   if (key_dim_) {
     keys.resize(patterns.size() * key_dim_);
     map_->Apply(values.data(), patterns.size(), keys.data());
+    // The features as the chunks keep them, for the low-rank sums too.
+    if (precision_ != core::Precision::kFloat32) {
+      for (float& k : keys) k = core::Round(precision_, k);
+    }
   }
   for (size_t i = 0; i < patterns.size(); ++i) {
     const size_t g = count_;
@@ -477,12 +558,15 @@ absl::StatusOr<std::vector<uint64_t>> Store::Add(
   const int64_t default_expiry =
       ttl > absl::ZeroDuration() ? now + absl::ToInt64Nanoseconds(ttl) : 0;
   const bool complete =
+      precision_ == core::Precision::kFloat32 &&
       std::all_of(patterns.begin(), patterns.end(), [&](const Pattern& p) {
         return p.id != 0 && (p.expire_ns != 0 || default_expiry == 0);
       });
   std::vector<Pattern> filled;
   if (!complete) {
-    filled.assign(patterns.begin(), patterns.end());
+    absl::StatusOr<std::vector<Pattern>> rounded = Rounded(patterns);
+    if (!rounded.ok()) return rounded.status();
+    filled = *std::move(rounded);
     for (size_t i = 0; i < ids.size(); ++i) {
       filled[i].id = ids[i];
       if (filled[i].expire_ns == 0) filled[i].expire_ns = default_expiry;
@@ -505,7 +589,9 @@ absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
   if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
     return status;
   }
-  ApplyAdd(patterns, ids);
+  absl::StatusOr<std::vector<Pattern>> rounded = Rounded(patterns);
+  if (!rounded.ok()) return rounded.status();
+  ApplyAdd(*rounded, ids);
   return absl::OkStatus();
 }
 
@@ -594,11 +680,13 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
       !status.ok()) {
     return status;
   }
+  std::vector<float> row(dim_);
   for (uint64_t id : ids) {
     const size_t g = location[id];
     const Chunk& chunk = *chunks_[g / chunk_capacity_];
     const size_t r = g % chunk_capacity_;
-    digest_ -= PatternDigest(id, chunk.row(r), dim_, chunk.info(r).label,
+    chunk.CopyValues(r, row.data());
+    digest_ -= PatternDigest(id, row.data(), dim_, chunk.info(r).label,
                              chunk.info(r).metadata);
     if (chunk.info(r).expire_ns != 0) {
       expiries_.erase({chunk.info(r).expire_ns, id});
@@ -612,10 +700,11 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
       const size_t g = location[id];
       const Chunk& chunk = *chunks_[g / chunk_capacity_];
       const size_t r = g % chunk_capacity_;
-      gone_values.insert(gone_values.end(), chunk.row(r), chunk.row(r) + dim_);
+      gone_values.resize(gone_values.size() + dim_);
+      chunk.CopyValues(r, gone_values.data() + gone_values.size() - dim_);
       if (key_dim_) {
-        const float* key = chunk.keys() + r * key_dim_;
-        gone_keys.insert(gone_keys.end(), key, key + key_dim_);
+        gone_keys.resize(gone_keys.size() + key_dim_);
+        chunk.CopyKey(r, gone_keys.data() + gone_keys.size() - key_dim_);
       }
     }
   }
@@ -733,11 +822,12 @@ void Store::RebuildSums(const StoreSettings& settings) {
   auto sums = std::make_shared<core::LowRankSums>(
       std::make_shared<const core::TaylorBasis>(n, sums_state_.degree), dim_,
       !kernel);
+  std::vector<float> values, keys;  // A chunk's rows as float32.
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
     const Chunk& chunk = *chunks_[c];
-    sums->Add(kernel ? chunk.keys() : chunk.values(), chunk.values(), rows,
-              1.0);
+    const float* v = chunk.ValuesAsFloats(rows, values);
+    sums->Add(kernel ? chunk.KeysAsFloats(rows, keys) : v, v, rows, 1.0);
   }
   sums->Finish();
   sums_ = std::move(sums);

@@ -41,12 +41,13 @@
 
 namespace engram::store {
 
-// Rows of one store: values (capacity * dim), per-row squared norm and
-// largest |entry|, and id, label and metadata; with U-Hop also each row's
-// features Phi(row) (capacity * key_dim) for the map of the chunk's view.
-// Rows a view can see are never written again. The value rows are shared
-// with the chunk a new map's keys are rebuilt into (WithKeys), so publishing
-// a map costs the keys' memory, not a copy of the store.
+// Rows of one store: values (capacity * dim, in the store's precision), per
+// row squared norm and largest |entry|, and id, label and metadata; with
+// U-Hop also each row's features Phi(row) (capacity * key_dim, same
+// precision) for the map of the chunk's view. Rows a view can see are never
+// written again. The value rows are shared with the chunk a new map's keys
+// are rebuilt into (WithKeys), so publishing a map costs the keys' memory,
+// not a copy of the store.
 class Chunk {
  public:
   struct RowInfo {
@@ -57,7 +58,8 @@ class Chunk {
   };
 
   // `key_dim` > 0 keeps features Phi(row) of that size beside each row.
-  Chunk(size_t dim, size_t capacity, size_t key_dim = 0);
+  Chunk(size_t dim, size_t capacity, size_t key_dim = 0,
+        core::Precision precision = core::Precision::kFloat32);
   Chunk(const Chunk&) = delete;
   Chunk& operator=(const Chunk&) = delete;
 
@@ -69,22 +71,33 @@ class Chunk {
                                   size_t rows) const;
 
   size_t capacity() const { return capacity_; }
-  const float* values() const { return rows_->values.get(); }
-  const float* row(size_t r) const { return rows_->values.get() + r * dim_; }
+  core::Precision precision() const { return precision_; }
+  // Values and keys in the chunk's precision.
+  const void* values() const { return rows_->values.get(); }
+  const void* keys() const { return keys_.get(); }
+  // Row r's values (dim) / features (key_dim) as float32, exactly.
+  void CopyValues(size_t r, float* out) const;
+  void CopyKey(size_t r, float* out) const;
+  // The first `rows` rows' values / keys as float32 (for the float32 chunk,
+  // a view of its own memory; otherwise widened into `buffer`).
+  const float* ValuesAsFloats(size_t rows, std::vector<float>& buffer) const;
+  const float* KeysAsFloats(size_t rows, std::vector<float>& buffer) const;
   const float* sq_norms() const { return rows_->sq_norms.get(); }
   float max_abs(size_t r) const { return rows_->max_abs[r]; }
   const RowInfo& info(size_t r) const { return rows_->info[r]; }
   size_t key_dim() const { return key_dim_; }
-  const float* keys() const { return keys_.get(); }
   const float* key_sq_norms() const { return key_sq_norms_.get(); }
+  // Bytes the chunk's arrays take (values, keys, norms, row records).
+  size_t bytes() const;
 
-  // Row r <- pattern, stored under `id`; `key` (key_dim values) if keyed.
+  // Row r <- pattern (its values already representable in the chunk's
+  // precision), stored under `id`; `key` (key_dim values) if keyed.
   void Set(size_t r, const Pattern& pattern, uint64_t id, const float* key);
   void CopyRow(size_t to, const Chunk& from, size_t r);
 
  private:
   struct Rows;
-  Chunk(size_t dim, size_t capacity, size_t key_dim,
+  Chunk(size_t dim, size_t capacity, size_t key_dim, core::Precision precision,
         std::shared_ptr<Rows> rows);
   // key_sq_norms_[r] <- ||key r||^2.
   void SetKeyNorm(size_t r);
@@ -92,14 +105,14 @@ class Chunk {
   // Rows and keys start on a cache line (64 bytes): sgemm packs them with
   // aligned loads, and a row of d = 784 floats spans 49 lines, not 50.
   struct AlignedFree {
-    void operator()(float* p) const;
+    void operator()(unsigned char* p) const;
   };
-  using AlignedFloats = std::unique_ptr<float[], AlignedFree>;
-  static AlignedFloats NewAligned(size_t n);
+  using AlignedBytes = std::unique_ptr<unsigned char[], AlignedFree>;
+  static AlignedBytes NewAligned(size_t bytes);
 
   struct Rows {
-    Rows(size_t dim, size_t capacity);
-    AlignedFloats values;
+    Rows(size_t dim, size_t capacity, core::Precision precision);
+    AlignedBytes values;
     std::unique_ptr<float[]> sq_norms;
     std::unique_ptr<float[]> max_abs;
     std::unique_ptr<RowInfo[]> info;
@@ -108,8 +121,10 @@ class Chunk {
   const size_t dim_;
   const size_t capacity_;
   const size_t key_dim_;
+  const core::Precision precision_;
+  const size_t element_bytes_;
   std::shared_ptr<Rows> rows_;
-  AlignedFloats keys_;
+  AlignedBytes keys_;
   std::unique_ptr<float[]> key_sq_norms_;
 };
 
@@ -191,7 +206,10 @@ class StoreView {
 
   // The patterns as blocks for core retrieval, valid while this view lives.
   core::MemorySet memories() const;
-  const float* row(size_t index) const;
+  // Row `index`'s values as float32 (size dimension).
+  std::vector<float> Row(size_t index) const;
+  // Bytes of memory the view's chunks take (Chunk::bytes).
+  size_t memory_bytes() const;
   const Chunk::RowInfo& info(size_t index) const;
   Pattern pattern(size_t index, bool with_values = true) const;
 
@@ -315,6 +333,11 @@ class Store {
   void UpdateSums(const float* keys, const float* values, size_t n, double sign)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // The patterns with their values rounded to the store's precision (the
+  // values it keeps, stores and hashes); INVALID_ARGUMENT naming the value
+  // if one does not fit (float16 beyond 65504).
+  absl::StatusOr<std::vector<Pattern>> Rounded(
+      absl::Span<const Pattern> patterns) const;
   absl::Status DeleteLocked(absl::Span<const uint64_t> ids)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // A new filter index of every row (after rows moved).
@@ -323,6 +346,7 @@ class Store {
   // Constant after construction.
   const std::string name_;
   const size_t dim_;
+  const core::Precision precision_;
   const size_t key_dim_;  // d_Phi with U-Hop, else 0 (no keys kept).
   const size_t chunk_capacity_;
   const Limits limits_;

@@ -12,6 +12,13 @@
 
 namespace engram::core {
 
+// Memory `index` of a float32 set, in place (rows stay contiguous within a
+// block).
+inline const float* FloatRow(const MemorySet& set, size_t index) {
+  const auto [block, r] = set.Locate(index);
+  return static_cast<const float*>(block->rows) + r * set.dim;
+}
+
 // Memories split into blocks of uneven sizes, as a store's chunks are.
 struct Fixture {
   size_t dim;

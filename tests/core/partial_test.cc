@@ -49,7 +49,7 @@ TEST_P(PartialTest, MergedPartsEqualOneRetrieval) {
   const size_t count = 5, d = f.dim;
   std::vector<float> queries(count * d);
   for (size_t q = 0; q < count; ++q) {
-    const float* row = f.set.row((q * 41) % m);
+    const float* row = FloatRow(f.set, (q * 41) % m);
     for (size_t k = 0; k < d; ++k) queries[q * d + k] = row[k] + noise(rng);
   }
   for (size_t k = 0; k < d; ++k) queries[(count - 1) * d + k] = 5.0f;
@@ -72,7 +72,7 @@ TEST_P(PartialTest, MergedPartsEqualOneRetrieval) {
     const ValuesLookup lookup =
         [&](uint64_t id) -> absl::StatusOr<std::vector<float>> {
       ++lookups;
-      const float* row = f.set.row(id - 1);
+      const float* row = FloatRow(f.set, id - 1);
       return std::vector<float>(row, row + d);
     };
     for (size_t q = 0; q < count; ++q) {
@@ -115,7 +115,7 @@ TEST(PartialTest, EmptyPartsAreSkippedAndAllEmptyIsRefused) {
   for (size_t i = 0; i < 10; ++i) ids[i] = 100 + i;
   RetrievalParams params;
   absl::StatusOr<std::vector<PartialRow>> rows =
-      PartialStep(f.set, ids, f.set.row(3), 1, params);
+      PartialStep(f.set, ids, FloatRow(f.set, 3), 1, params);
   ASSERT_TRUE(rows.ok());
   const PartialRow empty;
   const PartialRow* both[] = {&(*rows)[0], &empty};
@@ -125,8 +125,8 @@ TEST(PartialTest, EmptyPartsAreSkippedAndAllEmptyIsRefused) {
   const PartialRow* none[] = {&empty};
   EXPECT_EQ(MergeRows(params, none, 4, nullptr).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(PartialStep(f.set, absl::MakeConstSpan(ids).first(3), f.set.row(0),
-                        1, params)
+  EXPECT_EQ(PartialStep(f.set, absl::MakeConstSpan(ids).first(3),
+                        FloatRow(f.set, 0), 1, params)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);

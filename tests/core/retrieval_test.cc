@@ -69,8 +69,8 @@ ReferenceResult ReferenceStep(const MemorySet& set,
   std::vector<float> xf(x.begin(), x.end());
   std::vector<double> z(m);
   for (size_t i = 0; i < m; ++i) {
-    z[i] = p.beta *
-           ReferenceSimilarity(p.similarity, set.row(i), xf.data(), d, set.map);
+    z[i] = p.beta * ReferenceSimilarity(p.similarity, FloatRow(set, i),
+                                        xf.data(), d, set.map);
   }
   double max = z[0], sum = 0, sq = 0;
   for (double v : z) max = std::max(max, v);
@@ -84,7 +84,8 @@ ReferenceResult ReferenceStep(const MemorySet& set,
   r.weights = Separate(p.separation, z);
   r.state.assign(d, 0.0);
   for (size_t i = 0; i < m; ++i) {
-    for (size_t k = 0; k < d; ++k) r.state[k] += r.weights[i] * set.row(i)[k];
+    for (size_t k = 0; k < d; ++k)
+      r.state[k] += r.weights[i] * FloatRow(set, i)[k];
   }
   r.energy =
       -(max + std::log(sum)) / p.beta + 0.5 * SelfSimilarity(p.similarity, sq);
@@ -106,7 +107,8 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
     std::normal_distribution<float> noise(0.0f, 0.3f);
     std::vector<float> queries(num_queries * d);
     for (size_t i = 0; i < num_queries; ++i) {
-      const float* base = memories.set.row((i * 13) % memories.set.size());
+      const float* base =
+          FloatRow(memories.set, (i * 13) % memories.set.size());
       for (size_t k = 0; k < d; ++k) queries[i * d + k] = base[k] + noise(rng);
     }
     for (float beta : {0.3f, 2.0f}) {
@@ -177,7 +179,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(RetrievalTest, RecallsAStoredPatternFromANoisyQuery) {
   const size_t d = 64;
   Fixture memories(d, {200}, 3);
-  std::vector<float> query(memories.set.row(17), memories.set.row(17) + d);
+  std::vector<float> query(FloatRow(memories.set, 17),
+                           FloatRow(memories.set, 17) + d);
   for (size_t k = 0; k < d; k += 2) query[k] = 0;  // Drop half the entries.
   RetrievalParams params;
   params.beta = 4.0f;
@@ -187,14 +190,15 @@ TEST(RetrievalTest, RecallsAStoredPatternFromANoisyQuery) {
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->matches[0][0].index, 17u);
   for (size_t k = 0; k < d; ++k) {
-    EXPECT_NEAR(out->states[k], memories.set.row(17)[k], 1e-3);
+    EXPECT_NEAR(out->states[k], FloatRow(memories.set, 17)[k], 1e-3);
   }
 }
 
 TEST(RetrievalTest, StopsAtEpsAndReportsConvergence) {
   const size_t d = 16;
   Fixture memories(d, {50}, 5);
-  std::vector<float> query(memories.set.row(3), memories.set.row(3) + d);
+  std::vector<float> query(FloatRow(memories.set, 3),
+                           FloatRow(memories.set, 3) + d);
   RetrievalParams params;
   params.beta = 8.0f;
   params.steps = 50;
@@ -211,7 +215,8 @@ TEST(RetrievalTest, ScoreBufferStaysWithinBudgetWhateverM) {
   // 3 queries with a 6-float budget: tiles of 2 memories; results unchanged.
   const size_t d = 8;
   Fixture memories(d, {1000}, 9);
-  std::vector<float> queries(memories.set.row(0), memories.set.row(0) + 3 * d);
+  std::vector<float> queries(FloatRow(memories.set, 0),
+                             FloatRow(memories.set, 0) + 3 * d);
   RetrievalParams params;
   RetrievalOptions small;
   small.max_score_floats = 6;
@@ -280,7 +285,8 @@ namespace {
 // query equalled a stored pattern, so converged states got wrong scores.
 TEST(RetrievalTest, L2ScoreOfAQueryEqualToAPatternIsZero) {
   Fixture memories(128, {20}, 4, 3.0f);
-  std::vector<float> query(memories.set.row(5), memories.set.row(5) + 128);
+  std::vector<float> query(FloatRow(memories.set, 5),
+                           FloatRow(memories.set, 5) + 128);
   RetrievalParams params;
   params.similarity = Similarity::kL2;
   params.beta = 100.0f;
@@ -336,7 +342,8 @@ void ExpectSameOutput(const RetrievalOutput& a, const RetrievalOutput& b) {
 TEST(RetrievalTest, SlicedBatchesEqualOneThread) {
   Fixture memories(24, {300, 77}, 12);
   const size_t n = 50;
-  std::vector<float> queries(memories.set.row(0), memories.set.row(0) + n * 24);
+  std::vector<float> queries(FloatRow(memories.set, 0),
+                             FloatRow(memories.set, 0) + n * 24);
   for (Separation sep : {Separation::kSoftmax, Separation::kSparsemax}) {
     RetrievalParams params;
     params.separation = sep;
@@ -361,7 +368,8 @@ namespace {
 TEST(RetrievalTest, OneQuerySplitOverThreadsEqualsOneThread) {
   // Enough work to split (> 4 MFLOP) over blocks of uneven sizes.
   Fixture memories(64, {5000, 3000, 17, 9000}, 21, 0.3f);
-  std::vector<float> query(memories.set.row(4321), memories.set.row(4321) + 64);
+  std::vector<float> query(FloatRow(memories.set, 4321),
+                           FloatRow(memories.set, 4321) + 64);
   for (Similarity sim : {Similarity::kDot, Similarity::kL2}) {
     RetrievalParams params;
     params.similarity = sim;

@@ -218,8 +218,11 @@ def main():
                 if status["shards"] and all(s.get("ready") for s in status["shards"]):
                     break
                 if time.time() > deadline:
-                    raise AssertionError("cluster not whole again: %s" % [
-                        (s["address"], s.get("detail")) for s in status["shards"]])
+                    raise AssertionError(
+                        "cluster not whole again: %s\ncluster status: exit %d, %s\n"
+                        "router log (end):\n%s" % (
+                            [(s["address"], s.get("detail")) for s in status["shards"]],
+                            out.returncode, out.stderr.strip(), front.log()[-3000:]))
                 time.sleep(0.2)
             stats["repairs"] += sum("repaired" in s.get("detail", "") for s in status["shards"])
             with grpc.insecure_channel(front.addr) as channel:

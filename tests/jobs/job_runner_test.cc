@@ -83,9 +83,10 @@ class JobRunnerTest : public ::testing::Test {
     size_t index = 0;
     for (const core::MemoryBlock& block : set.blocks) {
       for (size_t r = 0; r < block.count; r += 7, index += 7) {
-        set.map->Apply(block.rows + r * set.dim, 1, key.data());
+        set.map->Apply(static_cast<const float*>(block.rows) + r * set.dim, 1,
+                       key.data());
         for (size_t k = 0; k < p; ++k) {
-          ASSERT_NEAR(block.keys[r * p + k], key[k],
+          ASSERT_NEAR(static_cast<const float*>(block.keys)[r * p + k], key[k],
                       1e-3 * (1 + std::fabs(key[k])));
         }
       }

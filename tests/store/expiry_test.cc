@@ -62,7 +62,8 @@ RetrieveResult Recall(const StoreView& view, PathChoice path, Filter f = {}) {
 }
 
 TEST(ExpiryTest, RecordsCarryTheExpiryAndFormatOneStillReads) {
-  Pattern p{7, {1, 2}, "x", {{"k", "v"}}, 1'900'000'000'000'000'000};
+  // Values no 16-bit precision holds exactly, so formats 1 and 2 apply.
+  Pattern p{7, {0.1f, 0.2f}, "x", {{"k", "v"}}, 1'900'000'000'000'000'000};
   absl::StatusOr<Pattern> back = DecodePattern(7, EncodePattern(p));
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->expire_ns, p.expire_ns);
@@ -71,7 +72,7 @@ TEST(ExpiryTest, RecordsCarryTheExpiryAndFormatOneStillReads) {
   const std::string v1 = EncodePattern(p);
   EXPECT_EQ(v1[0], '\x01');  // Patterns that never expire keep format 1.
   EXPECT_EQ(DecodePattern(7, v1)->expire_ns, 0);
-  std::string cut = EncodePattern({7, {1, 2}, "x", {}, 5});
+  std::string cut = EncodePattern({7, {0.1f, 0.2f}, "x", {}, 5});
   cut.pop_back();
   EXPECT_EQ(DecodePattern(7, cut).status().code(), absl::StatusCode::kDataLoss);
 }

@@ -105,7 +105,7 @@ void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings) {
   std::shared_ptr<const StoreView> view = store.view();
   std::vector<float> queries(4 * kDim);
   for (size_t q = 0; q < 4; ++q) {
-    const float* row = view->row(q * 101);
+    const std::vector<float> row = view->Row(q * 101);
     for (size_t k = 0; k < kDim; ++k) queries[q * kDim + k] = row[k] * 0.8f;
   }
   for (const Filter& filter : Filters()) {

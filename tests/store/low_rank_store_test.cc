@@ -52,7 +52,18 @@ void ExpectSumsMatchARebuild(const StoreView& view) {
       std::make_shared<const core::TaylorBasis>(sums.basis()), sums.dim(),
       sums.keys_are_rows());
   for (const core::MemoryBlock& block : view.memories().blocks) {
-    rebuilt.Add(sums.keys_are_rows() ? block.rows : block.keys, block.rows,
+    std::vector<float> rows(block.count * view.settings().dimension);
+    std::vector<float> keys(block.keys ? block.count * view.map()->out_dim()
+                                       : 0);
+    for (size_t r = 0; r < block.count; ++r) {
+      block.CopyRow(r, view.settings().dimension,
+                    rows.data() + r * view.settings().dimension);
+      if (block.keys) {
+        block.CopyKey(r, view.map()->out_dim(),
+                      keys.data() + r * view.map()->out_dim());
+      }
+    }
+    rebuilt.Add(sums.keys_are_rows() ? rows.data() : keys.data(), rows.data(),
                 block.count, 1.0);
   }
   rebuilt.Finish();

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,6 +75,37 @@ class RocksDbStorageTest : public ::testing::Test {
   std::unique_ptr<RocksDbStorage> storage_;
   std::unique_ptr<StoreRegistry> registry_;
 };
+
+TEST_F(RocksDbStorageTest, ReducedPrecisionStoresComeBackAsTheyWere) {
+  for (core::Precision p :
+       {core::Precision::kBFloat16, core::Precision::kFloat16}) {
+    StoreSettings s;
+    s.name = std::string(core::PrecisionName(p));
+    s.dimension = 3;
+    s.precision = p;
+    std::shared_ptr<Store> store = *registry_->Create(s);
+    ASSERT_TRUE(store
+                    ->Add({P(1, {0.1f, -2.7f, 1000.3f}, "a"),
+                           P(2, {1e-3f, 3.14159f, -0.0f})})
+                    .ok());
+    ASSERT_TRUE(store->Delete({1}).ok());
+    ASSERT_TRUE(store->Add({P(3, {7.77f, 0.5f, 2.0f})}).ok());
+  }
+  std::map<std::string, std::pair<uint64_t, std::vector<float>>> before;
+  for (const char* name : {"bfloat16", "float16"}) {
+    std::shared_ptr<Store> store = *registry_->Get(name);
+    before[name] = {store->view()->digest(), store->Get(3)->values};
+  }
+  Reopen();
+  for (const char* name : {"bfloat16", "float16"}) {
+    std::shared_ptr<Store> back = *registry_->Get(name);
+    EXPECT_EQ(core::PrecisionName(back->view()->settings().precision), name);
+    EXPECT_EQ(back->view()->size(), 2u);
+    EXPECT_EQ(back->view()->digest(), before[name].first) << name;
+    EXPECT_EQ(back->Get(3)->values, before[name].second) << name;
+    EXPECT_EQ(std::signbit(back->Get(2)->values[2]), true);  // -0 stays.
+  }
+}
 
 TEST_F(RocksDbStorageTest, ARestoredStoreReplacesAllOfTheOldOneDurably) {
   std::shared_ptr<Store> a = Create("a", 2);
@@ -258,8 +290,8 @@ TEST_F(RocksDbStorageTest, AFittedMapSurvivesARestart) {
   EXPECT_EQ(view->map()->weights(), map->weights());
   // Keys are rebuilt with the stored map: Phi(4, 5, 6) = (4, 12).
   const core::MemorySet set = view->memories();
-  EXPECT_EQ(set.blocks[0].keys[2 * 2 + 0], 4.0f);
-  EXPECT_EQ(set.blocks[0].keys[2 * 2 + 1], 12.0f);
+  EXPECT_EQ(static_cast<const float*>(set.blocks[0].keys)[2 * 2 + 0], 4.0f);
+  EXPECT_EQ(static_cast<const float*>(set.blocks[0].keys)[2 * 2 + 1], 12.0f);
 }
 
 TEST_F(RocksDbStorageTest, SecondOpenOfTheSameDirectoryFails) {

@@ -212,7 +212,7 @@ TEST(StoreTest, DeleteSwapsTheLastRowInAndKeepsOldViewsIntact) {
   // The old view still sees every original row unchanged.
   for (size_t g = 0; g < before->size(); ++g) {
     EXPECT_EQ(before->info(g).id, g + 1);
-    EXPECT_EQ(before->row(g)[0], static_cast<float>(g + 1));
+    EXPECT_EQ(before->Row(g)[0], static_cast<float>(g + 1));
   }
   // Every survivor is found at its (possibly moved) row with its values.
   for (size_t id = 1; id <= capacity + 10; ++id) {
@@ -226,7 +226,7 @@ TEST(StoreTest, DeleteSwapsTheLastRowInAndKeepsOldViewsIntact) {
   }
   // And the new view's rows agree with their ids.
   for (size_t g = 0; g < after->size(); ++g) {
-    EXPECT_EQ(after->row(g)[0], static_cast<float>(after->info(g).id));
+    EXPECT_EQ(after->Row(g)[0], static_cast<float>(after->info(g).id));
   }
   EXPECT_NEAR(after->norms().max_norm, 2.0 * (capacity + 9), 1e-6 * capacity);
 }
@@ -238,9 +238,9 @@ TEST(StoreTest, AppendAfterDeleteDoesNotOverwriteRowsOldViewsSee) {
   std::shared_ptr<const StoreView> old = store.view();
   ASSERT_TRUE(store.Delete({2}).ok());
   ASSERT_TRUE(store.Add({MakePattern(3, 2, 3)}).ok());
-  EXPECT_EQ(old->row(1)[0], 2.0f);
+  EXPECT_EQ(old->Row(1)[0], 2.0f);
   EXPECT_EQ(old->info(1).id, 2u);
-  EXPECT_EQ(store.view()->row(1)[0], 3.0f);
+  EXPECT_EQ(store.view()->Row(1)[0], 3.0f);
 }
 
 TEST(StoreTest, PublishingAMapSharesRowsWithoutExposingOldViewsToWrites) {
@@ -257,13 +257,13 @@ TEST(StoreTest, PublishingAMapSharesRowsWithoutExposingOldViewsToWrites) {
   ASSERT_TRUE(store.Add({MakePattern(3, 2, 3)}).ok());
   // The first view still sees pattern 2 in row 1, with identity keys.
   EXPECT_EQ(old->info(1).id, 2u);
-  EXPECT_EQ(old->row(1)[0], 2.0f);
-  EXPECT_EQ(old->memories().blocks[0].keys[2], 2.0f);
+  EXPECT_EQ(old->Row(1)[0], 2.0f);
+  EXPECT_EQ(static_cast<const float*>(old->memories().blocks[0].keys)[2], 2.0f);
   // The new view sees pattern 3 there, with doubled keys.
   std::shared_ptr<const StoreView> now = store.view();
   EXPECT_EQ(now->info(1).id, 3u);
-  EXPECT_EQ(now->memories().blocks[0].keys[2], 6.0f);
-  EXPECT_EQ(now->memories().blocks[0].keys[0], 2.0f);
+  EXPECT_EQ(static_cast<const float*>(now->memories().blocks[0].keys)[2], 6.0f);
+  EXPECT_EQ(static_cast<const float*>(now->memories().blocks[0].keys)[0], 2.0f);
   EXPECT_EQ(now->fit().version, 1u);
   // Maps only go forward: the same or an older version is refused and
   // changes nothing (a router's publication sent twice, or late).
@@ -271,9 +271,13 @@ TEST(StoreTest, PublishingAMapSharesRowsWithoutExposingOldViewsToWrites) {
       std::make_shared<core::FeatureMap>(2, 2, std::vector<float>{3, 0, 0, 3});
   EXPECT_EQ(store.PublishMap(tripling, FitRecord{1, 0, 0, 1, 0, 1}).code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(store.view()->memories().blocks[0].keys[0], 2.0f);
+  EXPECT_EQ(
+      static_cast<const float*>(store.view()->memories().blocks[0].keys)[0],
+      2.0f);
   EXPECT_TRUE(store.PublishMap(tripling, FitRecord{2, 0, 0, 1, 0, 1}).ok());
-  EXPECT_EQ(store.view()->memories().blocks[0].keys[0], 3.0f);
+  EXPECT_EQ(
+      static_cast<const float*>(store.view()->memories().blocks[0].keys)[0],
+      3.0f);
 }
 
 TEST(StoreTest, DeleteValidatesEveryIdFirst) {
@@ -342,7 +346,7 @@ TEST(StoreTest, ConcurrentWritersAndReadersSeeConsistentViews) {
         std::shared_ptr<const StoreView> view = store.view();
         for (size_t g = 0; g < view->size(); ++g) {
           // Every row holds its own id in every coordinate.
-          ASSERT_EQ(view->row(g)[7], static_cast<float>(view->info(g).id));
+          ASSERT_EQ(view->Row(g)[7], static_cast<float>(view->info(g).id));
         }
         if (view->size() > 0) {
           std::vector<float> query(8, 1.0f);

@@ -23,6 +23,7 @@ from engram_client._proto.health.v1 import health_pb2, health_pb2_grpc
 # Keyword settings of create_store / update_store -> field path in pb.Store.
 # calibration={...} takes the fields of pb.CalibrationSettings by name.
 SETTINGS: Dict[str, str] = {
+    "precision": "precision",  # float32, bfloat16, float16; create only
     "similarity": "retrieval.similarity",
     "separation": "retrieval.separation",
     "beta": "retrieval.beta",

@@ -248,52 +248,60 @@ float ExpSum(float* row, size_t n, float shift) {
 __attribute__((target("avx512f"))) void Dot4x512(const float* q,
                                                  const float* const* x,
                                                  size_t d, float* out) {
-  // Two accumulators per row: eight independent FMA chains hide the FMA
-  // latency (one chain runs at a quarter of the FMA throughput).
-  __m512 a[8];
-  for (__m512& v : a) v = _mm512_setzero_ps();
-  size_t k = 0;
-  for (; k + 32 <= d; k += 32) {
-    const __m512 q0 = _mm512_loadu_ps(q + k), q1 = _mm512_loadu_ps(q + k + 16);
-    for (int r = 0; r < 4; ++r) {
-      a[2 * r] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(x[r] + k), a[2 * r]);
-      a[2 * r + 1] =
-          _mm512_fmadd_ps(q1, _mm512_loadu_ps(x[r] + k + 16), a[2 * r + 1]);
-    }
-  }
-  for (; k < d; k += 16) {
-    const __mmask16 m = Lanes(d - k);
-    const __m512 q0 = _mm512_maskz_loadu_ps(m, q + k);
-    for (int r = 0; r < 4; ++r) {
-      a[2 * r] =
-          _mm512_fmadd_ps(q0, _mm512_maskz_loadu_ps(m, x[r] + k), a[2 * r]);
-    }
-  }
+  // One row after another: rows stored next to each other are then read as
+  // one sequential stream, which the hardware prefetchers follow (reading
+  // the four rows side by side made four short streams: measured 2.5x
+  // slower per thread). Four accumulators hide the FMA latency.
   for (int r = 0; r < 4; ++r) {
-    out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[2 * r], a[2 * r + 1]));
+    const float* row = x[r];
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    size_t k = 0;
+    for (; k + 64 <= d; k += 64) {
+      a0 =
+          _mm512_fmadd_ps(_mm512_loadu_ps(q + k), _mm512_loadu_ps(row + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k + 16),
+                           _mm512_loadu_ps(row + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k + 32),
+                           _mm512_loadu_ps(row + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k + 48),
+                           _mm512_loadu_ps(row + k + 48), a3);
+    }
+    for (; k < d; k += 16) {
+      const __mmask16 m = Lanes(d - k);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + k),
+                           _mm512_maskz_loadu_ps(m, row + k), a0);
+    }
+    out[r] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   }
 }
 
 __attribute__((target("avx2,fma"))) void Dot4x256(const float* q,
                                                   const float* const* x,
                                                   size_t d, float* out) {
-  __m256 a[8];
-  for (__m256& v : a) v = _mm256_setzero_ps();
-  size_t k = 0;
-  for (; k + 16 <= d; k += 16) {
-    const __m256 q0 = _mm256_loadu_ps(q + k), q1 = _mm256_loadu_ps(q + k + 8);
-    for (int r = 0; r < 4; ++r) {
-      a[2 * r] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(x[r] + k), a[2 * r]);
-      a[2 * r + 1] =
-          _mm256_fmadd_ps(q1, _mm256_loadu_ps(x[r] + k + 8), a[2 * r + 1]);
-    }
-  }
+  // Row after row, as Dot4x512.
   for (int r = 0; r < 4; ++r) {
+    const float* row = x[r];
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 32 <= d; k += 32) {
+      a0 =
+          _mm256_fmadd_ps(_mm256_loadu_ps(q + k), _mm256_loadu_ps(row + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k + 8),
+                           _mm256_loadu_ps(row + k + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k + 16),
+                           _mm256_loadu_ps(row + k + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k + 24),
+                           _mm256_loadu_ps(row + k + 24), a3);
+    }
     alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, _mm256_add_ps(a[2 * r], a[2 * r + 1]));
+    _mm256_store_ps(
+        lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     float sum = 0;
     for (float v : lanes) sum += v;
-    for (size_t j = k; j < d; ++j) sum += q[j] * x[r][j];
+    for (; k < d; ++k) sum += q[k] * row[k];
     out[r] = sum;
   }
 }

@@ -1,0 +1,462 @@
+#include "server/core/precision.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "server/core/cpu.h"
+#include "server/core/internal/half_loops.h"
+
+#if defined(__x86_64__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#endif
+
+namespace engram::core {
+
+absl::string_view PrecisionName(Precision precision) {
+  switch (precision) {
+    case Precision::kFloat32:
+      return "float32";
+    case Precision::kBFloat16:
+      return "bfloat16";
+    case Precision::kFloat16:
+      return "float16";
+  }
+  return "unknown";
+}
+
+namespace {
+
+inline uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float FromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// --- Portable conversions (the reference every SIMD path must equal) ---
+
+uint16_t ToBFloat16(float f) {
+  const uint32_t x = Bits(f);
+  if ((x & 0x7f800000u) == 0) return static_cast<uint16_t>((x >> 16) & 0x8000);
+  if ((x & 0x7fffffffu) > 0x7f800000u) {
+    return static_cast<uint16_t>((x >> 16) | 0x40);  // Quiet NaN.
+  }
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
+
+float FromBFloat16(uint16_t h) { return FromBits(uint32_t{h} << 16); }
+
+uint16_t ToFloat16(float f) {
+  uint32_t x = Bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) {  // Infinity or NaN.
+    return static_cast<uint16_t>(sign | 0x7c00u |
+                                 (x > 0x7f800000u ? 0x200 : 0));
+  }
+  if (x >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);
+  if (x < 0x38800000u) {  // Below 2^-14: a subnormal float16 or zero.
+    if (x <= 0x33000000u) return static_cast<uint16_t>(sign);  // <= 2^-25.
+    const uint32_t e = x >> 23;
+    const uint32_t m = (x & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e;  // value / 2^-24 = m / 2^shift.
+    uint32_t half = m >> shift;
+    const uint32_t rest = m & ((1u << shift) - 1);
+    const uint32_t halfway = 1u << (shift - 1);
+    if (rest > halfway || (rest == halfway && (half & 1))) ++half;
+    return static_cast<uint16_t>(sign | half);
+  }
+  const uint32_t r = x - 0x38000000u;  // Exponent rebiased from 127 to 15.
+  return static_cast<uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1)) >> 13));
+}
+
+float FromFloat16(uint16_t h) {
+  const uint32_t sign = uint32_t{h & 0x8000u} << 16;
+  const uint32_t e = (h >> 10) & 0x1f;
+  const uint32_t m = h & 0x3ff;
+  if (e == 0) {
+    const float f = static_cast<float>(m) * 5.9604644775390625e-8f;  // 2^-24
+    return sign ? -f : f;
+  }
+  if (e == 31) return FromBits(sign | 0x7f800000u | (m << 13));
+  return FromBits(sign | ((e + 112) << 23) | (m << 13));
+}
+
+inline float WidenOne(Precision p, uint16_t h) {
+  return p == Precision::kBFloat16 ? FromBFloat16(h) : FromFloat16(h);
+}
+
+void NarrowPortable(Precision p, const float* in, size_t n, uint16_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = p == Precision::kBFloat16 ? ToBFloat16(in[i]) : ToFloat16(in[i]);
+  }
+}
+
+void WidenPortable(Precision p, const uint16_t* in, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = WidenOne(p, in[i]);
+}
+
+void DotPortable(Precision p, const float* q, const uint16_t* const* x,
+                 size_t d, float* out) {
+  for (int r = 0; r < 4; ++r) {
+    float sum = 0;
+    for (size_t k = 0; k < d; ++k) sum += q[k] * WidenOne(p, x[r][k]);
+    out[r] = sum;
+  }
+}
+
+void AddScaledPortable(Precision p, const float* w, const uint16_t* const* x,
+                       float* y, size_t d) {
+  for (size_t k = 0; k < d; ++k) {
+    y[k] += w[0] * WidenOne(p, x[0][k]) + w[1] * WidenOne(p, x[1][k]) +
+            w[2] * WidenOne(p, x[2][k]) + w[3] * WidenOne(p, x[3][k]);
+  }
+}
+
+#if defined(__x86_64__)
+
+// --- AVX-512: 16 values at a time; tails through a zero-padded copy ---
+
+template <Precision P>
+__attribute__((target("avx512f"))) inline __m512 Load16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if (P == Precision::kBFloat16) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  return _mm512_cvtph_ps(h);
+}
+
+template <Precision P>
+__attribute__((target("avx512f"))) inline __m512 LoadTail16(const uint16_t* p,
+                                                            size_t n) {
+  uint16_t padded[16] = {};
+  std::memcpy(padded, p, n * sizeof(uint16_t));
+  return Load16<P>(padded);
+}
+
+template <Precision P>
+__attribute__((target("avx512f"))) void Widen512(const uint16_t* in, size_t n,
+                                                 float* out) {
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) _mm512_storeu_ps(out + k, Load16<P>(in + k));
+  if (k < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - k)) - 1);
+    _mm512_mask_storeu_ps(out + k, m, LoadTail16<P>(in + k, n - k));
+  }
+}
+
+// Row after row: rows stored next to each other are read as one sequential
+// stream, which the hardware prefetchers follow.
+template <Precision P>
+__attribute__((target("avx512f"))) void Dot512(const float* q,
+                                               const uint16_t* const* x,
+                                               size_t d, float* out) {
+  for (int r = 0; r < 4; ++r) {
+    const uint16_t* row = x[r];
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    size_t k = 0;
+    for (; k + 64 <= d; k += 64) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k), Load16<P>(row + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k + 16), Load16<P>(row + k + 16),
+                           a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k + 32), Load16<P>(row + k + 32),
+                           a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k + 48), Load16<P>(row + k + 48),
+                           a3);
+    }
+    for (; k + 16 <= d; k += 16) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k), Load16<P>(row + k), a0);
+    }
+    if (k < d) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (d - k)) - 1);
+      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + k),
+                           LoadTail16<P>(row + k, d - k), a1);
+    }
+    out[r] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  }
+}
+
+template <Precision P>
+__attribute__((target("avx512f"))) void AddScaled512(const float* w,
+                                                     const uint16_t* const* x,
+                                                     float* y, size_t d) {
+  const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(w[1]);
+  const __m512 w2 = _mm512_set1_ps(w[2]), w3 = _mm512_set1_ps(w[3]);
+  size_t k = 0;
+  for (; k + 16 <= d; k += 16) {
+    __m512 a = _mm512_mul_ps(w0, Load16<P>(x[0] + k));
+    a = _mm512_fmadd_ps(w1, Load16<P>(x[1] + k), a);
+    a = _mm512_fmadd_ps(w2, Load16<P>(x[2] + k), a);
+    a = _mm512_fmadd_ps(w3, Load16<P>(x[3] + k), a);
+    _mm512_storeu_ps(y + k, _mm512_add_ps(_mm512_loadu_ps(y + k), a));
+  }
+  if (k < d) {
+    const size_t n = d - k;
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+    __m512 a = _mm512_mul_ps(w0, LoadTail16<P>(x[0] + k, n));
+    a = _mm512_fmadd_ps(w1, LoadTail16<P>(x[1] + k, n), a);
+    a = _mm512_fmadd_ps(w2, LoadTail16<P>(x[2] + k, n), a);
+    a = _mm512_fmadd_ps(w3, LoadTail16<P>(x[3] + k, n), a);
+    _mm512_mask_storeu_ps(y + k, m,
+                          _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + k), a));
+  }
+}
+
+// Narrowing with the CPU's own conversions: VCVTNEPS2BF16 (AVX512_BF16)
+// and VCVTPS2PH (AVX-512F), both round to nearest even.
+__attribute__((target("avx512f,avx512bf16"))) void NarrowBFloat16Avx512(
+    const float* in, size_t n, uint16_t* out) {
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(in + k));
+    std::memcpy(out + k, &h, 32);
+  }
+  NarrowPortable(Precision::kBFloat16, in + k, n - k, out + k);
+}
+
+__attribute__((target("avx512f"))) void NarrowFloat16Avx512(const float* in,
+                                                            size_t n,
+                                                            uint16_t* out) {
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m256i h =
+        _mm512_cvtps_ph(_mm512_loadu_ps(in + k), _MM_FROUND_TO_NEAREST_INT);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), h);
+  }
+  NarrowPortable(Precision::kFloat16, in + k, n - k, out + k);
+}
+
+// --- AVX2 (+F16C for float16): 8 values at a time ---
+
+template <Precision P>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(
+    const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (P == Precision::kBFloat16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  return _mm256_cvtph_ps(h);
+}
+
+template <Precision P>
+__attribute__((target("avx2,fma,f16c"))) void Widen256(const uint16_t* in,
+                                                       size_t n, float* out) {
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(out + k, Load8<P>(in + k));
+  WidenPortable(P, in + k, n - k, out + k);
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline float Sum8(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  float total = 0;
+  for (float x : lanes) total += x;
+  return total;
+}
+
+template <Precision P>
+__attribute__((target("avx2,fma,f16c"))) void Dot256(const float* q,
+                                                     const uint16_t* const* x,
+                                                     size_t d, float* out) {
+  for (int r = 0; r < 4; ++r) {
+    const uint16_t* row = x[r];
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= d; k += 16) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k), Load8<P>(row + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k + 8), Load8<P>(row + k + 8),
+                           a1);
+    }
+    float sum = Sum8(_mm256_add_ps(a0, a1));
+    for (; k < d; ++k) sum += q[k] * WidenOne(P, row[k]);
+    out[r] = sum;
+  }
+}
+
+template <Precision P>
+__attribute__((target("avx2,fma,f16c"))) void AddScaled256(
+    const float* w, const uint16_t* const* x, float* y, size_t d) {
+  const __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(w[1]);
+  const __m256 w2 = _mm256_set1_ps(w[2]), w3 = _mm256_set1_ps(w[3]);
+  size_t k = 0;
+  for (; k + 8 <= d; k += 8) {
+    __m256 a = _mm256_mul_ps(w0, Load8<P>(x[0] + k));
+    a = _mm256_fmadd_ps(w1, Load8<P>(x[1] + k), a);
+    a = _mm256_fmadd_ps(w2, Load8<P>(x[2] + k), a);
+    a = _mm256_fmadd_ps(w3, Load8<P>(x[3] + k), a);
+    _mm256_storeu_ps(y + k, _mm256_add_ps(_mm256_loadu_ps(y + k), a));
+  }
+  const uint16_t* const rest[4] = {x[0] + k, x[1] + k, x[2] + k, x[3] + k};
+  AddScaledPortable(P, w, rest, y + k, d - k);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void NarrowFloat16Avx2(const float* in,
+                                                                size_t n,
+                                                                uint16_t* out) {
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m128i h =
+        _mm256_cvtps_ph(_mm256_loadu_ps(in + k), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), h);
+  }
+  NarrowPortable(Precision::kFloat16, in + k, n - k, out + k);
+}
+
+#endif  // __x86_64__
+
+// The kernels of one precision on this CPU.
+struct Kernels {
+  void (*narrow)(const float*, size_t, uint16_t*);
+  void (*widen)(const uint16_t*, size_t, float*);
+  void (*dot4)(const float*, const uint16_t* const*, size_t, float*);
+  void (*add_scaled4)(const float*, const uint16_t* const*, float*, size_t);
+};
+
+template <Precision P>
+Kernels PortableKernels() {
+  return {[](const float* in, size_t n, uint16_t* out) {
+            NarrowPortable(P, in, n, out);
+          },
+          [](const uint16_t* in, size_t n, float* out) {
+            WidenPortable(P, in, n, out);
+          },
+          [](const float* q, const uint16_t* const* x, size_t d, float* out) {
+            DotPortable(P, q, x, d, out);
+          },
+          [](const float* w, const uint16_t* const* x, float* y, size_t d) {
+            AddScaledPortable(P, w, x, y, d);
+          }};
+}
+
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+Isa ChooseIsa() {
+#if defined(__x86_64__)
+  const CpuFeatures cpu = DetectCpu();
+  if (cpu.avx512f && cpu.os_avx512 && cpu.os_avx) return Isa::kAvx512;
+  if (cpu.avx2 && cpu.fma && cpu.f16c && cpu.os_avx) return Isa::kAvx2;
+#endif
+  return Isa::kPortable;
+}
+
+struct KernelTable {
+  Isa isa = Isa::kPortable;
+  Kernels bfloat16 = PortableKernels<Precision::kBFloat16>();
+  Kernels float16 = PortableKernels<Precision::kFloat16>();
+
+  KernelTable() : isa(ChooseIsa()) {
+#if defined(__x86_64__)
+    if (isa == Isa::kAvx512) {
+      bfloat16.widen = Widen512<Precision::kBFloat16>;
+      bfloat16.dot4 = Dot512<Precision::kBFloat16>;
+      bfloat16.add_scaled4 = AddScaled512<Precision::kBFloat16>;
+      if (DetectCpu().avx512_bf16) bfloat16.narrow = NarrowBFloat16Avx512;
+      float16 = {NarrowFloat16Avx512, Widen512<Precision::kFloat16>,
+                 Dot512<Precision::kFloat16>,
+                 AddScaled512<Precision::kFloat16>};
+    } else if (isa == Isa::kAvx2) {
+      bfloat16.widen = Widen256<Precision::kBFloat16>;
+      bfloat16.dot4 = Dot256<Precision::kBFloat16>;
+      bfloat16.add_scaled4 = AddScaled256<Precision::kBFloat16>;
+      float16 = {NarrowFloat16Avx2, Widen256<Precision::kFloat16>,
+                 Dot256<Precision::kFloat16>,
+                 AddScaled256<Precision::kFloat16>};
+    }
+#endif
+  }
+
+  const Kernels& of(Precision p) const {
+    return p == Precision::kBFloat16 ? bfloat16 : float16;
+  }
+};
+
+const KernelTable& Table() {
+  static const KernelTable* const table = new KernelTable();
+  return *table;
+}
+
+}  // namespace
+
+void Narrow(Precision precision, const float* in, size_t n, void* out) {
+  if (precision == Precision::kFloat32) {
+    std::memcpy(out, in, n * sizeof(float));
+    return;
+  }
+  Table().of(precision).narrow(in, n, static_cast<uint16_t*>(out));
+}
+
+void Widen(Precision precision, const void* in, size_t n, float* out) {
+  if (precision == Precision::kFloat32) {
+    std::memcpy(out, in, n * sizeof(float));
+    return;
+  }
+  Table().of(precision).widen(static_cast<const uint16_t*>(in), n, out);
+}
+
+float Round(Precision precision, float x) {
+  switch (precision) {
+    case Precision::kBFloat16:
+      return FromBFloat16(ToBFloat16(x));
+    case Precision::kFloat16:
+      return FromFloat16(ToFloat16(x));
+    case Precision::kFloat32:
+      break;
+  }
+  return x;
+}
+
+absl::string_view HalfKernelIsa() {
+  switch (Table().isa) {
+    case Isa::kAvx512:
+      return "AVX-512";
+    case Isa::kAvx2:
+      return "AVX2+F16C";
+    case Isa::kPortable:
+      break;
+  }
+  return "portable";
+}
+
+namespace internal {
+
+void DotHalf4(Precision precision, const float* q, const uint16_t* x0,
+              const uint16_t* x1, const uint16_t* x2, const uint16_t* x3,
+              size_t d, float* out) {
+  const uint16_t* const x[4] = {x0, x1, x2, x3};
+  Table().of(precision).dot4(q, x, d, out);
+}
+
+void AddScaledHalf4(Precision precision, const float* w, const uint16_t* x0,
+                    const uint16_t* x1, const uint16_t* x2, const uint16_t* x3,
+                    float* y, size_t d) {
+  const uint16_t* const x[4] = {x0, x1, x2, x3};
+  Table().of(precision).add_scaled4(w, x, y, d);
+}
+
+uint16_t PortableNarrow(Precision precision, float x) {
+  return precision == Precision::kBFloat16 ? ToBFloat16(x) : ToFloat16(x);
+}
+
+float PortableWiden(Precision precision, uint16_t h) {
+  return WidenOne(precision, h);
+}
+
+}  // namespace internal
+
+}  // namespace engram::core
+
+#if defined(__x86_64__)
+#pragma GCC diagnostic pop
+#endif
