@@ -48,13 +48,15 @@ absl::Time DeadlineOf(const grpc::ServerContext* context) {
 // The parts of one store, one per group, as one store.
 api::Store Merge(std::vector<api::Store> parts) {
   api::Store out = parts[0];
-  uint64_t count = 0, version = 0;
+  uint64_t count = 0, version = 0, memory = 0, expired = 0;
   double mean = 0, mean_features = 0;
   api::NormStats norms;
   for (size_t g = 0; g < parts.size(); ++g) {
     const api::Store& p = parts[g];
     count += p.pattern_count();
     version += p.version();
+    memory += p.memory_bytes();
+    expired += p.expired_count();
     const double n = static_cast<double>(p.pattern_count());
     mean += n * p.norms().mean_norm();
     mean_features += n * p.norms().mean_feature_norm();
@@ -76,6 +78,8 @@ api::Store Merge(std::vector<api::Store> parts) {
   }
   out.set_pattern_count(count);
   out.set_version(version);
+  out.set_memory_bytes(memory);  // One replica of each group.
+  out.set_expired_count(expired);
   *out.mutable_norms() = norms;
   return out;
 }

@@ -123,9 +123,10 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 constexpr double kMinWorkForThreads = 4e6;
 constexpr size_t kMinRowsPerPart = 256;
 // Rows of a bfloat16 / float16 block widened at a time for the products
-// (3 MiB of float32 at d = 784; measured against 512 to 16,384 rows at
-// L = 256, M = 60,000: within the noise of the best).
-constexpr size_t kWidenRows = 1024;
+// (6 MiB of float32 at d = 784). Measured at L = 256, M = 60,000 from 256 to
+// 8,192 rows: 256 costs a third more (small sgemm calls repack the
+// queries), 1,024 and up run level with float32 within the noise.
+constexpr size_t kWidenRows = 2048;
 
 using internal::TopK;
 

@@ -513,6 +513,13 @@ absl::Status ApplyUpdateMask(const v1::Store& source,
   }
   const absl::Span<const char* const> paths = UpdatablePaths();
   for (int i = 0; i < mask.paths_size(); ++i) {
+    if (mask.paths(i) == "precision") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "update_mask.paths[", i,
+          "] 'precision': a store's precision is fixed at create; export the "
+          "store (engram export) and add it to a new store of the precision "
+          "wanted"));
+    }
     if (std::find(paths.begin(), paths.end(), mask.paths(i)) == paths.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("update_mask.paths[", i, "] '", Clip(mask.paths(i)),

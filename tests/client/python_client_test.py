@@ -146,6 +146,39 @@ class PythonClientTest(unittest.TestCase):
                 c.retrieve("pyf", q, where_label=["none"])
             self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
 
+    def test_half_precision_stores(self):
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(64, 32)).astype(np.float32)
+        with Client(self.addr) as c:
+            full = c.create_store("pyp32", dim=32, beta=4)
+            self.assertEqual(full.precision, pb.FLOAT32)
+            c.add("pyp32", x)
+            for name, precision, keep in (("pypb", "bfloat16", 8), ("pyph", "float16", 11)):
+                store = c.create_store(name, dim=32, beta=4, precision=precision)
+                self.assertEqual(pb.Precision.Name(store.precision), precision.upper())
+                ids = c.add(name, x)
+                # Kept at the precision: the value back is x rounded to `keep`
+                # significant bits.
+                got = c.get_pattern(name, int(ids[3])).values
+                np.testing.assert_allclose(got, x[3], rtol=2.0 ** -keep)
+                self.assertFalse(np.array_equal(got, x[3]))
+                info = c.get_store(name)
+                self.assertLess(info.memory_bytes, 0.7 * c.get_store("pyp32").memory_bytes)
+                r = c.retrieve(name, x[:5] * 0.9)
+                ref = c.retrieve("pyp32", x[:5] * 0.9)
+                np.testing.assert_array_equal(r.ids[:, 0], ref.ids[:, 0])
+                np.testing.assert_allclose(r.vectors, ref.vectors, atol=0.02)
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.update_store(name, precision="float32")
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn("precision", e.exception.details())
+            with self.assertRaises(grpc.RpcError) as e:
+                c.add("pyph", np.full((1, 32), 1e5, dtype=np.float32))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("patterns[0].values[0]", e.exception.details())
+            self.assertIn("65504", e.exception.details())
+            self.assertEqual(c.get_store("pyph").pattern_count, 64)
+
     def test_expired_patterns_leave_every_answer_then_storage(self):
         x = np.eye(8, dtype=np.float32)
         with Client(self.addr) as c:

@@ -147,6 +147,8 @@ class CliTest(unittest.TestCase):
             (["add", "e", self.path("nope.npy")], "cannot open"),
             (["retrieve", "e", self.path("q3.csv")], "FAILED_PRECONDITION"),
             (["bogus"], "Usage"),
+            (["store", "create", "f", "--dim=3", "--precision=half"], "is not one of"),
+            (["store", "update", "e", "--precision=float16"], "fixed at create"),
         ]
         np.savetxt(self.path("q3.csv"), np.ones((2, 3)), delimiter=",")
         np.savetxt(self.path("q4.csv"), np.ones((2, 4)), delimiter=",")
@@ -156,6 +158,20 @@ class CliTest(unittest.TestCase):
             self.assertNotEqual(result.returncode, 0, args)
             self.assertIn(needle, result.stderr, args)
             self.assertEqual(result.stdout, "", args)
+
+    def test_05b_half_precision_store(self):
+        self.engram("store", "create", "h", "--dim=16", "--precision=float16")
+        x = np.linspace(-2, 2, 8 * 16, dtype=np.float32).reshape(8, 16) + 0.001
+        write_npy(self.path("h.npy"), x)
+        self.engram("add", "h", self.path("h.npy"))
+        info = self.engram("store", "get", "h").stdout
+        self.assertIn("precision:     float16", info)
+        got = json.loads(self.engram("patterns", "get", "h", "3", "--json").stdout)
+        np.testing.assert_allclose(got["values"], x[2], rtol=2.0 ** -11)
+        big = np.full((1, 16), 70000, dtype=np.float32)
+        write_npy(self.path("big.npy"), big)
+        result = self.engram("add", "h", self.path("big.npy"), ok=False)
+        self.assertIn("float16, whose largest magnitude is 65504", result.stderr)
 
     def test_06_uhop_fit(self):
         rng = np.random.default_rng(3)
