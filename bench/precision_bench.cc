@@ -12,7 +12,7 @@
 //
 // Error: the Fashion-MNIST protocol (the first M training images; each
 // queried with a dropout-corrupted copy, p = 0.5: half the pixels zeroed,
-// the rest doubled; one softmax-dot step, beta 1): recall@1 (the stored
+// the rest doubled; one softmax step, beta 1, dot and l2): recall@1 (the stored
 // image is the best match), the protocol error (mean over queries of
 // sum((clamp(x, 0, 1) - clamp(x_hat, 0, 1))^2)), and the largest deviation
 // of a retrieved vector's entry from float32's. Every memory is queried for
@@ -78,13 +78,15 @@ Limits BenchLimits(size_t m) {
 
 // A store of `m` rows of `d` values from `row(i, out)`, in batches.
 template <typename RowFn>
-std::unique_ptr<Store> Build(Precision precision, size_t m, size_t d,
-                             const Limits& limits, StorageBackend* storage,
-                             const RowFn& row) {
+std::unique_ptr<Store> Build(
+    Precision precision, size_t m, size_t d, const Limits& limits,
+    StorageBackend* storage, const RowFn& row,
+    core::Similarity similarity = core::Similarity::kDot) {
   StoreSettings settings;
   settings.name = absl::StrCat("bench_", core::PrecisionName(precision));
   settings.dimension = static_cast<uint32_t>(d);
   settings.precision = precision;
+  settings.retrieval.similarity = similarity;
   settings.retrieval.top_k = 1;
   auto store = std::make_unique<Store>(settings, limits, storage);
   for (size_t first = 0; first < m; first += limits.max_batch) {
@@ -171,7 +173,7 @@ void Speed(size_t m, const core::RetrievalOptions& options, int reps) {
 }
 
 void Error(const client::Matrix& images, size_t m,
-           const core::RetrievalOptions& options) {
+           const core::RetrievalOptions& options, core::Similarity similarity) {
   const size_t d = images.cols;
   const Limits limits = BenchLimits(m);
   EphemeralStorage storage;
@@ -192,10 +194,12 @@ void Error(const client::Matrix& images, size_t m,
   core::Corrupt(core::Corruption::kDropout, 0.5f, 42, queries.data(), l, d);
   std::vector<float> f32_states;
   for (Precision p : kPrecisions) {
-    std::unique_ptr<Store> store =
-        Build(p, m, d, limits, &storage, [&](size_t i, float* out) {
+    std::unique_ptr<Store> store = Build(
+        p, m, d, limits, &storage,
+        [&](size_t i, float* out) {
           std::copy_n(images.data.begin() + i * d, d, out);
-        });
+        },
+        similarity);
     RetrieveResult out;
     std::vector<float> states;
     size_t hits = 0;
@@ -227,9 +231,10 @@ void Error(const client::Matrix& images, size_t m,
       }
     }
     std::printf(
-        "fashion M=%-6zu queries=%-5zu %-9s recall@1 %.4f  protocol error "
-        "%.4f  max |x_hat - x_hat_float32| %.2e\n",
-        m, l, std::string(core::PrecisionName(p)).c_str(),
+        "fashion M=%-6zu queries=%-5zu %-3s %-9s recall@1 %.4f  protocol "
+        "error %.4f  max |x_hat - x_hat_float32| %.2e\n",
+        m, l, std::string(core::SimilarityName(similarity)).c_str(),
+        std::string(core::PrecisionName(p)).c_str(),
         static_cast<double>(hits) / l, error / l, deviation);
   }
 }
@@ -261,7 +266,11 @@ int Main() {
   }
   ScaleToUnit(*images);
   for (const std::string& m : fashion) {
-    Error(*images, std::min<size_t>(std::stoul(m), images->rows), options);
+    for (core::Similarity similarity :
+         {core::Similarity::kDot, core::Similarity::kL2}) {
+      Error(*images, std::min<size_t>(std::stoul(m), images->rows), options,
+            similarity);
+    }
   }
   return 0;
 }
