@@ -1,5 +1,6 @@
 #include "server/core/precision.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -342,13 +343,19 @@ Kernels PortableKernels() {
 
 enum class Isa { kPortable, kAvx2, kAvx512 };
 
-Isa ChooseIsa() {
+bool Supported(Isa isa) {
 #if defined(__x86_64__)
   const CpuFeatures cpu = DetectCpu();
-  if (cpu.avx512f && cpu.os_avx512 && cpu.os_avx) return Isa::kAvx512;
-  if (cpu.avx2 && cpu.fma && cpu.f16c && cpu.os_avx) return Isa::kAvx2;
+  switch (isa) {
+    case Isa::kAvx512:
+      return cpu.avx512f && cpu.os_avx512 && cpu.os_avx;
+    case Isa::kAvx2:
+      return cpu.avx2 && cpu.fma && cpu.f16c && cpu.os_avx;
+    case Isa::kPortable:
+      return true;
+  }
 #endif
-  return Isa::kPortable;
+  return isa == Isa::kPortable;
 }
 
 struct KernelTable {
@@ -356,7 +363,7 @@ struct KernelTable {
   Kernels bfloat16 = PortableKernels<Precision::kBFloat16>();
   Kernels float16 = PortableKernels<Precision::kFloat16>();
 
-  KernelTable() : isa(ChooseIsa()) {
+  explicit KernelTable(Isa chosen) : isa(chosen) {
 #if defined(__x86_64__)
     if (isa == Isa::kAvx512) {
       bfloat16.widen = Widen512<Precision::kBFloat16>;
@@ -382,8 +389,27 @@ struct KernelTable {
   }
 };
 
+// The table of each instruction set, built once.
+const KernelTable* TableFor(Isa isa) {
+  static const KernelTable* const tables[] = {new KernelTable(Isa::kPortable),
+                                              new KernelTable(Isa::kAvx2),
+                                              new KernelTable(Isa::kAvx512)};
+  return tables[static_cast<int>(isa)];
+}
+
+// The best the CPU has, unless a test chose another (UseHalfIsa).
+std::atomic<const KernelTable*> current{nullptr};
+
 const KernelTable& Table() {
-  static const KernelTable* const table = new KernelTable();
+  const KernelTable* table = current.load(std::memory_order_acquire);
+  if (table == nullptr) {
+    Isa best = Isa::kPortable;
+    for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+      if (Supported(isa)) best = isa;
+    }
+    table = TableFor(best);
+    current.store(table, std::memory_order_release);
+  }
   return *table;
 }
 
@@ -443,6 +469,19 @@ void AddScaledHalf4(Precision precision, const float* w, const uint16_t* x0,
                     float* y, size_t d) {
   const uint16_t* const x[4] = {x0, x1, x2, x3};
   Table().of(precision).add_scaled4(w, x, y, d);
+}
+
+bool UseHalfIsa(absl::string_view name) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    const bool named = (isa == Isa::kPortable && name == "portable") ||
+                       (isa == Isa::kAvx2 && name == "avx2") ||
+                       (isa == Isa::kAvx512 && name == "avx512");
+    if (!named) continue;
+    if (!Supported(isa)) return false;
+    current.store(TableFor(isa), std::memory_order_release);
+    return true;
+  }
+  return false;
 }
 
 uint16_t PortableNarrow(Precision precision, float x) {

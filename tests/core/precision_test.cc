@@ -53,7 +53,29 @@ std::vector<float> Probes() {
   return v;
 }
 
-TEST(PrecisionTest, NarrowingMatchesThePortableConversionBitForBit) {
+// Each test runs with the kernels of every instruction set this CPU has.
+class PrecisionTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (!internal::UseHalfIsa(GetParam())) {
+      GTEST_SKIP() << "this CPU lacks " << GetParam();
+    }
+  }
+  void TearDown() override { internal::UseHalfIsa(kBest); }
+  static const char* const kBest;
+};
+
+const char* const PrecisionTest::kBest = [] {
+  for (const char* isa : {"avx512", "avx2"}) {
+    if (internal::UseHalfIsa(isa)) return isa;
+  }
+  return "portable";
+}();
+
+INSTANTIATE_TEST_SUITE_P(Isas, PrecisionTest,
+                         ::testing::Values("portable", "avx2", "avx512"));
+
+TEST_P(PrecisionTest, NarrowingMatchesThePortableConversionBitForBit) {
   const std::vector<float> in = Probes();
   for (Precision p : kHalves) {
     std::vector<uint16_t> out(in.size());
@@ -66,7 +88,7 @@ TEST(PrecisionTest, NarrowingMatchesThePortableConversionBitForBit) {
   }
 }
 
-TEST(PrecisionTest, RoundingIsToNearestEven) {
+TEST(PrecisionRoundingTest, RoundingIsToNearestEven) {
   // bfloat16 keeps 7 fraction bits: 1 + 2^-8 is halfway, to even (1).
   EXPECT_EQ(Round(Precision::kBFloat16, 1.00390625f), 1.0f);
   EXPECT_EQ(Round(Precision::kBFloat16, 1.01171875f), 1.015625f);
@@ -97,7 +119,7 @@ TEST(PrecisionTest, RoundingIsToNearestEven) {
   }
 }
 
-TEST(PrecisionTest, WideningIsExactAndInvertsNarrowing) {
+TEST_P(PrecisionTest, WideningIsExactAndInvertsNarrowing) {
   for (Precision p : kHalves) {
     std::vector<uint16_t> all(65536);
     for (uint32_t h = 0; h < 65536; ++h) all[h] = static_cast<uint16_t>(h);
@@ -118,7 +140,7 @@ TEST(PrecisionTest, WideningIsExactAndInvertsNarrowing) {
   }
 }
 
-TEST(PrecisionTest, HalfKernelsEqualFloatLoopsOnWidenedRows) {
+TEST_P(PrecisionTest, HalfKernelsEqualFloatLoopsOnWidenedRows) {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (Precision p : kHalves) {
@@ -156,7 +178,7 @@ TEST(PrecisionTest, HalfKernelsEqualFloatLoopsOnWidenedRows) {
 // The same memories as float32 blocks and as 16-bit blocks (their values
 // rounded first): every similarity and separation, one query (the fused
 // pass) and a batch, agree up to float32 summation order.
-TEST(PrecisionTest, RetrievalOverHalfRowsEqualsRetrievalOverTheirValues) {
+TEST_P(PrecisionTest, RetrievalOverHalfRowsEqualsRetrievalOverTheirValues) {
   for (Precision p : kHalves) {
     Fixture f(24, {70, 5, 130}, 17, 0.3f);
     for (auto& block : f.rows) {

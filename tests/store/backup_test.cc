@@ -55,9 +55,11 @@ StoreSettings Settings(const std::string& name, uint32_t dim) {
 
 // A U-Hop store with a fitted map, labels and metadata, whose rows are out
 // of id order after deletes.
-std::shared_ptr<Store> Populated(StoreRegistry& registry,
-                                 const std::string& name) {
+std::shared_ptr<Store> Populated(
+    StoreRegistry& registry, const std::string& name,
+    core::Precision precision = core::Precision::kFloat32) {
   StoreSettings settings = Settings(name, 8);
+  settings.precision = precision;
   settings.feature_map.kind = FeatureMapKind::kUhop;
   std::shared_ptr<Store> store = *registry.Create(settings);
   std::mt19937 rng(7);
@@ -110,11 +112,18 @@ RetrieveResult Recall(const Store& store) {
   return *result;
 }
 
-TEST(BackupTest, ARestoredStoreAnswersExactlyAsTheOriginal) {
+class BackupPrecisionTest : public ::testing::TestWithParam<core::Precision> {};
+
+INSTANTIATE_TEST_SUITE_P(Precisions, BackupPrecisionTest,
+                         ::testing::Values(core::Precision::kFloat32,
+                                           core::Precision::kBFloat16,
+                                           core::Precision::kFloat16));
+
+TEST_P(BackupPrecisionTest, ARestoredStoreAnswersExactlyAsTheOriginal) {
   EphemeralStorage storage;
   StoreRegistry registry(Limits{}, &storage);
   ASSERT_TRUE(registry.Load().ok());
-  std::shared_ptr<Store> original = Populated(registry, "faces");
+  std::shared_ptr<Store> original = Populated(registry, "faces", GetParam());
   MapSource source(BackupOf({original}));
   absl::StatusOr<BackupManifest> manifest = ReadManifest(source);
   ASSERT_TRUE(manifest.ok()) << manifest.status();
@@ -129,6 +138,7 @@ TEST(BackupTest, ARestoredStoreAnswersExactlyAsTheOriginal) {
   ASSERT_TRUE(copy.ok()) << copy.status();
 
   std::shared_ptr<const StoreView> a = original->view(), b = (*copy)->view();
+  EXPECT_EQ(b->settings().precision, GetParam());
   ASSERT_EQ(a->size(), b->size());
   EXPECT_EQ(a->digest(), b->digest());
   EXPECT_EQ(a->next_id(), b->next_id());

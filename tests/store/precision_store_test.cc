@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "server/core/calibration.h"
 #include "server/core/precision.h"
 #include "server/store/records.h"
 #include "server/store/retrieve.h"
@@ -110,6 +111,34 @@ TEST(PrecisionStoreTest, TakesAboutHalfTheMemory) {
   }
   EXPECT_LT(static_cast<double>(bytes[1]) / bytes[0], 0.55);
   EXPECT_LT(static_cast<double>(bytes[2]) / bytes[0], 0.55);
+}
+
+TEST(PrecisionStoreTest, CalibrationMeasuresTheStoredValues) {
+  for (Precision p : kHalves) {
+    EphemeralStorage storage;
+    StoreSettings s = Settings("h", p);
+    s.retrieval.similarity = core::Similarity::kL2;
+    Store half(s, Limits{}, &storage);
+    s.name = "r";
+    s.precision = Precision::kFloat32;
+    Store reference(s, Limits{}, &storage);
+    const std::vector<Pattern> patterns = Random(300, 6);
+    ASSERT_TRUE(half.Add(patterns).ok());
+    ASSERT_TRUE(reference.Add(RoundedCopy(patterns, p)).ok());
+    core::CalibrationOptions options;
+    options.sample_size = 64;
+    options.seed = 3;
+    absl::StatusOr<core::CalibrationResult> got = core::Calibrate(
+        half.view()->memories(), half.view()->settings().retrieval, options);
+    absl::StatusOr<core::CalibrationResult> want =
+        core::Calibrate(reference.view()->memories(),
+                        reference.view()->settings().retrieval, options);
+    ASSERT_TRUE(got.ok() && want.ok());
+    EXPECT_EQ(got->best.params.beta, want->best.params.beta);
+    EXPECT_EQ(got->best.recall_at_1, want->best.recall_at_1);
+    EXPECT_NEAR(got->best.error, want->best.error,
+                1e-4 * (1 + want->best.error));
+  }
 }
 
 TEST(PrecisionStoreTest, RefusesValuesBeyondTheRangeAndChangesNothing) {

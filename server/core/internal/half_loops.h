@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "absl/strings/string_view.h"
 #include "server/core/precision.h"
 
 namespace engram::core::internal {
@@ -27,6 +28,11 @@ void DotHalf4(Precision precision, const float* q, const uint16_t* x0,
 void AddScaledHalf4(Precision precision, const float* w, const uint16_t* x0,
                     const uint16_t* x1, const uint16_t* x2, const uint16_t* x3,
                     float* y, size_t d);
+
+// Makes every later call use the kernels of `isa` ("avx512", "avx2" or
+// "portable") instead of the best the CPU has; false (nothing changed) if
+// the CPU lacks it. For tests, before any retrieval runs.
+bool UseHalfIsa(absl::string_view isa);
 
 // The portable conversions of one value, which the SIMD ones must equal
 // bit for bit (tests).
