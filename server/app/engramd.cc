@@ -48,7 +48,8 @@ absl::Status LoadStores(store::StoreRegistry& registry,
       all.ok()) {
     for (const auto& s : *all) {
       std::shared_ptr<const store::StoreView> view = s->view();
-      metrics.SetPatternCount(s->name(), view->size());
+      metrics.SetStoreSize(s->name(), view->size(),
+                           static_cast<double>(view->memory_bytes()));
       metrics.SetNorms(s->name(), view->norms().max_norm,
                        view->norms().mean_norm, view->norms().max_feature_norm);
       patterns += view->size();
@@ -268,7 +269,9 @@ int RunEngramd(EngramdOptions o) {
       [&](const std::string& name, size_t count, double seconds) {
         metrics.RecordExpired(name, count, seconds);
         if (auto s = registry.Get(name); s.ok()) {
-          metrics.SetPatternCount(name, (*s)->view()->size());
+          std::shared_ptr<const store::StoreView> view = (*s)->view();
+          metrics.SetStoreSize(name, view->size(),
+                               static_cast<double>(view->memory_bytes()));
         }
       });
   // The configuration first: whoever waits for "ready" in the log has it.

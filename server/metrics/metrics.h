@@ -23,8 +23,10 @@ class Metrics {
   // and the error bound it reported (0 for exact).
   virtual void RecordRetrieval(absl::string_view path, size_t queries,
                                double error_bound) = 0;
-  // The current pattern count of a store (a removed store: RemoveStore).
-  virtual void SetPatternCount(absl::string_view store, double count) = 0;
+  // The current pattern count of a store and the bytes of memory its
+  // patterns take (a removed store: RemoveStore).
+  virtual void SetStoreSize(absl::string_view store, double count,
+                            double memory_bytes) = 0;
   // A store's norm statistics (the live inputs of the low-rank planner).
   virtual void SetNorms(absl::string_view store, double max_norm,
                         double mean_norm, double max_feature_norm) = 0;
@@ -71,7 +73,7 @@ class NullMetrics : public Metrics {
  public:
   void RecordRequest(absl::string_view, absl::string_view, double) override {}
   void RecordRetrieval(absl::string_view, size_t, double) override {}
-  void SetPatternCount(absl::string_view, double) override {}
+  void SetStoreSize(absl::string_view, double, double) override {}
   void SetNorms(absl::string_view, double, double, double) override {}
   void RecordStorageWrite(double, bool) override {}
   void RemoveStore(absl::string_view) override {}

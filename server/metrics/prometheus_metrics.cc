@@ -38,6 +38,11 @@ class PrometheusMetrics : public Metrics {
                       .Name("engram_patterns")
                       .Help("Patterns stored, by store.")
                       .Register(*registry_)),
+        memory_(prometheus::BuildGauge()
+                    .Name("engram_store_memory_bytes")
+                    .Help("Bytes of memory a store's patterns take (values, "
+                          "features, norms, row records), by store.")
+                    .Register(*registry_)),
         damaged_(prometheus::BuildGauge()
                      .Name("engram_damaged_stores")
                      .Help("Stores whose data could not be loaded at start.")
@@ -203,8 +208,10 @@ class PrometheusMetrics : public Metrics {
         .Observe(seconds);
   }
 
-  void SetPatternCount(absl::string_view store, double count) override {
+  void SetStoreSize(absl::string_view store, double count,
+                    double memory_bytes) override {
     patterns_.Add({{"store", StoreLabel(store)}}).Set(count);
+    memory_.Add({{"store", StoreLabel(store)}}).Set(memory_bytes);
   }
 
   void RecordExpired(absl::string_view store, size_t patterns,
@@ -249,6 +256,7 @@ class PrometheusMetrics : public Metrics {
   void RemoveStore(absl::string_view store) override {
     if (!options_.per_store_labels) return;
     patterns_.Remove(&patterns_.Add({{"store", std::string(store)}}));
+    memory_.Remove(&memory_.Add({{"store", std::string(store)}}));
     fit_loss_.Remove(&fit_loss_.Add({{"store", std::string(store)}}));
     expired_.Remove(&expired_.Add({{"store", std::string(store)}}));
     for (prometheus::Family<prometheus::Gauge>* family : capacity_) {
@@ -306,6 +314,7 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Histogram>& latency_;
   prometheus::Family<prometheus::Counter>& queries_;
   prometheus::Family<prometheus::Gauge>& patterns_;
+  prometheus::Family<prometheus::Gauge>& memory_;
   prometheus::Gauge& damaged_;
   prometheus::Family<prometheus::Gauge>& norms_;
   prometheus::Family<prometheus::Histogram>& storage_writes_;

@@ -57,7 +57,8 @@ EngramService::EngramService(store::StoreRegistry* registry,
 
 void EngramService::CountPatterns(const store::Store& store) {
   std::shared_ptr<const store::StoreView> view = store.view();
-  metrics_->SetPatternCount(store.name(), view->size());
+  metrics_->SetStoreSize(store.name(), view->size(),
+                         static_cast<double>(view->memory_bytes()));
   metrics_->SetNorms(store.name(), view->norms().max_norm,
                      view->norms().mean_norm, view->norms().max_feature_norm);
 }

@@ -69,6 +69,7 @@ class MetricsTest(unittest.TestCase):
             self.assertIn(name, text)
         self.assertRegex(text, r'engram_requests_total\{code="NOT_FOUND",method="GetStore"\} 1')
         self.assertRegex(text, r'engram_patterns\{store="m"\} 3')
+        self.assertRegex(text, r'engram_store_memory_bytes\{store="m"\} [1-9][\d.e+]*')
         self.assertRegex(text, r'engram_calibrations_total\{result="(applied|kept)"\} 1')
         self.assertRegex(text, r'engram_capacity_recall_at_1\{store="m"\} [\d.e+-]+')
         self.assertRegex(text, r'engram_capacity_well_separated_fraction\{store="m"\} [\d.e+-]+')
