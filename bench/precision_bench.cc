@@ -44,6 +44,9 @@ ABSL_FLAG(std::vector<std::string>, fashion_sizes,
           std::vector<std::string>({"10000", "60000"}),
           "Fashion-MNIST stores to measure the error on (M).");
 ABSL_FLAG(int, threads, 2, "Retrieval threads.");
+ABSL_FLAG(std::string, half_isa, "",
+          "Run the half kernels of this instruction set (avx512, avx2, "
+          "portable) instead of the best the CPU has.");
 ABSL_FLAG(int, reps, 15, "Timed repetitions of L = 1 (L = 256: a fifth).");
 ABSL_FLAG(std::string, images,
           "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
@@ -251,6 +254,11 @@ void ScaleToUnit(client::Matrix& images) {
 int Main() {
   core::RetrievalOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
+  if (const std::string isa = absl::GetFlag(FLAGS_half_isa);
+      !isa.empty() && !core::UseHalfIsa(isa)) {
+    std::fprintf(stderr, "--half_isa=%s: not available here\n", isa.c_str());
+    return 1;
+  }
   std::printf("# half kernels: %s\n",
               std::string(core::HalfKernelIsa()).c_str());
   for (const std::string& m : absl::GetFlag(FLAGS_sizes)) {

@@ -18,6 +18,7 @@
 #include "server/cluster/shard_service.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
+#include "server/core/precision.h"
 #include "server/jobs/expiry_sweeper.h"
 #include "server/jobs/job_runner.h"
 #include "server/store/registry.h"
@@ -67,7 +68,8 @@ void LogConfiguration(const EngramdOptions& o, int port,
   const store::Limits& l = o.limits;
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
-      "data_dir=%s; sync=%s; cpu %s; blas threads=%d; retrieval threads=%d; "
+      "data_dir=%s; sync=%s; cpu %s; 16-bit rows: %s; blas threads=%d; "
+      "retrieval threads=%d; "
       "job workers=%d; rpc threads<=%d; max message %zu MiB; limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
       "stores<=%zu patterns/store<=%zu label<=%zu bytes metadata<=%zu "
@@ -78,12 +80,12 @@ void LogConfiguration(const EngramdOptions& o, int port,
                                        : "mutual TLS",
       o.server.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_address, o.data_dir, o.storage.sync ? "true" : "false",
-      core::DescribeMachine(), o.blas_threads, o.retrieval_threads,
-      o.job_workers, o.server.max_threads, o.server.max_message_bytes >> 20,
-      l.max_dimension, l.max_batch, l.max_queries, l.max_top_k, l.max_steps,
-      l.max_stores, l.max_patterns_per_store, l.max_label_bytes,
-      l.max_metadata_entries, l.max_metadata_bytes, l.max_low_rank_values,
-      l.max_calibration_work);
+      core::DescribeMachine(), std::string(core::HalfKernelIsa()),
+      o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
+      o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
+      l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
+      l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
+      l.max_metadata_bytes, l.max_low_rank_values, l.max_calibration_work);
 }
 
 const char* RoleName(Role role) {

@@ -59,9 +59,15 @@ void Widen(Precision precision, const void* in, size_t n, float* out);
 // x as `precision` keeps it (Widen(Narrow(x))).
 float Round(Precision precision, float x);
 
-// The instruction set the conversions and half kernels run with on this CPU
-// ("AVX-512", "AVX2+F16C" or "portable"), for logs and benchmarks.
+// The instruction sets the conversions and half kernels run with on this
+// CPU (e.g. "AVX-512 conversions, AVX2+F16C kernels", "AVX2+F16C",
+// "portable"), for logs and benchmarks.
 absl::string_view HalfKernelIsa();
+
+// Makes every later conversion and half kernel use `isa` ("avx512", "avx2"
+// or "portable") instead of the best the CPU has; false (nothing changed)
+// if the CPU lacks it. For tests and benchmarks, before any retrieval runs.
+bool UseHalfIsa(absl::string_view isa);
 
 }  // namespace engram::core
 

@@ -57,17 +57,17 @@ std::vector<float> Probes() {
 class PrecisionTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    if (!internal::UseHalfIsa(GetParam())) {
+    if (!UseHalfIsa(GetParam())) {
       GTEST_SKIP() << "this CPU lacks " << GetParam();
     }
   }
-  void TearDown() override { internal::UseHalfIsa(kBest); }
+  void TearDown() override { UseHalfIsa(kBest); }
   static const char* const kBest;
 };
 
 const char* const PrecisionTest::kBest = [] {
   for (const char* isa : {"avx512", "avx2"}) {
-    if (internal::UseHalfIsa(isa)) return isa;
+    if (UseHalfIsa(isa)) return isa;
   }
   return "portable";
 }();

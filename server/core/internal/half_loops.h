@@ -1,10 +1,11 @@
 // The single-query kernels of the fused retrieval pass over rows kept in
 // bfloat16 or float16 (server/core/precision.h): each widens the rows in
 // registers as it reads them, so the rows stream from memory at 2 bytes a
-// value and the arithmetic stays float32. AVX-512 or AVX2 (+F16C) where the
-// CPU has them, chosen once at run time; a portable loop otherwise, with the
-// same results up to the order of float32 additions. Defined in
-// precision.cc, beside the conversions they share. Internal to server/core.
+// value and the arithmetic stays float32. AVX2 + FMA + F16C where the CPU
+// has them (on AVX-512 CPUs too: see KernelTable in precision.cc), chosen
+// once at run time; a portable loop otherwise, with the same results up to
+// the order of float32 additions. Defined in precision.cc, beside the
+// conversions they share. Internal to server/core.
 //
 // Thread-safe: pure functions.
 #ifndef ENGRAM_SERVER_CORE_INTERNAL_HALF_LOOPS_H_
@@ -13,7 +14,6 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "absl/strings/string_view.h"
 #include "server/core/precision.h"
 
 namespace engram::core::internal {
@@ -28,11 +28,6 @@ void DotHalf4(Precision precision, const float* q, const uint16_t* x0,
 void AddScaledHalf4(Precision precision, const float* w, const uint16_t* x0,
                     const uint16_t* x1, const uint16_t* x2, const uint16_t* x3,
                     float* y, size_t d);
-
-// Makes every later call use the kernels of `isa` ("avx512", "avx2" or
-// "portable") instead of the best the CPU has; false (nothing changed) if
-// the CPU lacks it. For tests, before any retrieval runs.
-bool UseHalfIsa(absl::string_view isa);
 
 // The portable conversions of one value, which the SIMD ones must equal
 // bit for bit (tests).
