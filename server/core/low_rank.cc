@@ -424,13 +424,9 @@ absl::StatusOr<std::vector<std::vector<Match>>> TopByKeys(
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t rows = std::min(tile, block.count - begin);
-      const void* at = Advance(block.precision, block_keys, begin * n);
-      const float* keys = static_cast<const float*>(at);
-      if (block.precision != Precision::kFloat32) {
-        wide.resize(rows * n);
-        Widen(block.precision, at, rows * n, wide.data());
-        keys = wide.data();
-      }
+      const float* keys = AsFloats(
+          block.precision, Advance(block.precision, block_keys, begin * n),
+          rows * n, wide);
       blas::GemmNT(count, rows, n, beta, q, n, keys, n, 0.0f, scores.data(),
                    rows);
       for (size_t i = 0; i < count; ++i) {

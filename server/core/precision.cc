@@ -93,14 +93,16 @@ float FromFloat16(uint16_t h) {
   return FromBits(sign | ((e + 112) << 23) | (m << 13));
 }
 
+inline uint16_t NarrowOne(Precision p, float x) {
+  return p == Precision::kBFloat16 ? ToBFloat16(x) : ToFloat16(x);
+}
+
 inline float WidenOne(Precision p, uint16_t h) {
   return p == Precision::kBFloat16 ? FromBFloat16(h) : FromFloat16(h);
 }
 
 void NarrowPortable(Precision p, const float* in, size_t n, uint16_t* out) {
-  for (size_t i = 0; i < n; ++i) {
-    out[i] = p == Precision::kBFloat16 ? ToBFloat16(in[i]) : ToFloat16(in[i]);
-  }
+  for (size_t i = 0; i < n; ++i) out[i] = NarrowOne(p, in[i]);
 }
 
 void WidenPortable(Precision p, const uint16_t* in, size_t n, float* out) {
@@ -156,8 +158,6 @@ __attribute__((target("avx512f"))) void Widen512(const uint16_t* in, size_t n,
   }
 }
 
-// Row after row: rows stored next to each other are read as one sequential
-// stream, which the hardware prefetchers follow.
 // Narrowing with the CPU's own conversions: VCVTNEPS2BF16 (AVX512_BF16)
 // and VCVTPS2PH (AVX-512F), both round to nearest even.
 __attribute__((target("avx512f,avx512bf16"))) void NarrowBFloat16Avx512(
@@ -308,33 +308,27 @@ struct KernelTable {
 
   explicit KernelTable(Isa chosen) : isa(chosen) {
 #if defined(__x86_64__)
-    if (isa == Isa::kAvx512) {
-      // Conversions 16 values at a time; the single-query kernels stay 8
-      // wide (below) — on CPUs that split 512-bit operations in two they
-      // cost more than twice the 256-bit form: measured on an AMD EPYC, one
-      // query over 60,000 rows took 5.0-5.6 ms (bfloat16) with 512-bit
-      // kernels and 4.1-4.9 ms with 256-bit ones; float16 1.54-1.66x
-      // faster than float32 against 1.83-1.95x (1,000,000 rows: 1.45x
-      // against 1.76x). A single query is bound by memory, which 8 lanes
-      // keep up with on any AVX-512 CPU.
-      const CpuFeatures cpu = DetectCpu();
-      if (cpu.avx512_bf16) bfloat16.narrow = NarrowBFloat16Avx512;
-      bfloat16.widen = Widen512<Precision::kBFloat16>;
-      float16.narrow = NarrowFloat16Avx512;
-      float16.widen = Widen512<Precision::kFloat16>;
-      if (Supported(Isa::kAvx2)) {
-        bfloat16.dot4 = Dot256<Precision::kBFloat16>;
-        bfloat16.add_scaled4 = AddScaled256<Precision::kBFloat16>;
-        float16.dot4 = Dot256<Precision::kFloat16>;
-        float16.add_scaled4 = AddScaled256<Precision::kFloat16>;
-      }
-    } else if (isa == Isa::kAvx2) {
+    // The single-query kernels are 8 lanes wide on AVX-512 CPUs too: on
+    // CPUs that split 512-bit operations in two, 16-lane ones cost more
+    // than twice as much. Measured on an AMD EPYC, one query over 60,000
+    // rows took 5.0-5.6 ms (bfloat16) with 512-bit kernels and 4.1-4.9 ms
+    // with 256-bit ones; float16 1.54-1.66x faster than float32 against
+    // 1.83-1.95x (1,000,000 rows: 1.45x against 1.76x). A single query is
+    // bound by memory, which 8 lanes keep up with on any AVX-512 CPU.
+    if (isa != Isa::kPortable && Supported(Isa::kAvx2)) {
       bfloat16.widen = Widen256<Precision::kBFloat16>;
       bfloat16.dot4 = Dot256<Precision::kBFloat16>;
       bfloat16.add_scaled4 = AddScaled256<Precision::kBFloat16>;
       float16 = {NarrowFloat16Avx2, Widen256<Precision::kFloat16>,
                  Dot256<Precision::kFloat16>,
                  AddScaled256<Precision::kFloat16>};
+    }
+    // Conversions 16 values at a time.
+    if (isa == Isa::kAvx512) {
+      if (DetectCpu().avx512_bf16) bfloat16.narrow = NarrowBFloat16Avx512;
+      bfloat16.widen = Widen512<Precision::kBFloat16>;
+      float16.narrow = NarrowFloat16Avx512;
+      float16.widen = Widen512<Precision::kFloat16>;
     }
 #endif
   }
@@ -387,15 +381,18 @@ void Widen(Precision precision, const void* in, size_t n, float* out) {
 }
 
 float Round(Precision precision, float x) {
-  switch (precision) {
-    case Precision::kBFloat16:
-      return FromBFloat16(ToBFloat16(x));
-    case Precision::kFloat16:
-      return FromFloat16(ToFloat16(x));
-    case Precision::kFloat32:
-      break;
+  if (precision == Precision::kFloat32) return x;
+  return WidenOne(precision, NarrowOne(precision, x));
+}
+
+const float* AsFloats(Precision precision, const void* values, size_t n,
+                      std::vector<float>& buffer) {
+  if (precision == Precision::kFloat32) {
+    return static_cast<const float*>(values);
   }
-  return x;
+  buffer.resize(n);
+  Widen(precision, values, n, buffer.data());
+  return buffer.data();
 }
 
 absl::string_view HalfKernelIsa() {
@@ -441,7 +438,7 @@ void AddScaledHalf4(Precision precision, const float* w, const uint16_t* x0,
 }
 
 uint16_t PortableNarrow(Precision precision, float x) {
-  return precision == Precision::kBFloat16 ? ToBFloat16(x) : ToFloat16(x);
+  return NarrowOne(precision, x);
 }
 
 float PortableWiden(Precision precision, uint16_t h) {

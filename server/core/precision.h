@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 
@@ -58,6 +59,11 @@ void Widen(Precision precision, const void* in, size_t n, float* out);
 
 // x as `precision` keeps it (Widen(Narrow(x))).
 float Round(Precision precision, float x);
+
+// The n values at `values` (of `precision`) as float32: `values` itself for
+// float32, else widened into `buffer` (resized to n).
+const float* AsFloats(Precision precision, const void* values, size_t n,
+                      std::vector<float>& buffer);
 
 // The instruction sets the conversions and half kernels run with on this
 // CPU (e.g. "AVX-512 conversions, AVX2+F16C kernels", "AVX2+F16C",

@@ -256,13 +256,8 @@ struct PartBuffers {
 // as float32: in place for float32, else widened into `buffer`.
 const float* RowsAsFloats(Precision precision, const void* base, size_t first,
                           size_t n, size_t width, std::vector<float>& buffer) {
-  if (precision == Precision::kFloat32) {
-    return static_cast<const float*>(base) + first * width;
-  }
-  buffer.resize(n * width);
-  Widen(precision, Advance(precision, base, first * width), n * width,
-        buffer.data());
-  return buffer.data();
+  return AsFloats(precision, Advance(precision, base, first * width), n * width,
+                  buffer);
 }
 
 // Buffers a retrieval reuses from call to call in the thread that runs it
@@ -392,11 +387,9 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
         }
         for (size_t j = 0; j < g; ++j) {
           const auto row = [&]() -> const float* {
-            if (key != nullptr) return key + j * key_dim;
-            wide_row.resize(key_dim);
-            Widen(precision, half_keys + (j0 + j) * key_dim, key_dim,
-                  wide_row.data());
-            return wide_row.data();
+            return key != nullptr ? key + j * key_dim
+                                  : RowsAsFloats(precision, keys, j0 + j, 1,
+                                                 key_dim, wide_row);
           };
           zg[j] = ScoreFromDot(on_features, beta, zg[j], query_sq_norm,
                                key_sq_norms[j0 + j], query, row, key_dim);

@@ -137,22 +137,12 @@ void Chunk::CopyKey(size_t r, float* out) const {
 
 const float* Chunk::ValuesAsFloats(size_t rows,
                                    std::vector<float>& buffer) const {
-  if (precision_ == core::Precision::kFloat32) {
-    return reinterpret_cast<const float*>(rows_->values.get());
-  }
-  buffer.resize(rows * dim_);
-  core::Widen(precision_, rows_->values.get(), rows * dim_, buffer.data());
-  return buffer.data();
+  return core::AsFloats(precision_, rows_->values.get(), rows * dim_, buffer);
 }
 
 const float* Chunk::KeysAsFloats(size_t rows,
                                  std::vector<float>& buffer) const {
-  if (precision_ == core::Precision::kFloat32) {
-    return reinterpret_cast<const float*>(keys_.get());
-  }
-  buffer.resize(rows * key_dim_);
-  core::Widen(precision_, keys_.get(), rows * key_dim_, buffer.data());
-  return buffer.data();
+  return core::AsFloats(precision_, keys_.get(), rows * key_dim_, buffer);
 }
 
 size_t Chunk::bytes() const {

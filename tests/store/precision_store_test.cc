@@ -189,7 +189,8 @@ TEST(PrecisionStoreTest, FilteredRecallEqualsAStoreOfOnlyTheMatches) {
     }
     ASSERT_TRUE(only.Add(matching).ok());
     for (size_t l : {1, 5}) {
-      const RetrieveResult got = Recall(*store.view(), l, Filter{{"c1"}});
+      const RetrieveResult got =
+          Recall(*store.view(), l, Filter{{"c1"}, {}, false});
       const RetrieveResult want = Recall(*only.view(), l);
       EXPECT_EQ(got.states, want.states) << core::PrecisionName(p);
       for (size_t q = 0; q < l; ++q) {
