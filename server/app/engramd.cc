@@ -21,6 +21,7 @@
 #include "server/core/precision.h"
 #include "server/jobs/expiry_sweeper.h"
 #include "server/jobs/job_runner.h"
+#include "server/rpc/service.h"
 #include "server/store/registry.h"
 
 namespace engram::app {
@@ -48,12 +49,8 @@ absl::Status LoadStores(store::StoreRegistry& registry,
   if (auto all = registry.List("", registry.limits().max_stores, more);
       all.ok()) {
     for (const auto& s : *all) {
-      std::shared_ptr<const store::StoreView> view = s->view();
-      metrics.SetStoreSize(s->name(), view->size(),
-                           static_cast<double>(view->memory_bytes()));
-      metrics.SetNorms(s->name(), view->norms().max_norm,
-                       view->norms().mean_norm, view->norms().max_feature_norm);
-      patterns += view->size();
+      rpc::CountStore(metrics, *s);
+      patterns += s->view()->size();
       ++stores;
     }
   }
@@ -270,11 +267,7 @@ int RunEngramd(EngramdOptions o) {
       &registry, o.expiry_sweep,
       [&](const std::string& name, size_t count, double seconds) {
         metrics.RecordExpired(name, count, seconds);
-        if (auto s = registry.Get(name); s.ok()) {
-          std::shared_ptr<const store::StoreView> view = (*s)->view();
-          metrics.SetStoreSize(name, view->size(),
-                               static_cast<double>(view->memory_bytes()));
-        }
+        if (auto s = registry.Get(name); s.ok()) rpc::CountStore(metrics, **s);
       });
   // The configuration first: whoever waits for "ready" in the log has it.
   LogConfiguration(o, (*server)->port(),

@@ -55,12 +55,12 @@ EngramService::EngramService(store::StoreRegistry* registry,
       options_(std::move(options)),
       metrics_(policy->metrics) {}
 
-void EngramService::CountPatterns(const store::Store& store) {
+void CountStore(metrics::Metrics& metrics, const store::Store& store) {
   std::shared_ptr<const store::StoreView> view = store.view();
-  metrics_->SetStoreSize(store.name(), view->size(),
-                         static_cast<double>(view->memory_bytes()));
-  metrics_->SetNorms(store.name(), view->norms().max_norm,
-                     view->norms().mean_norm, view->norms().max_feature_norm);
+  metrics.SetStoreSize(store.name(), view->size(),
+                       static_cast<double>(view->memory_bytes()));
+  metrics.SetNorms(store.name(), view->norms().max_norm,
+                   view->norms().mean_norm, view->norms().max_feature_norm);
 }
 
 void EngramService::StoreToProto(const store::Store& store, v1::Store& out) {
@@ -70,7 +70,7 @@ void EngramService::StoreToProto(const store::Store& store, v1::Store& out) {
 }
 
 void EngramService::Added(const store::Store& store, size_t count) {
-  CountPatterns(store);
+  CountStore(*metrics_, store);
   jobs_->PatternsAdded(store.name(), count);
 }
 
@@ -89,7 +89,7 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
       registry_->Create(*settings);
   if (!created.ok()) return call.Done(created.status());
   StoreToProto(**created, *response);
-  CountPatterns(**created);
+  CountStore(*metrics_, **created);
   return call.Done(absl::OkStatus());
 }
 
@@ -326,7 +326,7 @@ grpc::Status EngramService::DeletePatterns(
       absl::MakeConstSpan(request->ids().data(), request->ids_size()));
   if (!status.ok()) return call.Done(status);
   response->set_pattern_count((*found)->view()->size());
-  CountPatterns(**found);
+  CountStore(*metrics_, **found);
   return call.Done(absl::OkStatus());
 }
 
@@ -612,7 +612,7 @@ grpc::Status EngramService::RestoreStore(
       "restored store '%s' (%d patterns) from store '%s' of "
       "a backup of %s",
       name, image->patterns.size(), (*entry)->name(), manifest->create_time());
-  CountPatterns(**restored);
+  CountStore(*metrics_, **restored);
   StoreToProto(**restored, *response);
   return call.Done(absl::OkStatus());
 }

@@ -20,6 +20,10 @@
 
 namespace engram::rpc {
 
+// Sets a store's gauges (patterns, memory, norm statistics) from its
+// current view.
+void CountStore(metrics::Metrics& metrics, const store::Store& store);
+
 struct ServiceOptions {
   int retrieval_threads = 1;
   // The most bytes one RestoreStore may send (it is held in memory).
@@ -100,7 +104,6 @@ class EngramService final : public v1::Engram::Service {
                             v1::Store* response) override;
 
  private:
-  void CountPatterns(const store::Store& store);
   // The store's settings and statistics with its fit status.
   void StoreToProto(const store::Store& store, v1::Store& out);
   // After a successful add: counts and schedules a fit.
