@@ -54,10 +54,7 @@ std::string EncodePattern(const Pattern& p) {
   if (half) {
     std::vector<uint16_t> narrow(p.values.size());
     core::Narrow(precision, p.values.data(), p.values.size(), narrow.data());
-    for (uint16_t v : narrow) {
-      out.push_back(static_cast<char>(v & 0xff));
-      out.push_back(static_cast<char>(v >> 8));
-    }
+    internal::PutFixed16s(out, narrow);
   } else {
     internal::PutFloats(out, p.values);
   }
@@ -114,11 +111,7 @@ class Reader {
   bool Halves(std::vector<float>& v, uint64_t n, core::Precision precision) {
     if (bytes_.size() / 2 < n) return false;
     std::vector<uint16_t> narrow(n);
-    for (uint64_t i = 0; i < n; ++i) {
-      narrow[i] =
-          static_cast<uint16_t>(static_cast<uint8_t>(bytes_[2 * i]) |
-                                (static_cast<uint8_t>(bytes_[2 * i + 1]) << 8));
-    }
+    internal::LoadFixed16s(bytes_.data(), n, narrow.data());
     v.resize(n);
     core::Widen(precision, narrow.data(), n, v.data());
     bytes_.remove_prefix(n * 2);

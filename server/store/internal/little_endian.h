@@ -39,6 +39,17 @@ inline void PutFloats(std::string& out, absl::Span<const float> values) {
 #endif
 }
 
+inline void PutFixed16s(std::string& out, absl::Span<const uint16_t> values) {
+#ifdef ABSL_IS_LITTLE_ENDIAN
+  out.append(reinterpret_cast<const char*>(values.data()), values.size() * 2);
+#else
+  for (uint16_t v : values) {
+    out.push_back(static_cast<char>(v & 0xff));
+    out.push_back(static_cast<char>(v >> 8));
+  }
+#endif
+}
+
 inline uint32_t LoadFixed32(const char* p) {
   const auto* u = reinterpret_cast<const unsigned char*>(p);
   return u[0] | (u[1] << 8) | (u[2] << 16) | (uint32_t{u[3]} << 24);
@@ -62,6 +73,17 @@ inline void LoadFloats(const char* p, size_t n, float* out) {
   for (size_t i = 0; i < n; ++i) {
     const uint32_t bits = LoadFixed32(p + 4 * i);
     std::memcpy(out + i, &bits, 4);
+  }
+#endif
+}
+
+inline void LoadFixed16s(const char* p, size_t n, uint16_t* out) {
+#ifdef ABSL_IS_LITTLE_ENDIAN
+  std::memcpy(out, p, n * 2);
+#else
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = static_cast<uint16_t>(u[2 * i] | (u[2 * i + 1] << 8));
   }
 #endif
 }
