@@ -579,6 +579,10 @@ absl::Status Store::Restore(absl::Span<const Pattern> patterns) {
   if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
     return status;
   }
+  if (precision_ == core::Precision::kFloat32) {
+    ApplyAdd(patterns, ids);  // Loading a float32 store copies nothing.
+    return absl::OkStatus();
+  }
   absl::StatusOr<std::vector<Pattern>> rounded = Rounded(patterns);
   if (!rounded.ok()) return rounded.status();
   ApplyAdd(*rounded, ids);
