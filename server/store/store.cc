@@ -121,7 +121,9 @@ std::unique_ptr<Chunk> Chunk::WithKeys(const core::FeatureMap& map,
   std::vector<float> values, keys(rows * key_dim_);
   map.Apply(ValuesAsFloats(rows, values), rows, keys.data());
   core::Narrow(precision_, keys.data(), rows * key_dim_, keyed->keys_.get());
-  for (size_t r = 0; r < rows; ++r) keyed->SetKeyNorm(r);
+  for (size_t r = 0; r < rows; ++r) {
+    keyed->SetKeyNorm(r, keys.data() + r * key_dim_);
+  }
   return keyed;
 }
 
@@ -155,7 +157,7 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
   if (key_dim_) {
     core::Narrow(precision_, key, key_dim_,
                  keys_.get() + r * key_dim_ * element_bytes_);
-    SetKeyNorm(r);
+    SetKeyNorm(r, key);
   }
   // The values are representable: narrowing keeps them exactly.
   core::Narrow(precision_, pattern.values.data(), dim_,
@@ -173,11 +175,12 @@ void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
       RowInfo{id, pattern.label, pattern.metadata, pattern.expire_ns};
 }
 
-void Chunk::SetKeyNorm(size_t r) {
-  std::vector<float> key(key_dim_);
-  CopyKey(r, key.data());
+void Chunk::SetKeyNorm(size_t r, const float* key) {
   double sq = 0;
-  for (float v : key) sq += double{v} * v;
+  for (size_t k = 0; k < key_dim_; ++k) {
+    const double kept = core::Round(precision_, key[k]);  // As stored.
+    sq += kept * kept;
+  }
   key_sq_norms_[r] = static_cast<float>(sq);
 }
 

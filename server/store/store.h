@@ -99,8 +99,9 @@ class Chunk {
   struct Rows;
   Chunk(size_t dim, size_t capacity, size_t key_dim, core::Precision precision,
         std::shared_ptr<Rows> rows);
-  // key_sq_norms_[r] <- ||key r||^2.
-  void SetKeyNorm(size_t r);
+  // key_sq_norms_[r] <- ||key r||^2, from the features `key` (key_dim)
+  // before they were narrowed into the chunk.
+  void SetKeyNorm(size_t r, const float* key);
 
   // Rows and keys start on a cache line (64 bytes): sgemm packs them with
   // aligned loads, and a row of d = 784 floats spans 49 lines, not 50.
