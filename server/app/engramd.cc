@@ -231,6 +231,7 @@ int RunEngramd(EngramdOptions o) {
   shard.cluster = o.cluster.cluster;
   shard.placement = o.limits.placement;
   shard.retrieval_threads = o.retrieval_threads;
+  shard.limits = o.limits;
   shard.jobs = jobs.get();
   if (o.role == Role::kShard) {
     o.server.after_write = cluster::StampRecorder(&registry);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <optional>
@@ -89,25 +90,31 @@ api::Store Merge(std::vector<api::Store> parts) {
 // (core::MergeRows). Matches are named by pattern id (Match::index).
 class ShardedSteps {
  public:
+  // With `filter` (not empty), every step runs over the matching patterns
+  // only.
   ShardedSteps(ShardPool& pool, const std::string& store,
                const core::RetrievalParams& params, size_t dim,
-               absl::Time deadline)
+               const api::Filter* filter, absl::Time deadline)
       : pool_(pool),
         store_(store),
         params_(params),
         dim_(dim),
+        filtered_(filter != nullptr),
         deadline_(deadline) {
     step_.set_store(store);
     step_.set_similarity(store::SimilarityToProto(params.similarity));
     step_.set_separation(store::SeparationToProto(params.separation));
     step_.set_beta(params.beta);
     step_.set_top_k(params.top_k);
+    if (filter != nullptr) *step_.mutable_filter() = *filter;
   }
 
   // Before a query runs again from its first step.
   void Restart() { map_version_.reset(); }
   // The label of a pattern some step matched.
   const std::string& label(uint64_t id) { return labels_[id]; }
+  // The patterns the last step ran over, summed over the groups.
+  uint64_t patterns() const { return patterns_; }
 
   absl::Status operator()(absl::Span<const size_t> ids, const float* states,
                           float* next, double* energies,
@@ -124,6 +131,7 @@ class ShardedSteps {
         StepOnEach(pool_, replicas, step_, deadline_);
     if (!parts.ok()) return parts.status();
     if (absl::Status s = CheckMaps(*parts); !s.ok()) return s;
+    if (absl::Status s = CountPatterns(*parts); !s.ok()) return s;
     for (size_t a = 0; a < ids.size(); ++a) {
       absl::StatusOr<core::MergedRow> row = Merge(*parts, a);
       if (!row.ok()) return row.status();
@@ -149,6 +157,31 @@ class ShardedSteps {
             parts[g].map_version(), " where the query began on v",
             *map_version_, " (a new map is being published); retry"));
       }
+    }
+    return absl::OkStatus();
+  }
+
+  // Sums the parts' patterns; none is FAILED_PRECONDITION. A part that
+  // answered without saying how many it stepped over comes from an engramd
+  // that ignores filters: its rows would be over every pattern.
+  absl::Status CountPatterns(
+      const std::vector<v1::PartialStepResponse>& parts) {
+    patterns_ = 0;
+    for (size_t g = 0; g < parts.size(); ++g) {
+      patterns_ += parts[g].patterns();
+      if (filtered_ && parts[g].patterns() == 0 &&
+          std::any_of(
+              parts[g].rows().begin(), parts[g].rows().end(),
+              [](const v1::PartialRow& r) { return r.max() != -INFINITY; })) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "store '", store_, "': shard group ", g,
+            " runs an engramd that does not filter its steps; upgrade it to "
+            "run filtered retrievals"));
+      }
+    }
+    if (patterns_ == 0 && filtered_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the filter matches no pattern of store '", store_, "'"));
     }
     return absl::OkStatus();
   }
@@ -201,8 +234,10 @@ class ShardedSteps {
   const std::string store_;
   const core::RetrievalParams params_;
   const size_t dim_;
+  const bool filtered_;
   const absl::Time deadline_;
   v1::PartialStepRequest step_;
+  uint64_t patterns_ = 0;
   std::optional<uint64_t> map_version_;  // Of the query's first step.
   absl::flat_hash_map<uint64_t, std::string> labels_;
 };
@@ -774,15 +809,39 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   absl::StatusOr<store::RetrieveRequest> query =
       rpc::FromProto(*request, d, queries);
   if (!query.ok()) return call.Done(query.status());
-  if (!query->filter.empty()) {
-    return call.Done(absl::UnimplementedError(
-        "a router does not run filtered retrievals yet (docs/scale-out.md); "
-        "retrieve without a filter"));
-  }
   absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
       *settings, merged->pattern_count(), *query, options_.limits);
   if (!params.ok()) return call.Done(params.status());
   const uint32_t groups = pool_->groups();
+  // A filtered retrieval takes the exact path, each group stepping over its
+  // matching patterns only (the low-rank sums are over all of them).
+  if (!query->filter.empty()) {
+    if (absl::Status s = store::ValidateFilter(query->filter, options_.limits);
+        !s.ok()) {
+      return call.Done(s);
+    }
+    if (query->path == store::PathChoice::kLowRank) {
+      return call.Done(absl::FailedPreconditionError(absl::StrCat(
+          "path LOW_RANK cannot serve a filtered retrieval of store '",
+          request->store(),
+          "': the store's low-rank sums are over every pattern; use AUTO or "
+          "EXACT")));
+    }
+    uint64_t patterns = 0;
+    absl::StatusOr<store::RetrieveResult> result =
+        RetrieveExact(request->store(), *query, *params, &request->filter(),
+                      deadline, &patterns);
+    if (!result.ok()) return call.Done(result.status());
+    result->path.path = store::PathChoice::kExact;
+    result->path.reason = absl::StrCat(
+        "exact: filtered to ", patterns, " of ", merged->pattern_count(),
+        " patterns (the low-rank sums are over all of them); merged from ",
+        groups, " shard groups");
+    result->store_version = merged->version();
+    rpc::ToProto(*result, d, request->omit_vectors(), *response);
+    policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
+    return call.Done(absl::OkStatus());
+  }
   // The low-rank path runs on the router from the shards' merged sums; a
   // part that changes between the sums and the matches' scan is ABORTED
   // and the query planned again, once.
@@ -809,8 +868,9 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
                                       plan->error_bound);
     return call.Done(absl::OkStatus());
   }
-  absl::StatusOr<store::RetrieveResult> result =
-      RetrieveExact(request->store(), *query, *params, deadline);
+  uint64_t patterns = 0;
+  absl::StatusOr<store::RetrieveResult> result = RetrieveExact(
+      request->store(), *query, *params, nullptr, deadline, &patterns);
   if (!result.ok()) return call.Done(result.status());
   result->path = *plan;
   result->path.reason =
@@ -823,9 +883,10 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
 
 absl::StatusOr<store::RetrieveResult> Router::RetrieveExact(
     const std::string& name, const store::RetrieveRequest& query,
-    const core::RetrievalParams& params, absl::Time deadline) {
+    const core::RetrievalParams& params, const api::Filter* filter,
+    absl::Time deadline, uint64_t* patterns) {
   const size_t d = query.queries.size() / query.num_queries;
-  ShardedSteps steps(*pool_, name, params, d, deadline);
+  ShardedSteps steps(*pool_, name, params, d, filter, deadline);
   // Kernel similarities: every step of a query on one map version; a query
   // that meets a publication under way (shards on different versions) runs
   // again once they agree, until the deadline.
@@ -841,6 +902,7 @@ absl::StatusOr<store::RetrieveResult> Router::RetrieveExact(
     absl::SleepFor(absl::Milliseconds(20));
   }
   if (!out.ok()) return out.status();
+  *patterns = steps.patterns();
   return store::ResultOf(*std::move(out), [&steps](const core::Match& m) {
     return store::MatchedPattern{m.index, m.weight, m.score,
                                  steps.label(m.index)};

@@ -138,10 +138,13 @@ class Router final : public engram::v1::Engram::Service {
       const engram::v1::Store& merged, const store::RetrieveRequest& query,
       const core::RetrievalParams& params, absl::Time deadline,
       std::shared_ptr<const MergedLowRank>* sums);
-  // The exact path: step by step through one replica of every group.
+  // The exact path: step by step through one replica of every group, over
+  // the patterns that match `filter` if it is given (not empty); the
+  // patterns stepped over, summed over the groups, in `*patterns`.
   absl::StatusOr<store::RetrieveResult> RetrieveExact(
       const std::string& name, const store::RetrieveRequest& query,
-      const core::RetrievalParams& params, absl::Time deadline);
+      const core::RetrievalParams& params, const engram::v1::Filter* filter,
+      absl::Time deadline, uint64_t* patterns);
   // The low-rank path on the router at the sums' degree; the matches from
   // one top-only scan on the replicas the sums came from (ABORTED if one
   // changed in between).

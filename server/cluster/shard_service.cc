@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <utility>
 #include <vector>
@@ -16,6 +17,8 @@
 #include "server/core/partial.h"
 #include "server/core/sample.h"
 #include "server/jobs/job_bodies.h"
+#include "server/rpc/convert.h"
+#include "server/store/gathered.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
@@ -183,9 +186,30 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   params.separation = *separation;
   params.beta = request->beta();
   params.top_k = request->top_k();
+  // A filter narrows the step to the matching rows, gathered as a store of
+  // only them would hold them; memory i of the step is then row matched[i].
+  std::vector<uint32_t> matched;
+  bool filtered = false;
+  if (request->has_filter()) {
+    absl::StatusOr<store::Filter> filter = rpc::FromProto(request->filter());
+    if (!filter.ok()) return call.Done(filter.status());
+    if (absl::Status s = store::ValidateFilter(*filter, options_.limits);
+        !s.ok()) {
+      return call.Done(s);
+    }
+    filtered = !filter->empty();
+    if (filtered && request->top_only()) {
+      return call.Done(absl::InvalidArgumentError(
+          "filter: a top_only step serves the low-rank path, which filtered "
+          "retrievals do not take"));
+    }
+    if (filtered && view->size() > 0) matched = view->Matching(*filter);
+  }
+  const size_t patterns = filtered ? matched.size() : view->size();
   response->set_map_version(view->fit().version);
   response->set_store_version(view->version());
-  if (view->size() == 0) {  // This shard's part is empty: an empty row each.
+  response->set_patterns(patterns);
+  if (patterns == 0) {  // Nothing of this part to step over: an empty row.
     for (size_t i = 0; i < count; ++i) {
       response->add_rows()->set_max(-INFINITY);
     }
@@ -197,10 +221,17 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   if (request->top_only()) {
     return call.Done(TopOnly(*view, *request, params, options, *response));
   }
-  absl::StatusOr<std::vector<core::PartialRow>> rows = core::PartialStep(
-      view->memories(), {}, request->states().data(), count, params, options);
+  std::optional<store::Gathered> gathered;
+  std::vector<uint64_t> rows_of;  // Memory index -> view row, if filtered.
+  if (filtered) {
+    gathered.emplace(*view, matched);
+    rows_of.assign(matched.begin(), matched.end());
+  }
+  absl::StatusOr<std::vector<core::PartialRow>> rows =
+      core::PartialStep(filtered ? gathered->set() : view->memories(), rows_of,
+                        request->states().data(), count, params, options);
   if (!rows.ok()) return call.Done(rows.status());
-  // Memory indices become pattern ids (and labels, for the matches).
+  // View rows become pattern ids (and labels, for the matches).
   for (const core::PartialRow& row : *rows) {
     v1::PartialRow* out = response->add_rows();
     out->set_max(row.max);

@@ -25,6 +25,7 @@ struct ShardOptions {
   std::string cluster;         // --cluster
   store::Placement placement;  // --shard_group, --shard_groups
   int retrieval_threads = 1;
+  store::Limits limits;  // A step's filter is checked against them.
   // Told of maps a router publishes (the fit status); may be null.
   jobs::JobRunner* jobs = nullptr;
 };

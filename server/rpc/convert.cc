@@ -175,18 +175,25 @@ absl::StatusOr<store::RetrieveRequest> FromProto(
   if (!path.ok()) return path.status();
   query.path = *path;
   if (request.has_filter()) {
-    const v1::Filter& filter = request.filter();
-    if (!v1::Filter::Combine_IsValid(filter.combine())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("filter.combine has unknown value ", filter.combine()));
-    }
-    query.filter.labels.assign(filter.labels().begin(), filter.labels().end());
-    for (const v1::MetadataCondition& c : filter.metadata()) {
-      query.filter.conditions.emplace_back(c.key(), c.value());
-    }
-    query.filter.any = filter.combine() == v1::Filter::ANY;
+    absl::StatusOr<store::Filter> filter = FromProto(request.filter());
+    if (!filter.ok()) return filter.status();
+    query.filter = *std::move(filter);
   }
   return query;
+}
+
+absl::StatusOr<store::Filter> FromProto(const v1::Filter& filter) {
+  if (!v1::Filter::Combine_IsValid(filter.combine())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("filter.combine has unknown value ", filter.combine()));
+  }
+  store::Filter out;
+  out.labels.assign(filter.labels().begin(), filter.labels().end());
+  for (const v1::MetadataCondition& c : filter.metadata()) {
+    out.conditions.emplace_back(c.key(), c.value());
+  }
+  out.any = filter.combine() == v1::Filter::ANY;
+  return out;
 }
 
 void ToProto(const store::RetrieveResult& result, size_t dim, bool omit_vectors,

@@ -42,6 +42,9 @@ void FixTtls(google::protobuf::RepeatedPtrField<v1::Pattern>& patterns,
 absl::StatusOr<store::RetrieveRequest> FromProto(
     const v1::RetrieveRequest& request, size_t dim,
     std::vector<float>& queries);
+// A filter as the store reads it (INVALID_ARGUMENT for an unknown combine;
+// store::ValidateFilter checks its limits).
+absl::StatusOr<store::Filter> FromProto(const v1::Filter& filter);
 // A Retrieve answer (vectors left out with `omit_vectors`).
 void ToProto(const store::RetrieveResult& result, size_t dim, bool omit_vectors,
              v1::RetrieveResponse& out);

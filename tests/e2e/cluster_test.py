@@ -138,6 +138,63 @@ class ClusterTest(unittest.TestCase):
                                                            err_msg=where)
                                 self.assertEqual(got.labels, want.labels, where)
 
+    def test_1a_filtered_recall_answers_as_one_engramd(self):
+        """Each group steps over its matching patterns only; merged, that is
+        one engramd's filtered answer (itself a store of only the matches)."""
+        labels = ["c%d" % (i % 5) for i in range(300)]
+        labels[17] = "alone"  # One pattern: every other group matches none.
+        metadata = [{"tenant": "t%d" % (i % 3), "odd": str(i % 2)} for i in range(300)]
+        for _, addr in self.each_server():
+            with Client(addr) as c:
+                c.create_store("filt", dim=12, top_k=4)
+                c.add("filt", self.patterns, ids=self.ids.tolist(), labels=labels,
+                      metadata=metadata, batch=128)
+        filters = [dict(where_label=["c1", "c3"]),
+                   dict(where={"tenant": "t2", "odd": "1"}),
+                   dict(where={"tenant": "t0"}, where_label=["c4"], where_any=True),
+                   dict(where_label=["alone"])]
+        with self.clients() as clients:
+            for similarity in SIMILARITIES:
+                for separation in SEPARATIONS:
+                    for c in clients.values():
+                        c.update_store("filt", similarity=similarity, separation=separation)
+                    for f in filters:
+                        for steps in (1, 3):
+                            want = clients["single"].retrieve("filt", self.queries, beta=2.0,
+                                                              steps=steps, **f)
+                            for name in ("3x1", "2x2"):
+                                got = clients[name].retrieve("filt", self.queries, beta=2.0,
+                                                             steps=steps, **f)
+                                where = "%s %s %s steps %d via %s" % (similarity, separation, f,
+                                                                      steps, name)
+                                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5,
+                                                           err_msg=where)
+                                np.testing.assert_allclose(got.energy, want.energy, rtol=1e-5,
+                                                           atol=1e-5, err_msg=where)
+                                np.testing.assert_array_equal(got.ids, want.ids, err_msg=where)
+                                np.testing.assert_allclose(got.weights, want.weights, atol=1e-5,
+                                                           err_msg=where)
+                                self.assertEqual(got.labels, want.labels, where)
+                                self.assertEqual(got.path, "exact", where)
+                                self.assertIn("filtered to", got.reason, where)
+            # Only the matches answer: the one "alone" pattern is every match.
+            got = clients["2x2"].retrieve("filt", self.queries, where_label=["alone"])
+            self.assertTrue(all(int(i) == int(self.ids[17]) for i in got.ids[:, 0]))
+            self.assertIn("filtered to 1 of 300", got.reason)
+            for name, c in clients.items():
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.retrieve("filt", self.queries, where_label=["nobody"])
+                self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION, name)
+                self.assertIn("matches no pattern", e.exception.details(), name)
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.retrieve("filt", self.queries, where_label=["c1"], path="low_rank")
+                self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION, name)
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.retrieve("filt", self.queries, where_label=["x" * 100000])
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
+                self.assertIn("filter.labels[0]", e.exception.details(), name)
+                c.delete_store("filt")
+
     def test_1b_low_rank_runs_on_the_router_as_on_one_engramd(self):
         rng = np.random.default_rng(11)
         patterns = rng.normal(size=(400, 6)).astype(np.float32)
@@ -377,16 +434,10 @@ class ClusterTest(unittest.TestCase):
                 c.create_store("bad", dim=4, beta=-1)
             self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             self.assertIn("store.retrieval.beta", e.exception.details())
-            # What a router does not do yet is refused, never answered wrong.
-            c.create_store("unfiltered", dim=4)
-            c.add("unfiltered", np.eye(4, dtype=np.float32), labels=["a", "b", "a", "b"])
-            with self.assertRaises(grpc.RpcError) as e:
-                c.retrieve("unfiltered", np.ones(4), where_label=["a"])
-            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+            # What a router does not do is refused, never answered wrong.
             with self.assertRaises(grpc.RpcError) as e:
                 c.create_backup(os.path.join(self.tmp.name, "router-backup"))
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
-            c.delete_store("unfiltered")
         for row in self.three.shards:
             self.assertNotIn("bad", [s.name for s in Client(row[0].addr).list_stores()])
 
