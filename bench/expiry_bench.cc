@@ -111,23 +111,25 @@ int Run() {
 
   const std::string dir = absl::GetFlag(FLAGS_dir);
   std::filesystem::remove_all(dir);
-  absl::StatusOr<std::unique_ptr<RocksDbStorage>> db =
-      RocksDbStorage::Open({dir, true});
-  if (!db.ok()) return 1;
-  StoreRegistry registry(limits, db->get());
-  if (!registry.Load().ok()) return 1;
-  std::shared_ptr<Store> durable = *registry.Create(settings);
-  const int64_t later = absl::ToUnixNanos(absl::Now() + absl::Seconds(40));
-  Fill(*durable, m, d, share, later);
-  while (absl::GetCurrentTimeNanos() <= later) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  {  // The database closes before its directory goes.
+    absl::StatusOr<std::unique_ptr<RocksDbStorage>> db =
+        RocksDbStorage::Open({dir, true});
+    if (!db.ok()) return 1;
+    StoreRegistry registry(limits, db->get());
+    if (!registry.Load().ok()) return 1;
+    std::shared_ptr<Store> durable = *registry.Create(settings);
+    const int64_t later = absl::ToUnixNanos(absl::Now() + absl::Seconds(40));
+    Fill(*durable, m, d, share, later);
+    while (absl::GetCurrentTimeNanos() <= later) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    start = Clock::now();
+    swept = durable->ExpireDue(absl::GetCurrentTimeNanos());
+    std::printf(
+        "sweep of %zu patterns with RocksDB (fsynced batches of %zu): "
+        "%.0f ms\n",
+        swept.ok() ? *swept : 0, limits.max_batch, Ms(start));
   }
-  start = Clock::now();
-  swept = durable->ExpireDue(absl::GetCurrentTimeNanos());
-  std::printf(
-      "sweep of %zu patterns with RocksDB (fsynced batches of %zu): "
-      "%.0f ms\n",
-      swept.ok() ? *swept : 0, limits.max_batch, Ms(start));
   std::filesystem::remove_all(dir);
   return 0;
 }
