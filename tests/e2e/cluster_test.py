@@ -261,7 +261,7 @@ class ClusterTest(unittest.TestCase):
                 # Automatic fits wait for a quiet minute: these fits are started by hand.
                 c.create_store("uh", dim=10, feature_map="uhop", fit_epochs=30,
                                fit_debounce_ms=60000, similarity="kernel_l2", top_k=3)
-                c.add("uh", patterns, ids=ids)
+                c.add("uh", patterns, ids=ids, labels=["k%d" % (i % 4) for i in range(240)])
             fits = {name: c.fit("uh") for name, c in clients.items()}
             for name, fit in fits.items():
                 self.assertEqual(pb_state(fit), "SUCCEEDED", "%s: %s" % (name, fit.error))
@@ -277,16 +277,22 @@ class ClusterTest(unittest.TestCase):
                             for row in cluster.shards for s in row}
                 self.assertEqual(versions, {fits[name].map_version}, name)
                 self.assertEqual(clients[name].fit_status("uh").state, fits[name].state)
-            # Every kernel rule, 1 and 3 steps, within 1e-5 of one engramd.
+            # Every kernel rule, 1 and 3 steps, within 1e-5 of one engramd, over
+            # all patterns and over a filter's (the shards gather the matches'
+            # features with them).
             for similarity in ("kernel_dot", "kernel_l2"):
                 for separation in SEPARATIONS:
                     for c in clients.values():
                         c.update_store("uh", similarity=similarity, separation=separation)
-                    for steps in (1, 3):
-                        want = clients["single"].retrieve("uh", queries, beta=2, steps=steps)
+                    for steps, where_label in ((1, None), (3, None), (1, ["k1", "k2"]),
+                                               (3, ["k3"])):
+                        want = clients["single"].retrieve("uh", queries, beta=2, steps=steps,
+                                                          where_label=where_label)
                         for name in ("3x1", "2x2"):
-                            got = clients[name].retrieve("uh", queries, beta=2, steps=steps)
-                            where = "%s %s steps %d via %s" % (similarity, separation, steps, name)
+                            got = clients[name].retrieve("uh", queries, beta=2, steps=steps,
+                                                         where_label=where_label)
+                            where = "%s %s steps %d %s via %s" % (similarity, separation, steps,
+                                                                  where_label, name)
                             np.testing.assert_array_equal(got.ids, want.ids, err_msg=where)
                             np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5,
                                                        err_msg=where)
