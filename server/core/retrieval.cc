@@ -8,9 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
 #include "server/core/internal/half_loops.h"
-#include "server/core/internal/parallel.h"
 #include "server/core/internal/top_k.h"
 #include "server/core/internal/vector_loops.h"
+#include "server/core/parallel.h"
 #include "server/core/partial.h"
 #include "server/core/step_loop.h"
 
@@ -576,7 +576,7 @@ absl::Status Pass(const MemorySet& memories, const float* states, size_t count,
     ws.parts[p].outputs.assign(count * d, 0.0f);
   }
   std::vector<absl::Status> status(parts);
-  internal::ParallelFor(parts, [&](size_t p) {
+  ParallelFor(parts, [&](size_t p) {
     RowState* rows = p == 0 ? ws.rows.data() : ws.parts[p].rows.data();
     float* outputs = p == 0 ? ws.outputs.data() : ws.parts[p].outputs.data();
     status[p] =
@@ -651,7 +651,7 @@ absl::StatusOr<RetrievalOutput> RetrieveSliced(const MemorySet& memories,
   const size_t d = memories.dim;
   std::vector<absl::StatusOr<RetrievalOutput>> parts(slices);
   const size_t per = (num_queries + slices - 1) / slices;
-  internal::ParallelFor(slices, [&](size_t s) {
+  ParallelFor(slices, [&](size_t s) {
     const size_t first = std::min(num_queries, s * per);
     const size_t count = std::min(per, num_queries - first);
     parts[s] = RetrieveExact(memories, queries + first * d, count, params, one);

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <utility>
 
+#include "server/core/parallel.h"
 #include "server/core/precision.h"
 
 namespace engram::store {
@@ -54,7 +55,8 @@ class ScratchPool {
 
 }  // namespace
 
-Gathered::Gathered(const StoreView& view, absl::Span<const uint32_t> rows) {
+Gathered::Gathered(const StoreView& view, absl::Span<const uint32_t> rows,
+                   int threads) {
   const core::MemorySet all = view.memories();
   const size_t d = all.dim;
   const size_t key_dim = all.blocks.empty() || all.blocks[0].keys == nullptr
@@ -93,6 +95,12 @@ Gathered::Gathered(const StoreView& view, absl::Span<const uint32_t> rows) {
       reinterpret_cast<float*>(values) + value_floats);
   set_.dim = d;
   set_.map = all.map;
+  // The copies to make: rows [r0, r0 + n) of a block to buffer row `at`.
+  struct Copy {
+    const core::MemoryBlock* block;
+    size_t r0, n, at;
+  };
+  std::vector<Copy> copies;
   size_t at = 0;  // Rows copied so far.
   bool last_copied = false;
   for (const auto& [begin, end] : runs) {
@@ -108,18 +116,7 @@ Gathered::Gathered(const StoreView& view, absl::Span<const uint32_t> rows) {
       last_copied = false;
       continue;
     }
-    for (size_t k = 0; k < n; ++k) {
-      const size_t r = r0 + k;
-      std::memcpy(values + (at + k) * d * eb,
-                  core::Advance(precision, block.rows, r * d), d * eb);
-      norms[at + k] = block.sq_norms[r];
-      if (key_dim) {
-        std::memcpy(keys + (at + k) * key_dim * eb,
-                    core::Advance(precision, block.keys, r * key_dim),
-                    key_dim * eb);
-        key_norms[at + k] = block.key_sq_norms[r];
-      }
-    }
+    copies.push_back({&block, r0, n, at});
     // Copied runs one after another are one block of the buffer.
     if (last_copied) {
       set_.blocks.back().count += n;
@@ -131,6 +128,34 @@ Gathered::Gathered(const StoreView& view, absl::Span<const uint32_t> rows) {
     at += n;
     last_copied = true;
   }
+  // Scattered rows are copied at the latency of memory, not its bandwidth:
+  // the threads of the retrieval share them, each a range of buffer rows.
+  if (copies.empty()) return;
+  constexpr size_t kRowsPerPart = 2048;
+  const size_t parts =
+      std::clamp<size_t>(copied / kRowsPerPart, 1, std::max(threads, 1));
+  core::ParallelFor(parts, [&](size_t p) {
+    const size_t first = copied * p / parts, last = copied * (p + 1) / parts;
+    auto c = std::upper_bound(
+        copies.begin(), copies.end(), first,
+        [](size_t row, const Copy& copy) { return row < copy.at; });
+    for (--c; c != copies.end() && c->at < last; ++c) {
+      const size_t from = std::max(first, c->at) - c->at;
+      const size_t to = std::min(last, c->at + c->n) - c->at;
+      for (size_t k = from; k < to; ++k) {
+        const size_t r = c->r0 + k, row = c->at + k;
+        std::memcpy(values + row * d * eb,
+                    core::Advance(precision, c->block->rows, r * d), d * eb);
+        norms[row] = c->block->sq_norms[r];
+        if (key_dim) {
+          std::memcpy(keys + row * key_dim * eb,
+                      core::Advance(precision, c->block->keys, r * key_dim),
+                      key_dim * eb);
+          key_norms[row] = c->block->key_sq_norms[r];
+        }
+      }
+    }
+  });
 }
 
 Gathered::~Gathered() { ScratchPool::Give(std::move(scratch_)); }

@@ -25,8 +25,9 @@ class Gathered {
  public:
   static constexpr size_t kRun = 32;
 
-  // `rows`: ascending rows of `view`, which must outlive this.
-  Gathered(const StoreView& view, absl::Span<const uint32_t> rows);
+  // `rows`: ascending rows of `view`, which must outlive this; the copies
+  // are shared by up to `threads` threads (core::ParallelFor).
+  Gathered(const StoreView& view, absl::Span<const uint32_t> rows, int threads);
   ~Gathered();
   Gathered(const Gathered&) = delete;
   Gathered& operator=(const Gathered&) = delete;

@@ -27,9 +27,9 @@ StoreSettings Settings(const std::string& name, core::Similarity similarity,
   return s;
 }
 
-// 3000 patterns with labels c0..c9, a tenant t0..t2 on most and a colour on
-// some; then 200 deleted (rows move) and 100 more added.
-std::vector<Pattern> Fill(Store& store) {
+// `n` patterns with labels c0..c9, a tenant t0..t2 on most and a colour on
+// some; then every 15th deleted (rows move) and 100 more added.
+std::vector<Pattern> Fill(Store& store, uint64_t n = 3000) {
   std::mt19937 rng(3);
   std::normal_distribution<float> normal;
   auto make = [&](uint64_t i) {
@@ -42,13 +42,13 @@ std::vector<Pattern> Fill(Store& store) {
     return p;
   };
   std::vector<Pattern> batch;
-  for (uint64_t i = 0; i < 3000; ++i) batch.push_back(make(i));
+  for (uint64_t i = 0; i < n; ++i) batch.push_back(make(i));
   EXPECT_TRUE(store.Add(batch).ok());
   std::vector<uint64_t> gone;
-  for (uint64_t id = 1; id <= 3000; id += 15) gone.push_back(id);
+  for (uint64_t id = 1; id <= n; id += 15) gone.push_back(id);
   EXPECT_TRUE(store.Delete(gone).ok());
   batch.clear();
-  for (uint64_t i = 3000; i < 3100; ++i) batch.push_back(make(i));
+  for (uint64_t i = n; i < n + 100; ++i) batch.push_back(make(i));
   EXPECT_TRUE(store.Add(batch).ok());
   return batch;
 }
@@ -88,11 +88,15 @@ RetrieveRequest Request(const std::vector<float>& queries, const Filter& f) {
 }
 
 // The filtered retrieval equals a retrieval over a store that holds only the
-// matching patterns (added in the same row order), bit for bit.
-void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings) {
+// matching patterns (added in the same row order), bit for bit; `threads`
+// share the retrieval and the copies of scattered rows.
+void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings,
+                                   uint64_t patterns = 3000, int threads = 1) {
   EphemeralStorage storage;
   Store store(settings, Limits{}, &storage);
-  Fill(store);
+  Fill(store, patterns);
+  core::RetrievalOptions options;
+  options.threads = threads;
   if (settings.feature_map.kind == FeatureMapKind::kUhop) {
     std::vector<float> w(kDim * kDim, 0);
     for (uint32_t i = 0; i < kDim; ++i) w[i * kDim + i] = 0.5f + 0.1f * i;
@@ -126,9 +130,9 @@ void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings) {
       ASSERT_TRUE(only.PublishMap(view->map(), view->fit()).ok());
     }
     absl::StatusOr<RetrieveResult> filtered =
-        Retrieve(*view, Request(queries, filter), Limits{}, {});
+        Retrieve(*view, Request(queries, filter), Limits{}, options);
     absl::StatusOr<RetrieveResult> reference =
-        Retrieve(*only.view(), Request(queries, Filter{}), Limits{}, {});
+        Retrieve(*only.view(), Request(queries, Filter{}), Limits{}, options);
     ASSERT_TRUE(filtered.ok()) << filtered.status();
     ASSERT_TRUE(reference.ok()) << reference.status();
     EXPECT_EQ(filtered->states, reference->states);
@@ -158,6 +162,14 @@ TEST(FilterTest, L2EqualsAStoreOfOnlyTheMatches) {
 TEST(FilterTest, KernelFeaturesAreGatheredToo) {
   ExpectEqualToAStoreOfOnlyThem(
       Settings("k", core::Similarity::kKernelL2, /*uhop=*/true));
+}
+
+// Enough scattered matches that two threads share their copies.
+TEST(FilterTest, RowsCopiedByTwoThreadsEqualAStoreOfOnlyThem) {
+  ExpectEqualToAStoreOfOnlyThem(Settings("dot", core::Similarity::kDot), 30000,
+                                2);
+  ExpectEqualToAStoreOfOnlyThem(
+      Settings("k", core::Similarity::kKernelL2, /*uhop=*/true), 30000, 2);
 }
 
 TEST(FilterTest, AViewSeesItsOwnRowsWhateverCameAfter) {
