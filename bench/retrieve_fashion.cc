@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -33,6 +34,9 @@ ABSL_FLAG(std::string, similarity, "dot", "dot, l2, manhattan, cosine.");
 ABSL_FLAG(float, beta, 1.0f, "Inverse temperature.");
 ABSL_FLAG(int, threads, 2, "OpenBLAS threads.");
 ABSL_FLAG(int, slices, 1, "Retrieval threads (queries split over them).");
+ABSL_FLAG(int, gap_us, 0,
+          "Idle time between timed calls (a server idles between requests "
+          "while the client sends and reads them).");
 ABSL_FLAG(bool, header, false, "Print the CSV header first.");
 ABSL_FLAG(std::string, mode, "retrieve",
           "retrieve: engram's exact retrieval; gemm: the bare pair of sgemm "
@@ -74,7 +78,11 @@ absl::StatusOr<engram::client::Matrix> Load(size_t rows) {
 template <typename F>
 std::vector<double> Time(int reps, F&& f) {
   std::vector<double> ms;
+  const int gap_us = absl::GetFlag(FLAGS_gap_us);
   for (int rep = -1; rep < reps; ++rep) {
+    if (gap_us > 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
+    }
     const auto start = std::chrono::steady_clock::now();
     if (!f()) return {};
     const auto end = std::chrono::steady_clock::now();
