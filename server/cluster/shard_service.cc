@@ -224,7 +224,7 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   std::optional<store::Gathered> gathered;
   std::vector<uint64_t> rows_of;  // Memory index -> view row, if filtered.
   if (filtered) {
-    gathered.emplace(*view, matched, options.threads);
+    gathered.emplace(*view, matched);
     rows_of.assign(matched.begin(), matched.end());
   }
   absl::StatusOr<std::vector<core::PartialRow>> rows =

@@ -415,17 +415,17 @@ absl::StatusOr<std::vector<std::vector<Match>>> TopByKeys(
       1, std::min<size_t>(
              4096, options.max_score_floats / std::max<size_t>(1, count)));
   std::vector<float> scores(count * tile);
-  std::vector<float> wide;  // A tile of bfloat16 / float16 keys as float32.
+  std::vector<float> wide;    // A tile of bfloat16 / float16 keys as float32.
+  std::vector<float> listed;  // A tile of a listed block's keys, as stored.
   size_t base = 0;
   for (const MemoryBlock& block : memories.blocks) {
-    const void* block_keys = kernel ? block.keys : block.rows;
     for (size_t begin = 0; begin < block.count; begin += tile) {
       if (options.check) {
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t rows = std::min(tile, block.count - begin);
       const float* keys = AsFloats(
-          block.precision, Advance(block.precision, block_keys, begin * n),
+          block.precision, block.Consecutive(kernel, begin, rows, n, listed),
           rows * n, wide);
       blas::GemmNT(count, rows, n, beta, q, n, keys, n, 0.0f, scores.data(),
                    rows);

@@ -1,4 +1,4 @@
-#include "server/core/parallel.h"
+#include "server/core/internal/parallel.h"
 
 #include <atomic>
 #include <deque>
@@ -8,7 +8,7 @@
 
 #include "server/base/mutex.h"
 
-namespace engram::core {
+namespace engram::core::internal {
 
 namespace {
 
@@ -95,4 +95,4 @@ void ParallelFor(size_t parts, absl::FunctionRef<void(size_t)> fn) {
   Pool::Get().Run(parts, fn);
 }
 
-}  // namespace engram::core
+}  // namespace engram::core::internal

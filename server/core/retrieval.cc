@@ -8,9 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "server/core/blas.h"
 #include "server/core/internal/half_loops.h"
+#include "server/core/internal/parallel.h"
 #include "server/core/internal/top_k.h"
 #include "server/core/internal/vector_loops.h"
-#include "server/core/parallel.h"
 #include "server/core/partial.h"
 #include "server/core/step_loop.h"
 
@@ -70,11 +70,32 @@ std::pair<const MemoryBlock*, size_t> MemorySet::Locate(size_t index) const {
 }
 
 void MemoryBlock::CopyRow(size_t r, size_t dim, float* out) const {
-  Widen(precision, Advance(precision, rows, r * dim), dim, out);
+  Widen(precision,
+        row_list != nullptr ? row_list[r] : Advance(precision, rows, r * dim),
+        dim, out);
 }
 
 void MemoryBlock::CopyKey(size_t r, size_t key_dim, float* out) const {
-  Widen(precision, Advance(precision, keys, r * key_dim), key_dim, out);
+  Widen(
+      precision,
+      key_list != nullptr ? key_list[r] : Advance(precision, keys, r * key_dim),
+      key_dim, out);
+}
+
+const void* MemoryBlock::Consecutive(bool features, size_t r0, size_t n,
+                                     size_t width,
+                                     std::vector<float>& buffer) const {
+  const void* const* list = features ? key_list : row_list;
+  if (list == nullptr) {
+    return Advance(precision, features ? keys : rows, r0 * width);
+  }
+  const size_t bytes = width * ElementBytes(precision);
+  buffer.resize((n * bytes + sizeof(float) - 1) / sizeof(float));
+  auto* out = reinterpret_cast<unsigned char*>(buffer.data());
+  for (size_t i = 0; i < n; ++i) {
+    std::memcpy(out + i * bytes, list[r0 + i], bytes);
+  }
+  return out;
 }
 
 void MemorySet::CopyRow(size_t index, float* out) const {
@@ -127,6 +148,11 @@ constexpr size_t kMinRowsPerPart = 256;
 // 8,192 rows: 256 costs a third more (small sgemm calls repack the
 // queries), 1,024 and up run level with float32 within the noise.
 constexpr size_t kWidenRows = 2048;
+// Rows the fused single-query pass scores before it updates the output.
+constexpr size_t kFusedSpan = 64;
+// Rows of a listed block the fused pass copies at a time: whole spans.
+constexpr size_t kGatherRows = 2048;
+static_assert(kGatherRows % kFusedSpan == 0);
 
 using internal::TopK;
 
@@ -250,6 +276,9 @@ struct PartBuffers {
   // batched path, a few rows for the fused one).
   std::vector<float> wide_keys;
   std::vector<float> wide_values;
+  // A tile of a listed block's rows, copied one after another as stored.
+  std::vector<float> listed_keys;
+  std::vector<float> listed_values;
 };
 
 // Rows [first, first + n) of `base` (rows of `width` values of `precision`)
@@ -356,7 +385,7 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
                       size_t first_index, RowState& state, float* output,
                       PartBuffers& part) {
   constexpr size_t kGroup = 4;
-  constexpr size_t kSpan = 64;
+  constexpr size_t kSpan = kFusedSpan;
   const bool half = precision != Precision::kFloat32;
   const auto* half_keys = static_cast<const uint16_t*>(keys);
   const auto* half_values = static_cast<const uint16_t*>(values);
@@ -466,32 +495,40 @@ absl::Status PassOverMemories(const MemorySet& memories, size_t first,
     const size_t begin = std::max(first, block_start);
     const size_t end = std::min(last, block_start + block.count);
     const Precision precision = block.precision;
-    const void* keys = kernel ? block.keys : block.rows;
     const float* key_sq_norms = kernel ? block.key_sq_norms : block.sq_norms;
+    const bool listed = block.row_list != nullptr;
     // Reduced-precision rows are widened a tile at a time (while they stay
-    // in L2) for the products; the fused pass widens in registers.
-    const size_t block_tile = precision == Precision::kFloat32 || fused
-                                  ? tile
-                                  : std::min(tile, kWidenRows);
+    // in L2) for the products; the fused pass widens in registers. The rows
+    // of a listed block are copied a tile at a time too; for the fused pass
+    // in pieces of whole spans, so the spans are those of a block that held
+    // the rows one after another.
+    const size_t block_tile =
+        fused ? (listed ? std::min(tile, kGatherRows) : tile)
+        : precision == Precision::kFloat32 ? tile
+                                           : std::min(tile, kWidenRows);
     for (size_t g0 = begin; g0 < end; g0 += block_tile) {
       if (options.check) {
         if (absl::Status status = options.check(); !status.ok()) return status;
       }
       const size_t r0 = g0 - block_start;
       const size_t n = std::min(block_tile, end - g0);
+      const void* tile_values =
+          block.Consecutive(false, r0, n, d, part.listed_values);
+      const void* tile_keys_as_stored =
+          kernel ? block.Consecutive(true, r0, n, q.dim, part.listed_keys)
+                 : tile_values;
       if (fused) {
         FusedSoftmaxTile(on_features, params.beta, q.values, q.sq_norms[0],
-                         precision, Advance(precision, keys, r0 * q.dim),
-                         key_sq_norms + r0, q.dim,
-                         Advance(precision, block.rows, r0 * d), n, d, g0,
-                         rows[0], outputs, part);
+                         precision, tile_keys_as_stored, key_sq_norms + r0,
+                         q.dim, tile_values, n, d, g0, rows[0], outputs, part);
         continue;
       }
       const float* values =
-          RowsAsFloats(precision, block.rows, r0, n, d, part.wide_values);
+          RowsAsFloats(precision, tile_values, 0, n, d, part.wide_values);
       const float* tile_keys =
           !kernel ? values
-                  : RowsAsFloats(precision, keys, r0, n, q.dim, part.wide_keys);
+                  : RowsAsFloats(precision, tile_keys_as_stored, 0, n, q.dim,
+                                 part.wide_keys);
       part.scores.resize(q.count * n);
       ComputeScores(on_features, params.beta, q.values, q.sq_norms.data(),
                     q.count, tile_keys, key_sq_norms + r0, n, q.dim,
@@ -576,7 +613,7 @@ absl::Status Pass(const MemorySet& memories, const float* states, size_t count,
     ws.parts[p].outputs.assign(count * d, 0.0f);
   }
   std::vector<absl::Status> status(parts);
-  ParallelFor(parts, [&](size_t p) {
+  internal::ParallelFor(parts, [&](size_t p) {
     RowState* rows = p == 0 ? ws.rows.data() : ws.parts[p].rows.data();
     float* outputs = p == 0 ? ws.outputs.data() : ws.parts[p].outputs.data();
     status[p] =
@@ -651,7 +688,7 @@ absl::StatusOr<RetrievalOutput> RetrieveSliced(const MemorySet& memories,
   const size_t d = memories.dim;
   std::vector<absl::StatusOr<RetrievalOutput>> parts(slices);
   const size_t per = (num_queries + slices - 1) / slices;
-  ParallelFor(slices, [&](size_t s) {
+  internal::ParallelFor(slices, [&](size_t s) {
     const size_t first = std::min(num_queries, s * per);
     const size_t count = std::min(per, num_queries - first);
     parts[s] = RetrieveExact(memories, queries + first * d, count, params, one);

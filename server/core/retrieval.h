@@ -44,6 +44,12 @@ absl::string_view SimilarityName(Similarity similarity);
 // features' squared norms. Borrowed: the caller keeps them alive during a
 // call. Rows kept in bfloat16 or float16 are widened exactly as they are
 // read; every score and sum is float32.
+//
+// A listed block holds rows of other blocks, one pointer per row (a filter's
+// matches, gathered without copying them): row r's values at row_list[r]
+// and its features at key_list[r]; `rows` and `keys` are then unused, and
+// sq_norms / key_sq_norms are this block's own arrays. The retrieval copies
+// a listed block's rows a tile at a time, in its cache, as it reaches them.
 struct MemoryBlock {
   const void* rows = nullptr;
   const float* sq_norms = nullptr;
@@ -51,11 +57,18 @@ struct MemoryBlock {
   const void* keys = nullptr;
   const float* key_sq_norms = nullptr;
   Precision precision = Precision::kFloat32;
+  const void* const* row_list = nullptr;
+  const void* const* key_list = nullptr;
 
   // Row r's values (size dim) and features (size key_dim), widened to
   // float32 into `out`.
   void CopyRow(size_t r, size_t dim, float* out) const;
   void CopyKey(size_t r, size_t key_dim, float* out) const;
+  // Rows [r0, r0 + n) of the values (or, with `features`, of the features),
+  // `width` elements each, one after another in the block's precision: in
+  // place, or for a listed block copied into `buffer`.
+  const void* Consecutive(bool features, size_t r0, size_t n, size_t width,
+                          std::vector<float>& buffer) const;
 };
 
 // All memories of one retrieval, in order; memory i of the set is row

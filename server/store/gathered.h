@@ -3,8 +3,7 @@
 // expired): the exact update over it is the update over a store that held
 // only those rows.
 //
-// Thread-compatible: one retrieval owns a Gathered; its scratch buffers come
-// from a small shared pool (thread-safe).
+// Thread-compatible: one retrieval owns a Gathered.
 #ifndef ENGRAM_SERVER_STORE_GATHERED_H_
 #define ENGRAM_SERVER_STORE_GATHERED_H_
 
@@ -17,18 +16,17 @@
 
 namespace engram::store {
 
-// Runs of at least kRun consecutive rows of one chunk stay in place; the
-// others are copied (with their norms and, for kernel similarities, their
-// features) into a scratch buffer, keeping the store's precision, so the
-// kernels run over the same bytes as on a store of only these rows.
+// The rows are cut into blocks of the store's chunk capacity, as a store
+// holding only them would keep them, so the retrieval runs the same tiles
+// over the same bytes. A block whose rows lie one after another in one chunk
+// is read in place; any other is a listed block (core::MemoryBlock): a
+// pointer and a norm per row, nothing of the values copied here (the
+// retrieval copies a tile at a time as it scores it). So a gathered set
+// costs 12 bytes per row (24 with U-Hop features), whatever the dimension.
 class Gathered {
  public:
-  static constexpr size_t kRun = 32;
-
-  // `rows`: ascending rows of `view`, which must outlive this; the copies
-  // are shared by up to `threads` threads (core::ParallelFor).
-  Gathered(const StoreView& view, absl::Span<const uint32_t> rows, int threads);
-  ~Gathered();
+  // `rows`: ascending rows of `view`, which must outlive this.
+  Gathered(const StoreView& view, absl::Span<const uint32_t> rows);
   Gathered(const Gathered&) = delete;
   Gathered& operator=(const Gathered&) = delete;
 
@@ -36,7 +34,8 @@ class Gathered {
   const core::MemorySet& set() const { return set_; }
 
  private:
-  std::vector<float> scratch_;
+  std::vector<const void*> row_list_, key_list_;
+  std::vector<float> sq_norms_, key_sq_norms_;
   core::MemorySet set_;
 };
 

@@ -280,7 +280,7 @@ absl::StatusOr<RetrieveResult> RetrieveAmong(
   absl::StatusOr<core::RetrievalParams> params =
       ResolveParams(view.settings(), rows.size(), request, limits);
   if (!params.ok()) return params.status();
-  const Gathered gathered(view, rows, options.threads);
+  const Gathered gathered(view, rows);
   absl::StatusOr<core::RetrievalOutput> out =
       core::RetrieveExact(gathered.set(), request.queries.data(),
                           request.num_queries, *params, options);

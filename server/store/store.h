@@ -205,8 +205,10 @@ class StoreView {
   // Patterns that expired and were reclaimed since the process started.
   uint64_t expired_count() const { return expired_count_; }
 
-  // The patterns as blocks for core retrieval, valid while this view lives.
+  // The patterns as blocks for core retrieval, valid while this view lives:
+  // one block per chunk of chunk_capacity() rows (the last one shorter).
   core::MemorySet memories() const;
+  size_t chunk_capacity() const { return chunk_capacity_; }
   // Row `index`'s values as float32 (size dimension).
   std::vector<float> Row(size_t index) const;
   // Bytes of memory the view's chunks take (Chunk::bytes).

@@ -15,10 +15,10 @@ namespace {
 constexpr uint32_t kDim = 16;
 
 StoreSettings Settings(const std::string& name, core::Similarity similarity,
-                       bool uhop = false) {
+                       bool uhop = false, uint32_t dim = kDim) {
   StoreSettings s;
   s.name = name;
-  s.dimension = kDim;
+  s.dimension = dim;
   s.retrieval.similarity = similarity;
   s.retrieval.beta = 4;
   s.retrieval.steps = 3;
@@ -27,18 +27,21 @@ StoreSettings Settings(const std::string& name, core::Similarity similarity,
   return s;
 }
 
-// `n` patterns with labels c0..c9, a tenant t0..t2 on most and a colour on
-// some; then every 15th deleted (rows move) and 100 more added.
+// `n` patterns with labels c0..c9, a tenant t0..t2 on most, a colour on
+// some and the half of the store they were added in; then every 15th deleted
+// (rows move) and 100 more added.
 std::vector<Pattern> Fill(Store& store, uint64_t n = 3000) {
   std::mt19937 rng(3);
   std::normal_distribution<float> normal;
+  const size_t d = store.view()->settings().dimension;
   auto make = [&](uint64_t i) {
     Pattern p;
-    p.values.resize(kDim);
+    p.values.resize(d);
     for (float& v : p.values) v = normal(rng);
     p.label = absl::StrCat("c", i % 10);
     if (i % 7 != 0) p.metadata.emplace_back("color", i % 2 ? "red" : "blue");
     if (i % 5 != 0) p.metadata.emplace_back("tenant", absl::StrCat("t", i % 3));
+    p.metadata.emplace_back("half", i < n / 2 ? "first" : "second");
     return p;
   };
   std::vector<Pattern> batch;
@@ -76,13 +79,16 @@ std::vector<Filter> Filters() {
   // Every label: the rows stay in place (runs of a chunk are not copied).
   Filter every{
       {"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"}, {}, false};
-  return {labels, tenant, both, any, rare, every};
+  // The first half: long runs of rows, some of them across chunks.
+  Filter first{{}, {{"half", "first"}}, false};
+  return {labels, tenant, both, any, rare, every, first};
 }
 
-RetrieveRequest Request(const std::vector<float>& queries, const Filter& f) {
+RetrieveRequest Request(const std::vector<float>& queries, size_t dim,
+                        const Filter& f) {
   RetrieveRequest r;
   r.queries = queries;
-  r.num_queries = queries.size() / kDim;
+  r.num_queries = queries.size() / dim;
   r.filter = f;
   return r;
 }
@@ -97,22 +103,30 @@ void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings,
   Fill(store, patterns);
   core::RetrievalOptions options;
   options.threads = threads;
+  const uint32_t d = settings.dimension;
   if (settings.feature_map.kind == FeatureMapKind::kUhop) {
-    std::vector<float> w(kDim * kDim, 0);
-    for (uint32_t i = 0; i < kDim; ++i) w[i * kDim + i] = 0.5f + 0.1f * i;
-    ASSERT_TRUE(
-        store
-            .PublishMap(std::make_shared<core::FeatureMap>(kDim, kDim, w),
-                        FitRecord{1, 0, 0, 1, 0, 1})
-            .ok());
+    std::vector<float> w(d * d, 0);
+    for (uint32_t i = 0; i < d; ++i) w[i * d + i] = 0.5f + 0.1f * (i % 16);
+    ASSERT_TRUE(store
+                    .PublishMap(std::make_shared<core::FeatureMap>(d, d, w),
+                                FitRecord{1, 0, 0, 1, 0, 1})
+                    .ok());
   }
   std::shared_ptr<const StoreView> view = store.view();
-  std::vector<float> queries(4 * kDim);
+  // Four queries (the batched path) and one (the fused single-query pass).
+  std::vector<float> batch(4 * d);
   for (size_t q = 0; q < 4; ++q) {
     const std::vector<float> row = view->Row(q * 101);
-    for (size_t k = 0; k < kDim; ++k) queries[q * kDim + k] = row[k] * 0.8f;
+    for (size_t k = 0; k < d; ++k) batch[q * d + k] = row[k] * 0.8f;
   }
-  for (const Filter& filter : Filters()) {
+  const std::vector<float> one(batch.begin() + d, batch.begin() + 2 * d);
+  std::vector<std::pair<Filter, const std::vector<float>*>> cases;
+  for (const Filter& f : Filters()) {
+    cases.push_back({f, &batch});
+    cases.push_back({f, &one});
+  }
+  for (const auto& [filter, batch_of] : cases) {
+    const std::vector<float>& queries = *batch_of;
     std::vector<uint32_t> expected;
     for (size_t i = 0; i < view->size(); ++i) {
       if (Matches(filter, view->info(i))) expected.push_back(i);
@@ -130,9 +144,9 @@ void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings,
       ASSERT_TRUE(only.PublishMap(view->map(), view->fit()).ok());
     }
     absl::StatusOr<RetrieveResult> filtered =
-        Retrieve(*view, Request(queries, filter), Limits{}, options);
-    absl::StatusOr<RetrieveResult> reference =
-        Retrieve(*only.view(), Request(queries, Filter{}), Limits{}, options);
+        Retrieve(*view, Request(queries, d, filter), Limits{}, options);
+    absl::StatusOr<RetrieveResult> reference = Retrieve(
+        *only.view(), Request(queries, d, Filter{}), Limits{}, options);
     ASSERT_TRUE(filtered.ok()) << filtered.status();
     ASSERT_TRUE(reference.ok()) << reference.status();
     EXPECT_EQ(filtered->states, reference->states);
@@ -164,12 +178,21 @@ TEST(FilterTest, KernelFeaturesAreGatheredToo) {
       Settings("k", core::Similarity::kKernelL2, /*uhop=*/true));
 }
 
-// Enough scattered matches that two threads share their copies.
-TEST(FilterTest, RowsCopiedByTwoThreadsEqualAStoreOfOnlyThem) {
+// Enough matches that two threads share the retrieval.
+TEST(FilterTest, TwoThreadsEqualAStoreOfOnlyThem) {
   ExpectEqualToAStoreOfOnlyThem(Settings("dot", core::Similarity::kDot), 30000,
                                 2);
   ExpectEqualToAStoreOfOnlyThem(
       Settings("k", core::Similarity::kKernelL2, /*uhop=*/true), 30000, 2);
+}
+
+// d = 784: chunks of 1,337 rows, so the matches span several blocks, some
+// read in place (runs within a chunk) and some listed row by row.
+TEST(FilterTest, ManyChunksInPlaceAndListedEqualAStoreOfOnlyThem) {
+  ExpectEqualToAStoreOfOnlyThem(
+      Settings("dot", core::Similarity::kDot, false, 784), 6000, 2);
+  ExpectEqualToAStoreOfOnlyThem(
+      Settings("k", core::Similarity::kKernelDot, /*uhop=*/true, 784), 6000, 1);
 }
 
 TEST(FilterTest, AViewSeesItsOwnRowsWhateverCameAfter) {
@@ -199,7 +222,7 @@ TEST(FilterTest, RefusesWhatItCannotServe) {
   Fill(store);
   const std::vector<float> query(kDim, 0.5f);
   auto code = [&](const Filter& f, PathChoice path = PathChoice::kAuto) {
-    RetrieveRequest r = Request(query, f);
+    RetrieveRequest r = Request(query, kDim, f);
     r.path = path;
     return Retrieve(*store.view(), r, Limits{}, {}).status();
   };

@@ -10,19 +10,20 @@
 // cold caches). They inherit the floating-point mode of the thread that
 // first needed them.
 //
-// Thread-safe; `fn` must be safe to call from several threads at once.
-#ifndef ENGRAM_SERVER_CORE_PARALLEL_H_
-#define ENGRAM_SERVER_CORE_PARALLEL_H_
+// Internal to server/core. Thread-safe; `fn` must be safe to call from
+// several threads at once.
+#ifndef ENGRAM_SERVER_CORE_INTERNAL_PARALLEL_H_
+#define ENGRAM_SERVER_CORE_INTERNAL_PARALLEL_H_
 
 #include <cstddef>
 
 #include "absl/functional/function_ref.h"
 
-namespace engram::core {
+namespace engram::core::internal {
 
 // Calls fn(p) for p in [0, parts) and returns when all calls have returned.
 void ParallelFor(size_t parts, absl::FunctionRef<void(size_t)> fn);
 
-}  // namespace engram::core
+}  // namespace engram::core::internal
 
-#endif  // ENGRAM_SERVER_CORE_PARALLEL_H_
+#endif  // ENGRAM_SERVER_CORE_INTERNAL_PARALLEL_H_
