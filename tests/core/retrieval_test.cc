@@ -1,11 +1,14 @@
 #include "server/core/retrieval.h"
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/core/low_rank.h"
+#include "server/core/precision.h"
 #include "tests/core/memories.h"
 #include "tests/core/reference.h"
 
@@ -413,6 +416,140 @@ TEST(RetrieveExactTest, TopKZeroReturnsNoMatches) {
         RetrieveExact(memories, rows.data(), queries, params);
     ASSERT_TRUE(out.ok()) << out.status();
     for (const std::vector<Match>& m : out->matches) EXPECT_TRUE(m.empty());
+  }
+}
+
+}  // namespace
+}  // namespace engram::core
+
+namespace engram::core {
+namespace {
+
+// A listed block (a pointer per row into other blocks) answers exactly as a
+// block that holds the same rows one after another: every similarity kind,
+// softmax (one query: the fused pass) and sparsemax, float32 and bfloat16,
+// one thread and two, the low-rank path's top-by-keys, and CopyRow/CopyKey.
+TEST(ListedBlockTest, AnswersAsTheSameRowsHeldInPlace) {
+  constexpr size_t kDim = 37, kKeyDim = 12;
+  Fixture source(kDim, {3000, 2500}, 31, 0.4f);
+  source.UseMap(kKeyDim, 32);
+  // Every row but each third one, from both blocks.
+  std::vector<std::pair<size_t, size_t>> picked;  // (block, row)
+  for (size_t b = 0; b < 2; ++b) {
+    for (size_t r = 0; r < source.set.blocks[b].count; ++r) {
+      if (r % 3 != 1) picked.emplace_back(b, r);
+    }
+  }
+  const size_t n = picked.size();
+  for (Precision precision : {Precision::kFloat32, Precision::kBFloat16}) {
+    const size_t eb = ElementBytes(precision);
+    // The source blocks and the reference block in `precision`.
+    std::vector<std::vector<unsigned char>> rows(2), keys(2);
+    for (size_t b = 0; b < 2; ++b) {
+      rows[b].resize(source.rows[b].size() * eb);
+      keys[b].resize(source.keys[b].size() * eb);
+      Narrow(precision, source.rows[b].data(), source.rows[b].size(),
+             rows[b].data());
+      Narrow(precision, source.keys[b].data(), source.keys[b].size(),
+             keys[b].data());
+    }
+    std::vector<unsigned char> held(n * kDim * eb), held_keys(n * kKeyDim * eb);
+    std::vector<float> norms(n), key_norms(n);
+    std::vector<const void*> row_list(n), key_list(n);
+    for (size_t i = 0; i < n; ++i) {
+      const auto [b, r] = picked[i];
+      row_list[i] = rows[b].data() + r * kDim * eb;
+      key_list[i] = keys[b].data() + r * kKeyDim * eb;
+      std::memcpy(held.data() + i * kDim * eb, row_list[i], kDim * eb);
+      std::memcpy(held_keys.data() + i * kKeyDim * eb, key_list[i],
+                  kKeyDim * eb);
+      norms[i] = source.norms[b][r];
+      key_norms[i] = source.key_norms[b][r];
+    }
+    MemorySet in_place, listed;
+    in_place.dim = listed.dim = kDim;
+    in_place.map = listed.map = source.map.get();
+    in_place.blocks.push_back({held.data(), norms.data(), n, held_keys.data(),
+                               key_norms.data(), precision});
+    MemoryBlock block;
+    block.count = n;
+    block.precision = precision;
+    block.sq_norms = norms.data();
+    block.key_sq_norms = key_norms.data();
+    block.row_list = row_list.data();
+    block.key_list = key_list.data();
+    listed.blocks.push_back(block);
+
+    std::vector<float> a(kDim), b(kDim);
+    for (size_t i : {size_t{0}, n / 2, n - 1}) {
+      in_place.CopyRow(i, a.data());
+      listed.CopyRow(i, b.data());
+      EXPECT_EQ(a, b);
+      in_place.blocks[0].CopyKey(i, kKeyDim, a.data());
+      listed.blocks[0].CopyKey(i, kKeyDim, b.data());
+      EXPECT_EQ(std::vector<float>(a.begin(), a.begin() + kKeyDim),
+                std::vector<float>(b.begin(), b.begin() + kKeyDim));
+    }
+    std::vector<float> queries(3 * kDim);
+    for (size_t q = 0; q < 3; ++q) {
+      in_place.CopyRow(q * 1000 + 7, queries.data() + q * kDim);
+      for (size_t k = 0; k < kDim; ++k) queries[q * kDim + k] *= 0.9f;
+    }
+    for (Similarity sim :
+         {Similarity::kDot, Similarity::kL2, Similarity::kKernelDot}) {
+      for (Separation sep : {Separation::kSoftmax, Separation::kSparsemax}) {
+        for (size_t count : {size_t{1}, size_t{3}}) {
+          for (const auto& [threads, budget] :
+               {std::pair<int, size_t>{1, 1000},
+                {2, 1000},
+                {1, RetrievalOptions{}.max_score_floats},
+                {2, RetrievalOptions{}.max_score_floats}}) {
+            RetrievalParams params;
+            params.similarity = sim;
+            params.separation = sep;
+            params.beta = 2.0f;
+            params.steps = 2;
+            params.top_k = 5;
+            RetrievalOptions options;
+            options.threads = threads;
+            options.max_score_floats = budget;  // 1000: many tiles.
+            absl::StatusOr<RetrievalOutput> want =
+                RetrieveExact(in_place, queries.data(), count, params, options);
+            absl::StatusOr<RetrievalOutput> got =
+                RetrieveExact(listed, queries.data(), count, params, options);
+            ASSERT_TRUE(want.ok() && got.ok());
+            EXPECT_EQ(want->states, got->states);
+            EXPECT_EQ(want->energies, got->energies);
+            ASSERT_EQ(want->matches.size(), got->matches.size());
+            for (size_t q = 0; q < count; ++q) {
+              ASSERT_EQ(want->matches[q].size(), got->matches[q].size());
+              for (size_t j = 0; j < want->matches[q].size(); ++j) {
+                EXPECT_EQ(want->matches[q][j].index, got->matches[q][j].index);
+                EXPECT_EQ(want->matches[q][j].weight,
+                          got->matches[q][j].weight);
+              }
+            }
+          }
+        }
+      }
+    }
+    for (bool kernel : {false, true}) {
+      std::vector<float> features(3 * kKeyDim);
+      source.map->Apply(queries.data(), 3, features.data());
+      const float* q = kernel ? features.data() : queries.data();
+      absl::StatusOr<std::vector<std::vector<Match>>> want =
+          TopByKeys(in_place, q, 3, 1.5f, 4, kernel);
+      absl::StatusOr<std::vector<std::vector<Match>>> got =
+          TopByKeys(listed, q, 3, 1.5f, 4, kernel);
+      ASSERT_TRUE(want.ok() && got.ok());
+      for (size_t i = 0; i < 3; ++i) {
+        ASSERT_EQ((*want)[i].size(), (*got)[i].size());
+        for (size_t j = 0; j < (*want)[i].size(); ++j) {
+          EXPECT_EQ((*want)[i][j].index, (*got)[i][j].index);
+          EXPECT_EQ((*want)[i][j].score, (*got)[i][j].score);
+        }
+      }
+    }
   }
 }
 
