@@ -107,14 +107,32 @@ FilterIndex::Postings FilterIndex::Read(const std::string& term,
 std::vector<uint32_t> FilterIndex::Match(const Filter& filter,
                                          size_t rows) const {
   ReaderMutexLock lock(&mu_);
-  // Merged pairwise, O(matches x log labels); a label named twice is read
-  // once.
+  // Merged pairwise, O(matches x log labels), or through a bitmap when
+  // they are many and dense; a label named twice is read once.
   std::vector<std::string> labels = filter.labels;
   std::sort(labels.begin(), labels.end());
   labels.erase(std::unique(labels.begin(), labels.end()), labels.end());
   std::vector<Postings> lists;
   for (const std::string& label : labels) {
     lists.push_back(Read(LabelTerm(label), rows));
+  }
+  // Many lists covering much of the view: one bitmap of the rows instead of
+  // merges (each merge pass reads and writes every match again).
+  size_t total = 0;
+  for (const Postings& list : lists) total += list.size();
+  if (lists.size() > 2 && total * 8 >= rows) {
+    std::vector<uint64_t> bits((rows + 63) / 64);
+    for (const Postings& list : lists) {
+      for (uint32_t r : list) bits[r >> 6] |= uint64_t{1} << (r & 63);
+    }
+    Postings all;
+    all.reserve(std::min(total, rows));
+    for (size_t w = 0; w < bits.size(); ++w) {
+      for (uint64_t word = bits[w]; word != 0; word &= word - 1) {
+        all.push_back(static_cast<uint32_t>(w * 64 + __builtin_ctzll(word)));
+      }
+    }
+    lists.assign(1, std::move(all));
   }
   while (lists.size() > 1) {
     std::vector<Postings> merged;
