@@ -99,7 +99,6 @@ class ShardedSteps {
         store_(store),
         params_(params),
         dim_(dim),
-        filtered_(filter != nullptr),
         deadline_(deadline) {
     step_.set_store(store);
     step_.set_similarity(store::SimilarityToProto(params.similarity));
@@ -169,7 +168,7 @@ class ShardedSteps {
     patterns_ = 0;
     for (size_t g = 0; g < parts.size(); ++g) {
       patterns_ += parts[g].patterns();
-      if (filtered_ && parts[g].patterns() == 0 &&
+      if (step_.has_filter() && parts[g].patterns() == 0 &&
           std::any_of(
               parts[g].rows().begin(), parts[g].rows().end(),
               [](const v1::PartialRow& r) { return r.max() != -INFINITY; })) {
@@ -179,7 +178,7 @@ class ShardedSteps {
             "run filtered retrievals"));
       }
     }
-    if (patterns_ == 0 && filtered_) {
+    if (patterns_ == 0 && step_.has_filter()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the filter matches no pattern of store '", store_, "'"));
     }
@@ -234,7 +233,6 @@ class ShardedSteps {
   const std::string store_;
   const core::RetrievalParams params_;
   const size_t dim_;
-  const bool filtered_;
   const absl::Time deadline_;
   v1::PartialStepRequest step_;
   uint64_t patterns_ = 0;
@@ -815,38 +813,19 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   const uint32_t groups = pool_->groups();
   // A filtered retrieval takes the exact path, each group stepping over its
   // matching patterns only (the low-rank sums are over all of them).
-  if (!query->filter.empty()) {
-    if (absl::Status s = store::ValidateFilter(query->filter, options_.limits);
+  const bool filtered = !query->filter.empty();
+  if (filtered) {
+    if (absl::Status s = store::CheckFilteredRequest(request->store(), *query,
+                                                     options_.limits);
         !s.ok()) {
       return call.Done(s);
     }
-    if (query->path == store::PathChoice::kLowRank) {
-      return call.Done(absl::FailedPreconditionError(absl::StrCat(
-          "path LOW_RANK cannot serve a filtered retrieval of store '",
-          request->store(),
-          "': the store's low-rank sums are over every pattern; use AUTO or "
-          "EXACT")));
-    }
-    uint64_t patterns = 0;
-    absl::StatusOr<store::RetrieveResult> result =
-        RetrieveExact(request->store(), *query, *params, &request->filter(),
-                      deadline, &patterns);
-    if (!result.ok()) return call.Done(result.status());
-    result->path.path = store::PathChoice::kExact;
-    result->path.reason = absl::StrCat(
-        "exact: filtered to ", patterns, " of ", merged->pattern_count(),
-        " patterns (the low-rank sums are over all of them); merged from ",
-        groups, " shard groups");
-    result->store_version = merged->version();
-    rpc::ToProto(*result, d, request->omit_vectors(), *response);
-    policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
-    return call.Done(absl::OkStatus());
   }
   // The low-rank path runs on the router from the shards' merged sums; a
   // part that changes between the sums and the matches' scan is ABORTED
   // and the query planned again, once.
-  absl::StatusOr<store::PathReport> plan;
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  absl::StatusOr<store::PathReport> plan = store::PathReport{};
+  for (int attempt = 0; !filtered && attempt < 2; ++attempt) {
     std::shared_ptr<const MergedLowRank> sums;
     plan = PlanThroughRouter(request->store(), *settings, *merged, *query,
                              *params, deadline, &sums);
@@ -870,11 +849,18 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   }
   uint64_t patterns = 0;
   absl::StatusOr<store::RetrieveResult> result = RetrieveExact(
-      request->store(), *query, *params, nullptr, deadline, &patterns);
+      request->store(), *query, *params,
+      filtered ? &request->filter() : nullptr, deadline, &patterns);
   if (!result.ok()) return call.Done(result.status());
   result->path = *plan;
   result->path.reason =
-      absl::StrCat(plan->reason, "; merged from ", groups, " shard groups");
+      filtered ? absl::StrCat("exact: filtered to ", patterns, " of ",
+                              merged->pattern_count(),
+                              " patterns (the low-rank sums are over all of "
+                              "them); merged from ",
+                              groups, " shard groups")
+               : absl::StrCat(plan->reason, "; merged from ", groups,
+                              " shard groups");
   result->store_version = merged->version();
   rpc::ToProto(*result, d, request->omit_vectors(), *response);
   policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);

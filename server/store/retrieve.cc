@@ -242,18 +242,12 @@ absl::StatusOr<RetrieveResult> RetrieveAmong(
   const std::string& name = view.settings().name;
   const bool filtered = !request.filter.empty();
   if (filtered) {
-    if (absl::Status status = ValidateFilter(request.filter, limits);
+    if (absl::Status status = CheckFilteredRequest(name, request, limits);
         !status.ok()) {
       return status;
     }
   }
   if (request.path == PathChoice::kLowRank) {
-    if (filtered) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "path LOW_RANK cannot serve a filtered retrieval of store '", name,
-          "': the store's low-rank sums are over every pattern; use AUTO or "
-          "EXACT"));
-    }
     return absl::UnavailableError(absl::StrCat(
         "path LOW_RANK: store '", name,
         "' holds patterns that just expired and are being reclaimed; its "
@@ -303,6 +297,22 @@ absl::StatusOr<RetrieveResult> RetrieveAmong(
 }
 
 }  // namespace
+
+absl::Status CheckFilteredRequest(const std::string& store,
+                                  const RetrieveRequest& request,
+                                  const Limits& limits) {
+  if (absl::Status status = ValidateFilter(request.filter, limits);
+      !status.ok()) {
+    return status;
+  }
+  if (request.path == PathChoice::kLowRank) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "path LOW_RANK cannot serve a filtered retrieval of store '", store,
+        "': the store's low-rank sums are over every pattern; use AUTO or "
+        "EXACT"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,

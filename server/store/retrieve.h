@@ -101,6 +101,12 @@ RetrieveResult ResultOf(
     core::RetrievalOutput out,
     const std::function<MatchedPattern(const core::Match&)>& name);
 
+// A filter within the limits, on a path that can serve it: LOW_RANK
+// cannot (the store's low-rank sums are over every pattern of `store`).
+absl::Status CheckFilteredRequest(const std::string& store,
+                                  const RetrieveRequest& request,
+                                  const Limits& limits);
+
 // With a filter, the exact update runs over a copy of the matching rows
 // (in row order) exactly as over a store that held only them; LOW_RANK is
 // FAILED_PRECONDITION, as is a filter that matches nothing.
