@@ -409,16 +409,19 @@ absl::string_view HalfKernelIsa() {
 }
 
 bool UseHalfIsa(absl::string_view name) {
-  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
-    const bool named = (isa == Isa::kPortable && name == "portable") ||
-                       (isa == Isa::kAvx2 && name == "avx2") ||
-                       (isa == Isa::kAvx512 && name == "avx512");
-    if (!named) continue;
-    if (!Supported(isa)) return false;
-    current.store(TableFor(isa), std::memory_order_release);
-    return true;
+  Isa isa;
+  if (name == "portable") {
+    isa = Isa::kPortable;
+  } else if (name == "avx2") {
+    isa = Isa::kAvx2;
+  } else if (name == "avx512") {
+    isa = Isa::kAvx512;
+  } else {
+    return false;
   }
-  return false;
+  if (!Supported(isa)) return false;
+  current.store(TableFor(isa), std::memory_order_release);
+  return true;
 }
 
 namespace internal {

@@ -524,11 +524,11 @@ absl::Status PassOverMemories(const MemorySet& memories, size_t first,
         continue;
       }
       const float* values =
-          RowsAsFloats(precision, tile_values, 0, n, d, part.wide_values);
-      const float* tile_keys =
-          !kernel ? values
-                  : RowsAsFloats(precision, tile_keys_as_stored, 0, n, q.dim,
-                                 part.wide_keys);
+          AsFloats(precision, tile_values, n * d, part.wide_values);
+      const float* tile_keys = !kernel
+                                   ? values
+                                   : AsFloats(precision, tile_keys_as_stored,
+                                              n * q.dim, part.wide_keys);
       part.scores.resize(q.count * n);
       ComputeScores(on_features, params.beta, q.values, q.sq_norms.data(),
                     q.count, tile_keys, key_sq_norms + r0, n, q.dim,
