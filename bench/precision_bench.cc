@@ -33,6 +33,7 @@
 #include "bench/bench_main.h"
 #include "client/matrix_io.h"
 #include "server/core/calibration.h"
+#include "server/core/cpu.h"
 #include "server/core/precision.h"
 #include "server/store/retrieve.h"
 #include "server/store/store.h"
@@ -44,8 +45,9 @@ ABSL_FLAG(std::vector<std::string>, fashion_sizes,
           std::vector<std::string>({"10000", "60000"}),
           "Fashion-MNIST stores to measure the error on (M).");
 ABSL_FLAG(int, threads, 2, "Retrieval threads.");
-ABSL_FLAG(std::string, half_isa, "",
-          "Run the half kernels of this instruction set (avx512, avx2, "
+ABSL_FLAG(std::string, kernel_isa, "",
+          "Run engram's own kernels (half conversions and kernels, the loops "
+          "around the products) with this instruction set (avx512, avx2, "
           "portable) instead of the best the CPU has.");
 ABSL_FLAG(int, reps, 15, "Timed repetitions of L = 1 (L = 256: a fifth).");
 ABSL_FLAG(std::string, images,
@@ -254,9 +256,9 @@ void ScaleToUnit(client::Matrix& images) {
 int Main() {
   core::RetrievalOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
-  if (const std::string isa = absl::GetFlag(FLAGS_half_isa);
-      !isa.empty() && !core::UseHalfIsa(isa)) {
-    std::fprintf(stderr, "--half_isa=%s: not available here\n", isa.c_str());
+  if (const std::string isa = absl::GetFlag(FLAGS_kernel_isa);
+      !isa.empty() && !core::UseKernelIsa(isa)) {
+    std::fprintf(stderr, "--kernel_isa=%s: not available here\n", isa.c_str());
     return 1;
   }
   std::printf("# half kernels: %s\n",

@@ -23,6 +23,7 @@
 #include "client/matrix_io.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
+#include "server/core/retrieval.h"
 #include "server/store/retrieve.h"
 #include "server/store/store.h"
 
@@ -34,6 +35,13 @@ ABSL_FLAG(std::string, similarity, "dot", "dot, l2, manhattan, cosine.");
 ABSL_FLAG(float, beta, 1.0f, "Inverse temperature.");
 ABSL_FLAG(int, threads, 2, "OpenBLAS threads.");
 ABSL_FLAG(int, slices, 1, "Retrieval threads (queries split over them).");
+ABSL_FLAG(size_t, fused_queries, 0,
+          "Softmax batches up to this many queries take the fused pass "
+          "(1: only single queries; larger batches go through sgemm; 0: as "
+          "engramd, by the instruction set).");
+ABSL_FLAG(std::string, kernel_isa, "",
+          "Run engram's own kernels with this instruction set (avx512, avx2, "
+          "portable) instead of the best the CPU has.");
 ABSL_FLAG(int, gap_us, 0,
           "Idle time between timed calls (a server idles between requests "
           "while the client sends and reads them).");
@@ -140,6 +148,12 @@ int Run() {
   std::shared_ptr<const engram::store::StoreView> view = store.view();
   engram::core::RetrievalOptions options;
   options.threads = absl::GetFlag(FLAGS_slices);
+  options.fused_queries = absl::GetFlag(FLAGS_fused_queries);
+  if (const std::string isa = absl::GetFlag(FLAGS_kernel_isa);
+      !isa.empty() && !engram::core::UseKernelIsa(isa)) {
+    std::fprintf(stderr, "--kernel_isa=%s: not available here\n", isa.c_str());
+    return 1;
+  }
   const std::string mode = absl::GetFlag(FLAGS_mode);
   const int reps = absl::GetFlag(FLAGS_reps);
   std::vector<double> ms;

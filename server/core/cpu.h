@@ -17,6 +17,8 @@
 
 #include <string>
 
+#include "absl/strings/string_view.h"
+
 namespace engram::core {
 
 struct CpuFeatures {
@@ -65,6 +67,12 @@ std::string DescribeMachine();
 
 // The instruction sets as a short list ("AVX-512 (BF16, FP16, VNNI)").
 std::string DescribeSimd(const CpuFeatures& cpu);
+
+// Makes engram's own vector kernels (the loops around the products, the
+// bfloat16 / float16 conversions and kernels) use `isa` ("avx512", "avx2"
+// or "portable") instead of the best the CPU has; false (nothing changed) if
+// the CPU lacks it. For tests and benchmarks, before any retrieval runs.
+bool UseKernelIsa(absl::string_view isa);
 
 // Sets flush-to-zero and denormals-are-zero for the calling thread (threads
 // inherit it from the thread that creates them). Softmax weights underflow

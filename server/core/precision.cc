@@ -1,11 +1,11 @@
 #include "server/core/precision.h"
 
-#include <atomic>
 #include <cmath>
 #include <cstring>
 
 #include "server/core/cpu.h"
 #include "server/core/internal/half_loops.h"
+#include "server/core/internal/isa.h"
 
 #if defined(__x86_64__)
 #pragma GCC diagnostic push
@@ -284,22 +284,8 @@ Kernels PortableKernels() {
           }};
 }
 
-enum class Isa { kPortable, kAvx2, kAvx512 };
-
-bool Supported(Isa isa) {
-#if defined(__x86_64__)
-  const CpuFeatures cpu = DetectCpu();
-  switch (isa) {
-    case Isa::kAvx512:
-      return cpu.avx512f && cpu.os_avx512 && cpu.os_avx;
-    case Isa::kAvx2:
-      return cpu.avx2 && cpu.fma && cpu.f16c && cpu.os_avx;
-    case Isa::kPortable:
-      return true;
-  }
-#endif
-  return isa == Isa::kPortable;
-}
+using internal::Isa;
+using internal::Supported;
 
 struct KernelTable {
   Isa isa = Isa::kPortable;
@@ -315,7 +301,7 @@ struct KernelTable {
     // with 256-bit ones; float16 1.54-1.66x faster than float32 against
     // 1.83-1.95x (1,000,000 rows: 1.45x against 1.76x). A single query is
     // bound by memory, which 8 lanes keep up with on any AVX-512 CPU.
-    if (isa != Isa::kPortable && Supported(Isa::kAvx2)) {
+    if (isa != Isa::kPortable) {
       bfloat16.widen = Widen256<Precision::kBFloat16>;
       bfloat16.dot4 = Dot256<Precision::kBFloat16>;
       bfloat16.add_scaled4 = AddScaled256<Precision::kBFloat16>;
@@ -346,21 +332,7 @@ const KernelTable* TableFor(Isa isa) {
   return tables[static_cast<int>(isa)];
 }
 
-// The best the CPU has, unless a test chose another (UseHalfIsa).
-std::atomic<const KernelTable*> current{nullptr};
-
-const KernelTable& Table() {
-  const KernelTable* table = current.load(std::memory_order_acquire);
-  if (table == nullptr) {
-    Isa best = Isa::kPortable;
-    for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
-      if (Supported(isa)) best = isa;
-    }
-    table = TableFor(best);
-    current.store(table, std::memory_order_release);
-  }
-  return *table;
-}
+const KernelTable& Table() { return *TableFor(internal::CurrentIsa()); }
 
 }  // namespace
 
@@ -398,30 +370,13 @@ const float* AsFloats(Precision precision, const void* values, size_t n,
 absl::string_view HalfKernelIsa() {
   switch (Table().isa) {
     case Isa::kAvx512:
-      return Supported(Isa::kAvx2) ? "AVX-512 conversions, AVX2+F16C kernels"
-                                   : "AVX-512 conversions, portable kernels";
+      return "AVX-512 conversions, AVX2+F16C kernels";
     case Isa::kAvx2:
       return "AVX2+F16C";
     case Isa::kPortable:
       break;
   }
   return "portable";
-}
-
-bool UseHalfIsa(absl::string_view name) {
-  Isa isa;
-  if (name == "portable") {
-    isa = Isa::kPortable;
-  } else if (name == "avx2") {
-    isa = Isa::kAvx2;
-  } else if (name == "avx512") {
-    isa = Isa::kAvx512;
-  } else {
-    return false;
-  }
-  if (!Supported(isa)) return false;
-  current.store(TableFor(isa), std::memory_order_release);
-  return true;
 }
 
 namespace internal {

@@ -70,11 +70,6 @@ const float* AsFloats(Precision precision, const void* values, size_t n,
 // "portable"), for logs and benchmarks.
 absl::string_view HalfKernelIsa();
 
-// Makes every later conversion and half kernel use `isa` ("avx512", "avx2"
-// or "portable") instead of the best the CPU has; false (nothing changed)
-// if the CPU lacks it. For tests and benchmarks, before any retrieval runs.
-bool UseHalfIsa(absl::string_view isa);
-
 }  // namespace engram::core
 
 #endif  // ENGRAM_SERVER_CORE_PRECISION_H_

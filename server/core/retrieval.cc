@@ -371,6 +371,27 @@ void FoldScores(const RetrievalParams& params, float* scores, size_t count,
   if (softmax) internal::AccumulateNN(count, d, n, scores, values, outputs);
 }
 
+// Folds the scores z of a span of rows (first_index..) into one query's
+// softmax state: its top k, its running maximum (rescaling its output when
+// the maximum grows), and the sum of the weights, which replace the scores.
+void FoldSpan(float* z, size_t n, size_t first_index, RowState& state,
+              float* output, size_t d) {
+  float span_max = -std::numeric_limits<float>::infinity();
+  for (size_t j = 0; j < n; ++j) {
+    if (z[j] >= state.top.threshold()) state.top.Push(z[j], first_index + j);
+    span_max = std::max(span_max, z[j]);
+  }
+  if (span_max > state.max) {
+    if (state.max != kNegInf) {
+      const float rescale = std::exp(static_cast<float>(state.max) - span_max);
+      for (size_t k = 0; k < d; ++k) output[k] *= rescale;
+      state.sum *= rescale;
+    }
+    state.max = span_max;
+  }
+  state.sum += internal::ExpInPlace(z, n, static_cast<float>(state.max));
+}
+
 // One query under softmax, a span of rows at a time: the span's scores
 // first (the rows stream from RAM with nothing waiting on them), then its
 // weights, then the output += weights x rows while the span is still in L2
@@ -431,26 +452,9 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
         }
       }
     }
-    // 2. Top k, and the running maximum.
-    float span_max = -std::numeric_limits<float>::infinity();
-    for (size_t j = 0; j < sn; ++j) {
-      if (z[j] >= state.top.threshold()) {
-        state.top.Push(z[j], first_index + s0 + j);
-      }
-      span_max = std::max(span_max, z[j]);
-    }
-    if (span_max > state.max) {
-      if (state.max != kNegInf) {
-        const float rescale =
-            std::exp(static_cast<float>(state.max) - span_max);
-        for (size_t k = 0; k < d; ++k) output[k] *= rescale;
-        state.sum *= rescale;
-      }
-      state.max = span_max;
-    }
-    // 3. Weights (in place of the scores).
-    state.sum += internal::ExpInPlace(z, sn, static_cast<float>(state.max));
-    // 4. output += weights x rows.
+    // 2. Top k, the running maximum, the weights.
+    FoldSpan(z, sn, first_index + s0, state, output, d);
+    // 3. output += weights x rows.
     for (size_t j0 = s0; j0 < s0 + sn; j0 += kGroup) {
       const size_t g = std::min(kGroup, s0 + sn - j0);
       const float* w = z + (j0 - s0);
@@ -474,6 +478,54 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
   }
 }
 
+// A few queries under softmax, as FusedSoftmaxTile: a span of rows at a
+// time, its scores for every query (the rows stream from RAM once, four
+// queries share each loaded row), each query's fold, then all the outputs
+// += weights x rows while the span is in L2. Unlike sgemm, nothing is
+// packed: at L = 16 packing Xi twice was almost half of a batched pass.
+// Rows in bfloat16 / float16 are widened a span at a time.
+void FusedSoftmaxQueriesTile(Similarity on_features, float beta,
+                             const StepQueries& q, Precision precision,
+                             const void* keys, const float* key_sq_norms,
+                             size_t key_dim, const void* values, size_t n,
+                             size_t d, size_t first_index, RowState* rows,
+                             float* outputs, PartBuffers& part) {
+  constexpr size_t kSpan = kFusedSpan;
+  const size_t count = q.count;
+  part.scores.resize(count * kSpan);
+  for (size_t s0 = 0; s0 < n; s0 += kSpan) {
+    const size_t sn = std::min(kSpan, n - s0);
+    float* z = part.scores.data();  // count x sn.
+    const float* key =
+        RowsAsFloats(precision, keys, s0, sn, key_dim, part.wide_keys);
+    const float* value = values == keys ? key
+                                        : RowsAsFloats(precision, values, s0,
+                                                       sn, d, part.wide_values);
+    // 1. Scores.
+    if (on_features == Similarity::kManhattan) {
+      ComputeScores(on_features, beta, q.values, q.sq_norms.data(), count, key,
+                    key_sq_norms + s0, sn, key_dim, z);
+    } else {
+      internal::DotsNT(q.values, count, key, sn, key_dim, z, sn);
+      for (size_t i = 0; i < count; ++i) {
+        const float* query = q.values + i * key_dim;
+        for (size_t j = 0; j < sn; ++j) {
+          const float* row = key + j * key_dim;
+          z[i * sn + j] = ScoreFromDot(
+              on_features, beta, z[i * sn + j], q.sq_norms[i],
+              key_sq_norms[s0 + j], query, [row] { return row; }, key_dim);
+        }
+      }
+    }
+    // 2. Each query's top k, running maximum and weights.
+    for (size_t i = 0; i < count; ++i) {
+      FoldSpan(z + i * sn, sn, first_index + s0, rows[i], outputs + i * d, d);
+    }
+    // 3. outputs += weights x rows.
+    internal::AccumulateRows(z, count, sn, value, sn, d, outputs);
+  }
+}
+
 // Scores the queries against the memories [first, last) of the set (tile by
 // tile within each block, the score buffer bounded by
 // options.max_score_floats) and folds them into `rows` and `outputs`
@@ -487,9 +539,20 @@ absl::Status PassOverMemories(const MemorySet& memories, size_t first,
   const size_t d = memories.dim;
   const bool kernel = IsKernel(params.similarity);
   const Similarity on_features = OnFeatures(params.similarity);
-  const bool fused = q.count == 1 && params.separation == Separation::kSoftmax;
+  // Softmax over one or a few queries reads the rows once (fused passes);
+  // larger batches, and the sparse separations, go through sgemm.
+  const size_t fused_queries = options.fused_queries > 0
+                                   ? options.fused_queries
+                                   : internal::FusedQueries();
+  const bool fused =
+      q.count <= fused_queries && params.separation == Separation::kSoftmax;
   const size_t tile = std::max<size_t>(
       1, options.max_score_floats / std::max<size_t>(q.count, 1));
+  // Fused passes score whole spans (their score buffer is a span per query):
+  // their tiles, which only space the checks, are whole spans too unless
+  // the budget is smaller than one.
+  const size_t fused_tile =
+      tile < kFusedSpan ? tile : tile / kFusedSpan * kFusedSpan;
   size_t block_start = 0;
   for (const MemoryBlock& block : memories.blocks) {
     const size_t begin = std::max(first, block_start);
@@ -503,7 +566,7 @@ absl::Status PassOverMemories(const MemorySet& memories, size_t first,
     // in pieces of whole spans, so the spans are those of a block that held
     // the rows one after another.
     const size_t block_tile =
-        fused ? (listed ? std::min(tile, kGatherRows) : tile)
+        fused ? (listed ? std::min(fused_tile, kGatherRows) : fused_tile)
         : precision == Precision::kFloat32 ? tile
                                            : std::min(tile, kWidenRows);
     for (size_t g0 = begin; g0 < end; g0 += block_tile) {
@@ -517,10 +580,16 @@ absl::Status PassOverMemories(const MemorySet& memories, size_t first,
       const void* tile_keys_as_stored =
           kernel ? block.Consecutive(true, r0, n, q.dim, part.listed_keys)
                  : tile_values;
-      if (fused) {
+      if (fused && q.count == 1) {
         FusedSoftmaxTile(on_features, params.beta, q.values, q.sq_norms[0],
                          precision, tile_keys_as_stored, key_sq_norms + r0,
                          q.dim, tile_values, n, d, g0, rows[0], outputs, part);
+        continue;
+      }
+      if (fused) {
+        FusedSoftmaxQueriesTile(on_features, params.beta, q, precision,
+                                tile_keys_as_stored, key_sq_norms + r0, q.dim,
+                                tile_values, n, d, g0, rows, outputs, part);
         continue;
       }
       const float* values =

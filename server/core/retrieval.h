@@ -107,6 +107,11 @@ struct RetrievalOptions {
   // products, exp, top-k, output). Meant for single-threaded BLAS, so no
   // thread ever waits on another. Small requests stay on one thread.
   int threads = 1;
+  // Softmax batches of up to this many queries take the fused pass (each
+  // span of rows read once, scored and folded into every output while in
+  // cache); larger ones go through sgemm. 1: only single queries; 0: up to
+  // where the fused pass measured faster with this CPU's instruction set.
+  size_t fused_queries = 0;
 };
 
 struct Match {

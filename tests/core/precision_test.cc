@@ -3,12 +3,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "server/core/internal/half_loops.h"
 #include "server/core/retrieval.h"
+#include "tests/core/kernel_isa.h"
 #include "tests/core/memories.h"
 
 namespace engram::core {
@@ -57,23 +59,16 @@ std::vector<float> Probes() {
 class PrecisionTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    if (!UseHalfIsa(GetParam())) {
-      GTEST_SKIP() << "this CPU lacks " << GetParam();
-    }
+    isa_ = std::make_unique<ScopedKernelIsa>(GetParam());
+    if (!isa_->ok()) GTEST_SKIP() << "this CPU lacks " << GetParam();
   }
-  void TearDown() override { UseHalfIsa(kBest); }
-  static const char* const kBest;
+  void TearDown() override { isa_.reset(); }
+
+ private:
+  std::unique_ptr<ScopedKernelIsa> isa_;
 };
 
-const char* const PrecisionTest::kBest = [] {
-  for (const char* isa : {"avx512", "avx2"}) {
-    if (UseHalfIsa(isa)) return isa;
-  }
-  return "portable";
-}();
-
-INSTANTIATE_TEST_SUITE_P(Isas, PrecisionTest,
-                         ::testing::Values("portable", "avx2", "avx512"));
+INSTANTIATE_TEST_SUITE_P(Isas, PrecisionTest, ::testing::ValuesIn(kKernelIsas));
 
 TEST_P(PrecisionTest, NarrowingMatchesThePortableConversionBitForBit) {
   const std::vector<float> in = Probes();

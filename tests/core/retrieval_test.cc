@@ -4,11 +4,13 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "server/core/low_rank.h"
 #include "server/core/precision.h"
+#include "tests/core/kernel_isa.h"
 #include "tests/core/memories.h"
 #include "tests/core/reference.h"
 
@@ -95,17 +97,25 @@ ReferenceResult ReferenceStep(const MemorySet& set,
   return r;
 }
 
-class ParityTest
-    : public ::testing::TestWithParam<std::tuple<Similarity, Separation>> {};
+class ParityTest : public ::testing::TestWithParam<
+                       std::tuple<Similarity, Separation, const char*>> {};
 
 TEST_P(ParityTest, MatchesDoublePrecisionReference) {
-  const auto [similarity, separation] = GetParam();
-  const size_t d = 24;
+  const auto [similarity, separation, isa_name] = GetParam();
+  ScopedKernelIsa isa(isa_name);
+  if (!isa.ok()) GTEST_SKIP() << "this CPU lacks " << isa_name;
+  const size_t d = 27;  // Not a multiple of 8 or 16: every kernel's tail.
   Fixture memories(d, {37, 5, 64, 1}, 7, 0.6f);
   // Scaled so kernel scores are of the order of the raw ones.
   if (IsKernel(similarity)) memories.UseMap(10, 3);
-  // 2 queries take the loop path, 9 the sgemm path.
-  for (const size_t num_queries : {size_t{2}, size_t{9}}) {
+  // Under softmax, up to RetrievalOptions::fused_queries queries take the
+  // fused passes (1: the one-query pass; 2, 3, 9, 37: blocks of four
+  // queries, or two with AVX2, and every remainder), more go through sgemm;
+  // fused_queries = 1 sends all but one query through sgemm (2 and 3: the
+  // loops below sgemm's threshold), 0 chooses by the instruction set. The
+  // sparse separations always score through the products.
+  for (const size_t num_queries :
+       {size_t{1}, size_t{2}, size_t{3}, size_t{9}, size_t{37}}) {
     std::mt19937 rng(11);
     std::normal_distribution<float> noise(0.0f, 0.3f);
     std::vector<float> queries(num_queries * d);
@@ -114,7 +124,13 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
           FloatRow(memories.set, (i * 13) % memories.set.size());
       for (size_t k = 0; k < d; ++k) queries[i * d + k] = base[k] + noise(rng);
     }
-    for (float beta : {0.3f, 2.0f}) {
+    for (const auto& [beta_in, fused_queries, budget] :
+         {std::tuple<float, size_t, size_t>{0.3f, 0, 40},
+          {2.0f, 0, 40},
+          {2.0f, 64, RetrievalOptions{}.max_score_floats},
+          {0.3f, 1, 40},
+          {2.0f, 1, RetrievalOptions{}.max_score_floats}}) {
+      float beta = beta_in;
       if (IsKernel(similarity))
         beta /= 4;  // Features of a N(0,1) map are larger.
       RetrievalParams params;
@@ -124,7 +140,9 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
       params.steps = 3;
       params.top_k = 4;
       RetrievalOptions options;
-      options.max_score_floats = 40;  // Forces many tiles, some inside blocks.
+      // 40: many tiles, some inside blocks.
+      options.max_score_floats = budget;
+      options.fused_queries = fused_queries;
       absl::StatusOr<RetrievalOutput> out = RetrieveExact(
           memories.set, queries.data(), num_queries, params, options);
       ASSERT_TRUE(out.ok()) << out.status();
@@ -145,7 +163,9 @@ TEST_P(ParityTest, MatchesDoublePrecisionReference) {
         for (size_t k = 0; k < d; ++k) {
           EXPECT_NEAR(out->states[i * d + k], r.state[k], 2e-4)
               << SimilarityName(similarity) << "/" << SeparationName(separation)
-              << " beta " << beta << " query " << i << " coordinate " << k;
+              << " beta " << beta << " queries " << num_queries << " fused "
+              << fused_queries << " budget " << budget << " query " << i
+              << " coordinate " << k;
         }
         EXPECT_EQ(out->steps[i], params.steps);
         ASSERT_EQ(out->matches[i].size(), 4u);
@@ -173,10 +193,12 @@ INSTANTIATE_TEST_SUITE_P(
                           Similarity::kManhattan, Similarity::kCosine,
                           Similarity::kKernelDot, Similarity::kKernelL2),
         ::testing::Values(Separation::kSoftmax, Separation::kSparsemax,
-                          Separation::kEntmax15)),
+                          Separation::kEntmax15),
+        ::testing::ValuesIn(kKernelIsas)),
     [](const auto& info) {
       return std::string(SimilarityName(std::get<0>(info.param))) + "_" +
-             std::string(SeparationName(std::get<1>(info.param)));
+             std::string(SeparationName(std::get<1>(info.param))) + "_" +
+             std::get<2>(info.param);
     });
 
 TEST(RetrievalTest, RecallsAStoredPatternFromANoisyQuery) {
@@ -427,8 +449,9 @@ namespace {
 
 // A listed block (a pointer per row into other blocks) answers exactly as a
 // block that holds the same rows one after another: every similarity kind,
-// softmax (one query: the fused pass) and sparsemax, float32 and bfloat16,
+// softmax and sparsemax, float32 and bfloat16,
 // one thread and two, the low-rank path's top-by-keys, and CopyRow/CopyKey.
+// Softmax over one query and over three takes the two fused passes.
 TEST(ListedBlockTest, AnswersAsTheSameRowsHeldInPlace) {
   constexpr size_t kDim = 37, kKeyDim = 12;
   Fixture source(kDim, {3000, 2500}, 31, 0.4f);

@@ -30,9 +30,13 @@ VOLATILE = {("fit", "durationSeconds"), ("fit", "epoch"), ("fit", "totalEpochs")
 
 
 def assert_close(test, got, want, where):
-    """Equal structure and strings; numbers equal to float32 rounding (the
-    fixture came from an optimised build, a sanitizer build rounds
-    differently in the last bit)."""
+    """Equal structure and strings; numbers equal to float32 rounding, to 1e-4
+    relative: the fixture came from one build on one CPU, and another build
+    or CPU sums the same products in another order (sanitizer builds, AVX2
+    against AVX-512 kernels, blocked against pairwise dot products), which
+    an l2 score amplifies where ||q||^2 + ||x||^2 - 2 q.x cancels (1.0e-5
+    relative seen on the calibrated store). Lost or damaged data differs by
+    far more."""
     if isinstance(want, dict):
         test.assertEqual(sorted(got), sorted(want), where)
         for key in want:
@@ -42,7 +46,7 @@ def assert_close(test, got, want, where):
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close(test, g, w, f"{where}[{i}]")
     elif isinstance(want, float) or isinstance(got, float):
-        test.assertAlmostEqual(got, want, delta=1e-5 * max(1.0, abs(want)), msg=where)
+        test.assertAlmostEqual(got, want, delta=1e-4 * max(1.0, abs(want)), msg=where)
     else:
         test.assertEqual(got, want, where)
 

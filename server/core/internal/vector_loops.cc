@@ -18,6 +18,7 @@
 #endif
 
 #include "server/core/blas.h"
+#include "server/core/internal/isa.h"
 
 // One build runs on every x86-64 CPU and uses AVX2 or AVX-512 where present.
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
@@ -65,9 +66,9 @@ void ProductsNT(size_t m, size_t n, size_t k, float alpha, const float* a,
     blas::GemmNT(m, n, k, alpha, a, k, b, k, 0.0f, c, n);
     return;
   }
-  for (size_t i = 0; i < m; ++i) {
-    for (size_t j = 0; j < n; ++j)
-      c[i * n + j] = alpha * Dot(a + i * k, b + j * k, k);
+  DotsNT(a, m, b, n, k, c, n);
+  if (alpha != 1.0f) {
+    for (size_t i = 0; i < m * n; ++i) c[i] *= alpha;
   }
 }
 
@@ -203,35 +204,26 @@ __attribute__((target("avx2"))) float Max256(const float* row, size_t n) {
 }
 #endif
 
-// The widest of the three this CPU runs (sanitizer builds: scalar, which
+// The instruction set the loops run with (sanitizer builds: portable, which
 // they instrument).
-enum class Width { kScalar, kAvx2, kAvx512 };
-Width CpuWidth() {
+Isa LoopIsa() {
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
     !defined(__SANITIZE_THREAD__)
-  static const Width width = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Width::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return Width::kAvx2;
-    }
-    return Width::kScalar;
-  }();
-  return width;
+  return CurrentIsa();
 #else
-  return Width::kScalar;
+  return Isa::kPortable;
 #endif
 }
 
 template <bool kWrite>
 float ExpSum(float* row, size_t n, float shift) {
 #if defined(__x86_64__)
-  switch (CpuWidth()) {
-    case Width::kAvx512:
+  switch (LoopIsa()) {
+    case Isa::kAvx512:
       return ExpSum512<kWrite>(row, n, shift);
-    case Width::kAvx2:
+    case Isa::kAvx2:
       return ExpSum256<kWrite>(row, n, shift);
-    case Width::kScalar:
+    case Isa::kPortable:
       break;
   }
 #endif
@@ -305,20 +297,379 @@ __attribute__((target("avx2,fma"))) void Dot4x256(const float* q,
     out[r] = sum;
   }
 }
+
+// Lane a of the result = the sum of the lanes of v[a]: sixteen horizontal
+// sums in 15 additions (pairs of vectors, then of 64-bit halves, then of
+// 128-bit blocks twice) instead of sixteen separate reductions.
+__attribute__((target("avx512f"))) inline __m512 Sum16(const __m512 v[16]) {
+  __m512 a[8], b[4];
+#pragma GCC unroll 16
+  for (int p = 0; p < 8; ++p) {
+    a[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]),
+                         _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < 4; ++p) {
+    const __m512d x = _mm512_castps_pd(a[2 * p]);
+    const __m512d y = _mm512_castps_pd(a[2 * p + 1]);
+    b[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  constexpr int kEven = _MM_SHUFFLE(2, 0, 2, 0), kOdd = _MM_SHUFFLE(3, 1, 3, 1);
+  const __m512 c0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], kEven),
+                                  _mm512_shuffle_f32x4(b[0], b[1], kOdd));
+  const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], kEven),
+                                  _mm512_shuffle_f32x4(b[2], b[3], kOdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, kEven),
+                       _mm512_shuffle_f32x4(c0, c1, kOdd));
+}
+
+// z[i * ldz + r] = <q_i, x_r> for NQ queries and four rows (both of stride
+// d): sixteen sums in registers, eight loads per sixteen FMAs, one tree
+// of additions at the end. (The loops
+// over registers must unroll, or the sums live in memory: 3x slower.)
+template <int NQ>
+__attribute__((target("avx512f"))) void DotsBlock512(const float* q,
+                                                     const float* x, size_t d,
+                                                     float* z, size_t ldz,
+                                                     const float* next) {
+  __m512 acc[NQ][4];
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 16
+    for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
+  }
+  for (size_t k = 0; k < d; k += 16) {
+    const __mmask16 m = Lanes(d - k);
+    __m512 row[4];
+#pragma GCC unroll 16
+    for (int r = 0; r < 4; ++r) {
+      row[r] = _mm512_maskz_loadu_ps(m, x + r * d + k);
+    }
+    if (next != nullptr) {
+#pragma GCC unroll 16
+      for (int r = 0; r < 4; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(next + r * d + k),
+                     _MM_HINT_T0);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) {
+      const __m512 qi = _mm512_maskz_loadu_ps(m, q + i * d + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < 4; ++r) {
+        acc[i][r] = _mm512_fmadd_ps(qi, row[r], acc[i][r]);
+      }
+    }
+  }
+  __m512 v[16];
+#pragma GCC unroll 16
+  for (int a = 0; a < 16; ++a) {
+    v[a] = a < 4 * NQ ? acc[a / 4][a % 4] : _mm512_setzero_ps();
+  }
+  const __m512 sums = Sum16(v);
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+    _mm_storeu_ps(z + i * ldz, _mm512_extractf32x4_ps(sums, i));
+  }
+}
+
+__attribute__((target("avx512f"))) void DotsNT512(const float* q, size_t nq,
+                                                  const float* x, size_t nx,
+                                                  size_t d, float* z,
+                                                  size_t ldz) {
+  size_t j = 0;
+  for (; j + 4 <= nx; j += 4) {
+    const float* rows = x + j * d;
+    // The first block of queries reads the rows from RAM: it fetches the
+    // next four rows meanwhile.
+    const float* next = j + 8 <= nx ? rows + 4 * d : nullptr;
+    size_t i = 0;
+    for (; i + 4 <= nq; i += 4) {
+      DotsBlock512<4>(q + i * d, rows, d, z + i * ldz + j, ldz,
+                      i == 0 ? next : nullptr);
+    }
+    switch (nq - i) {
+      case 3:
+        DotsBlock512<3>(q + i * d, rows, d, z + i * ldz + j, ldz,
+                        i == 0 ? next : nullptr);
+        break;
+      case 2:
+        DotsBlock512<2>(q + i * d, rows, d, z + i * ldz + j, ldz,
+                        i == 0 ? next : nullptr);
+        break;
+      case 1:
+        DotsBlock512<1>(q + i * d, rows, d, z + i * ldz + j, ldz,
+                        i == 0 ? next : nullptr);
+        break;
+      default:
+        break;
+    }
+  }
+  for (; j < nx; ++j) {
+    for (size_t i = 0; i < nq; ++i)
+      z[i * ldz + j] = Dot(q + i * d, x + j * d, d);
+  }
+}
+
+// y_i[k0, k0 + 16 V) += sum_j w[i * ldw + j] x_j[k0, k0 + 16 V) for NQ
+// outputs: an NQ x V tile of y in registers over all nx rows; the last
+// vector masked to `last` lanes.
+template <int NQ, int V>
+__attribute__((target("avx512f"))) void AccumulateTile512(
+    const float* w, size_t ldw, const float* x, size_t nx, size_t d, float* y,
+    __mmask16 last) {
+  __m512 acc[NQ][V];
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __mmask16 m = v == V - 1 ? last : 0xffff;
+      acc[i][v] = _mm512_maskz_loadu_ps(m, y + i * d + 16 * v);
+    }
+  }
+  for (size_t j = 0; j < nx; ++j) {
+    const float* row = x + j * d;
+    __m512 xv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __mmask16 m = v == V - 1 ? last : 0xffff;
+      xv[v] = _mm512_maskz_loadu_ps(m, row + 16 * v);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) {
+      const __m512 wi = _mm512_set1_ps(w[i * ldw + j]);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        acc[i][v] = _mm512_fmadd_ps(wi, xv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __mmask16 m = v == V - 1 ? last : 0xffff;
+      _mm512_mask_storeu_ps(y + i * d + 16 * v, m, acc[i][v]);
+    }
+  }
+}
+
+template <int NQ>
+__attribute__((target("avx512f"))) void AccumulateQueries512(
+    const float* w, size_t ldw, const float* x, size_t nx, size_t d, float* y) {
+  size_t k = 0;
+  for (; k + 64 <= d; k += 64) {
+    AccumulateTile512<NQ, 4>(w, ldw, x + k, nx, d, y + k, 0xffff);
+  }
+  for (; k < d; k += 16) {
+    AccumulateTile512<NQ, 1>(w, ldw, x + k, nx, d, y + k, Lanes(d - k));
+  }
+}
+
+__attribute__((target("avx512f"))) void AccumulateRows512(const float* w,
+                                                          size_t nq, size_t ldw,
+                                                          const float* x,
+                                                          size_t nx, size_t d,
+                                                          float* y) {
+  size_t i = 0;
+  for (; i + 4 <= nq; i += 4) {
+    AccumulateQueries512<4>(w + i * ldw, ldw, x, nx, d, y + i * d);
+  }
+  switch (nq - i) {
+    case 3:
+      return AccumulateQueries512<3>(w + i * ldw, ldw, x, nx, d, y + i * d);
+    case 2:
+      return AccumulateQueries512<2>(w + i * ldw, ldw, x, nx, d, y + i * d);
+    case 1:
+      return AccumulateQueries512<1>(w + i * ldw, ldw, x, nx, d, y + i * d);
+    default:
+      return;
+  }
+}
+
+// The AVX2 forms, with sixteen registers: two queries by four rows of dot
+// products, two outputs by four vectors of accumulation.
+template <int NQ>
+__attribute__((target("avx2,fma"))) void DotsBlock256(const float* q,
+                                                      const float* x, size_t d,
+                                                      float* z, size_t ldz) {
+  __m256 acc[NQ][4];
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 16
+    for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
+  }
+  size_t k = 0;
+  for (; k + 8 <= d; k += 8) {
+    __m256 row[4];
+#pragma GCC unroll 16
+    for (int r = 0; r < 4; ++r) row[r] = _mm256_loadu_ps(x + r * d + k);
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 qi = _mm256_loadu_ps(q + i * d + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < 4; ++r) {
+        acc[i][r] = _mm256_fmadd_ps(qi, row[r], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < NQ; ++i) {
+    for (int r = 0; r < 4; ++r) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[i][r]);
+      float sum = 0;
+      for (float v : lanes) sum += v;
+      for (size_t t = k; t < d; ++t) sum += q[i * d + t] * x[r * d + t];
+      z[i * ldz + r] = sum;
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void DotsNT256(const float* q, size_t nq,
+                                                   const float* x, size_t nx,
+                                                   size_t d, float* z,
+                                                   size_t ldz) {
+  size_t j = 0;
+  for (; j + 4 <= nx; j += 4) {
+    const float* rows = x + j * d;
+    size_t i = 0;
+    for (; i + 2 <= nq; i += 2) {
+      DotsBlock256<2>(q + i * d, rows, d, z + i * ldz + j, ldz);
+    }
+    if (i < nq) DotsBlock256<1>(q + i * d, rows, d, z + i * ldz + j, ldz);
+  }
+  for (; j < nx; ++j) {
+    for (size_t i = 0; i < nq; ++i)
+      z[i * ldz + j] = Dot(q + i * d, x + j * d, d);
+  }
+}
+
+template <int NQ, int V>
+__attribute__((target("avx2,fma"))) void AccumulateTile256(
+    const float* w, size_t ldw, const float* x, size_t nx, size_t d, float* y) {
+  __m256 acc[NQ][V];
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm256_loadu_ps(y + i * d + 8 * v);
+  }
+  for (size_t j = 0; j < nx; ++j) {
+    const float* row = x + j * d;
+    __m256 xv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) xv[v] = _mm256_loadu_ps(row + 8 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 wi = _mm256_broadcast_ss(w + i * ldw + j);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        acc[i][v] = _mm256_fmadd_ps(wi, xv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(y + i * d + 8 * v, acc[i][v]);
+  }
+}
+
+template <int NQ>
+__attribute__((target("avx2,fma"))) void AccumulateQueries256(
+    const float* w, size_t ldw, const float* x, size_t nx, size_t d, float* y) {
+  size_t k = 0;
+  for (; k + 32 <= d; k += 32) {
+    AccumulateTile256<NQ, 4>(w, ldw, x + k, nx, d, y + k);
+  }
+  for (; k + 8 <= d; k += 8) {
+    AccumulateTile256<NQ, 1>(w, ldw, x + k, nx, d, y + k);
+  }
+  for (; k < d; ++k) {
+    for (int i = 0; i < NQ; ++i) {
+      float sum = y[i * d + k];
+      for (size_t j = 0; j < nx; ++j) sum += w[i * ldw + j] * x[j * d + k];
+      y[i * d + k] = sum;
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void AccumulateRows256(
+    const float* w, size_t nq, size_t ldw, const float* x, size_t nx, size_t d,
+    float* y) {
+  size_t i = 0;
+  for (; i + 2 <= nq; i += 2) {
+    AccumulateQueries256<2>(w + i * ldw, ldw, x, nx, d, y + i * d);
+  }
+  if (i < nq) AccumulateQueries256<1>(w + i * ldw, ldw, x, nx, d, y + i * d);
+}
 #endif
 
 }  // namespace
+
+size_t FusedQueries() { return LoopIsa() == Isa::kAvx512 ? 64 : 16; }
+
+void DotsNT(const float* q, size_t nq, const float* x, size_t nx, size_t d,
+            float* z, size_t ldz) {
+#if defined(__x86_64__)
+  switch (LoopIsa()) {
+    case Isa::kAvx512:
+      return DotsNT512(q, nq, x, nx, d, z, ldz);
+    case Isa::kAvx2:
+      return DotsNT256(q, nq, x, nx, d, z, ldz);
+    case Isa::kPortable:
+      break;
+  }
+#endif
+  size_t j = 0;
+  for (; j + 4 <= nx; j += 4) {
+    const float* rows = x + j * d;
+    for (size_t i = 0; i < nq; ++i) {
+      float out[4];
+      Dot4(q + i * d, rows, rows + d, rows + 2 * d, rows + 3 * d, d, out);
+      for (int r = 0; r < 4; ++r) z[i * ldz + j + r] = out[r];
+    }
+  }
+  for (; j < nx; ++j) {
+    for (size_t i = 0; i < nq; ++i)
+      z[i * ldz + j] = Dot(q + i * d, x + j * d, d);
+  }
+}
+
+void AccumulateRows(const float* w, size_t nq, size_t ldw, const float* x,
+                    size_t nx, size_t d, float* y) {
+#if defined(__x86_64__)
+  switch (LoopIsa()) {
+    case Isa::kAvx512:
+      return AccumulateRows512(w, nq, ldw, x, nx, d, y);
+    case Isa::kAvx2:
+      return AccumulateRows256(w, nq, ldw, x, nx, d, y);
+    case Isa::kPortable:
+      break;
+  }
+#endif
+  for (size_t i = 0; i < nq; ++i) {
+    const float* wi = w + i * ldw;
+    float* yi = y + i * d;
+    size_t j = 0;
+    for (; j + 4 <= nx; j += 4) {
+      const float* rows = x + j * d;
+      AddScaled4(wi + j, rows, rows + d, rows + 2 * d, rows + 3 * d, yi, d);
+    }
+    for (; j < nx; ++j) AddScaled(wi[j], x + j * d, yi, d);
+  }
+}
 
 void Dot4(const float* q, const float* x0, const float* x1, const float* x2,
           const float* x3, size_t d, float* out) {
   const float* const x[4] = {x0, x1, x2, x3};
 #if defined(__x86_64__)
-  switch (CpuWidth()) {
-    case Width::kAvx512:
+  switch (LoopIsa()) {
+    case Isa::kAvx512:
       return Dot4x512(q, x, d, out);
-    case Width::kAvx2:
+    case Isa::kAvx2:
       return Dot4x256(q, x, d, out);
-    case Width::kScalar:
+    case Isa::kPortable:
       break;
   }
 #endif
@@ -335,12 +686,12 @@ float SumExp(const float* row, size_t n, float shift) {
 
 float Max(const float* row, size_t n) {
 #if defined(__x86_64__)
-  switch (CpuWidth()) {
-    case Width::kAvx512:
+  switch (LoopIsa()) {
+    case Isa::kAvx512:
       return Max512(row, n);
-    case Width::kAvx2:
+    case Isa::kAvx2:
       return Max256(row, n);
-    case Width::kScalar:
+    case Isa::kPortable:
       break;
   }
 #endif

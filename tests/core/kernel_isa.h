@@ -1,0 +1,33 @@
+// Runs part of a test with engram's own kernels of one instruction set
+// (UseKernelIsa), and the best the CPU has again afterwards.
+#ifndef ENGRAM_TESTS_CORE_KERNEL_ISA_H_
+#define ENGRAM_TESTS_CORE_KERNEL_ISA_H_
+
+#include "server/core/cpu.h"
+
+namespace engram::core {
+
+// The instruction sets tests run the kernels with, where the CPU has them.
+inline constexpr const char* kKernelIsas[] = {"portable", "avx2", "avx512"};
+
+class ScopedKernelIsa {
+ public:
+  // ok() is false (and nothing changed) where the CPU lacks `isa`.
+  explicit ScopedKernelIsa(const char* isa) : ok_(UseKernelIsa(isa)) {}
+  ~ScopedKernelIsa() {
+    for (const char* best : {"avx512", "avx2", "portable"}) {
+      if (UseKernelIsa(best)) return;
+    }
+  }
+  ScopedKernelIsa(const ScopedKernelIsa&) = delete;
+  ScopedKernelIsa& operator=(const ScopedKernelIsa&) = delete;
+
+  bool ok() const { return ok_; }
+
+ private:
+  const bool ok_;
+};
+
+}  // namespace engram::core
+
+#endif  // ENGRAM_TESTS_CORE_KERNEL_ISA_H_
