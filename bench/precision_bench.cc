@@ -7,7 +7,8 @@
 // Speed and memory: M random patterns (d = 784, uniform in [0, 1)) in one
 // store per precision; RSS added by each store (after malloc_trim) and the
 // store's own memory_bytes; the median time of one query (L = 1: the fused
-// single-query pass) and of a batch of 256 (L = 256, for M <= batched_max),
+// single-query pass), of 16 (the fused small-batch pass) and of 256 (sgemm;
+// L > 1 for M <= batched_max),
 // exact softmax-dot retrieval, beta 1, and each time's ratio to float32.
 //
 // Error: the Fashion-MNIST protocol (the first M training images; each
@@ -40,7 +41,7 @@
 
 ABSL_FLAG(std::vector<std::string>, sizes, std::vector<std::string>({"60000"}),
           "Random stores to time (M).");
-ABSL_FLAG(size_t, batched_max, 60000, "Largest M timed with L = 256.");
+ABSL_FLAG(size_t, batched_max, 60000, "Largest M timed with L = 16 and 256.");
 ABSL_FLAG(std::vector<std::string>, fashion_sizes,
           std::vector<std::string>({"10000", "60000"}),
           "Fashion-MNIST stores to measure the error on (M).");
@@ -144,7 +145,7 @@ void Speed(size_t m, const core::RetrievalOptions& options, int reps) {
   }
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> uniform(0.0f, 0.5f);
-  for (size_t l : {size_t{1}, size_t{256}}) {
+  for (size_t l : {size_t{1}, size_t{16}, size_t{256}}) {
     if (l > 1 && m > absl::GetFlag(FLAGS_batched_max)) continue;
     std::vector<float> queries(l * d);
     for (float& v : queries) v = uniform(rng);
