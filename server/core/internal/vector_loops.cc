@@ -324,44 +324,54 @@ __attribute__((target("avx512f"))) inline __m512 Sum16(const __m512 v[16]) {
                        _mm512_shuffle_f32x4(c0, c1, kOdd));
 }
 
-// z[i * ldz + r] = <q_i, x_r> for NQ queries and four rows (both of stride
-// d): sixteen sums in registers, eight loads per sixteen FMAs, one tree
-// of additions at the end. (The loops
-// over registers must unroll, or the sums live in memory: 3x slower.)
-template <int NQ>
+// One step of DotsBlock512: lanes [k, k + 16) of m.
+template <int NQ, int R>
+__attribute__((target("avx512f"), always_inline)) inline void DotsStep512(
+    const float* q, const float* x, size_t d, size_t k, __mmask16 m,
+    const float* next, __m512 (&acc)[NQ][R]) {
+  __m512 row[R];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) row[r] = _mm512_maskz_loadu_ps(m, x + r * d + k);
+  if (next != nullptr) {
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + r * d + k),
+                   _MM_HINT_T0);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < NQ; ++i) {
+    const __m512 qi = _mm512_maskz_loadu_ps(m, q + i * d + k);
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      acc[i][r] = _mm512_fmadd_ps(qi, row[r], acc[i][r]);
+    }
+  }
+}
+
+// z[i * ldz + r] = <q_i, x_r> for NQ queries and R rows (both of stride
+// d): NQ x R sums in registers (4 x 6: ten loads per 24 FMAs), reduced by
+// trees of additions at the end. The loops over registers must unroll, or
+// the sums live in memory (3x slower). `next`, if set, is prefetched: the
+// rows the next call reads from RAM.
+template <int NQ, int R>
 __attribute__((target("avx512f"))) void DotsBlock512(const float* q,
                                                      const float* x, size_t d,
                                                      float* z, size_t ldz,
                                                      const float* next) {
-  __m512 acc[NQ][4];
-#pragma GCC unroll 16
+  static_assert(R == 4 || R == 6);
+  __m512 acc[NQ][R];
+#pragma GCC unroll 32
   for (int i = 0; i < NQ; ++i) {
-#pragma GCC unroll 16
-    for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
   }
-  for (size_t k = 0; k < d; k += 16) {
-    const __mmask16 m = Lanes(d - k);
-    __m512 row[4];
-#pragma GCC unroll 16
-    for (int r = 0; r < 4; ++r) {
-      row[r] = _mm512_maskz_loadu_ps(m, x + r * d + k);
-    }
-    if (next != nullptr) {
-#pragma GCC unroll 16
-      for (int r = 0; r < 4; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(next + r * d + k),
-                     _MM_HINT_T0);
-      }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < NQ; ++i) {
-      const __m512 qi = _mm512_maskz_loadu_ps(m, q + i * d + k);
-#pragma GCC unroll 16
-      for (int r = 0; r < 4; ++r) {
-        acc[i][r] = _mm512_fmadd_ps(qi, row[r], acc[i][r]);
-      }
-    }
+  size_t k = 0;
+  for (; k + 16 <= d; k += 16) {
+    DotsStep512<NQ, R>(q, x, d, k, 0xffff, next, acc);
   }
+  if (k < d) DotsStep512<NQ, R>(q, x, d, k, Lanes(d - k), next, acc);
+  // Rows 0-3 of every query: lane 4 i + r.
   __m512 v[16];
 #pragma GCC unroll 16
   for (int a = 0; a < 16; ++a) {
@@ -372,39 +382,62 @@ __attribute__((target("avx512f"))) void DotsBlock512(const float* q,
   for (int i = 0; i < NQ; ++i) {
     _mm_storeu_ps(z + i * ldz, _mm512_extractf32x4_ps(sums, i));
   }
+  if constexpr (R == 6) {
+    // Rows 4-5: lane 2 i + r - 4.
+#pragma GCC unroll 16
+    for (int a = 0; a < 16; ++a) {
+      v[a] = a < 2 * NQ ? acc[a / 2][4 + a % 2] : _mm512_setzero_ps();
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, Sum16(v));
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) {
+      z[i * ldz + 4] = lanes[2 * i];
+      z[i * ldz + 5] = lanes[2 * i + 1];
+    }
+  }
+}
+
+// Every query against R rows, blocks of four queries then the remainder.
+template <int R>
+__attribute__((target("avx512f"))) void DotsRows512(const float* q, size_t nq,
+                                                    const float* rows, size_t d,
+                                                    float* z, size_t ldz,
+                                                    const float* next) {
+  size_t i = 0;
+  for (; i + 4 <= nq; i += 4) {
+    DotsBlock512<4, R>(q + i * d, rows, d, z + i * ldz, ldz,
+                       i == 0 ? next : nullptr);
+  }
+  switch (nq - i) {
+    case 3:
+      return DotsBlock512<3, R>(q + i * d, rows, d, z + i * ldz, ldz,
+                                i == 0 ? next : nullptr);
+    case 2:
+      return DotsBlock512<2, R>(q + i * d, rows, d, z + i * ldz, ldz,
+                                i == 0 ? next : nullptr);
+    case 1:
+      return DotsBlock512<1, R>(q + i * d, rows, d, z + i * ldz, ldz,
+                                i == 0 ? next : nullptr);
+    default:
+      return;
+  }
 }
 
 __attribute__((target("avx512f"))) void DotsNT512(const float* q, size_t nq,
                                                   const float* x, size_t nx,
                                                   size_t d, float* z,
                                                   size_t ldz) {
+  // Six rows at a time, four for the rest. The first block of queries reads
+  // the rows from RAM and fetches the next rows meanwhile.
   size_t j = 0;
-  for (; j + 4 <= nx; j += 4) {
+  for (; j + 6 <= nx; j += 6) {
     const float* rows = x + j * d;
-    // The first block of queries reads the rows from RAM: it fetches the
-    // next four rows meanwhile.
-    const float* next = j + 8 <= nx ? rows + 4 * d : nullptr;
-    size_t i = 0;
-    for (; i + 4 <= nq; i += 4) {
-      DotsBlock512<4>(q + i * d, rows, d, z + i * ldz + j, ldz,
-                      i == 0 ? next : nullptr);
-    }
-    switch (nq - i) {
-      case 3:
-        DotsBlock512<3>(q + i * d, rows, d, z + i * ldz + j, ldz,
-                        i == 0 ? next : nullptr);
-        break;
-      case 2:
-        DotsBlock512<2>(q + i * d, rows, d, z + i * ldz + j, ldz,
-                        i == 0 ? next : nullptr);
-        break;
-      case 1:
-        DotsBlock512<1>(q + i * d, rows, d, z + i * ldz + j, ldz,
-                        i == 0 ? next : nullptr);
-        break;
-      default:
-        break;
-    }
+    DotsRows512<6>(q, nq, rows, d, z + j, ldz,
+                   j + 12 <= nx ? rows + 6 * d : nullptr);
+  }
+  for (; j + 4 <= nx; j += 4) {
+    DotsRows512<4>(q, nq, x + j * d, d, z + j, ldz, nullptr);
   }
   for (; j < nx; ++j) {
     for (size_t i = 0; i < nq; ++i)
@@ -607,7 +640,7 @@ __attribute__((target("avx2,fma"))) void AccumulateRows256(
 
 }  // namespace
 
-size_t FusedQueries() { return LoopIsa() == Isa::kAvx512 ? 64 : 16; }
+size_t FusedQueries() { return LoopIsa() == Isa::kAvx512 ? 128 : 16; }
 
 void DotsNT(const float* q, size_t nq, const float* x, size_t nx, size_t d,
             float* z, size_t ldz) {

@@ -30,16 +30,18 @@ void AddScaled4(const float* w, const float* x0, const float* x1,
 
 // z (nq x nx, row stride ldz) = <q_i, x_j> for nq vectors q and nx rows x,
 // each of size d and stored one after another: the scores of a few queries
-// against a span of rows, in blocks of four queries by four rows (each
-// loaded vector serves four products) without sgemm's packing.
+// against a span of rows, in blocks of four queries by six rows with
+// AVX-512 (two by four with AVX2), each loaded vector serving several
+// products, without sgemm's packing.
 void DotsNT(const float* q, size_t nq, const float* x, size_t nx, size_t d,
             float* z, size_t ldz);
 
 // Up to how many queries scoring and accumulating spans of rows with DotsNT
 // and AccumulateRows beats sgemm's pair of products, with the instruction
-// set the loops run with: AVX-512 64, AVX2 16 (measured at d = 784, M =
-// 10,000 and 60,000 on an AMD EPYC: AVX-512 5-8% faster at L = 64, even at
-// 96-128, slower at 256; AVX2 level at 16, slower from 32).
+// set the loops run with: AVX-512 128, AVX2 16. Measured at d = 784 on an
+// AMD EPYC (M = 10,000 and 60,000, alternating): AVX-512 1.4x faster at
+// L = 16, 5-10% at 64-128, level at 256 and 512 (left to sgemm, the path
+// measured on Intel too); AVX2 level at 16, 20% slower from 32.
 size_t FusedQueries();
 
 // y (nq x d) += w (nq x nx, row stride ldw) x (nx x d, rows one after
