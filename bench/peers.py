@@ -42,6 +42,7 @@ described = subprocess.run([os.path.join(a.bin_dir, "retrieve_fashion"), "--mode
                            capture_output=True, text=True, check=True).stdout
 MACHINE = described.splitlines()[0].removeprefix("# machine: ")
 FAMILY = described.splitlines()[1].removeprefix("# blas_family: ")
+KERNELS = described.splitlines()[2].removeprefix("# kernels: ")
 env = dict(os.environ, OPENBLAS_CORETYPE=FAMILY)
 os.environ.update(env)  # For numpy's, PyTorch's and FAISS's OpenBLAS, before they load.
 import torch  # noqa: E402
@@ -80,7 +81,8 @@ with tempfile.TemporaryDirectory() as tmp:
     server = Engramd(a.bin_dir, tmp, "--sync=false")
     addr = server.addr
     try:
-        emit(f"Machine: {MACHINE}; peers: PyTorch {torch.__version__}, FAISS {faiss.__version__}, "
+        emit(f"Machine: {MACHINE}; engram's kernels {KERNELS}; "
+             f"peers: PyTorch {torch.__version__}, FAISS {faiss.__version__}, "
              f"OpenBLAS {FAMILY} for all.")
         emit()
         emit("| M | L | engram ms | engram gRPC ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")

@@ -224,6 +224,9 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_mode) == "describe") {
     std::printf("# blas_family: %s\n", engram::core::blas::CoreName().c_str());
+    std::printf("# kernels: %s, fused softmax batches <= %zu queries\n",
+                std::string(engram::core::KernelIsa()).c_str(),
+                engram::core::DefaultFusedQueries());
     return 0;
   }
   return Run();

@@ -19,6 +19,7 @@
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
 #include "server/core/precision.h"
+#include "server/core/retrieval.h"
 #include "server/jobs/expiry_sweeper.h"
 #include "server/jobs/job_runner.h"
 #include "server/rpc/service.h"
@@ -65,7 +66,8 @@ void LogConfiguration(const EngramdOptions& o, int port,
   const store::Limits& l = o.limits;
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
-      "data_dir=%s; sync=%s; cpu %s; 16-bit rows: %s; blas threads=%d; "
+      "data_dir=%s; sync=%s; cpu %s; kernels %s (fused softmax batches "
+      "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
       "job workers=%d; rpc threads<=%d; max message %zu MiB; limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
@@ -77,7 +79,8 @@ void LogConfiguration(const EngramdOptions& o, int port,
                                        : "mutual TLS",
       o.server.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_address, o.data_dir, o.storage.sync ? "true" : "false",
-      core::DescribeMachine(), std::string(core::HalfKernelIsa()),
+      core::DescribeMachine(), std::string(core::KernelIsa()),
+      core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
       o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
       l.max_queries, l.max_top_k, l.max_steps, l.max_stores,

@@ -74,6 +74,10 @@ std::string DescribeSimd(const CpuFeatures& cpu);
 // the CPU lacks it. For tests and benchmarks, before any retrieval runs.
 bool UseKernelIsa(absl::string_view isa);
 
+// The instruction set those kernels run with: "avx512", "avx2" or
+// "portable".
+absl::string_view KernelIsa();
+
 // Sets flush-to-zero and denormals-are-zero for the calling thread (threads
 // inherit it from the thread that creates them). Softmax weights underflow
 // into denormal floats, and every product with one takes the CPU's slow

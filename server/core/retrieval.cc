@@ -800,6 +800,8 @@ absl::Status Validate(const MemorySet& memories,
 
 }  // namespace
 
+size_t DefaultFusedQueries() { return internal::FusedQueries(); }
+
 absl::StatusOr<RetrievalOutput> RetrieveExact(const MemorySet& memories,
                                               const float* queries,
                                               size_t num_queries,

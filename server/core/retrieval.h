@@ -114,6 +114,10 @@ struct RetrievalOptions {
   size_t fused_queries = 0;
 };
 
+// Up to how many queries a softmax batch takes the fused pass when
+// RetrievalOptions::fused_queries is 0 (by the kernels' instruction set).
+size_t DefaultFusedQueries();
+
 struct Match {
   size_t index = 0;  // Memory index in the MemorySet.
   float weight = 0;  // Weight in the final update.

@@ -90,5 +90,24 @@ TEST(BlasFamilyTest, ThisMachineGetsAFamilyAndADescription) {
   EXPECT_NE(DescribeMachine().find("BLAS kernels"), std::string::npos);
 }
 
+// The kernels run the best set the CPU has unless told otherwise; an
+// unknown name or a set the CPU lacks changes nothing.
+TEST(KernelIsaTest, ChoosesOnlyWhatTheCpuRuns) {
+  const CpuFeatures cpu = DetectCpu();
+  const std::string best = std::string(KernelIsa());
+  const bool avx2 = cpu.avx2 && cpu.fma && cpu.f16c && cpu.os_avx;
+  const bool avx512 = avx2 && cpu.avx512f && cpu.os_avx512;
+  EXPECT_EQ(best, avx512 ? "avx512" : avx2 ? "avx2" : "portable");
+  EXPECT_FALSE(UseKernelIsa("sse9"));
+  EXPECT_EQ(KernelIsa(), best);
+  EXPECT_TRUE(UseKernelIsa("portable"));
+  EXPECT_EQ(KernelIsa(), "portable");
+  EXPECT_EQ(UseKernelIsa("avx2"), avx2);
+  EXPECT_EQ(KernelIsa(), avx2 ? "avx2" : "portable");
+  EXPECT_EQ(UseKernelIsa("avx512"), avx512);
+  EXPECT_TRUE(UseKernelIsa(best));
+  EXPECT_EQ(KernelIsa(), best);
+}
+
 }  // namespace
 }  // namespace engram::core

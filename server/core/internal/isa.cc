@@ -58,6 +58,10 @@ absl::string_view IsaName(Isa isa) {
 
 }  // namespace internal
 
+absl::string_view KernelIsa() {
+  return internal::IsaName(internal::CurrentIsa());
+}
+
 bool UseKernelIsa(absl::string_view name) {
   for (internal::Isa isa : {internal::Isa::kPortable, internal::Isa::kAvx2,
                             internal::Isa::kAvx512}) {
