@@ -215,17 +215,28 @@ Isa LoopIsa() {
 #endif
 }
 
-template <bool kWrite>
-float ExpSum(float* row, size_t n, float shift) {
 #if defined(__x86_64__)
+// The kernel of the loops' instruction set: `avx512` or `avx2`, or nullptr
+// for the portable loop.
+template <typename Fn>
+Fn* Pick(Fn* avx512, Fn* avx2) {
   switch (LoopIsa()) {
     case Isa::kAvx512:
-      return ExpSum512<kWrite>(row, n, shift);
+      return avx512;
     case Isa::kAvx2:
-      return ExpSum256<kWrite>(row, n, shift);
+      return avx2;
     case Isa::kPortable:
       break;
   }
+  return nullptr;
+}
+#endif
+
+template <bool kWrite>
+float ExpSum(float* row, size_t n, float shift) {
+#if defined(__x86_64__)
+  if (auto* kernel = Pick(ExpSum512<kWrite>, ExpSum256<kWrite>))
+    return kernel(row, n, shift);
 #endif
   float sum = 0;
   for (size_t j = 0; j < n; ++j) {
@@ -377,10 +388,11 @@ __attribute__((target("avx512f"))) void DotsBlock512(const float* q,
   for (int a = 0; a < 16; ++a) {
     v[a] = a < 4 * NQ ? acc[a / 4][a % 4] : _mm512_setzero_ps();
   }
-  const __m512 sums = Sum16(v);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, Sum16(v));
 #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
-    _mm_storeu_ps(z + i * ldz, _mm512_extractf32x4_ps(sums, i));
+    for (int r = 0; r < 4; ++r) z[i * ldz + r] = lanes[4 * i + r];
   }
   if constexpr (R == 6) {
     // Rows 4-5: lane 2 i + r - 4.
@@ -388,7 +400,6 @@ __attribute__((target("avx512f"))) void DotsBlock512(const float* q,
     for (int a = 0; a < 16; ++a) {
       v[a] = a < 2 * NQ ? acc[a / 2][4 + a % 2] : _mm512_setzero_ps();
     }
-    alignas(64) float lanes[16];
     _mm512_store_ps(lanes, Sum16(v));
 #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
@@ -645,14 +656,8 @@ size_t FusedQueries() { return LoopIsa() == Isa::kAvx512 ? 128 : 16; }
 void DotsNT(const float* q, size_t nq, const float* x, size_t nx, size_t d,
             float* z, size_t ldz) {
 #if defined(__x86_64__)
-  switch (LoopIsa()) {
-    case Isa::kAvx512:
-      return DotsNT512(q, nq, x, nx, d, z, ldz);
-    case Isa::kAvx2:
-      return DotsNT256(q, nq, x, nx, d, z, ldz);
-    case Isa::kPortable:
-      break;
-  }
+  if (auto* kernel = Pick(DotsNT512, DotsNT256))
+    return kernel(q, nq, x, nx, d, z, ldz);
 #endif
   size_t j = 0;
   for (; j + 4 <= nx; j += 4) {
@@ -672,14 +677,8 @@ void DotsNT(const float* q, size_t nq, const float* x, size_t nx, size_t d,
 void AccumulateRows(const float* w, size_t nq, size_t ldw, const float* x,
                     size_t nx, size_t d, float* y) {
 #if defined(__x86_64__)
-  switch (LoopIsa()) {
-    case Isa::kAvx512:
-      return AccumulateRows512(w, nq, ldw, x, nx, d, y);
-    case Isa::kAvx2:
-      return AccumulateRows256(w, nq, ldw, x, nx, d, y);
-    case Isa::kPortable:
-      break;
-  }
+  if (auto* kernel = Pick(AccumulateRows512, AccumulateRows256))
+    return kernel(w, nq, ldw, x, nx, d, y);
 #endif
   for (size_t i = 0; i < nq; ++i) {
     const float* wi = w + i * ldw;
@@ -697,14 +696,7 @@ void Dot4(const float* q, const float* x0, const float* x1, const float* x2,
           const float* x3, size_t d, float* out) {
   const float* const x[4] = {x0, x1, x2, x3};
 #if defined(__x86_64__)
-  switch (LoopIsa()) {
-    case Isa::kAvx512:
-      return Dot4x512(q, x, d, out);
-    case Isa::kAvx2:
-      return Dot4x256(q, x, d, out);
-    case Isa::kPortable:
-      break;
-  }
+  if (auto* kernel = Pick(Dot4x512, Dot4x256)) return kernel(q, x, d, out);
 #endif
   for (int r = 0; r < 4; ++r) out[r] = Dot(q, x[r], d);
 }
@@ -719,14 +711,7 @@ float SumExp(const float* row, size_t n, float shift) {
 
 float Max(const float* row, size_t n) {
 #if defined(__x86_64__)
-  switch (LoopIsa()) {
-    case Isa::kAvx512:
-      return Max512(row, n);
-    case Isa::kAvx2:
-      return Max256(row, n);
-    case Isa::kPortable:
-      break;
-  }
+  if (auto* kernel = Pick(Max512, Max256)) return kernel(row, n);
 #endif
   float max = -std::numeric_limits<float>::infinity();
   for (size_t j = 0; j < n; ++j) max = std::max(max, row[j]);
