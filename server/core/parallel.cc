@@ -1,5 +1,9 @@
 #include "server/core/internal/parallel.h"
 
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -62,6 +66,11 @@ class Pool {
   static constexpr size_t kMaxThreads = 256;
 
   void Loop() {
+    // Named for profiles and `top -H` (otherwise it inherits the name of
+    // whichever thread first needed it, e.g. a gRPC handler's).
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "engram-pool");
+#endif
     while (true) {
       std::shared_ptr<Job> job;
       {
