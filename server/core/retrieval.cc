@@ -479,8 +479,8 @@ void FusedSoftmaxTile(Similarity on_features, float beta, const float* query,
 }
 
 // A few queries under softmax, as FusedSoftmaxTile: a span of rows at a
-// time, its scores for every query (the rows stream from RAM once, four
-// queries share each loaded row), each query's fold, then all the outputs
+// time, its scores for every query (the rows stream from RAM once, each
+// loaded row serves several queries), each query's fold, then all the outputs
 // += weights x rows while the span is in L2. Unlike sgemm, nothing is
 // packed: at L = 16 packing Xi twice was almost half of a batched pass.
 // Rows in bfloat16 / float16 are widened a span at a time.
@@ -561,10 +561,11 @@ absl::Status PassOverMemories(const MemorySet& memories, size_t first,
     const float* key_sq_norms = kernel ? block.key_sq_norms : block.sq_norms;
     const bool listed = block.row_list != nullptr;
     // Reduced-precision rows are widened a tile at a time (while they stay
-    // in L2) for the products; the fused pass widens in registers. The rows
-    // of a listed block are copied a tile at a time too; for the fused pass
-    // in pieces of whole spans, so the spans are those of a block that held
-    // the rows one after another.
+    // in L2) for the products; the fused passes widen in registers (one
+    // query) or a span at a time (several). The rows of a listed block are
+    // copied a tile at a time too; for the fused passes in pieces of whole
+    // spans, so the spans are those of a block that held the rows one after
+    // another.
     const size_t block_tile =
         fused ? (listed ? std::min(fused_tile, kGatherRows) : fused_tile)
         : precision == Precision::kFloat32 ? tile
