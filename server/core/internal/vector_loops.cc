@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if defined(__x86_64__)
 // GCC 12's AVX-512 reductions start from _mm512_undefined_ps(), which it
@@ -309,6 +310,25 @@ __attribute__((target("avx2,fma"))) void Dot4x256(const float* q,
   }
 }
 
+// Calls block(std::integral_constant<int, N>{}, i) for the queries
+// [i, i + N): blocks of N = kBlock, then one block of the N < kBlock left.
+template <int N, typename Block>
+void QueryRemainder(size_t left, size_t i, const Block& block) {
+  if constexpr (N > 0) {
+    if (left == N) return block(std::integral_constant<int, N>{}, i);
+    QueryRemainder<N - 1>(left, i, block);
+  }
+}
+
+template <int kBlock, typename Block>
+void InQueryBlocks(size_t nq, const Block& block) {
+  size_t i = 0;
+  for (; i + kBlock <= nq; i += kBlock) {
+    block(std::integral_constant<int, kBlock>{}, i);
+  }
+  QueryRemainder<kBlock - 1>(nq - i, i, block);
+}
+
 // Lane a of the result = the sum of the lanes of v[a]: sixteen horizontal
 // sums in 15 additions (pairs of vectors, then of 64-bit halves, then of
 // 128-bit blocks twice) instead of sixteen separate reductions.
@@ -415,24 +435,10 @@ __attribute__((target("avx512f"))) void DotsRows512(const float* q, size_t nq,
                                                     const float* rows, size_t d,
                                                     float* z, size_t ldz,
                                                     const float* next) {
-  size_t i = 0;
-  for (; i + 4 <= nq; i += 4) {
-    DotsBlock512<4, R>(q + i * d, rows, d, z + i * ldz, ldz,
-                       i == 0 ? next : nullptr);
-  }
-  switch (nq - i) {
-    case 3:
-      return DotsBlock512<3, R>(q + i * d, rows, d, z + i * ldz, ldz,
-                                i == 0 ? next : nullptr);
-    case 2:
-      return DotsBlock512<2, R>(q + i * d, rows, d, z + i * ldz, ldz,
-                                i == 0 ? next : nullptr);
-    case 1:
-      return DotsBlock512<1, R>(q + i * d, rows, d, z + i * ldz, ldz,
-                                i == 0 ? next : nullptr);
-    default:
-      return;
-  }
+  InQueryBlocks<4>(nq, [&](auto n, size_t i) {
+    DotsBlock512<decltype(n)::value, R>(q + i * d, rows, d, z + i * ldz, ldz,
+                                        i == 0 ? next : nullptr);
+  });
 }
 
 __attribute__((target("avx512f"))) void DotsNT512(const float* q, size_t nq,
@@ -516,20 +522,10 @@ __attribute__((target("avx512f"))) void AccumulateRows512(const float* w,
                                                           const float* x,
                                                           size_t nx, size_t d,
                                                           float* y) {
-  size_t i = 0;
-  for (; i + 4 <= nq; i += 4) {
-    AccumulateQueries512<4>(w + i * ldw, ldw, x, nx, d, y + i * d);
-  }
-  switch (nq - i) {
-    case 3:
-      return AccumulateQueries512<3>(w + i * ldw, ldw, x, nx, d, y + i * d);
-    case 2:
-      return AccumulateQueries512<2>(w + i * ldw, ldw, x, nx, d, y + i * d);
-    case 1:
-      return AccumulateQueries512<1>(w + i * ldw, ldw, x, nx, d, y + i * d);
-    default:
-      return;
-  }
+  InQueryBlocks<4>(nq, [&](auto n, size_t i) {
+    AccumulateQueries512<decltype(n)::value>(w + i * ldw, ldw, x, nx, d,
+                                             y + i * d);
+  });
 }
 
 // The AVX2 forms, with sixteen registers: two queries by four rows of dot
@@ -577,11 +573,10 @@ __attribute__((target("avx2,fma"))) void DotsNT256(const float* q, size_t nq,
   size_t j = 0;
   for (; j + 4 <= nx; j += 4) {
     const float* rows = x + j * d;
-    size_t i = 0;
-    for (; i + 2 <= nq; i += 2) {
-      DotsBlock256<2>(q + i * d, rows, d, z + i * ldz + j, ldz);
-    }
-    if (i < nq) DotsBlock256<1>(q + i * d, rows, d, z + i * ldz + j, ldz);
+    InQueryBlocks<2>(nq, [&](auto n, size_t i) {
+      DotsBlock256<decltype(n)::value>(q + i * d, rows, d, z + i * ldz + j,
+                                       ldz);
+    });
   }
   for (; j < nx; ++j) {
     for (size_t i = 0; i < nq; ++i)
@@ -641,11 +636,10 @@ __attribute__((target("avx2,fma"))) void AccumulateQueries256(
 __attribute__((target("avx2,fma"))) void AccumulateRows256(
     const float* w, size_t nq, size_t ldw, const float* x, size_t nx, size_t d,
     float* y) {
-  size_t i = 0;
-  for (; i + 2 <= nq; i += 2) {
-    AccumulateQueries256<2>(w + i * ldw, ldw, x, nx, d, y + i * d);
-  }
-  if (i < nq) AccumulateQueries256<1>(w + i * ldw, ldw, x, nx, d, y + i * d);
+  InQueryBlocks<2>(nq, [&](auto n, size_t i) {
+    AccumulateQueries256<decltype(n)::value>(w + i * ldw, ldw, x, nx, d,
+                                             y + i * d);
+  });
 }
 #endif
 
