@@ -285,7 +285,6 @@ Kernels PortableKernels() {
 }
 
 using internal::Isa;
-using internal::Supported;
 
 struct KernelTable {
   Isa isa = Isa::kPortable;

@@ -107,9 +107,10 @@ absl::Status CheckFilteredRequest(const std::string& store,
                                   const RetrieveRequest& request,
                                   const Limits& limits);
 
-// With a filter, the exact update runs over a copy of the matching rows
-// (in row order) exactly as over a store that held only them; LOW_RANK is
-// FAILED_PRECONDITION, as is a filter that matches nothing.
+// With a filter, the exact update runs over the matching rows (in row
+// order, in place or listed: gathered.h) exactly as over a store that held
+// only them; LOW_RANK is FAILED_PRECONDITION, as is a filter that matches
+// nothing.
 absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
                                         const RetrieveRequest& request,
                                         const Limits& limits,

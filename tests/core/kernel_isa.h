@@ -1,5 +1,5 @@
 // Runs part of a test with engram's own kernels of one instruction set
-// (UseKernelIsa), and the best the CPU has again afterwards.
+// (UseKernelIsa), and the set they ran with before again afterwards.
 #ifndef ENGRAM_TESTS_CORE_KERNEL_ISA_H_
 #define ENGRAM_TESTS_CORE_KERNEL_ISA_H_
 
@@ -13,18 +13,16 @@ inline constexpr const char* kKernelIsas[] = {"portable", "avx2", "avx512"};
 class ScopedKernelIsa {
  public:
   // ok() is false (and nothing changed) where the CPU lacks `isa`.
-  explicit ScopedKernelIsa(const char* isa) : ok_(UseKernelIsa(isa)) {}
-  ~ScopedKernelIsa() {
-    for (const char* best : {"avx512", "avx2", "portable"}) {
-      if (UseKernelIsa(best)) return;
-    }
-  }
+  explicit ScopedKernelIsa(const char* isa)
+      : before_(KernelIsa()), ok_(UseKernelIsa(isa)) {}
+  ~ScopedKernelIsa() { UseKernelIsa(before_); }
   ScopedKernelIsa(const ScopedKernelIsa&) = delete;
   ScopedKernelIsa& operator=(const ScopedKernelIsa&) = delete;
 
   bool ok() const { return ok_; }
 
  private:
+  const absl::string_view before_;  // Names are static strings.
   const bool ok_;
 };
 
