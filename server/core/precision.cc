@@ -5,16 +5,8 @@
 
 #include "server/core/cpu.h"
 #include "server/core/internal/half_loops.h"
+#include "server/core/internal/intrinsics.h"
 #include "server/core/internal/isa.h"
-
-#if defined(__x86_64__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#endif
 
 namespace engram::core {
 
@@ -405,7 +397,3 @@ float PortableWiden(Precision precision, uint16_t h) {
 }  // namespace internal
 
 }  // namespace engram::core
-
-#if defined(__x86_64__)
-#pragma GCC diagnostic pop
-#endif

@@ -7,18 +7,8 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__x86_64__)
-// GCC 12's AVX-512 reductions start from _mm512_undefined_ps(), which it
-// then warns about in its own header (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#endif
-
 #include "server/core/blas.h"
+#include "server/core/internal/intrinsics.h"
 #include "server/core/internal/isa.h"
 
 // One build runs on every x86-64 CPU and uses AVX2 or AVX-512 where present.
@@ -713,7 +703,3 @@ float Max(const float* row, size_t n) {
 }
 
 }  // namespace engram::core::internal
-
-#if defined(__x86_64__)
-#pragma GCC diagnostic pop
-#endif
