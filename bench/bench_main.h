@@ -1,6 +1,6 @@
 // What the in-process store benchmarks share: the machine line every
 // benchmark prints first (after choosing the BLAS kernels as engramd does),
-// and the median of repeated runs.
+// the --kernel_isa switch, and the median of repeated runs.
 #ifndef ENGRAM_BENCH_BENCH_MAIN_H_
 #define ENGRAM_BENCH_BENCH_MAIN_H_
 
@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "absl/flags/parse.h"
@@ -24,6 +25,15 @@ inline void Start(int argc, char** argv) {
   core::FlushDenormals();
   std::printf("# machine: %s\n# blas_family: %s\n",
               core::DescribeMachine().c_str(), core::blas::CoreName().c_str());
+}
+
+// Runs engram's own kernels with the instruction set a --kernel_isa flag
+// names (empty: the best the CPU has); false, said on stderr, if this CPU
+// cannot.
+inline bool UseKernelIsaFlag(const std::string& isa) {
+  if (isa.empty() || core::UseKernelIsa(isa)) return true;
+  std::fprintf(stderr, "--kernel_isa=%s: not available here\n", isa.c_str());
+  return false;
 }
 
 // The median wall time of `reps` runs, in ms, after one warm-up run.

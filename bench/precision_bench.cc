@@ -257,11 +257,7 @@ void ScaleToUnit(client::Matrix& images) {
 int Main() {
   core::RetrievalOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
-  if (const std::string isa = absl::GetFlag(FLAGS_kernel_isa);
-      !isa.empty() && !core::UseKernelIsa(isa)) {
-    std::fprintf(stderr, "--kernel_isa=%s: not available here\n", isa.c_str());
-    return 1;
-  }
+  if (!bench::UseKernelIsaFlag(absl::GetFlag(FLAGS_kernel_isa))) return 1;
   std::printf("# half kernels: %s\n",
               std::string(core::HalfKernelIsa()).c_str());
   for (const std::string& m : absl::GetFlag(FLAGS_sizes)) {

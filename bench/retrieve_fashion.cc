@@ -20,6 +20,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/bench_main.h"
 #include "client/matrix_io.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
@@ -149,9 +150,7 @@ int Run() {
   engram::core::RetrievalOptions options;
   options.threads = absl::GetFlag(FLAGS_slices);
   options.fused_queries = absl::GetFlag(FLAGS_fused_queries);
-  if (const std::string isa = absl::GetFlag(FLAGS_kernel_isa);
-      !isa.empty() && !engram::core::UseKernelIsa(isa)) {
-    std::fprintf(stderr, "--kernel_isa=%s: not available here\n", isa.c_str());
+  if (!engram::bench::UseKernelIsaFlag(absl::GetFlag(FLAGS_kernel_isa))) {
     return 1;
   }
   const std::string mode = absl::GetFlag(FLAGS_mode);
