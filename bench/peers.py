@@ -9,7 +9,7 @@ last L images scaled by 0.5), best of `reps` after a warm-up:
   engram        in process (bench/retrieve_fashion), as engramd runs it:
                 one BLAS thread, the batch split over 2 threads
   engram gRPC   a real engramd, one C++ client (bench/retrieve_grpc), vectors
-                returned
+                returned; and once, an empty call (GetStore): the fixed cost
   PyTorch       softmax(beta Q Xi^T) Xi, 2 threads
   FAISS         IndexFlatIP top-10 search (nearest neighbours only), 2 threads
   sgemm pair    the two products alone (OpenBLAS, 2 threads): the compute floor
@@ -106,6 +106,10 @@ with tempfile.TemporaryDirectory() as tmp:
                 emit(f"| {m} | {l} | {engram:.2f} | {grpc_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
                      f"{gemm:.2f} | {'' if l != 1 else f'{stream:.2f}'} | {torch_ms / engram:.2f}x | "
                      f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} |")
+        emit()
+        # The fixed cost of one call on this machine, to read the gRPC column by.
+        empty = run("retrieve_grpc", f"--addr={addr}", "--get_store", f"--reps={10 * a.reps}")
+        emit(f"One empty call (GetStore) through the same client and server: {empty:.3f} ms.")
         emit()
         emit("Sparse separations (no peer), engram in process, M = 10000:")
         emit()
