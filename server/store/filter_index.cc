@@ -80,18 +80,31 @@ std::string FilterIndex::EntryTerm(const std::string& key,
   return absl::StrCat(term, key, value);
 }
 
-void FilterIndex::Append(size_t first, size_t n,
-                         absl::FunctionRef<const std::string&(size_t)> label,
-                         absl::FunctionRef<const Metadata&(size_t)> metadata) {
-  MutexLock lock(&mu_);
-  for (size_t i = 0; i < n; ++i) {
-    const auto row = static_cast<uint32_t>(first + i);
-    terms_[LabelTerm(label(i))].push_back(row);
-    for (const auto& [key, value] : metadata(i)) {
+void FilterIndex::Extend(size_t rows, Labels label, Entries metadata) {
+  for (size_t g = rows_; g < rows; ++g) {
+    const auto row = static_cast<uint32_t>(g);
+    terms_[LabelTerm(label(g))].push_back(row);
+    for (const auto& [key, value] : metadata(g)) {
       terms_[EntryTerm(key, value)].push_back(row);
     }
   }
-  rows_ = first + n;
+  rows_ = std::max(rows_, rows);
+}
+
+std::vector<uint32_t> FilterIndex::Match(const Filter& filter, size_t rows,
+                                         Labels label, Entries metadata) {
+  {
+    ReaderMutexLock lock(&mu_);
+    if (rows_ >= rows) return MatchIndexed(filter, rows);
+  }
+  MutexLock lock(&mu_);
+  Extend(rows, label, metadata);
+  return MatchIndexed(filter, rows);
+}
+
+size_t FilterIndex::rows() const {
+  ReaderMutexLock lock(&mu_);
+  return rows_;
 }
 
 FilterIndex::Postings FilterIndex::Read(const std::string& term,
@@ -104,9 +117,8 @@ FilterIndex::Postings FilterIndex::Read(const std::string& term,
   return Postings(all.begin(), end);
 }
 
-std::vector<uint32_t> FilterIndex::Match(const Filter& filter,
-                                         size_t rows) const {
-  ReaderMutexLock lock(&mu_);
+std::vector<uint32_t> FilterIndex::MatchIndexed(const Filter& filter,
+                                                size_t rows) const {
   // Merged pairwise, O(matches x log labels), or through a bitmap when
   // they are many and dense; a label named twice is read once.
   std::vector<std::string> labels = filter.labels;

@@ -2,15 +2,17 @@
 // filtered retrieval finds its rows in time proportional to the postings it
 // reads, not to the store.
 //
-// The index is append-only: rows added to the store are appended (their
-// positions only grow), and a view reads it up to its own row count, so
-// every view of a store between two deletes shares one index and an add
-// costs O(rows added). A delete moves rows (swap-remove), so the store then
-// builds a new index for the views that follow; older views keep the old
-// one. Derived from the rows, it is rebuilt at load and never stored.
+// Readers build it, writers never pay for it: a filtered read first indexes
+// the rows of its view the index has not seen yet (all of them the first
+// time, then only rows added since), then reads the postings up to its own
+// row count. Rows only grow between two deletes, so every view of a store
+// between two deletes shares one index; a delete moves rows (swap-remove),
+// so the store starts a new, empty index for the views that follow and
+// older views keep theirs. A store that is never filtered never builds one,
+// and neither an add nor a delete costs O(rows in the store) for it.
+// Derived from the rows, it is never stored.
 //
-// Thread-safe: Append (one writer at a time: the store's) and Match may run
-// concurrently.
+// Thread-safe: Match may run from many readers at once.
 #ifndef ENGRAM_SERVER_STORE_FILTER_INDEX_H_
 #define ENGRAM_SERVER_STORE_FILTER_INDEX_H_
 
@@ -44,16 +46,19 @@ absl::Status ValidateFilter(const Filter& filter, const Limits& limits);
 
 class FilterIndex {
  public:
-  // Adds rows [first, first + n): row first + i has label(i) and
-  // metadata(i). `first` must be the number of rows indexed so far.
-  void Append(size_t first, size_t n,
-              absl::FunctionRef<const std::string&(size_t)> label,
-              absl::FunctionRef<const Metadata&(size_t)> metadata);
+  // Row g's label and metadata, for g below the reader's row count.
+  using Labels = absl::FunctionRef<const std::string&(size_t)>;
+  using Entries = absl::FunctionRef<const Metadata&(size_t)>;
 
-  // The rows below `rows` that match `filter`, ascending.
-  std::vector<uint32_t> Match(const Filter& filter, size_t rows) const;
+  // The rows below `rows` that match `filter`, ascending. Rows below `rows`
+  // not indexed yet are indexed first, read through `label` and `metadata`
+  // (those of the reader's view: the same rows for every view sharing the
+  // index).
+  std::vector<uint32_t> Match(const Filter& filter, size_t rows, Labels label,
+                              Entries metadata);
 
-  // Distinct labels and metadata entries indexed.
+  // Rows indexed so far, and distinct labels and metadata entries among them.
+  size_t rows() const;
   size_t terms() const;
 
  private:
@@ -61,6 +66,12 @@ class FilterIndex {
   static std::string LabelTerm(const std::string& label);
   static std::string EntryTerm(const std::string& key,
                                const std::string& value);
+  // Indexes rows [rows_, rows).
+  void Extend(size_t rows, Labels label, Entries metadata)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The rows below `rows` that match `filter`; rows_ >= rows.
+  std::vector<uint32_t> MatchIndexed(const Filter& filter, size_t rows) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The postings of `term` below `rows` (empty if none).
   Postings Read(const std::string& term, size_t rows) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

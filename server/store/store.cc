@@ -222,7 +222,10 @@ size_t StoreView::memory_bytes() const {
 }
 
 std::vector<uint32_t> StoreView::Matching(const Filter& filter) const {
-  return filter_index_->Match(filter, count_);
+  return filter_index_->Match(
+      filter, count_,
+      [this](size_t g) -> const std::string& { return info(g).label; },
+      [this](size_t g) -> const Metadata& { return info(g).metadata; });
 }
 
 bool StoreView::Expired(size_t index, int64_t now_ns) const {
@@ -317,19 +320,6 @@ absl::Status Store::CheckWritable() const {
     return absl::NotFoundError(absl::StrCat("store '", name_, "' was deleted"));
   }
   return retired_;
-}
-
-void Store::RebuildFilterIndex() {
-  // Rows moved: views from here on read a new index; older views keep theirs.
-  filter_index_ = std::make_shared<FilterIndex>();
-  std::vector<const Chunk*> chunks;
-  for (const std::shared_ptr<Chunk>& c : chunks_) chunks.push_back(c.get());
-  auto info = [this, &chunks](size_t g) -> const Chunk::RowInfo& {
-    return chunks[g / chunk_capacity_]->info(g % chunk_capacity_);
-  };
-  filter_index_->Append(
-      0, count_, [&](size_t g) -> const std::string& { return info(g).label; },
-      [&](size_t g) -> const Metadata& { return info(g).metadata; });
 }
 
 void Store::Retire(absl::Status why) {
@@ -508,7 +498,8 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     chunk->Set(r, patterns[i], ids[i],
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
-    norms_.Add(*chunk, r);
+    chunk_norms_.resize(chunks_.size());
+    chunk_norms_[g / chunk_capacity_].Add(*chunk, r);
     digest_ += PatternDigest(ids[i], patterns[i].values.data(), dim_,
                              patterns[i].label, patterns[i].metadata);
     max_label_bytes_ = std::max(max_label_bytes_, patterns[i].label.size());
@@ -518,10 +509,6 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     }
   }
   UpdateSums(keys.data(), values.data(), patterns.size(), 1.0);
-  filter_index_->Append(
-      count_ - patterns.size(), patterns.size(),
-      [&](size_t i) -> const std::string& { return patterns[i].label; },
-      [&](size_t i) -> const Metadata& { return patterns[i].metadata; });
   MutexLock lock(&mu_);
   size_t g = count_ - patterns.size();
   for (uint64_t id : ids) index_[id] = g++;
@@ -707,11 +694,14 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
   }
   // Swap-remove: the last row moves into each freed slot.
   absl::flat_hash_map<uint64_t, size_t> moved;
+  absl::flat_hash_set<size_t> changed;  // Chunks whose rows changed.
   for (uint64_t id : ids) {
     auto at = moved.find(id);
     const size_t g = at != moved.end() ? at->second : location[id];
     moved.erase(id);
     const size_t last = count_ - 1;
+    changed.insert(g / chunk_capacity_);
+    changed.insert(last / chunk_capacity_);
     if (g != last) {
       Chunk* target = WritableChunk(g / chunk_capacity_, g % chunk_capacity_);
       const Chunk& source = *chunks_[last / chunk_capacity_];
@@ -725,8 +715,12 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
       sealed_.pop_back();
     }
   }
-  RecomputeNorms();
-  RebuildFilterIndex();
+  chunk_norms_.resize(chunks_.size());
+  for (size_t c : changed) {
+    if (c < chunks_.size()) RecountChunk(c);
+  }
+  // Rows moved: views from here on read a new index; older views keep theirs.
+  filter_index_ = std::make_shared<FilterIndex>();
   if (count_ == 0) {
     RebuildSums(view()->settings());  // Exactly zero again.
   } else {
@@ -740,10 +734,24 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
 }
 
 void Store::RecomputeNorms() {
-  norms_ = NormTally();
-  for (size_t g = 0; g < count_; ++g) {
-    norms_.Add(*chunks_[g / chunk_capacity_], g % chunk_capacity_);
-  }
+  chunk_norms_.assign(chunks_.size(), NormTally());
+  for (size_t c = 0; c < chunks_.size(); ++c) RecountChunk(c);
+}
+
+void Store::RecountChunk(size_t c) {
+  const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
+  NormTally tally;
+  for (size_t r = 0; r < rows; ++r) tally.Add(*chunks_[c], r);
+  chunk_norms_[c] = tally;
+}
+
+void NormTally::Merge(const NormTally& other) {
+  sum_norm_ += other.sum_norm_;
+  max_norm_ = std::max(max_norm_, other.max_norm_);
+  max_abs_ = std::max(max_abs_, other.max_abs_);
+  sum_feature_norm_ += other.sum_feature_norm_;
+  max_feature_norm_ = std::max(max_feature_norm_, other.max_feature_norm_);
+  keyed_ = keyed_ || other.keyed_;
 }
 
 void NormTally::Add(const Chunk& chunk, size_t r) {
@@ -883,7 +891,9 @@ void Store::Publish(const StoreSettings& settings) {
   view->chunk_capacity_ = chunk_capacity_;
   view->count_ = count_;
   view->version_ = view_ ? view_->version_ + 1 : 1;
-  view->norms_ = norms_.Stats(count_);
+  NormTally norms;
+  for (const NormTally& chunk : chunk_norms_) norms.Merge(chunk);
+  view->norms_ = norms.Stats(count_);
   view->map_ = map_;
   view->fit_ = fit_;
   view->low_rank_ = sums_;

@@ -142,6 +142,8 @@ class NormTally {
  public:
   // Counts row r of `chunk` (and its features, if the chunk keeps them).
   void Add(const Chunk& chunk, size_t r);
+  // Counts the rows `other` counted.
+  void Merge(const NormTally& other);
   // The statistics of the `rows` rows counted.
   NormStats Stats(size_t rows) const;
 
@@ -232,7 +234,8 @@ class StoreView {
   size_t max_label_bytes_ = 0;
   uint64_t digest_ = 0;
   uint64_t next_id_ = 1;
-  std::shared_ptr<const FilterIndex> filter_index_;
+  // Shared by the views between two deletes; built by filtered reads.
+  std::shared_ptr<FilterIndex> filter_index_;
   int64_t min_expire_ns_ = std::numeric_limits<int64_t>::max();
   uint64_t expired_count_ = 0;
 };
@@ -323,6 +326,8 @@ class Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_, mu_);
   // Norm statistics from scratch (after deletes).
   void RecomputeNorms() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Counts chunk c's rows again (after rows moved in or out of it).
+  void RecountChunk(size_t c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Fresh chunks with every key recomputed by map_.
   void RebuildKeys() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // The low-rank sums `settings` call for, rebuilt from every pattern (or
@@ -343,8 +348,6 @@ class Store {
       absl::Span<const Pattern> patterns) const;
   absl::Status DeleteLocked(absl::Span<const uint64_t> ids)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
-  // A new filter index of every row (after rows moved).
-  void RebuildFilterIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   // Constant after construction.
   const std::string name_;
@@ -369,14 +372,17 @@ class Store {
   FitRecord fit_ ABSL_GUARDED_BY(write_mu_);
   bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
   absl::Status retired_ ABSL_GUARDED_BY(write_mu_);
-  NormTally norms_ ABSL_GUARDED_BY(write_mu_);
+  // The norms of each chunk's rows: a delete counts again only the chunks
+  // it changed, and a view's statistics merge them.
+  std::vector<NormTally> chunk_norms_ ABSL_GUARDED_BY(write_mu_);
   size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
   // (expiry, id) of every pattern that expires.
   absl::btree_set<std::pair<int64_t, uint64_t>> expiries_
       ABSL_GUARDED_BY(write_mu_);
   uint64_t expired_count_ ABSL_GUARDED_BY(write_mu_) = 0;
-  // Appended to by adds; replaced after deletes (see filter_index.h).
+  // The views' filter index: a new, empty one after each delete (rows
+  // moved); filtered reads build it (see filter_index.h).
   std::shared_ptr<FilterIndex> filter_index_ ABSL_GUARDED_BY(write_mu_) =
       std::make_shared<FilterIndex>();
   LowRankState sums_state_ ABSL_GUARDED_BY(write_mu_);

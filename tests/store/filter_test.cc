@@ -1,6 +1,10 @@
+#include <algorithm>
+#include <atomic>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -214,6 +218,106 @@ TEST(FilterTest, AViewSeesItsOwnRowsWhateverCameAfter) {
   for (uint32_t r : store.view()->Matching(red)) {
     EXPECT_TRUE(Matches(red, store.view()->info(r)));
   }
+}
+
+// The brute-force answer: the rows of `view` that `f` matches.
+std::vector<uint32_t> Scan(const StoreView& view, const Filter& f) {
+  std::vector<uint32_t> rows;
+  for (size_t g = 0; g < view.size(); ++g) {
+    if (Matches(f, view.info(g))) rows.push_back(static_cast<uint32_t>(g));
+  }
+  return rows;
+}
+
+// Random adds and deletes; reads build and extend the index. Every view,
+// the latest and older ones kept aside, answers as a scan of its own rows.
+TEST(FilterTest, TheIndexReadsBuildAgreesWithEveryViewThroughAddsAndDeletes) {
+  EphemeralStorage storage;
+  Store store(Settings("s", core::Similarity::kDot), Limits{}, &storage);
+  std::mt19937 rng(11);
+  const std::vector<Filter> filters = {
+      {{"a"}, {}, false},
+      {{}, {{"k", "1"}}, false},
+      {{"a", "b"}, {{"k", "0"}, {"j", "x"}}, true},
+      {{"b"}, {{"k", "1"}, {"j", "x"}}, false}};
+  auto pattern = [&] {
+    Pattern p;
+    p.values.assign(kDim, 0.25f);
+    p.label = std::string(1, "abc"[rng() % 3]);
+    if (rng() % 2) p.metadata.emplace_back("k", std::to_string(rng() % 2));
+    if (rng() % 3 == 0) p.metadata.emplace_back("j", "x");
+    return p;
+  };
+  std::vector<std::pair<std::shared_ptr<const StoreView>,
+                        std::vector<std::vector<uint32_t>>>>
+      kept;
+  for (int round = 0; round < 60; ++round) {
+    std::shared_ptr<const StoreView> view = store.view();
+    if (view->size() > 0 && rng() % 3 == 0) {
+      std::vector<uint64_t> ids;
+      for (size_t n = 1 + rng() % 8; n > 0; --n) {
+        const uint64_t id = view->info(rng() % view->size()).id;
+        if (std::find(ids.begin(), ids.end(), id) == ids.end()) {
+          ids.push_back(id);
+        }
+      }
+      ASSERT_TRUE(store.Delete(ids).ok());
+    } else {
+      std::vector<Pattern> batch(1 + rng() % 40);
+      for (Pattern& p : batch) p = pattern();
+      ASSERT_TRUE(store.Add(batch).ok());
+    }
+    view = store.view();
+    if (rng() % 2 == 0) continue;  // Some views are never read.
+    std::vector<std::vector<uint32_t>> answers;
+    for (const Filter& f : filters) {
+      answers.push_back(view->Matching(f));
+      EXPECT_EQ(answers.back(), Scan(*view, f)) << "round " << round;
+    }
+    if (round % 5 == 0) kept.emplace_back(view, answers);
+  }
+  for (const auto& [view, answers] : kept) {
+    for (size_t i = 0; i < filters.size(); ++i) {
+      EXPECT_EQ(view->Matching(filters[i]), answers[i]);
+    }
+  }
+}
+
+// Readers build and extend one index while the writer adds and deletes
+// (for the thread sanitizer; every answer is also checked).
+TEST(FilterTest, ConcurrentReadsBuildOneIndexWhileWritesGoOn) {
+  EphemeralStorage storage;
+  Store store(Settings("s", core::Similarity::kDot), Limits{}, &storage);
+  Fill(store, 600);
+  const std::vector<Filter> filters = Filters();
+  std::atomic<bool> done{false};
+  std::atomic<int> mismatches{0};
+  auto read = [&] {
+    while (!done.load()) {
+      std::shared_ptr<const StoreView> view = store.view();
+      for (const Filter& f : filters) {
+        if (view->Matching(f) != Scan(*view, f)) ++mismatches;
+      }
+    }
+  };
+  std::thread a(read), b(read);
+  std::mt19937 rng(5);
+  for (int round = 0; round < 40; ++round) {
+    std::shared_ptr<const StoreView> view = store.view();
+    if (round % 3 == 2) {
+      ASSERT_TRUE(store.Delete({view->info(rng() % view->size()).id}).ok());
+    } else {
+      Pattern p{0,
+                std::vector<float>(kDim, 1),
+                absl::StrCat("c", round % 10),
+                {{"color", "red"}, {"tenant", "t1"}}};
+      ASSERT_TRUE(store.Add({p, p}).ok());
+    }
+  }
+  done = true;
+  a.join();
+  b.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 TEST(FilterTest, RefusesWhatItCannotServe) {

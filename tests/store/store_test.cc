@@ -1,7 +1,10 @@
 #include "server/store/store.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <limits>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -229,6 +232,55 @@ TEST(StoreTest, DeleteSwapsTheLastRowInAndKeepsOldViewsIntact) {
     EXPECT_EQ(after->Row(g)[0], static_cast<float>(after->info(g).id));
   }
   EXPECT_NEAR(after->norms().max_norm, 2.0 * (capacity + 9), 1e-6 * capacity);
+}
+
+// Deletes count again only the chunks they changed; the statistics stay
+// those of the rows left, the largest norm included.
+TEST(StoreTest, NormStatisticsFollowDeletesAcrossChunks) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 784), Limits{}, &storage);
+  const size_t capacity = store.view()->chunk_capacity();
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> uniform(-1, 1);
+  std::vector<Pattern> batch(2 * capacity + 300);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].values.resize(784);
+    for (float& v : batch[i].values) v = uniform(rng) * (1 + i % 97);
+  }
+  ASSERT_TRUE(store.Add(batch).ok());
+  for (int round = 0; round < 6; ++round) {
+    std::shared_ptr<const StoreView> view = store.view();
+    // The row with the largest norm goes first, then random ones.
+    size_t largest = 0;
+    double largest_norm = 0;
+    for (size_t g = 0; g < view->size(); ++g) {
+      double sq = 0;
+      for (float v : view->Row(g)) sq += double{v} * v;
+      if (sq > largest_norm) largest_norm = sq, largest = g;
+    }
+    std::vector<uint64_t> ids = {view->info(largest).id};
+    for (int n = 0; n < 40 * round; ++n) {
+      const uint64_t id = view->info(rng() % view->size()).id;
+      if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+    }
+    ASSERT_TRUE(store.Delete(ids).ok());
+    view = store.view();
+    double max_norm = 0, sum_norm = 0, max_abs = 0;
+    for (size_t g = 0; g < view->size(); ++g) {
+      double sq = 0;
+      for (float v : view->Row(g)) {
+        sq += double{v} * v;
+        max_abs = std::max(max_abs, double{std::abs(v)});
+      }
+      max_norm = std::max(max_norm, std::sqrt(sq));
+      sum_norm += std::sqrt(sq);
+    }
+    const NormStats& norms = view->norms();
+    EXPECT_NEAR(norms.max_norm, max_norm, 1e-5 * max_norm) << round;
+    EXPECT_NEAR(norms.mean_norm, sum_norm / view->size(), 1e-5 * max_norm);
+    EXPECT_EQ(norms.max_abs_entry, max_abs) << round;
+    EXPECT_EQ(norms.max_feature_norm, norms.max_norm);
+  }
 }
 
 TEST(StoreTest, AppendAfterDeleteDoesNotOverwriteRowsOldViewsSee) {
