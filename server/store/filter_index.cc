@@ -102,11 +102,6 @@ std::vector<uint32_t> FilterIndex::Match(const Filter& filter, size_t rows,
   return MatchIndexed(filter, rows);
 }
 
-size_t FilterIndex::rows() const {
-  ReaderMutexLock lock(&mu_);
-  return rows_;
-}
-
 FilterIndex::Postings FilterIndex::Read(const std::string& term,
                                         size_t rows) const {
   auto found = terms_.find(term);

@@ -57,8 +57,7 @@ class FilterIndex {
   std::vector<uint32_t> Match(const Filter& filter, size_t rows, Labels label,
                               Entries metadata);
 
-  // Rows indexed so far, and distinct labels and metadata entries among them.
-  size_t rows() const;
+  // Distinct labels and metadata entries indexed so far.
   size_t terms() const;
 
  private:

@@ -324,7 +324,7 @@ class Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   void Publish(const StoreSettings& settings)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_, mu_);
-  // Norm statistics from scratch (after deletes).
+  // Norm statistics of every chunk from scratch (after the keys changed).
   void RecomputeNorms() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Counts chunk c's rows again (after rows moved in or out of it).
   void RecountChunk(size_t c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
