@@ -464,6 +464,7 @@ Chunk* Store::WritableChunk(size_t c, size_t row) {
     chunks_.push_back(
         std::make_shared<Chunk>(dim_, chunk_capacity_, key_dim_, precision_));
     sealed_.push_back(0);
+    chunk_norms_.emplace_back();
   } else if (row < sealed_[c]) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);
     chunks_[c] = chunks_[c]->Clone(rows);
@@ -498,7 +499,6 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
     chunk->Set(r, patterns[i], ids[i],
                key_dim_ ? keys.data() + i * key_dim_ : nullptr);
     ++count_;
-    chunk_norms_.resize(chunks_.size());
     chunk_norms_[g / chunk_capacity_].Add(*chunk, r);
     digest_ += PatternDigest(ids[i], patterns[i].values.data(), dim_,
                              patterns[i].label, patterns[i].metadata);
@@ -713,9 +713,9 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
            !chunks_.empty()) {
       chunks_.pop_back();
       sealed_.pop_back();
+      chunk_norms_.pop_back();
     }
   }
-  chunk_norms_.resize(chunks_.size());
   for (size_t c : changed) {
     if (c < chunks_.size()) RecountChunk(c);
   }

@@ -372,8 +372,9 @@ class Store {
   FitRecord fit_ ABSL_GUARDED_BY(write_mu_);
   bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
   absl::Status retired_ ABSL_GUARDED_BY(write_mu_);
-  // The norms of each chunk's rows: a delete counts again only the chunks
-  // it changed, and a view's statistics merge them.
+  // The norms of each chunk's rows, one per chunk as sealed_: a delete
+  // counts again only the chunks it changed, and a view's statistics merge
+  // them.
   std::vector<NormTally> chunk_norms_ ABSL_GUARDED_BY(write_mu_);
   size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
