@@ -229,6 +229,7 @@ int RunEngramd(EngramdOptions o) {
   o.server.retrieval_threads = o.retrieval_threads;
   rpc::ServiceOptions service;
   service.retrieval_threads = o.retrieval_threads;
+  service.handler_threads = o.server.max_threads;
   service.max_restore_bytes = o.max_restore_bytes;
   cluster::ShardOptions shard;
   shard.cluster = o.cluster.cluster;

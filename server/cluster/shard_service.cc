@@ -93,27 +93,28 @@ absl::Status TopOnly(const store::StoreView& view,
 
 }  // namespace
 
-std::function<void(absl::string_view store, const grpc::ServerContext& context)>
+std::function<void(absl::string_view store,
+                   const grpc::ServerContextBase& context)>
 StampRecorder(store::StoreRegistry* registry) {
-  return
-      [registry](absl::string_view store, const grpc::ServerContext& context) {
-        const auto& metadata = context.client_metadata();
-        auto found = metadata.find(kStampHeader);
-        uint64_t stamp = 0;
-        if (found == metadata.end() ||
-            !absl::SimpleAtoi(
-                absl::string_view(found->second.data(), found->second.size()),
-                &stamp)) {
-          return;  // Not from a router.
-        }
-        absl::StatusOr<std::shared_ptr<store::Store>> target =
-            registry->Get(std::string(store));
-        if (!target.ok()) return;  // Deleted.
-        if (absl::Status s = (*target)->RaiseStamp(stamp); !s.ok()) {
-          Log(LogLevel::kWarning, "store '%s': write stamp not kept: %s", store,
-              s.ToString());
-        }
-      };
+  return [registry](absl::string_view store,
+                    const grpc::ServerContextBase& context) {
+    const auto& metadata = context.client_metadata();
+    auto found = metadata.find(kStampHeader);
+    uint64_t stamp = 0;
+    if (found == metadata.end() ||
+        !absl::SimpleAtoi(
+            absl::string_view(found->second.data(), found->second.size()),
+            &stamp)) {
+      return;  // Not from a router.
+    }
+    absl::StatusOr<std::shared_ptr<store::Store>> target =
+        registry->Get(std::string(store));
+    if (!target.ok()) return;  // Deleted.
+    if (absl::Status s = (*target)->RaiseStamp(stamp); !s.ok()) {
+      Log(LogLevel::kWarning, "store '%s': write stamp not kept: %s", store,
+          s.ToString());
+    }
+  };
 }
 
 ShardService::ShardService(store::StoreRegistry* registry,

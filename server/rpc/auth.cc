@@ -51,7 +51,7 @@ absl::StatusOr<TokenAuthorizer> TokenAuthorizer::Load(const std::string& path) {
   return auth;
 }
 
-absl::Status TokenAuthorizer::Check(const grpc::ServerContext& context,
+absl::Status TokenAuthorizer::Check(const grpc::ServerContextBase& context,
                                     bool writes) const {
   if (!enabled()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();

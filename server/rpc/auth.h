@@ -28,7 +28,7 @@ class TokenAuthorizer {
 
   // OK, UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (a read
   // token for a writing method).
-  absl::Status Check(const grpc::ServerContext& context, bool writes) const;
+  absl::Status Check(const grpc::ServerContextBase& context, bool writes) const;
 
  private:
   struct Token {

@@ -100,7 +100,7 @@ Call::Call(const CallPolicy* policy, const char* method,
       store_(Clip(store)),
       start_(absl::Now()) {}
 
-bool Call::Admit(const grpc::ServerContext& context,
+bool Call::Admit(const grpc::ServerContextBase& context,
                  const google::protobuf::Message* request) {
   context_ = &context;
   refused_ = policy_->auth.Check(context, MethodWrites(method_).value_or(true));
@@ -139,7 +139,7 @@ grpc::Status Call::Done(const absl::Status& status) {
 // Stops retrieval between tiles when the client gives up or the deadline
 // passes.
 std::function<absl::Status()> DeadlineCheck(
-    const grpc::ServerContext* context) {
+    const grpc::ServerContextBase* context) {
   return [context]() -> absl::Status {
     if (context->deadline() <= std::chrono::system_clock::now()) {
       return absl::DeadlineExceededError(

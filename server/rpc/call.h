@@ -41,7 +41,7 @@ struct CallPolicy {
   // Called after each write that succeeded, with its store (a shard records
   // the write stamp its router sent); may be empty.
   std::function<void(absl::string_view store,
-                     const grpc::ServerContext& context)>
+                     const grpc::ServerContextBase& context)>
       after_write;
 };
 
@@ -57,7 +57,8 @@ absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
                       absl::string_view advice);
 
 // Stops work between steps when the client gives up or the deadline passes.
-std::function<absl::Status()> DeadlineCheck(const grpc::ServerContext* context);
+std::function<absl::Status()> DeadlineCheck(
+    const grpc::ServerContextBase* context);
 
 class Call {
  public:
@@ -70,7 +71,7 @@ class Call {
   // counts as a write) and the request's size (null for a stream, whose
   // messages are checked as they come); false means the call must end with
   // Refused().
-  bool Admit(const grpc::ServerContext& context,
+  bool Admit(const grpc::ServerContextBase& context,
              const google::protobuf::Message* request);
   grpc::Status Refused() { return Done(refused_); }
 
@@ -83,7 +84,7 @@ class Call {
   const std::string store_;
   const absl::Time start_;
   absl::Status refused_;
-  const grpc::ServerContext* context_ = nullptr;  // Set by Admit.
+  const grpc::ServerContextBase* context_ = nullptr;  // Set by Admit.
 };
 
 }  // namespace engram::rpc

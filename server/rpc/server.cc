@@ -79,6 +79,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     jobs::JobRunner* jobs, metrics::Metrics* metrics) {
   ServiceOptions service;
   service.retrieval_threads = options.retrieval_threads;
+  service.handler_threads = options.max_threads;
   return Start(options, metrics, [&](const CallPolicy* policy) {
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(

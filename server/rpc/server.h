@@ -41,7 +41,7 @@ struct ServerOptions {
   std::string token_file;
   // CallPolicy::after_write.
   std::function<void(absl::string_view store,
-                     const grpc::ServerContext& context)>
+                     const grpc::ServerContextBase& context)>
       after_write;
 };
 

@@ -53,7 +53,12 @@ EngramService::EngramService(store::StoreRegistry* registry,
       jobs_(jobs),
       policy_(policy),
       options_(std::move(options)),
-      metrics_(policy->metrics) {}
+      metrics_(policy->metrics),
+      own_handlers_(options_.handlers != nullptr
+                        ? nullptr
+                        : std::make_unique<Handlers>(options_.handler_threads)),
+      handlers_(options_.handlers != nullptr ? options_.handlers
+                                             : own_handlers_.get()) {}
 
 void CountStore(metrics::Metrics& metrics, const store::Store& store) {
   std::shared_ptr<const store::StoreView> view = store.view();
@@ -330,55 +335,100 @@ grpc::Status EngramService::DeletePatterns(
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status EngramService::Retrieve(grpc::ServerContext* context,
-                                     const v1::RetrieveRequest* request,
-                                     v1::RetrieveResponse* response) {
-  Call call(policy_, "Retrieve", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<std::shared_ptr<store::Store>> found =
-      registry_->Get(request->store());
-  if (!found.ok()) return call.Done(found.status());
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
-  const size_t d = view->settings().dimension;
+grpc::ServerUnaryReactor* EngramService::Retrieve(
+    grpc::CallbackServerContext* context, const v1::RetrieveRequest* request,
+    v1::RetrieveResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto call = std::make_shared<Call>(policy_, "Retrieve", request->store());
+  if (!call->Admit(*context, request)) {
+    reactor->Finish(call->Refused());
+    return reactor;
+  }
+  absl::StatusOr<std::unique_ptr<Retrieval>> retrieval =
+      PrepareRetrieval(*request);
+  if (!retrieval.ok()) {
+    reactor->Finish(call->Done(retrieval.status()));
+    return reactor;
+  }
+  if ((*retrieval)->Work() <= options_.inline_work) {
+    reactor->Finish(call->Done(
+        Answer(**retrieval, context, 1, request->omit_vectors(), response)));
+    return reactor;
+  }
+  const bool handed =
+      handlers_->Run([this, call, retrieval = *std::move(retrieval), context,
+                      request, response, reactor] {
+        reactor->Finish(
+            call->Done(Answer(*retrieval, context, options_.retrieval_threads,
+                              request->omit_vectors(), response)));
+      });
+  if (!handed) {
+    reactor->Finish(call->Done(absl::ResourceExhaustedError(absl::StrCat(
+        "all ", handlers_->max_threads(),
+        " retrieval threads are busy (--rpc_threads); retry later"))));
+  }
+  return reactor;
+}
 
-  std::vector<float> queries;
+size_t EngramService::Retrieval::Work() const {
+  const size_t steps = query.steps.value_or(view->settings().retrieval.steps);
+  return query.num_queries * steps * view->size() *
+         (view->settings().dimension + 64);
+}
+
+absl::StatusOr<std::unique_ptr<EngramService::Retrieval>>
+EngramService::PrepareRetrieval(const v1::RetrieveRequest& request) const {
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request.store());
+  if (!found.ok()) return found.status();
+  auto retrieval = std::make_unique<Retrieval>();
+  retrieval->view = (*found)->view();
+  const store::StoreView& view = *retrieval->view;
+  const size_t d = view.settings().dimension;
   absl::StatusOr<store::RetrieveRequest> converted =
-      FromProto(*request, d, queries);
-  if (!converted.ok()) return call.Done(converted.status());
-  const store::RetrieveRequest& query = *converted;
+      FromProto(request, d, retrieval->queries);
+  if (!converted.ok()) return converted.status();
+  retrieval->query = *std::move(converted);
 
   // Refuse up front an answer that could not be sent: its exact size but
   // for the labels, bounded by the longest label the store ever held.
-  const size_t top_k = request->has_top_k() ? request->top_k()
-                                            : view->settings().retrieval.top_k;
+  const size_t top_k =
+      request.has_top_k() ? request.top_k() : view.settings().retrieval.top_k;
   const size_t per_query =
-      (request->omit_vectors() ? 0 : 4 * d + 6) + 40 +
-      std::min({top_k, view->size(), registry_->limits().max_top_k}) *
-          (32 + view->max_label_bytes());
-  const size_t answer = 64 + query.num_queries * per_query;
+      (request.omit_vectors() ? 0 : 4 * d + 6) + 40 +
+      std::min({top_k, view.size(), registry_->limits().max_top_k}) *
+          (32 + view.max_label_bytes());
+  const size_t answer = 64 + retrieval->query.num_queries * per_query;
   if (answer > policy_->max_message_bytes) {
-    return call.Done(TooLarge(
-        absl::StrCat("the answer to ", query.num_queries, " queries"), answer,
-        policy_->max_message_bytes,
+    return TooLarge(
+        absl::StrCat("the answer to ", retrieval->query.num_queries,
+                     " queries"),
+        answer, policy_->max_message_bytes,
         absl::StrCat(
             "send at most ",
             std::max<size_t>(1, (policy_->max_message_bytes - 64) / per_query),
             " queries per request, or fewer top_k, or set "
-            "omit_vectors")));
+            "omit_vectors"));
   }
+  return retrieval;
+}
 
+absl::Status EngramService::Answer(const Retrieval& retrieval,
+                                   const grpc::ServerContextBase* context,
+                                   int threads, bool omit_vectors,
+                                   v1::RetrieveResponse* response) {
   core::RetrievalOptions options;
   options.check = DeadlineCheck(context);
-  options.threads = options_.retrieval_threads;
-  absl::StatusOr<store::RetrieveResult> result =
-      store::Retrieve(*view, query, registry_->limits(), options);
-  if (!result.ok()) return call.Done(result.status());
-
-  ToProto(*result, d, request->omit_vectors(), *response);
+  options.threads = threads;
+  absl::StatusOr<store::RetrieveResult> result = store::Retrieve(
+      *retrieval.view, retrieval.query, registry_->limits(), options);
+  if (!result.ok()) return result.status();
+  ToProto(*result, retrieval.view->settings().dimension, omit_vectors,
+          *response);
   metrics_->RecordRetrieval(
       result->path.path == store::PathChoice::kLowRank ? "low_rank" : "exact",
-      query.num_queries, result->path.error_bound);
-  return call.Done(absl::OkStatus());
+      retrieval.query.num_queries, result->path.error_bound);
+  return absl::OkStatus();
 }
 
 namespace {

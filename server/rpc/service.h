@@ -7,7 +7,9 @@
 #define ENGRAM_SERVER_RPC_SERVICE_H_
 
 #include <cstddef>
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "engram/v1/engram.grpc.pb.h"
@@ -15,8 +17,10 @@
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/call.h"
+#include "server/rpc/handlers.h"
 #include "server/rpc/page_token.h"
 #include "server/store/registry.h"
+#include "server/store/retrieve.h"
 
 namespace engram::rpc {
 
@@ -24,13 +28,30 @@ namespace engram::rpc {
 // current view.
 void CountStore(metrics::Metrics& metrics, const store::Store& store);
 
+// Work (EngramService::Retrieval::Work) up to which Retrieve answers on the
+// gRPC thread that read the request: about 0.1-0.3 ms of one core.
+inline constexpr size_t kInlineRetrievalWork = size_t{1} << 22;
+
 struct ServiceOptions {
   int retrieval_threads = 1;
+  size_t inline_work = kInlineRetrievalWork;
+  // Threads for the larger retrievals; while all are busy a Retrieve gets
+  // RESOURCE_EXHAUSTED. Borrowed when set (it must outlive the service);
+  // else the service keeps its own of `handler_threads`.
+  Handlers* handlers = nullptr;
+  int handler_threads = 8;
   // The most bytes one RestoreStore may send (it is held in memory).
   size_t max_restore_bytes = size_t{8} << 30;
 };
 
-class EngramService final : public v1::Engram::Service {
+// Retrieve is a callback method: a retrieval of little work (up to
+// ServiceOptions::inline_work) is answered on the gRPC thread that read the
+// request, sparing the hand-off to another thread that a synchronous method
+// costs (more than such a retrieval); a larger one runs on a thread of
+// Handlers, so that gRPC's threads stay free for I/O. Every other method is
+// synchronous.
+class EngramService final
+    : public v1::Engram::WithCallbackMethod_Retrieve<v1::Engram::Service> {
  public:
   // All borrowed; they must outlive the service. The policy's metrics
   // must be set.
@@ -68,9 +89,9 @@ class EngramService final : public v1::Engram::Service {
   grpc::Status DeletePatterns(grpc::ServerContext* context,
                               const v1::DeletePatternsRequest* request,
                               v1::DeletePatternsResponse* response) override;
-  grpc::Status Retrieve(grpc::ServerContext* context,
-                        const v1::RetrieveRequest* request,
-                        v1::RetrieveResponse* response) override;
+  grpc::ServerUnaryReactor* Retrieve(grpc::CallbackServerContext* context,
+                                     const v1::RetrieveRequest* request,
+                                     v1::RetrieveResponse* response) override;
   grpc::Status GetFitStatus(grpc::ServerContext* context,
                             const v1::GetFitStatusRequest* request,
                             v1::FitStatus* response) override;
@@ -113,6 +134,21 @@ class EngramService final : public v1::Engram::Service {
   template <typename Status>
   absl::Status Watch(grpc::ServerContext* context, const std::string& store,
                      grpc::ServerWriter<Status>* writer);
+  // A Retrieve request checked and converted, ready to run.
+  struct Retrieval {
+    std::shared_ptr<const store::StoreView> view;
+    std::vector<float> queries;  // What query.queries points into.
+    store::RetrieveRequest query;
+    // Its multiply-adds, about: queries x steps x rows x (dimension + a
+    // row's other costs: its score, filter, top-k).
+    size_t Work() const;
+  };
+  absl::StatusOr<std::unique_ptr<Retrieval>> PrepareRetrieval(
+      const v1::RetrieveRequest& request) const;
+  // Runs it on `threads` threads into `response`.
+  absl::Status Answer(const Retrieval& retrieval,
+                      const grpc::ServerContextBase* context, int threads,
+                      bool omit_vectors, v1::RetrieveResponse* response);
   // `done`, or the job status after it into `response`.
   template <typename Status>
   absl::Status Reply(const std::string& store, absl::Status done,
@@ -124,6 +160,9 @@ class EngramService final : public v1::Engram::Service {
   const ServiceOptions options_;
   const PageTokens tokens_;
   metrics::Metrics* const metrics_;
+  // Last: destroyed first, after waiting for the retrievals it runs.
+  const std::unique_ptr<Handlers> own_handlers_;
+  Handlers* const handlers_;
 };
 
 }  // namespace engram::rpc

@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <future>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,6 +19,7 @@
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/handlers.h"
 #include "server/rpc/server.h"
 #include "server/store/registry.h"
 
@@ -701,6 +704,125 @@ TEST_F(ServiceTest, RetrieveHonoursTheDeadline) {
   v1::RetrieveResponse response;
   grpc::Status status = stub_->Retrieve(&context, request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+// A second server over the same stores, with its own service options.
+std::unique_ptr<Server> StartWith(ServiceOptions service,
+                                  store::StoreRegistry* registry,
+                                  jobs::JobRunner* jobs,
+                                  metrics::Metrics* metrics) {
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Start(options, metrics, [&](const CallPolicy* policy) {
+        std::vector<std::unique_ptr<grpc::Service>> services;
+        services.push_back(
+            std::make_unique<EngramService>(registry, jobs, policy, service));
+        return services;
+      });
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+std::unique_ptr<v1::Engram::Stub> StubOf(const Server& server) {
+  return v1::Engram::NewStub(grpc::CreateChannel(
+      server.address(), grpc::InsecureChannelCredentials()));
+}
+
+TEST_F(ServiceTest, RetrieveAnswersAlikeOnGrpcsThreadAndOnAHandlerThread) {
+  Create("s", 48);
+  const std::vector<float> memories = Random(300 * 48, 3);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(client_
+                    ->AddPatterns("s",
+                                  std::vector<float>(
+                                      memories.begin() + i * 100 * 48,
+                                      memories.begin() + (i + 1) * 100 * 48),
+                                  48)
+                    .ok());
+  }
+  ServiceOptions on_grpc, on_handlers;
+  on_grpc.inline_work = SIZE_MAX;
+  on_handlers.inline_work = 0;
+  std::unique_ptr<Server> a =
+      StartWith(on_grpc, registry_.get(), fits_.get(), &metrics_);
+  std::unique_ptr<Server> b =
+      StartWith(on_handlers, registry_.get(), fits_.get(), &metrics_);
+  ASSERT_TRUE(a && b);
+  v1::RetrieveRequest request;
+  request.set_store("s");
+  request.set_steps(3);
+  request.set_top_k(4);
+  for (int i = 0; i < 5; ++i) {
+    std::vector<float> q(memories.begin() + (40 * i) * 48,
+                         memories.begin() + (40 * i + 1) * 48);
+    for (size_t k = 0; k < q.size(); k += 2) q[k] *= 0.3f;
+    request.add_queries()->mutable_values()->Assign(q.begin(), q.end());
+  }
+  v1::RetrieveResponse answers[2];
+  for (int i = 0; i < 2; ++i) {
+    grpc::ClientContext context;
+    grpc::Status status =
+        StubOf(i == 0 ? *a : *b)->Retrieve(&context, request, &answers[i]);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  ASSERT_EQ(answers[0].results_size(), 5);
+  EXPECT_EQ(answers[0].SerializeAsString(), answers[1].SerializeAsString());
+  a->Shutdown(absl::Seconds(1));
+  b->Shutdown(absl::Seconds(1));
+}
+
+TEST_F(ServiceTest, RetrieveIsRefusedWhileEveryHandlerThreadIsBusy) {
+  Create("s", 16);
+  const std::vector<float> memories = Random(100 * 16, 4);
+  ASSERT_TRUE(client_->AddPatterns("s", memories, 16).ok());
+  Handlers handlers(1);
+  ServiceOptions service;
+  service.handlers = &handlers;
+  // One query over the 100 rows is inline, four are not.
+  service.inline_work = 100 * (16 + 64);
+  std::unique_ptr<Server> server =
+      StartWith(service, registry_.get(), fits_.get(), &metrics_);
+  ASSERT_TRUE(server);
+  std::unique_ptr<v1::Engram::Stub> stub = StubOf(*server);
+  auto retrieve = [&](int queries) {
+    v1::RetrieveRequest request;
+    request.set_store("s");
+    for (int i = 0; i < queries; ++i) {
+      request.add_queries()->mutable_values()->Assign(
+          memories.begin() + i * 16, memories.begin() + (i + 1) * 16);
+    }
+    grpc::ClientContext context;  // A refusal that never came would hang.
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(20));
+    v1::RetrieveResponse response;
+    grpc::Status status = stub->Retrieve(&context, request, &response);
+    EXPECT_TRUE(!status.ok() || response.results_size() == queries);
+    return status;
+  };
+  ASSERT_TRUE(retrieve(4).ok());
+
+  std::promise<void> started, release;
+  ASSERT_TRUE(handlers.Run([&started, &release] {
+    started.set_value();
+    release.get_future().wait();
+  }));
+  started.get_future().wait();
+  grpc::Status busy = retrieve(4);
+  EXPECT_EQ(busy.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(busy.error_message().find("retrieval threads are busy"),
+            std::string::npos)
+      << busy.error_message();
+  EXPECT_TRUE(retrieve(1).ok());  // Inline: not refused.
+  release.set_value();
+  const auto deadline = absl::Now() + absl::Seconds(20);
+  grpc::Status again = retrieve(4);
+  while (again.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+         absl::Now() < deadline) {
+    again = retrieve(4);
+  }
+  EXPECT_TRUE(again.ok()) << again.error_message();
+  server->Shutdown(absl::Seconds(1));
 }
 
 TEST_F(ServiceTest, FitMethodsDescribeAStoreWithoutFeatureMap) {

@@ -1,0 +1,59 @@
+#include "server/rpc/handlers.h"
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+#include <utility>
+
+namespace engram::rpc {
+
+Handlers::Handlers(int max_threads) : max_threads_(max_threads) {}
+
+Handlers::~Handlers() {
+  std::vector<std::thread> threads;
+  {
+    MutexLock lock(&mu_);
+    stopping_ = true;
+    work_.SignalAll();
+    threads.swap(threads_);
+  }
+  for (std::thread& thread : threads) thread.join();
+}
+
+bool Handlers::Run(absl::AnyInvocable<void() &&> task) {
+  MutexLock lock(&mu_);
+  if (stopping_) return false;
+  if (tasks_.size() < static_cast<size_t>(idle_)) {
+    tasks_.push_back(std::move(task));
+    work_.Signal();
+    return true;
+  }
+  if (threads_.size() >= static_cast<size_t>(max_threads_)) return false;
+  tasks_.push_back(std::move(task));
+  threads_.emplace_back(&Handlers::Loop, this);
+  return true;
+}
+
+void Handlers::Loop() {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), "engram-handler");
+#endif
+  mu_.Lock();
+  while (true) {
+    while (tasks_.empty() && !stopping_) {
+      ++idle_;
+      work_.Wait(&mu_);
+      --idle_;
+    }
+    if (tasks_.empty()) break;  // Stopping, nothing left.
+    absl::AnyInvocable<void()&&> task = std::move(tasks_.front());
+    tasks_.pop_front();
+    mu_.Unlock();
+    std::move(task)();
+    mu_.Lock();
+  }
+  mu_.Unlock();
+}
+
+}  // namespace engram::rpc

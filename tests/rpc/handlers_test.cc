@@ -1,0 +1,86 @@
+// Handlers: tasks run on at most max_threads threads, a task beyond them is
+// refused, threads are reused, and the destructor waits for what it took.
+#include "server/rpc/handlers.h"
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace engram::rpc {
+namespace {
+
+TEST(HandlersTest, RefusesATaskWhileEveryThreadIsBusy) {
+  Handlers handlers(2);
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::promise<void> started[2];
+  for (std::promise<void>& s : started) {
+    ASSERT_TRUE(handlers.Run([&s, released] {
+      s.set_value();
+      released.wait();
+    }));
+  }
+  for (std::promise<void>& s : started) s.get_future().wait();
+  bool ran = false;
+  EXPECT_FALSE(handlers.Run([&ran] { ran = true; }));
+  release.set_value();
+  // A thread is free again (at once or soon): the next task is taken.
+  std::promise<void> done;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!handlers.Run([&done] { done.set_value(); })) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  done.get_future().wait();
+  EXPECT_FALSE(ran);
+}
+
+TEST(HandlersTest, ReusesItsThreadsAndStartsNoMoreThanAllowed) {
+  Handlers handlers(3);
+  std::mutex mu;
+  std::set<std::thread::id> threads;
+  std::atomic<int> done{0};
+  int refused = 0;
+  for (int i = 0; i < 300; ++i) {
+    if (!handlers.Run([&] {
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            threads.insert(std::this_thread::get_id());
+          }
+          done.fetch_add(1);
+        })) {
+      ++refused;
+    }
+  }
+  while (done.load() + refused < 300) std::this_thread::yield();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_GE(threads.size(), 1u);
+  EXPECT_LE(threads.size(), 3u);
+  EXPECT_EQ(threads.count(std::this_thread::get_id()), 0u);
+}
+
+TEST(HandlersTest, TheDestructorWaitsForEveryTaskItTook) {
+  std::atomic<int> done{0};
+  int taken = 0;
+  {
+    Handlers handlers(4);
+    for (int i = 0; i < 4; ++i) {
+      taken += handlers.Run([&done] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        done.fetch_add(1);
+      });
+    }
+  }
+  EXPECT_EQ(taken, 4);
+  EXPECT_EQ(done.load(), 4);
+}
+
+}  // namespace
+}  // namespace engram::rpc
