@@ -161,7 +161,8 @@ absl::StatusOr<store::RetrieveRequest> FromProto(
           "queries[", i, "].values has ", values.size(), " values; store '",
           Clip(request.store()), "' has dimension ", dim));
     }
-    queries.insert(queries.end(), values.begin(), values.end());
+    // Through pointers: RepeatedField's iterators copy a value at a time.
+    queries.insert(queries.end(), values.data(), values.data() + dim);
   }
   store::RetrieveRequest query;
   query.queries = queries;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "server/core/finite.h"
 #include "server/core/low_rank.h"
 #include "server/store/gathered.h"
 
@@ -34,12 +35,11 @@ absl::Status ValidateRequest(const StoreSettings& settings,
         "queries hold ", request.queries.size(), " values for ",
         request.num_queries, " queries; store '", name, "' has dimension ", d));
   }
-  for (size_t i = 0; i < request.queries.size(); ++i) {
-    if (!std::isfinite(request.queries[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("queries[", i / d, "].values[", i % d, "] is ",
-                       request.queries[i], "; values must be finite"));
-    }
+  if (const size_t i = core::FirstNonFinite(request.queries);
+      i < request.queries.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queries[", i / d, "].values[", i % d, "] is ",
+                     request.queries[i], "; values must be finite"));
   }
   if (request.steps &&
       (*request.steps < 1 || *request.steps > limits.max_steps)) {

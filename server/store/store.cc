@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/core/finite.h"
 
 namespace engram::store {
 
@@ -365,12 +366,10 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
           absl::StrCat("patterns[", i, "].values has ", p.values.size(),
                        " values; store '", name_, "' has dimension ", dim_));
     }
-    for (size_t k = 0; k < dim_; ++k) {
-      if (!std::isfinite(p.values[k])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("patterns[", i, "].values[", k, "] is ", p.values[k],
-                         "; values must be finite"));
-      }
+    if (const size_t k = core::FirstNonFinite(p.values); k < dim_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].values[", k, "] is ", p.values[k],
+                       "; values must be finite"));
     }
     if (p.label.size() > limits_.max_label_bytes) {
       return absl::InvalidArgumentError(
