@@ -204,7 +204,12 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
           "filter: a top_only step serves the low-rank path, which filtered "
           "retrievals do not take"));
     }
-    if (filtered && view->size() > 0) matched = view->Matching(*filter);
+    if (filtered && view->size() > 0) {
+      absl::StatusOr<std::vector<uint32_t>> matching =
+          view->Matching(*filter, rpc::DeadlineCheck(context));
+      if (!matching.ok()) return call.Done(matching.status());
+      matched = *std::move(matching);
+    }
   }
   const size_t patterns = filtered ? matched.size() : view->size();
   response->set_map_version(view->fit().version);

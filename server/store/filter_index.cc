@@ -80,25 +80,39 @@ std::string FilterIndex::EntryTerm(const std::string& key,
   return absl::StrCat(term, key, value);
 }
 
-void FilterIndex::Extend(size_t rows, Labels label, Entries metadata) {
-  for (size_t g = rows_; g < rows; ++g) {
-    const auto row = static_cast<uint32_t>(g);
-    terms_[LabelTerm(label(g))].push_back(row);
-    for (const auto& [key, value] : metadata(g)) {
-      terms_[EntryTerm(key, value)].push_back(row);
+absl::Status FilterIndex::Extend(size_t rows, Labels label, Entries metadata,
+                                 const std::function<absl::Status()>& check) {
+  // Rows between two checks: a few milliseconds of work at most.
+  constexpr size_t kBlock = size_t{1} << 14;
+  while (rows_ < rows) {
+    if (check) {
+      if (absl::Status status = check(); !status.ok()) return status;
     }
+    const size_t end = std::min(rows, rows_ + kBlock);
+    for (size_t g = rows_; g < end; ++g) {
+      const auto row = static_cast<uint32_t>(g);
+      terms_[LabelTerm(label(g))].push_back(row);
+      for (const auto& [key, value] : metadata(g)) {
+        terms_[EntryTerm(key, value)].push_back(row);
+      }
+    }
+    rows_ = end;
   }
-  rows_ = std::max(rows_, rows);
+  return absl::OkStatus();
 }
 
-std::vector<uint32_t> FilterIndex::Match(const Filter& filter, size_t rows,
-                                         Labels label, Entries metadata) {
+absl::StatusOr<std::vector<uint32_t>> FilterIndex::Match(
+    const Filter& filter, size_t rows, Labels label, Entries metadata,
+    const std::function<absl::Status()>& check) {
   {
     ReaderMutexLock lock(&mu_);
     if (rows_ >= rows) return MatchIndexed(filter, rows);
   }
   MutexLock lock(&mu_);
-  Extend(rows, label, metadata);
+  if (absl::Status status = Extend(rows, label, metadata, check);
+      !status.ok()) {
+    return status;
+  }
   return MatchIndexed(filter, rows);
 }
 
@@ -166,11 +180,6 @@ std::vector<uint32_t> FilterIndex::MatchIndexed(const Filter& filter,
   }
   if (filter.labels.empty()) return by_metadata;
   return Intersection(by_label, by_metadata);
-}
-
-size_t FilterIndex::terms() const {
-  ReaderMutexLock lock(&mu_);
-  return terms_.size();
 }
 
 }  // namespace engram::store

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "server/base/mutex.h"
 #include "server/store/pattern.h"
 #include "server/store/settings.h"
@@ -53,20 +55,21 @@ class FilterIndex {
   // The rows below `rows` that match `filter`, ascending. Rows below `rows`
   // not indexed yet are indexed first, read through `label` and `metadata`
   // (those of the reader's view: the same rows for every view sharing the
-  // index).
-  std::vector<uint32_t> Match(const Filter& filter, size_t rows, Labels label,
-                              Entries metadata);
-
-  // Distinct labels and metadata entries indexed so far.
-  size_t terms() const;
+  // index). Indexing asks `check` (if set) between blocks of rows; when it
+  // fails (a deadline, a cancelled call), Match returns its status and the
+  // rows indexed so far stay indexed: the next reader goes on from there.
+  absl::StatusOr<std::vector<uint32_t>> Match(
+      const Filter& filter, size_t rows, Labels label, Entries metadata,
+      const std::function<absl::Status()>& check = {});
 
  private:
   using Postings = std::vector<uint32_t>;  // Ascending row positions.
   static std::string LabelTerm(const std::string& label);
   static std::string EntryTerm(const std::string& key,
                                const std::string& value);
-  // Indexes rows [rows_, rows).
-  void Extend(size_t rows, Labels label, Entries metadata)
+  // Indexes rows [rows_, rows), or some of them until `check` fails.
+  absl::Status Extend(size_t rows, Labels label, Entries metadata,
+                      const std::function<absl::Status()>& check)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The rows below `rows` that match `filter`; rows_ >= rows.
   std::vector<uint32_t> MatchIndexed(const Filter& filter, size_t rows) const

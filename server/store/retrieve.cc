@@ -257,10 +257,11 @@ absl::StatusOr<RetrieveResult> RetrieveAmong(
   std::vector<uint32_t> rows;
   if (!filtered) {
     rows = view.LiveRows(now_ns);
-  } else if (expired) {
-    rows = view.Live(view.Matching(request.filter), now_ns);
   } else {
-    rows = view.Matching(request.filter);
+    absl::StatusOr<std::vector<uint32_t>> matching =
+        view.Matching(request.filter, options.check);
+    if (!matching.ok()) return matching.status();
+    rows = expired ? view.Live(*matching, now_ns) : *std::move(matching);
   }
   if (rows.empty()) {
     return absl::FailedPreconditionError(

@@ -222,11 +222,12 @@ size_t StoreView::memory_bytes() const {
   return bytes;
 }
 
-std::vector<uint32_t> StoreView::Matching(const Filter& filter) const {
+absl::StatusOr<std::vector<uint32_t>> StoreView::Matching(
+    const Filter& filter, const std::function<absl::Status()>& check) const {
   return filter_index_->Match(
       filter, count_,
       [this](size_t g) -> const std::string& { return info(g).label; },
-      [this](size_t g) -> const Metadata& { return info(g).metadata; });
+      [this](size_t g) -> const Metadata& { return info(g).metadata; }, check);
 }
 
 bool StoreView::Expired(size_t index, int64_t now_ns) const {

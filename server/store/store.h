@@ -187,8 +187,12 @@ class StoreView {
   // The store's next automatic id at this view (0: none left).
   uint64_t next_id() const { return next_id_; }
 
-  // The rows of this view that match `filter` (not empty), ascending.
-  std::vector<uint32_t> Matching(const Filter& filter) const;
+  // The rows of this view that match `filter` (not empty), ascending; the
+  // status of `check` if it fails while the rows are indexed (see
+  // FilterIndex::Match).
+  absl::StatusOr<std::vector<uint32_t>> Matching(
+      const Filter& filter,
+      const std::function<absl::Status()>& check = {}) const;
 
   // Expiry (docs/expiry.md): whether some row expired at `now_ns` (Unix
   // nanoseconds) and is not reclaimed yet; whether row `index` did; the

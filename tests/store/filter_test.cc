@@ -135,7 +135,7 @@ void ExpectEqualToAStoreOfOnlyThem(const StoreSettings& settings,
     for (size_t i = 0; i < view->size(); ++i) {
       if (Matches(filter, view->info(i))) expected.push_back(i);
     }
-    ASSERT_EQ(view->Matching(filter), expected);
+    ASSERT_EQ(*view->Matching(filter), expected);
     ASSERT_FALSE(expected.empty());
 
     StoreSettings only_settings = settings;
@@ -205,19 +205,19 @@ TEST(FilterTest, AViewSeesItsOwnRowsWhateverCameAfter) {
   Fill(store);
   const Filter red{{}, {{"color", "red"}}, false};
   std::shared_ptr<const StoreView> before = store.view();
-  const std::vector<uint32_t> rows = before->Matching(red);
+  const std::vector<uint32_t> rows = *before->Matching(red);
   // Adds append to the index the old view shares; deletes move rows and
   // start a new one. The old view's answer does not change.
   Pattern p{0, std::vector<float>(kDim, 1), "c1", {{"color", "red"}}};
   ASSERT_TRUE(store.Add({p, p}).ok());
-  EXPECT_EQ(before->Matching(red), rows);
-  EXPECT_EQ(store.view()->Matching(red).size(), rows.size() + 2);
+  EXPECT_EQ(*before->Matching(red), rows);
+  EXPECT_EQ(store.view()->Matching(red)->size(), rows.size() + 2);
   ASSERT_TRUE(store.Delete({before->info(rows[0]).id}).ok());
-  EXPECT_EQ(before->Matching(red), rows);
-  EXPECT_EQ(store.view()->Matching(red).size(), rows.size() + 1);
-  for (uint32_t r : store.view()->Matching(red)) {
-    EXPECT_TRUE(Matches(red, store.view()->info(r)));
-  }
+  EXPECT_EQ(*before->Matching(red), rows);
+  EXPECT_EQ(store.view()->Matching(red)->size(), rows.size() + 1);
+  std::shared_ptr<const StoreView> after = store.view();
+  const std::vector<uint32_t> matching = *after->Matching(red);
+  for (uint32_t r : matching) EXPECT_TRUE(Matches(red, after->info(r)));
 }
 
 // The brute-force answer: the rows of `view` that `f` matches.
@@ -271,14 +271,14 @@ TEST(FilterTest, TheIndexReadsBuildAgreesWithEveryViewThroughAddsAndDeletes) {
     if (rng() % 2 == 0) continue;  // Some views are never read.
     std::vector<std::vector<uint32_t>> answers;
     for (const Filter& f : filters) {
-      answers.push_back(view->Matching(f));
+      answers.push_back(*view->Matching(f));
       EXPECT_EQ(answers.back(), Scan(*view, f)) << "round " << round;
     }
     if (round % 5 == 0) kept.emplace_back(view, answers);
   }
   for (const auto& [view, answers] : kept) {
     for (size_t i = 0; i < filters.size(); ++i) {
-      EXPECT_EQ(view->Matching(filters[i]), answers[i]);
+      EXPECT_EQ(*view->Matching(filters[i]), answers[i]);
     }
   }
 }
@@ -296,7 +296,7 @@ TEST(FilterTest, ConcurrentReadsBuildOneIndexWhileWritesGoOn) {
     while (!done.load()) {
       std::shared_ptr<const StoreView> view = store.view();
       for (const Filter& f : filters) {
-        if (view->Matching(f) != Scan(*view, f)) ++mismatches;
+        if (*view->Matching(f) != Scan(*view, f)) ++mismatches;
       }
     }
   };
@@ -318,6 +318,45 @@ TEST(FilterTest, ConcurrentReadsBuildOneIndexWhileWritesGoOn) {
   a.join();
   b.join();
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST(FilterTest, AnIndexingCutShortByItsCheckIsResumedByTheNextReader) {
+  EphemeralStorage storage;
+  Store store(Settings("s", core::Similarity::kDot), Limits{}, &storage);
+  Fill(store, 40000);  // Three blocks of rows to index (16,384 each).
+  std::shared_ptr<const StoreView> view = store.view();
+  const Filter tenant{{}, {{"tenant", "t1"}}, false};
+  int checks = 0;
+  auto second_fails = [&checks]() -> absl::Status {
+    return ++checks == 2 ? absl::DeadlineExceededError("the deadline passed")
+                         : absl::OkStatus();
+  };
+  absl::StatusOr<std::vector<uint32_t>> cut =
+      view->Matching(tenant, second_fails);
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(checks, 2);  // One block indexed, then stopped.
+  // The next reader indexes only the two blocks left.
+  checks = 0;
+  auto counted = [&checks]() -> absl::Status {
+    ++checks;
+    return absl::OkStatus();
+  };
+  absl::StatusOr<std::vector<uint32_t>> resumed =
+      view->Matching(tenant, counted);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(checks, 2);
+  EXPECT_EQ(*resumed, Scan(*view, tenant));
+  // A retrieval whose deadline passes while the index is built says so.
+  ASSERT_TRUE(store.Delete({2}).ok());  // A new, empty index.
+  core::RetrievalOptions options;
+  options.check = [] { return absl::DeadlineExceededError("too late"); };
+  std::vector<float> query(kDim, 0.5f);
+  RetrieveRequest request;
+  request.queries = query;
+  request.num_queries = 1;
+  request.filter = tenant;
+  EXPECT_EQ(Retrieve(*store.view(), request, Limits{}, options).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
 }
 
 TEST(FilterTest, RefusesWhatItCannotServe) {
