@@ -347,5 +347,55 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(health, "SERVING")
 
 
+class WireTest(unittest.TestCase):
+    """Vectors written and read as wire bytes mean what the generated
+    classes would have sent and read."""
+
+    def test_rows_encode_as_the_generated_messages_would(self):
+        from engram_client import client as cm
+        rng = np.random.default_rng(2)
+        for n, d in ((1, 1), (1, 784), (5, 3), (130, 17), (0, 4)):
+            q = rng.normal(size=(n, d)).astype(np.float32)
+            q.flat[::7] = np.float32(-0.0)
+            head = pb.RetrieveRequest(store="s", steps=3, omit_vectors=True)
+            sent = pb.RetrieveRequest.FromString(head.SerializeToString() +
+                                                 cm._rows_field(2, q, 1))
+            built = pb.RetrieveRequest(store="s", steps=3, omit_vectors=True,
+                                       queries=[pb.Query(values=row) for row in q])
+            self.assertEqual(sent, built, (n, d))
+            # Patterns with their other fields, as add() sends them.
+            rest = [pb.Pattern(id=i + 1, label=f"l{i}", metadata={"k": str(i)}).SerializeToString()
+                    for i in range(n)]
+            sent = pb.AddPatternsRequest.FromString(
+                pb.AddPatternsRequest(store="s").SerializeToString() +
+                cm._rows_field(2, q, 2, rest))
+            built = pb.AddPatternsRequest(store="s", patterns=[
+                pb.Pattern(id=i + 1, label=f"l{i}", metadata={"k": str(i)}, values=q[i])
+                for i in range(n)])
+            self.assertEqual(sent, built, (n, d))
+
+    def test_answers_read_as_the_generated_messages_would(self):
+        from engram_client import client as cm
+        rng = np.random.default_rng(3)
+        v = rng.normal(size=(4, 300)).astype(np.float32)
+        answer = pb.RetrieveResponse(store_version=1 << 40)
+        answer.path.reason = "exact"
+        for row in v:
+            res = answer.results.add(values=row, energy=-1.5, steps=2, converged=True)
+            res.matches.add(id=7, weight=0.5, label="x" * 200)
+        raw = answer.SerializeToString()
+        np.testing.assert_array_equal(cm._result_vectors(raw, 4, 300), v)
+        # Laid out otherwise (values after the matches, or a count that does
+        # not match): None, and retrieve() reads them the general way.
+        res = pb.QueryResult()
+        res.matches.add(id=1)
+        moved = (b"\x0a" + cm._varint(len(res.SerializeToString()) + 3 + 4 * 300) +
+                 res.SerializeToString() + b"\x0a" + cm._varint(4 * 300) + v[0].tobytes())
+        self.assertEqual(len(pb.RetrieveResponse.FromString(moved).results[0].values), 300)
+        self.assertIsNone(cm._result_vectors(moved, 1, 300))
+        self.assertIsNone(cm._result_vectors(raw, 3, 300))
+        self.assertIsNone(cm._result_vectors(raw, 4, 299))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
