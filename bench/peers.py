@@ -10,6 +10,8 @@ last L images scaled by 0.5), best of `reps` after a warm-up:
                 one BLAS thread, the batch split over 2 threads
   engram gRPC   a real engramd, one C++ client (bench/retrieve_grpc), vectors
                 returned; and once, an empty call (GetStore): the fixed cost
+  Python client the same engramd through engram_client's retrieve (numpy in
+                and out, vectors returned)
   PyTorch       softmax(beta Q Xi^T) Xi, 2 threads
   FAISS         IndexFlatIP top-10 search (nearest neighbours only), 2 threads
   sgemm pair    the two products alone (OpenBLAS, 2 threads): the compute floor
@@ -50,6 +52,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/e2e"))
 from harness import Engramd  # noqa: E402
 import faiss  # noqa: E402
+from engram_client import Client  # noqa: E402
 
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)
@@ -85,8 +88,9 @@ with tempfile.TemporaryDirectory() as tmp:
              f"peers: PyTorch {torch.__version__}, FAISS {faiss.__version__}, "
              f"OpenBLAS {FAMILY} for all.")
         emit()
-        emit("| M | L | engram ms | engram gRPC ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")
-        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        emit("| M | L | engram ms | engram gRPC ms | Python client ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")
+        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        client = Client(addr)
         for m in [int(s) for s in a.sizes.split(",")]:
             xi = np.ascontiguousarray(X[:m])
             t_xi = torch.from_numpy(xi)
@@ -98,12 +102,14 @@ with tempfile.TemporaryDirectory() as tmp:
                 common = [f"--m={m}", f"--l={l}", f"--reps={a.reps}"]
                 engram = run("retrieve_fashion", *common, "--threads=1", "--slices=2")
                 grpc_ms = run("retrieve_grpc", f"--addr={addr}", *common)
+                # The store retrieve_grpc made (bench-M, every image of its M).
+                python_ms = best(lambda: client.retrieve(f"bench-{m}", q, path="exact"), a.reps)
                 torch_ms = best(lambda: torch.softmax(t_q @ t_xi.T, dim=-1) @ t_xi, a.reps)
                 faiss_ms = best(lambda: index.search(q, 10), a.reps)
                 gemm = run("retrieve_fashion", *common, "--mode=gemm", "--threads=2")
                 stream = run("retrieve_fashion", *common, "--mode=stream") if l == 1 else float("nan")
                 rows.append((m, l, engram, grpc_ms, torch_ms, faiss_ms, gemm, stream))
-                emit(f"| {m} | {l} | {engram:.2f} | {grpc_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
+                emit(f"| {m} | {l} | {engram:.2f} | {grpc_ms:.2f} | {python_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
                      f"{gemm:.2f} | {'' if l != 1 else f'{stream:.2f}'} | {torch_ms / engram:.2f}x | "
                      f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} |")
         emit()
