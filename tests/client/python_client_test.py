@@ -384,17 +384,28 @@ class WireTest(unittest.TestCase):
             res = answer.results.add(values=row, energy=-1.5, steps=2, converged=True)
             res.matches.add(id=7, weight=0.5, label="x" * 200)
         raw = answer.SerializeToString()
-        np.testing.assert_array_equal(cm._result_vectors(raw, 4, 300), v)
-        # Laid out otherwise (values after the matches, or a count that does
-        # not match): None, and retrieve() reads them the general way.
-        res = pb.QueryResult()
+        np.testing.assert_array_equal(cm._packed_rows(raw, 1, 1, 4, 300), v)
+        # Values after the other fields are found too.
+        res = pb.QueryResult(energy=2.0, steps=1)
         res.matches.add(id=1)
         moved = (b"\x0a" + cm._varint(len(res.SerializeToString()) + 3 + 4 * 300) +
                  res.SerializeToString() + b"\x0a" + cm._varint(4 * 300) + v[0].tobytes())
         self.assertEqual(len(pb.RetrieveResponse.FromString(moved).results[0].values), 300)
-        self.assertIsNone(cm._result_vectors(moved, 1, 300))
-        self.assertIsNone(cm._result_vectors(raw, 3, 300))
-        self.assertIsNone(cm._result_vectors(raw, 4, 299))
+        np.testing.assert_array_equal(cm._packed_rows(moved, 1, 1, 1, 300), v[:1])
+        # Not what was expected (a count or a dimension that does not match,
+        # a result without values): None, and the caller reads them the
+        # general way.
+        self.assertIsNone(cm._packed_rows(raw, 1, 1, 3, 300))
+        self.assertIsNone(cm._packed_rows(raw, 1, 1, 4, 299))
+        bare = pb.RetrieveResponse()
+        bare.results.add(energy=1.0)
+        self.assertIsNone(cm._packed_rows(bare.SerializeToString(), 1, 1, 1, 300))
+        # Listed patterns: the values are their field 2, after the id.
+        page = pb.ListPatternsResponse(next_page_token="t")
+        for i, row in enumerate(v):
+            page.patterns.add(id=i + 1, values=row, label="p", metadata={"a": "b"})
+        np.testing.assert_array_equal(
+            cm._packed_rows(page.SerializeToString(), 1, 2, 4, 300), v)
 
 
 if __name__ == "__main__":

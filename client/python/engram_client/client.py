@@ -130,8 +130,10 @@ class Pattern:
     expire_time: Optional[float] = None  # Unix seconds; None: never
 
     @staticmethod
-    def from_proto(p: pb.Pattern) -> "Pattern":
-        return Pattern(id=p.id, values=np.array(p.values, dtype=np.float32), label=p.label,
+    def from_proto(p: pb.Pattern, values: Optional[np.ndarray] = None) -> "Pattern":
+        """`values`: p.values already read (see _packed_rows)."""
+        return Pattern(id=p.id, label=p.label,
+                       values=np.array(p.values, dtype=np.float32) if values is None else values,
                        metadata=dict(p.metadata),
                        expire_time=p.expire_time.ToNanoseconds() / 1e9
                        if p.HasField("expire_time") else None)
@@ -228,34 +230,50 @@ def _rows_field(field: int, rows: np.ndarray, values_field: int,
                     row.tobytes() + r for row, r in zip(rows, rest))
 
 
-def _result_vectors(raw: bytes, count: int, dim: int) -> Optional[np.ndarray]:
-    """The `values` of each QueryResult (field 1 of RetrieveResponse) read
-    straight from the response's wire bytes, as a count x dim array; None if
-    they are not laid out as engramd writes them (packed, first)."""
+def _skip(buf: bytes, pos: int, kind: int) -> Optional[int]:
+    """The position after a field's value of wire type `kind` at `pos`."""
+    if kind == 0:
+        return _read_varint(buf, pos)[1]
+    if kind in (1, 5):
+        return pos + (8 if kind == 1 else 4)
+    if kind == 2:
+        length, pos = _read_varint(buf, pos)
+        return pos + length
+    return None  # Groups: engramd never sends them.
+
+
+def _packed_rows(raw: bytes, field: int, values_field: int, count: int,
+                 dim: int) -> Optional[np.ndarray]:
+    """The packed float32 `values_field` of each message of the repeated
+    message field `field`, read straight from the wire bytes `raw` of the
+    enclosing message, as a count x dim array; None if the bytes do not hold
+    exactly `count` such messages with `dim` values each."""
     out = np.empty((count, dim), np.float32)
     i = pos = 0
     while pos < len(raw):
         key, pos = _read_varint(raw, pos)
-        kind = key & 7
-        if kind == 0:
-            _, pos = _read_varint(raw, pos)
+        if key != (field << 3 | 2):
+            pos = _skip(raw, pos, key & 7)
+            if pos is None:
+                return None
             continue
-        if kind in (1, 5):
-            pos += 8 if kind == 1 else 4
-            continue
-        if kind != 2:
-            return None
         length, pos = _read_varint(raw, pos)
-        end = pos + length
-        if key >> 3 == 1:
-            if i >= count or pos == end:
-                return None
-            inner, at = _read_varint(raw, pos)
-            size, at = _read_varint(raw, at)
-            if inner != (1 << 3 | 2) or size != 4 * dim:
-                return None
-            out[i] = np.frombuffer(raw, "<f4", dim, at)
-            i += 1
+        end, at, found = pos + length, pos, False
+        while at < end and not found:  # engramd writes the values first.
+            inner, at = _read_varint(raw, at)
+            if inner == (values_field << 3 | 2):
+                size, at = _read_varint(raw, at)
+                if size != 4 * dim or i >= count:
+                    return None
+                out[i] = np.frombuffer(raw, "<f4", dim, at)
+                found = True
+            else:
+                at = _skip(raw, at, inner & 7)
+                if at is None:
+                    return None
+        if not found:
+            return None
+        i += 1
         pos = end
     return out if i == count else None
 
@@ -304,6 +322,7 @@ class Client:
         # The methods that carry vectors, on wire bytes (see _rows_field).
         service = "/" + pb.DESCRIPTOR.services_by_name["Engram"].full_name + "/"
         self._retrieve_raw = self._channel.unary_unary(service + "Retrieve")
+        self._list_raw = self._channel.unary_unary(service + "ListPatterns")
         self._add_raw = self._channel.unary_unary(
             service + "AddPatterns", response_deserializer=pb.AddPatternsResponse.FromString)
         self._import_raw = self._channel.stream_unary(
@@ -476,11 +495,14 @@ class Client:
         """Every pattern in id order, a page at a time."""
         token = ""
         while True:
-            r = self._call(self._stub.ListPatterns, pb.ListPatternsRequest(
-                store=store, page_size=page_size, page_token=token, omit_values=not values),
-                repeatable=True)
-            for p in r.patterns:
-                yield Pattern.from_proto(p)
+            raw = self._call(self._list_raw, pb.ListPatternsRequest(
+                store=store, page_size=page_size, page_token=token,
+                omit_values=not values).SerializeToString(), repeatable=True)
+            r = pb.ListPatternsResponse.FromString(raw)
+            dim = len(r.patterns[0].values) if len(r.patterns) else 0
+            rows = _packed_rows(raw, 1, 2, len(r.patterns), dim) if values and dim else None
+            for i, p in enumerate(r.patterns):
+                yield Pattern.from_proto(p, None if rows is None else rows[i])
             token = r.next_page_token
             if not token:
                 return
@@ -526,7 +548,7 @@ class Client:
         out = np.zeros((0, 0), np.float32)
         if vectors:
             dim = len(r.results[0].values) if len(r.results) else 0
-            out = _result_vectors(raw, len(r.results), dim)
+            out = _packed_rows(raw, 1, 1, len(r.results), dim)
             if out is None:  # Not as engramd writes it: the slow, general way.
                 out = np.array([list(res.values) for res in r.results], dtype=np.float32)
         k = max((len(res.matches) for res in r.results), default=0)
