@@ -350,7 +350,7 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
     reactor->Finish(call->Done(retrieval.status()));
     return reactor;
   }
-  if ((*retrieval)->Work() <= options_.inline_work) {
+  if ((*retrieval)->Work() <= static_cast<double>(options_.inline_work)) {
     reactor->Finish(call->Done(
         Answer(**retrieval, context, 1, request->omit_vectors(), response)));
     return reactor;
@@ -370,10 +370,11 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
   return reactor;
 }
 
-size_t EngramService::Retrieval::Work() const {
-  const size_t steps = query.steps.value_or(view->settings().retrieval.steps);
-  return query.num_queries * steps * view->size() *
-         (view->settings().dimension + 64);
+double EngramService::Retrieval::Work() const {
+  const double steps = query.steps.value_or(view->settings().retrieval.steps);
+  return static_cast<double>(query.num_queries) * steps *
+         static_cast<double>(view->size()) *
+         (view->settings().dimension + 64.0);
 }
 
 absl::StatusOr<std::unique_ptr<EngramService::Retrieval>>

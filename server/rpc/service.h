@@ -140,8 +140,9 @@ class EngramService final
     std::vector<float> queries;  // What query.queries points into.
     store::RetrieveRequest query;
     // Its multiply-adds, about: queries x steps x rows x (dimension + a
-    // row's other costs: its score, filter, top-k).
-    size_t Work() const;
+    // row's other costs: its score, filter, top-k); a double, since the
+    // product of the limits can pass 2^64.
+    double Work() const;
   };
   absl::StatusOr<std::unique_ptr<Retrieval>> PrepareRetrieval(
       const v1::RetrieveRequest& request) const;
