@@ -13,7 +13,8 @@
 //   }
 //
 // Thread-safe: a CallPolicy is read-only once built; a Call belongs to one
-// handler.
+// call, whose steps may run on different threads one after another (a
+// callback method admits on gRPC's thread and may finish on another).
 #ifndef ENGRAM_SERVER_RPC_CALL_H_
 #define ENGRAM_SERVER_RPC_CALL_H_
 
