@@ -82,8 +82,9 @@ ABSL_FLAG(int, fit_workers, 1,
           "(niced; one job of a kind per store at a time).");
 ABSL_FLAG(int, rpc_threads, 0,
           "Maximum gRPC threads (pollers and handlers), and apart from them "
-          "the threads that run retrievals of more than a little work; 0 = "
-          "32 per core. Calls beyond either get RESOURCE_EXHAUSTED. Handlers "
+          "the threads that run retrievals of more than a little work (as "
+          "many more retrievals may wait for them); 0 = 32 per core. Calls "
+          "beyond either get RESOURCE_EXHAUSTED. Handlers "
           "mostly wait on retrieval threads, so this bounds memory, not "
           "CPU.");
 ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");

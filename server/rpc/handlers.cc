@@ -23,15 +23,14 @@ Handlers::~Handlers() {
 
 bool Handlers::Run(absl::AnyInvocable<void() &&> task) {
   MutexLock lock(&mu_);
-  if (stopping_) return false;
-  if (tasks_.size() < static_cast<size_t>(idle_)) {
-    tasks_.push_back(std::move(task));
-    work_.Signal();
-    return true;
-  }
-  if (threads_.size() >= static_cast<size_t>(max_threads_)) return false;
+  const size_t limit = 2 * static_cast<size_t>(max_threads_);
+  if (stopping_ || busy_ + tasks_.size() >= limit) return false;
   tasks_.push_back(std::move(task));
-  threads_.emplace_back(&Handlers::Loop, this);
+  if (tasks_.size() <= static_cast<size_t>(idle_)) {
+    work_.Signal();  // An idle thread takes it.
+  } else if (threads_.size() < static_cast<size_t>(max_threads_)) {
+    threads_.emplace_back(&Handlers::Loop, this);
+  }  // Else it waits for the first busy thread to finish.
   return true;
 }
 
@@ -49,9 +48,12 @@ void Handlers::Loop() {
     if (tasks_.empty()) break;  // Stopping, nothing left.
     absl::AnyInvocable<void()&&> task = std::move(tasks_.front());
     tasks_.pop_front();
+    ++busy_;
     mu_.Unlock();
     std::move(task)();
+    task = nullptr;  // Its captures go before the thread counts as free.
     mu_.Lock();
+    --busy_;
   }
   mu_.Unlock();
 }

@@ -5,9 +5,11 @@
 // to seconds) must move to a thread of its own so that the event thread goes
 // back to I/O. Handlers keeps up to `max_threads` such threads: a task runs on
 // an idle one, or on a new one while there are fewer than the limit; when all
-// are busy the task is refused (the caller answers RESOURCE_EXHAUSTED, as
-// gRPC's synchronous server does when its threads run out). Threads stay for
-// the next task once started.
+// are busy up to `max_threads` more tasks wait for the first thread free
+// (so that a thread still on its way back from a task it just answered does
+// not turn the next call away), and beyond them a task is refused (the
+// caller answers RESOURCE_EXHAUSTED, as gRPC's synchronous server does when
+// its threads run out). Threads stay for the next task once started.
 //
 //   Handlers handlers(64);
 //   if (!handlers.Run([=] { reactor->Finish(Answer()); })) refuse...;
@@ -33,8 +35,9 @@ class Handlers {
   Handlers(const Handlers&) = delete;
   Handlers& operator=(const Handlers&) = delete;
 
-  // Hands `task` to an idle or a new thread; false, and `task` destroyed
-  // unrun, when `max_threads` threads are busy.
+  // Hands `task` to an idle or a new thread, or queues it for the first
+  // thread free; false, and `task` destroyed unrun, when `max_threads`
+  // threads are busy and `max_threads` tasks already wait.
   bool Run(absl::AnyInvocable<void() &&> task);
 
   int max_threads() const { return max_threads_; }
@@ -45,9 +48,10 @@ class Handlers {
   const int max_threads_;
   Mutex mu_;
   CondVar work_;
-  // Never more than idle_: each task has a waiting thread to take it.
+  // Tasks not taken yet; with busy_ at most 2 * max_threads_.
   std::deque<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
-  int idle_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t busy_ ABSL_GUARDED_BY(mu_) = 0;  // Threads running a task.
+  int idle_ ABSL_GUARDED_BY(mu_) = 0;     // Threads waiting for one.
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
 };

@@ -364,8 +364,9 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
       });
   if (!handed) {
     reactor->Finish(call->Done(absl::ResourceExhaustedError(absl::StrCat(
-        "all ", handlers_->max_threads(),
-        " retrieval threads are busy (--rpc_threads); retry later"))));
+        "all ", handlers_->max_threads(), " retrieval threads are busy and ",
+        handlers_->max_threads(),
+        " more retrievals wait for them (--rpc_threads); retry later"))));
   }
   return reactor;
 }

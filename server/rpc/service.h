@@ -35,9 +35,10 @@ inline constexpr size_t kInlineRetrievalWork = size_t{1} << 22;
 struct ServiceOptions {
   int retrieval_threads = 1;
   size_t inline_work = kInlineRetrievalWork;
-  // Threads for the larger retrievals; while all are busy a Retrieve gets
-  // RESOURCE_EXHAUSTED. Borrowed when set (it must outlive the service);
-  // else the service keeps its own of `handler_threads`.
+  // Threads for the larger retrievals; while all are busy as many more
+  // retrievals wait, and beyond them a Retrieve gets RESOURCE_EXHAUSTED.
+  // Borrowed when set (it must outlive the service); else the service keeps its
+  // own of `handler_threads`.
   Handlers* handlers = nullptr;
   int handler_threads = 8;
   // The most bytes one RestoreStore may send (it is held in memory).

@@ -776,7 +776,7 @@ TEST_F(ServiceTest, RetrieveIsRefusedWhileEveryHandlerThreadIsBusy) {
   Create("s", 16);
   const std::vector<float> memories = Random(100 * 16, 4);
   ASSERT_TRUE(client_->AddPatterns("s", memories, 16).ok());
-  Handlers handlers(1);
+  Handlers handlers(1);  // One thread, one task waiting.
   ServiceOptions service;
   service.handlers = &handlers;
   // One query over the 100 rows is inline, four are not.
@@ -800,13 +800,16 @@ TEST_F(ServiceTest, RetrieveIsRefusedWhileEveryHandlerThreadIsBusy) {
     EXPECT_TRUE(!status.ok() || response.results_size() == queries);
     return status;
   };
-  ASSERT_TRUE(retrieve(4).ok());
 
+  // The one thread busy and one task waiting for it: the handlers are full.
   std::promise<void> started, release;
-  ASSERT_TRUE(handlers.Run([&started, &release] {
-    started.set_value();
-    release.get_future().wait();
-  }));
+  std::shared_future<void> released = release.get_future().share();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(handlers.Run([&started, released, i] {
+      if (i == 0) started.set_value();
+      released.wait();
+    }));
+  }
   started.get_future().wait();
   grpc::Status busy = retrieve(4);
   EXPECT_EQ(busy.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
