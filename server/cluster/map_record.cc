@@ -1,9 +1,9 @@
 #include "server/cluster/map_record.h"
 
-#include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/finite.h"
 
 namespace engram::cluster {
 
@@ -38,10 +38,9 @@ absl::StatusOr<std::shared_ptr<const core::FeatureMap>> FeatureMapFromProto(
         absl::StrCat("weights has ", record.weights_size(), " values for a ",
                      out, "x", in, " map"));
   }
-  for (float w : record.weights()) {
-    if (!std::isfinite(w)) {
-      return absl::InvalidArgumentError("weights must be finite");
-    }
+  if (core::FirstNonFinite(record.weights()) <
+      static_cast<size_t>(record.weights_size())) {
+    return absl::InvalidArgumentError("weights must be finite");
   }
   return std::make_shared<const core::FeatureMap>(
       in, out,
