@@ -5,15 +5,21 @@
 //   retrieve_grpc --addr=127.0.0.1:50051 [--m=10000] [--l=256] [--reps=20]
 //
 // Prints: grpc,m,l,best_ms,median_ms,us_per_query
+//
+// Several comma-separated addresses (two builds of engramd, say) are called
+// in turn, one request each, so that every server sees the same moments of
+// a noisy machine; one line per address, in the order given.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/matrix_io.h"
 
@@ -33,44 +39,61 @@ int main(int argc, char** argv) {
       "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
   if (!images.ok()) return 1;
   const size_t d = images->cols;
-  client::ClientOptions options;
-  options.address = absl::GetFlag(FLAGS_addr);
-  std::unique_ptr<client::Client> c =
-      std::move(*client::Client::Connect(options));
+  const std::vector<std::string> addresses =
+      absl::StrSplit(absl::GetFlag(FLAGS_addr), ',');
+  std::vector<std::unique_ptr<client::Client>> clients;
   const std::string name = absl::StrCat("bench-", m);
-  if (!c->GetStore(name).ok()) {
-    v1::Store store;
-    store.set_name(name);
-    store.set_dimension(d);
-    if (!c->CreateStore(store).ok()) return 1;
-    const absl::Span<const float> rows(images->data.data(), m * d);
-    if (!c->Import(name, rows, d, {}, 2000).ok()) return 1;
+  for (const std::string& address : addresses) {
+    client::ClientOptions options;
+    options.address = address;
+    absl::StatusOr<std::unique_ptr<client::Client>> c =
+        client::Client::Connect(options);
+    if (!c.ok()) {
+      std::fprintf(stderr, "%s: %s\n", address.c_str(),
+                   c.status().ToString().c_str());
+      return 1;
+    }
+    if (!(*c)->GetStore(name).ok()) {
+      v1::Store store;
+      store.set_name(name);
+      store.set_dimension(d);
+      if (!(*c)->CreateStore(store).ok()) return 1;
+      const absl::Span<const float> rows(images->data.data(), m * d);
+      if (!(*c)->Import(name, rows, d, {}, 2000).ok()) return 1;
+    }
+    clients.push_back(*std::move(c));
   }
   std::vector<float> queries(images->data.end() - l * d, images->data.end());
   for (float& v : queries) v *= 0.5f;
   v1::RetrieveRequest request;
   request.set_path(v1::EXACT);
   request.set_omit_vectors(absl::GetFlag(FLAGS_omit_vectors));
-  std::vector<double> ms;
+  std::vector<std::vector<double>> ms(clients.size());
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
-    const auto start = std::chrono::steady_clock::now();
-    if (absl::GetFlag(FLAGS_get_store)) {
-      if (!c->GetStore(name).ok()) return 1;
-    } else {
-      absl::StatusOr<v1::RetrieveResponse> r =
-          c->Retrieve(name, queries, d, request);
-      if (!r.ok() || r->results_size() != static_cast<int>(l)) {
-        std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
-        return 1;
+    for (size_t i = 0; i < clients.size(); ++i) {
+      client::Client& c = *clients[i];
+      const auto start = std::chrono::steady_clock::now();
+      if (absl::GetFlag(FLAGS_get_store)) {
+        if (!c.GetStore(name).ok()) return 1;
+      } else {
+        absl::StatusOr<v1::RetrieveResponse> r =
+            c.Retrieve(name, queries, d, request);
+        if (!r.ok() || r->results_size() != static_cast<int>(l)) {
+          std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+          return 1;
+        }
+      }
+      const auto end = std::chrono::steady_clock::now();
+      if (rep >= 0) {
+        ms[i].push_back(
+            std::chrono::duration<double, std::milli>(end - start).count());
       }
     }
-    const auto end = std::chrono::steady_clock::now();
-    if (rep >= 0)
-      ms.push_back(
-          std::chrono::duration<double, std::milli>(end - start).count());
   }
-  std::sort(ms.begin(), ms.end());
-  std::printf("grpc,%zu,%zu,%.3f,%.3f,%.2f\n", m, l, ms.front(),
-              ms[ms.size() / 2], ms.front() * 1e3 / l);
+  for (std::vector<double>& times : ms) {
+    std::sort(times.begin(), times.end());
+    std::printf("grpc,%zu,%zu,%.3f,%.3f,%.2f\n", m, l, times.front(),
+                times[times.size() / 2], times.front() * 1e3 / l);
+  }
   return 0;
 }
