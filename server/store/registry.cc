@@ -109,10 +109,10 @@ absl::Status StoreRegistry::CheckLoaded() const {
   return absl::OkStatus();
 }
 
-absl::Status StoreRegistry::CheckNotRestoring(absl::string_view name) const {
-  if (restoring_.contains(name)) {
-    return absl::AbortedError(absl::StrCat("a restore of store '", Clip(name),
-                                           "' is in progress; retry"));
+absl::Status StoreRegistry::CheckNotBusy(absl::string_view name) const {
+  if (auto found = busy_.find(name); found != busy_.end()) {
+    return absl::AbortedError(absl::StrCat("store '", Clip(name), "' is being ",
+                                           found->second, "; retry"));
   }
   return absl::OkStatus();
 }
@@ -122,27 +122,34 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
   if (absl::Status status = ValidateSettings(settings, limits_); !status.ok()) {
     return status;
   }
+  {
+    MutexLock lock(&mu_);
+    if (absl::Status status = CheckLoaded(); !status.ok()) return status;
+    if (absl::Status status = CheckNotBusy(settings.name); !status.ok()) {
+      return status;
+    }
+    if (stores_.contains(settings.name)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("store '", settings.name, "' already exists"));
+    }
+    if (FindDamaged(settings.name) != damaged_.end()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "store '", settings.name,
+          "' exists but is DAMAGED; delete it first to reuse the name"));
+    }
+    if (stores_.size() + creating_ >= limits_.max_stores) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the server holds ", stores_.size() + creating_,
+                       " stores, the limit max_stores"));
+    }
+    busy_.emplace(settings.name, "created");
+    ++creating_;
+  }
+  absl::Status written = storage_->PutStore(settings);
   MutexLock lock(&mu_);
-  if (absl::Status status = CheckLoaded(); !status.ok()) return status;
-  if (absl::Status status = CheckNotRestoring(settings.name); !status.ok()) {
-    return status;
-  }
-  if (stores_.contains(settings.name)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("store '", settings.name, "' already exists"));
-  }
-  if (FindDamaged(settings.name) != damaged_.end()) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "store '", settings.name,
-        "' exists but is DAMAGED; delete it first to reuse the name"));
-  }
-  if (stores_.size() >= limits_.max_stores) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the server holds ", stores_.size(), " stores, the limit max_stores"));
-  }
-  if (absl::Status status = storage_->PutStore(settings); !status.ok()) {
-    return status;
-  }
+  busy_.erase(settings.name);
+  --creating_;
+  if (!written.ok()) return written;
   auto store = std::make_shared<Store>(settings, limits_, storage_);
   stores_[settings.name] = store;
   return store;
@@ -219,7 +226,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
   {
     MutexLock lock(&mu_);
     if (absl::Status status = CheckLoaded(); !status.ok()) return status;
-    if (absl::Status status = CheckNotRestoring(settings.name); !status.ok()) {
+    if (absl::Status status = CheckNotBusy(settings.name); !status.ok()) {
       return status;
     }
     if (FindDamaged(settings.name) != damaged_.end()) {
@@ -235,12 +242,13 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
             "' already exists; restore under another name, or replace it"));
       }
       replaced = found->second;
-    } else if (stores_.size() >= limits_.max_stores) {
+    } else if (stores_.size() + creating_ >= limits_.max_stores) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("the server holds ", stores_.size(),
+          absl::StrCat("the server holds ", stores_.size() + creating_,
                        " stores, the limit max_stores"));
     }
-    restoring_.insert(settings.name);
+    busy_.emplace(settings.name, "restored");
+    if (!replaced) ++creating_;
   }
   // Writes to the store being replaced stop here (a write in progress
   // finishes first), so none can land in storage after the restore's.
@@ -250,7 +258,8 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
   }
   absl::Status written = storage_->PutWholeStore(image);
   MutexLock lock(&mu_);
-  restoring_.erase(settings.name);
+  busy_.erase(settings.name);
+  if (!replaced) --creating_;
   if (!written.ok()) {
     if (replaced) replaced->Reinstate();
     return written;
@@ -264,27 +273,30 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
 }
 
 absl::Status StoreRegistry::Delete(absl::string_view name) {
-  MutexLock lock(&mu_);
-  if (absl::Status status = CheckLoaded(); !status.ok()) return status;
-  if (absl::Status status = CheckNotRestoring(name); !status.ok()) {
-    return status;
-  }
-  auto found = stores_.find(name);
-  if (found == stores_.end()) {
-    auto damaged = FindDamaged(name);
-    if (damaged == damaged_.end()) {
+  std::shared_ptr<Store> store;  // Null: a damaged store's data goes.
+  {
+    MutexLock lock(&mu_);
+    if (absl::Status status = CheckLoaded(); !status.ok()) return status;
+    if (absl::Status status = CheckNotBusy(name); !status.ok()) return status;
+    if (auto found = stores_.find(name); found != stores_.end()) {
+      store = found->second;
+    } else if (FindDamaged(name) == damaged_.end()) {
       return absl::NotFoundError(
           absl::StrCat("store '", Clip(name), "' not found"));
     }
-    // A damaged store has no Store object: its data goes directly.
-    if (absl::Status status = storage_->DeleteStore(name); !status.ok()) {
-      return status;
-    }
-    damaged_.erase(damaged);
-    return absl::OkStatus();
+    busy_.emplace(name, "deleted");
   }
-  if (absl::Status status = found->second->Drop(); !status.ok()) return status;
-  stores_.erase(found);
+  // Until the drop is written the store serves reads; its writes wait for
+  // the drop and then fail.
+  absl::Status dropped = store ? store->Drop() : storage_->DeleteStore(name);
+  MutexLock lock(&mu_);
+  busy_.erase(name);
+  if (!dropped.ok()) return dropped;
+  if (store) {
+    stores_.erase(name);
+  } else if (auto damaged = FindDamaged(name); damaged != damaged_.end()) {
+    damaged_.erase(damaged);
+  }
   return absl::OkStatus();
 }
 

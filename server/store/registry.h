@@ -15,7 +15,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -72,13 +72,18 @@ class StoreRegistry {
       ABSL_GUARDED_BY(mu_);
   std::vector<DamagedStore> damaged_ ABSL_GUARDED_BY(mu_);
   bool loading_ ABSL_GUARDED_BY(mu_) = true;
-  // Names a restore is writing: creates, deletes and other restores of
-  // them are refused until it ends.
-  absl::flat_hash_set<std::string> restoring_ ABSL_GUARDED_BY(mu_);
+  // Names a create, delete or restore is writing to storage, with which
+  // ("created", ...): other creates, deletes and restores of them are
+  // refused until it ends. Storage is written outside mu_, so a slow disk
+  // (or a delete waiting for its store's write in progress) holds up only
+  // changes to that name, never the reads of any store.
+  absl::flat_hash_map<std::string, const char*> busy_ ABSL_GUARDED_BY(mu_);
+  // Stores being created: they count against max_stores.
+  size_t creating_ ABSL_GUARDED_BY(mu_) = 0;
 
   absl::Status CheckLoaded() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // ABORTED if a restore is writing `name`.
-  absl::Status CheckNotRestoring(absl::string_view name) const
+  // ABORTED if a create, delete or restore is writing `name`.
+  absl::Status CheckNotBusy(absl::string_view name) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::vector<DamagedStore>::const_iterator FindDamaged(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "server/store/registry.h"
 #include "server/store/retrieve.h"
@@ -484,6 +487,79 @@ TEST(RegistryTest, MaxStoresIsResourceExhausted) {
       registry.Create(Settings("b", 2));
   EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(second.status().message().find("max_stores"), std::string::npos);
+}
+
+// Runs `checks` on a thread of its own and fails (instead of hanging) if
+// they do not finish within a minute: they must not wait for the storage
+// write held by the test.
+void WithoutWaitingFor(GatedStorage& storage,
+                       const std::function<void()>& checks) {
+  absl::Notification done;
+  std::thread t([&] {
+    checks();
+    done.Notify();
+  });
+  const bool finished = done.WaitForNotificationWithTimeout(absl::Minutes(1));
+  storage.Release();  // Let a blocked check finish, so the thread joins.
+  t.join();
+  EXPECT_TRUE(finished) << "the checks waited for the held storage write";
+}
+
+TEST(RegistryTest, ReadsGoOnWhileAStoreIsBeingCreatedOrDeleted) {
+  GatedStorage storage;
+  Limits limits;
+  limits.max_stores = 2;
+  StoreRegistry registry(limits, &storage);
+  ASSERT_TRUE(registry.Load().ok());
+  ASSERT_TRUE(registry.Create(Settings("b", 2)).ok());
+  ASSERT_TRUE((*registry.Get("b"))->Add({MakePattern(0, 2, 1)}).ok());
+
+  // A create whose storage write hangs.
+  storage.Hold();
+  std::thread create(
+      [&] { EXPECT_TRUE(registry.Create(Settings("a", 2)).ok()); });
+  storage.WaitHeld(1);
+  WithoutWaitingFor(storage, [&] {
+    absl::StatusOr<std::shared_ptr<Store>> b = registry.Get("b");
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ((*b)->view()->size(), 1u);
+    bool more = false;
+    EXPECT_EQ(registry.List("", 10, more)->size(), 1u);
+    EXPECT_EQ(registry.Get("a").status().code(), absl::StatusCode::kNotFound);
+    for (absl::Status status :
+         {registry.Create(Settings("a", 2)).status(), registry.Delete("a")}) {
+      EXPECT_EQ(status.code(), absl::StatusCode::kAborted);
+      EXPECT_NE(status.message().find("store 'a' is being created; retry"),
+                std::string::npos)
+          << status;
+    }
+    // The store being created counts against max_stores.
+    absl::Status third = registry.Create(Settings("c", 2)).status();
+    EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_NE(third.message().find("holds 2 stores"), std::string::npos)
+        << third;
+  });
+  create.join();
+  ASSERT_TRUE(registry.Get("a").ok());
+
+  // A delete whose storage write hangs: the store serves reads meanwhile.
+  storage.Hold();
+  std::thread drop([&] { EXPECT_TRUE(registry.Delete("b").ok()); });
+  storage.WaitHeld(1);
+  WithoutWaitingFor(storage, [&] {
+    absl::StatusOr<std::shared_ptr<Store>> b = registry.Get("b");
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ((*b)->view()->size(), 1u);
+    EXPECT_TRUE(registry.Get("a").ok());
+    absl::Status again = registry.Create(Settings("b", 2)).status();
+    EXPECT_EQ(again.code(), absl::StatusCode::kAborted);
+    EXPECT_NE(again.message().find("store 'b' is being deleted; retry"),
+              std::string::npos)
+        << again;
+  });
+  drop.join();
+  EXPECT_EQ(registry.Get("b").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(registry.Create(Settings("b", 2)).ok());
 }
 
 TEST(RetrieveTest, ValidatesQueriesAndOverrides) {

@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "absl/synchronization/mutex.h"
 #include "server/store/storage.h"
 
 namespace engram::store {
@@ -40,6 +41,50 @@ class FaultyStorage : public EphemeralStorage {
   static absl::Status Failure() {
     return absl::UnavailableError("injected storage failure");
   }
+};
+
+// Holds every PutStore and DeleteStore while `Hold()` is in force, as a
+// slow or hung disk would, until `Release()`; `WaitHeld(n)` returns once n
+// calls are waiting. Thread-safe.
+class GatedStorage : public EphemeralStorage {
+ public:
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    held_ = true;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    held_ = false;
+  }
+  void WaitHeld(int n) {
+    absl::MutexLock lock(&mu_);
+    const auto held = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return waiting_ >= n;
+    };
+    mu_.Await(absl::Condition(&held));
+  }
+
+  absl::Status PutStore(const StoreSettings& s) override {
+    Gate();
+    return EphemeralStorage::PutStore(s);
+  }
+  absl::Status DeleteStore(absl::string_view name) override {
+    Gate();
+    return EphemeralStorage::DeleteStore(name);
+  }
+
+ private:
+  void Gate() {
+    absl::MutexLock lock(&mu_);
+    ++waiting_;
+    mu_.Await(absl::Condition(
+        +[](bool* held) { return !*held; }, &held_));
+    --waiting_;
+  }
+
+  absl::Mutex mu_;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace engram::store
