@@ -363,7 +363,8 @@ void JobRunner::ReclaimExpired(const std::string& name) {
 }
 
 std::shared_ptr<const store::StoreView> JobRunner::Claim(
-    const Queued& job, std::shared_ptr<std::atomic<bool>>& cancel) {
+    const Queued& job, std::shared_ptr<std::atomic<bool>>& cancel,
+    std::shared_ptr<store::Store>& store) {
   Entry* e = Find(job.store, job.serial);
   if (e == nullptr || !e->slot(job.kind).queued) return nullptr;  // Cancelled.
   Slot& slot = e->slot(job.kind);
@@ -374,7 +375,8 @@ std::shared_ptr<const store::StoreView> JobRunner::Claim(
   slot.running = true;
   cancel = std::make_shared<std::atomic<bool>>(false);
   slot.cancel = cancel;
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
+  store = *found;
+  std::shared_ptr<const store::StoreView> view = store->view();
   if (job.kind == JobKind::kFit) {
     e->new_patterns = 0;  // Adds from here on count toward the next fit.
     e->fit.set_state(FitState::RUNNING);
@@ -399,9 +401,8 @@ void JobRunner::RunFit(const Queued& job) {
   ReclaimExpired(job.store);
   {
     MutexLock lock(&mu_);
-    view = Claim(job, cancel);
+    view = Claim(job, cancel, store);
     if (view == nullptr) return;
-    store = *registry_->Get(job.store);
   }
   const absl::Time start = absl::Now();
   absl::StatusOr<store::FitRecord> record =
@@ -467,9 +468,8 @@ void JobRunner::RunCalibration(const Queued& job) {
   ReclaimExpired(job.store);
   {
     MutexLock lock(&mu_);
-    view = Claim(job, cancel);
+    view = Claim(job, cancel, store);
     if (view == nullptr) return;
-    store = *registry_->Get(job.store);
     Slot& slot = Find(job.store, job.serial)->calibration_slot;
     apply = slot.apply.value_or(view->settings().calibration.apply);
     slot.apply.reset();

@@ -163,9 +163,13 @@ class JobRunner {
   // Reclaims the store's expired patterns before a job reads it, so a fit
   // or calibration never sees one (a failure leaves them to the sweeper).
   void ReclaimExpired(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  // Marks a queued job running and returns the snapshot it works on, with
+  // the store it came from in `store` (a second lookup by name could find a
+  // store created under that name since, or none); null if the job was
+  // cancelled or its store is gone.
   std::shared_ptr<const store::StoreView> Claim(
-      const Queued& job, std::shared_ptr<std::atomic<bool>>& cancel)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      const Queued& job, std::shared_ptr<std::atomic<bool>>& cancel,
+      std::shared_ptr<store::Store>& store) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The entry of a store, created from its published records if new.
   absl::StatusOr<Entry*> EntryFor(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
