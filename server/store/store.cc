@@ -931,16 +931,28 @@ absl::StatusOr<Pattern> Store::Get(uint64_t id) const {
 
 Store::Page Store::List(uint64_t after_id, size_t page_size,
                         bool with_values) const {
-  ReaderMutexLock lock(&mu_);
+  // The rows are found under the lock, their values copied after it from
+  // the view they belong to (immutable), so that a large page holds up
+  // neither writers nor, behind a waiting writer, other readers.
+  std::shared_ptr<const StoreView> view;
+  std::vector<size_t> rows;
   Page page;
-  const int64_t now = absl::GetCurrentTimeNanos();
-  for (auto it = index_.upper_bound(after_id); it != index_.end(); ++it) {
-    if (view_->Expired(it->second, now)) continue;
-    if (page.patterns.size() == page_size) {
-      page.more = true;
-      break;
+  {
+    ReaderMutexLock lock(&mu_);
+    view = view_;
+    const int64_t now = absl::GetCurrentTimeNanos();
+    for (auto it = index_.upper_bound(after_id); it != index_.end(); ++it) {
+      if (view->Expired(it->second, now)) continue;
+      if (rows.size() == page_size) {
+        page.more = true;
+        break;
+      }
+      rows.push_back(it->second);
     }
-    page.patterns.push_back(view_->pattern(it->second, with_values));
+  }
+  page.patterns.reserve(rows.size());
+  for (size_t row : rows) {
+    page.patterns.push_back(view->pattern(row, with_values));
   }
   return page;
 }
