@@ -8,7 +8,7 @@
 
 namespace engram::rpc {
 
-Handlers::Handlers(int max_threads) : max_threads_(max_threads) {}
+Handlers::Handlers(size_t max_threads) : max_threads_(max_threads) {}
 
 Handlers::~Handlers() {
   std::vector<std::thread> threads;
@@ -23,12 +23,11 @@ Handlers::~Handlers() {
 
 bool Handlers::Run(absl::AnyInvocable<void() &&> task) {
   MutexLock lock(&mu_);
-  const size_t limit = 2 * static_cast<size_t>(max_threads_);
-  if (stopping_ || busy_ + tasks_.size() >= limit) return false;
+  if (stopping_ || busy_ + tasks_.size() >= 2 * max_threads_) return false;
   tasks_.push_back(std::move(task));
-  if (tasks_.size() <= static_cast<size_t>(idle_)) {
+  if (tasks_.size() <= idle_) {
     work_.Signal();  // An idle thread takes it.
-  } else if (threads_.size() < static_cast<size_t>(max_threads_)) {
+  } else if (threads_.size() < max_threads_) {
     threads_.emplace_back(&Handlers::Loop, this);
   }  // Else it waits for the first busy thread to finish.
   return true;

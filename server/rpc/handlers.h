@@ -30,7 +30,7 @@ namespace engram::rpc {
 
 class Handlers {
  public:
-  explicit Handlers(int max_threads);
+  explicit Handlers(size_t max_threads);
   ~Handlers();
   Handlers(const Handlers&) = delete;
   Handlers& operator=(const Handlers&) = delete;
@@ -40,18 +40,18 @@ class Handlers {
   // threads are busy and `max_threads` tasks already wait.
   bool Run(absl::AnyInvocable<void() &&> task);
 
-  int max_threads() const { return max_threads_; }
+  size_t max_threads() const { return max_threads_; }
 
  private:
   void Loop();
 
-  const int max_threads_;
+  const size_t max_threads_;
   Mutex mu_;
   CondVar work_;
   // Tasks not taken yet; with busy_ at most 2 * max_threads_.
   std::deque<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
   size_t busy_ ABSL_GUARDED_BY(mu_) = 0;  // Threads running a task.
-  int idle_ ABSL_GUARDED_BY(mu_) = 0;     // Threads waiting for one.
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;  // Threads waiting for one.
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
 };
