@@ -10,9 +10,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "server/store/registry.h"
 #include "server/store/retrieve.h"
 #include "tests/store/test_storage.h"
@@ -510,15 +511,25 @@ TEST(RegistryTest, MaxStoresIsResourceExhausted) {
 // write held by the test.
 void WithoutWaitingFor(GatedStorage& storage,
                        const std::function<void()>& checks) {
-  absl::Notification done;
+  Mutex mu;
+  CondVar finished_cv;
+  bool finished = false;
   std::thread t([&] {
     checks();
-    done.Notify();
+    MutexLock lock(&mu);
+    finished = true;
+    finished_cv.Signal();
   });
-  const bool finished = done.WaitForNotificationWithTimeout(absl::Minutes(1));
+  {
+    const absl::Time deadline = absl::Now() + absl::Minutes(1);
+    MutexLock lock(&mu);
+    while (!finished && absl::Now() < deadline) {
+      finished_cv.WaitWithTimeout(&mu, deadline - absl::Now());
+    }
+    EXPECT_TRUE(finished) << "the checks waited for the held storage write";
+  }
   storage.Release();  // Let a blocked check finish, so the thread joins.
   t.join();
-  EXPECT_TRUE(finished) << "the checks waited for the held storage write";
 }
 
 TEST(RegistryTest, ReadsGoOnWhileAStoreIsBeingCreatedOrDeleted) {
