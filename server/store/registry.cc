@@ -117,6 +117,15 @@ absl::Status StoreRegistry::CheckNotBusy(absl::string_view name) const {
   return absl::OkStatus();
 }
 
+absl::Status StoreRegistry::CheckRoomForOneMore() const {
+  const size_t held = stores_.size() + creating_;
+  if (held >= limits_.max_stores) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server holds ", held, " stores, the limit max_stores"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
     const StoreSettings& settings) {
   if (absl::Status status = ValidateSettings(settings, limits_); !status.ok()) {
@@ -137,10 +146,8 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Create(
           "store '", settings.name,
           "' exists but is DAMAGED; delete it first to reuse the name"));
     }
-    if (stores_.size() + creating_ >= limits_.max_stores) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the server holds ", stores_.size() + creating_,
-                       " stores, the limit max_stores"));
+    if (absl::Status status = CheckRoomForOneMore(); !status.ok()) {
+      return status;
     }
     busy_.emplace(settings.name, "created");
     ++creating_;
@@ -242,10 +249,8 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
             "' already exists; restore under another name, or replace it"));
       }
       replaced = found->second;
-    } else if (stores_.size() + creating_ >= limits_.max_stores) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the server holds ", stores_.size() + creating_,
-                       " stores, the limit max_stores"));
+    } else if (absl::Status status = CheckRoomForOneMore(); !status.ok()) {
+      return status;
     }
     busy_.emplace(settings.name, "restored");
     if (!replaced) ++creating_;

@@ -85,6 +85,9 @@ class StoreRegistry {
   // ABORTED if a create, delete or restore is writing `name`.
   absl::Status CheckNotBusy(absl::string_view name) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // RESOURCE_EXHAUSTED if the stores held and being created reach
+  // max_stores.
+  absl::Status CheckRoomForOneMore() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::vector<DamagedStore>::const_iterator FindDamaged(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 };
