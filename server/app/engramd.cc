@@ -238,7 +238,7 @@ int RunEngramd(EngramdOptions o) {
   shard.limits = o.limits;
   shard.jobs = jobs.get();
   if (o.role == Role::kShard) {
-    o.server.after_write = cluster::StampRecorder(&registry);
+    o.server.after_write = cluster::StampRecorder();
   }
   absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
       o.server, &metrics, [&](const rpc::CallPolicy* policy) {

@@ -93,11 +93,8 @@ absl::Status TopOnly(const store::StoreView& view,
 
 }  // namespace
 
-std::function<void(absl::string_view store,
-                   const grpc::ServerContextBase& context)>
-StampRecorder(store::StoreRegistry* registry) {
-  return [registry](absl::string_view store,
-                    const grpc::ServerContextBase& context) {
+rpc::AfterWrite StampRecorder() {
+  return [](store::Store& written, const grpc::ServerContextBase& context) {
     const auto& metadata = context.client_metadata();
     auto found = metadata.find(kStampHeader);
     uint64_t stamp = 0;
@@ -107,12 +104,12 @@ StampRecorder(store::StoreRegistry* registry) {
             &stamp)) {
       return;  // Not from a router.
     }
-    absl::StatusOr<std::shared_ptr<store::Store>> target =
-        registry->Get(std::string(store));
-    if (!target.ok()) return;  // Deleted.
-    if (absl::Status s = (*target)->RaiseStamp(stamp); !s.ok()) {
-      Log(LogLevel::kWarning, "store '%s': write stamp not kept: %s", store,
-          s.ToString());
+    // A store deleted since the write refuses the stamp quietly (its data
+    // is gone with it); one replaced by a restore refuses it too.
+    absl::Status s = written.RaiseStamp(stamp);
+    if (!s.ok() && !absl::IsNotFound(s)) {
+      Log(LogLevel::kWarning, "store '%s': write stamp not kept: %s",
+          written.name(), s.ToString());
     }
   };
 }
@@ -362,6 +359,7 @@ grpc::Status ShardService::PutFeatureMap(grpc::ServerContext* context,
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
   store::Store& store = **found;
+  call.Wrote(*found);  // Stamped only if the call ends well.
   absl::StatusOr<std::shared_ptr<const core::FeatureMap>> map =
       FeatureMapFromProto(*request);
   if (!map.ok()) return call.Done(map.status());
@@ -428,6 +426,7 @@ grpc::Status ShardService::PutCalibration(
     options_.jobs->Published(jobs::JobKind::kCalibration, request->store());
   }
   *response = *std::move(stored);
+  call.Wrote(*found);
   return call.Done(absl::OkStatus());
 }
 

@@ -31,10 +31,9 @@ struct ShardOptions {
 };
 
 // What a shard does after each write that succeeded (rpc::CallPolicy::
-// after_write): keeps the router's write stamp of the call for the store.
-std::function<void(absl::string_view store,
-                   const grpc::ServerContextBase& context)>
-StampRecorder(store::StoreRegistry* registry);
+// after_write): keeps the router's write stamp of the call for the store the
+// write went to.
+rpc::AfterWrite StampRecorder();
 
 class ShardService final : public v1::Shard::Service {
  public:

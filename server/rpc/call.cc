@@ -117,8 +117,8 @@ grpc::Status Call::Done(const absl::Status& status) {
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
   const char* code = CodeName(status.code());
   if (status.ok() && policy_->after_write && context_ != nullptr &&
-      !store_.empty() && MethodWrites(method_).value_or(false)) {
-    policy_->after_write(store_, *context_);
+      written_ != nullptr) {
+    policy_->after_write(*written_, *context_);
   }
   if (policy_->metrics != nullptr) {
     policy_->metrics->RecordRequest(method_, code, seconds);

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -32,18 +33,27 @@
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
 
+namespace engram::store {
+class Store;
+}  // namespace engram::store
+
 namespace engram::rpc {
+
+// What a server does after a write that succeeded, given the store object the
+// write went to.
+using AfterWrite = std::function<void(store::Store& written,
+                                      const grpc::ServerContextBase& context)>;
 
 struct CallPolicy {
   TokenAuthorizer auth;
   // The largest request or response message (--max_message_mb).
   size_t max_message_bytes = 256 << 20;
   metrics::Metrics* metrics = nullptr;  // Borrowed; must outlive the calls.
-  // Called after each write that succeeded, with its store (a shard records
-  // the write stamp its router sent); may be empty.
-  std::function<void(absl::string_view store,
-                     const grpc::ServerContextBase& context)>
-      after_write;
+  // Called after each write that succeeded, with the store object it went to
+  // (Call::Wrote) — not a name looked up again, which a delete and re-create
+  // in between would resolve to another store. A shard records the write
+  // stamp its router sent. May be empty.
+  AfterWrite after_write;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -76,6 +86,12 @@ class Call {
              const google::protobuf::Message* request);
   grpc::Status Refused() { return Done(refused_); }
 
+  // Names the store the call wrote to; if the call ends well, Done hands it
+  // to the policy's after_write.
+  void Wrote(std::shared_ptr<store::Store> store) {
+    written_ = std::move(store);
+  }
+
   // Records and logs the call's end; returns the status to send.
   grpc::Status Done(const absl::Status& status);
 
@@ -86,6 +102,7 @@ class Call {
   const absl::Time start_;
   absl::Status refused_;
   const grpc::ServerContextBase* context_ = nullptr;  // Set by Admit.
+  std::shared_ptr<store::Store> written_;             // Set by Wrote.
 };
 
 }  // namespace engram::rpc

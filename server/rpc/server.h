@@ -40,9 +40,7 @@ struct ServerOptions {
   // Bearer tokens (see auth.h); empty: no token needed.
   std::string token_file;
   // CallPolicy::after_write.
-  std::function<void(absl::string_view store,
-                     const grpc::ServerContextBase& context)>
-      after_write;
+  AfterWrite after_write;
 };
 
 class Server {

@@ -95,6 +95,7 @@ grpc::Status EngramService::CreateStore(grpc::ServerContext* context,
   if (!created.ok()) return call.Done(created.status());
   StoreToProto(**created, *response);
   CountStore(*metrics_, **created);
+  call.Wrote(*created);
   return call.Done(absl::OkStatus());
 }
 
@@ -161,6 +162,7 @@ grpc::Status EngramService::UpdateStore(grpc::ServerContext* context,
       });
   if (!status.ok()) return call.Done(status);
   StoreToProto(**found, *response);
+  call.Wrote(*found);
   return call.Done(absl::OkStatus());
 }
 
@@ -196,6 +198,7 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
   response->mutable_ids()->Assign(ids->begin(), ids->end());
   response->set_pattern_count((*found)->view()->size());
   Added(**found, ids->size());
+  call.Wrote(*found);
   return call.Done(absl::OkStatus());
 }
 
@@ -261,6 +264,7 @@ grpc::Status EngramService::ImportPatterns(
   response->set_pattern_count(target->view()->size());
   response->set_first_id(first_id);
   response->set_last_id(last_id);
+  call.Wrote(target);
   return call.Done(absl::OkStatus());
 }
 
@@ -332,6 +336,7 @@ grpc::Status EngramService::DeletePatterns(
   if (!status.ok()) return call.Done(status);
   response->set_pattern_count((*found)->view()->size());
   CountStore(*metrics_, **found);
+  call.Wrote(*found);
   return call.Done(absl::OkStatus());
 }
 

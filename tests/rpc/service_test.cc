@@ -18,6 +18,9 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
+#include "server/cluster/shard_service.h"
+#include "server/cluster/topology.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/handlers.h"
 #include "server/rpc/server.h"
@@ -44,6 +47,15 @@ class ServiceTest : public ::testing::Test {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.max_message_bytes = 4 << 20;
+    options.after_write = [this](store::Store& written,
+                                 const grpc::ServerContextBase& context) {
+      AfterWrite hook;
+      {
+        MutexLock lock(&hook_mu_);
+        hook = after_write_;
+      }
+      if (hook) hook(written, context);
+    };
     fits_ = std::make_unique<jobs::JobRunner>(registry_.get(),
                                               jobs::JobRunnerOptions{});
     absl::StatusOr<std::unique_ptr<Server>> server =
@@ -101,6 +113,9 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   std::unique_ptr<client::Client> client_;
   std::unique_ptr<v1::Engram::Stub> stub_;
+  // What the server runs after each write that succeeded (none by default).
+  Mutex hook_mu_;
+  AfterWrite after_write_;
 };
 
 TEST_F(ServiceTest, HealthSeparatesLivenessAndReadiness) {
@@ -1020,6 +1035,111 @@ TEST_F(ServiceTest, DeleteStoreRemovesIt) {
   EXPECT_EQ(client_->GetStore("s").status().code(), StatusCode::kNotFound);
   Create("s", 3);
   EXPECT_EQ(Count("s"), 0u);
+}
+
+// A shard stamps the store each write went to with its router's stamp, and
+// only after a write that succeeded: not after a read or a refused write, and
+// never a store of the same name that took the write's place in between.
+TEST_F(ServiceTest, AfterWriteStampsTheStoreTheWriteWentTo) {
+  const rpc::AfterWrite stamp = cluster::StampRecorder();
+  Mutex mu;  // The hook runs on the server's threads.
+  std::vector<store::Store*> written;
+  bool replace_before_stamping = false;
+  auto last_written = [&] {
+    MutexLock lock(&mu);
+    return written.empty() ? nullptr : written.back();
+  };
+  auto writes = [&] {
+    MutexLock lock(&mu);
+    return written.size();
+  };
+  {
+    MutexLock lock(&hook_mu_);
+    after_write_ = [&](store::Store& store,
+                       const grpc::ServerContextBase& context) {
+      bool replace = false;
+      {
+        MutexLock lock(&mu);
+        written.push_back(&store);
+        std::swap(replace, replace_before_stamping);
+      }
+      if (replace) {
+        // The window between a write and its stamp: the store is deleted
+        // and another of its name created.
+        ASSERT_TRUE(registry_->Delete("s").ok());
+        store::StoreSettings settings;
+        settings.name = "s";
+        settings.dimension = 2;
+        ASSERT_TRUE(registry_->Create(settings).ok());
+      }
+      stamp(store, context);
+    };
+  }
+  auto stamped = [&](uint64_t value) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->AddMetadata(cluster::kStampHeader, std::to_string(value));
+    return context;
+  };
+  auto current = [&] { return *registry_->Get("s"); };
+
+  v1::CreateStoreRequest create;
+  *create.mutable_store() = NewStore("s", 2);
+  v1::Store created;
+  ASSERT_TRUE(stub_->CreateStore(stamped(5).get(), create, &created).ok());
+  std::shared_ptr<store::Store> first = current();
+  EXPECT_EQ(writes(), 1u);
+  EXPECT_EQ(last_written(), first.get());
+  EXPECT_EQ(first->stamp(), 5u);
+
+  v1::AddPatternsRequest add;
+  add.set_store("s");
+  SetValues(add.add_patterns(), {1, 2});
+  v1::AddPatternsResponse added;
+  ASSERT_TRUE(stub_->AddPatterns(stamped(7).get(), add, &added).ok());
+  EXPECT_EQ(first->stamp(), 7u);
+
+  // Refused writes and reads record nothing.
+  v1::AddPatternsRequest bad = add;
+  SetValues(bad.mutable_patterns(0), {1, 2, 3});
+  EXPECT_EQ(stub_->AddPatterns(stamped(9).get(), bad, &added).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GetStoreRequest get;
+  get.set_name("s");
+  v1::Store got;
+  ASSERT_TRUE(stub_->GetStore(stamped(9).get(), get, &got).ok());
+  EXPECT_EQ(writes(), 2u);
+  EXPECT_EQ(first->stamp(), 7u);
+
+  v1::DeletePatternsRequest remove;
+  remove.set_store("s");
+  remove.add_ids(added.ids(0));
+  v1::DeletePatternsResponse removed;
+  ASSERT_TRUE(stub_->DeletePatterns(stamped(8).get(), remove, &removed).ok());
+  EXPECT_EQ(first->stamp(), 8u);
+
+  // Deleted and re-created between the write and its stamp: the stamp does
+  // not go to the new store, which never saw the write.
+  {
+    MutexLock lock(&mu);
+    replace_before_stamping = true;
+  }
+  ASSERT_TRUE(stub_->AddPatterns(stamped(11).get(), add, &added).ok());
+  EXPECT_EQ(last_written(), first.get());
+  std::shared_ptr<store::Store> second = current();
+  EXPECT_NE(second.get(), first.get());
+  EXPECT_EQ(second->stamp(), 0u);
+  EXPECT_EQ(first->stamp(), 8u);  // Deleted: its stamp went with it.
+
+  v1::UpdateStoreRequest update;
+  update.mutable_store()->set_name("s");
+  update.mutable_store()->mutable_retrieval()->set_beta(2);
+  update.mutable_update_mask()->add_paths("retrieval.beta");
+  v1::Store updated;
+  ASSERT_TRUE(stub_->UpdateStore(stamped(12).get(), update, &updated).ok());
+  EXPECT_EQ(last_written(), second.get());
+  EXPECT_EQ(second->stamp(), 12u);
+  MutexLock lock(&hook_mu_);
+  after_write_ = nullptr;
 }
 
 }  // namespace
