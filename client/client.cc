@@ -6,8 +6,8 @@
 #include <thread>
 #include <utility>
 
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
+#include "absl/strings/str_cat.h"
+#include "client/channel.h"
 
 namespace engram::client {
 
@@ -53,30 +53,21 @@ Client::Client(const ClientOptions& options,
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.max_message_mb << 20);
-  args.SetMaxSendMessageSize(options.max_message_mb << 20);
-  // As the server: an 8 MiB stream window from the start (large answers).
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
-  std::shared_ptr<grpc::ChannelCredentials> credentials =
-      grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls_ca;
-    ssl.pem_cert_chain = options.tls_cert;
-    ssl.pem_private_key = options.tls_key;
-    credentials = grpc::SslCredentials(ssl);
-    if (!options.tls_server_name.empty()) {
-      args.SetSslTargetNameOverride(options.tls_server_name);
-    }
+  if (options.max_message_mb <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_message_mb is ", options.max_message_mb, "; it must be positive"));
   }
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.address, credentials, args);
-  if (!channel) {
-    return absl::InvalidArgumentError("cannot create a channel to " +
-                                      options.address);
-  }
-  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+  ChannelOptions channel_options;
+  channel_options.address = options.address;
+  channel_options.max_message_bytes = size_t(options.max_message_mb) << 20;
+  channel_options.tls_ca = options.tls_ca;
+  channel_options.tls_cert = options.tls_cert;
+  channel_options.tls_key = options.tls_key;
+  channel_options.tls_server_name = options.tls_server_name;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      NewChannel(channel_options);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<Client>(new Client(options, *std::move(channel)));
 }
 
 void Client::Prepare(grpc::ClientContext& context, bool deadline) const {

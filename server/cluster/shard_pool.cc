@@ -7,8 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
+#include "client/channel.h"
 #include "server/base/log.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/call.h"
@@ -20,19 +19,11 @@ ShardPool::ShardPool(const ShardPoolOptions& options) : options_(options) {}
 absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
     const Topology& topology, const ShardPoolOptions& options) {
   std::unique_ptr<ShardPool> pool(new ShardPool(options));
-  std::shared_ptr<grpc::ChannelCredentials> credentials =
-      grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls_ca;
-    ssl.pem_cert_chain = options.tls_cert;
-    ssl.pem_private_key = options.tls_key;
-    credentials = grpc::SslCredentials(ssl);
-  }
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  client::ChannelOptions channel_options;
+  channel_options.max_message_bytes = options.max_message_bytes;
+  channel_options.tls_ca = options.tls_ca;
+  channel_options.tls_cert = options.tls_cert;
+  channel_options.tls_key = options.tls_key;
   pool->next_ = std::vector<std::atomic<uint32_t>>(topology.groups.size());
   {
     absl::MutexLock lock(&pool->mu_);
@@ -44,10 +35,12 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
         replica->group = static_cast<uint32_t>(g);
         replica->index = static_cast<uint32_t>(r);
         replica->address = topology.groups[g][r];
-        std::shared_ptr<grpc::Channel> channel =
-            grpc::CreateCustomChannel(replica->address, credentials, args);
-        replica->engram = engram::v1::Engram::NewStub(channel);
-        replica->shard = v1::Shard::NewStub(channel);
+        channel_options.address = replica->address;
+        absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+            client::NewChannel(channel_options);
+        if (!channel.ok()) return channel.status();
+        replica->engram = engram::v1::Engram::NewStub(*channel);
+        replica->shard = v1::Shard::NewStub(*channel);
         ReplicaStatus status;
         status.group = replica->group;
         status.address = replica->address;

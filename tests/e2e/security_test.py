@@ -5,12 +5,16 @@ the engram CLI; certificates made with openssl in the test.
 Usage: security_test.py BIN_DIR
 """
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+from engram_client import Client  # noqa: E402
 from harness import Engramd, make_certs  # noqa: E402
 
 BIN = sys.argv.pop(1)
@@ -64,6 +68,45 @@ class SecurityTest(unittest.TestCase):
             self.assertEqual(known.returncode, 0, known.stderr)
         finally:
             s.stop()
+
+    def test_router_reaches_its_shards_over_mutual_tls(self):
+        """--shard_tls_*: a router's own channels to shards that require
+        mutual TLS; without its certificate the shard stays unreachable."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        shard = Server(self.tmp.name, "--role=shard", "--cluster=tls", "--listen=127.0.0.1:%d" % port,
+                       "--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key"),
+                       "--tls_client_ca=" + self.p("ca.pem"))
+        router = None
+        try:
+            router = Server(self.tmp.name, "--role=router", "--cluster=tls", "--shards=" + shard.addr,
+                            "--shard_tls_ca=" + self.p("ca.pem"),
+                            "--shard_tls_cert=" + self.p("client.pem"),
+                            "--shard_tls_key=" + self.p("client.key"))
+            with Client(router.addr) as c:
+                c.create_store("secure", dim=3)
+                ids = c.add("secure", np.eye(3, dtype=np.float32))
+                recall = c.retrieve("secure", np.array([0.0, 4.0, 0.0], np.float32), top_k=1)
+                self.assertEqual(int(recall.ids[0][0]), int(ids[1]))
+            # Without the router's certificate the shard refuses the handshake.
+            anonymous = subprocess.Popen(
+                [os.path.join(BIN, "engramd"), "--role=router", "--cluster=tls", "--listen=127.0.0.1:0",
+                 "--metrics_listen=", "--shards=" + shard.addr, "--shard_tls_ca=" + self.p("ca.pem")],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                deadline, seen = time.time() + 20, ""
+                while "not ready" not in seen and time.time() < deadline:
+                    seen += anonymous.stdout.readline()
+                self.assertIn("shard group 0 has no ready replica (%s unreachable" % shard.addr, seen)
+            finally:
+                anonymous.terminate()
+                anonymous.wait(timeout=30)
+                anonymous.stdout.close()
+        finally:
+            if router is not None:
+                router.stop()
+            shard.stop()
 
     def test_token_matrix(self):
         tokens = os.path.join(self.tmp.name, "tokens")

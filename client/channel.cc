@@ -1,0 +1,46 @@
+#include "client/channel.h"
+
+#include <climits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace engram::client {
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(
+    const ChannelOptions& options) {
+  if (options.max_message_bytes > size_t{INT_MAX}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max message size ", options.max_message_bytes,
+                     " bytes is above gRPC's limit of ", INT_MAX));
+  }
+  grpc::ChannelArguments args;
+  const int max_message = static_cast<int>(options.max_message_bytes);
+  args.SetMaxReceiveMessageSize(max_message);
+  args.SetMaxSendMessageSize(max_message);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (!options.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca;
+    ssl.pem_cert_chain = options.tls_cert;
+    ssl.pem_private_key = options.tls_key;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.address, credentials, args);
+  if (!channel) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create a channel to ", options.address));
+  }
+  return channel;
+}
+
+}  // namespace engram::client

@@ -1,0 +1,43 @@
+// The one way engram opens a gRPC channel to an engramd, for the client
+// library and for a router's connections to its shards alike: message-size
+// limits, an 8 MiB stream window from the start (large answers, as the
+// server sets), and plaintext or (mutual) TLS.
+//
+//   ChannelOptions options;
+//   options.address = "127.0.0.1:50051";
+//   options.tls_ca = ca_pem;  // Empty: plaintext.
+//   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+//       NewChannel(options);
+//
+// Thread-safe: a function of its arguments.
+#ifndef ENGRAM_CLIENT_CHANNEL_H_
+#define ENGRAM_CLIENT_CHANNEL_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/channel.h"
+
+namespace engram::client {
+
+struct ChannelOptions {
+  std::string address;
+  // The largest message sent or received.
+  size_t max_message_bytes = size_t{256} << 20;
+  // TLS: the CA that signed the server's certificate (PEM text); empty
+  // means plaintext. With mutual TLS also this side's certificate and key.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  // Expected server name when it differs from the address's host.
+  std::string tls_server_name;
+};
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(
+    const ChannelOptions& options);
+
+}  // namespace engram::client
+
+#endif  // ENGRAM_CLIENT_CHANNEL_H_
