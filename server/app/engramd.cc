@@ -114,6 +114,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   cluster::RouterOptions router;
   router.limits = o.limits;
   router.calibration_threads = o.retrieval_threads;
+  router.max_restore_bytes = o.max_restore_bytes;
   absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
       o.server, &metrics, [&](const rpc::CallPolicy* policy) {
         std::vector<std::unique_ptr<grpc::Service>> services;

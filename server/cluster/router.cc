@@ -38,14 +38,6 @@ grpc::Status Answer(rpc::Call& call, absl::StatusOr<T> result, T* response) {
   return call.Done(absl::OkStatus());
 }
 
-absl::Time DeadlineOf(const grpc::ServerContext* context) {
-  const auto deadline = context->deadline();
-  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
-}
-
 // The parts of one store, one per group, as one store.
 api::Store Merge(std::vector<api::Store> parts) {
   api::Store out = parts[0];
@@ -338,26 +330,10 @@ grpc::Status Router::ListStores(Ctx* context,
     after = *cursor;
   }
   const absl::Time deadline = DeadlineOf(context);
-  // Every group holds every store: group 0 names them.
-  absl::StatusOr<const Replica*> r = pool_->Pick(0);
-  if (!r.ok()) return call.Done(r.status());
-  std::vector<std::string> names;
-  api::ListStoresRequest page;
-  page.set_page_size(1000);
-  do {
-    api::ListStoresResponse listed;
-    if (absl::Status s =
-            Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::ListStores,
-                  page, &listed, deadline);
-        !s.ok()) {
-      return call.Done(s);
-    }
-    for (const api::Store& s : listed.stores()) {
-      if (s.name() > after) names.push_back(s.name());
-    }
-    page.set_page_token(listed.next_page_token());
-  } while (!page.page_token().empty());
-  std::sort(names.begin(), names.end());
+  absl::StatusOr<std::vector<std::string>> all = StoreNames(deadline);
+  if (!all.ok()) return call.Done(all.status());
+  std::vector<std::string> names(
+      std::upper_bound(all->begin(), all->end(), after), all->end());
   const size_t size = request->page_size() == 0
                           ? 100
                           : std::min<size_t>(request->page_size(), 1000);
@@ -371,6 +347,29 @@ grpc::Status Router::ListStores(Ctx* context,
         tokens_.Issue(rpc::PageTokens::Stores(), names[size - 1]));
   }
   return call.Done(absl::OkStatus());
+}
+
+absl::StatusOr<std::vector<std::string>> Router::StoreNames(
+    absl::Time deadline) {
+  // Every group holds every store: group 0 names them.
+  absl::StatusOr<const Replica*> r = pool_->Pick(0);
+  if (!r.ok()) return r.status();
+  std::vector<std::string> names;
+  api::ListStoresRequest page;
+  page.set_page_size(1000);
+  do {
+    api::ListStoresResponse listed;
+    if (absl::Status s =
+            Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::ListStores,
+                  page, &listed, deadline);
+        !s.ok()) {
+      return s;
+    }
+    for (const api::Store& s : listed.stores()) names.push_back(s.name());
+    page.set_page_token(listed.next_page_token());
+  } while (!page.page_token().empty());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 grpc::Status Router::UpdateStore(Ctx* context,

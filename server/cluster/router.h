@@ -24,12 +24,16 @@
 #include "server/rpc/page_token.h"
 #include "server/store/retrieve.h"
 #include "server/store/settings.h"
+#include "server/store/storage.h"
 
 namespace engram::cluster {
 
 struct RouterOptions {
   store::Limits limits;         // Checked before anything reaches a shard.
   int calibration_threads = 1;  // Retrieval threads of a calibration.
+  // The most bytes of one store a backup or a restore holds in memory
+  // (--max_restore_mb).
+  size_t max_restore_bytes = size_t{8} << 30;
 };
 
 // engram.cluster.v1.Router: the shards as the router's probe sees them.
@@ -113,8 +117,32 @@ class Router final : public engram::v1::Engram::Service {
   grpc::Status CancelCalibration(
       Ctx* context, const engram::v1::CancelCalibrationRequest* request,
       engram::v1::CalibrationStatus* response) override;
+  // Backups (router_backup.cc): a store is backed up as one, put together
+  // from one replica of each group, and restored split over the groups.
+  grpc::Status CreateBackup(
+      Ctx* context, const engram::v1::CreateBackupRequest* request,
+      grpc::ServerWriter<engram::v1::BackupChunk>* writer) override;
+  grpc::Status RestoreStore(
+      Ctx* context, grpc::ServerReader<engram::v1::RestoreStoreRequest>* reader,
+      engram::v1::Store* response) override;
 
  private:
+  // Every store's name (group 0 holds every store), in order.
+  absl::StatusOr<std::vector<std::string>> StoreNames(absl::Time deadline);
+  // Group `group`'s part of store `name`, from the backup of one of its
+  // ready replicas, every byte checked.
+  absl::StatusOr<store::StoreImage> GroupBackup(const std::string& name,
+                                                uint32_t group,
+                                                absl::Time deadline);
+  absl::StatusOr<store::StoreImage> BackupFrom(const Replica& replica,
+                                               const std::string& name,
+                                               absl::Time deadline);
+  // Restores one store from a backup's files on `replica`.
+  absl::Status RestoreOn(const Replica& replica, const std::string& name,
+                         bool replace,
+                         const std::vector<engram::v1::BackupChunk>& files,
+                         absl::Time deadline);
+
   // The store as one store: every group's part merged (counts summed,
   // norms combined, damage from any group).
   absl::StatusOr<engram::v1::Store> MergedStore(const std::string& name,

@@ -16,12 +16,17 @@
 #include "absl/time/time.h"
 #include "engram/cluster/v1/shard.grpc.pb.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/server_context.h"
 #include "server/cluster/shard_pool.h"
 
 namespace engram::cluster {
 
 // A shard's answer as a status that says which shard gave it.
 absl::Status FromShard(const grpc::Status& status, const Replica& replica);
+
+// The deadline a router's call to its shards inherits from its client's
+// call (none beyond a day).
+absl::Time DeadlineOf(const grpc::ServerContext* context);
 
 // One unary call to a replica.
 template <typename Stub, typename Request, typename Response>

@@ -10,41 +10,13 @@
 #include "absl/time/clock.h"
 #include "server/base/clip.h"
 #include "server/base/log.h"
+#include "server/rpc/backup_stream.h"
 #include "server/rpc/call.h"
 #include "server/rpc/convert.h"
 #include "server/store/backup.h"
 #include "server/store/retrieve.h"
 
 namespace engram::rpc {
-
-namespace {
-
-// Sends a backup's files as BackupChunk messages.
-class ChunkWriter : public store::BackupSink {
- public:
-  ChunkWriter(grpc::ServerContext* context,
-              grpc::ServerWriter<v1::BackupChunk>* writer)
-      : context_(context), writer_(writer) {}
-
-  absl::Status Write(absl::string_view file, absl::string_view data) override {
-    if (context_->IsCancelled()) {
-      return absl::CancelledError("the client went away during the backup");
-    }
-    chunk_.set_file(std::string(file));
-    chunk_.set_data(std::string(data));
-    if (!writer_->Write(chunk_)) {
-      return absl::CancelledError("the client stopped reading the backup");
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  grpc::ServerContext* const context_;
-  grpc::ServerWriter<v1::BackupChunk>* const writer_;
-  v1::BackupChunk chunk_;
-};
-
-}  // namespace
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::JobRunner* jobs, const CallPolicy* policy,
@@ -619,56 +591,17 @@ grpc::Status EngramService::RestoreStore(
     grpc::ServerReader<v1::RestoreStoreRequest>* reader, v1::Store* response) {
   Call call(policy_, "RestoreStore", "");
   if (!call.Admit(*context, nullptr)) return call.Refused();
-  store::MemorySource files(options_.max_restore_bytes);
-  v1::RestoreStoreRequest message, first;
-  uint64_t messages = 0;
-  while (reader->Read(&message)) {
-    const uint64_t index = messages++;
-    if (message.ByteSizeLong() > policy_->max_message_bytes) {
-      return call.Done(TooLarge(
-          absl::StrCat("message ", index), message.ByteSizeLong(),
-          policy_->max_message_bytes, "send smaller pieces of the files"));
-    }
-    if (index == 0) {
-      first.set_source(message.source());
-      first.set_name(message.name());
-      first.set_replace(message.replace());
-    }
-    if (message.has_chunk()) {
-      if (absl::Status status =
-              files.Append(message.chunk().file(), message.chunk().data());
-          !status.ok()) {
-        return call.Done(absl::Status(
-            status.code(),
-            absl::StrCat("message ", index, ": ", status.message())));
-      }
-    }
-  }
-  if (messages == 0) {
-    return call.Done(absl::InvalidArgumentError(
-        "the stream held no message; send the backup's files"));
-  }
-  absl::StatusOr<store::BackupManifest> manifest = store::ReadManifest(files);
-  if (!manifest.ok()) return call.Done(manifest.status());
-  absl::StatusOr<const store::BackupStore*> entry =
-      store::FindStore(*manifest, first.source());
-  if (!entry.ok()) return call.Done(entry.status());
-  const std::string name =
-      first.name().empty() ? (*entry)->name() : first.name();
-  if (absl::Status status = store::ValidateStoreName(name); !status.ok()) {
-    return call.Done(
-        absl::InvalidArgumentError(absl::StrCat("name: ", status.message())));
-  }
-  absl::StatusOr<store::StoreImage> image = store::ReadStore(files, **entry);
-  if (!image.ok()) return call.Done(image.status());
-  image->settings.name = name;
+  absl::StatusOr<RestoreRequest> restore = ReceiveRestore(
+      reader, policy_->max_message_bytes, options_.max_restore_bytes);
+  if (!restore.ok()) return call.Done(restore.status());
   absl::StatusOr<std::shared_ptr<store::Store>> restored =
-      registry_->Restore(*image, first.replace());
+      registry_->Restore(restore->image, restore->replace);
   if (!restored.ok()) return call.Done(restored.status());
   Log(LogLevel::kInfo,
       "restored store '%s' (%d patterns) from store '%s' of "
       "a backup of %s",
-      name, image->patterns.size(), (*entry)->name(), manifest->create_time());
+      restore->image.settings.name, restore->image.patterns.size(),
+      restore->source, restore->backup_time);
   CountStore(*metrics_, **restored);
   StoreToProto(**restored, *response);
   return call.Done(absl::OkStatus());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <utility>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/store/internal/little_endian.h"
+#include "server/store/placement.h"
 #include "server/store/records.h"
 #include "server/store/settings.h"
 
@@ -114,32 +116,49 @@ absl::Status WriteFile(BackupSink& sink, const std::string& path,
   return file.Finish(store);
 }
 
-absl::Status WriteStore(const StoreView& view, BackupSink& sink,
+// What a backup writes of one store, from a live store's view or from an
+// image (a store put together from its shard groups' backups).
+struct StoreContent {
+  const StoreSettings& settings;
+  const FitRecord& fit;
+  const core::FeatureMap* map;  // Null: none fitted.
+  uint64_t next_id;
+  absl::Span<const uint64_t> group_next_ids;
+  uint64_t stamp;
+  uint64_t digest;
+  size_t size;
+  std::function<Pattern(size_t)> pattern;  // In row order.
+};
+
+absl::Status WriteStore(const StoreContent& store, BackupSink& sink,
                         size_t piece_bytes, BackupStore& entry) {
-  const std::string& name = view.settings().name;
+  const std::string& name = store.settings.name;
   entry.set_name(name);
-  entry.set_patterns(view.size());
-  entry.set_next_id(view.next_id());
-  entry.set_digest(view.digest());
-  entry.set_map_version(view.fit().version);
+  entry.set_patterns(store.size);
+  entry.set_next_id(store.next_id);
+  entry.mutable_group_next_ids()->Assign(store.group_next_ids.begin(),
+                                         store.group_next_ids.end());
+  entry.set_stamp(store.stamp);
+  entry.set_digest(store.digest);
+  entry.set_map_version(store.fit.version);
   if (absl::Status status =
           WriteFile(sink, StoreFile(name, kSettingsFile),
-                    EncodeSettingsRecord(view.settings()), piece_bytes, entry);
+                    EncodeSettingsRecord(store.settings), piece_bytes, entry);
       !status.ok()) {
     return status;
   }
-  if (view.fit().version > 0 && view.map()) {
+  if (store.fit.version > 0 && store.map != nullptr) {
     if (absl::Status status =
             WriteFile(sink, StoreFile(name, kMapFile),
-                      EncodeMap(view.fit(), *view.map()), piece_bytes, entry);
+                      EncodeMap(store.fit, *store.map), piece_bytes, entry);
         !status.ok()) {
       return status;
     }
   }
   FileWriter patterns(sink, StoreFile(name, kPatternsFile), piece_bytes);
   std::string record;
-  for (size_t i = 0; i < view.size(); ++i) {
-    const Pattern p = view.pattern(i);
+  for (size_t i = 0; i < store.size; ++i) {
+    const Pattern p = store.pattern(i);
     const std::string bytes = EncodePattern(p);
     record.clear();
     internal::PutFixed64(record, p.id);
@@ -180,21 +199,21 @@ std::string Sha256Hex(absl::string_view data) {
   return sha.Hex();
 }
 
-absl::StatusOr<BackupManifest> WriteBackup(
-    absl::Span<const std::shared_ptr<Store>> stores, BackupSink& sink,
-    absl::string_view engram_version, size_t piece_bytes) {
+namespace {
+
+// Writes each of `count` stores (`write(i, entry)`), then the manifest.
+absl::StatusOr<BackupManifest> WriteStores(
+    size_t count,
+    const std::function<absl::Status(size_t, BackupStore&)>& write,
+    BackupSink& sink, absl::string_view engram_version) {
   BackupManifest manifest;
   manifest.set_kind(kKind);
   manifest.set_format(kFormat);
   manifest.set_engram_version(std::string(engram_version));
   manifest.set_create_time(
       absl::FormatTime(absl::RFC3339_full, absl::Now(), absl::UTCTimeZone()));
-  for (const std::shared_ptr<Store>& store : stores) {
-    std::shared_ptr<const StoreView> view = store->view();
-    BackupStore* entry = manifest.add_stores();
-    entry->set_stamp(store->stamp());
-    if (absl::Status status = WriteStore(*view, sink, piece_bytes, *entry);
-        !status.ok()) {
+  for (size_t i = 0; i < count; ++i) {
+    if (absl::Status status = write(i, *manifest.add_stores()); !status.ok()) {
       return status;
     }
   }
@@ -215,6 +234,54 @@ absl::StatusOr<BackupManifest> WriteBackup(
     return status;
   }
   return manifest;
+}
+
+}  // namespace
+
+absl::StatusOr<BackupManifest> WriteBackup(
+    absl::Span<const std::shared_ptr<Store>> stores, BackupSink& sink,
+    absl::string_view engram_version, size_t piece_bytes) {
+  return WriteStores(
+      stores.size(),
+      [&](size_t i, BackupStore& entry) {
+        std::shared_ptr<const StoreView> view = stores[i]->view();
+        const StoreContent content{view->settings(),
+                                   view->fit(),
+                                   view->map().get(),
+                                   view->next_id(),
+                                   {},
+                                   stores[i]->stamp(),
+                                   view->digest(),
+                                   view->size(),
+                                   [&view](size_t r) { return view->pattern(r); }};
+        return WriteStore(content, sink, piece_bytes, entry);
+      },
+      sink, engram_version);
+}
+
+absl::StatusOr<BackupManifest> WriteBackup(
+    size_t count,
+    const std::function<absl::StatusOr<StoreImage>(size_t)>& image_of,
+    BackupSink& sink, absl::string_view engram_version, size_t piece_bytes) {
+  return WriteStores(
+      count,
+      [&](size_t i, BackupStore& entry) {
+        absl::StatusOr<StoreImage> made = image_of(i);
+        if (!made.ok()) return made.status();
+        const StoreImage& image = *made;
+        const StoreContent content{
+            image.settings,
+            image.fit,
+            image.map.get(),
+            image.next_id,
+            image.group_next_ids,
+            image.stamp,
+            image.digest,
+            image.patterns.size(),
+            [&image](size_t r) { return image.patterns[r]; }};
+        return WriteStore(content, sink, piece_bytes, entry);
+      },
+      sink, engram_version);
 }
 
 absl::StatusOr<std::string> DirectorySource::Read(const std::string& file) {
@@ -428,6 +495,8 @@ absl::StatusOr<StoreImage> ReadStore(BackupSource& source,
   }
   image.settings = std::move(*decoded);
   image.next_id = entry.next_id();
+  image.group_next_ids.assign(entry.group_next_ids().begin(),
+                              entry.group_next_ids().end());
   image.stamp = entry.stamp();
   image.digest = entry.digest();
   absl::StatusOr<std::string> map = ReadChecked(source, entry, kMapFile);
@@ -466,6 +535,73 @@ absl::StatusOr<StoreImage> ReadStore(BackupSource& source,
                      entry.patterns(), " patterns)"));
   }
   return image;
+}
+
+absl::StatusOr<StoreImage> MergeGroupImages(std::vector<StoreImage> groups) {
+  if (groups.empty()) {
+    return absl::InvalidArgumentError("no shard group to merge");
+  }
+  StoreImage merged;
+  merged.settings = groups[0].settings;
+  merged.next_id = 1;
+  size_t count = 0;
+  for (const StoreImage& g : groups) count += g.patterns.size();
+  merged.patterns.reserve(count);
+  for (size_t i = 0; i < groups.size(); ++i) {
+    StoreImage& g = groups[i];
+    // Each shard stamped its own creation time; the rest must agree.
+    StoreSettings same = g.settings;
+    same.create_time = merged.settings.create_time;
+    if (EncodeSettingsRecord(same) != EncodeSettingsRecord(merged.settings)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shard groups 0 and ", i, " hold different settings for store '",
+          merged.settings.name,
+          "' (a change still reaching them?); retry the backup"));
+    }
+    merged.settings.create_time =
+        std::min(merged.settings.create_time, g.settings.create_time);
+    if (g.fit.version > merged.fit.version) {
+      merged.fit = g.fit;
+      merged.map = g.map;
+    }
+    merged.group_next_ids.push_back(g.next_id);
+    if (merged.next_id != 0) {
+      merged.next_id = g.next_id == 0 ? 0 : std::max(merged.next_id, g.next_id);
+    }
+    merged.digest += g.digest;
+    std::move(g.patterns.begin(), g.patterns.end(),
+              std::back_inserter(merged.patterns));
+    g.patterns = {};
+  }
+  return merged;
+}
+
+std::vector<StoreImage> SplitImageByGroup(const StoreImage& image,
+                                          uint32_t groups) {
+  groups = std::max<uint32_t>(groups, 1);
+  std::vector<StoreImage> parts(groups);
+  for (StoreImage& part : parts) {
+    part.settings = image.settings;
+    part.map = image.map;
+    part.fit = image.fit;
+    part.next_id = 1;  // Raised below; a shard never goes below its own.
+  }
+  for (const Pattern& p : image.patterns) {
+    StoreImage& part = parts[GroupOf(p.id, groups)];
+    part.digest += PatternDigest(p.id, p.values.data(), p.values.size(),
+                                 p.label, p.metadata);
+    part.patterns.push_back(p);
+  }
+  // A next id the original handed out from goes to the group it places in
+  // now, so no id below it that was used (and perhaps deleted) comes again.
+  std::vector<uint64_t> nexts = image.group_next_ids;
+  if (nexts.empty()) nexts.push_back(image.next_id);
+  for (uint64_t next : nexts) {
+    if (next == 0) continue;  // None was left: nothing to hand out anyway.
+    StoreImage& part = parts[GroupOf(next, groups)];
+    part.next_id = std::max(part.next_id, next);
+  }
+  return parts;
 }
 
 }  // namespace engram::store

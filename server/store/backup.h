@@ -24,9 +24,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -58,6 +60,30 @@ class BackupSink {
 absl::StatusOr<BackupManifest> WriteBackup(
     absl::Span<const std::shared_ptr<Store>> stores, BackupSink& sink,
     absl::string_view engram_version, size_t piece_bytes = 1 << 20);
+
+// The same from `count` images, store i's made by `image(i)` when its turn
+// comes (one at a time in memory): stores put together from elsewhere, such
+// as a router's backup of a store spread over shard groups.
+absl::StatusOr<BackupManifest> WriteBackup(
+    size_t count,
+    const std::function<absl::StatusOr<StoreImage>(size_t)>& image,
+    BackupSink& sink, absl::string_view engram_version,
+    size_t piece_bytes = 1 << 20);
+
+// A store spread over shard groups, as one: the images of its groups (in
+// group order, each from one replica's backup) put together — every group's
+// patterns in group order, the digests summed, each group's next id kept
+// (group_next_ids; next_id the largest), the newest fitted map, the earliest
+// creation time. FAILED_PRECONDITION if the groups' settings differ (a
+// change was still reaching them).
+absl::StatusOr<StoreImage> MergeGroupImages(std::vector<StoreImage> groups);
+
+// What each of `groups` shard groups holds of `image` (placement.h): its
+// patterns in the image's order, their digest, and a next id that hands out
+// no id the backup's store or groups had handed out. Settings and map are
+// every group's.
+std::vector<StoreImage> SplitImageByGroup(const StoreImage& image,
+                                          uint32_t groups);
 
 // Gives a backup's files, whole, by their path in the backup.
 class BackupSource {

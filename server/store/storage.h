@@ -34,6 +34,9 @@ struct FitRecord {
 struct StoreImage {
   StoreSettings settings;
   uint64_t next_id = 1;  // 0: no automatic id is left.
+  // Of a store spread over shard groups: each group's next id, in group
+  // order (next_id is the largest); empty otherwise.
+  std::vector<uint64_t> group_next_ids;
   uint64_t stamp = 0;
   uint64_t digest = 0;  // The content digest the patterns must have.
   std::shared_ptr<const core::FeatureMap> map;  // A fitted map, or null.

@@ -440,10 +440,6 @@ class ClusterTest(unittest.TestCase):
                 c.create_store("bad", dim=4, beta=-1)
             self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             self.assertIn("store.retrieval.beta", e.exception.details())
-            # What a router does not do is refused, never answered wrong.
-            with self.assertRaises(grpc.RpcError) as e:
-                c.create_backup(os.path.join(self.tmp.name, "router-backup"))
-            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
         for row in self.three.shards:
             self.assertNotIn("bad", [s.name for s in Client(row[0].addr).list_stores()])
 
@@ -622,6 +618,116 @@ class ClusterTest(unittest.TestCase):
             self.assertIn('engram_shard_bytes_total{direction="received"', text)
         finally:
             router.stop()
+
+    def test_4e_a_backup_through_a_router_restores_anywhere(self):
+        """A store backed up through a router is one store: it restores into
+        one engramd, into the same cluster and into one of another shape, and
+        answers as the original everywhere; ids never come back."""
+        queries = self.queries
+
+        def cli(addr, *args, check=True):
+            r = subprocess.run([os.path.join(BIN, "engram"), "--addr=" + addr, *args],
+                               capture_output=True, text=True, timeout=120)
+            if check:
+                self.assertEqual(r.returncode, 0, f"engram {' '.join(args)}: {r.stderr}")
+            return r
+
+        def answers(addr, name):
+            with Client(addr) as c:
+                r = c.retrieve(name, queries, top_k=5, path="exact")
+                ids = sorted(p.id for p in c.list_patterns(name, page_size=1000))
+                return r, ids
+
+        router = self.two_by_two.router.addr
+        d = os.path.join(self.tmp.name, "cluster-backup")
+        with Client(router) as c:
+            c.create_store("bk", dim=12)
+            auto = c.add("bk", self.patterns[:150],
+                         labels=[f"l{i}" for i in range(150)],
+                         metadata=[{"k": str(i % 3)} for i in range(150)])
+            explicit = c.add("bk", self.patterns[150:200], ids=(np.arange(50) + 11).tolist())
+            deleted = [int(auto[-1]), int(auto[-2]), int(explicit[-1])]
+            c.delete("bk", deleted)
+        original, ids = answers(router, "bk")
+        self.assertEqual(len(ids), 197)
+        cli(router, "backup", "create", d, "--store=bk")
+        cli(router, "backup", "verify", d)
+        # Every store at once takes the same path.
+        cli(router, "backup", "create", d + "-all")
+        cli(router, "backup", "verify", d + "-all")
+
+        def same(got, want, exact):
+            got_r, got_ids = got
+            self.assertEqual(got_ids, ids)
+            np.testing.assert_array_equal(got_r.ids, want.ids)
+            if exact:
+                np.testing.assert_array_equal(got_r.vectors, want.vectors)
+            else:
+                np.testing.assert_allclose(got_r.vectors, want.vectors, atol=1e-5)
+
+        # Into one engramd; into the same cluster under a new name (each
+        # group takes back exactly its part); into a cluster of 3 groups.
+        cli(self.single.addr, "backup", "restore", d, "--as=bk1")
+        same(answers(self.single.addr, "bk1"), original, exact=False)
+        cli(router, "backup", "restore", d, "--as=bk2")
+        same(answers(router, "bk2"), original, exact=True)
+        for row in self.two_by_two.shards:
+            with Client(row[0].addr) as a, Client(row[1].addr) as b:
+                self.assertEqual(a.get_store("bk2").pattern_count, a.get_store("bk").pattern_count)
+                self.assertEqual(b.get_store("bk2").pattern_count, a.get_store("bk").pattern_count)
+        three = self.three.router.addr
+        cli(three, "backup", "restore", d, "--as=bk3")
+        same(answers(three, "bk3"), original, exact=False)
+        for addr, name in ((self.single.addr, "bk1"), (router, "bk2"), (three, "bk3")):
+            with Client(addr) as c:
+                np.testing.assert_array_equal(c.get(name, int(auto[7])), self.patterns[7])
+                fresh = c.add(name, self.patterns[:20]).tolist()
+                self.assertFalse(set(fresh) & (set(ids) | set(deleted)), (addr, fresh))
+                if addr != self.single.addr:
+                    for i in fresh:  # Each new id lives where the router looks.
+                        np.testing.assert_array_equal(c.get(name, i), self.patterns[fresh.index(i)])
+        # A name that is taken: refused before any group changes; then
+        # replaced on every group.
+        taken = cli(router, "backup", "restore", d, "--as=bk2", check=False)
+        self.assertNotEqual(taken.returncode, 0)
+        self.assertIn("ALREADY_EXISTS", taken.stderr)
+        with Client(router) as c:
+            self.assertEqual(c.get_store("bk2").pattern_count, 217)
+        cli(router, "backup", "restore", d, "--as=bk2", "--replace")
+        same(answers(router, "bk2"), original, exact=True)
+        for addr, name in ((self.single.addr, "bk1"), (router, "bk2"), (router, "bk"), (three, "bk3")):
+            with Client(addr) as c:
+                c.delete_store(name)
+
+    def test_4f_a_restore_one_group_refuses_is_undone_on_the_others(self):
+        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=undo", "--shard_group=%d" % g,
+                          "--shard_groups=2", "--listen=127.0.0.1:%d" % free_port(), *flags)
+                  for g, flags in ((0, []), (1, ["--max_restore_mb=0"]))]
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=undo",
+                         "--shards=" + ";".join(s.addr for s in shards))
+        d = os.path.join(self.tmp.name, "undo-backup")
+        try:
+            with Client(router.addr) as c:
+                c.create_store("u", dim=12)
+                c.add("u", self.patterns[:40])
+                c.create_backup(d, store="u")
+                c.delete_store("u")
+                # Group 0 takes its part first; group 1 refuses its own.
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.restore_store(d, store="u")
+                self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                self.assertIn("nothing of it was kept", e.exception.details())
+                self.assertIn(shards[1].addr, e.exception.details())
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.get_store("u")
+                self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            for s in shards:
+                with Client(s.addr) as c:
+                    self.assertEqual([x.name for x in c.list_stores()], [])
+        finally:
+            router.stop()
+            for s in shards:
+                s.stop()
 
     def test_5_wrong_topologies_are_refused_at_start(self):
         shard = self.three.shards[0][0].addr

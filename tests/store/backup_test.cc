@@ -1,5 +1,6 @@
 #include "server/store/backup.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
+#include "server/store/placement.h"
 #include "server/store/registry.h"
 #include "server/store/retrieve.h"
 #include "tests/store/test_storage.h"
@@ -284,6 +286,96 @@ TEST(BackupTest, RestoreRefusesATakenNameUnlessReplacingAndNeverHalfApplies) {
   EXPECT_EQ(registry.Restore(*image, false).status().code(),
             absl::StatusCode::kDataLoss);
   EXPECT_EQ(registry.Get("t").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A store backed up through a router: split over groups by placement and
+// put together again, it is the same store, and each group keeps its id
+// sequence.
+TEST(BackupTest, AStoreSplitOverGroupsAndMergedBackIsTheSame) {
+  constexpr uint32_t kGroups = 3;
+  StoreImage image;
+  image.settings = Settings("spread", 2);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  for (uint64_t i = 0; i < 90; ++i) {
+    Pattern p;
+    // Ids as three shard groups hand them out, and some a client chose.
+    p.id = i % 4 == 3 ? 1000 + i : ((i % kGroups + 1) << kGroupShift) | i;
+    p.values = {normal(rng), normal(rng)};
+    p.label = absl::StrCat("l", i % 5);
+    image.digest += PatternDigest(p.id, p.values.data(), 2, p.label, {});
+    image.patterns.push_back(std::move(p));
+  }
+  image.group_next_ids = {(uint64_t{1} << kGroupShift) | 200,
+                          (uint64_t{2} << kGroupShift) | 150,
+                          (uint64_t{3} << kGroupShift) | 120};
+  image.next_id = image.group_next_ids[2];
+
+  std::vector<StoreImage> parts = SplitImageByGroup(image, kGroups);
+  ASSERT_EQ(parts.size(), kGroups);
+  uint64_t digest = 0;
+  size_t count = 0;
+  for (uint32_t g = 0; g < kGroups; ++g) {
+    uint64_t part_digest = 0, last = 0;
+    for (const Pattern& p : parts[g].patterns) {
+      EXPECT_EQ(GroupOf(p.id, kGroups), g) << p.id;
+      // In the image's order.
+      const auto at =
+          std::find_if(image.patterns.begin(), image.patterns.end(),
+                       [&](const Pattern& q) { return q.id == p.id; });
+      EXPECT_GE(static_cast<uint64_t>(at - image.patterns.begin()), last);
+      last = static_cast<uint64_t>(at - image.patterns.begin());
+      part_digest += PatternDigest(p.id, p.values.data(), 2, p.label, {});
+    }
+    EXPECT_EQ(parts[g].digest, part_digest);
+    EXPECT_EQ(parts[g].next_id, image.group_next_ids[g]);
+    EXPECT_EQ(parts[g].settings.name, "spread");
+    digest += part_digest;
+    count += parts[g].patterns.size();
+  }
+  EXPECT_EQ(digest, image.digest);
+  EXPECT_EQ(count, image.patterns.size());
+
+  // Into 2 groups: each old sequence goes where its ids now place.
+  std::vector<StoreImage> two = SplitImageByGroup(image, 2);
+  EXPECT_EQ(two[0].next_id, image.group_next_ids[2]);  // Prefixes 1 and 3.
+  EXPECT_EQ(two[1].next_id, image.group_next_ids[1]);
+
+  // Merged back: every pattern, the same digest, each group's next id.
+  parts[1].fit.version = 4;
+  parts[1].map = std::make_shared<core::FeatureMap>(
+      2, 2, std::vector<float>{1.5f, 0, 0, 1.5f});
+  parts[2].settings.create_time =
+      parts[0].settings.create_time - absl::Hours(1);
+  absl::StatusOr<StoreImage> merged = MergeGroupImages(parts);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_EQ(merged->patterns.size(), image.patterns.size());
+  EXPECT_EQ(merged->digest, image.digest);
+  EXPECT_EQ(merged->group_next_ids, image.group_next_ids);
+  EXPECT_EQ(merged->next_id, image.group_next_ids[2]);  // The largest.
+  EXPECT_EQ(merged->fit.version, 4u);                   // The newest map.
+  EXPECT_NE(merged->map, nullptr);
+  EXPECT_EQ(merged->settings.create_time, parts[2].settings.create_time);
+
+  // Written and read back, the group sequences stay.
+  FilesSink sink;
+  absl::StatusOr<BackupManifest> written = WriteBackup(
+      1, [&](size_t) { return *merged; }, sink, "test");
+  ASSERT_TRUE(written.ok()) << written.status();
+  MapSource source(sink.files);
+  absl::StatusOr<StoreImage> read =
+      ReadStore(source, *FindStore(*ReadManifest(source), "spread").value());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->group_next_ids, image.group_next_ids);
+  EXPECT_EQ(read->digest, image.digest);
+
+  // Groups that disagree about the settings are not put together.
+  parts = SplitImageByGroup(image, kGroups);
+  parts[2].settings.retrieval.beta = 3;
+  absl::StatusOr<StoreImage> mixed = MergeGroupImages(parts);
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(mixed.status().message().find("groups 0 and 2"), std::string::npos)
+      << mixed.status();
 }
 
 }  // namespace

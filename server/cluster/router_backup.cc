@@ -1,0 +1,261 @@
+// Backups through a router (docs/backup.md, "A store spread over shard
+// groups"): CreateBackup puts each store together from the backup of one
+// ready replica of every group; RestoreStore splits a backup's store over
+// the groups by placement and restores each part on every ready replica of
+// its group.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpcpp/client_context.h"
+#include "server/base/log.h"
+#include "server/cluster/router.h"
+#include "server/cluster/shard_calls.h"
+#include "server/rpc/backup_stream.h"
+#include "server/store/backup.h"
+
+namespace engram::cluster {
+
+namespace {
+
+namespace api = engram::v1;
+
+// A backup's files kept as the messages that send them.
+class CollectedFiles : public store::BackupSink {
+ public:
+  absl::Status Write(absl::string_view file, absl::string_view data) override {
+    api::BackupChunk& chunk = chunks_.emplace_back();
+    chunk.set_file(std::string(file));
+    chunk.set_data(std::string(data));
+    return absl::OkStatus();
+  }
+  const std::vector<api::BackupChunk>& chunks() const { return chunks_; }
+
+ private:
+  std::vector<api::BackupChunk> chunks_;
+};
+
+size_t PieceBytes(const rpc::CallPolicy& policy) {
+  return std::min<size_t>(1 << 20, policy.max_message_bytes / 2);
+}
+
+}  // namespace
+
+absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
+                                                     const std::string& name,
+                                                     absl::Time deadline) {
+  grpc::ClientContext context;
+  pool_->Prepare(context, deadline);
+  api::CreateBackupRequest request;
+  request.set_store(name);
+  const absl::Time start = absl::Now();
+  std::unique_ptr<grpc::ClientReader<api::BackupChunk>> reader =
+      replica.engram->CreateBackup(&context, request);
+  store::MemorySource files(options_.max_restore_bytes);
+  api::BackupChunk chunk;
+  size_t received = 0;
+  absl::Status kept;
+  while (reader->Read(&chunk)) {
+    received += chunk.ByteSizeLong();
+    kept = files.Append(chunk.file(), chunk.data());
+    if (!kept.ok()) {
+      context.TryCancel();
+      while (reader->Read(&chunk)) {
+      }
+      break;
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  pool_->Record(replica, "CreateBackup", status, absl::Now() - start,
+                request.ByteSizeLong(), received);
+  auto from_shard = [&](const absl::Status& s) {
+    return absl::Status(
+        s.code(), absl::StrCat("the backup of store '", name, "' from shard ",
+                               replica.address, ": ", s.message()));
+  };
+  if (!kept.ok()) return from_shard(kept);
+  if (absl::Status s = FromShard(status, replica); !s.ok()) return s;
+  absl::StatusOr<store::BackupManifest> manifest = store::ReadManifest(files);
+  if (!manifest.ok()) return from_shard(manifest.status());
+  absl::StatusOr<const store::BackupStore*> entry =
+      store::FindStore(*manifest, name);
+  if (!entry.ok()) return from_shard(entry.status());
+  absl::StatusOr<store::StoreImage> image = store::ReadStore(files, **entry);
+  if (!image.ok()) return from_shard(image.status());
+  return image;
+}
+
+absl::StatusOr<store::StoreImage> Router::GroupBackup(const std::string& name,
+                                                      uint32_t group,
+                                                      absl::Time deadline) {
+  absl::StatusOr<std::vector<const Replica*>> ready =
+      pool_->ReadyReplicas(group);
+  if (!ready.ok()) return ready.status();
+  absl::Status last;
+  for (const Replica* replica : *ready) {
+    absl::StatusOr<store::StoreImage> image =
+        BackupFrom(*replica, name, deadline);
+    if (image.ok() || !absl::IsUnavailable(image.status())) return image;
+    last = image.status();  // Gone since the probe: the next replica.
+  }
+  return last;
+}
+
+grpc::Status Router::CreateBackup(
+    Ctx* context, const api::CreateBackupRequest* request,
+    grpc::ServerWriter<api::BackupChunk>* writer) {
+  rpc::Call call(policy_, "CreateBackup", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  const absl::Time deadline = DeadlineOf(context);
+  std::vector<std::string> names;
+  if (!request->store().empty()) {
+    names.push_back(request->store());
+  } else {
+    absl::StatusOr<std::vector<std::string>> all = StoreNames(deadline);
+    if (!all.ok()) return call.Done(all.status());
+    names = *std::move(all);
+  }
+  const uint32_t groups = pool_->groups();
+  rpc::ChunkWriter sink(context, writer);
+  absl::StatusOr<store::BackupManifest> written = store::WriteBackup(
+      names.size(),
+      [&](size_t i) -> absl::StatusOr<store::StoreImage> {
+        std::vector<store::StoreImage> parts(groups);
+        absl::Status got = FirstError(InParallel(groups, [&](size_t g) {
+          absl::StatusOr<store::StoreImage> part =
+              GroupBackup(names[i], static_cast<uint32_t>(g), deadline);
+          if (!part.ok()) return part.status();
+          parts[g] = *std::move(part);
+          return absl::OkStatus();
+        }));
+        if (!got.ok()) return got;
+        return store::MergeGroupImages(std::move(parts));
+      },
+      sink, ENGRAM_VERSION, PieceBytes(*policy_));
+  if (written.ok()) {
+    uint64_t patterns = 0;
+    for (const store::BackupStore& s : written->stores()) {
+      patterns += s.patterns();
+    }
+    Log(LogLevel::kInfo,
+        "backup of %d stores, %d patterns from %d shard groups sent",
+        written->stores_size(), patterns, groups);
+  }
+  return call.Done(written.status());
+}
+
+absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
+                               bool replace,
+                               const std::vector<api::BackupChunk>& files,
+                               absl::Time deadline) {
+  grpc::ClientContext context;
+  pool_->Prepare(context, deadline);
+  api::Store restored;
+  const absl::Time start = absl::Now();
+  std::unique_ptr<grpc::ClientWriter<api::RestoreStoreRequest>> writer =
+      replica.engram->RestoreStore(&context, &restored);
+  api::RestoreStoreRequest message;
+  message.set_name(name);
+  message.set_replace(replace);
+  size_t sent = 0;
+  for (const api::BackupChunk& chunk : files) {
+    *message.mutable_chunk() = chunk;
+    sent += message.ByteSizeLong();
+    if (!writer->Write(message)) break;  // Finish says why.
+    message.Clear();
+  }
+  writer->WritesDone();
+  const grpc::Status status = writer->Finish();
+  pool_->Record(replica, "RestoreStore", status, absl::Now() - start, sent,
+                restored.ByteSizeLong());
+  return FromShard(status, replica);
+}
+
+grpc::Status Router::RestoreStore(
+    Ctx* context, grpc::ServerReader<api::RestoreStoreRequest>* reader,
+    api::Store* response) {
+  rpc::Call call(policy_, "RestoreStore", "");
+  if (!call.Admit(*context, nullptr)) return call.Refused();
+  absl::StatusOr<rpc::RestoreRequest> restore = rpc::ReceiveRestore(
+      reader, policy_->max_message_bytes, options_.max_restore_bytes);
+  if (!restore.ok()) return call.Done(restore.status());
+  const std::string name = restore->image.settings.name;
+  if (absl::Status status =
+          store::ValidateSettings(restore->image.settings, options_.limits);
+      !status.ok()) {
+    return call.Done(status);
+  }
+  const absl::Time deadline = DeadlineOf(context);
+  // Every group must have a replica to take its part before any is sent.
+  const uint32_t groups = pool_->groups();
+  std::vector<std::vector<const Replica*>> targets;
+  for (uint32_t g = 0; g < groups; ++g) {
+    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
+    if (!ready.ok()) return call.Done(ready.status());
+    targets.push_back(*std::move(ready));
+  }
+  const size_t patterns = restore->image.patterns.size();
+  std::vector<store::StoreImage> parts =
+      store::SplitImageByGroup(restore->image, groups);
+  restore->image.patterns = {};
+  // Group by group, replica by replica; a replica that is down meanwhile
+  // is repaired from its group's others when it is back.
+  std::vector<const Replica*> restored;
+  absl::Status failed;
+  for (uint32_t g = 0; g < groups && failed.ok(); ++g) {
+    CollectedFiles files;
+    absl::StatusOr<store::BackupManifest> written = store::WriteBackup(
+        1, [&](size_t) { return std::move(parts[g]); }, files, ENGRAM_VERSION,
+        PieceBytes(*policy_));
+    if (!written.ok()) {
+      failed = written.status();
+      break;
+    }
+    for (const Replica* replica : targets[g]) {
+      failed =
+          RestoreOn(*replica, name, restore->replace, files.chunks(), deadline);
+      if (!failed.ok()) break;
+      restored.push_back(replica);
+    }
+  }
+  if (!failed.ok()) {
+    std::vector<std::string> kept;
+    for (const Replica* replica : restored) {
+      if (!restore->replace) {
+        // Undone: the name was free, so nothing of it was anyone's.
+        api::DeleteStoreRequest undo;
+        undo.set_name(name);
+        api::DeleteStoreResponse ignored;
+        if (Unary(*pool_, *replica, *replica->engram,
+                  &api::Engram::Stub::DeleteStore, undo, &ignored, deadline)
+                .ok()) {
+          continue;
+        }
+      }
+      kept.push_back(replica->address);
+    }
+    return call.Done(absl::Status(
+        failed.code(),
+        absl::StrCat(
+            "restoring store '", name, "': ", failed.message(), "; ",
+            kept.empty()
+                ? "nothing of it was kept"
+                : absl::StrCat("the replicas ", absl::StrJoin(kept, ", "),
+                               " took their part already and keep it: run "
+                               "the restore again (with replace)"))));
+  }
+  Log(LogLevel::kInfo,
+      "restored store '%s' (%d patterns over %d shard groups) from store "
+      "'%s' of a backup of %s",
+      name, patterns, groups, restore->source, restore->backup_time);
+  absl::StatusOr<api::Store> merged = MergedStore(name, deadline);
+  if (!merged.ok()) return call.Done(merged.status());
+  *response = *std::move(merged);
+  return call.Done(absl::OkStatus());
+}
+
+}  // namespace engram::cluster
