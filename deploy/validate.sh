@@ -87,6 +87,9 @@ c0 = router["spec"]["template"]["spec"]["containers"][0]
 assert c0["readinessProbe"]["grpc"]["service"] == "engram.v1.Engram"
 assert c0["envFrom"][0]["configMapRef"]["name"] == "engram-router-config"
 assert "engram-router" in budgets and "engram" in services
+cron = by("CronJob")["engram-backup"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+assert "engram --addr=engram:50051 backup create" in cron["containers"][0]["args"][0]
+assert cron["volumes"][0]["persistentVolumeClaim"]["claimName"] in by("PersistentVolumeClaim")
 print(f"== kubernetes sharded: {len(groups)} groups x {len(groups[0])} replicas, a router Deployment, "
       f"{len(budgets)} disruption budgets")
 
@@ -100,5 +103,8 @@ for n in shards:
 prom = yaml.safe_load(open("deploy/compose/prometheus-sharded.yml"))
 targets = [t for job in prom["scrape_configs"] for t in job["static_configs"][0]["targets"]]
 assert sorted(targets) == sorted(["router:9464"] + [f"{n}:9464" for n in shards]), targets
-print(f"== compose sharded: a router over {len(shards)} shards, all scraped")
+backup = c["services"]["backup"]
+assert "--addr=router:50051 backup create" in backup["command"][0], backup
+assert all(v.split(":")[0] in c["volumes"] for v in backup["volumes"]), backup
+print(f"== compose sharded: a router over {len(shards)} shards, all scraped, a backup job")
 PY
