@@ -119,11 +119,20 @@ absl::StatusOr<store::BackupManifest> CreateBackupDir(Client& client,
     return absl::UnavailableError(
         absl::StrCat("creating ", partial.string(), ": ", error.message()));
   }
-  DirectoryWriter writer(partial);
-  absl::Status status = client.CreateBackup(
-      store, [&](const v1::BackupChunk& chunk) { return writer.Write(chunk); });
-  if (status.ok()) status = writer.Finish();
-  if (!status.ok()) return status;
+  absl::Status status;
+  {
+    DirectoryWriter writer(partial);
+    status = client.CreateBackup(store, [&](const v1::BackupChunk& chunk) {
+      return writer.Write(chunk);
+    });
+    if (status.ok()) status = writer.Finish();
+  }
+  if (!status.ok()) {
+    // Half a backup is of no use (the next attempt starts over); left behind
+    // it would only fill the disk and count as a backup in a rotation.
+    fs::remove_all(partial, error);
+    return status;
+  }
   if (fs::exists(target, error)) fs::remove(target, error);  // Empty.
   fs::rename(partial, target, error);
   if (error) {

@@ -103,6 +103,15 @@ class PythonClientTest(unittest.TestCase):
                 c.update_store("imp", betta=3)
             self.assertEqual(c.get_store("imp").retrieval.beta, 4)
 
+    def test_a_backup_that_fails_leaves_no_directory(self):
+        d = os.path.join(self.tmp.name, "failed-backup")
+        with Client(self.addr) as c:
+            with self.assertRaises(grpc.RpcError) as e:
+                c.create_backup(d, store="no-such-store")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertFalse(os.path.exists(d))
+        self.assertFalse(os.path.exists(d + ".partial"))
+
     def test_low_rank_path_reports_its_bound(self):
         rng = np.random.default_rng(3)
         x = rng.normal(size=(2000, 8))

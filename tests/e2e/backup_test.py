@@ -146,6 +146,14 @@ class BackupTest(unittest.TestCase):
                         f"between acknowledged writes {before} and {after} "
                         f"(sizes {sizes}; ops {len(writer.acked)})")
 
+    def test_a_backup_that_fails_leaves_no_directory(self):
+        r = cli(self.server.addr, "backup", "create", self.path("cut"), "--store=nope",
+                check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("NOT_FOUND", r.stderr)
+        self.assertFalse(os.path.exists(self.path("cut")))
+        self.assertFalse(os.path.exists(self.path("cut.partial")))
+
     def test_a_restored_store_answers_exactly_as_the_original(self):
         self.create("orig", uhop=True)
         rng = np.random.default_rng(2)

@@ -286,6 +286,15 @@ def _read_pem(value: Union[bytes, str, None]) -> Optional[bytes]:
         return f.read()
 
 
+def _fsync_dir(path: str) -> None:
+    """Makes a directory's entries (files created, renamed) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Client:
     """One channel to engramd; safe to share between threads.
 
@@ -629,31 +638,47 @@ class Client:
     def create_backup(self, directory: str, *, store: str = "") -> Dict[str, Any]:
         """Writes an online backup of every store (or `store`) into
         `directory`, which must not exist or be empty: into DIR.partial
-        first, then renamed; then verified. Returns the manifest."""
+        first (every file synced), then renamed; then verified. Returns the
+        manifest. A backup that fails leaves no directory behind."""
         if os.path.isdir(directory) and os.listdir(directory):
             raise FileExistsError(f"{directory} exists and is not empty")
         partial = directory.rstrip("/") + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         out, name = None, None
+
+        def close():
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+
         try:
             for chunk in self._stub.CreateBackup(pb.CreateBackupRequest(store=store),
                                                  metadata=self._metadata):
                 if chunk.file != name:
                     if out:
-                        out.close()
+                        close()
+                        out = None
                     if not _BACKUP_FILE.match(chunk.file):
                         raise ValueError(f"the server sent file {chunk.file!r}")
                     path = os.path.join(partial, chunk.file)
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     out, name = open(path, "xb"), chunk.file
                 out.write(chunk.data)
-        finally:
+            if out:
+                close()
+                out = None
+        except BaseException:
             if out:
                 out.close()
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        for root, dirs, _ in os.walk(partial, topdown=False):
+            _fsync_dir(root)
         if os.path.isdir(directory):
             os.rmdir(directory)
         os.rename(partial, directory)
+        _fsync_dir(os.path.dirname(os.path.abspath(directory)))
         return verify_backup(directory)
 
     def restore_store(self, directory: str, *, store: str = "", name: str = "",
