@@ -117,7 +117,18 @@ grpc::Status Router::CreateBackup(
   } else {
     absl::StatusOr<std::vector<std::string>> all = StoreNames(deadline);
     if (!all.ok()) return call.Done(all.status());
-    names = *std::move(all);
+    // As one engramd does: a store DAMAGED in any group is left out.
+    for (std::string& name : *all) {
+      absl::StatusOr<api::Store> merged = MergedStore(name, deadline);
+      if (!merged.ok()) return call.Done(merged.status());
+      if (merged->state() == api::Store::DAMAGED) {
+        Log(LogLevel::kWarning,
+            "backup: store '%s' is DAMAGED (%s) and left out", name,
+            merged->state_detail());
+        continue;
+      }
+      names.push_back(std::move(name));
+    }
   }
   const uint32_t groups = pool_->groups();
   rpc::ChunkWriter sink(context, writer);
