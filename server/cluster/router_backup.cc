@@ -213,25 +213,28 @@ grpc::Status Router::RestoreStore(
   std::vector<store::StoreImage> parts =
       store::SplitImageByGroup(restore->image, groups);
   restore->image.patterns = {};
-  // Group by group, replica by replica; a replica that is down meanwhile
-  // is repaired from its group's others when it is back.
-  std::vector<const Replica*> restored;
-  absl::Status failed;
-  for (uint32_t g = 0; g < groups && failed.ok(); ++g) {
+  // The groups at once, each replica of a group in turn; a replica that is
+  // down meanwhile is repaired from its group's others when it is back.
+  std::vector<std::vector<const Replica*>> took(groups);
+  const absl::Status failed = FirstError(InParallel(groups, [&](size_t g) {
     CollectedFiles files;
     absl::StatusOr<store::BackupManifest> written = store::WriteBackup(
         1, [&](size_t) { return std::move(parts[g]); }, files, ENGRAM_VERSION,
         PieceBytes(*policy_));
-    if (!written.ok()) {
-      failed = written.status();
-      break;
-    }
+    if (!written.ok()) return written.status();
     for (const Replica* replica : targets[g]) {
-      failed =
-          RestoreOn(*replica, name, restore->replace, files.chunks(), deadline);
-      if (!failed.ok()) break;
-      restored.push_back(replica);
+      if (absl::Status s = RestoreOn(*replica, name, restore->replace,
+                                     files.chunks(), deadline);
+          !s.ok()) {
+        return s;
+      }
+      took[g].push_back(replica);
     }
+    return absl::OkStatus();
+  }));
+  std::vector<const Replica*> restored;
+  for (const std::vector<const Replica*>& group : took) {
+    restored.insert(restored.end(), group.begin(), group.end());
   }
   if (!failed.ok()) {
     std::vector<std::string> kept;
