@@ -39,10 +39,6 @@ class CollectedFiles : public store::BackupSink {
   std::vector<api::BackupChunk> chunks_;
 };
 
-size_t PieceBytes(const rpc::CallPolicy& policy) {
-  return std::min<size_t>(1 << 20, policy.max_message_bytes / 2);
-}
-
 }  // namespace
 
 absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
@@ -146,7 +142,7 @@ grpc::Status Router::CreateBackup(
         if (!got.ok()) return got;
         return store::MergeGroupImages(std::move(parts));
       },
-      sink, ENGRAM_VERSION, PieceBytes(*policy_));
+      sink, ENGRAM_VERSION, rpc::BackupPieceBytes(*policy_));
   if (written.ok()) {
     uint64_t patterns = 0;
     for (const store::BackupStore& s : written->stores()) {
@@ -220,7 +216,7 @@ grpc::Status Router::RestoreStore(
     CollectedFiles files;
     absl::StatusOr<store::BackupManifest> written = store::WriteBackup(
         1, [&](size_t) { return std::move(parts[g]); }, files, ENGRAM_VERSION,
-        PieceBytes(*policy_));
+        rpc::BackupPieceBytes(*policy_));
     if (!written.ok()) return written.status();
     for (const Replica* replica : targets[g]) {
       if (absl::Status s = RestoreOn(*replica, name, restore->replace,

@@ -1,5 +1,6 @@
 #include "server/rpc/backup_stream.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -20,6 +21,10 @@ absl::Status ChunkWriter::Write(absl::string_view file,
     return absl::CancelledError("the client stopped reading the backup");
   }
   return absl::OkStatus();
+}
+
+size_t BackupPieceBytes(const CallPolicy& policy) {
+  return std::min<size_t>(1 << 20, policy.max_message_bytes / 2);
 }
 
 absl::StatusOr<RestoreRequest> ReceiveRestore(

@@ -21,6 +21,7 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/sync_stream.h"
+#include "server/rpc/call.h"
 #include "server/store/backup.h"
 
 namespace engram::rpc {
@@ -40,6 +41,10 @@ class ChunkWriter : public store::BackupSink {
   grpc::ServerWriter<v1::BackupChunk>* const writer_;
   v1::BackupChunk chunk_;
 };
+
+// The size of the pieces a backup is sent in: 1 MiB, or half a message if
+// messages are smaller.
+size_t BackupPieceBytes(const CallPolicy& policy);
 
 // One store of a backup a RestoreStore stream sent, every byte checked.
 struct RestoreRequest {

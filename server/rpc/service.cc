@@ -571,10 +571,8 @@ grpc::Status EngramService::CreateBackup(
     }
   }
   ChunkWriter sink(context, writer);
-  const size_t piece =
-      std::min<size_t>(1 << 20, policy_->max_message_bytes / 2);
-  absl::StatusOr<store::BackupManifest> written =
-      store::WriteBackup(stores, sink, ENGRAM_VERSION, piece);
+  absl::StatusOr<store::BackupManifest> written = store::WriteBackup(
+      stores, sink, ENGRAM_VERSION, BackupPieceBytes(*policy_));
   if (written.ok()) {
     uint64_t patterns = 0;
     for (const store::BackupStore& s : written->stores()) {
