@@ -207,8 +207,7 @@ grpc::Status Router::RestoreStore(
   }
   const size_t patterns = restore->image.patterns.size();
   std::vector<store::StoreImage> parts =
-      store::SplitImageByGroup(restore->image, groups);
-  restore->image.patterns = {};
+      store::SplitImageByGroup(std::move(restore->image), groups);
   // The groups at once, each replica of a group in turn; a replica that is
   // down meanwhile is repaired from its group's others when it is back.
   std::vector<std::vector<const Replica*>> took(groups);

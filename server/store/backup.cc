@@ -576,8 +576,7 @@ absl::StatusOr<StoreImage> MergeGroupImages(std::vector<StoreImage> groups) {
   return merged;
 }
 
-std::vector<StoreImage> SplitImageByGroup(const StoreImage& image,
-                                          uint32_t groups) {
+std::vector<StoreImage> SplitImageByGroup(StoreImage image, uint32_t groups) {
   groups = std::max<uint32_t>(groups, 1);
   std::vector<StoreImage> parts(groups);
   for (StoreImage& part : parts) {
@@ -586,11 +585,11 @@ std::vector<StoreImage> SplitImageByGroup(const StoreImage& image,
     part.fit = image.fit;
     part.next_id = 1;  // Raised below; a shard never goes below its own.
   }
-  for (const Pattern& p : image.patterns) {
+  for (Pattern& p : image.patterns) {
     StoreImage& part = parts[GroupOf(p.id, groups)];
     part.digest += PatternDigest(p.id, p.values.data(), p.values.size(),
                                  p.label, p.metadata);
-    part.patterns.push_back(p);
+    part.patterns.push_back(std::move(p));
   }
   // A next id the original handed out from goes to the group it places in
   // now, so no id below it that was used (and perhaps deleted) comes again.

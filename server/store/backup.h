@@ -81,9 +81,8 @@ absl::StatusOr<StoreImage> MergeGroupImages(std::vector<StoreImage> groups);
 // What each of `groups` shard groups holds of `image` (placement.h): its
 // patterns in the image's order, their digest, and a next id that hands out
 // no id the backup's store or groups had handed out. Settings and map are
-// every group's.
-std::vector<StoreImage> SplitImageByGroup(const StoreImage& image,
-                                          uint32_t groups);
+// every group's. The patterns move from `image` into the parts.
+std::vector<StoreImage> SplitImageByGroup(StoreImage image, uint32_t groups);
 
 // Gives a backup's files, whole, by their path in the backup.
 class BackupSource {
