@@ -127,7 +127,8 @@ struct StoreContent {
   uint64_t stamp;
   uint64_t digest;
   size_t size;
-  std::function<Pattern(size_t)> pattern;  // In row order.
+  // Row r (in row order), made in `scratch` if it is not held as a Pattern.
+  std::function<const Pattern&(size_t r, Pattern& scratch)> pattern;
 };
 
 absl::Status WriteStore(const StoreContent& store, BackupSink& sink,
@@ -157,8 +158,9 @@ absl::Status WriteStore(const StoreContent& store, BackupSink& sink,
   }
   FileWriter patterns(sink, StoreFile(name, kPatternsFile), piece_bytes);
   std::string record;
+  Pattern scratch;
   for (size_t i = 0; i < store.size; ++i) {
-    const Pattern p = store.pattern(i);
+    const Pattern& p = store.pattern(i, scratch);
     const std::string bytes = EncodePattern(p);
     record.clear();
     internal::PutFixed64(record, p.id);
@@ -245,15 +247,19 @@ absl::StatusOr<BackupManifest> WriteBackup(
       stores.size(),
       [&](size_t i, BackupStore& entry) {
         std::shared_ptr<const StoreView> view = stores[i]->view();
-        const StoreContent content{view->settings(),
-                                   view->fit(),
-                                   view->map().get(),
-                                   view->next_id(),
-                                   {},
-                                   stores[i]->stamp(),
-                                   view->digest(),
-                                   view->size(),
-                                   [&view](size_t r) { return view->pattern(r); }};
+        const StoreContent content{
+            view->settings(),
+            view->fit(),
+            view->map().get(),
+            view->next_id(),
+            {},
+            stores[i]->stamp(),
+            view->digest(),
+            view->size(),
+            [&view](size_t r, Pattern& scratch) -> const Pattern& {
+              scratch = view->pattern(r);
+              return scratch;
+            }};
         return WriteStore(content, sink, piece_bytes, entry);
       },
       sink, engram_version);
@@ -278,7 +284,9 @@ absl::StatusOr<BackupManifest> WriteBackup(
             image.stamp,
             image.digest,
             image.patterns.size(),
-            [&image](size_t r) { return image.patterns[r]; }};
+            [&image](size_t r, Pattern&) -> const Pattern& {
+              return image.patterns[r];
+            }};
         return WriteStore(content, sink, piece_bytes, entry);
       },
       sink, engram_version);
