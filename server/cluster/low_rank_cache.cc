@@ -107,26 +107,36 @@ absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
       }
     }
   }
+  std::vector<v1::LowRankSumsRequest> requests(groups);
+  for (uint32_t g = 0; g < groups; ++g) {
+    requests[g].set_store(store);
+    if (held[g]) requests[g].set_known_fingerprint(held[g]->fingerprint());
+  }
+  std::vector<v1::LowRankSums> answers;
+  if (absl::Status s = FirstError(UnaryOnEach<v1::LowRankSumsRequest>(
+          *pool_, replicas,
+          [&requests](size_t g) -> const auto& { return requests[g]; },
+          [](const Replica& r, grpc::ClientContext* context,
+             const v1::LowRankSumsRequest* request, v1::LowRankSums* answer,
+             std::function<void(grpc::Status)> done) {
+            r.shard->async()->GetLowRankSums(context, request, answer,
+                                             std::move(done));
+          },
+          &answers, deadline));
+      !s.ok()) {
+    return s;
+  }
   std::vector<std::shared_ptr<const v1::LowRankSums>> parts(groups);
-  absl::Status status = FirstError(InParallel(groups, [&](size_t g) {
-    v1::LowRankSumsRequest request;
-    request.set_store(store);
-    if (held[g]) request.set_known_fingerprint(held[g]->fingerprint());
-    auto got = std::make_shared<v1::LowRankSums>();
-    if (absl::Status s = Unary(*pool_, *replicas[g], *replicas[g]->shard,
-                               &v1::Shard::Stub::GetLowRankSums, request,
-                               got.get(), deadline);
-        !s.ok()) {
-      return s;
-    }
-    parts[g] = got->unchanged() && held[g] ? held[g] : std::move(got);
-    if (parts[g]->unchanged()) {
+  for (uint32_t g = 0; g < groups; ++g) {
+    if (answers[g].unchanged() && held[g]) {
+      parts[g] = held[g];
+    } else if (answers[g].unchanged()) {
       return absl::InternalError(absl::StrCat(
           "shard group ", g, " answered 'unchanged' for a part not held"));
+    } else {
+      parts[g] = std::make_shared<v1::LowRankSums>(std::move(answers[g]));
     }
-    return absl::OkStatus();
-  }));
-  if (!status.ok()) return status;
+  }
   if (merged != nullptr && parts == held) return merged;
   absl::StatusOr<std::shared_ptr<MergedLowRank>> fresh =
       MergeParts(store, parts);

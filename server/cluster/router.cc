@@ -248,16 +248,21 @@ Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
 
 absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
                                                absl::Time deadline) {
-  std::vector<api::Store> parts(pool_->groups());
+  std::vector<const Replica*> replicas(pool_->groups());
+  for (uint32_t g = 0; g < replicas.size(); ++g) {
+    absl::StatusOr<const Replica*> r = pool_->Pick(g);
+    if (!r.ok()) return r.status();
+    replicas[g] = *r;
+  }
   api::GetStoreRequest request;
   request.set_name(name);
-  absl::Status status = FirstError(InParallel(parts.size(), [&](size_t g) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(static_cast<uint32_t>(g));
-    if (!r.ok()) return r.status();
-    return Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::GetStore,
-                 request, &parts[g], deadline);
-  }));
-  if (!status.ok()) return status;
+  std::vector<api::Store> parts;
+  if (absl::Status s = FirstError(
+          EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::GetStore,
+                       request, &parts, deadline));
+      !s.ok()) {
+    return s;
+  }
   return Merge(std::move(parts));
 }
 
@@ -285,12 +290,10 @@ grpc::Status Router::CreateStore(Ctx* context,
     if (!ready.ok()) return call.Done(ready.status());
     replicas.insert(replicas.end(), ready->begin(), ready->end());
   }
-  std::vector<api::Store> created(replicas.size());
-  std::vector<absl::Status> status = InParallel(replicas.size(), [&](size_t i) {
-    return Unary(*pool_, *replicas[i], *replicas[i]->engram,
-                 &api::Engram::Stub::CreateStore, *request, &created[i],
-                 deadline);
-  });
+  std::vector<api::Store> created;
+  const std::vector<absl::Status> status =
+      EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::CreateStore,
+                   *request, &created, deadline);
   if (absl::Status failed = FirstError(status); !failed.ok()) {
     // All or nothing: the shards that created it delete it again.
     api::DeleteStoreRequest undo;
@@ -392,13 +395,10 @@ grpc::Status Router::UpdateStore(Ctx* context,
       !s.ok()) {
     return call.Done(s);
   }
-  std::vector<absl::Status> status =
-      InParallel(replicas.size() - 1, [&](size_t i) {
-        api::Store ignored;
-        return Unary(*pool_, *replicas[i + 1], *replicas[i + 1]->engram,
-                     &api::Engram::Stub::UpdateStore, *request, &ignored,
-                     deadline);
-      });
+  std::vector<api::Store> ignored;
+  const std::vector<absl::Status> status = EngramOnEach(
+      *pool_, std::vector<const Replica*>(replicas.begin() + 1, replicas.end()),
+      &api::Engram::Stub::async::UpdateStore, *request, &ignored, deadline);
   // A replica that missed it goes stale if a peer of its group took it (the
   // repair copies the settings); a group where none did is an error.
   std::vector<bool> took(pool_->groups(), false);
@@ -434,11 +434,10 @@ grpc::Status Router::DeleteStore(Ctx* context,
     if (!ready.ok()) return call.Done(ready.status());
     replicas.insert(replicas.end(), ready->begin(), ready->end());
   }
-  std::vector<absl::Status> status = InParallel(replicas.size(), [&](size_t i) {
-    api::DeleteStoreResponse ignored;
-    return Unary(*pool_, *replicas[i], *replicas[i]->engram,
-                 &api::Engram::Stub::DeleteStore, *request, &ignored, deadline);
-  });
+  std::vector<api::DeleteStoreResponse> ignored;
+  const std::vector<absl::Status> status =
+      EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::DeleteStore,
+                   *request, &ignored, deadline);
   size_t missing = 0;
   for (const absl::Status& s : status) missing += absl::IsNotFound(s);
   if (missing == status.size()) return call.Done(status[0]);  // NOT_FOUND.
@@ -540,23 +539,29 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
 absl::StatusOr<uint64_t> Router::TotalCount(const std::string& store,
                                             const std::vector<uint64_t>& counts,
                                             absl::Time deadline) {
-  std::vector<uint64_t> all = counts;
+  // The groups whose count the write did not bring back.
+  std::vector<const Replica*> replicas;
+  std::vector<uint32_t> asked;
+  for (uint32_t g = 0; g < counts.size(); ++g) {
+    if (counts[g] != std::numeric_limits<uint64_t>::max()) continue;
+    absl::StatusOr<const Replica*> r = pool_->Pick(g);
+    if (!r.ok()) return r.status();
+    replicas.push_back(*r);
+    asked.push_back(g);
+  }
   api::GetStoreRequest request;
   request.set_name(store);
-  absl::Status status = FirstError(InParallel(all.size(), [&](size_t g) {
-    if (all[g] != std::numeric_limits<uint64_t>::max()) {
-      return absl::OkStatus();
-    }
-    absl::StatusOr<const Replica*> r = pool_->Pick(static_cast<uint32_t>(g));
-    if (!r.ok()) return r.status();
-    api::Store part;
-    absl::Status s =
-        Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::GetStore, request,
-              &part, deadline);
-    all[g] = part.pattern_count();
+  std::vector<api::Store> parts;
+  if (absl::Status s = FirstError(
+          EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::GetStore,
+                       request, &parts, deadline));
+      !s.ok()) {
     return s;
-  }));
-  if (!status.ok()) return status;
+  }
+  std::vector<uint64_t> all = counts;
+  for (size_t i = 0; i < asked.size(); ++i) {
+    all[asked[i]] = parts[i].pattern_count();
+  }
   uint64_t total = 0;
   for (uint64_t n : all) total += n;
   return total;

@@ -4,7 +4,6 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 
 namespace engram::cluster {
 
@@ -46,29 +45,17 @@ absl::StatusOr<std::vector<v1::PartialStepResponse>> StepOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
     const v1::PartialStepRequest& step, absl::Time deadline) {
   const size_t n = replicas.size();
-  std::vector<v1::PartialStepResponse> parts(n);
-  std::vector<grpc::ClientContext> contexts(n);
-  std::vector<absl::Status> status(n);
-  absl::Mutex mu;
-  size_t left = n;
-  for (size_t g = 0; g < n; ++g) {
-    pool.Prepare(contexts[g], deadline);
-    const absl::Time sent = absl::Now();
-    replicas[g]->shard->async()->PartialStep(
-        &contexts[g], &step, &parts[g], [&, g, sent](grpc::Status s) {
-          pool.Record(*replicas[g], "PartialStep", s, absl::Now() - sent,
-                      step.ByteSizeLong(),
-                      s.ok() ? parts[g].ByteSizeLong() : 0);
-          absl::MutexLock lock(&mu);
-          status[g] = FromShard(s, *replicas[g]);
-          --left;
-        });
-  }
-  {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(
-        +[](size_t* n) { return *n == 0; }, &left));
-  }
+  std::vector<v1::PartialStepResponse> parts;
+  const std::vector<absl::Status> status = UnaryOnEach<v1::PartialStepRequest>(
+      pool, replicas, [&step](size_t) -> const auto& { return step; },
+      [](const Replica& r, grpc::ClientContext* context,
+         const v1::PartialStepRequest* request,
+         v1::PartialStepResponse* response,
+         std::function<void(grpc::Status)> done) {
+        r.shard->async()->PartialStep(context, request, response,
+                                      std::move(done));
+      },
+      &parts, deadline);
   if (absl::Status failed = FirstError(status); !failed.ok()) return failed;
   for (size_t g = 0; g < n; ++g) {
     if (static_cast<uint32_t>(parts[g].rows_size()) != step.count()) {

@@ -7,6 +7,7 @@
 #define ENGRAM_SERVER_CLUSTER_SHARD_CALLS_H_
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -17,6 +18,7 @@
 #include "engram/cluster/v1/shard.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/server_context.h"
+#include "server/base/mutex.h"
 #include "server/cluster/shard_pool.h"
 
 namespace engram::cluster {
@@ -45,6 +47,83 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
               request.ByteSizeLong(),
               status.ok() ? response->ByteSizeLong() : 0);
   return FromShard(status, replica);
+}
+
+// One unary call to each of `replicas` at once through gRPC's callback API:
+// the calling thread waits for all of them and no thread is started.
+// request(i) goes to replicas[i] and its answer to (*responses)[i]; `start`
+// issues one call, e.g.
+//   [](const Replica& r, grpc::ClientContext* c, const Req* q, Resp* a,
+//      std::function<void(grpc::Status)> done) {
+//     r.engram->async()->GetStore(c, q, a, std::move(done));
+//   }
+// Returns each call's status, named by its shard as Unary's is.
+template <typename Request, typename Response, typename Start>
+std::vector<absl::Status> UnaryOnEach(
+    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    const std::function<const Request&(size_t)>& request, const Start& start,
+    std::vector<Response>* responses, absl::Time deadline) {
+  const size_t n = replicas.size();
+  responses->resize(n);
+  std::vector<grpc::ClientContext> contexts(n);
+  // What the callbacks share with the waiting thread; the last of them to
+  // finish may still hold it when the waiter has returned.
+  struct Calls {
+    Mutex mu;
+    CondVar finished;
+    size_t left ABSL_GUARDED_BY(mu) = 0;
+    std::vector<absl::Status> status ABSL_GUARDED_BY(mu);
+  };
+  auto calls = std::make_shared<Calls>();
+  {
+    MutexLock lock(&calls->mu);
+    calls->left = n;
+    calls->status.resize(n);
+  }
+  absl::string_view method = Request::descriptor()->name();
+  absl::ConsumeSuffix(&method, "Request");
+  for (size_t i = 0; i < n; ++i) {
+    pool.Prepare(contexts[i], deadline);
+    const absl::Time sent = absl::Now();
+    const Request& sending = request(i);
+    Response* answer = &(*responses)[i];
+    const Replica& replica = *replicas[i];
+    start(replica, &contexts[i], &sending, answer,
+          [&pool, &replica, &sending, answer, calls, method, sent,
+           i](grpc::Status s) {
+            pool.Record(replica, method, s, absl::Now() - sent,
+                        sending.ByteSizeLong(),
+                        s.ok() ? answer->ByteSizeLong() : 0);
+            MutexLock lock(&calls->mu);
+            calls->status[i] = FromShard(s, replica);
+            if (--calls->left == 0) calls->finished.SignalAll();
+          });
+  }
+  MutexLock lock(&calls->mu);
+  while (calls->left > 0) calls->finished.Wait(&calls->mu);
+  return calls->status;
+}
+
+// The same request to a method of engram.v1.Engram on each of `replicas`
+// at once, as UnaryOnEach:
+//   EngramOnEach(pool, replicas, &engram::v1::Engram::Stub::async::GetStore,
+//                request, &stores, deadline);
+template <typename Request, typename Response>
+std::vector<absl::Status> EngramOnEach(
+    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    void (engram::v1::Engram::Stub::async::*method)(
+        grpc::ClientContext*, const Request*, Response*,
+        std::function<void(grpc::Status)>),
+    const Request& request, std::vector<Response>* responses,
+    absl::Time deadline) {
+  return UnaryOnEach<Request>(
+      pool, replicas, [&request](size_t) -> const Request& { return request; },
+      [method](const Replica& r, grpc::ClientContext* context,
+               const Request* sending, Response* answer,
+               std::function<void(grpc::Status)> done) {
+        (r.engram->async()->*method)(context, sending, answer, std::move(done));
+      },
+      responses, deadline);
 }
 
 // Runs fn(0) .. fn(n - 1) at once (a thread each but the first).
