@@ -3,6 +3,7 @@
 // scaled by 0.5 as queries), timed from request to decoded response.
 //
 //   retrieve_grpc --addr=127.0.0.1:50051 [--m=10000] [--l=256] [--reps=20]
+//                 [--auto_path] [--omit_vectors] [--get_store]
 //
 // Prints: grpc,m,l,best_ms,median_ms,us_per_query
 //
@@ -28,6 +29,8 @@ ABSL_FLAG(size_t, m, 10000, "Stored patterns.");
 ABSL_FLAG(size_t, l, 256, "Queries per request.");
 ABSL_FLAG(int, reps, 20, "Timed requests (after one warm-up).");
 ABSL_FLAG(bool, omit_vectors, false, "Ask for matches only, no vectors.");
+ABSL_FLAG(bool, auto_path, false,
+          "Let engramd plan the path (AUTO) instead of asking for EXACT.");
 ABSL_FLAG(bool, get_store, false,
           "Time GetStore instead: the fixed cost of one call.");
 
@@ -66,7 +69,7 @@ int main(int argc, char** argv) {
   std::vector<float> queries(images->data.end() - l * d, images->data.end());
   for (float& v : queries) v *= 0.5f;
   v1::RetrieveRequest request;
-  request.set_path(v1::EXACT);
+  request.set_path(absl::GetFlag(FLAGS_auto_path) ? v1::AUTO : v1::EXACT);
   request.set_omit_vectors(absl::GetFlag(FLAGS_omit_vectors));
   std::vector<std::vector<double>> ms(clients.size());
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {

@@ -84,7 +84,8 @@ absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
 }
 
 absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
-    const std::string& store, absl::Time deadline) {
+    const std::string& store, absl::Time deadline,
+    std::vector<engram::v1::Store>* described) {
   const uint32_t groups = pool_->groups();
   std::vector<const Replica*> replicas(groups);
   for (uint32_t g = 0; g < groups; ++g) {
@@ -126,8 +127,14 @@ absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
       !s.ok()) {
     return s;
   }
+  if (described != nullptr) described->resize(groups);
   std::vector<std::shared_ptr<const v1::LowRankSums>> parts(groups);
   for (uint32_t g = 0; g < groups; ++g) {
+    // Held parts keep the sums, not the description of the moment.
+    if (described != nullptr) {
+      (*described)[g].Swap(answers[g].mutable_store());
+    }
+    answers[g].clear_store();
     if (answers[g].unchanged() && held[g]) {
       parts[g] = held[g];
     } else if (answers[g].unchanged()) {

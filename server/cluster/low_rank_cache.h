@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "engram/v1/engram.pb.h"
 #include "server/cluster/shard_pool.h"
 #include "server/core/low_rank.h"
 #include "server/store/retrieve.h"
@@ -47,10 +48,13 @@ class LowRankCache {
   explicit LowRankCache(ShardPool* pool) : pool_(pool) {}
 
   // The merged sums of `store` as one ready replica of every group holds
-  // them now. Errors: those of the shards (NOT_FOUND, UNAVAILABLE naming the
-  // group), or INTERNAL when the parts do not fit together.
+  // them now; with `described`, also each group's part of the store as
+  // GetStore describes it (without the fit's status), from the same call.
+  // Errors: those of the shards (NOT_FOUND, UNAVAILABLE naming the group),
+  // or INTERNAL when the parts do not fit together.
   absl::StatusOr<std::shared_ptr<const MergedLowRank>> Get(
-      const std::string& store, absl::Time deadline);
+      const std::string& store, absl::Time deadline,
+      std::vector<engram::v1::Store>* described = nullptr);
 
   // Drops what is held of `store` (deleted).
   void Forget(const std::string& store);

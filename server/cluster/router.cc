@@ -791,12 +791,32 @@ grpc::Status Router::DeletePatterns(Ctx* context,
 // --- Retrieval
 // ----------------------------------------------------------------
 
+absl::StatusOr<api::Store> Router::DescribeForRetrieval(
+    const api::RetrieveRequest& request, absl::Time deadline,
+    std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>>* sums) {
+  const bool filtered =
+      request.has_filter() && (request.filter().labels_size() > 0 ||
+                               request.filter().metadata_size() > 0);
+  if (request.path() == api::EXACT || filtered) {
+    sums->reset();
+    return MergedStore(request.store(), deadline);
+  }
+  std::vector<api::Store> parts;
+  *sums = low_rank_.Get(request.store(), deadline, &parts);
+  // The description alone says why (NOT_FOUND, DAMAGED); the planner meets
+  // the sums' error only if it needs them.
+  if (!(*sums)->ok()) return MergedStore(request.store(), deadline);
+  return Merge(std::move(parts));
+}
+
 grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
                               api::RetrieveResponse* response) {
   rpc::Call call(policy_, "Retrieve", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   const absl::Time deadline = DeadlineOf(context);
-  absl::StatusOr<api::Store> merged = MergedStore(request->store(), deadline);
+  std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>> fetched;
+  absl::StatusOr<api::Store> merged =
+      DescribeForRetrieval(*request, deadline, &fetched);
   if (!merged.ok()) return call.Done(merged.status());
   if (merged->state() == api::Store::DAMAGED) {
     return call.Done(absl::FailedPreconditionError(
@@ -831,8 +851,11 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   absl::StatusOr<store::PathReport> plan = store::PathReport{};
   for (int attempt = 0; !filtered && attempt < 2; ++attempt) {
     std::shared_ptr<const MergedLowRank> sums;
-    plan = PlanThroughRouter(request->store(), *settings, *merged, *query,
-                             *params, deadline, &sums);
+    // The sums fetched with the description serve the first plan; a query
+    // planned again fetches them again.
+    plan = PlanThroughRouter(
+        request->store(), *settings, *merged, *query, *params, deadline,
+        attempt == 0 ? std::move(fetched) : std::nullopt, &sums);
     if (!plan.ok()) return call.Done(plan.status());
     if (plan->path != store::PathChoice::kLowRank) break;
     core::RetrievalOptions options;
@@ -903,6 +926,7 @@ absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
     const std::string& name, const store::StoreSettings& settings,
     const api::Store& merged, const store::RetrieveRequest& query,
     const core::RetrievalParams& params, absl::Time deadline,
+    std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>> fetched,
     std::shared_ptr<const MergedLowRank>* sums) {
   store::LowRankForm none;
   none.store = name;
@@ -921,7 +945,7 @@ absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
                      " has no low-rank form (dot and kernel_dot have)");
   } else {
     absl::StatusOr<std::shared_ptr<const MergedLowRank>> got =
-        low_rank_.Get(name, deadline);
+        fetched ? *std::move(fetched) : low_rank_.Get(name, deadline);
     if (!got.ok()) return got.status();
     *sums = *std::move(got);
     form = &(*sums)->form;

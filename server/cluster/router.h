@@ -159,12 +159,23 @@ class Router final : public engram::v1::Engram::Service {
                                       const std::vector<uint64_t>& counts,
                                       absl::Time deadline);
 
+  // What a retrieval needs first: the store's merged description and,
+  // unless the request asks for the exact path or filters (neither uses
+  // them), the shards' low-rank sums checked in the same round (into
+  // `sums`, with their error if they failed; nullopt when not fetched).
+  absl::StatusOr<engram::v1::Store> DescribeForRetrieval(
+      const engram::v1::RetrieveRequest& request, absl::Time deadline,
+      std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>>*
+          sums);
   // The path of a retrieval: the planner over the shards' merged low-rank
-  // sums (fetched into `sums`) for dot and softmax; exact otherwise.
+  // sums (`fetched` if given, else fetched now; into `sums`) for dot and
+  // softmax; exact otherwise.
   absl::StatusOr<store::PathReport> PlanThroughRouter(
       const std::string& name, const store::StoreSettings& settings,
       const engram::v1::Store& merged, const store::RetrieveRequest& query,
       const core::RetrievalParams& params, absl::Time deadline,
+      std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>>
+          fetched,
       std::shared_ptr<const MergedLowRank>* sums);
   // The exact path: step by step through one replica of every group, over
   // the patterns that match `filter` if it is given (not empty); the

@@ -286,6 +286,7 @@ grpc::Status ShardService::GetLowRankSums(grpc::ServerContext* context,
   response->set_fingerprint(SumsFingerprint(*view));
   response->set_store_version(view->version());
   response->set_map_version(view->fit().version);
+  rpc::ToProto(*view, *response->mutable_store());
   if (request->known_fingerprint() == response->fingerprint()) {
     response->set_unchanged(true);
     return call.Done(absl::OkStatus());
