@@ -41,30 +41,42 @@ absl::Status FirstError(const std::vector<absl::Status>& status) {
   return absl::OkStatus();
 }
 
+StepFanout::StepFanout(const ShardPool& pool,
+                       std::vector<const Replica*> replicas,
+                       const v1::PartialStepRequest& step, absl::Time deadline)
+    : replicas_(std::move(replicas)),
+      step_(step),
+      calls_(
+          pool, replicas_,
+          [&step](size_t) -> const v1::PartialStepRequest& { return step; },
+          [](const Replica& r, grpc::ClientContext* context,
+             const v1::PartialStepRequest* request,
+             v1::PartialStepResponse* response,
+             std::function<void(grpc::Status)> done) {
+            r.shard->async()->PartialStep(context, request, response,
+                                          std::move(done));
+          },
+          deadline) {}
+
+absl::StatusOr<std::vector<v1::PartialStepResponse>> StepFanout::Answers() {
+  if (absl::Status failed = FirstError(calls_.Wait()); !failed.ok()) {
+    return failed;
+  }
+  std::vector<v1::PartialStepResponse>& parts = calls_.responses();
+  for (size_t g = 0; g < parts.size(); ++g) {
+    if (static_cast<uint32_t>(parts[g].rows_size()) != step_.count()) {
+      return absl::InternalError(absl::StrCat(
+          "shard group ", replicas_[g]->group, " answered ",
+          parts[g].rows_size(), " rows for ", step_.count(), " states"));
+    }
+  }
+  return std::move(parts);
+}
+
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
     const v1::PartialStepRequest& step, absl::Time deadline) {
-  const size_t n = replicas.size();
-  std::vector<v1::PartialStepResponse> parts;
-  const std::vector<absl::Status> status = UnaryOnEach<v1::PartialStepRequest>(
-      pool, replicas, [&step](size_t) -> const auto& { return step; },
-      [](const Replica& r, grpc::ClientContext* context,
-         const v1::PartialStepRequest* request,
-         v1::PartialStepResponse* response,
-         std::function<void(grpc::Status)> done) {
-        r.shard->async()->PartialStep(context, request, response,
-                                      std::move(done));
-      },
-      &parts, deadline);
-  if (absl::Status failed = FirstError(status); !failed.ok()) return failed;
-  for (size_t g = 0; g < n; ++g) {
-    if (static_cast<uint32_t>(parts[g].rows_size()) != step.count()) {
-      return absl::InternalError(absl::StrCat(
-          "shard group ", replicas[g]->group, " answered ",
-          parts[g].rows_size(), " rows for ", step.count(), " states"));
-    }
-  }
-  return parts;
+  return StepFanout(pool, replicas, step, deadline).Answers();
 }
 
 }  // namespace engram::cluster

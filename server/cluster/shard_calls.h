@@ -49,59 +49,99 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
   return FromShard(status, replica);
 }
 
-// One unary call to each of `replicas` at once through gRPC's callback API:
-// the calling thread waits for all of them and no thread is started.
-// request(i) goes to replicas[i] and its answer to (*responses)[i]; `start`
-// issues one call, e.g.
+// Unary calls to several replicas at once through gRPC's callback API: no
+// thread is started, and Wait() waits for all of them (the destructor first
+// cancels what is still in flight, then waits). request(i) goes to
+// replicas[i] and must outlive the Fanout; its answer is responses()[i].
+// `start` issues one call, e.g.
 //   [](const Replica& r, grpc::ClientContext* c, const Req* q, Resp* a,
 //      std::function<void(grpc::Status)> done) {
 //     r.engram->async()->GetStore(c, q, a, std::move(done));
 //   }
-// Returns each call's status, named by its shard as Unary's is.
-template <typename Request, typename Response, typename Start>
-std::vector<absl::Status> UnaryOnEach(
-    const ShardPool& pool, const std::vector<const Replica*>& replicas,
-    const std::function<const Request&(size_t)>& request, const Start& start,
-    std::vector<Response>* responses, absl::Time deadline) {
-  const size_t n = replicas.size();
-  responses->resize(n);
-  std::vector<grpc::ClientContext> contexts(n);
-  // What the callbacks share with the waiting thread; the last of them to
-  // finish may still hold it when the waiter has returned.
+// Each call's status names its shard, as Unary's does.
+//
+// Thread-compatible: one thread owns it; the callbacks share only `calls_`.
+template <typename Request, typename Response>
+class Fanout {
+ public:
+  template <typename Start>
+  Fanout(const ShardPool& pool, const std::vector<const Replica*>& replicas,
+         const std::function<const Request&(size_t)>& request,
+         const Start& start, absl::Time deadline)
+      : contexts_(replicas.size()),
+        responses_(replicas.size()),
+        calls_(std::make_shared<Calls>()) {
+    const size_t n = replicas.size();
+    {
+      MutexLock lock(&calls_->mu);
+      calls_->left = n;
+      calls_->status.resize(n);
+    }
+    absl::string_view method = Request::descriptor()->name();
+    absl::ConsumeSuffix(&method, "Request");
+    for (size_t i = 0; i < n; ++i) {
+      pool.Prepare(contexts_[i], deadline);
+      const absl::Time sent = absl::Now();
+      const Request& sending = request(i);
+      Response* answer = &responses_[i];
+      const Replica& replica = *replicas[i];
+      start(replica, &contexts_[i], &sending, answer,
+            [&pool, &replica, &sending, answer, calls = calls_, method, sent,
+             i](grpc::Status s) {
+              pool.Record(replica, method, s, absl::Now() - sent,
+                          sending.ByteSizeLong(),
+                          s.ok() ? answer->ByteSizeLong() : 0);
+              MutexLock lock(&calls->mu);
+              calls->status[i] = FromShard(s, replica);
+              if (--calls->left == 0) calls->finished.SignalAll();
+            });
+    }
+  }
+  ~Fanout() {
+    if (!waited_) {
+      for (grpc::ClientContext& context : contexts_) context.TryCancel();
+    }
+    Wait();
+  }
+  Fanout(const Fanout&) = delete;
+  Fanout& operator=(const Fanout&) = delete;
+
+  // Waits for every call; each one's status.
+  std::vector<absl::Status> Wait() {
+    MutexLock lock(&calls_->mu);
+    while (calls_->left > 0) calls_->finished.Wait(&calls_->mu);
+    waited_ = true;
+    return calls_->status;
+  }
+  // After Wait().
+  std::vector<Response>& responses() { return responses_; }
+
+ private:
+  // What the callbacks share with the owner; the last of them to finish
+  // may still hold it when the owner has gone.
   struct Calls {
     Mutex mu;
     CondVar finished;
     size_t left ABSL_GUARDED_BY(mu) = 0;
     std::vector<absl::Status> status ABSL_GUARDED_BY(mu);
   };
-  auto calls = std::make_shared<Calls>();
-  {
-    MutexLock lock(&calls->mu);
-    calls->left = n;
-    calls->status.resize(n);
-  }
-  absl::string_view method = Request::descriptor()->name();
-  absl::ConsumeSuffix(&method, "Request");
-  for (size_t i = 0; i < n; ++i) {
-    pool.Prepare(contexts[i], deadline);
-    const absl::Time sent = absl::Now();
-    const Request& sending = request(i);
-    Response* answer = &(*responses)[i];
-    const Replica& replica = *replicas[i];
-    start(replica, &contexts[i], &sending, answer,
-          [&pool, &replica, &sending, answer, calls, method, sent,
-           i](grpc::Status s) {
-            pool.Record(replica, method, s, absl::Now() - sent,
-                        sending.ByteSizeLong(),
-                        s.ok() ? answer->ByteSizeLong() : 0);
-            MutexLock lock(&calls->mu);
-            calls->status[i] = FromShard(s, replica);
-            if (--calls->left == 0) calls->finished.SignalAll();
-          });
-  }
-  MutexLock lock(&calls->mu);
-  while (calls->left > 0) calls->finished.Wait(&calls->mu);
-  return calls->status;
+  std::vector<grpc::ClientContext> contexts_;
+  std::vector<Response> responses_;
+  std::shared_ptr<Calls> calls_;
+  bool waited_ = false;
+};
+
+// The calls of a Fanout, waited for: each one's status, the answers in
+// *responses.
+template <typename Request, typename Response, typename Start>
+std::vector<absl::Status> UnaryOnEach(
+    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    const std::function<const Request&(size_t)>& request, const Start& start,
+    std::vector<Response>* responses, absl::Time deadline) {
+  Fanout<Request, Response> calls(pool, replicas, request, start, deadline);
+  std::vector<absl::Status> status = calls.Wait();
+  *responses = std::move(calls.responses());
+  return status;
 }
 
 // The same request to a method of engram.v1.Engram on each of `replicas`
@@ -132,8 +172,23 @@ std::vector<absl::Status> InParallel(
 
 absl::Status FirstError(const std::vector<absl::Status>& status);
 
-// One PartialStep on every replica of `replicas` (one per group) at once;
-// the first failure if any fails.
+// One PartialStep on every replica of `replicas` (one per group), sent at
+// construction; `step` must outlive it.
+class StepFanout {
+ public:
+  StepFanout(const ShardPool& pool, std::vector<const Replica*> replicas,
+             const v1::PartialStepRequest& step, absl::Time deadline);
+  // Waits for every group's answer; the first failure if any failed, or
+  // INTERNAL if a group answered another number of rows than states.
+  absl::StatusOr<std::vector<v1::PartialStepResponse>> Answers();
+
+ private:
+  const std::vector<const Replica*> replicas_;
+  const v1::PartialStepRequest& step_;
+  Fanout<v1::PartialStepRequest, v1::PartialStepResponse> calls_;
+};
+
+// A StepFanout's answers.
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
     const v1::PartialStepRequest& step, absl::Time deadline);
