@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <optional>
@@ -77,6 +78,38 @@ api::Store Merge(std::vector<api::Store> parts) {
   return out;
 }
 
+// A step's request but its count and states: what the shards are told of
+// a retrieval's params.
+v1::PartialStepRequest StepHead(const std::string& store,
+                                const core::RetrievalParams& params,
+                                const api::Filter* filter) {
+  v1::PartialStepRequest step;
+  step.set_store(store);
+  step.set_similarity(store::SimilarityToProto(params.similarity));
+  step.set_separation(store::SeparationToProto(params.separation));
+  step.set_beta(params.beta);
+  step.set_top_k(params.top_k);
+  if (filter != nullptr) *step.mutable_filter() = *filter;
+  return step;
+}
+
+bool SameStates(const v1::PartialStepRequest& a,
+                const v1::PartialStepRequest& b) {
+  return a.count() == b.count() && a.states_size() == b.states_size() &&
+         std::memcmp(a.states().data(), b.states().data(),
+                     sizeof(float) * a.states_size()) == 0;
+}
+
+}  // namespace
+
+struct EarlyStep {
+  std::string head;  // StepHead(...), serialized.
+  v1::PartialStepRequest step;
+  std::optional<StepFanout> calls;  // Of `step`; cancelled if not used.
+};
+
+namespace {
+
 // The steps of one exact retrieval through the shards: each step goes to
 // one replica of every group at once and is merged exactly per query
 // (core::MergeRows). Matches are named by pattern id (Match::index).
@@ -92,13 +125,13 @@ class ShardedSteps {
         params_(params),
         dim_(dim),
         deadline_(deadline) {
-    step_.set_store(store);
-    step_.set_similarity(store::SimilarityToProto(params.similarity));
-    step_.set_separation(store::SeparationToProto(params.separation));
-    step_.set_beta(params.beta);
-    step_.set_top_k(params.top_k);
-    if (filter != nullptr) *step_.mutable_filter() = *filter;
+    step_ = StepHead(store, params, filter);
+    head_ = step_.SerializeAsString();
   }
+
+  // This retrieval's first step, already sent (see Router::StartEarlyStep):
+  // its answers serve the first step if that is the same request.
+  void Offer(std::unique_ptr<EarlyStep> early) { early_ = std::move(early); }
 
   // Before a query runs again from its first step.
   void Restart() { map_version_.reset(); }
@@ -112,14 +145,23 @@ class ShardedSteps {
                           std::vector<core::Match>* matches) {
     step_.set_count(static_cast<uint32_t>(ids.size()));
     step_.mutable_states()->Assign(states, states + ids.size() * dim_);
-    std::vector<const Replica*> replicas(pool_.groups());
-    for (uint32_t g = 0; g < pool_.groups(); ++g) {
-      absl::StatusOr<const Replica*> r = pool_.Pick(g);
-      if (!r.ok()) return r.status();
-      replicas[g] = *r;
-    }
     absl::StatusOr<std::vector<v1::PartialStepResponse>> parts =
-        StepOnEach(pool_, replicas, step_, deadline_);
+        absl::UnavailableError("not sent");
+    // An early step that went wrong is sent again, as any step would be.
+    if (std::unique_ptr<EarlyStep> early = std::move(early_);
+        early != nullptr && early->head == head_ &&
+        SameStates(early->step, step_)) {
+      parts = early->calls->Answers();
+    }
+    if (!parts.ok()) {
+      std::vector<const Replica*> replicas(pool_.groups());
+      for (uint32_t g = 0; g < pool_.groups(); ++g) {
+        absl::StatusOr<const Replica*> r = pool_.Pick(g);
+        if (!r.ok()) return r.status();
+        replicas[g] = *r;
+      }
+      parts = StepOnEach(pool_, replicas, step_, deadline_);
+    }
     if (!parts.ok()) return parts.status();
     if (absl::Status s = CheckMaps(*parts); !s.ok()) return s;
     if (absl::Status s = CountPatterns(*parts); !s.ok()) return s;
@@ -227,6 +269,8 @@ class ShardedSteps {
   const size_t dim_;
   const absl::Time deadline_;
   v1::PartialStepRequest step_;
+  std::string head_;  // step_ but its count and states, serialized.
+  std::unique_ptr<EarlyStep> early_;
   uint64_t patterns_ = 0;
   std::optional<uint64_t> map_version_;  // Of the query's first step.
   absl::flat_hash_map<uint64_t, std::string> labels_;
@@ -445,6 +489,10 @@ grpc::Status Router::DeleteStore(Ctx* context,
     if (!s.ok() && !absl::IsNotFound(s)) return call.Done(s);
   }
   low_rank_.Forget(request->name());
+  {
+    MutexLock lock(&hints_mu_);
+    hints_.erase(request->name());
+  }
   return call.Done(absl::OkStatus());
 }
 
@@ -814,6 +862,10 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   rpc::Call call(policy_, "Retrieve", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   const absl::Time deadline = DeadlineOf(context);
+  // The first exact step goes out with the settings the store's last
+  // retrieval found while its description comes back: one round to the
+  // shards for both where the settings held.
+  std::unique_ptr<EarlyStep> early = StartEarlyStep(*request, deadline);
   std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>> fetched;
   absl::StatusOr<api::Store> merged =
       DescribeForRetrieval(*request, deadline, &fetched);
@@ -835,6 +887,8 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
       *settings, merged->pattern_count(), *query, options_.limits);
   if (!params.ok()) return call.Done(params.status());
   const uint32_t groups = pool_->groups();
+  const bool auto_path = request->path() == api::AUTO ||
+                         request->path() == api::RETRIEVAL_PATH_UNSPECIFIED;
   // A filtered retrieval takes the exact path, each group stepping over its
   // matching patterns only (the low-rank sums are over all of them).
   const bool filtered = !query->filter.empty();
@@ -858,6 +912,7 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
         attempt == 0 ? std::move(fetched) : std::nullopt, &sums);
     if (!plan.ok()) return call.Done(plan.status());
     if (plan->path != store::PathChoice::kLowRank) break;
+    early.reset();  // Cancelled: the sums answer.
     core::RetrievalOptions options;
     options.check = rpc::DeadlineCheck(context);
     absl::StatusOr<store::RetrieveResult> result =
@@ -872,12 +927,15 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
     rpc::ToProto(*result, d, request->omit_vectors(), *response);
     policy_->metrics->RecordRetrieval("low_rank", query->num_queries,
                                       plan->error_bound);
+    RememberRetrieval(request->store(), *merged,
+                      auto_path ? std::optional<bool>(false) : std::nullopt);
     return call.Done(absl::OkStatus());
   }
   uint64_t patterns = 0;
-  absl::StatusOr<store::RetrieveResult> result = RetrieveExact(
-      request->store(), *query, *params,
-      filtered ? &request->filter() : nullptr, deadline, &patterns);
+  absl::StatusOr<store::RetrieveResult> result =
+      RetrieveExact(request->store(), *query, *params,
+                    filtered ? &request->filter() : nullptr, deadline,
+                    std::move(early), &patterns);
   if (!result.ok()) return call.Done(result.status());
   result->path = *plan;
   result->path.reason =
@@ -891,15 +949,70 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   result->store_version = merged->version();
   rpc::ToProto(*result, d, request->omit_vectors(), *response);
   policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
+  RememberRetrieval(
+      request->store(), *merged,
+      auto_path && !filtered ? std::optional<bool>(true) : std::nullopt);
   return call.Done(absl::OkStatus());
+}
+
+std::unique_ptr<EarlyStep> Router::StartEarlyStep(
+    const api::RetrieveRequest& request, absl::Time deadline) {
+  const bool filtered =
+      request.has_filter() && (request.filter().labels_size() > 0 ||
+                               request.filter().metadata_size() > 0);
+  if (filtered || request.path() == api::LOW_RANK) return nullptr;
+  api::Store described;
+  {
+    MutexLock lock(&hints_mu_);
+    auto it = hints_.find(request.store());
+    if (it == hints_.end()) return nullptr;
+    if (request.path() != api::EXACT && !it->second.exact_under_auto) {
+      return nullptr;
+    }
+    described = it->second.described;
+  }
+  // As Retrieve resolves them, from the remembered description.
+  absl::StatusOr<store::StoreSettings> settings =
+      store::SettingsFromProto(described, /*fill_defaults=*/false);
+  if (!settings.ok()) return nullptr;
+  std::vector<float> queries;
+  absl::StatusOr<store::RetrieveRequest> query =
+      rpc::FromProto(request, settings->dimension, queries);
+  if (!query.ok()) return nullptr;
+  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
+      *settings, described.pattern_count(), *query, options_.limits);
+  if (!params.ok()) return nullptr;
+  std::vector<const Replica*> replicas(pool_->groups());
+  for (uint32_t g = 0; g < replicas.size(); ++g) {
+    absl::StatusOr<const Replica*> r = pool_->Pick(g);
+    if (!r.ok()) return nullptr;
+    replicas[g] = *r;
+  }
+  auto early = std::make_unique<EarlyStep>();
+  early->step = StepHead(request.store(), *params, nullptr);
+  early->head = early->step.SerializeAsString();
+  early->step.set_count(static_cast<uint32_t>(query->num_queries));
+  early->step.mutable_states()->Assign(queries.begin(), queries.end());
+  early->calls.emplace(*pool_, std::move(replicas), early->step, deadline);
+  return early;
+}
+
+void Router::RememberRetrieval(const std::string& store,
+                               const api::Store& described,
+                               std::optional<bool> exact_under_auto) {
+  MutexLock lock(&hints_mu_);
+  RetrievalHint& hint = hints_[store];
+  hint.described = described;
+  if (exact_under_auto) hint.exact_under_auto = *exact_under_auto;
 }
 
 absl::StatusOr<store::RetrieveResult> Router::RetrieveExact(
     const std::string& name, const store::RetrieveRequest& query,
     const core::RetrievalParams& params, const api::Filter* filter,
-    absl::Time deadline, uint64_t* patterns) {
+    absl::Time deadline, std::unique_ptr<EarlyStep> early, uint64_t* patterns) {
   const size_t d = query.queries.size() / query.num_queries;
   ShardedSteps steps(*pool_, name, params, d, filter, deadline);
+  steps.Offer(std::move(early));
   // Kernel similarities: every step of a query on one map version; a query
   // that meets a publication under way (shards on different versions) runs
   // again once they agree, until the deadline.

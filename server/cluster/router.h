@@ -11,12 +11,16 @@
 #define ENGRAM_SERVER_CLUSTER_ROUTER_H_
 
 #include <atomic>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engram/v1/engram.grpc.pb.h"
+#include "server/base/mutex.h"
 #include "server/cluster/cluster_jobs.h"
 #include "server/cluster/low_rank_cache.h"
 #include "server/cluster/shard_pool.h"
@@ -27,6 +31,10 @@
 #include "server/store/storage.h"
 
 namespace engram::cluster {
+
+// A retrieval's first exact step, sent before the store's description is
+// back (router.cc).
+struct EarlyStep;
 
 struct RouterOptions {
   store::Limits limits;         // Checked before anything reaches a shard.
@@ -180,10 +188,25 @@ class Router final : public engram::v1::Engram::Service {
   // The exact path: step by step through one replica of every group, over
   // the patterns that match `filter` if it is given (not empty); the
   // patterns stepped over, summed over the groups, in `*patterns`.
+  // `early`, if given, is this retrieval's first step already sent: its
+  // answers serve if it is the step the retrieval sends first.
   absl::StatusOr<store::RetrieveResult> RetrieveExact(
       const std::string& name, const store::RetrieveRequest& query,
       const core::RetrievalParams& params, const engram::v1::Filter* filter,
-      absl::Time deadline, uint64_t* patterns);
+      absl::Time deadline, std::unique_ptr<EarlyStep> early,
+      uint64_t* patterns);
+  // Sends the first exact step of `request` now, with the settings the
+  // store's last retrieval found, where that retrieval took the exact path
+  // (or the request asks for it): the step is then under way while the
+  // store's description is fetched. Null where there is nothing to go by.
+  std::unique_ptr<EarlyStep> StartEarlyStep(
+      const engram::v1::RetrieveRequest& request, absl::Time deadline);
+  // Remembers what a retrieval of `store` found, for the next one's early
+  // step; `exact_under_auto`: whether AUTO took the exact path (unset: the
+  // request did not ask AUTO; the last answer stands).
+  void RememberRetrieval(const std::string& store,
+                         const engram::v1::Store& described,
+                         std::optional<bool> exact_under_auto);
   // The low-rank path on the router at the sums' degree; the matches from
   // one top-only scan on the replicas the sums came from (ABORTED if one
   // changed in between).
@@ -209,6 +232,14 @@ class Router final : public engram::v1::Engram::Service {
   std::atomic<uint64_t> next_group_{0};  // Where automatic ids go next.
   LowRankCache low_rank_;
   ClusterJobs jobs_;
+  // What the last retrieval of each store found.
+  struct RetrievalHint {
+    engram::v1::Store described;
+    bool exact_under_auto = false;
+  };
+  Mutex hints_mu_;
+  absl::flat_hash_map<std::string, RetrievalHint> hints_
+      ABSL_GUARDED_BY(hints_mu_);
 };
 
 }  // namespace engram::cluster

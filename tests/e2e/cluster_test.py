@@ -619,6 +619,74 @@ class ClusterTest(unittest.TestCase):
         finally:
             router.stop()
 
+    def test_4g_a_retrieval_asks_each_group_once_per_step(self):
+        """The store's description comes with the sums' check, and the first
+        exact step goes out with the last retrieval's settings at the same
+        time; a changed setting sends it again."""
+        topology = ";".join(row[0].addr for row in self.three.shards)
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=test",
+                         "--shards=" + topology, metrics_listen="127.0.0.1:0")
+
+        def calls():
+            import re
+            import urllib.request
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % router.metrics_port,
+                                        timeout=10) as r:
+                text = r.read().decode()
+            counts = {}
+            for method, value in re.findall(
+                    r'^engram_shard_requests_total\{code="\w+",method="(\w+)",[^}]*\} (\S+)$',
+                    text, re.M):
+                counts[method] = counts.get(method, 0) + int(float(value))
+            return counts
+
+        def retrieve(c, **kw):
+            before = calls()
+            got = c.retrieve("rounds", self.queries, **kw)
+            after = calls()
+            return got, {m: n - before.get(m, 0) for m, n in after.items()
+                         if n != before.get(m, 0)}
+
+        try:
+            with Client(router.addr) as c, Client(self.single.addr) as one:
+                for x in (c, one):
+                    x.create_store("rounds", dim=12, similarity="dot", separation="softmax",
+                                   beta=1)
+                    x.add("rounds", self.patterns, ids=self.ids.tolist())
+                # The first time: the description (with the sums), then the step.
+                got, asked = retrieve(c)
+                self.assertEqual(got.path, "exact", got.reason)
+                self.assertEqual(asked, {"LowRankSums": 3, "PartialStep": 3})
+                for path, first in (("auto", "LowRankSums"), ("exact", "GetStore")):
+                    for steps in (1, 3):
+                        got, asked = retrieve(c, path=path, steps=steps)
+                        self.assertEqual(asked, {first: 3, "PartialStep": 3 * steps},
+                                         (path, steps))
+                        want = one.retrieve("rounds", self.queries, path=path, steps=steps)
+                        np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+                        np.testing.assert_array_equal(got.ids, want.ids)
+                # A setting changed (through another router, as far as this
+                # one knows): the early step is of no use, and sent again.
+                for x in (self.three.router, self.single):
+                    with Client(x.addr) as other:
+                        other.update_store("rounds", beta=0.25)
+                for path, first in (("auto", "LowRankSums"), ("exact", "GetStore")):
+                    got, asked = retrieve(c, path=path)
+                    want = one.retrieve("rounds", self.queries, path=path)
+                    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+                    np.testing.assert_array_equal(got.ids, want.ids)
+                    expect = 6 if path == "auto" else 3  # The hint learned beta.
+                    self.assertEqual(asked, {first: 3, "PartialStep": expect}, path)
+                # A request that asks for another beta gets it.
+                got, asked = retrieve(c, beta=2.0)
+                want = one.retrieve("rounds", self.queries, beta=2.0)
+                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+                self.assertEqual(asked, {"LowRankSums": 3, "PartialStep": 3})
+                for x in (c, one):
+                    x.delete_store("rounds")
+        finally:
+            router.stop()
+
     def test_4e_a_backup_through_a_router_restores_anywhere(self):
         """A store backed up through a router is one store: it restores into
         one engramd, into the same cluster and into one of another shape, and
