@@ -2,12 +2,17 @@
 """Exact retrieval next to its peers, in one run, on Fashion-MNIST (d = 784).
 
   bench/peers.py BIN_DIR [--sizes 10000,60000] [--batches 1,16,64,256] [--reps 15]
-                 [--out docs/performance] [--large 1000000]
+                 [--rounds 1] [--out docs/performance] [--large 1000000]
 
 For each M (stored patterns: the first M training images) and L (queries: the
-last L images scaled by 0.5), best of `reps` after a warm-up:
+last L images scaled by 0.5), best of `reps` after a warm-up (with --rounds N,
+every participant N times in turn and the median of those bests: on a noisy
+host, compare figures of the same rounds):
   engram        in process (bench/retrieve_fashion), as engramd runs it:
                 one BLAS thread, the batch split over 2 threads
+  engram cold   the same with 64 MiB of other memory written before each call
+                (outside the time), as a server's caches hold other work
+                between requests
   engram gRPC   a real engramd, one C++ client (bench/retrieve_grpc), vectors
                 returned; and once, an empty call (GetStore): the fixed cost
   Python client the same engramd through engram_client's retrieve (numpy in
@@ -24,6 +29,7 @@ names the machine.
 import argparse
 import gzip
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +42,8 @@ ap.add_argument("bin_dir")
 ap.add_argument("--sizes", default="10000,60000")
 ap.add_argument("--batches", default="1,16,64,256")
 ap.add_argument("--reps", type=int, default=15)
+ap.add_argument("--rounds", type=int, default=1,
+                help="measure every participant this many times in turn; medians of the bests")
 ap.add_argument("--out", default="")
 ap.add_argument("--large", type=int, default=0, help="also M rows of random data at L = 256")
 a = ap.parse_args()
@@ -87,9 +95,12 @@ with tempfile.TemporaryDirectory() as tmp:
         emit(f"Machine: {MACHINE}; engram's kernels {KERNELS}; "
              f"peers: PyTorch {torch.__version__}, FAISS {faiss.__version__}, "
              f"OpenBLAS {FAMILY} for all.")
+        emit(f"Each figure: the best of {a.reps} calls" +
+             (f", the median of {a.rounds} rounds of every participant in turn." if a.rounds > 1
+              else "."))
         emit()
-        emit("| M | L | engram ms | engram gRPC ms | Python client ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process |")
-        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        emit("| M | L | engram ms | engram cold ms | engram gRPC ms | Python client ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process | gRPC / cold |")
+        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         client = Client(addr)
         for m in [int(s) for s in a.sizes.split(",")]:
             xi = np.ascontiguousarray(X[:m])
@@ -100,18 +111,32 @@ with tempfile.TemporaryDirectory() as tmp:
                 q = np.ascontiguousarray(X[-l:] * 0.5)
                 t_q = torch.from_numpy(q)
                 common = [f"--m={m}", f"--l={l}", f"--reps={a.reps}"]
-                engram = run("retrieve_fashion", *common, "--threads=1", "--slices=2")
-                grpc_ms = run("retrieve_grpc", f"--addr={addr}", *common)
-                # The store retrieve_grpc made (bench-M, every image of its M).
-                python_ms = best(lambda: client.retrieve(f"bench-{m}", q, path="exact"), a.reps)
-                torch_ms = best(lambda: torch.softmax(t_q @ t_xi.T, dim=-1) @ t_xi, a.reps)
-                faiss_ms = best(lambda: index.search(q, 10), a.reps)
-                gemm = run("retrieve_fashion", *common, "--mode=gemm", "--threads=2")
-                stream = run("retrieve_fashion", *common, "--mode=stream") if l == 1 else float("nan")
+
+                def one_round():
+                    return dict(
+                        engram=run("retrieve_fashion", *common, "--threads=1", "--slices=2"),
+                        cold=run("retrieve_fashion", *common, "--threads=1", "--slices=2",
+                                 "--flush_mb=64"),
+                        grpc=run("retrieve_grpc", f"--addr={addr}", *common),
+                        # The store retrieve_grpc made (bench-M, every image of its M).
+                        python=best(lambda: client.retrieve(f"bench-{m}", q, path="exact"),
+                                    a.reps),
+                        torch=best(lambda: torch.softmax(t_q @ t_xi.T, dim=-1) @ t_xi, a.reps),
+                        faiss=best(lambda: index.search(q, 10), a.reps),
+                        gemm=run("retrieve_fashion", *common, "--mode=gemm", "--threads=2"),
+                        stream=(run("retrieve_fashion", *common, "--mode=stream") if l == 1
+                                else float("nan")))
+
+                # Every participant once per round, the rounds one after another;
+                # each figure is the median of its rounds' bests.
+                rounds = [one_round() for _ in range(a.rounds)]
+                median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+                engram, cold, grpc_ms, python_ms = (median[k] for k in ("engram", "cold", "grpc", "python"))
+                torch_ms, faiss_ms, gemm, stream = (median[k] for k in ("torch", "faiss", "gemm", "stream"))
                 rows.append((m, l, engram, grpc_ms, torch_ms, faiss_ms, gemm, stream))
-                emit(f"| {m} | {l} | {engram:.2f} | {grpc_ms:.2f} | {python_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
+                emit(f"| {m} | {l} | {engram:.2f} | {cold:.2f} | {grpc_ms:.2f} | {python_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
                      f"{gemm:.2f} | {'' if l != 1 else f'{stream:.2f}'} | {torch_ms / engram:.2f}x | "
-                     f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} |")
+                     f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} | {grpc_ms / cold - 1:+.0%} |")
         emit()
         # The fixed cost of one call on this machine, to read the gRPC column by.
         empty = run("retrieve_grpc", f"--addr={addr}", "--get_store", f"--reps={10 * a.reps}")

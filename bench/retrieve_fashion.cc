@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, kernel_isa, "",
 ABSL_FLAG(int, gap_us, 0,
           "Idle time between timed calls (a server idles between requests "
           "while the client sends and reads them).");
+ABSL_FLAG(size_t, flush_mb, 0,
+          "Before each timed call, write this many MiB of other memory, as a "
+          "server's caches hold other work between requests (0: none).");
 ABSL_FLAG(bool, header, false, "Print the CSV header first.");
 ABSL_FLAG(std::string, mode, "retrieve",
           "retrieve: engram's exact retrieval; gemm: the bare pair of sgemm "
@@ -88,10 +91,12 @@ template <typename F>
 std::vector<double> Time(int reps, F&& f) {
   std::vector<double> ms;
   const int gap_us = absl::GetFlag(FLAGS_gap_us);
+  std::vector<char> other(absl::GetFlag(FLAGS_flush_mb) << 20);
   for (int rep = -1; rep < reps; ++rep) {
     if (gap_us > 0) {
       std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
     }
+    for (size_t i = 0; i < other.size(); i += 64) ++other[i];
     const auto start = std::chrono::steady_clock::now();
     if (!f()) return {};
     const auto end = std::chrono::steady_clock::now();
