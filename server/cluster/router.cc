@@ -78,6 +78,63 @@ api::Store Merge(std::vector<api::Store> parts) {
   return out;
 }
 
+// A store's pattern counts in some groups, asked of one replica of each at
+// once (GetStore) when constructed; Total() waits for them.
+class GroupCounts {
+ public:
+  // Asks the groups g with ask[g].
+  GroupCounts(ShardPool& pool, const std::string& store,
+              const std::vector<bool>& ask, absl::Time deadline) {
+    request_.set_name(store);
+    std::vector<const Replica*> replicas;
+    for (uint32_t g = 0; g < ask.size(); ++g) {
+      if (!ask[g]) continue;
+      absl::StatusOr<const Replica*> r = pool.Pick(g);
+      if (!r.ok()) {
+        picked_ = r.status();
+        return;
+      }
+      replicas.push_back(*r);
+      asked_.push_back(g);
+    }
+    calls_.emplace(
+        pool, replicas,
+        [this](size_t) -> const api::GetStoreRequest& { return request_; },
+        [](const Replica& r, grpc::ClientContext* context,
+           const api::GetStoreRequest* request, api::Store* store,
+           std::function<void(grpc::Status)> done) {
+          r.engram->async()->GetStore(context, request, store, std::move(done));
+        },
+        deadline);
+  }
+
+  // The store's pattern count: the answers for the groups asked, counts[g]
+  // for the others (INTERNAL if one of those is unknown: max).
+  absl::StatusOr<uint64_t> Total(const std::vector<uint64_t>& counts) {
+    if (!picked_.ok()) return picked_;
+    if (absl::Status s = FirstError(calls_->Wait()); !s.ok()) return s;
+    std::vector<uint64_t> all = counts;
+    for (size_t i = 0; i < asked_.size(); ++i) {
+      all[asked_[i]] = calls_->responses()[i].pattern_count();
+    }
+    uint64_t total = 0;
+    for (size_t g = 0; g < all.size(); ++g) {
+      if (all[g] == std::numeric_limits<uint64_t>::max()) {
+        return absl::InternalError(
+            absl::StrCat("no pattern count from shard group ", g));
+      }
+      total += all[g];
+    }
+    return total;
+  }
+
+ private:
+  api::GetStoreRequest request_;
+  absl::Status picked_;
+  std::vector<uint32_t> asked_;
+  std::optional<Fanout<api::GetStoreRequest, api::Store>> calls_;
+};
+
 // A step's request but its count and states: what the shards are told of
 // a retrieval's params.
 v1::PartialStepRequest StepHead(const std::string& store,
@@ -499,13 +556,9 @@ grpc::Status Router::DeleteStore(Ctx* context,
 // --- Patterns
 // -----------------------------------------------------------------
 
-absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
-    const std::string& store,
-    const google::protobuf::RepeatedPtrField<api::Pattern>& patterns,
-    absl::Time deadline, std::vector<uint64_t>* group_counts) {
+std::vector<std::vector<int>> Router::Place(
+    const google::protobuf::RepeatedPtrField<api::Pattern>& patterns) {
   const uint32_t groups = pool_->groups();
-  // Each group's share: explicit ids where they place; automatic ones in
-  // contiguous slices, the first slice to the next group in turn.
   std::vector<std::vector<int>> members(groups);
   size_t automatic = 0;
   for (const api::Pattern& p : patterns) automatic += p.id() == 0;
@@ -519,6 +572,15 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
                                  (start + k++ * groups / automatic) % groups);
     members[g].push_back(i);
   }
+  return members;
+}
+
+absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
+    const std::string& store,
+    const google::protobuf::RepeatedPtrField<api::Pattern>& patterns,
+    const std::vector<std::vector<int>>& members, absl::Time deadline,
+    std::vector<uint64_t>* group_counts) {
+  const uint32_t groups = pool_->groups();
   std::vector<uint64_t> ids(patterns.size());
   group_counts->assign(groups, std::numeric_limits<uint64_t>::max());
   const absl::Time now = absl::Now();
@@ -550,16 +612,17 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
           ->set_id(added.ids(static_cast<int>(j)));
     }
     (*group_counts)[g] = added.pattern_count();
-    // The other replicas follow; one that fails is stale until repaired
-    // from the first (which has the batch), so the add stands.
-    for (size_t r = 1; r < ready->size(); ++r) {
-      api::AddPatternsResponse ignored;
-      if (absl::Status s =
-              Unary(*pool_, *(*ready)[r], *(*ready)[r]->engram,
-                    &api::Engram::Stub::AddPatterns, add, &ignored, deadline);
-          !s.ok()) {
-        pool_->MarkStale(*(*ready)[r], s.message());
-      }
+    // The other replicas follow, all at once; one that fails is stale until
+    // repaired from the first (which has the batch), so the add stands.
+    const std::vector<const Replica*> followers(ready->begin() + 1,
+                                                ready->end());
+    std::vector<api::AddPatternsResponse> ignored;
+    const std::vector<absl::Status> followed =
+        EngramOnEach(*pool_, followers, &api::Engram::Stub::async::AddPatterns,
+                     add, &ignored, deadline);
+    for (size_t r = 0; r < followers.size(); ++r) {
+      if (!followed[r].ok())
+        pool_->MarkStale(*followers[r], followed[r].message());
     }
     return absl::OkStatus();
   });
@@ -587,32 +650,11 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
 absl::StatusOr<uint64_t> Router::TotalCount(const std::string& store,
                                             const std::vector<uint64_t>& counts,
                                             absl::Time deadline) {
-  // The groups whose count the write did not bring back.
-  std::vector<const Replica*> replicas;
-  std::vector<uint32_t> asked;
-  for (uint32_t g = 0; g < counts.size(); ++g) {
-    if (counts[g] != std::numeric_limits<uint64_t>::max()) continue;
-    absl::StatusOr<const Replica*> r = pool_->Pick(g);
-    if (!r.ok()) return r.status();
-    replicas.push_back(*r);
-    asked.push_back(g);
+  std::vector<bool> unknown(counts.size());
+  for (size_t g = 0; g < counts.size(); ++g) {
+    unknown[g] = counts[g] == std::numeric_limits<uint64_t>::max();
   }
-  api::GetStoreRequest request;
-  request.set_name(store);
-  std::vector<api::Store> parts;
-  if (absl::Status s = FirstError(
-          EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::GetStore,
-                       request, &parts, deadline));
-      !s.ok()) {
-    return s;
-  }
-  std::vector<uint64_t> all = counts;
-  for (size_t i = 0; i < asked.size(); ++i) {
-    all[asked[i]] = parts[i].pattern_count();
-  }
-  uint64_t total = 0;
-  for (uint64_t n : all) total += n;
-  return total;
+  return GroupCounts(*pool_, store, unknown, deadline).Total(counts);
 }
 
 grpc::Status Router::AddPatterns(Ctx* context,
@@ -630,13 +672,19 @@ grpc::Status Router::AddPatterns(Ctx* context,
         " patterns; the limit max_batch is ", options_.limits.max_batch)));
   }
   const absl::Time deadline = DeadlineOf(context);
+  const std::vector<std::vector<int>> members = Place(request->patterns());
+  // The groups the batch leaves alone are counted while the others write.
+  std::vector<bool> untouched(members.size());
+  for (size_t g = 0; g < members.size(); ++g) {
+    untouched[g] = members[g].empty();
+  }
+  GroupCounts others(*pool_, request->store(), untouched, deadline);
   std::vector<uint64_t> counts;
-  absl::StatusOr<std::vector<uint64_t>> ids =
-      AddBatch(request->store(), request->patterns(), deadline, &counts);
+  absl::StatusOr<std::vector<uint64_t>> ids = AddBatch(
+      request->store(), request->patterns(), members, deadline, &counts);
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
-  absl::StatusOr<uint64_t> total =
-      TotalCount(request->store(), counts, deadline);
+  absl::StatusOr<uint64_t> total = others.Total(counts);
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
@@ -669,7 +717,8 @@ grpc::Status Router::ImportPatterns(
     }
     if (message.patterns_size() == 0) continue;
     absl::StatusOr<std::vector<uint64_t>> ids =
-        AddBatch(store, message.patterns(), deadline, &counts);
+        AddBatch(store, message.patterns(), Place(message.patterns()), deadline,
+                 &counts);
     if (!ids.ok()) {
       return call.Done(absl::Status(
           ids.status().code(),
@@ -789,6 +838,12 @@ grpc::Status Router::DeletePatterns(Ctx* context,
     shares[store::GroupOf(id, groups)].add_ids(id);
   }
   const absl::Time deadline = DeadlineOf(context);
+  // The groups without ids to delete are counted while the others delete.
+  std::vector<bool> untouched(groups);
+  for (uint32_t g = 0; g < groups; ++g) {
+    untouched[g] = shares[g].ids_size() == 0;
+  }
+  GroupCounts others(*pool_, request->store(), untouched, deadline);
   std::vector<uint64_t> counts(groups, std::numeric_limits<uint64_t>::max());
   std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
     if (shares[g].ids_size() == 0) return absl::OkStatus();
@@ -829,8 +884,7 @@ grpc::Status Router::DeletePatterns(Ctx* context,
                      "atomically: deleted in groups ",
                      done.empty() ? "none" : absl::StrJoin(done, ", "))));
   }
-  absl::StatusOr<uint64_t> total =
-      TotalCount(request->store(), counts, deadline);
+  absl::StatusOr<uint64_t> total = others.Total(counts);
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());

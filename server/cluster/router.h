@@ -155,12 +155,19 @@ class Router final : public engram::v1::Engram::Service {
   // norms combined, damage from any group).
   absl::StatusOr<engram::v1::Store> MergedStore(const std::string& name,
                                                 absl::Time deadline);
-  // Adds one batch: each group's share in one atomic add on every ready
-  // replica; ids in the request's order.
+  // Where a batch's patterns go: each group's share (indices into
+  // `patterns`), explicit ids where they place, automatic ones in
+  // contiguous slices, the first slice to the next group in turn.
+  std::vector<std::vector<int>> Place(
+      const google::protobuf::RepeatedPtrField<engram::v1::Pattern>& patterns);
+  // Adds one batch placed by Place: each group's share in one atomic add on
+  // every ready replica; ids in the request's order, and each written
+  // group's count after the add in (*group_counts)[g] (the others: max).
   absl::StatusOr<std::vector<uint64_t>> AddBatch(
       const std::string& store,
       const google::protobuf::RepeatedPtrField<engram::v1::Pattern>& patterns,
-      absl::Time deadline, std::vector<uint64_t>* group_counts);
+      const std::vector<std::vector<int>>& members, absl::Time deadline,
+      std::vector<uint64_t>* group_counts);
   // Patterns of the store in the groups not in `counted`, summed with
   // `counts` of those that are.
   absl::StatusOr<uint64_t> TotalCount(const std::string& store,
