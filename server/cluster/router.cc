@@ -481,6 +481,7 @@ grpc::Status Router::UpdateStore(Ctx* context,
                                  api::Store* response) {
   rpc::Call call(policy_, "UpdateStore", request->store().name());
   if (!call.Admit(*context, request)) return call.Refused();
+  ForgetRetrieval(request->store().name());  // Its settings change.
   const absl::Time deadline = DeadlineOf(context);
   std::vector<const Replica*> replicas;
   for (uint32_t g = 0; g < pool_->groups(); ++g) {
@@ -546,10 +547,7 @@ grpc::Status Router::DeleteStore(Ctx* context,
     if (!s.ok() && !absl::IsNotFound(s)) return call.Done(s);
   }
   low_rank_.Forget(request->name());
-  {
-    MutexLock lock(&hints_mu_);
-    hints_.erase(request->name());
-  }
+  ForgetRetrieval(request->name());
   return call.Done(absl::OkStatus());
 }
 
@@ -1049,6 +1047,11 @@ std::unique_ptr<EarlyStep> Router::StartEarlyStep(
   early->step.mutable_states()->Assign(queries.begin(), queries.end());
   early->calls.emplace(*pool_, std::move(replicas), early->step, deadline);
   return early;
+}
+
+void Router::ForgetRetrieval(const std::string& store) {
+  MutexLock lock(&hints_mu_);
+  hints_.erase(store);
 }
 
 void Router::RememberRetrieval(const std::string& store,

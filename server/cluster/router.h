@@ -214,6 +214,8 @@ class Router final : public engram::v1::Engram::Service {
   void RememberRetrieval(const std::string& store,
                          const engram::v1::Store& described,
                          std::optional<bool> exact_under_auto);
+  // Forgets it: the store is deleted, replaced or its settings change.
+  void ForgetRetrieval(const std::string& store);
   // The low-rank path on the router at the sums' degree; the matches from
   // one top-only scan on the replicas the sums came from (ABORTED if one
   // changed in between).

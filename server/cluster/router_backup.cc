@@ -197,6 +197,7 @@ grpc::Status Router::RestoreStore(
     return call.Done(status);
   }
   const absl::Time deadline = DeadlineOf(context);
+  ForgetRetrieval(name);  // A store of this name may be replaced.
   // Every group must have a replica to take its part before any is sent.
   const uint32_t groups = pool_->groups();
   std::vector<std::vector<const Replica*>> targets;

@@ -682,6 +682,14 @@ class ClusterTest(unittest.TestCase):
                 want = one.retrieve("rounds", self.queries, beta=2.0)
                 np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
                 self.assertEqual(asked, {"LowRankSums": 3, "PartialStep": 3})
+                # A setting changed through this router: no early step until
+                # a retrieval has seen the new settings.
+                for x in (c, one):
+                    x.update_store("rounds", beta=0.5)
+                got, asked = retrieve(c)
+                want = one.retrieve("rounds", self.queries)
+                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+                self.assertEqual(asked, {"LowRankSums": 3, "PartialStep": 3})
                 for x in (c, one):
                     x.delete_store("rounds")
         finally:
