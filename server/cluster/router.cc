@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <map>
 #include <optional>
@@ -19,8 +18,6 @@
 #include "absl/synchronization/mutex.h"
 #include "server/base/clip.h"
 #include "server/cluster/shard_calls.h"
-#include "server/core/partial.h"
-#include "server/core/step_loop.h"
 #include "server/rpc/convert.h"
 #include "server/store/placement.h"
 #include "server/store/retrieve.h"
@@ -39,47 +36,10 @@ grpc::Status Answer(rpc::Call& call, absl::StatusOr<T> result, T* response) {
   return call.Done(absl::OkStatus());
 }
 
-// The parts of one store, one per group, as one store.
-api::Store Merge(std::vector<api::Store> parts) {
-  api::Store out = parts[0];
-  uint64_t count = 0, version = 0, memory = 0, expired = 0;
-  double mean = 0, mean_features = 0;
-  api::NormStats norms;
-  for (size_t g = 0; g < parts.size(); ++g) {
-    const api::Store& p = parts[g];
-    count += p.pattern_count();
-    version += p.version();
-    memory += p.memory_bytes();
-    expired += p.expired_count();
-    const double n = static_cast<double>(p.pattern_count());
-    mean += n * p.norms().mean_norm();
-    mean_features += n * p.norms().mean_feature_norm();
-    norms.set_max_norm(std::max(norms.max_norm(), p.norms().max_norm()));
-    norms.set_max_abs_entry(
-        std::max(norms.max_abs_entry(), p.norms().max_abs_entry()));
-    norms.set_max_feature_norm(
-        std::max(norms.max_feature_norm(), p.norms().max_feature_norm()));
-    if (p.state() == api::Store::DAMAGED &&
-        out.state() != api::Store::DAMAGED) {
-      out.set_state(api::Store::DAMAGED);
-      out.set_state_detail(
-          absl::StrCat("shard group ", g, ": ", p.state_detail()));
-    }
-  }
-  if (count > 0) {
-    norms.set_mean_norm(mean / static_cast<double>(count));
-    norms.set_mean_feature_norm(mean_features / static_cast<double>(count));
-  }
-  out.set_pattern_count(count);
-  out.set_version(version);
-  out.set_memory_bytes(memory);  // One replica of each group.
-  out.set_expired_count(expired);
-  *out.mutable_norms() = norms;
-  return out;
-}
-
 // A store's pattern counts in some groups, asked of one replica of each at
 // once (GetStore) when constructed; Total() waits for them.
+//
+// Thread-compatible: one call's.
 class GroupCounts {
  public:
   // Asks the groups g with ask[g].
@@ -135,204 +95,6 @@ class GroupCounts {
   std::optional<Fanout<api::GetStoreRequest, api::Store>> calls_;
 };
 
-// A step's request but its count and states: what the shards are told of
-// a retrieval's params.
-v1::PartialStepRequest StepHead(const std::string& store,
-                                const core::RetrievalParams& params,
-                                const api::Filter* filter) {
-  v1::PartialStepRequest step;
-  step.set_store(store);
-  step.set_similarity(store::SimilarityToProto(params.similarity));
-  step.set_separation(store::SeparationToProto(params.separation));
-  step.set_beta(params.beta);
-  step.set_top_k(params.top_k);
-  if (filter != nullptr) *step.mutable_filter() = *filter;
-  return step;
-}
-
-bool SameStates(const v1::PartialStepRequest& a,
-                const v1::PartialStepRequest& b) {
-  return a.count() == b.count() && a.states_size() == b.states_size() &&
-         std::memcmp(a.states().data(), b.states().data(),
-                     sizeof(float) * a.states_size()) == 0;
-}
-
-}  // namespace
-
-struct EarlyStep {
-  std::string head;  // StepHead(...), serialized.
-  v1::PartialStepRequest step;
-  std::optional<StepFanout> calls;  // Of `step`; cancelled if not used.
-};
-
-namespace {
-
-// The steps of one exact retrieval through the shards: each step goes to
-// one replica of every group at once and is merged exactly per query
-// (core::MergeRows). Matches are named by pattern id (Match::index).
-class ShardedSteps {
- public:
-  // With `filter` (not empty), every step runs over the matching patterns
-  // only.
-  ShardedSteps(ShardPool& pool, const std::string& store,
-               const core::RetrievalParams& params, size_t dim,
-               const api::Filter* filter, absl::Time deadline)
-      : pool_(pool),
-        store_(store),
-        params_(params),
-        dim_(dim),
-        deadline_(deadline) {
-    step_ = StepHead(store, params, filter);
-    head_ = step_.SerializeAsString();
-  }
-
-  // This retrieval's first step, already sent (see Router::StartEarlyStep):
-  // its answers serve the first step if that is the same request.
-  void Offer(std::unique_ptr<EarlyStep> early) { early_ = std::move(early); }
-
-  // Before a query runs again from its first step.
-  void Restart() { map_version_.reset(); }
-  // The label of a pattern some step matched.
-  const std::string& label(uint64_t id) { return labels_[id]; }
-  // The patterns the last step ran over, summed over the groups.
-  uint64_t patterns() const { return patterns_; }
-
-  absl::Status operator()(absl::Span<const size_t> ids, const float* states,
-                          float* next, double* energies,
-                          std::vector<core::Match>* matches) {
-    step_.set_count(static_cast<uint32_t>(ids.size()));
-    step_.mutable_states()->Assign(states, states + ids.size() * dim_);
-    absl::StatusOr<std::vector<v1::PartialStepResponse>> parts =
-        absl::UnavailableError("not sent");
-    // An early step that went wrong is sent again, as any step would be.
-    if (std::unique_ptr<EarlyStep> early = std::move(early_);
-        early != nullptr && early->head == head_ &&
-        SameStates(early->step, step_)) {
-      parts = early->calls->Answers();
-    }
-    if (!parts.ok()) {
-      std::vector<const Replica*> replicas(pool_.groups());
-      for (uint32_t g = 0; g < pool_.groups(); ++g) {
-        absl::StatusOr<const Replica*> r = pool_.Pick(g);
-        if (!r.ok()) return r.status();
-        replicas[g] = *r;
-      }
-      parts = StepOnEach(pool_, replicas, step_, deadline_);
-    }
-    if (!parts.ok()) return parts.status();
-    if (absl::Status s = CheckMaps(*parts); !s.ok()) return s;
-    if (absl::Status s = CountPatterns(*parts); !s.ok()) return s;
-    for (size_t a = 0; a < ids.size(); ++a) {
-      absl::StatusOr<core::MergedRow> row = Merge(*parts, a);
-      if (!row.ok()) return row.status();
-      std::copy(row->next.begin(), row->next.end(), next + a * dim_);
-      energies[a] = row->energy;
-      matches[a].clear();
-      for (const core::MergedRow::Match& m : row->matches) {
-        matches[a].push_back({static_cast<size_t>(m.id), m.weight, m.score});
-      }
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  // Kernel similarities: every shard, every step on the first step's map.
-  absl::Status CheckMaps(const std::vector<v1::PartialStepResponse>& parts) {
-    if (!core::IsKernel(params_.similarity)) return absl::OkStatus();
-    if (!map_version_) map_version_ = parts[0].map_version();
-    for (size_t g = 0; g < parts.size(); ++g) {
-      if (parts[g].map_version() != *map_version_) {
-        return absl::AbortedError(absl::StrCat(
-            "store '", store_, "': shard group ", g, " used feature map v",
-            parts[g].map_version(), " where the query began on v",
-            *map_version_, " (a new map is being published); retry"));
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  // Sums the parts' patterns; none is FAILED_PRECONDITION. A part that
-  // answered without saying how many it stepped over comes from an engramd
-  // that ignores filters: its rows would be over every pattern.
-  absl::Status CountPatterns(
-      const std::vector<v1::PartialStepResponse>& parts) {
-    patterns_ = 0;
-    for (size_t g = 0; g < parts.size(); ++g) {
-      patterns_ += parts[g].patterns();
-      if (step_.has_filter() && parts[g].patterns() == 0 &&
-          std::any_of(
-              parts[g].rows().begin(), parts[g].rows().end(),
-              [](const v1::PartialRow& r) { return r.max() != -INFINITY; })) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "store '", store_, "': shard group ", g,
-            " runs an engramd that does not filter its steps; upgrade it to "
-            "run filtered retrievals"));
-      }
-    }
-    if (patterns_ == 0 && step_.has_filter()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the filter matches no pattern of store '", store_, "'"));
-    }
-    return absl::OkStatus();
-  }
-
-  // Query `a`'s rows from every group, merged.
-  absl::StatusOr<core::MergedRow> Merge(
-      const std::vector<v1::PartialStepResponse>& parts, size_t a) {
-    std::vector<core::PartialRow> rows(parts.size());
-    std::vector<const core::PartialRow*> pointers(parts.size());
-    for (size_t g = 0; g < parts.size(); ++g) {
-      const v1::PartialRow& in = parts[g].rows(static_cast<int>(a));
-      core::PartialRow& row = rows[g];
-      row.max = in.max();
-      row.sum = in.sum();
-      row.weighted.assign(in.weighted().begin(), in.weighted().end());
-      for (const v1::Scored& s : in.top()) {
-        row.top.push_back({s.score(), s.id()});
-        labels_[s.id()] = s.label();
-      }
-      for (const v1::Scored& s : in.candidates()) {
-        row.candidates.push_back({s.score(), s.id()});
-      }
-      row.values.assign(in.values().begin(), in.values().end());
-      row.query_sq_norm = in.query_sq_norm();
-      pointers[g] = &row;
-    }
-    return core::MergeRows(params_, pointers, dim_,
-                           [this](uint64_t id) { return Values(id); });
-  }
-
-  // A support member's values no shard sent with its step.
-  absl::StatusOr<std::vector<float>> Values(uint64_t id) {
-    absl::StatusOr<const Replica*> r =
-        pool_.Pick(store::GroupOf(id, pool_.groups()));
-    if (!r.ok()) return r.status();
-    v1::GetValuesRequest get;
-    get.set_store(store_);
-    get.add_ids(id);
-    v1::GetValuesResponse got;
-    if (absl::Status s =
-            Unary(pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetValues, get,
-                  &got, deadline_);
-        !s.ok()) {
-      return s;
-    }
-    return std::vector<float>(got.values().begin(), got.values().end());
-  }
-
-  ShardPool& pool_;
-  const std::string store_;
-  const core::RetrievalParams params_;
-  const size_t dim_;
-  const absl::Time deadline_;
-  v1::PartialStepRequest step_;
-  std::string head_;  // step_ but its count and states, serialized.
-  std::unique_ptr<EarlyStep> early_;
-  uint64_t patterns_ = 0;
-  std::optional<uint64_t> map_version_;  // Of the query's first step.
-  absl::flat_hash_map<uint64_t, std::string> labels_;
-};
-
 }  // namespace
 
 Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
@@ -343,6 +105,44 @@ Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
       low_rank_(pool),
       jobs_(pool, {options_.limits.max_calibration_work,
                    options_.calibration_threads}) {}
+
+api::Store Router::MergeDescriptions(std::vector<api::Store> parts) {
+  api::Store out = parts[0];
+  uint64_t count = 0, version = 0, memory = 0, expired = 0;
+  double mean = 0, mean_features = 0;
+  api::NormStats norms;
+  for (size_t g = 0; g < parts.size(); ++g) {
+    const api::Store& p = parts[g];
+    count += p.pattern_count();
+    version += p.version();
+    memory += p.memory_bytes();
+    expired += p.expired_count();
+    const double n = static_cast<double>(p.pattern_count());
+    mean += n * p.norms().mean_norm();
+    mean_features += n * p.norms().mean_feature_norm();
+    norms.set_max_norm(std::max(norms.max_norm(), p.norms().max_norm()));
+    norms.set_max_abs_entry(
+        std::max(norms.max_abs_entry(), p.norms().max_abs_entry()));
+    norms.set_max_feature_norm(
+        std::max(norms.max_feature_norm(), p.norms().max_feature_norm()));
+    if (p.state() == api::Store::DAMAGED &&
+        out.state() != api::Store::DAMAGED) {
+      out.set_state(api::Store::DAMAGED);
+      out.set_state_detail(
+          absl::StrCat("shard group ", g, ": ", p.state_detail()));
+    }
+  }
+  if (count > 0) {
+    norms.set_mean_norm(mean / static_cast<double>(count));
+    norms.set_mean_feature_norm(mean_features / static_cast<double>(count));
+  }
+  out.set_pattern_count(count);
+  out.set_version(version);
+  out.set_memory_bytes(memory);  // One replica of each group.
+  out.set_expired_count(expired);
+  *out.mutable_norms() = norms;
+  return out;
+}
 
 // --- Stores
 // -------------------------------------------------------------------
@@ -364,7 +164,7 @@ absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
       !s.ok()) {
     return s;
   }
-  return Merge(std::move(parts));
+  return MergeDescriptions(std::move(parts));
 }
 
 grpc::Status Router::CreateStore(Ctx* context,
@@ -886,314 +686,6 @@ grpc::Status Router::DeletePatterns(Ctx* context,
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
-}
-
-// --- Retrieval
-// ----------------------------------------------------------------
-
-absl::StatusOr<api::Store> Router::DescribeForRetrieval(
-    const api::RetrieveRequest& request, absl::Time deadline,
-    std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>>* sums) {
-  const bool filtered =
-      request.has_filter() && (request.filter().labels_size() > 0 ||
-                               request.filter().metadata_size() > 0);
-  if (request.path() == api::EXACT || filtered) {
-    sums->reset();
-    return MergedStore(request.store(), deadline);
-  }
-  std::vector<api::Store> parts;
-  *sums = low_rank_.Get(request.store(), deadline, &parts);
-  // The description alone says why (NOT_FOUND, DAMAGED); the planner meets
-  // the sums' error only if it needs them.
-  if (!(*sums)->ok()) return MergedStore(request.store(), deadline);
-  return Merge(std::move(parts));
-}
-
-grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
-                              api::RetrieveResponse* response) {
-  rpc::Call call(policy_, "Retrieve", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  const absl::Time deadline = DeadlineOf(context);
-  // The first exact step goes out with the settings the store's last
-  // retrieval found while its description comes back: one round to the
-  // shards for both where the settings held.
-  std::unique_ptr<EarlyStep> early = StartEarlyStep(*request, deadline);
-  std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>> fetched;
-  absl::StatusOr<api::Store> merged =
-      DescribeForRetrieval(*request, deadline, &fetched);
-  if (!merged.ok()) return call.Done(merged.status());
-  if (merged->state() == api::Store::DAMAGED) {
-    return call.Done(absl::FailedPreconditionError(
-        absl::StrCat("store '", request->store(), "' is DAMAGED (",
-                     merged->state_detail(), ")")));
-  }
-  absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(*merged, /*fill_defaults=*/false);
-  if (!settings.ok()) return call.Done(settings.status());
-  const size_t d = settings->dimension;
-  std::vector<float> queries;
-  absl::StatusOr<store::RetrieveRequest> query =
-      rpc::FromProto(*request, d, queries);
-  if (!query.ok()) return call.Done(query.status());
-  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
-      *settings, merged->pattern_count(), *query, options_.limits);
-  if (!params.ok()) return call.Done(params.status());
-  const uint32_t groups = pool_->groups();
-  const bool auto_path = request->path() == api::AUTO ||
-                         request->path() == api::RETRIEVAL_PATH_UNSPECIFIED;
-  // A filtered retrieval takes the exact path, each group stepping over its
-  // matching patterns only (the low-rank sums are over all of them).
-  const bool filtered = !query->filter.empty();
-  if (filtered) {
-    if (absl::Status s = store::CheckFilteredRequest(request->store(), *query,
-                                                     options_.limits);
-        !s.ok()) {
-      return call.Done(s);
-    }
-  }
-  // The low-rank path runs on the router from the shards' merged sums; a
-  // part that changes between the sums and the matches' scan is ABORTED
-  // and the query planned again, once.
-  absl::StatusOr<store::PathReport> plan = store::PathReport{};
-  for (int attempt = 0; !filtered && attempt < 2; ++attempt) {
-    std::shared_ptr<const MergedLowRank> sums;
-    // The sums fetched with the description serve the first plan; a query
-    // planned again fetches them again.
-    plan = PlanThroughRouter(
-        request->store(), *settings, *merged, *query, *params, deadline,
-        attempt == 0 ? std::move(fetched) : std::nullopt, &sums);
-    if (!plan.ok()) return call.Done(plan.status());
-    if (plan->path != store::PathChoice::kLowRank) break;
-    early.reset();  // Cancelled: the sums answer.
-    core::RetrievalOptions options;
-    options.check = rpc::DeadlineCheck(context);
-    absl::StatusOr<store::RetrieveResult> result =
-        RetrieveFromSums(request->store(), *sums, plan->degree, *query, *params,
-                         options, deadline);
-    if (absl::IsAborted(result.status()) && attempt == 0) continue;
-    if (!result.ok()) return call.Done(result.status());
-    result->path = *plan;
-    result->path.reason = absl::StrCat(plan->reason, "; sums merged from ",
-                                       groups, " shard groups");
-    result->store_version = merged->version();
-    rpc::ToProto(*result, d, request->omit_vectors(), *response);
-    policy_->metrics->RecordRetrieval("low_rank", query->num_queries,
-                                      plan->error_bound);
-    RememberRetrieval(request->store(), *merged,
-                      auto_path ? std::optional<bool>(false) : std::nullopt);
-    return call.Done(absl::OkStatus());
-  }
-  uint64_t patterns = 0;
-  absl::StatusOr<store::RetrieveResult> result =
-      RetrieveExact(request->store(), *query, *params,
-                    filtered ? &request->filter() : nullptr, deadline,
-                    std::move(early), &patterns);
-  if (!result.ok()) return call.Done(result.status());
-  result->path = *plan;
-  result->path.reason =
-      filtered ? absl::StrCat("exact: filtered to ", patterns, " of ",
-                              merged->pattern_count(),
-                              " patterns (the low-rank sums are over all of "
-                              "them); merged from ",
-                              groups, " shard groups")
-               : absl::StrCat(plan->reason, "; merged from ", groups,
-                              " shard groups");
-  result->store_version = merged->version();
-  rpc::ToProto(*result, d, request->omit_vectors(), *response);
-  policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
-  RememberRetrieval(
-      request->store(), *merged,
-      auto_path && !filtered ? std::optional<bool>(true) : std::nullopt);
-  return call.Done(absl::OkStatus());
-}
-
-std::unique_ptr<EarlyStep> Router::StartEarlyStep(
-    const api::RetrieveRequest& request, absl::Time deadline) {
-  const bool filtered =
-      request.has_filter() && (request.filter().labels_size() > 0 ||
-                               request.filter().metadata_size() > 0);
-  if (filtered || request.path() == api::LOW_RANK) return nullptr;
-  api::Store described;
-  {
-    MutexLock lock(&hints_mu_);
-    auto it = hints_.find(request.store());
-    if (it == hints_.end()) return nullptr;
-    if (request.path() != api::EXACT && !it->second.exact_under_auto) {
-      return nullptr;
-    }
-    described = it->second.described;
-  }
-  // As Retrieve resolves them, from the remembered description.
-  absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(described, /*fill_defaults=*/false);
-  if (!settings.ok()) return nullptr;
-  std::vector<float> queries;
-  absl::StatusOr<store::RetrieveRequest> query =
-      rpc::FromProto(request, settings->dimension, queries);
-  if (!query.ok()) return nullptr;
-  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
-      *settings, described.pattern_count(), *query, options_.limits);
-  if (!params.ok()) return nullptr;
-  std::vector<const Replica*> replicas(pool_->groups());
-  for (uint32_t g = 0; g < replicas.size(); ++g) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(g);
-    if (!r.ok()) return nullptr;
-    replicas[g] = *r;
-  }
-  auto early = std::make_unique<EarlyStep>();
-  early->step = StepHead(request.store(), *params, nullptr);
-  early->head = early->step.SerializeAsString();
-  early->step.set_count(static_cast<uint32_t>(query->num_queries));
-  early->step.mutable_states()->Assign(queries.begin(), queries.end());
-  early->calls.emplace(*pool_, std::move(replicas), early->step, deadline);
-  return early;
-}
-
-void Router::ForgetRetrieval(const std::string& store) {
-  MutexLock lock(&hints_mu_);
-  hints_.erase(store);
-}
-
-void Router::RememberRetrieval(const std::string& store,
-                               const api::Store& described,
-                               std::optional<bool> exact_under_auto) {
-  MutexLock lock(&hints_mu_);
-  RetrievalHint& hint = hints_[store];
-  hint.described = described;
-  if (exact_under_auto) hint.exact_under_auto = *exact_under_auto;
-}
-
-absl::StatusOr<store::RetrieveResult> Router::RetrieveExact(
-    const std::string& name, const store::RetrieveRequest& query,
-    const core::RetrievalParams& params, const api::Filter* filter,
-    absl::Time deadline, std::unique_ptr<EarlyStep> early, uint64_t* patterns) {
-  const size_t d = query.queries.size() / query.num_queries;
-  ShardedSteps steps(*pool_, name, params, d, filter, deadline);
-  steps.Offer(std::move(early));
-  // Kernel similarities: every step of a query on one map version; a query
-  // that meets a publication under way (shards on different versions) runs
-  // again once they agree, until the deadline.
-  absl::StatusOr<core::RetrievalOutput> out;
-  for (int attempt = 0;; ++attempt) {
-    steps.Restart();
-    out = core::RunSteps(query.queries.data(), query.num_queries, d,
-                         params.steps, params.eps, std::ref(steps));
-    if (!core::IsKernel(params.similarity) || !absl::IsAborted(out.status()) ||
-        attempt >= 100 || absl::Now() + absl::Milliseconds(20) >= deadline) {
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  if (!out.ok()) return out.status();
-  *patterns = steps.patterns();
-  return store::ResultOf(*std::move(out), [&steps](const core::Match& m) {
-    return store::MatchedPattern{m.index, m.weight, m.score,
-                                 steps.label(m.index)};
-  });
-}
-
-absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
-    const std::string& name, const store::StoreSettings& settings,
-    const api::Store& merged, const store::RetrieveRequest& query,
-    const core::RetrievalParams& params, absl::Time deadline,
-    std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>> fetched,
-    std::shared_ptr<const MergedLowRank>* sums) {
-  store::LowRankForm none;
-  none.store = name;
-  none.patterns = merged.pattern_count();
-  const store::LowRankForm* form = &none;
-  if (query.path == store::PathChoice::kExact) {
-    // PlanPath answers EXACT without a form.
-  } else if (params.separation != core::Separation::kSoftmax) {
-    none.detail =
-        absl::StrCat("separation ", core::SeparationName(params.separation),
-                     " has no low-rank form (softmax has)");
-  } else if (params.similarity != core::Similarity::kDot &&
-             params.similarity != core::Similarity::kKernelDot) {
-    none.detail =
-        absl::StrCat("similarity ", core::SimilarityName(params.similarity),
-                     " has no low-rank form (dot and kernel_dot have)");
-  } else {
-    absl::StatusOr<std::shared_ptr<const MergedLowRank>> got =
-        fetched ? *std::move(fetched) : low_rank_.Get(name, deadline);
-    if (!got.ok()) return got.status();
-    *sums = *std::move(got);
-    form = &(*sums)->form;
-  }
-  std::vector<double> features;
-  if (form->sums != nullptr && (*sums)->map != nullptr) {
-    const core::FeatureMap& map = *(*sums)->map;
-    std::vector<float> keys(query.num_queries * map.out_dim());
-    map.Apply(query.queries.data(), query.num_queries, keys.data());
-    features.assign(keys.begin(), keys.end());
-  } else if (form->sums != nullptr) {
-    features.assign(query.queries.begin(), query.queries.end());
-  }
-  const double tolerance =
-      query.tolerance ? *query.tolerance : settings.low_rank.tolerance;
-  return store::PlanPath(*form, params, query.path, tolerance, features,
-                         query.num_queries);
-}
-
-absl::StatusOr<store::RetrieveResult> Router::RetrieveFromSums(
-    const std::string& name, const MergedLowRank& sums, uint32_t degree,
-    const store::RetrieveRequest& query, const core::RetrievalParams& params,
-    const core::RetrievalOptions& options, absl::Time deadline) {
-  core::LowRankLast last;
-  absl::StatusOr<core::RetrievalOutput> out =
-      core::LowRankUpdates(*sums.sums, sums.map.get(), query.queries.data(),
-                           query.num_queries, params, degree, options, &last);
-  if (!out.ok()) return out.status();
-  // No matches yet (the updates make none).
-  store::RetrieveResult result =
-      store::ResultOf(*std::move(out), [](const core::Match& m) {
-        return store::MatchedPattern{m.index, m.weight, m.score, ""};
-      });
-  if (params.top_k == 0) return result;
-  // The matches: every group's best by beta <k, key> at each query's last
-  // input's key (x, or Phi x), from the replicas the sums came from, at the
-  // same versions.
-  v1::PartialStepRequest scan;
-  scan.set_store(name);
-  scan.set_count(static_cast<uint32_t>(query.num_queries));
-  scan.mutable_states()->Assign(last.inputs.begin(), last.inputs.end());
-  scan.set_similarity(store::SimilarityToProto(params.similarity));
-  scan.set_separation(store::SeparationToProto(params.separation));
-  scan.set_beta(params.beta);
-  scan.set_top_k(params.top_k);
-  scan.set_top_only(true);
-  absl::StatusOr<std::vector<v1::PartialStepResponse>> parts =
-      StepOnEach(*pool_, sums.replicas, scan, deadline);
-  if (!parts.ok()) return parts.status();
-  for (size_t g = 0; g < parts->size(); ++g) {
-    if ((*parts)[g].store_version() != sums.versions[g]) {
-      return absl::AbortedError(absl::StrCat("store '", name,
-                                             "' changed in shard group ", g,
-                                             " during the query; retry"));
-    }
-  }
-  for (size_t i = 0; i < query.num_queries; ++i) {
-    std::vector<const v1::Scored*> best;
-    for (const v1::PartialStepResponse& part : *parts) {
-      for (const v1::Scored& s : part.rows(static_cast<int>(i)).top()) {
-        best.push_back(&s);
-      }
-    }
-    // Best first, ties to the smaller id (as one engramd's top-k).
-    std::sort(best.begin(), best.end(),
-              [](const v1::Scored* a, const v1::Scored* b) {
-                return a->score() != b->score() ? a->score() > b->score()
-                                                : a->id() < b->id();
-              });
-    best.resize(std::min<size_t>(best.size(), params.top_k));
-    for (const v1::Scored* s : best) {
-      result.matches[i].push_back(
-          {s->id(),
-           core::LowRankWeight(s->score(), degree, last.normalisers[i]),
-           s->score(), s->label()});
-    }
-  }
-  return result;
 }
 
 // --- Jobs

@@ -135,6 +135,11 @@ class Router final : public engram::v1::Engram::Service {
       engram::v1::Store* response) override;
 
  private:
+  // The parts of one store, one per group (GetStore's answers), as one
+  // store: counts, versions and memory summed, norms merged, DAMAGED if any
+  // part is.
+  static engram::v1::Store MergeDescriptions(
+      std::vector<engram::v1::Store> parts);
   // Every store's name (group 0 holds every store), in order.
   absl::StatusOr<std::vector<std::string>> StoreNames(absl::Time deadline);
   // Group `group`'s part of store `name`, from the backup of one of its

@@ -174,6 +174,8 @@ absl::Status FirstError(const std::vector<absl::Status>& status);
 
 // One PartialStep on every replica of `replicas` (one per group), sent at
 // construction; `step` must outlive it.
+//
+// Thread-compatible, as Fanout.
 class StepFanout {
  public:
   StepFanout(const ShardPool& pool, std::vector<const Replica*> replicas,
