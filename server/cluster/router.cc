@@ -111,6 +111,7 @@ api::Store Router::MergeDescriptions(std::vector<api::Store> parts) {
   uint64_t count = 0, version = 0, memory = 0, expired = 0;
   double mean = 0, mean_features = 0;
   api::NormStats norms;
+  bool damaged = false;
   for (size_t g = 0; g < parts.size(); ++g) {
     const api::Store& p = parts[g];
     count += p.pattern_count();
@@ -125,8 +126,10 @@ api::Store Router::MergeDescriptions(std::vector<api::Store> parts) {
         std::max(norms.max_abs_entry(), p.norms().max_abs_entry()));
     norms.set_max_feature_norm(
         std::max(norms.max_feature_norm(), p.norms().max_feature_norm()));
-    if (p.state() == api::Store::DAMAGED &&
-        out.state() != api::Store::DAMAGED) {
+    // The first damaged part names its group (group 0's too, whose state
+    // `out` copied).
+    if (p.state() == api::Store::DAMAGED && !damaged) {
+      damaged = true;
       out.set_state(api::Store::DAMAGED);
       out.set_state_detail(
           absl::StrCat("shard group ", g, ": ", p.state_detail()));

@@ -25,7 +25,7 @@ BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
@@ -694,6 +694,64 @@ class ClusterTest(unittest.TestCase):
                     x.delete_store("rounds")
         finally:
             router.stop()
+
+    def test_4h_a_damaged_part_is_named_through_the_router(self):
+        """A store damaged in one group is DAMAGED through the router: its
+        retrievals are refused naming the group (an early step sent with
+        what the router knew before changes nothing), the other stores
+        serve, and a backup of every store leaves it out."""
+        import json
+        cluster = Cluster(self.tmp.name, 2, 1, cluster="damage")
+        try:
+            router = cluster.router.addr
+            with Client(router) as c:
+                for name in ("good", "bad"):
+                    c.create_store(name, dim=12)
+                    c.add(name, self.patterns, ids=self.ids.tolist())
+                    for path in ("auto", "exact"):
+                        c.retrieve(name, self.queries, path=path)
+            # A record of "bad" in group 0 that no engramd wrote.
+            shard = cluster.shards[0][0]
+            listen = "--listen=" + shard.addr  # Where the router looks for it.
+            self.assertEqual(shard.stop(), 0)
+            subprocess.run(["ldb", "--db=" + os.path.join(shard.data_dir, "db"),
+                            "--column_family=store/bad", "--key_hex", "--value_hex",
+                            "put", "0x70" + "00" * 7 + "2a", "0x0102"],
+                           check=True, capture_output=True, timeout=60)
+            cluster.shards[0][0] = Engramd(BIN, self.tmp.name, "--role=shard",
+                                           "--cluster=damage", "--shard_group=0",
+                                           "--shard_groups=2", listen,
+                                           data_dir=shard.data_dir)
+            with Client(router) as c:
+                deadline = time.time() + 30
+                while True:  # Until the router has probed the shard again.
+                    try:
+                        c.retrieve("good", self.queries)
+                        break
+                    except grpc.RpcError:
+                        self.assertLess(time.time(), deadline, "the router never came back")
+                        time.sleep(0.2)
+                got = c.get_store("bad")
+                self.assertEqual(got.state, pb.Store.DAMAGED)
+                self.assertIn("shard group 0", got.state_detail)
+                for path in ("auto", "exact"):
+                    with self.assertRaises(grpc.RpcError) as e:
+                        c.retrieve("bad", self.queries, path=path)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION,
+                                     path)
+                    self.assertIn("DAMAGED", e.exception.details())
+                    self.assertIn("shard group 0", e.exception.details())
+                self.assertEqual(c.get_store("good").pattern_count, len(self.ids))
+            d = os.path.join(self.tmp.name, "damaged-backup")
+            r = subprocess.run([os.path.join(BIN, "engram"), "--addr=" + router,
+                                "backup", "create", d], capture_output=True, text=True,
+                               timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(d, "manifest.json")) as f:
+                stores = [st["name"] for st in json.load(f)["stores"]]
+            self.assertEqual(stores, ["good"])
+        finally:
+            cluster.stop()
 
     def test_4e_a_backup_through_a_router_restores_anywhere(self):
         """A store backed up through a router is one store: it restores into
