@@ -652,24 +652,32 @@ grpc::Status Router::DeletePatterns(Ctx* context,
     absl::StatusOr<std::vector<const Replica*>> ready =
         pool_->ReadyReplicas(static_cast<uint32_t>(g));
     if (!ready.ok()) return ready.status();
-    // The first replica that answers decides; the others follow or go
-    // stale.
-    bool decided = false;
-    for (size_t i = 0; i < ready->size(); ++i) {
-      const Replica* r = (*ready)[i];
+    // The first replica that answers decides (one that is gone goes
+    // stale); the others follow, all at once, or go stale.
+    size_t first = 0;
+    for (;; ++first) {
+      const Replica& r = *(*ready)[first];
       api::DeletePatternsResponse deleted;
-      if (absl::Status s =
-              Unary(*pool_, *r, *r->engram, &api::Engram::Stub::DeletePatterns,
-                    shares[g], &deleted, deadline);
-          !s.ok()) {
-        if (!decided && (!absl::IsUnavailable(s) || i + 1 == ready->size())) {
-          return s;
-        }
-        pool_->MarkStale(*r, s.message());
-        continue;
+      const absl::Status s =
+          Unary(*pool_, r, *r.engram, &api::Engram::Stub::DeletePatterns,
+                shares[g], &deleted, deadline);
+      if (s.ok()) {
+        counts[g] = deleted.pattern_count();
+        break;
       }
-      if (!decided) counts[g] = deleted.pattern_count();
-      decided = true;
+      if (!absl::IsUnavailable(s) || first + 1 == ready->size()) return s;
+      pool_->MarkStale(r, s.message());
+    }
+    const std::vector<const Replica*> followers(ready->begin() + first + 1,
+                                                ready->end());
+    std::vector<api::DeletePatternsResponse> ignored;
+    const std::vector<absl::Status> followed = EngramOnEach(
+        *pool_, followers, &api::Engram::Stub::async::DeletePatterns, shares[g],
+        &ignored, deadline);
+    for (size_t r = 0; r < followers.size(); ++r) {
+      if (!followed[r].ok()) {
+        pool_->MarkStale(*followers[r], followed[r].message());
+      }
     }
     return absl::OkStatus();
   });
