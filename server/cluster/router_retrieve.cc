@@ -26,6 +26,9 @@ namespace {
 
 namespace api = engram::v1;
 
+// Stores whose last retrieval a router remembers at most.
+constexpr size_t kMaxRetrievalHints = 4096;
+
 // A step's request but its count and states: what the shards are told of
 // a retrieval's params.
 v1::PartialStepRequest StepHead(const std::string& store,
@@ -396,9 +399,19 @@ void Router::ForgetRetrieval(const std::string& store) {
 void Router::RememberRetrieval(const std::string& store,
                                const api::Store& described,
                                std::optional<bool> exact_under_auto) {
+  // What an early step needs: the settings and the count, not the last
+  // calibration's report.
+  api::Store kept = described;
+  kept.clear_calibration_report();
+  kept.clear_fit();
   MutexLock lock(&hints_mu_);
+  // One entry per store retrieved through this router; a store deleted
+  // through another router leaves its entry behind, so the map is bounded.
+  if (hints_.size() >= kMaxRetrievalHints && !hints_.contains(store)) {
+    hints_.clear();
+  }
   RetrievalHint& hint = hints_[store];
-  hint.described = described;
+  hint.described = std::move(kept);
   if (exact_under_auto) hint.exact_under_auto = *exact_under_auto;
 }
 
