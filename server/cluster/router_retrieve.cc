@@ -29,6 +29,13 @@ namespace api = engram::v1;
 // Stores whose last retrieval a router remembers at most.
 constexpr size_t kMaxRetrievalHints = 4096;
 
+// Whether a request filters (store::RetrieveRequest::filter not empty, as
+// rpc::FromProto makes it), before it is converted.
+bool Filters(const api::RetrieveRequest& request) {
+  return request.has_filter() && (request.filter().labels_size() > 0 ||
+                                  request.filter().metadata_size() > 0);
+}
+
 // A step's request but its count and states: what the shards are told of
 // a retrieval's params.
 v1::PartialStepRequest StepHead(const std::string& store,
@@ -236,10 +243,7 @@ class ShardedSteps {
 absl::StatusOr<api::Store> Router::DescribeForRetrieval(
     const api::RetrieveRequest& request, absl::Time deadline,
     std::optional<absl::StatusOr<std::shared_ptr<const MergedLowRank>>>* sums) {
-  const bool filtered =
-      request.has_filter() && (request.filter().labels_size() > 0 ||
-                               request.filter().metadata_size() > 0);
-  if (request.path() == api::EXACT || filtered) {
+  if (request.path() == api::EXACT || Filters(request)) {
     sums->reset();
     return MergedStore(request.store(), deadline);
   }
@@ -351,10 +355,7 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
 
 std::unique_ptr<EarlyStep> Router::StartEarlyStep(
     const api::RetrieveRequest& request, absl::Time deadline) {
-  const bool filtered =
-      request.has_filter() && (request.filter().labels_size() > 0 ||
-                               request.filter().metadata_size() > 0);
-  if (filtered || request.path() == api::LOW_RANK) return nullptr;
+  if (Filters(request) || request.path() == api::LOW_RANK) return nullptr;
   api::Store described;
   {
     MutexLock lock(&hints_mu_);
