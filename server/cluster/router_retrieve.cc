@@ -250,8 +250,13 @@ absl::StatusOr<api::Store> Router::DescribeForRetrieval(
   std::vector<api::Store> parts;
   *sums = low_rank_.Get(request.store(), deadline, &parts);
   // The description alone says why (NOT_FOUND, DAMAGED); the planner meets
-  // the sums' error only if it needs them.
-  if (!(*sums)->ok()) return MergedStore(request.store(), deadline);
+  // the sums' error only if it needs them. A shard of an older engramd
+  // sends its sums without the description: asked for it apart.
+  if (!(*sums)->ok() ||
+      std::any_of(parts.begin(), parts.end(),
+                  [](const api::Store& part) { return part.name().empty(); })) {
+    return MergedStore(request.store(), deadline);
+  }
   return MergeDescriptions(std::move(parts));
 }
 
