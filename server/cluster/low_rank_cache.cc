@@ -87,12 +87,9 @@ absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
     const std::string& store, absl::Time deadline,
     std::vector<engram::v1::Store>* described) {
   const uint32_t groups = pool_->groups();
-  std::vector<const Replica*> replicas(groups);
-  for (uint32_t g = 0; g < groups; ++g) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(g);
-    if (!r.ok()) return r.status();
-    replicas[g] = *r;
-  }
+  absl::StatusOr<std::vector<const Replica*>> picked = pool_->PickEach();
+  if (!picked.ok()) return picked.status();
+  const std::vector<const Replica*>& replicas = *picked;
   // What is held from these replicas.
   std::vector<std::shared_ptr<const v1::LowRankSums>> held(groups);
   std::shared_ptr<const MergedLowRank> merged;

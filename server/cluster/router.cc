@@ -152,17 +152,13 @@ api::Store Router::MergeDescriptions(std::vector<api::Store> parts) {
 
 absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
                                                absl::Time deadline) {
-  std::vector<const Replica*> replicas(pool_->groups());
-  for (uint32_t g = 0; g < replicas.size(); ++g) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(g);
-    if (!r.ok()) return r.status();
-    replicas[g] = *r;
-  }
+  absl::StatusOr<std::vector<const Replica*>> replicas = pool_->PickEach();
+  if (!replicas.ok()) return replicas.status();
   api::GetStoreRequest request;
   request.set_name(name);
   std::vector<api::Store> parts;
   if (absl::Status s = FirstError(
-          EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::GetStore,
+          EngramOnEach(*pool_, *replicas, &api::Engram::Stub::async::GetStore,
                        request, &parts, deadline));
       !s.ok()) {
     return s;

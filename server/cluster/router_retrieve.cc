@@ -113,13 +113,9 @@ class ShardedSteps {
       parts = early->calls->Answers();
     }
     if (!parts.ok()) {
-      std::vector<const Replica*> replicas(pool_.groups());
-      for (uint32_t g = 0; g < pool_.groups(); ++g) {
-        absl::StatusOr<const Replica*> r = pool_.Pick(g);
-        if (!r.ok()) return r.status();
-        replicas[g] = *r;
-      }
-      parts = StepOnEach(pool_, replicas, step_, deadline_);
+      absl::StatusOr<std::vector<const Replica*>> replicas = pool_.PickEach();
+      if (!replicas.ok()) return replicas.status();
+      parts = StepOnEach(pool_, *replicas, step_, deadline_);
     }
     if (!parts.ok()) return parts.status();
     if (absl::Status s = CheckMaps(*parts); !s.ok()) return s;
@@ -382,18 +378,14 @@ std::unique_ptr<EarlyStep> Router::StartEarlyStep(
   absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
       *settings, described.pattern_count(), *query, options_.limits);
   if (!params.ok()) return nullptr;
-  std::vector<const Replica*> replicas(pool_->groups());
-  for (uint32_t g = 0; g < replicas.size(); ++g) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(g);
-    if (!r.ok()) return nullptr;
-    replicas[g] = *r;
-  }
+  absl::StatusOr<std::vector<const Replica*>> replicas = pool_->PickEach();
+  if (!replicas.ok()) return nullptr;
   auto early = std::make_unique<EarlyStep>();
   early->step = StepHead(request.store(), *params, nullptr);
   early->head = early->step.SerializeAsString();
   early->step.set_count(static_cast<uint32_t>(query->num_queries));
   early->step.mutable_states()->Assign(queries.begin(), queries.end());
-  early->calls.emplace(*pool_, std::move(replicas), early->step, deadline);
+  early->calls.emplace(*pool_, *std::move(replicas), early->step, deadline);
   return early;
 }
 

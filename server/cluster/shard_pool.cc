@@ -580,6 +580,16 @@ absl::StatusOr<const Replica*> ShardPool::Pick(uint32_t group) {
   return Unavailable(group);
 }
 
+absl::StatusOr<std::vector<const Replica*>> ShardPool::PickEach() {
+  std::vector<const Replica*> replicas(groups());
+  for (uint32_t g = 0; g < replicas.size(); ++g) {
+    absl::StatusOr<const Replica*> r = Pick(g);
+    if (!r.ok()) return r.status();
+    replicas[g] = *r;
+  }
+  return replicas;
+}
+
 absl::StatusOr<std::vector<const Replica*>> ShardPool::ReadyReplicas(
     uint32_t group) {
   absl::ReaderMutexLock lock(&mu_);

@@ -89,6 +89,9 @@ class ShardPool {
   // A ready replica of `group`, in turn; UNAVAILABLE naming the group and
   // why each replica is not ready.
   absl::StatusOr<const Replica*> Pick(uint32_t group);
+  // Pick of every group, in group order; the first group's error if one
+  // has no ready replica.
+  absl::StatusOr<std::vector<const Replica*>> PickEach();
   // Every ready replica of `group`; UNAVAILABLE as Pick if there is none.
   absl::StatusOr<std::vector<const Replica*>> ReadyReplicas(uint32_t group);
   // OK if every group has a ready replica; else UNAVAILABLE naming them.
