@@ -445,13 +445,11 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
 }
 
 absl::StatusOr<uint64_t> Router::TotalCount(const std::string& store,
-                                            const std::vector<uint64_t>& counts,
                                             absl::Time deadline) {
-  std::vector<bool> unknown(counts.size());
-  for (size_t g = 0; g < counts.size(); ++g) {
-    unknown[g] = counts[g] == std::numeric_limits<uint64_t>::max();
-  }
-  return GroupCounts(*pool_, store, unknown, deadline).Total(counts);
+  const uint32_t groups = pool_->groups();
+  return GroupCounts(*pool_, store, std::vector<bool>(groups, true), deadline)
+      .Total(
+          std::vector<uint64_t>(groups, std::numeric_limits<uint64_t>::max()));
 }
 
 grpc::Status Router::AddPatterns(Ctx* context,
@@ -531,11 +529,7 @@ grpc::Status Router::ImportPatterns(
     return call.Done(absl::InvalidArgumentError(
         "the first ImportPatterns message must name the store"));
   }
-  absl::StatusOr<uint64_t> total =
-      TotalCount(store,
-                 std::vector<uint64_t>(pool_->groups(),
-                                       std::numeric_limits<uint64_t>::max()),
-                 deadline);
+  absl::StatusOr<uint64_t> total = TotalCount(store, deadline);
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
