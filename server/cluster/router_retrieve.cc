@@ -36,6 +36,35 @@ bool Filters(const api::RetrieveRequest& request) {
                                   request.filter().metadata_size() > 0);
 }
 
+// A retrieval request read with a store's settings, as the router runs it.
+// Neither copied nor moved: `query` views `queries`.
+struct Resolved {
+  store::StoreSettings settings;
+  std::vector<float> queries;  // num_queries * settings.dimension.
+  store::RetrieveRequest query;
+  core::RetrievalParams params;
+};
+
+// Reads `request` with the settings and pattern count of `described` into
+// `out`: the errors Retrieve answers with.
+absl::Status Resolve(const api::Store& described,
+                     const api::RetrieveRequest& request,
+                     const store::Limits& limits, Resolved* out) {
+  absl::StatusOr<store::StoreSettings> settings =
+      store::SettingsFromProto(described, /*fill_defaults=*/false);
+  if (!settings.ok()) return settings.status();
+  out->settings = *std::move(settings);
+  absl::StatusOr<store::RetrieveRequest> query =
+      rpc::FromProto(request, out->settings.dimension, out->queries);
+  if (!query.ok()) return query.status();
+  out->query = *std::move(query);
+  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
+      out->settings, described.pattern_count(), out->query, limits);
+  if (!params.ok()) return params.status();
+  out->params = *std::move(params);
+  return absl::OkStatus();
+}
+
 // A step's request but its count and states: what the shards are told of
 // a retrieval's params.
 v1::PartialStepRequest StepHead(const std::string& store,
@@ -274,25 +303,20 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
         absl::StrCat("store '", request->store(), "' is DAMAGED (",
                      merged->state_detail(), ")")));
   }
-  absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(*merged, /*fill_defaults=*/false);
-  if (!settings.ok()) return call.Done(settings.status());
-  const size_t d = settings->dimension;
-  std::vector<float> queries;
-  absl::StatusOr<store::RetrieveRequest> query =
-      rpc::FromProto(*request, d, queries);
-  if (!query.ok()) return call.Done(query.status());
-  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
-      *settings, merged->pattern_count(), *query, options_.limits);
-  if (!params.ok()) return call.Done(params.status());
+  Resolved r;
+  if (absl::Status s = Resolve(*merged, *request, options_.limits, &r);
+      !s.ok()) {
+    return call.Done(s);
+  }
+  const size_t d = r.settings.dimension;
   const uint32_t groups = pool_->groups();
   const bool auto_path = request->path() == api::AUTO ||
                          request->path() == api::RETRIEVAL_PATH_UNSPECIFIED;
   // A filtered retrieval takes the exact path, each group stepping over its
   // matching patterns only (the low-rank sums are over all of them).
-  const bool filtered = !query->filter.empty();
+  const bool filtered = !r.query.filter.empty();
   if (filtered) {
-    if (absl::Status s = store::CheckFilteredRequest(request->store(), *query,
+    if (absl::Status s = store::CheckFilteredRequest(request->store(), r.query,
                                                      options_.limits);
         !s.ok()) {
       return call.Done(s);
@@ -307,7 +331,7 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
     // The sums fetched with the description serve the first plan; a query
     // planned again fetches them again.
     plan = PlanThroughRouter(
-        request->store(), *settings, *merged, *query, *params, deadline,
+        request->store(), r.settings, *merged, r.query, r.params, deadline,
         attempt == 0 ? std::move(fetched) : std::nullopt, &sums);
     if (!plan.ok()) return call.Done(plan.status());
     if (plan->path != store::PathChoice::kLowRank) break;
@@ -315,8 +339,8 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
     core::RetrievalOptions options;
     options.check = rpc::DeadlineCheck(context);
     absl::StatusOr<store::RetrieveResult> result =
-        RetrieveFromSums(request->store(), *sums, plan->degree, *query, *params,
-                         options, deadline);
+        RetrieveFromSums(request->store(), *sums, plan->degree, r.query,
+                         r.params, options, deadline);
     if (absl::IsAborted(result.status()) && attempt == 0) continue;
     if (!result.ok()) return call.Done(result.status());
     result->path = *plan;
@@ -324,7 +348,7 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
                                        groups, " shard groups");
     result->store_version = merged->version();
     rpc::ToProto(*result, d, request->omit_vectors(), *response);
-    policy_->metrics->RecordRetrieval("low_rank", query->num_queries,
+    policy_->metrics->RecordRetrieval("low_rank", r.query.num_queries,
                                       plan->error_bound);
     RememberRetrieval(request->store(), *merged,
                       auto_path ? std::optional<bool>(false) : std::nullopt);
@@ -332,7 +356,7 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   }
   uint64_t patterns = 0;
   absl::StatusOr<store::RetrieveResult> result =
-      RetrieveExact(request->store(), *query, *params,
+      RetrieveExact(request->store(), r.query, r.params,
                     filtered ? &request->filter() : nullptr, deadline,
                     std::move(early), &patterns);
   if (!result.ok()) return call.Done(result.status());
@@ -347,7 +371,7 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
                               " shard groups");
   result->store_version = merged->version();
   rpc::ToProto(*result, d, request->omit_vectors(), *response);
-  policy_->metrics->RecordRetrieval("exact", query->num_queries, 0);
+  policy_->metrics->RecordRetrieval("exact", r.query.num_queries, 0);
   RememberRetrieval(
       request->store(), *merged,
       auto_path && !filtered ? std::optional<bool>(true) : std::nullopt);
@@ -368,23 +392,15 @@ std::unique_ptr<EarlyStep> Router::StartEarlyStep(
     described = it->second.described;
   }
   // As Retrieve resolves them, from the remembered description.
-  absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(described, /*fill_defaults=*/false);
-  if (!settings.ok()) return nullptr;
-  std::vector<float> queries;
-  absl::StatusOr<store::RetrieveRequest> query =
-      rpc::FromProto(request, settings->dimension, queries);
-  if (!query.ok()) return nullptr;
-  absl::StatusOr<core::RetrievalParams> params = store::ResolveParams(
-      *settings, described.pattern_count(), *query, options_.limits);
-  if (!params.ok()) return nullptr;
+  Resolved r;
+  if (!Resolve(described, request, options_.limits, &r).ok()) return nullptr;
   absl::StatusOr<std::vector<const Replica*>> replicas = pool_->PickEach();
   if (!replicas.ok()) return nullptr;
   auto early = std::make_unique<EarlyStep>();
-  early->step = StepHead(request.store(), *params, nullptr);
+  early->step = StepHead(request.store(), r.params, nullptr);
   early->head = early->step.SerializeAsString();
-  early->step.set_count(static_cast<uint32_t>(query->num_queries));
-  early->step.mutable_states()->Assign(queries.begin(), queries.end());
+  early->step.set_count(static_cast<uint32_t>(r.query.num_queries));
+  early->step.mutable_states()->Assign(r.queries.begin(), r.queries.end());
   early->calls.emplace(*pool_, *std::move(replicas), early->step, deadline);
   return early;
 }
