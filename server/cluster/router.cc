@@ -445,11 +445,13 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
 }
 
 absl::StatusOr<uint64_t> Router::TotalCount(const std::string& store,
+                                            const std::vector<uint64_t>& counts,
                                             absl::Time deadline) {
-  const uint32_t groups = pool_->groups();
-  return GroupCounts(*pool_, store, std::vector<bool>(groups, true), deadline)
-      .Total(
-          std::vector<uint64_t>(groups, std::numeric_limits<uint64_t>::max()));
+  std::vector<bool> unknown(counts.size());
+  for (size_t g = 0; g < counts.size(); ++g) {
+    unknown[g] = counts[g] == std::numeric_limits<uint64_t>::max();
+  }
+  return GroupCounts(*pool_, store, unknown, deadline).Total(counts);
 }
 
 grpc::Status Router::AddPatterns(Ctx* context,
@@ -468,18 +470,15 @@ grpc::Status Router::AddPatterns(Ctx* context,
   }
   const absl::Time deadline = DeadlineOf(context);
   const std::vector<std::vector<int>> members = Place(request->patterns());
-  // The groups the batch leaves alone are counted while the others write.
-  std::vector<bool> untouched(members.size());
-  for (size_t g = 0; g < members.size(); ++g) {
-    untouched[g] = members[g].empty();
-  }
-  GroupCounts others(*pool_, request->store(), untouched, deadline);
   std::vector<uint64_t> counts;
   absl::StatusOr<std::vector<uint64_t>> ids = AddBatch(
       request->store(), request->patterns(), members, deadline, &counts);
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
-  absl::StatusOr<uint64_t> total = others.Total(counts);
+  // The groups the batch left alone are counted after the write: asked
+  // before, one a write has just found gone would fail a write that held.
+  absl::StatusOr<uint64_t> total =
+      TotalCount(request->store(), counts, deadline);
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
@@ -529,7 +528,11 @@ grpc::Status Router::ImportPatterns(
     return call.Done(absl::InvalidArgumentError(
         "the first ImportPatterns message must name the store"));
   }
-  absl::StatusOr<uint64_t> total = TotalCount(store, deadline);
+  absl::StatusOr<uint64_t> total =
+      TotalCount(store,
+                 std::vector<uint64_t>(pool_->groups(),
+                                       std::numeric_limits<uint64_t>::max()),
+                 deadline);
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
@@ -629,12 +632,6 @@ grpc::Status Router::DeletePatterns(Ctx* context,
     shares[store::GroupOf(id, groups)].add_ids(id);
   }
   const absl::Time deadline = DeadlineOf(context);
-  // The groups without ids to delete are counted while the others delete.
-  std::vector<bool> untouched(groups);
-  for (uint32_t g = 0; g < groups; ++g) {
-    untouched[g] = shares[g].ids_size() == 0;
-  }
-  GroupCounts others(*pool_, request->store(), untouched, deadline);
   std::vector<uint64_t> counts(groups, std::numeric_limits<uint64_t>::max());
   std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
     if (shares[g].ids_size() == 0) return absl::OkStatus();
@@ -683,7 +680,8 @@ grpc::Status Router::DeletePatterns(Ctx* context,
                      "atomically: deleted in groups ",
                      done.empty() ? "none" : absl::StrJoin(done, ", "))));
   }
-  absl::StatusOr<uint64_t> total = others.Total(counts);
+  absl::StatusOr<uint64_t> total =
+      TotalCount(request->store(), counts, deadline);
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());

@@ -173,8 +173,10 @@ class Router final : public engram::v1::Engram::Service {
       const google::protobuf::RepeatedPtrField<engram::v1::Pattern>& patterns,
       const std::vector<std::vector<int>>& members, absl::Time deadline,
       std::vector<uint64_t>* group_counts);
-  // Patterns of the store, summed over every group (one replica each).
+  // Patterns of the store: counts[g] where known (not max), the others
+  // asked of one replica of each group, after the write that gave counts.
   absl::StatusOr<uint64_t> TotalCount(const std::string& store,
+                                      const std::vector<uint64_t>& counts,
                                       absl::Time deadline);
 
   // What a retrieval needs first: the store's merged description and,
