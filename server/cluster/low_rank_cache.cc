@@ -114,13 +114,8 @@ absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
   if (absl::Status s = FirstError(UnaryOnEach<v1::LowRankSumsRequest>(
           *pool_, replicas,
           [&requests](size_t g) -> const auto& { return requests[g]; },
-          [](const Replica& r, grpc::ClientContext* context,
-             const v1::LowRankSumsRequest* request, v1::LowRankSums* answer,
-             std::function<void(grpc::Status)> done) {
-            r.shard->async()->GetLowRankSums(context, request, answer,
-                                             std::move(done));
-          },
-          &answers, deadline));
+          ShardCall(&v1::Shard::Stub::async::GetLowRankSums), &answers,
+          deadline));
       !s.ok()) {
     return s;
   }

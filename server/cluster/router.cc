@@ -6,7 +6,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -60,12 +59,7 @@ class GroupCounts {
     calls_.emplace(
         pool, replicas,
         [this](size_t) -> const api::GetStoreRequest& { return request_; },
-        [](const Replica& r, grpc::ClientContext* context,
-           const api::GetStoreRequest* request, api::Store* store,
-           std::function<void(grpc::Status)> done) {
-          r.engram->async()->GetStore(context, request, store, std::move(done));
-        },
-        deadline);
+        EngramCall(&api::Engram::Stub::async::GetStore), deadline);
   }
 
   // The store's pattern count: the answers for the groups asked, counts[g]
@@ -381,48 +375,34 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
   std::vector<uint64_t> ids(patterns.size());
   group_counts->assign(groups, std::numeric_limits<uint64_t>::max());
   const absl::Time now = absl::Now();
-  std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
-    if (members[g].empty()) return absl::OkStatus();
-    absl::StatusOr<std::vector<const Replica*>> ready =
-        pool_->ReadyReplicas(static_cast<uint32_t>(g));
-    if (!ready.ok()) return ready.status();
-    api::AddPatternsRequest add;
-    add.set_store(store);
-    for (int i : members[g]) *add.add_patterns() = patterns[i];
-    rpc::FixTtls(*add.mutable_patterns(), now);
-    // The first replica that answers assigns the ids (one that is gone
-    // goes stale: it is repaired when it is back); the others take them.
-    api::AddPatternsResponse added;
-    absl::Status s = absl::UnavailableError("no replica");
-    while (!ready->empty()) {
-      const Replica& first = *ready->front();
-      s = Unary(*pool_, first, *first.engram, &api::Engram::Stub::AddPatterns,
-                add, &added, deadline);
-      if (!absl::IsUnavailable(s) || ready->size() == 1) break;
-      pool_->MarkStale(first, s.message());
-      ready->erase(ready->begin());
-    }
-    if (!s.ok()) return s;
-    for (size_t j = 0; j < members[g].size(); ++j) {
-      ids[members[g][j]] = added.ids(static_cast<int>(j));
-      add.mutable_patterns(static_cast<int>(j))
-          ->set_id(added.ids(static_cast<int>(j)));
-    }
-    (*group_counts)[g] = added.pattern_count();
-    // The other replicas follow, all at once; one that fails is stale until
-    // repaired from the first (which has the batch), so the add stands.
-    const std::vector<const Replica*> followers(ready->begin() + 1,
-                                                ready->end());
-    std::vector<api::AddPatternsResponse> ignored;
-    const std::vector<absl::Status> followed =
-        EngramOnEach(*pool_, followers, &api::Engram::Stub::async::AddPatterns,
-                     add, &ignored, deadline);
-    for (size_t r = 0; r < followers.size(); ++r) {
-      if (!followed[r].ok())
-        pool_->MarkStale(*followers[r], followed[r].message());
-    }
-    return absl::OkStatus();
-  });
+  std::vector<bool> writes(groups);
+  std::vector<api::AddPatternsRequest> shares(groups);
+  for (uint32_t g = 0; g < groups; ++g) {
+    writes[g] = !members[g].empty();
+    shares[g].set_store(store);
+    for (int i : members[g]) *shares[g].add_patterns() = patterns[i];
+    rpc::FixTtls(*shares[g].mutable_patterns(), now);
+  }
+  // The replica that decides assigns the ids; its followers take them.
+  const std::vector<absl::Status> status =
+      WriteToGroups<api::AddPatternsRequest, api::AddPatternsResponse>(
+          *pool_, writes, &api::Engram::Stub::async::AddPatterns, &shares,
+          [&](size_t g, const api::AddPatternsResponse& added,
+              api::AddPatternsRequest* share) {
+            if (static_cast<size_t>(added.ids_size()) != members[g].size()) {
+              return absl::InternalError(absl::StrCat(
+                  "shard group ", g, " answered ", added.ids_size(),
+                  " ids for ", members[g].size(), " patterns"));
+            }
+            for (size_t j = 0; j < members[g].size(); ++j) {
+              const uint64_t id = added.ids(static_cast<int>(j));
+              ids[members[g][j]] = id;
+              share->mutable_patterns(static_cast<int>(j))->set_id(id);
+            }
+            (*group_counts)[g] = added.pattern_count();
+            return absl::OkStatus();
+          },
+          deadline);
   std::vector<std::string> done;
   absl::Status failed;
   for (uint32_t g = 0; g < groups; ++g) {
@@ -633,41 +613,20 @@ grpc::Status Router::DeletePatterns(Ctx* context,
   }
   const absl::Time deadline = DeadlineOf(context);
   std::vector<uint64_t> counts(groups, std::numeric_limits<uint64_t>::max());
-  std::vector<absl::Status> status = InParallel(groups, [&](size_t g) {
-    if (shares[g].ids_size() == 0) return absl::OkStatus();
+  std::vector<bool> writes(groups);
+  for (uint32_t g = 0; g < groups; ++g) {
+    writes[g] = shares[g].ids_size() > 0;
     shares[g].set_store(request->store());
-    absl::StatusOr<std::vector<const Replica*>> ready =
-        pool_->ReadyReplicas(static_cast<uint32_t>(g));
-    if (!ready.ok()) return ready.status();
-    // The first replica that answers decides (one that is gone goes
-    // stale); the others follow, all at once, or go stale.
-    size_t first = 0;
-    for (;; ++first) {
-      const Replica& r = *(*ready)[first];
-      api::DeletePatternsResponse deleted;
-      const absl::Status s =
-          Unary(*pool_, r, *r.engram, &api::Engram::Stub::DeletePatterns,
-                shares[g], &deleted, deadline);
-      if (s.ok()) {
-        counts[g] = deleted.pattern_count();
-        break;
-      }
-      if (!absl::IsUnavailable(s) || first + 1 == ready->size()) return s;
-      pool_->MarkStale(r, s.message());
-    }
-    const std::vector<const Replica*> followers(ready->begin() + first + 1,
-                                                ready->end());
-    std::vector<api::DeletePatternsResponse> ignored;
-    const std::vector<absl::Status> followed = EngramOnEach(
-        *pool_, followers, &api::Engram::Stub::async::DeletePatterns, shares[g],
-        &ignored, deadline);
-    for (size_t r = 0; r < followers.size(); ++r) {
-      if (!followed[r].ok()) {
-        pool_->MarkStale(*followers[r], followed[r].message());
-      }
-    }
-    return absl::OkStatus();
-  });
+  }
+  const std::vector<absl::Status> status =
+      WriteToGroups<api::DeletePatternsRequest, api::DeletePatternsResponse>(
+          *pool_, writes, &api::Engram::Stub::async::DeletePatterns, &shares,
+          [&counts](size_t g, const api::DeletePatternsResponse& deleted,
+                    api::DeletePatternsRequest*) {
+            counts[g] = deleted.pattern_count();
+            return absl::OkStatus();
+          },
+          deadline);
   if (absl::Status failed = FirstError(status); !failed.ok()) {
     std::vector<uint32_t> done;
     for (uint32_t g = 0; g < groups; ++g) {

@@ -49,14 +49,7 @@ StepFanout::StepFanout(const ShardPool& pool,
       calls_(
           pool, replicas_,
           [&step](size_t) -> const v1::PartialStepRequest& { return step; },
-          [](const Replica& r, grpc::ClientContext* context,
-             const v1::PartialStepRequest* request,
-             v1::PartialStepResponse* response,
-             std::function<void(grpc::Status)> done) {
-            r.shard->async()->PartialStep(context, request, response,
-                                          std::move(done));
-          },
-          deadline) {}
+          ShardCall(&v1::Shard::Stub::async::PartialStep), deadline) {}
 
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepFanout::Answers() {
   if (absl::Status failed = FirstError(calls_.Wait()); !failed.ok()) {

@@ -53,11 +53,8 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
 // thread is started, and Wait() waits for all of them (the destructor first
 // cancels what is still in flight, then waits). request(i) goes to
 // replicas[i] and must outlive the Fanout; its answer is responses()[i].
-// `start` issues one call, e.g.
-//   [](const Replica& r, grpc::ClientContext* c, const Req* q, Resp* a,
-//      std::function<void(grpc::Status)> done) {
-//     r.engram->async()->GetStore(c, q, a, std::move(done));
-//   }
+// `start` issues one call: EngramCall or ShardCall below, e.g.
+// EngramCall(&engram::v1::Engram::Stub::async::GetStore).
 // Each call's status names its shard, as Unary's does.
 //
 // Thread-compatible: one thread owns it; the callbacks share only `calls_`.
@@ -144,6 +141,34 @@ std::vector<absl::Status> UnaryOnEach(
   return status;
 }
 
+// A method of a stub's callback API, e.g.
+// &engram::v1::Engram::Stub::async::GetStore.
+template <typename Stub, typename Request, typename Response>
+using AsyncMethod = void (Stub::async::*)(grpc::ClientContext*, const Request*,
+                                          Response*,
+                                          std::function<void(grpc::Status)>);
+
+// The `start` of a Fanout that calls `method` of engram.v1.Engram.
+template <typename Request, typename Response>
+auto EngramCall(
+    AsyncMethod<engram::v1::Engram::Stub, Request, Response> method) {
+  return [method](const Replica& r, grpc::ClientContext* context,
+                  const Request* request, Response* answer,
+                  std::function<void(grpc::Status)> done) {
+    (r.engram->async()->*method)(context, request, answer, std::move(done));
+  };
+}
+
+// The `start` of a Fanout that calls `method` of engram.cluster.v1.Shard.
+template <typename Request, typename Response>
+auto ShardCall(AsyncMethod<v1::Shard::Stub, Request, Response> method) {
+  return [method](const Replica& r, grpc::ClientContext* context,
+                  const Request* request, Response* answer,
+                  std::function<void(grpc::Status)> done) {
+    (r.shard->async()->*method)(context, request, answer, std::move(done));
+  };
+}
+
 // The same request to a method of engram.v1.Engram on each of `replicas`
 // at once, as UnaryOnEach:
 //   EngramOnEach(pool, replicas, &engram::v1::Engram::Stub::async::GetStore,
@@ -151,19 +176,92 @@ std::vector<absl::Status> UnaryOnEach(
 template <typename Request, typename Response>
 std::vector<absl::Status> EngramOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
-    void (engram::v1::Engram::Stub::async::*method)(
-        grpc::ClientContext*, const Request*, Response*,
-        std::function<void(grpc::Status)>),
+    AsyncMethod<engram::v1::Engram::Stub, Request, Response> method,
     const Request& request, std::vector<Response>* responses,
     absl::Time deadline) {
   return UnaryOnEach<Request>(
       pool, replicas, [&request](size_t) -> const Request& { return request; },
-      [method](const Replica& r, grpc::ClientContext* context,
-               const Request* sending, Response* answer,
-               std::function<void(grpc::Status)> done) {
-        (r.engram->async()->*method)(context, sending, answer, std::move(done));
-      },
-      responses, deadline);
+      EngramCall(method), responses, deadline);
+}
+
+// One write to the ready replicas of each group g with writes[g]: shares[g]
+// to each. The first replica of a group that answers decides the group's
+// outcome (one that is UNAVAILABLE goes stale and the next is asked);
+// decided(g, its answer, &shares[g]) may then fill in what it decided (the
+// ids an add assigned), or refuse the answer (its status is the group's,
+// and nothing more is sent). The group's other replicas follow, all at
+// once; one that fails goes stale, to be repaired from the one that
+// decided, so the write stands. Each group's status (OK where nothing was
+// written).
+//
+// No thread is started: the groups' first replicas are asked at once, then
+// all the followers at once.
+template <typename Request, typename Response>
+std::vector<absl::Status> WriteToGroups(
+    ShardPool& pool, const std::vector<bool>& writes,
+    AsyncMethod<engram::v1::Engram::Stub, Request, Response> method,
+    std::vector<Request>* shares,
+    const std::function<absl::Status(size_t, const Response&, Request*)>&
+        decided,
+    absl::Time deadline) {
+  const size_t groups = shares->size();
+  std::vector<absl::Status> status(groups);
+  std::vector<std::vector<const Replica*>> ready(groups);
+  std::vector<size_t> deciding(groups, 0);  // Index into ready[g].
+  std::vector<size_t> asking;               // Groups still undecided.
+  for (size_t g = 0; g < groups; ++g) {
+    if (!writes[g]) continue;
+    absl::StatusOr<std::vector<const Replica*>> r =
+        pool.ReadyReplicas(static_cast<uint32_t>(g));
+    if (!r.ok()) {
+      status[g] = r.status();
+      continue;
+    }
+    ready[g] = *std::move(r);
+    asking.push_back(g);
+  }
+  while (!asking.empty()) {
+    std::vector<const Replica*> to;
+    for (size_t g : asking) to.push_back(ready[g][deciding[g]]);
+    std::vector<Response> answers;
+    const std::vector<absl::Status> got = UnaryOnEach<Request>(
+        pool, to,
+        [&](size_t i) -> const Request& { return (*shares)[asking[i]]; },
+        EngramCall(method), &answers, deadline);
+    std::vector<size_t> again;
+    for (size_t i = 0; i < asking.size(); ++i) {
+      const size_t g = asking[i];
+      if (got[i].ok()) {
+        status[g] = decided(g, answers[i], &(*shares)[g]);
+      } else if (absl::IsUnavailable(got[i]) &&
+                 deciding[g] + 1 < ready[g].size()) {
+        pool.MarkStale(*to[i], got[i].message());
+        ++deciding[g];
+        again.push_back(g);
+      } else {
+        status[g] = got[i];
+      }
+    }
+    asking = std::move(again);
+  }
+  std::vector<const Replica*> followers;
+  std::vector<size_t> group_of;
+  for (size_t g = 0; g < groups; ++g) {
+    if (!writes[g] || !status[g].ok()) continue;
+    for (size_t r = deciding[g] + 1; r < ready[g].size(); ++r) {
+      followers.push_back(ready[g][r]);
+      group_of.push_back(g);
+    }
+  }
+  std::vector<Response> ignored;
+  const std::vector<absl::Status> followed = UnaryOnEach<Request>(
+      pool, followers,
+      [&](size_t i) -> const Request& { return (*shares)[group_of[i]]; },
+      EngramCall(method), &ignored, deadline);
+  for (size_t i = 0; i < followers.size(); ++i) {
+    if (!followed[i].ok()) pool.MarkStale(*followers[i], followed[i].message());
+  }
+  return status;
 }
 
 // Runs fn(0) .. fn(n - 1) at once (a thread each but the first).
