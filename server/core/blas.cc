@@ -54,6 +54,14 @@ void GemmTN(size_t m, size_t n, size_t k, double alpha, const double* a,
               static_cast<int>(ldc));
 }
 
+void Gemv(size_t m, size_t n, double alpha, const double* a, size_t lda,
+          const double* x, double beta, double* y) {
+  if (m == 0) return;
+  cblas_dgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), alpha, a, static_cast<int>(lda), x, 1, beta,
+              y, 1);
+}
+
 void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,
                float beta, float* c, size_t ldc) {
   if (n == 0) return;

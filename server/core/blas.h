@@ -33,6 +33,10 @@ void GemmTN(size_t m, size_t n, size_t k, double alpha, const double* a,
             size_t lda, const double* b, size_t ldb, double beta, double* c,
             size_t ldc);
 
+// y (m) = alpha * A (m x n) * x (n) + beta * y, in double precision.
+void Gemv(size_t m, size_t n, double alpha, const double* a, size_t lda,
+          const double* x, double beta, double* y);
+
 // C (n x n) = alpha * A A^T + beta * C for A of size n x k; only the upper
 // triangle of C (j >= i) is written.
 void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,
