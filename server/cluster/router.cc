@@ -59,7 +59,7 @@ class GroupCounts {
     calls_.emplace(
         pool, replicas,
         [this](size_t) -> const api::GetStoreRequest& { return request_; },
-        EngramCall(&api::Engram::Stub::async::GetStore), deadline);
+        EngramCall(&api::Engram::Stub::async::GetStore), deadline, &pool);
   }
 
   // The store's pattern count: the answers for the groups asked, counts[g]
@@ -153,7 +153,7 @@ absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
   std::vector<api::Store> parts;
   if (absl::Status s = FirstError(
           EngramOnEach(*pool_, *replicas, &api::Engram::Stub::async::GetStore,
-                       request, &parts, deadline));
+                       request, &parts, deadline, pool_));
       !s.ok()) {
     return s;
   }
@@ -523,12 +523,13 @@ grpc::Status Router::GetPattern(Ctx* context,
                                 api::Pattern* response) {
   rpc::Call call(policy_, "GetPattern", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<const Replica*> r =
-      pool_->Pick(store::GroupOf(request->id(), pool_->groups()));
-  if (!r.ok()) return call.Done(r.status());
-  return call.Done(Unary(*pool_, **r, *(*r)->engram,
-                         &api::Engram::Stub::GetPattern, *request, response,
-                         DeadlineOf(context)));
+  const absl::Time deadline = DeadlineOf(context);
+  return call.Done(ReadFromGroup(
+      *pool_, store::GroupOf(request->id(), pool_->groups()),
+      [&](const Replica& r) {
+        return Unary(*pool_, r, *r.engram, &api::Engram::Stub::GetPattern,
+                     *request, response, deadline);
+      }));
 }
 
 grpc::Status Router::ListPatterns(Ctx* context,

@@ -231,16 +231,16 @@ class ShardedSteps {
 
   // A support member's values no shard sent with its step.
   absl::StatusOr<std::vector<float>> Values(uint64_t id) {
-    absl::StatusOr<const Replica*> r =
-        pool_.Pick(store::GroupOf(id, pool_.groups()));
-    if (!r.ok()) return r.status();
     v1::GetValuesRequest get;
     get.set_store(store_);
     get.add_ids(id);
     v1::GetValuesResponse got;
-    if (absl::Status s =
-            Unary(pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetValues, get,
-                  &got, deadline_);
+    if (absl::Status s = ReadFromGroup(
+            pool_, store::GroupOf(id, pool_.groups()),
+            [&](const Replica& r) {
+              return Unary(pool_, r, *r.shard, &v1::Shard::Stub::GetValues, get,
+                           &got, deadline_);
+            });
         !s.ok()) {
       return s;
     }

@@ -22,6 +22,23 @@ absl::Status FromShard(const grpc::Status& status, const Replica& replica) {
                                    replica.group, ", ", replica.address, "]"));
 }
 
+absl::Status ReadFromGroup(
+    ShardPool& pool, uint32_t group,
+    const std::function<absl::Status(const Replica&)>& read) {
+  const Replica* last = nullptr;
+  absl::Status s;
+  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
+    absl::StatusOr<const Replica*> r = pool.Pick(group);
+    if (!r.ok()) return last == nullptr ? r.status() : s;
+    if (*r == last) break;  // Alone in its group: nobody else to ask.
+    s = read(**r);
+    if (!absl::IsUnavailable(s)) return s;
+    pool.MarkUnreachable(**r, s.message());
+    last = *r;
+  }
+  return s;
+}
+
 std::vector<absl::Status> InParallel(
     size_t n, const std::function<absl::Status(size_t)>& fn) {
   std::vector<absl::Status> status(n);
@@ -41,15 +58,14 @@ absl::Status FirstError(const std::vector<absl::Status>& status) {
   return absl::OkStatus();
 }
 
-StepFanout::StepFanout(const ShardPool& pool,
-                       std::vector<const Replica*> replicas,
+StepFanout::StepFanout(ShardPool& pool, std::vector<const Replica*> replicas,
                        const v1::PartialStepRequest& step, absl::Time deadline)
     : replicas_(std::move(replicas)),
       step_(step),
       calls_(
           pool, replicas_,
           [&step](size_t) -> const v1::PartialStepRequest& { return step; },
-          ShardCall(&v1::Shard::Stub::async::PartialStep), deadline) {}
+          ShardCall(&v1::Shard::Stub::async::PartialStep), deadline, &pool) {}
 
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepFanout::Answers() {
   if (absl::Status failed = FirstError(calls_.Wait()); !failed.ok()) {
@@ -67,7 +83,7 @@ absl::StatusOr<std::vector<v1::PartialStepResponse>> StepFanout::Answers() {
 }
 
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepOnEach(
-    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    ShardPool& pool, const std::vector<const Replica*>& replicas,
     const v1::PartialStepRequest& step, absl::Time deadline) {
   return StepFanout(pool, replicas, step, deadline).Answers();
 }

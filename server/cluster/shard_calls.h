@@ -49,6 +49,15 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
   return FromShard(status, replica);
 }
 
+// How many replicas of a group a read tries before it gives up.
+constexpr int kMaxReadAttempts = 4;
+
+// One read from a ready replica of `group`; one that is UNAVAILABLE is
+// marked unreachable and another is asked, as Fanout's failover does.
+absl::Status ReadFromGroup(
+    ShardPool& pool, uint32_t group,
+    const std::function<absl::Status(const Replica&)>& read);
+
 // Unary calls to several replicas at once through gRPC's callback API: no
 // thread is started, and Wait() waits for all of them (the destructor first
 // cancels what is still in flight, then waits). request(i) goes to
@@ -57,6 +66,12 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
 // EngramCall(&engram::v1::Engram::Stub::async::GetStore).
 // Each call's status names its shard, as Unary's does.
 //
+// Reads pass `failover`, their pool: a call whose replica is UNAVAILABLE
+// (gone, or shutting down) marks it unreachable there — no call picks it
+// until a probe finds it back, and then it is repaired first — and goes
+// again to another ready replica of the same group, while there is one.
+// Writes pass null: each of their replicas must take the write itself.
+//
 // Thread-compatible: one thread owns it; the callbacks share only `calls_`.
 template <typename Request, typename Response>
 class Fanout {
@@ -64,39 +79,30 @@ class Fanout {
   template <typename Start>
   Fanout(const ShardPool& pool, const std::vector<const Replica*>& replicas,
          const std::function<const Request&(size_t)>& request,
-         const Start& start, absl::Time deadline)
-      : contexts_(replicas.size()),
-        responses_(replicas.size()),
-        calls_(std::make_shared<Calls>()) {
+         const Start& start, absl::Time deadline, ShardPool* failover = nullptr)
+      : responses_(replicas.size()), calls_(std::make_shared<Calls>()) {
     const size_t n = replicas.size();
+    absl::string_view method = Request::descriptor()->name();
+    absl::ConsumeSuffix(&method, "Request");
+    calls_->pool = &pool;
+    calls_->failover = failover;
+    calls_->method = method;
+    calls_->deadline = deadline;
+    calls_->start = start;
     {
       MutexLock lock(&calls_->mu);
       calls_->left = n;
       calls_->status.resize(n);
     }
-    absl::string_view method = Request::descriptor()->name();
-    absl::ConsumeSuffix(&method, "Request");
     for (size_t i = 0; i < n; ++i) {
-      pool.Prepare(contexts_[i], deadline);
-      const absl::Time sent = absl::Now();
-      const Request& sending = request(i);
-      Response* answer = &responses_[i];
-      const Replica& replica = *replicas[i];
-      start(replica, &contexts_[i], &sending, answer,
-            [&pool, &replica, &sending, answer, calls = calls_, method, sent,
-             i](grpc::Status s) {
-              pool.Record(replica, method, s, absl::Now() - sent,
-                          sending.ByteSizeLong(),
-                          s.ok() ? answer->ByteSizeLong() : 0);
-              MutexLock lock(&calls->mu);
-              calls->status[i] = FromShard(s, replica);
-              if (--calls->left == 0) calls->finished.SignalAll();
-            });
+      Issue(calls_, i, *replicas[i], &request(i), &responses_[i], 1);
     }
   }
   ~Fanout() {
     if (!waited_) {
-      for (grpc::ClientContext& context : contexts_) context.TryCancel();
+      MutexLock lock(&calls_->mu);
+      calls_->cancelled = true;
+      for (auto& context : calls_->contexts) context->TryCancel();
     }
     Wait();
   }
@@ -117,25 +123,79 @@ class Fanout {
   // What the callbacks share with the owner; the last of them to finish
   // may still hold it when the owner has gone.
   struct Calls {
+    const ShardPool* pool = nullptr;
+    ShardPool* failover = nullptr;
+    absl::string_view method;
+    absl::Time deadline;
+    std::function<void(const Replica&, grpc::ClientContext*, const Request*,
+                       Response*, std::function<void(grpc::Status)>)>
+        start;
     Mutex mu;
     CondVar finished;
+    bool cancelled ABSL_GUARDED_BY(mu) = false;
+    // One per call made, retries included; each outlives its call.
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts
+        ABSL_GUARDED_BY(mu);
     size_t left ABSL_GUARDED_BY(mu) = 0;
     std::vector<absl::Status> status ABSL_GUARDED_BY(mu);
   };
-  std::vector<grpc::ClientContext> contexts_;
+
+  // Call `attempt` of request i, to `replica`.
+  static void Issue(const std::shared_ptr<Calls>& calls, size_t i,
+                    const Replica& replica, const Request* sending,
+                    Response* answer, int attempt) {
+    auto owned = std::make_unique<grpc::ClientContext>();
+    grpc::ClientContext* context = owned.get();
+    calls->pool->Prepare(*context, calls->deadline);
+    {
+      MutexLock lock(&calls->mu);
+      // Cancelled before it starts: gRPC cancels it as it starts.
+      if (calls->cancelled) context->TryCancel();
+      calls->contexts.push_back(std::move(owned));
+    }
+    const absl::Time sent = absl::Now();
+    calls->start(
+        replica, context, sending, answer,
+        [calls, i, &replica, sending, answer, sent, attempt](grpc::Status s) {
+          calls->pool->Record(replica, calls->method, s, absl::Now() - sent,
+                              sending->ByteSizeLong(),
+                              s.ok() ? answer->ByteSizeLong() : 0);
+          if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+              calls->failover != nullptr && attempt < kMaxReadAttempts) {
+            calls->failover->MarkUnreachable(replica, s.error_message());
+            absl::StatusOr<const Replica*> next =
+                calls->failover->Pick(replica.group);
+            bool cancelled;
+            {
+              MutexLock lock(&calls->mu);
+              cancelled = calls->cancelled;
+            }
+            if (next.ok() && *next != &replica && !cancelled) {
+              Issue(calls, i, **next, sending, answer, attempt + 1);
+              return;
+            }
+          }
+          MutexLock lock(&calls->mu);
+          calls->status[i] = FromShard(s, replica);
+          if (--calls->left == 0) calls->finished.SignalAll();
+        });
+  }
+
   std::vector<Response> responses_;
   std::shared_ptr<Calls> calls_;
   bool waited_ = false;
 };
 
 // The calls of a Fanout, waited for: each one's status, the answers in
-// *responses.
+// *responses; `failover` as Fanout's.
 template <typename Request, typename Response, typename Start>
 std::vector<absl::Status> UnaryOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
     const std::function<const Request&(size_t)>& request, const Start& start,
-    std::vector<Response>* responses, absl::Time deadline) {
-  Fanout<Request, Response> calls(pool, replicas, request, start, deadline);
+    std::vector<Response>* responses, absl::Time deadline,
+    ShardPool* failover = nullptr) {
+  Fanout<Request, Response> calls(pool, replicas, request, start, deadline,
+                                  failover);
   std::vector<absl::Status> status = calls.Wait();
   *responses = std::move(calls.responses());
   return status;
@@ -178,10 +238,10 @@ std::vector<absl::Status> EngramOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
     AsyncMethod<engram::v1::Engram::Stub, Request, Response> method,
     const Request& request, std::vector<Response>* responses,
-    absl::Time deadline) {
+    absl::Time deadline, ShardPool* failover = nullptr) {
   return UnaryOnEach<Request>(
       pool, replicas, [&request](size_t) -> const Request& { return request; },
-      EngramCall(method), responses, deadline);
+      EngramCall(method), responses, deadline, failover);
 }
 
 // One write to the ready replicas of each group g with writes[g]: shares[g]
@@ -271,12 +331,13 @@ std::vector<absl::Status> InParallel(
 absl::Status FirstError(const std::vector<absl::Status>& status);
 
 // One PartialStep on every replica of `replicas` (one per group), sent at
-// construction; `step` must outlive it.
+// construction, failing over to another replica of a group whose own is
+// UNAVAILABLE (Fanout); `step` must outlive it.
 //
 // Thread-compatible, as Fanout.
 class StepFanout {
  public:
-  StepFanout(const ShardPool& pool, std::vector<const Replica*> replicas,
+  StepFanout(ShardPool& pool, std::vector<const Replica*> replicas,
              const v1::PartialStepRequest& step, absl::Time deadline);
   // Waits for every group's answer; the first failure if any failed, or
   // INTERNAL if a group answered another number of rows than states.
@@ -290,7 +351,7 @@ class StepFanout {
 
 // A StepFanout's answers.
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepOnEach(
-    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    ShardPool& pool, const std::vector<const Replica*>& replicas,
     const v1::PartialStepRequest& step, absl::Time deadline);
 
 }  // namespace engram::cluster

@@ -307,6 +307,16 @@ void ShardPool::MarkStale(const Replica& replica, absl::string_view why) {
   SetReady(s);
 }
 
+void ShardPool::MarkUnreachable(const Replica& replica, absl::string_view why) {
+  absl::MutexLock lock(&mu_);
+  ReplicaStatus& s = status_[replica.group][replica.index];
+  // Alone in its group it is the only one to ask again; the probe decides.
+  if (!s.reachable || groups_[replica.group].size() < 2) return;
+  s.reachable = false;
+  s.detail = absl::StrCat("unreachable (", why, ")");
+  SetReady(s);
+}
+
 void ShardPool::ProbeLoop() {
   absl::MutexLock lock(&stop_mu_);
   while (!stopping_) {

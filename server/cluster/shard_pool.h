@@ -111,6 +111,10 @@ class ShardPool {
   // A write reached the group's first replica but not `replica`: it serves
   // no more until repaired.
   void MarkStale(const Replica& replica, absl::string_view why);
+  // A call found `replica` UNAVAILABLE: no call picks it until a probe
+  // finds it back (and then, in a group of several, it is repaired first,
+  // as any replica back from being unreachable).
+  void MarkUnreachable(const Replica& replica, absl::string_view why);
   // Replicas repaired since the pool started (for the log and tests).
   size_t repairs() const { return repairs_.load(); }
 

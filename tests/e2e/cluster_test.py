@@ -452,18 +452,20 @@ class ClusterTest(unittest.TestCase):
                 for row in cluster.shards:  # every replica holds its group
                     counts = [Client(s.addr).get_store("r").pattern_count for s in row]
                     self.assertEqual(counts[0], counts[1])
+                ids = [p.id for p in c.list_patterns("r", values=False)]
                 cluster.shards[0][0].kill()
                 cluster.shards[1][1].kill()
-                deadline = time.time() + 10
-                while True:  # the router notices within a probe interval
-                    try:
-                        for _ in range(6):
-                            self.assertEqual(c.retrieve("r", np.eye(4)[0]).ids[0, 0] > 0, True)
-                        break
-                    except grpc.RpcError:
-                        if time.time() > deadline:
-                            raise
-                        time.sleep(0.2)
+                # Reads go on at once, before any probe has seen the kills: a
+                # call that finds its replica gone asks the other one.
+                for i in range(12):
+                    for path in ("auto", "exact"):
+                        got = c.retrieve("r", np.eye(4)[i % 4], path=path)
+                        self.assertGreater(int(got.ids[0, 0]), 0)
+                    self.assertEqual(c.get_store("r").pattern_count, 4)
+                    self.assertEqual(c.get("r", ids[i % 4]).shape, (4,))
+                # Writes too (the replica that is gone goes stale).
+                c.add("r", np.ones((1, 4), dtype=np.float32))
+                self.assertEqual(c.get_store("r").pattern_count, 5)
                 cluster.shards[0][1].kill()
                 deadline = time.time() + 10
                 while True:
