@@ -134,13 +134,14 @@ absl::StatusOr<std::vector<float>> ClusterJobs::Sample(const std::string& name,
   // Each group's patterns now.
   std::vector<uint64_t> counts(groups);
   absl::Status status = FirstError(InParallel(groups, [&](size_t g) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(static_cast<uint32_t>(g));
-    if (!r.ok()) return r.status();
     api::GetStoreRequest get;
     get.set_name(name);
     api::Store part;
-    absl::Status s = Unary(*pool_, **r, *(*r)->engram,
-                           &api::Engram::Stub::GetStore, get, &part, deadline);
+    absl::Status s =
+        ReadFromGroup(*pool_, static_cast<uint32_t>(g), [&](const Replica& r) {
+          return Unary(*pool_, r, *r.engram, &api::Engram::Stub::GetStore, get,
+                       &part, deadline);
+        });
     counts[g] = part.pattern_count();
     return s;
   }));
@@ -156,14 +157,15 @@ absl::StatusOr<std::vector<float>> ClusterJobs::Sample(const std::string& name,
   std::vector<v1::Sample> samples(groups);
   status = FirstError(InParallel(groups, [&](size_t g) {
     if (shares[g] == 0) return absl::OkStatus();
-    absl::StatusOr<const Replica*> r = pool_->Pick(static_cast<uint32_t>(g));
-    if (!r.ok()) return r.status();
     v1::SampleRequest request;
     request.set_store(name);
     request.set_count(shares[g]);
     request.set_seed(seed * 1000003 + g);
-    return Unary(*pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetSample,
-                 request, &samples[g], deadline);
+    return ReadFromGroup(
+        *pool_, static_cast<uint32_t>(g), [&](const Replica& r) {
+          return Unary(*pool_, r, *r.shard, &v1::Shard::Stub::GetSample,
+                       request, &samples[g], deadline);
+        });
   }));
   if (!status.ok()) return status;
   // In id order: what is computed depends on the sample, not on how the
@@ -314,14 +316,15 @@ absl::Status ClusterJobs::Calibrate(
   // The store's map, for the kernel similarities: one version everywhere.
   std::shared_ptr<const core::FeatureMap> map;
   if (merged.fit().map_version() > 0) {
-    absl::StatusOr<const Replica*> r = pool_->Pick(0);
-    if (!r.ok()) return r.status();
     v1::GetFeatureMapRequest get;
     get.set_store(name);
     v1::FeatureMapRecord record;
-    if (absl::Status s =
-            Unary(*pool_, **r, *(*r)->shard, &v1::Shard::Stub::GetFeatureMap,
-                  get, &record, deadline);
+    if (absl::Status s = ReadFromGroup(
+            *pool_, 0,
+            [&](const Replica& r) {
+              return Unary(*pool_, r, *r.shard, &v1::Shard::Stub::GetFeatureMap,
+                           get, &record, deadline);
+            });
         !s.ok()) {
       return s;
     }

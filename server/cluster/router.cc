@@ -248,23 +248,29 @@ grpc::Status Router::ListStores(Ctx* context,
 
 absl::StatusOr<std::vector<std::string>> Router::StoreNames(
     absl::Time deadline) {
-  // Every group holds every store: group 0 names them.
-  absl::StatusOr<const Replica*> r = pool_->Pick(0);
-  if (!r.ok()) return r.status();
+  // Every group holds every store: group 0 names them (one replica a
+  // whole listing: page tokens are its own).
   std::vector<std::string> names;
-  api::ListStoresRequest page;
-  page.set_page_size(1000);
-  do {
-    api::ListStoresResponse listed;
-    if (absl::Status s =
-            Unary(*pool_, **r, *(*r)->engram, &api::Engram::Stub::ListStores,
-                  page, &listed, deadline);
-        !s.ok()) {
-      return s;
-    }
-    for (const api::Store& s : listed.stores()) names.push_back(s.name());
-    page.set_page_token(listed.next_page_token());
-  } while (!page.page_token().empty());
+  const auto list = [&](const Replica& r) -> absl::Status {
+    names.clear();
+    api::ListStoresRequest page;
+    page.set_page_size(1000);
+    do {
+      api::ListStoresResponse listed;
+      if (absl::Status failed =
+              Unary(*pool_, r, *r.engram, &api::Engram::Stub::ListStores, page,
+                    &listed, deadline);
+          !failed.ok()) {
+        return failed;
+      }
+      for (const api::Store& store : listed.stores()) {
+        names.push_back(store.name());
+      }
+      page.set_page_token(listed.next_page_token());
+    } while (!page.page_token().empty());
+    return absl::OkStatus();
+  };
+  if (absl::Status s = ReadFromGroup(*pool_, 0, list); !s.ok()) return s;
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -556,11 +562,23 @@ grpc::Status Router::ListPatterns(Ctx* context,
   }
   const absl::Time deadline = DeadlineOf(context);
   for (; group < pool_->groups(); ++group, inner.clear()) {
+    api::ListPatternsRequest page = *request;
+    page.set_page_token(inner);
     const Replica* r = nullptr;
     if (inner.empty()) {
-      absl::StatusOr<const Replica*> picked = pool_->Pick(group);
-      if (!picked.ok()) return call.Done(picked.status());
-      r = *picked;
+      // A listing starts on any replica of the group; its next pages stay
+      // on that one (its page tokens are its own).
+      if (absl::Status s =
+              ReadFromGroup(*pool_, group,
+                            [&](const Replica& candidate) {
+                              r = &candidate;
+                              return Unary(*pool_, candidate, *candidate.engram,
+                                           &api::Engram::Stub::ListPatterns,
+                                           page, response, deadline);
+                            });
+          !s.ok()) {
+        return call.Done(s);
+      }
     } else {
       absl::StatusOr<std::vector<const Replica*>> ready =
           pool_->ReadyReplicas(group);
@@ -573,14 +591,12 @@ grpc::Status Router::ListPatterns(Ctx* context,
             absl::StrCat("the replica that served this listing (shard group ",
                          group, ") is not ready: start the listing again")));
       }
-    }
-    api::ListPatternsRequest page = *request;
-    page.set_page_token(inner);
-    if (absl::Status s =
-            Unary(*pool_, *r, *r->engram, &api::Engram::Stub::ListPatterns,
-                  page, response, deadline);
-        !s.ok()) {
-      return call.Done(s);
+      if (absl::Status s =
+              Unary(*pool_, *r, *r->engram, &api::Engram::Stub::ListPatterns,
+                    page, response, deadline);
+          !s.ok()) {
+        return call.Done(s);
+      }
     }
     if (!response->next_page_token().empty()) {
       response->set_next_page_token(
@@ -671,24 +687,23 @@ absl::Status ShardJobStatus(ShardPool& pool, const std::string& store,
 template <>
 absl::Status ShardJobStatus(ShardPool& pool, const std::string& store,
                             absl::Time deadline, api::FitStatus* response) {
-  absl::StatusOr<const Replica*> r = pool.Pick(0);
-  if (!r.ok()) return r.status();
   api::GetFitStatusRequest get;
   get.set_store(store);
-  return Unary(pool, **r, *(*r)->engram, &api::Engram::Stub::GetFitStatus, get,
-               response, deadline);
+  return ReadFromGroup(pool, 0, [&](const Replica& r) {
+    return Unary(pool, r, *r.engram, &api::Engram::Stub::GetFitStatus, get,
+                 response, deadline);
+  });
 }
 template <>
 absl::Status ShardJobStatus(ShardPool& pool, const std::string& store,
                             absl::Time deadline,
                             api::CalibrationStatus* response) {
-  absl::StatusOr<const Replica*> r = pool.Pick(0);
-  if (!r.ok()) return r.status();
   api::GetCalibrationStatusRequest get;
   get.set_store(store);
-  return Unary(pool, **r, *(*r)->engram,
-               &api::Engram::Stub::GetCalibrationStatus, get, response,
-               deadline);
+  return ReadFromGroup(pool, 0, [&](const Replica& r) {
+    return Unary(pool, r, *r.engram, &api::Engram::Stub::GetCalibrationStatus,
+                 get, response, deadline);
+  });
 }
 
 }  // namespace

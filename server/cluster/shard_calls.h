@@ -201,17 +201,20 @@ std::vector<absl::Status> UnaryOnEach(
   return status;
 }
 
-// A method of a stub's callback API, e.g.
-// &engram::v1::Engram::Stub::async::GetStore.
-template <typename Stub, typename Request, typename Response>
-using AsyncMethod = void (Stub::async::*)(grpc::ClientContext*, const Request*,
-                                          Response*,
-                                          std::function<void(grpc::Status)>);
+// A method of the callback API of engram.v1.Engram's stub, e.g.
+// &engram::v1::Engram::Stub::async::GetStore, and of the Shard service's.
+template <typename Request, typename Response>
+using EngramMethod = void (engram::v1::Engram::Stub::async::*)(
+    grpc::ClientContext*, const Request*, Response*,
+    std::function<void(grpc::Status)>);
+template <typename Request, typename Response>
+using ShardMethod = void (v1::Shard::Stub::async::*)(
+    grpc::ClientContext*, const Request*, Response*,
+    std::function<void(grpc::Status)>);
 
 // The `start` of a Fanout that calls `method` of engram.v1.Engram.
 template <typename Request, typename Response>
-auto EngramCall(
-    AsyncMethod<engram::v1::Engram::Stub, Request, Response> method) {
+auto EngramCall(EngramMethod<Request, Response> method) {
   return [method](const Replica& r, grpc::ClientContext* context,
                   const Request* request, Response* answer,
                   std::function<void(grpc::Status)> done) {
@@ -221,7 +224,7 @@ auto EngramCall(
 
 // The `start` of a Fanout that calls `method` of engram.cluster.v1.Shard.
 template <typename Request, typename Response>
-auto ShardCall(AsyncMethod<v1::Shard::Stub, Request, Response> method) {
+auto ShardCall(ShardMethod<Request, Response> method) {
   return [method](const Replica& r, grpc::ClientContext* context,
                   const Request* request, Response* answer,
                   std::function<void(grpc::Status)> done) {
@@ -236,9 +239,9 @@ auto ShardCall(AsyncMethod<v1::Shard::Stub, Request, Response> method) {
 template <typename Request, typename Response>
 std::vector<absl::Status> EngramOnEach(
     const ShardPool& pool, const std::vector<const Replica*>& replicas,
-    AsyncMethod<engram::v1::Engram::Stub, Request, Response> method,
-    const Request& request, std::vector<Response>* responses,
-    absl::Time deadline, ShardPool* failover = nullptr) {
+    EngramMethod<Request, Response> method, const Request& request,
+    std::vector<Response>* responses, absl::Time deadline,
+    ShardPool* failover = nullptr) {
   return UnaryOnEach<Request>(
       pool, replicas, [&request](size_t) -> const Request& { return request; },
       EngramCall(method), responses, deadline, failover);
@@ -259,8 +262,7 @@ std::vector<absl::Status> EngramOnEach(
 template <typename Request, typename Response>
 std::vector<absl::Status> WriteToGroups(
     ShardPool& pool, const std::vector<bool>& writes,
-    AsyncMethod<engram::v1::Engram::Stub, Request, Response> method,
-    std::vector<Request>* shares,
+    EngramMethod<Request, Response> method, std::vector<Request>* shares,
     const std::function<absl::Status(size_t, const Response&, Request*)>&
         decided,
     absl::Time deadline) {
