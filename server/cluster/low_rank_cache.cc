@@ -115,7 +115,7 @@ absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(
           *pool_, replicas,
           [&requests](size_t g) -> const auto& { return requests[g]; },
           ShardCall(&v1::Shard::Stub::async::GetLowRankSums), &answers,
-          deadline, pool_));
+          deadline, OnUnavailable::kFailOver));
       !s.ok()) {
     return s;
   }

@@ -59,7 +59,8 @@ class GroupCounts {
     calls_.emplace(
         pool, replicas,
         [this](size_t) -> const api::GetStoreRequest& { return request_; },
-        EngramCall(&api::Engram::Stub::async::GetStore), deadline, &pool);
+        EngramCall(&api::Engram::Stub::async::GetStore), deadline,
+        OnUnavailable::kFailOver);
   }
 
   // The store's pattern count: the answers for the groups asked, counts[g]
@@ -153,7 +154,7 @@ absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
   std::vector<api::Store> parts;
   if (absl::Status s = FirstError(
           EngramOnEach(*pool_, *replicas, &api::Engram::Stub::async::GetStore,
-                       request, &parts, deadline, pool_));
+                       request, &parts, deadline, OnUnavailable::kFailOver));
       !s.ok()) {
     return s;
   }
@@ -565,38 +566,31 @@ grpc::Status Router::ListPatterns(Ctx* context,
     api::ListPatternsRequest page = *request;
     page.set_page_token(inner);
     const Replica* r = nullptr;
+    const auto list_on = [&](const Replica& on) {
+      r = &on;
+      return Unary(*pool_, on, *on.engram, &api::Engram::Stub::ListPatterns,
+                   page, response, deadline);
+    };
     if (inner.empty()) {
       // A listing starts on any replica of the group; its next pages stay
       // on that one (its page tokens are its own).
-      if (absl::Status s =
-              ReadFromGroup(*pool_, group,
-                            [&](const Replica& candidate) {
-                              r = &candidate;
-                              return Unary(*pool_, candidate, *candidate.engram,
-                                           &api::Engram::Stub::ListPatterns,
-                                           page, response, deadline);
-                            });
-          !s.ok()) {
+      if (absl::Status s = ReadFromGroup(*pool_, group, list_on); !s.ok()) {
         return call.Done(s);
       }
     } else {
       absl::StatusOr<std::vector<const Replica*>> ready =
           pool_->ReadyReplicas(group);
       if (!ready.ok()) return call.Done(ready.status());
+      const Replica* served = nullptr;
       for (const Replica* candidate : *ready) {
-        if (candidate->index == replica) r = candidate;
+        if (candidate->index == replica) served = candidate;
       }
-      if (r == nullptr) {
+      if (served == nullptr) {
         return call.Done(absl::UnavailableError(
             absl::StrCat("the replica that served this listing (shard group ",
                          group, ") is not ready: start the listing again")));
       }
-      if (absl::Status s =
-              Unary(*pool_, *r, *r->engram, &api::Engram::Stub::ListPatterns,
-                    page, response, deadline);
-          !s.ok()) {
-        return call.Done(s);
-      }
+      if (absl::Status s = list_on(*served); !s.ok()) return call.Done(s);
     }
     if (!response->next_page_token().empty()) {
       response->set_next_page_token(

@@ -22,21 +22,27 @@ absl::Status FromShard(const grpc::Status& status, const Replica& replica) {
                                    replica.group, ", ", replica.address, "]"));
 }
 
+const Replica* FailOver(ShardPool& pool, const Replica& failed,
+                        absl::string_view why) {
+  pool.MarkUnreachable(failed, why);
+  absl::StatusOr<const Replica*> next = pool.Pick(failed.group);
+  // Alone in its group (a single replica is never marked): nobody else.
+  if (!next.ok() || *next == &failed) return nullptr;
+  return *next;
+}
+
 absl::Status ReadFromGroup(
     ShardPool& pool, uint32_t group,
     const std::function<absl::Status(const Replica&)>& read) {
-  const Replica* last = nullptr;
-  absl::Status s;
-  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
-    absl::StatusOr<const Replica*> r = pool.Pick(group);
-    if (!r.ok()) return last == nullptr ? r.status() : s;
-    if (*r == last) break;  // Alone in its group: nobody else to ask.
-    s = read(**r);
-    if (!absl::IsUnavailable(s)) return s;
-    pool.MarkUnreachable(**r, s.message());
-    last = *r;
+  absl::StatusOr<const Replica*> first = pool.Pick(group);
+  if (!first.ok()) return first.status();
+  const Replica* r = *first;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status s = read(*r);
+    if (!absl::IsUnavailable(s) || attempt == kMaxReadAttempts) return s;
+    r = FailOver(pool, *r, s.message());
+    if (r == nullptr) return s;
   }
-  return s;
 }
 
 std::vector<absl::Status> InParallel(
@@ -65,7 +71,8 @@ StepFanout::StepFanout(ShardPool& pool, std::vector<const Replica*> replicas,
       calls_(
           pool, replicas_,
           [&step](size_t) -> const v1::PartialStepRequest& { return step; },
-          ShardCall(&v1::Shard::Stub::async::PartialStep), deadline, &pool) {}
+          ShardCall(&v1::Shard::Stub::async::PartialStep), deadline,
+          OnUnavailable::kFailOver) {}
 
 absl::StatusOr<std::vector<v1::PartialStepResponse>> StepFanout::Answers() {
   if (absl::Status failed = FirstError(calls_.Wait()); !failed.ok()) {

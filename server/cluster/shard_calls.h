@@ -52,8 +52,24 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
 // How many replicas of a group a read tries before it gives up.
 constexpr int kMaxReadAttempts = 4;
 
-// One read from a ready replica of `group`; one that is UNAVAILABLE is
-// marked unreachable and another is asked, as Fanout's failover does.
+// What a read does when its replica answers UNAVAILABLE (gone, or shutting
+// down). Writes fail: each of their replicas must take the write itself.
+enum class OnUnavailable {
+  kFail,
+  // Mark the replica unreachable — no call picks it until a probe finds it
+  // back, and then it is repaired first — and ask another ready replica of
+  // the same group, while there is one (at most kMaxReadAttempts in all).
+  kFailOver,
+};
+
+// The failover step of a read whose replica `failed` answered UNAVAILABLE
+// (`why`): marks it unreachable; another ready replica of its group, or
+// null when it was the only one.
+const Replica* FailOver(ShardPool& pool, const Replica& failed,
+                        absl::string_view why);
+
+// One read from a ready replica of `group`, failing over as
+// OnUnavailable::kFailOver says.
 absl::Status ReadFromGroup(
     ShardPool& pool, uint32_t group,
     const std::function<absl::Status(const Replica&)>& read);
@@ -64,28 +80,25 @@ absl::Status ReadFromGroup(
 // replicas[i] and must outlive the Fanout; its answer is responses()[i].
 // `start` issues one call: EngramCall or ShardCall below, e.g.
 // EngramCall(&engram::v1::Engram::Stub::async::GetStore).
-// Each call's status names its shard, as Unary's does.
-//
-// Reads pass `failover`, their pool: a call whose replica is UNAVAILABLE
-// (gone, or shutting down) marks it unreachable there — no call picks it
-// until a probe finds it back, and then it is repaired first — and goes
-// again to another ready replica of the same group, while there is one.
-// Writes pass null: each of their replicas must take the write itself.
+// Each call's status names its shard, as Unary's does; a read passes
+// OnUnavailable::kFailOver, and its call whose replica is UNAVAILABLE goes
+// again to another replica of the group.
 //
 // Thread-compatible: one thread owns it; the callbacks share only `calls_`.
 template <typename Request, typename Response>
 class Fanout {
  public:
   template <typename Start>
-  Fanout(const ShardPool& pool, const std::vector<const Replica*>& replicas,
+  Fanout(ShardPool& pool, const std::vector<const Replica*>& replicas,
          const std::function<const Request&(size_t)>& request,
-         const Start& start, absl::Time deadline, ShardPool* failover = nullptr)
+         const Start& start, absl::Time deadline,
+         OnUnavailable on_unavailable = OnUnavailable::kFail)
       : responses_(replicas.size()), calls_(std::make_shared<Calls>()) {
     const size_t n = replicas.size();
     absl::string_view method = Request::descriptor()->name();
     absl::ConsumeSuffix(&method, "Request");
     calls_->pool = &pool;
-    calls_->failover = failover;
+    calls_->on_unavailable = on_unavailable;
     calls_->method = method;
     calls_->deadline = deadline;
     calls_->start = start;
@@ -123,8 +136,8 @@ class Fanout {
   // What the callbacks share with the owner; the last of them to finish
   // may still hold it when the owner has gone.
   struct Calls {
-    const ShardPool* pool = nullptr;
-    ShardPool* failover = nullptr;
+    ShardPool* pool = nullptr;
+    OnUnavailable on_unavailable = OnUnavailable::kFail;
     absl::string_view method;
     absl::Time deadline;
     std::function<void(const Replica&, grpc::ClientContext*, const Request*,
@@ -161,17 +174,17 @@ class Fanout {
                               sending->ByteSizeLong(),
                               s.ok() ? answer->ByteSizeLong() : 0);
           if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-              calls->failover != nullptr && attempt < kMaxReadAttempts) {
-            calls->failover->MarkUnreachable(replica, s.error_message());
-            absl::StatusOr<const Replica*> next =
-                calls->failover->Pick(replica.group);
+              calls->on_unavailable == OnUnavailable::kFailOver &&
+              attempt < kMaxReadAttempts) {
+            const Replica* next =
+                FailOver(*calls->pool, replica, s.error_message());
             bool cancelled;
             {
               MutexLock lock(&calls->mu);
               cancelled = calls->cancelled;
             }
-            if (next.ok() && *next != &replica && !cancelled) {
-              Issue(calls, i, **next, sending, answer, attempt + 1);
+            if (next != nullptr && !cancelled) {
+              Issue(calls, i, *next, sending, answer, attempt + 1);
               return;
             }
           }
@@ -187,15 +200,15 @@ class Fanout {
 };
 
 // The calls of a Fanout, waited for: each one's status, the answers in
-// *responses; `failover` as Fanout's.
+// *responses.
 template <typename Request, typename Response, typename Start>
 std::vector<absl::Status> UnaryOnEach(
-    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    ShardPool& pool, const std::vector<const Replica*>& replicas,
     const std::function<const Request&(size_t)>& request, const Start& start,
     std::vector<Response>* responses, absl::Time deadline,
-    ShardPool* failover = nullptr) {
+    OnUnavailable on_unavailable = OnUnavailable::kFail) {
   Fanout<Request, Response> calls(pool, replicas, request, start, deadline,
-                                  failover);
+                                  on_unavailable);
   std::vector<absl::Status> status = calls.Wait();
   *responses = std::move(calls.responses());
   return status;
@@ -238,13 +251,13 @@ auto ShardCall(ShardMethod<Request, Response> method) {
 //                request, &stores, deadline);
 template <typename Request, typename Response>
 std::vector<absl::Status> EngramOnEach(
-    const ShardPool& pool, const std::vector<const Replica*>& replicas,
+    ShardPool& pool, const std::vector<const Replica*>& replicas,
     EngramMethod<Request, Response> method, const Request& request,
     std::vector<Response>* responses, absl::Time deadline,
-    ShardPool* failover = nullptr) {
+    OnUnavailable on_unavailable = OnUnavailable::kFail) {
   return UnaryOnEach<Request>(
       pool, replicas, [&request](size_t) -> const Request& { return request; },
-      EngramCall(method), responses, deadline, failover);
+      EngramCall(method), responses, deadline, on_unavailable);
 }
 
 // One write to the ready replicas of each group g with writes[g]: shares[g]

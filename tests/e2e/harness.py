@@ -5,20 +5,20 @@ import re
 import subprocess
 import tempfile
 import time
-import weakref
 
-# Every engramd a test started; whatever still runs when the test's Python
-# exits (a failed assertion, an exception between start and stop) is
-# killed, so that a failing test leaves no server behind on its ports.
-_started = weakref.WeakSet()
+# The process of every engramd a test started; whatever still runs when the
+# test's Python exits (a failed assertion, an exception between start and
+# stop, a server object dropped without stop) is killed, so that a failing
+# test leaves no server behind on its ports.
+_started = []
 
 
 @atexit.register
 def _kill_leftovers():
-    for server in list(_started):
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class Engramd:
@@ -37,7 +37,7 @@ class Engramd:
             [os.path.join(bin_dir, "engramd"), "--listen=127.0.0.1:0",
              "--metrics_listen=" + metrics_listen, "--data_dir=" + self.data_dir, *flags],
             stdout=self._log, stderr=self._log)
-        _started.add(self)
+        _started.append(self.proc)
         deadline = time.time() + 30
         while time.time() < deadline:
             self._log.seek(0)
