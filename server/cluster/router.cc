@@ -35,19 +35,20 @@ grpc::Status Answer(rpc::Call& call, absl::StatusOr<T> result, T* response) {
   return call.Done(absl::OkStatus());
 }
 
-// A store's pattern counts in some groups, asked of one replica of each at
-// once (GetStore) when constructed; Total() waits for them.
+// A store's pattern count: `known` counts per group, and the groups whose
+// count is not known (max) asked of one replica each at once (GetStore)
+// when constructed; Total() waits for them.
 //
 // Thread-compatible: one call's.
 class GroupCounts {
  public:
-  // Asks the groups g with ask[g].
   GroupCounts(ShardPool& pool, const std::string& store,
-              const std::vector<bool>& ask, absl::Time deadline) {
+              std::vector<uint64_t> known, absl::Time deadline)
+      : counts_(std::move(known)) {
     request_.set_name(store);
     std::vector<const Replica*> replicas;
-    for (uint32_t g = 0; g < ask.size(); ++g) {
-      if (!ask[g]) continue;
+    for (uint32_t g = 0; g < counts_.size(); ++g) {
+      if (counts_[g] != kUnknown) continue;
       absl::StatusOr<const Replica*> r = pool.Pick(g);
       if (!r.ok()) {
         picked_ = r.status();
@@ -63,27 +64,23 @@ class GroupCounts {
         OnUnavailable::kFailOver);
   }
 
-  // The store's pattern count: the answers for the groups asked, counts[g]
-  // for the others (INTERNAL if one of those is unknown: max).
-  absl::StatusOr<uint64_t> Total(const std::vector<uint64_t>& counts) {
+  // A group's count that is not known yet.
+  static constexpr uint64_t kUnknown = std::numeric_limits<uint64_t>::max();
+
+  // The store's pattern count.
+  absl::StatusOr<uint64_t> Total() {
     if (!picked_.ok()) return picked_;
     if (absl::Status s = FirstError(calls_->Wait()); !s.ok()) return s;
-    std::vector<uint64_t> all = counts;
     for (size_t i = 0; i < asked_.size(); ++i) {
-      all[asked_[i]] = calls_->responses()[i].pattern_count();
+      counts_[asked_[i]] = calls_->responses()[i].pattern_count();
     }
     uint64_t total = 0;
-    for (size_t g = 0; g < all.size(); ++g) {
-      if (all[g] == std::numeric_limits<uint64_t>::max()) {
-        return absl::InternalError(
-            absl::StrCat("no pattern count from shard group ", g));
-      }
-      total += all[g];
-    }
+    for (uint64_t count : counts_) total += count;
     return total;
   }
 
  private:
+  std::vector<uint64_t> counts_;
   api::GetStoreRequest request_;
   absl::Status picked_;
   std::vector<uint32_t> asked_;
@@ -377,10 +374,11 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
     const std::string& store,
     const google::protobuf::RepeatedPtrField<api::Pattern>& patterns,
     const std::vector<std::vector<int>>& members, absl::Time deadline,
-    std::vector<uint64_t>* group_counts) {
+    std::vector<uint64_t>* group_counts,
+    const std::function<void()>& alongside) {
   const uint32_t groups = pool_->groups();
   std::vector<uint64_t> ids(patterns.size());
-  group_counts->assign(groups, std::numeric_limits<uint64_t>::max());
+  group_counts->assign(groups, GroupCounts::kUnknown);
   const absl::Time now = absl::Now();
   std::vector<bool> writes(groups);
   std::vector<api::AddPatternsRequest> shares(groups);
@@ -409,7 +407,7 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
             (*group_counts)[g] = added.pattern_count();
             return absl::OkStatus();
           },
-          deadline);
+          deadline, alongside);
   std::vector<std::string> done;
   absl::Status failed;
   for (uint32_t g = 0; g < groups; ++g) {
@@ -431,16 +429,6 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
   return ids;
 }
 
-absl::StatusOr<uint64_t> Router::TotalCount(const std::string& store,
-                                            const std::vector<uint64_t>& counts,
-                                            absl::Time deadline) {
-  std::vector<bool> unknown(counts.size());
-  for (size_t g = 0; g < counts.size(); ++g) {
-    unknown[g] = counts[g] == std::numeric_limits<uint64_t>::max();
-  }
-  return GroupCounts(*pool_, store, unknown, deadline).Total(counts);
-}
-
 grpc::Status Router::AddPatterns(Ctx* context,
                                  const api::AddPatternsRequest* request,
                                  api::AddPatternsResponse* response) {
@@ -458,14 +446,16 @@ grpc::Status Router::AddPatterns(Ctx* context,
   const absl::Time deadline = DeadlineOf(context);
   const std::vector<std::vector<int>> members = Place(request->patterns());
   std::vector<uint64_t> counts;
+  // The groups the batch left alone are counted once the written ones have
+  // decided, while their followers write (a count that fails over: a
+  // replica gone meanwhile does not fail a write that held).
+  std::optional<GroupCounts> total_count;
   absl::StatusOr<std::vector<uint64_t>> ids = AddBatch(
-      request->store(), request->patterns(), members, deadline, &counts);
+      request->store(), request->patterns(), members, deadline, &counts,
+      [&] { total_count.emplace(*pool_, request->store(), counts, deadline); });
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
-  // The groups the batch left alone are counted after the write: asked
-  // before, one a write has just found gone would fail a write that held.
-  absl::StatusOr<uint64_t> total =
-      TotalCount(request->store(), counts, deadline);
+  absl::StatusOr<uint64_t> total = total_count->Total();
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
@@ -516,10 +506,10 @@ grpc::Status Router::ImportPatterns(
         "the first ImportPatterns message must name the store"));
   }
   absl::StatusOr<uint64_t> total =
-      TotalCount(store,
-                 std::vector<uint64_t>(pool_->groups(),
-                                       std::numeric_limits<uint64_t>::max()),
-                 deadline);
+      GroupCounts(*pool_, store,
+                  std::vector<uint64_t>(pool_->groups(), GroupCounts::kUnknown),
+                  deadline)
+          .Total();
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());
@@ -623,7 +613,8 @@ grpc::Status Router::DeletePatterns(Ctx* context,
     shares[store::GroupOf(id, groups)].add_ids(id);
   }
   const absl::Time deadline = DeadlineOf(context);
-  std::vector<uint64_t> counts(groups, std::numeric_limits<uint64_t>::max());
+  std::vector<uint64_t> counts(groups, GroupCounts::kUnknown);
+  std::optional<GroupCounts> total_count;  // As AddPatterns'.
   std::vector<bool> writes(groups);
   for (uint32_t g = 0; g < groups; ++g) {
     writes[g] = shares[g].ids_size() > 0;
@@ -637,7 +628,10 @@ grpc::Status Router::DeletePatterns(Ctx* context,
             counts[g] = deleted.pattern_count();
             return absl::OkStatus();
           },
-          deadline);
+          deadline,
+          [&] {
+            total_count.emplace(*pool_, request->store(), counts, deadline);
+          });
   if (absl::Status failed = FirstError(status); !failed.ok()) {
     std::vector<uint32_t> done;
     for (uint32_t g = 0; g < groups; ++g) {
@@ -650,8 +644,7 @@ grpc::Status Router::DeletePatterns(Ctx* context,
                      "atomically: deleted in groups ",
                      done.empty() ? "none" : absl::StrJoin(done, ", "))));
   }
-  absl::StatusOr<uint64_t> total =
-      TotalCount(request->store(), counts, deadline);
+  absl::StatusOr<uint64_t> total = total_count->Total();
   if (!total.ok()) return call.Done(total.status());
   response->set_pattern_count(*total);
   return call.Done(absl::OkStatus());

@@ -11,6 +11,7 @@
 #define ENGRAM_SERVER_CLUSTER_ROUTER_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -168,16 +169,13 @@ class Router final : public engram::v1::Engram::Service {
   // Adds one batch placed by Place: each group's share in one atomic add on
   // every ready replica; ids in the request's order, and each written
   // group's count after the add in (*group_counts)[g] (the others: max).
+  // `alongside` as WriteToGroups'.
   absl::StatusOr<std::vector<uint64_t>> AddBatch(
       const std::string& store,
       const google::protobuf::RepeatedPtrField<engram::v1::Pattern>& patterns,
       const std::vector<std::vector<int>>& members, absl::Time deadline,
-      std::vector<uint64_t>* group_counts);
-  // Patterns of the store: counts[g] where known (not max), the others
-  // asked of one replica of each group, after the write that gave counts.
-  absl::StatusOr<uint64_t> TotalCount(const std::string& store,
-                                      const std::vector<uint64_t>& counts,
-                                      absl::Time deadline);
+      std::vector<uint64_t>* group_counts,
+      const std::function<void()>& alongside = nullptr);
 
   // What a retrieval needs first: the store's merged description and,
   // unless the request asks for the exact path or filters (neither uses

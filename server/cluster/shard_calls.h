@@ -271,14 +271,16 @@ std::vector<absl::Status> EngramOnEach(
 // written).
 //
 // No thread is started: the groups' first replicas are asked at once, then
-// all the followers at once.
+// all the followers at once. `alongside`, if given, runs once every group
+// has decided, while the followers' calls are out: a read that should not
+// cost a round of its own (the count of the groups the write left alone).
 template <typename Request, typename Response>
 std::vector<absl::Status> WriteToGroups(
     ShardPool& pool, const std::vector<bool>& writes,
     EngramMethod<Request, Response> method, std::vector<Request>* shares,
     const std::function<absl::Status(size_t, const Response&, Request*)>&
         decided,
-    absl::Time deadline) {
+    absl::Time deadline, const std::function<void()>& alongside = nullptr) {
   const size_t groups = shares->size();
   std::vector<absl::Status> status(groups);
   std::vector<std::vector<const Replica*>> ready(groups);
@@ -328,11 +330,12 @@ std::vector<absl::Status> WriteToGroups(
       group_of.push_back(g);
     }
   }
-  std::vector<Response> ignored;
-  const std::vector<absl::Status> followed = UnaryOnEach<Request>(
+  Fanout<Request, Response> following(
       pool, followers,
       [&](size_t i) -> const Request& { return (*shares)[group_of[i]]; },
-      EngramCall(method), &ignored, deadline);
+      EngramCall(method), deadline);
+  if (alongside) alongside();
+  const std::vector<absl::Status> followed = following.Wait();
   for (size_t i = 0; i < followers.size(); ++i) {
     if (!followed[i].ok()) pool.MarkStale(*followers[i], followed[i].message());
   }
