@@ -86,39 +86,45 @@ void Build(std::vector<float> rows, size_t dim, const core::FeatureMap* map,
   m.set.blocks = {block};
 }
 
-// Sends `request` to every ready replica of every group (a group's replicas
-// at once). A replica that fails is stale: its repair brings what it
-// missed. Returns why, for each group none of whose replicas took it; the
-// first answer goes to `first` if given.
+// Sends `request` to every ready replica of every group, all at once. A
+// replica that fails is stale: its repair brings what it missed. Returns
+// why, for each group none of whose replicas took it; the first answer
+// goes to `first` if given.
 template <typename Request, typename Response>
 std::vector<std::string> ToEveryReplica(
-    ShardPool& pool,
-    grpc::Status (v1::Shard::Stub::*method)(grpc::ClientContext*,
-                                            const Request&, Response*),
+    ShardPool& pool, ShardMethod<Request, Response> method,
     const Request& request, absl::Time deadline,
     std::optional<Response>* first = nullptr) {
-  std::vector<std::string> missed;
-  for (uint32_t g = 0; g < pool.groups(); ++g) {
+  const uint32_t groups = pool.groups();
+  std::vector<std::string> why(groups);  // Empty once a replica took it.
+  std::vector<const Replica*> replicas;
+  for (uint32_t g = 0; g < groups; ++g) {
     absl::StatusOr<std::vector<const Replica*>> ready = pool.ReadyReplicas(g);
     if (!ready.ok()) {
-      missed.push_back(std::string(ready.status().message()));
+      why[g] = std::string(ready.status().message());
       continue;
     }
-    std::vector<Response> answers(ready->size());
-    std::vector<absl::Status> sent = InParallel(ready->size(), [&](size_t i) {
-      return Unary(pool, *(*ready)[i], *(*ready)[i]->shard, method, request,
-                   &answers[i], deadline);
-    });
-    bool took = false;
-    for (size_t i = 0; i < sent.size(); ++i) {
-      if (!sent[i].ok()) {
-        pool.MarkStale(*(*ready)[i], sent[i].message());
-        continue;
-      }
-      if (first != nullptr && !*first) *first = answers[i];
-      took = true;
+    why[g] = "no replica answered";
+    replicas.insert(replicas.end(), ready->begin(), ready->end());
+  }
+  std::vector<Response> answers;
+  const std::vector<absl::Status> sent = UnaryOnEach<Request>(
+      pool, replicas, [&request](size_t) -> const Request& { return request; },
+      ShardCall(method), &answers, deadline);
+  std::vector<bool> took(groups);
+  for (size_t i = 0; i < sent.size(); ++i) {
+    const uint32_t g = replicas[i]->group;
+    if (!sent[i].ok()) {
+      pool.MarkStale(*replicas[i], sent[i].message());
+      if (!took[g]) why[g] = std::string(sent[i].message());
+      continue;
     }
-    if (!took) missed.push_back(std::string(sent[0].message()));
+    if (first != nullptr && !*first) *first = answers[i];
+    took[g] = true;
+  }
+  std::vector<std::string> missed;
+  for (uint32_t g = 0; g < groups; ++g) {
+    if (!took[g]) missed.push_back(why[g]);
   }
   return missed;
 }
@@ -132,42 +138,43 @@ absl::StatusOr<std::vector<float>> ClusterJobs::Sample(const std::string& name,
   const uint32_t groups = pool_->groups();
   const absl::Time deadline = absl::Now() + absl::Minutes(5);
   // Each group's patterns now.
+  absl::StatusOr<std::vector<api::Store>> parts =
+      GroupStores(*pool_, name, deadline);
+  if (!parts.ok()) return parts.status();
   std::vector<uint64_t> counts(groups);
-  absl::Status status = FirstError(InParallel(groups, [&](size_t g) {
-    api::GetStoreRequest get;
-    get.set_name(name);
-    api::Store part;
-    absl::Status s =
-        ReadFromGroup(*pool_, static_cast<uint32_t>(g), [&](const Replica& r) {
-          return Unary(*pool_, r, *r.engram, &api::Engram::Stub::GetStore, get,
-                       &part, deadline);
-        });
-    counts[g] = part.pattern_count();
-    return s;
-  }));
-  if (!status.ok()) return status;
   *total = 0;
-  for (uint64_t c : counts) *total += c;
+  for (uint32_t g = 0; g < groups; ++g) {
+    counts[g] = (*parts)[g].pattern_count();
+    *total += counts[g];
+  }
   if (*total < 2) {
     return absl::FailedPreconditionError(absl::StrCat(
         "store '", name, "' has ", *total, " patterns; at least 2 are needed"));
   }
   const std::vector<uint64_t> shares =
       Shares(counts, std::min<uint64_t>(*total, most));
-  std::vector<v1::Sample> samples(groups);
-  status = FirstError(InParallel(groups, [&](size_t g) {
-    if (shares[g] == 0) return absl::OkStatus();
-    v1::SampleRequest request;
+  // Each group's share of the sample, from the groups that have one.
+  std::vector<v1::SampleRequest> requests;
+  std::vector<const Replica*> sampled;
+  for (uint32_t g = 0; g < groups; ++g) {
+    if (shares[g] == 0) continue;
+    v1::SampleRequest& request = requests.emplace_back();
     request.set_store(name);
     request.set_count(shares[g]);
     request.set_seed(seed * 1000003 + g);
-    return ReadFromGroup(
-        *pool_, static_cast<uint32_t>(g), [&](const Replica& r) {
-          return Unary(*pool_, r, *r.shard, &v1::Shard::Stub::GetSample,
-                       request, &samples[g], deadline);
-        });
-  }));
-  if (!status.ok()) return status;
+    absl::StatusOr<const Replica*> replica = pool_->Pick(g);
+    if (!replica.ok()) return replica.status();
+    sampled.push_back(*replica);
+  }
+  std::vector<v1::Sample> samples;
+  if (absl::Status s = FirstError(UnaryOnEach<v1::SampleRequest>(
+          *pool_,
+          sampled, [&requests](size_t i) -> const auto& { return requests[i]; },
+          ShardCall(&v1::Shard::Stub::async::GetSample), &samples, deadline,
+          OnUnavailable::kFailOver));
+      !s.ok()) {
+    return s;
+  }
   // In id order: what is computed depends on the sample, not on how the
   // store is spread (with ids in the order they were added, the order one
   // engramd holds them in).
@@ -284,8 +291,8 @@ absl::Status ClusterJobs::Fit(const api::Store& merged,
   record.set_patterns_fitted(total);
   if (job->cancel) return absl::CancelledError("fit cancelled");
   // A group none of whose replicas took it fails the fit.
-  const std::vector<std::string> missed =
-      ToEveryReplica(*pool_, &v1::Shard::Stub::PutFeatureMap, record, deadline);
+  const std::vector<std::string> missed = ToEveryReplica(
+      *pool_, &v1::Shard::Stub::async::PutFeatureMap, record, deadline);
   if (!missed.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "feature map v", record.version(), " of store '", name,
@@ -353,8 +360,9 @@ absl::Status ClusterJobs::Calibrate(
   record.set_apply(apply);
   *record.mutable_calibrated() = merged.retrieval();
   std::optional<api::CalibrationReport> stored;
-  const std::vector<std::string> missed = ToEveryReplica(
-      *pool_, &v1::Shard::Stub::PutCalibration, record, deadline, &stored);
+  const std::vector<std::string> missed =
+      ToEveryReplica(*pool_, &v1::Shard::Stub::async::PutCalibration, record,
+                     deadline, &stored);
   if (!missed.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "the calibration of store '", name,

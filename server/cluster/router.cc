@@ -144,18 +144,10 @@ api::Store Router::MergeDescriptions(std::vector<api::Store> parts) {
 
 absl::StatusOr<api::Store> Router::MergedStore(const std::string& name,
                                                absl::Time deadline) {
-  absl::StatusOr<std::vector<const Replica*>> replicas = pool_->PickEach();
-  if (!replicas.ok()) return replicas.status();
-  api::GetStoreRequest request;
-  request.set_name(name);
-  std::vector<api::Store> parts;
-  if (absl::Status s = FirstError(
-          EngramOnEach(*pool_, *replicas, &api::Engram::Stub::async::GetStore,
-                       request, &parts, deadline, OnUnavailable::kFailOver));
-      !s.ok()) {
-    return s;
-  }
-  return MergeDescriptions(std::move(parts));
+  absl::StatusOr<std::vector<api::Store>> parts =
+      GroupStores(*pool_, name, deadline);
+  if (!parts.ok()) return parts.status();
+  return MergeDescriptions(*std::move(parts));
 }
 
 grpc::Status Router::CreateStore(Ctx* context,
@@ -176,12 +168,10 @@ grpc::Status Router::CreateStore(Ctx* context,
     return call.Done(s);
   }
   const absl::Time deadline = DeadlineOf(context);
-  std::vector<const Replica*> replicas;
-  for (uint32_t g = 0; g < pool_->groups(); ++g) {
-    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
-    if (!ready.ok()) return call.Done(ready.status());
-    replicas.insert(replicas.end(), ready->begin(), ready->end());
-  }
+  absl::StatusOr<std::vector<const Replica*>> every =
+      pool_->EveryReadyReplica();
+  if (!every.ok()) return call.Done(every.status());
+  const std::vector<const Replica*>& replicas = *every;
   std::vector<api::Store> created;
   const std::vector<absl::Status> status =
       EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::CreateStore,
@@ -280,12 +270,10 @@ grpc::Status Router::UpdateStore(Ctx* context,
   if (!call.Admit(*context, request)) return call.Refused();
   ForgetRetrieval(request->store().name());  // Its settings change.
   const absl::Time deadline = DeadlineOf(context);
-  std::vector<const Replica*> replicas;
-  for (uint32_t g = 0; g < pool_->groups(); ++g) {
-    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
-    if (!ready.ok()) return call.Done(ready.status());
-    replicas.insert(replicas.end(), ready->begin(), ready->end());
-  }
+  absl::StatusOr<std::vector<const Replica*>> every =
+      pool_->EveryReadyReplica();
+  if (!every.ok()) return call.Done(every.status());
+  const std::vector<const Replica*>& replicas = *every;
   // The first replica checks the update; the rest follow only if it took it.
   api::Store first;
   if (absl::Status s =
@@ -327,12 +315,10 @@ grpc::Status Router::DeleteStore(Ctx* context,
   rpc::Call call(policy_, "DeleteStore", request->name());
   if (!call.Admit(*context, request)) return call.Refused();
   const absl::Time deadline = DeadlineOf(context);
-  std::vector<const Replica*> replicas;
-  for (uint32_t g = 0; g < pool_->groups(); ++g) {
-    absl::StatusOr<std::vector<const Replica*>> ready = pool_->ReadyReplicas(g);
-    if (!ready.ok()) return call.Done(ready.status());
-    replicas.insert(replicas.end(), ready->begin(), ready->end());
-  }
+  absl::StatusOr<std::vector<const Replica*>> every =
+      pool_->EveryReadyReplica();
+  if (!every.ok()) return call.Done(every.status());
+  const std::vector<const Replica*>& replicas = *every;
   std::vector<api::DeleteStoreResponse> ignored;
   const std::vector<absl::Status> status =
       EngramOnEach(*pool_, replicas, &api::Engram::Stub::async::DeleteStore,

@@ -88,17 +88,17 @@ absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
 absl::StatusOr<store::StoreImage> Router::GroupBackup(const std::string& name,
                                                       uint32_t group,
                                                       absl::Time deadline) {
-  absl::StatusOr<std::vector<const Replica*>> ready =
-      pool_->ReadyReplicas(group);
-  if (!ready.ok()) return ready.status();
-  absl::Status last;
-  for (const Replica* replica : *ready) {
-    absl::StatusOr<store::StoreImage> image =
-        BackupFrom(*replica, name, deadline);
-    if (image.ok() || !absl::IsUnavailable(image.status())) return image;
-    last = image.status();  // Gone since the probe: the next replica.
+  absl::StatusOr<store::StoreImage> image;
+  if (absl::Status s = ReadFromGroup(*pool_, group,
+                                     [&](const Replica& replica) {
+                                       image =
+                                           BackupFrom(replica, name, deadline);
+                                       return image.status();
+                                     });
+      !s.ok()) {
+    return s;
   }
-  return last;
+  return image;
 }
 
 grpc::Status Router::CreateBackup(

@@ -45,6 +45,22 @@ absl::Status ReadFromGroup(
   }
 }
 
+absl::StatusOr<std::vector<engram::v1::Store>> GroupStores(
+    ShardPool& pool, const std::string& name, absl::Time deadline) {
+  absl::StatusOr<std::vector<const Replica*>> replicas = pool.PickEach();
+  if (!replicas.ok()) return replicas.status();
+  engram::v1::GetStoreRequest request;
+  request.set_name(name);
+  std::vector<engram::v1::Store> parts;
+  if (absl::Status s = FirstError(EngramOnEach(
+          pool, *replicas, &engram::v1::Engram::Stub::async::GetStore, request,
+          &parts, deadline, OnUnavailable::kFailOver));
+      !s.ok()) {
+    return s;
+  }
+  return parts;
+}
+
 std::vector<absl::Status> InParallel(
     size_t n, const std::function<absl::Status(size_t)>& fn) {
   std::vector<absl::Status> status(n);

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -259,6 +260,11 @@ std::vector<absl::Status> EngramOnEach(
       pool, replicas, [&request](size_t) -> const Request& { return request; },
       EngramCall(method), responses, deadline, on_unavailable);
 }
+
+// Each group's own description of store `name`, in group order: GetStore
+// on a replica of every group at once, failing over.
+absl::StatusOr<std::vector<engram::v1::Store>> GroupStores(
+    ShardPool& pool, const std::string& name, absl::Time deadline);
 
 // One write to the ready replicas of each group g with writes[g]: shares[g]
 // to each. The first replica of a group that answers decides the group's

@@ -611,6 +611,16 @@ absl::StatusOr<std::vector<const Replica*>> ShardPool::ReadyReplicas(
   return ready;
 }
 
+absl::StatusOr<std::vector<const Replica*>> ShardPool::EveryReadyReplica() {
+  std::vector<const Replica*> every;
+  for (uint32_t g = 0; g < groups(); ++g) {
+    absl::StatusOr<std::vector<const Replica*>> ready = ReadyReplicas(g);
+    if (!ready.ok()) return ready.status();
+    every.insert(every.end(), ready->begin(), ready->end());
+  }
+  return every;
+}
+
 absl::Status ShardPool::Ready() const {
   absl::ReaderMutexLock lock(&mu_);
   for (uint32_t g = 0; g < groups_.size(); ++g) {

@@ -94,6 +94,10 @@ class ShardPool {
   absl::StatusOr<std::vector<const Replica*>> PickEach();
   // Every ready replica of `group`; UNAVAILABLE as Pick if there is none.
   absl::StatusOr<std::vector<const Replica*>> ReadyReplicas(uint32_t group);
+  // ReadyReplicas of every group, in group order: what a change to a
+  // store's existence or settings goes to; the first group's error if one
+  // has none.
+  absl::StatusOr<std::vector<const Replica*>> EveryReadyReplica();
   // OK if every group has a ready replica; else UNAVAILABLE naming them.
   absl::Status Ready() const;
   std::vector<ReplicaStatus> Status() const;
