@@ -693,6 +693,19 @@ absl::Status Router::JobStatusOf(const std::string& store, absl::Time deadline,
 }
 
 template <typename Status>
+absl::Status Router::CancelJob(const std::string& store, const char* what,
+                               absl::Time deadline, Status* response) {
+  absl::StatusOr<Status> cancelled = TableOf<Status>(jobs_).Cancel(store, what);
+  if (cancelled.ok()) {
+    *response = *std::move(cancelled);
+    return absl::OkStatus();
+  }
+  // Nothing runs here: as one engramd, the job's status as it stands (and
+  // NOT_FOUND for a store that does not exist).
+  return JobStatusOf(store, deadline, response);
+}
+
+template <typename Status>
 absl::Status Router::WatchJob(grpc::ServerContext* context,
                               const std::string& store,
                               grpc::ServerWriter<Status>* writer) {
@@ -788,9 +801,8 @@ grpc::Status Router::CancelFit(Ctx* context,
                                api::FitStatus* response) {
   rpc::Call call(policy_, "CancelFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<api::FitStatus> cancelled =
-      jobs_.fits().Cancel(request->store(), "fit");
-  return Answer(call, std::move(cancelled), response);
+  return call.Done(
+      CancelJob(request->store(), "fit", DeadlineOf(context), response));
 }
 
 grpc::Status Router::CancelCalibration(
@@ -798,9 +810,8 @@ grpc::Status Router::CancelCalibration(
     api::CalibrationStatus* response) {
   rpc::Call call(policy_, "CancelCalibration", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<api::CalibrationStatus> cancelled =
-      jobs_.calibrations().Cancel(request->store(), "calibration");
-  return Answer(call, std::move(cancelled), response);
+  return call.Done(CancelJob(request->store(), "calibration",
+                             DeadlineOf(context), response));
 }
 
 // --- Cluster status
