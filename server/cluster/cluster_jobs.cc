@@ -87,9 +87,10 @@ void Build(std::vector<float> rows, size_t dim, const core::FeatureMap* map,
 }
 
 // Sends `request` to every ready replica of every group, all at once. A
-// replica that fails is stale: its repair brings what it missed. Returns
-// why, for each group none of whose replicas took it; the first answer
-// goes to `first` if given.
+// replica that fails where another of its group took it is stale: its
+// repair brings what it missed from that one. Returns why, for each group
+// none of whose replicas took it (nothing to repair from: the caller says
+// to start again); the first answer goes to `first` if given.
 template <typename Request, typename Response>
 std::vector<std::string> ToEveryReplica(
     ShardPool& pool, ShardMethod<Request, Response> method,
@@ -115,12 +116,16 @@ std::vector<std::string> ToEveryReplica(
   for (size_t i = 0; i < sent.size(); ++i) {
     const uint32_t g = replicas[i]->group;
     if (!sent[i].ok()) {
-      pool.MarkStale(*replicas[i], sent[i].message());
-      if (!took[g]) why[g] = std::string(sent[i].message());
+      why[g] = std::string(sent[i].message());
       continue;
     }
     if (first != nullptr && !*first) *first = answers[i];
     took[g] = true;
+  }
+  for (size_t i = 0; i < sent.size(); ++i) {
+    if (!sent[i].ok() && took[replicas[i]->group]) {
+      pool.MarkStale(*replicas[i], sent[i].message());
+    }
   }
   std::vector<std::string> missed;
   for (uint32_t g = 0; g < groups; ++g) {
