@@ -5,23 +5,28 @@ Against a real engramd, a router and one of its shards (each on its own
 port), for a few seconds each: raw bytes on the TCP port (garbage, a cut
 HTTP/2 preface, the preface followed by garbage, HTTP/1.1), then calls of
 every method of every service the port serves — engram.v1.Engram and, on a
-shard, engram.cluster.v1.Shard — with payloads that are random bytes, random
-but well-formed protobuf (random field numbers and wire types; floats that
-are NaN, infinite or huge; varints at their limits; nested and packed
-fields) and valid requests with bytes flipped, cut or appended, on unary and
-streaming calls alike.
+shard, engram.cluster.v1.Shard, as the server's reflection describes them —
+with payloads that are random bytes, random wire format (random field
+numbers and wire types; floats that are NaN, infinite or huge; varints at
+their limits; nested and packed fields), valid requests with bytes flipped,
+cut or appended, and, most often, requests of the method's own type with
+random fields set to values at and past their limits (mostly naming the
+store that is there, which is brought back when a call deletes it), on
+unary and streaming calls alike.
 
-Every call must end with a gRPC status (never a dropped connection: that is
-a crash) within its deadline, the server must still run, and a store made
-before the fuzzing must read back unchanged: bad input changes nothing.
+Every call must end with an allowed gRPC status (never UNKNOWN, never an
+INTERNAL of engram's own, never UNAVAILABLE: a dropped connection or a
+router that lost a shard group) within its deadline, the server must still
+run, and a store made before the fuzzing must read back unchanged: bad
+input changes nothing.
 
-Usage: grpc_fuzz_test.py BIN_DIR [--seconds=S] [--seed=N]
+Usage: grpc_fuzz_test.py BIN_DIR [PYTHON_DIR] [--seconds=S] [--seed=N]
+(PYTHON_DIR: the generated reflection client, BIN_DIR/../python by default)
 """
 import argparse
 import collections
 import os
 import random
-import re
 import socket
 import struct
 import sys
@@ -32,19 +37,24 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool  # noqa: E402
+from google.protobuf import message_factory  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("bin")
+parser.add_argument("python_dir", nargs="?", default=None,
+                    help="where grpc_reflection_client was generated (build/python)")
 parser.add_argument("--seconds", type=float, default=8.0, help="of calls, per server")
 parser.add_argument("--seed", type=int, default=int(time.time()))
 ARGS, rest = parser.parse_known_args()
 sys.argv[1:] = rest
+sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspath(ARGS.bin)),
+                                                  "python"))
+from grpc_reflection_client.v1alpha import reflection_pb2 as rpb  # noqa: E402
+from grpc_reflection_client.v1alpha import reflection_pb2_grpc as rgrpc  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-PROTOS = {"engram.v1.Engram": "proto/engram/v1/engram.proto",
-          "engram.cluster.v1.Shard": "proto/engram/cluster/v1/shard.proto"}
 # What a call may end with. gRPC itself answers a request it cannot parse:
 # INTERNAL with no message from a synchronous method, UNIMPLEMENTED from a
 # callback one (Retrieve) — gRPC 1.51's doing, before engram sees it. An
@@ -58,14 +68,35 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 DEADLINE = 5.0
 
 
-def methods(service):
-    """(method, client streams, server streams) of a service, from its proto."""
-    with open(os.path.join(ROOT, PROTOS[service])) as f:
-        text = f.read()
-    found = re.findall(r"rpc\s+(\w+)\s*\(\s*(stream\s+)?[\w.]+\s*\)\s*returns\s*\(\s*(stream\s+)?",
-                       text)
-    assert found, service
-    return [(name, bool(cs), bool(ss)) for name, cs, ss in found]
+def reflect(addr, services):
+    """The services' descriptors, as the server's reflection sends them."""
+    with grpc.insecure_channel(addr) as channel:
+        stub = rgrpc.ServerReflectionStub(channel)
+
+        def ask(**request):
+            return next(iter(stub.ServerReflectionInfo(
+                iter([rpb.ServerReflectionRequest(**request)]), timeout=10)))
+
+        files = {}
+        pending = [ask(file_containing_symbol=s) for s in services]
+        while pending:
+            for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
+                proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                files[proto.name] = proto
+                pending += [ask(file_by_filename=d) for d in proto.dependency if d not in files]
+    pool = descriptor_pool.DescriptorPool()
+    added = set()
+
+    def add(name):
+        if name not in added:
+            for dep in files[name].dependency:
+                add(dep)
+            pool.Add(files[name])
+            added.add(name)
+
+    for name in list(files):
+        add(name)
+    return [pool.FindServiceByName(s) for s in services]
 
 
 def varint(n):
@@ -120,6 +151,88 @@ def random_message(rng, depth=0):
     return bytes(out)
 
 
+INT_EDGES = {
+    descriptor.FieldDescriptor.TYPE_UINT32: [0, 1, 2, 3, 8, 100, 1000, (1 << 32) - 1],
+    descriptor.FieldDescriptor.TYPE_FIXED32: [0, 1, 8, (1 << 32) - 1],
+    descriptor.FieldDescriptor.TYPE_INT32: [0, 1, -1, 8, (1 << 31) - 1, -(1 << 31)],
+    descriptor.FieldDescriptor.TYPE_SINT32: [0, 1, -1, (1 << 31) - 1, -(1 << 31)],
+    descriptor.FieldDescriptor.TYPE_SFIXED32: [0, -1, (1 << 31) - 1],
+    descriptor.FieldDescriptor.TYPE_UINT64: [0, 1, 2, 8, 1000, 1 << 32, (1 << 63), (1 << 64) - 1],
+    descriptor.FieldDescriptor.TYPE_FIXED64: [0, 1, (1 << 64) - 1],
+    descriptor.FieldDescriptor.TYPE_INT64: [0, 1, -1, (1 << 63) - 1, -(1 << 63)],
+    descriptor.FieldDescriptor.TYPE_SINT64: [0, -1, (1 << 63) - 1, -(1 << 63)],
+    descriptor.FieldDescriptor.TYPE_SFIXED64: [0, -1, (1 << 63) - 1],
+}
+STRINGS = ["fuzz", "fuzz", "", "x" * 300, "\u00e9t\u00e9", "a\x00b", "../fuzz", "fuzz2",
+           "label", "k", "=", "24h", "-1s", "9999999999h"]
+
+
+def random_scalar(rng, field):
+    t = field.type
+    fd = descriptor.FieldDescriptor
+    if t in INT_EDGES:
+        return rng.choice(INT_EDGES[t] + [rng.randrange(0, 20)])
+    if t in (fd.TYPE_FLOAT, fd.TYPE_DOUBLE):
+        return rng.choice([0.5, 1.0, 0.001, 4.0, random_float(rng)])
+    if t == fd.TYPE_BOOL:
+        return rng.random() < 0.5
+    if t == fd.TYPE_STRING:
+        return rng.choice(STRINGS)
+    if t == fd.TYPE_BYTES:
+        return rng.randbytes(rng.choice([0, 1, 16, 500]))
+    if t == fd.TYPE_ENUM:
+        numbers = [v.number for v in field.enum_type.values]
+        return rng.choice(numbers + [max(numbers) + 1, 1000])
+    raise AssertionError(field.full_name)
+
+
+def fill(rng, message, depth=0):
+    """Sets random fields of `message` with values at and past its limits."""
+    for field in message.DESCRIPTOR.fields:
+        if field.name in ("store", "name") and field.type == field.TYPE_STRING:
+            # Mostly the store there is, so that calls get past the lookup.
+            setattr(message, field.name, "fuzz" if rng.random() < 0.9 else rng.choice(STRINGS))
+            continue
+        if rng.random() < 0.4:
+            continue
+        is_message = field.type == descriptor.FieldDescriptor.TYPE_MESSAGE
+        if field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+            if is_message:
+                if depth >= 3:
+                    continue
+                target = getattr(message, field.name)
+                if field.message_type.GetOptions().map_entry:
+                    for _ in range(rng.choice([0, 1, 3])):
+                        entry = field.message_type.fields_by_name
+                        key = random_scalar(rng, entry["key"])
+                        if entry["value"].type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+                            fill(rng, target[key], depth + 1)
+                        else:
+                            target[key] = random_scalar(rng, entry["value"])
+                    continue
+                for _ in range(rng.choice([0, 1, 2, 3, 20])):
+                    fill(rng, target.add(), depth + 1)
+            else:
+                n = rng.choice([0, 1, 8, 8, 8, 16, 7, 9, 1000])
+                getattr(message, field.name).extend(random_scalar(rng, field) if n < 20 and
+                                                    rng.random() < 0.3 else
+                                                    (rng.uniform(-1, 1)
+                                                     if field.cpp_type == field.CPPTYPE_FLOAT or
+                                                     field.cpp_type == field.CPPTYPE_DOUBLE
+                                                     else random_scalar(rng, field))
+                                                    for _ in range(n))
+        elif is_message:
+            if depth < 3:
+                fill(rng, getattr(message, field.name), depth + 1)
+                if not message.HasField(field.name):
+                    getattr(message, field.name).SetInParent()
+        else:
+            try:
+                setattr(message, field.name, random_scalar(rng, field))
+            except (ValueError, TypeError):
+                pass  # A string that is not UTF-8, say: protobuf refuses it.
+
+
 def templates():
     """Valid requests of engram.v1, serialized, to mutate."""
     vals = [0.5] * 8
@@ -154,13 +267,17 @@ def mutate(rng, data):
     return bytes(data)
 
 
-def payload(rng, templates_):
-    kind = rng.randrange(4)
+def payload(rng, templates_, factory, method):
+    kind = rng.randrange(8)
     if kind == 0:
         return rng.randbytes(rng.choice([0, 1, 5, 64, 4096]))
     if kind == 1:
         return random_message(rng)
-    return mutate(rng, rng.choice(templates_))
+    if kind == 2:
+        return mutate(rng, rng.choice(templates_))
+    request = factory.GetPrototype(method.input_type)()
+    fill(rng, request)
+    return request.SerializeToString()
 
 
 def raw_tcp(rng, addr):
@@ -214,19 +331,24 @@ class GrpcFuzzTest(unittest.TestCase):
         rng = random.Random(seed)
         raw_tcp(rng, server.addr)
         self.assertIsNone(server.proc.poll(), "engramd exited after raw bytes")
-        calls = [(svc, m) for svc in services for m in methods(svc)]
+        described = reflect(server.addr, services)
+        factory = message_factory.MessageFactory(described[0].file.pool)
+        calls = [(svc.full_name, m) for svc in described for m in svc.methods]
         codes = collections.Counter()
         details = collections.Counter()
         bad = []
         templates_ = templates()
-        with grpc.insecure_channel(server.addr) as channel:
+        with grpc.insecure_channel(server.addr) as channel, Client(server.addr) as keeper:
             end = time.monotonic() + ARGS.seconds
             n = 0
             while time.monotonic() < end:
-                svc, (name, client_streams, server_streams) = rng.choice(calls)
+                svc, method = rng.choice(calls)
+                name = method.name
+                client_streams, server_streams = method.client_streaming, method.server_streaming
                 path = "/%s/%s" % (svc, name)
                 ident = lambda x: x  # noqa: E731
-                messages = [payload(rng, templates_) for _ in range(rng.choice([1, 1, 2, 4]))]
+                messages = [payload(rng, templates_, factory, method)
+                            for _ in range(rng.choice([1, 1, 2, 4]))]
                 try:
                     if client_streams:
                         call = channel.stream_unary(path, ident, ident)
@@ -251,6 +373,7 @@ class GrpcFuzzTest(unittest.TestCase):
                 n += 1
                 if n % 50 == 0:
                     self.assertIsNone(server.proc.poll(), "engramd exited during %s" % path)
+                    self.refill(keeper)
         self.assertIsNone(server.proc.poll(), "engramd exited")
         by_code = collections.Counter()
         for (_, code), count in codes.items():
@@ -263,6 +386,22 @@ class GrpcFuzzTest(unittest.TestCase):
                 print("  %s %s %s: %d" % (key + (count,)), file=sys.stderr)
         self.assertEqual(bad, [], "calls that ended outside the allowed codes")
         self.assertGreater(n, 20)
+
+    def refill(self, c):
+        """Brings back the store the calls aim at, when they deleted it or
+        emptied it, so that most calls reach past the lookup (on a shard,
+        on the shard itself: the fuzzing writes to it directly)."""
+        try:
+            try:
+                if c.get_store("fuzz").pattern_count >= 2:
+                    return
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                c.create_store("fuzz", dim=8)
+            c.add("fuzz", self.kept[:10])
+        except grpc.RpcError:
+            pass  # Made by a fuzzed call with other settings: as good.
 
     @classmethod
     def state(cls, c):
