@@ -20,6 +20,7 @@
 #include "server/rpc/convert.h"
 #include "server/store/placement.h"
 #include "server/store/retrieve.h"
+#include "server/store/store.h"
 
 namespace engram::cluster {
 
@@ -362,6 +363,24 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
     const std::vector<std::vector<int>>& members, absl::Time deadline,
     std::vector<uint64_t>* group_counts,
     const std::function<void()>& alongside) {
+  // What every group would refuse alike is refused here, before any group
+  // writes: a batch one group refuses for its values, labels, metadata,
+  // lifetimes or an id given twice reaches none (a store of another
+  // dimension refuses every share alike).
+  std::vector<store::Pattern> parsed;
+  if (absl::Status s = rpc::FromProto(patterns, parsed); !s.ok()) return s;
+  if (!parsed.empty()) {
+    const size_t dim = parsed[0].values.size();
+    if (absl::Status s =
+            store::CheckBatch(parsed, dim,
+                              absl::StrCat("patterns[0].values has ", dim,
+                                           " (one batch, one "
+                                           "dimension)"),
+                              options_.limits);
+        !s.ok()) {
+      return s;
+    }
+  }
   const uint32_t groups = pool_->groups();
   std::vector<uint64_t> ids(patterns.size());
   group_counts->assign(groups, GroupCounts::kUnknown);

@@ -31,6 +31,52 @@ uint64_t NextAfter(uint64_t next, uint64_t id) {
 // values, label and metadata. The digest of a store is the sum over its
 // patterns, so adds and deletes update it and equal contents give equal
 // digests whatever their order.
+absl::Status CheckBatch(absl::Span<const Pattern> patterns, size_t dim,
+                        absl::string_view dim_is, const Limits& limits) {
+  absl::flat_hash_map<uint64_t, size_t> explicit_ids;
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    const Pattern& p = patterns[i];
+    if (p.values.size() != dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].values has ", p.values.size(),
+                       " values; ", dim_is));
+    }
+    if (const size_t k = core::FirstNonFinite(p.values); k < dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].values[", k, "] is ", p.values[k],
+                       "; values must be finite"));
+    }
+    if (p.label.size() > limits.max_label_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].label has ", p.label.size(),
+                       " bytes; the limit is ", limits.max_label_bytes));
+    }
+    if (p.metadata.size() > limits.max_metadata_entries) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("patterns[", i, "].metadata has ", p.metadata.size(),
+                       " entries; the limit is ", limits.max_metadata_entries));
+    }
+    for (const auto& [key, value] : p.metadata) {
+      if (key.size() > limits.max_metadata_bytes ||
+          value.size() > limits.max_metadata_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "patterns[", i, "].metadata['", key.substr(0, 32),
+            "'] is longer than the limit of ", limits.max_metadata_bytes,
+            " bytes per key and value"));
+      }
+    }
+    if (p.id != 0) {
+      auto [it, inserted] = explicit_ids.emplace(p.id, i);
+      if (!inserted) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("patterns[", i, "].id ", p.id, " repeats patterns[",
+                         it->second, "].id"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 uint64_t PatternDigest(uint64_t id, const float* values, size_t dim,
                        absl::string_view label, const Metadata& metadata) {
   uint64_t h = 0xcbf29ce484222325ULL;
@@ -350,56 +396,25 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
         patterns.size(), " would pass the limit max_patterns_per_store of ",
         limits_.max_patterns_per_store));
   }
-  absl::flat_hash_map<uint64_t, size_t> explicit_ids;
+  if (absl::Status checked = CheckBatch(
+          patterns, dim_,
+          absl::StrCat("store '", name_, "' has dimension ", dim_), limits_);
+      !checked.ok()) {
+    return checked;
+  }
   uint64_t next = next_id_;
   size_t automatic = 0;
   const Placement& placement = limits_.placement;
   for (size_t i = 0; i < patterns.size(); ++i) {
     const Pattern& p = patterns[i];
-    if (p.id != 0 && GroupOf(p.id, placement.groups) != placement.group) {
+    if (p.id == 0) continue;
+    if (GroupOf(p.id, placement.groups) != placement.group) {
       return absl::InvalidArgumentError(absl::StrCat(
           "patterns[", i, "].id ", p.id, " belongs to shard group ",
           GroupOf(p.id, placement.groups), " of ", placement.groups,
           "; this shard is group ", placement.group));
     }
-    if (p.values.size() != dim_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("patterns[", i, "].values has ", p.values.size(),
-                       " values; store '", name_, "' has dimension ", dim_));
-    }
-    if (const size_t k = core::FirstNonFinite(p.values); k < dim_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("patterns[", i, "].values[", k, "] is ", p.values[k],
-                       "; values must be finite"));
-    }
-    if (p.label.size() > limits_.max_label_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("patterns[", i, "].label has ", p.label.size(),
-                       " bytes; the limit is ", limits_.max_label_bytes));
-    }
-    if (p.metadata.size() > limits_.max_metadata_entries) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "patterns[", i, "].metadata has ", p.metadata.size(),
-          " entries; the limit is ", limits_.max_metadata_entries));
-    }
-    for (const auto& [key, value] : p.metadata) {
-      if (key.size() > limits_.max_metadata_bytes ||
-          value.size() > limits_.max_metadata_bytes) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "patterns[", i, "].metadata['", key.substr(0, 32),
-            "'] is longer than the limit of ", limits_.max_metadata_bytes,
-            " bytes per key and value"));
-      }
-    }
-    if (p.id != 0) {
-      auto [it, inserted] = explicit_ids.emplace(p.id, i);
-      if (!inserted) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("patterns[", i, "].id ", p.id, " repeats patterns[",
-                         it->second, "].id"));
-      }
-      next = NextAfter(next, p.id);
-    }
+    next = NextAfter(next, p.id);
   }
   {
     ReaderMutexLock lock(&mu_);

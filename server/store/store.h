@@ -399,6 +399,16 @@ class Store {
   absl::btree_map<uint64_t, size_t> index_ ABSL_GUARDED_BY(mu_);
 };
 
+// The checks of a batch of patterns that need nothing of a store but its
+// dimension: how many values each has (`dim`, and `dim_is` ends the
+// message: "store 's' has dimension 8"), finite values, label and
+// metadata sizes within `limits`, and no explicit id given twice. A
+// router checks a batch so, with the first pattern's count of values,
+// before it splits it over shard groups: a batch that one group would
+// refuse for these reasons reaches none.
+absl::Status CheckBatch(absl::Span<const Pattern> patterns, size_t dim,
+                        absl::string_view dim_is, const Limits& limits);
+
 // One pattern's share of a store's content digest (StoreView::digest()).
 uint64_t PatternDigest(uint64_t id, const float* values, size_t dim,
                        absl::string_view label, const Metadata& metadata);

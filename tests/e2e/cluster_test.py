@@ -25,7 +25,7 @@ BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client, pb  # noqa: E402
+from engram_client import Client, pb, pb_grpc  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
@@ -440,6 +440,50 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
             for row in self.three.shards:
                 self.assertNotIn("spread", [s.name for s in Client(row[0].addr).list_stores()])
+
+    def test_2b_a_bad_batch_adds_nothing_anywhere(self):
+        """A batch one group would refuse (its values, lifetimes, an id
+        given twice) is refused whole by a router, as by one engramd: no
+        group adds its share of it."""
+        good = [pb.Pattern(values=[float(i), 1.0, 2.0]) for i in range(6)]
+
+        def with_bad(i, **fields):
+            batch = [pb.Pattern() for _ in good]
+            for b, g in zip(batch, good):
+                b.CopyFrom(g)
+            for name, value in fields.items():
+                if name == "values":
+                    batch[i].ClearField("values")
+                    batch[i].values.extend(value)
+                elif name == "ttl":
+                    batch[i].ttl.FromSeconds(value)
+                else:
+                    setattr(batch[i], name, value)
+            return batch
+
+        bad_batches = {
+            "nan": with_bad(4, values=[1.0, float("nan"), 0.0]),
+            "a wrong length": with_bad(5, values=[1.0, 2.0, 3.0, 4.0]),
+            "a negative ttl": with_bad(3, ttl=-5),
+            "every pattern of another dimension": [
+                pb.Pattern(values=[1.0, 2.0, 3.0, 4.0]) for _ in good],
+            "an id twice": [
+                pb.Pattern(id=7919 * (k % 3 + 1), values=[1.0, 2.0, 3.0]) for k in range(6)],
+        }
+        for name, addr in self.each_server():
+            with Client(addr) as c:
+                c.create_store("badbatch", dim=3)
+                c.add("badbatch", np.ones((6, 3), np.float32))
+                stub = pb_grpc.EngramStub(grpc.insecure_channel(addr))
+                for what, batch in bad_batches.items():
+                    with self.assertRaises(grpc.RpcError, msg=(name, what)) as e:
+                        stub.AddPatterns(pb.AddPatternsRequest(store="badbatch", patterns=batch),
+                                         timeout=10)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT,
+                                     (name, what, e.exception.details()))
+                    self.assertEqual(c.get_store("badbatch").pattern_count, 6,
+                                     (name, what, e.exception.details()))
+                c.delete_store("badbatch")
 
     def test_3_a_bad_create_reaches_no_shard(self):
         with Client(self.three.router.addr) as c:

@@ -371,7 +371,7 @@ class GrpcFuzzTest(unittest.TestCase):
                         bad.append((path, code, e.details(), messages[0][:80]))
                 codes[(name, code.name)] += 1
                 n += 1
-                if n % 50 == 0:
+                if n % 10 == 0:
                     self.assertIsNone(server.proc.poll(), "engramd exited during %s" % path)
                     self.refill(keeper)
         self.assertIsNone(server.proc.poll(), "engramd exited")
