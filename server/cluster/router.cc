@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -611,6 +612,19 @@ grpc::Status Router::DeletePatterns(Ctx* context,
   if (!call.Admit(*context, request)) return call.Refused();
   if (request->ids_size() == 0) {
     return call.Done(absl::InvalidArgumentError("ids must not be empty"));
+  }
+  // As one engramd checks them, before any group deletes its share.
+  if (static_cast<size_t>(request->ids_size()) > options_.limits.max_batch) {
+    return call.Done(absl::ResourceExhaustedError(absl::StrCat(
+        "ids holds ", request->ids_size(), " ids; the limit max_batch is ",
+        options_.limits.max_batch)));
+  }
+  absl::flat_hash_set<uint64_t> seen;
+  for (int i = 0; i < request->ids_size(); ++i) {
+    if (!seen.insert(request->ids(i)).second) {
+      return call.Done(absl::InvalidArgumentError(
+          absl::StrCat("ids[", i, "] ", request->ids(i), " appears twice")));
+    }
   }
   const uint32_t groups = pool_->groups();
   std::vector<api::DeletePatternsRequest> shares(groups);

@@ -483,6 +483,12 @@ class ClusterTest(unittest.TestCase):
                                      (name, what, e.exception.details()))
                     self.assertEqual(c.get_store("badbatch").pattern_count, 6,
                                      (name, what, e.exception.details()))
+                # A delete that names an id twice, over every group.
+                ids = [p.id for p in c.list_patterns("badbatch")]
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.delete("badbatch", ids + ids[-1:])
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
+                self.assertEqual(c.get_store("badbatch").pattern_count, 6, name)
                 c.delete_store("badbatch")
 
     def test_3_a_bad_create_reaches_no_shard(self):
