@@ -37,10 +37,9 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from google.protobuf import descriptor, descriptor_pb2, descriptor_pool  # noqa: E402
-from google.protobuf import message_factory  # noqa: E402
+from google.protobuf import descriptor, message_factory  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, reflected_services  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("bin")
@@ -52,8 +51,6 @@ ARGS, rest = parser.parse_known_args()
 sys.argv[1:] = rest
 sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspath(ARGS.bin)),
                                                   "python"))
-from grpc_reflection_client.v1alpha import reflection_pb2 as rpb  # noqa: E402
-from grpc_reflection_client.v1alpha import reflection_pb2_grpc as rgrpc  # noqa: E402
 
 # What a call may end with. gRPC itself answers a request it cannot parse:
 # INTERNAL with no message from a synchronous method, UNIMPLEMENTED from a
@@ -66,37 +63,6 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
            grpc.StatusCode.ABORTED, grpc.StatusCode.UNIMPLEMENTED,
            grpc.StatusCode.DATA_LOSS, grpc.StatusCode.CANCELLED}
 DEADLINE = 5.0
-
-
-def reflect(addr, services):
-    """The services' descriptors, as the server's reflection sends them."""
-    with grpc.insecure_channel(addr) as channel:
-        stub = rgrpc.ServerReflectionStub(channel)
-
-        def ask(**request):
-            return next(iter(stub.ServerReflectionInfo(
-                iter([rpb.ServerReflectionRequest(**request)]), timeout=10)))
-
-        files = {}
-        pending = [ask(file_containing_symbol=s) for s in services]
-        while pending:
-            for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
-                proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
-                files[proto.name] = proto
-                pending += [ask(file_by_filename=d) for d in proto.dependency if d not in files]
-    pool = descriptor_pool.DescriptorPool()
-    added = set()
-
-    def add(name):
-        if name not in added:
-            for dep in files[name].dependency:
-                add(dep)
-            pool.Add(files[name])
-            added.add(name)
-
-    for name in list(files):
-        add(name)
-    return [pool.FindServiceByName(s) for s in services]
 
 
 def varint(n):
@@ -329,9 +295,12 @@ class GrpcFuzzTest(unittest.TestCase):
 
     def fuzz(self, server, services, seed):
         rng = random.Random(seed)
+        print("fuzzing %s (--seed=%d repeats this run)" % (server.addr, ARGS.seed),
+              file=sys.stderr)
         raw_tcp(rng, server.addr)
         self.assertIsNone(server.proc.poll(), "engramd exited after raw bytes")
-        described = reflect(server.addr, services)
+        with grpc.insecure_channel(server.addr) as reflecting:
+            described = reflected_services(reflecting, services)
         factory = message_factory.MessageFactory(described[0].file.pool)
         calls = [(svc.full_name, m) for svc in described for m in svc.methods]
         codes = collections.Counter()

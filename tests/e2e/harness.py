@@ -120,3 +120,39 @@ def stored_patterns(stub, name):
         token = r.next_page_token
         if not token:
             return found
+
+
+def reflected_services(channel, names):
+    """The descriptors of the services `names`, as the server behind
+    `channel` describes them through gRPC reflection: the files that define
+    them and every file those import, in a pool of their own (a service's
+    .file.pool). The generated grpc_reflection_client must be importable."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection_client.v1alpha import reflection_pb2 as rpb
+    from grpc_reflection_client.v1alpha import reflection_pb2_grpc as rgrpc
+    stub = rgrpc.ServerReflectionStub(channel)
+
+    def ask(**request):
+        return next(iter(stub.ServerReflectionInfo(
+            iter([rpb.ServerReflectionRequest(**request)]), timeout=10)))
+
+    files = {}
+    pending = [ask(file_containing_symbol=name) for name in names]
+    while pending:
+        for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
+            proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            files[proto.name] = proto
+            pending += [ask(file_by_filename=d) for d in proto.dependency if d not in files]
+    pool = descriptor_pool.DescriptorPool()
+    added = set()
+
+    def add(name):
+        if name not in added:
+            for dep in files[name].dependency:
+                add(dep)
+            pool.Add(files[name])
+            added.add(name)
+
+    for name in list(files):
+        add(name)
+    return [pool.FindServiceByName(name) for name in names]

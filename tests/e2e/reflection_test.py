@@ -10,12 +10,12 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Engramd  # noqa: E402
+from harness import Engramd, reflected_services  # noqa: E402
 
 BIN, PYDIR = sys.argv.pop(1), sys.argv.pop(1)
 sys.path.insert(0, PYDIR)
 import grpc  # noqa: E402
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
+from google.protobuf import message_factory  # noqa: E402
 from grpc_reflection_client.v1alpha import reflection_pb2 as rpb  # noqa: E402
 from grpc_reflection_client.v1alpha import reflection_pb2_grpc as rgrpc  # noqa: E402
 
@@ -39,29 +39,8 @@ class ReflectionTest(unittest.TestCase):
 
                 # Build the API from the descriptors the server sends: the
                 # engram file and what it imports.
-                pool = descriptor_pool.DescriptorPool()
-                files = {}
-                pending = [ask(file_containing_symbol="engram.v1.Engram")]
-                while pending:
-                    for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
-                        proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
-                        files[proto.name] = proto
-                        for dep in proto.dependency:
-                            if dep not in files:
-                                pending.append(ask(file_by_filename=dep))
-                added = set()
-
-                def add(name):
-                    if name in added:
-                        return
-                    for dep in files[name].dependency:
-                        add(dep)
-                    pool.Add(files[name])
-                    added.add(name)
-
-                for name in list(files):
-                    add(name)
-                service = pool.FindServiceByName("engram.v1.Engram")
+                service, = reflected_services(channel, ["engram.v1.Engram"])
+                pool = service.file.pool
                 self.assertIn("Retrieve", [m.name for m in service.methods])
                 method = service.methods_by_name["CreateStore"]
                 factory = message_factory.MessageFactory(pool)
