@@ -97,7 +97,7 @@ std::vector<std::string> ToEveryReplica(
     const Request& request, absl::Time deadline,
     std::optional<Response>* first = nullptr) {
   const uint32_t groups = pool.groups();
-  std::vector<std::string> why(groups);  // Empty once a replica took it.
+  std::vector<std::string> why(groups);  // Why g missed it, if it did.
   std::vector<const Replica*> replicas;
   for (uint32_t g = 0; g < groups; ++g) {
     absl::StatusOr<std::vector<const Replica*>> ready = pool.ReadyReplicas(g);
@@ -105,7 +105,6 @@ std::vector<std::string> ToEveryReplica(
       why[g] = std::string(ready.status().message());
       continue;
     }
-    why[g] = "no replica answered";
     replicas.insert(replicas.end(), ready->begin(), ready->end());
   }
   std::vector<Response> answers;

@@ -106,15 +106,11 @@ class JobTable {
     return job->status;
   }
 
-  // Cancels the running job; FAILED_PRECONDITION if none runs.
-  absl::StatusOr<Status> Cancel(const std::string& store,
-                                const std::string& what) {
+  // Cancels the running job: its status; nullopt if none runs.
+  std::optional<Status> Cancel(const std::string& store) {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(store);
-    if (it == jobs_.end() || it->second->done) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "no ", what, " of store '", store, "' is running on this router"));
-    }
+    if (it == jobs_.end() || it->second->done) return std::nullopt;
     it->second->cancel = true;
     return it->second->status;
   }

@@ -726,10 +726,9 @@ absl::Status Router::JobStatusOf(const std::string& store, absl::Time deadline,
 }
 
 template <typename Status>
-absl::Status Router::CancelJob(const std::string& store, const char* what,
-                               absl::Time deadline, Status* response) {
-  absl::StatusOr<Status> cancelled = TableOf<Status>(jobs_).Cancel(store, what);
-  if (cancelled.ok()) {
+absl::Status Router::CancelJob(const std::string& store, absl::Time deadline,
+                               Status* response) {
+  if (std::optional<Status> cancelled = TableOf<Status>(jobs_).Cancel(store)) {
     *response = *std::move(cancelled);
     return absl::OkStatus();
   }
@@ -834,8 +833,7 @@ grpc::Status Router::CancelFit(Ctx* context,
                                api::FitStatus* response) {
   rpc::Call call(policy_, "CancelFit", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(
-      CancelJob(request->store(), "fit", DeadlineOf(context), response));
+  return call.Done(CancelJob(request->store(), DeadlineOf(context), response));
 }
 
 grpc::Status Router::CancelCalibration(
@@ -843,8 +841,7 @@ grpc::Status Router::CancelCalibration(
     api::CalibrationStatus* response) {
   rpc::Call call(policy_, "CancelCalibration", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
-  return call.Done(CancelJob(request->store(), "calibration",
-                             DeadlineOf(context), response));
+  return call.Done(CancelJob(request->store(), DeadlineOf(context), response));
 }
 
 // --- Cluster status

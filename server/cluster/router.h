@@ -235,8 +235,8 @@ class Router final : public engram::v1::Engram::Service {
   // Cancels this router's running job of `store`; with none running, its
   // status as JobStatusOf gives it (one engramd's answer).
   template <typename Status>
-  absl::Status CancelJob(const std::string& store, const char* what,
-                         absl::Time deadline, Status* response);
+  absl::Status CancelJob(const std::string& store, absl::Time deadline,
+                         Status* response);
   // Streams a job's status at every change until it ends.
   template <typename Status>
   absl::Status WatchJob(grpc::ServerContext* context, const std::string& store,
