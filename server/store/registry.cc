@@ -14,6 +14,14 @@ StoreRegistry::StoreRegistry(const Limits& limits, StorageBackend* storage)
 
 namespace {
 
+// The answer for a store that is not there: INVALID_ARGUMENT when no store
+// could have that name (it says why), else NOT_FOUND.
+absl::Status NoSuchStore(absl::string_view name) {
+  if (absl::Status valid = ValidateStoreName(name); !valid.ok()) return valid;
+  return absl::NotFoundError(
+      absl::StrCat("store '", Clip(name), "' not found"));
+}
+
 // OK if a stored map can serve the store `settings` describes.
 absl::Status CheckMapFits(const StoreSettings& settings,
                           const core::FeatureMap& map) {
@@ -173,8 +181,7 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Get(
           "store '", Clip(name), "' is DAMAGED and out of service (",
           damaged->status.message(), "); delete it to reuse the name"));
     }
-    return absl::NotFoundError(
-        absl::StrCat("store '", Clip(name), "' not found"));
+    return NoSuchStore(name);
   }
   return found->second;
 }
@@ -286,8 +293,7 @@ absl::Status StoreRegistry::Delete(absl::string_view name) {
     if (auto found = stores_.find(name); found != stores_.end()) {
       store = found->second;
     } else if (FindDamaged(name) == damaged_.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("store '", Clip(name), "' not found"));
+      return NoSuchStore(name);
     }
     busy_.emplace(name, "deleted");
   }

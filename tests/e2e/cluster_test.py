@@ -491,6 +491,30 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(c.get_store("badbatch").pattern_count, 6, name)
                 c.delete_store("badbatch")
 
+    def test_2c_a_name_no_store_could_have_is_invalid_everywhere(self):
+        """A store name that breaks the naming rules is INVALID_ARGUMENT from
+        every method, on a router as on one engramd; a valid name that is
+        not there stays NOT_FOUND."""
+        calls = {
+            "GetStore": lambda s, n: s.GetStore(pb.GetStoreRequest(name=n), timeout=10),
+            "DeleteStore": lambda s, n: s.DeleteStore(pb.DeleteStoreRequest(name=n), timeout=10),
+            "AddPatterns": lambda s, n: s.AddPatterns(pb.AddPatternsRequest(
+                store=n, patterns=[pb.Pattern(values=[1.0, 2.0])]), timeout=10),
+            "Retrieve": lambda s, n: s.Retrieve(pb.RetrieveRequest(
+                store=n, queries=[pb.Query(values=[1.0, 2.0])]), timeout=10),
+            "CancelFit": lambda s, n: s.CancelFit(pb.CancelFitRequest(store=n), timeout=10),
+        }
+        for name, addr in self.each_server():
+            stub = pb_grpc.EngramStub(grpc.insecure_channel(addr))
+            for method, call in calls.items():
+                for store, code in (("", grpc.StatusCode.INVALID_ARGUMENT),
+                                    ("Faces", grpc.StatusCode.INVALID_ARGUMENT),
+                                    ("faces", grpc.StatusCode.NOT_FOUND)):
+                    with self.assertRaises(grpc.RpcError, msg=(name, method, store)) as e:
+                        call(stub, store)
+                    self.assertEqual(e.exception.code(), code,
+                                     (name, method, store, e.exception.details()))
+
     def test_3_a_bad_create_reaches_no_shard(self):
         with Client(self.three.router.addr) as c:
             with self.assertRaises(grpc.RpcError) as e:

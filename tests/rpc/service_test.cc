@@ -308,9 +308,9 @@ TEST_F(ServiceTest, EchoedInputIsClipped) {
   request.set_name(huge);
   v1::Store response;
   grpc::Status status = stub_->GetStore(&context, request, &response);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_LT(status.error_message().size(), 300u);
-  EXPECT_NE(status.error_message().find("(100000 bytes)"), std::string::npos)
+  EXPECT_NE(status.error_message().find("got 100000"), std::string::npos)
       << status.error_message();
   grpc::ClientContext create_context;
   v1::CreateStoreRequest create;
@@ -319,6 +319,33 @@ TEST_F(ServiceTest, EchoedInputIsClipped) {
   status = stub_->CreateStore(&create_context, create, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_LT(status.error_message().size(), 300u);
+}
+
+// A store no store could be named is INVALID_ARGUMENT, saying why; a name
+// that could be a store's but is not, NOT_FOUND.
+TEST_F(ServiceTest, NamesNoStoreCouldHaveAreInvalid) {
+  for (const std::string name : {"", "Faces", "-faces", "fa ces"}) {
+    grpc::ClientContext get_context;
+    v1::GetStoreRequest get;
+    get.set_name(name);
+    v1::Store store;
+    grpc::Status status = stub_->GetStore(&get_context, get, &store);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name;
+    EXPECT_NE(status.error_message().find("store name"), std::string::npos)
+        << status.error_message();
+    grpc::ClientContext delete_context;
+    v1::DeleteStoreRequest drop;
+    drop.set_name(name);
+    v1::DeleteStoreResponse dropped;
+    status = stub_->DeleteStore(&delete_context, drop, &dropped);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name;
+  }
+  grpc::ClientContext context;
+  v1::GetStoreRequest get;
+  get.set_name("faces");
+  v1::Store store;
+  EXPECT_EQ(stub_->GetStore(&context, get, &store).error_code(),
+            grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(ServiceTest, UpdateStoreFollowsTheMask) {
