@@ -102,13 +102,16 @@ Call::Call(const CallPolicy* policy, const char* method,
 
 bool Call::Admit(const grpc::ServerContextBase& context,
                  const google::protobuf::Message* request) {
+  return Admit(context, request == nullptr ? 0 : request->ByteSizeLong());
+}
+
+bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   context_ = &context;
   refused_ = policy_->auth.Check(context, MethodWrites(method_).value_or(true));
-  if (refused_.ok() && request != nullptr &&
-      request->ByteSizeLong() > policy_->max_message_bytes) {
+  if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
     refused_ =
-        TooLarge("the request", request->ByteSizeLong(),
-                 policy_->max_message_bytes, "split it into smaller requests");
+        TooLarge("the request", request_bytes, policy_->max_message_bytes,
+                 "split it into smaller requests");
   }
   return refused_.ok();
 }

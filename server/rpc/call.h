@@ -84,6 +84,9 @@ class Call {
   // Refused().
   bool Admit(const grpc::ServerContextBase& context,
              const google::protobuf::Message* request);
+  // The same for a request of `request_bytes` still in its wire form (a raw
+  // method).
+  bool Admit(const grpc::ServerContextBase& context, size_t request_bytes);
   grpc::Status Refused() { return Done(refused_); }
 
   // Names the store the call wrote to; if the call ends well, Done hands it

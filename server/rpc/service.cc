@@ -313,31 +313,45 @@ grpc::Status EngramService::DeletePatterns(
 }
 
 grpc::ServerUnaryReactor* EngramService::Retrieve(
-    grpc::CallbackServerContext* context, const v1::RetrieveRequest* request,
-    v1::RetrieveResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request,
+    grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto call = std::make_shared<Call>(policy_, "Retrieve", request->store());
-  if (!call->Admit(*context, request)) {
+  v1::RetrieveRequest request;
+  grpc::ByteBuffer bytes(*raw_request);  // Shares its slices.
+  const bool parsed =
+      grpc::SerializationTraits<v1::RetrieveRequest>::Deserialize(&bytes,
+                                                                  &request)
+          .ok();
+  auto call = std::make_shared<Call>(policy_, "Retrieve",
+                                     parsed ? request.store() : "");
+  if (!call->Admit(*context, raw_request->Length())) {
     reactor->Finish(call->Refused());
     return reactor;
   }
+  if (!parsed) {
+    reactor->Finish(call->Done(absl::InvalidArgumentError(
+        absl::StrCat("the request's ", raw_request->Length(),
+                     " bytes are not an engram.v1.RetrieveRequest"))));
+    return reactor;
+  }
   absl::StatusOr<std::unique_ptr<Retrieval>> retrieval =
-      PrepareRetrieval(*request);
+      PrepareRetrieval(request);
   if (!retrieval.ok()) {
     reactor->Finish(call->Done(retrieval.status()));
     return reactor;
   }
+  const bool omit_vectors = request.omit_vectors();
   if ((*retrieval)->Work() <= static_cast<double>(options_.inline_work)) {
     reactor->Finish(call->Done(
-        Answer(**retrieval, context, 1, request->omit_vectors(), response)));
+        Answer(**retrieval, context, 1, omit_vectors, raw_response)));
     return reactor;
   }
   const bool handed =
       handlers_->Run([this, call, retrieval = *std::move(retrieval), context,
-                      request, response, reactor] {
+                      omit_vectors, raw_response, reactor] {
         reactor->Finish(
             call->Done(Answer(*retrieval, context, options_.retrieval_threads,
-                              request->omit_vectors(), response)));
+                              omit_vectors, raw_response)));
       });
   if (!handed) {
     reactor->Finish(call->Done(absl::ResourceExhaustedError(absl::StrCat(
@@ -395,15 +409,24 @@ EngramService::PrepareRetrieval(const v1::RetrieveRequest& request) const {
 absl::Status EngramService::Answer(const Retrieval& retrieval,
                                    const grpc::ServerContextBase* context,
                                    int threads, bool omit_vectors,
-                                   v1::RetrieveResponse* response) {
+                                   grpc::ByteBuffer* raw_response) {
   core::RetrievalOptions options;
   options.check = DeadlineCheck(context);
   options.threads = threads;
   absl::StatusOr<store::RetrieveResult> result = store::Retrieve(
       *retrieval.view, retrieval.query, registry_->limits(), options);
   if (!result.ok()) return result.status();
+  v1::RetrieveResponse response;
   ToProto(*result, retrieval.view->settings().dimension, omit_vectors,
-          *response);
+          response);
+  bool own_buffer;
+  if (grpc::Status sent =
+          grpc::SerializationTraits<v1::RetrieveResponse>::Serialize(
+              response, raw_response, &own_buffer);
+      !sent.ok()) {
+    return absl::InternalError(absl::StrCat(
+        "the answer could not be serialized: ", sent.error_message()));
+  }
   metrics_->RecordRetrieval(
       result->path.path == store::PathChoice::kLowRank ? "low_rank" : "exact",
       retrieval.query.num_queries, result->path.error_bound);

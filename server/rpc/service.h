@@ -45,14 +45,16 @@ struct ServiceOptions {
   size_t max_restore_bytes = size_t{8} << 30;
 };
 
-// Retrieve is a callback method: a retrieval of little work (up to
+// Retrieve is a raw callback method: a retrieval of little work (up to
 // ServiceOptions::inline_work) is answered on the gRPC thread that read the
 // request, sparing the hand-off to another thread that a synchronous method
 // costs (more than such a retrieval); a larger one runs on a thread of
-// Handlers, so that gRPC's threads stay free for I/O. Every other method is
+// Handlers, so that gRPC's threads stay free for I/O. It parses its request
+// itself, so that bytes that are no RetrieveRequest get INVALID_ARGUMENT
+// (gRPC's callback API would answer UNIMPLEMENTED). Every other method is
 // synchronous.
 class EngramService final
-    : public v1::Engram::WithCallbackMethod_Retrieve<v1::Engram::Service> {
+    : public v1::Engram::WithRawCallbackMethod_Retrieve<v1::Engram::Service> {
  public:
   // All borrowed; they must outlive the service. The policy's metrics
   // must be set.
@@ -91,8 +93,8 @@ class EngramService final
                               const v1::DeletePatternsRequest* request,
                               v1::DeletePatternsResponse* response) override;
   grpc::ServerUnaryReactor* Retrieve(grpc::CallbackServerContext* context,
-                                     const v1::RetrieveRequest* request,
-                                     v1::RetrieveResponse* response) override;
+                                     const grpc::ByteBuffer* raw_request,
+                                     grpc::ByteBuffer* raw_response) override;
   grpc::Status GetFitStatus(grpc::ServerContext* context,
                             const v1::GetFitStatusRequest* request,
                             v1::FitStatus* response) override;
@@ -147,10 +149,11 @@ class EngramService final
   };
   absl::StatusOr<std::unique_ptr<Retrieval>> PrepareRetrieval(
       const v1::RetrieveRequest& request) const;
-  // Runs it on `threads` threads into `response`.
+  // Runs it on `threads` threads and serializes the answer into
+  // `raw_response`.
   absl::Status Answer(const Retrieval& retrieval,
                       const grpc::ServerContextBase* context, int threads,
-                      bool omit_vectors, v1::RetrieveResponse* response);
+                      bool omit_vectors, grpc::ByteBuffer* raw_response);
   // `done`, or the job status after it into `response`.
   template <typename Status>
   absl::Status Reply(const std::string& store, absl::Status done,

@@ -52,15 +52,17 @@ sys.argv[1:] = rest
 sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspath(ARGS.bin)),
                                                   "python"))
 
-# What a call may end with. gRPC itself answers a request it cannot parse:
-# INTERNAL with no message from a synchronous method, UNIMPLEMENTED from a
-# callback one (Retrieve) — gRPC 1.51's doing, before engram sees it. An
-# INTERNAL with a message is engram's own (a broken invariant); UNKNOWN an
-# exception escaping a handler; UNAVAILABLE a dropped connection (a crash).
+# What a call may end with. gRPC itself answers a request it cannot parse
+# with INTERNAL and no message from a synchronous method, before engram sees
+# it (engramd's Retrieve parses its own: INVALID_ARGUMENT). An INTERNAL with
+# a message is engram's own (a broken invariant); UNKNOWN an exception
+# escaping a handler; UNAVAILABLE a dropped connection (a crash);
+# UNIMPLEMENTED a method a server lacks or a callback method whose request
+# gRPC could not parse.
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
            grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-           grpc.StatusCode.ABORTED, grpc.StatusCode.UNIMPLEMENTED,
+           grpc.StatusCode.ABORTED,
            grpc.StatusCode.DATA_LOSS, grpc.StatusCode.CANCELLED}
 DEADLINE = 5.0
 
