@@ -16,6 +16,7 @@
 #include "client/client.h"
 #include "engram/cluster/v1/shard.pb.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "server/base/mutex.h"
@@ -346,6 +347,28 @@ TEST_F(ServiceTest, NamesNoStoreCouldHaveAreInvalid) {
   v1::Store store;
   EXPECT_EQ(stub_->GetStore(&context, get, &store).error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+// Bytes that are no RetrieveRequest: INVALID_ARGUMENT saying so (gRPC's
+// callback API, left to parse them, would answer UNIMPLEMENTED).
+TEST_F(ServiceTest, RetrieveRefusesBytesThatAreNoRequest) {
+  Create("s", 2);
+  grpc::GenericStub generic(grpc::CreateChannel(
+      server_->address(), grpc::InsecureChannelCredentials()));
+  // A field 2 (queries) whose length runs past the end of the message.
+  const std::string garbage("\x12\x7f\x0a", 3);
+  grpc::Slice slice(garbage);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  std::promise<grpc::Status> done;
+  generic.UnaryCall(&context, "/engram.v1.Engram/Retrieve", grpc::StubOptions(),
+                    &request, &response,
+                    [&done](grpc::Status status) { done.set_value(status); });
+  const grpc::Status status = done.get_future().get();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("not an engram.v1.RetrieveRequest"),
+            std::string::npos)
+      << status.error_message();
 }
 
 TEST_F(ServiceTest, UpdateStoreFollowsTheMask) {
