@@ -13,6 +13,7 @@
 #include "server/core/feature_map.h"
 #include "server/core/uhop_fit.h"
 #include "server/jobs/job_bodies.h"
+#include "server/jobs/job_runner.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
@@ -208,15 +209,11 @@ absl::StatusOr<std::vector<float>> ClusterJobs::Sample(const std::string& name,
 
 absl::StatusOr<api::FitStatus> ClusterJobs::StartFit(const api::Store& merged) {
   const std::string& name = merged.name();
-  if (merged.feature_map().kind() != api::UHOP) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("store '", name,
-                     "' has no U-Hop feature map to fit (feature_map.kind)"));
-  }
-  if (merged.pattern_count() < 2) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("store '", name, "' has ", merged.pattern_count(),
-                     " patterns; a fit needs at least 2"));
+  if (absl::Status can = jobs::CheckCanStart(
+          jobs::JobKind::kFit, name, merged.feature_map().kind() == api::UHOP,
+          merged.pattern_count());
+      !can.ok()) {
+    return can;
   }
   api::FitStatus initial;
   initial.set_store(name);
@@ -229,10 +226,11 @@ absl::StatusOr<api::FitStatus> ClusterJobs::StartFit(const api::Store& merged) {
 absl::StatusOr<api::CalibrationStatus> ClusterJobs::StartCalibration(
     const api::Store& merged, std::optional<bool> apply) {
   const std::string& name = merged.name();
-  if (merged.pattern_count() < 2) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("store '", name, "' has ", merged.pattern_count(),
-                     " patterns; a calibration needs at least 2"));
+  if (absl::Status can =
+          jobs::CheckCanStart(jobs::JobKind::kCalibration, name,
+                              /*uhop=*/true, merged.pattern_count());
+      !can.ok()) {
+    return can;
   }
   api::CalibrationStatus initial;
   initial.set_store(name);

@@ -22,6 +22,26 @@ const char* KindName(JobKind kind) {
   return kind == JobKind::kFit ? "fit" : "calibration";
 }
 
+}  // namespace
+
+absl::Status CheckCanStart(JobKind kind, absl::string_view store, bool uhop,
+                           uint64_t patterns) {
+  if (kind == JobKind::kFit && !uhop) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store '", store,
+        "' has no U-Hop feature map to fit (store.feature_map.kind is NONE)"));
+  }
+  if (patterns < 2) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("store '", store, "' holds ", patterns,
+                     patterns == 1 ? " pattern" : " patterns", "; a ",
+                     KindName(kind), " needs at least 2"));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
 // A job's end, as a status state and error.
 template <typename Status>
 void Ended(const absl::Status& status, Status& out) {
@@ -246,15 +266,9 @@ absl::Status JobRunner::Start(JobKind kind, const std::string& store,
   MutexLock lock(&mu_);
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return entry.status();
-  if (kind == JobKind::kFit && !(*entry)->uhop) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "store '", store,
-        "' has no U-Hop feature map (store.feature_map.kind is NONE)"));
-  }
-  if (patterns < 2) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("store '", store, "' holds ", patterns, " patterns; a ",
-                     KindName(kind), " needs at least 2"));
+  if (absl::Status can = CheckCanStart(kind, store, (*entry)->uhop, patterns);
+      !can.ok()) {
+    return can;
   }
   Slot& slot = (*entry)->slot(kind);
   if (kind == JobKind::kCalibration) slot.apply = apply;

@@ -41,6 +41,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "engram/v1/engram.pb.h"
 #include "server/base/mutex.h"
@@ -50,6 +51,12 @@
 namespace engram::jobs {
 
 enum class JobKind { kFit, kCalibration };
+
+// FAILED_PRECONDITION when a job of `kind` cannot start on `store`: a fit
+// on a store without a U-Hop feature map (`uhop`), either job on fewer than
+// 2 patterns. One wording for engramd's runner and a router's jobs.
+absl::Status CheckCanStart(JobKind kind, absl::string_view store, bool uhop,
+                           uint64_t patterns);
 
 // Counts what the runner does (implemented over metrics::Metrics).
 class JobObserver {

@@ -363,13 +363,24 @@ class ClusterTest(unittest.TestCase):
                 with self.assertRaises(grpc.RpcError) as e:
                     c.cancel_fit("no-such-store")
                 self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND, name)
-            # A store without a U-Hop map is refused as one engramd refuses it.
-            clients["3x1"].create_store("plain", dim=3)
-            clients["3x1"].add("plain", np.eye(3, dtype=np.float32))
-            with self.assertRaises(grpc.RpcError) as e:
-                clients["3x1"].start_fit("plain")
-            self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
-            clients["3x1"].delete_store("plain")
+            # A job that cannot start is refused as one engramd refuses it,
+            # in the same words: a fit without a U-Hop map, either job on
+            # fewer than 2 patterns.
+            refusals = {}
+            for name, c in clients.items():
+                c.create_store("plain", dim=3)
+                c.add("plain", np.eye(3, dtype=np.float32)[:1])
+                for what, start in (("fit", c.start_fit), ("calibration", c.start_calibration)):
+                    with self.assertRaises(grpc.RpcError) as e:
+                        start("plain")
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+                    refusals.setdefault(what, {})[name] = e.exception.details()
+                c.delete_store("plain")
+            for what, by_server in refusals.items():
+                self.assertEqual(len(set(by_server.values())), 1, by_server)
+            self.assertIn("no U-Hop feature map", refusals["fit"]["single"])
+            self.assertIn("holds 1 pattern; a calibration needs at least 2",
+                          refusals["calibration"]["single"])
             for c in clients.values():
                 c.delete_store("uh")
 
