@@ -414,25 +414,57 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
             return absl::OkStatus();
           },
           deadline, alongside);
-  std::vector<std::string> done;
-  absl::Status failed;
+  absl::Status failed = FirstError(status);
+  if (failed.ok()) return ids;
+  // A group refused its share before writing it (an id it holds, its
+  // pattern limit): the groups that added theirs delete them again, so that
+  // the batch is all or nothing through a router as on one engramd. Where a
+  // group's outcome is unknown (it did not answer in time) nothing is taken
+  // back: its share may stand, and a partial batch is better kept whole.
+  std::vector<bool> undo(groups);
+  bool refused = true;
   for (uint32_t g = 0; g < groups; ++g) {
     if (members[g].empty()) continue;
-    if (status[g].ok()) {
-      done.push_back(absl::StrCat(g, " (", members[g].size(), " patterns)"));
-    } else if (failed.ok()) {
-      failed = status[g];
+    undo[g] = status[g].ok();
+    if (!status[g].ok() && !RefusedBeforeWriting(status[g].code())) {
+      refused = false;
     }
   }
-  if (!failed.ok()) {
-    return absl::Status(
-        failed.code(),
-        absl::StrCat(failed.message(),
-                     "; each shard group adds its share "
-                     "atomically: added to groups ",
-                     done.empty() ? "none" : absl::StrJoin(done, ", ")));
+  std::vector<absl::Status> undone(groups);
+  if (refused) {
+    std::vector<api::DeletePatternsRequest> added(groups);
+    for (uint32_t g = 0; g < groups; ++g) {
+      added[g].set_store(store);
+      for (int i : members[g]) added[g].add_ids(ids[i]);
+    }
+    // The undo gets time of its own if the call's is nearly gone.
+    undone =
+        WriteToGroups<api::DeletePatternsRequest, api::DeletePatternsResponse>(
+            *pool_, undo, &api::Engram::Stub::async::DeletePatterns, &added,
+            [](size_t, const api::DeletePatternsResponse&,
+               api::DeletePatternsRequest*) { return absl::OkStatus(); },
+            std::max(deadline, absl::Now() + absl::Seconds(10)));
   }
-  return ids;
+  std::vector<std::string> kept;
+  for (uint32_t g = 0; g < groups; ++g) {
+    if (!undo[g]) continue;
+    if (!refused) {
+      kept.push_back(absl::StrCat(g, " (", members[g].size(), " patterns)"));
+    } else if (!undone[g].ok()) {
+      kept.push_back(absl::StrCat(
+          g, " (", members[g].size(),
+          " patterns, not taken back: ", undone[g].message(), ")"));
+    }
+  }
+  std::string outcome;
+  if (!kept.empty()) {
+    outcome = absl::StrCat("added to groups ", absl::StrJoin(kept, ", "),
+                           " (each group adds its share atomically)");
+  } else {
+    outcome = refused ? "nothing was added" : "no other group added its share";
+  }
+  return absl::Status(failed.code(),
+                      absl::StrCat(failed.message(), "; ", outcome));
 }
 
 grpc::Status Router::AddPatterns(Ctx* context,

@@ -73,6 +73,23 @@ std::vector<absl::Status> InParallel(
   return status;
 }
 
+bool RefusedBeforeWriting(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+      return true;
+    default:
+      return false;
+  }
+}
+
 absl::Status FirstError(const std::vector<absl::Status>& status) {
   for (const absl::Status& s : status) {
     if (!s.ok()) return s;

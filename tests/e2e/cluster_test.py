@@ -454,8 +454,8 @@ class ClusterTest(unittest.TestCase):
 
     def test_2b_a_bad_batch_adds_nothing_anywhere(self):
         """A batch one group would refuse (its values, lifetimes, an id
-        given twice) is refused whole by a router, as by one engramd: no
-        group adds its share of it."""
+        given twice, an id a group holds) is refused whole by a router, as
+        by one engramd: no group keeps its share of it."""
         good = [pb.Pattern(values=[float(i), 1.0, 2.0]) for i in range(6)]
 
         def with_bad(i, **fields):
@@ -500,6 +500,21 @@ class ClusterTest(unittest.TestCase):
                     c.delete("badbatch", ids + ids[-1:])
                 self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
                 self.assertEqual(c.get_store("badbatch").pattern_count, 6, name)
+                # An id one group already holds, among new ids every group
+                # takes: the groups that added their share delete it again.
+                fresh = [1000003 * k for k in range(1, 31)]
+                batch = [pb.Pattern(id=i, values=[1.0, 2.0, 3.0]) for i in fresh + ids[:1]]
+                for _ in range(2):  # And once more: the state is as before.
+                    with self.assertRaises(grpc.RpcError) as e:
+                        stub.AddPatterns(pb.AddPatternsRequest(store="badbatch", patterns=batch),
+                                         timeout=10)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.ALREADY_EXISTS, name)
+                    self.assertEqual(c.get_store("badbatch").pattern_count, 6,
+                                     (name, e.exception.details()))
+                    self.assertEqual(sorted(p.id for p in c.list_patterns("badbatch")),
+                                     sorted(ids), name)
+                    if name != "single":
+                        self.assertIn("nothing was added", e.exception.details())
                 c.delete_store("badbatch")
 
     def test_2c_a_name_no_store_could_have_is_invalid_everywhere(self):
