@@ -339,6 +339,25 @@ grpc::Status Router::DeleteStore(Ctx* context,
 // --- Patterns
 // -----------------------------------------------------------------
 
+namespace {
+
+// How the answer to a write that failed in some group ends: the groups
+// whose share stands (`did`: "added", "deleted"), else that nothing was
+// written — where every group that failed refused before writing
+// (`outcome_known`); else that no other group's share was.
+std::string SharesThatStand(absl::string_view did,
+                            const std::vector<std::string>& groups,
+                            bool outcome_known) {
+  if (!groups.empty()) {
+    return absl::StrCat(did, " by groups ", absl::StrJoin(groups, ", "),
+                        " (each group writes its share atomically)");
+  }
+  return outcome_known ? absl::StrCat("nothing was ", did)
+                       : absl::StrCat("no other group's share was ", did);
+}
+
+}  // namespace
+
 std::vector<std::vector<int>> Router::Place(
     const google::protobuf::RepeatedPtrField<api::Pattern>& patterns) {
   const uint32_t groups = pool_->groups();
@@ -456,15 +475,9 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
           " patterns, not taken back: ", undone[g].message(), ")"));
     }
   }
-  std::string outcome;
-  if (!kept.empty()) {
-    outcome = absl::StrCat("added to groups ", absl::StrJoin(kept, ", "),
-                           " (each group adds its share atomically)");
-  } else {
-    outcome = refused ? "nothing was added" : "no other group added its share";
-  }
   return absl::Status(failed.code(),
-                      absl::StrCat(failed.message(), "; ", outcome));
+                      absl::StrCat(failed.message(), "; ",
+                                   SharesThatStand("added", kept, refused)));
 }
 
 grpc::Status Router::AddPatterns(Ctx* context,
@@ -684,16 +697,20 @@ grpc::Status Router::DeletePatterns(Ctx* context,
             total_count.emplace(*pool_, request->store(), counts, deadline);
           });
   if (absl::Status failed = FirstError(status); !failed.ok()) {
-    std::vector<uint32_t> done;
+    std::vector<std::string> done;
+    bool refused = true;
     for (uint32_t g = 0; g < groups; ++g) {
-      if (shares[g].ids_size() > 0 && status[g].ok()) done.push_back(g);
+      if (shares[g].ids_size() == 0) continue;
+      if (status[g].ok()) {
+        done.push_back(absl::StrCat(g, " (", shares[g].ids_size(), " ids)"));
+      } else if (!RefusedBeforeWriting(status[g].code())) {
+        refused = false;
+      }
     }
-    return call.Done(absl::Status(
-        failed.code(),
-        absl::StrCat(failed.message(),
-                     "; each shard group deletes its share "
-                     "atomically: deleted in groups ",
-                     done.empty() ? "none" : absl::StrJoin(done, ", "))));
+    return call.Done(
+        absl::Status(failed.code(),
+                     absl::StrCat(failed.message(), "; ",
+                                  SharesThatStand("deleted", done, refused))));
   }
   absl::StatusOr<uint64_t> total = total_count->Total();
   if (!total.ok()) return call.Done(total.status());
