@@ -439,7 +439,8 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
   // pattern limit): the groups that added theirs delete them again, so that
   // the batch is all or nothing through a router as on one engramd. Where a
   // group's outcome is unknown (it did not answer in time) nothing is taken
-  // back: its share may stand, and a partial batch is better kept whole.
+  // back: its share may stand, and taking the others' back could leave
+  // only it.
   std::vector<bool> undo(groups);
   bool refused = true;
   for (uint32_t g = 0; g < groups; ++g) {
