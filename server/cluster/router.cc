@@ -441,14 +441,10 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
   // group's outcome is unknown (it did not answer in time) nothing is taken
   // back: its share may stand, and taking the others' back could leave
   // only it.
+  const bool refused = FailuresAllRefused(status);
   std::vector<bool> undo(groups);
-  bool refused = true;
   for (uint32_t g = 0; g < groups; ++g) {
-    if (members[g].empty()) continue;
-    undo[g] = status[g].ok();
-    if (!status[g].ok() && !RefusedBeforeWriting(status[g].code())) {
-      refused = false;
-    }
+    undo[g] = !members[g].empty() && status[g].ok();
   }
   std::vector<absl::Status> undone(groups);
   if (refused) {
@@ -699,19 +695,16 @@ grpc::Status Router::DeletePatterns(Ctx* context,
           });
   if (absl::Status failed = FirstError(status); !failed.ok()) {
     std::vector<std::string> done;
-    bool refused = true;
     for (uint32_t g = 0; g < groups; ++g) {
-      if (shares[g].ids_size() == 0) continue;
-      if (status[g].ok()) {
+      if (shares[g].ids_size() > 0 && status[g].ok()) {
         done.push_back(absl::StrCat(g, " (", shares[g].ids_size(), " ids)"));
-      } else if (!RefusedBeforeWriting(status[g].code())) {
-        refused = false;
       }
     }
-    return call.Done(
-        absl::Status(failed.code(),
-                     absl::StrCat(failed.message(), "; ",
-                                  SharesThatStand("deleted", done, refused))));
+    return call.Done(absl::Status(
+        failed.code(),
+        absl::StrCat(
+            failed.message(), "; ",
+            SharesThatStand("deleted", done, FailuresAllRefused(status)))));
   }
   absl::StatusOr<uint64_t> total = total_count->Total();
   if (!total.ok()) return call.Done(total.status());

@@ -73,21 +73,25 @@ std::vector<absl::Status> InParallel(
   return status;
 }
 
-bool RefusedBeforeWriting(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kUnauthenticated:
-      return true;
-    default:
-      return false;
+bool FailuresAllRefused(const std::vector<absl::Status>& status) {
+  for (const absl::Status& s : status) {
+    switch (s.code()) {
+      case absl::StatusCode::kOk:
+      case absl::StatusCode::kInvalidArgument:
+      case absl::StatusCode::kNotFound:
+      case absl::StatusCode::kAlreadyExists:
+      case absl::StatusCode::kFailedPrecondition:
+      case absl::StatusCode::kResourceExhausted:
+      case absl::StatusCode::kOutOfRange:
+      case absl::StatusCode::kAborted:
+      case absl::StatusCode::kPermissionDenied:
+      case absl::StatusCode::kUnauthenticated:
+        break;
+      default:
+        return false;
+    }
   }
+  return true;
 }
 
 absl::Status FirstError(const std::vector<absl::Status>& status) {

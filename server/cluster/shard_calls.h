@@ -354,11 +354,11 @@ std::vector<absl::Status> InParallel(
 
 absl::Status FirstError(const std::vector<absl::Status>& status);
 
-// Whether a shard's answer with `code` to a write means it refused it
-// before writing anything (bad input, an id it holds, a limit, a store
-// being restored), as against one whose outcome is unknown (the call timed
-// out, the replica went away, an error of its own).
-bool RefusedBeforeWriting(absl::StatusCode code);
+// Whether every group whose write failed (`status` as WriteToGroups gives
+// it) refused it before writing anything (bad input, an id it holds, a
+// limit, a store being restored), so that no failed group's outcome is
+// unknown (the call timed out, the replica went away, an error of its own).
+bool FailuresAllRefused(const std::vector<absl::Status>& status);
 
 // One PartialStep on every replica of `replicas` (one per group), sent at
 // construction, failing over to another replica of a group whose own is
