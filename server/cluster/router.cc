@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <utility>
@@ -356,6 +357,42 @@ std::string SharesThatStand(absl::string_view did,
                        : absl::StrCat("no other group's share was ", did);
 }
 
+// The error one engramd would give for a whole request that went to the
+// groups in shares: where an answer names an element of its group's share
+// (`field`: "ids[3] …", "patterns[3].id …"), that element is named by its
+// place in the request (places[g][3]); a store's refusal that names no
+// element comes first, as one engramd checks the store before the
+// elements, then the answer naming the element earliest in the request.
+// OK if every group's status is.
+absl::Status FirstInRequest(const std::vector<absl::Status>& status,
+                            absl::string_view field,
+                            const std::vector<std::vector<int>>& places) {
+  absl::Status first;
+  size_t first_place = std::numeric_limits<size_t>::max();
+  for (size_t g = 0; g < status.size(); ++g) {
+    if (status[g].ok()) continue;
+    absl::string_view rest = status[g].message();
+    size_t j = 0;
+    if (!absl::ConsumePrefix(&rest, field) ||
+        !absl::ConsumePrefix(&rest, "[")) {
+      return status[g];  // Names no element: the store's own refusal.
+    }
+    const size_t close = rest.find(']');
+    if (close == absl::string_view::npos ||
+        !absl::SimpleAtoi(rest.substr(0, close), &j) || j >= places[g].size()) {
+      return status[g];
+    }
+    const size_t place = static_cast<size_t>(places[g][j]);
+    if (place < first_place) {
+      first_place = place;
+      first = absl::Status(
+          status[g].code(),
+          absl::StrCat(field, "[", place, "]", rest.substr(close + 1)));
+    }
+  }
+  return first;
+}
+
 }  // namespace
 
 std::vector<std::vector<int>> Router::Place(
@@ -433,7 +470,7 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
             return absl::OkStatus();
           },
           deadline, alongside);
-  absl::Status failed = FirstError(status);
+  absl::Status failed = FirstInRequest(status, "patterns", members);
   if (failed.ok()) return ids;
   // A group refused its share before writing it (an id it holds, its
   // pattern limit): the groups that added theirs delete them again, so that
@@ -670,16 +707,50 @@ grpc::Status Router::DeletePatterns(Ctx* context,
   }
   const uint32_t groups = pool_->groups();
   std::vector<api::DeletePatternsRequest> shares(groups);
-  for (uint64_t id : request->ids()) {
-    shares[store::GroupOf(id, groups)].add_ids(id);
+  std::vector<std::vector<int>> places(groups);  // Of each share's ids.
+  for (int i = 0; i < request->ids_size(); ++i) {
+    const uint32_t g = store::GroupOf(request->ids(i), groups);
+    shares[g].add_ids(request->ids(i));
+    places[g].push_back(i);
   }
   const absl::Time deadline = DeadlineOf(context);
   std::vector<uint64_t> counts(groups, GroupCounts::kUnknown);
   std::optional<GroupCounts> total_count;  // As AddPatterns'.
   std::vector<bool> writes(groups);
+  std::vector<uint32_t> involved;
   for (uint32_t g = 0; g < groups; ++g) {
     writes[g] = shares[g].ids_size() > 0;
     shares[g].set_store(request->store());
+    if (writes[g]) involved.push_back(g);
+  }
+  // A delete over several groups is checked by each of them first: an id
+  // one group lacks deletes nothing anywhere, as on one engramd. Check and
+  // delete are two calls: a delete of the same id by another client between
+  // them still fails that group's share alone (the answer names the shares
+  // that stand). A shard too old to check (UNIMPLEMENTED) is not asked.
+  if (involved.size() > 1) {
+    std::vector<const Replica*> replicas;
+    for (uint32_t g : involved) {
+      absl::StatusOr<const Replica*> r = pool_->Pick(g);
+      if (!r.ok()) return call.Done(r.status());
+      replicas.push_back(*r);
+    }
+    std::vector<api::DeletePatternsResponse> checked;
+    const std::vector<absl::Status> got =
+        UnaryOnEach<api::DeletePatternsRequest>(
+            *pool_, replicas,
+            [&](size_t i) -> const api::DeletePatternsRequest& {
+              return shares[involved[i]];
+            },
+            ShardCall(&v1::Shard::Stub::async::CheckDelete), &checked, deadline,
+            OnUnavailable::kFailOver);
+    std::vector<absl::Status> status(groups);
+    for (size_t i = 0; i < involved.size(); ++i) {
+      if (!absl::IsUnimplemented(got[i])) status[involved[i]] = got[i];
+    }
+    if (absl::Status s = FirstInRequest(status, "ids", places); !s.ok()) {
+      return call.Done(s);
+    }
   }
   const std::vector<absl::Status> status =
       WriteToGroups<api::DeletePatternsRequest, api::DeletePatternsResponse>(
@@ -693,7 +764,8 @@ grpc::Status Router::DeletePatterns(Ctx* context,
           [&] {
             total_count.emplace(*pool_, request->store(), counts, deadline);
           });
-  if (absl::Status failed = FirstError(status); !failed.ok()) {
+  if (absl::Status failed = FirstInRequest(status, "ids", places);
+      !failed.ok()) {
     std::vector<std::string> done;
     for (uint32_t g = 0; g < groups; ++g) {
       if (shares[g].ids_size() > 0 && status[g].ok()) {

@@ -274,6 +274,24 @@ grpc::Status ShardService::GetValues(grpc::ServerContext* context,
   return call.Done(absl::OkStatus());
 }
 
+grpc::Status ShardService::CheckDelete(
+    grpc::ServerContext* context,
+    const engram::v1::DeletePatternsRequest* request,
+    engram::v1::DeletePatternsResponse* response) {
+  rpc::Call call(policy_, "CheckDelete", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  if (absl::Status s = (*found)->CheckDelete(
+          absl::MakeConstSpan(request->ids().data(), request->ids_size()));
+      !s.ok()) {
+    return call.Done(s);
+  }
+  response->set_pattern_count((*found)->view()->size());
+  return call.Done(absl::OkStatus());
+}
+
 grpc::Status ShardService::GetLowRankSums(grpc::ServerContext* context,
                                           const v1::LowRankSumsRequest* request,
                                           v1::LowRankSums* response) {

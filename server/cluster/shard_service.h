@@ -1,7 +1,8 @@
 // engram.cluster.v1.Shard: what a shard serves a router besides
 // engram.v1.Engram — its identity and stores (Describe), one retrieval step
 // over its part of a store (PartialStep, server/core/partial.h), pattern
-// values by id (GetValues), its part of the low-rank sums (GetLowRankSums,
+// values by id (GetValues), whether a delete would succeed (CheckDelete),
+// its part of the low-rank sums (GetLowRankSums,
 // server/core/low_rank.h), and what a router's fit of the whole store needs:
 // a seeded sample (GetSample), the map it publishes (PutFeatureMap,
 // GetFeatureMap) and the calibration it applies (PutCalibration).
@@ -50,6 +51,10 @@ class ShardService final : public v1::Shard::Service {
   grpc::Status GetValues(grpc::ServerContext* context,
                          const v1::GetValuesRequest* request,
                          v1::GetValuesResponse* response) override;
+  grpc::Status CheckDelete(
+      grpc::ServerContext* context,
+      const engram::v1::DeletePatternsRequest* request,
+      engram::v1::DeletePatternsResponse* response) override;
   grpc::Status GetLowRankSums(grpc::ServerContext* context,
                               const v1::LowRankSumsRequest* request,
                               v1::LowRankSums* response) override;

@@ -45,6 +45,7 @@ constexpr Method kMethods[] = {
     {"Describe", false},
     {"PartialStep", false},
     {"GetValues", false},
+    {"CheckDelete", false},  // Checks a delete; changes nothing.
     {"GetLowRankSums", false},
     {"GetSample", false},
     {"PutFeatureMap", true},

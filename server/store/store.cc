@@ -624,6 +624,11 @@ absl::Status Store::Delete(absl::Span<const uint64_t> ids) {
   return DeleteLocked(ids);
 }
 
+absl::Status Store::CheckDelete(absl::Span<const uint64_t> ids) {
+  MutexLock write_lock(&write_mu_);
+  return LocateLocked(ids).status();
+}
+
 absl::StatusOr<size_t> Store::ExpireDue(int64_t now_ns) {
   MutexLock write_lock(&write_mu_);
   size_t expired = 0;
@@ -652,7 +657,8 @@ absl::StatusOr<size_t> Store::ReclaimExpired() {
   return ExpireDue(now);
 }
 
-absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
+absl::StatusOr<absl::flat_hash_map<uint64_t, size_t>> Store::LocateLocked(
+    absl::Span<const uint64_t> ids) {
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
   if (ids.size() > limits_.max_batch) {
@@ -675,6 +681,14 @@ absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
       }
     }
   }
+  return location;
+}
+
+absl::Status Store::DeleteLocked(absl::Span<const uint64_t> ids) {
+  absl::StatusOr<absl::flat_hash_map<uint64_t, size_t>> located =
+      LocateLocked(ids);
+  if (!located.ok()) return located.status();
+  absl::flat_hash_map<uint64_t, size_t>& location = *located;
   if (absl::Status status = storage_->WritePatterns(name_, {}, ids, next_id_);
       !status.ok()) {
     return status;

@@ -26,6 +26,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -261,6 +262,9 @@ class Store {
   absl::StatusOr<std::vector<uint64_t>> Add(absl::Span<const Pattern> patterns);
   // Deletes all ids or none.
   absl::Status Delete(absl::Span<const uint64_t> ids);
+  // What Delete(ids) would answer now, deleting nothing (OK where it would
+  // delete them all).
+  absl::Status CheckDelete(absl::Span<const uint64_t> ids);
   // Deletes every pattern whose expiry is at or before `now_ns` (Unix
   // nanoseconds), in batches of max_batch, each atomic; how many.
   absl::StatusOr<size_t> ExpireDue(int64_t now_ns);
@@ -350,6 +354,10 @@ class Store {
   // if one does not fit (float16 beyond 65504).
   absl::StatusOr<std::vector<Pattern>> Rounded(
       absl::Span<const Pattern> patterns) const;
+  // Where each of `ids` is (its row), after the checks of a delete: the
+  // store writable, 1 to max_batch ids, each stored and given once.
+  absl::StatusOr<absl::flat_hash_map<uint64_t, size_t>> LocateLocked(
+      absl::Span<const uint64_t> ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status DeleteLocked(absl::Span<const uint64_t> ids)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 

@@ -500,6 +500,18 @@ class ClusterTest(unittest.TestCase):
                     c.delete("badbatch", ids + ids[-1:])
                 self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
                 self.assertEqual(c.get_store("badbatch").pattern_count, 6, name)
+                # A delete over every group naming one id no group holds:
+                # nothing is deleted anywhere, and the answer names the id
+                # by its place in the request.
+                missing = max(ids) + 1009
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.delete("badbatch", ids + [missing])
+                self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND, name)
+                self.assertTrue(e.exception.details().startswith(
+                    f"ids[{len(ids)}] {missing} is not in store 'badbatch'"),
+                    (name, e.exception.details()))
+                self.assertEqual(c.get_store("badbatch").pattern_count, 6,
+                                 (name, e.exception.details()))
                 # An id one group already holds, among new ids every group
                 # takes: the groups that added their share delete it again.
                 fresh = [1000003 * k for k in range(1, 31)]
@@ -509,6 +521,9 @@ class ClusterTest(unittest.TestCase):
                         stub.AddPatterns(pb.AddPatternsRequest(store="badbatch", patterns=batch),
                                          timeout=10)
                     self.assertEqual(e.exception.code(), grpc.StatusCode.ALREADY_EXISTS, name)
+                    self.assertTrue(e.exception.details().startswith(
+                        f"patterns[{len(fresh)}].id {ids[0]} already exists"),
+                        (name, e.exception.details()))
                     self.assertEqual(c.get_store("badbatch").pattern_count, 6,
                                      (name, e.exception.details()))
                     self.assertEqual(sorted(p.id for p in c.list_patterns("badbatch")),

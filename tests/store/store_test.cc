@@ -346,6 +346,21 @@ TEST(StoreTest, DeleteValidatesEveryIdFirst) {
   EXPECT_EQ(store.view()->size(), 2u);
 }
 
+TEST(StoreTest, CheckDeleteAnswersAsDeleteAndDeletesNothing) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 1), Limits{}, &storage);
+  ASSERT_TRUE(store.Add({MakePattern(1, 1, 1), MakePattern(2, 1, 2)}).ok());
+  const uint64_t version = store.view()->version();
+  for (const std::vector<uint64_t>& ids :
+       std::vector<std::vector<uint64_t>>{{1, 9}, {1, 1}, {}, {2, 1}}) {
+    const absl::Status checked = store.CheckDelete(ids);
+    EXPECT_EQ(store.view()->size(), 2u);
+    EXPECT_EQ(store.view()->version(), version);
+    EXPECT_EQ(checked, store.Delete(ids)) << ids.size();
+  }
+  EXPECT_EQ(store.view()->size(), 0u);  // The last pair was deletable.
+}
+
 TEST(StoreTest, ListPagesInIdOrder) {
   EphemeralStorage storage;
   Store store(Settings("s", 1), Limits{}, &storage);
