@@ -9,11 +9,15 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "openssl/bio.h"
 #include "openssl/err.h"
 #include "openssl/pem.h"
@@ -26,6 +30,63 @@ Server::Server(std::string host) : host_(std::move(host)) {}
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
 namespace {
+
+// gRPC answers a request whose bytes do not parse as the method's message
+// with INTERNAL and no message, before any handler runs; this says what the
+// bytes are not, as INVALID_ARGUMENT. For the methods that take one request
+// (unary, server streaming): in a client's stream a message that does not
+// parse ends the stream for its handler, and gRPC tells it nothing more.
+class UnparsedRequest final : public grpc::experimental::Interceptor {
+ public:
+  explicit UnparsedRequest(const char* method) : method_(method) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* batch) override {
+    using Hook = grpc::experimental::InterceptionHookPoints;
+    if (batch->QueryInterceptionHookPoint(Hook::POST_RECV_MESSAGE) &&
+        batch->GetRecvMessage() == nullptr) {
+      unparsed_ = true;
+    }
+    if (unparsed_ && batch->QueryInterceptionHookPoint(Hook::PRE_SEND_STATUS)) {
+      const grpc::Status sent = batch->GetSendStatus();
+      if (sent.error_code() == grpc::StatusCode::INTERNAL &&
+          sent.error_message().empty()) {
+        batch->ModifySendStatus(
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         absl::StrCat("the request's bytes are not an ",
+                                      RequestType(method_))));
+      }
+    }
+    batch->Proceed();
+  }
+
+ private:
+  // "engram.v1.GetStoreRequest" for "/engram.v1.Engram/GetStore".
+  static std::string RequestType(absl::string_view method) {
+    absl::ConsumePrefix(&method, "/");
+    const google::protobuf::MethodDescriptor* found =
+        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(
+            absl::StrReplaceAll(method, {{"/", "."}}));
+    if (found == nullptr) return absl::StrCat("request of ", method);
+    return found->input_type()->full_name();
+  }
+
+  const char* const method_;
+  bool unparsed_ = false;
+};
+
+class UnparsedRequestFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    // One request message each, parsed before the handler runs.
+    using Type = grpc::experimental::ServerRpcInfo::Type;
+    if (info->type() != Type::UNARY && info->type() != Type::SERVER_STREAMING) {
+      return nullptr;
+    }
+    return new UnparsedRequest(info->method());
+  }
+};
 
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      const char* flag) {
@@ -160,6 +221,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   for (const std::unique_ptr<grpc::Service>& service : server->services_) {
     builder.RegisterService(service.get());
   }
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<UnparsedRequestFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(

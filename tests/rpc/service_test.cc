@@ -329,24 +329,32 @@ TEST_F(ServiceTest, EchoedInputIsClipped) {
 
 // Bytes that are no RetrieveRequest: INVALID_ARGUMENT saying so (gRPC's
 // callback API, left to parse them, would answer UNIMPLEMENTED).
-TEST_F(ServiceTest, RetrieveRefusesBytesThatAreNoRequest) {
+TEST_F(ServiceTest, BytesThatAreNoRequestAreInvalid) {
   Create("s", 2);
   grpc::GenericStub generic(grpc::CreateChannel(
       server_->address(), grpc::InsecureChannelCredentials()));
-  // A field 2 (queries) whose length runs past the end of the message.
+  // A field 2 whose length runs past the end of the message.
   const std::string garbage("\x12\x7f\x0a", 3);
-  grpc::Slice slice(garbage);
-  grpc::ByteBuffer request(&slice, 1), response;
-  grpc::ClientContext context;
-  std::promise<grpc::Status> done;
-  generic.UnaryCall(&context, "/engram.v1.Engram/Retrieve", grpc::StubOptions(),
-                    &request, &response,
-                    [&done](grpc::Status status) { done.set_value(status); });
-  const grpc::Status status = done.get_future().get();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(status.error_message().find("not an engram.v1.RetrieveRequest"),
-            std::string::npos)
-      << status.error_message();
+  // Retrieve parses its own request; gRPC parses the others'.
+  for (const char* method :
+       {"Retrieve", "GetStore", "CreateStore", "AddPatterns", "DeletePatterns",
+        "StartCalibration"}) {
+    grpc::Slice slice(garbage);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::ClientContext context;
+    std::promise<grpc::Status> done;
+    generic.UnaryCall(&context, absl::StrCat("/engram.v1.Engram/", method),
+                      grpc::StubOptions(), &request, &response,
+                      [&done](grpc::Status status) { done.set_value(status); });
+    const grpc::Status status = done.get_future().get();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(
+                  absl::StrCat("are not an engram.v1.", method, "Request")),
+              std::string::npos)
+        << method << ": " << status.error_message();
+  }
+  EXPECT_EQ(Count("s"), 0u);
 }
 
 TEST_F(ServiceTest, UpdateStoreFollowsTheMask) {
