@@ -192,6 +192,8 @@ absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
       stub_->ImportPatterns(&context, &response);
   const size_t rows = dim ? values.size() / dim : 0;
   batch_rows = std::max<size_t>(batch_rows, 1);
+  const size_t messages =
+      std::max<size_t>(1, (rows + batch_rows - 1) / batch_rows);
   for (size_t first = 0; first < rows; first += batch_rows) {
     v1::ImportPatternsRequest message;
     if (first == 0) message.set_store(store);
@@ -208,6 +210,14 @@ absl::StatusOr<v1::ImportPatternsResponse> Client::Import(
   }
   writer->WritesDone();
   if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) return s;
+  // A message the server could not read ends the stream for it, and it
+  // answers for the messages before: say so rather than return success.
+  if (response.batches() != messages) {
+    return absl::DataLossError(absl::StrCat(
+        "the server read ", response.batches(), " of the ", messages,
+        " messages and added ", response.patterns_added(), " of the ", rows,
+        " patterns; the rest were not added"));
+  }
   return response;
 }
 

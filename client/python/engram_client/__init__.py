@@ -21,12 +21,13 @@ from importlib import metadata as _metadata
 
 from engram_client._proto.engram.v1 import engram_pb2 as pb
 from engram_client._proto.engram.v1 import engram_pb2_grpc as pb_grpc
-from engram_client.client import RPCS, SETTINGS, Client, Pattern, Recall, verify_backup
+from engram_client.client import (RPCS, SETTINGS, Client, IncompleteImport, Pattern, Recall,
+                                  verify_backup)
 
 try:
     __version__ = _metadata.version("engram-client")
 except _metadata.PackageNotFoundError:  # Imported from a build tree.
     __version__ = "unknown"
 
-__all__ = ["Client", "Pattern", "Recall", "RPCS", "SETTINGS", "pb", "pb_grpc", "verify_backup",
+__all__ = ["Client", "IncompleteImport", "Pattern", "Recall", "RPCS", "SETTINGS", "pb", "pb_grpc", "verify_backup",
            "__version__"]

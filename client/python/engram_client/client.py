@@ -139,6 +139,15 @@ class Pattern:
                        if p.HasField("expire_time") else None)
 
 
+class IncompleteImport(RuntimeError):
+    """An import the server ended early without an error: `response` says
+    what it committed."""
+
+    def __init__(self, message: str, response: "pb.ImportPatternsResponse"):
+        super().__init__(message)
+        self.response = response
+
+
 def _enum_name(value: int, enum: _descriptor.EnumDescriptor) -> str:
     return enum.values_by_number[value].name.lower()
 
@@ -480,15 +489,23 @@ class Client:
         """Streams the rows of `vectors` in messages of `batch` rows (for
         imports larger than one message); returns what was committed."""
         x = self._matrix(vectors)
+        firsts = range(0, max(len(x), 1), batch)
 
         def messages() -> Iterator[bytes]:
-            for first in range(0, max(len(x), 1), batch):
+            for first in firsts:
                 count = min(batch, len(x) - first)
                 yield (pb.ImportPatternsRequest(store=store if first == 0 else "")
                        .SerializeToString() +
                        self._patterns(x, first, count, labels, None, metadata))
 
-        return self._import_raw(messages(), timeout=self._timeout, metadata=self._metadata)
+        r = self._import_raw(messages(), timeout=self._timeout, metadata=self._metadata)
+        # A message the server could not read ends the stream for it, and it
+        # answers for the messages before: say so rather than return them.
+        if r.batches != len(firsts):
+            raise IncompleteImport(
+                f"the server read {r.batches} of the {len(firsts)} messages and added "
+                f"{r.patterns_added} of the {len(x)} patterns; the rest were not added", r)
+        return r
 
     def get_pattern(self, store: str, pattern_id: int) -> Pattern:
         return Pattern.from_proto(self._call(
