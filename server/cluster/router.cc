@@ -555,40 +555,47 @@ grpc::Status Router::ImportPatterns(
   api::ImportPatternsRequest message;
   std::string store;
   std::vector<uint64_t> counts;
+  // Every answer as one engramd words it (server/rpc/service.cc).
   while (reader->Read(&message)) {
+    const uint64_t index = response->batches();
+    response->set_batches(index + 1);  // Every message read, empty ones too.
+    const std::string committed =
+        absl::StrCat(response->patterns_added(),
+                     " patterns of earlier messages were committed");
+    if (message.ByteSizeLong() > policy_->max_message_bytes) {
+      return call.Done(rpc::TooLarge(
+          absl::StrCat("message ", index), message.ByteSizeLong(),
+          policy_->max_message_bytes,
+          absl::StrCat("send fewer patterns per message; ", committed)));
+    }
     if (store.empty()) {
       if (message.store().empty()) {
         return call.Done(absl::InvalidArgumentError(
-            "the first ImportPatterns message must name the store"));
+            "store is required in the first message of ImportPatterns"));
       }
       store = message.store();
-    }
-    if (message.ByteSizeLong() > policy_->max_message_bytes) {
-      return call.Done(rpc::TooLarge(
-          absl::StrCat("message ", response->batches() + 1),
-          message.ByteSizeLong(), policy_->max_message_bytes,
-          absl::StrCat(response->patterns_added(),
-                       " patterns of earlier messages were added; send the "
-                       "rest in smaller messages")));
+    } else if (!message.store().empty() && message.store() != store) {
+      return call.Done(absl::InvalidArgumentError(absl::StrCat(
+          "message ", index, ": store '", Clip(message.store()),
+          "' differs from the first message's '", store, "'; ", committed)));
     }
     if (message.patterns_size() == 0) continue;
     absl::StatusOr<std::vector<uint64_t>> ids =
         AddBatch(store, message.patterns(), Place(message.patterns()), deadline,
                  &counts);
     if (!ids.ok()) {
-      return call.Done(absl::Status(
-          ids.status().code(),
-          absl::StrCat(ids.status().message(), "; ", response->patterns_added(),
-                       " patterns of earlier messages were added")));
+      return call.Done(
+          absl::Status(ids.status().code(),
+                       absl::StrCat("message ", index, ": ",
+                                    ids.status().message(), "; ", committed)));
     }
     if (response->patterns_added() == 0) response->set_first_id(ids->front());
     response->set_last_id(ids->back());
     response->set_patterns_added(response->patterns_added() + ids->size());
-    response->set_batches(response->batches() + 1);
   }
   if (store.empty()) {
     return call.Done(absl::InvalidArgumentError(
-        "the first ImportPatterns message must name the store"));
+        "the stream held no message; the first must name the store"));
   }
   absl::StatusOr<uint64_t> total =
       GroupCounts(*pool_, store,

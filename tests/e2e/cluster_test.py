@@ -25,7 +25,7 @@ BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client, pb, pb_grpc  # noqa: E402
+from engram_client import Client, IncompleteImport, pb, pb_grpc  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
@@ -531,6 +531,53 @@ class ClusterTest(unittest.TestCase):
                     if name != "single":
                         self.assertIn("nothing was added", e.exception.details())
                 c.delete_store("badbatch")
+
+    def test_2d_an_import_answers_as_one_engramd(self):
+        """ImportPatterns through a router counts every message read and
+        refuses in one engramd's words; a message that does not parse ends
+        the stream for any server, and the client says the import is
+        incomplete."""
+        one = [pb.Pattern(values=[1.0, 2.0, 3.0])]
+        texts = {}
+        for name, addr in self.each_server():
+            with Client(addr) as c:
+                c.create_store("imp", dim=3)
+                stub = pb_grpc.EngramStub(grpc.insecure_channel(addr))
+                empty = c.import_patterns("imp", np.zeros((0, 3), np.float32))
+                self.assertEqual((empty.batches, empty.patterns_added), (1, 0), name)
+
+                def refused(*messages):
+                    with self.assertRaises(grpc.RpcError) as e:
+                        stub.ImportPatterns(iter(messages), timeout=10)
+                    return e.exception.code(), e.exception.details()
+                texts[name] = [
+                    refused(),
+                    refused(pb.ImportPatternsRequest(patterns=one)),
+                    refused(pb.ImportPatternsRequest(store="imp", patterns=one),
+                            pb.ImportPatternsRequest(store="other", patterns=one)),
+                ]
+                code, _ = refused(pb.ImportPatternsRequest(store="imp", patterns=one),
+                                  pb.ImportPatternsRequest(patterns=[pb.Pattern(values=[1.0])]))
+                self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, name)
+                self.assertEqual(c.get_store("imp").pattern_count, 2, name)
+                # The second of three messages garbled on the way out.
+                real, sent = c._patterns, []
+
+                def second_garbled(*args):
+                    sent.append(1)
+                    return real(*args) if len(sent) != 2 else b"\x12\x7f\x0a"
+                c._patterns = second_garbled
+                with self.assertRaises(IncompleteImport, msg=name) as e:
+                    c.import_patterns("imp", np.ones((9, 3), np.float32), batch=3)
+                c._patterns = real
+                self.assertIn("read 1 of the 3 messages and added 3 of the 9", str(e.exception))
+                self.assertEqual(c.get_store("imp").pattern_count, 5, name)
+                c.delete_store("imp")
+        self.assertEqual(texts["single"][2][1],
+                         "message 1: store 'other' differs from the first message's 'imp'; "
+                         "1 patterns of earlier messages were committed")
+        for name in ("3x1", "2x2"):
+            self.assertEqual(texts[name], texts["single"], name)
 
     def test_2c_a_name_no_store_could_have_is_invalid_everywhere(self):
         """A store name that breaks the naming rules is INVALID_ARGUMENT from
