@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/descriptor.h"
+#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "server/jobs/job_runner.h"
 #include "server/metrics/metrics.h"
@@ -166,6 +167,45 @@ TEST(ClientTest, EveryRpcHasAClientCallThatReachesIt) {
   }
   EXPECT_EQ(covered.size(), static_cast<size_t>(service->method_count()));
   (*server)->Shutdown(absl::Seconds(1));
+}
+
+// A server that reads one message of an import and answers for it, as
+// engramd does when the next message does not parse.
+class ReadsOneMessage final : public v1::Engram::Service {
+  grpc::Status ImportPatterns(grpc::ServerContext*,
+                              grpc::ServerReader<v1::ImportPatternsRequest>* in,
+                              v1::ImportPatternsResponse* response) override {
+    v1::ImportPatternsRequest message;
+    if (in->Read(&message)) {
+      response->set_batches(1);
+      response->set_patterns_added(message.patterns_size());
+    }
+    return grpc::Status::OK;
+  }
+};
+
+TEST(ClientTest, AnImportTheServerReadPartOfFails) {
+  ReadsOneMessage service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(port, 0);
+  ClientOptions options;
+  options.address = absl::StrCat("127.0.0.1:", port);
+  std::unique_ptr<Client> client = std::move(*Client::Connect(options));
+  const std::vector<float> rows(9 * 2, 1.0f);
+  absl::StatusOr<v1::ImportPatternsResponse> done =
+      client->Import("s", rows, 2, {}, 3);
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(done.status().message(),
+            "the server read 1 of the 3 messages and added 3 of the 9 "
+            "patterns; the rest were not added");
+  // Everything read: the answer.
+  EXPECT_TRUE(client->Import("s", rows, 2, {}, 9).ok());
+  server->Shutdown();
 }
 
 }  // namespace
