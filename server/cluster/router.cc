@@ -734,7 +734,8 @@ grpc::Status Router::DeletePatterns(Ctx* context,
   // one group lacks deletes nothing anywhere, as on one engramd. Check and
   // delete are two calls: a delete of the same id by another client between
   // them still fails that group's share alone (the answer names the shares
-  // that stand). A shard too old to check (UNIMPLEMENTED) is not asked.
+  // that stand). A shard too old to have the check answers UNIMPLEMENTED:
+  // its share goes unchecked, as before the check.
   if (involved.size() > 1) {
     std::vector<const Replica*> replicas;
     for (uint32_t g : involved) {
