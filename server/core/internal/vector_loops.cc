@@ -93,7 +93,9 @@ constexpr float kC[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
                          1.0f / 6,    0.5f,       1.0f,       1.0f};
 
 inline float ExpNonPositive(float x) {
-  x = x < kExpMin ? kExpMin : x;
+  // NaN clamps to kExpMin, as the vector forms' max does (a score that
+  // overflowed, inf - inf); the cast below must see a small integer.
+  x = x >= kExpMin ? std::min(x, 88.0f) : kExpMin;
   const float n = std::nearbyint(x * kLog2e);
   const float r = x - n * kLn2Hi - n * kLn2Lo;
   float p = kC[0];
