@@ -29,5 +29,5 @@ try:
 except _metadata.PackageNotFoundError:  # Imported from a build tree.
     __version__ = "unknown"
 
-__all__ = ["Client", "IncompleteImport", "Pattern", "Recall", "RPCS", "SETTINGS", "pb", "pb_grpc", "verify_backup",
-           "__version__"]
+__all__ = ["Client", "IncompleteImport", "Pattern", "Recall", "RPCS", "SETTINGS", "pb", "pb_grpc",
+           "verify_backup", "__version__"]
