@@ -20,6 +20,7 @@
 #include "server/base/clip.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/convert.h"
+#include "server/rpc/import_stream.h"
 #include "server/store/placement.h"
 #include "server/store/retrieve.h"
 #include "server/store/store.h"
@@ -553,52 +554,24 @@ grpc::Status Router::ImportPatterns(
   if (!call.Admit(*context, nullptr)) return call.Refused();
   const absl::Time deadline = DeadlineOf(context);
   api::ImportPatternsRequest message;
-  std::string store;
+  rpc::ImportStream stream(policy_->max_message_bytes);
   std::vector<uint64_t> counts;
-  // Every answer as one engramd words it (server/rpc/service.cc).
   while (reader->Read(&message)) {
-    const uint64_t index = response->batches();
-    response->set_batches(index + 1);  // Every message read, empty ones too.
-    const std::string committed =
-        absl::StrCat(response->patterns_added(),
-                     " patterns of earlier messages were committed");
-    if (message.ByteSizeLong() > policy_->max_message_bytes) {
-      return call.Done(rpc::TooLarge(
-          absl::StrCat("message ", index), message.ByteSizeLong(),
-          policy_->max_message_bytes,
-          absl::StrCat("send fewer patterns per message; ", committed)));
-    }
-    if (store.empty()) {
-      if (message.store().empty()) {
-        return call.Done(absl::InvalidArgumentError(
-            "store is required in the first message of ImportPatterns"));
-      }
-      store = message.store();
-    } else if (!message.store().empty() && message.store() != store) {
-      return call.Done(absl::InvalidArgumentError(absl::StrCat(
-          "message ", index, ": store '", Clip(message.store()),
-          "' differs from the first message's '", store, "'; ", committed)));
-    }
+    if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
     if (message.patterns_size() == 0) continue;
     absl::StatusOr<std::vector<uint64_t>> ids =
-        AddBatch(store, message.patterns(), Place(message.patterns()), deadline,
-                 &counts);
-    if (!ids.ok()) {
-      return call.Done(
-          absl::Status(ids.status().code(),
-                       absl::StrCat("message ", index, ": ",
-                                    ids.status().message(), "; ", committed)));
-    }
-    if (response->patterns_added() == 0) response->set_first_id(ids->front());
+        AddBatch(stream.store(), message.patterns(), Place(message.patterns()),
+                 deadline, &counts);
+    if (!ids.ok()) return call.Done(stream.Failed(ids.status()));
+    if (stream.added() == 0) response->set_first_id(ids->front());
     response->set_last_id(ids->back());
-    response->set_patterns_added(response->patterns_added() + ids->size());
+    stream.Committed(ids->size());
+    response->set_patterns_added(stream.added());
   }
-  if (store.empty()) {
-    return call.Done(absl::InvalidArgumentError(
-        "the stream held no message; the first must name the store"));
-  }
+  if (absl::Status s = stream.End(); !s.ok()) return call.Done(s);
+  response->set_batches(stream.messages());
   absl::StatusOr<uint64_t> total =
-      GroupCounts(*pool_, store,
+      GroupCounts(*pool_, stream.store(),
                   std::vector<uint64_t>(pool_->groups(), GroupCounts::kUnknown),
                   deadline)
           .Total();

@@ -13,6 +13,7 @@
 #include "server/rpc/backup_stream.h"
 #include "server/rpc/call.h"
 #include "server/rpc/convert.h"
+#include "server/rpc/import_stream.h"
 #include "server/store/backup.h"
 #include "server/store/retrieve.h"
 
@@ -181,32 +182,17 @@ grpc::Status EngramService::ImportPatterns(
   Call call(policy_, "ImportPatterns", "");
   if (!call.Admit(*context, nullptr)) return call.Refused();
   v1::ImportPatternsRequest message;
+  ImportStream stream(policy_->max_message_bytes);
   std::shared_ptr<store::Store> target;
-  uint64_t messages = 0, first_id = 0, last_id = 0, added = 0;
+  uint64_t first_id = 0, last_id = 0;
   std::vector<store::Pattern> patterns;
   while (reader->Read(&message)) {
-    const uint64_t index = messages++;
-    if (message.ByteSizeLong() > policy_->max_message_bytes) {
-      return call.Done(TooLarge(
-          absl::StrCat("message ", index), message.ByteSizeLong(),
-          policy_->max_message_bytes,
-          absl::StrCat("send fewer patterns per message; ", added,
-                       " patterns of earlier messages were committed")));
-    }
+    if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
     if (!target) {
-      if (message.store().empty()) {
-        return call.Done(absl::InvalidArgumentError(
-            "store is required in the first message of ImportPatterns"));
-      }
       absl::StatusOr<std::shared_ptr<store::Store>> found =
-          registry_->Get(message.store());
-      if (!found.ok()) return call.Done(found.status());
+          registry_->Get(stream.store());
+      if (!found.ok()) return call.Done(stream.Failed(found.status()));
       target = *found;
-    } else if (!message.store().empty() && message.store() != target->name()) {
-      return call.Done(absl::InvalidArgumentError(absl::StrCat(
-          "message ", index, ": store '", Clip(message.store()),
-          "' differs from the first message's '", target->name(), "'; ", added,
-          " patterns of earlier messages were committed")));
     }
     if (message.patterns_size() == 0) continue;
     absl::Status converted = FromProto(message.patterns(), patterns);
@@ -215,24 +201,18 @@ grpc::Status EngramService::ImportPatterns(
                        : absl::StatusOr<std::vector<uint64_t>>(converted);
     if (!ids.ok()) {
       Added(*target, 0);
-      return call.Done(absl::Status(
-          ids.status().code(),
-          absl::StrCat("message ", index, ": ", ids.status().message(), "; ",
-                       added, " patterns of earlier messages were committed")));
+      return call.Done(stream.Failed(ids.status()));
     }
     for (uint64_t id : *ids) {
       first_id = first_id == 0 ? id : std::min(first_id, id);
       last_id = std::max(last_id, id);
     }
-    added += ids->size();
+    stream.Committed(ids->size());
     Added(*target, ids->size());
   }
-  if (!target) {
-    return call.Done(absl::InvalidArgumentError(
-        "the stream held no message; the first must name the store"));
-  }
-  response->set_patterns_added(added);
-  response->set_batches(messages);
+  if (absl::Status s = stream.End(); !s.ok()) return call.Done(s);
+  response->set_patterns_added(stream.added());
+  response->set_batches(stream.messages());
   response->set_pattern_count(target->view()->size());
   response->set_first_id(first_id);
   response->set_last_id(last_id);

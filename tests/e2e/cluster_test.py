@@ -556,9 +556,18 @@ class ClusterTest(unittest.TestCase):
                     refused(pb.ImportPatternsRequest(store="imp", patterns=one),
                             pb.ImportPatternsRequest(store="other", patterns=one)),
                 ]
-                code, _ = refused(pb.ImportPatternsRequest(store="imp", patterns=one),
-                                  pb.ImportPatternsRequest(patterns=[pb.Pattern(values=[1.0])]))
-                self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, name)
+                # A group's refusal: the same code, and the message and what
+                # was committed named as one engramd names them (a router adds
+                # the shard that refused, and checks a message's dimensions
+                # before it asks the store).
+                for code, details in [
+                        refused(pb.ImportPatternsRequest(store="nope", patterns=one)),
+                        refused(pb.ImportPatternsRequest(store="imp", patterns=one),
+                                pb.ImportPatternsRequest(
+                                    patterns=one + [pb.Pattern(values=[1.0])]))]:
+                    texts[name].append(code)
+                    self.assertRegex(details, r"^message \d: .*; \d patterns of earlier "
+                                     r"messages were committed$", name)
                 self.assertEqual(c.get_store("imp").pattern_count, 2, name)
                 # The second of three messages garbled on the way out.
                 real, sent = c._patterns, []
