@@ -146,8 +146,16 @@ void LowRankSums::Add(const float* keys, const float* rows, size_t n,
       basis_->Features(key.data(), 1.0, degree, psi.data() + i * rank);
       const float* row = rows + (begin + i) * dim_;
       std::copy(row, row + dim_, x.data() + i * dim_);
-      sq_norm_sum_ +=
-          sign * Dot(x.data() + i * dim_, x.data() + i * dim_, dim_);
+      const double sq_norm =
+          Dot(x.data() + i * dim_, x.data() + i * dim_, dim_);
+      sq_norm_sum_ += sign * sq_norm;
+      const double norm = std::sqrt(sq_norm);
+      const double key_norm =
+          keys_are_rows_ ? norm : std::sqrt(Dot(key.data(), key.data(), n_phi));
+      const double weight = (1 + norm) * (1 + norm) *
+                            std::pow(1 + key_norm, static_cast<double>(degree));
+      held_weight_ += sign * weight;
+      passed_weight_ += weight;
       for (size_t m = 0; m < rank; ++m) z_[m] += sign * psi[i * rank + m];
     }
     blas::GemmTN(rank, dim_, count, sign, psi.data(), rank, x.data(), dim_, 1.0,
@@ -169,6 +177,10 @@ absl::Status LowRankSums::AddPart(absl::Span<const double> a,
   for (size_t i = 0; i < rank * dim_; ++i) a_[i] += a[i];
   sq_norm_sum_ += sq_norm_sum;
   return absl::OkStatus();
+}
+
+bool LowRankSums::Drifted() const {
+  return passed_weight_ > kDriftRatio * std::max(held_weight_, 0.0);
 }
 
 void LowRankSums::Finish() {

@@ -97,6 +97,17 @@ class LowRankSums {
   // Recomputes the moments from the sums; call after the last Add.
   void Finish();
 
+  // Whether removals have cancelled so much more than the sums now hold
+  // that their rounding is no longer that of sums built afresh, which the
+  // error bound assumes: the rows added and removed since the sums began
+  // weigh more than kDriftRatio times the rows they hold, each row weighed
+  // by a bound on its terms, (1 + ||xi||)^2 (1 + ||k||)^degree. One outsized
+  // pattern added and removed again is enough; ordinary churn takes about
+  // kDriftRatio times the store's size in writes. The owner then sums its
+  // rows afresh. Parts merged by AddPart are not weighed.
+  static constexpr double kDriftRatio = 1024;
+  bool Drifted() const;
+
   const TaylorBasis& basis() const { return *basis_; }
   size_t dim() const { return dim_; }
   bool keys_are_rows() const { return keys_are_rows_; }
@@ -122,7 +133,9 @@ class LowRankSums {
   bool keys_are_rows_;
   std::vector<double> a_;
   std::vector<double> z_;
-  double sq_norm_sum_ = 0;  // sum_mu ||xi_mu||^2.
+  double sq_norm_sum_ = 0;    // sum_mu ||xi_mu||^2.
+  double held_weight_ = 0;    // Of the rows the sums hold (see Drifted).
+  double passed_weight_ = 0;  // Of every row added or removed.
   std::vector<double> mean_;
   std::vector<double> moment_;
   double feature_eig_ = 0;

@@ -873,6 +873,12 @@ void Store::UpdateSums(const float* keys, const float* values, size_t n,
   if (!sums_ || n == 0) return;
   auto sums = std::make_shared<core::LowRankSums>(*sums_);
   sums->Add(sums->keys_are_rows() ? values : keys, values, n, sign);
+  if (sums->Drifted()) {
+    // Removals cancelled far more than the sums hold (an outsized pattern
+    // deleted): their rounding would escape the error bound.
+    RebuildSums(view()->settings());
+    return;
+  }
   sums->Finish();
   sums_ = std::move(sums);
 }

@@ -232,6 +232,33 @@ TEST(LowRankSumsTest, IncrementalAddsAndRemovalsEqualARebuild) {
               1e-9);
 }
 
+TEST(LowRankSumsTest, DriftsOnceRemovalsOutweighWhatTheSumsHold) {
+  std::mt19937_64 rng(13);
+  const size_t n = 4, d = 6;
+  const std::vector<float> keys = RandomVectors(400, n, 1.0, rng);
+  const std::vector<float> rows = RandomVectors(400, d, 1.0, rng);
+  // Ordinary churn: half the rows out and back in, many times over, is far
+  // from kDriftRatio times what the sums hold.
+  LowRankSums sums(std::make_shared<const TaylorBasis>(n, 4), d, false);
+  sums.Add(keys.data(), rows.data(), 400, 1.0);
+  EXPECT_FALSE(sums.Drifted());
+  for (int round = 0; round < 50; ++round) {
+    sums.Add(keys.data(), rows.data(), 200, -1.0);
+    sums.Add(keys.data(), rows.data(), 200, 1.0);
+  }
+  EXPECT_FALSE(sums.Drifted());
+  // One outsized row added and removed: its terms (~1e6^6 here) dwarf the
+  // rows the sums hold, and so does the rounding its removal leaves.
+  const std::vector<float> big_key(n, 1e6f), big_row(d, 1e6f);
+  sums.Add(big_key.data(), big_row.data(), 1, 1.0);
+  EXPECT_FALSE(sums.Drifted());  // Held: the sums are as if built afresh.
+  sums.Add(big_key.data(), big_row.data(), 1, -1.0);
+  EXPECT_TRUE(sums.Drifted());
+  // Sums built afresh over the same rows have not drifted; nor have a
+  // router's merged parts, which are not weighed.
+  EXPECT_FALSE(Build(keys, rows, n, d, 4, false).Drifted());
+}
+
 // A router's merge: the parts' sums (kept at different degrees) added at
 // the smaller degree equal the sums of the whole at that degree, moments
 // and eigenvalue bounds included.
