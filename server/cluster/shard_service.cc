@@ -19,6 +19,7 @@
 #include "server/jobs/job_bodies.h"
 #include "server/rpc/convert.h"
 #include "server/store/gathered.h"
+#include "server/store/retrieve.h"
 #include "server/store/settings.h"
 
 namespace engram::cluster {
@@ -217,6 +218,14 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
       response->add_rows()->set_max(-INFINITY);
     }
     return call.Done(absl::OkStatus());
+  }
+  // A retrieval's first states are its queries, in their order (later ones
+  // are mixtures of patterns, within the store's norms).
+  if (absl::Status s =
+          store::CheckScoresFit(*view, params, request->states().data(), count,
+                                d != view->settings().dimension, "queries");
+      !s.ok()) {
+    return call.Done(s);
   }
   core::RetrievalOptions options;
   options.threads = options_.retrieval_threads;

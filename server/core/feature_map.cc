@@ -1,6 +1,7 @@
 #include "server/core/feature_map.h"
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <utility>
 
@@ -13,11 +14,16 @@ FeatureMap::FeatureMap(size_t in_dim, size_t out_dim,
     : in_dim_(in_dim),
       out_dim_(out_dim),
       identity_(false),
-      weights_(std::move(weights)) {}
+      weights_(std::move(weights)) {
+  double sq = 0;
+  for (float w : weights_) sq += double{w} * w;
+  frobenius_norm_ = std::sqrt(sq);
+}
 
 FeatureMap FeatureMap::Identity(size_t dim) {
   FeatureMap map(dim, dim, {});
   map.identity_ = true;
+  map.frobenius_norm_ = 1;
   return map;
 }
 

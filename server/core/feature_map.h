@@ -32,11 +32,15 @@ class FeatureMap {
   // out (n x out_dim) = x (n x in_dim) W^T.
   void Apply(const float* x, size_t n, float* out) const;
 
+  // ||W||_F (1 for the identity): ||Phi x|| <= frobenius_norm() * ||x||.
+  double frobenius_norm() const { return frobenius_norm_; }
+
  private:
   size_t in_dim_;
   size_t out_dim_;
   bool identity_;
   std::vector<float> weights_;
+  double frobenius_norm_;
 };
 
 }  // namespace engram::core

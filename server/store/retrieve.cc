@@ -88,6 +88,59 @@ std::string Figure(double value) { return absl::StrFormat("%.3g", value); }
 
 }  // namespace
 
+absl::Status CheckScoresFit(const StoreView& view,
+                            const core::RetrievalParams& params,
+                            const float* states, size_t count,
+                            bool states_are_features, absl::string_view field) {
+  const bool features =
+      core::IsKernel(params.similarity) && view.map() != nullptr;
+  const NormStats& norms = view.norms();
+  const double key_norm = features ? norms.max_feature_norm : norms.max_norm;
+  const size_t dim = view.settings().dimension;
+  const size_t space = features ? view.map()->out_dim() : dim;
+  const size_t width = states_are_features ? space : dim;
+  // ||Phi x|| <= ||W||_F ||x||.
+  const double gain =
+      features && !states_are_features ? view.map()->frobenius_norm() : 1.0;
+  const double beta = params.beta;
+  const char* of = features ? "feature norms" : "norms";
+  if (const double bound = core::ScoreBound(beta, key_norm, key_norm, space);
+      !(bound <= core::kMaxScore)) {
+    // Too large for beta: the request's (it overrides the store's) or the
+    // store's own, or patterns a store took in before norms were bounded.
+    const bool request_beta = beta != view.settings().retrieval.beta;
+    const bool patterns_fit =
+        core::ScoreBound(1, key_norm, key_norm, space) <= core::kMaxScore;
+    const std::string what = absl::StrFormat(
+        "store '%s' has patterns of %s up to %.3g: at beta %.3g their scores "
+        "could reach %.3g, past the %.3g float scores are kept under; %s",
+        view.settings().name, of, key_norm, beta, bound, core::kMaxScore,
+        patterns_fit ? "lower beta" : "delete the outsized patterns");
+    return patterns_fit && request_beta ? absl::InvalidArgumentError(what)
+                                        : absl::FailedPreconditionError(what);
+  }
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const double norm =
+        core::Norm(absl::MakeConstSpan(states + i * width, width));
+    if (norm > worst) {
+      worst = norm;
+      at = i;
+    }
+  }
+  const double bound =
+      core::ScoreBound(beta, std::max(gain * worst, key_norm), key_norm, space);
+  if (!(bound <= core::kMaxScore)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s[%d] has norm %.3g: with beta %.3g and the store's patterns of %s "
+        "up to %.3g its scores could reach %.3g, past the %.3g float scores "
+        "are kept under; scale it down or lower beta",
+        field, at, worst, beta, of, key_norm, bound, core::kMaxScore));
+  }
+  return absl::OkStatus();
+}
+
 LowRankForm LowRankFormOf(const StoreView& view) {
   LowRankForm form;
   form.store = view.settings().name;
@@ -273,6 +326,11 @@ absl::StatusOr<RetrieveResult> RetrieveAmong(
   absl::StatusOr<core::RetrievalParams> params =
       ResolveParams(view.settings(), rows.size(), request, limits);
   if (!params.ok()) return params.status();
+  if (absl::Status s = CheckScoresFit(view, *params, request.queries.data(),
+                                      request.num_queries, false, "queries");
+      !s.ok()) {
+    return s;
+  }
   const Gathered gathered(view, rows);
   absl::StatusOr<core::RetrievalOutput> out =
       core::RetrieveExact(gathered.set(), request.queries.data(),
@@ -327,6 +385,11 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
       ResolveParams(view.settings(), view.size(), request, limits);
   if (!resolved.ok()) return resolved.status();
   const core::RetrievalParams& params = *resolved;
+  if (absl::Status s = CheckScoresFit(view, params, request.queries.data(),
+                                      request.num_queries, false, "queries");
+      !s.ok()) {
+    return s;
+  }
 
   const double tolerance = request.tolerance
                                ? *request.tolerance

@@ -88,6 +88,17 @@ absl::StatusOr<PathReport> PlanPath(const LowRankForm& form,
                                     absl::Span<const double> query_features,
                                     size_t num_queries);
 
+// Refuses `count` states (row-major; features when `states_are_features`)
+// whose scores against `view`'s patterns could overflow float at `beta`
+// (core::ScoreBound over kMaxScore): FAILED_PRECONDITION when the store's
+// own patterns are already too large for beta, else INVALID_ARGUMENT naming
+// `field`[i], the worst state. Later steps' states are mixtures of the
+// patterns, so the first step's check covers them.
+absl::Status CheckScoresFit(const StoreView& view,
+                            const core::RetrievalParams& params,
+                            const float* states, size_t count,
+                            bool states_are_features, absl::string_view field);
+
 // The request checked against the store and the limits (messages name the
 // field and the limit), and the store's settings with its overrides.
 absl::StatusOr<core::RetrievalParams> ResolveParams(

@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/core/finite.h"
@@ -45,6 +46,12 @@ absl::Status CheckBatch(absl::Span<const Pattern> patterns, size_t dim,
       return absl::InvalidArgumentError(
           absl::StrCat("patterns[", i, "].values[", k, "] is ", p.values[k],
                        "; values must be finite"));
+    }
+    if (const double norm = core::Norm(p.values); !(norm <= core::kMaxNorm)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "patterns[%d].values has norm %.3g; a pattern's norm must be at "
+          "most %.3g, or its scores overflow float",
+          i, norm, core::kMaxNorm));
     }
     if (p.label.size() > limits.max_label_bytes) {
       return absl::InvalidArgumentError(

@@ -2,7 +2,10 @@
 // 16, in the tail, first, last), and nothing for finite extremes.
 #include "server/core/finite.h"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -52,6 +55,46 @@ TEST(FiniteTest, FiniteExtremesAreFinite) {
                                      9.0f,
                                      std::numeric_limits<float>::max()};
   EXPECT_EQ(FirstNonFinite(values), values.size());
+}
+
+TEST(FiniteTest, NormsPastFloatAreMeasuredInDouble) {
+  EXPECT_FLOAT_EQ(Norm(std::vector<float>(17, 2.0f)), 2 * std::sqrt(17.0));
+  EXPECT_EQ(Norm({}), 0.0);
+  const std::vector<float> big(9, 3e38f);  // Its square overflows float.
+  EXPECT_NEAR(Norm(big), 9e38, 1e32);
+}
+
+// ScoreBound holds every similarity's score (and the squared norms a score
+// is computed from) for vectors of random directions and norms.
+TEST(FiniteTest, ScoreBoundHoldsEverySimilarity) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  for (size_t dim : {1, 2, 7, 64, 784}) {
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<double> q(dim), k(dim);
+      const double qs = std::pow(10.0, normal(rng) * 3);
+      const double ks = std::pow(10.0, normal(rng) * 3);
+      for (size_t j = 0; j < dim; ++j) {
+        q[j] = normal(rng) * qs;
+        k[j] = normal(rng) * ks;
+      }
+      double dot = 0, qq = 0, kk = 0, l2 = 0, l1 = 0;
+      for (size_t j = 0; j < dim; ++j) {
+        dot += q[j] * k[j];
+        qq += q[j] * q[j];
+        kk += k[j] * k[j];
+        l2 += (q[j] - k[j]) * (q[j] - k[j]);
+        l1 += std::abs(q[j] - k[j]);
+      }
+      const double beta = std::pow(10.0, normal(rng));
+      const double bound =
+          ScoreBound(beta, std::sqrt(qq), std::sqrt(kk), dim) * (1 + 1e-12);
+      for (double score : {dot, l2, l1}) {
+        EXPECT_LE(beta * std::abs(score), bound) << dim;
+      }
+      EXPECT_LE(std::max(qq, kk), bound) << dim;  // A cosine's norms.
+    }
+  }
 }
 
 }  // namespace

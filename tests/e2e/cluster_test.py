@@ -588,6 +588,40 @@ class ClusterTest(unittest.TestCase):
         for name in ("3x1", "2x2"):
             self.assertEqual(texts[name], texts["single"], name)
 
+    def test_2e_scores_that_would_overflow_are_refused_everywhere(self):
+        """Finite values whose scores would pass float's range: a pattern
+        too long is refused on add, a query too long or a beta too hot on
+        retrieval (a shard checks the states a router sends), in one
+        engramd's words."""
+        texts = {}
+        for name, addr in self.each_server():
+            with Client(addr) as c:
+                c.create_store("ovf", dim=4)
+                ids = c.add("ovf", np.eye(4, dtype=np.float32))
+                stub = pb_grpc.EngramStub(grpc.insecure_channel(addr))
+                answers = []
+                for call in [
+                        lambda: c.add("ovf", np.full((1, 4), 1e19, np.float32)),
+                        lambda: c.retrieve("ovf", np.array([[1, 0, 0, 0], [0, 0, 0, 1e20]],
+                                                           np.float32)),
+                        lambda: c.retrieve("ovf", np.eye(4, dtype=np.float32)[:1], beta=1e37)]:
+                    with self.assertRaises(grpc.RpcError, msg=name) as e:
+                        call()
+                    answers.append((e.exception.code(), e.exception.details().split(" [")[0]))
+                texts[name] = answers
+                self.assertEqual(c.get_store("ovf").pattern_count, 4, name)
+                ok = c.retrieve("ovf", np.array([[1e17, 0, 0, 0]], np.float32), top_k=1)
+                self.assertEqual(list(ok.ids[0]), [ids[0]], name)
+                self.assertTrue(np.isfinite(ok.vectors).all(), name)
+                stub.DeleteStore(pb.DeleteStoreRequest(name="ovf"), timeout=10)
+        self.assertEqual(texts["single"][1],
+                         (grpc.StatusCode.INVALID_ARGUMENT,
+                          "queries[1] has norm 1e+20: with beta 1 and the store's patterns of "
+                          "norms up to 1 its scores could reach 1e+40, past the 1e+37 float "
+                          "scores are kept under; scale it down or lower beta"))
+        for name in ("3x1", "2x2"):
+            self.assertEqual(texts[name], texts["single"], name)
+
     def test_2c_a_name_no_store_could_have_is_invalid_everywhere(self):
         """A store name that breaks the naming rules is INVALID_ARGUMENT from
         every method, on a router as on one engramd; a valid name that is

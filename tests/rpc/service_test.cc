@@ -428,6 +428,10 @@ TEST_F(ServiceTest, AddRejectsBadBatchesAndChangesNothing) {
               "patterns[0].values[1] is nan");
   ExpectError(add({pattern(0, {1, 2, -INFINITY})}),
               StatusCode::kInvalidArgument, "values must be finite");
+  ExpectError(add({pattern(0, {1, 2, 3}), pattern(0, {1, 2e18f, 3})}),
+              StatusCode::kInvalidArgument,
+              "patterns[1].values has norm 2e+18; a pattern's norm must be at "
+              "most 1.5e+18");
   ExpectError(add({pattern(9, {1, 2, 3}), pattern(9, {1, 2, 3})}),
               StatusCode::kInvalidArgument, "patterns[1].id 9 repeats");
   ExpectError(add({pattern(5, {1, 2, 3}), pattern(1, {1, 2, 3})}),
@@ -681,6 +685,8 @@ TEST_F(ServiceTest, RetrieveRejectsBadRequests) {
               StatusCode::kResourceExhausted, "max_queries is 64");
   ExpectError(retrieve("s", {1, NAN}, {}), StatusCode::kInvalidArgument,
               "queries[0].values[1] is nan");
+  ExpectError(retrieve("s", {1, 0, 0, 1e30f}, {}), StatusCode::kInvalidArgument,
+              "queries[1] has norm 1e+30");
   ExpectError(client_->Retrieve("s", {1, 2, 3}, 3, {}).status(),
               StatusCode::kInvalidArgument, "queries[0].values has 3 values");
   v1::RetrieveRequest r;

@@ -12,14 +12,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/base/mutex.h"
+#include "server/core/feature_map.h"
 #include "server/store/registry.h"
 #include "server/store/retrieve.h"
 #include "tests/store/test_storage.h"
 
 namespace engram::store {
 namespace {
+
+using ::testing::HasSubstr;
 
 StoreSettings Settings(const std::string& name, uint32_t dim) {
   StoreSettings s;
@@ -602,6 +606,85 @@ TEST(RegistryTest, ReadsGoOnWhileAStoreIsBeingCreatedOrDeleted) {
   drop.join();
   EXPECT_EQ(registry.Get("b").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(registry.Create(Settings("b", 2)).ok());
+}
+
+// Finite values can still overflow a score: a pattern over kMaxNorm is
+// refused, and a retrieval whose scores could pass kMaxScore names what to
+// change (the query, beta, or the store's outsized patterns), for the plain
+// similarities and, through the feature map, the kernel ones.
+TEST(RetrieveTest, RefusesWhatWouldOverflowFloat) {
+  EphemeralStorage storage;
+  Store store(Settings("s", 2), Limits{}, &storage);
+  absl::StatusOr<std::vector<uint64_t>> huge =
+      store.Add({MakePattern(1, 2, 1), Pattern{2, {2e18f, 1}, "", {}}});
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(huge.status().message(),
+              HasSubstr("patterns[1].values has norm 2e+18; a pattern's norm "
+                        "must be at most 1.5e+18"));
+  ASSERT_TRUE(store.Add({MakePattern(1, 2, 1), MakePattern(2, 2, -1)}).ok());
+  std::vector<float> queries = {1, 0, 3e20f, 0, 2e20f, 0};
+  RetrieveRequest request;
+  request.queries = queries;
+  request.num_queries = 3;
+  absl::Status big = Retrieve(*store.view(), request, Limits{}, {}).status();
+  EXPECT_EQ(big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(big.message(),
+              HasSubstr("queries[1] has norm 3e+20: with beta 1 and the "
+                        "store's patterns of norms up to 1.41 its scores "
+                        "could reach 9e+40"));
+  queries = {1, 0, 1e18f, 0, 0, 1};  // At beta 1 they fit.
+  ASSERT_TRUE(Retrieve(*store.view(), request, Limits{}, {}).ok());
+  request.beta = 1e20f;
+  absl::Status hot = Retrieve(*store.view(), request, Limits{}, {}).status();
+  EXPECT_EQ(hot.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(hot.message(), HasSubstr("queries[1] has norm 1e+18"));
+  queries = {1, 0, 0, 1, 0, 1};
+  request.beta = 1e37f;
+  hot = Retrieve(*store.view(), request, Limits{}, {}).status();
+  EXPECT_EQ(hot.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(hot.message(), HasSubstr("at beta 1e+37 their scores could "
+                                       "reach 8e+37, past the 1e+37"));
+  EXPECT_THAT(hot.message(), HasSubstr("; lower beta"));
+  // The store's own beta: its state, not the request.
+  StoreSettings hot_settings = Settings("hot", 2);
+  hot_settings.retrieval.beta = 1e37f;
+  Store hot_store(hot_settings, Limits{}, &storage);
+  ASSERT_TRUE(hot_store.Add({MakePattern(1, 2, 1)}).ok());
+  request.beta.reset();
+  EXPECT_EQ(Retrieve(*hot_store.view(), request, Limits{}, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // kernel_dot: scores are of features, ||Phi x|| <= ||W||_F ||x||.
+  StoreSettings kernel = Settings("k", 2);
+  kernel.retrieval.similarity = core::Similarity::kKernelDot;
+  kernel.feature_map.kind = FeatureMapKind::kUhop;
+  kernel.feature_map.feature_dim = 2;
+  Store kernel_store(kernel, Limits{}, &storage);
+  ASSERT_TRUE(kernel_store.Add({MakePattern(1, 2, 1e9f)}).ok());
+  ASSERT_TRUE(kernel_store
+                  .PublishMap(std::make_shared<core::FeatureMap>(
+                                  2, 2, std::vector<float>{1e10f, 0, 0, 1e10f}),
+                              FitRecord{1, 0, 0, 1, 0, 1})
+                  .ok());
+  queries = {1, 0, 0, 1, 0, 1};
+  absl::Status mapped =
+      Retrieve(*kernel_store.view(), request, Limits{}, {}).status();
+  EXPECT_EQ(mapped.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(mapped.message(),
+              HasSubstr("store 'k' has patterns of feature norms up to "
+                        "1.41e+19"));
+  ASSERT_TRUE(kernel_store
+                  .PublishMap(std::make_shared<core::FeatureMap>(
+                                  2, 2, std::vector<float>{1e-9f, 0, 0, 1e-9f}),
+                              FitRecord{2, 0, 0, 1, 0, 1})
+                  .ok());
+  EXPECT_TRUE(Retrieve(*kernel_store.view(), request, Limits{}, {}).ok());
+  queries = {1, 0, 0, 1, 1e18f, 0};  // Features of norm 1.4e9: fine.
+  EXPECT_TRUE(Retrieve(*kernel_store.view(), request, Limits{}, {}).ok());
+  request.beta = 1e20f;
+  mapped = Retrieve(*kernel_store.view(), request, Limits{}, {}).status();
+  EXPECT_EQ(mapped.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mapped.message(), HasSubstr("queries[2] has norm 1e+18"));
 }
 
 TEST(RetrieveTest, ValidatesQueriesAndOverrides) {
