@@ -163,11 +163,11 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   std::shared_ptr<const store::StoreView> view = LiveView(**found);
   // States are vectors of the store's dimension, or under top_only with
   // kernel_dot, features.
-  const size_t d = request->top_only() &&
-                           request->similarity() == engram::v1::KERNEL_DOT &&
-                           view->map() != nullptr
-                       ? view->map()->out_dim()
-                       : view->settings().dimension;
+  const bool features = request->top_only() &&
+                        request->similarity() == engram::v1::KERNEL_DOT &&
+                        view->map() != nullptr;
+  const size_t d =
+      features ? view->map()->out_dim() : view->settings().dimension;
   const size_t count = request->count();
   if (count == 0 || static_cast<size_t>(request->states_size()) != count * d) {
     return call.Done(absl::InvalidArgumentError(
@@ -221,9 +221,8 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   }
   // A retrieval's first states are its queries, in their order (later ones
   // are mixtures of patterns, within the store's norms).
-  if (absl::Status s =
-          store::CheckScoresFit(*view, params, request->states().data(), count,
-                                d != view->settings().dimension, "queries");
+  if (absl::Status s = store::CheckScoresFit(
+          *view, params, request->states().data(), count, features, "queries");
       !s.ok()) {
     return call.Done(s);
   }

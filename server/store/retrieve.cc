@@ -115,7 +115,9 @@ absl::Status CheckScoresFit(const StoreView& view,
         "store '%s' has patterns of %s up to %.3g: at beta %.3g their scores "
         "could reach %.3g, past the %.3g float scores are kept under; %s",
         view.settings().name, of, key_norm, beta, bound, core::kMaxScore,
-        patterns_fit ? "lower beta" : "delete the outsized patterns");
+        patterns_fit ? "lower beta"
+        : features   ? "delete the outsized patterns or fit a new map"
+                     : "delete the outsized patterns");
     return patterns_fit && request_beta ? absl::InvalidArgumentError(what)
                                         : absl::FailedPreconditionError(what);
   }
