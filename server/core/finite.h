@@ -9,6 +9,7 @@
 #ifndef ENGRAM_SERVER_CORE_FINITE_H_
 #define ENGRAM_SERVER_CORE_FINITE_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -85,10 +86,8 @@ inline constexpr double kMaxNorm = 1.5e18;
 inline double ScoreBound(double beta, double query_norm, double key_norm,
                          size_t dim) {
   const double r = query_norm + key_norm;
-  return (beta > 1 ? beta : 1.0) *
-         (r * r > std::sqrt(static_cast<double>(dim)) * r
-              ? r * r
-              : std::sqrt(static_cast<double>(dim)) * r);
+  return std::max(beta, 1.0) *
+         std::max(r * r, std::sqrt(static_cast<double>(dim)) * r);
 }
 
 }  // namespace engram::core

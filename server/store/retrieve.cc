@@ -289,6 +289,23 @@ RetrieveResult ResultOf(
 
 namespace {
 
+// ResolveParams against a store's snapshot retrieving over `pattern_count`
+// of its rows, and the queries' scores checked to fit in float.
+absl::StatusOr<core::RetrievalParams> ResolveFor(const StoreView& view,
+                                                 size_t pattern_count,
+                                                 const RetrieveRequest& request,
+                                                 const Limits& limits) {
+  absl::StatusOr<core::RetrievalParams> params =
+      ResolveParams(view.settings(), pattern_count, request, limits);
+  if (!params.ok()) return params;
+  if (absl::Status s = CheckScoresFit(view, *params, request.queries.data(),
+                                      request.num_queries, false, "queries");
+      !s.ok()) {
+    return s;
+  }
+  return params;
+}
+
 // A retrieval over some rows only: those of the filter, or the patterns
 // that have not expired while some that did wait to be reclaimed.
 absl::StatusOr<RetrieveResult> RetrieveAmong(
@@ -326,13 +343,8 @@ absl::StatusOr<RetrieveResult> RetrieveAmong(
                                 "' is empty: every pattern expired"));
   }
   absl::StatusOr<core::RetrievalParams> params =
-      ResolveParams(view.settings(), rows.size(), request, limits);
+      ResolveFor(view, rows.size(), request, limits);
   if (!params.ok()) return params.status();
-  if (absl::Status s = CheckScoresFit(view, *params, request.queries.data(),
-                                      request.num_queries, false, "queries");
-      !s.ok()) {
-    return s;
-  }
   const Gathered gathered(view, rows);
   absl::StatusOr<core::RetrievalOutput> out =
       core::RetrieveExact(gathered.set(), request.queries.data(),
@@ -384,14 +396,9 @@ absl::StatusOr<RetrieveResult> Retrieve(const StoreView& view,
     return RetrieveAmong(view, request, limits, options, now_ns);
   }
   absl::StatusOr<core::RetrievalParams> resolved =
-      ResolveParams(view.settings(), view.size(), request, limits);
+      ResolveFor(view, view.size(), request, limits);
   if (!resolved.ok()) return resolved.status();
   const core::RetrievalParams& params = *resolved;
-  if (absl::Status s = CheckScoresFit(view, params, request.queries.data(),
-                                      request.num_queries, false, "queries");
-      !s.ok()) {
-    return s;
-  }
 
   const double tolerance = request.tolerance
                                ? *request.tolerance
