@@ -11,6 +11,7 @@ address).
 
 Usage (with the Python of build/venv): cluster_test.py BIN_DIR
 """
+import collections
 import contextlib
 import os
 import socket
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 import unittest
+from concurrent import futures
 
 BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +73,73 @@ class Cluster:
             for s in row:
                 if s.proc.poll() is None:
                     s.stop()
+
+
+class OldShard:
+    """A shard as a build from before some of the shard service's methods:
+    a proxy in front of a real engramd that passes every call through, bytes,
+    metadata and deadline as they come, but answers the methods in `missing`
+    as a server without them does (UNIMPLEMENTED). Counts calls by method."""
+
+    def __init__(self, backend, missing):
+        self.calls = collections.Counter()
+        self._channel = grpc.insecure_channel(backend)
+        kinds = {}  # "/service/method" -> (client streams, server streams)
+        for service in pb.DESCRIPTOR.services_by_name.values():
+            for m in service.methods:
+                kinds["/%s/%s" % (service.full_name, m.name)] = (m.client_streaming,
+                                                                  m.server_streaming)
+        proxy = self
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):
+                proxy.calls[details.method] += 1
+                if details.method in missing:
+                    return None  # gRPC answers UNIMPLEMENTED.
+                return proxy._forward(details.method, kinds.get(details.method, (False, False)))
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self._server.add_generic_rpc_handlers([Handler()])
+        self.addr = "127.0.0.1:%d" % self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def _forward(self, method, kind):
+        def passed(context):
+            remaining = context.time_remaining()
+            metadata = [(k, v) for k, v in context.invocation_metadata()
+                        if not k.startswith((":", "grpc-")) and k != "user-agent"]
+            return dict(timeout=remaining if remaining is not None and remaining < 1e6 else None,
+                        metadata=metadata)
+
+        def relay(call, context):
+            try:
+                return call()
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details())
+
+        client_streams, server_streams = kind
+        if not client_streams and not server_streams:
+            stub = self._channel.unary_unary(method)
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: relay(lambda: stub(request, **passed(context)), context))
+        if not client_streams:
+            stub = self._channel.unary_stream(method)
+            return grpc.unary_stream_rpc_method_handler(
+                lambda request, context: relay(lambda: list(stub(request, **passed(context))),
+                                               context))
+        if not server_streams:
+            stub = self._channel.stream_unary(method)
+            return grpc.stream_unary_rpc_method_handler(
+                lambda requests, context: relay(lambda: stub(requests, **passed(context)),
+                                                context))
+        stub = self._channel.stream_stream(method)
+        return grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: relay(lambda: list(stub(requests, **passed(context))),
+                                            context))
+
+    def stop(self):
+        self._server.stop(grace=None).wait()
+        self._channel.close()
 
 
 class ClusterTest(unittest.TestCase):
@@ -966,6 +1035,55 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(stores, ["good"])
         finally:
             cluster.stop()
+
+    def test_4i_a_shard_without_the_delete_check_still_deletes(self):
+        """A group whose shard predates CheckDelete (it answers UNIMPLEMENTED)
+        has its share of a delete go unchecked, as before the check; the
+        groups that have the check still refuse for the whole request."""
+        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=old",
+                          "--shard_group=%d" % g, "--shard_groups=2",
+                          "--listen=127.0.0.1:%d" % free_port()) for g in range(2)]
+        check = "/engram.cluster.v1.Shard/CheckDelete"
+        old = OldShard(shards[1].addr, {check})
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=old",
+                         "--shards=%s;%s" % (shards[0].addr, old.addr))
+        try:
+            with Client(router.addr) as c:
+                c.create_store("old", dim=12)
+                ids = c.add("old", self.patterns[:60]).tolist()
+                by_group = [[i for i in ids if store_group(i) == g] for g in range(2)]
+                self.assertTrue(by_group[0] and by_group[1], by_group)
+                asked = old.calls[check]
+                # Over both groups: group 1's check is missing, the delete works.
+                self.assertEqual(c.delete("old", by_group[0][:3] + by_group[1][:3]), 54)
+                self.assertEqual(old.calls[check], asked + 1)  # Asked, and it could not.
+                # An id group 0 (which checks) lacks: nothing is deleted anywhere.
+                missing0 = max(by_group[0]) + (1 << 20)
+                self.assertEqual(store_group(missing0), 0)
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.delete("old", by_group[1][3:5] + [missing0])
+                self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+                self.assertTrue(e.exception.details().startswith(
+                    "ids[2] %d is not in store 'old'" % missing0), e.exception.details())
+                self.assertEqual(c.get_store("old").pattern_count, 54)
+                # An id group 1 (unchecked) lacks: as before the check, group 0's
+                # share is deleted and the answer says so.
+                missing1 = max(by_group[1]) + (1 << 20)
+                self.assertEqual(store_group(missing1), 1)
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.delete("old", by_group[0][3:5] + [missing1])
+                self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+                self.assertTrue(e.exception.details().startswith(
+                    "ids[2] %d is not in store 'old'" % missing1), e.exception.details())
+                self.assertIn("deleted by groups 0 (2 ids)", e.exception.details())
+                self.assertEqual(c.get_store("old").pattern_count, 52)
+                left = {p.id for p in c.list_patterns("old", values=False)}
+                self.assertEqual(left, set(ids) - set(by_group[0][:5]) - set(by_group[1][:3]))
+        finally:
+            router.stop()
+            old.stop()
+            for s in shards:
+                s.stop()
 
     def test_4e_a_backup_through_a_router_restores_anywhere(self):
         """A store backed up through a router is one store: it restores into
