@@ -1,5 +1,7 @@
 #include "server/app/engramd.h"
 
+#include <sys/resource.h>
+
 #include <filesystem>
 #include <memory>
 #include <system_error>
@@ -61,15 +63,35 @@ absl::Status LoadStores(store::StoreRegistry& registry,
   return absl::OkStatus();
 }
 
+// Every connection takes a file descriptor, and a flood of connections
+// must leave some for the storage's own files: the soft limit (1,024 on
+// many systems) goes up to the hard one. Returns the limit, as logged.
+std::string RaiseOpenFileLimit() {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return "unknown";
+  const rlim_t was = limit.rlim_cur;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) limit.rlim_cur = was;
+  }
+  std::string out = limit.rlim_cur == RLIM_INFINITY
+                        ? "unlimited"
+                        : absl::StrCat(limit.rlim_cur);
+  if (limit.rlim_cur != was) absl::StrAppend(&out, " (raised from ", was, ")");
+  return out;
+}
+
 void LogConfiguration(const EngramdOptions& o, int port,
-                      const std::string& metrics_address) {
+                      const std::string& metrics_address,
+                      const std::string& open_files) {
   const store::Limits& l = o.limits;
   Log(LogLevel::kInfo,
       "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
       "data_dir=%s; sync=%s; cpu %s; kernels %s (fused softmax batches "
       "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
-      "job workers=%d; rpc threads<=%d; max message %zu MiB; limits: "
+      "job workers=%d; rpc threads<=%d; open files<=%s; max message %zu MiB; "
+      "limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
       "stores<=%zu patterns/store<=%zu label<=%zu bytes metadata<=%zu "
       "entries of <=%zu bytes low-rank values<=%zu calibration work<=%g",
@@ -82,8 +104,8 @@ void LogConfiguration(const EngramdOptions& o, int port,
       core::DescribeMachine(), std::string(core::KernelIsa()),
       core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
-      o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
-      l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
+      open_files, o.server.max_message_bytes >> 20, l.max_dimension,
+      l.max_batch, l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
       l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
       l.max_metadata_bytes, l.max_low_rank_values, l.max_calibration_work);
 }
@@ -102,7 +124,7 @@ const char* RoleName(Role role) {
 // A router: no storage, the API over its shards. Ready while every shard
 // group has a ready replica.
 int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
-              int metrics_port) {
+              int metrics_port, const std::string& open_files) {
   cluster::ShardPoolOptions pool_options = o.cluster.pool;
   pool_options.metrics = &metrics;
   absl::StatusOr<std::unique_ptr<cluster::ShardPool>> pool =
@@ -130,11 +152,12 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   }
   Log(LogLevel::kInfo,
       "engramd %s router listening on %s (port %d, %s); metrics on %s; "
-      "cluster '%s': %zu shard groups of %zu replicas",
+      "cluster '%s': %zu shard groups of %zu replicas; open files<=%s",
       ENGRAM_VERSION, o.server.listen, (*server)->port(),
       o.server.tls_cert.empty() ? "plaintext" : "TLS",
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
-      o.cluster.topology.groups.size(), o.cluster.topology.replicas());
+      o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
+      open_files);
   absl::Mutex mu;
   bool stopping = false;
   std::thread readiness([&] {
@@ -173,6 +196,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
 }  // namespace
 
 int RunEngramd(EngramdOptions o) {
+  const std::string open_files = RaiseOpenFileLimit();
   core::blas::SetThreads(o.blas_threads);
   o.metrics.version = ENGRAM_VERSION;
   absl::StatusOr<metrics::PrometheusExport> exported =
@@ -182,7 +206,9 @@ int RunEngramd(EngramdOptions o) {
     return 1;
   }
   metrics::Metrics& metrics = *exported->metrics;
-  if (o.role == Role::kRouter) return RunRouter(o, metrics, exported->port);
+  if (o.role == Role::kRouter) {
+    return RunRouter(o, metrics, exported->port, open_files);
+  }
 
   std::error_code error;
   std::filesystem::create_directories(o.data_dir, error);
@@ -277,7 +303,7 @@ int RunEngramd(EngramdOptions o) {
       });
   // The configuration first: whoever waits for "ready" in the log has it.
   LogConfiguration(o, (*server)->port(),
-                   BoundAddress(o.metrics.listen, exported->port));
+                   BoundAddress(o.metrics.listen, exported->port), open_files);
   (*server)->SetReady(true);
   Log(LogLevel::kInfo, "stores loaded, jobs resumed; ready");
 

@@ -801,26 +801,52 @@ void RocksDbStorage::RetryWritable() {
       !last_retry_ns_.compare_exchange_strong(last, now)) {
     return;
   }
-  if (read_only) {
-    MutexLock lock(&mu_);
-    if (!read_only_ && db_) return;
-    CloseDb();
-    if (OpenDb(OpenMode::kWritable).ok()) {
-      Log(LogLevel::kInfo, "storage: reopened %s for writing", options_.path);
+  std::string stopped_by;  // Why RocksDB cannot resume a stopped database.
+  if (!read_only) {
+    rocksdb::Status resumed;
+    {
+      ReaderMutexLock lock(&mu_);
+      if (!db_) return;
+      resumed = db_->Resume();
+    }
+    if (resumed.ok()) {
       stopped_ = false;
+      Log(LogLevel::kInfo, "storage: writes resumed");
       return;
     }
-    if (!OpenDb(OpenMode::kReadOnly).ok()) {
-      Log(LogLevel::kError, "storage: cannot reopen %s even read-only",
-          options_.path);
-    }
+    // A full disk resumes once space is freed. Other errors RocksDB keeps
+    // until the database is opened again: a log file it could not create
+    // (every file descriptor taken by connections, say) stops writes for
+    // good. Reopening replays the log, which holds every acknowledged write.
+    if (IsSpace(resumed)) return;
+    stopped_by = resumed.ToString();
+  }
+  MutexLock lock(&mu_);
+  if (read_only ? (!read_only_ && db_) : (!stopped_ || !db_ || read_only_)) {
+    return;  // Another write got there first.
+  }
+  CloseDb();
+  const absl::Status opened = OpenDb(OpenMode::kWritable);
+  if (opened.ok()) {
+    Log(LogLevel::kInfo, "storage: reopened %s for writing%s", options_.path,
+        stopped_by.empty()
+            ? ""
+            : absl::StrCat(" (writes had stopped: ", stopped_by, ")"));
+    stopped_ = false;
     return;
   }
-  ReaderMutexLock lock(&mu_);
-  rocksdb::Status resumed = db_->Resume();
-  if (resumed.ok()) {
-    stopped_ = false;
-    Log(LogLevel::kInfo, "storage: writes resumed");
+  Log(LogLevel::kWarning, "storage: cannot reopen %s for writing: %s",
+      options_.path, opened.ToString());
+  if (!OpenDb(OpenMode::kReadOnly).ok()) {
+    Log(LogLevel::kError, "storage: cannot reopen %s even read-only",
+        options_.path);
+    return;
+  }
+  if (!stopped_by.empty()) {
+    read_only_reason_ =
+        absl::StrCat("storage is read-only: writes stopped (", stopped_by,
+                     ") and reopening for writing failed (", opened.message(),
+                     "); writes are retried, reads are served");
   }
 }
 
