@@ -2,16 +2,20 @@
 
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
+#include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
 #include "server/metrics/internal/http_endpoint.h"
+#include "server/metrics/internal/process.h"
 
 namespace engram::metrics {
 
@@ -166,8 +170,14 @@ class PrometheusMetrics : public Metrics {
   absl::StatusOr<int> Start() {
     if (options_.listen.empty()) return 0;
     absl::StatusOr<std::unique_ptr<internal::HttpEndpoint>> endpoint =
-        internal::HttpEndpoint::Start(options_.listen, [registry = registry_] {
-          return prometheus::TextSerializer().Serialize(registry->Collect());
+        internal::HttpEndpoint::Start(options_.listen, [registry = registry_,
+                                                        started = started_] {
+          std::vector<prometheus::MetricFamily> families = registry->Collect();
+          for (prometheus::MetricFamily& family :
+               internal::ProcessFamilies(started)) {
+            families.push_back(std::move(family));
+          }
+          return prometheus::TextSerializer().Serialize(families);
         });
     if (!endpoint.ok()) return endpoint.status();
     endpoint_ = std::move(*endpoint);
@@ -309,6 +319,8 @@ class PrometheusMetrics : public Metrics {
   }
 
   const PrometheusOptions options_;
+  // When engramd started (its metrics first), for process_start_time_seconds.
+  const double started_ = absl::ToUnixMicros(absl::Now()) * 1e-6;
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& latency_;

@@ -77,6 +77,53 @@ class MetricsTest(unittest.TestCase):
                                capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
+    def test_process_series_follow_the_process(self):
+        """process_* (the standard names): descriptors counted as they open,
+        memory, CPU time and the start time plausible."""
+        def scrape():
+            text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+            values = {}
+            for line in text.splitlines():
+                if line.startswith("process_"):
+                    name, value = line.split()
+                    values[name] = float(value)
+            return values
+
+        before = scrape()
+        self.assertEqual(sorted(before), [
+            "process_cpu_seconds_total", "process_max_fds", "process_open_fds",
+            "process_resident_memory_bytes", "process_start_time_seconds",
+            "process_virtual_memory_bytes"])
+        with open(f"/proc/{self.server.proc.pid}/limits") as f:
+            soft = next(x for x in f if x.startswith("Max open files")).split()[3]
+        self.assertEqual(before["process_max_fds"], float(soft))
+        self.assertGreater(before["process_resident_memory_bytes"], 1e6)
+        self.assertGreaterEqual(before["process_virtual_memory_bytes"],
+                                before["process_resident_memory_bytes"])
+        self.assertGreater(before["process_cpu_seconds_total"], 0)
+        self.assertLess(abs(before["process_start_time_seconds"] -
+                            (time.time() - self._uptime())), 5)
+        host, port = self.addr.rsplit(":", 1)
+        held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
+        try:
+            deadline = time.time() + 10
+            while (scrape()["process_open_fds"] < before["process_open_fds"] + 40 and
+                   time.time() < deadline):
+                time.sleep(0.05)
+            self.assertGreaterEqual(scrape()["process_open_fds"], before["process_open_fds"] + 40)
+        finally:
+            for s in held:
+                s.close()
+        self.assertGreater(scrape()["process_cpu_seconds_total"], 0)
+
+    def _uptime(self):
+        """Seconds since engramd started, from /proc."""
+        with open(f"/proc/{self.server.proc.pid}/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+
     def test_prometheus_scrapes_engramd(self):
         prometheus = shutil.which("prometheus")
         self.assertIsNotNone(prometheus, "Debian package prometheus")
