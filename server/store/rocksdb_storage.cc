@@ -814,11 +814,13 @@ void RocksDbStorage::RetryWritable() {
       Log(LogLevel::kInfo, "storage: writes resumed");
       return;
     }
-    // A full disk resumes once space is freed. Other errors RocksDB keeps
-    // until the database is opened again: a log file it could not create
-    // (every file descriptor taken by connections, say) stops writes for
-    // good. Reopening replays the log, which holds every acknowledged write.
-    if (IsSpace(resumed)) return;
+    // A full disk resumes once space is freed. Some I/O errors RocksDB
+    // keeps until the database is opened again: a log file it could not
+    // create (every file descriptor taken by connections, say) stops writes
+    // for good. Reopening replays the log, which holds every acknowledged
+    // write. Damage (a corrupt table a compaction read) is not retried: the
+    // next start finds the damaged store.
+    if (IsSpace(resumed) || !resumed.IsIOError()) return;
     stopped_by = resumed.ToString();
   }
   MutexLock lock(&mu_);
