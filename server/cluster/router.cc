@@ -556,7 +556,7 @@ grpc::Status Router::ImportPatterns(
   api::ImportPatternsRequest message;
   rpc::ImportStream stream(policy_->max_message_bytes);
   std::vector<uint64_t> counts;
-  while (reader->Read(&message)) {
+  while (stream.Read(*reader, message)) {
     if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
     if (message.patterns_size() == 0) continue;
     absl::StatusOr<std::vector<uint64_t>> ids =

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/rpc/call.h"
+#include "server/rpc/client_stream.h"
 #include "server/store/settings.h"
 
 namespace engram::rpc {
@@ -28,12 +29,13 @@ size_t BackupPieceBytes(const CallPolicy& policy) {
 }
 
 absl::StatusOr<RestoreRequest> ReceiveRestore(
-    grpc::ServerReader<v1::RestoreStoreRequest>* reader,
+    grpc::ServerReaderInterface<v1::RestoreStoreRequest>* reader,
     size_t max_message_bytes, size_t max_restore_bytes) {
   store::MemorySource files(max_restore_bytes);
   v1::RestoreStoreRequest message, first;
   uint64_t messages = 0;
-  while (reader->Read(&message)) {
+  bool unparsed = false;
+  while (ReadNext(*reader, message, unparsed)) {
     const uint64_t index = messages++;
     if (message.ByteSizeLong() > max_message_bytes) {
       return TooLarge(absl::StrCat("message ", index), message.ByteSizeLong(),
@@ -53,6 +55,7 @@ absl::StatusOr<RestoreRequest> ReceiveRestore(
       }
     }
   }
+  if (unparsed) return UnparsedMessage(messages, message);
   if (messages == 0) {
     return absl::InvalidArgumentError(
         "the stream held no message; send the backup's files");

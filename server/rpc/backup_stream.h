@@ -55,10 +55,11 @@ struct RestoreRequest {
 };
 
 // Reads the whole stream (at most `max_restore_bytes` of files, each message
-// at most `max_message_bytes`), checks the manifest and the chosen store's
-// files, and decodes the store.
+// at most `max_message_bytes`; a message that does not parse is refused, see
+// ReadNext), checks the manifest and the chosen store's files, and decodes
+// the store.
 absl::StatusOr<RestoreRequest> ReceiveRestore(
-    grpc::ServerReader<v1::RestoreStoreRequest>* reader,
+    grpc::ServerReaderInterface<v1::RestoreStoreRequest>* reader,
     size_t max_message_bytes, size_t max_restore_bytes);
 
 }  // namespace engram::rpc

@@ -3,8 +3,15 @@
 #include "absl/strings/str_cat.h"
 #include "server/base/clip.h"
 #include "server/rpc/call.h"
+#include "server/rpc/client_stream.h"
 
 namespace engram::rpc {
+
+bool ImportStream::Read(
+    grpc::ServerReaderInterface<v1::ImportPatternsRequest>& reader,
+    v1::ImportPatternsRequest& message) {
+  return ReadNext(reader, message, unparsed_);
+}
 
 absl::Status ImportStream::Next(const v1::ImportPatternsRequest& message) {
   const uint64_t index = messages_++;
@@ -36,6 +43,12 @@ absl::Status ImportStream::Failed(const absl::Status& status) const {
 }
 
 absl::Status ImportStream::End() const {
+  if (unparsed_) {
+    const absl::Status unparsed =
+        UnparsedMessage(messages_, v1::ImportPatternsRequest());
+    return absl::InvalidArgumentError(
+        absl::StrCat(unparsed.message(), "; ", Earlier()));
+  }
   if (!store_.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(
       "the stream held no message; the first must name the store");

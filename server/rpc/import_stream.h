@@ -3,7 +3,7 @@
 // alike (a client cannot tell which it talks to).
 //
 //   ImportStream stream(policy.max_message_bytes);
-//   while (reader->Read(&message)) {
+//   while (stream.Read(*reader, message)) {
 //     if (absl::Status s = stream.Next(message); !s.ok()) return s;
 //     ... add message.patterns() to stream.store() ...
 //     if (!added.ok()) return stream.Failed(added.status());
@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "engram/v1/engram.pb.h"
+#include "grpcpp/support/sync_stream.h"
 
 namespace engram::rpc {
 
@@ -28,6 +29,11 @@ class ImportStream {
  public:
   explicit ImportStream(size_t max_message_bytes)
       : max_message_bytes_(max_message_bytes) {}
+
+  // Reads the next message: false at the stream's end, or at a message
+  // that did not parse (see ReadNext), which End then refuses.
+  bool Read(grpc::ServerReaderInterface<v1::ImportPatternsRequest>& reader,
+            v1::ImportPatternsRequest& message);
 
   // Counts the message read and checks it: its size, and its store (the
   // first must name one; a later one names the same or none). OK means its
@@ -42,7 +48,8 @@ class ImportStream {
   // The current message's patterns were added.
   void Committed(uint64_t patterns) { added_ += patterns; }
 
-  // At the stream's end: a stream that named no store is refused.
+  // At the stream's end: a stream that named no store, or that held a
+  // message that did not parse, is refused.
   absl::Status End() const;
 
   const std::string& store() const { return store_; }
@@ -57,6 +64,7 @@ class ImportStream {
   std::string store_;
   uint64_t messages_ = 0;
   uint64_t added_ = 0;
+  bool unparsed_ = false;  // A message that did not parse ended the reading.
 };
 
 }  // namespace engram::rpc

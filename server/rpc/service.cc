@@ -186,7 +186,7 @@ grpc::Status EngramService::ImportPatterns(
   std::shared_ptr<store::Store> target;
   uint64_t first_id = 0, last_id = 0;
   std::vector<store::Pattern> patterns;
-  while (reader->Read(&message)) {
+  while (stream.Read(*reader, message)) {
     if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
     if (!target) {
       absl::StatusOr<std::shared_ptr<store::Store>> found =

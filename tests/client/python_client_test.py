@@ -81,22 +81,34 @@ class PythonClientTest(unittest.TestCase):
             done = c.import_patterns("imp", x, labels=[str(i % 7) for i in range(2500)],
                                      batch=1000)
             self.assertEqual((done.patterns_added, done.first_id, done.last_id), (2500, 1, 2500))
-            # A message the server cannot read ends the stream for it (gRPC
-            # tells it nothing more), and it answers for the ones before:
-            # the client says the import is incomplete.
+            # A message the server cannot read: among others it is refused,
+            # naming what came before; as the last one it looks like the
+            # stream's end to the server, and the client says the import is
+            # incomplete.
             real = c._patterns
-            calls = []
 
-            def second_garbled(*args):
-                calls.append(1)
-                return real(*args) if len(calls) != 2 else b"\x12\x7f\x0a"
-            c._patterns = second_garbled
-            with self.assertRaises(IncompleteImport) as e:
+            def garbled(which):
+                calls = []
+
+                def patterns(*args):
+                    calls.append(1)
+                    return real(*args) if len(calls) != which else b"\x12\x7f\x0a"
+                return patterns
+            c._patterns = garbled(2)
+            with self.assertRaises(grpc.RpcError) as refused:
                 c.import_patterns("imp", x[:30], batch=10)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("message 1: its bytes are not an engram.v1.ImportPatternsRequest",
+                          refused.exception.details())
+            self.assertIn("10 patterns of earlier messages were committed",
+                          refused.exception.details())
+            c._patterns = garbled(2)
+            with self.assertRaises(IncompleteImport) as e:
+                c.import_patterns("imp", x[:20], batch=10)
             c._patterns = real
-            self.assertIn("read 1 of the 3 messages and added 10 of the 30", str(e.exception))
+            self.assertIn("read 1 of the 2 messages and added 10 of the 20", str(e.exception))
             self.assertEqual(e.exception.response.patterns_added, 10)
-            self.assertEqual(c.delete("imp", range(2501, 2511)), 2500)
+            self.assertEqual(c.delete("imp", range(2501, 2521)), 2500)
             listed = list(c.list_patterns("imp", page_size=1000))
             self.assertEqual([p.id for p in listed], list(range(1, 2501)))
             np.testing.assert_array_equal(np.stack([p.values for p in listed]), x)

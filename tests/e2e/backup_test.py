@@ -275,6 +275,31 @@ class BackupTest(unittest.TestCase):
             with self.assertRaises(grpc.RpcError):
                 self.stub.GetStore(pb.GetStoreRequest(name="x"), timeout=30)
 
+        # A message garbled on the way, among the good backup's files: named,
+        # and nothing restored.
+        files = []
+        for root, _, names_ in os.walk(good):
+            for n in sorted(names_):
+                full = os.path.join(root, n)
+                with open(full, "rb") as f:
+                    files.append(pb.RestoreStoreRequest(chunk=pb.BackupChunk(
+                        file=os.path.relpath(full, good), data=f.read())).SerializeToString())
+        raw = [pb.RestoreStoreRequest(name="x").SerializeToString()] + files
+        raw.insert(2, b"\x22\x7f\x0a")
+        restore = self.channel.stream_unary("/engram.v1.Engram/RestoreStore")
+        with self.assertRaises(grpc.RpcError) as raised:
+            restore(iter(raw), timeout=30)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(raised.exception.details(),
+                         "message 2: its bytes are not an engram.v1.RestoreStoreRequest; "
+                         "neither it nor the messages after it were read")
+        with self.assertRaises(grpc.RpcError):
+            self.stub.GetStore(pb.GetStoreRequest(name="x"), timeout=30)
+        raw.pop(2)  # The same stream without it restores.
+        restore(iter(raw), timeout=30)
+        self.assertEqual(self.stub.GetStore(pb.GetStoreRequest(name="x"), timeout=30)
+                         .pattern_count, 299)
+
         # A whole-server restore of a damaged backup refuses to start and
         # leaves its data directory without a database.
         empty = self.path("fresh")

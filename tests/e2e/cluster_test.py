@@ -603,9 +603,9 @@ class ClusterTest(unittest.TestCase):
 
     def test_2d_an_import_answers_as_one_engramd(self):
         """ImportPatterns through a router counts every message read and
-        refuses in one engramd's words; a message that does not parse ends
-        the stream for any server, and the client says the import is
-        incomplete."""
+        refuses in one engramd's words, a message that does not parse among
+        them; one that does not parse at the end looks like the end to any
+        server, and the client says the import is incomplete."""
         one = [pb.Pattern(values=[1.0, 2.0, 3.0])]
         texts = {}
         for name, addr in self.each_server():
@@ -638,18 +638,34 @@ class ClusterTest(unittest.TestCase):
                     self.assertRegex(details, r"^message \d: .*; \d patterns of earlier "
                                      r"messages were committed$", name)
                 self.assertEqual(c.get_store("imp").pattern_count, 2, name)
-                # The second of three messages garbled on the way out.
-                real, sent = c._patterns, []
+                # One of three messages garbled on the way out: the second is
+                # refused, what came before it named; the last looks like the
+                # stream's end to any server, and the client says the import
+                # is incomplete.
+                real = c._patterns
 
-                def second_garbled(*args):
-                    sent.append(1)
-                    return real(*args) if len(sent) != 2 else b"\x12\x7f\x0a"
-                c._patterns = second_garbled
+                def garbled(which):
+                    sent = []
+
+                    def patterns(*args):
+                        sent.append(1)
+                        return real(*args) if len(sent) != which else b"\x12\x7f\x0a"
+                    return patterns
+                c._patterns = garbled(2)
+                with self.assertRaises(grpc.RpcError, msg=name) as e:
+                    c.import_patterns("imp", np.ones((9, 3), np.float32), batch=3)
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
+                self.assertEqual(e.exception.details(),
+                                 "message 1: its bytes are not an engram.v1.ImportPatternsRequest; "
+                                 "neither it nor the messages after it were read; 3 patterns of "
+                                 "earlier messages were committed", name)
+                self.assertEqual(c.get_store("imp").pattern_count, 5, name)
+                c._patterns = garbled(3)
                 with self.assertRaises(IncompleteImport, msg=name) as e:
                     c.import_patterns("imp", np.ones((9, 3), np.float32), batch=3)
                 c._patterns = real
-                self.assertIn("read 1 of the 3 messages and added 3 of the 9", str(e.exception))
-                self.assertEqual(c.get_store("imp").pattern_count, 5, name)
+                self.assertIn("read 2 of the 3 messages and added 6 of the 9", str(e.exception))
+                self.assertEqual(c.get_store("imp").pattern_count, 11, name)
                 c.delete_store("imp")
         self.assertEqual(texts["single"][2][1],
                          "message 1: store 'other' differs from the first message's 'imp'; "

@@ -2,7 +2,10 @@
 // ImportPatterns stream (the end-to-end tests compare the two servers' texts).
 #include "server/rpc/import_stream.h"
 
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -16,6 +19,74 @@ v1::ImportPatternsRequest Message(const std::string& store, int patterns) {
   message.set_store(store);
   for (int i = 0; i < patterns; ++i) message.add_patterns()->add_values(1.0f);
   return message;
+}
+
+// A client's stream as gRPC's reader gives it: each entry a message, or
+// nullopt for one whose bytes did not parse (the read fails, and the reader
+// reads on past it); after the last entry every read fails.
+class FakeReader final
+    : public grpc::ServerReaderInterface<v1::ImportPatternsRequest> {
+ public:
+  explicit FakeReader(
+      std::vector<std::optional<v1::ImportPatternsRequest>> stream)
+      : stream_(std::move(stream)) {}
+  void SendInitialMetadata() override {}
+  bool NextMessageSize(uint32_t* size) override {
+    *size = 0;
+    return next_ < stream_.size();
+  }
+  bool Read(v1::ImportPatternsRequest* message) override {
+    if (next_ >= stream_.size()) return false;
+    const std::optional<v1::ImportPatternsRequest>& entry = stream_[next_++];
+    if (!entry) return false;
+    *message = *entry;
+    return true;
+  }
+
+ private:
+  std::vector<std::optional<v1::ImportPatternsRequest>> stream_;
+  size_t next_ = 0;
+};
+
+// Reads `reader` to its end as a handler does; the stream's End.
+absl::Status ReadAll(FakeReader reader, ImportStream& stream) {
+  v1::ImportPatternsRequest message;
+  while (stream.Read(reader, message)) {
+    if (absl::Status s = stream.Next(message); !s.ok()) return s;
+    stream.Committed(message.patterns_size());
+  }
+  return stream.End();
+}
+
+TEST(ImportStreamTest, AMessageThatDoesNotParseIsRefusedWhenOneFollowsIt) {
+  ImportStream stream(1 << 20);
+  absl::Status s = ReadAll(
+      FakeReader({Message("s", 2), std::nullopt, Message("s", 5)}), stream);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "message 1: its bytes are not an engram.v1.ImportPatternsRequest; "
+            "neither it nor the messages after it were read; 2 patterns of "
+            "earlier messages were committed");
+  EXPECT_EQ(stream.added(), 2u);  // The message after it was not added.
+
+  ImportStream first(1 << 20);
+  s = ReadAll(FakeReader({std::nullopt, Message("s", 1)}), first);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message().substr(0, 40),
+            "message 0: its bytes are not an engram.v");
+}
+
+TEST(ImportStreamTest, TheTrueEndIsNotMistakenForAnUnparsedMessage) {
+  ImportStream stream(1 << 20);
+  EXPECT_TRUE(
+      ReadAll(FakeReader({Message("s", 2), Message("", 3)}), stream).ok());
+  EXPECT_EQ(stream.messages(), 2u);
+  EXPECT_EQ(stream.added(), 5u);
+  // An unparseable last message looks like the end; `batches` (messages())
+  // says how many were read.
+  ImportStream last(1 << 20);
+  EXPECT_TRUE(ReadAll(FakeReader({Message("s", 2), std::nullopt}), last).ok());
+  EXPECT_EQ(last.messages(), 1u);
 }
 
 TEST(ImportStreamTest, CountsMessagesAndWhatWasCommitted) {
