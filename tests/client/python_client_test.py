@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, IncompleteImport, pb  # noqa: E402
-from harness import Engramd, make_certs  # noqa: E402
+from harness import Engramd, garbled_message, make_certs  # noqa: E402
 
 
 class PythonClientTest(unittest.TestCase):
@@ -85,27 +85,15 @@ class PythonClientTest(unittest.TestCase):
             # naming what came before; as the last one it looks like the
             # stream's end to the server, and the client says the import is
             # incomplete.
-            real = c._patterns
-
-            def garbled(which):
-                calls = []
-
-                def patterns(*args):
-                    calls.append(1)
-                    return real(*args) if len(calls) != which else b"\x12\x7f\x0a"
-                return patterns
-            c._patterns = garbled(2)
-            with self.assertRaises(grpc.RpcError) as refused:
+            with garbled_message(c, 2), self.assertRaises(grpc.RpcError) as refused:
                 c.import_patterns("imp", x[:30], batch=10)
             self.assertEqual(refused.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             self.assertIn("message 1: its bytes are not an engram.v1.ImportPatternsRequest",
                           refused.exception.details())
             self.assertIn("10 patterns of earlier messages were committed",
                           refused.exception.details())
-            c._patterns = garbled(2)
-            with self.assertRaises(IncompleteImport) as e:
+            with garbled_message(c, 2), self.assertRaises(IncompleteImport) as e:
                 c.import_patterns("imp", x[:20], batch=10)
-            c._patterns = real
             self.assertIn("read 1 of the 2 messages and added 10 of the 20", str(e.exception))
             self.assertEqual(e.exception.response.patterns_added, 10)
             self.assertEqual(c.delete("imp", range(2501, 2521)), 2500)

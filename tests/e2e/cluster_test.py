@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, IncompleteImport, pb, pb_grpc  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, garbled_message  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
 SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
@@ -642,17 +642,7 @@ class ClusterTest(unittest.TestCase):
                 # refused, what came before it named; the last looks like the
                 # stream's end to any server, and the client says the import
                 # is incomplete.
-                real = c._patterns
-
-                def garbled(which):
-                    sent = []
-
-                    def patterns(*args):
-                        sent.append(1)
-                        return real(*args) if len(sent) != which else b"\x12\x7f\x0a"
-                    return patterns
-                c._patterns = garbled(2)
-                with self.assertRaises(grpc.RpcError, msg=name) as e:
+                with garbled_message(c, 2), self.assertRaises(grpc.RpcError, msg=name) as e:
                     c.import_patterns("imp", np.ones((9, 3), np.float32), batch=3)
                 self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
                 self.assertEqual(e.exception.details(),
@@ -660,10 +650,8 @@ class ClusterTest(unittest.TestCase):
                                  "neither it nor the messages after it were read; 3 patterns of "
                                  "earlier messages were committed", name)
                 self.assertEqual(c.get_store("imp").pattern_count, 5, name)
-                c._patterns = garbled(3)
-                with self.assertRaises(IncompleteImport, msg=name) as e:
+                with garbled_message(c, 3), self.assertRaises(IncompleteImport, msg=name) as e:
                     c.import_patterns("imp", np.ones((9, 3), np.float32), batch=3)
-                c._patterns = real
                 self.assertIn("read 2 of the 3 messages and added 6 of the 9", str(e.exception))
                 self.assertEqual(c.get_store("imp").pattern_count, 11, name)
                 c.delete_store("imp")

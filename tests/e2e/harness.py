@@ -1,5 +1,6 @@
 """Starts and stops real engramd processes for the end-to-end tests."""
 import atexit
+import contextlib
 import os
 import re
 import subprocess
@@ -84,6 +85,23 @@ class Engramd:
         self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+@contextlib.contextmanager
+def garbled_message(client, which):
+    """While in effect, the `which`-th (from 1) message of patterns that
+    `client` (engram_client.Client) builds goes out as bytes that do not
+    parse as one."""
+    real, built = client._patterns, []
+
+    def patterns(*args):
+        built.append(1)
+        return real(*args) if len(built) != which else b"\x12\x7f\x0a"
+    client._patterns = patterns
+    try:
+        yield
+    finally:
+        client._patterns = real
 
 
 def make_certs(d):
