@@ -166,7 +166,8 @@ grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
       !status.ok()) {
     return call.Done(status);
   }
-  absl::StatusOr<std::vector<uint64_t>> ids = (*found)->Add(patterns);
+  absl::StatusOr<std::vector<uint64_t>> ids =
+      (*found)->AddOwned(std::move(patterns));
   if (!ids.ok()) return call.Done(ids.status());
   response->mutable_ids()->Assign(ids->begin(), ids->end());
   response->set_pattern_count((*found)->view()->size());
@@ -197,7 +198,7 @@ grpc::Status EngramService::ImportPatterns(
     if (message.patterns_size() == 0) continue;
     absl::Status converted = FromProto(message.patterns(), patterns);
     absl::StatusOr<std::vector<uint64_t>> ids =
-        converted.ok() ? target->Add(patterns)
+        converted.ok() ? target->AddOwned(std::move(patterns))
                        : absl::StatusOr<std::vector<uint64_t>>(converted);
     if (!ids.ok()) {
       Added(*target, 0);

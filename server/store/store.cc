@@ -463,9 +463,17 @@ absl::Status Store::ValidateAdd(absl::Span<const Pattern> patterns,
 absl::StatusOr<std::vector<Pattern>> Store::Rounded(
     absl::Span<const Pattern> patterns) const {
   std::vector<Pattern> rounded(patterns.begin(), patterns.end());
-  if (precision_ == core::Precision::kFloat32) return rounded;
-  for (size_t i = 0; i < rounded.size(); ++i) {
-    std::vector<float>& values = rounded[i].values;
+  if (absl::Status status = RoundInPlace(absl::MakeSpan(rounded));
+      !status.ok()) {
+    return status;
+  }
+  return rounded;
+}
+
+absl::Status Store::RoundInPlace(absl::Span<Pattern> patterns) const {
+  if (precision_ == core::Precision::kFloat32) return absl::OkStatus();
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    std::vector<float>& values = patterns[i].values;
     for (size_t k = 0; k < values.size(); ++k) {
       const float kept = core::Round(precision_, values[k]);
       if (!std::isfinite(kept)) {
@@ -478,7 +486,7 @@ absl::StatusOr<std::vector<Pattern>> Store::Rounded(
       values[k] = kept;
     }
   }
-  return rounded;
+  return absl::OkStatus();
 }
 
 Chunk* Store::WritableChunk(size_t c, size_t row) {
@@ -540,6 +548,11 @@ std::vector<uint64_t> Store::ApplyAdd(absl::Span<const Pattern> patterns,
 
 absl::StatusOr<std::vector<uint64_t>> Store::Add(
     absl::Span<const Pattern> patterns) {
+  return AddOwned(std::vector<Pattern>(patterns.begin(), patterns.end()));
+}
+
+absl::StatusOr<std::vector<uint64_t>> Store::AddOwned(
+    std::vector<Pattern> patterns) {
   MutexLock write_lock(&write_mu_);
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   std::vector<uint64_t> ids;
@@ -556,33 +569,25 @@ absl::StatusOr<std::vector<uint64_t>> Store::Add(
           " is not in the future"));
     }
   }
-  const absl::Duration ttl = view()->settings().expiry.default_ttl;
-  const int64_t default_expiry =
-      ttl > absl::ZeroDuration() ? now + absl::ToInt64Nanoseconds(ttl) : 0;
-  const bool complete =
-      precision_ == core::Precision::kFloat32 &&
-      std::all_of(patterns.begin(), patterns.end(), [&](const Pattern& p) {
-        return p.id != 0 && (p.expire_ns != 0 || default_expiry == 0);
-      });
-  std::vector<Pattern> filled;
-  if (!complete) {
-    absl::StatusOr<std::vector<Pattern>> rounded = Rounded(patterns);
-    if (!rounded.ok()) return rounded.status();
-    filled = *std::move(rounded);
-    for (size_t i = 0; i < ids.size(); ++i) {
-      filled[i].id = ids[i];
-      if (filled[i].expire_ns == 0) filled[i].expire_ns = default_expiry;
-    }
-  }
-  const absl::Span<const Pattern> added =
-      complete ? patterns : absl::MakeConstSpan(filled);
-  uint64_t next_id = next_id_;
-  for (uint64_t id : ids) next_id = NextAfter(next_id, id);
-  if (absl::Status status = storage_->WritePatterns(name_, added, {}, next_id);
+  if (absl::Status status = RoundInPlace(absl::MakeSpan(patterns));
       !status.ok()) {
     return status;
   }
-  return ApplyAdd(added, ids);
+  const absl::Duration ttl = view()->settings().expiry.default_ttl;
+  const int64_t default_expiry =
+      ttl > absl::ZeroDuration() ? now + absl::ToInt64Nanoseconds(ttl) : 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    patterns[i].id = ids[i];
+    if (patterns[i].expire_ns == 0) patterns[i].expire_ns = default_expiry;
+  }
+  uint64_t next_id = next_id_;
+  for (uint64_t id : ids) next_id = NextAfter(next_id, id);
+  if (absl::Status status =
+          storage_->WritePatterns(name_, patterns, {}, next_id);
+      !status.ok()) {
+    return status;
+  }
+  return ApplyAdd(patterns, ids);
 }
 
 absl::Status Store::Restore(absl::Span<const Pattern> patterns) {

@@ -260,6 +260,9 @@ class Store {
   // Adds all patterns or none; returns their ids in order. Ids of 0 are
   // assigned above every id in use or in the batch.
   absl::StatusOr<std::vector<uint64_t>> Add(absl::Span<const Pattern> patterns);
+  // The same for a caller that gives its patterns up: ids, expiry times and
+  // rounding are filled in place, so a large add holds no second copy.
+  absl::StatusOr<std::vector<uint64_t>> AddOwned(std::vector<Pattern> patterns);
   // Deletes all ids or none.
   absl::Status Delete(absl::Span<const uint64_t> ids);
   // What Delete(ids) would answer now, deleting nothing (OK where it would
@@ -354,6 +357,8 @@ class Store {
   // if one does not fit (float16 beyond 65504).
   absl::StatusOr<std::vector<Pattern>> Rounded(
       absl::Span<const Pattern> patterns) const;
+  // The same in place; on an error some values may be rounded already.
+  absl::Status RoundInPlace(absl::Span<Pattern> patterns) const;
   // Where each of `ids` is (its row), after the checks of a delete: the
   // store writable, 1 to max_batch ids, each stored and given once.
   absl::StatusOr<absl::flat_hash_map<uint64_t, size_t>> LocateLocked(
