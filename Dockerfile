@@ -12,6 +12,7 @@ RUN apt-get update \
       build-essential cmake pkg-config libgrpc++-dev protobuf-compiler-grpc \
       libprotobuf-dev protobuf-compiler libabsl-dev libopenblas-dev \
       prometheus-cpp-dev libmicrohttpd-dev libssl-dev zlib1g-dev librocksdb-dev \
+      libjemalloc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -27,6 +28,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libabsl20220623 libgrpc++1.51 libgrpc29 libprotobuf32 libopenblas0-pthread \
       libprometheus-cpp-core1.0 libmicrohttpd12 libssl3 librocksdb7.8 zlib1g \
+      libjemalloc2 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home engram \
  && mkdir /data && chown engram:engram /data

@@ -47,6 +47,9 @@ for _ in $(seq 1 100); do
 done
 [[ $(engram health engram.v1.Engram) == SERVING ]] || { $engine logs "$name"; exit 1; }
 echo "== engramd in the container is ready on 127.0.0.1:$grpc_port"
+# The image carries jemalloc, which gives freed memory back to the system.
+$engine logs "$name" 2>&1 | grep -q "allocator jemalloc" ||
+  { echo "engramd in the container does not allocate with jemalloc"; $engine logs "$name"; exit 1; }
 
 tmp=$(mktemp -d)
 trap 'cleanup; rm -rf "$tmp"' EXIT

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/app/allocator.h"
 #include "server/app/job_metrics.h"
 #include "server/app/restore_backup.h"
 #include "server/app/shutdown_signal.h"
@@ -90,7 +91,8 @@ void LogConfiguration(const EngramdOptions& o, int port,
       "data_dir=%s; sync=%s; cpu %s; kernels %s (fused softmax batches "
       "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
-      "job workers=%d; rpc threads<=%d; open files<=%s; max message %zu MiB; "
+      "job workers=%d; rpc threads<=%d; open files<=%s; allocator %s; "
+      "max message %zu MiB; "
       "limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
       "stores<=%zu patterns/store<=%zu label<=%zu bytes metadata<=%zu "
@@ -104,10 +106,11 @@ void LogConfiguration(const EngramdOptions& o, int port,
       core::DescribeMachine(), std::string(core::KernelIsa()),
       core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
-      open_files, o.server.max_message_bytes >> 20, l.max_dimension,
-      l.max_batch, l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
-      l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
-      l.max_metadata_bytes, l.max_low_rank_values, l.max_calibration_work);
+      open_files, DescribeAllocator(), o.server.max_message_bytes >> 20,
+      l.max_dimension, l.max_batch, l.max_queries, l.max_top_k, l.max_steps,
+      l.max_stores, l.max_patterns_per_store, l.max_label_bytes,
+      l.max_metadata_entries, l.max_metadata_bytes, l.max_low_rank_values,
+      l.max_calibration_work);
 }
 
 const char* RoleName(Role role) {
@@ -152,12 +155,13 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   }
   Log(LogLevel::kInfo,
       "engramd %s router listening on %s (port %d, %s); metrics on %s; "
-      "cluster '%s': %zu shard groups of %zu replicas; open files<=%s",
+      "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
+      "allocator %s",
       ENGRAM_VERSION, o.server.listen, (*server)->port(),
       o.server.tls_cert.empty() ? "plaintext" : "TLS",
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
-      open_files);
+      open_files, DescribeAllocator());
   absl::Mutex mu;
   bool stopping = false;
   std::thread readiness([&] {

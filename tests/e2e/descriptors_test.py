@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, sanitized  # noqa: E402
 
 DIM = 256
 BATCH = 4096  # 4 MiB of values per add: RocksDB's 64 MiB memtable fills in 16.
@@ -41,15 +41,6 @@ BATCH = 4096  # 4 MiB of values per add: RocksDB's 64 MiB memtable fills in 16.
 
 def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def sanitized():
-    """Whether engramd runs under a sanitizer: their runtimes check memory
-    through pipes of their own (UBSan's vptr check among them), and with no
-    descriptor left they report errors that are not engramd's."""
-    libraries = subprocess.run(["ldd", os.path.join(BIN, "engramd")], capture_output=True,
-                               text=True).stdout
-    return any(name in libraries for name in ("libasan", "libubsan", "libtsan"))
 
 
 class DescriptorsTest(unittest.TestCase):
@@ -76,7 +67,7 @@ class DescriptorsTest(unittest.TestCase):
         finally:
             e.stop()
 
-    @unittest.skipIf(sanitized(), "a sanitizer's runtime needs descriptors of its own")
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime needs descriptors of its own")
     def test_2_a_connection_flood_stops_writes_until_it_ends_and_loses_nothing(self):
         e = Engramd(BIN, self.tmp.name)
         data_dir = e.data_dir

@@ -87,6 +87,22 @@ class Engramd:
         self._log.close()
 
 
+def sanitized(bin_dir):
+    """Whether the engramd in `bin_dir` was built with a sanitizer (ASan,
+    UBSan, TSan): their runtimes bring their own allocator and check memory
+    through pipes of their own."""
+    libraries = subprocess.run(["ldd", os.path.join(bin_dir, "engramd")],
+                               capture_output=True, text=True).stdout
+    return any(name in libraries for name in ("libasan", "libubsan", "libtsan"))
+
+
+def resident_mib(pid):
+    """The resident memory of process `pid`, in MiB."""
+    with open("/proc/%d/status" % pid) as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 @contextlib.contextmanager
 def garbled_message(client, which):
     """While in effect, the `which`-th (from 1) message of patterns that
