@@ -2,6 +2,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
@@ -44,6 +46,29 @@ std::string DescribeAllocator() {
       background ? ", by a background thread" : ", on later allocations", ")");
 #else
   return "the C library's malloc";
+#endif
+}
+
+std::function<std::optional<metrics::HeapBytes>()> HeapReader() {
+#ifdef ENGRAM_JEMALLOC
+  return []() -> std::optional<metrics::HeapBytes> {
+    // jemalloc's statistics are a snapshot taken when the epoch advances.
+    uint64_t epoch = 1;
+    size_t size = sizeof(epoch);
+    if (mallctl("epoch", &epoch, &size, &epoch, size) != 0) {
+      return std::nullopt;
+    }
+    size_t allocated = 0, resident = 0;
+    size = sizeof(size_t);
+    if (mallctl("stats.allocated", &allocated, &size, nullptr, 0) != 0 ||
+        mallctl("stats.resident", &resident, &size, nullptr, 0) != 0) {
+      return std::nullopt;
+    }
+    return metrics::HeapBytes{static_cast<double>(allocated),
+                              static_cast<double>(resident)};
+  };
+#else
+  return nullptr;
 #endif
 }
 

@@ -1,7 +1,11 @@
 #ifndef ENGRAM_SERVER_APP_ALLOCATOR_H_
 #define ENGRAM_SERVER_APP_ALLOCATOR_H_
 
+#include <functional>
+#include <optional>
 #include <string>
+
+#include "server/metrics/prometheus_metrics.h"
 
 namespace engram::app {
 
@@ -10,6 +14,10 @@ namespace engram::app {
 // the system after 10 s, by a background thread)", or "the C library's
 // malloc" in a sanitizer build.
 std::string DescribeAllocator();
+
+// Reads what the allocator holds, for the metrics; empty where it cannot
+// say (the C library's malloc).
+std::function<std::optional<metrics::HeapBytes>()> HeapReader();
 
 }  // namespace engram::app
 

@@ -203,6 +203,7 @@ int RunEngramd(EngramdOptions o) {
   const std::string open_files = RaiseOpenFileLimit();
   core::blas::SetThreads(o.blas_threads);
   o.metrics.version = ENGRAM_VERSION;
+  o.metrics.heap = HeapReader();
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);
   if (!exported.ok()) {

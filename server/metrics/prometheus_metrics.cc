@@ -171,10 +171,11 @@ class PrometheusMetrics : public Metrics {
     if (options_.listen.empty()) return 0;
     absl::StatusOr<std::unique_ptr<internal::HttpEndpoint>> endpoint =
         internal::HttpEndpoint::Start(options_.listen, [registry = registry_,
-                                                        started = started_] {
+                                                        started = started_,
+                                                        heap = options_.heap] {
           std::vector<prometheus::MetricFamily> families = registry->Collect();
           for (prometheus::MetricFamily& family :
-               internal::ProcessFamilies(started)) {
+               internal::ProcessFamilies(started, heap)) {
             families.push_back(std::move(family));
           }
           return prometheus::TextSerializer().Serialize(families);

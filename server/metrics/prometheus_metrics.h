@@ -6,7 +6,9 @@
 #ifndef ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_
 #define ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -14,10 +16,21 @@
 
 namespace engram::metrics {
 
+// What the memory allocator holds, in bytes.
+struct HeapBytes {
+  double allocated = 0;  // In live allocations.
+  // Pages it holds resident: the live allocations, its own metadata, and
+  // freed pages not yet given back to the system.
+  double resident = 0;
+};
+
 struct PrometheusOptions {
   std::string listen = "127.0.0.1:9464";  // Empty: no HTTP endpoint.
   bool per_store_labels = true;  // Off: no store label, bounded cardinality.
   std::string version;
+  // Read at every scrape for engram_heap_allocated_bytes and
+  // engram_heap_resident_bytes; empty (or nullopt) leaves them out.
+  std::function<std::optional<HeapBytes>()> heap;
 };
 
 struct PrometheusExport {

@@ -18,7 +18,9 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Engramd  # noqa: E402
+import numpy as np  # noqa: E402
+from engram_client import Client  # noqa: E402
+from harness import Engramd, sanitized  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
@@ -76,6 +78,33 @@ class MetricsTest(unittest.TestCase):
         check = subprocess.run(["promtool", "check", "metrics"], input=text,
                                capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
+    def test_heap_series_follow_the_allocator(self):
+        """engram_heap_*: what jemalloc holds, live allocations growing with
+        the patterns added; absent where the C library's malloc (a sanitizer
+        build) cannot say."""
+        def scrape():
+            text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+            return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith("engram_heap_")}
+
+        before = scrape()
+        if sanitized(BIN):
+            self.assertEqual(before, {})
+            return
+        self.assertEqual(sorted(before), ["engram_heap_allocated_bytes",
+                                          "engram_heap_resident_bytes"])
+        self.assertGreater(before["engram_heap_allocated_bytes"], 0)
+        self.assertLessEqual(before["engram_heap_allocated_bytes"],
+                             before["engram_heap_resident_bytes"])
+        with Client(self.addr) as c:
+            c.create_store("heap", dim=1024)
+            c.add("heap", np.ones((2048, 1024), np.float32))  # 8 MiB of values.
+        after = scrape()
+        self.assertGreater(after["engram_heap_allocated_bytes"],
+                           before["engram_heap_allocated_bytes"] + (8 << 20))
+        self.assertLessEqual(after["engram_heap_allocated_bytes"],
+                             after["engram_heap_resident_bytes"])
 
     def test_process_series_follow_the_process(self):
         """process_* (the standard names): descriptors counted as they open,

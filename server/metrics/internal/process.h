@@ -1,8 +1,8 @@
 // The process's own series under Prometheus's standard names, read afresh at
 // every scrape: open and allowed file descriptors, resident and virtual
-// memory, CPU time and the start time. prometheus-cpp has no such
-// collector; these are what an operator watches a flood of connections or
-// a growing heap with.
+// memory, CPU time and the start time; and what the memory allocator holds.
+// prometheus-cpp has no such collector; these are what an operator watches a
+// flood of connections or a growing heap with.
 //
 //   std::vector<prometheus::MetricFamily> families = ProcessFamilies(start);
 //
@@ -11,14 +11,21 @@
 #ifndef ENGRAM_SERVER_METRICS_INTERNAL_PROCESS_H_
 #define ENGRAM_SERVER_METRICS_INTERNAL_PROCESS_H_
 
+#include <functional>
+#include <optional>
 #include <vector>
 
 #include "prometheus/metric_family.h"
+#include "server/metrics/prometheus_metrics.h"
 
 namespace engram::metrics::internal {
 
-// `start_seconds`: when the process started, in seconds since the epoch.
-std::vector<prometheus::MetricFamily> ProcessFamilies(double start_seconds);
+// `start_seconds`: when the process started, in seconds since the epoch;
+// `heap`: what the allocator holds (may be empty), exported as
+// engram_heap_allocated_bytes and engram_heap_resident_bytes.
+std::vector<prometheus::MetricFamily> ProcessFamilies(
+    double start_seconds,
+    const std::function<std::optional<HeapBytes>()>& heap);
 
 }  // namespace engram::metrics::internal
 
