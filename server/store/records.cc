@@ -70,6 +70,14 @@ std::string EncodePattern(const Pattern& p) {
   return out;
 }
 
+size_t EncodedPatternBound(const Pattern& p) {
+  size_t bytes = 2 + 4 + p.values.size() * 4 + 4 + p.label.size() + 4 + 8;
+  for (const auto& [key, value] : p.metadata) {
+    bytes += 8 + key.size() + value.size();
+  }
+  return bytes;
+}
+
 namespace {
 
 // Reads fields off the front of a record.

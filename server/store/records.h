@@ -21,6 +21,8 @@ namespace engram::store {
 
 // One pattern without its id (storage keys it by id).
 std::string EncodePattern(const Pattern& pattern);
+// At least EncodePattern(pattern).size(), without encoding it.
+size_t EncodedPatternBound(const Pattern& pattern);
 absl::StatusOr<Pattern> DecodePattern(uint64_t id, absl::string_view bytes);
 
 // A fitted feature map with the record of its fit.

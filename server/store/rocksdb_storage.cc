@@ -55,6 +55,15 @@ std::string PatternKey(uint64_t id) {
   return key;
 }
 
+// At least the bytes of a write batch that puts `patterns` and a few small
+// records: per pattern its record, its 9-byte key, and the batch's tag,
+// family and length varints.
+size_t BatchBytes(absl::Span<const Pattern> patterns) {
+  size_t bytes = 4096;
+  for (const Pattern& p : patterns) bytes += EncodedPatternBound(p) + 32;
+  return bytes;
+}
+
 uint64_t BigEndian64(const char* p) {
   uint64_t id = 0;
   for (int k = 0; k < 8; ++k) id = (id << 8) | static_cast<unsigned char>(p[k]);
@@ -856,7 +865,7 @@ absl::Status RocksDbStorage::Commit(
     absl::string_view store,
     absl::FunctionRef<void(rocksdb::WriteBatch&, rocksdb::ColumnFamilyHandle*)>
         fill,
-    bool sync) {
+    bool sync, size_t reserve) {
   RetryWritable();
   ReaderMutexLock lock(&mu_);
   if (!db_) return absl::UnavailableError("storage is closed");
@@ -866,7 +875,7 @@ absl::Status RocksDbStorage::Commit(
     return absl::NotFoundError(
         absl::StrCat("storage: no column family for store '", store, "'"));
   }
-  rocksdb::WriteBatch batch;
+  rocksdb::WriteBatch batch(reserve);
   fill(batch, found->second);
   rocksdb::WriteOptions write;
   write.sync = options_.sync && sync;
@@ -925,14 +934,16 @@ absl::Status RocksDbStorage::WritePatterns(absl::string_view store,
                                            absl::Span<const Pattern> added,
                                            absl::Span<const uint64_t> deleted,
                                            uint64_t next_id) {
-  return Commit(store, [&](rocksdb::WriteBatch& batch,
-                           rocksdb::ColumnFamilyHandle* family) {
-    for (const Pattern& p : added) {
-      batch.Put(family, PatternKey(p.id), EncodePattern(p));
-    }
-    for (uint64_t id : deleted) batch.Delete(family, PatternKey(id));
-    batch.Put(family, kNextIdKey, Fixed64(next_id));
-  });
+  return Commit(
+      store,
+      [&](rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* family) {
+        for (const Pattern& p : added) {
+          batch.Put(family, PatternKey(p.id), EncodePattern(p));
+        }
+        for (uint64_t id : deleted) batch.Delete(family, PatternKey(id));
+        batch.Put(family, kNextIdKey, Fixed64(next_id));
+      },
+      /*sync=*/true, BatchBytes(added) + 32 * deleted.size());
 }
 
 absl::Status RocksDbStorage::PutStamp(absl::string_view store, uint64_t stamp) {
@@ -957,11 +968,8 @@ absl::Status RocksDbStorage::WriteWholeStore(const StoreImage& image,
   const std::string& name = image.settings.name;
   rocksdb::ColumnFamilyHandle* handle;
   const bool created = !families_.contains(name);
-  size_t bytes = 4096;
+  size_t bytes = BatchBytes(image.patterns);
   if (image.map) bytes += image.map->weights().size() * 4;
-  for (const Pattern& p : image.patterns) {
-    bytes += 32 + p.values.size() * 4 + p.label.size() + 64 * p.metadata.size();
-  }
   rocksdb::WriteBatch batch(bytes);
   if (created) {
     // Its settings come in the same write as everything else: a crash

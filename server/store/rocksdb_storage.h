@@ -165,11 +165,12 @@ class RocksDbStorage : public StorageBackend {
   // Writes `batch` to the store's column family, atomically, synced if
   // options_.sync and `sync` (false for a record that may be lost with the
   // writes after it, the log keeping writes in order: the write stamp).
+  // `reserve`: the batch's size if known, so that it is allocated once.
   absl::Status Commit(absl::string_view store,
                       absl::FunctionRef<void(rocksdb::WriteBatch&,
                                              rocksdb::ColumnFamilyHandle*)>
                           fill,
-                      bool sync = true);
+                      bool sync = true, size_t reserve = 0);
   // Load's reading part; `orphans` gets the families of creates that never
   // completed.
   absl::Status LoadStores(LoadVisitor& visitor,

@@ -156,6 +156,25 @@ TEST(PrecisionStoreTest, RefusesValuesBeyondTheRangeAndChangesNothing) {
   EXPECT_TRUE(store.Add(patterns).ok());
 }
 
+// A write batch is sized by EncodedPatternBound before the records are
+// encoded: it must cover every format.
+TEST(PrecisionStoreTest, EncodedPatternBoundCoversEveryFormat) {
+  const Pattern plain{1, {0.1f, 0.2f, 0.3f}, "", {}, 0};
+  Pattern expiring = plain;
+  expiring.expire_ns = 1'900'000'000'000'000'000;
+  Pattern labelled{2,
+                   std::vector<float>(784, 0.7f),
+                   std::string(256, 'l'),
+                   {{"a", std::string(256, 'v')}, {std::string(256, 'k'), ""}},
+                   0};
+  Pattern half{3, {0.5f, -3.0f, 1.0f}, "x", {{"k", "v"}}, 0};  // Format 3.
+  Pattern empty{4, {}, "", {}, 0};
+  for (const Pattern& p : {plain, expiring, labelled, half, empty}) {
+    EXPECT_GE(EncodedPatternBound(p), EncodePattern(p).size()) << p.id;
+    EXPECT_LE(EncodedPatternBound(p), EncodePattern(p).size() + 16) << p.id;
+  }
+}
+
 TEST(PrecisionStoreTest, RecordsTakeTwoBytesAValueAndDecodeExactly) {
   Pattern p{9, {0.5f, -3.0f, 1.0f / 3}, "x", {{"k", "v"}}, 0};
   p.values[2] = core::Round(Precision::kBFloat16, p.values[2]);
