@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/app/allocator.h"
 #include "server/app/engramd.h"
 #include "server/app/shutdown_signal.h"
 #include "server/base/log.h"
@@ -88,6 +89,13 @@ ABSL_FLAG(int, rpc_threads, 0,
           "mostly wait on retrieval threads, so this bounds memory, not "
           "CPU.");
 ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
+ABSL_FLAG(int64_t, max_write_memory_mb, 0,
+          "Memory writes in flight may hold, in MiB: a write of 1 MiB or "
+          "more counts 5 times its request (or stream message) and waits, "
+          "up to its deadline and at most 60 s, while earlier writes hold "
+          "the rest; one larger than the whole is refused. 0 = a quarter of "
+          "the memory engramd may use (the machine's, or its cgroup's limit "
+          "if lower).");
 ABSL_FLAG(uint32_t, max_dimension, kLimits.max_dimension,
           "Largest store dimension.");
 ABSL_FLAG(uint64_t, max_batch, kLimits.max_batch,
@@ -261,6 +269,10 @@ engram::app::EngramdOptions OptionsFromFlags() {
   engram::rpc::ServerOptions& server = o.server;
   server.listen = absl::GetFlag(FLAGS_listen);
   server.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  server.max_write_memory_bytes =
+      absl::GetFlag(FLAGS_max_write_memory_mb) > 0
+          ? static_cast<size_t>(absl::GetFlag(FLAGS_max_write_memory_mb)) << 20
+          : engram::app::MemoryLimitBytes() / 4;
   server.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   server.tls_key = absl::GetFlag(FLAGS_tls_key);
   server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);

@@ -1,8 +1,11 @@
 #include "server/app/allocator.h"
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <cstdint>
+#include <fstream>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -70,6 +73,34 @@ std::function<std::optional<metrics::HeapBytes>()> HeapReader() {
 #else
   return nullptr;
 #endif
+}
+
+size_t MemoryLimitBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGESIZE);
+  uint64_t limit =
+      pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page : 0;
+  // cgroup v2 names the process's group in /proc/self/cgroup ("0::/path");
+  // inside a container it is usually "/", the namespace's root. A limit of
+  // "max" (none) does not parse and is skipped.
+  std::string group;
+  std::ifstream cgroups("/proc/self/cgroup");
+  for (std::string line; std::getline(cgroups, line);) {
+    if (line.rfind("0::", 0) == 0) group = line.substr(3);
+  }
+  const std::string files[] = {
+      "/sys/fs/cgroup" + group + "/memory.max",
+      "/sys/fs/cgroup/memory.max",
+      "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+  };
+  for (const std::string& path : files) {
+    std::ifstream in(path);
+    uint64_t bytes = 0;
+    if (in >> bytes && bytes > 0 && (limit == 0 || bytes < limit)) {
+      limit = bytes;
+    }
+  }
+  return static_cast<size_t>(limit);
 }
 
 }  // namespace engram::app

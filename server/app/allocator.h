@@ -1,6 +1,7 @@
 #ifndef ENGRAM_SERVER_APP_ALLOCATOR_H_
 #define ENGRAM_SERVER_APP_ALLOCATOR_H_
 
+#include <cstddef>
 #include <functional>
 #include <optional>
 #include <string>
@@ -18,6 +19,10 @@ std::string DescribeAllocator();
 // Reads what the allocator holds, for the metrics; empty where it cannot
 // say (the C library's malloc).
 std::function<std::optional<metrics::HeapBytes>()> HeapReader();
+
+// The memory this process may use: the machine's, or its cgroup's limit
+// (cgroup v2, then v1) where that is lower; 0 if neither can be read.
+size_t MemoryLimitBytes();
 
 }  // namespace engram::app
 

@@ -82,6 +82,10 @@ std::string RaiseOpenFileLimit() {
   return out;
 }
 
+std::string WriteMemory(size_t bytes) {
+  return bytes == 0 ? "unlimited" : absl::StrCat(bytes >> 20, " MiB");
+}
+
 void LogConfiguration(const EngramdOptions& o, int port,
                       const std::string& metrics_address,
                       const std::string& open_files) {
@@ -92,6 +96,7 @@ void LogConfiguration(const EngramdOptions& o, int port,
       "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
       "job workers=%d; rpc threads<=%d; open files<=%s; allocator %s; "
+      "write memory<=%s; "
       "max message %zu MiB; "
       "limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
@@ -106,11 +111,12 @@ void LogConfiguration(const EngramdOptions& o, int port,
       core::DescribeMachine(), std::string(core::KernelIsa()),
       core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
-      open_files, DescribeAllocator(), o.server.max_message_bytes >> 20,
-      l.max_dimension, l.max_batch, l.max_queries, l.max_top_k, l.max_steps,
-      l.max_stores, l.max_patterns_per_store, l.max_label_bytes,
-      l.max_metadata_entries, l.max_metadata_bytes, l.max_low_rank_values,
-      l.max_calibration_work);
+      open_files, DescribeAllocator(),
+      WriteMemory(o.server.max_write_memory_bytes),
+      o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
+      l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
+      l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
+      l.max_metadata_bytes, l.max_low_rank_values, l.max_calibration_work);
 }
 
 const char* RoleName(Role role) {
@@ -156,12 +162,13 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   Log(LogLevel::kInfo,
       "engramd %s router listening on %s (port %d, %s); metrics on %s; "
       "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
-      "allocator %s",
+      "allocator %s; write memory<=%s",
       ENGRAM_VERSION, o.server.listen, (*server)->port(),
       o.server.tls_cert.empty() ? "plaintext" : "TLS",
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
-      open_files, DescribeAllocator());
+      open_files, DescribeAllocator(),
+      WriteMemory(o.server.max_write_memory_bytes));
   absl::Mutex mu;
   bool stopping = false;
   std::thread readiness([&] {

@@ -558,6 +558,9 @@ grpc::Status Router::ImportPatterns(
   std::vector<uint64_t> counts;
   while (stream.Read(*reader, message)) {
     if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
+    if (absl::Status s = call.ReserveWrite(message.ByteSizeLong()); !s.ok()) {
+      return call.Done(stream.Failed(s));
+    }
     if (message.patterns_size() == 0) continue;
     absl::StatusOr<std::vector<uint64_t>> ids =
         AddBatch(stream.store(), message.patterns(), Place(message.patterns()),

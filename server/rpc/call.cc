@@ -108,16 +108,32 @@ bool Call::Admit(const grpc::ServerContextBase& context,
 
 bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   context_ = &context;
-  refused_ = policy_->auth.Check(context, MethodWrites(method_).value_or(true));
+  const bool writes = MethodWrites(method_).value_or(true);
+  refused_ = policy_->auth.Check(context, writes);
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
     refused_ =
         TooLarge("the request", request_bytes, policy_->max_message_bytes,
                  "split it into smaller requests");
   }
+  if (refused_.ok() && writes) refused_ = ReserveWrite(request_bytes);
   return refused_.ok();
 }
 
+absl::Status Call::ReserveWrite(size_t message_bytes) {
+  reserved_ = WriteBudget::Reservation();
+  if (policy_->write_budget == nullptr || context_ == nullptr) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<WriteBudget::Reservation> held =
+      policy_->write_budget->Reserve(message_bytes,
+                                     absl::FromChrono(context_->deadline()));
+  if (!held.ok()) return held.status();
+  reserved_ = *std::move(held);
+  return absl::OkStatus();
+}
+
 grpc::Status Call::Done(const absl::Status& status) {
+  reserved_ = WriteBudget::Reservation();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
   const char* code = CodeName(status.code());
   if (status.ok() && policy_->after_write && context_ != nullptr &&

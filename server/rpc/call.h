@@ -32,6 +32,7 @@
 #include "grpcpp/support/status.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
+#include "server/rpc/write_budget.h"
 
 namespace engram::store {
 class Store;
@@ -54,6 +55,8 @@ struct CallPolicy {
   // in between would resolve to another store. A shard records the write
   // stamp its router sent. May be empty.
   AfterWrite after_write;
+  // What writes in flight may hold (--max_write_memory_mb); null: no limit.
+  std::shared_ptr<WriteBudget> write_budget;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -85,8 +88,12 @@ class Call {
   bool Admit(const grpc::ServerContextBase& context,
              const google::protobuf::Message* request);
   // The same for a request of `request_bytes` still in its wire form (a raw
-  // method).
+  // method). A write's request also takes its share of the policy's write
+  // budget (waiting for it while earlier writes hold it), until Done.
   bool Admit(const grpc::ServerContextBase& context, size_t request_bytes);
+  // For a client stream that writes: the share of the write budget for its
+  // next message of `message_bytes`, in place of the previous message's.
+  absl::Status ReserveWrite(size_t message_bytes);
   grpc::Status Refused() { return Done(refused_); }
 
   // Names the store the call wrote to; if the call ends well, Done hands it
@@ -106,6 +113,7 @@ class Call {
   absl::Status refused_;
   const grpc::ServerContextBase* context_ = nullptr;  // Set by Admit.
   std::shared_ptr<store::Store> written_;             // Set by Wrote.
+  WriteBudget::Reservation reserved_;
 };
 
 }  // namespace engram::rpc

@@ -189,6 +189,9 @@ grpc::Status EngramService::ImportPatterns(
   std::vector<store::Pattern> patterns;
   while (stream.Read(*reader, message)) {
     if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
+    if (absl::Status s = call.ReserveWrite(message.ByteSizeLong()); !s.ok()) {
+      return call.Done(stream.Failed(s));
+    }
     if (!target) {
       absl::StatusOr<std::shared_ptr<store::Store>> found =
           registry_->Get(stream.store());

@@ -13,7 +13,11 @@ The test checks:
   - after four concurrent adds of 48 MiB, resident memory comes back under
     what the process holds for good: the patterns, the storage's memtables
     (at most as much again) and the process as it started, + 64 MiB;
-  - every pattern is there after a restart.
+  - every pattern is there after a restart;
+  - with --max_write_memory_mb, an add larger than the budget allows (five
+    times its request) is refused at once, naming the flag, and changes
+    nothing, in one call or one message of an import; concurrent adds that
+    do not fit together wait for each other and all succeed.
 The memory part is skipped under a sanitizer.
 
 Usage: memory_test.py BIN_DIR
@@ -27,6 +31,7 @@ import unittest
 
 BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
 from harness import Engramd, resident_mib, sanitized  # noqa: E402
@@ -103,6 +108,48 @@ class MemoryTest(unittest.TestCase):
                   file=sys.stderr)
         finally:
             again.stop()
+
+    def test_3_writes_take_their_share_of_the_write_memory(self):
+        e = Engramd(BIN, self.tmp.name, "--max_write_memory_mb=100")
+        try:
+            self.assertIn("write memory<=100 MiB;", e.startup)
+            rng = np.random.default_rng(5)
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+                big = rng.random((ROWS, DIM), dtype=np.float32)  # 48 MiB: 240 of 100.
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.add("s", big, batch=ROWS)
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                self.assertIn("--max_write_memory_mb=100", refused.exception.details())
+                self.assertIn("split it into smaller requests", refused.exception.details())
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.import_patterns("s", big[:2 * 1024], batch=1024)  # 4 MiB messages fit.
+                    c.import_patterns("s", big, batch=ROWS)
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                self.assertIn("message 0", refused.exception.details())
+                self.assertIn("--max_write_memory_mb=100", refused.exception.details())
+                self.assertEqual(c.get_store("s").pattern_count, 2 * 1024)
+
+            # 12 MiB each, 60 MiB of the 100: two cannot run at once.
+            parts = [rng.random((ROWS // 4, DIM), dtype=np.float32) for _ in range(WRITERS)]
+            errors = []
+
+            def write(x):
+                try:
+                    with Client(e.addr) as c:
+                        c.add("s", x, batch=len(x))
+                except Exception as error:  # noqa: BLE001 - reported below
+                    errors.append(error)
+            writers = [threading.Thread(target=write, args=(x,)) for x in parts]
+            for t in writers:
+                t.start()
+            for t in writers:
+                t.join()
+            self.assertEqual(errors, [])
+            with Client(e.addr) as c:
+                self.assertEqual(c.get_store("s").pattern_count, 2 * 1024 + ROWS)
+        finally:
+            e.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+#include "server/rpc/write_budget.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace engram::rpc {
+
+namespace {
+
+std::string MiB(size_t bytes) {
+  return absl::StrCat((bytes + (1 << 20) - 1) >> 20, " MiB");
+}
+
+}  // namespace
+
+WriteBudget::Reservation& WriteBudget::Reservation::operator=(
+    Reservation&& other) noexcept {
+  if (this != &other) {
+    Release();
+    budget_ = std::exchange(other.budget_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void WriteBudget::Reservation::Release() {
+  if (budget_ != nullptr && bytes_ > 0) budget_->Return(bytes_);
+  budget_ = nullptr;
+  bytes_ = 0;
+}
+
+WriteBudget::WriteBudget(size_t limit_bytes, const char* flag)
+    : limit_(limit_bytes), flag_(flag) {}
+
+size_t WriteBudget::reserved() const {
+  MutexLock lock(&mu_);
+  return reserved_;
+}
+
+size_t WriteBudget::waiting() const {
+  MutexLock lock(&mu_);
+  return waiting_.size();
+}
+
+void WriteBudget::Return(size_t bytes) {
+  MutexLock lock(&mu_);
+  reserved_ -= bytes;
+  freed_.SignalAll();
+}
+
+absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
+    size_t request_bytes, absl::Time deadline) {
+  if (request_bytes < kSmallRequest) return Reservation();
+  const size_t bytes = kWriteCost * request_bytes;
+  if (bytes > limit_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request is ", MiB(request_bytes), "; a write holds about ",
+        kWriteCost, " times its request while it runs (", MiB(bytes),
+        "), more than the server lets writes take (", flag_, "=", limit_ >> 20,
+        "); split it into smaller requests"));
+  }
+  const absl::Time start = absl::Now();
+  deadline = std::min(deadline, start + kMaxWait);
+  MutexLock lock(&mu_);
+  const uint64_t ticket = next_ticket_++;
+  waiting_.insert(ticket);
+  // In order of arrival: only the oldest waiting write may take what is free.
+  while (*waiting_.begin() != ticket || reserved_ + bytes > limit_) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left > absl::ZeroDuration()) {
+      freed_.WaitWithTimeout(&mu_, left);
+    } else {
+      waiting_.erase(ticket);
+      freed_.SignalAll();  // The next one may be first now.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
+          " the server lets writes take (", flag_, "); this one needs ",
+          MiB(bytes), " (", kWriteCost, " times its request) and waited ",
+          absl::FormatDuration(
+              absl::Trunc(absl::Now() - start, absl::Milliseconds(1))),
+          "; retry later or send smaller requests"));
+    }
+  }
+  waiting_.erase(ticket);
+  reserved_ += bytes;
+  freed_.SignalAll();  // The next in line may fit too.
+  return Reservation(this, bytes);
+}
+
+}  // namespace engram::rpc

@@ -1,0 +1,88 @@
+// Memory that writes in flight may take, so that concurrent large adds
+// cannot take more than the machine has. A write costs several times its
+// request while it runs (the parsed request, the patterns converted from it,
+// the storage's write batch and memtable, the store's own copy), so each
+// write of at least kSmallRequest bytes reserves kWriteCost times its
+// request before it starts and gives that back when it ends. A write that
+// does not fit in what is free waits, in order of arrival, until earlier
+// writes end; past its deadline it is refused. One that needs more than the
+// whole budget is refused at once: it could never run.
+//
+//   WriteBudget budget(4ull << 30);
+//   absl::StatusOr<WriteBudget::Reservation> held =
+//       budget.Reserve(request_bytes, deadline);
+//   if (!held.ok()) return held.status();  // RESOURCE_EXHAUSTED
+//   ... write; the reservation ends with `held`.
+//
+// Thread-safe.
+#ifndef ENGRAM_SERVER_RPC_WRITE_BUDGET_H_
+#define ENGRAM_SERVER_RPC_WRITE_BUDGET_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <set>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/base/mutex.h"
+
+namespace engram::rpc {
+
+class WriteBudget {
+ public:
+  // What a write holds, counted in its request's bytes.
+  static constexpr size_t kWriteCost = 5;
+  // Requests smaller than this reserve nothing and never wait.
+  static constexpr size_t kSmallRequest = 1 << 20;
+  // The longest a write waits (when its deadline is later or unset).
+  static constexpr absl::Duration kMaxWait = absl::Seconds(60);
+
+  // Returns its bytes to the budget when it ends; movable.
+  class Reservation {
+   public:
+    Reservation() = default;
+    Reservation(Reservation&& other) noexcept { *this = std::move(other); }
+    Reservation& operator=(Reservation&& other) noexcept;
+    ~Reservation() { Release(); }
+
+   private:
+    friend class WriteBudget;
+    Reservation(WriteBudget* budget, size_t bytes)
+        : budget_(budget), bytes_(bytes) {}
+    void Release();
+
+    WriteBudget* budget_ = nullptr;
+    size_t bytes_ = 0;
+  };
+
+  // `limit_bytes` > 0; `flag` names it in refusals ("--max_write_memory_mb").
+  WriteBudget(size_t limit_bytes, const char* flag);
+
+  // Reserves kWriteCost x `request_bytes` (nothing for a small request),
+  // waiting for it until `deadline` (at most kMaxWait); RESOURCE_EXHAUSTED
+  // naming the budget and what to do if it is larger than the budget or
+  // not free in time.
+  absl::StatusOr<Reservation> Reserve(size_t request_bytes,
+                                      absl::Time deadline);
+
+  size_t limit() const { return limit_; }
+  size_t reserved() const;
+  size_t waiting() const;  // Writes waiting for their share.
+
+ private:
+  void Return(size_t bytes);
+
+  const size_t limit_;
+  const char* const flag_;
+  mutable Mutex mu_;
+  CondVar freed_;
+  size_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<uint64_t> waiting_ ABSL_GUARDED_BY(mu_);  // Tickets, oldest first.
+};
+
+}  // namespace engram::rpc
+
+#endif  // ENGRAM_SERVER_RPC_WRITE_BUDGET_H_

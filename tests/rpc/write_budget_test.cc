@@ -1,0 +1,141 @@
+// WriteBudget: a write reserves five times its request, waits in order of
+// arrival while earlier writes hold the rest, is refused past its deadline,
+// and one larger than the whole budget is refused at once.
+#include "server/rpc/write_budget.h"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <utility>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+
+namespace engram::rpc {
+namespace {
+
+constexpr size_t kMiB = 1 << 20;
+constexpr const char* kFlag = "--max_write_memory_mb";
+
+absl::Time Later() { return absl::Now() + absl::Seconds(30); }
+
+// Waits until `budget` has `count` writes waiting (they block in Reserve).
+void AwaitWaiting(const WriteBudget& budget, size_t count) {
+  while (budget.waiting() < count) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+TEST(WriteBudgetTest, ASmallRequestReservesNothing) {
+  WriteBudget budget(10 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> held =
+      budget.Reserve(WriteBudget::kSmallRequest - 1, Later());
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(budget.reserved(), 0u);
+}
+
+TEST(WriteBudgetTest, ReservesFiveTimesTheRequestUntilTheReservationEnds) {
+  WriteBudget budget(100 * kMiB, kFlag);
+  {
+    absl::StatusOr<WriteBudget::Reservation> held =
+        budget.Reserve(4 * kMiB, Later());
+    ASSERT_TRUE(held.ok()) << held.status();
+    EXPECT_EQ(budget.reserved(), 20 * kMiB);
+    WriteBudget::Reservation moved = *std::move(held);
+    EXPECT_EQ(budget.reserved(), 20 * kMiB);
+    moved = WriteBudget::Reservation();
+    EXPECT_EQ(budget.reserved(), 0u);
+    absl::StatusOr<WriteBudget::Reservation> again =
+        budget.Reserve(2 * kMiB, Later());
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(budget.reserved(), 10 * kMiB);
+  }
+  EXPECT_EQ(budget.reserved(), 0u);
+}
+
+TEST(WriteBudgetTest, MoreThanTheWholeBudgetIsRefusedAtOnce) {
+  WriteBudget budget(10 * kMiB, kFlag);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<WriteBudget::Reservation> held =
+      budget.Reserve(4 * kMiB, Later());  // 20 MiB of 10.
+  ASSERT_EQ(held.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_NE(held.status().message().find("the request is 4 MiB"),
+            std::string::npos)
+      << held.status();
+  EXPECT_NE(held.status().message().find("--max_write_memory_mb=10"),
+            std::string::npos);
+  EXPECT_NE(held.status().message().find("split it"), std::string::npos);
+  EXPECT_EQ(budget.reserved(), 0u);
+}
+
+TEST(WriteBudgetTest, AWriteWaitsForEarlierOnesThenRuns) {
+  WriteBudget budget(30 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> first =
+      budget.Reserve(4 * kMiB, Later());
+  ASSERT_TRUE(first.ok());
+  std::atomic<bool> done{false};
+  absl::Status second_status;
+  std::thread second([&] {
+    absl::StatusOr<WriteBudget::Reservation> held =
+        budget.Reserve(4 * kMiB, Later());
+    second_status = held.status();
+    done = true;
+  });
+  AwaitWaiting(budget, 1);
+  EXPECT_FALSE(done);
+  *first = WriteBudget::Reservation();  // The first write ends.
+  second.join();
+  EXPECT_TRUE(second_status.ok()) << second_status;
+  EXPECT_EQ(budget.reserved(), 0u);  // The second's ended with its thread.
+  EXPECT_EQ(budget.waiting(), 0u);
+}
+
+TEST(WriteBudgetTest, AWriteIsRefusedPastItsDeadline) {
+  WriteBudget budget(30 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> first =
+      budget.Reserve(4 * kMiB, Later());
+  ASSERT_TRUE(first.ok());
+  absl::StatusOr<WriteBudget::Reservation> late =
+      budget.Reserve(4 * kMiB, absl::Now() + absl::Milliseconds(20));
+  ASSERT_EQ(late.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(late.status().message().find(
+                "writes in flight hold 20 MiB of the 30 MiB"),
+            std::string::npos)
+      << late.status();
+  EXPECT_NE(late.status().message().find("waited"), std::string::npos);
+  EXPECT_NE(late.status().message().find("retry later"), std::string::npos);
+  EXPECT_EQ(budget.reserved(), 20 * kMiB);
+  EXPECT_EQ(budget.waiting(), 0u);
+}
+
+// A small write that would fit waits behind a larger one that came first,
+// so that a stream of small writes cannot starve a large one.
+TEST(WriteBudgetTest, WritesTakeTheirShareInOrderOfArrival) {
+  WriteBudget budget(30 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> first =
+      budget.Reserve(4 * kMiB, Later());  // 20 of 30.
+  ASSERT_TRUE(first.ok());
+  std::atomic<bool> large_done{false}, small_done{false};
+  WriteBudget::Reservation large_held, small_held;
+  std::thread large([&] {
+    large_held = *budget.Reserve(4 * kMiB, Later());  // 20: waits.
+    large_done = true;
+  });
+  AwaitWaiting(budget, 1);
+  std::thread small([&] {
+    small_held = *budget.Reserve(2 * kMiB, Later());  // 10 would fit.
+    small_done = true;
+  });
+  AwaitWaiting(budget, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(small_done);
+  EXPECT_FALSE(large_done);
+  *first = WriteBudget::Reservation();
+  large.join();
+  small.join();
+  EXPECT_EQ(budget.reserved(), 30 * kMiB);  // Both hold their share now.
+}
+
+}  // namespace
+}  // namespace engram::rpc
