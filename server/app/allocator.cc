@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
 #ifdef ENGRAM_JEMALLOC
@@ -80,19 +82,25 @@ size_t MemoryLimitBytes() {
   const long page = sysconf(_SC_PAGESIZE);
   uint64_t limit =
       pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page : 0;
-  // cgroup v2 names the process's group in /proc/self/cgroup ("0::/path");
-  // inside a container it is usually "/", the namespace's root. A limit of
-  // "max" (none) does not parse and is skipped.
-  std::string group;
+  // /proc/self/cgroup names the process's group: "0::/path" for cgroup v2,
+  // "N:memory:/path" (or "N:a,memory,b:/path") for v1's memory controller.
+  // Inside a container it is usually "/", the namespace's root. A limit of
+  // "max" does not parse, and v1's "none" is a huge number: both skipped.
+  std::vector<std::string> files;
   std::ifstream cgroups("/proc/self/cgroup");
   for (std::string line; std::getline(cgroups, line);) {
-    if (line.rfind("0::", 0) == 0) group = line.substr(3);
+    const std::vector<std::string> fields = absl::StrSplit(line, ':');
+    if (fields.size() != 3) continue;
+    if (fields[0] == "0" && fields[1].empty()) {
+      files.push_back("/sys/fs/cgroup" + fields[2] + "/memory.max");
+    }
+    for (absl::string_view controller : absl::StrSplit(fields[1], ',')) {
+      if (controller == "memory") {
+        files.push_back("/sys/fs/cgroup/memory" + fields[2] +
+                        "/memory.limit_in_bytes");
+      }
+    }
   }
-  const std::string files[] = {
-      "/sys/fs/cgroup" + group + "/memory.max",
-      "/sys/fs/cgroup/memory.max",
-      "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-  };
   for (const std::string& path : files) {
     std::ifstream in(path);
     uint64_t bytes = 0;

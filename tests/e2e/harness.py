@@ -27,15 +27,16 @@ class Engramd:
 
     `flags` are extra engramd flags; `data_dir` defaults to a fresh directory
     under `tmp`. The log is kept in `log_path`; `startup` holds what the server
-    printed up to readiness.
+    printed up to readiness. `wrapper` is a command engramd's runs under
+    (ending in one that execs its arguments, so that the process is engramd).
     """
 
-    def __init__(self, bin_dir, tmp, *flags, data_dir=None, metrics_listen=""):
+    def __init__(self, bin_dir, tmp, *flags, data_dir=None, metrics_listen="", wrapper=()):
         self.data_dir = data_dir or tempfile.mkdtemp(dir=tmp)
         self.log_path = os.path.join(tmp, f"engramd-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "engramd"), "--listen=127.0.0.1:0",
+            [*wrapper, os.path.join(bin_dir, "engramd"), "--listen=127.0.0.1:0",
              "--metrics_listen=" + metrics_listen, "--data_dir=" + self.data_dir, *flags],
             stdout=self._log, stderr=self._log)
         _started.append(self.proc)

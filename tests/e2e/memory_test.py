@@ -17,11 +17,17 @@ The test checks:
   - with --max_write_memory_mb, an add larger than the budget allows (five
     times its request) is refused at once, naming the flag, and changes
     nothing, in one call or one message of an import; concurrent adds that
-    do not fit together wait for each other and all succeed.
-The memory part is skipped under a sanitizer.
+    do not fit together wait for each other and all succeed;
+  - in a memory cgroup of 768 MiB (where this machine lets the test make
+    one), the budget defaults to a quarter of it, and an add of 200 MiB,
+    which would take about 1 GiB, is refused and engramd keeps serving
+    (without the budget the kernel kills it: SIGKILL, measured).
+The memory parts are skipped under a sanitizer, whose runtime allocates
+differently and far more.
 
 Usage: memory_test.py BIN_DIR
 """
+import contextlib
 import os
 import sys
 import tempfile
@@ -40,6 +46,38 @@ DIM = 1024
 ROWS = 12_000  # 48 MiB of values in one AddPatterns.
 WRITERS = 4
 SETTLE_S = 60  # jemalloc returns pages freed for 10 s; a slow machine waits longer.
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit_bytes):
+    """A fresh memory cgroup of `limit_bytes` (v1's memory controller or
+    v2), as the file a process joins it by; None where the test cannot make
+    one (not root, no memory controller)."""
+    name = "engram-memory-test-%d" % os.getpid()
+    for root, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+                             ("/sys/fs/cgroup", "memory.max")):
+        path = os.path.join(root, name)
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(path, limit_file), "w") as f:
+                f.write(str(limit_bytes))
+        except OSError:
+            os.rmdir(path)
+            continue
+        try:
+            yield os.path.join(path, "cgroup.procs")
+        finally:
+            for _ in range(50):  # The group can go once its process has.
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        return
+    yield None
 
 
 class MemoryTest(unittest.TestCase):
@@ -150,6 +188,32 @@ class MemoryTest(unittest.TestCase):
                 self.assertEqual(c.get_store("s").pattern_count, 2 * 1024 + ROWS)
         finally:
             e.stop()
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_4_in_a_small_cgroup_a_too_large_add_is_refused_not_killed(self):
+        with memory_cgroup(768 << 20) as procs:
+            if procs is None:
+                self.skipTest("no memory cgroup can be made here")
+            join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
+            e = Engramd(BIN, self.tmp.name, wrapper=join)
+            try:
+                self.assertIn("write memory<=192 MiB;", e.startup)
+                rows = (200 << 20) // (DIM * 4)
+                x = np.random.default_rng(9).random((rows, DIM), dtype=np.float32)
+                with Client(e.addr) as c:
+                    c.create_store("s", dim=DIM)
+                    with self.assertRaises(grpc.RpcError) as refused:
+                        c.add("s", x, batch=rows)
+                    self.assertEqual(refused.exception.code(),
+                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     refused.exception.details())
+                    self.assertIn("--max_write_memory_mb=192", refused.exception.details())
+                    self.assertIsNone(e.proc.poll())
+                    self.assertEqual(c.get_store("s").pattern_count, 0)
+                    c.add("s", x[:4096], batch=4096)  # 16 MiB: 80 of 192.
+                    self.assertEqual(c.get_store("s").pattern_count, 4096)
+            finally:
+                e.stop()
 
 
 if __name__ == "__main__":
