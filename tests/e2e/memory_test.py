@@ -80,6 +80,25 @@ def memory_cgroup(limit_bytes):
     yield None
 
 
+def add_at_once(addr, store, matrices):
+    """Adds each matrix in one AddPatterns, all from their own connections at
+    once; the errors."""
+    errors = []
+
+    def write(x):
+        try:
+            with Client(addr) as c:
+                c.add(store, x, batch=len(x))
+        except Exception as error:  # noqa: BLE001 - returned
+            errors.append(error)
+    writers = [threading.Thread(target=write, args=(x,)) for x in matrices]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    return errors
+
+
 class MemoryTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -109,20 +128,7 @@ class MemoryTest(unittest.TestCase):
                 c.create_store("s", dim=DIM)
             rng = np.random.default_rng(3)
             batches = [rng.random((ROWS, DIM), dtype=np.float32) for _ in range(WRITERS)]
-            errors = []
-
-            def write(x):
-                try:
-                    with Client(e.addr) as c:
-                        c.add("s", x, batch=ROWS)
-                except Exception as error:  # noqa: BLE001 - reported below
-                    errors.append(error)
-            writers = [threading.Thread(target=write, args=(x,)) for x in batches]
-            for t in writers:
-                t.start()
-            for t in writers:
-                t.join()
-            self.assertEqual(errors, [])
+            self.assertEqual(add_at_once(e.addr, "s", batches), [])
             loaded = resident_mib(e.proc.pid)
             data = WRITERS * ROWS * DIM * 4 / 2**20
             bound = started + 2 * data + 64
@@ -170,20 +176,7 @@ class MemoryTest(unittest.TestCase):
 
             # 12 MiB each, 60 MiB of the 100: two cannot run at once.
             parts = [rng.random((ROWS // 4, DIM), dtype=np.float32) for _ in range(WRITERS)]
-            errors = []
-
-            def write(x):
-                try:
-                    with Client(e.addr) as c:
-                        c.add("s", x, batch=len(x))
-                except Exception as error:  # noqa: BLE001 - reported below
-                    errors.append(error)
-            writers = [threading.Thread(target=write, args=(x,)) for x in parts]
-            for t in writers:
-                t.start()
-            for t in writers:
-                t.join()
-            self.assertEqual(errors, [])
+            self.assertEqual(add_at_once(e.addr, "s", parts), [])
             with Client(e.addr) as c:
                 self.assertEqual(c.get_store("s").pattern_count, 2 * 1024 + ROWS)
         finally:
