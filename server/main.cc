@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "server/base/log.h"
 #include "server/core/calibration.h"
 #include "server/core/cpu.h"
+#include "server/rpc/write_budget.h"
 #include "server/store/settings.h"
 
 // The limits' defaults are Limits's (server/store/settings.h).
@@ -269,10 +271,14 @@ engram::app::EngramdOptions OptionsFromFlags() {
   engram::rpc::ServerOptions& server = o.server;
   server.listen = absl::GetFlag(FLAGS_listen);
   server.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
-  server.max_write_memory_bytes =
+  const size_t write_memory =
       absl::GetFlag(FLAGS_max_write_memory_mb) > 0
           ? static_cast<size_t>(absl::GetFlag(FLAGS_max_write_memory_mb)) << 20
           : engram::app::MemoryLimitBytes() / 4;
+  if (write_memory > 0) {
+    server.write_budget = std::make_shared<engram::rpc::WriteBudget>(
+        write_memory, "--max_write_memory_mb");
+  }
   server.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   server.tls_key = absl::GetFlag(FLAGS_tls_key);
   server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);

@@ -54,26 +54,27 @@ std::string DescribeAllocator() {
 #endif
 }
 
-std::function<std::optional<metrics::HeapBytes>()> HeapReader() {
+std::vector<metrics::ScrapedGauge> HeapGauges() {
 #ifdef ENGRAM_JEMALLOC
-  return []() -> std::optional<metrics::HeapBytes> {
-    // jemalloc's statistics are a snapshot taken when the epoch advances.
-    uint64_t epoch = 1;
-    size_t size = sizeof(epoch);
-    if (mallctl("epoch", &epoch, &size, &epoch, size) != 0) {
-      return std::nullopt;
-    }
-    size_t allocated = 0, resident = 0;
-    size = sizeof(size_t);
-    if (mallctl("stats.allocated", &allocated, &size, nullptr, 0) != 0 ||
-        mallctl("stats.resident", &resident, &size, nullptr, 0) != 0) {
-      return std::nullopt;
-    }
-    return metrics::HeapBytes{static_cast<double>(allocated),
-                              static_cast<double>(resident)};
-  };
+  // jemalloc's statistics are a snapshot taken when the epoch advances.
+  uint64_t epoch = 1;
+  size_t size = sizeof(epoch);
+  if (mallctl("epoch", &epoch, &size, &epoch, size) != 0) return {};
+  size_t allocated = 0, resident = 0;
+  size = sizeof(size_t);
+  if (mallctl("stats.allocated", &allocated, &size, nullptr, 0) != 0 ||
+      mallctl("stats.resident", &resident, &size, nullptr, 0) != 0) {
+    return {};
+  }
+  return {{"engram_heap_allocated_bytes",
+           "Bytes in live allocations of the memory allocator.",
+           static_cast<double>(allocated)},
+          {"engram_heap_resident_bytes",
+           "Bytes the memory allocator holds resident: live allocations, its "
+           "metadata, and freed pages not yet given back to the system.",
+           static_cast<double>(resident)}};
 #else
-  return nullptr;
+  return {};
 #endif
 }
 

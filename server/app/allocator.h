@@ -2,9 +2,8 @@
 #define ENGRAM_SERVER_APP_ALLOCATOR_H_
 
 #include <cstddef>
-#include <functional>
-#include <optional>
 #include <string>
+#include <vector>
 
 #include "server/metrics/prometheus_metrics.h"
 
@@ -16,9 +15,11 @@ namespace engram::app {
 // malloc" in a sanitizer build.
 std::string DescribeAllocator();
 
-// Reads what the allocator holds, for the metrics; empty where it cannot
-// say (the C library's malloc).
-std::function<std::optional<metrics::HeapBytes>()> HeapReader();
+// What the allocator holds, as engram_heap_allocated_bytes (in live
+// allocations) and engram_heap_resident_bytes (resident: those, its
+// metadata, and freed pages not yet given back); none where it cannot say
+// (the C library's malloc).
+std::vector<metrics::ScrapedGauge> HeapGauges();
 
 // The memory this process may use: the machine's, or its cgroup's limit
 // (cgroup v2, then v1) where that is lower; 0 if neither can be read.

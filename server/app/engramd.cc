@@ -82,8 +82,28 @@ std::string RaiseOpenFileLimit() {
   return out;
 }
 
-std::string WriteMemory(size_t bytes) {
-  return bytes == 0 ? "unlimited" : absl::StrCat(bytes >> 20, " MiB");
+std::string WriteMemory(const rpc::WriteBudget* budget) {
+  return budget == nullptr ? "unlimited"
+                           : absl::StrCat(budget->limit() >> 20, " MiB");
+}
+
+// The gauges read at every scrape: the allocator's, and the write budget's.
+std::vector<metrics::ScrapedGauge> ScrapedGauges(
+    const rpc::WriteBudget* budget) {
+  std::vector<metrics::ScrapedGauge> out = HeapGauges();
+  if (budget != nullptr) {
+    out.push_back({"engram_write_memory_limit_bytes",
+                   "What writes in flight may hold (--max_write_memory_mb).",
+                   static_cast<double>(budget->limit())});
+    out.push_back({"engram_write_memory_reserved_bytes",
+                   "What writes in flight hold now: 5 times the request of "
+                   "each write of 1 MiB or more.",
+                   static_cast<double>(budget->reserved())});
+    out.push_back({"engram_writes_waiting_for_memory",
+                   "Writes waiting for what earlier writes hold.",
+                   static_cast<double>(budget->waiting())});
+  }
+  return out;
 }
 
 void LogConfiguration(const EngramdOptions& o, int port,
@@ -111,8 +131,7 @@ void LogConfiguration(const EngramdOptions& o, int port,
       core::DescribeMachine(), std::string(core::KernelIsa()),
       core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
-      open_files, DescribeAllocator(),
-      WriteMemory(o.server.max_write_memory_bytes),
+      open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
       o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
       l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
       l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
@@ -168,7 +187,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
       open_files, DescribeAllocator(),
-      WriteMemory(o.server.max_write_memory_bytes));
+      WriteMemory(o.server.write_budget.get()));
   absl::Mutex mu;
   bool stopping = false;
   std::thread readiness([&] {
@@ -210,7 +229,9 @@ int RunEngramd(EngramdOptions o) {
   const std::string open_files = RaiseOpenFileLimit();
   core::blas::SetThreads(o.blas_threads);
   o.metrics.version = ENGRAM_VERSION;
-  o.metrics.heap = HeapReader();
+  o.metrics.gauges = [budget = o.server.write_budget] {
+    return ScrapedGauges(budget.get());
+  };
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);
   if (!exported.ok()) {

@@ -57,8 +57,7 @@ void Add(std::vector<prometheus::MetricFamily>& out, const char* name,
 }  // namespace
 
 std::vector<prometheus::MetricFamily> ProcessFamilies(
-    double start_seconds,
-    const std::function<std::optional<HeapBytes>()>& heap) {
+    double start_seconds, const std::vector<ScrapedGauge>& gauges) {
   using prometheus::MetricType;
   std::vector<prometheus::MetricFamily> out;
   rusage usage;
@@ -90,14 +89,9 @@ std::vector<prometheus::MetricFamily> ProcessFamilies(
   Add(out, "process_start_time_seconds",
       "Start time of the process since unix epoch in seconds.",
       MetricType::Gauge, start_seconds);
-  if (std::optional<HeapBytes> bytes = heap ? heap() : std::nullopt) {
-    Add(out, "engram_heap_allocated_bytes",
-        "Bytes in live allocations of the memory allocator.", MetricType::Gauge,
-        bytes->allocated);
-    Add(out, "engram_heap_resident_bytes",
-        "Bytes the memory allocator holds resident: live allocations, its "
-        "metadata, and freed pages not yet given back to the system.",
-        MetricType::Gauge, bytes->resident);
+  for (const ScrapedGauge& gauge : gauges) {
+    Add(out, gauge.name.c_str(), gauge.help.c_str(), MetricType::Gauge,
+        gauge.value);
   }
   return out;
 }

@@ -172,10 +172,11 @@ class PrometheusMetrics : public Metrics {
     absl::StatusOr<std::unique_ptr<internal::HttpEndpoint>> endpoint =
         internal::HttpEndpoint::Start(options_.listen, [registry = registry_,
                                                         started = started_,
-                                                        heap = options_.heap] {
+                                                        gauges =
+                                                            options_.gauges] {
           std::vector<prometheus::MetricFamily> families = registry->Collect();
-          for (prometheus::MetricFamily& family :
-               internal::ProcessFamilies(started, heap)) {
+          for (prometheus::MetricFamily& family : internal::ProcessFamilies(
+                   started, gauges ? gauges() : std::vector<ScrapedGauge>())) {
             families.push_back(std::move(family));
           }
           return prometheus::TextSerializer().Serialize(families);

@@ -8,29 +8,28 @@
 
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/metrics/metrics.h"
 
 namespace engram::metrics {
 
-// What the memory allocator holds, in bytes.
-struct HeapBytes {
-  double allocated = 0;  // In live allocations.
-  // Pages it holds resident: the live allocations, its own metadata, and
-  // freed pages not yet given back to the system.
-  double resident = 0;
+// A gauge whose value is read when /metrics is scraped.
+struct ScrapedGauge {
+  std::string name;
+  std::string help;
+  double value = 0;
 };
 
 struct PrometheusOptions {
   std::string listen = "127.0.0.1:9464";  // Empty: no HTTP endpoint.
   bool per_store_labels = true;  // Off: no store label, bounded cardinality.
   std::string version;
-  // Read at every scrape for engram_heap_allocated_bytes and
-  // engram_heap_resident_bytes; empty (or nullopt) leaves them out.
-  std::function<std::optional<HeapBytes>()> heap;
+  // Called at every scrape for gauges kept outside the registry (what the
+  // memory allocator holds, what writes in flight hold); may be empty.
+  std::function<std::vector<ScrapedGauge>()> gauges;
 };
 
 struct PrometheusExport {

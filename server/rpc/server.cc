@@ -172,10 +172,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->policy_->max_message_bytes = options.max_message_bytes;
   server->policy_->metrics = metrics;
   server->policy_->after_write = options.after_write;
-  if (options.max_write_memory_bytes > 0) {
-    server->policy_->write_budget = std::make_shared<WriteBudget>(
-        options.max_write_memory_bytes, "--max_write_memory_mb");
-  }
+  server->policy_->write_budget = options.write_budget;
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();

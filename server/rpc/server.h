@@ -23,6 +23,7 @@
 #include "server/metrics/metrics.h"
 #include "server/rpc/call.h"
 #include "server/rpc/service.h"
+#include "server/rpc/write_budget.h"
 #include "server/store/registry.h"
 
 namespace engram::rpc {
@@ -31,8 +32,8 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
   int max_message_bytes = 256 << 20;
   int max_threads = 8;
-  // What writes in flight may hold (see write_budget.h); 0: no limit.
-  size_t max_write_memory_bytes = 0;
+  // What writes in flight may hold (see write_budget.h); null: no limit.
+  std::shared_ptr<WriteBudget> write_budget;
   int retrieval_threads = 1;  // Threads one Retrieve batch is split over.
   // TLS: PEM files; with a client CA, clients must present a certificate it
   // signed (mutual TLS). Empty: plaintext.

@@ -79,15 +79,25 @@ class MetricsTest(unittest.TestCase):
                                capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
-    def test_heap_series_follow_the_allocator(self):
-        """engram_heap_*: what jemalloc holds, live allocations growing with
-        the patterns added; absent where the C library's malloc (a sanitizer
-        build) cannot say."""
+    def test_heap_and_write_memory_series(self):
+        """engram_write_memory_*: the write budget, nothing held between
+        calls. engram_heap_*: what jemalloc holds, live allocations growing
+        with the patterns added; absent where the C library's malloc (a
+        sanitizer build) cannot say."""
         def scrape():
             text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
             return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
                     if line.startswith("engram_heap_")}
 
+        text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        write = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                 if line.startswith(("engram_write_memory_", "engram_writes_waiting"))}
+        self.assertEqual(sorted(write), ["engram_write_memory_limit_bytes",
+                                         "engram_write_memory_reserved_bytes",
+                                         "engram_writes_waiting_for_memory"])
+        self.assertGreater(write["engram_write_memory_limit_bytes"], 0)
+        self.assertEqual(write["engram_write_memory_reserved_bytes"], 0)  # Nothing in flight.
+        self.assertEqual(write["engram_writes_waiting_for_memory"], 0)
         before = scrape()
         if sanitized(BIN):
             self.assertEqual(before, {})

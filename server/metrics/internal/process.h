@@ -1,6 +1,6 @@
 // The process's own series under Prometheus's standard names, read afresh at
 // every scrape: open and allowed file descriptors, resident and virtual
-// memory, CPU time and the start time; and what the memory allocator holds.
+// memory, CPU time and the start time; and gauges read by the caller.
 // prometheus-cpp has no such collector; these are what an operator watches a
 // flood of connections or a growing heap with.
 //
@@ -11,8 +11,6 @@
 #ifndef ENGRAM_SERVER_METRICS_INTERNAL_PROCESS_H_
 #define ENGRAM_SERVER_METRICS_INTERNAL_PROCESS_H_
 
-#include <functional>
-#include <optional>
 #include <vector>
 
 #include "prometheus/metric_family.h"
@@ -21,11 +19,9 @@
 namespace engram::metrics::internal {
 
 // `start_seconds`: when the process started, in seconds since the epoch;
-// `heap`: what the allocator holds (may be empty), exported as
-// engram_heap_allocated_bytes and engram_heap_resident_bytes.
+// `gauges` are added as they are.
 std::vector<prometheus::MetricFamily> ProcessFamilies(
-    double start_seconds,
-    const std::function<std::optional<HeapBytes>()>& heap);
+    double start_seconds, const std::vector<ScrapedGauge>& gauges);
 
 }  // namespace engram::metrics::internal
 
