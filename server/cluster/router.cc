@@ -554,13 +554,10 @@ grpc::Status Router::ImportPatterns(
   if (!call.Admit(*context, nullptr)) return call.Refused();
   const absl::Time deadline = DeadlineOf(context);
   api::ImportPatternsRequest message;
-  rpc::ImportStream stream(policy_->max_message_bytes);
+  rpc::ImportStream stream(policy_->max_message_bytes, &call);
   std::vector<uint64_t> counts;
   while (stream.Read(*reader, message)) {
     if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
-    if (absl::Status s = call.ReserveWrite(message.ByteSizeLong()); !s.ok()) {
-      return call.Done(stream.Failed(s));
-    }
     if (message.patterns_size() == 0) continue;
     absl::StatusOr<std::vector<uint64_t>> ids =
         AddBatch(stream.store(), message.patterns(), Place(message.patterns()),

@@ -15,10 +15,10 @@ bool ImportStream::Read(
 
 absl::Status ImportStream::Next(const v1::ImportPatternsRequest& message) {
   const uint64_t index = messages_++;
-  if (message.ByteSizeLong() > max_message_bytes_) {
+  const size_t bytes = message.ByteSizeLong();
+  if (bytes > max_message_bytes_) {
     return TooLarge(
-        absl::StrCat("message ", index), message.ByteSizeLong(),
-        max_message_bytes_,
+        absl::StrCat("message ", index), bytes, max_message_bytes_,
         absl::StrCat("send fewer patterns per message; ", Earlier()));
   }
   if (store_.empty()) {
@@ -32,6 +32,11 @@ absl::Status ImportStream::Next(const v1::ImportPatternsRequest& message) {
         absl::StrCat("message ", index, ": store '", Clip(message.store()),
                      "' differs from the first message's '", Clip(store_),
                      "'; ", Earlier()));
+  }
+  if (call_ != nullptr) {
+    if (absl::Status status = call_->ReserveWrite(bytes); !status.ok()) {
+      return Failed(status);
+    }
   }
   return absl::OkStatus();
 }

@@ -2,7 +2,7 @@
 // patterns are added, and its refusals, worded once for engramd and a router
 // alike (a client cannot tell which it talks to).
 //
-//   ImportStream stream(policy.max_message_bytes);
+//   ImportStream stream(policy.max_message_bytes, &call);
 //   while (stream.Read(*reader, message)) {
 //     if (absl::Status s = stream.Next(message); !s.ok()) return s;
 //     ... add message.patterns() to stream.store() ...
@@ -25,10 +25,14 @@
 
 namespace engram::rpc {
 
+class Call;
+
 class ImportStream {
  public:
-  explicit ImportStream(size_t max_message_bytes)
-      : max_message_bytes_(max_message_bytes) {}
+  // `call` (may be null): the call whose write budget each message takes
+  // its share of (Call::ReserveWrite); it must outlive the stream.
+  explicit ImportStream(size_t max_message_bytes, Call* call = nullptr)
+      : max_message_bytes_(max_message_bytes), call_(call) {}
 
   // Reads the next message: false at the stream's end, or at a message
   // that did not parse (see ReadNext), which End then refuses.
@@ -36,8 +40,9 @@ class ImportStream {
             v1::ImportPatternsRequest& message);
 
   // Counts the message read and checks it: its size, and its store (the
-  // first must name one; a later one names the same or none). OK means its
-  // patterns, if any, may be added to store().
+  // first must name one; a later one names the same or none); then takes
+  // its share of the call's write budget, in place of the previous
+  // message's. OK means its patterns, if any, may be added to store().
   absl::Status Next(const v1::ImportPatternsRequest& message);
 
   // The refusal of the current message's patterns (or of the first
@@ -61,6 +66,7 @@ class ImportStream {
   std::string Earlier() const;
 
   const size_t max_message_bytes_;
+  Call* const call_;
   std::string store_;
   uint64_t messages_ = 0;
   uint64_t added_ = 0;

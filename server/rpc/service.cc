@@ -183,15 +183,12 @@ grpc::Status EngramService::ImportPatterns(
   Call call(policy_, "ImportPatterns", "");
   if (!call.Admit(*context, nullptr)) return call.Refused();
   v1::ImportPatternsRequest message;
-  ImportStream stream(policy_->max_message_bytes);
+  ImportStream stream(policy_->max_message_bytes, &call);
   std::shared_ptr<store::Store> target;
   uint64_t first_id = 0, last_id = 0;
   std::vector<store::Pattern> patterns;
   while (stream.Read(*reader, message)) {
     if (absl::Status s = stream.Next(message); !s.ok()) return call.Done(s);
-    if (absl::Status s = call.ReserveWrite(message.ByteSizeLong()); !s.ok()) {
-      return call.Done(stream.Failed(s));
-    }
     if (!target) {
       absl::StatusOr<std::shared_ptr<store::Store>> found =
           registry_->Get(stream.store());
