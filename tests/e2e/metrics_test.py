@@ -36,6 +36,14 @@ def get(url):
         return r.read().decode()
 
 
+def series(port, *prefixes):
+    """The unlabelled series of engramd's /metrics on `port` whose names
+    start with one of `prefixes`, by name."""
+    text = get(f"http://127.0.0.1:{port}/metrics")
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith(prefixes)}
+
+
 class MetricsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -85,13 +93,9 @@ class MetricsTest(unittest.TestCase):
         with the patterns added; absent where the C library's malloc (a
         sanitizer build) cannot say."""
         def scrape():
-            text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-            return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                    if line.startswith("engram_heap_")}
+            return series(self.metrics_port, "engram_heap_")
 
-        text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        write = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                 if line.startswith(("engram_write_memory_", "engram_writes_waiting"))}
+        write = series(self.metrics_port, "engram_write_memory_", "engram_writes_waiting")
         self.assertEqual(sorted(write), ["engram_write_memory_limit_bytes",
                                          "engram_write_memory_reserved_bytes",
                                          "engram_writes_waiting_for_memory"])
@@ -120,13 +124,7 @@ class MetricsTest(unittest.TestCase):
         """process_* (the standard names): descriptors counted as they open,
         memory, CPU time and the start time plausible."""
         def scrape():
-            text = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-            values = {}
-            for line in text.splitlines():
-                if line.startswith("process_"):
-                    name, value = line.split()
-                    values[name] = float(value)
-            return values
+            return series(self.metrics_port, "process_")
 
         before = scrape()
         self.assertEqual(sorted(before), [
