@@ -35,7 +35,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blas_family  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
@@ -48,19 +49,16 @@ ap.add_argument("--out", default="")
 ap.add_argument("--large", type=int, default=0, help="also M rows of random data at L = 256")
 a = ap.parse_args()
 
-described = subprocess.run([os.path.join(a.bin_dir, "retrieve_fashion"), "--mode=describe"],
-                           capture_output=True, text=True, check=True).stdout
-MACHINE = described.splitlines()[0].removeprefix("# machine: ")
-FAMILY = described.splitlines()[1].removeprefix("# blas_family: ")
-KERNELS = described.splitlines()[2].removeprefix("# kernels: ")
-env = dict(os.environ, OPENBLAS_CORETYPE=FAMILY)
-os.environ.update(env)  # For numpy's, PyTorch's and FAISS's OpenBLAS, before they load.
+MACHINE, FAMILY, KERNELS = blas_family.use(a.bin_dir)  # Before numpy, PyTorch and FAISS load.
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/e2e"))
 from harness import Engramd  # noqa: E402
 import faiss  # noqa: E402
 from engram_client import Client  # noqa: E402
+
+blas_family.check(FAMILY)
 
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)
@@ -81,7 +79,7 @@ def best(f, reps):
 
 def run(binary, *flags):
     out = subprocess.run([os.path.join(a.bin_dir, binary), *flags], capture_output=True,
-                         text=True, check=True, env=env).stdout.strip().split(",")
+                         text=True, check=True).stdout.strip().split(",")
     return float(out[5] if binary == "retrieve_fashion" else out[3])
 
 

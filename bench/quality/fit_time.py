@@ -13,13 +13,16 @@ import argparse
 import importlib.util
 import os
 import subprocess
+import sys
 import time
 
-described = subprocess.run(
-    [os.path.join(os.sys.argv[1], "retrieve_fashion"), "--mode=describe"],
-    capture_output=True, text=True, check=True).stdout.splitlines()
-os.environ["OPENBLAS_CORETYPE"] = described[1].removeprefix("# blas_family: ")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import blas_family  # noqa: E402
+
+MACHINE, FAMILY, _ = blas_family.use(sys.argv[1])  # Before PyTorch loads OpenBLAS.
 import torch  # noqa: E402
+
+blas_family.check(FAMILY)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
@@ -33,7 +36,7 @@ reference = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reference)
 torch.set_num_threads(2)
 x = reference.load("fashion", a.m, 42)
-print(described[0].replace("# machine", "machine"))
+print(f"machine: {MACHINE}")
 print(f"fit M={a.m} d=784 d_Phi=784 100 epochs SGD, 2 threads, best of {a.reps}")
 print(f"{'loss':6}{'engram s':>10}{'PyTorch s':>11}{'ratio':>8}")
 for loss in ("max", "mean"):
