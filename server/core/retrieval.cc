@@ -659,9 +659,7 @@ absl::Status Pass(const MemorySet& memories, const float* states, size_t count,
   q.sq_norms.resize(count);
   q.exact_sq_norms.resize(count);
   for (size_t i = 0; i < count; ++i) {
-    const float* v = q.values + i * q.dim;
-    double s = 0;
-    for (size_t k = 0; k < q.dim; ++k) s += double{v[k]} * v[k];
+    const double s = internal::SquaredNormWide(q.values + i * q.dim, q.dim);
     q.sq_norms[i] = static_cast<float>(s);
     q.exact_sq_norms[i] = s;
   }

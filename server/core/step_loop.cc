@@ -4,6 +4,8 @@
 #include <cmath>
 #include <utility>
 
+#include "server/core/internal/vector_loops.h"
+
 namespace engram::core {
 
 absl::StatusOr<RetrievalOutput> RunSteps(const float* queries,
@@ -13,36 +15,43 @@ absl::StatusOr<RetrievalOutput> RunSteps(const float* queries,
   RetrievalOutput out = StartOutput(queries, num_queries, d);
   std::vector<size_t> active(num_queries);
   for (size_t i = 0; i < num_queries; ++i) active[i] = i;
-  // Reused from call to call in this thread (fresh pages for every call
-  // measured 2% of a batched retrieval); dropped if a call grew them large.
+  // Later steps gather the still active rows into these, reused from call to
+  // call in this thread (fresh pages for every call measured 2% of a batched
+  // retrieval); dropped if a call grew them large.
   thread_local std::vector<float> states, next;
   std::vector<double> energies;
   std::vector<std::vector<Match>> matches;
   for (uint32_t s = 1; s <= steps && !active.empty(); ++s) {
     const size_t count = active.size();
-    states.resize(count * d);
-    next.resize(count * d);
+    // The first step, every query active, reads the queries and writes the
+    // output in place: no copy of either.
+    const bool first = s == 1;
+    const float* from = queries;
+    float* to = out.states.data();
+    if (!first) {
+      states.resize(count * d);
+      next.resize(count * d);
+      for (size_t a = 0; a < count; ++a) {
+        std::copy_n(out.states.data() + active[a] * d, d,
+                    states.data() + a * d);
+      }
+      from = states.data();
+      to = next.data();
+    }
     energies.assign(count, 0.0);
     matches.assign(count, {});
-    for (size_t a = 0; a < count; ++a) {
-      std::copy_n(out.states.data() + active[a] * d, d, states.data() + a * d);
-    }
-    if (absl::Status status = step(active, states.data(), next.data(),
-                                   energies.data(), matches.data());
+    if (absl::Status status =
+            step(active, from, to, energies.data(), matches.data());
         !status.ok()) {
       return status;
     }
     std::vector<size_t> still_active;
     for (size_t a = 0; a < count; ++a) {
       const size_t i = active[a];
-      const float* x = states.data() + a * d;
-      const float* y = next.data() + a * d;
-      double sq_change = 0;
-      for (size_t k = 0; k < d; ++k) {
-        const double change = double{y[k]} - x[k];
-        sq_change += change * change;
-      }
-      std::copy_n(y, d, out.states.data() + i * d);
+      const float* y = to + a * d;
+      const double sq_change =
+          internal::SquaredDistanceWide(from + a * d, y, d);
+      if (!first) std::copy_n(y, d, out.states.data() + i * d);
       out.steps[i] = s;
       out.energies[i] = energies[a];
       out.matches[i] = std::move(matches[a]);

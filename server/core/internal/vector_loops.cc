@@ -46,6 +46,24 @@ ENGRAM_CLONES float L1Distance(const float* a, const float* b, size_t d) {
   return sum;
 }
 
+ENGRAM_CLONES double SquaredNormWide(const float* a, size_t d) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t k = 0; k < d; ++k) sum += double{a[k]} * a[k];
+  return sum;
+}
+
+ENGRAM_CLONES double SquaredDistanceWide(const float* a, const float* b,
+                                         size_t d) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t k = 0; k < d; ++k) {
+    const double diff = double{b[k]} - a[k];
+    sum += diff * diff;
+  }
+  return sum;
+}
+
 ENGRAM_CLONES void AddScaled(float alpha, const float* x, float* y, size_t d) {
 #pragma omp simd
   for (size_t k = 0; k < d; ++k) y[k] += alpha * x[k];

@@ -53,6 +53,12 @@ void AccumulateRows(const float* w, size_t nq, size_t ldw, const float* x,
 // sum_k |a_k - b_k| for vectors of size d.
 float L1Distance(const float* a, const float* b, size_t d);
 
+// sum_k a_k^2, each term and the sum in double.
+double SquaredNormWide(const float* a, size_t d);
+
+// sum_k (b_k - a_k)^2, each difference and the sum in double.
+double SquaredDistanceWide(const float* a, const float* b, size_t d);
+
 // y (d) += alpha * x (d).
 void AddScaled(float alpha, const float* x, float* y, size_t d);
 
