@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/arena.h"
 #include "server/base/clip.h"
 #include "server/base/log.h"
 #include "server/rpc/backup_stream.h"
@@ -18,6 +19,19 @@
 #include "server/store/retrieve.h"
 
 namespace engram::rpc {
+namespace {
+
+// A retrieval's request and its answer each live on one arena: hundreds of
+// queries and their matches parse and build without an allocation (and a
+// free) of their own each.
+google::protobuf::ArenaOptions CallArena() {
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = size_t{16} << 10;
+  options.max_block_size = size_t{4} << 20;
+  return options;
+}
+
+}  // namespace
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::JobRunner* jobs, const CallPolicy* policy,
@@ -297,7 +311,9 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request,
     grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  v1::RetrieveRequest request;
+  google::protobuf::Arena arena(CallArena());
+  v1::RetrieveRequest& request =
+      *google::protobuf::Arena::CreateMessage<v1::RetrieveRequest>(&arena);
   grpc::ByteBuffer bytes(*raw_request);  // Shares its slices.
   const bool parsed =
       grpc::SerializationTraits<v1::RetrieveRequest>::Deserialize(&bytes,
@@ -397,7 +413,9 @@ absl::Status EngramService::Answer(const Retrieval& retrieval,
   absl::StatusOr<store::RetrieveResult> result = store::Retrieve(
       *retrieval.view, retrieval.query, registry_->limits(), options);
   if (!result.ok()) return result.status();
-  v1::RetrieveResponse response;
+  google::protobuf::Arena arena(CallArena());
+  v1::RetrieveResponse& response =
+      *google::protobuf::Arena::CreateMessage<v1::RetrieveResponse>(&arena);
   ToProto(*result, retrieval.view->settings().dimension, omit_vectors,
           response);
   bool own_buffer;
