@@ -188,7 +188,7 @@ grpc::Status Router::RestoreStore(
   rpc::Call call(policy_, "RestoreStore", "");
   if (!call.Admit(*context, nullptr)) return call.Refused();
   absl::StatusOr<rpc::RestoreRequest> restore = rpc::ReceiveRestore(
-      reader, policy_->max_message_bytes, options_.max_restore_bytes);
+      reader, policy_->max_message_bytes, options_.max_restore_bytes, call);
   if (!restore.ok()) return call.Done(restore.status());
   const std::string name = restore->image.settings.name;
   if (absl::Status status =

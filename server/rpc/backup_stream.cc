@@ -30,16 +30,25 @@ size_t BackupPieceBytes(const CallPolicy& policy) {
 
 absl::StatusOr<RestoreRequest> ReceiveRestore(
     grpc::ServerReaderInterface<v1::RestoreStoreRequest>* reader,
-    size_t max_message_bytes, size_t max_restore_bytes) {
+    size_t max_message_bytes, size_t max_restore_bytes, Call& call) {
   store::MemorySource files(max_restore_bytes);
   v1::RestoreStoreRequest message, first;
   uint64_t messages = 0;
   bool unparsed = false;
   while (ReadNext(*reader, message, unparsed)) {
     const uint64_t index = messages++;
-    if (message.ByteSizeLong() > max_message_bytes) {
-      return TooLarge(absl::StrCat("message ", index), message.ByteSizeLong(),
+    const size_t message_bytes = message.ByteSizeLong();
+    if (message_bytes > max_message_bytes) {
+      return TooLarge(absl::StrCat("message ", index), message_bytes,
                       max_message_bytes, "send smaller pieces of the files");
+    }
+    if (absl::Status status = call.GrowWrite(
+            message_bytes,
+            "raise it, or restore the backup with engramd --restore_from "
+            "into an empty data directory");
+        !status.ok()) {
+      return absl::Status(status.code(), absl::StrCat("message ", index, ": ",
+                                                      status.message()));
     }
     if (index == 0) {
       first.set_source(message.source());

@@ -57,10 +57,12 @@ struct RestoreRequest {
 // Reads the whole stream (at most `max_restore_bytes` of files, each message
 // at most `max_message_bytes`; a message that does not parse is refused, see
 // ReadNext), checks the manifest and the chosen store's files, and decodes
-// the store.
+// the store. Every message takes its share of the write budget for `call`
+// (a restore holds all it is sent, and the store decoded from it, until it
+// is stored) and the stream is refused when that share is not free.
 absl::StatusOr<RestoreRequest> ReceiveRestore(
     grpc::ServerReaderInterface<v1::RestoreStoreRequest>* reader,
-    size_t max_message_bytes, size_t max_restore_bytes);
+    size_t max_message_bytes, size_t max_restore_bytes, Call& call);
 
 }  // namespace engram::rpc
 

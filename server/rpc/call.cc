@@ -132,6 +132,11 @@ absl::Status Call::ReserveWrite(size_t message_bytes) {
   return absl::OkStatus();
 }
 
+absl::Status Call::GrowWrite(size_t message_bytes, absl::string_view advice) {
+  if (policy_->write_budget == nullptr) return absl::OkStatus();
+  return policy_->write_budget->Grow(reserved_, message_bytes, advice);
+}
+
 grpc::Status Call::Done(const absl::Status& status) {
   reserved_ = WriteBudget::Reservation();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);

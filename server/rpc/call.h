@@ -94,6 +94,11 @@ class Call {
   // For a client stream that writes: the share of the write budget for its
   // next message of `message_bytes`, in place of the previous message's.
   absl::Status ReserveWrite(size_t message_bytes);
+  // For a client stream whose messages all stay held until it ends (a
+  // restore's files): adds a message of `message_bytes` to the call's share,
+  // without waiting (see WriteBudget::Grow; `advice` for a stream larger
+  // than the whole budget).
+  absl::Status GrowWrite(size_t message_bytes, absl::string_view advice);
   grpc::Status Refused() { return Done(refused_); }
 
   // Names the store the call wrote to; if the call ends well, Done hands it

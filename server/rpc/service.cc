@@ -612,7 +612,7 @@ grpc::Status EngramService::RestoreStore(
   Call call(policy_, "RestoreStore", "");
   if (!call.Admit(*context, nullptr)) return call.Refused();
   absl::StatusOr<RestoreRequest> restore = ReceiveRestore(
-      reader, policy_->max_message_bytes, options_.max_restore_bytes);
+      reader, policy_->max_message_bytes, options_.max_restore_bytes, call);
   if (!restore.ok()) return call.Done(restore.status());
   absl::StatusOr<std::shared_ptr<store::Store>> restored =
       registry_->Restore(restore->image, restore->replace);

@@ -92,4 +92,31 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
   return Reservation(this, bytes);
 }
 
+absl::Status WriteBudget::Grow(Reservation& held, size_t bytes,
+                               absl::string_view advice) {
+  const size_t more = kWriteCost * bytes;
+  const size_t total = held.bytes_ + more;
+  if (total > limit_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the stream has sent ", MiB(total / kWriteCost),
+                     "; a write holds about ", kWriteCost,
+                     " times what it is sent while it runs (", MiB(total),
+                     "), more than the server lets writes take (", flag_, "=",
+                     limit_ >> 20, "); ", advice));
+  }
+  MutexLock lock(&mu_);
+  if (reserved_ + more > limit_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
+        " the server lets writes take (", flag_, "); the stream needs ",
+        MiB(more), " more (", kWriteCost,
+        " times its next message) and cannot wait for it while it holds ",
+        MiB(held.bytes_), "; retry later"));
+  }
+  reserved_ += more;
+  held.budget_ = this;
+  held.bytes_ = total;
+  return absl::OkStatus();
+}
+
 }  // namespace engram::rpc

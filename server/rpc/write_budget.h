@@ -25,6 +25,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/base/mutex.h"
 
@@ -66,6 +67,14 @@ class WriteBudget {
   // not free in time.
   absl::StatusOr<Reservation> Reserve(size_t request_bytes,
                                       absl::Time deadline);
+
+  // For a stream whose messages all stay held until it ends (a restore's
+  // files): adds kWriteCost x `bytes` (however small) to `held`, a
+  // reservation of this budget or an empty one. It does not wait: writes
+  // waiting for memory may be waiting for what `held` holds. RESOURCE_EXHAUSTED
+  // if the stream would need more than the whole budget (`advice` says what
+  // to do then) or if what it needs is not free now.
+  absl::Status Grow(Reservation& held, size_t bytes, absl::string_view advice);
 
   size_t limit() const { return limit_; }
   size_t reserved() const;

@@ -18,10 +18,17 @@ The test checks:
     times its request) is refused at once, naming the flag, and changes
     nothing, in one call or one message of an import; concurrent adds that
     do not fit together wait for each other and all succeed;
+  - a restore takes its share of the budget as its files arrive (it holds
+    them all, and the store decoded from them, until it is stored): one
+    larger than the budget allows is refused, naming the flag and
+    --restore_from, and restores nothing; a smaller one works;
   - in a memory cgroup of 768 MiB (where this machine lets the test make
     one), the budget defaults to a quarter of it, and an add of 200 MiB,
     which would take about 1 GiB, is refused and engramd keeps serving
-    (without the budget the kernel kills it: SIGKILL, measured).
+    (without the budget the kernel kills it: SIGKILL, measured); so is a
+    restore of a 120 MiB backup beside the store it was taken from (a
+    restore peaks at about 4.4 times its backup; without the budget this
+    one gets engramd killed as well, measured).
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -182,6 +189,29 @@ class MemoryTest(unittest.TestCase):
         finally:
             e.stop()
 
+    def test_5_a_restore_takes_its_share_of_the_write_memory(self):
+        e = Engramd(BIN, self.tmp.name, "--max_write_memory_mb=100")
+        try:
+            rng = np.random.default_rng(7)
+            big = os.path.join(self.tmp.name, "big")  # 24 MiB of patterns: 120 of 100.
+            small = os.path.join(self.tmp.name, "small")  # 12 MiB: 60 of 100.
+            with Client(e.addr) as c:
+                for name, rows, directory in (("s", 6 * 1024, big), ("t", 3 * 1024, small)):
+                    c.create_store(name, dim=DIM)
+                    for at in range(0, rows, 1024):
+                        c.add(name, rng.random((1024, DIM), dtype=np.float32), batch=1024)
+                    c.create_backup(directory, store=name)
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.restore_store(big, name="s2")
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 refused.exception.details())
+                self.assertIn("--max_write_memory_mb=100", refused.exception.details())
+                self.assertIn("--restore_from", refused.exception.details())
+                self.assertNotIn("s2", [s.name for s in c.list_stores()])
+                self.assertEqual(c.restore_store(small, name="t2").pattern_count, 3 * 1024)
+        finally:
+            e.stop()
+
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
     def test_4_in_a_small_cgroup_a_too_large_add_is_refused_not_killed(self):
         with memory_cgroup(768 << 20) as procs:
@@ -205,6 +235,18 @@ class MemoryTest(unittest.TestCase):
                     self.assertEqual(c.get_store("s").pattern_count, 0)
                     c.add("s", x[:4096], batch=4096)  # 16 MiB: 80 of 192.
                     self.assertEqual(c.get_store("s").pattern_count, 4096)
+                    for at in range(4096, 30 * 1024, 4096):  # 120 MiB in all.
+                        c.add("s", x[at:at + 4096], batch=4096)
+                    backup = os.path.join(self.tmp.name, "backup")
+                    c.create_backup(backup, store="s")
+                    with self.assertRaises(grpc.RpcError) as refused:
+                        c.restore_store(backup, name="again")
+                    self.assertEqual(refused.exception.code(),
+                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     refused.exception.details())
+                    self.assertIn("--max_write_memory_mb=192", refused.exception.details())
+                    self.assertIsNone(e.proc.poll())
+                    self.assertNotIn("again", [s.name for s in c.list_stores()])
             finally:
                 e.stop()
 

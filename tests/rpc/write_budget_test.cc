@@ -137,5 +137,55 @@ TEST(WriteBudgetTest, WritesTakeTheirShareInOrderOfArrival) {
   EXPECT_EQ(budget.reserved(), 30 * kMiB);  // Both hold their share now.
 }
 
+// A restore's messages: each small, all held until the stream ends.
+TEST(WriteBudgetTest, AStreamGrowsItsShareMessageByMessage) {
+  WriteBudget budget(100 * kMiB, kFlag);
+  {
+    WriteBudget::Reservation held;
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(budget.Grow(held, kMiB / 2, "advice").ok());
+    }
+    EXPECT_EQ(budget.reserved(), 10 * kMiB);  // 5 x 2 MiB, small or not.
+    WriteBudget::Reservation moved = std::move(held);
+    ASSERT_TRUE(budget.Grow(moved, kMiB, "advice").ok());
+    EXPECT_EQ(budget.reserved(), 15 * kMiB);
+  }
+  EXPECT_EQ(budget.reserved(), 0u);
+}
+
+TEST(WriteBudgetTest, AStreamPastTheWholeBudgetIsRefusedWithTheAdvice) {
+  WriteBudget budget(10 * kMiB, kFlag);
+  WriteBudget::Reservation held;
+  ASSERT_TRUE(budget.Grow(held, kMiB, "restore offline").ok());
+  const absl::Status refused = budget.Grow(held, 2 * kMiB, "restore offline");
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("the stream has sent 3 MiB"),
+            std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("--max_write_memory_mb=10"),
+            std::string::npos);
+  EXPECT_NE(refused.message().find("restore offline"), std::string::npos);
+  EXPECT_EQ(budget.reserved(), 5 * kMiB);  // What it held before.
+}
+
+TEST(WriteBudgetTest, AStreamDoesNotWaitForWhatOthersHold) {
+  WriteBudget budget(20 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> add =
+      budget.Reserve(3 * kMiB, Later());  // 15 of 20.
+  ASSERT_TRUE(add.ok());
+  WriteBudget::Reservation held;
+  ASSERT_TRUE(budget.Grow(held, kMiB, "advice").ok());  // 20 of 20.
+  const absl::Time start = absl::Now();
+  const absl::Status refused = budget.Grow(held, kMiB / 4, "advice");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("cannot wait"), std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("retry later"), std::string::npos);
+  EXPECT_EQ(budget.reserved(), 20 * kMiB);
+  *add = WriteBudget::Reservation();
+  EXPECT_TRUE(budget.Grow(held, kMiB / 4, "advice").ok());
+}
+
 }  // namespace
 }  // namespace engram::rpc
