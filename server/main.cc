@@ -90,7 +90,12 @@ ABSL_FLAG(int, rpc_threads, 0,
           "beyond either get RESOURCE_EXHAUSTED. Handlers "
           "mostly wait on retrieval threads, so this bounds memory, not "
           "CPU.");
-ABSL_FLAG(int, max_message_mb, 256, "Largest gRPC message, in MiB.");
+ABSL_FLAG(int, max_message_mb, 0,
+          "Largest gRPC message, in MiB, at most 1023. 0 = 256, or where "
+          "memory is small a fifth of --max_write_memory_mb (the largest "
+          "write it can admit), at least 4: a request is read in whole "
+          "before any check, so a large limit in a small container lets one "
+          "request take all its memory.");
 ABSL_FLAG(int64_t, max_write_memory_mb, 0,
           "Memory writes in flight may hold, in MiB: a write of 1 MiB or "
           "more counts 5 times its request (or stream message) and waits, "
@@ -236,7 +241,7 @@ void ClusterFromFlags(engram::app::EngramdOptions& o) {
     pool.token = std::string(absl::StripAsciiWhitespace(ReadFlagFile(
         absl::GetFlag(FLAGS_shard_token_file), "shard_token_file")));
   }
-  pool.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  pool.max_message_bytes = o.server.max_message_bytes;
 }
 
 engram::app::EngramdOptions OptionsFromFlags() {
@@ -270,7 +275,6 @@ engram::app::EngramdOptions OptionsFromFlags() {
 
   engram::rpc::ServerOptions& server = o.server;
   server.listen = absl::GetFlag(FLAGS_listen);
-  server.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   const size_t write_memory =
       absl::GetFlag(FLAGS_max_write_memory_mb) > 0
           ? static_cast<size_t>(absl::GetFlag(FLAGS_max_write_memory_mb)) << 20
@@ -279,6 +283,14 @@ engram::app::EngramdOptions OptionsFromFlags() {
     server.write_budget = std::make_shared<engram::rpc::WriteBudget>(
         write_memory, "--max_write_memory_mb");
   }
+  const int max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
+  if (max_message_mb < 0 || max_message_mb > 1023) {
+    FailOnFlag(absl::StrCat("--max_message_mb=", max_message_mb,
+                            ": must be in [1, 1023], or 0 for the default"));
+  }
+  server.max_message_bytes =
+      max_message_mb > 0 ? size_t{static_cast<size_t>(max_message_mb)} << 20
+                         : engram::rpc::DefaultMaxMessageBytes(write_memory);
   server.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   server.tls_key = absl::GetFlag(FLAGS_tls_key);
   server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);

@@ -67,8 +67,23 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
   const absl::Time start = absl::Now();
   deadline = std::min(deadline, start + kMaxWait);
   MutexLock lock(&mu_);
+  // A write that waits holds its request as received and as parsed: writes
+  // may wait only while that fits in the budget too, or waiting writes alone
+  // could take what the budget keeps for running ones (eight adds of 36 MiB
+  // waiting for a 192 MiB budget held 576 MiB).
+  const size_t held_waiting = kWaitingCost * request_bytes;
+  if ((!waiting_.empty() || reserved_ + bytes > limit_) &&
+      waiting_bytes_ + held_waiting > limit_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
+        " the server lets writes take (", flag_, ") and ", waiting_.size(),
+        " more wait for it, holding ", MiB(waiting_bytes_),
+        " of their requests; no more may wait: retry later or send smaller "
+        "requests"));
+  }
   const uint64_t ticket = next_ticket_++;
   waiting_.insert(ticket);
+  waiting_bytes_ += held_waiting;
   // In order of arrival: only the oldest waiting write may take what is free.
   while (*waiting_.begin() != ticket || reserved_ + bytes > limit_) {
     const absl::Duration left = deadline - absl::Now();
@@ -76,6 +91,7 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
       freed_.WaitWithTimeout(&mu_, left);
     } else {
       waiting_.erase(ticket);
+      waiting_bytes_ -= held_waiting;
       freed_.SignalAll();  // The next one may be first now.
       return absl::ResourceExhaustedError(absl::StrCat(
           "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
@@ -87,6 +103,7 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
     }
   }
   waiting_.erase(ticket);
+  waiting_bytes_ -= held_waiting;
   reserved_ += bytes;
   freed_.SignalAll();  // The next in line may fit too.
   return Reservation(this, bytes);
@@ -117,6 +134,16 @@ absl::Status WriteBudget::Grow(Reservation& held, size_t bytes,
   held.budget_ = this;
   held.bytes_ = total;
   return absl::OkStatus();
+}
+
+size_t DefaultMaxMessageBytes(size_t write_budget_bytes) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  constexpr size_t kLargest = 256 * kMiB;
+  constexpr size_t kSmallest = 4 * kMiB;
+  if (write_budget_bytes == 0) return kLargest;
+  const size_t fifth =
+      write_budget_bytes / WriteBudget::kWriteCost / kMiB * kMiB;
+  return std::clamp(fifth, kSmallest, kLargest);
 }
 
 }  // namespace engram::rpc

@@ -5,8 +5,11 @@
 // write of at least kSmallRequest bytes reserves kWriteCost times its
 // request before it starts and gives that back when it ends. A write that
 // does not fit in what is free waits, in order of arrival, until earlier
-// writes end; past its deadline it is refused. One that needs more than the
-// whole budget is refused at once: it could never run.
+// writes end; past its deadline it is refused. Writes wait only while what
+// the waiting ones hold (kWaitingCost times their requests) fits in the
+// budget too; past that, and for one that needs more than the whole budget
+// (it could never run), the refusal comes at once. A stream whose messages
+// all stay held (a restore) grows its reservation message by message.
 //
 //   WriteBudget budget(4ull << 30);
 //   absl::StatusOr<WriteBudget::Reservation> held =
@@ -35,6 +38,10 @@ class WriteBudget {
  public:
   // What a write holds, counted in its request's bytes.
   static constexpr size_t kWriteCost = 5;
+  // What a write holds while it waits for its share, counted the same way:
+  // its request as received and as parsed. Writes wait only while what they
+  // hold fits in the budget as well; past that they are refused at once.
+  static constexpr size_t kWaitingCost = 2;
   // Requests smaller than this reserve nothing and never wait.
   static constexpr size_t kSmallRequest = 1 << 20;
   // The longest a write waits (when its deadline is later or unset).
@@ -90,7 +97,14 @@ class WriteBudget {
   size_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<uint64_t> waiting_ ABSL_GUARDED_BY(mu_);  // Tickets, oldest first.
+  size_t waiting_bytes_ ABSL_GUARDED_BY(mu_) = 0;    // kWaitingCost x theirs.
 };
+
+// The largest message a server takes by default: 256 MiB, or where the write
+// budget is small a fifth of it (no larger write could be admitted, and a
+// request is read in whole before it is checked), at least 4 MiB; whole MiB.
+// `write_budget_bytes` 0: no budget.
+size_t DefaultMaxMessageBytes(size_t write_budget_bytes);
 
 }  // namespace engram::rpc
 

@@ -23,7 +23,9 @@ The test checks:
     larger than the budget allows is refused, naming the flag and
     --restore_from, and restores nothing; a smaller one works;
   - in a memory cgroup of 768 MiB (where this machine lets the test make
-    one), the budget defaults to a quarter of it, and an add of 200 MiB,
+    one), the budget defaults to a quarter of it and the largest message to
+    a fifth of that (a 450 MiB add, which gRPC read in whole and got
+    engramd killed under the old 256 MiB default, is refused); an add of 200 MiB,
     which would take about 1 GiB, is refused and engramd keeps serving
     (without the budget the kernel kills it: SIGKILL, measured); so is a
     restore of a 120 MiB backup beside the store it was taken from (a
@@ -161,7 +163,9 @@ class MemoryTest(unittest.TestCase):
             again.stop()
 
     def test_3_writes_take_their_share_of_the_write_memory(self):
-        e = Engramd(BIN, self.tmp.name, "--max_write_memory_mb=100")
+        # A message limit larger than the budget admits (its default would be
+        # 20 MiB), so that the budget, not the limit, refuses.
+        e = Engramd(BIN, self.tmp.name, "--max_write_memory_mb=100", "--max_message_mb=256")
         try:
             self.assertIn("write memory<=100 MiB;", e.startup)
             rng = np.random.default_rng(5)
@@ -221,6 +225,20 @@ class MemoryTest(unittest.TestCase):
             e = Engramd(BIN, self.tmp.name, wrapper=join)
             try:
                 self.assertIn("write memory<=192 MiB;", e.startup)
+                # The largest message defaults to what the budget can admit:
+                # gRPC reads a request in whole before any check, and one of
+                # 450 MiB (under the 256 MiB default's twice) took 900 MiB.
+                self.assertIn("max message 38 MiB;", e.startup)
+                huge = np.zeros(((450 << 20) // (DIM * 4), DIM), dtype=np.float32)
+                with Client(e.addr, max_message_mb=1024) as c:
+                    c.create_store("h", dim=DIM)
+                    with self.assertRaises(grpc.RpcError) as refused:
+                        c.add("h", huge, batch=len(huge))
+                    self.assertEqual(refused.exception.code(),
+                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     refused.exception.details())
+                    self.assertIsNone(e.proc.poll())
+                del huge
                 rows = (200 << 20) // (DIM * 4)
                 x = np.random.default_rng(9).random((rows, DIM), dtype=np.float32)
                 with Client(e.addr) as c:
@@ -230,7 +248,6 @@ class MemoryTest(unittest.TestCase):
                     self.assertEqual(refused.exception.code(),
                                      grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      refused.exception.details())
-                    self.assertIn("--max_write_memory_mb=192", refused.exception.details())
                     self.assertIsNone(e.proc.poll())
                     self.assertEqual(c.get_store("s").pattern_count, 0)
                     c.add("s", x[:4096], batch=4096)  # 16 MiB: 80 of 192.

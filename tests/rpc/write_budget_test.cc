@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -185,6 +186,45 @@ TEST(WriteBudgetTest, AStreamDoesNotWaitForWhatOthersHold) {
   EXPECT_EQ(budget.reserved(), 20 * kMiB);
   *add = WriteBudget::Reservation();
   EXPECT_TRUE(budget.Grow(held, kMiB / 4, "advice").ok());
+}
+
+TEST(WriteBudgetTest, TheDefaultLargestMessageIsWhatTheBudgetCanAdmit) {
+  EXPECT_EQ(DefaultMaxMessageBytes(0), 256 * kMiB);  // No budget.
+  EXPECT_EQ(DefaultMaxMessageBytes(size_t{6026} * kMiB), 256 * kMiB);
+  EXPECT_EQ(DefaultMaxMessageBytes(192 * kMiB), 38 * kMiB);  // 768 MiB cgroup.
+  EXPECT_EQ(DefaultMaxMessageBytes(1280 * kMiB), 256 * kMiB);
+  EXPECT_EQ(DefaultMaxMessageBytes(8 * kMiB), 4 * kMiB);
+}
+
+TEST(WriteBudgetTest, NoMoreWaitThanTheBudgetCanHoldWhileTheyWait) {
+  WriteBudget budget(20 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> running =
+      budget.Reserve(4 * kMiB, Later());  // 20 of 20.
+  ASSERT_TRUE(running.ok());
+  // Each waiting write of 2 MiB holds 4: five fill what waiting may hold.
+  std::atomic<int> done{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 5; ++i) {
+    waiters.emplace_back([&] {
+      if (budget.Reserve(2 * kMiB, Later()).ok()) ++done;
+    });
+  }
+  AwaitWaiting(budget, 5);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<WriteBudget::Reservation> sixth =
+      budget.Reserve(2 * kMiB, Later());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  ASSERT_EQ(sixth.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(sixth.status().message().find("5 more wait for it, holding 20 MiB"),
+            std::string::npos)
+      << sixth.status();
+  EXPECT_NE(sixth.status().message().find("no more may wait"),
+            std::string::npos);
+  *running = WriteBudget::Reservation();
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(done.load(), 5);
+  EXPECT_EQ(budget.reserved(), 0u);
+  EXPECT_EQ(budget.waiting(), 0u);
 }
 
 }  // namespace
