@@ -289,7 +289,7 @@ engram::app::EngramdOptions OptionsFromFlags() {
                             ": must be in [1, 1023], or 0 for the default"));
   }
   server.max_message_bytes =
-      max_message_mb > 0 ? size_t{static_cast<size_t>(max_message_mb)} << 20
+      max_message_mb > 0 ? static_cast<size_t>(max_message_mb) << 20
                          : engram::rpc::DefaultMaxMessageBytes(write_memory);
   server.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   server.tls_key = absl::GetFlag(FLAGS_tls_key);
