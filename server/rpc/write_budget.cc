@@ -47,6 +47,22 @@ size_t WriteBudget::waiting() const {
   return waiting_.size();
 }
 
+void WriteBudget::StopWaiting(uint64_t ticket, size_t held_waiting) {
+  waiting_.erase(ticket);
+  waiting_bytes_ -= held_waiting;
+}
+
+std::string WriteBudget::InFlight() const {
+  return absl::StrCat("writes in flight hold ", MiB(reserved_), " of the ",
+                      MiB(limit_), " the server lets writes take (", flag_,
+                      ")");
+}
+
+std::string WriteBudget::MoreThanTheWhole() const {
+  return absl::StrCat("more than the server lets writes take (", flag_, "=",
+                      limit_ >> 20, ")");
+}
+
 void WriteBudget::Return(size_t bytes) {
   MutexLock lock(&mu_);
   reserved_ -= bytes;
@@ -60,9 +76,8 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
   if (bytes > limit_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the request is ", MiB(request_bytes), "; a write holds about ",
-        kWriteCost, " times its request while it runs (", MiB(bytes),
-        "), more than the server lets writes take (", flag_, "=", limit_ >> 20,
-        "); split it into smaller requests"));
+        kWriteCost, " times its request while it runs (", MiB(bytes), "), ",
+        MoreThanTheWhole(), "; split it into smaller requests"));
   }
   const absl::Time start = absl::Now();
   deadline = std::min(deadline, start + kMaxWait);
@@ -75,9 +90,8 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
   if ((!waiting_.empty() || reserved_ + bytes > limit_) &&
       waiting_bytes_ + held_waiting > limit_) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
-        " the server lets writes take (", flag_, ") and ", waiting_.size(),
-        " more wait for it, holding ", MiB(waiting_bytes_),
+        InFlight(), " and ", waiting_.size(), " more wait for it, holding ",
+        MiB(waiting_bytes_),
         " of their requests; no more may wait: retry later or send smaller "
         "requests"));
   }
@@ -90,20 +104,17 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
     if (left > absl::ZeroDuration()) {
       freed_.WaitWithTimeout(&mu_, left);
     } else {
-      waiting_.erase(ticket);
-      waiting_bytes_ -= held_waiting;
+      StopWaiting(ticket, held_waiting);
       freed_.SignalAll();  // The next one may be first now.
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
-          " the server lets writes take (", flag_, "); this one needs ",
-          MiB(bytes), " (", kWriteCost, " times its request) and waited ",
-          absl::FormatDuration(
-              absl::Trunc(absl::Now() - start, absl::Milliseconds(1))),
-          "; retry later or send smaller requests"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(InFlight(), "; this one needs ", MiB(bytes), " (",
+                       kWriteCost, " times its request) and waited ",
+                       absl::FormatDuration(absl::Trunc(absl::Now() - start,
+                                                        absl::Milliseconds(1))),
+                       "; retry later or send smaller requests"));
     }
   }
-  waiting_.erase(ticket);
-  waiting_bytes_ -= held_waiting;
+  StopWaiting(ticket, held_waiting);
   reserved_ += bytes;
   freed_.SignalAll();  // The next in line may fit too.
   return Reservation(this, bytes);
@@ -118,15 +129,12 @@ absl::Status WriteBudget::Grow(Reservation& held, size_t bytes,
         absl::StrCat("the stream has sent ", MiB(total / kWriteCost),
                      "; a write holds about ", kWriteCost,
                      " times what it is sent while it runs (", MiB(total),
-                     "), more than the server lets writes take (", flag_, "=",
-                     limit_ >> 20, "); ", advice));
+                     "), ", MoreThanTheWhole(), "; ", advice));
   }
   MutexLock lock(&mu_);
   if (reserved_ + more > limit_) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "writes in flight hold ", MiB(reserved_), " of the ", MiB(limit_),
-        " the server lets writes take (", flag_, "); the stream needs ",
-        MiB(more), " more (", kWriteCost,
+        InFlight(), "; the stream needs ", MiB(more), " more (", kWriteCost,
         " times its next message) and cannot wait for it while it holds ",
         MiB(held.bytes_), "; retry later"));
   }

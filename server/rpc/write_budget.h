@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <set>
+#include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -89,6 +90,13 @@ class WriteBudget {
 
  private:
   void Return(size_t bytes);
+  // Takes a waiting write (its ticket and what it holds) off the queue.
+  void StopWaiting(uint64_t ticket, size_t held_waiting)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // "writes in flight hold X of the Y the server lets writes take (flag)".
+  std::string InFlight() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // "more than the server lets writes take (flag=N)".
+  std::string MoreThanTheWhole() const;
 
   const size_t limit_;
   const char* const flag_;
