@@ -281,7 +281,7 @@ engram::app::EngramdOptions OptionsFromFlags() {
           : engram::app::MemoryLimitBytes() / 4;
   if (write_memory > 0) {
     server.write_budget = std::make_shared<engram::rpc::WriteBudget>(
-        write_memory, "--max_write_memory_mb");
+        write_memory, "--max_write_memory_mb", &engram::app::ReturnFreedMemory);
   }
   const int max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
   if (max_message_mb < 0 || max_message_mb > 1023) {

@@ -78,6 +78,14 @@ std::vector<metrics::ScrapedGauge> HeapGauges() {
 #endif
 }
 
+void ReturnFreedMemory() {
+#ifdef ENGRAM_JEMALLOC
+  static const std::string* const purge =
+      new std::string(absl::StrCat("arena.", MALLCTL_ARENAS_ALL, ".purge"));
+  mallctl(purge->c_str(), nullptr, nullptr, nullptr, 0);
+#endif
+}
+
 size_t MemoryLimitBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page = sysconf(_SC_PAGESIZE);

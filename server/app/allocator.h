@@ -21,6 +21,11 @@ std::string DescribeAllocator();
 // (the C library's malloc).
 std::vector<metrics::ScrapedGauge> HeapGauges();
 
+// Has the allocator give the pages of freed memory back to the system now
+// rather than after its decay time (jemalloc: every arena's); nothing with
+// the C library's malloc.
+void ReturnFreedMemory();
+
 // The memory this process may use: the machine's, or its cgroup's limit
 // (cgroup v2, then v1) where that is lower; 0 if neither can be read.
 size_t MemoryLimitBytes();

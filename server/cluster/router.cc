@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/base/clip.h"
 #include "server/cluster/shard_calls.h"
+#include "server/rpc/client_stream.h"
 #include "server/rpc/convert.h"
 #include "server/rpc/import_stream.h"
 #include "server/store/placement.h"
@@ -515,35 +516,45 @@ absl::StatusOr<std::vector<uint64_t>> Router::AddBatch(
                                    SharesThatStand("added", kept, refused)));
 }
 
-grpc::Status Router::AddPatterns(Ctx* context,
-                                 const api::AddPatternsRequest* request,
-                                 api::AddPatternsResponse* response) {
-  rpc::Call call(policy_, "AddPatterns", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  if (request->patterns_size() == 0) {
+grpc::Status Router::StreamedAddPatterns(
+    Ctx* context,
+    grpc::ServerUnaryStreamer<api::AddPatternsRequest,
+                              api::AddPatternsResponse>* streamer) {
+  rpc::Call call(policy_, "AddPatterns", "");
+  return rpc::ServeUnaryWrite(call, *context, *streamer,
+                              [&](const api::AddPatternsRequest& request,
+                                  api::AddPatternsResponse& response) {
+                                return Add(call, *context, request, response);
+                              });
+}
+
+grpc::Status Router::Add(rpc::Call& call, Ctx& context,
+                         const api::AddPatternsRequest& request,
+                         api::AddPatternsResponse& response) {
+  if (request.patterns_size() == 0) {
     return call.Done(absl::InvalidArgumentError("patterns must not be empty"));
   }
-  if (static_cast<size_t>(request->patterns_size()) >
+  if (static_cast<size_t>(request.patterns_size()) >
       options_.limits.max_batch) {
     return call.Done(absl::ResourceExhaustedError(absl::StrCat(
-        "patterns holds ", request->patterns_size(),
+        "patterns holds ", request.patterns_size(),
         " patterns; the limit max_batch is ", options_.limits.max_batch)));
   }
-  const absl::Time deadline = DeadlineOf(context);
-  const std::vector<std::vector<int>> members = Place(request->patterns());
+  const absl::Time deadline = DeadlineOf(&context);
+  const std::vector<std::vector<int>> members = Place(request.patterns());
   std::vector<uint64_t> counts;
   // The groups the batch left alone are counted once the written ones have
   // decided, while their followers write (a count that fails over: a
   // replica gone meanwhile does not fail a write that held).
   std::optional<GroupCounts> total_count;
   absl::StatusOr<std::vector<uint64_t>> ids = AddBatch(
-      request->store(), request->patterns(), members, deadline, &counts,
-      [&] { total_count.emplace(*pool_, request->store(), counts, deadline); });
+      request.store(), request.patterns(), members, deadline, &counts,
+      [&] { total_count.emplace(*pool_, request.store(), counts, deadline); });
   if (!ids.ok()) return call.Done(ids.status());
-  response->mutable_ids()->Assign(ids->begin(), ids->end());
+  response.mutable_ids()->Assign(ids->begin(), ids->end());
   absl::StatusOr<uint64_t> total = total_count->Total();
   if (!total.ok()) return call.Done(total.status());
-  response->set_pattern_count(*total);
+  response.set_pattern_count(*total);
   return call.Done(absl::OkStatus());
 }
 

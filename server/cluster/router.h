@@ -62,7 +62,11 @@ class RouterAdmin final : public v1::Router::Service {
   const std::string cluster_;
 };
 
-class Router final : public engram::v1::Engram::Service {
+// AddPatterns is streamed unary, as on a single engramd (rpc::EngramService):
+// its request is read only when the write memory lets it.
+class Router final
+    : public engram::v1::Engram::WithStreamedUnaryMethod_AddPatterns<
+          engram::v1::Engram::Service> {
  public:
   // Borrowed; they must outlive the router.
   Router(ShardPool* pool, const rpc::CallPolicy* policy, RouterOptions options);
@@ -83,9 +87,11 @@ class Router final : public engram::v1::Engram::Service {
   grpc::Status DeleteStore(Ctx* context,
                            const engram::v1::DeleteStoreRequest* request,
                            engram::v1::DeleteStoreResponse* response) override;
-  grpc::Status AddPatterns(Ctx* context,
-                           const engram::v1::AddPatternsRequest* request,
-                           engram::v1::AddPatternsResponse* response) override;
+  grpc::Status StreamedAddPatterns(
+      Ctx* context,
+      grpc::ServerUnaryStreamer<engram::v1::AddPatternsRequest,
+                                engram::v1::AddPatternsResponse>* streamer)
+      override;
   grpc::Status ImportPatterns(
       Ctx* context,
       grpc::ServerReader<engram::v1::ImportPatternsRequest>* reader,
@@ -136,6 +142,10 @@ class Router final : public engram::v1::Engram::Service {
       engram::v1::Store* response) override;
 
  private:
+  // AddPatterns once its request is read and admitted; ends `call`.
+  grpc::Status Add(rpc::Call& call, Ctx& context,
+                   const engram::v1::AddPatternsRequest& request,
+                   engram::v1::AddPatternsResponse& response);
   // The parts of one store, one per group (GetStore's answers), as one
   // store: counts, versions and memory summed, norms merged, DAMAGED if any
   // part is.

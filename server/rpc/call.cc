@@ -1,5 +1,6 @@
 #include "server/rpc/call.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -106,8 +107,34 @@ bool Call::Admit(const grpc::ServerContextBase& context,
   return Admit(context, request == nullptr ? 0 : request->ByteSizeLong());
 }
 
+Call::~Call() {
+  if (policy_->write_budget != nullptr && largest_request_ > 0) {
+    policy_->write_budget->Ended(largest_request_);
+  }
+}
+
+void Call::set_store(absl::string_view store) { store_ = Clip(store); }
+
+bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
+  context_ = &context;
+  const bool writes = MethodWrites(method_).value_or(true);
+  refused_ = policy_->auth.Check(context, writes);
+  if (refused_.ok() && writes && policy_->write_budget != nullptr) {
+    absl::StatusOr<WriteBudget::Reading> turn =
+        policy_->write_budget->AwaitRead(policy_->max_message_bytes,
+                                         absl::FromChrono(context.deadline()));
+    if (turn.ok()) {
+      reading_ = *std::move(turn);
+    } else {
+      refused_ = turn.status();
+    }
+  }
+  return refused_.ok();
+}
+
 bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   context_ = &context;
+  largest_request_ = std::max(largest_request_, request_bytes);
   const bool writes = MethodWrites(method_).value_or(true);
   refused_ = policy_->auth.Check(context, writes);
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
@@ -116,23 +143,27 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
                  "split it into smaller requests");
   }
   if (refused_.ok() && writes) refused_ = ReserveWrite(request_bytes);
+  reading_ = WriteBudget::Reading();  // Read; refused or counted as itself.
   return refused_.ok();
 }
 
 absl::Status Call::ReserveWrite(size_t message_bytes) {
+  largest_request_ = std::max(largest_request_, message_bytes);
   reserved_ = WriteBudget::Reservation();
   if (policy_->write_budget == nullptr || context_ == nullptr) {
     return absl::OkStatus();
   }
   absl::StatusOr<WriteBudget::Reservation> held =
-      policy_->write_budget->Reserve(message_bytes,
-                                     absl::FromChrono(context_->deadline()));
+      policy_->write_budget->Reserve(
+          message_bytes, absl::FromChrono(context_->deadline()), &reading_);
   if (!held.ok()) return held.status();
   reserved_ = *std::move(held);
   return absl::OkStatus();
 }
 
 absl::Status Call::GrowWrite(size_t message_bytes, absl::string_view advice) {
+  grown_ += message_bytes;
+  largest_request_ = std::max(largest_request_, grown_);
   if (policy_->write_budget == nullptr) return absl::OkStatus();
   return policy_->write_budget->Grow(reserved_, message_bytes, advice);
 }

@@ -80,6 +80,11 @@ class Call {
   static constexpr size_t kMaxMessage = 4096;
 
   Call(const CallPolicy* policy, const char* method, absl::string_view store);
+  // Tells the write budget how large the call's requests were
+  // (WriteBudget::Ended): declared before the request, a call ends after it.
+  ~Call();
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
 
   // Checks the caller's token against the method's kind (an unknown method
   // counts as a write) and the request's size (null for a stream, whose
@@ -91,6 +96,14 @@ class Call {
   // method). A write's request also takes its share of the policy's write
   // budget (waiting for it while earlier writes hold it), until Done.
   bool Admit(const grpc::ServerContextBase& context, size_t request_bytes);
+  // For a write that reads its request itself (a streamed unary method),
+  // before reading it: checks the caller's token, then waits for a turn to
+  // read a request of up to the policy's largest message
+  // (WriteBudget::AwaitRead). Then Admit(context, &request) as usual, which
+  // ends the turn. False means the call must end with Refused().
+  bool AdmitUnread(const grpc::ServerContextBase& context);
+  // Names the call's store once its request has been read.
+  void set_store(absl::string_view store);
   // For a client stream that writes: the share of the write budget for its
   // next message of `message_bytes`, in place of the previous message's.
   absl::Status ReserveWrite(size_t message_bytes);
@@ -113,12 +126,15 @@ class Call {
  private:
   const CallPolicy* const policy_;
   const char* const method_;
-  const std::string store_;
+  std::string store_;
   const absl::Time start_;
   absl::Status refused_;
   const grpc::ServerContextBase* context_ = nullptr;  // Set by Admit.
   std::shared_ptr<store::Store> written_;             // Set by Wrote.
   WriteBudget::Reservation reserved_;
+  WriteBudget::Reading reading_;  // Set by AdmitUnread, ended by Admit.
+  size_t largest_request_ = 0;    // The largest request or message taken in.
+  size_t grown_ = 0;              // What GrowWrite added up.
 };
 
 }  // namespace engram::rpc

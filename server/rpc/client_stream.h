@@ -5,6 +5,9 @@
 //   bool unparsed = false;
 //   while (ReadNext(*reader, message, unparsed)) { ... }
 //   if (unparsed) return UnparsedMessage(messages_read, message);
+//
+// And a unary write whose request is read only when the write memory lets
+// it (ServeUnaryWrite, for a streamed unary method).
 #ifndef ENGRAM_SERVER_RPC_CLIENT_STREAM_H_
 #define ENGRAM_SERVER_RPC_CLIENT_STREAM_H_
 
@@ -13,7 +16,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/message.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/status.h"
 #include "grpcpp/support/sync_stream.h"
+#include "server/rpc/call.h"
 
 namespace engram::rpc {
 
@@ -38,6 +44,29 @@ inline absl::Status UnparsedMessage(uint64_t index,
       absl::StrCat("message ", index, ": its bytes are not an ",
                    message.GetDescriptor()->full_name(),
                    "; neither it nor the messages after it were read"));
+}
+
+// The handler of a unary write registered as streamed unary, so that gRPC
+// has not read its request yet: waits for a turn to read it
+// (Call::AdmitUnread), reads and admits it, then `write(request, response)`
+// (which ends `call`) and sends the response when the write succeeded.
+template <typename Request, typename Response, typename Write>
+grpc::Status ServeUnaryWrite(
+    Call& call, const grpc::ServerContext& context,
+    grpc::ServerUnaryStreamer<Request, Response>& streamer, Write write) {
+  if (!call.AdmitUnread(context)) return call.Refused();
+  Request request;
+  if (!streamer.Read(&request)) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("the request's bytes are not an ",
+                     request.GetDescriptor()->full_name())));
+  }
+  call.set_store(request.store());
+  if (!call.Admit(context, &request)) return call.Refused();
+  Response response;
+  grpc::Status status = write(request, response);
+  if (status.ok()) streamer.Write(response);
+  return status;
 }
 
 }  // namespace engram::rpc

@@ -13,6 +13,7 @@
 #include "server/base/log.h"
 #include "server/rpc/backup_stream.h"
 #include "server/rpc/call.h"
+#include "server/rpc/client_stream.h"
 #include "server/rpc/convert.h"
 #include "server/rpc/import_stream.h"
 #include "server/store/backup.h"
@@ -167,27 +168,32 @@ grpc::Status EngramService::DeleteStore(grpc::ServerContext* context,
   return call.Done(status);
 }
 
-grpc::Status EngramService::AddPatterns(grpc::ServerContext* context,
-                                        const v1::AddPatternsRequest* request,
-                                        v1::AddPatternsResponse* response) {
-  Call call(policy_, "AddPatterns", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  absl::StatusOr<std::shared_ptr<store::Store>> found =
-      registry_->Get(request->store());
-  if (!found.ok()) return call.Done(found.status());
-  std::vector<store::Pattern> patterns;
-  if (absl::Status status = FromProto(request->patterns(), patterns);
-      !status.ok()) {
-    return call.Done(status);
-  }
-  absl::StatusOr<std::vector<uint64_t>> ids =
-      (*found)->AddOwned(std::move(patterns));
-  if (!ids.ok()) return call.Done(ids.status());
-  response->mutable_ids()->Assign(ids->begin(), ids->end());
-  response->set_pattern_count((*found)->view()->size());
-  Added(**found, ids->size());
-  call.Wrote(*found);
-  return call.Done(absl::OkStatus());
+grpc::Status EngramService::StreamedAddPatterns(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::AddPatternsRequest, v1::AddPatternsResponse>*
+        streamer) {
+  Call call(policy_, "AddPatterns", "");
+  return ServeUnaryWrite(
+      call, *context, *streamer,
+      [&](const v1::AddPatternsRequest& request,
+          v1::AddPatternsResponse& response) {
+        absl::StatusOr<std::shared_ptr<store::Store>> found =
+            registry_->Get(request.store());
+        if (!found.ok()) return call.Done(found.status());
+        std::vector<store::Pattern> patterns;
+        if (absl::Status status = FromProto(request.patterns(), patterns);
+            !status.ok()) {
+          return call.Done(status);
+        }
+        absl::StatusOr<std::vector<uint64_t>> ids =
+            (*found)->AddOwned(std::move(patterns));
+        if (!ids.ok()) return call.Done(ids.status());
+        response.mutable_ids()->Assign(ids->begin(), ids->end());
+        response.set_pattern_count((*found)->view()->size());
+        Added(**found, ids->size());
+        call.Wrote(*found);
+        return call.Done(absl::OkStatus());
+      });
 }
 
 grpc::Status EngramService::ImportPatterns(

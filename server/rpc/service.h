@@ -51,10 +51,12 @@ struct ServiceOptions {
 // costs (more than such a retrieval); a larger one runs on a thread of
 // Handlers, so that gRPC's threads stay free for I/O. It parses its request
 // itself, so that bytes that are no RetrieveRequest get INVALID_ARGUMENT
-// (gRPC's callback API would answer UNIMPLEMENTED). Every other method is
-// synchronous.
-class EngramService final
-    : public v1::Engram::WithRawCallbackMethod_Retrieve<v1::Engram::Service> {
+// (gRPC's callback API would answer UNIMPLEMENTED). AddPatterns is streamed
+// unary: gRPC leaves its request unread until the write memory lets it be
+// read (ServeUnaryWrite). Every other method is synchronous.
+class EngramService final : public v1::Engram::WithRawCallbackMethod_Retrieve<
+                                v1::Engram::WithStreamedUnaryMethod_AddPatterns<
+                                    v1::Engram::Service>> {
  public:
   // All borrowed; they must outlive the service. The policy's metrics
   // must be set.
@@ -76,9 +78,10 @@ class EngramService final
   grpc::Status DeleteStore(grpc::ServerContext* context,
                            const v1::DeleteStoreRequest* request,
                            v1::DeleteStoreResponse* response) override;
-  grpc::Status AddPatterns(grpc::ServerContext* context,
-                           const v1::AddPatternsRequest* request,
-                           v1::AddPatternsResponse* response) override;
+  grpc::Status StreamedAddPatterns(
+      grpc::ServerContext* context,
+      grpc::ServerUnaryStreamer<v1::AddPatternsRequest,
+                                v1::AddPatternsResponse>* streamer) override;
   grpc::Status ImportPatterns(
       grpc::ServerContext* context,
       grpc::ServerReader<v1::ImportPatternsRequest>* reader,

@@ -34,8 +34,36 @@ void WriteBudget::Reservation::Release() {
   bytes_ = 0;
 }
 
-WriteBudget::WriteBudget(size_t limit_bytes, const char* flag)
-    : limit_(limit_bytes), flag_(flag) {}
+WriteBudget::Reading& WriteBudget::Reading::operator=(
+    Reading&& other) noexcept {
+  if (this != &other) {
+    Release();
+    budget_ = std::exchange(other.budget_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void WriteBudget::Reading::Release() {
+  if (budget_ != nullptr) {
+    MutexLock lock(&budget_->mu_);
+    budget_->EndRead(bytes_);
+  }
+  budget_ = nullptr;
+  bytes_ = 0;
+}
+
+WriteBudget::WriteBudget(size_t limit_bytes, const char* flag,
+                         std::function<void()> return_freed)
+    : limit_(limit_bytes),
+      flag_(flag),
+      return_freed_(std::move(return_freed)) {}
+
+void WriteBudget::Ended(size_t largest_request) {
+  if (return_freed_ && kWriteCost * largest_request >= limit_ / 8) {
+    return_freed_();
+  }
+}
 
 size_t WriteBudget::reserved() const {
   MutexLock lock(&mu_);
@@ -45,6 +73,17 @@ size_t WriteBudget::reserved() const {
 size_t WriteBudget::waiting() const {
   MutexLock lock(&mu_);
   return waiting_.size();
+}
+
+size_t WriteBudget::reading() const {
+  MutexLock lock(&mu_);
+  return reading_;
+}
+
+void WriteBudget::EndRead(size_t bytes) {
+  --reading_;
+  reading_bytes_ -= bytes;
+  freed_.SignalAll();
 }
 
 void WriteBudget::StopWaiting(uint64_t ticket, size_t held_waiting) {
@@ -69,8 +108,43 @@ void WriteBudget::Return(size_t bytes) {
   freed_.SignalAll();
 }
 
+absl::StatusOr<WriteBudget::Reading> WriteBudget::AwaitRead(
+    size_t largest_request, absl::Time deadline) {
+  const absl::Time start = absl::Now();
+  deadline = std::min(deadline, start + kMaxWait);
+  const size_t held = kWaitingCost * largest_request;
+  MutexLock lock(&mu_);
+  const uint64_t ticket = next_ticket_++;
+  to_read_.insert(ticket);
+  // In order of arrival; one at a time where even one does not fit.
+  while (*to_read_.begin() != ticket ||
+         (reading_ > 0 && reading_bytes_ + waiting_bytes_ + held > limit_)) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      to_read_.erase(ticket);
+      freed_.SignalAll();  // The next one may be first now.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          reading_, " requests are being read and ", waiting_.size(),
+          " more wait for their share of the write memory, holding ",
+          MiB(reading_bytes_ + waiting_bytes_), " of the ", MiB(limit_),
+          " the server lets writes take (", flag_, "); a request of up to ",
+          MiB(largest_request), " (--max_message_mb) waited ",
+          absl::FormatDuration(
+              absl::Trunc(absl::Now() - start, absl::Milliseconds(1))),
+          " to be read; retry later"));
+    }
+    freed_.WaitWithTimeout(&mu_, left);
+  }
+  to_read_.erase(ticket);
+  ++reading_;
+  reading_bytes_ += held;
+  freed_.SignalAll();  // The next in line may be read too.
+  return Reading(this, held);
+}
+
 absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
-    size_t request_bytes, absl::Time deadline) {
+    size_t request_bytes, absl::Time deadline, Reading* read) {
+  if (read != nullptr) *read = Reading();  // Read: it counts as itself now.
   if (request_bytes < kSmallRequest) return Reservation();
   const size_t bytes = kWriteCost * request_bytes;
   if (bytes > limit_) {

@@ -53,9 +53,9 @@ sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspa
                                                   "python"))
 
 # What a call may end with. A request that does not parse is
-# INVALID_ARGUMENT naming its message type (engramd's Retrieve parses its
-# own; the others' gRPC parses, and its bare INTERNAL is rewritten by the
-# servers). An INTERNAL is a broken invariant; UNKNOWN an exception
+# INVALID_ARGUMENT naming its message type (Retrieve and AddPatterns parse
+# their own; the others' gRPC parses, and its bare INTERNAL is rewritten by
+# the servers). An INTERNAL is a broken invariant; UNKNOWN an exception
 # escaping a handler; UNAVAILABLE a dropped connection (a crash);
 # UNIMPLEMENTED a method a server lacks: none of these is allowed.
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,

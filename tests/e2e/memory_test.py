@@ -30,7 +30,15 @@ The test checks:
     (without the budget the kernel kills it: SIGKILL, measured); so is a
     restore of a 120 MiB backup beside the store it was taken from (a
     restore peaks at about 4.4 times its backup; without the budget this
-    one gets engramd killed as well, measured).
+    one gets engramd killed as well, measured);
+  - in the same cgroup, bursts of large adds from many clients at once:
+    24 adds of 36 MiB to a store that does not exist (each refused once
+    read) leave engramd's peak resident memory under 450 MiB (it reached
+    557 MiB before requests waited for a turn to be read and large writes
+    gave their freed pages back at once; 32 of them 759 MiB), and 12
+    concurrent adds of 24 MiB to a real store each succeed or are refused
+    with RESOURCE_EXHAUSTED, with every one that succeeded there (before:
+    a 758 MiB peak; 16 adds of 36 MiB got engramd killed).
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -266,6 +274,53 @@ class MemoryTest(unittest.TestCase):
                     self.assertNotIn("again", [s.name for s in c.list_stores()])
             finally:
                 e.stop()
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_6_in_a_small_cgroup_bursts_of_large_adds_are_survived(self):
+        with memory_cgroup(768 << 20) as procs:
+            if procs is None:
+                self.skipTest("no memory cgroup can be made here")
+            join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
+            e = Engramd(BIN, self.tmp.name, wrapper=join)
+            try:
+                rows = (36 << 20) // (DIM * 4)
+                x = np.ones((rows, DIM), dtype=np.float32)
+                errors = add_at_once(e.addr, "nowhere", [x] * 24)
+                self.assertIsNone(e.proc.poll(), "engramd was killed")
+                self.assertEqual(len(errors), 24)
+                for error in errors:
+                    self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND, error.details())
+                peak = peak_mib(e.proc.pid)
+                print("24 adds of 36 MiB to no store: peak resident %.0f MiB" % peak,
+                      file=sys.stderr)
+                self.assertLess(peak, 450)
+
+                rows = (24 << 20) // (DIM * 4)
+                rng = np.random.default_rng(11)
+                batches = [rng.random((rows, DIM), dtype=np.float32) for _ in range(12)]
+                with Client(e.addr) as c:
+                    c.create_store("s", dim=DIM)
+                errors = add_at_once(e.addr, "s", batches)
+                self.assertIsNone(e.proc.poll(), "engramd was killed")
+                for error in errors:
+                    self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     error.details())
+                with Client(e.addr) as c:
+                    self.assertEqual(c.get_store("s").pattern_count,
+                                     (12 - len(errors)) * rows)
+                print("12 adds of 24 MiB: %d added, peak resident %.0f MiB"
+                      % (12 - len(errors), peak_mib(e.proc.pid)), file=sys.stderr)
+            finally:
+                e.stop()
+
+
+def peak_mib(pid):
+    """The process's peak resident memory (VmHWM), MiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM for %d" % pid)
 
 
 if __name__ == "__main__":

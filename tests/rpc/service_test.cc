@@ -335,7 +335,8 @@ TEST_F(ServiceTest, BytesThatAreNoRequestAreInvalid) {
       server_->address(), grpc::InsecureChannelCredentials()));
   // A field 2 whose length runs past the end of the message.
   const std::string garbage("\x12\x7f\x0a", 3);
-  // Retrieve parses its own request; gRPC parses the others'.
+  // Retrieve and AddPatterns read their own requests; gRPC parses the
+  // others'.
   for (const char* method :
        {"Retrieve", "GetStore", "CreateStore", "AddPatterns", "DeletePatterns",
         "StartCalibration"}) {

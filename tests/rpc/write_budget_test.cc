@@ -1,6 +1,8 @@
 // WriteBudget: a write reserves five times its request, waits in order of
 // arrival while earlier writes hold the rest, is refused past its deadline,
-// and one larger than the whole budget is refused at once.
+// and one larger than the whole budget is refused at once. Requests not yet
+// read wait for a turn to be read; a large write's end gives freed memory
+// back.
 #include "server/rpc/write_budget.h"
 
 #include <atomic>
@@ -225,6 +227,110 @@ TEST(WriteBudgetTest, NoMoreWaitThanTheBudgetCanHoldWhileTheyWait) {
   EXPECT_EQ(done.load(), 5);
   EXPECT_EQ(budget.reserved(), 0u);
   EXPECT_EQ(budget.waiting(), 0u);
+}
+
+// Waits until `budget` has `count` requests being read.
+void AwaitReading(const WriteBudget& budget, size_t count) {
+  while (budget.reading() < count) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+TEST(WriteBudgetTest, RequestsAreReadOnlyWhileTwiceTheLargestFits) {
+  WriteBudget budget(100 * kMiB, kFlag);
+  // A request of up to 20 MiB counts as 40 while it is read: two fit.
+  absl::StatusOr<WriteBudget::Reading> first =
+      budget.AwaitRead(20 * kMiB, Later());
+  absl::StatusOr<WriteBudget::Reading> second =
+      budget.AwaitRead(20 * kMiB, Later());
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(budget.reading(), 2u);
+  std::atomic<bool> third_read{false};
+  std::thread third([&] {
+    absl::StatusOr<WriteBudget::Reading> turn =
+        budget.AwaitRead(20 * kMiB, Later());
+    third_read = turn.ok();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(third_read.load());
+  *first = WriteBudget::Reading();  // Read and refused, say.
+  third.join();
+  EXPECT_TRUE(third_read.load());
+  // Reserve ends the turn the request was read in: it counts as itself.
+  absl::StatusOr<WriteBudget::Reservation> held =
+      budget.Reserve(4 * kMiB, Later(), &*second);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(budget.reading(), 0u);
+  EXPECT_EQ(budget.reserved(), 20 * kMiB);
+}
+
+TEST(WriteBudgetTest, ATurnToReadIsRefusedPastItsDeadlineSayingWhy) {
+  WriteBudget budget(100 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reading> reading =
+      budget.AwaitRead(30 * kMiB, Later());
+  ASSERT_TRUE(reading.ok());
+  absl::StatusOr<WriteBudget::Reading> late =
+      budget.AwaitRead(30 * kMiB, absl::Now() + absl::Milliseconds(50));
+  ASSERT_EQ(late.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(late.status().message().find("1 requests are being read"),
+            std::string::npos)
+      << late.status();
+  EXPECT_NE(late.status().message().find("a request of up to 30 MiB"),
+            std::string::npos)
+      << late.status();
+  EXPECT_EQ(budget.reading(), 1u);
+}
+
+TEST(WriteBudgetTest, OneIsReadAtATimeWhereEvenOneDoesNotFit) {
+  WriteBudget budget(10 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reading> first =
+      budget.AwaitRead(8 * kMiB, Later());
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::atomic<bool> second_read{false};
+  std::thread second(
+      [&] { second_read = budget.AwaitRead(8 * kMiB, Later()).ok(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(second_read.load());
+  *first = WriteBudget::Reading();
+  second.join();
+  EXPECT_TRUE(second_read.load());
+}
+
+TEST(WriteBudgetTest, RequestsWaitToBeReadWhileWaitingWritesHoldTheBudget) {
+  WriteBudget budget(20 * kMiB, kFlag);
+  absl::StatusOr<WriteBudget::Reservation> running =
+      budget.Reserve(4 * kMiB, Later());  // 20 of 20.
+  ASSERT_TRUE(running.ok());
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 2; ++i) {  // Each holds 4 MiB while it waits.
+    waiters.emplace_back(
+        [&] { EXPECT_TRUE(budget.Reserve(2 * kMiB, Later()).ok()); });
+  }
+  AwaitWaiting(budget, 2);
+  absl::StatusOr<WriteBudget::Reading> first =
+      budget.AwaitRead(4 * kMiB, Later());  // 8 + 8 of 20.
+  ASSERT_TRUE(first.ok());
+  std::atomic<bool> second_read{false};
+  std::thread second([&] {
+    second_read = budget.AwaitRead(4 * kMiB, Later()).ok();  // 24 of 20.
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(second_read.load());
+  *running = WriteBudget::Reservation();  // The waiting writes run.
+  for (std::thread& t : waiters) t.join();
+  second.join();
+  EXPECT_TRUE(second_read.load());
+}
+
+TEST(WriteBudgetTest, ALargeWritesEndGivesFreedMemoryBack) {
+  int returned = 0;
+  WriteBudget budget(80 * kMiB, kFlag, [&] { ++returned; });
+  budget.Ended(1 * kMiB);  // 5 MiB: under an eighth of 80.
+  EXPECT_EQ(returned, 0);
+  budget.Ended(2 * kMiB);  // 10 MiB: an eighth.
+  EXPECT_EQ(returned, 1);
+  WriteBudget quiet(80 * kMiB, kFlag);
+  quiet.Ended(64 * kMiB);  // Nothing to call.
 }
 
 }  // namespace
