@@ -38,6 +38,10 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace engram;
   const size_t m = absl::GetFlag(FLAGS_m), l = absl::GetFlag(FLAGS_l);
+  if (absl::GetFlag(FLAGS_reps) < 1) {
+    std::fprintf(stderr, "--reps must be at least 1\n");
+    return 2;
+  }
   absl::StatusOr<client::Matrix> images = client::ReadMatrix(
       "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
   if (!images.ok()) return 1;
