@@ -96,6 +96,12 @@ ABSL_FLAG(int, max_message_mb, 0,
           "write it can admit), at least 4: a request is read in whole "
           "before any check, so a large limit in a small container lets one "
           "request take all its memory.");
+ABSL_FLAG(int64_t, max_store_memory_mb, 0,
+          "Memory every store's patterns may take together, in MiB (they "
+          "stay in memory): an add, import message or restore that would "
+          "take them past it is refused with RESOURCE_EXHAUSTED; loading "
+          "the stores at start is not. 0 = half the memory engramd may use "
+          "(the machine's, or its cgroup's limit if lower); -1 = no limit.");
 ABSL_FLAG(int64_t, max_write_memory_mb, 0,
           "Memory writes in flight may hold, in MiB: a write of 1 MiB or "
           "more counts 5 times its request (or stream message) and waits, "
@@ -264,6 +270,16 @@ engram::app::EngramdOptions OptionsFromFlags() {
   l.max_steps = absl::GetFlag(FLAGS_max_steps);
   l.max_stores = absl::GetFlag(FLAGS_max_stores);
   l.max_patterns_per_store = absl::GetFlag(FLAGS_max_patterns_per_store);
+  const int64_t store_memory_mb = absl::GetFlag(FLAGS_max_store_memory_mb);
+  if (store_memory_mb < -1 || store_memory_mb > (int64_t{1} << 30)) {
+    FailOnFlag(absl::StrCat("--max_store_memory_mb=", store_memory_mb,
+                            ": must be a number of MiB, 0 for the default "
+                            "or -1 for no limit"));
+  }
+  l.max_store_memory_bytes =
+      store_memory_mb > 0    ? static_cast<size_t>(store_memory_mb) << 20
+      : store_memory_mb == 0 ? engram::app::MemoryLimitBytes() / 2
+                             : 0;
   l.max_label_bytes = absl::GetFlag(FLAGS_max_label_bytes);
   l.max_metadata_entries = absl::GetFlag(FLAGS_max_metadata_entries);
   l.max_metadata_bytes = absl::GetFlag(FLAGS_max_metadata_bytes);

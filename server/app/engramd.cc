@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <system_error>
@@ -82,15 +83,30 @@ std::string RaiseOpenFileLimit() {
   return out;
 }
 
-std::string WriteMemory(const rpc::WriteBudget* budget) {
-  return budget == nullptr ? "unlimited"
-                           : absl::StrCat(budget->limit() >> 20, " MiB");
+std::string MiBOrUnlimited(size_t bytes) {
+  return bytes == 0 ? "unlimited" : absl::StrCat(bytes >> 20, " MiB");
 }
 
-// The gauges read at every scrape: the allocator's, and the write budget's.
-std::vector<metrics::ScrapedGauge> ScrapedGauges(
-    const rpc::WriteBudget* budget) {
+std::string WriteMemory(const rpc::WriteBudget* budget) {
+  return MiBOrUnlimited(budget == nullptr ? 0 : budget->limit());
+}
+
+// The gauges read at every scrape: the allocator's, the stores' memory and
+// the write budget's.
+std::vector<metrics::ScrapedGauge> ScrapedGauges(const rpc::WriteBudget* budget,
+                                                 const store::Limits& limits) {
   std::vector<metrics::ScrapedGauge> out = HeapGauges();
+  if (limits.store_memory) {
+    out.push_back({"engram_stores_memory_bytes",
+                   "What every store's patterns take together.",
+                   static_cast<double>(limits.store_memory->load())});
+  }
+  if (limits.max_store_memory_bytes > 0) {
+    out.push_back({"engram_stores_memory_limit_bytes",
+                   "What every store's patterns may take together "
+                   "(--max_store_memory_mb); adds past it are refused.",
+                   static_cast<double>(limits.max_store_memory_bytes)});
+  }
   if (budget != nullptr) {
     out.push_back({"engram_write_memory_limit_bytes",
                    "What writes in flight may hold (--max_write_memory_mb).",
@@ -116,7 +132,7 @@ void LogConfiguration(const EngramdOptions& o, int port,
       "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
       "job workers=%d; rpc threads<=%d; open files<=%s; allocator %s; "
-      "write memory<=%s; "
+      "write memory<=%s; store memory<=%s; "
       "max message %zu MiB; "
       "limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
@@ -132,6 +148,7 @@ void LogConfiguration(const EngramdOptions& o, int port,
       core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
       open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
+      MiBOrUnlimited(l.max_store_memory_bytes),
       o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
       l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
       l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
@@ -229,8 +246,10 @@ int RunEngramd(EngramdOptions o) {
   const std::string open_files = RaiseOpenFileLimit();
   core::blas::SetThreads(o.blas_threads);
   o.metrics.version = ENGRAM_VERSION;
-  o.metrics.gauges = [budget = o.server.write_budget] {
-    return ScrapedGauges(budget.get());
+  // The stores' memory, counted by the registry's stores, for the gauges.
+  o.limits.store_memory = std::make_shared<std::atomic<size_t>>(0);
+  o.metrics.gauges = [budget = o.server.write_budget, limits = o.limits] {
+    return ScrapedGauges(budget.get(), limits);
   };
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);

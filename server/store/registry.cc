@@ -1,7 +1,9 @@
 #include "server/store/registry.h"
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,8 +11,20 @@
 
 namespace engram::store {
 
+namespace {
+
+// `limits` with a counter of what the stores' patterns take.
+Limits Counted(Limits limits) {
+  if (!limits.store_memory) {
+    limits.store_memory = std::make_shared<std::atomic<size_t>>(0);
+  }
+  return limits;
+}
+
+}  // namespace
+
 StoreRegistry::StoreRegistry(const Limits& limits, StorageBackend* storage)
-    : limits_(limits), storage_(storage) {}
+    : limits_(Counted(limits)), storage_(storage) {}
 
 namespace {
 
@@ -258,6 +272,21 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
       replaced = found->second;
     } else if (absl::Status status = CheckRoomForOneMore(); !status.ok()) {
       return status;
+    }
+    // The restored store is built and counted; the one it replaces goes.
+    const size_t after =
+        limits_.store_memory->load() -
+        (replaced ? replaced->view()->memory_bytes() : size_t{0});
+    if (limits_.max_store_memory_bytes > 0 &&
+        after > limits_.max_store_memory_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "restoring store '", settings.name, "' (",
+          store->view()->memory_bytes() >> 20,
+          " MiB of patterns) would take the stores' patterns to ", after >> 20,
+          " MiB, past the limit max_store_memory_mb of ",
+          limits_.max_store_memory_bytes >> 20,
+          " (patterns stay in memory); delete patterns or stores, or raise "
+          "the limit"));
     }
     busy_.emplace(settings.name, "restored");
     if (!replaced) ++creating_;

@@ -11,8 +11,10 @@
 #ifndef ENGRAM_SERVER_STORE_SETTINGS_H_
 #define ENGRAM_SERVER_STORE_SETTINGS_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -110,6 +112,13 @@ struct Limits {
   size_t max_low_rank_values = size_t{1} << 18;
   // Multiply-adds one calibration may spend (core::CalibrationOptions).
   double max_calibration_work = core::kDefaultCalibrationWork;
+  // Bytes every store's patterns may take together (Chunk::bytes), 0: no
+  // ceiling. An add that would take them past it is refused; loading the
+  // stores at start is not.
+  size_t max_store_memory_bytes = 0;
+  // What they take now, kept by the stores as they change (Store::Publish)
+  // and shared by every copy of these limits; set by StoreRegistry.
+  std::shared_ptr<std::atomic<size_t>> store_memory;
   Placement placement;
 };
 

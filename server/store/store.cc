@@ -202,8 +202,12 @@ const float* Chunk::KeysAsFloats(size_t rows,
 }
 
 size_t Chunk::bytes() const {
-  return capacity_ * ((dim_ + key_dim_) * element_bytes_ +
-                      (key_dim_ ? 3 : 2) * sizeof(float) + sizeof(RowInfo));
+  return capacity_ * RowBytes(dim_, key_dim_, precision_);
+}
+
+size_t Chunk::RowBytes(size_t dim, size_t key_dim, core::Precision precision) {
+  return (dim + key_dim) * core::ElementBytes(precision) +
+         (key_dim ? 3 : 2) * sizeof(float) + sizeof(RowInfo);
 }
 
 void Chunk::Set(size_t r, const Pattern& pattern, uint64_t id,
@@ -557,6 +561,9 @@ absl::StatusOr<std::vector<uint64_t>> Store::AddOwned(
   if (absl::Status status = CheckWritable(); !status.ok()) return status;
   std::vector<uint64_t> ids;
   if (absl::Status status = ValidateAdd(patterns, ids); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = CheckMemoryFor(patterns.size()); !status.ok()) {
     return status;
   }
   // Expiry: a given one must be ahead; none takes the store's default TTL.
@@ -931,6 +938,29 @@ void Store::RestoreMap(std::shared_ptr<const core::FeatureMap> map,
   Publish(view_->settings());
 }
 
+Store::~Store() {
+  if (limits_.store_memory) limits_.store_memory->fetch_sub(counted_bytes_);
+}
+
+absl::Status Store::CheckMemoryFor(size_t rows) const {
+  const size_t limit = limits_.max_store_memory_bytes;
+  if (limit == 0 || !limits_.store_memory) return absl::OkStatus();
+  const size_t key_dim = chunks_.empty() ? 0 : chunks_.back()->key_dim();
+  const size_t adding =
+      rows * Chunk::RowBytes(view()->settings().dimension, key_dim, precision_);
+  const size_t held = limits_.store_memory->load();
+  if (held + adding <= limit) return absl::OkStatus();
+  auto mib = [](size_t bytes) {
+    return absl::StrCat((bytes + (1 << 20) - 1) >> 20, " MiB");
+  };
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the stores' patterns take ", mib(held), "; ", rows, " more (",
+      mib(adding), ") would take them past the limit max_store_memory_mb of ",
+      limit >> 20,
+      " (patterns stay in memory); delete patterns or stores, or raise the "
+      "limit"));
+}
+
 void Store::Publish(const StoreSettings& settings) {
   auto view = std::make_shared<StoreView>();
   view->settings_ = settings;
@@ -953,6 +983,12 @@ void Store::Publish(const StoreSettings& settings) {
   view->min_expire_ns_ = expiries_.empty() ? std::numeric_limits<int64_t>::max()
                                            : expiries_.begin()->first;
   view->expired_count_ = expired_count_;
+  if (limits_.store_memory) {
+    const size_t bytes = view->memory_bytes();
+    limits_.store_memory->fetch_add(bytes);
+    limits_.store_memory->fetch_sub(counted_bytes_);
+    counted_bytes_ = bytes;
+  }
   view_ = std::move(view);
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const size_t rows = std::min(chunk_capacity_, count_ - c * chunk_capacity_);

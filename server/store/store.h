@@ -90,6 +90,8 @@ class Chunk {
   const float* key_sq_norms() const { return key_sq_norms_.get(); }
   // Bytes the chunk's arrays take (values, keys, norms, row records).
   size_t bytes() const;
+  // What one row of such a chunk takes.
+  static size_t RowBytes(size_t dim, size_t key_dim, core::Precision precision);
 
   // Row r <- pattern (its values already representable in the chunk's
   // precision), stored under `id`; `key` (key_dim values) if keyed.
@@ -249,6 +251,8 @@ class Store {
  public:
   // `storage` is borrowed and must outlive the store.
   Store(StoreSettings settings, const Limits& limits, StorageBackend* storage);
+  // Takes its patterns' bytes off Limits::store_memory.
+  ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
@@ -352,6 +356,10 @@ class Store {
   void UpdateSums(const float* keys, const float* values, size_t n, double sign)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CheckWritable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // RESOURCE_EXHAUSTED if `rows` more rows would take every store's
+  // patterns past Limits::max_store_memory_bytes.
+  absl::Status CheckMemoryFor(size_t rows) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // The patterns with their values rounded to the store's precision (the
   // values it keeps, stores and hashes); INVALID_ARGUMENT naming the value
   // if one does not fit (float16 beyond 65504).
@@ -394,6 +402,8 @@ class Store {
   // them.
   std::vector<NormTally> chunk_norms_ ABSL_GUARDED_BY(write_mu_);
   size_t max_label_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;
+  // This store's share of Limits::store_memory, as of the last Publish.
+  size_t counted_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::shared_ptr<const core::LowRankSums> sums_ ABSL_GUARDED_BY(write_mu_);
   // (expiry, id) of every pattern that expires.
   absl::btree_set<std::pair<int64_t, uint64_t>> expiries_

@@ -38,7 +38,12 @@ The test checks:
     gave their freed pages back at once; 32 of them 759 MiB), and 12
     concurrent adds of 24 MiB to a real store each succeed or are refused
     with RESOURCE_EXHAUSTED, with every one that succeeded there (before:
-    a 758 MiB peak; 16 adds of 36 MiB got engramd killed).
+    a 758 MiB peak; 16 adds of 36 MiB got engramd killed);
+  - in the same cgroup the stores' patterns may take half of it (384 MiB,
+    named in the configuration line): adds of 36 MiB one after another
+    succeed up to there, then are refused with RESOURCE_EXHAUSTED naming
+    max_store_memory_mb, and engramd keeps serving (before, the thirteenth
+    got it killed, with 440 MiB of patterns stored).
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -310,6 +315,38 @@ class MemoryTest(unittest.TestCase):
                                      (12 - len(errors)) * rows)
                 print("12 adds of 24 MiB: %d added, peak resident %.0f MiB"
                       % (12 - len(errors), peak_mib(e.proc.pid)), file=sys.stderr)
+            finally:
+                e.stop()
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_7_in_a_small_cgroup_adds_stop_where_the_stores_fill_it(self):
+        with memory_cgroup(768 << 20) as procs:
+            if procs is None:
+                self.skipTest("no memory cgroup can be made here")
+            join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
+            e = Engramd(BIN, self.tmp.name, wrapper=join)
+            try:
+                self.assertIn("store memory<=384 MiB;", e.startup)
+                rows = (36 << 20) // (DIM * 4)
+                x = np.random.default_rng(13).random((rows, DIM), dtype=np.float32)
+                added = 0
+                with Client(e.addr) as c:
+                    c.create_store("s", dim=DIM)
+                    for _ in range(16):  # 576 MiB in all.
+                        try:
+                            c.add("s", x, batch=rows)
+                            added += 1
+                        except grpc.RpcError as error:
+                            self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                             error.details())
+                            self.assertIn("max_store_memory_mb of 384", error.details())
+                            break
+                    self.assertIsNone(e.proc.poll(), "engramd was killed")
+                    self.assertGreaterEqual(added, 8)
+                    self.assertLess(added, 16)
+                    self.assertEqual(c.get_store("s").pattern_count, added * rows)
+                print("adds of 36 MiB: %d added before the ceiling, peak resident %.0f MiB"
+                      % (added, peak_mib(e.proc.pid)), file=sys.stderr)
             finally:
                 e.stop()
 

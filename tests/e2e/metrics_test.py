@@ -120,6 +120,21 @@ class MetricsTest(unittest.TestCase):
         self.assertLessEqual(after["engram_heap_allocated_bytes"],
                              after["engram_heap_resident_bytes"])
 
+    def test_store_memory_series(self):
+        """engram_stores_memory_bytes: what every store's patterns take,
+        growing with an add; engram_stores_memory_limit_bytes: the ceiling
+        (--max_store_memory_mb, half the memory by default)."""
+        before = series(self.metrics_port, "engram_stores_memory_")
+        self.assertEqual(sorted(before), ["engram_stores_memory_bytes",
+                                          "engram_stores_memory_limit_bytes"])
+        self.assertGreater(before["engram_stores_memory_limit_bytes"], 0)
+        with Client(self.addr) as c:
+            c.create_store("counted", dim=1024)
+            c.add("counted", np.ones((2048, 1024), np.float32))  # 8 MiB of values.
+        after = series(self.metrics_port, "engram_stores_memory_")
+        self.assertGreaterEqual(after["engram_stores_memory_bytes"],
+                                before["engram_stores_memory_bytes"] + (8 << 20))
+
     def test_process_series_follow_the_process(self):
         """process_* (the standard names): descriptors counted as they open,
         memory, CPU time and the start time plausible."""

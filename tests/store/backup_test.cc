@@ -250,6 +250,36 @@ TEST(BackupTest, MemorySourceTakesOnlyBackupFilesUpToItsLimit) {
             absl::StatusCode::kResourceExhausted);
 }
 
+TEST(BackupTest, ARestoreThatWouldPassTheStoresMemoryCeilingIsRefused) {
+  EphemeralStorage storage;
+  size_t one = 0;  // What the store takes.
+  {
+    StoreRegistry scratch(Limits{}, &storage);
+    ASSERT_TRUE(scratch.Load().ok());
+    one = Populated(scratch, "s")->view()->memory_bytes();
+  }
+  Limits limits;
+  limits.max_store_memory_bytes = one + one / 2;
+  EphemeralStorage fresh;
+  StoreRegistry registry(limits, &fresh);
+  ASSERT_TRUE(registry.Load().ok());
+  std::shared_ptr<Store> original = Populated(registry, "s");
+  MapSource source(BackupOf({original}));
+  absl::StatusOr<BackupManifest> manifest = ReadManifest(source);
+  ASSERT_TRUE(manifest.ok());
+  absl::StatusOr<StoreImage> image = ReadStore(source, manifest->stores(0));
+  ASSERT_TRUE(image.ok()) << image.status();
+  image->settings.name = "copy";
+  absl::Status refused = registry.Restore(*image, false).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("max_store_memory_mb"), std::string::npos)
+      << refused;
+  EXPECT_EQ(registry.Get("copy").status().code(), absl::StatusCode::kNotFound);
+  // In place of the store it was taken from, it fits.
+  image->settings.name = "s";
+  ASSERT_TRUE(registry.Restore(*image, true).ok());
+}
+
 TEST(BackupTest, RestoreRefusesATakenNameUnlessReplacingAndNeverHalfApplies) {
   FaultyStorage storage;
   StoreRegistry registry(Limits{}, &storage);

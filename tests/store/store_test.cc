@@ -525,6 +525,45 @@ TEST(RegistryTest, MaxStoresIsResourceExhausted) {
   EXPECT_NE(second.status().message().find("max_stores"), std::string::npos);
 }
 
+TEST(RegistryTest, TheStoresShareACeilingOnTheMemoryOfTheirPatterns) {
+  EphemeralStorage storage;
+  size_t chunk = 0;  // What a store's first chunk takes.
+  {
+    StoreRegistry scratch(Limits{}, &storage);
+    ASSERT_TRUE(scratch.Load().ok());
+    std::shared_ptr<Store> x = *scratch.Create(Settings("x", 64));
+    ASSERT_TRUE(x->Add({MakePattern(0, 64, 1.0f)}).ok());
+    chunk = x->view()->memory_bytes();
+  }
+  const size_t row = Chunk::RowBytes(64, 0, core::Precision::kFloat32);
+  ASSERT_GT(chunk, 20 * row);
+  Limits limits;
+  limits.max_store_memory_bytes = chunk + 10 * row;
+  StoreRegistry registry(limits, &storage);
+  ASSERT_TRUE(registry.Load().ok());
+  std::shared_ptr<Store> a = *registry.Create(Settings("a", 64));
+  auto add = [](Store& store, size_t n) {
+    std::vector<Pattern> patterns;
+    for (size_t i = 0; i < n; ++i) patterns.push_back(MakePattern(0, 64, 1.0f));
+    return store.Add(patterns).status();
+  };
+  ASSERT_TRUE(add(*a, 1).ok());
+  absl::Status refused = add(*a, 11);  // chunk + 11 rows: past the ceiling.
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.message(), HasSubstr("max_store_memory_mb"));
+  EXPECT_EQ(a->view()->size(), 1u);
+  ASSERT_TRUE(add(*a, 5).ok());
+  // A second store's first chunk takes the rest, for both.
+  std::shared_ptr<Store> b = *registry.Create(Settings("b", 64));
+  ASSERT_TRUE(add(*b, 1).ok());
+  EXPECT_EQ(add(*a, 1).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(add(*b, 1).code(), absl::StatusCode::kResourceExhausted);
+  // Once it is gone, its memory is free again.
+  ASSERT_TRUE(registry.Delete("b").ok());
+  b.reset();
+  EXPECT_TRUE(add(*a, 1).ok());
+}
+
 // Runs `checks` on a thread of its own and fails (instead of hanging) if
 // they do not finish within a minute: they must not wait for the storage
 // write held by the test.
