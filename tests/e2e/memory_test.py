@@ -102,6 +102,21 @@ def memory_cgroup(limit_bytes):
     yield None
 
 
+@contextlib.contextmanager
+def engramd_in_cgroup(test, limit_bytes, *flags):
+    """An engramd (with `flags`) in a fresh memory cgroup of `limit_bytes`,
+    stopped at the end; skips `test` where no cgroup can be made."""
+    with memory_cgroup(limit_bytes) as procs:
+        if procs is None:
+            test.skipTest("no memory cgroup can be made here")
+        join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
+        e = Engramd(BIN, test.tmp.name, *flags, wrapper=join)
+        try:
+            yield e
+        finally:
+            e.stop()
+
+
 def add_at_once(addr, store, matrices):
     """Adds each matrix in one AddPatterns, all from their own connections at
     once; the errors."""
@@ -231,124 +246,103 @@ class MemoryTest(unittest.TestCase):
 
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
     def test_4_in_a_small_cgroup_a_too_large_add_is_refused_not_killed(self):
-        with memory_cgroup(768 << 20) as procs:
-            if procs is None:
-                self.skipTest("no memory cgroup can be made here")
-            join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
-            e = Engramd(BIN, self.tmp.name, wrapper=join)
-            try:
-                self.assertIn("write memory<=192 MiB;", e.startup)
-                # The largest message defaults to what the budget can admit:
-                # gRPC reads a request in whole before any check, and one of
-                # 450 MiB (under the 256 MiB default's twice) took 900 MiB.
-                self.assertIn("max message 38 MiB;", e.startup)
-                huge = np.zeros(((450 << 20) // (DIM * 4), DIM), dtype=np.float32)
-                with Client(e.addr, max_message_mb=1024) as c:
-                    c.create_store("h", dim=DIM)
-                    with self.assertRaises(grpc.RpcError) as refused:
-                        c.add("h", huge, batch=len(huge))
-                    self.assertEqual(refused.exception.code(),
-                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     refused.exception.details())
-                    self.assertIsNone(e.proc.poll())
-                del huge
-                rows = (200 << 20) // (DIM * 4)
-                x = np.random.default_rng(9).random((rows, DIM), dtype=np.float32)
-                with Client(e.addr) as c:
-                    c.create_store("s", dim=DIM)
-                    with self.assertRaises(grpc.RpcError) as refused:
-                        c.add("s", x, batch=rows)
-                    self.assertEqual(refused.exception.code(),
-                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     refused.exception.details())
-                    self.assertIsNone(e.proc.poll())
-                    self.assertEqual(c.get_store("s").pattern_count, 0)
-                    c.add("s", x[:4096], batch=4096)  # 16 MiB: 80 of 192.
-                    self.assertEqual(c.get_store("s").pattern_count, 4096)
-                    for at in range(4096, 30 * 1024, 4096):  # 120 MiB in all.
-                        c.add("s", x[at:at + 4096], batch=4096)
-                    backup = os.path.join(self.tmp.name, "backup")
-                    c.create_backup(backup, store="s")
-                    with self.assertRaises(grpc.RpcError) as refused:
-                        c.restore_store(backup, name="again")
-                    self.assertEqual(refused.exception.code(),
-                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     refused.exception.details())
-                    self.assertIn("--max_write_memory_mb=192", refused.exception.details())
-                    self.assertIsNone(e.proc.poll())
-                    self.assertNotIn("again", [s.name for s in c.list_stores()])
-            finally:
-                e.stop()
+        with engramd_in_cgroup(self, 768 << 20) as e:
+            self.assertIn("write memory<=192 MiB;", e.startup)
+            # The largest message defaults to what the budget can admit:
+            # gRPC reads a request in whole before any check, and one of
+            # 450 MiB (under the 256 MiB default's twice) took 900 MiB.
+            self.assertIn("max message 38 MiB;", e.startup)
+            huge = np.zeros(((450 << 20) // (DIM * 4), DIM), dtype=np.float32)
+            with Client(e.addr, max_message_mb=1024) as c:
+                c.create_store("h", dim=DIM)
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.add("h", huge, batch=len(huge))
+                self.assertEqual(refused.exception.code(),
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 refused.exception.details())
+                self.assertIsNone(e.proc.poll())
+            del huge
+            rows = (200 << 20) // (DIM * 4)
+            x = np.random.default_rng(9).random((rows, DIM), dtype=np.float32)
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.add("s", x, batch=rows)
+                self.assertEqual(refused.exception.code(),
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 refused.exception.details())
+                self.assertIsNone(e.proc.poll())
+                self.assertEqual(c.get_store("s").pattern_count, 0)
+                c.add("s", x[:4096], batch=4096)  # 16 MiB: 80 of 192.
+                self.assertEqual(c.get_store("s").pattern_count, 4096)
+                for at in range(4096, 30 * 1024, 4096):  # 120 MiB in all.
+                    c.add("s", x[at:at + 4096], batch=4096)
+                backup = os.path.join(self.tmp.name, "backup")
+                c.create_backup(backup, store="s")
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.restore_store(backup, name="again")
+                self.assertEqual(refused.exception.code(),
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 refused.exception.details())
+                self.assertIn("--max_write_memory_mb=192", refused.exception.details())
+                self.assertIsNone(e.proc.poll())
+                self.assertNotIn("again", [s.name for s in c.list_stores()])
 
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
     def test_6_in_a_small_cgroup_bursts_of_large_adds_are_survived(self):
-        with memory_cgroup(768 << 20) as procs:
-            if procs is None:
-                self.skipTest("no memory cgroup can be made here")
-            join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
-            e = Engramd(BIN, self.tmp.name, wrapper=join)
-            try:
-                rows = (36 << 20) // (DIM * 4)
-                x = np.ones((rows, DIM), dtype=np.float32)
-                errors = add_at_once(e.addr, "nowhere", [x] * 24)
-                self.assertIsNone(e.proc.poll(), "engramd was killed")
-                self.assertEqual(len(errors), 24)
-                for error in errors:
-                    self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND, error.details())
-                peak = peak_mib(e.proc.pid)
-                print("24 adds of 36 MiB to no store: peak resident %.0f MiB" % peak,
-                      file=sys.stderr)
-                self.assertLess(peak, 450)
+        with engramd_in_cgroup(self, 768 << 20) as e:
+            rows = (36 << 20) // (DIM * 4)
+            x = np.ones((rows, DIM), dtype=np.float32)
+            errors = add_at_once(e.addr, "nowhere", [x] * 24)
+            self.assertIsNone(e.proc.poll(), "engramd was killed")
+            self.assertEqual(len(errors), 24)
+            for error in errors:
+                self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND, error.details())
+            peak = peak_mib(e.proc.pid)
+            print("24 adds of 36 MiB to no store: peak resident %.0f MiB" % peak,
+                  file=sys.stderr)
+            self.assertLess(peak, 450)
 
-                rows = (24 << 20) // (DIM * 4)
-                rng = np.random.default_rng(11)
-                batches = [rng.random((rows, DIM), dtype=np.float32) for _ in range(12)]
-                with Client(e.addr) as c:
-                    c.create_store("s", dim=DIM)
-                errors = add_at_once(e.addr, "s", batches)
-                self.assertIsNone(e.proc.poll(), "engramd was killed")
-                for error in errors:
-                    self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     error.details())
-                with Client(e.addr) as c:
-                    self.assertEqual(c.get_store("s").pattern_count,
-                                     (12 - len(errors)) * rows)
-                print("12 adds of 24 MiB: %d added, peak resident %.0f MiB"
-                      % (12 - len(errors), peak_mib(e.proc.pid)), file=sys.stderr)
-            finally:
-                e.stop()
+            rows = (24 << 20) // (DIM * 4)
+            rng = np.random.default_rng(11)
+            batches = [rng.random((rows, DIM), dtype=np.float32) for _ in range(12)]
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+            errors = add_at_once(e.addr, "s", batches)
+            self.assertIsNone(e.proc.poll(), "engramd was killed")
+            for error in errors:
+                self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 error.details())
+            with Client(e.addr) as c:
+                self.assertEqual(c.get_store("s").pattern_count,
+                                 (12 - len(errors)) * rows)
+            print("12 adds of 24 MiB: %d added, peak resident %.0f MiB"
+                  % (12 - len(errors), peak_mib(e.proc.pid)), file=sys.stderr)
 
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
     def test_7_in_a_small_cgroup_adds_stop_where_the_stores_fill_it(self):
-        with memory_cgroup(768 << 20) as procs:
-            if procs is None:
-                self.skipTest("no memory cgroup can be made here")
-            join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
-            e = Engramd(BIN, self.tmp.name, wrapper=join)
-            try:
-                self.assertIn("store memory<=384 MiB;", e.startup)
-                rows = (36 << 20) // (DIM * 4)
-                x = np.random.default_rng(13).random((rows, DIM), dtype=np.float32)
-                added = 0
-                with Client(e.addr) as c:
-                    c.create_store("s", dim=DIM)
-                    for _ in range(16):  # 576 MiB in all.
-                        try:
-                            c.add("s", x, batch=rows)
-                            added += 1
-                        except grpc.RpcError as error:
-                            self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                             error.details())
-                            self.assertIn("max_store_memory_mb of 384", error.details())
-                            break
-                    self.assertIsNone(e.proc.poll(), "engramd was killed")
-                    self.assertGreaterEqual(added, 8)
-                    self.assertLess(added, 16)
-                    self.assertEqual(c.get_store("s").pattern_count, added * rows)
-                print("adds of 36 MiB: %d added before the ceiling, peak resident %.0f MiB"
-                      % (added, peak_mib(e.proc.pid)), file=sys.stderr)
-            finally:
-                e.stop()
+        with engramd_in_cgroup(self, 768 << 20) as e:
+            self.assertIn("store memory<=384 MiB;", e.startup)
+            rows = (36 << 20) // (DIM * 4)
+            x = np.random.default_rng(13).random((rows, DIM), dtype=np.float32)
+            added = 0
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+                for _ in range(16):  # 576 MiB in all.
+                    try:
+                        c.add("s", x, batch=rows)
+                        added += 1
+                    except grpc.RpcError as error:
+                        self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         error.details())
+                        self.assertIn("max_store_memory_mb of 384", error.details())
+                        break
+                self.assertIsNone(e.proc.poll(), "engramd was killed")
+                self.assertGreaterEqual(added, 8)
+                self.assertLess(added, 16)
+                self.assertEqual(c.get_store("s").pattern_count, added * rows)
+            print("adds of 36 MiB: %d added before the ceiling, peak resident %.0f MiB"
+                  % (added, peak_mib(e.proc.pid)), file=sys.stderr)
 
 
 def peak_mib(pid):

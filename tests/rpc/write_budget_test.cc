@@ -229,13 +229,6 @@ TEST(WriteBudgetTest, NoMoreWaitThanTheBudgetCanHoldWhileTheyWait) {
   EXPECT_EQ(budget.waiting(), 0u);
 }
 
-// Waits until `budget` has `count` requests being read.
-void AwaitReading(const WriteBudget& budget, size_t count) {
-  while (budget.reading() < count) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-}
-
 TEST(WriteBudgetTest, RequestsAreReadOnlyWhileTwiceTheLargestFits) {
   WriteBudget budget(100 * kMiB, kFlag);
   // A request of up to 20 MiB counts as 40 while it is read: two fit.

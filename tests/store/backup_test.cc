@@ -250,6 +250,14 @@ TEST(BackupTest, MemorySourceTakesOnlyBackupFilesUpToItsLimit) {
             absl::StatusCode::kResourceExhausted);
 }
 
+// The image of `store` read back from a backup of it alone.
+absl::StatusOr<StoreImage> ImageOf(const std::shared_ptr<Store>& store) {
+  MapSource source(BackupOf({store}));
+  absl::StatusOr<BackupManifest> manifest = ReadManifest(source);
+  if (!manifest.ok()) return manifest.status();
+  return ReadStore(source, manifest->stores(0));
+}
+
 TEST(BackupTest, ARestoreThatWouldPassTheStoresMemoryCeilingIsRefused) {
   EphemeralStorage storage;
   size_t one = 0;  // What the store takes.
@@ -264,10 +272,7 @@ TEST(BackupTest, ARestoreThatWouldPassTheStoresMemoryCeilingIsRefused) {
   StoreRegistry registry(limits, &fresh);
   ASSERT_TRUE(registry.Load().ok());
   std::shared_ptr<Store> original = Populated(registry, "s");
-  MapSource source(BackupOf({original}));
-  absl::StatusOr<BackupManifest> manifest = ReadManifest(source);
-  ASSERT_TRUE(manifest.ok());
-  absl::StatusOr<StoreImage> image = ReadStore(source, manifest->stores(0));
+  absl::StatusOr<StoreImage> image = ImageOf(original);
   ASSERT_TRUE(image.ok()) << image.status();
   image->settings.name = "copy";
   absl::Status refused = registry.Restore(*image, false).status();
@@ -285,10 +290,7 @@ TEST(BackupTest, RestoreRefusesATakenNameUnlessReplacingAndNeverHalfApplies) {
   StoreRegistry registry(Limits{}, &storage);
   ASSERT_TRUE(registry.Load().ok());
   std::shared_ptr<Store> original = Populated(registry, "s");
-  MapSource source(BackupOf({original}));
-  absl::StatusOr<BackupManifest> manifest = ReadManifest(source);
-  ASSERT_TRUE(manifest.ok());
-  absl::StatusOr<StoreImage> image = ReadStore(source, manifest->stores(0));
+  absl::StatusOr<StoreImage> image = ImageOf(original);
   ASSERT_TRUE(image.ok()) << image.status();
   // The original changes after the backup.
   ASSERT_TRUE(original->Delete({1, 2}).ok());
