@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <memory>
@@ -308,7 +309,15 @@ int RunEngramd(EngramdOptions o) {
   o.server.retrieval_threads = o.retrieval_threads;
   rpc::ServiceOptions service;
   service.retrieval_threads = o.retrieval_threads;
-  service.handler_threads = o.server.max_threads;
+  // Retrievals run on as many threads as there are cores, at least two:
+  // more add no speed, and each holds tens of MiB while it runs. Up to
+  // --rpc_threads more wait, holding at most an eighth of the memory.
+  service.handler_threads = std::min<int>(
+      o.server.max_threads, std::max(2u, std::thread::hardware_concurrency()));
+  service.handler_waiting = o.server.max_threads;
+  if (const size_t memory = MemoryLimitBytes(); memory > 0) {
+    service.handler_waiting_bytes = memory / 8;
+  }
   service.max_restore_bytes = o.max_restore_bytes;
   cluster::ShardOptions shard;
   shard.cluster = o.cluster.cluster;

@@ -6,9 +6,15 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace engram::rpc {
 
-Handlers::Handlers(size_t max_threads) : max_threads_(max_threads) {}
+Handlers::Handlers(size_t max_threads, size_t max_waiting,
+                   size_t max_waiting_bytes)
+    : max_threads_(max_threads),
+      max_waiting_(max_waiting),
+      max_waiting_bytes_(max_waiting_bytes) {}
 
 Handlers::~Handlers() {
   std::vector<std::thread> threads;
@@ -21,10 +27,34 @@ Handlers::~Handlers() {
   for (std::thread& thread : threads) thread.join();
 }
 
-bool Handlers::Run(absl::AnyInvocable<void() &&> task) {
+bool Handlers::Run(absl::AnyInvocable<void() &&> task, size_t bytes,
+                   std::string* why) {
   MutexLock lock(&mu_);
-  if (stopping_ || busy_ + tasks_.size() >= 2 * max_threads_) return false;
-  tasks_.push_back(std::move(task));
+  if (stopping_) {
+    if (why != nullptr) *why = "the server is stopping";
+    return false;
+  }
+  // A task waits unless a thread is idle or may still be started.
+  const bool waits = tasks_.size() >= idle_ && threads_.size() >= max_threads_;
+  if (waits && busy_ + tasks_.size() >= max_threads_ + max_waiting_) {
+    if (why != nullptr) {
+      *why = absl::StrCat("all ", max_threads_, " threads are busy and ",
+                          tasks_.size(), " more wait for them");
+    }
+    return false;
+  }
+  if (waits && waiting_bytes_ + bytes > max_waiting_bytes_) {
+    if (why != nullptr) {
+      *why = absl::StrCat("all ", max_threads_, " threads are busy and the ",
+                          tasks_.size(), " waiting for them hold ",
+                          (waiting_bytes_ + (1 << 20) - 1) >> 20,
+                          " MiB of requests, of the ", max_waiting_bytes_ >> 20,
+                          " MiB that may wait");
+    }
+    return false;
+  }
+  tasks_.push_back(Task{std::move(task), bytes});
+  waiting_bytes_ += bytes;
   if (tasks_.size() <= idle_) {
     work_.Signal();  // An idle thread takes it.
   } else if (threads_.size() < max_threads_) {
@@ -45,7 +75,8 @@ void Handlers::Loop() {
       --idle_;
     }
     if (tasks_.empty()) break;  // Stopping, nothing left.
-    absl::AnyInvocable<void()&&> task = std::move(tasks_.front());
+    absl::AnyInvocable<void()&&> task = std::move(tasks_.front().run);
+    waiting_bytes_ -= tasks_.front().bytes;
     tasks_.pop_front();
     ++busy_;
     mu_.Unlock();

@@ -5,11 +5,19 @@
 // to seconds) must move to a thread of its own so that the event thread goes
 // back to I/O. Handlers keeps up to `max_threads` such threads: a task runs on
 // an idle one, or on a new one while there are fewer than the limit; when all
-// are busy up to `max_threads` more tasks wait for the first thread free
+// are busy up to `max_waiting` more tasks wait for the first thread free
 // (so that a thread still on its way back from a task it just answered does
-// not turn the next call away), and beyond them a task is refused (the
-// caller answers RESOURCE_EXHAUSTED, as gRPC's synchronous server does when
-// its threads run out). Threads stay for the next task once started.
+// not turn the next call away), as long as what they hold while they wait
+// (the bytes each was handed with) stays within `max_waiting_bytes`; beyond
+// that a task is refused (the caller answers RESOURCE_EXHAUSTED, as gRPC's
+// synchronous server does when its threads run out). Threads stay for the
+// next task once started.
+//
+// A retrieval holds tens of MiB while it runs (its queries, scores,
+// answers), and more threads than cores add no speed: a few threads and a
+// bounded queue keep concurrent retrievals within memory (sixteen of 2,048
+// queries at once got engramd killed in a 768 MiB container when each had a
+// thread of its own).
 //
 //   Handlers handlers(64);
 //   if (!handlers.Run([=] { reactor->Finish(Answer()); })) refuse...;
@@ -18,7 +26,9 @@
 #ifndef ENGRAM_SERVER_RPC_HANDLERS_H_
 #define ENGRAM_SERVER_RPC_HANDLERS_H_
 
+#include <cstdint>
 #include <deque>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -30,28 +40,42 @@ namespace engram::rpc {
 
 class Handlers {
  public:
-  explicit Handlers(size_t max_threads);
+  // As many may wait as there are threads.
+  explicit Handlers(size_t max_threads)
+      : Handlers(max_threads, max_threads, SIZE_MAX) {}
+  Handlers(size_t max_threads, size_t max_waiting, size_t max_waiting_bytes);
   ~Handlers();
   Handlers(const Handlers&) = delete;
   Handlers& operator=(const Handlers&) = delete;
 
-  // Hands `task` to an idle or a new thread, or queues it for the first
-  // thread free; false, and `task` destroyed unrun, when `max_threads`
-  // threads are busy and `max_threads` tasks already wait.
-  bool Run(absl::AnyInvocable<void() &&> task);
+  // Hands `task`, which holds `bytes` until it runs, to an idle or a new
+  // thread, or queues it for the first thread free; false, and `task`
+  // destroyed unrun, when every thread is busy and `max_waiting` tasks
+  // already wait, or the waiting ones with this one would hold more than
+  // `max_waiting_bytes`. Then `why`, if set, says which.
+  bool Run(absl::AnyInvocable<void() &&> task, size_t bytes = 0,
+           std::string* why = nullptr);
 
   size_t max_threads() const { return max_threads_; }
 
  private:
   void Loop();
 
+  struct Task {
+    absl::AnyInvocable<void() &&> run;
+    size_t bytes;
+  };
+
   const size_t max_threads_;
+  const size_t max_waiting_;
+  const size_t max_waiting_bytes_;
   Mutex mu_;
   CondVar work_;
-  // Tasks not taken yet; with busy_ at most 2 * max_threads_.
-  std::deque<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
-  size_t busy_ ABSL_GUARDED_BY(mu_) = 0;  // Threads running a task.
-  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;  // Threads waiting for one.
+  // Tasks not taken yet; with busy_ at most max_threads_ + max_waiting_.
+  std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  size_t waiting_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // The tasks' bytes.
+  size_t busy_ ABSL_GUARDED_BY(mu_) = 0;           // Threads running a task.
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;           // Threads waiting for one.
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
 };

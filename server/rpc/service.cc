@@ -42,9 +42,14 @@ EngramService::EngramService(store::StoreRegistry* registry,
       policy_(policy),
       options_(std::move(options)),
       metrics_(policy->metrics),
-      own_handlers_(options_.handlers != nullptr
-                        ? nullptr
-                        : std::make_unique<Handlers>(options_.handler_threads)),
+      own_handlers_(
+          options_.handlers != nullptr
+              ? nullptr
+              : std::make_unique<Handlers>(options_.handler_threads,
+                                           options_.handler_waiting > 0
+                                               ? options_.handler_waiting
+                                               : options_.handler_threads,
+                                           options_.handler_waiting_bytes)),
       handlers_(options_.handlers != nullptr ? options_.handlers
                                              : own_handlers_.get()) {}
 
@@ -349,18 +354,22 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
         Answer(**retrieval, context, 1, omit_vectors, raw_response)));
     return reactor;
   }
-  const bool handed =
-      handlers_->Run([this, call, retrieval = *std::move(retrieval), context,
-                      omit_vectors, raw_response, reactor] {
+  // While it waits for a thread it holds its request as received and its
+  // queries as converted.
+  const size_t holds = 2 * raw_request->Length();
+  std::string why;
+  const bool handed = handlers_->Run(
+      [this, call, retrieval = *std::move(retrieval), context, omit_vectors,
+       raw_response, reactor] {
         reactor->Finish(
             call->Done(Answer(*retrieval, context, options_.retrieval_threads,
                               omit_vectors, raw_response)));
-      });
+      },
+      holds, &why);
   if (!handed) {
-    reactor->Finish(call->Done(absl::ResourceExhaustedError(absl::StrCat(
-        "all ", handlers_->max_threads(), " retrieval threads are busy and ",
-        handlers_->max_threads(),
-        " more retrievals wait for them (--rpc_threads); retry later"))));
+    reactor->Finish(call->Done(absl::ResourceExhaustedError(
+        absl::StrCat("retrieval threads: ", why,
+                     " (--rpc_threads); retry later or send fewer queries"))));
   }
   return reactor;
 }

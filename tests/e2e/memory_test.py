@@ -43,7 +43,12 @@ The test checks:
     named in the configuration line): adds of 36 MiB one after another
     succeed up to there, then are refused with RESOURCE_EXHAUSTED naming
     max_store_memory_mb, and engramd keeps serving (before, the thirteenth
-    got it killed, with 440 MiB of patterns stored).
+    got it killed, with 440 MiB of patterns stored);
+  - and sixteen concurrent retrievals of 2,048 queries over 10,000
+    patterns each answer or are refused with RESOURCE_EXHAUSTED naming the
+    retrieval threads, and engramd keeps serving: they run on a thread per
+    core and wait holding at most an eighth of the memory (each had a
+    thread of its own, and engramd was killed).
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -343,6 +348,39 @@ class MemoryTest(unittest.TestCase):
                 self.assertEqual(c.get_store("s").pattern_count, added * rows)
             print("adds of 36 MiB: %d added before the ceiling, peak resident %.0f MiB"
                   % (added, peak_mib(e.proc.pid)), file=sys.stderr)
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_8_in_a_small_cgroup_concurrent_large_retrievals_are_survived(self):
+        with engramd_in_cgroup(self, 768 << 20) as e:
+            x = np.random.default_rng(17).random((10_000, DIM), dtype=np.float32)
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+                for at in range(0, len(x), 4096):
+                    c.add("s", x[at:at + 4096], batch=4096)
+            queries = np.random.default_rng(19).random((2048, DIM), dtype=np.float32)
+            errors = []
+            answered = []
+
+            def retrieve():
+                try:
+                    with Client(e.addr) as c:
+                        answered.append(len(c.retrieve("s", queries, path="exact").vectors))
+                except grpc.RpcError as error:
+                    errors.append(error)
+            threads = [threading.Thread(target=retrieve) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertIsNone(e.proc.poll(), "engramd was killed")
+            for error in errors:
+                self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 error.details())
+                self.assertIn("retrieval threads", error.details())
+            self.assertEqual(answered, [2048] * len(answered))
+            self.assertGreaterEqual(len(answered), 2)
+            print("16 retrievals of 2,048 queries: %d answered, peak resident %.0f MiB"
+                  % (len(answered), peak_mib(e.proc.pid)), file=sys.stderr)
 
 
 def peak_mib(pid):

@@ -1,6 +1,7 @@
-// Handlers: tasks run on at most max_threads threads, as many more wait for
-// them, a task beyond those is refused, threads are reused, and the
-// destructor waits for what it took.
+// Handlers: tasks run on at most max_threads threads, up to max_waiting
+// more wait for them holding at most max_waiting_bytes, a task beyond those
+// is refused saying why, threads are reused, and the destructor waits for
+// what it took.
 #include "server/rpc/handlers.h"
 
 #include <atomic>
@@ -81,6 +82,35 @@ TEST(HandlersTest, TheDestructorWaitsForEveryTaskItTook) {
   }
   EXPECT_EQ(taken, 4);
   EXPECT_EQ(done.load(), 4);
+}
+
+TEST(HandlersTest, WaitingTasksAreBoundedByCountAndByWhatTheyHold) {
+  Handlers handlers(1, 3, 100);
+  std::promise<void> release, started;
+  std::shared_future<void> released = release.get_future().share();
+  ASSERT_TRUE(handlers.Run(
+      [&started, released] {
+        started.set_value();
+        released.wait();
+      },
+      1000));  // Runs at once: its bytes do not count.
+  started.get_future().wait();
+  std::atomic<int> ran{0};
+  auto task = [&ran] { ran.fetch_add(1); };
+  std::string why;
+  ASSERT_TRUE(handlers.Run(task, 60, &why));
+  EXPECT_FALSE(handlers.Run(task, 50, &why));  // 110 of 100.
+  EXPECT_NE(why.find("the 1 waiting for them hold"), std::string::npos) << why;
+  ASSERT_TRUE(handlers.Run(task, 40));  // 100 of 100.
+  ASSERT_TRUE(handlers.Run(task, 0));
+  EXPECT_FALSE(handlers.Run(task, 0, &why));  // A fourth may not wait.
+  EXPECT_NE(why.find("all 1 threads are busy and 3 more wait"),
+            std::string::npos)
+      << why;
+  release.set_value();
+  while (ran.load() < 3) std::this_thread::yield();
+  ASSERT_TRUE(handlers.Run(task, 100));  // What waited has gone.
+  while (ran.load() < 4) std::this_thread::yield();
 }
 
 }  // namespace
