@@ -108,7 +108,8 @@ bool Call::Admit(const grpc::ServerContextBase& context,
 }
 
 Call::~Call() {
-  if (policy_->write_budget != nullptr && largest_request_ > 0) {
+  if (policy_->write_budget != nullptr && largest_request_ > 0 &&
+      MethodWrites(method_).value_or(true)) {
     policy_->write_budget->Ended(largest_request_);
   }
 }
