@@ -84,16 +84,16 @@ ABSL_FLAG(int, fit_workers, 1,
           "Threads running background jobs: Stage I fits and calibrations "
           "(niced; one job of a kind per store at a time).");
 ABSL_FLAG(int, rpc_threads, 0,
-          "Maximum gRPC threads (pollers and handlers), and apart from them "
-          "the threads that run retrievals of more than a little work (as "
-          "many more retrievals may wait for them); 0 = 32 per core. Calls "
-          "beyond either get RESOURCE_EXHAUSTED. Handlers "
-          "mostly wait on retrieval threads, so this bounds memory, not "
-          "CPU.");
+          "Maximum gRPC threads (pollers and handlers), and how many "
+          "retrievals of more than a little work may wait for the threads "
+          "that run them (one per core, at least two; the waiting ones may "
+          "hold at most an eighth of the memory in requests); 0 = 32 per "
+          "core. Calls beyond either get RESOURCE_EXHAUSTED. Handlers mostly "
+          "wait on retrieval threads, so this bounds memory, not CPU.");
 ABSL_FLAG(int, max_message_mb, 0,
           "Largest gRPC message, in MiB, at most 1023. 0 = 256, or where "
           "memory is small a fifth of --max_write_memory_mb (the largest "
-          "write it can admit), at least 4: a request is read in whole "
+          "write it can admit), at least 4: most requests are read in whole "
           "before any check, so a large limit in a small container lets one "
           "request take all its memory.");
 ABSL_FLAG(int64_t, max_store_memory_mb, 0,
