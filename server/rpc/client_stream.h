@@ -65,7 +65,8 @@ grpc::Status ServeUnaryWrite(
   if (!call.Admit(context, &request)) return call.Refused();
   Response response;
   grpc::Status status = write(request, response);
-  if (status.ok()) streamer.Write(response);
+  // Held back and sent with the status, in one write, as a unary answer is.
+  if (status.ok()) streamer.WriteLast(response, grpc::WriteOptions());
   return status;
 }
 
