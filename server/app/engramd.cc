@@ -19,6 +19,7 @@
 #include "server/app/shutdown_signal.h"
 #include "server/app/timed_storage.h"
 #include "server/base/log.h"
+#include "server/base/mib.h"
 #include "server/cluster/router.h"
 #include "server/cluster/shard_service.h"
 #include "server/core/blas.h"
@@ -85,7 +86,7 @@ std::string RaiseOpenFileLimit() {
 }
 
 std::string MiBOrUnlimited(size_t bytes) {
-  return bytes == 0 ? "unlimited" : absl::StrCat(bytes >> 20, " MiB");
+  return bytes == 0 ? "unlimited" : MiB(bytes);
 }
 
 std::string WriteMemory(const rpc::WriteBudget* budget) {

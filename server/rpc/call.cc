@@ -120,6 +120,7 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
   context_ = &context;
   const bool writes = MethodWrites(method_).value_or(true);
   refused_ = policy_->auth.Check(context, writes);
+  token_checked_ = refused_.ok();
   if (refused_.ok() && writes && policy_->write_budget != nullptr) {
     absl::StatusOr<WriteBudget::Reading> turn =
         policy_->write_budget->AwaitRead(policy_->max_message_bytes,
@@ -137,7 +138,8 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   context_ = &context;
   largest_request_ = std::max(largest_request_, request_bytes);
   const bool writes = MethodWrites(method_).value_or(true);
-  refused_ = policy_->auth.Check(context, writes);
+  refused_ =
+      token_checked_ ? absl::OkStatus() : policy_->auth.Check(context, writes);
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
     refused_ =
         TooLarge("the request", request_bytes, policy_->max_message_bytes,

@@ -99,8 +99,9 @@ class Call {
   // For a write that reads its request itself (a streamed unary method),
   // before reading it: checks the caller's token, then waits for a turn to
   // read a request of up to the policy's largest message
-  // (WriteBudget::AwaitRead). Then Admit(context, &request) as usual, which
-  // ends the turn. False means the call must end with Refused().
+  // (WriteBudget::AwaitRead). Then Admit(context, &request) as usual (the
+  // token not checked again), which ends the turn. False means the call must
+  // end with Refused().
   bool AdmitUnread(const grpc::ServerContextBase& context);
   // Names the call's store once its request has been read.
   void set_store(absl::string_view store);
@@ -133,6 +134,7 @@ class Call {
   std::shared_ptr<store::Store> written_;             // Set by Wrote.
   WriteBudget::Reservation reserved_;
   WriteBudget::Reading reading_;  // Set by AdmitUnread, ended by Admit.
+  bool token_checked_ = false;    // Passed in AdmitUnread: Admit skips it.
   size_t largest_request_ = 0;    // The largest request or message taken in.
   size_t grown_ = 0;              // What GrowWrite added up.
 };

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/base/mib.h"
 
 namespace engram::rpc {
 
@@ -47,9 +48,8 @@ bool Handlers::Run(absl::AnyInvocable<void() &&> task, size_t bytes,
     if (why != nullptr) {
       *why = absl::StrCat("all ", max_threads_, " threads are busy and the ",
                           tasks_.size(), " waiting for them hold ",
-                          (waiting_bytes_ + (1 << 20) - 1) >> 20,
-                          " MiB of requests, of the ", max_waiting_bytes_ >> 20,
-                          " MiB that may wait");
+                          MiB(waiting_bytes_), " of requests, of the ",
+                          MiB(max_waiting_bytes_), " that may wait");
     }
     return false;
   }

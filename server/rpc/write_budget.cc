@@ -7,16 +7,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/base/mib.h"
 
 namespace engram::rpc {
-
-namespace {
-
-std::string MiB(size_t bytes) {
-  return absl::StrCat((bytes + (1 << 20) - 1) >> 20, " MiB");
-}
-
-}  // namespace
 
 WriteBudget::Reservation& WriteBudget::Reservation::operator=(
     Reservation&& other) noexcept {

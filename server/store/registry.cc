@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/base/clip.h"
+#include "server/base/mib.h"
 
 namespace engram::store {
 
@@ -281,9 +282,9 @@ absl::StatusOr<std::shared_ptr<Store>> StoreRegistry::Restore(
         after > limits_.max_store_memory_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "restoring store '", settings.name, "' (",
-          store->view()->memory_bytes() >> 20,
-          " MiB of patterns) would take the stores' patterns to ", after >> 20,
-          " MiB, past the limit max_store_memory_mb of ",
+          MiB(store->view()->memory_bytes()),
+          " of patterns) would take the stores' patterns to ", MiB(after),
+          ", past the limit max_store_memory_mb of ",
           limits_.max_store_memory_bytes >> 20,
           " (patterns stay in memory); delete patterns or stores, or raise "
           "the limit"));

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/base/mib.h"
 #include "server/core/finite.h"
 
 namespace engram::store {
@@ -950,12 +951,9 @@ absl::Status Store::CheckMemoryFor(size_t rows) const {
       rows * Chunk::RowBytes(view()->settings().dimension, key_dim, precision_);
   const size_t held = limits_.store_memory->load();
   if (held + adding <= limit) return absl::OkStatus();
-  auto mib = [](size_t bytes) {
-    return absl::StrCat((bytes + (1 << 20) - 1) >> 20, " MiB");
-  };
   return absl::ResourceExhaustedError(absl::StrCat(
-      "the stores' patterns take ", mib(held), "; ", rows, " more (",
-      mib(adding), ") would take them past the limit max_store_memory_mb of ",
+      "the stores' patterns take ", MiB(held), "; ", rows, " more (",
+      MiB(adding), ") would take them past the limit max_store_memory_mb of ",
       limit >> 20,
       " (patterns stay in memory); delete patterns or stores, or raise the "
       "limit"));
@@ -985,8 +983,8 @@ void Store::Publish(const StoreSettings& settings) {
   view->expired_count_ = expired_count_;
   if (limits_.store_memory) {
     const size_t bytes = view->memory_bytes();
-    limits_.store_memory->fetch_add(bytes);
-    limits_.store_memory->fetch_sub(counted_bytes_);
+    // One change, by the difference (modulo 2^64 when the store shrank).
+    limits_.store_memory->fetch_add(bytes - counted_bytes_);
     counted_bytes_ = bytes;
   }
   view_ = std::move(view);
