@@ -4,6 +4,7 @@
 //
 //   retrieve_grpc --addr=127.0.0.1:50051 [--m=10000] [--l=256] [--reps=20]
 //                 [--auto_path] [--omit_vectors] [--get_store]
+//                 [--evict_mib=0]
 //
 // Prints: grpc,m,l,best_ms,median_ms,us_per_query
 //
@@ -33,6 +34,10 @@ ABSL_FLAG(bool, auto_path, false,
           "Let engramd plan the path (AUTO) instead of asking for EXACT.");
 ABSL_FLAG(bool, get_store, false,
           "Time GetStore instead: the fixed cost of one call.");
+ABSL_FLAG(size_t, evict_mib, 0,
+          "Before each call (untimed), write this many MiB of other memory: "
+          "the caches as a retrieval over a large store leaves them, for a "
+          "call of little work.");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -76,9 +81,11 @@ int main(int argc, char** argv) {
   request.set_path(absl::GetFlag(FLAGS_auto_path) ? v1::AUTO : v1::EXACT);
   request.set_omit_vectors(absl::GetFlag(FLAGS_omit_vectors));
   std::vector<std::vector<double>> ms(clients.size());
+  std::vector<char> evict(absl::GetFlag(FLAGS_evict_mib) << 20);
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
     for (size_t i = 0; i < clients.size(); ++i) {
       client::Client& c = *clients[i];
+      for (size_t at = 0; at < evict.size(); at += 64) ++evict[at];
       const auto start = std::chrono::steady_clock::now();
       if (absl::GetFlag(FLAGS_get_store)) {
         if (!c.GetStore(name).ok()) return 1;
