@@ -85,7 +85,8 @@ ABSL_FLAG(int, fit_workers, 1,
           "(niced; one job of a kind per store at a time).");
 ABSL_FLAG(int, rpc_threads, 0,
           "Maximum gRPC threads (pollers and handlers), and how many "
-          "retrievals of more than a little work may wait for the threads "
+          "retrievals of more than a little work (a shard's steps, a "
+          "router's retrievals of 1 MiB or more) may wait for the threads "
           "that run them (one per core, at least two; the waiting ones may "
           "hold at most an eighth of the memory in requests); 0 = 32 per "
           "core. Calls beyond either get RESOURCE_EXHAUSTED. Handlers mostly "

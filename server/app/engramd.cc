@@ -85,6 +85,18 @@ std::string RaiseOpenFileLimit() {
   return out;
 }
 
+// The threads retrievals run on (engramd's, a shard's steps, a router's
+// large ones): as many as there are cores, at least two — more add no speed,
+// and each retrieval holds tens of MiB while it runs. Up to `rpc_threads`
+// more wait, holding at most an eighth of the memory.
+std::unique_ptr<rpc::Handlers> RetrievalHandlers(int rpc_threads) {
+  const size_t memory = MemoryLimitBytes();
+  const size_t cores = std::max(2u, std::thread::hardware_concurrency());
+  return std::make_unique<rpc::Handlers>(
+      std::min(static_cast<size_t>(rpc_threads), cores),
+      static_cast<size_t>(rpc_threads), memory > 0 ? memory / 8 : SIZE_MAX);
+}
+
 std::string MiBOrUnlimited(size_t bytes) {
   return bytes == 0 ? "unlimited" : MiB(bytes);
 }
@@ -184,6 +196,9 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   router.limits = o.limits;
   router.calibration_threads = o.retrieval_threads;
   router.max_restore_bytes = o.max_restore_bytes;
+  std::unique_ptr<rpc::Handlers> handlers =
+      RetrievalHandlers(o.server.max_threads);
+  router.handlers = handlers.get();
   absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
       o.server, &metrics, [&](const rpc::CallPolicy* policy) {
         std::vector<std::unique_ptr<grpc::Service>> services;
@@ -310,20 +325,15 @@ int RunEngramd(EngramdOptions o) {
   o.server.retrieval_threads = o.retrieval_threads;
   rpc::ServiceOptions service;
   service.retrieval_threads = o.retrieval_threads;
-  // Retrievals run on as many threads as there are cores, at least two:
-  // more add no speed, and each holds tens of MiB while it runs. Up to
-  // --rpc_threads more wait, holding at most an eighth of the memory.
-  service.handler_threads = std::min<int>(
-      o.server.max_threads, std::max(2u, std::thread::hardware_concurrency()));
-  service.handler_waiting = o.server.max_threads;
-  if (const size_t memory = MemoryLimitBytes(); memory > 0) {
-    service.handler_waiting_bytes = memory / 8;
-  }
+  std::unique_ptr<rpc::Handlers> handlers =
+      RetrievalHandlers(o.server.max_threads);
+  service.handlers = handlers.get();
   service.max_restore_bytes = o.max_restore_bytes;
   cluster::ShardOptions shard;
   shard.cluster = o.cluster.cluster;
   shard.placement = o.limits.placement;
   shard.retrieval_threads = o.retrieval_threads;
+  shard.handlers = handlers.get();
   shard.limits = o.limits;
   shard.jobs = jobs.get();
   if (o.role == Role::kShard) {

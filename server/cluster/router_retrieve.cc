@@ -289,6 +289,25 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
                               api::RetrieveResponse* response) {
   rpc::Call call(policy_, "Retrieve", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
+  const size_t bytes = request->ByteSizeLong();
+  if (options_.handlers == nullptr || bytes < options_.large_retrieval) {
+    return RetrieveHere(call, context, request, response);
+  }
+  grpc::Status status;
+  std::string why;
+  // While it waits for a thread it holds its request as received and as
+  // parsed.
+  if (!options_.handlers->RunAndWait(
+          [&] { status = RetrieveHere(call, context, request, response); },
+          2 * bytes, &why)) {
+    return call.Done(rpc::RetrievalThreadsBusy(why));
+  }
+  return status;
+}
+
+grpc::Status Router::RetrieveHere(rpc::Call& call, Ctx* context,
+                                  const api::RetrieveRequest* request,
+                                  api::RetrieveResponse* response) {
   const absl::Time deadline = DeadlineOf(context);
   // The first exact step goes out with the settings the store's last
   // retrieval found while its description comes back: one round to the

@@ -92,6 +92,49 @@ absl::Status TopOnly(const store::StoreView& view,
   return absl::OkStatus();
 }
 
+// An exact step over the view's rows (`matched` only, if `filtered`) into
+// `response`.
+absl::Status Step(const store::StoreView& view,
+                  const v1::PartialStepRequest& request, bool filtered,
+                  const std::vector<uint32_t>& matched,
+                  const core::RetrievalParams& params,
+                  const core::RetrievalOptions& options,
+                  v1::PartialStepResponse& response) {
+  const size_t count = request.count();
+  std::optional<store::Gathered> gathered;
+  std::vector<uint64_t> rows_of;  // Memory index -> view row, if filtered.
+  if (filtered) {
+    gathered.emplace(view, matched);
+    rows_of.assign(matched.begin(), matched.end());
+  }
+  absl::StatusOr<std::vector<core::PartialRow>> rows =
+      core::PartialStep(filtered ? gathered->set() : view.memories(), rows_of,
+                        request.states().data(), count, params, options);
+  if (!rows.ok()) return rows.status();
+  // View rows become pattern ids (and labels, for the matches).
+  for (const core::PartialRow& row : *rows) {
+    v1::PartialRow* out = response.add_rows();
+    out->set_max(row.max);
+    out->set_sum(row.sum);
+    out->mutable_weighted()->Assign(row.weighted.begin(), row.weighted.end());
+    for (const core::Scored& s : row.top) {
+      v1::Scored* top = out->add_top();
+      const store::Chunk::RowInfo& info = view.info(s.id);
+      top->set_score(s.score);
+      top->set_id(info.id);
+      top->set_label(info.label);
+    }
+    for (const core::Scored& s : row.candidates) {
+      v1::Scored* candidate = out->add_candidates();
+      candidate->set_score(s.score);
+      candidate->set_id(view.info(s.id).id);
+    }
+    out->mutable_values()->Assign(row.values.begin(), row.values.end());
+    out->set_query_sq_norm(row.query_sq_norm);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 rpc::AfterWrite StampRecorder() {
@@ -229,41 +272,32 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   core::RetrievalOptions options;
   options.threads = options_.retrieval_threads;
   options.check = rpc::DeadlineCheck(context);
-  if (request->top_only()) {
-    return call.Done(TopOnly(*view, *request, params, options, *response));
+  return call.Done(
+      RunStep(static_cast<double>(count) * static_cast<double>(patterns) *
+                  static_cast<double>(d + 64),
+              request->ByteSizeLong(), [&]() -> absl::Status {
+                if (request->top_only()) {
+                  return TopOnly(*view, *request, params, options, *response);
+                }
+                return Step(*view, *request, filtered, matched, params, options,
+                            *response);
+              }));
+}
+
+absl::Status ShardService::RunStep(double work, size_t request_bytes,
+                                   absl::FunctionRef<absl::Status()> step) {
+  if (options_.handlers == nullptr || work <= options_.inline_work) {
+    return step();
   }
-  std::optional<store::Gathered> gathered;
-  std::vector<uint64_t> rows_of;  // Memory index -> view row, if filtered.
-  if (filtered) {
-    gathered.emplace(*view, matched);
-    rows_of.assign(matched.begin(), matched.end());
+  absl::Status status;
+  std::string why;
+  // While it waits for a thread it holds its request as received and as
+  // parsed.
+  if (!options_.handlers->RunAndWait([&] { status = step(); },
+                                     2 * request_bytes, &why)) {
+    return rpc::RetrievalThreadsBusy(why);
   }
-  absl::StatusOr<std::vector<core::PartialRow>> rows =
-      core::PartialStep(filtered ? gathered->set() : view->memories(), rows_of,
-                        request->states().data(), count, params, options);
-  if (!rows.ok()) return call.Done(rows.status());
-  // View rows become pattern ids (and labels, for the matches).
-  for (const core::PartialRow& row : *rows) {
-    v1::PartialRow* out = response->add_rows();
-    out->set_max(row.max);
-    out->set_sum(row.sum);
-    out->mutable_weighted()->Assign(row.weighted.begin(), row.weighted.end());
-    for (const core::Scored& s : row.top) {
-      v1::Scored* top = out->add_top();
-      const store::Chunk::RowInfo& info = view->info(s.id);
-      top->set_score(s.score);
-      top->set_id(info.id);
-      top->set_label(info.label);
-    }
-    for (const core::Scored& s : row.candidates) {
-      v1::Scored* candidate = out->add_candidates();
-      candidate->set_score(s.score);
-      candidate->set_id(view->info(s.id).id);
-    }
-    out->mutable_values()->Assign(row.values.begin(), row.values.end());
-    out->set_query_sq_norm(row.query_sq_norm);
-  }
-  return call.Done(absl::OkStatus());
+  return status;
 }
 
 grpc::Status ShardService::GetValues(grpc::ServerContext* context,

@@ -12,11 +12,15 @@
 #ifndef ENGRAM_SERVER_CLUSTER_SHARD_SERVICE_H_
 #define ENGRAM_SERVER_CLUSTER_SHARD_SERVICE_H_
 
+#include <cstddef>
 #include <string>
 
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 #include "engram/cluster/v1/shard.grpc.pb.h"
 #include "server/jobs/job_runner.h"
 #include "server/rpc/call.h"
+#include "server/rpc/handlers.h"
 #include "server/store/placement.h"
 #include "server/store/registry.h"
 
@@ -26,6 +30,13 @@ struct ShardOptions {
   std::string cluster;         // --cluster
   store::Placement placement;  // --shard_group, --shard_groups
   int retrieval_threads = 1;
+  // Threads a step of more than `inline_work` (rpc::kInlineRetrievalWork)
+  // runs on, the gRPC thread that read it waiting; when they are all busy
+  // and as many steps wait as may, a step is RESOURCE_EXHAUSTED. Borrowed
+  // (engramd shares them with Retrieve); null: every step runs on its gRPC
+  // thread.
+  rpc::Handlers* handlers = nullptr;
+  size_t inline_work = rpc::kInlineRetrievalWork;
   store::Limits limits;  // A step's filter is checked against them.
   // Told of maps a router publishes (the fit status); may be null.
   jobs::JobRunner* jobs = nullptr;
@@ -72,6 +83,11 @@ class ShardService final : public v1::Shard::Service {
                               engram::v1::CalibrationReport* response) override;
 
  private:
+  // Runs `step` (of about `work` multiply-adds, for a request of
+  // `request_bytes`) here or on options_.handlers (see ShardOptions).
+  absl::Status RunStep(double work, size_t request_bytes,
+                       absl::FunctionRef<absl::Status()> step);
+
   store::StoreRegistry* const registry_;
   const rpc::CallPolicy* const policy_;
   const ShardOptions options_;

@@ -7,9 +7,16 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "server/base/mib.h"
 
 namespace engram::rpc {
+
+absl::Status RetrievalThreadsBusy(absl::string_view why) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("retrieval threads: ", why,
+                   " (--rpc_threads); retry later or send fewer queries"));
+}
 
 Handlers::Handlers(size_t max_threads, size_t max_waiting,
                    size_t max_waiting_bytes)
@@ -60,6 +67,21 @@ bool Handlers::Run(absl::AnyInvocable<void() &&> task, size_t bytes,
   } else if (threads_.size() < max_threads_) {
     threads_.emplace_back(&Handlers::Loop, this);
   }  // Else it waits for the first busy thread to finish.
+  return true;
+}
+
+bool Handlers::RunAndWait(absl::FunctionRef<void()> task, size_t bytes,
+                          std::string* why) {
+  absl::Notification done;
+  if (!Run(
+          [task, &done] {
+            task();
+            done.Notify();
+          },
+          bytes, why)) {
+    return false;
+  }
+  done.WaitForNotification();
   return true;
 }
 

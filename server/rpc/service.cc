@@ -367,9 +367,7 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
       },
       holds, &why);
   if (!handed) {
-    reactor->Finish(call->Done(absl::ResourceExhaustedError(
-        absl::StrCat("retrieval threads: ", why,
-                     " (--rpc_threads); retry later or send fewer queries"))));
+    reactor->Finish(call->Done(RetrievalThreadsBusy(why)));
   }
   return reactor;
 }

@@ -28,10 +28,6 @@ namespace engram::rpc {
 // current view.
 void CountStore(metrics::Metrics& metrics, const store::Store& store);
 
-// Work (EngramService::Retrieval::Work) up to which Retrieve answers on the
-// gRPC thread that read the request: about 0.1-0.3 ms of one core.
-inline constexpr size_t kInlineRetrievalWork = size_t{1} << 22;
-
 struct ServiceOptions {
   int retrieval_threads = 1;
   size_t inline_work = kInlineRetrievalWork;

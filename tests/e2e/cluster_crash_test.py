@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import struct
 import subprocess
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
 from engram_client import pb, pb_grpc  # noqa: E402
-from harness import Engramd, stored_patterns  # noqa: E402
+from harness import Engramd, free_port, stored_patterns  # noqa: E402
 
 DIM = 6
 GROUPS = 2
@@ -57,12 +56,6 @@ def group_of(pattern_id):
 
 def f32(values):
     return list(struct.unpack(f"{len(values)}f", struct.pack(f"{len(values)}f", *values)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Writer:

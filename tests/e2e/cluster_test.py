@@ -14,7 +14,6 @@ Usage (with the Python of build/venv): cluster_test.py BIN_DIR
 import collections
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, IncompleteImport, pb, pb_grpc  # noqa: E402
-from harness import Engramd, garbled_message  # noqa: E402
+from harness import Engramd, free_port, garbled_message  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
 SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
@@ -42,12 +41,6 @@ def pb_state(fit):
 def store_group(pattern_id, groups=2):
     """The shard group of an id the cluster assigned (top bits: group + 1)."""
     return ((pattern_id >> 48) - 1) % groups
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

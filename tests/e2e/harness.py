@@ -3,6 +3,7 @@ import atexit
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -95,6 +96,14 @@ def sanitized(bin_dir):
     libraries = subprocess.run(["ldd", os.path.join(bin_dir, "engramd")],
                                capture_output=True, text=True).stdout
     return any(name in libraries for name in ("libasan", "libubsan", "libtsan"))
+
+
+def free_port():
+    """A port free on 127.0.0.1 just now (for an engramd whose address
+    another must know before it starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def resident_mib(pid):

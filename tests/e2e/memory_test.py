@@ -44,11 +44,16 @@ The test checks:
     succeed up to there, then are refused with RESOURCE_EXHAUSTED naming
     max_store_memory_mb, and engramd keeps serving (before, the thirteenth
     got it killed, with 440 MiB of patterns stored);
-  - and sixteen concurrent retrievals of 2,048 queries over 10,000
+  - sixteen concurrent retrievals of 2,048 queries over 10,000
     patterns each answer or are refused with RESOURCE_EXHAUSTED naming the
     retrieval threads, and engramd keeps serving: they run on a thread per
     core and wait holding at most an eighth of the memory (each had a
-    thread of its own, and engramd was killed).
+    thread of its own, and engramd was killed);
+  - and thirty-two such retrievals through a router, the router and its
+    shard each in a 768 MiB cgroup of its own, leave both serving, each
+    retrieval answered or refused the same way (they ran on gRPC's
+    threads, up to --rpc_threads: thirty-two got the router killed, and
+    sixteen the shard).
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -67,7 +72,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, resident_mib, sanitized  # noqa: E402
+from harness import Engramd, free_port, resident_mib, sanitized  # noqa: E402
 
 DIM = 1024
 ROWS = 12_000  # 48 MiB of values in one AddPatterns.
@@ -76,11 +81,11 @@ SETTLE_S = 60  # jemalloc returns pages freed for 10 s; a slow machine waits lon
 
 
 @contextlib.contextmanager
-def memory_cgroup(limit_bytes):
+def memory_cgroup(limit_bytes, name="engramd"):
     """A fresh memory cgroup of `limit_bytes` (v1's memory controller or
     v2), as the file a process joins it by; None where the test cannot make
     one (not root, no memory controller)."""
-    name = "engram-memory-test-%d" % os.getpid()
+    name = "engram-memory-test-%d-%s" % (os.getpid(), name)
     for root, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
                              ("/sys/fs/cgroup", "memory.max")):
         path = os.path.join(root, name)
@@ -108,10 +113,11 @@ def memory_cgroup(limit_bytes):
 
 
 @contextlib.contextmanager
-def engramd_in_cgroup(test, limit_bytes, *flags):
-    """An engramd (with `flags`) in a fresh memory cgroup of `limit_bytes`,
-    stopped at the end; skips `test` where no cgroup can be made."""
-    with memory_cgroup(limit_bytes) as procs:
+def engramd_in_cgroup(test, limit_bytes, *flags, name="engramd"):
+    """An engramd (with `flags`) in a fresh memory cgroup of `limit_bytes`
+    (named `name`), stopped at the end; skips `test` where no cgroup can be
+    made."""
+    with memory_cgroup(limit_bytes, name) as procs:
         if procs is None:
             test.skipTest("no memory cgroup can be made here")
         join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
@@ -352,35 +358,62 @@ class MemoryTest(unittest.TestCase):
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
     def test_8_in_a_small_cgroup_concurrent_large_retrievals_are_survived(self):
         with engramd_in_cgroup(self, 768 << 20) as e:
-            x = np.random.default_rng(17).random((10_000, DIM), dtype=np.float32)
-            with Client(e.addr) as c:
-                c.create_store("s", dim=DIM)
-                for at in range(0, len(x), 4096):
-                    c.add("s", x[at:at + 4096], batch=4096)
-            queries = np.random.default_rng(19).random((2048, DIM), dtype=np.float32)
-            errors = []
-            answered = []
-
-            def retrieve():
-                try:
-                    with Client(e.addr) as c:
-                        answered.append(len(c.retrieve("s", queries, path="exact").vectors))
-                except grpc.RpcError as error:
-                    errors.append(error)
-            threads = [threading.Thread(target=retrieve) for _ in range(16)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            self.assertIsNone(e.proc.poll(), "engramd was killed")
-            for error in errors:
-                self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                 error.details())
-                self.assertIn("retrieval threads", error.details())
-            self.assertEqual(answered, [2048] * len(answered))
-            self.assertGreaterEqual(len(answered), 2)
+            answered = self.retrieve_at_once(e.addr, 16, {"engramd": e})
             print("16 retrievals of 2,048 queries: %d answered, peak resident %.0f MiB"
-                  % (len(answered), peak_mib(e.proc.pid)), file=sys.stderr)
+                  % (answered, peak_mib(e.proc.pid)), file=sys.stderr)
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_9_in_small_cgroups_a_router_and_its_shard_survive_concurrent_large_retrievals(self):
+        """A burst as test_8's, twice as large, through a router: the router
+        and its shard each in a cgroup of their own. The shard's steps and the
+        router's retrievals run on bounded threads as engramd's do."""
+        with engramd_in_cgroup(self, 768 << 20, "--role=shard", "--cluster=mem",
+                               "--listen=127.0.0.1:%d" % free_port(), name="shard") as shard, \
+                engramd_in_cgroup(self, 768 << 20, "--role=router", "--cluster=mem",
+                                  "--shards=" + shard.addr, name="router") as router:
+            answered = self.retrieve_at_once(router.addr, 32,
+                                             {"the shard": shard, "the router": router})
+            print("32 retrievals of 2,048 queries through a router: %d answered; peak "
+                  "resident: the router %.0f MiB, the shard %.0f MiB"
+                  % (answered, peak_mib(router.proc.pid), peak_mib(shard.proc.pid)),
+                  file=sys.stderr)
+
+    def retrieve_at_once(self, addr, count, servers):
+        """Stores 10,000 patterns of DIM values in store "s" at `addr`, then
+        sends `count` retrievals of 2,048 queries at once, each from its own
+        connection; checks that every one of `servers` (name -> Engramd)
+        survived, and that each retrieval was answered or refused with
+        RESOURCE_EXHAUSTED naming the retrieval threads, at least two
+        answered. How many were."""
+        x = np.random.default_rng(17).random((10_000, DIM), dtype=np.float32)
+        with Client(addr) as c:
+            c.create_store("s", dim=DIM)
+            for at in range(0, len(x), 4096):
+                c.add("s", x[at:at + 4096], batch=4096)
+        queries = np.random.default_rng(19).random((2048, DIM), dtype=np.float32)
+        errors = []
+        answered = []
+
+        def retrieve():
+            try:
+                with Client(addr) as c:
+                    answered.append(len(c.retrieve("s", queries, path="exact").vectors))
+            except grpc.RpcError as error:
+                errors.append(error)
+        threads = [threading.Thread(target=retrieve) for _ in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for name, server in servers.items():
+            self.assertIsNone(server.proc.poll(), name + " was killed")
+        for error in errors:
+            self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             error.details())
+            self.assertIn("retrieval threads", error.details())
+        self.assertEqual(answered, [2048] * len(answered))
+        self.assertGreaterEqual(len(answered), 2)
+        return len(answered)
 
 
 def peak_mib(pid):

@@ -1,7 +1,8 @@
 // Handlers: tasks run on at most max_threads threads, up to max_waiting
 // more wait for them holding at most max_waiting_bytes, a task beyond those
 // is refused saying why, threads are reused, and the destructor waits for
-// what it took.
+// what it took. RunAndWait (for a synchronous method) returns once its task
+// ran, and is refused as Run is.
 #include "server/rpc/handlers.h"
 
 #include <atomic>
@@ -111,6 +112,50 @@ TEST(HandlersTest, WaitingTasksAreBoundedByCountAndByWhatTheyHold) {
   while (ran.load() < 3) std::this_thread::yield();
   ASSERT_TRUE(handlers.Run(task, 100));  // What waited has gone.
   while (ran.load() < 4) std::this_thread::yield();
+}
+
+TEST(HandlersTest, RunAndWaitReturnsOnceTheTaskRanOnAHandlerThread) {
+  Handlers handlers(1, 1, 100);
+  std::thread::id ran_on;
+  ASSERT_TRUE(handlers.RunAndWait([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ran_on = std::this_thread::get_id();
+  }));
+  // Set before RunAndWait returned, by another thread.
+  EXPECT_NE(ran_on, std::thread::id());
+  EXPECT_NE(ran_on, std::this_thread::get_id());
+}
+
+TEST(HandlersTest, RunAndWaitIsRefusedAsRunIsAndRunsNothing) {
+  Handlers handlers(1, 1, 100);
+  std::promise<void> release, started;
+  std::shared_future<void> released = release.get_future().share();
+  ASSERT_TRUE(handlers.Run([&started, released] {
+    started.set_value();
+    released.wait();
+  }));
+  started.get_future().wait();
+  bool ran = false;
+  std::string why;
+  // The one thread is busy and 200 bytes may not wait.
+  EXPECT_FALSE(handlers.RunAndWait([&ran] { ran = true; }, 200, &why));
+  EXPECT_NE(why.find("may wait"), std::string::npos) << why;
+  // One of 100 may: it waits for the thread, and runs once it is free.
+  std::thread release_soon([&release] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    release.set_value();
+  });
+  EXPECT_TRUE(handlers.RunAndWait([&ran] { ran = true; }, 100));
+  EXPECT_TRUE(ran);
+  release_soon.join();
+}
+
+TEST(HandlersTest, ARetrievalTurnedAwayIsResourceExhaustedSayingWhy) {
+  const absl::Status status = RetrievalThreadsBusy("all 2 threads are busy");
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(),
+            "retrieval threads: all 2 threads are busy (--rpc_threads); retry "
+            "later or send fewer queries");
 }
 
 }  // namespace
