@@ -7,6 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 yamllint -s -c deploy/.yamllint deploy
 echo "== yamllint: $(find deploy -name '*.yaml' -o -name '*.yml' | wc -l) files clean"
+# The alerting rules: valid, their unit tests pass, and the Prometheus
+# configurations that load them pass promtool's own check.
+(cd deploy/compose && promtool check rules engram-alerts.yml >/dev/null &&
+  promtool test rules engram-alerts-test.yml >/dev/null &&
+  promtool check config prometheus.yml >/dev/null &&
+  promtool check config prometheus-sharded.yml >/dev/null)
+echo "== alerting rules: promtool check and unit tests pass"
 compose=deploy/compose/compose.yaml
 # (Debian's podman-compose 1.0.3 has no `config`; the parser below stands in.)
 if docker compose version >/dev/null 2>&1; then
@@ -107,4 +114,28 @@ backup = c["services"]["backup"]
 assert "--addr=router:50051 backup create" in backup["command"][0], backup
 assert all(v.split(":")[0] in c["volumes"] for v in backup["volumes"]), backup
 print(f"== compose sharded: a router over {len(shards)} shards, all scraped, a backup job")
+
+# The alerting rules: the Kubernetes PrometheusRule objects carry the same
+# groups as the file compose's Prometheus loads, both compose deployments
+# mount it, and every engram metric a rule reads is one engramd exports.
+import glob, re
+rules = yaml.safe_load(open("deploy/compose/engram-alerts.yml"))
+for k in ("deploy/kubernetes", "deploy/kubernetes/sharded"):
+    kust = yaml.safe_load(open(f"{k}/kustomization.yaml"))
+    pr = [d for r in kust["resources"] for d in yaml.safe_load_all(open(os.path.join(k, r)))
+          if d["kind"] == "PrometheusRule"]
+    assert len(pr) == 1 and pr[0]["spec"]["groups"] == rules["groups"], f"{k}: rules differ"
+for f in ("compose.yaml", "sharded.yaml"):
+    c = yaml.safe_load(open(f"deploy/compose/{f}"))
+    assert "./engram-alerts.yml:/etc/prometheus/engram-alerts.yml:ro" in c["services"]["prometheus"]["volumes"], f
+sources = "".join(open(p).read() for p in glob.glob("server/**/*.cc", recursive=True))
+exported = set(re.findall(r'"(engram_[a-z_]+)"', sources))
+names = set()
+for rule in rules["groups"][0]["rules"]:
+    for name in re.findall(r"\b(engram_[a-z_]+)", rule["expr"]):
+        base = re.sub(r"_(count|sum|bucket)$", "", name)
+        assert name in exported or base in exported, f"{rule['alert']}: {name} is no metric of engramd"
+        names.add(name)
+print(f"== alerting rules: {len(rules['groups'][0]['rules'])} alerts over {len(names)} engram metrics, "
+      "the same in compose and both Kubernetes deployments")
 PY

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Metrics end to end: engramd's /metrics passes `promtool check metrics`, and a
 real Prometheus (Debian's package) scraping engramd on loopback reads the
-series back through its HTTP API.
+series back through its HTTP API, with deploy's alerting rules loaded: every
+rule evaluates without error and none fires for a healthy engramd.
 
 Usage: metrics_test.py BIN_DIR
 """
@@ -20,15 +21,9 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, sanitized  # noqa: E402
+from harness import Engramd, free_port, sanitized  # noqa: E402
 
 BIN = sys.argv.pop(1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url):
@@ -181,8 +176,11 @@ class MetricsTest(unittest.TestCase):
         self.assertIsNotNone(prometheus, "Debian package prometheus")
         web_port = free_port()
         config = os.path.join(self.tmp.name, "prometheus.yml")
+        rules = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "../../deploy/compose/engram-alerts.yml")
         with open(config, "w") as f:
-            f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n"
+            f.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                    f"rule_files:\n  - {rules}\nscrape_configs:\n"
                     "  - job_name: engram\n    static_configs:\n"
                     f"      - targets: ['127.0.0.1:{self.metrics_port}']\n")
         log = open(os.path.join(self.tmp.name, "prometheus.log"), "w")
@@ -206,6 +204,27 @@ class MetricsTest(unittest.TestCase):
             self.assertEqual(value, 3.0)
             up = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/query?query=up"))
             self.assertEqual(up["data"]["result"][0]["value"][1], "1")
+            # deploy's alerting rules load and evaluate against engramd's
+            # series; the stores' memory over its limit joins on them (what
+            # EngramStoresMemoryNearLimit compares with 0.9).
+            ratio = urllib.parse.quote(
+                "engram_stores_memory_bytes / engram_stores_memory_limit_bytes")
+            result = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/query?query={ratio}"))
+            self.assertEqual(len(result["data"]["result"]), 1, result)
+            self.assertTrue(0 < float(result["data"]["result"][0]["value"][1]) < 0.9, result)
+            deadline = time.time() + 30
+            while True:
+                groups = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/rules"))["data"]["groups"]
+                alerts = [r for g in groups for r in g["rules"]]
+                if (len(alerts) == 8 and all(r.get("lastEvaluation", "").startswith("20")
+                                             and r["health"] == "ok" for r in alerts)) \
+                        or time.time() > deadline:
+                    break
+                time.sleep(0.5)
+            self.assertEqual(len(alerts), 8, groups)
+            for r in alerts:
+                self.assertEqual(r["health"], "ok", r)
+                self.assertEqual(r["state"], "inactive", r)  # A healthy engramd.
         finally:
             proc.terminate()
             proc.wait()
