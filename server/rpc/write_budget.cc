@@ -11,39 +11,9 @@
 
 namespace engram::rpc {
 
-WriteBudget::Reservation& WriteBudget::Reservation::operator=(
-    Reservation&& other) noexcept {
-  if (this != &other) {
-    Release();
-    budget_ = std::exchange(other.budget_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-void WriteBudget::Reservation::Release() {
-  if (budget_ != nullptr && bytes_ > 0) budget_->Return(bytes_);
-  budget_ = nullptr;
-  bytes_ = 0;
-}
-
-WriteBudget::Reading& WriteBudget::Reading::operator=(
-    Reading&& other) noexcept {
-  if (this != &other) {
-    Release();
-    budget_ = std::exchange(other.budget_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-void WriteBudget::Reading::Release() {
-  if (budget_ != nullptr) {
-    MutexLock lock(&budget_->mu_);
-    budget_->EndRead(bytes_);
-  }
-  budget_ = nullptr;
-  bytes_ = 0;
+void WriteBudget::EndReading(size_t bytes) {
+  MutexLock lock(&mu_);
+  EndRead(bytes);
 }
 
 WriteBudget::WriteBudget(size_t limit_bytes, const char* flag,
@@ -190,7 +160,7 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
 absl::Status WriteBudget::Grow(Reservation& held, size_t bytes,
                                absl::string_view advice) {
   const size_t more = kWriteCost * bytes;
-  const size_t total = held.bytes_ + more;
+  const size_t total = held.bytes() + more;
   if (total > limit_) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the stream has sent ", MiB(total / kWriteCost),
@@ -203,11 +173,10 @@ absl::Status WriteBudget::Grow(Reservation& held, size_t bytes,
     return absl::ResourceExhaustedError(absl::StrCat(
         InFlight(), "; the stream needs ", MiB(more), " more (", kWriteCost,
         " times its next message) and cannot wait for it while it holds ",
-        MiB(held.bytes_), "; retry later"));
+        MiB(held.bytes()), "; retry later"));
   }
   reserved_ += more;
-  held.budget_ = this;
-  held.bytes_ = total;
+  held.Add(this, more);
   return absl::OkStatus();
 }
 

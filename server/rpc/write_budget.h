@@ -41,11 +41,16 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/base/held.h"
 #include "server/base/mutex.h"
 
 namespace engram::rpc {
 
 class WriteBudget {
+  // What the handles below give back (before them: they name them).
+  void Return(size_t bytes);
+  void EndReading(size_t bytes);
+
  public:
   // What a write holds, counted in its request's bytes.
   static constexpr size_t kWriteCost = 5;
@@ -59,22 +64,7 @@ class WriteBudget {
   static constexpr absl::Duration kMaxWait = absl::Seconds(60);
 
   // Returns its bytes to the budget when it ends; movable.
-  class Reservation {
-   public:
-    Reservation() = default;
-    Reservation(Reservation&& other) noexcept { *this = std::move(other); }
-    Reservation& operator=(Reservation&& other) noexcept;
-    ~Reservation() { Release(); }
-
-   private:
-    friend class WriteBudget;
-    Reservation(WriteBudget* budget, size_t bytes)
-        : budget_(budget), bytes_(bytes) {}
-    void Release();
-
-    WriteBudget* budget_ = nullptr;
-    size_t bytes_ = 0;
-  };
+  using Reservation = Held<WriteBudget, &WriteBudget::Return>;
 
   // `limit_bytes` > 0; `flag` names it in refusals ("--max_write_memory_mb").
   // `return_freed`, if set, has the allocator give the pages of freed memory
@@ -84,22 +74,7 @@ class WriteBudget {
 
   // A turn to read one request; ends when the request has its reservation
   // (Reserve) or is dropped. Movable.
-  class Reading {
-   public:
-    Reading() = default;
-    Reading(Reading&& other) noexcept { *this = std::move(other); }
-    Reading& operator=(Reading&& other) noexcept;
-    ~Reading() { Release(); }
-
-   private:
-    friend class WriteBudget;
-    Reading(WriteBudget* budget, size_t bytes)
-        : budget_(budget), bytes_(bytes) {}
-    void Release();
-
-    WriteBudget* budget_ = nullptr;
-    size_t bytes_ = 0;
-  };
+  using Reading = Held<WriteBudget, &WriteBudget::EndReading>;
 
   // Waits, in order of arrival, until a request of up to `largest_request`
   // bytes may be read: until kWaitingCost x that fits in the budget with
@@ -139,7 +114,6 @@ class WriteBudget {
   size_t reading() const;  // Requests being read (AwaitRead).
 
  private:
-  void Return(size_t bytes);
   void EndRead(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes a waiting write (its ticket and what it holds) off the queue.
   void StopWaiting(uint64_t ticket, size_t held_waiting)
