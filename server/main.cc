@@ -20,8 +20,10 @@
 #include "server/app/engramd.h"
 #include "server/app/shutdown_signal.h"
 #include "server/base/log.h"
+#include "server/base/mib.h"
 #include "server/core/calibration.h"
 #include "server/core/cpu.h"
+#include "server/rpc/memory_guard.h"
 #include "server/rpc/write_budget.h"
 #include "server/store/settings.h"
 
@@ -299,6 +301,11 @@ engram::app::EngramdOptions OptionsFromFlags() {
   if (write_memory > 0) {
     server.write_budget = std::make_shared<engram::rpc::WriteBudget>(
         write_memory, "--max_write_memory_mb", &engram::app::ReturnFreedMemory);
+  }
+  if (const size_t memory = engram::app::MemoryLimitBytes(); memory > 0) {
+    server.memory_guard = std::make_shared<engram::rpc::MemoryGuard>(
+        memory / 10 * 9, absl::StrCat("9/10 of ", engram::MiB(memory)),
+        &engram::rpc::ResidentBytes, &engram::app::ReturnFreedMemory);
   }
   const int max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
   if (max_message_mb < 0 || max_message_mb > 1023) {

@@ -105,6 +105,10 @@ std::string WriteMemory(const rpc::WriteBudget* budget) {
   return MiBOrUnlimited(budget == nullptr ? 0 : budget->limit());
 }
 
+std::string ResidentLimit(const rpc::MemoryGuard* guard) {
+  return MiBOrUnlimited(guard == nullptr ? 0 : guard->limit());
+}
+
 // The gauges read at every scrape: the allocator's, the stores' memory and
 // the write budget's.
 std::vector<metrics::ScrapedGauge> ScrapedGauges(const rpc::WriteBudget* budget,
@@ -146,7 +150,7 @@ void LogConfiguration(const EngramdOptions& o, int port,
       "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
       "job workers=%d; rpc threads<=%d; open files<=%s; allocator %s; "
-      "write memory<=%s; store memory<=%s; "
+      "write memory<=%s; store memory<=%s; resident<=%s; "
       "max message %zu MiB; "
       "limits: "
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
@@ -163,6 +167,7 @@ void LogConfiguration(const EngramdOptions& o, int port,
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
       open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
       MiBOrUnlimited(l.max_store_memory_bytes),
+      ResidentLimit(o.server.memory_guard.get()),
       o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
       l.max_queries, l.max_top_k, l.max_steps, l.max_stores,
       l.max_patterns_per_store, l.max_label_bytes, l.max_metadata_entries,
@@ -215,13 +220,13 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   Log(LogLevel::kInfo,
       "engramd %s router listening on %s (port %d, %s); metrics on %s; "
       "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
-      "allocator %s; write memory<=%s",
+      "allocator %s; write memory<=%s; resident<=%s",
       ENGRAM_VERSION, o.server.listen, (*server)->port(),
       o.server.tls_cert.empty() ? "plaintext" : "TLS",
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
-      open_files, DescribeAllocator(),
-      WriteMemory(o.server.write_budget.get()));
+      open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
+      ResidentLimit(o.server.memory_guard.get()));
   absl::Mutex mu;
   bool stopping = false;
   std::thread readiness([&] {

@@ -298,7 +298,12 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   // While it waits for a thread it holds its request as received and as
   // parsed.
   if (!options_.handlers->RunAndWait(
-          [&] { status = RetrieveHere(call, context, request, response); },
+          [&] {
+            absl::Status memory = call.TakeRetrievalMemory(bytes);
+            status = memory.ok()
+                         ? RetrieveHere(call, context, request, response)
+                         : call.Done(memory);
+          },
           2 * bytes, &why)) {
     return call.Done(rpc::RetrievalThreadsBusy(why));
   }

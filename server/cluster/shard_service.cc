@@ -273,7 +273,8 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
   options.threads = options_.retrieval_threads;
   options.check = rpc::DeadlineCheck(context);
   return call.Done(
-      RunStep(static_cast<double>(count) * static_cast<double>(patterns) *
+      RunStep(call,
+              static_cast<double>(count) * static_cast<double>(patterns) *
                   static_cast<double>(d + 64),
               request->ByteSizeLong(), [&]() -> absl::Status {
                 if (request->top_only()) {
@@ -284,7 +285,8 @@ grpc::Status ShardService::PartialStep(grpc::ServerContext* context,
               }));
 }
 
-absl::Status ShardService::RunStep(double work, size_t request_bytes,
+absl::Status ShardService::RunStep(rpc::Call& call, double work,
+                                   size_t request_bytes,
                                    absl::FunctionRef<absl::Status()> step) {
   if (options_.handlers == nullptr || work <= options_.inline_work) {
     return step();
@@ -293,8 +295,12 @@ absl::Status ShardService::RunStep(double work, size_t request_bytes,
   std::string why;
   // While it waits for a thread it holds its request as received and as
   // parsed.
-  if (!options_.handlers->RunAndWait([&] { status = step(); },
-                                     2 * request_bytes, &why)) {
+  if (!options_.handlers->RunAndWait(
+          [&] {
+            status = call.TakeRetrievalMemory(request_bytes);
+            if (status.ok()) status = step();
+          },
+          2 * request_bytes, &why)) {
     return rpc::RetrievalThreadsBusy(why);
   }
   return status;

@@ -84,8 +84,9 @@ class ShardService final : public v1::Shard::Service {
 
  private:
   // Runs `step` (of about `work` multiply-adds, for a request of
-  // `request_bytes`) here or on options_.handlers (see ShardOptions).
-  absl::Status RunStep(double work, size_t request_bytes,
+  // `request_bytes`) here or on options_.handlers (see ShardOptions), with
+  // the call's share of the memory guard there.
+  absl::Status RunStep(rpc::Call& call, double work, size_t request_bytes,
                        absl::FunctionRef<absl::Status()> step);
 
   store::StoreRegistry* const registry_;

@@ -131,6 +131,11 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
       refused_ = turn.status();
     }
   }
+  if (refused_.ok() && writes) {
+    refused_ =
+        TakeMemory(WriteBudget::kWaitingCost * policy_->max_message_bytes,
+                   "reading the request");
+  }
   return refused_.ok();
 }
 
@@ -150,17 +155,45 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   return refused_.ok();
 }
 
+absl::Status Call::TakeMemory(size_t bytes, absl::string_view what) {
+  memory_ = MemoryGuard::Share();  // The one before, given back first.
+  if (policy_->memory_guard == nullptr) return absl::OkStatus();
+  absl::StatusOr<MemoryGuard::Share> share =
+      policy_->memory_guard->Take(bytes, what);
+  if (!share.ok()) return share.status();
+  memory_ = *std::move(share);
+  return absl::OkStatus();
+}
+
+absl::Status Call::TakeRetrievalMemory(size_t request_bytes) {
+  if (request_bytes < WriteBudget::kSmallRequest) return absl::OkStatus();
+  return TakeMemory(kRetrievalCost * request_bytes, "the retrieval");
+}
+
 absl::Status Call::ReserveWrite(size_t message_bytes) {
   largest_request_ = std::max(largest_request_, message_bytes);
   reserved_ = WriteBudget::Reservation();
-  if (policy_->write_budget == nullptr || context_ == nullptr) {
-    return absl::OkStatus();
+  WriteBudget::Reservation held;
+  if (policy_->write_budget != nullptr && context_ != nullptr) {
+    absl::StatusOr<WriteBudget::Reservation> reserved =
+        policy_->write_budget->Reserve(
+            message_bytes, absl::FromChrono(context_->deadline()), &reading_);
+    if (!reserved.ok()) return reserved.status();
+    held = *std::move(reserved);
   }
-  absl::StatusOr<WriteBudget::Reservation> held =
-      policy_->write_budget->Reserve(
-          message_bytes, absl::FromChrono(context_->deadline()), &reading_);
-  if (!held.ok()) return held.status();
-  reserved_ = *std::move(held);
+  // Once its turn in the write memory came, what the process has resident.
+  if (message_bytes < WriteBudget::kSmallRequest) {
+    memory_ = MemoryGuard::Share();
+  } else if (absl::Status s = TakeMemory(
+                 // What the write still allocates: its request, as received
+                 // and as parsed, is there already.
+                 (WriteBudget::kWriteCost - WriteBudget::kWaitingCost) *
+                     message_bytes,
+                 "the write");
+             !s.ok()) {
+    return s;
+  }
+  reserved_ = std::move(held);
   return absl::OkStatus();
 }
 
@@ -173,6 +206,7 @@ absl::Status Call::GrowWrite(size_t message_bytes, absl::string_view advice) {
 
 grpc::Status Call::Done(const absl::Status& status) {
   reserved_ = WriteBudget::Reservation();
+  memory_ = MemoryGuard::Share();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
   const char* code = CodeName(status.code());
   if (status.ok() && policy_->after_write && context_ != nullptr &&

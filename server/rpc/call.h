@@ -32,6 +32,8 @@
 #include "grpcpp/support/status.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/auth.h"
+#include "server/rpc/handlers.h"
+#include "server/rpc/memory_guard.h"
 #include "server/rpc/write_budget.h"
 
 namespace engram::store {
@@ -57,6 +59,10 @@ struct CallPolicy {
   AfterWrite after_write;
   // What writes in flight may hold (--max_write_memory_mb); null: no limit.
   std::shared_ptr<WriteBudget> write_budget;
+  // What the process may have resident; null: no limit. A write's read
+  // turn and its reservation each take a share; retrievals of more than a
+  // little work take one as they start (kRetrievalCost).
+  std::shared_ptr<MemoryGuard> memory_guard;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -108,6 +114,13 @@ class Call {
   // For a client stream that writes: the share of the write budget for its
   // next message of `message_bytes`, in place of the previous message's.
   absl::Status ReserveWrite(size_t message_bytes);
+  // A share of the policy's memory guard of `bytes` for `what`, in place of
+  // the call's share before (none without a guard).
+  absl::Status TakeMemory(size_t bytes, absl::string_view what);
+  // A retrieval's (or a shard's step's) share as it starts: kRetrievalCost
+  // x its request, for a request of WriteBudget::kSmallRequest or more
+  // (smaller ones take little, and are not measured).
+  absl::Status TakeRetrievalMemory(size_t request_bytes);
   // For a client stream whose messages all stay held until it ends (a
   // restore's files): adds a message of `message_bytes` to the call's share,
   // without waiting (see WriteBudget::Grow; `advice` for a stream larger
@@ -134,6 +147,7 @@ class Call {
   std::shared_ptr<store::Store> written_;             // Set by Wrote.
   WriteBudget::Reservation reserved_;
   WriteBudget::Reading reading_;  // Set by AdmitUnread, ended by Admit.
+  MemoryGuard::Share memory_;     // The read turn's, then the write's.
   bool token_checked_ = false;    // Passed in AdmitUnread: Admit skips it.
   size_t largest_request_ = 0;    // The largest request or message taken in.
   size_t grown_ = 0;              // What GrowWrite added up.

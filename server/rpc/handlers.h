@@ -49,6 +49,13 @@ namespace engram::rpc {
 // hand-off costs.
 inline constexpr size_t kInlineRetrievalWork = size_t{1} << 22;
 
+// What a retrieval still allocates when it starts, counted in its
+// request's bytes: its scores, its answers as built and as sent (its
+// request as received, as parsed and as converted are taken already; about
+// 50 MiB for 2,048 queries of 1,024 values in all). Its share of the memory
+// guard (memory_guard.h).
+inline constexpr size_t kRetrievalCost = 3;
+
 // RESOURCE_EXHAUSTED for a retrieval Handlers turned away, with Run's `why`.
 absl::Status RetrievalThreadsBusy(absl::string_view why);
 

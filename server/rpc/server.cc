@@ -173,6 +173,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->policy_->metrics = metrics;
   server->policy_->after_write = options.after_write;
   server->policy_->write_budget = options.write_budget;
+  server->policy_->memory_guard = options.memory_guard;
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();

@@ -22,6 +22,7 @@
 #include "grpcpp/server.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/call.h"
+#include "server/rpc/memory_guard.h"
 #include "server/rpc/service.h"
 #include "server/rpc/write_budget.h"
 #include "server/store/registry.h"
@@ -34,6 +35,9 @@ struct ServerOptions {
   int max_threads = 8;
   // What writes in flight may hold (see write_budget.h); null: no limit.
   std::shared_ptr<WriteBudget> write_budget;
+  // What the process may have resident (see memory_guard.h); null: no
+  // limit.
+  std::shared_ptr<MemoryGuard> memory_guard;
   int retrieval_threads = 1;  // Threads one Retrieve batch is split over.
   // TLS: PEM files; with a client CA, clients must present a certificate it
   // signed (mutual TLS). Empty: plaintext.

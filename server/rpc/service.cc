@@ -322,6 +322,21 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request,
     grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto call = std::make_shared<Call>(policy_, "Retrieve", "");
+  if (!call->Admit(*context, raw_request->Length())) {
+    reactor->Finish(call->Refused());
+    return reactor;
+  }
+  // A large request is parsed and converted only where memory allows: two
+  // more copies of it.
+  if (raw_request->Length() >= WriteBudget::kSmallRequest) {
+    if (absl::Status s = call->TakeMemory(2 * raw_request->Length(),
+                                          "reading the retrieval's request");
+        !s.ok()) {
+      reactor->Finish(call->Done(s));
+      return reactor;
+    }
+  }
   google::protobuf::Arena arena(CallArena());
   v1::RetrieveRequest& request =
       *google::protobuf::Arena::CreateMessage<v1::RetrieveRequest>(&arena);
@@ -330,12 +345,7 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
       grpc::SerializationTraits<v1::RetrieveRequest>::Deserialize(&bytes,
                                                                   &request)
           .ok();
-  auto call = std::make_shared<Call>(policy_, "Retrieve",
-                                     parsed ? request.store() : "");
-  if (!call->Admit(*context, raw_request->Length())) {
-    reactor->Finish(call->Refused());
-    return reactor;
-  }
+  if (parsed) call->set_store(request.store());
   if (!parsed) {
     reactor->Finish(call->Done(absl::InvalidArgumentError(
         absl::StrCat("the request's ", raw_request->Length(),
@@ -356,11 +366,17 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
   }
   // While it waits for a thread it holds its request as received and its
   // queries as converted.
-  const size_t holds = 2 * raw_request->Length();
+  const size_t request_bytes = raw_request->Length();
+  const size_t holds = 2 * request_bytes;
   std::string why;
   const bool handed = handlers_->Run(
       [this, call, retrieval = *std::move(retrieval), context, omit_vectors,
-       raw_response, reactor] {
+       raw_response, reactor, request_bytes] {
+        if (absl::Status s = call->TakeRetrievalMemory(request_bytes);
+            !s.ok()) {
+          reactor->Finish(call->Done(s));
+          return;
+        }
         reactor->Finish(
             call->Done(Answer(*retrieval, context, options_.retrieval_threads,
                               omit_vectors, raw_response)));

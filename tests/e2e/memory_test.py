@@ -49,11 +49,16 @@ The test checks:
     retrieval threads, and engramd keeps serving: they run on a thread per
     core and wait holding at most an eighth of the memory (each had a
     thread of its own, and engramd was killed);
-  - and thirty-two such retrievals through a router, the router and its
+  - thirty-two such retrievals through a router, the router and its
     shard each in a 768 MiB cgroup of its own, leave both serving, each
     retrieval answered or refused the same way (they ran on gRPC's
     threads, up to --rpc_threads: thirty-two got the router killed, and
-    sixteen the shard).
+    sixteen the shard);
+  - and with the stores filled to their ceiling, sixteen retrievals and
+    twelve adds of 24 MiB at once leave engramd serving, each answered,
+    added or refused with RESOURCE_EXHAUSTED, the store holding exactly
+    what was added (before the resident memory guard, engramd was killed;
+    each burst alone was not).
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -334,26 +339,76 @@ class MemoryTest(unittest.TestCase):
     def test_7_in_a_small_cgroup_adds_stop_where_the_stores_fill_it(self):
         with engramd_in_cgroup(self, 768 << 20) as e:
             self.assertIn("store memory<=384 MiB;", e.startup)
-            rows = (36 << 20) // (DIM * 4)
-            x = np.random.default_rng(13).random((rows, DIM), dtype=np.float32)
-            added = 0
-            with Client(e.addr) as c:
-                c.create_store("s", dim=DIM)
-                for _ in range(16):  # 576 MiB in all.
-                    try:
-                        c.add("s", x, batch=rows)
-                        added += 1
-                    except grpc.RpcError as error:
-                        self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                         error.details())
-                        self.assertIn("max_store_memory_mb of 384", error.details())
-                        break
-                self.assertIsNone(e.proc.poll(), "engramd was killed")
-                self.assertGreaterEqual(added, 8)
-                self.assertLess(added, 16)
-                self.assertEqual(c.get_store("s").pattern_count, added * rows)
+            added = self.fill_stores(e)
             print("adds of 36 MiB: %d added before the ceiling, peak resident %.0f MiB"
                   % (added, peak_mib(e.proc.pid)), file=sys.stderr)
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_10_in_a_small_cgroup_with_the_stores_full_a_burst_of_everything_is_survived(self):
+        """Each bound alone holds (tests 6 to 8), but with the stores at their
+        ceiling the rest of the memory did not hold the retrievals and the
+        adds together: the resident memory guard refuses what would pass
+        9/10 of it."""
+        with engramd_in_cgroup(self, 768 << 20) as e:
+            self.assertIn("resident<=692 MiB;", e.startup)
+            self.fill_stores(e)
+            with Client(e.addr) as c:
+                before = c.get_store("s").pattern_count
+            rows = (24 << 20) // (DIM * 4)
+            rng = np.random.default_rng(31)
+            queries = rng.random((2048, DIM), dtype=np.float32)
+            batch = rng.random((rows, DIM), dtype=np.float32)
+            answered, added, errors = [], [], []
+
+            def call(work):
+                try:
+                    with Client(e.addr) as c:
+                        work(c)
+                except grpc.RpcError as error:
+                    errors.append(error)
+            burst = [lambda c: answered.append(len(c.retrieve("s", queries, path="exact").vectors))] * 16 + \
+                [lambda c: added.append(c.add("s", batch, batch=rows))] * 12
+            threads = [threading.Thread(target=call, args=(work,)) for work in burst]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertIsNone(e.proc.poll(), "engramd was killed")
+            for error in errors:
+                self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 error.details())
+            self.assertEqual(answered, [2048] * len(answered))
+            with Client(e.addr) as c:
+                self.assertEqual(c.get_store("s").pattern_count, before + len(added) * rows)
+            memory = sum("memory: engramd has" in error.details() for error in errors)
+            print("with the stores full, 16 retrievals and 12 adds of 24 MiB at once: %d "
+                  "answered, %d added, %d refused (%d by the memory guard), peak resident "
+                  "%.0f MiB" % (len(answered), len(added), len(errors), memory,
+                                peak_mib(e.proc.pid)), file=sys.stderr)
+
+    def fill_stores(self, e):
+        """Adds 36 MiB at a time to store "s" (made here) at `e` until the
+        stores' ceiling refuses one, naming max_store_memory_mb; checks that
+        engramd lives and that what was added is there. How many were."""
+        rows = (36 << 20) // (DIM * 4)
+        x = np.random.default_rng(13).random((rows, DIM), dtype=np.float32)
+        added = 0
+        with Client(e.addr) as c:
+            c.create_store("s", dim=DIM)
+            for _ in range(16):  # 576 MiB in all.
+                try:
+                    c.add("s", x, batch=rows)
+                    added += 1
+                except grpc.RpcError as error:
+                    self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     error.details())
+                    self.assertIn("max_store_memory_mb of 384", error.details())
+                    break
+            self.assertIsNone(e.proc.poll(), "engramd was killed")
+            self.assertGreaterEqual(added, 8)
+            self.assertLess(added, 16)
+            self.assertEqual(c.get_store("s").pattern_count, added * rows)
+        return added
 
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
     def test_8_in_a_small_cgroup_concurrent_large_retrievals_are_survived(self):
