@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "server/base/mib.h"
 
 namespace engram::rpc {
@@ -72,16 +71,23 @@ bool Handlers::Run(absl::AnyInvocable<void() &&> task, size_t bytes,
 
 bool Handlers::RunAndWait(absl::FunctionRef<void()> task, size_t bytes,
                           std::string* why) {
-  absl::Notification done;
+  // engram's Mutex rather than absl::Notification, whose synchronisation a
+  // ThreadSanitizer build cannot see (server/base/mutex.h).
+  Mutex mu;
+  CondVar ran_cv;
+  bool ran = false;
   if (!Run(
-          [task, &done] {
+          [task, &mu, &ran_cv, &ran] {
             task();
-            done.Notify();
+            MutexLock lock(&mu);
+            ran = true;
+            ran_cv.Signal();
           },
           bytes, why)) {
     return false;
   }
-  done.WaitForNotification();
+  MutexLock lock(&mu);
+  while (!ran) ran_cv.Wait(&mu);
   return true;
 }
 
