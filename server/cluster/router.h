@@ -51,7 +51,7 @@ struct RouterOptions {
   // many wait as may, it is RESOURCE_EXHAUSTED. Borrowed; null: every
   // retrieval runs on its gRPC thread.
   rpc::Handlers* handlers = nullptr;
-  size_t large_retrieval = size_t{1} << 20;
+  size_t large_retrieval = rpc::WriteBudget::kSmallRequest;
 };
 
 // engram.cluster.v1.Router: the shards as the router's probe sees them.

@@ -293,21 +293,13 @@ grpc::Status Router::Retrieve(Ctx* context, const api::RetrieveRequest* request,
   if (options_.handlers == nullptr || bytes < options_.large_retrieval) {
     return RetrieveHere(call, context, request, response);
   }
-  grpc::Status status;
-  std::string why;
-  // While it waits for a thread it holds its request as received and as
-  // parsed.
-  if (!options_.handlers->RunAndWait(
-          [&] {
-            absl::Status memory = call.TakeRetrievalMemory(bytes);
-            status = memory.ok()
-                         ? RetrieveHere(call, context, request, response)
-                         : call.Done(memory);
-          },
-          2 * bytes, &why)) {
-    return call.Done(rpc::RetrievalThreadsBusy(why));
-  }
-  return status;
+  grpc::Status answered;  // RetrieveHere ends the call when it runs.
+  const absl::Status refused =
+      call.RunRetrieval(*options_.handlers, bytes, [&] {
+        answered = RetrieveHere(call, context, request, response);
+        return absl::OkStatus();
+      });
+  return refused.ok() ? answered : call.Done(refused);
 }
 
 grpc::Status Router::RetrieveHere(rpc::Call& call, Ctx* context,

@@ -291,19 +291,7 @@ absl::Status ShardService::RunStep(rpc::Call& call, double work,
   if (options_.handlers == nullptr || work <= options_.inline_work) {
     return step();
   }
-  absl::Status status;
-  std::string why;
-  // While it waits for a thread it holds its request as received and as
-  // parsed.
-  if (!options_.handlers->RunAndWait(
-          [&] {
-            status = call.TakeRetrievalMemory(request_bytes);
-            if (status.ok()) status = step();
-          },
-          2 * request_bytes, &why)) {
-    return rpc::RetrievalThreadsBusy(why);
-  }
-  return status;
+  return call.RunRetrieval(*options_.handlers, request_bytes, step);
 }
 
 grpc::Status ShardService::GetValues(grpc::ServerContext* context,

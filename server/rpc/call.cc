@@ -170,6 +170,23 @@ absl::Status Call::TakeRetrievalMemory(size_t request_bytes) {
   return TakeMemory(kRetrievalCost * request_bytes, "the retrieval");
 }
 
+absl::Status Call::RunRetrieval(Handlers& handlers, size_t request_bytes,
+                                absl::FunctionRef<absl::Status()> work) {
+  absl::Status status;
+  std::string why;
+  // While it waits for a thread it holds its request as received and as
+  // parsed.
+  if (!handlers.RunAndWait(
+          [&] {
+            status = TakeRetrievalMemory(request_bytes);
+            if (status.ok()) status = work();
+          },
+          2 * request_bytes, &why)) {
+    return RetrievalThreadsBusy(why);
+  }
+  return status;
+}
+
 absl::Status Call::ReserveWrite(size_t message_bytes) {
   largest_request_ = std::max(largest_request_, message_bytes);
   reserved_ = WriteBudget::Reservation();

@@ -24,6 +24,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -121,6 +122,11 @@ class Call {
   // x its request, for a request of WriteBudget::kSmallRequest or more
   // (smaller ones take little, and are not measured).
   absl::Status TakeRetrievalMemory(size_t request_bytes);
+  // For a synchronous method: runs `work` on one of `handlers`' threads,
+  // this thread waiting, with the call's retrieval share of the memory
+  // guard; the refusal of the threads or of the guard, else `work`'s status.
+  absl::Status RunRetrieval(Handlers& handlers, size_t request_bytes,
+                            absl::FunctionRef<absl::Status()> work);
   // For a client stream whose messages all stay held until it ends (a
   // restore's files): adds a message of `message_bytes` to the call's share,
   // without waiting (see WriteBudget::Grow; `advice` for a stream larger
