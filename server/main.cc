@@ -90,7 +90,7 @@ ABSL_FLAG(int, rpc_threads, 0,
           "retrievals of more than a little work (a shard's steps, a "
           "router's retrievals of 1 MiB or more) may wait for the threads "
           "that run them (one per core, at least two; the waiting ones may "
-          "hold at most an eighth of the memory in requests); 0 = 32 per "
+          "hold at most an eighth of --max_memory_mb in requests); 0 = 32 per "
           "core. Calls beyond either get RESOURCE_EXHAUSTED. Handlers mostly "
           "wait on retrieval threads, so this bounds memory, not CPU.");
 ABSL_FLAG(int, max_message_mb, 0,
@@ -99,19 +99,26 @@ ABSL_FLAG(int, max_message_mb, 0,
           "write it can admit), at least 4: most requests are read in whole "
           "before any check, so a large limit in a small container lets one "
           "request take all its memory.");
+ABSL_FLAG(int64_t, max_memory_mb, 0,
+          "Memory engramd may use, in MiB; 0 = the machine's, or its "
+          "cgroup's limit where lower. The defaults of "
+          "--max_store_memory_mb (1/2), --max_write_memory_mb (1/4) and the "
+          "waiting retrievals (1/8) derive from it, and work that takes much "
+          "memory is refused while the resident memory is near 9/10 of it. "
+          "Set it where engramd shares a machine; it may not exceed the "
+          "cgroup's limit.");
 ABSL_FLAG(int64_t, max_store_memory_mb, 0,
           "Memory every store's patterns may take together, in MiB (they "
           "stay in memory): an add, import message or restore that would "
           "take them past it is refused with RESOURCE_EXHAUSTED; loading "
           "the stores at start is not. 0 = half the memory engramd may use "
-          "(the machine's, or its cgroup's limit if lower); -1 = no limit.");
+          "(--max_memory_mb); -1 = no limit.");
 ABSL_FLAG(int64_t, max_write_memory_mb, 0,
           "Memory writes in flight may hold, in MiB: a write of 1 MiB or "
           "more counts 5 times its request (or stream message) and waits, "
           "up to its deadline and at most 60 s, while earlier writes hold "
           "the rest; one larger than the whole is refused. 0 = a quarter of "
-          "the memory engramd may use (the machine's, or its cgroup's limit "
-          "if lower).");
+          "the memory engramd may use (--max_memory_mb).");
 ABSL_FLAG(uint32_t, max_dimension, kLimits.max_dimension,
           "Largest store dimension.");
 ABSL_FLAG(uint64_t, max_batch, kLimits.max_batch,
@@ -197,6 +204,26 @@ std::string ReadFlagFile(const std::string& path, const char* flag) {
   std::exit(1);
 }
 
+// --max_memory_mb, or what the machine or the cgroup allows.
+engram::app::MemoryLimit MemoryFromFlags() {
+  engram::app::MemoryLimit detected = engram::app::DetectMemoryLimit();
+  const int64_t mb = absl::GetFlag(FLAGS_max_memory_mb);
+  if (mb == 0) return detected;
+  if (mb < 0 || mb > (int64_t{1} << 30)) {
+    FailOnFlag(absl::StrCat("--max_memory_mb=", mb,
+                            ": must be a number of MiB, or 0 for what the "
+                            "machine or the cgroup allows"));
+  }
+  const size_t bytes = static_cast<size_t>(mb) << 20;
+  if (detected.bytes > 0 && bytes > detected.bytes) {
+    FailOnFlag(absl::StrCat("--max_memory_mb=", mb, ": more than the ",
+                            engram::MiB(detected.bytes),
+                            " this process may use (", detected.source,
+                            "); lower it or leave it 0"));
+  }
+  return {bytes, absl::StrCat("--max_memory_mb=", mb)};
+}
+
 // --role and what it needs.
 void ClusterFromFlags(engram::app::EngramdOptions& o) {
   using engram::app::Role;
@@ -273,16 +300,18 @@ engram::app::EngramdOptions OptionsFromFlags() {
   l.max_steps = absl::GetFlag(FLAGS_max_steps);
   l.max_stores = absl::GetFlag(FLAGS_max_stores);
   l.max_patterns_per_store = absl::GetFlag(FLAGS_max_patterns_per_store);
+  o.memory = MemoryFromFlags();
+  const size_t memory = o.memory.bytes;
   const int64_t store_memory_mb = absl::GetFlag(FLAGS_max_store_memory_mb);
   if (store_memory_mb < -1 || store_memory_mb > (int64_t{1} << 30)) {
     FailOnFlag(absl::StrCat("--max_store_memory_mb=", store_memory_mb,
                             ": must be a number of MiB, 0 for the default "
                             "or -1 for no limit"));
   }
-  l.max_store_memory_bytes =
-      store_memory_mb > 0    ? static_cast<size_t>(store_memory_mb) << 20
-      : store_memory_mb == 0 ? engram::app::MemoryLimitBytes() / 2
-                             : 0;
+  l.max_store_memory_bytes = store_memory_mb > 0
+                                 ? static_cast<size_t>(store_memory_mb) << 20
+                             : store_memory_mb == 0 ? memory / 2
+                                                    : 0;
   l.max_label_bytes = absl::GetFlag(FLAGS_max_label_bytes);
   l.max_metadata_entries = absl::GetFlag(FLAGS_max_metadata_entries);
   l.max_metadata_bytes = absl::GetFlag(FLAGS_max_metadata_bytes);
@@ -297,14 +326,15 @@ engram::app::EngramdOptions OptionsFromFlags() {
   const size_t write_memory =
       absl::GetFlag(FLAGS_max_write_memory_mb) > 0
           ? static_cast<size_t>(absl::GetFlag(FLAGS_max_write_memory_mb)) << 20
-          : engram::app::MemoryLimitBytes() / 4;
+          : memory / 4;
   if (write_memory > 0) {
     server.write_budget = std::make_shared<engram::rpc::WriteBudget>(
         write_memory, "--max_write_memory_mb", &engram::app::ReturnFreedMemory);
   }
-  if (const size_t memory = engram::app::MemoryLimitBytes(); memory > 0) {
+  if (memory > 0) {
     server.memory_guard = std::make_shared<engram::rpc::MemoryGuard>(
-        memory / 10 * 9, absl::StrCat("9/10 of ", engram::MiB(memory)),
+        memory / 10 * 9,
+        absl::StrCat("9/10 of ", engram::MiB(memory), ", ", o.memory.source),
         &engram::rpc::ResidentBytes, &engram::app::ReturnFreedMemory);
   }
   const int max_message_mb = absl::GetFlag(FLAGS_max_message_mb);

@@ -86,11 +86,12 @@ void ReturnFreedMemory() {
 #endif
 }
 
-size_t MemoryLimitBytes() {
+MemoryLimit DetectMemoryLimit() {
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page = sysconf(_SC_PAGESIZE);
   uint64_t limit =
       pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page : 0;
+  const char* source = "the machine's memory";
   // /proc/self/cgroup names the process's group: "0::/path" for cgroup v2,
   // "N:memory:/path" (or "N:a,memory,b:/path") for v1's memory controller.
   // Inside a container it is usually "/", the namespace's root. A limit of
@@ -115,9 +116,10 @@ size_t MemoryLimitBytes() {
     uint64_t bytes = 0;
     if (in >> bytes && bytes > 0 && (limit == 0 || bytes < limit)) {
       limit = bytes;
+      source = "its cgroup's limit";
     }
   }
-  return static_cast<size_t>(limit);
+  return {static_cast<size_t>(limit), limit > 0 ? source : "unknown"};
 }
 
 }  // namespace engram::app

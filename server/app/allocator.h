@@ -26,9 +26,16 @@ std::vector<metrics::ScrapedGauge> HeapGauges();
 // the C library's malloc.
 void ReturnFreedMemory();
 
+// The memory engramd may use, from which the defaults of the stores', the
+// writes' and the retrievals' bounds and the resident memory guard derive.
+struct MemoryLimit {
+  size_t bytes = 0;    // 0: unknown (then those bounds are off).
+  std::string source;  // "the machine's memory", "its cgroup's limit".
+};
+
 // The memory this process may use: the machine's, or its cgroup's limit
-// (cgroup v2, then v1) where that is lower; 0 if neither can be read.
-size_t MemoryLimitBytes();
+// (cgroup v2, then v1) where that is lower.
+MemoryLimit DetectMemoryLimit();
 
 }  // namespace engram::app
 

@@ -88,9 +88,9 @@ std::string RaiseOpenFileLimit() {
 // The threads retrievals run on (engramd's, a shard's steps, a router's
 // large ones): as many as there are cores, at least two — more add no speed,
 // and each retrieval holds tens of MiB while it runs. Up to `rpc_threads`
-// more wait, holding at most an eighth of the memory.
-std::unique_ptr<rpc::Handlers> RetrievalHandlers(int rpc_threads) {
-  const size_t memory = MemoryLimitBytes();
+// more wait, holding at most an eighth of `memory` (0: unbounded).
+std::unique_ptr<rpc::Handlers> RetrievalHandlers(int rpc_threads,
+                                                 size_t memory) {
   const size_t cores = std::max(2u, std::thread::hardware_concurrency());
   return std::make_unique<rpc::Handlers>(
       std::min(static_cast<size_t>(rpc_threads), cores),
@@ -105,15 +105,30 @@ std::string WriteMemory(const rpc::WriteBudget* budget) {
   return MiBOrUnlimited(budget == nullptr ? 0 : budget->limit());
 }
 
+// "692 MiB (9/10 of 768 MiB, its cgroup's limit)", or "unlimited".
 std::string ResidentLimit(const rpc::MemoryGuard* guard) {
-  return MiBOrUnlimited(guard == nullptr ? 0 : guard->limit());
+  return guard == nullptr
+             ? "unlimited"
+             : absl::StrCat(MiB(guard->limit()), " (", guard->about(), ")");
 }
 
-// The gauges read at every scrape: the allocator's, the stores' memory and
-// the write budget's.
+// The gauges read at every scrape: the allocator's, the stores' memory, the
+// write budget's and the memory guard's.
 std::vector<metrics::ScrapedGauge> ScrapedGauges(const rpc::WriteBudget* budget,
+                                                 const rpc::MemoryGuard* guard,
                                                  const store::Limits& limits) {
   std::vector<metrics::ScrapedGauge> out = HeapGauges();
+  if (guard != nullptr) {
+    out.push_back({"engram_memory_limit_bytes",
+                   "What engramd may have resident before it refuses work "
+                   "that takes much memory: 9/10 of --max_memory_mb or of "
+                   "the machine's or cgroup's memory.",
+                   static_cast<double>(guard->limit())});
+    out.push_back({"engram_memory_work_bytes",
+                   "What the work admitted under engram_memory_limit_bytes "
+                   "may still take (its estimated shares).",
+                   static_cast<double>(guard->taken())});
+  }
   if (limits.store_memory) {
     out.push_back({"engram_stores_memory_bytes",
                    "What every store's patterns take together.",
@@ -202,7 +217,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   router.calibration_threads = o.retrieval_threads;
   router.max_restore_bytes = o.max_restore_bytes;
   std::unique_ptr<rpc::Handlers> handlers =
-      RetrievalHandlers(o.server.max_threads);
+      RetrievalHandlers(o.server.max_threads, o.memory.bytes);
   router.handlers = handlers.get();
   absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
       o.server, &metrics, [&](const rpc::CallPolicy* policy) {
@@ -270,8 +285,9 @@ int RunEngramd(EngramdOptions o) {
   o.metrics.version = ENGRAM_VERSION;
   // The stores' memory, counted by the registry's stores, for the gauges.
   o.limits.store_memory = std::make_shared<std::atomic<size_t>>(0);
-  o.metrics.gauges = [budget = o.server.write_budget, limits = o.limits] {
-    return ScrapedGauges(budget.get(), limits);
+  o.metrics.gauges = [budget = o.server.write_budget,
+                      guard = o.server.memory_guard, limits = o.limits] {
+    return ScrapedGauges(budget.get(), guard.get(), limits);
   };
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);
@@ -331,7 +347,7 @@ int RunEngramd(EngramdOptions o) {
   rpc::ServiceOptions service;
   service.retrieval_threads = o.retrieval_threads;
   std::unique_ptr<rpc::Handlers> handlers =
-      RetrievalHandlers(o.server.max_threads);
+      RetrievalHandlers(o.server.max_threads, o.memory.bytes);
   service.handlers = handlers.get();
   service.max_restore_bytes = o.max_restore_bytes;
   cluster::ShardOptions shard;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "server/app/allocator.h"
 #include "server/cluster/shard_pool.h"
 #include "server/cluster/topology.h"
 #include "server/metrics/prometheus_metrics.h"
@@ -38,6 +39,10 @@ struct EngramdOptions {
   Role role = Role::kStandalone;
   ClusterOptions cluster;  // limits.placement is a shard's group.
   std::string data_dir = "./engram-data";
+  // What engramd may use (--max_memory_mb or detected): for the waiting
+  // retrievals' bound and the configuration line; the flags' defaults
+  // (server/main.cc) derive from it too.
+  MemoryLimit memory;
   store::RocksDbOptions storage;  // path: data_dir/db unless set.
   // A backup directory to restore the whole server from, into an empty
   // data_dir, before serving (server/app/restore_backup.h); empty: none.

@@ -61,6 +61,7 @@ class MemoryGuard {
   absl::StatusOr<Share> Take(size_t bytes, absl::string_view what);
 
   size_t limit() const { return limit_; }
+  const std::string& about() const { return about_; }
   size_t taken() const;  // What the shares out hold together.
 
  private:

@@ -42,14 +42,9 @@ EngramService::EngramService(store::StoreRegistry* registry,
       policy_(policy),
       options_(std::move(options)),
       metrics_(policy->metrics),
-      own_handlers_(
-          options_.handlers != nullptr
-              ? nullptr
-              : std::make_unique<Handlers>(options_.handler_threads,
-                                           options_.handler_waiting > 0
-                                               ? options_.handler_waiting
-                                               : options_.handler_threads,
-                                           options_.handler_waiting_bytes)),
+      own_handlers_(options_.handlers != nullptr
+                        ? nullptr
+                        : std::make_unique<Handlers>(options_.handler_threads)),
       handlers_(options_.handlers != nullptr ? options_.handlers
                                              : own_handlers_.get()) {}
 

@@ -31,15 +31,11 @@ void CountStore(metrics::Metrics& metrics, const store::Store& store);
 struct ServiceOptions {
   int retrieval_threads = 1;
   size_t inline_work = kInlineRetrievalWork;
-  // Threads for the larger retrievals; while all are busy up to
-  // `handler_waiting` more retrievals (0: as many as threads) wait, holding
-  // at most `handler_waiting_bytes` of requests, and beyond them a Retrieve
-  // gets RESOURCE_EXHAUSTED. Borrowed when set (it must outlive the
-  // service); else the service keeps its own.
+  // Threads for the larger retrievals (their bounds: handlers.h). Borrowed
+  // when set (it must outlive the service); else the service keeps its own
+  // `handler_threads`, with as many retrievals waiting for them.
   Handlers* handlers = nullptr;
   int handler_threads = 8;
-  size_t handler_waiting = 0;
-  size_t handler_waiting_bytes = SIZE_MAX;
   // The most bytes one RestoreStore may send (it is held in memory).
   size_t max_restore_bytes = size_t{8} << 30;
 };

@@ -60,6 +60,10 @@ The test checks:
     added or refused with RESOURCE_EXHAUSTED, the store holding exactly
     what was added (before the resident memory guard, engramd was killed;
     each burst alone was not).
+--max_memory_mb sets every bound's default and the guard's limit (adds
+of 12 MiB to stores without a ceiling stop at 9/10 of it, refused naming
+the flag, what was acknowledged kept); one above the cgroup's limit
+refuses to start, naming both.
 The memory parts are skipped under a sanitizer, whose runtime allocates
 differently and far more.
 
@@ -68,6 +72,7 @@ Usage: memory_test.py BIN_DIR
 import contextlib
 import os
 import sys
+import subprocess
 import tempfile
 import threading
 import time
@@ -351,7 +356,8 @@ class MemoryTest(unittest.TestCase):
         adds together: the resident memory guard refuses what would pass
         9/10 of it."""
         with engramd_in_cgroup(self, 768 << 20) as e:
-            self.assertIn("resident<=692 MiB;", e.startup)
+            self.assertIn("resident<=692 MiB (9/10 of 768 MiB, its cgroup's limit);",
+                          e.startup)
             self.fill_stores(e)
             with Client(e.addr) as c:
                 before = c.get_store("s").pattern_count
@@ -386,6 +392,55 @@ class MemoryTest(unittest.TestCase):
                   "answered, %d added, %d refused (%d by the memory guard), peak resident "
                   "%.0f MiB" % (len(answered), len(added), len(errors), memory,
                                 peak_mib(e.proc.pid)), file=sys.stderr)
+
+    @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime has an allocator of its own")
+    def test_11_max_memory_mb_sets_every_bound_and_the_guard_holds_to_it(self):
+        """--max_memory_mb is the one figure the defaults derive from; with
+        the stores unbounded, adds stop where the resident memory guard says
+        9/10 of it, naming the flag."""
+        e = Engramd(BIN, self.tmp.name, "--max_memory_mb=384", "--max_store_memory_mb=-1")
+        try:
+            self.assertIn("write memory<=96 MiB;", e.startup)
+            self.assertIn("store memory<=unlimited;", e.startup)
+            self.assertIn("resident<=346 MiB (9/10 of 384 MiB, --max_memory_mb=384);",
+                          e.startup)
+            rows = (12 << 20) // (DIM * 4)
+            x = np.random.default_rng(17).random((rows, DIM), dtype=np.float32)
+            added = 0
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+                for _ in range(40):  # 480 MiB in all.
+                    try:
+                        c.add("s", x, batch=rows)
+                        added += 1
+                    except grpc.RpcError as error:
+                        self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         error.details())
+                        self.assertIn("memory: engramd has", error.details())
+                        self.assertIn("of the 346 MiB it may use (9/10 of 384 MiB, "
+                                      "--max_memory_mb=384)", error.details())
+                        break
+                self.assertIsNone(e.proc.poll())
+                self.assertGreaterEqual(added, 10)
+                self.assertLess(added, 40)
+                self.assertEqual(c.get_store("s").pattern_count, added * rows)
+            print("--max_memory_mb=384: %d adds of 12 MiB before the guard refused, peak "
+                  "resident %.0f MiB" % (added, peak_mib(e.proc.pid)), file=sys.stderr)
+        finally:
+            e.stop()
+
+    def test_12_max_memory_mb_past_the_cgroup_limit_refuses_to_start(self):
+        with memory_cgroup(768 << 20, "too-much") as procs:
+            if procs is None:
+                self.skipTest("no memory cgroup can be made here")
+            started = subprocess.run(
+                ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs,
+                 os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0", "--metrics_listen=",
+                 "--data_dir=" + os.path.join(self.tmp.name, "d"), "--max_memory_mb=1024"],
+                capture_output=True, text=True, timeout=30)
+            self.assertEqual(started.returncode, 1, started.stderr)
+            self.assertIn("--max_memory_mb=1024: more than the 768 MiB this process may "
+                          "use (its cgroup's limit)", started.stderr)
 
     def fill_stores(self, e):
         """Adds 36 MiB at a time to store "s" (made here) at `e` until the

@@ -115,6 +115,22 @@ class MetricsTest(unittest.TestCase):
         self.assertLessEqual(after["engram_heap_allocated_bytes"],
                              after["engram_heap_resident_bytes"])
 
+    def test_memory_guard_series(self):
+        """engram_memory_limit_bytes: 9/10 of what engramd may use (here the
+        machine's or the cgroup's memory); engram_memory_work_bytes: the
+        shares of the work admitted under it, none between calls and none
+        left after a large add."""
+        before = series(self.metrics_port, "engram_memory_")
+        self.assertEqual(sorted(before), ["engram_memory_limit_bytes",
+                                          "engram_memory_work_bytes"])
+        self.assertGreater(before["engram_memory_limit_bytes"], 64 << 20)
+        self.assertEqual(before["engram_memory_work_bytes"], 0)
+        with Client(self.addr) as c:
+            c.create_store("guarded", dim=1024)
+            c.add("guarded", np.ones((2048, 1024), np.float32))  # 8 MiB: it takes a share.
+        after = series(self.metrics_port, "engram_memory_")
+        self.assertEqual(after, before)
+
     def test_store_memory_series(self):
         """engram_stores_memory_bytes: what every store's patterns take,
         growing with an add; engram_stores_memory_limit_bytes: the ceiling
@@ -212,16 +228,23 @@ class MetricsTest(unittest.TestCase):
             result = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/query?query={ratio}"))
             self.assertEqual(len(result["data"]["result"]), 1, result)
             self.assertTrue(0 < float(result["data"]["result"][0]["value"][1]) < 0.9, result)
+            # ... and the resident memory over the guard's limit (what
+            # EngramResidentMemoryNearLimit compares with 0.9).
+            ratio = urllib.parse.quote(
+                "process_resident_memory_bytes / engram_memory_limit_bytes")
+            result = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/query?query={ratio}"))
+            self.assertEqual(len(result["data"]["result"]), 1, result)
+            self.assertTrue(0 < float(result["data"]["result"][0]["value"][1]) < 0.9, result)
             deadline = time.time() + 30
             while True:
                 groups = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/rules"))["data"]["groups"]
                 alerts = [r for g in groups for r in g["rules"]]
-                if (len(alerts) == 8 and all(r.get("lastEvaluation", "").startswith("20")
+                if (len(alerts) == 9 and all(r.get("lastEvaluation", "").startswith("20")
                                              and r["health"] == "ok" for r in alerts)) \
                         or time.time() > deadline:
                     break
                 time.sleep(0.5)
-            self.assertEqual(len(alerts), 8, groups)
+            self.assertEqual(len(alerts), 9, groups)
             for r in alerts:
                 self.assertEqual(r["health"], "ok", r)
                 self.assertEqual(r["state"], "inactive", r)  # A healthy engramd.
