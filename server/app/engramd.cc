@@ -155,6 +155,19 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(const rpc::WriteBudget* budget,
   return out;
 }
 
+// Tokens without TLS: the one configuration in which a caller with no token
+// still has its request read (rpc/auth.h).
+void WarnOfTokensInClear(const rpc::ServerOptions& server) {
+  if (server.token_file.empty() || !server.tls_cert.empty()) return;
+  Log(LogLevel::kWarning,
+      "--token_file without --tls_cert: tokens travel in clear, and a call "
+      "is checked only once gRPC has read its request (up to %zu MiB), so a "
+      "caller with no token can still make engramd read requests; beyond "
+      "this host serve TLS, where calls without a token are refused before "
+      "that",
+      server.max_message_bytes * 2 >> 20);
+}
+
 void LogConfiguration(const EngramdOptions& o, int port,
                       const std::string& metrics_address,
                       const std::string& open_files) {
@@ -232,6 +245,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
     Log(LogLevel::kError, "%s", server.status().ToString());
     return 1;
   }
+  WarnOfTokensInClear(o.server);
   Log(LogLevel::kInfo,
       "engramd %s router listening on %s (port %d, %s); metrics on %s; "
       "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
@@ -395,6 +409,7 @@ int RunEngramd(EngramdOptions o) {
         if (auto s = registry.Get(name); s.ok()) rpc::CountStore(metrics, **s);
       });
   // The configuration first: whoever waits for "ready" in the log has it.
+  WarnOfTokensInClear(o.server);
   LogConfiguration(o, (*server)->port(),
                    BoundAddress(o.metrics.listen, exported->port), open_files);
   (*server)->SetReady(true);

@@ -9,7 +9,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -22,6 +21,7 @@
 #include "openssl/err.h"
 #include "openssl/pem.h"
 #include "openssl/x509.h"
+#include "server/rpc/auth.h"
 
 namespace engram::rpc {
 
@@ -62,11 +62,10 @@ class UnparsedRequest final : public grpc::experimental::Interceptor {
  private:
   // "engram.v1.GetStoreRequest" for "/engram.v1.Engram/GetStore".
   static std::string RequestType(absl::string_view method) {
-    absl::ConsumePrefix(&method, "/");
-    const google::protobuf::MethodDescriptor* found =
-        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(
-            absl::StrReplaceAll(method, {{"/", "."}}));
-    if (found == nullptr) return absl::StrCat("request of ", method);
+    const google::protobuf::MethodDescriptor* found = MethodAt(method);
+    if (found == nullptr) {
+      return absl::StrCat("request of ", absl::StripPrefix(method, "/"));
+    }
     return found->input_type()->full_name();
   }
 
@@ -197,6 +196,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
           GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
     }
     credentials = grpc::SslServerCredentials(ssl);
+    if (server->policy_->auth.enabled()) {
+      // Tokens checked as headers arrive, before gRPC reads a request.
+      credentials->SetAuthMetadataProcessor(
+          std::make_shared<TokenMetadataProcessor>(server->policy_->auth,
+                                                   metrics));
+    }
   } else if (!options.tls_client_ca.empty()) {
     return absl::InvalidArgumentError(
         "--tls_client_ca needs --tls_cert and --tls_key");
