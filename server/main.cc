@@ -48,6 +48,11 @@ ABSL_FLAG(std::string, token_file, "",
           "Bearer tokens, one per line: 'read TOKEN' or 'write TOKEN'. Every "
           "engram RPC then needs 'authorization: Bearer TOKEN'; read tokens "
           "cannot change data. Health checks need none.");
+ABSL_FLAG(int, credentials_refresh_s, 60,
+          "How often, in seconds, --token_file and the TLS files are read "
+          "again if they changed: a rotated token or certificate applies to "
+          "new calls and connections without a restart; one that does not "
+          "load is logged and the previous kept.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -349,6 +354,12 @@ engram::app::EngramdOptions OptionsFromFlags() {
   server.tls_key = absl::GetFlag(FLAGS_tls_key);
   server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   server.token_file = absl::GetFlag(FLAGS_token_file);
+  const int refresh_s = absl::GetFlag(FLAGS_credentials_refresh_s);
+  if (refresh_s < 1 || refresh_s > 86400) {
+    FailOnFlag(absl::StrCat("--credentials_refresh_s=", refresh_s,
+                            ": must be in [1, 86400]"));
+  }
+  server.credentials_refresh = absl::Seconds(refresh_s);
   server.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                            ? absl::GetFlag(FLAGS_rpc_threads)
                            : 32 * cores;

@@ -168,7 +168,16 @@ void WarnOfTokensInClear(const rpc::ServerOptions& server) {
       server.max_message_bytes * 2 >> 20);
 }
 
-void LogConfiguration(const EngramdOptions& o, int port,
+// "plaintext", or "TLS with /CN=engram, valid until ..." ("mutual TLS
+// with ...").
+std::string Transport(const rpc::ServerOptions& options,
+                      const rpc::Server& server) {
+  if (options.tls_cert.empty()) return "plaintext";
+  return absl::StrCat(options.tls_client_ca.empty() ? "TLS" : "mutual TLS",
+                      " with ", server.certificate());
+}
+
+void LogConfiguration(const EngramdOptions& o, const rpc::Server& server,
                       const std::string& metrics_address,
                       const std::string& open_files) {
   const store::Limits& l = o.limits;
@@ -184,10 +193,8 @@ void LogConfiguration(const EngramdOptions& o, int port,
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
       "stores<=%zu patterns/store<=%zu label<=%zu bytes metadata<=%zu "
       "entries of <=%zu bytes low-rank values<=%zu calibration work<=%g",
-      ENGRAM_VERSION, o.server.listen, port,
-      o.server.tls_cert.empty()        ? "plaintext"
-      : o.server.tls_client_ca.empty() ? "TLS"
-                                       : "mutual TLS",
+      ENGRAM_VERSION, o.server.listen, server.port(),
+      Transport(o.server, server),
       o.server.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_address, o.data_dir, o.storage.sync ? "true" : "false",
       core::DescribeMachine(), std::string(core::KernelIsa()),
@@ -251,7 +258,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
       "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
       "allocator %s; write memory<=%s; resident<=%s",
       ENGRAM_VERSION, o.server.listen, (*server)->port(),
-      o.server.tls_cert.empty() ? "plaintext" : "TLS",
+      Transport(o.server, **server),
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
       open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
@@ -410,8 +417,8 @@ int RunEngramd(EngramdOptions o) {
       });
   // The configuration first: whoever waits for "ready" in the log has it.
   WarnOfTokensInClear(o.server);
-  LogConfiguration(o, (*server)->port(),
-                   BoundAddress(o.metrics.listen, exported->port), open_files);
+  LogConfiguration(o, **server, BoundAddress(o.metrics.listen, exported->port),
+                   open_files);
   (*server)->SetReady(true);
   Log(LogLevel::kInfo, "stores loaded, jobs resumed; ready");
 

@@ -26,12 +26,13 @@ bool SameSecret(absl::string_view a, absl::string_view b) {
 
 }  // namespace
 
-absl::StatusOr<TokenAuthorizer> TokenAuthorizer::Load(const std::string& path) {
+absl::StatusOr<TokenAuthorizer::Tokens> TokenAuthorizer::Read(
+    const std::string& path) {
   std::ifstream in(path);
   if (!in) {
     return absl::NotFoundError(absl::StrCat("cannot read token file ", path));
   }
-  TokenAuthorizer auth;
+  Tokens tokens;
   std::string line;
   int number = 0;
   while (std::getline(in, line)) {
@@ -47,12 +48,82 @@ absl::StatusOr<TokenAuthorizer> TokenAuthorizer::Load(const std::string& path) {
                        ": expected 'read TOKEN' or 'write TOKEN', tokens of "
                        "16+ characters"));
     }
-    auth.tokens_.push_back({std::string(parts[1]), parts[0] == "write"});
+    tokens.push_back({std::string(parts[1]), parts[0] == "write"});
   }
-  if (auth.tokens_.empty()) {
+  if (in.bad()) {
+    return absl::DataLossError(absl::StrCat("cannot read token file ", path));
+  }
+  if (tokens.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " holds no token"));
   }
+  return tokens;
+}
+
+absl::StatusOr<TokenAuthorizer> TokenAuthorizer::Load(const std::string& path) {
+  const std::optional<FileStamp> stamp = FileStamp::Of(path);
+  absl::StatusOr<Tokens> tokens = Read(path);
+  if (!tokens.ok()) return tokens.status();
+  TokenAuthorizer auth;
+  auth.path_ = path;
+  auth.enabled_ = true;
+  {
+    MutexLock lock(&auth.mu_);
+    auth.tokens_ = std::make_shared<const Tokens>(*std::move(tokens));
+    auth.stamp_ = stamp;
+  }
   return auth;
+}
+
+TokenAuthorizer::TokenAuthorizer(const TokenAuthorizer& other) {
+  *this = other;
+}
+
+TokenAuthorizer& TokenAuthorizer::operator=(const TokenAuthorizer& other) {
+  if (this == &other) return *this;
+  std::shared_ptr<const Tokens> tokens;
+  std::optional<FileStamp> stamp;
+  bool read_again;
+  {
+    MutexLock lock(&other.mu_);
+    tokens = other.tokens_;
+    stamp = other.stamp_;
+    read_again = other.read_again_;
+  }
+  path_ = other.path_;
+  enabled_ = other.enabled_;
+  MutexLock lock(&mu_);
+  tokens_ = std::move(tokens);
+  stamp_ = stamp;
+  read_again_ = read_again;
+  return *this;
+}
+
+std::shared_ptr<const TokenAuthorizer::Tokens> TokenAuthorizer::tokens() const {
+  MutexLock lock(&mu_);
+  return tokens_;
+}
+
+size_t TokenAuthorizer::size() const { return tokens()->size(); }
+
+absl::StatusOr<bool> TokenAuthorizer::Reload() {
+  if (!enabled_) return false;
+  const std::optional<FileStamp> before = FileStamp::Of(path_);
+  {
+    MutexLock lock(&mu_);
+    if (before == stamp_ && !read_again_) return false;
+    stamp_ = before;  // Tried: a bad version is reported once.
+    read_again_ = false;
+  }
+  absl::StatusOr<Tokens> tokens = Read(path_);
+  if (before.has_value() && FileStamp::Of(path_) != before) {
+    MutexLock lock(&mu_);
+    read_again_ = true;  // Written while it was read.
+    return false;
+  }
+  if (!tokens.ok()) return tokens.status();
+  MutexLock lock(&mu_);
+  tokens_ = std::make_shared<const Tokens>(*std::move(tokens));
+  return true;
 }
 
 absl::Status TokenAuthorizer::Check(const grpc::ServerContextBase& context,
@@ -77,7 +148,8 @@ absl::Status TokenAuthorizer::CheckHeader(
     return absl::UnauthenticatedError(
         "the authorization header must read 'Bearer TOKEN'");
   }
-  for (const Token& token : tokens_) {
+  const std::shared_ptr<const Tokens> tokens = this->tokens();
+  for (const Token& token : *tokens) {
     if (SameSecret(value, token.secret)) {
       if (writes && !token.write) {
         return absl::PermissionDeniedError(
@@ -112,7 +184,7 @@ grpc::Status TokenMetadataProcessor::Process(const InputMetadata& metadata,
   // method checks it.
   if (!path.has_value() || NeedsNoToken(*path)) return grpc::Status::OK;
   const std::optional<absl::string_view> authorization = get("authorization");
-  const absl::Status status = auth_.CheckHeader(
+  const absl::Status status = auth_->CheckHeader(
       authorization.has_value() ? &*authorization : nullptr, false);
   if (status.ok()) return grpc::Status::OK;
   // Counted under the method's name only where the method is one of

@@ -12,19 +12,30 @@
 // up to twice --max_message_mb, on as many streams as it opens (eight of
 // 200 MiB at once: 1.4 GB resident).
 //
-// Thread-safe: immutable after Load.
+// The file may change while engramd runs (a rotated token): Reload reads
+// it again if it changed, and the next calls are checked against the new
+// tokens. A file that no longer reads, or holds no token or a malformed
+// line, leaves the tokens as they were: never fewer checks.
+//
+// Thread-safe.
 #ifndef ENGRAM_SERVER_RPC_AUTH_H_
 #define ENGRAM_SERVER_RPC_AUTH_H_
 
+#include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/security/auth_metadata_processor.h"
 #include "grpcpp/server_context.h"
+#include "server/base/file_stamp.h"
+#include "server/base/mutex.h"
 #include "server/metrics/metrics.h"
 
 namespace engram::rpc {
@@ -34,8 +45,19 @@ class TokenAuthorizer {
   // No tokens: every call is allowed.
   TokenAuthorizer() = default;
   static absl::StatusOr<TokenAuthorizer> Load(const std::string& path);
+  TokenAuthorizer(const TokenAuthorizer& other);
+  TokenAuthorizer& operator=(const TokenAuthorizer& other);
 
-  bool enabled() const { return !tokens_.empty(); }
+  // Whether calls need a token; fixed by Load.
+  bool enabled() const { return enabled_; }
+
+  // Reads the file again if its size, modification time or inode changed
+  // since it was last read (or tried): true if the tokens were replaced,
+  // false if the file had not changed (or changed while it was read: the
+  // next Reload reads it again); an error, the tokens kept, if it no
+  // longer holds valid tokens (reported once per version of the file).
+  absl::StatusOr<bool> Reload();
+  size_t size() const;  // How many tokens.
 
   // OK, UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (a read
   // token for a writing method).
@@ -49,7 +71,19 @@ class TokenAuthorizer {
     std::string secret;
     bool write;
   };
-  std::vector<Token> tokens_;
+  using Tokens = std::vector<Token>;
+  static absl::StatusOr<Tokens> Read(const std::string& path);
+  std::shared_ptr<const Tokens> tokens() const;
+
+  std::string path_;
+  bool enabled_ = false;
+  mutable Mutex mu_;
+  std::shared_ptr<const Tokens> tokens_ ABSL_GUARDED_BY(mu_) =
+      std::make_shared<const Tokens>();
+  // The version of the file last read or tried (nullopt: gone), and whether
+  // it must be read again whatever its stamp (it changed while read).
+  std::optional<FileStamp> stamp_ ABSL_GUARDED_BY(mu_);
+  bool read_again_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Refuses, as its headers arrive, a call that needs a token and carries
@@ -60,8 +94,9 @@ class TokenAuthorizer {
 // over TLS only.
 class TokenMetadataProcessor final : public grpc::AuthMetadataProcessor {
  public:
-  TokenMetadataProcessor(TokenAuthorizer auth, metrics::Metrics* metrics)
-      : auth_(std::move(auth)), metrics_(metrics) {}
+  // Both borrowed; they must outlive the server's calls.
+  TokenMetadataProcessor(const TokenAuthorizer* auth, metrics::Metrics* metrics)
+      : auth_(auth), metrics_(metrics) {}
 
   bool IsBlocking() const override { return false; }  // Compares strings.
   grpc::Status Process(const InputMetadata& metadata,
@@ -69,7 +104,7 @@ class TokenMetadataProcessor final : public grpc::AuthMetadataProcessor {
                        OutputMetadata* response) override;
 
  private:
-  const TokenAuthorizer auth_;
+  const TokenAuthorizer* const auth_;
   metrics::Metrics* const metrics_;
 };
 

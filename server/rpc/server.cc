@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -15,13 +17,13 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
-#include "openssl/bio.h"
-#include "openssl/err.h"
-#include "openssl/pem.h"
-#include "openssl/x509.h"
+#include "server/base/log.h"
 #include "server/rpc/auth.h"
+#include "server/rpc/tls_files.h"
 
 namespace engram::rpc {
 
@@ -87,51 +89,6 @@ class UnparsedRequestFactory final
   }
 };
 
-absl::StatusOr<std::string> ReadFile(const std::string& path,
-                                     const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (path.empty() || !in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read '", path, "'"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// gRPC only says it cannot start when a key does not fit its certificate;
-// OpenSSL can say which flag is wrong.
-absl::Status CheckKeyPair(const std::string& cert_pem,
-                          const std::string& key_pem,
-                          const ServerOptions& options) {
-  BIO* cert_bio =
-      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
-  X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
-  BIO_free(cert_bio);
-  if (cert == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tls_cert=", options.tls_cert, ": not a PEM certificate"));
-  }
-  BIO* key_bio =
-      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
-  BIO_free(key_bio);
-  absl::Status status;
-  if (key == nullptr) {
-    status = absl::InvalidArgumentError(
-        absl::StrCat("--tls_key=", options.tls_key,
-                     ": not a PEM private key (or one with a passphrase)"));
-  } else if (X509_check_private_key(cert, key) != 1) {
-    status = absl::InvalidArgumentError(absl::StrCat(
-        "--tls_key=", options.tls_key,
-        " does not match the certificate of --tls_cert=", options.tls_cert));
-  }
-  EVP_PKEY_free(key);
-  X509_free(cert);
-  ERR_clear_error();
-  return status;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
@@ -177,29 +134,37 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty() || !options.tls_key.empty()) {
-    absl::StatusOr<std::string> cert = ReadFile(options.tls_cert, "--tls_cert");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadFile(options.tls_key, "--tls_key");
-    if (!key.ok()) return key.status();
-    if (absl::Status status = CheckKeyPair(*cert, *key, options);
-        !status.ok()) {
-      return status;
-    }
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    absl::StatusOr<std::unique_ptr<TlsFiles>> tls_files = TlsFiles::Open(
+        options.tls_cert, options.tls_key, options.tls_client_ca);
+    if (!tls_files.ok()) return tls_files.status();
+    server->tls_ = *std::move(tls_files);
+    // gRPC reads the checked copies again every refresh (TlsFiles has them
+    // changed when the flags' files do).
+    const unsigned refresh = static_cast<unsigned>(std::max<int64_t>(
+        1, absl::ToInt64Seconds(options.credentials_refresh)));
+    const std::string& identity = server->tls_->identity_path();
+    auto provider =
+        options.tls_client_ca.empty()
+            ? std::make_shared<
+                  grpc::experimental::FileWatcherCertificateProvider>(
+                  identity, identity, refresh)
+            : std::make_shared<
+                  grpc::experimental::FileWatcherCertificateProvider>(
+                  identity, identity, server->tls_->client_ca_path(), refresh);
+    grpc::experimental::TlsServerCredentialsOptions tls(provider);
+    tls.watch_identity_key_cert_pairs();
     if (!options.tls_client_ca.empty()) {
-      absl::StatusOr<std::string> ca =
-          ReadFile(options.tls_client_ca, "--tls_client_ca");
-      if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
-      ssl.client_certificate_request =
-          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+      tls.watch_root_certs();
+      tls.set_cert_request_type(
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    } else {
+      tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
     }
-    credentials = grpc::SslServerCredentials(ssl);
+    credentials = grpc::experimental::TlsServerCredentials(tls);
     if (server->policy_->auth.enabled()) {
       // Tokens checked as headers arrive, before gRPC reads a request.
       credentials->SetAuthMetadataProcessor(
-          std::make_shared<TokenMetadataProcessor>(server->policy_->auth,
+          std::make_shared<TokenMetadataProcessor>(&server->policy_->auth,
                                                    metrics));
     }
   } else if (!options.tls_client_ca.empty()) {
@@ -240,6 +205,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         ": cannot listen there (the port is in use, or the host is not an "
         "address of this machine)"));
   }
+  if (!options.token_file.empty() || !options.tls_cert.empty()) {
+    server->watcher_ = std::thread(
+        [raw = server.get(), options] { raw->WatchCredentials(options); });
+  }
   // Live as soon as it runs; ready when the caller says so.
   server->server_->GetHealthCheckService()->SetServingStatus("", true);
   server->SetReady(false);
@@ -253,7 +222,59 @@ void Server::SetReady(bool ready) {
       v1::Engram::service_full_name(), ready);
 }
 
+void Server::WatchCredentials(const ServerOptions& options) {
+  const std::vector<std::string> tls_files = {options.tls_cert, options.tls_key,
+                                              options.tls_client_ca};
+  std::vector<std::optional<FileStamp>> tls_stamps;
+  for (const std::string& file : tls_files) {
+    tls_stamps.push_back(FileStamp::Of(file));
+  }
+  const absl::Duration refresh =
+      std::max(options.credentials_refresh, absl::Seconds(1));
+  MutexLock lock(&watch_mu_);
+  while (!stop_watching_) {
+    watch_cv_.WaitWithTimeout(&watch_mu_, refresh);
+    if (stop_watching_) break;
+    absl::StatusOr<bool> reloaded = policy_->auth.Reload();
+    if (!reloaded.ok()) {
+      Log(LogLevel::kError,
+          "--token_file=%s changed but does not load (%s): the tokens read "
+          "before stay in force",
+          options.token_file, reloaded.status().message());
+    } else if (*reloaded) {
+      Log(LogLevel::kInfo,
+          "--token_file=%s changed: %zu tokens, in force for new calls",
+          options.token_file, policy_->auth.size());
+    }
+    if (tls_ == nullptr) continue;
+    absl::StatusOr<bool> rotated = tls_->Reload();
+    if (!rotated.ok()) {
+      Log(LogLevel::kError,
+          "TLS files changed but do not load (%s): new connections keep "
+          "getting %s",
+          rotated.status().message(), tls_->describe());
+    } else if (*rotated) {
+      Log(LogLevel::kInfo, "TLS files changed: new connections get %s",
+          tls_->describe());
+    }
+  }
+}
+
+std::string Server::certificate() const {
+  if (tls_ == nullptr) return "";
+  MutexLock lock(&watch_mu_);
+  return tls_->describe();
+}
+
 void Server::Shutdown(absl::Duration grace) {
+  if (watcher_.joinable()) {
+    {
+      MutexLock lock(&watch_mu_);
+      stop_watching_ = true;
+    }
+    watch_cv_.SignalAll();
+    watcher_.join();
+  }
   if (!server_) return;
   SetReady(false);
   server_->Shutdown(std::chrono::system_clock::now() +

@@ -15,15 +15,19 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "server/base/mutex.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/call.h"
 #include "server/rpc/memory_guard.h"
 #include "server/rpc/service.h"
+#include "server/rpc/tls_files.h"
 #include "server/rpc/write_budget.h"
 #include "server/store/registry.h"
 
@@ -46,6 +50,11 @@ struct ServerOptions {
   std::string tls_client_ca;
   // Bearer tokens (see auth.h); empty: no token needed.
   std::string token_file;
+  // How often the token file and the TLS files are looked at again: a
+  // rotated token or certificate applies without a restart (new calls,
+  // new connections); one that does not load is logged and the previous
+  // kept. At least a second.
+  absl::Duration credentials_refresh = absl::Seconds(60);
   // CallPolicy::after_write.
   AfterWrite after_write;
 };
@@ -71,6 +80,9 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const { return port_; }
+  // The certificate served ("/CN=engram, valid until ..."); empty without
+  // TLS. It may change (credentials_refresh).
+  std::string certificate() const;
   std::string address() const;
 
   // Readiness: whether the engram service takes requests.
@@ -83,11 +95,21 @@ class Server {
  private:
   explicit Server(std::string host);
 
+  // Until Shutdown: every options.credentials_refresh, reloads the token
+  // file if it changed and checks changed TLS files (gRPC reloads those
+  // itself), logging what it found.
+  void WatchCredentials(const ServerOptions& options);
+
+  std::unique_ptr<TlsFiles> tls_;  // Null: plaintext. Outlives server_.
   std::unique_ptr<CallPolicy> policy_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
   const std::string host_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  mutable Mutex watch_mu_;
+  CondVar watch_cv_;
+  bool stop_watching_ ABSL_GUARDED_BY(watch_mu_) = false;
+  std::thread watcher_;
 };
 
 }  // namespace engram::rpc

@@ -6,6 +6,7 @@ Usage: security_test.py BIN_DIR
 """
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,9 @@ class SecurityTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.tmp.cleanup()
+
+    def sh(self, *args):
+        subprocess.run(args, check=True, capture_output=True)
 
     def engram(self, server, *args, env=None):
         return subprocess.run([os.path.join(BIN, "engram"), "--addr=" + server.addr,
@@ -205,6 +209,86 @@ class SecurityTest(unittest.TestCase):
                 self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
             text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read().decode()
             self.assertNotIn("NoSuchMethod", text)
+        finally:
+            s.stop()
+
+    def test_rotated_tokens_and_certificates_apply_without_a_restart(self):
+        """--credentials_refresh_s: a rotated token file and certificate
+        apply to new calls and connections; a damaged version of either is
+        logged and the one before stays in force (gRPC's own file watcher
+        would stop every handshake on a key that does not fit, and abort
+        engramd on an empty certificate file)."""
+        live = os.path.join(self.tmp.name, "live")
+        os.mkdir(live)
+        self.sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=server2",
+                "-keyout", self.p("server2.key"), "-out", self.p("server2.csr"))
+        self.sh("openssl", "x509", "-req", "-in", self.p("server2.csr"), "-CA", self.p("ca.pem"),
+                "-CAkey", self.p("ca.key"), "-CAcreateserial", "-days", "2",
+                "-out", self.p("server2.pem"), "-extfile", self.p("san.ext"))
+
+        def put(name, text):  # A new version, as a secret's update gives.
+            with open(os.path.join(live, name + ".next"), "wb") as f:
+                f.write(text)
+            os.replace(os.path.join(live, name + ".next"), os.path.join(live, name))
+
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        put("cert.pem", read(self.p("server.pem")))
+        put("key.pem", read(self.p("server.key")))
+        put("tokens", b"write first-0123456789abcdef\n")
+        s = Server(self.tmp.name, "--tls_cert=" + os.path.join(live, "cert.pem"),
+                   "--tls_key=" + os.path.join(live, "key.pem"),
+                   "--token_file=" + os.path.join(live, "tokens"), "--credentials_refresh_s=1")
+        tls = ["--tls_ca=" + self.p("ca.pem")]
+
+        def lists(token):
+            return self.engram(s, *tls, "store", "list", env={"ENGRAM_TOKEN": token})
+
+        def served():  # The common name of the certificate a new connection gets.
+            context = ssl.create_default_context(cafile=self.p("ca.pem"))
+            context.set_alpn_protocols(["h2"])
+            host, port = s.addr.split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname=host) as conn:
+                    return dict(x[0] for x in conn.getpeercert()["subject"])["commonName"]
+
+        def until(condition, what):
+            deadline = time.time() + 20
+            while not condition():
+                self.assertLess(time.time(), deadline, what + "\n" + s.log()[-2000:])
+                time.sleep(0.2)
+        try:
+            self.assertIn("TLS with /CN=server, valid until", s.startup)
+            self.assertEqual(served(), "server")
+            self.assertEqual(lists("first-0123456789abcdef").returncode, 0)
+
+            put("tokens", b"write second-0123456789abcdef\n")
+            until(lambda: "UNAUTHENTICATED" in lists("first-0123456789abcdef").stderr,
+                  "the rotated-out token still works")
+            self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
+            self.assertIn("changed: 1 tokens, in force for new calls", s.log())
+            put("tokens", b"write short\n")
+            until(lambda: "does not load" in s.log(), "no error for a damaged token file")
+            self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
+            self.assertIn("UNAUTHENTICATED", lists("first-0123456789abcdef").stderr)
+            self.assertIn("UNAUTHENTICATED", self.engram(s, *tls, "store", "list").stderr)
+
+            put("key.pem", read(self.p("server2.key")))
+            put("cert.pem", read(self.p("server2.pem")))
+            until(lambda: served() == "server2", "the rotated certificate is not served")
+            self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
+            self.assertIn("TLS files changed: new connections get /CN=server2", s.log())
+            mismatches = s.log().count("does not match the certificate")
+            put("key.pem", read(self.p("server.key")))  # Fits no certificate served.
+            until(lambda: s.log().count("does not match the certificate") > mismatches,
+                  "no error for a mismatched key")
+            put("cert.pem", b"")
+            until(lambda: "not a PEM certificate" in s.log(), "no error for an empty certificate")
+            time.sleep(2.5)  # gRPC's watcher has read again meanwhile.
+            self.assertIsNone(s.proc.poll(), "engramd died")
+            self.assertEqual(served(), "server2")
+            self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
         finally:
             s.stop()
 

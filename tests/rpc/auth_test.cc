@@ -46,7 +46,8 @@ grpc::Status Process(
 TEST(TokenMetadataProcessorTest,
      RefusesACallWithNoKnownTokenAsItsHeadersArrive) {
   CountingMetrics metrics;
-  TokenMetadataProcessor processor(Tokens(), &metrics);
+  const TokenAuthorizer auth = Tokens();
+  TokenMetadataProcessor processor(&auth, &metrics);
   const std::string retrieve = "/engram.v1.Engram/Retrieve";
   grpc::Status none = Process(processor, {{":path", retrieve}});
   EXPECT_EQ(none.error_code(), grpc::StatusCode::UNAUTHENTICATED);
@@ -67,7 +68,8 @@ TEST(TokenMetadataProcessorTest,
 
 TEST(TokenMetadataProcessorTest, LeavesWhetherATokenMayWriteToTheMethod) {
   CountingMetrics metrics;
-  TokenMetadataProcessor processor(Tokens(), &metrics);
+  const TokenAuthorizer auth = Tokens();
+  TokenMetadataProcessor processor(&auth, &metrics);
   for (const char* token :
        {"Bearer reader-0123456789abcdef", "Bearer writer-0123456789abcdef"}) {
     EXPECT_TRUE(Process(processor, {{":path", "/engram.v1.Engram/AddPatterns"},
@@ -80,7 +82,8 @@ TEST(TokenMetadataProcessorTest, LeavesWhetherATokenMayWriteToTheMethod) {
 
 TEST(TokenMetadataProcessorTest, HealthAndReflectionNeedNoToken) {
   CountingMetrics metrics;
-  TokenMetadataProcessor processor(Tokens(), &metrics);
+  const TokenAuthorizer auth = Tokens();
+  TokenMetadataProcessor processor(&auth, &metrics);
   for (const char* path :
        {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}) {
@@ -94,7 +97,8 @@ TEST(TokenMetadataProcessorTest, HealthAndReflectionNeedNoToken) {
 
 TEST(TokenMetadataProcessorTest, CountsRefusalsOnlyUnderMethodsThatExist) {
   CountingMetrics metrics;
-  TokenMetadataProcessor processor(Tokens(), &metrics);
+  const TokenAuthorizer auth = Tokens();
+  TokenMetadataProcessor processor(&auth, &metrics);
   for (const char* path : {"/engram.v1.Engram/NoSuchMethod", "/x/y", "",
                            "/engram.cluster.v1.Shard/PartialStep"}) {
     EXPECT_EQ(Process(processor, {{":path", path}}).error_code(),
@@ -104,6 +108,73 @@ TEST(TokenMetadataProcessorTest, CountsRefusalsOnlyUnderMethodsThatExist) {
   // The path is the caller's to choose: only a real method is a label.
   EXPECT_EQ(metrics.requests, (std::vector<std::pair<std::string, std::string>>{
                                   {"PartialStep", "UNAUTHENTICATED"}}));
+}
+
+// Writes `text` to `path` as a new version (a new inode, as a Kubernetes
+// secret's update or an editor's save gives).
+void Write(const std::string& path, const std::string& text) {
+  const std::string next = path + ".next";
+  {
+    std::ofstream out(next);
+    out << text;
+  }
+  ASSERT_EQ(std::rename(next.c_str(), path.c_str()), 0);
+}
+
+absl::Status Ask(const TokenAuthorizer& auth, const std::string& token,
+                 bool writes) {
+  const std::string text = "Bearer " + token;
+  const absl::string_view header = text;
+  return auth.CheckHeader(&header, writes);
+}
+
+TEST(TokenAuthorizerTest, ReloadsARotatedFileAndKeepsTheTokensOfABadOne) {
+  const std::string path = ::testing::TempDir() + "/auth_test_rotated";
+  Write(path, "write first-0123456789abcdef\n");
+  absl::StatusOr<TokenAuthorizer> auth = TokenAuthorizer::Load(path);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  EXPECT_TRUE(Ask(*auth, "first-0123456789abcdef", true).ok());
+  EXPECT_EQ(auth->Reload().value_or(true), false);  // Unchanged.
+
+  // Rotated: the new token in force, the old one refused.
+  Write(path, "write second-0123456789abcdef\nread reader-0123456789abcdef\n");
+  EXPECT_EQ(auth->Reload().value_or(false), true);
+  EXPECT_EQ(auth->size(), 2u);
+  EXPECT_TRUE(Ask(*auth, "second-0123456789abcdef", true).ok());
+  EXPECT_EQ(Ask(*auth, "first-0123456789abcdef", false).code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Ask(*auth, "reader-0123456789abcdef", true).code(),
+            absl::StatusCode::kPermissionDenied);
+
+  // Damaged, empty, gone: each an error once, the tokens kept — never a
+  // server open to anyone.
+  for (const char* bad : {"write short\n", "", "# nothing\n"}) {
+    Write(path, bad);
+    absl::StatusOr<bool> reloaded = auth->Reload();
+    EXPECT_FALSE(reloaded.ok()) << bad;
+    EXPECT_EQ(auth->Reload().value_or(true), false) << "reported twice";
+    EXPECT_TRUE(auth->enabled());
+    EXPECT_TRUE(Ask(*auth, "second-0123456789abcdef", true).ok()) << bad;
+    EXPECT_EQ(Ask(*auth, "", false).code(), absl::StatusCode::kUnauthenticated);
+  }
+  std::remove(path.c_str());
+  EXPECT_FALSE(auth->Reload().ok());
+  EXPECT_TRUE(Ask(*auth, "second-0123456789abcdef", true).ok());
+
+  // Back: in force again.
+  Write(path, "read third-0123456789abcdef\n");
+  EXPECT_EQ(auth->Reload().value_or(false), true);
+  EXPECT_TRUE(Ask(*auth, "third-0123456789abcdef", false).ok());
+  EXPECT_EQ(Ask(*auth, "second-0123456789abcdef", false).code(),
+            absl::StatusCode::kUnauthenticated);
+  std::remove(path.c_str());
+}
+
+TEST(TokenAuthorizerTest, WithoutAFileNothingReloads) {
+  TokenAuthorizer none;
+  EXPECT_FALSE(none.enabled());
+  EXPECT_EQ(none.Reload().value_or(true), false);
+  EXPECT_TRUE(Ask(none, "", true).ok());
 }
 
 TEST(MethodAtTest, NamesCompiledInMethodsOnly) {

@@ -1,0 +1,242 @@
+#include "server/rpc/tls_files.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "openssl/bio.h"
+#include "openssl/err.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
+
+namespace engram::rpc {
+
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (path.empty() || !in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": cannot read '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": cannot read '", path, "'"));
+  }
+  return text.str();
+}
+
+struct Bio {
+  explicit Bio(const std::string& text)
+      : bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size()))) {}
+  ~Bio() { BIO_free(bio); }
+  BIO* bio;
+};
+
+// The certificates of a PEM text, in order (none if it holds none).
+std::vector<X509*> Certificates(const std::string& pem) {
+  std::vector<X509*> out;
+  Bio in(pem);
+  while (X509* cert = PEM_read_bio_X509(in.bio, nullptr, nullptr, nullptr)) {
+    out.push_back(cert);
+  }
+  ERR_clear_error();
+  return out;
+}
+
+void Free(std::vector<X509*>& certs) {
+  for (X509* cert : certs) X509_free(cert);
+  certs.clear();
+}
+
+// "/CN=server, valid until Dec  6 01:23:07 2026 GMT".
+std::string Describe(X509* cert) {
+  std::string out;
+  char name[256];
+  if (X509_NAME_oneline(X509_get_subject_name(cert), name, sizeof(name))) {
+    out = name;
+  }
+  BIO* text = BIO_new(BIO_s_mem());
+  if (ASN1_TIME_print(text, X509_get0_notAfter(cert)) == 1) {
+    char* data = nullptr;
+    const long size = BIO_get_mem_data(text, &data);
+    absl::StrAppend(&out, ", valid until ", std::string(data, size));
+    if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
+      absl::StrAppend(&out, " (EXPIRED: clients will refuse it)");
+    }
+  }
+  BIO_free(text);
+  return out;
+}
+
+// Key and certificate chain of the flags' files, checked, as one PEM
+// text (and the certificate described); the CA bundle checked.
+absl::Status Check(const std::string& cert_path, const std::string& cert_pem,
+                   const std::string& key_path, const std::string& key_pem,
+                   const std::string& ca_path, const std::string& ca_pem,
+                   std::string* describe) {
+  std::vector<X509*> chain = Certificates(cert_pem);
+  if (chain.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls_cert=", cert_path, ": not a PEM certificate"));
+  }
+  Bio key_in(key_pem);
+  EVP_PKEY* key =
+      PEM_read_bio_PrivateKey(key_in.bio, nullptr, nullptr, nullptr);
+  absl::Status status;
+  if (key == nullptr) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("--tls_key=", key_path,
+                     ": not a PEM private key (or one with a passphrase)"));
+  } else if (X509_check_private_key(chain[0], key) != 1) {
+    status = absl::InvalidArgumentError(absl::StrCat(
+        "--tls_key=", key_path,
+        " does not match the certificate of --tls_cert=", cert_path));
+  }
+  if (status.ok()) *describe = Describe(chain[0]);
+  EVP_PKEY_free(key);
+  Free(chain);
+  if (status.ok() && !ca_path.empty()) {
+    std::vector<X509*> cas = Certificates(ca_pem);
+    if (cas.empty()) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "--tls_client_ca=", ca_path, ": holds no PEM certificate"));
+    }
+    Free(cas);
+  }
+  ERR_clear_error();
+  return status;
+}
+
+// An in-memory file holding `text`, or -1.
+int MemoryFile(const char* name, const std::string& text) {
+  const int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      close(fd);
+      return -1;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return fd;
+}
+
+// Puts a new in-memory file holding `text` at `*fd` (the same number, so
+// that its /proc/self/fd path now reads the new text); a first one if
+// `*fd` < 0.
+absl::Status Replace(const char* name, const std::string& text, int* fd) {
+  const int next = MemoryFile(name, text);
+  if (next < 0) {
+    return absl::InternalError(absl::StrCat(
+        "TLS: cannot make an in-memory file: ", std::strerror(errno)));
+  }
+  if (*fd < 0) {
+    *fd = next;
+    return absl::OkStatus();
+  }
+  if (dup3(next, *fd, O_CLOEXEC) < 0) {
+    const int error = errno;
+    close(next);
+    return absl::InternalError(absl::StrCat(
+        "TLS: cannot replace an in-memory file: ", std::strerror(error)));
+  }
+  close(next);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Open(
+    std::string cert, std::string key, std::string client_ca) {
+  std::unique_ptr<TlsFiles> files(new TlsFiles());
+  files->cert_ = std::move(cert);
+  files->key_ = std::move(key);
+  files->ca_ = std::move(client_ca);
+  absl::Status status = files->Load();
+  for (int tries = 1; absl::IsUnavailable(status) && tries < 5; ++tries) {
+    status = files->Load();  // Written while read: once more.
+  }
+  if (!status.ok()) return status;
+  files->identity_path_ = absl::StrCat("/proc/self/fd/", files->identity_fd_);
+  if (files->ca_fd_ >= 0) {
+    files->ca_path_ = absl::StrCat("/proc/self/fd/", files->ca_fd_);
+  }
+  return files;
+}
+
+TlsFiles::~TlsFiles() {
+  if (identity_fd_ >= 0) close(identity_fd_);
+  if (ca_fd_ >= 0) close(ca_fd_);
+}
+
+absl::Status TlsFiles::Load() {
+  const std::string* paths[3] = {&cert_, &key_, &ca_};
+  std::optional<FileStamp> before[3];
+  for (int i = 0; i < 3; ++i) before[i] = FileStamp::Of(*paths[i]);
+  for (int i = 0; i < 3; ++i) stamps_[i] = before[i];
+  read_again_ = false;
+  absl::StatusOr<std::string> cert = ReadPem(cert_, "--tls_cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadPem(key_, "--tls_key");
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::string> ca =
+      ca_.empty() ? std::string() : ReadPem(ca_, "--tls_client_ca");
+  if (!ca.ok()) return ca.status();
+  for (int i = 0; i < 3; ++i) {
+    if (FileStamp::Of(*paths[i]) != before[i]) {
+      read_again_ = true;  // Written while read.
+      return absl::UnavailableError("TLS files changed while read");
+    }
+  }
+  std::string describe;
+  if (absl::Status status =
+          Check(cert_, *cert, key_, *key, ca_, *ca, &describe);
+      !status.ok()) {
+    return status;
+  }
+  // Key first: gRPC reads the key and the chain from the same file.
+  if (absl::Status status =
+          Replace("engram-tls-identity", absl::StrCat(*key, "\n", *cert),
+                  &identity_fd_);
+      !status.ok()) {
+    return status;
+  }
+  if (!ca_.empty()) {
+    if (absl::Status status = Replace("engram-tls-client-ca", *ca, &ca_fd_);
+        !status.ok()) {
+      return status;
+    }
+  }
+  describe_ = std::move(describe);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> TlsFiles::Reload() {
+  const std::string* paths[3] = {&cert_, &key_, &ca_};
+  bool changed = read_again_;
+  for (int i = 0; i < 3; ++i) {
+    changed |= !paths[i]->empty() && FileStamp::Of(*paths[i]) != stamps_[i];
+  }
+  if (!changed) return false;
+  absl::Status status = Load();
+  if (absl::IsUnavailable(status)) return false;  // Read again next time.
+  if (!status.ok()) return status;
+  return true;
+}
+
+}  // namespace engram::rpc

@@ -1,0 +1,79 @@
+// The TLS files engramd serves with, checked before gRPC sees them, and
+// read again when they change (a rotated certificate).
+//
+// gRPC can watch certificate files itself, but it takes whatever they hold
+// at the moment it looks: a key that does not fit the certificate stops
+// every new handshake, and an empty certificate file aborts the process
+// (gRPC 1.51, measured). So engramd reads the files, checks them (a PEM
+// certificate chain, a PEM private key that fits it, a CA bundle with a
+// certificate) and only then hands them to gRPC, through in-memory files
+// (memfd) whose /proc/self/fd paths gRPC's watcher reads; a new version
+// replaces the old one atomically (dup2), key and certificate in one file,
+// so gRPC never reads one without the other. A version that does not check
+// is reported and the one before stays in use. The key is never written to
+// disk.
+//
+//   absl::StatusOr<std::unique_ptr<TlsFiles>> files =
+//       TlsFiles::Open(cert, key, client_ca);
+//   FileWatcherCertificateProvider((*files)->identity_path(),
+//                                  (*files)->identity_path(), ...);
+//   ... every so often: (*files)->Reload();
+//
+// Thread-compatible: Reload from one thread at a time.
+#ifndef ENGRAM_SERVER_RPC_TLS_FILES_H_
+#define ENGRAM_SERVER_RPC_TLS_FILES_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/base/file_stamp.h"
+
+namespace engram::rpc {
+
+class TlsFiles {
+ public:
+  // `cert` and `key`: the server's (--tls_cert, --tls_key); `client_ca`
+  // (--tls_client_ca) may be empty. INVALID_ARGUMENT naming the flag whose
+  // file does not check.
+  static absl::StatusOr<std::unique_ptr<TlsFiles>> Open(std::string cert,
+                                                        std::string key,
+                                                        std::string client_ca);
+  ~TlsFiles();
+  TlsFiles(const TlsFiles&) = delete;
+  TlsFiles& operator=(const TlsFiles&) = delete;
+
+  // Key and certificate chain, checked, in one file; the client CA (empty
+  // if none).
+  const std::string& identity_path() const { return identity_path_; }
+  const std::string& client_ca_path() const { return ca_path_; }
+
+  // If a file changed since it was last read: reads them all, checks them
+  // and, if they pass, puts them in place of the ones before (true). False
+  // if none changed (or one changed while read: the next Reload reads them
+  // again); an error, the files before kept, if they do not check
+  // (reported once per version).
+  absl::StatusOr<bool> Reload();
+
+  // "/CN=engram, valid until Dec  4 12:00:00 2027 GMT" of the certificate
+  // in use (flagged if it has expired).
+  const std::string& describe() const { return describe_; }
+
+ private:
+  TlsFiles() = default;
+  // Reads and checks the files; on success replaces the in-memory ones.
+  absl::Status Load();
+
+  std::string cert_, key_, ca_;  // The flags' paths.
+  int identity_fd_ = -1, ca_fd_ = -1;
+  std::string identity_path_, ca_path_;
+  std::string describe_;
+  // The versions of cert_, key_, ca_ last read or tried.
+  std::optional<FileStamp> stamps_[3];
+  bool read_again_ = false;
+};
+
+}  // namespace engram::rpc
+
+#endif  // ENGRAM_SERVER_RPC_TLS_FILES_H_
