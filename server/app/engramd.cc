@@ -113,11 +113,29 @@ std::string ResidentLimit(const rpc::MemoryGuard* guard) {
 }
 
 // The gauges read at every scrape: the allocator's, the stores' memory, the
-// write budget's and the memory guard's.
-std::vector<metrics::ScrapedGauge> ScrapedGauges(const rpc::WriteBudget* budget,
-                                                 const rpc::MemoryGuard* guard,
-                                                 const store::Limits& limits) {
+// write budget's, the memory guard's and the credentials'.
+std::vector<metrics::ScrapedGauge> ScrapedGauges(
+    const rpc::WriteBudget* budget, const rpc::MemoryGuard* guard,
+    const store::Limits& limits, const rpc::ServerOptions& server) {
   std::vector<metrics::ScrapedGauge> out = HeapGauges();
+  if (const rpc::CredentialState* state = server.credential_state.get()) {
+    if (!server.tls_cert.empty()) {
+      out.push_back({"engram_tls_certificate_expiry_timestamp_seconds",
+                     "When the certificate served (--tls_cert) expires, "
+                     "unix seconds.",
+                     state->certificate_expiry.load()});
+      out.push_back({"engram_tls_files_reload_failed",
+                     "1 while the TLS files changed into a version that "
+                     "does not load (the previous is still served).",
+                     state->tls_files_failed.load() ? 1.0 : 0.0});
+    }
+    if (!server.token_file.empty()) {
+      out.push_back({"engram_token_file_reload_failed",
+                     "1 while --token_file changed into a version that does "
+                     "not load (the previous tokens are still in force).",
+                     state->token_file_failed.load() ? 1.0 : 0.0});
+    }
+  }
   if (guard != nullptr) {
     out.push_back({"engram_memory_limit_bytes",
                    "What engramd may have resident before it refuses work "
@@ -306,9 +324,11 @@ int RunEngramd(EngramdOptions o) {
   o.metrics.version = ENGRAM_VERSION;
   // The stores' memory, counted by the registry's stores, for the gauges.
   o.limits.store_memory = std::make_shared<std::atomic<size_t>>(0);
+  o.server.credential_state = std::make_shared<rpc::CredentialState>();
   o.metrics.gauges = [budget = o.server.write_budget,
-                      guard = o.server.memory_guard, limits = o.limits] {
-    return ScrapedGauges(budget.get(), guard.get(), limits);
+                      guard = o.server.memory_guard, limits = o.limits,
+                      server = o.server] {
+    return ScrapedGauges(budget.get(), guard.get(), limits, server);
   };
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);

@@ -205,6 +205,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         ": cannot listen there (the port is in use, or the host is not an "
         "address of this machine)"));
   }
+  if (options.credential_state != nullptr && server->tls_ != nullptr) {
+    options.credential_state->certificate_expiry =
+        static_cast<double>(server->tls_->expiry());
+  }
   if (!options.token_file.empty() || !options.tls_cert.empty()) {
     server->watcher_ = std::thread(
         [raw = server.get(), options] { raw->WatchCredentials(options); });
@@ -223,19 +227,17 @@ void Server::SetReady(bool ready) {
 }
 
 void Server::WatchCredentials(const ServerOptions& options) {
-  const std::vector<std::string> tls_files = {options.tls_cert, options.tls_key,
-                                              options.tls_client_ca};
-  std::vector<std::optional<FileStamp>> tls_stamps;
-  for (const std::string& file : tls_files) {
-    tls_stamps.push_back(FileStamp::Of(file));
-  }
   const absl::Duration refresh =
       std::max(options.credentials_refresh, absl::Seconds(1));
+  CredentialState* const state = options.credential_state.get();
   MutexLock lock(&watch_mu_);
   while (!stop_watching_) {
     watch_cv_.WaitWithTimeout(&watch_mu_, refresh);
     if (stop_watching_) break;
     absl::StatusOr<bool> reloaded = policy_->auth.Reload();
+    if (state != nullptr && (!reloaded.ok() || *reloaded)) {
+      state->token_file_failed = !reloaded.ok();
+    }
     if (!reloaded.ok()) {
       Log(LogLevel::kError,
           "--token_file=%s changed but does not load (%s): the tokens read "
@@ -248,6 +250,10 @@ void Server::WatchCredentials(const ServerOptions& options) {
     }
     if (tls_ == nullptr) continue;
     absl::StatusOr<bool> rotated = tls_->Reload();
+    if (state != nullptr && (!rotated.ok() || *rotated)) {
+      state->tls_files_failed = !rotated.ok();
+      state->certificate_expiry = static_cast<double>(tls_->expiry());
+    }
     if (!rotated.ok()) {
       Log(LogLevel::kError,
           "TLS files changed but do not load (%s): new connections keep "

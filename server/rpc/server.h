@@ -12,6 +12,7 @@
 #ifndef ENGRAM_SERVER_RPC_SERVER_H_
 #define ENGRAM_SERVER_RPC_SERVER_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -32,6 +33,17 @@
 #include "server/store/registry.h"
 
 namespace engram::rpc {
+
+// What a server's credentials are, for its gauges; the server keeps it
+// current.
+struct CredentialState {
+  // When the certificate served expires (unix seconds); 0 without TLS.
+  std::atomic<double> certificate_expiry{0};
+  // Whether the file changed into a version that does not load (the one
+  // before stays in force), until a version that loads.
+  std::atomic<bool> token_file_failed{false};
+  std::atomic<bool> tls_files_failed{false};
+};
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
@@ -55,6 +67,8 @@ struct ServerOptions {
   // new connections); one that does not load is logged and the previous
   // kept. At least a second.
   absl::Duration credentials_refresh = absl::Seconds(60);
+  // Kept current if set.
+  std::shared_ptr<CredentialState> credential_state;
   // CallPolicy::after_write.
   AfterWrite after_write;
 };

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -13,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "openssl/asn1.h"
 #include "openssl/bio.h"
 #include "openssl/err.h"
 #include "openssl/pem.h"
@@ -85,7 +87,7 @@ std::string Describe(X509* cert) {
 absl::Status Check(const std::string& cert_path, const std::string& cert_pem,
                    const std::string& key_path, const std::string& key_pem,
                    const std::string& ca_path, const std::string& ca_pem,
-                   std::string* describe) {
+                   std::string* describe, int64_t* expiry) {
   std::vector<X509*> chain = Certificates(cert_pem);
   if (chain.empty()) {
     return absl::InvalidArgumentError(
@@ -104,7 +106,13 @@ absl::Status Check(const std::string& cert_path, const std::string& cert_pem,
         "--tls_key=", key_path,
         " does not match the certificate of --tls_cert=", cert_path));
   }
-  if (status.ok()) *describe = Describe(chain[0]);
+  if (status.ok()) {
+    *describe = Describe(chain[0]);
+    tm when;
+    *expiry = ASN1_TIME_to_tm(X509_get0_notAfter(chain[0]), &when) == 1
+                  ? static_cast<int64_t>(timegm(&when))
+                  : 0;
+  }
   EVP_PKEY_free(key);
   Free(chain);
   if (status.ok() && !ca_path.empty()) {
@@ -204,8 +212,9 @@ absl::Status TlsFiles::Load() {
     }
   }
   std::string describe;
+  int64_t expiry = 0;
   if (absl::Status status =
-          Check(cert_, *cert, key_, *key, ca_, *ca, &describe);
+          Check(cert_, *cert, key_, *key, ca_, *ca, &describe, &expiry);
       !status.ok()) {
     return status;
   }
@@ -223,6 +232,7 @@ absl::Status TlsFiles::Load() {
     }
   }
   describe_ = std::move(describe);
+  expiry_ = expiry;
   return absl::OkStatus();
 }
 

@@ -23,6 +23,7 @@
 #ifndef ENGRAM_SERVER_RPC_TLS_FILES_H_
 #define ENGRAM_SERVER_RPC_TLS_FILES_H_
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,6 +60,8 @@ class TlsFiles {
   // "/CN=engram, valid until Dec  4 12:00:00 2027 GMT" of the certificate
   // in use (flagged if it has expired).
   const std::string& describe() const { return describe_; }
+  // When it expires, unix seconds.
+  int64_t expiry() const { return expiry_; }
 
  private:
   TlsFiles() = default;
@@ -69,6 +72,7 @@ class TlsFiles {
   int identity_fd_ = -1, ca_fd_ = -1;
   std::string identity_path_, ca_path_;
   std::string describe_;
+  int64_t expiry_ = 0;
   // The versions of cert_, key_, ca_ last read or tried.
   std::optional<FileStamp> stamps_[3];
   bool read_again_ = false;

@@ -239,12 +239,12 @@ class MetricsTest(unittest.TestCase):
             while True:
                 groups = json.loads(get(f"http://127.0.0.1:{web_port}/api/v1/rules"))["data"]["groups"]
                 alerts = [r for g in groups for r in g["rules"]]
-                if (len(alerts) == 9 and all(r.get("lastEvaluation", "").startswith("20")
+                if (len(alerts) == 11 and all(r.get("lastEvaluation", "").startswith("20")
                                              and r["health"] == "ok" for r in alerts)) \
                         or time.time() > deadline:
                     break
                 time.sleep(0.5)
-            self.assertEqual(len(alerts), 9, groups)
+            self.assertEqual(len(alerts), 11, groups)
             for r in alerts:
                 self.assertEqual(r["health"], "ok", r)
                 self.assertEqual(r["state"], "inactive", r)  # A healthy engramd.

@@ -239,10 +239,22 @@ class SecurityTest(unittest.TestCase):
         put("cert.pem", read(self.p("server.pem")))
         put("key.pem", read(self.p("server.key")))
         put("tokens", b"write first-0123456789abcdef\n")
-        s = Server(self.tmp.name, "--tls_cert=" + os.path.join(live, "cert.pem"),
-                   "--tls_key=" + os.path.join(live, "key.pem"),
-                   "--token_file=" + os.path.join(live, "tokens"), "--credentials_refresh_s=1")
+        metrics_port = free_port()
+        s = Engramd(BIN, self.tmp.name, "--tls_cert=" + os.path.join(live, "cert.pem"),
+                    "--tls_key=" + os.path.join(live, "key.pem"),
+                    "--token_file=" + os.path.join(live, "tokens"), "--credentials_refresh_s=1",
+                    metrics_listen="127.0.0.1:%d" % metrics_port)
         tls = ["--tls_ca=" + self.p("ca.pem")]
+
+        def gauge(name):
+            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read()
+            return [float(line.split()[1]) for line in text.decode().splitlines()
+                    if line.startswith(name + " ")][0]
+
+        def expiry(cert):
+            end = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", cert],
+                                 check=True, capture_output=True, text=True).stdout
+            return ssl.cert_time_to_seconds(end.strip().split("=", 1)[1])
 
         def lists(token):
             return self.engram(s, *tls, "store", "list", env={"ENGRAM_TOKEN": token})
@@ -264,6 +276,10 @@ class SecurityTest(unittest.TestCase):
             self.assertIn("TLS with /CN=server, valid until", s.startup)
             self.assertEqual(served(), "server")
             self.assertEqual(lists("first-0123456789abcdef").returncode, 0)
+            self.assertEqual(gauge("engram_tls_certificate_expiry_timestamp_seconds"),
+                             expiry(self.p("server.pem")))
+            self.assertEqual(gauge("engram_token_file_reload_failed"), 0)
+            self.assertEqual(gauge("engram_tls_files_reload_failed"), 0)
 
             put("tokens", b"write second-0123456789abcdef\n")
             until(lambda: "UNAUTHENTICATED" in lists("first-0123456789abcdef").stderr,
@@ -275,12 +291,19 @@ class SecurityTest(unittest.TestCase):
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
             self.assertIn("UNAUTHENTICATED", lists("first-0123456789abcdef").stderr)
             self.assertIn("UNAUTHENTICATED", self.engram(s, *tls, "store", "list").stderr)
+            self.assertEqual(gauge("engram_token_file_reload_failed"), 1)
+            put("tokens", b"write second-0123456789abcdef\nread third-0123456789abcdef\n")
+            until(lambda: lists("third-0123456789abcdef").returncode == 0,
+                  "the mended token file is not in force")
+            self.assertEqual(gauge("engram_token_file_reload_failed"), 0)
 
             put("key.pem", read(self.p("server2.key")))
             put("cert.pem", read(self.p("server2.pem")))
             until(lambda: served() == "server2", "the rotated certificate is not served")
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
             self.assertIn("TLS files changed: new connections get /CN=server2", s.log())
+            self.assertEqual(gauge("engram_tls_certificate_expiry_timestamp_seconds"),
+                             expiry(self.p("server2.pem")))
             mismatches = s.log().count("does not match the certificate")
             put("key.pem", read(self.p("server.key")))  # Fits no certificate served.
             until(lambda: s.log().count("does not match the certificate") > mismatches,
@@ -289,6 +312,7 @@ class SecurityTest(unittest.TestCase):
             until(lambda: "not a PEM certificate" in s.log(), "no error for an empty certificate")
             time.sleep(2.5)  # gRPC's watcher has read again meanwhile.
             self.assertIsNone(s.proc.poll(), "engramd died")
+            self.assertEqual(gauge("engram_tls_files_reload_failed"), 1)
             self.assertEqual(served(), "server2")
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
         finally:
