@@ -138,10 +138,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         options.tls_cert, options.tls_key, options.tls_client_ca);
     if (!tls_files.ok()) return tls_files.status();
     server->tls_ = *std::move(tls_files);
-    // gRPC reads the checked copies again every refresh (TlsFiles has them
-    // changed when the flags' files do).
-    const unsigned refresh = static_cast<unsigned>(std::max<int64_t>(
-        1, absl::ToInt64Seconds(options.credentials_refresh)));
+    // gRPC reads the checked in-memory copies every second (TlsFiles
+    // changes them when the flags' files change and check): a rotation is
+    // served within a second of engramd's own look at the files.
+    constexpr unsigned refresh = 1;
     const std::string& identity = server->tls_->identity_path();
     auto provider =
         options.tls_client_ca.empty()

@@ -404,26 +404,10 @@ class MemoryTest(unittest.TestCase):
             self.assertIn("store memory<=unlimited;", e.startup)
             self.assertIn("resident<=346 MiB (9/10 of 384 MiB, --max_memory_mb=384);",
                           e.startup)
-            rows = (12 << 20) // (DIM * 4)
-            x = np.random.default_rng(17).random((rows, DIM), dtype=np.float32)
-            added = 0
-            with Client(e.addr) as c:
-                c.create_store("s", dim=DIM)
-                for _ in range(40):  # 480 MiB in all.
-                    try:
-                        c.add("s", x, batch=rows)
-                        added += 1
-                    except grpc.RpcError as error:
-                        self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                         error.details())
-                        self.assertIn("memory: engramd has", error.details())
-                        self.assertIn("of the 346 MiB it may use (9/10 of 384 MiB, "
-                                      "--max_memory_mb=384)", error.details())
-                        break
-                self.assertIsNone(e.proc.poll())
-                self.assertGreaterEqual(added, 10)
-                self.assertLess(added, 40)
-                self.assertEqual(c.get_store("s").pattern_count, added * rows)
+            added = self.add_until_refused(
+                e, 12, 40, ["memory: engramd has", "of the 346 MiB it may use (9/10 of "
+                            "384 MiB, --max_memory_mb=384)"], seed=17)
+            self.assertGreaterEqual(added, 10)
             print("--max_memory_mb=384: %d adds of 12 MiB before the guard refused, peak "
                   "resident %.0f MiB" % (added, peak_mib(e.proc.pid)), file=sys.stderr)
         finally:
@@ -444,25 +428,34 @@ class MemoryTest(unittest.TestCase):
 
     def fill_stores(self, e):
         """Adds 36 MiB at a time to store "s" (made here) at `e` until the
-        stores' ceiling refuses one, naming max_store_memory_mb; checks that
+        stores' ceiling refuses one, naming max_store_memory_mb (see
+        add_until_refused). How many were added."""
+        added = self.add_until_refused(e, 36, 16, ["max_store_memory_mb of 384"], seed=13)
+        self.assertGreaterEqual(added, 8)
+        return added
+
+    def add_until_refused(self, e, mib, most, refusal, seed):
+        """Adds `mib` MiB at a time to store "s" (made here) at `e`, at most
+        `most` times, until one is refused with RESOURCE_EXHAUSTED, its
+        message holding each text of `refusal`; checks that one was, that
         engramd lives and that what was added is there. How many were."""
-        rows = (36 << 20) // (DIM * 4)
-        x = np.random.default_rng(13).random((rows, DIM), dtype=np.float32)
+        rows = (mib << 20) // (DIM * 4)
+        x = np.random.default_rng(seed).random((rows, DIM), dtype=np.float32)
         added = 0
         with Client(e.addr) as c:
             c.create_store("s", dim=DIM)
-            for _ in range(16):  # 576 MiB in all.
+            for _ in range(most):
                 try:
                     c.add("s", x, batch=rows)
                     added += 1
                 except grpc.RpcError as error:
                     self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      error.details())
-                    self.assertIn("max_store_memory_mb of 384", error.details())
+                    for text in refusal:
+                        self.assertIn(text, error.details())
                     break
             self.assertIsNone(e.proc.poll(), "engramd was killed")
-            self.assertGreaterEqual(added, 8)
-            self.assertLess(added, 16)
+            self.assertLess(added, most)
             self.assertEqual(c.get_store("s").pattern_count, added * rows)
         return added
 
