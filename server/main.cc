@@ -16,6 +16,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "grpc/support/log.h"
 #include "server/app/allocator.h"
 #include "server/app/engramd.h"
 #include "server/app/shutdown_signal.h"
@@ -178,16 +179,49 @@ ABSL_FLAG(std::string, shard_token_file, "",
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "Seconds in-flight RPCs get to finish after SIGTERM.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+ABSL_FLAG(std::string, log_format, "text",
+          "text (one line a message: time, level, message) or json (one "
+          "object a line: time, level, msg), gRPC's own messages included.");
 
 namespace {
 
 using engram::LogLevel;
 
+[[noreturn]] void FailOnFlag(const std::string& message);
+
 int LogLevelFromName(const std::string& name) {
   if (name == "debug") return static_cast<int>(LogLevel::kDebug);
+  if (name == "info") return static_cast<int>(LogLevel::kInfo);
   if (name == "warning") return static_cast<int>(LogLevel::kWarning);
   if (name == "error") return static_cast<int>(LogLevel::kError);
-  return static_cast<int>(LogLevel::kInfo);
+  FailOnFlag("--log_level=" + name +
+             " is not one of debug, info, warning, error");
+}
+
+// gRPC's own messages (a TLS handshake that fails, a port it cannot bind)
+// through engram's log, in its format.
+void LogFromGrpc(gpr_log_func_args* args) {
+  const LogLevel level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? LogLevel::kError
+      : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo
+                                                : LogLevel::kDebug;
+  absl::string_view file = args->file == nullptr ? "" : args->file;
+  if (const size_t slash = file.rfind('/'); slash != file.npos) {
+    file.remove_prefix(slash + 1);
+  }
+  engram::LogMessage(level, absl::StrCat("grpc: ", args->message, " (", file,
+                                         ":", args->line, ")"));
+}
+
+void SetUpLogging() {
+  engram::MinLogLevel() = LogLevelFromName(absl::GetFlag(FLAGS_log_level));
+  const std::string format = absl::GetFlag(FLAGS_log_format);
+  if (format != "text" && format != "json") {
+    FailOnFlag("--log_format=" + format + " is not one of text, json");
+  }
+  engram::SetLogFormat(format == "json" ? engram::LogFormat::kJson
+                                        : engram::LogFormat::kText);
+  gpr_set_log_function(&LogFromGrpc);
 }
 
 // The text of a file a flag names; the process exits naming the flag if it
@@ -402,6 +436,6 @@ int main(int argc, char** argv) {
       "modern-Hopfield retrieval.\nUsage: engramd [--listen=HOST:PORT] "
       "[--data_dir=DIR] [--metrics_listen=HOST:PORT] ...");
   absl::ParseCommandLine(argc, argv);
-  engram::MinLogLevel() = LogLevelFromName(absl::GetFlag(FLAGS_log_level));
+  SetUpLogging();
   return engram::app::RunEngramd(OptionsFromFlags());
 }
