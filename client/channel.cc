@@ -6,6 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/security/tls_certificate_verifier.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/support/channel_arguments.h"
 
 namespace engram::client {
@@ -24,7 +26,19 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty()) {
+  if (options.tls_provider != nullptr) {
+    grpc::experimental::TlsChannelCredentialsOptions tls;
+    tls.set_certificate_provider(options.tls_provider);
+    tls.watch_root_certs();
+    if (options.tls_provider_identity) tls.watch_identity_key_cert_pairs();
+    tls.set_verify_server_certs(true);
+    tls.set_certificate_verifier(
+        std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+    credentials = grpc::experimental::TlsCredentials(tls);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  } else if (!options.tls_ca.empty()) {
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = options.tls_ca;
     ssl.pem_cert_chain = options.tls_cert;

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/tls_certificate_provider.h"
 
 namespace engram::client {
 
@@ -33,6 +34,12 @@ struct ChannelOptions {
   std::string tls_key;
   // Expected server name when it differs from the address's host.
   std::string tls_server_name;
+  // Instead of tls_ca, tls_cert and tls_key: certificates a provider keeps
+  // current while the channel lives (rotated files); this side presents
+  // its identity's (mutual TLS) if `tls_provider_identity`.
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface>
+      tls_provider;
+  bool tls_provider_identity = false;
 };
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(

@@ -175,7 +175,9 @@ ABSL_FLAG(std::string, shard_tls_cert, "",
 ABSL_FLAG(std::string, shard_tls_key, "",
           "router: PEM key of --shard_tls_cert.");
 ABSL_FLAG(std::string, shard_token_file, "",
-          "router: a file holding the bearer token to send the shards.");
+          "router: a file holding the bearer token to send the shards. It "
+          "and the --shard_tls_* files are read again when they change "
+          "(--credentials_refresh_s).");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "Seconds in-flight RPCs get to finish after SIGTERM.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
@@ -302,20 +304,14 @@ void ClusterFromFlags(engram::app::EngramdOptions& o) {
   if (!topology.ok()) FailOnFlag(std::string(topology.status().message()));
   o.cluster.topology = *std::move(topology);
   engram::cluster::ShardPoolOptions& pool = o.cluster.pool;
-  if (!absl::GetFlag(FLAGS_shard_tls_ca).empty()) {
-    pool.tls_ca =
-        ReadFlagFile(absl::GetFlag(FLAGS_shard_tls_ca), "shard_tls_ca");
-  }
-  if (!absl::GetFlag(FLAGS_shard_tls_cert).empty()) {
-    pool.tls_cert =
-        ReadFlagFile(absl::GetFlag(FLAGS_shard_tls_cert), "shard_tls_cert");
-    pool.tls_key =
-        ReadFlagFile(absl::GetFlag(FLAGS_shard_tls_key), "shard_tls_key");
-  }
-  if (!absl::GetFlag(FLAGS_shard_token_file).empty()) {
-    pool.token = std::string(absl::StripAsciiWhitespace(ReadFlagFile(
-        absl::GetFlag(FLAGS_shard_token_file), "shard_token_file")));
-  }
+  // Read (and checked) by the pool as it starts, and again when they
+  // change.
+  pool.tls_ca_file = absl::GetFlag(FLAGS_shard_tls_ca);
+  pool.tls_cert_file = absl::GetFlag(FLAGS_shard_tls_cert);
+  pool.tls_key_file = absl::GetFlag(FLAGS_shard_tls_key);
+  pool.token_file = absl::GetFlag(FLAGS_shard_token_file);
+  pool.credentials_refresh =
+      absl::Seconds(absl::GetFlag(FLAGS_credentials_refresh_s));
   pool.max_message_bytes = o.server.max_message_bytes;
 }
 

@@ -1,13 +1,18 @@
 #include "server/cluster/shard_pool.h"
 
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/channel.h"
+#include "grpcpp/security/tls_certificate_provider.h"
 #include "server/base/log.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/call.h"
@@ -16,14 +21,66 @@ namespace engram::cluster {
 
 ShardPool::ShardPool(const ShardPoolOptions& options) : options_(options) {}
 
+namespace {
+
+// --shard_token_file: one token, 16+ characters, surrounding blanks cut.
+absl::StatusOr<std::string> ReadShardToken(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard_token_file=", path, ": cannot read the file"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  const std::string token(absl::StripAsciiWhitespace(text.str()));
+  if (token.size() < 16 || absl::StrContains(token, '\n')) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard_token_file=", path, ": expected one token of 16+ characters"));
+  }
+  return token;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
     const Topology& topology, const ShardPoolOptions& options) {
   std::unique_ptr<ShardPool> pool(new ShardPool(options));
   client::ChannelOptions channel_options;
   channel_options.max_message_bytes = options.max_message_bytes;
-  channel_options.tls_ca = options.tls_ca;
-  channel_options.tls_cert = options.tls_cert;
-  channel_options.tls_key = options.tls_key;
+  if (!options.tls_ca_file.empty() || !options.tls_cert_file.empty()) {
+    if (options.tls_ca_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--shard_tls_cert needs --shard_tls_ca (TLS to the shards)");
+    }
+    rpc::TlsPaths paths;
+    paths.cert = options.tls_cert_file;
+    paths.key = options.tls_key_file;
+    paths.ca = options.tls_ca_file;
+    paths.cert_flag = "--shard_tls_cert";
+    paths.key_flag = "--shard_tls_key";
+    paths.ca_flag = "--shard_tls_ca";
+    absl::StatusOr<std::unique_ptr<rpc::TlsFiles>> tls =
+        rpc::TlsFiles::Open(std::move(paths));
+    if (!tls.ok()) return tls.status();
+    pool->tls_ = *std::move(tls);
+    // gRPC reads the checked in-memory copies every second.
+    const std::string& identity = pool->tls_->identity_path();
+    channel_options.tls_provider =
+        identity.empty()
+            ? std::make_shared<
+                  grpc::experimental::FileWatcherCertificateProvider>(
+                  pool->tls_->ca_path(), 1)
+            : std::make_shared<
+                  grpc::experimental::FileWatcherCertificateProvider>(
+                  identity, identity, pool->tls_->ca_path(), 1);
+    channel_options.tls_provider_identity = !identity.empty();
+  }
+  if (!options.token_file.empty()) {
+    absl::StatusOr<FileBacked<std::string>> token =
+        FileBacked<std::string>::Load(options.token_file, &ReadShardToken);
+    if (!token.ok()) return token.status();
+    pool->token_.emplace(*std::move(token));
+  }
   pool->next_ = std::vector<std::atomic<uint32_t>>(topology.groups.size());
   {
     absl::MutexLock lock(&pool->mu_);
@@ -85,8 +142,8 @@ void ShardPool::Prepare(grpc::ClientContext& context,
   if (deadline != absl::InfiniteFuture()) {
     context.set_deadline(absl::ToChronoTime(deadline));
   }
-  if (!options_.token.empty()) {
-    context.AddMetadata("authorization", "Bearer " + options_.token);
+  if (token_.has_value()) {
+    context.AddMetadata("authorization", "Bearer " + *token_->get());
   }
   uint64_t last = last_stamp_.load();
   uint64_t stamp;
@@ -317,6 +374,37 @@ void ShardPool::MarkUnreachable(const Replica& replica, absl::string_view why) {
   SetReady(s);
 }
 
+void ShardPool::ReloadCredentials() {
+  const absl::Time now = absl::Now();
+  if (now < next_reload_) return;
+  next_reload_ = now + std::max(options_.credentials_refresh, absl::Seconds(1));
+  if (token_.has_value()) {
+    absl::StatusOr<bool> reloaded = token_->Reload();
+    if (!reloaded.ok()) {
+      Log(LogLevel::kError,
+          "%s: the token read before is still sent to the shards",
+          reloaded.status().message());
+    } else if (*reloaded) {
+      Log(LogLevel::kInfo,
+          "--shard_token_file=%s changed: the new token goes to the shards",
+          token_->path());
+    }
+  }
+  if (tls_ != nullptr) {
+    absl::StatusOr<bool> rotated = tls_->Reload();
+    if (!rotated.ok()) {
+      Log(LogLevel::kError,
+          "TLS files to the shards changed but do not load (%s): new "
+          "connections keep the ones read before",
+          rotated.status().message());
+    } else if (*rotated) {
+      Log(LogLevel::kInfo,
+          "TLS files to the shards changed: new connections "
+          "use them");
+    }
+  }
+}
+
 void ShardPool::ProbeLoop() {
   absl::MutexLock lock(&stop_mu_);
   while (!stopping_) {
@@ -324,6 +412,7 @@ void ShardPool::ProbeLoop() {
                               options_.probe_interval);
     if (stopping_) return;
     stop_mu_.Unlock();
+    ReloadCredentials();
     Probe().IgnoreError();  // Readiness says what is wrong.
     RepairStale();
     stop_mu_.Lock();

@@ -26,19 +26,26 @@
 #include "engram/cluster/v1/shard.grpc.pb.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpcpp/client_context.h"
+#include "server/base/file_backed.h"
 #include "server/cluster/topology.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/tls_files.h"
 
 namespace engram::cluster {
 
 struct ShardPoolOptions {
   std::string cluster;  // Shards must answer for this cluster.
-  // TLS to the shards: the CA of their certificates (PEM text; empty:
-  // plaintext), and the router's own certificate and key for mutual TLS.
-  std::string tls_ca;
-  std::string tls_cert;
-  std::string tls_key;
-  std::string token;  // Sent to the shards as a bearer token, if set.
+  // TLS to the shards: files of the CA of their certificates (empty:
+  // plaintext), and of the router's own certificate and key for mutual
+  // TLS; read again when they change (rpc::TlsFiles).
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // A file holding the bearer token sent to the shards (empty: none); read
+  // again when it changes.
+  std::string token_file;
+  // How often those files are looked at again.
+  absl::Duration credentials_refresh = absl::Seconds(60);
   absl::Duration probe_interval = absl::Milliseconds(500);
   absl::Duration probe_timeout = absl::Seconds(2);
   int max_message_bytes = 256 << 20;
@@ -140,7 +147,14 @@ class ShardPool {
   absl::Status Unavailable(uint32_t group) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
+  // Reads the credential files again if they changed, logging what it
+  // found; every options_.credentials_refresh, from the prober.
+  void ReloadCredentials();
+
   const ShardPoolOptions options_;
+  std::unique_ptr<rpc::TlsFiles> tls_;             // Null: plaintext.
+  std::optional<FileBacked<std::string>> token_;   // None: no token sent.
+  absl::Time next_reload_ = absl::InfinitePast();  // Prober's only.
   // groups_[g][r]; fixed after Create.
   std::vector<std::vector<std::unique_ptr<Replica>>> groups_;
   mutable absl::Mutex mu_;

@@ -60,70 +60,21 @@ absl::StatusOr<TokenAuthorizer::Tokens> TokenAuthorizer::Read(
 }
 
 absl::StatusOr<TokenAuthorizer> TokenAuthorizer::Load(const std::string& path) {
-  const std::optional<FileStamp> stamp = FileStamp::Of(path);
-  absl::StatusOr<Tokens> tokens = Read(path);
-  if (!tokens.ok()) return tokens.status();
+  absl::StatusOr<FileBacked<Tokens>> file =
+      FileBacked<Tokens>::Load(path, &TokenAuthorizer::Read);
+  if (!file.ok()) return file.status();
   TokenAuthorizer auth;
-  auth.path_ = path;
-  auth.enabled_ = true;
-  {
-    MutexLock lock(&auth.mu_);
-    auth.tokens_ = std::make_shared<const Tokens>(*std::move(tokens));
-    auth.stamp_ = stamp;
-  }
+  auth.file_.emplace(*std::move(file));
   return auth;
 }
 
-TokenAuthorizer::TokenAuthorizer(const TokenAuthorizer& other) {
-  *this = other;
+size_t TokenAuthorizer::size() const {
+  return file_.has_value() ? file_->get()->size() : 0;
 }
-
-TokenAuthorizer& TokenAuthorizer::operator=(const TokenAuthorizer& other) {
-  if (this == &other) return *this;
-  std::shared_ptr<const Tokens> tokens;
-  std::optional<FileStamp> stamp;
-  bool read_again;
-  {
-    MutexLock lock(&other.mu_);
-    tokens = other.tokens_;
-    stamp = other.stamp_;
-    read_again = other.read_again_;
-  }
-  path_ = other.path_;
-  enabled_ = other.enabled_;
-  MutexLock lock(&mu_);
-  tokens_ = std::move(tokens);
-  stamp_ = stamp;
-  read_again_ = read_again;
-  return *this;
-}
-
-std::shared_ptr<const TokenAuthorizer::Tokens> TokenAuthorizer::tokens() const {
-  MutexLock lock(&mu_);
-  return tokens_;
-}
-
-size_t TokenAuthorizer::size() const { return tokens()->size(); }
 
 absl::StatusOr<bool> TokenAuthorizer::Reload() {
-  if (!enabled_) return false;
-  const std::optional<FileStamp> before = FileStamp::Of(path_);
-  {
-    MutexLock lock(&mu_);
-    if (before == stamp_ && !read_again_) return false;
-    stamp_ = before;  // Tried: a bad version is reported once.
-    read_again_ = false;
-  }
-  absl::StatusOr<Tokens> tokens = Read(path_);
-  if (before.has_value() && FileStamp::Of(path_) != before) {
-    MutexLock lock(&mu_);
-    read_again_ = true;  // Written while it was read.
-    return false;
-  }
-  if (!tokens.ok()) return tokens.status();
-  MutexLock lock(&mu_);
-  tokens_ = std::make_shared<const Tokens>(*std::move(tokens));
-  return true;
+  if (!file_.has_value()) return false;
+  return file_->Reload();
 }
 
 absl::Status TokenAuthorizer::Check(const grpc::ServerContextBase& context,
@@ -148,7 +99,7 @@ absl::Status TokenAuthorizer::CheckHeader(
     return absl::UnauthenticatedError(
         "the authorization header must read 'Bearer TOKEN'");
   }
-  const std::shared_ptr<const Tokens> tokens = this->tokens();
+  const std::shared_ptr<const Tokens> tokens = file_->get();
   for (const Token& token : *tokens) {
     if (SameSecret(value, token.secret)) {
       if (writes && !token.write) {

@@ -27,15 +27,13 @@
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/security/auth_metadata_processor.h"
 #include "grpcpp/server_context.h"
-#include "server/base/file_stamp.h"
-#include "server/base/mutex.h"
+#include "server/base/file_backed.h"
 #include "server/metrics/metrics.h"
 
 namespace engram::rpc {
@@ -45,17 +43,13 @@ class TokenAuthorizer {
   // No tokens: every call is allowed.
   TokenAuthorizer() = default;
   static absl::StatusOr<TokenAuthorizer> Load(const std::string& path);
-  TokenAuthorizer(const TokenAuthorizer& other);
-  TokenAuthorizer& operator=(const TokenAuthorizer& other);
 
   // Whether calls need a token; fixed by Load.
-  bool enabled() const { return enabled_; }
+  bool enabled() const { return file_.has_value(); }
 
-  // Reads the file again if its size, modification time or inode changed
-  // since it was last read (or tried): true if the tokens were replaced,
-  // false if the file had not changed (or changed while it was read: the
-  // next Reload reads it again); an error, the tokens kept, if it no
-  // longer holds valid tokens (reported once per version of the file).
+  // Reads the file again if it changed (FileBacked::Reload): true if the
+  // tokens were replaced; an error, the tokens kept, if the new version
+  // holds no valid tokens.
   absl::StatusOr<bool> Reload();
   size_t size() const;  // How many tokens.
 
@@ -73,17 +67,8 @@ class TokenAuthorizer {
   };
   using Tokens = std::vector<Token>;
   static absl::StatusOr<Tokens> Read(const std::string& path);
-  std::shared_ptr<const Tokens> tokens() const;
 
-  std::string path_;
-  bool enabled_ = false;
-  mutable Mutex mu_;
-  std::shared_ptr<const Tokens> tokens_ ABSL_GUARDED_BY(mu_) =
-      std::make_shared<const Tokens>();
-  // The version of the file last read or tried (nullopt: gone), and whether
-  // it must be read again whatever its stamp (it changed while read).
-  std::optional<FileStamp> stamp_ ABSL_GUARDED_BY(mu_);
-  bool read_again_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<FileBacked<Tokens>> file_;  // None: no tokens needed.
 };
 
 // Refuses, as its headers arrive, a call that needs a token and carries

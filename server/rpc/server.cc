@@ -135,7 +135,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty() || !options.tls_key.empty()) {
     absl::StatusOr<std::unique_ptr<TlsFiles>> tls_files = TlsFiles::Open(
-        options.tls_cert, options.tls_key, options.tls_client_ca);
+        {options.tls_cert, options.tls_key, options.tls_client_ca});
     if (!tls_files.ok()) return tls_files.status();
     server->tls_ = *std::move(tls_files);
     // gRPC reads the checked in-memory copies every second (TlsFiles
@@ -150,7 +150,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                   identity, identity, refresh)
             : std::make_shared<
                   grpc::experimental::FileWatcherCertificateProvider>(
-                  identity, identity, server->tls_->client_ca_path(), refresh);
+                  identity, identity, server->tls_->ca_path(), refresh);
     grpc::experimental::TlsServerCredentialsOptions tls(provider);
     tls.watch_identity_key_cert_pairs();
     if (!options.tls_client_ca.empty()) {

@@ -82,44 +82,45 @@ std::string Describe(X509* cert) {
   return out;
 }
 
-// Key and certificate chain of the flags' files, checked, as one PEM
-// text (and the certificate described); the CA bundle checked.
-absl::Status Check(const std::string& cert_path, const std::string& cert_pem,
-                   const std::string& key_path, const std::string& key_pem,
-                   const std::string& ca_path, const std::string& ca_pem,
+// The certificate chain and key of `paths` (if given) and its CA bundle
+// (if given) checked; this side's certificate described.
+absl::Status Check(const TlsPaths& paths, const std::string& cert_pem,
+                   const std::string& key_pem, const std::string& ca_pem,
                    std::string* describe, int64_t* expiry) {
-  std::vector<X509*> chain = Certificates(cert_pem);
-  if (chain.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tls_cert=", cert_path, ": not a PEM certificate"));
-  }
-  Bio key_in(key_pem);
-  EVP_PKEY* key =
-      PEM_read_bio_PrivateKey(key_in.bio, nullptr, nullptr, nullptr);
   absl::Status status;
-  if (key == nullptr) {
-    status = absl::InvalidArgumentError(
-        absl::StrCat("--tls_key=", key_path,
-                     ": not a PEM private key (or one with a passphrase)"));
-  } else if (X509_check_private_key(chain[0], key) != 1) {
-    status = absl::InvalidArgumentError(absl::StrCat(
-        "--tls_key=", key_path,
-        " does not match the certificate of --tls_cert=", cert_path));
+  if (!paths.cert.empty()) {
+    std::vector<X509*> chain = Certificates(cert_pem);
+    if (chain.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          paths.cert_flag, "=", paths.cert, ": not a PEM certificate"));
+    }
+    Bio key_in(key_pem);
+    EVP_PKEY* key =
+        PEM_read_bio_PrivateKey(key_in.bio, nullptr, nullptr, nullptr);
+    if (key == nullptr) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat(paths.key_flag, "=", paths.key,
+                       ": not a PEM private key (or one with a passphrase)"));
+    } else if (X509_check_private_key(chain[0], key) != 1) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          paths.key_flag, "=", paths.key, " does not match the certificate of ",
+          paths.cert_flag, "=", paths.cert));
+    }
+    if (status.ok()) {
+      *describe = Describe(chain[0]);
+      tm when;
+      *expiry = ASN1_TIME_to_tm(X509_get0_notAfter(chain[0]), &when) == 1
+                    ? static_cast<int64_t>(timegm(&when))
+                    : 0;
+    }
+    EVP_PKEY_free(key);
+    Free(chain);
   }
-  if (status.ok()) {
-    *describe = Describe(chain[0]);
-    tm when;
-    *expiry = ASN1_TIME_to_tm(X509_get0_notAfter(chain[0]), &when) == 1
-                  ? static_cast<int64_t>(timegm(&when))
-                  : 0;
-  }
-  EVP_PKEY_free(key);
-  Free(chain);
-  if (status.ok() && !ca_path.empty()) {
+  if (status.ok() && !paths.ca.empty()) {
     std::vector<X509*> cas = Certificates(ca_pem);
     if (cas.empty()) {
       status = absl::InvalidArgumentError(absl::StrCat(
-          "--tls_client_ca=", ca_path, ": holds no PEM certificate"));
+          paths.ca_flag, "=", paths.ca, ": holds no PEM certificate"));
     }
     Free(cas);
   }
@@ -169,18 +170,26 @@ absl::Status Replace(const char* name, const std::string& text, int* fd) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Open(
-    std::string cert, std::string key, std::string client_ca) {
+absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Open(TlsPaths paths) {
+  if (paths.cert.empty() != paths.key.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(paths.cert_flag, " and ", paths.key_flag,
+                     " go together: give both or neither"));
+  }
+  if (paths.cert.empty() && paths.ca.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS needs ", paths.cert_flag, " or ", paths.ca_flag));
+  }
   std::unique_ptr<TlsFiles> files(new TlsFiles());
-  files->cert_ = std::move(cert);
-  files->key_ = std::move(key);
-  files->ca_ = std::move(client_ca);
+  files->paths_ = std::move(paths);
   absl::Status status = files->Load();
   for (int tries = 1; absl::IsUnavailable(status) && tries < 5; ++tries) {
     status = files->Load();  // Written while read: once more.
   }
   if (!status.ok()) return status;
-  files->identity_path_ = absl::StrCat("/proc/self/fd/", files->identity_fd_);
+  if (files->identity_fd_ >= 0) {
+    files->identity_path_ = absl::StrCat("/proc/self/fd/", files->identity_fd_);
+  }
   if (files->ca_fd_ >= 0) {
     files->ca_path_ = absl::StrCat("/proc/self/fd/", files->ca_fd_);
   }
@@ -193,17 +202,20 @@ TlsFiles::~TlsFiles() {
 }
 
 absl::Status TlsFiles::Load() {
-  const std::string* paths[3] = {&cert_, &key_, &ca_};
+  const std::string* paths[3] = {&paths_.cert, &paths_.key, &paths_.ca};
   std::optional<FileStamp> before[3];
   for (int i = 0; i < 3; ++i) before[i] = FileStamp::Of(*paths[i]);
   for (int i = 0; i < 3; ++i) stamps_[i] = before[i];
   read_again_ = false;
-  absl::StatusOr<std::string> cert = ReadPem(cert_, "--tls_cert");
+  const auto read = [](const std::string& path,
+                       const char* flag) -> absl::StatusOr<std::string> {
+    return path.empty() ? std::string() : ReadPem(path, flag);
+  };
+  absl::StatusOr<std::string> cert = read(paths_.cert, paths_.cert_flag);
   if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadPem(key_, "--tls_key");
+  absl::StatusOr<std::string> key = read(paths_.key, paths_.key_flag);
   if (!key.ok()) return key.status();
-  absl::StatusOr<std::string> ca =
-      ca_.empty() ? std::string() : ReadPem(ca_, "--tls_client_ca");
+  absl::StatusOr<std::string> ca = read(paths_.ca, paths_.ca_flag);
   if (!ca.ok()) return ca.status();
   for (int i = 0; i < 3; ++i) {
     if (FileStamp::Of(*paths[i]) != before[i]) {
@@ -213,20 +225,21 @@ absl::Status TlsFiles::Load() {
   }
   std::string describe;
   int64_t expiry = 0;
-  if (absl::Status status =
-          Check(cert_, *cert, key_, *key, ca_, *ca, &describe, &expiry);
+  if (absl::Status status = Check(paths_, *cert, *key, *ca, &describe, &expiry);
       !status.ok()) {
     return status;
   }
   // Key first: gRPC reads the key and the chain from the same file.
-  if (absl::Status status =
-          Replace("engram-tls-identity", absl::StrCat(*key, "\n", *cert),
-                  &identity_fd_);
-      !status.ok()) {
-    return status;
+  if (!paths_.cert.empty()) {
+    if (absl::Status status =
+            Replace("engram-tls-identity", absl::StrCat(*key, "\n", *cert),
+                    &identity_fd_);
+        !status.ok()) {
+      return status;
+    }
   }
-  if (!ca_.empty()) {
-    if (absl::Status status = Replace("engram-tls-client-ca", *ca, &ca_fd_);
+  if (!paths_.ca.empty()) {
+    if (absl::Status status = Replace("engram-tls-ca", *ca, &ca_fd_);
         !status.ok()) {
       return status;
     }
@@ -237,7 +250,7 @@ absl::Status TlsFiles::Load() {
 }
 
 absl::StatusOr<bool> TlsFiles::Reload() {
-  const std::string* paths[3] = {&cert_, &key_, &ca_};
+  const std::string* paths[3] = {&paths_.cert, &paths_.key, &paths_.ca};
   bool changed = read_again_;
   for (int i = 0; i < 3; ++i) {
     changed |= !paths[i]->empty() && FileStamp::Of(*paths[i]) != stamps_[i];

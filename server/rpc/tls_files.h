@@ -14,7 +14,7 @@
 // disk.
 //
 //   absl::StatusOr<std::unique_ptr<TlsFiles>> files =
-//       TlsFiles::Open(cert, key, client_ca);
+//       TlsFiles::Open({cert, key, client_ca});
 //   FileWatcherCertificateProvider((*files)->identity_path(),
 //                                  (*files)->identity_path(), ...);
 //   ... every so often: (*files)->Reload();
@@ -33,22 +33,30 @@
 
 namespace engram::rpc {
 
+// The files, and the flags that name them in messages.
+struct TlsPaths {
+  std::string cert;  // A PEM certificate chain, this side's; with `key`.
+  std::string key;   // Its PEM private key.
+  std::string ca;    // A PEM CA bundle: the peer's certificate's signer.
+  const char* cert_flag = "--tls_cert";
+  const char* key_flag = "--tls_key";
+  const char* ca_flag = "--tls_client_ca";
+};
+
 class TlsFiles {
  public:
-  // `cert` and `key`: the server's (--tls_cert, --tls_key); `client_ca`
-  // (--tls_client_ca) may be empty. INVALID_ARGUMENT naming the flag whose
-  // file does not check.
-  static absl::StatusOr<std::unique_ptr<TlsFiles>> Open(std::string cert,
-                                                        std::string key,
-                                                        std::string client_ca);
+  // A server's files: cert and key, ca optional (mutual TLS); a client's:
+  // ca, cert and key optional (mutual TLS). INVALID_ARGUMENT naming the
+  // flag whose file does not check, or the one missing.
+  static absl::StatusOr<std::unique_ptr<TlsFiles>> Open(TlsPaths paths);
   ~TlsFiles();
   TlsFiles(const TlsFiles&) = delete;
   TlsFiles& operator=(const TlsFiles&) = delete;
 
-  // Key and certificate chain, checked, in one file; the client CA (empty
-  // if none).
+  // Key and certificate chain, checked, in one file; the CA bundle (each
+  // empty if not given).
   const std::string& identity_path() const { return identity_path_; }
-  const std::string& client_ca_path() const { return ca_path_; }
+  const std::string& ca_path() const { return ca_path_; }
 
   // If a file changed since it was last read: reads them all, checks them
   // and, if they pass, puts them in place of the ones before (true). False
@@ -57,10 +65,10 @@ class TlsFiles {
   // (reported once per version).
   absl::StatusOr<bool> Reload();
 
-  // "/CN=engram, valid until Dec  4 12:00:00 2027 GMT" of the certificate
-  // in use (flagged if it has expired).
+  // "/CN=engram, valid until Dec  4 12:00:00 2027 GMT" of this side's
+  // certificate in use (flagged if it has expired); empty without one.
   const std::string& describe() const { return describe_; }
-  // When it expires, unix seconds.
+  // When it expires, unix seconds (0 without one).
   int64_t expiry() const { return expiry_; }
 
  private:
@@ -68,12 +76,12 @@ class TlsFiles {
   // Reads and checks the files; on success replaces the in-memory ones.
   absl::Status Load();
 
-  std::string cert_, key_, ca_;  // The flags' paths.
+  TlsPaths paths_;
   int identity_fd_ = -1, ca_fd_ = -1;
   std::string identity_path_, ca_path_;
   std::string describe_;
   int64_t expiry_ = 0;
-  // The versions of cert_, key_, ca_ last read or tried.
+  // The versions of the cert, key and ca files last read or tried.
   std::optional<FileStamp> stamps_[3];
   bool read_again_ = false;
 };

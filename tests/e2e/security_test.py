@@ -115,6 +115,124 @@ class SecurityTest(unittest.TestCase):
                 router.stop()
             shard.stop()
 
+    def test_a_router_rotates_its_credentials_towards_the_shards(self):
+        """--shard_token_file and --shard_tls_* are read again when they
+        change: a shard token rotated (the shard taking both for a while)
+        and the router's client certificate moved to a new CA go to the
+        shards without restarting the router — the shard, restarted to
+        drop the connections made before, takes only the new ones."""
+        self.sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=engram test CA 2", "-keyout", self.p("ca2.key"),
+                "-out", self.p("ca2.pem"))
+        self.sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=router2",
+                "-keyout", self.p("router2.key"), "-out", self.p("router2.csr"))
+        self.sh("openssl", "x509", "-req", "-in", self.p("router2.csr"), "-CA", self.p("ca2.pem"),
+                "-CAkey", self.p("ca2.key"), "-CAcreateserial", "-days", "2",
+                "-out", self.p("router2.pem"))
+        live = os.path.join(self.tmp.name, "router-live")
+        os.mkdir(live)
+
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        def put(name, text):
+            with open(os.path.join(live, name + ".next"), "wb") as f:
+                f.write(text)
+            os.replace(os.path.join(live, name + ".next"), os.path.join(live, name))
+        old, new = b"old-0123456789abcdef", b"new-0123456789abcdef"
+        put("shard-tokens", b"write " + old + b"\n")
+        put("shard-client-ca", read(self.p("ca.pem")))
+        put("router-token", old + b"\n")
+        put("router.pem", read(self.p("client.pem")))
+        put("router.key", read(self.p("client.key")))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        shard_data = os.path.join(self.tmp.name, "rotating-shard")
+        shard_flags = ["--role=shard", "--cluster=rot", "--listen=127.0.0.1:%d" % port,
+                       "--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key"),
+                       "--tls_client_ca=" + os.path.join(live, "shard-client-ca"),
+                       "--token_file=" + os.path.join(live, "shard-tokens"),
+                       "--credentials_refresh_s=1"]
+        shard = Engramd(BIN, self.tmp.name, *shard_flags, data_dir=shard_data)
+        router = None
+        try:
+            router = Server(self.tmp.name, "--role=router", "--cluster=rot",
+                            "--shards=" + shard.addr, "--credentials_refresh_s=1",
+                            "--shard_tls_ca=" + self.p("ca.pem"),
+                            "--shard_tls_cert=" + os.path.join(live, "router.pem"),
+                            "--shard_tls_key=" + os.path.join(live, "router.key"),
+                            "--shard_token_file=" + os.path.join(live, "router-token"))
+            with Client(router.addr) as c:
+                c.create_store("r", dim=3)
+                c.add("r", np.eye(3, dtype=np.float32))
+            # Both sides move to the new token and the new CA, the shard
+            # taking old and new meanwhile.
+            put("shard-tokens", b"write " + old + b"\nwrite " + new + b"\n")
+            put("shard-client-ca", read(self.p("ca.pem")) + read(self.p("ca2.pem")))
+            time.sleep(2.5)
+            put("router-token", new + b"\n")
+            put("router.key", read(self.p("router2.key")))
+            put("router.pem", read(self.p("router2.pem")))
+            deadline = time.time() + 20
+            while not ("--shard_token_file=" in router.log() and
+                       "TLS files to the shards changed: new connections use them"
+                       in router.log()):
+                self.assertLess(time.time(), deadline, router.log())
+                time.sleep(0.2)
+            time.sleep(1.5)  # gRPC's watcher reads the router's new files.
+            put("shard-tokens", b"write " + new + b"\n")
+            put("shard-client-ca", read(self.p("ca2.pem")))
+            shard.stop()
+            shard = Engramd(BIN, self.tmp.name, *shard_flags, data_dir=shard_data)
+            deadline = time.time() + 30
+            while True:
+                try:
+                    with Client(router.addr) as c:
+                        self.assertEqual(c.get_store("r").pattern_count, 3)
+                        c.add("r", np.eye(3, dtype=np.float32))
+                    break
+                except grpc.RpcError as error:
+                    self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE, error.details())
+                    self.assertLess(time.time(), deadline, router.log() + shard.log())
+                    time.sleep(0.5)
+            self.assertNotIn("UNAUTHENTICATED", shard.log())
+        finally:
+            if router is not None:
+                router.stop()
+            shard.stop()
+
+    def test_a_router_checks_the_shards_host_name(self):
+        """The router's channels verify that the shard's certificate names
+        the address it dials: a shard serving a certificate for another
+        name stays unreachable."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        # client.pem names "client" only, not 127.0.0.1.
+        shard = Server(self.tmp.name, "--role=shard", "--cluster=names",
+                       "--listen=127.0.0.1:%d" % port,
+                       "--tls_cert=" + self.p("client.pem"), "--tls_key=" + self.p("client.key"))
+        try:
+            anonymous = subprocess.Popen(
+                [os.path.join(BIN, "engramd"), "--role=router", "--cluster=names",
+                 "--listen=127.0.0.1:0", "--metrics_listen=", "--shards=" + shard.addr,
+                 "--shard_tls_ca=" + self.p("ca.pem")],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                deadline, seen = time.time() + 20, ""
+                while "not ready" not in seen and time.time() < deadline:
+                    seen += anonymous.stdout.readline()
+                self.assertIn("shard group 0 has no ready replica (%s unreachable" % shard.addr,
+                              seen)
+            finally:
+                anonymous.terminate()
+                anonymous.wait(timeout=30)
+                anonymous.stdout.close()
+        finally:
+            shard.stop()
+
     def test_token_matrix(self):
         self.token_matrix()
 
