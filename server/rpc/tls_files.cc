@@ -196,10 +196,12 @@ absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Open(TlsPaths paths) {
   return files;
 }
 
-TlsFiles::~TlsFiles() {
-  if (identity_fd_ >= 0) close(identity_fd_);
-  if (ca_fd_ >= 0) close(ca_fd_);
-}
+// The in-memory files stay open: a gRPC certificate watcher may outlive
+// this object by a moment (credentials are released asynchronously), and a
+// closed number reused by another file would have it read that file — an
+// empty one aborts the process (gRPC 1.51). One or two descriptors a
+// process, made at start.
+TlsFiles::~TlsFiles() = default;
 
 absl::Status TlsFiles::Load() {
   const std::string* paths[3] = {&paths_.cert, &paths_.key, &paths_.ca};

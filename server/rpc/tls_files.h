@@ -49,7 +49,7 @@ class TlsFiles {
   // ca, cert and key optional (mutual TLS). INVALID_ARGUMENT naming the
   // flag whose file does not check, or the one missing.
   static absl::StatusOr<std::unique_ptr<TlsFiles>> Open(TlsPaths paths);
-  ~TlsFiles();
+  ~TlsFiles();  // Leaves the in-memory files open (tls_files.cc).
   TlsFiles(const TlsFiles&) = delete;
   TlsFiles& operator=(const TlsFiles&) = delete;
 
