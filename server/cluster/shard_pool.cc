@@ -12,7 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/channel.h"
-#include "grpcpp/security/tls_certificate_provider.h"
 #include "server/base/log.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/call.h"
@@ -63,17 +62,9 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
         rpc::TlsFiles::Open(std::move(paths));
     if (!tls.ok()) return tls.status();
     pool->tls_ = *std::move(tls);
-    // gRPC reads the checked in-memory copies every second.
-    const std::string& identity = pool->tls_->identity_path();
-    channel_options.tls_provider =
-        identity.empty()
-            ? std::make_shared<
-                  grpc::experimental::FileWatcherCertificateProvider>(
-                  pool->tls_->ca_path(), 1)
-            : std::make_shared<
-                  grpc::experimental::FileWatcherCertificateProvider>(
-                  identity, identity, pool->tls_->ca_path(), 1);
-    channel_options.tls_provider_identity = !identity.empty();
+    channel_options.tls_provider = pool->tls_->Provider();
+    channel_options.tls_provider_identity =
+        !pool->tls_->identity_path().empty();
   }
   if (!options.token_file.empty()) {
     absl::StatusOr<FileBacked<std::string>> token =

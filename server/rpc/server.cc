@@ -3,10 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <fstream>
 #include <limits>
-#include <optional>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -17,7 +14,6 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
-#include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -139,19 +135,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     if (!tls_files.ok()) return tls_files.status();
     server->tls_ = *std::move(tls_files);
     // gRPC reads the checked in-memory copies every second (TlsFiles
-    // changes them when the flags' files change and check): a rotation is
-    // served within a second of engramd's own look at the files.
-    constexpr unsigned refresh = 1;
-    const std::string& identity = server->tls_->identity_path();
-    auto provider =
-        options.tls_client_ca.empty()
-            ? std::make_shared<
-                  grpc::experimental::FileWatcherCertificateProvider>(
-                  identity, identity, refresh)
-            : std::make_shared<
-                  grpc::experimental::FileWatcherCertificateProvider>(
-                  identity, identity, server->tls_->ca_path(), refresh);
-    grpc::experimental::TlsServerCredentialsOptions tls(provider);
+    // changes them when the flags' files change and check).
+    grpc::experimental::TlsServerCredentialsOptions tls(
+        server->tls_->Provider());
     tls.watch_identity_key_cert_pairs();
     if (!options.tls_client_ca.empty()) {
       tls.watch_root_certs();

@@ -251,6 +251,17 @@ absl::Status TlsFiles::Load() {
   return absl::OkStatus();
 }
 
+std::shared_ptr<grpc::experimental::CertificateProviderInterface>
+TlsFiles::Provider() const {
+  using Watcher = grpc::experimental::FileWatcherCertificateProvider;
+  constexpr unsigned kRefreshSeconds = 1;  // In-memory reads: cheap.
+  if (identity_path_.empty()) {
+    return std::make_shared<Watcher>(ca_path_, kRefreshSeconds);
+  }
+  return std::make_shared<Watcher>(identity_path_, identity_path_, ca_path_,
+                                   kRefreshSeconds);
+}
+
 absl::StatusOr<bool> TlsFiles::Reload() {
   const std::string* paths[3] = {&paths_.cert, &paths_.key, &paths_.ca};
   bool changed = read_again_;

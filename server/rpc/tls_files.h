@@ -29,6 +29,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "grpcpp/security/tls_certificate_provider.h"
 #include "server/base/file_stamp.h"
 
 namespace engram::rpc {
@@ -52,6 +53,12 @@ class TlsFiles {
   ~TlsFiles();  // Leaves the in-memory files open (tls_files.cc).
   TlsFiles(const TlsFiles&) = delete;
   TlsFiles& operator=(const TlsFiles&) = delete;
+
+  // A gRPC certificate provider of the checked files (the identity if
+  // given, the CA if given), reading them every second: what this object
+  // puts in their place is served within a second.
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> Provider()
+      const;
 
   // Key and certificate chain, checked, in one file; the CA bundle (each
   // empty if not given).
