@@ -14,6 +14,11 @@ random fields set to values at and past their limits (mostly naming the
 store that is there, which is brought back when a call deletes it), on
 unary and streaming calls alike.
 
+The same against an engramd serving TLS with bearer tokens: garbage
+before and after the TLS handshake, and calls whose authorization header
+is missing, a read or write token, or random bytes (UNAUTHENTICATED and
+PERMISSION_DENIED allowed there too).
+
 Every call must end with an allowed gRPC status (never UNKNOWN, never an
 INTERNAL of engram's own, never UNAVAILABLE: a dropped connection or a
 router that lost a shard group) within its deadline, the server must still
@@ -39,7 +44,8 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from google.protobuf import descriptor, message_factory  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
-from harness import Engramd, reflected_services  # noqa: E402
+import ssl  # noqa: E402
+from harness import Engramd, make_certs, reflected_services  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("bin")
@@ -64,6 +70,7 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
            grpc.StatusCode.ABORTED,
            grpc.StatusCode.DATA_LOSS, grpc.StatusCode.CANCELLED}
 DEADLINE = 5.0
+TOKENS = ["reader-0123456789abcdef", "writer-0123456789abcdef"]  # read, write
 
 
 def varint(n):
@@ -247,8 +254,10 @@ def payload(rng, templates_, factory, method):
     return request.SerializeToString()
 
 
-def raw_tcp(rng, addr):
-    """Garbage on the port itself; the server may answer anything or close."""
+def raw_tcp(rng, addr, tls=None):
+    """Garbage on the port itself (inside a TLS session if `tls`, an
+    ssl.SSLContext, and before it as well); the server may answer anything
+    or close."""
     host, port = addr.rsplit(":", 1)
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     sends = [rng.randbytes(rng.choice([1, 100, 5000])), preface[:rng.randrange(1, len(preface))],
@@ -256,14 +265,22 @@ def raw_tcp(rng, addr):
              b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
              preface + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\xff" * 9 + rng.randbytes(50)]
     for data in sends:
-        with socket.create_connection((host, int(port)), timeout=2) as s:
-            try:
-                s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
-                while s.recv(65536):
-                    pass
-            except OSError:
-                pass  # Reset or timed out: either is an answer to garbage.
+        for wrap in ([False, True] if tls else [False]):
+            with socket.create_connection((host, int(port)), timeout=2) as raw:
+                s = raw
+                try:
+                    if wrap:
+                        s = tls.wrap_socket(raw, server_hostname=host)
+                    s.sendall(data)
+                    if not wrap:
+                        s.shutdown(socket.SHUT_WR)
+                    while s.recv(65536):
+                        pass
+                except OSError:
+                    pass  # Reset or timed out: either is an answer to garbage.
+                finally:
+                    if s is not raw:
+                        s.close()
 
 
 class GrpcFuzzTest(unittest.TestCase):
@@ -276,12 +293,22 @@ class GrpcFuzzTest(unittest.TestCase):
                               "--shard_groups=2") for g in range(2)]
         cls.router = Engramd(b, tmp, "--role=router", "--cluster=fz",
                              "--shards=" + ";".join(s.addr for s in cls.shards))
+        p = make_certs(tmp)
+        with open(os.path.join(tmp, "tokens"), "w") as f:
+            f.write("read %s\nwrite %s\n" % tuple(TOKENS))
+        cls.secure = Engramd(b, tmp, "--tls_cert=" + p("server.pem"), "--tls_key=" + p("server.key"),
+                             "--token_file=" + os.path.join(tmp, "tokens"))
+        with open(p("ca.pem"), "rb") as f:
+            cls.ca = f.read()
+        cls.credentials = grpc.ssl_channel_credentials(cls.ca)
+        cls.tls_context = ssl.create_default_context(cafile=p("ca.pem"))
+        cls.tls_context.set_alpn_protocols(["h2"])
         rng = np.random.default_rng(3)
         cls.kept = rng.normal(size=(40, 8)).astype(np.float32)
         cls.queries = cls.kept[:5] + 0.3 * rng.normal(size=(5, 8)).astype(np.float32)
         cls.before = {}
-        for server in (cls.single, cls.router):
-            with Client(server.addr) as c:
+        for server, secure in ((cls.single, False), (cls.router, False), (cls.secure, True)):
+            with cls.client(server, secure) as c:
                 c.create_store("keep", dim=8)
                 c.add("keep", cls.kept)
                 c.create_store("fuzz", dim=8)
@@ -290,17 +317,36 @@ class GrpcFuzzTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for s in [cls.router, cls.single] + cls.shards:
+        for s in [cls.router, cls.single, cls.secure] + cls.shards:
             s.stop()
         cls.tmp.cleanup()
 
-    def fuzz(self, server, services, seed):
+    def fuzz(self, server, services, seed, secure=False):
+        """`secure`: `server` serves TLS with tokens (the class's)."""
         rng = random.Random(seed)
         print("fuzzing %s (--seed=%d repeats this run)" % (server.addr, ARGS.seed),
               file=sys.stderr)
-        raw_tcp(rng, server.addr)
+        raw_tcp(rng, server.addr, self.tls_context if secure else None)
         self.assertIsNone(server.proc.poll(), "engramd exited after raw bytes")
-        with grpc.insecure_channel(server.addr) as reflecting:
+
+        def open_channel():
+            if not secure:
+                return grpc.insecure_channel(server.addr)
+            return grpc.secure_channel(server.addr, self.credentials)
+
+        def headers():
+            if not secure:
+                return None
+            kind = rng.randrange(4)
+            if kind == 0:
+                return None
+            if kind == 3:
+                value = "".join(chr(rng.randrange(32, 127)) for _ in range(rng.randrange(40)))
+                return [("authorization", value)]
+            return [("authorization", "Bearer " + TOKENS[kind - 1])]
+        allowed = ALLOWED | ({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+                             if secure else set())
+        with open_channel() as reflecting:
             described = reflected_services(reflecting, services)
         factory = message_factory.MessageFactory(described[0].file.pool)
         calls = [(svc.full_name, m) for svc in described for m in svc.methods]
@@ -308,7 +354,7 @@ class GrpcFuzzTest(unittest.TestCase):
         details = collections.Counter()
         bad = []
         templates_ = templates()
-        with grpc.insecure_channel(server.addr) as channel, Client(server.addr) as keeper:
+        with open_channel() as channel, self.client(server, secure) as keeper:
             end = time.monotonic() + ARGS.seconds
             n = 0
             while time.monotonic() < end:
@@ -319,24 +365,25 @@ class GrpcFuzzTest(unittest.TestCase):
                 ident = lambda x: x  # noqa: E731
                 messages = [payload(rng, templates_, factory, method)
                             for _ in range(rng.choice([1, 1, 2, 4]))]
+                metadata = headers()
                 try:
                     if client_streams:
                         call = channel.stream_unary(path, ident, ident)
-                        call(iter(messages), timeout=DEADLINE)
+                        call(iter(messages), timeout=DEADLINE, metadata=metadata)
                     elif server_streams:
                         call = channel.unary_stream(path, ident, ident)
-                        for _ in call(messages[0], timeout=DEADLINE):
+                        for _ in call(messages[0], timeout=DEADLINE, metadata=metadata):
                             pass
                     else:
                         call = channel.unary_unary(path, ident, ident)
-                        call(messages[0], timeout=DEADLINE)
+                        call(messages[0], timeout=DEADLINE, metadata=metadata)
                     code = grpc.StatusCode.OK
                 except grpc.RpcError as e:
                     code = e.code()
                     details[(name, code.name, (e.details() or "")[:90])] += 1
                     # A watch of a job that runs on waits for its deadline.
                     watching = code == grpc.StatusCode.DEADLINE_EXCEEDED and server_streams
-                    if code not in ALLOWED and not watching:
+                    if code not in allowed and not watching:
                         bad.append((path, code, e.details(), messages[0][:80]))
                 codes[(name, code.name)] += 1
                 n += 1
@@ -355,6 +402,12 @@ class GrpcFuzzTest(unittest.TestCase):
                 print("  %s %s %s: %d" % (key + (count,)), file=sys.stderr)
         self.assertEqual(bad, [], "calls that ended outside the allowed codes")
         self.assertGreater(n, 20)
+
+    @classmethod
+    def client(cls, server, secure):
+        if not secure:
+            return Client(server.addr)
+        return Client(server.addr, token=TOKENS[1], tls_ca=cls.ca)
 
     def refill(self, c):
         """Brings back the store the calls aim at, when they deleted it or
@@ -380,8 +433,8 @@ class GrpcFuzzTest(unittest.TestCase):
         return (store.pattern_count, store.dimension, store.retrieval.SerializeToString(),
                 out.vectors.tobytes(), np.asarray(out.ids).tobytes())
 
-    def check_kept(self, server):
-        with Client(server.addr) as c:
+    def check_kept(self, server, secure=False):
+        with self.client(server, secure) as c:
             self.assertEqual(self.state(c), self.before[server.addr])
 
     def test_1_engramd(self):
@@ -396,6 +449,10 @@ class GrpcFuzzTest(unittest.TestCase):
         self.fuzz(self.shards[0], ["engram.v1.Engram", "engram.cluster.v1.Shard"],
                   ARGS.seed + 2)
         self.check_kept(self.router)
+
+    def test_4_tls_with_tokens(self):
+        self.fuzz(self.secure, ["engram.v1.Engram"], ARGS.seed + 3, secure=True)
+        self.check_kept(self.secure, secure=True)
 
 
 if __name__ == "__main__":
