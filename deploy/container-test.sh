@@ -48,7 +48,9 @@ done
 [[ $(engram health engram.v1.Engram) == SERVING ]] || { $engine logs "$name"; exit 1; }
 echo "== engramd in the container is ready on 127.0.0.1:$grpc_port"
 # The image carries jemalloc, which gives freed memory back to the system.
-$engine logs "$name" 2>&1 | grep -q "allocator jemalloc" ||
+# (grep reads all of it: with -q it would stop at the match and, under
+# pipefail, the writer's SIGPIPE would fail the check.)
+$engine logs "$name" 2>&1 | grep "allocator jemalloc" >/dev/null ||
   { echo "engramd in the container does not allocate with jemalloc"; $engine logs "$name"; exit 1; }
 
 tmp=$(mktemp -d)
@@ -85,7 +87,7 @@ echo "== runs as uid 10001, not root"
 inner=127.0.0.1:50051
 [[ $engine == podman ]] && inner=127.0.0.1:$grpc_port
 $engine exec "$name" engram --addr=$inner backup create /data/backup-test >/dev/null
-$engine exec "$name" engram backup verify /data/backup-test | grep -q "every file matches"
+$engine exec "$name" engram backup verify /data/backup-test | grep "every file matches" >/dev/null
 $engine exec "$name" engram --addr=$inner backup restore /data/backup-test --as=boxed-copy >/dev/null
 [[ $(engram store get boxed-copy --json | python3 -c "import json,sys; print(json.load(sys.stdin)['pattern_count'])") == 3 ]]
 echo "== backup create, verify and restore inside the container"
