@@ -2,9 +2,7 @@
 // server/app/engramd.cc.
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 
@@ -20,6 +18,7 @@
 #include "server/app/allocator.h"
 #include "server/app/engramd.h"
 #include "server/app/shutdown_signal.h"
+#include "server/base/file_text.h"
 #include "server/base/log.h"
 #include "server/base/mib.h"
 #include "server/core/calibration.h"
@@ -226,20 +225,6 @@ void SetUpLogging() {
   gpr_set_log_function(&LogFromGrpc);
 }
 
-// The text of a file a flag names; the process exits naming the flag if it
-// cannot be read.
-std::string ReadFlagFile(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    std::fprintf(stderr, "engramd: --%s=%s: cannot read the file\n", flag,
-                 path.c_str());
-    std::exit(1);
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 [[noreturn]] void FailOnFlag(const std::string& message) {
   std::fprintf(stderr, "engramd: %s\n", message.c_str());
   std::exit(1);
@@ -296,11 +281,17 @@ void ClusterFromFlags(engram::app::EngramdOptions& o) {
   if (file.empty() == shards.empty()) {
     FailOnFlag("--role=router needs --shards or --topology_file (one)");
   }
+  std::string text = shards;
+  if (!file.empty()) {
+    absl::StatusOr<std::string> read = engram::ReadFileText(file, 16 << 20);
+    if (!read.ok()) {
+      FailOnFlag(absl::StrCat("--topology_file: ", read.status().message()));
+    }
+    text = *std::move(read);
+  }
   absl::StatusOr<engram::cluster::Topology> topology =
-      file.empty()
-          ? engram::cluster::ParseTopology(shards, "--shards")
-          : engram::cluster::ParseTopology(ReadFlagFile(file, "topology_file"),
-                                           "--topology_file=" + file);
+      engram::cluster::ParseTopology(
+          text, file.empty() ? "--shards" : "--topology_file=" + file);
   if (!topology.ok()) FailOnFlag(std::string(topology.status().message()));
   o.cluster.topology = *std::move(topology);
   engram::cluster::ShardPoolOptions& pool = o.cluster.pool;

@@ -8,14 +8,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -39,6 +37,7 @@
 #include "client/cli/text.h"
 #include "client/client.h"
 #include "client/matrix_io.h"
+#include "server/base/file_text.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address HOST:PORT.");
 ABSL_FLAG(double, timeout_s, 300, "Deadline of each RPC, in seconds.");
@@ -287,11 +286,9 @@ std::vector<std::string> SettingsFromFlags(v1::Store& store, bool create) {
 // --- Connecting --------------------------------------------------------------
 
 std::string ReadFileOrFail(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) Fail(absl::StrCat("--", flag, ": cannot read '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  absl::StatusOr<std::string> text = ReadFileText(path, size_t{4} << 20);
+  if (!text.ok()) Fail(absl::StrCat("--", flag, ": ", text.status().message()));
+  return *std::move(text);
 }
 
 std::unique_ptr<Client> Connect() {

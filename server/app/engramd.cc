@@ -112,30 +112,73 @@ std::string ResidentLimit(const rpc::MemoryGuard* guard) {
              : absl::StrCat(MiB(guard->limit()), " (", guard->about(), ")");
 }
 
-// The gauges read at every scrape: the allocator's, the stores' memory, the
-// write budget's, the memory guard's and the credentials'.
-std::vector<metrics::ScrapedGauge> ScrapedGauges(
-    const rpc::WriteBudget* budget, const rpc::MemoryGuard* guard,
-    const store::Limits& limits, const rpc::ServerOptions& server) {
-  std::vector<metrics::ScrapedGauge> out = HeapGauges();
-  if (const rpc::CredentialState* state = server.credential_state.get()) {
-    if (!server.tls_cert.empty()) {
-      out.push_back({"engram_tls_certificate_expiry_timestamp_seconds",
-                     "When the certificate served (--tls_cert) expires, "
-                     "unix seconds.",
-                     state->certificate_expiry.load()});
-      out.push_back({"engram_tls_files_reload_failed",
-                     "1 while the TLS files changed into a version that "
-                     "does not load (the previous is still served).",
-                     state->tls_files_failed.load() ? 1.0 : 0.0});
-    }
-    if (!server.token_file.empty()) {
-      out.push_back({"engram_token_file_reload_failed",
-                     "1 while --token_file changed into a version that does "
-                     "not load (the previous tokens are still in force).",
-                     state->token_file_failed.load() ? 1.0 : 0.0});
-    }
+// The gauges of one side's credentials (see rpc::CredentialState).
+struct CredentialGaugeNames {
+  const char* expiry;
+  const char* tls_files_failed;
+  const char* token_file_failed;
+};
+constexpr CredentialGaugeNames kServedCredentials = {
+    "engram_tls_certificate_expiry_timestamp_seconds",
+    "engram_tls_files_reload_failed", "engram_token_file_reload_failed"};
+constexpr CredentialGaugeNames kShardCredentials = {
+    "engram_shard_tls_certificate_expiry_timestamp_seconds",
+    "engram_shard_tls_files_reload_failed",
+    "engram_shard_token_file_reload_failed"};
+
+// Those gauges for the files the flags named (each flag empty if not
+// given).
+void CredentialGauges(const rpc::CredentialState& state,
+                      const CredentialGaugeNames& names,
+                      absl::string_view cert_flag, absl::string_view tls_flags,
+                      absl::string_view token_flag,
+                      std::vector<metrics::ScrapedGauge>& out) {
+  if (!cert_flag.empty()) {
+    out.push_back({names.expiry,
+                   absl::StrCat("When the certificate of ", cert_flag,
+                                " in use expires, unix seconds."),
+                   state.certificate_expiry.load()});
   }
+  if (!tls_flags.empty()) {
+    out.push_back({names.tls_files_failed,
+                   absl::StrCat("1 while the TLS files (", tls_flags,
+                                ") changed into a version that does not load "
+                                "(the previous is still in use)."),
+                   state.tls_files_failed.load() ? 1.0 : 0.0});
+  }
+  if (!token_flag.empty()) {
+    out.push_back({names.token_file_failed,
+                   absl::StrCat("1 while ", token_flag,
+                                " changed into a version that does not load "
+                                "(the previous is still in use)."),
+                   state.token_file_failed.load() ? 1.0 : 0.0});
+  }
+}
+
+// The gauges read at every scrape: the allocator's, the stores' memory, the
+// write budget's, the memory guard's and the credentials' (a router's
+// towards its shards too).
+std::vector<metrics::ScrapedGauge> ScrapedGauges(
+    const rpc::ServerOptions& server, const cluster::ShardPoolOptions& pool,
+    const store::Limits& limits) {
+  std::vector<metrics::ScrapedGauge> out = HeapGauges();
+  if (server.credential_state != nullptr) {
+    const bool tls = !server.tls_cert.empty();
+    CredentialGauges(*server.credential_state, kServedCredentials,
+                     tls ? "--tls_cert" : "",
+                     tls ? "--tls_cert, --tls_key, --tls_client_ca" : "",
+                     server.token_file.empty() ? "" : "--token_file", out);
+  }
+  if (pool.credential_state != nullptr) {
+    CredentialGauges(*pool.credential_state, kShardCredentials,
+                     pool.tls_cert_file.empty() ? "" : "--shard_tls_cert",
+                     pool.tls_ca_file.empty()
+                         ? ""
+                         : "--shard_tls_ca, --shard_tls_cert, --shard_tls_key",
+                     pool.token_file.empty() ? "" : "--shard_token_file", out);
+  }
+  const rpc::MemoryGuard* const guard = server.memory_guard.get();
+  const rpc::WriteBudget* const budget = server.write_budget.get();
   if (guard != nullptr) {
     out.push_back({"engram_memory_limit_bytes",
                    "What engramd may have resident before it refuses work "
@@ -325,10 +368,12 @@ int RunEngramd(EngramdOptions o) {
   // The stores' memory, counted by the registry's stores, for the gauges.
   o.limits.store_memory = std::make_shared<std::atomic<size_t>>(0);
   o.server.credential_state = std::make_shared<rpc::CredentialState>();
-  o.metrics.gauges = [budget = o.server.write_budget,
-                      guard = o.server.memory_guard, limits = o.limits,
-                      server = o.server] {
-    return ScrapedGauges(budget.get(), guard.get(), limits, server);
+  if (o.role == Role::kRouter) {
+    o.cluster.pool.credential_state = std::make_shared<rpc::CredentialState>();
+  }
+  o.metrics.gauges = [server = o.server, pool = o.cluster.pool,
+                      limits = o.limits] {
+    return ScrapedGauges(server, pool, limits);
   };
   absl::StatusOr<metrics::PrometheusExport> exported =
       metrics::StartPrometheusMetrics(o.metrics);

@@ -1,12 +1,16 @@
-// A value read from a file that may change while engramd runs (a rotated
-// token), read again when it does: Reload replaces the value only with a
-// version that parses, so a damaged or half-written file never takes the
-// place of a good one.
+// A value read from files that may change while engramd runs (a rotated
+// token, a renewed certificate and its key), read again when they do:
+// Reload replaces the value only with a version that reads, so a damaged or
+// half-written file never takes the place of a good one.
 //
 //   absl::StatusOr<FileBacked<Tokens>> tokens =
 //       FileBacked<Tokens>::Load(path, &ParseTokens);
 //   ... every so often: absl::StatusOr<bool> changed = tokens->Reload();
 //   std::shared_ptr<const Tokens> now = tokens->get();
+//
+// A value of several files (Load({cert, key}, read)) is one version: a
+// change to any of them reads them all again, and a version one of them
+// changed in while they were read is read again, whole, next time.
 //
 // Thread-safe; copies share nothing after the copy.
 #ifndef ENGRAM_SERVER_BASE_FILE_BACKED_H_
@@ -17,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -28,22 +33,36 @@ namespace engram {
 template <typename T>
 class FileBacked {
  public:
-  // Reads the file at `path` into a T (or the error to report).
+  // Reads the files into a T (or the error to report).
+  using Read = std::function<absl::StatusOr<T>()>;
+  // Reads the one file at `path` into a T.
   using Parse = std::function<absl::StatusOr<T>(const std::string& path)>;
 
-  static absl::StatusOr<FileBacked> Load(std::string path, Parse parse) {
-    const std::optional<FileStamp> stamp = FileStamp::Of(path);
-    absl::StatusOr<T> value = parse(path);
-    if (!value.ok()) return value.status();
+  // The value of the files at `paths` (empty ones are no file): what `read`
+  // gives, read again (up to 5 times) while a file changes as it is read.
+  static absl::StatusOr<FileBacked> Load(std::vector<std::string> paths,
+                                         Read read) {
     FileBacked out;
-    out.path_ = std::move(path);
-    out.parse_ = std::move(parse);
-    {
-      MutexLock lock(&out.mu_);
-      out.value_ = std::make_shared<const T>(*std::move(value));
-      out.stamp_ = stamp;
+    out.paths_ = std::move(paths);
+    out.read_ = std::move(read);
+    for (int tries = 1;; ++tries) {
+      const Stamps before = out.Stamp();
+      absl::StatusOr<T> value = out.read_();
+      if (!value.ok()) return value.status();
+      const bool changed = out.Stamp() != before;
+      if (changed && tries < 5) continue;
+      {
+        MutexLock lock(&out.mu_);
+        out.value_ = std::make_shared<const T>(*std::move(value));
+        out.stamps_ = before;
+        out.read_again_ = changed;
+      }
+      return out;
     }
-    return out;
+  }
+  static absl::StatusOr<FileBacked> Load(std::string path, Parse parse) {
+    Read read = [path, parse = std::move(parse)] { return parse(path); };
+    return Load(std::vector<std::string>{std::move(path)}, std::move(read));
   }
 
   FileBacked(const FileBacked& other) { *this = other; }
@@ -51,37 +70,36 @@ class FileBacked {
     if (this == &other) return *this;
     MutexLock theirs(&other.mu_);
     MutexLock mine(&mu_);
-    path_ = other.path_;
-    parse_ = other.parse_;
+    paths_ = other.paths_;
+    read_ = other.read_;
     value_ = other.value_;
-    stamp_ = other.stamp_;
+    stamps_ = other.stamps_;
     read_again_ = other.read_again_;
     return *this;
   }
-
-  const std::string& path() const { return path_; }
 
   std::shared_ptr<const T> get() const {
     MutexLock lock(&mu_);
     return value_;
   }
 
-  // Reads the file again if its stamp changed since it was last read (or
-  // tried): true if the value was replaced; false if the file had not
-  // changed, or changed while it was read (the next Reload reads it
-  // again); the parse's error, the value kept, if the new version does not
-  // parse — reported once per version.
+  // Reads the files again if a stamp changed since they were last read (or
+  // tried): true if the value was replaced; false if no file had changed,
+  // or one changed while they were read (the next Reload reads them again);
+  // the read's error, the value kept, if the new version does not read —
+  // reported once per version.
   absl::StatusOr<bool> Reload() {
-    const std::optional<FileStamp> before = FileStamp::Of(path_);
+    const Stamps before = Stamp();
     {
       MutexLock lock(&mu_);
-      if (before == stamp_ && !read_again_) return false;
-      stamp_ = before;
+      if (before == stamps_ && !read_again_) return false;
+      stamps_ = before;
       read_again_ = false;
     }
-    absl::StatusOr<T> value = parse_(path_);
+    absl::StatusOr<T> value = read_();
+    const bool changed = Stamp() != before;
     MutexLock lock(&mu_);
-    if (before.has_value() && FileStamp::Of(path_) != before) {
+    if (changed) {
       read_again_ = true;
       return false;
     }
@@ -91,15 +109,27 @@ class FileBacked {
   }
 
  private:
+  // Each file's version (nullopt: no file, gone or not to be stat'ed).
+  using Stamps = std::vector<std::optional<FileStamp>>;
+
   FileBacked() = default;
 
-  std::string path_;
-  Parse parse_;
+  Stamps Stamp() const {
+    Stamps out;
+    out.reserve(paths_.size());
+    for (const std::string& path : paths_) {
+      out.push_back(path.empty() ? std::nullopt : FileStamp::Of(path));
+    }
+    return out;
+  }
+
+  std::vector<std::string> paths_;
+  Read read_;
   mutable Mutex mu_;
   std::shared_ptr<const T> value_ ABSL_GUARDED_BY(mu_);
-  // The version last read or tried (nullopt: the file was gone), and
-  // whether to read it again whatever its stamp.
-  std::optional<FileStamp> stamp_ ABSL_GUARDED_BY(mu_);
+  // The versions last read or tried, and whether to read them again
+  // whatever their stamps.
+  Stamps stamps_ ABSL_GUARDED_BY(mu_);
   bool read_again_ ABSL_GUARDED_BY(mu_) = false;
 };
 

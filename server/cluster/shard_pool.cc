@@ -1,10 +1,8 @@
 #include "server/cluster/shard_pool.h"
 
 #include <chrono>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -12,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/channel.h"
+#include "server/base/file_text.h"
 #include "server/base/log.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/call.h"
@@ -24,14 +23,12 @@ namespace {
 
 // --shard_token_file: one token, 16+ characters, surrounding blanks cut.
 absl::StatusOr<std::string> ReadShardToken(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  absl::StatusOr<std::string> text = ReadFileText(path, size_t{1} << 20);
+  if (!text.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--shard_token_file=", path, ": cannot read the file"));
+        absl::StrCat("--shard_token_file: ", text.status().message()));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  const std::string token(absl::StripAsciiWhitespace(text.str()));
+  const std::string token(absl::StripAsciiWhitespace(*text));
   if (token.size() < 16 || absl::StrContains(token, '\n')) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--shard_token_file=", path, ": expected one token of 16+ characters"));
@@ -62,6 +59,10 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
         rpc::TlsFiles::Open(std::move(paths));
     if (!tls.ok()) return tls.status();
     pool->tls_ = *std::move(tls);
+    if (options.credential_state != nullptr) {
+      options.credential_state->certificate_expiry =
+          static_cast<double>(pool->tls_->expiry());
+    }
     channel_options.tls_provider = pool->tls_->Provider();
     channel_options.tls_provider_identity =
         !pool->tls_->identity_path().empty();
@@ -369,29 +370,22 @@ void ShardPool::ReloadCredentials() {
   const absl::Time now = absl::Now();
   if (now < next_reload_) return;
   next_reload_ = now + std::max(options_.credentials_refresh, absl::Seconds(1));
+  rpc::CredentialState unwatched;  // Where no one reads the gauges.
+  rpc::CredentialState& state = options_.credential_state != nullptr
+                                    ? *options_.credential_state
+                                    : unwatched;
   if (token_.has_value()) {
-    absl::StatusOr<bool> reloaded = token_->Reload();
-    if (!reloaded.ok()) {
-      Log(LogLevel::kError,
-          "%s: the token read before is still sent to the shards",
-          reloaded.status().message());
-    } else if (*reloaded) {
-      Log(LogLevel::kInfo,
-          "--shard_token_file=%s changed: the new token goes to the shards",
-          token_->path());
-    }
+    rpc::Report(token_->Reload(),
+                absl::StrCat("--shard_token_file=", options_.token_file),
+                "the token sent to the shards", state.token_file_failed);
   }
   if (tls_ != nullptr) {
-    absl::StatusOr<bool> rotated = tls_->Reload();
-    if (!rotated.ok()) {
-      Log(LogLevel::kError,
-          "TLS files to the shards changed but do not load (%s): new "
-          "connections keep the ones read before",
-          rotated.status().message());
-    } else if (*rotated) {
-      Log(LogLevel::kInfo,
-          "TLS files to the shards changed: new connections "
-          "use them");
+    const absl::StatusOr<bool> reloaded = tls_->Reload();
+    if (rpc::Report(
+            reloaded, "TLS files to the shards",
+            tls_->describe().empty() ? "their CA bundle" : tls_->describe(),
+            state.tls_files_failed)) {
+      state.certificate_expiry = static_cast<double>(tls_->expiry());
     }
   }
 }

@@ -29,6 +29,7 @@
 #include "server/base/file_backed.h"
 #include "server/cluster/topology.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/credentials.h"
 #include "server/rpc/tls_files.h"
 
 namespace engram::cluster {
@@ -46,6 +47,8 @@ struct ShardPoolOptions {
   std::string token_file;
   // How often those files are looked at again.
   absl::Duration credentials_refresh = absl::Seconds(60);
+  // Kept current with those files, for the router's gauges; may be null.
+  std::shared_ptr<rpc::CredentialState> credential_state;
   absl::Duration probe_interval = absl::Milliseconds(500);
   absl::Duration probe_timeout = absl::Seconds(2);
   int max_message_bytes = 256 << 20;

@@ -1,8 +1,6 @@
 #include "server/rpc/auth.h"
 
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +9,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "server/base/file_text.h"
 
 namespace engram::rpc {
 
@@ -28,19 +27,16 @@ bool SameSecret(absl::string_view a, absl::string_view b) {
 
 absl::StatusOr<TokenAuthorizer::Tokens> TokenAuthorizer::Read(
     const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read token file ", path));
-  }
+  absl::StatusOr<std::string> text = ReadFileText(path, size_t{1} << 20);
+  if (!text.ok()) return text.status();
   Tokens tokens;
-  std::string line;
   int number = 0;
-  while (std::getline(in, line)) {
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     ++number;
-    absl::string_view text = absl::StripAsciiWhitespace(line);
-    if (text.empty() || text[0] == '#') continue;
+    absl::string_view entry = absl::StripAsciiWhitespace(line);
+    if (entry.empty() || entry[0] == '#') continue;
     std::vector<absl::string_view> parts =
-        absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+        absl::StrSplit(entry, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     if (parts.size() != 2 || (parts[0] != "read" && parts[0] != "write") ||
         parts[1].size() < 16) {
       return absl::InvalidArgumentError(
@@ -49,9 +45,6 @@ absl::StatusOr<TokenAuthorizer::Tokens> TokenAuthorizer::Read(
                        "16+ characters"));
     }
     tokens.push_back({std::string(parts[1]), parts[0] == "write"});
-  }
-  if (in.bad()) {
-    return absl::DataLossError(absl::StrCat("cannot read token file ", path));
   }
   if (tokens.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " holds no token"));

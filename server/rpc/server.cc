@@ -215,39 +215,26 @@ void Server::SetReady(bool ready) {
 void Server::WatchCredentials(const ServerOptions& options) {
   const absl::Duration refresh =
       std::max(options.credentials_refresh, absl::Seconds(1));
-  CredentialState* const state = options.credential_state.get();
+  CredentialState unwatched;  // Where no one reads the gauges.
+  CredentialState& state = options.credential_state != nullptr
+                               ? *options.credential_state
+                               : unwatched;
   MutexLock lock(&watch_mu_);
   while (!stop_watching_) {
     watch_cv_.WaitWithTimeout(&watch_mu_, refresh);
     if (stop_watching_) break;
-    absl::StatusOr<bool> reloaded = policy_->auth.Reload();
-    if (state != nullptr && (!reloaded.ok() || *reloaded)) {
-      state->token_file_failed = !reloaded.ok();
+    if (!options.token_file.empty()) {
+      const absl::StatusOr<bool> reloaded = policy_->auth.Reload();
+      Report(reloaded, absl::StrCat("--token_file=", options.token_file),
+             absl::StrCat(policy_->auth.size(), " tokens"),
+             state.token_file_failed);
     }
-    if (!reloaded.ok()) {
-      Log(LogLevel::kError,
-          "--token_file=%s changed but does not load (%s): the tokens read "
-          "before stay in force",
-          options.token_file, reloaded.status().message());
-    } else if (*reloaded) {
-      Log(LogLevel::kInfo,
-          "--token_file=%s changed: %zu tokens, in force for new calls",
-          options.token_file, policy_->auth.size());
-    }
-    if (tls_ == nullptr) continue;
-    absl::StatusOr<bool> rotated = tls_->Reload();
-    if (state != nullptr && (!rotated.ok() || *rotated)) {
-      state->tls_files_failed = !rotated.ok();
-      state->certificate_expiry = static_cast<double>(tls_->expiry());
-    }
-    if (!rotated.ok()) {
-      Log(LogLevel::kError,
-          "TLS files changed but do not load (%s): new connections keep "
-          "getting %s",
-          rotated.status().message(), tls_->describe());
-    } else if (*rotated) {
-      Log(LogLevel::kInfo, "TLS files changed: new connections get %s",
-          tls_->describe());
+    if (tls_ != nullptr) {
+      const absl::StatusOr<bool> reloaded = tls_->Reload();
+      if (Report(reloaded, "TLS files", tls_->describe(),
+                 state.tls_files_failed)) {
+        state.certificate_expiry = static_cast<double>(tls_->expiry());
+      }
     }
   }
 }

@@ -26,6 +26,7 @@
 #include "server/base/mutex.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/call.h"
+#include "server/rpc/credentials.h"
 #include "server/rpc/memory_guard.h"
 #include "server/rpc/service.h"
 #include "server/rpc/tls_files.h"
@@ -33,17 +34,6 @@
 #include "server/store/registry.h"
 
 namespace engram::rpc {
-
-// What a server's credentials are, for its gauges; the server keeps it
-// current.
-struct CredentialState {
-  // When the certificate served expires (unix seconds); 0 without TLS.
-  std::atomic<double> certificate_expiry{0};
-  // Whether the file changed into a version that does not load (the one
-  // before stays in force), until a version that loads.
-  std::atomic<bool> token_file_failed{false};
-  std::atomic<bool> tls_files_failed{false};
-};
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.

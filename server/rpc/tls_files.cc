@@ -7,8 +7,6 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -19,24 +17,22 @@
 #include "openssl/err.h"
 #include "openssl/pem.h"
 #include "openssl/x509.h"
+#include "server/base/file_text.h"
 
 namespace engram::rpc {
 
 namespace {
 
+// PEM files are kilobytes; a CA bundle of every public CA is ~200 KiB.
+constexpr size_t kMaxPemBytes = size_t{4} << 20;
+
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (path.empty() || !in) {
+  absl::StatusOr<std::string> text = ReadFileText(path, kMaxPemBytes);
+  if (!text.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read '", path, "'"));
+        absl::StrCat(flag, ": ", text.status().message()));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read '", path, "'"));
-  }
-  return text.str();
+  return text;
 }
 
 struct Bio {
@@ -180,20 +176,22 @@ absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Open(TlsPaths paths) {
     return absl::InvalidArgumentError(
         absl::StrCat("TLS needs ", paths.cert_flag, " or ", paths.ca_flag));
   }
-  std::unique_ptr<TlsFiles> files(new TlsFiles());
-  files->paths_ = std::move(paths);
-  absl::Status status = files->Load();
-  for (int tries = 1; absl::IsUnavailable(status) && tries < 5; ++tries) {
-    status = files->Load();  // Written while read: once more.
+  std::vector<std::string> files = {paths.cert, paths.key, paths.ca};
+  absl::StatusOr<FileBacked<Checked>> checked = FileBacked<Checked>::Load(
+      std::move(files), [paths = std::move(paths)] { return Read(paths); });
+  if (!checked.ok()) return checked.status();
+  std::unique_ptr<TlsFiles> out(new TlsFiles());
+  out->files_.emplace(*std::move(checked));
+  if (absl::Status status = out->Install(*out->files_->get()); !status.ok()) {
+    return status;
   }
-  if (!status.ok()) return status;
-  if (files->identity_fd_ >= 0) {
-    files->identity_path_ = absl::StrCat("/proc/self/fd/", files->identity_fd_);
+  if (out->identity_fd_ >= 0) {
+    out->identity_path_ = absl::StrCat("/proc/self/fd/", out->identity_fd_);
   }
-  if (files->ca_fd_ >= 0) {
-    files->ca_path_ = absl::StrCat("/proc/self/fd/", files->ca_fd_);
+  if (out->ca_fd_ >= 0) {
+    out->ca_path_ = absl::StrCat("/proc/self/fd/", out->ca_fd_);
   }
-  return files;
+  return out;
 }
 
 // The in-memory files stay open: a gRPC certificate watcher may outlive
@@ -203,51 +201,47 @@ absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Open(TlsPaths paths) {
 // process, made at start.
 TlsFiles::~TlsFiles() = default;
 
-absl::Status TlsFiles::Load() {
-  const std::string* paths[3] = {&paths_.cert, &paths_.key, &paths_.ca};
-  std::optional<FileStamp> before[3];
-  for (int i = 0; i < 3; ++i) before[i] = FileStamp::Of(*paths[i]);
-  for (int i = 0; i < 3; ++i) stamps_[i] = before[i];
-  read_again_ = false;
+// The certificate chain and key of `paths` (if given) and its CA bundle
+// (if given), read and checked; this side's certificate described.
+absl::StatusOr<TlsFiles::Checked> TlsFiles::Read(const TlsPaths& paths) {
   const auto read = [](const std::string& path,
                        const char* flag) -> absl::StatusOr<std::string> {
     return path.empty() ? std::string() : ReadPem(path, flag);
   };
-  absl::StatusOr<std::string> cert = read(paths_.cert, paths_.cert_flag);
+  absl::StatusOr<std::string> cert = read(paths.cert, paths.cert_flag);
   if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = read(paths_.key, paths_.key_flag);
+  absl::StatusOr<std::string> key = read(paths.key, paths.key_flag);
   if (!key.ok()) return key.status();
-  absl::StatusOr<std::string> ca = read(paths_.ca, paths_.ca_flag);
+  absl::StatusOr<std::string> ca = read(paths.ca, paths.ca_flag);
   if (!ca.ok()) return ca.status();
-  for (int i = 0; i < 3; ++i) {
-    if (FileStamp::Of(*paths[i]) != before[i]) {
-      read_again_ = true;  // Written while read.
-      return absl::UnavailableError("TLS files changed while read");
-    }
-  }
-  std::string describe;
-  int64_t expiry = 0;
-  if (absl::Status status = Check(paths_, *cert, *key, *ca, &describe, &expiry);
+  Checked out;
+  if (absl::Status status =
+          Check(paths, *cert, *key, *ca, &out.describe, &out.expiry);
       !status.ok()) {
     return status;
   }
   // Key first: gRPC reads the key and the chain from the same file.
-  if (!paths_.cert.empty()) {
+  if (!paths.cert.empty()) out.identity = absl::StrCat(*key, "\n", *cert);
+  out.ca = *std::move(ca);
+  return out;
+}
+
+absl::Status TlsFiles::Install(const Checked& checked) {
+  if (!checked.identity.empty()) {
     if (absl::Status status =
-            Replace("engram-tls-identity", absl::StrCat(*key, "\n", *cert),
-                    &identity_fd_);
+            Replace("engram-tls-identity", checked.identity, &identity_fd_);
         !status.ok()) {
       return status;
     }
   }
-  if (!paths_.ca.empty()) {
-    if (absl::Status status = Replace("engram-tls-ca", *ca, &ca_fd_);
+  if (!checked.ca.empty()) {
+    if (absl::Status status = Replace("engram-tls-ca", checked.ca, &ca_fd_);
         !status.ok()) {
       return status;
     }
   }
-  describe_ = std::move(describe);
-  expiry_ = expiry;
+  describe_ = checked.describe;
+  expiry_ = checked.expiry;
   return absl::OkStatus();
 }
 
@@ -263,15 +257,11 @@ TlsFiles::Provider() const {
 }
 
 absl::StatusOr<bool> TlsFiles::Reload() {
-  const std::string* paths[3] = {&paths_.cert, &paths_.key, &paths_.ca};
-  bool changed = read_again_;
-  for (int i = 0; i < 3; ++i) {
-    changed |= !paths[i]->empty() && FileStamp::Of(*paths[i]) != stamps_[i];
-  }
-  if (!changed) return false;
-  absl::Status status = Load();
-  if (absl::IsUnavailable(status)) return false;  // Read again next time.
-  if (!status.ok()) return status;
+  absl::StatusOr<bool> changed = files_->Reload();
+  if (!changed.ok() || !(*changed || install_again_)) return changed;
+  absl::Status installed = Install(*files_->get());
+  install_again_ = !installed.ok();
+  if (!installed.ok()) return installed;
   return true;
 }
 

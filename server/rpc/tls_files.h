@@ -9,8 +9,9 @@
 // certificate) and only then hands them to gRPC, through in-memory files
 // (memfd) whose /proc/self/fd paths gRPC's watcher reads; a new version
 // replaces the old one atomically (dup2), key and certificate in one file,
-// so gRPC never reads one without the other. A version that does not check
-// is reported and the one before stays in use. The key is never written to
+// so gRPC never reads one without the other. The files are one FileBacked
+// value: a version that does not check (or that changed while read) is
+// reported and the one before stays in use. The key is never written to
 // disk.
 //
 //   absl::StatusOr<std::unique_ptr<TlsFiles>> files =
@@ -30,7 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/security/tls_certificate_provider.h"
-#include "server/base/file_stamp.h"
+#include "server/base/file_backed.h"
 
 namespace engram::rpc {
 
@@ -79,18 +80,26 @@ class TlsFiles {
   int64_t expiry() const { return expiry_; }
 
  private:
-  TlsFiles() = default;
-  // Reads and checks the files; on success replaces the in-memory ones.
-  absl::Status Load();
+  // The files' texts, checked.
+  struct Checked {
+    std::string identity;  // Key and certificate chain (empty: none).
+    std::string ca;        // CA bundle (empty: none).
+    std::string describe;  // Of the certificate; empty without one.
+    int64_t expiry = 0;
+  };
+  static absl::StatusOr<Checked> Read(const TlsPaths& paths);
 
-  TlsPaths paths_;
+  TlsFiles() = default;
+  // Puts `checked` in place of the in-memory files.
+  absl::Status Install(const Checked& checked);
+
+  std::optional<FileBacked<Checked>> files_;
   int identity_fd_ = -1, ca_fd_ = -1;
   std::string identity_path_, ca_path_;
+  // Of the version installed.
   std::string describe_;
   int64_t expiry_ = 0;
-  // The versions of the cert, key and ca files last read or tried.
-  std::optional<FileStamp> stamps_[3];
-  bool read_again_ = false;
+  bool install_again_ = false;  // The last Install failed.
 };
 
 }  // namespace engram::rpc

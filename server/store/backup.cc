@@ -4,9 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <utility>
 #include <vector>
 
@@ -18,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/base/file_text.h"
 #include "server/store/internal/little_endian.h"
 #include "server/store/placement.h"
 #include "server/store/records.h"
@@ -295,16 +294,7 @@ absl::StatusOr<BackupManifest> WriteBackup(
 absl::StatusOr<std::string> DirectorySource::Read(const std::string& file) {
   if (absl::Status status = CheckBackupPath(file); !status.ok()) return status;
   const std::string path = absl::StrCat(dir_, "/", file);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-  }
-  std::string data((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
-  if (in.bad()) {
-    return absl::DataLossError(absl::StrCat(path, ": cannot be read"));
-  }
-  return data;
+  return ReadFileText(path);
 }
 
 absl::Status MemorySource::Append(const std::string& file,

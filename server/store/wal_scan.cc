@@ -4,13 +4,12 @@
 #include <array>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/write_batch.h"
+#include "server/base/file_text.h"
 #include "server/store/internal/little_endian.h"
 
 namespace engram::store::internal {
@@ -313,12 +312,9 @@ uint32_t Crc32c(uint32_t crc, absl::string_view data) {
 WalScan ScanWal(absl::string_view log) { return Scanner(log).Run(); }
 
 absl::StatusOr<WalScan> ScanWalFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ScanWal(bytes.str());
+  absl::StatusOr<std::string> bytes = ReadFileText(path);
+  if (!bytes.ok()) return bytes.status();
+  return ScanWal(*bytes);
 }
 
 std::vector<WalFile> ScanWalDirectory(const std::string& dir) {

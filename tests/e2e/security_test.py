@@ -28,6 +28,20 @@ def Server(tmp, *flags):
     return Engramd(BIN, tmp, *flags)
 
 
+def gauge(metrics_port, name):
+    """The value of an unlabelled gauge on /metrics."""
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read()
+    return [float(line.split()[1]) for line in text.decode().splitlines()
+            if line.startswith(name + " ")][0]
+
+
+def expiry(cert):
+    """When a certificate file expires, unix seconds."""
+    end = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", cert],
+                         check=True, capture_output=True, text=True).stdout
+    return ssl.cert_time_to_seconds(end.strip().split("=", 1)[1])
+
+
 class SecurityTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -157,16 +171,35 @@ class SecurityTest(unittest.TestCase):
                        "--credentials_refresh_s=1"]
         shard = Engramd(BIN, self.tmp.name, *shard_flags, data_dir=shard_data)
         router = None
+        metrics_port = free_port()
         try:
-            router = Server(self.tmp.name, "--role=router", "--cluster=rot",
-                            "--shards=" + shard.addr, "--credentials_refresh_s=1",
-                            "--shard_tls_ca=" + self.p("ca.pem"),
-                            "--shard_tls_cert=" + os.path.join(live, "router.pem"),
-                            "--shard_tls_key=" + os.path.join(live, "router.key"),
-                            "--shard_token_file=" + os.path.join(live, "router-token"))
+            router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=rot",
+                             "--shards=" + shard.addr, "--credentials_refresh_s=1",
+                             "--shard_tls_ca=" + self.p("ca.pem"),
+                             "--shard_tls_cert=" + os.path.join(live, "router.pem"),
+                             "--shard_tls_key=" + os.path.join(live, "router.key"),
+                             "--shard_token_file=" + os.path.join(live, "router-token"),
+                             metrics_listen="127.0.0.1:%d" % metrics_port)
             with Client(router.addr) as c:
                 c.create_store("r", dim=3)
                 c.add("r", np.eye(3, dtype=np.float32))
+            self.assertEqual(gauge(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
+                             expiry(self.p("client.pem")))
+            # Files that do not load: logged, the gauges say so, the
+            # credentials before stay in use.
+            put("router-token", b"short\n")
+            put("router.key", b"")
+            deadline = time.time() + 20
+            while not (gauge(metrics_port, "engram_shard_token_file_reload_failed") == 1 and
+                       gauge(metrics_port, "engram_shard_tls_files_reload_failed") == 1):
+                self.assertLess(time.time(), deadline, router.log())
+                time.sleep(0.2)
+            self.assertIn("--shard_token_file=" + os.path.join(live, "router-token") +
+                          " changed into a version that does not load", router.log())
+            self.assertIn("TLS files to the shards changed into a version that does not load "
+                          "(--shard_tls_key=", router.log())
+            with Client(router.addr) as c:
+                self.assertEqual(c.get_store("r").pattern_count, 3)
             # Both sides move to the new token and the new CA, the shard
             # taking old and new meanwhile.
             put("shard-tokens", b"write " + old + b"\nwrite " + new + b"\n")
@@ -176,11 +209,16 @@ class SecurityTest(unittest.TestCase):
             put("router.key", read(self.p("router2.key")))
             put("router.pem", read(self.p("router2.pem")))
             deadline = time.time() + 20
-            while not ("--shard_token_file=" in router.log() and
-                       "TLS files to the shards changed: new connections use them"
-                       in router.log()):
+            while not (gauge(metrics_port, "engram_shard_token_file_reload_failed") == 0 and
+                       gauge(metrics_port, "engram_shard_tls_files_reload_failed") == 0):
                 self.assertLess(time.time(), deadline, router.log())
                 time.sleep(0.2)
+            self.assertIn("TLS files to the shards changed; now in force: /CN=router2",
+                          router.log())
+            self.assertIn("--shard_token_file=" + os.path.join(live, "router-token") +
+                          " changed; now in force", router.log())
+            self.assertEqual(gauge(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
+                             expiry(self.p("router2.pem")))
             time.sleep(1.5)  # gRPC's watcher reads the router's new files.
             put("shard-tokens", b"write " + new + b"\n")
             put("shard-client-ca", read(self.p("ca2.pem")))
@@ -364,16 +402,6 @@ class SecurityTest(unittest.TestCase):
                     metrics_listen="127.0.0.1:%d" % metrics_port)
         tls = ["--tls_ca=" + self.p("ca.pem")]
 
-        def gauge(name):
-            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read()
-            return [float(line.split()[1]) for line in text.decode().splitlines()
-                    if line.startswith(name + " ")][0]
-
-        def expiry(cert):
-            end = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", cert],
-                                 check=True, capture_output=True, text=True).stdout
-            return ssl.cert_time_to_seconds(end.strip().split("=", 1)[1])
-
         def lists(token):
             return self.engram(s, *tls, "store", "list", env={"ENGRAM_TOKEN": token})
 
@@ -394,33 +422,33 @@ class SecurityTest(unittest.TestCase):
             self.assertIn("TLS with /CN=server, valid until", s.startup)
             self.assertEqual(served(), "server")
             self.assertEqual(lists("first-0123456789abcdef").returncode, 0)
-            self.assertEqual(gauge("engram_tls_certificate_expiry_timestamp_seconds"),
+            self.assertEqual(gauge(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("server.pem")))
-            self.assertEqual(gauge("engram_token_file_reload_failed"), 0)
-            self.assertEqual(gauge("engram_tls_files_reload_failed"), 0)
+            self.assertEqual(gauge(metrics_port, "engram_token_file_reload_failed"), 0)
+            self.assertEqual(gauge(metrics_port, "engram_tls_files_reload_failed"), 0)
 
             put("tokens", b"write second-0123456789abcdef\n")
             until(lambda: "UNAUTHENTICATED" in lists("first-0123456789abcdef").stderr,
                   "the rotated-out token still works")
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
-            self.assertIn("changed: 1 tokens, in force for new calls", s.log())
+            self.assertIn("changed; now in force: 1 tokens", s.log())
             put("tokens", b"write short\n")
             until(lambda: "does not load" in s.log(), "no error for a damaged token file")
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
             self.assertIn("UNAUTHENTICATED", lists("first-0123456789abcdef").stderr)
             self.assertIn("UNAUTHENTICATED", self.engram(s, *tls, "store", "list").stderr)
-            self.assertEqual(gauge("engram_token_file_reload_failed"), 1)
+            self.assertEqual(gauge(metrics_port, "engram_token_file_reload_failed"), 1)
             put("tokens", b"write second-0123456789abcdef\nread third-0123456789abcdef\n")
             until(lambda: lists("third-0123456789abcdef").returncode == 0,
                   "the mended token file is not in force")
-            self.assertEqual(gauge("engram_token_file_reload_failed"), 0)
+            self.assertEqual(gauge(metrics_port, "engram_token_file_reload_failed"), 0)
 
             put("key.pem", read(self.p("server2.key")))
             put("cert.pem", read(self.p("server2.pem")))
             until(lambda: served() == "server2", "the rotated certificate is not served")
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
-            self.assertIn("TLS files changed: new connections get /CN=server2", s.log())
-            self.assertEqual(gauge("engram_tls_certificate_expiry_timestamp_seconds"),
+            self.assertIn("TLS files changed; now in force: /CN=server2", s.log())
+            self.assertEqual(gauge(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("server2.pem")))
             mismatches = s.log().count("does not match the certificate")
             put("key.pem", read(self.p("server.key")))  # Fits no certificate served.
@@ -430,7 +458,7 @@ class SecurityTest(unittest.TestCase):
             until(lambda: "not a PEM certificate" in s.log(), "no error for an empty certificate")
             time.sleep(2.5)  # gRPC's watcher has read again meanwhile.
             self.assertIsNone(s.proc.poll(), "engramd died")
-            self.assertEqual(gauge("engram_tls_files_reload_failed"), 1)
+            self.assertEqual(gauge(metrics_port, "engram_tls_files_reload_failed"), 1)
             self.assertEqual(served(), "server2")
             self.assertEqual(lists("second-0123456789abcdef").returncode, 0)
         finally:

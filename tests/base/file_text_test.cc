@@ -1,0 +1,64 @@
+#include "server/base/file_text.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace engram {
+namespace {
+
+// The directory, without its final '/'.
+std::string TempDir() {
+  std::string dir = ::testing::TempDir();
+  if (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir;
+}
+
+std::string Write(const std::string& name, const std::string& text) {
+  const std::string path =
+      TempDir() + "/file_text_test_" + std::to_string(getpid()) + "_" + name;
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  return path;
+}
+
+TEST(ReadFileTextTest, ReadsTheWholeFileBytesAsTheyAre) {
+  std::string text(100000, 'x');  // More than one read's buffer.
+  text[7] = '\0';
+  text[99999] = '\xff';
+  absl::StatusOr<std::string> read = ReadFileText(Write("whole", text));
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, text);
+  EXPECT_EQ(*ReadFileText(Write("empty", "")), "");
+}
+
+TEST(ReadFileTextTest, SaysWhyAFileCannotBeRead) {
+  const std::string missing =
+      TempDir() + "/file_text_test_no_such_file_" + std::to_string(getpid());
+  absl::StatusOr<std::string> read = ReadFileText(missing);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(read.status().message(),
+            "cannot read '" + missing + "': No such file or directory");
+  read = ReadFileText(TempDir());
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(read.status().message(),
+            "cannot read '" + TempDir() + "': Is a directory");
+  EXPECT_EQ(ReadFileText("").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ReadFileTextTest, RefusesMoreThanTheLimit) {
+  const std::string path = Write("limit", std::string(40000, 'y'));
+  EXPECT_TRUE(ReadFileText(path, 40000).ok());
+  absl::StatusOr<std::string> read = ReadFileText(path, 39999);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(read.status().message(),
+            "cannot read '" + path + "': over 39999 bytes");
+  // A device that never ends.
+  EXPECT_EQ(ReadFileText("/dev/zero", 1 << 20).status().code(),
+            absl::StatusCode::kOutOfRange);
+}
+
+}  // namespace
+}  // namespace engram
