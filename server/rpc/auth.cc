@@ -9,6 +9,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "server/base/file_text.h"
 
 namespace engram::rpc {
@@ -118,6 +120,7 @@ const google::protobuf::MethodDescriptor* MethodAt(absl::string_view path) {
 grpc::Status TokenMetadataProcessor::Process(const InputMetadata& metadata,
                                              grpc::AuthContext*,
                                              OutputMetadata*, OutputMetadata*) {
+  const absl::Time start = absl::Now();
   auto get = [&](absl::string_view key) -> std::optional<absl::string_view> {
     auto found = metadata.find(grpc::string_ref(key.data(), key.size()));
     if (found == metadata.end()) return std::nullopt;
@@ -135,7 +138,9 @@ grpc::Status TokenMetadataProcessor::Process(const InputMetadata& metadata,
   // engram's: the path is the caller's to choose.
   const google::protobuf::MethodDescriptor* method = MethodAt(*path);
   if (metrics_ != nullptr && method != nullptr) {
-    metrics_->RecordRequest(method->name(), "UNAUTHENTICATED", 0);
+    // Its latency is the check's: the request was never read.
+    metrics_->RecordRequest(method->name(), "UNAUTHENTICATED",
+                            absl::ToDoubleSeconds(absl::Now() - start));
   }
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       std::string(status.message()));
