@@ -9,11 +9,22 @@ to ten times slower and would make engram look better than it is.
 import ctypes
 import os
 import subprocess
+import sys
 
 
 def _loaded_openblas():
     with open("/proc/self/maps") as maps:
         return sorted({line.split()[-1] for line in maps if "/libopenblas" in line})
+
+
+def bin_dir_from_argv():
+    """The benchmark's BIN_DIR among its arguments (the first that holds
+    retrieve_fashion), for scripts that must call use() before parsing them."""
+    for arg in sys.argv[1:]:
+        if os.path.isfile(os.path.join(arg, "retrieve_fashion")):
+            return arg
+    raise SystemExit(f"usage: {sys.argv[0]} BIN_DIR ...: the build's bin directory "
+                     "(with retrieve_fashion) is needed")
 
 
 def use(bin_dir):

@@ -46,7 +46,7 @@ def grpc_median(addr, l, reps):
     out = subprocess.run([os.path.join(a.bin_dir, "retrieve_grpc"), "--addr=" + addr,
                           "--m=%d" % a.m, "--l=%d" % l, "--reps=%d" % reps],
                          capture_output=True, text=True, check=True).stdout
-    return float(out.strip().split(",")[4])
+    return float(out.strip().splitlines()[-1].split(",")[4])
 
 
 def metric(port, name):

@@ -10,6 +10,7 @@
 
 #include "benchmark/benchmark.h"
 #include "server/core/blas.h"
+#include "server/core/cpu.h"
 #include "server/core/retrieval.h"
 
 namespace engram::core {
@@ -100,4 +101,16 @@ BENCHMARK(BM_GemmPair)->Arg(1)->Arg(256)->Unit(benchmark::kMillisecond);
 }  // namespace
 }  // namespace engram::core
 
-BENCHMARK_MAIN();
+// As engramd runs: the BLAS kernel family chosen for this CPU, denormals
+// flushed; the machine in the output's context.
+int main(int argc, char** argv) {
+  engram::core::UseBlasFamily("auto", argv);
+  engram::core::FlushDenormals();
+  benchmark::AddCustomContext("machine", engram::core::DescribeMachine());
+  benchmark::AddCustomContext("blas_family", engram::core::blas::CoreName());
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -22,6 +22,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/bench_main.h"
 #include "server/core/blas.h"
 #include "server/core/low_rank.h"
 #include "server/store/retrieve.h"
@@ -387,12 +388,10 @@ void SpecExample() {
 }  // namespace engram::store
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  engram::bench::Start(argc, argv);
   engram::core::blas::SetThreads(1);  // As engramd runs retrieval.
   const bool quick = absl::GetFlag(FLAGS_quick);
-  std::printf(
-      "BLAS core %s; exact runs on 2 retrieval threads, low-rank on one.\n",
-      engram::core::blas::CoreName().c_str());
+  std::printf("# exact runs on 2 retrieval threads, low-rank on one.\n");
   engram::store::SpecExample();
   engram::store::PathsTable(quick, absl::GetFlag(FLAGS_norm));
   engram::store::CrossoverTable(absl::GetFlag(FLAGS_norm));

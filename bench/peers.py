@@ -78,8 +78,9 @@ def best(f, reps):
 
 
 def run(binary, *flags):
+    # The figures are the last line (retrieve_grpc names the machine first).
     out = subprocess.run([os.path.join(a.bin_dir, binary), *flags], capture_output=True,
-                         text=True, check=True).stdout.strip().split(",")
+                         text=True, check=True).stdout.strip().splitlines()[-1].split(",")
     return float(out[5] if binary == "retrieve_fashion" else out[3])
 
 

@@ -6,7 +6,9 @@
 //                 [--auto_path] [--omit_vectors] [--get_store]
 //                 [--evict_mib=0]
 //
-// Prints: grpc,m,l,best_ms,median_ms,us_per_query
+// Prints the machine and the kernels engramd's --blas_coretype=auto picks
+// on it (what engramd runs is in its configuration log line and in
+// engram_build_info), then grpc,m,l,best_ms,median_ms,us_per_query.
 //
 // Several comma-separated addresses (two builds of engramd, say) are called
 // in turn, one request each, so that every server sees the same moments of
@@ -22,6 +24,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_main.h"
 #include "client/client.h"
 #include "client/matrix_io.h"
 
@@ -40,7 +43,7 @@ ABSL_FLAG(size_t, evict_mib, 0,
           "call of little work.");
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  engram::bench::Start(argc, argv);  // The machine, as engramd's auto sees it.
   using namespace engram;
   const size_t m = absl::GetFlag(FLAGS_m), l = absl::GetFlag(FLAGS_l);
   if (absl::GetFlag(FLAGS_reps) < 1) {

@@ -17,6 +17,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/bench_main.h"
 #include "server/core/low_rank.h"
 #include "server/store/registry.h"
 #include "server/store/rocksdb_storage.h"
@@ -153,7 +154,7 @@ void Reload(const std::string& root, size_t n, uint32_t dim,
 }  // namespace engram::store
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  engram::bench::Start(argc, argv);
   const std::string root = absl::GetFlag(FLAGS_dir);
   std::filesystem::create_directories(root);
   const size_t limit = engram::store::Limits{}.max_low_rank_values;

@@ -20,11 +20,11 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# First: it sets the OpenBLAS kernels before numpy loads.
 from protocol import (LEVEL, corrupt, error, load, parse_args, retrieve,  # noqa: E402
                       run_reference, set_rule, uhop_store, Tables, engramd_stub)
+import numpy as np  # noqa: E402
 
 args = parse_args(__doc__, lambda ap: ap.add_argument("--calibration_seed", type=int, default=1))
 from engram_client import pb  # noqa: E402

@@ -19,7 +19,11 @@ import tempfile
 import threading
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import blas_family  # noqa: E402
+
+MACHINE, FAMILY, _ = blas_family.use(blas_family.bin_dir_from_argv())  # Before numpy.
+import numpy as np  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin_dir")
@@ -102,6 +106,7 @@ def main():
         fit_s = time.perf_counter() - t
         fit_done.set()
         sampler.join()
+        print(f"machine: {MACHINE}")
         print(f"M={a.m} d=784 d_Phi=784 kernel_dot, fit {a.epochs} epochs, minibatch 1024")
         print(f"fit: {status.state == pb.FitStatus.SUCCEEDED and 'succeeded' or status.state} in "
               f"{fit_s:.1f}s (server: {status.duration_seconds:.1f}s, loss {status.loss_before:.4f} -> "

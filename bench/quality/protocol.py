@@ -21,8 +21,18 @@ import subprocess
 import tempfile
 import time
 
-import numpy as np
-import torch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import blas_family  # noqa: E402
+
+# numpy and PyTorch here, and the reference in its own process (it inherits
+# the environment), run the OpenBLAS kernel family engram chooses: a
+# reference on the family OpenBLAS guesses would be timed on kernels up to
+# ten times slower.
+MACHINE, FAMILY, KERNELS = blas_family.use(blas_family.bin_dir_from_argv())
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+blas_family.check(FAMILY)
 
 LEVEL = {"dropout": 0.5, "gaussian": 0.5}
 
@@ -68,6 +78,9 @@ class Tables:
 
     def __init__(self):
         self.lines = []
+        self(f"Machine: {MACHINE}; engram's kernels {KERNELS}; OpenBLAS {FAMILY} "
+             "for every participant")
+        self()
 
     def __call__(self, line=""):
         print(line, flush=True)

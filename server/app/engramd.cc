@@ -365,6 +365,11 @@ int RunEngramd(EngramdOptions o) {
   const std::string open_files = RaiseOpenFileLimit();
   core::blas::SetThreads(o.blas_threads);
   o.metrics.version = ENGRAM_VERSION;
+  // Which machine and kernels the figures come from (a fleet of mixed CPUs
+  // tells apart on a dashboard).
+  o.metrics.build_labels = {{"cpu", core::DetectCpu().model},
+                            {"blas_family", core::blas::CoreName()},
+                            {"kernel_isa", std::string(core::KernelIsa())}};
   // The stores' memory, counted by the registry's stores, for the gauges.
   o.limits.store_memory = std::make_shared<std::atomic<size_t>>(0);
   o.server.credential_state = std::make_shared<rpc::CredentialState>();

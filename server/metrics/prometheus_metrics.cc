@@ -21,6 +21,14 @@ namespace engram::metrics {
 
 namespace {
 
+// engram_build_info's labels: the version and what the options add.
+std::map<std::string, std::string> BuildLabels(
+    const PrometheusOptions& options) {
+  std::map<std::string, std::string> labels = options.build_labels;
+  labels["version"] = options.version;
+  return labels;
+}
+
 class PrometheusMetrics : public Metrics {
  public:
   explicit PrometheusMetrics(const PrometheusOptions& options)
@@ -159,9 +167,12 @@ class PrometheusMetrics : public Metrics {
                                  "by store.")} {
     prometheus::BuildGauge()
         .Name("engram_build_info")
-        .Help("Always 1; the labels describe the build.")
+        .Help(
+            "Always 1; the labels describe the build and what it runs on: "
+            "version, cpu, blas_family (OpenBLAS kernels), kernel_isa "
+            "(engram's own).")
         .Register(*registry_)
-        .Add({{"version", options.version}})
+        .Add(BuildLabels(options))
         .Set(1);
     SetFits(0, 0);
   }

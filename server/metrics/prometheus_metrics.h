@@ -7,6 +7,7 @@
 #define ENGRAM_SERVER_METRICS_PROMETHEUS_METRICS_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct PrometheusOptions {
   std::string listen = "127.0.0.1:9464";  // Empty: no HTTP endpoint.
   bool per_store_labels = true;  // Off: no store label, bounded cardinality.
   std::string version;
+  // What engram_build_info's labels say besides the version: the machine
+  // and kernels it runs with ({"blas_family", "SkylakeX"}, ...).
+  std::map<std::string, std::string> build_labels;
   // Called at every scrape for gauges kept outside the registry (what the
   // memory allocator holds, what writes in flight hold); may be empty.
   std::function<std::vector<ScrapedGauge>()> gauges;
