@@ -6,9 +6,9 @@
 //                    [--similarity=dot] [--beta=1] [--threads=2]
 //                    [--blas_coretype=auto] [--flush_denormals]
 //
-// Prints one CSV row: mode,m,l,separation,similarity,best_ms,median_ms,
-// us_per_query, GFLOP/s of the two matrix products, GB/s of reading Xi once;
-// with --describe, first a line "# machine: CPU, cores, SIMD; BLAS kernels".
+// Prints a line "# machine: CPU, cores, SIMD; BLAS kernels", then one CSV
+// row: mode,m,l,separation,similarity,best_ms,median_ms, us_per_query,
+// GFLOP/s of the two matrix products, GB/s of reading Xi once.
 // It chooses its BLAS kernels and floating-point mode as engramd does.
 #include <algorithm>
 #include <chrono>
@@ -61,7 +61,6 @@ ABSL_FLAG(std::string, blas_coretype, "auto",
           "OpenBLAS kernel family, as engramd's flag.");
 ABSL_FLAG(bool, flush_denormals, true,
           "Flush denormal floats to zero, as engramd does.");
-ABSL_FLAG(bool, describe, false, "Print the machine line first.");
 ABSL_FLAG(std::string, images,
           "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
           "idx-ubyte images.");
@@ -222,10 +221,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   engram::core::UseBlasFamily(absl::GetFlag(FLAGS_blas_coretype), argv);
   if (absl::GetFlag(FLAGS_flush_denormals)) engram::core::FlushDenormals();
-  if (absl::GetFlag(FLAGS_describe) ||
-      absl::GetFlag(FLAGS_mode) == "describe") {
-    std::printf("# machine: %s\n", engram::core::DescribeMachine().c_str());
-  }
+  std::printf("# machine: %s\n", engram::core::DescribeMachine().c_str());
   if (absl::GetFlag(FLAGS_mode) == "describe") {
     std::printf("# blas_family: %s\n", engram::core::blas::CoreName().c_str());
     std::printf("# kernels: %s, fused softmax batches <= %zu queries\n",

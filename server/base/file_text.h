@@ -11,8 +11,10 @@
 #define ENGRAM_SERVER_BASE_FILE_TEXT_H_
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -38,10 +40,25 @@ inline absl::StatusOr<std::string> ReadFileText(const std::string& path,
     return failed(absl::StatusCode::kNotFound,
                   path.empty() ? "no file named" : std::strerror(errno));
   }
-  std::string text;
-  char buffer[16 << 10];
+  // Read straight into the text: a regular file's size up front (and one
+  // byte more, to meet its end), growing otherwise; never past the limit.
+  const size_t cap = max_bytes < SIZE_MAX ? max_bytes + 1 : SIZE_MAX;
+  struct stat info;
+  const size_t expected = fstat(fd, &info) == 0 && S_ISREG(info.st_mode)
+                              ? static_cast<size_t>(info.st_size)
+                              : 0;
+  std::string text(std::min(cap, expected + 1), '\0');
+  size_t size = 0;
   for (;;) {
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (size == text.size()) {
+      if (size > max_bytes) {
+        close(fd);
+        return failed(absl::StatusCode::kOutOfRange,
+                      absl::StrCat("over ", max_bytes, " bytes"));
+      }
+      text.resize(std::min(cap, size + std::max<size_t>(size, 64 << 10)));
+    }
+    const ssize_t n = read(fd, &text[size], text.size() - size);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       const int error = errno;
@@ -49,13 +66,9 @@ inline absl::StatusOr<std::string> ReadFileText(const std::string& path,
       return failed(absl::StatusCode::kDataLoss, std::strerror(error));
     }
     if (n == 0) break;
-    if (static_cast<size_t>(n) > max_bytes - text.size()) {
-      close(fd);
-      return failed(absl::StatusCode::kOutOfRange,
-                    absl::StrCat("over ", max_bytes, " bytes"));
-    }
-    text.append(buffer, static_cast<size_t>(n));
+    size += static_cast<size_t>(n);
   }
+  text.resize(size);
   close(fd);
   return text;
 }

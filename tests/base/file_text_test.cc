@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -32,6 +33,29 @@ TEST(ReadFileTextTest, ReadsTheWholeFileBytesAsTheyAre) {
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(*read, text);
   EXPECT_EQ(*ReadFileText(Write("empty", "")), "");
+}
+
+TEST(ReadFileTextTest, ReadsWhatHasNoSizeToTellUntilItsEnd) {
+  // A pipe: no size up front, more than one read, more than one growth.
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  std::string text(200000, 'p');
+  text[123456] = 'q';
+  std::thread writer([&] {
+    size_t done = 0;
+    while (done < text.size()) {
+      const ssize_t n = write(fds[1], text.data() + done, text.size() - done);
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    close(fds[1]);
+  });
+  absl::StatusOr<std::string> read =
+      ReadFileText("/proc/self/fd/" + std::to_string(fds[0]));
+  writer.join();
+  close(fds[0]);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, text);
 }
 
 TEST(ReadFileTextTest, SaysWhyAFileCannotBeRead) {
