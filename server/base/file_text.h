@@ -35,11 +35,17 @@ inline absl::StatusOr<std::string> ReadFileText(const std::string& path,
   const auto failed = [&path](absl::StatusCode code, const std::string& why) {
     return absl::Status(code, absl::StrCat("cannot read '", path, "': ", why));
   };
-  const int fd = path.empty() ? -1 : open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Opened without waiting: a named pipe that nobody writes would hold the
+  // caller (a credential watcher, engramd's start) forever; read, it ends
+  // at once, empty. Reads then wait as usual (a pipe being written).
+  const int fd =
+      path.empty() ? -1 : open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     return failed(absl::StatusCode::kNotFound,
                   path.empty() ? "no file named" : std::strerror(errno));
   }
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags >= 0) fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
   // Read straight into the text: a regular file's size up front (and one
   // byte more, to meet its end), growing otherwise; never past the limit.
   const size_t cap = max_bytes < SIZE_MAX ? max_bytes + 1 : SIZE_MAX;

@@ -1,7 +1,9 @@
 #include "server/base/file_text.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -56,6 +58,16 @@ TEST(ReadFileTextTest, ReadsWhatHasNoSizeToTellUntilItsEnd) {
   close(fds[0]);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(*read, text);
+}
+
+TEST(ReadFileTextTest, ANamedPipeNobodyWritesIsEmptyNotAWait) {
+  const std::string path =
+      TempDir() + "/file_text_test_fifo_" + std::to_string(getpid());
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  absl::StatusOr<std::string> read = ReadFileText(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, "");
 }
 
 TEST(ReadFileTextTest, SaysWhyAFileCannotBeRead) {
