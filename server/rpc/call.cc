@@ -152,7 +152,19 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   }
   if (refused_.ok() && writes) refused_ = ReserveWrite(request_bytes);
   reading_ = WriteBudget::Reading();  // Read; refused or counted as itself.
+  // A caller gone while the write waited for its memory (a client that gave
+  // up, a router killed) gets nothing written: applied now, the write would
+  // land where no one learns of it — a retry would add it twice, a replica
+  // would hold what its peers do not.
+  if (refused_.ok() && writes && context.IsCancelled()) {
+    refused_ = Cancelled();
+  }
   return refused_.ok();
+}
+
+absl::Status Call::Cancelled() {
+  return absl::CancelledError(
+      "the call was cancelled before the write began: nothing was written");
 }
 
 absl::Status Call::TakeMemory(size_t bytes, absl::string_view what) {

@@ -133,6 +133,8 @@ class Call {
   // than the whole budget).
   absl::Status GrowWrite(size_t message_bytes, absl::string_view advice);
   grpc::Status Refused() { return Done(refused_); }
+  // The refusal of a write whose caller went away before it began.
+  static absl::Status Cancelled();
 
   // Names the store the call wrote to; if the call ends well, Done hands it
   // to the policy's after_write.

@@ -57,6 +57,8 @@ grpc::Status ServeUnaryWrite(
   if (!call.AdmitUnread(context)) return call.Refused();
   Request request;
   if (!streamer.Read(&request)) {
+    // Gone while it waited for its turn: nothing to read.
+    if (context.IsCancelled()) return call.Done(Call::Cancelled());
     return call.Done(absl::InvalidArgumentError(
         absl::StrCat("the request's bytes are not an ",
                      request.GetDescriptor()->full_name())));

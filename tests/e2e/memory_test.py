@@ -18,6 +18,9 @@ The test checks:
     times its request) is refused at once, naming the flag, and changes
     nothing, in one call or one message of an import; concurrent adds that
     do not fit together wait for each other and all succeed;
+  - an add that waited for the write memory, its request read, and whose
+    caller cancelled meanwhile is answered CANCELLED and adds nothing (it
+    was applied late, and a retry added it twice);
   - a restore takes its share of the budget as its files arrive (it holds
     them all, and the store decoded from them, until it is stored): one
     larger than the budget allows is refused, naming the flag and
@@ -77,6 +80,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -411,6 +415,69 @@ class MemoryTest(unittest.TestCase):
             print("--max_memory_mb=384: %d adds of 12 MiB before the guard refused, peak "
                   "resident %.0f MiB" % (added, peak_mib(e.proc.pid)), file=sys.stderr)
         finally:
+            e.stop()
+
+    def test_13_a_write_whose_caller_went_away_while_it_waited_writes_nothing(self):
+        """An add that waited for the write memory, its request read, and
+        whose caller cancelled meanwhile is answered CANCELLED once its turn
+        comes, and adds nothing: applied late, a retry would have added it
+        twice (and a router killed mid-write left one replica ahead)."""
+        from engram_client import pb, pb_grpc
+        metrics_port = free_port()
+        e = Engramd(BIN, self.tmp.name, "--max_write_memory_mb=100", "--max_message_mb=20",
+                    metrics_listen="127.0.0.1:%d" % metrics_port)
+
+        def metric(name, **labels):
+            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read()
+            want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+            for line in text.decode().splitlines():
+                series, _, value = line.rpartition(" ")
+                if series == (name + ("{%s}" % want if want else "")):
+                    return float(value)
+            return 0.0
+
+        def until(condition, what):
+            deadline = time.time() + 30
+            while not condition():
+                self.assertLess(time.time(), deadline, what + "\n" + e.log()[-2000:])
+                time.sleep(0.05)
+
+        release = threading.Event()
+        try:
+            rng = np.random.default_rng(13)
+            with Client(e.addr) as c:
+                c.create_store("w", dim=DIM)
+            channel = grpc.insecure_channel(e.addr, options=[
+                ("grpc.max_send_message_length", 64 << 20)])
+            stub = pb_grpc.EngramStub(channel)
+            held = rng.random((1536, DIM), dtype=np.float32)  # 6 MiB: 30 MiB of 100 held.
+
+            def messages():
+                yield pb.ImportPatternsRequest(store="w", patterns=[
+                    pb.Pattern(values=row) for row in held])
+                release.wait(60)
+            importing = stub.ImportPatterns.future(messages(), timeout=90)
+            until(lambda: metric("engram_write_memory_reserved_bytes") >= 30 << 20,
+                  "the import holds no write memory")
+            late = rng.random((3840, DIM), dtype=np.float32)  # 15 MiB: needs 75 of the 70 free.
+            adding = stub.AddPatterns.future(pb.AddPatternsRequest(store="w", patterns=[
+                pb.Pattern(values=row) for row in late]), timeout=90)
+            until(lambda: metric("engram_writes_waiting_for_memory") == 1,
+                  "the add does not wait for the write memory")
+            adding.cancel()
+            time.sleep(0.5)  # The cancellation reaches engramd.
+            release.set()
+            self.assertEqual(importing.result().patterns_added, len(held))
+            until(lambda: metric("engram_requests_total", method="AddPatterns",
+                                 code="CANCELLED") == 1, "the add was not answered CANCELLED")
+            with Client(e.addr) as c:
+                self.assertEqual(c.get_store("w").pattern_count, len(held))
+            self.assertEqual(metric("engram_requests_total", method="AddPatterns", code="OK"), 0)
+            self.assertEqual(metric("engram_requests_total", method="AddPatterns",
+                                    code="INVALID_ARGUMENT"), 0)
+            channel.close()
+        finally:
+            release.set()
             e.stop()
 
     def test_12_max_memory_mb_past_the_cgroup_limit_refuses_to_start(self):
