@@ -297,7 +297,9 @@ class SecurityTest(unittest.TestCase):
             # In clear, a warning: callers with no token have requests read.
             self.assertEqual("WARN --token_file without --tls_cert" in s.startup, not flags,
                              s.startup)
-            self.assertEqual(engram("health").stdout.strip(), "SERVING", "health needs no token")
+            health = engram("health")
+            self.assertEqual(health.stdout.strip(), "SERVING",
+                             "health needs no token: " + health.stderr + s.log()[-2000:])
             none = engram("store", "list")
             self.assertIn("UNAUTHENTICATED", none.stderr)
             self.assertIn("UNAUTHENTICATED", engram("store", "list", env=wrong).stderr)

@@ -1,5 +1,7 @@
 #include "server/rpc/auth.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -22,7 +24,9 @@ class CountingMetrics final : public metrics::NullMetrics {
 };
 
 TokenAuthorizer Tokens() {
-  const std::string path = ::testing::TempDir() + "/auth_test_tokens";
+  // Of this process alone: ctest runs each test as a process, two at once.
+  const std::string path =
+      ::testing::TempDir() + "/auth_test_tokens_" + std::to_string(getpid());
   {
     std::ofstream out(path);
     out << "read reader-0123456789abcdef\nwrite writer-0123456789abcdef\n";
@@ -129,7 +133,8 @@ absl::Status Ask(const TokenAuthorizer& auth, const std::string& token,
 }
 
 TEST(TokenAuthorizerTest, ReloadsARotatedFileAndKeepsTheTokensOfABadOne) {
-  const std::string path = ::testing::TempDir() + "/auth_test_rotated";
+  const std::string path =
+      ::testing::TempDir() + "/auth_test_rotated_" + std::to_string(getpid());
   Write(path, "write first-0123456789abcdef\n");
   absl::StatusOr<TokenAuthorizer> auth = TokenAuthorizer::Load(path);
   ASSERT_TRUE(auth.ok()) << auth.status();
