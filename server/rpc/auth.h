@@ -64,6 +64,9 @@ class TokenAuthorizer {
   struct Token {
     std::string secret;
     bool write;
+    bool operator==(const Token& o) const {
+      return secret == o.secret && write == o.write;
+    }
   };
   using Tokens = std::vector<Token>;
   static absl::StatusOr<Tokens> Read(const std::string& path);

@@ -8,7 +8,7 @@
 // certificate chain, a PEM private key that fits it, a CA bundle with a
 // certificate) and only then hands them to gRPC, through in-memory files
 // (memfd) whose /proc/self/fd paths gRPC's watcher reads; a new version
-// replaces the old one atomically (dup2), key and certificate in one file,
+// replaces the old one atomically (dup3), key and certificate in one file,
 // so gRPC never reads one without the other. The files are one FileBacked
 // value: a version that does not check (or that changed while read) is
 // reported and the one before stays in use. The key is never written to
@@ -86,6 +86,9 @@ class TlsFiles {
     std::string ca;        // CA bundle (empty: none).
     std::string describe;  // Of the certificate; empty without one.
     int64_t expiry = 0;
+    bool operator==(const Checked& o) const {
+      return identity == o.identity && ca == o.ca;  // The rest follows.
+    }
   };
   static absl::StatusOr<Checked> Read(const TlsPaths& paths);
 

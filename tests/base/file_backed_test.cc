@@ -1,5 +1,7 @@
 #include "server/base/file_backed.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -10,6 +12,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "server/base/file_text.h"
 
@@ -21,12 +25,33 @@ std::string Path(const std::string& name) {
                       name);
 }
 
+void SetTime(const std::string& path, absl::Time time) {
+  const timespec times[2] = {absl::ToTimespec(time), absl::ToTimespec(time)};
+  ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+}
+
+absl::Time TimeOf(const std::string& path) {
+  struct stat info;
+  EXPECT_EQ(stat(path.c_str(), &info), 0);
+  return absl::TimeFromTimespec(info.st_mtim);
+}
+
 // Replaced as an operator's rotation does it: written aside, then renamed
-// over the file (a new inode, whatever the clock's resolution).
+// over the file. Dated an hour back (each version its own time: the inode
+// may be one used before), as a version written long before it is read.
 void Put(const std::string& path, const std::string& text) {
   const std::string aside = path + ".new";
   std::ofstream(aside, std::ios::binary | std::ios::trunc) << text;
+  SetTime(aside, absl::Now() - absl::Hours(1));
   ASSERT_EQ(std::rename(aside.c_str(), path.c_str()), 0);
+}
+
+// Overwritten in place, the same size, dated `time`: with the time it had,
+// a write its stamp cannot tell from the one before.
+void Overwrite(const std::string& path, const std::string& text,
+               absl::Time time) {
+  std::ofstream(path, std::ios::binary | std::ios::in | std::ios::out) << text;
+  SetTime(path, time);
 }
 
 // A file holding one number.
@@ -106,6 +131,63 @@ TEST(FileBackedTest, SeveralFilesAreOneVersion) {
   Put(a, "20");
   EXPECT_EQ(file->Reload().value(), true);
   EXPECT_EQ(*file->get(), 27);
+}
+
+TEST(FileBackedTest, AVersionTooRecentForItsStampIsReadAgain) {
+  const std::string path = Path("recent");
+  Put(path, "1");
+  int reads = 0;
+  const auto read = [&]() -> absl::StatusOr<int> {
+    ++reads;
+    return ReadNumber(path);
+  };
+  absl::StatusOr<FileBacked<int>> file = FileBacked<int>::Load({path}, read);
+  ASSERT_TRUE(file.ok());
+
+  // Written long before the read: its stamp is trusted, and a write that
+  // keeps it is not seen (the limit of stamps).
+  Overwrite(path, "2", TimeOf(path));
+  EXPECT_EQ(file->Reload().value(), false);
+  EXPECT_EQ(*file->get(), 1);
+  EXPECT_EQ(reads, 1);
+
+  // Written just now: a second write in the same clock tick keeps the
+  // stamp, so the version is read again until it is older than the
+  // clock's resolution, and taken when it differs.
+  const absl::Time now = absl::Now();
+  Overwrite(path, "3", now);
+  EXPECT_EQ(file->Reload().value(), true);
+  EXPECT_EQ(*file->get(), 3);
+  Overwrite(path, "4", now);
+  EXPECT_EQ(file->Reload().value(), true);
+  EXPECT_EQ(*file->get(), 4);
+  EXPECT_EQ(file->Reload().value(), false);  // Read again: the same.
+  EXPECT_EQ(reads, 4);
+
+  // A damaged version in the same tick is reported once, the value kept.
+  Overwrite(path, "x", now);
+  EXPECT_FALSE(file->Reload().ok());
+  EXPECT_EQ(file->Reload().value(), false);
+  EXPECT_EQ(*file->get(), 4);
+  Overwrite(path, "5", now);
+  EXPECT_EQ(file->Reload().value(), true);
+  EXPECT_EQ(*file->get(), 5);
+
+  // Once older than the resolution, it is no longer read.
+  SetTime(path, now - FileBacked<int>::kStampResolution);
+  EXPECT_EQ(file->Reload().value(), true);  // The stamp changed.
+  const int settled = reads;
+  EXPECT_EQ(file->Reload().value(), false);
+  EXPECT_EQ(file->Reload().value(), false);
+  EXPECT_EQ(reads, settled);
+
+  // At Load too.
+  Overwrite(path, "6", absl::Now());
+  absl::StatusOr<FileBacked<int>> fresh = FileBacked<int>::Load({path}, read);
+  ASSERT_TRUE(fresh.ok());
+  Overwrite(path, "7", TimeOf(path));
+  EXPECT_EQ(fresh->Reload().value(), true);
+  EXPECT_EQ(*fresh->get(), 7);
 }
 
 TEST(FileBackedTest, AVersionChangedWhileReadIsReadAgain) {
