@@ -17,7 +17,9 @@
 
 namespace engram::cluster {
 
-ShardPool::ShardPool(const ShardPoolOptions& options) : options_(options) {}
+ShardPool::ShardPool(const ShardPoolOptions& options)
+    : options_(options),
+      credentials_(rpc::StateOrNew(options.credential_state)) {}
 
 namespace {
 
@@ -59,10 +61,8 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
         rpc::TlsFiles::Open(std::move(paths));
     if (!tls.ok()) return tls.status();
     pool->tls_ = *std::move(tls);
-    if (options.credential_state != nullptr) {
-      options.credential_state->certificate_expiry =
-          static_cast<double>(pool->tls_->expiry());
-    }
+    pool->credentials_->certificate_expiry =
+        static_cast<double>(pool->tls_->expiry());
     channel_options.tls_provider = pool->tls_->Provider();
     channel_options.tls_provider_identity =
         !pool->tls_->identity_path().empty();
@@ -370,10 +370,7 @@ void ShardPool::ReloadCredentials() {
   const absl::Time now = absl::Now();
   if (now < next_reload_) return;
   next_reload_ = now + std::max(options_.credentials_refresh, absl::Seconds(1));
-  rpc::CredentialState unwatched;  // Where no one reads the gauges.
-  rpc::CredentialState& state = options_.credential_state != nullptr
-                                    ? *options_.credential_state
-                                    : unwatched;
+  rpc::CredentialState& state = *credentials_;
   if (token_.has_value()) {
     rpc::Report(token_->Reload(),
                 absl::StrCat("--shard_token_file=", options_.token_file),

@@ -155,6 +155,8 @@ class ShardPool {
   void ReloadCredentials();
 
   const ShardPoolOptions options_;
+  // options_.credential_state, or one of the pool's own.
+  const std::shared_ptr<rpc::CredentialState> credentials_;
   std::unique_ptr<rpc::TlsFiles> tls_;             // Null: plaintext.
   std::optional<FileBacked<std::string>> token_;   // None: no token sent.
   absl::Time next_reload_ = absl::InfinitePast();  // Prober's only.

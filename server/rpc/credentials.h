@@ -12,6 +12,8 @@
 #define ENGRAM_SERVER_RPC_CREDENTIALS_H_
 
 #include <atomic>
+#include <memory>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -28,6 +30,14 @@ struct CredentialState {
   std::atomic<bool> token_file_failed{false};
   std::atomic<bool> tls_files_failed{false};
 };
+
+// `state`, or a new one where none is given (a process whose gauges no one
+// reads: tests, tools).
+inline std::shared_ptr<CredentialState> StateOrNew(
+    std::shared_ptr<CredentialState> state) {
+  return state != nullptr ? std::move(state)
+                          : std::make_shared<CredentialState>();
+}
 
 // Reports what a reload of credential `files` ("--token_file=/etc/t")
 // found: a version that does not load as an ERROR ("... changed into a

@@ -191,13 +191,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         ": cannot listen there (the port is in use, or the host is not an "
         "address of this machine)"));
   }
-  if (options.credential_state != nullptr && server->tls_ != nullptr) {
-    options.credential_state->certificate_expiry =
-        static_cast<double>(server->tls_->expiry());
+  std::shared_ptr<CredentialState> state = StateOrNew(options.credential_state);
+  if (server->tls_ != nullptr) {
+    state->certificate_expiry = static_cast<double>(server->tls_->expiry());
   }
   if (!options.token_file.empty() || !options.tls_cert.empty()) {
-    server->watcher_ = std::thread(
-        [raw = server.get(), options] { raw->WatchCredentials(options); });
+    server->watcher_ = std::thread([raw = server.get(), options, state] {
+      raw->WatchCredentials(options, *state);
+    });
   }
   // Live as soon as it runs; ready when the caller says so.
   server->server_->GetHealthCheckService()->SetServingStatus("", true);
@@ -212,13 +213,10 @@ void Server::SetReady(bool ready) {
       v1::Engram::service_full_name(), ready);
 }
 
-void Server::WatchCredentials(const ServerOptions& options) {
+void Server::WatchCredentials(const ServerOptions& options,
+                              CredentialState& state) {
   const absl::Duration refresh =
       std::max(options.credentials_refresh, absl::Seconds(1));
-  CredentialState unwatched;  // Where no one reads the gauges.
-  CredentialState& state = options.credential_state != nullptr
-                               ? *options.credential_state
-                               : unwatched;
   MutexLock lock(&watch_mu_);
   while (!stop_watching_) {
     watch_cv_.WaitWithTimeout(&watch_mu_, refresh);

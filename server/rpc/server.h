@@ -101,8 +101,8 @@ class Server {
 
   // Until Shutdown: every options.credentials_refresh, reloads the token
   // file if it changed and checks changed TLS files (gRPC reloads those
-  // itself), logging what it found.
-  void WatchCredentials(const ServerOptions& options);
+  // itself), logging what it found and keeping `state` current.
+  void WatchCredentials(const ServerOptions& options, CredentialState& state);
 
   std::unique_ptr<TlsFiles> tls_;  // Null: plaintext. Outlives server_.
   std::unique_ptr<CallPolicy> policy_;
