@@ -1,8 +1,9 @@
 // Google Benchmark microbenchmarks of the retrieval kernels, d = 784, random
 // data, one thread: every similarity x separation at L = 1 and 256 over
 // M = 10,000, plus the fused single-query path over 60,000 and the vector
-// loops. Counters: GFLOP/s of the two products (4 L M d), GB/s of reading the
-// memories once (4 M d bytes).
+// loops; and a store's one-pattern write to its low-rank sums. Counters:
+// GFLOP/s of the two products (4 L M d), GB/s of reading the memories once
+// (4 M d bytes).
 //
 //   build/bin/core_benchmark [--benchmark_filter=...]
 #include <random>
@@ -11,6 +12,7 @@
 #include "benchmark/benchmark.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
+#include "server/core/low_rank.h"
 #include "server/core/retrieval.h"
 
 namespace engram::core {
@@ -97,6 +99,49 @@ void BM_GemmPair(benchmark::State& state) {
       4.0 * l * m * kDim / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_GemmPair)->Arg(1)->Arg(256)->Unit(benchmark::kMillisecond);
+
+// A dot store's low-rank sums over 2,000 random rows of dimension d, at the
+// degree a store keeps within its default limit of values.
+LowRankSums SumsOf(size_t d) {
+  const uint32_t degree = SumsDegree(d, d, 4, size_t{1} << 18);
+  LowRankSums sums(std::make_shared<const TaylorBasis>(d, degree), d,
+                   /*keys_are_rows=*/true);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  std::vector<float> rows(2000 * d);
+  for (float& v : rows) v = normal(rng);
+  sums.Add(rows.data(), rows.data(), 2000, 1.0);
+  sums.Finish();
+  return sums;
+}
+
+// What a store's write of one pattern does to its sums: a copy (readers
+// keep the one before), the row added, the moments recomputed.
+void BM_SumsWriteOne(benchmark::State& state) {
+  blas::SetThreads(1);
+  const size_t d = state.range(0);
+  const LowRankSums sums = SumsOf(d);
+  std::vector<float> row(d, 0.05f);
+  for (auto _ : state) {
+    LowRankSums next(sums);
+    next.Add(row.data(), row.data(), 1, 1.0);
+    next.Finish();
+    benchmark::DoNotOptimize(next.a().data());
+  }
+  state.counters["rank"] = static_cast<double>(sums.z().size());
+}
+BENCHMARK(BM_SumsWriteOne)->Arg(16)->Arg(64)->Unit(benchmark::kMicrosecond);
+
+// Of which the moments and their eigenvalue bounds.
+void BM_SumsFinish(benchmark::State& state) {
+  blas::SetThreads(1);
+  LowRankSums sums = SumsOf(state.range(0));
+  for (auto _ : state) {
+    sums.Finish();
+    benchmark::DoNotOptimize(sums.feature_moment_max_eig());
+  }
+}
+BENCHMARK(BM_SumsFinish)->Arg(16)->Arg(64)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace engram::core

@@ -1,11 +1,13 @@
-// The one place engram calls BLAS. Every matrix is row-major; shapes are given
-// as (rows x cols) and leading dimensions in elements.
+// The one place engram calls BLAS (and the LAPACK routine OpenBLAS carries
+// that it needs). Every matrix is row-major; shapes are given as
+// (rows x cols) and leading dimensions in elements.
 //
 // Thread-safe: OpenBLAS serialises what it must; callers may run concurrently.
 #ifndef ENGRAM_SERVER_CORE_BLAS_H_
 #define ENGRAM_SERVER_CORE_BLAS_H_
 
 #include <cstddef>
+#include <optional>
 #include <string>
 
 namespace engram::core::blas {
@@ -41,6 +43,12 @@ void Gemv(size_t m, size_t n, double alpha, const double* a, size_t lda,
 // triangle of C (j >= i) is written.
 void SyrkUpper(size_t n, size_t k, float alpha, const float* a, size_t lda,
                float beta, float* c, size_t ldc);
+
+// The largest eigenvalue of the symmetric n x n matrix s (LAPACK dsyevr),
+// within `tolerance` or about n * 2^-52 of s's norm, whichever is larger;
+// nullopt if LAPACK fails.
+std::optional<double> LargestEigenvalue(size_t n, const double* s,
+                                        double tolerance);
 
 // y (n) += alpha * x (n).
 void Axpy(size_t n, float alpha, const float* x, float* y);

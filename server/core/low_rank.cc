@@ -28,8 +28,20 @@ bool ShiftedPositiveDefinite(const double* s, size_t n, double c) {
   std::vector<double> l(n * n);
   for (size_t i = 0; i < n; ++i) {
     for (size_t j = 0; j <= i; ++j) {
-      double sum = (i == j ? c : 0.0) - s[i * n + j];
-      for (size_t k = 0; k < j; ++k) sum -= l[i * n + k] * l[j * n + k];
+      // Four interleaved partial sums: four chains of additions (n^3 / 6 in
+      // all) instead of one, which the compiler may also put in a vector.
+      const double* a = l.data() + i * n;
+      const double* b = l.data() + j * n;
+      double part[4] = {0, 0, 0, 0};
+      size_t k = 0;
+      for (; k + 4 <= j; k += 4) {
+        for (size_t lane = 0; lane < 4; ++lane) {
+          part[lane] += a[k + lane] * b[k + lane];
+        }
+      }
+      for (; k < j; ++k) part[0] += a[k] * b[k];
+      const double sum = (i == j ? c : 0.0) - s[i * n + j] -
+                         ((part[0] + part[1]) + (part[2] + part[3]));
       if (i == j) {
         if (!(sum > 0)) return false;
         l[i * n + i] = std::sqrt(sum);
@@ -209,12 +221,18 @@ double MaxEigenvalueBound(const double* s, size_t n) {
   double trace = 0;
   for (size_t i = 0; i < n; ++i) trace += std::max(0.0, s[i * n + i]);
   if (!(trace > 0)) return 0;
-  std::vector<double> v(n);
-  std::vector<double> w(n);
+  // An estimate first: a few power iterations, which settle at once where
+  // one eigenvalue stands out or all are alike (a part in 1e9 gained: as
+  // close as the smallest margin below needs); where they do not, LAPACK's
+  // largest eigenvalue, to 1e-8 of it (a fixed cost: about 0.1 ms at
+  // n = 64, against 0.15 ms for 100 more iterations, still short of it).
+  const double mean = trace / static_cast<double>(n);
+  double estimate = mean;  // lambda_max >= the mean eigenvalue.
+  std::vector<double> v(n), w(n);
   for (size_t i = 0; i < n; ++i) v[i] = 1.0 + 0.01 * i / n;
-  double estimate = trace / n;  // lambda_max >= the mean eigenvalue.
+  bool settled = false;
   double previous = 0;
-  for (int iteration = 0; iteration < 100; ++iteration) {
+  for (int iteration = 0; iteration < 16 && !settled; ++iteration) {
     const double norm = std::sqrt(Dot(v.data(), v.data(), n));
     if (!(norm > 0)) break;
     for (size_t i = 0; i < n; ++i) v[i] /= norm;
@@ -222,17 +240,18 @@ double MaxEigenvalueBound(const double* s, size_t n) {
     const double rayleigh = Dot(v.data(), w.data(), n);
     estimate = std::max(estimate, rayleigh);
     std::swap(v, w);
-    // The power iterates' Rayleigh quotients never fall for a positive
-    // semi-definite s; once one gains less than a part in 1e9 the estimate
-    // is as close as the smallest margin below needs (and if not, a larger
-    // margin is tried: the bound holds either way, by the factorisation).
-    if (iteration > 0 && rayleigh - previous <= 1e-9 * std::abs(rayleigh)) {
-      break;
-    }
+    // The Rayleigh quotients of the iterates never fall for a positive
+    // semi-definite s.
+    settled = iteration > 0 && rayleigh - previous <= 1e-9 * rayleigh;
     previous = rayleigh;
   }
-  // The factorisation's rounding is ~n * 1e-16 relative: far below the
-  // smallest margin tried.
+  if (!settled) {
+    estimate = std::max(estimate,
+                        blas::LargestEigenvalue(n, s, 1e-8 * mean).value_or(0));
+  }
+  // Raised by a margin until a Cholesky factorisation proves it (c I - s
+  // positive definite: every eigenvalue below c), the smallest margin
+  // first; the factorisation's rounding is far below it.
   for (double margin = 1e-6; margin < 1.0; margin *= 4) {
     const double c = estimate * (1 + margin);
     if (c >= trace) break;
