@@ -143,9 +143,9 @@ class LowRankSums {
 };
 
 // An upper bound on the largest eigenvalue of a symmetric positive
-// semi-definite n x n matrix (row-major): LAPACK's estimate raised until a
-// Cholesky factorisation proves c I - s positive definite, at most the
-// trace.
+// semi-definite n x n matrix (row-major): an estimate (power iterations,
+// or LAPACK's where they do not settle) raised until a Cholesky
+// factorisation proves c I - s positive definite, at most the trace.
 double MaxEigenvalueBound(const double* s, size_t n);
 
 // An upper bound on the spectral norm ||W||_2 of a feature map (1 for the
