@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 # The process of every engramd a test started; whatever still runs when the
 # test's Python exits (a failed assertion, an exception between start and
@@ -104,6 +105,24 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric(metrics_port, name, default=None, **labels):
+    """The value of one series on engramd's /metrics: `name` with exactly
+    `labels` (none: the unlabelled series). A series not there is
+    `default`, or an error where no default is given."""
+    want = name + ("{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+                   if labels else "")
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port,
+                                timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == want:
+            return float(value)
+    if default is None:
+        raise LookupError("no series %s on /metrics" % want)
+    return default
 
 
 def resident_mib(pid):

@@ -80,14 +80,13 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, free_port, resident_mib, sanitized  # noqa: E402
+from harness import Engramd, free_port, metric, resident_mib, sanitized  # noqa: E402
 
 DIM = 1024
 ROWS = 12_000  # 48 MiB of values in one AddPatterns.
@@ -427,14 +426,8 @@ class MemoryTest(unittest.TestCase):
         e = Engramd(BIN, self.tmp.name, "--max_write_memory_mb=100", "--max_message_mb=20",
                     metrics_listen="127.0.0.1:%d" % metrics_port)
 
-        def metric(name, **labels):
-            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read()
-            want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-            for line in text.decode().splitlines():
-                series, _, value = line.rpartition(" ")
-                if series == (name + ("{%s}" % want if want else "")):
-                    return float(value)
-            return 0.0
+        def count(name, **labels):  # A series not there yet counts 0.
+            return metric(metrics_port, name, default=0.0, **labels)
 
         def until(condition, what):
             deadline = time.time() + 30
@@ -457,23 +450,23 @@ class MemoryTest(unittest.TestCase):
                     pb.Pattern(values=row) for row in held])
                 release.wait(60)
             importing = stub.ImportPatterns.future(messages(), timeout=90)
-            until(lambda: metric("engram_write_memory_reserved_bytes") >= 30 << 20,
+            until(lambda: count("engram_write_memory_reserved_bytes") >= 30 << 20,
                   "the import holds no write memory")
             late = rng.random((3840, DIM), dtype=np.float32)  # 15 MiB: needs 75 of the 70 free.
             adding = stub.AddPatterns.future(pb.AddPatternsRequest(store="w", patterns=[
                 pb.Pattern(values=row) for row in late]), timeout=90)
-            until(lambda: metric("engram_writes_waiting_for_memory") == 1,
+            until(lambda: count("engram_writes_waiting_for_memory") == 1,
                   "the add does not wait for the write memory")
             adding.cancel()
             time.sleep(0.5)  # The cancellation reaches engramd.
             release.set()
             self.assertEqual(importing.result().patterns_added, len(held))
-            until(lambda: metric("engram_requests_total", method="AddPatterns",
+            until(lambda: count("engram_requests_total", method="AddPatterns",
                                  code="CANCELLED") == 1, "the add was not answered CANCELLED")
             with Client(e.addr) as c:
                 self.assertEqual(c.get_store("w").pattern_count, len(held))
-            self.assertEqual(metric("engram_requests_total", method="AddPatterns", code="OK"), 0)
-            self.assertEqual(metric("engram_requests_total", method="AddPatterns",
+            self.assertEqual(count("engram_requests_total", method="AddPatterns", code="OK"), 0)
+            self.assertEqual(count("engram_requests_total", method="AddPatterns",
                                     code="INVALID_ARGUMENT"), 0)
             channel.close()
         finally:

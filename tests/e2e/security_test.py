@@ -19,20 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, free_port, make_certs, resident_mib  # noqa: E402
+from harness import Engramd, free_port, make_certs, metric, resident_mib  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
 
 def Server(tmp, *flags):
     return Engramd(BIN, tmp, *flags)
-
-
-def gauge(metrics_port, name):
-    """The value of an unlabelled gauge on /metrics."""
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read()
-    return [float(line.split()[1]) for line in text.decode().splitlines()
-            if line.startswith(name + " ")][0]
 
 
 def expiry(cert):
@@ -183,15 +176,15 @@ class SecurityTest(unittest.TestCase):
             with Client(router.addr) as c:
                 c.create_store("r", dim=3)
                 c.add("r", np.eye(3, dtype=np.float32))
-            self.assertEqual(gauge(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
+            self.assertEqual(metric(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("client.pem")))
             # Files that do not load: logged, the gauges say so, the
             # credentials before stay in use.
             put("router-token", b"short\n")
             put("router.key", b"")
             deadline = time.time() + 20
-            while not (gauge(metrics_port, "engram_shard_token_file_reload_failed") == 1 and
-                       gauge(metrics_port, "engram_shard_tls_files_reload_failed") == 1):
+            while not (metric(metrics_port, "engram_shard_token_file_reload_failed") == 1 and
+                       metric(metrics_port, "engram_shard_tls_files_reload_failed") == 1):
                 self.assertLess(time.time(), deadline, router.log())
                 time.sleep(0.2)
             self.assertIn("--shard_token_file=" + os.path.join(live, "router-token") +
@@ -209,15 +202,15 @@ class SecurityTest(unittest.TestCase):
             put("router.key", read(self.p("router2.key")))
             put("router.pem", read(self.p("router2.pem")))
             deadline = time.time() + 20
-            while not (gauge(metrics_port, "engram_shard_token_file_reload_failed") == 0 and
-                       gauge(metrics_port, "engram_shard_tls_files_reload_failed") == 0):
+            while not (metric(metrics_port, "engram_shard_token_file_reload_failed") == 0 and
+                       metric(metrics_port, "engram_shard_tls_files_reload_failed") == 0):
                 self.assertLess(time.time(), deadline, router.log())
                 time.sleep(0.2)
             self.assertIn("TLS files to the shards changed; now in force: /CN=router2",
                           router.log())
             self.assertIn("--shard_token_file=" + os.path.join(live, "router-token") +
                           " changed; now in force", router.log())
-            self.assertEqual(gauge(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
+            self.assertEqual(metric(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("router2.pem")))
             time.sleep(1.5)  # gRPC's watcher reads the router's new files.
             put("shard-tokens", b"write " + new + b"\n")
@@ -428,10 +421,10 @@ class SecurityTest(unittest.TestCase):
             self.assertIn("TLS with /CN=server, valid until", s.startup)
             self.assertEqual(served(), "server")
             may_list("first-0123456789abcdef")
-            self.assertEqual(gauge(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
+            self.assertEqual(metric(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("server.pem")))
-            self.assertEqual(gauge(metrics_port, "engram_token_file_reload_failed"), 0)
-            self.assertEqual(gauge(metrics_port, "engram_tls_files_reload_failed"), 0)
+            self.assertEqual(metric(metrics_port, "engram_token_file_reload_failed"), 0)
+            self.assertEqual(metric(metrics_port, "engram_tls_files_reload_failed"), 0)
 
             put("tokens", b"write second-0123456789abcdef\n")
             until(lambda: "UNAUTHENTICATED" in lists("first-0123456789abcdef").stderr,
@@ -443,18 +436,18 @@ class SecurityTest(unittest.TestCase):
             may_list("second-0123456789abcdef")
             self.assertIn("UNAUTHENTICATED", lists("first-0123456789abcdef").stderr)
             self.assertIn("UNAUTHENTICATED", self.engram(s, *tls, "store", "list").stderr)
-            self.assertEqual(gauge(metrics_port, "engram_token_file_reload_failed"), 1)
+            self.assertEqual(metric(metrics_port, "engram_token_file_reload_failed"), 1)
             put("tokens", b"write second-0123456789abcdef\nread third-0123456789abcdef\n")
             until(lambda: lists("third-0123456789abcdef").returncode == 0,
                   "the mended token file is not in force")
-            self.assertEqual(gauge(metrics_port, "engram_token_file_reload_failed"), 0)
+            self.assertEqual(metric(metrics_port, "engram_token_file_reload_failed"), 0)
 
             put("key.pem", read(self.p("server2.key")))
             put("cert.pem", read(self.p("server2.pem")))
             until(lambda: served() == "server2", "the rotated certificate is not served")
             may_list("second-0123456789abcdef")
             self.assertIn("TLS files changed; now in force: /CN=server2", s.log())
-            self.assertEqual(gauge(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
+            self.assertEqual(metric(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("server2.pem")))
             mismatches = s.log().count("does not match the certificate")
             put("key.pem", read(self.p("server.key")))  # Fits no certificate served.
@@ -464,7 +457,7 @@ class SecurityTest(unittest.TestCase):
             until(lambda: "not a PEM certificate" in s.log(), "no error for an empty certificate")
             time.sleep(2.5)  # gRPC's watcher has read again meanwhile.
             self.assertIsNone(s.proc.poll(), "engramd died")
-            self.assertEqual(gauge(metrics_port, "engram_tls_files_reload_failed"), 1)
+            self.assertEqual(metric(metrics_port, "engram_tls_files_reload_failed"), 1)
             self.assertEqual(served(), "server2")
             may_list("second-0123456789abcdef")
         finally:
