@@ -86,27 +86,28 @@ std::optional<double> LargestEigenvalue(size_t n, const double* s,
   if (n == 0) return std::nullopt;
   // A symmetric matrix is its own transpose: row- and column-major alike.
   std::vector<double> a(s, s + n * n);
+  std::vector<double> values(n);
   const int size = static_cast<int>(n);
   const int one = 1;
-  const double unused = 0, abstol = tolerance;
+  const double unused = 0;
   int found = 0, info = 0;
-  double w = 0, z = 0, work_size = 0;
-  int isuppz[2] = {0, 0}, iwork_size = 0;
-  int lwork = -1, liwork = -1;  // First: how much workspace.
-  dsyevr_("N", "I", "U", &size, a.data(), &size, &unused, &unused, &size, &size,
-          &abstol, &found, &w, &z, &one, isuppz, &work_size, &lwork,
-          &iwork_size, &liwork, &info, 1, 1, 1);
-  if (info != 0) return std::nullopt;
-  lwork = std::max(static_cast<int>(work_size), 26 * size);
-  liwork = std::max(iwork_size, 10 * size);
-  std::vector<double> work(lwork);
-  std::vector<int> iwork(liwork);
+  double z = 0;
+  int isuppz[2] = {0, 0};
   // Only the n-th (largest), no vectors: bisection on the tridiagonal form
   // (every eigenvalue by LAPACK's root-free QR measured 1.5x slower).
-  std::vector<double> values(n);
-  dsyevr_("N", "I", "U", &size, a.data(), &size, &unused, &unused, &size, &size,
-          &abstol, &found, values.data(), &z, &one, isuppz, work.data(), &lwork,
-          iwork.data(), &liwork, &info, 1, 1, 1);
+  const auto largest = [&](double* work, int lwork, int* iwork, int liwork) {
+    dsyevr_("N", "I", "U", &size, a.data(), &size, &unused, &unused, &size,
+            &size, &tolerance, &found, values.data(), &z, &one, isuppz, work,
+            &lwork, iwork, &liwork, &info, 1, 1, 1);
+  };
+  double work_size = 0;
+  int iwork_size = 0;
+  largest(&work_size, -1, &iwork_size, -1);  // First: how much workspace.
+  if (info != 0) return std::nullopt;
+  std::vector<double> work(std::max(static_cast<int>(work_size), 26 * size));
+  std::vector<int> iwork(std::max(iwork_size, 10 * size));
+  largest(work.data(), static_cast<int>(work.size()), iwork.data(),
+          static_cast<int>(iwork.size()));
   if (info != 0 || found != 1) return std::nullopt;
   return values[0];
 }
