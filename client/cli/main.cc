@@ -39,7 +39,9 @@
 #include "client/matrix_io.h"
 #include "server/base/file_text.h"
 
-ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "engramd address HOST:PORT.");
+ABSL_FLAG(std::optional<std::string>, addr, std::nullopt,
+          "engramd address HOST:PORT (else $ENGRAM_ADDR, if set, else "
+          "127.0.0.1:50051).");
 ABSL_FLAG(double, timeout_s, 300, "Deadline of each RPC, in seconds.");
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA of the server's certificate: connect over TLS.");
@@ -291,9 +293,18 @@ std::string ReadFileOrFail(const std::string& path, const char* flag) {
   return *std::move(text);
 }
 
+// --addr, else a non-empty $ENGRAM_ADDR, else engramd's default address.
+std::string ServerAddress() {
+  if (std::optional<std::string> addr = absl::GetFlag(FLAGS_addr)) {
+    return *std::move(addr);
+  }
+  const char* env = std::getenv("ENGRAM_ADDR");
+  return env != nullptr && *env != '\0' ? env : "127.0.0.1:50051";
+}
+
 std::unique_ptr<Client> Connect() {
   ClientOptions options;
-  options.address = absl::GetFlag(FLAGS_addr);
+  options.address = ServerAddress();
   options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
     options.tls_ca = ReadFileOrFail(absl::GetFlag(FLAGS_tls_ca), "tls_ca");

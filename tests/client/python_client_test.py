@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 BIN = sys.argv.pop(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -330,6 +331,18 @@ class PythonClientTest(unittest.TestCase):
                 with self.assertRaises(grpc.RpcError) as e:
                     anonymous.list_stores()
                 self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            # The address and the token from the environment, as the CLI takes them.
+            env = {"ENGRAM_ADDR": s.addr, "ENGRAM_TOKEN": "writer-0123456789abcdef"}
+            with mock.patch.dict(os.environ, env):
+                with Client(tls_ca=ca, tls_cert=p("client.pem"), tls_key=p("client.key"),
+                            retries=0) as from_env:
+                    self.assertEqual([x.name for x in from_env.list_stores()], ["tls"])
+                # An explicit empty token sends none, whatever the environment.
+                with Client(tls_ca=ca, tls_cert=p("client.pem"), tls_key=p("client.key"),
+                            token="", retries=0) as explicit:
+                    with self.assertRaises(grpc.RpcError) as e:
+                        explicit.list_stores()
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
             with Client(s.addr, tls_ca=ca, token="writer-0123456789abcdef", retries=0) as no_cert:
                 with self.assertRaises(grpc.RpcError) as e:
                     no_cert.list_stores()

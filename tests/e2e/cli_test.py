@@ -65,6 +65,28 @@ class CliTest(unittest.TestCase):
         self.assertEqual(self.engram("health").stdout.strip(), "SERVING")
         self.assertEqual(self.engram("health", "engram.v1.Engram").stdout.strip(), "SERVING")
 
+    def test_02b_address_from_the_environment(self):
+        def health(*args, addr=None):
+            env = dict(os.environ)
+            env.pop("ENGRAM_ADDR", None)
+            if addr is not None:
+                env["ENGRAM_ADDR"] = addr
+            return subprocess.run([os.path.join(BIN, "engram"), *args, "health"],
+                                  capture_output=True, text=True, timeout=60, env=env)
+
+        self.assertEqual(health(addr=self.addr).stdout.strip(), "SERVING")
+        # --addr wins over the environment.
+        self.assertEqual(health("--addr=" + self.addr, addr="127.0.0.1:1").stdout.strip(),
+                         "SERVING")
+        refused = health("--timeout_s=5", addr="127.0.0.1:1")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("UNAVAILABLE", refused.stderr)
+        self.assertIn("127.0.0.1:1", refused.stderr)
+        # An empty variable counts as unset: the default address, not "".
+        default = health("--timeout_s=5", addr="")
+        if default.returncode != 0:  # No engramd on the default port.
+            self.assertIn("127.0.0.1:50051", default.stderr)
+
     def test_03_store_lifecycle_and_formats(self):
         rng = np.random.default_rng(0)
         memories = rng.normal(size=(40, 8)).astype(np.float32)

@@ -313,12 +313,17 @@ class Client:
     writes are not, since a write whose answer was lost may have been applied.
     """
 
-    def __init__(self, address: str = "127.0.0.1:50051", *, token: Optional[str] = None,
+    def __init__(self, address: Optional[str] = None, *, token: Optional[str] = None,
                  tls_ca: Union[bytes, str, None] = None, tls_cert: Union[bytes, str, None] = None,
                  tls_key: Union[bytes, str, None] = None, tls_server_name: Optional[str] = None,
                  timeout: float = 60.0, retries: int = 3, max_message_mb: int = 256):
-        """tls_ca/tls_cert/tls_key: PEM bytes, or the path of a PEM file. With
+        """address: HOST:PORT, else $ENGRAM_ADDR (if set), else 127.0.0.1:50051.
+        token: the bearer token, else $ENGRAM_TOKEN (if set), else none.
+        tls_ca/tls_cert/tls_key: PEM bytes, or the path of a PEM file. With
         tls_ca the channel is TLS; with tls_cert and tls_key also mutual TLS."""
+        address = address or os.environ.get("ENGRAM_ADDR") or "127.0.0.1:50051"
+        if token is None:
+            token = os.environ.get("ENGRAM_TOKEN") or None
         options = [("grpc.max_receive_message_length", max_message_mb << 20),
                    ("grpc.max_send_message_length", max_message_mb << 20),
                    # Answers of many vectors are megabytes: a stream window
