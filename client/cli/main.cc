@@ -890,6 +890,13 @@ constexpr char kSettingsUsage[] =
     "[--search_separation] [--sample_size=N] [--calibration_seed=N] "
     "[--default_ttl=DURATION]";
 
+// The flags of every command that talks to a server.
+constexpr char kConnectionUsage[] =
+    "[--addr=HOST:PORT (else $ENGRAM_ADDR, else 127.0.0.1:50051)] "
+    "[--timeout_s=300] [--tls_ca=CA.pem [--tls_cert=CERT.pem "
+    "--tls_key=KEY.pem] [--tls_server_name=NAME]] [--token_file=FILE (else "
+    "$ENGRAM_TOKEN)]";
+
 const Command kCommands[] = {
     {"store create",
      "engram store create NAME --dim=D [--precision=float32|bfloat16|float16] "
@@ -997,11 +1004,12 @@ const Command kCommands[] = {
 std::string Usage() {
   std::string text =
       "engram: the command-line client of engramd.\n\nUsage: engram "
-      "[--addr=HOST:PORT] COMMAND ...\n\nCommands:\n";
+      "[CONNECTION] COMMAND ...\n\nCommands:\n";
   for (const Command& c : kCommands) {
     absl::StrAppend(&text, "  ", c.usage, "\n      ", c.help, "\n");
   }
   absl::StrAppend(&text, "\nSETTINGS: ", kSettingsUsage,
+                  "\n\nCONNECTION: ", kConnectionUsage,
                   "\n\n'engram COMMAND --help' shows one command.\n");
   return text;
 }
@@ -1010,6 +1018,11 @@ std::string CommandHelp(const Command& c) {
   std::string text = absl::StrCat(c.usage, "\n\n", c.help, "\n");
   if (absl::StrContains(c.usage, "SETTINGS")) {
     absl::StrAppend(&text, "\nSETTINGS: ", kSettingsUsage, "\n");
+  }
+  // Only these two never talk to a server.
+  const absl::string_view name = c.name;
+  if (name != "version" && name != "backup verify") {
+    absl::StrAppend(&text, "\nCONNECTION: ", kConnectionUsage, "\n");
   }
   return text;
 }

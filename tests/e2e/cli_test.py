@@ -60,6 +60,10 @@ class CliTest(unittest.TestCase):
             out = self.engram(*command, "--help").stdout
             self.assertIn("engram " + " ".join(command), out)
         self.assertIn("Commands:", self.engram("--help").stdout)
+        # How to reach a server: in the usage and in each command that talks to one.
+        self.assertIn("$ENGRAM_ADDR", self.engram("--help").stdout)
+        self.assertIn("--tls_ca=", self.engram("retrieve", "--help").stdout)
+        self.assertNotIn("--tls_ca=", self.engram("version", "--help").stdout)
 
     def test_02_health(self):
         self.assertEqual(self.engram("health").stdout.strip(), "SERVING")
