@@ -33,8 +33,8 @@ const engram::store::Limits kLimits;
 }  // namespace
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
-          "gRPC address (host:port). Loopback by default: expose it only "
-          "behind TLS and tokens.");
+          "gRPC address (host:port), or a Unix socket (unix:PATH). Loopback "
+          "by default: expose it only behind TLS and tokens.");
 ABSL_FLAG(std::string, data_dir, "./engram-data",
           "Directory that holds the server's data; created if missing.");
 ABSL_FLAG(std::string, tls_cert, "",

@@ -40,8 +40,8 @@
 #include "server/base/file_text.h"
 
 ABSL_FLAG(std::optional<std::string>, addr, std::nullopt,
-          "engramd address HOST:PORT (else $ENGRAM_ADDR, if set, else "
-          "127.0.0.1:50051).");
+          "engramd address HOST:PORT or unix:PATH (else $ENGRAM_ADDR, if "
+          "set, else 127.0.0.1:50051).");
 ABSL_FLAG(double, timeout_s, 300, "Deadline of each RPC, in seconds.");
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA of the server's certificate: connect over TLS.");
@@ -892,7 +892,8 @@ constexpr char kSettingsUsage[] =
 
 // The flags of every command that talks to a server.
 constexpr char kConnectionUsage[] =
-    "[--addr=HOST:PORT (else $ENGRAM_ADDR, else 127.0.0.1:50051)] "
+    "[--addr=HOST:PORT|unix:PATH (else $ENGRAM_ADDR, else "
+    "127.0.0.1:50051)] "
     "[--timeout_s=300] [--tls_ca=CA.pem [--tls_cert=CERT.pem "
     "--tls_key=KEY.pem] [--tls_server_name=NAME]] [--token_file=FILE (else "
     "$ENGRAM_TOKEN)]";

@@ -29,6 +29,7 @@
 #include "server/jobs/expiry_sweeper.h"
 #include "server/jobs/job_runner.h"
 #include "server/rpc/service.h"
+#include "server/rpc/unix_socket.h"
 #include "server/store/registry.h"
 
 namespace engram::app {
@@ -220,12 +221,14 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
 // still has its request read (rpc/auth.h).
 void WarnOfTokensInClear(const rpc::ServerOptions& server) {
   if (server.token_file.empty() || !server.tls_cert.empty()) return;
+  // On a Unix socket tokens never leave the host.
+  const bool local = rpc::UnixSocketPath(server.listen).has_value();
   Log(LogLevel::kWarning,
-      "--token_file without --tls_cert: tokens travel in clear, and a call "
-      "is checked only once gRPC has read its request (up to %zu MiB), so a "
-      "caller with no token can still make engramd read requests; beyond "
-      "this host serve TLS, where calls without a token are refused before "
-      "that",
+      "--token_file without --tls_cert: %sa call is checked only once gRPC "
+      "has read its request (up to %zu MiB), so a caller with no token can "
+      "still make engramd read requests; beyond this host serve TLS, where "
+      "calls without a token are refused before that",
+      local ? "" : "tokens travel in clear, and ",
       server.max_message_bytes * 2 >> 20);
 }
 
@@ -243,7 +246,7 @@ void LogConfiguration(const EngramdOptions& o, const rpc::Server& server,
                       const std::string& open_files) {
   const store::Limits& l = o.limits;
   Log(LogLevel::kInfo,
-      "engramd %s listening on %s (port %d, %s, %s); metrics on %s; "
+      "engramd %s listening on %s (%s, %s, %s); metrics on %s; "
       "data_dir=%s; sync=%s; cpu %s; kernels %s (fused softmax batches "
       "<= %zu queries); 16-bit rows: %s; blas threads=%d; "
       "retrieval threads=%d; "
@@ -254,7 +257,7 @@ void LogConfiguration(const EngramdOptions& o, const rpc::Server& server,
       "dimension<=%u batch<=%zu queries<=%zu top_k<=%zu steps<=%u "
       "stores<=%zu patterns/store<=%zu label<=%zu bytes metadata<=%zu "
       "entries of <=%zu bytes low-rank values<=%zu calibration work<=%g",
-      ENGRAM_VERSION, o.server.listen, server.port(),
+      ENGRAM_VERSION, o.server.listen, server.endpoint(),
       Transport(o.server, server),
       o.server.token_file.empty() ? "no tokens" : "bearer tokens",
       metrics_address, o.data_dir, o.storage.sync ? "true" : "false",
@@ -315,10 +318,10 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   }
   WarnOfTokensInClear(o.server);
   Log(LogLevel::kInfo,
-      "engramd %s router listening on %s (port %d, %s); metrics on %s; "
+      "engramd %s router listening on %s (%s, %s); metrics on %s; "
       "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
       "allocator %s; write memory<=%s; resident<=%s",
-      ENGRAM_VERSION, o.server.listen, (*server)->port(),
+      ENGRAM_VERSION, o.server.listen, (*server)->endpoint(),
       Transport(o.server, **server),
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
@@ -467,9 +470,8 @@ int RunEngramd(EngramdOptions o) {
     return 1;
   }
   Log(LogLevel::kInfo,
-      "engramd %s (%s) live on %s (port %d); loading stores from %s",
-      ENGRAM_VERSION, RoleName(o.role), o.server.listen, (*server)->port(),
-      o.storage.path);
+      "engramd %s (%s) live on %s (%s); loading stores from %s", ENGRAM_VERSION,
+      RoleName(o.role), o.server.listen, (*server)->endpoint(), o.storage.path);
   if (o.role == Role::kShard) {
     Log(LogLevel::kInfo, "shard group %u of %u of cluster '%s'",
         o.limits.placement.group, o.limits.placement.groups, o.cluster.cluster);

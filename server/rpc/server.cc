@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
@@ -20,10 +22,11 @@
 #include "server/base/log.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/tls_files.h"
+#include "server/rpc/unix_socket.h"
 
 namespace engram::rpc {
 
-Server::Server(std::string host) : host_(std::move(host)) {}
+Server::Server(std::string listen) : listen_(std::move(listen)) {}
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
@@ -117,8 +120,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  std::unique_ptr<Server> server(new Server(host));
+  std::unique_ptr<Server> server(new Server(options.listen));
+  if (std::optional<std::string> path = UnixSocketPath(options.listen)) {
+    absl::StatusOr<std::unique_ptr<UnixSocketLock>> lock =
+        UnixSocketLock::Take(*path);
+    if (!lock.ok()) return lock.status();
+    server->unix_lock_ = *std::move(lock);
+  }
   server->policy_ = std::make_unique<CallPolicy>();
   server->policy_->auth = std::move(auth);
   server->policy_->max_message_bytes = options.max_message_bytes;
@@ -187,9 +195,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(
-        "--listen=", options.listen,
-        ": cannot listen there (the port is in use, or the host is not an "
-        "address of this machine)"));
+        "--listen=", options.listen, ": cannot listen there",
+        server->unix_lock_ != nullptr
+            ? " (gRPC's error above says why)"
+            : " (the port is in use, or the host is not an address of this "
+              "machine)"));
   }
   std::shared_ptr<CredentialState> state = StateOrNew(options.credential_state);
   if (server->tls_ != nullptr) {
@@ -206,7 +216,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   return server;
 }
 
-std::string Server::address() const { return absl::StrCat(host_, ":", port_); }
+namespace {
+
+// unix:PATH, unix:///PATH or unix-abstract:NAME (not a host named unix...).
+bool IsUnixAddress(absl::string_view listen) {
+  return absl::StartsWith(listen, "unix:") ||
+         absl::StartsWith(listen, "unix-abstract:");
+}
+
+}  // namespace
+
+std::string Server::address() const {
+  if (IsUnixAddress(listen_)) return listen_;
+  return absl::StrCat(listen_.substr(0, listen_.rfind(':')), ":", port_);
+}
+
+std::string Server::endpoint() const {
+  if (IsUnixAddress(listen_)) return "Unix socket";
+  return absl::StrCat("port ", port_);
+}
 
 void Server::SetReady(bool ready) {
   server_->GetHealthCheckService()->SetServingStatus(

@@ -30,6 +30,7 @@
 #include "server/rpc/memory_guard.h"
 #include "server/rpc/service.h"
 #include "server/rpc/tls_files.h"
+#include "server/rpc/unix_socket.h"
 #include "server/rpc/write_budget.h"
 #include "server/store/registry.h"
 
@@ -84,9 +85,12 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const { return port_; }
+  // Where it listens, for a log line: "port 50051", or "Unix socket".
+  std::string endpoint() const;
   // The certificate served ("/CN=engram, valid until ..."); empty without
   // TLS. It may change (credentials_refresh).
   std::string certificate() const;
+  // An address a client dials: host:port, or the unix: address listened on.
   std::string address() const;
 
   // Readiness: whether the engram service takes requests.
@@ -97,7 +101,7 @@ class Server {
   void Shutdown(absl::Duration grace);
 
  private:
-  explicit Server(std::string host);
+  explicit Server(std::string listen);
 
   // Until Shutdown: every options.credentials_refresh, reloads the token
   // file if it changed and checks changed TLS files (gRPC reloads those
@@ -107,7 +111,9 @@ class Server {
   std::unique_ptr<TlsFiles> tls_;  // Null: plaintext. Outlives server_.
   std::unique_ptr<CallPolicy> policy_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
-  const std::string host_;
+  const std::string listen_;  // As given (--listen).
+  // Held while server_ lives (it is destroyed first): --listen=unix:PATH.
+  std::unique_ptr<UnixSocketLock> unix_lock_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   mutable Mutex watch_mu_;

@@ -317,7 +317,8 @@ class Client:
                  tls_ca: Union[bytes, str, None] = None, tls_cert: Union[bytes, str, None] = None,
                  tls_key: Union[bytes, str, None] = None, tls_server_name: Optional[str] = None,
                  timeout: float = 60.0, retries: int = 3, max_message_mb: int = 256):
-        """address: HOST:PORT, else $ENGRAM_ADDR (if set), else 127.0.0.1:50051.
+        """address: HOST:PORT or unix:PATH (engramd on a Unix socket), else
+        $ENGRAM_ADDR (if set), else 127.0.0.1:50051.
         token: the bearer token, else $ENGRAM_TOKEN (if set), else none.
         tls_ca/tls_cert/tls_key: PEM bytes, or the path of a PEM file. With
         tls_ca the channel is TLS; with tls_cert and tls_key also mutual TLS."""
