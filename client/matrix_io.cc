@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -13,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/files.h"
 
 namespace engram::client {
 
@@ -240,21 +240,22 @@ absl::Status WriteNpy(const std::string& path, const Matrix& matrix) {
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header.push_back('\n');
-  std::ofstream out(path, std::ios::binary);
-  if (!out)
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  const char preamble[8] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
-  out.write(preamble, 8);
   const uint16_t length = static_cast<uint16_t>(header.size());
-  const char length_bytes[2] = {static_cast<char>(length & 0xff),
-                                static_cast<char>(length >> 8)};
-  out.write(length_bytes, 2);
-  out.write(header.data(), header.size());
-  out.write(reinterpret_cast<const char*>(matrix.data.data()),
-            matrix.data.size() * sizeof(float));
-  if (!out)
-    return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
-  return absl::OkStatus();
+  const char preamble[10] = {'\x93',
+                             'N',
+                             'U',
+                             'M',
+                             'P',
+                             'Y',
+                             1,
+                             0,
+                             static_cast<char>(length & 0xff),
+                             static_cast<char>(length >> 8)};
+  const absl::string_view pieces[] = {
+      absl::string_view(preamble, sizeof(preamble)), header,
+      absl::string_view(reinterpret_cast<const char*>(matrix.data.data()),
+                        matrix.data.size() * sizeof(float))};
+  return ReplaceFile(path, pieces);
 }
 
 }  // namespace engram::client

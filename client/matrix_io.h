@@ -26,7 +26,7 @@ struct Matrix {
 absl::StatusOr<Matrix> ReadMatrix(const std::string& path, size_t offset = 0,
                                   size_t limit = 0);
 
-// Writes a float32 .npy file.
+// Writes a float32 .npy file (ReplaceFile: whole, or not at all).
 absl::Status WriteNpy(const std::string& path, const Matrix& matrix);
 
 }  // namespace engram::client

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/files.h"
 
 namespace engram::client {
 
@@ -18,18 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-absl::Status Errno(const std::string& what) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
-}
-
-absl::Status SyncPath(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return Errno(absl::StrCat("opening ", path.string()));
-  const bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  return synced ? absl::OkStatus()
-                : Errno(absl::StrCat("fsync ", path.string()));
-}
+absl::Status Errno(const std::string& what) { return ErrnoStatus(errno, what); }
 
 // Writes the pieces of a backup's files into a directory, one open file at
 // a time, each fsynced when it is complete.
@@ -61,16 +51,7 @@ class DirectoryWriter {
       file_ = chunk.file();
       dirs_.push_back(path.parent_path());
     }
-    const std::string& data = chunk.data();
-    for (size_t done = 0; done < data.size();) {
-      const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Errno(absl::StrCat("writing ", (dir_ / file_).string()));
-      }
-      done += static_cast<size_t>(n);
-    }
-    return absl::OkStatus();
+    return WriteAll(fd_, chunk.data(), (dir_ / file_).string());
   }
 
   // Closes the last file and syncs every directory written to.
@@ -106,44 +87,15 @@ class DirectoryWriter {
 absl::StatusOr<store::BackupManifest> CreateBackupDir(Client& client,
                                                       const std::string& store,
                                                       const std::string& dir) {
-  std::error_code error;
-  const fs::path target = fs::path(dir).lexically_normal();
-  if (fs::exists(target, error) && !fs::is_empty(target, error)) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        dir, " exists and is not empty; back up into a new directory"));
-  }
-  const fs::path partial = target.string() + ".partial";
-  fs::remove_all(partial, error);
-  fs::create_directories(partial, error);
-  if (error) {
-    return absl::UnavailableError(
-        absl::StrCat("creating ", partial.string(), ": ", error.message()));
-  }
-  absl::Status status;
-  {
-    DirectoryWriter writer(partial);
-    status = client.CreateBackup(store, [&](const v1::BackupChunk& chunk) {
-      return writer.Write(chunk);
-    });
-    if (status.ok()) status = writer.Finish();
-  }
-  if (!status.ok()) {
-    // Half a backup is of no use (the next attempt starts over); left behind
-    // it would only fill the disk and count as a backup in a rotation.
-    fs::remove_all(partial, error);
-    return status;
-  }
-  if (fs::exists(target, error)) fs::remove(target, error);  // Empty.
-  fs::rename(partial, target, error);
-  if (error) {
-    return absl::UnavailableError(absl::StrCat(
-        "renaming ", partial.string(), " to ", dir, ": ", error.message()));
-  }
-  if (absl::Status synced = SyncPath(
-          target.parent_path().empty() ? fs::path(".") : target.parent_path());
-      !synced.ok()) {
-    return synced;
-  }
+  absl::Status status =
+      FillNewDirectory(dir, "back up", [&](const std::string& partial) {
+        DirectoryWriter writer(partial);
+        absl::Status written = client.CreateBackup(
+            store,
+            [&](const v1::BackupChunk& chunk) { return writer.Write(chunk); });
+        return written.ok() ? writer.Finish() : written;
+      });
+  if (!status.ok()) return status;
   return VerifyBackupDir(dir);
 }
 

@@ -7,29 +7,22 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "client/files.h"
 #include "client/matrix_io.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace engram::client {
 
-absl::StatusOr<size_t> ExportStore(Client& client, const std::string& store,
-                                   const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  if (fs::exists(dir, error) && !fs::is_empty(dir, error)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(dir, " exists and is not empty; export into a new one"));
-  }
-  fs::create_directories(dir, error);
-  if (error) {
-    return absl::UnavailableError(
-        absl::StrCat("creating ", dir, ": ", error.message()));
-  }
+namespace {
+
+// The two files of an export, into `dir`, each synced.
+absl::StatusOr<size_t> ExportInto(Client& client, const std::string& store,
+                                  const std::filesystem::path& dir) {
   absl::StatusOr<v1::Store> described = client.GetStore(store);
   if (!described.ok()) return described.status();
   Matrix values;
   values.cols = described->dimension();
-  const std::string details_path = (fs::path(dir) / kPatternsFile).string();
+  const std::string details_path = (dir / kPatternsFile).string();
   std::ofstream details(details_path, std::ios::binary);
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
@@ -60,12 +53,30 @@ absl::StatusOr<size_t> ExportStore(Client& client, const std::string& store,
   if (!details) {
     return absl::UnavailableError(absl::StrCat("writing ", details_path));
   }
-  if (absl::Status status =
-          WriteNpy((fs::path(dir) / kValuesFile).string(), values);
+  if (absl::Status synced = SyncPath(details_path); !synced.ok()) {
+    return synced;
+  }
+  if (absl::Status status = WriteNpy((dir / kValuesFile).string(), values);
       !status.ok()) {
     return status;
   }
   return values.rows;
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> ExportStore(Client& client, const std::string& store,
+                                   const std::string& dir) {
+  size_t rows = 0;
+  absl::Status status =
+      FillNewDirectory(dir, "export", [&](const std::string& partial) {
+        absl::StatusOr<size_t> written = ExportInto(client, store, partial);
+        if (!written.ok()) return written.status();
+        rows = *written;
+        return absl::OkStatus();
+      });
+  if (!status.ok()) return status;
+  return rows;
 }
 
 absl::StatusOr<std::vector<v1::Pattern>> ReadPatternDetails(

@@ -796,8 +796,9 @@ void Export(const std::vector<std::string>& args) {
   if (args.size() != 2) Fail("export takes NAME DIR");
   absl::StatusOr<size_t> exported = ExportStore(*Connect(), args[0], args[1]);
   FailOn(exported.status(), "export");
+  const std::string dir(absl::StripSuffix(args[1], "/"));
   absl::PrintF("exported %u patterns of %s to %s/%s and %s/%s\n", *exported,
-               args[0], args[1], kValuesFile, args[1], kPatternsFile);
+               args[0], dir, kValuesFile, dir, kPatternsFile);
 }
 
 void BackupCreate(const std::vector<std::string>& args) {

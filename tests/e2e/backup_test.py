@@ -165,7 +165,10 @@ class BackupTest(unittest.TestCase):
         self.stub.DeletePatterns(pb.DeletePatternsRequest(store="orig", ids=[5, 17, 300]),
                                  timeout=30)
         cli(self.server.addr, "fit", "orig", "--wait")
-        cli(self.server.addr, "backup", "create", self.path("one"), "--store=orig")
+        # A trailing slash (a shell's completion) names the same directory.
+        cli(self.server.addr, "backup", "create", self.path("one") + "/", "--store=orig")
+        self.assertFalse(os.path.exists(self.path("one.partial")))
+        self.assertFalse(os.path.exists(os.path.join(self.path("one"), ".partial")))
         copy = cli(self.server.addr, "backup", "restore", self.path("one"), "--as=copy")
         self.assertIn("restored store 'copy': 497 patterns", copy.stdout)
         queries = [pb.Query(values=(values[i] + 0.3 * rng.standard_normal(DIM)).tolist())
@@ -201,8 +204,15 @@ class BackupTest(unittest.TestCase):
                        metadata={"tenant": f"t{i % 2}"} if i % 2 else {})
             for i, v in enumerate(values)]), timeout=30)
         out = self.path("export")
-        cli(self.server.addr, "export", "src", out)
+        exported = cli(self.server.addr, "export", "src", out + "/")
+        self.assertIn("to %s/values.npy and %s/patterns.jsonl" % (out, out), exported.stdout)
+        self.assertEqual(sorted(os.listdir(out)), ["patterns.jsonl", "values.npy"])
         np.testing.assert_array_equal(np.load(os.path.join(out, "values.npy")), values)
+        # One that fails midway leaves no directory.
+        gone = cli(self.server.addr, "export", "nope", self.path("gone"), check=False)
+        self.assertIn("NOT_FOUND", gone.stderr)
+        self.assertFalse(os.path.exists(self.path("gone")))
+        self.assertFalse(os.path.exists(self.path("gone.partial")))
         self.create("dst")
         cli(self.server.addr, "add", "dst", os.path.join(out, "values.npy"),
             "--patterns=" + os.path.join(out, "patterns.jsonl"))

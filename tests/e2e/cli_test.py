@@ -185,6 +185,27 @@ class CliTest(unittest.TestCase):
             self.assertIn(needle, result.stderr, args)
             self.assertEqual(result.stdout, "", args)
 
+    def test_05a_out_is_written_whole_or_not_at_all(self):
+        self.engram("store", "create", "outs", "--dim=2")
+        q = self.path("outs-q.npy")
+        write_npy(q, np.eye(2, dtype=np.float32))
+        self.engram("add", "outs", q)
+        out = self.path("outs-r.npy")
+        self.engram("retrieve", "outs", q, "--out=" + out)
+        before = np.load(out)
+        # Onto a directory, or into one that is not there: the reason, and
+        # nothing written.
+        os.makedirs(self.path("outs-dir"), exist_ok=True)
+        r = self.engram("retrieve", "outs", q, "--out=" + self.path("outs-dir"), ok=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("Is a directory", r.stderr)
+        r = self.engram("retrieve", "outs", q, "--out=" + self.path("no/such.npy"), ok=False)
+        self.assertIn("No such file or directory", r.stderr)
+        self.assertEqual([n for n in os.listdir(self.tmp.name) if "partial" in n], [])
+        # Written again: replaced whole.
+        self.engram("retrieve", "outs", q, "--out=" + out, "--beta=50")
+        self.assertEqual(np.load(out).shape, before.shape)
+
     def test_05b_half_precision_store(self):
         self.engram("store", "create", "h", "--dim=16", "--precision=float16")
         x = np.linspace(-2, 2, 8 * 16, dtype=np.float32).reshape(8, 16) + 0.001
