@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -13,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/files.h"
+#include "server/base/clip.h"
 
 namespace engram::client {
 
@@ -30,10 +32,13 @@ absl::StatusOr<std::string> ReadBytes(const std::string& path) {
   while ((n = gzread(file, buffer, sizeof(buffer))) > 0)
     bytes.append(buffer, n);
   int error = Z_OK;
-  const char* message = gzerror(file, &error);
+  // gzerror's text lives in `file`: copied before gzclose frees it.
+  const std::string message = gzerror(file, &error);
   gzclose(file);
   if (n < 0 || (error != Z_OK && error != Z_STREAM_END)) {
-    return absl::DataLossError(absl::StrCat("reading ", path, ": ", message));
+    return absl::DataLossError(
+        absl::StrCat("reading ", path, ": ",
+                     absl::StripPrefix(message, absl::StrCat(path, ": "))));
   }
   return bytes;
 }
@@ -49,8 +54,32 @@ absl::StatusOr<Range> Slice(const std::string& path, size_t rows, size_t offset,
     return absl::OutOfRangeError(absl::StrCat(
         path, " has ", rows, " rows; --offset=", offset, " is past the end"));
   }
-  const size_t end = limit == 0 ? rows : std::min(rows, offset + limit);
+  const size_t end =
+      limit == 0 || limit > rows - offset ? rows : offset + limit;
   return Range{offset, end};
+}
+
+// a * b, or nullopt where it does not fit in size_t (a shape a damaged or
+// hostile header claims).
+std::optional<size_t> Product(size_t a, size_t b) {
+  size_t product;
+  if (__builtin_mul_overflow(a, b, &product)) return std::nullopt;
+  return product;
+}
+
+// A header's text as a message may show it: clipped, bytes that are not
+// printable ASCII as \xHH.
+std::string Shown(absl::string_view header) {
+  std::string shown;
+  for (const char c : Clip(header, 96)) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte < 0x7f) {
+      shown.push_back(c);
+    } else {
+      absl::StrAppend(&shown, "\\x", absl::Hex(byte, absl::kZeroPad2));
+    }
+  }
+  return shown;
 }
 
 uint32_t BigEndian32(const unsigned char* p) {
@@ -68,19 +97,26 @@ absl::StatusOr<Matrix> ParseIdx(const std::string& path,
         path, ": only unsigned-byte idx files (type 0x08) are supported"));
   }
   const size_t rows = BigEndian32(p + 4);
-  size_t cols = 1;
-  for (int k = 1; k < ndims; ++k) cols *= BigEndian32(p + 4 + 4 * k);
+  std::optional<size_t> cols = 1;
+  for (int k = 1; k < ndims && cols; ++k) {
+    cols = Product(*cols, BigEndian32(p + 4 + 4 * k));
+  }
+  const std::optional<size_t> values = cols ? Product(rows, *cols) : cols;
   const size_t header = 4 + 4 * size_t(ndims);
-  if (bytes.size() != header + rows * cols) {
-    return absl::DataLossError(absl::StrCat(path, ": expected ",
-                                            header + rows * cols,
-                                            " bytes, found ", bytes.size()));
+  if (!values || *values > bytes.size()) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": its header claims more values than the file holds (",
+        bytes.size(), " bytes)"));
+  }
+  if (bytes.size() != header + *values) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": expected ", header + *values, " bytes, found ", bytes.size()));
   }
   absl::StatusOr<Range> range = Slice(path, rows, offset, limit);
   if (!range.ok()) return range.status();
-  Matrix m{range->end - range->begin, cols, {}};
-  m.data.resize(m.rows * cols);
-  const unsigned char* src = p + header + range->begin * cols;
+  Matrix m{range->end - range->begin, *cols, {}};
+  m.data.resize(m.rows * m.cols);
+  const unsigned char* src = p + header + range->begin * m.cols;
   // Labels (1-D idx1) keep their values; images are scaled to [0, 1].
   const float scale = ndims == 1 ? 1.0f : 1.0f / 255.0f;
   for (size_t i = 0; i < m.data.size(); ++i) m.data[i] = src[i] * scale;
@@ -124,7 +160,7 @@ absl::StatusOr<Matrix> ParseNpy(const std::string& path,
         absl::StrCat(path,
                      ": only little-endian float32 or float64 .npy files are "
                      "supported; header is ",
-                     header));
+                     Shown(header)));
   }
   if (absl::StrContains(header, "'fortran_order': True")) {
     return absl::InvalidArgumentError(
@@ -141,7 +177,8 @@ absl::StatusOr<Matrix> ParseNpy(const std::string& path,
                       absl::SkipWhitespace())) {
     size_t v;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v)) {
-      return absl::DataLossError(absl::StrCat(path, ": bad shape in ", header));
+      return absl::DataLossError(
+          absl::StrCat(path, ": bad shape in ", Shown(header)));
     }
     shape.push_back(v);
   }
@@ -151,9 +188,13 @@ absl::StatusOr<Matrix> ParseNpy(const std::string& path,
   }
   const size_t rows = shape.size() == 2 ? shape[0] : 1;
   const size_t cols = shape.back();
-  if (bytes.size() < data_start + rows * cols * item) {
-    return absl::DataLossError(absl::StrCat(path, ": expected ", rows * cols,
-                                            " values, the file is shorter"));
+  const std::optional<size_t> values = Product(rows, cols);
+  const std::optional<size_t> data_bytes =
+      values ? Product(*values, item) : values;
+  if (!data_bytes || bytes.size() - data_start < *data_bytes) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": shape (", rows, ", ", cols,
+        ") claims more values than the file holds (", bytes.size(), " bytes)"));
   }
   absl::StatusOr<Range> range = Slice(path, rows, offset, limit);
   if (!range.ok()) return range.status();
@@ -203,7 +244,7 @@ absl::StatusOr<Matrix> ParseCsv(const std::string& path,
           absl::StrCat(path, " line ", line_number, " has ", values.size(),
                        " values; expected ", m.cols, " like the first row"));
     }
-    if (row >= offset && (limit == 0 || row < offset + limit)) {
+    if (row >= offset && (limit == 0 || row - offset < limit)) {
       m.data.insert(m.data.end(), values.begin(), values.end());
       ++m.rows;
     }
