@@ -15,6 +15,7 @@
 #include "client/matrix_io.h"
 #include "gtest/gtest.h"
 #include "server/base/file_text.h"
+#include "tests/scratch_dir.h"
 
 namespace engram::client {
 namespace {
@@ -23,20 +24,11 @@ namespace fs = std::filesystem;
 
 class FilesTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = absl::StrCat(::testing::TempDir(), "files_XXXXXX");
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const {
-    return absl::StrCat(dir_, "/", name);
-  }
+  std::string Path(const std::string& name) const { return dir_ / name; }
   // The names in the test's directory, sorted.
   std::vector<std::string> Names() const {
     std::vector<std::string> names;
-    for (const auto& entry : fs::directory_iterator(dir_)) {
+    for (const auto& entry : fs::directory_iterator(dir_.path())) {
       names.push_back(entry.path().filename().string());
     }
     std::sort(names.begin(), names.end());
@@ -46,7 +38,7 @@ class FilesTest : public ::testing::Test {
     return ReadFileText(path, size_t{1} << 20).value_or("<unreadable>");
   }
 
-  std::string dir_;
+  const ScratchDir dir_{"files"};
 };
 
 TEST_F(FilesTest, ReplaceFileWritesThePiecesAndReplacesWhatWasThere) {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/base/file_text.h"
+#include "tests/scratch_dir.h"
 
 namespace engram::rpc {
 namespace {
@@ -31,16 +32,7 @@ TEST(UnixSocketPathTest, TakesBothUnixFormsAndNothingElse) {
 
 class UnixSocketLockTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = absl::StrCat(::testing::TempDir(), "usock_XXXXXX");
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const {
-    return absl::StrCat(dir_, "/", name);
-  }
+  std::string Path(const std::string& name) const { return dir_ / name; }
 
   // A socket bound at `path`; listening (a live server) or closed at once
   // (what a killed server leaves).
@@ -61,7 +53,7 @@ class UnixSocketLockTest : public ::testing::Test {
     }
   }
 
-  std::string dir_;
+  const ScratchDir dir_{"usock"};
 };
 
 TEST_F(UnixSocketLockTest, OneHolderAtATime) {
