@@ -85,13 +85,18 @@ absl::Status ReplaceFile(const std::string& path,
   return SyncPath(DirectoryOf(path));
 }
 
+std::string NewDirectoryName(const std::string& dir) {
+  std::filesystem::path name = std::filesystem::path(dir).lexically_normal();
+  if (!name.empty() && !name.has_filename()) name = name.parent_path();
+  return name.string();
+}
+
 absl::Status FillNewDirectory(
     const std::string& dir, absl::string_view doing,
     const std::function<absl::Status(const std::string& partial)>& fill) {
   namespace fs = std::filesystem;
   std::error_code error;
-  fs::path target = fs::path(dir).lexically_normal();
-  if (!target.empty() && !target.has_filename()) target = target.parent_path();
+  const fs::path target = NewDirectoryName(dir);
   if (target.empty() || target == "." || target == ".." ||
       target.filename() == "..") {
     return absl::InvalidArgumentError(

@@ -33,12 +33,16 @@ absl::Status SyncPath(const std::string& path);
 absl::Status ReplaceFile(const std::string& path,
                          absl::Span<const absl::string_view> pieces);
 
+// `dir` as FillNewDirectory names it: normalized, without a trailing slash
+// ("backups/monday/" is backups/monday).
+std::string NewDirectoryName(const std::string& dir);
+
 // Fills the new directory `dir` whole or not at all: `fill` writes into a
 // fresh DIR.partial beside it (and syncs what it writes), which is then
 // renamed to DIR, and DIR's parent synced. ALREADY_EXISTS if DIR exists and
 // is not empty (`doing` names the work in the message: "export"); on
-// failure DIR.partial is removed and DIR is as it was. A trailing slash is
-// no part of the name ("backups/monday/" fills backups/monday).
+// failure DIR.partial is removed and DIR is as it was. DIR is
+// NewDirectoryName(dir).
 absl::Status FillNewDirectory(
     const std::string& dir, absl::string_view doing,
     const std::function<absl::Status(const std::string& partial)>& fill);

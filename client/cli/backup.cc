@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
+#include <set>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -49,15 +49,15 @@ class DirectoryWriter {
       fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
       if (fd_ < 0) return Errno(absl::StrCat("creating ", path.string()));
       file_ = chunk.file();
-      dirs_.push_back(path.parent_path());
+      if (path.parent_path() != dir_) dirs_.insert(path.parent_path());
     }
     return WriteAll(fd_, chunk.data(), (dir_ / file_).string());
   }
 
-  // Closes the last file and syncs every directory written to.
+  // Closes the last file and syncs every directory written to below the
+  // backup's own (which FillNewDirectory syncs), once each.
   absl::Status Finish() {
     if (absl::Status status = Close(); !status.ok()) return status;
-    dirs_.push_back(dir_);
     for (const fs::path& dir : dirs_) {
       if (absl::Status status = SyncPath(dir); !status.ok()) return status;
     }
@@ -79,7 +79,7 @@ class DirectoryWriter {
   const fs::path dir_;
   std::string file_;
   int fd_ = -1;
-  std::vector<fs::path> dirs_;
+  std::set<fs::path> dirs_;
 };
 
 }  // namespace

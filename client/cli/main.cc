@@ -36,6 +36,7 @@
 #include "client/cli/fields.h"
 #include "client/cli/text.h"
 #include "client/client.h"
+#include "client/files.h"
 #include "client/matrix_io.h"
 #include "server/base/file_text.h"
 
@@ -796,7 +797,7 @@ void Export(const std::vector<std::string>& args) {
   if (args.size() != 2) Fail("export takes NAME DIR");
   absl::StatusOr<size_t> exported = ExportStore(*Connect(), args[0], args[1]);
   FailOn(exported.status(), "export");
-  const std::string dir(absl::StripSuffix(args[1], "/"));
+  const std::string dir = NewDirectoryName(args[1]);
   absl::PrintF("exported %u patterns of %s to %s/%s and %s/%s\n", *exported,
                args[0], dir, kValuesFile, dir, kPatternsFile);
 }

@@ -88,6 +88,12 @@ class UnparsedRequestFactory final
   }
 };
 
+// unix:PATH, unix:///PATH or unix-abstract:NAME (not a host named unix...).
+bool IsUnixAddress(absl::string_view listen) {
+  return absl::StartsWith(listen, "unix:") ||
+         absl::StartsWith(listen, "unix-abstract:");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
@@ -196,7 +202,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(
         "--listen=", options.listen, ": cannot listen there",
-        server->unix_lock_ != nullptr
+        IsUnixAddress(options.listen)
             ? " (gRPC's error above says why)"
             : " (the port is in use, or the host is not an address of this "
               "machine)"));
@@ -215,16 +221,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->SetReady(false);
   return server;
 }
-
-namespace {
-
-// unix:PATH, unix:///PATH or unix-abstract:NAME (not a host named unix...).
-bool IsUnixAddress(absl::string_view listen) {
-  return absl::StartsWith(listen, "unix:") ||
-         absl::StartsWith(listen, "unix-abstract:");
-}
-
-}  // namespace
 
 std::string Server::address() const {
   if (IsUnixAddress(listen_)) return listen_;
