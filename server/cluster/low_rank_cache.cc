@@ -1,6 +1,7 @@
 #include "server/cluster/low_rank_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <utility>
 
@@ -8,8 +9,53 @@
 #include "absl/types/span.h"
 #include "server/cluster/map_record.h"
 #include "server/cluster/shard_calls.h"
+#include "server/store/settings.h"
 
 namespace engram::cluster {
+
+namespace {
+
+bool AllFinite(absl::Span<const double> values) {
+  return std::all_of(values.begin(), values.end(),
+                     [](double v) { return std::isfinite(v); });
+}
+
+// OK if part `g` holds what its shape says, in finite numbers: a shard's
+// answer is checked before anything is sized by it.
+absl::Status CheckPart(const std::string& store, size_t g,
+                       const v1::LowRankSums& p) {
+  const auto refuse = [&](auto&&... what) {
+    return absl::InternalError(absl::StrCat("shard group ", g,
+                                            " sent low-rank sums of store '",
+                                            store, "' with ", what...));
+  };
+  if (p.degree() % 2 != 0 || p.degree() > store::kMaxLowRankDegree) {
+    return refuse("degree ", p.degree(), " (an even number in [2, ",
+                  store::kMaxLowRankDegree, "])");
+  }
+  if (p.feature_dim() == 0 || p.dimension() == 0) {
+    return refuse("feature_dim ", p.feature_dim(), " and dimension ",
+                  p.dimension(), " (both at least 1)");
+  }
+  const uint64_t rank = core::TaylorRank(p.feature_dim(), p.degree());
+  if (static_cast<uint64_t>(p.z_size()) != rank) {
+    return refuse(p.z_size(), " values in z (", rank,
+                  " monomials of degree <= ", p.degree(), " in ",
+                  p.feature_dim(), " variables)");
+  }
+  if (static_cast<uint64_t>(p.a_size()) != rank * p.dimension()) {
+    return refuse(p.a_size(), " values in a (", rank, " x ", p.dimension(),
+                  ")");
+  }
+  if (!AllFinite(p.a()) || !AllFinite(p.z()) ||
+      !AllFinite({p.sq_norm_sum(), p.max_norm(), p.max_feature_norm(),
+                  p.map_norm()})) {
+    return refuse("a value that is not finite");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
     const std::string& store,
@@ -28,6 +74,7 @@ absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
       form.detail = absl::StrCat("shard group ", g, ": ", p.detail());
       continue;
     }
+    if (absl::Status s = CheckPart(store, g, p); !s.ok()) return s;
     if (p.feature_dim() != first.feature_dim() ||
         p.dimension() != first.dimension() ||
         p.keys_are_rows() != first.keys_are_rows()) {
@@ -81,6 +128,28 @@ absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
   out->sums = std::move(sums);
   form.sums = out->sums.get();
   return out;
+}
+
+absl::Status CheckSumsFit(const MergedLowRank& merged, size_t dimension,
+                          core::Similarity similarity) {
+  const core::LowRankSums* sums = merged.sums.get();
+  if (sums == nullptr) return absl::OkStatus();
+  const bool dot = similarity == core::Similarity::kDot;
+  const size_t keys = dot                     ? dimension
+                      : merged.map != nullptr ? merged.map->out_dim()
+                                              : 0;
+  const bool map_fits =
+      dot ? merged.map == nullptr
+          : merged.map != nullptr && merged.map->in_dim() == dimension;
+  if (sums->dim() == dimension && sums->keys_are_rows() == dot && map_fits &&
+      sums->basis().dim() == keys) {
+    return absl::OkStatus();
+  }
+  return absl::AbortedError(
+      absl::StrCat("store '", merged.form.store,
+                   "' changed in the shard groups during the "
+                   "query (its sums are of dimension ",
+                   sums->dim(), ", the store's ", dimension, "); retry"));
 }
 
 absl::StatusOr<std::shared_ptr<const MergedLowRank>> LowRankCache::Get(

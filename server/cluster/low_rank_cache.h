@@ -81,6 +81,12 @@ absl::StatusOr<std::shared_ptr<MergedLowRank>> MergeParts(
     const std::string& store,
     const std::vector<std::shared_ptr<const v1::LowRankSums>>& parts);
 
+// OK if `merged`'s sums (if any) answer queries of `dimension` under
+// `similarity`: ABORTED if they do not (the store was replaced between its
+// description and its sums; a retry reads both again).
+absl::Status CheckSumsFit(const MergedLowRank& merged, size_t dimension,
+                          core::Similarity similarity);
+
 }  // namespace engram::cluster
 
 #endif  // ENGRAM_SERVER_CLUSTER_LOW_RANK_CACHE_H_

@@ -338,9 +338,10 @@ grpc::Status Router::RetrieveHere(rpc::Call& call, Ctx* context,
       return call.Done(s);
     }
   }
-  // The low-rank path runs on the router from the shards' merged sums; a
-  // part that changes between the sums and the matches' scan is ABORTED
-  // and the query planned again, once.
+  // The low-rank path runs on the router from the shards' merged sums; sums
+  // that no longer fit the store's description, or a part that changes
+  // between the sums and the matches' scan, are ABORTED and the query
+  // planned again, once.
   absl::StatusOr<store::PathReport> plan = store::PathReport{};
   for (int attempt = 0; !filtered && attempt < 2; ++attempt) {
     std::shared_ptr<const MergedLowRank> sums;
@@ -349,6 +350,7 @@ grpc::Status Router::RetrieveHere(rpc::Call& call, Ctx* context,
     plan = PlanThroughRouter(
         request->store(), r.settings, *merged, r.query, r.params, deadline,
         attempt == 0 ? std::move(fetched) : std::nullopt, &sums);
+    if (absl::IsAborted(plan.status()) && attempt == 0) continue;
     if (!plan.ok()) return call.Done(plan.status());
     if (plan->path != store::PathChoice::kLowRank) break;
     early.reset();  // Cancelled: the sums answer.
@@ -499,6 +501,11 @@ absl::StatusOr<store::PathReport> Router::PlanThroughRouter(
     absl::StatusOr<std::shared_ptr<const MergedLowRank>> got =
         fetched ? *std::move(fetched) : low_rank_.Get(name, deadline);
     if (!got.ok()) return got.status();
+    if (absl::Status s =
+            CheckSumsFit(**got, settings.dimension, params.similarity);
+        !s.ok()) {
+      return s;
+    }
     *sums = *std::move(got);
     form = &(*sums)->form;
   }

@@ -1,5 +1,7 @@
 #include "server/cluster/topology.h"
 
+#include <algorithm>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -22,18 +24,23 @@ absl::StatusOr<Topology> ParseTopology(absl::string_view text,
       const std::string address(a);
       const size_t colon = address.rfind(':');
       uint32_t port = 0;
-      if (colon == std::string::npos || colon == 0 ||
-          !absl::SimpleAtoi(address.substr(colon + 1), &port) || port == 0 ||
-          port > 65535) {
+      const absl::string_view digits =
+          colon == std::string::npos ? "" : a.substr(colon + 1);
+      // Digits only: SimpleAtoi also takes a sign, and "h:+1" would dial as
+      // another shard than "h:1" while naming the same.
+      if (colon == std::string::npos || colon == 0 || digits.empty() ||
+          digits.size() > 5 ||
+          !std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit) ||
+          !absl::SimpleAtoi(digits, &port) || port == 0 || port > 65535) {
         return absl::InvalidArgumentError(absl::StrCat(
             source, ": '", Clip(address),
             "' is not an address host:port (group ", t.groups.size(), ")"));
       }
       if (auto [it, inserted] = seen.emplace(address, t.groups.size());
           !inserted) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(source, ": shard ", address, " is named twice (group ",
-                         it->second, " and group ", t.groups.size(), ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": shard ", Clip(address), " is named twice (group ",
+            it->second, " and group ", t.groups.size(), ")"));
       }
       group.push_back(address);
     }

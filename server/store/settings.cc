@@ -117,10 +117,10 @@ absl::Status ValidateSettings(const StoreSettings& settings,
                      low_rank.tolerance));
   }
   if (low_rank.max_degree % 2 != 0 || low_rank.max_degree < 2 ||
-      low_rank.max_degree > 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "store.low_rank.max_degree must be an even number in [2, 8], got ",
-        low_rank.max_degree));
+      low_rank.max_degree > kMaxLowRankDegree) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("store.low_rank.max_degree must be an even number in [2, ",
+                     kMaxLowRankDegree, "], got ", low_rank.max_degree));
   }
   const CalibrationSettings& calibration = settings.calibration;
   if (!core::CorruptionLevelValid(calibration.corruption, calibration.level)) {

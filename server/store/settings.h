@@ -50,8 +50,9 @@ struct FeatureMapSettings {
 
 struct LowRankSettings {
   double tolerance = 1e-3;
-  uint32_t max_degree = 4;
+  uint32_t max_degree = 4;  // Even, in [2, kMaxLowRankDegree].
 };
+inline constexpr uint32_t kMaxLowRankDegree = 8;
 
 // Self-retrieval calibration (server/core/calibration.h).
 struct CalibrationSettings {
