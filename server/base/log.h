@@ -4,8 +4,9 @@
 // As text ("2026-12-05T01:23:07.111Z INFO listening on ...") or, with
 // SetLogFormat(LogFormat::kJson), as one JSON object a line
 // ({"time":"2026-12-05T01:23:07.111Z","level":"info","msg":"listening on
-// ..."}) for log pipelines; messages are escaped, and bytes that are not
-// UTF-8 become U+FFFD, so that every line parses.
+// ..."}) for log pipelines. Either way a message is one line: control
+// characters are escaped, and bytes that are not UTF-8 become U+FFFD, so
+// that every line reads (and, as JSON, parses).
 //
 // Thread-safe: each line is written with a single fwrite.
 #ifndef ENGRAM_SERVER_BASE_LOG_H_
@@ -41,14 +42,16 @@ inline void SetLogFormat(LogFormat format) {
   LogFormatSetting() = static_cast<int>(format);
 }
 
-// `text` as the inside of a JSON string: quotes, backslashes and control
-// characters escaped, valid UTF-8 kept, every other byte U+FFFD.
-inline std::string JsonEscaped(absl::string_view text) {
+namespace log_internal {
+
+// `text` with control characters escaped (and, for JSON, quotes and
+// backslashes), valid UTF-8 kept, every other byte U+FFFD.
+inline std::string Escaped(absl::string_view text, bool json) {
   std::string out;
   out.reserve(text.size() + 8);
   for (size_t i = 0; i < text.size();) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c == '"' || c == '\\') {
+    if (json && (c == '"' || c == '\\')) {
       out += '\\';
       out += static_cast<char>(c);
       ++i;
@@ -56,7 +59,7 @@ inline std::string JsonEscaped(absl::string_view text) {
       out += "\\n";
       ++i;
     } else if (c == '\t') {
-      out += "\\t";
+      out += json ? "\\t" : "\t";
       ++i;
     } else if (c < 0x20 || c == 0x7f) {
       out += absl::StrFormat("\\u%04x", c);
@@ -93,6 +96,22 @@ inline std::string JsonEscaped(absl::string_view text) {
   return out;
 }
 
+}  // namespace log_internal
+
+// `text` as the inside of a JSON string: quotes, backslashes and control
+// characters escaped, valid UTF-8 kept, every other byte U+FFFD.
+inline std::string JsonEscaped(absl::string_view text) {
+  return log_internal::Escaped(text, /*json=*/true);
+}
+
+// `text` as one line of the text format: newlines and other control
+// characters (but tabs) escaped as in JSON, valid UTF-8 kept, every other
+// byte U+FFFD; so that text from a client or a peer (a store name, a
+// shard's error) can neither forge a line nor break a reader's decoding.
+inline std::string TextEscaped(absl::string_view text) {
+  return log_internal::Escaped(text, /*json=*/false);
+}
+
 // One line of `message` at `level`, in the format set, ending in '\n'.
 inline std::string LogLine(LogLevel level, absl::string_view message,
                            absl::Time when) {
@@ -108,7 +127,8 @@ inline std::string LogLine(LogLevel level, absl::string_view message,
                         JsonEscaped(message), "\"}\n");
   }
   static constexpr const char* kNames[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-  return absl::StrCat(time, " ", kNames[index], " ", message, "\n");
+  return absl::StrCat(time, " ", kNames[index], " ", TextEscaped(message),
+                      "\n");
 }
 
 // Writes `message` at `level` unless the level is below MinLogLevel.

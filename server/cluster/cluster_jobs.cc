@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/base/clip.h"
 #include "server/cluster/map_record.h"
 #include "server/cluster/shard_calls.h"
 #include "server/core/feature_map.h"
@@ -136,6 +137,27 @@ std::vector<std::string> ToEveryReplica(
 
 }  // namespace
 
+absl::StatusOr<store::StoreSettings> DescribedSettings(
+    const api::Store& described, const store::Limits& limits) {
+  absl::StatusOr<store::StoreSettings> settings =
+      store::SettingsFromProto(described, /*fill_defaults=*/false);
+  absl::Status valid = settings.status();
+  if (valid.ok()) {
+    // Checked with the defaults where a field is unset: a shard of an older
+    // engramd leaves out the settings it does not know.
+    absl::StatusOr<store::StoreSettings> checked =
+        store::SettingsFromProto(described, /*fill_defaults=*/true);
+    valid = checked.ok() ? store::ValidateSettings(*checked, limits)
+                         : checked.status();
+  }
+  if (!valid.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the shards describe store '", Clip(described.name()),
+                     "' out of this router's range: ", valid.message()));
+  }
+  return settings;
+}
+
 absl::StatusOr<std::vector<float>> ClusterJobs::Sample(const std::string& name,
                                                        size_t d, uint64_t most,
                                                        uint64_t seed,
@@ -247,7 +269,7 @@ absl::Status ClusterJobs::Fit(const api::Store& merged,
                               JobTable<api::FitStatus>::Job* job) {
   const std::string& name = merged.name();
   absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(merged, /*fill_defaults=*/false);
+      DescribedSettings(merged, options_.limits);
   if (!settings.ok()) return settings.status();
   const size_t d = settings->dimension;
   const absl::Time start = absl::Now();
@@ -318,7 +340,7 @@ absl::Status ClusterJobs::Calibrate(
     JobTable<api::CalibrationStatus>::Job* job) {
   const std::string& name = merged.name();
   absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(merged, /*fill_defaults=*/false);
+      DescribedSettings(merged, options_.limits);
   if (!settings.ok()) return settings.status();
   const size_t d = settings->dimension;
   const absl::Time deadline = absl::Now() + absl::Minutes(5);
@@ -350,7 +372,7 @@ absl::Status ClusterJobs::Calibrate(
   Build(*std::move(rows), d, map.get(), memories);
   absl::StatusOr<api::CalibrationReport> report = jobs::CalibrateOn(
       memories.set, *settings, merged.version(), total, apply,
-      {options_.calibration_threads, options_.max_calibration_work},
+      {options_.calibration_threads, options_.limits.max_calibration_work},
       job->cancel);
   if (!report.ok()) return report.status();
   // Stored on every ready replica, each applying the setting only if its

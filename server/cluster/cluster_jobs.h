@@ -40,6 +40,7 @@
 #include "engram/v1/engram.pb.h"
 #include "server/cluster/shard_pool.h"
 #include "server/core/calibration.h"
+#include "server/store/settings.h"
 
 namespace engram::cluster {
 
@@ -154,9 +155,16 @@ class JobTable {
 };
 
 struct ClusterJobOptions {
-  double max_calibration_work = core::kDefaultCalibrationWork;
+  store::Limits limits;  // The router's; max_calibration_work bounds a job.
   int calibration_threads = 1;
 };
+
+// The settings of a store as its shards describe it (`described`, their
+// parts merged), checked as a create's are: a description out of range (a
+// damaged answer, or shards whose stores exceed this router's limits) is
+// FAILED_PRECONDITION naming the store, before anything is sized by it.
+absl::StatusOr<store::StoreSettings> DescribedSettings(
+    const engram::v1::Store& described, const store::Limits& limits);
 
 class ClusterJobs {
  public:

@@ -100,8 +100,7 @@ Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
       policy_(policy),
       options_(std::move(options)),
       low_rank_(pool),
-      jobs_(pool, {options_.limits.max_calibration_work,
-                   options_.calibration_threads}) {}
+      jobs_(pool, {options_.limits, options_.calibration_threads}) {}
 
 api::Store Router::MergeDescriptions(std::vector<api::Store> parts) {
   api::Store out = parts[0];

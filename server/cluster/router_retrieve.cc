@@ -51,7 +51,7 @@ absl::Status Resolve(const api::Store& described,
                      const api::RetrieveRequest& request,
                      const store::Limits& limits, Resolved* out) {
   absl::StatusOr<store::StoreSettings> settings =
-      store::SettingsFromProto(described, /*fill_defaults=*/false);
+      DescribedSettings(described, limits);
   if (!settings.ok()) return settings.status();
   out->settings = *std::move(settings);
   absl::StatusOr<store::RetrieveRequest> query =

@@ -31,6 +31,14 @@ absl::StatusOr<MergedRow> MergeRows(const RetrievalParams& params,
   constexpr double kNegInf = -std::numeric_limits<double>::infinity();
   double max = kNegInf, query_sq_norm = 0;
   for (const PartialRow* r : rows) {
+    // A part is another process's answer: numbers it cannot have computed
+    // are refused, not merged.
+    if (r->max != kNegInf &&
+        (!std::isfinite(r->max) || !(r->sum > 0) || !std::isfinite(r->sum))) {
+      return absl::InternalError(
+          absl::StrCat("a part's maximum ", r->max, " and sum ", r->sum,
+                       " are not a row's (finite, the sum above 0)"));
+    }
     if (r->max > max) {
       max = r->max;
       query_sq_norm = r->query_sq_norm;
@@ -54,9 +62,9 @@ absl::StatusOr<MergedRow> MergeRows(const RetrievalParams& params,
     for (const PartialRow* r : rows) {
       if (r->max == kNegInf) continue;
       if (r->weighted.size() != dim) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("a part's weighted sum has ", r->weighted.size(),
-                         " values, not ", dim));
+        return absl::InternalError(absl::StrCat("a part's weighted sum has ",
+                                                r->weighted.size(),
+                                                " values, not ", dim));
       }
       blas::Axpy(dim, static_cast<float>(std::exp(r->max - max) / sum),
                  r->weighted.data(), out.next.data());
@@ -76,6 +84,11 @@ absl::StatusOr<MergedRow> MergeRows(const RetrievalParams& params,
              c < with_values ? r->values.data() + c * dim : nullptr});
       }
     }
+    if (support.empty()) {
+      // The part with the maximum holds at least its own best.
+      return absl::InternalError(absl::StrCat(
+          "no part sent a candidate within the margin of the maximum ", max));
+    }
     std::vector<double> scores;
     for (const Member& m : support) scores.push_back(m.score);
     threshold = SeparationThreshold(params.separation, scores);
@@ -92,9 +105,9 @@ absl::StatusOr<MergedRow> MergeRows(const RetrievalParams& params,
         fetched = lookup(m.id);
         if (!fetched.ok()) return fetched.status();
         if (fetched->size() != dim) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("pattern ", m.id, " has ", fetched->size(),
-                           " values, not ", dim));
+          return absl::InternalError(absl::StrCat("pattern ", m.id, " has ",
+                                                  fetched->size(),
+                                                  " values, not ", dim));
         }
         values = fetched->data();
       }

@@ -83,7 +83,9 @@ using ValuesLookup =
 // Merges one query's rows from every part (at least one non-empty) exactly:
 // by log-sum-exp under softmax; under the sparse separations the threshold
 // is solved on the union of the candidates within the margin of the global
-// maximum, which holds every support member.
+// maximum, which holds every support member. Parts that do not fit
+// together (a weighted sum or values not of `dim`, a maximum no candidate
+// reaches, numbers no row has) are INTERNAL.
 absl::StatusOr<MergedRow> MergeRows(const RetrievalParams& params,
                                     absl::Span<const PartialRow* const> rows,
                                     size_t dim, const ValuesLookup& lookup);

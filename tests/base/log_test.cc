@@ -30,6 +30,27 @@ TEST(JsonEscapedTest, EveryByteThatIsNotUtf8BecomesTheReplacementCharacter) {
   EXPECT_EQ(JsonEscaped("\xe2\x89"), kBad + kBad);  // Cut short.
 }
 
+TEST(TextEscapedTest, KeepsQuotesAndTabsAndEscapesWhatWouldBreakTheLine) {
+  EXPECT_EQ(TextEscaped("store 'a' \"b\" c\\d\te β"),
+            "store 'a' \"b\" c\\d\te β");
+  EXPECT_EQ(TextEscaped("one\n2026-12-05T01:23:13.000Z ERROR forged"),
+            "one\\n2026-12-05T01:23:13.000Z ERROR forged");
+  EXPECT_EQ(TextEscaped(std::string("\r\x1b[2J\0", 6)),
+            "\\u000d\\u001b[2J\\u0000");
+  EXPECT_EQ(TextEscaped("shard says \xff\xa6"),
+            "shard says \xef\xbf\xbd\xef\xbf\xbd");
+}
+
+// Regression: a shard's error text with bytes that are not UTF-8 went into
+// the router's text log as they came, and readers of the log failed on it.
+TEST(LogLineTest, ATextLineIsOneLineOfUtf8WhateverTheMessage) {
+  const absl::Time when = absl::FromUnixSeconds(1796433793);
+  SetLogFormat(LogFormat::kText);
+  EXPECT_EQ(LogLine(LogLevel::kWarning, "unreachable: \xa6\nINFO ready", when),
+            "2026-12-05T01:23:13.000Z WARN unreachable: \xef\xbf\xbd\\nINFO "
+            "ready\n");
+}
+
 TEST(LogLineTest, TextAndJson) {
   const absl::Time when = absl::FromUnixSeconds(1796433793);
   SetLogFormat(LogFormat::kText);

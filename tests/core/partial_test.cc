@@ -1,8 +1,10 @@
 #include "server/core/partial.h"
 
+#include <limits>
 #include <memory>
 #include <random>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -130,6 +132,58 @@ TEST(PartialTest, EmptyPartsAreSkippedAndAllEmptyIsRefused) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A part is another process's answer; one that does not fit the others, or
+// holds numbers no row has, is INTERNAL, never merged (regression: a
+// sparsemax part whose maximum no candidate reached was merged with an
+// empty support and crashed the router).
+TEST(PartialTest, PartsThatDoNotFitAreRefused) {
+  Fixture f(4, {10}, 1);
+  std::vector<uint64_t> ids(10);
+  for (size_t i = 0; i < 10; ++i) ids[i] = 100 + i;
+  for (const Separation separation :
+       {Separation::kSoftmax, Separation::kSparsemax, Separation::kEntmax15}) {
+    RetrievalParams params;
+    params.separation = separation;
+    absl::StatusOr<std::vector<PartialRow>> rows =
+        PartialStep(f.set, ids, FloatRow(f.set, 3), 1, params);
+    ASSERT_TRUE(rows.ok());
+    const PartialRow good = (*rows)[0];
+    const auto lookup = [](uint64_t) -> absl::StatusOr<std::vector<float>> {
+      return std::vector<float>(4, 0.5f);
+    };
+    std::vector<std::pair<const char*, PartialRow>> bad;
+    PartialRow row = good;
+    row.max = std::numeric_limits<double>::quiet_NaN();
+    bad.emplace_back("NaN maximum", row);
+    row = good;
+    row.max = std::numeric_limits<double>::infinity();
+    bad.emplace_back("infinite maximum", row);
+    row = good;
+    row.sum = 0;
+    bad.emplace_back("no sum", row);
+    row = good;
+    row.sum = std::numeric_limits<double>::infinity();
+    bad.emplace_back("infinite sum", row);
+    row = good;
+    if (separation == Separation::kSoftmax) {
+      row.weighted.pop_back();
+      bad.emplace_back("a weighted sum short", row);
+    } else {
+      row.max += 100;  // Above every candidate either part sent.
+      bad.emplace_back("a maximum above its candidates", row);
+    }
+    for (const auto& [why, part] : bad) {
+      for (const bool first : {true, false}) {
+        const PartialRow* parts[] = {first ? &part : &good,
+                                     first ? &good : &part};
+        EXPECT_EQ(MergeRows(params, parts, 4, lookup).status().code(),
+                  absl::StatusCode::kInternal)
+            << SeparationName(separation) << ": " << why;
+      }
+    }
+  }
 }
 
 }  // namespace

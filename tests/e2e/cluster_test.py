@@ -11,7 +11,6 @@ address).
 
 Usage (with the Python of build/venv): cluster_test.py BIN_DIR
 """
-import collections
 import contextlib
 import os
 import subprocess
@@ -20,14 +19,13 @@ import tempfile
 import threading
 import time
 import unittest
-from concurrent import futures
 
 BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, IncompleteImport, pb, pb_grpc  # noqa: E402
-from harness import Engramd, free_port, garbled_message  # noqa: E402
+from harness import Engramd, Proxy, free_port, garbled_message  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
 SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
@@ -66,73 +64,6 @@ class Cluster:
             for s in row:
                 if s.proc.poll() is None:
                     s.stop()
-
-
-class OldShard:
-    """A shard as a build from before some of the shard service's methods:
-    a proxy in front of a real engramd that passes every call through, bytes,
-    metadata and deadline as they come, but answers the methods in `missing`
-    as a server without them does (UNIMPLEMENTED). Counts calls by method."""
-
-    def __init__(self, backend, missing):
-        self.calls = collections.Counter()
-        self._channel = grpc.insecure_channel(backend)
-        kinds = {}  # "/service/method" -> (client streams, server streams)
-        for service in pb.DESCRIPTOR.services_by_name.values():
-            for m in service.methods:
-                kinds["/%s/%s" % (service.full_name, m.name)] = (m.client_streaming,
-                                                                  m.server_streaming)
-        proxy = self
-
-        class Handler(grpc.GenericRpcHandler):
-            def service(self, details):
-                proxy.calls[details.method] += 1
-                if details.method in missing:
-                    return None  # gRPC answers UNIMPLEMENTED.
-                return proxy._forward(details.method, kinds.get(details.method, (False, False)))
-
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        self._server.add_generic_rpc_handlers([Handler()])
-        self.addr = "127.0.0.1:%d" % self._server.add_insecure_port("127.0.0.1:0")
-        self._server.start()
-
-    def _forward(self, method, kind):
-        def passed(context):
-            remaining = context.time_remaining()
-            metadata = [(k, v) for k, v in context.invocation_metadata()
-                        if not k.startswith((":", "grpc-")) and k != "user-agent"]
-            return dict(timeout=remaining if remaining is not None and remaining < 1e6 else None,
-                        metadata=metadata)
-
-        def relay(call, context):
-            try:
-                return call()
-            except grpc.RpcError as e:
-                context.abort(e.code(), e.details())
-
-        client_streams, server_streams = kind
-        if not client_streams and not server_streams:
-            stub = self._channel.unary_unary(method)
-            return grpc.unary_unary_rpc_method_handler(
-                lambda request, context: relay(lambda: stub(request, **passed(context)), context))
-        if not client_streams:
-            stub = self._channel.unary_stream(method)
-            return grpc.unary_stream_rpc_method_handler(
-                lambda request, context: relay(lambda: list(stub(request, **passed(context))),
-                                               context))
-        if not server_streams:
-            stub = self._channel.stream_unary(method)
-            return grpc.stream_unary_rpc_method_handler(
-                lambda requests, context: relay(lambda: stub(requests, **passed(context)),
-                                                context))
-        stub = self._channel.stream_stream(method)
-        return grpc.stream_stream_rpc_method_handler(
-            lambda requests, context: relay(lambda: list(stub(requests, **passed(context))),
-                                            context))
-
-    def stop(self):
-        self._server.stop(grace=None).wait()
-        self._channel.close()
 
 
 class ClusterTest(unittest.TestCase):
@@ -1041,7 +972,8 @@ class ClusterTest(unittest.TestCase):
                           "--shard_group=%d" % g, "--shard_groups=2",
                           "--listen=127.0.0.1:%d" % free_port()) for g in range(2)]
         check = "/engram.cluster.v1.Shard/CheckDelete"
-        old = OldShard(shards[1].addr, {check})
+        # A shard as a build from before CheckDelete.
+        old = Proxy(shards[1].addr, missing={check})
         router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=old",
                          "--shards=%s;%s" % (shards[0].addr, old.addr))
         try:

@@ -1,5 +1,6 @@
 """Starts and stops real engramd processes for the end-to-end tests."""
 import atexit
+import collections
 import contextlib
 import os
 import re
@@ -8,6 +9,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from concurrent import futures
 
 # The process of every engramd a test started; whatever still runs when the
 # test's Python exits (a failed assertion, an exception between start and
@@ -219,3 +221,80 @@ def reflected_services(channel, names):
     for name in list(files):
         add(name)
     return [pool.FindServiceByName(name) for name in names]
+
+
+class Proxy:
+    """A gRPC proxy in front of a real engramd, for a router to dial instead
+    of a shard: passes every call through, bytes, metadata and deadline as
+    they come. Methods in `missing` are answered as by a server without them
+    (UNIMPLEMENTED); `answer(method, response, context)`, if given, sees
+    each response message (bytes) on its way back and returns the bytes to
+    send (or aborts the call through `context`). Counts calls by method."""
+
+    def __init__(self, backend, missing=(), answer=None):
+        import grpc
+        from engram_client import pb
+        self.calls = collections.Counter()
+        self._channel = grpc.insecure_channel(backend)
+        self._answer = answer or (lambda method, response, context: response)
+        kinds = {}  # "/service/method" -> (client streams, server streams)
+        for service in pb.DESCRIPTOR.services_by_name.values():
+            for m in service.methods:
+                kinds["/%s/%s" % (service.full_name, m.name)] = (m.client_streaming,
+                                                                  m.server_streaming)
+        proxy = self
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):
+                proxy.calls[details.method] += 1
+                if details.method in missing:
+                    return None  # gRPC answers UNIMPLEMENTED.
+                return proxy._forward(details.method, kinds.get(details.method, (False, False)))
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self._server.add_generic_rpc_handlers([Handler()])
+        self.addr = "127.0.0.1:%d" % self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def _forward(self, method, kind):
+        import grpc
+
+        def passed(context):
+            remaining = context.time_remaining()
+            metadata = [(k, v) for k, v in context.invocation_metadata()
+                        if not k.startswith((":", "grpc-")) and k != "user-agent"]
+            return dict(timeout=remaining if remaining is not None and remaining < 1e6 else None,
+                        metadata=metadata)
+
+        def relay(call, context):
+            try:
+                return call()
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details())
+
+        def answered(response, context):
+            return self._answer(method, response, context)
+
+        def each_answered(responses, context):
+            return iter([answered(r, context) for r in responses])
+
+        client_streams, server_streams = kind
+        if not client_streams and not server_streams:
+            stub = self._channel.unary_unary(method)
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: answered(
+                relay(lambda: stub(request, **passed(context)), context), context))
+        if not client_streams:
+            stub = self._channel.unary_stream(method)
+            return grpc.unary_stream_rpc_method_handler(lambda request, context: each_answered(
+                relay(lambda: list(stub(request, **passed(context))), context), context))
+        if not server_streams:
+            stub = self._channel.stream_unary(method)
+            return grpc.stream_unary_rpc_method_handler(lambda requests, context: answered(
+                relay(lambda: stub(requests, **passed(context)), context), context))
+        stub = self._channel.stream_stream(method)
+        return grpc.stream_stream_rpc_method_handler(lambda requests, context: each_answered(
+            relay(lambda: list(stub(requests, **passed(context))), context), context))
+
+    def stop(self):
+        self._server.stop(grace=None).wait()
+        self._channel.close()

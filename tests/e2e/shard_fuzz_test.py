@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""A router survives shards that answer anything, and recovers when they
+answer right again.
+
+Two real shards behind proxies that, while the damage is on, spoil a share
+of their answers to the router: bytes flipped, cut, appended to or inserted
+into; fields of the answer's own type set to values at and past their limits
+(counts, shapes, versions, NaN and infinite numbers, arrays of other
+lengths); an answer of no fields; an error status of any code and any text
+instead of the answer (after the shard did the work: a write that landed
+and whose answer was lost); or an answer late, past the call's deadline at
+times. Requests are never touched, so the shards' stores stay whole.
+Clients meanwhile call the router: reads and writes of patterns, stores
+made and deleted, retrievals on every path (exact, low-rank, auto,
+filtered) over a softmax dot store, a sparsemax store and a kernel_dot store
+with a fitted map, fits, calibrations and backups.
+
+While the damage is on, every call must end within its deadline (and a
+little) with a status that is not UNKNOWN (an exception in a handler), the
+router must keep running, and a retrieval the router answers as OK must
+have the shape asked for (a result per query, d values per vector): what
+the router computes from damaged parts is refused, never answered. (What
+it relays, a pattern or a page of them, is the shard's word.)
+
+When the damage stops, the router must answer as one engramd holding the
+same patterns: the patterns it lists are the union of what the shards hold
+(read from them directly), and exact and low-rank retrievals over them
+agree with one engramd's within 1e-5.
+
+Usage: shard_fuzz_test.py BIN_DIR [PYTHON_DIR] [--seconds=S] [--seed=N]
+(PYTHON_DIR: the generated reflection client, BIN_DIR/../python by default)
+"""
+import argparse
+import faulthandler
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from google.protobuf import message_factory  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
+from fuzz import STRINGS, fill, mutate  # noqa: E402
+from harness import Engramd, Proxy, reflected_services  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("bin")
+parser.add_argument("python_dir", nargs="?", default=None,
+                    help="where grpc_reflection_client was generated (build/python)")
+parser.add_argument("--seconds", type=float, default=20.0, help="of damaged answers")
+parser.add_argument("--seed", type=int, default=int(time.time()))
+ARGS, rest = parser.parse_known_args()
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # Where a stuck run is.
+# A run that hangs fails with every thread's stack instead of waiting for
+# ctest's timeout.
+faulthandler.dump_traceback_later(ARGS.seconds + 300, exit=True)
+sys.argv[1:] = rest
+sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspath(ARGS.bin)),
+                                                  "python"))
+
+DIM = 8
+DEADLINE = 4.0  # Of every client call.
+SLACK = 3.0  # What a call may take past its deadline, on a loaded machine.
+DAMAGED = 0.3  # The share of the shards' answers spoiled while the damage is on.
+SCALE = 0.15  # Of the vectors: norms of about 0.4, where the low-rank path holds.
+STORES = {
+    "dot": dict(top_k=3),
+    "sparse": dict(separation="sparsemax", top_k=3),
+    "kernel": dict(feature_map="uhop", similarity="kernel_dot", fit_epochs=5,
+                   fit_debounce_ms=600000, top_k=3),
+}
+
+
+class Spoiler:
+    """Spoils a share of the answers that pass through a proxy while `on`."""
+
+    def __init__(self, seed, answer_types):
+        self.on = False
+        self.spoiled = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._types = answer_types  # "/service/method" -> message class
+
+    def __call__(self, method, response, context):
+        with self._lock:
+            # Describe is the router's poll of its shards: one spoiled takes
+            # the group out until the next (0.5 s), so it is spoiled less, and
+            # calls get past the readiness check to the paths behind it.
+            rate = DAMAGED / 10 if method.endswith("/Describe") else DAMAGED
+            if not self.on or self._rng.random() >= rate:
+                return response
+            self.spoiled += 1
+            rng = random.Random(self._rng.getrandbits(64))
+        kind = rng.randrange(7)
+        if kind == 0:
+            return mutate(rng, response)
+        if kind == 1:
+            return b""
+        if kind == 2:
+            # Any code but UNKNOWN, which the test keeps for the router's own.
+            codes = [c for c in grpc.StatusCode
+                     if c not in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN)]
+            context.abort(rng.choice(codes),
+                          rng.choice(STRINGS + ["shard says no", "\xff" * 3]))
+        if kind == 3:
+            time.sleep(rng.choice([0.05, 0.3, DEADLINE + 0.5]))
+            return response
+        kind_type = self._types.get(method)
+        if kind_type is None:
+            return mutate(rng, response)
+        try:
+            message = kind_type.FromString(response)
+        except Exception:  # noqa: BLE001 - bytes spoiled by a stream's earlier message
+            return mutate(rng, response)
+        if kind == 4:
+            fill(rng, message, store=rng.choice(list(STORES)))
+        else:
+            cut(rng, message)
+        return message.SerializeToString()
+
+
+def cut(rng, message, depth=0):
+    """Repeated fields of `message` (and of its messages) cut short or grown
+    by one; numbers scaled past their sense."""
+    for field, value in list(message.ListFields()):
+        if field.label == field.LABEL_REPEATED:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                continue
+            n = len(value)
+            if n and rng.random() < 0.5:
+                del value[rng.randrange(n):]
+            elif n and field.message_type is None:
+                value.append(value[0])
+            elif n and depth < 3:
+                for item in value:
+                    cut(rng, item, depth + 1)
+        elif field.message_type is not None:
+            if depth < 3:
+                cut(rng, value, depth + 1)
+        elif field.cpp_type in (field.CPPTYPE_FLOAT, field.CPPTYPE_DOUBLE):
+            setattr(message, field.name, rng.choice([float("nan"), float("inf"), -value, 0.0]))
+        elif field.cpp_type in (field.CPPTYPE_UINT32, field.CPPTYPE_UINT64):
+            limit = (1 << 32) - 1 if field.cpp_type == field.CPPTYPE_UINT32 else (1 << 64) - 1
+            setattr(message, field.name, rng.choice([0, value + 1, limit]))
+
+
+class ShardFuzzTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        b, tmp = ARGS.bin, cls.tmp.name
+        cls.shards = [Engramd(b, tmp, "--role=shard", "--cluster=sf", "--shard_group=%d" % g,
+                              "--shard_groups=2") for g in range(2)]
+        with grpc.insecure_channel(cls.shards[0].addr) as channel:
+            services = reflected_services(channel, ["engram.v1.Engram",
+                                                    "engram.cluster.v1.Shard"])
+        factory = message_factory.MessageFactory(services[0].file.pool)
+        types = {}
+        for service in services:
+            for m in service.methods:
+                types["/%s/%s" % (service.full_name, m.name)] = factory.GetPrototype(
+                    m.output_type)
+        print("seed", ARGS.seed, flush=True)
+        cls.spoilers = [Spoiler(ARGS.seed + g, types) for g in range(2)]
+        cls.proxies = [Proxy(s.addr, answer=spoil) for s, spoil in zip(cls.shards, cls.spoilers)]
+        cls.router = Engramd(b, tmp, "--role=router", "--cluster=sf",
+                             "--shards=" + ";".join(p.addr for p in cls.proxies))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.router.stop()
+        for p in cls.proxies:
+            p.stop()
+        for s in cls.shards:
+            s.stop()
+        cls.tmp.cleanup()
+
+    def damage(self, on):
+        for s in self.spoilers:
+            s.on = on
+
+    def test_router_survives_damaged_answers_and_recovers(self):
+        rng = np.random.default_rng(ARGS.seed % (1 << 32))
+        with Client(self.router.addr) as c:
+            for name, settings in STORES.items():
+                c.create_store(name, dim=DIM, **settings)
+                c.add(name, (SCALE * rng.normal(size=(120, DIM))).astype(np.float32),
+                      labels=["even" if i % 2 == 0 else "odd" for i in range(120)])
+            c.fit("kernel")
+        stop = time.monotonic() + ARGS.seconds
+        errors, counts, lock = [], {}, threading.Lock()
+
+        def client_loop(seed):
+            pick = random.Random(seed)
+            with Client(self.router.addr, timeout=DEADLINE, retries=0) as c:
+                while time.monotonic() < stop and not errors:
+                    op = pick.choice(OPS)
+                    began = time.monotonic()
+                    try:
+                        op(self, c, pick, self.tmp.name)
+                        code = grpc.StatusCode.OK
+                    except grpc.RpcError as e:
+                        code = e.code()
+                        if code == grpc.StatusCode.UNKNOWN:
+                            errors.append("%s: UNKNOWN %s" % (op.__name__, e.details()))
+                    except Exception as e:  # noqa: BLE001 - an answer of the wrong shape
+                        errors.append("%s: %r" % (op.__name__, e))
+                        code = None
+                    took = time.monotonic() - began
+                    if took > 2 * DEADLINE + SLACK:
+                        errors.append("%s took %.1f s" % (op.__name__, took))
+                    with lock:
+                        counts[(op.__name__, code)] = counts.get((op.__name__, code), 0) + 1
+
+        self.damage(True)
+        threads = [threading.Thread(target=client_loop, args=(ARGS.seed + 10 + i,))
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.damage(False)
+        for (name, code), n in sorted(counts.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            print("  %-12s %-20s %d" % (name, code.name if code else "error", n))
+        print("answers spoiled:", sum(s.spoiled for s in self.spoilers), flush=True)
+        self.assertIsNone(self.router.proc.poll(), self.router.log()[-3000:])
+        self.assertEqual(errors, [], "seed %d" % ARGS.seed)
+        self.check_recovered()
+
+    def check_recovered(self):
+        """With the damage off, the router reads as one engramd that holds
+        what the shards hold."""
+        with Client(self.router.addr, timeout=10) as c:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    for name in STORES:
+                        c.get_store(name)
+                    break
+                except grpc.RpcError:
+                    self.assertLess(time.monotonic(), deadline, "the router did not recover")
+                    time.sleep(0.2)
+            # New patterns in both groups: every part of the sums changes.
+            for name in STORES:
+                c.add(name, (SCALE * np.random.default_rng(1).normal(size=(8, DIM))).astype(
+                    np.float32))
+            queries = (SCALE * np.random.default_rng(2).normal(size=(5, DIM))).astype(np.float32)
+            with Engramd(ARGS.bin, self.tmp.name) as single, Client(single.addr) as one:
+                for name in ("dot", "sparse"):
+                    listed = {p.id: p.values for p in c.list_patterns(name)}
+                    held = {}
+                    for shard in self.shards:
+                        with Client(shard.addr) as direct:
+                            held.update({p.id: p.values for p in direct.list_patterns(name)})
+                    self.assertEqual(sorted(listed), sorted(held), name)
+                    for i in held:
+                        np.testing.assert_array_equal(listed[i], held[i])
+                    ids = sorted(held)
+                    one.create_store(name, dim=DIM, **STORES[name])
+                    one.add(name, np.array([held[i] for i in ids]), ids=ids)
+                    paths = ["exact", "auto"] + (["low_rank"] if name == "dot" else [])
+                    for path in paths:
+                        for steps in (1, 3):
+                            got = c.retrieve(name, queries, path=path, steps=steps)
+                            want = one.retrieve(name, queries, path=path, steps=steps)
+                            where = "%s %s steps %d" % (name, path, steps)
+                            self.assertEqual(got.path, want.path, where)
+                            np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5,
+                                                       err_msg=where)
+                            np.testing.assert_allclose(got.energy, want.energy, atol=1e-5,
+                                                       err_msg=where)
+                            np.testing.assert_array_equal(got.ids, want.ids, where)
+            # The kernel store answers (its fitted map's norms can keep the
+            # low-rank path out of reach: AUTO then plans exact).
+            for path in ("exact", "auto"):
+                r = c.retrieve("kernel", queries, path=path)
+                self.assertEqual(r.vectors.shape, (5, DIM))
+
+
+# The client calls of the fuzzing: each raises grpc.RpcError for a refused
+# call, and AssertionError for an OK retrieval of the wrong shape.
+def retrieve(test, c, pick, tmp):
+    name = pick.choice(list(STORES))
+    n = pick.choice([1, 3])
+    path = pick.choice(["exact", "auto", "low_rank", "auto"])
+    where = {"where_label": ["even"]} if pick.random() < 0.2 and path != "low_rank" else {}
+    r = c.retrieve(name, SCALE * np.random.default_rng(pick.getrandbits(32)).normal(size=(n, DIM)),
+                   path=path, steps=pick.choice([1, 3]), **where)
+    assert r.vectors.shape == (n, DIM), (name, path, r.vectors.shape)
+    assert len(r.energy) == n and r.ids.shape[0] == n, (name, path)
+
+
+def add(test, c, pick, tmp):
+    n = pick.choice([1, 4])
+    ids = c.add(pick.choice(list(STORES)), (SCALE * np.random.default_rng(
+        pick.getrandbits(32)).normal(size=(n, DIM))).astype(np.float32))
+    assert len(ids) == n, ids
+
+
+def delete(test, c, pick, tmp):
+    name = pick.choice(list(STORES))
+    page = list(c._stub.ListPatterns(pb.ListPatternsRequest(store=name, page_size=20,
+                                                            omit_values=True),
+                                     timeout=DEADLINE).patterns)
+    if len(page) >= 10:
+        c.delete(name, [p.id for p in pick.sample(page, 2)])
+
+
+def list_patterns(test, c, pick, tmp):
+    c._stub.ListPatterns(pb.ListPatternsRequest(store=pick.choice(list(STORES)),
+                                                page_size=pick.choice([5, 50])),
+                         timeout=DEADLINE)
+
+
+def get_pattern(test, c, pick, tmp):
+    name = pick.choice(list(STORES))
+    page = c._stub.ListPatterns(pb.ListPatternsRequest(store=name, page_size=10,
+                                                       omit_values=True), timeout=DEADLINE)
+    if page.patterns:
+        c.get_pattern(name, pick.choice(page.patterns).id)
+
+
+def describe(test, c, pick, tmp):
+    if pick.random() < 0.5:
+        c.get_store(pick.choice(list(STORES)))
+    else:
+        c.list_stores()
+
+
+def scratch_store(test, c, pick, tmp):
+    name = "scratch-%d" % pick.randrange(3)
+    if pick.random() < 0.5:
+        c.create_store(name, dim=DIM)
+        c.add(name, np.ones((2, DIM), np.float32))
+    else:
+        c.delete_store(name)
+
+
+def fit(test, c, pick, tmp):
+    if pick.random() < 0.5:
+        c.start_fit("kernel")
+    else:
+        c.start_calibration(pick.choice(["dot", "sparse"]), apply=False)
+
+
+def backup(test, c, pick, tmp):
+    # The stream itself, with a deadline (the client's create_backup has none).
+    for _ in c._stub.CreateBackup(pb.CreateBackupRequest(store=pick.choice(list(STORES))),
+                                  timeout=2 * DEADLINE):
+        pass
+
+
+OPS = [retrieve, retrieve, retrieve, retrieve, add, delete, list_patterns, get_pattern, describe,
+       scratch_store, fit, backup]
+
+if __name__ == "__main__":
+    unittest.main()
