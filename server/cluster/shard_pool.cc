@@ -1,10 +1,14 @@
 #include "server/cluster/shard_pool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <set>
+#include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -480,15 +484,26 @@ absl::Status SyncMaps(const ShardPool& pool, const Replica& a, const Replica& b,
                maps[newer], &put, deadline);
 }
 
-// Every pattern id of a store on a replica.
-absl::StatusOr<std::set<uint64_t>> Ids(const ShardPool& pool,
-                                       const Replica& replica,
-                                       const std::string& store) {
-  std::set<uint64_t> ids;
+// What a replica's content digest sees of a pattern: its values (as bytes),
+// label and metadata; not its expiry, which each replica computed at its own
+// add.
+uint64_t ContentHash(const engram::v1::Pattern& p) {
+  const absl::string_view values(
+      reinterpret_cast<const char*>(p.values().data()),
+      sizeof(float) * static_cast<size_t>(p.values_size()));
+  std::vector<std::pair<std::string, std::string>> metadata(
+      p.metadata().begin(), p.metadata().end());
+  std::sort(metadata.begin(), metadata.end());
+  return absl::HashOf(values, p.label(), metadata);
+}
+
+// Every pattern of a store on a replica: id -> ContentHash.
+absl::StatusOr<std::map<uint64_t, uint64_t>> Contents(
+    const ShardPool& pool, const Replica& replica, const std::string& store) {
+  std::map<uint64_t, uint64_t> contents;
   engram::v1::ListPatternsRequest request;
   request.set_store(store);
   request.set_page_size(1000);
-  request.set_omit_values(true);
   do {
     engram::v1::ListPatternsResponse page;
     if (absl::Status s =
@@ -497,10 +512,12 @@ absl::StatusOr<std::set<uint64_t>> Ids(const ShardPool& pool,
         !s.ok()) {
       return s;
     }
-    for (const engram::v1::Pattern& p : page.patterns()) ids.insert(p.id());
+    for (const engram::v1::Pattern& p : page.patterns()) {
+      contents[p.id()] = ContentHash(p);
+    }
     request.set_page_token(page.next_page_token());
   } while (!request.page_token().empty());
-  return ids;
+  return contents;
 }
 
 // Makes the target's copy of the store `mine` (as the source lists it;
@@ -534,9 +551,11 @@ absl::Status CopyStore(const ShardPool& pool, const Replica& source,
       return s;
     }
   }
-  absl::StatusOr<std::set<uint64_t>> have = Ids(pool, target, mine.name());
+  absl::StatusOr<std::map<uint64_t, uint64_t>> have =
+      Contents(pool, target, mine.name());
   if (!have.ok()) return have.status();
-  // The source's patterns the target lacks, a page at a time.
+  // The source's patterns the target lacks or holds otherwise (an id
+  // deleted and added again while it was down), a page at a time.
   api::ListPatternsRequest page_request;
   page_request.set_store(mine.name());
   page_request.set_page_size(1000);
@@ -550,9 +569,23 @@ absl::Status CopyStore(const ShardPool& pool, const Replica& source,
     }
     api::AddPatternsRequest add;
     add.set_store(mine.name());
+    api::DeletePatternsRequest replaced;
+    replaced.set_store(mine.name());
     for (const api::Pattern& p : page.patterns()) {
       seen.insert(p.id());
-      if (!have->count(p.id())) *add.add_patterns() = p;
+      const auto held = have->find(p.id());
+      if (held != have->end() && held->second == ContentHash(p)) continue;
+      if (held != have->end()) replaced.add_ids(p.id());
+      *add.add_patterns() = p;
+    }
+    if (replaced.ids_size() > 0) {
+      api::DeletePatternsResponse removed;
+      if (absl::Status s =
+              Call(pool, target, &api::Engram::Stub::DeletePatterns, replaced,
+                   &removed);
+          !s.ok()) {
+        return s;
+      }
     }
     if (add.patterns_size() > 0) {
       api::AddPatternsResponse added;
@@ -566,7 +599,7 @@ absl::Status CopyStore(const ShardPool& pool, const Replica& source,
   } while (!page_request.page_token().empty());
   // And what the target holds that the source does not.
   std::vector<uint64_t> extra;
-  for (uint64_t id : *have) {
+  for (const auto& [id, unused] : *have) {
     if (!seen.count(id)) extra.push_back(id);
   }
   for (size_t first = 0; first < extra.size(); first += 1000) {

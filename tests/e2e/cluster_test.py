@@ -758,6 +758,66 @@ class ClusterTest(unittest.TestCase):
         finally:
             cluster.stop()
 
+    def test_4j_a_replica_that_missed_a_reused_id_is_repaired(self):
+        """A replica down while an id was deleted and added again with other
+        values (explicit ids) holds the same ids as its peer but not the
+        same patterns: the repair compares patterns, not ids (it used to
+        copy by id alone, never agree, and keep the replica stale)."""
+        cluster = Cluster(self.tmp.name, 1, 2, cluster="reuse")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                c.create_store("re", dim=4)
+                old = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+                c.add("re", old, ids=[7, 8], labels=["old", "keep"])
+                down = cluster.shards[0][0]
+                addr, data = down.addr, down.data_dir
+                down.kill()
+                new = np.array([[0, 0, 0.5, 0.5]], np.float32)
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        c.delete("re", [7])
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+                c.add("re", new, ids=[7], labels=["new"], metadata=[{"v": "2"}])
+                cluster.shards[0][0] = Engramd(
+                    BIN, self.tmp.name, "--role=shard", "--cluster=reuse",
+                    "--shard_group=0", "--shard_groups=1", "--listen=" + addr,
+                    data_dir=data)
+                deadline = time.time() + 20
+                while True:
+                    with Client(addr) as back:
+                        held = {p.id: p for p in back.list_patterns("re")}
+                    if sorted(held) == [7, 8] and held[7].label == "new":
+                        break
+                    if time.time() > deadline:
+                        self.fail("replica not repaired: %r; router log:\n%s" % (
+                            {i: (p.label, list(p.values)) for i, p in held.items()},
+                            cluster.router.log()[-2000:]))
+                    time.sleep(0.2)
+                np.testing.assert_array_equal(held[7].values, new[0])
+                self.assertEqual(dict(held[7].metadata), {"v": "2"})
+                np.testing.assert_array_equal(held[8].values, old[1])
+                # It serves alone what its peer acknowledged.
+                time.sleep(1.5)  # a probe or two: ready again
+                cluster.shards[0][1].kill()
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        got = c.get_pattern("re", 7)
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+                self.assertEqual(got.label, "new")
+                np.testing.assert_array_equal(got.values, new[0])
+        finally:
+            cluster.stop()
+
     def test_4d_a_router_that_starts_among_disagreeing_replicas_keeps_the_latest(self):
         # The first replica misses writes its peer acknowledged, and comes
         # back while no router runs: the next router must repair it from the
