@@ -297,6 +297,34 @@ std::string FirstDifference(
   return "";
 }
 
+// Every reachable replica of a group is stale (all were away at once, a
+// blip of the router's own network, or each marked): none is known complete
+// and none would ever be repaired. As at the router's start, the one that
+// took the latest write serves and the others are repaired from it; null
+// when none is reachable.
+ReplicaStatus* ServeLatest(std::vector<ReplicaStatus>& replicas) {
+  ReplicaStatus* latest = nullptr;
+  for (ReplicaStatus& s : replicas) {
+    if (s.reachable &&
+        (latest == nullptr ||
+         LatestStamp(s.description) > LatestStamp(latest->description))) {
+      latest = &s;
+    }
+  }
+  if (latest == nullptr) return nullptr;
+  latest->stale = false;
+  latest->mismatches = 0;
+  latest->detail =
+      absl::StrCat(latest->description.stores_size(),
+                   " stores; serves again (its group's replicas were all "
+                   "stale, and it took the latest write)");
+  Log(LogLevel::kWarning,
+      "every replica of shard group %u was stale: %s, which took the latest "
+      "write, serves again and the others are repaired from it",
+      latest->group, latest->address);
+  return latest;
+}
+
 }  // namespace
 
 void ShardPool::CheckAgreement() {
@@ -314,6 +342,7 @@ void ShardPool::CheckAgreement() {
         source = &s;
       }
     }
+    if (source == nullptr) source = ServeLatest(replicas);
     if (source == nullptr) continue;
     const auto held = Holdings(source->description);
     for (ReplicaStatus& s : replicas) {

@@ -66,7 +66,8 @@ struct Replica {
 // One replica's state, as the probe last saw it. A replica is ready when it
 // answers, belongs to this cluster and group, and holds what the group's
 // other ready replicas hold: one that came back after being unreachable, or
-// missed a write, is stale until repaired from a ready peer.
+// missed a write, is stale until repaired from a ready peer. When every
+// replica of a group is stale, the one that took the latest write serves.
 struct ReplicaStatus {
   uint32_t group = 0;
   std::string address;

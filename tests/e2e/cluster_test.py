@@ -13,6 +13,7 @@ Usage (with the Python of build/venv): cluster_test.py BIN_DIR
 """
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -816,6 +817,46 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(got.label, "new")
                 np.testing.assert_array_equal(got.values, new[0])
         finally:
+            cluster.stop()
+
+    def test_4k_a_group_whose_replicas_were_all_away_serves_again(self):
+        """Every replica of a group unreachable for a moment (a blip of the
+        router's network) comes back stale: the one that took the latest
+        write serves again and the others are repaired from it (they used
+        to wait for a ready peer that never came, the group unavailable for
+        good)."""
+        cluster = Cluster(self.tmp.name, 1, 2, cluster="blip")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                c.create_store("bl", dim=4)
+                c.add("bl", np.eye(4, dtype=np.float32), ids=[1, 2, 3, 4])
+                for s in cluster.shards[0]:
+                    s.proc.send_signal(signal.SIGSTOP)
+                time.sleep(3)  # past a probe's timeout (2 s): both unreachable
+                for s in cluster.shards[0]:
+                    s.proc.send_signal(signal.SIGCONT)
+                deadline = time.time() + 20
+                while True:
+                    try:
+                        self.assertEqual(c.get_store("bl").pattern_count, 4)
+                        status = subprocess.run(
+                            [os.path.join(BIN, "engram"), "cluster", "status",
+                             "--addr=" + cluster.router.addr],
+                            capture_output=True, text=True, timeout=10).stdout
+                        if status.count(" ready ") == 2:
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if time.time() > deadline:
+                        self.fail("group 0 not back: %s\n%s" % (
+                            status if "status" in locals() else "",
+                            cluster.router.log()[-2000:]))
+                    time.sleep(0.2)
+                np.testing.assert_array_equal(c.get("bl", 3), np.eye(4, dtype=np.float32)[2])
+        finally:
+            for s in cluster.shards[0]:
+                if s.proc.poll() is None:
+                    s.proc.send_signal(signal.SIGCONT)
             cluster.stop()
 
     def test_4d_a_router_that_starts_among_disagreeing_replicas_keeps_the_latest(self):
