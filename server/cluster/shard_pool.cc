@@ -297,17 +297,18 @@ std::string FirstDifference(
   return "";
 }
 
-// Every reachable replica of a group is stale (all were away at once, a
-// blip of the router's own network, or each marked): none is known complete
-// and none would ever be repaired. As at the router's start, the one that
-// took the latest write serves and the others are repaired from it; null
-// when none is reachable.
+// Every replica of a group answers and is stale (all were away at once, a
+// blip of the router's own network, or each marked): none would ever be
+// repaired. A stale replica takes no write, so the one that took the latest
+// write holds every write the group acknowledged: as at the router's start,
+// it serves and the others are repaired from it. Null while any replica is
+// unreachable (it may hold writes the others lack).
 ReplicaStatus* ServeLatest(std::vector<ReplicaStatus>& replicas) {
   ReplicaStatus* latest = nullptr;
   for (ReplicaStatus& s : replicas) {
-    if (s.reachable &&
-        (latest == nullptr ||
-         LatestStamp(s.description) > LatestStamp(latest->description))) {
+    if (!s.reachable) return nullptr;
+    if (latest == nullptr ||
+        LatestStamp(s.description) > LatestStamp(latest->description)) {
       latest = &s;
     }
   }

@@ -400,6 +400,17 @@ absl::StatusOr<StoreSettings> SettingsFromProto(const v1::Store& in,
   }
   if (in.has_create_time()) out.create_time = TimeFromProto(in.create_time());
   out.expiry.default_ttl = DurationFromProto(in.expiry().default_ttl());
+  // -0.0 is read as 0: settings equal in value write the same bytes, which a
+  // replica's settings digest hashes (a replica given -0.0 differed from
+  // its peers for good, and no repair could make them agree).
+  const auto zero_is_zero = [](auto& v) {
+    if (v == 0) v = 0;
+  };
+  zero_is_zero(retrieval.beta);
+  zero_is_zero(retrieval.eps);
+  zero_is_zero(map.learning_rate);
+  zero_is_zero(out.low_rank.tolerance);
+  zero_is_zero(calibration.level);
   return out;
 }
 
