@@ -40,12 +40,15 @@ uint64_t Fnv1a(absl::string_view bytes, uint64_t h) {
 }
 
 // A hash of the settings replicas must share (not the calibration report
-// or the creation time, which each replica keeps for itself).
+// or the creation time, which each replica keeps for itself), as they act:
+// a feature dimension of 0 is the store's dimension (a replica a repair
+// created from its peer's description holds the number).
 uint64_t SettingsDigest(const store::StoreSettings& settings) {
   engram::v1::Store p;
   store::SettingsToProto(settings, p);
   p.clear_create_time();
   p.clear_calibration_report();
+  p.mutable_feature_map()->set_feature_dim(store::FeatureDim(settings));
   return Fnv1a(p.SerializeAsString(), 0xcbf29ce484222325ULL);
 }
 

@@ -859,6 +859,48 @@ class ClusterTest(unittest.TestCase):
                     s.proc.send_signal(signal.SIGCONT)
             cluster.stop()
 
+    def test_4l_a_store_made_while_a_replica_was_down_is_repaired(self):
+        """A replica down while a store was created gets the store from its
+        repair, made from the peer's description; the description reports
+        the effective feature dimension where the settings kept 0 ("the
+        store's dimension"), and the two settings digests never agreed: the
+        replica stayed stale for good."""
+        cluster = Cluster(self.tmp.name, 1, 2, cluster="late")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                down = cluster.shards[0][0]
+                addr, data = down.addr, down.data_dir
+                down.kill()
+                deadline = time.time() + 10
+                while True:
+                    try:
+                        c.create_store("late", dim=4)
+                        break
+                    except grpc.RpcError:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(0.2)
+                c.add("late", np.eye(4, dtype=np.float32))
+                cluster.shards[0][0] = Engramd(
+                    BIN, self.tmp.name, "--role=shard", "--cluster=late",
+                    "--shard_group=0", "--shard_groups=1", "--listen=" + addr,
+                    data_dir=data)
+                deadline = time.time() + 20
+                while True:
+                    status = subprocess.run(
+                        [os.path.join(BIN, "engram"), "cluster", "status",
+                         "--addr=" + cluster.router.addr],
+                        capture_output=True, text=True, timeout=10)
+                    if status.returncode == 0:
+                        break
+                    if time.time() > deadline:
+                        self.fail("replica not repaired:\n" + status.stdout)
+                    time.sleep(0.2)
+                with Client(addr) as back:
+                    self.assertEqual(back.get_store("late").pattern_count, 4)
+        finally:
+            cluster.stop()
+
     def test_4d_a_router_that_starts_among_disagreeing_replicas_keeps_the_latest(self):
         # The first replica misses writes its peer acknowledged, and comes
         # back while no router runs: the next router must repair it from the
