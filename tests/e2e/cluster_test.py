@@ -42,11 +42,25 @@ def store_group(pattern_id, groups=2):
     return ((pattern_id >> 48) - 1) % groups
 
 
+def retry(call, seconds=10):
+    """`call()` until it raises no grpc.RpcError (a call while the router
+    has yet to see a replica go), for at most `seconds`."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return call()
+        except grpc.RpcError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 class Cluster:
     """Shards of `groups` x `replicas` and a router over them."""
 
     def __init__(self, tmp, groups, replicas, cluster="test"):
         self.tmp = tmp
+        self.cluster, self.groups = cluster, groups
         self.shards = []  # [group][replica] -> Engramd
         for g in range(groups):
             row = []
@@ -58,6 +72,27 @@ class Cluster:
         topology = ";".join(",".join(s.addr for s in row) for row in self.shards)
         self.router = Engramd(BIN, tmp, "--role=router", "--cluster=" + cluster,
                               "--shards=" + topology)
+
+    def restart(self, group, replica, addr, data_dir):
+        """Replica `replica` of `group` again, on its address and data."""
+        self.shards[group][replica] = Engramd(
+            BIN, self.tmp, "--role=shard", "--cluster=" + self.cluster,
+            "--shard_group=%d" % group, "--shard_groups=%d" % self.groups,
+            "--listen=" + addr, data_dir=data_dir)
+
+    def wait_serving(self, seconds=20):
+        """Until every replica serves (`engram cluster status` exits 0); its
+        report if they do not in time."""
+        deadline = time.time() + seconds
+        while True:
+            status = subprocess.run(
+                [os.path.join(BIN, "engram"), "cluster", "status", "--addr=" + self.router.addr],
+                capture_output=True, text=True, timeout=10)
+            if status.returncode == 0:
+                return None
+            if time.time() > deadline:
+                return status.stdout + self.router.log()[-2000:]
+            time.sleep(0.2)
 
     def stop(self):
         self.router.stop()
@@ -774,20 +809,9 @@ class ClusterTest(unittest.TestCase):
                 addr, data = down.addr, down.data_dir
                 down.kill()
                 new = np.array([[0, 0, 0.5, 0.5]], np.float32)
-                deadline = time.time() + 10
-                while True:
-                    try:
-                        c.delete("re", [7])
-                        break
-                    except grpc.RpcError:
-                        if time.time() > deadline:
-                            raise
-                        time.sleep(0.2)
+                retry(lambda: c.delete("re", [7]))
                 c.add("re", new, ids=[7], labels=["new"], metadata=[{"v": "2"}])
-                cluster.shards[0][0] = Engramd(
-                    BIN, self.tmp.name, "--role=shard", "--cluster=reuse",
-                    "--shard_group=0", "--shard_groups=1", "--listen=" + addr,
-                    data_dir=data)
+                cluster.restart(0, 0, addr, data)
                 deadline = time.time() + 20
                 while True:
                     with Client(addr) as back:
@@ -803,17 +827,9 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(dict(held[7].metadata), {"v": "2"})
                 np.testing.assert_array_equal(held[8].values, old[1])
                 # It serves alone what its peer acknowledged.
-                time.sleep(1.5)  # a probe or two: ready again
+                self.assertIsNone(cluster.wait_serving())
                 cluster.shards[0][1].kill()
-                deadline = time.time() + 10
-                while True:
-                    try:
-                        got = c.get_pattern("re", 7)
-                        break
-                    except grpc.RpcError:
-                        if time.time() > deadline:
-                            raise
-                        time.sleep(0.2)
+                got = retry(lambda: c.get_pattern("re", 7))
                 self.assertEqual(got.label, "new")
                 np.testing.assert_array_equal(got.values, new[0])
         finally:
@@ -835,23 +851,8 @@ class ClusterTest(unittest.TestCase):
                 time.sleep(3)  # past a probe's timeout (2 s): both unreachable
                 for s in cluster.shards[0]:
                     s.proc.send_signal(signal.SIGCONT)
-                deadline = time.time() + 20
-                while True:
-                    try:
-                        self.assertEqual(c.get_store("bl").pattern_count, 4)
-                        status = subprocess.run(
-                            [os.path.join(BIN, "engram"), "cluster", "status",
-                             "--addr=" + cluster.router.addr],
-                            capture_output=True, text=True, timeout=10).stdout
-                        if status.count(" ready ") == 2:
-                            break
-                    except grpc.RpcError:
-                        pass
-                    if time.time() > deadline:
-                        self.fail("group 0 not back: %s\n%s" % (
-                            status if "status" in locals() else "",
-                            cluster.router.log()[-2000:]))
-                    time.sleep(0.2)
+                self.assertIsNone(cluster.wait_serving())
+                self.assertEqual(c.get_store("bl").pattern_count, 4)
                 np.testing.assert_array_equal(c.get("bl", 3), np.eye(4, dtype=np.float32)[2])
         finally:
             for s in cluster.shards[0]:
@@ -871,31 +872,10 @@ class ClusterTest(unittest.TestCase):
                 down = cluster.shards[0][0]
                 addr, data = down.addr, down.data_dir
                 down.kill()
-                deadline = time.time() + 10
-                while True:
-                    try:
-                        c.create_store("late", dim=4)
-                        break
-                    except grpc.RpcError:
-                        if time.time() > deadline:
-                            raise
-                        time.sleep(0.2)
+                retry(lambda: c.create_store("late", dim=4))
                 c.add("late", np.eye(4, dtype=np.float32))
-                cluster.shards[0][0] = Engramd(
-                    BIN, self.tmp.name, "--role=shard", "--cluster=late",
-                    "--shard_group=0", "--shard_groups=1", "--listen=" + addr,
-                    data_dir=data)
-                deadline = time.time() + 20
-                while True:
-                    status = subprocess.run(
-                        [os.path.join(BIN, "engram"), "cluster", "status",
-                         "--addr=" + cluster.router.addr],
-                        capture_output=True, text=True, timeout=10)
-                    if status.returncode == 0:
-                        break
-                    if time.time() > deadline:
-                        self.fail("replica not repaired:\n" + status.stdout)
-                    time.sleep(0.2)
+                cluster.restart(0, 0, addr, data)
+                self.assertIsNone(cluster.wait_serving())
                 with Client(addr) as back:
                     self.assertEqual(back.get_store("late").pattern_count, 4)
         finally:

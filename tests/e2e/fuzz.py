@@ -4,9 +4,31 @@ and bytes mutated (flipped, cut, appended to, inserted into).
 
 Every function takes the caller's random.Random, so that a seed replays a
 run."""
+import argparse
+import os
 import struct
+import sys
+import time
 
 from google.protobuf import descriptor
+
+
+def arguments(seconds, seconds_help):
+    """The fuzz tests' command line: BIN_DIR [PYTHON_DIR] [--seconds=S]
+    [--seed=N]. Leaves the rest in sys.argv for unittest, and puts
+    PYTHON_DIR (the generated reflection client, BIN_DIR/../python by
+    default) on the path."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bin")
+    parser.add_argument("python_dir", nargs="?", default=None,
+                        help="where grpc_reflection_client was generated (build/python)")
+    parser.add_argument("--seconds", type=float, default=seconds, help=seconds_help)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    args, rest = parser.parse_known_args()
+    sys.argv[1:] = rest
+    sys.path.insert(0, args.python_dir or os.path.join(os.path.dirname(os.path.abspath(args.bin)),
+                                                      "python"))
+    return args
 
 
 def varint(n):

@@ -28,7 +28,6 @@ input changes nothing.
 Usage: grpc_fuzz_test.py BIN_DIR [PYTHON_DIR] [--seconds=S] [--seed=N]
 (PYTHON_DIR: the generated reflection client, BIN_DIR/../python by default)
 """
-import argparse
 import collections
 import os
 import random
@@ -45,18 +44,9 @@ from google.protobuf import message_factory  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
 import ssl  # noqa: E402
 from harness import Engramd, make_certs, reflected_services  # noqa: E402
-from fuzz import fill, mutate, random_message  # noqa: E402
+from fuzz import arguments, fill, mutate, random_message  # noqa: E402
 
-parser = argparse.ArgumentParser()
-parser.add_argument("bin")
-parser.add_argument("python_dir", nargs="?", default=None,
-                    help="where grpc_reflection_client was generated (build/python)")
-parser.add_argument("--seconds", type=float, default=8.0, help="of calls, per server")
-parser.add_argument("--seed", type=int, default=int(time.time()))
-ARGS, rest = parser.parse_known_args()
-sys.argv[1:] = rest
-sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspath(ARGS.bin)),
-                                                  "python"))
+ARGS = arguments(8.0, "of calls, per server")
 
 # What a call may end with. A request that does not parse is
 # INVALID_ARGUMENT naming its message type (Retrieve and AddPatterns parse

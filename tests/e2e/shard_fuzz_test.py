@@ -2,14 +2,18 @@
 """A router survives shards that answer anything, and recovers when they
 answer right again.
 
-Two real shards behind proxies that, while the damage is on, spoil a share
-of their answers to the router: bytes flipped, cut, appended to or inserted
-into; fields of the answer's own type set to values at and past their limits
-(counts, shapes, versions, NaN and infinite numbers, arrays of other
-lengths); an answer of no fields; an error status of any code and any text
-instead of the answer (after the shard did the work: a write that landed
-and whose answer was lost); or an answer late, past the call's deadline at
-times. Requests are never touched, so the shards' stores stay whole.
+Two shard groups of two replicas, each replica a real engramd behind a
+proxy that, while the damage is on, spoils a share of its answers to the
+router: bytes flipped, cut, appended to or inserted into; fields of the
+answer's own type set to values at and past their limits (counts, shapes,
+versions, NaN and infinite numbers, arrays of other lengths); an answer of
+no fields; an error status of any code and any text instead of the answer
+(after the shard did the work: a write that landed and whose answer was
+lost); or an answer late, past the call's deadline at times. Requests are
+never touched: what a shard holds is what the router asked of it. The
+answers a replica's readiness and repair rest on (Describe, ListStores,
+GetFeatureMap: what a shard says it holds) pass whole; without consensus a
+router takes its shards' word for those.
 Clients meanwhile call the router: reads and writes of patterns, stores
 made and deleted, retrievals on every path (exact, low-rank, auto,
 filtered) over a softmax dot store, a sparsemax store and a kernel_dot store
@@ -22,19 +26,21 @@ have the shape asked for (a result per query, d values per vector): what
 the router computes from damaged parts is refused, never answered. (What
 it relays, a pattern or a page of them, is the shard's word.)
 
-When the damage stops, the router must answer as one engramd holding the
-same patterns: the patterns it lists are the union of what the shards hold
-(read from them directly), and exact and low-rank retrievals over them
-agree with one engramd's within 1e-5.
+When the damage stops, the replicas of each group must come to hold the
+same stores and patterns (the router repairs the ones that differ), and the
+router must answer as one engramd holding the same patterns: the patterns
+it lists are the union of what the groups hold (read from them directly),
+and exact and low-rank retrievals over them agree with one engramd's within
+1e-5.
 
 Usage: shard_fuzz_test.py BIN_DIR [PYTHON_DIR] [--seconds=S] [--seed=N]
 (PYTHON_DIR: the generated reflection client, BIN_DIR/../python by default)
 """
-import argparse
 import faulthandler
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,29 +52,22 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from google.protobuf import message_factory  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
-from fuzz import STRINGS, fill, mutate  # noqa: E402
+from fuzz import STRINGS, arguments, fill, mutate  # noqa: E402
 from harness import Engramd, Proxy, reflected_services  # noqa: E402
 
-parser = argparse.ArgumentParser()
-parser.add_argument("bin")
-parser.add_argument("python_dir", nargs="?", default=None,
-                    help="where grpc_reflection_client was generated (build/python)")
-parser.add_argument("--seconds", type=float, default=20.0, help="of damaged answers")
-parser.add_argument("--seed", type=int, default=int(time.time()))
-ARGS, rest = parser.parse_known_args()
+ARGS = arguments(20.0, "of damaged answers")
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # Where a stuck run is.
 # A run that hangs fails with every thread's stack instead of waiting for
 # ctest's timeout.
 faulthandler.dump_traceback_later(ARGS.seconds + 300, exit=True)
-sys.argv[1:] = rest
-sys.path.insert(0, ARGS.python_dir or os.path.join(os.path.dirname(os.path.abspath(ARGS.bin)),
-                                                  "python"))
 
 DIM = 8
+GROUPS, REPLICAS = 2, 2
 DEADLINE = 4.0  # Of every client call.
 SLACK = 3.0  # What a call may take past its deadline, on a loaded machine.
 DAMAGED = 0.3  # The share of the shards' answers spoiled while the damage is on.
 SCALE = 0.15  # Of the vectors: norms of about 0.4, where the low-rank path holds.
+TAKEN_AT_ITS_WORD = ("/Describe", "/ListStores", "/GetFeatureMap")
 STORES = {
     "dot": dict(top_k=3),
     "sparse": dict(separation="sparsemax", top_k=3),
@@ -89,10 +88,12 @@ class Spoiler:
 
     def __call__(self, method, response, context):
         with self._lock:
-            # Describe is the router's poll of its shards: one spoiled takes
-            # the group out until the next (0.5 s), so it is spoiled less, and
-            # calls get past the readiness check to the paths behind it.
-            rate = DAMAGED / 10 if method.endswith("/Describe") else DAMAGED
+            # What a replica's readiness and repair rest on passes whole: a
+            # router takes a shard's word for what it holds (its holdings,
+            # its stores, its map's version), and a lie there is copied to
+            # the peers a repair makes agree with it (a store dropped, a map
+            # version no fit can follow). Everything else may be spoiled.
+            rate = 0 if method.endswith(TAKEN_AT_ITS_WORD) else DAMAGED
             if not self.on or self._rng.random() >= rate:
                 return response
             self.spoiled += 1
@@ -118,11 +119,14 @@ class Spoiler:
             message = kind_type.FromString(response)
         except Exception:  # noqa: BLE001 - bytes spoiled by a stream's earlier message
             return mutate(rng, response)
-        if kind == 4:
-            fill(rng, message, store=rng.choice(list(STORES)))
-        else:
-            cut(rng, message)
-        return message.SerializeToString()
+        try:
+            if kind == 4:
+                fill(rng, message, store=rng.choice(list(STORES)))
+            else:
+                cut(rng, message)
+            return message.SerializeToString()
+        except (ValueError, TypeError, OverflowError):  # A value the field cannot hold.
+            return mutate(rng, response)
 
 
 def cut(rng, message, depth=0):
@@ -147,7 +151,7 @@ def cut(rng, message, depth=0):
             setattr(message, field.name, rng.choice([float("nan"), float("inf"), -value, 0.0]))
         elif field.cpp_type in (field.CPPTYPE_UINT32, field.CPPTYPE_UINT64):
             limit = (1 << 32) - 1 if field.cpp_type == field.CPPTYPE_UINT32 else (1 << 64) - 1
-            setattr(message, field.name, rng.choice([0, value + 1, limit]))
+            setattr(message, field.name, rng.choice([0, min(value + 1, limit), limit]))
 
 
 class ShardFuzzTest(unittest.TestCase):
@@ -155,9 +159,11 @@ class ShardFuzzTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         b, tmp = ARGS.bin, cls.tmp.name
-        cls.shards = [Engramd(b, tmp, "--role=shard", "--cluster=sf", "--shard_group=%d" % g,
-                              "--shard_groups=2") for g in range(2)]
-        with grpc.insecure_channel(cls.shards[0].addr) as channel:
+        # shards[g][r]: replica r of group g.
+        cls.shards = [[Engramd(b, tmp, "--role=shard", "--cluster=sf", "--shard_group=%d" % g,
+                               "--shard_groups=%d" % GROUPS) for _ in range(REPLICAS)]
+                      for g in range(GROUPS)]
+        with grpc.insecure_channel(cls.shards[0][0].addr) as channel:
             services = reflected_services(channel, ["engram.v1.Engram",
                                                     "engram.cluster.v1.Shard"])
         factory = message_factory.MessageFactory(services[0].file.pool)
@@ -167,18 +173,21 @@ class ShardFuzzTest(unittest.TestCase):
                 types["/%s/%s" % (service.full_name, m.name)] = factory.GetPrototype(
                     m.output_type)
         print("seed", ARGS.seed, flush=True)
-        cls.spoilers = [Spoiler(ARGS.seed + g, types) for g in range(2)]
-        cls.proxies = [Proxy(s.addr, answer=spoil) for s, spoil in zip(cls.shards, cls.spoilers)]
-        cls.router = Engramd(b, tmp, "--role=router", "--cluster=sf",
-                             "--shards=" + ";".join(p.addr for p in cls.proxies))
+        cls.spoilers = [Spoiler(ARGS.seed + i, types) for i in range(GROUPS * REPLICAS)]
+        cls.proxies = [[Proxy(s.addr, answer=cls.spoilers[g * REPLICAS + r])
+                        for r, s in enumerate(row)] for g, row in enumerate(cls.shards)]
+        cls.router = Engramd(b, tmp, "--role=router", "--cluster=sf", "--shards=" + ";".join(
+            ",".join(p.addr for p in row) for row in cls.proxies))
 
     @classmethod
     def tearDownClass(cls):
         cls.router.stop()
-        for p in cls.proxies:
-            p.stop()
-        for s in cls.shards:
-            s.stop()
+        for row in cls.proxies:
+            for p in row:
+                p.stop()
+        for row in cls.shards:
+            for s in row:
+                s.stop()
         cls.tmp.cleanup()
 
     def damage(self, on):
@@ -233,30 +242,53 @@ class ShardFuzzTest(unittest.TestCase):
         self.assertEqual(errors, [], "seed %d" % ARGS.seed)
         self.check_recovered()
 
+    def replicas_agree(self):
+        """Whether the replicas of every group hold the same stores and
+        patterns (values, labels, metadata), read from them directly."""
+        for row in self.shards:
+            seen = []
+            for shard in row:
+                with Client(shard.addr, timeout=10) as direct:
+                    seen.append({st.name: sorted((p.id, p.values.tobytes(), p.label,
+                                                  sorted(p.metadata.items()))
+                                                 for p in direct.list_patterns(st.name))
+                                 for st in direct.list_stores()})
+            if any(held != seen[0] for held in seen[1:]):
+                return False
+        return True
+
+    def wait_settled(self):
+        """Until every replica serves (`engram cluster status` exits 0) and
+        the replicas of each group hold the same."""
+        deadline = time.monotonic() + 60
+        while True:
+            status = subprocess.run([os.path.join(ARGS.bin, "engram"), "cluster", "status",
+                                     "--addr=" + self.router.addr],
+                                    capture_output=True, text=True, timeout=30)
+            if status.returncode == 0 and self.replicas_agree():
+                return
+            self.assertLess(time.monotonic(), deadline,
+                            "the router did not recover:\n%s\nits log:\n%s" % (
+                                status.stdout, self.router.log()[-3000:]))
+            time.sleep(0.2)
+
     def check_recovered(self):
         """With the damage off, the router reads as one engramd that holds
         what the shards hold."""
         with Client(self.router.addr, timeout=10) as c:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    for name in STORES:
-                        c.get_store(name)
-                    break
-                except grpc.RpcError:
-                    self.assertLess(time.monotonic(), deadline, "the router did not recover")
-                    time.sleep(0.2)
+            self.wait_settled()
             # New patterns in both groups: every part of the sums changes.
             for name in STORES:
                 c.add(name, (SCALE * np.random.default_rng(1).normal(size=(8, DIM))).astype(
                     np.float32))
+            self.wait_settled()
             queries = (SCALE * np.random.default_rng(2).normal(size=(5, DIM))).astype(np.float32)
             with Engramd(ARGS.bin, self.tmp.name) as single, Client(single.addr) as one:
                 for name in ("dot", "sparse"):
                     listed = {p.id: p.values for p in c.list_patterns(name)}
                     held = {}
-                    for shard in self.shards:
-                        with Client(shard.addr) as direct:
+                    for row in self.shards:
+                        with Client(row[0].addr) as direct:
                             held.update({p.id: p.values for p in direct.list_patterns(name)})
                     self.assertEqual(sorted(listed), sorted(held), name)
                     for i in held:
