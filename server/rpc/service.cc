@@ -366,15 +366,20 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
   std::string why;
   const bool handed = handlers_->Run(
       [this, call, retrieval = *std::move(retrieval), context, omit_vectors,
-       raw_response, reactor, request_bytes] {
-        if (absl::Status s = call->TakeRetrievalMemory(request_bytes);
-            !s.ok()) {
-          reactor->Finish(call->Done(s));
-          return;
+       raw_response, reactor, request_bytes]() mutable {
+        absl::Status answered = call->TakeRetrievalMemory(request_bytes);
+        if (answered.ok()) {
+          answered = Answer(*retrieval, context, options_.retrieval_threads,
+                            omit_vectors, raw_response);
         }
-        reactor->Finish(
-            call->Done(Answer(*retrieval, context, options_.retrieval_threads,
-                              omit_vectors, raw_response)));
+        const grpc::Status status = call->Done(answered);
+        // The call ends before its answer goes: once the reactor finishes,
+        // the server may shut down and free the policy the call's end
+        // reports to (regression: freed under a handler thread that was
+        // still letting go of its task, ASan, ServiceTest).
+        call.reset();
+        retrieval.reset();
+        reactor->Finish(status);
       },
       holds, &why);
   if (!handed) {
