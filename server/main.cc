@@ -163,7 +163,8 @@ ABSL_FLAG(uint32_t, shard_group, 0, "shard: its group, 0 .. shard_groups-1.");
 ABSL_FLAG(uint32_t, shard_groups, 1, "shard: the number of groups.");
 ABSL_FLAG(std::string, shards, "",
           "router: the shards, groups separated by ';', replicas by ',' "
-          "(host:port,host:port;host:port,host:port).");
+          "(host:port,host:port;host:port,host:port); a shard on this "
+          "machine may be unix:PATH, its socket.");
 ABSL_FLAG(std::string, topology_file, "",
           "router: a file with one group per line (replicas separated by "
           "',' or spaces; '#' comments), instead of --shards.");

@@ -40,14 +40,31 @@ TEST(TopologyTest, TakesBracketedIpv6AndEmptyGroups) {
   EXPECT_EQ(t->replicas(), 1u);
 }
 
+TEST(TopologyTest, TakesUnixSocketsBesideHostsAndPorts) {
+  absl::StatusOr<Topology> t = ParseTopology(
+      "unix:/run/engram/s0.sock,unix:///run/engram/s1.sock;"
+      "unix:relative.sock,h:1;unix:" +
+          std::string(107, 'p') + ",unix:80",
+      "--shards");
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->groups.size(), 3u);
+  EXPECT_THAT(t->groups[0], ElementsAre("unix:/run/engram/s0.sock",
+                                        "unix:///run/engram/s1.sock"));
+  EXPECT_THAT(t->groups[1], ElementsAre("unix:relative.sock", "h:1"));
+  // "unix:80" is the socket 80 of the working directory, as gRPC dials it,
+  // not port 80 of a host named unix.
+  EXPECT_EQ(t->groups[2][1], "unix:80");
+}
+
 // Each refused text, and what its message must name.
 TEST(TopologyTest, RefusesWhatIsNoTopologyNamingSourceAndAddress) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"", "no shards"},
       {"# only a comment\n ; ,", "no shards"},
-      {"host", "'host' is not an address host:port (group 0)"},
+      {"host", "'host' is not an address host:port or unix:PATH (group 0)"},
       {":50051", "':50051' is not an address"},
-      {"a:1;host:", "'host:' is not an address host:port (group 1)"},
+      {"a:1;host:",
+       "'host:' is not an address host:port or unix:PATH (group 1)"},
       {"host:0", "'host:0'"},
       {"host:65536", "'host:65536'"},
       {"host:123456", "'host:123456'"},
@@ -55,7 +72,15 @@ TEST(TopologyTest, RefusesWhatIsNoTopologyNamingSourceAndAddress) {
       {"host:-1", "'host:-1'"},
       {"host:1x", "'host:1x'"},
       {"host:0x10", "'host:0x10'"},
-      {"unix:/run/engram.sock", "'unix:/run/engram.sock'"},
+      {"unix:", "'unix:' is not a Unix socket unix:PATH or unix:///ABSOLUTE"},
+      {"unix://", "'unix://' is not a Unix socket"},
+      {"unix://host/s.sock", "'unix://host/s.sock' is not a Unix socket"},
+      {"unix-abstract:engram", "'unix-abstract:engram' is not an address"},
+      {"unix:/" + std::string(107, 's'),
+       "names a socket path of 108 bytes; a Unix socket's path holds at most "
+       "107"},
+      {"unix:/run/a.sock;unix:///run/a.sock",
+       "shard unix:///run/a.sock is named twice (group 0 and group 1)"},
       {"a:1;a:1", "shard a:1 is named twice (group 0 and group 1)"},
       {"a:1,a:1", "shard a:1 is named twice (group 0 and group 0)"},
       {"a:1,b:1;c:1", "group 1 (c:1, ...) has 1 replicas; group 0 has 2"},
@@ -95,7 +120,7 @@ TEST(TopologyTest, HoldsAtMostTheGroupsPlacementKnows) {
 TEST(TopologyTest, SurvivesArbitraryBytes) {
   // No crash and a status either way; a taken text's addresses hold a port.
   uint64_t state = 88172645463325252ull;
-  const std::string alphabet = "ab:1;,\n #\t\r09[]\xff";
+  const std::string alphabet = "abunix:/1;,\n #\t\r09[]\xff";
   for (int round = 0; round < 5000; ++round) {
     std::string text;
     const int length = round % 64;

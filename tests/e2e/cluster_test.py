@@ -58,20 +58,23 @@ def retry(call, seconds=10):
 class Cluster:
     """Shards of `groups` x `replicas` and a router over them."""
 
-    def __init__(self, tmp, groups, replicas, cluster="test"):
+    def __init__(self, tmp, groups, replicas, cluster="test", listen=None, router_flags=()):
+        """`listen(g, r)`, if given, is replica r of group g's --listen (a
+        free loopback port otherwise); the router dials what it names."""
         self.tmp = tmp
         self.cluster, self.groups = cluster, groups
         self.shards = []  # [group][replica] -> Engramd
         for g in range(groups):
             row = []
-            for _ in range(replicas):
+            for r in range(replicas):
+                where = listen(g, r) if listen else "127.0.0.1:%d" % free_port()
                 row.append(Engramd(BIN, tmp, "--role=shard", "--cluster=" + cluster,
                                    "--shard_group=%d" % g, "--shard_groups=%d" % groups,
-                                   "--listen=127.0.0.1:%d" % free_port()))
+                                   "--listen=" + where))
             self.shards.append(row)
         topology = ";".join(",".join(s.addr for s in row) for row in self.shards)
         self.router = Engramd(BIN, tmp, "--role=router", "--cluster=" + cluster,
-                              "--shards=" + topology)
+                              "--shards=" + topology, *router_flags)
 
     def restart(self, group, replica, addr, data_dir):
         """Replica `replica` of `group` again, on its address and data."""
@@ -1246,6 +1249,49 @@ class ClusterTest(unittest.TestCase):
             router.stop()
             for s in shards:
                 s.stop()
+
+    def test_4m_shards_and_a_router_on_unix_sockets(self):
+        """Shards on this machine dialled on their Unix sockets, both
+        spellings and beside a TCP replica, behind a router on a socket too:
+        answers as one engramd; a replica killed and started again on its
+        socket is repaired and serves."""
+        d = tempfile.mkdtemp(dir=self.tmp.name)
+        sockets = {(0, 0): "unix:" + os.path.join(d, "g0a.sock"),
+                   (1, 0): "unix://" + os.path.join(d, "g1a.sock"),
+                   (1, 1): "unix:" + os.path.join(d, "g1b.sock")}
+        cluster = Cluster(self.tmp.name, 2, 2, cluster="sockets",
+                          listen=lambda g, r: sockets.get((g, r), "127.0.0.1:%d" % free_port()),
+                          router_flags=["--listen=unix:" + os.path.join(d, "router.sock")])
+        try:
+            self.assertTrue(cluster.router.addr.startswith("unix:"))
+            self.assertIsNone(cluster.wait_serving())
+            with Client(cluster.router.addr, retries=0) as c, Client(self.single.addr) as one:
+                for client in (c, one):
+                    client.create_store("sock", dim=12, top_k=5)
+                    client.add("sock", self.patterns, ids=self.ids.tolist(), batch=128)
+                want = one.retrieve("sock", self.queries, steps=3)
+                got = c.retrieve("sock", self.queries, steps=3)
+                np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+                np.testing.assert_array_equal(got.ids, want.ids)
+                one.delete_store("sock")
+
+                # A socket replica away: reads and writes go on through its
+                # peer; back on its socket, it is repaired from that peer.
+                away = cluster.shards[1][1]
+                data = away.data_dir
+                away.kill()
+                more = retry(lambda: c.add("sock", self.queries))
+                self.assertEqual(retry(lambda: c.get_store("sock")).pattern_count, 304)
+                cluster.restart(1, 1, sockets[(1, 1)], data)
+                self.assertIsNone(cluster.wait_serving())
+                with Client(sockets[(1, 1)]) as back, Client(sockets[(1, 0)]) as peer:
+                    mine = sorted(p.id for p in back.list_patterns("sock", values=False))
+                    self.assertEqual(mine, sorted(
+                        p.id for p in peer.list_patterns("sock", values=False)))
+                self.assertTrue(set(int(i) for i in more if store_group(int(i)) == 1) <=
+                                set(mine))
+        finally:
+            cluster.stop()
 
     def test_5_wrong_topologies_are_refused_at_start(self):
         shard = self.three.shards[0][0].addr

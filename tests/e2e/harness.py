@@ -27,7 +27,9 @@ def _kill_leftovers():
 
 
 class Engramd:
-    """An engramd on a free loopback port, ready when the constructor returns.
+    """An engramd on a free loopback port (or the Unix socket a
+    `--listen=unix:PATH` among `flags` names), ready when the constructor
+    returns.
 
     `flags` are extra engramd flags; `data_dir` defaults to a fresh directory
     under `tmp`. The log is kept in `log_path`; `startup` holds what the server
@@ -37,6 +39,7 @@ class Engramd:
 
     def __init__(self, bin_dir, tmp, *flags, data_dir=None, metrics_listen="", wrapper=()):
         self.data_dir = data_dir or tempfile.mkdtemp(dir=tmp)
+        unix = [f[len("--listen="):] for f in flags if f.startswith("--listen=unix:")]
         self.log_path = os.path.join(tmp, f"engramd-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
@@ -49,8 +52,8 @@ class Engramd:
             self._log.seek(0)
             text = self._log.read()
             m = re.search(r"\(port (\d+)[,)]", text)
-            if m and "; ready" in text:
-                self.addr = "127.0.0.1:" + m.group(1)
+            if (m or unix) and "; ready" in text:
+                self.addr = unix[-1] if unix else "127.0.0.1:" + m.group(1)
                 self.startup = text
                 metrics = re.search(r"metrics on [^;]*:(\d+);", text)
                 self.metrics_port = int(metrics.group(1)) if metrics else None

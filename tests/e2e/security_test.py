@@ -85,11 +85,18 @@ class SecurityTest(unittest.TestCase):
 
     def test_router_reaches_its_shards_over_mutual_tls(self):
         """--shard_tls_*: a router's own channels to shards that require
-        mutual TLS; without its certificate the shard stays unreachable."""
+        mutual TLS, over TCP and to a shard on a Unix socket (checked as
+        localhost, the name gRPC gives a socket); without its certificate
+        the shard stays unreachable."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        shard = Server(self.tmp.name, "--role=shard", "--cluster=tls", "--listen=127.0.0.1:%d" % port,
+        for listen in ("127.0.0.1:%d" % port, "unix:" + os.path.join(self.tmp.name, "tls.sock")):
+            with self.subTest(listen=listen):
+                self.mutual_tls_to(listen)
+
+    def mutual_tls_to(self, listen):
+        shard = Server(self.tmp.name, "--role=shard", "--cluster=tls", "--listen=" + listen,
                        "--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key"),
                        "--tls_client_ca=" + self.p("ca.pem"))
         router = None
