@@ -1,7 +1,7 @@
 // The one way engram opens a gRPC channel to an engramd, for the client
 // library and for a router's connections to its shards alike: message-size
 // limits, an 8 MiB stream window from the start (large answers, as the
-// server sets), and plaintext or (mutual) TLS.
+// server sets), plaintext or (mutual) TLS, and keepalive when asked.
 //
 //   ChannelOptions options;
 //   options.address = "127.0.0.1:50051";
@@ -18,6 +18,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 
@@ -40,6 +41,18 @@ struct ChannelOptions {
   std::shared_ptr<grpc::experimental::CertificateProviderInterface>
       tls_provider;
   bool tls_provider_identity = false;
+  // Keepalive: a ping every `keepalive` (zero: none, gRPC's default), and
+  // the connection closed, its calls failing UNAVAILABLE, when one goes
+  // unanswered for `keepalive_timeout` (also the longest sent data may stay
+  // unacknowledged). How a silent peer — a partition, a host gone without
+  // a reset — is found in seconds instead of when TCP gives up, minutes
+  // later. The server must take pings this often (engramd takes one every
+  // 500 ms).
+  absl::Duration keepalive = absl::ZeroDuration();
+  absl::Duration keepalive_timeout = absl::Seconds(20);
+  // The longest wait between attempts to connect again (zero: gRPC's two
+  // minutes), so that a peer back from a long absence is reached soon.
+  absl::Duration max_reconnect_backoff = absl::ZeroDuration();
 };
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(

@@ -49,6 +49,10 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
   std::unique_ptr<ShardPool> pool(new ShardPool(options));
   client::ChannelOptions channel_options;
   channel_options.max_message_bytes = options.max_message_bytes;
+  channel_options.keepalive = options.keepalive;
+  channel_options.keepalive_timeout = options.probe_timeout;
+  // Back from a partition: connected again within a probe or so.
+  channel_options.max_reconnect_backoff = options.probe_timeout;
   if (!options.tls_ca_file.empty() || !options.tls_cert_file.empty()) {
     if (options.tls_ca_file.empty()) {
       return absl::InvalidArgumentError(
@@ -451,17 +455,19 @@ void ShardPool::RepairStale() {
         }
       }
       if (source == nullptr) continue;  // Nobody to repair from yet.
-      const absl::Status repaired = Repair(*source, *target);
+      absl::StatusOr<v1::ShardDescription> repaired = Repair(*source, *target);
       absl::MutexLock lock(&mu_);
       ReplicaStatus& t = status_[target->group][target->index];
       if (repaired.ok()) {
         t.stale = false;
         t.mismatches = 0;
         t.detail = absl::StrCat("repaired from ", source->address);
+        // What it holds now, not what the probe before the repair saw.
+        t.description = *std::move(repaired);
         ++repairs_;
       } else {
         t.detail = absl::StrCat("stale; repair from ", source->address,
-                                " failed: ", repaired.message());
+                                " failed: ", repaired.status().message());
       }
       SetReady(t);
       Log(repaired.ok() ? LogLevel::kInfo : LogLevel::kWarning,
@@ -650,7 +656,8 @@ absl::Status CopyStore(const ShardPool& pool, const Replica& source,
 
 }  // namespace
 
-absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
+absl::StatusOr<v1::ShardDescription> ShardPool::Repair(const Replica& source,
+                                                       const Replica& target) {
   namespace api = engram::v1;
   // A few rounds: writes that land on the source meanwhile are copied by
   // the next; the repair ends when both describe the same holdings.
@@ -696,7 +703,7 @@ absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
     if (source.shard->Describe(&ca, describe, &a).ok() &&
         target.shard->Describe(&cb, describe, &b).ok() &&
         FirstDifference(Holdings(a), Holdings(b)).empty()) {
-      return absl::OkStatus();
+      return b;
     }
   }
   return absl::AbortedError(

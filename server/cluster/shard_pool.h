@@ -51,6 +51,11 @@ struct ShardPoolOptions {
   std::shared_ptr<rpc::CredentialState> credential_state;
   absl::Duration probe_interval = absl::Milliseconds(500);
   absl::Duration probe_timeout = absl::Seconds(2);
+  // A ping to every shard this often, answered within probe_timeout or the
+  // connection is closed: a replica gone silent (a partition) fails the
+  // calls waiting on it UNAVAILABLE in seconds — a read then asks a peer, a
+  // write leaves it stale — instead of holding them to their deadline.
+  absl::Duration keepalive = absl::Seconds(1);
   int max_message_bytes = 256 << 20;
   metrics::Metrics* metrics = nullptr;  // Borrowed; may be null.
 };
@@ -143,9 +148,10 @@ class ShardPool {
   void ProbeLoop();
   // Compares each group's replicas and marks the ones that differ.
   void CheckAgreement() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Copies what `source` holds to `target` (stores, settings, patterns);
-  // OK once their digests agree.
-  absl::Status Repair(const Replica& source, const Replica& target);
+  // Copies what `source` holds to `target` (stores, settings, patterns)
+  // until their digests agree; then the target's description.
+  absl::StatusOr<v1::ShardDescription> Repair(const Replica& source,
+                                              const Replica& target);
   void RepairStale();
   void SetReady(ReplicaStatus& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Unavailable(uint32_t group) const

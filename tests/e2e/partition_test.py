@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""A network partition between a router and its shards, for real.
+
+The test makes network namespaces of its own (it needs root, `ip` and
+`nft`): one for the router and one for each replica of a shard group of two,
+joined by veth pairs with addresses that exist nowhere else (10.231.K.1 on
+the router's side, 10.231.K.2 on the replica's). The client reaches the
+router on a Unix socket. A partition is an nftables table in a replica's
+namespace that drops every packet on its link, both ways: no reset and no
+answer, the connection simply goes silent — what a failed switch or a lost
+route does, and what a killed process (whose kernel answers with a reset)
+does not.
+
+Checked:
+  - one replica cut off while three clients read and write through the
+    router: every call answers OK, none waits out its deadline (the router
+    finds the silent connection by its keepalive, in seconds), and
+    `engram cluster status` names the replica unreachable;
+  - healed: the replica is repaired from its peer (every write it missed)
+    and serves, both holding the same patterns;
+  - both replicas cut off: calls are refused UNAVAILABLE naming the group
+    within seconds, none waits out its deadline; healed, the group serves
+    again with everything that was acknowledged.
+
+Usage (root; with the Python of build/venv): partition_test.py BIN_DIR
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+BIN = sys.argv.pop(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from engram_client import Client  # noqa: E402
+from harness import Engramd  # noqa: E402
+
+DIM = 16
+# Every call's deadline: long beside what a partition may cost a call (the
+# router's keepalive finds a silent connection in about 3 s), short beside a
+# TCP connection's own give-up (minutes).
+DEADLINE_S = 30.0
+# What one call may take while a partition is found: keepalive (1 s between
+# pings, 2 s for the answer), a second for the failover or the probe, and
+# the noise of a shared 2-core machine.
+SLOWEST_S = 10.0
+
+
+def sh(*args):
+    return subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+def can_partition():
+    return (os.geteuid() == 0 and shutil.which("ip") is not None and
+            shutil.which("nft") is not None)
+
+
+class Net:
+    """The test's namespaces: a router's and each replica's, joined by one
+    veth pair each. Deleted (their links with them) by close()."""
+
+    def __init__(self, replicas):
+        tag = "engram-part-%d" % os.getpid()
+        self.router = tag + "-r"
+        self.replicas = ["%s-%d" % (tag, k) for k in range(replicas)]
+        self.made = []
+        try:
+            self._make()
+        except BaseException:
+            self.close()
+            raise
+
+    def _make(self):
+        for ns in [self.router] + self.replicas:
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for k, ns in enumerate(self.replicas, start=1):
+            sh("ip", "-n", self.router, "link", "add", "to%d" % k, "type", "veth",
+               "peer", "name", "uplink", "netns", ns)
+            sh("ip", "-n", self.router, "addr", "add", "10.231.%d.1/30" % k, "dev", "to%d" % k)
+            sh("ip", "-n", ns, "addr", "add", "10.231.%d.2/30" % k, "dev", "uplink")
+            sh("ip", "-n", self.router, "link", "set", "to%d" % k, "up")
+            sh("ip", "-n", ns, "link", "set", "uplink", "up")
+
+    def address(self, k):
+        """Replica k's address (from the router's namespace)."""
+        return "10.231.%d.2:50051" % (k + 1)
+
+    def cut(self, k):
+        """Every packet of replica k's link dropped, both ways."""
+        rules = ("table inet partition {\n"
+                 " chain in { type filter hook input priority 0; iifname \"uplink\" drop; }\n"
+                 " chain out { type filter hook output priority 0; oifname \"uplink\" drop; }\n"
+                 "}\n")
+        subprocess.run(["ip", "netns", "exec", self.replicas[k], "nft", "-f", "-"],
+                       input=rules, check=True, capture_output=True, text=True)
+
+    def heal(self, k):
+        sh("ip", "netns", "exec", self.replicas[k], "nft", "delete", "table", "inet",
+           "partition")
+
+    def close(self):
+        for ns in self.made:
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+@unittest.skipUnless(can_partition(), "needs root, ip (iproute2) and nft (nftables)")
+class PartitionTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.net = Net(2)
+        self.processes = []
+        try:
+            for k, ns in enumerate(self.net.replicas):
+                self.processes.append(Engramd(
+                    BIN, self.tmp.name, "--role=shard", "--cluster=part", "--shard_group=0",
+                    "--shard_groups=1", "--listen=" + self.net.address(k),
+                    wrapper=("ip", "netns", "exec", ns)))
+            self.router = Engramd(
+                BIN, self.tmp.name, "--role=router", "--cluster=part",
+                "--listen=unix:" + os.path.join(self.tmp.name, "router.sock"),
+                "--shards=" + ",".join(self.net.address(k) for k in range(2)),
+                wrapper=("ip", "netns", "exec", self.net.router))
+            self.processes.append(self.router)
+        except BaseException:
+            self.tearDown()
+            raise
+
+    def tearDown(self):
+        for p in self.processes:
+            if p.proc.poll() is None:
+                p.stop()
+        self.net.close()
+        self.tmp.cleanup()
+
+    def client(self):
+        return Client(self.router.addr, retries=0, timeout=DEADLINE_S)
+
+    def status(self):
+        """`engram cluster status --json` through the router, and its exit."""
+        out = subprocess.run([os.path.join(BIN, "engram"), "cluster", "status", "--json",
+                              "--addr=" + self.router.addr],
+                             capture_output=True, text=True, timeout=60)
+        return out.returncode, json.loads(out.stdout) if out.stdout.strip() else {}
+
+    def wait_serving(self, seconds=60):
+        deadline = time.time() + seconds
+        while True:
+            code, state = self.status()
+            if code == 0:
+                return state
+            if time.time() > deadline:
+                self.fail("not every replica serves after %d s: %s\n%s" % (
+                    seconds, state, self.router.log()[-3000:]))
+            time.sleep(0.3)
+
+    def same_holdings(self, seconds=10):
+        """Once every replica serves: their stores, once both hold the same
+        (a status shows what each held at the router's last probe, which
+        may be from before a repair that just ended)."""
+        deadline = time.time() + seconds
+        while True:
+            state = self.wait_serving()
+            held = [{s["name"]: (s.get("digest"), int(s.get("pattern_count", 0)))
+                     for s in r.get("stores", [])} for r in state["shards"]]
+            if held[0] == held[1]:
+                return held[0]
+            if time.time() > deadline:
+                self.fail("replicas serve but hold different patterns: %s" % state)
+            time.sleep(0.3)
+
+    def load(self, seconds, stop_after=None):
+        """Three clients reading and writing through the router for
+        `seconds` (or until `stop_after` is set): each call's (kind, took,
+        code, message); the ids acknowledged as added."""
+        calls, added, lock = [], [], threading.Lock()
+        end = time.time() + seconds
+        rng = np.random.default_rng(7)
+
+        def work(w):
+            with self.client() as c:
+                i = 0
+                while time.time() < end and not (stop_after and stop_after.is_set()):
+                    i += 1
+                    kind = ("add", "retrieve", "get")[(i + w) % 3]
+                    start = time.time()
+                    try:
+                        if kind == "add":
+                            ids = c.add("p", rng.normal(size=(4, DIM)).astype(np.float32))
+                            with lock:
+                                added.extend(int(x) for x in ids)
+                        elif kind == "retrieve":
+                            c.retrieve("p", rng.normal(size=(2, DIM)).astype(np.float32))
+                        else:
+                            c.get_store("p")
+                        code, message = "OK", ""
+                    except grpc.RpcError as e:
+                        code, message = e.code().name, e.details()
+                    with lock:
+                        calls.append((kind, time.time() - start, code, message))
+                    time.sleep(0.05)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return calls, added
+
+    def test_one_replica_cut_off_then_healed(self):
+        with self.client() as c:
+            c.create_store("p", dim=DIM)
+            c.add("p", np.random.default_rng(1).normal(size=(50, DIM)).astype(np.float32))
+        self.wait_serving()
+
+        self.net.cut(0)
+        calls, added = self.load(12)
+        slowest = max(took for _, took, _, _ in calls)
+        failed = [c for c in calls if c[2] != "OK"]
+        print("one replica cut off: %d calls, %d failed, slowest %.2f s" % (
+            len(calls), len(failed), slowest))
+        self.assertEqual(failed, [])
+        self.assertLess(slowest, SLOWEST_S, sorted(calls, key=lambda c: -c[1])[:5])
+        self.assertGreater(len(added), 0)
+        code, state = self.status()
+        self.assertNotEqual(code, 0)
+        self.assertIn("unreachable", state["shards"][0]["detail"], state)
+        self.assertTrue(state["shards"][1]["ready"], state)
+
+        self.net.heal(0)
+        start = time.time()
+        held = self.same_holdings()
+        print("healed: serving again after %.1f s" % (time.time() - start))
+        self.assertEqual(held["p"][1], 50 + len(added))
+        with self.client() as c:
+            self.assertEqual(c.get_store("p").pattern_count, 50 + len(added))
+
+    def test_whole_group_cut_off_then_healed(self):
+        with self.client() as c:
+            c.create_store("p", dim=DIM)
+            first = c.add("p", np.random.default_rng(2).normal(size=(20, DIM)).astype(np.float32))
+        self.wait_serving()
+
+        self.net.cut(0)
+        self.net.cut(1)
+        calls, added = self.load(10)
+        slowest = max(took for _, took, _, _ in calls)
+        codes = sorted(set(code for _, _, code, _ in calls))
+        print("group cut off: %d calls (%s), slowest %.2f s" % (len(calls), codes, slowest))
+        self.assertLess(slowest, SLOWEST_S, sorted(calls, key=lambda c: -c[1])[:5])
+        self.assertTrue(set(codes) <= {"OK", "UNAVAILABLE"}, codes)
+        late = [c for c in calls if c[2] == "UNAVAILABLE"]
+        self.assertGreater(len(late), 0)
+        for _, _, _, message in late:
+            self.assertIn("group 0", message)
+
+        self.net.heal(0)
+        self.net.heal(1)
+        start = time.time()
+        self.same_holdings()
+        print("healed: serving again after %.1f s" % (time.time() - start))
+        with self.client() as c:
+            held = sorted(p.id for p in c.list_patterns("p", values=False))
+        # Every acknowledged add is there (an add that was refused may have
+        # reached a replica before the silence: it may be there too).
+        self.assertTrue(set(int(i) for i in first) | set(added) <= set(held))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
