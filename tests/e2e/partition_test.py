@@ -12,12 +12,13 @@ route does, and what a killed process (whose kernel answers with a reset)
 does not.
 
 Checked:
-  - one replica cut off while three clients read and write through the
-    router: every call answers OK, none waits out its deadline (the router
+  - one replica cut off while three clients read, add and import through
+    the router and a U-Hop fit runs: every call answers OK and the fit
+    succeeds, none waits out its deadline (the router
     finds the silent connection by its keepalive, in seconds), and
     `engram cluster status` names the replica unreachable;
-  - healed: the replica is repaired from its peer (every write it missed)
-    and serves, both holding the same patterns;
+  - healed: the replica is repaired from its peer (every write it missed,
+    the fitted map) and serves, both holding the same patterns;
   - both replicas cut off: calls are refused UNAVAILABLE naming the group
     within seconds, none waits out its deadline; healed, the group serves
     again with everything that was acknowledged;
@@ -41,7 +42,7 @@ BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
 from harness import Engramd  # noqa: E402
 
 DIM = 16
@@ -173,7 +174,8 @@ class PartitionTest(unittest.TestCase):
         deadline = time.time() + seconds
         while True:
             state = self.wait_serving()
-            held = [{s["name"]: (s.get("digest"), int(s.get("pattern_count", 0)))
+            held = [{s["name"]: (s.get("digest"), int(s.get("pattern_count", 0)),
+                                 int(s.get("map_version", 0)))
                      for s in r.get("stores", [])} for r in state["shards"]]
             if held[0] == held[1]:
                 return held[0]
@@ -181,26 +183,33 @@ class PartitionTest(unittest.TestCase):
                 self.fail("replicas serve but hold different patterns: %s" % state)
             time.sleep(0.3)
 
-    def load(self, seconds, stop_after=None):
+    def load(self, seconds):
         """Three clients reading and writing through the router for
-        `seconds` (or until `stop_after` is set): each call's (kind, took,
-        code, message); the ids acknowledged as added."""
-        calls, added, lock = [], [], threading.Lock()
+        `seconds`: each call's (kind, took,
+        code, message); the ids acknowledged as added one call at a time,
+        and how many patterns imports acknowledged (their ids interleave
+        with other clients' adds)."""
+        calls, added, imported, lock = [], [], [0], threading.Lock()
         end = time.time() + seconds
         rng = np.random.default_rng(7)
 
         def work(w):
             with self.client() as c:
                 i = 0
-                while time.time() < end and not (stop_after and stop_after.is_set()):
+                while time.time() < end:
                     i += 1
-                    kind = ("add", "retrieve", "get")[(i + w) % 3]
+                    kind = ("add", "retrieve", "get", "import")[(i + w) % 4]
                     start = time.time()
                     try:
                         if kind == "add":
                             ids = c.add("p", rng.normal(size=(4, DIM)).astype(np.float32))
                             with lock:
                                 added.extend(int(x) for x in ids)
+                        elif kind == "import":
+                            r = c.import_patterns(
+                                "p", rng.normal(size=(12, DIM)).astype(np.float32), batch=4)
+                            with lock:
+                                imported[0] += r.patterns_added
                         elif kind == "retrieve":
                             c.retrieve("p", rng.normal(size=(2, DIM)).astype(np.float32))
                         else:
@@ -217,21 +226,35 @@ class PartitionTest(unittest.TestCase):
             t.start()
         for t in threads:
             t.join()
-        return calls, added
+        return calls, added, imported[0]
+
+    def timed_fit(self):
+        """A U-Hop fit of "p" through the router, followed to its end: its
+        final status and the seconds it took."""
+        start = time.time()
+        with self.client() as c:
+            return c.fit("p"), time.time() - start
 
     def test_one_replica_cut_off_then_healed(self):
         with self.client() as c:
-            c.create_store("p", dim=DIM)
+            c.create_store("p", dim=DIM, feature_map="uhop", fit_epochs=20)
             c.add("p", np.random.default_rng(1).normal(size=(50, DIM)).astype(np.float32))
         self.wait_serving()
 
         self.net.cut(0)
-        calls, added = self.load(12)
+        fitted = []
+        fit = threading.Thread(target=lambda: fitted.append(self.timed_fit()))
+        fit.start()
+        calls, added, imported = self.load(12)
+        fit.join()
         slowest = max(took for _, took, _, _ in calls)
         failed = [c for c in calls if c[2] != "OK"]
-        print("one replica cut off: %d calls, %d failed, slowest %.2f s" % (
-            len(calls), len(failed), slowest))
+        print("one replica cut off: %d calls, %d failed, slowest %.2f s; a fit %s in %.1f s" % (
+            len(calls), len(failed), slowest, pb.FitStatus.State.Name(fitted[0][0].state),
+            fitted[0][1]))
         self.assertEqual(failed, [])
+        self.assertEqual((fitted[0][0].state, fitted[0][0].map_version),
+                         (pb.FitStatus.SUCCEEDED, 1), fitted[0][0].error)
         self.assertLess(slowest, SLOWEST_S, sorted(calls, key=lambda c: -c[1])[:5])
         self.assertGreater(len(added), 0)
         code, state = self.status()
@@ -243,9 +266,9 @@ class PartitionTest(unittest.TestCase):
         start = time.time()
         held = self.same_holdings()
         print("healed: serving again after %.1f s" % (time.time() - start))
-        self.assertEqual(held["p"][1], 50 + len(added))
+        self.assertEqual(held["p"][1:], (50 + len(added) + imported, 1))
         with self.client() as c:
-            self.assertEqual(c.get_store("p").pattern_count, 50 + len(added))
+            self.assertEqual(c.get_store("p").pattern_count, 50 + len(added) + imported)
 
     def test_whole_group_cut_off_then_healed(self):
         with self.client() as c:
@@ -255,7 +278,7 @@ class PartitionTest(unittest.TestCase):
 
         self.net.cut(0)
         self.net.cut(1)
-        calls, added = self.load(10)
+        calls, added, _ = self.load(10)
         slowest = max(took for _, took, _, _ in calls)
         codes = sorted(set(code for _, _, code, _ in calls))
         print("group cut off: %d calls (%s), slowest %.2f s" % (len(calls), codes, slowest))
