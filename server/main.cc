@@ -53,6 +53,11 @@ ABSL_FLAG(int, credentials_refresh_s, 60,
           "again if they changed: a rotated token or certificate applies to "
           "new calls and connections without a restart; one that does not "
           "load is logged and the previous kept.");
+ABSL_FLAG(int, keepalive_s, 60,
+          "How often, in seconds, engramd pings each client connection: one "
+          "whose ping goes unanswered for as long (at most 20 s) is closed "
+          "and its calls ended, so that a client whose host or network went "
+          "away stops holding a stream and its thread.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -382,6 +387,12 @@ engram::app::EngramdOptions OptionsFromFlags() {
                             ": must be in [1, 86400]"));
   }
   server.credentials_refresh = absl::Seconds(refresh_s);
+  const int keepalive_s = absl::GetFlag(FLAGS_keepalive_s);
+  if (keepalive_s < 1 || keepalive_s > 7200) {
+    FailOnFlag(
+        absl::StrCat("--keepalive_s=", keepalive_s, ": must be in [1, 7200]"));
+  }
+  server.keepalive = absl::Seconds(keepalive_s);
   server.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                            ? absl::GetFlag(FLAGS_rpc_threads)
                            : 32 * cores;

@@ -18,6 +18,8 @@ namespace {
 struct Method {
   absl::string_view name;
   bool writes;
+  // A stream: it holds one of gRPC's threads for as long as it lasts.
+  bool streams = false;
 };
 constexpr Method kMethods[] = {
     {"CreateStore", true},
@@ -26,22 +28,22 @@ constexpr Method kMethods[] = {
     {"UpdateStore", true},
     {"DeleteStore", true},
     {"AddPatterns", true},
-    {"ImportPatterns", true},
+    {"ImportPatterns", true, true},
     {"GetPattern", false},
     {"ListPatterns", false},
     {"DeletePatterns", true},
     {"Retrieve", false},
     {"GetFitStatus", false},
-    {"WatchFit", false},
+    {"WatchFit", false, true},
     {"StartFit", true},
     {"CancelFit", true},
     {"StartCalibration", true},
     {"GetCalibrationStatus", false},
-    {"WatchCalibration", false},
+    {"WatchCalibration", false, true},
     {"CancelCalibration", true},
     // A backup reads every pattern, as ListPatterns does; a restore writes.
-    {"CreateBackup", false},
-    {"RestoreStore", true},
+    {"CreateBackup", false, true},
+    {"RestoreStore", true, true},
     // engram.cluster.v1.Shard: what routers ask of shards.
     {"Describe", false},
     {"PartialStep", false},
@@ -55,6 +57,13 @@ constexpr Method kMethods[] = {
     // engram.cluster.v1.Router.
     {"ClusterStatus", false},
 };
+
+const Method* FindMethod(absl::string_view name) {
+  for (const Method& m : kMethods) {
+    if (m.name == name) return &m;
+  }
+  return nullptr;
+}
 
 }  // namespace
 
@@ -89,11 +98,26 @@ absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
 }
 
 std::optional<bool> MethodWrites(absl::string_view method) {
-  for (const Method& m : kMethods) {
-    if (m.name == method) return m.writes;
-  }
-  return std::nullopt;
+  const Method* m = FindMethod(method);
+  if (m == nullptr) return std::nullopt;
+  return m->writes;
 }
+
+std::optional<bool> MethodStreams(absl::string_view method) {
+  const Method* m = FindMethod(method);
+  if (m == nullptr) return std::nullopt;
+  return m->streams;
+}
+
+bool StreamSlots::TryTake() {
+  size_t used = used_.load();
+  do {
+    if (used >= limit_) return false;
+  } while (!used_.compare_exchange_weak(used, used + 1));
+  return true;
+}
+
+void StreamSlots::Give() { used_.fetch_sub(1); }
 
 Call::Call(const CallPolicy* policy, const char* method,
            absl::string_view store)
@@ -108,6 +132,7 @@ bool Call::Admit(const grpc::ServerContextBase& context,
 }
 
 Call::~Call() {
+  if (holds_stream_slot_) policy_->stream_slots->Give();
   if (policy_->write_budget != nullptr && largest_request_ > 0 &&
       MethodWrites(method_).value_or(true)) {
     policy_->write_budget->Ended(largest_request_);
@@ -145,6 +170,19 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   const bool writes = MethodWrites(method_).value_or(true);
   refused_ =
       token_checked_ ? absl::OkStatus() : policy_->auth.Check(context, writes);
+  if (refused_.ok() && !holds_stream_slot_ &&
+      policy_->stream_slots != nullptr &&
+      MethodStreams(method_).value_or(false)) {
+    holds_stream_slot_ = policy_->stream_slots->TryTake();
+    if (!holds_stream_slot_) {
+      refused_ = absl::ResourceExhaustedError(absl::StrCat(
+          policy_->stream_slots->limit(),
+          " streams (imports, restores, backups, watches of a fit or a "
+          "calibration) are in flight, the most engramd takes at once: "
+          "half of its gRPC threads (--rpc_threads), so that other calls "
+          "keep the rest; try again when one ends"));
+    }
+  }
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
     refused_ =
         TooLarge("the request", request_bytes, policy_->max_message_bytes,

@@ -18,6 +18,7 @@
 #ifndef ENGRAM_SERVER_RPC_CALL_H_
 #define ENGRAM_SERVER_RPC_CALL_H_
 
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -48,6 +49,28 @@ namespace engram::rpc {
 using AfterWrite = std::function<void(store::Store& written,
                                       const grpc::ServerContextBase& context)>;
 
+// The streams that may be in flight at once. A stream (an import, a
+// restore, a backup, a watch) holds one of gRPC's threads for as long as it
+// lasts, however slowly its client sends or reads — or after its client
+// went silent, until the connection's keepalive ends it. Without a bound,
+// enough of them leave no thread for any other call: gRPC refuses every
+// call but Retrieve ("Server Threadpool Exhausted").
+//
+// Thread-safe.
+class StreamSlots {
+ public:
+  explicit StreamSlots(size_t limit) : limit_(limit) {}
+  // A slot, or false when `limit` streams hold one.
+  bool TryTake();
+  void Give();
+  size_t limit() const { return limit_; }
+  size_t used() const { return used_.load(); }
+
+ private:
+  const size_t limit_;
+  std::atomic<size_t> used_{0};
+};
+
 struct CallPolicy {
   TokenAuthorizer auth;
   // The largest request or response message (--max_message_mb).
@@ -64,11 +87,17 @@ struct CallPolicy {
   // turn and its reservation each take a share; retrievals of more than a
   // little work take one as they start (kRetrievalCost).
   std::shared_ptr<MemoryGuard> memory_guard;
+  // What streams may hold of gRPC's threads; null: no limit.
+  std::shared_ptr<StreamSlots> stream_slots;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
 // data (needs a write token); nullopt for a name that is not a method.
 std::optional<bool> MethodWrites(absl::string_view method);
+
+// Whether a method is a stream (of requests, answers or both); nullopt for
+// a name that is not a method.
+std::optional<bool> MethodStreams(absl::string_view method);
 
 // The name of a status code, as gRPC spells it ("NOT_FOUND").
 const char* CodeName(absl::StatusCode code);
@@ -94,9 +123,10 @@ class Call {
   Call& operator=(const Call&) = delete;
 
   // Checks the caller's token against the method's kind (an unknown method
-  // counts as a write) and the request's size (null for a stream, whose
-  // messages are checked as they come); false means the call must end with
-  // Refused().
+  // counts as a write), takes a stream's slot (CallPolicy::stream_slots,
+  // held until the call ends) and checks the request's size (null for a
+  // stream, whose messages are checked as they come); false means the call
+  // must end with Refused().
   bool Admit(const grpc::ServerContextBase& context,
              const google::protobuf::Message* request);
   // The same for a request of `request_bytes` still in its wire form (a raw
@@ -154,11 +184,12 @@ class Call {
   const grpc::ServerContextBase* context_ = nullptr;  // Set by Admit.
   std::shared_ptr<store::Store> written_;             // Set by Wrote.
   WriteBudget::Reservation reserved_;
-  WriteBudget::Reading reading_;  // Set by AdmitUnread, ended by Admit.
-  MemoryGuard::Share memory_;     // The read turn's, then the write's.
-  bool token_checked_ = false;    // Passed in AdmitUnread: Admit skips it.
-  size_t largest_request_ = 0;    // The largest request or message taken in.
-  size_t grown_ = 0;              // What GrowWrite added up.
+  WriteBudget::Reading reading_;    // Set by AdmitUnread, ended by Admit.
+  MemoryGuard::Share memory_;       // The read turn's, then the write's.
+  bool token_checked_ = false;      // Passed in AdmitUnread: Admit skips it.
+  bool holds_stream_slot_ = false;  // Given back by the destructor.
+  size_t largest_request_ = 0;      // The largest request or message taken in.
+  size_t grown_ = 0;                // What GrowWrite added up.
 };
 
 }  // namespace engram::rpc

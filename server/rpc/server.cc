@@ -140,6 +140,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->policy_->after_write = options.after_write;
   server->policy_->write_budget = options.write_budget;
   server->policy_->memory_guard = options.memory_guard;
+  // Half of gRPC's threads for streams, the rest for every other call.
+  server->policy_->stream_slots = std::make_shared<StreamSlots>(
+      static_cast<size_t>(std::max(1, options.max_threads / 2)));
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
@@ -186,6 +189,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // And engramd pings its clients: a client gone silent holds its streams
+  // (and their threads, StreamSlots) only until a ping goes unanswered, not
+  // until TCP gives up — which, for a stream engramd only reads from, is
+  // never.
+  const absl::Duration keepalive =
+      std::max(options.keepalive, absl::Seconds(1));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(keepalive),
+                                         std::numeric_limits<int>::max())));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(
+                                 std::min(keepalive, absl::Seconds(20)))));
+  // However long the connection carried no data (a stream whose client
+  // sends nothing for minutes, then goes silent): gRPC otherwise stops
+  // pinging after two pings without data.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   // The service enforces --max_message_mb on every request and message, so
   // that the refusal says what was committed and how to split; gRPC's own

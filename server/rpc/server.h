@@ -40,6 +40,10 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
   int max_message_bytes = 256 << 20;
   int max_threads = 8;
+  // How often each connection is pinged; one whose ping goes unanswered for
+  // as long (at most 20 s) is closed, its calls ended (a client gone
+  // silent: a partition, a host lost without a reset).
+  absl::Duration keepalive = absl::Seconds(60);
   // What writes in flight may hold (see write_budget.h); null: no limit.
   std::shared_ptr<WriteBudget> write_budget;
   // What the process may have resident (see memory_guard.h); null: no

@@ -23,7 +23,10 @@ Checked:
     within seconds, none waits out its deadline; healed, the group serves
     again with everything that was acknowledged;
   - links cut and healed at random for 15 s under writers: no acknowledged
-    add lost, no acknowledged delete back, the replicas alike.
+    add lost, no acknowledged delete back, the replicas alike;
+  - a client that goes silent holding import streams (every slot engramd
+    gives streams): engramd's own keepalive ends them within seconds and
+    the next import is taken.
 
 Usage (root; with the Python of build/venv): partition_test.py BIN_DIR
 (ENGRAM_PARTITION_SEED=N for another schedule of the flapping links)
@@ -384,6 +387,91 @@ class PartitionTest(unittest.TestCase):
         self.assertEqual(len(held), held_by_replicas["p"][1])
         self.assertEqual(acked_adds - acked_deletes - held, set(), "acknowledged adds lost")
         self.assertEqual(acked_deletes & held, set(), "acknowledged deletes came back")
+
+
+# A client that opens N import streams to ADDR, commits one pattern on each,
+# then holds them open, sending nothing more.
+STUCK_CLIENT = """
+import sys, threading, grpc
+from engram_client import pb
+addr, n = sys.argv[1], int(sys.argv[2])
+hold = threading.Event()
+def stream():
+    call = grpc.insecure_channel(addr).stream_unary("/engram.v1.Engram/ImportPatterns")
+    def messages():
+        yield pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1.0, 2.0])]
+                                       ).SerializeToString()
+        hold.wait()
+    try:
+        call(messages(), timeout=600)
+    except grpc.RpcError:
+        pass
+for _ in range(n):
+    threading.Thread(target=stream, daemon=True).start()
+hold.wait()
+"""
+
+
+@unittest.skipUnless(can_partition(), "needs root, ip (iproute2) and nft (nftables)")
+class SilentClientTest(unittest.TestCase):
+    """Clients that go silent in the middle of their streams: engramd's own
+    keepalive ends those calls and gives back their threads."""
+
+    def test_streams_of_a_client_gone_silent_are_ended(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            net = Net(1)  # The server in the first namespace, the client in the other.
+            server = stuck = None
+            try:
+                addr = "10.231.1.1:50051"
+                # 8 threads: streams may hold 4.
+                server = Engramd(BIN, tmp, "--listen=" + addr, "--rpc_threads=8",
+                                 "--keepalive_s=1",
+                                 wrapper=("ip", "netns", "exec", net.router))
+
+                def engram(*args):
+                    return subprocess.run(
+                        ["ip", "netns", "exec", net.router, os.path.join(BIN, "engram"),
+                         "--addr=" + addr, *args], capture_output=True, text=True, timeout=60)
+
+                def count():
+                    return json.loads(engram("store", "get", "s", "--json").stdout).get(
+                        "pattern_count", 0)
+
+                self.assertEqual(engram("store", "create", "s", "--dim=2").returncode, 0)
+                rows = os.path.join(tmp, "rows.npy")
+                np.save(rows, np.ones((3, 2), np.float32))
+                stuck = subprocess.Popen(
+                    ["ip", "netns", "exec", net.replicas[0], sys.executable, "-c",
+                     STUCK_CLIENT, addr, "4"], stderr=subprocess.PIPE, text=True)
+                deadline = time.time() + 30
+                while int(count()) < 4:
+                    self.assertLess(time.time(), deadline, "the stuck client's streams")
+                    time.sleep(0.2)
+                # Its four streams hold every slot: an import is refused ...
+                refused = engram("add", "s", rows)
+                self.assertNotEqual(refused.returncode, 0)
+                self.assertIn("streams", refused.stderr)
+                # ... until the client goes silent and engramd's pings find it.
+                net.cut(0)
+                start = time.time()
+                while True:
+                    added = engram("add", "s", rows)
+                    if added.returncode == 0:
+                        break
+                    self.assertLess(time.time() - start, 30,
+                                    "the silent client's streams still hold: " + added.stderr)
+                    time.sleep(0.2)
+                took = time.time() - start
+                print("a client gone silent: its streams ended %.1f s after the cut" % took)
+                self.assertEqual(int(count()), 7)
+            finally:
+                if stuck is not None:
+                    stuck.kill()
+                    stuck.wait()
+                    stuck.stderr.close()
+                if server is not None:
+                    server.stop()
+                net.close()
 
 
 if __name__ == "__main__":

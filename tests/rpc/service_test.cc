@@ -227,13 +227,84 @@ TEST(MethodTableTest, NamesEveryMethodOfTheServices) {
             "Router")}) {
     ASSERT_NE(service, nullptr);
     for (int i = 0; i < service->method_count(); ++i) {
-      EXPECT_TRUE(MethodWrites(service->method(i)->name()).has_value())
-          << service->method(i)->name() << " is not in the method table";
+      const google::protobuf::MethodDescriptor* method = service->method(i);
+      EXPECT_TRUE(MethodWrites(method->name()).has_value())
+          << method->name() << " is not in the method table";
+      EXPECT_EQ(MethodStreams(method->name()),
+                method->client_streaming() || method->server_streaming())
+          << method->name();
     }
   }
   EXPECT_FALSE(MethodWrites("NoSuchMethod").has_value());
+  EXPECT_FALSE(MethodStreams("NoSuchMethod").has_value());
   EXPECT_EQ(MethodWrites("Retrieve"), false);
   EXPECT_EQ(MethodWrites("DeletePatterns"), true);
+}
+
+// Streams hold one of gRPC's threads each for as long as they last: at
+// most half of the server's threads (4 of 8 here) go to them, and every
+// other call keeps working with all of those held. It used to take 33
+// silent imports on a 2-core engramd (64 threads) to refuse every call but
+// Retrieve ("Server Threadpool Exhausted").
+TEST_F(ServiceTest, StreamsHoldAtMostHalfTheThreads) {
+  Create("s", 2);
+  struct Open {
+    grpc::ClientContext context;
+    v1::ImportPatternsResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::ImportPatternsRequest>> writer;
+  };
+  v1::ImportPatternsRequest one;
+  one.set_store("s");
+  SetValues(one.add_patterns(), {1.0f, 2.0f});
+  std::vector<std::unique_ptr<Open>> open;
+  for (uint64_t i = 1; i <= 4; ++i) {
+    auto o = std::make_unique<Open>();
+    o->writer = stub_->ImportPatterns(&o->context, &o->response);
+    ASSERT_TRUE(o->writer->Write(one));
+    // Admitted once its first message is committed; then it waits.
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (Count("s") < i && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_EQ(Count("s"), i);
+    open.push_back(std::move(o));
+  }
+  // A fifth stream of any kind is refused at once, naming the limit ...
+  grpc::ClientContext fifth;
+  v1::ImportPatternsResponse refused_response;
+  auto refused = stub_->ImportPatterns(&fifth, &refused_response);
+  refused->Write(one);
+  refused->WritesDone();
+  const grpc::Status refusal = refused->Finish();
+  EXPECT_EQ(refusal.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refusal.error_message().find("4 streams (imports, restores"),
+            std::string::npos)
+      << refusal.error_message();
+  EXPECT_NE(refusal.error_message().find("--rpc_threads"), std::string::npos);
+  grpc::ClientContext watch_context;
+  v1::WatchFitRequest watch;
+  watch.set_store("s");
+  auto watcher = stub_->WatchFit(&watch_context, watch);
+  v1::FitStatus status;
+  EXPECT_FALSE(watcher->Read(&status));
+  EXPECT_EQ(watcher->Finish().error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // ... while every other call works.
+  std::vector<float> more = Random(2 * 3, 5);
+  ASSERT_TRUE(client_->AddPatterns("s", more, 2).ok());
+  EXPECT_EQ(Count("s"), 7u);
+  ASSERT_TRUE(client_->ListStores().ok());
+  // One stream ends: its slot takes the next.
+  open[0]->writer->WritesDone();
+  ASSERT_TRUE(open[0]->writer->Finish().ok());
+  absl::StatusOr<v1::ImportPatternsResponse> imported =
+      client_->Import("s", std::vector<float>(2 * 5, 1.0f), 2, {}, 2);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->patterns_added(), 5u);
+  for (size_t i = 1; i < open.size(); ++i) {
+    open[i]->writer->WritesDone();
+    EXPECT_TRUE(open[i]->writer->Finish().ok());
+  }
 }
 
 TEST_F(ServiceTest, ListStoresPaginates) {
