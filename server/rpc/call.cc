@@ -132,7 +132,7 @@ bool Call::Admit(const grpc::ServerContextBase& context,
 }
 
 Call::~Call() {
-  if (holds_stream_slot_) policy_->stream_slots->Give();
+  GiveSlot();
   if (policy_->write_budget != nullptr && largest_request_ > 0 &&
       MethodWrites(method_).value_or(true)) {
     policy_->write_budget->Ended(largest_request_);
@@ -146,6 +146,11 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
   const bool writes = MethodWrites(method_).value_or(true);
   refused_ = policy_->auth.Check(context, writes);
   token_checked_ = refused_.ok();
+  // Its thread is held until the request has come, however slowly.
+  if (refused_.ok()) {
+    refused_ = TakeSlot(policy_->unread_slots.get(),
+                        "writes waiting for their request");
+  }
   if (refused_.ok() && writes && policy_->write_budget != nullptr) {
     absl::StatusOr<WriteBudget::Reading> turn =
         policy_->write_budget->AwaitRead(policy_->max_message_bytes,
@@ -170,18 +175,10 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   const bool writes = MethodWrites(method_).value_or(true);
   refused_ =
       token_checked_ ? absl::OkStatus() : policy_->auth.Check(context, writes);
-  if (refused_.ok() && !holds_stream_slot_ &&
-      policy_->stream_slots != nullptr &&
-      MethodStreams(method_).value_or(false)) {
-    holds_stream_slot_ = policy_->stream_slots->TryTake();
-    if (!holds_stream_slot_) {
-      refused_ = absl::ResourceExhaustedError(absl::StrCat(
-          policy_->stream_slots->limit(),
-          " streams (imports, restores, backups, watches of a fit or a "
-          "calibration) are in flight, the most engramd takes at once: "
-          "half of its gRPC threads (--rpc_threads), so that other calls "
-          "keep the rest; try again when one ends"));
-    }
+  GiveSlot();  // A streamed unary write's: its request has come.
+  if (refused_.ok() && MethodStreams(method_).value_or(false)) {
+    refused_ = TakeSlot(policy_->stream_slots.get(),
+                        "streams (imports, restores, backups, watches)");
   }
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
     refused_ =
@@ -198,6 +195,24 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
     refused_ = Cancelled();
   }
   return refused_.ok();
+}
+
+absl::Status Call::TakeSlot(StreamSlots* slots, absl::string_view what) {
+  if (slot_ != nullptr || slots == nullptr) return absl::OkStatus();
+  if (slots->TryTake()) {
+    slot_ = slots;
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      slots->limit(), " ", what,
+      " are in flight, the most engramd takes at once (each holds one of "
+      "its gRPC threads, --rpc_threads, while its client sends or reads); "
+      "try again when one ends"));
+}
+
+void Call::GiveSlot() {
+  if (slot_ != nullptr) slot_->Give();
+  slot_ = nullptr;
 }
 
 absl::Status Call::Cancelled() {

@@ -49,12 +49,13 @@ namespace engram::rpc {
 using AfterWrite = std::function<void(store::Store& written,
                                       const grpc::ServerContextBase& context)>;
 
-// The streams that may be in flight at once. A stream (an import, a
-// restore, a backup, a watch) holds one of gRPC's threads for as long as it
-// lasts, however slowly its client sends or reads — or after its client
-// went silent, until the connection's keepalive ends it. Without a bound,
-// enough of them leave no thread for any other call: gRPC refuses every
-// call but Retrieve ("Server Threadpool Exhausted").
+// How many calls of one kind may hold a thread at once. A stream (an
+// import, a restore, a backup, a watch) holds one of gRPC's threads for as
+// long as it lasts, however slowly its client sends or reads — or after its
+// client went silent, until the connection's keepalive ends it — and so
+// does a streamed unary write (AddPatterns) until its request has come.
+// Without a bound, enough of them leave no thread for any other call: gRPC
+// refuses every call but Retrieve ("Server Threadpool Exhausted").
 //
 // Thread-safe.
 class StreamSlots {
@@ -87,8 +88,10 @@ struct CallPolicy {
   // turn and its reservation each take a share; retrievals of more than a
   // little work take one as they start (kRetrievalCost).
   std::shared_ptr<MemoryGuard> memory_guard;
-  // What streams may hold of gRPC's threads; null: no limit.
+  // What streams may hold of gRPC's threads, and streamed unary writes
+  // while their request is still coming; null: no limit.
   std::shared_ptr<StreamSlots> stream_slots;
+  std::shared_ptr<StreamSlots> unread_slots;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -134,7 +137,9 @@ class Call {
   // budget (waiting for it while earlier writes hold it), until Done.
   bool Admit(const grpc::ServerContextBase& context, size_t request_bytes);
   // For a write that reads its request itself (a streamed unary method),
-  // before reading it: checks the caller's token, then waits for a turn to
+  // before reading it: checks the caller's token, takes a slot of
+  // unread_slots (its thread waits for the request; Admit gives it back),
+  // then waits for a turn to
   // read a request of up to the policy's largest message
   // (WriteBudget::AwaitRead). Then Admit(context, &request) as usual (the
   // token not checked again), which ends the turn. False means the call must
@@ -176,6 +181,11 @@ class Call {
   grpc::Status Done(const absl::Status& status);
 
  private:
+  // A slot of `slots` (none if null), held until GiveSlot or the call's
+  // end; the refusal, naming `what` the slots are for, when there is none.
+  absl::Status TakeSlot(StreamSlots* slots, absl::string_view what);
+  void GiveSlot();
+
   const CallPolicy* const policy_;
   const char* const method_;
   std::string store_;
@@ -184,12 +194,12 @@ class Call {
   const grpc::ServerContextBase* context_ = nullptr;  // Set by Admit.
   std::shared_ptr<store::Store> written_;             // Set by Wrote.
   WriteBudget::Reservation reserved_;
-  WriteBudget::Reading reading_;    // Set by AdmitUnread, ended by Admit.
-  MemoryGuard::Share memory_;       // The read turn's, then the write's.
-  bool token_checked_ = false;      // Passed in AdmitUnread: Admit skips it.
-  bool holds_stream_slot_ = false;  // Given back by the destructor.
-  size_t largest_request_ = 0;      // The largest request or message taken in.
-  size_t grown_ = 0;                // What GrowWrite added up.
+  WriteBudget::Reading reading_;  // Set by AdmitUnread, ended by Admit.
+  MemoryGuard::Share memory_;     // The read turn's, then the write's.
+  bool token_checked_ = false;    // Passed in AdmitUnread: Admit skips it.
+  StreamSlots* slot_ = nullptr;   // Held: given back by GiveSlot.
+  size_t largest_request_ = 0;    // The largest request or message taken in.
+  size_t grown_ = 0;              // What GrowWrite added up.
 };
 
 }  // namespace engram::rpc

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Clients that open calls and then send nothing cannot take engramd down.
+
+A stream (an import, a restore, a backup, a watch) holds one of gRPC's
+threads for as long as it lasts, and so does an add until its request has
+come. Eighty such calls used to leave engramd refusing every call but
+Retrieve ("Server Threadpool Exhausted") for as long as their clients held
+them. With --rpc_threads=16 here: import streams that sent one message and
+adds that sent nothing, twice as many as engramd takes of each, held open:
+
+  - every other call answers (store and pattern reads, listings, a
+    retrieval, a fit's status, a health check, a delete);
+  - the next import and the next add are refused RESOURCE_EXHAUSTED naming
+    their bound, at once;
+  - once the idle clients let go, imports and adds are taken again.
+
+(A client that goes silent, rather than idle, is ended by engramd's
+keepalive: partition_test.py.)
+
+Usage (with the Python of build/venv): slow_clients_test.py BIN_DIR
+"""
+import os
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+BIN = sys.argv.pop(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
+from harness import Engramd  # noqa: E402
+
+THREADS = 16  # Streams may hold 8, adds waiting for their request 4.
+
+
+class IdleCalls:
+    """`n` calls of `method` (a client stream, or AddPatterns, streamed
+    unary on the server) on a channel each, sending `first` (or nothing)
+    and then holding the call open until close()."""
+
+    def __init__(self, addr, method, n, first=None):
+        self.release = threading.Event()
+        self.channels = [grpc.insecure_channel(addr) for _ in range(n)]
+        self.threads = []
+        for channel in self.channels:
+            call = channel.stream_unary("/engram.v1.Engram/" + method)
+
+            def messages():
+                if first is not None:
+                    yield first
+                self.release.wait()
+
+            def run(call=call, messages=messages):
+                try:
+                    call(messages(), timeout=120)
+                except grpc.RpcError:
+                    pass
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def close(self):
+        self.release.set()
+        for channel in self.channels:
+            channel.close()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+class SlowClientsTest(unittest.TestCase):
+    def test_idle_calls_hold_only_their_share_of_threads(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Engramd(BIN, tmp, "--rpc_threads=%d" % THREADS)
+            idle = []
+            try:
+                c = Client(server.addr, retries=0, timeout=30)
+                c.create_store("s", dim=2)
+                ids = c.add("s", np.eye(2, dtype=np.float32))
+                one = (pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1, 2])])
+                       .SerializeToString())
+                idle.append(IdleCalls(server.addr, "ImportPatterns", 2 * THREADS // 2, one))
+                idle.append(IdleCalls(server.addr, "AddPatterns", 2 * THREADS // 4))
+                # The streams that got a slot each committed their message
+                # (while the others are refused, a call may find every
+                # thread busy refusing: asked again).
+                deadline = time.time() + 30
+                while True:
+                    try:
+                        if c.get_store("s").pattern_count >= 2 + THREADS // 2:
+                            break
+                    except grpc.RpcError as e:
+                        self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                    self.assertLess(time.time(), deadline)
+                    time.sleep(0.1)
+                time.sleep(0.5)  # The adds that got a slot wait for their requests.
+                self.assertEqual(c.get_store("s").pattern_count, 2 + THREADS // 2)
+
+                # Every other call answers.
+                self.assertEqual([s.name for s in c.list_stores()], ["s"])
+                np.testing.assert_array_equal(c.get("s", int(ids[0])), [1, 0])
+                self.assertEqual(len(list(c.list_patterns("s"))), 2 + THREADS // 2)
+                self.assertEqual(c.retrieve("s", np.array([[1, 0]], np.float32),
+                                            top_k=1).ids.shape, (1, 1))
+                c.fit_status("s")
+                self.assertEqual(c.health(), "SERVING")
+                c.delete("s", [int(ids[1])])
+
+                # The next stream and the next add: refused at once, each
+                # naming its bound.
+                for call, needle in (
+                        (lambda: c.import_patterns("s", np.ones((1, 2), np.float32)),
+                         "%d streams (imports, restores, backups, watches)" % (THREADS // 2)),
+                        (lambda: c.add("s", np.ones((1, 2), np.float32)),
+                         "%d writes waiting for their request" % (THREADS // 4))):
+                    start = time.time()
+                    with self.assertRaises(grpc.RpcError) as refused:
+                        call()
+                    self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                    self.assertIn(needle, refused.exception.details())
+                    self.assertLess(time.time() - start, 5)
+
+                # The idle clients let go: imports and adds are taken again.
+                for calls in idle:
+                    calls.close()
+                idle = []
+                deadline = time.time() + 30
+                while True:
+                    try:
+                        c.import_patterns("s", np.ones((3, 2), np.float32))
+                        c.add("s", np.ones((1, 2), np.float32))
+                        break
+                    except grpc.RpcError as e:
+                        self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                        self.assertLess(time.time(), deadline, e.details())
+                        time.sleep(0.2)
+                c.close()
+            finally:
+                for calls in idle:
+                    calls.close()
+                server.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
