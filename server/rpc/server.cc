@@ -88,6 +88,58 @@ class UnparsedRequestFactory final
   }
 };
 
+// gRPC's reflection service answers a stream of questions on a thread of
+// the synchronous server for as long as its client keeps the stream open;
+// it is not engram's code, so no Call takes a slot for it. This does: a
+// reflection stream beyond the policy's stream slots is cancelled as it
+// starts (the client sees CANCELLED), which ends its handler.
+class ReflectionSlot final : public grpc::experimental::Interceptor {
+ public:
+  ReflectionSlot(StreamSlots* slots, grpc::ServerContextBase* context)
+      : slots_(slots), context_(context) {}
+  ~ReflectionSlot() override {
+    if (held_) slots_->Give();
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* batch) override {
+    using Hook = grpc::experimental::InterceptionHookPoints;
+    if (!asked_ &&
+        batch->QueryInterceptionHookPoint(Hook::POST_RECV_INITIAL_METADATA)) {
+      asked_ = true;
+      held_ = slots_->TryTake();
+      if (!held_) {
+        Log(LogLevel::kWarning,
+            "a reflection stream was cancelled: %u streams hold every slot "
+            "(--rpc_threads)",
+            slots_->limit());
+        context_->TryCancel();
+      }
+    }
+    batch->Proceed();
+  }
+
+ private:
+  StreamSlots* const slots_;
+  grpc::ServerContextBase* const context_;
+  bool asked_ = false;
+  bool held_ = false;
+};
+
+class ReflectionSlotFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ReflectionSlotFactory(StreamSlots* slots) : slots_(slots) {}
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (!absl::StartsWith(info->method(), "/grpc.reflection.")) return nullptr;
+    return new ReflectionSlot(slots_, info->server_context());
+  }
+
+ private:
+  StreamSlots* const slots_;
+};
+
 // unix:PATH, unix:///PATH or unix-abstract:NAME (not a host named unix...).
 bool IsUnixAddress(absl::string_view listen) {
   return absl::StartsWith(listen, "unix:") ||
@@ -227,6 +279,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
   interceptors.push_back(std::make_unique<UnparsedRequestFactory>());
+  interceptors.push_back(std::make_unique<ReflectionSlotFactory>(
+      server->policy_->stream_slots.get()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {

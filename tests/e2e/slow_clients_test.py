@@ -12,7 +12,9 @@ adds that sent nothing, twice as many as engramd takes of each, held open:
     retrieval, a fit's status, a health check, a delete);
   - the next import and the next add are refused RESOURCE_EXHAUSTED naming
     their bound, at once;
-  - once the idle clients let go, imports and adds are taken again.
+  - once the idle clients let go, imports and adds are taken again;
+  - idle reflection streams (gRPC's service, not engram's) beyond the
+    stream slots are cancelled as they start; every other call answers.
 
 (A client that goes silent, rather than idle, is ended by engramd's
 keepalive: partition_test.py.)
@@ -141,6 +143,52 @@ class SlowClientsTest(unittest.TestCase):
             finally:
                 for calls in idle:
                     calls.close()
+                server.stop()
+
+    def test_idle_reflection_streams_hold_only_the_stream_slots(self):
+        """gRPC's reflection service (for grpcurl and the like) answers on a
+        thread per stream too: beyond the stream slots, a reflection stream
+        is cancelled as it starts, and every other call answers."""
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Engramd(BIN, tmp, "--rpc_threads=%d" % THREADS)
+            channels, release, ended = [], threading.Event(), []
+            try:
+                c = Client(server.addr, retries=0, timeout=30)
+                c.create_store("s", dim=2)
+
+                def hold(channel):
+                    call = channel.stream_stream(
+                        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+                    try:
+                        for _ in call(iter(release.wait, True), timeout=120):
+                            pass
+                    except grpc.RpcError as e:
+                        ended.append(e.code())
+
+                threads = []
+                for _ in range(2 * THREADS):
+                    channels.append(grpc.insecure_channel(server.addr))
+                    threads.append(threading.Thread(target=hold, args=(channels[-1],),
+                                                    daemon=True))
+                    threads[-1].start()
+                deadline = time.time() + 30
+                while len(ended) < 2 * THREADS - THREADS // 2:
+                    self.assertLess(time.time(), deadline, "%d ended" % len(ended))
+                    time.sleep(0.1)
+                self.assertEqual(set(ended), {grpc.StatusCode.CANCELLED})
+                self.assertEqual(c.get_store("s").pattern_count, 0)
+                c.add("s", np.eye(2, dtype=np.float32))
+                self.assertEqual([s.name for s in c.list_stores()], ["s"])
+                # The slots are all held: an import waits for none of them.
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.import_patterns("s", np.ones((1, 2), np.float32))
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                release.set()
+                for channel in channels:
+                    channel.close()
+                c.close()
+            finally:
+                release.set()
                 server.stop()
 
 
