@@ -31,15 +31,15 @@ absl::Status FromShard(const grpc::Status& status, const Replica& replica);
 // call (none beyond a day).
 absl::Time DeadlineOf(const grpc::ServerContext* context);
 
-// One unary call to a replica.
+// One unary call to a replica (`stamped`: see ShardPool::Prepare).
 template <typename Stub, typename Request, typename Response>
 absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
                    grpc::Status (Stub::*method)(grpc::ClientContext*,
                                                 const Request&, Response*),
                    const Request& request, Response* response,
-                   absl::Time deadline) {
+                   absl::Time deadline, bool stamped = true) {
   grpc::ClientContext context;
-  pool.Prepare(context, deadline);
+  pool.Prepare(context, deadline, stamped);
   const absl::Time start = absl::Now();
   const grpc::Status status = (stub.*method)(&context, request, response);
   absl::string_view method_name = Request::descriptor()->name();

@@ -137,14 +137,15 @@ void ShardPool::Untrack(grpc::ClientContext* context) const {
   calls_.erase(context);
 }
 
-void ShardPool::Prepare(grpc::ClientContext& context,
-                        absl::Time deadline) const {
+void ShardPool::Prepare(grpc::ClientContext& context, absl::Time deadline,
+                        bool stamped) const {
   if (deadline != absl::InfiniteFuture()) {
     context.set_deadline(absl::ToChronoTime(deadline));
   }
   if (token_.has_value()) {
     context.AddMetadata("authorization", "Bearer " + *token_->get());
   }
+  if (!stamped) return;
   uint64_t last = last_stamp_.load();
   uint64_t stamp;
   do {
@@ -485,7 +486,8 @@ absl::Status Call(const ShardPool& pool, const Replica& replica,
                       grpc::ClientContext*, const Request&, Response*),
                   const Request& request, Response* response) {
   grpc::ClientContext context;
-  pool.Prepare(context, absl::Now() + absl::Seconds(60));
+  // Unstamped: a repair's writes are copies, not client writes.
+  pool.Prepare(context, absl::Now() + absl::Seconds(60), /*stamped=*/false);
   if (!pool.Track(&context)) {
     return absl::CancelledError("the router is stopping");
   }
@@ -507,9 +509,9 @@ absl::Status SyncMaps(const ShardPool& pool, const Replica& a, const Replica& b,
   v1::FeatureMapRecord maps[2];
   const Replica* replicas[2] = {&a, &b};
   for (int i = 0; i < 2; ++i) {
-    absl::Status s =
-        Unary(pool, *replicas[i], *replicas[i]->shard,
-              &v1::Shard::Stub::GetFeatureMap, get, &maps[i], deadline);
+    absl::Status s = Unary(pool, *replicas[i], *replicas[i]->shard,
+                           &v1::Shard::Stub::GetFeatureMap, get, &maps[i],
+                           deadline, /*stamped=*/false);
     if (!s.ok() && !absl::IsNotFound(s)) return s;
   }
   if (maps[0].version() == maps[1].version()) return absl::OkStatus();
@@ -517,7 +519,7 @@ absl::Status SyncMaps(const ShardPool& pool, const Replica& a, const Replica& b,
   const Replica& behind = *replicas[1 - newer];
   v1::PutFeatureMapResponse put;
   return Unary(pool, behind, *behind.shard, &v1::Shard::Stub::PutFeatureMap,
-               maps[newer], &put, deadline);
+               maps[newer], &put, deadline, /*stamped=*/false);
 }
 
 // What a replica's content digest sees of a pattern: its values (as bytes),

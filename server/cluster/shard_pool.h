@@ -118,10 +118,14 @@ class ShardPool {
   absl::Status Ready() const;
   std::vector<ReplicaStatus> Status() const;
 
-  // The token, the deadline and a write stamp of a call to a shard. Stamps
-  // are the router's clock in nanoseconds, kept increasing; a shard keeps
-  // the largest one of the writes it applied (x-engram-stamp).
-  void Prepare(grpc::ClientContext& context, absl::Time deadline) const;
+  // The token, the deadline and (if `stamped`) a write stamp of a call to a
+  // shard. Stamps are the router's clock in nanoseconds, kept increasing; a
+  // shard keeps the largest one of the writes it applied (x-engram-stamp).
+  // A repair's calls carry none: what it copies leaves the target's stamp
+  // at the last client write the target took, so that a replica left half
+  // repaired never passes for the one that took the latest write.
+  void Prepare(grpc::ClientContext& context, absl::Time deadline,
+               bool stamped = true) const;
 
   // Counts one call to a replica (metrics: calls, latency, bytes).
   void Record(const Replica& replica, absl::string_view method,

@@ -12,6 +12,7 @@ address).
 Usage (with the Python of build/venv): cluster_test.py BIN_DIR
 """
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -862,6 +863,74 @@ class ClusterTest(unittest.TestCase):
                 if s.proc.poll() is None:
                     s.proc.send_signal(signal.SIGCONT)
             cluster.stop()
+
+    def test_4o_a_half_repaired_replica_never_serves_as_the_latest(self):
+        """A repair's writes keep the target's write stamp: a replica left
+        half repaired (its repair failed after copying adds, before a
+        delete), whose peer then went away and came back, used to carry a
+        later stamp than the peer, serve as the one that "took the latest
+        write" when both were stale, and have its peer repaired from it —
+        an acknowledged delete came back on both."""
+        blocked = set()
+        a = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=half",
+                    "--shard_group=0", "--shard_groups=1",
+                    "--listen=127.0.0.1:%d" % free_port())
+        b = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=half",
+                    "--shard_group=0", "--shard_groups=1",
+                    "--listen=127.0.0.1:%d" % free_port())
+        proxy = Proxy(a.addr, missing=blocked)
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=half",
+                         "--shards=%s,%s" % (proxy.addr, b.addr))
+
+        def status():
+            out = subprocess.run([os.path.join(BIN, "engram"), "cluster", "status", "--json",
+                                  "--addr=" + router.addr],
+                                 capture_output=True, text=True, timeout=30)
+            return {r["address"]: r for r in json.loads(out.stdout)["shards"]}
+
+        def until(what, seconds=20):
+            deadline = time.time() + seconds
+            while not what():
+                self.assertLess(time.time(), deadline, status())
+                time.sleep(0.2)
+
+        try:
+            with Client(router.addr, retries=0) as c:
+                c.create_store("half", dim=4)
+                first = c.add("half", np.eye(4, dtype=np.float32))
+                # A away: a delete and an add reach B alone.
+                a.proc.send_signal(signal.SIGSTOP)
+                until(lambda: not status()[proxy.addr].get("ready"))
+                c.delete("half", [int(first[0])])
+                later = retry(lambda: c.add("half", np.ones((2, 4), np.float32)))
+                # A back, its repair copies the add and fails at the delete.
+                blocked.add("/engram.v1.Engram/DeletePatterns")
+                a.proc.send_signal(signal.SIGCONT)
+                with Client(a.addr) as direct:
+                    until(lambda: set(int(i) for i in later) <= set(
+                        p.id for p in direct.list_patterns("half", values=False)))
+                self.assertFalse(status()[proxy.addr].get("ready"))
+                # B away and back: both stale; B took the latest write.
+                b_addr, b_data = b.addr, b.data_dir
+                b.kill()
+                until(lambda: not status()[b_addr].get("ready"))
+                b = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=half",
+                            "--shard_group=0", "--shard_groups=1", "--listen=" + b_addr,
+                            data_dir=b_data)
+                blocked.clear()
+                until(lambda: all(r.get("ready") for r in status().values()), 30)
+                held = sorted(p.id for p in c.list_patterns("half", values=False))
+                self.assertNotIn(int(first[0]), held, "an acknowledged delete came back")
+                self.assertEqual(held, sorted([int(i) for i in first[1:]] +
+                                              [int(i) for i in later]))
+        finally:
+            if a.proc.poll() is None:
+                a.proc.send_signal(signal.SIGCONT)
+            router.stop()
+            proxy.stop()
+            for s in (a, b):
+                if s.proc.poll() is None:
+                    s.stop()
 
     def test_4l_a_store_made_while_a_replica_was_down_is_repaired(self):
         """A replica down while a store was created gets the store from its
