@@ -23,6 +23,7 @@
 #include "server/base/mib.h"
 #include "server/core/calibration.h"
 #include "server/core/cpu.h"
+#include "server/rpc/call.h"
 #include "server/rpc/memory_guard.h"
 #include "server/rpc/write_budget.h"
 #include "server/store/settings.h"
@@ -396,6 +397,11 @@ engram::app::EngramdOptions OptionsFromFlags() {
   server.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                            ? absl::GetFlag(FLAGS_rpc_threads)
                            : 32 * cores;
+  // Made here, so that the gauges read them.
+  server.stream_slots = std::make_shared<engram::rpc::StreamSlots>(
+      engram::rpc::StreamShare(server.max_threads));
+  server.unread_slots = std::make_shared<engram::rpc::StreamSlots>(
+      engram::rpc::UnreadShare(server.max_threads));
 
   o.blas_threads = std::max(1, absl::GetFlag(FLAGS_blas_threads));
   o.retrieval_threads = absl::GetFlag(FLAGS_retrieval_threads) > 0

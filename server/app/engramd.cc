@@ -202,6 +202,26 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
                    "(--max_store_memory_mb); adds past it are refused.",
                    static_cast<double>(limits.max_store_memory_bytes)});
   }
+  if (server.stream_slots != nullptr) {
+    out.push_back({"engram_stream_slots",
+                   "Streams (imports, restores, backups, watches, reflection) "
+                   "that may be in flight at once: half of --rpc_threads.",
+                   static_cast<double>(server.stream_slots->limit())});
+    out.push_back({"engram_streams_in_flight",
+                   "Streams in flight; at engram_stream_slots the next is "
+                   "refused.",
+                   static_cast<double>(server.stream_slots->used())});
+  }
+  if (server.unread_slots != nullptr) {
+    out.push_back({"engram_unread_write_slots",
+                   "Writes that may wait for their request at once: a "
+                   "quarter of --rpc_threads.",
+                   static_cast<double>(server.unread_slots->limit())});
+    out.push_back({"engram_writes_waiting_for_request",
+                   "Writes whose request is still coming; at "
+                   "engram_unread_write_slots the next is refused.",
+                   static_cast<double>(server.unread_slots->used())});
+  }
   if (budget != nullptr) {
     out.push_back({"engram_write_memory_limit_bytes",
                    "What writes in flight may hold (--max_write_memory_mb).",

@@ -109,6 +109,14 @@ std::optional<bool> MethodStreams(absl::string_view method) {
   return m->streams;
 }
 
+size_t StreamShare(int threads) {
+  return static_cast<size_t>(std::max(1, threads / 2));
+}
+
+size_t UnreadShare(int threads) {
+  return static_cast<size_t>(std::max(1, threads / 4));
+}
+
 bool StreamSlots::TryTake() {
   size_t used = used_.load();
   do {

@@ -72,6 +72,12 @@ class StreamSlots {
   std::atomic<size_t> used_{0};
 };
 
+// Of `threads` gRPC threads (--rpc_threads): how many streams may hold one
+// (half) and how many writes waiting for their request (a quarter); each
+// at least one. Every other call keeps the rest.
+size_t StreamShare(int threads);
+size_t UnreadShare(int threads);
+
 struct CallPolicy {
   TokenAuthorizer auth;
   // The largest request or response message (--max_message_mb).

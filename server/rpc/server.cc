@@ -192,12 +192,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->policy_->after_write = options.after_write;
   server->policy_->write_budget = options.write_budget;
   server->policy_->memory_guard = options.memory_guard;
-  // Of gRPC's threads, half may go to streams and a quarter to writes whose
-  // request is still coming; every other call keeps the rest.
-  server->policy_->stream_slots = std::make_shared<StreamSlots>(
-      static_cast<size_t>(std::max(1, options.max_threads / 2)));
-  server->policy_->unread_slots = std::make_shared<StreamSlots>(
-      static_cast<size_t>(std::max(1, options.max_threads / 4)));
+  server->policy_->stream_slots =
+      options.stream_slots != nullptr
+          ? options.stream_slots
+          : std::make_shared<StreamSlots>(StreamShare(options.max_threads));
+  server->policy_->unread_slots =
+      options.unread_slots != nullptr
+          ? options.unread_slots
+          : std::make_shared<StreamSlots>(UnreadShare(options.max_threads));
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();

@@ -44,6 +44,10 @@ struct ServerOptions {
   // as long (at most 20 s) is closed, its calls ended (a client gone
   // silent: a partition, a host lost without a reset).
   absl::Duration keepalive = absl::Seconds(60);
+  // What streams, and writes waiting for their request, may hold of the
+  // threads (see call.h); null: StreamShare and UnreadShare of max_threads.
+  std::shared_ptr<StreamSlots> stream_slots;
+  std::shared_ptr<StreamSlots> unread_slots;
   // What writes in flight may hold (see write_budget.h); null: no limit.
   std::shared_ptr<WriteBudget> write_budget;
   // What the process may have resident (see memory_guard.h); null: no

@@ -9,7 +9,9 @@ them. With --rpc_threads=16 here: import streams that sent one message and
 adds that sent nothing, twice as many as engramd takes of each, held open:
 
   - every other call answers (store and pattern reads, listings, a
-    retrieval, a fit's status, a health check, a delete);
+    retrieval, a fit's status, a health check, a delete), and the gauges
+    engram_streams_in_flight and engram_writes_waiting_for_request say
+    every slot is taken;
   - the next import and the next add are refused RESOURCE_EXHAUSTED naming
     their bound, at once;
   - once the idle clients let go, imports and adds are taken again;
@@ -33,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, metric  # noqa: E402
 
 THREADS = 16  # Streams may hold 8, adds waiting for their request 4.
 
@@ -76,7 +78,8 @@ class IdleCalls:
 class SlowClientsTest(unittest.TestCase):
     def test_idle_calls_hold_only_their_share_of_threads(self):
         with tempfile.TemporaryDirectory() as tmp:
-            server = Engramd(BIN, tmp, "--rpc_threads=%d" % THREADS)
+            server = Engramd(BIN, tmp, "--rpc_threads=%d" % THREADS,
+                             metrics_listen="127.0.0.1:0")
             idle = []
             try:
                 c = Client(server.addr, retries=0, timeout=30)
@@ -100,6 +103,16 @@ class SlowClientsTest(unittest.TestCase):
                     time.sleep(0.1)
                 time.sleep(0.5)  # The adds that got a slot wait for their requests.
                 self.assertEqual(c.get_store("s").pattern_count, 2 + THREADS // 2)
+
+                # The gauges say so.
+                gauges = {name: metric(server.metrics_port, name) for name in (
+                    "engram_stream_slots", "engram_streams_in_flight",
+                    "engram_unread_write_slots", "engram_writes_waiting_for_request")}
+                self.assertEqual(gauges, {
+                    "engram_stream_slots": THREADS // 2,
+                    "engram_streams_in_flight": THREADS // 2,
+                    "engram_unread_write_slots": THREADS // 4,
+                    "engram_writes_waiting_for_request": THREADS // 4})
 
                 # Every other call answers.
                 self.assertEqual([s.name for s in c.list_stores()], ["s"])
@@ -140,6 +153,13 @@ class SlowClientsTest(unittest.TestCase):
                         self.assertLess(time.time(), deadline, e.details())
                         time.sleep(0.2)
                 c.close()
+                # A call gives its slot back as it ends, which may be a
+                # moment after its client has the answer.
+                deadline = time.time() + 10
+                while (metric(server.metrics_port, "engram_streams_in_flight"),
+                       metric(server.metrics_port, "engram_writes_waiting_for_request")) != (0, 0):
+                    self.assertLess(time.time(), deadline, "slots still held")
+                    time.sleep(0.1)
             finally:
                 for calls in idle:
                     calls.close()
