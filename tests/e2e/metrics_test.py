@@ -90,7 +90,7 @@ class MetricsTest(unittest.TestCase):
         def scrape():
             return series(self.metrics_port, "engram_heap_")
 
-        write = series(self.metrics_port, "engram_write_memory_", "engram_writes_waiting")
+        write = series(self.metrics_port, "engram_write_memory_", "engram_writes_waiting_for_memory")
         self.assertEqual(sorted(write), ["engram_write_memory_limit_bytes",
                                          "engram_write_memory_reserved_bytes",
                                          "engram_writes_waiting_for_memory"])
