@@ -98,6 +98,7 @@ std::vector<std::string> ToEveryReplica(
     ShardPool& pool, ShardMethod<Request, Response> method,
     const Request& request, absl::Time deadline,
     std::optional<Response>* first = nullptr) {
+  absl::ReaderMutexLock writing(&pool.write_gate());
   const uint32_t groups = pool.groups();
   std::vector<std::string> why(groups);  // Why g missed it, if it did.
   std::vector<const Replica*> replicas;

@@ -172,6 +172,7 @@ grpc::Status Router::CreateStore(Ctx* context,
     return call.Done(s);
   }
   const absl::Time deadline = DeadlineOf(context);
+  absl::ReaderMutexLock writing(&pool_->write_gate());
   absl::StatusOr<std::vector<const Replica*>> every =
       pool_->EveryReadyReplica();
   if (!every.ok()) return call.Done(every.status());
@@ -274,6 +275,7 @@ grpc::Status Router::UpdateStore(Ctx* context,
   if (!call.Admit(*context, request)) return call.Refused();
   ForgetRetrieval(request->store().name());  // Its settings change.
   const absl::Time deadline = DeadlineOf(context);
+  absl::ReaderMutexLock writing(&pool_->write_gate());
   absl::StatusOr<std::vector<const Replica*>> every =
       pool_->EveryReadyReplica();
   if (!every.ok()) return call.Done(every.status());
@@ -319,6 +321,7 @@ grpc::Status Router::DeleteStore(Ctx* context,
   rpc::Call call(policy_, "DeleteStore", request->name());
   if (!call.Admit(*context, request)) return call.Refused();
   const absl::Time deadline = DeadlineOf(context);
+  absl::ReaderMutexLock writing(&pool_->write_gate());
   absl::StatusOr<std::vector<const Replica*>> every =
       pool_->EveryReadyReplica();
   if (!every.ok()) return call.Done(every.status());

@@ -199,6 +199,7 @@ grpc::Status Router::RestoreStore(
   const absl::Time deadline = DeadlineOf(context);
   ForgetRetrieval(name);  // A store of this name may be replaced.
   // Every group must have a replica to take its part before any is sent.
+  absl::ReaderMutexLock writing(&pool_->write_gate());
   const uint32_t groups = pool_->groups();
   std::vector<std::vector<const Replica*>> targets;
   for (uint32_t g = 0; g < groups; ++g) {

@@ -287,6 +287,7 @@ std::vector<absl::Status> WriteToGroups(
     const std::function<absl::Status(size_t, const Response&, Request*)>&
         decided,
     absl::Time deadline, const std::function<void()>& alongside = nullptr) {
+  absl::ReaderMutexLock writing(&pool.write_gate());
   const size_t groups = shares->size();
   std::vector<absl::Status> status(groups);
   std::vector<std::vector<const Replica*>> ready(groups);

@@ -456,24 +456,14 @@ void ShardPool::RepairStale() {
         }
       }
       if (source == nullptr) continue;  // Nobody to repair from yet.
-      absl::StatusOr<v1::ShardDescription> repaired = Repair(*source, *target);
+      const absl::Status repaired = Repair(*source, *target);
+      if (repaired.ok()) continue;  // Marked ready by FinishRepair.
       absl::MutexLock lock(&mu_);
       ReplicaStatus& t = status_[target->group][target->index];
-      if (repaired.ok()) {
-        t.stale = false;
-        t.mismatches = 0;
-        t.detail = absl::StrCat("repaired from ", source->address);
-        // What it holds now, not what the probe before the repair saw.
-        t.description = *std::move(repaired);
-        ++repairs_;
-      } else {
-        t.detail = absl::StrCat("stale; repair from ", source->address,
-                                " failed: ", repaired.status().message());
-      }
-      SetReady(t);
-      Log(repaired.ok() ? LogLevel::kInfo : LogLevel::kWarning,
-          "replica %s of shard group %u: %s", target->address, target->group,
-          t.detail);
+      t.detail = absl::StrCat("stale; repair from ", source->address,
+                              " failed: ", repaired.message());
+      Log(LogLevel::kWarning, "replica %s of shard group %u: %s",
+          target->address, target->group, t.detail);
     }
   }
 }
@@ -658,8 +648,43 @@ absl::Status CopyStore(const ShardPool& pool, const Replica& source,
 
 }  // namespace
 
-absl::StatusOr<v1::ShardDescription> ShardPool::Repair(const Replica& source,
-                                                       const Replica& target) {
+absl::StatusOr<bool> ShardPool::FinishRepair(const Replica& source,
+                                             const Replica& target) {
+  // Writes are short; one that holds the gate long (a restore) makes this
+  // round fail rather than every write after it wait behind the repair.
+  const absl::Time give_up = absl::Now() + options_.probe_timeout;
+  while (!write_gate_.TryLock()) {
+    if (absl::Now() > give_up) {
+      return absl::AbortedError("client writes kept the replicas busy");
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  v1::DescribeRequest describe;
+  v1::ShardDescription a, b;
+  grpc::ClientContext ca, cb;
+  Prepare(ca, absl::Now() + options_.probe_timeout, /*stamped=*/false);
+  Prepare(cb, absl::Now() + options_.probe_timeout, /*stamped=*/false);
+  const bool same = source.shard->Describe(&ca, describe, &a).ok() &&
+                    target.shard->Describe(&cb, describe, &b).ok() &&
+                    FirstDifference(Holdings(a), Holdings(b)).empty();
+  if (same) {
+    absl::MutexLock lock(&mu_);
+    ReplicaStatus& t = status_[target.group][target.index];
+    t.stale = false;
+    t.mismatches = 0;
+    t.detail = absl::StrCat("repaired from ", source.address);
+    // What it holds now, not what the probe before the repair saw.
+    t.description = std::move(b);
+    ++repairs_;
+    SetReady(t);
+    Log(LogLevel::kInfo, "replica %s of shard group %u: %s", target.address,
+        target.group, t.detail);
+  }
+  write_gate_.Unlock();
+  return same;
+}
+
+absl::Status ShardPool::Repair(const Replica& source, const Replica& target) {
   namespace api = engram::v1;
   // A few rounds: writes that land on the source meanwhile are copied by
   // the next; the repair ends when both describe the same holdings.
@@ -697,16 +722,9 @@ absl::StatusOr<v1::ShardDescription> ShardPool::Repair(const Replica& source,
       }
     }
     // Done when both describe the same holdings.
-    v1::DescribeRequest describe;
-    v1::ShardDescription a, b;
-    grpc::ClientContext ca, cb;
-    Prepare(ca, absl::Now() + options_.probe_timeout);
-    Prepare(cb, absl::Now() + options_.probe_timeout);
-    if (source.shard->Describe(&ca, describe, &a).ok() &&
-        target.shard->Describe(&cb, describe, &b).ok() &&
-        FirstDifference(Holdings(a), Holdings(b)).empty()) {
-      return b;
-    }
+    absl::StatusOr<bool> finished = FinishRepair(source, target);
+    if (!finished.ok()) return finished.status();
+    if (*finished) return absl::OkStatus();
   }
   return absl::AbortedError(
       "the source kept changing faster than the repair copied it");

@@ -118,6 +118,16 @@ class ShardPool {
   absl::Status Ready() const;
   std::vector<ReplicaStatus> Status() const;
 
+  // Held shared (absl::ReaderMutexLock) by every client write from choosing
+  // its replicas until each has answered. A repair ends by taking it alone,
+  // when no write is in flight, to compare its two replicas and mark the
+  // target ready: a write that chose the source alone before that and
+  // landed after the compare would be missing from the target for good
+  // (and a later disagreement could repair the source from the target).
+  absl::Mutex& write_gate() const ABSL_LOCK_RETURNED(write_gate_) {
+    return write_gate_;
+  }
+
   // The token, the deadline and (if `stamped`) a write stamp of a call to a
   // shard. Stamps are the router's clock in nanoseconds, kept increasing; a
   // shard keeps the largest one of the writes it applied (x-engram-stamp).
@@ -153,9 +163,13 @@ class ShardPool {
   // Compares each group's replicas and marks the ones that differ.
   void CheckAgreement() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies what `source` holds to `target` (stores, settings, patterns)
-  // until their digests agree; then the target's description.
-  absl::StatusOr<v1::ShardDescription> Repair(const Replica& source,
-                                              const Replica& target);
+  // until their digests agree, then marks the target ready (FinishRepair).
+  absl::Status Repair(const Replica& source, const Replica& target);
+  // With no client write in flight (write_gate, waited for at most a
+  // probe's timeout): whether both replicas hold the same, and if so the
+  // target marked ready, before any write chooses its replicas again.
+  absl::StatusOr<bool> FinishRepair(const Replica& source,
+                                    const Replica& target);
   void RepairStale();
   void SetReady(ReplicaStatus& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Unavailable(uint32_t group) const
@@ -173,6 +187,7 @@ class ShardPool {
   absl::Time next_reload_ = absl::InfinitePast();  // Prober's only.
   // groups_[g][r]; fixed after Create.
   std::vector<std::vector<std::unique_ptr<Replica>>> groups_;
+  mutable absl::Mutex write_gate_;  // Taken before mu_, never after.
   mutable absl::Mutex mu_;
   std::vector<std::vector<ReplicaStatus>> status_ ABSL_GUARDED_BY(mu_);
   std::vector<std::atomic<uint32_t>> next_;  // Round-robin per group.

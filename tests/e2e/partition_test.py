@@ -394,9 +394,13 @@ class PartitionTest(unittest.TestCase):
         with self.client() as c:
             held = set(p.id for p in c.list_patterns("p", values=False))
         self.assertEqual(len(held), held_by_replicas["p"][1])
+        # What the router did with the replicas, should a check fail.
+        story = "\n".join(line for line in self.router.log().splitlines()
+                          if "replica" in line or "stale" in line)[-6000:]
         self.assertEqual(acked_adds - acked_deletes - unsure - held, set(),
-                         "acknowledged adds lost")
-        self.assertEqual(acked_deletes & held, set(), "acknowledged deletes came back")
+                         "acknowledged adds lost; the router's log:\n" + story)
+        self.assertEqual(acked_deletes & held, set(),
+                         "acknowledged deletes came back; the router's log:\n" + story)
 
 
 # A client that opens N import streams to ADDR, commits one pattern on each,
