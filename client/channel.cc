@@ -1,8 +1,7 @@
 #include "client/channel.h"
 
-#include <algorithm>
 #include <climits>
-#include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -11,6 +10,7 @@
 #include "grpcpp/security/tls_certificate_verifier.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "server/base/millis.h"
 
 namespace engram::client {
 
@@ -26,14 +26,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(
   args.SetMaxReceiveMessageSize(max_message);
   args.SetMaxSendMessageSize(max_message);
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
-  const auto millis = [](absl::Duration d) {
-    return static_cast<int>(
-        std::clamp<int64_t>(absl::ToInt64Milliseconds(d), 1, INT_MAX));
-  };
   if (options.keepalive > absl::ZeroDuration()) {
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, millis(options.keepalive));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ChannelMillis(options.keepalive));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                millis(options.keepalive_timeout));
+                ChannelMillis(options.keepalive_timeout));
     // Between calls too (a router's shards are idle between probes), and
     // however long no data went: the pings are what finds the silence.
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -41,7 +37,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(
   }
   if (options.max_reconnect_backoff > absl::ZeroDuration()) {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-                millis(options.max_reconnect_backoff));
+                ChannelMillis(options.max_reconnect_backoff));
   }
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       grpc::InsecureChannelCredentials();

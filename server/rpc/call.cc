@@ -117,22 +117,25 @@ size_t UnreadShare(int threads) {
   return static_cast<size_t>(std::max(1, threads / 4));
 }
 
-bool StreamSlots::TryTake() {
+StreamSlots::Slot StreamSlots::TryTake() {
   size_t used = used_.load();
   do {
-    if (used >= limit_) return false;
+    if (used >= limit_) return Slot();
   } while (!used_.compare_exchange_weak(used, used + 1));
-  return true;
+  return Slot(this);
 }
-
-void StreamSlots::Give() { used_.fetch_sub(1); }
 
 Call::Call(const CallPolicy* policy, const char* method,
            absl::string_view store)
     : policy_(policy),
       method_(method),
       store_(Clip(store)),
-      start_(absl::Now()) {}
+      start_(absl::Now()) {
+  if (const Method* m = FindMethod(method)) {
+    writes_ = m->writes;
+    streams_ = m->streams;
+  }
+}
 
 bool Call::Admit(const grpc::ServerContextBase& context,
                  const google::protobuf::Message* request) {
@@ -140,9 +143,8 @@ bool Call::Admit(const grpc::ServerContextBase& context,
 }
 
 Call::~Call() {
-  GiveSlot();
-  if (policy_->write_budget != nullptr && largest_request_ > 0 &&
-      MethodWrites(method_).value_or(true)) {
+  slot_.reset();
+  if (policy_->write_budget != nullptr && largest_request_ > 0 && writes_) {
     policy_->write_budget->Ended(largest_request_);
   }
 }
@@ -151,15 +153,14 @@ void Call::set_store(absl::string_view store) { store_ = Clip(store); }
 
 bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
   context_ = &context;
-  const bool writes = MethodWrites(method_).value_or(true);
-  refused_ = policy_->auth.Check(context, writes);
+  refused_ = policy_->auth.Check(context, writes_);
   token_checked_ = refused_.ok();
   // Its thread is held until the request has come, however slowly.
   if (refused_.ok()) {
     refused_ = TakeSlot(policy_->unread_slots.get(),
                         "writes waiting for their request");
   }
-  if (refused_.ok() && writes && policy_->write_budget != nullptr) {
+  if (refused_.ok() && writes_ && policy_->write_budget != nullptr) {
     absl::StatusOr<WriteBudget::Reading> turn =
         policy_->write_budget->AwaitRead(policy_->max_message_bytes,
                                          absl::FromChrono(context.deadline()));
@@ -169,7 +170,7 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
       refused_ = turn.status();
     }
   }
-  if (refused_.ok() && writes) {
+  if (refused_.ok() && writes_) {
     refused_ =
         TakeMemory(WriteBudget::kWaitingCost * policy_->max_message_bytes,
                    "reading the request");
@@ -180,11 +181,10 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
 bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   context_ = &context;
   largest_request_ = std::max(largest_request_, request_bytes);
-  const bool writes = MethodWrites(method_).value_or(true);
   refused_ =
-      token_checked_ ? absl::OkStatus() : policy_->auth.Check(context, writes);
-  GiveSlot();  // A streamed unary write's: its request has come.
-  if (refused_.ok() && MethodStreams(method_).value_or(false)) {
+      token_checked_ ? absl::OkStatus() : policy_->auth.Check(context, writes_);
+  slot_.reset();  // A streamed unary write's: its request has come.
+  if (refused_.ok() && streams_) {
     refused_ = TakeSlot(policy_->stream_slots.get(),
                         "streams (imports, restores, backups, watches)");
   }
@@ -193,34 +193,27 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
         TooLarge("the request", request_bytes, policy_->max_message_bytes,
                  "split it into smaller requests");
   }
-  if (refused_.ok() && writes) refused_ = ReserveWrite(request_bytes);
+  if (refused_.ok() && writes_) refused_ = ReserveWrite(request_bytes);
   reading_ = WriteBudget::Reading();  // Read; refused or counted as itself.
   // A caller gone while the write waited for its memory (a client that gave
   // up, a router killed) gets nothing written: applied now, the write would
   // land where no one learns of it — a retry would add it twice, a replica
   // would hold what its peers do not.
-  if (refused_.ok() && writes && context.IsCancelled()) {
+  if (refused_.ok() && writes_ && context.IsCancelled()) {
     refused_ = Cancelled();
   }
   return refused_.ok();
 }
 
 absl::Status Call::TakeSlot(StreamSlots* slots, absl::string_view what) {
-  if (slot_ != nullptr || slots == nullptr) return absl::OkStatus();
-  if (slots->TryTake()) {
-    slot_ = slots;
-    return absl::OkStatus();
-  }
+  if (slot_ || slots == nullptr) return absl::OkStatus();
+  slot_ = slots->TryTake();
+  if (slot_) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       slots->limit(), " ", what,
       " are in flight, the most engramd takes at once (each holds one of "
       "its gRPC threads, --rpc_threads, while its client sends or reads); "
       "try again when one ends"));
-}
-
-void Call::GiveSlot() {
-  if (slot_ != nullptr) slot_->Give();
-  slot_ = nullptr;
 }
 
 absl::Status Call::Cancelled() {

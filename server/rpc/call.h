@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -60,10 +61,36 @@ using AfterWrite = std::function<void(store::Store& written,
 // Thread-safe.
 class StreamSlots {
  public:
+  // One slot held, given back when the Slot is destroyed or reset; or none
+  // (false). Move-only; must not outlive its StreamSlots.
+  class Slot {
+   public:
+    Slot() = default;
+    Slot(Slot&& other) noexcept
+        : slots_(std::exchange(other.slots_, nullptr)) {}
+    Slot& operator=(Slot&& other) noexcept {
+      if (this != &other) {
+        reset();
+        slots_ = std::exchange(other.slots_, nullptr);
+      }
+      return *this;
+    }
+    ~Slot() { reset(); }
+    explicit operator bool() const { return slots_ != nullptr; }
+    void reset() {
+      if (slots_ != nullptr) slots_->used_.fetch_sub(1);
+      slots_ = nullptr;
+    }
+
+   private:
+    friend class StreamSlots;
+    explicit Slot(StreamSlots* slots) : slots_(slots) {}
+    StreamSlots* slots_ = nullptr;
+  };
+
   explicit StreamSlots(size_t limit) : limit_(limit) {}
-  // A slot, or false when `limit` streams hold one.
-  bool TryTake();
-  void Give();
+  // A slot, or none when `limit` are held.
+  Slot TryTake();
   size_t limit() const { return limit_; }
   size_t used() const { return used_.load(); }
 
@@ -187,13 +214,17 @@ class Call {
   grpc::Status Done(const absl::Status& status);
 
  private:
-  // A slot of `slots` (none if null), held until GiveSlot or the call's
-  // end; the refusal, naming `what` the slots are for, when there is none.
+  // A slot of `slots` (none if null), held until slot_ is reset or the
+  // call ends; the refusal, naming `what` the slots are for, when there is
+  // none.
   absl::Status TakeSlot(StreamSlots* slots, absl::string_view what);
-  void GiveSlot();
 
   const CallPolicy* const policy_;
   const char* const method_;
+  // From the method table, looked up once: a write (an unknown method
+  // counts as one), a stream.
+  bool writes_ = true;
+  bool streams_ = false;
   std::string store_;
   const absl::Time start_;
   absl::Status refused_;
@@ -203,7 +234,7 @@ class Call {
   WriteBudget::Reading reading_;  // Set by AdmitUnread, ended by Admit.
   MemoryGuard::Share memory_;     // The read turn's, then the write's.
   bool token_checked_ = false;    // Passed in AdmitUnread: Admit skips it.
-  StreamSlots* slot_ = nullptr;   // Held: given back by GiveSlot.
+  StreamSlots::Slot slot_;        // A stream's, or an unread write's.
   size_t largest_request_ = 0;    // The largest request or message taken in.
   size_t grown_ = 0;              // What GrowWrite added up.
 };

@@ -20,6 +20,7 @@
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "server/base/log.h"
+#include "server/base/millis.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/tls_files.h"
 #include "server/rpc/unix_socket.h"
@@ -97,9 +98,6 @@ class ReflectionSlot final : public grpc::experimental::Interceptor {
  public:
   ReflectionSlot(StreamSlots* slots, grpc::ServerContextBase* context)
       : slots_(slots), context_(context) {}
-  ~ReflectionSlot() override {
-    if (held_) slots_->Give();
-  }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* batch) override {
     using Hook = grpc::experimental::InterceptionHookPoints;
@@ -122,7 +120,7 @@ class ReflectionSlot final : public grpc::experimental::Interceptor {
   StreamSlots* const slots_;
   grpc::ServerContextBase* const context_;
   bool asked_ = false;
-  bool held_ = false;
+  StreamSlots::Slot held_;
 };
 
 class ReflectionSlotFactory final
@@ -252,13 +250,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // never.
   const absl::Duration keepalive =
       std::max(options.keepalive, absl::Seconds(1));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             ChannelMillis(keepalive));
   builder.AddChannelArgument(
-      GRPC_ARG_KEEPALIVE_TIME_MS,
-      static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(keepalive),
-                                         std::numeric_limits<int>::max())));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                             static_cast<int>(absl::ToInt64Milliseconds(
-                                 std::min(keepalive, absl::Seconds(20)))));
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      ChannelMillis(std::min(keepalive, absl::Seconds(20))));
   // However long the connection carried no data (a stream whose client
   // sends nothing for minutes, then goes silent): gRPC otherwise stops
   // pinging after two pings without data.

@@ -241,6 +241,36 @@ TEST(MethodTableTest, NamesEveryMethodOfTheServices) {
   EXPECT_EQ(MethodWrites("DeletePatterns"), true);
 }
 
+// A slot is held by one owner at a time and given back exactly once: when
+// its holder is destroyed, reset or assigned another.
+TEST(StreamSlotsTest, GivesEachSlotBackOnce) {
+  StreamSlots slots(2);
+  StreamSlots::Slot a = slots.TryTake();
+  StreamSlots::Slot b = slots.TryTake();
+  EXPECT_TRUE(a);
+  EXPECT_TRUE(b);
+  EXPECT_FALSE(slots.TryTake());
+  EXPECT_EQ(slots.used(), 2u);
+  StreamSlots::Slot moved = std::move(a);
+  EXPECT_FALSE(a);  // NOLINT(bugprone-use-after-move): moved-from is empty.
+  EXPECT_EQ(slots.used(), 2u);
+  moved = std::move(b);  // Gives moved's own slot back, takes b's.
+  EXPECT_EQ(slots.used(), 1u);
+  {
+    StreamSlots::Slot scoped = slots.TryTake();
+    EXPECT_TRUE(scoped);
+    EXPECT_EQ(slots.used(), 2u);
+  }
+  EXPECT_EQ(slots.used(), 1u);
+  moved.reset();
+  moved.reset();
+  EXPECT_EQ(slots.used(), 0u);
+  EXPECT_EQ(StreamShare(1), 1u);
+  EXPECT_EQ(StreamShare(64), 32u);
+  EXPECT_EQ(UnreadShare(2), 1u);
+  EXPECT_EQ(UnreadShare(64), 16u);
+}
+
 // Streams hold one of gRPC's threads each for as long as they last: at
 // most half of the server's threads (4 of 8 here) go to them, and every
 // other call keeps working with all of those held. It used to take 33
