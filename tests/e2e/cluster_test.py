@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, IncompleteImport, pb, pb_grpc  # noqa: E402
-from harness import Engramd, Proxy, free_port, garbled_message  # noqa: E402
+from harness import Engramd, Proxy, cluster_status, free_port, garbled_message  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
 SEPARATIONS = ["softmax", "sparsemax", "entmax15"]
@@ -89,13 +89,11 @@ class Cluster:
         report if they do not in time."""
         deadline = time.time() + seconds
         while True:
-            status = subprocess.run(
-                [os.path.join(BIN, "engram"), "cluster", "status", "--addr=" + self.router.addr],
-                capture_output=True, text=True, timeout=10)
-            if status.returncode == 0:
+            code, state = cluster_status(BIN, self.router.addr, timeout=10)
+            if code == 0:
                 return None
             if time.time() > deadline:
-                return status.stdout + self.router.log()[-2000:]
+                return json.dumps(state, indent=1) + "\n" + self.router.log()[-2000:]
             time.sleep(0.2)
 
     def stop(self):
@@ -883,10 +881,7 @@ class ClusterTest(unittest.TestCase):
                          "--shards=%s,%s" % (proxy.addr, b.addr))
 
         def status():
-            out = subprocess.run([os.path.join(BIN, "engram"), "cluster", "status", "--json",
-                                  "--addr=" + router.addr],
-                                 capture_output=True, text=True, timeout=30)
-            return {r["address"]: r for r in json.loads(out.stdout)["shards"]}
+            return {r["address"]: r for r in cluster_status(BIN, router.addr)[1]["shards"]}
 
         def until(what, seconds=20):
             deadline = time.time() + seconds

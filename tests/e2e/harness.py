@@ -2,11 +2,13 @@
 import atexit
 import collections
 import contextlib
+import json
 import os
 import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent import futures
@@ -110,6 +112,51 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cluster_status(bin_dir, addr, timeout=30):
+    """`engram cluster status --json` at the router `addr`: its exit code (0
+    when every replica serves) and its report ({} when it printed none)."""
+    out = subprocess.run([os.path.join(bin_dir, "engram"), "cluster", "status", "--json",
+                          "--addr=" + addr], capture_output=True, text=True, timeout=timeout)
+    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else {}
+
+
+class IdleCalls:
+    """`n` calls of engram.v1.Engram's `method` (a client stream, or
+    AddPatterns, streamed unary on the server), each on a channel of its own
+    to `addr`: each sends `first` (a serialized message, or nothing) and then
+    holds still until close(), or for `timeout` seconds."""
+
+    def __init__(self, addr, method, n, first=None, timeout=120):
+        import grpc
+        self.release = threading.Event()
+        self.channels = [grpc.insecure_channel(addr) for _ in range(n)]
+        self.threads = []
+        for channel in self.channels:
+            call = channel.stream_unary("/engram.v1.Engram/" + method)
+
+            def messages():
+                if first is not None:
+                    yield first
+                self.release.wait()
+
+            def run(call=call, messages=messages):
+                try:
+                    call(messages(), timeout=timeout)
+                except grpc.RpcError:
+                    pass
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def close(self):
+        self.release.set()
+        for channel in self.channels:
+            channel.close()
+        for thread in self.threads:
+            thread.join(timeout=30)
 
 
 def metric(metrics_port, name, default=None, **labels):

@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, cluster_status  # noqa: E402
 
 DIM = 16
 # Every call's deadline: long beside what a partition may cost a call (the
@@ -154,10 +154,7 @@ class PartitionTest(unittest.TestCase):
 
     def status(self):
         """`engram cluster status --json` through the router, and its exit."""
-        out = subprocess.run([os.path.join(BIN, "engram"), "cluster", "status", "--json",
-                              "--addr=" + self.router.addr],
-                             capture_output=True, text=True, timeout=60)
-        return out.returncode, json.loads(out.stdout) if out.stdout.strip() else {}
+        return cluster_status(BIN, self.router.addr, timeout=60)
 
     def wait_serving(self, seconds=60):
         deadline = time.time() + seconds
@@ -406,24 +403,15 @@ class PartitionTest(unittest.TestCase):
 
 # A client that opens N import streams to ADDR, commits one pattern on each,
 # then holds them open, sending nothing more.
+# Holds `n` import streams to `addr` open, each having committed a pattern.
 STUCK_CLIENT = """
-import sys, threading, grpc
+import sys
+addr, n, e2e_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, e2e_dir)
 from engram_client import pb
-addr, n = sys.argv[1], int(sys.argv[2])
-hold = threading.Event()
-def stream():
-    call = grpc.insecure_channel(addr).stream_unary("/engram.v1.Engram/ImportPatterns")
-    def messages():
-        yield pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1.0, 2.0])]
-                                       ).SerializeToString()
-        hold.wait()
-    try:
-        call(messages(), timeout=600)
-    except grpc.RpcError:
-        pass
-for _ in range(n):
-    threading.Thread(target=stream, daemon=True).start()
-hold.wait()
+from harness import IdleCalls
+one = pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1.0, 2.0])])
+IdleCalls(addr, "ImportPatterns", n, one.SerializeToString(), timeout=600).release.wait()
 """
 
 
@@ -457,7 +445,8 @@ class SilentClientTest(unittest.TestCase):
                 np.save(rows, np.ones((3, 2), np.float32))
                 stuck = subprocess.Popen(
                     ["ip", "netns", "exec", net.replicas[0], sys.executable, "-c",
-                     STUCK_CLIENT, addr, "4"], stderr=subprocess.PIPE, text=True)
+                     STUCK_CLIENT, addr, "4", os.path.dirname(os.path.abspath(__file__))],
+                    stderr=subprocess.PIPE, text=True)
                 deadline = time.time() + 30
                 while int(count()) < 4:
                     self.assertLess(time.time(), deadline, "the stuck client's streams")

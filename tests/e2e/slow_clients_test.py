@@ -35,44 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
-from harness import Engramd, metric  # noqa: E402
+from harness import Engramd, IdleCalls, metric  # noqa: E402
 
 THREADS = 16  # Streams may hold 8, adds waiting for their request 4.
-
-
-class IdleCalls:
-    """`n` calls of `method` (a client stream, or AddPatterns, streamed
-    unary on the server) on a channel each, sending `first` (or nothing)
-    and then holding the call open until close()."""
-
-    def __init__(self, addr, method, n, first=None):
-        self.release = threading.Event()
-        self.channels = [grpc.insecure_channel(addr) for _ in range(n)]
-        self.threads = []
-        for channel in self.channels:
-            call = channel.stream_unary("/engram.v1.Engram/" + method)
-
-            def messages():
-                if first is not None:
-                    yield first
-                self.release.wait()
-
-            def run(call=call, messages=messages):
-                try:
-                    call(messages(), timeout=120)
-                except grpc.RpcError:
-                    pass
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def close(self):
-        self.release.set()
-        for channel in self.channels:
-            channel.close()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 class SlowClientsTest(unittest.TestCase):
