@@ -59,6 +59,12 @@ ABSL_FLAG(int, keepalive_s, 60,
           "whose ping goes unanswered for as long (at most 20 s) is closed "
           "and its calls ended, so that a client whose host or network went "
           "away stops holding a stream and its thread.");
+ABSL_FLAG(int, fd_reserve, -1,
+          "File descriptors new connections leave free for engramd's own "
+          "files (the storage's logs and tables, a router's channels to its "
+          "shards, metrics): a connection that would take one is closed at "
+          "once. -1: an eighth of the open-file limit, at least 64 and at "
+          "most half; 0: none.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -394,6 +400,11 @@ engram::app::EngramdOptions OptionsFromFlags() {
         absl::StrCat("--keepalive_s=", keepalive_s, ": must be in [1, 7200]"));
   }
   server.keepalive = absl::Seconds(keepalive_s);
+  server.fd_reserve = absl::GetFlag(FLAGS_fd_reserve);
+  if (server.fd_reserve < -1) {
+    FailOnFlag(absl::StrCat("--fd_reserve=", server.fd_reserve,
+                            ": must be -1 (automatic) or at least 0"));
+  }
   server.max_threads = absl::GetFlag(FLAGS_rpc_threads) > 0
                            ? absl::GetFlag(FLAGS_rpc_threads)
                            : 32 * cores;

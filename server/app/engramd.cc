@@ -261,6 +261,13 @@ std::string Transport(const rpc::ServerOptions& options,
                       " with ", server.certificate());
 }
 
+// "1024 (raised from 64), 128 kept from connections".
+std::string OpenFiles(const std::string& limit, const rpc::Server& server) {
+  if (server.connection_reserve() == 0) return limit;
+  return absl::StrCat(limit, ", ", server.connection_reserve(),
+                      " kept from connections");
+}
+
 void LogConfiguration(const EngramdOptions& o, const rpc::Server& server,
                       const std::string& metrics_address,
                       const std::string& open_files) {
@@ -284,7 +291,8 @@ void LogConfiguration(const EngramdOptions& o, const rpc::Server& server,
       core::DescribeMachine(), std::string(core::KernelIsa()),
       core::DefaultFusedQueries(), std::string(core::HalfKernelIsa()),
       o.blas_threads, o.retrieval_threads, o.job_workers, o.server.max_threads,
-      open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
+      OpenFiles(open_files, server), DescribeAllocator(),
+      WriteMemory(o.server.write_budget.get()),
       MiBOrUnlimited(l.max_store_memory_bytes),
       ResidentLimit(o.server.memory_guard.get()),
       o.server.max_message_bytes >> 20, l.max_dimension, l.max_batch,
@@ -345,7 +353,8 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
       Transport(o.server, **server),
       BoundAddress(o.metrics.listen, metrics_port), o.cluster.cluster,
       o.cluster.topology.groups.size(), o.cluster.topology.replicas(),
-      open_files, DescribeAllocator(), WriteMemory(o.server.write_budget.get()),
+      OpenFiles(open_files, **server), DescribeAllocator(),
+      WriteMemory(o.server.write_budget.get()),
       ResidentLimit(o.server.memory_guard.get()));
   absl::Mutex mu;
   bool stopping = false;

@@ -66,6 +66,8 @@ class Metrics {
                                size_t bytes_received) = 0;
   // Replicas of a router's shards that serve (ready) and that do not.
   virtual void SetShardReplicas(size_t ready, size_t not_ready) = 0;
+  // A connection closed as it came, unserved, and why (rpc/listener.h).
+  virtual void RecordConnectionShed(absl::string_view reason) = 0;
 };
 
 // Counts nothing.
@@ -87,6 +89,7 @@ class NullMetrics : public Metrics {
   void RecordShardCall(absl::string_view, absl::string_view, absl::string_view,
                        double, size_t, size_t) override {}
   void SetShardReplicas(size_t, size_t) override {}
+  void RecordConnectionShed(absl::string_view) override {}
 };
 
 }  // namespace engram::metrics

@@ -147,6 +147,14 @@ class PrometheusMetrics : public Metrics {
                             .Help("A router's shard replicas, by state "
                                   "(ready, not_ready).")
                             .Register(*registry_)),
+        connections_shed_(
+            prometheus::BuildCounter()
+                .Name("engram_connections_shed_total")
+                .Help("Connections closed as they came, unserved, by reason: "
+                      "reserve (fewer file descriptors free than engramd "
+                      "keeps for its files), no_descriptors or no_memory "
+                      "(accepting failed for want of them).")
+                .Register(*registry_)),
         capacity_{&CapacityGauge("engram_capacity_recall_at_1",
                                  "Recall@1 of corrupted stored patterns at "
                                  "the calibrated setting, by store."),
@@ -175,6 +183,11 @@ class PrometheusMetrics : public Metrics {
         .Add(BuildLabels(options))
         .Set(1);
     SetFits(0, 0);
+    // Each reason rpc::Listener gives, from zero: a rule's increase() sees
+    // the first one shed.
+    for (const char* reason : {"reserve", "no_descriptors", "no_memory"}) {
+      connections_shed_.Add({{"reason", reason}});
+    }
   }
 
   // Serves the registry in the text format; the port it bound, or 0.
@@ -318,6 +331,10 @@ class PrometheusMetrics : public Metrics {
         .Increment(static_cast<double>(bytes_received));
   }
 
+  void RecordConnectionShed(absl::string_view reason) override {
+    connections_shed_.Add({{"reason", std::string(reason)}}).Increment();
+  }
+
   void SetShardReplicas(size_t ready, size_t not_ready) override {
     shard_replicas_.Add({{"state", "ready"}}).Set(static_cast<double>(ready));
     shard_replicas_.Add({{"state", "not_ready"}})
@@ -358,6 +375,7 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Histogram>& shard_latency_;
   prometheus::Family<prometheus::Counter>& shard_bytes_;
   prometheus::Family<prometheus::Gauge>& shard_replicas_;
+  prometheus::Family<prometheus::Counter>& connections_shed_;
   prometheus::Family<prometheus::Gauge>* capacity_[kCapacityFigures];
   std::unique_ptr<internal::HttpEndpoint> endpoint_;
 };

@@ -1,5 +1,7 @@
 #include "server/rpc/server.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -22,6 +24,7 @@
 #include "server/base/log.h"
 #include "server/base/millis.h"
 #include "server/rpc/auth.h"
+#include "server/rpc/listener.h"
 #include "server/rpc/tls_files.h"
 #include "server/rpc/unix_socket.h"
 
@@ -183,6 +186,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     if (!lock.ok()) return lock.status();
     server->unix_lock_ = *std::move(lock);
   }
+  rlimit open_files{};
+  if (options.fd_reserve >= 0 && getrlimit(RLIMIT_NOFILE, &open_files) == 0 &&
+      open_files.rlim_cur != RLIM_INFINITY &&
+      static_cast<rlim_t>(options.fd_reserve) >= open_files.rlim_cur) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fd_reserve=", options.fd_reserve,
+                     " is not below the open-file "
+                     "limit (",
+                     open_files.rlim_cur, "): no connection could be taken"));
+  }
+  // Bound before anything else starts: a port in use refuses at once.
+  absl::StatusOr<std::unique_ptr<Listener>> listener =
+      Listener::Bind(options.listen);
+  if (!listener.ok()) return listener.status();
+  server->listener_ = *std::move(listener);
+  server->port_ = server->listener_->port();
   server->policy_ = std::make_unique<CallPolicy>();
   server->policy_->auth = std::move(auth);
   server->policy_->max_message_bytes = options.max_message_bytes;
@@ -230,9 +249,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         "--tls_client_ca needs --tls_cert and --tls_key");
   }
   grpc::ServerBuilder builder;
-  // gRPC binds with SO_REUSEPORT by default: a second engramd on the same
-  // port would start and take half the calls. One server per port.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // Batches of queries and their answers are megabytes: a stream window of
   // 8 MiB from the start saves the flow-control round trips that growing it
   // costs (measured: 3 ms of a 40 ms call at 256 queries on loopback).
@@ -259,7 +275,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // sends nothing for minutes, then goes silent): gRPC otherwise stops
   // pinging after two pings without data.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  builder.AddListeningPort(options.listen, credentials, &server->port_);
+  // A connection that has not finished its TLS handshake and sent HTTP/2's
+  // settings within 20 s is closed (gRPC's default waits two minutes): a
+  // descriptor held by a connection that never speaks is soon given back.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 20000);
+  // The listener accepts; gRPC serves what it hands over (listener.h).
+  server->acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
+      credentials);
   // The service enforces --max_message_mb on every request and message, so
   // that the refusal says what was committed and how to split; gRPC's own
   // limit (with a bare message) only stops what is twice as large.
@@ -281,14 +304,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       server->policy_->stream_slots.get()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
-  if (!server->server_ || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "--listen=", options.listen, ": cannot listen there",
-        IsUnixAddress(options.listen)
-            ? " (gRPC's error above says why)"
-            : " (the port is in use, or the host is not an address of this "
-              "machine)"));
+  if (!server->server_) {
+    return absl::UnavailableError(
+        absl::StrCat("--listen=", options.listen,
+                     ": gRPC's server did not start (its error above says "
+                     "why)"));
   }
+  server->listener_->Start(server->acceptor_.get(), options.fd_reserve,
+                           [metrics](absl::string_view reason) {
+                             if (metrics != nullptr)
+                               metrics->RecordConnectionShed(reason);
+                           });
   std::shared_ptr<CredentialState> state = StateOrNew(options.credential_state);
   if (server->tls_ != nullptr) {
     state->certificate_expiry = static_cast<double>(server->tls_->expiry());
@@ -307,6 +333,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
 std::string Server::address() const {
   if (IsUnixAddress(listen_)) return listen_;
   return absl::StrCat(listen_.substr(0, listen_.rfind(':')), ":", port_);
+}
+
+size_t Server::connection_reserve() const {
+  return listener_ == nullptr ? 0 : listener_->reserve();
 }
 
 std::string Server::endpoint() const {
@@ -360,6 +390,9 @@ void Server::Shutdown(absl::Duration grace) {
   }
   if (!server_) return;
   SetReady(false);
+  // New connections are refused from here on; those open finish their
+  // calls within the grace.
+  listener_->Stop();
   server_->Shutdown(std::chrono::system_clock::now() +
                     absl::ToChronoMilliseconds(grace));
   server_->Wait();

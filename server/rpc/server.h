@@ -27,6 +27,7 @@
 #include "server/metrics/metrics.h"
 #include "server/rpc/call.h"
 #include "server/rpc/credentials.h"
+#include "server/rpc/listener.h"
 #include "server/rpc/memory_guard.h"
 #include "server/rpc/service.h"
 #include "server/rpc/tls_files.h"
@@ -44,6 +45,10 @@ struct ServerOptions {
   // as long (at most 20 s) is closed, its calls ended (a client gone
   // silent: a partition, a host lost without a reset).
   absl::Duration keepalive = absl::Seconds(60);
+  // File descriptors connections leave free (Listener::Start); -1:
+  // Listener::ReserveFor the open-file limit. At least the limit refuses to
+  // start.
+  int fd_reserve = -1;
   // What streams, and writes waiting for their request, may hold of the
   // threads (see call.h); null: StreamShare and UnreadShare of max_threads.
   std::shared_ptr<StreamSlots> stream_slots;
@@ -101,6 +106,8 @@ class Server {
   // An address a client dials: host:port, or the unix: address listened on.
   std::string address() const;
 
+  // The file descriptors connections leave free (Listener::reserve).
+  size_t connection_reserve() const;
   // Readiness: whether the engram service takes requests.
   void SetReady(bool ready);
 
@@ -122,6 +129,10 @@ class Server {
   const std::string listen_;  // As given (--listen).
   // Held while server_ lives (it is destroyed first): --listen=unix:PATH.
   std::unique_ptr<UnixSocketLock> unix_lock_;
+  // Accepts --listen's connections and hands them to server_ through
+  // acceptor_; stopped before server_ shuts down.
+  std::unique_ptr<Listener> listener_;
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   mutable Mutex watch_mu_;

@@ -1,21 +1,28 @@
 #!/usr/bin/python3
-"""A flood of connections that takes every file descriptor loses nothing.
+"""A flood of connections past the open-file limit loses nothing and stops
+nothing for good.
 
 Every connection costs engramd a file descriptor, and RocksDB needs one for
-each log and table file it creates. A client that opens connections until
-none is left makes the next new log file fail, and RocksDB then stops every
-write until the database is opened again. engramd must:
+each log and table file it creates. engramd must:
   - raise its soft limit of open files to the hard limit at start, saying so;
-  - refuse writes while no descriptor is left, naming the storage error, and
-    keep serving reads;
-  - take writes again, without a restart, once the connections are gone;
+  - keep descriptors from connections for its own files (--fd_reserve,
+    by default an eighth of the limit, at least 64): a connection that would
+    take one is closed at once, counted in engram_connections_shed_total,
+    while writes go on and a client connected before is served;
+  - close a connection that never speaks within 20 s;
+  - with no reserve (--fd_reserve=0), refuse writes while no descriptor is
+    left, naming the storage error, keep serving reads, and take writes
+    again, without a restart, once the connections are gone;
+  - either way, accept new connections again once the flood is gone (gRPC
+    1.51's own listener stopped accepting for good at the first accept()
+    that found no descriptor);
   - keep every acknowledged pattern, and only those, across a restart.
 
 The hard limit is lowered on the running engramd (prlimit), so that the
-flood needs a few hundred connections, not tens of thousands. The flood is
-skipped under a sanitizer (ASan, UBSan, TSan): their runtimes open pipes
-to check memory, and with no descriptor left UBSan reports a false "invalid
-vptr" and stops the process.
+flood needs a few hundred connections, not tens of thousands. The flood
+with no reserve is skipped under a sanitizer (ASan, UBSan, TSan): their
+runtimes open pipes to check memory, and with no descriptor left UBSan
+reports a false "invalid vptr" and stops the process.
 
 Usage: descriptors_test.py BIN_DIR
 """
@@ -33,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, sanitized  # noqa: E402
+from harness import Engramd, metric, sanitized  # noqa: E402
 
 DIM = 256
 BATCH = 4096  # 4 MiB of values per add: RocksDB's 64 MiB memtable fills in 16.
@@ -41,6 +48,33 @@ BATCH = 4096  # 4 MiB of values per add: RocksDB's 64 MiB memtable fills in 16.
 
 def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def lower_limit(pid, extra):
+    """Lowers engramd's open-file limit to what it holds now + `extra`;
+    returns the limit."""
+    limit = open_fds(pid) + extra
+    subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%d:%d" % (limit, limit)],
+                   check=True)
+    return limit
+
+
+def engram(addr, *args):
+    """The CLI: a process, and so a connection, of its own."""
+    return subprocess.run([os.path.join(BIN, "engram"), "--addr=" + addr, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def wait_served(test, e, seconds=20):
+    """Until a new client is served; fails with engramd's log if not."""
+    deadline = time.time() + seconds
+    while True:
+        run = engram(e.addr, "store", "list")
+        if run.returncode == 0:
+            return
+        test.assertLess(time.time(), deadline, "no new connection served after the flood: "
+                        "%s\n%s" % (run.stderr, e.log()[-2000:]))
+        time.sleep(0.2)
 
 
 class DescriptorsTest(unittest.TestCase):
@@ -68,8 +102,8 @@ class DescriptorsTest(unittest.TestCase):
             e.stop()
 
     @unittest.skipIf(sanitized(BIN), "a sanitizer's runtime needs descriptors of its own")
-    def test_2_a_connection_flood_stops_writes_until_it_ends_and_loses_nothing(self):
-        e = Engramd(BIN, self.tmp.name)
+    def test_2_with_no_reserve_a_flood_stops_writes_until_it_ends(self):
+        e = Engramd(BIN, self.tmp.name, "--fd_reserve=0")
         data_dir = e.data_dir
         rng = np.random.default_rng(7)
         acknowledged = set()
@@ -81,9 +115,7 @@ class DescriptorsTest(unittest.TestCase):
                 acknowledged.update(c.add("s", first).tolist())
                 # Room for the storage's files as they are now and a few
                 # connections more; the flood takes the rest.
-                limit = open_fds(e.proc.pid) + 64
-                subprocess.run(["prlimit", "--pid", str(e.proc.pid),
-                                "--nofile=%d:%d" % (limit, limit)], check=True)
+                limit = lower_limit(e.proc.pid, 64)
                 host, port = e.addr.rsplit(":", 1)
                 for _ in range(limit + 64):  # The last ones wait in the backlog.
                     s = socket.socket()
@@ -137,6 +169,7 @@ class DescriptorsTest(unittest.TestCase):
                 acknowledged.update(
                     c.add("s", rng.normal(size=(BATCH, DIM)).astype(np.float32)).tolist())
                 self.assertEqual(c.get_store("s").pattern_count, len(acknowledged))
+                wait_served(self, e)
             self.assertIn("storage: reopened", e.log())
             self.assertEqual(e.stop(), 0)
 
@@ -151,6 +184,96 @@ class DescriptorsTest(unittest.TestCase):
             for s in flood:
                 s.close()
             e.stop()
+
+
+    def test_3_the_reserve_keeps_writes_going_through_a_flood(self):
+        e = Engramd(BIN, self.tmp.name, metrics_listen="127.0.0.1:0")
+        data_dir = e.data_dir
+        rng = np.random.default_rng(8)
+        acknowledged = set()
+        flood = []
+        try:
+            with Client(e.addr) as c:
+                c.create_store("s", dim=DIM)
+                acknowledged.update(
+                    c.add("s", rng.normal(size=(100, DIM)).astype(np.float32)).tolist())
+                limit = lower_limit(e.proc.pid, 160)
+                host, port = e.addr.rsplit(":", 1)
+                for _ in range(limit + 64):
+                    s = socket.socket()
+                    s.settimeout(10)
+                    s.connect((host, int(port)))
+                    flood.append(s)
+                # The flood takes all but the reserve (an eighth of the
+                # limit, at least 64), the rest of it closed as it came.
+                def shed():
+                    return metric(e.metrics_port, "engram_connections_shed_total",
+                                  reason="reserve")
+
+                deadline = time.time() + 30
+                last = -1
+                while shed() != last:  # Until the last of them is shed.
+                    self.assertLess(time.time(), deadline)
+                    last = shed()
+                    time.sleep(0.5)
+                self.assertGreaterEqual(last, 64)
+                # The reserve is free (less the metrics scrape's own
+                # connection, taken after the flood's).
+                self.assertGreaterEqual(limit - open_fds(e.proc.pid), 64 - 1)
+                # A new client is turned away at once, clearly.
+                start = time.time()
+                late = engram(e.addr, "store", "list")
+                self.assertNotEqual(late.returncode, 0)
+                self.assertIn("UNAVAILABLE", late.stderr)
+                refused_in = time.time() - start
+                self.assertLess(refused_in, 10)
+                # Writes go on: 80 MiB, past a memtable's 64, so that the
+                # storage opens new files.
+                for _ in range(20):
+                    batch = rng.normal(size=(BATCH, DIM)).astype(np.float32)
+                    acknowledged.update(c.add("s", batch, batch=BATCH).tolist())
+                c.create_store("t", dim=4)
+                self.assertEqual(c.get_store("s").pattern_count, len(acknowledged))
+                self.assertIn("new connection(s) closed unserved", e.log())
+                for s in flood:
+                    s.close()
+                flood = []
+                wait_served(self, e)
+                # A connection that never speaks is closed within 20 s.
+                silent = socket.create_connection((host, int(port)), timeout=40)
+                start = time.time()
+                while silent.recv(1000):  # engramd's HTTP/2 settings, then the end.
+                    pass
+                closed_after = time.time() - start
+                self.assertLess(closed_after, 30)
+                silent.close()
+            self.assertEqual(e.stop(), 0)
+            print("\nlimit %d: %d connections, %d shed, %d taken; a new client refused in "
+                  "%.3f s; %d patterns added through the flood; a silent connection closed "
+                  "after %.1f s" % (limit, limit + 64, last, limit + 64 - last, refused_in,
+                                    len(acknowledged), closed_after), file=sys.stderr)
+
+            e = Engramd(BIN, self.tmp.name, data_dir=data_dir)
+            with Client(e.addr) as c:
+                stored = {p.id for p in c.list_patterns("s", values=False)}
+                self.assertEqual(stored, acknowledged)
+        finally:
+            for s in flood:
+                s.close()
+            e.stop()
+
+
+    def test_4_a_reserve_of_every_descriptor_refuses_to_start(self):
+        for wrapper, flag, expected in (
+                ((), "--fd_reserve=-2", "--fd_reserve=-2: must be -1 (automatic) or at least 0"),
+                (("prlimit", "--nofile=128:128", "--"), "--fd_reserve=128",
+                 "--fd_reserve=128 is not below the open-file limit (128)")):
+            run = subprocess.run([*wrapper, os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0",
+                                  "--metrics_listen=", flag,
+                                  "--data_dir=" + os.path.join(self.tmp.name, "d")],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(run.returncode, 0)
+            self.assertIn(expected, run.stderr)
 
 
 if __name__ == "__main__":

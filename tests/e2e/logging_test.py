@@ -2,7 +2,7 @@
 """engramd's log as JSON lines (--log_format=json), end to end: every line
 it writes — the configuration, a refused call whose store name holds
 quotes, a newline and a control character, a credential file that does not
-load, gRPC's own error for a port in use, the shutdown — is one JSON object
+load, gRPC's own error for a failed TLS handshake, a port in use, the shutdown — is one JSON object
 with time, level and msg; unknown --log_format and --log_level values
 refuse to start.
 
@@ -21,7 +21,7 @@ BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd  # noqa: E402
+from harness import Engramd, make_certs  # noqa: E402
 
 
 def records(text):
@@ -77,6 +77,28 @@ class LoggingTest(unittest.TestCase):
         self.assertTrue(any("shutting down" in r["msg"] for r in logged))
 
     def test_grpc_messages_are_json_too(self):
+        # gRPC's own lines (here: a TLS handshake that bytes of plain HTTP
+        # fail) come through engramd's log, as JSON.
+        certs = make_certs(self.tmp.name)
+        e = Engramd(BIN, self.tmp.name, "--log_format=json",
+                    "--tls_cert=" + certs("server.pem"), "--tls_key=" + certs("server.key"))
+        try:
+            with socket.create_connection(("127.0.0.1", int(e.addr.rsplit(":", 1)[1])),
+                                          timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.settimeout(10)
+                try:
+                    s.recv(100)
+                except OSError:
+                    pass
+            deadline = time.time() + 10
+            while not any(r["msg"].startswith("grpc: ") for r in records(e.log())):
+                self.assertLess(time.time(), deadline, e.log())
+                time.sleep(0.1)
+        finally:
+            self.assertEqual(e.stop(), 0)
+
+    def test_a_port_in_use_refuses_to_start(self):
         held = socket.socket()
         held.bind(("127.0.0.1", 0))
         held.listen(1)
@@ -90,9 +112,9 @@ class LoggingTest(unittest.TestCase):
             held.close()
         self.assertEqual(run.returncode, 1, run.stderr)
         logged = records(run.stderr)
-        self.assertTrue(any(r["msg"].startswith("grpc: ") and r["level"] == "error"
-                            for r in logged), run.stderr)
-        self.assertTrue(any("cannot listen there" in r["msg"] for r in logged), run.stderr)
+        self.assertTrue(any(r["level"] == "error" and
+                            "--listen=127.0.0.1:%d: cannot listen there: the port is in use" % port
+                            in r["msg"] for r in logged), run.stderr)
 
     def test_unknown_format_or_level_refuses_to_start(self):
         for flag, text in (("--log_format=xml", "--log_format=xml is not one of text, json"),

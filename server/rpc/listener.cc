@@ -1,0 +1,453 @@
+#include "server/rpc/listener.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "server/base/log.h"
+#include "server/rpc/unix_socket.h"
+
+namespace engram::rpc {
+
+namespace {
+
+// Why binding failed, for an operator.
+std::string Why(int error) {
+  switch (error) {
+    case EADDRINUSE:
+      return "the port is in use (another engramd, or another program)";
+    case EADDRNOTAVAIL:
+      return "the host is not an address of this machine";
+    case EACCES:
+      return "permission denied (ports below 1024 need privileges; a Unix "
+             "socket needs a directory engramd may write)";
+    default:
+      return std::strerror(error);
+  }
+}
+
+// A socket of `address`'s family bound to it and listening, or -1 with
+// *error set. `dual_stack`: an IPv6 socket that takes IPv4 too.
+int ListenOn(const sockaddr* address, socklen_t length, bool dual_stack,
+             int* error) {
+  const int fd =
+      socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = errno;
+    return -1;
+  }
+  const int one = 1;
+  if (address->sa_family != AF_UNIX) {
+    // A restarted engramd binds while its predecessor's connections are
+    // still in TIME_WAIT. (Not SO_REUSEPORT: one server per port.)
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  }
+  if (address->sa_family == AF_INET6) {
+    const int v6_only = dual_stack ? 0 : 1;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6_only, sizeof(v6_only));
+  }
+  if (bind(fd, address, length) != 0 || listen(fd, SOMAXCONN) != 0) {
+    *error = errno;
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int BoundPort(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    return 0;
+  }
+  if (address.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+  }
+  if (address.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
+  }
+  return 0;
+}
+
+void SetPort(sockaddr* address, int port) {
+  if (address->sa_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(address)->sin_port =
+        htons(static_cast<uint16_t>(port));
+  } else if (address->sa_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(address)->sin6_port =
+        htons(static_cast<uint16_t>(port));
+  }
+}
+
+// Errors of one waiting connection (its client gone, a firewall's refusal):
+// the next may be fine.
+bool OneConnectionFailed(int error) {
+  switch (error) {
+    case ECONNABORTED:
+    case EPROTO:
+    case EPERM:
+    case ENETDOWN:
+    case ENOPROTOOPT:
+    case EHOSTDOWN:
+    case ENONET:
+    case EHOSTUNREACH:
+    case EOPNOTSUPP:
+    case ENETUNREACH:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
+    absl::string_view listen) {
+  const std::string where = absl::StrCat("--listen=", listen);
+  std::vector<Socket> sockets;
+  const auto close_all = [&sockets] {
+    for (const Socket& s : sockets) close(s.fd);
+    sockets.clear();
+  };
+  int error = 0;
+
+  if (std::optional<std::string> path = UnixSocketPath(listen)) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path->empty() || path->size() >= sizeof(address.sun_path)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": not a path a Unix socket can have"));
+    }
+    std::memcpy(address.sun_path, path->data(), path->size());
+    // The caller holds the path's lock: a socket there is a dead engramd's.
+    unlink(path->c_str());
+    const int fd = ListenOn(reinterpret_cast<const sockaddr*>(&address),
+                            sizeof(address), false, &error);
+    if (fd < 0) {
+      return absl::UnavailableError(
+          absl::StrCat(where, ": cannot listen there: ", Why(error)));
+    }
+    sockets.push_back({fd, false});
+    return std::unique_ptr<Listener>(
+        new Listener(std::string(listen), std::move(sockets), 0, *path));
+  }
+
+  absl::string_view name = listen;
+  if (absl::ConsumePrefix(&name, "unix-abstract:")) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (name.empty() || name.size() >= sizeof(address.sun_path)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": an abstract socket's name is 1 to ",
+                       sizeof(address.sun_path) - 1, " bytes"));
+    }
+    // The name after a zero byte, as long as it is (not zero-terminated).
+    std::memcpy(address.sun_path + 1, name.data(), name.size());
+    const socklen_t length = static_cast<socklen_t>(
+        offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    const int fd = ListenOn(reinterpret_cast<const sockaddr*>(&address), length,
+                            false, &error);
+    if (fd < 0) {
+      return absl::UnavailableError(
+          absl::StrCat(where, ": cannot listen there: ", Why(error)));
+    }
+    sockets.push_back({fd, false});
+    return std::unique_ptr<Listener>(
+        new Listener(std::string(listen), std::move(sockets), 0, ""));
+  }
+
+  // HOST:PORT or [IPV6]:PORT.
+  std::string host;
+  absl::string_view port_text;
+  if (absl::ConsumePrefix(&name, "[")) {
+    const size_t close_bracket = name.find(']');
+    if (close_bracket == absl::string_view::npos ||
+        name.substr(close_bracket + 1, 1) != ":") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": an IPv6 address is written [ADDRESS]:PORT"));
+    }
+    host = std::string(name.substr(0, close_bracket));
+    port_text = name.substr(close_bracket + 2);
+  } else {
+    const size_t colon = name.rfind(':');
+    if (colon == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": needs a port: HOST:PORT, [IPV6]:PORT or unix:PATH"));
+    }
+    host = std::string(name.substr(0, colon));
+    if (host.find(':') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": an IPv6 address is written [ADDRESS]:PORT"));
+    }
+    port_text = name.substr(colon + 1);
+  }
+  int port = 0;
+  if (!absl::SimpleAtoi(port_text, &port) || port < 0 || port > 65535 ||
+      port_text.empty() || port_text[0] == '+' || port_text[0] == '-') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": the port is a number from 0 (any free one) to 65535"));
+  }
+
+  if (host.empty() || host == "0.0.0.0" || host == "::") {
+    // Every address: IPv6 and IPv4 on one socket, or IPv4 alone on a
+    // machine without IPv6.
+    sockaddr_in6 any6{};
+    any6.sin6_family = AF_INET6;
+    any6.sin6_addr = in6addr_any;
+    SetPort(reinterpret_cast<sockaddr*>(&any6), port);
+    int fd = ListenOn(reinterpret_cast<const sockaddr*>(&any6), sizeof(any6),
+                      true, &error);
+    if (fd < 0 && (error == EAFNOSUPPORT || error == EADDRNOTAVAIL) &&
+        host != "::") {
+      sockaddr_in any4{};
+      any4.sin_family = AF_INET;
+      any4.sin_addr.s_addr = htonl(INADDR_ANY);
+      SetPort(reinterpret_cast<sockaddr*>(&any4), port);
+      fd = ListenOn(reinterpret_cast<const sockaddr*>(&any4), sizeof(any4),
+                    false, &error);
+    }
+    if (fd < 0) {
+      return absl::UnavailableError(
+          absl::StrCat(where, ": cannot listen there: ", Why(error)));
+    }
+    sockets.push_back({fd, true});
+    const int bound = BoundPort(fd);
+    return std::unique_ptr<Listener>(
+        new Listener(std::string(listen), std::move(sockets), bound, ""));
+  }
+
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string service = absl::StrCat(port);
+  if (const int resolved =
+          getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+      resolved != 0) {
+    return absl::UnavailableError(absl::StrCat(where, ": cannot resolve ", host,
+                                               ": ", gai_strerror(resolved)));
+  }
+  // Each address the name has (localhost: 127.0.0.1 and ::1), once, on one
+  // port: the first one's when port 0 picks.
+  std::vector<sockaddr_storage> seen;
+  int first_error = 0;
+  int bound = port;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    if (a->ai_addrlen > sizeof(sockaddr_storage)) continue;
+    sockaddr_storage address{};
+    std::memcpy(&address, a->ai_addr, a->ai_addrlen);
+    SetPort(reinterpret_cast<sockaddr*>(&address), bound);
+    if (std::any_of(seen.begin(), seen.end(), [&](const sockaddr_storage& s) {
+          return std::memcmp(&s, &address, sizeof(s)) == 0;
+        })) {
+      continue;
+    }
+    seen.push_back(address);
+    const int fd = ListenOn(reinterpret_cast<const sockaddr*>(&address),
+                            a->ai_addrlen, false, &error);
+    if (fd < 0) {
+      // An address family this machine does not have (::1 without IPv6)
+      // is left out; anything else (a port in use) refuses.
+      if (error == EAFNOSUPPORT || error == EADDRNOTAVAIL) {
+        if (first_error == 0) first_error = error;
+        continue;
+      }
+      first_error = error;
+      close_all();
+      break;
+    }
+    sockets.push_back({fd, true});
+    if (bound == 0) bound = BoundPort(fd);
+  }
+  freeaddrinfo(found);
+  if (sockets.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat(where, ": cannot listen there: ",
+                     Why(first_error == 0 ? EADDRNOTAVAIL : first_error)));
+  }
+  return std::unique_ptr<Listener>(
+      new Listener(std::string(listen), std::move(sockets), bound, ""));
+}
+
+size_t Listener::ReserveFor(size_t limit) {
+  return std::min(std::max<size_t>(64, limit / 8), limit / 2);
+}
+
+Listener::Listener(std::string listen, std::vector<Socket> sockets, int port,
+                   std::string unix_path)
+    : listen_(std::move(listen)),
+      sockets_(std::move(sockets)),
+      port_(port),
+      unix_path_(std::move(unix_path)) {}
+
+Listener::~Listener() { Stop(); }
+
+void Listener::Start(grpc::experimental::ExternalConnectionAcceptor* acceptor,
+                     int reserve, OnShed on_shed) {
+  acceptor_ = acceptor;
+  reserve_option_ = reserve;
+  on_shed_ = std::move(on_shed);
+  ReadLimit();
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Listener::ReadLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 ||
+      limit.rlim_cur == RLIM_INFINITY) {
+    limit_ = 0;
+    reserve_ = 0;
+    shed_from_ = SIZE_MAX;
+    return;
+  }
+  limit_ = static_cast<size_t>(limit.rlim_cur);
+  const size_t reserve =
+      reserve_option_ >= 0
+          ? std::min(static_cast<size_t>(reserve_option_), limit_)
+          : ReserveFor(limit_);
+  reserve_ = reserve;
+  // Descriptors are numbered from the lowest free one: a connection given
+  // number N means 0 .. N-1 are all open.
+  shed_from_ = limit_ - reserve;
+}
+
+void Listener::Stop() {
+  if (thread_.joinable()) {
+    const uint64_t one = 1;
+    // An eventfd's counter: this write cannot fail short of a bug.
+    if (write(wake_fd_, &one, sizeof(one)) != sizeof(one)) {
+      Log(LogLevel::kError, "--listen=%s: cannot wake the listener: %s",
+          listen_.c_str(), std::strerror(errno));
+    }
+    thread_.join();
+  }
+  for (const Socket& s : sockets_) close(s.fd);
+  sockets_.clear();
+  if (!unix_path_.empty()) unlink(unix_path_.c_str());
+  for (int* fd : {&wake_fd_, &spare_fd_}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
+void Listener::Run() {
+  std::vector<pollfd> polled;
+  for (const Socket& s : sockets_) polled.push_back({s.fd, POLLIN, 0});
+  polled.push_back({wake_fd_, POLLIN, 0});
+  while (true) {
+    for (pollfd& p : polled) p.revents = 0;
+    if (poll(polled.data(), polled.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      Log(LogLevel::kError, "--listen=%s: poll: %s", listen_.c_str(),
+          std::strerror(errno));
+      absl::SleepFor(absl::Milliseconds(100));
+      continue;
+    }
+    if (polled.back().revents != 0) break;  // Stop.
+    bool starved = false;
+    for (size_t i = 0; i < sockets_.size(); ++i) {
+      if (polled[i].revents != 0 && !AcceptAll(sockets_[i])) starved = true;
+    }
+    if (shed_unreported_ > 0 &&
+        absl::Now() - last_warning_ >= absl::Seconds(10)) {
+      const std::string why =
+          last_reason_ == kReserve
+              ? absl::StrCat("fewer than ", reserve_.load(), " of its ", limit_,
+                             " file descriptors were free (those are kept "
+                             "for its files)")
+          : last_reason_ == kNoDescriptors
+              ? std::string("it had no file descriptor free at all")
+              : std::string("the system had no memory for a connection");
+      Log(LogLevel::kWarning,
+          "--listen=%s: %zu new connection(s) closed unserved (%zu since "
+          "start): %s; raise the open-file limit (ulimit -n, systemd's "
+          "LimitNOFILE=, docker run --ulimit nofile=) or find what holds "
+          "them",
+          listen_.c_str(), shed_unreported_, shed_.load(), why.c_str());
+      last_warning_ = absl::Now();
+      shed_unreported_ = 0;
+    }
+    if (starved) {
+      // Out of descriptors or memory: give the process a moment rather
+      // than spin on the queue; Stop still wakes it.
+      pollfd wake{wake_fd_, POLLIN, 0};
+      if (poll(&wake, 1, 50) > 0) break;
+    }
+  }
+}
+
+bool Listener::AcceptAll(const Socket& socket) {
+  ReadLimit();
+  while (true) {
+    const int fd =
+        accept4(socket.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      const int error = errno;
+      if (error == EINTR || OneConnectionFailed(error)) continue;
+      if (error == EAGAIN || error == EWOULDBLOCK) return true;
+      const bool descriptors = error == EMFILE || error == ENFILE;
+      if (!descriptors && error != ENOBUFS && error != ENOMEM) {
+        Log(LogLevel::kError, "--listen=%s: accept: %s", listen_.c_str(),
+            std::strerror(error));
+        return false;
+      }
+      // The spare descriptor makes room to take the oldest waiting
+      // connection off the queue and close it: its client learns at once.
+      if (spare_fd_ >= 0) {
+        close(spare_fd_);
+        const int shed = accept4(socket.fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (shed >= 0) {
+          close(shed);
+          Shed(descriptors ? kNoDescriptors : kNoMemory);
+        }
+        spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      }
+      return false;
+    }
+    if (static_cast<size_t>(fd) >= shed_from_) {
+      close(fd);
+      Shed(kReserve);
+      continue;
+    }
+    if (socket.tcp) {
+      const int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters
+        connection;
+    connection.listener_fd = socket.fd;
+    connection.fd = fd;  // gRPC's from here on: it closes it.
+    acceptor_->HandleNewConnection(&connection);
+  }
+}
+
+void Listener::Shed(const char* reason) {
+  shed_.fetch_add(1);
+  ++shed_unreported_;
+  last_reason_ = reason;
+  if (on_shed_) on_shed_(reason);
+}
+
+}  // namespace engram::rpc

@@ -1,0 +1,132 @@
+// engramd's listening sockets, accepted on a thread of its own.
+//
+// gRPC's own listener (1.51, Debian 12's) stops accepting for good the first
+// time accept() fails for want of a file descriptor: a flood of connections
+// up to the process's open-file limit leaves a server that, once the flood
+// is gone, takes no new connection again while it runs (the connections
+// wait in the kernel's queue until their clients give up). So engramd binds
+// --listen itself, accepts here and hands each connection to gRPC
+// (ServerBuilder::experimental().AddExternalConnectionAcceptor), which runs
+// TLS and HTTP/2 on it as on a connection it accepted. Here:
+//
+//  - connections never take the last descriptors: while fewer than a
+//    reserve are free (ReserveFor the open-file limit), a new connection is
+//    closed at once — shed: its client sees the connection end and may try
+//    again — so that the store's files, a router's channels to its shards
+//    and the metrics endpoint still open;
+//  - when accept() fails for want of descriptors or memory anyway, the
+//    oldest waiting connection is shed (a spare descriptor is kept for it)
+//    and accepting goes on.
+//
+//   absl::StatusOr<std::unique_ptr<Listener>> listener =
+//       Listener::Bind("0.0.0.0:50051");
+//   (*listener)->Start(acceptor, /*reserve=*/-1, on_shed);
+//   ... (*listener)->port() ...
+//   (*listener)->Stop();
+//
+// Thread-safe: Start and Stop from one thread (the server's), the rest from
+// any.
+#ifndef ENGRAM_SERVER_RPC_LISTENER_H_
+#define ENGRAM_SERVER_RPC_LISTENER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "grpcpp/server_builder.h"
+
+namespace engram::rpc {
+
+class Listener {
+ public:
+  // Why a connection was shed (the label of the metric).
+  static constexpr const char* kReserve = "reserve";
+  static constexpr const char* kNoDescriptors = "no_descriptors";
+  static constexpr const char* kNoMemory = "no_memory";
+  using OnShed = std::function<void(absl::string_view reason)>;
+
+  // Binds and listens on `listen` (--listen): HOST:PORT (a name resolved
+  // to each of its addresses), [IPV6]:PORT, 0.0.0.0:PORT or [::]:PORT (every
+  // address, IPv6 and IPv4 both where the machine has IPv6), port 0 for a
+  // free one; unix:PATH, unix:///PATH (the caller holds the path's lock,
+  // UnixSocketLock: whatever socket is there is replaced) or
+  // unix-abstract:NAME. The refusal names --listen and says why.
+  static absl::StatusOr<std::unique_ptr<Listener>> Bind(
+      absl::string_view listen);
+
+  // What connections leave free of an open-file limit of `limit`: an
+  // eighth, at least 64, at most half.
+  static size_t ReserveFor(size_t limit);
+
+  ~Listener();  // Stops.
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // The port bound (the one chosen for port 0); 0 for a Unix socket.
+  int port() const { return port_; }
+
+  // Accepts until Stop, handing each connection to `acceptor` (borrowed,
+  // must outlive Stop) unless fewer than reserve() descriptors are free
+  // under the process's open-file limit: `reserve` of them, or with -1
+  // ReserveFor the limit (looked at again as connections come: prlimit may
+  // change it). `on_shed` (may be empty) hears of each connection closed
+  // unserved, on the listener's thread.
+  void Start(grpc::experimental::ExternalConnectionAcceptor* acceptor,
+             int reserve, OnShed on_shed);
+
+  // The descriptors connections leave free, as last worked out (0 without
+  // a limit).
+  size_t reserve() const { return reserve_.load(); }
+
+  // Closes the sockets (new connections are refused; a Unix socket's file
+  // is removed) and returns once the thread has.
+  void Stop();
+
+  // Connections shed since Start.
+  size_t shed() const { return shed_.load(); }
+
+ private:
+  struct Socket {
+    int fd;
+    bool tcp;
+  };
+  Listener(std::string listen, std::vector<Socket> sockets, int port,
+           std::string unix_path);
+  void Run();
+  // Accepts every connection waiting on `socket`; false when accepting
+  // failed for want of descriptors or memory (the caller waits a little).
+  bool AcceptAll(const Socket& socket);
+  // Works out limit_, reserve_ and shed_from_ from the open-file limit now.
+  void ReadLimit();
+  void Shed(const char* reason);
+
+  const std::string listen_;
+  std::vector<Socket> sockets_;
+  const int port_;
+  const std::string unix_path_;  // A Unix socket's file; else empty.
+  int wake_fd_ = -1;             // An eventfd: Stop wakes the thread.
+  int spare_fd_ = -1;            // Closed to shed when none is left.
+  grpc::experimental::ExternalConnectionAcceptor* acceptor_ = nullptr;
+  int reserve_option_ = -1;         // Start's `reserve`.
+  size_t limit_ = 0;                // The open-file limit; 0: none.
+  std::atomic<size_t> reserve_{0};  // What connections leave of it.
+  size_t shed_from_ = SIZE_MAX;     // Descriptor numbers from here are shed.
+  OnShed on_shed_;
+  std::atomic<size_t> shed_{0};
+  absl::Time last_warning_ = absl::InfinitePast();  // The thread's.
+  size_t shed_unreported_ = 0;                      // The thread's.
+  const char* last_reason_ = kReserve;              // The thread's.
+  std::thread thread_;
+};
+
+}  // namespace engram::rpc
+
+#endif  // ENGRAM_SERVER_RPC_LISTENER_H_

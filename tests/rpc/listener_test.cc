@@ -1,0 +1,289 @@
+#include "server/rpc/listener.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace engram::rpc {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Stands in for gRPC: answers each connection with one byte and closes it.
+class Answering : public grpc::experimental::ExternalConnectionAcceptor {
+ public:
+  void HandleNewConnection(NewConnectionParameters* p) override {
+    EXPECT_GE(p->listener_fd, 0);
+    const char byte = 'x';
+    EXPECT_EQ(write(p->fd, &byte, 1), 1);
+    close(p->fd);
+    handed.fetch_add(1);
+  }
+  std::atomic<int> handed{0};
+};
+
+// A connected socket to 127.0.0.1:port (or `address`), or -1.
+int Connect(const sockaddr* address, socklen_t length) {
+  const int fd = socket(address->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (connect(fd, address, length) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int ConnectTcp(int port, const char* host = "127.0.0.1") {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, host, &address.sin_addr);
+  return Connect(reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+}
+
+// What the server sent before closing: "x" if gRPC's stand-in answered, ""
+// if the connection was shed; within 10 s.
+std::string Answer(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 10000) != 1) return "(no answer in 10 s)";
+  char byte;
+  const ssize_t n = read(fd, &byte, 1);
+  close(fd);
+  return n == 1 ? std::string(1, byte) : "";
+}
+
+TEST(ListenerTest, RefusesAddressesItCannotTake) {
+  for (const char* bad :
+       {"127.0.0.1", "::1:5000", "[::1]5000", "[::1", "127.0.0.1:65536",
+        "127.0.0.1:-1", "127.0.0.1:+5", "127.0.0.1:", "127.0.0.1:http",
+        "unix:", "unix-abstract:"}) {
+    absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind(bad);
+    ASSERT_FALSE(l.ok()) << bad;
+    EXPECT_EQ(l.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(l.status().message(),
+                HasSubstr(absl::StrCat("--listen=", bad)));
+  }
+  absl::StatusOr<std::unique_ptr<Listener>> unresolved =
+      Listener::Bind("no-such-host.invalid:0");
+  ASSERT_FALSE(unresolved.ok());
+  EXPECT_EQ(unresolved.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(unresolved.status().message(),
+              HasSubstr("cannot resolve no-such-host.invalid"));
+  absl::StatusOr<std::unique_ptr<Listener>> foreign =
+      Listener::Bind("192.0.2.1:0");  // TEST-NET-1: no machine's address.
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_THAT(foreign.status().message(),
+              HasSubstr("not an address of this machine"));
+}
+
+TEST(ListenerTest, OneServerPerPort) {
+  absl::StatusOr<std::unique_ptr<Listener>> first =
+      Listener::Bind("127.0.0.1:0");
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_GT((*first)->port(), 0);
+  const std::string again = absl::StrCat("127.0.0.1:", (*first)->port());
+  absl::StatusOr<std::unique_ptr<Listener>> second = Listener::Bind(again);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr("--listen=" + again +
+                                                   ": cannot listen there: the "
+                                                   "port is in use"));
+  // The wildcard of the same port too.
+  EXPECT_FALSE(Listener::Bind(absl::StrCat("0.0.0.0:", (*first)->port())).ok());
+}
+
+TEST(ListenerTest, HandsEachConnectionOver) {
+  for (const char* listen :
+       {"127.0.0.1:0", "0.0.0.0:0", "[::]:0", "localhost:0", ":0"}) {
+    SCOPED_TRACE(listen);
+    absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind(listen);
+    if (!l.ok() && absl::string_view(listen) == "[::]:0") {
+      GTEST_SKIP() << "no IPv6 here: " << l.status();
+    }
+    ASSERT_TRUE(l.ok()) << l.status();
+    Answering grpc;
+    (*l)->Start(&grpc, -1, nullptr);
+    for (int i = 0; i < 3; ++i) {
+      const int fd = ConnectTcp((*l)->port());
+      ASSERT_GE(fd, 0) << std::strerror(errno);
+      EXPECT_EQ(Answer(fd), "x");
+    }
+    (*l)->Stop();
+    EXPECT_EQ(grpc.handed.load(), 3);
+    EXPECT_LT(ConnectTcp((*l)->port()), 0) << "still listening after Stop";
+  }
+}
+
+TEST(ListenerTest, UnixSocketsAndTheirFile) {
+  char dir[] = "/tmp/listener_test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = absl::StrCat(dir, "/s.sock");
+  for (const std::string& listen :
+       {absl::StrCat("unix:", path), absl::StrCat("unix://", path)}) {
+    SCOPED_TRACE(listen);
+    absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind(listen);
+    ASSERT_TRUE(l.ok()) << l.status();
+    EXPECT_EQ((*l)->port(), 0);
+    Answering grpc;
+    (*l)->Start(&grpc, -1, nullptr);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, path.data(), path.size());
+    const int fd =
+        Connect(reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(Answer(fd), "x");
+    (*l)->Stop();
+    EXPECT_NE(access(path.c_str(), F_OK), 0) << "the socket file stays";
+  }
+  rmdir(dir);
+  const std::string name = absl::StrCat("engram-listener-test-", getpid());
+  absl::StatusOr<std::unique_ptr<Listener>> abstract =
+      Listener::Bind("unix-abstract:" + name);
+  ASSERT_TRUE(abstract.ok()) << abstract.status();
+  Answering grpc;
+  (*abstract)->Start(&grpc, -1, nullptr);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path + 1, name.data(), name.size());
+  const int fd =
+      Connect(reinterpret_cast<const sockaddr*>(&address),
+              static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 +
+                                     name.size()));
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(Answer(fd), "x");
+}
+
+TEST(ListenerTest, ReserveIsAnEighthWithinBounds) {
+  EXPECT_EQ(Listener::ReserveFor(64), 32u);
+  EXPECT_EQ(Listener::ReserveFor(128), 64u);
+  EXPECT_EQ(Listener::ReserveFor(1024), 128u);
+  EXPECT_EQ(Listener::ReserveFor(1 << 20), (1u << 20) / 8);
+}
+
+// The process's open-file limit lowered for a test, and descriptors held
+// up to a number; both given back when destroyed.
+class FewDescriptors {
+ public:
+  explicit FewDescriptors(rlim_t limit) {
+    EXPECT_EQ(getrlimit(RLIMIT_NOFILE, &was_), 0);
+    rlimit lowered = was_;
+    lowered.rlim_cur = limit;
+    EXPECT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  }
+  ~FewDescriptors() {
+    Release();
+    setrlimit(RLIMIT_NOFILE, &was_);
+  }
+  // Opens descriptors until the next one would be `next` (or none is left).
+  void HoldUpTo(int next) {
+    while (true) {
+      const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return;
+      held_.push_back(fd);
+      if (fd + 1 >= next) return;
+    }
+  }
+  void Release() {
+    for (int fd : held_) close(fd);
+    held_.clear();
+  }
+
+ private:
+  rlimit was_{};
+  std::vector<int> held_;
+};
+
+// Connections never take the descriptors kept for the process's files,
+// under the limit as it is when they come: one that would is closed at
+// once, and counted, and the next after descriptors are freed is served.
+TEST(ListenerTest, ShedsConnectionsThatWouldTakeTheReserve) {
+  absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind("127.0.0.1:0");
+  ASSERT_TRUE(l.ok()) << l.status();
+  Answering grpc;
+  absl::Mutex mu;
+  std::vector<std::string> reasons;
+  (*l)->Start(&grpc, -1, [&](absl::string_view reason) {
+    absl::MutexLock lock(&mu);
+    reasons.emplace_back(reason);
+  });
+  // The limit lowered once it runs (as prlimit does): a reserve of 64,
+  // connections up to descriptor 191.
+  FewDescriptors few(256);
+  const int served = ConnectTcp((*l)->port());
+  EXPECT_EQ(Answer(served), "x");
+  EXPECT_EQ((*l)->reserve(), 64u);
+  // The client's own socket takes one below the reserve; the server's end
+  // of it lands at 192, the first in the reserve.
+  few.HoldUpTo(191);
+  const int shed = ConnectTcp((*l)->port());
+  ASSERT_GE(shed, 0);
+  EXPECT_EQ(Answer(shed), "");
+  few.Release();
+  EXPECT_EQ(Answer(ConnectTcp((*l)->port())), "x");
+  (*l)->Stop();
+  EXPECT_EQ(grpc.handed.load(), 2);
+  EXPECT_EQ((*l)->shed(), 1u);
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(reasons, ::testing::ElementsAre(Listener::kReserve));
+}
+
+// With no descriptor left at all (something other than connections took
+// them), accept() fails; the listener sheds the waiting connection (its
+// client learns at once, instead of waiting in the queue) and goes on
+// accepting once descriptors are free again — where gRPC's own listener
+// stopped for good.
+TEST(ListenerTest, KeepsAcceptingAfterRunningOutOfDescriptors) {
+  FewDescriptors few(256);
+  absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind("127.0.0.1:0");
+  ASSERT_TRUE(l.ok()) << l.status();
+  Answering grpc;
+  std::atomic<int> no_descriptors{0};
+  (*l)->Start(&grpc, 0, [&](absl::string_view reason) {
+    if (reason == Listener::kNoDescriptors) no_descriptors.fetch_add(1);
+  });
+  // Two client sockets made before the descriptors run out.
+  const int first = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int second = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(first, 0);
+  ASSERT_GE(second, 0);
+  few.HoldUpTo(1 << 20);  // Every descriptor.
+  ASSERT_LT(open("/dev/null", O_RDONLY), 0);
+  ASSERT_EQ(errno, EMFILE);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>((*l)->port()));
+  inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+  ASSERT_EQ(connect(first, reinterpret_cast<const sockaddr*>(&address),
+                    sizeof(address)),
+            0);
+  EXPECT_EQ(Answer(first), "");
+  few.Release();
+  ASSERT_EQ(connect(second, reinterpret_cast<const sockaddr*>(&address),
+                    sizeof(address)),
+            0);
+  EXPECT_EQ(Answer(second), "x");
+  (*l)->Stop();
+  EXPECT_GE(no_descriptors.load(), 1);
+  EXPECT_EQ(grpc.handed.load(), 1);
+}
+
+}  // namespace
+}  // namespace engram::rpc
