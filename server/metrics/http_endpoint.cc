@@ -1,16 +1,13 @@
 #include "server/metrics/internal/http_endpoint.h"
 
 #include <microhttpd.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <cstring>
 #include <string>
 #include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/base/host_port.h"
 
 namespace engram::metrics::internal {
 
@@ -18,25 +15,6 @@ namespace {
 
 constexpr char kPath[] = "/metrics";
 constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
-
-// Splits "host:port" or "[v6]:port"; the host may be empty (all addresses).
-absl::Status SplitListen(absl::string_view listen, std::string& host,
-                         uint16_t& port) {
-  const size_t colon = listen.rfind(':');
-  uint32_t parsed = 0;
-  if (colon == absl::string_view::npos ||
-      !absl::SimpleAtoi(listen.substr(colon + 1), &parsed) || parsed > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "metrics address '", listen, "' is not HOST:PORT (port 0-65535)"));
-  }
-  absl::string_view h = listen.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
-    h = h.substr(1, h.size() - 2);
-  }
-  host = std::string(h);
-  port = static_cast<uint16_t>(parsed);
-  return absl::OkStatus();
-}
 
 MHD_Result Send(MHD_Connection* connection, unsigned code,
                 absl::string_view body, const char* allow = nullptr) {
@@ -82,39 +60,27 @@ struct HttpEndpointCallbacks {
 
 absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
     absl::string_view listen, Render render, const HttpLimits& limits) {
-  std::string host;
-  uint16_t port = 0;
-  if (absl::Status status = SplitListen(listen, host, port); !status.ok()) {
-    return status;
-  }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* found = nullptr;
-  const std::string service = std::to_string(port);
-  if (int error = getaddrinfo(host.empty() ? nullptr : host.c_str(),
-                              service.c_str(), &hints, &found);
-      error != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address '", listen, "': ", gai_strerror(error)));
-  }
-  sockaddr_storage address{};
-  std::memcpy(&address, found->ai_addr, found->ai_addrlen);
-  const bool v6 = found->ai_family == AF_INET6;
-  freeaddrinfo(found);
+  absl::StatusOr<HostPort> where = SplitHostPort(listen, "--metrics_listen");
+  if (!where.ok()) return where.status();
+  const uint16_t port = static_cast<uint16_t>(where->port);
+  // The first address the host has: one socket.
+  absl::StatusOr<std::vector<SocketAddress>> found =
+      Resolve(*where, absl::StrCat("--metrics_listen=", listen));
+  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  const SocketAddress address = found->front();
+  const bool v6 = address.address.ss_family == AF_INET6;
 
   std::unique_ptr<HttpEndpoint> endpoint(new HttpEndpoint(std::move(render)));
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO;
   if (v6) flags |= MHD_USE_IPv6;
   endpoint->daemon_ = MHD_start_daemon(
       flags, port, /*apc=*/nullptr, nullptr, &HttpEndpointCallbacks::Handle,
-      endpoint.get(), MHD_OPTION_SOCK_ADDR,
-      reinterpret_cast<const sockaddr*>(&address), MHD_OPTION_CONNECTION_LIMIT,
-      limits.connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      limits.connections_per_address, MHD_OPTION_CONNECTION_TIMEOUT,
-      limits.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      limits.memory_per_connection, MHD_OPTION_END);
+      endpoint.get(), MHD_OPTION_SOCK_ADDR, address.get(),
+      MHD_OPTION_CONNECTION_LIMIT, limits.connections,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, limits.connections_per_address,
+      MHD_OPTION_CONNECTION_TIMEOUT, limits.idle_timeout_s,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, limits.memory_per_connection,
+      MHD_OPTION_END);
   if (endpoint->daemon_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "cannot serve metrics on ", listen,

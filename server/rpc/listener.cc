@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "server/base/host_port.h"
 #include "server/base/log.h"
 #include "server/rpc/unix_socket.h"
 
@@ -175,37 +176,13 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
         new Listener(std::string(listen), std::move(sockets), 0, ""));
   }
 
-  // HOST:PORT or [IPV6]:PORT.
-  std::string host;
-  absl::string_view port_text;
-  if (absl::ConsumePrefix(&name, "[")) {
-    const size_t close_bracket = name.find(']');
-    if (close_bracket == absl::string_view::npos ||
-        name.substr(close_bracket + 1, 1) != ":") {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": an IPv6 address is written [ADDRESS]:PORT"));
-    }
-    host = std::string(name.substr(0, close_bracket));
-    port_text = name.substr(close_bracket + 2);
-  } else {
-    const size_t colon = name.rfind(':');
-    if (colon == absl::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": needs a port: HOST:PORT, [IPV6]:PORT or unix:PATH"));
-    }
-    host = std::string(name.substr(0, colon));
-    if (host.find(':') != std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": an IPv6 address is written [ADDRESS]:PORT"));
-    }
-    port_text = name.substr(colon + 1);
-  }
-  int port = 0;
-  if (!absl::SimpleAtoi(port_text, &port) || port < 0 || port > 65535 ||
-      port_text.empty() || port_text[0] == '+' || port_text[0] == '-') {
+  absl::StatusOr<HostPort> split = SplitHostPort(name, "--listen");
+  if (!split.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        where, ": the port is a number from 0 (any free one) to 65535"));
+        split.status().message(), " (or unix:PATH, unix-abstract:NAME)"));
   }
+  const std::string& host = split->host;
+  const int port = split->port;
 
   if (host.empty() || host == "0.0.0.0" || host == "::") {
     // Every address: IPv6 and IPv4 on one socket, or IPv4 alone on a
@@ -235,36 +212,15 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
         new Listener(std::string(listen), std::move(sockets), bound, ""));
   }
 
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const std::string service = absl::StrCat(port);
-  if (const int resolved =
-          getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
-      resolved != 0) {
-    return absl::UnavailableError(absl::StrCat(where, ": cannot resolve ", host,
-                                               ": ", gai_strerror(resolved)));
-  }
+  absl::StatusOr<std::vector<SocketAddress>> addresses = Resolve(*split, where);
+  if (!addresses.ok()) return addresses.status();
   // Each address the name has (localhost: 127.0.0.1 and ::1), once, on one
   // port: the first one's when port 0 picks.
-  std::vector<sockaddr_storage> seen;
   int first_error = 0;
   int bound = port;
-  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    if (a->ai_addrlen > sizeof(sockaddr_storage)) continue;
-    sockaddr_storage address{};
-    std::memcpy(&address, a->ai_addr, a->ai_addrlen);
-    SetPort(reinterpret_cast<sockaddr*>(&address), bound);
-    if (std::any_of(seen.begin(), seen.end(), [&](const sockaddr_storage& s) {
-          return std::memcmp(&s, &address, sizeof(s)) == 0;
-        })) {
-      continue;
-    }
-    seen.push_back(address);
-    const int fd = ListenOn(reinterpret_cast<const sockaddr*>(&address),
-                            a->ai_addrlen, false, &error);
+  for (SocketAddress& address : *addresses) {
+    SetPort(reinterpret_cast<sockaddr*>(&address.address), bound);
+    const int fd = ListenOn(address.get(), address.length, false, &error);
     if (fd < 0) {
       // An address family this machine does not have (::1 without IPv6)
       // is left out; anything else (a port in use) refuses.
@@ -279,7 +235,6 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
     sockets.push_back({fd, true});
     if (bound == 0) bound = BoundPort(fd);
   }
-  freeaddrinfo(found);
   if (sockets.empty()) {
     return absl::UnavailableError(
         absl::StrCat(where, ": cannot listen there: ",
