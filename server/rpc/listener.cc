@@ -355,6 +355,8 @@ void Listener::Run() {
 
 bool Listener::AcceptAll(const Socket& socket) {
   ReadLimit();
+  // Lost when another thread took the descriptor it gave up.
+  if (spare_fd_ < 0) spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   while (true) {
     const int fd =
         accept4(socket.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -368,12 +370,17 @@ bool Listener::AcceptAll(const Socket& socket) {
             std::strerror(error));
         return false;
       }
-      // The spare descriptor makes room to take the oldest waiting
-      // connection off the queue and close it: its client learns at once.
+      // The spare descriptor makes room to take each waiting connection off
+      // the queue and close it: its client learns at once, rather than
+      // when it gives up. (The caller then waits a moment before accepting
+      // again.)
       if (spare_fd_ >= 0) {
         close(spare_fd_);
-        const int shed = accept4(socket.fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (shed >= 0) {
+        int shed;
+        while ((shed = accept4(socket.fd, nullptr, nullptr, SOCK_CLOEXEC)) >=
+                   0 ||
+               errno == EINTR || OneConnectionFailed(errno)) {
+          if (shed < 0) continue;
           close(shed);
           Shed(descriptors ? kNoDescriptors : kNoMemory);
         }

@@ -259,10 +259,13 @@ TEST(ListenerTest, KeepsAcceptingAfterRunningOutOfDescriptors) {
   (*l)->Start(&grpc, 0, [&](absl::string_view reason) {
     if (reason == Listener::kNoDescriptors) no_descriptors.fetch_add(1);
   });
-  // Two client sockets made before the descriptors run out.
-  const int first = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Client sockets made before the descriptors run out.
+  std::vector<int> waiting;
+  for (int i = 0; i < 3; ++i) {
+    waiting.push_back(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_GE(waiting.back(), 0);
+  }
   const int second = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(first, 0);
   ASSERT_GE(second, 0);
   few.HoldUpTo(1 << 20);  // Every descriptor.
   ASSERT_LT(open("/dev/null", O_RDONLY), 0);
@@ -271,17 +274,20 @@ TEST(ListenerTest, KeepsAcceptingAfterRunningOutOfDescriptors) {
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>((*l)->port()));
   inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
-  ASSERT_EQ(connect(first, reinterpret_cast<const sockaddr*>(&address),
-                    sizeof(address)),
-            0);
-  EXPECT_EQ(Answer(first), "");
+  for (int fd : waiting) {
+    ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&address),
+                      sizeof(address)),
+              0);
+  }
+  // Each is closed, not left waiting in the queue.
+  for (int fd : waiting) EXPECT_EQ(Answer(fd), "");
   few.Release();
   ASSERT_EQ(connect(second, reinterpret_cast<const sockaddr*>(&address),
                     sizeof(address)),
             0);
   EXPECT_EQ(Answer(second), "x");
   (*l)->Stop();
-  EXPECT_GE(no_descriptors.load(), 1);
+  EXPECT_EQ(no_descriptors.load(), 3);
   EXPECT_EQ(grpc.handed.load(), 1);
 }
 
