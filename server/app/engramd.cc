@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/app/allocator.h"
@@ -18,6 +19,7 @@
 #include "server/app/restore_backup.h"
 #include "server/app/shutdown_signal.h"
 #include "server/app/timed_storage.h"
+#include "server/base/host_port.h"
 #include "server/base/log.h"
 #include "server/base/mib.h"
 #include "server/cluster/router.h"
@@ -252,6 +254,38 @@ void WarnOfTokensInClear(const rpc::ServerOptions& server) {
       server.max_message_bytes * 2 >> 20);
 }
 
+// Calls from anyone who reaches --listen, not checked as they arrive: gRPC
+// 1.51's synchronous server keeps each stream a client opens queued until
+// one of its threads takes it, however soon the client resets it (HTTP/2
+// "rapid reset", CVE-2023-44487); such a client made engramd hold 7-9 GB
+// in 10 s and answer nothing for seconds after it stopped. Over TLS with
+// tokens or client certificates, streams without credentials are refused
+// before they queue. Loopback and Unix sockets are left to the host.
+void WarnOfUncheckedCallers(const rpc::ServerOptions& server) {
+  if (rpc::UnixSocketPath(server.listen).has_value() ||
+      absl::StartsWith(server.listen, "unix-abstract:")) {
+    return;
+  }
+  if (!server.tls_cert.empty() &&
+      (!server.token_file.empty() || !server.tls_client_ca.empty())) {
+    return;
+  }
+  absl::StatusOr<HostPort> where = SplitHostPort(server.listen, "--listen");
+  if (where.ok() && (where->host == "localhost" || where->host == "::1" ||
+                     absl::StartsWith(where->host, "127."))) {
+    return;
+  }
+  Log(LogLevel::kWarning,
+      "--listen=%s takes streams from anyone who reaches it without "
+      "checking their credentials as they arrive (%s): gRPC 1.51 keeps each "
+      "stream a client opens and resets at once queued until a thread "
+      "takes it (HTTP/2 rapid reset, CVE-2023-44487), so such a client can "
+      "take engramd's memory; beyond a trusted network serve TLS with "
+      "--token_file or --tls_client_ca",
+      server.listen.c_str(),
+      server.tls_cert.empty() ? "plaintext" : "TLS without tokens");
+}
+
 // "plaintext", or "TLS with /CN=engram, valid until ..." ("mutual TLS
 // with ...").
 std::string Transport(const rpc::ServerOptions& options,
@@ -345,6 +379,7 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
     return 1;
   }
   WarnOfTokensInClear(o.server);
+  WarnOfUncheckedCallers(o.server);
   Log(LogLevel::kInfo,
       "engramd %s router listening on %s (%s, %s); metrics on %s; "
       "cluster '%s': %zu shard groups of %zu replicas; open files<=%s; "
@@ -518,6 +553,7 @@ int RunEngramd(EngramdOptions o) {
       });
   // The configuration first: whoever waits for "ready" in the log has it.
   WarnOfTokensInClear(o.server);
+  WarnOfUncheckedCallers(o.server);
   LogConfiguration(o, **server, BoundAddress(o.metrics.listen, exported->port),
                    open_files);
   (*server)->SetReady(true);

@@ -54,6 +54,26 @@ class SecurityTest(unittest.TestCase):
                               capture_output=True, text=True, timeout=30,
                               env={**os.environ, **(env or {})})
 
+    def test_callers_unchecked_beyond_loopback_are_warned_of(self):
+        # Beyond loopback, without TLS and tokens or client certificates,
+        # streams reach gRPC's queue before any check (HTTP/2 rapid reset).
+        warning = "takes streams from anyone who reaches it"
+        tls = ["--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key")]
+        for flags, warned in ((["--listen=0.0.0.0:0"], True),
+                              (["--listen=0.0.0.0:0", "--token_file=" + self.write_tokens()], True),
+                              (["--listen=0.0.0.0:0", *tls], True),
+                              (["--listen=0.0.0.0:0", *tls, "--token_file=" + self.write_tokens()],
+                               False),
+                              (["--listen=0.0.0.0:0", *tls, "--tls_client_ca=" + self.p("ca.pem")],
+                               False),
+                              ([], False)):
+            with self.subTest(flags=flags):
+                s = Server(self.tmp.name, *flags)
+                try:
+                    self.assertEqual(warning in s.startup, warned, s.startup)
+                finally:
+                    s.stop()
+
     def test_tls(self):
         s = Server(self.tmp.name, "--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.key"))
         try:

