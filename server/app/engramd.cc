@@ -260,7 +260,8 @@ void WarnOfTokensInClear(const rpc::ServerOptions& server) {
 // "rapid reset", CVE-2023-44487); such a client made engramd hold 7-9 GB
 // in 10 s and answer nothing for seconds after it stopped. Over TLS with
 // tokens or client certificates, streams without credentials are refused
-// before they queue. Loopback and Unix sockets are left to the host.
+// before they queue. (Callback methods queue as well: Retrieve, attacked
+// alike, did the same.) Loopback and Unix sockets are left to the host.
 void WarnOfUncheckedCallers(const rpc::ServerOptions& server) {
   if (rpc::UnixSocketPath(server.listen).has_value() ||
       absl::StartsWith(server.listen, "unix-abstract:")) {

@@ -4,7 +4,8 @@
 // time accept() fails for want of a file descriptor: a flood of connections
 // up to the process's open-file limit leaves a server that, once the flood
 // is gone, takes no new connection again while it runs (the connections
-// wait in the kernel's queue until their clients give up). So engramd binds
+// wait in the kernel's queue until their clients give up; CVE-2023-4785,
+// mended in later gRPC releases). So engramd binds
 // --listen itself, accepts here and hands each connection to gRPC
 // (ServerBuilder::experimental().AddExternalConnectionAcceptor), which runs
 // TLS and HTTP/2 on it as on a connection it accepted. Here:
