@@ -3,15 +3,21 @@
 prints what it costs, not a test.
 
 Clients open streams of engram.v1.Engram/GetStore and reset each at once
-(HEADERS then RST_STREAM, 100 to a write) on a few connections, while one
-well-behaved client calls GetStore in a loop. gRPC 1.51's synchronous
+(HEADERS then RST_STREAM, 100 to a write) on a few connections — a new one
+whenever engramd closes one — while one well-behaved client calls GetStore
+in a loop. gRPC 1.51's synchronous
 server keeps each such stream queued until one of its threads takes it,
 however soon it was reset, so engramd's memory and its queue grow with
-the attack. Over TLS with --token_file (or client certificates) a stream
-without credentials is refused as its headers arrive, before it queues.
+the attack, unless engramd cuts the connection: it does when a connection
+has more streams started and not ended than twice --max_open_streams, or
+fails more than --max_stream_resets_per_s a second (then its address is
+kept out for 10 s). Over TLS with --token_file (or client certificates) a
+stream without credentials is refused as its headers arrive, before it
+queues. Each --flag=... passes one more flag to engramd.
 
 Usage (with the Python of build/venv):
   http2_reset_probe.py BIN_DIR [--seconds 10] [--connections 4] [--tls] [--tokens]
+                       [--flag=--max_open_streams=0 ...]
 
 Prints the machine, then for the well-behaved client before, during and
 after the attack: calls answered, calls failed (by code), the slowest call;
@@ -19,9 +25,6 @@ the streams the attack opened, engramd's CPU seconds and resident memory.
 """
 import argparse
 import os
-import socket
-import ssl
-import struct
 import sys
 import tempfile
 import threading
@@ -30,72 +33,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
 import grpc  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, make_certs  # noqa: E402
+from harness import Engramd, make_certs, reset_streams  # noqa: E402
 
 TOKEN = "writer-0123456789abcdef"
-
-
-def frame(kind, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
-        ">I", stream) + payload
-
-
-def literal(name, value):
-    """An HPACK header field, literal, never indexed names (short strings)."""
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-
-
-HEADERS = b"".join([literal(b":method", b"POST"), literal(b":scheme", b"http"),
-                    literal(b":path", b"/engram.v1.Engram/GetStore"),
-                    literal(b":authority", b"x"), literal(b"content-type", b"application/grpc"),
-                    literal(b"te", b"trailers")])
-
-
-def attack(port, seconds, ca, opened):
-    """Opens and resets streams for `seconds`; adds their count to `opened`."""
-    s = socket.create_connection(("127.0.0.1", port))
-    s.settimeout(seconds + 5)  # engramd may stop reading: a write gives up.
-    if ca:
-        context = ssl.create_default_context(cafile=ca)
-        context.set_alpn_protocols(["h2"])
-        s = context.wrap_socket(s, server_hostname="localhost")
-    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
-
-    def answer_settings_and_pings():
-        pending = b""
-        try:
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    return
-                pending += data
-                while len(pending) >= 9:
-                    length = int.from_bytes(pending[:3], "big")
-                    if len(pending) < 9 + length:
-                        break
-                    kind, flags = pending[3], pending[4]
-                    if kind == 4 and not flags & 1:
-                        s.sendall(frame(4, 1, 0))
-                    if kind == 6 and not flags & 1:
-                        s.sendall(frame(6, 1, 0, pending[9:9 + length]))
-                    pending = pending[9 + length:]
-        except OSError:
-            return
-
-    threading.Thread(target=answer_settings_and_pings, daemon=True).start()
-    stream, count, end = 1, 0, time.time() + seconds
-    try:
-        while time.time() < end and stream < 2**31 - 1000:
-            batch = b""
-            for _ in range(100):
-                batch += frame(1, 4, stream, HEADERS) + frame(3, 0, stream, struct.pack(">I", 8))
-                stream += 2
-            s.sendall(batch)
-            count += 100
-    except OSError:
-        pass  # engramd closed the connection.
-    s.close()
-    opened.append(count)
 
 
 def calls(client, seconds):
@@ -119,6 +59,8 @@ def main():
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--tokens", action="store_true")
+    parser.add_argument("--flag", action="append", default=[],
+                        help="one more engramd flag (--flag=--max_open_streams=0)")
     args = parser.parse_args()
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
@@ -137,6 +79,7 @@ def main():
                 f.write("write %s\n" % TOKEN)
             flags.append("--token_file=" + tokens)
             options["token"] = TOKEN
+        flags += args.flag
         print("engramd: %s" % (" ".join(flags) or "plaintext, no tokens"), flush=True)
         server = Engramd(args.bin, tmp, *flags)
         try:
@@ -150,9 +93,14 @@ def main():
                 with open("/proc/%d/stat" % server.proc.pid) as f:
                     return sum(map(int, f.read().split()[13:15])) / ticks
 
-            cpu_before, opened = cpu(), []
-            attackers = [threading.Thread(target=attack, args=(port, args.seconds, ca, opened))
-                         for _ in range(args.connections)]
+            cpu_before, opened, made = cpu(), [], []
+
+            def attack():
+                streams, connections = reset_streams(port, args.seconds, ca=ca)
+                opened.append(streams)
+                made.append(connections)
+
+            attackers = [threading.Thread(target=attack) for _ in range(args.connections)]
             for t in attackers:
                 t.start()
             print("during:", calls(client, args.seconds), flush=True)
@@ -160,9 +108,10 @@ def main():
                 t.join()
             with open("/proc/%d/status" % server.proc.pid) as f:
                 resident = next(line.split()[1] for line in f if line.startswith("VmRSS"))
-            print("attack: %d streams opened and reset on %d connections; engramd %.1f CPU s, "
-                  "%d MiB resident" % (sum(opened), args.connections, cpu() - cpu_before,
-                                       int(resident) // 1024), flush=True)
+            print("attack: %d streams written on %d connections (%d at a time); engramd "
+                  "%.1f CPU s, %d MiB resident" % (sum(opened), sum(made), args.connections,
+                                                   cpu() - cpu_before, int(resident) // 1024),
+                  flush=True)
             print("after:", calls(client, 3))
         finally:
             server.kill()

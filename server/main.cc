@@ -65,6 +65,18 @@ ABSL_FLAG(int, fd_reserve, -1,
           "shards, metrics): a connection that would take one is closed at "
           "once. -1: an eighth of the open-file limit, at least 64 and at "
           "most half; 0: none.");
+ABSL_FLAG(int, max_open_streams, 128,
+          "Streams a client may have open on one connection (HTTP/2's "
+          "MAX_CONCURRENT_STREAMS). gRPC queues every stream a client opens, "
+          "however soon it is reset (HTTP/2 rapid reset): a connection with "
+          "more than twice as many started and not yet ended is cut and its "
+          "address kept out for 10 s. 0: no limit.");
+ABSL_FLAG(int, max_stream_resets_per_s, 0,
+          "A connection whose client resets (or otherwise fails) more "
+          "streams a second than this is cut and its address kept out for "
+          "10 s. Calls a client cancels or lets run past their deadline "
+          "count, so a busy well-behaved client can pass any figure: 0 (the "
+          "default), no limit.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -400,6 +412,17 @@ engram::app::EngramdOptions OptionsFromFlags() {
         absl::StrCat("--keepalive_s=", keepalive_s, ": must be in [1, 7200]"));
   }
   server.keepalive = absl::Seconds(keepalive_s);
+  server.max_open_streams = absl::GetFlag(FLAGS_max_open_streams);
+  server.max_stream_resets_per_s = absl::GetFlag(FLAGS_max_stream_resets_per_s);
+  for (const auto& [flag, value] :
+       {std::pair<const char*, int>{"max_open_streams",
+                                    server.max_open_streams},
+        {"max_stream_resets_per_s", server.max_stream_resets_per_s}}) {
+    if (value < 0) {
+      FailOnFlag(absl::StrCat("--", flag, "=", value,
+                              ": must be at least 0 (0: no limit)"));
+    }
+  }
   server.fd_reserve = absl::GetFlag(FLAGS_fd_reserve);
   if (server.fd_reserve < -1) {
     FailOnFlag(absl::StrCat("--fd_reserve=", server.fd_reserve,

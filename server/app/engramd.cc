@@ -255,13 +255,13 @@ void WarnOfTokensInClear(const rpc::ServerOptions& server) {
 }
 
 // Calls from anyone who reaches --listen, not checked as they arrive: gRPC
-// 1.51's synchronous server keeps each stream a client opens queued until
-// one of its threads takes it, however soon the client resets it (HTTP/2
-// "rapid reset", CVE-2023-44487); such a client made engramd hold 7-9 GB
-// in 10 s and answer nothing for seconds after it stopped. Over TLS with
-// tokens or client certificates, streams without credentials are refused
-// before they queue. (Callback methods queue as well: Retrieve, attacked
-// alike, did the same.) Loopback and Unix sockets are left to the host.
+// 1.51 keeps each stream a client opens queued until one of its threads
+// takes it, however soon the client resets it (HTTP/2 "rapid reset",
+// CVE-2023-44487). engramd cuts such connections within a quarter second
+// (rpc/stream_flood.h) and keeps their address out, but each one costs that
+// quarter second of queue, and addresses are many. Over TLS with tokens or
+// client certificates, streams without credentials are refused before they
+// queue. Loopback and Unix sockets are left to the host.
 void WarnOfUncheckedCallers(const rpc::ServerOptions& server) {
   if (rpc::UnixSocketPath(server.listen).has_value() ||
       absl::StartsWith(server.listen, "unix-abstract:")) {
@@ -278,11 +278,12 @@ void WarnOfUncheckedCallers(const rpc::ServerOptions& server) {
   }
   Log(LogLevel::kWarning,
       "--listen=%s takes streams from anyone who reaches it without "
-      "checking their credentials as they arrive (%s): gRPC 1.51 keeps each "
-      "stream a client opens and resets at once queued until a thread "
-      "takes it (HTTP/2 rapid reset, CVE-2023-44487), so such a client can "
-      "take engramd's memory; beyond a trusted network serve TLS with "
-      "--token_file or --tls_client_ca",
+      "checking their credentials as they arrive (%s): gRPC 1.51 queues "
+      "each stream a client opens and resets at once (HTTP/2 rapid reset, "
+      "CVE-2023-44487); engramd cuts such connections "
+      "(--max_open_streams), but beyond a trusted network serve TLS with "
+      "--token_file or --tls_client_ca, which refuse them before they "
+      "queue",
       server.listen.c_str(),
       server.tls_cert.empty() ? "plaintext" : "TLS without tokens");
 }

@@ -150,10 +150,12 @@ class PrometheusMetrics : public Metrics {
         connections_shed_(
             prometheus::BuildCounter()
                 .Name("engram_connections_shed_total")
-                .Help("Connections closed as they came, unserved, by reason: "
-                      "reserve (fewer file descriptors free than engramd "
-                      "keeps for its files), no_descriptors or no_memory "
-                      "(accepting failed for want of them).")
+                .Help("Connections closed unserved, by reason: reserve "
+                      "(fewer file descriptors free than engramd keeps for "
+                      "its files), no_descriptors or no_memory (accepting "
+                      "failed for want of them), stream_flood (cut for "
+                      "resetting streams by the thousand) or banned (its "
+                      "address kept out for a while after that).")
                 .Register(*registry_)),
         capacity_{&CapacityGauge("engram_capacity_recall_at_1",
                                  "Recall@1 of corrupted stored patterns at "
@@ -185,7 +187,8 @@ class PrometheusMetrics : public Metrics {
     SetFits(0, 0);
     // Each reason rpc::Listener gives, from zero: a rule's increase() sees
     // the first one shed.
-    for (const char* reason : {"reserve", "no_descriptors", "no_memory"}) {
+    for (const char* reason :
+         {"reserve", "no_descriptors", "no_memory", "stream_flood", "banned"}) {
       connections_shed_.Add({{"reason", reason}});
     }
   }

@@ -74,6 +74,32 @@ int ListenOn(const sockaddr* address, socklen_t length, bool dual_stack,
   return fd;
 }
 
+// The peer of a TCP socket address: its bytes (an IPv4-mapped IPv6
+// address as IPv4) and port; an empty ip for any other family.
+std::pair<std::string, int> PeerOf(const sockaddr_storage& address) {
+  if (address.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&address);
+    return {std::string(reinterpret_cast<const char*>(&v4->sin_addr), 4),
+            ntohs(v4->sin_port)};
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&address);
+    std::string ip(reinterpret_cast<const char*>(&v6->sin6_addr), 16);
+    return {ip, ntohs(v6->sin6_port)};
+  }
+  return {"", 0};
+}
+
+// An IPv4 address mapped into IPv6 (::ffff:a.b.c.d) as its 4 bytes.
+std::string Unmapped(const std::string& ip) {
+  static const char kMapped[12] = {0, 0, 0, 0, 0,      0,
+                                   0, 0, 0, 0, '\xff', '\xff'};
+  if (ip.size() == 16 && std::memcmp(ip.data(), kMapped, 12) == 0) {
+    return ip.substr(12);
+  }
+  return ip;
+}
+
 int BoundPort(int fd) {
   sockaddr_storage address{};
   socklen_t length = sizeof(address);
@@ -327,19 +353,27 @@ void Listener::Run() {
     }
     if (shed_unreported_ > 0 &&
         absl::Now() - last_warning_ >= absl::Seconds(10)) {
+      constexpr absl::string_view kMoreFiles =
+          "; raise the open-file limit (ulimit -n, systemd's LimitNOFILE=, "
+          "docker run --ulimit nofile=) or find what holds them";
       const std::string why =
           last_reason_ == kReserve
               ? absl::StrCat("fewer than ", reserve_.load(), " of its ", limit_,
                              " file descriptors were free (those are kept "
-                             "for its files)")
+                             "for its files)",
+                             kMoreFiles)
           : last_reason_ == kNoDescriptors
-              ? std::string("it had no file descriptor free at all")
+              ? absl::StrCat("it had no file descriptor free at all",
+                             kMoreFiles)
+          : last_reason_ == kBanned
+              ? std::string(
+                    "their address is kept out for a while: a "
+                    "connection from it reset streams by the "
+                    "thousand (--max_stream_resets_per_s)")
               : std::string("the system had no memory for a connection");
       Log(LogLevel::kWarning,
           "--listen=%s: %zu new connection(s) closed unserved (%zu since "
-          "start): %s; raise the open-file limit (ulimit -n, systemd's "
-          "LimitNOFILE=, docker run --ulimit nofile=) or find what holds "
-          "them",
+          "start): %s",
           listen_.c_str(), shed_unreported_, shed_.load(), why.c_str());
       last_warning_ = absl::Now();
       shed_unreported_ = 0;
@@ -357,9 +391,13 @@ bool Listener::AcceptAll(const Socket& socket) {
   ReadLimit();
   // Lost when another thread took the descriptor it gave up.
   if (spare_fd_ < 0) spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  while (true) {
+  // At most so many a round, so that Stop is heard through a flood.
+  for (int round = 0; round < 4096; ++round) {
+    sockaddr_storage peer_address{};
+    socklen_t peer_length = sizeof(peer_address);
     const int fd =
-        accept4(socket.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        accept4(socket.fd, reinterpret_cast<sockaddr*>(&peer_address),
+                &peer_length, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       const int error = errno;
       if (error == EINTR || OneConnectionFailed(error)) continue;
@@ -370,23 +408,25 @@ bool Listener::AcceptAll(const Socket& socket) {
             std::strerror(error));
         return false;
       }
-      // The spare descriptor makes room to take each waiting connection off
-      // the queue and close it: its client learns at once, rather than
-      // when it gives up. (The caller then waits a moment before accepting
-      // again.)
-      if (spare_fd_ >= 0) {
-        close(spare_fd_);
-        int shed;
-        while ((shed = accept4(socket.fd, nullptr, nullptr, SOCK_CLOEXEC)) >=
-                   0 ||
-               errno == EINTR || OneConnectionFailed(errno)) {
-          if (shed < 0) continue;
-          close(shed);
-          Shed(descriptors ? kNoDescriptors : kNoMemory);
-        }
-        spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      // The spare descriptor makes room to take the oldest waiting
+      // connection off the queue and close it: its client learns at once,
+      // rather than when it gives up. Then a plain accept again: the next
+      // is served if descriptors were freed meanwhile, else shed the same
+      // way. With no spare (another thread took its descriptor), the
+      // caller waits a moment.
+      if (spare_fd_ < 0) return false;
+      close(spare_fd_);
+      int shed;
+      do {
+        shed = accept4(socket.fd, nullptr, nullptr, SOCK_CLOEXEC);
+      } while (shed < 0 && (errno == EINTR || OneConnectionFailed(errno)));
+      if (shed >= 0) {
+        close(shed);
+        Shed(descriptors ? kNoDescriptors : kNoMemory);
       }
-      return false;
+      spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (shed < 0) return false;  // None waiting, or none could be taken.
+      continue;
     }
     if (static_cast<size_t>(fd) >= shed_from_) {
       close(fd);
@@ -394,6 +434,27 @@ bool Listener::AcceptAll(const Socket& socket) {
       continue;
     }
     if (socket.tcp) {
+      std::pair<std::string, int> peer = PeerOf(peer_address);
+      peer.first = Unmapped(peer.first);
+      bool banned = false;
+      {
+        MutexLock lock(&peers_mu_);
+        auto ban = banned_.find(peer.first);
+        if (ban != banned_.end()) {
+          banned = absl::Now() < ban->second;
+          if (!banned) banned_.erase(ban);
+        }
+        if (banned) {
+          peers_.erase(fd);
+        } else {
+          peers_[fd] = {peer.first, peer.second};
+        }
+      }
+      if (banned) {
+        close(fd);
+        Shed(kBanned);
+        continue;
+      }
       const int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
@@ -403,6 +464,34 @@ bool Listener::AcceptAll(const Socket& socket) {
     connection.fd = fd;  // gRPC's from here on: it closes it.
     acceptor_->HandleNewConnection(&connection);
   }
+  return true;
+}
+
+bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
+  const std::string wanted = Unmapped(ip);
+  MutexLock lock(&peers_mu_);
+  banned_[wanted] = absl::Now() + ban;
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    sockaddr_storage now{};
+    socklen_t length = sizeof(now);
+    std::pair<std::string, int> peer{"", 0};
+    if (getpeername(it->first, reinterpret_cast<sockaddr*>(&now), &length) ==
+        0) {
+      peer = PeerOf(now);
+      peer.first = Unmapped(peer.first);
+    }
+    if (peer.first != it->second.ip || peer.second != it->second.port) {
+      it = peers_.erase(it);  // Closed, and perhaps the number reused.
+      continue;
+    }
+    if (peer.first == wanted && peer.second == port) {
+      shutdown(it->first, SHUT_RDWR);  // gRPC closes it.
+      peers_.erase(it);
+      return true;
+    }
+    ++it;
+  }
+  return false;
 }
 
 void Listener::Shed(const char* reason) {

@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -43,6 +44,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/server_builder.h"
+#include "server/base/mutex.h"
 
 namespace engram::rpc {
 
@@ -52,6 +54,10 @@ class Listener {
   static constexpr const char* kReserve = "reserve";
   static constexpr const char* kNoDescriptors = "no_descriptors";
   static constexpr const char* kNoMemory = "no_memory";
+  // A connection cut for the streams its client reset (stream_flood.h), and
+  // one refused while its address is kept out after that.
+  static constexpr const char* kStreamFlood = "stream_flood";
+  static constexpr const char* kBanned = "banned";
   using OnShed = std::function<void(absl::string_view reason)>;
 
   // Binds and listens on `listen` (--listen): HOST:PORT (a name resolved
@@ -94,6 +100,13 @@ class Listener {
   // Connections shed since Start.
   size_t shed() const { return shed_.load(); }
 
+  // Shuts down the connection this listener took from `ip` (the address's
+  // 4 or 16 bytes; an IPv4 address mapped into IPv6 counts as itself) and
+  // `port` — gRPC then ends its calls and closes it — and sheds new
+  // connections from `ip` for `ban`. False if it took none from there (or
+  // that one has closed).
+  bool Cut(const std::string& ip, int port, absl::Duration ban);
+
  private:
   struct Socket {
     int fd;
@@ -126,6 +139,17 @@ class Listener {
   size_t shed_unreported_ = 0;                      // The thread's.
   const char* last_reason_ = kReserve;              // The thread's.
   std::thread thread_;
+
+  struct Peer {
+    std::string ip;  // 4 or 16 bytes.
+    int port = 0;
+  };
+  Mutex peers_mu_;
+  // The TCP connections handed to gRPC, by descriptor (gRPC closes them:
+  // an entry is checked against getpeername before it is used, and
+  // replaced when the number is accepted again).
+  std::map<int, Peer> peers_ ABSL_GUARDED_BY(peers_mu_);
+  std::map<std::string, absl::Time> banned_ ABSL_GUARDED_BY(peers_mu_);
 };
 
 }  // namespace engram::rpc

@@ -25,6 +25,7 @@
 #include "server/base/millis.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/listener.h"
+#include "server/rpc/stream_flood.h"
 #include "server/rpc/tls_files.h"
 #include "server/rpc/unix_socket.h"
 
@@ -279,6 +280,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // settings within 20 s is closed (gRPC's default waits two minutes): a
   // descriptor held by a connection that never speaks is soon given back.
   builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 20000);
+  if (options.max_open_streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               options.max_open_streams);
+  }
   // The listener accepts; gRPC serves what it hands over (listener.h).
   server->acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
       grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
@@ -322,6 +327,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (!options.token_file.empty() || !options.tls_cert.empty()) {
     server->watcher_ = std::thread([raw = server.get(), options, state] {
       raw->WatchCredentials(options, *state);
+    });
+  }
+  if (options.max_open_streams > 0 || options.max_stream_resets_per_s > 0) {
+    server->stream_guard_ = std::thread([raw = server.get(), options, metrics] {
+      raw->GuardStreams(options, metrics);
     });
   }
   // Live as soon as it runs; ready when the caller says so.
@@ -373,6 +383,40 @@ void Server::WatchCredentials(const ServerOptions& options,
   }
 }
 
+void Server::GuardStreams(const ServerOptions& options,
+                          metrics::Metrics* metrics) {
+  StreamFloodGuard::Limits limits;
+  limits.max_open = options.max_open_streams;
+  limits.failed_per_second = options.max_stream_resets_per_s;
+  StreamFloodGuard guard(limits);
+  MutexLock lock(&watch_mu_);
+  while (!stop_watching_) {
+    watch_cv_.WaitWithTimeout(&watch_mu_, absl::Milliseconds(250));
+    if (stop_watching_) break;
+    for (const SocketStreams& s :
+         guard.Observe(absl::Now(), ReadChannelzSockets())) {
+      if (s.remote_ip.empty() || !listener_->Cut(s.remote_ip, s.remote_port,
+                                                 options.stream_flood_ban)) {
+        continue;  // Not a TCP connection of this server's.
+      }
+      if (metrics != nullptr) {
+        metrics->RecordConnectionShed(Listener::kStreamFlood);
+      }
+      Log(LogLevel::kWarning,
+          "--listen=%s: cut a connection from port %d: of the %lld streams "
+          "its client opened, %lld had not ended and %lld had failed, past "
+          "--max_open_streams=%d (twice that open) or "
+          "--max_stream_resets_per_s=%d (0: none) (HTTP/2 rapid reset?); its "
+          "address is kept out for %s",
+          listen_.c_str(), s.remote_port, static_cast<long long>(s.started),
+          static_cast<long long>(s.started - s.succeeded - s.failed),
+          static_cast<long long>(s.failed), options.max_open_streams,
+          options.max_stream_resets_per_s,
+          absl::FormatDuration(options.stream_flood_ban).c_str());
+    }
+  }
+}
+
 std::string Server::certificate() const {
   if (tls_ == nullptr) return "";
   MutexLock lock(&watch_mu_);
@@ -380,13 +424,14 @@ std::string Server::certificate() const {
 }
 
 void Server::Shutdown(absl::Duration grace) {
-  if (watcher_.joinable()) {
+  if (watcher_.joinable() || stream_guard_.joinable()) {
     {
       MutexLock lock(&watch_mu_);
       stop_watching_ = true;
     }
     watch_cv_.SignalAll();
-    watcher_.join();
+    if (watcher_.joinable()) watcher_.join();
+    if (stream_guard_.joinable()) stream_guard_.join();
   }
   if (!server_) return;
   SetReady(false);

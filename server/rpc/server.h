@@ -49,6 +49,16 @@ struct ServerOptions {
   // Listener::ReserveFor the open-file limit. At least the limit refuses to
   // start.
   int fd_reserve = -1;
+  // Streams a client may have open on one connection (HTTP/2's
+  // MAX_CONCURRENT_STREAMS); one with more than twice as many started and
+  // not ended (streams its client reset, still queued by gRPC) is cut, and
+  // so is one whose client resets (or otherwise fails) more streams a
+  // second than max_stream_resets_per_s; its address is then kept out for
+  // stream_flood_ban (stream_flood.h). 0: no limit.
+  int max_open_streams = 128;
+  // Off by default: calls a client cancels or lets run out of time count.
+  int max_stream_resets_per_s = 0;
+  absl::Duration stream_flood_ban = absl::Seconds(10);
   // What streams, and writes waiting for their request, may hold of the
   // threads (see call.h); null: StreamShare and UnreadShare of max_threads.
   std::shared_ptr<StreamSlots> stream_slots;
@@ -122,6 +132,9 @@ class Server {
   // file if it changed and checks changed TLS files (gRPC reloads those
   // itself), logging what it found and keeping `state` current.
   void WatchCredentials(const ServerOptions& options, CredentialState& state);
+  // Until Shutdown: cuts the connections that reset streams by the
+  // thousand (StreamFloodGuard), a few times a second.
+  void GuardStreams(const ServerOptions& options, metrics::Metrics* metrics);
 
   std::unique_ptr<TlsFiles> tls_;  // Null: plaintext. Outlives server_.
   std::unique_ptr<CallPolicy> policy_;
@@ -139,6 +152,7 @@ class Server {
   CondVar watch_cv_;
   bool stop_watching_ ABSL_GUARDED_BY(watch_mu_) = false;
   std::thread watcher_;
+  std::thread stream_guard_;  // Stopped with the watcher (stop_watching_).
 };
 
 }  // namespace engram::rpc

@@ -159,6 +159,90 @@ class IdleCalls:
             thread.join(timeout=30)
 
 
+def _frame(kind, flags, stream, payload=b""):
+    """An HTTP/2 frame."""
+    import struct
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
+        ">I", stream) + payload
+
+
+def _literal(name, value):
+    """An HPACK header field, literal, never indexed names (short strings)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _headers(path):
+    """A request's HEADERS block for `path`."""
+    return b"".join([_literal(b":method", b"POST"), _literal(b":scheme", b"http"),
+                     _literal(b":path", path.encode()), _literal(b":authority", b"x"),
+                     _literal(b"content-type", b"application/grpc"),
+                     _literal(b"te", b"trailers")])
+
+
+def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore"):
+    """HTTP/2 "rapid reset": opens streams of `path` on 127.0.0.1:`port` and
+    resets each at once (HEADERS then RST_STREAM, 100 to a write) for
+    `seconds`, on a new connection whenever the server closes one; over TLS
+    (trusting the CA file `ca`) if given. Returns the streams written and
+    the connections made."""
+    import ssl
+    import struct
+    headers = _headers(path)
+    end = time.time() + seconds
+    count = made = 0
+    while time.time() < end:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            time.sleep(0.01)
+            continue
+        made += 1
+        s.settimeout(seconds + 5)  # engramd may stop reading: a write gives up.
+        try:
+            if ca:
+                context = ssl.create_default_context(cafile=ca)
+                context.set_alpn_protocols(["h2"])
+                s = context.wrap_socket(s, server_hostname="localhost")
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0))
+            threading.Thread(target=_answer_settings_and_pings, args=(s,), daemon=True).start()
+            stream = 1
+            while time.time() < end and stream < 2**31 - 1000:
+                batch = b""
+                for _ in range(100):
+                    batch += (_frame(1, 4, stream, headers) +
+                              _frame(3, 0, stream, struct.pack(">I", 8)))
+                    stream += 2
+                s.sendall(batch)
+                count += 100
+        except OSError:
+            pass  # engramd closed the connection: another.
+        s.close()
+    return count, made
+
+
+def _answer_settings_and_pings(s):
+    """Acknowledges the server's settings and pings until the connection ends."""
+    pending = b""
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return
+            pending += data
+            while len(pending) >= 9:
+                length = int.from_bytes(pending[:3], "big")
+                if len(pending) < 9 + length:
+                    break
+                kind, flags = pending[3], pending[4]
+                if kind == 4 and not flags & 1:
+                    s.sendall(_frame(4, 1, 0))
+                if kind == 6 and not flags & 1:
+                    s.sendall(_frame(6, 1, 0, pending[9:9 + length]))
+                pending = pending[9 + length:]
+    except (OSError, ValueError):
+        return
+
+
 def metric(metrics_port, name, default=None, **labels):
     """The value of one series on engramd's /metrics: `name` with exactly
     `labels` (none: the unlabelled series). A series not there is

@@ -59,14 +59,30 @@ int ConnectTcp(int port, const char* host = "127.0.0.1") {
 }
 
 // What the server sent before closing: "x" if gRPC's stand-in answered, ""
-// if the connection was shed; within 10 s.
-std::string Answer(int fd) {
+// if the connection was shed; within 10 s. Leaves `fd` open.
+std::string Peek(int fd) {
   pollfd p{fd, POLLIN, 0};
   if (poll(&p, 1, 10000) != 1) return "(no answer in 10 s)";
   char byte;
   const ssize_t n = read(fd, &byte, 1);
-  close(fd);
   return n == 1 ? std::string(1, byte) : "";
+}
+
+// The same, and closes `fd`.
+std::string Answer(int fd) {
+  std::string answer = Peek(fd);
+  close(fd);
+  return answer;
+}
+
+// Until `count` connections were handed over (and closed) by `grpc`.
+template <typename Acceptor>
+void AwaitHanded(Acceptor& grpc, int count) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (grpc.handed.load() < count && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(grpc.handed.load(), count);
 }
 
 TEST(ListenerTest, RefusesAddressesItCannotTake) {
@@ -229,6 +245,7 @@ TEST(ListenerTest, ShedsConnectionsThatWouldTakeTheReserve) {
   FewDescriptors few(256);
   const int served = ConnectTcp((*l)->port());
   EXPECT_EQ(Answer(served), "x");
+  AwaitHanded(grpc, 1);  // Its server side closed too: no gap below.
   EXPECT_EQ((*l)->reserve(), 64u);
   // The client's own socket takes one below the reserve; the server's end
   // of it lands at 192, the first in the reserve.
@@ -279,8 +296,10 @@ TEST(ListenerTest, KeepsAcceptingAfterRunningOutOfDescriptors) {
                       sizeof(address)),
               0);
   }
-  // Each is closed, not left waiting in the queue.
-  for (int fd : waiting) EXPECT_EQ(Answer(fd), "");
+  // Each is closed, not left waiting in the queue (read before any is
+  // closed here: that would free a descriptor for the next).
+  for (int fd : waiting) EXPECT_EQ(Peek(fd), "");
+  for (int fd : waiting) close(fd);
   few.Release();
   ASSERT_EQ(connect(second, reinterpret_cast<const sockaddr*>(&address),
                     sizeof(address)),
@@ -289,6 +308,75 @@ TEST(ListenerTest, KeepsAcceptingAfterRunningOutOfDescriptors) {
   (*l)->Stop();
   EXPECT_EQ(no_descriptors.load(), 3);
   EXPECT_EQ(grpc.handed.load(), 1);
+}
+
+// Stands in for gRPC: holds each connection open, answering nothing.
+class Holding : public grpc::experimental::ExternalConnectionAcceptor {
+ public:
+  ~Holding() override {
+    for (int fd : fds) close(fd);
+  }
+  void HandleNewConnection(NewConnectionParameters* p) override {
+    absl::MutexLock lock(&mu);
+    fds.push_back(p->fd);
+  }
+  size_t held() {
+    absl::MutexLock lock(&mu);
+    return fds.size();
+  }
+  absl::Mutex mu;
+  std::vector<int> fds;
+};
+
+// A connection cut is shut down under gRPC (which then closes it), and its
+// address is kept out for the ban: shed as it comes, then served again.
+TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
+  absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind("0.0.0.0:0");
+  ASSERT_TRUE(l.ok()) << l.status();
+  Holding grpc;
+  std::atomic<int> banned{0};
+  (*l)->Start(&grpc, -1, [&](absl::string_view reason) {
+    if (reason == Listener::kBanned) banned.fetch_add(1);
+  });
+  const int kept = ConnectTcp((*l)->port());
+  const int flooding = ConnectTcp((*l)->port());
+  ASSERT_GE(kept, 0);
+  ASSERT_GE(flooding, 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (grpc.held() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(grpc.held(), 2u);
+  sockaddr_in mine{};
+  socklen_t length = sizeof(mine);
+  ASSERT_EQ(getsockname(flooding, reinterpret_cast<sockaddr*>(&mine), &length),
+            0);
+  const std::string loopback("\x7f\x00\x00\x01", 4);
+  // No connection from that port: nothing cut.
+  EXPECT_FALSE((*l)->Cut(loopback, 1, absl::ZeroDuration()));
+  // The address arrives as IPv4 mapped into IPv6 (a dual-stack socket) or
+  // as IPv4: both are the one address.
+  std::string mapped(10, '\0');
+  mapped += "\xff\xff";
+  mapped += loopback;
+  ASSERT_TRUE((*l)->Cut(mapped, ntohs(mine.sin_port), absl::Milliseconds(300)));
+  EXPECT_EQ(Answer(flooding), "");  // Shut down under gRPC.
+  // The other connection from that address stays.
+  pollfd p{kept, POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 100), 0);
+  // Kept out while the ban lasts, served after.
+  EXPECT_EQ(Answer(ConnectTcp((*l)->port())), "");
+  absl::SleepFor(absl::Milliseconds(400));
+  const int later = ConnectTcp((*l)->port());
+  ASSERT_GE(later, 0);
+  while (grpc.held() < 3 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(grpc.held(), 3u);
+  close(later);
+  close(kept);
+  (*l)->Stop();
+  EXPECT_EQ(banned.load(), 1);
 }
 
 }  // namespace

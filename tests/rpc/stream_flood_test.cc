@@ -1,0 +1,103 @@
+#include "server/rpc/stream_flood.h"
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace engram::rpc {
+namespace {
+
+// As gRPC 1.51's grpc_channelz_get_socket wrote it for a connection that
+// reset most of its streams.
+constexpr char kFlooding[] =
+    R"({"socket":{"data":{"lastRemoteStreamCreatedTimestamp":)"
+    R"("2026-12-06T04:01:02.954764322Z","streamsFailed":"30766",)"
+    R"("streamsStarted":"31095"},"local":{"tcpip_address":{"ip_address":)"
+    R"("fwAAAQ==","port":41779}},"ref":{"name":"chttp2 ipv4:127.0.0.1:34148",)"
+    R"("socketId":"3"},"remote":{"tcpip_address":{"ip_address":"fwAAAQ==",)"
+    R"("port":34148}}}})";
+
+TEST(StreamFloodTest, ReadsASocketAsChannelzWritesIt) {
+  SocketStreams s;
+  ASSERT_TRUE(ParseChannelzSocket(kFlooding, &s));
+  EXPECT_EQ(s.socket_id, 3);
+  EXPECT_EQ(s.started, 31095);
+  EXPECT_EQ(s.succeeded, 0);  // Absent: zero.
+  EXPECT_EQ(s.failed, 30766);
+  EXPECT_EQ(s.remote_ip, std::string("\x7f\x00\x00\x01", 4));
+  EXPECT_EQ(s.remote_port, 34148);  // The remote's, not the local one.
+  EXPECT_FALSE(ParseChannelzSocket("{}", &s));
+  EXPECT_FALSE(ParseChannelzSocket("", &s));
+  // A Unix socket's connection has no TCP peer.
+  ASSERT_TRUE(ParseChannelzSocket(
+      R"({"socket":{"data":{"streamsStarted":"2"},"ref":{"socketId":"9"},)"
+      R"("remote":{"uds_address":{"filename":"/run/s.sock"}}}})",
+      &s));
+  EXPECT_EQ(s.socket_id, 9);
+  EXPECT_TRUE(s.remote_ip.empty());
+}
+
+SocketStreams Socket(int64_t id, int64_t started, int64_t succeeded,
+                     int64_t failed) {
+  SocketStreams s;
+  s.socket_id = id;
+  s.started = started;
+  s.succeeded = succeeded;
+  s.failed = failed;
+  return s;
+}
+
+TEST(StreamFloodTest, CutsConnectionsWithTooManyStreamsNotEnded) {
+  StreamFloodGuard::Limits limits;
+  limits.max_open = 100;
+  limits.failed_per_second = 0;
+  StreamFloodGuard guard(limits);
+  const absl::Time t = absl::UnixEpoch();
+  // 200 open is what a client may have, twice over; 201 is a flood.
+  std::vector<SocketStreams> cut =
+      guard.Observe(t, {Socket(1, 10000, 9800, 0), Socket(2, 5000, 4000, 799),
+                        Socket(3, 150, 0, 0)});
+  ASSERT_EQ(cut.size(), 1u);
+  EXPECT_EQ(cut[0].socket_id, 2);
+}
+
+TEST(StreamFloodTest, CutsConnectionsThatFailStreamsFasterThanTheLimit) {
+  StreamFloodGuard::Limits limits;
+  limits.max_open = 0;
+  limits.failed_per_second = 1000;
+  StreamFloodGuard guard(limits);
+  const absl::Time t = absl::UnixEpoch();
+  // First seen: more than a second's worth already is a flood.
+  std::vector<SocketStreams> cut = guard.Observe(
+      t,
+      {Socket(1, 900, 0, 900), Socket(2, 1001, 0, 1001), Socket(3, 0, 0, 0)});
+  ASSERT_EQ(cut.size(), 1u);
+  EXPECT_EQ(cut[0].socket_id, 2);
+  // 100 ms on: too soon for a rate, nothing cut whatever the count.
+  EXPECT_TRUE(guard
+                  .Observe(t + absl::Milliseconds(100),
+                           {Socket(1, 1100, 0, 1100), Socket(3, 0, 0, 0)})
+                  .empty());
+  // 250 ms after the first look: socket 1 failed 260 more (1,040 a second),
+  // socket 3 none.
+  cut = guard.Observe(t + absl::Milliseconds(250),
+                      {Socket(1, 1160, 0, 1160), Socket(3, 50, 0, 50)});
+  ASSERT_EQ(cut.size(), 1u);
+  EXPECT_EQ(cut[0].socket_id, 1);
+  // A socket gone and its id back is new again.
+  EXPECT_TRUE(
+      guard.Observe(t + absl::Seconds(1), {Socket(1, 10, 0, 10)}).empty());
+}
+
+TEST(StreamFloodTest, NoLimitsCutNothing) {
+  StreamFloodGuard::Limits limits;
+  limits.max_open = 0;
+  limits.failed_per_second = 0;
+  StreamFloodGuard guard(limits);
+  EXPECT_TRUE(guard.Observe(absl::UnixEpoch(), {Socket(1, 1 << 30, 0, 1 << 29)})
+                  .empty());
+}
+
+}  // namespace
+}  // namespace engram::rpc
