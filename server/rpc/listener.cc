@@ -339,7 +339,16 @@ void Listener::Run() {
   polled.push_back({wake_fd_, POLLIN, 0});
   while (true) {
     for (pollfd& p : polled) p.revents = 0;
-    if (poll(polled.data(), polled.size(), -1) < 0) {
+    // Connections shed and not yet in the log are reported within 10 s of
+    // the last report, whether or not more come.
+    int timeout_ms = -1;
+    if (shed_unreported_ > 0) {
+      timeout_ms = static_cast<int>(std::max<int64_t>(
+          0, absl::ToInt64Milliseconds(absl::Seconds(10) -
+                                       (absl::Now() - last_warning_))));
+    }
+    const int ready = poll(polled.data(), polled.size(), timeout_ms);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       Log(LogLevel::kError, "--listen=%s: poll: %s", listen_.c_str(),
           std::strerror(errno));
@@ -367,9 +376,9 @@ void Listener::Run() {
                              kMoreFiles)
           : last_reason_ == kBanned
               ? std::string(
-                    "their address is kept out for a while: a "
-                    "connection from it reset streams by the "
-                    "thousand (--max_stream_resets_per_s)")
+                    "their address is kept out for a while: a connection "
+                    "from it left streams it had reset queued by the "
+                    "hundred (--max_open_streams)")
               : std::string("the system had no memory for a connection");
       Log(LogLevel::kWarning,
           "--listen=%s: %zu new connection(s) closed unserved (%zu since "
