@@ -244,7 +244,7 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
 void WarnOfTokensInClear(const rpc::ServerOptions& server) {
   if (server.token_file.empty() || !server.tls_cert.empty()) return;
   // On a Unix socket tokens never leave the host.
-  const bool local = rpc::UnixSocketPath(server.listen).has_value();
+  const bool local = rpc::IsUnixAddress(server.listen);
   Log(LogLevel::kWarning,
       "--token_file without --tls_cert: %sa call is checked only once gRPC "
       "has read its request (up to %zu MiB), so a caller with no token can "
@@ -263,10 +263,7 @@ void WarnOfTokensInClear(const rpc::ServerOptions& server) {
 // client certificates, streams without credentials are refused before they
 // queue. Loopback and Unix sockets are left to the host.
 void WarnOfUncheckedCallers(const rpc::ServerOptions& server) {
-  if (rpc::UnixSocketPath(server.listen).has_value() ||
-      absl::StartsWith(server.listen, "unix-abstract:")) {
-    return;
-  }
+  if (rpc::IsUnixAddress(server.listen)) return;
   if (!server.tls_cert.empty() &&
       (!server.token_file.empty() || !server.tls_client_ca.empty())) {
     return;

@@ -151,123 +151,105 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
     absl::string_view listen) {
   const std::string where = absl::StrCat("--listen=", listen);
   std::vector<Socket> sockets;
-  const auto close_all = [&sockets] {
-    for (const Socket& s : sockets) close(s.fd);
-    sockets.clear();
-  };
   int error = 0;
+  int bound = 0;
+  std::string socket_path;
 
-  if (std::optional<std::string> path = UnixSocketPath(listen)) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    if (path->empty() || path->size() >= sizeof(address.sun_path)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": not a path a Unix socket can have"));
-    }
-    std::memcpy(address.sun_path, path->data(), path->size());
-    // The caller holds the path's lock: a socket there is a dead engramd's.
-    unlink(path->c_str());
-    const int fd = ListenOn(reinterpret_cast<const sockaddr*>(&address),
-                            sizeof(address), false, &error);
-    if (fd < 0) {
-      return absl::UnavailableError(
-          absl::StrCat(where, ": cannot listen there: ", Why(error)));
-    }
-    sockets.push_back({fd, false});
-    return std::unique_ptr<Listener>(
-        new Listener(std::string(listen), std::move(sockets), 0, *path));
-  }
-
+  const std::optional<std::string> path = UnixSocketPath(listen);
   absl::string_view name = listen;
-  if (absl::ConsumePrefix(&name, "unix-abstract:")) {
+  if (path.has_value() || absl::ConsumePrefix(&name, "unix-abstract:")) {
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
-    if (name.empty() || name.size() >= sizeof(address.sun_path)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": an abstract socket's name is 1 to ",
-                       sizeof(address.sun_path) - 1, " bytes"));
+    socklen_t length = sizeof(address);
+    if (path.has_value()) {
+      if (path->empty() || path->size() >= sizeof(address.sun_path)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": not a path a Unix socket can have"));
+      }
+      std::memcpy(address.sun_path, path->data(), path->size());
+      // The caller holds the path's lock: a socket there is a dead engramd's.
+      unlink(path->c_str());
+      socket_path = *path;
+    } else {
+      if (name.empty() || name.size() >= sizeof(address.sun_path)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": an abstract socket's name is 1 to ",
+                         sizeof(address.sun_path) - 1, " bytes"));
+      }
+      // The name after a zero byte, as long as it is (not zero-terminated).
+      std::memcpy(address.sun_path + 1, name.data(), name.size());
+      length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 +
+                                      name.size());
     }
-    // The name after a zero byte, as long as it is (not zero-terminated).
-    std::memcpy(address.sun_path + 1, name.data(), name.size());
-    const socklen_t length = static_cast<socklen_t>(
-        offsetof(sockaddr_un, sun_path) + 1 + name.size());
     const int fd = ListenOn(reinterpret_cast<const sockaddr*>(&address), length,
                             false, &error);
-    if (fd < 0) {
-      return absl::UnavailableError(
-          absl::StrCat(where, ": cannot listen there: ", Why(error)));
+    if (fd >= 0) sockets.push_back({fd, false});
+  } else {
+    absl::StatusOr<HostPort> split = SplitHostPort(name, "--listen");
+    if (!split.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          split.status().message(), " (or unix:PATH, unix-abstract:NAME)"));
     }
-    sockets.push_back({fd, false});
-    return std::unique_ptr<Listener>(
-        new Listener(std::string(listen), std::move(sockets), 0, ""));
-  }
-
-  absl::StatusOr<HostPort> split = SplitHostPort(name, "--listen");
-  if (!split.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        split.status().message(), " (or unix:PATH, unix-abstract:NAME)"));
-  }
-  const std::string& host = split->host;
-  const int port = split->port;
-
-  if (host.empty() || host == "0.0.0.0" || host == "::") {
-    // Every address: IPv6 and IPv4 on one socket, or IPv4 alone on a
-    // machine without IPv6.
-    sockaddr_in6 any6{};
-    any6.sin6_family = AF_INET6;
-    any6.sin6_addr = in6addr_any;
-    SetPort(reinterpret_cast<sockaddr*>(&any6), port);
-    int fd = ListenOn(reinterpret_cast<const sockaddr*>(&any6), sizeof(any6),
-                      true, &error);
-    if (fd < 0 && (error == EAFNOSUPPORT || error == EADDRNOTAVAIL) &&
-        host != "::") {
-      sockaddr_in any4{};
-      any4.sin_family = AF_INET;
-      any4.sin_addr.s_addr = htonl(INADDR_ANY);
-      SetPort(reinterpret_cast<sockaddr*>(&any4), port);
-      fd = ListenOn(reinterpret_cast<const sockaddr*>(&any4), sizeof(any4),
-                    false, &error);
-    }
-    if (fd < 0) {
-      return absl::UnavailableError(
-          absl::StrCat(where, ": cannot listen there: ", Why(error)));
-    }
-    sockets.push_back({fd, true});
-    const int bound = BoundPort(fd);
-    return std::unique_ptr<Listener>(
-        new Listener(std::string(listen), std::move(sockets), bound, ""));
-  }
-
-  absl::StatusOr<std::vector<SocketAddress>> addresses = Resolve(*split, where);
-  if (!addresses.ok()) return addresses.status();
-  // Each address the name has (localhost: 127.0.0.1 and ::1), once, on one
-  // port: the first one's when port 0 picks.
-  int first_error = 0;
-  int bound = port;
-  for (SocketAddress& address : *addresses) {
-    SetPort(reinterpret_cast<sockaddr*>(&address.address), bound);
-    const int fd = ListenOn(address.get(), address.length, false, &error);
-    if (fd < 0) {
-      // An address family this machine does not have (::1 without IPv6)
-      // is left out; anything else (a port in use) refuses.
-      if (error == EAFNOSUPPORT || error == EADDRNOTAVAIL) {
-        if (first_error == 0) first_error = error;
-        continue;
+    const std::string& host = split->host;
+    if (host.empty() || host == "0.0.0.0" || host == "::") {
+      // Every address: IPv6 and IPv4 on one socket, or IPv4 alone on a
+      // machine without IPv6.
+      sockaddr_in6 any6{};
+      any6.sin6_family = AF_INET6;
+      any6.sin6_addr = in6addr_any;
+      SetPort(reinterpret_cast<sockaddr*>(&any6), split->port);
+      int fd = ListenOn(reinterpret_cast<const sockaddr*>(&any6), sizeof(any6),
+                        true, &error);
+      if (fd < 0 && (error == EAFNOSUPPORT || error == EADDRNOTAVAIL) &&
+          host != "::") {
+        sockaddr_in any4{};
+        any4.sin_family = AF_INET;
+        any4.sin_addr.s_addr = htonl(INADDR_ANY);
+        SetPort(reinterpret_cast<sockaddr*>(&any4), split->port);
+        fd = ListenOn(reinterpret_cast<const sockaddr*>(&any4), sizeof(any4),
+                      false, &error);
       }
-      first_error = error;
-      close_all();
-      break;
+      if (fd >= 0) {
+        sockets.push_back({fd, true});
+        bound = BoundPort(fd);
+      }
+    } else {
+      absl::StatusOr<std::vector<SocketAddress>> addresses =
+          Resolve(*split, where);
+      if (!addresses.ok()) return addresses.status();
+      // Each address the name has (localhost: 127.0.0.1 and ::1), once, on
+      // one port: the first one's when port 0 picks.
+      bound = split->port;
+      int first_error = 0;
+      for (SocketAddress& address : *addresses) {
+        SetPort(reinterpret_cast<sockaddr*>(&address.address), bound);
+        const int fd = ListenOn(address.get(), address.length, false, &error);
+        if (fd < 0) {
+          // An address family this machine does not have (::1 without
+          // IPv6) is left out; anything else (a port in use) refuses.
+          if (error == EAFNOSUPPORT || error == EADDRNOTAVAIL) {
+            if (first_error == 0) first_error = error;
+            continue;
+          }
+          first_error = error;
+          for (const Socket& s : sockets) close(s.fd);
+          sockets.clear();
+          break;
+        }
+        sockets.push_back({fd, true});
+        if (bound == 0) bound = BoundPort(fd);
+      }
+      error = first_error;
     }
-    sockets.push_back({fd, true});
-    if (bound == 0) bound = BoundPort(fd);
   }
+
   if (sockets.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat(where, ": cannot listen there: ",
-                     Why(first_error == 0 ? EADDRNOTAVAIL : first_error)));
+    return absl::UnavailableError(absl::StrCat(
+        where,
+        ": cannot listen there: ", Why(error == 0 ? EADDRNOTAVAIL : error)));
   }
-  return std::unique_ptr<Listener>(
-      new Listener(std::string(listen), std::move(sockets), bound, ""));
+  return std::unique_ptr<Listener>(new Listener(
+      std::string(listen), std::move(sockets), bound, socket_path));
 }
 
 size_t Listener::ReserveFor(size_t limit) {

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
@@ -20,6 +21,11 @@ std::optional<std::string> UnixSocketPath(absl::string_view listen) {
   if (absl::ConsumePrefix(&listen, "unix://")) return std::string(listen);
   if (absl::ConsumePrefix(&listen, "unix:")) return std::string(listen);
   return std::nullopt;
+}
+
+bool IsUnixAddress(absl::string_view listen) {
+  return UnixSocketPath(listen).has_value() ||
+         absl::StartsWith(listen, "unix-abstract:");
 }
 
 namespace {

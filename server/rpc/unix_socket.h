@@ -25,6 +25,10 @@ namespace engram::rpc {
 // "unix-abstract:NAME", which has no file).
 std::optional<std::string> UnixSocketPath(absl::string_view listen);
 
+// Whether a listen address is a Unix socket: unix:PATH, unix:///PATH or
+// unix-abstract:NAME (not a host whose name starts with "unix").
+bool IsUnixAddress(absl::string_view listen);
+
 // The lock on a socket's path, held until destroyed.
 class UnixSocketLock {
  public:

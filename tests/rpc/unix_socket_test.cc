@@ -30,6 +30,15 @@ TEST(UnixSocketPathTest, TakesBothUnixFormsAndNothingElse) {
   EXPECT_EQ(UnixSocketPath("[::1]:50051"), std::nullopt);
 }
 
+TEST(IsUnixAddressTest, PathsAndAbstractNamesButNoHosts) {
+  EXPECT_TRUE(IsUnixAddress("unix:/run/engram.sock"));
+  EXPECT_TRUE(IsUnixAddress("unix:///run/engram.sock"));
+  EXPECT_TRUE(IsUnixAddress("unix-abstract:engram"));
+  EXPECT_FALSE(IsUnixAddress("unixhost:50051"));
+  EXPECT_FALSE(IsUnixAddress("127.0.0.1:50051"));
+  EXPECT_FALSE(IsUnixAddress("[::1]:50051"));
+}
+
 class UnixSocketLockTest : public ::testing::Test {
  protected:
   std::string Path(const std::string& name) const { return dir_ / name; }
