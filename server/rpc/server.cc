@@ -142,12 +142,6 @@ class ReflectionSlotFactory final
   StreamSlots* const slots_;
 };
 
-// unix:PATH, unix:///PATH or unix-abstract:NAME (not a host named unix...).
-bool IsUnixAddress(absl::string_view listen) {
-  return absl::StartsWith(listen, "unix:") ||
-         absl::StartsWith(listen, "unix-abstract:");
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
@@ -363,10 +357,7 @@ void Server::WatchCredentials(const ServerOptions& options,
                               CredentialState& state) {
   const absl::Duration refresh =
       std::max(options.credentials_refresh, absl::Seconds(1));
-  MutexLock lock(&watch_mu_);
-  while (!stop_watching_) {
-    watch_cv_.WaitWithTimeout(&watch_mu_, refresh);
-    if (stop_watching_) break;
+  while (Sleep(refresh)) {
     if (!options.token_file.empty()) {
       const absl::StatusOr<bool> reloaded = policy_->auth.Reload();
       Report(reloaded, absl::StrCat("--token_file=", options.token_file),
@@ -374,6 +365,7 @@ void Server::WatchCredentials(const ServerOptions& options,
              state.token_file_failed);
     }
     if (tls_ != nullptr) {
+      MutexLock lock(&tls_mu_);
       const absl::StatusOr<bool> reloaded = tls_->Reload();
       if (Report(reloaded, "TLS files", tls_->describe(),
                  state.tls_files_failed)) {
@@ -389,10 +381,7 @@ void Server::GuardStreams(const ServerOptions& options,
   limits.max_open = options.max_open_streams;
   limits.failed_per_second = options.max_stream_resets_per_s;
   StreamFloodGuard guard(limits);
-  MutexLock lock(&watch_mu_);
-  while (!stop_watching_) {
-    watch_cv_.WaitWithTimeout(&watch_mu_, absl::Milliseconds(250));
-    if (stop_watching_) break;
+  while (Sleep(absl::Milliseconds(250))) {
     for (const SocketStreams& s :
          guard.Observe(absl::Now(), ReadChannelzSockets())) {
       if (s.remote_ip.empty() || !listener_->Cut(s.remote_ip, s.remote_port,
@@ -417,19 +406,29 @@ void Server::GuardStreams(const ServerOptions& options,
   }
 }
 
+bool Server::Sleep(absl::Duration period) {
+  MutexLock lock(&stop_mu_);
+  const absl::Time until = absl::Now() + period;
+  for (absl::Time now = absl::Now(); !stopping_ && now < until;
+       now = absl::Now()) {
+    stop_cv_.WaitWithTimeout(&stop_mu_, until - now);
+  }
+  return !stopping_;
+}
+
 std::string Server::certificate() const {
   if (tls_ == nullptr) return "";
-  MutexLock lock(&watch_mu_);
+  MutexLock lock(&tls_mu_);
   return tls_->describe();
 }
 
 void Server::Shutdown(absl::Duration grace) {
   if (watcher_.joinable() || stream_guard_.joinable()) {
     {
-      MutexLock lock(&watch_mu_);
-      stop_watching_ = true;
+      MutexLock lock(&stop_mu_);
+      stopping_ = true;
     }
-    watch_cv_.SignalAll();
+    stop_cv_.SignalAll();
     if (watcher_.joinable()) watcher_.join();
     if (stream_guard_.joinable()) stream_guard_.join();
   }

@@ -135,6 +135,8 @@ class Server {
   // Until Shutdown: cuts the connections that reset streams by the
   // thousand (StreamFloodGuard), a few times a second.
   void GuardStreams(const ServerOptions& options, metrics::Metrics* metrics);
+  // Waits `period`: false when Shutdown has begun (at once, if it had).
+  bool Sleep(absl::Duration period);
 
   std::unique_ptr<TlsFiles> tls_;  // Null: plaintext. Outlives server_.
   std::unique_ptr<CallPolicy> policy_;
@@ -148,11 +150,15 @@ class Server {
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  mutable Mutex watch_mu_;
-  CondVar watch_cv_;
-  bool stop_watching_ ABSL_GUARDED_BY(watch_mu_) = false;
+  // Held while tls_ reloads or describes itself.
+  mutable Mutex tls_mu_;
+  // Shutdown stops the two threads below: they wait on stop_cv_ between
+  // rounds.
+  Mutex stop_mu_;
+  CondVar stop_cv_;
+  bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
   std::thread watcher_;
-  std::thread stream_guard_;  // Stopped with the watcher (stop_watching_).
+  std::thread stream_guard_;
 };
 
 }  // namespace engram::rpc
