@@ -1,10 +1,12 @@
 // engramd: the engram server. Flags become an EngramdOptions; the wiring is
 // server/app/engramd.cc.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
@@ -17,6 +19,7 @@
 #include "grpc/support/log.h"
 #include "server/app/allocator.h"
 #include "server/app/engramd.h"
+#include "server/app/log_writer.h"
 #include "server/app/shutdown_signal.h"
 #include "server/base/file_text.h"
 #include "server/base/log.h"
@@ -248,6 +251,7 @@ void SetUpLogging() {
   engram::SetLogFormat(format == "json" ? engram::LogFormat::kJson
                                         : engram::LogFormat::kText);
   gpr_set_log_function(&LogFromGrpc);
+  engram::app::LogWriter::ForStderr();
 }
 
 [[noreturn]] void FailOnFlag(const std::string& message) {
@@ -466,6 +470,9 @@ int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
   absl::FailureSignalHandlerOptions options;
   absl::InstallFailureSignalHandler(options);
+  // A write to a pipe or socket nobody reads any more (stderr's reader
+  // gone) fails with EPIPE instead of ending the process.
+  std::signal(SIGPIPE, SIG_IGN);
   if (!engram::app::CatchShutdownSignals()) {
     std::perror("engramd: installing the SIGTERM handler");
     return 1;
@@ -476,5 +483,7 @@ int main(int argc, char** argv) {
       "[--data_dir=DIR] [--metrics_listen=HOST:PORT] ...");
   absl::ParseCommandLine(argc, argv);
   SetUpLogging();
-  return engram::app::RunEngramd(OptionsFromFlags());
+  engram::app::EngramdOptions engramd = OptionsFromFlags();
+  engramd.log_writer = engram::app::LogWriter::ForStderr();
+  return engram::app::RunEngramd(std::move(engramd));
 }

@@ -453,6 +453,19 @@ int RunEngramd(EngramdOptions o) {
     return 1;
   }
   metrics::Metrics& metrics = *exported->metrics;
+  // Counted while the metrics live.
+  struct CountDroppedLogLines {
+    CountDroppedLogLines(LogWriter* writer, metrics::Metrics& metrics)
+        : writer(writer) {
+      if (writer == nullptr) return;
+      writer->OnDropped(
+          [&metrics](size_t lines) { metrics.RecordLogLinesDropped(lines); });
+    }
+    ~CountDroppedLogLines() {
+      if (writer != nullptr) writer->OnDropped(nullptr);
+    }
+    LogWriter* const writer;
+  } count_dropped_log_lines(o.log_writer, metrics);
   if (o.role == Role::kRouter) {
     return RunRouter(o, metrics, exported->port, open_files);
   }

@@ -13,6 +13,7 @@
 
 #include "absl/time/time.h"
 #include "server/app/allocator.h"
+#include "server/app/log_writer.h"
 #include "server/cluster/shard_pool.h"
 #include "server/cluster/topology.h"
 #include "server/metrics/prometheus_metrics.h"
@@ -57,6 +58,9 @@ struct EngramdOptions {
   int retrieval_threads = 1;
   int job_workers = 1;
   absl::Duration shutdown_grace = absl::Seconds(10);
+  // The log's writer (LogWriter::ForStderr), whose dropped lines are
+  // counted in the metrics; null: none.
+  LogWriter* log_writer = nullptr;
 };
 
 // Serves until SIGTERM or SIGINT; the process's exit code.

@@ -8,7 +8,8 @@
 // characters are escaped, and bytes that are not UTF-8 become U+FFFD, so
 // that every line reads (and, as JSON, parses).
 //
-// Thread-safe: each line is written with a single fwrite.
+// Thread-safe: each line is written with a single fwrite, or handed whole
+// to the sink set with SetLogSink (engramd's writer, app/log_writer.h).
 #ifndef ENGRAM_SERVER_BASE_LOG_H_
 #define ENGRAM_SERVER_BASE_LOG_H_
 
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -41,6 +43,14 @@ inline std::atomic<int>& LogFormatSetting() {
 inline void SetLogFormat(LogFormat format) {
   LogFormatSetting() = static_cast<int>(format);
 }
+
+// Where finished lines go instead of stderr; null: stderr, at once.
+using LogSink = void (*)(std::string line);
+inline std::atomic<LogSink>& LogSinkSetting() {
+  static std::atomic<LogSink> sink{nullptr};
+  return sink;
+}
+inline void SetLogSink(LogSink sink) { LogSinkSetting() = sink; }
 
 namespace log_internal {
 
@@ -136,7 +146,11 @@ inline void LogMessage(LogLevel level, absl::string_view message) {
   if (static_cast<int>(level) < MinLogLevel().load(std::memory_order_relaxed)) {
     return;
   }
-  const std::string line = LogLine(level, message, absl::Now());
+  std::string line = LogLine(level, message, absl::Now());
+  if (const LogSink sink = LogSinkSetting().load(std::memory_order_acquire)) {
+    sink(std::move(line));
+    return;
+  }
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 

@@ -68,6 +68,9 @@ class Metrics {
   virtual void SetShardReplicas(size_t ready, size_t not_ready) = 0;
   // A connection closed as it came, unserved, and why (rpc/listener.h).
   virtual void RecordConnectionShed(absl::string_view reason) = 0;
+  // Log lines dropped: stderr not read fast enough, or refusing them
+  // (app/log_writer.h).
+  virtual void RecordLogLinesDropped(size_t lines) = 0;
 };
 
 // Counts nothing.
@@ -90,6 +93,7 @@ class NullMetrics : public Metrics {
                        double, size_t, size_t) override {}
   void SetShardReplicas(size_t, size_t) override {}
   void RecordConnectionShed(absl::string_view) override {}
+  void RecordLogLinesDropped(size_t) override {}
 };
 
 }  // namespace engram::metrics

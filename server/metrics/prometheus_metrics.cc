@@ -157,6 +157,14 @@ class PrometheusMetrics : public Metrics {
                       "resetting streams by the thousand) or banned (its "
                       "address kept out for a while after that).")
                 .Register(*registry_)),
+        log_lines_dropped_(
+            prometheus::BuildCounter()
+                .Name("engram_log_lines_dropped_total")
+                .Help("Log lines dropped: stderr was not read fast enough "
+                      "(a queue of 1 MiB was full) or refused them (no "
+                      "reader).")
+                .Register(*registry_)
+                .Add({})),
         capacity_{&CapacityGauge("engram_capacity_recall_at_1",
                                  "Recall@1 of corrupted stored patterns at "
                                  "the calibrated setting, by store."),
@@ -338,6 +346,10 @@ class PrometheusMetrics : public Metrics {
     connections_shed_.Add({{"reason", std::string(reason)}}).Increment();
   }
 
+  void RecordLogLinesDropped(size_t lines) override {
+    log_lines_dropped_.Increment(static_cast<double>(lines));
+  }
+
   void SetShardReplicas(size_t ready, size_t not_ready) override {
     shard_replicas_.Add({{"state", "ready"}}).Set(static_cast<double>(ready));
     shard_replicas_.Add({{"state", "not_ready"}})
@@ -379,6 +391,7 @@ class PrometheusMetrics : public Metrics {
   prometheus::Family<prometheus::Counter>& shard_bytes_;
   prometheus::Family<prometheus::Gauge>& shard_replicas_;
   prometheus::Family<prometheus::Counter>& connections_shed_;
+  prometheus::Counter& log_lines_dropped_;
   prometheus::Family<prometheus::Gauge>* capacity_[kCapacityFigures];
   std::unique_ptr<internal::HttpEndpoint> endpoint_;
 };

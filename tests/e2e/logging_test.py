@@ -10,6 +10,8 @@ Usage: logging_test.py BIN_DIR
 """
 import json
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -21,7 +23,7 @@ BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, make_certs  # noqa: E402
+from harness import Engramd, make_certs, metric  # noqa: E402
 
 
 def records(text):
@@ -115,6 +117,87 @@ class LoggingTest(unittest.TestCase):
         self.assertTrue(any(r["level"] == "error" and
                             "--listen=127.0.0.1:%d: cannot listen there: the port is in use" % port
                             in r["msg"] for r in logged), run.stderr)
+
+    def start_on_a_pipe(self, *flags):
+        """engramd with its log (JSON) going into a pipe; the process, the
+        pipe's read end, the lines up to readiness, its address and its
+        metrics port."""
+        read_end, write_end = os.pipe()
+        proc = subprocess.Popen(
+            [os.path.join(BIN, "engramd"), "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+             "--data_dir=" + os.path.join(self.tmp.name, "d"), "--log_format=json", *flags],
+            stdout=subprocess.DEVNULL, stderr=write_end)
+        os.close(write_end)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        text = b""
+        deadline = time.time() + 30
+        while b"; ready" not in text:
+            self.assertLess(time.time(), deadline, text)
+            if select.select([read_end], [], [], 1)[0]:
+                chunk = os.read(read_end, 1 << 16)
+                self.assertTrue(chunk, "engramd exited: %s" % text)
+                text += chunk
+        port = re.search(r"\(port (\d+)[,)]", text.decode()).group(1)
+        metrics = int(re.search(r"metrics on [^;]*:(\d+);", text.decode()).group(1))
+        return proc, read_end, text.decode(), "127.0.0.1:" + port, metrics
+
+    def test_a_reader_that_stops_reading_holds_up_no_call(self):
+        """Every refused call logs a line. With the log's reader stopped,
+        engramd once answered some 500 of them, until the pipe was full,
+        and then none (DEADLINE_EXCEEDED) while its health check still said
+        SERVING. Now the lines past a queue are dropped, counted, and said
+        once the reader reads again."""
+        proc, read_end, startup, addr, metrics = self.start_on_a_pipe()
+        records(startup)
+        calls = 8000
+        with Client(addr, timeout=10, retries=0) as c:
+            for i in range(calls):
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.get_store("no-such-store-%d-%s" % (i, "x" * 40))
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.NOT_FOUND,
+                                 "call %d: %s" % (i, refused.exception))
+            self.assertEqual(c.health(), "SERVING")
+        dropped = metric(metrics, "engram_log_lines_dropped_total")
+        self.assertGreater(dropped, 0)
+        # The reader reads again: the lines kept, then how many were not.
+        text = b""
+        deadline = time.time() + 30
+        while b"log lines dropped before this one" not in text:
+            self.assertLess(time.time(), deadline, text[-2000:])
+            if select.select([read_end], [], [], 1)[0]:
+                text += os.read(read_end, 1 << 16)
+        proc.terminate()
+        while True:
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:
+                break
+            text += chunk
+        os.close(read_end)
+        self.assertEqual(proc.wait(timeout=60), 0)
+        logged = records(text.decode())
+        refused = [r for r in logged if "no-such-store-" in r["msg"]]
+        notes = [r for r in logged if "log lines dropped before this one" in r["msg"]]
+        self.assertTrue(notes and all(r["level"] == "warning" for r in notes))
+        self.assertEqual(sum(int(r["msg"].split()[0]) for r in notes), dropped)
+        self.assertEqual(len(refused) + dropped, calls)
+        self.assertTrue(any("shutting down" in r["msg"] for r in logged))
+
+    def test_a_reader_that_goes_away_ends_nothing(self):
+        """A log reader gone (a closed pipe) killed engramd with SIGPIPE at
+        its next line; now the line is dropped and counted."""
+        proc, read_end, _, addr, metrics = self.start_on_a_pipe()
+        os.close(read_end)
+        with Client(addr, timeout=10, retries=0) as c:
+            for i in range(20):
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.get_store("no-such-store-%d-%s" % (i, "x" * 40))
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.NOT_FOUND)
+            c.create_store("kept", 2)
+            self.assertEqual(c.get_store("kept").dimension, 2)
+        self.assertIsNone(proc.poll())
+        self.assertGreaterEqual(metric(metrics, "engram_log_lines_dropped_total"), 20)
+        proc.terminate()
+        self.assertEqual(proc.wait(timeout=60), 0)
 
     def test_unknown_format_or_level_refuses_to_start(self):
         for flag, text in (("--log_format=xml", "--log_format=xml is not one of text, json"),
