@@ -20,7 +20,7 @@
 #include "server/app/allocator.h"
 #include "server/app/engramd.h"
 #include "server/app/log_writer.h"
-#include "server/app/shutdown_signal.h"
+#include "server/app/signals.h"
 #include "server/base/file_text.h"
 #include "server/base/log.h"
 #include "server/base/mib.h"
@@ -473,8 +473,8 @@ int main(int argc, char** argv) {
   // A write to a pipe or socket nobody reads any more (stderr's reader
   // gone) fails with EPIPE instead of ending the process.
   std::signal(SIGPIPE, SIG_IGN);
-  if (!engram::app::CatchShutdownSignals()) {
-    std::perror("engramd: installing the SIGTERM handler");
+  if (!engram::app::CatchSignals()) {
+    std::perror("engramd: installing the SIGTERM, SIGINT and SIGHUP handlers");
     return 1;
   }
   absl::SetProgramUsageMessage(

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <system_error>
 #include <thread>
@@ -17,7 +19,7 @@
 #include "server/app/allocator.h"
 #include "server/app/job_metrics.h"
 #include "server/app/restore_backup.h"
-#include "server/app/shutdown_signal.h"
+#include "server/app/signals.h"
 #include "server/app/timed_storage.h"
 #include "server/base/host_port.h"
 #include "server/base/log.h"
@@ -347,6 +349,22 @@ const char* RoleName(Role role) {
 
 // A router: no storage, the API over its shards. Ready while every shard
 // group has a ready replica.
+// Until SIGTERM or SIGINT (returned); each SIGHUP has `read_again` read
+// the credential files again (false: there are none).
+int WaitForShutdown(const std::function<bool()>& read_again) {
+  int signal;
+  while ((signal = WaitForSignal()) == SIGHUP) {
+    if (read_again()) {
+      Log(LogLevel::kInfo, "SIGHUP: reading the credential files again");
+    } else {
+      Log(LogLevel::kInfo,
+          "SIGHUP: no credential files to read again (no --token_file, "
+          "--tls_cert or --shard_* credentials); nothing else is reloaded");
+    }
+  }
+  return signal;
+}
+
 int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
               int metrics_port, const std::string& open_files) {
   cluster::ShardPoolOptions pool_options = o.cluster.pool;
@@ -412,7 +430,11 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
       mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(250));
     }
   });
-  const int signal = WaitForShutdownSignal();
+  const int signal = WaitForShutdown([&] {
+    const bool served = (*server)->ReadCredentialsAgain();
+    const bool shards = (*pool)->ReadCredentialsAgain();
+    return served || shards;
+  });
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::ToDoubleSeconds(o.shutdown_grace));
   {
@@ -571,7 +593,8 @@ int RunEngramd(EngramdOptions o) {
   (*server)->SetReady(true);
   Log(LogLevel::kInfo, "stores loaded, jobs resumed; ready");
 
-  const int signal = WaitForShutdownSignal();
+  const int signal =
+      WaitForShutdown([&] { return (*server)->ReadCredentialsAgain(); });
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::ToDoubleSeconds(o.shutdown_grace));
   (*server)->Shutdown(o.shutdown_grace);

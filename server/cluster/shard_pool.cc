@@ -108,6 +108,9 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
     }
   }
   if (absl::Status status = pool->Probe(); !status.ok()) return status;
+  // The files were just read.
+  pool->next_reload_ =
+      absl::Now() + std::max(options.credentials_refresh, absl::Seconds(1));
   pool->prober_ = std::thread([p = pool.get()] { p->ProbeLoop(); });
   return pool;
 }
@@ -405,9 +408,16 @@ void ShardPool::MarkUnreachable(const Replica& replica, absl::string_view why) {
   SetReady(s);
 }
 
+bool ShardPool::ReadCredentialsAgain() {
+  if (!token_.has_value() && tls_ == nullptr) return false;
+  reread_ = true;
+  return true;
+}
+
 void ShardPool::ReloadCredentials() {
   const absl::Time now = absl::Now();
-  if (now < next_reload_) return;
+  const bool asked = reread_.exchange(false);
+  if (now < next_reload_ && !asked) return;
   next_reload_ = now + std::max(options_.credentials_refresh, absl::Seconds(1));
   rpc::CredentialState& state = *credentials_;
   if (token_.has_value()) {

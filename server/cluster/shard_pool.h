@@ -117,6 +117,10 @@ class ShardPool {
   // OK if every group has a ready replica; else UNAVAILABLE naming them.
   absl::Status Ready() const;
   std::vector<ReplicaStatus> Status() const;
+  // Has the prober's next round read --shard_token_file and the
+  // --shard_tls_* files again, whatever credentials_refresh says
+  // (SIGHUP); false when there are none.
+  bool ReadCredentialsAgain();
 
   // Held shared (absl::ReaderMutexLock) by every client write from choosing
   // its replicas until each has answered. A repair ends by taking it alone,
@@ -176,15 +180,18 @@ class ShardPool {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // Reads the credential files again if they changed, logging what it
-  // found; every options_.credentials_refresh, from the prober.
+  // found; every options_.credentials_refresh (or when asked), from the
+  // prober.
   void ReloadCredentials();
 
   const ShardPoolOptions options_;
   // options_.credential_state, or one of the pool's own.
   const std::shared_ptr<rpc::CredentialState> credentials_;
-  std::unique_ptr<rpc::TlsFiles> tls_;             // Null: plaintext.
-  std::optional<FileBacked<std::string>> token_;   // None: no token sent.
-  absl::Time next_reload_ = absl::InfinitePast();  // Prober's only.
+  std::unique_ptr<rpc::TlsFiles> tls_;            // Null: plaintext.
+  std::optional<FileBacked<std::string>> token_;  // None: no token sent.
+  // Set by ReadCredentialsAgain: the prober's next round reads them.
+  std::atomic<bool> reread_{false};
+  absl::Time next_reload_;  // Set before the prober starts; its only.
   // groups_[g][r]; fixed after Create.
   std::vector<std::vector<std::unique_ptr<Replica>>> groups_;
   mutable absl::Mutex write_gate_;  // Taken before mu_, never after.

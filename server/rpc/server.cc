@@ -357,7 +357,7 @@ void Server::WatchCredentials(const ServerOptions& options,
                               CredentialState& state) {
   const absl::Duration refresh =
       std::max(options.credentials_refresh, absl::Seconds(1));
-  while (Sleep(refresh)) {
+  while (Sleep(refresh, /*or_reread=*/true)) {
     if (!options.token_file.empty()) {
       const absl::StatusOr<bool> reloaded = policy_->auth.Reload();
       Report(reloaded, absl::StrCat("--token_file=", options.token_file),
@@ -406,14 +406,26 @@ void Server::GuardStreams(const ServerOptions& options,
   }
 }
 
-bool Server::Sleep(absl::Duration period) {
+bool Server::Sleep(absl::Duration period, bool or_reread) {
   MutexLock lock(&stop_mu_);
   const absl::Time until = absl::Now() + period;
-  for (absl::Time now = absl::Now(); !stopping_ && now < until;
+  for (absl::Time now = absl::Now();
+       !stopping_ && !(or_reread && reread_) && now < until;
        now = absl::Now()) {
     stop_cv_.WaitWithTimeout(&stop_mu_, until - now);
   }
+  if (or_reread) reread_ = false;
   return !stopping_;
+}
+
+bool Server::ReadCredentialsAgain() {
+  if (!watcher_.joinable()) return false;
+  {
+    MutexLock lock(&stop_mu_);
+    reread_ = true;
+  }
+  stop_cv_.SignalAll();
+  return true;
 }
 
 std::string Server::certificate() const {

@@ -121,6 +121,10 @@ class Server {
   // Readiness: whether the engram service takes requests.
   void SetReady(bool ready);
 
+  // Reads the token file and the TLS files again now, rather than at the
+  // next credentials_refresh (SIGHUP); false when there are none.
+  bool ReadCredentialsAgain();
+
   // Stops accepting calls, gives in-flight calls `grace` to finish, then
   // cancels the rest. Returns when every handler has returned.
   void Shutdown(absl::Duration grace);
@@ -135,8 +139,9 @@ class Server {
   // Until Shutdown: cuts the connections that reset streams by the
   // thousand (StreamFloodGuard), a few times a second.
   void GuardStreams(const ServerOptions& options, metrics::Metrics* metrics);
-  // Waits `period`: false when Shutdown has begun (at once, if it had).
-  bool Sleep(absl::Duration period);
+  // Waits `period`, or less when Shutdown begins or (`or_reread`)
+  // ReadCredentialsAgain is called: false when Shutdown has begun.
+  bool Sleep(absl::Duration period, bool or_reread = false);
 
   std::unique_ptr<TlsFiles> tls_;  // Null: plaintext. Outlives server_.
   std::unique_ptr<CallPolicy> policy_;
@@ -153,10 +158,11 @@ class Server {
   // Held while tls_ reloads or describes itself.
   mutable Mutex tls_mu_;
   // Shutdown stops the two threads below: they wait on stop_cv_ between
-  // rounds.
+  // rounds (the watcher's cut short by ReadCredentialsAgain).
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
+  bool reread_ ABSL_GUARDED_BY(stop_mu_) = false;
   std::thread watcher_;
   std::thread stream_guard_;
 };

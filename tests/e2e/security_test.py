@@ -5,6 +5,7 @@ the engram CLI; certificates made with openssl in the test.
 Usage: security_test.py BIN_DIR
 """
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -540,6 +541,71 @@ class SecurityTest(unittest.TestCase):
             may_list("second-0123456789abcdef")
         finally:
             s.stop()
+
+    def test_sighup_reads_the_credential_files_again(self):
+        """SIGHUP (which ended engramd before) reads the credential files
+        again at once, long before --credentials_refresh_s: a shard's
+        --token_file, a router's --shard_token_file. Without credentials it
+        says there is nothing to read and serves on."""
+        live = os.path.join(self.tmp.name, "hup")
+        os.mkdir(live)
+
+        def put(name, text):
+            with open(os.path.join(live, name + ".next"), "wb") as f:
+                f.write(text)
+            os.replace(os.path.join(live, name + ".next"), os.path.join(live, name))
+        old, new = "old-0123456789abcdef", "new-0123456789abcdef"
+        put("shard-tokens", b"write " + old.encode() + b"\n")
+        put("router-token", old.encode() + b"\n")
+        shard = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=hup",
+                        "--token_file=" + os.path.join(live, "shard-tokens"),
+                        "--credentials_refresh_s=3600")
+        router = None
+        try:
+            router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=hup",
+                             "--shards=" + shard.addr, "--credentials_refresh_s=3600",
+                             "--shard_token_file=" + os.path.join(live, "router-token"))
+
+            def through_router():
+                return self.engram(router, "store", "list")
+
+            def until(condition, what, server):
+                deadline = time.time() + 20
+                while not condition():
+                    self.assertLess(time.time(), deadline, what + "\n" + server.log()[-2000:])
+                    time.sleep(0.2)
+            self.assertEqual(through_router().returncode, 0)
+            put("shard-tokens", b"write " + new.encode() + b"\n")
+            put("router-token", new.encode() + b"\n")
+            time.sleep(1.5)
+            listed = through_router()
+            self.assertEqual(listed.returncode, 0, listed.stderr + router.log()[-2000:])
+            shard.proc.send_signal(signal.SIGHUP)
+            until(lambda: "UNAUTHENTICATED" in self.engram(
+                      shard, "store", "list", env={"ENGRAM_TOKEN": old}).stderr,
+                  "the shard still takes the old token", shard)
+            self.assertEqual(self.engram(shard, "store", "list",
+                                         env={"ENGRAM_TOKEN": new}).returncode, 0)
+            self.assertNotEqual(through_router().returncode, 0)
+            router.proc.send_signal(signal.SIGHUP)
+            until(lambda: through_router().returncode == 0,
+                  "the router still sends the old token", router)
+            for server in (shard, router):
+                self.assertIn("SIGHUP: reading the credential files again", server.log())
+                self.assertIn("changed; now in force", server.log())
+                self.assertIsNone(server.proc.poll())
+        finally:
+            if router is not None:
+                self.assertEqual(router.stop(), 0)
+            self.assertEqual(shard.stop(), 0)
+        plain = Server(self.tmp.name)
+        plain.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 20
+        while "SIGHUP: no credential files to read again" not in plain.log():
+            self.assertLess(time.time(), deadline, plain.log())
+            time.sleep(0.1)
+        self.assertEqual(self.engram(plain, "store", "list").returncode, 0)
+        self.assertEqual(plain.stop(), 0)
 
     def test_bad_token_file_is_refused_at_start(self):
         bad = os.path.join(self.tmp.name, "bad-tokens")
