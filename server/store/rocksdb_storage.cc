@@ -591,6 +591,15 @@ absl::Status RocksDbStorage::OpenDb(OpenMode mode) {
                                                descriptors, &handles, &db)
                 : rocksdb::DB::Open(db_options, options_.path, descriptors,
                                     &handles, &db);
+  // RocksDB's words for a LOCK file another process holds, or this one.
+  if (s.IsIOError() && (absl::StrContains(s.ToString(), "While lock file") ||
+                        absl::StrContains(s.ToString(), "lock hold by"))) {
+    return absl::UnavailableError(absl::StrCat(
+        "storage open ", options_.path,
+        ": the data directory is in use (by another engramd on the same "
+        "--data_dir?): ",
+        s.ToString()));
+  }
   if (!s.ok()) return FromRocks(s, absl::StrCat("open ", options_.path));
   db_.reset(db);
   read_only_ = read_only;

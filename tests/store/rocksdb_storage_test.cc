@@ -297,7 +297,11 @@ TEST_F(RocksDbStorageTest, AFittedMapSurvivesARestart) {
 TEST_F(RocksDbStorageTest, SecondOpenOfTheSameDirectoryFails) {
   absl::StatusOr<std::unique_ptr<RocksDbStorage>> second =
       RocksDbStorage::Open({dir_.string(), true});
-  EXPECT_FALSE(second.ok());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(second.status().message()),
+              ::testing::HasSubstr("the data directory is in use (by another "
+                                   "engramd on the same --data_dir?)"));
 }
 
 // The files of the database directory named `suffix`, by name.
