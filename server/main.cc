@@ -24,6 +24,7 @@
 #include "server/base/file_text.h"
 #include "server/base/log.h"
 #include "server/base/mib.h"
+#include "server/base/standard_descriptors.h"
 #include "server/core/calibration.h"
 #include "server/core/cpu.h"
 #include "server/rpc/call.h"
@@ -465,6 +466,7 @@ std::string RequestedBlasFamily(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!engram::OpenStandardDescriptors()) return 1;
   engram::core::UseBlasFamily(RequestedBlasFamily(argc, argv), argv);
   engram::core::FlushDenormals();  // Inherited by every thread engramd starts.
   absl::InitializeSymbolizer(argv[0]);

@@ -39,6 +39,7 @@
 #include "client/files.h"
 #include "client/matrix_io.h"
 #include "server/base/file_text.h"
+#include "server/base/standard_descriptors.h"
 
 ABSL_FLAG(std::optional<std::string>, addr, std::nullopt,
           "engramd address HOST:PORT or unix:PATH (else $ENGRAM_ADDR, if "
@@ -1090,4 +1091,7 @@ extern "C" const char* __lsan_default_options() {
   return "print_suppressions=0";
 }
 
-int main(int argc, char** argv) { return engram::client::Main(argc, argv); }
+int main(int argc, char** argv) {
+  if (!engram::OpenStandardDescriptors()) return 1;
+  return engram::client::Main(argc, argv);
+}

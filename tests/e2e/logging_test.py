@@ -22,8 +22,9 @@ import unittest
 BIN = sys.argv.pop(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, make_certs, metric  # noqa: E402
+from harness import Engramd, free_port, make_certs, metric  # noqa: E402
 
 
 def records(text):
@@ -198,6 +199,42 @@ class LoggingTest(unittest.TestCase):
         self.assertGreaterEqual(metric(metrics, "engram_log_lines_dropped_total"), 20)
         proc.terminate()
         self.assertEqual(proc.wait(timeout=60), 0)
+
+    def test_started_with_no_stdin_stdout_or_stderr_it_serves(self):
+        """Started with 0, 1 and 2 closed, engramd's signal pipe took 1 and
+        2: it read its own first log line as a signal and shut down at once
+        (exit 0, nothing served). Now those descriptors are /dev/null."""
+        port = free_port()
+        data = os.path.join(self.tmp.name, "closed")
+        proc = subprocess.Popen(
+            ["bash", "-c", 'exec "$0" "$@" <&- >&- 2>&-', os.path.join(BIN, "engramd"),
+             "--listen=127.0.0.1:%d" % port, "--metrics_listen=", "--data_dir=" + data])
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        addr = "127.0.0.1:%d" % port
+        deadline = time.time() + 30
+        with Client(addr, timeout=10, retries=0) as c:
+            while True:
+                self.assertIsNone(proc.poll(), "engramd exited")
+                try:
+                    c.create_store("s", 2)
+                    break
+                except grpc.RpcError as e:
+                    self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e)
+                    self.assertLess(time.time(), deadline)
+                    time.sleep(0.1)
+            for i in range(50):  # Lines logged meanwhile go nowhere.
+                with self.assertRaises(grpc.RpcError):
+                    c.get_store("no-such-store-%d" % i)
+            c.add("s", np.eye(2, dtype=np.float32))
+        proc.terminate()
+        self.assertEqual(proc.wait(timeout=60), 0)
+        # No line went into a file of the store.
+        e = Engramd(BIN, self.tmp.name, data_dir=data)
+        try:
+            with Client(e.addr) as c:
+                self.assertEqual(c.get_store("s").pattern_count, 2)
+        finally:
+            self.assertEqual(e.stop(), 0)
 
     def test_unknown_format_or_level_refuses_to_start(self):
         for flag, text in (("--log_format=xml", "--log_format=xml is not one of text, json"),
