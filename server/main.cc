@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -479,6 +480,11 @@ int main(int argc, char** argv) {
     std::perror("engramd: installing the SIGTERM, SIGINT and SIGHUP handlers");
     return 1;
   }
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] {
+    return std::string("engramd " ENGRAM_VERSION " (API engram.v1)\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "engram server: stores memory patterns and recalls them with "
       "modern-Hopfield retrieval.\nUsage: engramd [--listen=HOST:PORT] "

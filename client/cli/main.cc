@@ -21,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -1041,6 +1042,11 @@ const Command* FindCommand(const std::vector<std::string>& words) {
 }
 
 int Main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] {
+    return std::string("engram " ENGRAM_VERSION " (API engram.v1)\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(Usage());
   // 'engram COMMAND --help' shows that command; plain --help shows them all.
   std::vector<std::string> words;

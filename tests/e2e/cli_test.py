@@ -242,6 +242,12 @@ class CliTest(unittest.TestCase):
 
     def test_07_bench_and_version(self):
         self.assertRegex(self.engram("version").stdout, r"engram \d+\.\d+\.\d+ ")
+        # --version, both programs: the version, not Abseil's build mode.
+        for program in ("engram", "engramd"):
+            shown = subprocess.run([os.path.join(BIN, program), "--version"],
+                                   capture_output=True, text=True, timeout=60)
+            self.assertEqual(shown.returncode, 0, shown.stderr)
+            self.assertRegex(shown.stdout, r"^%s \d+\.\d+\.\d+ \(API engram.v1\)\n$" % program)
         self.assertEqual(json.loads(self.engram("version", "--json").stdout)["api"], "engram.v1")
         self.assertEqual(json.loads(self.engram("health", "--json").stdout)["status"], "SERVING")
         rng = np.random.default_rng(4)
