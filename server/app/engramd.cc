@@ -347,8 +347,6 @@ const char* RoleName(Role role) {
   }
 }
 
-// A router: no storage, the API over its shards. Ready while every shard
-// group has a ready replica.
 // Until SIGTERM or SIGINT (returned); each SIGHUP has `read_again` read
 // the credential files again (false: there are none).
 int WaitForShutdown(const std::function<bool()>& read_again) {
@@ -365,6 +363,8 @@ int WaitForShutdown(const std::function<bool()>& read_again) {
   return signal;
 }
 
+// A router: no storage, the API over its shards. Ready while every shard
+// group has a ready replica.
 int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
               int metrics_port, const std::string& open_files) {
   cluster::ShardPoolOptions pool_options = o.cluster.pool;
