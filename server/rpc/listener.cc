@@ -74,6 +74,16 @@ int ListenOn(const sockaddr* address, socklen_t length, bool dual_stack,
   return fd;
 }
 
+// An IPv4 address mapped into IPv6 (::ffff:a.b.c.d) as its 4 bytes.
+std::string Unmapped(const std::string& ip) {
+  static const char kMapped[12] = {0, 0, 0, 0, 0,      0,
+                                   0, 0, 0, 0, '\xff', '\xff'};
+  if (ip.size() == 16 && std::memcmp(ip.data(), kMapped, 12) == 0) {
+    return ip.substr(12);
+  }
+  return ip;
+}
+
 // The peer of a TCP socket address: its bytes (an IPv4-mapped IPv6
 // address as IPv4) and port; an empty ip for any other family.
 std::pair<std::string, int> PeerOf(const sockaddr_storage& address) {
@@ -84,20 +94,11 @@ std::pair<std::string, int> PeerOf(const sockaddr_storage& address) {
   }
   if (address.ss_family == AF_INET6) {
     const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&address);
-    std::string ip(reinterpret_cast<const char*>(&v6->sin6_addr), 16);
-    return {ip, ntohs(v6->sin6_port)};
+    return {Unmapped(
+                std::string(reinterpret_cast<const char*>(&v6->sin6_addr), 16)),
+            ntohs(v6->sin6_port)};
   }
   return {"", 0};
-}
-
-// An IPv4 address mapped into IPv6 (::ffff:a.b.c.d) as its 4 bytes.
-std::string Unmapped(const std::string& ip) {
-  static const char kMapped[12] = {0, 0, 0, 0, 0,      0,
-                                   0, 0, 0, 0, '\xff', '\xff'};
-  if (ip.size() == 16 && std::memcmp(ip.data(), kMapped, 12) == 0) {
-    return ip.substr(12);
-  }
-  return ip;
 }
 
 int BoundPort(int fd) {
@@ -425,8 +426,7 @@ bool Listener::AcceptAll(const Socket& socket) {
       continue;
     }
     if (socket.tcp) {
-      std::pair<std::string, int> peer = PeerOf(peer_address);
-      peer.first = Unmapped(peer.first);
+      const std::pair<std::string, int> peer = PeerOf(peer_address);
       bool banned = false;
       {
         MutexLock lock(&peers_mu_);
@@ -469,7 +469,6 @@ bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
     if (getpeername(it->first, reinterpret_cast<sockaddr*>(&now), &length) ==
         0) {
       peer = PeerOf(now);
-      peer.first = Unmapped(peer.first);
     }
     if (peer.first != it->second.ip || peer.second != it->second.port) {
       it = peers_.erase(it);  // Closed, and perhaps the number reused.
