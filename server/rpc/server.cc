@@ -377,10 +377,8 @@ void Server::WatchCredentials(const ServerOptions& options,
 
 void Server::GuardStreams(const ServerOptions& options,
                           metrics::Metrics* metrics) {
-  StreamFloodGuard::Limits limits;
-  limits.max_open = options.max_open_streams;
-  limits.failed_per_second = options.max_stream_resets_per_s;
-  StreamFloodGuard guard(limits);
+  StreamFloodGuard guard(
+      {options.max_open_streams, options.max_stream_resets_per_s});
   while (Sleep(absl::Milliseconds(250))) {
     for (const SocketStreams& s :
          guard.Observe(absl::Now(), ReadChannelzSockets())) {

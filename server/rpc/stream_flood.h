@@ -15,9 +15,7 @@
 //    a limit a second, if one is set: a well-behaved client with tight
 //    deadlines can pass any figure, so engramd sets none by default.
 //
-//   StreamFloodGuard::Limits limits;
-//   limits.max_open = 128;
-//   StreamFloodGuard guard(limits);
+//   StreamFloodGuard guard({/*max_open=*/128, /*failed_per_second=*/0});
 //   std::vector<SocketStreams> cut =
 //       guard.Observe(absl::Now(), ReadChannelzSockets());
 //

@@ -49,10 +49,7 @@ SocketStreams Socket(int64_t id, int64_t started, int64_t succeeded,
 }
 
 TEST(StreamFloodTest, CutsConnectionsWithTooManyStreamsNotEnded) {
-  StreamFloodGuard::Limits limits;
-  limits.max_open = 100;
-  limits.failed_per_second = 0;
-  StreamFloodGuard guard(limits);
+  StreamFloodGuard guard({/*max_open=*/100, /*failed_per_second=*/0});
   const absl::Time t = absl::UnixEpoch();
   // 200 open is what a client may have, twice over; 201 is a flood.
   std::vector<SocketStreams> cut =
@@ -63,10 +60,7 @@ TEST(StreamFloodTest, CutsConnectionsWithTooManyStreamsNotEnded) {
 }
 
 TEST(StreamFloodTest, CutsConnectionsThatFailStreamsFasterThanTheLimit) {
-  StreamFloodGuard::Limits limits;
-  limits.max_open = 0;
-  limits.failed_per_second = 1000;
-  StreamFloodGuard guard(limits);
+  StreamFloodGuard guard({/*max_open=*/0, /*failed_per_second=*/1000});
   const absl::Time t = absl::UnixEpoch();
   // First seen: more than a second's worth already is a flood.
   std::vector<SocketStreams> cut = guard.Observe(
@@ -91,10 +85,7 @@ TEST(StreamFloodTest, CutsConnectionsThatFailStreamsFasterThanTheLimit) {
 }
 
 TEST(StreamFloodTest, NoLimitsCutNothing) {
-  StreamFloodGuard::Limits limits;
-  limits.max_open = 0;
-  limits.failed_per_second = 0;
-  StreamFloodGuard guard(limits);
+  StreamFloodGuard guard({/*max_open=*/0, /*failed_per_second=*/0});
   EXPECT_TRUE(guard.Observe(absl::UnixEpoch(), {Socket(1, 1 << 30, 0, 1 << 29)})
                   .empty());
 }
