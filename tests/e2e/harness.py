@@ -6,6 +6,8 @@ import json
 import os
 import re
 import socket
+import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -161,7 +163,6 @@ class IdleCalls:
 
 def _frame(kind, flags, stream, payload=b""):
     """An HTTP/2 frame."""
-    import struct
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
         ">I", stream) + payload
 
@@ -185,8 +186,6 @@ def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore"):
     `seconds`, on a new connection whenever the server closes one; over TLS
     (trusting the CA file `ca`) if given. Returns the streams written and
     the connections made."""
-    import ssl
-    import struct
     headers = _headers(path)
     end = time.time() + seconds
     count = made = 0

@@ -36,6 +36,19 @@ def expiry(cert):
     return ssl.cert_time_to_seconds(end.strip().split("=", 1)[1])
 
 
+def put(directory, name, text):
+    """A new version of the file `name` in `directory`, as a secret's update
+    gives it: written aside, then renamed into place."""
+    with open(os.path.join(directory, name + ".next"), "wb") as f:
+        f.write(text)
+    os.replace(os.path.join(directory, name + ".next"), os.path.join(directory, name))
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class SecurityTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -48,6 +61,13 @@ class SecurityTest(unittest.TestCase):
 
     def sh(self, *args):
         subprocess.run(args, check=True, capture_output=True)
+
+    def until(self, condition, what, server, seconds=20):
+        """Waits for `condition`, failing with `what` and the server's log."""
+        deadline = time.time() + seconds
+        while not condition():
+            self.assertLess(time.time(), deadline, what + "\n" + server.log()[-2000:])
+            time.sleep(0.2)
 
     def engram(self, server, *args, env=None):
         return subprocess.run([os.path.join(BIN, "engram"), "--addr=" + server.addr,
@@ -218,20 +238,12 @@ class SecurityTest(unittest.TestCase):
         live = os.path.join(self.tmp.name, "router-live")
         os.mkdir(live)
 
-        def read(path):
-            with open(path, "rb") as f:
-                return f.read()
-
-        def put(name, text):
-            with open(os.path.join(live, name + ".next"), "wb") as f:
-                f.write(text)
-            os.replace(os.path.join(live, name + ".next"), os.path.join(live, name))
         old, new = b"old-0123456789abcdef", b"new-0123456789abcdef"
-        put("shard-tokens", b"write " + old + b"\n")
-        put("shard-client-ca", read(self.p("ca.pem")))
-        put("router-token", old + b"\n")
-        put("router.pem", read(self.p("client.pem")))
-        put("router.key", read(self.p("client.key")))
+        put(live, "shard-tokens", b"write " + old + b"\n")
+        put(live, "shard-client-ca", read(self.p("ca.pem")))
+        put(live, "router-token", old + b"\n")
+        put(live, "router.pem", read(self.p("client.pem")))
+        put(live, "router.key", read(self.p("client.key")))
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -259,8 +271,8 @@ class SecurityTest(unittest.TestCase):
                              expiry(self.p("client.pem")))
             # Files that do not load: logged, the gauges say so, the
             # credentials before stay in use.
-            put("router-token", b"short\n")
-            put("router.key", b"")
+            put(live, "router-token", b"short\n")
+            put(live, "router.key", b"")
             deadline = time.time() + 20
             while not (metric(metrics_port, "engram_shard_token_file_reload_failed") == 1 and
                        metric(metrics_port, "engram_shard_tls_files_reload_failed") == 1):
@@ -274,12 +286,12 @@ class SecurityTest(unittest.TestCase):
                 self.assertEqual(c.get_store("r").pattern_count, 3)
             # Both sides move to the new token and the new CA, the shard
             # taking old and new meanwhile.
-            put("shard-tokens", b"write " + old + b"\nwrite " + new + b"\n")
-            put("shard-client-ca", read(self.p("ca.pem")) + read(self.p("ca2.pem")))
+            put(live, "shard-tokens", b"write " + old + b"\nwrite " + new + b"\n")
+            put(live, "shard-client-ca", read(self.p("ca.pem")) + read(self.p("ca2.pem")))
             time.sleep(2.5)
-            put("router-token", new + b"\n")
-            put("router.key", read(self.p("router2.key")))
-            put("router.pem", read(self.p("router2.pem")))
+            put(live, "router-token", new + b"\n")
+            put(live, "router.key", read(self.p("router2.key")))
+            put(live, "router.pem", read(self.p("router2.pem")))
             deadline = time.time() + 20
             while not (metric(metrics_port, "engram_shard_token_file_reload_failed") == 0 and
                        metric(metrics_port, "engram_shard_tls_files_reload_failed") == 0):
@@ -292,8 +304,8 @@ class SecurityTest(unittest.TestCase):
             self.assertEqual(metric(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("router2.pem")))
             time.sleep(1.5)  # gRPC's watcher reads the router's new files.
-            put("shard-tokens", b"write " + new + b"\n")
-            put("shard-client-ca", read(self.p("ca2.pem")))
+            put(live, "shard-tokens", b"write " + new + b"\n")
+            put(live, "shard-client-ca", read(self.p("ca2.pem")))
             shard.stop()
             shard = Engramd(BIN, self.tmp.name, *shard_flags, data_dir=shard_data)
             deadline = time.time() + 30
@@ -458,17 +470,9 @@ class SecurityTest(unittest.TestCase):
                 "-CAkey", self.p("ca.key"), "-CAcreateserial", "-days", "2",
                 "-out", self.p("server2.pem"), "-extfile", self.p("san.ext"))
 
-        def put(name, text):  # A new version, as a secret's update gives.
-            with open(os.path.join(live, name + ".next"), "wb") as f:
-                f.write(text)
-            os.replace(os.path.join(live, name + ".next"), os.path.join(live, name))
-
-        def read(path):
-            with open(path, "rb") as f:
-                return f.read()
-        put("cert.pem", read(self.p("server.pem")))
-        put("key.pem", read(self.p("server.key")))
-        put("tokens", b"write first-0123456789abcdef\n")
+        put(live, "cert.pem", read(self.p("server.pem")))
+        put(live, "key.pem", read(self.p("server.key")))
+        put(live, "tokens", b"write first-0123456789abcdef\n")
         metrics_port = free_port()
         s = Engramd(BIN, self.tmp.name, "--tls_cert=" + os.path.join(live, "cert.pem"),
                     "--tls_key=" + os.path.join(live, "key.pem"),
@@ -492,10 +496,7 @@ class SecurityTest(unittest.TestCase):
                     return dict(x[0] for x in conn.getpeercert()["subject"])["commonName"]
 
         def until(condition, what):
-            deadline = time.time() + 20
-            while not condition():
-                self.assertLess(time.time(), deadline, what + "\n" + s.log()[-2000:])
-                time.sleep(0.2)
+            self.until(condition, what, s)
         try:
             self.assertIn("TLS with /CN=server, valid until", s.startup)
             self.assertEqual(served(), "server")
@@ -505,34 +506,34 @@ class SecurityTest(unittest.TestCase):
             self.assertEqual(metric(metrics_port, "engram_token_file_reload_failed"), 0)
             self.assertEqual(metric(metrics_port, "engram_tls_files_reload_failed"), 0)
 
-            put("tokens", b"write second-0123456789abcdef\n")
+            put(live, "tokens", b"write second-0123456789abcdef\n")
             until(lambda: "UNAUTHENTICATED" in lists("first-0123456789abcdef").stderr,
                   "the rotated-out token still works")
             may_list("second-0123456789abcdef")
             self.assertIn("changed; now in force: 1 tokens", s.log())
-            put("tokens", b"write short\n")
+            put(live, "tokens", b"write short\n")
             until(lambda: "does not load" in s.log(), "no error for a damaged token file")
             may_list("second-0123456789abcdef")
             self.assertIn("UNAUTHENTICATED", lists("first-0123456789abcdef").stderr)
             self.assertIn("UNAUTHENTICATED", self.engram(s, *tls, "store", "list").stderr)
             self.assertEqual(metric(metrics_port, "engram_token_file_reload_failed"), 1)
-            put("tokens", b"write second-0123456789abcdef\nread third-0123456789abcdef\n")
+            put(live, "tokens", b"write second-0123456789abcdef\nread third-0123456789abcdef\n")
             until(lambda: lists("third-0123456789abcdef").returncode == 0,
                   "the mended token file is not in force")
             self.assertEqual(metric(metrics_port, "engram_token_file_reload_failed"), 0)
 
-            put("key.pem", read(self.p("server2.key")))
-            put("cert.pem", read(self.p("server2.pem")))
+            put(live, "key.pem", read(self.p("server2.key")))
+            put(live, "cert.pem", read(self.p("server2.pem")))
             until(lambda: served() == "server2", "the rotated certificate is not served")
             may_list("second-0123456789abcdef")
             self.assertIn("TLS files changed; now in force: /CN=server2", s.log())
             self.assertEqual(metric(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("server2.pem")))
             mismatches = s.log().count("does not match the certificate")
-            put("key.pem", read(self.p("server.key")))  # Fits no certificate served.
+            put(live, "key.pem", read(self.p("server.key")))  # Fits no certificate served.
             until(lambda: s.log().count("does not match the certificate") > mismatches,
                   "no error for a mismatched key")
-            put("cert.pem", b"")
+            put(live, "cert.pem", b"")
             until(lambda: "not a PEM certificate" in s.log(), "no error for an empty certificate")
             time.sleep(2.5)  # gRPC's watcher has read again meanwhile.
             self.assertIsNone(s.proc.poll(), "engramd died")
@@ -550,13 +551,9 @@ class SecurityTest(unittest.TestCase):
         live = os.path.join(self.tmp.name, "hup")
         os.mkdir(live)
 
-        def put(name, text):
-            with open(os.path.join(live, name + ".next"), "wb") as f:
-                f.write(text)
-            os.replace(os.path.join(live, name + ".next"), os.path.join(live, name))
         old, new = "old-0123456789abcdef", "new-0123456789abcdef"
-        put("shard-tokens", b"write " + old.encode() + b"\n")
-        put("router-token", old.encode() + b"\n")
+        put(live, "shard-tokens", b"write " + old.encode() + b"\n")
+        put(live, "router-token", old.encode() + b"\n")
         shard = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=hup",
                         "--token_file=" + os.path.join(live, "shard-tokens"),
                         "--credentials_refresh_s=3600")
@@ -569,26 +566,21 @@ class SecurityTest(unittest.TestCase):
             def through_router():
                 return self.engram(router, "store", "list")
 
-            def until(condition, what, server):
-                deadline = time.time() + 20
-                while not condition():
-                    self.assertLess(time.time(), deadline, what + "\n" + server.log()[-2000:])
-                    time.sleep(0.2)
             self.assertEqual(through_router().returncode, 0)
-            put("shard-tokens", b"write " + new.encode() + b"\n")
-            put("router-token", new.encode() + b"\n")
+            put(live, "shard-tokens", b"write " + new.encode() + b"\n")
+            put(live, "router-token", new.encode() + b"\n")
             time.sleep(1.5)
             listed = through_router()
             self.assertEqual(listed.returncode, 0, listed.stderr + router.log()[-2000:])
             shard.proc.send_signal(signal.SIGHUP)
-            until(lambda: "UNAUTHENTICATED" in self.engram(
+            self.until(lambda: "UNAUTHENTICATED" in self.engram(
                       shard, "store", "list", env={"ENGRAM_TOKEN": old}).stderr,
                   "the shard still takes the old token", shard)
             self.assertEqual(self.engram(shard, "store", "list",
                                          env={"ENGRAM_TOKEN": new}).returncode, 0)
             self.assertNotEqual(through_router().returncode, 0)
             router.proc.send_signal(signal.SIGHUP)
-            until(lambda: through_router().returncode == 0,
+            self.until(lambda: through_router().returncode == 0,
                   "the router still sends the old token", router)
             for server in (shard, router):
                 self.assertIn("SIGHUP: reading the credential files again", server.log())
