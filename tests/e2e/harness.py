@@ -180,12 +180,15 @@ def _headers(path):
                      _literal(b"te", b"trailers")])
 
 
-def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore"):
+def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore", connected=None):
     """HTTP/2 "rapid reset": opens streams of `path` on 127.0.0.1:`port` and
     resets each at once (HEADERS then RST_STREAM, 100 to a write) for
     `seconds`, on a new connection whenever the server closes one; over TLS
-    (trusting the CA file `ca`) if given. Returns the streams written and
-    the connections made."""
+    (trusting the CA file `ca`) if given. With `connected` (a
+    threading.Barrier) the first connection waits there before its first
+    stream, so that several attackers are all connected before any is cut
+    (and its address kept out). Returns the streams written and the
+    connections made."""
     headers = _headers(path)
     end = time.time() + seconds
     count = made = 0
@@ -204,6 +207,8 @@ def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore"):
                 s = context.wrap_socket(s, server_hostname="localhost")
             s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0))
             threading.Thread(target=_answer_settings_and_pings, args=(s,), daemon=True).start()
+            if connected is not None and made == 1:
+                connected.wait(timeout=seconds)
             stream = 1
             while time.time() < end and stream < 2**31 - 1000:
                 batch = b""

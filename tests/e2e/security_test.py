@@ -87,9 +87,11 @@ class SecurityTest(unittest.TestCase):
             c.create_store("s", dim=4)
             before = resident_mib(s.proc.pid)
             written, made = [], []
+            # All four connected before the first is cut: each is then cut.
+            connected = threading.Barrier(4)
 
             def attack(path):
-                streams, connections = reset_streams(port, 5, path=path)
+                streams, connections = reset_streams(port, 5, path=path, connected=connected)
                 written.append(streams)
                 made.append(connections)
 
