@@ -66,7 +66,13 @@ class SlowClientsTest(unittest.TestCase):
                         self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
                     self.assertLess(time.time(), deadline)
                     time.sleep(0.1)
-                time.sleep(0.5)  # The adds that got a slot wait for their requests.
+                # The adds that got a slot wait for their requests (each
+                # arrives in its own time: under ASan 0.5 s was not enough).
+                deadline = time.time() + 30
+                while metric(server.metrics_port,
+                             "engram_writes_waiting_for_request") < THREADS // 4:
+                    self.assertLess(time.time(), deadline)
+                    time.sleep(0.1)
                 self.assertEqual(c.get_store("s").pattern_count, 2 + THREADS // 2)
 
                 # The gauges say so.
