@@ -4,7 +4,7 @@
 //
 //   retrieve_grpc --addr=127.0.0.1:50051 [--m=10000] [--l=256] [--reps=20]
 //                 [--auto_path] [--omit_vectors] [--get_store]
-//                 [--evict_mib=0]
+//                 [--evict_mib=0] [--heap_answer]
 //
 // Prints the machine and the kernels engramd's --blas_coretype=auto picks
 // on it (what engramd runs is in its configuration log line and in
@@ -37,6 +37,9 @@ ABSL_FLAG(bool, auto_path, false,
           "Let engramd plan the path (AUTO) instead of asking for EXACT.");
 ABSL_FLAG(bool, get_store, false,
           "Time GetStore instead: the fixed cost of one call.");
+ABSL_FLAG(bool, heap_answer, false,
+          "Parse each answer into a message of its own on the heap instead "
+          "of into an arena kept across calls.");
 ABSL_FLAG(size_t, evict_mib, 0,
           "Before each call (untimed), write this many MiB of other memory: "
           "the caches as a retrieval over a large store leaves them, for a "
@@ -85,6 +88,7 @@ int main(int argc, char** argv) {
   request.set_omit_vectors(absl::GetFlag(FLAGS_omit_vectors));
   std::vector<std::vector<double>> ms(clients.size());
   std::vector<char> evict(absl::GetFlag(FLAGS_evict_mib) << 20);
+  client::AnswerArena answers;
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
     for (size_t i = 0; i < clients.size(); ++i) {
       client::Client& c = *clients[i];
@@ -93,10 +97,18 @@ int main(int argc, char** argv) {
       if (absl::GetFlag(FLAGS_get_store)) {
         if (!c.GetStore(name).ok()) return 1;
       } else {
-        absl::StatusOr<v1::RetrieveResponse> r =
-            c.Retrieve(name, queries, d, request);
-        if (!r.ok() || r->results_size() != static_cast<int>(l)) {
-          std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+        absl::StatusOr<v1::RetrieveResponse> heap;
+        v1::RetrieveResponse* answer = answers.Fresh();
+        absl::Status s;
+        if (absl::GetFlag(FLAGS_heap_answer)) {
+          heap = c.Retrieve(name, queries, d, request);
+          s = heap.status();
+          if (heap.ok()) answer = &*heap;
+        } else {
+          s = c.Retrieve(name, queries, d, request, answer);
+        }
+        if (!s.ok() || answer->results_size() != static_cast<int>(l)) {
+          std::fprintf(stderr, "%s\n", s.ToString().c_str());
           return 1;
         }
       }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/channel.h"
+#include "server/base/call_arena.h"
 
 namespace engram::client {
 
@@ -81,16 +82,15 @@ void Client::Prepare(grpc::ClientContext& context, bool deadline) const {
 }
 
 template <typename Stub, typename Request, typename Response>
-absl::StatusOr<Response> Client::Unary(
+absl::Status Client::UnaryInto(
     Stub& stub,
     grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
                                  Response*),
-    const Request& request, bool repeatable) const {
+    const Request& request, bool repeatable, Response* response) const {
   thread_local std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<double> jitter(0.8, 1.2);
   const int attempts = repeatable ? 1 + std::max(0, options_.retries) : 1;
   grpc::Status status;
-  Response response;
   for (int attempt = 0; attempt < attempts; ++attempt) {
     if (attempt > 0) {
       std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(
@@ -98,10 +98,23 @@ absl::StatusOr<Response> Client::Unary(
     }
     grpc::ClientContext context;
     Prepare(context);
-    status = (stub.*method)(&context, request, &response);
+    status = (stub.*method)(&context, request, response);
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
   }
-  if (!status.ok()) return FromGrpc(status);
+  return FromGrpc(status);
+}
+
+template <typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> Client::Unary(
+    Stub& stub,
+    grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                 Response*),
+    const Request& request, bool repeatable) const {
+  Response response;
+  if (absl::Status s = UnaryInto(stub, method, request, repeatable, &response);
+      !s.ok()) {
+    return s;
+  }
   return response;
 }
 
@@ -252,15 +265,54 @@ absl::StatusOr<v1::DeletePatternsResponse> Client::DeletePatterns(
 
 absl::StatusOr<v1::RetrieveResponse> Client::Retrieve(
     const std::string& store, absl::Span<const float> queries, size_t dim,
-    v1::RetrieveRequest request) {
-  request.set_store(store);
-  request.clear_queries();
+    const v1::RetrieveRequest& request) {
+  v1::RetrieveResponse response;
+  if (absl::Status s = Retrieve(store, queries, dim, request, &response);
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::Status Client::Retrieve(const std::string& store,
+                              absl::Span<const float> queries, size_t dim,
+                              const v1::RetrieveRequest& request,
+                              v1::RetrieveResponse* response) {
+  // The request is built on an arena: its hundreds of queries are each a
+  // message of their own, allocated and freed once per call otherwise.
+  google::protobuf::Arena arena(CallArenaOptions());
+  v1::RetrieveRequest& built =
+      *google::protobuf::Arena::CreateMessage<v1::RetrieveRequest>(&arena);
+  built = request;
+  built.set_store(store);
+  built.clear_queries();
   const size_t rows = dim ? queries.size() / dim : 0;
+  built.mutable_queries()->Reserve(static_cast<int>(rows));
   for (size_t r = 0; r < rows; ++r) {
-    request.add_queries()->mutable_values()->Assign(
+    built.add_queries()->mutable_values()->Assign(
         queries.begin() + r * dim, queries.begin() + (r + 1) * dim);
   }
-  return Unary(*stub_, &v1::Engram::Stub::Retrieve, request, true);
+  return UnaryInto(*stub_, &v1::Engram::Stub::Retrieve, built, true, response);
+}
+
+namespace {
+
+google::protobuf::ArenaOptions WithFirstBlock(std::vector<char>& block) {
+  google::protobuf::ArenaOptions options;
+  options.initial_block = block.data();
+  options.initial_block_size = block.size();
+  options.max_block_size = size_t{16} << 20;
+  return options;
+}
+
+}  // namespace
+
+AnswerArena::AnswerArena(size_t first_block_bytes)
+    : first_block_(first_block_bytes), arena_(WithFirstBlock(first_block_)) {}
+
+v1::RetrieveResponse* AnswerArena::Fresh() {
+  arena_.Reset();
+  return google::protobuf::Arena::CreateMessage<v1::RetrieveResponse>(&arena_);
 }
 
 // --- Stage I ---

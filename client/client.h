@@ -34,6 +34,7 @@
 #include "absl/types/span.h"
 #include "engram/cluster/v1/shard.grpc.pb.h"
 #include "engram/v1/engram.grpc.pb.h"
+#include "google/protobuf/arena.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace engram::client {
@@ -98,10 +99,19 @@ class Client {
   // --- Retrieval ---
   // Retrieves for queries (row-major, `queries.size() / dim` rows).
   // `request` carries the overrides; its store and queries are filled here.
-  absl::StatusOr<v1::RetrieveResponse> Retrieve(const std::string& store,
-                                                absl::Span<const float> queries,
-                                                size_t dim,
-                                                v1::RetrieveRequest request);
+  absl::StatusOr<v1::RetrieveResponse> Retrieve(
+      const std::string& store, absl::Span<const float> queries, size_t dim,
+      const v1::RetrieveRequest& request);
+  // The same, answered into `response`, which may live on an arena (see
+  // AnswerArena below):
+  //
+  //   AnswerArena answers;  // Kept from call to call.
+  //   v1::RetrieveResponse* r = answers.Fresh();
+  //   absl::Status s = client->Retrieve("faces", queries, 784, {}, r);
+  absl::Status Retrieve(const std::string& store,
+                        absl::Span<const float> queries, size_t dim,
+                        const v1::RetrieveRequest& request,
+                        v1::RetrieveResponse* response);
 
   // --- Stage I ---
   absl::StatusOr<v1::FitStatus> GetFitStatus(const std::string& store);
@@ -163,6 +173,14 @@ class Client {
       grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
                                    Response*),
       const Request& request, bool repeatable) const;
+  // The same, answered into `response`.
+  template <typename Stub, typename Request, typename Response>
+  absl::Status UnaryInto(Stub& stub,
+                         grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                                      const Request&,
+                                                      Response*),
+                         const Request& request, bool repeatable,
+                         Response* response) const;
   // A server stream of statuses, each handed to `on_status`; the last.
   template <typename Request, typename Status>
   absl::StatusOr<Status> Watch(
@@ -176,6 +194,27 @@ class Client {
   std::unique_ptr<v1::Engram::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   std::unique_ptr<cluster::v1::Router::Stub> router_;
+};
+
+// Retrieve's answers on a protobuf arena whose first block is kept from
+// call to call: an answer of hundreds of results and their matches, which
+// on the heap takes an allocation and a free each, parses into memory
+// already there. Answers larger than the block take more, freed at the next
+// Fresh. Not thread-safe: one per thread.
+class AnswerArena {
+ public:
+  // 4 MiB holds 256 answers of 784 values with 10 matches each.
+  explicit AnswerArena(size_t first_block_bytes = size_t{4} << 20);
+  AnswerArena(const AnswerArena&) = delete;
+  AnswerArena& operator=(const AnswerArena&) = delete;
+
+  // An empty response on the arena. Every message Fresh returned before is
+  // gone.
+  v1::RetrieveResponse* Fresh();
+
+ private:
+  std::vector<char> first_block_;
+  google::protobuf::Arena arena_;
 };
 
 }  // namespace engram::client

@@ -44,6 +44,7 @@ BenchResult RunBench(Client& client, const BenchOptions& o) {
     std::vector<double> mine;
     size_t errors = 0;
     std::string first_error;
+    AnswerArena answers;
     while (true) {
       const size_t k = issued.fetch_add(1);
       if (o.requests > 0 && k >= o.requests) break;
@@ -61,13 +62,13 @@ BenchResult RunBench(Client& client, const BenchOptions& o) {
                      o.queries.begin() + (r + 1) * o.dim);
       }
       const auto t0 = Clock::now();
-      absl::StatusOr<v1::RetrieveResponse> r =
-          client.Retrieve(o.store, batch, o.dim, overrides);
+      const absl::Status r =
+          client.Retrieve(o.store, batch, o.dim, overrides, answers.Fresh());
       const auto t1 = Clock::now();
       done.fetch_add(1);
       if (t0 < measure_from && o.requests == 0) continue;
       if (!r.ok()) {
-        if (errors++ == 0) first_error = r.status().ToString();
+        if (errors++ == 0) first_error = r.ToString();
         continue;
       }
       mine.push_back(

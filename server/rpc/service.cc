@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/arena.h"
+#include "server/base/call_arena.h"
 #include "server/base/clip.h"
 #include "server/base/log.h"
 #include "server/rpc/backup_stream.h"
@@ -20,19 +21,6 @@
 #include "server/store/retrieve.h"
 
 namespace engram::rpc {
-namespace {
-
-// A retrieval's request and its answer each live on one arena: hundreds of
-// queries and their matches parse and build without an allocation (and a
-// free) of their own each.
-google::protobuf::ArenaOptions CallArena() {
-  google::protobuf::ArenaOptions options;
-  options.start_block_size = size_t{16} << 10;
-  options.max_block_size = size_t{4} << 20;
-  return options;
-}
-
-}  // namespace
 
 EngramService::EngramService(store::StoreRegistry* registry,
                              jobs::JobRunner* jobs, const CallPolicy* policy,
@@ -332,7 +320,8 @@ grpc::ServerUnaryReactor* EngramService::Retrieve(
       return reactor;
     }
   }
-  google::protobuf::Arena arena(CallArena());
+  // The request and (in Answer) the answer each live on one arena.
+  google::protobuf::Arena arena(CallArenaOptions());
   v1::RetrieveRequest& request =
       *google::protobuf::Arena::CreateMessage<v1::RetrieveRequest>(&arena);
   grpc::ByteBuffer bytes(*raw_request);  // Shares its slices.
@@ -442,7 +431,7 @@ absl::Status EngramService::Answer(const Retrieval& retrieval,
   absl::StatusOr<store::RetrieveResult> result = store::Retrieve(
       *retrieval.view, retrieval.query, registry_->limits(), options);
   if (!result.ok()) return result.status();
-  google::protobuf::Arena arena(CallArena());
+  google::protobuf::Arena arena(CallArenaOptions());
   v1::RetrieveResponse& response =
       *google::protobuf::Arena::CreateMessage<v1::RetrieveResponse>(&arena);
   ToProto(*result, retrieval.view->settings().dimension, omit_vectors,

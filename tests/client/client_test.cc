@@ -169,6 +169,85 @@ TEST(ClientTest, EveryRpcHasAClientCallThatReachesIt) {
   (*server)->Shutdown(absl::Seconds(1));
 }
 
+// A server of its own with store "p": patterns e0..e3 of dimension 4.
+class WithServer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(registry_.Load().ok());
+    rpc::ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+        rpc::Server::Start(options, &registry_, &jobs_, &metrics_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    server_->SetReady(true);
+    ClientOptions client_options;
+    client_options.address = server_->address();
+    client_ = std::move(*Client::Connect(client_options));
+    v1::Store store;
+    store.set_name("p");
+    store.set_dimension(4);
+    ASSERT_TRUE(client_->CreateStore(store).ok());
+    const std::vector<float> rows = {1, 0, 0, 0, 0, 1, 0, 0,
+                                     0, 0, 1, 0, 0, 0, 0, 1};
+    ASSERT_TRUE(client_->AddPatterns("p", rows, 4).ok());
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown(absl::Seconds(1));
+  }
+
+  store::Limits limits_;
+  store::EphemeralStorage storage_;
+  store::StoreRegistry registry_{limits_, &storage_};
+  jobs::JobRunner jobs_{&registry_, {}};
+  metrics::NullMetrics metrics_;
+  std::unique_ptr<rpc::Server> server_;
+  std::unique_ptr<Client> client_;
+};
+
+// Answers into an arena kept from call to call are the answers on the heap,
+// call after call, with the request's overrides and whether or not an answer
+// outgrows the arena's first block.
+TEST_F(WithServer, AnswersIntoAnArenaAreTheAnswersOnTheHeap) {
+  AnswerArena small(256);  // Every answer below takes blocks of its own.
+  AnswerArena large;
+  v1::RetrieveRequest overrides;
+  overrides.set_top_k(2);
+  overrides.set_beta(8);
+  // Queries the request carries are replaced by those given.
+  overrides.add_queries()->add_values(7);
+  for (size_t rows = 1; rows <= 64; rows *= 4) {
+    std::vector<float> queries(rows * 4);
+    for (size_t i = 0; i < queries.size(); ++i) {
+      queries[i] = static_cast<float>((i * 7) % 5) / 4.0f;
+    }
+    absl::StatusOr<v1::RetrieveResponse> heap =
+        client_->Retrieve("p", queries, 4, overrides);
+    ASSERT_TRUE(heap.ok()) << heap.status();
+    ASSERT_EQ(heap->results_size(), static_cast<int>(rows));
+    EXPECT_EQ(heap->results(0).matches_size(), 2);
+    for (AnswerArena* arena : {&small, &large}) {
+      v1::RetrieveResponse* answer = arena->Fresh();
+      EXPECT_EQ(answer->results_size(), 0);  // Fresh, whatever came before.
+      ASSERT_TRUE(client_->Retrieve("p", queries, 4, overrides, answer).ok());
+      EXPECT_NE(answer->GetArena(), nullptr);
+      EXPECT_EQ(answer->SerializeAsString(), heap->SerializeAsString())
+          << rows << " queries";
+    }
+  }
+  // An error comes back as the status; the arena serves on.
+  const std::vector<float> wrong(3, 1.0f);
+  EXPECT_EQ(client_->Retrieve("p", wrong, 3, overrides, large.Fresh()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client_->Retrieve("missing", wrong, 3, {}, large.Fresh()).code(),
+            absl::StatusCode::kNotFound);
+  const std::vector<float> one = {0, 0, 1, 0};
+  v1::RetrieveResponse* answer = large.Fresh();
+  ASSERT_TRUE(client_->Retrieve("p", one, 4, {}, answer).ok());
+  ASSERT_EQ(answer->results_size(), 1);
+  EXPECT_EQ(answer->results(0).matches(0).id(), 3u);
+}
+
 // A server that reads one message of an import and answers for it, as
 // engramd does when the next message does not parse.
 class ReadsOneMessage final : public v1::Engram::Service {
