@@ -55,7 +55,10 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<client::Matrix> images = client::ReadMatrix(
       "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
-  if (!images.ok()) return 1;
+  if (!images.ok()) {
+    std::fprintf(stderr, "%s\n", images.status().ToString().c_str());
+    return 1;
+  }
   const size_t d = images->cols;
   const std::vector<std::string> addresses =
       absl::StrSplit(absl::GetFlag(FLAGS_addr), ',');
@@ -75,9 +78,14 @@ int main(int argc, char** argv) {
       v1::Store store;
       store.set_name(name);
       store.set_dimension(d);
-      if (!(*c)->CreateStore(store).ok()) return 1;
+      absl::Status made = (*c)->CreateStore(store).status();
       const absl::Span<const float> rows(images->data.data(), m * d);
-      if (!(*c)->Import(name, rows, d, {}, 2000).ok()) return 1;
+      if (made.ok()) made = (*c)->Import(name, rows, d, {}, 2000).status();
+      if (!made.ok()) {
+        std::fprintf(stderr, "%s: store %s: %s\n", address.c_str(),
+                     name.c_str(), made.ToString().c_str());
+        return 1;
+      }
     }
     clients.push_back(*std::move(c));
   }
