@@ -28,8 +28,7 @@ Handlers::~Handlers() {
   {
     MutexLock lock(&mu_);
     stopping_ = true;
-    for (Idle* idle : idle_) idle->wake.Signal();
-    idle_.clear();
+    work_.SignalAll();
     threads.swap(threads_);
   }
   for (std::thread& thread : threads) thread.join();
@@ -43,7 +42,7 @@ bool Handlers::Run(absl::AnyInvocable<void() &&> task, size_t bytes,
     return false;
   }
   // A task waits unless a thread is idle or may still be started.
-  const bool waits = idle_.empty() && threads_.size() >= max_threads_;
+  const bool waits = tasks_.size() >= idle_ && threads_.size() >= max_threads_;
   if (waits && busy_ + tasks_.size() >= max_threads_ + max_waiting_) {
     if (why != nullptr) {
       *why = absl::StrCat("all ", max_threads_, " threads are busy and ",
@@ -62,12 +61,8 @@ bool Handlers::Run(absl::AnyInvocable<void() &&> task, size_t bytes,
   }
   tasks_.push_back(Task{std::move(task), bytes});
   waiting_bytes_ += bytes;
-  if (!idle_.empty()) {
-    // The thread idle the shortest time takes it.
-    Idle* idle = idle_.back();
-    idle_.pop_back();
-    idle->woken = true;
-    idle->wake.Signal();
+  if (tasks_.size() <= idle_) {
+    work_.Signal();  // An idle thread takes it.
   } else if (threads_.size() < max_threads_) {
     threads_.emplace_back(&Handlers::Loop, this);
   }  // Else it waits for the first busy thread to finish.
@@ -96,22 +91,16 @@ bool Handlers::RunAndWait(absl::FunctionRef<void()> task, size_t bytes,
   return true;
 }
 
-size_t Handlers::idle_threads() const {
-  MutexLock lock(&mu_);
-  return idle_.size();
-}
-
 void Handlers::Loop() {
 #if defined(__linux__)
   pthread_setname_np(pthread_self(), "engram-handler");
 #endif
-  Idle idle;
   mu_.Lock();
   while (true) {
     while (tasks_.empty() && !stopping_) {
-      idle.woken = false;
-      idle_.push_back(&idle);
-      while (!idle.woken && !stopping_) idle.wake.Wait(&mu_);
+      ++idle_;
+      work_.Wait(&mu_);
+      --idle_;
     }
     if (tasks_.empty()) break;  // Stopping, nothing left.
     absl::AnyInvocable<void()&&> task = std::move(tasks_.front().run);

@@ -11,10 +11,7 @@
 // (the bytes each was handed with) stays within `max_waiting_bytes`; beyond
 // that a task is refused (the caller answers RESOURCE_EXHAUSTED, as gRPC's
 // synchronous server does when its threads run out). Threads stay for the
-// next task once started, and the thread idle the shortest time takes the
-// next task: calls one after another run on the thread (and so mostly the
-// core and the memory) the call before warmed, where the longest idle
-// (a condition variable's order) sent each to another.
+// next task once started.
 //
 // A retrieval holds tens of MiB while it runs (its queries, scores,
 // answers), and more threads than cores add no speed: a few threads and a
@@ -85,8 +82,6 @@ class Handlers {
                   std::string* why = nullptr);
 
   size_t max_threads() const { return max_threads_; }
-  // Threads waiting for a task now.
-  size_t idle_threads() const;
 
  private:
   void Loop();
@@ -95,23 +90,17 @@ class Handlers {
     absl::AnyInvocable<void() &&> run;
     size_t bytes;
   };
-  // An idle thread's own wake-up.
-  struct Idle {
-    CondVar wake;
-    bool woken = false;
-  };
 
   const size_t max_threads_;
   const size_t max_waiting_;
   const size_t max_waiting_bytes_;
-  mutable Mutex mu_;
+  Mutex mu_;
+  CondVar work_;
   // Tasks not taken yet; with busy_ at most max_threads_ + max_waiting_.
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   size_t waiting_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // The tasks' bytes.
   size_t busy_ ABSL_GUARDED_BY(mu_) = 0;           // Threads running a task.
-  // Threads waiting for a task, the one idle the shortest time last; a
-  // thread woken for a task leaves it at once.
-  std::vector<Idle*> idle_ ABSL_GUARDED_BY(mu_);
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;           // Threads waiting for one.
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
 };

@@ -7,7 +7,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <future>
 #include <mutex>
 #include <set>
@@ -68,48 +67,6 @@ TEST(HandlersTest, ReusesItsThreadsAndStartsNoMoreThanAllowed) {
   EXPECT_GE(threads.size(), 1u);
   EXPECT_LE(threads.size(), 3u);
   EXPECT_EQ(threads.count(std::this_thread::get_id()), 0u);
-}
-
-// Until `done` or 10 s.
-bool Until(const std::function<bool()>& done) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
-}
-
-// Calls one after another run on the thread the call before ran on, not on
-// the one idle the longest (a condition variable's order, which sent each
-// call to another thread, and so another core's caches).
-TEST(HandlersTest, TheThreadIdleTheShortestTimeTakesTheNextTask) {
-  Handlers handlers(4);
-  std::promise<void> release[2];
-  std::promise<std::thread::id> ran_on[2];
-  for (int i = 0; i < 2; ++i) {
-    std::shared_future<void> released = release[i].get_future().share();
-    ASSERT_TRUE(handlers.Run([&ran_on, i, released] {
-      ran_on[i].set_value(std::this_thread::get_id());
-      released.wait();
-    }));
-  }
-  const std::thread::id first = ran_on[0].get_future().get();
-  const std::thread::id second = ran_on[1].get_future().get();
-  ASSERT_NE(first, second);
-  // The first goes idle, then the second.
-  release[0].set_value();
-  ASSERT_TRUE(Until([&] { return handlers.idle_threads() == 1; }));
-  release[1].set_value();
-  ASSERT_TRUE(Until([&] { return handlers.idle_threads() == 2; }));
-  for (int call = 0; call < 20; ++call) {
-    std::promise<std::thread::id> on;
-    ASSERT_TRUE(
-        handlers.Run([&on] { on.set_value(std::this_thread::get_id()); }));
-    EXPECT_EQ(on.get_future().get(), second) << "call " << call;
-    ASSERT_TRUE(Until([&] { return handlers.idle_threads() == 2; }));
-  }
 }
 
 TEST(HandlersTest, TheDestructorWaitsForEveryTaskItTook) {
