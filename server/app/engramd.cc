@@ -24,6 +24,7 @@
 #include "server/base/host_port.h"
 #include "server/base/log.h"
 #include "server/base/mib.h"
+#include "server/base/mutex.h"
 #include "server/cluster/router.h"
 #include "server/cluster/shard_service.h"
 #include "server/core/blas.h"
@@ -408,11 +409,12 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
       OpenFiles(open_files, **server), DescribeAllocator(),
       WriteMemory(o.server.write_budget.get()),
       ResidentLimit(o.server.memory_guard.get()));
-  absl::Mutex mu;
+  Mutex mu;
+  CondVar stop;
   bool stopping = false;
   std::thread readiness([&] {
     std::string last = "-";
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     while (!stopping) {
       mu.Unlock();
       const absl::Status ready = (*pool)->Ready();
@@ -427,7 +429,8 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
         last = now;
       }
       mu.Lock();
-      mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(250));
+      stop.AwaitWithTimeout(
+          &mu, [&] { return stopping; }, absl::Milliseconds(250));
     }
   });
   const int signal = WaitForShutdown([&] {
@@ -438,8 +441,9 @@ int RunRouter(const EngramdOptions& o, metrics::Metrics& metrics,
   Log(LogLevel::kInfo, "signal %d: shutting down (grace %.1fs)", signal,
       absl::ToDoubleSeconds(o.shutdown_grace));
   {
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     stopping = true;
+    stop.SignalAll();
   }
   readiness.join();
   (*server)->Shutdown(o.shutdown_grace);

@@ -94,14 +94,12 @@ void LogWriter::Dropped(size_t lines) {
 }
 
 bool LogWriter::Flush(absl::Duration timeout) {
-  const absl::Time until = absl::Now() + timeout;
   MutexLock lock(&mu_);
   const uint64_t target = accepted_;
-  for (absl::Time now = absl::Now(); done_ < target && now < until;
-       now = absl::Now()) {
-    cv_.WaitWithTimeout(&mu_, until - now);
-  }
-  return done_ >= target;
+  return cv_.AwaitWithTimeout(
+      &mu_,
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ >= target; },
+      timeout);
 }
 
 uint64_t LogWriter::dropped() const {

@@ -1,14 +1,14 @@
 #include "server/app/timed_storage.h"
 
-#include "absl/time/clock.h"
+#include "server/base/steady_clock.h"
 
 namespace engram::app {
 
 template <typename Write>
 absl::Status TimedStorage::Timed(Write&& write) {
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   absl::Status status = write();
-  metrics_->RecordStorageWrite(absl::ToDoubleSeconds(absl::Now() - start),
+  metrics_->RecordStorageWrite(absl::ToDoubleSeconds(SteadyNow() - start),
                                status.ok());
   return status;
 }

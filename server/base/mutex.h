@@ -9,16 +9,26 @@
 // synchronisation and would report every guarded access as a race. There it
 // is std::shared_mutex, whose pthread calls TSan intercepts.
 //
+// The condition variable is std::condition_variable_any in every build: its
+// timed waits measure by the steady clock. Abseil 20220623's measure by the
+// wall clock (an absolute deadline for a futex on CLOCK_REALTIME), so a
+// clock stepped back an hour made a one-second wait last an hour: the job
+// scheduler's tick, a write's wait for memory, the credential watcher.
+//
 // Thread-safe: it is the lock.
 #ifndef ENGRAM_SERVER_BASE_MUTEX_H_
 #define ENGRAM_SERVER_BASE_MUTEX_H_
 
-#include "absl/base/thread_annotations.h"
-#include "absl/time/time.h"
-
-#if defined(__SANITIZE_THREAD__)
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/time/time.h"
+#include "server/base/steady_clock.h"
+
+#if defined(__SANITIZE_THREAD__)
 #include <shared_mutex>
 #define ENGRAM_STD_MUTEX 1
 #else
@@ -27,17 +37,17 @@
 
 namespace engram {
 
-class CondVar;
-
 class ABSL_LOCKABLE Mutex {
  public:
   Mutex() = default;
   Mutex(const Mutex&) = delete;
   Mutex& operator=(const Mutex&) = delete;
 
+  // For std::condition_variable_any (CondVar) only.
+  void lock() ABSL_NO_THREAD_SAFETY_ANALYSIS { Lock(); }
+  void unlock() ABSL_NO_THREAD_SAFETY_ANALYSIS { Unlock(); }
+
 #ifdef ENGRAM_STD_MUTEX
-  void lock() { mu_.lock(); }  // For std::condition_variable_any.
-  void unlock() { mu_.unlock(); }
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.lock_shared(); }
@@ -52,44 +62,46 @@ class ABSL_LOCKABLE Mutex {
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.ReaderUnlock(); }
 
  private:
-  friend class CondVar;
   absl::Mutex mu_;
 #endif
 };
 
-// A condition variable for engram::Mutex; same TSan rule as the mutex.
+// A condition variable for engram::Mutex.
 class CondVar {
  public:
   // Waits, with `mu` held exclusively, until signalled (or spuriously).
-  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-#ifdef ENGRAM_STD_MUTEX
-    cv_.wait(*mu);
-#else
-    cv_.Wait(&mu->mu_);
-#endif
-  }
-  // As Wait, for at most `timeout`; true if it timed out.
+  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { cv_.wait(*mu); }
+  // As Wait, for at most `timeout` by the steady clock; true if it timed
+  // out.
   bool WaitWithTimeout(Mutex* mu, absl::Duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-#ifdef ENGRAM_STD_MUTEX
-    return cv_.wait_for(*mu, absl::ToChronoNanoseconds(timeout)) ==
-           std::cv_status::timeout;
-#else
-    return cv_.WaitWithTimeout(&mu->mu_, timeout);
-#endif
+    if (timeout <= absl::ZeroDuration()) return true;
+    // At most a day at a time (an infinite duration does not convert): past
+    // that it returns as if woken spuriously.
+    const absl::Duration day = absl::Hours(24);
+    const bool timed_out =
+        cv_.wait_for(*mu, absl::ToChronoNanoseconds(std::min(timeout, day))) ==
+        std::cv_status::timeout;
+    return timed_out && timeout <= day;
   }
-  void Signal() { cv_.Signal(); }
-  void SignalAll() { cv_.SignalAll(); }
+  // Waits, with `mu` held exclusively, until `done()` (called with `mu`
+  // held) or `timeout` has passed by the steady clock; done()'s last value.
+  // Whoever changes what `done` reads signals this CondVar.
+  bool AwaitWithTimeout(Mutex* mu, absl::FunctionRef<bool()> done,
+                        absl::Duration timeout)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time until = SteadyNow() + timeout;
+    for (absl::Time now = SteadyNow(); !done() && now < until;
+         now = SteadyNow()) {
+      WaitWithTimeout(mu, until - now);
+    }
+    return done();
+  }
+  void Signal() { cv_.notify_one(); }
+  void SignalAll() { cv_.notify_all(); }
 
  private:
-#ifdef ENGRAM_STD_MUTEX
-  struct Std : std::condition_variable_any {
-    void Signal() { notify_one(); }
-    void SignalAll() { notify_all(); }
-  } cv_;
-#else
-  absl::CondVar cv_;
-#endif
+  std::condition_variable_any cv_;
 };
 
 class ABSL_SCOPED_LOCKABLE MutexLock {

@@ -35,9 +35,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engram/v1/engram.pb.h"
+#include "server/base/mutex.h"
 #include "server/cluster/shard_pool.h"
 #include "server/core/calibration.h"
 #include "server/store/settings.h"
@@ -71,7 +71,7 @@ class JobTable {
   ~JobTable() {  // Cancels running jobs and waits for them.
     std::vector<std::thread> threads;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       for (auto& [name, job] : jobs_) {
         job->cancel = true;
         if (job->thread.joinable()) threads.push_back(std::move(job->thread));
@@ -83,7 +83,7 @@ class JobTable {
   // Starts `body` for `store` with `initial` as its status (RUNNING), unless
   // one runs: then that one's status.
   Status Start(const std::string& store, Status initial, Body body) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     std::unique_ptr<Job>& slot = jobs_[store];
     if (slot != nullptr && !slot->done) return slot->status;
     if (slot != nullptr && slot->thread.joinable()) {
@@ -94,22 +94,24 @@ class JobTable {
     job->status = std::move(initial);
     job->status.set_state(Status::RUNNING);
     job->generation = ++generation_;
+    changed_.SignalAll();
     job->thread = std::thread([this, job, body = std::move(body)] {
       const absl::Status result = body(job);
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       job->status.set_state(result.ok()                 ? Status::SUCCEEDED
                             : absl::IsCancelled(result) ? Status::CANCELLED
                                                         : Status::FAILED);
       if (!result.ok()) job->status.set_error(std::string(result.message()));
       job->generation = ++generation_;
       job->done = true;  // The last time this thread takes the lock.
+      changed_.SignalAll();
     });
     return job->status;
   }
 
   // Cancels the running job: its status; nullopt if none runs.
   std::optional<Status> Cancel(const std::string& store) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = jobs_.find(store);
     if (it == jobs_.end() || it->second->done) return std::nullopt;
     it->second->cancel = true;
@@ -120,7 +122,7 @@ class JobTable {
   // started, and its generation.
   std::optional<Status> Get(const std::string& store,
                             uint64_t* generation = nullptr) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = jobs_.find(store);
     if (it == jobs_.end()) return std::nullopt;
     if (generation != nullptr) *generation = it->second->generation;
@@ -131,25 +133,27 @@ class JobTable {
   // `timeout`.
   uint64_t WaitForChange(const std::string& store, uint64_t after,
                          absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       auto it = jobs_.find(store);
       return it == jobs_.end() || it->second->generation != after;
     };
-    mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+    changed_.AwaitWithTimeout(&mu_, changed, timeout);
     auto it = jobs_.find(store);
     return it == jobs_.end() ? after : it->second->generation;
   }
 
   // Changes a running job's status.
   void Update(Job* job, const std::function<void(Status&)>& change) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     change(job->status);
     job->generation = ++generation_;
+    changed_.SignalAll();
   }
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
+  CondVar changed_;  // Signalled at each new generation.
   std::map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "grpcpp/client_context.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/cluster/router.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/backup_stream.h"
@@ -48,7 +49,7 @@ absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
   pool_->Prepare(context, deadline);
   api::CreateBackupRequest request;
   request.set_store(name);
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   std::unique_ptr<grpc::ClientReader<api::BackupChunk>> reader =
       replica.engram->CreateBackup(&context, request);
   store::MemorySource files(options_.max_restore_bytes);
@@ -66,7 +67,7 @@ absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
     }
   }
   const grpc::Status status = reader->Finish();
-  pool_->Record(replica, "CreateBackup", status, absl::Now() - start,
+  pool_->Record(replica, "CreateBackup", status, SteadyNow() - start,
                 request.ByteSizeLong(), received);
   auto from_shard = [&](const absl::Status& s) {
     return absl::Status(
@@ -162,7 +163,7 @@ absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
   grpc::ClientContext context;
   pool_->Prepare(context, deadline);
   api::Store restored;
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   std::unique_ptr<grpc::ClientWriter<api::RestoreStoreRequest>> writer =
       replica.engram->RestoreStore(&context, &restored);
   api::RestoreStoreRequest message;
@@ -177,7 +178,7 @@ absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
   }
   writer->WritesDone();
   const grpc::Status status = writer->Finish();
-  pool_->Record(replica, "RestoreStore", status, absl::Now() - start, sent,
+  pool_->Record(replica, "RestoreStore", status, SteadyNow() - start, sent,
                 restored.ByteSizeLong());
   return FromShard(status, replica);
 }

@@ -20,6 +20,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/server_context.h"
 #include "server/base/mutex.h"
+#include "server/base/steady_clock.h"
 #include "server/cluster/shard_pool.h"
 
 namespace engram::cluster {
@@ -40,11 +41,11 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
                    absl::Time deadline, bool stamped = true) {
   grpc::ClientContext context;
   pool.Prepare(context, deadline, stamped);
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   const grpc::Status status = (stub.*method)(&context, request, response);
   absl::string_view method_name = Request::descriptor()->name();
   absl::ConsumeSuffix(&method_name, "Request");
-  pool.Record(replica, method_name, status, absl::Now() - start,
+  pool.Record(replica, method_name, status, SteadyNow() - start,
               request.ByteSizeLong(),
               status.ok() ? response->ByteSizeLong() : 0);
   return FromShard(status, replica);
@@ -167,11 +168,11 @@ class Fanout {
       if (calls->cancelled) context->TryCancel();
       calls->contexts.push_back(std::move(owned));
     }
-    const absl::Time sent = absl::Now();
+    const absl::Time sent = SteadyNow();
     calls->start(
         replica, context, sending, answer,
         [calls, i, &replica, sending, answer, sent, attempt](grpc::Status s) {
-          calls->pool->Record(replica, calls->method, s, absl::Now() - sent,
+          calls->pool->Record(replica, calls->method, s, SteadyNow() - sent,
                               sending->ByteSizeLong(),
                               s.ok() ? answer->ByteSizeLong() : 0);
           if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&

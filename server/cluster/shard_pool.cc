@@ -16,6 +16,7 @@
 #include "client/channel.h"
 #include "server/base/file_text.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/cluster/shard_calls.h"
 #include "server/rpc/call.h"
 
@@ -110,15 +111,16 @@ absl::StatusOr<std::unique_ptr<ShardPool>> ShardPool::Create(
   if (absl::Status status = pool->Probe(); !status.ok()) return status;
   // The files were just read.
   pool->next_reload_ =
-      absl::Now() + std::max(options.credentials_refresh, absl::Seconds(1));
+      SteadyNow() + std::max(options.credentials_refresh, absl::Seconds(1));
   pool->prober_ = std::thread([p = pool.get()] { p->ProbeLoop(); });
   return pool;
 }
 
 ShardPool::~ShardPool() {
   {
-    absl::MutexLock lock(&stop_mu_);
+    MutexLock lock(&stop_mu_);
     stopping_ = true;
+    stop_cv_.SignalAll();
   }
   {
     absl::MutexLock lock(&calls_mu_);
@@ -166,7 +168,8 @@ absl::Status ShardPool::Probe() {
     grpc::Status status;
   };
   std::vector<std::unique_ptr<Probed>> probes;
-  absl::Mutex done_mu;
+  Mutex done_mu;
+  CondVar done_cv;
   size_t left = 0;
   for (const auto& group : groups_) {
     for (const auto& replica : group) {
@@ -175,17 +178,38 @@ absl::Status ShardPool::Probe() {
       ++left;
       replica->shard->async()->Describe(&p->context, &p->request, &p->response,
                                         [&, probe = p.get()](grpc::Status s) {
-                                          absl::MutexLock lock(&done_mu);
+                                          MutexLock lock(&done_mu);
                                           probe->status = std::move(s);
                                           --left;
+                                          done_cv.SignalAll();
                                         });
       probes.push_back(std::move(p));
     }
   }
   {
-    absl::MutexLock lock(&done_mu);
-    done_mu.Await(absl::Condition(
-        +[](size_t* n) { return *n == 0; }, &left));
+    MutexLock lock(&done_mu);
+    auto all_done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(done_mu) {
+      return left == 0;
+    };
+    // gRPC's deadline ends a probe that gets no answer, on gRPC's timer
+    // thread, which waits by the wall clock (Abseil's): set back, the clock
+    // held every probe of a stopped shard, so that a router noticed nothing
+    // for as long as the step. A little after the deadline by the steady
+    // clock, what is still out is cancelled here.
+    if (!done_cv.AwaitWithTimeout(
+            &done_mu, all_done,
+            options_.probe_timeout + absl::Milliseconds(500))) {
+      for (const std::unique_ptr<Probed>& p : probes) p->context.TryCancel();
+      while (!all_done()) done_cv.Wait(&done_mu);
+      for (const std::unique_ptr<Probed>& p : probes) {
+        if (p->status.error_code() == grpc::StatusCode::CANCELLED) {
+          p->status = grpc::Status(
+              grpc::StatusCode::DEADLINE_EXCEEDED,
+              absl::StrCat("no answer within the probe's ",
+                           absl::FormatDuration(options_.probe_timeout)));
+        }
+      }
+    }
   }
   absl::Status wrong;
   size_t k = 0;
@@ -415,7 +439,7 @@ bool ShardPool::ReadCredentialsAgain() {
 }
 
 void ShardPool::ReloadCredentials() {
-  const absl::Time now = absl::Now();
+  const absl::Time now = SteadyNow();
   const bool asked = reread_.exchange(false);
   if (now < next_reload_ && !asked) return;
   next_reload_ = now + std::max(options_.credentials_refresh, absl::Seconds(1));
@@ -437,11 +461,14 @@ void ShardPool::ReloadCredentials() {
 }
 
 void ShardPool::ProbeLoop() {
-  absl::MutexLock lock(&stop_mu_);
+  MutexLock lock(&stop_mu_);
   while (!stopping_) {
-    stop_mu_.AwaitWithTimeout(absl::Condition(&stopping_),
-                              options_.probe_interval);
-    if (stopping_) return;
+    if (stop_cv_.AwaitWithTimeout(
+            &stop_mu_,
+            [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stop_mu_) { return stopping_; },
+            options_.probe_interval)) {
+      return;
+    }
     stop_mu_.Unlock();
     ReloadCredentials();
     Probe().IgnoreError();  // Readiness says what is wrong.
@@ -662,9 +689,9 @@ absl::StatusOr<bool> ShardPool::FinishRepair(const Replica& source,
                                              const Replica& target) {
   // Writes are short; one that holds the gate long (a restore) makes this
   // round fail rather than every write after it wait behind the repair.
-  const absl::Time give_up = absl::Now() + options_.probe_timeout;
+  const absl::Time give_up = SteadyNow() + options_.probe_timeout;
   while (!write_gate_.TryLock()) {
-    if (absl::Now() > give_up) {
+    if (SteadyNow() > give_up) {
       return absl::AbortedError("client writes kept the replicas busy");
     }
     absl::SleepFor(absl::Milliseconds(1));

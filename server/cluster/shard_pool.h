@@ -27,6 +27,7 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "server/base/file_backed.h"
+#include "server/base/mutex.h"
 #include "server/cluster/topology.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/credentials.h"
@@ -191,7 +192,8 @@ class ShardPool {
   std::optional<FileBacked<std::string>> token_;  // None: no token sent.
   // Set by ReadCredentialsAgain: the prober's next round reads them.
   std::atomic<bool> reread_{false};
-  absl::Time next_reload_;  // Set before the prober starts; its only.
+  // On SteadyNow()'s clock; set before the prober starts, then its only.
+  absl::Time next_reload_;
   // groups_[g][r]; fixed after Create.
   std::vector<std::vector<std::unique_ptr<Replica>>> groups_;
   mutable absl::Mutex write_gate_;  // Taken before mu_, never after.
@@ -201,7 +203,8 @@ class ShardPool {
   std::atomic<size_t> repairs_{0};
   mutable std::atomic<uint64_t> last_stamp_{0};
   bool first_probe_done_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Mutex stop_mu_;
+  Mutex stop_mu_;
+  CondVar stop_cv_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
   // Repair calls in flight, cancelled when the pool stops: a repair of a
   // large store must not hold up a router's shutdown.

@@ -18,8 +18,9 @@ ExpirySweeper::ExpirySweeper(store::StoreRegistry* registry,
 
 ExpirySweeper::~ExpirySweeper() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
+    stop_.SignalAll();
   }
   thread_.join();
 }
@@ -51,8 +52,10 @@ size_t ExpirySweeper::SweepOnce() {
 }
 
 void ExpirySweeper::Loop() {
-  absl::MutexLock lock(&mu_);
-  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), interval_)) {
+  MutexLock lock(&mu_);
+  while (!stop_.AwaitWithTimeout(
+      &mu_, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; },
+      interval_)) {
     mu_.Unlock();
     SweepOnce();
     mu_.Lock();

@@ -15,8 +15,8 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/base/mutex.h"
 #include "server/store/registry.h"
 
 namespace engram::jobs {
@@ -43,7 +43,8 @@ class ExpirySweeper {
   store::StoreRegistry* const registry_;
   const absl::Duration interval_;
   const Observer observer_;
-  absl::Mutex mu_;
+  Mutex mu_;
+  CondVar stop_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/jobs/job_bodies.h"
 
 namespace engram::jobs {
@@ -193,13 +194,13 @@ absl::StatusOr<uint64_t> JobRunner::WaitForChange(JobKind kind,
                                                   const std::string& store,
                                                   uint64_t after,
                                                   absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline = SteadyNow() + timeout;
   MutexLock lock(&mu_);
   while (true) {
     absl::StatusOr<Entry*> entry = EntryFor(store);
     if (!entry.ok()) return entry.status();
     const uint64_t generation = (*entry)->slot(kind).generation;
-    const absl::Duration left = deadline - absl::Now();
+    const absl::Duration left = deadline - SteadyNow();
     if (generation > after || stopping_ || left <= absl::ZeroDuration()) {
       return generation;
     }
@@ -233,7 +234,7 @@ void JobRunner::PatternsAdded(const std::string& store, size_t count) {
   absl::StatusOr<Entry*> entry = EntryFor(store);
   if (!entry.ok()) return;
   (*entry)->new_patterns += count;
-  (*entry)->last_add = absl::Now();
+  (*entry)->last_add = SteadyNow();
 }
 
 void JobRunner::ResumeAll() {
@@ -319,7 +320,7 @@ void JobRunner::StoreDeleted(const std::string& store) {
 void JobRunner::SchedulerLoop() {
   MutexLock lock(&mu_);
   while (!stopping_) {
-    const absl::Time now = absl::Now();
+    const absl::Time now = SteadyNow();
     for (auto& [name, entry] : entries_) {
       if (entry.new_patterns == 0 || entry.fit_slot.queued ||
           entry.fit_slot.running) {

@@ -9,9 +9,9 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/base/file_text.h"
+#include "server/base/steady_clock.h"
 
 namespace engram::rpc {
 
@@ -120,7 +120,7 @@ const google::protobuf::MethodDescriptor* MethodAt(absl::string_view path) {
 grpc::Status TokenMetadataProcessor::Process(const InputMetadata& metadata,
                                              grpc::AuthContext*,
                                              OutputMetadata*, OutputMetadata*) {
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   auto get = [&](absl::string_view key) -> std::optional<absl::string_view> {
     auto found = metadata.find(grpc::string_ref(key.data(), key.size()));
     if (found == metadata.end()) return std::nullopt;
@@ -140,7 +140,7 @@ grpc::Status TokenMetadataProcessor::Process(const InputMetadata& metadata,
   if (metrics_ != nullptr && method != nullptr) {
     // Its latency is the check's: the request was never read.
     metrics_->RecordRequest(method->name(), "UNAUTHENTICATED",
-                            absl::ToDoubleSeconds(absl::Now() - start));
+                            absl::ToDoubleSeconds(SteadyNow() - start));
   }
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       std::string(status.message()));

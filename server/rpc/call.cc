@@ -4,9 +4,9 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "server/base/clip.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/rpc/convert.h"
 
 namespace engram::rpc {
@@ -130,7 +130,7 @@ Call::Call(const CallPolicy* policy, const char* method,
     : policy_(policy),
       method_(method),
       store_(Clip(store)),
-      start_(absl::Now()) {
+      start_(SteadyNow()) {
   if (const Method* m = FindMethod(method)) {
     writes_ = m->writes;
     streams_ = m->streams;
@@ -290,7 +290,7 @@ absl::Status Call::GrowWrite(size_t message_bytes, absl::string_view advice) {
 grpc::Status Call::Done(const absl::Status& status) {
   reserved_ = WriteBudget::Reservation();
   memory_ = MemoryGuard::Share();
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
+  const double seconds = absl::ToDoubleSeconds(SteadyNow() - start_);
   const char* code = CodeName(status.code());
   if (status.ok() && policy_->after_write && context_ != nullptr &&
       written_ != nullptr) {

@@ -22,9 +22,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "absl/time/clock.h"
 #include "server/base/host_port.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/rpc/unix_socket.h"
 
 namespace engram::rpc {
@@ -328,7 +328,7 @@ void Listener::Run() {
     if (shed_unreported_ > 0) {
       timeout_ms = static_cast<int>(std::max<int64_t>(
           0, absl::ToInt64Milliseconds(absl::Seconds(10) -
-                                       (absl::Now() - last_warning_))));
+                                       (SteadyNow() - last_warning_))));
     }
     const int ready = poll(polled.data(), polled.size(), timeout_ms);
     if (ready < 0) {
@@ -344,7 +344,7 @@ void Listener::Run() {
       if (polled[i].revents != 0 && !AcceptAll(sockets_[i])) starved = true;
     }
     if (shed_unreported_ > 0 &&
-        absl::Now() - last_warning_ >= absl::Seconds(10)) {
+        SteadyNow() - last_warning_ >= absl::Seconds(10)) {
       constexpr absl::string_view kMoreFiles =
           "; raise the open-file limit (ulimit -n, systemd's LimitNOFILE=, "
           "docker run --ulimit nofile=) or find what holds them";
@@ -367,7 +367,7 @@ void Listener::Run() {
           "--listen=%s: %zu new connection(s) closed unserved (%zu since "
           "start): %s",
           listen_.c_str(), shed_unreported_, shed_.load(), why.c_str());
-      last_warning_ = absl::Now();
+      last_warning_ = SteadyNow();
       shed_unreported_ = 0;
     }
     if (starved) {
@@ -432,7 +432,7 @@ bool Listener::AcceptAll(const Socket& socket) {
         MutexLock lock(&peers_mu_);
         auto ban = banned_.find(peer.first);
         if (ban != banned_.end()) {
-          banned = absl::Now() < ban->second;
+          banned = SteadyNow() < ban->second;
           if (!banned) banned_.erase(ban);
         }
         if (banned) {
@@ -461,7 +461,7 @@ bool Listener::AcceptAll(const Socket& socket) {
 bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
   const std::string wanted = Unmapped(ip);
   MutexLock lock(&peers_mu_);
-  banned_[wanted] = absl::Now() + ban;
+  banned_[wanted] = SteadyNow() + ban;
   for (auto it = peers_.begin(); it != peers_.end();) {
     sockaddr_storage now{};
     socklen_t length = sizeof(now);

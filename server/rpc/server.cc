@@ -23,6 +23,7 @@
 #include "grpcpp/support/server_interceptor.h"
 #include "server/base/log.h"
 #include "server/base/millis.h"
+#include "server/base/steady_clock.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/listener.h"
 #include "server/rpc/stream_flood.h"
@@ -381,7 +382,7 @@ void Server::GuardStreams(const ServerOptions& options,
       {options.max_open_streams, options.max_stream_resets_per_s});
   while (Sleep(absl::Milliseconds(250))) {
     for (const SocketStreams& s :
-         guard.Observe(absl::Now(), ReadChannelzSockets())) {
+         guard.Observe(SteadyNow(), ReadChannelzSockets())) {
       if (s.remote_ip.empty() || !listener_->Cut(s.remote_ip, s.remote_port,
                                                  options.stream_flood_ban)) {
         continue;  // Not a TCP connection of this server's.
@@ -406,12 +407,12 @@ void Server::GuardStreams(const ServerOptions& options,
 
 bool Server::Sleep(absl::Duration period, bool or_reread) {
   MutexLock lock(&stop_mu_);
-  const absl::Time until = absl::Now() + period;
-  for (absl::Time now = absl::Now();
-       !stopping_ && !(or_reread && reread_) && now < until;
-       now = absl::Now()) {
-    stop_cv_.WaitWithTimeout(&stop_mu_, until - now);
-  }
+  stop_cv_.AwaitWithTimeout(
+      &stop_mu_,
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stop_mu_) {
+        return stopping_ || (or_reread && reread_);
+      },
+      period);
   if (or_reread) reread_ = false;
   return !stopping_;
 }

@@ -17,7 +17,7 @@
 //
 //   StreamFloodGuard guard({/*max_open=*/128, /*failed_per_second=*/0});
 //   std::vector<SocketStreams> cut =
-//       guard.Observe(absl::Now(), ReadChannelzSockets());
+//       guard.Observe(SteadyNow(), ReadChannelzSockets());
 //
 // Thread-compatible: one thread calls Observe.
 #ifndef ENGRAM_SERVER_RPC_STREAM_FLOOD_H_

@@ -6,8 +6,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "server/base/mib.h"
+#include "server/base/steady_clock.h"
 
 namespace engram::rpc {
 
@@ -73,8 +73,9 @@ void WriteBudget::Return(size_t bytes) {
 
 absl::StatusOr<WriteBudget::Reading> WriteBudget::AwaitRead(
     size_t largest_request, absl::Time deadline) {
-  const absl::Time start = absl::Now();
-  deadline = std::min(deadline, start + kMaxWait);
+  // The call's deadline (a wall-clock time) on the steady clock.
+  const absl::Time start = SteadyNow();
+  deadline = std::min(SteadyDeadline(deadline), start + kMaxWait);
   const size_t held = kWaitingCost * largest_request;
   MutexLock lock(&mu_);
   const uint64_t ticket = next_ticket_++;
@@ -82,7 +83,7 @@ absl::StatusOr<WriteBudget::Reading> WriteBudget::AwaitRead(
   // In order of arrival; one at a time where even one does not fit.
   while (*to_read_.begin() != ticket ||
          (reading_ > 0 && reading_bytes_ + waiting_bytes_ + held > limit_)) {
-    const absl::Duration left = deadline - absl::Now();
+    const absl::Duration left = deadline - SteadyNow();
     if (left <= absl::ZeroDuration()) {
       to_read_.erase(ticket);
       freed_.SignalAll();  // The next one may be first now.
@@ -93,7 +94,7 @@ absl::StatusOr<WriteBudget::Reading> WriteBudget::AwaitRead(
           " the server lets writes take (", flag_, "); a request of up to ",
           MiB(largest_request), " (--max_message_mb) waited ",
           absl::FormatDuration(
-              absl::Trunc(absl::Now() - start, absl::Milliseconds(1))),
+              absl::Trunc(SteadyNow() - start, absl::Milliseconds(1))),
           " to be read; retry later"));
     }
     freed_.WaitWithTimeout(&mu_, left);
@@ -116,8 +117,8 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
         kWriteCost, " times its request while it runs (", MiB(bytes), "), ",
         MoreThanTheWhole(), "; split it into smaller requests"));
   }
-  const absl::Time start = absl::Now();
-  deadline = std::min(deadline, start + kMaxWait);
+  const absl::Time start = SteadyNow();
+  deadline = std::min(SteadyDeadline(deadline), start + kMaxWait);
   MutexLock lock(&mu_);
   // A write that waits holds its request as received and as parsed: writes
   // may wait only while that fits in the budget too, or waiting writes alone
@@ -137,7 +138,7 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
   waiting_bytes_ += held_waiting;
   // In order of arrival: only the oldest waiting write may take what is free.
   while (*waiting_.begin() != ticket || reserved_ + bytes > limit_) {
-    const absl::Duration left = deadline - absl::Now();
+    const absl::Duration left = deadline - SteadyNow();
     if (left > absl::ZeroDuration()) {
       freed_.WaitWithTimeout(&mu_, left);
     } else {
@@ -146,7 +147,7 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
       return absl::ResourceExhaustedError(
           absl::StrCat(InFlight(), "; this one needs ", MiB(bytes), " (",
                        kWriteCost, " times its request) and waited ",
-                       absl::FormatDuration(absl::Trunc(absl::Now() - start,
+                       absl::FormatDuration(absl::Trunc(SteadyNow() - start,
                                                         absl::Milliseconds(1))),
                        "; retry later or send smaller requests"));
     }

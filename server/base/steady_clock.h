@@ -1,0 +1,43 @@
+// Time for deadlines and intervals: a clock that only moves forward.
+//
+// absl::Now() is the wall clock, which an operator, NTP or a virtual
+// machine's restore may step backwards; a deadline or an interval measured
+// by it then lasts as much longer as the step (a router's prober stopped
+// probing for as long as its clock was set back). SteadyNow() reads the
+// steady clock as an absl::Time with an arbitrary epoch: subtract two,
+// compare two, add durations to one; never show one as a date or store it.
+//
+//   const absl::Time deadline = SteadyNow() + timeout;
+//   for (absl::Duration left = timeout; !done && left > absl::ZeroDuration();
+//        left = deadline - SteadyNow()) {
+//     cv.WaitWithTimeout(&mu, left);
+//   }
+//
+// A deadline that comes as a wall-clock time (a gRPC call's) is turned into
+// one on this clock once, on arrival: SteadyDeadline(deadline).
+//
+// Thread-safe: pure functions.
+#ifndef ENGRAM_SERVER_BASE_STEADY_CLOCK_H_
+#define ENGRAM_SERVER_BASE_STEADY_CLOCK_H_
+
+#include <chrono>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace engram {
+
+inline absl::Time SteadyNow() {
+  return absl::UnixEpoch() +
+         absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+}
+
+// The wall-clock `deadline` on the steady clock (infinite stays infinite).
+inline absl::Time SteadyDeadline(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return deadline;
+  return SteadyNow() + (deadline - absl::Now());
+}
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_BASE_STEADY_CLOCK_H_
