@@ -20,16 +20,22 @@
 namespace engram {
 namespace {
 
+// Sets `flag` under `mu` and signals `cv`, 20 ms from now, on a thread of
+// its own.
+std::thread SetSoon(Mutex& mu, CondVar& cv, bool& flag) {
+  return std::thread([&mu, &cv, &flag] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    MutexLock lock(&mu);
+    flag = true;
+    cv.Signal();
+  });
+}
+
 TEST(CondVarTest, AwaitReturnsOnceTheConditionHoldsNotAtTheTimeout) {
   Mutex mu;
   CondVar cv;
   bool done = false;
-  std::thread setter([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    MutexLock lock(&mu);
-    done = true;
-    cv.SignalAll();
-  });
+  std::thread setter = SetSoon(mu, cv, done);
   const absl::Time start = SteadyNow();
   {
     MutexLock lock(&mu);
@@ -68,12 +74,7 @@ TEST(CondVarTest, TimedWaitsTimeOutAndInfiniteOnesWakeWhenSignalled) {
     EXPECT_TRUE(cv.WaitWithTimeout(&mu, -absl::Seconds(5)));
   }
   bool signalled = false;
-  std::thread signaller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    MutexLock lock(&mu);
-    signalled = true;
-    cv.Signal();
-  });
+  std::thread signaller = SetSoon(mu, cv, signalled);
   {
     MutexLock lock(&mu);
     while (!signalled) {
