@@ -316,8 +316,15 @@ grpc::Status Call::Done(const absl::Status& status) {
 // passes.
 std::function<absl::Status()> DeadlineCheck(
     const grpc::ServerContextBase* context) {
-  return [context]() -> absl::Status {
-    if (context->deadline() <= std::chrono::system_clock::now()) {
+  // The deadline on the steady clock, once: by the wall clock a clock set
+  // back would let the work run past it by the step.
+  const auto wall = context->deadline();
+  const absl::Time until =
+      wall > std::chrono::system_clock::now() + std::chrono::hours(24 * 365)
+          ? absl::InfiniteFuture()
+          : SteadyDeadline(absl::FromChrono(wall));
+  return [context, until]() -> absl::Status {
+    if (SteadyNow() >= until) {
       return absl::DeadlineExceededError(
           "the deadline passed during retrieval");
     }

@@ -142,7 +142,8 @@ const char* CodeName(absl::StatusCode code);
 absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
                       absl::string_view advice);
 
-// Stops work between steps when the client gives up or the deadline passes.
+// Stops work between steps when the client gives up or the deadline passes
+// (measured by the steady clock from the moment the check is made).
 std::function<absl::Status()> DeadlineCheck(
     const grpc::ServerContextBase* context);
 
