@@ -387,9 +387,17 @@ class PartitionTest(unittest.TestCase):
         self.assertTrue(set(codes) <= {"OK", "UNAVAILABLE"}, codes)
         self.assertLess(slowest, SLOWEST_S)
         self.assertGreater(codes.get("OK", 0), 0)
-        held_by_replicas = self.same_holdings(seconds=60)
-        with self.client() as c:
-            held = set(p.id for p in c.list_patterns("p", values=False))
+        # The replicas agree, and (from a probe after the last write: a
+        # status may be up to a probe interval older than the listing) hold
+        # what the router lists.
+        deadline = time.time() + 60
+        while True:
+            held_by_replicas = self.same_holdings(seconds=60)
+            with self.client() as c:
+                held = set(p.id for p in c.list_patterns("p", values=False))
+            if len(held) == held_by_replicas["p"][1] or time.time() > deadline:
+                break
+            time.sleep(0.3)
         self.assertEqual(len(held), held_by_replicas["p"][1])
         # What the router did with the replicas, should a check fail.
         story = "\n".join(line for line in self.router.log().splitlines()
