@@ -1,19 +1,10 @@
 #include "server/cluster/shard_calls.h"
 
-#include <chrono>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 
 namespace engram::cluster {
-
-absl::Time DeadlineOf(const grpc::ServerContext* context) {
-  const auto deadline = context->deadline();
-  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
-}
 
 absl::Status FromShard(const grpc::Status& status, const Replica& replica) {
   if (status.ok()) return absl::OkStatus();

@@ -22,6 +22,7 @@
 #include "server/base/mutex.h"
 #include "server/base/steady_clock.h"
 #include "server/cluster/shard_pool.h"
+#include "server/rpc/call.h"
 
 namespace engram::cluster {
 
@@ -29,8 +30,8 @@ namespace engram::cluster {
 absl::Status FromShard(const grpc::Status& status, const Replica& replica);
 
 // The deadline a router's call to its shards inherits from its client's
-// call (none beyond a day).
-absl::Time DeadlineOf(const grpc::ServerContext* context);
+// call.
+using rpc::DeadlineOf;
 
 // One unary call to a replica (`stamped`: see ShardPool::Prepare).
 template <typename Stub, typename Request, typename Response>

@@ -163,7 +163,7 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
   if (refused_.ok() && writes_ && policy_->write_budget != nullptr) {
     absl::StatusOr<WriteBudget::Reading> turn =
         policy_->write_budget->AwaitRead(policy_->max_message_bytes,
-                                         absl::FromChrono(context.deadline()));
+                                         DeadlineOf(&context));
     if (turn.ok()) {
       reading_ = *std::move(turn);
     } else {
@@ -259,8 +259,8 @@ absl::Status Call::ReserveWrite(size_t message_bytes) {
   WriteBudget::Reservation held;
   if (policy_->write_budget != nullptr && context_ != nullptr) {
     absl::StatusOr<WriteBudget::Reservation> reserved =
-        policy_->write_budget->Reserve(
-            message_bytes, absl::FromChrono(context_->deadline()), &reading_);
+        policy_->write_budget->Reserve(message_bytes, DeadlineOf(context_),
+                                       &reading_);
     if (!reserved.ok()) return reserved.status();
     held = *std::move(reserved);
   }
@@ -314,15 +314,19 @@ grpc::Status Call::Done(const absl::Status& status) {
 
 // Stops retrieval between tiles when the client gives up or the deadline
 // passes.
+absl::Time DeadlineOf(const grpc::ServerContextBase* context) {
+  const auto deadline = context->deadline();
+  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
 std::function<absl::Status()> DeadlineCheck(
     const grpc::ServerContextBase* context) {
   // The deadline on the steady clock, once: by the wall clock a clock set
   // back would let the work run past it by the step.
-  const auto wall = context->deadline();
-  const absl::Time until =
-      wall > std::chrono::system_clock::now() + std::chrono::hours(24 * 365)
-          ? absl::InfiniteFuture()
-          : SteadyDeadline(absl::FromChrono(wall));
+  const absl::Time until = SteadyDeadline(DeadlineOf(context));
   return [context, until]() -> absl::Status {
     if (SteadyNow() >= until) {
       return absl::DeadlineExceededError(

@@ -142,6 +142,10 @@ const char* CodeName(absl::StatusCode code);
 absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
                       absl::string_view advice);
 
+// A call's deadline on the wall clock (none beyond a day: InfiniteFuture),
+// as work it waits for or calls it makes inherit it.
+absl::Time DeadlineOf(const grpc::ServerContextBase* context);
+
 // Stops work between steps when the client gives up or the deadline passes
 // (measured by the steady clock from the moment the check is made).
 std::function<absl::Status()> DeadlineCheck(
