@@ -7,11 +7,12 @@
 // steady clock as an absl::Time with an arbitrary epoch: subtract two,
 // compare two, add durations to one; never show one as a date or store it.
 //
-//   const absl::Time deadline = SteadyNow() + timeout;
-//   for (absl::Duration left = timeout; !done && left > absl::ZeroDuration();
-//        left = deadline - SteadyNow()) {
-//     cv.WaitWithTimeout(&mu, left);
+//   const absl::Time give_up = SteadyNow() + timeout;
+//   while (!TryIt()) {
+//     if (SteadyNow() > give_up) return absl::AbortedError(...);
 //   }
+//
+// (To wait for a condition, engram::CondVar::AwaitWithTimeout, mutex.h.)
 //
 // A deadline that comes as a wall-clock time (a gRPC call's) is turned into
 // one on this clock once, on arrival: SteadyDeadline(deadline).
