@@ -4,6 +4,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -77,7 +78,7 @@ JobRunner::~JobRunner() {
       }
     }
     work_.SignalAll();
-    stop_.SignalAll();
+    schedule_.SignalAll();
     changed_.SignalAll();
   }
   for (std::thread& t : threads_) t.join();
@@ -155,6 +156,8 @@ void JobRunner::Published(JobKind kind, const std::string& store) {
 void JobRunner::Changed(Slot& slot) {
   slot.generation = ++generation_;
   changed_.SignalAll();
+  // A store skipped while its fit was queued or running may be due now.
+  if (!slot.queued && !slot.running) schedule_.Signal();
 }
 
 void JobRunner::ReportCounts() {
@@ -235,6 +238,9 @@ void JobRunner::PatternsAdded(const std::string& store, size_t count) {
   if (!entry.ok()) return;
   (*entry)->new_patterns += count;
   (*entry)->last_add = SteadyNow();
+  // Else the scheduler wakes at the debounce it knows of, and finds it
+  // moved by this add.
+  if (!(*entry)->awaited) schedule_.Signal();
 }
 
 void JobRunner::ResumeAll() {
@@ -321,10 +327,12 @@ void JobRunner::SchedulerLoop() {
   MutexLock lock(&mu_);
   while (!stopping_) {
     const absl::Time now = SteadyNow();
+    absl::Time wake = absl::InfiniteFuture();  // Nothing due: adds wake it.
     for (auto& [name, entry] : entries_) {
+      entry.awaited = false;
       if (entry.new_patterns == 0 || entry.fit_slot.queued ||
           entry.fit_slot.running) {
-        continue;
+        continue;  // An add or the fit's end (Changed) wakes the loop.
       }
       absl::StatusOr<std::shared_ptr<store::Store>> found =
           registry_->Get(name);
@@ -333,8 +341,14 @@ void JobRunner::SchedulerLoop() {
       const store::StoreSettings& settings = view->settings();
       const store::FeatureMapSettings& f = settings.feature_map;
       if (entry.new_patterns < std::max<uint32_t>(1, f.min_new_patterns) ||
-          now - entry.last_add < absl::Milliseconds(f.debounce_ms) ||
           view->size() < 2) {
+        wake = std::min(wake, now + options_.recheck);
+        continue;
+      }
+      const absl::Time due = entry.last_add + absl::Milliseconds(f.debounce_ms);
+      if (now < due) {
+        entry.awaited = true;
+        wake = std::min(wake, due);
         continue;
       }
       if (entry.uhop) {
@@ -346,7 +360,11 @@ void JobRunner::SchedulerLoop() {
         }
       }
     }
-    stop_.WaitWithTimeout(&mu_, options_.tick);
+    if (wake == absl::InfiniteFuture()) {
+      schedule_.Wait(&mu_);
+    } else {
+      schedule_.WaitWithTimeout(&mu_, wake - SteadyNow());
+    }
   }
 }
 

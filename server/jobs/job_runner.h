@@ -75,8 +75,11 @@ class JobObserver {
 
 struct JobRunnerOptions {
   int workers = 1;
-  absl::Duration tick = absl::Milliseconds(20);  // Debounce resolution.
-  JobObserver* observer = nullptr;               // Borrowed; may be null.
+  // The scheduler sleeps until a store's debounce ends, an add, or a job's
+  // end; a store whose new patterns are still below its threshold is
+  // looked at again this often as well (its settings may have changed).
+  absl::Duration recheck = absl::Seconds(1);
+  JobObserver* observer = nullptr;  // Borrowed; may be null.
   // Start fits and calibrations on their own after adds (off on a shard:
   // its router runs them for the whole store).
   bool automatic = true;
@@ -143,6 +146,9 @@ class JobRunner {
     bool uhop = false;  // The store has a U-Hop map, so it is fitted.
     size_t new_patterns = 0;
     absl::Time last_add = absl::InfinitePast();
+    // The scheduler knows when this store's debounce ends and will wake
+    // for it: an add need not wake it.
+    bool awaited = false;
     Slot fit_slot, calibration_slot;
     v1::FitStatus fit;
     v1::CalibrationStatus calibration;
@@ -193,9 +199,9 @@ class JobRunner {
   const JobRunnerOptions options_;
 
   Mutex mu_;
-  CondVar work_;     // Queue non-empty, or stopping (workers wait on it).
-  CondVar stop_;     // Stopping (the scheduler loop's timed wait).
-  CondVar changed_;  // Some status changed (WaitForChange).
+  CondVar work_;      // Queue non-empty, or stopping (workers wait on it).
+  CondVar schedule_;  // For the scheduler: an add, a job's end, stopping.
+  CondVar changed_;   // Some status changed (WaitForChange).
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;

@@ -24,9 +24,7 @@ class JobRunnerTest : public ::testing::Test {
     registry_ =
         std::make_unique<store::StoreRegistry>(store::Limits{}, &storage_);
     ASSERT_TRUE(registry_->Load().ok());
-    JobRunnerOptions options;
-    options.tick = absl::Milliseconds(5);
-    fits_ = std::make_unique<JobRunner>(registry_.get(), options);
+    fits_ = std::make_unique<JobRunner>(registry_.get(), JobRunnerOptions{});
   }
 
   std::shared_ptr<store::Store> Create(const std::string& name, uint32_t dim,
