@@ -12,14 +12,16 @@
 #include <vector>
 
 #include "absl/flags/parse.h"
+#include "server/base/mutex.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
 
 namespace engram::bench {
 
-// Parses the flags, picks the BLAS kernels and flushes denormals as engramd
-// does, and prints the machine.
+// Parses the flags, picks the BLAS kernels, flushes denormals and skips
+// Abseil's lock-order checks as engramd does, and prints the machine.
 inline void Start(int argc, char** argv) {
+  SkipLockOrderChecks();
   absl::ParseCommandLine(argc, argv);
   core::UseBlasFamily("auto", argv);
   core::FlushDenormals();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "server/base/mutex.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
 #include "server/core/low_rank.h"
@@ -149,6 +150,7 @@ BENCHMARK(BM_SumsFinish)->Arg(16)->Arg(64)->Unit(benchmark::kMicrosecond);
 // As engramd runs: the BLAS kernel family chosen for this CPU, denormals
 // flushed; the machine in the output's context.
 int main(int argc, char** argv) {
+  engram::SkipLockOrderChecks();
   engram::core::UseBlasFamily("auto", argv);
   engram::core::FlushDenormals();
   benchmark::AddCustomContext("machine", engram::core::DescribeMachine());

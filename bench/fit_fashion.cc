@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "client/matrix_io.h"
+#include "server/base/mutex.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
 #include "server/core/uhop_fit.h"
@@ -28,6 +29,7 @@ ABSL_FLAG(std::string, blas_coretype, "auto",
 ABSL_FLAG(bool, describe, false, "Print the machine line first.");
 
 int main(int argc, char** argv) {
+  engram::SkipLockOrderChecks();
   absl::ParseCommandLine(argc, argv);
   using namespace engram;
   // The kernels and floating-point mode engramd's fit workers run with.

@@ -22,6 +22,7 @@
 #include "absl/flags/parse.h"
 #include "bench/bench_main.h"
 #include "client/matrix_io.h"
+#include "server/base/mutex.h"
 #include "server/core/blas.h"
 #include "server/core/cpu.h"
 #include "server/core/retrieval.h"
@@ -218,6 +219,7 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  engram::SkipLockOrderChecks();
   absl::ParseCommandLine(argc, argv);
   engram::core::UseBlasFamily(absl::GetFlag(FLAGS_blas_coretype), argv);
   if (absl::GetFlag(FLAGS_flush_denormals)) engram::core::FlushDenormals();

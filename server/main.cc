@@ -25,6 +25,7 @@
 #include "server/base/file_text.h"
 #include "server/base/log.h"
 #include "server/base/mib.h"
+#include "server/base/mutex.h"
 #include "server/base/standard_descriptors.h"
 #include "server/core/calibration.h"
 #include "server/core/cpu.h"
@@ -468,6 +469,7 @@ std::string RequestedBlasFamily(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (!engram::OpenStandardDescriptors()) return 1;
+  engram::SkipLockOrderChecks();
   engram::core::UseBlasFamily(RequestedBlasFamily(argc, argv), argv);
   engram::core::FlushDenormals();  // Inherited by every thread engramd starts.
   absl::InitializeSymbolizer(argv[0]);

@@ -40,6 +40,7 @@
 #include "client/files.h"
 #include "client/matrix_io.h"
 #include "server/base/file_text.h"
+#include "server/base/mutex.h"
 #include "server/base/standard_descriptors.h"
 
 ABSL_FLAG(std::optional<std::string>, addr, std::nullopt,
@@ -1099,5 +1100,6 @@ extern "C" const char* __lsan_default_options() {
 
 int main(int argc, char** argv) {
   if (!engram::OpenStandardDescriptors()) return 1;
+  engram::SkipLockOrderChecks();
   return engram::client::Main(argc, argv);
 }
