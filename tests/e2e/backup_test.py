@@ -14,13 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Engramd, stored_patterns  # noqa: E402
+from harness import Engramd, OneServerTest, stored_patterns  # noqa: E402
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -91,18 +90,8 @@ def model_after(ops):
     return state
 
 
-class BackupTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.server = Engramd(BIN, self.tmp.name)
-        self.channel = grpc.insecure_channel(self.server.addr)
-        self.stub = pb_grpc.EngramStub(self.channel)
-
-    def tearDown(self):
-        self.channel.close()
-        if self.server.proc.poll() is None:
-            self.server.stop()
-        self.tmp.cleanup()
+class BackupTest(OneServerTest):
+    BIN = BIN
 
     def path(self, name):
         return os.path.join(self.tmp.name, name)

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 import urllib.request
 from concurrent import futures
 
@@ -97,6 +98,28 @@ class Engramd:
         self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+class OneServerTest(unittest.TestCase):
+    """A test case with an engramd of its own for each test: `server`, a
+    `channel` to it and an `engram.v1.Engram` `stub`, in a temporary
+    directory `tmp`. A subclass sets `BIN` (the engramd's directory)."""
+
+    BIN = None
+
+    def setUp(self):
+        import grpc
+        from engram_client import pb_grpc
+        self.tmp = tempfile.TemporaryDirectory()
+        self.server = Engramd(self.BIN, self.tmp.name)
+        self.channel = grpc.insecure_channel(self.server.addr)
+        self.stub = pb_grpc.EngramStub(self.channel)
+
+    def tearDown(self):
+        self.channel.close()
+        if self.server.proc.poll() is None:
+            self.server.stop()
+        self.tmp.cleanup()
 
 
 def sanitized(bin_dir):

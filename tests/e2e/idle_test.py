@@ -20,16 +20,14 @@ Usage: idle_test.py BIN_DIR
 """
 import os
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Engramd  # noqa: E402
+from harness import OneServerTest  # noqa: E402
 
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import pb, pb_grpc  # noqa: E402
+from engram_client import pb  # noqa: E402
 
 BIN = sys.argv.pop(1) if len(sys.argv) > 1 else "build/bin"
 DIM = 16
@@ -54,18 +52,8 @@ def wakes(pid):
     return counts
 
 
-class IdleTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.server = Engramd(BIN, self.tmp.name)
-        self.channel = grpc.insecure_channel(self.server.addr)
-        self.stub = pb_grpc.EngramStub(self.channel)
-
-    def tearDown(self):
-        self.channel.close()
-        if self.server.proc.poll() is None:
-            self.server.stop()
-        self.tmp.cleanup()
+class IdleTest(OneServerTest):
+    BIN = BIN
 
     def uhop_store(self, name, min_new_patterns, debounce_ms, patterns):
         store = pb.Store(name=name, dimension=DIM)
