@@ -40,10 +40,14 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
                                                 const Request&, Response*),
                    const Request& request, Response* response,
                    absl::Time deadline, bool stamped = true) {
-  grpc::ClientContext context;
-  pool.Prepare(context, deadline, stamped);
+  auto context = std::make_shared<grpc::ClientContext>();
+  pool.Prepare(*context, deadline, stamped);
+  if (!pool.cutter().Watch(context)) {
+    return absl::CancelledError("the router is stopping");
+  }
   const absl::Time start = SteadyNow();
-  const grpc::Status status = (stub.*method)(&context, request, response);
+  const grpc::Status status = pool.cutter().Unwatch(
+      context.get(), (stub.*method)(context.get(), request, response));
   absl::string_view method_name = Request::descriptor()->name();
   absl::ConsumeSuffix(&method_name, "Request");
   pool.Record(replica, method_name, status, SteadyNow() - start,
@@ -150,7 +154,7 @@ class Fanout {
     CondVar finished;
     bool cancelled ABSL_GUARDED_BY(mu) = false;
     // One per call made, retries included; each outlives its call.
-    std::vector<std::unique_ptr<grpc::ClientContext>> contexts
+    std::vector<std::shared_ptr<grpc::ClientContext>> contexts
         ABSL_GUARDED_BY(mu);
     size_t left ABSL_GUARDED_BY(mu) = 0;
     std::vector<absl::Status> status ABSL_GUARDED_BY(mu);
@@ -160,41 +164,44 @@ class Fanout {
   static void Issue(const std::shared_ptr<Calls>& calls, size_t i,
                     const Replica& replica, const Request* sending,
                     Response* answer, int attempt) {
-    auto owned = std::make_unique<grpc::ClientContext>();
+    auto owned = std::make_shared<grpc::ClientContext>();
     grpc::ClientContext* context = owned.get();
     calls->pool->Prepare(*context, calls->deadline);
     {
       MutexLock lock(&calls->mu);
       // Cancelled before it starts: gRPC cancels it as it starts.
       if (calls->cancelled) context->TryCancel();
-      calls->contexts.push_back(std::move(owned));
+      calls->contexts.push_back(owned);
     }
+    calls->pool->cutter().Watch(std::move(owned));  // Else cancelled.
     const absl::Time sent = SteadyNow();
-    calls->start(
-        replica, context, sending, answer,
-        [calls, i, &replica, sending, answer, sent, attempt](grpc::Status s) {
-          calls->pool->Record(replica, calls->method, s, SteadyNow() - sent,
-                              sending->ByteSizeLong(),
-                              s.ok() ? answer->ByteSizeLong() : 0);
-          if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-              calls->on_unavailable == OnUnavailable::kFailOver &&
-              attempt < kMaxReadAttempts) {
-            const Replica* next =
-                FailOver(*calls->pool, replica, s.error_message());
-            bool cancelled;
-            {
-              MutexLock lock(&calls->mu);
-              cancelled = calls->cancelled;
-            }
-            if (next != nullptr && !cancelled) {
-              Issue(calls, i, *next, sending, answer, attempt + 1);
-              return;
-            }
-          }
-          MutexLock lock(&calls->mu);
-          calls->status[i] = FromShard(s, replica);
-          if (--calls->left == 0) calls->finished.SignalAll();
-        });
+    calls->start(replica, context, sending, answer,
+                 [calls, i, &replica, sending, answer, sent, attempt,
+                  context](grpc::Status s) {
+                   s = calls->pool->cutter().Unwatch(context, std::move(s));
+                   calls->pool->Record(replica, calls->method, s,
+                                       SteadyNow() - sent,
+                                       sending->ByteSizeLong(),
+                                       s.ok() ? answer->ByteSizeLong() : 0);
+                   if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                       calls->on_unavailable == OnUnavailable::kFailOver &&
+                       attempt < kMaxReadAttempts) {
+                     const Replica* next =
+                         FailOver(*calls->pool, replica, s.error_message());
+                     bool cancelled;
+                     {
+                       MutexLock lock(&calls->mu);
+                       cancelled = calls->cancelled;
+                     }
+                     if (next != nullptr && !cancelled) {
+                       Issue(calls, i, *next, sending, answer, attempt + 1);
+                       return;
+                     }
+                   }
+                   MutexLock lock(&calls->mu);
+                   calls->status[i] = FromShard(s, replica);
+                   if (--calls->left == 0) calls->finished.SignalAll();
+                 });
   }
 
   std::vector<Response> responses_;

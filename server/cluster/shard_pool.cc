@@ -122,24 +122,8 @@ ShardPool::~ShardPool() {
     stopping_ = true;
     stop_cv_.SignalAll();
   }
-  {
-    absl::MutexLock lock(&calls_mu_);
-    calls_stopped_ = true;
-    for (grpc::ClientContext* context : calls_) context->TryCancel();
-  }
+  cutter_.Stop();
   if (prober_.joinable()) prober_.join();
-}
-
-bool ShardPool::Track(grpc::ClientContext* context) const {
-  absl::MutexLock lock(&calls_mu_);
-  if (calls_stopped_) return false;
-  calls_.insert(context);
-  return true;
-}
-
-void ShardPool::Untrack(grpc::ClientContext* context) const {
-  absl::MutexLock lock(&calls_mu_);
-  calls_.erase(context);
 }
 
 void ShardPool::Prepare(grpc::ClientContext& context, absl::Time deadline,
@@ -512,18 +496,9 @@ absl::Status Call(const ShardPool& pool, const Replica& replica,
                   grpc::Status (engram::v1::Engram::Stub::*method)(
                       grpc::ClientContext*, const Request&, Response*),
                   const Request& request, Response* response) {
-  grpc::ClientContext context;
   // Unstamped: a repair's writes are copies, not client writes.
-  pool.Prepare(context, absl::Now() + absl::Seconds(60), /*stamped=*/false);
-  if (!pool.Track(&context)) {
-    return absl::CancelledError("the router is stopping");
-  }
-  const grpc::Status s =
-      ((*replica.engram).*method)(&context, request, response);
-  pool.Untrack(&context);
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                      absl::StrCat(replica.address, ": ", s.error_message()));
+  return Unary(pool, replica, *replica.engram, method, request, response,
+               absl::Now() + absl::Seconds(60), /*stamped=*/false);
 }
 
 // Fits only go forward: whichever of the two replicas holds the newer map

@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -30,6 +29,7 @@
 #include "server/base/mutex.h"
 #include "server/cluster/topology.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/call_cutter.h"
 #include "server/rpc/credentials.h"
 #include "server/rpc/tls_files.h"
 
@@ -157,10 +157,10 @@ class ShardPool {
   // Replicas repaired since the pool started (for the log and tests).
   size_t repairs() const { return repairs_.load(); }
 
-  // A repair's call: `context` is cancelled if the pool stops meanwhile
-  // (Untrack before it goes); false if the pool is stopping already.
-  bool Track(grpc::ClientContext* context) const;
-  void Untrack(grpc::ClientContext* context) const;
+  // Every call to a shard is watched by it: cut when still out half a
+  // second past its deadline by the steady clock, and when the pool stops
+  // (a repair of a large store must not hold up a router's shutdown).
+  rpc::CallCutter& cutter() const { return cutter_; }
 
  private:
   explicit ShardPool(const ShardPoolOptions& options);
@@ -206,12 +206,7 @@ class ShardPool {
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
-  // Repair calls in flight, cancelled when the pool stops: a repair of a
-  // large store must not hold up a router's shutdown.
-  mutable absl::Mutex calls_mu_;
-  mutable absl::flat_hash_set<grpc::ClientContext*> calls_
-      ABSL_GUARDED_BY(calls_mu_);
-  mutable bool calls_stopped_ ABSL_GUARDED_BY(calls_mu_) = false;
+  mutable rpc::CallCutter cutter_;
   std::thread prober_;
 };
 
