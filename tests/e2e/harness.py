@@ -151,11 +151,13 @@ class IdleCalls:
     """`n` calls of engram.v1.Engram's `method` (a client stream, or
     AddPatterns, streamed unary on the server), each on a channel of its own
     to `addr`: each sends `first` (a serialized message, or nothing) and then
-    holds still until close(), or for `timeout` seconds."""
+    holds still until close(), or for `timeout` seconds. `ended` gets the
+    (code, details) of each call that ended with an error."""
 
     def __init__(self, addr, method, n, first=None, timeout=120):
         import grpc
         self.release = threading.Event()
+        self.ended = []
         self.channels = [grpc.insecure_channel(addr) for _ in range(n)]
         self.threads = []
         for channel in self.channels:
@@ -169,8 +171,8 @@ class IdleCalls:
             def run(call=call, messages=messages):
                 try:
                     call(messages(), timeout=timeout)
-                except grpc.RpcError:
-                    pass
+                except grpc.RpcError as e:
+                    self.ended.append((e.code(), e.details()))
 
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
