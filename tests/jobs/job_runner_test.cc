@@ -270,6 +270,36 @@ namespace {
 // Regression: the scheduler loop and the workers shared one condition
 // variable, so the wake-up for a queued fit could go to the scheduler and the
 // fit stayed queued until some later signal.
+// The scheduler sleeps until a store's debounce ends: an add during it
+// moves the end (the scheduler, woken at the old end, sleeps again), and
+// adds after a fit wake it for the next one.
+TEST_F(JobRunnerTest, AddsDuringTheDebounceMoveTheFitAndLaterAddsFitAgain) {
+  std::shared_ptr<store::Store> s = Create("s", 4, 5, 300);
+  Add(*s, 3, 1);
+  absl::SleepFor(absl::Milliseconds(150));
+  Add(*s, 3, 2);
+  const absl::Time last_add = absl::Now();
+  // The first moment the fit is anything but IDLE.
+  absl::Time left_idle = absl::InfiniteFuture();
+  const FitStatus done = WaitFor("s", [&](const FitStatus& f) {
+    if (f.state() != FitState::IDLE && left_idle == absl::InfiniteFuture()) {
+      left_idle = absl::Now();
+    }
+    return f.state() == FitState::SUCCEEDED;
+  });
+  ASSERT_EQ(done.state(), FitState::SUCCEEDED);
+  EXPECT_EQ(done.patterns_fitted(), 6u);
+  EXPECT_GE(left_idle - last_add,
+            absl::Milliseconds(300) - absl::Milliseconds(5))
+      << "the fit started before the debounce after the last add";
+
+  Add(*s, 3, 3);
+  const FitStatus again =
+      WaitFor("s", [](const FitStatus& f) { return f.map_version() == 2; });
+  EXPECT_EQ(again.map_version(), 2u);
+  EXPECT_EQ(again.patterns_fitted(), 9u);
+}
+
 TEST_F(JobRunnerTest, EveryQueuedFitRunsWhileTheSchedulerTicks) {
   for (int i = 0; i < 20; ++i) {
     std::shared_ptr<store::Store> s =
