@@ -1,15 +1,16 @@
 // Outgoing calls ended by the steady clock when gRPC's deadline does not end
 // them.
 //
-// gRPC 1.51 ends a call at its deadline on a timer thread that waits by the
-// wall clock (through Abseil): while a clock set back catches up, a call to
-// a peer that does not answer is not ended by its deadline, and a router's
-// call to a stopped shard held its client for as long as the step. A
-// CallCutter watches calls in flight and cancels each one still out `grace`
-// past its deadline by the steady clock; a call it cut ends CANCELLED, which
-// Unwatch turns into the DEADLINE_EXCEEDED it missed. It
-// also cancels every call still watched when it stops (a router's shutdown
-// waits for none of them).
+// gRPC 1.51 ends a call at its deadline on a timer thread whose sleep is
+// turned into a wall-clock deadline (through Abseil) when it starts: a clock
+// set back during that sleep holds every timer until the clock catches up,
+// unless a new timer earlier than all the others wakes the thread (a
+// router's probe of a stopped shard was seen held until the clock was set
+// right again). A CallCutter watches calls in flight and cancels each one
+// still out `grace` past its deadline by the steady clock; a call it cut
+// ends CANCELLED, which Unwatch turns into the DEADLINE_EXCEEDED it missed.
+// It also cancels every call still watched when it stops (a router's
+// shutdown waits for none of them).
 //
 //   auto context = std::make_shared<grpc::ClientContext>();
 //   context->set_deadline(...);
