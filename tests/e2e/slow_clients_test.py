@@ -46,20 +46,24 @@ def hold_slots(test, addr, method, n, first, held):
     away ("Server Threadpool Exhausted": its threads were all busy a moment,
     refusing the others) took no slot: another is opened in its place (seen
     once in CI, where one add fewer than the slots waited for 30 s). The
-    IdleCalls opened."""
+    IdleCalls opened, once every call beyond the slots has ended."""
     calls = [IdleCalls(addr, method, 2 * n, first)]
     replaced = 0
     deadline = time.time() + 30
-    while not held():
-        pool = sum("Threadpool Exhausted" in details
-                   for c in calls for _, details in c.ended)
+    while True:
+        ended = [e for c in calls for e in c.ended]
+        pool = sum("Threadpool Exhausted" in details for _, details in ended)
         if pool > replaced:
             calls.append(IdleCalls(addr, method, pool - replaced, first))
             replaced = pool
+        # Every call beyond the n slots has been refused (until then gRPC's
+        # threads may all be busy refusing, and turn the test's own calls
+        # away too), and n hold theirs.
+        elif len(ended) == 2 * n + replaced - n and held():
+            return calls
         test.assertLess(time.time(), deadline, "%s: not all %d slots held; ended: %s" % (
-            method, n, [e for c in calls for e in c.ended]))
+            method, n, ended))
         time.sleep(0.1)
-    return calls
 
 
 class SlowClientsTest(unittest.TestCase):
