@@ -34,6 +34,16 @@ inline absl::Time SteadyNow() {
 }
 
 // The wall-clock `deadline` on the steady clock (infinite stays infinite).
+// A deadline as gRPC holds one (a system_clock time point; "none" is the
+// far future), as an absl::Time on the wall clock: InfiniteFuture for none
+// and for one more than a day away.
+inline absl::Time WallDeadline(std::chrono::system_clock::time_point deadline) {
+  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
 inline absl::Time SteadyDeadline(absl::Time deadline) {
   if (deadline == absl::InfiniteFuture()) return deadline;
   return SteadyNow() + (deadline - absl::Now());

@@ -1,7 +1,6 @@
 #include "server/rpc/call.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "server/base/clip.h"
@@ -312,16 +311,12 @@ grpc::Status Call::Done(const absl::Status& status) {
   return ToGrpc(status);
 }
 
-// Stops retrieval between tiles when the client gives up or the deadline
-// passes.
 absl::Time DeadlineOf(const grpc::ServerContextBase* context) {
-  const auto deadline = context->deadline();
-  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24)) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
+  return WallDeadline(context->deadline());
 }
 
+// Stops retrieval between tiles when the client gives up or the deadline
+// passes.
 std::function<absl::Status()> DeadlineCheck(
     const grpc::ServerContextBase* context) {
   // The deadline on the steady clock, once: by the wall clock a clock set

@@ -22,11 +22,7 @@ CallCutter::~CallCutter() {
 
 absl::Time CallCutter::Cutoff(std::chrono::system_clock::time_point deadline,
                               absl::Duration grace) {
-  const absl::Time wall = absl::FromChrono(deadline);
-  // None set: gRPC's deadline is then the far future.
-  if (wall >= absl::Now() + absl::Hours(24 * 365))
-    return absl::InfiniteFuture();
-  return SteadyDeadline(wall) + grace;
+  return SteadyDeadline(WallDeadline(deadline)) + grace;  // None: never.
 }
 
 bool CallCutter::Watch(std::shared_ptr<grpc::ClientContext> context) {

@@ -58,7 +58,7 @@ class CallCutter {
   void Stop();
 
   // When a call with `deadline` (a ClientContext's) is cut: `grace` past
-  // it on SteadyNow()'s clock; never when it has none.
+  // it on SteadyNow()'s clock; never when it has none (WallDeadline).
   static absl::Time Cutoff(std::chrono::system_clock::time_point deadline,
                            absl::Duration grace);
 
