@@ -146,7 +146,8 @@ void ShardPool::Prepare(grpc::ClientContext& context, absl::Time deadline,
 absl::Status ShardPool::Probe() {
   // Every replica at once: a slow one costs one timeout, not one each.
   struct Probed {
-    grpc::ClientContext context;
+    std::shared_ptr<grpc::ClientContext> context =
+        std::make_shared<grpc::ClientContext>();
     v1::DescribeRequest request;
     v1::ShardDescription response;
     grpc::Status status;
@@ -158,42 +159,28 @@ absl::Status ShardPool::Probe() {
   for (const auto& group : groups_) {
     for (const auto& replica : group) {
       auto p = std::make_unique<Probed>();
-      Prepare(p->context, absl::Now() + options_.probe_timeout);
+      Prepare(*p->context, absl::Now() + options_.probe_timeout);
       ++left;
-      replica->shard->async()->Describe(&p->context, &p->request, &p->response,
-                                        [&, probe = p.get()](grpc::Status s) {
-                                          MutexLock lock(&done_mu);
-                                          probe->status = std::move(s);
-                                          --left;
-                                          done_cv.SignalAll();
-                                        });
+      // gRPC's deadline ends a probe that gets no answer, on a timer thread
+      // a wall clock set back can hold (call_cutter.h): it held every probe
+      // of a stopped shard, and a router noticed nothing for as long as the
+      // step. The cutter ends it by the steady clock.
+      cutter_.Watch(p->context);  // Else cancelled: the pool is stopping.
+      replica->shard->async()->Describe(
+          p->context.get(), &p->request, &p->response,
+          [&, probe = p.get()](grpc::Status s) {
+            s = cutter_.Unwatch(probe->context.get(), std::move(s));
+            MutexLock lock(&done_mu);
+            probe->status = std::move(s);
+            --left;
+            done_cv.SignalAll();
+          });
       probes.push_back(std::move(p));
     }
   }
   {
     MutexLock lock(&done_mu);
-    auto all_done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(done_mu) {
-      return left == 0;
-    };
-    // gRPC's deadline ends a probe that gets no answer, on gRPC's timer
-    // thread, which waits by the wall clock (Abseil's): set back, the clock
-    // held every probe of a stopped shard, so that a router noticed nothing
-    // for as long as the step. A little after the deadline by the steady
-    // clock, what is still out is cancelled here.
-    if (!done_cv.AwaitWithTimeout(
-            &done_mu, all_done,
-            options_.probe_timeout + absl::Milliseconds(500))) {
-      for (const std::unique_ptr<Probed>& p : probes) p->context.TryCancel();
-      while (!all_done()) done_cv.Wait(&done_mu);
-      for (const std::unique_ptr<Probed>& p : probes) {
-        if (p->status.error_code() == grpc::StatusCode::CANCELLED) {
-          p->status = grpc::Status(
-              grpc::StatusCode::DEADLINE_EXCEEDED,
-              absl::StrCat("no answer within the probe's ",
-                           absl::FormatDuration(options_.probe_timeout)));
-        }
-      }
-    }
+    while (left > 0) done_cv.Wait(&done_mu);
   }
   absl::Status wrong;
   size_t k = 0;
