@@ -42,6 +42,7 @@
 #include "server/base/file_text.h"
 #include "server/base/mutex.h"
 #include "server/base/standard_descriptors.h"
+#include "server/base/steady_clock.h"
 
 ABSL_FLAG(std::optional<std::string>, addr, std::nullopt,
           "engramd address HOST:PORT or unix:PATH (else $ENGRAM_ADDR, if "
@@ -491,7 +492,7 @@ void Add(const std::vector<std::string>& args) {
   std::unique_ptr<Client> client = Connect();
   CheckDimension(*client, args[0], args[1], m.cols);
   const bool tty = isatty(STDERR_FILENO);
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   absl::StatusOr<v1::ImportPatternsResponse> done = client->Import(
       args[0], m.data, m.cols, labels, absl::GetFlag(FLAGS_batch),
       [&](size_t sent) {
@@ -506,7 +507,7 @@ void Add(const std::vector<std::string>& args) {
         absl::StrFormat(
             "added %u patterns (ids %u..%u) to %s in %.2fs; it holds %u\n",
             done->patterns_added(), done->first_id(), done->last_id(), args[0],
-            absl::ToDoubleSeconds(absl::Now() - start), done->pattern_count()));
+            absl::ToDoubleSeconds(SteadyNow() - start), done->pattern_count()));
 }
 
 void PatternsList(const std::vector<std::string>& args) {

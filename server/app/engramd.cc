@@ -25,6 +25,7 @@
 #include "server/base/log.h"
 #include "server/base/mib.h"
 #include "server/base/mutex.h"
+#include "server/base/steady_clock.h"
 #include "server/cluster/router.h"
 #include "server/cluster/shard_service.h"
 #include "server/core/blas.h"
@@ -50,7 +51,7 @@ std::string BoundAddress(const std::string& listen, int port) {
 // Loads every store; logs the damaged ones and counts what was loaded.
 absl::Status LoadStores(store::StoreRegistry& registry,
                         metrics::Metrics& metrics) {
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   if (absl::Status status = registry.Load(); !status.ok()) return status;
   for (const store::StoreRegistry::DamagedStore& d : registry.Damaged()) {
     Log(LogLevel::kError, "store '%s' is damaged and out of service: %s",
@@ -69,7 +70,7 @@ absl::Status LoadStores(store::StoreRegistry& registry,
   }
   Log(LogLevel::kInfo, "loaded %zu stores, %zu patterns, %zu damaged in %.3fs",
       stores, patterns, registry.Damaged().size(),
-      absl::ToDoubleSeconds(absl::Now() - start));
+      absl::ToDoubleSeconds(SteadyNow() - start));
   return absl::OkStatus();
 }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/store/backup.h"
 #include "server/store/registry.h"
 
@@ -52,7 +53,7 @@ absl::Status RestoreServer(const std::string& backup_dir,
                            store::RocksDbOptions storage,
                            const store::Limits& limits) {
   namespace fs = std::filesystem;
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   const fs::path target = storage.path;
   std::error_code error;
   if (fs::exists(target, error) && !fs::is_empty(target, error)) {
@@ -91,7 +92,7 @@ absl::Status RestoreServer(const std::string& backup_dir,
       "restored %d stores (%d patterns) from the backup in %s, taken %s by "
       "engram %s, in %.1f s",
       manifest->stores_size(), *patterns, backup_dir, manifest->create_time(),
-      manifest->engram_version(), absl::ToDoubleSeconds(absl::Now() - start));
+      manifest->engram_version(), absl::ToDoubleSeconds(SteadyNow() - start));
   return absl::OkStatus();
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/base/clip.h"
+#include "server/base/steady_clock.h"
 #include "server/cluster/map_record.h"
 #include "server/cluster/shard_calls.h"
 #include "server/core/feature_map.h"
@@ -273,8 +274,8 @@ absl::Status ClusterJobs::Fit(const api::Store& merged,
       DescribedSettings(merged, options_.limits);
   if (!settings.ok()) return settings.status();
   const size_t d = settings->dimension;
-  const absl::Time start = absl::Now();
-  const absl::Time deadline = start + absl::Minutes(5);
+  const absl::Time start = SteadyNow();
+  const absl::Time deadline = absl::Now() + absl::Minutes(5);
   uint64_t total = 0;
   absl::StatusOr<std::vector<float>> rows =
       Sample(name, d, settings->feature_map.batch_size,
@@ -312,7 +313,7 @@ absl::Status ClusterJobs::Fit(const api::Store& merged,
   record.set_loss_before(fit->loss_before);
   record.set_loss_after(fit->loss_after);
   record.set_epochs(fit->epochs);
-  record.set_duration_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  record.set_duration_seconds(absl::ToDoubleSeconds(SteadyNow() - start));
   record.set_patterns_fitted(total);
   if (job->cancel) return absl::CancelledError("fit cancelled");
   // A group none of whose replicas took it fails the fit.

@@ -6,6 +6,7 @@
 
 #include "absl/time/clock.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 
 namespace engram::jobs {
 
@@ -32,7 +33,7 @@ size_t ExpirySweeper::SweepOnce() {
   if (!stores.ok()) return 0;  // Still loading.
   size_t total = 0;
   for (const std::shared_ptr<store::Store>& s : *stores) {
-    const absl::Time start = absl::Now();
+    const absl::Time start = SteadyNow();
     absl::StatusOr<size_t> reclaimed = s->ReclaimExpired();
     if (reclaimed.ok() && *reclaimed == 0) continue;
     if (!reclaimed.ok()) {
@@ -42,7 +43,7 @@ size_t ExpirySweeper::SweepOnce() {
           reclaimed.status().ToString());
       continue;
     }
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    const double seconds = absl::ToDoubleSeconds(SteadyNow() - start);
     if (observer_) observer_(s->name(), *reclaimed, seconds);
     Log(LogLevel::kDebug, "expiry: store '%s': %d patterns reclaimed in %.3fs",
         s->name(), *reclaimed, seconds);

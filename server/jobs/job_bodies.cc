@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/time/clock.h"
+#include "server/base/steady_clock.h"
 #include "server/core/calibration.h"
 #include "server/core/uhop_fit.h"
 
@@ -37,14 +38,13 @@ void SetTime(absl::Time time, google::protobuf::Timestamp& out) {
 }
 
 // The report of a calibration, in the API's terms (the only place the
-// core's result becomes a report).
+// core's result becomes a report); `start` is SteadyNow() when it began.
 v1::CalibrationReport ReportOf(const core::CalibrationResult& r,
                                const core::CalibrationOptions& options,
                                uint64_t store_version, uint64_t pattern_count,
                                absl::Time start) {
-  const absl::Time now = absl::Now();
   v1::CalibrationReport report;
-  SetTime(now, *report.mutable_time());
+  SetTime(absl::Now(), *report.mutable_time());
   report.set_store_version(store_version);
   report.set_pattern_count(pattern_count);
   report.set_corruption(store::CorruptionToProto(options.corruption));
@@ -63,7 +63,7 @@ v1::CalibrationReport ReportOf(const core::CalibrationResult& r,
   report.set_sample_size(static_cast<uint32_t>(r.sample_size));
   report.set_memories_used(r.memories_used);
   report.set_candidates(static_cast<uint32_t>(r.evaluated.size()));
-  report.set_duration_seconds(absl::ToDoubleSeconds(now - start));
+  report.set_duration_seconds(absl::ToDoubleSeconds(SteadyNow() - start));
   return report;
 }
 
@@ -87,7 +87,7 @@ absl::StatusOr<store::FitRecord> RunFit(
     store::Store& store, const store::StoreView& view,
     absl::FunctionRef<absl::Status(uint32_t epoch, double loss)> progress) {
   const store::StoreSettings& settings = view.settings();
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   const core::FeatureMap initial = core::FeatureMap::RandomNormal(
       settings.dimension, store::FeatureDim(settings),
       settings.feature_map.seed);
@@ -100,7 +100,7 @@ absl::StatusOr<store::FitRecord> RunFit(
   record.loss_before = fit->loss_before;
   record.loss_after = fit->loss_after;
   record.epochs = fit->epochs;
-  record.duration_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  record.duration_seconds = absl::ToDoubleSeconds(SteadyNow() - start);
   record.patterns_fitted = view.size();
   if (absl::Status status = store.PublishMap(
           std::make_shared<core::FeatureMap>(std::move(fit->map)), record);
@@ -120,7 +120,7 @@ absl::StatusOr<v1::CalibrationReport> CalibrateOn(
     if (cancel) return absl::CancelledError("calibration cancelled");
     return absl::OkStatus();
   };
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   absl::StatusOr<core::CalibrationResult> result =
       core::Calibrate(memories, settings.retrieval, options);
   if (!result.ok()) return result.status();

@@ -437,7 +437,7 @@ void JobRunner::RunFit(const Queued& job) {
     view = Claim(job, cancel, store);
     if (view == nullptr) return;
   }
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   absl::StatusOr<store::FitRecord> record =
       jobs::RunFit(*store, *view, [&](uint32_t epoch, double loss) {
         MutexLock lock(&mu_);
@@ -447,7 +447,7 @@ void JobRunner::RunFit(const Queued& job) {
           e->fit.set_epoch(epoch);
           e->fit.set_loss_after(loss);  // The running epoch's batch.
           e->fit.set_duration_seconds(
-              absl::ToDoubleSeconds(absl::Now() - start));
+              absl::ToDoubleSeconds(SteadyNow() - start));
           Changed(e->fit_slot);
         }
         return absl::OkStatus();
@@ -461,7 +461,7 @@ void JobRunner::RunFit(const Queued& job) {
   e->fit_slot.running = false;
   e->fit_slot.cancel.reset();
   v1::FitStatus& s = e->fit;
-  s.set_duration_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  s.set_duration_seconds(absl::ToDoubleSeconds(SteadyNow() - start));
   Ended(record.status(), s);
   if (record.ok()) {
     s.set_map_version(record->version);

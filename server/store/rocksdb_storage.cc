@@ -21,6 +21,7 @@
 #include "rocksdb/sst_file_reader.h"
 #include "rocksdb/write_batch.h"
 #include "server/base/log.h"
+#include "server/base/steady_clock.h"
 #include "server/store/internal/little_endian.h"
 #include "server/store/internal/wal_scan.h"
 #include "server/store/records.h"
@@ -673,7 +674,7 @@ absl::Status RocksDbStorage::MigrateFromLayout1() {
   // Each store is copied into its own family; one final synced batch writes
   // the marker and deletes the old keys, so an interrupted migration leaves
   // the old layout intact and starts over.
-  const absl::Time start = absl::Now();
+  const absl::Time start = SteadyNow();
   for (auto& [name, handle] : families_) {
     if (absl::Status status = FromRocks(db_->DropColumnFamily(handle),
                                         "migration: dropping a partial copy");
@@ -770,7 +771,7 @@ absl::Status RocksDbStorage::MigrateFromLayout1() {
       "migrated ", stores.size(), " stores (", patterns,
       " patterns) from the engram 0.1 layout to one column family per store "
       "in ",
-      absl::FormatDuration(absl::Now() - start),
+      absl::FormatDuration(SteadyNow() - start),
       damaged ? absl::StrCat("; ", damaged, " were unreadable and are DAMAGED")
               : "");
   return absl::OkStatus();
