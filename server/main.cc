@@ -475,6 +475,13 @@ int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
   absl::FailureSignalHandlerOptions options;
   absl::InstallFailureSignalHandler(options);
+  // Log lines still queued when engramd fails (gRPC's failed checks log
+  // why, then abort) go to stderr ahead of Abseil's report.
+  if (!engram::app::RunFirstOnFailure(
+          &engram::app::LogWriter::WriteQueuedAtFailure)) {
+    std::perror("engramd: installing the failure signal handlers");
+    return 1;
+  }
   // A write to a pipe or socket nobody reads any more (stderr's reader
   // gone) fails with EPIPE instead of ending the process.
   std::signal(SIGPIPE, SIG_IGN);

@@ -1,6 +1,8 @@
 #include "server/app/log_writer.h"
 
+#include <limits.h>
 #include <poll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -8,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "server/base/log.h"
 
@@ -15,8 +18,9 @@ namespace engram::app {
 
 namespace {
 
-// All of `bytes` to `fd`, or false when the file refuses them.
-bool WriteAll(int fd, const std::string& bytes) {
+// All of `bytes` to `fd`, or false when the file refuses them. Safe in a
+// signal handler (write and poll only).
+bool WriteAll(int fd, absl::string_view bytes) {
   size_t at = 0;
   while (at < bytes.size()) {
     const ssize_t n = write(fd, bytes.data() + at, bytes.size() - at);
@@ -93,6 +97,41 @@ void LogWriter::Dropped(size_t lines) {
   if (count) count(lines);
 }
 
+void LogWriter::WriteQueuedAtFailure() {
+  if (stderr_writer != nullptr) stderr_writer->WriteQueuedNow(STDERR_FILENO);
+}
+
+size_t LogWriter::WriteQueuedNow(int fd) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  // Only tries, for up to a tenth of a second: the writer's thread holds
+  // the lock for moments only, but the failing thread may be the one
+  // holding it (a failure inside Write), and a signal handler must not
+  // wait for that.
+  bool locked = mu_.TryLock();
+  for (int i = 0; !locked && i < 100; ++i) {
+    const timespec millisecond{0, 1000000};
+    nanosleep(&millisecond, nullptr);
+    locked = mu_.TryLock();
+  }
+  if (!locked) {
+    WriteAll(fd,
+             "*** engramd failed while its log queue was locked: the lines "
+             "still queued are lost ***\n");
+    return 0;
+  }
+  // The lines the writer's thread is writing go with it when the failure
+  // interrupted that thread (its write never finishes); else that write
+  // goes on as the reader reads, and this lock, never released, keeps the
+  // thread from writing any more.
+  const bool own =
+      std::this_thread::get_id() == thread_.get_id() && in_flight_ != nullptr;
+  if (queue_.empty() && !own) return 0;
+  // Fixed text only: formatting would allocate.
+  WriteAll(fd, "*** engramd's log lines not written before the failure: ***\n");
+  if (own) WriteAll(fd, *in_flight_);
+  for (const std::string& line : queue_) WriteAll(fd, line);
+  return queue_.size() + (own ? in_flight_lines_ : 0);
+}
+
 bool LogWriter::Flush(absl::Duration timeout) {
   MutexLock lock(&mu_);
   const uint64_t target = accepted_;
@@ -118,26 +157,36 @@ void LogWriter::OnDropped(std::function<void(size_t lines)> count) {
 }
 
 void LogWriter::Run() {
-  std::deque<std::string> batch;
-  std::string bytes;
+  std::string chunk;
   for (;;) {
-    uint64_t taken;
+    size_t lines = 0;
     uint64_t unreported;
     {
       MutexLock lock(&mu_);
+      in_flight_ = nullptr;
       while (queue_.empty() && !stopping_) cv_.Wait(&mu_);
       if (queue_.empty()) return;  // Stopping, and all written.
-      batch.swap(queue_);
-      queued_bytes_ = 0;
-      taken = accepted_;
+      // Whole lines, at most PIPE_BUF bytes of them (a longer line alone):
+      // a pipe takes such a write whole, so another writer's bytes (a
+      // failure report) fall between lines; and what is not written yet
+      // stays in the queue, where a failure finds it (WriteQueuedNow).
+      chunk.clear();
+      while (
+          !queue_.empty() &&
+          (chunk.empty() || chunk.size() + queue_.front().size() <= PIPE_BUF)) {
+        chunk += queue_.front();
+        queued_bytes_ -= queue_.front().size();
+        queue_.pop_front();
+        ++lines;
+      }
+      in_flight_ = &chunk;
+      in_flight_lines_ = lines;
       unreported = unreported_;
       unreported_ = 0;
     }
-    bytes.clear();
-    for (const std::string& line : batch) bytes += line;
-    const bool written = WriteAll(fd_, bytes);
+    const bool written = WriteAll(fd_, chunk);
     if (!written) {
-      Dropped(batch.size());
+      Dropped(lines);
     } else if (unreported > 0) {
       WriteAll(fd_, LogLine(LogLevel::kWarning,
                             absl::StrCat(unreported,
@@ -147,10 +196,9 @@ void LogWriter::Run() {
                                          max_queued_bytes_ >> 10, " KiB)"),
                             absl::Now()));
     }
-    batch.clear();
     {
       MutexLock lock(&mu_);
-      done_ = taken;
+      done_ += lines;
       // Said once lines are written again.
       if (!written) unreported_ += unreported;
     }

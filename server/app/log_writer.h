@@ -47,6 +47,9 @@ class LogWriter {
   // (engram::SetLogSink); it lives until the process ends, and at exit
   // what is queued gets up to two seconds to be written.
   static LogWriter* ForStderr();
+  // From a failure signal handler (RunFirstOnFailure, signals.h): the
+  // lines ForStderr's writer still holds go to stderr (WriteQueuedNow).
+  static void WriteQueuedAtFailure();
 
   // Queues `line` (one whole line, ending in '\n'), or drops it when the
   // queue is full. Never waits for the file.
@@ -54,6 +57,14 @@ class LogWriter {
   // Waits until every line queued before the call is written (or refused
   // by the file), at most `timeout`; whether they were.
   bool Flush(absl::Duration timeout);
+  // From a failure signal handler: writes the lines still queued to `fd`
+  // from the calling thread (with those the writer's thread was writing,
+  // when the failure interrupted it), allocating nothing, after a line
+  // saying so;
+  // when the queue's lock is held (the failing thread may hold it), says
+  // that instead. Leaves the lock held: nothing is written twice, and the
+  // process is ending. Returns the lines written.
+  size_t WriteQueuedNow(int fd);
   // Lines dropped since the start: the queue full, or the file refusing.
   uint64_t dropped() const;
   // `count` is called with each number of lines dropped (first with those
@@ -71,6 +82,9 @@ class LogWriter {
   CondVar cv_;
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // The lines the writer's thread is writing (none: null), and how many.
+  const std::string* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
+  size_t in_flight_lines_ ABSL_GUARDED_BY(mu_) = 0;
   // Lines accepted, and of those the ones written or refused (in order).
   uint64_t accepted_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t done_ ABSL_GUARDED_BY(mu_) = 0;

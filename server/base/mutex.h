@@ -48,6 +48,9 @@ class ABSL_LOCKABLE Mutex {
 
 #ifdef ENGRAM_STD_MUTEX
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
+  bool TryLock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
+    return mu_.try_lock();
+  }
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.lock_shared(); }
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock_shared(); }
@@ -56,6 +59,7 @@ class ABSL_LOCKABLE Mutex {
   std::shared_mutex mu_;
 #else
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.Lock(); }
+  bool TryLock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) { return mu_.TryLock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.Unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.ReaderLock(); }
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.ReaderUnlock(); }

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -169,6 +172,65 @@ TEST(LogWriterTest, TakesALongLineWhenTheQueueIsEmpty) {
   ASSERT_TRUE(writer.Flush(absl::Seconds(60)));
   EXPECT_EQ(pipe.ReadAll(), line);
   EXPECT_EQ(writer.dropped(), 0u);
+}
+
+// A failing process (a fatal signal) writes the lines still queued from its
+// signal handler: with the writer's thread stuck on a reader that stopped,
+// the lines it holds reach the file once the reader reads again, the ones
+// queued behind them come from WriteQueuedNow, and together they are every
+// line, each once, in order.
+TEST(LogWriterDeathTest, AFailureWritesTheLinesStillQueued) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        Pipe pipe;
+        pipe.Fill();
+        Pipe failure;
+        // Never destroyed: WriteQueuedNow leaves its lock held.
+        auto* writer = new LogWriter(pipe.write_end, 1 << 20);
+        constexpr int kLines = 100;
+        writer->Write(Line(0));
+        // The writer's thread takes line 0 and waits on the full pipe;
+        // later lines stay queued (were it slower, it would take more).
+        absl::SleepFor(absl::Milliseconds(100));
+        for (int i = 1; i < kLines; ++i) writer->Write(Line(i));
+        const size_t queued = writer->WriteQueuedNow(failure.write_end);
+        const std::string at_failure = failure.ReadAll();
+        // The reader reads again: what the writer's thread held follows.
+        std::string held;
+        const absl::Time deadline = absl::Now() + absl::Seconds(30);
+        auto lines_in = [](const std::string& text) {
+          std::vector<std::string> out;
+          for (absl::string_view line :
+               absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+            if (absl::StartsWith(line, "line ")) out.emplace_back(line);
+          }
+          return out;
+        };
+        while (lines_in(held).size() + queued < kLines &&
+               absl::Now() < deadline) {
+          held += pipe.ReadAll();
+          absl::SleepFor(absl::Milliseconds(1));
+        }
+        std::vector<std::string> all = lines_in(held);
+        const std::vector<std::string> written = lines_in(at_failure);
+        all.insert(all.end(), written.begin(), written.end());
+        std::vector<std::string> expected;
+        for (int i = 0; i < kLines; ++i) {
+          expected.push_back(std::string(absl::StripSuffix(Line(i), "\n")));
+        }
+        const bool headed =
+            queued == 0 ||
+            absl::StartsWith(at_failure,
+                             "*** engramd's log lines not written before "
+                             "the failure: ***\n");
+        std::fprintf(stderr, "%zu queued; %s\n", queued,
+                     all == expected && headed && queued > 0
+                         ? "every line once, in order"
+                         : "lines lost, repeated or out of order");
+        std::abort();
+      },
+      "[1-9][0-9]* queued; every line once, in order");
 }
 
 }  // namespace

@@ -183,6 +183,51 @@ class LoggingTest(unittest.TestCase):
         self.assertEqual(len(refused) + dropped, calls)
         self.assertTrue(any("shutting down" in r["msg"] for r in logged))
 
+    def test_a_failure_writes_the_lines_still_queued(self):
+        """A failing engramd (a fatal signal; gRPC's failed checks log why
+        and then abort) lost the lines still queued behind a slow reader:
+        the ones saying why. Now they follow Abseil's report on stderr."""
+        import signal
+        proc, read_end, startup, addr, metrics = self.start_on_a_pipe()
+        records(startup)
+        calls = 1500  # Far more lines than the pipe holds, fewer than the queue.
+        with Client(addr, timeout=10, retries=0) as c:
+            for i in range(calls):
+                with self.assertRaises(grpc.RpcError) as refused:
+                    c.get_store("queued-%d-%s" % (i, "x" * 40))
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(metric(metrics, "engram_log_lines_dropped_total"), 0)
+        os.kill(proc.pid, signal.SIGSEGV)
+        # The handler takes the queue before its first write, which waits
+        # for the reader (Abseil's 3 s alarm starts only after it): reading
+        # at once could let the writer's thread write everything first.
+        time.sleep(0.5)
+        text = b""
+        deadline = time.time() + 60
+        while True:
+            self.assertLess(time.time(), deadline, text[-2000:])
+            if select.select([read_end], [], [], 1)[0]:
+                chunk = os.read(read_end, 1 << 16)
+                if not chunk:
+                    break
+                text += chunk
+        os.close(read_end)
+        self.assertEqual(proc.wait(timeout=60), -signal.SIGSEGV)
+        text = text.decode(errors="replace")
+        header = text.find("*** engramd's log lines not written before the failure: ***")
+        report = text.find("*** SIGSEGV received")
+        last = text.find("queued-%d-" % (calls - 1))
+        self.assertGreaterEqual(header, 0, text[-3000:])
+        self.assertGreater(last, header, text[-3000:])
+        self.assertGreater(report, last, text[-3000:])
+        # Every line once and whole (the writer's thread and the handler
+        # may both be writing when the reader reads again: whole lines
+        # between each other's).
+        logged = [json.loads(line)["msg"] for line in text.splitlines() if line.startswith("{")]
+        numbers = sorted(int(re.search(r"queued-(\d+)-", m).group(1)) for m in logged
+                         if "queued-" in m)
+        self.assertEqual(numbers, list(range(calls)))
+
     def test_a_reader_that_goes_away_ends_nothing(self):
         """A log reader gone (a closed pipe) killed engramd with SIGPIPE at
         its next line; now the line is dropped and counted."""
