@@ -476,8 +476,9 @@ int main(int argc, char** argv) {
   absl::FailureSignalHandlerOptions options;
   absl::InstallFailureSignalHandler(options);
   // Log lines still queued when engramd fails (gRPC's failed checks log
-  // why, then abort) go to stderr ahead of Abseil's report.
-  if (!engram::app::RunFirstOnFailure(
+  // why, then abort) and the failing thread's stack go to stderr ahead of
+  // Abseil's report.
+  if (!engram::app::ReportFailuresFirst(
           &engram::app::LogWriter::WriteQueuedAtFailure)) {
     std::perror("engramd: installing the failure signal handlers");
     return 1;

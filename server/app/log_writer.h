@@ -47,7 +47,7 @@ class LogWriter {
   // (engram::SetLogSink); it lives until the process ends, and at exit
   // what is queued gets up to two seconds to be written.
   static LogWriter* ForStderr();
-  // From a failure signal handler (RunFirstOnFailure, signals.h): the
+  // From a failure signal handler (ReportFailuresFirst, signals.h): the
   // lines ForStderr's writer still holds go to stderr (WriteQueuedNow).
   static void WriteQueuedAtFailure();
 

@@ -1,11 +1,17 @@
 #include "server/app/signals.h"
 
+#include <execinfo.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
+
+#include "absl/debugging/symbolize.h"
 
 namespace engram::app {
 
@@ -39,10 +45,59 @@ constexpr int kFailureSignals[] = {SIGSEGV, SIGILL, SIGFPE,
                                    SIGABRT, SIGBUS, SIGTRAP};
 struct sigaction previous_failure_handlers[NSIG];
 void (*run_first)() = nullptr;
+int failure_seconds = 5;
 std::atomic<bool> failed{false};
+volatile sig_atomic_t failed_signal = 0;
+
+void WriteText(const char* text, size_t size) {
+  while (size > 0) {
+    const ssize_t n = write(STDERR_FILENO, text, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    text += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+// The failing thread's stack, from this handler's frame down, each frame
+// by its function's name where the symbol tables know it.
+void WriteStack(int signal) {
+  char line[640];
+  int n = std::snprintf(line, sizeof(line),
+                        "*** engramd failed (signal %d); the failing "
+                        "thread's stack: ***\n",
+                        signal);
+  WriteText(line, static_cast<size_t>(n));
+  void* frames[64];
+  const int depth = backtrace(frames, 64);
+  for (int i = 0; i < depth; ++i) {
+    char name[512] = "(unknown)";
+    absl::Symbolize(frames[i], name, sizeof(name));
+    n = std::snprintf(line, sizeof(line), "    @ %p  %s\n", frames[i], name);
+    WriteText(line, std::min(static_cast<size_t>(n), sizeof(line) - 1));
+  }
+}
+
+// Past the failure's time: the process ends by its signal, unblocked here
+// (the failing thread, inside its handler, blocks it).
+void OnFailureTimeout(int) {
+  const int signal = failed_signal;
+  std::signal(signal, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, signal);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  raise(signal);
+}
 
 void OnFailure(int signal, siginfo_t* info, void* context) {
-  if (!failed.exchange(true)) run_first();
+  if (!failed.exchange(true)) {
+    failed_signal = signal;
+    std::signal(SIGALRM, OnFailureTimeout);
+    alarm(static_cast<unsigned>(failure_seconds));
+    run_first();
+    WriteStack(signal);
+  }
   const struct sigaction& previous = previous_failure_handlers[signal];
   if ((previous.sa_flags & SA_SIGINFO) != 0) {
     previous.sa_sigaction(signal, info, context);
@@ -57,8 +112,12 @@ void OnFailure(int signal, siginfo_t* info, void* context) {
 
 }  // namespace
 
-bool RunFirstOnFailure(void (*first)()) {
+bool ReportFailuresFirst(void (*first)(), int seconds) {
   run_first = first;
+  failure_seconds = seconds;
+  // The first backtrace() loads the unwinder (libgcc_s): not in a handler.
+  void* warm[2];
+  backtrace(warm, 2);
   for (int signal : kFailureSignals) {
     struct sigaction action = {};
     if (sigaction(signal, nullptr, &previous_failure_handlers[signal]) != 0) {

@@ -12,10 +12,12 @@
 //
 // Thread-safe: the handler only writes to the pipe.
 //
-// Abseil's failure report on a fatal signal can fail half way (a stack
-// walked from a thread interrupted in libc met a bogus frame pointer, and
-// the report's own fault ended the process), so what must reach stderr
-// when engramd fails goes first: RunFirstOnFailure.
+// Abseil's failure report walks the stack by frame pointers, which
+// engramd's optimised code and the system's libraries do not keep: its
+// trace ends after a frame or two at a bogus address. glibc's backtrace()
+// unwinds by the unwind tables every object carries, across the signal
+// frame; ReportFailuresFirst writes that trace, and what else must reach
+// stderr, ahead of Abseil's report.
 #ifndef ENGRAM_SERVER_APP_SIGNALS_H_
 #define ENGRAM_SERVER_APP_SIGNALS_H_
 
@@ -27,11 +29,15 @@ bool CatchSignals();
 // Blocks until SIGTERM, SIGINT or SIGHUP; returns the signal.
 int WaitForSignal();
 
-// Makes `first` run ahead of the handler in place for each failure signal
-// (SIGSEGV, SIGILL, SIGFPE, SIGABRT, SIGBUS, SIGTRAP; in engramd, Abseil's
-// failure report), on the first failure only; call after installing that
-// handler. `first` runs in a signal handler. False if installing failed.
-bool RunFirstOnFailure(void (*first)());
+// Ahead of the handler in place for each failure signal (SIGSEGV, SIGILL,
+// SIGFPE, SIGABRT, SIGBUS, SIGTRAP; in engramd, Abseil's failure report),
+// on the first failure: `first` (engramd: the log lines still queued),
+// then the failing thread's stack, unwound from the unwind tables and
+// symbolized. Both within `seconds`: past that (a stalled stderr reader,
+// a lock the failure left held) the process ends by that signal, as a
+// failed process must. Call after installing that handler; false if
+// installing failed. `first` runs in a signal handler.
+bool ReportFailuresFirst(void (*first)(), int seconds = 5);
 
 }  // namespace engram::app
 

@@ -186,7 +186,8 @@ class LoggingTest(unittest.TestCase):
     def test_a_failure_writes_the_lines_still_queued(self):
         """A failing engramd (a fatal signal; gRPC's failed checks log why
         and then abort) lost the lines still queued behind a slow reader:
-        the ones saying why. Now they follow Abseil's report on stderr."""
+        the ones saying why. Now they reach stderr first, then the failing
+        thread's stack, then Abseil's report."""
         import signal
         proc, read_end, startup, addr, metrics = self.start_on_a_pipe()
         records(startup)
@@ -215,11 +216,16 @@ class LoggingTest(unittest.TestCase):
         self.assertEqual(proc.wait(timeout=60), -signal.SIGSEGV)
         text = text.decode(errors="replace")
         header = text.find("*** engramd's log lines not written before the failure: ***")
+        stack = text.find("*** engramd failed (signal 11); the failing thread's stack: ***")
         report = text.find("*** SIGSEGV received")
         last = text.find("queued-%d-" % (calls - 1))
         self.assertGreaterEqual(header, 0, text[-3000:])
         self.assertGreater(last, header, text[-3000:])
-        self.assertGreater(report, last, text[-3000:])
+        self.assertGreater(stack, last, text[-3000:])
+        self.assertGreater(report, stack, text[-3000:])
+        # The stack, unwound by the unwind tables, names engramd's frames
+        # down to main (Abseil's own walk stops a frame or two in).
+        self.assertIn("engram::app::RunEngramd()", text[stack:report])
         # Every line once and whole (the writer's thread and the handler
         # may both be writing when the reader reads again: whole lines
         # between each other's).
