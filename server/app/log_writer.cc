@@ -1,11 +1,9 @@
 #include "server/app/log_writer.h"
 
 #include <limits.h>
-#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdlib>
 #include <utility>
 
@@ -13,30 +11,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "server/base/log.h"
+#include "server/base/write_all.h"
 
 namespace engram::app {
 
 namespace {
-
-// All of `bytes` to `fd`, or false when the file refuses them. Safe in a
-// signal handler (write and poll only).
-bool WriteAll(int fd, absl::string_view bytes) {
-  size_t at = 0;
-  while (at < bytes.size()) {
-    const ssize_t n = write(fd, bytes.data() + at, bytes.size() - at);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      // Another process made the file non-blocking: wait as a blocking
-      // write would.
-      pollfd writable{fd, POLLOUT, 0};
-      poll(&writable, 1, -1);
-      continue;
-    }
-    if (n <= 0) return false;
-    at += static_cast<size_t>(n);
-  }
-  return true;
-}
 
 LogWriter* stderr_writer = nullptr;
 

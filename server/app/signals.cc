@@ -12,6 +12,8 @@
 #include <cstdio>
 
 #include "absl/debugging/symbolize.h"
+#include "absl/strings/string_view.h"
+#include "server/base/write_all.h"
 
 namespace engram::app {
 
@@ -46,18 +48,8 @@ constexpr int kFailureSignals[] = {SIGSEGV, SIGILL, SIGFPE,
 struct sigaction previous_failure_handlers[NSIG];
 void (*run_first)() = nullptr;
 int failure_seconds = 5;
-std::atomic<bool> failed{false};
-volatile sig_atomic_t failed_signal = 0;
-
-void WriteText(const char* text, size_t size) {
-  while (size > 0) {
-    const ssize_t n = write(STDERR_FILENO, text, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    text += n;
-    size -= static_cast<size_t>(n);
-  }
-}
+// The signal of the first failure; 0 before it.
+std::atomic<int> failed_signal{0};
 
 // The failing thread's stack, from this handler's frame down, each frame
 // by its function's name where the symbol tables know it.
@@ -67,21 +59,22 @@ void WriteStack(int signal) {
                         "*** engramd failed (signal %d); the failing "
                         "thread's stack: ***\n",
                         signal);
-  WriteText(line, static_cast<size_t>(n));
+  WriteAll(STDERR_FILENO, absl::string_view(line, static_cast<size_t>(n)));
   void* frames[64];
   const int depth = backtrace(frames, 64);
   for (int i = 0; i < depth; ++i) {
     char name[512] = "(unknown)";
     absl::Symbolize(frames[i], name, sizeof(name));
     n = std::snprintf(line, sizeof(line), "    @ %p  %s\n", frames[i], name);
-    WriteText(line, std::min(static_cast<size_t>(n), sizeof(line) - 1));
+    WriteAll(STDERR_FILENO,
+             absl::string_view(
+                 line, std::min(static_cast<size_t>(n), sizeof(line) - 1)));
   }
 }
 
-// Past the failure's time: the process ends by its signal, unblocked here
-// (the failing thread, inside its handler, blocks it).
-void OnFailureTimeout(int) {
-  const int signal = failed_signal;
+// Ends the process by `signal`'s default action, unblocked here (a thread
+// inside that signal's handler blocks it).
+void EndBy(int signal) {
   std::signal(signal, SIG_DFL);
   sigset_t set;
   sigemptyset(&set);
@@ -90,9 +83,12 @@ void OnFailureTimeout(int) {
   raise(signal);
 }
 
+// Past the failure's time: the process ends by its signal.
+void OnFailureTimeout(int) { EndBy(failed_signal.load()); }
+
 void OnFailure(int signal, siginfo_t* info, void* context) {
-  if (!failed.exchange(true)) {
-    failed_signal = signal;
+  int none = 0;
+  if (failed_signal.compare_exchange_strong(none, signal)) {
     std::signal(SIGALRM, OnFailureTimeout);
     alarm(static_cast<unsigned>(failure_seconds));
     run_first();
@@ -104,9 +100,7 @@ void OnFailure(int signal, siginfo_t* info, void* context) {
   } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
     previous.sa_handler(signal);
   } else {
-    // The default action, as if this handler were not here.
-    std::signal(signal, SIG_DFL);
-    raise(signal);
+    EndBy(signal);  // The default action, as if this handler were not here.
   }
 }
 
