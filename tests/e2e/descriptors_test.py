@@ -59,6 +59,12 @@ def lower_limit(pid, extra):
     return limit
 
 
+def connect(addr):
+    """A TCP connection to engramd that never says anything."""
+    host, port = addr.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
 def engram(addr, *args):
     """The CLI: a process, and so a connection, of its own."""
     return subprocess.run([os.path.join(BIN, "engram"), "--addr=" + addr, *args],
@@ -116,12 +122,8 @@ class DescriptorsTest(unittest.TestCase):
                 # Room for the storage's files as they are now and a few
                 # connections more; the flood takes the rest.
                 limit = lower_limit(e.proc.pid, 64)
-                host, port = e.addr.rsplit(":", 1)
                 for _ in range(limit + 64):  # The last ones wait in the backlog.
-                    s = socket.socket()
-                    s.settimeout(10)
-                    s.connect((host, int(port)))
-                    flood.append(s)
+                    flood.append(connect(e.addr))
                 # Every descriptor taken, and no longer changing (the
                 # listener sheds the last connections through a spare
                 # descriptor, which it closes and opens again).
@@ -205,12 +207,8 @@ class DescriptorsTest(unittest.TestCase):
                 acknowledged.update(
                     c.add("s", rng.normal(size=(100, DIM)).astype(np.float32)).tolist())
                 limit = lower_limit(e.proc.pid, 160)
-                host, port = e.addr.rsplit(":", 1)
                 for _ in range(limit + 64):
-                    s = socket.socket()
-                    s.settimeout(10)
-                    s.connect((host, int(port)))
-                    flood.append(s)
+                    flood.append(connect(e.addr))
                 # The flood takes all but the reserve (an eighth of the
                 # limit, at least 64), the rest of it closed as it came.
                 def shed():
@@ -229,10 +227,7 @@ class DescriptorsTest(unittest.TestCase):
                 # own) would let one connection in: top up until a new one
                 # is shed again (CI saw the client below served once).
                 for _ in range(32):
-                    s = socket.socket()
-                    s.settimeout(10)
-                    s.connect((host, int(port)))
-                    flood.append(s)
+                    flood.append(connect(e.addr))
                     waited = time.time() + 5
                     while shed() == last and time.time() < waited:
                         time.sleep(0.05)
@@ -262,7 +257,8 @@ class DescriptorsTest(unittest.TestCase):
                 flood = []
                 wait_served(self, e)
                 # A connection that never speaks is closed within 20 s.
-                silent = socket.create_connection((host, int(port)), timeout=40)
+                silent = connect(e.addr)
+                silent.settimeout(40)
                 start = time.time()
                 while silent.recv(1000):  # engramd's HTTP/2 settings, then the end.
                     pass

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -142,6 +143,20 @@ class LoggingTest(unittest.TestCase):
         metrics = int(re.search(r"metrics on [^;]*:(\d+);", text.decode()).group(1))
         return proc, read_end, text.decode(), "127.0.0.1:" + port, metrics
 
+    def read_to_end(self, read_end, text=b""):
+        """`text` and what the pipe gives until engramd's end closes it
+        (at most 60 s); closes the read end."""
+        deadline = time.time() + 60
+        while True:
+            self.assertLess(time.time(), deadline, text[-2000:])
+            if select.select([read_end], [], [], 1)[0]:
+                chunk = os.read(read_end, 1 << 16)
+                if not chunk:
+                    break
+                text += chunk
+        os.close(read_end)
+        return text
+
     def test_a_reader_that_stops_reading_holds_up_no_call(self):
         """Every refused call logs a line. With the log's reader stopped,
         engramd once answered some 500 of them, until the pipe was full,
@@ -168,12 +183,7 @@ class LoggingTest(unittest.TestCase):
             if select.select([read_end], [], [], 1)[0]:
                 text += os.read(read_end, 1 << 16)
         proc.terminate()
-        while True:
-            chunk = os.read(read_end, 1 << 16)
-            if not chunk:
-                break
-            text += chunk
-        os.close(read_end)
+        text = self.read_to_end(read_end, text)
         self.assertEqual(proc.wait(timeout=60), 0)
         logged = records(text.decode())
         refused = [r for r in logged if "no-such-store-" in r["msg"]]
@@ -188,7 +198,6 @@ class LoggingTest(unittest.TestCase):
         and then abort) lost the lines still queued behind a slow reader:
         the ones saying why. Now they reach stderr first, then the failing
         thread's stack, then Abseil's report."""
-        import signal
         proc, read_end, startup, addr, metrics = self.start_on_a_pipe()
         records(startup)
         calls = 1500  # Far more lines than the pipe holds, fewer than the queue.
@@ -200,19 +209,10 @@ class LoggingTest(unittest.TestCase):
         self.assertEqual(metric(metrics, "engram_log_lines_dropped_total"), 0)
         os.kill(proc.pid, signal.SIGSEGV)
         # The handler takes the queue before its first write, which waits
-        # for the reader (Abseil's 3 s alarm starts only after it): reading
-        # at once could let the writer's thread write everything first.
+        # for the reader (well within the 5 s it has): reading at once
+        # could let the writer's thread write everything first.
         time.sleep(0.5)
-        text = b""
-        deadline = time.time() + 60
-        while True:
-            self.assertLess(time.time(), deadline, text[-2000:])
-            if select.select([read_end], [], [], 1)[0]:
-                chunk = os.read(read_end, 1 << 16)
-                if not chunk:
-                    break
-                text += chunk
-        os.close(read_end)
+        text = self.read_to_end(read_end)
         self.assertEqual(proc.wait(timeout=60), -signal.SIGSEGV)
         text = text.decode(errors="replace")
         header = text.find("*** engramd's log lines not written before the failure: ***")
