@@ -3,6 +3,7 @@
 #include <execinfo.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,8 +49,9 @@ constexpr int kFailureSignals[] = {SIGSEGV, SIGILL, SIGFPE,
 struct sigaction previous_failure_handlers[NSIG];
 void (*run_first)() = nullptr;
 int failure_seconds = 5;
-// The signal of the first failure; 0 before it.
+// The signal of the first failure and the thread it came to; 0 before it.
 std::atomic<int> failed_signal{0};
+std::atomic<pid_t> failed_thread{0};
 
 // The failing thread's stack, from this handler's frame down, each frame
 // by its function's name where the symbol tables know it.
@@ -86,13 +88,29 @@ void EndBy(int signal) {
 // Past the failure's time: the process ends by its signal.
 void OnFailureTimeout(int) { EndBy(failed_signal.load()); }
 
+// A second thread failing while the first writes its report waits for
+// the first to end the process: the handler after this one (Abseil's)
+// would take the second thread for the first, write its report and end
+// the process in the middle of the first one's lines. Past the first's
+// time it goes on itself.
+void AwaitTheFirstFailure() {
+  const struct timespec step = {0, 100 * 1000 * 1000};
+  for (int waited = 0; waited < 10 * (failure_seconds + 1); ++waited) {
+    nanosleep(&step, nullptr);
+  }
+}
+
 void OnFailure(int signal, siginfo_t* info, void* context) {
+  const pid_t thread = gettid();
   int none = 0;
   if (failed_signal.compare_exchange_strong(none, signal)) {
+    failed_thread.store(thread);
     std::signal(SIGALRM, OnFailureTimeout);
     alarm(static_cast<unsigned>(failure_seconds));
     run_first();
     WriteStack(signal);
+  } else if (failed_thread.load() != thread) {
+    AwaitTheFirstFailure();
   }
   const struct sigaction& previous = previous_failure_handlers[signal];
   if ((previous.sa_flags & SA_SIGINFO) != 0) {

@@ -35,8 +35,9 @@ int WaitForSignal();
 // then the failing thread's stack, unwound from the unwind tables and
 // symbolized. Both within `seconds`: past that (a stalled stderr reader,
 // a lock the failure left held) the process ends by that signal, as a
-// failed process must. Call after installing that handler; false if
-// installing failed. `first` runs in a signal handler.
+// failed process must. Another thread failing meanwhile waits for that
+// end rather than going on to the next handler. Call after installing that
+// handler; false if installing failed. `first` runs in a signal handler.
 bool ReportFailuresFirst(void (*first)(), int seconds = 5);
 
 }  // namespace engram::app
