@@ -14,7 +14,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "server/base/clip.h"
@@ -605,76 +604,6 @@ grpc::Status Router::GetPattern(Ctx* context,
         return Unary(*pool_, r, *r.engram, &api::Engram::Stub::GetPattern,
                      *request, response, deadline);
       }));
-}
-
-grpc::Status Router::ListPatterns(Ctx* context,
-                                  const api::ListPatternsRequest* request,
-                                  api::ListPatternsResponse* response) {
-  rpc::Call call(policy_, "ListPatterns", request->store());
-  if (!call.Admit(*context, request)) return call.Refused();
-  // The cursor: the group listed, the replica listing it (its page tokens
-  // are its own) and that replica's token.
-  uint32_t group = 0, replica = 0;
-  std::string inner;
-  const std::string listing = rpc::PageTokens::Patterns(request->store());
-  if (!request->page_token().empty()) {
-    absl::StatusOr<std::string> cursor =
-        tokens_.Open(listing, request->page_token());
-    if (!cursor.ok()) return call.Done(cursor.status());
-    std::vector<std::string> parts =
-        absl::StrSplit(*cursor, absl::MaxSplits(':', 2));
-    if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &group) ||
-        !absl::SimpleAtoi(parts[1], &replica) || group >= pool_->groups()) {
-      return call.Done(absl::InvalidArgumentError("page_token is not valid"));
-    }
-    inner = parts[2];
-  }
-  const absl::Time deadline = DeadlineOf(context);
-  for (; group < pool_->groups(); ++group, inner.clear()) {
-    api::ListPatternsRequest page = *request;
-    page.set_page_token(inner);
-    const Replica* r = nullptr;
-    const auto list_on = [&](const Replica& on) {
-      r = &on;
-      return Unary(*pool_, on, *on.engram, &api::Engram::Stub::ListPatterns,
-                   page, response, deadline);
-    };
-    if (inner.empty()) {
-      // A listing starts on any replica of the group; its next pages stay
-      // on that one (its page tokens are its own).
-      if (absl::Status s = ReadFromGroup(*pool_, group, list_on); !s.ok()) {
-        return call.Done(s);
-      }
-    } else {
-      absl::StatusOr<std::vector<const Replica*>> ready =
-          pool_->ReadyReplicas(group);
-      if (!ready.ok()) return call.Done(ready.status());
-      const Replica* served = nullptr;
-      for (const Replica* candidate : *ready) {
-        if (candidate->index == replica) served = candidate;
-      }
-      if (served == nullptr) {
-        return call.Done(absl::UnavailableError(
-            absl::StrCat("the replica that served this listing (shard group ",
-                         group, ") is not ready: start the listing again")));
-      }
-      if (absl::Status s = list_on(*served); !s.ok()) return call.Done(s);
-    }
-    if (!response->next_page_token().empty()) {
-      response->set_next_page_token(
-          tokens_.Issue(listing, absl::StrCat(group, ":", r->index, ":",
-                                              response->next_page_token())));
-      return call.Done(absl::OkStatus());
-    }
-    if (response->patterns_size() > 0) {
-      if (group + 1 < pool_->groups()) {
-        response->set_next_page_token(
-            tokens_.Issue(listing, absl::StrCat(group + 1, ":0:")));
-      }
-      return call.Done(absl::OkStatus());
-    }
-  }
-  return call.Done(absl::OkStatus());
 }
 
 grpc::Status Router::DeletePatterns(Ctx* context,

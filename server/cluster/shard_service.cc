@@ -313,6 +313,24 @@ grpc::Status ShardService::GetValues(grpc::ServerContext* context,
   return call.Done(absl::OkStatus());
 }
 
+grpc::Status ShardService::ListPatternsAfter(
+    grpc::ServerContext* context, const v1::ListPatternsAfterRequest* request,
+    v1::ListPatternsAfterResponse* response) {
+  rpc::Call call(policy_, "ListPatternsAfter", request->store());
+  if (!call.Admit(*context, request)) return call.Refused();
+  absl::StatusOr<std::shared_ptr<store::Store>> found =
+      registry_->Get(request->store());
+  if (!found.ok()) return call.Done(found.status());
+  store::Store::Page page = rpc::ListPage(
+      **found, request->after_id(), request->page_size(),
+      !request->omit_values(), registry_->limits(), policy_->max_message_bytes);
+  for (const store::Pattern& p : page.patterns) {
+    rpc::ToProto(p, *response->add_patterns());
+  }
+  response->set_more(page.more);
+  return call.Done(absl::OkStatus());
+}
+
 grpc::Status ShardService::CheckDelete(
     grpc::ServerContext* context,
     const engram::v1::DeletePatternsRequest* request,

@@ -1,8 +1,9 @@
 // engram.cluster.v1.Shard: what a shard serves a router besides
 // engram.v1.Engram — its identity and stores (Describe), one retrieval step
 // over its part of a store (PartialStep, server/core/partial.h), pattern
-// values by id (GetValues), whether a delete would succeed (CheckDelete),
-// its part of the low-rank sums (GetLowRankSums,
+// values by id (GetValues), a page of patterns after an id that any
+// replica continues (ListPatternsAfter), whether a delete would succeed
+// (CheckDelete), its part of the low-rank sums (GetLowRankSums,
 // server/core/low_rank.h), and what a router's fit of the whole store needs:
 // a seeded sample (GetSample), the map it publishes (PutFeatureMap,
 // GetFeatureMap) and the calibration it applies (PutCalibration).
@@ -62,6 +63,9 @@ class ShardService final : public v1::Shard::Service {
   grpc::Status GetValues(grpc::ServerContext* context,
                          const v1::GetValuesRequest* request,
                          v1::GetValuesResponse* response) override;
+  grpc::Status ListPatternsAfter(
+      grpc::ServerContext* context, const v1::ListPatternsAfterRequest* request,
+      v1::ListPatternsAfterResponse* response) override;
   grpc::Status CheckDelete(
       grpc::ServerContext* context,
       const engram::v1::DeletePatternsRequest* request,

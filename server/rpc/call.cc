@@ -47,6 +47,7 @@ constexpr Method kMethods[] = {
     {"Describe", false},
     {"PartialStep", false},
     {"GetValues", false},
+    {"ListPatternsAfter", false},
     {"CheckDelete", false},  // Checks a delete; changes nothing.
     {"GetLowRankSums", false},
     {"GetSample", false},

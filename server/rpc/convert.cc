@@ -1,6 +1,7 @@
 #include "server/rpc/convert.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -147,6 +148,20 @@ v1::RetrievalPath PathToProto(store::PathChoice path) {
 size_t PageSize(uint32_t requested) {
   if (requested == 0) return 100;
   return std::min<size_t>(requested, 1000);
+}
+
+store::Store::Page ListPage(const store::Store& store, uint64_t after,
+                            uint32_t page_size, bool with_values,
+                            const store::Limits& limits,
+                            size_t max_message_bytes) {
+  std::shared_ptr<const store::StoreView> view = store.view();
+  const size_t per_pattern =
+      (with_values ? 4 * view->settings().dimension + 6 : 0) + 24 +
+      view->max_label_bytes() +
+      limits.max_metadata_entries * (2 * limits.max_metadata_bytes + 8);
+  const size_t fits =
+      std::max<size_t>(1, (max_message_bytes - 64) / per_pattern);
+  return store.List(after, std::min(PageSize(page_size), fits), with_values);
 }
 
 absl::StatusOr<store::RetrieveRequest> FromProto(

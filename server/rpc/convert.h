@@ -54,6 +54,15 @@ v1::RetrievalPath PathToProto(store::PathChoice path);
 // 0 -> 100, above 1000 -> 1000 (AIP-158 coercion).
 size_t PageSize(uint32_t requested);
 
+// One page of `store`'s patterns with ids above `after` (ListPatterns, and
+// a shard's ListPatternsAfter for a router): PageSize(page_size) at most,
+// and no more than fit in a message of `max_message_bytes` with the longest
+// label the store ever held and the largest metadata `limits` allow.
+store::Store::Page ListPage(const store::Store& store, uint64_t after,
+                            uint32_t page_size, bool with_values,
+                            const store::Limits& limits,
+                            size_t max_message_bytes);
+
 }  // namespace engram::rpc
 
 #endif  // ENGRAM_SERVER_RPC_CONVERT_H_

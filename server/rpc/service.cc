@@ -262,17 +262,9 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
   }
   // A page holds no more patterns than fit in one message, whatever was
   // asked for (a client pages on with the token).
-  std::shared_ptr<const store::StoreView> view = (*found)->view();
-  const store::Limits& limits = registry_->limits();
-  const size_t per_pattern =
-      (request->omit_values() ? 0 : 4 * view->settings().dimension + 6) + 24 +
-      view->max_label_bytes() +
-      limits.max_metadata_entries * (2 * limits.max_metadata_bytes + 8);
-  const size_t fits =
-      std::max<size_t>(1, (policy_->max_message_bytes - 64) / per_pattern);
   store::Store::Page page =
-      (*found)->List(after, std::min(PageSize(request->page_size()), fits),
-                     !request->omit_values());
+      ListPage(**found, after, request->page_size(), !request->omit_values(),
+               registry_->limits(), policy_->max_message_bytes);
   for (const store::Pattern& p : page.patterns) {
     ToProto(p, *response->add_patterns());
   }

@@ -927,6 +927,75 @@ class ClusterTest(unittest.TestCase):
                 if s.proc.poll() is None:
                     s.stop()
 
+    def test_4p_a_listing_goes_on_when_its_replica_is_gone(self):
+        """A listing through a router continues on another replica of the
+        group when the one that served its last page is gone (each page of a
+        group is asked of any ready replica by the last id listed); before,
+        its next pages stayed on that replica and the listing had to start
+        again. Both replicas of group 0 go away in turn, mid-listing, with
+        the listing's pages a few patterns long."""
+        cluster = Cluster(self.tmp.name, 2, 2, cluster="listing")
+        try:
+            with Client(cluster.router.addr, retries=0) as c:
+                c.create_store("ls", dim=12)
+                ids = [int(i) for i in c.add("ls", self.patterns[:80])]
+                in_group0 = sum(1 for i in ids if store_group(i) == 0)
+                self.assertGreaterEqual(in_group0, 21, "three pages of group 0")
+                listing = c.list_patterns("ls", page_size=7)
+                got = [next(listing) for _ in range(7)]  # group 0's first page
+                first = cluster.shards[0][0]
+                addr, data = first.addr, first.data_dir
+                first.kill()
+                got += [next(listing) for _ in range(7)]
+                cluster.restart(0, 0, addr, data)
+                self.assertIsNone(cluster.wait_serving())
+                cluster.shards[0][1].kill()
+                got += list(listing)
+                self.assertEqual([p.id for p in got],
+                                 sorted(i for i in ids if store_group(i) == 0) +
+                                 sorted(i for i in ids if store_group(i) == 1))
+                by_id = dict(zip(ids, self.patterns[:80]))
+                for p in got:
+                    np.testing.assert_array_equal(p.values, by_id[p.id])
+        finally:
+            cluster.stop()
+
+    def test_4q_a_listing_over_replicas_of_an_older_engramd(self):
+        """A replica of an older engramd has no ListPatternsAfter: a group
+        whose replicas are all older lists by their own page tokens, every
+        page of a listing from the replica that began it, as before; in a
+        group with one older replica the other one serves every page."""
+        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=olderlist",
+                          "--shard_group=%d" % g, "--shard_groups=2",
+                          "--listen=127.0.0.1:%d" % free_port()) for g in (0, 0, 1, 1)]
+        after = "/engram.cluster.v1.Shard/ListPatternsAfter"
+        listed = "/engram.v1.Engram/ListPatterns"
+        old = [Proxy(s.addr, missing={after}) for s in shards]
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=olderlist",
+                         "--shards=%s,%s;%s,%s" % (old[0].addr, shards[1].addr,
+                                                   old[2].addr, old[3].addr))
+        try:
+            with Client(router.addr, retries=0) as c:
+                c.create_store("ol", dim=12)
+                ids = [int(i) for i in c.add("ol", self.patterns[:60])]
+                want = (sorted(i for i in ids if store_group(i) == 0) +
+                        sorted(i for i in ids if store_group(i) == 1))
+                in_group1 = sum(1 for i in ids if store_group(i) == 1)
+                for _ in range(3):
+                    before = [p.calls[listed] for p in old]
+                    self.assertEqual([p.id for p in c.list_patterns("ol", page_size=4)], want)
+                    pages = [p.calls[listed] - b for p, b in zip(old, before)]
+                    # Group 0: the newer replica served every page.
+                    self.assertEqual(pages[0], 0)
+                    # Group 1 (older only): every page by one replica's tokens.
+                    self.assertEqual(sorted(pages[2:]), [0, -(-in_group1 // 4)])
+        finally:
+            router.stop()
+            for p in old:
+                p.stop()
+            for s in shards:
+                s.stop()
+
     def test_4l_a_store_made_while_a_replica_was_down_is_repaired(self):
         """A replica down while a store was created gets the store from its
         repair, made from the peer's description; the description reports
