@@ -45,13 +45,17 @@ class CollectedFiles : public store::BackupSink {
 absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
                                                      const std::string& name,
                                                      absl::Time deadline) {
-  grpc::ClientContext context;
-  pool_->Prepare(context, deadline);
+  // Watched as every call to a shard is (call_cutter.h).
+  auto context = std::make_shared<grpc::ClientContext>();
+  pool_->Prepare(*context, deadline);
+  if (!pool_->cutter().Watch(context)) {
+    return absl::CancelledError("the router is stopping");
+  }
   api::CreateBackupRequest request;
   request.set_store(name);
   const absl::Time start = SteadyNow();
   std::unique_ptr<grpc::ClientReader<api::BackupChunk>> reader =
-      replica.engram->CreateBackup(&context, request);
+      replica.engram->CreateBackup(context.get(), request);
   store::MemorySource files(options_.max_restore_bytes);
   api::BackupChunk chunk;
   size_t received = 0;
@@ -60,13 +64,14 @@ absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
     received += chunk.ByteSizeLong();
     kept = files.Append(chunk.file(), chunk.data());
     if (!kept.ok()) {
-      context.TryCancel();
+      context->TryCancel();
       while (reader->Read(&chunk)) {
       }
       break;
     }
   }
-  const grpc::Status status = reader->Finish();
+  const grpc::Status status =
+      pool_->cutter().Unwatch(context.get(), reader->Finish());
   pool_->Record(replica, "CreateBackup", status, SteadyNow() - start,
                 request.ByteSizeLong(), received);
   auto from_shard = [&](const absl::Status& s) {
@@ -160,12 +165,15 @@ absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
                                bool replace,
                                const std::vector<api::BackupChunk>& files,
                                absl::Time deadline) {
-  grpc::ClientContext context;
-  pool_->Prepare(context, deadline);
+  auto context = std::make_shared<grpc::ClientContext>();
+  pool_->Prepare(*context, deadline);
+  if (!pool_->cutter().Watch(context)) {
+    return absl::CancelledError("the router is stopping");
+  }
   api::Store restored;
   const absl::Time start = SteadyNow();
   std::unique_ptr<grpc::ClientWriter<api::RestoreStoreRequest>> writer =
-      replica.engram->RestoreStore(&context, &restored);
+      replica.engram->RestoreStore(context.get(), &restored);
   api::RestoreStoreRequest message;
   message.set_name(name);
   message.set_replace(replace);
@@ -177,7 +185,8 @@ absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
     message.Clear();
   }
   writer->WritesDone();
-  const grpc::Status status = writer->Finish();
+  const grpc::Status status =
+      pool_->cutter().Unwatch(context.get(), writer->Finish());
   pool_->Record(replica, "RestoreStore", status, SteadyNow() - start, sent,
                 restored.ByteSizeLong());
   return FromShard(status, replica);
