@@ -98,6 +98,8 @@ Router::Router(ShardPool* pool, const rpc::CallPolicy* policy,
     : pool_(pool),
       policy_(policy),
       options_(std::move(options)),
+      // Shared by the cluster's routers: a listing goes on through any.
+      tokens_(absl::StrCat("router of cluster ", pool->cluster())),
       low_rank_(pool),
       jobs_(pool, {options_.limits, options_.calibration_threads}) {}
 

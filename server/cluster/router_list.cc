@@ -2,8 +2,10 @@
 // patterns in id order, one group after another. A page of a group comes
 // from any ready replica of it (Shard.ListPatternsAfter, by the last id
 // listed), so a listing goes on when the replica that served its last page
-// is gone. A replica of an older engramd pages only by its own page tokens:
-// a listing it began stays on it, as every listing did before.
+// is gone, and a page token of one router of the cluster serves at any
+// other, or at the same one restarted. A replica of an older engramd pages
+// only by its own page tokens: a listing it began stays on it, as every
+// listing did before.
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,39 +25,51 @@ namespace api = engram::v1;
 
 // Where a listing through a router stands: the group it lists and the last
 // id it gave of that group (0: none yet); for a replica of an older engramd
-// that serves the group's pages, that replica and its own page token.
+// that serves the group's pages, that replica and its own page token. Any
+// router of the cluster continues it (its tokens are the cluster's), if it
+// sees as many groups.
 struct ListCursor {
+  uint32_t groups = 0;
   uint32_t group = 0;
   uint64_t after = 0;
   std::optional<uint32_t> replica;
   std::string inner;
 
   // The start of `group`'s patterns.
-  static ListCursor Start(uint32_t group) {
+  static ListCursor Start(uint32_t groups, uint32_t group) {
     ListCursor c;
+    c.groups = groups;
     c.group = group;
     return c;
   }
-  // "group:after", or "group:after:replica:inner".
+  // "groups:group:after", or "groups:group:after:replica:inner".
   std::string ToString() const {
-    if (!replica.has_value()) return absl::StrCat(group, ":", after);
-    return absl::StrCat(group, ":", after, ":", *replica, ":", inner);
+    const std::string at = absl::StrCat(groups, ":", group, ":", after);
+    if (!replica.has_value()) return at;
+    return absl::StrCat(at, ":", *replica, ":", inner);
   }
   static absl::StatusOr<ListCursor> Parse(absl::string_view text,
                                           uint32_t groups) {
     const std::vector<absl::string_view> parts =
-        absl::StrSplit(text, absl::MaxSplits(':', 3));
+        absl::StrSplit(text, absl::MaxSplits(':', 4));
     ListCursor c;
     uint32_t replica = 0;
-    if ((parts.size() != 2 && parts.size() != 4) ||
-        !absl::SimpleAtoi(parts[0], &c.group) ||
-        !absl::SimpleAtoi(parts[1], &c.after) || c.group >= groups ||
-        (parts.size() == 4 && !absl::SimpleAtoi(parts[2], &replica))) {
+    if ((parts.size() != 3 && parts.size() != 5) ||
+        !absl::SimpleAtoi(parts[0], &c.groups) ||
+        !absl::SimpleAtoi(parts[1], &c.group) ||
+        !absl::SimpleAtoi(parts[2], &c.after) ||
+        (parts.size() == 5 && !absl::SimpleAtoi(parts[3], &replica))) {
       return absl::InvalidArgumentError("page_token is not valid");
     }
-    if (parts.size() == 4) {
+    if (c.groups != groups || c.group >= groups) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token belongs to a listing over ", c.groups,
+                       " shard groups; this router has ", groups,
+                       ": start the listing again without a token"));
+    }
+    if (parts.size() == 5) {
       c.replica = replica;
-      c.inner = std::string(parts[3]);
+      c.inner = std::string(parts[4]);
     }
     return c;
   }
@@ -161,7 +175,7 @@ grpc::Status Router::ListPatterns(Ctx* context,
   rpc::Call call(policy_, "ListPatterns", request->store());
   if (!call.Admit(*context, request)) return call.Refused();
   const std::string listing = rpc::PageTokens::Patterns(request->store());
-  ListCursor cursor;
+  ListCursor cursor = ListCursor::Start(pool_->groups(), 0);
   if (!request->page_token().empty()) {
     absl::StatusOr<std::string> opened =
         tokens_.Open(listing, request->page_token());
@@ -173,7 +187,7 @@ grpc::Status Router::ListPatterns(Ctx* context,
   }
   const absl::Time deadline = DeadlineOf(context);
   for (; cursor.group < pool_->groups();
-       cursor = ListCursor::Start(cursor.group + 1)) {
+       cursor = ListCursor::Start(cursor.groups, cursor.group + 1)) {
     absl::StatusOr<bool> more =
         ListGroupPage(*pool_, *request, cursor, deadline, response);
     if (!more.ok()) return call.Done(more.status());
@@ -184,7 +198,8 @@ grpc::Status Router::ListPatterns(Ctx* context,
     if (response->patterns_size() > 0) {
       if (cursor.group + 1 < pool_->groups()) {
         response->set_next_page_token(tokens_.Issue(
-            listing, ListCursor::Start(cursor.group + 1).ToString()));
+            listing,
+            ListCursor::Start(cursor.groups, cursor.group + 1).ToString()));
       }
       return call.Done(absl::OkStatus());
     }

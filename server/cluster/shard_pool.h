@@ -156,6 +156,8 @@ class ShardPool {
   void MarkUnreachable(const Replica& replica, absl::string_view why);
   // Replicas repaired since the pool started (for the log and tests).
   size_t repairs() const { return repairs_.load(); }
+  // The cluster its shards answer for (--cluster).
+  const std::string& cluster() const { return options_.cluster; }
 
   // Every call to a shard is watched by it: cut when still out half a
   // second past its deadline by the steady clock, and when the pool stops

@@ -5,6 +5,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "absl/strings/escaping.h"
@@ -23,6 +24,18 @@ PageTokens::PageTokens() {
   if (RAND_bytes(key_.data(), static_cast<int>(key_.size())) != 1) {
     std::abort();  // No randomness at all: nothing can be trusted.
   }
+}
+
+PageTokens::PageTokens(absl::string_view seed) {
+  const std::string input = absl::StrCat("engram page tokens 1:", seed);
+  unsigned int length = 0;
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  if (EVP_Digest(input.data(), input.size(), digest, &length, EVP_sha256(),
+                 nullptr) != 1 ||
+      length != key_.size()) {
+    std::abort();  // SHA-256 is always there.
+  }
+  std::copy(digest, digest + key_.size(), key_.begin());
 }
 
 std::string PageTokens::Patterns(absl::string_view store) {
@@ -59,8 +72,8 @@ absl::StatusOr<std::string> PageTokens::Open(absl::string_view listing,
                     kMacBytes) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "page_token was not issued by ", listing,
-        " (tokens belong to one listing and one server run); start the "
-        "listing again without a token"));
+        " (a token belongs to one listing, and one engramd's to one run of "
+        "it); start the listing again without a token"));
   }
   return raw.substr(1 + kMacBytes);
 }

@@ -8,7 +8,12 @@
 //   absl::StatusOr<std::string> cursor =
 //       tokens.Open(PageTokens::Patterns("faces"), token);  // "1234"
 //
-// Tokens do not outlive the process: after a restart a listing starts over.
+// A server's own tokens do not outlive the process: after a restart a
+// listing starts over. A router's are keyed by its cluster's name
+// (PageTokens(seed)): any router of the cluster, restarted or not,
+// continues a listing another one began. Those tokens are no secret — their
+// cursors hold nothing a client could not reach by paging — but still bound
+// to their listing, and an altered one is refused.
 //
 // Thread-safe: the key is constant after construction.
 #ifndef ENGRAM_SERVER_RPC_PAGE_TOKEN_H_
@@ -25,6 +30,9 @@ namespace engram::rpc {
 class PageTokens {
  public:
   PageTokens();  // A random key.
+  // The key derived from `seed`: every PageTokens of the same seed opens
+  // the tokens of the others.
+  explicit PageTokens(absl::string_view seed);
 
   // The listing a token belongs to.
   static std::string Stores() { return "ListStores"; }

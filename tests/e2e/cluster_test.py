@@ -960,6 +960,64 @@ class ClusterTest(unittest.TestCase):
         finally:
             cluster.stop()
 
+    def test_4r_a_listing_goes_on_through_another_router(self):
+        """A page token of one router serves at another router of the same
+        cluster, and at the same router restarted (routers behind one
+        address, a router rolled out mid-export); a router of another
+        cluster, or over another number of groups, refuses it."""
+        cluster = Cluster(self.tmp.name, 2, 1, cluster="tokens")
+        topology = ";".join(row[0].addr for row in cluster.shards)
+        second = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=tokens",
+                         "--shards=" + topology)
+        # The same cluster's name over one group (another deployment of it).
+        lone = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=tokens",
+                       "--shard_group=0", "--shard_groups=1",
+                       "--listen=127.0.0.1:%d" % free_port())
+        fewer = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=tokens",
+                        "--shards=" + lone.addr)
+        apart = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=others",
+                        "--shard_group=0", "--shard_groups=1",
+                        "--listen=127.0.0.1:%d" % free_port())
+        other = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=others",
+                        "--shards=" + apart.addr)
+        try:
+            def page(addr, token):
+                with grpc.insecure_channel(addr) as channel:
+                    r = pb_grpc.EngramStub(channel).ListPatterns(pb.ListPatternsRequest(
+                        store="tk", page_size=6, page_token=token, omit_values=True),
+                        timeout=30)
+                return [p.id for p in r.patterns], r.next_page_token
+
+            with Client(cluster.router.addr) as c:
+                c.create_store("tk", dim=12)
+                ids = [int(i) for i in c.add("tk", self.patterns[:40])]
+            want = (sorted(i for i in ids if store_group(i) == 0) +
+                    sorted(i for i in ids if store_group(i) == 1))
+            got, token = page(cluster.router.addr, "")
+            for refusing, why in ((fewer, "a listing over 2 shard groups; this router has 1"),
+                                  (other, "page_token was not issued by ListPatterns/tk")):
+                with self.assertRaises(grpc.RpcError) as e:
+                    page(refusing.addr, token)
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn(why, e.exception.details())
+            more, token = page(second.addr, token)
+            got += more
+            addr = cluster.router.addr
+            cluster.router.stop()
+            cluster.router = Engramd(BIN, self.tmp.name, "--role=router",
+                                     "--cluster=tokens", "--shards=" + topology,
+                                     "--listen=" + addr)
+            self.assertIsNone(cluster.wait_serving())
+            routers = [cluster.router.addr, second.addr]
+            while token:
+                more, token = page(routers[len(got) % 2], token)
+                got += more
+            self.assertEqual(got, want)
+        finally:
+            for r in (second, fewer, other, lone, apart):
+                r.stop()
+            cluster.stop()
+
     def test_4q_a_listing_over_replicas_of_an_older_engramd(self):
         """A replica of an older engramd has no ListPatternsAfter: a group
         whose replicas are all older lists by their own page tokens, every
