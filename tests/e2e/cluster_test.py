@@ -1018,6 +1018,48 @@ class ClusterTest(unittest.TestCase):
                 r.stop()
             cluster.stop()
 
+    def test_4s_a_backup_through_a_router_fails_over_a_replica_that_breaks_off(self):
+        """A replica whose backup stream ends UNAVAILABLE (it went away)
+        costs a backup through a router nothing: the group's backup is taken
+        again from another replica, and the backup holds every pattern."""
+        method = "/engram.v1.Engram/CreateBackup"
+
+        def break_off(called, response, context):
+            if called == method:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the replica went away")
+            return response
+
+        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=breakoff",
+                          "--shard_group=0", "--shard_groups=1",
+                          "--listen=127.0.0.1:%d" % free_port()) for _ in range(2)]
+        flaky = Proxy(shards[0].addr, answer=break_off)
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=breakoff",
+                         "--shards=%s,%s" % (flaky.addr, shards[1].addr))
+        restored = Engramd(BIN, self.tmp.name)
+        try:
+            with Client(router.addr) as c:
+                c.create_store("bo", dim=12)
+                ids = sorted(int(i) for i in c.add("bo", self.patterns[:50]))
+                # Reads go to the replicas in turn: until the one that
+                # breaks off has been asked (a few backups at most).
+                for k in range(4):
+                    if flaky.calls[method]:
+                        break
+                    d = os.path.join(self.tmp.name, "breakoff-%d" % k)
+                    manifest = c.create_backup(d)
+                    self.assertEqual([st["name"] for st in manifest["stores"]], ["bo"])
+                    with Client(restored.addr) as single:
+                        single.restore_store(d, name="breakoff-%d" % k)
+                        self.assertEqual(sorted(p.id for p in single.list_patterns(
+                            "breakoff-%d" % k, values=False)), ids)
+                self.assertGreaterEqual(flaky.calls[method], 1)
+        finally:
+            restored.stop()
+            router.stop()
+            flaky.stop()
+            for s in shards:
+                s.stop()
+
     def test_4q_a_listing_over_replicas_of_an_older_engramd(self):
         """A replica of an older engramd has no ListPatternsAfter: a group
         whose replicas are all older lists by their own page tokens, every
