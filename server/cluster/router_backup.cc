@@ -220,8 +220,10 @@ grpc::Status Router::RestoreStore(
   const size_t patterns = restore->image.patterns.size();
   std::vector<store::StoreImage> parts =
       store::SplitImageByGroup(std::move(restore->image), groups);
-  // The groups at once, each replica of a group in turn; a replica that is
-  // down meanwhile is repaired from its group's others when it is back.
+  // The groups at once, each replica of a group in turn. As a write: the
+  // group's first replica must take its part; one after it that does not
+  // (gone meanwhile, a stream cut) goes stale, and is repaired from the
+  // replica that took it before it serves again.
   std::vector<std::vector<const Replica*>> took(groups);
   const absl::Status failed = FirstError(InParallel(groups, [&](size_t g) {
     CollectedFiles files;
@@ -233,7 +235,9 @@ grpc::Status Router::RestoreStore(
       if (absl::Status s = RestoreOn(*replica, name, restore->replace,
                                      files.chunks(), deadline);
           !s.ok()) {
-        return s;
+        if (took[g].empty()) return s;
+        pool_->MarkStale(*replica, s.message());
+        continue;
       }
       took[g].push_back(replica);
     }

@@ -1060,6 +1060,50 @@ class ClusterTest(unittest.TestCase):
             for s in shards:
                 s.stop()
 
+    def test_4t_a_replica_that_misses_a_restore_goes_stale_and_is_repaired(self):
+        """A restore through a router that the first replica of a group took
+        and a later one did not (here: it refuses RestoreStore) goes on as a
+        write does: that replica goes stale and is repaired from its peer,
+        and the restore answers OK; before, the whole restore failed and was
+        undone."""
+        method = "/engram.v1.Engram/RestoreStore"
+        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=missrestore",
+                          "--shard_group=0", "--shard_groups=1",
+                          "--listen=127.0.0.1:%d" % free_port()) for _ in range(2)]
+        refusing = Proxy(shards[1].addr, missing={method})
+        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=missrestore",
+                         "--shards=%s,%s" % (shards[0].addr, refusing.addr))
+        try:
+            with Client(router.addr) as c:
+                c.create_store("mr", dim=12)
+                ids = sorted(int(i) for i in c.add("mr", self.patterns[:30]))
+                d = os.path.join(self.tmp.name, "missrestore")
+                c.create_backup(d, store="mr")
+                restored = c.restore_store(d, name="mr-copy")
+                self.assertEqual(refusing.calls[method], 1)
+                self.assertEqual(restored.pattern_count, 30)
+                deadline = time.time() + 30
+                with Client(shards[1].addr) as direct:
+                    while True:
+                        try:
+                            held = sorted(p.id for p in direct.list_patterns(
+                                "mr-copy", values=False))
+                        except grpc.RpcError:
+                            held = []
+                        if held == ids:
+                            break
+                        if time.time() > deadline:
+                            self.fail("the replica that missed the restore holds %d of %d"
+                                      % (len(held), len(ids)))
+                        time.sleep(0.2)
+                self.assertEqual(sorted(p.id for p in c.list_patterns("mr-copy", values=False)),
+                                 ids)
+        finally:
+            router.stop()
+            refusing.stop()
+            for s in shards:
+                s.stop()
+
     def test_4q_a_listing_over_replicas_of_an_older_engramd(self):
         """A replica of an older engramd has no ListPatternsAfter: a group
         whose replicas are all older lists by their own page tokens, every
