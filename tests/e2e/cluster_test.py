@@ -43,6 +43,22 @@ def store_group(pattern_id, groups=2):
     return ((pattern_id >> 48) - 1) % groups
 
 
+def shard(tmp, cluster, group, groups, *flags, listen=None, data_dir=None):
+    """A shard engramd: group `group` of `groups` of `cluster`, on `listen`
+    (a free loopback port otherwise)."""
+    return Engramd(BIN, tmp, "--role=shard", "--cluster=" + cluster,
+                   "--shard_group=%d" % group, "--shard_groups=%d" % groups,
+                   "--listen=" + (listen or "127.0.0.1:%d" % free_port()), *flags,
+                   data_dir=data_dir)
+
+
+def router(tmp, cluster, shards, *flags):
+    """A router of `cluster` over `shards` (--shards: groups split by ';',
+    a group's replicas by ',')."""
+    return Engramd(BIN, tmp, "--role=router", "--cluster=" + cluster, "--shards=" + shards,
+                   *flags)
+
+
 def retry(call, seconds=10):
     """`call()` until it raises no grpc.RpcError (a call while the router
     has yet to see a replica go), for at most `seconds`."""
@@ -68,21 +84,15 @@ class Cluster:
         for g in range(groups):
             row = []
             for r in range(replicas):
-                where = listen(g, r) if listen else "127.0.0.1:%d" % free_port()
-                row.append(Engramd(BIN, tmp, "--role=shard", "--cluster=" + cluster,
-                                   "--shard_group=%d" % g, "--shard_groups=%d" % groups,
-                                   "--listen=" + where))
+                row.append(shard(tmp, cluster, g, groups, listen=listen(g, r) if listen else None))
             self.shards.append(row)
         topology = ";".join(",".join(s.addr for s in row) for row in self.shards)
-        self.router = Engramd(BIN, tmp, "--role=router", "--cluster=" + cluster,
-                              "--shards=" + topology, *router_flags)
+        self.router = router(tmp, cluster, topology, *router_flags)
 
     def restart(self, group, replica, addr, data_dir):
         """Replica `replica` of `group` again, on its address and data."""
-        self.shards[group][replica] = Engramd(
-            BIN, self.tmp, "--role=shard", "--cluster=" + self.cluster,
-            "--shard_group=%d" % group, "--shard_groups=%d" % self.groups,
-            "--listen=" + addr, data_dir=data_dir)
+        self.shards[group][replica] = shard(self.tmp, self.cluster, group, self.groups,
+                                            listen=addr, data_dir=data_dir)
 
     def wait_serving(self, seconds=20):
         """Until every replica serves (`engram cluster status` exits 0); its
@@ -758,10 +768,7 @@ class ClusterTest(unittest.TestCase):
                 fitted = c.fit("cu")
                 self.assertEqual((pb_state(fitted), fitted.map_version), ("SUCCEEDED", 1),
                                  fitted.error)
-                cluster.shards[0][0] = Engramd(
-                    BIN, self.tmp.name, "--role=shard", "--cluster=catchup",
-                    "--shard_group=0", "--shard_groups=2", "--listen=" + addr,
-                    data_dir=data)
+                cluster.restart(0, 0, addr, data)
                 # Back, stale, repaired from its peer (patterns, settings and
                 # the map), then ready.
                 want = sorted(int(i) for i in list(first[2:]) + list(later)
@@ -870,12 +877,8 @@ class ClusterTest(unittest.TestCase):
         write" when both were stale, and have its peer repaired from it —
         an acknowledged delete came back on both."""
         blocked = set()
-        a = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=half",
-                    "--shard_group=0", "--shard_groups=1",
-                    "--listen=127.0.0.1:%d" % free_port())
-        b = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=half",
-                    "--shard_group=0", "--shard_groups=1",
-                    "--listen=127.0.0.1:%d" % free_port())
+        a = shard(self.tmp.name, "half", 0, 1)
+        b = shard(self.tmp.name, "half", 0, 1)
         proxy = Proxy(a.addr, missing=blocked)
         router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=half",
                          "--shards=%s,%s" % (proxy.addr, b.addr))
@@ -909,9 +912,7 @@ class ClusterTest(unittest.TestCase):
                 b_addr, b_data = b.addr, b.data_dir
                 b.kill()
                 until(lambda: not status()[b_addr].get("ready"))
-                b = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=half",
-                            "--shard_group=0", "--shard_groups=1", "--listen=" + b_addr,
-                            data_dir=b_data)
+                b = shard(self.tmp.name, "half", 0, 1, listen=b_addr, data_dir=b_data)
                 blocked.clear()
                 until(lambda: all(r.get("ready") for r in status().values()), 30)
                 held = sorted(p.id for p in c.list_patterns("half", values=False))
@@ -967,19 +968,12 @@ class ClusterTest(unittest.TestCase):
         cluster, or over another number of groups, refuses it."""
         cluster = Cluster(self.tmp.name, 2, 1, cluster="tokens")
         topology = ";".join(row[0].addr for row in cluster.shards)
-        second = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=tokens",
-                         "--shards=" + topology)
+        second = router(self.tmp.name, "tokens", topology)
         # The same cluster's name over one group (another deployment of it).
-        lone = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=tokens",
-                       "--shard_group=0", "--shard_groups=1",
-                       "--listen=127.0.0.1:%d" % free_port())
-        fewer = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=tokens",
-                        "--shards=" + lone.addr)
-        apart = Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=others",
-                        "--shard_group=0", "--shard_groups=1",
-                        "--listen=127.0.0.1:%d" % free_port())
-        other = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=others",
-                        "--shards=" + apart.addr)
+        lone = shard(self.tmp.name, "tokens", 0, 1)
+        fewer = router(self.tmp.name, "tokens", lone.addr)
+        apart = shard(self.tmp.name, "others", 0, 1)
+        other = router(self.tmp.name, "others", apart.addr)
         try:
             def page(addr, token):
                 with grpc.insecure_channel(addr) as channel:
@@ -1004,9 +998,7 @@ class ClusterTest(unittest.TestCase):
             got += more
             addr = cluster.router.addr
             cluster.router.stop()
-            cluster.router = Engramd(BIN, self.tmp.name, "--role=router",
-                                     "--cluster=tokens", "--shards=" + topology,
-                                     "--listen=" + addr)
+            cluster.router = router(self.tmp.name, "tokens", topology, "--listen=" + addr)
             self.assertIsNone(cluster.wait_serving())
             routers = [cluster.router.addr, second.addr]
             while token:
@@ -1029,15 +1021,12 @@ class ClusterTest(unittest.TestCase):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the replica went away")
             return response
 
-        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=breakoff",
-                          "--shard_group=0", "--shard_groups=1",
-                          "--listen=127.0.0.1:%d" % free_port()) for _ in range(2)]
+        shards = [shard(self.tmp.name, "breakoff", 0, 1) for _ in range(2)]
         flaky = Proxy(shards[0].addr, answer=break_off)
-        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=breakoff",
-                         "--shards=%s,%s" % (flaky.addr, shards[1].addr))
+        routed = router(self.tmp.name, "breakoff", "%s,%s" % (flaky.addr, shards[1].addr))
         restored = Engramd(BIN, self.tmp.name)
         try:
-            with Client(router.addr) as c:
+            with Client(routed.addr) as c:
                 c.create_store("bo", dim=12)
                 ids = sorted(int(i) for i in c.add("bo", self.patterns[:50]))
                 # Reads go to the replicas in turn: until the one that
@@ -1055,7 +1044,7 @@ class ClusterTest(unittest.TestCase):
                 self.assertGreaterEqual(flaky.calls[method], 1)
         finally:
             restored.stop()
-            router.stop()
+            routed.stop()
             flaky.stop()
             for s in shards:
                 s.stop()
@@ -1067,14 +1056,11 @@ class ClusterTest(unittest.TestCase):
         and the restore answers OK; before, the whole restore failed and was
         undone."""
         method = "/engram.v1.Engram/RestoreStore"
-        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=missrestore",
-                          "--shard_group=0", "--shard_groups=1",
-                          "--listen=127.0.0.1:%d" % free_port()) for _ in range(2)]
+        shards = [shard(self.tmp.name, "missrestore", 0, 1) for _ in range(2)]
         refusing = Proxy(shards[1].addr, missing={method})
-        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=missrestore",
-                         "--shards=%s,%s" % (shards[0].addr, refusing.addr))
+        routed = router(self.tmp.name, "missrestore", "%s,%s" % (shards[0].addr, refusing.addr))
         try:
-            with Client(router.addr) as c:
+            with Client(routed.addr) as c:
                 c.create_store("mr", dim=12)
                 ids = sorted(int(i) for i in c.add("mr", self.patterns[:30]))
                 d = os.path.join(self.tmp.name, "missrestore")
@@ -1099,7 +1085,7 @@ class ClusterTest(unittest.TestCase):
                 self.assertEqual(sorted(p.id for p in c.list_patterns("mr-copy", values=False)),
                                  ids)
         finally:
-            router.stop()
+            routed.stop()
             refusing.stop()
             for s in shards:
                 s.stop()
@@ -1109,17 +1095,14 @@ class ClusterTest(unittest.TestCase):
         whose replicas are all older lists by their own page tokens, every
         page of a listing from the replica that began it, as before; in a
         group with one older replica the other one serves every page."""
-        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=olderlist",
-                          "--shard_group=%d" % g, "--shard_groups=2",
-                          "--listen=127.0.0.1:%d" % free_port()) for g in (0, 0, 1, 1)]
+        shards = [shard(self.tmp.name, "olderlist", g, 2) for g in (0, 0, 1, 1)]
         after = "/engram.cluster.v1.Shard/ListPatternsAfter"
         listed = "/engram.v1.Engram/ListPatterns"
         old = [Proxy(s.addr, missing={after}) for s in shards]
-        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=olderlist",
-                         "--shards=%s,%s;%s,%s" % (old[0].addr, shards[1].addr,
-                                                   old[2].addr, old[3].addr))
+        routed = router(self.tmp.name, "olderlist", "%s,%s;%s,%s" % (
+            old[0].addr, shards[1].addr, old[2].addr, old[3].addr))
         try:
-            with Client(router.addr, retries=0) as c:
+            with Client(routed.addr, retries=0) as c:
                 c.create_store("ol", dim=12)
                 ids = [int(i) for i in c.add("ol", self.patterns[:60])]
                 want = (sorted(i for i in ids if store_group(i) == 0) +
@@ -1134,7 +1117,7 @@ class ClusterTest(unittest.TestCase):
                     # Group 1 (older only): every page by one replica's tokens.
                     self.assertEqual(sorted(pages[2:]), [0, -(-in_group1 // 4)])
         finally:
-            router.stop()
+            routed.stop()
             for p in old:
                 p.stop()
             for s in shards:
@@ -1183,12 +1166,10 @@ class ClusterTest(unittest.TestCase):
                             raise
                         time.sleep(0.2)
             cluster.router.stop()
-            cluster.shards[0][0] = Engramd(
-                BIN, self.tmp.name, "--role=shard", "--cluster=stamps",
-                "--shard_group=0", "--shard_groups=1", "--listen=" + addr, data_dir=data)
+            cluster.restart(0, 0, addr, data)
             self.assertEqual(len(list(Client(addr).list_patterns("st", values=False))), 3)
-            cluster.router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=stamps",
-                                     "--shards=" + ",".join(s.addr for s in cluster.shards[0]))
+            cluster.router = router(self.tmp.name, "stamps",
+                                    ",".join(s.addr for s in cluster.shards[0]))
             want = sorted(first + later)
             deadline = time.time() + 20
             while True:
@@ -1371,16 +1352,13 @@ class ClusterTest(unittest.TestCase):
         """A group whose shard predates CheckDelete (it answers UNIMPLEMENTED)
         has its share of a delete go unchecked, as before the check; the
         groups that have the check still refuse for the whole request."""
-        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=old",
-                          "--shard_group=%d" % g, "--shard_groups=2",
-                          "--listen=127.0.0.1:%d" % free_port()) for g in range(2)]
+        shards = [shard(self.tmp.name, "old", g, 2) for g in range(2)]
         check = "/engram.cluster.v1.Shard/CheckDelete"
         # A shard as a build from before CheckDelete.
         old = Proxy(shards[1].addr, missing={check})
-        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=old",
-                         "--shards=%s;%s" % (shards[0].addr, old.addr))
+        routed = router(self.tmp.name, "old", "%s;%s" % (shards[0].addr, old.addr))
         try:
-            with Client(router.addr) as c:
+            with Client(routed.addr) as c:
                 c.create_store("old", dim=12)
                 ids = c.add("old", self.patterns[:60]).tolist()
                 by_group = [[i for i in ids if store_group(i) == g] for g in range(2)]
@@ -1412,7 +1390,7 @@ class ClusterTest(unittest.TestCase):
                 left = {p.id for p in c.list_patterns("old", values=False)}
                 self.assertEqual(left, set(ids) - set(by_group[0][:5]) - set(by_group[1][:3]))
         finally:
-            router.stop()
+            routed.stop()
             old.stop()
             for s in shards:
                 s.stop()
@@ -1498,14 +1476,12 @@ class ClusterTest(unittest.TestCase):
                 c.delete_store(name)
 
     def test_4f_a_restore_one_group_refuses_is_undone_on_the_others(self):
-        shards = [Engramd(BIN, self.tmp.name, "--role=shard", "--cluster=undo", "--shard_group=%d" % g,
-                          "--shard_groups=2", "--listen=127.0.0.1:%d" % free_port(), *flags)
+        shards = [shard(self.tmp.name, "undo", g, 2, *flags)
                   for g, flags in ((0, []), (1, ["--max_restore_mb=0"]))]
-        router = Engramd(BIN, self.tmp.name, "--role=router", "--cluster=undo",
-                         "--shards=" + ";".join(s.addr for s in shards))
+        routed = router(self.tmp.name, "undo", ";".join(s.addr for s in shards))
         d = os.path.join(self.tmp.name, "undo-backup")
         try:
-            with Client(router.addr) as c:
+            with Client(routed.addr) as c:
                 c.create_store("u", dim=12)
                 c.add("u", self.patterns[:40])
                 c.create_backup(d, store="u")
@@ -1523,7 +1499,7 @@ class ClusterTest(unittest.TestCase):
                 with Client(s.addr) as c:
                     self.assertEqual([x.name for x in c.list_stores()], [])
         finally:
-            router.stop()
+            routed.stop()
             for s in shards:
                 s.stop()
 
