@@ -45,17 +45,15 @@ class CollectedFiles : public store::BackupSink {
 absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
                                                      const std::string& name,
                                                      absl::Time deadline) {
-  // Watched as every call to a shard is (call_cutter.h).
-  auto context = std::make_shared<grpc::ClientContext>();
-  pool_->Prepare(*context, deadline);
-  if (!pool_->cutter().Watch(context)) {
-    return absl::CancelledError("the router is stopping");
-  }
+  absl::StatusOr<std::shared_ptr<grpc::ClientContext>> watched =
+      pool_->WatchedContext(deadline);
+  if (!watched.ok()) return watched.status();
+  grpc::ClientContext* context = watched->get();
   api::CreateBackupRequest request;
   request.set_store(name);
   const absl::Time start = SteadyNow();
   std::unique_ptr<grpc::ClientReader<api::BackupChunk>> reader =
-      replica.engram->CreateBackup(context.get(), request);
+      replica.engram->CreateBackup(context, request);
   store::MemorySource files(options_.max_restore_bytes);
   api::BackupChunk chunk;
   size_t received = 0;
@@ -71,7 +69,7 @@ absl::StatusOr<store::StoreImage> Router::BackupFrom(const Replica& replica,
     }
   }
   const grpc::Status status =
-      pool_->cutter().Unwatch(context.get(), reader->Finish());
+      pool_->cutter().Unwatch(context, reader->Finish());
   pool_->Record(replica, "CreateBackup", status, SteadyNow() - start,
                 request.ByteSizeLong(), received);
   auto from_shard = [&](const absl::Status& s) {
@@ -165,15 +163,14 @@ absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
                                bool replace,
                                const std::vector<api::BackupChunk>& files,
                                absl::Time deadline) {
-  auto context = std::make_shared<grpc::ClientContext>();
-  pool_->Prepare(*context, deadline);
-  if (!pool_->cutter().Watch(context)) {
-    return absl::CancelledError("the router is stopping");
-  }
+  absl::StatusOr<std::shared_ptr<grpc::ClientContext>> watched =
+      pool_->WatchedContext(deadline);
+  if (!watched.ok()) return watched.status();
+  grpc::ClientContext* context = watched->get();
   api::Store restored;
   const absl::Time start = SteadyNow();
   std::unique_ptr<grpc::ClientWriter<api::RestoreStoreRequest>> writer =
-      replica.engram->RestoreStore(context.get(), &restored);
+      replica.engram->RestoreStore(context, &restored);
   api::RestoreStoreRequest message;
   message.set_name(name);
   message.set_replace(replace);
@@ -186,7 +183,7 @@ absl::Status Router::RestoreOn(const Replica& replica, const std::string& name,
   }
   writer->WritesDone();
   const grpc::Status status =
-      pool_->cutter().Unwatch(context.get(), writer->Finish());
+      pool_->cutter().Unwatch(context, writer->Finish());
   pool_->Record(replica, "RestoreStore", status, SteadyNow() - start, sent,
                 restored.ByteSizeLong());
   return FromShard(status, replica);

@@ -40,14 +40,12 @@ absl::Status Unary(const ShardPool& pool, const Replica& replica, Stub& stub,
                                                 const Request&, Response*),
                    const Request& request, Response* response,
                    absl::Time deadline, bool stamped = true) {
-  auto context = std::make_shared<grpc::ClientContext>();
-  pool.Prepare(*context, deadline, stamped);
-  if (!pool.cutter().Watch(context)) {
-    return absl::CancelledError("the router is stopping");
-  }
+  absl::StatusOr<std::shared_ptr<grpc::ClientContext>> context =
+      pool.WatchedContext(deadline, stamped);
+  if (!context.ok()) return context.status();
   const absl::Time start = SteadyNow();
   const grpc::Status status = pool.cutter().Unwatch(
-      context.get(), (stub.*method)(context.get(), request, response));
+      context->get(), (stub.*method)(context->get(), request, response));
   absl::string_view method_name = Request::descriptor()->name();
   absl::ConsumeSuffix(&method_name, "Request");
   pool.Record(replica, method_name, status, SteadyNow() - start,

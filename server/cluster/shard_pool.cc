@@ -143,6 +143,16 @@ void ShardPool::Prepare(grpc::ClientContext& context, absl::Time deadline,
   context.AddMetadata(kStampHeader, absl::StrCat(stamp));
 }
 
+absl::StatusOr<std::shared_ptr<grpc::ClientContext>> ShardPool::WatchedContext(
+    absl::Time deadline, bool stamped) const {
+  auto context = std::make_shared<grpc::ClientContext>();
+  Prepare(*context, deadline, stamped);
+  if (!cutter_.Watch(context)) {
+    return absl::CancelledError("the router is stopping");
+  }
+  return context;
+}
+
 absl::Status ShardPool::Probe() {
   // Every replica at once: a slow one costs one timeout, not one each.
   struct Probed {

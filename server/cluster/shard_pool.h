@@ -141,6 +141,11 @@ class ShardPool {
   // repaired never passes for the one that took the latest write.
   void Prepare(grpc::ClientContext& context, absl::Time deadline,
                bool stamped = true) const;
+  // A context for a blocking call to a shard, prepared as Prepare does and
+  // watched by cutter() (pass the call's status through cutter().Unwatch);
+  // CANCELLED once the pool is stopping.
+  absl::StatusOr<std::shared_ptr<grpc::ClientContext>> WatchedContext(
+      absl::Time deadline, bool stamped = true) const;
 
   // Counts one call to a replica (metrics: calls, latency, bytes).
   void Record(const Replica& replica, absl::string_view method,
