@@ -507,7 +507,7 @@ void Add(const std::vector<std::string>& args) {
         absl::StrFormat(
             "added %u patterns (ids %u..%u) to %s in %.2fs; it holds %u\n",
             done->patterns_added(), done->first_id(), done->last_id(), args[0],
-            absl::ToDoubleSeconds(SteadyNow() - start), done->pattern_count()));
+            SecondsSince(start), done->pattern_count()));
 }
 
 void PatternsList(const std::vector<std::string>& args) {

@@ -69,8 +69,7 @@ absl::Status LoadStores(store::StoreRegistry& registry,
     }
   }
   Log(LogLevel::kInfo, "loaded %zu stores, %zu patterns, %zu damaged in %.3fs",
-      stores, patterns, registry.Damaged().size(),
-      absl::ToDoubleSeconds(SteadyNow() - start));
+      stores, patterns, registry.Damaged().size(), SecondsSince(start));
   return absl::OkStatus();
 }
 

@@ -92,7 +92,7 @@ absl::Status RestoreServer(const std::string& backup_dir,
       "restored %d stores (%d patterns) from the backup in %s, taken %s by "
       "engram %s, in %.1f s",
       manifest->stores_size(), *patterns, backup_dir, manifest->create_time(),
-      manifest->engram_version(), absl::ToDoubleSeconds(SteadyNow() - start));
+      manifest->engram_version(), SecondsSince(start));
   return absl::OkStatus();
 }
 

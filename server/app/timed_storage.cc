@@ -8,8 +8,7 @@ template <typename Write>
 absl::Status TimedStorage::Timed(Write&& write) {
   const absl::Time start = SteadyNow();
   absl::Status status = write();
-  metrics_->RecordStorageWrite(absl::ToDoubleSeconds(SteadyNow() - start),
-                               status.ok());
+  metrics_->RecordStorageWrite(SecondsSince(start), status.ok());
   return status;
 }
 

@@ -33,6 +33,12 @@ inline absl::Time SteadyNow() {
          absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
 }
 
+// Seconds from `start` (a SteadyNow()) to now: a duration as metrics,
+// logs and job records give it.
+inline double SecondsSince(absl::Time start) {
+  return absl::ToDoubleSeconds(SteadyNow() - start);
+}
+
 // The wall-clock `deadline` on the steady clock (infinite stays infinite).
 // A deadline as gRPC holds one (a system_clock time point; "none" is the
 // far future), as an absl::Time on the wall clock: InfiniteFuture for none

@@ -313,7 +313,7 @@ absl::Status ClusterJobs::Fit(const api::Store& merged,
   record.set_loss_before(fit->loss_before);
   record.set_loss_after(fit->loss_after);
   record.set_epochs(fit->epochs);
-  record.set_duration_seconds(absl::ToDoubleSeconds(SteadyNow() - start));
+  record.set_duration_seconds(SecondsSince(start));
   record.set_patterns_fitted(total);
   if (job->cancel) return absl::CancelledError("fit cancelled");
   // A group none of whose replicas took it fails the fit.

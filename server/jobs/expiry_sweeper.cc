@@ -43,7 +43,7 @@ size_t ExpirySweeper::SweepOnce() {
           reclaimed.status().ToString());
       continue;
     }
-    const double seconds = absl::ToDoubleSeconds(SteadyNow() - start);
+    const double seconds = SecondsSince(start);
     if (observer_) observer_(s->name(), *reclaimed, seconds);
     Log(LogLevel::kDebug, "expiry: store '%s': %d patterns reclaimed in %.3fs",
         s->name(), *reclaimed, seconds);

@@ -63,7 +63,7 @@ v1::CalibrationReport ReportOf(const core::CalibrationResult& r,
   report.set_sample_size(static_cast<uint32_t>(r.sample_size));
   report.set_memories_used(r.memories_used);
   report.set_candidates(static_cast<uint32_t>(r.evaluated.size()));
-  report.set_duration_seconds(absl::ToDoubleSeconds(SteadyNow() - start));
+  report.set_duration_seconds(SecondsSince(start));
   return report;
 }
 
@@ -100,7 +100,7 @@ absl::StatusOr<store::FitRecord> RunFit(
   record.loss_before = fit->loss_before;
   record.loss_after = fit->loss_after;
   record.epochs = fit->epochs;
-  record.duration_seconds = absl::ToDoubleSeconds(SteadyNow() - start);
+  record.duration_seconds = SecondsSince(start);
   record.patterns_fitted = view.size();
   if (absl::Status status = store.PublishMap(
           std::make_shared<core::FeatureMap>(std::move(fit->map)), record);

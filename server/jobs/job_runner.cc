@@ -446,8 +446,7 @@ void JobRunner::RunFit(const Queued& job) {
           if (epoch == 1) e->fit.set_loss_before(loss);
           e->fit.set_epoch(epoch);
           e->fit.set_loss_after(loss);  // The running epoch's batch.
-          e->fit.set_duration_seconds(
-              absl::ToDoubleSeconds(SteadyNow() - start));
+          e->fit.set_duration_seconds(SecondsSince(start));
           Changed(e->fit_slot);
         }
         return absl::OkStatus();
@@ -461,7 +460,7 @@ void JobRunner::RunFit(const Queued& job) {
   e->fit_slot.running = false;
   e->fit_slot.cancel.reset();
   v1::FitStatus& s = e->fit;
-  s.set_duration_seconds(absl::ToDoubleSeconds(SteadyNow() - start));
+  s.set_duration_seconds(SecondsSince(start));
   Ended(record.status(), s);
   if (record.ok()) {
     s.set_map_version(record->version);

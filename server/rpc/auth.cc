@@ -140,7 +140,7 @@ grpc::Status TokenMetadataProcessor::Process(const InputMetadata& metadata,
   if (metrics_ != nullptr && method != nullptr) {
     // Its latency is the check's: the request was never read.
     metrics_->RecordRequest(method->name(), "UNAUTHENTICATED",
-                            absl::ToDoubleSeconds(SteadyNow() - start));
+                            SecondsSince(start));
   }
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       std::string(status.message()));

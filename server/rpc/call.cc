@@ -290,7 +290,7 @@ absl::Status Call::GrowWrite(size_t message_bytes, absl::string_view advice) {
 grpc::Status Call::Done(const absl::Status& status) {
   reserved_ = WriteBudget::Reservation();
   memory_ = MemoryGuard::Share();
-  const double seconds = absl::ToDoubleSeconds(SteadyNow() - start_);
+  const double seconds = SecondsSince(start_);
   const char* code = CodeName(status.code());
   if (status.ok() && policy_->after_write && context_ != nullptr &&
       written_ != nullptr) {

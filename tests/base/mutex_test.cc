@@ -98,5 +98,12 @@ TEST(SteadyClockTest, AWallClockDeadlineKeepsItsDistance) {
   EXPECT_LE(a, SteadyNow());
 }
 
+TEST(SteadyClockTest, SecondsSinceCountsFromTheStart) {
+  const double since = SecondsSince(SteadyNow() - absl::Seconds(2));
+  EXPECT_GE(since, 2.0);
+  EXPECT_LT(since, 62.0);  // However loaded the machine.
+  EXPECT_GE(SecondsSince(SteadyNow()), 0.0);
+}
+
 }  // namespace
 }  // namespace engram
