@@ -197,18 +197,22 @@ absl::StatusOr<uint64_t> JobRunner::WaitForChange(JobKind kind,
                                                   const std::string& store,
                                                   uint64_t after,
                                                   absl::Duration timeout) {
-  const absl::Time deadline = SteadyNow() + timeout;
   MutexLock lock(&mu_);
-  while (true) {
-    absl::StatusOr<Entry*> entry = EntryFor(store);
-    if (!entry.ok()) return entry.status();
-    const uint64_t generation = (*entry)->slot(kind).generation;
-    const absl::Duration left = deadline - SteadyNow();
-    if (generation > after || stopping_ || left <= absl::ZeroDuration()) {
-      return generation;
-    }
-    changed_.WaitWithTimeout(&mu_, left);
-  }
+  // The store's generation of `kind`, or why there is none (the store gone).
+  absl::StatusOr<uint64_t> generation;
+  changed_.AwaitWithTimeout(
+      &mu_,
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        absl::StatusOr<Entry*> entry = EntryFor(store);
+        if (!entry.ok()) {
+          generation = entry.status();
+          return true;
+        }
+        generation = (*entry)->slot(kind).generation;
+        return *generation > after || stopping_;
+      },
+      timeout);
+  return generation;
 }
 
 // --- What starts and stops jobs ---------------------------------------------

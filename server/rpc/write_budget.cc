@@ -10,6 +10,15 @@
 #include "server/base/steady_clock.h"
 
 namespace engram::rpc {
+namespace {
+
+// How long a request waited, to the millisecond, for a refusal's text.
+std::string WaitedSince(absl::Time start) {
+  return absl::FormatDuration(
+      absl::Trunc(SteadyNow() - start, absl::Milliseconds(1)));
+}
+
+}  // namespace
 
 void WriteBudget::EndReading(size_t bytes) {
   MutexLock lock(&mu_);
@@ -81,25 +90,25 @@ absl::StatusOr<WriteBudget::Reading> WriteBudget::AwaitRead(
   const uint64_t ticket = next_ticket_++;
   to_read_.insert(ticket);
   // In order of arrival; one at a time where even one does not fit.
-  while (*to_read_.begin() != ticket ||
-         (reading_ > 0 && reading_bytes_ + waiting_bytes_ + held > limit_)) {
-    const absl::Duration left = deadline - SteadyNow();
-    if (left <= absl::ZeroDuration()) {
-      to_read_.erase(ticket);
-      freed_.SignalAll();  // The next one may be first now.
-      return absl::ResourceExhaustedError(absl::StrCat(
-          reading_, " requests are being read and ", waiting_.size(),
-          " more wait for their share of the write memory, holding ",
-          MiB(reading_bytes_ + waiting_bytes_), " of the ", MiB(limit_),
-          " the server lets writes take (", flag_, "); a request of up to ",
-          MiB(largest_request), " (--max_message_mb) waited ",
-          absl::FormatDuration(
-              absl::Trunc(SteadyNow() - start, absl::Milliseconds(1))),
-          " to be read; retry later"));
-    }
-    freed_.WaitWithTimeout(&mu_, left);
-  }
+  const bool turn = freed_.AwaitWithTimeout(
+      &mu_,
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return *to_read_.begin() == ticket &&
+               (reading_ == 0 ||
+                reading_bytes_ + waiting_bytes_ + held <= limit_);
+      },
+      deadline - SteadyNow());
   to_read_.erase(ticket);
+  if (!turn) {
+    freed_.SignalAll();  // The next one may be first now.
+    return absl::ResourceExhaustedError(absl::StrCat(
+        reading_, " requests are being read and ", waiting_.size(),
+        " more wait for their share of the write memory, holding ",
+        MiB(reading_bytes_ + waiting_bytes_), " of the ", MiB(limit_),
+        " the server lets writes take (", flag_, "); a request of up to ",
+        MiB(largest_request), " (--max_message_mb) waited ", WaitedSince(start),
+        " to be read; retry later"));
+  }
   ++reading_;
   reading_bytes_ += held;
   freed_.SignalAll();  // The next in line may be read too.
@@ -137,22 +146,20 @@ absl::StatusOr<WriteBudget::Reservation> WriteBudget::Reserve(
   waiting_.insert(ticket);
   waiting_bytes_ += held_waiting;
   // In order of arrival: only the oldest waiting write may take what is free.
-  while (*waiting_.begin() != ticket || reserved_ + bytes > limit_) {
-    const absl::Duration left = deadline - SteadyNow();
-    if (left > absl::ZeroDuration()) {
-      freed_.WaitWithTimeout(&mu_, left);
-    } else {
-      StopWaiting(ticket, held_waiting);
-      freed_.SignalAll();  // The next one may be first now.
-      return absl::ResourceExhaustedError(
-          absl::StrCat(InFlight(), "; this one needs ", MiB(bytes), " (",
-                       kWriteCost, " times its request) and waited ",
-                       absl::FormatDuration(absl::Trunc(SteadyNow() - start,
-                                                        absl::Milliseconds(1))),
-                       "; retry later or send smaller requests"));
-    }
-  }
+  const bool turn = freed_.AwaitWithTimeout(
+      &mu_,
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return *waiting_.begin() == ticket && reserved_ + bytes <= limit_;
+      },
+      deadline - SteadyNow());
   StopWaiting(ticket, held_waiting);
+  if (!turn) {
+    freed_.SignalAll();  // The next one may be first now.
+    return absl::ResourceExhaustedError(absl::StrCat(
+        InFlight(), "; this one needs ", MiB(bytes), " (", kWriteCost,
+        " times its request) and waited ", WaitedSince(start),
+        "; retry later or send smaller requests"));
+  }
   reserved_ += bytes;
   freed_.SignalAll();  // The next in line may fit too.
   return Reservation(this, bytes);
