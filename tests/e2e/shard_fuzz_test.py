@@ -258,19 +258,30 @@ class ShardFuzzTest(unittest.TestCase):
         return True
 
     def wait_settled(self):
-        """Until every replica serves (`engram cluster status` exits 0) and
-        the replicas of each group hold the same."""
+        """Until every replica serves (`engram cluster status` exits 0), the
+        replicas of each group hold the same, and no fit the fuzzing started
+        is still running (while its map is published group by group, a
+        retrieval is refused ABORTED, to be retried)."""
         deadline = time.monotonic() + 60
         while True:
             status = subprocess.run([os.path.join(ARGS.bin, "engram"), "cluster", "status",
                                      "--addr=" + self.router.addr],
                                     capture_output=True, text=True, timeout=30)
-            if status.returncode == 0 and self.replicas_agree():
+            if status.returncode == 0 and self.replicas_agree() and not self.fitting():
                 return
             self.assertLess(time.monotonic(), deadline,
                             "the router did not recover:\n%s\nits log:\n%s" % (
                                 status.stdout, self.router.log()[-3000:]))
             time.sleep(0.2)
+
+    def fitting(self):
+        """Whether the router has a fit of the kernel store pending or running."""
+        with Client(self.router.addr, timeout=10) as c:
+            try:
+                state = c.fit_status("kernel").state
+            except grpc.RpcError:
+                return True
+        return state in (pb.FitStatus.PENDING, pb.FitStatus.RUNNING)
 
     def check_recovered(self):
         """With the damage off, the router reads as one engramd that holds
