@@ -33,7 +33,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
 import grpc  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, make_certs, reset_streams  # noqa: E402
+from harness import Engramd, cpu_seconds, machine, make_certs, reset_streams  # noqa: E402
 
 TOKEN = "writer-0123456789abcdef"
 
@@ -62,10 +62,7 @@ def main():
     parser.add_argument("--flag", action="append", default=[],
                         help="one more engramd flag (--flag=--max_open_streams=0)")
     args = parser.parse_args()
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f
-                      if line.startswith("model name")), "unknown")
-    print("machine: %s, %d cores" % (model, os.cpu_count()), flush=True)
+    print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         flags, options, ca = [], {}, None
         if args.tls:
@@ -87,13 +84,7 @@ def main():
             client = Client(server.addr, retries=0, timeout=5, **options)
             client.create_store("s", dim=4)
             print("before:", calls(client, 3), flush=True)
-            ticks = os.sysconf("SC_CLK_TCK")
-
-            def cpu():
-                with open("/proc/%d/stat" % server.proc.pid) as f:
-                    return sum(map(int, f.read().split()[13:15])) / ticks
-
-            cpu_before, opened, made = cpu(), [], []
+            cpu_before, opened, made = cpu_seconds(server.proc.pid), [], []
 
             def attack():
                 streams, connections = reset_streams(port, args.seconds, ca=ca)
@@ -110,7 +101,7 @@ def main():
                 resident = next(line.split()[1] for line in f if line.startswith("VmRSS"))
             print("attack: %d streams written on %d connections (%d at a time); engramd "
                   "%.1f CPU s, %d MiB resident" % (sum(opened), sum(made), args.connections,
-                                                   cpu() - cpu_before, int(resident) // 1024),
+                                                   cpu_seconds(server.proc.pid) - cpu_before, int(resident) // 1024),
                   flush=True)
             print("after:", calls(client, 3))
         finally:

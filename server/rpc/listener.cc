@@ -1,11 +1,13 @@
 #include "server/rpc/listener.h"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -74,16 +76,6 @@ int ListenOn(const sockaddr* address, socklen_t length, bool dual_stack,
   return fd;
 }
 
-// An IPv4 address mapped into IPv6 (::ffff:a.b.c.d) as its 4 bytes.
-std::string Unmapped(const std::string& ip) {
-  static const char kMapped[12] = {0, 0, 0, 0, 0,      0,
-                                   0, 0, 0, 0, '\xff', '\xff'};
-  if (ip.size() == 16 && std::memcmp(ip.data(), kMapped, 12) == 0) {
-    return ip.substr(12);
-  }
-  return ip;
-}
-
 // The peer of a TCP socket address: its bytes (an IPv4-mapped IPv6
 // address as IPv4) and port; an empty ip for any other family.
 std::pair<std::string, int> PeerOf(const sockaddr_storage& address) {
@@ -147,6 +139,15 @@ bool OneConnectionFailed(int error) {
 }
 
 }  // namespace
+
+std::string Unmapped(const std::string& ip) {
+  static const char kMapped[12] = {0, 0, 0, 0, 0,      0,
+                                   0, 0, 0, 0, '\xff', '\xff'};
+  if (ip.size() == 16 && std::memcmp(ip.data(), kMapped, 12) == 0) {
+    return ip.substr(12);
+  }
+  return ip;
+}
 
 absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
     absl::string_view listen) {
@@ -482,6 +483,29 @@ bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
     ++it;
   }
   return false;
+}
+
+Listener::BytesByPeer Listener::BytesRead() const {
+  BytesByPeer read;
+  MutexLock lock(&peers_mu_);
+  read.reserve(peers_.size());
+  for (const auto& [fd, peer] : peers_) {
+    // A descriptor gRPC has closed fails here, or (taken again by another
+    // socket) counts under a peer gone, whose socket channelz no longer
+    // lists; Cut and the next accept of the number mend the entry.
+    tcp_info info{};
+    socklen_t length = sizeof(info);
+    int queued = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
+        length < offsetof(tcp_info, tcpi_bytes_received) +
+                     sizeof(info.tcpi_bytes_received) ||
+        ioctl(fd, SIOCINQ, &queued) != 0) {
+      continue;
+    }
+    read[{peer.ip, peer.port}] =
+        static_cast<int64_t>(info.tcpi_bytes_received) - queued;
+  }
+  return read;
 }
 
 void Listener::Shed(const char* reason) {

@@ -38,8 +38,10 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -47,6 +49,10 @@
 #include "server/base/mutex.h"
 
 namespace engram::rpc {
+
+// An IPv4 address mapped into IPv6 (::ffff:a.b.c.d) as its 4 bytes; any
+// other address's bytes as they are.
+std::string Unmapped(const std::string& ip);
 
 class Listener {
  public:
@@ -107,6 +113,13 @@ class Listener {
   // that one has closed).
   bool Cut(const std::string& ip, int port, absl::Duration ban);
 
+  // What gRPC has read so far of each TCP connection this listener took
+  // (bytes received less those still queued in the socket), by its peer's
+  // address (4 or 16 bytes, an IPv4-mapped one as IPv4) and port. Two
+  // system calls a connection; one that has closed is left out.
+  using BytesByPeer = absl::flat_hash_map<std::pair<std::string, int>, int64_t>;
+  BytesByPeer BytesRead() const;
+
  private:
   struct Socket {
     int fd;
@@ -144,7 +157,7 @@ class Listener {
     std::string ip;  // 4 or 16 bytes.
     int port = 0;
   };
-  Mutex peers_mu_;
+  mutable Mutex peers_mu_;
   // The TCP connections handed to gRPC, by descriptor (gRPC closes them:
   // an entry is checked against getpeername before it is used, and
   // replaced when the number is accepted again).

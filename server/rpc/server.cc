@@ -381,8 +381,25 @@ void Server::GuardStreams(const ServerOptions& options,
   StreamFloodGuard guard(
       {options.max_open_streams, options.max_stream_resets_per_s});
   while (Sleep(absl::Milliseconds(250))) {
-    for (const SocketStreams& s :
-         guard.Observe(SteadyNow(), ReadChannelzSockets())) {
+    // What gRPC has read of each connection, taken before channelz's
+    // counts: streams counted at a look come from bytes read before it.
+    const Listener::BytesByPeer bytes_read = listener_->BytesRead();
+    const absl::Time now = SteadyNow();
+    std::vector<SocketStreams> read;
+    std::vector<int64_t> unread;
+    for (const SocketRef& ref : ReadChannelzSocketRefs()) {
+      if (ref.remote_ip.empty()) continue;  // Not TCP: none to cut.
+      auto it = bytes_read.find({Unmapped(ref.remote_ip), ref.remote_port});
+      const int64_t bytes = it == bytes_read.end() ? -1 : it->second;
+      SocketStreams s;
+      if (!guard.NeedsLook(now, ref.socket_id, bytes)) {
+        unread.push_back(ref.socket_id);
+      } else if (ReadChannelzSocket(ref.socket_id, &s)) {
+        s.bytes_read = bytes;
+        read.push_back(std::move(s));
+      }
+    }
+    for (const SocketStreams& s : guard.Observe(now, read, unread)) {
       if (s.remote_ip.empty() || !listener_->Cut(s.remote_ip, s.remote_port,
                                                  options.stream_flood_ban)) {
         continue;  // Not a TCP connection of this server's.

@@ -1,5 +1,8 @@
 #include "server/rpc/stream_flood.h"
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -7,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "grpc/grpc.h"
 #include "grpc/support/alloc.h"
 
@@ -77,28 +81,73 @@ bool ParseChannelzSocket(absl::string_view json, SocketStreams* out) {
   return out->socket_id > 0;
 }
 
-std::vector<SocketStreams> ReadChannelzSockets() {
-  std::vector<SocketStreams> out;
+std::vector<SocketRef> ParseChannelzSocketRefs(absl::string_view json) {
+  std::vector<SocketRef> refs;
+  const absl::string_view key = "\"socketId\":";
+  for (size_t at = json.find(key); at != absl::string_view::npos;
+       at = json.find(key, at + 1)) {
+    SocketRef ref;
+    ref.socket_id = NumberOf(json, "socketId", at);
+    // The name is in the same object, before or after the id.
+    const size_t open = json.rfind('{', at);
+    const size_t close = json.find('}', at);
+    if (open == absl::string_view::npos || close == absl::string_view::npos) {
+      continue;
+    }
+    const absl::string_view name =
+        ValueOf(json.substr(open, close - open), "name");
+    for (const auto& [scheme, family] :
+         {std::pair<absl::string_view, int>{"ipv4:", AF_INET},
+          std::pair<absl::string_view, int>{"ipv6:", AF_INET6}}) {
+      const size_t from = name.find(scheme);
+      if (from == absl::string_view::npos) continue;
+      absl::string_view address = name.substr(from + scheme.size());
+      const size_t colon = address.rfind(':');
+      int port = 0;
+      if (colon == absl::string_view::npos ||
+          !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
+        break;
+      }
+      address = address.substr(0, colon);
+      if (family == AF_INET6) {
+        if (!absl::ConsumePrefix(&address, "[") ||
+            !absl::ConsumeSuffix(&address, "]")) {
+          break;
+        }
+        address = address.substr(0, address.find('%'));  // A scope.
+      }
+      unsigned char bytes[16];
+      if (inet_pton(family, std::string(address).c_str(), bytes) != 1) break;
+      ref.remote_ip.assign(reinterpret_cast<const char*>(bytes),
+                           family == AF_INET ? 4 : 16);
+      ref.remote_port = port;
+      break;
+    }
+    if (ref.socket_id > 0) refs.push_back(std::move(ref));
+  }
+  return refs;
+}
+
+std::vector<SocketRef> ReadChannelzSocketRefs() {
+  std::vector<SocketRef> out;
   for (int64_t server :
        IdsOf(Owned(grpc_channelz_get_servers(0)), "serverId")) {
     int64_t start = 0;
     while (true) {
       const std::string page =
           Owned(grpc_channelz_get_server_sockets(server, start, 1000));
-      const std::vector<int64_t> ids = IdsOf(page, "socketId");
-      for (int64_t id : ids) {
-        SocketStreams s;
-        if (ParseChannelzSocket(Owned(grpc_channelz_get_socket(id)), &s)) {
-          out.push_back(std::move(s));
-        }
-      }
-      if (ids.empty() || page.find("\"end\":true") != std::string::npos) {
-        break;
-      }
-      start = ids.back() + 1;
+      std::vector<SocketRef> refs = ParseChannelzSocketRefs(page);
+      if (refs.empty()) break;
+      start = refs.back().socket_id + 1;
+      for (SocketRef& ref : refs) out.push_back(std::move(ref));
+      if (page.find("\"end\":true") != std::string::npos) break;
     }
   }
   return out;
+}
+
+bool ReadChannelzSocket(int64_t socket_id, SocketStreams* out) {
+  return ParseChannelzSocket(Owned(grpc_channelz_get_socket(socket_id)), out);
 }
 
 bool StreamFloodGuard::Floods(absl::Time now, const SocketStreams& s,
@@ -116,20 +165,43 @@ bool StreamFloodGuard::Floods(absl::Time now, const SocketStreams& s,
              static_cast<double>(limits_.failed_per_second);
 }
 
+bool StreamFloodGuard::NeedsLook(absl::Time now, int64_t socket_id,
+                                 int64_t bytes_read) const {
+  if (limits_.failed_per_second > 0) return true;
+  if (limits_.max_open <= 0) return false;
+  auto seen = seen_.find(socket_id);
+  return seen == seen_.end() || bytes_read < 0 || !seen->second.quiet ||
+         bytes_read != seen->second.bytes_read ||
+         now - seen->second.looked >= limits_.recheck;
+}
+
 std::vector<SocketStreams> StreamFloodGuard::Observe(
-    absl::Time now, const std::vector<SocketStreams>& sockets) {
+    absl::Time now, const std::vector<SocketStreams>& read,
+    const std::vector<int64_t>& unread) {
   std::vector<SocketStreams> cut;
   std::map<int64_t, Seen> seen;
-  for (const SocketStreams& s : sockets) {
+  for (const SocketStreams& s : read) {
     auto was = seen_.find(s.socket_id);
     const Seen* before = was == seen_.end() ? nullptr : &was->second;
     if (Floods(now, s, before)) {
       cut.push_back(s);
-    } else if (before != nullptr && now - before->since < limits_.window) {
-      seen[s.socket_id] = *before;  // Too soon for a rate: keep the start.
-    } else {
-      seen[s.socket_id] = {now, s.failed};
+      continue;
     }
+    Seen& now_seen = seen[s.socket_id];
+    if (before != nullptr && now - before->since < limits_.window) {
+      now_seen = *before;  // Too soon for a rate: keep the start.
+    } else {
+      now_seen.since = now;
+      now_seen.failed = s.failed;
+    }
+    now_seen.quiet = before != nullptr && s.bytes_read >= 0 &&
+                     s.bytes_read == before->bytes_read;
+    now_seen.looked = now;
+    now_seen.bytes_read = s.bytes_read;
+  }
+  for (int64_t id : unread) {
+    auto was = seen_.find(id);
+    if (was != seen_.end()) seen.insert(*was);
   }
   seen_ = std::move(seen);  // Sockets gone are forgotten.
   return cut;

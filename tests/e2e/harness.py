@@ -330,6 +330,33 @@ def resident_mib(pid):
     return int(line.split()[1]) / 1024
 
 
+def cpu_seconds(pid):
+    """The CPU time process `pid` has used, user and system, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine():
+    """The CPU's model and this machine's core count, for a probe's first line."""
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f
+                      if line.startswith("model name")), "unknown")
+    return "machine: %s, %d cores" % (model, os.cpu_count())
+
+
+def idle_connections(port, n):
+    """`n` HTTP/2 connections to 127.0.0.1:`port` that say hello (the
+    preface, empty settings, an acknowledgement of the server's) and then
+    nothing more; their sockets, to be closed by the caller."""
+    sockets = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + _frame(4, 1, 0))
+        sockets.append(s)
+    return sockets
+
+
 @contextlib.contextmanager
 def garbled_message(client, which):
     """While in effect, the `which`-th (from 1) message of patterns that

@@ -12,7 +12,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -377,6 +379,49 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   close(kept);
   (*l)->Stop();
   EXPECT_EQ(banned.load(), 1);
+}
+
+// What gRPC has read of each connection: the bytes that arrived less those
+// still waiting in the socket, by the peer's address and port.
+TEST(ListenerTest, TellsWhatWasReadOfEachConnection) {
+  absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind("127.0.0.1:0");
+  ASSERT_TRUE(l.ok()) << l.status();
+  Holding grpc;
+  (*l)->Start(&grpc, -1, nullptr);
+  const int client = ConnectTcp((*l)->port());
+  ASSERT_GE(client, 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (grpc.held() < 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(grpc.held(), 1u);
+  sockaddr_in mine{};
+  socklen_t length = sizeof(mine);
+  ASSERT_EQ(getsockname(client, reinterpret_cast<sockaddr*>(&mine), &length),
+            0);
+  const std::pair<std::string, int> peer{std::string("\x7f\x00\x00\x01", 4),
+                                         ntohs(mine.sin_port)};
+  auto read_of = [&] {
+    const Listener::BytesByPeer read = (*l)->BytesRead();
+    auto it = read.find(peer);
+    return it == read.end() ? int64_t{-1} : it->second;
+  };
+  EXPECT_EQ(read_of(), 0);
+  const std::string sent(1000, 'x');
+  ASSERT_EQ(write(client, sent.data(), sent.size()), 1000);
+  // Arrived, not read: still 0 read.
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(read_of(), 0);
+  char buffer[600];
+  int server_fd;
+  {
+    absl::MutexLock lock(&grpc.mu);
+    server_fd = grpc.fds[0];
+  }
+  ASSERT_EQ(read(server_fd, buffer, sizeof(buffer)), 600);
+  EXPECT_EQ(read_of(), 600);
+  close(client);
+  (*l)->Stop();
 }
 
 }  // namespace

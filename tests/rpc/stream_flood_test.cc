@@ -84,6 +84,83 @@ TEST(StreamFloodTest, CutsConnectionsThatFailStreamsFasterThanTheLimit) {
       guard.Observe(t + absl::Seconds(1), {Socket(1, 10, 0, 10)}).empty());
 }
 
+TEST(StreamFloodTest, ReadsTheConnectionsAsChannelzListsThem) {
+  const std::vector<SocketRef> refs = ParseChannelzSocketRefs(
+      R"({"end":true,"socketRef":[)"
+      R"({"name":"chttp2 ipv4:127.0.0.1:37356","socketId":"5"},)"
+      R"({"name":"chttp2 ipv6:[::1]:41000","socketId":"6"},)"
+      R"({"socketId":"7","name":"chttp2 ipv6:[fe80::1%eth0]:8"},)"
+      R"({"name":"chttp2 unix:/run/s.sock","socketId":"8"},)"
+      R"({"name":"chttp2 ipv4:127.0.0.1:x","socketId":"9"}]})");
+  ASSERT_EQ(refs.size(), 5u);
+  EXPECT_EQ(refs[0].socket_id, 5);
+  EXPECT_EQ(refs[0].remote_ip, std::string("\x7f\x00\x00\x01", 4));
+  EXPECT_EQ(refs[0].remote_port, 37356);
+  EXPECT_EQ(refs[1].socket_id, 6);
+  EXPECT_EQ(refs[1].remote_ip, std::string(15, '\0') + '\x01');
+  EXPECT_EQ(refs[1].remote_port, 41000);
+  EXPECT_EQ(refs[2].socket_id, 7);  // The name after the id; a scope.
+  EXPECT_EQ(refs[2].remote_ip.size(), 16u);
+  EXPECT_EQ(refs[2].remote_port, 8);
+  EXPECT_TRUE(refs[3].remote_ip.empty());  // Not TCP.
+  EXPECT_TRUE(refs[4].remote_ip.empty());  // No port: not understood.
+  EXPECT_TRUE(ParseChannelzSocketRefs(R"({"end":true})").empty());
+  EXPECT_TRUE(ParseChannelzSocketRefs("").empty());
+}
+
+SocketStreams Read(int64_t id, int64_t started, int64_t bytes_read) {
+  SocketStreams s = Socket(id, started, 0, 0);
+  s.bytes_read = bytes_read;
+  return s;
+}
+
+// A connection's counts are read while gRPC reads from it, until two looks
+// in a row saw nothing more read, and every `recheck` after that.
+TEST(StreamFloodTest, ReadsAConnectionOnlyWhereItsCountsMayHaveMoved) {
+  StreamFloodGuard guard({/*max_open=*/100, /*failed_per_second=*/0,
+                          absl::Milliseconds(200), absl::Seconds(5)});
+  absl::Time t = absl::UnixEpoch();
+  const absl::Duration tick = absl::Milliseconds(250);
+  EXPECT_TRUE(guard.NeedsLook(t, 1, 0));  // Not seen yet.
+  EXPECT_TRUE(guard.Observe(t, {Read(1, 2, 500)}).empty());
+  // Nothing more read, but what was read just before the look may have
+  // started streams since: looked at once more.
+  t += tick;
+  EXPECT_TRUE(guard.NeedsLook(t, 1, 500));
+  EXPECT_TRUE(guard.Observe(t, {Read(1, 3, 500)}).empty());
+  // Two looks saw the same: quiet until more is read, or the recheck.
+  t += tick;
+  EXPECT_FALSE(guard.NeedsLook(t, 1, 500));
+  EXPECT_TRUE(guard.NeedsLook(t, 1, 501));
+  EXPECT_TRUE(guard.NeedsLook(t, 1, -1));          // Not known: looked at.
+  EXPECT_TRUE(guard.Observe(t, {}, {1}).empty());  // Open, not read.
+  EXPECT_FALSE(guard.NeedsLook(t + absl::Milliseconds(4700), 1, 500));
+  EXPECT_TRUE(guard.NeedsLook(t + absl::Seconds(5), 1, 500));
+  // Then it floods: read, and cut.
+  t += tick;
+  ASSERT_TRUE(guard.NeedsLook(t, 1, 9000));
+  std::vector<SocketStreams> cut = guard.Observe(t, {Read(1, 300, 9000)});
+  ASSERT_EQ(cut.size(), 1u);
+  EXPECT_EQ(cut[0].socket_id, 1);
+  // A socket neither read nor said open is gone: new if its id returns.
+  EXPECT_TRUE(guard.Observe(t, {Read(2, 0, 0)}).empty());
+  t += tick;
+  EXPECT_TRUE(guard.Observe(t, {Read(2, 0, 0)}).empty());
+  t += tick;
+  EXPECT_FALSE(guard.NeedsLook(t, 2, 0));
+  EXPECT_TRUE(guard.Observe(t, {}).empty());
+  EXPECT_TRUE(guard.NeedsLook(t, 2, 0));
+}
+
+TEST(StreamFloodTest, WithALimitOnFailuresEveryConnectionIsReadEveryTime) {
+  StreamFloodGuard guard({/*max_open=*/100, /*failed_per_second=*/1000});
+  absl::Time t = absl::UnixEpoch();
+  for (int i = 0; i < 3; ++i, t += absl::Milliseconds(250)) {
+    EXPECT_TRUE(guard.NeedsLook(t, 1, 500));
+    EXPECT_TRUE(guard.Observe(t, {Read(1, 0, 500)}).empty());
+  }
+}
+
 TEST(StreamFloodTest, NoLimitsCutNothing) {
   StreamFloodGuard guard({/*max_open=*/0, /*failed_per_second=*/0});
   EXPECT_TRUE(guard.Observe(absl::UnixEpoch(), {Socket(1, 1 << 30, 0, 1 << 29)})
