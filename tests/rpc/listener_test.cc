@@ -60,6 +60,16 @@ int ConnectTcp(int port, const char* host = "127.0.0.1") {
   return Connect(reinterpret_cast<const sockaddr*>(&address), sizeof(address));
 }
 
+// The port `fd` is bound to; 0 if it cannot be told.
+int LocalPort(int fd) {
+  sockaddr_in mine{};
+  socklen_t length = sizeof(mine);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&mine), &length) != 0) {
+    return 0;
+  }
+  return ntohs(mine.sin_port);
+}
+
 // What the server sent before closing: "x" if gRPC's stand-in answered, ""
 // if the connection was shed; within 10 s. Leaves `fd` open.
 std::string Peek(int fd) {
@@ -326,6 +336,14 @@ class Holding : public grpc::experimental::ExternalConnectionAcceptor {
     absl::MutexLock lock(&mu);
     return fds.size();
   }
+  // Whether `count` connections are held within 10 s.
+  bool AwaitHeld(size_t count) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (held() < count && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return held() >= count;
+  }
   absl::Mutex mu;
   std::vector<int> fds;
 };
@@ -344,15 +362,9 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   const int flooding = ConnectTcp((*l)->port());
   ASSERT_GE(kept, 0);
   ASSERT_GE(flooding, 0);
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (grpc.held() < 2 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_EQ(grpc.held(), 2u);
-  sockaddr_in mine{};
-  socklen_t length = sizeof(mine);
-  ASSERT_EQ(getsockname(flooding, reinterpret_cast<sockaddr*>(&mine), &length),
-            0);
+  ASSERT_TRUE(grpc.AwaitHeld(2));
+  const int flooding_port = LocalPort(flooding);
+  ASSERT_GT(flooding_port, 0);
   const std::string loopback("\x7f\x00\x00\x01", 4);
   // No connection from that port: nothing cut.
   EXPECT_FALSE((*l)->Cut(loopback, 1, absl::ZeroDuration()));
@@ -361,7 +373,7 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   std::string mapped(10, '\0');
   mapped += "\xff\xff";
   mapped += loopback;
-  ASSERT_TRUE((*l)->Cut(mapped, ntohs(mine.sin_port), absl::Milliseconds(300)));
+  ASSERT_TRUE((*l)->Cut(mapped, flooding_port, absl::Milliseconds(300)));
   EXPECT_EQ(Answer(flooding), "");  // Shut down under gRPC.
   // The other connection from that address stays.
   pollfd p{kept, POLLIN, 0};
@@ -371,10 +383,7 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   absl::SleepFor(absl::Milliseconds(400));
   const int later = ConnectTcp((*l)->port());
   ASSERT_GE(later, 0);
-  while (grpc.held() < 3 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  EXPECT_EQ(grpc.held(), 3u);
+  EXPECT_TRUE(grpc.AwaitHeld(3));
   close(later);
   close(kept);
   (*l)->Stop();
@@ -390,17 +399,9 @@ TEST(ListenerTest, TellsWhatWasReadOfEachConnection) {
   (*l)->Start(&grpc, -1, nullptr);
   const int client = ConnectTcp((*l)->port());
   ASSERT_GE(client, 0);
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (grpc.held() < 1 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_EQ(grpc.held(), 1u);
-  sockaddr_in mine{};
-  socklen_t length = sizeof(mine);
-  ASSERT_EQ(getsockname(client, reinterpret_cast<sockaddr*>(&mine), &length),
-            0);
+  ASSERT_TRUE(grpc.AwaitHeld(1));
   const std::pair<std::string, int> peer{std::string("\x7f\x00\x00\x01", 4),
-                                         ntohs(mine.sin_port)};
+                                         LocalPort(client)};
   auto read_of = [&] {
     const Listener::BytesByPeer read = (*l)->BytesRead();
     auto it = read.find(peer);
