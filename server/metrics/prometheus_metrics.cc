@@ -154,8 +154,11 @@ class PrometheusMetrics : public Metrics {
                       "(fewer file descriptors free than engramd keeps for "
                       "its files), no_descriptors or no_memory (accepting "
                       "failed for want of them), stream_flood (cut for "
-                      "resetting streams by the thousand) or banned (its "
-                      "address kept out for a while after that).")
+                      "resetting streams by the thousand), memory_flood "
+                      "(cut when memory ran out, for the most bytes sent "
+                      "with no message received and no stream ended) or "
+                      "banned (its address kept out for a while after "
+                      "either).")
                 .Register(*registry_)),
         log_lines_dropped_(
             prometheus::BuildCounter()
@@ -195,8 +198,8 @@ class PrometheusMetrics : public Metrics {
     SetFits(0, 0);
     // Each reason rpc::Listener gives, from zero: a rule's increase() sees
     // the first one shed.
-    for (const char* reason :
-         {"reserve", "no_descriptors", "no_memory", "stream_flood", "banned"}) {
+    for (const char* reason : {"reserve", "no_descriptors", "no_memory",
+                               "stream_flood", "memory_flood", "banned"}) {
       connections_shed_.Add({{"reason", reason}});
     }
   }

@@ -64,6 +64,9 @@ class Listener {
   // one refused while its address is kept out after that.
   static constexpr const char* kStreamFlood = "stream_flood";
   static constexpr const char* kBanned = "banned";
+  // A connection cut when memory ran out, for what it sent that came to
+  // nothing (StreamFloodGuard::Heaviest).
+  static constexpr const char* kMemoryFlood = "memory_flood";
   using OnShed = std::function<void(absl::string_view reason)>;
 
   // Binds and listens on `listen` (--listen): HOST:PORT (a name resolved

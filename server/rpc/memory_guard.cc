@@ -30,6 +30,13 @@ MemoryGuard::MemoryGuard(size_t limit_bytes, std::string about,
       resident_(std::move(resident)),
       return_freed_(std::move(return_freed)) {}
 
+bool MemoryGuard::Exceeded() const {
+  if (resident_() <= limit_) return false;
+  if (!return_freed_) return true;
+  return_freed_();
+  return resident_() > limit_;
+}
+
 absl::StatusOr<MemoryGuard::Share> MemoryGuard::Take(size_t bytes,
                                                      absl::string_view what) {
   MutexLock lock(&mu_);

@@ -60,6 +60,10 @@ class MemoryGuard {
   // needs.
   absl::StatusOr<Share> Take(size_t bytes, absl::string_view what);
 
+  // Whether the process's resident memory is past the limit, measured
+  // again after the allocator gave back the freed pages it keeps if it was.
+  bool Exceeded() const;
+
   size_t limit() const { return limit_; }
   const std::string& about() const { return about_; }
   size_t taken() const;  // What the shares out hold together.

@@ -22,6 +22,7 @@
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "server/base/log.h"
+#include "server/base/mib.h"
 #include "server/base/millis.h"
 #include "server/base/steady_clock.h"
 #include "server/rpc/auth.h"
@@ -324,7 +325,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       raw->WatchCredentials(options, *state);
     });
   }
-  if (options.max_open_streams > 0 || options.max_stream_resets_per_s > 0) {
+  if (options.max_open_streams > 0 || options.max_stream_resets_per_s > 0 ||
+      options.memory_guard != nullptr) {
     server->stream_guard_ = std::thread([raw = server.get(), options, metrics] {
       raw->GuardStreams(options, metrics);
     });
@@ -376,6 +378,11 @@ void Server::WatchCredentials(const ServerOptions& options,
   }
 }
 
+// What a connection must have sent for nothing before it is cut when
+// memory runs out: past any header block gRPC takes (its metadata limit is
+// 8 KiB by default) and the start of most messages.
+constexpr int64_t kMemoryFloodBytes = int64_t{16} << 20;
+
 void Server::GuardStreams(const ServerOptions& options,
                           metrics::Metrics* metrics) {
   StreamFloodGuard guard(
@@ -419,6 +426,32 @@ void Server::GuardStreams(const ServerOptions& options,
           options.max_stream_resets_per_s,
           absl::FormatDuration(options.stream_flood_ban).c_str());
     }
+    // Out of memory: the connection that sent the most for nothing (a
+    // header block that never ends, which gRPC keeps whole) goes, one a
+    // look. Below kMemoryFloodBytes none does: what is resident is not a
+    // connection's doing.
+    if (options.memory_guard == nullptr || !options.memory_guard->Exceeded()) {
+      continue;
+    }
+    const std::optional<StreamFloodGuard::Heavy> heaviest =
+        guard.Heaviest(kMemoryFloodBytes);
+    if (!heaviest.has_value() || !listener_->Cut(heaviest->socket.remote_ip,
+                                                 heaviest->socket.remote_port,
+                                                 options.stream_flood_ban)) {
+      continue;
+    }
+    if (metrics != nullptr) {
+      metrics->RecordConnectionShed(Listener::kMemoryFlood);
+    }
+    Log(LogLevel::kWarning,
+        "--listen=%s: cut a connection from port %d: engramd's memory is past "
+        "%s and gRPC has read %s of it with no message received and no "
+        "stream ended since (HTTP/2 headers that never end?); its address "
+        "is kept out for %s",
+        listen_.c_str(), heaviest->socket.remote_port,
+        options.memory_guard->about().c_str(),
+        MiB(static_cast<size_t>(heaviest->bytes)).c_str(),
+        absl::FormatDuration(options.stream_flood_ban).c_str());
   }
 }
 

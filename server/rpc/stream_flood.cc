@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -69,6 +71,7 @@ bool ParseChannelzSocket(absl::string_view json, SocketStreams* out) {
   out->started = NumberOf(json, "streamsStarted");
   out->succeeded = NumberOf(json, "streamsSucceeded");
   out->failed = NumberOf(json, "streamsFailed");
+  out->messages_received = NumberOf(json, "messagesReceived");
   const size_t remote = json.find("\"remote\":");
   if (remote != absl::string_view::npos &&
       json.find("\"tcpip_address\":", remote) != absl::string_view::npos) {
@@ -168,7 +171,6 @@ bool StreamFloodGuard::Floods(absl::Time now, const SocketStreams& s,
 bool StreamFloodGuard::NeedsLook(absl::Time now, int64_t socket_id,
                                  int64_t bytes_read) const {
   if (limits_.failed_per_second > 0) return true;
-  if (limits_.max_open <= 0) return false;
   auto seen = seen_.find(socket_id);
   return seen == seen_.end() || bytes_read < 0 || !seen->second.quiet ||
          bytes_read != seen->second.bytes_read ||
@@ -187,17 +189,27 @@ std::vector<SocketStreams> StreamFloodGuard::Observe(
       cut.push_back(s);
       continue;
     }
-    Seen& now_seen = seen[s.socket_id];
+    Seen& next = seen[s.socket_id];
     if (before != nullptr && now - before->since < limits_.window) {
-      now_seen = *before;  // Too soon for a rate: keep the start.
+      next = *before;  // Too soon for a rate: keep the start.
     } else {
-      now_seen.since = now;
-      now_seen.failed = s.failed;
+      next.since = now;
+      next.failed = s.failed;
     }
-    now_seen.quiet = before != nullptr && s.bytes_read >= 0 &&
-                     s.bytes_read == before->bytes_read;
-    now_seen.looked = now;
-    now_seen.bytes_read = s.bytes_read;
+    next.quiet = before != nullptr && s.bytes_read >= 0 &&
+                 s.bytes_read == before->bytes_read;
+    next.looked = now;
+    next.bytes_read = s.bytes_read;
+    next.progress = s.messages_received + s.succeeded + s.failed;
+    if (before != nullptr && before->progress == next.progress) {
+      next.bytes_at_progress = before->bytes_at_progress;
+    } else if (before != nullptr || next.progress > 0) {
+      next.bytes_at_progress = std::max<int64_t>(s.bytes_read, 0);
+    } else {
+      next.bytes_at_progress = 0;  // None yet: all it sent came to nothing.
+    }
+    next.remote_ip = s.remote_ip;
+    next.remote_port = s.remote_port;
   }
   for (int64_t id : unread) {
     auto was = seen_.find(id);
@@ -205,6 +217,20 @@ std::vector<SocketStreams> StreamFloodGuard::Observe(
   }
   seen_ = std::move(seen);  // Sockets gone are forgotten.
   return cut;
+}
+
+std::optional<StreamFloodGuard::Heavy> StreamFloodGuard::Heaviest(
+    int64_t min_bytes) const {
+  std::optional<Heavy> heaviest;
+  for (const auto& [id, s] : seen_) {
+    const int64_t bytes = s.bytes_read - s.bytes_at_progress;
+    if (s.bytes_read < 0 || bytes < min_bytes ||
+        (heaviest.has_value() && bytes <= heaviest->bytes)) {
+      continue;
+    }
+    heaviest = Heavy{SocketRef{id, s.remote_ip, s.remote_port}, bytes};
+  }
+  return heaviest;
 }
 
 }  // namespace engram::rpc

@@ -263,6 +263,36 @@ def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore", con
     return count, made
 
 
+def endless_headers(port, most_bytes, seconds, stop=None):
+    """HTTP/2 headers that never end (CVE-2024-27316's kind): on one
+    connection to 127.0.0.1:`port`, a HEADERS frame without END_HEADERS,
+    then CONTINUATION frames of well-formed header fields, none of them the
+    last, until the server closes the connection, `most_bytes` are sent,
+    `seconds` pass or the threading.Event `stop` is set. Returns the bytes
+    sent. (A server that shuts the connection down may leave it open
+    without reading: the sender then waits for `stop`.)"""
+    end = time.time() + seconds
+
+    def over():
+        return time.time() >= end or (stop is not None and stop.is_set())
+
+    # A literal field, not indexed: "x-pad" and 1,000 bytes (HPACK's 7-bit
+    # length prefix 127, then 873 as a varint).
+    field = b"\x00\x05x-pad\x7f\xe9\x06" + b"a" * 1000
+    batch = b"".join(_frame(9, 0, 1, field) for _ in range(64))
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.settimeout(0.5)
+        try:
+            _send(s, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + _frame(4, 1, 0) +
+                  _frame(1, 0, 1, _headers("/engram.v1.Engram/GetStore")), over)
+            while sent < most_bytes and _send(s, batch, over):
+                sent += len(batch)
+        except OSError:
+            pass  # Closed by the server.
+    return sent
+
+
 def _send(s, data, over):
     """Writes all of `data` to `s` (whose timeout is short), waiting while
     the peer does not read; false if `over()` became true first. An error

@@ -55,6 +55,29 @@ TEST(MemoryGuardTest, FreedPagesGoBackBeforeARefusal) {
   EXPECT_EQ(returned, 2);
 }
 
+// Past the limit only if still past it once freed pages went back.
+TEST(MemoryGuardTest, ExceededOnlyIfFreedPagesDoNotBringItBack) {
+  size_t resident = 90 * kMiB;
+  size_t freed = 0;
+  int returned = 0;
+  MemoryGuard guard(
+      100 * kMiB, "a test", [&] { return resident - freed; },
+      [&] {
+        ++returned;
+        freed = 20 * kMiB;
+      });
+  EXPECT_FALSE(guard.Exceeded());
+  EXPECT_EQ(returned, 0);  // Under the limit: nothing asked of the allocator.
+  resident = 110 * kMiB;
+  EXPECT_FALSE(guard.Exceeded());  // 110 - 20 freed.
+  EXPECT_EQ(returned, 1);
+  resident = 130 * kMiB;
+  EXPECT_TRUE(guard.Exceeded());  // 130 - 20.
+  EXPECT_EQ(returned, 2);
+  MemoryGuard without(100 * kMiB, "a test", [] { return 101 * kMiB; });
+  EXPECT_TRUE(without.Exceeded());
+}
+
 TEST(MemoryGuardTest, ASharePassedOnGivesBackOnce) {
   MemoryGuard guard(100 * kMiB, "a test", [] { return size_t{0}; });
   absl::StatusOr<MemoryGuard::Share> a = guard.Take(60 * kMiB, "the write");

@@ -1,5 +1,6 @@
 #include "server/rpc/stream_flood.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,14 @@ TEST(StreamFloodTest, ReadsASocketAsChannelzWritesIt) {
   EXPECT_EQ(s.failed, 30766);
   EXPECT_EQ(s.remote_ip, std::string("\x7f\x00\x00\x01", 4));
   EXPECT_EQ(s.remote_port, 34148);  // The remote's, not the local one.
+  EXPECT_EQ(s.messages_received, 0);
+  ASSERT_TRUE(ParseChannelzSocket(
+      R"({"socket":{"data":{"messagesReceived":"3","messagesSent":"3",)"
+      R"("streamsStarted":"3","streamsSucceeded":"3"},"ref":{"name":)"
+      R"("chttp2 ipv4:127.0.0.1:60970","socketId":"5"}}})",
+      &s));
+  EXPECT_EQ(s.messages_received, 3);
+  EXPECT_EQ(s.succeeded, 3);
   EXPECT_FALSE(ParseChannelzSocket("{}", &s));
   EXPECT_FALSE(ParseChannelzSocket("", &s));
   // A Unix socket's connection has no TCP peer.
@@ -159,6 +168,48 @@ TEST(StreamFloodTest, WithALimitOnFailuresEveryConnectionIsReadEveryTime) {
     EXPECT_TRUE(guard.NeedsLook(t, 1, 500));
     EXPECT_TRUE(guard.Observe(t, {Read(1, 0, 500)}).empty());
   }
+}
+
+// What each connection sent that came to nothing yet: the bytes read since
+// its last message received or stream ended.
+TEST(StreamFloodTest, HeaviestIsWhatSentMostWithNoProgress) {
+  StreamFloodGuard guard({/*max_open=*/100, /*failed_per_second=*/0});
+  absl::Time t = absl::UnixEpoch();
+  auto look = [&](int64_t id, int64_t messages, int64_t ended,
+                  int64_t bytes_read) {
+    SocketStreams s = Read(id, ended + 1, bytes_read);
+    s.succeeded = ended;
+    s.messages_received = messages;
+    s.remote_ip = std::string("\x7f\x00\x00\x01", 4);
+    s.remote_port = 1000 + static_cast<int>(id);
+    return s;
+  };
+  // 1: a client that made progress, 40 MiB read in all; 2: a header block
+  // that never ends, 30 MiB so far and no progress since its first byte.
+  guard.Observe(t, {look(1, 5, 5, 40 << 20), look(2, 0, 0, 30 << 20)});
+  std::optional<StreamFloodGuard::Heavy> heavy = guard.Heaviest(16 << 20);
+  ASSERT_TRUE(heavy.has_value());
+  EXPECT_EQ(heavy->socket.socket_id, 2);
+  EXPECT_EQ(heavy->socket.remote_port, 1002);
+  EXPECT_EQ(heavy->bytes, 30 << 20);
+  EXPECT_FALSE(guard.Heaviest(31 << 20).has_value());
+  // 1 sends 100 MiB more with no message received: now the heaviest; 2,
+  // quiet and not read, keeps what it had.
+  t += absl::Milliseconds(250);
+  guard.Observe(t, {look(1, 5, 5, 140 << 20)}, {2});
+  heavy = guard.Heaviest(16 << 20);
+  ASSERT_TRUE(heavy.has_value());
+  EXPECT_EQ(heavy->socket.socket_id, 1);
+  EXPECT_EQ(heavy->bytes, 100 << 20);
+  // A message arrives on 1: what it sent made progress; 2 is the heaviest.
+  t += absl::Milliseconds(250);
+  guard.Observe(t, {look(1, 6, 6, 141 << 20)}, {2});
+  heavy = guard.Heaviest(16 << 20);
+  ASSERT_TRUE(heavy.has_value());
+  EXPECT_EQ(heavy->socket.socket_id, 2);
+  // Gone: forgotten.
+  guard.Observe(t, {look(1, 6, 6, 141 << 20)});
+  EXPECT_FALSE(guard.Heaviest(16 << 20).has_value());
 }
 
 TEST(StreamFloodTest, NoLimitsCutNothing) {
