@@ -257,42 +257,50 @@ class ShardFuzzTest(unittest.TestCase):
                 return False
         return True
 
-    def wait_settled(self):
+    def wait_settled(self, client):
         """Until every replica serves (`engram cluster status` exits 0), the
         replicas of each group hold the same, and no fit the fuzzing started
         is still running (while its map is published group by group, a
-        retrieval is refused ABORTED, to be retried)."""
+        retrieval is refused ABORTED, to be retried); `client` is the
+        router's."""
         deadline = time.monotonic() + 60
         while True:
             status = subprocess.run([os.path.join(ARGS.bin, "engram"), "cluster", "status",
                                      "--addr=" + self.router.addr],
                                     capture_output=True, text=True, timeout=30)
-            if status.returncode == 0 and self.replicas_agree() and not self.fitting():
+            if status.returncode != 0:
+                waiting = "a replica that does not serve"
+            elif not self.replicas_agree():
+                waiting = "the replicas of a group to hold the same"
+            elif self.fitting(client):
+                waiting = "a fit of the kernel store to end"
+            else:
                 return
             self.assertLess(time.monotonic(), deadline,
-                            "the router did not recover:\n%s\nits log:\n%s" % (
-                                status.stdout, self.router.log()[-3000:]))
+                            "still waiting after 60 s for %s:\n%s\nthe router's log:\n%s" % (
+                                waiting, status.stdout, self.router.log()[-3000:]))
             time.sleep(0.2)
 
-    def fitting(self):
-        """Whether the router has a fit of the kernel store pending or running."""
-        with Client(self.router.addr, timeout=10) as c:
-            try:
-                state = c.fit_status("kernel").state
-            except grpc.RpcError:
-                return True
+    @staticmethod
+    def fitting(client):
+        """Whether the router has a fit of the kernel store pending or
+        running (or cannot say)."""
+        try:
+            state = client.fit_status("kernel").state
+        except grpc.RpcError:
+            return True
         return state in (pb.FitStatus.PENDING, pb.FitStatus.RUNNING)
 
     def check_recovered(self):
         """With the damage off, the router reads as one engramd that holds
         what the shards hold."""
         with Client(self.router.addr, timeout=10) as c:
-            self.wait_settled()
+            self.wait_settled(c)
             # New patterns in both groups: every part of the sums changes.
             for name in STORES:
                 c.add(name, (SCALE * np.random.default_rng(1).normal(size=(8, DIM))).astype(
                     np.float32))
-            self.wait_settled()
+            self.wait_settled(c)
             queries = (SCALE * np.random.default_rng(2).normal(size=(5, DIM))).astype(np.float32)
             with Engramd(ARGS.bin, self.tmp.name) as single, Client(single.addr) as one:
                 for name in ("dot", "sparse"):
