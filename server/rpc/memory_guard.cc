@@ -30,21 +30,21 @@ MemoryGuard::MemoryGuard(size_t limit_bytes, std::string about,
       resident_(std::move(resident)),
       return_freed_(std::move(return_freed)) {}
 
-bool MemoryGuard::Exceeded() const {
-  if (resident_() <= limit_) return false;
-  if (!return_freed_) return true;
-  return_freed_();
-  return resident_() > limit_;
+size_t MemoryGuard::ResidentFor(size_t more) const {
+  size_t resident = resident_();
+  if (resident + more > limit_ && return_freed_) {
+    return_freed_();
+    resident = resident_();
+  }
+  return resident;
 }
+
+bool MemoryGuard::Exceeded() const { return ResidentFor(0) > limit_; }
 
 absl::StatusOr<MemoryGuard::Share> MemoryGuard::Take(size_t bytes,
                                                      absl::string_view what) {
   MutexLock lock(&mu_);
-  size_t resident = resident_();
-  if (resident + taken_ + bytes > limit_ && return_freed_) {
-    return_freed_();
-    resident = resident_();
-  }
+  const size_t resident = ResidentFor(taken_ + bytes);
   if (resident + taken_ + bytes > limit_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "memory: engramd has ", MiB(resident),

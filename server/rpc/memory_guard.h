@@ -69,6 +69,10 @@ class MemoryGuard {
   size_t taken() const;  // What the shares out hold together.
 
  private:
+  // What is resident, measured again after the allocator gave back the
+  // freed pages it keeps if that and `more` pass the limit.
+  size_t ResidentFor(size_t more) const;
+
   const size_t limit_;
   const std::string about_;
   const std::function<size_t()> resident_;

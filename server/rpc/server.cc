@@ -387,6 +387,15 @@ void Server::GuardStreams(const ServerOptions& options,
                           metrics::Metrics* metrics) {
   StreamFloodGuard guard(
       {options.max_open_streams, options.max_stream_resets_per_s});
+  // Cuts the TCP connection of this server's from `ip` and `port`, counted
+  // under `reason`; false if there is none.
+  auto cut = [&](const std::string& ip, int port, const char* reason) {
+    if (ip.empty() || !listener_->Cut(ip, port, options.stream_flood_ban)) {
+      return false;
+    }
+    if (metrics != nullptr) metrics->RecordConnectionShed(reason);
+    return true;
+  };
   while (Sleep(absl::Milliseconds(250))) {
     // What gRPC has read of each connection, taken before channelz's
     // counts: streams counted at a look come from bytes read before it.
@@ -407,13 +416,7 @@ void Server::GuardStreams(const ServerOptions& options,
       }
     }
     for (const SocketStreams& s : guard.Observe(now, read, unread)) {
-      if (s.remote_ip.empty() || !listener_->Cut(s.remote_ip, s.remote_port,
-                                                 options.stream_flood_ban)) {
-        continue;  // Not a TCP connection of this server's.
-      }
-      if (metrics != nullptr) {
-        metrics->RecordConnectionShed(Listener::kStreamFlood);
-      }
+      if (!cut(s.remote_ip, s.remote_port, Listener::kStreamFlood)) continue;
       Log(LogLevel::kWarning,
           "--listen=%s: cut a connection from port %d: of the %lld streams "
           "its client opened, %lld had not ended and %lld had failed, past "
@@ -435,13 +438,10 @@ void Server::GuardStreams(const ServerOptions& options,
     }
     const std::optional<StreamFloodGuard::Heavy> heaviest =
         guard.Heaviest(kMemoryFloodBytes);
-    if (!heaviest.has_value() || !listener_->Cut(heaviest->socket.remote_ip,
-                                                 heaviest->socket.remote_port,
-                                                 options.stream_flood_ban)) {
+    if (!heaviest.has_value() ||
+        !cut(heaviest->socket.remote_ip, heaviest->socket.remote_port,
+             Listener::kMemoryFlood)) {
       continue;
-    }
-    if (metrics != nullptr) {
-      metrics->RecordConnectionShed(Listener::kMemoryFlood);
     }
     Log(LogLevel::kWarning,
         "--listen=%s: cut a connection from port %d: engramd's memory is past "

@@ -192,6 +192,14 @@ def _frame(kind, flags, stream, payload=b""):
         ">I", stream) + payload
 
 
+def _hello(acknowledged=False):
+    """What a client says first on HTTP/2: the preface and empty settings;
+    with `acknowledged`, an acknowledgement of the server's settings too,
+    sent without waiting for them (a client that reads nothing)."""
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + (
+        _frame(4, 1, 0) if acknowledged else b"")
+
+
 def _literal(name, value):
     """An HPACK header field, literal, never indexed names (short strings)."""
     return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
@@ -238,7 +246,7 @@ def reset_streams(port, seconds, ca=None, path="/engram.v1.Engram/GetStore", con
             # engramd may stop reading (a connection cut, or one it has not
             # got to yet): a write waits in short turns, to hear `over`.
             s.settimeout(0.5)
-            if not _send(s, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0), over):
+            if not _send(s, _hello(), over):
                 break
             writing = threading.Lock()  # Frames go out whole.
             threading.Thread(target=_answer_settings_and_pings, args=(s, writing, over),
@@ -284,7 +292,7 @@ def endless_headers(port, most_bytes, seconds, stop=None):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.settimeout(0.5)
         try:
-            _send(s, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + _frame(4, 1, 0) +
+            _send(s, _hello(acknowledged=True) +
                   _frame(1, 0, 1, _headers("/engram.v1.Engram/GetStore")), over)
             while sent < most_bytes and _send(s, batch, over):
                 sent += len(batch)
@@ -382,7 +390,7 @@ def idle_connections(port, n):
     sockets = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + _frame(4, 1, 0))
+        s.sendall(_hello(acknowledged=True))
         sockets.append(s)
     return sockets
 
