@@ -83,6 +83,13 @@ ABSL_FLAG(int, max_stream_resets_per_s, 0,
           "10 s. Calls a client cancels or lets run past their deadline "
           "count, so a busy well-behaved client can pass any figure: 0 (the "
           "default), no limit.");
+ABSL_FLAG(int, max_answer_wait_s, 10,
+          "A connection with two or more answers waiting for its client, "
+          "which takes none of them (under 16 KiB) for this many seconds, "
+          "is cut and its address kept out for 10 s: a client that does not "
+          "read (or gives its streams no HTTP/2 window) holds one of gRPC's "
+          "threads with each call. 1 s while such answers hold a quarter of "
+          "--rpc_threads. 0: never.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -430,6 +437,12 @@ engram::app::EngramdOptions OptionsFromFlags() {
                               ": must be at least 0 (0: no limit)"));
     }
   }
+  const int answer_wait_s = absl::GetFlag(FLAGS_max_answer_wait_s);
+  if (answer_wait_s < 0 || answer_wait_s > 3600) {
+    FailOnFlag(absl::StrCat("--max_answer_wait_s=", answer_wait_s,
+                            ": must be in [0, 3600] (0: never)"));
+  }
+  server.max_answer_wait = absl::Seconds(answer_wait_s);
   server.fd_reserve = absl::GetFlag(FLAGS_fd_reserve);
   if (server.fd_reserve < -1) {
     FailOnFlag(absl::StrCat("--fd_reserve=", server.fd_reserve,

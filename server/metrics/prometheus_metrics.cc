@@ -156,9 +156,10 @@ class PrometheusMetrics : public Metrics {
                       "failed for want of them), stream_flood (cut for "
                       "resetting streams by the thousand), memory_flood "
                       "(cut when memory ran out, for the most bytes sent "
-                      "with no message received and no stream ended) or "
-                      "banned (its address kept out for a while after "
-                      "either).")
+                      "with no message received and no stream ended), "
+                      "unread_answers (cut for answers its client took "
+                      "none of) or banned (its address kept out for a "
+                      "while after any cut).")
                 .Register(*registry_)),
         log_lines_dropped_(
             prometheus::BuildCounter()
@@ -198,8 +199,9 @@ class PrometheusMetrics : public Metrics {
     SetFits(0, 0);
     // Each reason rpc::Listener gives, from zero: a rule's increase() sees
     // the first one shed.
-    for (const char* reason : {"reserve", "no_descriptors", "no_memory",
-                               "stream_flood", "memory_flood", "banned"}) {
+    for (const char* reason :
+         {"reserve", "no_descriptors", "no_memory", "stream_flood",
+          "memory_flood", "unread_answers", "banned"}) {
       connections_shed_.Add({{"reason", reason}});
     }
   }

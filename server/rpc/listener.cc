@@ -1,5 +1,6 @@
 #include "server/rpc/listener.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
@@ -23,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "server/base/host_port.h"
 #include "server/base/log.h"
@@ -147,6 +149,43 @@ std::string Unmapped(const std::string& ip) {
     return ip.substr(12);
   }
   return ip;
+}
+
+bool ParsePeer(absl::string_view name, std::string* ip, int* port) {
+  for (const auto& [scheme, family] :
+       {std::pair<absl::string_view, int>{"ipv4:", AF_INET},
+        std::pair<absl::string_view, int>{"ipv6:", AF_INET6}}) {
+    const size_t from = name.find(scheme);
+    if (from == absl::string_view::npos) continue;
+    // gRPC's peer() escapes as in a URI: ipv6:%5B::1%5D:41000.
+    const std::string unescaped = absl::StrReplaceAll(
+        name.substr(from + scheme.size()),
+        {{"%5B", "["}, {"%5b", "["}, {"%5D", "]"}, {"%5d", "]"}, {"%25", "%"}});
+    absl::string_view address = unescaped;
+    address = address.substr(0, address.find(' '));
+    const size_t colon = address.rfind(':');
+    if (colon == absl::string_view::npos ||
+        !absl::SimpleAtoi(address.substr(colon + 1), port) || *port < 0 ||
+        *port > 65535) {
+      return false;
+    }
+    address = address.substr(0, colon);
+    if (family == AF_INET6) {
+      if (!absl::ConsumePrefix(&address, "[") ||
+          !absl::ConsumeSuffix(&address, "]")) {
+        return false;
+      }
+      address = address.substr(0, address.find('%'));  // A scope.
+    }
+    unsigned char bytes[16];
+    if (inet_pton(family, std::string(address).c_str(), bytes) != 1) {
+      return false;
+    }
+    ip->assign(reinterpret_cast<const char*>(bytes),
+               family == AF_INET ? 4 : 16);
+    return true;
+  }
+  return false;
 }
 
 absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(
@@ -360,9 +399,9 @@ void Listener::Run() {
                              kMoreFiles)
           : last_reason_ == kBanned
               ? std::string(
-                    "their address is kept out for a while: a connection "
-                    "from it left streams it had reset queued by the "
-                    "hundred (--max_open_streams)")
+                    "their address is kept out for a while after a "
+                    "connection from it was cut (the warning that said so "
+                    "says why)")
               : std::string("the system had no memory for a connection");
       Log(LogLevel::kWarning,
           "--listen=%s: %zu new connection(s) closed unserved (%zu since "
@@ -485,10 +524,10 @@ bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
   return false;
 }
 
-Listener::BytesByPeer Listener::BytesRead() const {
-  BytesByPeer read;
+Listener::BytesByPeer Listener::Bytes() const {
+  BytesByPeer bytes;
   MutexLock lock(&peers_mu_);
-  read.reserve(peers_.size());
+  bytes.reserve(peers_.size());
   for (const auto& [fd, peer] : peers_) {
     // A descriptor gRPC has closed fails here, or (taken again by another
     // socket) counts under a peer gone, whose socket channelz no longer
@@ -502,10 +541,11 @@ Listener::BytesByPeer Listener::BytesRead() const {
         ioctl(fd, SIOCINQ, &queued) != 0) {
       continue;
     }
-    read[{peer.ip, peer.port}] =
-        static_cast<int64_t>(info.tcpi_bytes_received) - queued;
+    bytes[{peer.ip, peer.port}] = {
+        static_cast<int64_t>(info.tcpi_bytes_received) - queued,
+        static_cast<int64_t>(info.tcpi_bytes_acked)};
   }
-  return read;
+  return bytes;
 }
 
 void Listener::Shed(const char* reason) {

@@ -54,6 +54,13 @@ namespace engram::rpc {
 // other address's bytes as they are.
 std::string Unmapped(const std::string& ip);
 
+// A TCP peer as gRPC names it, found anywhere in `name` ("ipv4:127.0.0.1:
+// 34148", channelz's "chttp2 ipv6:[::1]:41000", a call's peer()
+// "ipv6:%5B::1%5D:41000" or "ipv6:%5Bfe80::1%25eth0%5D:7"):
+// its address's bytes (4 or 16, as written) and port. False for anything
+// else (a Unix socket's "unix:...", garbage).
+bool ParsePeer(absl::string_view name, std::string* ip, int* port);
+
 class Listener {
  public:
   // Why a connection was shed (the label of the metric).
@@ -67,6 +74,8 @@ class Listener {
   // A connection cut when memory ran out, for what it sent that came to
   // nothing (StreamFloodGuard::Heaviest).
   static constexpr const char* kMemoryFlood = "memory_flood";
+  // A connection cut for answers its client took none of (AnswerWatch).
+  static constexpr const char* kUnreadAnswers = "unread_answers";
   using OnShed = std::function<void(absl::string_view reason)>;
 
   // Binds and listens on `listen` (--listen): HOST:PORT (a name resolved
@@ -116,12 +125,17 @@ class Listener {
   // that one has closed).
   bool Cut(const std::string& ip, int port, absl::Duration ban);
 
-  // What gRPC has read so far of each TCP connection this listener took
-  // (bytes received less those still queued in the socket), by its peer's
-  // address (4 or 16 bytes, an IPv4-mapped one as IPv4) and port. Two
-  // system calls a connection; one that has closed is left out.
-  using BytesByPeer = absl::flat_hash_map<std::pair<std::string, int>, int64_t>;
-  BytesByPeer BytesRead() const;
+  // What has gone through each TCP connection this listener took so far:
+  struct PeerBytes {
+    int64_t read = 0;   // what gRPC has read of it (bytes received less
+                        // those still queued in the socket),
+    int64_t taken = 0;  // and what its client has taken (acknowledged).
+  };
+  // By the peer's address (4 or 16 bytes, an IPv4-mapped one as IPv4) and
+  // port. Two system calls a connection; one that has closed is left out.
+  using BytesByPeer =
+      absl::flat_hash_map<std::pair<std::string, int>, PeerBytes>;
+  BytesByPeer Bytes() const;
 
  private:
   struct Socket {

@@ -144,6 +144,46 @@ class ReflectionSlotFactory final
   StreamSlots* const slots_;
 };
 
+// Every answer and streamed message, from when gRPC is handed it until it
+// is written or its call ends, for the AnswerWatch. (A call's batches may
+// complete on different threads: End is safe to repeat, and nothing else
+// is kept.)
+class AnswerTimer final : public grpc::experimental::Interceptor {
+ public:
+  AnswerTimer(AnswerWatch* watch, grpc::ServerContextBase* context)
+      : watch_(watch), context_(context) {}
+  ~AnswerTimer() override { watch_->End(this); }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* batch) override {
+    using Hook = grpc::experimental::InterceptionHookPoints;
+    if (batch->QueryInterceptionHookPoint(Hook::PRE_SEND_MESSAGE)) {
+      watch_->Begin(this, context_->peer(), SteadyNow());
+    }
+    if (batch->QueryInterceptionHookPoint(Hook::POST_SEND_MESSAGE)) {
+      watch_->End(this);
+    }
+    batch->Proceed();
+  }
+
+ private:
+  AnswerWatch* const watch_;
+  grpc::ServerContextBase* const context_;
+};
+
+class AnswerTimerFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit AnswerTimerFactory(AnswerWatch* watch) : watch_(watch) {}
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new AnswerTimer(watch_, info->server_context());
+  }
+
+ private:
+  AnswerWatch* const watch_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
@@ -303,6 +343,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   interceptors.push_back(std::make_unique<UnparsedRequestFactory>());
   interceptors.push_back(std::make_unique<ReflectionSlotFactory>(
       server->policy_->stream_slots.get()));
+  AnswerWatch::Options answers;
+  answers.patience = options.max_answer_wait;
+  answers.pressure = std::max(2, options.max_threads / 4);
+  server->answers_ = std::make_unique<AnswerWatch>(answers);
+  interceptors.push_back(
+      std::make_unique<AnswerTimerFactory>(server->answers_.get()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
   if (!server->server_) {
@@ -325,8 +371,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       raw->WatchCredentials(options, *state);
     });
   }
-  if (options.max_open_streams > 0 || options.max_stream_resets_per_s > 0 ||
-      options.memory_guard != nullptr) {
+  {
     server->stream_guard_ = std::thread([raw = server.get(), options, metrics] {
       raw->GuardStreams(options, metrics);
     });
@@ -399,21 +444,38 @@ void Server::GuardStreams(const ServerOptions& options,
   while (Sleep(absl::Milliseconds(250))) {
     // What gRPC has read of each connection, taken before channelz's
     // counts: streams counted at a look come from bytes read before it.
-    const Listener::BytesByPeer bytes_read = listener_->BytesRead();
+    const Listener::BytesByPeer bytes = listener_->Bytes();
     const absl::Time now = SteadyNow();
     std::vector<SocketStreams> read;
     std::vector<int64_t> unread;
     for (const SocketRef& ref : ReadChannelzSocketRefs()) {
       if (ref.remote_ip.empty()) continue;  // Not TCP: none to cut.
-      auto it = bytes_read.find({Unmapped(ref.remote_ip), ref.remote_port});
-      const int64_t bytes = it == bytes_read.end() ? -1 : it->second;
+      auto it = bytes.find({Unmapped(ref.remote_ip), ref.remote_port});
+      const int64_t bytes_read = it == bytes.end() ? -1 : it->second.read;
       SocketStreams s;
-      if (!guard.NeedsLook(now, ref.socket_id, bytes)) {
+      if (!guard.NeedsLook(now, ref.socket_id, bytes_read)) {
         unread.push_back(ref.socket_id);
       } else if (ReadChannelzSocket(ref.socket_id, &s)) {
-        s.bytes_read = bytes;
+        s.bytes_read = bytes_read;
         read.push_back(std::move(s));
       }
+    }
+    for (const AnswerWatch::Stalled& s : answers_->Look(now, bytes)) {
+      if (!cut(s.ip, s.port, Listener::kUnreadAnswers)) continue;
+      Log(LogLevel::kWarning,
+          "--listen=%s: cut a connection from port %d: %d answers waited for "
+          "its client, which took %lld bytes in %s (past "
+          "--max_answer_wait_s=%lld%s; a client that does not read, or gives "
+          "its streams no window, holds a thread with each call); its "
+          "address is kept out for %s",
+          listen_.c_str(), s.port, s.waiting, static_cast<long long>(s.taken),
+          absl::FormatDuration(absl::Trunc(s.for_, absl::Milliseconds(10)))
+              .c_str(),
+          static_cast<long long>(absl::ToInt64Seconds(options.max_answer_wait)),
+          s.hurried ? ", cut sooner: such answers held a quarter of the "
+                      "threads"
+                    : "",
+          absl::FormatDuration(options.stream_flood_ban).c_str());
     }
     for (const SocketStreams& s : guard.Observe(now, read, unread)) {
       if (!cut(s.remote_ip, s.remote_port, Listener::kStreamFlood)) continue;

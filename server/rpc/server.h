@@ -25,6 +25,7 @@
 #include "grpcpp/server.h"
 #include "server/base/mutex.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/answer_watch.h"
 #include "server/rpc/call.h"
 #include "server/rpc/credentials.h"
 #include "server/rpc/listener.h"
@@ -59,6 +60,11 @@ struct ServerOptions {
   // Off by default: calls a client cancels or lets run out of time count.
   int max_stream_resets_per_s = 0;
   absl::Duration stream_flood_ban = absl::Seconds(10);
+  // A connection with answers waiting that its client takes nothing of for
+  // this long is cut, its address kept out for stream_flood_ban
+  // (answer_watch.h); for at most a second while such answers hold a
+  // quarter of max_threads. Zero: never.
+  absl::Duration max_answer_wait = absl::Seconds(10);
   // What streams, and writes waiting for their request, may hold of the
   // threads (see call.h); null: StreamShare and UnreadShare of max_threads.
   std::shared_ptr<StreamSlots> stream_slots;
@@ -137,7 +143,9 @@ class Server {
   // itself), logging what it found and keeping `state` current.
   void WatchCredentials(const ServerOptions& options, CredentialState& state);
   // Until Shutdown: cuts the connections that reset streams by the
-  // thousand (StreamFloodGuard), a few times a second.
+  // thousand (StreamFloodGuard), that send for nothing when memory runs out
+  // and that take none of their answers (AnswerWatch), a few times a
+  // second.
   void GuardStreams(const ServerOptions& options, metrics::Metrics* metrics);
   // Waits `period`, or less when Shutdown begins or (`or_reread`)
   // ReadCredentialsAgain is called: false when Shutdown has begun.
@@ -153,6 +161,9 @@ class Server {
   // acceptor_; stopped before server_ shuts down.
   std::unique_ptr<Listener> listener_;
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
+  // The answers being sent (interceptors write, GuardStreams looks);
+  // outlives server_.
+  std::unique_ptr<AnswerWatch> answers_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   // Held while tls_ reloads or describes itself.

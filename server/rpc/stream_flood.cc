@@ -1,8 +1,5 @@
 #include "server/rpc/stream_flood.h"
 
-#include <arpa/inet.h>
-#include <sys/socket.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <optional>
@@ -12,9 +9,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "grpc/grpc.h"
 #include "grpc/support/alloc.h"
+#include "server/rpc/listener.h"
 
 namespace engram::rpc {
 
@@ -99,32 +96,9 @@ std::vector<SocketRef> ParseChannelzSocketRefs(absl::string_view json) {
     }
     const absl::string_view name =
         ValueOf(json.substr(open, close - open), "name");
-    for (const auto& [scheme, family] :
-         {std::pair<absl::string_view, int>{"ipv4:", AF_INET},
-          std::pair<absl::string_view, int>{"ipv6:", AF_INET6}}) {
-      const size_t from = name.find(scheme);
-      if (from == absl::string_view::npos) continue;
-      absl::string_view address = name.substr(from + scheme.size());
-      const size_t colon = address.rfind(':');
-      int port = 0;
-      if (colon == absl::string_view::npos ||
-          !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
-        break;
-      }
-      address = address.substr(0, colon);
-      if (family == AF_INET6) {
-        if (!absl::ConsumePrefix(&address, "[") ||
-            !absl::ConsumeSuffix(&address, "]")) {
-          break;
-        }
-        address = address.substr(0, address.find('%'));  // A scope.
-      }
-      unsigned char bytes[16];
-      if (inet_pton(family, std::string(address).c_str(), bytes) != 1) break;
-      ref.remote_ip.assign(reinterpret_cast<const char*>(bytes),
-                           family == AF_INET ? 4 : 16);
-      ref.remote_port = port;
-      break;
+    if (!ParsePeer(name, &ref.remote_ip, &ref.remote_port)) {
+      ref.remote_ip.clear();
+      ref.remote_port = 0;
     }
     if (ref.socket_id > 0) refs.push_back(std::move(ref));
   }

@@ -192,11 +192,12 @@ def _frame(kind, flags, stream, payload=b""):
         ">I", stream) + payload
 
 
-def _hello(acknowledged=False):
-    """What a client says first on HTTP/2: the preface and empty settings;
-    with `acknowledged`, an acknowledgement of the server's settings too,
-    sent without waiting for them (a client that reads nothing)."""
-    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + (
+def _hello(acknowledged=False, settings=b""):
+    """What a client says first on HTTP/2: the preface and its `settings`
+    (a SETTINGS frame's payload; none by default); with `acknowledged`, an
+    acknowledgement of the server's settings too, sent without waiting for
+    them (a client that reads nothing)."""
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings) + (
         _frame(4, 1, 0) if acknowledged else b"")
 
 
@@ -299,6 +300,37 @@ def endless_headers(port, most_bytes, seconds, stop=None):
         except OSError:
             pass  # Closed by the server.
     return sent
+
+
+def unread_answers(port, calls, request, path="/engram.v1.Engram/GetStore", seconds=60,
+                   stop=None):
+    """A client that takes no answers: on one connection to
+    127.0.0.1:`port`, gives its streams an HTTP/2 window of 0
+    (SETTINGS_INITIAL_WINDOW_SIZE), makes `calls` calls of `path` with the
+    serialized `request` and answers the server's settings and pings (so
+    that its keepalive finds it alive) until the server closes the
+    connection, `seconds` pass or the threading.Event `stop` is set.
+    Returns how long the connection lasted after its calls were sent, or
+    None if the server did not close it."""
+    end = time.time() + seconds
+
+    def over():
+        return time.time() >= end or (stop is not None and stop.is_set())
+
+    message = b"\x00" + struct.pack(">I", len(request)) + request
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.settimeout(0.5)
+        writing = threading.Lock()
+        _send(s, _hello(settings=struct.pack(">HI", 4, 0)), over)
+        answering = threading.Thread(target=_answer_settings_and_pings,
+                                     args=(s, writing, over))
+        answering.start()
+        with writing:
+            _send(s, b"".join(_frame(1, 4, stream, _headers(path)) + _frame(0, 1, stream, message)
+                              for stream in range(1, 2 * calls, 2)), over)
+        sent = time.time()
+        answering.join()
+        return None if over() else time.time() - sent
 
 
 def _send(s, data, over):

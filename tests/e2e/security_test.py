@@ -19,9 +19,9 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
 from harness import (Engramd, endless_headers, free_port, make_certs, metric,  # noqa: E402
-                     reset_streams, resident_mib, sanitized)
+                     reset_streams, resident_mib, sanitized, unread_answers)
 
 BIN = sys.argv.pop(1)
 
@@ -184,6 +184,76 @@ class SecurityTest(unittest.TestCase):
             self.until(lambda: resident_mib(s.proc.pid) < 360, "engramd kept the headers", s,
                        seconds=60)
             c.add("s", np.ones((2, 4), dtype=np.float32))
+        finally:
+            s.stop()
+
+    def test_connections_that_take_no_answers_are_cut(self):
+        # gRPC's synchronous server holds a unary call's thread until its
+        # answer is written, and HTTP/2 writes only into the window the
+        # client gives. One connection giving a window of 0 to 40 calls
+        # held every thread: every call but Retrieve was refused ("Server
+        # Threadpool Exhausted") for as long as it stayed. With its calls
+        # holding a quarter of the threads, it is cut within a second or so;
+        # a client reading large answers meanwhile is not.
+        s = Engramd(BIN, self.tmp.name, "--rpc_threads=16", metrics_listen="127.0.0.1:0")
+        try:
+            port = int(s.addr.rsplit(":", 1)[1])
+            c = Client(s.addr, retries=0, timeout=30)  # Connected before: not kept out.
+            c.create_store("s", dim=512)
+            c.add("s", np.random.default_rng(0).normal(size=(1000, 512)).astype(np.float32))
+            stop, refused, lasted = threading.Event(), [], []
+
+            def read_pages():  # 2 MB answers, taken at once.
+                reader = Client(s.addr, retries=0, timeout=30)
+                while not stop.is_set():
+                    try:
+                        self.assertEqual(sum(1 for _ in reader.list_patterns("s")), 1000)
+                    except grpc.RpcError as e:
+                        refused.append((e.code(), e.details()))
+                        time.sleep(0.01)
+            reading = threading.Thread(target=read_pages)
+            reading.start()
+            try:
+                time.sleep(0.5)
+                lasted.append(unread_answers(
+                    port, 40, pb.GetStoreRequest(name="s").SerializeToString(), seconds=30))
+                time.sleep(1)
+            finally:
+                stop.set()
+                reading.join()
+            print("\ncut %.2f s after its calls; the reader was refused %d times" % (
+                lasted[0] or -1, len(refused)), file=sys.stderr)
+            self.assertIsNotNone(lasted[0], "the connection was not cut in 30 s\n" + s.log())
+            self.assertLess(lasted[0], 10)
+            self.assertEqual(metric(s.metrics_port, "engram_connections_shed_total",
+                                    reason="unread_answers"), 1)
+            self.assertIn("answers waited for its client", s.log())
+            self.assertIn("cut sooner", s.log())
+            # While the threads were held the reader may have been refused
+            # for want of one; never cut.
+            self.assertEqual([r for r in refused
+                              if r[0] != grpc.StatusCode.RESOURCE_EXHAUSTED], [])
+            self.assertEqual(c.get_store("s").pattern_count, 1000)
+        finally:
+            s.stop()
+
+    def test_a_client_that_stops_taking_answers_is_cut_after_the_wait(self):
+        # Two answers waiting, far from a quarter of the threads: cut after
+        # --max_answer_wait_s of the client taking nothing.
+        s = Engramd(BIN, self.tmp.name, "--max_answer_wait_s=2", metrics_listen="127.0.0.1:0")
+        try:
+            port = int(s.addr.rsplit(":", 1)[1])
+            c = Client(s.addr, retries=0, timeout=10)
+            c.create_store("s", dim=4)
+            lasted = unread_answers(port, 2, pb.GetStoreRequest(name="s").SerializeToString(),
+                                    seconds=30)
+            self.assertIsNotNone(lasted, "the connection was not cut in 30 s\n" + s.log())
+            self.assertGreaterEqual(lasted, 2)
+            self.assertLess(lasted, 10)
+            self.assertEqual(metric(s.metrics_port, "engram_connections_shed_total",
+                                    reason="unread_answers"), 1)
+            self.assertNotIn("cut sooner", s.log())
+            self.assertEqual(c.get_store("s").dimension, 4)
         finally:
             s.stop()
 

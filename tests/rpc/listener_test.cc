@@ -390,9 +390,33 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   EXPECT_EQ(banned.load(), 1);
 }
 
-// What gRPC has read of each connection: the bytes that arrived less those
-// still waiting in the socket, by the peer's address and port.
-TEST(ListenerTest, TellsWhatWasReadOfEachConnection) {
+// A peer as a call's peer() names it (escaped as in a URI) and as
+// channelz's names do.
+TEST(ListenerTest, ParsesPeersAsGrpcNamesThem) {
+  std::string ip;
+  int port = 0;
+  ASSERT_TRUE(ParsePeer("ipv4:127.0.0.1:34148", &ip, &port));
+  EXPECT_EQ(ip, std::string("\x7f\x00\x00\x01", 4));
+  EXPECT_EQ(port, 34148);
+  ASSERT_TRUE(ParsePeer("ipv6:%5B::1%5D:38030", &ip, &port));
+  EXPECT_EQ(ip, std::string(15, '\0') + '\x01');
+  EXPECT_EQ(port, 38030);
+  ASSERT_TRUE(ParsePeer("chttp2 ipv6:[::ffff:10.0.0.2]:7", &ip, &port));
+  EXPECT_EQ(Unmapped(ip), std::string("\x0a\x00\x00\x02", 4));
+  ASSERT_TRUE(ParsePeer("ipv6:%5Bfe80::1%25eth0%5D:9", &ip, &port));
+  EXPECT_EQ(ip.size(), 16u);
+  EXPECT_EQ(port, 9);
+  for (const char* bad :
+       {"unix:/run/engram.sock", "ipv4:127.0.0.1", "ipv4:127.0.0.1:x",
+        "ipv4:127.0.0.1:70000", "ipv4:1.2.3:80", "ipv6:::1:80", "", "ipv4:"}) {
+    EXPECT_FALSE(ParsePeer(bad, &ip, &port)) << bad;
+  }
+}
+
+// What gRPC has read of each connection (the bytes that arrived less those
+// still waiting in the socket) and what its client has taken, by the peer's
+// address and port.
+TEST(ListenerTest, TellsWhatWasReadAndTakenOfEachConnection) {
   absl::StatusOr<std::unique_ptr<Listener>> l = Listener::Bind("127.0.0.1:0");
   ASSERT_TRUE(l.ok()) << l.status();
   Holding grpc;
@@ -402,11 +426,12 @@ TEST(ListenerTest, TellsWhatWasReadOfEachConnection) {
   ASSERT_TRUE(grpc.AwaitHeld(1));
   const std::pair<std::string, int> peer{std::string("\x7f\x00\x00\x01", 4),
                                          LocalPort(client)};
-  auto read_of = [&] {
-    const Listener::BytesByPeer read = (*l)->BytesRead();
-    auto it = read.find(peer);
-    return it == read.end() ? int64_t{-1} : it->second;
+  auto bytes_of = [&] {
+    const Listener::BytesByPeer bytes = (*l)->Bytes();
+    auto it = bytes.find(peer);
+    return it == bytes.end() ? Listener::PeerBytes{-1, -1} : it->second;
   };
+  auto read_of = [&] { return bytes_of().read; };
   EXPECT_EQ(read_of(), 0);
   const std::string sent(1000, 'x');
   ASSERT_EQ(write(client, sent.data(), sent.size()), 1000);
@@ -421,6 +446,13 @@ TEST(ListenerTest, TellsWhatWasReadOfEachConnection) {
   }
   ASSERT_EQ(read(server_fd, buffer, sizeof(buffer)), 600);
   EXPECT_EQ(read_of(), 600);
+  // Taken once the client's end acknowledges it, read by its program or not.
+  EXPECT_EQ(bytes_of().taken, 0);
+  ASSERT_EQ(write(server_fd, buffer, 500), 500);
+  for (int i = 0; i < 200 && bytes_of().taken < 500; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(bytes_of().taken, 500);
   close(client);
   (*l)->Stop();
 }
