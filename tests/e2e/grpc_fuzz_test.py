@@ -3,7 +3,10 @@
 
 Against a real engramd, a router and one of its shards (each on its own
 port), for a few seconds each: raw bytes on the TCP port (garbage, a cut
-HTTP/2 preface, the preface followed by garbage, HTTP/1.1), then calls of
+HTTP/2 preface, the preface followed by garbage, HTTP/1.1, and after a
+well-formed hello floods of frames: pings, settings, window updates past
+the largest window, priorities, empty DATA, unknown types, an oversized
+frame, resets of streams never opened, random frame headers), then calls of
 every method of every service the port serves — engram.v1.Engram and, on a
 shard, engram.cluster.v1.Shard, as the server's reflection describes them —
 with payloads that are random bytes, random wire format (random field
@@ -43,7 +46,7 @@ import numpy as np  # noqa: E402
 from google.protobuf import message_factory  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
 import ssl  # noqa: E402
-from harness import Engramd, make_certs, reflected_services  # noqa: E402
+from harness import Engramd, frame_floods, make_certs, reflected_services  # noqa: E402
 from fuzz import arguments, fill, mutate, random_message  # noqa: E402
 
 ARGS = arguments(8.0, "of calls, per server")
@@ -104,6 +107,7 @@ def raw_tcp(rng, addr, tls=None):
              preface + rng.randbytes(rng.choice([9, 100, 3000])),
              b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
              preface + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\xff" * 9 + rng.randbytes(50)]
+    sends += [data for _, data in frame_floods(rng)]
     for data in sends:
         for wrap in ([False, True] if tls else [False]):
             with socket.create_connection((host, int(port)), timeout=2) as raw:

@@ -415,6 +415,36 @@ def machine():
     return "machine: %s, %d cores" % (model, os.cpu_count())
 
 
+def frame_floods(rng):
+    """HTTP/2 frames a server must shrug off, each kind as one burst after a
+    client's hello, as (name, bytes): pings, settings, window updates (the
+    last past the largest window a connection may have), priorities,
+    empty DATA frames on an open stream, frames of an unknown type, a frame
+    past the largest size, RST_STREAM and WINDOW_UPDATE on streams never
+    opened, and random frame headers. `rng`: a random.Random."""
+    hello = _hello(acknowledged=True)
+    opened = _frame(1, 4, 1, _headers("/engram.v1.Engram/AddPatterns"))
+    return [
+        ("pings", hello + b"".join(_frame(6, 0, 0, struct.pack(">Q", i)) for i in range(20000))),
+        ("settings", hello + b"".join(_frame(4, 0, 0, struct.pack(">HI", 3, 100 + i))
+                                      for i in range(20000))),
+        ("window updates", hello + _frame(8, 0, 0, struct.pack(">I", 1)) * 20000 +
+         _frame(8, 0, 0, struct.pack(">I", 0x7fffffff))),
+        ("priorities", hello + b"".join(_frame(2, 0, 2 * i + 1, struct.pack(">IB", 2 * i + 3, 16))
+                                        for i in range(20000))),
+        ("empty data", hello + opened + _frame(0, 0, 1) * 20000),
+        ("unknown types", hello + b"".join(_frame(rng.randrange(10, 256), rng.randrange(256), 0,
+                                                  rng.randbytes(1000)) for _ in range(500))),
+        ("oversized", hello + _frame(0, 0, 1, b"x" * 70000)),
+        ("streams never opened", hello + b"".join(
+            _frame(3, 0, 2 * i + 1, struct.pack(">I", 8)) + _frame(8, 0, 2 * i + 1, b"\0\0\0\1")
+            for i in range(5000))),
+        ("random headers", hello + b"".join(
+            struct.pack(">I", rng.randrange(64))[1:] + rng.randbytes(6) + rng.randbytes(
+                rng.randrange(64)) for _ in range(2000))),
+    ]
+
+
 def idle_connections(port, n):
     """`n` HTTP/2 connections to 127.0.0.1:`port` that say hello (the
     preface, empty settings, an acknowledgement of the server's) and then
