@@ -321,6 +321,15 @@ grpc::Status ShardService::ListPatternsAfter(
   absl::StatusOr<std::shared_ptr<store::Store>> found =
       registry_->Get(request->store());
   if (!found.ok()) return call.Done(found.status());
+  // Made only while memory is left (gRPC holds it until it is read).
+  if (absl::Status s = call.TakeAnswerMemory(
+          rpc::ListPageBytes(**found, request->page_size(),
+                             !request->omit_values(), registry_->limits(),
+                             policy_->max_message_bytes),
+          "a page of patterns");
+      !s.ok()) {
+    return call.Done(s);
+  }
   store::Store::Page page = rpc::ListPage(
       **found, request->after_id(), request->page_size(),
       !request->omit_values(), registry_->limits(), policy_->max_message_bytes);

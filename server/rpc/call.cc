@@ -231,6 +231,12 @@ absl::Status Call::TakeMemory(size_t bytes, absl::string_view what) {
   return absl::OkStatus();
 }
 
+absl::Status Call::TakeAnswerMemory(size_t answer_bytes,
+                                    absl::string_view what) {
+  if (answer_bytes < WriteBudget::kSmallRequest) return absl::OkStatus();
+  return TakeMemory(2 * answer_bytes, what);
+}
+
 absl::Status Call::TakeRetrievalMemory(size_t request_bytes) {
   if (request_bytes < WriteBudget::kSmallRequest) return absl::OkStatus();
   return TakeMemory(kRetrievalCost * request_bytes, "the retrieval");

@@ -191,6 +191,11 @@ class Call {
   // A share of the policy's memory guard of `bytes` for `what`, in place of
   // the call's share before (none without a guard).
   absl::Status TakeMemory(size_t bytes, absl::string_view what);
+  // For an answer of `answer_bytes` that gRPC will hold until its client
+  // has read it (a page of patterns): a share of twice that (the answer as
+  // built and as gRPC writes it) for an answer of WriteBudget::kSmallRequest
+  // or more, `what` naming it in a refusal.
+  absl::Status TakeAnswerMemory(size_t answer_bytes, absl::string_view what);
   // A retrieval's (or a shard's step's) share as it starts: kRetrievalCost
   // x its request, for a request of WriteBudget::kSmallRequest or more
   // (smaller ones take little, and are not measured).

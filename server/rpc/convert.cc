@@ -150,18 +150,47 @@ size_t PageSize(uint32_t requested) {
   return std::min<size_t>(requested, 1000);
 }
 
+namespace {
+
+// How many patterns one page holds at most, and the bytes each may take in
+// an answer without its metadata.
+struct PageBound {
+  size_t patterns;
+  size_t row_bytes;
+};
+
+PageBound BoundPage(const store::StoreView& view, uint32_t page_size,
+                    bool with_values, const store::Limits& limits,
+                    size_t max_message_bytes) {
+  const size_t row_bytes =
+      (with_values ? 4 * view.settings().dimension + 6 : 0) + 24 +
+      view.max_label_bytes();
+  const size_t per_pattern =
+      row_bytes +
+      limits.max_metadata_entries * (2 * limits.max_metadata_bytes + 8);
+  const size_t fits =
+      std::max<size_t>(1, (max_message_bytes - 64) / per_pattern);
+  return {std::min(PageSize(page_size), fits), row_bytes};
+}
+
+}  // namespace
+
 store::Store::Page ListPage(const store::Store& store, uint64_t after,
                             uint32_t page_size, bool with_values,
                             const store::Limits& limits,
                             size_t max_message_bytes) {
+  const PageBound bound = BoundPage(*store.view(), page_size, with_values,
+                                    limits, max_message_bytes);
+  return store.List(after, bound.patterns, with_values);
+}
+
+size_t ListPageBytes(const store::Store& store, uint32_t page_size,
+                     bool with_values, const store::Limits& limits,
+                     size_t max_message_bytes) {
   std::shared_ptr<const store::StoreView> view = store.view();
-  const size_t per_pattern =
-      (with_values ? 4 * view->settings().dimension + 6 : 0) + 24 +
-      view->max_label_bytes() +
-      limits.max_metadata_entries * (2 * limits.max_metadata_bytes + 8);
-  const size_t fits =
-      std::max<size_t>(1, (max_message_bytes - 64) / per_pattern);
-  return store.List(after, std::min(PageSize(page_size), fits), with_values);
+  const PageBound bound =
+      BoundPage(*view, page_size, with_values, limits, max_message_bytes);
+  return std::min(bound.patterns, view->size()) * bound.row_bytes;
 }
 
 absl::StatusOr<store::RetrieveRequest> FromProto(

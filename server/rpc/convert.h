@@ -62,6 +62,11 @@ store::Store::Page ListPage(const store::Store& store, uint64_t after,
                             uint32_t page_size, bool with_values,
                             const store::Limits& limits,
                             size_t max_message_bytes);
+// About the bytes of the answer ListPage's page will make: its patterns at
+// most (no more than the store holds), without their metadata.
+size_t ListPageBytes(const store::Store& store, uint32_t page_size,
+                     bool with_values, const store::Limits& limits,
+                     size_t max_message_bytes);
 
 }  // namespace engram::rpc
 

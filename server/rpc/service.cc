@@ -260,6 +260,15 @@ grpc::Status EngramService::ListPatterns(grpc::ServerContext* context,
       return call.Done(absl::InternalError("page_token holds no pattern id"));
     }
   }
+  // gRPC holds the page until its client has read it: however many clients
+  // ask at once, pages are made only while memory is left.
+  if (absl::Status s = call.TakeAnswerMemory(
+          ListPageBytes(**found, request->page_size(), !request->omit_values(),
+                        registry_->limits(), policy_->max_message_bytes),
+          "a page of patterns (ask for fewer)");
+      !s.ok()) {
+    return call.Done(s);
+  }
   // A page holds no more patterns than fit in one message, whatever was
   // asked for (a client pages on with the token).
   store::Store::Page page =

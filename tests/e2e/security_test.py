@@ -4,6 +4,7 @@ the engram CLI; certificates made with openssl in the test.
 
 Usage: security_test.py BIN_DIR
 """
+import contextlib
 import os
 import signal
 import socket
@@ -70,6 +71,19 @@ class SecurityTest(unittest.TestCase):
             self.assertLess(time.time(), deadline, what + "\n" + server.log()[-2000:])
             time.sleep(0.2)
 
+    @contextlib.contextmanager
+    def attacked(self, *flags, dim=4):
+        """An engramd to attack from 127.0.0.1, with metrics: it, its port
+        and a client connected before the attack (so not kept out after
+        it), with a store "s" of `dim`."""
+        s = Engramd(BIN, self.tmp.name, *flags, metrics_listen="127.0.0.1:0")
+        try:
+            c = Client(s.addr, retries=0, timeout=30)
+            c.create_store("s", dim=dim)
+            yield s, int(s.addr.rsplit(":", 1)[1]), c
+        finally:
+            s.stop()
+
     def engram(self, server, *args, env=None):
         return subprocess.run([os.path.join(BIN, "engram"), "--addr=" + server.addr,
                                "--timeout_s=10", *args],
@@ -81,11 +95,7 @@ class SecurityTest(unittest.TestCase):
         # client resets it (four such clients took engramd to 7-9 GB in 10 s
         # and no call was answered during or for seconds after). engramd
         # cuts those connections and keeps their address out for 10 s.
-        s = Engramd(BIN, self.tmp.name, metrics_listen="127.0.0.1:0")
-        try:
-            port = int(s.addr.rsplit(":", 1)[1])
-            c = Client(s.addr, retries=0, timeout=10)
-            c.create_store("s", dim=4)
+        with self.attacked() as (s, port, c):
             before = resident_mib(s.proc.pid)
             written, made = [], []
             # All four connected before the first is cut: each is then cut.
@@ -141,8 +151,6 @@ class SecurityTest(unittest.TestCase):
             for _ in range(100):
                 c.get_store("s")
             self.assertLess(time.time() - start, 10)
-        finally:
-            s.stop()
 
     def test_headers_that_never_end_are_cut_when_memory_runs_out(self):
         # gRPC 1.51 keeps a header block whole until it ends, however long
@@ -150,11 +158,7 @@ class SecurityTest(unittest.TestCase):
         # more resident), before any token is checked. Once engramd's memory
         # is past its limit it cuts the connection that sent the most with
         # nothing to show for it.
-        s = Engramd(BIN, self.tmp.name, "--max_memory_mb=400", metrics_listen="127.0.0.1:0")
-        try:
-            port = int(s.addr.rsplit(":", 1)[1])
-            c = Client(s.addr, retries=0, timeout=10)
-            c.create_store("s", dim=4)  # Connected before: not kept out after.
+        with self.attacked("--max_memory_mb=400") as (s, port, c):
             peak, sent, stop = [resident_mib(s.proc.pid)], [0], threading.Event()
 
             def attack():
@@ -184,8 +188,6 @@ class SecurityTest(unittest.TestCase):
             self.until(lambda: resident_mib(s.proc.pid) < 360, "engramd kept the headers", s,
                        seconds=60)
             c.add("s", np.ones((2, 4), dtype=np.float32))
-        finally:
-            s.stop()
 
     def test_connections_that_take_no_answers_are_cut(self):
         # gRPC's synchronous server holds a unary call's thread until its
@@ -195,11 +197,7 @@ class SecurityTest(unittest.TestCase):
         # Threadpool Exhausted") for as long as it stayed. With its calls
         # holding a quarter of the threads, it is cut within a second or so;
         # a client reading large answers meanwhile is not.
-        s = Engramd(BIN, self.tmp.name, "--rpc_threads=16", metrics_listen="127.0.0.1:0")
-        try:
-            port = int(s.addr.rsplit(":", 1)[1])
-            c = Client(s.addr, retries=0, timeout=30)  # Connected before: not kept out.
-            c.create_store("s", dim=512)
+        with self.attacked("--rpc_threads=16", dim=512) as (s, port, c):
             c.add("s", np.random.default_rng(0).normal(size=(1000, 512)).astype(np.float32))
             stop, refused, lasted = threading.Event(), [], []
 
@@ -234,17 +232,11 @@ class SecurityTest(unittest.TestCase):
             self.assertEqual([r for r in refused
                               if r[0] != grpc.StatusCode.RESOURCE_EXHAUSTED], [])
             self.assertEqual(c.get_store("s").pattern_count, 1000)
-        finally:
-            s.stop()
 
     def test_a_client_that_stops_taking_answers_is_cut_after_the_wait(self):
         # Two answers waiting, far from a quarter of the threads: cut after
         # --max_answer_wait_s of the client taking nothing.
-        s = Engramd(BIN, self.tmp.name, "--max_answer_wait_s=2", metrics_listen="127.0.0.1:0")
-        try:
-            port = int(s.addr.rsplit(":", 1)[1])
-            c = Client(s.addr, retries=0, timeout=10)
-            c.create_store("s", dim=4)
+        with self.attacked("--max_answer_wait_s=2") as (s, port, c):
             lasted = unread_answers(port, 2, pb.GetStoreRequest(name="s").SerializeToString(),
                                     seconds=30)
             self.assertIsNotNone(lasted, "the connection was not cut in 30 s\n" + s.log())
@@ -254,8 +246,44 @@ class SecurityTest(unittest.TestCase):
                                     reason="unread_answers"), 1)
             self.assertNotIn("cut sooner", s.log())
             self.assertEqual(c.get_store("s").dimension, 4)
-        finally:
-            s.stop()
+
+    def test_pages_nobody_reads_are_held_only_while_memory_lasts(self):
+        # gRPC holds an answer until its client has read it. With the watch
+        # for unread answers off, clients that take none of theirs pile up
+        # pages of patterns (64 MiB each here) only while engramd's memory
+        # lasts: past it, the next page is refused, and every other call
+        # is answered.
+        with self.attacked("--max_memory_mb=400", "--max_answer_wait_s=0",
+                           dim=16384) as (s, port, c):
+            for i in range(0, 1000, 100):
+                c.add("s", np.full((100, 16384), i, dtype=np.float32))
+            page = pb.ListPatternsRequest(store="s", page_size=1000).SerializeToString()
+            stop, peak = threading.Event(), [0]
+            readers = [threading.Thread(target=unread_answers, args=(port, 4, page),
+                                        kwargs={"path": "/engram.v1.Engram/ListPatterns",
+                                                "stop": stop}) for _ in range(4)]
+            for r in readers:
+                r.start()
+            try:
+                end = time.time() + 8
+                while time.time() < end:
+                    peak[0] = max(peak[0], resident_mib(s.proc.pid))
+                    time.sleep(0.05)
+                # Every other call answers; a page beyond the memory is refused.
+                self.assertEqual(len(list(c.list_patterns("s", values=False, page_size=10))),
+                                 1000)
+                with self.assertRaises(grpc.RpcError) as refused:
+                    next(iter(c.list_patterns("s", page_size=1000)))
+            finally:
+                stop.set()
+                for r in readers:
+                    r.join()
+            print("\npeak %d MiB resident with 16 pages of 64 MiB asked for (limit 360)" %
+                  peak[0], file=sys.stderr)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertIn("a page of patterns", refused.exception.details())
+            if not sanitized(BIN):
+                self.assertLess(peak[0], 360 + 200)
 
     def test_callers_unchecked_beyond_loopback_are_warned_of(self):
         # Beyond loopback, without TLS and tokens or client certificates,
