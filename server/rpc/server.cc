@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -81,20 +82,6 @@ class UnparsedRequest final : public grpc::experimental::Interceptor {
   bool unparsed_ = false;
 };
 
-class UnparsedRequestFactory final
-    : public grpc::experimental::ServerInterceptorFactoryInterface {
- public:
-  grpc::experimental::Interceptor* CreateServerInterceptor(
-      grpc::experimental::ServerRpcInfo* info) override {
-    // One request message each, parsed before the handler runs.
-    using Type = grpc::experimental::ServerRpcInfo::Type;
-    if (info->type() != Type::UNARY && info->type() != Type::SERVER_STREAMING) {
-      return nullptr;
-    }
-    return new UnparsedRequest(info->method());
-  }
-};
-
 // gRPC's reflection service answers a stream of questions on a thread of
 // the synchronous server for as long as its client keeps the stream open;
 // it is not engram's code, so no Call takes a slot for it. This does: a
@@ -129,21 +116,6 @@ class ReflectionSlot final : public grpc::experimental::Interceptor {
   StreamSlots::Slot held_;
 };
 
-class ReflectionSlotFactory final
-    : public grpc::experimental::ServerInterceptorFactoryInterface {
- public:
-  explicit ReflectionSlotFactory(StreamSlots* slots) : slots_(slots) {}
-
-  grpc::experimental::Interceptor* CreateServerInterceptor(
-      grpc::experimental::ServerRpcInfo* info) override {
-    if (!absl::StartsWith(info->method(), "/grpc.reflection.")) return nullptr;
-    return new ReflectionSlot(slots_, info->server_context());
-  }
-
- private:
-  StreamSlots* const slots_;
-};
-
 // Every answer and streamed message, from when gRPC is handed it until it
 // is written or its call ends, for the AnswerWatch. (A call's batches may
 // complete on different threads: End is safe to repeat, and nothing else
@@ -170,18 +142,22 @@ class AnswerTimer final : public grpc::experimental::Interceptor {
   grpc::ServerContextBase* const context_;
 };
 
-class AnswerTimerFactory final
+// Makes each call's interceptor with `make`, which returns null for a call
+// it leaves alone.
+class InterceptorFactory final
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit AnswerTimerFactory(AnswerWatch* watch) : watch_(watch) {}
+  using Make = std::function<grpc::experimental::Interceptor*(
+      grpc::experimental::ServerRpcInfo*)>;
+  explicit InterceptorFactory(Make make) : make_(std::move(make)) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    return new AnswerTimer(watch_, info->server_context());
+    return make_(info);
   }
 
  private:
-  AnswerWatch* const watch_;
+  const Make make_;
 };
 
 }  // namespace
@@ -340,15 +316,34 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   std::vector<
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
-  interceptors.push_back(std::make_unique<UnparsedRequestFactory>());
-  interceptors.push_back(std::make_unique<ReflectionSlotFactory>(
-      server->policy_->stream_slots.get()));
+  using grpc::experimental::Interceptor;
+  using grpc::experimental::ServerRpcInfo;
+  interceptors.push_back(std::make_unique<InterceptorFactory>(
+      [](ServerRpcInfo* info) -> Interceptor* {
+        // One request message each, parsed before the handler runs.
+        using Type = ServerRpcInfo::Type;
+        if (info->type() != Type::UNARY &&
+            info->type() != Type::SERVER_STREAMING) {
+          return nullptr;
+        }
+        return new UnparsedRequest(info->method());
+      }));
+  interceptors.push_back(std::make_unique<InterceptorFactory>(
+      [slots = server->policy_->stream_slots.get()](
+          ServerRpcInfo* info) -> Interceptor* {
+        if (!absl::StartsWith(info->method(), "/grpc.reflection.")) {
+          return nullptr;
+        }
+        return new ReflectionSlot(slots, info->server_context());
+      }));
   AnswerWatch::Options answers;
   answers.patience = options.max_answer_wait;
   answers.pressure = std::max(2, options.max_threads / 4);
   server->answers_ = std::make_unique<AnswerWatch>(answers);
-  interceptors.push_back(
-      std::make_unique<AnswerTimerFactory>(server->answers_.get()));
+  interceptors.push_back(std::make_unique<InterceptorFactory>(
+      [watch = server->answers_.get()](ServerRpcInfo* info) -> Interceptor* {
+        return new AnswerTimer(watch, info->server_context());
+      }));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
   if (!server->server_) {
@@ -371,11 +366,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       raw->WatchCredentials(options, *state);
     });
   }
-  {
-    server->stream_guard_ = std::thread([raw = server.get(), options, metrics] {
-      raw->GuardStreams(options, metrics);
-    });
-  }
+  server->stream_guard_ = std::thread([raw = server.get(), options, metrics] {
+    raw->GuardStreams(options, metrics);
+  });
   // Live as soon as it runs; ready when the caller says so.
   server->server_->GetHealthCheckService()->SetServingStatus("", true);
   server->SetReady(false);
