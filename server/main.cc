@@ -89,7 +89,7 @@ ABSL_FLAG(int, max_answer_wait_s, 10,
           "is cut and its address kept out for 10 s: a client that does not "
           "read (or gives its streams no HTTP/2 window) holds one of gRPC's "
           "threads with each call. 1 s while such answers hold a quarter of "
-          "--rpc_threads. 0: never.");
+          "--rpc_threads, and then one answer waiting is enough. 0: never.");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "

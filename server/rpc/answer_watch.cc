@@ -35,10 +35,13 @@ std::vector<AnswerWatch::Stalled> AnswerWatch::Look(
     }
   }
   const bool hurried = total >= options_.pressure;
+  // Under pressure a connection with one answer waiting counts too: many
+  // connections with one each hold the threads as well as one with many.
+  const int min_waiting = hurried ? 1 : options_.min_waiting;
   std::vector<Stalled> stalled;
   for (auto it = watched_.begin(); it != watched_.end();) {
     auto found = waiting.find(it->first);
-    if (found == waiting.end() || found->second < options_.min_waiting) {
+    if (found == waiting.end() || found->second < min_waiting) {
       watched_.erase(it++);
     } else {
       ++it;
@@ -46,7 +49,7 @@ std::vector<AnswerWatch::Stalled> AnswerWatch::Look(
   }
   if (options_.patience <= absl::ZeroDuration()) return stalled;
   for (const auto& [peer, count] : waiting) {
-    if (count < options_.min_waiting) continue;
+    if (count < min_waiting) continue;
     Stalled s;
     if (!ParsePeer(peer, &s.ip, &s.port)) continue;  // Not TCP.
     s.ip = Unmapped(s.ip);

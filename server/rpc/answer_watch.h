@@ -16,7 +16,8 @@
 // `min_waiting` answers that have waited `settle` or longer and whose client
 // has taken (acknowledged, on TCP) less than `min_taken` bytes in
 // `patience`, or in `hurry` while such answers number `pressure` or more
-// over all connections (they hold that many of gRPC's threads). A client
+// over all connections (they hold that many of gRPC's threads; a
+// connection with a single answer waiting then counts too). A client
 // that reads, however slowly, takes bytes; one with a window of 0 takes
 // only the pings' few. Cutting such a connection ends its calls and gives
 // their threads back.

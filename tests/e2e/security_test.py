@@ -260,6 +260,32 @@ class SecurityTest(unittest.TestCase):
             self.assertNotIn("cut sooner", s.log())
             self.assertEqual(c.get_store("s").dimension, 4)
 
+    def test_many_connections_each_taking_no_answer_are_cut(self):
+        # One call on each of many connections, none of which takes its
+        # answer: no connection has two answers waiting, yet together they
+        # hold the threads for as long as they stay. Once such answers hold
+        # a quarter of the threads, a connection with one is cut too.
+        with self.attacked("--rpc_threads=16") as (s, port, c):
+            request = pb.GetStoreRequest(name="s").SerializeToString()
+            lasted = [None] * 12
+
+            def attack(i):
+                lasted[i] = unread_answers(port, 1, request, seconds=20)
+            attackers = [threading.Thread(target=attack, args=(i,)) for i in range(12)]
+            for t in attackers:
+                t.start()
+            for t in attackers:
+                t.join()
+            print("\ncut %s s after their calls" % sorted(
+                round(x, 1) for x in lasted if x is not None), file=sys.stderr)
+            self.assertNotIn(None, lasted, "some were not cut in 20 s\n" + s.log()[-2000:])
+            self.assertLess(max(lasted), 10)
+            self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
+                                      reason="unread_answers", default=0) == 12,
+                       "not every cut was counted", s)
+            self.assertIn("cut sooner", s.log())
+            self.assertEqual(c.get_store("s").dimension, 4)
+
     def test_pages_nobody_reads_are_held_only_while_memory_lasts(self):
         # gRPC holds an answer until its client has read it. With the watch
         # for unread answers off, clients that take none of theirs pile up

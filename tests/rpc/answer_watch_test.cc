@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace engram::rpc {
@@ -103,6 +104,44 @@ TEST(AnswerWatchTest, HurriesUnderPressureAndCutsOnlyTcp) {
   EXPECT_TRUE(watch.Look(t0 + absl::Seconds(3), bytes).empty());
   EXPECT_TRUE(watch.Look(t0 + absl::Seconds(12), bytes).empty());
   EXPECT_EQ(watch.Look(t0 + absl::Seconds(13), bytes).size(), 1u);
+}
+
+// Many connections with one answer each hold the threads as well as one
+// with many: under pressure each is cut after `hurry`, unless its client
+// reads; below it, none is.
+TEST(AnswerWatchTest, UnderPressureSingleAnswersCountToo) {
+  AnswerWatch::Options o = Patient();
+  o.pressure = 3;
+  AnswerWatch watch(o);
+  int calls[3] = {};
+  const absl::Time t0 = absl::UnixEpoch();
+  for (int i = 0; i < 3; ++i) {
+    watch.Begin(&calls[i], absl::StrCat("ipv4:127.0.0.1:", 5000 + i), t0);
+  }
+  EXPECT_TRUE(
+      watch
+          .Look(t0 + absl::Seconds(1), Taken({{5000, 0}, {5001, 0}, {5002, 0}}))
+          .empty());
+  // 5002's client reads.
+  const std::vector<AnswerWatch::Stalled> cut = watch.Look(
+      t0 + absl::Seconds(2), Taken({{5000, 0}, {5001, 0}, {5002, 20 << 10}}));
+  ASSERT_EQ(cut.size(), 2u);
+  for (const AnswerWatch::Stalled& s : cut) {
+    EXPECT_NE(s.port, 5002);
+    EXPECT_EQ(s.waiting, 1);
+    EXPECT_TRUE(s.hurried);
+  }
+  // Two left: below the pressure, a single answer is spared however long.
+  watch.End(&calls[0]);
+  int another = 0;
+  watch.Begin(&another, "ipv4:127.0.0.1:5003", t0 + absl::Seconds(2));
+  watch.End(&calls[1]);
+  for (int s = 3; s < 60; s += 5) {
+    EXPECT_TRUE(
+        watch.Look(t0 + absl::Seconds(s), Taken({{5002, 20 << 10}, {5003, 0}}))
+            .empty())
+        << s;
+  }
 }
 
 // Patience zero: never cut.
