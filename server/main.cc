@@ -76,20 +76,27 @@ ABSL_FLAG(int, max_open_streams, 128,
           "MAX_CONCURRENT_STREAMS). gRPC queues every stream a client opens, "
           "however soon it is reset (HTTP/2 rapid reset): a connection with "
           "more than twice as many started and not yet ended is cut and its "
-          "address kept out for 10 s. 0: no limit.");
+          "address kept out for --ban_s. 0: no limit.");
 ABSL_FLAG(int, max_stream_resets_per_s, 0,
           "A connection whose client resets (or otherwise fails) more "
           "streams a second than this is cut and its address kept out for "
-          "10 s. Calls a client cancels or lets run past their deadline "
+          "--ban_s. Calls a client cancels or lets run past their deadline "
           "count, so a busy well-behaved client can pass any figure: 0 (the "
           "default), no limit.");
 ABSL_FLAG(int, max_answer_wait_s, 10,
           "A connection with two or more answers waiting for its client, "
           "which takes none of them (under 16 KiB) for this many seconds, "
-          "is cut and its address kept out for 10 s: a client that does not "
-          "read (or gives its streams no HTTP/2 window) holds one of gRPC's "
-          "threads with each call. 1 s while such answers hold a quarter of "
-          "--rpc_threads, and then one answer waiting is enough. 0: never.");
+          "is cut and its address kept out for --ban_s: a client that does "
+          "not read (or gives its streams no HTTP/2 window) holds one of "
+          "gRPC's threads with each call. 1 s while such answers hold a "
+          "quarter of --rpc_threads, and then one answer waiting is enough. "
+          "0: never.");
+ABSL_FLAG(int, ban_s, 10,
+          "How long, in seconds, the address of a connection cut for what "
+          "its client did (a stream flood, headers that never end, answers "
+          "it takes none of) is kept out: its new connections are closed at "
+          "once. 0: cut only, never kept out (behind a proxy or NAT, where "
+          "one address is many clients).");
 ABSL_FLAG(bool, sync, true,
           "fsync the write-ahead log before acknowledging a write. false: "
           "an acknowledged write survives kill -9 but may be lost if the "
@@ -443,6 +450,12 @@ engram::app::EngramdOptions OptionsFromFlags() {
                             ": must be in [0, 3600] (0: never)"));
   }
   server.max_answer_wait = absl::Seconds(answer_wait_s);
+  const int ban_s = absl::GetFlag(FLAGS_ban_s);
+  if (ban_s < 0 || ban_s > 3600) {
+    FailOnFlag(absl::StrCat("--ban_s=", ban_s,
+                            ": must be in [0, 3600] (0: never kept out)"));
+  }
+  server.cut_ban = absl::Seconds(ban_s);
   server.fd_reserve = absl::GetFlag(FLAGS_fd_reserve);
   if (server.fd_reserve < -1) {
     FailOnFlag(absl::StrCat("--fd_reserve=", server.fd_reserve,

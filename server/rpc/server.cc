@@ -428,12 +428,17 @@ void Server::GuardStreams(const ServerOptions& options,
   // Cuts the TCP connection of this server's from `ip` and `port`, counted
   // under `reason`; false if there is none.
   auto cut = [&](const std::string& ip, int port, const char* reason) {
-    if (ip.empty() || !listener_->Cut(ip, port, options.stream_flood_ban)) {
+    if (ip.empty() || !listener_->Cut(ip, port, options.cut_ban)) {
       return false;
     }
     if (metrics != nullptr) metrics->RecordConnectionShed(reason);
     return true;
   };
+  const std::string kept =
+      options.cut_ban > absl::ZeroDuration()
+          ? absl::StrCat("its address is kept out for ",
+                         absl::FormatDuration(options.cut_ban))
+          : std::string("its address is not kept out (--ban_s=0)");
   while (Sleep(absl::Milliseconds(250))) {
     // What gRPC has read of each connection, taken before channelz's
     // counts: streams counted at a look come from bytes read before it.
@@ -459,8 +464,7 @@ void Server::GuardStreams(const ServerOptions& options,
           "--listen=%s: cut a connection from port %d: %d answers waited for "
           "its client, which took %lld bytes in %s (past "
           "--max_answer_wait_s=%lld%s; a client that does not read, or gives "
-          "its streams no window, holds a thread with each call); its "
-          "address is kept out for %s",
+          "its streams no window, holds a thread with each call); %s",
           listen_.c_str(), s.port, s.waiting, static_cast<long long>(s.taken),
           absl::FormatDuration(absl::Trunc(s.for_, absl::Milliseconds(10)))
               .c_str(),
@@ -468,7 +472,7 @@ void Server::GuardStreams(const ServerOptions& options,
           s.hurried ? ", cut sooner: such answers held a quarter of the "
                       "threads"
                     : "",
-          absl::FormatDuration(options.stream_flood_ban).c_str());
+          kept.c_str());
     }
     for (const SocketStreams& s : guard.Observe(now, read, unread)) {
       if (!cut(s.remote_ip, s.remote_port, Listener::kStreamFlood)) continue;
@@ -476,13 +480,11 @@ void Server::GuardStreams(const ServerOptions& options,
           "--listen=%s: cut a connection from port %d: of the %lld streams "
           "its client opened, %lld had not ended and %lld had failed, past "
           "--max_open_streams=%d (twice that open) or "
-          "--max_stream_resets_per_s=%d (0: none) (HTTP/2 rapid reset?); its "
-          "address is kept out for %s",
+          "--max_stream_resets_per_s=%d (0: none) (HTTP/2 rapid reset?); %s",
           listen_.c_str(), s.remote_port, static_cast<long long>(s.started),
           static_cast<long long>(s.started - s.succeeded - s.failed),
           static_cast<long long>(s.failed), options.max_open_streams,
-          options.max_stream_resets_per_s,
-          absl::FormatDuration(options.stream_flood_ban).c_str());
+          options.max_stream_resets_per_s, kept.c_str());
     }
     // Out of memory: the connection that sent the most for nothing (a
     // header block that never ends, which gRPC keeps whole) goes, one a
@@ -501,12 +503,10 @@ void Server::GuardStreams(const ServerOptions& options,
     Log(LogLevel::kWarning,
         "--listen=%s: cut a connection from port %d: engramd's memory is past "
         "%s and gRPC has read %s of it with no message received and no "
-        "stream ended since (HTTP/2 headers that never end?); its address "
-        "is kept out for %s",
+        "stream ended since (HTTP/2 headers that never end?); %s",
         listen_.c_str(), heaviest->socket.remote_port,
         options.memory_guard->about().c_str(),
-        MiB(static_cast<size_t>(heaviest->bytes)).c_str(),
-        absl::FormatDuration(options.stream_flood_ban).c_str());
+        MiB(static_cast<size_t>(heaviest->bytes)).c_str(), kept.c_str());
   }
 }
 

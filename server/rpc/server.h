@@ -55,13 +55,16 @@ struct ServerOptions {
   // not ended (streams its client reset, still queued by gRPC) is cut, and
   // so is one whose client resets (or otherwise fails) more streams a
   // second than max_stream_resets_per_s; its address is then kept out for
-  // stream_flood_ban (stream_flood.h). 0: no limit.
+  // cut_ban (stream_flood.h). 0: no limit.
   int max_open_streams = 128;
   // Off by default: calls a client cancels or lets run out of time count.
   int max_stream_resets_per_s = 0;
-  absl::Duration stream_flood_ban = absl::Seconds(10);
+  // How long the address of a connection cut for what its client did (any
+  // cut here) is kept out: its new connections are closed at once. Zero:
+  // cut only (behind a proxy or NAT one address is many clients).
+  absl::Duration cut_ban = absl::Seconds(10);
   // A connection with answers waiting that its client takes nothing of for
-  // this long is cut, its address kept out for stream_flood_ban
+  // this long is cut, its address kept out for cut_ban
   // (answer_watch.h); for at most a second while such answers hold a
   // quarter of max_threads. Zero: never.
   absl::Duration max_answer_wait = absl::Seconds(10);

@@ -286,6 +286,41 @@ class SecurityTest(unittest.TestCase):
             self.assertIn("cut sooner", s.log())
             self.assertEqual(c.get_store("s").dimension, 4)
 
+    def test_a_cut_address_is_kept_out_for_ban_s(self):
+        # After a cut, the address's new connections are closed at once for
+        # --ban_s (10 s by default); with 0 (behind a proxy or NAT, where
+        # one address is many clients) the cut connection alone goes.
+        request = pb.GetStoreRequest(name="s").SerializeToString()
+        for ban in (None, 0):
+            with self.subTest(ban_s=ban), self.attacked(
+                    "--max_answer_wait_s=1",
+                    *(["--ban_s=%d" % ban] if ban is not None else [])) as (s, port, c):
+                self.assertIsNotNone(unread_answers(port, 2, request, seconds=30))
+                self.until(lambda: "answers waited for its client" in s.log(),
+                           "no cut was logged", s)
+                # A new connection (a channel of its own: gRPC shares one
+                # between channels to the same address otherwise).
+                with grpc.insecure_channel(
+                        s.addr, options=[("grpc.use_local_subchannel_pool", 1)]) as fresh:
+                    try:
+                        answered = len(fresh.unary_unary("/engram.v1.Engram/GetStore")(
+                            request, timeout=5)) > 0
+                    except grpc.RpcError as e:
+                        self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE)
+                        answered = False
+                banned = metric(s.metrics_port, "engram_connections_shed_total",
+                                reason="banned")
+                if ban is None:
+                    self.assertFalse(answered)
+                    self.assertGreater(banned, 0)
+                    self.assertIn("its address is kept out for 10s", s.log())
+                else:
+                    self.assertTrue(answered)
+                    self.assertEqual(banned, 0)
+                    self.assertIn("its address is not kept out (--ban_s=0)", s.log())
+                # The client connected before the cut is still served.
+                self.assertEqual(c.get_store("s").dimension, 4)
+
     def test_pages_nobody_reads_are_held_only_while_memory_lasts(self):
         # gRPC holds an answer until its client has read it. With the watch
         # for unread answers off, clients that take none of theirs pile up
@@ -821,6 +856,8 @@ class SecurityTest(unittest.TestCase):
             (["--tls_cert=" + self.p("server.pem"), "--tls_key=" + self.p("server.pem")],
              "--tls_key=" + self.p("server.pem") + ": not a PEM private key"),
             (["--token_file=" + self.p("missing")], "--token_file=" + self.p("missing")),
+            (["--ban_s=-1"], "--ban_s=-1: must be in [0, 3600]"),
+            (["--max_answer_wait_s=3601"], "--max_answer_wait_s=3601: must be in [0, 3600]"),
         ]
         for flags, expected in cases:
             with self.subTest(flags=flags):
