@@ -501,7 +501,6 @@ bool Listener::AcceptAll(const Socket& socket) {
 bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
   const std::string wanted = Unmapped(ip);
   MutexLock lock(&peers_mu_);
-  banned_[wanted] = SteadyNow() + ban;
   for (auto it = peers_.begin(); it != peers_.end();) {
     sockaddr_storage now{};
     socklen_t length = sizeof(now);
@@ -517,6 +516,9 @@ bool Listener::Cut(const std::string& ip, int port, absl::Duration ban) {
     if (peer.first == wanted && peer.second == port) {
       shutdown(it->first, SHUT_RDWR);  // gRPC closes it.
       peers_.erase(it);
+      // Only an address whose connection was cut (so logged and counted)
+      // is kept out.
+      banned_[wanted] = SteadyNow() + ban;
       return true;
     }
     ++it;

@@ -122,7 +122,7 @@ class Listener {
   // 4 or 16 bytes; an IPv4 address mapped into IPv6 counts as itself) and
   // `port` — gRPC then ends its calls and closes it — and sheds new
   // connections from `ip` for `ban`. False if it took none from there (or
-  // that one has closed).
+  // that one has closed): then nothing is cut and nobody kept out.
   bool Cut(const std::string& ip, int port, absl::Duration ban);
 
   // What has gone through each TCP connection this listener took so far:

@@ -366,8 +366,12 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   const int flooding_port = LocalPort(flooding);
   ASSERT_GT(flooding_port, 0);
   const std::string loopback("\x7f\x00\x00\x01", 4);
-  // No connection from that port: nothing cut.
-  EXPECT_FALSE((*l)->Cut(loopback, 1, absl::ZeroDuration()));
+  // No connection from that port: nothing cut, and the address is not
+  // kept out.
+  EXPECT_FALSE((*l)->Cut(loopback, 1, absl::Seconds(60)));
+  const int after_miss = ConnectTcp((*l)->port());
+  ASSERT_GE(after_miss, 0);
+  ASSERT_TRUE(grpc.AwaitHeld(3));
   // The address arrives as IPv4 mapped into IPv6 (a dual-stack socket) or
   // as IPv4: both are the one address.
   std::string mapped(10, '\0');
@@ -383,8 +387,9 @@ TEST(ListenerTest, CutsAConnectionAndKeepsItsAddressOutForAWhile) {
   absl::SleepFor(absl::Milliseconds(400));
   const int later = ConnectTcp((*l)->port());
   ASSERT_GE(later, 0);
-  EXPECT_TRUE(grpc.AwaitHeld(3));
+  EXPECT_TRUE(grpc.AwaitHeld(4));
   close(later);
+  close(after_miss);
   close(kept);
   (*l)->Stop();
   EXPECT_EQ(banned.load(), 1);
