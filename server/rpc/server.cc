@@ -486,27 +486,29 @@ void Server::GuardStreams(const ServerOptions& options,
           static_cast<long long>(s.failed), options.max_open_streams,
           options.max_stream_resets_per_s, kept.c_str());
     }
-    // Out of memory: the connection that sent the most for nothing (a
-    // header block that never ends, which gRPC keeps whole) goes, one a
-    // look. Below kMemoryFloodBytes none does: what is resident is not a
-    // connection's doing.
+    // Out of memory: every connection that sent kMemoryFloodBytes or more
+    // for nothing (a header block that never ends, which gRPC keeps whole)
+    // goes, the heaviest first. Cut one a look, eight such connections at
+    // once took engramd to 1 GiB past a limit of 360 MiB. Below
+    // kMemoryFloodBytes none does: what is resident is not a connection's
+    // doing.
     if (options.memory_guard == nullptr || !options.memory_guard->Exceeded()) {
       continue;
     }
-    const std::optional<StreamFloodGuard::Heavy> heaviest =
-        guard.Heaviest(kMemoryFloodBytes);
-    if (!heaviest.has_value() ||
-        !cut(heaviest->socket.remote_ip, heaviest->socket.remote_port,
-             Listener::kMemoryFlood)) {
-      continue;
+    for (const StreamFloodGuard::Heavy& heavy :
+         guard.Heaviest(kMemoryFloodBytes)) {
+      if (!cut(heavy.socket.remote_ip, heavy.socket.remote_port,
+               Listener::kMemoryFlood)) {
+        continue;
+      }
+      Log(LogLevel::kWarning,
+          "--listen=%s: cut a connection from port %d: engramd's memory is "
+          "past %s and gRPC has read %s of it with no message received and "
+          "no stream ended since (HTTP/2 headers that never end?); %s",
+          listen_.c_str(), heavy.socket.remote_port,
+          options.memory_guard->about().c_str(),
+          MiB(static_cast<size_t>(heavy.bytes)).c_str(), kept.c_str());
     }
-    Log(LogLevel::kWarning,
-        "--listen=%s: cut a connection from port %d: engramd's memory is past "
-        "%s and gRPC has read %s of it with no message received and no "
-        "stream ended since (HTTP/2 headers that never end?); %s",
-        listen_.c_str(), heaviest->socket.remote_port,
-        options.memory_guard->about().c_str(),
-        MiB(static_cast<size_t>(heaviest->bytes)).c_str(), kept.c_str());
   }
 }
 

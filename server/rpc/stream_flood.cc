@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <optional>
 #include <string>
 #include <utility>
 
@@ -193,18 +192,17 @@ std::vector<SocketStreams> StreamFloodGuard::Observe(
   return cut;
 }
 
-std::optional<StreamFloodGuard::Heavy> StreamFloodGuard::Heaviest(
+std::vector<StreamFloodGuard::Heavy> StreamFloodGuard::Heaviest(
     int64_t min_bytes) const {
-  std::optional<Heavy> heaviest;
+  std::vector<Heavy> heavy;
   for (const auto& [id, s] : seen_) {
     const int64_t bytes = s.bytes_read - s.bytes_at_progress;
-    if (s.bytes_read < 0 || bytes < min_bytes ||
-        (heaviest.has_value() && bytes <= heaviest->bytes)) {
-      continue;
-    }
-    heaviest = Heavy{SocketRef{id, s.remote_ip, s.remote_port}, bytes};
+    if (s.bytes_read < 0 || bytes < min_bytes) continue;
+    heavy.push_back({SocketRef{id, s.remote_ip, s.remote_port}, bytes});
   }
-  return heaviest;
+  std::sort(heavy.begin(), heavy.end(),
+            [](const Heavy& a, const Heavy& b) { return a.bytes > b.bytes; });
+  return heavy;
 }
 
 }  // namespace engram::rpc

@@ -171,8 +171,9 @@ TEST(StreamFloodTest, WithALimitOnFailuresEveryConnectionIsReadEveryTime) {
 }
 
 // What each connection sent that came to nothing yet: the bytes read since
-// its last message received or stream ended.
-TEST(StreamFloodTest, HeaviestIsWhatSentMostWithNoProgress) {
+// its last message received or stream ended. Every connection past the
+// bound is named, the heaviest first.
+TEST(StreamFloodTest, HeaviestAreWhatSentMostWithNoProgress) {
   StreamFloodGuard guard({/*max_open=*/100, /*failed_per_second=*/0});
   absl::Time t = absl::UnixEpoch();
   auto look = [&](int64_t id, int64_t messages, int64_t ended,
@@ -187,29 +188,33 @@ TEST(StreamFloodTest, HeaviestIsWhatSentMostWithNoProgress) {
   // 1: a client that made progress, 40 MiB read in all; 2: a header block
   // that never ends, 30 MiB so far and no progress since its first byte.
   guard.Observe(t, {look(1, 5, 5, 40 << 20), look(2, 0, 0, 30 << 20)});
-  std::optional<StreamFloodGuard::Heavy> heavy = guard.Heaviest(16 << 20);
-  ASSERT_TRUE(heavy.has_value());
-  EXPECT_EQ(heavy->socket.socket_id, 2);
-  EXPECT_EQ(heavy->socket.remote_port, 1002);
-  EXPECT_EQ(heavy->bytes, 30 << 20);
-  EXPECT_FALSE(guard.Heaviest(31 << 20).has_value());
+  std::vector<StreamFloodGuard::Heavy> heavy = guard.Heaviest(16 << 20);
+  ASSERT_EQ(heavy.size(), 1u);
+  EXPECT_EQ(heavy[0].socket.socket_id, 2);
+  EXPECT_EQ(heavy[0].socket.remote_port, 1002);
+  EXPECT_EQ(heavy[0].bytes, 30 << 20);
+  EXPECT_TRUE(guard.Heaviest(31 << 20).empty());
   // 1 sends 100 MiB more with no message received: now the heaviest; 2,
-  // quiet and not read, keeps what it had.
+  // quiet and not read, keeps what it had; 3 has sent 20 MiB of headers.
   t += absl::Milliseconds(250);
-  guard.Observe(t, {look(1, 5, 5, 140 << 20)}, {2});
+  guard.Observe(t, {look(1, 5, 5, 140 << 20), look(3, 0, 0, 20 << 20)}, {2});
   heavy = guard.Heaviest(16 << 20);
-  ASSERT_TRUE(heavy.has_value());
-  EXPECT_EQ(heavy->socket.socket_id, 1);
-  EXPECT_EQ(heavy->bytes, 100 << 20);
-  // A message arrives on 1: what it sent made progress; 2 is the heaviest.
+  ASSERT_EQ(heavy.size(), 3u);
+  EXPECT_EQ(heavy[0].socket.socket_id, 1);
+  EXPECT_EQ(heavy[0].bytes, 100 << 20);
+  EXPECT_EQ(heavy[1].socket.socket_id, 2);
+  EXPECT_EQ(heavy[2].socket.socket_id, 3);
+  EXPECT_EQ(guard.Heaviest(25 << 20).size(), 2u);
+  // A message arrives on 1: what it sent made progress.
   t += absl::Milliseconds(250);
-  guard.Observe(t, {look(1, 6, 6, 141 << 20)}, {2});
+  guard.Observe(t, {look(1, 6, 6, 141 << 20)}, {2, 3});
   heavy = guard.Heaviest(16 << 20);
-  ASSERT_TRUE(heavy.has_value());
-  EXPECT_EQ(heavy->socket.socket_id, 2);
+  ASSERT_EQ(heavy.size(), 2u);
+  EXPECT_EQ(heavy[0].socket.socket_id, 2);
+  EXPECT_EQ(heavy[1].socket.socket_id, 3);
   // Gone: forgotten.
   guard.Observe(t, {look(1, 6, 6, 141 << 20)});
-  EXPECT_FALSE(guard.Heaviest(16 << 20).has_value());
+  EXPECT_TRUE(guard.Heaviest(16 << 20).empty());
 }
 
 TEST(StreamFloodTest, NoLimitsCutNothing) {
