@@ -469,6 +469,8 @@ engram::app::EngramdOptions OptionsFromFlags() {
       engram::rpc::StreamShare(server.max_threads));
   server.unread_slots = std::make_shared<engram::rpc::StreamSlots>(
       engram::rpc::UnreadShare(server.max_threads));
+  server.write_slots = std::make_shared<engram::rpc::StreamSlots>(
+      engram::rpc::WriteShare(server.max_threads));
 
   o.blas_threads = std::max(1, absl::GetFlag(FLAGS_blas_threads));
   o.retrieval_threads = absl::GetFlag(FLAGS_retrieval_threads) > 0

@@ -227,6 +227,17 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
                    "engram_unread_write_slots the next is refused.",
                    static_cast<double>(server.unread_slots->used())});
   }
+  if (server.write_slots != nullptr) {
+    out.push_back({"engram_write_slots",
+                   "Writes (not streams) that may be in flight at once, each "
+                   "holding a thread until the storage has it on disk: half "
+                   "of --rpc_threads.",
+                   static_cast<double>(server.write_slots->limit())});
+    out.push_back({"engram_writes_in_flight",
+                   "Writes in flight; at engram_write_slots the next is "
+                   "refused (a slow or stalled disk?).",
+                   static_cast<double>(server.write_slots->used())});
+  }
   if (budget != nullptr) {
     out.push_back({"engram_write_memory_limit_bytes",
                    "What writes in flight may hold (--max_write_memory_mb).",

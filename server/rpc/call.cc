@@ -20,6 +20,9 @@ struct Method {
   // A stream: it holds one of gRPC's threads for as long as it lasts.
   bool streams = false;
 };
+// When a stream, or a write waiting for its request, gives its thread back.
+constexpr absl::string_view kWhileItSends = "while its client sends or reads";
+
 constexpr Method kMethods[] = {
     {"CreateStore", true},
     {"GetStore", false},
@@ -117,6 +120,10 @@ size_t UnreadShare(int threads) {
   return static_cast<size_t>(std::max(1, threads / 4));
 }
 
+size_t WriteShare(int threads) {
+  return static_cast<size_t>(std::max(1, threads / 2));
+}
+
 StreamSlots::Slot StreamSlots::TryTake() {
   size_t used = used_.load();
   do {
@@ -158,7 +165,7 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
   // Its thread is held until the request has come, however slowly.
   if (refused_.ok()) {
     refused_ = TakeSlot(policy_->unread_slots.get(),
-                        "writes waiting for their request");
+                        "writes waiting for their request", kWhileItSends);
   }
   if (refused_.ok() && writes_ && policy_->write_budget != nullptr) {
     absl::StatusOr<WriteBudget::Reading> turn =
@@ -183,10 +190,15 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   largest_request_ = std::max(largest_request_, request_bytes);
   refused_ =
       token_checked_ ? absl::OkStatus() : policy_->auth.Check(context, writes_);
-  slot_.reset();  // A streamed unary write's: its request has come.
+  // A streamed unary write's slot: its request has come.
+  if (!streams_) slot_.reset();
   if (refused_.ok() && streams_) {
     refused_ = TakeSlot(policy_->stream_slots.get(),
-                        "streams (imports, restores, backups, watches)");
+                        "streams (imports, restores, backups, watches)",
+                        kWhileItSends);
+  } else if (refused_.ok() && writes_) {
+    refused_ = TakeSlot(policy_->write_slots.get(), "writes",
+                        "until the storage has it on disk: is the disk slow?");
   }
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
     refused_ =
@@ -205,15 +217,16 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   return refused_.ok();
 }
 
-absl::Status Call::TakeSlot(StreamSlots* slots, absl::string_view what) {
+absl::Status Call::TakeSlot(StreamSlots* slots, absl::string_view what,
+                            absl::string_view until) {
   if (slot_ || slots == nullptr) return absl::OkStatus();
   slot_ = slots->TryTake();
   if (slot_) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       slots->limit(), " ", what,
       " are in flight, the most engramd takes at once (each holds one of "
-      "its gRPC threads, --rpc_threads, while its client sends or reads); "
-      "try again when one ends"));
+      "its gRPC threads, --rpc_threads, ",
+      until, "); try again when one ends"));
 }
 
 absl::Status Call::Cancelled() {

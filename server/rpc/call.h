@@ -100,10 +100,13 @@ class StreamSlots {
 };
 
 // Of `threads` gRPC threads (--rpc_threads): how many streams may hold one
-// (half) and how many writes waiting for their request (a quarter); each
-// at least one. Every other call keeps the rest.
+// (half), how many writes waiting for their request (a quarter) and how
+// many other writes (half: each holds its thread until the storage has it
+// on disk, so a disk that stalls would otherwise leave none for reads);
+// each at least one. Every other call keeps the rest.
 size_t StreamShare(int threads);
 size_t UnreadShare(int threads);
+size_t WriteShare(int threads);
 
 struct CallPolicy {
   TokenAuthorizer auth;
@@ -121,10 +124,12 @@ struct CallPolicy {
   // turn and its reservation each take a share; retrievals of more than a
   // little work take one as they start (kRetrievalCost).
   std::shared_ptr<MemoryGuard> memory_guard;
-  // What streams may hold of gRPC's threads, and streamed unary writes
-  // while their request is still coming; null: no limit.
+  // What streams may hold of gRPC's threads, streamed unary writes while
+  // their request is still coming, and writes that are not streams once it
+  // has; null: no limit.
   std::shared_ptr<StreamSlots> stream_slots;
   std::shared_ptr<StreamSlots> unread_slots;
+  std::shared_ptr<StreamSlots> write_slots;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -165,7 +170,8 @@ class Call {
 
   // Checks the caller's token against the method's kind (an unknown method
   // counts as a write), takes a stream's slot (CallPolicy::stream_slots,
-  // held until the call ends) and checks the request's size (null for a
+  // held until the call ends; a write that is not a stream takes one of
+  // write_slots) and checks the request's size (null for a
   // stream, whose messages are checked as they come); false means the call
   // must end with Refused().
   bool Admit(const grpc::ServerContextBase& context,
@@ -227,7 +233,10 @@ class Call {
   // A slot of `slots` (none if null), held until slot_ is reset or the
   // call ends; the refusal, naming `what` the slots are for, when there is
   // none.
-  absl::Status TakeSlot(StreamSlots* slots, absl::string_view what);
+  // One of `slots` for the call, or a refusal naming `what` is in flight
+  // and `until` when each gives its thread back.
+  absl::Status TakeSlot(StreamSlots* slots, absl::string_view what,
+                        absl::string_view until);
 
   const CallPolicy* const policy_;
   const char* const method_;

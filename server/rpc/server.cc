@@ -230,6 +230,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       options.unread_slots != nullptr
           ? options.unread_slots
           : std::make_shared<StreamSlots>(UnreadShare(options.max_threads));
+  server->policy_->write_slots =
+      options.write_slots != nullptr
+          ? options.write_slots
+          : std::make_shared<StreamSlots>(WriteShare(options.max_threads));
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();

@@ -68,10 +68,12 @@ struct ServerOptions {
   // (answer_watch.h); for at most a second while such answers hold a
   // quarter of max_threads. Zero: never.
   absl::Duration max_answer_wait = absl::Seconds(10);
-  // What streams, and writes waiting for their request, may hold of the
-  // threads (see call.h); null: StreamShare and UnreadShare of max_threads.
+  // What streams, writes waiting for their request, and other writes may
+  // hold of the threads (see call.h); null: StreamShare, UnreadShare and
+  // WriteShare of max_threads.
   std::shared_ptr<StreamSlots> stream_slots;
   std::shared_ptr<StreamSlots> unread_slots;
+  std::shared_ptr<StreamSlots> write_slots;
   // What writes in flight may hold (see write_budget.h); null: no limit.
   std::shared_ptr<WriteBudget> write_budget;
   // What the process may have resident (see memory_guard.h); null: no

@@ -1,0 +1,111 @@
+#!/usr/bin/python3
+"""A disk that stalls stops writes, not reads.
+
+engramd acknowledges a write once the storage has it on disk (--sync=true),
+and the write holds one of gRPC's threads until then. On a disk that stalls
+(a cloud volume's hiccup, a dying drive), writes pile up: thirty of them
+held every thread of a 16-thread engramd, and every call but Retrieve was
+refused ("Server Threadpool Exhausted") until the disk came back. Writes
+now hold at most half of --rpc_threads; the next is refused at once with
+RESOURCE_EXHAUSTED, and reads go on.
+
+The stall: a library preloaded into engramd (stall_sync.cc) makes fsync and
+fdatasync wait while a flag file exists.
+
+Usage: stalled_disk_test.py BIN_DIR STALL_LIBRARY
+"""
+import collections
+import os
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from engram_client import Client  # noqa: E402
+from harness import Engramd, metric  # noqa: E402
+
+BIN = sys.argv.pop(1)
+STALL = sys.argv.pop(1)
+
+
+class StalledDiskTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.flag = os.path.join(self.tmp.name, "stalled")
+        # A sanitizer's runtime would have to come first among the libraries.
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        self.server = Engramd(
+            BIN, self.tmp.name, "--rpc_threads=16", metrics_listen="127.0.0.1:0",
+            wrapper=("env", "LD_PRELOAD=" + STALL, "ENGRAM_TEST_STALL_FLAG=" + self.flag,
+                     "ASAN_OPTIONS=" + asan + (":" if asan else "") + "verify_asan_link_order=0"))
+
+    def tearDown(self):
+        if os.path.exists(self.flag):
+            os.remove(self.flag)
+        self.server.stop()
+        self.tmp.cleanup()
+
+    def until(self, condition, what, seconds=30):
+        deadline = time.time() + seconds
+        while not condition():
+            self.assertLess(time.time(), deadline, what + "\n" + self.server.log()[-2000:])
+            time.sleep(0.05)
+
+    def test_reads_go_on_while_the_disk_stalls(self):
+        s = self.server
+        c = Client(s.addr, retries=0, timeout=60)
+        c.create_store("s", dim=4)
+        c.add("s", np.ones((10, 4), dtype=np.float32))
+        self.assertEqual(metric(s.metrics_port, "engram_write_slots"), 8)
+
+        open(self.flag, "w").close()  # The disk stalls.
+        outcomes = []
+
+        def write(i):
+            with Client(s.addr, retries=0, timeout=60) as w:
+                try:
+                    outcomes.append((w.add("s", np.full((1, 4), i, dtype=np.float32))[0], None))
+                except grpc.RpcError as e:
+                    outcomes.append((None, e))
+        writers = [threading.Thread(target=write, args=(i,)) for i in range(30)]
+        for t in writers:
+            t.start()
+        try:
+            # Eight writes wait on the disk; the other 22 were refused.
+            self.until(lambda: len(outcomes) == 22, "the writes past the slots were not refused")
+            self.assertEqual(metric(s.metrics_port, "engram_writes_in_flight"), 8)
+            for _, e in outcomes:
+                self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                self.assertIn("8 writes are in flight", e.details())
+                self.assertIn("is the disk slow?", e.details())
+            # Every read is answered meanwhile.
+            r = Client(s.addr, retries=0, timeout=5)
+            self.assertEqual(r.get_store("s").pattern_count, 10)
+            self.assertEqual(len(list(r.list_patterns("s", values=False))), 10)
+            self.assertEqual(r.get_pattern("s", 1).id, 1)
+            self.assertIsNotNone(r.retrieve("s", np.ones((1, 4), dtype=np.float32)))
+            self.assertEqual([st.name for st in r.list_stores()], ["s"])
+            time.sleep(1)
+            self.assertEqual(len(outcomes), 22)  # The eight still wait.
+        finally:
+            os.remove(self.flag)  # The disk comes back.
+            for t in writers:
+                t.join()
+        print("\n%s" % collections.Counter(
+            "acknowledged" if e is None else e.code().name for _, e in outcomes), file=sys.stderr)
+        acknowledged = sorted(i for i, e in outcomes if e is None)
+        self.assertEqual(len(acknowledged), 8)
+        self.assertEqual(metric(s.metrics_port, "engram_writes_in_flight"), 0)
+        self.assertEqual(c.get_store("s").pattern_count, 18)
+        stored = {p.id for p in c.list_patterns("s", values=False)}
+        self.assertTrue(set(acknowledged) <= stored)
+        # Writes go on as before.
+        c.add("s", np.ones((1, 4), dtype=np.float32))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
