@@ -207,36 +207,40 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
                    "(--max_store_memory_mb); adds past it are refused.",
                    static_cast<double>(limits.max_store_memory_bytes)});
   }
-  if (server.stream_slots != nullptr) {
-    out.push_back({"engram_stream_slots",
-                   "Streams (imports, restores, backups, watches, reflection) "
-                   "that may be in flight at once: half of --rpc_threads.",
-                   static_cast<double>(server.stream_slots->limit())});
-    out.push_back({"engram_streams_in_flight",
-                   "Streams in flight; at engram_stream_slots the next is "
-                   "refused.",
-                   static_cast<double>(server.stream_slots->used())});
-  }
-  if (server.unread_slots != nullptr) {
-    out.push_back({"engram_unread_write_slots",
-                   "Writes that may wait for their request at once: a "
-                   "quarter of --rpc_threads.",
-                   static_cast<double>(server.unread_slots->limit())});
-    out.push_back({"engram_writes_waiting_for_request",
-                   "Writes whose request is still coming; at "
-                   "engram_unread_write_slots the next is refused.",
-                   static_cast<double>(server.unread_slots->used())});
-  }
-  if (server.write_slots != nullptr) {
-    out.push_back({"engram_write_slots",
-                   "Writes (not streams) that may be in flight at once, each "
-                   "holding a thread until the storage has it on disk: half "
-                   "of --rpc_threads.",
-                   static_cast<double>(server.write_slots->limit())});
-    out.push_back({"engram_writes_in_flight",
-                   "Writes in flight; at engram_write_slots the next is "
-                   "refused (a slow or stalled disk?).",
-                   static_cast<double>(server.write_slots->used())});
+  // Each share of the threads: its size and what of it is held.
+  struct Share {
+    const rpc::StreamSlots* slots;
+    const char* limit_name;
+    const char* limit_help;
+    const char* used_name;
+    const char* used_help;
+  };
+  for (const Share& s : {
+           Share{server.stream_slots.get(), "engram_stream_slots",
+                 "Streams (imports, restores, backups, watches, reflection) "
+                 "that may be in flight at once: half of --rpc_threads.",
+                 "engram_streams_in_flight",
+                 "Streams in flight; at engram_stream_slots the next is "
+                 "refused."},
+           Share{server.unread_slots.get(), "engram_unread_write_slots",
+                 "Writes that may wait for their request at once: a "
+                 "quarter of --rpc_threads.",
+                 "engram_writes_waiting_for_request",
+                 "Writes whose request is still coming; at "
+                 "engram_unread_write_slots the next is refused."},
+           Share{server.write_slots.get(), "engram_write_slots",
+                 "Writes (not streams) that may be in flight at once, each "
+                 "holding a thread until the storage has it on disk: half "
+                 "of --rpc_threads.",
+                 "engram_writes_in_flight",
+                 "Writes in flight; at engram_write_slots the next is "
+                 "refused (a slow or stalled disk?)."},
+       }) {
+    if (s.slots == nullptr) continue;
+    out.push_back(
+        {s.limit_name, s.limit_help, static_cast<double>(s.slots->limit())});
+    out.push_back(
+        {s.used_name, s.used_help, static_cast<double>(s.slots->used())});
   }
   if (budget != nullptr) {
     out.push_back({"engram_write_memory_limit_bytes",
