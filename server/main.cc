@@ -276,6 +276,18 @@ void SetUpLogging() {
   std::exit(1);
 }
 
+// A flag of whole seconds, `value`, which must be in [`lo`, `hi`]; `zero`
+// says what 0 means where it is allowed.
+absl::Duration SecondsFlag(const char* flag, int value, int lo, int hi,
+                           const char* zero = nullptr) {
+  if (value < lo || value > hi) {
+    FailOnFlag(absl::StrCat(
+        "--", flag, "=", value, ": must be in [", lo, ", ", hi, "]",
+        zero == nullptr ? "" : absl::StrCat(" (0: ", zero, ")")));
+  }
+  return absl::Seconds(value);
+}
+
 // --max_memory_mb, or what the machine or the cgroup allows.
 engram::app::MemoryLimit MemoryFromFlags() {
   engram::app::MemoryLimit detected = engram::app::DetectMemoryLimit();
@@ -421,18 +433,11 @@ engram::app::EngramdOptions OptionsFromFlags() {
   server.tls_key = absl::GetFlag(FLAGS_tls_key);
   server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   server.token_file = absl::GetFlag(FLAGS_token_file);
-  const int refresh_s = absl::GetFlag(FLAGS_credentials_refresh_s);
-  if (refresh_s < 1 || refresh_s > 86400) {
-    FailOnFlag(absl::StrCat("--credentials_refresh_s=", refresh_s,
-                            ": must be in [1, 86400]"));
-  }
-  server.credentials_refresh = absl::Seconds(refresh_s);
-  const int keepalive_s = absl::GetFlag(FLAGS_keepalive_s);
-  if (keepalive_s < 1 || keepalive_s > 7200) {
-    FailOnFlag(
-        absl::StrCat("--keepalive_s=", keepalive_s, ": must be in [1, 7200]"));
-  }
-  server.keepalive = absl::Seconds(keepalive_s);
+  server.credentials_refresh =
+      SecondsFlag("credentials_refresh_s",
+                  absl::GetFlag(FLAGS_credentials_refresh_s), 1, 86400);
+  server.keepalive =
+      SecondsFlag("keepalive_s", absl::GetFlag(FLAGS_keepalive_s), 1, 7200);
   server.max_open_streams = absl::GetFlag(FLAGS_max_open_streams);
   server.max_stream_resets_per_s = absl::GetFlag(FLAGS_max_stream_resets_per_s);
   for (const auto& [flag, value] :
@@ -444,18 +449,11 @@ engram::app::EngramdOptions OptionsFromFlags() {
                               ": must be at least 0 (0: no limit)"));
     }
   }
-  const int answer_wait_s = absl::GetFlag(FLAGS_max_answer_wait_s);
-  if (answer_wait_s < 0 || answer_wait_s > 3600) {
-    FailOnFlag(absl::StrCat("--max_answer_wait_s=", answer_wait_s,
-                            ": must be in [0, 3600] (0: never)"));
-  }
-  server.max_answer_wait = absl::Seconds(answer_wait_s);
-  const int ban_s = absl::GetFlag(FLAGS_ban_s);
-  if (ban_s < 0 || ban_s > 3600) {
-    FailOnFlag(absl::StrCat("--ban_s=", ban_s,
-                            ": must be in [0, 3600] (0: never kept out)"));
-  }
-  server.cut_ban = absl::Seconds(ban_s);
+  server.max_answer_wait =
+      SecondsFlag("max_answer_wait_s", absl::GetFlag(FLAGS_max_answer_wait_s),
+                  0, 3600, "never");
+  server.cut_ban = SecondsFlag("ban_s", absl::GetFlag(FLAGS_ban_s), 0, 3600,
+                               "never kept out");
   server.fd_reserve = absl::GetFlag(FLAGS_fd_reserve);
   if (server.fd_reserve < -1) {
     FailOnFlag(absl::StrCat("--fd_reserve=", server.fd_reserve,

@@ -231,10 +231,8 @@ class Call {
 
  private:
   // A slot of `slots` (none if null), held until slot_ is reset or the
-  // call ends; the refusal, naming `what` the slots are for, when there is
-  // none.
-  // One of `slots` for the call, or a refusal naming `what` is in flight
-  // and `until` when each gives its thread back.
+  // call ends; when there is none, the refusal, naming `what` the slots are
+  // for and `until` when each gives its thread back.
   absl::Status TakeSlot(StreamSlots* slots, absl::string_view what,
                         absl::string_view until);
 
