@@ -463,12 +463,7 @@ engram::app::EngramdOptions OptionsFromFlags() {
                            ? absl::GetFlag(FLAGS_rpc_threads)
                            : 32 * cores;
   // Made here, so that the gauges read them.
-  server.stream_slots = std::make_shared<engram::rpc::StreamSlots>(
-      engram::rpc::StreamShare(server.max_threads));
-  server.unread_slots = std::make_shared<engram::rpc::StreamSlots>(
-      engram::rpc::UnreadShare(server.max_threads));
-  server.write_slots = std::make_shared<engram::rpc::StreamSlots>(
-      engram::rpc::WriteShare(server.max_threads));
+  server.shares = engram::rpc::ShareThreads(server.max_threads);
 
   o.blas_threads = std::max(1, absl::GetFlag(FLAGS_blas_threads));
   o.retrieval_threads = absl::GetFlag(FLAGS_retrieval_threads) > 0

@@ -216,25 +216,32 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
     const char* used_help;
   };
   for (const Share& s : {
-           Share{server.stream_slots.get(), "engram_stream_slots",
+           Share{server.shares.streams.get(), "engram_stream_slots",
                  "Streams (imports, restores, backups, watches, reflection) "
                  "that may be in flight at once: half of --rpc_threads.",
                  "engram_streams_in_flight",
                  "Streams in flight; at engram_stream_slots the next is "
                  "refused."},
-           Share{server.unread_slots.get(), "engram_unread_write_slots",
+           Share{server.shares.unread.get(), "engram_unread_write_slots",
                  "Writes that may wait for their request at once: a "
                  "quarter of --rpc_threads.",
                  "engram_writes_waiting_for_request",
                  "Writes whose request is still coming; at "
                  "engram_unread_write_slots the next is refused."},
-           Share{server.write_slots.get(), "engram_write_slots",
+           Share{server.shares.writes.get(), "engram_write_slots",
                  "Writes (not streams) that may be in flight at once, each "
                  "holding a thread until the storage has it on disk: half "
                  "of --rpc_threads.",
                  "engram_writes_in_flight",
                  "Writes in flight; at engram_write_slots the next is "
                  "refused (a slow or stalled disk?)."},
+           Share{server.shares.held.get(), "engram_held_thread_slots",
+                 "Streams and writes (of the three shares above) that may "
+                 "hold a thread at once together: all of --rpc_threads but "
+                 "an eighth, kept for reads.",
+                 "engram_threads_held",
+                 "Streams and writes in flight together; at "
+                 "engram_held_thread_slots the next is refused."},
        }) {
     if (s.slots == nullptr) continue;
     out.push_back(

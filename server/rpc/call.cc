@@ -124,12 +124,43 @@ size_t WriteShare(int threads) {
   return static_cast<size_t>(std::max(1, threads / 2));
 }
 
-StreamSlots::Slot StreamSlots::TryTake() {
+size_t HeldShare(int threads) {
+  return static_cast<size_t>(std::max(1, threads - std::max(1, threads / 8)));
+}
+
+ThreadShares ShareThreads(int threads) {
+  ThreadShares shares;
+  shares.held = std::make_shared<StreamSlots>(HeldShare(threads));
+  shares.streams =
+      std::make_shared<StreamSlots>(StreamShare(threads), shares.held);
+  shares.unread =
+      std::make_shared<StreamSlots>(UnreadShare(threads), shares.held);
+  shares.writes =
+      std::make_shared<StreamSlots>(WriteShare(threads), shares.held);
+  return shares;
+}
+
+bool StreamSlots::TakeOne() {
   size_t used = used_.load();
   do {
-    if (used >= limit_) return Slot();
+    if (used >= limit_) return false;
   } while (!used_.compare_exchange_weak(used, used + 1));
+  return true;
+}
+
+StreamSlots::Slot StreamSlots::TryTake(bool* whole_full) {
+  if (!TakeOne()) return Slot();
+  if (whole_ != nullptr && !whole_->TakeOne()) {
+    used_.fetch_sub(1);
+    if (whole_full != nullptr) *whole_full = true;
+    return Slot();
+  }
   return Slot(this);
+}
+
+void StreamSlots::Release() {
+  used_.fetch_sub(1);
+  if (whole_ != nullptr) whole_->used_.fetch_sub(1);
 }
 
 Call::Call(const CallPolicy* policy, const char* method,
@@ -164,7 +195,7 @@ bool Call::AdmitUnread(const grpc::ServerContextBase& context) {
   token_checked_ = refused_.ok();
   // Its thread is held until the request has come, however slowly.
   if (refused_.ok()) {
-    refused_ = TakeSlot(policy_->unread_slots.get(),
+    refused_ = TakeSlot(policy_->shares.unread.get(),
                         "writes waiting for their request", kWhileItSends);
   }
   if (refused_.ok() && writes_ && policy_->write_budget != nullptr) {
@@ -193,11 +224,11 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
   // A streamed unary write's slot: its request has come.
   if (!streams_) slot_.reset();
   if (refused_.ok() && streams_) {
-    refused_ = TakeSlot(policy_->stream_slots.get(),
+    refused_ = TakeSlot(policy_->shares.streams.get(),
                         "streams (imports, restores, backups, watches)",
                         kWhileItSends);
   } else if (refused_.ok() && writes_) {
-    refused_ = TakeSlot(policy_->write_slots.get(), "writes",
+    refused_ = TakeSlot(policy_->shares.writes.get(), "writes",
                         "until the storage has it on disk: is the disk slow?");
   }
   if (refused_.ok() && request_bytes > policy_->max_message_bytes) {
@@ -220,8 +251,18 @@ bool Call::Admit(const grpc::ServerContextBase& context, size_t request_bytes) {
 absl::Status Call::TakeSlot(StreamSlots* slots, absl::string_view what,
                             absl::string_view until) {
   if (slot_ || slots == nullptr) return absl::OkStatus();
-  slot_ = slots->TryTake();
+  bool whole_full = false;
+  slot_ = slots->TryTake(&whole_full);
   if (slot_) return absl::OkStatus();
+  if (whole_full) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        slots->whole()->limit(),
+        " streams and writes together are in flight, the most engramd "
+        "takes at once (each holds one of its gRPC threads, --rpc_threads, ",
+        until, "; the rest are kept for reads); this call is one of the ", what,
+        ", ", slots->used(), " of at most ", slots->limit(),
+        "; try again when one ends"));
+  }
   return absl::ResourceExhaustedError(absl::StrCat(
       slots->limit(), " ", what,
       " are in flight, the most engramd takes at once (each holds one of "

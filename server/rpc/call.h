@@ -58,6 +58,10 @@ using AfterWrite = std::function<void(store::Store& written,
 // Without a bound, enough of them leave no thread for any other call: gRPC
 // refuses every call but Retrieve ("Server Threadpool Exhausted").
 //
+// A share may draw from a whole that other shares draw from too (the
+// threads that any of them may hold together), so that shares that each
+// leave threads free do not, all full at once, leave none.
+//
 // Thread-safe.
 class StreamSlots {
  public:
@@ -78,7 +82,7 @@ class StreamSlots {
     ~Slot() { reset(); }
     explicit operator bool() const { return slots_ != nullptr; }
     void reset() {
-      if (slots_ != nullptr) slots_->used_.fetch_sub(1);
+      if (slots_ != nullptr) slots_->Release();
       slots_ = nullptr;
     }
 
@@ -88,14 +92,24 @@ class StreamSlots {
     StreamSlots* slots_ = nullptr;
   };
 
-  explicit StreamSlots(size_t limit) : limit_(limit) {}
-  // A slot, or none when `limit` are held.
-  Slot TryTake();
+  // Up to `limit` at once; each also takes one of `whole`'s, if given
+  // (which must outlive every slot taken).
+  explicit StreamSlots(size_t limit,
+                       std::shared_ptr<StreamSlots> whole = nullptr)
+      : limit_(limit), whole_(std::move(whole)) {}
+  // A slot of this share and of its whole, or none: when `limit` are held,
+  // or when the whole's are (then *whole_full, if given, is set to true).
+  Slot TryTake(bool* whole_full = nullptr);
   size_t limit() const { return limit_; }
   size_t used() const { return used_.load(); }
+  const StreamSlots* whole() const { return whole_.get(); }
 
  private:
+  bool TakeOne();
+  void Release();
+
   const size_t limit_;
+  const std::shared_ptr<StreamSlots> whole_;
   std::atomic<size_t> used_{0};
 };
 
@@ -103,10 +117,22 @@ class StreamSlots {
 // (half), how many writes waiting for their request (a quarter) and how
 // many other writes (half: each holds its thread until the storage has it
 // on disk, so a disk that stalls would otherwise leave none for reads);
-// each at least one. Every other call keeps the rest.
+// each at least one. The three together hold at most HeldShare: all but an
+// eighth, which every other call keeps (reads while a stalled disk holds
+// the writes and idle clients the streams).
 size_t StreamShare(int threads);
 size_t UnreadShare(int threads);
 size_t WriteShare(int threads);
+size_t HeldShare(int threads);
+
+// The shares of `threads`, each drawing from `held`.
+struct ThreadShares {
+  std::shared_ptr<StreamSlots> held;
+  std::shared_ptr<StreamSlots> streams;
+  std::shared_ptr<StreamSlots> unread;
+  std::shared_ptr<StreamSlots> writes;
+};
+ThreadShares ShareThreads(int threads);
 
 struct CallPolicy {
   TokenAuthorizer auth;
@@ -124,12 +150,11 @@ struct CallPolicy {
   // turn and its reservation each take a share; retrievals of more than a
   // little work take one as they start (kRetrievalCost).
   std::shared_ptr<MemoryGuard> memory_guard;
-  // What streams may hold of gRPC's threads, streamed unary writes while
-  // their request is still coming, and writes that are not streams once it
-  // has; null: no limit.
-  std::shared_ptr<StreamSlots> stream_slots;
-  std::shared_ptr<StreamSlots> unread_slots;
-  std::shared_ptr<StreamSlots> write_slots;
+  // What streams may hold of gRPC's threads (shares.streams), streamed
+  // unary writes while their request is still coming (shares.unread), and
+  // writes that are not streams once it has (shares.writes); null: no
+  // limit.
+  ThreadShares shares;
 };
 
 // Whether a method of engram.v1.Engram or engram.cluster.v1.Shard changes
@@ -169,9 +194,9 @@ class Call {
   Call& operator=(const Call&) = delete;
 
   // Checks the caller's token against the method's kind (an unknown method
-  // counts as a write), takes a stream's slot (CallPolicy::stream_slots,
+  // counts as a write), takes a stream's slot (CallPolicy::shares.streams,
   // held until the call ends; a write that is not a stream takes one of
-  // write_slots) and checks the request's size (null for a
+  // shares.writes) and checks the request's size (null for a
   // stream, whose messages are checked as they come); false means the call
   // must end with Refused().
   bool Admit(const grpc::ServerContextBase& context,
@@ -182,7 +207,7 @@ class Call {
   bool Admit(const grpc::ServerContextBase& context, size_t request_bytes);
   // For a write that reads its request itself (a streamed unary method),
   // before reading it: checks the caller's token, takes a slot of
-  // unread_slots (its thread waits for the request; Admit gives it back),
+  // shares.unread (its thread waits for the request; Admit gives it back),
   // then waits for a turn to
   // read a request of up to the policy's largest message
   // (WriteBudget::AwaitRead). Then Admit(context, &request) as usual (the

@@ -97,12 +97,14 @@ class ReflectionSlot final : public grpc::experimental::Interceptor {
     if (!asked_ &&
         batch->QueryInterceptionHookPoint(Hook::POST_RECV_INITIAL_METADATA)) {
       asked_ = true;
-      held_ = slots_->TryTake();
+      bool whole_full = false;
+      held_ = slots_->TryTake(&whole_full);
       if (!held_) {
         Log(LogLevel::kWarning,
-            "a reflection stream was cancelled: %u streams hold every slot "
+            "a reflection stream was cancelled: %u %s hold every slot "
             "(--rpc_threads)",
-            slots_->limit());
+            whole_full ? slots_->whole()->limit() : slots_->limit(),
+            whole_full ? "streams and writes" : "streams");
         context_->TryCancel();
       }
     }
@@ -222,18 +224,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->policy_->after_write = options.after_write;
   server->policy_->write_budget = options.write_budget;
   server->policy_->memory_guard = options.memory_guard;
-  server->policy_->stream_slots =
-      options.stream_slots != nullptr
-          ? options.stream_slots
-          : std::make_shared<StreamSlots>(StreamShare(options.max_threads));
-  server->policy_->unread_slots =
-      options.unread_slots != nullptr
-          ? options.unread_slots
-          : std::make_shared<StreamSlots>(UnreadShare(options.max_threads));
-  server->policy_->write_slots =
-      options.write_slots != nullptr
-          ? options.write_slots
-          : std::make_shared<StreamSlots>(WriteShare(options.max_threads));
+  server->policy_->shares = options.shares.held != nullptr
+                                ? options.shares
+                                : ShareThreads(options.max_threads);
   server->services_ = services(server->policy_.get());
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
@@ -333,7 +326,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         return new UnparsedRequest(info->method());
       }));
   interceptors.push_back(std::make_unique<InterceptorFactory>(
-      [slots = server->policy_->stream_slots.get()](
+      [slots = server->policy_->shares.streams.get()](
           ServerRpcInfo* info) -> Interceptor* {
         if (!absl::StartsWith(info->method(), "/grpc.reflection.")) {
           return nullptr;

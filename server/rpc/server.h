@@ -69,11 +69,9 @@ struct ServerOptions {
   // quarter of max_threads. Zero: never.
   absl::Duration max_answer_wait = absl::Seconds(10);
   // What streams, writes waiting for their request, and other writes may
-  // hold of the threads (see call.h); null: StreamShare, UnreadShare and
-  // WriteShare of max_threads.
-  std::shared_ptr<StreamSlots> stream_slots;
-  std::shared_ptr<StreamSlots> unread_slots;
-  std::shared_ptr<StreamSlots> write_slots;
+  // hold of the threads, each and together (see call.h); none given
+  // (null held): ShareThreads(max_threads).
+  ThreadShares shares;
   // What writes in flight may hold (see write_budget.h); null: no limit.
   std::shared_ptr<WriteBudget> write_budget;
   // What the process may have resident (see memory_guard.h); null: no

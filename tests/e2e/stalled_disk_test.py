@@ -7,7 +7,10 @@ and the write holds one of gRPC's threads until then. On a disk that stalls
 held every thread of a 16-thread engramd, and every call but Retrieve was
 refused ("Server Threadpool Exhausted") until the disk came back. Writes
 now hold at most half of --rpc_threads; the next is refused at once with
-RESOURCE_EXHAUSTED, and reads go on.
+RESOURCE_EXHAUSTED, and reads go on. Streams (idle clients' imports) hold
+at most half too; streams and writes together at most all but an eighth,
+so a stall while idle streams hold their half still leaves threads for
+reads (before, the two halves took all sixteen).
 
 The stall: a library preloaded into engramd (stall_sync.cc) makes fsync and
 fdatasync wait while a flag file exists.
@@ -25,8 +28,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from engram_client import Client  # noqa: E402
-from harness import Engramd, metric  # noqa: E402
+from engram_client import Client, pb  # noqa: E402
+from harness import Engramd, IdleCalls, metric  # noqa: E402
 
 BIN = sys.argv.pop(1)
 STALL = sys.argv.pop(1)
@@ -105,6 +108,74 @@ class StalledDiskTest(unittest.TestCase):
         self.assertTrue(set(acknowledged) <= stored)
         # Writes go on as before.
         c.add("s", np.ones((1, 4), dtype=np.float32))
+
+    def reads(self):
+        """Every kind of read answers, on a fresh connection."""
+        with Client(self.server.addr, retries=0, timeout=5) as r:
+            self.assertGreater(r.get_store("s").pattern_count, 0)
+            self.assertGreater(len(list(r.list_patterns("s", values=False))), 0)
+            self.assertEqual(r.get_pattern("s", 1).id, 1)
+            self.assertIsNotNone(r.retrieve("s", np.ones((1, 4), dtype=np.float32)))
+            self.assertEqual([st.name for st in r.list_stores()], ["s"])
+
+    def test_reads_go_on_while_the_disk_stalls_and_idle_streams_hold_theirs(self):
+        s = self.server
+        c = Client(s.addr, retries=0, timeout=60)
+        c.create_store("s", dim=4)
+        c.add("s", np.ones((10, 4), dtype=np.float32))
+        self.assertEqual(metric(s.metrics_port, "engram_held_thread_slots"), 14)
+        # Eight idle imports, each after one message, hold the streams' half.
+        one = pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1] * 4)])
+        idle = IdleCalls(s.addr, "ImportPatterns", 8, one.SerializeToString())
+        writers = []
+        outcomes = []
+
+        def write(i):
+            with Client(s.addr, retries=0, timeout=60) as w:
+                try:
+                    outcomes.append((w.add("s", np.full((1, 4), i, dtype=np.float32))[0], None))
+                except grpc.RpcError as e:
+                    outcomes.append((None, e))
+        try:
+            self.until(lambda: c.get_store("s").pattern_count == 18,
+                       "the idle imports did not commit their message")
+            self.assertEqual(metric(s.metrics_port, "engram_streams_in_flight"), 8)
+            open(self.flag, "w").close()  # The disk stalls.
+            # One at a time, writes take what is left to them: six, not the
+            # eight of their own share.
+            for i in range(6):
+                writers.append(threading.Thread(target=write, args=(i,)))
+                writers[-1].start()
+                self.until(lambda: metric(s.metrics_port, "engram_writes_in_flight") == i + 1,
+                           "write %d does not wait on the disk" % i)
+            self.assertEqual(metric(s.metrics_port, "engram_threads_held"), 14)
+            # The next ones are refused at once, saying why.
+            for i in range(6, 10):
+                write(i)
+            self.assertEqual(len(outcomes), 4)
+            for _, e in outcomes:
+                self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                self.assertIn("14 streams and writes together are in flight", e.details())
+                self.assertIn("the rest are kept for reads", e.details())
+            # So is the next stream, by the streams' own share.
+            with self.assertRaises(grpc.RpcError) as refused:
+                c.import_patterns("s", np.ones((1, 4), np.float32))
+            self.assertIn("8 streams (imports", refused.exception.details())
+            # The two threads left answer every read.
+            self.reads()
+            time.sleep(1)
+            self.assertEqual(len(outcomes), 4)  # The six still wait.
+            self.reads()
+        finally:
+            if os.path.exists(self.flag):
+                os.remove(self.flag)  # The disk comes back.
+            for t in writers:
+                t.join()
+            idle.close()
+        self.assertEqual(sum(e is None for _, e in outcomes), 6)
+        self.until(lambda: metric(s.metrics_port, "engram_threads_held") == 0,
+                   "threads still held after the stall")
+        self.assertEqual(c.get_store("s").pattern_count, 24)
 
 
 if __name__ == "__main__":

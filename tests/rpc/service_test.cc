@@ -271,6 +271,48 @@ TEST(StreamSlotsTest, GivesEachSlotBackOnce) {
   EXPECT_EQ(UnreadShare(64), 16u);
 }
 
+// Shares that draw from one whole: a slot takes one of each, a share that
+// is not full is refused when the whole is (and says so), and every slot
+// given back is given back to both.
+TEST(StreamSlotsTest, SharesDrawFromTheirWhole) {
+  ThreadShares shares = ShareThreads(16);
+  EXPECT_EQ(shares.held->limit(), 14u);
+  EXPECT_EQ(shares.streams->limit(), 8u);
+  EXPECT_EQ(shares.unread->limit(), 4u);
+  EXPECT_EQ(shares.writes->limit(), 8u);
+  EXPECT_EQ(shares.writes->whole(), shares.held.get());
+  std::vector<StreamSlots::Slot> held;
+  for (int i = 0; i < 8; ++i) held.push_back(shares.streams->TryTake());
+  bool whole_full = false;
+  EXPECT_FALSE(shares.streams->TryTake(&whole_full));
+  EXPECT_FALSE(whole_full);  // The streams' own share is full.
+  for (int i = 0; i < 6; ++i) {
+    held.push_back(shares.writes->TryTake(&whole_full));
+    EXPECT_TRUE(held.back());
+  }
+  EXPECT_FALSE(whole_full);
+  EXPECT_EQ(shares.held->used(), 14u);
+  EXPECT_FALSE(shares.writes->TryTake(&whole_full));
+  EXPECT_TRUE(whole_full);  // Six writes of eight, but 14 of 14 together.
+  EXPECT_EQ(shares.writes->used(), 6u);  // The refused one took nothing.
+  whole_full = false;
+  EXPECT_FALSE(shares.unread->TryTake(&whole_full));
+  EXPECT_TRUE(whole_full);
+  EXPECT_EQ(shares.unread->used(), 0u);
+  held.front().reset();  // A stream ends: a write may take its place.
+  EXPECT_EQ(shares.streams->used(), 7u);
+  EXPECT_EQ(shares.held->used(), 13u);
+  held.push_back(shares.writes->TryTake());
+  EXPECT_TRUE(held.back());
+  held.clear();
+  EXPECT_EQ(shares.held->used(), 0u);
+  EXPECT_EQ(shares.streams->used(), 0u);
+  EXPECT_EQ(shares.writes->used(), 0u);
+  EXPECT_EQ(HeldShare(1), 1u);
+  EXPECT_EQ(HeldShare(2), 1u);
+  EXPECT_EQ(HeldShare(64), 56u);
+}
+
 // Streams hold one of gRPC's threads each for as long as they last: at
 // most half of the server's threads (4 of 8 here) go to them, and every
 // other call keeps working with all of those held. It used to take 33
