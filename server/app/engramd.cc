@@ -238,7 +238,7 @@ std::vector<metrics::ScrapedGauge> ScrapedGauges(
            Share{server.shares.held.get(), "engram_held_thread_slots",
                  "Streams and writes (of the three shares above) that may "
                  "hold a thread at once together: all of --rpc_threads but "
-                 "an eighth, kept for reads.",
+                 "an eighth (at least three), kept for reads.",
                  "engram_threads_held",
                  "Streams and writes in flight together; at "
                  "engram_held_thread_slots the next is refused."},

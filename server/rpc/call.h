@@ -118,8 +118,10 @@ class StreamSlots {
 // many other writes (half: each holds its thread until the storage has it
 // on disk, so a disk that stalls would otherwise leave none for reads);
 // each at least one. The three together hold at most HeldShare: all but an
-// eighth, which every other call keeps (reads while a stalled disk holds
-// the writes and idle clients the streams).
+// eighth, and at least three, which every other call keeps (reads while a
+// stalled disk holds the writes and idle clients the streams). Three: gRPC
+// serves a call only while another of its threads is left to poll, and the
+// thread of the call before may not be back yet.
 size_t StreamShare(int threads);
 size_t UnreadShare(int threads);
 size_t WriteShare(int threads);

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, IncompleteImport, pb, pb_grpc  # noqa: E402
+import harness  # noqa: E402
 from harness import Engramd, Proxy, cluster_status, free_port, garbled_message  # noqa: E402
 
 SIMILARITIES = ["dot", "l2", "manhattan", "cosine"]
@@ -887,10 +888,7 @@ class ClusterTest(unittest.TestCase):
             return {r["address"]: r for r in cluster_status(BIN, router.addr)[1]["shards"]}
 
         def until(what, seconds=20):
-            deadline = time.time() + seconds
-            while not what():
-                self.assertLess(time.time(), deadline, status())
-                time.sleep(0.2)
+            harness.until(self, what, status, seconds, every=0.2)
 
         try:
             with Client(router.addr, retries=0) as c:

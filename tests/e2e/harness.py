@@ -393,6 +393,21 @@ def metric(metrics_port, name, default=None, **labels):
     return default
 
 
+def until(test, condition, what, seconds=20, log=None, every=0.05):
+    """Waits up to `seconds` for condition() to be true, else fails `test`
+    with `what` (a string, or a function giving one, asked only then) and
+    the tail of `log` (an Engramd's log, or a function giving text)."""
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() >= deadline:
+            message = what() if callable(what) else what
+            if log is not None:
+                tail = log.log() if hasattr(log, "log") else log()
+                message = "%s\n%s" % (message, tail[-2000:])
+            test.fail(message)
+        time.sleep(every)
+
+
 def resident_mib(pid):
     """The resident memory of process `pid`, in MiB."""
     with open("/proc/%d/status" % pid) as f:

@@ -86,6 +86,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
+import harness  # noqa: E402
 from harness import Engramd, free_port, metric, resident_mib, sanitized  # noqa: E402
 
 DIM = 1024
@@ -432,10 +433,7 @@ class MemoryTest(unittest.TestCase):
             return metric(metrics_port, name, default=0.0, **labels)
 
         def until(condition, what):
-            deadline = time.time() + 30
-            while not condition():
-                self.assertLess(time.time(), deadline, what + "\n" + e.log()[-2000:])
-                time.sleep(0.05)
+            harness.until(self, condition, what, 30, e)
 
         release = threading.Event()
         try:

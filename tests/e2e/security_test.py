@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
+import harness  # noqa: E402
 from harness import (Engramd, endless_headers, free_port, make_certs, metric,  # noqa: E402
                      reset_streams, resident_mib, sanitized, unread_answers)
 
@@ -66,10 +67,7 @@ class SecurityTest(unittest.TestCase):
 
     def until(self, condition, what, server, seconds=20):
         """Waits for `condition`, failing with `what` and the server's log."""
-        deadline = time.time() + seconds
-        while not condition():
-            self.assertLess(time.time(), deadline, what + "\n" + server.log()[-2000:])
-            time.sleep(0.2)
+        harness.until(self, condition, what, seconds, server, every=0.2)
 
     @contextlib.contextmanager
     def attacked(self, *flags, dim=4):

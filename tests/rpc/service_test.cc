@@ -276,7 +276,7 @@ TEST(StreamSlotsTest, GivesEachSlotBackOnce) {
 // given back is given back to both.
 TEST(StreamSlotsTest, SharesDrawFromTheirWhole) {
   ThreadShares shares = ShareThreads(16);
-  EXPECT_EQ(shares.held->limit(), 14u);
+  EXPECT_EQ(shares.held->limit(), 13u);
   EXPECT_EQ(shares.streams->limit(), 8u);
   EXPECT_EQ(shares.unread->limit(), 4u);
   EXPECT_EQ(shares.writes->limit(), 8u);
@@ -286,22 +286,22 @@ TEST(StreamSlotsTest, SharesDrawFromTheirWhole) {
   bool whole_full = false;
   EXPECT_FALSE(shares.streams->TryTake(&whole_full));
   EXPECT_FALSE(whole_full);  // The streams' own share is full.
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < 5; ++i) {
     held.push_back(shares.writes->TryTake(&whole_full));
     EXPECT_TRUE(held.back());
   }
   EXPECT_FALSE(whole_full);
-  EXPECT_EQ(shares.held->used(), 14u);
+  EXPECT_EQ(shares.held->used(), 13u);
   EXPECT_FALSE(shares.writes->TryTake(&whole_full));
-  EXPECT_TRUE(whole_full);  // Six writes of eight, but 14 of 14 together.
-  EXPECT_EQ(shares.writes->used(), 6u);  // The refused one took nothing.
+  EXPECT_TRUE(whole_full);  // Five writes of eight, but 13 of 13 together.
+  EXPECT_EQ(shares.writes->used(), 5u);  // The refused one took nothing.
   whole_full = false;
   EXPECT_FALSE(shares.unread->TryTake(&whole_full));
   EXPECT_TRUE(whole_full);
   EXPECT_EQ(shares.unread->used(), 0u);
   held.front().reset();  // A stream ends: a write may take its place.
   EXPECT_EQ(shares.streams->used(), 7u);
-  EXPECT_EQ(shares.held->used(), 13u);
+  EXPECT_EQ(shares.held->used(), 12u);
   held.push_back(shares.writes->TryTake());
   EXPECT_TRUE(held.back());
   held.clear();
@@ -310,6 +310,7 @@ TEST(StreamSlotsTest, SharesDrawFromTheirWhole) {
   EXPECT_EQ(shares.writes->used(), 0u);
   EXPECT_EQ(HeldShare(1), 1u);
   EXPECT_EQ(HeldShare(2), 1u);
+  EXPECT_EQ(HeldShare(8), 5u);
   EXPECT_EQ(HeldShare(64), 56u);
 }
 
