@@ -38,6 +38,7 @@ STALL = sys.argv.pop(1)
 
 class StalledDiskTest(unittest.TestCase):
     def setUp(self):
+        self.imported = 0  # Patterns imported beyond the store's ten.
         self.tmp = tempfile.TemporaryDirectory()
         self.flag = os.path.join(self.tmp.name, "stalled")
         # A sanitizer's runtime would have to come first among the libraries.
@@ -56,22 +57,42 @@ class StalledDiskTest(unittest.TestCase):
     def until(self, condition, what):
         until(self, condition, what, 30, self.server)
 
-    def test_reads_go_on_while_the_disk_stalls(self):
-        s = self.server
-        c = Client(s.addr, retries=0, timeout=60)
+    def store(self):
+        """A client, and store "s" of ten patterns."""
+        c = Client(self.server.addr, retries=0, timeout=60)
         c.create_store("s", dim=4)
         c.add("s", np.ones((10, 4), dtype=np.float32))
+        return c
+
+    def write(self, outcomes, i):
+        """One add of a pattern of `i`s: (its id, None) or (None, the error)
+        onto `outcomes`."""
+        with Client(self.server.addr, retries=0, timeout=60) as w:
+            try:
+                outcomes.append((w.add("s", np.full((1, 4), i, dtype=np.float32))[0], None))
+            except grpc.RpcError as e:
+                outcomes.append((None, e))
+
+    def reads(self):
+        """Every kind of read answers, on a fresh connection."""
+        with Client(self.server.addr, retries=0, timeout=5) as r:
+            self.assertEqual(r.get_store("s").pattern_count, 10 + self.imported)
+            self.assertEqual(len(list(r.list_patterns("s", values=False))),
+                             10 + self.imported)
+            self.assertEqual(r.get_pattern("s", 1).id, 1)
+            self.assertIsNotNone(r.retrieve("s", np.ones((1, 4), dtype=np.float32)))
+            self.assertEqual([st.name for st in r.list_stores()], ["s"])
+
+    def test_reads_go_on_while_the_disk_stalls(self):
+        s = self.server
+        c = self.store()
         self.assertEqual(metric(s.metrics_port, "engram_write_slots"), 8)
 
         open(self.flag, "w").close()  # The disk stalls.
         outcomes = []
 
         def write(i):
-            with Client(s.addr, retries=0, timeout=60) as w:
-                try:
-                    outcomes.append((w.add("s", np.full((1, 4), i, dtype=np.float32))[0], None))
-                except grpc.RpcError as e:
-                    outcomes.append((None, e))
+            self.write(outcomes, i)
         writers = [threading.Thread(target=write, args=(i,)) for i in range(30)]
         for t in writers:
             t.start()
@@ -84,12 +105,7 @@ class StalledDiskTest(unittest.TestCase):
                 self.assertIn("8 writes are in flight", e.details())
                 self.assertIn("is the disk slow?", e.details())
             # Every read is answered meanwhile.
-            r = Client(s.addr, retries=0, timeout=5)
-            self.assertEqual(r.get_store("s").pattern_count, 10)
-            self.assertEqual(len(list(r.list_patterns("s", values=False))), 10)
-            self.assertEqual(r.get_pattern("s", 1).id, 1)
-            self.assertIsNotNone(r.retrieve("s", np.ones((1, 4), dtype=np.float32)))
-            self.assertEqual([st.name for st in r.list_stores()], ["s"])
+            self.reads()
             time.sleep(1)
             self.assertEqual(len(outcomes), 22)  # The eight still wait.
         finally:
@@ -107,20 +123,9 @@ class StalledDiskTest(unittest.TestCase):
         # Writes go on as before.
         c.add("s", np.ones((1, 4), dtype=np.float32))
 
-    def reads(self):
-        """Every kind of read answers, on a fresh connection."""
-        with Client(self.server.addr, retries=0, timeout=5) as r:
-            self.assertGreater(r.get_store("s").pattern_count, 0)
-            self.assertGreater(len(list(r.list_patterns("s", values=False))), 0)
-            self.assertEqual(r.get_pattern("s", 1).id, 1)
-            self.assertIsNotNone(r.retrieve("s", np.ones((1, 4), dtype=np.float32)))
-            self.assertEqual([st.name for st in r.list_stores()], ["s"])
-
     def test_reads_go_on_while_the_disk_stalls_and_idle_streams_hold_theirs(self):
         s = self.server
-        c = Client(s.addr, retries=0, timeout=60)
-        c.create_store("s", dim=4)
-        c.add("s", np.ones((10, 4), dtype=np.float32))
+        c = self.store()
         self.assertEqual(metric(s.metrics_port, "engram_held_thread_slots"), 13)
         # Eight idle imports, each after one message, hold the streams' half.
         one = pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1] * 4)])
@@ -129,15 +134,12 @@ class StalledDiskTest(unittest.TestCase):
         outcomes = []
 
         def write(i):
-            with Client(s.addr, retries=0, timeout=60) as w:
-                try:
-                    outcomes.append((w.add("s", np.full((1, 4), i, dtype=np.float32))[0], None))
-                except grpc.RpcError as e:
-                    outcomes.append((None, e))
+            self.write(outcomes, i)
         try:
             self.until(lambda: c.get_store("s").pattern_count == 18,
                        "the idle imports did not commit their message")
             self.assertEqual(metric(s.metrics_port, "engram_streams_in_flight"), 8)
+            self.imported = 8
             open(self.flag, "w").close()  # The disk stalls.
             # One at a time, writes take what is left to them: five, not the
             # eight of their own share.
