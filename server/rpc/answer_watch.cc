@@ -34,7 +34,10 @@ std::vector<AnswerWatch::Stalled> AnswerWatch::Look(
       ++total;
     }
   }
-  const bool hurried = total >= options_.pressure;
+  const bool hurried =
+      total >= options_.pressure ||
+      (options_.threads > 0 && options_.held &&
+       options_.threads - options_.held() - total < options_.min_free);
   // Under pressure a connection with one answer waiting counts too: many
   // connections with one each hold the threads as well as one with many.
   const int min_waiting = hurried ? 1 : options_.min_waiting;

@@ -17,7 +17,9 @@
 // has taken (acknowledged, on TCP) less than `min_taken` bytes in
 // `patience`, or in `hurry` while such answers number `pressure` or more
 // over all connections (they hold that many of gRPC's threads; a
-// connection with a single answer waiting then counts too). A client
+// connection with a single answer waiting then counts too), or leave fewer
+// than `min_free` of the threads others do not hold (`held` of `threads`:
+// streams and writes, which have bounds of their own). A client
 // that reads, however slowly, takes bytes; one with a window of 0 takes
 // only the pings' few. Cutting such a connection ends its calls and gives
 // their threads back.
@@ -32,6 +34,7 @@
 #define ENGRAM_SERVER_RPC_ANSWER_WATCH_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -56,6 +59,11 @@ class AnswerWatch {
     absl::Duration patience = absl::Seconds(10);  // Zero: never cut.
     absl::Duration hurry = absl::Seconds(1);
     int pressure = 16;
+    // gRPC's threads, and how many of them others hold now; 0 or empty:
+    // `pressure` alone.
+    int threads = 0;
+    std::function<int()> held;
+    int min_free = 3;
   };
   explicit AnswerWatch(const Options& options) : options_(options) {}
   AnswerWatch(const AnswerWatch&) = delete;

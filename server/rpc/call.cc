@@ -125,7 +125,8 @@ size_t WriteShare(int threads) {
 }
 
 size_t HeldShare(int threads) {
-  return static_cast<size_t>(std::max(1, threads - std::max(3, threads / 8)));
+  return static_cast<size_t>(
+      std::max(1, threads - std::max(kFewestThreadsLeft, threads / 8)));
 }
 
 ThreadShares ShareThreads(int threads) {

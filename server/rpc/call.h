@@ -113,15 +113,19 @@ class StreamSlots {
   std::atomic<size_t> used_{0};
 };
 
+// The fewest of gRPC's threads other calls are left: gRPC's synchronous
+// server serves a call only while another of its threads is left to poll,
+// and the thread of the call before may not be back yet.
+constexpr int kFewestThreadsLeft = 3;
+
 // Of `threads` gRPC threads (--rpc_threads): how many streams may hold one
 // (half), how many writes waiting for their request (a quarter) and how
 // many other writes (half: each holds its thread until the storage has it
 // on disk, so a disk that stalls would otherwise leave none for reads);
 // each at least one. The three together hold at most HeldShare: all but an
-// eighth, and at least three, which every other call keeps (reads while a
-// stalled disk holds the writes and idle clients the streams). Three: gRPC
-// serves a call only while another of its threads is left to poll, and the
-// thread of the call before may not be back yet.
+// eighth, and at least kFewestThreadsLeft, which every other call keeps
+// (reads while a stalled disk holds the writes and idle clients the
+// streams).
 size_t StreamShare(int threads);
 size_t UnreadShare(int threads);
 size_t WriteShare(int threads);

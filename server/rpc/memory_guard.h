@@ -65,6 +65,7 @@ class MemoryGuard {
   bool Exceeded() const;
 
   size_t limit() const { return limit_; }
+  size_t resident() const { return resident_(); }  // Measured now.
   const std::string& about() const { return about_; }
   size_t taken() const;  // What the shares out hold together.
 

@@ -22,8 +22,8 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client, pb  # noqa: E402
 import harness  # noqa: E402
-from harness import (Engramd, endless_headers, free_port, make_certs, metric,  # noqa: E402
-                     reset_streams, resident_mib, sanitized, unread_answers)
+from harness import (Engramd, IdleCalls, endless_headers, free_port, make_certs,  # noqa: E402
+                     metric, reset_streams, resident_mib, sanitized, unread_answers)
 
 BIN = sys.argv.pop(1)
 
@@ -322,6 +322,44 @@ class SecurityTest(unittest.TestCase):
                        "not every cut was counted", s)
             self.assertIn("cut sooner", s.log())
             self.assertEqual(c.get_store("s").dimension, 4)
+
+    def test_single_unread_answers_are_cut_when_idle_calls_hold_the_other_threads(self):
+        # Idle imports and adds waiting for their request hold their
+        # shares, 12 of 16 threads; three connections with one unread
+        # answer each then held three more, too few were left for gRPC to
+        # serve anything, and every call but Retrieve was refused "Server
+        # Threadpool Exhausted" for as long as they stayed (three answers
+        # are below the pressure of a quarter). Answers that leave fewer
+        # than three threads to other calls are pressure too.
+        with self.attacked("--rpc_threads=16") as (s, port, c):
+            one = pb.ImportPatternsRequest(store="s", patterns=[pb.Pattern(values=[1] * 4)])
+            idle = [IdleCalls(s.addr, "ImportPatterns", 8, one.SerializeToString()),
+                    IdleCalls(s.addr, "AddPatterns", 4)]
+            try:
+                self.until(lambda: metric(s.metrics_port, "engram_threads_held") == 12,
+                           "the idle calls do not hold their shares", s)
+                request = pb.GetStoreRequest(name="s").SerializeToString()
+                lasted = [None] * 3
+
+                def attack(i):
+                    lasted[i] = unread_answers(port, 1, request, seconds=20)
+                attackers = [threading.Thread(target=attack, args=(i,)) for i in range(3)]
+                for t in attackers:
+                    t.start()
+                for t in attackers:
+                    t.join()
+                print("\ncut %s s after their calls" % sorted(
+                    round(x, 1) for x in lasted if x is not None), file=sys.stderr)
+                self.assertNotIn(None, lasted, "some were not cut in 20 s\n" + s.log()[-2000:])
+                self.assertLess(max(lasted), 10)
+                self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
+                                          reason="unread_answers", default=0) == 3,
+                           "not every cut was counted", s)
+                self.assertIn("cut sooner", s.log())
+                self.assertEqual(c.get_store("s").pattern_count, 8)
+            finally:
+                for calls in idle:
+                    calls.close()
 
     def test_a_cut_address_is_kept_out_for_ban_s(self):
         # After a cut, the address's new connections are closed at once for

@@ -144,6 +144,43 @@ TEST(AnswerWatchTest, UnderPressureSingleAnswersCountToo) {
   }
 }
 
+// Streams and writes hold threads of their own bounds; with them held, a
+// few answers waiting leave other calls too few (gRPC then refuses every
+// call): that is pressure too, however few the answers.
+TEST(AnswerWatchTest, FewThreadsLeftIsPressureToo) {
+  AnswerWatch::Options o = Patient();
+  o.threads = 16;
+  int held = 12;
+  o.held = [&held] { return held; };
+  o.min_free = 3;
+  AnswerWatch watch(o);
+  int calls[2] = {};
+  const absl::Time t0 = absl::UnixEpoch();
+  for (int i = 0; i < 2; ++i) {
+    watch.Begin(&calls[i], absl::StrCat("ipv4:127.0.0.1:", 5000 + i), t0);
+  }
+  const Listener::BytesByPeer bytes = Taken({{5000, 0}, {5001, 0}});
+  EXPECT_TRUE(watch.Look(t0 + absl::Seconds(1), bytes).empty());
+  // 16 - 12 - 2 leaves 2 of the 3 other calls need: both cut in `hurry`.
+  const std::vector<AnswerWatch::Stalled> cut =
+      watch.Look(t0 + absl::Seconds(2), bytes);
+  ASSERT_EQ(cut.size(), 2u);
+  for (const AnswerWatch::Stalled& s : cut) {
+    EXPECT_EQ(s.waiting, 1);
+    EXPECT_TRUE(s.hurried);
+  }
+  watch.End(&calls[0]);
+  watch.End(&calls[1]);
+  // With fewer held, one answer waiting leaves enough: spared.
+  held = 8;
+  int one = 0;
+  watch.Begin(&one, "ipv4:127.0.0.1:5002", t0 + absl::Seconds(2));
+  for (int s = 3; s < 60; s += 5) {
+    EXPECT_TRUE(watch.Look(t0 + absl::Seconds(s), Taken({{5002, 0}})).empty())
+        << s;
+  }
+}
+
 // Patience zero: never cut.
 TEST(AnswerWatchTest, ZeroPatienceNeverCuts) {
   AnswerWatch::Options o = Patient();
