@@ -297,30 +297,36 @@ class SecurityTest(unittest.TestCase):
             self.assertNotIn("cut sooner", s.log())
             self.assertEqual(c.get_store("s").dimension, 4)
 
+    def single_unread_answers_are_cut_sooner(self, s, port, n):
+        """`n` connections to engramd `s` at `port`, each with one GetStore
+        whose answer its client never takes: each is cut in well under
+        --max_answer_wait_s, counted, and the log says it was cut sooner."""
+        request = pb.GetStoreRequest(name="s").SerializeToString()
+        lasted = [None] * n
+
+        def attack(i):
+            lasted[i] = unread_answers(port, 1, request, seconds=20)
+        attackers = [threading.Thread(target=attack, args=(i,)) for i in range(n)]
+        for t in attackers:
+            t.start()
+        for t in attackers:
+            t.join()
+        print("\ncut %s s after their calls" % sorted(
+            round(x, 1) for x in lasted if x is not None), file=sys.stderr)
+        self.assertNotIn(None, lasted, "some were not cut in 20 s\n" + s.log()[-2000:])
+        self.assertLess(max(lasted), 10)
+        self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
+                                  reason="unread_answers", default=0) == n,
+                   "not every cut was counted", s)
+        self.assertIn("cut sooner", s.log())
+
     def test_many_connections_each_taking_no_answer_are_cut(self):
         # One call on each of many connections, none of which takes its
         # answer: no connection has two answers waiting, yet together they
         # hold the threads for as long as they stay. Once such answers hold
         # a quarter of the threads, a connection with one is cut too.
         with self.attacked("--rpc_threads=16") as (s, port, c):
-            request = pb.GetStoreRequest(name="s").SerializeToString()
-            lasted = [None] * 12
-
-            def attack(i):
-                lasted[i] = unread_answers(port, 1, request, seconds=20)
-            attackers = [threading.Thread(target=attack, args=(i,)) for i in range(12)]
-            for t in attackers:
-                t.start()
-            for t in attackers:
-                t.join()
-            print("\ncut %s s after their calls" % sorted(
-                round(x, 1) for x in lasted if x is not None), file=sys.stderr)
-            self.assertNotIn(None, lasted, "some were not cut in 20 s\n" + s.log()[-2000:])
-            self.assertLess(max(lasted), 10)
-            self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
-                                      reason="unread_answers", default=0) == 12,
-                       "not every cut was counted", s)
-            self.assertIn("cut sooner", s.log())
+            self.single_unread_answers_are_cut_sooner(s, port, 12)
             self.assertEqual(c.get_store("s").dimension, 4)
 
     def test_single_unread_answers_are_cut_when_idle_calls_hold_the_other_threads(self):
@@ -338,24 +344,7 @@ class SecurityTest(unittest.TestCase):
             try:
                 self.until(lambda: metric(s.metrics_port, "engram_threads_held") == 12,
                            "the idle calls do not hold their shares", s)
-                request = pb.GetStoreRequest(name="s").SerializeToString()
-                lasted = [None] * 3
-
-                def attack(i):
-                    lasted[i] = unread_answers(port, 1, request, seconds=20)
-                attackers = [threading.Thread(target=attack, args=(i,)) for i in range(3)]
-                for t in attackers:
-                    t.start()
-                for t in attackers:
-                    t.join()
-                print("\ncut %s s after their calls" % sorted(
-                    round(x, 1) for x in lasted if x is not None), file=sys.stderr)
-                self.assertNotIn(None, lasted, "some were not cut in 20 s\n" + s.log()[-2000:])
-                self.assertLess(max(lasted), 10)
-                self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
-                                          reason="unread_answers", default=0) == 3,
-                           "not every cut was counted", s)
-                self.assertIn("cut sooner", s.log())
+                self.single_unread_answers_are_cut_sooner(s, port, 3)
                 self.assertEqual(c.get_store("s").pattern_count, 8)
             finally:
                 for calls in idle:
