@@ -297,10 +297,12 @@ class SecurityTest(unittest.TestCase):
             self.assertNotIn("cut sooner", s.log())
             self.assertEqual(c.get_store("s").dimension, 4)
 
-    def single_unread_answers_are_cut_sooner(self, s, port, n):
+    def single_unread_answers_are_cut_sooner(self, s, port, n, spared=0):
         """`n` connections to engramd `s` at `port`, each with one GetStore
-        whose answer its client never takes: each is cut in well under
-        --max_answer_wait_s, counted, and the log says it was cut sooner."""
+        whose answer its client never takes: each (all but at most `spared`,
+        whose answers came too late to be cut before the others' cuts ended
+        the pressure) is cut in well under --max_answer_wait_s, counted, and
+        the log says it was cut sooner."""
         request = pb.GetStoreRequest(name="s").SerializeToString()
         lasted = [None] * n
 
@@ -313,10 +315,12 @@ class SecurityTest(unittest.TestCase):
             t.join()
         print("\ncut %s s after their calls" % sorted(
             round(x, 1) for x in lasted if x is not None), file=sys.stderr)
-        self.assertNotIn(None, lasted, "some were not cut in 20 s\n" + s.log()[-2000:])
-        self.assertLess(max(lasted), 10)
+        cut = [x for x in lasted if x is not None]
+        self.assertGreaterEqual(len(cut), n - spared,
+                                "some were not cut in 20 s\n" + s.log()[-2000:])
+        self.assertLess(max(cut), 10)
         self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
-                                  reason="unread_answers", default=0) == n,
+                                  reason="unread_answers", default=0) == len(cut),
                    "not every cut was counted", s)
         self.assertIn("cut sooner", s.log())
 
@@ -344,7 +348,9 @@ class SecurityTest(unittest.TestCase):
             try:
                 self.until(lambda: metric(s.metrics_port, "engram_threads_held") == 12,
                            "the idle calls do not hold their shares", s)
-                self.single_unread_answers_are_cut_sooner(s, port, 3)
+                # Once two are cut, one left leaves three threads: it may be
+                # spared, as below the pressure.
+                self.single_unread_answers_are_cut_sooner(s, port, 3, spared=1)
                 self.assertEqual(c.get_store("s").pattern_count, 8)
             finally:
                 for calls in idle:
