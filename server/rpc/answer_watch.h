@@ -43,6 +43,7 @@
 #include "absl/time/time.h"
 #include "server/base/mutex.h"
 #include "server/rpc/listener.h"
+#include "server/rpc/thread_floor.h"
 
 namespace engram::rpc {
 
@@ -63,7 +64,7 @@ class AnswerWatch {
     // `pressure` alone.
     int threads = 0;
     std::function<int()> held;
-    int min_free = 3;
+    int min_free = kFewestThreadsLeft;
   };
   explicit AnswerWatch(const Options& options) : options_(options) {}
   AnswerWatch(const AnswerWatch&) = delete;

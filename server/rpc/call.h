@@ -37,6 +37,7 @@
 #include "server/rpc/auth.h"
 #include "server/rpc/handlers.h"
 #include "server/rpc/memory_guard.h"
+#include "server/rpc/thread_floor.h"
 #include "server/rpc/write_budget.h"
 
 namespace engram::store {
@@ -113,11 +114,6 @@ class StreamSlots {
   std::atomic<size_t> used_{0};
 };
 
-// The fewest of gRPC's threads other calls are left: gRPC's synchronous
-// server serves a call only while another of its threads is left to poll,
-// and the thread of the call before may not be back yet.
-constexpr int kFewestThreadsLeft = 3;
-
 // Of `threads` gRPC threads (--rpc_threads): how many streams may hold one
 // (half), how many writes waiting for their request (a quarter) and how
 // many other writes (half: each holds its thread until the storage has it
@@ -158,8 +154,9 @@ struct CallPolicy {
   std::shared_ptr<MemoryGuard> memory_guard;
   // What streams may hold of gRPC's threads (shares.streams), streamed
   // unary writes while their request is still coming (shares.unread), and
-  // writes that are not streams once it has (shares.writes); null: no
-  // limit.
+  // writes that are not streams once it has (shares.writes), all drawing
+  // from shares.held; Server::Start fills them (ShareThreads), a null one
+  // (a bare policy in a test) has no limit.
   ThreadShares shares;
 };
 

@@ -342,7 +342,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   answers.held = [held = server->policy_->shares.held] {
     return static_cast<int>(held->used());
   };
-  answers.min_free = kFewestThreadsLeft;
   server->answers_ = std::make_unique<AnswerWatch>(answers);
   interceptors.push_back(std::make_unique<InterceptorFactory>(
       [watch = server->answers_.get()](ServerRpcInfo* info) -> Interceptor* {
@@ -494,15 +493,17 @@ void Server::GuardStreams(const ServerOptions& options,
           static_cast<long long>(s.failed), options.max_open_streams,
           options.max_stream_resets_per_s, kept.c_str());
     }
+    // What is resident, read once a look (a statm read); 0 without a guard.
+    const size_t resident =
+        options.memory_guard != nullptr ? options.memory_guard->resident() : 0;
     // While memory is past half its limit and a connection has sent a
     // sixteenth of kMemoryFloodBytes for nothing, looks come five times as
     // often: eight connections of endless headers at once took engramd to
     // 519-712 MiB resident against a limit of 360 MiB with looks a quarter
     // second apart, and to 383-472 MiB with these.
     period = options.memory_guard != nullptr &&
-                     !guard.Heaviest(kMemoryFloodBytes / 16).empty() &&
-                     options.memory_guard->resident() >
-                         options.memory_guard->limit() / 2
+                     resident > options.memory_guard->limit() / 2 &&
+                     guard.AnyHeavier(kMemoryFloodBytes / 16)
                  ? kLookEvery / 5
                  : kLookEvery;
     // Out of memory: every connection that sent kMemoryFloodBytes or more
@@ -510,8 +511,11 @@ void Server::GuardStreams(const ServerOptions& options,
     // goes, the heaviest first. Cut one a look, eight such connections at
     // once took engramd to 1 GiB past a limit of 360 MiB. Below
     // kMemoryFloodBytes none does: what is resident is not a connection's
-    // doing.
-    if (options.memory_guard == nullptr || !options.memory_guard->Exceeded()) {
+    // doing. Past the limit at the reading above, Exceeded measures again
+    // after the allocator gives back the freed pages it keeps.
+    if (options.memory_guard == nullptr ||
+        resident <= options.memory_guard->limit() ||
+        !options.memory_guard->Exceeded()) {
       continue;
     }
     for (const StreamFloodGuard::Heavy& heavy :

@@ -16,6 +16,12 @@ namespace engram::rpc {
 
 namespace {
 
+// What gRPC has read of a connection since its last progress; -1 if not
+// known.
+int64_t ReadSinceProgress(int64_t bytes_read, int64_t bytes_at_progress) {
+  return bytes_read < 0 ? -1 : bytes_read - bytes_at_progress;
+}
+
 // The text of channelz's JSON (gRPC's own, compact and in a fixed form):
 // the value after `"key":` at or after `from`, unquoted; empty if absent.
 absl::string_view ValueOf(absl::string_view json, absl::string_view key,
@@ -196,13 +202,21 @@ std::vector<StreamFloodGuard::Heavy> StreamFloodGuard::Heaviest(
     int64_t min_bytes) const {
   std::vector<Heavy> heavy;
   for (const auto& [id, s] : seen_) {
-    const int64_t bytes = s.bytes_read - s.bytes_at_progress;
-    if (s.bytes_read < 0 || bytes < min_bytes) continue;
+    const int64_t bytes = ReadSinceProgress(s.bytes_read, s.bytes_at_progress);
+    if (bytes < 0 || bytes < min_bytes) continue;
     heavy.push_back({SocketRef{id, s.remote_ip, s.remote_port}, bytes});
   }
   std::sort(heavy.begin(), heavy.end(),
             [](const Heavy& a, const Heavy& b) { return a.bytes > b.bytes; });
   return heavy;
+}
+
+bool StreamFloodGuard::AnyHeavier(int64_t min_bytes) const {
+  for (const auto& [id, s] : seen_) {
+    const int64_t bytes = ReadSinceProgress(s.bytes_read, s.bytes_at_progress);
+    if (bytes >= 0 && bytes >= min_bytes) return true;
+  }
+  return false;
 }
 
 }  // namespace engram::rpc

@@ -126,6 +126,8 @@ class StreamFloodGuard {
     int64_t bytes = 0;  // Read since its last progress.
   };
   std::vector<Heavy> Heaviest(int64_t min_bytes) const;
+  // Whether Heaviest(min_bytes) would name any.
+  bool AnyHeavier(int64_t min_bytes) const;
 
  private:
   struct Seen {

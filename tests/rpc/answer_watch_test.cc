@@ -152,7 +152,7 @@ TEST(AnswerWatchTest, FewThreadsLeftIsPressureToo) {
   o.threads = 16;
   int held = 12;
   o.held = [&held] { return held; };
-  o.min_free = 3;
+  o.min_free = kFewestThreadsLeft;
   AnswerWatch watch(o);
   int calls[2] = {};
   const absl::Time t0 = absl::UnixEpoch();

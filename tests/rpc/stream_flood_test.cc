@@ -194,6 +194,8 @@ TEST(StreamFloodTest, HeaviestAreWhatSentMostWithNoProgress) {
   EXPECT_EQ(heavy[0].socket.remote_port, 1002);
   EXPECT_EQ(heavy[0].bytes, 30 << 20);
   EXPECT_TRUE(guard.Heaviest(31 << 20).empty());
+  EXPECT_TRUE(guard.AnyHeavier(30 << 20));
+  EXPECT_FALSE(guard.AnyHeavier(31 << 20));
   // 1 sends 100 MiB more with no message received: now the heaviest; 2,
   // quiet and not read, keeps what it had; 3 has sent 20 MiB of headers.
   t += absl::Milliseconds(250);
@@ -215,6 +217,7 @@ TEST(StreamFloodTest, HeaviestAreWhatSentMostWithNoProgress) {
   // Gone: forgotten.
   guard.Observe(t, {look(1, 6, 6, 141 << 20)});
   EXPECT_TRUE(guard.Heaviest(16 << 20).empty());
+  EXPECT_FALSE(guard.AnyHeavier(1));
 }
 
 TEST(StreamFloodTest, NoLimitsCutNothing) {
