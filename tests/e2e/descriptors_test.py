@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
-from harness import Engramd, metric, sanitized  # noqa: E402
+from harness import Engramd, logged, metric, sanitized  # noqa: E402
 
 DIM = 256
 BATCH = 4096  # 4 MiB of values per add: RocksDB's 64 MiB memtable fills in 16.
@@ -179,7 +179,7 @@ class DescriptorsTest(unittest.TestCase):
                     c.add("s", rng.normal(size=(BATCH, DIM)).astype(np.float32)).tolist())
                 self.assertEqual(c.get_store("s").pattern_count, len(acknowledged))
                 wait_served(self, e)
-            self.assertIn("storage: reopened", e.log())
+            logged(self, e, "storage: reopened")
             self.assertEqual(e.stop(), 0)
 
             # Every acknowledged pattern, and only those, after a restart.
@@ -251,7 +251,7 @@ class DescriptorsTest(unittest.TestCase):
                     acknowledged.update(c.add("s", batch, batch=BATCH).tolist())
                 c.create_store("t", dim=4)
                 self.assertEqual(c.get_store("s").pattern_count, len(acknowledged))
-                self.assertIn("new connection(s) closed unserved", e.log())
+                logged(self, e, "new connection(s) closed unserved")
                 for s in flood:
                     s.close()
                 flood = []

@@ -408,6 +408,15 @@ def until(test, condition, what, seconds=20, log=None, every=0.05):
         time.sleep(every)
 
 
+def logged(test, server, text, seconds=10):
+    """Waits up to `seconds` for `text` in `server`'s log, else fails `test`
+    with its tail. engramd writes its log on a thread of its own, so a line
+    may come a moment after what it tells of is seen from outside (a metric
+    counted, a call refused, a file's change in force)."""
+    until(test, lambda: text in server.log(), "not in the log: %r" % text,
+          seconds, server)
+
+
 def resident_mib(pid):
     """The resident memory of process `pid`, in MiB."""
     with open("/proc/%d/status" % pid) as f:

@@ -143,7 +143,7 @@ class SecurityTest(unittest.TestCase):
             self.assertGreaterEqual(cut(), 4)
             self.assertGreater(metric(s.metrics_port, "engram_connections_shed_total",
                                       reason="banned"), 0)
-            self.assertIn("cut a connection from port", s.log())
+            harness.logged(self, s, "cut a connection from port")
             # The well-behaved client's own connection was never cut.
             start = time.time()
             for _ in range(100):
@@ -272,7 +272,7 @@ class SecurityTest(unittest.TestCase):
                        "no cut was logged", s)
             self.assertEqual(metric(s.metrics_port, "engram_connections_shed_total",
                                     reason="unread_answers"), 1)
-            self.assertIn("cut sooner", s.log())
+            harness.logged(self, s, "cut sooner")
             # While the threads were held the reader may have been refused
             # for want of one; never cut.
             self.assertEqual([r for r in refused
@@ -322,7 +322,7 @@ class SecurityTest(unittest.TestCase):
         self.until(lambda: metric(s.metrics_port, "engram_connections_shed_total",
                                   reason="unread_answers", default=0) == len(cut),
                    "not every cut was counted", s)
-        self.assertIn("cut sooner", s.log())
+        harness.logged(self, s, "cut sooner")
 
     def test_many_connections_each_taking_no_answer_are_cut(self):
         # One call on each of many connections, none of which takes its
@@ -383,11 +383,11 @@ class SecurityTest(unittest.TestCase):
                 if ban is None:
                     self.assertFalse(answered)
                     self.assertGreater(banned, 0)
-                    self.assertIn("its address is kept out for 10s", s.log())
+                    harness.logged(self, s, "its address is kept out for 10s")
                 else:
                     self.assertTrue(answered)
                     self.assertEqual(banned, 0)
-                    self.assertIn("its address is not kept out (--ban_s=0)", s.log())
+                    harness.logged(self, s, "its address is not kept out (--ban_s=0)")
                 # The client connected before the cut is still served.
                 self.assertEqual(c.get_store("s").dimension, 4)
 
@@ -604,10 +604,10 @@ class SecurityTest(unittest.TestCase):
                        metric(metrics_port, "engram_shard_tls_files_reload_failed") == 0):
                 self.assertLess(time.time(), deadline, router.log())
                 time.sleep(0.2)
-            self.assertIn("TLS files to the shards changed; now in force: /CN=router2",
-                          router.log())
-            self.assertIn("--shard_token_file=" + os.path.join(live, "router-token") +
-                          " changed; now in force", router.log())
+            harness.logged(self, router,
+                           "TLS files to the shards changed; now in force: /CN=router2")
+            harness.logged(self, router, "--shard_token_file=" +
+                           os.path.join(live, "router-token") + " changed; now in force")
             self.assertEqual(metric(metrics_port, "engram_shard_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("router2.pem")))
             time.sleep(1.5)  # gRPC's watcher reads the router's new files.
@@ -817,7 +817,7 @@ class SecurityTest(unittest.TestCase):
             until(lambda: "UNAUTHENTICATED" in lists("first-0123456789abcdef").stderr,
                   "the rotated-out token still works")
             may_list("second-0123456789abcdef")
-            self.assertIn("changed; now in force: 1 tokens", s.log())
+            harness.logged(self, s, "changed; now in force: 1 tokens")
             put(live, "tokens", b"write short\n")
             until(lambda: "does not load" in s.log(), "no error for a damaged token file")
             may_list("second-0123456789abcdef")
@@ -833,7 +833,7 @@ class SecurityTest(unittest.TestCase):
             put(live, "cert.pem", read(self.p("server2.pem")))
             until(lambda: served() == "server2", "the rotated certificate is not served")
             may_list("second-0123456789abcdef")
-            self.assertIn("TLS files changed; now in force: /CN=server2", s.log())
+            harness.logged(self, s, "TLS files changed; now in force: /CN=server2")
             self.assertEqual(metric(metrics_port, "engram_tls_certificate_expiry_timestamp_seconds"),
                              expiry(self.p("server2.pem")))
             mismatches = s.log().count("does not match the certificate")
@@ -890,8 +890,8 @@ class SecurityTest(unittest.TestCase):
             self.until(lambda: through_router().returncode == 0,
                   "the router still sends the old token", router)
             for server in (shard, router):
-                self.assertIn("SIGHUP: reading the credential files again", server.log())
-                self.assertIn("changed; now in force", server.log())
+                harness.logged(self, server, "SIGHUP: reading the credential files again")
+                harness.logged(self, server, "changed; now in force")
                 self.assertIsNone(server.proc.poll())
         finally:
             if router is not None:
