@@ -2,10 +2,13 @@
 """Exact retrieval next to its peers, in one run, on Fashion-MNIST (d = 784).
 
   bench/peers.py BIN_DIR [--sizes 10000,60000] [--batches 1,16,64,256] [--reps 15]
-                 [--rounds 1] [--out docs/performance] [--large 1000000]
+                 [--min_ms 500] [--rounds 1] [--out docs/performance] [--large 1000000]
 
 For each M (stored patterns: the first M training images) and L (queries: the
-last L images scaled by 0.5), best of `reps` after a warm-up (with --rounds N,
+last L images scaled by 0.5), best of `reps` after a warm-up, or of as many
+calls as take engram --min_ms in process if that is more (at most ten times
+`reps`): the host has slow stretches of a second or so, which 15 calls of a
+few ms fall in whole, every participant of a cell the same count (with --rounds N,
 every participant N times in turn and the median of those bests: on a noisy
 host, compare figures of the same rounds):
   engram        in process (bench/retrieve_fashion), as engramd runs it:
@@ -43,6 +46,8 @@ ap.add_argument("bin_dir")
 ap.add_argument("--sizes", default="10000,60000")
 ap.add_argument("--batches", default="1,16,64,256")
 ap.add_argument("--reps", type=int, default=15)
+ap.add_argument("--min_ms", type=float, default=500,
+                help="at least as many calls as take this long in process (0: --reps alone)")
 ap.add_argument("--rounds", type=int, default=1,
                 help="measure every participant this many times in turn; medians of the bests")
 ap.add_argument("--out", default="")
@@ -94,12 +99,13 @@ with tempfile.TemporaryDirectory() as tmp:
         emit(f"Machine: {MACHINE}; engram's kernels {KERNELS}; "
              f"peers: PyTorch {torch.__version__}, FAISS {faiss.__version__}, "
              f"OpenBLAS {FAMILY} for all.")
-        emit(f"Each figure: the best of {a.reps} calls" +
+        emit(f"Each figure: the best of {a.reps} calls, or of as many as take engram "
+             f"{a.min_ms:g} ms in process if more (at most {10 * a.reps}; the column calls)" +
              (f", the median of {a.rounds} rounds of every participant in turn." if a.rounds > 1
               else "."))
         emit()
-        emit("| M | L | engram ms | engram cold ms | engram gRPC ms | Python client ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process | gRPC / cold |")
-        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        emit("| M | L | engram ms | engram cold ms | engram gRPC ms | Python client ms | PyTorch ms | FAISS top-10 ms | sgemm pair ms | stream Ξ ms | engram vs PyTorch | engram / sgemm pair | gRPC / in process | gRPC / cold | calls |")
+        emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         client = Client(addr)
         for m in [int(s) for s in a.sizes.split(",")]:
             xi = np.ascontiguousarray(X[:m])
@@ -109,7 +115,12 @@ with tempfile.TemporaryDirectory() as tmp:
             for l in [int(s) for s in a.batches.split(",")]:
                 q = np.ascontiguousarray(X[-l:] * 0.5)
                 t_q = torch.from_numpy(q)
-                common = [f"--m={m}", f"--l={l}", f"--reps={a.reps}"]
+                reps = a.reps
+                if a.min_ms > 0:
+                    probe = run("retrieve_fashion", f"--m={m}", f"--l={l}", "--reps=3",
+                                "--threads=1", "--slices=2")
+                    reps = max(a.reps, min(10 * a.reps, int(a.min_ms / probe)))
+                common = [f"--m={m}", f"--l={l}", f"--reps={reps}"]
 
                 def one_round():
                     return dict(
@@ -119,9 +130,9 @@ with tempfile.TemporaryDirectory() as tmp:
                         grpc=run("retrieve_grpc", f"--addr={addr}", *common),
                         # The store retrieve_grpc made (bench-M, every image of its M).
                         python=best(lambda: client.retrieve(f"bench-{m}", q, path="exact"),
-                                    a.reps),
-                        torch=best(lambda: torch.softmax(t_q @ t_xi.T, dim=-1) @ t_xi, a.reps),
-                        faiss=best(lambda: index.search(q, 10), a.reps),
+                                    reps),
+                        torch=best(lambda: torch.softmax(t_q @ t_xi.T, dim=-1) @ t_xi, reps),
+                        faiss=best(lambda: index.search(q, 10), reps),
                         gemm=run("retrieve_fashion", *common, "--mode=gemm", "--threads=2"),
                         stream=(run("retrieve_fashion", *common, "--mode=stream") if l == 1
                                 else float("nan")))
@@ -135,7 +146,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 rows.append((m, l, engram, grpc_ms, torch_ms, faiss_ms, gemm, stream))
                 emit(f"| {m} | {l} | {engram:.2f} | {cold:.2f} | {grpc_ms:.2f} | {python_ms:.2f} | {torch_ms:.2f} | {faiss_ms:.2f} | "
                      f"{gemm:.2f} | {'' if l != 1 else f'{stream:.2f}'} | {torch_ms / engram:.2f}x | "
-                     f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} | {grpc_ms / cold - 1:+.0%} |")
+                     f"{gemm / engram:.0%} | {grpc_ms / engram - 1:+.0%} | {grpc_ms / cold - 1:+.0%} | {reps} |")
         emit()
         # The fixed cost of one call on this machine, to read the gRPC column by.
         empty = run("retrieve_grpc", f"--addr={addr}", "--get_store", f"--reps={10 * a.reps}")
