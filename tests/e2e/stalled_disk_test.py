@@ -100,10 +100,16 @@ class StalledDiskTest(unittest.TestCase):
             # Eight writes wait on the disk; the other 22 were refused.
             self.until(lambda: len(outcomes) == 22, "the writes past the slots were not refused")
             self.assertEqual(metric(s.metrics_port, "engram_writes_in_flight"), 8)
+            # Refused by the writes' share, naming the disk; in a burst (on
+            # a slow build), some by the share of writes still waiting for
+            # their request, which names that.
             for _, e in outcomes:
                 self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
-                self.assertIn("8 writes are in flight", e.details())
-                self.assertIn("is the disk slow?", e.details())
+                if "waiting for their request are in flight" not in e.details():
+                    self.assertIn("8 writes are in flight", e.details())
+                    self.assertIn("is the disk slow?", e.details())
+            self.assertTrue(any("is the disk slow?" in e.details() for _, e in outcomes),
+                            [e.details() for _, e in outcomes])
             # Every read is answered meanwhile.
             self.reads()
             time.sleep(1)
