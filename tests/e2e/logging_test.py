@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from engram_client import Client  # noqa: E402
+import harness  # noqa: E402
 from harness import Engramd, free_port, make_certs, metric  # noqa: E402
 
 
@@ -67,10 +68,7 @@ class LoggingTest(unittest.TestCase):
             with open(tokens + ".next", "w") as f:
                 f.write("write short\n")
             os.replace(tokens + ".next", tokens)
-            deadline = time.time() + 20
-            while "does not load" not in e.log():
-                self.assertLess(time.time(), deadline, e.log())
-                time.sleep(0.2)
+            harness.logged(self, e, "does not load", seconds=20)
         finally:
             self.assertEqual(e.stop(), 0)
         logged = records(e.log())

@@ -180,8 +180,7 @@ class SecurityTest(unittest.TestCase):
                 sent[0] >> 20, peak[0]), file=sys.stderr)
             self.assertLess(sent[0], 3 << 30)
             # The cut is counted and logged just after the socket closes.
-            self.until(lambda: "no message received and no stream ended" in s.log(),
-                       "no cut was logged", s)
+            harness.logged(self, s, "no message received and no stream ended", seconds=20)
             self.assertEqual(metric(s.metrics_port, "engram_connections_shed_total",
                                     reason="memory_flood"), 1)
             self.assertEqual(c.get_store("s").dimension, 4)
@@ -268,8 +267,7 @@ class SecurityTest(unittest.TestCase):
                 lasted[0] or -1, len(refused)), file=sys.stderr)
             self.assertIsNotNone(lasted[0], "the connection was not cut in 30 s\n" + s.log())
             self.assertLess(lasted[0], 10)
-            self.until(lambda: "answers waited for its client" in s.log(),
-                       "no cut was logged", s)
+            harness.logged(self, s, "answers waited for its client", seconds=20)
             self.assertEqual(metric(s.metrics_port, "engram_connections_shed_total",
                                     reason="unread_answers"), 1)
             harness.logged(self, s, "cut sooner")
@@ -290,8 +288,7 @@ class SecurityTest(unittest.TestCase):
             self.assertLess(lasted, 10)
             # The watch counts and logs a cut just after the socket closes:
             # under load the client can see the close first.
-            self.until(lambda: "answers waited for its client" in s.log(),
-                       "no cut was logged", s)
+            harness.logged(self, s, "answers waited for its client", seconds=20)
             self.assertEqual(metric(s.metrics_port, "engram_connections_shed_total",
                                     reason="unread_answers"), 1)
             self.assertNotIn("cut sooner", s.log())
@@ -366,8 +363,7 @@ class SecurityTest(unittest.TestCase):
                     "--max_answer_wait_s=1",
                     *(["--ban_s=%d" % ban] if ban is not None else [])) as (s, port, c):
                 self.assertIsNotNone(unread_answers(port, 2, request, seconds=30))
-                self.until(lambda: "answers waited for its client" in s.log(),
-                           "no cut was logged", s)
+                harness.logged(self, s, "answers waited for its client", seconds=20)
                 # A new connection (a channel of its own: gRPC shares one
                 # between channels to the same address otherwise).
                 with grpc.insecure_channel(
@@ -819,7 +815,7 @@ class SecurityTest(unittest.TestCase):
             may_list("second-0123456789abcdef")
             harness.logged(self, s, "changed; now in force: 1 tokens")
             put(live, "tokens", b"write short\n")
-            until(lambda: "does not load" in s.log(), "no error for a damaged token file")
+            harness.logged(self, s, "does not load", seconds=20)
             may_list("second-0123456789abcdef")
             self.assertIn("UNAUTHENTICATED", lists("first-0123456789abcdef").stderr)
             self.assertIn("UNAUTHENTICATED", self.engram(s, *tls, "store", "list").stderr)
@@ -841,7 +837,7 @@ class SecurityTest(unittest.TestCase):
             until(lambda: s.log().count("does not match the certificate") > mismatches,
                   "no error for a mismatched key")
             put(live, "cert.pem", b"")
-            until(lambda: "not a PEM certificate" in s.log(), "no error for an empty certificate")
+            harness.logged(self, s, "not a PEM certificate", seconds=20)
             time.sleep(2.5)  # gRPC's watcher has read again meanwhile.
             self.assertIsNone(s.proc.poll(), "engramd died")
             self.assertEqual(metric(metrics_port, "engram_tls_files_reload_failed"), 1)
@@ -899,10 +895,7 @@ class SecurityTest(unittest.TestCase):
             self.assertEqual(shard.stop(), 0)
         plain = Server(self.tmp.name)
         plain.proc.send_signal(signal.SIGHUP)
-        deadline = time.time() + 20
-        while "SIGHUP: no credential files to read again" not in plain.log():
-            self.assertLess(time.time(), deadline, plain.log())
-            time.sleep(0.1)
+        harness.logged(self, plain, "SIGHUP: no credential files to read again", seconds=20)
         self.assertEqual(self.engram(plain, "store", "list").returncode, 0)
         self.assertEqual(plain.stop(), 0)
 
